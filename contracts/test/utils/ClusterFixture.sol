@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {DstackClusterNFT} from "../../src/DstackClusterNFT.sol";
+import {Assertions} from "./Assertions.sol";
+import {Vm, vm} from "./Vm.sol";
+
+/// @notice A cluster built on dstack's simulator fixture A (reference §2.7), and helpers that forge, sign and
+/// tamper with registrations.
+abstract contract ClusterFixture is Assertions {
+    // dstack simulator fixture A: its app key, and the KMS root's real signature over that app key.
+    uint256 internal constant APP_KEY = 0xe0e5d254fb944dcc370a2e5288b336a1e809871545a73ee645368957fefa31f9;
+    address internal constant APP_KEY_ADDRESS = 0x5e5132F15a9aa4AA91A6bCaE35Adf34e27A13516;
+    address internal constant APP_ID = 0xEA549F02e1a25FaBD1CB788380e033eC5461b2ff;
+    address internal constant KMS_ROOT = 0x8f2cF602C9695b23130367ed78d8F557554de7C5;
+    bytes internal constant KMS_SIGNATURE =
+        hex"2f431c7956869a4fe3e028c5f9518a935e2d01e81a3628f8b1d178fc2fac7b6d2405ace433624e5568e23c4ed291dbaf60dac79b756837c0fe745154ebfdc0a601";
+    string internal constant INSTANCE_A = "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a";
+    /// HKDF-SHA256(salt "RATLS", app key, "dstack-mesh/peer/" ‖ INSTANCE_A): what GetKey returns to the agent.
+    uint256 internal constant DERIVED_KEY_A = 0x5eaeff0e4a21011c62e2393a550ca32b7979ca0521983773994f9a106d71b968;
+
+    string internal constant INSTANCE_B = "1691ed1b47506cad7d08834668691d88246f5b1f";
+    uint256 internal constant DERIVED_KEY_B = 0xB0B;
+
+    uint256 internal constant OTHER_KEY = 0xBAD;
+    address internal constant OWNER = address(0x0A11CE);
+    address internal constant HOLDER_A = address(0xA);
+    address internal constant HOLDER_B = address(0xB);
+
+    uint32 internal constant NETWORK = 0x0a000100; // 10.0.1.0
+    uint8 internal constant PREFIX = 24;
+    uint256 internal constant MAX_NODES = 10;
+
+    bytes32 internal constant WG_KEY_A = keccak256("wireguard key A");
+    bytes32 internal constant WG_KEY_B = keccak256("wireguard key B");
+    string internal constant ENDPOINT = "192.0.2.1:51820";
+    string internal constant GATEWAY_URL = "https://59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a-8080.dstack.phala.network";
+
+    DstackClusterNFT internal cluster;
+
+    function _deploy() internal returns (DstackClusterNFT) {
+        address[] memory appIds = new address[](1);
+        appIds[0] = APP_ID;
+        return new DstackClusterNFT(OWNER, KMS_ROOT, appIds, NETWORK, PREFIX, MAX_NODES);
+    }
+
+    function _mint(address to, string memory instanceId) internal returns (uint256 tokenId) {
+        vm.prank(OWNER);
+        tokenId = cluster.mintNodeAccess(to, instanceId);
+    }
+
+    /// @dev dstack encodes v as the bare recovery id, 0 or 1.
+    function _dstackSign(uint256 key, bytes32 digest) internal pure returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        return abi.encodePacked(r, s, v - 27);
+    }
+
+    function _publicKey(uint256 key) internal returns (bytes memory) {
+        Vm.Wallet memory w = vm.createWallet(key);
+        return abi.encodePacked(w.publicKeyX, w.publicKeyY);
+    }
+
+    /// @dev The hex of the compressed key, as dstack writes it into the app-signed message.
+    function _compressedHex(bytes memory publicKey64) internal pure returns (bytes memory out) {
+        bytes memory compressed = new bytes(33);
+        compressed[0] = bytes1(0x02 | (uint8(publicKey64[63]) & 1));
+        for (uint256 i = 0; i < 32; ++i) {
+            compressed[i + 1] = publicKey64[i];
+        }
+        bytes16 digits = "0123456789abcdef";
+        out = new bytes(66);
+        for (uint256 i = 0; i < 33; ++i) {
+            out[2 * i] = digits[uint8(compressed[i]) >> 4];
+            out[2 * i + 1] = digits[uint8(compressed[i]) & 15];
+        }
+    }
+
+    function _purpose(string memory instanceId) internal pure returns (string memory) {
+        return string.concat("dstack-mesh-peer:", instanceId);
+    }
+
+    /// @notice A dstack proof as GetKey gives it: app key signs the derived key, the fixture's KMS signature.
+    function _proof(uint256 derivedKey, string memory instanceId) internal returns (DstackClusterNFT.DstackProof memory p) {
+        p.derivedPublicKey = _publicKey(derivedKey);
+        p.appPublicKey = _publicKey(APP_KEY);
+        p.purpose = _purpose(instanceId);
+        p.appSignature = _dstackSign(APP_KEY, keccak256(abi.encodePacked(p.purpose, ":", _compressedHex(p.derivedPublicKey))));
+        p.kmsSignature = KMS_SIGNATURE;
+        p.appId = APP_ID;
+    }
+
+    function _record(uint256 tokenId, bytes32 wgKey, uint64 nonce)
+        internal
+        pure
+        returns (DstackClusterNFT.PeerRecordInput memory)
+    {
+        return DstackClusterNFT.PeerRecordInput(tokenId, wgKey, ENDPOINT, GATEWAY_URL, nonce);
+    }
+
+    /// @notice The EIP-712 digest, computed here independently of the contract.
+    function _digest(
+        address verifyingContract,
+        uint256 chainId,
+        DstackClusterNFT.PeerRecordInput memory r,
+        string memory instanceId
+    ) internal pure returns (bytes32) {
+        bytes32 domain = keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256("DstackClusterNFT"),
+                keccak256("1"),
+                chainId,
+                verifyingContract
+            )
+        );
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256(
+                    "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)"
+                ),
+                r.tokenId,
+                keccak256(bytes(instanceId)),
+                r.wgPublicKey,
+                keccak256(bytes(r.endpoint)),
+                keccak256(bytes(r.gatewayUrl)),
+                r.nonce
+            )
+        );
+        return keccak256(abi.encodePacked("\x19\x01", domain, structHash));
+    }
+
+    function _signRecord(uint256 derivedKey, DstackClusterNFT.PeerRecordInput memory r, string memory instanceId)
+        internal
+        view
+        returns (bytes memory)
+    {
+        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(derivedKey, _digest(address(cluster), block.chainid, r, instanceId));
+        return abi.encodePacked(rr, s, v);
+    }
+
+    /// @notice A registration that the contract must accept, for seat `tokenId` bound to `instanceId`.
+    function _registration(uint256 tokenId, uint256 derivedKey, string memory instanceId, bytes32 wgKey, uint64 nonce)
+        internal
+        returns (
+            DstackClusterNFT.PeerRecordInput memory r,
+            DstackClusterNFT.DstackProof memory p,
+            bytes memory sig
+        )
+    {
+        r = _record(tokenId, wgKey, nonce);
+        p = _proof(derivedKey, instanceId);
+        sig = _signRecord(derivedKey, r, instanceId);
+    }
+
+    function _register(uint256 tokenId, uint256 derivedKey, string memory instanceId, bytes32 wgKey, uint64 nonce)
+        internal
+    {
+        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
+            _registration(tokenId, derivedKey, instanceId, wgKey, nonce);
+        cluster.registerPeer(r, p, sig);
+    }
+}
