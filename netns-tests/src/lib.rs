@@ -1,0 +1,62 @@
+//! Harness for dstack-mesh's network-namespace integration tests and benchmarks.
+//!
+//! The topologies (node namespaces behind a bridge, a NAT router, anvil reachable from every node) land
+//! with the integration-tests issue (#6). What is here is the naming rule they all share.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, `<prefix><pid-base36><counter>`, that fits an interface name.
+///
+/// Names must be unique per run because the userspace UAPI directory `/var/run/wireguard/` is shared by
+/// every namespace, and leftovers of a crashed run must not collide with the next one.
+pub fn unique_name(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}{n}", base36(std::process::id()));
+    assert!(
+        name.len() <= IFNAME_MAX,
+        "name {name:?} is longer than {IFNAME_MAX} bytes: use a shorter prefix"
+    );
+    name
+}
+
+fn base36(mut v: u32) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(v % 36) as usize]);
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("base36 digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two calls never return the same name, and both fit an interface name.
+    #[test]
+    fn unique_names_differ_and_fit_ifnamsiz() {
+        let a = unique_name("dm");
+        let b = unique_name("dm");
+        assert_ne!(a, b);
+        assert!(a.len() <= IFNAME_MAX && b.len() <= IFNAME_MAX);
+        assert!(a.starts_with("dm"));
+    }
+
+    /// Base 36 round-trips through the standard parser.
+    #[test]
+    fn base36_matches_std_parser() {
+        for v in [0u32, 1, 35, 36, 4_194_304, u32::MAX] {
+            assert_eq!(u32::from_str_radix(&base36(v), 36).unwrap(), v);
+        }
+    }
+}
