@@ -1,0 +1,158 @@
+//! Connecting to the chain and the cluster contract, signing, and sending transactions with their outcome
+//! reported (or their revert explained) in one place.
+
+use std::path::PathBuf;
+
+use alloy::{
+    contract::{CallBuilder, CallDecoder},
+    network::EthereumWallet,
+    primitives::Address,
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::TransactionReceipt,
+    signers::local::PrivateKeySigner,
+};
+use anyhow::{Context, bail};
+use p2p_agent::chain::{self, ChainError, DstackClusterNFT};
+use serde_json::{Value, json};
+
+/// Where the chain is.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ChainOpts {
+    /// The chain's JSON-RPC URL.
+    #[arg(long, env = "RPC_URL", default_value = "http://127.0.0.1:8545")]
+    pub(crate) rpc_url: alloy::transports::http::reqwest::Url,
+}
+
+/// Which cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ClusterOpts {
+    #[command(flatten)]
+    pub(crate) chain: ChainOpts,
+    /// The cluster contract's address: the cluster's identity.
+    #[arg(long, env = "CLUSTER_CONTRACT")]
+    pub(crate) contract: Address,
+}
+
+/// Who signs.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SignerOpts {
+    /// A file holding the signer's private key as hex. Without it, the PRIVATE_KEY environment variable is
+    /// read. Keys never go on the command line, where other users can see them.
+    #[arg(long, env = "PRIVATE_KEY_FILE", value_name = "PATH")]
+    pub(crate) private_key_file: Option<PathBuf>,
+}
+
+impl SignerOpts {
+    pub(crate) fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
+        let from_env = std::env::var("PRIVATE_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty());
+        let (text, source) = match (&self.private_key_file, from_env) {
+            (Some(_), Some(_)) => bail!(
+                "both --private-key-file and the PRIVATE_KEY environment variable are set: use one, so it is clear which key signs"
+            ),
+            (Some(path), None) => (
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the private key file {}", path.display()))?,
+                format!("the key file {}", path.display()),
+            ),
+            (None, Some(key)) => (key, "PRIVATE_KEY".to_string()),
+            (None, None) => bail!(
+                "this command sends a transaction and needs a signer: pass --private-key-file PATH or set PRIVATE_KEY"
+            ),
+        };
+        // The parse error would echo nothing secret, but say where the key came from, not what it was.
+        text.trim()
+            .parse::<PrivateKeySigner>()
+            .map_err(|_| anyhow::anyhow!("{source} does not hold a hex secp256k1 private key"))
+    }
+}
+
+/// A read-only connection to the chain.
+pub(crate) fn reader(opts: &ChainOpts) -> DynProvider {
+    ProviderBuilder::new()
+        .connect_http(opts.rpc_url.clone())
+        .erased()
+}
+
+/// A signing connection to the chain.
+pub(crate) fn writer(opts: &ChainOpts, signer: PrivateKeySigner) -> DynProvider {
+    ProviderBuilder::new()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(opts.rpc_url.clone())
+        .erased()
+}
+
+/// The cluster at `opts.contract`, checked to be one before anything is sent.
+pub(crate) async fn open(
+    opts: &ClusterOpts,
+    provider: DynProvider,
+) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
+    chain::check_cluster(&provider, opts.contract)
+        .await
+        .with_context(|| format!("checking the cluster contract via {}", opts.chain.rpc_url))?;
+    Ok(DstackClusterNFT::new(opts.contract, provider))
+}
+
+/// A read-only cluster.
+pub(crate) async fn open_read(
+    opts: &ClusterOpts,
+) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
+    open(opts, reader(&opts.chain)).await
+}
+
+/// A cluster that `signer` sends to.
+pub(crate) async fn open_write(
+    opts: &ClusterOpts,
+    signer: &SignerOpts,
+) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
+    open(opts, writer(&opts.chain, signer.signer()?)).await
+}
+
+/// Sends a contract call and waits for its receipt. A revert, whether at gas estimation or on-chain, comes
+/// back as the contract's error in words, with a hint.
+pub(crate) async fn send<D: CallDecoder>(
+    what: &'static str,
+    call: CallBuilder<&DynProvider, D>,
+) -> anyhow::Result<TransactionReceipt> {
+    let pending = call
+        .send()
+        .await
+        .map_err(|e| ChainError::from_call(what, e))
+        .with_context(|| what)?;
+    let hash = *pending.tx_hash();
+    let receipt = pending
+        .get_receipt()
+        .await
+        .with_context(|| format!("{what}: waiting for the receipt of {hash}"))?;
+    if !receipt.status() {
+        bail!(
+            "{what}: transaction {hash} reverted in block {}",
+            receipt.block_number.unwrap_or_default()
+        );
+    }
+    Ok(receipt)
+}
+
+/// Where a transaction landed.
+pub(crate) fn tx_json(receipt: &TransactionReceipt) -> Value {
+    json!({ "tx": receipt.transaction_hash, "block": receipt.block_number })
+}
+
+pub(crate) fn tx_text(receipt: &TransactionReceipt) -> String {
+    format!(
+        "tx {} in block {}",
+        receipt.transaction_hash,
+        receipt.block_number.unwrap_or_default()
+    )
+}
+
+/// The events of type `E` that a receipt carries.
+pub(crate) fn events<E: alloy::sol_types::SolEvent>(receipt: &TransactionReceipt) -> Vec<E> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter_map(|log| log.log_decode::<E>().ok().map(|l| l.inner.data))
+        .collect()
+}

@@ -1,0 +1,91 @@
+//! `meshctl deploy`: a new cluster from the committed contract artifact.
+
+use std::process::ExitCode;
+
+use alloy::primitives::{Address, U256};
+use anyhow::{Context, bail};
+use ipnetwork::Ipv4Network;
+use p2p_agent::chain::{ChainError, DstackClusterNFT};
+use serde_json::json;
+
+use crate::cluster::{self, ChainOpts, SignerOpts};
+use crate::output::Output;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    chain: ChainOpts,
+    #[command(flatten)]
+    signer: SignerOpts,
+    /// The address of the dstack KMS root key that every member's proof must lead to.
+    #[arg(long, env = "KMS_ROOT")]
+    kms_root: Address,
+    /// A dstack app id whose instances may join; repeat for several.
+    #[arg(
+        long = "app-id",
+        env = "APP_IDS",
+        value_delimiter = ',',
+        required = true
+    )]
+    app_ids: Vec<Address>,
+    /// The mesh prefix; seat N gets network + N.
+    #[arg(long, env = "MESH_CIDR", default_value = "10.0.1.0/24")]
+    prefix: Ipv4Network,
+    /// The most seats that may be active at once.
+    #[arg(long, env = "MAX_NODES", default_value_t = 100)]
+    max_nodes: u64,
+    /// The cluster owner; defaults to the signer.
+    #[arg(long, env = "CLUSTER_OWNER")]
+    owner: Option<Address>,
+}
+
+pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
+    if args.prefix.network() != args.prefix.ip() {
+        bail!(
+            "--prefix {} has host bits set: did you mean {}/{}?",
+            args.prefix,
+            args.prefix.network(),
+            args.prefix.prefix()
+        );
+    }
+    if !(8..=30).contains(&args.prefix.prefix()) {
+        bail!(
+            "--prefix {}: the length must be between 8 and 30 so that seats have addresses",
+            args.prefix
+        );
+    }
+    let signer = args.signer.signer()?;
+    let owner = args.owner.unwrap_or(signer.address());
+    let provider = cluster::writer(&args.chain, signer);
+    let cluster = DstackClusterNFT::deploy(
+        provider,
+        owner,
+        args.kms_root,
+        args.app_ids.clone(),
+        u32::from(args.prefix.network()),
+        args.prefix.prefix(),
+        U256::from(args.max_nodes),
+    )
+    .await
+    .map_err(|e| ChainError::from_call("deploy", e))
+    .with_context(|| format!("deploying the cluster contract via {}", args.chain.rpc_url))?;
+    let address = *cluster.address();
+    out.emit(
+        || {
+            format!(
+                "deployed cluster {address}\n  owner      {owner}\n  kms root   {}\n  app ids    {}\n  prefix     {}\n  max nodes  {}\n\nexport CLUSTER_CONTRACT={address}\n",
+                args.kms_root,
+                args.app_ids.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                args.prefix,
+                args.max_nodes
+            )
+        },
+        || {
+            json!({
+                "contract": address, "owner": owner, "kmsRoot": args.kms_root, "appIds": args.app_ids,
+                "prefix": args.prefix.to_string(), "maxNodes": args.max_nodes,
+            })
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}

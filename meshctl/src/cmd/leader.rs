@@ -1,0 +1,145 @@
+//! `meshctl leader`: the elected leader and the no-confidence votes.
+
+use std::process::ExitCode;
+
+use alloy::primitives::U256;
+use anyhow::Context;
+use serde_json::json;
+
+use crate::cluster::{self, ClusterOpts, tx_json, tx_text};
+use crate::cmd::seat::Write;
+use crate::output::Output;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Show the leader, the threshold and every vote.
+    Show(ClusterOpts),
+    /// With no leader, elect the lowest-id active seat under the threshold. Any active seat may call it.
+    Elect(SeatArgs),
+    /// Vote no-confidence from one of your seats against another seat.
+    Vote(VoteArgs),
+    /// Withdraw a seat's vote.
+    Withdraw(SeatArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SeatArgs {
+    #[command(flatten)]
+    write: Write,
+    /// Your seat's token id.
+    #[arg(long)]
+    token: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct VoteArgs {
+    #[command(flatten)]
+    write: Write,
+    /// Your seat's token id.
+    #[arg(long)]
+    token: u64,
+    /// The seat you have no confidence in.
+    #[arg(long)]
+    against: u64,
+}
+
+pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
+    let (what, receipt) = match args.action {
+        Action::Show(opts) => return show(opts, out).await,
+        Action::Elect(a) => {
+            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let r = cluster::send("electLeader", c.electLeader(U256::from(a.token))).await?;
+            let leader = c
+                .leaderTokenId()
+                .call()
+                .await
+                .context("reading the leader")?;
+            (format!("seat {leader} is the leader"), r)
+        }
+        Action::Vote(a) => {
+            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let r = cluster::send(
+                "castVote",
+                c.castVote(U256::from(a.token), U256::from(a.against)),
+            )
+            .await?;
+            let leader = c
+                .leaderTokenId()
+                .call()
+                .await
+                .context("reading the leader")?;
+            (
+                format!(
+                    "seat {} voted against seat {}; the leader is seat {leader}",
+                    a.token, a.against
+                ),
+                r,
+            )
+        }
+        Action::Withdraw(a) => {
+            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let r = cluster::send("withdrawVote", c.withdrawVote(U256::from(a.token))).await?;
+            (format!("seat {} withdrew its vote", a.token), r)
+        }
+    };
+    out.emit(
+        || format!("{what}\n  {}\n", tx_text(&receipt)),
+        || json!({ "done": what, "receipt": tx_json(&receipt) }),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
+    let c = cluster::open_read(&opts).await?;
+    let read = "reading the election state";
+    let leader = c.leaderTokenId().call().await.context(read)?.to::<u64>();
+    let threshold = c.voteThreshold().call().await.context(read)?.to::<u64>();
+    let last = c.lastTokenId().call().await.context(read)?.to::<u64>();
+    let mut seats = Vec::new();
+    for id in 1..=last {
+        let Ok(info) = c.seatInfo(U256::from(id)).call().await else {
+            continue;
+        }; // revoked
+        if !info.active {
+            continue;
+        }
+        let against = c
+            .votesAgainst(U256::from(id))
+            .call()
+            .await
+            .context(read)?
+            .to::<u64>();
+        let vote = c
+            .voteOf(U256::from(id))
+            .call()
+            .await
+            .context(read)?
+            .to::<u64>();
+        seats.push(json!({ "tokenId": id, "votesAgainst": against, "votesAgainstSeat": (vote != 0).then_some(vote) }));
+    }
+    out.emit(
+        || {
+            let mut s = if leader == 0 {
+                format!("no leader (run `meshctl leader elect --token <your seat>`); {threshold} votes replace a leader\n")
+            } else {
+                format!("leader: seat {leader}; {threshold} no-confidence votes replace it\n")
+            };
+            for seat in &seats {
+                let vote = seat["votesAgainstSeat"].as_u64().map(|t| format!("votes against seat {t}")).unwrap_or_default();
+                s.push_str(&format!(
+                    "  seat {:<4} {} against  {vote}\n",
+                    seat["tokenId"], seat["votesAgainst"]
+                ));
+            }
+            s
+        },
+        || json!({ "leaderTokenId": (leader != 0).then_some(leader), "threshold": threshold, "seats": seats }),
+    );
+    Ok(ExitCode::SUCCESS)
+}

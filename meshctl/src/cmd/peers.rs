@@ -1,0 +1,173 @@
+//! `meshctl peers`: the on-chain peer records, each re-verified off-chain from its registration event.
+
+use std::process::ExitCode;
+
+use alloy::providers::Provider;
+use anyhow::Context;
+use base64::Engine;
+use p2p_agent::{
+    chain::{self, DstackClusterNFT, ipv4},
+    proof,
+};
+use serde_json::{Value, json};
+
+use crate::cluster::{self, ClusterOpts};
+use crate::output::Output;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    cluster: ClusterOpts,
+    /// Show whole WireGuard keys and instance ids.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// A record's proof, re-checked against the contract's own KMS root and app ids.
+fn verify(
+    peer: &DstackClusterNFT::Peer,
+    events: &[DstackClusterNFT::PeerRegistered],
+    chain_id: u64,
+    contract: alloy::primitives::Address,
+    kms_root: alloy::primitives::Address,
+    app_ids: &[alloy::primitives::Address],
+) -> Result<(), String> {
+    let event = events
+        .iter()
+        .find(|e| e.nonce == peer.nonce)
+        .ok_or_else(|| {
+            format!(
+                "no PeerRegistered event with nonce {} in block {}",
+                peer.nonce, peer.registeredBlock
+            )
+        })?;
+    if event.wgPublicKey != peer.wgPublicKey
+        || event.endpoint != peer.endpoint
+        || event.gatewayUrl != peer.gatewayUrl
+    {
+        return Err("the stored record differs from its registration event".into());
+    }
+    let reg =
+        chain::registration_from_event(event, chain_id, contract).map_err(|e| e.to_string())?;
+    proof::verify_registration(&reg, kms_root, app_ids, &peer.instanceId)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
+    let c = cluster::open_read(&args.cluster).await?;
+    let read = "reading the peer records";
+    let peers = c.getPeers().call().await.context(read)?;
+    let kms_root = c.kmsRoot().call().await.context(read)?;
+    let app_ids = c.allowedAppIds().call().await.context(read)?;
+    let chain_id = c
+        .provider()
+        .get_chain_id()
+        .await
+        .context("reading the chain id")?;
+    let mut rows: Vec<Value> = Vec::new();
+    let mut failures = 0;
+    for p in &peers {
+        let events: Vec<DstackClusterNFT::PeerRegistered> = c
+            .PeerRegistered_filter()
+            .topic1(p.tokenId)
+            .from_block(p.registeredBlock)
+            .to_block(p.registeredBlock)
+            .query()
+            .await
+            .with_context(|| format!("fetching seat {}'s registration event", p.tokenId))?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        let verdict = verify(
+            p,
+            &events,
+            chain_id,
+            args.cluster.contract,
+            kms_root,
+            &app_ids,
+        );
+        failures += usize::from(verdict.is_err());
+        rows.push(json!({
+            "tokenId": p.tokenId.to::<u64>(),
+            "instanceId": p.instanceId,
+            "overlayIp": ipv4(p.overlayAddress).to_string(),
+            "wgPublicKey": wg_key(p),
+            "endpoint": p.endpoint,
+            "gatewayUrl": p.gatewayUrl,
+            "nonce": p.nonce,
+            "registeredBlock": p.registeredBlock,
+            "proofVerified": verdict.is_ok(),
+            "proofError": verdict.err(),
+        }));
+    }
+    let verbose = args.verbose;
+    out.emit(
+        || table(&rows, verbose),
+        || json!({ "kmsRoot": kms_root, "appIds": app_ids, "peers": rows }),
+    );
+    // A record that fails off-chain verification means the contract or the RPC is not what we think.
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn wg_key(p: &DstackClusterNFT::Peer) -> Value {
+    if p.wgPublicKey.is_zero() {
+        Value::Null
+    } else {
+        Value::String(base64::engine::general_purpose::STANDARD.encode(p.wgPublicKey))
+    }
+}
+
+fn table(rows: &[Value], verbose: bool) -> String {
+    if rows.is_empty() {
+        return "no peer records\n".into();
+    }
+    let cut = |s: &str, n: usize| {
+        if verbose || s.len() <= n {
+            s.to_string()
+        } else {
+            format!("{}…", &s[..n])
+        }
+    };
+    let mut s = format!(
+        "{:<6} {:<14} {:<15} {:<14} {:<22} {:<8} {}\n",
+        "TOKEN", "INSTANCE", "OVERLAY", "WG KEY", "ENDPOINT", "PROOF", "GATEWAY"
+    );
+    for r in rows {
+        let str_of = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let proof = if r["proofVerified"].as_bool() == Some(true) {
+            "ok".to_string()
+        } else {
+            "FAILED".to_string()
+        };
+        let endpoint = match str_of("endpoint").as_str() {
+            "" => "-".to_string(),
+            e => e.to_string(),
+        };
+        let gateway = match str_of("gatewayUrl").as_str() {
+            "" => "-".to_string(),
+            g => g.to_string(),
+        };
+        s.push_str(&format!(
+            "{:<6} {:<14} {:<15} {:<14} {:<22} {:<8} {}\n",
+            r["tokenId"],
+            cut(&str_of("instanceId"), 12),
+            str_of("overlayIp"),
+            cut(&str_of("wgPublicKey"), 12),
+            endpoint,
+            proof,
+            gateway
+        ));
+        if let Some(e) = r["proofError"].as_str() {
+            s.push_str(&format!(
+                "       proof of seat {} does not verify: {e}\n",
+                r["tokenId"]
+            ));
+        }
+    }
+    s
+}

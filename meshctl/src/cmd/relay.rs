@@ -1,0 +1,100 @@
+//! `meshctl relay`: submit a registration that an agent signed but could not pay for.
+
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use alloy::providers::Provider;
+use anyhow::{Context, bail};
+use p2p_agent::{
+    chain::{self, DstackClusterNFT},
+    proof::{self, SignedRegistration},
+};
+use serde_json::json;
+
+use crate::cluster::{self, events, tx_json, tx_text};
+use crate::cmd::seat::Write;
+use crate::output::Output;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    write: Write,
+    /// The signed registration as JSON (what `p2p-agent` prints), from a file, or - for stdin.
+    file: PathBuf,
+}
+
+pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
+    let text = if args.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the registration from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading the registration {}", args.file.display()))?
+    };
+    let reg: SignedRegistration = serde_json::from_str(&text)
+        .context("the input is not a signed registration printed by p2p-agent")?;
+    let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
+    if reg.contract != args.write.cluster.contract {
+        bail!(
+            "the registration is signed for cluster {}, not {}: relay it to its own cluster",
+            reg.contract,
+            args.write.cluster.contract
+        );
+    }
+    let chain_id = c
+        .provider()
+        .get_chain_id()
+        .await
+        .context("reading the chain id")?;
+    if reg.chain_id != chain_id {
+        bail!(
+            "the registration is signed for chain {}, but the RPC serves chain {chain_id}",
+            reg.chain_id
+        );
+    }
+    // Check it off-chain first: a clear reason costs no gas, and a relay should not pay for a forgery.
+    let seat = c
+        .seatInfo(reg.token_id)
+        .call()
+        .await
+        .map_err(|e| chain::ChainError::from_call("seatInfo", e))?;
+    let kms_root = c.kmsRoot().call().await.context("reading the KMS root")?;
+    let app_ids = c
+        .allowedAppIds()
+        .call()
+        .await
+        .context("reading the allowed app ids")?;
+    proof::verify_registration(&reg, kms_root, &app_ids, &seat.instanceId).with_context(|| {
+        format!(
+            "the registration for seat {} does not verify; not sending it",
+            reg.token_id
+        )
+    })?;
+
+    let (record, dstack_proof, signature) = chain::register_peer_args(&reg);
+    let receipt = cluster::send(
+        "registerPeer",
+        c.registerPeer(record, dstack_proof, signature),
+    )
+    .await?;
+    let registered = events::<DstackClusterNFT::PeerRegistered>(&receipt);
+    anyhow::ensure!(
+        !registered.is_empty(),
+        "registerPeer emitted no PeerRegistered event"
+    );
+    out.emit(
+        || {
+            format!(
+                "registered seat {} (instance {}, nonce {})\n  {}\n",
+                reg.token_id,
+                reg.instance_id,
+                reg.nonce,
+                tx_text(&receipt)
+            )
+        },
+        || json!({ "tokenId": reg.token_id.to::<u64>(), "instanceId": reg.instance_id, "nonce": reg.nonce, "receipt": tx_json(&receipt) }),
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,351 @@
+//! meshctl against a real anvil: each command's effect on-chain, its --json shape, and its errors.
+//!
+//! Run: `cargo test -p meshctl` (anvil comes from `scripts/bootstrap`, or set ANVIL).
+
+mod common;
+
+use alloy::primitives::{Address, B256};
+use common::{Instance, Meshctl, anvil};
+
+/// deploy → mint → bind → config → revoke, each visible on-chain through `config show`.
+#[test]
+fn owner_lifecycle_changes_the_chain() {
+    let anvil = anvil();
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    let root: Address = "0x000000000000000000000000000000000000dEaD"
+        .parse()
+        .unwrap();
+    let contract = m.deploy(root);
+
+    let holder = m.address(1).to_string();
+    let minted = m
+        .run(Some(0), &["mint", "--to", &holder, "--json"])
+        .ok()
+        .json();
+    assert_eq!(minted["tokenId"], 1);
+    assert_eq!(minted["overlayIp"], "10.0.1.1");
+    assert!(minted["receipt"]["tx"].as_str().unwrap().starts_with("0x"));
+
+    let instance = "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a";
+    let bound = m
+        .run(
+            Some(1),
+            &[
+                "bind",
+                "--token",
+                "1",
+                "--instance",
+                &instance.to_uppercase(),
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(
+        bound["instanceId"], instance,
+        "normalised to dstack's spelling"
+    );
+
+    m.run(
+        Some(0),
+        &[
+            "config",
+            "set",
+            "--max-nodes",
+            "5",
+            "--production",
+            "true",
+            "--add-base-domain",
+            "phala.network",
+        ],
+    )
+    .ok();
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    let address = |v: &serde_json::Value| v.as_str().unwrap().parse::<Address>().unwrap();
+    assert_eq!(address(&config["contract"]), contract);
+    assert_eq!(address(&config["kmsRoot"]), root);
+    assert_eq!(config["maxNodes"], "5");
+    assert_eq!(config["productionMode"], true);
+    assert_eq!(config["baseDomains"][0], "phala.network");
+    assert_eq!(config["activeSeats"], "1");
+    assert_eq!(config["prefix"], "10.0.1.0/24");
+
+    let refused = m.run(Some(0), &["revoke", "--token", "1"]).failed();
+    assert!(refused.stderr.contains("pass --yes"), "{}", refused.stderr);
+    m.run(Some(0), &["revoke", "--token", "1", "--yes"]).ok();
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(config["activeSeats"], "0");
+    let next = m
+        .run(
+            Some(0),
+            &["mint", "--to", &holder, "--instance", instance, "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(next["tokenId"], 2, "ids are never reissued");
+}
+
+/// A registration signed by a simulated instance is relayed, then listed by `peers` with its proof verified.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_registration_is_listed_with_a_verified_proof() {
+    let anvil = anvil();
+    let node = Instance::start("node-1").await;
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    let contract = m.deploy(node.kms_root);
+    m.run(
+        Some(0),
+        &[
+            "mint",
+            "--to",
+            &m.address(1).to_string(),
+            "--instance",
+            &node.instance_id,
+        ],
+    )
+    .ok();
+
+    let reg = node
+        .sign(
+            1,
+            B256::repeat_byte(7),
+            "192.0.2.10:51820",
+            1,
+            anvil.chain_id(),
+            contract,
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registration.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&reg).unwrap()).unwrap();
+
+    // A forged copy (endpoint changed after signing) is refused before anything is sent.
+    let mut forged = serde_json::to_value(&reg).unwrap();
+    forged["endpoint"] = "203.0.113.66:51820".into();
+    let forged_file = dir.path().join("forged.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let refused = m
+        .run(Some(2), &["relay", forged_file.to_str().unwrap()])
+        .failed();
+    assert!(
+        refused.stderr.contains("does not verify"),
+        "{}",
+        refused.stderr
+    );
+
+    let relayed = m
+        .run(Some(2), &["relay", file.to_str().unwrap(), "--json"])
+        .ok()
+        .json();
+    assert_eq!(relayed["tokenId"], 1);
+
+    let peers = m.run(None, &["peers", "--json"]).ok().json();
+    let p = &peers["peers"][0];
+    assert_eq!(p["tokenId"], 1);
+    assert_eq!(p["instanceId"], node.instance_id);
+    assert_eq!(p["overlayIp"], "10.0.1.1");
+    assert_eq!(p["endpoint"], "192.0.2.10:51820");
+    assert_eq!(
+        p["wgPublicKey"],
+        "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
+    );
+    assert_eq!(p["proofVerified"], true, "{peers}");
+    let text = m.run(None, &["peers"]).ok().stdout;
+    assert!(text.contains("10.0.1.1") && text.contains(" ok "), "{text}");
+
+    // The same registration again is a replay: the contract's reason comes back in words.
+    let replay = m.run(Some(2), &["relay", file.to_str().unwrap()]).failed();
+    assert!(
+        replay
+            .stderr
+            .contains("nonce 1 is not above seat 1's last nonce 1"),
+        "{}",
+        replay.stderr
+    );
+}
+
+/// `fund` moves ETH and reports the new balance.
+#[test]
+fn fund_sends_eth() {
+    let anvil = anvil();
+    let m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    let to = "0x9087e5b4fa2b87c53a10f6459f7ff84f590bba0c";
+    let out = m
+        .run(Some(0), &["fund", to, "--amount", "0.25", "--json"])
+        .ok()
+        .json();
+    assert_eq!(out["balanceEth"], "0.250000000000000000");
+}
+
+/// Leader election through the CLI: elect, vote, and the state `leader show` reports.
+#[test]
+fn leader_election_through_the_cli() {
+    let anvil = anvil();
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    m.deploy(
+        "0x000000000000000000000000000000000000dEaD"
+            .parse()
+            .unwrap(),
+    );
+    for i in 1..=3 {
+        m.run(Some(0), &["mint", "--to", &m.address(i).to_string()])
+            .ok();
+    }
+    m.run(Some(3), &["leader", "elect", "--token", "3"]).ok();
+    let shown = m.run(None, &["leader", "show", "--json"]).ok().json();
+    assert_eq!(shown["leaderTokenId"], 1);
+    assert_eq!(shown["threshold"], 2);
+    m.run(
+        Some(2),
+        &["leader", "vote", "--token", "2", "--against", "1"],
+    )
+    .ok();
+    m.run(
+        Some(3),
+        &["leader", "vote", "--token", "3", "--against", "1"],
+    )
+    .ok();
+    let shown = m.run(None, &["leader", "show", "--json"]).ok().json();
+    assert_eq!(
+        shown["leaderTokenId"], 2,
+        "two of three votes replace seat 1: {shown}"
+    );
+    assert_eq!(shown["seats"][0]["votesAgainst"], 2);
+}
+
+/// Boots are judged as dstack's KMS would: allowed once the compose hash is, refused with the reason before.
+#[test]
+fn app_auth_check_judges_a_boot() {
+    let anvil = anvil();
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    m.deploy(
+        "0x000000000000000000000000000000000000dEaD"
+            .parse()
+            .unwrap(),
+    );
+    let compose = "ea549f02e1a25fabd1cb788380e033ec5461b2ffe4328d753642cf035452e48b";
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot.json");
+    std::fs::write(
+        &boot,
+        serde_json::json!({
+            "appId": common::APP_ID, "composeHash": compose, "instanceId": "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a",
+            "deviceId": "00", "mrAggregated": "", "mrSystem": "", "osImageHash": "", "tcbStatus": "UpToDate", "advisoryIds": []
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let refused = m
+        .run(
+            None,
+            &["app-auth", "check", boot.to_str().unwrap(), "--json"],
+        )
+        .failed()
+        .json();
+    assert_eq!(refused["isAllowed"], false);
+    assert_eq!(refused["reason"], "Compose hash not allowed");
+    m.run(
+        Some(0),
+        &["app-auth", "allow-compose", &format!("0x{compose}")],
+    )
+    .ok();
+    let allowed = m
+        .run(
+            None,
+            &["app-auth", "check", boot.to_str().unwrap(), "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(allowed["isAllowed"], true);
+}
+
+/// Errors name what is wrong and what to do; exit codes are non-zero.
+#[test]
+fn errors_are_clear_and_fail_the_exit_code() {
+    let anvil = anvil();
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+
+    // No signer.
+    let out = m
+        .run(
+            None,
+            &[
+                "deploy",
+                "--kms-root",
+                "0x000000000000000000000000000000000000dEaD",
+                "--app-id",
+                common::APP_ID,
+            ],
+        )
+        .failed();
+    assert!(out.stderr.contains("needs a signer"), "{}", out.stderr);
+
+    // An address with no code, detected before sending.
+    m.contract = Some(m.address(5));
+    let out = m
+        .run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .failed();
+    assert!(out.stderr.contains("no contract at"), "{}", out.stderr);
+
+    // A revert, decoded with its hint.
+    m.deploy(
+        "0x000000000000000000000000000000000000dEaD"
+            .parse()
+            .unwrap(),
+    );
+    let out = m
+        .run(Some(4), &["mint", "--to", &m.address(4).to_string()])
+        .failed();
+    assert!(out.stderr.contains("may not mint"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("public-minting"),
+        "hint: {}",
+        out.stderr
+    );
+    m.run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .ok();
+    let out = m
+        .run(
+            Some(2),
+            &[
+                "bind",
+                "--token",
+                "1",
+                "--instance",
+                "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a",
+            ],
+        )
+        .failed();
+    assert!(
+        out.stderr.contains("does not hold seat 1"),
+        "{}",
+        out.stderr
+    );
+
+    // A malformed instance id never reaches the chain.
+    let out = m
+        .run(Some(1), &["bind", "--token", "1", "--instance", "node-1"])
+        .failed();
+    assert!(
+        out.stderr.contains("expected 40 hex characters"),
+        "{}",
+        out.stderr
+    );
+}
