@@ -23,6 +23,37 @@ enum Command {
     /// Show this CVM's dstack identity: instance id, app id, the peer key's address, and whether
     /// dstack's signature chain for it verifies. Never prints private keys.
     Identity(IdentityArgs),
+    /// Register this node's peer record for its seat once, if the on-chain one differs: WireGuard key
+    /// (derived from dstack), endpoint and gateway URL. Sends from the derived address when it is funded,
+    /// else with --tx-key-file/PRIVATE_KEY; otherwise prints the signed registration as JSON for
+    /// `meshctl relay`.
+    Register(RegisterArgs),
+}
+
+#[derive(Debug, Args)]
+struct RegisterArgs {
+    /// The cluster contract: the cluster's identity.
+    #[arg(long, env = "CLUSTER_CONTRACT")]
+    contract: Address,
+    /// The chain's JSON-RPC URL.
+    #[arg(long, env = "RPC_URL", default_value = "http://127.0.0.1:8545")]
+    rpc_url: alloy::transports::http::reqwest::Url,
+    /// Guest-agent endpoint: a socket path or an http:// simulator URL.
+    #[arg(long, env = "DSTACK_SIMULATOR_ENDPOINT")]
+    dstack_endpoint: Option<String>,
+    /// The UDP endpoint peers reach this node's WireGuard at, `host:port`.
+    #[arg(long, env = "MESH_ENDPOINT")]
+    endpoint: Option<String>,
+    /// This node's TLS-gateway URL, the fallback when a tunnel cannot come up.
+    #[arg(long, env = "MESH_GATEWAY_URL")]
+    gateway_url: Option<String>,
+    /// WireGuard key rotation epoch: each epoch is a new key derived from dstack.
+    #[arg(long, env = "MESH_WG_KEY_EPOCH", default_value_t = 0)]
+    wg_key_epoch: u32,
+    /// A file with a funded private key that pays for the transaction when the derived address has no
+    /// funds. Without it, the PRIVATE_KEY environment variable is used.
+    #[arg(long, env = "TX_KEY_FILE", value_name = "PATH")]
+    tx_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +124,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Identity(args) => identity(args).await,
+        Command::Register(args) => register(args).await,
     }
 }
 
@@ -163,4 +195,81 @@ async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The transaction key from --tx-key-file or PRIVATE_KEY, if any; never both.
+fn tx_key(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<alloy::signers::local::PrivateKeySigner>> {
+    let env = std::env::var("PRIVATE_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let (text, source) = match (file, env) {
+        (Some(_), Some(_)) => anyhow::bail!("both --tx-key-file and PRIVATE_KEY are set: use one"),
+        (Some(path), None) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the tx key file {}", path.display()))?,
+            format!("the tx key file {}", path.display()),
+        ),
+        (None, Some(key)) => (key, "PRIVATE_KEY".to_owned()),
+        (None, None) => return Ok(None),
+    };
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("{source} does not hold a hex secp256k1 private key"))
+}
+
+async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+    use p2p_agent::registration::{Cluster, Desired, Outcome};
+    let tx_key = tx_key(args.tx_key_file.as_deref())?;
+    let client = DstackClient::discover(args.dstack_endpoint.as_deref())
+        .context("cannot choose a dstack endpoint")?;
+    let identity = p2p_agent::identity::NodeIdentity::load(&client, args.wg_key_epoch)
+        .await
+        .context("cannot establish this node's identity from dstack")?;
+    let cluster = Cluster::connect(args.rpc_url.clone(), args.contract)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach cluster {} via {}",
+                args.contract, args.rpc_url
+            )
+        })?;
+    let desired = Desired {
+        wg_public_key: identity.wg_public_key(),
+        endpoint: args.endpoint.unwrap_or_default(),
+        gateway_url: args.gateway_url.unwrap_or_default(),
+    };
+    match cluster
+        .register(&identity, &desired, tx_key.as_ref())
+        .await?
+    {
+        Outcome::UpToDate { token_id } => {
+            eprintln!("seat {token_id}: the on-chain record is already this node's; nothing sent");
+        }
+        Outcome::Registered {
+            token_id,
+            nonce,
+            tx,
+            block,
+            from,
+        } => {
+            eprintln!(
+                "seat {token_id}: registered record nonce {nonce} from {from} in tx {tx}, block {block}"
+            );
+        }
+        Outcome::NeedsRelay(reg) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reg).context("cannot encode the registration")?
+            );
+            eprintln!(
+                "seat {}: no funded sender (derived address {} is empty and no --tx-key-file/PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the derived address with `meshctl fund`",
+                reg.token_id,
+                identity.derived_address().context("derived key")?
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

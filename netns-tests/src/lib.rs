@@ -1,7 +1,15 @@
-//! Harness for dstack-mesh's network-namespace integration tests and benchmarks.
+//! The shared test harness of dstack-mesh: what the crates' integration tests, and later the
+//! network-namespace scenarios and benchmarks, start and tear down.
 //!
-//! The topologies (node namespaces behind a bridge, a NAT router, anvil reachable from every node) land
-//! with the integration-tests issue (#6). What is here is the naming rule they all share.
+//! Layout:
+//! - [`chain`]: a real anvil on a free loopback port, killed on drop.
+//! - [`node`]: a simulated dstack instance served in-process, and the records it signs.
+//! - [`unique_name`]: names unique per run, that fit an interface name.
+//!
+//! The topologies (node namespaces behind a bridge, a NAT router) land with the integration-tests issue.
+
+pub mod chain;
+pub mod node;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -154,7 +154,7 @@ fn table(rows: &[Value], verbose: bool) -> String {
         };
         s.push_str(&format!(
             "{:<6} {:<14} {:<15} {:<14} {:<22} {:<8} {}\n",
-            r["tokenId"],
+            r["tokenId"].as_u64().unwrap_or_default(),
             cut(&str_of("instanceId"), 12),
             str_of("overlayIp"),
             cut(&str_of("wgPublicKey"), 12),

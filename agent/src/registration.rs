@@ -1,0 +1,226 @@
+//! Getting this node's peer record on-chain: find the seat bound to its instance, compare the record it wants
+//! with the stored one, and when they differ sign a new one and send it, or hand it to a relay.
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256, TxHash, U256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    signers::local::PrivateKeySigner,
+    transports::http::reqwest::Url,
+};
+use tracing::{info, instrument};
+
+use crate::chain::{self, ChainError, DstackClusterNFT};
+use crate::identity::NodeIdentity;
+use crate::proof::{self, PeerRecord, ProofError, SignedRegistration};
+
+/// The record this node wants on-chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub wg_public_key: B256,
+    /// `host:port`, or empty.
+    pub endpoint: String,
+    /// Empty when the node has no TLS-gateway URL.
+    pub gateway_url: String,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The stored record already is the desired one; nothing was sent.
+    UpToDate { token_id: U256 },
+    /// A new record was registered.
+    Registered {
+        token_id: U256,
+        nonce: u64,
+        tx: TxHash,
+        block: u64,
+        from: Address,
+    },
+    /// No funded sender: the signed registration, for `meshctl relay`.
+    NeedsRelay(Box<SignedRegistration>),
+}
+
+/// Why registration cannot proceed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrationError {
+    #[error(
+        "no seat of cluster {contract} is bound to this instance ({instance_id}). The cluster owner mints one bound to it:\n    meshctl mint --contract {contract} --to <holder address> --instance {instance_id}\nor the holder of a seat binds it:\n    meshctl bind --contract {contract} --token <token id> --instance {instance_id}"
+    )]
+    NoSeat {
+        contract: Address,
+        instance_id: String,
+    },
+    #[error(
+        "seat {token_id} of cluster {contract} is deactivated: its holder runs `meshctl activate --contract {contract} --token {token_id}`"
+    )]
+    SeatInactive { contract: Address, token_id: U256 },
+    #[error("the cluster would reject this node's proof, so nothing was sent: {0}")]
+    WouldBeRejected(#[source] ProofError),
+    #[error("signing the record failed")]
+    Sign(#[source] ProofError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// The cluster contract, read through `rpc_url`.
+pub struct Cluster {
+    rpc_url: Url,
+    contract: Address,
+    reader: DynProvider,
+}
+
+impl Cluster {
+    /// Connects and checks that `contract` is a cluster.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the RPC is unreachable or the address holds no cluster.
+    pub async fn connect(rpc_url: Url, contract: Address) -> Result<Self, ChainError> {
+        let reader = ProviderBuilder::new()
+            .connect_http(rpc_url.clone())
+            .erased();
+        chain::check_cluster(&reader, contract).await?;
+        Ok(Self {
+            rpc_url,
+            contract,
+            reader,
+        })
+    }
+
+    pub fn address(&self) -> Address {
+        self.contract
+    }
+
+    fn read(&self) -> DstackClusterNFT::DstackClusterNFTInstance<&DynProvider> {
+        DstackClusterNFT::new(self.contract, &self.reader)
+    }
+
+    /// Makes the chain hold `desired` for this node's seat: nothing if it already does, else a freshly signed
+    /// record, sent from the derived address when it has funds, else from `tx_key`, else returned for a relay.
+    ///
+    /// # Errors
+    /// [`RegistrationError`]: no seat, an inactive seat, a proof the cluster would reject, or a chain error.
+    #[instrument(skip_all, fields(contract = %self.contract, instance = %identity.instance_id))]
+    pub async fn register(
+        &self,
+        identity: &NodeIdentity,
+        desired: &Desired,
+        tx_key: Option<&PrivateKeySigner>,
+    ) -> Result<Outcome, RegistrationError> {
+        let c = self.read();
+        let call = |what: &'static str| move |e| ChainError::from_call(what, e);
+        let token_id = c
+            .tokenOfInstance(identity.instance_id.clone())
+            .call()
+            .await
+            .map_err(call("tokenOfInstance"))?;
+        if token_id.is_zero() {
+            return Err(RegistrationError::NoSeat {
+                contract: self.contract,
+                instance_id: identity.instance_id.clone(),
+            });
+        }
+        let seat = c
+            .seatInfo(token_id)
+            .call()
+            .await
+            .map_err(call("seatInfo"))?;
+        if !seat.active {
+            return Err(RegistrationError::SeatInactive {
+                contract: self.contract,
+                token_id,
+            });
+        }
+        if seat.registeredBlock != 0 {
+            let current = c.getPeer(token_id).call().await.map_err(call("getPeer"))?;
+            if current.wgPublicKey == desired.wg_public_key
+                && current.endpoint == desired.endpoint
+                && current.gatewayUrl == desired.gateway_url
+            {
+                return Ok(Outcome::UpToDate { token_id });
+            }
+        }
+        let chain_id = self
+            .reader
+            .get_chain_id()
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_chainId",
+                source,
+            })?;
+        let record = PeerRecord {
+            tokenId: token_id,
+            instanceId: identity.instance_id.clone(),
+            wgPublicKey: desired.wg_public_key,
+            endpoint: desired.endpoint.clone(),
+            gatewayUrl: desired.gateway_url.clone(),
+            nonce: seat.nonce + 1,
+        };
+        let reg = identity
+            .sign(record, chain_id, self.contract)
+            .map_err(RegistrationError::Sign)?;
+
+        // Check against the cluster's own pins first: a KMS-root or app-id mismatch should be a clear message,
+        // not a reverted transaction that someone paid for.
+        let kms_root = c.kmsRoot().call().await.map_err(call("kmsRoot"))?;
+        let app_ids = c
+            .allowedAppIds()
+            .call()
+            .await
+            .map_err(call("allowedAppIds"))?;
+        proof::verify_registration(&reg, kms_root, &app_ids, &identity.instance_id)
+            .map_err(RegistrationError::WouldBeRejected)?;
+
+        let derived = identity
+            .transaction_signer()
+            .map_err(RegistrationError::Sign)?;
+        let balance = self
+            .reader
+            .get_balance(derived.address())
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_getBalance",
+                source,
+            })?;
+        let sender = if !balance.is_zero() {
+            derived
+        } else if let Some(key) = tx_key {
+            key.clone()
+        } else {
+            return Ok(Outcome::NeedsRelay(Box::new(reg)));
+        };
+        let from = sender.address();
+        let writer = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(sender))
+            .connect_http(self.rpc_url.clone());
+        let (r, p, s) = chain::register_peer_args(&reg);
+        let pending = DstackClusterNFT::new(self.contract, &writer)
+            .registerPeer(r, p, s)
+            .send()
+            .await
+            .map_err(call("registerPeer"))?;
+        let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
+            what: "registerPeer receipt",
+            source: pending_error(e),
+        })?;
+        let block = receipt.block_number.unwrap_or_default();
+        info!(token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
+        Ok(Outcome::Registered {
+            token_id,
+            nonce: reg.nonce,
+            tx: receipt.transaction_hash,
+            block,
+            from,
+        })
+    }
+}
+
+fn pending_error(
+    e: alloy::providers::PendingTransactionError,
+) -> alloy::transports::TransportError {
+    match e {
+        alloy::providers::PendingTransactionError::TransportError(t) => t,
+        other => alloy::transports::TransportErrorKind::custom_str(&other.to_string()),
+    }
+}

@@ -1,0 +1,262 @@
+//! Registration against a real anvil and simulated dstack instances: the agent finds its seat, registers
+//! once, keeps its key across restarts, rotates it by epoch, hands its record to a relay when it cannot pay,
+//! and refuses to send a proof the cluster would reject.
+//!
+//! Run: `cargo test -p p2p-agent --test registration` (anvil comes from `scripts/bootstrap`).
+
+use alloy::{
+    network::{EthereumWallet, TransactionBuilder},
+    node_bindings::AnvilInstance,
+    primitives::{Address, U256, utils::parse_ether},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::TransactionRequest,
+    signers::local::PrivateKeySigner,
+};
+use netns_tests::{
+    chain::anvil,
+    node::{APP_ID, SimulatedInstance},
+};
+use p2p_agent::{
+    chain::{self, DstackClusterNFT},
+    identity::NodeIdentity,
+    proof::ProofError,
+    registration::{Cluster, Desired, Outcome, RegistrationError},
+};
+
+fn signer(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
+    anvil.keys()[i].clone().into()
+}
+
+fn provider(anvil: &AnvilInstance, i: usize) -> DynProvider {
+    ProviderBuilder::new()
+        .wallet(EthereumWallet::from(signer(anvil, i)))
+        .connect_http(anvil.endpoint_url())
+        .erased()
+}
+
+/// Deploys a cluster pinning `kms_root` and the test app, owned by anvil account 0.
+async fn deploy(
+    anvil: &AnvilInstance,
+    kms_root: Address,
+) -> DstackClusterNFT::DstackClusterNFTInstance<DynProvider> {
+    DstackClusterNFT::deploy(
+        provider(anvil, 0),
+        anvil.addresses()[0],
+        kms_root,
+        vec![APP_ID.parse().unwrap()],
+        0x0a00_0100,
+        24,
+        U256::from(10),
+    )
+    .await
+    .expect("deploy")
+}
+
+async fn mint(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+    to: Address,
+    instance: &str,
+) {
+    c.mintNodeAccess(to, instance.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+}
+
+fn desired(identity: &NodeIdentity, endpoint: &str) -> Desired {
+    Desired {
+        wg_public_key: identity.wg_public_key(),
+        endpoint: endpoint.into(),
+        gateway_url: String::new(),
+    }
+}
+
+/// With no seat, the agent says exactly what the operator must run.
+#[tokio::test(flavor = "multi_thread")]
+async fn unbound_instance_is_told_the_commands_to_run() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("lonely").await;
+    let c = deploy(&anvil, node.kms_root).await;
+    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
+        .await
+        .unwrap();
+    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let err = cluster
+        .register(&identity, &desired(&identity, "192.0.2.1:51820"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistrationError::NoSeat { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "meshctl mint --contract {} --to <holder address> --instance {}",
+            c.address(),
+            node.instance_id
+        )),
+        "{text}"
+    );
+    assert!(text.contains("meshctl bind"), "{text}");
+}
+
+/// A registration lands once; the same instance after a restart derives the same key and sends nothing;
+/// the next rotation epoch registers a new key with the next nonce.
+#[tokio::test(flavor = "multi_thread")]
+async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-1").await;
+    let c = deploy(&anvil, node.kms_root).await;
+    mint(&c, anvil.addresses()[1], &node.instance_id).await;
+    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
+        .await
+        .unwrap();
+    let tx_key = signer(&anvil, 1);
+
+    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let want = desired(&identity, "192.0.2.1:51820");
+    let outcome = cluster
+        .register(&identity, &want, Some(&tx_key))
+        .await
+        .unwrap();
+    let Outcome::Registered {
+        token_id,
+        nonce,
+        from,
+        ..
+    } = outcome
+    else {
+        panic!("expected a registration: {outcome:?}")
+    };
+    assert_eq!(
+        (token_id, nonce, from),
+        (U256::from(1), 1, anvil.addresses()[1])
+    );
+    let peer = c.getPeer(U256::from(1)).call().await.unwrap();
+    assert_eq!(peer.wgPublicKey, identity.wg_public_key());
+    assert_eq!(peer.endpoint, "192.0.2.1:51820");
+
+    // "Restart": a fresh identity from dstack is the same key, so nothing is sent.
+    let restarted = NodeIdentity::load(&node.client, 0).await.unwrap();
+    assert_eq!(restarted.wg_public_key(), identity.wg_public_key());
+    let outcome = cluster
+        .register(
+            &restarted,
+            &desired(&restarted, "192.0.2.1:51820"),
+            Some(&tx_key),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::UpToDate { .. }), "{outcome:?}");
+
+    // Rotation: epoch 1 is another key, registered with the next nonce.
+    let rotated = NodeIdentity::load(&node.client, 1).await.unwrap();
+    assert_ne!(rotated.wg_public_key(), identity.wg_public_key());
+    let outcome = cluster
+        .register(
+            &rotated,
+            &desired(&rotated, "192.0.2.1:51820"),
+            Some(&tx_key),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Registered { nonce: 2, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        c.getPeer(U256::from(1)).call().await.unwrap().wgPublicKey,
+        rotated.wg_public_key()
+    );
+}
+
+/// Without funds the signed registration is handed out; anyone can relay it. Once the derived address is
+/// funded, the agent pays for itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_pays() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-2").await;
+    let c = deploy(&anvil, node.kms_root).await;
+    mint(&c, anvil.addresses()[2], &node.instance_id).await;
+    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
+        .await
+        .unwrap();
+    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+
+    let outcome = cluster
+        .register(&identity, &desired(&identity, "192.0.2.2:51820"), None)
+        .await
+        .unwrap();
+    let Outcome::NeedsRelay(reg) = outcome else {
+        panic!("expected a registration to relay: {outcome:?}")
+    };
+    let (r, p, s) = chain::register_peer_args(&reg);
+    c.registerPeer(r, p, s)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap(); // relayed by the owner
+    assert_eq!(
+        c.getPeer(U256::from(1)).call().await.unwrap().endpoint,
+        "192.0.2.2:51820"
+    );
+
+    let derived = identity.derived_address().unwrap();
+    let fund = TransactionRequest::default()
+        .with_to(derived)
+        .with_value(parse_ether("0.01").unwrap());
+    provider(&anvil, 0)
+        .send_transaction(fund)
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let outcome = cluster
+        .register(&identity, &desired(&identity, "192.0.2.22:51820"), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Registered { from, nonce: 2, .. } if from == derived),
+        "{outcome:?}"
+    );
+}
+
+/// A cluster pinned to another KMS root would revert; the agent says why and sends nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proof_the_cluster_would_reject_is_not_sent() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-3").await;
+    let other_root: Address = "0x000000000000000000000000000000000000dEaD"
+        .parse()
+        .unwrap();
+    let c = deploy(&anvil, other_root).await;
+    mint(&c, anvil.addresses()[3], &node.instance_id).await;
+    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
+        .await
+        .unwrap();
+    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let block = provider(&anvil, 0).get_block_number().await.unwrap();
+
+    let err = cluster
+        .register(
+            &identity,
+            &desired(&identity, "192.0.2.3:51820"),
+            Some(&signer(&anvil, 3)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistrationError::WouldBeRejected(ProofError::KmsRootMismatch { expected, recovered })
+            if expected == other_root && recovered == node.kms_root),
+        "{err}"
+    );
+    assert_eq!(
+        provider(&anvil, 0).get_block_number().await.unwrap(),
+        block,
+        "no transaction was sent"
+    );
+}

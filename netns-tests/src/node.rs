@@ -1,0 +1,113 @@
+//! A simulated dstack instance served in-process on a socket in a temp dir, as one CVM of the test cluster's
+//! app: the agent's real dstack client talks to it, and it signs records exactly as an agent would.
+
+use std::sync::Arc;
+
+use alloy::primitives::{Address, B256, U256};
+use dstack_simulator::{
+    keys::KmsRootKey,
+    platform::{InstanceChoice, KeySource, Platform, SimulatorConfig},
+    server::{UnixSocket, serve},
+};
+use p2p_agent::{
+    dstack::{DstackClient, Endpoint},
+    proof::{self, DstackProof, PeerRecord, SignedRegistration},
+};
+
+/// The test cluster's KMS root private key (a throwaway, never a real key).
+pub const KMS_ROOT_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+/// The test cluster's app id.
+pub const APP_ID: &str = "0x00112233445566778899aabbccddeeff00112233";
+
+/// One simulated CVM; its server stops when this is dropped.
+pub struct SimulatedInstance {
+    pub client: DstackClient,
+    pub socket: std::path::PathBuf,
+    pub instance_id: String,
+    pub app_id: Address,
+    pub kms_root: Address,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for SimulatedInstance {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl SimulatedInstance {
+    /// Starts the instance called `name` of the test cluster's app. Call inside a tokio runtime.
+    ///
+    /// # Panics
+    /// When the socket cannot be bound.
+    pub async fn start(name: &str) -> Self {
+        let root = KmsRootKey::from_hex(KMS_ROOT_KEY).expect("root key");
+        let kms_root = root.address();
+        let platform = Platform::new(SimulatorConfig {
+            keys: KeySource::Cluster {
+                root,
+                app_id: Some(APP_ID.parse().expect("app id")),
+            },
+            instance: InstanceChoice::Name(name.into()),
+            app_name: None,
+        })
+        .expect("simulated platform");
+        let instance_id = platform.instance_id_hex();
+        let app_id = platform.app_id();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("dstack.sock");
+        let unix = UnixSocket::bind(&socket)
+            .await
+            .expect("bind simulator socket");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            serve(Arc::new(platform), &unix, None, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Self {
+            client: DstackClient::new(Endpoint::Unix(socket.clone())),
+            socket,
+            instance_id,
+            app_id,
+            kms_root,
+            _dir: dir,
+            stop: Some(stop),
+        }
+    }
+
+    /// A record for seat `token_id`, proven by this instance's dstack chain and signed by its derived key.
+    ///
+    /// # Panics
+    /// When the simulator does not answer GetKey.
+    pub async fn sign(
+        &self,
+        token_id: u64,
+        wg_key: B256,
+        endpoint: &str,
+        nonce: u64,
+        chain_id: u64,
+        contract: Address,
+    ) -> SignedRegistration {
+        let purpose = proof::purpose(&self.instance_id);
+        let reply = self
+            .client
+            .get_key(&proof::key_path(&self.instance_id), &purpose)
+            .await
+            .expect("GetKey");
+        let p = DstackProof::from_get_key(&reply, self.app_id, &purpose).expect("proof");
+        let record = PeerRecord {
+            tokenId: U256::from(token_id),
+            instanceId: self.instance_id.clone(),
+            wgPublicKey: wg_key,
+            endpoint: endpoint.into(),
+            gatewayUrl: String::new(),
+            nonce,
+        };
+        SignedRegistration::sign(record, p, &reply.key, chain_id, contract).expect("sign")
+    }
+}
