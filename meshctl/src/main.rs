@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Operate a dstack-mesh cluster: the cluster owner's and the node operator's tools.
+/// Operate a dstack-mesh cluster: node status, and the cluster owner's and the node operator's tools.
 ///
 /// Every command that touches the chain takes --contract (CLUSTER_CONTRACT) and --rpc-url (RPC_URL).
 /// Commands that send transactions sign with --private-key-file or the PRIVATE_KEY environment variable;
@@ -30,6 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Show this node and its mesh, from the local agent's API.
+    Status(cmd::status::Args),
     /// Deploy a new cluster contract from the committed artifact, and print its address.
     Deploy(cmd::deploy::Args),
     /// Mint the next seat, optionally bound to a dstack instance.
@@ -61,6 +63,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = output::Output::new(cli.json);
     let result = match cli.command {
+        Command::Status(a) => cmd::status::run(a, &out).await,
         Command::Deploy(a) => cmd::deploy::run(a, &out).await,
         Command::Mint(a) => cmd::seat::mint(a, &out).await,
         Command::Bind(a) => cmd::seat::bind(a, &out).await,

@@ -2,12 +2,14 @@
 //! network-namespace scenarios and benchmarks, start and tear down.
 //!
 //! Layout:
+//! - [`api`]: the agent's real API server, serving a fixture snapshot.
 //! - [`chain`]: a real anvil on a free loopback port, killed on drop.
 //! - [`node`]: a simulated dstack instance served in-process, and the records it signs.
 //! - [`unique_name`]: names unique per run, that fit an interface name.
 //!
 //! The topologies (node namespaces behind a bridge, a NAT router) land with the integration-tests issue.
 
+pub mod api;
 pub mod chain;
 pub mod node;
 

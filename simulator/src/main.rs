@@ -10,7 +10,8 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use dstack_simulator::fixture::{FIXTURE_A, FIXTURE_B};
 use dstack_simulator::keys::KmsRootKey;
 use dstack_simulator::platform::{InstanceChoice, KeySource, Platform, SimulatorConfig};
-use dstack_simulator::server::{self, UnixSocket};
+use dstack_simulator::server;
+use p2p_agent::socket::UnixSocket;
 use tracing::{info, warn};
 
 /// A dstack guest-agent simulator. It serves the real agent's API (POST /GetKey, /GetQuote, /Info,

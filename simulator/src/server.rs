@@ -7,8 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +23,11 @@ use p2p_agent::dstack::wire::{
     DeriveK256KeyArgs, DeriveKeyArgs, EmitEventArgs, ErrorResponse, GetKeyArgs, GetQuoteArgs,
     GetTlsKeyArgs, RawQuoteArgs, SignArgs, TdxQuoteArgs, VerifyArgs,
 };
+pub use p2p_agent::socket::UnixSocket;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -39,39 +39,10 @@ const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long probing an existing socket may take before we call it stale.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BindError {
-    /// Another process answers on the socket.
-    #[error(
-        "{} is in use by a running guest agent or simulator; stop it or choose another --socket",
-        path.display()
-    )]
-    SocketInUse {
-        /// The socket path.
-        path: PathBuf,
-    },
-    /// Something other than a socket is at the path; we never delete it.
-    #[error("{} exists and is not a unix socket; refusing to replace it", path.display())]
-    NotASocket {
-        /// The path.
-        path: PathBuf,
-    },
-    /// An I/O error on the path.
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
     /// `--listen` named a non-loopback address; the simulator's keys must not be reachable off-host.
     #[error(
         "refusing to listen on {0}: the simulator hands out keys to anyone who asks, so only loopback \
@@ -87,72 +58,6 @@ pub enum BindError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// A bound unix socket that removes its file on drop, unless someone else has replaced it since.
-#[derive(Debug)]
-pub struct UnixSocket {
-    listener: UnixListener,
-    path: PathBuf,
-    inode: u64,
-}
-
-impl UnixSocket {
-    /// Binds `path`, replacing a stale socket file (nobody accepting) and refusing a live one.
-    ///
-    /// # Errors
-    /// [`BindError`] naming the path.
-    pub async fn bind(path: &Path) -> Result<Self, BindError> {
-        let io = |action, source| BindError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        };
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(BindError::NotASocket {
-                    path: path.to_owned(),
-                });
-            }
-            Ok(_) => match tokio::time::timeout(PROBE_TIMEOUT, UnixStream::connect(path)).await {
-                Ok(Ok(_)) => {
-                    return Err(BindError::SocketInUse {
-                        path: path.to_owned(),
-                    });
-                }
-                // Refused (or hung past the timeout): a leftover of a process that is gone.
-                Ok(Err(_)) | Err(_) => {
-                    info!(path = %path.display(), "replacing stale socket");
-                    std::fs::remove_file(path).map_err(|e| io("remove stale socket", e))?;
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("inspect", e)),
-        }
-        let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
-        let inode = std::fs::metadata(path).map_err(|e| io("inspect", e))?.ino();
-        Ok(Self {
-            listener,
-            path: path.to_owned(),
-            inode,
-        })
-    }
-
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for UnixSocket {
-    fn drop(&mut self) {
-        // Only our own file: a successor may already have replaced a socket it thought stale.
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode)
-            && let Err(e) = std::fs::remove_file(&self.path)
-        {
-            warn!(path = %self.path.display(), %e, "cannot remove socket");
-        }
-    }
 }
 
 /// Binds plain HTTP on a loopback address.
@@ -182,8 +87,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = unix.listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_connection(&mut connections, &graceful, &platform, stream),
+            accepted = unix.accept() => match accepted {
+                Ok(stream) => spawn_connection(&mut connections, &graceful, &platform, stream),
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept_tcp(tcp.as_ref()) => match accepted {

@@ -8,3 +8,4 @@ pub(crate) mod leader;
 pub(crate) mod peers;
 pub(crate) mod relay;
 pub(crate) mod seat;
+pub(crate) mod status;

@@ -1,0 +1,94 @@
+//! The local API over its unix socket: JSON shapes, the peer-change stream and the metrics.
+//!
+//! Run: `cargo test -p p2p-agent --test api`.
+
+use std::time::Duration;
+
+use netns_tests::api::{FixtureApi, example_snapshot};
+use p2p_agent::api::{self, Peer, Status};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Status and peers round-trip through the socket as the snapshot that was published.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_peers_are_served_as_published() {
+    let snapshot = example_snapshot(1_000_000);
+    let server = FixtureApi::start(snapshot.clone()).await;
+    let status: Status = api::get(server.path(), "/v1/status").await.unwrap();
+    assert_eq!(status, snapshot.status);
+    let peers: Vec<Peer> = api::get(server.path(), "/v1/peers").await.unwrap();
+    assert_eq!(peers, snapshot.peers);
+    let raw: serde_json::Value = api::get(server.path(), "/v1/peers").await.unwrap();
+    assert_eq!(raw[0]["overlayIp"], "10.0.1.2", "camelCase field names");
+    let err = api::get::<serde_json::Value>(server.path(), "/v2/nothing")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no such path /v2/nothing"),
+        "{err}"
+    );
+}
+
+/// The watch stream sends the current list, then one event per change, and nothing for a non-change.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_streams_one_event_per_peer_set_change() {
+    let snapshot = example_snapshot(1_000_000);
+    let server = FixtureApi::start(snapshot.clone()).await;
+    let stream = tokio::net::UnixStream::connect(server.path())
+        .await
+        .unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(b"GET /v1/peers/watch HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let mut next_event = async || -> Vec<Peer> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .expect("a peers event within 5 s")
+                .unwrap()
+                .expect("the stream stays open");
+            if let Some(data) = line.strip_prefix("data: ") {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+    };
+    assert_eq!(next_event().await, snapshot.peers, "the current list first");
+
+    let mut unchanged = snapshot.clone();
+    unchanged.status.uptime_secs += 10; // not a peer-set change
+    server.publish.send(unchanged).unwrap();
+    let mut changed = snapshot.clone();
+    changed.peers.pop();
+    server.publish.send(changed.clone()).unwrap();
+    assert_eq!(
+        next_event().await,
+        changed.peers,
+        "the next event is the change, not the uptime tick"
+    );
+}
+
+/// Metrics are Prometheus text with the peer gauges and the counters.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_cover_peers_handshakes_bytes_reconciles_and_lag() {
+    let snapshot = example_snapshot(1_000_000);
+    let text = api::metrics(&snapshot);
+    for line in [
+        "dstack_mesh_peers_configured 3",
+        "dstack_mesh_peers_healthy 1",
+        "dstack_mesh_peer_latest_handshake_seconds{token_id=\"2\"} 999988",
+        "dstack_mesh_peer_latest_handshake_seconds{token_id=\"4\"} 0",
+        "dstack_mesh_peer_rx_bytes_total{token_id=\"2\"} 5242880",
+        "dstack_mesh_reconciles_total 4",
+        "dstack_mesh_invalid_records_total 1",
+        "dstack_mesh_chain_lag_blocks 2",
+        "# TYPE dstack_mesh_rpc_errors_total counter",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}

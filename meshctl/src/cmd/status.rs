@@ -1,0 +1,183 @@
+//! `meshctl status`: this node and its mesh, from the agent's local API.
+
+use std::{path::PathBuf, process::ExitCode, time::SystemTime};
+
+use anyhow::Context;
+use p2p_agent::api::{self, ConnectionKind, Peer, Status};
+use serde_json::json;
+
+use crate::output::Output;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The agent's API socket.
+    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+    /// Show whole WireGuard keys and instance ids.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
+    let status: Status = api::get(&args.api_socket, "/v1/status")
+        .await
+        .context("reading the agent's status")?;
+    let mut peers: Vec<Peer> = api::get(&args.api_socket, "/v1/peers")
+        .await
+        .context("reading the agent's peers")?;
+    peers.sort_by_key(|p| p.token_id);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    out.emit(
+        || render(&status, &peers, now, args.verbose),
+        || json!({ "status": status, "peers": peers }),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(s: &str, n: usize, verbose: bool) -> String {
+    if verbose || s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+/// "never" for no handshake (a zero timestamp is "never", not 1970), else an age such as "42s ago".
+pub(crate) fn age(handshake: Option<u64>, now: u64) -> String {
+    match handshake {
+        None | Some(0) => "never".into(),
+        Some(t) => {
+            let s = now.saturating_sub(t);
+            match s {
+                0..=59 => format!("{s}s ago"),
+                60..=3599 => format!("{}m ago", s / 60),
+                3600..=86_399 => format!("{}h ago", s / 3600),
+                _ => format!("{}d ago", s / 86_400),
+            }
+        }
+    }
+}
+
+/// Bytes in binary units, as `wg` prints them.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
+    let n = &status.node;
+    let c = &status.chain;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut s = String::new();
+    let mode = match (&status.mode, &status.backend) {
+        (api::Mode::Wireguard, Some(b)) => format!("wireguard ({b})"),
+        (api::Mode::Wireguard, None) => "wireguard".into(),
+        (api::Mode::Tls, _) => "tls".into(),
+    };
+    s.push_str(&format!(
+        "interface {}  overlay {}  seat {}  instance {}\n",
+        opt(n.interface.clone()),
+        opt(n.overlay_ip.map(|ip| ip.to_string())),
+        opt(n.token_id.map(|t| t.to_string())),
+        short(&n.instance_id, 12, verbose)
+    ));
+    s.push_str(&format!(
+        "mode {mode}  listen port {}  endpoint {}  registered {}\n",
+        opt(n.listen_port.map(|p| p.to_string())),
+        opt(n.endpoint.clone()),
+        if n.registered { "yes" } else { "no" }
+    ));
+    let lag = match (c.head, c.last_processed_block, c.lag) {
+        (Some(h), Some(l), Some(lag)) => format!("block {l} of {h} (lag {lag})"),
+        (_, Some(l), _) => format!("block {l} (head unknown)"),
+        _ => "no block processed yet".into(),
+    };
+    s.push_str(&format!(
+        "cluster {} on chain {}  {lag}{}\n",
+        c.contract,
+        opt(c.chain_id.map(|i| i.to_string())),
+        if c.from_cache {
+            "  [peers from cache: RPC not reached yet]"
+        } else {
+            ""
+        }
+    ));
+    if let Some(e) = &c.last_error {
+        s.push_str(&format!("# chain: {e}\n"));
+    }
+    s.push_str(&format!(
+        "peers: {} configured, {} healthy\n\n",
+        status.peers_configured, status.peers_healthy
+    ));
+    if peers.is_empty() {
+        s.push_str("no peers\n");
+        return s;
+    }
+    s.push_str(&format!(
+        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<10} {:>10} {:>10}\n",
+        "TOKEN", "INSTANCE", "OVERLAY", "WG KEY", "ENDPOINT", "CONNECTION", "HANDSHAKE", "RX", "TX"
+    ));
+    for p in peers {
+        let marker = if p.healthy { '●' } else { '○' };
+        let connection = match p.connection {
+            ConnectionKind::Wireguard => "wireguard",
+            ConnectionKind::TlsGateway => "tls-gateway",
+            ConnectionKind::Unreachable => "unreachable",
+        };
+        s.push_str(&format!(
+            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<10} {:>10} {:>10}\n",
+            p.token_id,
+            short(&p.instance_id, 12, verbose),
+            p.overlay_ip,
+            short(p.wg_public_key.as_deref().unwrap_or("-"), 12, verbose),
+            p.endpoint.as_deref().unwrap_or("-"),
+            connection,
+            age(p.latest_handshake, now),
+            bytes(p.rx_bytes),
+            bytes(p.tx_bytes),
+        ));
+        if p.connection == ConnectionKind::TlsGateway
+            && let Some(url) = &p.gateway_url
+        {
+            s.push_str(&format!("        via {url}\n"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zero or missing handshake is "never"; others are ages in the largest whole unit.
+    #[test]
+    fn handshake_ages_read_like_wg() {
+        assert_eq!(age(None, 1000), "never");
+        assert_eq!(age(Some(0), 1000), "never");
+        assert_eq!(age(Some(990), 1000), "10s ago");
+        assert_eq!(age(Some(1000 - 125), 1000), "2m ago");
+        assert_eq!(age(Some(1), 1 + 3 * 86_400), "3d ago");
+    }
+
+    /// Transfer is shown in binary units.
+    #[test]
+    fn bytes_use_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+}

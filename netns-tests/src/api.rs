@@ -1,0 +1,128 @@
+//! An agent API served from a fixed snapshot, for tests of what reads the API (`meshctl status`, apps).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use p2p_agent::api::{
+    self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status,
+};
+use p2p_agent::socket::UnixSocket;
+use tokio::sync::watch;
+
+/// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen.
+pub fn example_snapshot(now: u64) -> Snapshot {
+    let peer = |token: u64, connection, handshake: Option<u64>, rx, tx| Peer {
+        token_id: token,
+        instance_id: format!("{token:040x}"),
+        overlay_ip: Ipv4Addr::new(10, 0, 1, token as u8),
+        wg_public_key: Some(format!("{}{token}=", "A".repeat(42))),
+        endpoint: Some(format!("192.0.2.{token}:51820")),
+        gateway_url: (token == 3).then(|| format!("https://{token:040x}-8080.dstack.example")),
+        connection,
+        address: Some(match connection {
+            ConnectionKind::TlsGateway => format!("https://{token:040x}-8080.dstack.example"),
+            _ => format!("10.0.1.{token}"),
+        }),
+        healthy: connection == ConnectionKind::Wireguard,
+        latest_handshake: handshake,
+        rx_bytes: rx,
+        tx_bytes: tx,
+    };
+    let peers = vec![
+        peer(
+            2,
+            ConnectionKind::Wireguard,
+            Some(now - 12),
+            5 * 1024 * 1024,
+            1536,
+        ),
+        peer(3, ConnectionKind::TlsGateway, Some(now - 400), 0, 92),
+        peer(4, ConnectionKind::Unreachable, None, 0, 0),
+    ];
+    Snapshot {
+        status: Status {
+            version: "0.1.0".into(),
+            mode: Mode::Wireguard,
+            backend: Some("userspace".into()),
+            node: Node {
+                instance_id: format!("{:040x}", 1),
+                app_id: "0x00112233445566778899aabbccddeeff00112233"
+                    .parse()
+                    .expect("address"),
+                token_id: Some(1),
+                overlay_ip: Some(Ipv4Addr::new(10, 0, 1, 1)),
+                wg_public_key: Some(format!("{}1=", "B".repeat(42))),
+                interface: Some("dmesh0".into()),
+                listen_port: Some(51820),
+                endpoint: Some("192.0.2.1:51820".into()),
+                gateway_url: None,
+                registered: true,
+            },
+            chain: ChainStatus {
+                contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+                    .parse()
+                    .expect("address"),
+                chain_id: Some(31337),
+                rpc_url: "http://127.0.0.1:8545".into(),
+                head: Some(122),
+                last_processed_block: Some(120),
+                lag: Some(2),
+                from_cache: false,
+                last_error: None,
+            },
+            uptime_secs: 3600,
+            peers_configured: 3,
+            peers_healthy: 1,
+        },
+        peers,
+        counters: Counters {
+            reconciles: 4,
+            registrations: 1,
+            rpc_errors: 0,
+            invalid_records: 1,
+        },
+    }
+}
+
+/// The real API server on a socket in a temp dir, serving whatever is sent on `publish`; stops on drop.
+pub struct FixtureApi {
+    pub socket: PathBuf,
+    pub publish: watch::Sender<Snapshot>,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FixtureApi {
+    /// Starts serving `snapshot`. Call inside a tokio runtime.
+    ///
+    /// # Panics
+    /// When the socket cannot be bound.
+    pub async fn start(snapshot: Snapshot) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("api.sock");
+        let bound = UnixSocket::bind(&socket).await.expect("bind API socket");
+        let (publish, rx) = watch::channel(snapshot);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(api::serve(bound, rx, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            socket,
+            publish,
+            _dir: dir,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for FixtureApi {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
