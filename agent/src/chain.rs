@@ -36,6 +36,8 @@ pub enum ChainError {
     NoCode { address: Address },
     #[error("{address} holds a contract that is not a DstackClusterNFT cluster ({detail})")]
     NotCluster { address: Address, detail: String },
+    #[error("the RPC does not have block {number}")]
+    MissingBlock { number: u64 },
     #[error("the contract reverted: {0}")]
     Reverted(Revert),
     #[error("RPC request failed ({what}): {source}")]

@@ -4,15 +4,23 @@
 //! - [`api`]: the local API on a unix socket: status, peers, a stream of peer-set changes, metrics.
 //! - [`chain`]: bindings to the `DstackClusterNFT` contract, from the committed Foundry artifact.
 //! - [`dstack`]: a client for dstack's guest-agent API (HTTP on a unix socket, or the simulator's URL).
+//! - [`follow`]: following the contract: full reads and events per block range, reorg-aware.
 //! - [`identity`]: this node as dstack attests it: instance, app, record-signing key, WireGuard key.
+//! - [`membership`]: the on-chain records that pass this node's own checks, as overlay peers.
 //! - [`proof`]: the registration proof: dstack's signature chain plus the EIP-712 record signature.
+//! - [`state`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
 //! - [`socket`]: unix sockets served with stale-file replacement and cleanup on drop.
+//! - [`reconcile`]: the one diff of desired peers against the device's, as minimal changes.
 //! - [`registration`]: getting this node's record on-chain: find its seat, sign, send or hand to a relay.
 
 pub mod api;
 pub mod chain;
 pub mod dstack;
+pub mod follow;
 pub mod identity;
+pub mod membership;
 pub mod proof;
+pub mod reconcile;
 pub mod registration;
 pub mod socket;
+pub mod state;
