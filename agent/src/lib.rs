@@ -8,6 +8,7 @@
 //! - [`identity`]: this node as dstack attests it: instance, app, record-signing key, WireGuard key.
 //! - [`membership`]: the on-chain records that pass this node's own checks, as overlay peers.
 //! - [`proof`]: the registration proof: dstack's signature chain plus the EIP-712 record signature.
+//! - [`wg`]: the userspace WireGuard data plane: boringtun's noise over TUN and UDP, with the standard UAPI.
 //! - [`state`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
 //! - [`socket`]: unix sockets served with stale-file replacement and cleanup on drop.
 //! - [`reconcile`]: the one diff of desired peers against the device's, as minimal changes.
@@ -24,3 +25,4 @@ pub mod reconcile;
 pub mod registration;
 pub mod socket;
 pub mod state;
+pub mod wg;

@@ -4,13 +4,15 @@
 //! Layout:
 //! - [`api`]: the agent's real API server, serving a fixture snapshot.
 //! - [`chain`]: a real anvil on a free loopback port, killed on drop.
+//! - [`netns`]: network namespaces, veth pairs, processes and WireGuard devices inside namespaces.
 //! - [`node`]: a simulated dstack instance served in-process, and the records it signs.
 //! - [`unique_name`]: names unique per run, that fit an interface name.
 //!
-//! The topologies (node namespaces behind a bridge, a NAT router) land with the integration-tests issue.
+//! Multi-node topologies (namespaces behind a bridge, a NAT router) land with the integration-tests issue.
 
 pub mod api;
 pub mod chain;
+pub mod netns;
 pub mod node;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,34 @@
+//! Userspace WireGuard data plane: boringtun's noise `Tunn` per peer, driven by our own tokio
+//! loops over a TUN device and a UDP socket, with in-place peer updates and the standard
+//! cross-platform UAPI so `wg show` / `wg set` work.
+//!
+//! - `device`: [`Device`] — TUN + UDP + loops, peer API, shutdown.
+//! - `peer`: one peer's `Tunn`, endpoint (roaming), keepalive and counters.
+//! - `allowed_ips`: longest-prefix cryptokey routing table.
+//! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
+//! - `key`: [`PrivateKey`] (redacting) and [`KeyPrefix`] for logs.
+//! - `uapi`: sans-IO `get`/`set` text rendering and parsing.
+//! - `uapi_server`: the unix socket at `/var/run/wireguard/<ifname>.sock`.
+//! - `netlink`: MTU, address and link state over rtnetlink.
+//! - `task`: owned task handles that abort on drop.
+//! - `error`: the module's [`Error`].
+
+mod allowed_ips;
+mod config;
+mod device;
+mod error;
+mod key;
+mod netlink;
+mod peer;
+mod task;
+mod uapi;
+mod uapi_server;
+
+pub use config::{
+    DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, PeerConfig, PeerStatus,
+    validate_ifname,
+};
+pub use device::Device;
+pub use error::{Error, NEEDS_NET_ADMIN};
+pub use ipnetwork::Ipv4Network;
+pub use key::{KeyPrefix, PrivateKey};
