@@ -1,5 +1,7 @@
-//! `p2p-agent`: the dstack-mesh agent binary. Thin: parsing, logging and exit codes; the work is in
-//! the `p2p_agent` library.
+//! `p2p-agent`: the dstack-mesh agent binary: the daemon (`daemon`), and one-shot tools (identity,
+//! register, wait). Parsing, logging and exit codes live here; the pieces are in the `p2p_agent` library.
+
+mod daemon;
 
 use std::process::ExitCode;
 
@@ -11,11 +13,15 @@ use p2p_agent::proof::{self, DstackProof, ProofError};
 use serde::Serialize;
 
 /// dstack-mesh agent: proves this CVM's WireGuard key on-chain and keeps its mesh in step.
+///
+/// Without a subcommand it runs the daemon: `p2p-agent --mode wireguard --contract 0x… --rpc-url …`.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: daemon::RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,6 +34,20 @@ enum Command {
     /// else with --tx-key-file/PRIVATE_KEY; otherwise prints the signed registration as JSON for
     /// `meshctl relay`.
     Register(RegisterArgs),
+    /// Wait until this node's record is on-chain and at least one tunnel is up (or no peer exists yet):
+    /// exits 0 then, non-zero after --timeout-secs. For docker-compose `depends_on:
+    /// service_completed_successfully`.
+    Wait(WaitArgs),
+}
+
+#[derive(Debug, Args)]
+struct WaitArgs {
+    /// The agent's API socket.
+    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = p2p_agent::api::DEFAULT_SOCKET)]
+    api_socket: std::path::PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, env = "MESH_WAIT_TIMEOUT_SECS", default_value_t = 120)]
+    timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -102,7 +122,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -123,9 +143,77 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Identity(args) => identity(args).await,
-        Command::Register(args) => register(args).await,
+        None => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = stop.send(true);
+            });
+            daemon::run(cli.run, stopped).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Identity(args)) => identity(args).await,
+        Some(Command::Register(args)) => register(args).await,
+        Some(Command::Wait(args)) => wait(args).await,
     }
+}
+
+/// SIGINT or SIGTERM, whichever comes first.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
+    use p2p_agent::api::Status;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
+    let mut last = String::from("the agent API never answered");
+    while tokio::time::Instant::now() < deadline {
+        match p2p_agent::api::get::<Status>(&args.api_socket, "/v1/status").await {
+            Ok(s) if s.node.registered && (s.peers_configured == 0 || s.peers_healthy > 0) => {
+                eprintln!(
+                    "ready: seat {} registered, {} of {} peers healthy",
+                    s.node
+                        .token_id
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.peers_healthy,
+                    s.peers_configured
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(s) if !s.node.registered => {
+                last = match s.chain.last_error {
+                    Some(e) => format!("this node's record is not on-chain yet: {e}"),
+                    None => "this node's record is not on-chain yet".into(),
+                }
+            }
+            Ok(s) => {
+                last = format!(
+                    "no tunnel is up yet (0 of {} peers healthy)",
+                    s.peers_configured
+                )
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    eprintln!("not ready after {} s: {last}", args.timeout_secs);
+    Ok(ExitCode::FAILURE)
 }
 
 async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
