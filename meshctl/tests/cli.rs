@@ -73,6 +73,21 @@ fn owner_lifecycle_changes_the_chain() {
     assert_eq!(config["activeSeats"], "1");
     assert_eq!(config["prefix"], "10.0.1.0/24");
 
+    // The holder takes the seat out and brings it back.
+    let out = m
+        .run(Some(1), &["deactivate", "--token", "1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(out["active"], false);
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(
+        config["activeSeats"], "0",
+        "a deactivated seat does not count"
+    );
+    m.run(Some(1), &["activate", "--token", "1"]).ok();
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(config["activeSeats"], "1");
+
     let refused = m.run(Some(0), &["revoke", "--token", "1"]).failed();
     assert!(refused.stderr.contains("pass --yes"), "{}", refused.stderr);
     m.run(Some(0), &["revoke", "--token", "1", "--yes"]).ok();
@@ -273,9 +288,29 @@ fn app_auth_check_judges_a_boot() {
     assert_eq!(allowed["isAllowed"], true);
 }
 
+/// Deploys raw init code from anvil account 9 and returns the new contract's address.
+async fn deploy_bytecode(anvil: &alloy::node_bindings::AnvilInstance, code: &str) -> Address {
+    use alloy::network::{EthereumWallet, TransactionBuilder};
+    use alloy::providers::{Provider, ProviderBuilder};
+    let signer: alloy::signers::local::PrivateKeySigner = anvil.keys()[9].clone().into();
+    let provider = ProviderBuilder::new()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(anvil.endpoint_url());
+    let tx = alloy::rpc::types::TransactionRequest::default()
+        .with_deploy_code(alloy::hex::decode(code).unwrap());
+    let receipt = provider
+        .send_transaction(tx)
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    receipt.contract_address.expect("a contract was created")
+}
+
 /// Errors name what is wrong and what to do; exit codes are non-zero.
-#[test]
-fn errors_are_clear_and_fail_the_exit_code() {
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_clear_and_fail_the_exit_code() {
     let anvil = anvil();
     let mut m = Meshctl {
         anvil: &anvil,
@@ -303,6 +338,18 @@ fn errors_are_clear_and_fail_the_exit_code() {
         .run(Some(0), &["mint", "--to", &m.address(1).to_string()])
         .failed();
     assert!(out.stderr.contains("no contract at"), "{}", out.stderr);
+
+    // A contract that is not a cluster, detected before sending: it answers 42 to every call.
+    let other = deploy_bytecode(&anvil, "0x600a600c600039600a6000f3602a60005260206000f3").await;
+    m.contract = Some(other);
+    let out = m
+        .run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .failed();
+    assert!(
+        out.stderr.contains("is not a DstackClusterNFT cluster"),
+        "{}",
+        out.stderr
+    );
 
     // A revert, decoded with its hint.
     m.deploy(
