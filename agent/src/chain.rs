@@ -85,6 +85,56 @@ impl ChainError {
     }
 }
 
+/// Why a transaction signer could not be loaded. Never contains the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignerError {
+    #[error(
+        "both {flag} and the {env} environment variable are set: use one, so it is clear which key signs"
+    )]
+    Conflict {
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error("cannot read the key file {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source_name} does not hold a hex secp256k1 private key")]
+    Invalid { source_name: String },
+}
+
+/// The signer in `file` (given with `flag`), else in the environment variable `env`, else none. Keys are
+/// taken from files or the environment only, never from the command line, where other users see them.
+///
+/// # Errors
+/// [`SignerError`] when both are set, the file cannot be read, or the text is not a key.
+pub fn load_signer(
+    file: Option<&std::path::Path>,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<Option<alloy::signers::local::PrivateKeySigner>, SignerError> {
+    let from_env = std::env::var(env).ok().filter(|k| !k.trim().is_empty());
+    let (text, source_name) = match (file, from_env) {
+        (Some(_), Some(_)) => return Err(SignerError::Conflict { flag, env }),
+        (Some(path), None) => (
+            std::fs::read_to_string(path).map_err(|source| SignerError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            format!("the key file {}", path.display()),
+        ),
+        (None, Some(key)) => (key, env.to_owned()),
+        (None, None) => return Ok(None),
+    };
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| SignerError::Invalid { source_name })
+}
+
 /// The overlay address of a big-endian IPv4 integer, as the contract returns it.
 pub fn ipv4(address: u32) -> Ipv4Addr {
     Ipv4Addr::from(address)

@@ -145,28 +145,6 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
     }
 }
 
-fn read_tx_key(
-    file: Option<&Path>,
-) -> anyhow::Result<Option<alloy::signers::local::PrivateKeySigner>> {
-    let env = std::env::var("PRIVATE_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty());
-    let (text, source) = match (file, env) {
-        (Some(_), Some(_)) => bail!("both --tx-key-file and PRIVATE_KEY are set: use one"),
-        (Some(path), None) => (
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the tx key file {}", path.display()))?,
-            format!("the tx key file {}", path.display()),
-        ),
-        (None, Some(key)) => (key, "PRIVATE_KEY".to_owned()),
-        (None, None) => return Ok(None),
-    };
-    text.trim()
-        .parse()
-        .map(Some)
-        .map_err(|_| anyhow::anyhow!("{source} does not hold a hex secp256k1 private key"))
-}
-
 /// The daemon's moving parts.
 struct Agent {
     args: RunArgs,
@@ -210,7 +188,8 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
             Backend::Auto | Backend::Userspace => info!("WireGuard backend: userspace"),
         }
     }
-    let tx_key = read_tx_key(args.tx_key_file.as_deref())?;
+    let tx_key =
+        p2p_agent::chain::load_signer(args.tx_key_file.as_deref(), "--tx-key-file", "PRIVATE_KEY")?;
     if args.mode == Mode::Tls && args.gateway_url.is_none() && args.gateway_domain.is_none() {
         bail!(
             "--mode tls needs this node's gateway URL: pass --gateway-url, or --gateway-domain with --gateway-port"

@@ -285,32 +285,10 @@ async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The transaction key from --tx-key-file or PRIVATE_KEY, if any; never both.
-fn tx_key(
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<Option<alloy::signers::local::PrivateKeySigner>> {
-    let env = std::env::var("PRIVATE_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty());
-    let (text, source) = match (file, env) {
-        (Some(_), Some(_)) => anyhow::bail!("both --tx-key-file and PRIVATE_KEY are set: use one"),
-        (Some(path), None) => (
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the tx key file {}", path.display()))?,
-            format!("the tx key file {}", path.display()),
-        ),
-        (None, Some(key)) => (key, "PRIVATE_KEY".to_owned()),
-        (None, None) => return Ok(None),
-    };
-    text.trim()
-        .parse()
-        .map(Some)
-        .map_err(|_| anyhow::anyhow!("{source} does not hold a hex secp256k1 private key"))
-}
-
 async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     use p2p_agent::registration::{Cluster, Desired, Outcome};
-    let tx_key = tx_key(args.tx_key_file.as_deref())?;
+    let tx_key =
+        p2p_agent::chain::load_signer(args.tx_key_file.as_deref(), "--tx-key-file", "PRIVATE_KEY")?;
     let client = DstackClient::discover(args.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
     let identity = p2p_agent::identity::NodeIdentity::load(&client, args.wg_key_epoch)

@@ -11,39 +11,20 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use netns_tests::{
-    chain::anvil,
+    chain::{TestCluster, anvil, deploy_cluster},
     node::{APP_ID, SimulatedInstance},
 };
 use p2p_agent::{
-    chain::DstackClusterNFT,
     follow::Follower,
     identity::NodeIdentity,
     membership::{self, InvalidRecord, Pins},
     registration::{Cluster, Desired},
 };
 
-type Contract = DstackClusterNFT::DstackClusterNFTInstance<DynProvider>;
-
-fn owner(anvil: &AnvilInstance) -> DynProvider {
-    let signer: PrivateKeySigner = anvil.keys()[0].clone().into();
-    ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer))
-        .connect_http(anvil.endpoint_url())
-        .erased()
-}
+type Contract = TestCluster;
 
 async fn setup(anvil: &AnvilInstance, kms_root: Address) -> Contract {
-    DstackClusterNFT::deploy(
-        owner(anvil),
-        anvil.addresses()[0],
-        kms_root,
-        vec![APP_ID.parse().unwrap()],
-        0x0a00_0100,
-        24,
-        U256::from(50),
-    )
-    .await
-    .unwrap()
+    deploy_cluster(anvil, kms_root).await
 }
 
 /// Mints a seat for `node` and registers its record with `endpoint`, paid by the owner.

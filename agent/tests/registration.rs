@@ -5,16 +5,16 @@
 //! Run: `cargo test -p p2p-agent --test registration` (anvil comes from `scripts/bootstrap`).
 
 use alloy::{
-    network::{EthereumWallet, TransactionBuilder},
+    network::TransactionBuilder,
     node_bindings::AnvilInstance,
     primitives::{Address, U256, utils::parse_ether},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::{DynProvider, Provider},
     rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
 };
 use netns_tests::{
-    chain::anvil,
-    node::{APP_ID, SimulatedInstance},
+    chain::{TestCluster, anvil, deploy_cluster},
+    node::SimulatedInstance,
 };
 use p2p_agent::{
     chain::{self, DstackClusterNFT},
@@ -28,28 +28,11 @@ fn signer(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
 }
 
 fn provider(anvil: &AnvilInstance, i: usize) -> DynProvider {
-    ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer(anvil, i)))
-        .connect_http(anvil.endpoint_url())
-        .erased()
+    netns_tests::chain::wallet(anvil, i)
 }
 
-/// Deploys a cluster pinning `kms_root` and the test app, owned by anvil account 0.
-async fn deploy(
-    anvil: &AnvilInstance,
-    kms_root: Address,
-) -> DstackClusterNFT::DstackClusterNFTInstance<DynProvider> {
-    DstackClusterNFT::deploy(
-        provider(anvil, 0),
-        anvil.addresses()[0],
-        kms_root,
-        vec![APP_ID.parse().unwrap()],
-        0x0a00_0100,
-        24,
-        U256::from(10),
-    )
-    .await
-    .expect("deploy")
+async fn deploy(anvil: &AnvilInstance, kms_root: Address) -> TestCluster {
+    deploy_cluster(anvil, kms_root).await
 }
 
 async fn mint(

@@ -44,27 +44,11 @@ pub(crate) struct SignerOpts {
 
 impl SignerOpts {
     pub(crate) fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
-        let from_env = std::env::var("PRIVATE_KEY")
-            .ok()
-            .filter(|k| !k.trim().is_empty());
-        let (text, source) = match (&self.private_key_file, from_env) {
-            (Some(_), Some(_)) => bail!(
-                "both --private-key-file and the PRIVATE_KEY environment variable are set: use one, so it is clear which key signs"
-            ),
-            (Some(path), None) => (
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the private key file {}", path.display()))?,
-                format!("the key file {}", path.display()),
-            ),
-            (None, Some(key)) => (key, "PRIVATE_KEY".to_string()),
-            (None, None) => bail!(
+        chain::load_signer(self.private_key_file.as_deref(), "--private-key-file", "PRIVATE_KEY")?.ok_or_else(|| {
+            anyhow::anyhow!(
                 "this command sends a transaction and needs a signer: pass --private-key-file PATH or set PRIVATE_KEY"
-            ),
-        };
-        // The parse error would echo nothing secret, but say where the key came from, not what it was.
-        text.trim()
-            .parse::<PrivateKeySigner>()
-            .map_err(|_| anyhow::anyhow!("{source} does not hold a hex secp256k1 private key"))
+            )
+        })
     }
 }
 

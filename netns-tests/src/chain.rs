@@ -28,3 +28,39 @@ pub fn anvil_path() -> PathBuf {
 pub fn anvil() -> AnvilInstance {
     Anvil::at(anvil_path()).try_spawn().expect("anvil starts")
 }
+
+/// A provider that signs with anvil's development account `i`.
+pub fn wallet(anvil: &AnvilInstance, i: usize) -> alloy::providers::DynProvider {
+    use alloy::providers::{Provider, ProviderBuilder};
+    let signer: alloy::signers::local::PrivateKeySigner = anvil.keys()[i].clone().into();
+    ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(signer))
+        .connect_http(anvil.endpoint_url())
+        .erased()
+}
+
+/// The cluster contract as the tests hold it: sending as its owner, anvil account 0.
+pub type TestCluster =
+    p2p_agent::chain::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>;
+
+/// Deploys a cluster owned by anvil account 0 that pins `kms_root` and the test app (`node::APP_ID`), with
+/// prefix 10.0.1.0/24 and room for 50 active seats.
+///
+/// # Panics
+/// When the deployment fails.
+pub async fn deploy_cluster(
+    anvil: &AnvilInstance,
+    kms_root: alloy::primitives::Address,
+) -> TestCluster {
+    p2p_agent::chain::DstackClusterNFT::deploy(
+        wallet(anvil, 0),
+        anvil.addresses()[0],
+        kms_root,
+        vec![crate::node::APP_ID.parse().expect("app id")],
+        0x0a00_0100,
+        24,
+        alloy::primitives::U256::from(50),
+    )
+    .await
+    .expect("deploy the cluster")
+}
