@@ -145,6 +145,9 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
     }
 }
 
+/// What the valid members depend on: the block the view is at, its record count, and this node's seat.
+type MembersKey = (B256, usize, Option<u64>);
+
 /// The daemon's moving parts.
 struct Agent {
     args: RunArgs,
@@ -172,6 +175,7 @@ struct Agent {
     head: Option<u64>,
     last_error: Option<String>,
     published_peers: Vec<Peer>,
+    members_cache: Option<(MembersKey, Vec<Member>)>,
 }
 
 /// Runs the daemon until `shutdown` turns true.
@@ -272,6 +276,7 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
         head: None,
         last_error: None,
         published_peers: Vec::new(),
+        members_cache: None,
         args,
     };
     if agent.view.is_some() {
@@ -571,10 +576,18 @@ impl Agent {
         self.next_registration = Instant::now() + next;
     }
 
+    /// The valid peers. Verifying proofs costs signature recoveries, so the result is kept until the view
+    /// moves to another block or this node's seat changes.
     fn members(&mut self) -> Vec<Member> {
         let Some(v) = &self.view else {
             return Vec::new();
         };
+        let key = (v.last_block_hash, v.records.len(), self.own_token);
+        if let Some((cached, members)) = &self.members_cache
+            && *cached == key
+        {
+            return members.clone();
+        }
         let (members, invalid) = membership::members(
             &v.records,
             self.own_token,
@@ -584,21 +597,14 @@ impl Agent {
             v.contract,
         );
         for e in invalid {
-            let token = match &e {
-                membership::InvalidRecord::Proof { token_id, .. }
-                | membership::InvalidRecord::WrongDomain { token_id }
-                | membership::InvalidRecord::OutsidePrefix { token_id, .. }
-                | membership::InvalidRecord::Endpoint { token_id, .. }
-                | membership::InvalidRecord::Empty { token_id } => *token_id,
-                _ => 0,
-            };
             let text = e.to_string();
-            if self.invalid.get(&token) != Some(&text) {
-                warn!(token, reason = %text, "skipping a record that fails local checks");
+            if self.invalid.get(&e.token_id()) != Some(&text) {
+                warn!(token = e.token_id(), reason = %text, "skipping a record that fails local checks");
                 self.counters.invalid_records += 1;
-                self.invalid.insert(token, text);
+                self.invalid.insert(e.token_id(), text);
             }
         }
+        self.members_cache = Some((key, members.clone()));
         members
     }
 

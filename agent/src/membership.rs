@@ -89,6 +89,19 @@ pub enum InvalidRecord {
     Empty { token_id: u64 },
 }
 
+impl InvalidRecord {
+    /// The seat whose record this is.
+    pub fn token_id(&self) -> u64 {
+        match self {
+            InvalidRecord::Proof { token_id, .. }
+            | InvalidRecord::WrongDomain { token_id }
+            | InvalidRecord::OutsidePrefix { token_id, .. }
+            | InvalidRecord::Endpoint { token_id, .. }
+            | InvalidRecord::Empty { token_id } => *token_id,
+        }
+    }
+}
+
 /// Checks one record, as registered, for seat `reg.token_id`.
 ///
 /// # Errors
