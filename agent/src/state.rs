@@ -14,11 +14,19 @@ use crate::follow::ChainView;
 /// The state file's name inside the state directory.
 pub const FILE_NAME: &str = "chain-view.json";
 
+/// The format this version writes. (Not a serde-tagged enum: its buffering cannot read the integer keys of
+/// the records map back.)
+const VERSION: u32 = 1;
+
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "version")]
-enum StateFile {
-    #[serde(rename = "1")]
-    V1(ChainView),
+struct StateFile {
+    version: u32,
+    view: ChainView,
+}
+
+#[derive(Debug, Deserialize)]
+struct Header {
+    version: u32,
 }
 
 /// Errors reading or writing the state.
@@ -58,13 +66,19 @@ pub fn load(dir: &Path) -> Result<Option<ChainView>, StateError> {
     {
         warn!(path = %path.display(), "the state file is readable by others; it holds no secrets, but should be 0600");
     }
-    match serde_json::from_str::<StateFile>(&text) {
-        Ok(StateFile::V1(view)) => Ok(Some(view)),
-        Err(e) => Err(StateError::Format {
-            path,
-            detail: e.to_string(),
-        }),
+    let format = |detail: String| StateError::Format {
+        path: path.clone(),
+        detail,
+    };
+    let header: Header = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+    if header.version != VERSION {
+        return Err(format(format!(
+            "version {} (this agent reads version {VERSION})",
+            header.version
+        )));
     }
+    let file: StateFile = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+    Ok(Some(file.view))
 }
 
 /// Saves the view atomically (write a temporary file, then rename it over the old one).
@@ -80,11 +94,13 @@ pub fn save(dir: &Path, view: &ChainView) -> Result<(), StateError> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let path = dir.join(FILE_NAME);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let text = serde_json::to_vec_pretty(&StateFile::V1(view.clone())).map_err(|e| {
-        StateError::Format {
-            path: path.clone(),
-            detail: e.to_string(),
-        }
+    let text = serde_json::to_vec_pretty(&StateFile {
+        version: VERSION,
+        view: view.clone(),
+    })
+    .map_err(|e| StateError::Format {
+        path: path.clone(),
+        detail: e.to_string(),
     })?;
     std::fs::write(&tmp, text).map_err(|e| io("write", &tmp, e))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
@@ -117,6 +133,39 @@ mod tests {
         }
     }
 
+    /// Seats are integer map keys; they must survive the round trip (a serde-tagged enum could not read them).
+    #[test]
+    fn records_keyed_by_seat_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"version":1,"view":{"contract":"0x0101010101010101010101010101010101010101","chainId":1,"prefix":{"network":"10.0.1.0","len":24},"pins":{"kmsRoot":"0x0202020202020202020202020202020202020202","appIds":[]},"lastBlock":3,"lastBlockHash":"0x0404040404040404040404040404040404040404040404040404040404040404","records":{}}}"#;
+        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+        let mut v = load(dir.path()).unwrap().unwrap();
+        assert_eq!(v.last_block, 3);
+        v.records
+            .insert(7, serde_json::from_value(sample_registration()).unwrap());
+        save(dir.path(), &v).unwrap();
+        assert_eq!(
+            load(dir.path())
+                .unwrap()
+                .unwrap()
+                .records
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![7]
+        );
+    }
+
+    fn sample_registration() -> serde_json::Value {
+        let b = |n: usize| format!("0x{}", "11".repeat(n));
+        serde_json::json!({
+            "token_id": "0x7", "instance_id": "ab", "wg_public_key": b(32), "endpoint": "", "gateway_url": "",
+            "nonce": 1, "record_signature": b(65), "chain_id": 1, "contract": b(20),
+            "proof": {"derived_public_key": b(64), "app_public_key": b(64), "app_signature": b(65),
+                      "kms_signature": b(65), "app_id": b(20), "purpose": "p"}
+        })
+    }
+
     /// A saved view loads back unchanged, from a 0600 file; a missing file is no state.
     #[test]
     fn saves_and_loads_the_view_privately() {
@@ -130,14 +179,14 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        assert!(text.contains("\"version\": \"1\""), "{text}");
+        assert!(text.contains("\"version\": 1"), "{text}");
     }
 
     /// A file of another format is an error that says how to recover, not a silent reset.
     #[test]
     fn an_unknown_format_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE_NAME), r#"{"version":"9"}"#).unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), r#"{"version":9}"#).unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("move it away to start afresh"), "{err}");
     }
