@@ -14,6 +14,12 @@ use crate::chain::{self, ChainError, DstackClusterNFT};
 use crate::identity::NodeIdentity;
 use crate::proof::{self, PeerRecord, ProofError, SignedRegistration};
 
+/// How often to ask for the receipt of a registration.
+const RECEIPT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long to wait for that receipt before reporting the registration as failed (it is retried).
+const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The record this node wants on-chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
@@ -194,12 +200,15 @@ impl Cluster {
         let writer = ProviderBuilder::new()
             .wallet(EthereumWallet::from(sender))
             .connect_http(self.rpc_url.clone());
+        // alloy polls receipts every 7 s on non-loopback hosts; the agent follows nothing while it waits.
+        writer.client().set_poll_interval(RECEIPT_POLL);
         let (r, p, s) = chain::register_peer_args(&reg);
         let pending = DstackClusterNFT::new(self.contract, &writer)
             .registerPeer(r, p, s)
             .send()
             .await
-            .map_err(call("registerPeer"))?;
+            .map_err(call("registerPeer"))?
+            .with_timeout(Some(RECEIPT_TIMEOUT));
         let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
             what: "registerPeer receipt",
             source: pending_error(e),

@@ -61,10 +61,14 @@ pub(crate) fn reader(opts: &ChainOpts) -> DynProvider {
 
 /// A signing connection to the chain.
 pub(crate) fn writer(opts: &ChainOpts, signer: PrivateKeySigner) -> DynProvider {
-    ProviderBuilder::new()
+    let provider = ProviderBuilder::new()
         .wallet(EthereumWallet::from(signer))
-        .connect_http(opts.rpc_url.clone())
-        .erased()
+        .connect_http(opts.rpc_url.clone());
+    // alloy polls receipts every 7 s on non-loopback hosts; a person waiting at a prompt wants less.
+    provider
+        .client()
+        .set_poll_interval(std::time::Duration::from_millis(250));
+    provider.erased()
 }
 
 /// The cluster at `opts.contract`, checked to be one before anything is sent.

@@ -4,7 +4,7 @@
 //! Every guard cleans up on success, failure and panic; processes are killed by their PID only.
 
 use std::fs::File;
-use std::io::Read as _;
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -55,29 +55,56 @@ pub fn unique(tag: &str) -> String {
 /// Runs a command to completion within `timeout`; panics naming the command if it cannot be
 /// started or does not finish in time (the child is killed by its PID).
 pub fn run_timeout(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(args[0])
-        .args(&args[1..])
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
+    run_command_timeout(cmd, &format!("{args:?}"), timeout)
+}
+
+/// Runs a prepared command (its environment and arguments as the caller set them) to completion within
+/// `timeout`, capturing stdout and stderr; panics naming `what` if it cannot be started or does not
+/// finish in time (the child is killed by its PID).
+///
+/// Both pipes are drained while the command runs, so a chatty command cannot block on a full pipe.
+pub fn run_command_timeout(mut cmd: Command, what: &str, timeout: Duration) -> Output {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{args:?} did not finish within {timeout:?}");
+                panic!("{what} did not finish within {timeout:?}");
             }
-            Err(e) => panic!("waiting for {args:?}: {e}"),
+            Err(e) => panic!("waiting for {what}: {e}"),
         }
+    };
+    // The pipes close when the child exits (unless it left a grandchild holding them: then give up
+    // on the output rather than wait for it).
+    let collect = |h: JoinHandle<Vec<u8>>| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            h.join().unwrap_or_default()
+        } else {
+            b"<output not collected: a descendant still holds the pipe>".to_vec()
+        }
+    };
+    Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
     }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("collecting output of {args:?}: {e}"))
 }
 
 /// Runs a command and requires success; returns stdout.
@@ -91,6 +118,17 @@ pub fn run_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
 }
 
 /// A network namespace, deleted on drop.
@@ -128,6 +166,25 @@ impl NetNs {
         run_ok(&full)
     }
 
+    /// `ip netns exec <ns> <args>` as a [`Command`] to adjust (environment, stdio) before running it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    /// The PIDs of the processes running in the namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        let out = run_timeout(
+            &["ip", "netns", "pids", &self.name],
+            Duration::from_secs(10),
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
     /// Starts a long-running process inside the namespace (`ip netns exec` execs in place, so
     /// the PID is the process itself).
     pub fn spawn(&self, args: &[&str]) -> ChildGuard {
@@ -149,6 +206,20 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        // Whatever still runs here was started by this test (a guard's grandchild, or a process whose
+        // guard could not stop it): kill it by PID, or the namespace outlives its name.
+        let leftovers = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in leftovers
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            eprintln!("warning: killing leftover pid {pid} in netns {}", self.name);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let out = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
@@ -165,8 +236,22 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Guards a child started elsewhere; `what` names it in messages.
+    pub fn new(what: impl Into<String>, child: Child) -> Self {
+        Self {
+            what: what.into(),
+            child: Some(child),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("child present").id()
+    }
+
+    /// Whether the process has exited (its output can still be collected with [`ChildGuard::wait_output`]).
+    pub fn has_exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("child present");
+        !matches!(child.try_wait(), Ok(None))
     }
 
     /// Fails unless the process is still running.

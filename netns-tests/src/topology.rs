@@ -1,0 +1,918 @@
+//! Whole-system topologies: a LAN of node namespaces behind a bridge with anvil on it ([`Lan`]), a cluster
+//! deployed on that chain with one dstack simulator per node ([`Cluster`]), and the real `p2p-agent` daemon
+//! running in a node's namespace ([`Agent`]).
+//!
+//! Everything is addressed from inside the namespaces; nothing is created in the root namespace except
+//! the unix sockets of the simulators and agents (in temp dirs), which every namespace can see.
+//!
+//! The agent, `meshctl` and the simulator are the workspace's own binaries in `target/debug`, which
+//! `cargo test -p netns-tests` does not build: build them first with
+//! `cargo build -p p2p-agent -p meshctl -p dstack-simulator`.
+//!
+//! Teardown is by guards, in borrow order: an [`Agent`] borrows its [`Cluster`], which borrows its
+//! [`Lan`], so agents stop before simulators, and simulators and anvil before the namespaces go.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::str::FromStr as _;
+use std::time::{Duration, Instant};
+
+use alloy::signers::local::PrivateKeySigner;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use p2p_agent::api::{Peer, Status};
+use serde_json::Value;
+
+use crate::netns::{ChildGuard, NetNs, run_command_timeout, run_ok};
+
+/// The switch's address on the LAN, where anvil listens.
+pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+/// anvil's port on the switch.
+pub const RPC_PORT: u16 = 8545;
+/// The port every agent's WireGuard listens on (each in its own namespace).
+pub const WG_PORT: u16 = 51820;
+/// The app id of every test cluster.
+pub const APP_ID: &str = "00112233445566778899aabbccddeeff00112233";
+
+/// anvil's well-known development keys (mnemonic `test … junk`): 0 owns the cluster, i holds seat i.
+pub const ANVIL_KEYS: [&str; 4] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+];
+
+/// When set to a directory, every [`Agent`]'s log is copied there when it is dropped.
+pub const KEEP_LOGS: &str = "DSTACK_MESH_TEST_LOGS";
+/// How long a `meshctl` or `p2p-agent` one-shot command may take.
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an agent may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The RPC URL every namespace reaches anvil at.
+pub fn rpc_url() -> String {
+    format!("http://{SWITCH_IP}:{RPC_PORT}")
+}
+
+/// Node `i`'s address on the LAN (1-based).
+pub fn lan_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        198,
+        51,
+        100,
+        u8::try_from(i).expect("node index fits a byte"),
+    )
+}
+
+/// The overlay address of seat `token`.
+pub fn overlay_ip(token: u64) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, u8::try_from(token).expect("token id fits a byte"))
+}
+
+/// The address of anvil development account `i`.
+pub fn anvil_address(i: usize) -> String {
+    PrivateKeySigner::from_str(ANVIL_KEYS[i])
+        .expect("anvil key parses")
+        .address()
+        .to_string()
+}
+
+/// A workspace binary from `target/debug` (or `$CARGO_TARGET_DIR/debug`), which this crate's tests do not
+/// build themselves.
+///
+/// # Panics
+/// When it is missing, with the command that builds it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run cargo build -p p2p-agent -p meshctl -p dstack-simulator",
+        path.display()
+    );
+    path
+}
+
+/// An environment with nothing from ours but `PATH` and logging settings, so a stray `PRIVATE_KEY`,
+/// `RPC_URL` or `CLUSTER_CONTRACT` in the caller's shell cannot change what a command does.
+fn clean_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear();
+    for var in ["PATH", "RUST_LOG", "RUST_BACKTRACE"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {}; stdout: {}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+/// Parses a command's stdout as JSON, panicking with its whole output otherwise.
+fn json_of(what: &str, out: &Output) -> Value {
+    assert!(out.status.success(), "{what} failed: {}", text(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {}", text(out)))
+}
+
+/// Waits up to `timeout` for `cond`, polling every `every`; panics with `what` and `context()` (e.g. a
+/// log tail) if it never holds.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The last `max` bytes of a file (whole lines), for failure messages.
+pub fn tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return format!("<no log at {}>", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let s = String::from_utf8_lossy(&buf).into_owned();
+    match (start > 0, s.find('\n')) {
+        (true, Some(i)) => format!("…\n{}", &s[i + 1..]),
+        _ => s,
+    }
+}
+
+/// Pings `ip` from `ns` `count` times, `interval` apart (each reply awaited up to 1 s); returns
+/// (sent, received). A ping that prints no summary (say, no route) counts as (0, 0).
+pub fn ping(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> (u32, u32) {
+    let out = ping_output(ns, ip, count, interval);
+    let counts = ping_counts(&out);
+    if counts.1 < count {
+        eprintln!(
+            "ping {ip} from {}: {counts:?} of {count}: {}",
+            ns.name,
+            text(&out)
+        );
+    }
+    counts
+}
+
+fn ping_output(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> Output {
+    let timeout = interval * count + Duration::from_secs(10);
+    ns.exec(
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            &format!("{:.3}", interval.as_secs_f64()),
+            "-W",
+            "1",
+            &ip.to_string(),
+        ],
+        timeout,
+    )
+}
+
+/// (sent, received) from ping's summary line; (0, 0) without one.
+pub fn ping_counts(out: &Output) -> (u32, u32) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.contains("packets transmitted")) else {
+        return (0, 0);
+    };
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums[..] {
+        [sent, received] => (sent, received),
+        _ => (0, 0),
+    }
+}
+
+/// A ping running in the background (`ping -i <interval> -c <count>`), stopped by its PID if dropped.
+pub struct BackgroundPing {
+    what: String,
+    count: u32,
+    interval: Duration,
+    guard: ChildGuard,
+}
+
+impl BackgroundPing {
+    pub fn start(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> Self {
+        let guard = ns.spawn(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            &format!("{:.3}", interval.as_secs_f64()),
+            "-W",
+            "1",
+            &ip.to_string(),
+        ]);
+        Self {
+            what: format!("ping {ip} from {}", ns.name),
+            count,
+            interval,
+            guard,
+        }
+    }
+
+    /// Waits for the ping to finish (bounded by its own length plus slack); returns (sent, received) and
+    /// ping's output.
+    pub fn finish(self) -> (u32, u32, String) {
+        let out = self
+            .guard
+            .wait_output(self.interval * self.count + Duration::from_secs(15));
+        let counts = ping_counts(&out);
+        (counts.0, counts.1, format!("{}: {}", self.what, text(&out)))
+    }
+}
+
+/// A switch namespace with a bridge and anvil on it at [`SWITCH_IP`], and node namespaces 1..=n, each
+/// joined to the bridge by a veth with [`lan_ip`]`(i)/24`.
+///
+/// Dropping it stops anvil and deletes the namespaces, which takes their veths and bridge with them.
+pub struct Lan {
+    anvil: Option<ChildGuard>,
+    anvil_log: PathBuf,
+    /// Node namespaces; `nodes[i - 1]` is node i.
+    pub nodes: Vec<NetNs>,
+    pub switch: NetNs,
+    _dir: tempfile::TempDir,
+}
+
+impl Lan {
+    /// Builds the LAN and waits (bounded) until anvil answers and every node reaches the switch.
+    pub fn new(n: usize) -> Self {
+        assert!((1..=250).contains(&n), "1..=250 nodes fit the LAN");
+        let dir = tempfile::Builder::new()
+            .prefix("dm-lan")
+            .tempdir()
+            .expect("temp dir");
+        let switch = NetNs::new("sw");
+        switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+        switch.ip(&["addr", "add", &format!("{SWITCH_IP}/24"), "dev", "br0"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let mut lan = Self {
+            anvil: None,
+            anvil_log: dir.path().join("anvil.log"),
+            nodes: Vec::new(),
+            switch,
+            _dir: dir,
+        };
+        for i in 1..=n {
+            let node = NetNs::new(&format!("n{i}"));
+            let port = format!("p{i}");
+            // Created directly in the two namespaces: nothing appears in the root namespace.
+            run_ok(&[
+                "ip",
+                "link",
+                "add",
+                "name",
+                "eth0",
+                "netns",
+                &node.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &lan.switch.name,
+            ]);
+            lan.switch
+                .ip(&["link", "set", &port, "master", "br0", "up"]);
+            node.ip(&["addr", "add", &format!("{}/24", lan_ip(i)), "dev", "eth0"]);
+            node.ip(&["link", "set", "eth0", "up"]);
+            lan.nodes.push(node);
+        }
+        lan.start_anvil();
+        for (i, node) in lan.nodes.iter().enumerate() {
+            wait_until(
+                &format!(
+                    "node {} ({}) to reach the switch at {SWITCH_IP}",
+                    i + 1,
+                    node.name
+                ),
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                || ping_counts(&ping_output(node, SWITCH_IP, 1, Duration::from_millis(200))).1 == 1,
+                || node.ip(&["addr"]),
+            );
+        }
+        lan
+    }
+
+    fn start_anvil(&mut self) {
+        let log = File::create(&self.anvil_log).expect("anvil log");
+        let mut cmd = self.switch.command(&[
+            crate::chain::anvil_path()
+                .to_str()
+                .expect("utf-8 anvil path"),
+            "--host",
+            &SWITCH_IP.to_string(),
+            "--port",
+            &RPC_PORT.to_string(),
+            "--silent",
+        ]);
+        clean_env(&mut cmd)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start anvil in {}: {e}", self.switch.name));
+        self.anvil = Some(ChildGuard::new("anvil", child));
+        let port = format!("{SWITCH_IP}:{RPC_PORT}");
+        let anvil = self.anvil.as_mut().expect("just set");
+        let (switch, log) = (&self.switch, &self.anvil_log);
+        wait_until(
+            &format!("anvil to listen on {port} in {}", switch.name),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                anvil.assert_running();
+                switch.exec_ok(&["ss", "-ltnH"]).contains(&port)
+            },
+            || format!("anvil log:\n{}", tail(log, 4000)),
+        );
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: usize) -> &NetNs {
+        &self.nodes[i - 1]
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        // anvil first (the guard's SIGTERM reaches the node wrapper, which forwards it); NetNs's drop kills
+        // whatever is left in the switch by PID, then the namespaces go with their links.
+        self.anvil.take();
+    }
+}
+
+/// One simulated CVM of the cluster.
+pub struct SimNode {
+    pub socket: PathBuf,
+    pub instance_id: String,
+    pub log: PathBuf,
+}
+
+/// A cluster on the LAN's chain: a fresh KMS root key, one `dstack-simulator` per node (all of
+/// [`APP_ID`]), the contract deployed by account 0 with `meshctl deploy`, and seat i minted to account i
+/// and bound to node i's instance.
+pub struct Cluster<'a> {
+    pub lan: &'a Lan,
+    pub contract: String,
+    pub kms_root: String,
+    /// `sims[i - 1]` is node i's.
+    pub sims: Vec<SimNode>,
+    guards: Vec<ChildGuard>,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> Cluster<'a> {
+    /// Starts a simulator per node of `lan`, deploys and mints; every step is bounded.
+    pub fn deploy(lan: &'a Lan) -> Self {
+        let simulator = workspace_bin("dstack-simulator");
+        let dir = tempfile::Builder::new()
+            .prefix("dm-cluster")
+            .tempdir()
+            .expect("temp dir");
+        let root_key = dir.path().join("kms-root.key");
+        let mut seed = [0u8; 32];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .expect("read /dev/urandom");
+        write_secret(&root_key, &hex(&seed));
+
+        let mut guards = Vec::new();
+        let mut sims = Vec::new();
+        for i in 1..=lan.nodes.len() {
+            let socket = dir.path().join(format!("node-{i}.sock"));
+            let log = dir.path().join(format!("node-{i}.sim.log"));
+            let logf = File::create(&log).expect("simulator log");
+            let mut cmd = Command::new(&simulator);
+            clean_env(&mut cmd)
+                .arg("--kms-root-key-file")
+                .arg(&root_key)
+                .args(["--app-id", APP_ID, "--instance-name", &format!("node-{i}")])
+                .arg("--socket")
+                .arg(&socket)
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone().expect("dup log"))
+                .stderr(logf);
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", simulator.display()));
+            guards.push(ChildGuard::new(format!("dstack-simulator node-{i}"), child));
+            sims.push(SimNode {
+                socket,
+                instance_id: String::new(),
+                log,
+            });
+        }
+        let mut cluster = Self {
+            lan,
+            contract: String::new(),
+            kms_root: String::new(),
+            sims,
+            guards,
+            dir,
+        };
+        let mut kms_roots = Vec::new();
+        for i in 1..=cluster.sims.len() {
+            let sim = &cluster.sims[i - 1];
+            let guard = &mut cluster.guards[i - 1];
+            wait_until(
+                &format!(
+                    "dstack-simulator node-{i} to serve {}",
+                    sim.socket.display()
+                ),
+                Duration::from_secs(20),
+                Duration::from_millis(50),
+                || {
+                    guard.assert_running();
+                    sim.socket.exists()
+                },
+                || tail(&sim.log, 2000),
+            );
+            let id = cluster.identity(i);
+            let field = |k: &str| {
+                id[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("p2p-agent identity has no {k}: {id}"))
+                    .to_owned()
+            };
+            kms_roots.push(field("kms_signer"));
+            cluster.sims[i - 1].instance_id = field("instance_id");
+        }
+        kms_roots.dedup();
+        assert_eq!(
+            kms_roots.len(),
+            1,
+            "the simulators disagree on the KMS root: {kms_roots:?}"
+        );
+        cluster.kms_root = kms_roots.remove(0);
+
+        let deployed = cluster.meshctl(
+            0,
+            &[
+                "deploy",
+                "--kms-root",
+                &cluster.kms_root.clone(),
+                "--app-id",
+                &format!("0x{APP_ID}"),
+                "--prefix",
+                "10.0.1.0/24",
+                "--max-nodes",
+                "10",
+            ],
+        );
+        cluster.contract = deployed["contract"]
+            .as_str()
+            .unwrap_or_else(|| panic!("meshctl deploy printed no contract: {deployed}"))
+            .to_owned();
+        for i in 1..=cluster.sims.len() {
+            let instance = cluster.sims[i - 1].instance_id.clone();
+            let minted = cluster.meshctl(
+                0,
+                &["mint", "--to", &anvil_address(i), "--instance", &instance],
+            );
+            assert_eq!(
+                minted["tokenId"].as_u64(),
+                Some(i as u64),
+                "seat {i} must be token {i}: {minted}"
+            );
+        }
+        cluster
+    }
+
+    /// `p2p-agent identity --json` for node `i`'s simulator.
+    pub fn identity(&self, i: usize) -> Value {
+        let mut cmd = Command::new(workspace_bin("p2p-agent"));
+        clean_env(&mut cmd)
+            .args(["identity", "--json", "--dstack-endpoint"])
+            .arg(&self.sims[i - 1].socket);
+        let out = run_command_timeout(cmd, "p2p-agent identity", CMD_TIMEOUT);
+        json_of(&format!("p2p-agent identity (node {i})"), &out)
+    }
+
+    /// `meshctl --json <args>` in the switch namespace, signed by anvil account `signer`, against this
+    /// cluster; panics with its output unless it succeeds and prints JSON.
+    pub fn meshctl(&self, signer: usize, args: &[&str]) -> Value {
+        let out = self.meshctl_output(signer, args);
+        json_of(&format!("meshctl {}", args.join(" ")), &out)
+    }
+
+    /// `meshctl --json <args>` in the switch namespace, whatever its exit status.
+    pub fn meshctl_output(&self, signer: usize, args: &[&str]) -> Output {
+        let bin = workspace_bin("meshctl");
+        let mut cmd = self
+            .lan
+            .switch
+            .command(&[bin.to_str().expect("utf-8 path"), "--json"]);
+        clean_env(&mut cmd)
+            .args(args)
+            .env("RPC_URL", rpc_url())
+            .env("PRIVATE_KEY", ANVIL_KEYS[signer]);
+        if !self.contract.is_empty() {
+            cmd.env("CLUSTER_CONTRACT", &self.contract);
+        }
+        run_command_timeout(cmd, &format!("meshctl {}", args.join(" ")), CMD_TIMEOUT)
+    }
+
+    /// The on-chain records (`meshctl peers --json`, every proof re-verified off-chain).
+    pub fn peers(&self) -> Vec<Value> {
+        let v = self.meshctl(0, &["peers"]);
+        v["peers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("meshctl peers printed no peers: {v}"))
+            .clone()
+    }
+
+    /// The on-chain WireGuard key of seat `token`, if it has a record.
+    pub fn onchain_key(&self, token: u64) -> Option<String> {
+        self.peers()
+            .into_iter()
+            .find(|p| p["tokenId"].as_u64() == Some(token))
+            .and_then(|p| p["wgPublicKey"].as_str().map(str::to_owned))
+    }
+
+    /// Where the cluster keeps its files (key, sockets, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        // Simulators stop (by PID) before their temp dir goes.
+        self.guards.clear();
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a secret to a new file readable by its owner only.
+fn write_secret(path: &Path, contents: &str) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    writeln!(f, "{contents}").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The real `p2p-agent --mode wireguard` daemon for node `i`, in node i's namespace, with its own
+/// interface, state dir, API socket, tx key (anvil account i) and log (stdout and stderr).
+///
+/// Dropping it stops the daemon (SIGTERM, then SIGKILL by PID) and removes a UAPI socket left behind.
+pub struct Agent<'a> {
+    pub cluster: &'a Cluster<'a>,
+    /// The node (1-based).
+    pub index: usize,
+    pub ifname: String,
+    pub api_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    tx_key: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    started: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> Agent<'a> {
+    /// Starts node `i`'s agent with the standard flags plus `extra`.
+    pub fn start(cluster: &'a Cluster<'a>, i: usize, extra: &[&str]) -> Self {
+        assert!((1..=cluster.sims.len()).contains(&i), "no node {i}");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dm-agent{i}-"))
+            .tempdir()
+            .expect("temp dir");
+        let tx_key = dir.path().join("tx.key");
+        write_secret(&tx_key, ANVIL_KEYS[i]);
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).expect("state dir");
+        let mut agent = Self {
+            cluster,
+            index: i,
+            ifname: crate::unique_name(&format!("dm{i}")),
+            api_socket: dir.path().join("api.sock"),
+            state_dir,
+            log: dir.path().join("agent.log"),
+            tx_key,
+            extra: Vec::new(),
+            child: None,
+            started: Instant::now(),
+            _dir: dir,
+        };
+        agent.spawn(extra);
+        agent
+    }
+
+    pub fn ns(&self) -> &'a NetNs {
+        self.cluster.lan.node(self.index)
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        assert!(
+            self.child.is_none(),
+            "agent {} is already running",
+            self.index
+        );
+        let bin = workspace_bin("p2p-agent");
+        self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let sim = &self.cluster.sims[self.index - 1];
+        let mut cmd = self.ns().command(&[bin.to_str().expect("utf-8 path")]);
+        clean_env(&mut cmd)
+            .args(["--mode", "wireguard", "--contract", &self.cluster.contract])
+            .args(["--rpc-url", &rpc_url(), "--dstack-endpoint"])
+            .arg(&sim.socket)
+            .args(["--interface", &self.ifname])
+            .args(["--listen-port", &WG_PORT.to_string()])
+            .args(["--endpoint", &format!("{}:{WG_PORT}", lan_ip(self.index))])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .arg("--tx-key-file")
+            .arg(&self.tx_key)
+            .args(["--poll-interval-ms", "200"])
+            .args(extra);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let _ = writeln!(
+            log,
+            "=== test: starting agent {} with extra flags {extra:?}",
+            self.index
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start {} in {}: {e}", bin.display(), self.ns().name)
+        }));
+        self.started = Instant::now();
+    }
+
+    /// The last few KB of this agent's log, for failure messages.
+    pub fn tail(&self) -> String {
+        format!(
+            "--- agent {} ({}, {}) log tail ---\n{}",
+            self.index,
+            self.ifname,
+            self.ns().name,
+            tail(&self.log, 6000)
+        )
+    }
+
+    /// The agent's own WARN lines and every ERROR line of its log (every run of it so far). boringtun's
+    /// warnings are left out: it warns of every handshake retransmission, which a mesh starting up has.
+    pub fn warnings(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" WARN p2p_agent") || l.contains(" ERROR "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Panics (with the log tail) if the daemon has exited.
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("agent was started");
+        if let Ok(Some(status)) = child.try_wait() {
+            self.child = None;
+            panic!(
+                "agent {} exited unexpectedly with {status}\n{}",
+                self.index,
+                self.tail()
+            );
+        }
+    }
+
+    /// `p2p-agent wait` against this agent's API; panics with the log tail unless it exits 0.
+    pub fn wait_ready(&mut self, timeout_secs: u64) -> Duration {
+        let t = Instant::now();
+        let bin = workspace_bin("p2p-agent");
+        let mut cmd = self
+            .ns()
+            .command(&[bin.to_str().expect("utf-8 path"), "wait"]);
+        clean_env(&mut cmd)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .args(["--timeout-secs", &timeout_secs.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = format!("p2p-agent wait (node {})", self.index);
+        let mut waiter = ChildGuard::new(
+            what.clone(),
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {what}: {e}")),
+        );
+        // `wait` prints a line or two, so its pipes cannot fill; if the daemon dies meanwhile, say so at once
+        // rather than after the timeout (dropping the waiter stops it).
+        let deadline = Instant::now() + Duration::from_secs(timeout_secs + 15);
+        loop {
+            self.assert_running();
+            if waiter.has_exited() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not exit within {timeout_secs} s + 15 s\n{}",
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = waiter.wait_output(Duration::from_secs(5));
+        if !out.status.success() {
+            let status = self
+                .try_status()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| e);
+            panic!(
+                "{what} did not succeed within {timeout_secs}s: {}\nstatus: {status}\n{}",
+                text(&out),
+                self.tail()
+            );
+        }
+        self.assert_running();
+        t.elapsed()
+    }
+
+    /// `meshctl status --json` as raw JSON, or why it failed.
+    pub fn try_status(&self) -> Result<Value, String> {
+        let bin = workspace_bin("meshctl");
+        let mut cmd = self
+            .ns()
+            .command(&[bin.to_str().expect("utf-8 path"), "status", "--json"]);
+        clean_env(&mut cmd)
+            .arg("--api-socket")
+            .arg(&self.api_socket);
+        let out = run_command_timeout(cmd, "meshctl status", CMD_TIMEOUT);
+        if !out.status.success() {
+            return Err(format!(
+                "meshctl status (node {}): {}",
+                self.index,
+                text(&out)
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("meshctl status printed no JSON ({e}): {}", text(&out)))
+    }
+
+    /// `meshctl status --json`, typed: this node's status and its peers.
+    pub fn status(&self) -> (Status, Vec<Peer>) {
+        let v = self
+            .try_status()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.tail()));
+        let status = serde_json::from_value(v["status"].clone())
+            .unwrap_or_else(|e| panic!("meshctl status: unexpected status ({e}): {v}"));
+        let peers = serde_json::from_value(v["peers"].clone())
+            .unwrap_or_else(|e| panic!("meshctl status: unexpected peers ({e}): {v}"));
+        (status, peers)
+    }
+
+    /// This node's peer `token` as its agent reports it.
+    pub fn peer(&self, token: u64) -> Option<Peer> {
+        self.status().1.into_iter().find(|p| p.token_id == token)
+    }
+
+    /// Stops the daemon with SIGTERM and requires a clean exit (status 0 within a bounded time, the
+    /// interface and its UAPI socket gone); returns how long it took.
+    pub fn stop(&mut self) -> Duration {
+        let t = Instant::now();
+        let status = self.terminate();
+        let status = match status {
+            Ok(s) => s,
+            Err(()) => panic!(
+                "agent {} did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}",
+                self.index,
+                self.tail()
+            ),
+        };
+        assert!(
+            status.success(),
+            "agent {} exited with {status} on SIGTERM\n{}",
+            self.index,
+            self.tail()
+        );
+        let links = self.ns().ip(&["link", "show"]);
+        assert!(
+            !links.contains(&self.ifname),
+            "agent {} left its interface {} behind: {links}\n{}",
+            self.index,
+            self.ifname,
+            self.tail()
+        );
+        let sock = self.uapi_socket();
+        assert!(
+            !sock.exists(),
+            "agent {} left its UAPI socket {} behind\n{}",
+            self.index,
+            sock.display(),
+            self.tail()
+        );
+        t.elapsed()
+    }
+
+    /// Stops the daemon (see [`Agent::stop`]) and starts it again with the standard flags plus `extra`.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.stop();
+        self.spawn(extra);
+    }
+
+    /// The flags the daemon was last started with beyond the standard ones.
+    pub fn extra_flags(&self) -> &[String] {
+        &self.extra
+    }
+
+    /// How long the current daemon process has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn uapi_socket(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/wireguard/{}.sock", self.ifname))
+    }
+
+    /// SIGTERM, then a bounded wait; SIGKILL by PID if it does not exit (then `Err`).
+    fn terminate(&mut self) -> Result<ExitStatus, ()> {
+        let Some(mut child) = self.child.take() else {
+            panic!("agent {} is not running", self.index);
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(status);
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(())
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+        // To read the daemons' logs after a run: DSTACK_MESH_TEST_LOGS=<dir>.
+        if let Some(dir) = std::env::var_os(KEEP_LOGS) {
+            let to = Path::new(&dir).join(format!("agent{}-{}.log", self.index, self.ifname));
+            if let Err(e) =
+                std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(&self.log, &to))
+            {
+                eprintln!("warning: could not keep {}: {e}", self.log.display());
+            }
+        }
+        // A crashed or killed daemon leaves its UAPI socket in the shared directory; the name is ours.
+        let _ = std::fs::remove_file(self.uapi_socket());
+    }
+}
