@@ -25,7 +25,9 @@ use p2p_agent::reconcile::{self, ActualPeer, Change, DesiredPeer};
 use p2p_agent::registration::{Cluster, Desired, Outcome, RegistrationError};
 use p2p_agent::socket::UnixSocket;
 use p2p_agent::state;
-use p2p_agent::wg::{self, Device, DeviceConfig, Ipv4Network, PeerConfig, PrivateKey};
+use p2p_agent::wg::{
+    self, BackendChoice, DeviceConfig, Ipv4Network, MeshDevice, PeerConfig, PrivateKey,
+};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -39,7 +41,7 @@ const KEEPALIVE_SECS: u16 = 25;
 /// Which WireGuard implementation carries the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Backend {
-    /// The kernel's, when the module is there (dstack's guest kernels have it); else userspace.
+    /// The kernel's when it can create an interface (dstack's guest kernels have the module); else userspace.
     Auto,
     /// The agent's own, in-process.
     Userspace,
@@ -166,7 +168,7 @@ struct Agent {
     last_full_read: Instant,
     own_token: Option<u64>,
     next_seat_lookup: Instant,
-    device: Option<Device>,
+    device: Option<MeshDevice>,
     registered: bool,
     next_registration: Instant,
     relay_printed_for: Option<u64>,
@@ -185,12 +187,6 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
         .context("--contract (or CLUSTER_CONTRACT) is required: the cluster contract's address")?;
     if args.mode == Mode::Wireguard {
         wg::validate_ifname(&args.interface).context("--interface")?;
-        match args.wg_backend {
-            Backend::Kernel => bail!(
-                "--wg-backend kernel is not implemented yet; use --wg-backend userspace (or auto, which picks it)"
-            ),
-            Backend::Auto | Backend::Userspace => info!("WireGuard backend: userspace"),
-        }
     }
     let tx_key =
         p2p_agent::chain::load_signer(args.tx_key_file.as_deref(), "--tx-key-file", "PRIVATE_KEY")?;
@@ -319,7 +315,7 @@ fn initial_snapshot(args: &RunArgs, contract: Address) -> Snapshot {
         status: Status {
             version: env!("CARGO_PKG_VERSION").into(),
             mode: args.mode,
-            backend: (args.mode == Mode::Wireguard).then(|| "userspace".into()),
+            backend: None,
             node: Node::default(),
             chain: ChainStatus {
                 contract,
@@ -495,7 +491,12 @@ impl Agent {
             view.prefix.len,
         );
         config.listen_port = self.args.listen_port;
-        let device = Device::create(config)
+        let choice = match self.args.wg_backend {
+            Backend::Auto => BackendChoice::Auto,
+            Backend::Userspace => BackendChoice::Userspace,
+            Backend::Kernel => BackendChoice::Kernel,
+        };
+        let device = MeshDevice::create(config, choice)
             .await
             .with_context(|| format!("creating the WireGuard interface {}", self.args.interface))?;
         info!(interface = %device.ifname(), %address, port = device.listen_port(), "interface up");
@@ -719,7 +720,7 @@ impl Agent {
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
             mode: self.args.mode,
-            backend: (self.args.mode == Mode::Wireguard).then(|| "userspace".into()),
+            backend: self.device.as_ref().map(|d| d.backend().to_owned()),
             node: Node {
                 instance_id: self.identity.instance_id.clone(),
                 app_id: self.identity.app_id,
@@ -731,7 +732,7 @@ impl Agent {
                 wg_public_key: (self.args.mode == Mode::Wireguard)
                     .then(|| b64(&self.identity.wg_public_key().0)),
                 interface: self.device.as_ref().map(|d| d.ifname().to_owned()),
-                listen_port: self.device.as_ref().map(Device::listen_port),
+                listen_port: self.device.as_ref().map(MeshDevice::listen_port),
                 endpoint: self.args.endpoint.map(|e| e.to_string()),
                 gateway_url: self.gateway_url.clone(),
                 registered: self.registered,

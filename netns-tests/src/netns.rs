@@ -592,3 +592,19 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs `f` on a scoped thread that has entered `ns`'s network namespace, so sockets, TUN devices and
+/// netlink requests it makes belong to that namespace; the caller's thread never changes namespace.
+pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+    let path = PathBuf::from("/var/run/netns").join(&ns.name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns into {}: {e}", path.display()));
+            f()
+        })
+        .join()
+        .expect("the thread inside the namespace panicked")
+    })
+}

@@ -291,3 +291,58 @@ fn long_interface_name_is_rejected() {
         .expect("16+ byte name must fail");
     assert!(matches!(err, Error::IfNameTooLong { len: 17, .. }), "{err}");
 }
+
+/// `auto` picks the kernel's WireGuard where the module exists and the userspace device elsewhere; an
+/// explicit `kernel` without the module is an error that says what to do.
+#[test]
+fn backend_choice_follows_the_kernel_module() {
+    use p2p_agent::wg::{BackendChoice, MeshDevice};
+    require_root(&[]);
+    let ns = NetNs::new("bk");
+    let module = p2p_agent::wg::kernel_module_present();
+    let (auto, explicit) = in_netns(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let auto = MeshDevice::create(
+                device_config(&unique("au"), 1, A_OVERLAY),
+                BackendChoice::Auto,
+            )
+            .await
+            .expect("auto always finds a backend");
+            let backend = auto.backend();
+            auto.shutdown().await.unwrap();
+            let explicit = MeshDevice::create(
+                device_config(&unique("ke"), 2, A_OVERLAY),
+                BackendChoice::Kernel,
+            )
+            .await;
+            let explicit = match explicit {
+                Ok(d) => {
+                    let b = d.backend().to_string();
+                    d.shutdown().await.unwrap();
+                    Ok(b)
+                }
+                Err(e) => Err(e),
+            };
+            (backend, explicit)
+        })
+    });
+    if module {
+        assert_eq!(auto, "kernel");
+        assert_eq!(explicit.unwrap(), "kernel");
+    } else {
+        assert_eq!(
+            auto, "userspace",
+            "no wireguard module here, so auto must fall back"
+        );
+        let err = explicit.expect_err("kernel without the module must fail");
+        assert!(matches!(err, Error::KernelUnavailable { .. }), "{err}");
+        assert!(
+            err.to_string().contains("use the userspace backend"),
+            "{err}"
+        );
+    }
+}

@@ -38,6 +38,26 @@ pub enum Error {
         /// Where it was found: a link in this namespace or a live UAPI socket.
         what: &'static str,
     },
+    /// The kernel has no WireGuard support (no module), so `--wg-backend kernel` cannot work here.
+    #[error(
+        "kernel WireGuard is not available for {ifname:?} ({detail}); load the wireguard module, or use the userspace backend"
+    )]
+    KernelUnavailable {
+        /// The interface being created.
+        ifname: String,
+        /// What the kernel said.
+        detail: String,
+    },
+    /// Configuring a kernel WireGuard interface failed.
+    #[error("kernel WireGuard interface {ifname:?}: {op} failed: {detail}")]
+    Kernel {
+        /// The interface.
+        ifname: String,
+        /// The failing operation.
+        op: &'static str,
+        /// What the kernel said.
+        detail: String,
+    },
     /// The process may not create a TUN device.
     #[error("cannot create TUN device {ifname:?}: {NEEDS_NET_ADMIN} ({syscall}: {source})")]
     TunUnavailable {

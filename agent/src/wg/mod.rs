@@ -2,7 +2,9 @@
 //! loops over a TUN device and a UDP socket, with in-place peer updates and the standard
 //! cross-platform UAPI so `wg show` / `wg set` work.
 //!
+//! - `backend`: [`MeshDevice`], the userspace device or the kernel's, chosen by [`BackendChoice`].
 //! - `device`: [`Device`] — TUN + UDP + loops, peer API, shutdown.
+//! - `kernel`: [`KernelDevice`], the kernel module through defguard_wireguard_rs.
 //! - `peer`: one peer's `Tunn`, endpoint (roaming), keepalive and counters.
 //! - `allowed_ips`: longest-prefix cryptokey routing table.
 //! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
@@ -14,9 +16,11 @@
 //! - `error`: the module's [`Error`].
 
 mod allowed_ips;
+mod backend;
 mod config;
 mod device;
 mod error;
+mod kernel;
 mod key;
 mod netlink;
 mod peer;
@@ -24,6 +28,7 @@ mod task;
 mod uapi;
 mod uapi_server;
 
+pub use backend::{BackendChoice, MeshDevice, kernel_module_present};
 pub use config::{
     DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, PeerConfig, PeerStatus,
     validate_ifname,
@@ -31,4 +36,5 @@ pub use config::{
 pub use device::Device;
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
+pub use kernel::KernelDevice;
 pub use key::{KeyPrefix, PrivateKey};
