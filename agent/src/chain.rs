@@ -235,6 +235,29 @@ pub fn registration_from_event(
     })
 }
 
+/// The `PeerRegistered` event behind a stored record: the one in the record's block, for its seat and nonce.
+/// It carries the proof that the stored record lacks.
+///
+/// # Errors
+/// [`ChainError`] when the logs cannot be read.
+pub async fn registration_event<P: Provider>(
+    cluster: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+    peer: &DstackClusterNFT::Peer,
+) -> Result<Option<DstackClusterNFT::PeerRegistered>, ChainError> {
+    let events = cluster
+        .PeerRegistered_filter()
+        .topic1(peer.tokenId)
+        .from_block(peer.registeredBlock)
+        .to_block(peer.registeredBlock)
+        .query()
+        .await
+        .map_err(|e| ChainError::from_call("eth_getLogs PeerRegistered", e))?;
+    Ok(events
+        .into_iter()
+        .map(|(e, _)| e)
+        .find(|e| e.nonce == peer.nonce))
+}
+
 /// A field of an on-chain record whose length the contract would never have accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the on-chain record's {field} has {len} bytes, expected {expected}")]

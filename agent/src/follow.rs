@@ -160,19 +160,7 @@ impl Follower {
                 continue;
             }
             self.requests += 1;
-            let events = c
-                .PeerRegistered_filter()
-                .topic1(p.tokenId)
-                .from_block(p.registeredBlock)
-                .to_block(p.registeredBlock)
-                .query()
-                .await
-                .map_err(call("eth_getLogs PeerRegistered"))?;
-            match events
-                .into_iter()
-                .map(|(e, _)| e)
-                .find(|e| e.nonce == p.nonce)
-            {
+            match chain::registration_event(&c, &p).await? {
                 Some(event) => match chain::registration_from_event(
                     &event,
                     self.view.chain_id,

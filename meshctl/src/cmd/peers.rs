@@ -26,21 +26,18 @@ pub(crate) struct Args {
 /// A record's proof, re-checked against the contract's own KMS root and app ids.
 fn verify(
     peer: &DstackClusterNFT::Peer,
-    events: &[DstackClusterNFT::PeerRegistered],
+    event: Option<&DstackClusterNFT::PeerRegistered>,
     chain_id: u64,
     contract: alloy::primitives::Address,
     kms_root: alloy::primitives::Address,
     app_ids: &[alloy::primitives::Address],
 ) -> Result<(), String> {
-    let event = events
-        .iter()
-        .find(|e| e.nonce == peer.nonce)
-        .ok_or_else(|| {
-            format!(
-                "no PeerRegistered event with nonce {} in block {}",
-                peer.nonce, peer.registeredBlock
-            )
-        })?;
+    let event = event.ok_or_else(|| {
+        format!(
+            "no PeerRegistered event with nonce {} in block {}",
+            peer.nonce, peer.registeredBlock
+        )
+    })?;
     if event.wgPublicKey != peer.wgPublicKey
         || event.endpoint != peer.endpoint
         || event.gatewayUrl != peer.gatewayUrl
@@ -68,20 +65,12 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let mut rows: Vec<Value> = Vec::new();
     let mut failures = 0;
     for p in &peers {
-        let events: Vec<DstackClusterNFT::PeerRegistered> = c
-            .PeerRegistered_filter()
-            .topic1(p.tokenId)
-            .from_block(p.registeredBlock)
-            .to_block(p.registeredBlock)
-            .query()
+        let event = chain::registration_event(&c, p)
             .await
-            .with_context(|| format!("fetching seat {}'s registration event", p.tokenId))?
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect();
+            .with_context(|| format!("fetching seat {}'s registration event", p.tokenId))?;
         let verdict = verify(
             p,
-            &events,
+            event.as_ref(),
             chain_id,
             args.cluster.contract,
             kms_root,
