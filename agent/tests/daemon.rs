@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, U256};
 use netns_tests::{
-    chain::{anvil, deploy_cluster},
+    chain::{anvil, deploy_cluster, mint},
     node::SimulatedInstance,
 };
-use p2p_agent::{
-    api::{self, ConnectionKind, Peer, Status},
-    identity::NodeIdentity,
-    registration::{Cluster, Desired},
-};
+use p2p_agent::api::{self, ConnectionKind, Peer, Status};
 
 /// The agent process, killed by its PID when dropped.
 struct AgentProcess(Child);
@@ -102,27 +98,13 @@ async fn tls_node_registers_its_url_and_lists_peers_by_url() {
     let tls_node = SimulatedInstance::start("tls-node").await;
     let c = deploy_cluster(&anvil, wg_node.kms_root).await;
     for n in [&wg_node, &tls_node] {
-        c.mintNodeAccess(anvil.addresses()[1], n.instance_id.clone())
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+        mint(&c, anvil.addresses()[1], &n.instance_id).await;
     }
     // A WireGuard node with a gateway URL too, registered directly.
-    let id = NodeIdentity::load(&wg_node.client, 0).await.unwrap();
     let wg_url = format!("https://{}-8080.dstack.example", wg_node.instance_id);
-    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
-        .await
-        .unwrap();
-    let want = Desired {
-        wg_public_key: id.wg_public_key(),
-        endpoint: "192.0.2.1:51820".into(),
-        gateway_url: wg_url.clone(),
-    };
-    let payer: alloy::signers::local::PrivateKeySigner = anvil.keys()[2].clone().into();
-    cluster.register(&id, &want, Some(&payer)).await.unwrap();
+    wg_node
+        .register(&anvil, *c.address(), "192.0.2.1:51820", &wg_url, 2)
+        .await;
 
     let dir = tempfile::tempdir().unwrap();
     let _agent = start_tls_agent(
@@ -163,26 +145,12 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
     let node = SimulatedInstance::start("node").await;
     let c = deploy_cluster(&anvil, node.kms_root).await;
     for n in [&other, &node] {
-        c.mintNodeAccess(anvil.addresses()[1], n.instance_id.clone())
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+        mint(&c, anvil.addresses()[1], &n.instance_id).await;
     }
-    let id = NodeIdentity::load(&other.client, 0).await.unwrap();
-    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
-        .await
-        .unwrap();
     let url = format!("https://{}-8080.dstack.example", other.instance_id);
-    let want = Desired {
-        wg_public_key: id.wg_public_key(),
-        endpoint: "192.0.2.1:51820".into(),
-        gateway_url: url.clone(),
-    };
-    let payer: alloy::signers::local::PrivateKeySigner = anvil.keys()[2].clone().into();
-    cluster.register(&id, &want, Some(&payer)).await.unwrap();
+    other
+        .register(&anvil, *c.address(), "192.0.2.1:51820", &url, 2)
+        .await;
 
     let dir = tempfile::tempdir().unwrap();
     let rpc = anvil.endpoint();
@@ -193,7 +161,6 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
     })
     .await;
     drop(agent);
-    drop(cluster);
     drop(anvil); // the RPC is gone
 
     let _agent = start_tls_agent(dir.path(), &rpc, &c.address().to_string(), &node, &key);

@@ -11,14 +11,12 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster},
+    chain::{TestCluster, anvil, deploy_cluster, mint},
     node::{APP_ID, SimulatedInstance},
 };
 use p2p_agent::{
     follow::Follower,
-    identity::NodeIdentity,
     membership::{self, InvalidRecord, Pins},
-    registration::{Cluster, Desired},
 };
 
 type Contract = TestCluster;
@@ -27,30 +25,10 @@ async fn setup(anvil: &AnvilInstance, kms_root: Address) -> Contract {
     deploy_cluster(anvil, kms_root).await
 }
 
-/// Mints a seat for `node` and registers its record with `endpoint`, paid by the owner.
+/// Mints a seat for `node` and registers its record with `endpoint`.
 async fn join(anvil: &AnvilInstance, c: &Contract, node: &SimulatedInstance, endpoint: &str) {
-    c.mintNodeAccess(anvil.addresses()[1], node.instance_id.clone())
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
-        .await
-        .unwrap();
-    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
-    let desired = Desired {
-        wg_public_key: identity.wg_public_key(),
-        endpoint: endpoint.into(),
-        gateway_url: String::new(),
-    };
-    // Not the owner's key: its provider caches the owner's nonce.
-    let key: PrivateKeySigner = anvil.keys()[2].clone().into();
-    cluster
-        .register(&identity, &desired, Some(&key))
-        .await
-        .unwrap();
+    mint(c, anvil.addresses()[1], &node.instance_id).await;
+    node.register(anvil, *c.address(), endpoint, "", 2).await;
 }
 
 fn reader(anvil: &AnvilInstance) -> DynProvider {

@@ -13,11 +13,11 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster},
+    chain::{TestCluster, anvil, deploy_cluster, mint},
     node::SimulatedInstance,
 };
 use p2p_agent::{
-    chain::{self, DstackClusterNFT},
+    chain::{self},
     identity::NodeIdentity,
     proof::ProofError,
     registration::{Cluster, Desired, Outcome, RegistrationError},
@@ -33,20 +33,6 @@ fn provider(anvil: &AnvilInstance, i: usize) -> DynProvider {
 
 async fn deploy(anvil: &AnvilInstance, kms_root: Address) -> TestCluster {
     deploy_cluster(anvil, kms_root).await
-}
-
-async fn mint(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
-    to: Address,
-    instance: &str,
-) {
-    c.mintNodeAccess(to, instance.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
 }
 
 fn desired(identity: &NodeIdentity, endpoint: &str) -> Desired {

@@ -64,3 +64,18 @@ pub async fn deploy_cluster(
     .await
     .expect("deploy the cluster")
 }
+
+/// Mints the next seat to `to`, bound to `instance_id`, as the owner.
+///
+/// # Panics
+/// When the mint reverts.
+pub async fn mint(cluster: &TestCluster, to: alloy::primitives::Address, instance_id: &str) {
+    cluster
+        .mintNodeAccess(to, instance_id.to_owned())
+        .send()
+        .await
+        .expect("send mintNodeAccess")
+        .get_receipt()
+        .await
+        .expect("mintNodeAccess receipt");
+}

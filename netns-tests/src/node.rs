@@ -80,6 +80,38 @@ impl SimulatedInstance {
         }
     }
 
+    /// Registers this instance's record for its seat as the agent would: its dstack-derived WireGuard key,
+    /// `endpoint` and `gateway_url`, paid by anvil account `payer` (not the owner's: the owner's provider
+    /// caches its nonce).
+    ///
+    /// # Panics
+    /// When the registration fails.
+    pub async fn register(
+        &self,
+        anvil: &alloy::node_bindings::AnvilInstance,
+        contract: Address,
+        endpoint: &str,
+        gateway_url: &str,
+        payer: usize,
+    ) -> p2p_agent::registration::Outcome {
+        let identity = p2p_agent::identity::NodeIdentity::load(&self.client, 0)
+            .await
+            .expect("identity");
+        let cluster = p2p_agent::registration::Cluster::connect(anvil.endpoint_url(), contract)
+            .await
+            .expect("connect");
+        let desired = p2p_agent::registration::Desired {
+            wg_public_key: identity.wg_public_key(),
+            endpoint: endpoint.into(),
+            gateway_url: gateway_url.into(),
+        };
+        let key: alloy::signers::local::PrivateKeySigner = anvil.keys()[payer].clone().into();
+        cluster
+            .register(&identity, &desired, Some(&key))
+            .await
+            .expect("register")
+    }
+
     /// A record for seat `token_id`, proven by this instance's dstack chain and signed by its derived key.
     ///
     /// # Panics
