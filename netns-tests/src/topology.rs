@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use alloy::signers::local::PrivateKeySigner;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use p2p_agent::api::{Peer, Status};
+use p2p_agent::api::{ConnectionKind, Peer, Status};
 use serde_json::Value;
 
-use crate::netns::{ChildGuard, NetNs, run_command_timeout, run_ok};
+use crate::netns::{ChildGuard, DumpPeer, NetNs, parse_dump, run_command_timeout, run_ok};
 
 /// The switch's address on the LAN, where anvil listens.
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
@@ -39,11 +39,12 @@ pub const WG_PORT: u16 = 51820;
 pub const APP_ID: &str = "00112233445566778899aabbccddeeff00112233";
 
 /// anvil's well-known development keys (mnemonic `test … junk`): 0 owns the cluster, i holds seat i.
-pub const ANVIL_KEYS: [&str; 4] = [
+pub const ANVIL_KEYS: [&str; 5] = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
     "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
 ];
 
 /// When set to a directory, every [`Agent`]'s log is copied there when it is dropped.
@@ -247,6 +248,11 @@ impl BackgroundPing {
         }
     }
 
+    /// Whether the ping is still sending (it has not exited).
+    pub fn running(&mut self) -> bool {
+        !self.guard.has_exited()
+    }
+
     /// Waits for the ping to finish (bounded by its own length plus slack); returns (sent, received) and
     /// ping's output.
     pub fn finish(self) -> (u32, u32, String) {
@@ -405,6 +411,17 @@ pub struct Cluster<'a> {
 impl<'a> Cluster<'a> {
     /// Starts a simulator per node of `lan`, deploys and mints; every step is bounded.
     pub fn deploy(lan: &'a Lan) -> Self {
+        Self::deploy_seats(lan, lan.nodes.len())
+    }
+
+    /// Like [`Cluster::deploy`], but mints only seats `1..=seats`: nodes above that have a simulator (an
+    /// instance) and no seat until [`Cluster::mint`] gives them one.
+    pub fn deploy_seats(lan: &'a Lan, seats: usize) -> Self {
+        assert!(
+            seats <= lan.nodes.len(),
+            "{seats} seats for {} nodes",
+            lan.nodes.len()
+        );
         let simulator = workspace_bin("dstack-simulator");
         let dir = tempfile::Builder::new()
             .prefix("dm-cluster")
@@ -504,19 +521,30 @@ impl<'a> Cluster<'a> {
             .as_str()
             .unwrap_or_else(|| panic!("meshctl deploy printed no contract: {deployed}"))
             .to_owned();
-        for i in 1..=cluster.sims.len() {
-            let instance = cluster.sims[i - 1].instance_id.clone();
-            let minted = cluster.meshctl(
-                0,
-                &["mint", "--to", &anvil_address(i), "--instance", &instance],
-            );
-            assert_eq!(
-                minted["tokenId"].as_u64(),
-                Some(i as u64),
-                "seat {i} must be token {i}: {minted}"
-            );
+        for i in 1..=seats {
+            cluster.mint(i);
         }
         cluster
+    }
+
+    /// Mints seat `i` to anvil account `i`, bound to node `i`'s instance (seats are minted in order, so
+    /// it must become token `i`).
+    pub fn mint(&self, i: usize) -> Value {
+        assert!(
+            i < ANVIL_KEYS.len() && i <= self.sims.len(),
+            "no account or node for seat {i}"
+        );
+        let instance = self.sims[i - 1].instance_id.clone();
+        let minted = self.meshctl(
+            0,
+            &["mint", "--to", &anvil_address(i), "--instance", &instance],
+        );
+        assert_eq!(
+            minted["tokenId"].as_u64(),
+            Some(i as u64),
+            "seat {i} must be token {i}: {minted}"
+        );
+        minted
     }
 
     /// `p2p-agent identity --json` for node `i`'s simulator.
@@ -818,6 +846,27 @@ impl<'a> Agent<'a> {
         self.status().1.into_iter().find(|p| p.token_id == token)
     }
 
+    /// Whether this node reports seat `token` over WireGuard, healthy, with `key` (false too when
+    /// `meshctl status` fails).
+    pub fn sees_healthy(&self, token: u64, key: &str) -> bool {
+        self.try_status().is_ok()
+            && self.peer(token).is_some_and(|p| {
+                p.connection == ConnectionKind::Wireguard
+                    && p.healthy
+                    && p.wg_public_key.as_deref() == Some(key)
+            })
+    }
+
+    /// `wg show <ifname> dump` in the node's namespace (through the agent's UAPI socket), raw.
+    pub fn wg_dump_text(&self) -> String {
+        self.ns().exec_ok(&["wg", "show", &self.ifname, "dump"])
+    }
+
+    /// `wg show <ifname> dump`, parsed: the interface fields, then one entry per peer.
+    pub fn wg_dump(&self) -> (Vec<String>, Vec<DumpPeer>) {
+        parse_dump(&self.wg_dump_text())
+    }
+
     /// Stops the daemon with SIGTERM and requires a clean exit (status 0 within a bounded time, the
     /// interface and its UAPI socket gone); returns how long it took.
     pub fn stop(&mut self) -> Duration {
@@ -915,4 +964,40 @@ impl Drop for Agent<'_> {
         // A crashed or killed daemon leaves its UAPI socket in the shared directory; the name is ours.
         let _ = std::fs::remove_file(self.uapi_socket());
     }
+}
+
+/// Starts the agents of `nodes` (standard flags) and waits (bounded, 60 s each) until each is ready.
+pub fn start_agents<'a>(
+    cluster: &'a Cluster<'a>,
+    nodes: impl IntoIterator<Item = usize>,
+) -> Vec<Agent<'a>> {
+    let mut agents: Vec<Agent<'a>> = nodes
+        .into_iter()
+        .map(|i| Agent::start(cluster, i, &[]))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(60);
+    }
+    agents
+}
+
+/// Every agent's log tail, for failure messages.
+pub fn tails(agents: &[Agent<'_>]) -> String {
+    agents
+        .iter()
+        .map(Agent::tail)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every agent's `meshctl status --json` (or why it failed), for failure messages.
+pub fn statuses(agents: &[Agent<'_>]) -> String {
+    agents
+        .iter()
+        .map(|a| {
+            let s = a.try_status().map(|v| v.to_string()).unwrap_or_else(|e| e);
+            format!("--- meshctl status, node {} ---\n{s}", a.index)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
