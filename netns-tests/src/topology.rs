@@ -857,6 +857,22 @@ impl<'a> Agent<'a> {
             })
     }
 
+    /// This node's WireGuard public key (base64) as its agent reports it.
+    pub fn key(&self) -> String {
+        self.status().0.node.wg_public_key.unwrap_or_else(|| {
+            panic!(
+                "node {} reports no WireGuard key\n{}",
+                self.index,
+                self.tail()
+            )
+        })
+    }
+
+    /// The peer keys configured on this node's interface, read with `wg show dump` through its UAPI.
+    pub fn wg_peer_keys(&self) -> std::collections::BTreeSet<String> {
+        self.wg_dump().1.into_iter().map(|p| p.public_key).collect()
+    }
+
     /// `wg show <ifname> dump` in the node's namespace (through the agent's UAPI socket), raw.
     pub fn wg_dump_text(&self) -> String {
         self.ns().exec_ok(&["wg", "show", &self.ifname, "dump"])
@@ -1000,4 +1016,113 @@ pub fn statuses(agents: &[Agent<'_>]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Progress lines of one scenario, each stamped with the time since it began (`--nocapture` shows them).
+pub struct Steps {
+    name: &'static str,
+    t0: Instant,
+}
+
+impl Steps {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            t0: Instant::now(),
+        }
+    }
+
+    pub fn step(&self, what: &str) {
+        eprintln!(
+            "[{} {:>6.2}s] {what}",
+            self.name,
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// What every whole-system scenario needs: root, `/dev/net/tun`, the tools (`ip`, `ss`, `ping`, `wg`,
+/// anvil), and the workspace binaries it runs. Fails at once with one message saying what is missing.
+pub fn require_mesh_prerequisites() {
+    crate::netns::require_root(&["ss"]);
+    for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
+        workspace_bin(bin);
+    }
+}
+
+/// Node `from` pings seat `to`'s overlay address 3 times, 200 ms apart; returns the replies received.
+pub fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
+    ping(
+        agents[0].cluster.lan.node(from),
+        overlay_ip(to as u64),
+        3,
+        Duration::from_millis(200),
+    )
+    .1
+}
+
+/// Node `from` reaches seat `to` over the overlay (3 of 3 pings); panics with every status and log tail.
+pub fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
+    let got = replies(agents, from, to);
+    assert_eq!(
+        got,
+        3,
+        "node {from} -> node {to} ({}) over the overlay: {got} of 3 replies\n{}\n{}",
+        overlay_ip(to as u64),
+        statuses(agents),
+        tails(agents)
+    );
+}
+
+/// Node `from` cannot reach seat `to` over the overlay (0 of 3 pings).
+pub fn assert_no_pings(agents: &[Agent<'_>], from: usize, to: usize) {
+    let got = replies(agents, from, to);
+    assert_eq!(
+        got,
+        0,
+        "node {from} must not reach node {to} ({}) over the overlay, yet {got} of 3 replies came\n{}\n{}",
+        overlay_ip(to as u64),
+        statuses(agents),
+        tails(agents)
+    );
+}
+
+/// Waits (60 s) until every agent reports every other one healthy over WireGuard with the key in `keys`
+/// (`keys[j - 1]` is node j's).
+pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[String]) {
+    wait_until(
+        &format!(
+            "nodes {:?} to report each other healthy over WireGuard",
+            agents.iter().map(|a| a.index).collect::<Vec<_>>()
+        ),
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            agents.iter().all(|a| {
+                agents
+                    .iter()
+                    .filter(|b| b.index != a.index)
+                    .all(|b| a.sees_healthy(b.index as u64, &keys[b.index - 1]))
+            })
+        },
+        || format!("{}\n{}", statuses(agents), tails(agents)),
+    );
+}
+
+/// Panics listing them if any agent logged a warning or an error (see [`Agent::warnings`]): a clean run
+/// has nothing to warn about.
+pub fn assert_no_warnings(agents: &[Agent<'_>]) {
+    let warnings: Vec<String> = agents
+        .iter()
+        .flat_map(|a| {
+            a.warnings()
+                .into_iter()
+                .map(move |w| format!("agent {}: {w}", a.index))
+        })
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "the agents logged warnings or errors:\n{}",
+        warnings.join("\n")
+    );
 }

@@ -16,11 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use netns_tests::netns::require_root;
-use netns_tests::topology::{
-    Agent, BackgroundPing, Cluster, Lan, overlay_ip, ping, start_agents, statuses, tails,
-    wait_until, workspace_bin,
-};
+use netns_tests::topology::*;
 
 /// Four namespaces, but only three seats at first.
 const NODES: usize = 4;
@@ -30,92 +26,41 @@ const FIRST: usize = 3;
 const PINGS: u32 = 200;
 const INTERVAL: Duration = Duration::from_millis(50);
 
-fn step(t0: Instant, what: &str) {
-    eprintln!("[join {:>6.2}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-fn key_of(a: &Agent<'_>) -> String {
-    a.status()
-        .0
-        .node
-        .wg_public_key
-        .unwrap_or_else(|| panic!("node {} reports no WireGuard key\n{}", a.index, a.tail()))
-}
-
-fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
-    let lan = agents[0].cluster.lan;
-    let got = ping(
-        lan.node(from),
-        overlay_ip(to as u64),
-        3,
-        Duration::from_millis(200),
-    );
-    assert_eq!(
-        got,
-        (3, 3),
-        "node {from} -> node {to} ({}) over the overlay: (sent, received)\n{}\n{}",
-        overlay_ip(to as u64),
-        statuses(agents),
-        tails(agents)
-    );
-}
-
 /// Three agents mesh; a fourth seat is minted and its agent started; everyone adopts it without
 /// disturbing 1 -> 2.
 #[test]
 fn a_fourth_node_joins_without_disturbing_the_others() {
-    require_root(&["ss"]);
-    for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
-        workspace_bin(bin);
-    }
-    let t0 = Instant::now();
+    require_mesh_prerequisites();
+    let steps = Steps::new("join");
     let lan = Lan::new(NODES);
-    step(t0, "LAN up: switch with anvil, 4 node namespaces");
+    steps.step("LAN up: switch with anvil, 4 node namespaces");
     let cluster = Cluster::deploy_seats(&lan, FIRST);
-    step(
-        t0,
-        &format!(
-            "cluster {} deployed, 4 simulators, seats 1-3 minted",
-            cluster.contract
-        ),
-    );
+    steps.step(&format!(
+        "cluster {} deployed, 4 simulators, seats 1-3 minted",
+        cluster.contract
+    ));
 
     let mut agents = start_agents(&cluster, 1..=FIRST);
-    step(t0, "agents 1-3 ready");
-    let keys: Vec<String> = agents.iter().map(key_of).collect();
-    wait_until(
-        "nodes 1-3 to report each other healthy over WireGuard",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            agents.iter().all(|a| {
-                (1..=FIRST)
-                    .filter(|&j| j != a.index)
-                    .all(|j| a.sees_healthy(j as u64, &keys[j - 1]))
-            })
-        },
-        || format!("{}\n{}", statuses(&agents), tails(&agents)),
-    );
+    steps.step("agents 1-3 ready");
+    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
     assert_pings(&agents, 1, 2);
-    step(t0, "3-node mesh healthy; 1 -> 2 pings");
+    steps.step("3-node mesh healthy; 1 -> 2 pings");
 
     let mut bg = BackgroundPing::start(lan.node(1), overlay_ip(2), PINGS, INTERVAL);
     std::thread::sleep(Duration::from_millis(500));
     let join = Instant::now();
     let minted = cluster.mint(4);
-    step(
-        t0,
-        &format!(
-            "seat 4 minted to account 4, bound to instance {} ({:.2?}): {}",
-            cluster.sims[3].instance_id,
-            join.elapsed(),
-            minted["receipt"]
-        ),
-    );
+    steps.step(&format!(
+        "seat 4 minted to account 4, bound to instance {} ({:.2?}): {}",
+        cluster.sims[3].instance_id,
+        join.elapsed(),
+        minted["receipt"]
+    ));
     agents.push(Agent::start(&cluster, 4, &[]));
     let took = agents[3].wait_ready(60);
-    let key4 = key_of(&agents[3]);
-    step(t0, &format!("agent 4 ready ({took:.2?}), key {key4}"));
+    let key4 = agents[3].key();
+    steps.step(&format!("agent 4 ready ({took:.2?}), key {key4}"));
     assert!(
         !keys.contains(&key4),
         "node 4's key must differ from the others'"
@@ -137,8 +82,7 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
         || format!("{}\n{}", statuses(&agents), tails(&agents)),
     );
     let joined_in = join.elapsed();
-    step(
-        t0,
+    steps.step(
         &format!(
             "join complete: every node reports every other healthy ({joined_in:.2?} after the mint began)"
         ),
@@ -170,10 +114,10 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
     }
     assert_pings(&agents, 1, 4);
     assert_pings(&agents, 4, 3);
-    step(t0, "1 -> 4 and 4 -> 3 ping; nodes 1-3 hold node 4's key");
+    steps.step("1 -> 4 and 4 -> 3 ping; nodes 1-3 hold node 4's key");
 
     let (sent, received, out) = bg.finish();
-    step(t0, &format!("background ping 1 -> 2: {received}/{sent}"));
+    steps.step(&format!("background ping 1 -> 2: {received}/{sent}"));
     assert_eq!(
         (sent, received),
         (PINGS, PINGS),
@@ -183,26 +127,11 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
 
     for a in &mut agents {
         let took = a.stop();
-        step(
-            t0,
-            &format!("agent {} stopped cleanly ({took:.2?})", a.index),
-        );
+        steps.step(&format!("agent {} stopped cleanly ({took:.2?})", a.index));
     }
-    let warnings: Vec<String> = agents
-        .iter()
-        .flat_map(|a| {
-            a.warnings()
-                .into_iter()
-                .map(move |w| format!("agent {}: {w}", a.index))
-        })
-        .collect();
-    assert!(
-        warnings.is_empty(),
-        "the agents logged warnings or errors:\n{}",
-        warnings.join("\n")
-    );
+    assert_no_warnings(&agents);
     drop(agents);
     drop(cluster);
     drop(lan);
-    step(t0, "torn down");
+    steps.step("torn down");
 }

@@ -15,88 +15,20 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use netns_tests::netns::{parse_dump, require_root};
-use netns_tests::topology::{
-    Agent, BackgroundPing, Cluster, Lan, WG_PORT, lan_ip, overlay_ip, ping, wait_until,
-    workspace_bin,
-};
+use netns_tests::topology::*;
 use p2p_agent::api::ConnectionKind;
 
 const NODES: usize = 3;
 /// The background ping during the rotation: 10 s at 50 ms, which the rotation (about 1 s) falls well within.
 const PINGS: u32 = 200;
 
-fn step(t0: Instant, what: &str) {
-    eprintln!("[mesh {:>6.2}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-fn tails(agents: &[Agent<'_>]) -> String {
-    agents
-        .iter()
-        .map(Agent::tail)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn statuses(agents: &[Agent<'_>]) -> String {
-    agents
-        .iter()
-        .map(|a| {
-            let s = a.try_status().map(|v| v.to_string()).unwrap_or_else(|e| e);
-            format!("--- meshctl status, node {} ---\n{s}", a.index)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Whether node `a` reports seat `token` over WireGuard, healthy, with `key`.
-fn sees_healthy(a: &Agent<'_>, token: u64, key: &str) -> bool {
-    a.try_status().is_ok()
-        && a.peer(token).is_some_and(|p| {
-            p.connection == ConnectionKind::Wireguard
-                && p.healthy
-                && p.wg_public_key.as_deref() == Some(key)
-        })
-}
-
-/// The peer keys configured on an agent's interface, read with `wg show dump` through its UAPI.
-fn wg_peer_keys(a: &Agent<'_>) -> BTreeSet<String> {
-    let dump = a.ns().exec_ok(&["wg", "show", &a.ifname, "dump"]);
-    parse_dump(&dump)
-        .1
-        .into_iter()
-        .map(|p| p.public_key)
-        .collect()
-}
-
-fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
-    let lan = agents[0].cluster.lan;
-    let got = ping(
-        lan.node(from),
-        overlay_ip(to as u64),
-        3,
-        Duration::from_millis(200),
-    );
-    assert_eq!(
-        got,
-        (3, 3),
-        "node {from} -> node {to} ({}) over the overlay: (sent, received)\n{}\n{}",
-        overlay_ip(to as u64),
-        statuses(agents),
-        tails(agents)
-    );
-}
-
 /// Three agents form a full mesh on their own; node 3 rotates its WireGuard key (restart with
 /// `--wg-key-epoch 1`) while node 1 pings node 2 without losing a packet, and the others follow the new
 /// key from the chain.
 #[test]
 fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
-    require_root(&["ss"]);
-    for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
-        workspace_bin(bin);
-    }
-    let t0 = Instant::now();
+    require_mesh_prerequisites();
+    let steps = Steps::new("mesh");
     let lan = Lan::new(NODES);
     let ns_names: Vec<String> = lan
         .nodes
@@ -104,22 +36,22 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
         .chain([&lan.switch])
         .map(|n| n.name.clone())
         .collect();
-    step(t0, "LAN up: switch with anvil, 3 node namespaces");
+    steps.step("LAN up: switch with anvil, 3 node namespaces");
     let cluster = Cluster::deploy(&lan);
-    step(
-        t0,
-        &format!("cluster {} deployed, 3 seats minted", cluster.contract),
-    );
+    steps.step(&format!(
+        "cluster {} deployed, 3 seats minted",
+        cluster.contract
+    ));
 
     let mut agents: Vec<Agent<'_>> = (1..=NODES)
         .map(|i| Agent::start(&cluster, i, &[]))
         .collect();
     for a in &mut agents {
         let took = a.wait_ready(60);
-        step(
-            t0,
-            &format!("agent {} ready (p2p-agent wait: {took:.2?})", a.index),
-        );
+        steps.step(&format!(
+            "agent {} ready (p2p-agent wait: {took:.2?})",
+            a.index
+        ));
     }
 
     // Every ordered pair over the overlay.
@@ -128,7 +60,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
             assert_pings(&agents, from, to);
         }
     }
-    step(t0, "all 6 ordered pairs ping over 10.0.1.x");
+    steps.step("all 6 ordered pairs ping over 10.0.1.x");
 
     // Each node reports itself and the other two: over WireGuard, healthy, with their own keys.
     let keys: Vec<String> = agents
@@ -189,10 +121,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
             i + 1
         );
     }
-    step(
-        t0,
-        "meshctl status: every node sees the other two, wireguard, healthy",
-    );
+    steps.step("meshctl status: every node sees the other two, wireguard, healthy");
 
     // Key rotation of node 3 while node 1 pings node 2.
     let old_key = keys[2].clone();
@@ -200,10 +129,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     std::thread::sleep(Duration::from_millis(500));
     let rotation = Instant::now();
     agents[2].restart(&["--wg-key-epoch", "1"]);
-    step(
-        t0,
-        "agent 3 stopped cleanly and restarted with --wg-key-epoch 1",
-    );
+    steps.step("agent 3 stopped cleanly and restarted with --wg-key-epoch 1");
     let took = agents[2].wait_ready(60);
     let new_key = agents[2]
         .status()
@@ -215,20 +141,16 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
         new_key, old_key,
         "epoch 1 must give node 3 a new WireGuard key"
     );
-    step(
-        t0,
-        &format!("agent 3 ready again with a new key ({took:.2?})"),
-    );
+    steps.step(&format!("agent 3 ready again with a new key ({took:.2?})"));
     wait_until(
         "nodes 1 and 2 to report node 3 healthy over WireGuard with its new key",
         Duration::from_secs(60),
         Duration::from_millis(200),
-        || sees_healthy(&agents[0], 3, &new_key) && sees_healthy(&agents[1], 3, &new_key),
+        || agents[0].sees_healthy(3, &new_key) && agents[1].sees_healthy(3, &new_key),
         || format!("{}\n{}", statuses(&agents), tails(&agents)),
     );
     let rotated_in = rotation.elapsed();
-    step(
-        t0,
+    steps.step(
         &format!(
             "rotation complete: nodes 1 and 2 follow node 3's new key ({rotated_in:.2?} after the restart began)"
         ),
@@ -239,7 +161,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
         "the chain must hold node 3's new key"
     );
     for a in &agents[..2] {
-        let configured = wg_peer_keys(a);
+        let configured = a.wg_peer_keys();
         assert!(
             configured.contains(&new_key)
                 && !configured.contains(&old_key)
@@ -250,7 +172,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     }
 
     let (sent, received, out) = bg.finish();
-    step(t0, &format!("background ping 1 -> 2: {received}/{sent}"));
+    steps.step(&format!("background ping 1 -> 2: {received}/{sent}"));
     assert_eq!(
         (sent, received),
         (PINGS, PINGS),
@@ -259,30 +181,15 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     );
     assert_pings(&agents, 1, 3);
     assert_pings(&agents, 3, 2);
-    step(t0, "1 -> 3 and 3 -> 2 ping over the new key");
+    steps.step("1 -> 3 and 3 -> 2 ping over the new key");
 
     // Clean shutdown of every daemon: exit 0, interface and UAPI socket gone.
     for a in &mut agents {
         let took = a.stop();
-        step(
-            t0,
-            &format!("agent {} stopped cleanly ({took:.2?})", a.index),
-        );
+        steps.step(&format!("agent {} stopped cleanly ({took:.2?})", a.index));
     }
     // A clean run, restart included, has nothing to warn about.
-    let warnings: Vec<String> = agents
-        .iter()
-        .flat_map(|a| {
-            a.warnings()
-                .into_iter()
-                .map(move |w| format!("agent {}: {w}", a.index))
-        })
-        .collect();
-    assert!(
-        warnings.is_empty(),
-        "the agents logged warnings or errors:\n{}",
-        warnings.join("\n")
-    );
+    assert_no_warnings(&agents);
     let sockets: Vec<_> = agents.iter().map(Agent::uapi_socket).collect();
     drop(agents);
     drop(cluster);
@@ -299,5 +206,5 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     for s in &sockets {
         assert!(!s.exists(), "{} left behind", s.display());
     }
-    step(t0, "torn down");
+    steps.step("torn down");
 }

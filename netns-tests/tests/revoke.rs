@@ -16,28 +16,13 @@
 
 use std::time::{Duration, Instant};
 
-use netns_tests::netns::require_root;
-use netns_tests::topology::{
-    Agent, Cluster, Lan, overlay_ip, ping, start_agents, statuses, tails, wait_until, workspace_bin,
-};
+use netns_tests::topology::*;
 
 const NODES: usize = 3;
 /// The agents poll the chain every 200 ms; removal everywhere must take well under this.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(15);
 /// How long to keep looking before saying removal never happened (beyond the bound, to tell slow from never).
 const GIVE_UP: Duration = Duration::from_secs(30);
-
-fn step(t0: Instant, what: &str) {
-    eprintln!("[revoke {:>6.2}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-fn key_of(a: &Agent<'_>) -> String {
-    a.status()
-        .0
-        .node
-        .wg_public_key
-        .unwrap_or_else(|| panic!("node {} reports no WireGuard key\n{}", a.index, a.tail()))
-}
 
 /// Whether `meshctl status` on `a` still lists seat `token` (an error counts as "still listed").
 fn lists_seat(a: &Agent<'_>, token: u64) -> bool {
@@ -49,55 +34,21 @@ fn lists_seat(a: &Agent<'_>, token: u64) -> bool {
     }
 }
 
-/// Whether `a`'s interface still has a peer with `key`.
-fn has_wg_key(a: &Agent<'_>, key: &str) -> bool {
-    a.wg_dump().1.iter().any(|p| p.public_key == key)
-}
-
-/// Node `from` pings `to` 3 times (`-W 1`); returns replies received.
-fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
-    ping(
-        agents[0].cluster.lan.node(from),
-        overlay_ip(to as u64),
-        3,
-        Duration::from_millis(200),
-    )
-    .1
-}
-
 /// The owner revokes seat 3: nodes 1 and 2 forget it (status and interface) within the bound, and node 3
 /// is cut off from them while they still reach each other.
 #[test]
 fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
-    require_root(&["ss"]);
-    for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
-        workspace_bin(bin);
-    }
-    let t0 = Instant::now();
+    require_mesh_prerequisites();
+    let steps = Steps::new("revoke");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    step(
-        t0,
-        &format!(
-            "LAN up, cluster {} deployed, 3 seats minted",
-            cluster.contract
-        ),
-    );
+    steps.step(&format!(
+        "LAN up, cluster {} deployed, 3 seats minted",
+        cluster.contract
+    ));
     let mut agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<String> = agents.iter().map(key_of).collect();
-    wait_until(
-        "nodes 1-3 to report each other healthy over WireGuard",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            agents.iter().all(|a| {
-                (1..=NODES)
-                    .filter(|&j| j != a.index)
-                    .all(|j| a.sees_healthy(j as u64, &keys[j - 1]))
-            })
-        },
-        || format!("{}\n{}", statuses(&agents), tails(&agents)),
-    );
+    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
     for (from, to) in [(3, 1), (3, 2), (1, 2), (2, 1)] {
         assert_eq!(
             replies(&agents, from, to),
@@ -109,18 +60,18 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
     }
     for a in &agents[..2] {
         assert!(
-            has_wg_key(a, &keys[2]),
+            a.wg_peer_keys().contains(&keys[2]),
             "node {} has no peer for node 3",
             a.index
         );
     }
-    step(t0, "3-node mesh healthy; 3 -> 1, 3 -> 2, 1 <-> 2 ping");
+    steps.step("3-node mesh healthy; 3 -> 1, 3 -> 2, 1 <-> 2 ping");
 
     let key3 = keys[2].clone();
     let revoked = cluster.meshctl(0, &["revoke", "--token", "3", "--yes"]);
     let t_rev = Instant::now();
     assert_eq!(revoked["revoked"].as_bool(), Some(true), "{revoked}");
-    step(t0, &format!("owner revoked seat 3: {}", revoked["receipt"]));
+    steps.step(&format!("owner revoked seat 3: {}", revoked["receipt"]));
 
     // When each of the four removals was first seen, relative to the revoke's return.
     let what = [
@@ -136,7 +87,7 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
             if seen[2 * k].is_none() && !lists_seat(a, 3) {
                 seen[2 * k] = Some(now);
             }
-            if seen[2 * k + 1].is_none() && !has_wg_key(a, &key3) {
+            if seen[2 * k + 1].is_none() && !a.wg_peer_keys().contains(&key3) {
                 seen[2 * k + 1] = Some(now);
             }
         }
@@ -163,10 +114,10 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
     }
     let propagated = seen.iter().flatten().max().copied().expect("four times");
     for (w, s) in what.iter().zip(&seen) {
-        step(
-            t0,
-            &format!("{w}: {:.2?} after the revoke returned", s.expect("seen")),
-        );
+        steps.step(&format!(
+            "{w}: {:.2?} after the revoke returned",
+            s.expect("seen")
+        ));
     }
     eprintln!(
         "revocation propagated in {propagated:.2?} (revoke tx returned -> seat 3 gone from meshctl status and wg dump on nodes 1 and 2; poll step 50 ms + command time)"
@@ -179,7 +130,7 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
     std::thread::sleep(Duration::from_millis(500));
     for a in &agents[..2] {
         assert!(
-            !lists_seat(a, 3) && !has_wg_key(a, &key3),
+            !lists_seat(a, 3) && !a.wg_peer_keys().contains(&key3),
             "node {} lists seat 3 again\n{}",
             a.index,
             statuses(&agents)
@@ -219,43 +170,42 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
             tails(&agents)
         );
     }
-    step(
-        t0,
-        "node 3 cut off from 1 and 2 (and 1 from 3); 1 <-> 2 still ping",
+    steps.step("node 3 cut off from 1 and 2 (and 1 from 3); 1 <-> 2 still ping");
+    // Node 3 itself learns that its seat is gone (it looks its seat up every 5 s once its record is
+    // cleared): it leaves the mesh, its interface goes, and it offers applications no peers.
+    wait_until(
+        "node 3 to report itself without a seat, unregistered, with no peers",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let (status, peers) = agents[2].status();
+            status.node.token_id.is_none() && !status.node.registered && peers.is_empty()
+        },
+        || format!("{}\n{}", statuses(&agents), agents[2].tail()),
     );
-    step(
-        t0,
-        &format!(
-            "node 3 after its revocation: {}",
-            agents[2]
-                .try_status()
-                .map(|v| v["status"].to_string())
-                .unwrap_or_else(|e| e)
-        ),
-    );
-
-    for a in &mut agents[..2] {
-        let took = a.stop();
-        step(
-            t0,
-            &format!("agent {} stopped cleanly ({took:.2?})", a.index),
-        );
-    }
-    let warnings: Vec<String> = agents[..2]
-        .iter()
-        .flat_map(|a| {
-            a.warnings()
-                .into_iter()
-                .map(move |w| format!("agent {}: {w}", a.index))
-        })
-        .collect();
+    let links = agents[2].ns().ip(&["link", "show"]);
     assert!(
-        warnings.is_empty(),
-        "agents 1 and 2 logged warnings or errors:\n{}",
-        warnings.join("\n")
+        !links.contains(&agents[2].ifname),
+        "node 3 must remove its interface {} once its seat is gone: {links}",
+        agents[2].ifname
     );
+    assert!(
+        agents[2]
+            .warnings()
+            .iter()
+            .any(|w| w.contains("this node's seat is gone")),
+        "node 3 must warn that it left the mesh\n{}",
+        agents[2].tail()
+    );
+    steps.step("node 3 reports no seat, unregistered, no peers; its interface is gone");
+
+    for a in &mut agents {
+        let took = a.stop();
+        steps.step(&format!("agent {} stopped cleanly ({took:.2?})", a.index));
+    }
+    assert_no_warnings(&agents[..2]);
     drop(agents);
     drop(cluster);
     drop(lan);
-    step(t0, "torn down");
+    steps.step("torn down");
 }

@@ -15,29 +15,13 @@
 //! `DSTACK_MESH_TEST_LOGS=<dir>` keeps the agents' logs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use netns_tests::netns::require_root;
-use netns_tests::topology::{
-    Agent, Cluster, Lan, WG_PORT, lan_ip, overlay_ip, ping, start_agents, statuses, tails,
-    wait_until, workspace_bin,
-};
+use netns_tests::topology::*;
 
 const NODES: usize = 3;
 /// How old a handshake may be and still count as recent.
 const RECENT: Duration = Duration::from_secs(180);
-
-fn step(t0: Instant, what: &str) {
-    eprintln!("[wg_show {:>6.2}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-fn key_of(a: &Agent<'_>) -> String {
-    a.status()
-        .0
-        .node
-        .wg_public_key
-        .unwrap_or_else(|| panic!("node {} reports no WireGuard key\n{}", a.index, a.tail()))
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -69,35 +53,17 @@ fn peer_blocks(text: &str) -> BTreeMap<String, Vec<String>> {
 /// Every node's interface, as `wg show` sees it, matches the mesh the agents and the chain report.
 #[test]
 fn wg_show_reports_every_peer_with_handshake_and_transfer() {
-    require_root(&["ss"]);
-    for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
-        workspace_bin(bin);
-    }
-    let t0 = Instant::now();
+    require_mesh_prerequisites();
+    let steps = Steps::new("wg_show");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    step(
-        t0,
-        &format!(
-            "LAN up, cluster {} deployed, 3 seats minted",
-            cluster.contract
-        ),
-    );
+    steps.step(&format!(
+        "LAN up, cluster {} deployed, 3 seats minted",
+        cluster.contract
+    ));
     let agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<String> = agents.iter().map(key_of).collect();
-    wait_until(
-        "nodes 1-3 to report each other healthy over WireGuard",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            agents.iter().all(|a| {
-                (1..=NODES)
-                    .filter(|&j| j != a.index)
-                    .all(|j| a.sees_healthy(j as u64, &keys[j - 1]))
-            })
-        },
-        || format!("{}\n{}", statuses(&agents), tails(&agents)),
-    );
+    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
     for from in 1..=NODES {
         for to in (1..=NODES).filter(|&to| to != from) {
             let got = ping(
@@ -115,7 +81,7 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
             );
         }
     }
-    step(t0, "3-node mesh healthy; all 6 ordered pairs ping");
+    steps.step("3-node mesh healthy; all 6 ordered pairs ping");
 
     // What the chain says (meshctl peers) must be what every agent reports.
     let onchain: BTreeMap<u64, String> = cluster
@@ -241,11 +207,11 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
                 ))
             })
             .collect();
-        step(t0, &format!("node {i}'s wg show: {}", seen.join("; ")));
+        steps.step(&format!("node {i}'s wg show: {}", seen.join("; ")));
     }
 
     drop(agents);
     drop(cluster);
     drop(lan);
-    step(t0, "torn down");
+    steps.step("torn down");
 }
