@@ -167,6 +167,8 @@ struct Agent {
     connect_delay: Duration,
     last_full_read: Instant,
     own_token: Option<u64>,
+    /// The chain said this node's instance has no seat (as opposed to: not known yet).
+    seatless: bool,
     next_seat_lookup: Instant,
     device: Option<MeshDevice>,
     registered: bool,
@@ -262,6 +264,7 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
         connect_delay: Duration::from_secs(1),
         last_full_read: Instant::now(),
         own_token: None,
+        seatless: false,
         next_seat_lookup: Instant::now(),
         device: None,
         registered: false,
@@ -447,6 +450,7 @@ impl Agent {
         });
         if let Some(token) = from_records {
             self.own_token = Some(token);
+            self.seatless = false;
             return;
         }
         if Instant::now() < self.next_seat_lookup {
@@ -457,9 +461,15 @@ impl Agent {
             return;
         };
         match f.seat_of(&self.identity.instance_id).await {
-            Ok(Some(token)) => self.own_token = Some(token),
+            Ok(Some(token)) => {
+                self.own_token = Some(token);
+                self.seatless = false;
+            }
             Ok(None) => {
-                self.own_token = None;
+                self.seatless = true;
+                if let Some(token) = self.own_token.take() {
+                    self.leave_mesh(token).await;
+                }
                 let err = RegistrationError::NoSeat {
                     contract: self.contract,
                     instance_id: self.identity.instance_id.clone(),
@@ -471,6 +481,20 @@ impl Agent {
                 self.last_error = Some(text);
             }
             Err(e) => self.rpc_failed("looking up this node's seat", e),
+        }
+    }
+
+    /// This node's seat is gone (revoked, burned, or rebound to another instance): it is no longer a member,
+    /// so it drops its tunnels and interface rather than keep sessions the others have already cut.
+    async fn leave_mesh(&mut self, token: u64) {
+        warn!(token, "this node's seat is gone: leaving the mesh");
+        self.registered = false;
+        self.relay_printed_for = None;
+        if let Some(device) = self.device.take() {
+            let name = device.ifname().to_owned();
+            if let Err(e) = device.shutdown().await {
+                warn!(interface = %name, error = %e, "could not remove the interface cleanly");
+            }
         }
     }
 
@@ -666,7 +690,13 @@ impl Agent {
     }
 
     async fn publish(&mut self) {
-        let members = self.members();
+        // A node the chain says has no seat is no member: it has no peers to offer applications. (Before
+        // the chain has answered, the cached view is served.)
+        let members = if self.seatless {
+            Vec::new()
+        } else {
+            self.members()
+        };
         let stats: BTreeMap<[u8; 32], wg::PeerStatus> = self
             .device
             .as_ref()
