@@ -551,8 +551,17 @@ impl Agent {
         if Instant::now() < self.next_registration || self.own_token.is_none() {
             return;
         }
-        let Some(cluster) = &self.cluster else { return };
         let desired = self.desired();
+        let Some(cluster) = &self.cluster else {
+            // No RPC yet: the cached record is the best knowledge of whether peers have the right one.
+            self.registered = self.own_token.is_some_and(|t| {
+                self.view
+                    .as_ref()
+                    .and_then(|v| v.records.get(&t))
+                    .is_some_and(|r| desired.matches(r))
+            });
+            return;
+        };
         let outcome = cluster
             .register(&self.identity, &desired, self.tx_key.as_ref())
             .await;
@@ -563,16 +572,10 @@ impl Agent {
                 self.registered = true;
                 next = Duration::from_secs(self.args.full_read_secs.max(10));
             }
-            Ok(Outcome::Registered {
-                token_id,
-                nonce,
-                tx,
-                block,
-                ..
-            }) => {
+            Ok(Outcome::Registered { .. }) => {
+                // Cluster::register logged it, with the sender.
                 self.registered = true;
                 self.counters.registrations += 1;
-                info!(%token_id, nonce, %tx, block, "registered this node's record");
                 next = Duration::from_secs(2);
             }
             Ok(Outcome::NeedsRelay(reg)) => {

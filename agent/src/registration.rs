@@ -30,6 +30,15 @@ pub struct Desired {
     pub gateway_url: String,
 }
 
+impl Desired {
+    /// Whether `record` already says what this node wants on-chain.
+    pub fn matches(&self, record: &SignedRegistration) -> bool {
+        record.wg_public_key == self.wg_public_key
+            && record.endpoint == self.endpoint
+            && record.gateway_url == self.gateway_url
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone)]
 pub enum Outcome {

@@ -160,6 +160,17 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
         s.node.registered && p.len() == 1
     })
     .await;
+    // Its own record reaches the cache once the agent has followed the block that holds it.
+    let cache = dir.path().join("state").join(p2p_agent::state::FILE_NAME);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&cache).is_ok_and(|t| t.contains(&node.instance_id)) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's own record never reached {}",
+            cache.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(agent);
     drop(anvil); // the RPC is gone
 
@@ -177,4 +188,9 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
         status.chain.last_error.is_some(),
         "the RPC failure is reported: {status:?}"
     );
+    assert!(
+        status.node.registered,
+        "the cached record is this node's current one, so it counts as registered: {status:?}"
+    );
+    assert_eq!(status.node.token_id, Some(2), "{status:?}");
 }

@@ -41,7 +41,7 @@ pub fn require_root(tools: &[&str]) {
         assert!(
             found,
             "netns tests need `{tool}` on PATH: apt-get install -y wireguard-tools wireguard-go \
-             iproute2 iputils-ping iperf3"
+             iproute2 iputils-ping iperf3 nftables (or run scripts/bootstrap)"
         );
     }
 }
@@ -607,4 +607,82 @@ pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
         .join()
         .expect("the thread inside the namespace panicked")
     })
+}
+
+/// A `wireguard-go` interface in a namespace, configured with `wg set` (MTU 1420, one peer), its address
+/// assigned and up: the reference implementation that ours is compared with and tested against.
+///
+/// Dropping it stops `wireguard-go` by its PID, which removes the interface and its UAPI socket.
+pub struct WireguardGo {
+    pub ifname: String,
+    pub public_key: [u8; 32],
+    process: ChildGuard,
+    _key_file: tempfile::NamedTempFile,
+}
+
+impl WireguardGo {
+    /// Starts `wireguard-go` in `ns` with `key` on port 51820, address `overlay` (CIDR), and one peer with
+    /// `peer_key` at `peer_endpoint` owning `allowed_ips`.
+    pub fn start(
+        ns: &NetNs,
+        key: &PrivateKey,
+        overlay: &str,
+        peer_key: &[u8; 32],
+        peer_endpoint: &str,
+        allowed_ips: &str,
+    ) -> Self {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let ifname = unique("G");
+        let mut process = ns.spawn(&["wireguard-go", "-f", &ifname]);
+        let sock = format!("/var/run/wireguard/{ifname}.sock");
+        wait_for(
+            &format!("wireguard-go to create {sock}"),
+            Duration::from_secs(10),
+            || {
+                process.assert_running();
+                Path::new(&sock).exists()
+            },
+        );
+        // `wg set` reads private keys from files only; this one is the test's own throwaway.
+        let mut key_file = tempfile::NamedTempFile::new().expect("temp key file");
+        key_file
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key file");
+        writeln!(key_file, "{}", b64(key.expose_bytes())).expect("write key file");
+        let path = key_file
+            .path()
+            .to_str()
+            .expect("utf-8 temp path")
+            .to_owned();
+        ns.exec_ok(&[
+            "wg",
+            "set",
+            &ifname,
+            "private-key",
+            &path,
+            "listen-port",
+            "51820",
+            "peer",
+            &b64(peer_key),
+            "endpoint",
+            peer_endpoint,
+            "allowed-ips",
+            allowed_ips,
+        ]);
+        ns.ip(&["addr", "add", overlay, "dev", &ifname]);
+        ns.ip(&["link", "set", &ifname, "mtu", "1420", "up"]);
+        Self {
+            ifname,
+            public_key: key.public_key(),
+            process,
+            _key_file: key_file,
+        }
+    }
+
+    /// Panics if `wireguard-go` has exited.
+    pub fn assert_running(&mut self) {
+        self.process.assert_running();
+    }
 }

@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -33,6 +33,12 @@ use crate::netns::{ChildGuard, DumpPeer, NetNs, parse_dump, run_command_timeout,
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 /// anvil's port on the switch.
 pub const RPC_PORT: u16 = 8545;
+/// The NAT router's address on the LAN, which the node behind it is masqueraded to.
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
+/// The router's side of the private network behind the NAT.
+pub const PRIVATE_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+/// The address of the node behind the NAT, on the private network.
+pub const PRIVATE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
 /// The port every agent's WireGuard listens on (each in its own namespace).
 pub const WG_PORT: u16 = 51820;
 /// The app id of every test cluster.
@@ -267,6 +273,9 @@ impl BackgroundPing {
 /// A switch namespace with a bridge and anvil on it at [`SWITCH_IP`], and node namespaces 1..=n, each
 /// joined to the bridge by a veth with [`lan_ip`]`(i)/24`.
 ///
+/// With [`Lan::with_nat`], one node sits behind a router namespace instead: the router is on the bridge at
+/// [`ROUTER_IP`] and masquerades the node's private network ([`PRIVATE_IP`]/24) to it.
+///
 /// Dropping it stops anvil and deletes the namespaces, which takes their veths and bridge with them.
 pub struct Lan {
     anvil: Option<ChildGuard>,
@@ -274,12 +283,27 @@ pub struct Lan {
     /// Node namespaces; `nodes[i - 1]` is node i.
     pub nodes: Vec<NetNs>,
     pub switch: NetNs,
+    /// The NAT router, with [`Lan::with_nat`].
+    pub router: Option<NetNs>,
     _dir: tempfile::TempDir,
 }
 
 impl Lan {
     /// Builds the LAN and waits (bounded) until anvil answers and every node reaches the switch.
     pub fn new(n: usize) -> Self {
+        Self::build(n, None)
+    }
+
+    /// Like [`Lan::new`], but node `behind` reaches the LAN only through a masquerading NAT router.
+    pub fn with_nat(n: usize, behind: usize) -> Self {
+        assert!(
+            (1..=n).contains(&behind),
+            "no node {behind} to put behind the NAT"
+        );
+        Self::build(n, Some(behind))
+    }
+
+    fn build(n: usize, nat: Option<usize>) -> Self {
         assert!((1..=250).contains(&n), "1..=250 nodes fit the LAN");
         let dir = tempfile::Builder::new()
             .prefix("dm-lan")
@@ -294,10 +318,16 @@ impl Lan {
             anvil_log: dir.path().join("anvil.log"),
             nodes: Vec::new(),
             switch,
+            router: None,
             _dir: dir,
         };
         for i in 1..=n {
             let node = NetNs::new(&format!("n{i}"));
+            if nat == Some(i) {
+                lan.router = Some(lan.nat_router(i, &node));
+                lan.nodes.push(node);
+                continue;
+            }
             let port = format!("p{i}");
             // Created directly in the two namespaces: nothing appears in the root namespace.
             run_ok(&[
@@ -337,6 +367,77 @@ impl Lan {
             );
         }
         lan
+    }
+
+    /// The router namespace for node `i`: on the bridge at [`ROUTER_IP`], forwarding and masquerading
+    /// the node's private network, which is the node's only way out.
+    fn nat_router(&self, i: usize, node: &NetNs) -> NetNs {
+        let router = NetNs::new("rt");
+        let port = format!("p{i}");
+        run_ok(&[
+            "ip",
+            "link",
+            "add",
+            "name",
+            "eth0",
+            "netns",
+            &router.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.switch.name,
+        ]);
+        self.switch
+            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"]);
+        router.ip(&["link", "set", "eth0", "up"]);
+        run_ok(&[
+            "ip",
+            "link",
+            "add",
+            "name",
+            "eth0",
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lan0",
+            "netns",
+            &router.name,
+        ]);
+        router.ip(&["addr", "add", &format!("{PRIVATE_GW}/24"), "dev", "lan0"]);
+        router.ip(&["link", "set", "lan0", "up"]);
+        node.ip(&["addr", "add", &format!("{PRIVATE_IP}/24"), "dev", "eth0"]);
+        node.ip(&["link", "set", "eth0", "up"]);
+        node.ip(&["route", "add", "default", "via", &PRIVATE_GW.to_string()]);
+        router.exec_ok(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        router.exec_ok(&["nft", "add", "table", "ip", "nat"]);
+        router.exec_ok(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "nat",
+            "postrouting",
+            "{ type nat hook postrouting priority srcnat; policy accept; }",
+        ]);
+        router.exec_ok(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "nat",
+            "postrouting",
+            "oifname",
+            "eth0",
+            "masquerade",
+        ]);
+        router
     }
 
     fn start_anvil(&mut self) {
@@ -626,6 +727,25 @@ fn write_secret(path: &Path, contents: &str) {
     writeln!(f, "{contents}").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// Where an [`Agent`]'s WireGuard listens and what it registers as its endpoint; change it between
+/// [`Agent::stop`] and [`Agent::restart`] to move a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub listen_port: u16,
+    /// `None`: the node registers no endpoint (say, behind a NAT it cannot see out of).
+    pub endpoint: Option<SocketAddrV4>,
+}
+
+impl AgentConfig {
+    /// Node `i` on the LAN: [`WG_PORT`], and its LAN address as endpoint.
+    pub fn lan(i: usize) -> Self {
+        Self {
+            listen_port: WG_PORT,
+            endpoint: Some(SocketAddrV4::new(lan_ip(i), WG_PORT)),
+        }
+    }
+}
+
 /// The real `p2p-agent --mode wireguard` daemon for node `i`, in node i's namespace, with its own
 /// interface, state dir, API socket, tx key (anvil account i) and log (stdout and stderr).
 ///
@@ -638,6 +758,8 @@ pub struct Agent<'a> {
     pub api_socket: PathBuf,
     pub state_dir: PathBuf,
     pub log: PathBuf,
+    /// Used by the next start; [`Agent::restart`] picks up changes.
+    pub config: AgentConfig,
     tx_key: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
@@ -648,6 +770,16 @@ pub struct Agent<'a> {
 impl<'a> Agent<'a> {
     /// Starts node `i`'s agent with the standard flags plus `extra`.
     pub fn start(cluster: &'a Cluster<'a>, i: usize, extra: &[&str]) -> Self {
+        Self::start_with(cluster, i, AgentConfig::lan(i), extra)
+    }
+
+    /// Starts node `i`'s agent with `config` instead of its LAN defaults, plus `extra` flags.
+    pub fn start_with(
+        cluster: &'a Cluster<'a>,
+        i: usize,
+        config: AgentConfig,
+        extra: &[&str],
+    ) -> Self {
         assert!((1..=cluster.sims.len()).contains(&i), "no node {i}");
         let dir = tempfile::Builder::new()
             .prefix(&format!("dm-agent{i}-"))
@@ -664,6 +796,7 @@ impl<'a> Agent<'a> {
             api_socket: dir.path().join("api.sock"),
             state_dir,
             log: dir.path().join("agent.log"),
+            config,
             tx_key,
             extra: Vec::new(),
             child: None,
@@ -693,8 +826,7 @@ impl<'a> Agent<'a> {
             .args(["--rpc-url", &rpc_url(), "--dstack-endpoint"])
             .arg(&sim.socket)
             .args(["--interface", &self.ifname])
-            .args(["--listen-port", &WG_PORT.to_string()])
-            .args(["--endpoint", &format!("{}:{WG_PORT}", lan_ip(self.index))])
+            .args(["--listen-port", &self.config.listen_port.to_string()])
             .arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--api-socket")
@@ -703,6 +835,9 @@ impl<'a> Agent<'a> {
             .arg(&self.tx_key)
             .args(["--poll-interval-ms", "200"])
             .args(extra);
+        if let Some(endpoint) = self.config.endpoint {
+            cmd.args(["--endpoint", &endpoint.to_string()]);
+        }
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -710,8 +845,8 @@ impl<'a> Agent<'a> {
             .expect("agent log");
         let _ = writeln!(
             log,
-            "=== test: starting agent {} with extra flags {extra:?}",
-            self.index
+            "=== test: starting agent {} with {:?} and extra flags {extra:?}",
+            self.index, self.config
         );
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -921,7 +1056,8 @@ impl<'a> Agent<'a> {
         t.elapsed()
     }
 
-    /// Stops the daemon (see [`Agent::stop`]) and starts it again with the standard flags plus `extra`.
+    /// Stops the daemon (see [`Agent::stop`]) and starts it again with its [`Agent::config`] (which may have
+    /// changed) and the standard flags plus `extra`.
     pub fn restart(&mut self, extra: &[&str]) {
         self.stop();
         self.spawn(extra);

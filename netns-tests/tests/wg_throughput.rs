@@ -4,10 +4,7 @@
 //! Run as root: `cargo test --release -p netns-tests --test wg_throughput -- --ignored --nocapture`
 //! (needs iperf3 and wireguard-go besides the netns test tools).
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
 use std::time::Duration;
 
 use netns_tests::netns::*;
@@ -43,48 +40,6 @@ fn iperf(client: &NetNs, server: &NetNs, server_addr: &str) -> (f64, String) {
         .map(|w| w[0].parse().expect("rate"))
         .unwrap_or_else(|| panic!("no rate in {receiver}"));
     (mbits / 1000.0, line("sender"))
-}
-
-fn wireguard_go(
-    ns: &NetNs,
-    seed: u8,
-    overlay: &str,
-    peer: &[u8; 32],
-    peer_ep: &str,
-    peer_ip: &str,
-) -> (String, ChildGuard, tempfile::NamedTempFile) {
-    let ifname = unique("G");
-    let mut go = ns.spawn(&["wireguard-go", "-f", &ifname]);
-    let sock = format!("/var/run/wireguard/{ifname}.sock");
-    wait_for("wireguard-go UAPI socket", Duration::from_secs(10), || {
-        go.assert_running();
-        Path::new(&sock).exists()
-    });
-    let key = test_key(seed);
-    let mut file = tempfile::NamedTempFile::new().expect("temp key file");
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .expect("chmod");
-    writeln!(file, "{}", b64(key.expose_bytes())).expect("write key");
-    let path = file.path().to_str().expect("utf-8").to_owned();
-    ns.exec_ok(&[
-        "wg",
-        "set",
-        &ifname,
-        "private-key",
-        &path,
-        "listen-port",
-        "51820",
-        "peer",
-        &b64(peer),
-        "endpoint",
-        peer_ep,
-        "allowed-ips",
-        peer_ip,
-    ]);
-    ns.ip(&["addr", "add", overlay, "dev", &ifname]);
-    ns.ip(&["link", "set", &ifname, "mtu", "1420", "up"]);
-    (ifname, go, file)
 }
 
 #[test]
@@ -143,17 +98,17 @@ fn throughput_report() {
         veth_pair(&ns_a, &["192.0.2.1/24"], &ns_b, &["192.0.2.2/24"]);
         let pub_a = test_key(11).public_key();
         let pub_b = test_key(12).public_key();
-        let _a = wireguard_go(
+        let _a = WireguardGo::start(
             &ns_a,
-            11,
+            &test_key(11),
             "10.0.1.1/24",
             &pub_b,
             "192.0.2.2:51820",
             "10.0.1.2/32",
         );
-        let _b = wireguard_go(
+        let _b = WireguardGo::start(
             &ns_b,
-            12,
+            &test_key(12),
             "10.0.1.2/24",
             &pub_a,
             "192.0.2.1:51820",
