@@ -1,0 +1,254 @@
+//! Membership cannot be forged. In a running three-node mesh (node 4 is on the LAN without a seat), an
+//! attacker who can sign with some instances' dstack keys sends `registerPeer` directly (not through the
+//! agent or `meshctl`, which would refuse) for seat 3:
+//! - with node 1's proof (another instance's) for node 3's seat;
+//! - with node 3's proof whose app signature is by another key;
+//! - replaying node 3's previous record after it rotated its key.
+//!
+//! Each must revert with the contract's named error, mine nothing, and leave every node's peers as they
+//! were. Then a `wireguard-go` node whose key is not on-chain tries node 1 from node 4's namespace, even
+//! claiming node 3's overlay address: it must get no handshake and no reply, and node 1 must not learn of it.
+//!
+//! Run as root, after building the binaries it runs (this crate's tests do not build them):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test forgery -- --nocapture
+//! ```
+//!
+//! Needs what `tests/mesh.rs` needs, and `wireguard-go`. `DSTACK_MESH_TEST_LOGS=<dir>` keeps the agents'
+//! logs.
+
+use std::collections::BTreeMap;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use netns_tests::netns::{NetNs, WireguardGo, b64, in_netns, parse_dump, test_key};
+use netns_tests::topology::*;
+use p2p_agent::chain::{self, DstackClusterNFT};
+use p2p_agent::dstack::{DstackClient, Endpoint};
+use p2p_agent::identity::NodeIdentity;
+use p2p_agent::proof::{self, PeerRecord, SignedRegistration};
+
+const NODES: usize = 4;
+const SEATS: usize = 3;
+const CHAIN_ID: u64 = 31337;
+
+/// Runs `f` against the cluster from inside the switch namespace (where anvil is), on a fresh runtime.
+fn on_chain<T: Send>(
+    switch: &NetNs,
+    contract: Address,
+    f: impl AsyncFnOnce(DstackClusterNFT::DstackClusterNFTInstance<DynProvider>) -> T + Send,
+) -> T {
+    in_netns(switch, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let signer = PrivateKeySigner::from_str(ANVIL_KEYS[0]).expect("anvil key");
+                let provider = ProviderBuilder::new()
+                    .wallet(signer)
+                    .connect_http(rpc_url().parse().expect("rpc url"))
+                    .erased();
+                f(DstackClusterNFT::new(contract, provider)).await
+            })
+    })
+}
+
+/// Node `i`'s dstack identity, read from its simulator as the attacker holding that CVM's keys would.
+fn identity(cluster: &Cluster<'_>, i: usize) -> NodeIdentity {
+    let client = DstackClient::new(Endpoint::Unix(cluster.sims[i - 1].socket.clone()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(NodeIdentity::load(&client, 0))
+        .expect("identity from the simulator")
+}
+
+/// Sends `reg` with `registerPeer` from the owner's account; returns the contract error's name and the
+/// block number before and after.
+fn send(switch: &NetNs, contract: Address, reg: &SignedRegistration) -> (String, u64, u64) {
+    let (record, proof, signature) = chain::register_peer_args(reg);
+    on_chain(switch, contract, async move |c| {
+        let before = c.provider().get_block_number().await.expect("block number");
+        let sent = c.registerPeer(record, proof, signature).send().await;
+        let after = c.provider().get_block_number().await.expect("block number");
+        let name = match sent {
+            Ok(pending) => format!("no revert: sent {}", pending.tx_hash()),
+            Err(e) => chain::explain_revert(&e)
+                .map(|r| r.name)
+                .unwrap_or_else(|| format!("not a revert: {e}")),
+        };
+        (name, before, after)
+    })
+}
+
+/// What a node has of the mesh: each peer seat's key and endpoint as its agent reports them, and the keys
+/// on its interface.
+fn view(a: &Agent<'_>) -> (BTreeMap<u64, (Option<String>, Option<String>)>, Vec<String>) {
+    let (_, peers) = a.status();
+    let peers = peers
+        .into_iter()
+        .map(|p| (p.token_id, (p.wg_public_key, p.endpoint)))
+        .collect();
+    let mut keys: Vec<String> = a.wg_peer_keys().into_iter().collect();
+    keys.sort();
+    (peers, keys)
+}
+
+#[test]
+fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
+    require_mesh_prerequisites();
+    netns_tests::netns::require_root(&["wireguard-go"]);
+    let steps = Steps::new("forgery");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy_seats(&lan, SEATS);
+    let contract = Address::from_str(&cluster.contract).expect("contract address");
+    let mut agents = start_agents(&cluster, 1..=SEATS);
+    let mut keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
+    steps.step("3-node mesh healthy");
+
+    // Node 3's current record, exactly as registered, from its event: the replay to come.
+    let old_record = on_chain(&lan.switch, contract, async |c| {
+        let peer = c.getPeer(U256::from(3)).call().await.expect("getPeer(3)");
+        let event = chain::registration_event(&c, &peer)
+            .await
+            .expect("eth_getLogs")
+            .expect("seat 3's PeerRegistered event");
+        chain::registration_from_event(&event, CHAIN_ID, contract).expect("event shape")
+    });
+    assert_eq!(b64(&old_record.wg_public_key.0), keys[2]);
+    agents[2].restart(&["--wg-key-epoch", "1"]);
+    agents[2].wait_ready(60);
+    keys[2] = agents[2].key();
+    wait_full_mesh(&agents, &keys);
+    let nonce = on_chain(&lan.switch, contract, async |c| {
+        c.getPeer(U256::from(3))
+            .call()
+            .await
+            .expect("getPeer(3)")
+            .nonce
+    });
+    assert!(nonce > old_record.nonce);
+    steps.step(&format!(
+        "node 3 rotated its key (nonce {} -> {nonce}); every node follows",
+        old_record.nonce
+    ));
+
+    let before: Vec<_> = agents.iter().map(view).collect();
+    let attacker_wg = B256::from(test_key(66).public_key());
+    let record_for_seat_3 = |nonce: u64| PeerRecord {
+        tokenId: U256::from(3),
+        instanceId: cluster.sims[2].instance_id.clone(),
+        wgPublicKey: attacker_wg,
+        endpoint: format!("{}:{WG_PORT}", lan_ip(4)),
+        gatewayUrl: String::new(),
+        nonce,
+    };
+
+    // 1. Node 1's proof (its instance, its derived key) on a record for node 3's seat.
+    let node1 = identity(&cluster, 1);
+    let with_node1_proof = node1
+        .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
+        .expect("node 1 signs");
+    // 2. Node 3's own proof, but the app key and its signature are the attacker's.
+    let node3 = identity(&cluster, 3);
+    let mut fake_app = node3
+        .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
+        .expect("node 3 signs");
+    let attacker = k256::ecdsa::SigningKey::from_slice(&[0x5a; 32]).expect("attacker key");
+    let derived = k256::ecdsa::VerifyingKey::from_sec1_bytes(
+        &[&[4u8][..], fake_app.proof.derived_public_key.as_slice()].concat(),
+    )
+    .expect("derived key");
+    let message = proof::app_message(&fake_app.proof.purpose, &proof::compressed(&derived));
+    fake_app.proof.app_signature = proof::sign_dstack_message(&attacker, &message)
+        .expect("attacker signs")
+        .into();
+    fake_app.proof.app_public_key = proof::uncompressed_xy(attacker.verifying_key());
+
+    for (what, reg, want) in [
+        (
+            "another instance's proof",
+            &with_node1_proof,
+            "RegistryPurposeMismatch",
+        ),
+        (
+            "an app signature by another key",
+            &fake_app,
+            "RegistryKmsSignatureInvalid",
+        ),
+        (
+            "node 3's replayed previous record",
+            &old_record,
+            "RegistryStaleNonce",
+        ),
+    ] {
+        let (error, block_before, block_after) = send(&lan.switch, contract, reg);
+        assert_eq!(error, want, "{what}: registerPeer must revert with {want}");
+        assert_eq!(block_before, block_after, "{what}: a block was mined");
+        steps.step(&format!("{what}: reverted with {error}, nothing mined"));
+    }
+    // Give the agents several polls to (wrongly) react, then compare.
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<_> = agents.iter().map(view).collect();
+    assert_eq!(before, after, "a node's peers changed after the forgeries");
+    assert_eq!(cluster.onchain_key(3).as_deref(), Some(keys[2].as_str()));
+    steps.step("every node's peers and seat 3's record are unchanged");
+
+    // A WireGuard peer that is not on-chain: wireguard-go in node 4's namespace, claiming node 3's address.
+    let node1_key = agents[0].key();
+    let node1_key: [u8; 32] = base64_key(&node1_key);
+    let mut impostor = WireguardGo::start(
+        lan.node(4),
+        &test_key(66),
+        "10.0.1.3/24",
+        &node1_key,
+        &format!("{}:{WG_PORT}", lan_ip(1)),
+        "10.0.1.0/24",
+    );
+    let got = ping(lan.node(4), overlay_ip(1), 5, Duration::from_millis(200));
+    impostor.assert_running();
+    assert_eq!(got.1, 0, "the impostor got replies from node 1: {got:?}");
+    let (_, dump) = parse_dump(
+        &lan.node(4)
+            .exec_ok(&["wg", "show", &impostor.ifname, "dump"]),
+    );
+    assert_eq!(dump.len(), 1);
+    assert!(
+        dump[0].latest_handshake == 0 && dump[0].rx == 0 && dump[0].tx > 0,
+        "the impostor sent initiations and must have had no handshake and nothing back: {dump:?}"
+    );
+    let impostor_key = b64(&impostor.public_key);
+    assert!(
+        !agents[0].wg_peer_keys().contains(&impostor_key),
+        "node 1 added the impostor"
+    );
+    assert_eq!(view(&agents[0]), before[0], "node 1's peers changed");
+    assert_pings(&agents, 1, 3);
+    steps.step(&format!(
+        "wireguard-go with an unregistered key: {} bytes of initiations sent, no handshake, no reply",
+        dump[0].tx
+    ));
+
+    drop(impostor);
+    for a in &mut agents {
+        a.stop();
+    }
+    assert_no_warnings(&agents);
+}
+
+fn base64_key(text: &str) -> [u8; 32] {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .unwrap_or_else(|| panic!("not a WireGuard key: {text}"))
+}
