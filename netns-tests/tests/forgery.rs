@@ -19,7 +19,7 @@
 //! Needs what `tests/mesh.rs` needs, and `wireguard-go`. `DSTACK_MESH_TEST_LOGS=<dir>` keeps the agents'
 //! logs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr as _;
 use std::time::Duration;
 
@@ -90,15 +90,22 @@ fn send(switch: &NetNs, contract: Address, reg: &SignedRegistration) -> (String,
 
 /// What a node has of the mesh: each peer seat's key and endpoint as its agent reports them, and the keys
 /// on its interface.
-fn view(a: &Agent<'_>) -> (BTreeMap<u64, (Option<String>, Option<String>)>, Vec<String>) {
+#[derive(Debug, PartialEq, Eq)]
+struct NodeView {
+    /// Seat -> (key, endpoint).
+    peers: BTreeMap<u64, (Option<String>, Option<String>)>,
+    interface_keys: BTreeSet<String>,
+}
+
+fn view(a: &Agent<'_>) -> NodeView {
     let (_, peers) = a.status();
-    let peers = peers
-        .into_iter()
-        .map(|p| (p.token_id, (p.wg_public_key, p.endpoint)))
-        .collect();
-    let mut keys: Vec<String> = a.wg_peer_keys().into_iter().collect();
-    keys.sort();
-    (peers, keys)
+    NodeView {
+        peers: peers
+            .into_iter()
+            .map(|p| (p.token_id, (p.wg_public_key, p.endpoint)))
+            .collect(),
+        interface_keys: a.wg_peer_keys(),
+    }
 }
 
 #[test]
