@@ -34,8 +34,8 @@ enum Command {
     /// else with --tx-key-file/PRIVATE_KEY; otherwise prints the signed registration as JSON for
     /// `meshctl relay`.
     Register(RegisterArgs),
-    /// Wait until this node's record is on-chain and at least one tunnel is up (or no peer exists yet):
-    /// exits 0 then, non-zero after --timeout-secs. For docker-compose `depends_on:
+    /// Wait until this node's record is on-chain and at least one tunnel is up (or there is no WireGuard
+    /// peer to have one with, or this node runs --mode tls): exits 0 then, non-zero after --timeout-secs. For docker-compose `depends_on:
     /// service_completed_successfully`.
     Wait(WaitArgs),
 }
@@ -181,34 +181,39 @@ async fn wait_for_signal() {
 }
 
 async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
-    use p2p_agent::api::Status;
+    use p2p_agent::api::{Mode, Peer, Status};
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
     let mut last = String::from("the agent API never answered");
     while tokio::time::Instant::now() < deadline {
-        match p2p_agent::api::get::<Status>(&args.api_socket, "/v1/status").await {
-            Ok(s) if s.node.registered && (s.peers_configured == 0 || s.peers_healthy > 0) => {
-                eprintln!(
-                    "ready: seat {} registered, {} of {} peers healthy",
-                    s.node
-                        .token_id
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    s.peers_healthy,
-                    s.peers_configured
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            Ok(s) if !s.node.registered => {
+        let answer = match p2p_agent::api::get::<Status>(&args.api_socket, "/v1/status").await {
+            Ok(s) => p2p_agent::api::get::<Vec<Peer>>(&args.api_socket, "/v1/peers")
+                .await
+                .map(|p| (s, p)),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok((s, _)) if !s.node.registered => {
                 last = match s.chain.last_error {
                     Some(e) => format!("this node's record is not on-chain yet: {e}"),
                     None => "this node's record is not on-chain yet".into(),
                 }
             }
-            Ok(s) => {
-                last = format!(
-                    "no tunnel is up yet (0 of {} peers healthy)",
-                    s.peers_configured
-                )
+            Ok((s, peers)) => {
+                // Peers without a WireGuard key (TLS nodes) are reached by URL: no tunnel to wait for.
+                let tunnels = peers.iter().filter(|p| p.wg_public_key.is_some()).count();
+                if s.mode == Mode::Tls || tunnels == 0 || s.peers_healthy > 0 {
+                    eprintln!(
+                        "ready: seat {} registered, {} of {} peers healthy",
+                        s.node
+                            .token_id
+                            .map(|t| t.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        s.peers_healthy,
+                        s.peers_configured
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                last = format!("no tunnel is up yet (0 of {tunnels} WireGuard peers healthy)");
             }
             Err(e) => last = e.to_string(),
         }

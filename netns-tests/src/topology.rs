@@ -731,6 +731,8 @@ fn write_secret(path: &Path, contents: &str) {
 /// [`Agent::stop`] and [`Agent::restart`] to move a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
+    /// `--mode`: `wireguard`, or `tls` (no interface; peers by gateway URL).
+    pub mode: &'static str,
     pub listen_port: u16,
     /// `None`: the node registers no endpoint (say, behind a NAT it cannot see out of).
     pub endpoint: Option<SocketAddrV4>,
@@ -740,13 +742,23 @@ impl AgentConfig {
     /// Node `i` on the LAN: [`WG_PORT`], and its LAN address as endpoint.
     pub fn lan(i: usize) -> Self {
         Self {
+            mode: "wireguard",
             listen_port: WG_PORT,
             endpoint: Some(SocketAddrV4::new(lan_ip(i), WG_PORT)),
         }
     }
+
+    /// A `--mode tls` node: no interface and no endpoint (give it a gateway URL with extra flags).
+    pub fn tls() -> Self {
+        Self {
+            mode: "tls",
+            listen_port: WG_PORT,
+            endpoint: None,
+        }
+    }
 }
 
-/// The real `p2p-agent --mode wireguard` daemon for node `i`, in node i's namespace, with its own
+/// The real `p2p-agent` daemon (`--mode wireguard` unless its [`AgentConfig`] says otherwise) for node `i`, in node i's namespace, with its own
 /// interface, state dir, API socket, tx key (anvil account i) and log (stdout and stderr).
 ///
 /// Dropping it stops the daemon (SIGTERM, then SIGKILL by PID) and removes a UAPI socket left behind.
@@ -822,7 +834,12 @@ impl<'a> Agent<'a> {
         let sim = &self.cluster.sims[self.index - 1];
         let mut cmd = self.ns().command(&[bin.to_str().expect("utf-8 path")]);
         clean_env(&mut cmd)
-            .args(["--mode", "wireguard", "--contract", &self.cluster.contract])
+            .args([
+                "--mode",
+                self.config.mode,
+                "--contract",
+                &self.cluster.contract,
+            ])
             .args(["--rpc-url", &rpc_url(), "--dstack-endpoint"])
             .arg(&sim.socket)
             .args(["--interface", &self.ifname])

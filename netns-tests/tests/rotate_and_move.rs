@@ -54,6 +54,7 @@ fn peers_follow_a_key_rotation_and_an_endpoint_move_without_loss_elsewhere() {
     agents[3].config = AgentConfig {
         listen_port: MOVED_PORT,
         endpoint: Some(moved),
+        ..AgentConfig::lan(4)
     };
     agents[3].restart(&[]);
     agents[2].wait_ready(60);
