@@ -133,6 +133,9 @@ pub struct Counters {
     pub registrations: u64,
     pub rpc_errors: u64,
     pub invalid_records: u64,
+    /// JSON-RPC requests made to follow the chain (reads and log queries, not registrations).
+    #[serde(default)]
+    pub chain_requests: u64,
 }
 
 /// What the API serves: the daemon publishes a new one whenever something changes.
@@ -206,6 +209,12 @@ pub fn metrics(s: &Snapshot) -> String {
         "counter",
         "Failed RPC requests.",
         one(s.counters.rpc_errors),
+    );
+    metric(
+        "dstack_mesh_chain_requests_total",
+        "counter",
+        "JSON-RPC requests made to follow the chain.",
+        one(s.counters.chain_requests),
     );
     metric(
         "dstack_mesh_invalid_records_total",
@@ -386,6 +395,26 @@ pub async fn get<T: serde::de::DeserializeOwned>(
     socket: &Path,
     path: &str,
 ) -> Result<T, ClientError> {
+    let body = get_bytes(socket, path).await?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
+        what: format!("GET {path}"),
+        detail: e.to_string(),
+    })
+}
+
+/// `GET path` on the agent API at `socket`, as text (for `/metrics`).
+///
+/// # Errors
+/// As [`get`], and a body that is not UTF-8.
+pub async fn get_text(socket: &Path, path: &str) -> Result<String, ClientError> {
+    let body = get_bytes(socket, path).await?;
+    String::from_utf8(body.to_vec()).map_err(|e| ClientError::Malformed {
+        what: format!("GET {path}"),
+        detail: e.to_string(),
+    })
+}
+
+async fn get_bytes(socket: &Path, path: &str) -> Result<Bytes, ClientError> {
     let what = format!("GET {path}");
     let exchange = async {
         let stream = tokio::net::UnixStream::connect(socket)
@@ -438,7 +467,7 @@ pub async fn get<T: serde::de::DeserializeOwned>(
                 message,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))
+        Ok(body)
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await

@@ -175,6 +175,8 @@ struct Agent {
     next_registration: Instant,
     relay_printed_for: Option<u64>,
     counters: Counters,
+    /// The follower's request count at the last [`Agent::count_chain_requests`].
+    follower_requests: u64,
     invalid: BTreeMap<u64, String>,
     head: Option<u64>,
     last_error: Option<String>,
@@ -271,6 +273,7 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
         next_registration: Instant::now(),
         relay_printed_for: None,
         counters: Counters::default(),
+        follower_requests: 0,
         invalid: BTreeMap::new(),
         head: None,
         last_error: None,
@@ -339,12 +342,20 @@ impl Agent {
     /// unreachable are retried.
     async fn step(&mut self) -> anyhow::Result<()> {
         self.follow_chain().await;
+        self.count_chain_requests();
         self.find_seat().await;
         self.ensure_device().await?;
         self.register().await;
         self.reconcile();
         self.publish().await;
         Ok(())
+    }
+
+    /// Adds what the follower made since the last count; a new follower starts its own count at zero.
+    fn count_chain_requests(&mut self) {
+        let made = self.follower.as_ref().map_or(0, |f| f.requests);
+        self.counters.chain_requests += made.saturating_sub(self.follower_requests);
+        self.follower_requests = made;
     }
 
     fn rpc_failed(&mut self, what: &str, e: impl std::fmt::Display) {
@@ -387,6 +398,7 @@ impl Agent {
                     );
                     self.view = Some(f.view().clone());
                     self.follower = Some(f);
+                    self.follower_requests = 0;
                     self.from_cache = false;
                     self.last_error = None;
                     self.connect_delay = Duration::from_secs(1);

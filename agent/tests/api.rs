@@ -19,6 +19,12 @@ async fn status_and_peers_are_served_as_published() {
     assert_eq!(peers, snapshot.peers);
     let raw: serde_json::Value = api::get(server.path(), "/v1/peers").await.unwrap();
     assert_eq!(raw[0]["overlayIp"], "10.0.1.2", "camelCase field names");
+    let metrics = api::get_text(server.path(), "/metrics").await.unwrap();
+    assert_eq!(
+        metrics,
+        api::metrics(&snapshot),
+        "/metrics serves the snapshot's text"
+    );
     let err = api::get::<serde_json::Value>(server.path(), "/v2/nothing")
         .await
         .unwrap_err();
@@ -83,6 +89,7 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_and_lag() {
         "dstack_mesh_peer_rx_bytes_total{token_id=\"2\"} 5242880",
         "dstack_mesh_reconciles_total 4",
         "dstack_mesh_invalid_records_total 1",
+        "dstack_mesh_chain_requests_total 42",
         "dstack_mesh_chain_lag_blocks 2",
         "# TYPE dstack_mesh_rpc_errors_total counter",
     ] {

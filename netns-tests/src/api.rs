@@ -80,6 +80,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             registrations: 1,
             rpc_errors: 0,
             invalid_records: 1,
+            chain_requests: 42,
         },
     }
 }
