@@ -5,7 +5,8 @@
 //! Everything is addressed from inside the namespaces; nothing is created in the root namespace except
 //! the unix sockets of the simulators and agents (in temp dirs), which every namespace can see.
 //!
-//! The agent, `meshctl` and the simulator are the workspace's own binaries in `target/debug`, which
+//! The agent, `meshctl` and the simulator are the workspace's own binaries in `target/debug` (or
+//! `target/release` for the release benchmark), which
 //! `cargo test -p netns-tests` does not build: build them first with
 //! `cargo build -p p2p-agent -p meshctl -p dstack-simulator`.
 //!
@@ -44,7 +45,8 @@ pub const WG_PORT: u16 = 51820;
 /// The app id of every test cluster.
 pub const APP_ID: &str = "00112233445566778899aabbccddeeff00112233";
 
-/// anvil's well-known development keys (mnemonic `test … junk`): 0 owns the cluster, i holds seat i.
+/// anvil's well-known development keys (mnemonic `test … junk`): 0 owns the cluster, i holds seat i (see
+/// [`account_key`] for i ≥ 5).
 pub const ANVIL_KEYS: [&str; 5] = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
@@ -80,27 +82,51 @@ pub fn overlay_ip(token: u64) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 1, u8::try_from(token).expect("token id fits a byte"))
 }
 
-/// The address of anvil development account `i`.
-pub fn anvil_address(i: usize) -> String {
-    PrivateKeySigner::from_str(ANVIL_KEYS[i])
-        .expect("anvil key parses")
+/// Account `i`'s private key: anvil's development key `i` for the first five, beyond that a key derived
+/// from `i` that [`Cluster::deploy`] funds (anvil's other development keys are not in the harness).
+pub fn account_key(i: usize) -> String {
+    match ANVIL_KEYS.get(i) {
+        Some(key) => (*key).to_owned(),
+        None => format!(
+            "{}",
+            alloy::primitives::keccak256(format!("dstack-mesh test account {i}"))
+        ),
+    }
+}
+
+/// The address of account `i` (see [`account_key`]).
+pub fn account_address(i: usize) -> String {
+    PrivateKeySigner::from_str(&account_key(i))
+        .expect("account key parses")
         .address()
         .to_string()
 }
 
-/// A workspace binary from `target/debug` (or `$CARGO_TARGET_DIR/debug`), which this crate's tests do not
-/// build themselves.
+/// A workspace binary from the build profile of the running executable: `target/debug` for `cargo test`,
+/// `target/release` for the release benchmark (whatever `CARGO_TARGET_DIR` is). This crate's tests do not
+/// build those binaries themselves.
 ///
 /// # Panics
 /// When it is missing, with the command that builds it.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe
+        .parent()
+        .expect("the executable is in a directory")
+        .to_owned();
+    // Test binaries live in <profile>/deps, binaries in <profile>.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    let release = if dir.file_name().is_some_and(|n| n == "release") {
+        " --release"
+    } else {
+        ""
+    };
     assert!(
         path.is_file(),
-        "{} is missing: run cargo build -p p2p-agent -p meshctl -p dstack-simulator",
+        "{} is missing: run cargo build{release} -p p2p-agent -p meshctl -p dstack-simulator",
         path.display()
     );
     path
@@ -257,6 +283,18 @@ impl BackgroundPing {
     /// Whether the ping is still sending (it has not exited).
     pub fn running(&mut self) -> bool {
         !self.guard.has_exited()
+    }
+
+    /// Stops the ping early (SIGINT, on which ping prints its summary); returns (sent, received) and
+    /// ping's output.
+    pub fn interrupt(self) -> (u32, u32, String) {
+        let _ = kill(
+            Pid::from_raw(i32::try_from(self.guard.pid()).expect("pid fits i32")),
+            Signal::SIGINT,
+        );
+        let out = self.guard.wait_output(Duration::from_secs(10));
+        let counts = ping_counts(&out);
+        (counts.0, counts.1, format!("{}: {}", self.what, text(&out)))
     }
 
     /// Waits for the ping to finish (bounded by its own length plus slack); returns (sent, received) and
@@ -615,13 +653,16 @@ impl<'a> Cluster<'a> {
                 "--prefix",
                 "10.0.1.0/24",
                 "--max-nodes",
-                "10",
+                &cluster.sims.len().max(10).to_string(),
             ],
         );
         cluster.contract = deployed["contract"]
             .as_str()
             .unwrap_or_else(|| panic!("meshctl deploy printed no contract: {deployed}"))
             .to_owned();
+        for i in ANVIL_KEYS.len()..=cluster.sims.len() {
+            cluster.meshctl(0, &["fund", &account_address(i), "--amount", "10"]);
+        }
         for i in 1..=seats {
             cluster.mint(i);
         }
@@ -631,14 +672,11 @@ impl<'a> Cluster<'a> {
     /// Mints seat `i` to anvil account `i`, bound to node `i`'s instance (seats are minted in order, so
     /// it must become token `i`).
     pub fn mint(&self, i: usize) -> Value {
-        assert!(
-            i < ANVIL_KEYS.len() && i <= self.sims.len(),
-            "no account or node for seat {i}"
-        );
+        assert!(i <= self.sims.len(), "no node for seat {i}");
         let instance = self.sims[i - 1].instance_id.clone();
         let minted = self.meshctl(
             0,
-            &["mint", "--to", &anvil_address(i), "--instance", &instance],
+            &["mint", "--to", &account_address(i), "--instance", &instance],
         );
         assert_eq!(
             minted["tokenId"].as_u64(),
@@ -675,7 +713,7 @@ impl<'a> Cluster<'a> {
         clean_env(&mut cmd)
             .args(args)
             .env("RPC_URL", rpc_url())
-            .env("PRIVATE_KEY", ANVIL_KEYS[signer]);
+            .env("PRIVATE_KEY", account_key(signer));
         if !self.contract.is_empty() {
             cmd.env("CLUSTER_CONTRACT", &self.contract);
         }
@@ -798,7 +836,7 @@ impl<'a> Agent<'a> {
             .tempdir()
             .expect("temp dir");
         let tx_key = dir.path().join("tx.key");
-        write_secret(&tx_key, ANVIL_KEYS[i]);
+        write_secret(&tx_key, &account_key(i));
         let state_dir = dir.path().join("state");
         std::fs::create_dir(&state_dir).expect("state dir");
         let mut agent = Self {
@@ -1023,6 +1061,30 @@ impl<'a> Agent<'a> {
     /// The peer keys configured on this node's interface, read with `wg show dump` through its UAPI.
     pub fn wg_peer_keys(&self) -> std::collections::BTreeSet<String> {
         self.wg_dump().1.into_iter().map(|p| p.public_key).collect()
+    }
+
+    /// Whether this node reports every other agent of `agents` healthy over WireGuard with its key in
+    /// `keys` (`keys[j - 1]` is node j's), with one `meshctl status`.
+    pub fn sees_all_healthy(&self, agents: &[Agent<'_>], keys: &[String]) -> bool {
+        let Ok(v) = self.try_status() else {
+            return false;
+        };
+        let Ok(peers) = serde_json::from_value::<Vec<Peer>>(v["peers"].clone()) else {
+            return false;
+        };
+        agents.iter().filter(|b| b.index != self.index).all(|b| {
+            peers.iter().any(|p| {
+                p.token_id == b.index as u64
+                    && p.connection == ConnectionKind::Wireguard
+                    && p.healthy
+                    && p.wg_public_key.as_deref() == Some(keys[b.index - 1].as_str())
+            })
+        })
+    }
+
+    /// The daemon's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `wg show <ifname> dump` in the node's namespace (through the agent's UAPI socket), raw.
@@ -1250,14 +1312,7 @@ pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[String]) {
         ),
         Duration::from_secs(60),
         Duration::from_millis(200),
-        || {
-            agents.iter().all(|a| {
-                agents
-                    .iter()
-                    .filter(|b| b.index != a.index)
-                    .all(|b| a.sees_healthy(b.index as u64, &keys[b.index - 1]))
-            })
-        },
+        || agents.iter().all(|a| a.sees_all_healthy(agents, keys)),
         || format!("{}\n{}", statuses(agents), tails(agents)),
     );
 }

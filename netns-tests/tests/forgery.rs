@@ -49,7 +49,7 @@ fn on_chain<T: Send>(
             .build()
             .expect("runtime")
             .block_on(async {
-                let signer = PrivateKeySigner::from_str(ANVIL_KEYS[0]).expect("anvil key");
+                let signer = PrivateKeySigner::from_str(&account_key(0)).expect("owner key");
                 let provider = ProviderBuilder::new()
                     .wallet(signer)
                     .connect_http(rpc_url().parse().expect("rpc url"))
