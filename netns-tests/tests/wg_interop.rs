@@ -4,10 +4,7 @@
 //! Run as root: `cargo test -p netns-tests --test wg_interop` (needs /dev/net/tun, iproute2, iputils-ping,
 //! wireguard-tools, wireguard-go).
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
 use std::time::Duration;
 
 use netns_tests::netns::*;
@@ -26,48 +23,18 @@ fn interoperates_with_wireguard_go() {
     );
 
     // wireguard-go in B.
-    let go_if = unique("G");
-    let mut go = ns_b.spawn(&["wireguard-go", "-f", &go_if]);
-    let sock = format!("/var/run/wireguard/{go_if}.sock");
-    wait_for(
-        "wireguard-go to create its UAPI socket",
-        Duration::from_secs(10),
-        || {
-            go.assert_running();
-            Path::new(&sock).exists()
-        },
-    );
     let key_b = test_key(8);
     let pub_b = key_b.public_key();
-    let mut key_file = tempfile::NamedTempFile::new().expect("temp key file");
-    key_file
-        .as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .expect("chmod key file");
-    writeln!(key_file, "{}", b64(key_b.expose_bytes())).expect("write key");
-    let key_path = key_file
-        .path()
-        .to_str()
-        .expect("utf-8 temp path")
-        .to_owned();
     let a_ep = format!("192.0.2.1:{}", dev_a.listen_port);
-    ns_b.exec_ok(&[
-        "wg",
-        "set",
-        &go_if,
-        "private-key",
-        &key_path,
-        "listen-port",
-        "51820",
-        "peer",
-        &b64(&dev_a.public_key),
-        "endpoint",
+    let mut go = WireguardGo::start(
+        &ns_b,
+        &key_b,
+        "10.0.1.2/24",
+        &dev_a.public_key,
         &a_ep,
-        "allowed-ips",
         "10.0.1.1/32",
-    ]);
-    ns_b.ip(&["addr", "add", "10.0.1.2/24", "dev", &go_if]);
-    ns_b.ip(&["link", "set", &go_if, "mtu", "1420", "up"]);
+    );
+    let go_if = go.ifname.clone();
 
     dev_a.set_peer(peer_config(
         pub_b,

@@ -15,7 +15,7 @@
 //! Run as root with `scripts/bench` (which builds the release binaries), or:
 //!
 //! ```sh
-//! cargo build --release -p p2p-agent -p meshctl -p dstack-simulator -p netns-tests --bin mesh-bench
+//! cargo build --release -p p2p-agent -p meshctl -p dstack-simulator -p netns-tests --bins
 //! sudo target/release/mesh-bench --json target/mesh-bench.json
 //! ```
 
