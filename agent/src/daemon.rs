@@ -18,7 +18,7 @@ use p2p_agent::api::{
     self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status,
 };
 use p2p_agent::dstack::DstackClient;
-use p2p_agent::follow::{ChainView, Follower};
+use p2p_agent::follow::{ChainView, Follower, Seat};
 use p2p_agent::identity::NodeIdentity;
 use p2p_agent::membership::{self, Member, Pins};
 use p2p_agent::reconcile::{self, ActualPeer, Change, DesiredPeer};
@@ -473,14 +473,27 @@ impl Agent {
             return;
         };
         match f.seat_of(&self.identity.instance_id).await {
-            Ok(Some(token)) => {
+            Ok(Seat::Active(token)) => {
                 self.own_token = Some(token);
                 self.seatless = false;
             }
-            Ok(None) => {
+            Ok(Seat::Inactive(token)) => {
+                self.seatless = true;
+                if self.own_token.take().is_some() {
+                    self.leave_mesh(token, "deactivated").await;
+                }
+                let text = format!(
+                    "seat {token} of this instance is deactivated: it has no record until its holder runs `meshctl activate --token {token}`"
+                );
+                if self.last_error.as_deref() != Some(&text) {
+                    warn!("{text}");
+                }
+                self.last_error = Some(text);
+            }
+            Ok(Seat::None) => {
                 self.seatless = true;
                 if let Some(token) = self.own_token.take() {
-                    self.leave_mesh(token).await;
+                    self.leave_mesh(token, "gone").await;
                 }
                 let err = RegistrationError::NoSeat {
                     contract: self.contract,
@@ -496,10 +509,11 @@ impl Agent {
         }
     }
 
-    /// This node's seat is gone (revoked, burned, or rebound to another instance): it is no longer a member,
-    /// so it drops its tunnels and interface rather than keep sessions the others have already cut.
-    async fn leave_mesh(&mut self, token: u64) {
-        warn!(token, "this node's seat is gone: leaving the mesh");
+    /// This node's seat is gone (revoked, or rebound to another instance) or deactivated: it is no longer a
+    /// member, so it drops its tunnels and interface rather than keep sessions the others have already cut.
+    /// Should a seat become active again, the loop brings the interface back and registers.
+    async fn leave_mesh(&mut self, token: u64, why: &str) {
+        warn!(token, "this node's seat is {why}: leaving the mesh");
         self.registered = false;
         self.relay_printed_for = None;
         if let Some(device) = self.device.take() {

@@ -37,6 +37,17 @@ pub struct ChainView {
     pub records: BTreeMap<u64, SignedRegistration>,
 }
 
+/// The seat bound to an instance, as the contract has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seat {
+    /// No seat is bound to the instance.
+    None,
+    /// Bound and active: the instance may register.
+    Active(u64),
+    /// Bound but deactivated by its holder: no record until it is activated again.
+    Inactive(u64),
+}
+
 /// Follows one cluster contract through one RPC.
 pub struct Follower {
     provider: DynProvider,
@@ -275,13 +286,28 @@ impl Follower {
     ///
     /// # Errors
     /// [`ChainError`] when the read fails.
-    pub async fn seat_of(&mut self, instance_id: &str) -> Result<Option<u64>, ChainError> {
+    pub async fn seat_of(&mut self, instance_id: &str) -> Result<Seat, ChainError> {
         self.requests += 1;
-        let token: U256 = DstackClusterNFT::new(self.view.contract, &self.provider)
+        let cluster = DstackClusterNFT::new(self.view.contract, &self.provider);
+        let token: U256 = cluster
             .tokenOfInstance(instance_id.to_owned())
             .call()
             .await
             .map_err(call("tokenOfInstance"))?;
-        Ok((!token.is_zero()).then(|| u64::try_from(token).unwrap_or(u64::MAX)))
+        if token.is_zero() {
+            return Ok(Seat::None);
+        }
+        self.requests += 1;
+        let info = cluster
+            .seatInfo(token)
+            .call()
+            .await
+            .map_err(call("seatInfo"))?;
+        let id = u64::try_from(token).unwrap_or(u64::MAX);
+        Ok(if info.active {
+            Seat::Active(id)
+        } else {
+            Seat::Inactive(id)
+        })
     }
 }

@@ -1,0 +1,77 @@
+//! A seat that its holder deactivates leaves the mesh, and comes back when activated. In a three-node mesh,
+//! seat 3's holder runs `meshctl deactivate --token 3`: nodes 1 and 2 must drop it, and node 3 must leave
+//! (interface removed, no peers, unregistered, a warning naming `meshctl activate`). Then
+//! `meshctl activate --token 3`: node 3 must register again with the same key and the mesh be whole.
+//!
+//! Run as root, after building the binaries it runs (this crate's tests do not build them):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test deactivate -- --nocapture
+//! ```
+//!
+//! Needs what `tests/mesh.rs` needs. `DSTACK_MESH_TEST_LOGS=<dir>` keeps the agents' logs.
+
+use std::time::Duration;
+
+use netns_tests::topology::*;
+
+const NODES: usize = 3;
+
+#[test]
+fn a_deactivated_seat_leaves_the_mesh_and_returns_when_activated() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("deactivate");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let mut agents = start_agents(&cluster, 1..=NODES);
+    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
+    steps.step("3-node mesh healthy");
+
+    // Seat 3's holder is account 3.
+    cluster.meshctl(3, &["deactivate", "--token", "3"]);
+    wait_until(
+        "nodes 1 and 2 to drop seat 3, and node 3 to leave the mesh",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let (status, peers) = agents[2].status();
+            agents[..2].iter().all(|a| a.peer(3).is_none())
+                && status.node.token_id.is_none()
+                && !status.node.registered
+                && peers.is_empty()
+        },
+        || format!("{}\n{}", statuses(&agents), tails(&agents)),
+    );
+    let links = agents[2].ns().ip(&["link", "show"]);
+    assert!(
+        !links.contains(&agents[2].ifname),
+        "node 3 must remove its interface while its seat is inactive: {links}"
+    );
+    assert!(
+        agents[2]
+            .warnings()
+            .iter()
+            .any(|w| w.contains("deactivated") && w.contains("meshctl activate --token 3")),
+        "node 3 must say its seat is deactivated and how to activate it\n{}",
+        agents[2].tail()
+    );
+    assert_no_pings(&agents, 1, 3);
+    steps
+        .step("seat 3 deactivated: nodes 1 and 2 dropped it; node 3 left (no interface, no peers)");
+
+    cluster.meshctl(3, &["activate", "--token", "3"]);
+    wait_full_mesh(&agents, &keys);
+    for (from, to) in [(1, 3), (3, 2)] {
+        assert_pings(&agents, from, to);
+    }
+    assert_eq!(agents[2].key(), keys[2], "the same key comes back");
+    assert!(agents[2].status().0.node.registered);
+    steps.step("seat 3 activated: node 3 registered again and the mesh is whole");
+
+    for a in &mut agents {
+        a.stop();
+    }
+    assert_no_warnings(&agents[..2]);
+}
