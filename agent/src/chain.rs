@@ -10,7 +10,7 @@ use alloy::{
     providers::Provider,
 };
 
-use crate::proof::{self, PURPOSE_PREFIX, SignedRegistration};
+use crate::proof::{self, PURPOSE_PREFIX, SignedBindConsent, SignedRegistration};
 
 use DstackClusterNFT::DstackClusterNFTErrors as E;
 
@@ -155,20 +155,45 @@ pub fn register_peer_args(
         gatewayUrl: reg.gateway_url.clone(),
         nonce: reg.nonce,
     };
-    let p = &reg.proof;
-    let proof = DstackClusterNFT::DstackProof {
+    (
+        record,
+        proof_arg(&reg.proof),
+        Bytes::copy_from_slice(reg.record_signature.as_slice()),
+    )
+}
+
+/// The proof and consent arguments of `bindInstance` for an instance's signed consent.
+pub fn bind_consent_args(consent: &SignedBindConsent) -> (DstackClusterNFT::DstackProof, Bytes) {
+    (
+        proof_arg(&consent.proof),
+        Bytes::copy_from_slice(consent.signature.as_slice()),
+    )
+}
+
+/// The empty proof and consent the owner passes to `bindInstance`: it binds its own seats without one.
+pub fn no_bind_consent() -> (DstackClusterNFT::DstackProof, Bytes) {
+    (
+        DstackClusterNFT::DstackProof {
+            derivedPublicKey: Bytes::new(),
+            appPublicKey: Bytes::new(),
+            appSignature: Bytes::new(),
+            kmsSignature: Bytes::new(),
+            appId: Address::ZERO,
+            purpose: String::new(),
+        },
+        Bytes::new(),
+    )
+}
+
+fn proof_arg(p: &proof::DstackProof) -> DstackClusterNFT::DstackProof {
+    DstackClusterNFT::DstackProof {
         derivedPublicKey: Bytes::copy_from_slice(p.derived_public_key.as_slice()),
         appPublicKey: Bytes::copy_from_slice(p.app_public_key.as_slice()),
         appSignature: Bytes::copy_from_slice(p.app_signature.as_slice()),
         kmsSignature: Bytes::copy_from_slice(p.kms_signature.as_slice()),
         appId: p.app_id,
         purpose: p.purpose.clone(),
-    };
-    (
-        record,
-        proof,
-        Bytes::copy_from_slice(reg.record_signature.as_slice()),
-    )
+    }
 }
 
 /// Rebuilds the signed registration that a `PeerRegistered` event carries, so that it can be re-verified
@@ -458,6 +483,29 @@ fn describe(e: &E) -> Revert {
             "RegistryRecordSignatureInvalid",
             format!("the record signature recovers {}, not the derived key {}", x.recovered, x.derivedKey),
             Some("the record was changed after signing, or signed for another seat, contract or chain".into()),
+        ),
+        E::RegistryMalformedSignature(x) => revert(
+            "RegistryMalformedSignature",
+            format!(
+                "{} is not a 65-byte signature in its one accepted encoding (v 0/1 for dstack's chain, 27/28 for EIP-712; low s)",
+                x.field
+            ),
+            Some("a re-encoded copy of a genuine signature is refused on purpose; the node's own registration is unaffected".into()),
+        ),
+        E::RegistrySeatAppMismatch(x) => revert(
+            "RegistrySeatAppMismatch",
+            format!("{} serves dstack app {}, and this proof comes from app {}", seat(&x.tokenId), x.seatAppId, x.appId),
+            Some(format!("if the seat should serve the other app, the owner runs `meshctl reset-seat-app --token {}`", x.tokenId)),
+        ),
+        E::ClusterBindNeedsConsent(x) => revert(
+            "ClusterBindNeedsConsent",
+            format!("binding instance {} to a seat needs that instance's consent (only the cluster owner binds without it)", x.instanceId),
+            Some("in the instance, run `p2p-agent identity --bind-token <seat> --bind-holder <holder> --contract <cluster> --rpc-url <rpc>`, and pass what it prints to `meshctl bind --consent FILE`".into()),
+        ),
+        E::ClusterBindConsentInvalid(x) => revert(
+            "ClusterBindConsentInvalid",
+            format!("the consent signature recovers {}, not the instance's key {}", x.recovered, x.derivedKey),
+            Some("the consent was signed for another seat, holder, contract or chain".into()),
         ),
         E::RegistryWireGuardKeyInUse(x) => revert(
             "RegistryWireGuardKeyInUse",

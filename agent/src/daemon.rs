@@ -92,7 +92,12 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "MESH_KMS_ROOT", requires = "app_ids")]
     pub(crate) kms_root: Option<Address>,
     /// Pin these app ids (with --kms-root).
-    #[arg(long = "app-id", env = "MESH_APP_IDS", value_delimiter = ',')]
+    #[arg(
+        long = "app-id",
+        env = "MESH_APP_IDS",
+        value_delimiter = ',',
+        requires = "kms_root"
+    )]
     pub(crate) app_ids: Vec<Address>,
     /// Blocks to wait before acting on an event (0 suits anvil).
     #[arg(long, env = "MESH_CONFIRMATIONS", default_value_t = 0)]

@@ -13,7 +13,9 @@ use alloy::primitives::{Address, B256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::dstack::{DerivedKey, DstackClient, DstackError};
-use crate::proof::{self, DstackProof, PeerRecord, ProofError, SignedRegistration};
+use crate::proof::{
+    self, BindConsent, DstackProof, PeerRecord, ProofError, SignedBindConsent, SignedRegistration,
+};
 
 /// GetKey path prefix of the WireGuard key; the instance id (and a rotation epoch above 0) follow.
 pub const WG_KEY_PATH_PREFIX: &str = "dstack-mesh/wireguard/";
@@ -157,6 +159,31 @@ impl NodeIdentity {
     ) -> Result<SignedRegistration, ProofError> {
         SignedRegistration::sign(
             record,
+            self.proof.clone(),
+            &self.signing_key,
+            chain_id,
+            contract,
+        )
+    }
+
+    /// This instance's consent to `holder` binding seat `token_id` of the cluster at `contract` to it.
+    ///
+    /// # Errors
+    /// [`ProofError`] when the signing key does not match the proof.
+    pub fn sign_bind_consent(
+        &self,
+        token_id: alloy::primitives::U256,
+        holder: Address,
+        chain_id: u64,
+        contract: Address,
+    ) -> Result<SignedBindConsent, ProofError> {
+        let consent = BindConsent {
+            tokenId: token_id,
+            instanceId: self.instance_id.clone(),
+            holder,
+        };
+        SignedBindConsent::sign(
+            consent,
             self.proof.clone(),
             &self.signing_key,
             chain_id,

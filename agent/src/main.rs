@@ -3,6 +3,7 @@
 
 mod daemon;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use alloy::primitives::Address;
@@ -87,13 +88,36 @@ struct IdentityArgs {
     #[arg(long, env = "DSTACK_MESH_KMS_ROOT")]
     kms_root: Option<Address>,
 
-    /// An app id the cluster allows (repeatable). Default: this CVM's own app id, i.e. not pinned.
-    #[arg(long = "app-id", value_name = "ADDRESS")]
+    /// An app id the cluster allows (repeatable, with --kms-root). Default: this CVM's own app id, i.e. not
+    /// pinned.
+    #[arg(long = "app-id", value_name = "ADDRESS", requires = "kms_root")]
     app_ids: Vec<Address>,
 
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+
+    /// Print this instance's consent to the holder of seat N binding the seat to it, as JSON on stdout for
+    /// `meshctl bind --consent` (the identity report then goes to stderr). Needs --bind-holder and
+    /// --contract, and --chain-id or --rpc-url.
+    #[arg(long, value_name = "N", requires_all = ["bind_holder", "contract"])]
+    bind_token: Option<u64>,
+
+    /// The address that holds the seat (with --bind-token).
+    #[arg(long, value_name = "ADDRESS", requires = "bind_token")]
+    bind_holder: Option<Address>,
+
+    /// The cluster contract the consent is for (with --bind-token).
+    #[arg(long, env = "CLUSTER_CONTRACT")]
+    contract: Option<Address>,
+
+    /// The chain id the consent is for (with --bind-token); read from --rpc-url when not given.
+    #[arg(long, conflicts_with = "rpc_url")]
+    chain_id: Option<u64>,
+
+    /// A JSON-RPC URL to read the chain id from (with --bind-token).
+    #[arg(long)]
+    rpc_url: Option<alloy::transports::http::reqwest::Url>,
 }
 
 /// What `identity` reports.
@@ -265,17 +289,51 @@ async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
         app_id_pinned,
     };
 
+    // With a consent to print, stdout carries only the consent, so it can go straight to a file.
+    let consent = match (args.bind_token, args.bind_holder, args.contract) {
+        (Some(token), Some(holder), Some(contract)) => {
+            let chain_id = match (args.chain_id, &args.rpc_url) {
+                (Some(id), _) => id,
+                (None, Some(url)) => {
+                    use alloy::providers::{Provider as _, ProviderBuilder};
+                    ProviderBuilder::new()
+                        .connect_http(url.clone())
+                        .get_chain_id()
+                        .await
+                        .context("reading the chain id from --rpc-url")?
+                }
+                (None, None) => anyhow::bail!(
+                    "--bind-token needs the chain the cluster is on: pass --chain-id or --rpc-url"
+                ),
+            };
+            let identity = p2p_agent::identity::NodeIdentity::load(&client, 0)
+                .await
+                .context("cannot establish this node's identity from dstack")?;
+            Some(
+                identity
+                    .sign_bind_consent(
+                        alloy::primitives::U256::from(token),
+                        holder,
+                        chain_id,
+                        contract,
+                    )
+                    .context("signing the consent")?,
+            )
+        }
+        _ => None,
+    };
+    let mut report_out: Box<dyn std::io::Write> = if consent.is_some() {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
     if args.json {
-        println!(
+        writeln!(
+            report_out,
             "{}",
             serde_json::to_string_pretty(&report).context("cannot encode the report")?
-        );
+        )?;
     } else {
-        println!("instance id:     {}", report.instance_id);
-        println!("app id:          {} ({})", report.app_id, report.app_name);
-        println!("key path:        {}", report.key_path);
-        println!("derived address: {}", report.derived_address);
-        println!("KMS signer:      {}", report.kms_signer);
         let chain = match (&report.chain_verified, &report.chain_error) {
             (None, _) => "not checked (pass --kms-root)".to_owned(),
             (Some(true), _) if report.app_id_pinned => "verified".to_owned(),
@@ -283,7 +341,26 @@ async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
             (Some(false), Some(e)) => format!("FAILED: {e}"),
             (Some(false), None) => "FAILED".to_owned(),
         };
-        println!("chain:           {chain}");
+        writeln!(
+            report_out,
+            "instance id:     {}\napp id:          {} ({})\nkey path:        {}\nderived address: {}\nKMS signer:      {}\nchain:           {chain}",
+            report.instance_id,
+            report.app_id,
+            report.app_name,
+            report.key_path,
+            report.derived_address,
+            report.kms_signer
+        )?;
+    }
+    if let Some(consent) = consent {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&consent).context("cannot encode the consent")?
+        );
+        eprintln!(
+            "consent for seat {} (holder {}) of cluster {} on chain {}: pass it to `meshctl bind --consent FILE`",
+            consent.token_id, consent.holder, consent.contract, consent.chain_id
+        );
     }
     Ok(if report.chain_verified == Some(false) {
         ExitCode::FAILURE

@@ -40,6 +40,9 @@ pub const EIP712_VERSION: &str = "1";
 /// The EIP-712 type string of [`PeerRecord`], as the contract hashes it.
 pub const PEER_RECORD_TYPE: &str = "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)";
 
+/// The EIP-712 type string of [`BindConsent`], as the contract hashes it.
+pub const BIND_CONSENT_TYPE: &str = "BindConsent(uint256 tokenId,string instanceId,address holder)";
+
 alloy::sol! {
     /// What a peer publishes about itself; signed by its dstack-derived key under EIP-712.
     #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +53,16 @@ alloy::sol! {
         string endpoint;
         string gatewayUrl;
         uint64 nonce;
+    }
+
+    /// An instance's consent to the holder of a seat binding that seat to it; signed by the instance's
+    /// dstack-derived peer key under EIP-712. Instance ids are public, so without it anyone could bind
+    /// another operator's node to a seat of their own.
+    #[derive(Debug, PartialEq, Eq)]
+    struct BindConsent {
+        uint256 tokenId;
+        string instanceId;
+        address holder;
     }
 }
 
@@ -175,6 +188,62 @@ pub struct SignedRegistration {
     pub chain_id: u64,
     /// EIP-712 domain verifying contract: the cluster contract.
     pub contract: Address,
+}
+
+/// An instance's signed [`BindConsent`], with the proof that the signing key is that instance's: what
+/// `p2p-agent identity --bind-token` prints and `meshctl bind --consent` sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedBindConsent {
+    /// The seat the instance agrees to be bound to.
+    pub token_id: U256,
+    /// 40 lowercase hex digits from Info.
+    pub instance_id: String,
+    /// Who holds the seat.
+    pub holder: Address,
+    /// The dstack chain for the instance's peer key.
+    pub proof: DstackProof,
+    /// EIP-712 signature of the [`BindConsent`] by the derived key; `v ∈ {27, 28}`.
+    pub signature: FixedBytes<65>,
+    /// EIP-712 domain chain id.
+    pub chain_id: u64,
+    /// EIP-712 domain verifying contract: the cluster contract.
+    pub contract: Address,
+}
+
+impl SignedBindConsent {
+    /// Signs the consent with the derived key behind `proof`.
+    ///
+    /// # Errors
+    /// [`ProofError::DerivedKeyMismatch`] when `key` is not the proof's derived key.
+    pub fn sign(
+        consent: BindConsent,
+        proof: DstackProof,
+        key: &DerivedKey,
+        chain_id: u64,
+        contract: Address,
+    ) -> Result<Self, ProofError> {
+        let hash = consent.eip712_signing_hash(&domain(chain_id, contract));
+        let signature = sign_eip712(key, &proof, hash)?;
+        Ok(Self {
+            token_id: consent.tokenId,
+            instance_id: consent.instanceId,
+            holder: consent.holder,
+            proof,
+            signature,
+            chain_id,
+            contract,
+        })
+    }
+
+    /// The EIP-712 digest the derived key signs.
+    pub fn signing_hash(&self) -> B256 {
+        BindConsent {
+            tokenId: self.token_id,
+            instanceId: self.instance_id.clone(),
+            holder: self.holder,
+        }
+        .eip712_signing_hash(&domain(self.chain_id, self.contract))
+    }
 }
 
 /// What a verified chain establishes.
@@ -314,23 +383,8 @@ impl SignedRegistration {
         chain_id: u64,
         contract: Address,
     ) -> Result<Self, ProofError> {
-        let signing = key
-            .signing_key()
-            .map_err(|_| ProofError::InvalidDerivedKey)?;
-        let signing_address = Address::from_public_key(signing.verifying_key());
-        let derived_address = proof.derived_address()?;
-        if signing_address != derived_address {
-            return Err(ProofError::DerivedKeyMismatch {
-                signing_address,
-                derived_address,
-            });
-        }
         let hash = record.eip712_signing_hash(&domain(chain_id, contract));
-        let (sig, recid) = signing
-            .sign_prehash_recoverable(hash.as_slice())
-            .map_err(|_| ProofError::InvalidDerivedKey)?;
-        let record_signature =
-            Signature::from_signature_and_parity(sig, recid.is_y_odd()).as_bytes();
+        let record_signature = sign_eip712(key, &proof, hash)?;
         Ok(Self {
             token_id: record.tokenId,
             instance_id: record.instanceId,
@@ -339,7 +393,7 @@ impl SignedRegistration {
             gateway_url: record.gatewayUrl,
             nonce: record.nonce,
             proof,
-            record_signature: record_signature.into(),
+            record_signature,
             chain_id,
             contract,
         })
@@ -439,16 +493,11 @@ pub fn verify_registration(
         });
     }
     let chain = verify_chain(&reg.proof, kms_root, allowed_app_ids)?;
-    let sig = parse_signature(
+    let recovered = recover_eip712(
         "record_signature",
-        &reg.record_signature.0,
-        SigEncoding::Ethereum,
+        &reg.record_signature,
+        reg.signing_hash(),
     )?;
-    let recovered = sig
-        .recover_address_from_prehash(&reg.signing_hash())
-        .map_err(|_| ProofError::Unrecoverable {
-            field: "record_signature",
-        })?;
     if recovered != chain.derived_address {
         return Err(ProofError::RecordSignatureMismatch {
             derived_address: chain.derived_address,
@@ -456,6 +505,71 @@ pub fn verify_registration(
         });
     }
     Ok(chain)
+}
+
+/// Checks a bind consent as the contract does: its proof names the instance and verifies, and the derived
+/// key signed the consent under the consent's domain. Callers compare `consent.chain_id`,
+/// `consent.contract`, the seat and the holder with what they are about to send.
+///
+/// # Errors
+/// The [`ProofError`] of the first check that fails.
+pub fn verify_bind_consent(
+    consent: &SignedBindConsent,
+    kms_root: Address,
+    allowed_app_ids: &[Address],
+) -> Result<VerifiedChain, ProofError> {
+    let expected_purpose = purpose(&consent.instance_id);
+    if consent.proof.purpose != expected_purpose {
+        return Err(ProofError::PurposeMismatch {
+            expected: expected_purpose,
+            actual: consent.proof.purpose.clone(),
+        });
+    }
+    let chain = verify_chain(&consent.proof, kms_root, allowed_app_ids)?;
+    let recovered = recover_eip712("signature", &consent.signature, consent.signing_hash())?;
+    if recovered != chain.derived_address {
+        return Err(ProofError::RecordSignatureMismatch {
+            derived_address: chain.derived_address,
+            recovered,
+        });
+    }
+    Ok(chain)
+}
+
+/// Signs an EIP-712 digest with `key`, which must be the derived key of `proof`.
+fn sign_eip712(
+    key: &DerivedKey,
+    proof: &DstackProof,
+    hash: B256,
+) -> Result<FixedBytes<65>, ProofError> {
+    let signing = key
+        .signing_key()
+        .map_err(|_| ProofError::InvalidDerivedKey)?;
+    let signing_address = Address::from_public_key(signing.verifying_key());
+    let derived_address = proof.derived_address()?;
+    if signing_address != derived_address {
+        return Err(ProofError::DerivedKeyMismatch {
+            signing_address,
+            derived_address,
+        });
+    }
+    let (sig, recid) = signing
+        .sign_prehash_recoverable(hash.as_slice())
+        .map_err(|_| ProofError::InvalidDerivedKey)?;
+    Ok(Signature::from_signature_and_parity(sig, recid.is_y_odd())
+        .as_bytes()
+        .into())
+}
+
+/// Who made an EIP-712 signature (`v ∈ {27, 28}`, low `s`) over `hash`.
+fn recover_eip712(
+    field: &'static str,
+    signature: &FixedBytes<65>,
+    hash: B256,
+) -> Result<Address, ProofError> {
+    parse_signature(field, &signature.0, SigEncoding::Ethereum)?
+        .recover_address_from_prehash(&hash)
+        .map_err(|_| ProofError::Unrecoverable { field })
 }
 
 /// How a signature writes its recovery id.
@@ -753,10 +867,69 @@ mod tests {
         }
     }
 
-    /// The sol! struct hashes the exact type string the contract uses.
+    /// The sol! structs hash the exact type strings the contract uses.
     #[test]
-    fn peer_record_type_string_is_the_contracts() {
+    fn eip712_type_strings_are_the_contracts() {
         assert_eq!(PeerRecord::eip712_encode_type(), PEER_RECORD_TYPE);
+        assert_eq!(BindConsent::eip712_encode_type(), BIND_CONSENT_TYPE);
+    }
+
+    fn consent(
+        c: &Cluster,
+        derived: [u8; 32],
+        instance: &str,
+        holder: Address,
+    ) -> SignedBindConsent {
+        let r = c.get_key(derived, &purpose(instance));
+        let proof = DstackProof::from_get_key(&r, c.app_id, &purpose(instance)).unwrap();
+        let consent = BindConsent {
+            tokenId: U256::from(7),
+            instanceId: instance.to_owned(),
+            holder,
+        };
+        SignedBindConsent::sign(consent, proof, &r.key, 31337, CONTRACT).unwrap()
+    }
+
+    /// An instance's consent verifies; moved to another holder or instance, or re-encoded, it does not.
+    #[test]
+    fn bind_consent_verifies_only_as_signed() {
+        let c = Cluster::new();
+        let holder = Address::repeat_byte(0x0a);
+        let good = consent(&c, [0x33; 32], INSTANCE, holder);
+        let back: SignedBindConsent =
+            serde_json::from_str(&serde_json::to_string(&good).unwrap()).unwrap();
+        assert_eq!(
+            back, good,
+            "JSON round trip (what meshctl bind --consent reads)"
+        );
+        verify_bind_consent(&good, c.kms_root(), &[c.app_id]).unwrap();
+
+        let mut other_holder = good.clone();
+        other_holder.holder = Address::repeat_byte(0x0b);
+        let err = verify_bind_consent(&other_holder, c.kms_root(), &[c.app_id]).unwrap_err();
+        assert!(
+            matches!(err, ProofError::RecordSignatureMismatch { .. }),
+            "{err}"
+        );
+
+        let mut other_instance = good.clone();
+        other_instance.instance_id = OTHER_INSTANCE.into();
+        let err = verify_bind_consent(&other_instance, c.kms_root(), &[c.app_id]).unwrap_err();
+        assert!(matches!(err, ProofError::PurposeMismatch { .. }), "{err}");
+
+        let mut re_encoded = good;
+        re_encoded.signature.0[64] -= 27;
+        let err = verify_bind_consent(&re_encoded, c.kms_root(), &[c.app_id]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProofError::InvalidSignature {
+                    field: "signature",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     /// An honest registration verifies, and survives a JSON round trip (the relay format).

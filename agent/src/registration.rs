@@ -61,7 +61,7 @@ pub enum Outcome {
 #[non_exhaustive]
 pub enum RegistrationError {
     #[error(
-        "no seat of cluster {contract} is bound to this instance ({instance_id}). The cluster owner mints one bound to it:\n    meshctl mint --contract {contract} --to <holder address> --instance {instance_id}\nor the holder of a seat binds it:\n    meshctl bind --contract {contract} --token <token id> --instance {instance_id}"
+        "no seat of cluster {contract} is bound to this instance ({instance_id}). The cluster owner mints one bound to it:\n    meshctl mint --contract {contract} --to <holder address> --instance {instance_id}\nor the holder of a seat binds it with this instance's consent, which this instance prints:\n    p2p-agent identity --bind-token <token id> --bind-holder <holder address> --contract {contract} --rpc-url <rpc> > consent.json\n    meshctl bind --contract {contract} --token <token id> --consent consent.json"
     )]
     NoSeat {
         contract: Address,

@@ -70,6 +70,63 @@ async fn unbound_instance_is_told_the_commands_to_run() {
     assert!(text.contains("meshctl bind"), "{text}");
 }
 
+/// `p2p-agent identity --bind-token` prints a consent that the contract accepts from the seat's holder.
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_prints_a_bind_consent_the_contract_accepts() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-1").await;
+    let c = deploy(&anvil, node.kms_root).await;
+    let holder = anvil.addresses()[1];
+    mint(&c, holder, "").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2p-agent"))
+        .env_clear()
+        .args(["identity", "--dstack-endpoint"])
+        .arg(&node.socket)
+        .args(["--bind-token", "1", "--bind-holder", &holder.to_string()])
+        .args(["--contract", &c.address().to_string()])
+        .args(["--rpc-url", anvil.endpoint().as_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("instance id:"),
+        "the report goes to stderr: {stderr}"
+    );
+    let consent: p2p_agent::proof::SignedBindConsent = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| {
+            panic!(
+                "stdout is the consent alone ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+    assert_eq!(
+        (
+            consent.token_id,
+            consent.holder,
+            consent.contract,
+            consent.chain_id
+        ),
+        (U256::from(1), holder, *c.address(), anvil.chain_id())
+    );
+    let (proof, signature) = chain::bind_consent_args(&consent);
+    let as_holder = TestCluster::new(*c.address(), provider(&anvil, 1));
+    as_holder
+        .bindInstance(U256::from(1), node.instance_id.clone(), proof, signature)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let bound = c
+        .tokenOfInstance(node.instance_id.clone())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(bound, U256::from(1));
+}
+
 /// A registration lands once; the same instance after a restart derives the same key and sends nothing;
 /// the next rotation epoch registers a new key with the next nonce.
 #[tokio::test(flavor = "multi_thread")]

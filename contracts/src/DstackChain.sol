@@ -1,13 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-
 /// @title dstack's GetKey signature chain, checked on-chain.
 /// @notice dstack's guest agent returns, with every derived key D, a chain of two signatures:
 ///  - `appSignature`: the app key A signs raw `keccak256(purpose ‖ ":" ‖ lowercase-hex(compressed D))`;
 ///  - `kmsSignature`: the KMS root K signs raw `keccak256("dstack-kms-issued:" ‖ appId(20 bytes) ‖ compressed A)`.
-/// Both are 65 bytes `r ‖ s ‖ v` with v ∈ {0, 1} (no EIP-191 prefix).
+/// Both are 65 bytes `r ‖ s ‖ v` with v ∈ {0, 1} (no EIP-191 prefix), and only that encoding is accepted.
 /// @dev Public keys are taken uncompressed (64 bytes, X ‖ Y) because deriving the compressed form and the
 /// address from them is cheap, while decompressing on-chain is not.
 library DstackChain {
@@ -47,14 +45,25 @@ library DstackChain {
         return keccak256(abi.encodePacked("dstack-kms-issued:", bytes20(appId), compress(appPublicKey)));
     }
 
-    /// @notice Recovers the signer of a 65-byte signature, accepting dstack's v ∈ {0,1} and Ethereum's {27,28}.
-    /// @return signer the recovered address, or address(0) when the signature is malformed or malleable.
-    function recover(bytes32 digest, bytes calldata signature) internal pure returns (address signer) {
+    /// @notice How a signature writes its recovery id: dstack's chain uses the bare recovery id, Ethereum's
+    /// EIP-712 signatures add 27. Each signature is accepted in its one encoding only, so that nobody can
+    /// re-encode a genuine signature into a second byte string that the contract accepts and agents refuse.
+    uint8 internal constant V_DSTACK = 0;
+    uint8 internal constant V_ETHEREUM = 27;
+
+    /// @dev secp256k1's n / 2: a larger s is the malleated twin of a valid signature.
+    uint256 private constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
+
+    /// @notice Recovers the signer of a 65-byte `r ‖ s ‖ v` signature whose v is `vBase` or `vBase + 1`.
+    /// @return signer the recovered address, or address(0) when the signature is not in that one encoding:
+    /// another length or v, a high or zero s, a zero r, or no recoverable key.
+    function recover(bytes32 digest, bytes calldata signature, uint8 vBase) internal pure returns (address signer) {
         if (signature.length != SIGNATURE_LENGTH) return address(0);
+        uint8 v = uint8(signature[64]);
+        if (v != vBase && v != vBase + 1) return address(0);
         bytes32 r = bytes32(signature[0:32]);
         bytes32 s = bytes32(signature[32:64]);
-        uint8 v = uint8(signature[64]);
-        if (v < 27) v += 27;
-        (signer,,) = ECDSA.tryRecover(digest, v, r, s);
+        if (r == 0 || s == 0 || uint256(s) > HALF_ORDER) return address(0);
+        signer = ecrecover(digest, v - vBase + 27, r, s);
     }
 }

@@ -70,6 +70,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         bool active; // minted, not deactivated (burned seats have no Seat)
         uint64 nonce; // last accepted record nonce; never goes back, so old records cannot be replayed
         uint64 registeredBlock; // block of the current record, 0 when there is none
+        // Packed into the slot above, which every registration writes anyway, so they cost no extra slot:
+        uint32 recordIndex; // the seat's position in _recorded while it has a record, else 0
+        uint32 appNumber; // the app the seat serves (see _appNumber), set by its first registration; 0 before
         bytes32 wgPublicKey;
         string instanceId;
         string endpoint;
@@ -84,6 +87,10 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     bytes32 public constant PEER_RECORD_TYPEHASH = keccak256(
         "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)"
     );
+
+    /// @notice What an instance's derived key signs to let the holder of `tokenId` bind the seat to it.
+    bytes32 public constant BIND_CONSENT_TYPEHASH =
+        keccak256("BindConsent(uint256 tokenId,string instanceId,address holder)");
 
     // ------------------------------------------------------------------ state
 
@@ -107,6 +114,16 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
 
     address[] private _appIds;
     mapping(address appId => bool) public isAllowedAppId;
+    /// @dev Every app id ever allowed gets a number for good (from 1), so a seat can name its app in 4 bytes.
+    mapping(address appId => uint32) private _appNumber;
+    address[] private _appOfNumber;
+
+    /// @dev The token ids of the seats that have a record, so reading them all costs what the records cost,
+    /// not what every seat ever minted does. Position 0 holds a non-zero placeholder, so positions start at 1
+    /// and neither the length slot nor the first data slot (eight ids share one) ever goes from zero, which
+    /// would cost a registration 20k gas.
+    uint32[] private _recorded;
+    uint32 private constant RECORDED_PLACEHOLDER = type(uint32).max;
 
     string[] private _baseDomains;
     mapping(bytes32 domainHash => bool) private _isBaseDomain;
@@ -142,6 +159,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         bytes recordSignature
     );
     event PeerCleared(uint256 indexed tokenId, ClearReason reason);
+    /// @notice The owner let a seat serve another app: its next registration may come from any allowed app.
+    event SeatAppReset(uint256 indexed tokenId, address previousAppId);
 
     event MaxNodesUpdated(uint256 maxNodes);
     event PublicMintingUpdated(bool enabled);
@@ -181,6 +200,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     error ClusterInvalidDomain(string domain);
     error ClusterUnknownDomain(string domain);
     error ClusterWithdrawFailed(address to, uint256 amount);
+    error ClusterBindNeedsConsent(string instanceId);
+    error ClusterBindConsentInvalid(address derivedKey, address recovered);
 
     error RegistryStaleNonce(uint256 tokenId, uint64 lastNonce, uint64 nonce);
     error RegistryEmptyRecord(uint256 tokenId);
@@ -196,6 +217,11 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     error RegistryKmsSignatureInvalid(address kmsRoot, address recovered);
     error RegistryRecordSignatureInvalid(address derivedKey, address recovered);
     error RegistryWireGuardKeyInUse(bytes32 wgPublicKey, uint256 tokenId);
+    /// @notice `field` is not a 65-byte signature in its one accepted encoding: v ∈ {0,1} for dstack's
+    /// `appSignature` and `kmsSignature`, v ∈ {27,28} for the EIP-712 `recordSignature` and
+    /// `consentSignature`, low s, non-zero r and s.
+    error RegistryMalformedSignature(string field);
+    error RegistrySeatAppMismatch(uint256 tokenId, address seatAppId, address appId);
 
     error LeaderAlreadyElected(uint256 tokenId);
     error LeaderNoEligibleSeat();
@@ -226,6 +252,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         prefixLength = prefixLength_;
         kmsRoot = kmsRoot_;
         maxNodes = maxNodes_;
+        _recorded.push(RECORDED_PLACEHOLDER);
         for (uint256 i = 0; i < appIds.length; ++i) {
             _setAppId(appIds[i], true);
         }
@@ -251,16 +278,54 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         if (tokenId > capacity) revert ClusterPrefixExhausted(tokenId, capacity);
         lastTokenId = tokenId;
         _mint(to, tokenId);
-        if (bytes(instanceId).length != 0) _bind(tokenId, instanceId);
+        if (bytes(instanceId).length != 0) {
+            // Instance ids are public: binding one at mint is the owner's call alone (see bindInstance).
+            if (msg.sender != owner()) revert ClusterBindNeedsConsent(instanceId);
+            _bind(tokenId, instanceId);
+        }
     }
 
     /// @notice Binds a seat to a dstack instance, or rebinds it to another; a rebind clears the seat's record.
+    /// Instance ids are public, so a holder other than the owner needs the instance's consent: `proof` is the
+    /// instance's dstack chain for its peer key (as in registerPeer), and `consentSignature` that key's
+    /// EIP-712 signature over `BindConsent(tokenId, instanceId, holder)` (`p2p-agent identity --bind-token`
+    /// prints both). Without it anyone could bind another operator's node to their own seat, ahead of the
+    /// owner's mint for it, and so control that node's membership. The owner binds its own seats without one.
     /// @dev Requirements: the caller holds the seat or is approved for it; the seat is active; `instanceId` is 40
-    /// lowercase hex characters and not bound to any seat.
-    function bindInstance(uint256 tokenId, string calldata instanceId) external {
-        _requireHolder(tokenId);
+    /// lowercase hex characters and not bound to any seat; the consent, unless the caller is the owner.
+    function bindInstance(
+        uint256 tokenId,
+        string calldata instanceId,
+        DstackProof calldata proof,
+        bytes calldata consentSignature
+    ) external {
+        address holder = _requireHolder(tokenId);
         if (!_seats[tokenId].active) revert ClusterSeatInactive(tokenId);
+        if (!RecordFormat.isInstanceId(instanceId)) revert ClusterInvalidInstanceId(instanceId);
+        if (msg.sender != owner()) {
+            if (consentSignature.length == 0) revert ClusterBindNeedsConsent(instanceId);
+            _checkBindConsent(tokenId, instanceId, holder, proof, consentSignature);
+        }
         _bind(tokenId, instanceId);
+    }
+
+    /// @notice The EIP-712 digest an instance's derived key signs to consent to `holder` binding `tokenId` to it.
+    function bindConsentDigest(uint256 tokenId, string calldata instanceId, address holder)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(BIND_CONSENT_TYPEHASH, tokenId, keccak256(bytes(instanceId)), holder)));
+    }
+
+    /// @notice Lets seat `tokenId` serve another app: its next record may come from any allowed app, which it
+    /// then serves. Records from then on are checked against the new app.
+    function resetSeatApp(uint256 tokenId) external onlyOwner {
+        _requireOwned(tokenId);
+        Seat storage seat = _seats[tokenId];
+        uint32 n = seat.appNumber;
+        seat.appNumber = 0;
+        emit SeatAppReset(tokenId, n == 0 ? address(0) : _appOfNumber[n - 1]);
     }
 
     /// @notice Takes a seat out of the mesh (it stops counting towards `maxNodes`) and clears its record.
@@ -312,6 +377,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         if (record.nonce <= seat.nonce) revert RegistryStaleNonce(tokenId, seat.nonce, record.nonce);
         _checkRecordFields(record);
         _checkDstackChain(proof, instanceId);
+        uint32 app = _checkSeatApp(tokenId, seat, proof.appId);
 
         bytes32 structHash = keccak256(
             abi.encode(
@@ -325,7 +391,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
             )
         );
         address derived = DstackChain.toAddress(proof.derivedPublicKey);
-        address signer = DstackChain.recover(_hashTypedDataV4(structHash), recordSignature);
+        address signer = _recover(_hashTypedDataV4(structHash), recordSignature, DstackChain.V_ETHEREUM, "recordSignature");
         if (signer != derived) revert RegistryRecordSignatureInvalid(derived, signer);
 
         bytes32 key = record.wgPublicKey;
@@ -338,6 +404,11 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
             if (key != bytes32(0)) _tokenOfWgKey[key] = tokenId;
             seat.wgPublicKey = key;
         }
+        if (seat.registeredBlock == 0) {
+            _recorded.push(uint32(tokenId));
+            seat.recordIndex = uint32(_recorded.length - 1);
+        }
+        seat.appNumber = app;
         seat.nonce = record.nonce;
         seat.registeredBlock = uint64(block.number);
         seat.endpoint = record.endpoint;
@@ -373,17 +444,22 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
 
     // ------------------------------------------------------------------ views
 
-    /// @notice Every active seat that has a peer record, in token-id order.
+    /// @notice Every seat that has a peer record (only active seats have one), in no particular order. Its cost
+    /// grows with the number of records, not of seats ever minted; use getPeersPage to bound each call.
     function getPeers() external view returns (Peer[] memory peers) {
-        uint256 last = lastTokenId;
-        uint256 count;
-        for (uint256 id = 1; id <= last; ++id) {
-            if (_hasRecord(id)) ++count;
-        }
-        peers = new Peer[](count);
-        uint256 j;
-        for (uint256 id = 1; id <= last; ++id) {
-            if (_hasRecord(id)) peers[j++] = _peer(id);
+        (peers,) = getPeersPage(0, type(uint256).max);
+    }
+
+    /// @notice Up to `limit` records from position `offset` of the record list, and how many records there are.
+    /// Read every page at one block number to get a consistent set: a clear moves the last record into the
+    /// cleared one's position.
+    function getPeersPage(uint256 offset, uint256 limit) public view returns (Peer[] memory page, uint256 total) {
+        total = _recorded.length - 1;
+        if (offset >= total) return (new Peer[](0), total);
+        uint256 count = total - offset < limit ? total - offset : limit;
+        page = new Peer[](count);
+        for (uint256 i = 0; i < count; ++i) {
+            page[i] = _peer(_recorded[offset + 1 + i]);
         }
     }
 
@@ -393,15 +469,23 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         return _peer(tokenId);
     }
 
-    /// @notice A seat's state: whether it is active, its bound instance, and its last record nonce.
+    /// @notice A seat's state: whether it is active, its bound instance, its last record nonce, and the app it
+    /// serves (zero until its first registration, or after the owner reset it).
     function seatInfo(uint256 tokenId)
         external
         view
-        returns (address holder, bool active, string memory instanceId, uint64 nonce, uint64 registeredBlock)
+        returns (
+            address holder,
+            bool active,
+            string memory instanceId,
+            uint64 nonce,
+            uint64 registeredBlock,
+            address appId
+        )
     {
         holder = _requireOwned(tokenId);
         Seat storage seat = _seats[tokenId];
-        return (holder, seat.active, seat.instanceId, seat.nonce, seat.registeredBlock);
+        return (holder, seat.active, seat.instanceId, seat.nonce, seat.registeredBlock, _appOf(seat));
     }
 
     /// @notice The seat bound to `instanceId`, or 0.
@@ -428,17 +512,11 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
 
     /// @notice For the earlier prototype's SDK: each active peer's gateway URL, or its endpoint where it has none.
     function getPeerEndpoints() external view returns (string[] memory endpoints) {
-        uint256 last = lastTokenId;
-        uint256 count;
-        for (uint256 id = 1; id <= last; ++id) {
-            if (_hasRecord(id)) ++count;
-        }
+        uint256 count = _recorded.length - 1;
         endpoints = new string[](count);
-        uint256 j;
-        for (uint256 id = 1; id <= last; ++id) {
-            if (!_hasRecord(id)) continue;
-            Seat storage seat = _seats[id];
-            endpoints[j++] = bytes(seat.gatewayUrl).length != 0 ? seat.gatewayUrl : seat.endpoint;
+        for (uint256 i = 0; i < count; ++i) {
+            Seat storage seat = _seats[_recorded[i + 1]];
+            endpoints[i] = bytes(seat.gatewayUrl).length != 0 ? seat.gatewayUrl : seat.endpoint;
         }
     }
 
@@ -548,6 +626,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
             string memory id = _instanceIdString(bootInfo.instanceId);
             uint256 tokenId = _tokenOfInstance[keccak256(bytes(id))];
             if (tokenId == 0 || !_seats[tokenId].active) return (false, "Instance not bound to an active seat");
+            address seatApp = _appOf(_seats[tokenId]);
+            if (seatApp != address(0) && seatApp != bootInfo.appId) return (false, "Instance's seat serves another app");
         }
         return (true, "");
     }
@@ -654,6 +734,15 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         delete seat.endpoint;
         delete seat.gatewayUrl;
         seat.registeredBlock = 0;
+        uint256 position = seat.recordIndex;
+        uint256 last = _recorded.length - 1;
+        if (position != last) {
+            uint32 moved = _recorded[last];
+            _recorded[position] = moved;
+            _seats[moved].recordIndex = uint32(position);
+        }
+        _recorded.pop();
+        seat.recordIndex = 0;
         emit PeerCleared(tokenId, reason);
     }
 
@@ -690,11 +779,57 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
             revert RegistryPurposeMismatch(expected, proof.purpose);
         }
         address appKey = DstackChain.toAddress(proof.appPublicKey);
-        address recovered =
-            DstackChain.recover(DstackChain.appMessageHash(proof.purpose, proof.derivedPublicKey), proof.appSignature);
+        address recovered = _recover(
+            DstackChain.appMessageHash(proof.purpose, proof.derivedPublicKey),
+            proof.appSignature,
+            DstackChain.V_DSTACK,
+            "appSignature"
+        );
         if (recovered != appKey) revert RegistryAppSignatureInvalid(appKey, recovered);
-        recovered = DstackChain.recover(DstackChain.kmsMessageHash(proof.appId, proof.appPublicKey), proof.kmsSignature);
+        recovered = _recover(
+            DstackChain.kmsMessageHash(proof.appId, proof.appPublicKey),
+            proof.kmsSignature,
+            DstackChain.V_DSTACK,
+            "kmsSignature"
+        );
         if (recovered != kmsRoot) revert RegistryKmsSignatureInvalid(kmsRoot, recovered);
+    }
+
+    function _recover(bytes32 digest, bytes calldata signature, uint8 vBase, string memory field)
+        private
+        pure
+        returns (address signer)
+    {
+        signer = DstackChain.recover(digest, signature, vBase);
+        if (signer == address(0)) revert RegistryMalformedSignature(field);
+    }
+
+    /// @dev The app a seat serves is the one of its first record; returns its number for the seat to keep.
+    function _checkSeatApp(uint256 tokenId, Seat storage seat, address appId) private view returns (uint32 app) {
+        app = _appNumber[appId];
+        uint32 pinned = seat.appNumber;
+        if (pinned != 0 && pinned != app) revert RegistrySeatAppMismatch(tokenId, _appOfNumber[pinned - 1], appId);
+    }
+
+    function _checkBindConsent(
+        uint256 tokenId,
+        string calldata instanceId,
+        address holder,
+        DstackProof calldata proof,
+        bytes calldata consentSignature
+    ) private view {
+        _checkDstackChain(proof, instanceId);
+        _checkSeatApp(tokenId, _seats[tokenId], proof.appId);
+        address derived = DstackChain.toAddress(proof.derivedPublicKey);
+        address signer = _recover(
+            bindConsentDigest(tokenId, instanceId, holder), consentSignature, DstackChain.V_ETHEREUM, "consentSignature"
+        );
+        if (signer != derived) revert ClusterBindConsentInvalid(derived, signer);
+    }
+
+    function _appOf(Seat storage seat) private view returns (address) {
+        uint32 n = seat.appNumber;
+        return n == 0 ? address(0) : _appOfNumber[n - 1];
     }
 
     function _isAllowedHost(bytes calldata host) private view returns (bool) {
@@ -710,6 +845,10 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         if (isAllowedAppId[appId] == allowed) return;
         isAllowedAppId[appId] = allowed;
         if (allowed) {
+            if (_appNumber[appId] == 0) {
+                _appOfNumber.push(appId);
+                _appNumber[appId] = uint32(_appOfNumber.length);
+            }
             _appIds.push(appId);
         } else {
             uint256 n = _appIds.length;
@@ -762,8 +901,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         return 0;
     }
 
-    function _requireHolder(uint256 tokenId) private view {
-        address holder = _requireOwned(tokenId);
+    function _requireHolder(uint256 tokenId) private view returns (address holder) {
+        holder = _requireOwned(tokenId);
         if (!_isAuthorized(holder, msg.sender, tokenId)) revert ClusterNotSeatHolder(tokenId, msg.sender);
     }
 
@@ -774,11 +913,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
 
     function _isActive(uint256 tokenId) private view returns (bool) {
         return _seats[tokenId].active;
-    }
-
-    function _hasRecord(uint256 tokenId) private view returns (bool) {
-        Seat storage seat = _seats[tokenId];
-        return seat.active && seat.registeredBlock != 0;
     }
 
     function _peer(uint256 tokenId) private view returns (Peer memory) {

@@ -15,7 +15,11 @@ contract DstackChainHarness {
     }
 
     function recover(bytes32 digest, bytes calldata sig) external pure returns (address) {
-        return DstackChain.recover(digest, sig);
+        return DstackChain.recover(digest, sig, DstackChain.V_DSTACK);
+    }
+
+    function recoverEthereum(bytes32 digest, bytes calldata sig) external pure returns (address) {
+        return DstackChain.recover(digest, sig, DstackChain.V_ETHEREUM);
     }
 
     function compress(bytes calldata pub) external pure returns (bytes memory) {
@@ -93,5 +97,30 @@ contract DstackChainTest is Assertions {
             bytes32(uint256(1)), bytes32(0xffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff00), uint8(0)
         );
         assertEq(h.recover(bytes32(uint256(1)), highS), address(0), "malleable high-s refused");
+    }
+
+    /// Each encoding accepts exactly its own two v values: dstack's chain {0, 1}, EIP-712 {27, 28}.
+    function test_EachSignatureHasOneEncoding() public {
+        uint256 key = 0xA11CE;
+        bytes32 digest = keccak256("message");
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        address signer = vm.addr(key);
+        assertEq(h.recoverEthereum(digest, abi.encodePacked(r, s, v)), signer, "EIP-712 v");
+        assertEq(h.recover(digest, abi.encodePacked(r, s, v - 27)), signer, "dstack v");
+        assertEq(h.recover(digest, abi.encodePacked(r, s, v)), address(0), "27/28 is not dstack's encoding");
+        assertEq(h.recoverEthereum(digest, abi.encodePacked(r, s, v - 27)), address(0), "0/1 is not EIP-712's");
+        for (uint256 other = 2; other < 256; ++other) {
+            if (other == 27 || other == 28) continue;
+            assertEq(h.recover(digest, abi.encodePacked(r, s, uint8(other))), address(0), "other v, dstack");
+            assertEq(h.recoverEthereum(digest, abi.encodePacked(r, s, uint8(other))), address(0), "other v, EIP-712");
+        }
+        // The malleated twin (n - s, the other parity) recovers the same key in ecrecover; it must not here.
+        uint256 n = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141;
+        bytes memory twin = abi.encodePacked(r, bytes32(n - uint256(s)), v == 27 ? uint8(28) : uint8(27));
+        assertEq(ecrecover(digest, uint8(twin[64]), r, bytes32(n - uint256(s))), signer, "the twin is genuine");
+        assertEq(h.recoverEthereum(digest, twin), address(0), "high-s twin refused");
+        assertEq(h.recoverEthereum(digest, abi.encodePacked(r, s, v, uint8(0))), address(0), "66 bytes");
+        assertEq(h.recoverEthereum(digest, abi.encodePacked(bytes32(0), s, v)), address(0), "zero r");
+        assertEq(h.recoverEthereum(digest, abi.encodePacked(r, bytes32(0), v)), address(0), "zero s");
     }
 }

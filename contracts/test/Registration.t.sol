@@ -283,6 +283,81 @@ contract RegistrationTest is ClusterFixture {
         cluster.registerPeer(r, p, sig);
     }
 
+    // ----------------------------------------------- one encoding per signature
+
+    /// The attack that was seen on anvil: a third party copies a node's pending registration, rewrites the
+    /// record signature's v from 27/28 to dstack's 0/1, and sends it first. Agents refuse that encoding, so
+    /// the contract must too, or the seat holds a record every peer drops.
+    function test_RevertIf_RecordSignatureReEncodedWithDstackV() public {
+        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
+            _registration(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+        bytes memory reEncoded = bytes.concat(sig);
+        reEncoded[64] = bytes1(uint8(sig[64]) - 27);
+        _expectMalformed("recordSignature");
+        cluster.registerPeer(r, p, reEncoded);
+        cluster.registerPeer(r, p, sig); // the node's own copy still lands
+        assertEq(cluster.getPeer(seatA).nonce, 1, "the genuine record is stored");
+    }
+
+    function test_RevertIf_AppSignatureReEncodedWithEthereumV() public {
+        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
+            _registration(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+        p.appSignature[64] = bytes1(uint8(p.appSignature[64]) + 27);
+        _expectMalformed("appSignature");
+        cluster.registerPeer(r, p, sig);
+    }
+
+    function test_RevertIf_KmsSignatureReEncodedWithEthereumV() public {
+        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
+            _registration(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+        p.kmsSignature[64] = bytes1(uint8(p.kmsSignature[64]) + 27);
+        _expectMalformed("kmsSignature");
+        cluster.registerPeer(r, p, sig);
+    }
+
+    function test_RevertIf_AnySignatureIsItsHighSTwin() public {
+        for (uint256 which = 0; which < 3; ++which) {
+            (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
+                _registration(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+            if (which == 0) _twin(p.appSignature);
+            else if (which == 1) _twin(p.kmsSignature);
+            else _twin(sig);
+            _expectMalformed(which == 0 ? "appSignature" : which == 1 ? "kmsSignature" : "recordSignature");
+            cluster.registerPeer(r, p, sig);
+        }
+    }
+
+    /// For any registration the contract accepts, no other byte string for the same record is accepted: no
+    /// other v, no high-s twin, no other length, and no other byte anywhere in the proof or signature.
+    function testFuzz_OnlyTheExactBytesOfARegistrationAreAccepted(
+        uint256 derivedKey,
+        bytes32 wgKey,
+        uint64 nonce,
+        uint8 variant,
+        uint256 noise
+    ) public {
+        derivedKey = bound(derivedKey, 1, 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364140);
+        vm.assume(wgKey != 0 && nonce != 0);
+        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
+            _registration(seatA, derivedKey, INSTANCE_A, wgKey, nonce);
+        DstackClusterNFT.DstackProof memory q = _copy(p);
+        bytes memory t = bytes.concat(sig);
+        variant = variant % 9;
+        if (variant == 0) q.appSignature[64] = bytes1(uint8(q.appSignature[64]) ^ 27);
+        else if (variant == 1) q.kmsSignature[64] = bytes1(uint8(q.kmsSignature[64]) ^ 27);
+        else if (variant == 2) t[64] = bytes1(uint8(t[64]) - 27);
+        else if (variant == 3) _twin(noise % 3 == 0 ? q.appSignature : noise % 3 == 1 ? q.kmsSignature : t);
+        else if (variant == 4) t = bytes.concat(t, bytes1(uint8(noise)));
+        else if (variant == 5) q.appSignature = bytes.concat(q.appSignature, bytes1(uint8(noise)));
+        else if (variant == 6) q.kmsSignature = bytes.concat(q.kmsSignature, bytes1(uint8(noise)));
+        else if (variant == 7) _flip(noise % 2 == 0 ? q.derivedPublicKey : q.appPublicKey, noise >> 1);
+        else _flip(noise % 3 == 0 ? q.appSignature : noise % 3 == 1 ? q.kmsSignature : t, noise >> 2);
+        vm.expectRevert();
+        cluster.registerPeer(r, q, t);
+        cluster.registerPeer(r, p, sig);
+        assertEq(cluster.getPeer(seatA).wgPublicKey, wgKey, "the exact registration is accepted");
+    }
+
     // ------------------------------------------------------------------ fuzz
 
     /// Tampering with any one part of a genuine registration never gets it accepted.
@@ -327,6 +402,34 @@ contract RegistrationTest is ClusterFixture {
     }
 
     // --------------------------------------------------------------- helpers
+
+    uint256 internal constant N = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141;
+
+    function _expectMalformed(string memory field) internal {
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistryMalformedSignature.selector, field));
+    }
+
+    /// Rewrites a signature into its malleated twin: s -> n - s with the other parity, which ecrecover accepts.
+    function _twin(bytes memory sig) internal pure {
+        bytes32 s;
+        assembly {
+            s := mload(add(sig, 64))
+        }
+        bytes32 twinS = bytes32(N - uint256(s));
+        assembly {
+            mstore(add(sig, 64), twinS)
+        }
+        sig[64] = bytes1(uint8(sig[64]) ^ 1);
+    }
+
+    function _copy(DstackClusterNFT.DstackProof memory p) internal pure returns (DstackClusterNFT.DstackProof memory q) {
+        q.derivedPublicKey = bytes.concat(p.derivedPublicKey);
+        q.appPublicKey = bytes.concat(p.appPublicKey);
+        q.appSignature = bytes.concat(p.appSignature);
+        q.kmsSignature = bytes.concat(p.kmsSignature);
+        q.appId = p.appId;
+        q.purpose = p.purpose;
+    }
 
     function _compressed(bytes memory publicKey64) internal pure returns (bytes memory c) {
         c = new bytes(33);

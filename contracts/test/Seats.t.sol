@@ -43,7 +43,7 @@ contract SeatsTest is ClusterFixture {
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterWrongPayment.selector, 1 ether, 0.5 ether));
         cluster.mintNodeAccess{value: 0.5 ether}(HOLDER_A, "");
         vm.prank(HOLDER_A);
-        uint256 id = cluster.mintNodeAccess{value: 1 ether}(HOLDER_A, INSTANCE_A);
+        uint256 id = cluster.mintNodeAccess{value: 1 ether}(HOLDER_A, "");
         assertEq(cluster.ownerOf(id), HOLDER_A, "bought seat");
         assertEq(address(cluster).balance, 1 ether, "paid");
 
@@ -126,9 +126,10 @@ contract SeatsTest is ClusterFixture {
     function test_InstanceIdIsUniqueAcrossSeats() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
         uint256 b = _mint(HOLDER_B, "");
+        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(b, DERIVED_KEY_A, INSTANCE_A, HOLDER_B);
         vm.prank(HOLDER_B);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInstanceAlreadyBound.selector, INSTANCE_A, a));
-        cluster.bindInstance(b, INSTANCE_A);
+        cluster.bindInstance(b, INSTANCE_A, p, sig);
     }
 
     function test_RevertIf_InstanceIdNotCanonical() public {
@@ -136,29 +137,32 @@ contract SeatsTest is ClusterFixture {
         string[3] memory bad =
             ["59DF8036B824B0AAC54F8998B9E1FB2A0CFC5D3A", "0x59df8036b824b0aac54f8998b9e1fb2a0cfc5d", "59df"];
         for (uint256 i = 0; i < bad.length; ++i) {
+            (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _noConsent();
             vm.prank(HOLDER_A);
             vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInvalidInstanceId.selector, bad[i]));
-            cluster.bindInstance(a, bad[i]);
+            cluster.bindInstance(a, bad[i], p, sig);
         }
     }
 
     function test_RevertIf_RebindBySomeoneWhoDoesNotHoldTheSeat() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
+        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
         vm.prank(HOLDER_B);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, a, HOLDER_B));
-        cluster.bindInstance(a, INSTANCE_B);
+        cluster.bindInstance(a, INSTANCE_B, p, sig);
         vm.prank(OWNER); // not even the cluster owner
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, a, OWNER));
-        cluster.bindInstance(a, INSTANCE_B);
+        cluster.bindInstance(a, INSTANCE_B, p, sig);
     }
 
     function test_RebindClearsRecord() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
         _register(a, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
         vm.prank(HOLDER_A);
         vm.expectEmit();
         emit DstackClusterNFT.PeerCleared(a, DstackClusterNFT.ClearReason.Rebound);
-        cluster.bindInstance(a, INSTANCE_B);
+        cluster.bindInstance(a, INSTANCE_B, p, sig);
         _assertCleared(a);
         assertEq(cluster.tokenOfInstance(INSTANCE_A), 0, "old instance freed");
         assertEq(cluster.tokenOfInstance(INSTANCE_B), a, "new instance bound");
@@ -190,7 +194,7 @@ contract SeatsTest is ClusterFixture {
         emit DstackClusterNFT.PeerCleared(a, DstackClusterNFT.ClearReason.Deactivated);
         cluster.deactivate(a);
         _assertCleared(a);
-        (,bool active,,,) = cluster.seatInfo(a);
+        (, bool active,,,,) = cluster.seatInfo(a);
         assertFalse(active, "inactive");
     }
 

@@ -36,7 +36,8 @@ enum Command {
     Deploy(cmd::deploy::Args),
     /// Mint the next seat, optionally bound to a dstack instance.
     Mint(cmd::seat::MintArgs),
-    /// Bind a seat to a dstack instance id, or rebind it (clears the seat's peer record).
+    /// Bind a seat to a dstack instance id, or rebind it (clears the seat's peer record); a holder other
+    /// than the owner passes the instance's consent.
     Bind(cmd::seat::BindArgs),
     /// Revoke (burn) a seat; its id and overlay address are never reissued. Owner only.
     Revoke(cmd::seat::RevokeArgs),
@@ -44,6 +45,8 @@ enum Command {
     Deactivate(cmd::seat::TokenArgs),
     /// Bring a deactivated seat back.
     Activate(cmd::seat::TokenArgs),
+    /// Let a seat serve another dstack app than the one its first record came from. Owner only.
+    ResetSeatApp(cmd::seat::TokenArgs),
     /// Show the cluster's configuration, or change it (owner only).
     Config(cmd::config::Args),
     /// Manage the compose-hash and device allowlists that dstack's KMS consults, or check a boot.
@@ -70,6 +73,7 @@ async fn main() -> ExitCode {
         Command::Revoke(a) => cmd::seat::revoke(a, &out).await,
         Command::Deactivate(a) => cmd::seat::deactivate(a, &out).await,
         Command::Activate(a) => cmd::seat::activate(a, &out).await,
+        Command::ResetSeatApp(a) => cmd::seat::reset_seat_app(a, &out).await,
         Command::Config(a) => cmd::config::run(a, &out).await,
         Command::AppAuth(a) => cmd::app_auth::run(a, &out).await,
         Command::Peers(a) => cmd::peers::run(a, &out).await,

@@ -29,24 +29,19 @@ fn owner_lifecycle_changes_the_chain() {
     assert_eq!(minted["overlayIp"], "10.0.1.1");
     assert!(minted["receipt"]["tx"].as_str().unwrap().starts_with("0x"));
 
+    // Instance ids are public: a holder binds only with the instance's consent, and is told how to get it.
     let instance = "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a";
-    let bound = m
+    let refused = m
         .run(
             Some(1),
-            &[
-                "bind",
-                "--token",
-                "1",
-                "--instance",
-                &instance.to_uppercase(),
-                "--json",
-            ],
+            &["bind", "--token", "1", "--instance", instance, "--json"],
         )
-        .ok()
-        .json();
-    assert_eq!(
-        bound["instanceId"], instance,
-        "normalised to dstack's spelling"
+        .failed();
+    assert!(
+        refused.stderr.contains("needs the instance's consent")
+            && refused.stderr.contains("p2p-agent identity --bind-token 1"),
+        "{}",
+        refused.stderr
     );
 
     m.run(
@@ -96,11 +91,103 @@ fn owner_lifecycle_changes_the_chain() {
     let next = m
         .run(
             Some(0),
-            &["mint", "--to", &holder, "--instance", instance, "--json"],
+            &[
+                "mint",
+                "--to",
+                &holder,
+                "--instance",
+                &instance.to_uppercase(),
+                "--json",
+            ],
         )
         .ok()
         .json();
     assert_eq!(next["tokenId"], 2, "ids are never reissued");
+    assert_eq!(
+        next["instanceId"], instance,
+        "normalised to dstack's spelling"
+    );
+}
+
+/// A holder binds its seat with the instance's consent; the consent works for that seat and holder only,
+/// and a public minter cannot bind at mint.
+#[tokio::test(flavor = "multi_thread")]
+async fn holder_binds_with_the_instances_consent() {
+    let anvil = anvil();
+    let node = Instance::start("node-1").await;
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    let contract = m.deploy(node.kms_root);
+    m.run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .ok();
+    m.run(Some(0), &["mint", "--to", &m.address(2).to_string()])
+        .ok();
+    let identity = p2p_agent::identity::NodeIdentity::load(&node.client, 0)
+        .await
+        .unwrap();
+    let consent = identity
+        .sign_bind_consent(
+            alloy::primitives::U256::from(1),
+            m.address(1),
+            anvil.chain_id(),
+            contract,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("consent.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&consent).unwrap()).unwrap();
+    let file = file.to_str().unwrap();
+
+    // On another seat, the consent is refused before anything is sent.
+    let out = m
+        .run(Some(2), &["bind", "--token", "2", "--consent", file])
+        .failed();
+    assert!(
+        out.stderr.contains("the consent is for seat 1, not seat 2"),
+        "{}",
+        out.stderr
+    );
+    // Sent by someone who does not hold the seat, the contract refuses it.
+    let out = m
+        .run(Some(2), &["bind", "--token", "1", "--consent", file])
+        .failed();
+    assert!(
+        out.stderr.contains("does not hold seat 1"),
+        "{}",
+        out.stderr
+    );
+    let bound = m
+        .run(
+            Some(1),
+            &["bind", "--token", "1", "--consent", file, "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(bound["instanceId"], node.instance_id);
+
+    // A public minter may buy a seat, but not bind one at mint.
+    m.run(Some(0), &["config", "set", "--public-minting", "true"])
+        .ok();
+    let out = m
+        .run(
+            Some(3),
+            &[
+                "mint",
+                "--to",
+                &m.address(3).to_string(),
+                "--instance",
+                "1111111111111111111111111111111111111111",
+            ],
+        )
+        .failed();
+    assert!(
+        out.stderr
+            .contains("only the cluster owner binds an instance at mint"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A registration signed by a simulated instance is relayed, then listed by `peers` with its proof verified.
@@ -381,7 +468,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
         )
         .failed();
     assert!(
-        out.stderr.contains("does not hold seat 1"),
+        out.stderr.contains("needs the instance's consent"),
         "{}",
         out.stderr
     );

@@ -159,4 +159,84 @@ abstract contract ClusterFixture is Assertions {
             _registration(tokenId, derivedKey, instanceId, wgKey, nonce);
         cluster.registerPeer(r, p, sig);
     }
+
+    /// @notice The instance's consent to `holder` binding seat `tokenId` to it: its dstack proof, and its
+    /// derived key's EIP-712 signature over BindConsent, computed here independently of the contract.
+    function _consent(uint256 tokenId, uint256 derivedKey, string memory instanceId, address holder)
+        internal
+        returns (DstackClusterNFT.DstackProof memory p, bytes memory sig)
+    {
+        p = _proof(derivedKey, instanceId);
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256("BindConsent(uint256 tokenId,string instanceId,address holder)"),
+                tokenId,
+                keccak256(bytes(instanceId)),
+                holder
+            )
+        );
+        bytes32 domain = keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256("DstackClusterNFT"),
+                keccak256("1"),
+                block.chainid,
+                address(cluster)
+            )
+        );
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(derivedKey, keccak256(abi.encodePacked("\x19\x01", domain, structHash)));
+        sig = abi.encodePacked(r, s, v);
+    }
+
+    /// @notice The holder binds its seat to an instance that consented.
+    function _bindWithConsent(address holder, uint256 tokenId, uint256 derivedKey, string memory instanceId) internal {
+        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(tokenId, derivedKey, instanceId, holder);
+        vm.prank(holder);
+        cluster.bindInstance(tokenId, instanceId, p, sig);
+    }
+
+    /// @notice An empty proof and consent, for calls that need none (the owner's) or that must fail without.
+    function _noConsent() internal pure returns (DstackClusterNFT.DstackProof memory p, bytes memory sig) {}
+}
+
+/// @notice A cluster whose KMS root key the tests hold, so that they can issue app keys for two apps.
+abstract contract TwoAppFixture is ClusterFixture {
+    uint256 internal constant TEST_KMS_KEY = 0x5EC12E7;
+    uint256 internal constant APP_1_KEY = 0xA991;
+    uint256 internal constant APP_2_KEY = 0xA992;
+    address internal constant APP_1 = address(0xA1);
+    address internal constant APP_2 = address(0xA2);
+
+    function _deployTwoApps() internal returns (DstackClusterNFT) {
+        address[] memory appIds = new address[](2);
+        appIds[0] = APP_1;
+        appIds[1] = APP_2;
+        return new DstackClusterNFT(OWNER, vm.addr(TEST_KMS_KEY), appIds, NETWORK, PREFIX, MAX_NODES);
+    }
+
+    /// @notice A proof issued to an instance of `appId` (whose app key is `appKey`) under the test KMS root.
+    function _appProof(uint256 appKey, address appId, uint256 derivedKey, string memory instanceId)
+        internal
+        returns (DstackClusterNFT.DstackProof memory p)
+    {
+        p.derivedPublicKey = _publicKey(derivedKey);
+        p.appPublicKey = _publicKey(appKey);
+        p.purpose = _purpose(instanceId);
+        p.appSignature =
+            _dstackSign(appKey, keccak256(abi.encodePacked(p.purpose, ":", _compressedHex(p.derivedPublicKey))));
+        bytes memory compressed = new bytes(33);
+        compressed[0] = bytes1(0x02 | (uint8(p.appPublicKey[63]) & 1));
+        for (uint256 i = 0; i < 32; ++i) {
+            compressed[i + 1] = p.appPublicKey[i];
+        }
+        p.kmsSignature = _dstackSign(TEST_KMS_KEY, keccak256(abi.encodePacked("dstack-kms-issued:", appId, compressed)));
+        p.appId = appId;
+    }
+
+    function _registerForApp(uint256 appKey, address appId, uint256 tokenId, uint256 derivedKey, string memory instanceId, uint64 nonce)
+        internal
+    {
+        DstackClusterNFT.PeerRecordInput memory r = _record(tokenId, keccak256(abi.encode(appId, nonce)), nonce);
+        cluster.registerPeer(r, _appProof(appKey, appId, derivedKey, instanceId), _signRecord(derivedKey, r, instanceId));
+    }
 }

@@ -54,7 +54,9 @@ fn verify(
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let c = cluster::open_read(&args.cluster).await?;
     let read = "reading the peer records";
-    let peers = c.getPeers().call().await.context(read)?;
+    let mut peers = c.getPeers().call().await.context(read)?;
+    // The contract lists records in no particular order.
+    peers.sort_by_key(|p| p.tokenId);
     let kms_root = c.kmsRoot().call().await.context(read)?;
     let app_ids = c.allowedAppIds().call().await.context(read)?;
     let chain_id = c

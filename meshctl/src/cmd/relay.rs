@@ -1,6 +1,6 @@
 //! `meshctl relay`: submit a registration that an agent signed but could not pay for.
 
-use std::{io::Read, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use alloy::providers::Provider;
 use anyhow::{Context, bail};
@@ -23,16 +23,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
-    let text = if args.file.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the registration from stdin")?;
-        s
-    } else {
-        std::fs::read_to_string(&args.file)
-            .with_context(|| format!("reading the registration {}", args.file.display()))?
-    };
+    let text = crate::cmd::read_input(&args.file, "the registration")?;
     let reg: SignedRegistration = serde_json::from_str(&text)
         .context("the input is not a signed registration printed by p2p-agent")?;
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use alloy::primitives::{Address, U256, utils::parse_ether};
 use anyhow::{Context, bail};
-use p2p_agent::chain::{DstackClusterNFT, ipv4};
+use p2p_agent::chain::{self, DstackClusterNFT, ipv4};
+use p2p_agent::proof::{self, SignedBindConsent};
 use serde_json::json;
 
 use crate::cluster::{self, ClusterOpts, SignerOpts, events, tx_json, tx_text};
@@ -40,9 +41,15 @@ pub(crate) struct BindArgs {
     /// The seat's token id.
     #[arg(long)]
     token: u64,
-    /// The dstack instance id (40 hex characters, as dstack's Info reports it).
-    #[arg(long)]
-    instance: String,
+    /// The dstack instance id (40 hex characters, as dstack's Info reports it). Optional with --consent,
+    /// which names it.
+    #[arg(long, required_unless_present = "consent")]
+    instance: Option<String>,
+    /// The instance's consent, as `p2p-agent identity --bind-token` printed it in that instance (a file, or -
+    /// for stdin). Every holder but the cluster owner needs one: instance ids are public, and without it
+    /// anyone could take another operator's node onto their seat.
+    #[arg(long, value_name = "FILE")]
+    consent: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,16 +91,25 @@ pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCod
         .unwrap_or_default();
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
     let sender = args.write.signer.signer()?.address();
+    let owner = c
+        .owner()
+        .call()
+        .await
+        .context("reading the cluster owner")?;
+    if !instance.is_empty() && sender != owner {
+        bail!(
+            "only the cluster owner binds an instance at mint; instance ids are public. Mint without --instance, \
+             then bind with the instance's consent: `meshctl bind --token <seat> --consent FILE`, where FILE is what \
+             `p2p-agent identity --bind-token <seat> --bind-holder {} --contract {}` prints in that instance",
+            args.to,
+            args.write.cluster.contract
+        );
+    }
     let value = match &args.pay {
         Some(eth) => {
             parse_ether(eth).with_context(|| format!("--pay {eth:?} is not an ETH amount"))?
         }
         None => {
-            let owner = c
-                .owner()
-                .call()
-                .await
-                .context("reading the cluster owner")?;
             if owner == sender {
                 U256::ZERO
             } else {
@@ -125,11 +141,50 @@ pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCod
 }
 
 pub(crate) async fn bind(args: BindArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let instance = instance_id(&args.instance)?;
+    let consent = args
+        .consent
+        .as_deref()
+        .map(|path| {
+            let text = crate::cmd::read_input(path, "the consent")?;
+            serde_json::from_str::<SignedBindConsent>(&text)
+                .context("the consent is not what `p2p-agent identity --bind-token` prints")
+        })
+        .transpose()?;
+    let instance = match (&args.instance, &consent) {
+        (Some(raw), Some(c)) if instance_id(raw)? != c.instance_id => bail!(
+            "--instance {raw} is not the instance that consented ({}); leave --instance out, the consent names it",
+            c.instance_id
+        ),
+        (Some(raw), _) => instance_id(raw)?,
+        (None, Some(c)) => instance_id(&c.instance_id)?,
+        (None, None) => bail!("pass --instance, or --consent with the instance's consent"),
+    };
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
+    let sender = args.write.signer.signer()?.address();
+    let owner = c
+        .owner()
+        .call()
+        .await
+        .context("reading the cluster owner")?;
+    let token = U256::from(args.token);
+    let (proof, signature) = match &consent {
+        Some(consent) => {
+            check_consent(&c, consent, token).await?;
+            chain::bind_consent_args(consent)
+        }
+        None if sender == owner => chain::no_bind_consent(),
+        None => bail!(
+            "binding seat {} to instance {instance} needs the instance's consent (only the cluster owner binds \
+             without it): in that instance run `p2p-agent identity --bind-token {} --bind-holder <the seat's holder> \
+             --contract {} --rpc-url <rpc>` and pass what it prints with --consent FILE",
+            args.token,
+            args.token,
+            args.write.cluster.contract
+        ),
+    };
     let receipt = cluster::send(
         "bind",
-        c.bindInstance(U256::from(args.token), instance.clone()),
+        c.bindInstance(token, instance.clone(), proof, signature),
     )
     .await?;
     let cleared = !events::<DstackClusterNFT::PeerCleared>(&receipt).is_empty();
@@ -139,6 +194,82 @@ pub(crate) async fn bind(args: BindArgs, out: &Output) -> anyhow::Result<ExitCod
             format!("bound seat {} to instance {instance}{note}\n  {}\n", args.token, tx_text(&receipt))
         },
         || json!({ "tokenId": args.token, "instanceId": instance, "recordCleared": cleared, "receipt": tx_json(&receipt) }),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a consent off-chain before anyone pays for it: it is for this seat, its holder, this cluster and
+/// chain, and its proof verifies against the cluster's KMS root and app ids.
+async fn check_consent(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    consent: &SignedBindConsent,
+    token: U256,
+) -> anyhow::Result<()> {
+    use alloy::providers::Provider as _;
+    if consent.token_id != token {
+        bail!(
+            "the consent is for seat {}, not seat {token}: ask the instance for one for this seat",
+            consent.token_id
+        );
+    }
+    if consent.contract != *c.address() {
+        bail!(
+            "the consent is for cluster {}, not {}",
+            consent.contract,
+            c.address()
+        );
+    }
+    let chain_id = c
+        .provider()
+        .get_chain_id()
+        .await
+        .context("reading the chain id")?;
+    if consent.chain_id != chain_id {
+        bail!(
+            "the consent is for chain {}, but the RPC serves chain {chain_id}",
+            consent.chain_id
+        );
+    }
+    let holder = c
+        .ownerOf(token)
+        .call()
+        .await
+        .map_err(|e| chain::ChainError::from_call("ownerOf", e))?;
+    if consent.holder != holder {
+        bail!(
+            "the consent lets {} bind seat {token}, but {holder} holds it",
+            consent.holder
+        );
+    }
+    let kms_root = c.kmsRoot().call().await.context("reading the KMS root")?;
+    let app_ids = c
+        .allowedAppIds()
+        .call()
+        .await
+        .context("reading the allowed app ids")?;
+    proof::verify_bind_consent(consent, kms_root, &app_ids).context(
+        "the consent does not verify against the cluster's KMS root and app ids; not sending it",
+    )?;
+    Ok(())
+}
+
+/// The owner lets a seat serve another dstack app than the one its first record came from.
+pub(crate) async fn reset_seat_app(args: TokenArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
+    let receipt = cluster::send("resetSeatApp", c.resetSeatApp(U256::from(args.token))).await?;
+    let previous = events::<DstackClusterNFT::SeatAppReset>(&receipt)
+        .first()
+        .map(|e| e.previousAppId)
+        .context("resetSeatApp emitted no SeatAppReset event")?;
+    out.emit(
+        || {
+            format!(
+                "seat {} no longer serves app {previous}: its next record may come from any allowed app\n  {}\n",
+                args.token,
+                tx_text(&receipt)
+            )
+        },
+        || json!({ "tokenId": args.token, "previousAppId": previous, "receipt": tx_json(&receipt) }),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
+import {ClusterFixture} from "./utils/ClusterFixture.sol";
+import {vm} from "./utils/Vm.sol";
+
+/// @notice The record list: reading it costs what the records cost, pages cover every record exactly once,
+/// and clears keep it exact.
+contract PagingTest is ClusterFixture {
+    function setUp() public {
+        cluster = _deploy(); // room for 10 active seats
+    }
+
+    function _instance(uint256 i) internal pure returns (string memory) {
+        bytes memory out = bytes("0000000000000000000000000000000000000000");
+        out[39] = bytes1(uint8(48 + i % 10));
+        out[38] = bytes1(uint8(48 + i / 10));
+        return string(out);
+    }
+
+    function _seats(uint256 n) internal returns (uint256[] memory ids) {
+        ids = new uint256[](n);
+        for (uint256 i = 0; i < n; ++i) {
+            ids[i] = _mint(HOLDER_A, _instance(i + 1));
+            _register(ids[i], 0x100 + i, _instance(i + 1), keccak256(abi.encode(i)), 1);
+        }
+    }
+
+    /// Reads every page of `size`, checking that each seat in `expected` appears exactly once.
+    function _readAll(uint256 size, uint256[] memory expected) internal view {
+        uint256 seen;
+        uint256 offset;
+        while (true) {
+            (DstackClusterNFT.Peer[] memory page, uint256 total) = cluster.getPeersPage(offset, size);
+            assertEq(total, expected.length, "total");
+            if (page.length == 0) break;
+            assertTrue(page.length <= size, "page within its limit");
+            for (uint256 i = 0; i < page.length; ++i) {
+                uint256 bit = 1 << page[i].tokenId;
+                assertEq(seen & bit, 0, "listed once");
+                seen |= bit;
+            }
+            offset += page.length;
+        }
+        uint256 want;
+        for (uint256 i = 0; i < expected.length; ++i) {
+            want |= 1 << expected[i];
+        }
+        assertEq(seen, want, "every record listed");
+    }
+
+    function test_PagesListEveryRecordOnce() public {
+        uint256[] memory ids = _seats(7);
+        for (uint256 size = 1; size <= 8; ++size) {
+            _readAll(size, ids);
+        }
+        assertEq(cluster.getPeers().length, 7, "getPeers lists all");
+    }
+
+    function test_ClearsKeepTheListExact() public {
+        uint256[] memory ids = _seats(6);
+        vm.startPrank(HOLDER_A);
+        cluster.deactivate(ids[1]); // from the middle: the last record moves into its place
+        cluster.deactivate(ids[5]); // the last one
+        vm.stopPrank();
+        vm.prank(OWNER);
+        cluster.revoke(ids[0]); // the first one
+        uint256[] memory left = new uint256[](3);
+        left[0] = ids[2];
+        left[1] = ids[3];
+        left[2] = ids[4];
+        _readAll(2, left);
+        // A seat that registers again joins the list once.
+        vm.prank(HOLDER_A);
+        cluster.activate(ids[1]);
+        _register(ids[1], 0x101, _instance(2), keccak256("again"), 2);
+        _register(ids[1], 0x101, _instance(2), keccak256("and again"), 3);
+        uint256[] memory back = new uint256[](4);
+        back[0] = ids[2];
+        back[1] = ids[3];
+        back[2] = ids[4];
+        back[3] = ids[1];
+        _readAll(3, back);
+    }
+
+    function test_PagesPastTheEndAreEmpty() public {
+        _seats(2);
+        (DstackClusterNFT.Peer[] memory page, uint256 total) = cluster.getPeersPage(2, 10);
+        assertEq(page.length, 0, "past the end");
+        assertEq(total, 2, "total");
+        (page,) = cluster.getPeersPage(0, 0);
+        assertEq(page.length, 0, "limit 0");
+        (page,) = cluster.getPeersPage(1, type(uint256).max);
+        assertEq(page.length, 1, "a huge limit does not overflow");
+        (page,) = cluster.getPeersPage(type(uint256).max, type(uint256).max);
+        assertEq(page.length, 0, "a huge offset does not overflow");
+    }
+
+    function test_SeatsWithoutRecordsAreNotListed() public {
+        _mint(HOLDER_A, _instance(1));
+        _mint(HOLDER_A, "");
+        (, uint256 total) = cluster.getPeersPage(0, 10);
+        assertEq(total, 0, "minted seats without records");
+        assertEq(cluster.getPeerEndpoints().length, 0, "no endpoints");
+    }
+}

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
+import {IAppAuth} from "../src/IAppAuth.sol";
+import {TwoAppFixture} from "./utils/ClusterFixture.sol";
+import {vm} from "./utils/Vm.sol";
+
+/// @notice A seat serves the app of its first record: instances of the cluster's other allowed apps cannot
+/// sign records for it, and dstack's KMS does not boot them on it, until the owner resets it.
+contract SeatAppTest is TwoAppFixture {
+    uint256 internal seat;
+
+    function setUp() public {
+        cluster = _deployTwoApps();
+        seat = _mint(HOLDER_A, INSTANCE_A);
+    }
+
+    function _seatApp(uint256 tokenId) internal view returns (address appId) {
+        (,,,,, appId) = cluster.seatInfo(tokenId);
+    }
+
+    function test_FirstRecordPinsTheSeatsApp() public {
+        assertEq(_seatApp(seat), address(0), "no app before the first record");
+        _registerForApp(APP_1_KEY, APP_1, seat, DERIVED_KEY_A, INSTANCE_A, 1);
+        assertEq(_seatApp(seat), APP_1, "serves app 1");
+        _registerForApp(APP_1_KEY, APP_1, seat, DERIVED_KEY_A, INSTANCE_A, 2);
+        assertEq(_seatApp(seat), APP_1, "still app 1");
+    }
+
+    function test_RevertIf_AnotherAppsInstanceSignsForTheSeat() public {
+        _registerForApp(APP_1_KEY, APP_1, seat, DERIVED_KEY_A, INSTANCE_A, 1);
+        DstackClusterNFT.PeerRecordInput memory r = _record(seat, WG_KEY_B, 2);
+        DstackClusterNFT.DstackProof memory p = _appProof(APP_2_KEY, APP_2, DERIVED_KEY_B, INSTANCE_A);
+        bytes memory sig = _signRecord(DERIVED_KEY_B, r, INSTANCE_A);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistrySeatAppMismatch.selector, seat, APP_1, APP_2));
+        cluster.registerPeer(r, p, sig);
+    }
+
+    function test_TheSeatKeepsItsAppThroughAClearAndATransfer() public {
+        _registerForApp(APP_1_KEY, APP_1, seat, DERIVED_KEY_A, INSTANCE_A, 1);
+        vm.prank(HOLDER_A);
+        cluster.transferFrom(HOLDER_A, HOLDER_B, seat); // clears the record
+        assertEq(_seatApp(seat), APP_1, "kept");
+        DstackClusterNFT.PeerRecordInput memory r = _record(seat, WG_KEY_B, 2);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistrySeatAppMismatch.selector, seat, APP_1, APP_2));
+        cluster.registerPeer(
+            r, _appProof(APP_2_KEY, APP_2, DERIVED_KEY_B, INSTANCE_A), _signRecord(DERIVED_KEY_B, r, INSTANCE_A)
+        );
+    }
+
+    function test_OwnerResetsTheSeatsAppWithAnEvent() public {
+        _registerForApp(APP_1_KEY, APP_1, seat, DERIVED_KEY_A, INSTANCE_A, 1);
+        vm.prank(HOLDER_A);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, HOLDER_A));
+        cluster.resetSeatApp(seat);
+
+        vm.prank(OWNER);
+        vm.expectEmit();
+        emit DstackClusterNFT.SeatAppReset(seat, APP_1);
+        cluster.resetSeatApp(seat);
+        assertEq(_seatApp(seat), address(0), "reset");
+        _registerForApp(APP_2_KEY, APP_2, seat, DERIVED_KEY_B, INSTANCE_A, 2);
+        assertEq(_seatApp(seat), APP_2, "now serves app 2");
+    }
+
+    function test_BoundInstanceRuleChecksTheSeatsApp() public {
+        vm.startPrank(OWNER);
+        cluster.setComposeHash(bytes32(uint256(7)), true);
+        cluster.setAppAuthPolicy(false, true);
+        vm.stopPrank();
+        _registerForApp(APP_1_KEY, APP_1, seat, DERIVED_KEY_A, INSTANCE_A, 1);
+        (bool ok, string memory reason) = cluster.isAppAllowed(_boot(APP_1));
+        assertTrue(ok, reason);
+        (ok, reason) = cluster.isAppAllowed(_boot(APP_2));
+        assertFalse(ok, "another app's boot on the seat's instance");
+        assertEq(reason, "Instance's seat serves another app", "reason");
+    }
+
+    function _boot(address appId) internal pure returns (IAppAuth.AppBootInfo memory b) {
+        b.appId = appId;
+        b.composeHash = bytes32(uint256(7));
+        b.instanceId = address(0x59dF8036B824B0aAc54F8998b9E1fB2a0CFc5D3a);
+    }
+}
