@@ -38,6 +38,16 @@ pub enum ChainError {
     NotCluster { address: Address, detail: String },
     #[error("the RPC does not have block {number}")]
     MissingBlock { number: u64 },
+    #[error(
+        "the RPC reports {what} {rpc}, but this node pinned {what} {pinned} at its first start (kept in its state directory): a lying or misconfigured RPC? If the cluster really moved, restart the agent with --repin to trust the RPC's values"
+    )]
+    PinMismatch {
+        what: &'static str,
+        pinned: String,
+        rpc: String,
+    },
+    #[error("the RPC's answer cannot be true of a cluster contract: {detail}")]
+    Implausible { detail: String },
     #[error("the contract reverted: {0}")]
     Reverted(Revert),
     #[error("RPC request failed ({what}): {source}")]
@@ -106,8 +116,9 @@ pub enum SignerError {
     Invalid { source_name: String },
 }
 
-/// The signer in `file` (given with `flag`), else in the environment variable `env`, else none. Keys are
-/// taken from files or the environment only, never from the command line, where other users see them.
+/// The signer in `file` (given with `flag`), else `from_env` (the value of the environment variable `env`),
+/// else none. Keys are taken from files or the environment only, never from the command line, where other
+/// users see them.
 ///
 /// # Errors
 /// [`SignerError`] when both are set, the file cannot be read, or the text is not a key.
@@ -115,15 +126,20 @@ pub fn load_signer(
     file: Option<&std::path::Path>,
     flag: &'static str,
     env: &'static str,
+    from_env: Option<&str>,
 ) -> Result<Option<alloy::signers::local::PrivateKeySigner>, SignerError> {
-    let from_env = std::env::var(env).ok().filter(|k| !k.trim().is_empty());
+    let from_env = from_env
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| zeroize::Zeroizing::new(k.to_owned()));
     let (text, source_name) = match (file, from_env) {
         (Some(_), Some(_)) => return Err(SignerError::Conflict { flag, env }),
         (Some(path), None) => (
-            std::fs::read_to_string(path).map_err(|source| SignerError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                SignerError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?),
             format!("the key file {}", path.display()),
         ),
         (None, Some(key)) => (key, env.to_owned()),
@@ -281,6 +297,32 @@ pub async fn registration_event<P: Provider>(
         .into_iter()
         .map(|(e, _)| e)
         .find(|e| e.nonce == peer.nonce))
+}
+
+/// Checks that a `PeerRegistered` event is the one behind a stored record: same seat, instance, key,
+/// endpoint, URL and nonce. The RPC chose both, so a mismatch means it lies.
+///
+/// # Errors
+/// What differs.
+pub fn event_matches_record(
+    event: &DstackClusterNFT::PeerRegistered,
+    peer: &DstackClusterNFT::Peer,
+) -> Result<(), String> {
+    if event.tokenId != peer.tokenId {
+        return Err(format!(
+            "the event is seat {}'s, filed under seat {}",
+            event.tokenId, peer.tokenId
+        ));
+    }
+    if event.instanceId != peer.instanceId
+        || event.wgPublicKey != peer.wgPublicKey
+        || event.endpoint != peer.endpoint
+        || event.gatewayUrl != peer.gatewayUrl
+        || event.nonce != peer.nonce
+    {
+        return Err("the stored record differs from its registration event".into());
+    }
+    Ok(())
 }
 
 /// A field of an on-chain record whose length the contract would never have accepted.
@@ -572,6 +614,44 @@ mod tests {
         let decoded = <E as alloy::sol_types::SolInterface>::abi_decode(&data).expect("decodes");
         let r = describe(&decoded);
         assert_eq!(r.message, "nonce 4 is not above seat 2's last nonce 5");
+    }
+
+    fn peer_and_event(token: u64) -> (DstackClusterNFT::Peer, DstackClusterNFT::PeerRegistered) {
+        let proof = no_bind_consent().0;
+        let event = DstackClusterNFT::PeerRegistered {
+            tokenId: U256::from(token),
+            instanceId: "ab".into(),
+            wgPublicKey: alloy::primitives::B256::repeat_byte(7),
+            endpoint: "192.0.2.1:51820".into(),
+            gatewayUrl: String::new(),
+            nonce: 3,
+            proof,
+            recordSignature: Bytes::new(),
+        };
+        let peer = DstackClusterNFT::Peer {
+            tokenId: U256::from(token),
+            instanceId: "ab".into(),
+            wgPublicKey: event.wgPublicKey,
+            endpoint: event.endpoint.clone(),
+            gatewayUrl: String::new(),
+            nonce: 3,
+            registeredBlock: 9,
+            overlayAddress: 0x0a00_0100 + token as u32,
+        };
+        (peer, event)
+    }
+
+    /// The event behind a stored record must be that seat's, and say the same thing.
+    #[test]
+    fn an_event_filed_under_another_seat_or_saying_otherwise_is_refused() {
+        let (peer, event) = peer_and_event(2);
+        assert_eq!(event_matches_record(&event, &peer), Ok(()));
+        let (_, other_seat) = peer_and_event(3);
+        let err = event_matches_record(&other_seat, &peer).unwrap_err();
+        assert!(err.contains("seat 3's, filed under seat 2"), "{err}");
+        let mut other_nonce = event;
+        other_nonce.nonce = 2;
+        assert!(event_matches_record(&other_nonce, &peer).is_err());
     }
 
     /// Overlay addresses come back from the contract as big-endian integers.

@@ -17,11 +17,13 @@ use base64::Engine as _;
 use p2p_agent::api::{
     self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status,
 };
+use p2p_agent::backoff::Backoff;
 use p2p_agent::dstack::DstackClient;
-use p2p_agent::follow::{ChainView, Follower, Seat};
+use p2p_agent::follow::{Anchors, ChainView, FollowConfig, Follower, Seat};
 use p2p_agent::identity::NodeIdentity;
-use p2p_agent::membership::{self, Member, Pins};
+use p2p_agent::membership::{self, Member, Own};
 use p2p_agent::reconcile::{self, ActualPeer, Change, DesiredPeer};
+use p2p_agent::redact::RedactedUrl;
 use p2p_agent::registration::{Cluster, Desired, Outcome, RegistrationError};
 use p2p_agent::socket::UnixSocket;
 use p2p_agent::state;
@@ -99,6 +101,11 @@ pub(crate) struct RunArgs {
         requires = "kms_root"
     )]
     pub(crate) app_ids: Vec<Address>,
+    /// Trust the RPC's chain id and mesh prefix (and the contract's KMS root and app ids, unless pinned with
+    /// --kms-root) as at a first start, replacing what the state directory pinned, and forget the nonces
+    /// seen so far. Only for a cluster that really moved, or a dev chain that was reset.
+    #[arg(long, env = "MESH_REPIN")]
+    pub(crate) repin: bool,
     /// Blocks to wait before acting on an event (0 suits anvil).
     #[arg(long, env = "MESH_CONFIRMATIONS", default_value_t = 0)]
     pub(crate) confirmations: u64,
@@ -117,9 +124,13 @@ pub(crate) struct RunArgs {
     /// WireGuard implementation.
     #[arg(long, env = "MESH_WG_BACKEND", value_enum, default_value = "auto")]
     pub(crate) wg_backend: Backend,
-    /// Run this shell command after each peer-set change, with the peer list as JSON on stdin.
+    /// Run this shell command after each peer-set change, with the peer list as JSON on stdin and a
+    /// cleaned environment (no keys or RPC credentials).
     #[arg(long, env = "MESH_ON_CHANGE")]
     pub(crate) on_change: Option<String>,
+    /// Kill the on-change command if it has not finished (reading its input included) after this long.
+    #[arg(long, env = "MESH_HOOK_TIMEOUT_SECS", default_value_t = 30)]
+    pub(crate) hook_timeout_secs: u64,
     /// Keep a marked block of `node-<tokenId>.<suffix>` names in this hosts file.
     #[arg(long, env = "MESH_HOSTS_FILE")]
     pub(crate) hosts_file: Option<PathBuf>,
@@ -132,14 +143,20 @@ fn b64(key: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
-/// Retries `attempt` with exponential backoff (1 s to 30 s) until it succeeds or `shutdown` fires.
+/// Retries with exponential backoff.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Retries `attempt` with [`backoff`] until it succeeds or `shutdown` fires.
 async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
     what: &str,
     shutdown: &mut watch::Receiver<bool>,
     mut attempt: impl FnMut() -> F,
 ) -> Option<T> {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = backoff();
     loop {
+        let delay = backoff.next_delay();
         match attempt().await {
             Ok(v) => return Some(v),
             Err(e) => warn!(error = %e, retry_in = ?delay, "{what} failed; retrying"),
@@ -148,12 +165,11 @@ async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T
             () = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return None,
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
 /// What the valid members depend on: the block the view is at, its record count, and this node's seat.
-type MembersKey = (B256, usize, Option<u64>);
+type MembersKey = (B256, u64, usize, Option<u64>);
 
 /// The daemon's moving parts.
 struct Agent {
@@ -162,6 +178,8 @@ struct Agent {
     identity: NodeIdentity,
     tx_key: Option<alloy::signers::local::PrivateKeySigner>,
     gateway_url: Option<String>,
+    /// The RPC URL as it may be shown, and what to scrub from errors that quote it.
+    rpc: RedactedUrl,
     started: Instant,
     api: watch::Sender<Snapshot>,
     follower: Option<Follower>,
@@ -169,8 +187,7 @@ struct Agent {
     view: Option<ChainView>,
     from_cache: bool,
     next_connect: Instant,
-    connect_delay: Duration,
-    last_full_read: Instant,
+    connect_backoff: Backoff,
     own_token: Option<u64>,
     /// The chain said this node's instance has no seat (as opposed to: not known yet).
     seatless: bool,
@@ -178,10 +195,14 @@ struct Agent {
     device: Option<MeshDevice>,
     registered: bool,
     next_registration: Instant,
+    /// Paces registrations that replaced a stored record peers would not believe: a lying RPC could
+    /// otherwise make the node pay for one on every check.
+    reregistration_backoff: Backoff,
     relay_printed_for: Option<u64>,
     counters: Counters,
-    /// The follower's request count at the last [`Agent::count_chain_requests`].
+    /// The follower's request and rejection counts at the last [`Agent::count_chain_requests`].
     follower_requests: u64,
+    follower_rejected: u64,
     invalid: BTreeMap<u64, String>,
     head: Option<u64>,
     last_error: Option<String>,
@@ -190,15 +211,18 @@ struct Agent {
 }
 
 /// Runs the daemon until `shutdown` turns true.
-pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    args: RunArgs,
+    private_key: Option<zeroize::Zeroizing<String>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let contract = args
         .contract
         .context("--contract (or CLUSTER_CONTRACT) is required: the cluster contract's address")?;
     if args.mode == Mode::Wireguard {
         wg::validate_ifname(&args.interface).context("--interface")?;
     }
-    let tx_key =
-        p2p_agent::chain::load_signer(args.tx_key_file.as_deref(), "--tx-key-file", "PRIVATE_KEY")?;
+    let tx_key = crate::tx_signer(args.tx_key_file.as_deref(), private_key)?;
     if args.mode == Mode::Tls && args.gateway_url.is_none() && args.gateway_domain.is_none() {
         bail!(
             "--mode tls needs this node's gateway URL: pass --gateway-url, or --gateway-domain with --gateway-port"
@@ -214,7 +238,8 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
     socket
         .set_mode(0o660)
         .context("restricting the API socket")?;
-    let (api_tx, api_rx) = watch::channel(initial_snapshot(&args, contract));
+    let rpc = RedactedUrl::new(&args.rpc_url);
+    let (api_tx, api_rx) = watch::channel(initial_snapshot(&args, contract, &rpc));
     let api_shutdown = {
         let mut s = shutdown.clone();
         async move {
@@ -261,6 +286,7 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
         identity,
         tx_key,
         gateway_url,
+        rpc,
         started: Instant::now(),
         api: api_tx,
         follower: None,
@@ -268,17 +294,18 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
         view: cache,
         from_cache: false,
         next_connect: Instant::now(),
-        connect_delay: Duration::from_secs(1),
-        last_full_read: Instant::now(),
+        connect_backoff: backoff(),
         own_token: None,
         seatless: false,
         next_seat_lookup: Instant::now(),
         device: None,
         registered: false,
         next_registration: Instant::now(),
+        reregistration_backoff: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600)),
         relay_printed_for: None,
         counters: Counters::default(),
         follower_requests: 0,
+        follower_rejected: 0,
         invalid: BTreeMap::new(),
         head: None,
         last_error: None,
@@ -321,7 +348,7 @@ pub(crate) async fn run(args: RunArgs, mut shutdown: watch::Receiver<bool>) -> a
     result
 }
 
-fn initial_snapshot(args: &RunArgs, contract: Address) -> Snapshot {
+fn initial_snapshot(args: &RunArgs, contract: Address, rpc: &RedactedUrl) -> Snapshot {
     Snapshot {
         status: Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -330,7 +357,7 @@ fn initial_snapshot(args: &RunArgs, contract: Address) -> Snapshot {
             node: Node::default(),
             chain: ChainStatus {
                 contract,
-                rpc_url: args.rpc_url.to_string(),
+                rpc_url: rpc.to_string(),
                 ..ChainStatus::default()
             },
             uptime_secs: 0,
@@ -358,96 +385,103 @@ impl Agent {
 
     /// Adds what the follower made since the last count; a new follower starts its own count at zero.
     fn count_chain_requests(&mut self) {
-        let made = self.follower.as_ref().map_or(0, |f| f.requests);
+        let (made, rejected) = self
+            .follower
+            .as_ref()
+            .map_or((0, 0), |f| (f.requests, f.rejected));
         self.counters.chain_requests += made.saturating_sub(self.follower_requests);
+        self.counters.invalid_records += rejected.saturating_sub(self.follower_rejected);
         self.follower_requests = made;
+        self.follower_rejected = rejected;
     }
 
-    fn rpc_failed(&mut self, what: &str, e: impl std::fmt::Display) {
-        self.counters.rpc_errors += 1;
-        let text = format!("{what}: {e}");
+    /// Logs an error once (until it changes) and shows it in the API, with the RPC's credentials scrubbed.
+    fn report(&mut self, what: &str, e: impl std::fmt::Display) {
+        let error = self.rpc.scrub(&e.to_string());
+        let text = format!("{what}: {error}");
         if self.last_error.as_deref() != Some(&text) {
-            warn!(error = %e, "{what}");
+            warn!(%error, "{what}");
         }
         self.last_error = Some(text);
     }
 
+    fn rpc_failed(&mut self, what: &str, e: impl std::fmt::Display) {
+        self.counters.rpc_errors += 1;
+        self.report(what, e);
+    }
+
     async fn follow_chain(&mut self) {
-        if self.follower.is_none() {
-            if Instant::now() < self.next_connect {
-                return;
-            }
-            let provider = ProviderBuilder::new()
-                .connect_http(self.args.rpc_url.clone())
-                .erased();
-            let pins = match (self.args.kms_root, &self.view) {
-                (Some(kms_root), _) => Some(Pins {
-                    kms_root,
-                    app_ids: self.args.app_ids.clone(),
-                }),
-                (None, Some(v)) => Some(v.pins.clone()),
-                (None, None) => None,
-            };
-            let started =
-                Follower::start(provider, self.contract, self.args.confirmations, pins).await;
-            match started {
-                Ok(f) => {
-                    match Cluster::connect(self.args.rpc_url.clone(), self.contract).await {
-                        Ok(c) => self.cluster = Some(c),
-                        Err(e) => return self.rpc_failed("connecting the registration client", e),
-                    }
-                    info!(
-                        block = f.view().last_block,
-                        peers = f.view().records.len(),
-                        "following the cluster"
-                    );
-                    self.view = Some(f.view().clone());
-                    self.follower = Some(f);
-                    self.follower_requests = 0;
-                    self.from_cache = false;
-                    self.last_error = None;
-                    self.connect_delay = Duration::from_secs(1);
-                    self.last_full_read = Instant::now();
-                    self.save();
-                }
-                Err(e) => {
-                    self.rpc_failed(
-                        &format!(
-                            "cannot follow cluster {} via {}",
-                            self.contract, self.args.rpc_url
-                        ),
-                        e,
-                    );
-                    self.next_connect = Instant::now() + self.connect_delay;
-                    self.connect_delay = (self.connect_delay * 2).min(Duration::from_secs(30));
-                }
-            }
-            return;
-        }
         let Some(f) = self.follower.as_mut() else {
-            return;
+            return self.start_following().await;
         };
-        let full = self.last_full_read.elapsed() >= Duration::from_secs(self.args.full_read_secs);
-        let result = if full {
-            f.full_read().await
-        } else {
-            f.poll().await
-        };
-        match result {
-            Ok(changed) => {
-                if full {
-                    self.last_full_read = Instant::now();
-                }
+        match f.tick(Instant::now()).await {
+            Ok(tick) => {
                 let view = f.view().clone();
-                self.head = Some(view.last_block + self.args.confirmations);
-                self.last_error = None;
+                self.head = view.last_block.checked_add(self.args.confirmations);
                 self.view = Some(view);
-                if changed {
+                if tick.full_read_error.is_some() {
+                    self.counters.rpc_errors += 1;
+                }
+                // The follower logged it; the API shows it until a full read succeeds.
+                self.last_error = f.full_read_failing().map(|e| {
+                    self.rpc.scrub(&format!(
+                        "the full read failed ({e}); following events meanwhile"
+                    ))
+                });
+                if tick.changed {
                     self.save();
                 }
             }
             Err(e) => self.rpc_failed("following the chain", e),
         }
+    }
+
+    async fn start_following(&mut self) {
+        if Instant::now() < self.next_connect {
+            return;
+        }
+        let provider = ProviderBuilder::new()
+            .connect_http(self.args.rpc_url.clone())
+            .erased();
+        let anchors = Anchors {
+            flags: self
+                .args
+                .kms_root
+                .map(|root| (root, self.args.app_ids.clone())),
+            repin: self.args.repin,
+        };
+        let config = FollowConfig {
+            confirmations: self.args.confirmations,
+            full_read_every: Duration::from_secs(self.args.full_read_secs.max(1)),
+        };
+        let started =
+            Follower::start(provider, self.contract, config, self.view.clone(), &anchors).await;
+        let f = match started {
+            Ok(f) => f,
+            Err(e) => {
+                let what = format!("cannot follow cluster {} via {}", self.contract, self.rpc);
+                self.rpc_failed(&what, e);
+                self.next_connect = Instant::now() + self.connect_backoff.next_delay();
+                return;
+            }
+        };
+        match Cluster::connect(self.args.rpc_url.clone(), self.contract).await {
+            Ok(c) => self.cluster = Some(c),
+            Err(e) => return self.rpc_failed("connecting the registration client", e),
+        }
+        info!(
+            block = f.view().last_block,
+            peers = f.view().records.len(),
+            "following the cluster"
+        );
+        self.view = Some(f.view().clone());
+        self.follower = Some(f);
+        self.follower_requests = 0;
+        self.follower_rejected = 0;
+        self.from_cache = false;
+        self.last_error = None;
+        self.connect_backoff.reset();
+        self.save();
     }
 
     fn save(&self) {
@@ -536,14 +570,17 @@ impl Agent {
         let (Some(token), Some(view)) = (self.own_token, &self.view) else {
             return Ok(());
         };
-        let address = view.prefix.address(token).with_context(|| {
-            format!("seat {token} does not fit the mesh prefix {}", view.prefix)
+        let address = view.prefix().address(token).with_context(|| {
+            format!(
+                "seat {token} does not fit the mesh prefix {}",
+                view.prefix()
+            )
         })?;
         let mut config = DeviceConfig::new(
             self.args.interface.clone(),
             PrivateKey::from_bytes(self.identity.wg_secret().expose_secret().to_bytes()),
             address,
-            view.prefix.len,
+            view.prefix().bits(),
         );
         config.listen_port = self.args.listen_port;
         let choice = match self.args.wg_backend {
@@ -583,7 +620,8 @@ impl Agent {
             return;
         }
         let desired = self.desired();
-        let Some(cluster) = &self.cluster else {
+        let (Some(cluster), Some(pins)) = (&self.cluster, self.view.as_ref().map(|v| &v.pins))
+        else {
             // No RPC yet: the cached record is the best knowledge of whether peers have the right one.
             self.registered = self.own_token.is_some_and(|t| {
                 self.view
@@ -594,20 +632,27 @@ impl Agent {
             return;
         };
         let outcome = cluster
-            .register(&self.identity, &desired, self.tx_key.as_ref())
+            .register(&self.identity, &desired, self.tx_key.as_ref(), pins)
             .await;
         // While registered, re-check rarely (a full read also shows a cleared record); otherwise retry soon.
         let mut next = Duration::from_secs(3);
         match outcome {
             Ok(Outcome::UpToDate { .. }) => {
                 self.registered = true;
+                self.reregistration_backoff.reset();
                 next = Duration::from_secs(self.args.full_read_secs.max(10));
             }
-            Ok(Outcome::Registered { .. }) => {
-                // Cluster::register logged it, with the sender.
+            Ok(Outcome::Registered {
+                replaced_unbelievable,
+                ..
+            }) => {
+                // Cluster::register logged it, with the sender and, for a replacement, the reason.
                 self.registered = true;
                 self.counters.registrations += 1;
-                next = Duration::from_secs(2);
+                next = match replaced_unbelievable {
+                    Some(_) => self.reregistration_backoff.next_delay(),
+                    None => Duration::from_secs(2),
+                };
             }
             Ok(Outcome::NeedsRelay(reg)) => {
                 self.registered = false;
@@ -625,11 +670,7 @@ impl Agent {
             }
             Err(e) => {
                 self.registered = false;
-                let text = e.to_string();
-                if self.last_error.as_deref() != Some(&text) {
-                    warn!(error = %text, "registration failed");
-                }
-                self.last_error = Some(text);
+                self.report("registration failed", e);
             }
         }
         self.next_registration = Instant::now() + next;
@@ -641,20 +682,24 @@ impl Agent {
         let Some(v) = &self.view else {
             return Vec::new();
         };
-        let key = (v.last_block_hash, v.records.len(), self.own_token);
+        let key = (
+            v.last_block_hash,
+            v.last_block,
+            v.records.len(),
+            self.own_token,
+        );
         if let Some((cached, members)) = &self.members_cache
             && *cached == key
         {
             return members.clone();
         }
-        let (members, invalid) = membership::members(
-            &v.records,
-            self.own_token,
-            &v.pins,
-            v.prefix,
-            v.chain_id,
-            v.contract,
-        );
+        let own = Own {
+            token_id: self.own_token,
+            instance_id: &self.identity.instance_id,
+            wg_public_key: (self.args.mode == Mode::Wireguard)
+                .then(|| self.identity.wg_public_key().0),
+        };
+        let (members, invalid) = membership::members(&v.records, own, v.prefix());
         for e in invalid {
             let text = e.to_string();
             if self.invalid.get(&e.token_id()) != Some(&text) {
@@ -792,7 +837,7 @@ impl Agent {
                 overlay_ip: self
                     .own_token
                     .zip(view)
-                    .and_then(|(t, v)| v.prefix.address(t)),
+                    .and_then(|(t, v)| v.prefix().address(t)),
                 wg_public_key: (self.args.mode == Mode::Wireguard)
                     .then(|| b64(&self.identity.wg_public_key().0)),
                 interface: self.device.as_ref().map(|d| d.ifname().to_owned()),
@@ -803,8 +848,8 @@ impl Agent {
             },
             chain: ChainStatus {
                 contract: self.contract,
-                chain_id: view.map(|v| v.chain_id),
-                rpc_url: self.args.rpc_url.to_string(),
+                chain_id: view.map(ChainView::chain_id),
+                rpc_url: self.rpc.to_string(),
                 head: self.head,
                 last_processed_block: view.map(|v| v.last_block),
                 lag: self
@@ -839,9 +884,10 @@ impl Agent {
         if let Some(cmd) = &self.args.on_change {
             let json = serde_json::to_vec(peers).unwrap_or_default();
             let cmd = cmd.clone();
+            let limit = Duration::from_secs(self.args.hook_timeout_secs.max(1));
             // Owned by nobody on purpose: a slow hook must not hold up the mesh; it is bounded instead.
             tokio::spawn(async move {
-                if let Err(e) = run_hook(&cmd, &json).await {
+                if let Err(e) = p2p_agent::hooks::run(&cmd, &json, limit).await {
                     warn!(hook = %cmd, error = %e, "the on-change hook failed");
                 }
             });
@@ -870,29 +916,6 @@ fn peer_set_changed(old: &[Peer], new: &[Peer]) -> bool {
         )
     };
     old.len() != new.len() || old.iter().zip(new).any(|(a, b)| key(a) != key(b))
-}
-
-async fn run_hook(cmd: &str, stdin: &[u8]) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting it")?;
-    if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin)
-            .await
-            .context("writing the peer list to it")?;
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .context("it ran longer than 30 s and was killed")?
-        .context("waiting for it")?;
-    anyhow::ensure!(status.success(), "it exited with {status}");
-    Ok(())
 }
 
 const HOSTS_BEGIN: &str = "# BEGIN dstack-mesh (managed by p2p-agent)";

@@ -137,7 +137,34 @@ struct Identity {
     app_id_pinned: bool,
 }
 
+/// Takes the transaction key out of the process environment as soon as the agent starts, so nothing it
+/// starts inherits it and nothing that reads its environment later finds it.
+#[allow(unsafe_code)]
+fn take_private_key() -> Option<zeroize::Zeroizing<String>> {
+    let value = std::env::var("PRIVATE_KEY")
+        .ok()
+        .map(zeroize::Zeroizing::new);
+    // SAFETY: called first in `main`, before the runtime or any other thread exists, so nothing else reads or
+    // writes the environment meanwhile.
+    unsafe { std::env::remove_var("PRIVATE_KEY") };
+    value
+}
+
+/// The key that pays for registrations: `--tx-key-file`, else the `PRIVATE_KEY` taken at start, else none.
+pub(crate) fn tx_signer(
+    file: Option<&std::path::Path>,
+    private_key: Option<zeroize::Zeroizing<String>>,
+) -> anyhow::Result<Option<alloy::signers::local::PrivateKeySigner>> {
+    Ok(p2p_agent::chain::load_signer(
+        file,
+        "--tx-key-file",
+        "PRIVATE_KEY",
+        private_key.as_deref().map(String::as_str),
+    )?)
+}
+
 fn main() -> ExitCode {
+    let private_key = take_private_key();
     tracing_subscriber::fmt()
         .with_env_filter(
             // The agent's own events (registrations, peers added and removed) by default, others' warnings.
@@ -158,7 +185,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, private_key)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -167,7 +194,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(
+    cli: Cli,
+    private_key: Option<zeroize::Zeroizing<String>>,
+) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -175,11 +205,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 wait_for_signal().await;
                 let _ = stop.send(true);
             });
-            daemon::run(cli.run, stopped).await?;
+            daemon::run(cli.run, private_key, stopped).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Identity(args)) => identity(args).await,
-        Some(Command::Register(args)) => register(args).await,
+        Some(Command::Register(args)) => register(args, private_key).await,
         Some(Command::Wait(args)) => wait(args).await,
     }
 }
@@ -369,10 +399,13 @@ async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+async fn register(
+    args: RegisterArgs,
+    private_key: Option<zeroize::Zeroizing<String>>,
+) -> anyhow::Result<ExitCode> {
     use p2p_agent::registration::{Cluster, Desired, Outcome};
-    let tx_key =
-        p2p_agent::chain::load_signer(args.tx_key_file.as_deref(), "--tx-key-file", "PRIVATE_KEY")?;
+    let tx_key = tx_signer(args.tx_key_file.as_deref(), private_key)?;
+    let rpc = p2p_agent::redact::RedactedUrl::new(&args.rpc_url);
     let client = DstackClient::discover(args.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
     let identity = p2p_agent::identity::NodeIdentity::load(&client, args.wg_key_epoch)
@@ -380,20 +413,22 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
         .context("cannot establish this node's identity from dstack")?;
     let cluster = Cluster::connect(args.rpc_url.clone(), args.contract)
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach cluster {} via {}",
-                args.contract, args.rpc_url
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))
+        .with_context(|| format!("cannot reach cluster {} via {rpc}", args.contract))?;
+    let pins = cluster
+        .contract_pins()
+        .await
+        .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))
+        .context("reading the cluster's KMS root, app ids and prefix")?;
     let desired = Desired {
         wg_public_key: identity.wg_public_key(),
         endpoint: args.endpoint.unwrap_or_default(),
         gateway_url: args.gateway_url.unwrap_or_default(),
     };
     match cluster
-        .register(&identity, &desired, tx_key.as_ref())
-        .await?
+        .register(&identity, &desired, tx_key.as_ref(), &pins)
+        .await
+        .map_err(|e| anyhow::anyhow!(rpc.scrub(&format!("{e:#}"))))?
     {
         Outcome::UpToDate { token_id } => {
             eprintln!("seat {token_id}: the on-chain record is already this node's; nothing sent");
@@ -404,6 +439,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
             tx,
             block,
             from,
+            ..
         } => {
             eprintln!(
                 "seat {token_id}: registered record nonce {nonce} from {from} in tx {tx}, block {block}"

@@ -1,5 +1,11 @@
 //! Getting this node's peer record on-chain: find the seat bound to its instance, compare the record it wants
 //! with the stored one, and when they differ sign a new one and send it, or hand it to a relay.
+//!
+//! A stored record that says what the node wants is only up to date if its peers will believe it: its
+//! registration event is checked here exactly as they check it. Otherwise (a contract that accepted what
+//! agents refuse, say) the node registers again with the next nonce.
+
+#![deny(clippy::arithmetic_side_effects)]
 
 use alloy::{
     network::EthereumWallet,
@@ -8,10 +14,11 @@ use alloy::{
     signers::local::PrivateKeySigner,
     transports::http::reqwest::Url,
 };
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use crate::chain::{self, ChainError, DstackClusterNFT};
 use crate::identity::NodeIdentity;
+use crate::membership::{self, Pins, Prefix, Rejected};
 use crate::proof::{self, PeerRecord, ProofError, SignedRegistration};
 
 /// How often to ask for the receipt of a registration.
@@ -51,6 +58,9 @@ pub enum Outcome {
         tx: TxHash,
         block: u64,
         from: Address,
+        /// Why the stored record, though it said what the node wants, was replaced: peers would not
+        /// have believed it.
+        replaced_unbelievable: Option<String>,
     },
     /// No funded sender: the signed registration, for `meshctl relay`.
     NeedsRelay(Box<SignedRegistration>),
@@ -73,6 +83,12 @@ pub enum RegistrationError {
     SeatInactive { contract: Address, token_id: U256 },
     #[error("the cluster would reject this node's proof, so nothing was sent: {0}")]
     WouldBeRejected(#[source] ProofError),
+    #[error("this node's peers would not believe its record, so nothing was sent: {0}")]
+    PeersWouldReject(#[source] Rejected),
+    #[error(
+        "seat {token_id}'s record nonce is at its maximum, so no newer record can be registered; if the RPC is honest, the seat needs a rebind"
+    )]
+    NonceExhausted { token_id: U256 },
     #[error("signing the record failed")]
     Sign(#[source] ProofError),
     #[error(transparent)]
@@ -111,17 +127,80 @@ impl Cluster {
         DstackClusterNFT::new(self.contract, &self.reader)
     }
 
-    /// Makes the chain hold `desired` for this node's seat: nothing if it already does, else a freshly signed
-    /// record, sent from the derived address when it has funds, else from `tx_key`, else returned for a relay.
+    /// The pins a one-shot registration checks records against: the contract's own.
     ///
     /// # Errors
-    /// [`RegistrationError`]: no seat, an inactive seat, a proof the cluster would reject, or a chain error.
+    /// [`ChainError`] when they cannot be read.
+    pub async fn contract_pins(&self) -> Result<Pins, ChainError> {
+        let c = self.read();
+        let call = |what: &'static str| move |e| ChainError::from_call(what, e);
+        let p = c.meshPrefix().call().await.map_err(call("meshPrefix"))?;
+        let prefix = Prefix::new(p._0.into(), p._1).map_err(|e| ChainError::Implausible {
+            detail: format!("the contract's {e}"),
+        })?;
+        Ok(Pins {
+            kms_root: c.kmsRoot().call().await.map_err(call("kmsRoot"))?,
+            app_ids: c
+                .allowedAppIds()
+                .call()
+                .await
+                .map_err(call("allowedAppIds"))?,
+            chain_id: self.chain_id().await?,
+            prefix,
+        })
+    }
+
+    async fn chain_id(&self) -> Result<u64, ChainError> {
+        self.reader
+            .get_chain_id()
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_chainId",
+                source,
+            })
+    }
+
+    /// Why peers holding `pins` would not believe the stored record of seat `token_id`, if they would not.
+    async fn unbelievable(
+        &self,
+        token_id: u64,
+        current: &DstackClusterNFT::Peer,
+        pins: &Pins,
+    ) -> Result<Option<String>, ChainError> {
+        let Some(event) = chain::registration_event(&self.read(), current).await? else {
+            return Ok(Some(format!(
+                "no registration event for it in block {}",
+                current.registeredBlock
+            )));
+        };
+        if let Err(why) = chain::event_matches_record(&event, current) {
+            return Ok(Some(why));
+        }
+        let reg = match chain::registration_from_event(&event, pins.chain_id, self.contract) {
+            Ok(reg) => reg,
+            Err(e) => return Ok(Some(e.to_string())),
+        };
+        Ok(
+            membership::authenticate(&reg, token_id, pins, self.contract)
+                .err()
+                .map(|e| e.to_string()),
+        )
+    }
+
+    /// Makes the chain hold `desired` for this node's seat: nothing if it already does and peers holding
+    /// `pins` would believe it, else a freshly signed record, sent from the derived address when it has
+    /// funds, else from `tx_key`, else returned for a relay.
+    ///
+    /// # Errors
+    /// [`RegistrationError`]: no seat, an inactive seat, a proof the cluster or the peers would reject, or a
+    /// chain error.
     #[instrument(skip_all, fields(contract = %self.contract, instance = %identity.instance_id))]
     pub async fn register(
         &self,
         identity: &NodeIdentity,
         desired: &Desired,
         tx_key: Option<&PrivateKeySigner>,
+        pins: &Pins,
     ) -> Result<Outcome, RegistrationError> {
         let c = self.read();
         let call = |what: &'static str| move |e| ChainError::from_call(what, e);
@@ -147,30 +226,45 @@ impl Cluster {
                 token_id,
             });
         }
+        let token = u64::try_from(token_id).map_err(|_| ChainError::Implausible {
+            detail: format!("seat id {token_id} is out of range"),
+        })?;
+        let chain_id = self.chain_id().await?;
+        if chain_id != pins.chain_id {
+            return Err(ChainError::PinMismatch {
+                what: "chain id",
+                pinned: pins.chain_id.to_string(),
+                rpc: chain_id.to_string(),
+            }
+            .into());
+        }
+        let mut replaced_unbelievable = None;
         if seat.registeredBlock != 0 {
             let current = c.getPeer(token_id).call().await.map_err(call("getPeer"))?;
             if current.wgPublicKey == desired.wg_public_key
                 && current.endpoint == desired.endpoint
                 && current.gatewayUrl == desired.gateway_url
             {
-                return Ok(Outcome::UpToDate { token_id });
+                match self.unbelievable(token, &current, pins).await? {
+                    None => return Ok(Outcome::UpToDate { token_id }),
+                    Some(why) => {
+                        warn!(%token_id, nonce = current.nonce, reason = %why, "this node's record on-chain says what it wants, but its peers would not believe it; registering it again with the next nonce");
+                        replaced_unbelievable = Some(why);
+                    }
+                }
             }
         }
-        let chain_id = self
-            .reader
-            .get_chain_id()
-            .await
-            .map_err(|source| ChainError::Rpc {
-                what: "eth_chainId",
-                source,
-            })?;
+        let nonce = seat
+            .nonce
+            .checked_add(1)
+            .ok_or(RegistrationError::NonceExhausted { token_id })?;
         let record = PeerRecord {
             tokenId: token_id,
             instanceId: identity.instance_id.clone(),
             wgPublicKey: desired.wg_public_key,
             endpoint: desired.endpoint.clone(),
             gatewayUrl: desired.gateway_url.clone(),
-            nonce: seat.nonce + 1,
+            nonce,
         };
         let reg = identity
             .sign(record, chain_id, self.contract)
@@ -186,6 +280,9 @@ impl Cluster {
             .map_err(call("allowedAppIds"))?;
         proof::verify_registration(&reg, kms_root, &app_ids, &identity.instance_id)
             .map_err(RegistrationError::WouldBeRejected)?;
+        // And against the node's own pins, which its peers hold too: the contract may have moved on.
+        membership::authenticate(&reg, token, pins, self.contract)
+            .map_err(RegistrationError::PeersWouldReject)?;
 
         let derived = identity
             .transaction_signer()
@@ -230,6 +327,7 @@ impl Cluster {
             tx: receipt.transaction_hash,
             block,
             from,
+            replaced_unbelievable,
         })
     }
 }

@@ -12,6 +12,23 @@ use tracing::{info, warn};
 /// How long probing an existing socket may take before we call it stale.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The umask is one per process: this keeps two [`with_umask`] calls from interleaving and leaving the
+/// wrong one in place.
+static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` with the process umask set to `mask`, so that what it creates is never more open than that, not
+/// even for the moment between its creation and a chmod.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    use nix::sys::stat::{Mode, umask};
+    let _serial = UMASK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let previous = umask(Mode::from_bits_truncate(mask));
+    let out = f();
+    umask(previous);
+    out
+}
+
 /// Why a unix socket could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -72,7 +89,8 @@ impl UnixSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("inspect", e)),
         }
-        let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+        // Owner-only from the start; set_mode may open it to a group afterwards.
+        let listener = with_umask(0o177, || UnixListener::bind(path)).map_err(|e| io("bind", e))?;
         let inode = std::fs::metadata(path).map_err(|e| io("inspect", e))?.ino();
         Ok(Self {
             listener,

@@ -1,7 +1,9 @@
-//! What the agent keeps in `--state-dir` between runs: the last processed block and the peer records it
-//! applied (with their proofs), and the pins it trusts, so a restart with the RPC down still brings the mesh
-//! up. Nothing in it is secret: keys come from dstack on every start. Written atomically, mode 0600, in a
-//! versioned format.
+//! What the agent keeps in `--state-dir` between runs: the last processed block, the peer records it
+//! believed (with their proofs) and each seat's nonce high-water mark, and the pins it trusts, so a restart
+//! with the RPC down still brings the mesh up and a restart with a lying RPC cannot roll anything back.
+//! Nothing in it is secret: keys come from dstack on every start. Written atomically, mode 0600, in a
+//! versioned format; version 1 files (before the chain id, prefix and high-water marks were pinned) are
+//! upgraded on load.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,13 +12,14 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::follow::ChainView;
+use crate::membership::{Pins, Prefix};
 
 /// The state file's name inside the state directory.
 pub const FILE_NAME: &str = "chain-view.json";
 
 /// The format this version writes. (Not a serde-tagged enum: its buffering cannot read the integer keys of
 /// the records map back.)
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
@@ -27,6 +30,50 @@ struct StateFile {
 #[derive(Debug, Deserialize)]
 struct Header {
     version: u32,
+}
+
+/// Version 1: the chain id and prefix sat beside the pins, and there were no high-water marks.
+#[derive(Debug, Deserialize)]
+struct StateFileV1 {
+    view: ViewV1,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ViewV1 {
+    contract: alloy::primitives::Address,
+    chain_id: u64,
+    prefix: Prefix,
+    pins: PinsV1,
+    last_block: u64,
+    last_block_hash: alloy::primitives::B256,
+    records: std::collections::BTreeMap<u64, crate::proof::SignedRegistration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PinsV1 {
+    kms_root: alloy::primitives::Address,
+    app_ids: Vec<alloy::primitives::Address>,
+}
+
+impl From<ViewV1> for ChainView {
+    fn from(v: ViewV1) -> Self {
+        let high_water = v.records.iter().map(|(t, r)| (*t, r.nonce)).collect();
+        ChainView {
+            contract: v.contract,
+            pins: Pins {
+                kms_root: v.pins.kms_root,
+                app_ids: v.pins.app_ids,
+                chain_id: v.chain_id,
+                prefix: v.prefix,
+            },
+            last_block: v.last_block,
+            last_block_hash: v.last_block_hash,
+            records: v.records,
+            high_water,
+        }
+    }
 }
 
 /// Errors reading or writing the state.
@@ -71,14 +118,20 @@ pub fn load(dir: &Path) -> Result<Option<ChainView>, StateError> {
         detail,
     };
     let header: Header = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-    if header.version != VERSION {
-        return Err(format(format!(
-            "version {} (this agent reads version {VERSION})",
-            header.version
-        )));
+    match header.version {
+        VERSION => {
+            let file: StateFile = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+            Ok(Some(file.view))
+        }
+        1 => {
+            let file: StateFileV1 =
+                serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+            Ok(Some(file.view.into()))
+        }
+        other => Err(format(format!(
+            "version {other} (this agent reads versions 1 and {VERSION})"
+        ))),
     }
-    let file: StateFile = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-    Ok(Some(file.view))
 }
 
 /// Saves the view atomically (write a temporary file, then rename it over the old one).
@@ -111,48 +164,79 @@ pub fn save(dir: &Path, view: &ChainView) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::{Pins, Prefix};
     use alloy::primitives::{Address, B256};
     use std::collections::BTreeMap;
 
     fn view() -> ChainView {
         ChainView {
             contract: Address::repeat_byte(1),
-            chain_id: 31337,
-            prefix: Prefix {
-                network: "10.0.1.0".parse().unwrap(),
-                len: 24,
-            },
             pins: Pins {
                 kms_root: Address::repeat_byte(2),
                 app_ids: vec![Address::repeat_byte(3)],
+                chain_id: 31337,
+                prefix: Prefix::new("10.0.1.0".parse().unwrap(), 24).unwrap(),
             },
             last_block: 42,
             last_block_hash: B256::repeat_byte(4),
             records: BTreeMap::new(),
+            high_water: [(3, 5)].into(),
         }
     }
 
-    /// Seats are integer map keys; they must survive the round trip (a serde-tagged enum could not read them).
+    /// A version 1 file (the format before this one) loads, with its chain id and prefix pinned and each
+    /// record's nonce as its seat's high-water mark; seats are integer map keys and survive the round trip
+    /// (a serde-tagged enum could not read them).
     #[test]
-    fn records_keyed_by_seat_round_trip() {
+    fn version_1_files_upgrade_and_records_keyed_by_seat_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let text = r#"{"version":1,"view":{"contract":"0x0101010101010101010101010101010101010101","chainId":1,"prefix":{"network":"10.0.1.0","len":24},"pins":{"kmsRoot":"0x0202020202020202020202020202020202020202","appIds":[]},"lastBlock":3,"lastBlockHash":"0x0404040404040404040404040404040404040404040404040404040404040404","records":{}}}"#;
         std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
         let mut v = load(dir.path()).unwrap().unwrap();
         assert_eq!(v.last_block, 3);
+        assert_eq!(
+            (v.pins.chain_id, v.prefix().to_string()),
+            (1, "10.0.1.0/24".into())
+        );
         v.records
             .insert(7, serde_json::from_value(sample_registration()).unwrap());
+        v.high_water.insert(7, 1);
         save(dir.path(), &v).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(
-            load(dir.path())
-                .unwrap()
-                .unwrap()
-                .records
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![7]
+            back.high_water,
+            [(7, 1)].into(),
+            "the high-water mark survives a restart"
+        );
+
+        let with_record = text.replace(
+            r#""records":{}"#,
+            &format!(
+                r#""records":{{"9":{}}}"#,
+                sample_registration().to_string().replace("0x7", "0x9")
+            ),
+        );
+        std::fs::write(dir.path().join(FILE_NAME), with_record).unwrap();
+        let upgraded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            upgraded.high_water,
+            [(9, 1)].into(),
+            "version 1 records become high-water marks"
+        );
+    }
+
+    /// A state file cannot carry a prefix that no contract accepts.
+    #[test]
+    fn a_state_file_with_an_invalid_prefix_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &view()).unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"10.0.1.0\"", "\"10.0.1.9\"")).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("10.0.1.9/24 is not a usable mesh prefix"),
+            "{err}"
         );
     }
 
@@ -179,7 +263,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        assert!(text.contains("\"version\": 1"), "{text}");
+        assert!(text.contains("\"version\": 2"), "{text}");
     }
 
     /// A file of another format is an error that says how to recover, not a silent reset.

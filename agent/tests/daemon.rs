@@ -27,6 +27,26 @@ fn start_tls_agent(
 ) -> AgentProcess {
     let key_file = dir.join("tx.key");
     std::fs::write(&key_file, tx_key).unwrap();
+    start_tls_agent_with(
+        dir,
+        rpc,
+        contract,
+        node,
+        &["--tx-key-file", key_file.to_str().unwrap()],
+        &[],
+    )
+}
+
+/// Like [`start_tls_agent`], with `extra` flags instead of a tx key file, and only `env` (plus PATH) for
+/// environment.
+fn start_tls_agent_with(
+    dir: &std::path::Path,
+    rpc: &str,
+    contract: &str,
+    node: &SimulatedInstance,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> AgentProcess {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
@@ -34,6 +54,9 @@ fn start_tls_agent(
         .unwrap();
     AgentProcess(
         Command::new(env!("CARGO_BIN_EXE_p2p-agent"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
             .args(["--mode", "tls", "--contract", contract, "--rpc-url", rpc])
             .args(["--dstack-endpoint", node.socket.to_str().unwrap()])
             .args([
@@ -49,8 +72,7 @@ fn start_tls_agent(
                 "--poll-interval-ms",
                 "200",
             ])
-            .args(["--tx-key-file", key_file.to_str().unwrap()])
-            .env_remove("PRIVATE_KEY")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -193,4 +215,181 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
         "the cached record is this node's current one, so it counts as registered: {status:?}"
     );
     assert_eq!(status.node.token_id, Some(2), "{status:?}");
+}
+
+/// While every full read fails (the RPC refuses the record list), the agent goes on following events: a
+/// node that joins meanwhile appears in its peers, and one that is revoked leaves them.
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_and_revocations_arrive_while_full_reads_fail() {
+    use alloy::sol_types::SolCall;
+    use p2p_agent::chain::DstackClusterNFT::{getPeersCall, getPeersPageCall};
+    let anvil = anvil();
+    let first = SimulatedInstance::start("first").await;
+    let late = SimulatedInstance::start("late").await;
+    let node = SimulatedInstance::start("node").await;
+    let c = deploy_cluster(&anvil, node.kms_root).await;
+    for n in [&first, &node, &late] {
+        mint(&c, anvil.addresses()[1], &n.instance_id).await;
+    }
+    first
+        .register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)
+        .await;
+    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    let dir = tempfile::tempdir().unwrap();
+    let key = alloy::hex::encode(anvil.keys()[3].to_bytes());
+    let key_file = dir.path().join("tx.key");
+    std::fs::write(&key_file, &key).unwrap();
+    let _agent = start_tls_agent_with(
+        dir.path(),
+        proxy.url(),
+        &c.address().to_string(),
+        &node,
+        &[
+            "--tx-key-file",
+            key_file.to_str().unwrap(),
+            "--full-read-secs",
+            "1",
+        ],
+        &[],
+    );
+    wait_until(dir.path(), "registered, with the first peer", |s, p| {
+        s.node.registered && p.len() == 1
+    })
+    .await;
+
+    proxy.fail("full reads", |r| {
+        r.calls(getPeersCall::SELECTOR) || r.calls(getPeersPageCall::SELECTOR)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.hits("full reads") == 0 {
+        assert!(Instant::now() < deadline, "no full read within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    late.register(&anvil, *c.address(), "192.0.2.3:51820", "", 2)
+        .await;
+    c.revoke(U256::from(1))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let (status, peers) = wait_until(
+        dir.path(),
+        "the join and the revocation, by events",
+        |_, p| p.iter().map(|p| p.token_id).collect::<Vec<_>>() == vec![3],
+    )
+    .await;
+    let error = status.chain.last_error.unwrap_or_default();
+    assert!(error.contains("following events meanwhile"), "{error}");
+    assert_eq!(peers[0].instance_id, late.instance_id);
+}
+
+/// The transaction key and the RPC's credentials stay in the agent: the on-change hook gets a cleaned
+/// environment, and neither the API nor the log shows them, even when the RPC fails and its error quotes
+/// the URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_stay_out_of_hooks_the_api_and_the_log() {
+    let anvil = anvil();
+    let other = SimulatedInstance::start("other").await;
+    let node = SimulatedInstance::start("node").await;
+    let c = deploy_cluster(&anvil, node.kms_root).await;
+    for n in [&other, &node] {
+        mint(&c, anvil.addresses()[1], &n.instance_id).await;
+    }
+    other
+        .register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)
+        .await;
+    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    const PASSWORD: &str = "hunter2hunter2";
+    const API_KEY: &str = "0123456789abcdef0123456789abcdef";
+    let rpc = format!(
+        "http://operator:{PASSWORD}@{}v3/{API_KEY}",
+        proxy.url().trim_start_matches("http://")
+    );
+    let tx_key = alloy::hex::encode(anvil.keys()[3].to_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let hook_env = dir.path().join("hook.env");
+    let hook = format!("env > {}", hook_env.display());
+    let _agent = start_tls_agent_with(
+        dir.path(),
+        &rpc,
+        &c.address().to_string(),
+        &node,
+        &["--on-change", &hook],
+        &[("PRIVATE_KEY", &tx_key), ("RPC_URL", &rpc)],
+    );
+    let (status, _) = wait_until(
+        dir.path(),
+        "registered, with a peer, paying with PRIVATE_KEY",
+        |s, p| s.node.registered && p.len() == 1,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hook_env.exists() {
+        assert!(Instant::now() < deadline, "the hook never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let env = std::fs::read_to_string(&hook_env).unwrap();
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    for name in &names {
+        assert!(
+            ["PATH", "PWD", "SHLVL", "_", "OLDPWD"].contains(name),
+            "the hook inherited {name}: {env}"
+        );
+    }
+    for secret in [tx_key.as_str(), PASSWORD, API_KEY] {
+        assert!(
+            !env.contains(secret),
+            "the hook's environment holds a secret: {env}"
+        );
+    }
+    assert!(
+        status.chain.rpc_url.contains("***") && !status.chain.rpc_url.contains(PASSWORD),
+        "{}",
+        status.chain.rpc_url
+    );
+
+    // Now the RPC fails, with errors that quote the URL.
+    drop(proxy);
+    let (status, _) = wait_until(dir.path(), "the RPC failure reported", |s, _| {
+        s.chain.last_error.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let shown = format!("{status:?}\n{log}");
+    for secret in [tx_key.as_str(), PASSWORD, API_KEY] {
+        assert!(
+            !shown.contains(secret),
+            "a secret in the API or the log:\n{shown}"
+        );
+    }
+    assert!(
+        log.contains("***"),
+        "the failure is logged, redacted:\n{log}"
+    );
+}
+
+/// Pinning app ids without a KMS root (or the reverse) is refused before anything starts.
+#[test]
+fn app_ids_without_a_kms_root_are_refused() {
+    for args in [
+        vec!["--app-id", "0x00112233445566778899aabbccddeeff00112233"],
+        vec!["--kms-root", "0x00112233445566778899aabbccddeeff00112233"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_p2p-agent"))
+            .env_clear()
+            .args(["--contract", "0x0000000000000000000000000000000000000001"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains("--kms-root") && stderr.contains("--app-id"),
+            "{args:?}: {stderr}"
+        );
+    }
 }

@@ -19,6 +19,7 @@ use netns_tests::{
 use p2p_agent::{
     chain::{self},
     identity::NodeIdentity,
+    membership::Pins,
     proof::ProofError,
     registration::{Cluster, Desired, Outcome, RegistrationError},
 };
@@ -35,6 +36,14 @@ async fn deploy(anvil: &AnvilInstance, kms_root: Address) -> TestCluster {
     deploy_cluster(anvil, kms_root).await
 }
 
+/// The registration client for the cluster at `contract` via `url`, and the pins it checks records against
+/// (the contract's own, as for a one-shot registration).
+async fn connect(url: alloy::transports::http::reqwest::Url, contract: Address) -> (Cluster, Pins) {
+    let cluster = Cluster::connect(url, contract).await.unwrap();
+    let pins = cluster.contract_pins().await.unwrap();
+    (cluster, pins)
+}
+
 fn desired(identity: &NodeIdentity, endpoint: &str) -> Desired {
     Desired {
         wg_public_key: identity.wg_public_key(),
@@ -49,12 +58,15 @@ async fn unbound_instance_is_told_the_commands_to_run() {
     let anvil = anvil();
     let node = SimulatedInstance::start("lonely").await;
     let c = deploy(&anvil, node.kms_root).await;
-    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
-        .await
-        .unwrap();
+    let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
     let err = cluster
-        .register(&identity, &desired(&identity, "192.0.2.1:51820"), None)
+        .register(
+            &identity,
+            &desired(&identity, "192.0.2.1:51820"),
+            None,
+            &pins,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RegistrationError::NoSeat { .. }), "{err}");
@@ -135,15 +147,13 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     let node = SimulatedInstance::start("node-1").await;
     let c = deploy(&anvil, node.kms_root).await;
     mint(&c, anvil.addresses()[1], &node.instance_id).await;
-    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
-        .await
-        .unwrap();
+    let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let tx_key = signer(&anvil, 1);
 
     let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
     let want = desired(&identity, "192.0.2.1:51820");
     let outcome = cluster
-        .register(&identity, &want, Some(&tx_key))
+        .register(&identity, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
     let Outcome::Registered {
@@ -171,6 +181,7 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
             &restarted,
             &desired(&restarted, "192.0.2.1:51820"),
             Some(&tx_key),
+            &pins,
         )
         .await
         .unwrap();
@@ -184,6 +195,7 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
             &rotated,
             &desired(&rotated, "192.0.2.1:51820"),
             Some(&tx_key),
+            &pins,
         )
         .await
         .unwrap();
@@ -205,13 +217,16 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
     let node = SimulatedInstance::start("node-2").await;
     let c = deploy(&anvil, node.kms_root).await;
     mint(&c, anvil.addresses()[2], &node.instance_id).await;
-    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
-        .await
-        .unwrap();
+    let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
 
     let outcome = cluster
-        .register(&identity, &desired(&identity, "192.0.2.2:51820"), None)
+        .register(
+            &identity,
+            &desired(&identity, "192.0.2.2:51820"),
+            None,
+            &pins,
+        )
         .await
         .unwrap();
     let Outcome::NeedsRelay(reg) = outcome else {
@@ -242,7 +257,12 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
         .await
         .unwrap();
     let outcome = cluster
-        .register(&identity, &desired(&identity, "192.0.2.22:51820"), None)
+        .register(
+            &identity,
+            &desired(&identity, "192.0.2.22:51820"),
+            None,
+            &pins,
+        )
         .await
         .unwrap();
     assert!(
@@ -261,9 +281,7 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
         .unwrap();
     let c = deploy(&anvil, other_root).await;
     mint(&c, anvil.addresses()[3], &node.instance_id).await;
-    let cluster = Cluster::connect(anvil.endpoint_url(), *c.address())
-        .await
-        .unwrap();
+    let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
     let block = provider(&anvil, 0).get_block_number().await.unwrap();
 
@@ -272,6 +290,7 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
             &identity,
             &desired(&identity, "192.0.2.3:51820"),
             Some(&signer(&anvil, 3)),
+            &pins,
         )
         .await
         .unwrap_err();
@@ -285,4 +304,91 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
         block,
         "no transaction was sent"
     );
+}
+
+/// A stored record that says what the node wants, but that its peers would not believe (here its event is
+/// served with the record signature re-encoded, as a contract that accepted both encodings stored it), is
+/// not up to date: the node registers again with the next nonce and says why. Its new record is believed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_record_peers_would_not_believe_is_registered_again() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-1").await;
+    let c = deploy(&anvil, node.kms_root).await;
+    mint(&c, anvil.addresses()[1], &node.instance_id).await;
+    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    let (cluster, pins) = connect(proxy.url().parse().unwrap(), *c.address()).await;
+    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let want = desired(&identity, "192.0.2.1:51820");
+    let tx_key = signer(&anvil, 1);
+    cluster
+        .register(&identity, &want, Some(&tx_key), &pins)
+        .await
+        .unwrap();
+
+    netns_tests::rpc_proxy::reencode_record_signatures(&proxy, "re-encode nonce 1", |nonce| {
+        nonce == 1
+    });
+    let outcome = cluster
+        .register(&identity, &want, Some(&tx_key), &pins)
+        .await
+        .unwrap();
+    let Outcome::Registered {
+        nonce,
+        replaced_unbelievable: Some(why),
+        ..
+    } = outcome
+    else {
+        panic!("expected a new registration replacing the unbelievable one: {outcome:?}")
+    };
+    assert_eq!(nonce, 2);
+    assert!(
+        why.contains("record_signature") && why.contains("v must be 27 or 28"),
+        "{why}"
+    );
+    let again = cluster
+        .register(&identity, &want, Some(&tx_key), &pins)
+        .await
+        .unwrap();
+    assert!(matches!(again, Outcome::UpToDate { .. }), "{again:?}");
+}
+
+/// An RPC that claims the seat's nonce is at its maximum gets a clear error, not an overflow.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
+    use alloy::sol_types::SolCall;
+    use p2p_agent::chain::DstackClusterNFT::seatInfoCall;
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-1").await;
+    let c = deploy(&anvil, node.kms_root).await;
+    mint(&c, anvil.addresses()[1], &node.instance_id).await;
+    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    proxy.rewrite("nonce at u64::MAX", |req, response| {
+        if !req.calls(seatInfoCall::SELECTOR) {
+            return;
+        }
+        let bytes = alloy::hex::decode(response["result"].as_str().unwrap()).unwrap();
+        let mut info = seatInfoCall::abi_decode_returns(&bytes).unwrap();
+        info.nonce = u64::MAX;
+        response["result"] = format!(
+            "0x{}",
+            alloy::hex::encode(seatInfoCall::abi_encode_returns(&info))
+        )
+        .into();
+    });
+    let (cluster, pins) = connect(proxy.url().parse().unwrap(), *c.address()).await;
+    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let err = cluster
+        .register(
+            &identity,
+            &desired(&identity, "192.0.2.1:51820"),
+            Some(&signer(&anvil, 1)),
+            &pins,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistrationError::NonceExhausted { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nonce is at its maximum"), "{err}");
 }

@@ -44,7 +44,8 @@ pub(crate) struct SignerOpts {
 
 impl SignerOpts {
     pub(crate) fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
-        chain::load_signer(self.private_key_file.as_deref(), "--private-key-file", "PRIVATE_KEY")?.ok_or_else(|| {
+        let from_env = std::env::var("PRIVATE_KEY").ok();
+        chain::load_signer(self.private_key_file.as_deref(), "--private-key-file", "PRIVATE_KEY", from_env.as_deref())?.ok_or_else(|| {
             anyhow::anyhow!(
                 "this command sends a transaction and needs a signer: pass --private-key-file PATH or set PRIVATE_KEY"
             )

@@ -199,18 +199,7 @@ async fn relayed_registration_is_listed_with_a_verified_proof() {
         anvil: &anvil,
         contract: None,
     };
-    let contract = m.deploy(node.kms_root);
-    m.run(
-        Some(0),
-        &[
-            "mint",
-            "--to",
-            &m.address(1).to_string(),
-            "--instance",
-            &node.instance_id,
-        ],
-    )
-    .ok();
+    let contract = m.deploy_with_seat(&node);
 
     let reg = node
         .sign(
@@ -481,5 +470,44 @@ async fn errors_are_clear_and_fail_the_exit_code() {
         out.stderr.contains("expected 40 hex characters"),
         "{}",
         out.stderr
+    );
+}
+
+/// A seat whose record does not verify off-chain (here an RPC serves its event with the record signature
+/// re-encoded, as a contract that accepted both encodings stored it) makes `peers` fail, naming the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
+    let anvil = anvil();
+    let node = Instance::start("node-1").await;
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    let contract = m.deploy_with_seat(&node);
+    node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
+        .await;
+    m.run(None, &["peers"]).ok();
+
+    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    netns_tests::rpc_proxy::reencode_record_signatures(&proxy, "re-encode", |_| true);
+    let out = m.run_via(proxy.url(), None, &["peers"]).failed();
+    for want in [
+        "FAILED",
+        "v must be 27 or 28",
+        "fix: every agent refuses seat 1's record",
+        "p2p-agent register",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} in:\n{}", out.stdout);
+    }
+    let json = m
+        .run_via(proxy.url(), None, &["peers", "--json"])
+        .failed()
+        .json();
+    assert_eq!(json["peers"][0]["proofVerified"], false);
+    assert!(
+        json["peers"][0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("next nonce")
     );
 }

@@ -6,16 +6,16 @@
 //! - [`chain`]: a real anvil on a free loopback port, killed on drop.
 //! - [`netns`]: network namespaces, veth pairs, processes and WireGuard devices inside namespaces.
 //! - [`node`]: a simulated dstack instance served in-process, and the records it signs.
+//! - [`rpc_proxy`]: a JSON-RPC proxy in front of anvil that tests make fail or lie.
 //! - [`topology`]: the whole system in namespaces: a LAN of nodes behind a bridge with anvil on it, a
 //!   cluster deployed there with one `dstack-simulator` per node, and the real `p2p-agent` daemon per node.
 //! - [`unique_name`]: names unique per run, that fit an interface name.
-//!
-//! A NAT router topology is still to come.
 
 pub mod api;
 pub mod chain;
 pub mod netns;
 pub mod node;
+pub mod rpc_proxy;
 pub mod topology;
 
 use std::sync::atomic::{AtomicU32, Ordering};

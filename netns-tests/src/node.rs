@@ -106,8 +106,9 @@ impl SimulatedInstance {
             gateway_url: gateway_url.into(),
         };
         let key: alloy::signers::local::PrivateKeySigner = anvil.keys()[payer].clone().into();
+        let pins = cluster.contract_pins().await.expect("the cluster's pins");
         cluster
-            .register(&identity, &desired, Some(&key))
+            .register(&identity, &desired, Some(&key), &pins)
             .await
             .expect("register")
     }

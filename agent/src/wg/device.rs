@@ -332,6 +332,16 @@ async fn send(sock: &UdpSocket, packet: &[u8], to: SocketAddr) {
     }
 }
 
+impl uapi_server::Uapi for Shared {
+    fn get(&self) -> String {
+        super::uapi::render_get(&self.snapshot())
+    }
+
+    fn set(&self, request: SetRequest) -> Result<(), Error> {
+        self.apply_set(request)
+    }
+}
+
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())

@@ -14,6 +14,16 @@ use serde_json::{Value, json};
 use crate::cluster::{self, ClusterOpts};
 use crate::output::Output;
 
+/// What to do about a record whose proof does not verify: agents refuse it, so the seat is out of the
+/// mesh until its node registers a record they believe.
+fn fix(token: u64) -> String {
+    format!(
+        "every agent refuses seat {token}'s record, so the node is out of the mesh. Its agent registers a new \
+         record with the next nonce at its next check (every --full-read-secs); if it does not, restart that \
+         agent, or run `p2p-agent register` on its node"
+    )
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
@@ -79,8 +89,11 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             &app_ids,
         );
         failures += usize::from(verdict.is_err());
+        let token = u64::try_from(p.tokenId).with_context(|| {
+            format!("the RPC lists seat id {}, which is out of range", p.tokenId)
+        })?;
         rows.push(json!({
-            "tokenId": p.tokenId.to::<u64>(),
+            "tokenId": token,
             "instanceId": p.instanceId,
             "overlayIp": ipv4(p.overlayAddress).to_string(),
             "wgPublicKey": wg_key(p),
@@ -89,6 +102,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             "nonce": p.nonce,
             "registeredBlock": p.registeredBlock,
             "proofVerified": verdict.is_ok(),
+            "fix": verdict.is_err().then(|| fix(token)),
             "proofError": verdict.err(),
         }));
     }
@@ -155,8 +169,9 @@ fn table(rows: &[Value], verbose: bool) -> String {
         ));
         if let Some(e) = r["proofError"].as_str() {
             s.push_str(&format!(
-                "       proof of seat {} does not verify: {e}\n",
-                r["tokenId"]
+                "       proof of seat {} does not verify: {e}\n       fix: {}\n",
+                r["tokenId"],
+                r["fix"].as_str().unwrap_or_default()
             ));
         }
     }

@@ -57,9 +57,14 @@ pub struct Meshctl<'a> {
 
 impl Meshctl<'_> {
     pub fn run(&self, signer: Option<usize>, args: &[&str]) -> Run {
+        self.run_via(&self.anvil.endpoint(), signer, args)
+    }
+
+    /// Like [`Meshctl::run`], through another RPC URL (a lying proxy, say).
+    pub fn run_via(&self, rpc_url: &str, signer: Option<usize>, args: &[&str]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshctl"));
         cmd.args(args)
-            .env("RPC_URL", self.anvil.endpoint())
+            .env("RPC_URL", rpc_url)
             .env_remove("PRIVATE_KEY")
             .env_remove("PRIVATE_KEY_FILE")
             .env_remove("CLUSTER_CONTRACT");
@@ -103,6 +108,19 @@ impl Meshctl<'_> {
             .expect("address");
         self.contract = Some(address);
         address
+    }
+
+    /// Deploys a cluster for `node`'s KMS root ([`Meshctl::deploy`]) and mints seat 1 to account 1, bound
+    /// to `node`'s instance.
+    pub fn deploy_with_seat(&mut self, node: &Instance) -> Address {
+        let contract = self.deploy(node.kms_root);
+        let holder = self.address(1).to_string();
+        self.run(
+            Some(0),
+            &["mint", "--to", &holder, "--instance", &node.instance_id],
+        )
+        .ok();
+        contract
     }
 
     pub fn address(&self, i: usize) -> Address {
