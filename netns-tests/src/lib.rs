@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - [`api`]: the agent's real API server, serving a fixture snapshot.
+//! - [`attack`]: what the attacker does in the scenarios: sign with a CVM's keys, send `registerPeer`
+//!   directly, read the contract's events.
 //! - [`chain`]: a real anvil on a free loopback port, killed on drop.
 //! - [`netns`]: network namespaces, veth pairs, processes and WireGuard devices inside namespaces.
 //! - [`node`]: a simulated dstack instance served in-process, and the records it signs.
@@ -12,6 +14,7 @@
 //! - [`unique_name`]: names unique per run, that fit an interface name.
 
 pub mod api;
+pub mod attack;
 pub mod chain;
 pub mod netns;
 pub mod node;

@@ -774,6 +774,8 @@ pub struct AgentConfig {
     pub listen_port: u16,
     /// `None`: the node registers no endpoint (say, behind a NAT it cannot see out of).
     pub endpoint: Option<SocketAddrV4>,
+    /// The RPC the agent follows: anvil's [`rpc_url`], or a proxy in front of it.
+    pub rpc_url: String,
 }
 
 impl AgentConfig {
@@ -783,6 +785,7 @@ impl AgentConfig {
             mode: "wireguard",
             listen_port: WG_PORT,
             endpoint: Some(SocketAddrV4::new(lan_ip(i), WG_PORT)),
+            rpc_url: rpc_url(),
         }
     }
 
@@ -792,6 +795,7 @@ impl AgentConfig {
             mode: "tls",
             listen_port: WG_PORT,
             endpoint: None,
+            rpc_url: rpc_url(),
         }
     }
 }
@@ -878,7 +882,7 @@ impl<'a> Agent<'a> {
                 "--contract",
                 &self.cluster.contract,
             ])
-            .args(["--rpc-url", &rpc_url(), "--dstack-endpoint"])
+            .args(["--rpc-url", &self.config.rpc_url, "--dstack-endpoint"])
             .arg(&sim.socket)
             .args(["--interface", &self.ifname])
             .args(["--listen-port", &self.config.listen_port.to_string()])
@@ -929,7 +933,10 @@ impl<'a> Agent<'a> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(" WARN p2p_agent") || l.contains(" ERROR "))
+            // The agent's own targets, after any span prefix (` WARN register{…}: p2p_agent::…`).
+            .filter(|l| {
+                (l.contains(" WARN ") && l.contains(" p2p_agent::")) || l.contains(" ERROR ")
+            })
             .map(str::to_owned)
             .collect()
     }

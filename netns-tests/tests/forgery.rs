@@ -9,6 +9,11 @@
 //! were. Then a `wireguard-go` node whose key is not on-chain tries node 1 from node 4's namespace, even
 //! claiming node 3's overlay address: it must get no handshake and no reply, and node 1 must not learn of it.
 //!
+//! Last, the attack that was seen on a contract accepting two encodings per signature: a third party copies
+//! node 3's next registration (as it would from the mempool), re-encodes one signature's v, and sends it
+//! first. Each re-encoding reverts with `RegistryMalformedSignature`; node 3's own registration then lands
+//! and node 3 stays a member.
+//!
 //! Run as root, after building the binaries it runs (this crate's tests do not build them):
 //!
 //! ```sh
@@ -24,69 +29,15 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::signers::local::PrivateKeySigner;
-use netns_tests::netns::{NetNs, WireguardGo, b64, in_netns, parse_dump, test_key};
+use netns_tests::attack::{
+    CHAIN_ID, current_registration, node_identity, on_chain, send_registration,
+};
+use netns_tests::netns::{WireguardGo, b64, parse_dump, test_key};
 use netns_tests::topology::*;
-use p2p_agent::chain::{self, DstackClusterNFT};
-use p2p_agent::dstack::{DstackClient, Endpoint};
-use p2p_agent::identity::NodeIdentity;
 use p2p_agent::proof::{self, PeerRecord, SignedRegistration};
 
 const NODES: usize = 4;
 const SEATS: usize = 3;
-const CHAIN_ID: u64 = 31337;
-
-/// Runs `f` against the cluster from inside the switch namespace (where anvil is), on a fresh runtime.
-fn on_chain<T: Send>(
-    switch: &NetNs,
-    contract: Address,
-    f: impl AsyncFnOnce(DstackClusterNFT::DstackClusterNFTInstance<DynProvider>) -> T + Send,
-) -> T {
-    in_netns(switch, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let signer = PrivateKeySigner::from_str(&account_key(0)).expect("owner key");
-                let provider = ProviderBuilder::new()
-                    .wallet(signer)
-                    .connect_http(rpc_url().parse().expect("rpc url"))
-                    .erased();
-                f(DstackClusterNFT::new(contract, provider)).await
-            })
-    })
-}
-
-/// Node `i`'s dstack identity, read from its simulator as the attacker holding that CVM's keys would.
-fn identity(cluster: &Cluster<'_>, i: usize) -> NodeIdentity {
-    let client = DstackClient::new(Endpoint::Unix(cluster.sims[i - 1].socket.clone()));
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(NodeIdentity::load(&client, 0))
-        .expect("identity from the simulator")
-}
-
-/// Sends `reg` with `registerPeer` from the owner's account; returns the contract error's name and the
-/// block number before and after.
-fn send(switch: &NetNs, contract: Address, reg: &SignedRegistration) -> (String, u64, u64) {
-    let (record, proof, signature) = chain::register_peer_args(reg);
-    on_chain(switch, contract, async move |c| {
-        let before = c.provider().get_block_number().await.expect("block number");
-        let sent = c.registerPeer(record, proof, signature).send().await;
-        let after = c.provider().get_block_number().await.expect("block number");
-        let name = match sent {
-            Ok(pending) => format!("no revert: sent {}", pending.tx_hash()),
-            Err(e) => chain::explain_revert(&e)
-                .map(|r| r.name)
-                .unwrap_or_else(|| format!("not a revert: {e}")),
-        };
-        (name, before, after)
-    })
-}
 
 /// What a node has of the mesh: each peer seat's key and endpoint as its agent reports them, and the keys
 /// on its interface.
@@ -122,14 +73,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     steps.step("3-node mesh healthy");
 
     // Node 3's current record, exactly as registered, from its event: the replay to come.
-    let old_record = on_chain(&lan.switch, contract, async |c| {
-        let peer = c.getPeer(U256::from(3)).call().await.expect("getPeer(3)");
-        let event = chain::registration_event(&c, &peer)
-            .await
-            .expect("eth_getLogs")
-            .expect("seat 3's PeerRegistered event");
-        chain::registration_from_event(&event, CHAIN_ID, contract).expect("event shape")
-    });
+    let old_record = current_registration(&lan.switch, contract, 3);
     assert_eq!(b64(&old_record.wg_public_key.0), keys[2]);
     agents[2].restart(&["--wg-key-epoch", "1"]);
     agents[2].wait_ready(60);
@@ -160,12 +104,12 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     };
 
     // 1. Node 1's proof (its instance, its derived key) on a record for node 3's seat.
-    let node1 = identity(&cluster, 1);
+    let node1 = node_identity(&cluster, 1, 0);
     let with_node1_proof = node1
         .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
         .expect("node 1 signs");
     // 2. Node 3's own proof, but the app key and its signature are the attacker's.
-    let node3 = identity(&cluster, 3);
+    let node3 = node_identity(&cluster, 3, 0);
     let mut fake_app = node3
         .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
         .expect("node 3 signs");
@@ -197,7 +141,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
             "RegistryStaleNonce",
         ),
     ] {
-        let (error, block_before, block_after) = send(&lan.switch, contract, reg);
+        let (error, block_before, block_after) = send_registration(&lan.switch, contract, reg);
         assert_eq!(error, want, "{what}: registerPeer must revert with {want}");
         assert_eq!(block_before, block_after, "{what}: a block was mined");
         steps.step(&format!("{what}: reverted with {error}, nothing mined"));
@@ -245,6 +189,67 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     ));
 
     drop(impostor);
+
+    // The front-run with a re-encoded copy of node 3's next registration (its key epoch 2).
+    let next_nonce = nonce + 1;
+    let genuine = node_identity(&cluster, 3, 2)
+        .sign(
+            PeerRecord {
+                tokenId: U256::from(3),
+                instanceId: cluster.sims[2].instance_id.clone(),
+                wgPublicKey: node_identity(&cluster, 3, 2).wg_public_key(),
+                endpoint: format!("{}:{WG_PORT}", lan_ip(3)),
+                gatewayUrl: String::new(),
+                nonce: next_nonce,
+            },
+            CHAIN_ID,
+            contract,
+        )
+        .expect("node 3 signs its next record");
+    for (field, reencode) in [
+        (
+            "recordSignature",
+            (|r: &mut SignedRegistration| r.record_signature.0[64] -= 27)
+                as fn(&mut SignedRegistration),
+        ),
+        ("appSignature", |r| r.proof.app_signature.0[64] += 27),
+        ("kmsSignature", |r| r.proof.kms_signature.0[64] += 27),
+    ] {
+        let mut copy = genuine.clone();
+        reencode(&mut copy);
+        let (error, block_before, block_after) = send_registration(&lan.switch, contract, &copy);
+        assert_eq!(
+            error, "RegistryMalformedSignature",
+            "node 3's registration with its {field} re-encoded must revert"
+        );
+        assert_eq!(block_before, block_after, "{field}: a block was mined");
+    }
+    steps.step("node 3's next registration, re-encoded three ways and sent first: each reverted with RegistryMalformedSignature");
+    agents[2].restart(&["--wg-key-epoch", "2"]);
+    agents[2].wait_ready(60);
+    keys[2] = agents[2].key();
+    assert_eq!(
+        keys[2],
+        b64(&genuine.wg_public_key.0),
+        "node 3 registered the genuine record"
+    );
+    wait_full_mesh(&agents, &keys);
+    let record3 = current_registration(&lan.switch, contract, 3);
+    assert_eq!(
+        record3, genuine,
+        "seat 3 holds node 3's genuine record, byte for byte"
+    );
+    assert!(
+        cluster
+            .peers()
+            .iter()
+            .all(|p| p["proofVerified"].as_bool() == Some(true)),
+        "every on-chain record verifies off-chain"
+    );
+    assert_pings(&agents, 1, 3);
+    assert_pings(&agents, 2, 3);
+    steps.step("node 3's own registration landed: it is still a member, and every node reaches it");
+
     for a in &mut agents {
         a.stop();
     }

@@ -1,0 +1,110 @@
+//! What the attacker does in the forgery and adversary scenarios: sign with a CVM's dstack keys (as an
+//! attacker holding that CVM's keys would), send `registerPeer` directly rather than through an agent or
+//! `meshctl` (which would refuse), and read the contract's events as anvil serves them.
+
+use std::str::FromStr as _;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::Filter;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolEvent as _;
+use p2p_agent::chain::{self, DstackClusterNFT};
+use p2p_agent::dstack::{DstackClient, Endpoint};
+use p2p_agent::identity::NodeIdentity;
+use p2p_agent::proof::SignedRegistration;
+use serde_json::Value;
+
+use crate::netns::{NetNs, in_netns};
+use crate::topology::{Cluster, account_key, rpc_url};
+
+/// The chain id of every test chain (anvil's).
+pub const CHAIN_ID: u64 = 31337;
+
+/// Runs `f` against the cluster at `contract` from inside the switch namespace (where anvil is), on a
+/// fresh runtime, sending as the owner (account 0).
+pub fn on_chain<T: Send>(
+    switch: &NetNs,
+    contract: Address,
+    f: impl AsyncFnOnce(DstackClusterNFT::DstackClusterNFTInstance<DynProvider>) -> T + Send,
+) -> T {
+    in_netns(switch, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let signer = PrivateKeySigner::from_str(&account_key(0)).expect("owner key");
+                let provider = ProviderBuilder::new()
+                    .wallet(signer)
+                    .connect_http(rpc_url().parse().expect("rpc url"))
+                    .erased();
+                f(DstackClusterNFT::new(contract, provider)).await
+            })
+    })
+}
+
+/// Node `i`'s dstack identity at WireGuard key `epoch`, read from its simulator.
+pub fn node_identity(cluster: &Cluster<'_>, i: usize, epoch: u32) -> NodeIdentity {
+    let client = DstackClient::new(Endpoint::Unix(cluster.sims[i - 1].socket.clone()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(NodeIdentity::load(&client, epoch))
+        .expect("identity from the simulator")
+}
+
+/// Sends `reg` with `registerPeer` to `contract`; returns the contract error's name (or what happened
+/// instead) and the block number before and after.
+pub fn send_registration(
+    switch: &NetNs,
+    contract: Address,
+    reg: &SignedRegistration,
+) -> (String, u64, u64) {
+    let (record, proof, signature) = chain::register_peer_args(reg);
+    on_chain(switch, contract, async move |c| {
+        let before = c.provider().get_block_number().await.expect("block number");
+        let sent = c.registerPeer(record, proof, signature).send().await;
+        let after = c.provider().get_block_number().await.expect("block number");
+        let name = match sent {
+            Ok(pending) => format!("no revert: sent {}", pending.tx_hash()),
+            Err(e) => chain::explain_revert(&e)
+                .map(|r| r.name)
+                .unwrap_or_else(|| format!("not a revert: {e}")),
+        };
+        (name, before, after)
+    })
+}
+
+/// The current record of seat `token` at `contract`, exactly as registered, from its event.
+pub fn current_registration(switch: &NetNs, contract: Address, token: u64) -> SignedRegistration {
+    on_chain(switch, contract, async |c| {
+        let peer = c.getPeer(U256::from(token)).call().await.expect("getPeer");
+        let event = chain::registration_event(&c, &peer)
+            .await
+            .expect("eth_getLogs")
+            .unwrap_or_else(|| panic!("seat {token}'s PeerRegistered event"));
+        chain::registration_from_event(&event, CHAIN_ID, contract).expect("event shape")
+    })
+}
+
+/// Every `PeerRegistered` log of `contract` (of seat `token` only, if given), as JSON-RPC serves them.
+pub fn registration_logs(switch: &NetNs, contract: Address, token: Option<u64>) -> Vec<Value> {
+    on_chain(switch, contract, async |c| {
+        let mut filter = Filter::new()
+            .address(contract)
+            .event_signature(DstackClusterNFT::PeerRegistered::SIGNATURE_HASH)
+            .from_block(0);
+        if let Some(token) = token {
+            filter = filter.topic1(U256::from(token));
+        }
+        c.provider()
+            .get_logs(&filter)
+            .await
+            .expect("eth_getLogs")
+            .into_iter()
+            .map(|l| serde_json::to_value(l).expect("log as JSON"))
+            .collect()
+    })
+}
