@@ -72,7 +72,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         uint64 registeredBlock; // block of the current record, 0 when there is none
         // Packed into the slot above, which every registration writes anyway, so they cost no extra slot:
         uint32 recordIndex; // the seat's position in _recorded while it has a record, else 0
-        uint32 appNumber; // the app the seat serves (see _appNumber), set by its first registration; 0 before
+        uint32 appNumber; // the app the seat serves (see AppEntry), set by its first registration; 0 before
         bytes32 wgPublicKey;
         string instanceId;
         string endpoint;
@@ -113,9 +113,14 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     mapping(bytes32 wgPublicKey => uint256 tokenId) private _tokenOfWgKey;
 
     address[] private _appIds;
-    mapping(address appId => bool) public isAllowedAppId;
-    /// @dev Every app id ever allowed gets a number for good (from 1), so a seat can name its app in 4 bytes.
-    mapping(address appId => uint32) private _appNumber;
+    /// @dev Whether an app id is allowed, and its number: every app id ever allowed gets one for good (from 1),
+    /// so that a seat names its app in 4 bytes. One slot, so a registration reads both at once.
+    struct AppEntry {
+        bool allowed;
+        uint32 number;
+    }
+
+    mapping(address appId => AppEntry) private _apps;
     address[] private _appOfNumber;
 
     /// @dev The token ids of the seats that have a record, so reading them all costs what the records cost,
@@ -376,8 +381,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         if (bytes(instanceId).length == 0) revert ClusterSeatNotBound(tokenId);
         if (record.nonce <= seat.nonce) revert RegistryStaleNonce(tokenId, seat.nonce, record.nonce);
         _checkRecordFields(record);
-        _checkDstackChain(proof, instanceId);
-        uint32 app = _checkSeatApp(tokenId, seat, proof.appId);
+        uint32 app = _checkDstackChain(proof, instanceId);
+        _checkSeatApp(tokenId, seat, proof.appId, app);
 
         bytes32 structHash = keccak256(
             abi.encode(
@@ -520,6 +525,10 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         }
     }
 
+    function isAllowedAppId(address appId) external view returns (bool) {
+        return _apps[appId].allowed;
+    }
+
     function allowedAppIds() external view returns (address[] memory) {
         return _appIds;
     }
@@ -619,7 +628,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
 
     /// @inheritdoc IAppAuth
     function isAppAllowed(AppBootInfo calldata bootInfo) external view returns (bool isAllowed, string memory reason) {
-        if (bootInfo.appId != address(this) && !isAllowedAppId[bootInfo.appId]) return (false, "App id not allowed");
+        if (bootInfo.appId != address(this) && !_apps[bootInfo.appId].allowed) return (false, "App id not allowed");
         if (!isComposeHashAllowed[bootInfo.composeHash]) return (false, "Compose hash not allowed");
         if (requireAllowedDevice && !isDeviceAllowed[bootInfo.deviceId]) return (false, "Device not allowed");
         if (requireBoundInstance) {
@@ -766,14 +775,21 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         }
     }
 
-    function _checkDstackChain(DstackProof calldata proof, string memory instanceId) private view {
+    /// @dev Returns the proof's app number.
+    function _checkDstackChain(DstackProof calldata proof, string memory instanceId)
+        private
+        view
+        returns (uint32 app)
+    {
         if (proof.derivedPublicKey.length != DstackChain.PUBLIC_KEY_LENGTH) {
             revert RegistryInvalidKeyLength(proof.derivedPublicKey.length);
         }
         if (proof.appPublicKey.length != DstackChain.PUBLIC_KEY_LENGTH) {
             revert RegistryInvalidKeyLength(proof.appPublicKey.length);
         }
-        if (!isAllowedAppId[proof.appId]) revert RegistryAppIdNotAllowed(proof.appId);
+        AppEntry memory entry = _apps[proof.appId];
+        if (!entry.allowed) revert RegistryAppIdNotAllowed(proof.appId);
+        app = entry.number;
         string memory expected = string.concat(PURPOSE_PREFIX, instanceId);
         if (keccak256(bytes(proof.purpose)) != keccak256(bytes(expected))) {
             revert RegistryPurposeMismatch(expected, proof.purpose);
@@ -804,9 +820,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         if (signer == address(0)) revert RegistryMalformedSignature(field);
     }
 
-    /// @dev The app a seat serves is the one of its first record; returns its number for the seat to keep.
-    function _checkSeatApp(uint256 tokenId, Seat storage seat, address appId) private view returns (uint32 app) {
-        app = _appNumber[appId];
+    /// @dev The app a seat serves is the one of its first record: `app` (number of `appId`) must be it.
+    function _checkSeatApp(uint256 tokenId, Seat storage seat, address appId, uint32 app) private view {
         uint32 pinned = seat.appNumber;
         if (pinned != 0 && pinned != app) revert RegistrySeatAppMismatch(tokenId, _appOfNumber[pinned - 1], appId);
     }
@@ -818,8 +833,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         DstackProof calldata proof,
         bytes calldata consentSignature
     ) private view {
-        _checkDstackChain(proof, instanceId);
-        _checkSeatApp(tokenId, _seats[tokenId], proof.appId);
+        uint32 app = _checkDstackChain(proof, instanceId);
+        _checkSeatApp(tokenId, _seats[tokenId], proof.appId, app);
         address derived = DstackChain.toAddress(proof.derivedPublicKey);
         address signer = _recover(
             bindConsentDigest(tokenId, instanceId, holder), consentSignature, DstackChain.V_ETHEREUM, "consentSignature"
@@ -842,12 +857,13 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
 
     function _setAppId(address appId, bool allowed) private {
         if (appId == address(0)) revert ClusterInvalidAppId();
-        if (isAllowedAppId[appId] == allowed) return;
-        isAllowedAppId[appId] = allowed;
+        AppEntry storage entry = _apps[appId];
+        if (entry.allowed == allowed) return;
+        entry.allowed = allowed;
         if (allowed) {
-            if (_appNumber[appId] == 0) {
+            if (entry.number == 0) {
                 _appOfNumber.push(appId);
-                _appNumber[appId] = uint32(_appOfNumber.length);
+                entry.number = uint32(_appOfNumber.length);
             }
             _appIds.push(appId);
         } else {
