@@ -13,32 +13,44 @@ use std::time::{Duration, Instant, SystemTime};
 use alloy::primitives::{Address, B256};
 use alloy::providers::{Provider, ProviderBuilder};
 use anyhow::{Context, bail};
-use base64::Engine as _;
-use p2p_agent::api::{
-    self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status,
+use dstack_guest::DstackClient;
+use mesh_api::{ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status};
+use mesh_chain::backoff::Backoff;
+use mesh_chain::follow::{Anchors, FollowConfig, Follower};
+use mesh_chain::membership::{self, Member, Own};
+use mesh_chain::redact::RedactedUrl;
+use mesh_chain::registration::{Cluster, Desired, Outcome, RegistrationError};
+use mesh_chain::view::{ChainView, Seat};
+use mesh_wg::{
+    BackendChoice, DeviceConfig, Ipv4Network, Key, MeshDevice, PeerConfig, PeerTable as _,
+    PrivateKey,
 };
-use p2p_agent::backoff::Backoff;
-use p2p_agent::dstack::DstackClient;
-use p2p_agent::follow::{Anchors, ChainView, FollowConfig, Follower, Seat};
+use p2p_agent::cache;
 use p2p_agent::identity::NodeIdentity;
-use p2p_agent::membership::{self, Member, Own};
-use p2p_agent::reconcile::{self, ActualPeer, Change, DesiredPeer};
-use p2p_agent::redact::RedactedUrl;
-use p2p_agent::registration::{Cluster, Desired, Outcome, RegistrationError};
-use p2p_agent::socket::UnixSocket;
-use p2p_agent::state;
-use p2p_agent::wg::{
-    self, BackendChoice, DeviceConfig, Ipv4Network, MeshDevice, PeerConfig, PrivateKey,
-};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-
-/// A tunnel whose latest handshake is younger than this is healthy: a session is valid for REJECT_AFTER_TIME
-/// (180 s) after a handshake, and with a 25 s keepalive a live peer renews it every two minutes.
-pub(crate) const HEALTHY_HANDSHAKE: Duration = reconcile::FRESH_HANDSHAKE;
+use unix_socket::UnixSocket;
 
 /// WireGuard keepalive towards every peer: keeps NAT mappings open and handshakes fresh.
 const KEEPALIVE_SECS: u16 = 25;
+
+/// `--mode`: how this node offers itself to its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ModeArg {
+    /// A WireGuard interface, with the gateway URL as fallback.
+    Wireguard,
+    /// No interface: peers are reached through their TLS-gateway URLs.
+    Tls,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Wireguard => Mode::Wireguard,
+            ModeArg::Tls => Mode::Tls,
+        }
+    }
+}
 
 /// Which WireGuard implementation carries the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,7 +68,7 @@ pub(crate) enum Backend {
 pub(crate) struct RunArgs {
     /// wireguard: a tunnel to every peer, gateway URLs as fallback; tls: no interface, peers by gateway URL.
     #[arg(long, env = "MESH_MODE", value_enum, default_value = "wireguard")]
-    pub(crate) mode: Mode,
+    pub(crate) mode: ModeArg,
     /// The cluster contract: the cluster's identity.
     #[arg(long, env = "CLUSTER_CONTRACT")]
     pub(crate) contract: Option<Address>,
@@ -88,7 +100,7 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/p2p-agent")]
     pub(crate) state_dir: PathBuf,
     /// The local API's unix socket.
-    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     pub(crate) api_socket: PathBuf,
     /// Pin this KMS root instead of reading it from the contract at first start.
     #[arg(long, env = "MESH_KMS_ROOT", requires = "app_ids")]
@@ -137,10 +149,6 @@ pub(crate) struct RunArgs {
     /// The domain suffix of the hosts-file names.
     #[arg(long, env = "MESH_HOSTS_SUFFIX", default_value = "mesh")]
     pub(crate) hosts_suffix: String,
-}
-
-fn b64(key: &[u8; 32]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 /// Retries with exponential backoff.
@@ -219,11 +227,11 @@ pub(crate) async fn run(
     let contract = args
         .contract
         .context("--contract (or CLUSTER_CONTRACT) is required: the cluster contract's address")?;
-    if args.mode == Mode::Wireguard {
-        wg::validate_ifname(&args.interface).context("--interface")?;
+    if args.mode == ModeArg::Wireguard {
+        mesh_wg::validate_ifname(&args.interface).context("--interface")?;
     }
     let tx_key = crate::tx_signer(args.tx_key_file.as_deref(), private_key)?;
-    if args.mode == Mode::Tls && args.gateway_url.is_none() && args.gateway_domain.is_none() {
+    if args.mode == ModeArg::Tls && args.gateway_url.is_none() && args.gateway_domain.is_none() {
         bail!(
             "--mode tls needs this node's gateway URL: pass --gateway-url, or --gateway-domain with --gateway-port"
         );
@@ -246,7 +254,7 @@ pub(crate) async fn run(
             let _ = s.wait_for(|stop| *stop).await;
         }
     };
-    let api_task = tokio::spawn(api::serve(socket, api_rx, api_shutdown));
+    let api_task = tokio::spawn(mesh_api::serve(socket, api_rx, api_shutdown));
 
     let client = DstackClient::discover(args.dstack_endpoint.as_deref())
         .context("choosing the dstack endpoint")?;
@@ -260,16 +268,17 @@ pub(crate) async fn run(
     else {
         return Ok(());
     };
-    info!(instance = %identity.instance_id, app = %identity.app_id, wg_key = %b64(&identity.wg_public_key().0), "identity from dstack");
+    info!(instance = %identity.instance_id(), app = %identity.peer.app_id, wg_key = %Key::from_bytes(identity.wg_public_key().0), "identity from dstack");
     let gateway_url = match (&args.gateway_url, &args.gateway_domain, args.gateway_port) {
         (Some(url), _, _) => Some(url.clone()),
-        (None, Some(domain), Some(port)) => {
-            Some(format!("https://{}-{port}.{domain}", identity.instance_id))
-        }
+        (None, Some(domain), Some(port)) => Some(format!(
+            "https://{}-{port}.{domain}",
+            identity.instance_id()
+        )),
         _ => None,
     };
 
-    let cache = match state::load(&args.state_dir) {
+    let cache = match cache::load(&args.state_dir) {
         Ok(Some(v)) if v.contract == contract => Some(v),
         Ok(Some(v)) => {
             warn!(cached = %v.contract, %contract, "the state cache is for another cluster; ignoring it");
@@ -352,7 +361,7 @@ fn initial_snapshot(args: &RunArgs, contract: Address, rpc: &RedactedUrl) -> Sna
     Snapshot {
         status: Status {
             version: env!("CARGO_PKG_VERSION").into(),
-            mode: args.mode,
+            mode: args.mode.into(),
             backend: None,
             node: Node::default(),
             chain: ChainStatus {
@@ -486,7 +495,7 @@ impl Agent {
 
     fn save(&self) {
         if let Some(v) = &self.view
-            && let Err(e) = state::save(&self.args.state_dir, v)
+            && let Err(e) = cache::save(&self.args.state_dir, v)
         {
             warn!(error = %e, "cannot save the state cache");
         }
@@ -496,7 +505,7 @@ impl Agent {
         let from_records = self.view.as_ref().and_then(|v| {
             v.records
                 .iter()
-                .find(|(_, r)| r.instance_id == self.identity.instance_id)
+                .find(|(_, r)| r.instance_id == self.identity.instance_id())
                 .map(|(t, _)| *t)
         });
         if let Some(token) = from_records {
@@ -511,7 +520,7 @@ impl Agent {
         let Some(f) = self.follower.as_mut() else {
             return;
         };
-        match f.seat_of(&self.identity.instance_id).await {
+        match f.seat_of(self.identity.instance_id()).await {
             Ok(Seat::Active(token)) => {
                 self.own_token = Some(token);
                 self.seatless = false;
@@ -536,7 +545,7 @@ impl Agent {
                 }
                 let err = RegistrationError::NoSeat {
                     contract: self.contract,
-                    instance_id: self.identity.instance_id.clone(),
+                    instance_id: self.identity.instance_id().to_owned(),
                 };
                 let text = err.to_string();
                 if self.last_error.as_deref() != Some(&text) {
@@ -564,7 +573,7 @@ impl Agent {
     }
 
     async fn ensure_device(&mut self) -> anyhow::Result<()> {
-        if self.args.mode != Mode::Wireguard || self.device.is_some() {
+        if self.args.mode != ModeArg::Wireguard || self.device.is_some() {
             return Ok(());
         }
         let (Some(token), Some(view)) = (self.own_token, &self.view) else {
@@ -598,18 +607,18 @@ impl Agent {
 
     fn desired(&self) -> Desired {
         Desired {
-            wg_public_key: if self.args.mode == Mode::Wireguard {
+            wg_public_key: if self.args.mode == ModeArg::Wireguard {
                 self.identity.wg_public_key()
             } else {
                 B256::ZERO
             },
             endpoint: match self.args.mode {
-                Mode::Wireguard => self
+                ModeArg::Wireguard => self
                     .args
                     .endpoint
                     .map(|e| e.to_string())
                     .unwrap_or_default(),
-                Mode::Tls => String::new(),
+                ModeArg::Tls => String::new(),
             },
             gateway_url: self.gateway_url.clone().unwrap_or_default(),
         }
@@ -632,7 +641,7 @@ impl Agent {
             return;
         };
         let outcome = cluster
-            .register(&self.identity, &desired, self.tx_key.as_ref(), pins)
+            .register(&self.identity.peer, &desired, self.tx_key.as_ref(), pins)
             .await;
         // While registered, re-check rarely (a full read also shows a cleared record); otherwise retry soon.
         let mut next = Duration::from_secs(3);
@@ -663,7 +672,7 @@ impl Agent {
                         Err(e) => error!(error = %e, "cannot encode the registration"),
                     }
                     warn!(
-                        derived_address = ?self.identity.derived_address().ok(),
+                        derived_address = ?self.identity.peer.address().ok(),
                         "no funded sender: the signed registration is on stdout; relay it with `meshctl relay -`, or fund the derived address with `meshctl fund`"
                     );
                 }
@@ -695,8 +704,8 @@ impl Agent {
         }
         let own = Own {
             token_id: self.own_token,
-            instance_id: &self.identity.instance_id,
-            wg_public_key: (self.args.mode == Mode::Wireguard)
+            instance_id: self.identity.instance_id(),
+            wg_public_key: (self.args.mode == ModeArg::Wireguard)
                 .then(|| self.identity.wg_public_key().0),
         };
         let (members, invalid) = membership::members(&v.records, own, v.prefix());
@@ -715,55 +724,28 @@ impl Agent {
     fn reconcile(&mut self) {
         let members = self.members();
         let Some(device) = &self.device else { return };
-        let desired: Vec<DesiredPeer> = members
+        let want: Vec<PeerConfig> = members
             .iter()
             .filter_map(|m| {
-                m.wg_public_key.map(|key| DesiredPeer {
-                    public_key: key,
+                m.wg_public_key.map(|key| PeerConfig {
+                    public_key: Key::from_bytes(key),
                     endpoint: m.endpoint,
-                    allowed_ip: m.overlay_ip,
+                    allowed_ips: vec![
+                        Ipv4Network::new(m.overlay_ip, 32).expect("/32 is a valid prefix"),
+                    ],
                     persistent_keepalive: Some(KEEPALIVE_SECS),
                 })
             })
             .collect();
-        let actual: Vec<ActualPeer> = device
-            .peers()
-            .into_iter()
-            .map(|p| ActualPeer {
-                public_key: p.public_key,
-                endpoint: p.endpoint,
-                allowed_ips: p.allowed_ips.iter().map(|n| (n.ip(), n.prefix())).collect(),
-                persistent_keepalive: p.persistent_keepalive,
-                last_handshake: p.last_handshake,
-            })
-            .collect();
-        let changes = reconcile::diff(&desired, &actual, SystemTime::now());
+        let changes = mesh_wg::plan(&want, &device.peers(), SystemTime::now());
         if changes.is_empty() {
             return;
         }
-        let wanted: BTreeMap<[u8; 32], &DesiredPeer> =
-            desired.iter().map(|d| (d.public_key, d)).collect();
         for change in &changes {
             info!(%change, "reconcile");
-            let result = match change {
-                Change::Remove { public_key } => {
-                    device.remove_peer(public_key);
-                    Ok(())
-                }
-                Change::Add(d) => device.set_peer(peer_config(d, d.endpoint)),
-                Change::Update {
-                    public_key,
-                    endpoint,
-                    ..
-                } => match wanted.get(public_key) {
-                    // `None` keeps the current (possibly roamed) endpoint.
-                    Some(d) => device.set_peer(peer_config(d, *endpoint)),
-                    None => Ok(()),
-                },
-            };
-            if let Err(e) = result {
-                warn!(%change, error = %e, "could not apply a change");
-            }
+        }
+        for (change, error) in mesh_wg::apply(device, &changes) {
+            warn!(%change, %error, "could not apply a change");
         }
         self.counters.reconciles += 1;
     }
@@ -776,7 +758,7 @@ impl Agent {
         } else {
             self.members()
         };
-        let stats: BTreeMap<[u8; 32], wg::PeerStatus> = self
+        let stats: BTreeMap<Key, mesh_wg::PeerStatus> = self
             .device
             .as_ref()
             .map(|d| d.peers().into_iter().map(|p| (p.public_key, p)).collect())
@@ -785,13 +767,9 @@ impl Agent {
         let peers: Vec<Peer> = members
             .iter()
             .map(|m| {
-                let stat = m.wg_public_key.and_then(|k| stats.get(&k));
+                let stat = m.wg_public_key.and_then(|k| stats.get(&Key::from_bytes(k)));
                 let handshake = stat.and_then(|s| s.last_handshake);
-                let healthy = handshake.is_some_and(|t| {
-                    now.duration_since(t)
-                        .map(|a| a < HEALTHY_HANDSHAKE)
-                        .unwrap_or(true)
-                });
+                let healthy = mesh_wg::handshake_is_fresh(handshake, now);
                 let connection = if healthy {
                     ConnectionKind::Wireguard
                 } else if m.gateway_url.is_some() {
@@ -808,7 +786,7 @@ impl Agent {
                     token_id: m.token_id,
                     instance_id: m.instance_id.clone(),
                     overlay_ip: m.overlay_ip,
-                    wg_public_key: m.wg_public_key.as_ref().map(b64),
+                    wg_public_key: m.wg_public_key.map(|k| Key::from_bytes(k).to_string()),
                     endpoint: stat
                         .and_then(|s| s.endpoint)
                         .or(m.endpoint)
@@ -828,18 +806,18 @@ impl Agent {
         let view = self.view.as_ref();
         let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
-            mode: self.args.mode,
+            mode: self.args.mode.into(),
             backend: self.device.as_ref().map(|d| d.backend().to_owned()),
             node: Node {
-                instance_id: self.identity.instance_id.clone(),
-                app_id: self.identity.app_id,
+                instance_id: self.identity.instance_id().to_owned(),
+                app_id: self.identity.peer.app_id,
                 token_id: self.own_token,
                 overlay_ip: self
                     .own_token
                     .zip(view)
                     .and_then(|(t, v)| v.prefix().address(t)),
-                wg_public_key: (self.args.mode == Mode::Wireguard)
-                    .then(|| b64(&self.identity.wg_public_key().0)),
+                wg_public_key: (self.args.mode == ModeArg::Wireguard)
+                    .then(|| Key::from_bytes(self.identity.wg_public_key().0).to_string()),
                 interface: self.device.as_ref().map(|d| d.ifname().to_owned()),
                 listen_port: self.device.as_ref().map(MeshDevice::listen_port),
                 endpoint: self.args.endpoint.map(|e| e.to_string()),
@@ -892,15 +870,6 @@ impl Agent {
                 }
             });
         }
-    }
-}
-
-fn peer_config(d: &DesiredPeer, endpoint: Option<SocketAddr>) -> PeerConfig {
-    PeerConfig {
-        public_key: d.public_key,
-        endpoint,
-        allowed_ips: vec![Ipv4Network::new(d.allowed_ip, 32).expect("/32 is a valid prefix")],
-        persistent_keepalive: d.persistent_keepalive,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Who this node is, as dstack attests it: its instance and app, the proof for its record-signing key, and
-//! its WireGuard key.
+//! Who this node is, as dstack attests it: its instance and app, its peer key (which proves and signs its
+//! records, [`PeerKey`]), and its WireGuard key.
 //!
 //! The WireGuard key is **derived** from dstack (GetKey at `dstack-mesh/wireguard/<instance_id>`), not
 //! generated and sealed. The same instance gets the same key after every restart, so a restart needs no new
@@ -9,13 +9,10 @@
 
 use std::fmt;
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::B256;
+use dstack_guest::{DstackClient, DstackError};
+use mesh_chain::peer_key::{PeerKey, PeerKeyError};
 use x25519_dalek::{PublicKey, StaticSecret};
-
-use crate::dstack::{DerivedKey, DstackClient, DstackError};
-use crate::proof::{
-    self, BindConsent, DstackProof, PeerRecord, ProofError, SignedBindConsent, SignedRegistration,
-};
 
 /// GetKey path prefix of the WireGuard key; the instance id (and a rotation epoch above 0) follow.
 pub const WG_KEY_PATH_PREFIX: &str = "dstack-mesh/wireguard/";
@@ -33,12 +30,8 @@ pub enum IdentityError {
         #[source]
         source: DstackError,
     },
-    #[error(
-        "this CVM has no instance id (its app-compose sets no_instance_id): dstack-mesh binds seats to instance ids"
-    )]
-    NoInstanceId,
-    #[error("dstack's GetKey reply does not make a proof")]
-    Proof(#[source] ProofError),
+    #[error(transparent)]
+    PeerKey(#[from] PeerKeyError),
 }
 
 /// The WireGuard private key; its `Debug` never shows it.
@@ -75,18 +68,14 @@ pub fn wg_key_path(instance_id: &str, epoch: u32) -> String {
 /// This node's identity, loaded from dstack.
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
-    /// 40 lowercase hex characters.
-    pub instance_id: String,
-    pub app_id: Address,
+    /// The peer key, with the instance and app it belongs to.
+    pub peer: PeerKey,
     pub app_name: String,
-    /// dstack's proof for the record-signing key.
-    pub proof: DstackProof,
-    signing_key: DerivedKey,
     wg_secret: WgSecret,
 }
 
 impl NodeIdentity {
-    /// Reads Info, then the record-signing key and the WireGuard key (at rotation `wg_epoch`) from GetKey.
+    /// Reads Info, then the peer key and the WireGuard key (at rotation `wg_epoch`) from GetKey.
     ///
     /// # Errors
     /// [`IdentityError`] naming the dstack call that failed, or a missing instance id.
@@ -98,19 +87,7 @@ impl NodeIdentity {
                 call: "Info",
                 source,
             })?;
-        if info.instance_id.is_empty() {
-            return Err(IdentityError::NoInstanceId);
-        }
-        let purpose = proof::purpose(&info.instance_id);
-        let reply = client
-            .get_key(&proof::key_path(&info.instance_id), &purpose)
-            .await
-            .map_err(|source| IdentityError::Dstack {
-                call: "GetKey",
-                source,
-            })?;
-        let proof = DstackProof::from_get_key(&reply, info.app_id, &purpose)
-            .map_err(IdentityError::Proof)?;
+        let peer = PeerKey::load(client, &info).await?;
         let wg = client
             .get_key(&wg_key_path(&info.instance_id, wg_epoch), WG_KEY_PURPOSE)
             .await
@@ -118,23 +95,16 @@ impl NodeIdentity {
                 call: "GetKey",
                 source,
             })?;
-        let wg_secret = WgSecret(StaticSecret::from(*wg.key.expose_secret()));
         Ok(Self {
-            instance_id: info.instance_id,
-            app_id: info.app_id,
+            peer,
             app_name: info.app_name,
-            proof,
-            signing_key: reply.key,
-            wg_secret,
+            wg_secret: WgSecret(StaticSecret::from(*wg.key.expose_secret())),
         })
     }
 
-    /// The address of the record-signing key: it can pay for its own registrations once funded.
-    ///
-    /// # Errors
-    /// When the proof's derived key is not a curve point (dstack never returns such a key).
-    pub fn derived_address(&self) -> Result<Address, ProofError> {
-        self.proof.derived_address()
+    /// 40 lowercase hex characters.
+    pub fn instance_id(&self) -> &str {
+        &self.peer.instance_id
     }
 
     /// The WireGuard public key.
@@ -145,61 +115,6 @@ impl NodeIdentity {
     /// The WireGuard private key, for the data plane.
     pub fn wg_secret(&self) -> &WgSecret {
         &self.wg_secret
-    }
-
-    /// Signs `record` for the cluster at `contract` on `chain_id`.
-    ///
-    /// # Errors
-    /// [`ProofError`] when the signing key does not match the proof.
-    pub fn sign(
-        &self,
-        record: PeerRecord,
-        chain_id: u64,
-        contract: Address,
-    ) -> Result<SignedRegistration, ProofError> {
-        SignedRegistration::sign(
-            record,
-            self.proof.clone(),
-            &self.signing_key,
-            chain_id,
-            contract,
-        )
-    }
-
-    /// This instance's consent to `holder` binding seat `token_id` of the cluster at `contract` to it.
-    ///
-    /// # Errors
-    /// [`ProofError`] when the signing key does not match the proof.
-    pub fn sign_bind_consent(
-        &self,
-        token_id: alloy::primitives::U256,
-        holder: Address,
-        chain_id: u64,
-        contract: Address,
-    ) -> Result<SignedBindConsent, ProofError> {
-        let consent = BindConsent {
-            tokenId: token_id,
-            instanceId: self.instance_id.clone(),
-            holder,
-        };
-        SignedBindConsent::sign(
-            consent,
-            self.proof.clone(),
-            &self.signing_key,
-            chain_id,
-            contract,
-        )
-    }
-
-    /// A signer for transactions from the derived address.
-    ///
-    /// # Errors
-    /// When the derived key is not a valid secp256k1 scalar.
-    pub fn transaction_signer(
-        &self,
-    ) -> Result<alloy::signers::local::PrivateKeySigner, ProofError> {
-        alloy::signers::local::PrivateKeySigner::from_slice(self.signing_key.expose_secret())
-            .map_err(|_| ProofError::InvalidDerivedKey)
     }
 }
 

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use alloy::primitives::Address;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use p2p_agent::dstack::DstackClient;
-use p2p_agent::proof::{self, DstackProof, ProofError};
+use dstack_guest::DstackClient;
+use dstack_guest::{DstackProof, ProofError};
+use mesh_chain::record as proof;
 use serde::Serialize;
 
 /// dstack-mesh agent: proves this CVM's WireGuard key on-chain and keeps its mesh in step.
@@ -44,7 +45,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct WaitArgs {
     /// The agent's API socket.
-    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = p2p_agent::api::DEFAULT_SOCKET)]
+    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     api_socket: std::path::PathBuf,
     /// Give up after this many seconds.
     #[arg(long, env = "MESH_WAIT_TIMEOUT_SECS", default_value_t = 120)]
@@ -155,7 +156,7 @@ pub(crate) fn tx_signer(
     file: Option<&std::path::Path>,
     private_key: Option<zeroize::Zeroizing<String>>,
 ) -> anyhow::Result<Option<alloy::signers::local::PrivateKeySigner>> {
-    Ok(p2p_agent::chain::load_signer(
+    Ok(mesh_chain::tx_key::load(
         file,
         "--tx-key-file",
         "PRIVATE_KEY",
@@ -168,8 +169,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             // The agent's own events (registrations, peers added and removed) by default, others' warnings.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,p2p_agent=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,p2p_agent=info,mesh_chain=info,mesh_wg=info,mesh_api=info,dstack_guest=info,unix_socket=info"
+                    .into()
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -235,12 +238,12 @@ async fn wait_for_signal() {
 }
 
 async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
-    use p2p_agent::api::{Mode, Peer, Status};
+    use mesh_api::{Mode, Peer, Status};
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
     let mut last = String::from("the agent API never answered");
     while tokio::time::Instant::now() < deadline {
-        let answer = match p2p_agent::api::get::<Status>(&args.api_socket, "/v1/status").await {
-            Ok(s) => p2p_agent::api::get::<Vec<Peer>>(&args.api_socket, "/v1/peers")
+        let answer = match mesh_api::get::<Status>(&args.api_socket, "/v1/status").await {
+            Ok(s) => mesh_api::get::<Vec<Peer>>(&args.api_socket, "/v1/peers")
                 .await
                 .map(|p| (s, p)),
             Err(e) => Err(e),
@@ -302,7 +305,7 @@ async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     };
     let verdict: Option<Result<(), ProofError>> = args
         .kms_root
-        .map(|root| proof::verify_chain(&proof, root, &allowed).map(|_| ()));
+        .map(|root| dstack_guest::verify_chain(&proof, root, &allowed).map(|_| ()));
     let report = Identity {
         instance_id: info.instance_id,
         app_id: info.app_id,
@@ -341,6 +344,7 @@ async fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                 .context("cannot establish this node's identity from dstack")?;
             Some(
                 identity
+                    .peer
                     .sign_bind_consent(
                         alloy::primitives::U256::from(token),
                         holder,
@@ -403,9 +407,9 @@ async fn register(
     args: RegisterArgs,
     private_key: Option<zeroize::Zeroizing<String>>,
 ) -> anyhow::Result<ExitCode> {
-    use p2p_agent::registration::{Cluster, Desired, Outcome};
+    use mesh_chain::registration::{Cluster, Desired, Outcome};
     let tx_key = tx_signer(args.tx_key_file.as_deref(), private_key)?;
-    let rpc = p2p_agent::redact::RedactedUrl::new(&args.rpc_url);
+    let rpc = mesh_chain::redact::RedactedUrl::new(&args.rpc_url);
     let client = DstackClient::discover(args.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
     let identity = p2p_agent::identity::NodeIdentity::load(&client, args.wg_key_epoch)
@@ -426,7 +430,7 @@ async fn register(
         gateway_url: args.gateway_url.unwrap_or_default(),
     };
     match cluster
-        .register(&identity, &desired, tx_key.as_ref(), &pins)
+        .register(&identity.peer, &desired, tx_key.as_ref(), &pins)
         .await
         .map_err(|e| anyhow::anyhow!(rpc.scrub(&format!("{e:#}"))))?
     {
@@ -453,7 +457,7 @@ async fn register(
             eprintln!(
                 "seat {}: no funded sender (derived address {} is empty and no --tx-key-file/PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the derived address with `meshctl fund`",
                 reg.token_id,
-                identity.derived_address().context("derived key")?
+                identity.peer.address().context("derived key")?
             );
         }
     }

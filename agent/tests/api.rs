@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use mesh_api::{Peer, Status};
 use netns_tests::api::{FixtureApi, example_snapshot};
-use p2p_agent::api::{self, Peer, Status};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Status and peers round-trip through the socket as the snapshot that was published.
@@ -13,19 +13,19 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 async fn status_and_peers_are_served_as_published() {
     let snapshot = example_snapshot(1_000_000);
     let server = FixtureApi::start(snapshot.clone()).await;
-    let status: Status = api::get(server.path(), "/v1/status").await.unwrap();
+    let status: Status = mesh_api::get(server.path(), "/v1/status").await.unwrap();
     assert_eq!(status, snapshot.status);
-    let peers: Vec<Peer> = api::get(server.path(), "/v1/peers").await.unwrap();
+    let peers: Vec<Peer> = mesh_api::get(server.path(), "/v1/peers").await.unwrap();
     assert_eq!(peers, snapshot.peers);
-    let raw: serde_json::Value = api::get(server.path(), "/v1/peers").await.unwrap();
+    let raw: serde_json::Value = mesh_api::get(server.path(), "/v1/peers").await.unwrap();
     assert_eq!(raw[0]["overlayIp"], "10.0.1.2", "camelCase field names");
-    let metrics = api::get_text(server.path(), "/metrics").await.unwrap();
+    let metrics = mesh_api::get_text(server.path(), "/metrics").await.unwrap();
     assert_eq!(
         metrics,
-        api::metrics(&snapshot),
+        mesh_api::metrics(&snapshot),
         "/metrics serves the snapshot's text"
     );
-    let err = api::get::<serde_json::Value>(server.path(), "/v2/nothing")
+    let err = mesh_api::get::<serde_json::Value>(server.path(), "/v2/nothing")
         .await
         .unwrap_err();
     assert!(
@@ -80,7 +80,7 @@ async fn watch_streams_one_event_per_peer_set_change() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_cover_peers_handshakes_bytes_reconciles_and_lag() {
     let snapshot = example_snapshot(1_000_000);
-    let text = api::metrics(&snapshot);
+    let text = mesh_api::metrics(&snapshot);
     for line in [
         "dstack_mesh_peers_configured 3",
         "dstack_mesh_peers_healthy 1",

@@ -8,11 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, U256};
+use mesh_api::{self, ConnectionKind, Peer, Status};
 use netns_tests::{
     chain::{anvil, deploy_cluster, mint},
     node::SimulatedInstance,
 };
-use p2p_agent::api::{self, ConnectionKind, Peer, Status};
 
 /// The agent process, killed by its PID when dropped.
 struct AgentProcess(Child);
@@ -91,8 +91,8 @@ async fn wait_until(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let (Ok(s), Ok(p)) = (
-            api::get::<Status>(&socket, "/v1/status").await,
-            api::get::<Vec<Peer>>(&socket, "/v1/peers").await,
+            mesh_api::get::<Status>(&socket, "/v1/status").await,
+            mesh_api::get::<Vec<Peer>>(&socket, "/v1/peers").await,
         ) && ready(&s, &p)
         {
             return (s, p);
@@ -140,7 +140,7 @@ async fn tls_node_registers_its_url_and_lists_peers_by_url() {
         s.node.registered && !p.is_empty()
     })
     .await;
-    assert_eq!(status.mode, api::Mode::Tls);
+    assert_eq!(status.mode, mesh_api::Mode::Tls);
     assert_eq!(status.node.interface, None, "TLS mode creates no interface");
     let own_url = format!("https://{}-8443.dstack.example", tls_node.instance_id);
     assert_eq!(status.node.gateway_url.as_deref(), Some(own_url.as_str()));
@@ -183,7 +183,7 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
     })
     .await;
     // Its own record reaches the cache once the agent has followed the block that holds it.
-    let cache = dir.path().join("state").join(p2p_agent::state::FILE_NAME);
+    let cache = dir.path().join("state").join(p2p_agent::cache::FILE_NAME);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&cache).is_ok_and(|t| t.contains(&node.instance_id)) {
         assert!(
@@ -222,7 +222,7 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
 #[tokio::test(flavor = "multi_thread")]
 async fn joins_and_revocations_arrive_while_full_reads_fail() {
     use alloy::sol_types::SolCall;
-    use p2p_agent::chain::DstackClusterNFT::{getPeersCall, getPeersPageCall};
+    use mesh_chain::contract::DstackClusterNFT::{getPeersCall, getPeersPageCall};
     let anvil = anvil();
     let first = SimulatedInstance::start("first").await;
     let late = SimulatedInstance::start("late").await;

@@ -15,15 +15,15 @@ use alloy::{
     signers::local::PrivateKeySigner,
     sol_types::{SolCall, SolEvent},
 };
+use mesh_chain::{
+    contract::{ChainError, DstackClusterNFT},
+    follow::{Anchors, FollowConfig, Follower},
+    membership::{self, InvalidRecord, Own},
+};
 use netns_tests::{
     chain::{TestCluster, anvil, deploy_cluster, mint},
     node::{APP_ID, SimulatedInstance},
     rpc_proxy::{RpcProxy, logs_mut},
-};
-use p2p_agent::{
-    chain::{ChainError, DstackClusterNFT},
-    follow::{Anchors, FollowConfig, Follower},
-    membership::{self, InvalidRecord, Own},
 };
 
 type Contract = TestCluster;
@@ -323,8 +323,8 @@ async fn a_lying_rpc_cannot_roll_a_seat_back() {
 
     // A restart from the state file keeps the marks.
     let dir = tempfile::tempdir().unwrap();
-    p2p_agent::state::save(dir.path(), f.view()).unwrap();
-    let cached = p2p_agent::state::load(dir.path()).unwrap().unwrap();
+    p2p_agent::cache::save(dir.path(), f.view()).unwrap();
+    let cached = p2p_agent::cache::load(dir.path()).unwrap().unwrap();
     let mut restarted = Follower::start(
         reader(proxy.url()),
         *c.address(),

@@ -12,17 +12,18 @@ use alloy::{
     rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
 };
+use dstack_guest::ProofError;
+use mesh_chain::{
+    contract as chain,
+    membership::Pins,
+    record::RecordError,
+    registration::{Cluster, Desired, Outcome, RegistrationError},
+};
 use netns_tests::{
     chain::{TestCluster, anvil, deploy_cluster, mint},
     node::SimulatedInstance,
 };
-use p2p_agent::{
-    chain::{self},
-    identity::NodeIdentity,
-    membership::Pins,
-    proof::ProofError,
-    registration::{Cluster, Desired, Outcome, RegistrationError},
-};
+use p2p_agent::identity::NodeIdentity;
 
 fn signer(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
     anvil.keys()[i].clone().into()
@@ -62,7 +63,7 @@ async fn unbound_instance_is_told_the_commands_to_run() {
     let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
     let err = cluster
         .register(
-            &identity,
+            &identity.peer,
             &desired(&identity, "192.0.2.1:51820"),
             None,
             &pins,
@@ -105,7 +106,7 @@ async fn identity_prints_a_bind_consent_the_contract_accepts() {
         stderr.contains("instance id:"),
         "the report goes to stderr: {stderr}"
     );
-    let consent: p2p_agent::proof::SignedBindConsent = serde_json::from_slice(&out.stdout)
+    let consent: mesh_chain::record::SignedBindConsent = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| {
             panic!(
                 "stdout is the consent alone ({e}): {}",
@@ -153,7 +154,7 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
     let want = desired(&identity, "192.0.2.1:51820");
     let outcome = cluster
-        .register(&identity, &want, Some(&tx_key), &pins)
+        .register(&identity.peer, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
     let Outcome::Registered {
@@ -178,7 +179,7 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     assert_eq!(restarted.wg_public_key(), identity.wg_public_key());
     let outcome = cluster
         .register(
-            &restarted,
+            &restarted.peer,
             &desired(&restarted, "192.0.2.1:51820"),
             Some(&tx_key),
             &pins,
@@ -192,7 +193,7 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     assert_ne!(rotated.wg_public_key(), identity.wg_public_key());
     let outcome = cluster
         .register(
-            &rotated,
+            &rotated.peer,
             &desired(&rotated, "192.0.2.1:51820"),
             Some(&tx_key),
             &pins,
@@ -222,7 +223,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
 
     let outcome = cluster
         .register(
-            &identity,
+            &identity.peer,
             &desired(&identity, "192.0.2.2:51820"),
             None,
             &pins,
@@ -245,7 +246,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
         "192.0.2.2:51820"
     );
 
-    let derived = identity.derived_address().unwrap();
+    let derived = identity.peer.address().unwrap();
     let fund = TransactionRequest::default()
         .with_to(derived)
         .with_value(parse_ether("0.01").unwrap());
@@ -258,7 +259,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
         .unwrap();
     let outcome = cluster
         .register(
-            &identity,
+            &identity.peer,
             &desired(&identity, "192.0.2.22:51820"),
             None,
             &pins,
@@ -287,7 +288,7 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
 
     let err = cluster
         .register(
-            &identity,
+            &identity.peer,
             &desired(&identity, "192.0.2.3:51820"),
             Some(&signer(&anvil, 3)),
             &pins,
@@ -295,7 +296,7 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, RegistrationError::WouldBeRejected(ProofError::KmsRootMismatch { expected, recovered })
+        matches!(err, RegistrationError::WouldBeRejected(RecordError::Chain(ProofError::KmsRootMismatch { expected, recovered }))
             if expected == other_root && recovered == node.kms_root),
         "{err}"
     );
@@ -321,7 +322,7 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
     let want = desired(&identity, "192.0.2.1:51820");
     let tx_key = signer(&anvil, 1);
     cluster
-        .register(&identity, &want, Some(&tx_key), &pins)
+        .register(&identity.peer, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
 
@@ -329,7 +330,7 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
         nonce == 1
     });
     let outcome = cluster
-        .register(&identity, &want, Some(&tx_key), &pins)
+        .register(&identity.peer, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
     let Outcome::Registered {
@@ -346,7 +347,7 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
         "{why}"
     );
     let again = cluster
-        .register(&identity, &want, Some(&tx_key), &pins)
+        .register(&identity.peer, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
     assert!(matches!(again, Outcome::UpToDate { .. }), "{again:?}");
@@ -356,7 +357,7 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
     use alloy::sol_types::SolCall;
-    use p2p_agent::chain::DstackClusterNFT::seatInfoCall;
+    use mesh_chain::contract::DstackClusterNFT::seatInfoCall;
     let anvil = anvil();
     let node = SimulatedInstance::start("node-1").await;
     let c = deploy(&anvil, node.kms_root).await;
@@ -379,7 +380,7 @@ async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
     let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
     let err = cluster
         .register(
-            &identity,
+            &identity.peer,
             &desired(&identity, "192.0.2.1:51820"),
             Some(&signer(&anvil, 1)),
             &pins,

@@ -12,7 +12,7 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use anyhow::{Context, bail};
-use p2p_agent::chain::{self, ChainError, DstackClusterNFT};
+use mesh_chain::contract::{self as chain, ChainError, DstackClusterNFT};
 use serde_json::{Value, json};
 
 /// Where the chain is.
@@ -45,7 +45,7 @@ pub(crate) struct SignerOpts {
 impl SignerOpts {
     pub(crate) fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
         let from_env = std::env::var("PRIVATE_KEY").ok();
-        chain::load_signer(self.private_key_file.as_deref(), "--private-key-file", "PRIVATE_KEY", from_env.as_deref())?.ok_or_else(|| {
+        mesh_chain::tx_key::load(self.private_key_file.as_deref(), "--private-key-file", "PRIVATE_KEY", from_env.as_deref())?.ok_or_else(|| {
             anyhow::anyhow!(
                 "this command sends a transaction and needs a signer: pass --private-key-file PATH or set PRIVATE_KEY"
             )

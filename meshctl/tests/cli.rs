@@ -124,10 +124,11 @@ async fn holder_binds_with_the_instances_consent() {
         .ok();
     m.run(Some(0), &["mint", "--to", &m.address(2).to_string()])
         .ok();
-    let identity = p2p_agent::identity::NodeIdentity::load(&node.client, 0)
+    let info = node.client.info().await.unwrap();
+    let peer_key = mesh_chain::peer_key::PeerKey::load(&node.client, &info)
         .await
         .unwrap();
-    let consent = identity
+    let consent = peer_key
         .sign_bind_consent(
             alloy::primitives::U256::from(1),
             m.address(1),

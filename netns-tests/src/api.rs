@@ -3,11 +3,9 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use p2p_agent::api::{
-    self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status,
-};
-use p2p_agent::socket::UnixSocket;
+use mesh_api::{self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status};
 use tokio::sync::watch;
+use unix_socket::UnixSocket;
 
 /// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen.
 pub fn example_snapshot(now: u64) -> Snapshot {
@@ -104,7 +102,7 @@ impl FixtureApi {
         let bound = UnixSocket::bind(&socket).await.expect("bind API socket");
         let (publish, rx) = watch::channel(snapshot);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(api::serve(bound, rx, async {
+        tokio::spawn(mesh_api::serve(bound, rx, async {
             let _ = stopped.await;
         }));
         Self {

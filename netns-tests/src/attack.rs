@@ -9,10 +9,10 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::Filter;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent as _;
-use p2p_agent::chain::{self, DstackClusterNFT};
-use p2p_agent::dstack::{DstackClient, Endpoint};
+use dstack_guest::{DstackClient, Endpoint};
+use mesh_chain::contract::{self as chain, DstackClusterNFT};
+use mesh_chain::record::SignedRegistration;
 use p2p_agent::identity::NodeIdentity;
-use p2p_agent::proof::SignedRegistration;
 use serde_json::Value;
 
 use crate::netns::{NetNs, in_netns};

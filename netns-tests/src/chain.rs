@@ -41,7 +41,7 @@ pub fn wallet(anvil: &AnvilInstance, i: usize) -> alloy::providers::DynProvider 
 
 /// The cluster contract as the tests hold it: sending as its owner, anvil account 0.
 pub type TestCluster =
-    p2p_agent::chain::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>;
+    mesh_chain::contract::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>;
 
 /// Deploys a cluster owned by anvil account 0 that pins `kms_root` and the test app (`node::APP_ID`), with
 /// prefix 10.0.1.0/24 and room for 50 active seats.
@@ -52,7 +52,7 @@ pub async fn deploy_cluster(
     anvil: &AnvilInstance,
     kms_root: alloy::primitives::Address,
 ) -> TestCluster {
-    p2p_agent::chain::DstackClusterNFT::deploy(
+    mesh_chain::contract::DstackClusterNFT::deploy(
         wallet(anvil, 0),
         anvil.addresses()[0],
         kms_root,

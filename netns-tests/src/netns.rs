@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use mesh_wg::{
+    Device, DeviceConfig, Error, Key, NEEDS_NET_ADMIN, PeerConfig, PeerStatus, PrivateKey,
+};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use p2p_agent::wg::{
-    Device, DeviceConfig, Error, NEEDS_NET_ADMIN, PeerConfig, PeerStatus, PrivateKey,
-};
 
 /// How long any single device command may take before the test fails.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -332,7 +332,7 @@ type Reply<T> = mpsc::Sender<T>;
 
 enum Cmd {
     SetPeer(PeerConfig, Reply<Result<(), String>>),
-    RemovePeer([u8; 32], Reply<bool>),
+    RemovePeer(Key, Reply<bool>),
     Peers(Reply<Vec<PeerStatus>>),
     Shutdown(Reply<Result<(), String>>),
 }
@@ -348,7 +348,7 @@ pub enum Flavor {
 /// TUN and netlink socket are created there).
 pub struct NsDevice {
     pub ifname: String,
-    pub public_key: [u8; 32],
+    pub public_key: Key,
     pub listen_port: u16,
     cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
     thread: Option<JoinHandle<()>>,
@@ -361,7 +361,7 @@ impl NsDevice {
     pub fn try_start(ns: &NetNs, config: DeviceConfig, flavor: Flavor) -> Result<Self, Error> {
         let ns_path = PathBuf::from("/var/run/netns").join(&ns.name);
         let ifname = config.ifname.clone();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<([u8; 32], u16), Error>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(Key, u16), Error>>();
         let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -461,7 +461,7 @@ impl NsDevice {
             .unwrap_or_else(|e| panic!("set_peer on {}: {e}", self.ifname));
     }
 
-    pub fn remove_peer(&self, key: [u8; 32]) -> bool {
+    pub fn remove_peer(&self, key: Key) -> bool {
         self.call("remove_peer", |r| Cmd::RemovePeer(key, r))
     }
 
@@ -469,11 +469,11 @@ impl NsDevice {
         self.call("peers", Cmd::Peers)
     }
 
-    pub fn peer(&self, key: [u8; 32]) -> PeerStatus {
+    pub fn peer(&self, key: Key) -> PeerStatus {
         self.peers()
             .into_iter()
             .find(|p| p.public_key == key)
-            .unwrap_or_else(|| panic!("{} has no peer {}", self.ifname, b64(&key)))
+            .unwrap_or_else(|| panic!("{} has no peer {key}", self.ifname))
     }
 
     /// Shuts the device down, requiring success.
@@ -517,7 +517,7 @@ pub fn device_config(ifname: &str, seed: u8, overlay: Ipv4Addr) -> DeviceConfig 
     DeviceConfig::new(ifname, test_key(seed), overlay, 24)
 }
 
-pub fn peer_config(key: [u8; 32], endpoint: SocketAddr, allowed: &str) -> PeerConfig {
+pub fn peer_config(key: Key, endpoint: SocketAddr, allowed: &str) -> PeerConfig {
     PeerConfig {
         public_key: key,
         endpoint: Some(endpoint),
@@ -615,7 +615,7 @@ pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
 /// Dropping it stops `wireguard-go` by its PID, which removes the interface and its UAPI socket.
 pub struct WireguardGo {
     pub ifname: String,
-    pub public_key: [u8; 32],
+    pub public_key: Key,
     process: ChildGuard,
     _key_file: tempfile::NamedTempFile,
 }
@@ -627,7 +627,7 @@ impl WireguardGo {
         ns: &NetNs,
         key: &PrivateKey,
         overlay: &str,
-        peer_key: &[u8; 32],
+        peer_key: &Key,
         peer_endpoint: &str,
         allowed_ips: &str,
     ) -> Self {
@@ -665,7 +665,7 @@ impl WireguardGo {
             "listen-port",
             "51820",
             "peer",
-            &b64(peer_key),
+            &peer_key.to_string(),
             "endpoint",
             peer_endpoint,
             "allowed-ips",

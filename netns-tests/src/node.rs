@@ -4,15 +4,13 @@
 use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
+use dstack_guest::{DstackClient, DstackProof, Endpoint};
 use dstack_simulator::{
     keys::KmsRootKey,
     platform::{InstanceChoice, KeySource, Platform, SimulatorConfig},
     server::{UnixSocket, serve},
 };
-use p2p_agent::{
-    dstack::{DstackClient, Endpoint},
-    proof::{self, DstackProof, PeerRecord, SignedRegistration},
-};
+use mesh_chain::record::{self as proof, PeerRecord, SignedRegistration};
 
 /// The test cluster's KMS root private key (a throwaway, never a real key).
 pub const KMS_ROOT_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
@@ -93,14 +91,14 @@ impl SimulatedInstance {
         endpoint: &str,
         gateway_url: &str,
         payer: usize,
-    ) -> p2p_agent::registration::Outcome {
+    ) -> mesh_chain::registration::Outcome {
         let identity = p2p_agent::identity::NodeIdentity::load(&self.client, 0)
             .await
             .expect("identity");
-        let cluster = p2p_agent::registration::Cluster::connect(anvil.endpoint_url(), contract)
+        let cluster = mesh_chain::registration::Cluster::connect(anvil.endpoint_url(), contract)
             .await
             .expect("connect");
-        let desired = p2p_agent::registration::Desired {
+        let desired = mesh_chain::registration::Desired {
             wg_public_key: identity.wg_public_key(),
             endpoint: endpoint.into(),
             gateway_url: gateway_url.into(),
@@ -108,7 +106,7 @@ impl SimulatedInstance {
         let key: alloy::signers::local::PrivateKeySigner = anvil.keys()[payer].clone().into();
         let pins = cluster.contract_pins().await.expect("the cluster's pins");
         cluster
-            .register(&identity, &desired, Some(&key), &pins)
+            .register(&identity.peer, &desired, Some(&key), &pins)
             .await
             .expect("register")
     }

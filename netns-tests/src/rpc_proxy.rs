@@ -323,10 +323,10 @@ async fn answer_one(
 /// other events are left alone.
 pub fn edit_registration(
     log: &mut Value,
-    edit: impl FnOnce(&mut p2p_agent::chain::DstackClusterNFT::PeerRegistered),
+    edit: impl FnOnce(&mut mesh_chain::contract::DstackClusterNFT::PeerRegistered),
 ) {
     use alloy::sol_types::SolEvent as _;
-    use p2p_agent::chain::DstackClusterNFT::PeerRegistered;
+    use mesh_chain::contract::DstackClusterNFT::PeerRegistered;
     let Ok(parsed) = serde_json::from_value::<alloy::rpc::types::Log>(log.clone()) else {
         return;
     };

@@ -23,9 +23,9 @@ use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
 use alloy::signers::local::PrivateKeySigner;
+use mesh_api::{ConnectionKind, Peer, Status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use p2p_agent::api::{ConnectionKind, Peer, Status};
 use serde_json::Value;
 
 use crate::netns::{ChildGuard, DumpPeer, NetNs, parse_dump, run_command_timeout, run_ok};
@@ -53,6 +53,16 @@ pub const ANVIL_KEYS: [&str; 5] = [
     "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+];
+
+/// The log targets of the agent's own crates, as they appear after a level and any span prefix.
+const OWN_TARGETS: [&str; 6] = [
+    " p2p_agent::",
+    " mesh_chain::",
+    " mesh_wg::",
+    " mesh_api::",
+    " dstack_guest::",
+    " unix_socket::",
 ];
 
 /// When set to a directory, every [`Agent`]'s log is copied there when it is dropped.
@@ -933,9 +943,10 @@ impl<'a> Agent<'a> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            // The agent's own targets, after any span prefix (` WARN register{…}: p2p_agent::…`).
+            // The agent's own targets, after any span prefix (` WARN register{…}: mesh_chain::…`).
             .filter(|l| {
-                (l.contains(" WARN ") && l.contains(" p2p_agent::")) || l.contains(" ERROR ")
+                (l.contains(" WARN ") && OWN_TARGETS.iter().any(|t| l.contains(t)))
+                    || l.contains(" ERROR ")
             })
             .map(str::to_owned)
             .collect()

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use alloy::sol_types::SolCall as _;
+use mesh_chain::contract::DstackClusterNFT::{Peer, getPeersPageCall};
+use mesh_chain::record::PeerRecord;
 use netns_tests::attack::{
     CHAIN_ID, node_identity, on_chain, registration_logs, send_registration,
 };
 use netns_tests::rpc_proxy::{Request, RpcProxy, logs_mut};
 use netns_tests::topology::*;
-use p2p_agent::chain::DstackClusterNFT::{Peer, getPeersPageCall};
-use p2p_agent::proof::PeerRecord;
 use serde_json::Value;
 
 const NODES: usize = 4;
@@ -169,10 +169,11 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
     for (seat, nonce) in [(2usize, 1000u64), (4, 1)] {
         let identity = node_identity(&cluster, seat, 0);
         let reg = identity
+            .peer
             .sign(
                 PeerRecord {
                     tokenId: U256::from(seat),
-                    instanceId: identity.instance_id.clone(),
+                    instanceId: identity.instance_id().to_owned(),
                     wgPublicKey: identity.wg_public_key(),
                     endpoint: format!("{}:{WG_PORT}", lan_ip(4)),
                     gatewayUrl: String::new(),

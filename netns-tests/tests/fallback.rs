@@ -16,8 +16,8 @@
 
 use std::time::{Duration, Instant};
 
+use mesh_api::ConnectionKind;
 use netns_tests::topology::*;
-use p2p_agent::api::ConnectionKind;
 
 const NODES: usize = 4;
 const GATEWAY: [&str; 4] = [

@@ -29,12 +29,13 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
+use dstack_guest::chain as proof;
+use mesh_chain::record::{PeerRecord, SignedRegistration};
 use netns_tests::attack::{
     CHAIN_ID, current_registration, node_identity, on_chain, send_registration,
 };
 use netns_tests::netns::{WireguardGo, b64, parse_dump, test_key};
 use netns_tests::topology::*;
-use p2p_agent::proof::{self, PeerRecord, SignedRegistration};
 
 const NODES: usize = 4;
 const SEATS: usize = 3;
@@ -93,7 +94,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     ));
 
     let before: Vec<_> = agents.iter().map(view).collect();
-    let attacker_wg = B256::from(test_key(66).public_key());
+    let attacker_wg = B256::from(*test_key(66).public_key().as_bytes());
     let record_for_seat_3 = |nonce: u64| PeerRecord {
         tokenId: U256::from(3),
         instanceId: cluster.sims[2].instance_id.clone(),
@@ -106,11 +107,13 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     // 1. Node 1's proof (its instance, its derived key) on a record for node 3's seat.
     let node1 = node_identity(&cluster, 1, 0);
     let with_node1_proof = node1
+        .peer
         .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
         .expect("node 1 signs");
     // 2. Node 3's own proof, but the app key and its signature are the attacker's.
     let node3 = node_identity(&cluster, 3, 0);
     let mut fake_app = node3
+        .peer
         .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
         .expect("node 3 signs");
     let attacker = k256::ecdsa::SigningKey::from_slice(&[0x5a; 32]).expect("attacker key");
@@ -154,8 +157,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     steps.step("every node's peers and seat 3's record are unchanged");
 
     // A WireGuard peer that is not on-chain: wireguard-go in node 4's namespace, claiming node 3's address.
-    let node1_key = agents[0].key();
-    let node1_key: [u8; 32] = base64_key(&node1_key);
+    let node1_key: mesh_wg::Key = agents[0].key().parse().expect("node 1's key");
     let mut impostor = WireguardGo::start(
         lan.node(4),
         &test_key(66),
@@ -176,7 +178,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
         dump[0].latest_handshake == 0 && dump[0].rx == 0 && dump[0].tx > 0,
         "the impostor sent initiations and must have had no handshake and nothing back: {dump:?}"
     );
-    let impostor_key = b64(&impostor.public_key);
+    let impostor_key = impostor.public_key.to_string();
     assert!(
         !agents[0].wg_peer_keys().contains(&impostor_key),
         "node 1 added the impostor"
@@ -193,6 +195,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     // The front-run with a re-encoded copy of node 3's next registration (its key epoch 2).
     let next_nonce = nonce + 1;
     let genuine = node_identity(&cluster, 3, 2)
+        .peer
         .sign(
             PeerRecord {
                 tokenId: U256::from(3),
@@ -254,13 +257,4 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
         a.stop();
     }
     assert_no_warnings(&agents);
-}
-
-fn base64_key(text: &str) -> [u8; 32] {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .unwrap_or_else(|| panic!("not a WireGuard key: {text}"))
 }

@@ -15,8 +15,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use mesh_api::ConnectionKind;
 use netns_tests::topology::*;
-use p2p_agent::api::ConnectionKind;
 
 const NODES: usize = 3;
 /// The background ping during the rotation: 10 s at 50 ms, which the rotation (about 1 s) falls well within.

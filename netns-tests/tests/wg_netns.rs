@@ -6,8 +6,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use mesh_wg::{Error, PeerConfig};
 use netns_tests::netns::*;
-use p2p_agent::wg::{Error, PeerConfig};
 
 const A_OVERLAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const B_OVERLAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -64,13 +64,13 @@ fn pair_pings_updates_in_place_and_removes() {
     let (iface, peers) = parse_dump(&dump);
     assert_eq!(
         iface[1],
-        b64(&dev_a.public_key),
+        dev_a.public_key.to_string(),
         "wg shows our public key: {dump}"
     );
     assert_eq!(iface[2], dev_a.listen_port.to_string(), "{dump}");
     assert_eq!(peers.len(), 1, "{dump}");
     let p = &peers[0];
-    assert_eq!(p.public_key, b64(&dev_b.public_key));
+    assert_eq!(p.public_key, dev_b.public_key.to_string());
     assert_eq!(p.endpoint, b_ep.to_string());
     assert_eq!(p.allowed_ips, "10.0.1.2/32");
     assert!(
@@ -98,7 +98,7 @@ fn pair_pings_updates_in_place_and_removes() {
         "set",
         &dev_a.ifname,
         "peer",
-        &b64(&dev_b.public_key),
+        &dev_b.public_key.to_string(),
         "persistent-keepalive",
         "3",
         "allowed-ips",
@@ -141,7 +141,7 @@ fn pair_pings_updates_in_place_and_removes() {
 
     // `wg set … remove` and `wg syncconf` (which re-sends the unchanged peer B and drops the
     // extra one) go through the UAPI in place: B's session survives, traffic keeps flowing.
-    let k3 = b64(&test_key(9).public_key());
+    let k3 = test_key(9).public_key().to_string();
     ns_a.exec_ok(&[
         "wg",
         "set",
@@ -171,7 +171,7 @@ fn pair_pings_updates_in_place_and_removes() {
              Endpoint = {b_ep2}\nAllowedIPs = 10.0.1.2/32, 10.0.9.0/24\nPersistentKeepalive = 3\n",
             b64(test_key(1).expose_bytes()),
             dev_a.listen_port,
-            b64(&dev_b.public_key)
+            dev_b.public_key
         ),
     )
     .expect("write conf");
@@ -282,7 +282,7 @@ fn long_interface_name_is_rejected() {
         .build()
         .unwrap();
     let err = rt
-        .block_on(p2p_agent::wg::Device::create(device_config(
+        .block_on(mesh_wg::Device::create(device_config(
             "wgt-name-too-long",
             6,
             A_OVERLAY,
@@ -296,10 +296,10 @@ fn long_interface_name_is_rejected() {
 /// explicit `kernel` without the module is an error that says what to do.
 #[test]
 fn backend_choice_follows_the_kernel_module() {
-    use p2p_agent::wg::{BackendChoice, MeshDevice};
+    use mesh_wg::{BackendChoice, MeshDevice};
     require_root(&[]);
     let ns = NetNs::new("bk");
-    let module = p2p_agent::wg::kernel_module_present();
+    let module = mesh_wg::kernel_module_present();
     let (auto, explicit) = in_netns(&ns, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,7 +1,7 @@
 //! dstack's two simulator fixtures, value for value (dstack `sdk/simulator/appkeys.json` and its event
 //! log or attestation). Fixtures carry the app key and the KMS signature, never the KMS root key.
 
-use alloy::primitives::{Address, address, hex};
+use alloy_primitives::{Address, address, hex};
 
 /// One of dstack's simulator fixtures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,15 +5,15 @@
 //! * GetKey key = HKDF-SHA256(salt `RATLS`, IKM = app key, info = path);
 //! * chain = [app key over `purpose:hex(derived pub)`, KMS root over `dstack-kms-issued:` ‖ app_id ‖ app pub].
 //!
-//! The messages come from [`p2p_agent::proof`], so the simulator signs exactly what verifiers check.
+//! The messages come from [`dstack_guest::chain`], so the simulator signs exactly what verifiers check.
 
 use std::fmt;
 
-use alloy::primitives::Address;
+use alloy_primitives::Address;
+use dstack_guest::DerivedKey;
+use dstack_guest::chain::{app_message, compressed, kms_message, sign_dstack_message};
 use hkdf::Hkdf;
 use k256::ecdsa::SigningKey;
-use p2p_agent::dstack::DerivedKey;
-use p2p_agent::proof::{app_message, compressed, kms_message, sign_dstack_message};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -93,12 +93,13 @@ impl fmt::Debug for KmsRootKey {
 /// # Errors
 /// [`KeyError::BadHex`].
 pub fn parse_hex32(what: &'static str, s: &str) -> Result<[u8; 32], KeyError> {
-    let bytes = Zeroizing::new(p2p_agent::dstack::wire::decode_hex(s.trim()).map_err(|e| {
-        KeyError::BadHex {
-            what,
-            reason: e.to_string(),
-        }
-    })?);
+    let bytes =
+        Zeroizing::new(
+            dstack_guest::wire::decode_hex(s.trim()).map_err(|e| KeyError::BadHex {
+                what,
+                reason: e.to_string(),
+            })?,
+        );
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyError::BadHex {
         what,
         reason: format!("got {} bytes", bytes.len()),
@@ -251,9 +252,9 @@ impl AppKeys {
 mod tests {
     use super::*;
     use crate::fixture::{FIXTURE_A, FIXTURE_B};
-    use alloy::primitives::{address, hex};
-    use p2p_agent::dstack::{GetKeyReply, SignatureChain};
-    use p2p_agent::proof::{DstackProof, verify_chain};
+    use alloy_primitives::{address, hex};
+    use dstack_guest::{DstackProof, verify_chain};
+    use dstack_guest::{GetKeyReply, SignatureChain};
 
     fn keys(f: &crate::fixture::Fixture) -> AppKeys {
         AppKeys::from_parts(&f.app_key, f.kms_signature).unwrap()

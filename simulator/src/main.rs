@@ -4,15 +4,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use alloy::primitives::Address;
+use alloy_primitives::Address;
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser, ValueEnum};
 use dstack_simulator::fixture::{FIXTURE_A, FIXTURE_B};
 use dstack_simulator::keys::KmsRootKey;
 use dstack_simulator::platform::{InstanceChoice, KeySource, Platform, SimulatorConfig};
 use dstack_simulator::server;
-use p2p_agent::socket::UnixSocket;
 use tracing::{info, warn};
+use unix_socket::UnixSocket;
 
 /// A dstack guest-agent simulator. It serves the real agent's API (POST /GetKey, /GetQuote, /Info,
 /// /Sign, /Verify, /Version, /GetTlsKey and the legacy /prpc/Tappd.* paths; JSON only) on a unix
@@ -108,7 +108,7 @@ impl std::fmt::Debug for SecretArg {
 }
 
 fn parse_instance_id(s: &str) -> Result<[u8; 20], String> {
-    let bytes = p2p_agent::dstack::wire::decode_hex(s).map_err(|e| format!("not hex: {e}"))?;
+    let bytes = dstack_guest::wire::decode_hex(s).map_err(|e| format!("not hex: {e}"))?;
     <[u8; 20]>::try_from(bytes.as_slice())
         .map_err(|_| format!("expected 20 bytes (40 hex digits), got {}", bytes.len()))
 }

@@ -1,14 +1,14 @@
 //! Everything simulated sits here: the CVM's identity, its keys, its measurements, its quote and its
 //! certificates. The [`server`](crate::server) only speaks the wire protocol on top of [`Platform`].
 
-use alloy::primitives::{Address, keccak256};
-use k256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
-use k256::ecdsa::signature::{Signer, Verifier};
-use p2p_agent::dstack::wire::{
+use alloy_primitives::{Address, keccak256};
+use dstack_guest::wire::{
     DeriveK256KeyResponse, DeriveKeyArgs, DeriveKeyResponse, EventLog, GetKeyArgs, GetKeyResponse,
     GetQuoteResponse, GetTlsKeyArgs, GetTlsKeyResponse, InfoResponse, SignArgs, SignResponse,
     TcbInfo, TdxQuoteArgs, TdxQuoteResponse, VerifyArgs, VerifyResponse, VersionResponse,
 };
+use k256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
+use k256::ecdsa::signature::{Signer, Verifier};
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
@@ -426,7 +426,7 @@ impl Platform {
                 };
                 (
                     sig.to_bytes().to_vec(),
-                    p2p_agent::proof::compressed(sk.verifying_key()).to_vec(),
+                    dstack_guest::chain::compressed(sk.verifying_key()).to_vec(),
                 )
             }
             other => {

@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dstack_guest::wire::{
+    DeriveK256KeyArgs, DeriveKeyArgs, EmitEventArgs, ErrorResponse, GetKeyArgs, GetQuoteArgs,
+    GetTlsKeyArgs, RawQuoteArgs, SignArgs, TdxQuoteArgs, VerifyArgs,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -19,17 +23,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use p2p_agent::dstack::wire::{
-    DeriveK256KeyArgs, DeriveKeyArgs, EmitEventArgs, ErrorResponse, GetKeyArgs, GetQuoteArgs,
-    GetTlsKeyArgs, RawQuoteArgs, SignArgs, TdxQuoteArgs, VerifyArgs,
-};
-pub use p2p_agent::socket::UnixSocket;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
+pub use unix_socket::UnixSocket;
 
 use crate::platform::{CallError, Platform};
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use common::{APP_ID, ROOT_KEY, Sim, get, post};
+use dstack_guest::DstackProof;
+use dstack_guest::{DstackClient, DstackError, Endpoint};
 use dstack_simulator::fixture::FIXTURE_A;
 use dstack_simulator::keys::KmsRootKey;
-use p2p_agent::dstack::{DstackClient, DstackError, Endpoint};
-use p2p_agent::proof::{self, DstackProof, PeerRecord, SignedRegistration};
+use mesh_chain::record::{self, PeerRecord, SignedRegistration};
 use serde_json::{Value, json};
 
 const FIXTURE_A_WALLET_KEY: &str =
@@ -50,13 +51,13 @@ async fn named_instances_share_the_app_key() {
         let c = client(sim);
         let info = c.info().await.unwrap();
         assert_eq!(info.app_id, app_id);
-        let purpose = proof::purpose(&info.instance_id);
+        let purpose = record::purpose(&info.instance_id);
         let reply = c
-            .get_key(&proof::key_path(&info.instance_id), &purpose)
+            .get_key(&record::key_path(&info.instance_id), &purpose)
             .await
             .unwrap();
         let p = DstackProof::from_get_key(&reply, info.app_id, &purpose).unwrap();
-        proof::verify_chain(&p, kms_root, &[app_id]).unwrap();
+        dstack_guest::verify_chain(&p, kms_root, &[app_id]).unwrap();
         ids.push(info.instance_id);
         proofs.push(p);
     }
@@ -210,13 +211,13 @@ async fn agent_client_chain_verifies_against_fixture_root() {
     let info = c.info().await.unwrap();
     assert_eq!(info.app_id, Address::from(FIXTURE_A.app_id));
     let instance = info.instance_id.clone();
-    let purpose = proof::purpose(&instance);
+    let purpose = record::purpose(&instance);
     let reply = c
-        .get_key(&proof::key_path(&instance), &purpose)
+        .get_key(&record::key_path(&instance), &purpose)
         .await
         .unwrap();
     let p = DstackProof::from_get_key(&reply, info.app_id, &purpose).unwrap();
-    let chain = proof::verify_chain(&p, FIXTURE_A.kms_root, &[info.app_id]).unwrap();
+    let chain = dstack_guest::verify_chain(&p, FIXTURE_A.kms_root, &[info.app_id]).unwrap();
     assert_eq!(chain.kms_root, FIXTURE_A.kms_root);
 
     let record = PeerRecord {
@@ -229,7 +230,7 @@ async fn agent_client_chain_verifies_against_fixture_root() {
     };
     let reg =
         SignedRegistration::sign(record, p, &reply.key, 31337, Address::repeat_byte(0xcc)).unwrap();
-    proof::verify_registration(&reg, FIXTURE_A.kms_root, &[info.app_id], &instance).unwrap();
+    record::verify_registration(&reg, FIXTURE_A.kms_root, &[info.app_id], &instance).unwrap();
 
     // Fixture A's published GetKey vector through the same client.
     let wallet = c.get_key("wallet/ethereum", "ethereum").await.unwrap();

@@ -4,7 +4,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use alloy::primitives::{Address, B256};
 use anyhow::{Context, bail};
-use p2p_agent::chain::IAppAuth;
+use mesh_chain::contract::IAppAuth;
 use serde::Deserialize;
 use serde_json::json;
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use alloy::primitives::{Address, U256, utils::format_ether, utils::parse_ether};
 use anyhow::{Context, bail};
-use p2p_agent::chain::ipv4;
+use mesh_chain::contract::ipv4;
 use serde_json::{Value, json};
 
 use crate::cluster::{self, ClusterOpts, tx_json, tx_text};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use alloy::primitives::{Address, U256};
 use anyhow::{Context, bail};
 use ipnetwork::Ipv4Network;
-use p2p_agent::chain::{ChainError, DstackClusterNFT};
+use mesh_chain::contract::{ChainError, DstackClusterNFT};
 use serde_json::json;
 
 use crate::cluster::{self, ChainOpts, SignerOpts};

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use alloy::providers::Provider;
 use anyhow::Context;
 use base64::Engine;
-use p2p_agent::{
-    chain::{self, DstackClusterNFT, ipv4},
-    proof,
+use mesh_chain::{
+    contract::{self as chain, DstackClusterNFT, ipv4},
+    record as proof,
 };
 use serde_json::{Value, json};
 

@@ -4,9 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use alloy::providers::Provider;
 use anyhow::{Context, bail};
-use p2p_agent::{
-    chain::{self, DstackClusterNFT},
-    proof::{self, SignedRegistration},
+use mesh_chain::{
+    contract::{self as chain, DstackClusterNFT},
+    record::{self as proof, SignedRegistration},
 };
 use serde_json::json;
 

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use alloy::primitives::{Address, U256, utils::parse_ether};
 use anyhow::{Context, bail};
-use p2p_agent::chain::{self, DstackClusterNFT, ipv4};
-use p2p_agent::proof::{self, SignedBindConsent};
+use mesh_chain::contract::{self as chain, DstackClusterNFT, ipv4};
+use mesh_chain::record::{self as proof, SignedBindConsent};
 use serde_json::json;
 
 use crate::cluster::{self, ClusterOpts, SignerOpts, events, tx_json, tx_text};

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::SystemTime};
 
 use anyhow::Context;
-use p2p_agent::api::{self, ConnectionKind, Peer, Status};
+use mesh_api::{ConnectionKind, Peer, Status};
 use serde_json::json;
 
 use crate::output::Output;
@@ -11,7 +11,7 @@ use crate::output::Output;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The agent's API socket.
-    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     api_socket: PathBuf,
     /// Show whole WireGuard keys and instance ids.
     #[arg(short, long)]
@@ -19,10 +19,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
-    let status: Status = api::get(&args.api_socket, "/v1/status")
+    let status: Status = mesh_api::get(&args.api_socket, "/v1/status")
         .await
         .context("reading the agent's status")?;
-    let mut peers: Vec<Peer> = api::get(&args.api_socket, "/v1/peers")
+    let mut peers: Vec<Peer> = mesh_api::get(&args.api_socket, "/v1/peers")
         .await
         .context("reading the agent's peers")?;
     peers.sort_by_key(|p| p.token_id);
@@ -83,9 +83,9 @@ fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut s = String::new();
     let mode = match (&status.mode, &status.backend) {
-        (api::Mode::Wireguard, Some(b)) => format!("wireguard ({b})"),
-        (api::Mode::Wireguard, None) => "wireguard".into(),
-        (api::Mode::Tls, _) => "tls".into(),
+        (mesh_api::Mode::Wireguard, Some(b)) => format!("wireguard ({b})"),
+        (mesh_api::Mode::Wireguard, None) => "wireguard".into(),
+        (mesh_api::Mode::Tls, _) => "tls".into(),
     };
     s.push_str(&format!(
         "interface {}  overlay {}  seat {}  instance {}\n",

@@ -27,10 +27,10 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use anyhow::Context as _;
 use clap::Parser;
+use mesh_api::{self, ConnectionKind, Peer};
+use mesh_chain::contract::DstackClusterNFT;
 use netns_tests::netns::{WireguardGo, in_netns, iperf3, ping_avg_ms, require_root, test_key};
 use netns_tests::topology::*;
-use p2p_agent::api::{self, ConnectionKind, Peer};
-use p2p_agent::chain::DstackClusterNFT;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -236,7 +236,7 @@ async fn until_all(agents: &[&Agent<'_>], what: &str, done: impl Fn(&[Peer]) -> 
         let replies = futures::future::join_all(
             agents
                 .iter()
-                .map(|a| api::get::<Vec<Peer>>(&a.api_socket, "/v1/peers")),
+                .map(|a| mesh_api::get::<Vec<Peer>>(&a.api_socket, "/v1/peers")),
         )
         .await;
         let now = Instant::now();
@@ -342,7 +342,7 @@ fn agent_cost<'a>(
     std::thread::sleep(Duration::from_secs(2));
 
     let requests = |a: &Agent<'_>| -> anyhow::Result<u64> {
-        let text = rt.block_on(api::get_text(&a.api_socket, "/metrics"))?;
+        let text = rt.block_on(mesh_api::get_text(&a.api_socket, "/metrics"))?;
         text.lines()
             .find_map(|l| l.strip_prefix("dstack_mesh_chain_requests_total "))
             .and_then(|v| v.trim().parse().ok())

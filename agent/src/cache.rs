@@ -1,0 +1,277 @@
+//! What the agent keeps in `--state-dir` between runs: the last processed block, the peer records it
+//! believed (with their proofs) and each seat's nonce high-water mark, and the pins it trusts, so a restart
+//! with the RPC down still brings the mesh up and a restart with a lying RPC cannot roll anything back.
+//! Nothing in it is secret: keys come from dstack on every start. Written atomically, mode 0600, in a
+//! versioned format; version 1 files (before the chain id, prefix and high-water marks were pinned) are
+//! upgraded on load.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use mesh_chain::membership::{Pins, Prefix};
+use mesh_chain::view::ChainView;
+
+/// The state file's name inside the state directory.
+pub const FILE_NAME: &str = "chain-view.json";
+
+/// The format this version writes. (Not a serde-tagged enum: its buffering cannot read the integer keys of
+/// the records map back.)
+const VERSION: u32 = 2;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    view: ChainView,
+}
+
+#[derive(Debug, Deserialize)]
+struct Header {
+    version: u32,
+}
+
+/// Version 1: the chain id and prefix sat beside the pins, and there were no high-water marks.
+#[derive(Debug, Deserialize)]
+struct StateFileV1 {
+    view: ViewV1,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ViewV1 {
+    contract: alloy::primitives::Address,
+    chain_id: u64,
+    prefix: Prefix,
+    pins: PinsV1,
+    last_block: u64,
+    last_block_hash: alloy::primitives::B256,
+    records: std::collections::BTreeMap<u64, mesh_chain::record::SignedRegistration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PinsV1 {
+    kms_root: alloy::primitives::Address,
+    app_ids: Vec<alloy::primitives::Address>,
+}
+
+impl From<ViewV1> for ChainView {
+    fn from(v: ViewV1) -> Self {
+        let high_water = v.records.iter().map(|(t, r)| (*t, r.nonce)).collect();
+        ChainView {
+            contract: v.contract,
+            pins: Pins {
+                kms_root: v.pins.kms_root,
+                app_ids: v.pins.app_ids,
+                chain_id: v.chain_id,
+                prefix: v.prefix,
+            },
+            last_block: v.last_block,
+            last_block_hash: v.last_block_hash,
+            records: v.records,
+            high_water,
+        }
+    }
+}
+
+/// Errors reading or writing the state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a state file this version understands: {detail}; move it away to start afresh", path.display())]
+    Format { path: PathBuf, detail: String },
+}
+
+/// Loads the saved view, if there is one.
+///
+/// # Errors
+/// [`StateError`] when the file exists but cannot be read or parsed.
+pub fn load(dir: &Path) -> Result<Option<ChainView>, StateError> {
+    let path = dir.join(FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Io {
+                action: "read",
+                path,
+                source,
+            });
+        }
+    };
+    if let Ok(meta) = std::fs::metadata(&path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        warn!(path = %path.display(), "the state file is readable by others; it holds no secrets, but should be 0600");
+    }
+    let format = |detail: String| StateError::Format {
+        path: path.clone(),
+        detail,
+    };
+    let header: Header = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+    match header.version {
+        VERSION => {
+            let file: StateFile = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+            Ok(Some(file.view))
+        }
+        1 => {
+            let file: StateFileV1 =
+                serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+            Ok(Some(file.view.into()))
+        }
+        other => Err(format(format!(
+            "version {other} (this agent reads versions 1 and {VERSION})"
+        ))),
+    }
+}
+
+/// Saves the view atomically (write a temporary file, then rename it over the old one).
+///
+/// # Errors
+/// [`StateError::Io`] naming the path.
+pub fn save(dir: &Path, view: &ChainView) -> Result<(), StateError> {
+    let io = |action, path: &Path, source| StateError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let path = dir.join(FILE_NAME);
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let text = serde_json::to_vec_pretty(&StateFile {
+        version: VERSION,
+        view: view.clone(),
+    })
+    .map_err(|e| StateError::Format {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    std::fs::write(&tmp, text).map_err(|e| io("write", &tmp, e))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("chmod", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename into", &path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::{Address, B256};
+    use std::collections::BTreeMap;
+
+    fn view() -> ChainView {
+        ChainView {
+            contract: Address::repeat_byte(1),
+            pins: Pins {
+                kms_root: Address::repeat_byte(2),
+                app_ids: vec![Address::repeat_byte(3)],
+                chain_id: 31337,
+                prefix: Prefix::new("10.0.1.0".parse().unwrap(), 24).unwrap(),
+            },
+            last_block: 42,
+            last_block_hash: B256::repeat_byte(4),
+            records: BTreeMap::new(),
+            high_water: [(3, 5)].into(),
+        }
+    }
+
+    /// A version 1 file (the format before this one) loads, with its chain id and prefix pinned and each
+    /// record's nonce as its seat's high-water mark; seats are integer map keys and survive the round trip
+    /// (a serde-tagged enum could not read them).
+    #[test]
+    fn version_1_files_upgrade_and_records_keyed_by_seat_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"version":1,"view":{"contract":"0x0101010101010101010101010101010101010101","chainId":1,"prefix":{"network":"10.0.1.0","len":24},"pins":{"kmsRoot":"0x0202020202020202020202020202020202020202","appIds":[]},"lastBlock":3,"lastBlockHash":"0x0404040404040404040404040404040404040404040404040404040404040404","records":{}}}"#;
+        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+        let mut v = load(dir.path()).unwrap().unwrap();
+        assert_eq!(v.last_block, 3);
+        assert_eq!(
+            (v.pins.chain_id, v.prefix().to_string()),
+            (1, "10.0.1.0/24".into())
+        );
+        v.records
+            .insert(7, serde_json::from_value(sample_registration()).unwrap());
+        v.high_water.insert(7, 1);
+        save(dir.path(), &v).unwrap();
+        let back = load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
+        assert_eq!(
+            back.high_water,
+            [(7, 1)].into(),
+            "the high-water mark survives a restart"
+        );
+
+        let with_record = text.replace(
+            r#""records":{}"#,
+            &format!(
+                r#""records":{{"9":{}}}"#,
+                sample_registration().to_string().replace("0x7", "0x9")
+            ),
+        );
+        std::fs::write(dir.path().join(FILE_NAME), with_record).unwrap();
+        let upgraded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            upgraded.high_water,
+            [(9, 1)].into(),
+            "version 1 records become high-water marks"
+        );
+    }
+
+    /// A state file cannot carry a prefix that no contract accepts.
+    #[test]
+    fn a_state_file_with_an_invalid_prefix_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &view()).unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"10.0.1.0\"", "\"10.0.1.9\"")).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("10.0.1.9/24 is not a usable mesh prefix"),
+            "{err}"
+        );
+    }
+
+    fn sample_registration() -> serde_json::Value {
+        let b = |n: usize| format!("0x{}", "11".repeat(n));
+        serde_json::json!({
+            "token_id": "0x7", "instance_id": "ab", "wg_public_key": b(32), "endpoint": "", "gateway_url": "",
+            "nonce": 1, "record_signature": b(65), "chain_id": 1, "contract": b(20),
+            "proof": {"derived_public_key": b(64), "app_public_key": b(64), "app_signature": b(65),
+                      "kms_signature": b(65), "app_id": b(20), "purpose": "p"}
+        })
+    }
+
+    /// A saved view loads back unchanged, from a 0600 file; a missing file is no state.
+    #[test]
+    fn saves_and_loads_the_view_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        save(dir.path(), &view()).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(view()));
+        let mode = std::fs::metadata(dir.path().join(FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
+    }
+
+    /// A file of another format is an error that says how to recover, not a silent reset.
+    #[test]
+    fn an_unknown_format_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), r#"{"version":9}"#).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("move it away to start afresh"), "{err}");
+    }
+}

@@ -1,0 +1,123 @@
+//! What the API serves, as JSON with camelCase fields: the types users script against. Changing a field
+//! changes the API.
+
+use std::net::Ipv4Addr;
+
+use alloy_primitives::Address;
+use serde::{Deserialize, Serialize};
+
+/// Where the agent serves its API unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/p2p-agent/api.sock";
+
+/// How the agent reaches a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionKind {
+    /// Over the WireGuard tunnel, at the peer's overlay IP.
+    Wireguard,
+    /// Over the peer's TLS-gateway URL, because its tunnel is not healthy (or it runs in TLS mode).
+    TlsGateway,
+    /// Neither: the tunnel is down and the peer registered no gateway URL.
+    Unreachable,
+}
+
+/// The agent's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// A WireGuard interface, with the gateway URL as fallback.
+    Wireguard,
+    /// No interface: peers are reached through their TLS-gateway URLs.
+    Tls,
+}
+
+/// One peer as applications see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    pub token_id: u64,
+    pub instance_id: String,
+    pub overlay_ip: Ipv4Addr,
+    /// Base64, as `wg` prints keys; absent for a TLS-only peer.
+    pub wg_public_key: Option<String>,
+    pub endpoint: Option<String>,
+    pub gateway_url: Option<String>,
+    pub connection: ConnectionKind,
+    /// What to connect to: the overlay IP over WireGuard, else the gateway URL.
+    pub address: Option<String>,
+    pub healthy: bool,
+    /// Unix seconds of the latest handshake; absent when there has been none.
+    pub latest_handshake: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// This node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub instance_id: String,
+    pub app_id: Address,
+    /// Absent until a seat is bound to this instance.
+    pub token_id: Option<u64>,
+    pub overlay_ip: Option<Ipv4Addr>,
+    pub wg_public_key: Option<String>,
+    pub interface: Option<String>,
+    pub listen_port: Option<u16>,
+    pub endpoint: Option<String>,
+    pub gateway_url: Option<String>,
+    /// Whether this node's record on-chain is the one it wants.
+    pub registered: bool,
+}
+
+/// Where the agent is with the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainStatus {
+    pub contract: Address,
+    pub chain_id: Option<u64>,
+    pub rpc_url: String,
+    pub head: Option<u64>,
+    pub last_processed_block: Option<u64>,
+    /// `head - lastProcessedBlock`.
+    pub lag: Option<u64>,
+    /// The peer set came from the on-disk cache because the RPC has not answered since start.
+    pub from_cache: bool,
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    pub mode: Mode,
+    /// `userspace` or `kernel`; absent in TLS mode.
+    pub backend: Option<String>,
+    pub node: Node,
+    pub chain: ChainStatus,
+    pub uptime_secs: u64,
+    pub peers_configured: usize,
+    pub peers_healthy: usize,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub reconciles: u64,
+    pub registrations: u64,
+    pub rpc_errors: u64,
+    pub invalid_records: u64,
+    /// JSON-RPC requests made to follow the chain (reads and log queries, not registrations).
+    #[serde(default)]
+    pub chain_requests: u64,
+}
+
+/// What the API serves: the daemon publishes a new one whenever something changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub status: Status,
+    pub peers: Vec<Peer>,
+    pub counters: Counters,
+}

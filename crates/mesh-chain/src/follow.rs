@@ -1,0 +1,598 @@
+//! Following the cluster contract: a full read now and then as a safety net, and in between the contract's
+//! events block by block, so that the RPC load per block does not grow with the number of peers.
+//!
+//! Per poll with new blocks: `eth_blockNumber`, the header of the newest confirmed block (its hash, and its
+//! parent's to detect a reorg), and one `eth_getLogs` for the range. A reorg below the last processed block,
+//! or a log marked removed, makes a full read due.
+//!
+//! The view keeps only believed records ([`crate::membership::authenticate`] and
+//! [`crate::membership::admit`]), each with its registration event's proof, and every seat's nonce
+//! high-water mark, so that an RPC can hide changes but never invent or undo them.
+//!
+//! A full read that fails, for whatever reason (an RPC error, one missing event, pruned logs), never stops
+//! the follower: it is retried with backoff while the events go on being polled.
+
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use alloy::{
+    eips::BlockNumberOrTag,
+    primitives::{Address, B256, U256},
+    providers::{DynProvider, Provider},
+    rpc::types::Filter,
+    sol_types::SolEvent,
+};
+use tracing::{debug, info, instrument, warn};
+
+use crate::backoff::Backoff;
+use crate::contract::{self, ChainError, DstackClusterNFT};
+use crate::membership::{Pins, Prefix, Rejected};
+use crate::view::{ChainView, Seat};
+
+/// Records asked for per `getPeersPage` call.
+const PAGE_SIZE: u64 = 100;
+
+/// The widest block range one `eth_getLogs` asks for; a node that fell behind catches up over several
+/// polls rather than with one request that providers refuse.
+const MAX_LOG_RANGE: u64 = 2000;
+
+/// Where the trust anchors come from when the follower starts.
+#[derive(Debug, Clone, Default)]
+pub struct Anchors {
+    /// `--kms-root` and `--app-id`: they override what the state file pinned.
+    pub flags: Option<(Address, Vec<Address>)>,
+    /// `--repin`: trust what the RPC says now (chain id, prefix, and the contract's KMS root and app ids
+    /// unless given as flags), and forget the high-water marks, as at a first start.
+    pub repin: bool,
+}
+
+/// How the follower paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowConfig {
+    /// Blocks to wait before acting on an event.
+    pub confirmations: u64,
+    /// How often a full read re-checks everything.
+    pub full_read_every: Duration,
+}
+
+/// What one [`Follower::tick`] did.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// The believed records changed.
+    pub changed: bool,
+    /// A full read was due and failed (or could not fetch every record); it is retried with backoff while
+    /// events are polled. [`Follower::full_read_failing`] keeps saying so until one succeeds.
+    pub full_read_error: Option<String>,
+}
+
+/// When full reads happen: every `every` after one that completes; after a failure sooner, backing off,
+/// while polling goes on; and at once when a reorg makes one due (unless backing off).
+#[derive(Debug, Clone)]
+pub struct FullReadSchedule {
+    every: Duration,
+    next: Instant,
+    backoff: Backoff,
+    failing: bool,
+}
+
+impl FullReadSchedule {
+    /// A schedule whose first full read is due at `first`.
+    pub fn new(every: Duration, first: Instant) -> Self {
+        Self {
+            every,
+            next: first,
+            backoff: Backoff::new(Duration::from_secs(1), every.max(Duration::from_secs(1))),
+            failing: false,
+        }
+    }
+
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    pub fn succeeded(&mut self, now: Instant) {
+        self.failing = false;
+        self.backoff.reset();
+        self.next = now.checked_add(self.every).unwrap_or(now);
+    }
+
+    pub fn failed(&mut self, now: Instant) {
+        self.failing = true;
+        self.next = now.checked_add(self.backoff.next_delay()).unwrap_or(now);
+    }
+
+    /// Something (a reorg, a removed log) makes a full read due now; a failing one keeps its backoff.
+    pub fn request(&mut self, now: Instant) {
+        if !self.failing {
+            self.next = self.next.min(now);
+        }
+    }
+}
+
+/// What a full read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullRead {
+    pub changed: bool,
+    /// The event of every listed record that changed could be fetched. An incomplete read is not applied
+    /// (unless the node had nothing yet): the events it could not fetch arrive by polling instead, which
+    /// would skip them if the read moved the last processed block past them.
+    pub complete: bool,
+}
+
+/// Follows one cluster contract through one RPC.
+pub struct Follower {
+    provider: DynProvider,
+    config: FollowConfig,
+    view: ChainView,
+    schedule: FullReadSchedule,
+    /// Why the last full read failed, until one succeeds.
+    full_read_failing: Option<String>,
+    /// Rejections already logged, so each is logged once.
+    logged: BTreeSet<(u64, u64)>,
+    /// RPC requests made, for the benchmark of RPC load per block.
+    pub requests: u64,
+    /// Records refused because they were not authentic or were older than what was known.
+    pub rejected: u64,
+}
+
+fn rpc(what: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
+    move |source| ChainError::Rpc { what, source }
+}
+
+fn call(what: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainError {
+    move |e| ChainError::from_call(what, e)
+}
+
+/// The RPC says something that cannot be true of a cluster contract.
+fn implausible(detail: String) -> ChainError {
+    ChainError::Implausible { detail }
+}
+
+impl Follower {
+    /// Connects, checks the RPC against the pins, and takes up the `cached` view if there is one for this
+    /// contract (a full read is then due at once, but the follower runs even if it fails). Without a cache
+    /// it reads the whole state first. Pins come from `anchors`, the cache, or (at a first start) the RPC.
+    ///
+    /// # Errors
+    /// [`ChainError::PinMismatch`] when the RPC disagrees with what this node pinned; otherwise when the RPC
+    /// or the contract cannot be read.
+    #[instrument(skip_all, fields(%contract))]
+    pub async fn start(
+        provider: DynProvider,
+        contract: Address,
+        config: FollowConfig,
+        cached: Option<ChainView>,
+        anchors: &Anchors,
+    ) -> Result<Self, ChainError> {
+        contract::check_cluster(&provider, contract).await?;
+        let c = DstackClusterNFT::new(contract, &provider);
+        let chain_id = provider.get_chain_id().await.map_err(rpc("eth_chainId"))?;
+        let p = c.meshPrefix().call().await.map_err(call("meshPrefix"))?;
+        let prefix = Prefix::new(Ipv4Addr::from(p._0), p._1)
+            .map_err(|e| implausible(format!("the contract's {e}")))?;
+        let cached = cached.filter(|v| v.contract == contract && !anchors.repin);
+        if let Some(v) = &cached {
+            if v.pins.chain_id != chain_id {
+                return Err(ChainError::PinMismatch {
+                    what: "chain id",
+                    pinned: v.pins.chain_id.to_string(),
+                    rpc: chain_id.to_string(),
+                });
+            }
+            if v.pins.prefix != prefix {
+                return Err(ChainError::PinMismatch {
+                    what: "mesh prefix",
+                    pinned: v.pins.prefix.to_string(),
+                    rpc: prefix.to_string(),
+                });
+            }
+        }
+        let (kms_root, app_ids) = match (&anchors.flags, &cached) {
+            (Some((root, apps)), _) => (*root, apps.clone()),
+            (None, Some(v)) => (v.pins.kms_root, v.pins.app_ids.clone()),
+            (None, None) => {
+                let kms_root = c.kmsRoot().call().await.map_err(call("kmsRoot"))?;
+                let app_ids = c
+                    .allowedAppIds()
+                    .call()
+                    .await
+                    .map_err(call("allowedAppIds"))?;
+                info!(%kms_root, ?app_ids, %chain_id, %prefix, "pinned the cluster's KMS root, app ids, chain id and prefix");
+                (kms_root, app_ids)
+            }
+        };
+        let pins = Pins {
+            kms_root,
+            app_ids,
+            chain_id,
+            prefix,
+        };
+        let now = Instant::now();
+        let mut follower = Self {
+            provider,
+            config,
+            view: ChainView::new(contract, pins.clone()),
+            schedule: FullReadSchedule::new(config.full_read_every, now),
+            full_read_failing: None,
+            logged: BTreeSet::new(),
+            requests: 5,
+            rejected: 0,
+        };
+        match cached {
+            Some(mut v) => {
+                if v.pins != pins {
+                    // New anchors from flags: records are re-checked against them.
+                    v.pins = pins;
+                    v.records.clear();
+                }
+                follower.view = v;
+            }
+            None => {
+                let read = follower.full_read().await?;
+                if read.complete {
+                    follower.schedule.succeeded(now);
+                } else {
+                    follower.schedule.failed(now);
+                }
+            }
+        }
+        Ok(follower)
+    }
+
+    /// What the follower knows now.
+    pub fn view(&self) -> &ChainView {
+        &self.view
+    }
+
+    /// Why full reads fail, while they do (events are followed meanwhile).
+    pub fn full_read_failing(&self) -> Option<&str> {
+        self.full_read_failing.as_deref()
+    }
+
+    /// One step: the full read when one is due (backing off after failures), then the events since the last
+    /// processed block.
+    ///
+    /// # Errors
+    /// When polling fails; a failed full read is reported in [`Tick::full_read_error`] instead.
+    pub async fn tick(&mut self, now: Instant) -> Result<Tick, ChainError> {
+        let mut tick = Tick::default();
+        if self.schedule.due(now) {
+            match self.full_read().await {
+                Ok(read) => {
+                    tick.changed = read.changed;
+                    if read.complete {
+                        self.schedule.succeeded(now);
+                        self.full_read_failing = None;
+                        return Ok(tick);
+                    }
+                    self.schedule.failed(now);
+                    tick.full_read_error =
+                        Some("the full read could not fetch every changed record's event".into());
+                }
+                Err(e) => {
+                    self.schedule.failed(now);
+                    tick.full_read_error = Some(e.to_string());
+                }
+            }
+        }
+        if let Some(e) = &tick.full_read_error {
+            warn!(error = %e, "the full read failed; following events meanwhile, and retrying it with backoff");
+            self.full_read_failing = Some(e.clone());
+        }
+        tick.changed |= self.poll(now).await?;
+        Ok(tick)
+    }
+
+    async fn confirmed_head(&mut self) -> Result<u64, ChainError> {
+        self.count();
+        let head = self
+            .provider
+            .get_block_number()
+            .await
+            .map_err(rpc("eth_blockNumber"))?;
+        Ok(head.saturating_sub(self.config.confirmations))
+    }
+
+    async fn header(&mut self, number: u64) -> Result<(B256, B256), ChainError> {
+        self.count();
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(rpc("eth_getBlockByNumber"))?
+            .ok_or(ChainError::MissingBlock { number })?;
+        Ok((block.header.hash, block.header.parent_hash))
+    }
+
+    fn count(&mut self) {
+        self.requests = self.requests.saturating_add(1);
+    }
+
+    fn reject(&mut self, rejected: &Rejected, nonce: u64) {
+        self.rejected = self.rejected.saturating_add(1);
+        if self.logged.insert((rejected.token_id(), nonce)) {
+            warn!(token = rejected.token_id(), nonce, reason = %rejected, "refusing a record");
+        }
+    }
+
+    /// Every record at the confirmed head, in pages at one block number.
+    async fn read_records(
+        &mut self,
+        block: u64,
+    ) -> Result<Vec<DstackClusterNFT::Peer>, ChainError> {
+        let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        // A lying RPC could page forever: no cluster has more records than its prefix has seats.
+        let capacity = self.view.prefix().capacity();
+        let mut peers = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            self.count();
+            let page = c
+                .getPeersPage(U256::from(offset), U256::from(PAGE_SIZE))
+                .block(block.into())
+                .call()
+                .await
+                .map_err(call("getPeersPage"))?;
+            let total = u64::try_from(page.total)
+                .ok()
+                .filter(|t| *t <= capacity)
+                .ok_or_else(|| {
+                    implausible(format!(
+                        "getPeersPage reports {} records, more than the prefix's {capacity} seats",
+                        page.total
+                    ))
+                })?;
+            let n = u64::try_from(page.page.len()).unwrap_or(u64::MAX);
+            peers.extend(page.page);
+            offset = offset.saturating_add(n);
+            if n == 0 || offset >= total {
+                return Ok(peers);
+            }
+        }
+    }
+
+    /// Reads every record at the confirmed head, fetching the registration event of each record that is
+    /// new or changed, and applies the result if it is complete or the node had nothing yet. A record whose
+    /// event cannot be had (an RPC error, a missing or pruned log) makes the read incomplete; one whose
+    /// event lies (another seat's, another record's, not authentic) is skipped and the seat kept as known.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the head or the record list cannot be read; the view is left as it was.
+    #[instrument(skip_all)]
+    pub async fn full_read(&mut self) -> Result<FullRead, ChainError> {
+        let target = self.confirmed_head().await?;
+        let (hash, _) = self.header(target).await?;
+        let peers = self.read_records(target).await?;
+        let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        let mut next = self.view.clone();
+        next.records.clear();
+        let mut complete = true;
+        for p in &peers {
+            let Ok(token) = u64::try_from(p.tokenId) else {
+                warn!(token = %p.tokenId, "skipping a listed record whose seat id is out of range");
+                continue;
+            };
+            let held = self.view.records.get(&token).cloned();
+            if let Some(held) = &held
+                && held.nonce == p.nonce
+            {
+                next.records.insert(token, held.clone());
+                continue;
+            }
+            let keep_held = |next: &mut ChainView| {
+                if let Some(held) = &held {
+                    next.records.insert(token, held.clone());
+                }
+            };
+            self.count();
+            let event = match contract::registration_event(&c, p).await {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    complete = false;
+                    warn!(
+                        token,
+                        nonce = p.nonce,
+                        block = p.registeredBlock,
+                        "no registration event for a listed record (pruned logs, or a lying RPC); keeping what was known of the seat"
+                    );
+                    keep_held(&mut next);
+                    continue;
+                }
+                Err(e) => {
+                    complete = false;
+                    debug!(token, error = %e, "cannot fetch a registration event");
+                    keep_held(&mut next);
+                    continue;
+                }
+            };
+            if let Err(why) = contract::event_matches_record(&event, p) {
+                warn!(token, reason = %why, "skipping a listed record whose event does not match it");
+                keep_held(&mut next);
+                continue;
+            }
+            let reg =
+                match contract::registration_from_event(&event, next.chain_id(), next.contract) {
+                    Ok(reg) => reg,
+                    Err(e) => {
+                        warn!(token, %e, "skipping a record whose event is malformed");
+                        keep_held(&mut next);
+                        continue;
+                    }
+                };
+            let nonce = reg.nonce;
+            if let Err(rejected) = next.offer(token, reg) {
+                self.reject(&rejected, nonce);
+                keep_held(&mut next);
+            }
+        }
+        let fresh = self.view.last_block_hash == B256::ZERO;
+        let changed = next.records != self.view.records;
+        debug!(
+            block = target,
+            peers = next.records.len(),
+            changed,
+            complete,
+            "full read"
+        );
+        if !complete && !fresh {
+            return Ok(FullRead {
+                changed: false,
+                complete,
+            });
+        }
+        next.last_block = target;
+        next.last_block_hash = hash;
+        self.view = next;
+        Ok(FullRead { changed, complete })
+    }
+
+    /// Applies the contract's events since the last processed block, at most [`MAX_LOG_RANGE`] blocks at a
+    /// time. Returns whether the believed records changed.
+    ///
+    /// # Errors
+    /// [`ChainError`] when a read fails; the view is left as it was and the next poll retries the range.
+    pub async fn poll(&mut self, now: Instant) -> Result<bool, ChainError> {
+        let target = self.confirmed_head().await?;
+        let last = self.view.last_block;
+        if target <= last {
+            return Ok(false);
+        }
+        let from = last
+            .checked_add(1)
+            .ok_or_else(|| implausible(format!("block number {last} cannot advance")))?;
+        let to = target.min(last.saturating_add(MAX_LOG_RANGE));
+        let (hash, parent) = self.header(to).await?;
+        let last_hash = if to == from {
+            parent
+        } else {
+            self.header(last).await?.0
+        };
+        if last_hash != self.view.last_block_hash {
+            // Events from the blocks that were replaced may be missing or stale: a full read sorts it out,
+            // and until then the new chain's events go on being applied.
+            warn!(
+                block = last,
+                "the chain reorganised below the last processed block; a full read is due"
+            );
+            self.schedule.request(now);
+        }
+        self.count();
+        let filter = Filter::new()
+            .address(self.view.contract)
+            .event_signature(vec![
+                DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
+                DstackClusterNFT::PeerCleared::SIGNATURE_HASH,
+            ])
+            .from_block(from)
+            .to_block(to);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(rpc("eth_getLogs"))?;
+        let mut next = self.view.clone();
+        for log in &logs {
+            if log.removed {
+                warn!("a log was removed by a reorg; a full read is due");
+                self.schedule.request(now);
+                continue;
+            }
+            if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerRegistered>() {
+                let Ok(token) = u64::try_from(e.inner.data.tokenId) else {
+                    warn!(token = %e.inner.data.tokenId, "skipping an event whose seat id is out of range");
+                    continue;
+                };
+                match contract::registration_from_event(
+                    &e.inner.data,
+                    next.chain_id(),
+                    next.contract,
+                ) {
+                    Ok(reg) => {
+                        let nonce = reg.nonce;
+                        if let Err(rejected) = next.offer(token, reg) {
+                            self.reject(&rejected, nonce);
+                        }
+                    }
+                    Err(err) => warn!(token, %err, "skipping a malformed registration event"),
+                }
+            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerCleared>()
+                && let Ok(token) = u64::try_from(e.inner.data.tokenId)
+            {
+                next.records.remove(&token);
+            }
+        }
+        let changed = next.records != self.view.records;
+        next.last_block = to;
+        next.last_block_hash = hash;
+        self.view = next;
+        if changed {
+            info!(
+                from,
+                to,
+                peers = self.view.records.len(),
+                "peer records changed"
+            );
+        }
+        Ok(changed)
+    }
+
+    /// The seat bound to `instance_id`, if any.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the read fails.
+    pub async fn seat_of(&mut self, instance_id: &str) -> Result<Seat, ChainError> {
+        self.count();
+        let cluster = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        let token: U256 = cluster
+            .tokenOfInstance(instance_id.to_owned())
+            .call()
+            .await
+            .map_err(call("tokenOfInstance"))?;
+        if token.is_zero() {
+            return Ok(Seat::None);
+        }
+        self.count();
+        let info = cluster
+            .seatInfo(token)
+            .call()
+            .await
+            .map_err(call("seatInfo"))?;
+        let id = u64::try_from(token).map_err(|_| {
+            implausible(format!("seat id {token} of this instance is out of range"))
+        })?;
+        Ok(if info.active {
+            Seat::Active(id)
+        } else {
+            Seat::Inactive(id)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed full read is retried with backoff, not on every tick; a success returns to the interval,
+    /// and a reorg makes one due at once unless it is backing off.
+    #[test]
+    fn full_reads_back_off_after_failures() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut sched = FullReadSchedule::new(Duration::from_secs(60), t0);
+        assert!(sched.due(t0));
+        sched.failed(t0);
+        assert!(!sched.due(t0), "not retried on the next tick");
+        assert!(sched.due(s(1)));
+        sched.failed(s(1));
+        assert!(!sched.due(s(2)) && sched.due(s(3)), "then 2 s later");
+        sched.request(s(2));
+        assert!(!sched.due(s(2)), "a reorg does not cut a backoff short");
+        sched.succeeded(s(3));
+        assert!(!sched.due(s(62)) && sched.due(s(63)), "back to every 60 s");
+        sched.request(s(10));
+        assert!(sched.due(s(10)), "a reorg makes one due at once");
+    }
+}

@@ -1,0 +1,25 @@
+//! The cluster contract, and what an agent believes of it.
+//!
+//! - [`contract`]: bindings to `DstackClusterNFT` (alloy's `sol!` over the committed Foundry artifact), the
+//!   check that an address holds a cluster, and reverts in words.
+//! - [`record`]: the peer record and the bind consent, their EIP-712 signatures, and their verification
+//!   (dstack's chain itself is [`dstack_guest::chain`]).
+//! - [`peer_key`]: this node's dstack-derived peer key, which signs its records.
+//! - [`membership`]: which records are believed, and which of those are peers to configure (pure).
+//! - [`view`]: what a node believes of the chain, kept in its state file.
+//! - [`follow`]: following the contract: paged full reads and events per block range, reorg-aware.
+//! - [`registration`]: getting this node's record on-chain.
+//! - [`tx_key`]: the key that pays for transactions.
+//! - [`backoff`]: exponential backoff for what is retried.
+//! - [`redact`]: RPC URLs with their credentials hidden, for logs, errors and the API.
+
+pub mod backoff;
+pub mod contract;
+pub mod follow;
+pub mod membership;
+pub mod peer_key;
+pub mod record;
+pub mod redact;
+pub mod registration;
+pub mod tx_key;
+pub mod view;

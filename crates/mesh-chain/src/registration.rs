@@ -1,0 +1,342 @@
+//! Getting this node's peer record on-chain: find the seat bound to its instance, compare the record it wants
+//! with the stored one, and when they differ sign a new one and send it, or hand it to a relay.
+//!
+//! A stored record that says what the node wants is only up to date if its peers will believe it: its
+//! registration event is checked here exactly as they check it. Otherwise (a contract that accepted what
+//! agents refuse, say) the node registers again with the next nonce.
+
+#![deny(clippy::arithmetic_side_effects)]
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256, TxHash, U256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    signers::local::PrivateKeySigner,
+    transports::http::reqwest::Url,
+};
+use tracing::{info, instrument, warn};
+
+use crate::contract::{self, ChainError, DstackClusterNFT};
+use crate::membership::{self, Pins, Prefix, Rejected};
+use crate::peer_key::PeerKey;
+use crate::record::{self, PeerRecord, RecordError, SignedRegistration};
+
+/// How often to ask for the receipt of a registration.
+const RECEIPT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long to wait for that receipt before reporting the registration as failed (it is retried).
+const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The record this node wants on-chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub wg_public_key: B256,
+    /// `host:port`, or empty.
+    pub endpoint: String,
+    /// Empty when the node has no TLS-gateway URL.
+    pub gateway_url: String,
+}
+
+impl Desired {
+    /// Whether `record` already says what this node wants on-chain.
+    pub fn matches(&self, record: &SignedRegistration) -> bool {
+        record.wg_public_key == self.wg_public_key
+            && record.endpoint == self.endpoint
+            && record.gateway_url == self.gateway_url
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The stored record already is the desired one; nothing was sent.
+    UpToDate { token_id: U256 },
+    /// A new record was registered.
+    Registered {
+        token_id: U256,
+        nonce: u64,
+        tx: TxHash,
+        block: u64,
+        from: Address,
+        /// Why the stored record, though it said what the node wants, was replaced: peers would not
+        /// have believed it.
+        replaced_unbelievable: Option<String>,
+    },
+    /// No funded sender: the signed registration, for `meshctl relay`.
+    NeedsRelay(Box<SignedRegistration>),
+}
+
+/// Why registration cannot proceed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrationError {
+    #[error(
+        "no seat of cluster {contract} is bound to this instance ({instance_id}). The cluster owner mints one bound to it:\n    meshctl mint --contract {contract} --to <holder address> --instance {instance_id}\nor the holder of a seat binds it with this instance's consent, which this instance prints:\n    p2p-agent identity --bind-token <token id> --bind-holder <holder address> --contract {contract} --rpc-url <rpc> > consent.json\n    meshctl bind --contract {contract} --token <token id> --consent consent.json"
+    )]
+    NoSeat {
+        contract: Address,
+        instance_id: String,
+    },
+    #[error(
+        "seat {token_id} of cluster {contract} is deactivated: its holder runs `meshctl activate --contract {contract} --token {token_id}`"
+    )]
+    SeatInactive { contract: Address, token_id: U256 },
+    #[error("the cluster would reject this node's proof, so nothing was sent: {0}")]
+    WouldBeRejected(#[source] RecordError),
+    #[error("this node's peers would not believe its record, so nothing was sent: {0}")]
+    PeersWouldReject(#[source] Rejected),
+    #[error(
+        "seat {token_id}'s record nonce is at its maximum, so no newer record can be registered; if the RPC is honest, the seat needs a rebind"
+    )]
+    NonceExhausted { token_id: U256 },
+    #[error("signing the record failed")]
+    Sign(#[source] RecordError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// The cluster contract, read through `rpc_url`.
+pub struct Cluster {
+    rpc_url: Url,
+    contract: Address,
+    reader: DynProvider,
+}
+
+impl Cluster {
+    /// Connects and checks that `contract` is a cluster.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the RPC is unreachable or the address holds no cluster.
+    pub async fn connect(rpc_url: Url, contract: Address) -> Result<Self, ChainError> {
+        let reader = ProviderBuilder::new()
+            .connect_http(rpc_url.clone())
+            .erased();
+        contract::check_cluster(&reader, contract).await?;
+        Ok(Self {
+            rpc_url,
+            contract,
+            reader,
+        })
+    }
+
+    pub fn address(&self) -> Address {
+        self.contract
+    }
+
+    fn read(&self) -> DstackClusterNFT::DstackClusterNFTInstance<&DynProvider> {
+        DstackClusterNFT::new(self.contract, &self.reader)
+    }
+
+    /// The pins a one-shot registration checks records against: the contract's own.
+    ///
+    /// # Errors
+    /// [`ChainError`] when they cannot be read.
+    pub async fn contract_pins(&self) -> Result<Pins, ChainError> {
+        let c = self.read();
+        let call = |what: &'static str| move |e| ChainError::from_call(what, e);
+        let p = c.meshPrefix().call().await.map_err(call("meshPrefix"))?;
+        let prefix = Prefix::new(p._0.into(), p._1).map_err(|e| ChainError::Implausible {
+            detail: format!("the contract's {e}"),
+        })?;
+        Ok(Pins {
+            kms_root: c.kmsRoot().call().await.map_err(call("kmsRoot"))?,
+            app_ids: c
+                .allowedAppIds()
+                .call()
+                .await
+                .map_err(call("allowedAppIds"))?,
+            chain_id: self.chain_id().await?,
+            prefix,
+        })
+    }
+
+    async fn chain_id(&self) -> Result<u64, ChainError> {
+        self.reader
+            .get_chain_id()
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_chainId",
+                source,
+            })
+    }
+
+    /// Why peers holding `pins` would not believe the stored record of seat `token_id`, if they would not.
+    async fn unbelievable(
+        &self,
+        token_id: u64,
+        current: &DstackClusterNFT::Peer,
+        pins: &Pins,
+    ) -> Result<Option<String>, ChainError> {
+        let Some(event) = contract::registration_event(&self.read(), current).await? else {
+            return Ok(Some(format!(
+                "no registration event for it in block {}",
+                current.registeredBlock
+            )));
+        };
+        if let Err(why) = contract::event_matches_record(&event, current) {
+            return Ok(Some(why));
+        }
+        let reg = match contract::registration_from_event(&event, pins.chain_id, self.contract) {
+            Ok(reg) => reg,
+            Err(e) => return Ok(Some(e.to_string())),
+        };
+        Ok(
+            membership::authenticate(&reg, token_id, pins, self.contract)
+                .err()
+                .map(|e| e.to_string()),
+        )
+    }
+
+    /// Makes the chain hold `desired` for this node's seat: nothing if it already does and peers holding
+    /// `pins` would believe it, else a freshly signed record, sent from the derived address when it has
+    /// funds, else from `tx_key`, else returned for a relay.
+    ///
+    /// # Errors
+    /// [`RegistrationError`]: no seat, an inactive seat, a proof the cluster or the peers would reject, or a
+    /// chain error.
+    #[instrument(skip_all, fields(contract = %self.contract, instance = %peer.instance_id))]
+    pub async fn register(
+        &self,
+        peer: &PeerKey,
+        desired: &Desired,
+        tx_key: Option<&PrivateKeySigner>,
+        pins: &Pins,
+    ) -> Result<Outcome, RegistrationError> {
+        let c = self.read();
+        let call = |what: &'static str| move |e| ChainError::from_call(what, e);
+        let token_id = c
+            .tokenOfInstance(peer.instance_id.clone())
+            .call()
+            .await
+            .map_err(call("tokenOfInstance"))?;
+        if token_id.is_zero() {
+            return Err(RegistrationError::NoSeat {
+                contract: self.contract,
+                instance_id: peer.instance_id.clone(),
+            });
+        }
+        let seat = c
+            .seatInfo(token_id)
+            .call()
+            .await
+            .map_err(call("seatInfo"))?;
+        if !seat.active {
+            return Err(RegistrationError::SeatInactive {
+                contract: self.contract,
+                token_id,
+            });
+        }
+        let token = u64::try_from(token_id).map_err(|_| ChainError::Implausible {
+            detail: format!("seat id {token_id} is out of range"),
+        })?;
+        let chain_id = self.chain_id().await?;
+        if chain_id != pins.chain_id {
+            return Err(ChainError::PinMismatch {
+                what: "chain id",
+                pinned: pins.chain_id.to_string(),
+                rpc: chain_id.to_string(),
+            }
+            .into());
+        }
+        let mut replaced_unbelievable = None;
+        if seat.registeredBlock != 0 {
+            let current = c.getPeer(token_id).call().await.map_err(call("getPeer"))?;
+            if current.wgPublicKey == desired.wg_public_key
+                && current.endpoint == desired.endpoint
+                && current.gatewayUrl == desired.gateway_url
+            {
+                match self.unbelievable(token, &current, pins).await? {
+                    None => return Ok(Outcome::UpToDate { token_id }),
+                    Some(why) => {
+                        warn!(%token_id, nonce = current.nonce, reason = %why, "this node's record on-chain says what it wants, but its peers would not believe it; registering it again with the next nonce");
+                        replaced_unbelievable = Some(why);
+                    }
+                }
+            }
+        }
+        let nonce = seat
+            .nonce
+            .checked_add(1)
+            .ok_or(RegistrationError::NonceExhausted { token_id })?;
+        let record = PeerRecord {
+            tokenId: token_id,
+            instanceId: peer.instance_id.clone(),
+            wgPublicKey: desired.wg_public_key,
+            endpoint: desired.endpoint.clone(),
+            gatewayUrl: desired.gateway_url.clone(),
+            nonce,
+        };
+        let reg = peer
+            .sign(record, chain_id, self.contract)
+            .map_err(RegistrationError::Sign)?;
+
+        // Check against the cluster's own pins first: a KMS-root or app-id mismatch should be a clear message,
+        // not a reverted transaction that someone paid for.
+        let kms_root = c.kmsRoot().call().await.map_err(call("kmsRoot"))?;
+        let app_ids = c
+            .allowedAppIds()
+            .call()
+            .await
+            .map_err(call("allowedAppIds"))?;
+        record::verify_registration(&reg, kms_root, &app_ids, &peer.instance_id)
+            .map_err(RegistrationError::WouldBeRejected)?;
+        // And against the node's own pins, which its peers hold too: the contract may have moved on.
+        membership::authenticate(&reg, token, pins, self.contract)
+            .map_err(RegistrationError::PeersWouldReject)?;
+
+        let derived = peer
+            .transaction_signer()
+            .map_err(|e| RegistrationError::Sign(e.into()))?;
+        let balance = self
+            .reader
+            .get_balance(derived.address())
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_getBalance",
+                source,
+            })?;
+        let sender = if !balance.is_zero() {
+            derived
+        } else if let Some(key) = tx_key {
+            key.clone()
+        } else {
+            return Ok(Outcome::NeedsRelay(Box::new(reg)));
+        };
+        let from = sender.address();
+        let writer = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(sender))
+            .connect_http(self.rpc_url.clone());
+        // alloy polls receipts every 7 s on non-loopback hosts; the agent follows nothing while it waits.
+        writer.client().set_poll_interval(RECEIPT_POLL);
+        let (r, p, s) = contract::register_peer_args(&reg);
+        let pending = DstackClusterNFT::new(self.contract, &writer)
+            .registerPeer(r, p, s)
+            .send()
+            .await
+            .map_err(call("registerPeer"))?
+            .with_timeout(Some(RECEIPT_TIMEOUT));
+        let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
+            what: "registerPeer receipt",
+            source: pending_error(e),
+        })?;
+        let block = receipt.block_number.unwrap_or_default();
+        info!(token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
+        Ok(Outcome::Registered {
+            token_id,
+            nonce: reg.nonce,
+            tx: receipt.transaction_hash,
+            block,
+            from,
+            replaced_unbelievable,
+        })
+    }
+}
+
+fn pending_error(
+    e: alloy::providers::PendingTransactionError,
+) -> alloy::transports::TransportError {
+    match e {
+        alloy::providers::PendingTransactionError::TransportError(t) => t,
+        other => alloy::transports::TransportErrorKind::custom_str(&other.to_string()),
+    }
+}

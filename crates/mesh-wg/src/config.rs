@@ -1,0 +1,173 @@
+//! Configuration and status types of the device and its peers.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use ipnetwork::Ipv4Network;
+
+use super::Error;
+use super::key::{Key, PrivateKey};
+
+/// Default TUN MTU: 1500 minus the WireGuard-over-IPv4/IPv6 overhead (80 bytes).
+pub const DEFAULT_MTU: u16 = 1420;
+/// Directory of the cross-platform UAPI sockets; global across network namespaces.
+pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
+/// Linux IFNAMSIZ minus the terminating NUL.
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// How to create a [`Device`](super::Device).
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Interface name (1-15 bytes); also names the UAPI socket `<uapi_dir>/<ifname>.sock`.
+    pub ifname: String,
+    /// This device's static private key.
+    pub private_key: PrivateKey,
+    /// UDP listen port; 0 lets the kernel pick one (see [`Device::listen_port`](super::Device::listen_port)).
+    pub listen_port: u16,
+    /// TUN MTU, [`DEFAULT_MTU`] unless set.
+    pub mtu: u16,
+    /// Overlay address of this device.
+    pub address: Ipv4Addr,
+    /// Prefix length of the overlay network; the kernel adds the matching connected route.
+    pub prefix_len: u8,
+    /// Directory for the UAPI socket, [`DEFAULT_UAPI_DIR`] unless set.
+    pub uapi_dir: PathBuf,
+}
+
+impl DeviceConfig {
+    /// A config with the default MTU, a kernel-picked port and the standard UAPI directory.
+    pub fn new(
+        ifname: impl Into<String>,
+        private_key: PrivateKey,
+        address: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Self {
+        Self {
+            ifname: ifname.into(),
+            private_key,
+            listen_port: 0,
+            mtu: DEFAULT_MTU,
+            address,
+            prefix_len,
+            uapi_dir: PathBuf::from(DEFAULT_UAPI_DIR),
+        }
+    }
+
+    /// Checks every field that can be checked without touching the system.
+    ///
+    /// # Errors
+    /// [`Error::IfNameTooLong`], [`Error::InvalidIfName`] or [`Error::InvalidConfig`].
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_ifname(&self.ifname)?;
+        if self.prefix_len > 32 {
+            return Err(Error::InvalidConfig {
+                what: "prefix length (0-32)",
+                value: self.prefix_len.to_string(),
+            });
+        }
+        if self.mtu < 576 {
+            return Err(Error::InvalidConfig {
+                what: "MTU (at least 576)",
+                value: self.mtu.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks an interface name against the kernel's rules (as iproute2 does).
+///
+/// # Errors
+/// [`Error::IfNameTooLong`] above 15 bytes, [`Error::InvalidIfName`] for empty names, `.`/`..`,
+/// or names with `/`, `:` or whitespace.
+pub fn validate_ifname(ifname: &str) -> Result<(), Error> {
+    if ifname.len() > MAX_IFNAME_LEN {
+        return Err(Error::IfNameTooLong {
+            ifname: ifname.to_owned(),
+            len: ifname.len(),
+        });
+    }
+    if ifname.is_empty()
+        || ifname == "."
+        || ifname == ".."
+        || ifname
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
+        return Err(Error::InvalidIfName {
+            ifname: ifname.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Desired state of one peer, as a reconciler would set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's static public key; a different key is a different peer.
+    pub public_key: Key,
+    /// Where to send to. `None` keeps whatever endpoint is configured or was learned by roaming.
+    pub endpoint: Option<SocketAddr>,
+    /// Overlay prefixes routed to this peer; replaces the previous set. A prefix owned by another
+    /// peer moves to this one.
+    pub allowed_ips: Vec<Ipv4Network>,
+    /// Persistent keepalive interval in seconds; `None` or `Some(0)` turns it off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Observed state of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's static public key.
+    pub public_key: Key,
+    /// Current endpoint (configured or roamed), if any.
+    pub endpoint: Option<SocketAddr>,
+    /// Prefixes routed to this peer.
+    pub allowed_ips: Vec<Ipv4Network>,
+    /// Wall-clock time of the last completed handshake; `None` = never.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes of authenticated WireGuard datagrams received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes of WireGuard datagrams sent to the peer.
+    pub tx_bytes: u64,
+    /// Persistent keepalive interval in seconds, if on.
+    pub persistent_keepalive: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names longer than 15 bytes are rejected with their length.
+    #[test]
+    fn long_ifname_is_rejected() {
+        let err = validate_ifname("wg-0123456789abc").unwrap_err();
+        assert!(matches!(err, Error::IfNameTooLong { len: 16, .. }), "{err}");
+        validate_ifname("wg-0123456789ab").expect("15 bytes is fine");
+    }
+
+    /// Names iproute2 would refuse are rejected.
+    #[test]
+    fn bad_ifnames_are_rejected() {
+        for name in ["", ".", "..", "wg/0", "wg 0", "wg:0"] {
+            assert!(
+                matches!(validate_ifname(name), Err(Error::InvalidIfName { .. })),
+                "{name:?} accepted"
+            );
+        }
+    }
+
+    /// A prefix length above 32 and a tiny MTU are config errors.
+    #[test]
+    fn config_ranges_are_checked() {
+        let key = PrivateKey::from_bytes([1; 32]);
+        let mut cfg = DeviceConfig::new("wg0", key, Ipv4Addr::new(10, 0, 1, 1), 33);
+        assert!(matches!(cfg.validate(), Err(Error::InvalidConfig { .. })));
+        cfg.prefix_len = 24;
+        cfg.mtu = 100;
+        assert!(matches!(cfg.validate(), Err(Error::InvalidConfig { .. })));
+        cfg.mtu = DEFAULT_MTU;
+        cfg.validate().unwrap();
+    }
+}

@@ -1,0 +1,129 @@
+//! Key material: [`Key`], a public key, which is how WireGuard names a peer, and [`PrivateKey`], which
+//! never prints.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use boringtun::x25519;
+use zeroize::Zeroize as _;
+
+/// A Curve25519 private key. `Debug` and `Display` print `<redacted>`; the bytes are zeroed on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKey([u8; 32]);
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl PrivateKey {
+    /// Wraps raw key bytes (as produced by `wg genkey | base64 -d`).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw bytes. Only the UAPI `get` (root-only socket) and the noise layer read them.
+    pub fn expose_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The public key belonging to this private key.
+    pub fn public_key(&self) -> Key {
+        Key(x25519::PublicKey::from(&self.to_secret()).to_bytes())
+    }
+
+    pub(crate) fn to_secret(&self) -> x25519::StaticSecret {
+        x25519::StaticSecret::from(self.0)
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A Curve25519 public key: how WireGuard names a peer. `Display` is base64, as `wg` prints it and the API
+/// serves it; `Debug` is its first eight characters, for logs.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for Key {
+    fn from(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&BASE64.encode(self.0))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let full = BASE64.encode(self.0);
+        write!(f, "{}…", &full[..8])
+    }
+}
+
+/// Text that is not a base64 WireGuard key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a WireGuard key (32 bytes in base64, as `wg` prints them)")]
+pub struct KeyParseError(pub String);
+
+impl std::str::FromStr for Key {
+    type Err = KeyParseError;
+    fn from_str(s: &str) -> Result<Self, KeyParseError> {
+        BASE64
+            .decode(s.trim())
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .map(Self)
+            .ok_or_else(|| KeyParseError(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The private key never shows up in Debug or Display output.
+    #[test]
+    fn private_key_is_redacted() {
+        let key = PrivateKey::from_bytes([0xab; 32]);
+        assert_eq!(format!("{key:?}"), "PrivateKey(<redacted>)");
+        assert_eq!(format!("{key}"), "<redacted>");
+        assert!(!format!("{key:?}").contains("ab"));
+    }
+
+    /// A key shows as base64 in full, as a short prefix in logs, and parses back from base64.
+    #[test]
+    fn keys_display_as_base64_debug_as_a_prefix_and_parse_back() {
+        let key = Key::from_bytes([0xfb; 32]);
+        let text = key.to_string();
+        assert_eq!(text.len(), 44);
+        assert_eq!(format!("{key:?}"), format!("{}…", &text[..8]));
+        assert_eq!(text.parse::<Key>(), Ok(key));
+        assert!("not a key".parse::<Key>().is_err());
+        assert!(BASE64.encode([1u8; 31]).parse::<Key>().is_err(), "31 bytes");
+    }
+}

@@ -1,0 +1,45 @@
+//! A WireGuard interface you set peers on. With the kernel module, the kernel's; without it, the userspace
+//! device: boringtun's noise `Tunn` per peer, driven by our own tokio loops over a TUN device and a UDP
+//! socket, with in-place peer updates and the standard cross-platform UAPI so `wg show` / `wg set` work.
+//! What to change on it is planned by a pure function, [`plan`].
+//!
+//! - `plan`: [`plan`] (peers wanted against peers present, as minimal [`Change`]s), [`PeerTable`] and
+//!   [`apply`], and handshake freshness.
+//! - `backend`: [`MeshDevice`], the userspace device or the kernel's, chosen by [`BackendChoice`].
+//! - `device`: [`Device`] — TUN + UDP + loops, peer API, shutdown.
+//! - `kernel`: [`KernelDevice`], the kernel module through defguard_wireguard_rs.
+//! - `peer`: one peer's `Tunn`, endpoint (roaming), keepalive and counters.
+//! - `allowed_ips`: longest-prefix cryptokey routing table.
+//! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
+//! - `key`: [`Key`] (a public key: base64 to show, a short prefix in logs) and [`PrivateKey`] (redacting).
+//! - `uapi`: sans-IO `get`/`set` text rendering and parsing.
+//! - `uapi_server`: the unix socket at `/var/run/wireguard/<ifname>.sock`.
+//! - `netlink`: MTU, address and link state over rtnetlink.
+//! - `task`: owned task handles that abort on drop.
+//! - `error`: the module's [`Error`].
+
+mod allowed_ips;
+mod backend;
+mod config;
+mod device;
+mod error;
+mod kernel;
+mod key;
+mod netlink;
+mod peer;
+mod plan;
+mod task;
+mod uapi;
+mod uapi_server;
+
+pub use backend::{BackendChoice, MeshDevice, kernel_module_present};
+pub use config::{
+    DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, PeerConfig, PeerStatus,
+    validate_ifname,
+};
+pub use device::Device;
+pub use error::{Error, NEEDS_NET_ADMIN};
+pub use ipnetwork::Ipv4Network;
+pub use kernel::KernelDevice;
+pub use key::{Key, KeyParseError, PrivateKey};
+pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
