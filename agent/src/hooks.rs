@@ -1,13 +1,19 @@
-//! Telling the rest of the CVM about peer-set changes: the `--on-change` command.
+//! Telling the rest of the CVM about peer-set changes: the `--on-change` command ([`run`]) and the hosts
+//! file ([`write_hosts`]).
 //!
 //! The command runs under `sh -c` in its own process group, with the peer list as JSON on stdin and a
 //! cleaned environment: only what a shell needs (`PATH`, `HOME`, locale, time zone), never the agent's
 //! transaction key, RPC credentials or other settings. Writing stdin counts against the time limit, so a
 //! command that never reads it is killed with everything it started, not left behind.
 
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd as _;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use mesh_chain::membership::Member;
 
 use tokio::io::AsyncWriteExt as _;
 
@@ -80,6 +86,52 @@ pub async fn run(command: &str, input: &[u8], limit: Duration) -> Result<(), Hoo
     }
 }
 
+const HOSTS_BEGIN: &str = "# BEGIN dstack-mesh (managed by p2p-agent)";
+const HOSTS_END: &str = "# END dstack-mesh";
+
+/// Replaces the marked block of `path` with one `overlay-ip node-<token>.<suffix>` line per member, keeping
+/// every other line.
+pub fn hosts_block(existing: &str, members: &[(u64, Ipv4Addr)], suffix: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in existing.lines() {
+        if line == HOSTS_BEGIN {
+            inside = true;
+        } else if line == HOSTS_END {
+            inside = false;
+        } else if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(HOSTS_BEGIN);
+    out.push('\n');
+    for (token, ip) in members {
+        out.push_str(&format!("{ip}\tnode-{token}.{suffix}\n"));
+    }
+    out.push_str(HOSTS_END);
+    out.push('\n');
+    out
+}
+
+/// Keeps `path`'s marked block in step with `members`, written atomically.
+///
+/// # Errors
+/// When the file cannot be read or replaced.
+pub fn write_hosts(path: &Path, members: &[Member], suffix: &str) -> anyhow::Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let entries: Vec<(u64, Ipv4Addr)> =
+        members.iter().map(|m| (m.token_id, m.overlay_ip)).collect();
+    let text = hosts_block(&existing, &entries, suffix);
+    let tmp = path.with_extension("dstack-mesh.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +190,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("exit status: 3"), "{err}");
+    }
+
+    /// The managed block is replaced in place; the rest of the hosts file is kept.
+    #[test]
+    fn hosts_block_replaces_only_its_own_lines() {
+        let existing = "127.0.0.1 localhost\n# BEGIN dstack-mesh (managed by p2p-agent)\n10.0.1.9\tnode-9.mesh\n# END dstack-mesh\n::1 ip6-localhost\n";
+        let out = hosts_block(existing, &[(2, Ipv4Addr::new(10, 0, 1, 2))], "mesh");
+        assert_eq!(
+            out,
+            "127.0.0.1 localhost\n::1 ip6-localhost\n# BEGIN dstack-mesh (managed by p2p-agent)\n10.0.1.2\tnode-2.mesh\n# END dstack-mesh\n"
+        );
+        assert_eq!(
+            hosts_block(&out, &[(2, Ipv4Addr::new(10, 0, 1, 2))], "mesh"),
+            out,
+            "idempotent"
+        );
     }
 }

@@ -7,12 +7,9 @@
 //! it, because dstack's KMS releases the app key only to attested instances and the path names the instance.
 //! Rotating means moving to the next epoch (`…/<instance_id>/<epoch>`) and registering the new public key.
 
-use std::fmt;
-
-use alloy::primitives::B256;
 use dstack_guest::{DstackClient, DstackError};
 use mesh_chain::peer_key::{PeerKey, PeerKeyError};
-use x25519_dalek::{PublicKey, StaticSecret};
+use mesh_wg::{Key, PrivateKey};
 
 /// GetKey path prefix of the WireGuard key; the instance id (and a rotation epoch above 0) follow.
 pub const WG_KEY_PATH_PREFIX: &str = "dstack-mesh/wireguard/";
@@ -34,28 +31,6 @@ pub enum IdentityError {
     PeerKey(#[from] PeerKeyError),
 }
 
-/// The WireGuard private key; its `Debug` never shows it.
-#[derive(Clone)]
-pub struct WgSecret(StaticSecret);
-
-impl WgSecret {
-    /// The key for the WireGuard data plane. Callers must not log or persist it.
-    pub fn expose_secret(&self) -> &StaticSecret {
-        &self.0
-    }
-
-    /// The matching public key.
-    pub fn public_key(&self) -> [u8; 32] {
-        PublicKey::from(&self.0).to_bytes()
-    }
-}
-
-impl fmt::Debug for WgSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WgSecret(<redacted>)")
-    }
-}
-
 /// GetKey path of the WireGuard key for `instance_id` at rotation `epoch`.
 pub fn wg_key_path(instance_id: &str, epoch: u32) -> String {
     if epoch == 0 {
@@ -71,7 +46,7 @@ pub struct NodeIdentity {
     /// The peer key, with the instance and app it belongs to.
     pub peer: PeerKey,
     pub app_name: String,
-    wg_secret: WgSecret,
+    wg_private_key: PrivateKey,
 }
 
 impl NodeIdentity {
@@ -98,7 +73,7 @@ impl NodeIdentity {
         Ok(Self {
             peer,
             app_name: info.app_name,
-            wg_secret: WgSecret(StaticSecret::from(*wg.key.expose_secret())),
+            wg_private_key: PrivateKey::from_bytes(*wg.key.expose_secret()),
         })
     }
 
@@ -108,13 +83,13 @@ impl NodeIdentity {
     }
 
     /// The WireGuard public key.
-    pub fn wg_public_key(&self) -> B256 {
-        B256::from(self.wg_secret.public_key())
+    pub fn wg_public_key(&self) -> Key {
+        self.wg_private_key.public_key()
     }
 
-    /// The WireGuard private key, for the data plane.
-    pub fn wg_secret(&self) -> &WgSecret {
-        &self.wg_secret
+    /// The WireGuard private key, for the data plane. Callers must not log or persist it.
+    pub fn wg_private_key(&self) -> &PrivateKey {
+        &self.wg_private_key
     }
 }
 
@@ -134,12 +109,5 @@ mod tests {
             wg_key_path(id, 2),
             "dstack-mesh/wireguard/59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a/2"
         );
-    }
-
-    /// The secret's Debug output never contains key material.
-    #[test]
-    fn wg_secret_debug_is_redacted() {
-        let s = WgSecret(StaticSecret::from([7u8; 32]));
-        assert_eq!(format!("{s:?}"), "WgSecret(<redacted>)");
     }
 }

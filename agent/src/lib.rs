@@ -2,10 +2,21 @@
 //! interface, dstack and the local API each have their crate (`mesh-chain`, `mesh-wg`, `dstack-guest`,
 //! `mesh-api`); this one has what is the agent's own:
 //!
+//! - [`config`]: the daemon's flags.
 //! - [`identity`]: this node as dstack attests it: its peer key and its WireGuard key.
+//! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
+//! - [`desired`] and [`snapshot`]: the decisions, pure: this node's peers, and what the API serves.
 //! - [`cache`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
-//! - [`hooks`]: the `--on-change` command, run with a cleaned environment and a time limit.
+//! - [`hooks`]: the `--on-change` command and the hosts file.
+//! - [`commands`]: the one-shot subcommands.
 
 pub mod cache;
+pub mod commands;
+pub mod config;
+pub mod desired;
 pub mod hooks;
 pub mod identity;
+pub mod run;
+pub mod snapshot;
+pub mod state;
+pub mod tasks;

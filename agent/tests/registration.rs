@@ -47,7 +47,7 @@ async fn connect(url: alloy::transports::http::reqwest::Url, contract: Address) 
 
 fn desired(identity: &NodeIdentity, endpoint: &str) -> Desired {
     Desired {
-        wg_public_key: identity.wg_public_key(),
+        wg_public_key: Some(identity.wg_public_key()),
         endpoint: endpoint.into(),
         gateway_url: String::new(),
     }
@@ -171,7 +171,7 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
         (U256::from(1), 1, anvil.addresses()[1])
     );
     let peer = c.getPeer(U256::from(1)).call().await.unwrap();
-    assert_eq!(peer.wgPublicKey, identity.wg_public_key());
+    assert_eq!(peer.wgPublicKey.0, *identity.wg_public_key().as_bytes());
     assert_eq!(peer.endpoint, "192.0.2.1:51820");
 
     // "Restart": a fresh identity from dstack is the same key, so nothing is sent.
@@ -205,8 +205,8 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
         "{outcome:?}"
     );
     assert_eq!(
-        c.getPeer(U256::from(1)).call().await.unwrap().wgPublicKey,
-        rotated.wg_public_key()
+        c.getPeer(U256::from(1)).call().await.unwrap().wgPublicKey.0,
+        *rotated.wg_public_key().as_bytes()
     );
 }
 

@@ -4,8 +4,17 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use mesh_api::{self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status};
+use mesh_wg::Key;
 use tokio::sync::watch;
 use unix_socket::UnixSocket;
+
+/// The WireGuard key of seat `token` in [`example_snapshot`]: 31 zero bytes, then the seat number, so its
+/// base64 starts with a run of `A`s.
+pub fn example_key(token: u8) -> Key {
+    let mut bytes = [0; 32];
+    bytes[31] = token;
+    Key::from_bytes(bytes)
+}
 
 /// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen.
 pub fn example_snapshot(now: u64) -> Snapshot {
@@ -13,7 +22,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         token_id: token,
         instance_id: format!("{token:040x}"),
         overlay_ip: Ipv4Addr::new(10, 0, 1, token as u8),
-        wg_public_key: Some(format!("{}{token}=", "A".repeat(42))),
+        wg_public_key: Some(example_key(token as u8)),
         endpoint: Some(format!("192.0.2.{token}:51820")),
         gateway_url: (token == 3).then(|| format!("https://{token:040x}-8080.dstack.example")),
         connection,
@@ -49,7 +58,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                     .expect("address"),
                 token_id: Some(1),
                 overlay_ip: Some(Ipv4Addr::new(10, 0, 1, 1)),
-                wg_public_key: Some(format!("{}1=", "B".repeat(42))),
+                wg_public_key: Some(example_key(1)),
                 interface: Some("dmesh0".into()),
                 listen_port: Some(51820),
                 endpoint: Some("192.0.2.1:51820".into()),

@@ -9,13 +9,28 @@ use alloy::node_bindings::{Anvil, AnvilInstance};
 /// # Panics
 /// When neither exists, with the command that installs it.
 pub fn anvil_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("ANVIL") {
+    npm_tool("ANVIL", "anvil")
+}
+
+/// cast from `CAST`, else `node_modules/.bin/cast` at the workspace root.
+///
+/// # Panics
+/// When neither exists, with the command that installs it.
+pub fn cast_path() -> PathBuf {
+    npm_tool("CAST", "cast")
+}
+
+/// A Foundry tool from the environment variable `var`, else from the npm toolchain of `scripts/bootstrap`.
+fn npm_tool(var: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
         return p.into();
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/.bin/anvil");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../node_modules/.bin")
+        .join(name);
     assert!(
         p.exists(),
-        "anvil not found at {}: run scripts/bootstrap (or set ANVIL)",
+        "{name} not found at {}: run scripts/bootstrap (or set {var})",
         p.display()
     );
     p

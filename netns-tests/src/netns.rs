@@ -317,15 +317,17 @@ pub fn veth_pair(a: &NetNs, a_addrs: &[&str], b: &NetNs, b_addrs: &[&str]) {
     }
 }
 
+/// A private key as `wg` reads it from files (`wg set … private-key`, `PrivateKey =`): base64. For the
+/// tests' throwaway keys only.
+pub fn private_key_base64(key: &PrivateKey) -> String {
+    BASE64.encode(key.expose_bytes())
+}
+
 /// A deterministic test key.
 pub fn test_key(seed: u8) -> PrivateKey {
     let mut bytes = [seed; 32];
     bytes[0] = 0x40 ^ seed;
     PrivateKey::from_bytes(bytes)
-}
-
-pub fn b64(key: &[u8; 32]) -> String {
-    BASE64.encode(key)
 }
 
 type Reply<T> = mpsc::Sender<T>;
@@ -529,7 +531,7 @@ pub fn peer_config(key: Key, endpoint: SocketAddr, allowed: &str) -> PeerConfig 
 /// One peer line of `wg show <if> dump`.
 #[derive(Debug)]
 pub struct DumpPeer {
-    pub public_key: String,
+    pub public_key: Key,
     pub endpoint: String,
     pub allowed_ips: String,
     pub latest_handshake: u64,
@@ -552,7 +554,9 @@ pub fn parse_dump(text: &str) -> (Vec<String>, Vec<DumpPeer>) {
             let f: Vec<&str> = l.split('\t').collect();
             assert_eq!(f.len(), 8, "unexpected wg dump peer line {l:?}");
             DumpPeer {
-                public_key: f[0].to_owned(),
+                public_key: f[0]
+                    .parse()
+                    .unwrap_or_else(|e| panic!("wg dump peer line {l:?}: {e}")),
                 endpoint: f[2].to_owned(),
                 allowed_ips: f[3].to_owned(),
                 latest_handshake: f[4].parse().expect("handshake"),
@@ -650,7 +654,7 @@ impl WireguardGo {
             .as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o600))
             .expect("chmod key file");
-        writeln!(key_file, "{}", b64(key.expose_bytes())).expect("write key file");
+        writeln!(key_file, "{}", private_key_base64(key)).expect("write key file");
         let path = key_file
             .path()
             .to_str()

@@ -99,7 +99,7 @@ impl SimulatedInstance {
             .await
             .expect("connect");
         let desired = mesh_chain::registration::Desired {
-            wg_public_key: identity.wg_public_key(),
+            wg_public_key: Some(identity.wg_public_key()),
             endpoint: endpoint.into(),
             gateway_url: gateway_url.into(),
         };

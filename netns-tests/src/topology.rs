@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use alloy::signers::local::PrivateKeySigner;
 use mesh_api::{ConnectionKind, Peer, Status};
+pub use mesh_wg::Key;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -527,6 +528,37 @@ impl Lan {
     pub fn node(&self, i: usize) -> &NetNs {
         &self.nodes[i - 1]
     }
+
+    /// Calls anvil's JSON-RPC `method` with `params` (each a JSON value, as `cast rpc` takes them) and
+    /// returns the result; panics with the output unless it succeeds. For anvil's controls, such as
+    /// `evm_setAutomine`.
+    pub fn anvil_rpc(&self, method: &str, params: &[&str]) -> Value {
+        let cast = crate::chain::cast_path();
+        let mut cmd = self.switch.command(&[
+            cast.to_str().expect("utf-8 path"),
+            "rpc",
+            "--rpc-url",
+            &rpc_url(),
+            method,
+        ]);
+        clean_env(&mut cmd).args(params);
+        let out = run_command_timeout(cmd, &format!("cast rpc {method}"), CMD_TIMEOUT);
+        json_of(&format!("cast rpc {method} {}", params.join(" ")), &out)
+    }
+
+    /// How many transactions wait in anvil's pool (`txpool_status`).
+    pub fn pending_transactions(&self) -> u64 {
+        let status = self.anvil_rpc("txpool_status", &[]);
+        let pending = &status["pending"];
+        pending
+            .as_u64()
+            .or_else(|| {
+                pending
+                    .as_str()
+                    .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+            })
+            .unwrap_or_else(|| panic!("txpool_status has no pending count: {status}"))
+    }
 }
 
 impl Drop for Lan {
@@ -740,11 +772,11 @@ impl<'a> Cluster<'a> {
     }
 
     /// The on-chain WireGuard key of seat `token`, if it has a record.
-    pub fn onchain_key(&self, token: u64) -> Option<String> {
+    pub fn onchain_key(&self, token: u64) -> Option<Key> {
         self.peers()
             .into_iter()
             .find(|p| p["tokenId"].as_u64() == Some(token))
-            .and_then(|p| p["wgPublicKey"].as_str().map(str::to_owned))
+            .and_then(|p| p["wgPublicKey"].as_str().and_then(|k| k.parse().ok()))
     }
 
     /// Where the cluster keeps its files (key, sockets, logs).
@@ -1056,17 +1088,17 @@ impl<'a> Agent<'a> {
 
     /// Whether this node reports seat `token` over WireGuard, healthy, with `key` (false too when
     /// `meshctl status` fails).
-    pub fn sees_healthy(&self, token: u64, key: &str) -> bool {
+    pub fn sees_healthy(&self, token: u64, key: &Key) -> bool {
         self.try_status().is_ok()
             && self.peer(token).is_some_and(|p| {
                 p.connection == ConnectionKind::Wireguard
                     && p.healthy
-                    && p.wg_public_key.as_deref() == Some(key)
+                    && p.wg_public_key.as_ref() == Some(key)
             })
     }
 
-    /// This node's WireGuard public key (base64) as its agent reports it.
-    pub fn key(&self) -> String {
+    /// This node's WireGuard public key as its agent reports it.
+    pub fn key(&self) -> Key {
         self.status().0.node.wg_public_key.unwrap_or_else(|| {
             panic!(
                 "node {} reports no WireGuard key\n{}",
@@ -1077,13 +1109,13 @@ impl<'a> Agent<'a> {
     }
 
     /// The peer keys configured on this node's interface, read with `wg show dump` through its UAPI.
-    pub fn wg_peer_keys(&self) -> std::collections::BTreeSet<String> {
+    pub fn wg_peer_keys(&self) -> std::collections::BTreeSet<Key> {
         self.wg_dump().1.into_iter().map(|p| p.public_key).collect()
     }
 
     /// Whether this node reports every other agent of `agents` healthy over WireGuard with its key in
     /// `keys` (`keys[j - 1]` is node j's), with one `meshctl status`.
-    pub fn sees_all_healthy(&self, agents: &[Agent<'_>], keys: &[String]) -> bool {
+    pub fn sees_all_healthy(&self, agents: &[Agent<'_>], keys: &[Key]) -> bool {
         let Ok(v) = self.try_status() else {
             return false;
         };
@@ -1095,7 +1127,7 @@ impl<'a> Agent<'a> {
                 p.token_id == b.index as u64
                     && p.connection == ConnectionKind::Wireguard
                     && p.healthy
-                    && p.wg_public_key.as_deref() == Some(keys[b.index - 1].as_str())
+                    && p.wg_public_key == Some(keys[b.index - 1])
             })
         })
     }
@@ -1322,7 +1354,7 @@ pub fn assert_no_pings(agents: &[Agent<'_>], from: usize, to: usize) {
 
 /// Waits (60 s) until every agent reports every other one healthy over WireGuard with the key in `keys`
 /// (`keys[j - 1]` is node j's).
-pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[String]) {
+pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[Key]) {
     wait_until(
         &format!(
             "nodes {:?} to report each other healthy over WireGuard",

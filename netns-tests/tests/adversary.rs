@@ -96,10 +96,10 @@ fn inject_in_full_reads(
 }
 
 /// Each peer seat with its key and endpoint, as an agent reports it.
-type Seats = Vec<(u64, Option<String>, Option<String>)>;
+type Seats = Vec<(u64, Option<Key>, Option<String>)>;
 
 /// What node 1 has of the mesh: its peer seats, and the keys on its interface.
-fn view(a: &Agent<'_>) -> (Seats, BTreeSet<String>) {
+fn view(a: &Agent<'_>) -> (Seats, BTreeSet<Key>) {
     let (_, peers) = a.status();
     let mut seats: Vec<_> = peers
         .into_iter()
@@ -131,7 +131,7 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
     for a in &mut agents {
         a.wait_ready(60);
     }
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     steps.step("3-node mesh healthy; node 1 follows the chain through the proxy");
 
@@ -174,7 +174,7 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
                 PeerRecord {
                     tokenId: U256::from(seat),
                     instanceId: identity.instance_id().to_owned(),
-                    wgPublicKey: identity.wg_public_key(),
+                    wgPublicKey: identity.wg_public_key().as_bytes().into(),
                     endpoint: format!("{}:{WG_PORT}", lan_ip(4)),
                     gatewayUrl: String::new(),
                     nonce,
@@ -235,7 +235,7 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
         c.getPeer(U256::from(3)).call().await.expect("getPeer(3)")
     });
     cluster.meshctl(0, &["revoke", "--token", "3", "--yes"]);
-    let key3 = keys[2].clone();
+    let key3 = keys[2];
     wait_until(
         "node 1 to drop the revoked seat 3",
         Duration::from_secs(30),
@@ -271,15 +271,23 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
     agents.push(Agent::start(&cluster, 4, &[]));
     agents[3].wait_ready(60);
     let key4 = agents[3].key();
-    assert_eq!(cluster.onchain_key(4).as_deref(), Some(key4.as_str()));
+    assert_eq!(cluster.onchain_key(4), Some(key4));
+    // Every full read is refused, so node 1 can only learn of seat 4 by events; waiting for a refused one too
+    // shows that it tried (its retries back off, so the first may come after seat 4 is seen).
     wait_until(
-        "node 1 to follow seat 4's join by events",
+        "node 1 to follow seat 4's join by events, and to have been refused a full read",
         Duration::from_secs(60),
         Duration::from_millis(200),
-        || agents[0].sees_healthy(4, &key4),
+        || agents[0].sees_healthy(4, &key4) && proxy.hits("no full reads") > 0,
         || format!("{}\n{}", agents[0].tail(), agents[3].tail()),
     );
-    assert!(proxy.hits("outage") > 0 && proxy.hits("no full reads") > 0);
+    assert!(
+        proxy.hits("outage") > 0 && proxy.hits("no full reads") > 0,
+        "refused: {} in the outage, {} full reads\n{}",
+        proxy.hits("outage"),
+        proxy.hits("no full reads"),
+        agents[0].tail()
+    );
     agents[0].assert_running();
     steps.step(&format!(
         "every request refused for 4 s ({} refused), then every full read ({} so far): node 1 followed seat 4's join by events",
@@ -288,15 +296,12 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
     ));
 
     let (seats, wg_keys) = view(&agents[0]);
-    let expected: Vec<(u64, Option<String>)> = [2u64, 4]
+    let expected: Vec<(u64, Option<Key>)> = [2u64, 4]
         .iter()
         .map(|&t| (t, cluster.onchain_key(t)))
         .collect();
     assert_eq!(
-        seats
-            .iter()
-            .map(|(t, k, _)| (*t, k.clone()))
-            .collect::<Vec<_>>(),
+        seats.iter().map(|(t, k, _)| (*t, *k)).collect::<Vec<_>>(),
         expected,
         "node 1's peers are exactly the chain's"
     );

@@ -28,7 +28,7 @@ fn a_node_without_rpc_runs_from_its_cache_and_catches_up() {
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, FIRST);
     let mut agents = start_agents(&cluster, 1..=FIRST);
-    let mut keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let mut keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     steps.step("3-node mesh healthy");
 

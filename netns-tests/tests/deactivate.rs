@@ -25,7 +25,7 @@ fn a_deactivated_seat_leaves_the_mesh_and_returns_when_activated() {
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
     let mut agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     steps.step("3-node mesh healthy");
 

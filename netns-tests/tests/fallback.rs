@@ -64,7 +64,7 @@ fn unreachable_and_tls_nodes_are_offered_by_their_gateway_url() {
     for a in agents.iter_mut().filter(|a| a.index != 3) {
         a.wait_ready(60);
     }
-    let keys: Vec<String> = agents[..3].iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents[..3].iter().map(Agent::key).collect();
     wait_until(
         "nodes 1 and 2 on WireGuard with each other, node 3 registered",
         Duration::from_secs(60),

@@ -34,7 +34,7 @@ use mesh_chain::record::{PeerRecord, SignedRegistration};
 use netns_tests::attack::{
     CHAIN_ID, current_registration, node_identity, on_chain, send_registration,
 };
-use netns_tests::netns::{WireguardGo, b64, parse_dump, test_key};
+use netns_tests::netns::{WireguardGo, parse_dump, test_key};
 use netns_tests::topology::*;
 
 const NODES: usize = 4;
@@ -45,8 +45,8 @@ const SEATS: usize = 3;
 #[derive(Debug, PartialEq, Eq)]
 struct NodeView {
     /// Seat -> (key, endpoint).
-    peers: BTreeMap<u64, (Option<String>, Option<String>)>,
-    interface_keys: BTreeSet<String>,
+    peers: BTreeMap<u64, (Option<Key>, Option<String>)>,
+    interface_keys: BTreeSet<Key>,
 }
 
 fn view(a: &Agent<'_>) -> NodeView {
@@ -69,13 +69,13 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     let cluster = Cluster::deploy_seats(&lan, SEATS);
     let contract = Address::from_str(&cluster.contract).expect("contract address");
     let mut agents = start_agents(&cluster, 1..=SEATS);
-    let mut keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let mut keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     steps.step("3-node mesh healthy");
 
     // Node 3's current record, exactly as registered, from its event: the replay to come.
     let old_record = current_registration(&lan.switch, contract, 3);
-    assert_eq!(b64(&old_record.wg_public_key.0), keys[2]);
+    assert_eq!(Key::from_bytes(old_record.wg_public_key.0), keys[2]);
     agents[2].restart(&["--wg-key-epoch", "1"]);
     agents[2].wait_ready(60);
     keys[2] = agents[2].key();
@@ -153,11 +153,11 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     std::thread::sleep(Duration::from_secs(1));
     let after: Vec<_> = agents.iter().map(view).collect();
     assert_eq!(before, after, "a node's peers changed after the forgeries");
-    assert_eq!(cluster.onchain_key(3).as_deref(), Some(keys[2].as_str()));
+    assert_eq!(cluster.onchain_key(3), Some(keys[2]));
     steps.step("every node's peers and seat 3's record are unchanged");
 
     // A WireGuard peer that is not on-chain: wireguard-go in node 4's namespace, claiming node 3's address.
-    let node1_key: mesh_wg::Key = agents[0].key().parse().expect("node 1's key");
+    let node1_key = agents[0].key();
     let mut impostor = WireguardGo::start(
         lan.node(4),
         &test_key(66),
@@ -178,7 +178,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
         dump[0].latest_handshake == 0 && dump[0].rx == 0 && dump[0].tx > 0,
         "the impostor sent initiations and must have had no handshake and nothing back: {dump:?}"
     );
-    let impostor_key = impostor.public_key.to_string();
+    let impostor_key = impostor.public_key;
     assert!(
         !agents[0].wg_peer_keys().contains(&impostor_key),
         "node 1 added the impostor"
@@ -200,7 +200,10 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
             PeerRecord {
                 tokenId: U256::from(3),
                 instanceId: cluster.sims[2].instance_id.clone(),
-                wgPublicKey: node_identity(&cluster, 3, 2).wg_public_key(),
+                wgPublicKey: node_identity(&cluster, 3, 2)
+                    .wg_public_key()
+                    .as_bytes()
+                    .into(),
                 endpoint: format!("{}:{WG_PORT}", lan_ip(3)),
                 gatewayUrl: String::new(),
                 nonce: next_nonce,
@@ -233,7 +236,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     keys[2] = agents[2].key();
     assert_eq!(
         keys[2],
-        b64(&genuine.wg_public_key.0),
+        Key::from_bytes(genuine.wg_public_key.0),
         "node 3 registered the genuine record"
     );
     wait_full_mesh(&agents, &keys);

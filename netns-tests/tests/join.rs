@@ -42,7 +42,7 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
 
     let mut agents = start_agents(&cluster, 1..=FIRST);
     steps.step("agents 1-3 ready");
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     assert_pings(&agents, 1, 2);
     steps.step("3-node mesh healthy; 1 -> 2 pings");
@@ -66,8 +66,8 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
         "node 4's key must differ from the others'"
     );
     assert_eq!(
-        cluster.onchain_key(4).as_deref(),
-        Some(key4.as_str()),
+        cluster.onchain_key(4),
+        Some(key4),
         "the chain must hold node 4's key once its agent is ready"
     );
 
@@ -94,17 +94,10 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
     );
 
     for a in &agents[..FIRST] {
-        let configured: BTreeSet<String> =
-            a.wg_dump().1.into_iter().map(|p| p.public_key).collect();
-        let want: BTreeSet<String> = (1..=NODES)
+        let configured: BTreeSet<Key> = a.wg_dump().1.into_iter().map(|p| p.public_key).collect();
+        let want: BTreeSet<Key> = (1..=NODES)
             .filter(|&j| j != a.index)
-            .map(|j| {
-                if j == 4 {
-                    key4.clone()
-                } else {
-                    keys[j - 1].clone()
-                }
-            })
+            .map(|j| if j == 4 { key4 } else { keys[j - 1] })
             .collect();
         assert_eq!(
             configured, want,

@@ -63,7 +63,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     steps.step("all 6 ordered pairs ping over 10.0.1.x");
 
     // Each node reports itself and the other two: over WireGuard, healthy, with their own keys.
-    let keys: Vec<String> = agents
+    let keys: Vec<Key> = agents
         .iter()
         .map(|a| {
             let (status, _) = a.status();
@@ -100,11 +100,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
                 a.index,
                 tails(&agents)
             );
-            assert_eq!(
-                p.wg_public_key.as_deref(),
-                Some(keys[j - 1].as_str()),
-                "{p:?}"
-            );
+            assert_eq!(p.wg_public_key, Some(keys[j - 1]), "{p:?}");
             assert_eq!(p.overlay_ip, overlay_ip(j as u64), "{p:?}");
             assert_eq!(
                 p.endpoint.as_deref(),
@@ -115,8 +111,8 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     }
     for (i, key) in keys.iter().enumerate() {
         assert_eq!(
-            cluster.onchain_key(i as u64 + 1).as_deref(),
-            Some(key.as_str()),
+            cluster.onchain_key(i as u64 + 1),
+            Some(*key),
             "node {}'s on-chain key differs from what it reports",
             i + 1
         );
@@ -124,7 +120,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     steps.step("meshctl status: every node sees the other two, wireguard, healthy");
 
     // Key rotation of node 3 while node 1 pings node 2.
-    let old_key = keys[2].clone();
+    let old_key = keys[2];
     let bg = BackgroundPing::start(lan.node(1), overlay_ip(2), PINGS, Duration::from_millis(50));
     std::thread::sleep(Duration::from_millis(500));
     let rotation = Instant::now();
@@ -156,8 +152,8 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
         ),
     );
     assert_eq!(
-        cluster.onchain_key(3).as_deref(),
-        Some(new_key.as_str()),
+        cluster.onchain_key(3),
+        Some(new_key),
         "the chain must hold node 3's new key"
     );
     for a in &agents[..2] {

@@ -25,11 +25,11 @@ const BEHIND: usize = 3;
 const NEW_PORT: u16 = 51830;
 
 /// The endpoint of node 3's key on `a`'s interface, as WireGuard learnt it.
-fn endpoint_of_node_3(a: &Agent<'_>, key: &str) -> Option<String> {
+fn endpoint_of_node_3(a: &Agent<'_>, key: &Key) -> Option<String> {
     a.wg_dump()
         .1
         .into_iter()
-        .find(|p| p.public_key == key)
+        .find(|p| p.public_key == *key)
         .map(|p| p.endpoint)
 }
 
@@ -53,7 +53,7 @@ fn a_node_behind_nat_meshes_by_keepalive_and_roaming() {
     for a in &mut agents {
         a.wait_ready(60);
     }
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     for from in 1..=NODES {
         for to in (1..=NODES).filter(|&t| t != from) {

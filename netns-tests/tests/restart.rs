@@ -46,7 +46,7 @@ fn a_restarted_agent_keeps_its_key_and_sends_no_transaction() {
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
     let mut agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     steps.step("3-node mesh healthy");
 

@@ -47,7 +47,7 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
         cluster.contract
     ));
     let mut agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     for (from, to) in [(3, 1), (3, 2), (1, 2), (2, 1)] {
         assert_eq!(
@@ -67,7 +67,7 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
     }
     steps.step("3-node mesh healthy; 3 -> 1, 3 -> 2, 1 <-> 2 ping");
 
-    let key3 = keys[2].clone();
+    let key3 = keys[2];
     let revoked = cluster.meshctl(0, &["revoke", "--token", "3", "--yes"]);
     let t_rev = Instant::now();
     assert_eq!(revoked["revoked"].as_bool(), Some(true), "{revoked}");

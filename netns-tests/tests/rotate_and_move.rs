@@ -25,13 +25,13 @@ const INTERVAL: Duration = Duration::from_millis(50);
 const MOVED_PORT: u16 = 51821;
 
 /// Whether `a` has node 4 at `endpoint` both in `meshctl status` and on its interface (`wg show dump`).
-fn sees_node_4_at(a: &Agent<'_>, key: &str, endpoint: &str) -> bool {
+fn sees_node_4_at(a: &Agent<'_>, key: &Key, endpoint: &str) -> bool {
     a.sees_healthy(4, key)
         && a.peer(4).and_then(|p| p.endpoint).as_deref() == Some(endpoint)
         && a.wg_dump()
             .1
             .iter()
-            .any(|p| p.public_key == key && p.endpoint == endpoint)
+            .any(|p| p.public_key == *key && p.endpoint == endpoint)
 }
 
 #[test]
@@ -41,14 +41,14 @@ fn peers_follow_a_key_rotation_and_an_endpoint_move_without_loss_elsewhere() {
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
     let mut agents = start_agents(&cluster, 1..=NODES);
-    let mut keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let mut keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     steps.step("4-node mesh healthy");
 
     let bg = BackgroundPing::start(lan.node(1), overlay_ip(2), PINGS, INTERVAL);
     std::thread::sleep(Duration::from_millis(500));
     let began = Instant::now();
-    let old_key_3 = keys[2].clone();
+    let old_key_3 = keys[2];
     agents[2].restart(&["--wg-key-epoch", "1"]);
     let moved = SocketAddrV4::new(lan_ip(4), MOVED_PORT);
     agents[3].config = AgentConfig {
@@ -101,8 +101,8 @@ fn peers_follow_a_key_rotation_and_an_endpoint_move_without_loss_elsewhere() {
         .iter()
         .find(|p| p["tokenId"].as_u64() == Some(4))
         .and_then(|p| p["endpoint"].as_str().map(str::to_owned));
-    assert_eq!(endpoint_4.as_deref(), Some(moved.as_str()), "{onchain:?}");
-    assert_eq!(cluster.onchain_key(3).as_deref(), Some(keys[2].as_str()));
+    assert_eq!(endpoint_4, Some(moved), "{onchain:?}");
+    assert_eq!(cluster.onchain_key(3), Some(keys[2]));
     for (from, to) in [(1, 3), (3, 4), (4, 1), (2, 4)] {
         assert_pings(&agents, from, to);
     }

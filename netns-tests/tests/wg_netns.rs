@@ -70,7 +70,7 @@ fn pair_pings_updates_in_place_and_removes() {
     assert_eq!(iface[2], dev_a.listen_port.to_string(), "{dump}");
     assert_eq!(peers.len(), 1, "{dump}");
     let p = &peers[0];
-    assert_eq!(p.public_key, dev_b.public_key.to_string());
+    assert_eq!(p.public_key, dev_b.public_key);
     assert_eq!(p.endpoint, b_ep.to_string());
     assert_eq!(p.allowed_ips, "10.0.1.2/32");
     assert!(
@@ -169,7 +169,7 @@ fn pair_pings_updates_in_place_and_removes() {
         format!(
             "[Interface]\nPrivateKey = {}\nListenPort = {}\n\n[Peer]\nPublicKey = {}\n\
              Endpoint = {b_ep2}\nAllowedIPs = 10.0.1.2/32, 10.0.9.0/24\nPersistentKeepalive = 3\n",
-            b64(test_key(1).expose_bytes()),
+            private_key_base64(&test_key(1)),
             dev_a.listen_port,
             dev_b.public_key
         ),

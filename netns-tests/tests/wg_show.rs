@@ -62,7 +62,7 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
         cluster.contract
     ));
     let agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     for from in 1..=NODES {
         for to in (1..=NODES).filter(|&to| to != from) {
@@ -84,7 +84,7 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
     steps.step("3-node mesh healthy; all 6 ordered pairs ping");
 
     // What the chain says (meshctl peers) must be what every agent reports.
-    let onchain: BTreeMap<u64, String> = cluster
+    let onchain: BTreeMap<u64, Key> = cluster
         .peers()
         .iter()
         .map(|p| {
@@ -94,14 +94,12 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
                     .unwrap_or_else(|| panic!("no tokenId: {p}")),
                 p["wgPublicKey"]
                     .as_str()
-                    .unwrap_or_else(|| panic!("no wgPublicKey: {p}"))
-                    .to_owned(),
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or_else(|| panic!("no wgPublicKey: {p}")),
             )
         })
         .collect();
-    let want_onchain: BTreeMap<u64, String> = (1..=NODES)
-        .map(|j| (j as u64, keys[j - 1].clone()))
-        .collect();
+    let want_onchain: BTreeMap<u64, Key> = (1..=NODES).map(|j| (j as u64, keys[j - 1])).collect();
     assert_eq!(
         onchain, want_onchain,
         "meshctl peers vs the agents' own keys"
@@ -113,8 +111,8 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
         let (iface, dump) = a.wg_dump();
         let raw = a.wg_dump_text();
         assert_eq!(
-            iface.get(1).map(String::as_str),
-            Some(keys[i - 1].as_str()),
+            iface.get(1).and_then(|k| k.parse::<Key>().ok()),
+            Some(keys[i - 1]),
             "node {i}'s dump must show its own public key: {raw}"
         );
         assert_eq!(
@@ -123,7 +121,7 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
             "node {i}'s listen port: {raw}"
         );
 
-        let from_status: BTreeMap<u64, String> = a
+        let from_status: BTreeMap<u64, Key> = a
             .status()
             .1
             .into_iter()
@@ -134,18 +132,18 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
                 (p.token_id, key)
             })
             .collect();
-        let others: BTreeMap<u64, String> = onchain
+        let others: BTreeMap<u64, Key> = onchain
             .iter()
             .filter(|(t, _)| **t != i as u64)
-            .map(|(t, k)| (*t, k.clone()))
+            .map(|(t, k)| (*t, *k))
             .collect();
         assert_eq!(
             from_status, others,
             "node {i}: meshctl status peers vs meshctl peers"
         );
 
-        let dumped: BTreeSet<&str> = dump.iter().map(|p| p.public_key.as_str()).collect();
-        let want: BTreeSet<&str> = others.values().map(String::as_str).collect();
+        let dumped: BTreeSet<Key> = dump.iter().map(|p| p.public_key).collect();
+        let want: BTreeSet<Key> = others.values().copied().collect();
         assert_eq!(
             dumped, want,
             "node {i}: wg dump peers must be exactly the other two nodes' keys: {raw}"
@@ -183,7 +181,10 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
         let plain = a.ns().exec_ok(&["wg", "show", &a.ifname]);
         let blocks = peer_blocks(&plain);
         assert_eq!(
-            blocks.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+            blocks
+                .keys()
+                .map(|k| k.parse::<Key>().unwrap_or_else(|e| panic!("wg show: {e}")))
+                .collect::<BTreeSet<_>>(),
             want,
             "node {i}: wg show peers: {plain}"
         );

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use alloy_primitives::Address;
 use serde::{Deserialize, Serialize};
+use wg_key::Key;
 
 /// Where the agent serves its API unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/p2p-agent/api.sock";
@@ -39,7 +40,7 @@ pub struct Peer {
     pub instance_id: String,
     pub overlay_ip: Ipv4Addr,
     /// Base64, as `wg` prints keys; absent for a TLS-only peer.
-    pub wg_public_key: Option<String>,
+    pub wg_public_key: Option<Key>,
     pub endpoint: Option<String>,
     pub gateway_url: Option<String>,
     pub connection: ConnectionKind,
@@ -61,7 +62,8 @@ pub struct Node {
     /// Absent until a seat is bound to this instance.
     pub token_id: Option<u64>,
     pub overlay_ip: Option<Ipv4Addr>,
-    pub wg_public_key: Option<String>,
+    /// Absent in TLS mode.
+    pub wg_public_key: Option<Key>,
     pub interface: Option<String>,
     pub listen_port: Option<u16>,
     pub endpoint: Option<String>,

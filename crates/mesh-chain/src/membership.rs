@@ -18,6 +18,7 @@ use alloy::primitives::Address;
 use serde::{Deserialize, Serialize};
 
 use crate::record::{self, RecordError, SignedRegistration};
+use wg_key::Key;
 
 /// Everything that decides whom this node trusts, fixed at its first start and kept in its state file:
 /// a later RPC that disagrees is refused rather than believed.
@@ -218,7 +219,7 @@ pub struct Member {
     pub instance_id: String,
     pub overlay_ip: Ipv4Addr,
     /// Absent for a TLS-gateway-only node.
-    pub wg_public_key: Option<[u8; 32]>,
+    pub wg_public_key: Option<Key>,
     pub endpoint: Option<SocketAddr>,
     pub gateway_url: Option<String>,
     pub nonce: u64,
@@ -264,7 +265,7 @@ pub struct Own<'a> {
     pub token_id: Option<u64>,
     pub instance_id: &'a str,
     /// Absent in TLS mode.
-    pub wg_public_key: Option<[u8; 32]>,
+    pub wg_public_key: Option<Key>,
 }
 
 /// One believed record as a peer, if it is usable.
@@ -286,7 +287,8 @@ pub fn member(reg: &SignedRegistration, prefix: Prefix) -> Result<Member, Invali
                 })?,
         ),
     };
-    let wg_public_key = (!reg.wg_public_key.is_zero()).then_some(reg.wg_public_key.0);
+    let wg_public_key =
+        (!reg.wg_public_key.is_zero()).then_some(Key::from_bytes(reg.wg_public_key.0));
     let gateway_url = (!reg.gateway_url.is_empty()).then(|| reg.gateway_url.clone());
     if wg_public_key.is_none() && gateway_url.is_none() {
         return Err(InvalidRecord::Empty { token_id });
@@ -315,7 +317,9 @@ pub fn members(
     for (token, reg) in records {
         let mine = Some(*token) == own.token_id
             || reg.instance_id == own.instance_id
-            || own.wg_public_key.is_some_and(|k| k == reg.wg_public_key.0);
+            || own
+                .wg_public_key
+                .is_some_and(|k| *k.as_bytes() == reg.wg_public_key.0);
         if mine {
             if Some(*token) != own.token_id {
                 invalid.push(InvalidRecord::Itself { token_id: *token });
@@ -327,7 +331,7 @@ pub fn members(
             Err(e) => invalid.push(e),
         }
     }
-    let mut by_key: BTreeMap<[u8; 32], Vec<u64>> = BTreeMap::new();
+    let mut by_key: BTreeMap<Key, Vec<u64>> = BTreeMap::new();
     for m in &valid {
         if let Some(k) = m.wg_public_key {
             by_key.entry(k).or_default().push(m.token_id);
@@ -494,7 +498,7 @@ mod tests {
         Own {
             token_id: token,
             instance_id: OWN,
-            wg_public_key: key.map(|k| [k; 32]),
+            wg_public_key: key.map(|k| Key::from_bytes([k; 32])),
         }
     }
 

@@ -20,6 +20,7 @@ use crate::contract::{self, ChainError, DstackClusterNFT};
 use crate::membership::{self, Pins, Prefix, Rejected};
 use crate::peer_key::PeerKey;
 use crate::record::{self, PeerRecord, RecordError, SignedRegistration};
+use wg_key::Key;
 
 /// How often to ask for the receipt of a registration.
 const RECEIPT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -30,7 +31,8 @@ const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 /// The record this node wants on-chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
-    pub wg_public_key: B256,
+    /// Absent in TLS mode: the record then holds zero.
+    pub wg_public_key: Option<Key>,
     /// `host:port`, or empty.
     pub endpoint: String,
     /// Empty when the node has no TLS-gateway URL.
@@ -40,9 +42,15 @@ pub struct Desired {
 impl Desired {
     /// Whether `record` already says what this node wants on-chain.
     pub fn matches(&self, record: &SignedRegistration) -> bool {
-        record.wg_public_key == self.wg_public_key
+        record.wg_public_key == self.wg_key_field()
             && record.endpoint == self.endpoint
             && record.gateway_url == self.gateway_url
+    }
+
+    /// The key as the record's `bytes32` holds it.
+    fn wg_key_field(&self) -> B256 {
+        self.wg_public_key
+            .map_or(B256::ZERO, |k| B256::from(*k.as_bytes()))
     }
 }
 
@@ -241,7 +249,7 @@ impl Cluster {
         let mut replaced_unbelievable = None;
         if seat.registeredBlock != 0 {
             let current = c.getPeer(token_id).call().await.map_err(call("getPeer"))?;
-            if current.wgPublicKey == desired.wg_public_key
+            if current.wgPublicKey == desired.wg_key_field()
                 && current.endpoint == desired.endpoint
                 && current.gatewayUrl == desired.gateway_url
             {
@@ -261,7 +269,7 @@ impl Cluster {
         let record = PeerRecord {
             tokenId: token_id,
             instanceId: peer.instance_id.clone(),
-            wgPublicKey: desired.wg_public_key,
+            wgPublicKey: desired.wg_key_field(),
             endpoint: desired.endpoint.clone(),
             gatewayUrl: desired.gateway_url.clone(),
             nonce,

@@ -5,8 +5,8 @@ use super::config::{DeviceConfig, PeerConfig, PeerStatus};
 use super::device::Device;
 use super::error::Error;
 use super::kernel::KernelDevice;
-use super::key::Key;
 use super::plan::PeerTable;
+use wg_key::Key;
 
 /// Whether this kernel has WireGuard: loaded (or built in) shows under /sys/module, loadable shows in
 /// modules.dep. Checked first so that `auto` does not provoke (and log) a failed link creation.

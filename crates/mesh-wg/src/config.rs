@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use ipnetwork::Ipv4Network;
 
 use super::Error;
-use super::key::{Key, PrivateKey};
+use wg_key::{Key, PrivateKey};
 
 /// Default TUN MTU: 1500 minus the WireGuard-over-IPv4/IPv6 overhead (80 bytes).
 pub const DEFAULT_MTU: u16 = 1420;

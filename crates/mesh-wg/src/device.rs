@@ -20,12 +20,12 @@ use tracing::instrument;
 
 use super::allowed_ips::AllowedIps;
 use super::config::{DeviceConfig, PeerConfig, PeerStatus};
-use super::key::{Key, PrivateKey};
 use super::netlink::Netlink;
 use super::peer::{NoiseKeys, Peer};
 use super::task::Task;
 use super::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
 use super::{Error, uapi_server};
+use wg_key::{Key, PrivateKey};
 
 /// How often boringtun's timers run (it wants 100-250 ms).
 const TIMER_TICK: Duration = Duration::from_millis(100);

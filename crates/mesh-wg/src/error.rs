@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::key::Key;
+use wg_key::Key;
 
 /// What the `HINT` for TUN/netlink permission failures says.
 pub const NEEDS_NET_ADMIN: &str = "needs CAP_NET_ADMIN and /dev/net/tun; run as root or add \

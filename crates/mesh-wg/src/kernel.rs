@@ -19,7 +19,7 @@ use ipnetwork::Ipv4Network;
 
 use super::config::{DeviceConfig, PeerConfig, PeerStatus};
 use super::error::Error;
-use super::key::Key;
+use wg_key::Key;
 
 /// A kernel WireGuard interface.
 pub struct KernelDevice {

@@ -11,7 +11,6 @@
 //! - `peer`: one peer's `Tunn`, endpoint (roaming), keepalive and counters.
 //! - `allowed_ips`: longest-prefix cryptokey routing table.
 //! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
-//! - `key`: [`Key`] (a public key: base64 to show, a short prefix in logs) and [`PrivateKey`] (redacting).
 //! - `uapi`: sans-IO `get`/`set` text rendering and parsing.
 //! - `uapi_server`: the unix socket at `/var/run/wireguard/<ifname>.sock`.
 //! - `netlink`: MTU, address and link state over rtnetlink.
@@ -24,7 +23,6 @@ mod config;
 mod device;
 mod error;
 mod kernel;
-mod key;
 mod netlink;
 mod peer;
 mod plan;
@@ -41,5 +39,5 @@ pub use device::Device;
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
-pub use key::{Key, KeyParseError, PrivateKey};
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
+pub use wg_key::{Key, KeyParseError, PrivateKey};

@@ -11,7 +11,7 @@ use boringtun::x25519;
 use ipnetwork::Ipv4Network;
 
 use super::config::PeerStatus;
-use super::key::Key;
+use wg_key::Key;
 
 const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESP: u8 = 2;

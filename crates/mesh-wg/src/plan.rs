@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{PeerConfig, PeerStatus};
 use crate::error::Error;
-use crate::key::Key;
+use wg_key::Key;
 
 /// A handshake younger than this means a live session: a session key is valid for REJECT_AFTER_TIME
 /// (180 s) after its handshake, and with a 25 s keepalive a live peer renews it every two minutes.
@@ -129,6 +129,20 @@ pub trait PeerTable {
     fn set_peer(&self, peer: PeerConfig) -> Result<(), Error>;
     /// Removes the peer; whether it was there.
     fn remove_peer(&self, key: &Key) -> bool;
+}
+
+impl<T: PeerTable + ?Sized> PeerTable for std::sync::Arc<T> {
+    fn peers(&self) -> Vec<PeerStatus> {
+        (**self).peers()
+    }
+
+    fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {
+        (**self).set_peer(peer)
+    }
+
+    fn remove_peer(&self, key: &Key) -> bool {
+        (**self).remove_peer(key)
+    }
 }
 
 /// Applies `changes` in order; every one is tried, and those that failed come back with their error.

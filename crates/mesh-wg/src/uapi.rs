@@ -10,7 +10,7 @@ use nix::errno::Errno;
 
 use super::Error;
 use super::config::PeerStatus;
-use super::key::{Key, PrivateKey};
+use wg_key::{Key, PrivateKey};
 
 /// Everything a `get=1` reply shows.
 #[derive(Debug, Clone)]

@@ -142,7 +142,12 @@ fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
             p.token_id,
             short(&p.instance_id, 12, verbose),
             p.overlay_ip,
-            short(p.wg_public_key.as_deref().unwrap_or("-"), 12, verbose),
+            short(
+                &p.wg_public_key
+                    .map_or_else(|| "-".to_owned(), |k| k.to_string()),
+                12,
+                verbose
+            ),
             p.endpoint.as_deref().unwrap_or("-"),
             connection,
             age(p.latest_handshake, now),

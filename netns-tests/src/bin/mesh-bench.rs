@@ -106,7 +106,7 @@ fn throughput(args: &Args) -> Value {
     let lan = Lan::new(4);
     let cluster = Cluster::deploy_seats(&lan, 2);
     let agents = start_agents(&cluster, 1..=2);
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     let (_wg3, _wg4) = wireguard_go_pair(&lan);
     let mut out = json!({});
@@ -167,7 +167,7 @@ fn latency() -> Value {
     let lan = Lan::new(4);
     let cluster = Cluster::deploy_seats(&lan, 2);
     let agents = start_agents(&cluster, 1..=2);
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     let (_wg3, _wg4) = wireguard_go_pair(&lan);
     let every = Duration::from_millis(20);
@@ -279,7 +279,7 @@ fn size_run(
     let cluster = Cluster::deploy_seats(&lan, n);
     let contract = Address::from_str(&cluster.contract)?;
     let mut agents = start_agents(&cluster, 1..n);
-    let mut keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let mut keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     eprintln!("   {} agents meshed", n - 1);
 
@@ -331,7 +331,7 @@ fn agent_cost<'a>(
 ) -> anyhow::Result<Value> {
     cluster.mint(extra);
     agents.push(Agent::start(cluster, extra, &[]));
-    let keys: Vec<String> = agents.iter().map(Agent::key).collect();
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     let index: Vec<usize> = agents.iter().map(|a| a.index).collect();
     // wait_full_mesh indexes keys by node; nodes are 1..=extra here, so that holds.
     assert_eq!(index, (1..=extra).collect::<Vec<_>>());

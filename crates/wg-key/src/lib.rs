@@ -1,11 +1,12 @@
-//! Key material: [`Key`], a public key, which is how WireGuard names a peer, and [`PrivateKey`], which
-//! never prints.
+//! WireGuard keys as dstack-mesh writes them: [`Key`], a public key, which is how WireGuard names a peer,
+//! and [`PrivateKey`], which never prints. The contract, the interface, the API and the tests all use these
+//! two, never bare bytes.
 
 use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use boringtun::x25519;
+use x25519_dalek as x25519;
 use zeroize::Zeroize as _;
 
 /// A Curve25519 private key. `Debug` and `Display` print `<redacted>`; the bytes are zeroed on drop.
@@ -34,7 +35,8 @@ impl PrivateKey {
         Key(x25519::PublicKey::from(&self.to_secret()).to_bytes())
     }
 
-    pub(crate) fn to_secret(&self) -> x25519::StaticSecret {
+    /// The key as x25519-dalek holds it, for the noise layer.
+    pub fn to_secret(&self) -> x25519::StaticSecret {
         x25519::StaticSecret::from(self.0)
     }
 }
@@ -85,6 +87,19 @@ impl fmt::Debug for Key {
     }
 }
 
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Text that is not a base64 WireGuard key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a WireGuard key (32 bytes in base64, as `wg` prints them)")]
@@ -125,5 +140,29 @@ mod tests {
         assert_eq!(text.parse::<Key>(), Ok(key));
         assert!("not a key".parse::<Key>().is_err());
         assert!(BASE64.encode([1u8; 31]).parse::<Key>().is_err(), "31 bytes");
+    }
+
+    /// In JSON a key is its base64 string, and anything else is refused with the reason.
+    #[test]
+    fn keys_are_base64_strings_in_json() {
+        let key = Key::from_bytes([7; 32]);
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(json, format!("\"{key}\""));
+        assert_eq!(serde_json::from_str::<Key>(&json).unwrap(), key);
+        let err = serde_json::from_str::<Key>("\"AAAA\"").unwrap_err();
+        assert!(err.to_string().contains("is not a WireGuard key"), "{err}");
+    }
+
+    /// The public key is the one x25519 derives, as `wg pubkey` prints it.
+    #[test]
+    fn the_public_key_is_x25519s() {
+        // RFC 7748, section 6.1: Alice's private and public keys.
+        let private = PrivateKey::from_bytes(
+            *b"\x77\x07\x6d\x0a\x73\x18\xa5\x7d\x3c\x16\xc1\x72\x51\xb2\x66\x45\xdf\x4c\x2f\x87\xeb\xc0\x99\x2a\xb1\x77\xfb\xa5\x1d\xb9\x2c\x2a",
+        );
+        assert_eq!(
+            private.public_key().as_bytes(),
+            b"\x85\x20\xf0\x09\x89\x30\xa7\x54\x74\x8b\x7d\xdc\xb4\x3e\xf7\x5a\x0d\xbf\x3a\x0d\x26\x38\x1a\xf4\xeb\xa4\xa9\x8e\xaa\x9b\x4e\x6a"
+        );
     }
 }

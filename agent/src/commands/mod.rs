@@ -1,0 +1,5 @@
+//! The one-shot subcommands; the daemon is [`crate::run`].
+
+pub mod identity;
+pub mod register;
+pub mod wait;

@@ -1,0 +1,99 @@
+//! `p2p-agent register`: registers this node's record once, or prints it for a relay.
+
+use std::process::ExitCode;
+
+use alloy::primitives::Address;
+use anyhow::Context as _;
+use clap::Args;
+use dstack_guest::DstackClient;
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The cluster contract: the cluster's identity.
+    #[arg(long, env = "CLUSTER_CONTRACT")]
+    pub contract: Address,
+    /// The chain's JSON-RPC URL.
+    #[arg(long, env = "RPC_URL", default_value = "http://127.0.0.1:8545")]
+    pub rpc_url: alloy::transports::http::reqwest::Url,
+    /// Guest-agent endpoint: a socket path or an http:// simulator URL.
+    #[arg(long, env = "DSTACK_SIMULATOR_ENDPOINT")]
+    pub dstack_endpoint: Option<String>,
+    /// The UDP endpoint peers reach this node's WireGuard at, `host:port`.
+    #[arg(long, env = "MESH_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// This node's TLS-gateway URL, the fallback when a tunnel cannot come up.
+    #[arg(long, env = "MESH_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// WireGuard key rotation epoch: each epoch is a new key derived from dstack.
+    #[arg(long, env = "MESH_WG_KEY_EPOCH", default_value_t = 0)]
+    pub wg_key_epoch: u32,
+    /// A file with a funded private key that pays for the transaction when the derived address has no
+    /// funds. Without it, the PRIVATE_KEY environment variable is used.
+    #[arg(long, env = "TX_KEY_FILE", value_name = "PATH")]
+    pub tx_key_file: Option<std::path::PathBuf>,
+}
+
+/// Registers once.
+///
+/// # Errors
+/// dstack or the chain unreachable, no seat, or a record the cluster or peers would reject.
+pub async fn run(
+    args: RegisterArgs,
+    private_key: Option<zeroize::Zeroizing<String>>,
+) -> anyhow::Result<ExitCode> {
+    use mesh_chain::registration::{Cluster, Desired, Outcome};
+    let tx_key = crate::config::tx_signer(args.tx_key_file.as_deref(), private_key)?;
+    let rpc = mesh_chain::redact::RedactedUrl::new(&args.rpc_url);
+    let client = DstackClient::discover(args.dstack_endpoint.as_deref())
+        .context("cannot choose a dstack endpoint")?;
+    let identity = crate::identity::NodeIdentity::load(&client, args.wg_key_epoch)
+        .await
+        .context("cannot establish this node's identity from dstack")?;
+    let cluster = Cluster::connect(args.rpc_url.clone(), args.contract)
+        .await
+        .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))
+        .with_context(|| format!("cannot reach cluster {} via {rpc}", args.contract))?;
+    let pins = cluster
+        .contract_pins()
+        .await
+        .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))
+        .context("reading the cluster's KMS root, app ids and prefix")?;
+    let desired = Desired {
+        wg_public_key: Some(identity.wg_public_key()),
+        endpoint: args.endpoint.unwrap_or_default(),
+        gateway_url: args.gateway_url.unwrap_or_default(),
+    };
+    match cluster
+        .register(&identity.peer, &desired, tx_key.as_ref(), &pins)
+        .await
+        .map_err(|e| anyhow::anyhow!(rpc.scrub(&format!("{e:#}"))))?
+    {
+        Outcome::UpToDate { token_id } => {
+            eprintln!("seat {token_id}: the on-chain record is already this node's; nothing sent");
+        }
+        Outcome::Registered {
+            token_id,
+            nonce,
+            tx,
+            block,
+            from,
+            ..
+        } => {
+            eprintln!(
+                "seat {token_id}: registered record nonce {nonce} from {from} in tx {tx}, block {block}"
+            );
+        }
+        Outcome::NeedsRelay(reg) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reg).context("cannot encode the registration")?
+            );
+            eprintln!(
+                "seat {}: no funded sender (derived address {} is empty and no --tx-key-file/PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the derived address with `meshctl fund`",
+                reg.token_id,
+                identity.peer.address().context("derived key")?
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,174 @@
+//! The daemon's settings: every flag with its environment variable, as clap parses them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use alloy::primitives::Address;
+use mesh_api::Mode;
+
+/// `--mode`: how this node offers itself to its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// A WireGuard interface, with the gateway URL as fallback.
+    Wireguard,
+    /// No interface: peers are reached through their TLS-gateway URLs.
+    Tls,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Wireguard => Mode::Wireguard,
+            ModeArg::Tls => Mode::Tls,
+        }
+    }
+}
+
+/// Which WireGuard implementation carries the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The kernel's when it can create an interface (dstack's guest kernels have the module); else userspace.
+    Auto,
+    /// The agent's own, in-process.
+    Userspace,
+    /// The kernel module.
+    Kernel,
+}
+
+/// The daemon's settings; every flag has an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// wireguard: a tunnel to every peer, gateway URLs as fallback; tls: no interface, peers by gateway URL.
+    #[arg(long, env = "MESH_MODE", value_enum, default_value = "wireguard")]
+    pub mode: ModeArg,
+    /// The cluster contract: the cluster's identity.
+    #[arg(long, env = "CLUSTER_CONTRACT")]
+    pub contract: Option<Address>,
+    /// The chain's JSON-RPC URL.
+    #[arg(long, env = "RPC_URL", default_value = "http://127.0.0.1:8545")]
+    pub rpc_url: alloy::transports::http::reqwest::Url,
+    /// dstack guest-agent endpoint: a socket path or an http:// simulator URL (default: dstack's sockets).
+    #[arg(long, env = "DSTACK_SIMULATOR_ENDPOINT")]
+    pub dstack_endpoint: Option<String>,
+    /// The mesh interface's name (at most 15 bytes).
+    #[arg(long, env = "MESH_INTERFACE", default_value = "dmesh0")]
+    pub interface: String,
+    /// WireGuard's UDP port.
+    #[arg(long, env = "MESH_LISTEN_PORT", default_value_t = 51820)]
+    pub listen_port: u16,
+    /// The address peers reach this node's WireGuard at, IP:port, registered on-chain.
+    #[arg(long, env = "MESH_ENDPOINT")]
+    pub endpoint: Option<SocketAddr>,
+    /// This node's whole TLS-gateway URL, the fallback when its tunnel is down.
+    #[arg(long, env = "MESH_GATEWAY_URL", conflicts_with = "gateway_domain")]
+    pub gateway_url: Option<String>,
+    /// The gateway's base domain; the URL is https://<instance_id>-<gateway-port>.<domain>.
+    #[arg(long, env = "MESH_GATEWAY_DOMAIN", requires = "gateway_port")]
+    pub gateway_domain: Option<String>,
+    /// The port the gateway URL forwards to (with --gateway-domain).
+    #[arg(long, env = "MESH_GATEWAY_PORT")]
+    pub gateway_port: Option<u16>,
+    /// Where the chain view is kept between runs (no secrets).
+    #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/p2p-agent")]
+    pub state_dir: PathBuf,
+    /// The local API's unix socket.
+    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
+    pub api_socket: PathBuf,
+    /// Pin this KMS root instead of reading it from the contract at first start.
+    #[arg(long, env = "MESH_KMS_ROOT", requires = "app_ids")]
+    pub kms_root: Option<Address>,
+    /// Pin these app ids (with --kms-root).
+    #[arg(
+        long = "app-id",
+        env = "MESH_APP_IDS",
+        value_delimiter = ',',
+        requires = "kms_root"
+    )]
+    pub app_ids: Vec<Address>,
+    /// Trust the RPC's chain id and mesh prefix (and the contract's KMS root and app ids, unless pinned with
+    /// --kms-root) as at a first start, replacing what the state directory pinned, and forget the nonces
+    /// seen so far. Only for a cluster that really moved, or a dev chain that was reset.
+    #[arg(long, env = "MESH_REPIN")]
+    pub repin: bool,
+    /// Blocks to wait before acting on an event (0 suits anvil).
+    #[arg(long, env = "MESH_CONFIRMATIONS", default_value_t = 0)]
+    pub confirmations: u64,
+    /// How often to poll the chain and refresh the state, in milliseconds.
+    #[arg(long, env = "MESH_POLL_INTERVAL_MS", default_value_t = 2000)]
+    pub poll_interval_ms: u64,
+    /// How often to re-read every record as a safety net, in seconds.
+    #[arg(long, env = "MESH_FULL_READ_SECS", default_value_t = 60)]
+    pub full_read_secs: u64,
+    /// A funded key file that pays for registrations when the derived address has no funds (or PRIVATE_KEY).
+    #[arg(long, env = "TX_KEY_FILE")]
+    pub tx_key_file: Option<PathBuf>,
+    /// WireGuard key rotation epoch: each epoch is another key derived from dstack.
+    #[arg(long, env = "MESH_WG_KEY_EPOCH", default_value_t = 0)]
+    pub wg_key_epoch: u32,
+    /// WireGuard implementation.
+    #[arg(long, env = "MESH_WG_BACKEND", value_enum, default_value = "auto")]
+    pub wg_backend: Backend,
+    /// Run this shell command after each peer-set change, with the peer list as JSON on stdin and a
+    /// cleaned environment (no keys or RPC credentials).
+    #[arg(long, env = "MESH_ON_CHANGE")]
+    pub on_change: Option<String>,
+    /// Kill the on-change command if it has not finished (reading its input included) after this long.
+    #[arg(long, env = "MESH_HOOK_TIMEOUT_SECS", default_value_t = 30)]
+    pub hook_timeout_secs: u64,
+    /// Keep a marked block of `node-<tokenId>.<suffix>` names in this hosts file.
+    #[arg(long, env = "MESH_HOSTS_FILE")]
+    pub hosts_file: Option<PathBuf>,
+    /// The domain suffix of the hosts-file names.
+    #[arg(long, env = "MESH_HOSTS_SUFFIX", default_value = "mesh")]
+    pub hosts_suffix: String,
+}
+
+impl RunArgs {
+    /// This node's gateway URL: given whole, or built from the base domain and port.
+    pub fn gateway_url(&self, instance_id: &str) -> Option<String> {
+        match (&self.gateway_url, &self.gateway_domain, self.gateway_port) {
+            (Some(url), _, _) => Some(url.clone()),
+            (None, Some(domain), Some(port)) => {
+                Some(format!("https://{instance_id}-{port}.{domain}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Settings that cannot work, named with the flag to change.
+    ///
+    /// # Errors
+    /// What is missing or conflicting.
+    pub fn validate(&self) -> anyhow::Result<Address> {
+        use anyhow::Context as _;
+        let contract = self.contract.context(
+            "--contract (or CLUSTER_CONTRACT) is required: the cluster contract's address",
+        )?;
+        if self.mode == ModeArg::Wireguard {
+            mesh_wg::validate_ifname(&self.interface).context("--interface")?;
+        }
+        if self.mode == ModeArg::Tls && self.gateway_url.is_none() && self.gateway_domain.is_none()
+        {
+            anyhow::bail!(
+                "--mode tls needs this node's gateway URL: pass --gateway-url, or --gateway-domain with --gateway-port"
+            );
+        }
+        Ok(contract)
+    }
+}
+
+/// The key that pays for registrations: `--tx-key-file`, else the `PRIVATE_KEY` taken at start, else none.
+///
+/// # Errors
+/// A key file or value that is not a private key.
+pub fn tx_signer(
+    file: Option<&std::path::Path>,
+    private_key: Option<zeroize::Zeroizing<String>>,
+) -> anyhow::Result<Option<alloy::signers::local::PrivateKeySigner>> {
+    Ok(mesh_chain::tx_key::load(
+        file,
+        "--tx-key-file",
+        "PRIVATE_KEY",
+        private_key.as_deref().map(String::as_str),
+    )?)
+}

@@ -1,0 +1,128 @@
+//! The peers this node should have: from what it believes of the chain to what the interface should hold.
+//! Pure, so it is tested without a chain or an interface.
+
+use mesh_chain::membership::{self, InvalidRecord, Member, Own};
+use mesh_chain::view::ChainView;
+use mesh_wg::{Ipv4Network, PeerConfig};
+
+use crate::state::SeatState;
+
+/// WireGuard keepalive towards every peer: keeps NAT mappings open and handshakes fresh.
+pub const KEEPALIVE_SECS: u16 = 25;
+
+/// This node's peers, and why the other believed records are not: none at all while the chain says this
+/// node has no active seat, since it is then no member. (Before the chain has answered, the cached view is
+/// served.)
+pub fn members(
+    view: &ChainView,
+    seat: SeatState,
+    own: Own<'_>,
+) -> (Vec<Member>, Vec<InvalidRecord>) {
+    if seat.is_out() {
+        return (Vec::new(), Vec::new());
+    }
+    membership::members(&view.records, own, view.prefix())
+}
+
+/// What the interface should hold for `members`: each one with a WireGuard key, at its overlay address.
+pub fn peer_configs(members: &[Member]) -> Vec<PeerConfig> {
+    members
+        .iter()
+        .filter_map(|m| {
+            Some(PeerConfig {
+                public_key: m.wg_public_key?,
+                endpoint: m.endpoint,
+                allowed_ips: vec![
+                    Ipv4Network::new(m.overlay_ip, 32).expect("a /32 is always a valid prefix"),
+                ],
+                persistent_keepalive: Some(KEEPALIVE_SECS),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use alloy::primitives::{Address, B256, B512, FixedBytes, U256};
+    use mesh_chain::membership::{Pins, Prefix};
+    use mesh_chain::record::SignedRegistration;
+    use mesh_wg::Key;
+
+    /// A believed record (the view only ever holds believed ones, so these need no real proof).
+    pub(crate) fn record(token: u64, key: u8, url: &str) -> SignedRegistration {
+        SignedRegistration {
+            token_id: U256::from(token),
+            instance_id: format!("{token:040x}"),
+            wg_public_key: B256::repeat_byte(key),
+            endpoint: if key == 0 {
+                String::new()
+            } else {
+                format!("192.0.2.{token}:51820")
+            },
+            gateway_url: url.to_owned(),
+            nonce: 1,
+            proof: dstack_guest::DstackProof {
+                derived_public_key: B512::ZERO,
+                app_public_key: B512::ZERO,
+                app_signature: FixedBytes::ZERO,
+                kms_signature: FixedBytes::ZERO,
+                app_id: Address::ZERO,
+                purpose: String::new(),
+            },
+            record_signature: FixedBytes::ZERO,
+            chain_id: 1,
+            contract: Address::ZERO,
+        }
+    }
+
+    pub(crate) fn view(records: &[SignedRegistration]) -> ChainView {
+        let mut v = ChainView::new(
+            Address::ZERO,
+            Pins {
+                kms_root: Address::ZERO,
+                app_ids: Vec::new(),
+                chain_id: 1,
+                prefix: Prefix::new("10.0.1.0".parse().unwrap(), 24).unwrap(),
+            },
+        );
+        for r in records {
+            v.records
+                .insert(u64::try_from(r.token_id).unwrap(), r.clone());
+        }
+        v
+    }
+
+    pub(crate) fn own(token: Option<u64>) -> Own<'static> {
+        Own {
+            token_id: token,
+            instance_id: "own",
+            wg_public_key: Some(Key::from_bytes([0xee; 32])),
+        }
+    }
+
+    /// A node whose seat is gone or inactive has no peers; one whose seat is not known yet serves its view.
+    #[test]
+    fn a_node_without_an_active_seat_has_no_peers() {
+        let v = view(&[record(2, 0x22, ""), record(3, 0x33, "")]);
+        for seat in [SeatState::None, SeatState::Inactive(1)] {
+            assert!(members(&v, seat, own(None)).0.is_empty(), "{seat:?}");
+        }
+        assert_eq!(members(&v, SeatState::Unknown, own(None)).0.len(), 2);
+        assert_eq!(members(&v, SeatState::Active(2), own(Some(2))).0.len(), 1);
+    }
+
+    /// Every member with a key is a /32 peer with keepalive; a TLS-only member is no WireGuard peer.
+    #[test]
+    fn members_with_keys_become_peers_at_their_overlay_address() {
+        let v = view(&[record(2, 0x22, ""), record(3, 0, "https://x.example")]);
+        let (m, _) = members(&v, SeatState::Active(1), own(Some(1)));
+        assert_eq!(m.len(), 2, "the TLS node is a member");
+        let peers = peer_configs(&m);
+        assert_eq!(peers.len(), 1, "but no WireGuard peer");
+        assert_eq!(peers[0].public_key, Key::from_bytes([0x22; 32]));
+        assert_eq!(peers[0].allowed_ips[0].to_string(), "10.0.1.2/32");
+        assert_eq!(peers[0].persistent_keepalive, Some(KEEPALIVE_SECS));
+        assert_eq!(peers[0].endpoint.unwrap().to_string(), "192.0.2.2:51820");
+    }
+}

@@ -1,0 +1,277 @@
+//! The daemon: binds the API, learns this node's identity from dstack, then runs the tasks
+//! ([`crate::tasks`]) under one cancellation token until it fires or a task fails, and joins them all.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::Context as _;
+use dstack_guest::DstackClient;
+use mesh_api::Snapshot;
+use mesh_chain::backoff::Backoff;
+use mesh_chain::follow::{Anchors, FollowConfig};
+use mesh_chain::redact::RedactedUrl;
+use mesh_chain::registration::Desired;
+use mesh_chain::view::ChainView;
+use mesh_wg::BackendChoice;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, info, info_span, warn};
+use unix_socket::UnixSocket;
+
+use crate::cache;
+use crate::config::{Backend, ModeArg, RunArgs};
+use crate::identity::NodeIdentity;
+use crate::snapshot::{self, AgentFacts, NodeFacts};
+use crate::state::{ChainState, MeshState, RegState};
+use crate::tasks::chain::ChainTask;
+use crate::tasks::mesh::{MeshTask, WireGuard};
+use crate::tasks::publisher::{Hooks, Inputs, Publisher};
+use crate::tasks::registrar::Registrar;
+
+/// Runs the daemon until `cancel` fires.
+///
+/// # Errors
+/// Settings that cannot work, an API socket that cannot be bound, or a task that needs the operator (an
+/// interface that cannot be created). The chain and dstack being unreachable are retried, not errors.
+pub async fn run(
+    args: RunArgs,
+    tx_key: Option<PrivateKeySigner>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let contract = args.validate()?;
+    if let Some(dir) = args.api_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let socket = UnixSocket::bind(&args.api_socket)
+        .await
+        .context("binding the API socket (--api-socket)")?;
+    socket
+        .set_mode(0o660)
+        .context("restricting the API socket")?;
+    let rpc = RedactedUrl::new(&args.rpc_url);
+    let agent = AgentFacts {
+        mode: args.mode.into(),
+        contract,
+        rpc_url: rpc.to_string(),
+    };
+    let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));
+    // The API outlives the tasks: it answers until they are all joined.
+    let api_stop = CancellationToken::new();
+    let api = tokio::spawn(mesh_api::serve(
+        socket,
+        api_rx,
+        api_stop.clone().cancelled_owned(),
+    ));
+    let result = member(args, contract, rpc, agent, tx_key, api_tx, &cancel).await;
+    api_stop.cancel();
+    let _ = api.await;
+    result
+}
+
+/// Waits for dstack to say who this node is, then runs the tasks.
+async fn member(
+    args: RunArgs,
+    contract: Address,
+    rpc: RedactedUrl,
+    agent: AgentFacts,
+    tx_key: Option<PrivateKeySigner>,
+    api: watch::Sender<Snapshot>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let client = DstackClient::discover(args.dstack_endpoint.as_deref())
+        .context("choosing the dstack endpoint")?;
+    let Some(identity) = cancel
+        .run_until_cancelled(load_identity(&client, args.wg_key_epoch))
+        .await
+    else {
+        return Ok(());
+    };
+    let identity = Arc::new(identity);
+    info!(instance = %identity.instance_id(), app = %identity.peer.app_id, wg_key = %identity.wg_public_key(), "identity from dstack");
+    let cached = load_cache(&args, contract);
+    let tasks = Tasks::new(args, contract, rpc, agent, identity, tx_key);
+    tasks.run(cached, api, cancel).await
+}
+
+/// Reads this node's identity from dstack, retrying with backoff while dstack does not answer.
+async fn load_identity(client: &DstackClient, epoch: u32) -> NodeIdentity {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let delay = backoff.next_delay();
+        match NodeIdentity::load(client, epoch).await {
+            Ok(identity) => return identity,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), retry_in = ?delay, "reading this node's identity from dstack failed; retrying")
+            }
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The chain view of the state file, if it is this cluster's.
+fn load_cache(args: &RunArgs, contract: Address) -> Option<ChainView> {
+    match cache::load(&args.state_dir) {
+        Ok(Some(v)) if v.contract == contract => Some(v),
+        Ok(Some(v)) => {
+            warn!(cached = %v.contract, %contract, "the state file is for another cluster; ignoring it");
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(error = %e, "cannot use the state file");
+            None
+        }
+    }
+}
+
+/// The four tasks, configured.
+struct Tasks {
+    chain: ChainTask,
+    registrar: Registrar,
+    mesh: MeshTask<WireGuard>,
+    publisher: Publisher,
+}
+
+impl Tasks {
+    fn new(
+        args: RunArgs,
+        contract: Address,
+        rpc: RedactedUrl,
+        agent: AgentFacts,
+        identity: Arc<NodeIdentity>,
+        tx_key: Option<PrivateKeySigner>,
+    ) -> Self {
+        let wireguard = args.mode == ModeArg::Wireguard;
+        let gateway_url = args.gateway_url(identity.instance_id());
+        let wg_public_key = wireguard.then(|| identity.wg_public_key());
+        let desired = Desired {
+            wg_public_key,
+            endpoint: match (wireguard, args.endpoint) {
+                (true, Some(e)) => e.to_string(),
+                _ => String::new(),
+            },
+            gateway_url: gateway_url.clone().unwrap_or_default(),
+        };
+        let poll = Duration::from_millis(args.poll_interval_ms.max(50));
+        let chain = ChainTask {
+            contract,
+            rpc_url: args.rpc_url.clone(),
+            rpc: rpc.clone(),
+            follow: FollowConfig {
+                confirmations: args.confirmations,
+                full_read_every: Duration::from_secs(args.full_read_secs.max(1)),
+            },
+            anchors: Anchors {
+                flags: args.kms_root.map(|root| (root, args.app_ids.clone())),
+                repin: args.repin,
+            },
+            poll,
+            state_dir: args.state_dir.clone(),
+            instance_id: identity.instance_id().to_owned(),
+        };
+        let registrar = Registrar {
+            contract,
+            rpc_url: args.rpc_url.clone(),
+            rpc,
+            identity: Arc::clone(&identity),
+            desired,
+            tx_key,
+            recheck: Duration::from_secs(args.full_read_secs),
+        };
+        let mesh = MeshTask {
+            interfaces: wireguard.then(|| WireGuard {
+                ifname: args.interface.clone(),
+                listen_port: args.listen_port,
+                private_key: identity.wg_private_key().clone(),
+                backend: match args.wg_backend {
+                    Backend::Auto => BackendChoice::Auto,
+                    Backend::Userspace => BackendChoice::Userspace,
+                    Backend::Kernel => BackendChoice::Kernel,
+                },
+            }),
+            instance_id: identity.instance_id().to_owned(),
+            wg_public_key,
+            refresh: poll,
+        };
+        let publisher = Publisher {
+            node: NodeFacts {
+                instance_id: identity.instance_id().to_owned(),
+                app_id: identity.peer.app_id,
+                wg_public_key,
+                endpoint: args.endpoint.map(|e| e.to_string()),
+                gateway_url,
+            },
+            agent,
+            started: Instant::now(),
+            hooks: Hooks {
+                on_change: args.on_change,
+                timeout: Duration::from_secs(args.hook_timeout_secs),
+                hosts_file: args.hosts_file,
+                hosts_suffix: args.hosts_suffix,
+            },
+        };
+        Self {
+            chain,
+            registrar,
+            mesh,
+            publisher,
+        }
+    }
+
+    /// Runs every task until `cancel` fires or one fails; the first failure cancels the rest. Returns once
+    /// all have ended, with that failure.
+    async fn run(
+        self,
+        cached: Option<ChainView>,
+        api: watch::Sender<Snapshot>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (chain_tx, chain_rx) = watch::channel(ChainState::default());
+        let (reg_tx, reg_rx) = watch::channel(RegState::default());
+        let (mesh_tx, mesh_rx) = watch::channel(MeshState::default());
+        let inputs = Inputs {
+            chain: chain_rx.clone(),
+            reg: reg_rx,
+            mesh: mesh_rx,
+        };
+        let mut set = JoinSet::new();
+        let c = cancel.clone();
+        set.spawn(
+            self.chain
+                .run(cached, chain_tx, c)
+                .instrument(info_span!("chain")),
+        );
+        let c = cancel.clone();
+        set.spawn(
+            self.registrar
+                .run(chain_rx.clone(), reg_tx, c)
+                .instrument(info_span!("registrar")),
+        );
+        let c = cancel.clone();
+        set.spawn(
+            self.mesh
+                .run(chain_rx, mesh_tx, c)
+                .instrument(info_span!("mesh")),
+        );
+        let c = cancel.clone();
+        set.spawn(
+            self.publisher
+                .run(inputs, api, c)
+                .instrument(info_span!("publisher")),
+        );
+        let mut failure = None;
+        while let Some(ended) = set.join_next().await {
+            let result = ended.unwrap_or_else(|e| Err(anyhow::anyhow!("a task panicked: {e}")));
+            if let Err(e) = result {
+                if failure.is_none() {
+                    failure = Some(e);
+                }
+                cancel.cancel();
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}

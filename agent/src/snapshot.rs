@@ -1,0 +1,349 @@
+//! What the API serves, rendered from what the tasks publish. Pure, so it is tested without any of them.
+//!
+//! A peer is **healthy** while its latest handshake is fresh (`mesh_wg::FRESH_HANDSHAKE`); it is then
+//! offered as `wireguard` at its overlay address, else as `tls-gateway` at its gateway URL if it has one,
+//! else `unreachable`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use alloy::primitives::Address;
+use mesh_api::{ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status};
+use mesh_chain::membership::Member;
+use mesh_wg::{Key, PeerStatus, handshake_is_fresh};
+
+use crate::state::{ChainState, MeshState, RegState};
+
+/// What the snapshot says of this node that no task learns: fixed once the node's identity is known.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    pub instance_id: String,
+    pub app_id: Address,
+    /// Absent in TLS mode.
+    pub wg_public_key: Option<Key>,
+    /// The endpoint it registers, `IP:port`.
+    pub endpoint: Option<String>,
+    pub gateway_url: Option<String>,
+}
+
+/// What the snapshot says of the agent: fixed at start.
+#[derive(Debug, Clone)]
+pub struct AgentFacts {
+    pub mode: Mode,
+    pub contract: Address,
+    /// With its credentials redacted.
+    pub rpc_url: String,
+}
+
+/// The snapshot before anything is known: the agent serves it while it waits for dstack.
+pub fn initial(agent: &AgentFacts) -> Snapshot {
+    render(
+        agent,
+        &NodeFacts::default(),
+        &ChainState::default(),
+        &RegState::default(),
+        &MeshState::default(),
+        Duration::ZERO,
+        SystemTime::now(),
+    )
+}
+
+/// One peer as applications see it.
+fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> Peer {
+    let stat = member.wg_public_key.and_then(|k| stats.get(&k));
+    let handshake = stat.and_then(|s| s.last_handshake);
+    let healthy = handshake_is_fresh(handshake, now);
+    let connection = if healthy {
+        ConnectionKind::Wireguard
+    } else if member.gateway_url.is_some() {
+        ConnectionKind::TlsGateway
+    } else {
+        ConnectionKind::Unreachable
+    };
+    let address = match connection {
+        ConnectionKind::Wireguard => Some(member.overlay_ip.to_string()),
+        ConnectionKind::TlsGateway => member.gateway_url.clone(),
+        ConnectionKind::Unreachable => None,
+    };
+    Peer {
+        token_id: member.token_id,
+        instance_id: member.instance_id.clone(),
+        overlay_ip: member.overlay_ip,
+        wg_public_key: member.wg_public_key,
+        // Where WireGuard reaches it now (it may have roamed), else where it registered.
+        endpoint: stat
+            .and_then(|s| s.endpoint)
+            .or(member.endpoint)
+            .map(|e| e.to_string()),
+        gateway_url: member.gateway_url.clone(),
+        connection,
+        address,
+        healthy,
+        latest_handshake: handshake
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        rx_bytes: stat.map_or(0, |s| s.rx_bytes),
+        tx_bytes: stat.map_or(0, |s| s.tx_bytes),
+    }
+}
+
+/// The snapshot of everything the tasks published, at `now`, `uptime` after start.
+pub fn render(
+    agent: &AgentFacts,
+    node: &NodeFacts,
+    chain: &ChainState,
+    reg: &RegState,
+    mesh: &MeshState,
+    uptime: Duration,
+    now: SystemTime,
+) -> Snapshot {
+    let peers: Vec<Peer> = mesh
+        .members
+        .iter()
+        .map(|m| peer(m, &mesh.stats, now))
+        .collect();
+    let view = chain.view.as_deref();
+    let token = chain.seat.token();
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        mode: agent.mode,
+        backend: mesh.device.as_ref().map(|d| d.backend.to_owned()),
+        node: Node {
+            instance_id: node.instance_id.clone(),
+            app_id: node.app_id,
+            token_id: token,
+            overlay_ip: token.zip(view).and_then(|(t, v)| v.prefix().address(t)),
+            wg_public_key: node.wg_public_key,
+            interface: mesh.device.as_ref().map(|d| d.ifname.clone()),
+            listen_port: mesh.device.as_ref().map(|d| d.listen_port),
+            endpoint: node.endpoint.clone(),
+            gateway_url: node.gateway_url.clone(),
+            registered: reg.registered,
+        },
+        chain: ChainStatus {
+            contract: agent.contract,
+            chain_id: view.map(|v| v.chain_id()),
+            rpc_url: agent.rpc_url.clone(),
+            head: chain.head,
+            last_processed_block: view.map(|v| v.last_block),
+            lag: chain
+                .head
+                .zip(view)
+                .map(|(h, v)| h.saturating_sub(v.last_block)),
+            from_cache: chain.from_cache,
+            last_error: chain.error.clone().or_else(|| reg.error.clone()),
+        },
+        uptime_secs: uptime.as_secs(),
+        peers_configured: peers.len(),
+        peers_healthy: peers.iter().filter(|p| p.healthy).count(),
+    };
+    Snapshot {
+        status,
+        peers,
+        counters: Counters {
+            reconciles: mesh.reconciles,
+            registrations: reg.registrations,
+            rpc_errors: chain.rpc_errors.saturating_add(reg.rpc_errors),
+            invalid_records: chain.rejected.saturating_add(mesh.invalid_records),
+            chain_requests: chain.requests,
+        },
+    }
+}
+
+/// A change that applications care about: who is there, at which key, and how to reach them.
+pub fn peer_set_changed(old: &[Peer], new: &[Peer]) -> bool {
+    let key = |p: &Peer| {
+        (
+            p.token_id,
+            p.wg_public_key,
+            p.endpoint.clone(),
+            p.connection,
+            p.address.clone(),
+        )
+    };
+    old.len() != new.len() || old.iter().zip(new).any(|(a, b)| key(a) != key(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::tests::{own, record, view};
+    use crate::state::{DeviceInfo, SeatState};
+    use std::sync::Arc;
+
+    fn agent() -> AgentFacts {
+        AgentFacts {
+            mode: Mode::Wireguard,
+            contract: Address::repeat_byte(1),
+            rpc_url: "https://***@rpc.example/".into(),
+        }
+    }
+
+    /// Three members: seat 2 with a fresh handshake, seat 3 stale but with a gateway URL, seat 4 stale with
+    /// none. Node 1, registered, with an interface.
+    fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
+        let v = view(&[
+            record(2, 0x22, ""),
+            record(3, 0x33, "https://three.example"),
+            record(4, 0x44, ""),
+        ]);
+        let (members, _) = crate::desired::members(&v, SeatState::Active(1), own(Some(1)));
+        let stat = |k: u8, age: u64| {
+            (
+                Key::from_bytes([k; 32]),
+                PeerStatus {
+                    public_key: Key::from_bytes([k; 32]),
+                    endpoint: Some(format!("198.51.100.{k}:9").parse().unwrap()),
+                    allowed_ips: Vec::new(),
+                    last_handshake: Some(now - Duration::from_secs(age)),
+                    rx_bytes: u64::from(k),
+                    tx_bytes: 1,
+                    persistent_keepalive: Some(25),
+                },
+            )
+        };
+        let chain = ChainState {
+            view: Some(Arc::new(v)),
+            head: Some(10),
+            seat: SeatState::Active(1),
+            requests: 7,
+            rejected: 1,
+            ..ChainState::default()
+        };
+        let reg = RegState {
+            registered: true,
+            registrations: 1,
+            ..RegState::default()
+        };
+        let mesh = MeshState {
+            device: Some(DeviceInfo {
+                ifname: "dm0".into(),
+                listen_port: 51820,
+                backend: "userspace",
+            }),
+            members: Arc::new(members),
+            stats: Arc::new([stat(0x22, 5), stat(0x33, 600), stat(0x44, 600)].into()),
+            invalid_records: 2,
+            reconciles: 3,
+        };
+        (chain, reg, mesh)
+    }
+
+    /// Each peer is offered the best way it can be reached, with its live endpoint and counters.
+    #[test]
+    fn peers_are_offered_by_how_they_can_be_reached() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (chain, reg, mesh) = states(now);
+        let s = render(
+            &agent(),
+            &NodeFacts::default(),
+            &chain,
+            &reg,
+            &mesh,
+            Duration::from_secs(9),
+            now,
+        );
+        let kinds: Vec<_> = s
+            .peers
+            .iter()
+            .map(|p| (p.token_id, p.connection, p.address.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (2, ConnectionKind::Wireguard, Some("10.0.1.2".into())),
+                (
+                    3,
+                    ConnectionKind::TlsGateway,
+                    Some("https://three.example".into())
+                ),
+                (4, ConnectionKind::Unreachable, None),
+            ]
+        );
+        assert_eq!(
+            s.peers[0].endpoint.as_deref(),
+            Some("198.51.100.34:9"),
+            "the live endpoint"
+        );
+        assert_eq!((s.status.peers_configured, s.status.peers_healthy), (3, 1));
+    }
+
+    /// The status and counters gather what each task published.
+    #[test]
+    fn status_and_counters_gather_every_task() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (mut chain, mut reg, mesh) = states(now);
+        let s = render(
+            &agent(),
+            &NodeFacts::default(),
+            &chain,
+            &reg,
+            &mesh,
+            Duration::from_secs(9),
+            now,
+        );
+        assert_eq!(s.status.node.token_id, Some(1));
+        assert_eq!(s.status.node.overlay_ip, Some("10.0.1.1".parse().unwrap()));
+        assert_eq!(s.status.node.interface.as_deref(), Some("dm0"));
+        assert_eq!(s.status.backend.as_deref(), Some("userspace"));
+        assert!(s.status.node.registered);
+        assert_eq!(s.status.chain.lag, Some(10), "the view is at block 0");
+        assert_eq!(s.status.uptime_secs, 9);
+        assert_eq!(
+            (
+                s.counters.reconciles,
+                s.counters.registrations,
+                s.counters.invalid_records,
+                s.counters.chain_requests
+            ),
+            (3, 1, 3, 7)
+        );
+        // The chain's error is shown before the registrar's.
+        reg.error = Some("no funds".into());
+        let s = render(
+            &agent(),
+            &NodeFacts::default(),
+            &chain,
+            &reg,
+            &mesh,
+            Duration::ZERO,
+            now,
+        );
+        assert_eq!(s.status.chain.last_error.as_deref(), Some("no funds"));
+        chain.error = Some("RPC down".into());
+        let s = render(
+            &agent(),
+            &NodeFacts::default(),
+            &chain,
+            &reg,
+            &mesh,
+            Duration::ZERO,
+            now,
+        );
+        assert_eq!(s.status.chain.last_error.as_deref(), Some("RPC down"));
+    }
+
+    /// Counters and handshake ages are not a change for applications; a new address or key is.
+    #[test]
+    fn only_what_applications_use_is_a_change() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (chain, reg, mesh) = states(now);
+        let a = render(
+            &agent(),
+            &NodeFacts::default(),
+            &chain,
+            &reg,
+            &mesh,
+            Duration::ZERO,
+            now,
+        )
+        .peers;
+        let mut b = a.clone();
+        b[0].rx_bytes += 100;
+        b[0].latest_handshake = Some(1);
+        assert!(!peer_set_changed(&a, &b));
+        b[1].address = None;
+        assert!(peer_set_changed(&a, &b));
+        assert!(peer_set_changed(&a, &a[1..]));
+    }
+}

@@ -1,0 +1,93 @@
+//! What the agent's tasks publish, each on its own `watch` channel, for the tasks after it: the chain task's
+//! [`ChainState`], the registrar's [`RegState`] and the mesh task's [`MeshState`]. Data flows one way:
+//! chain → registrar, chain → mesh, and all three → publisher.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mesh_chain::membership::Member;
+use mesh_chain::view::ChainView;
+use mesh_wg::{Key, PeerStatus};
+
+/// This node's seat, as far as the chain task knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeatState {
+    /// Not known yet: the chain has not answered, and the cached view holds no record of this instance.
+    #[default]
+    Unknown,
+    /// No seat is bound to this instance.
+    None,
+    /// Bound and active: the node is a member.
+    Active(u64),
+    /// Bound, but deactivated by its holder: no record until it is activated again.
+    Inactive(u64),
+}
+
+impl SeatState {
+    /// The seat, while it is active.
+    pub fn token(self) -> Option<u64> {
+        match self {
+            SeatState::Active(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The chain says this node is not a member (as opposed to: not known yet).
+    pub fn is_out(self) -> bool {
+        matches!(self, SeatState::None | SeatState::Inactive(_))
+    }
+}
+
+/// The chain task's state.
+#[derive(Debug, Clone, Default)]
+pub struct ChainState {
+    /// What this node believes of the chain: from the RPC, or from the state file until the RPC answers.
+    pub view: Option<Arc<ChainView>>,
+    /// The view came from the state file: the RPC has not answered since start.
+    pub from_cache: bool,
+    /// The newest block the RPC reported.
+    pub head: Option<u64>,
+    pub seat: SeatState,
+    /// Why following, or finding the seat, fails now; already logged.
+    pub error: Option<String>,
+    /// JSON-RPC requests made to follow the chain.
+    pub requests: u64,
+    /// Records refused: not authentic, or older than what was known.
+    pub rejected: u64,
+    pub rpc_errors: u64,
+}
+
+/// The registrar's state.
+#[derive(Debug, Clone, Default)]
+pub struct RegState {
+    /// The node's record on-chain is the one it wants, and its peers believe it.
+    pub registered: bool,
+    /// Why registering fails now; already logged.
+    pub error: Option<String>,
+    pub registrations: u64,
+    pub rpc_errors: u64,
+}
+
+/// The interface, as the mesh task created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ifname: String,
+    pub listen_port: u16,
+    /// `userspace` or `kernel`.
+    pub backend: &'static str,
+}
+
+/// The mesh task's state.
+#[derive(Debug, Clone, Default)]
+pub struct MeshState {
+    /// The interface, while there is one (never in TLS mode).
+    pub device: Option<DeviceInfo>,
+    /// The peers this node offers applications: every believed, usable record but its own.
+    pub members: Arc<Vec<Member>>,
+    /// The interface's peers, with their handshakes and counters.
+    pub stats: Arc<BTreeMap<Key, PeerStatus>>,
+    /// Believed records that are not usable peers (see `mesh_chain::membership::InvalidRecord`).
+    pub invalid_records: u64,
+    /// Plans that changed the interface.
+    pub reconciles: u64,
+}

@@ -1,0 +1,428 @@
+//! The mesh task: from the chain state to the interface. It works out this node's peers
+//! ([`crate::desired`]), creates the interface once the node has an active seat and removes it when the
+//! seat goes, plans the changes (`mesh_wg::plan`) and applies them, and publishes [`MeshState`].
+//!
+//! The interface is behind [`Interfaces`], so the task is tested against an in-memory peer table.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use mesh_chain::membership::{InvalidRecord, Own};
+use mesh_chain::view::ChainView;
+use mesh_wg::{BackendChoice, DeviceConfig, Key, MeshDevice, PeerTable, PrivateKey};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::desired;
+use crate::state::{ChainState, DeviceInfo, MeshState, SeatState};
+
+/// Where the mesh task gets its interface from.
+pub trait Interfaces: Send {
+    /// The peers of a created interface.
+    type Table: PeerTable + Send + Sync;
+
+    /// Creates the interface with this node's overlay `address` in a network of `prefix_len` bits.
+    fn create(
+        &mut self,
+        address: Ipv4Addr,
+        prefix_len: u8,
+    ) -> impl Future<Output = anyhow::Result<(Self::Table, DeviceInfo)>> + Send;
+
+    /// Removes the interface.
+    fn remove(&mut self, table: Self::Table) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Real WireGuard interfaces.
+pub struct WireGuard {
+    pub ifname: String,
+    pub listen_port: u16,
+    pub private_key: PrivateKey,
+    pub backend: BackendChoice,
+}
+
+impl Interfaces for WireGuard {
+    type Table = MeshDevice;
+
+    async fn create(
+        &mut self,
+        address: Ipv4Addr,
+        prefix_len: u8,
+    ) -> anyhow::Result<(MeshDevice, DeviceInfo)> {
+        let mut config = DeviceConfig::new(
+            self.ifname.clone(),
+            self.private_key.clone(),
+            address,
+            prefix_len,
+        );
+        config.listen_port = self.listen_port;
+        let device = MeshDevice::create(config, self.backend)
+            .await
+            .with_context(|| format!("creating the WireGuard interface {}", self.ifname))?;
+        let info = DeviceInfo {
+            ifname: device.ifname().to_owned(),
+            listen_port: device.listen_port(),
+            backend: device.backend(),
+        };
+        Ok((device, info))
+    }
+
+    async fn remove(&mut self, device: MeshDevice) -> anyhow::Result<()> {
+        let name = device.ifname().to_owned();
+        device
+            .shutdown()
+            .await
+            .with_context(|| format!("removing the interface {name}"))
+    }
+}
+
+/// What the mesh task needs to know.
+pub struct MeshTask<I> {
+    /// `None` in TLS mode: the node has no interface, but its peers are still worked out.
+    pub interfaces: Option<I>,
+    pub instance_id: String,
+    /// Absent in TLS mode.
+    pub wg_public_key: Option<Key>,
+    /// How often the interface's handshakes and counters are read while nothing else changes.
+    pub refresh: Duration,
+}
+
+struct Running<I: Interfaces> {
+    task: MeshTask<I>,
+    device: Option<(I::Table, DeviceInfo)>,
+    /// The view and seat the published members were worked out for: checking records costs signature
+    /// recoveries, so they are kept until either changes.
+    members_of: Option<(Arc<ChainView>, SeatState)>,
+    /// The reason each skipped record was skipped, so each is logged once.
+    invalid: BTreeMap<u64, String>,
+    state: MeshState,
+}
+
+impl<I: Interfaces> MeshTask<I> {
+    /// Runs until `cancel` fires, then removes the interface.
+    ///
+    /// # Errors
+    /// When the interface cannot be created: that needs the operator (privileges, a name in use).
+    pub async fn run(
+        self,
+        mut chain: watch::Receiver<ChainState>,
+        out: watch::Sender<MeshState>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(self.refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut running = Running {
+            task: self,
+            device: None,
+            members_of: None,
+            invalid: BTreeMap::new(),
+            state: MeshState::default(),
+        };
+        let result = loop {
+            let now_chain = chain.borrow_and_update().clone();
+            if let Err(e) = running.step(&now_chain).await {
+                break Err(e);
+            }
+            out.send_replace(running.state.clone());
+            tokio::select! {
+                () = cancel.cancelled() => break Ok(()),
+                changed = chain.changed() => if changed.is_err() { break Ok(()) },
+                _ = tick.tick() => {}
+            }
+        };
+        // The on-chain record stays: peers keep it until this node changes it or the seat is cleared.
+        running.leave().await;
+        result
+    }
+}
+
+impl<I: Interfaces> Running<I> {
+    async fn step(&mut self, chain: &ChainState) -> anyhow::Result<()> {
+        let Some(view) = &chain.view else {
+            return Ok(());
+        };
+        if chain.seat.is_out() && self.device.is_some() {
+            // No longer a member: drop the tunnels rather than keep sessions the others have already cut.
+            // Should the seat become active again, the interface comes back.
+            self.leave().await;
+        }
+        self.update_members(view, chain.seat);
+        if let (Some(token), None) = (chain.seat.token(), &self.device)
+            && let Some(interfaces) = self.task.interfaces.as_mut()
+        {
+            let prefix = view.prefix();
+            let address = prefix
+                .address(token)
+                .with_context(|| format!("seat {token} does not fit the mesh prefix {prefix}"))?;
+            let (table, info) = interfaces.create(address, prefix.bits()).await?;
+            info!(interface = %info.ifname, %address, port = info.listen_port, backend = info.backend, "interface up");
+            self.state.device = Some(info.clone());
+            self.device = Some((table, info));
+        }
+        self.reconcile();
+        Ok(())
+    }
+
+    fn update_members(&mut self, view: &Arc<ChainView>, seat: SeatState) {
+        if let Some((v, s)) = &self.members_of
+            && Arc::ptr_eq(v, view)
+            && *s == seat
+        {
+            return;
+        }
+        let own = Own {
+            token_id: seat.token(),
+            instance_id: &self.task.instance_id,
+            wg_public_key: self.task.wg_public_key,
+        };
+        let (members, invalid) = desired::members(view, seat, own);
+        self.note_invalid(invalid);
+        self.state.members = Arc::new(members);
+        self.members_of = Some((Arc::clone(view), seat));
+    }
+
+    fn note_invalid(&mut self, invalid: Vec<InvalidRecord>) {
+        for e in invalid {
+            let text = e.to_string();
+            if self.invalid.get(&e.token_id()) != Some(&text) {
+                warn!(token = e.token_id(), reason = %text, "skipping a record that fails local checks");
+                self.state.invalid_records = self.state.invalid_records.saturating_add(1);
+                self.invalid.insert(e.token_id(), text);
+            }
+        }
+    }
+
+    fn reconcile(&mut self) {
+        let Some((table, _)) = &self.device else {
+            self.state.stats = Arc::default();
+            return;
+        };
+        let want = desired::peer_configs(&self.state.members);
+        let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
+        if !changes.is_empty() {
+            for change in &changes {
+                info!(%change, "reconcile");
+            }
+            for (change, error) in mesh_wg::apply(table, &changes) {
+                warn!(%change, %error, "could not apply a change");
+            }
+            self.state.reconciles = self.state.reconciles.saturating_add(1);
+        }
+        self.state.stats = Arc::new(
+            table
+                .peers()
+                .into_iter()
+                .map(|p| (p.public_key, p))
+                .collect(),
+        );
+    }
+
+    async fn leave(&mut self) {
+        let (Some((table, info)), Some(interfaces)) =
+            (self.device.take(), self.task.interfaces.as_mut())
+        else {
+            return;
+        };
+        self.state.device = None;
+        self.state.stats = Arc::default();
+        match interfaces.remove(table).await {
+            Ok(()) => info!(interface = %info.ifname, "removed the interface"),
+            Err(e) => {
+                warn!(interface = %info.ifname, error = %format!("{e:#}"), "could not remove the interface cleanly")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::tests::{record, view};
+    use mesh_wg::MemoryTable;
+    use std::sync::Mutex;
+
+    /// Interfaces in memory: what was created and removed, and the table of the current one.
+    #[derive(Default, Clone)]
+    struct Memory {
+        log: Arc<Mutex<Vec<String>>>,
+        table: Arc<Mutex<Option<Arc<MemoryTable>>>>,
+    }
+
+    impl Memory {
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+        fn keys(&self) -> Vec<Key> {
+            let table = self.table.lock().unwrap().clone().expect("an interface");
+            table.peers().into_iter().map(|p| p.public_key).collect()
+        }
+    }
+
+    impl Interfaces for Memory {
+        type Table = Arc<MemoryTable>;
+
+        async fn create(
+            &mut self,
+            address: Ipv4Addr,
+            prefix_len: u8,
+        ) -> anyhow::Result<(Arc<MemoryTable>, DeviceInfo)> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("create {address}/{prefix_len}"));
+            let table = Arc::new(MemoryTable::default());
+            *self.table.lock().unwrap() = Some(Arc::clone(&table));
+            let info = DeviceInfo {
+                ifname: "mem0".into(),
+                listen_port: 1,
+                backend: "memory",
+            };
+            Ok((table, info))
+        }
+
+        async fn remove(&mut self, _: Arc<MemoryTable>) -> anyhow::Result<()> {
+            self.log.lock().unwrap().push("remove".into());
+            *self.table.lock().unwrap() = None;
+            Ok(())
+        }
+    }
+
+    fn chain(records: &[mesh_chain::record::SignedRegistration], seat: SeatState) -> ChainState {
+        ChainState {
+            view: Some(Arc::new(view(records))),
+            seat,
+            ..ChainState::default()
+        }
+    }
+
+    fn task(memory: &Memory) -> MeshTask<Memory> {
+        MeshTask {
+            interfaces: Some(memory.clone()),
+            instance_id: "own".into(),
+            wg_public_key: Some(Key::from_bytes([0xee; 32])),
+            refresh: Duration::from_secs(3600),
+        }
+    }
+
+    /// Waits until the task has published a state `ok` accepts, for at most 5 s.
+    async fn until(
+        rx: &mut watch::Receiver<MeshState>,
+        ok: impl Fn(&MeshState) -> bool,
+    ) -> MeshState {
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| ok(s)))
+            .await
+            .expect("the mesh task published in time")
+            .expect("the mesh task is running")
+            .clone()
+    }
+
+    /// The interface comes up with the seat's address, holds every member with a key, follows the records
+    /// as they change, goes when the seat goes, and is removed at shutdown.
+    #[tokio::test]
+    async fn the_interface_follows_the_seat_and_the_records() {
+        let memory = Memory::default();
+        let (chain_tx, chain_rx) = watch::channel(ChainState::default());
+        let (out, mut rx) = watch::channel(MeshState::default());
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(task(&memory).run(chain_rx, out, cancel.clone()));
+
+        // No seat known: peers from the view are offered, but there is no interface to put them on.
+        chain_tx.send_replace(chain(&[record(2, 0x22, "")], SeatState::Unknown));
+        let s = until(&mut rx, |s| s.members.len() == 1).await;
+        assert!(s.device.is_none());
+        assert!(memory.log().is_empty());
+
+        chain_tx.send_replace(chain(
+            &[record(2, 0x22, ""), record(3, 0x33, "")],
+            SeatState::Active(5),
+        ));
+        let s = until(&mut rx, |s| s.device.is_some() && s.members.len() == 2).await;
+        assert_eq!(memory.log(), ["create 10.0.1.5/24"]);
+        assert_eq!(
+            memory.keys(),
+            [Key::from_bytes([0x22; 32]), Key::from_bytes([0x33; 32])]
+        );
+        assert_eq!(s.stats.len(), 2, "the interface's peers are published");
+        assert_eq!(s.reconciles, 1);
+
+        // Seat 2 is revoked: its peer goes.
+        chain_tx.send_replace(chain(&[record(3, 0x33, "")], SeatState::Active(5)));
+        until(&mut rx, |s| s.members.len() == 1).await;
+        assert_eq!(memory.keys(), [Key::from_bytes([0x33; 32])]);
+
+        // This node's seat is revoked: no members, no interface.
+        chain_tx.send_replace(chain(&[record(3, 0x33, "")], SeatState::None));
+        let s = until(&mut rx, |s| s.device.is_none()).await;
+        assert!(s.members.is_empty() && s.stats.is_empty());
+        assert_eq!(memory.log(), ["create 10.0.1.5/24", "remove"]);
+
+        // A seat again: the interface comes back.
+        chain_tx.send_replace(chain(&[record(3, 0x33, "")], SeatState::Active(6)));
+        until(&mut rx, |s| s.device.is_some()).await;
+        cancel.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(
+            memory.log(),
+            [
+                "create 10.0.1.5/24",
+                "remove",
+                "create 10.0.1.6/24",
+                "remove"
+            ],
+            "removed at shutdown"
+        );
+    }
+
+    /// A record that fails local checks is counted once, not on every pass.
+    #[tokio::test]
+    async fn a_record_that_fails_local_checks_is_counted_once() {
+        let memory = Memory::default();
+        let mut bad = record(3, 0x33, "");
+        bad.endpoint = "not-an-endpoint".into();
+        let (chain_tx, chain_rx) = watch::channel(chain(
+            &[record(2, 0x22, ""), bad.clone()],
+            SeatState::Active(1),
+        ));
+        let (out, mut rx) = watch::channel(MeshState::default());
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(task(&memory).run(chain_rx, out, cancel.clone()));
+        until(&mut rx, |s| s.device.is_some()).await;
+        // A newer view that still holds it: worked out again, but the reason is the same.
+        chain_tx.send_replace(chain(
+            &[record(2, 0x22, ""), bad, record(4, 0x44, "")],
+            SeatState::Active(1),
+        ));
+        let s = until(&mut rx, |s| s.members.len() == 2).await;
+        assert_eq!(s.invalid_records, 1);
+        assert_eq!(
+            memory.keys(),
+            [Key::from_bytes([0x22; 32]), Key::from_bytes([0x44; 32])]
+        );
+        cancel.cancel();
+        running.await.unwrap().unwrap();
+    }
+
+    /// In TLS mode there is never an interface, but the members are worked out.
+    #[tokio::test]
+    async fn a_tls_node_has_members_but_no_interface() {
+        let (_chain_tx, chain_rx) =
+            watch::channel(chain(&[record(2, 0x22, "")], SeatState::Active(1)));
+        let (out, mut rx) = watch::channel(MeshState::default());
+        let cancel = CancellationToken::new();
+        let t = MeshTask::<Memory> {
+            interfaces: None,
+            instance_id: "own".into(),
+            wg_public_key: None,
+            refresh: Duration::from_secs(3600),
+        };
+        let running = tokio::spawn(t.run(chain_rx, out, cancel.clone()));
+        let s = until(&mut rx, |s| s.members.len() == 1).await;
+        assert!(s.device.is_none());
+        cancel.cancel();
+        running.await.unwrap().unwrap();
+    }
+}

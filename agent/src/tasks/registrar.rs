@@ -1,0 +1,211 @@
+//! The registrar: keeps this node's record on-chain the one it wants, and publishes [`RegState`].
+//!
+//! A registration can wait minutes for its receipt; it is awaited here and nowhere else, so the chain task
+//! keeps following (revocations included) and a shutdown interrupts it at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::http::reqwest::Url;
+use mesh_chain::backoff::Backoff;
+use mesh_chain::redact::RedactedUrl;
+use mesh_chain::registration::{Cluster, Desired, Outcome};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::identity::NodeIdentity;
+use crate::state::{ChainState, RegState, SeatState};
+
+/// After a registration that landed: soon, to see that peers believe it.
+const AFTER_REGISTERING: Duration = Duration::from_secs(2);
+/// After a failure: the RPC, the seat or the funds may come right any time.
+const AFTER_FAILING: Duration = Duration::from_secs(3);
+/// The shortest pause between checks of a record that is up to date (a full read also shows a cleared one).
+const MIN_RECHECK: Duration = Duration::from_secs(10);
+
+/// What the registrar needs to know.
+pub struct Registrar {
+    pub contract: Address,
+    pub rpc_url: Url,
+    pub rpc: RedactedUrl,
+    pub identity: Arc<NodeIdentity>,
+    pub desired: Desired,
+    pub tx_key: Option<PrivateKeySigner>,
+    /// How long an up-to-date record goes unchecked.
+    pub recheck: Duration,
+}
+
+/// What the registrar acts on, of all the chain task publishes: a change of it is worth a check now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trigger {
+    seat: SeatState,
+    following: bool,
+}
+
+impl Trigger {
+    fn of(chain: &ChainState) -> Self {
+        Self {
+            seat: chain.seat,
+            following: chain.view.is_some() && !chain.from_cache,
+        }
+    }
+}
+
+struct Running {
+    task: Registrar,
+    state: RegState,
+    cluster: Option<Cluster>,
+    /// Paces registrations that replaced a stored record peers would not believe: a lying RPC could
+    /// otherwise make the node pay for one on every check.
+    rereg: Backoff,
+    relay_printed_for: Option<u64>,
+}
+
+impl Registrar {
+    /// Runs until `cancel` fires.
+    ///
+    /// # Errors
+    /// None yet: every failure is reported in the state and retried.
+    pub async fn run(
+        self,
+        mut chain: watch::Receiver<ChainState>,
+        out: watch::Sender<RegState>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut running = Running {
+            task: self,
+            state: RegState::default(),
+            cluster: None,
+            rereg: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600)),
+            relay_printed_for: None,
+        };
+        let mut last: Option<Trigger> = None;
+        let mut due = Instant::now();
+        loop {
+            let now_chain = chain.borrow_and_update().clone();
+            let trigger = Trigger::of(&now_chain);
+            if last != Some(trigger) {
+                due = Instant::now();
+                last = Some(trigger);
+            }
+            if Instant::now() >= due {
+                let step = running.step(&now_chain);
+                let Some(next) = cancel.run_until_cancelled(step).await else {
+                    return Ok(());
+                };
+                due = Instant::now() + next;
+                out.send_replace(running.state.clone());
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                changed = chain.changed() => {
+                    if changed.is_err() {
+                        // The chain task ended: the agent is stopping.
+                        return Ok(());
+                    }
+                }
+                () = tokio::time::sleep_until(due) => {}
+            }
+        }
+    }
+}
+
+impl Running {
+    /// One check; returns when the next is due.
+    async fn step(&mut self, chain: &ChainState) -> Duration {
+        let token = match chain.seat {
+            SeatState::Active(t) => t,
+            // The chain task reported why; there is nothing to register until a seat is active.
+            SeatState::None | SeatState::Inactive(_) | SeatState::Unknown => {
+                self.state.registered = false;
+                self.relay_printed_for = None;
+                return AFTER_FAILING;
+            }
+        };
+        let Some(view) = chain.view.as_deref() else {
+            return AFTER_FAILING;
+        };
+        if chain.from_cache {
+            // No RPC yet: the cached record is the best knowledge of whether peers have the right one.
+            self.state.registered = view
+                .records
+                .get(&token)
+                .is_some_and(|r| self.task.desired.matches(r));
+            return AFTER_FAILING;
+        }
+        let cluster = match &self.cluster {
+            Some(c) => c,
+            None => match Cluster::connect(self.task.rpc_url.clone(), self.task.contract).await {
+                Ok(c) => self.cluster.insert(c),
+                Err(e) => {
+                    self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
+                    self.report("connecting the registration client", e);
+                    return AFTER_FAILING;
+                }
+            },
+        };
+        let outcome = cluster
+            .register(
+                &self.task.identity.peer,
+                &self.task.desired,
+                self.task.tx_key.as_ref(),
+                &view.pins,
+            )
+            .await;
+        match outcome {
+            Ok(Outcome::UpToDate { .. }) => {
+                self.state.registered = true;
+                self.state.error = None;
+                self.rereg.reset();
+                self.task.recheck.max(MIN_RECHECK)
+            }
+            Ok(Outcome::Registered {
+                replaced_unbelievable,
+                ..
+            }) => {
+                // Cluster::register logged it, with the sender and, for a replacement, the reason.
+                self.state.registered = true;
+                self.state.error = None;
+                self.state.registrations = self.state.registrations.saturating_add(1);
+                match replaced_unbelievable {
+                    Some(_) => self.rereg.next_delay(),
+                    None => AFTER_REGISTERING,
+                }
+            }
+            Ok(Outcome::NeedsRelay(reg)) => {
+                self.state.registered = false;
+                if self.relay_printed_for != Some(reg.nonce) {
+                    self.relay_printed_for = Some(reg.nonce);
+                    match serde_json::to_string(&reg) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => error!(error = %e, "cannot encode the registration"),
+                    }
+                    warn!(
+                        derived_address = ?self.task.identity.peer.address().ok(),
+                        "no funded sender: the signed registration is on stdout; relay it with `meshctl relay -`, or fund the derived address with `meshctl fund`"
+                    );
+                }
+                AFTER_FAILING
+            }
+            Err(e) => {
+                self.state.registered = false;
+                self.report("registration failed", e);
+                AFTER_FAILING
+            }
+        }
+    }
+
+    /// Logs an error once (until it changes) and shows it in the state, with the RPC's credentials scrubbed.
+    fn report(&mut self, what: &str, e: impl std::fmt::Display) {
+        let error = self.task.rpc.scrub(&e.to_string());
+        let text = format!("{what}: {error}");
+        if self.state.error.as_deref() != Some(&text) {
+            warn!(%error, "{what}");
+        }
+        self.state.error = Some(text);
+    }
+}
