@@ -4,7 +4,43 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use alloy::primitives::Address;
+use cli_env::Alias;
 use mesh_api::Mode;
+use mesh_wg::BackendChoice;
+
+/// The older names of the agent's environment variables, still read (see `cli_env`).
+pub const ENV_ALIASES: &[Alias] = &[
+    Alias::new("DSTACK_MESH_MODE", "MESH_MODE"),
+    Alias::new("DSTACK_MESH_CONTRACT", "CLUSTER_CONTRACT"),
+    Alias::new("DSTACK_MESH_RPC_URL", "RPC_URL"),
+    Alias::new("DSTACK_MESH_DSTACK_ENDPOINT", "DSTACK_SIMULATOR_ENDPOINT"),
+    Alias::new("DSTACK_MESH_INTERFACE", "MESH_INTERFACE"),
+    Alias::new("DSTACK_MESH_LISTEN_PORT", "MESH_LISTEN_PORT"),
+    Alias::new("DSTACK_MESH_ENDPOINT", "MESH_ENDPOINT"),
+    Alias::new("DSTACK_MESH_GATEWAY_URL", "MESH_GATEWAY_URL"),
+    Alias::new("DSTACK_MESH_GATEWAY_DOMAIN", "MESH_GATEWAY_DOMAIN"),
+    Alias::new("DSTACK_MESH_GATEWAY_PORT", "MESH_GATEWAY_PORT"),
+    Alias::new("DSTACK_MESH_STATE_DIR", "MESH_STATE_DIR"),
+    Alias::new("DSTACK_MESH_API_SOCKET", "P2P_AGENT_API_SOCKET"),
+    Alias::new("DSTACK_MESH_KMS_ROOT", "MESH_KMS_ROOT"),
+    Alias::new("DSTACK_MESH_APP_IDS", "MESH_APP_IDS"),
+    Alias::new("DSTACK_MESH_REPIN", "MESH_REPIN"),
+    Alias::new("DSTACK_MESH_CONFIRMATIONS", "MESH_CONFIRMATIONS"),
+    Alias::new("DSTACK_MESH_POLL_INTERVAL_MS", "MESH_POLL_INTERVAL_MS"),
+    Alias::new("DSTACK_MESH_FULL_READ_SECS", "MESH_FULL_READ_SECS"),
+    Alias::new("DSTACK_MESH_TX_KEY_FILE", "TX_KEY_FILE"),
+    Alias::new("DSTACK_MESH_WG_KEY_EPOCH", "MESH_WG_KEY_EPOCH"),
+    Alias::new("DSTACK_MESH_WG_BACKEND", "MESH_WG_BACKEND"),
+    Alias::new("DSTACK_MESH_ON_CHANGE", "MESH_ON_CHANGE"),
+    Alias::new("DSTACK_MESH_HOOK_TIMEOUT_SECS", "MESH_HOOK_TIMEOUT_SECS"),
+    Alias::new("DSTACK_MESH_HOSTS_FILE", "MESH_HOSTS_FILE"),
+    Alias::new("DSTACK_MESH_HOSTS_SUFFIX", "MESH_HOSTS_SUFFIX"),
+    Alias::new("DSTACK_MESH_WAIT_TIMEOUT_SECS", "MESH_WAIT_TIMEOUT_SECS"),
+    Alias::new("DSTACK_MESH_PRIVATE_KEY", "PRIVATE_KEY"),
+];
+
+/// The transaction key's variable: read once at start and then removed (see `main`).
+pub const PRIVATE_KEY_ENV: &str = "DSTACK_MESH_PRIVATE_KEY";
 
 /// `--mode`: how this node offers itself to its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,9 +60,9 @@ impl From<ModeArg> for Mode {
     }
 }
 
-/// Which WireGuard implementation carries the tunnel.
+/// `--wg-backend`: which WireGuard implementation carries the tunnel (`mesh_wg::BackendChoice`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
+pub enum BackendArg {
     /// The kernel's when it can create an interface (dstack's guest kernels have the module); else userspace.
     Auto,
     /// The agent's own, in-process.
@@ -35,52 +71,79 @@ pub enum Backend {
     Kernel,
 }
 
+impl From<BackendArg> for BackendChoice {
+    fn from(backend: BackendArg) -> Self {
+        match backend {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Userspace => BackendChoice::Userspace,
+            BackendArg::Kernel => BackendChoice::Kernel,
+        }
+    }
+}
+
 /// The daemon's settings; every flag has an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// wireguard: a tunnel to every peer, gateway URLs as fallback; tls: no interface, peers by gateway URL.
-    #[arg(long, env = "MESH_MODE", value_enum, default_value = "wireguard")]
+    #[arg(
+        long,
+        env = "DSTACK_MESH_MODE",
+        value_enum,
+        default_value = "wireguard"
+    )]
     pub mode: ModeArg,
     /// The cluster contract: the cluster's identity.
-    #[arg(long, env = "CLUSTER_CONTRACT")]
+    #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Option<Address>,
     /// The chain's JSON-RPC URL.
-    #[arg(long, env = "RPC_URL", default_value = "http://127.0.0.1:8545")]
+    #[arg(
+        long,
+        env = "DSTACK_MESH_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
     pub rpc_url: alloy::transports::http::reqwest::Url,
     /// dstack guest-agent endpoint: a socket path or an http:// simulator URL (default: dstack's sockets).
-    #[arg(long, env = "DSTACK_SIMULATOR_ENDPOINT")]
+    #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
     pub dstack_endpoint: Option<String>,
     /// The mesh interface's name (at most 15 bytes).
-    #[arg(long, env = "MESH_INTERFACE", default_value = "dmesh0")]
+    #[arg(long, env = "DSTACK_MESH_INTERFACE", default_value = "dmesh0")]
     pub interface: String,
     /// WireGuard's UDP port.
-    #[arg(long, env = "MESH_LISTEN_PORT", default_value_t = 51820)]
+    #[arg(long, env = "DSTACK_MESH_LISTEN_PORT", default_value_t = 51820)]
     pub listen_port: u16,
     /// The address peers reach this node's WireGuard at, IP:port, registered on-chain.
-    #[arg(long, env = "MESH_ENDPOINT")]
+    #[arg(long, env = "DSTACK_MESH_ENDPOINT")]
     pub endpoint: Option<SocketAddr>,
     /// This node's whole TLS-gateway URL, the fallback when its tunnel is down.
-    #[arg(long, env = "MESH_GATEWAY_URL", conflicts_with = "gateway_domain")]
+    #[arg(
+        long,
+        env = "DSTACK_MESH_GATEWAY_URL",
+        conflicts_with = "gateway_domain"
+    )]
     pub gateway_url: Option<String>,
     /// The gateway's base domain; the URL is https://<instance_id>-<gateway-port>.<domain>.
-    #[arg(long, env = "MESH_GATEWAY_DOMAIN", requires = "gateway_port")]
+    #[arg(long, env = "DSTACK_MESH_GATEWAY_DOMAIN", requires = "gateway_port")]
     pub gateway_domain: Option<String>,
     /// The port the gateway URL forwards to (with --gateway-domain).
-    #[arg(long, env = "MESH_GATEWAY_PORT")]
+    #[arg(long, env = "DSTACK_MESH_GATEWAY_PORT")]
     pub gateway_port: Option<u16>,
     /// Where the chain view is kept between runs (no secrets).
-    #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/p2p-agent")]
+    #[arg(
+        long,
+        env = "DSTACK_MESH_STATE_DIR",
+        default_value = "/var/lib/p2p-agent"
+    )]
     pub state_dir: PathBuf,
     /// The local API's unix socket.
-    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
+    #[arg(long, env = "DSTACK_MESH_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
     /// Pin this KMS root instead of reading it from the contract at first start.
-    #[arg(long, env = "MESH_KMS_ROOT", requires = "app_ids")]
+    #[arg(long, env = "DSTACK_MESH_KMS_ROOT", requires = "app_ids")]
     pub kms_root: Option<Address>,
     /// Pin these app ids (with --kms-root).
     #[arg(
         long = "app-id",
-        env = "MESH_APP_IDS",
+        env = "DSTACK_MESH_APP_IDS",
         value_delimiter = ',',
         requires = "kms_root"
     )]
@@ -88,38 +151,43 @@ pub struct RunArgs {
     /// Trust the RPC's chain id and mesh prefix (and the contract's KMS root and app ids, unless pinned with
     /// --kms-root) as at a first start, replacing what the state directory pinned, and forget the nonces
     /// seen so far. Only for a cluster that really moved, or a dev chain that was reset.
-    #[arg(long, env = "MESH_REPIN")]
+    #[arg(long, env = "DSTACK_MESH_REPIN")]
     pub repin: bool,
     /// Blocks to wait before acting on an event (0 suits anvil).
-    #[arg(long, env = "MESH_CONFIRMATIONS", default_value_t = 0)]
+    #[arg(long, env = "DSTACK_MESH_CONFIRMATIONS", default_value_t = 0)]
     pub confirmations: u64,
     /// How often to poll the chain and refresh the state, in milliseconds.
-    #[arg(long, env = "MESH_POLL_INTERVAL_MS", default_value_t = 2000)]
+    #[arg(long, env = "DSTACK_MESH_POLL_INTERVAL_MS", default_value_t = 2000)]
     pub poll_interval_ms: u64,
     /// How often to re-read every record as a safety net, in seconds.
-    #[arg(long, env = "MESH_FULL_READ_SECS", default_value_t = 60)]
+    #[arg(long, env = "DSTACK_MESH_FULL_READ_SECS", default_value_t = 60)]
     pub full_read_secs: u64,
-    /// A funded key file that pays for registrations when the derived address has no funds (or PRIVATE_KEY).
-    #[arg(long, env = "TX_KEY_FILE")]
+    /// A funded key file that pays for registrations when the derived address has no funds (or DSTACK_MESH_PRIVATE_KEY).
+    #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE")]
     pub tx_key_file: Option<PathBuf>,
     /// WireGuard key rotation epoch: each epoch is another key derived from dstack.
-    #[arg(long, env = "MESH_WG_KEY_EPOCH", default_value_t = 0)]
+    #[arg(long, env = "DSTACK_MESH_WG_KEY_EPOCH", default_value_t = 0)]
     pub wg_key_epoch: u32,
     /// WireGuard implementation.
-    #[arg(long, env = "MESH_WG_BACKEND", value_enum, default_value = "auto")]
-    pub wg_backend: Backend,
+    #[arg(
+        long,
+        env = "DSTACK_MESH_WG_BACKEND",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub wg_backend: BackendArg,
     /// Run this shell command after each peer-set change, with the peer list as JSON on stdin and a
     /// cleaned environment (no keys or RPC credentials).
-    #[arg(long, env = "MESH_ON_CHANGE")]
+    #[arg(long, env = "DSTACK_MESH_ON_CHANGE")]
     pub on_change: Option<String>,
     /// Kill the on-change command if it has not finished (reading its input included) after this long.
-    #[arg(long, env = "MESH_HOOK_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "DSTACK_MESH_HOOK_TIMEOUT_SECS", default_value_t = 30)]
     pub hook_timeout_secs: u64,
     /// Keep a marked block of `node-<tokenId>.<suffix>` names in this hosts file.
-    #[arg(long, env = "MESH_HOSTS_FILE")]
+    #[arg(long, env = "DSTACK_MESH_HOSTS_FILE")]
     pub hosts_file: Option<PathBuf>,
     /// The domain suffix of the hosts-file names.
-    #[arg(long, env = "MESH_HOSTS_SUFFIX", default_value = "mesh")]
+    #[arg(long, env = "DSTACK_MESH_HOSTS_SUFFIX", default_value = "mesh")]
     pub hosts_suffix: String,
 }
 
@@ -157,7 +225,8 @@ impl RunArgs {
     }
 }
 
-/// The key that pays for registrations: `--tx-key-file`, else the `PRIVATE_KEY` taken at start, else none.
+/// The key that pays for registrations: `--tx-key-file`, else the `DSTACK_MESH_PRIVATE_KEY` taken at start,
+/// else none.
 ///
 /// # Errors
 /// A key file or value that is not a private key.
@@ -168,7 +237,7 @@ pub fn tx_signer(
     Ok(mesh_chain::tx_key::load(
         file,
         "--tx-key-file",
-        "PRIVATE_KEY",
+        PRIVATE_KEY_ENV,
         private_key.as_deref().map(String::as_str),
     )?)
 }

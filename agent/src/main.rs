@@ -27,7 +27,7 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// Register this node's peer record for its seat once, if the on-chain one differs: WireGuard key
     /// (derived from dstack), endpoint and gateway URL. Sends from the derived address when it is funded,
-    /// else with --tx-key-file/PRIVATE_KEY; otherwise prints the signed registration as JSON for
+    /// else with --tx-key-file/DSTACK_MESH_PRIVATE_KEY; otherwise prints the signed registration as JSON for
     /// `meshctl relay`.
     Register(register::RegisterArgs),
     /// Wait until this node's record is on-chain and at least one tunnel is up (or there is no WireGuard
@@ -36,20 +36,29 @@ enum Command {
     Wait(wait::WaitArgs),
 }
 
-/// Takes the transaction key out of the process environment as soon as the agent starts, so nothing it
+/// Takes the transaction key out of the process environment (under each of its names), so nothing the agent
 /// starts inherits it and nothing that reads its environment later finds it.
 #[allow(unsafe_code)]
 fn take_private_key() -> Option<zeroize::Zeroizing<String>> {
-    let value = std::env::var("PRIVATE_KEY")
+    let value = std::env::var(config::PRIVATE_KEY_ENV)
         .ok()
         .map(zeroize::Zeroizing::new);
-    // SAFETY: called first in `main`, before the runtime or any other thread exists, so nothing else reads or
-    // writes the environment meanwhile.
-    unsafe { std::env::remove_var("PRIVATE_KEY") };
+    let older = config::ENV_ALIASES
+        .iter()
+        .filter(|a| a.name == config::PRIVATE_KEY_ENV)
+        .map(|a| a.older);
+    for name in older.chain([config::PRIVATE_KEY_ENV]) {
+        // SAFETY: called first in `main` (after parsing), before the runtime or any other thread exists, so
+        // nothing else reads or writes the environment meanwhile.
+        unsafe { std::env::remove_var(name) };
+    }
     value
 }
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    // SAFETY: first in `main`, before the runtime or any other thread exists.
+    let cli: Cli = unsafe { cli_env::parse(config::ENV_ALIASES) };
     let private_key = take_private_key();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -62,7 +71,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,7 +14,6 @@ use mesh_chain::follow::{Anchors, FollowConfig};
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::Desired;
 use mesh_chain::view::ChainView;
-use mesh_wg::BackendChoice;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +21,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use unix_socket::UnixSocket;
 
 use crate::cache;
-use crate::config::{Backend, ModeArg, RunArgs};
+use crate::config::{ModeArg, RunArgs};
 use crate::identity::NodeIdentity;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
 use crate::state::{ChainState, MeshState, RegState};
@@ -186,11 +185,7 @@ impl Tasks {
                 ifname: args.interface.clone(),
                 listen_port: args.listen_port,
                 private_key: identity.wg_private_key().clone(),
-                backend: match args.wg_backend {
-                    Backend::Auto => BackendChoice::Auto,
-                    Backend::Userspace => BackendChoice::Userspace,
-                    Backend::Kernel => BackendChoice::Kernel,
-                },
+                backend: args.wg_backend.into(),
             }),
             instance_id: identity.instance_id().to_owned(),
             wg_public_key,

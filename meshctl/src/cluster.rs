@@ -19,7 +19,11 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ChainOpts {
     /// The chain's JSON-RPC URL.
-    #[arg(long, env = "RPC_URL", default_value = "http://127.0.0.1:8545")]
+    #[arg(
+        long,
+        env = "DSTACK_MESH_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
     pub(crate) rpc_url: alloy::transports::http::reqwest::Url,
 }
 
@@ -29,25 +33,28 @@ pub(crate) struct ClusterOpts {
     #[command(flatten)]
     pub(crate) chain: ChainOpts,
     /// The cluster contract's address: the cluster's identity.
-    #[arg(long, env = "CLUSTER_CONTRACT")]
+    #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub(crate) contract: Address,
 }
+
+/// The signer's key, when no key file is given.
+pub(crate) const PRIVATE_KEY_ENV: &str = "DSTACK_MESH_PRIVATE_KEY";
 
 /// Who signs.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct SignerOpts {
-    /// A file holding the signer's private key as hex. Without it, the PRIVATE_KEY environment variable is
-    /// read. Keys never go on the command line, where other users can see them.
-    #[arg(long, env = "PRIVATE_KEY_FILE", value_name = "PATH")]
+    /// A file holding the signer's private key as hex. Without it, the DSTACK_MESH_PRIVATE_KEY environment
+    /// variable is read. Keys never go on the command line, where other users can see them.
+    #[arg(long, env = "DSTACK_MESH_PRIVATE_KEY_FILE", value_name = "PATH")]
     pub(crate) private_key_file: Option<PathBuf>,
 }
 
 impl SignerOpts {
     pub(crate) fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
-        let from_env = std::env::var("PRIVATE_KEY").ok();
-        mesh_chain::tx_key::load(self.private_key_file.as_deref(), "--private-key-file", "PRIVATE_KEY", from_env.as_deref())?.ok_or_else(|| {
+        let from_env = std::env::var(PRIVATE_KEY_ENV).ok();
+        mesh_chain::tx_key::load(self.private_key_file.as_deref(), "--private-key-file", PRIVATE_KEY_ENV, from_env.as_deref())?.ok_or_else(|| {
             anyhow::anyhow!(
-                "this command sends a transaction and needs a signer: pass --private-key-file PATH or set PRIVATE_KEY"
+                "this command sends a transaction and needs a signer: pass --private-key-file PATH or set {PRIVATE_KEY_ENV}"
             )
         })
     }

@@ -12,12 +12,13 @@ mod output;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cli_env::Alias;
 
 /// Operate a dstack-mesh cluster: node status, and the cluster owner's and the node operator's tools.
 ///
-/// Every command that touches the chain takes --contract (CLUSTER_CONTRACT) and --rpc-url (RPC_URL).
-/// Commands that send transactions sign with --private-key-file or the PRIVATE_KEY environment variable;
-/// never put a key on the command line.
+/// Every command that touches the chain takes --contract (DSTACK_MESH_CONTRACT) and --rpc-url
+/// (DSTACK_MESH_RPC_URL). Commands that send transactions sign with --private-key-file or the
+/// DSTACK_MESH_PRIVATE_KEY environment variable; never put a key on the command line.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -61,9 +62,37 @@ enum Command {
     Leader(cmd::leader::Args),
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// The older names of meshctl's environment variables, still read (see `cli_env`).
+const ENV_ALIASES: &[Alias] = &[
+    Alias::new("DSTACK_MESH_CONTRACT", "CLUSTER_CONTRACT"),
+    Alias::new("DSTACK_MESH_RPC_URL", "RPC_URL"),
+    Alias::new(cluster::PRIVATE_KEY_ENV, "PRIVATE_KEY"),
+    Alias::new("DSTACK_MESH_PRIVATE_KEY_FILE", "PRIVATE_KEY_FILE"),
+    Alias::new("DSTACK_MESH_KMS_ROOT", "KMS_ROOT"),
+    Alias::new("DSTACK_MESH_APP_IDS", "APP_IDS"),
+    Alias::new("DSTACK_MESH_PREFIX", "MESH_CIDR"),
+    Alias::new("DSTACK_MESH_MAX_NODES", "MAX_NODES"),
+    Alias::new("DSTACK_MESH_CLUSTER_OWNER", "CLUSTER_OWNER"),
+    Alias::new("DSTACK_MESH_API_SOCKET", "P2P_AGENT_API_SOCKET"),
+];
+
+#[allow(unsafe_code)]
+fn main() -> ExitCode {
+    // SAFETY: first in `main`, before the runtime or any other thread exists.
+    let cli: Cli = unsafe { cli_env::parse(ENV_ALIASES) };
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let out = output::Output::new(cli.json);
     let result = match cli.command {
         Command::Status(a) => cmd::status::run(a, &out).await,

@@ -512,3 +512,62 @@ async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
             .contains("next nonce")
     );
 }
+
+/// The older variable names (`RPC_URL`, `CLUSTER_CONTRACT`, `PRIVATE_KEY`, …) still work; set beside their
+/// `DSTACK_MESH_*` name with another value, they are refused before anything is sent, naming both and not
+/// the values.
+#[test]
+fn older_environment_names_still_work_and_conflicts_are_refused() {
+    let anvil = anvil();
+    let mut m = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    let contract = m.deploy(
+        "0x000000000000000000000000000000000000dEaD"
+            .parse()
+            .unwrap(),
+    );
+    let key = alloy::hex::encode(anvil.keys()[0].to_bytes());
+    let older = Meshctl {
+        anvil: &anvil,
+        contract: None,
+    };
+    // Everything under the older names only: the RPC, the cluster and the signer.
+    let out = older
+        .run_with(
+            &anvil.endpoint(),
+            None,
+            &["mint", "--to", &m.address(1).to_string(), "--json"],
+            &[
+                ("DSTACK_MESH_RPC_URL", None),
+                ("RPC_URL", Some(&anvil.endpoint())),
+                ("CLUSTER_CONTRACT", Some(&contract.to_string())),
+                ("PRIVATE_KEY", Some(&key)),
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(out["tokenId"].as_u64(), Some(1), "{out}");
+
+    // Two names of one variable that disagree.
+    m.contract = Some(contract);
+    let out = m
+        .run_with(
+            &anvil.endpoint(),
+            Some(0),
+            &["mint", "--to", &m.address(2).to_string()],
+            &[("PRIVATE_KEY", Some("0x0123-a-secret"))],
+        )
+        .failed();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("PRIVATE_KEY and DSTACK_MESH_PRIVATE_KEY are both set")
+            && !out.stderr.contains("a-secret"),
+        "{}",
+        out.stderr
+    );
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(config["lastTokenId"], "1", "nothing was minted: {config}");
+}

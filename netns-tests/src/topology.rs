@@ -144,7 +144,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 }
 
 /// An environment with nothing from ours but `PATH` and logging settings, so a stray `PRIVATE_KEY`,
-/// `RPC_URL` or `CLUSTER_CONTRACT` in the caller's shell cannot change what a command does.
+/// `DSTACK_MESH_RPC_URL` or `RPC_URL` in the caller's shell cannot change what a command does.
 fn clean_env(cmd: &mut Command) -> &mut Command {
     cmd.env_clear();
     for var in ["PATH", "RUST_LOG", "RUST_BACKTRACE"] {
@@ -754,10 +754,10 @@ impl<'a> Cluster<'a> {
             .command(&[bin.to_str().expect("utf-8 path"), "--json"]);
         clean_env(&mut cmd)
             .args(args)
-            .env("RPC_URL", rpc_url())
-            .env("PRIVATE_KEY", account_key(signer));
+            .env("DSTACK_MESH_RPC_URL", rpc_url())
+            .env("DSTACK_MESH_PRIVATE_KEY", account_key(signer));
         if !self.contract.is_empty() {
-            cmd.env("CLUSTER_CONTRACT", &self.contract);
+            cmd.env("DSTACK_MESH_CONTRACT", &self.contract);
         }
         run_command_timeout(cmd, &format!("meshctl {}", args.join(" ")), CMD_TIMEOUT)
     }

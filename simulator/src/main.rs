@@ -7,6 +7,7 @@ use std::sync::Arc;
 use alloy_primitives::Address;
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser, ValueEnum};
+use cli_env::Alias;
 use dstack_simulator::fixture::{FIXTURE_A, FIXTURE_B};
 use dstack_simulator::keys::KmsRootKey;
 use dstack_simulator::platform::{InstanceChoice, KeySource, Platform, SimulatorConfig};
@@ -30,23 +31,23 @@ use unix_socket::UnixSocket;
 ))]
 struct Cli {
     /// Unix socket to serve on. A stale socket file is replaced; a live one is refused.
-    #[arg(long, env = "DSTACK_SIM_SOCKET", default_value = "./dstack.sock")]
+    #[arg(long, env = "DSTACK_MESH_SIM_SOCKET", default_value = "./dstack.sock")]
     socket: PathBuf,
 
     /// Also serve plain HTTP on this loopback address (e.g. 127.0.0.1:8090), for clients that use
     /// DSTACK_SIMULATOR_ENDPOINT=http://…. Non-loopback addresses are refused.
-    #[arg(long, env = "DSTACK_SIM_LISTEN", value_name = "ADDR:PORT")]
+    #[arg(long, env = "DSTACK_MESH_SIM_LISTEN", value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
 
     /// Reproduce one of dstack's simulator fixtures: `a` (Aug 2025, KMS root 0x8f2c…e7C5) or `b` (2026).
-    #[arg(long, env = "DSTACK_SIM_FIXTURE", value_enum)]
+    #[arg(long, env = "DSTACK_MESH_SIM_FIXTURE", value_enum)]
     fixture: Option<FixtureName>,
 
     /// KMS root private key (64 hex digits) of a fresh cluster. Prefer --kms-root-key-file: command
     /// lines are visible to other users. Never logged.
     #[arg(
         long,
-        env = "DSTACK_SIM_KMS_ROOT_KEY",
+        env = "DSTACK_MESH_SIM_KMS_ROOT_KEY",
         hide_env_values = true,
         value_name = "HEX",
         conflicts_with = "kms_root_key_file"
@@ -54,31 +55,31 @@ struct Cli {
     kms_root_key: Option<SecretArg>,
 
     /// File holding the KMS root private key as hex.
-    #[arg(long, env = "DSTACK_SIM_KMS_ROOT_KEY_FILE", value_name = "PATH")]
+    #[arg(long, env = "DSTACK_MESH_SIM_KMS_ROOT_KEY_FILE", value_name = "PATH")]
     kms_root_key_file: Option<PathBuf>,
 
     /// App id (40 hex digits) of a fresh cluster. Default: the first 20 bytes of the compose hash,
     /// as dstack does when no app id is set.
     #[arg(
         long,
-        env = "DSTACK_SIM_APP_ID",
+        env = "DSTACK_MESH_SIM_APP_ID",
         value_name = "HEX40",
         conflicts_with = "fixture"
     )]
     app_id: Option<Address>,
 
     /// App name (app-compose `name`). Default: the fixture's, or `dstack-mesh`.
-    #[arg(long, env = "DSTACK_SIM_APP_NAME")]
+    #[arg(long, env = "DSTACK_MESH_SIM_APP_NAME")]
     app_name: Option<String>,
 
     /// This instance's id (40 hex digits). Default: the fixture's, or the one --instance-name
     /// `default` gives.
-    #[arg(long, env = "DSTACK_SIM_INSTANCE_ID", value_name = "HEX40", value_parser = parse_instance_id, conflicts_with = "instance_name")]
+    #[arg(long, env = "DSTACK_MESH_SIM_INSTANCE_ID", value_name = "HEX40", value_parser = parse_instance_id, conflicts_with = "instance_name")]
     instance_id: Option<[u8; 20]>,
 
     /// Name this instance; its id is the first 20 bytes of
     /// sha256("dstack-simulator/instance:" ‖ name ‖ app_id), so names give stable, distinct ids.
-    #[arg(long, env = "DSTACK_SIM_INSTANCE_NAME")]
+    #[arg(long, env = "DSTACK_MESH_SIM_INSTANCE_NAME")]
     instance_name: Option<String>,
 }
 
@@ -113,7 +114,26 @@ fn parse_instance_id(s: &str) -> Result<[u8; 20], String> {
         .map_err(|_| format!("expected 20 bytes (40 hex digits), got {}", bytes.len()))
 }
 
+/// The older names of the simulator's environment variables, still read (see `cli_env`).
+const ENV_ALIASES: &[Alias] = &[
+    Alias::new("DSTACK_MESH_SIM_SOCKET", "DSTACK_SIM_SOCKET"),
+    Alias::new("DSTACK_MESH_SIM_LISTEN", "DSTACK_SIM_LISTEN"),
+    Alias::new("DSTACK_MESH_SIM_FIXTURE", "DSTACK_SIM_FIXTURE"),
+    Alias::new("DSTACK_MESH_SIM_KMS_ROOT_KEY", "DSTACK_SIM_KMS_ROOT_KEY"),
+    Alias::new(
+        "DSTACK_MESH_SIM_KMS_ROOT_KEY_FILE",
+        "DSTACK_SIM_KMS_ROOT_KEY_FILE",
+    ),
+    Alias::new("DSTACK_MESH_SIM_APP_ID", "DSTACK_SIM_APP_ID"),
+    Alias::new("DSTACK_MESH_SIM_APP_NAME", "DSTACK_SIM_APP_NAME"),
+    Alias::new("DSTACK_MESH_SIM_INSTANCE_ID", "DSTACK_SIM_INSTANCE_ID"),
+    Alias::new("DSTACK_MESH_SIM_INSTANCE_NAME", "DSTACK_SIM_INSTANCE_NAME"),
+];
+
+#[allow(unsafe_code)]
 fn main() -> std::process::ExitCode {
+    // SAFETY: first in `main`, before the runtime or any other thread exists.
+    let cli: Cli = unsafe { cli_env::parse(ENV_ALIASES) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -121,7 +141,6 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub struct IdentityArgs {
     /// Guest-agent endpoint: a socket path or an http:// simulator URL. Default: the first of
     /// /var/run/dstack.sock, /run/dstack.sock, /var/run/dstack/dstack.sock, /run/dstack/dstack.sock.
-    #[arg(long, env = "DSTACK_SIMULATOR_ENDPOINT")]
+    #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
     pub dstack_endpoint: Option<String>,
 
     /// Trusted KMS root address; without it the chain is reported but not verified.
@@ -42,7 +42,7 @@ pub struct IdentityArgs {
     pub bind_holder: Option<Address>,
 
     /// The cluster contract the consent is for (with --bind-token).
-    #[arg(long, env = "CLUSTER_CONTRACT")]
+    #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Option<Address>,
 
     /// The chain id the consent is for (with --bind-token); read from --rpc-url when not given.

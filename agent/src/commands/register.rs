@@ -10,26 +10,30 @@ use dstack_guest::DstackClient;
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
     /// The cluster contract: the cluster's identity.
-    #[arg(long, env = "CLUSTER_CONTRACT")]
+    #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Address,
     /// The chain's JSON-RPC URL.
-    #[arg(long, env = "RPC_URL", default_value = "http://127.0.0.1:8545")]
+    #[arg(
+        long,
+        env = "DSTACK_MESH_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
     pub rpc_url: alloy::transports::http::reqwest::Url,
     /// Guest-agent endpoint: a socket path or an http:// simulator URL.
-    #[arg(long, env = "DSTACK_SIMULATOR_ENDPOINT")]
+    #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
     pub dstack_endpoint: Option<String>,
     /// The UDP endpoint peers reach this node's WireGuard at, `host:port`.
-    #[arg(long, env = "MESH_ENDPOINT")]
+    #[arg(long, env = "DSTACK_MESH_ENDPOINT")]
     pub endpoint: Option<String>,
     /// This node's TLS-gateway URL, the fallback when a tunnel cannot come up.
-    #[arg(long, env = "MESH_GATEWAY_URL")]
+    #[arg(long, env = "DSTACK_MESH_GATEWAY_URL")]
     pub gateway_url: Option<String>,
     /// WireGuard key rotation epoch: each epoch is a new key derived from dstack.
-    #[arg(long, env = "MESH_WG_KEY_EPOCH", default_value_t = 0)]
+    #[arg(long, env = "DSTACK_MESH_WG_KEY_EPOCH", default_value_t = 0)]
     pub wg_key_epoch: u32,
     /// A file with a funded private key that pays for the transaction when the derived address has no
-    /// funds. Without it, the PRIVATE_KEY environment variable is used.
-    #[arg(long, env = "TX_KEY_FILE", value_name = "PATH")]
+    /// funds. Without it, the DSTACK_MESH_PRIVATE_KEY environment variable is used.
+    #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE", value_name = "PATH")]
     pub tx_key_file: Option<std::path::PathBuf>,
 }
 
@@ -89,7 +93,7 @@ pub async fn run(
                 serde_json::to_string_pretty(&reg).context("cannot encode the registration")?
             );
             eprintln!(
-                "seat {}: no funded sender (derived address {} is empty and no --tx-key-file/PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the derived address with `meshctl fund`",
+                "seat {}: no funded sender (derived address {} is empty and no --tx-key-file/DSTACK_MESH_PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the derived address with `meshctl fund`",
                 reg.token_id,
                 identity.peer.address().context("derived key")?
             );

@@ -8,10 +8,10 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct WaitArgs {
     /// The agent's API socket.
-    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
+    #[arg(long, env = "DSTACK_MESH_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     pub api_socket: std::path::PathBuf,
     /// Give up after this many seconds.
-    #[arg(long, env = "MESH_WAIT_TIMEOUT_SECS", default_value_t = 120)]
+    #[arg(long, env = "DSTACK_MESH_WAIT_TIMEOUT_SECS", default_value_t = 120)]
     pub timeout_secs: u64,
 }
 

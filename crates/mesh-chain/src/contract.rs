@@ -31,7 +31,7 @@ pub use bindings::*;
 #[non_exhaustive]
 pub enum ChainError {
     #[error(
-        "no contract at {address}: check --contract/CLUSTER_CONTRACT and that --rpc-url points at the right chain"
+        "no contract at {address}: check --contract/DSTACK_MESH_CONTRACT and that --rpc-url points at the right chain"
     )]
     NoCode { address: Address },
     #[error("{address} holds a contract that is not a DstackClusterNFT cluster ({detail})")]

@@ -557,7 +557,7 @@ impl State {
             None if update.update_only => return,
             None => {
                 let index = self.allocate_index();
-                let psk = update.preshared_key.flatten();
+                let psk = update.preshared_key.clone().flatten();
                 let peer = Arc::new(Peer::new(key, index, &self.keys, psk));
                 self.peers.insert(key, peer.clone());
                 self.by_index.insert(index, peer.clone());
@@ -568,7 +568,7 @@ impl State {
         if let Some(endpoint) = update.endpoint {
             peer.set_endpoint(endpoint);
         }
-        if let Some(psk) = update.preshared_key
+        if let Some(psk) = update.preshared_key.clone()
             && peer.set_preshared_key(psk, &self.keys)
         {
             tracing::info!(peer = ?peer.public_key, "preshared key changed; session restarts");

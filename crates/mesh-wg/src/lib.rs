@@ -40,4 +40,4 @@ pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
-pub use wg_key::{Key, KeyParseError, PrivateKey};
+pub use wg_key::{Key, KeyParseError, PresharedKey, PrivateKey};

@@ -11,7 +11,7 @@ use boringtun::x25519;
 use ipnetwork::Ipv4Network;
 
 use super::config::PeerStatus;
-use wg_key::Key;
+use wg_key::{Key, PresharedKey};
 
 const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESP: u8 = 2;
@@ -30,7 +30,7 @@ struct PeerInner {
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
     keepalive: Option<u16>,
-    preshared_key: Option<[u8; 32]>,
+    preshared_key: Option<PresharedKey>,
     /// When we last sent anything to the peer; `None` makes a persistent keepalive due now.
     last_tx: Option<Instant>,
     last_handshake: Option<SystemTime>,
@@ -49,13 +49,13 @@ impl Peer {
         public_key: Key,
         index: u32,
         keys: &NoiseKeys,
-        preshared_key: Option<[u8; 32]>,
+        preshared_key: Option<PresharedKey>,
     ) -> Self {
         Self {
             public_key,
             index,
             inner: Mutex::new(PeerInner {
-                tunn: new_tunn(public_key, index, keys, preshared_key),
+                tunn: new_tunn(public_key, index, keys, preshared_key.as_ref()),
                 endpoint: None,
                 keepalive: None,
                 preshared_key,
@@ -91,18 +91,18 @@ impl Peer {
 
     /// Changes the preshared key. boringtun cannot swap it inside a live `Tunn`, so a *changed*
     /// key rebuilds the tunnel (the next packet re-handshakes); an unchanged one does nothing.
-    pub(crate) fn set_preshared_key(&self, psk: Option<[u8; 32]>, keys: &NoiseKeys) -> bool {
+    pub(crate) fn set_preshared_key(&self, psk: Option<PresharedKey>, keys: &NoiseKeys) -> bool {
         let mut g = self.lock();
         if g.preshared_key == psk {
             return false;
         }
+        g.tunn = new_tunn(self.public_key, self.index, keys, psk.as_ref());
         g.preshared_key = psk;
-        g.tunn = new_tunn(self.public_key, self.index, keys, psk);
         true
     }
 
-    pub(crate) fn preshared_key(&self) -> Option<[u8; 32]> {
-        self.lock().preshared_key
+    pub(crate) fn preshared_key(&self) -> Option<PresharedKey> {
+        self.lock().preshared_key.clone()
     }
 
     /// Switches to a new device private key; boringtun clears the sessions.
@@ -255,12 +255,12 @@ fn new_tunn(
     public_key: Key,
     index: u32,
     keys: &NoiseKeys,
-    preshared_key: Option<[u8; 32]>,
+    preshared_key: Option<&PresharedKey>,
 ) -> Tunn {
     Tunn::new(
         keys.secret.clone(),
         x25519::PublicKey::from(*public_key.as_bytes()),
-        preshared_key,
+        preshared_key.map(|k| *k.expose_bytes()),
         // Persistent keepalive is ours (see `tick`), so it can change in place.
         None,
         index,

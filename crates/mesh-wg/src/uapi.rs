@@ -10,7 +10,7 @@ use nix::errno::Errno;
 
 use super::Error;
 use super::config::PeerStatus;
-use wg_key::{Key, PrivateKey};
+use wg_key::{Key, PresharedKey, PrivateKey};
 
 /// Everything a `get=1` reply shows.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub(crate) struct DeviceSnapshot {
 #[derive(Debug, Clone)]
 pub(crate) struct PeerSnapshot {
     pub(crate) status: PeerStatus,
-    pub(crate) preshared_key: Option<[u8; 32]>,
+    pub(crate) preshared_key: Option<PresharedKey>,
 }
 
 /// A parsed `set=1` request; applied in order by the device.
@@ -45,7 +45,7 @@ pub(crate) struct PeerUpdate {
     pub(crate) remove: bool,
     pub(crate) update_only: bool,
     /// `Some(None)` clears the preshared key (all-zero key on the wire).
-    pub(crate) preshared_key: Option<Option<[u8; 32]>>,
+    pub(crate) preshared_key: Option<Option<PresharedKey>>,
     pub(crate) endpoint: Option<SocketAddr>,
     /// `Some(0)` turns persistent keepalive off.
     pub(crate) persistent_keepalive: Option<u16>,
@@ -105,7 +105,7 @@ pub(crate) fn render_get(snapshot: &DeviceSnapshot) -> String {
         let s = &peer.status;
         let _ = writeln!(out, "public_key={}", hex::encode(s.public_key.as_bytes()));
         if let Some(psk) = &peer.preshared_key {
-            let _ = writeln!(out, "preshared_key={}", hex::encode(psk));
+            let _ = writeln!(out, "preshared_key={}", hex::encode(psk.expose_bytes()));
         }
         if let Some(endpoint) = s.endpoint {
             let _ = writeln!(out, "endpoint={endpoint}");
@@ -227,7 +227,7 @@ pub(crate) fn parse_set<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<
             }
             ("preshared_key", Some(p)) => {
                 let bytes = parse_key(key, value)?;
-                p.preshared_key = Some((bytes != [0; 32]).then_some(bytes));
+                p.preshared_key = Some((bytes != [0; 32]).then(|| PresharedKey::from_bytes(bytes)));
             }
             ("endpoint", Some(p)) => {
                 let addr: SocketAddr = value
@@ -330,7 +330,7 @@ mod tests {
                         tx_bytes: 0,
                         persistent_keepalive: None,
                     },
-                    preshared_key: Some([0x33; 32]),
+                    preshared_key: Some(PresharedKey::from_bytes([0x33; 32])),
                 },
             ],
         }

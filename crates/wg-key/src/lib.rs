@@ -53,6 +53,34 @@ impl fmt::Display for PrivateKey {
     }
 }
 
+/// A preshared key, WireGuard's optional symmetric key per peer. `Debug` prints `<redacted>`; the bytes are
+/// zeroed on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PresharedKey([u8; 32]);
+
+impl Drop for PresharedKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl PresharedKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw bytes. Only the UAPI `get` (root-only socket) and the noise layer read them.
+    pub fn expose_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PresharedKey(<redacted>)")
+    }
+}
+
 /// A Curve25519 public key: how WireGuard names a peer. `Display` is base64, as `wg` prints it and the API
 /// serves it; `Debug` is its first eight characters, for logs.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,6 +156,16 @@ mod tests {
         assert_eq!(format!("{key:?}"), "PrivateKey(<redacted>)");
         assert_eq!(format!("{key}"), "<redacted>");
         assert!(!format!("{key:?}").contains("ab"));
+    }
+
+    /// Nor does a preshared key, even inside a struct's derived Debug.
+    #[test]
+    fn preshared_key_is_redacted() {
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Holder(Option<PresharedKey>);
+        let shown = format!("{:?}", Holder(Some(PresharedKey::from_bytes([0xab; 32]))));
+        assert_eq!(shown, "Holder(Some(PresharedKey(<redacted>)))");
     }
 
     /// A key shows as base64 in full, as a short prefix in logs, and parses back from base64.

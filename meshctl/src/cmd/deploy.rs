@@ -18,24 +18,24 @@ pub(crate) struct Args {
     #[command(flatten)]
     signer: SignerOpts,
     /// The address of the dstack KMS root key that every member's proof must lead to.
-    #[arg(long, env = "KMS_ROOT")]
+    #[arg(long, env = "DSTACK_MESH_KMS_ROOT")]
     kms_root: Address,
     /// A dstack app id whose instances may join; repeat for several.
     #[arg(
         long = "app-id",
-        env = "APP_IDS",
+        env = "DSTACK_MESH_APP_IDS",
         value_delimiter = ',',
         required = true
     )]
     app_ids: Vec<Address>,
     /// The mesh prefix; seat N gets network + N.
-    #[arg(long, env = "MESH_CIDR", default_value = "10.0.1.0/24")]
+    #[arg(long, env = "DSTACK_MESH_PREFIX", default_value = "10.0.1.0/24")]
     prefix: Ipv4Network,
     /// The most seats that may be active at once.
-    #[arg(long, env = "MAX_NODES", default_value_t = 100)]
+    #[arg(long, env = "DSTACK_MESH_MAX_NODES", default_value_t = 100)]
     max_nodes: u64,
     /// The cluster owner; defaults to the signer.
-    #[arg(long, env = "CLUSTER_OWNER")]
+    #[arg(long, env = "DSTACK_MESH_CLUSTER_OWNER")]
     owner: Option<Address>,
 }
 
@@ -73,7 +73,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     out.emit(
         || {
             format!(
-                "deployed cluster {address}\n  owner      {owner}\n  kms root   {}\n  app ids    {}\n  prefix     {}\n  max nodes  {}\n\nexport CLUSTER_CONTRACT={address}\n",
+                "deployed cluster {address}\n  owner      {owner}\n  kms root   {}\n  app ids    {}\n  prefix     {}\n  max nodes  {}\n\nexport DSTACK_MESH_CONTRACT={address}\n",
                 args.kms_root,
                 args.app_ids.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
                 args.prefix,

@@ -11,7 +11,7 @@ use crate::output::Output;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The agent's API socket.
-    #[arg(long, env = "P2P_AGENT_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
+    #[arg(long, env = "DSTACK_MESH_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     api_socket: PathBuf,
     /// Show whole WireGuard keys and instance ids.
     #[arg(short, long)]

@@ -62,20 +62,37 @@ impl Meshctl<'_> {
 
     /// Like [`Meshctl::run`], through another RPC URL (a lying proxy, say).
     pub fn run_via(&self, rpc_url: &str, signer: Option<usize>, args: &[&str]) -> Run {
+        self.run_with(rpc_url, signer, args, &[])
+    }
+
+    /// Like [`Meshctl::run_via`], with the variables in `env` set (`Some`) or unset (`None`) last.
+    pub fn run_with(
+        &self,
+        rpc_url: &str,
+        signer: Option<usize>,
+        args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshctl"));
-        cmd.args(args)
-            .env("RPC_URL", rpc_url)
-            .env_remove("PRIVATE_KEY")
-            .env_remove("PRIVATE_KEY_FILE")
-            .env_remove("CLUSTER_CONTRACT");
+        cmd.args(args).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.env("DSTACK_MESH_RPC_URL", rpc_url);
         if let Some(c) = self.contract {
-            cmd.env("CLUSTER_CONTRACT", c.to_string());
+            cmd.env("DSTACK_MESH_CONTRACT", c.to_string());
         }
         if let Some(i) = signer {
             cmd.env(
-                "PRIVATE_KEY",
+                "DSTACK_MESH_PRIVATE_KEY",
                 alloy::hex::encode(self.anvil.keys()[i].to_bytes()),
             );
+        }
+        for (name, value) in env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
         }
         let out = cmd.output().expect("run meshctl");
         Run {

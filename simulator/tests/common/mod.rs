@@ -46,6 +46,8 @@ impl Sim {
             .arg(socket)
             .args(args)
             .env("RUST_LOG", "debug")
+            .env_remove("DSTACK_MESH_SIM_FIXTURE")
+            .env_remove("DSTACK_MESH_SIM_KMS_ROOT_KEY")
             .env_remove("DSTACK_SIM_FIXTURE")
             .env_remove("DSTACK_SIM_KMS_ROOT_KEY")
             .stdin(Stdio::null())
