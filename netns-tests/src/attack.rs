@@ -16,7 +16,7 @@ use p2p_agent::identity::NodeIdentity;
 use serde_json::Value;
 
 use crate::netns::{NetNs, in_netns};
-use crate::topology::{Cluster, account_key, rpc_url};
+use crate::prelude::{Cluster, account_key, rpc_url};
 
 /// The chain id of every test chain (anvil's).
 pub const CHAIN_ID: u64 = 31337;

@@ -1,25 +1,41 @@
-//! The shared test harness of dstack-mesh: what the crates' integration tests, and later the
-//! network-namespace scenarios and benchmarks, start and tear down.
+//! The shared test harness of dstack-mesh: what the integration tests, the network-namespace scenarios
+//! (`tests/`) and the benchmark (`mesh-bench`) start and tear down. A scenario imports [`prelude`].
 //!
-//! Layout:
-//! - [`api`]: the agent's real API server, serving a fixture snapshot.
-//! - [`attack`]: what the attacker does in the scenarios: sign with a CVM's keys, send `registerPeer`
-//!   directly, read the contract's events.
-//! - [`chain`]: a real anvil on a free loopback port, killed on drop.
-//! - [`netns`]: network namespaces, veth pairs, processes and WireGuard devices inside namespaces.
-//! - [`node`]: a simulated dstack instance served in-process, and the records it signs.
+//! The system in namespaces, each piece borrowing the one before, so teardown runs in order:
+//! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it.
+//! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
+//! - [`agent`]: the real `p2p-agent` daemon in a node's namespace.
+//! - [`ping`] and [`wait`]: reachability, and bounded waits; [`steps`]: a scenario's progress.
+//!
+//! Below them:
+//! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries.
+//! - [`netns`]: namespaces and veth pairs; [`wg`]: WireGuard devices in them (ours and `wireguard-go`).
+//! - [`perf`]: throughput and latency, for the benchmark.
+//!
+//! In-process pieces, for tests that need no namespace:
+//! - [`chain`]: a real anvil on a free loopback port; [`node`]: a simulated dstack instance.
+//! - [`api`]: the agent's real API server, serving a fixture snapshot; [`meshctl`]: the CLI against anvil.
 //! - [`rpc_proxy`]: a JSON-RPC proxy in front of anvil that tests make fail or lie.
-//! - [`topology`]: the whole system in namespaces: a LAN of nodes behind a bridge with anvil on it, a
-//!   cluster deployed there with one `dstack-simulator` per node, and the real `p2p-agent` daemon per node.
+//! - [`attack`]: what the attacker does in the scenarios.
 //! - [`unique_name`]: names unique per run, that fit an interface name.
 
+pub mod agent;
 pub mod api;
 pub mod attack;
 pub mod chain;
+pub mod cluster;
+pub mod lan;
+pub mod meshctl;
 pub mod netns;
 pub mod node;
+pub mod perf;
+pub mod ping;
+pub mod prelude;
+pub mod process;
 pub mod rpc_proxy;
-pub mod topology;
+pub mod steps;
+pub mod wait;
+pub mod wg;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -5,8 +5,6 @@
 //! namespace ([`RpcProxy::start_in`]), on its own thread, and stops when dropped.
 
 use std::convert::Infallible;
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -95,24 +93,18 @@ impl RpcProxy {
     /// # Panics
     /// When it cannot enter the namespace or bind.
     pub fn start_in(ns: &NetNs, upstream: &str) -> Self {
-        Self::spawn(
-            Some(PathBuf::from("/var/run/netns").join(&ns.name)),
-            upstream,
-        )
+        Self::spawn(Some(ns.name.clone()), upstream)
     }
 
-    fn spawn(netns: Option<PathBuf>, upstream: &str) -> Self {
+    fn spawn(netns: Option<String>, upstream: &str) -> Self {
         let rules = Arc::new(Mutex::new(Rules::default()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let upstream = upstream.to_owned();
         let shared = rules.clone();
         let thread = std::thread::spawn(move || {
-            if let Some(path) = netns {
-                let file =
-                    File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns into {}: {e}", path.display()));
+            if let Some(name) = netns {
+                crate::netns::enter(&name);
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

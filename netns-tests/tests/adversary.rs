@@ -27,8 +27,8 @@ use mesh_chain::record::PeerRecord;
 use netns_tests::attack::{
     CHAIN_ID, node_identity, on_chain, registration_logs, send_registration,
 };
+use netns_tests::prelude::*;
 use netns_tests::rpc_proxy::{Request, RpcProxy, logs_mut};
-use netns_tests::topology::*;
 use serde_json::Value;
 
 const NODES: usize = 4;

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 /// Four namespaces, three seats at first.
 const NODES: usize = 4;

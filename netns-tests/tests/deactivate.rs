@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 const NODES: usize = 3;
 

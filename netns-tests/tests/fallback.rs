@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use mesh_api::ConnectionKind;
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 const NODES: usize = 4;
 const GATEWAY: [&str; 4] = [

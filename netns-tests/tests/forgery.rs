@@ -34,8 +34,8 @@ use mesh_chain::record::{PeerRecord, SignedRegistration};
 use netns_tests::attack::{
     CHAIN_ID, current_registration, node_identity, on_chain, send_registration,
 };
-use netns_tests::netns::{WireguardGo, parse_dump, test_key};
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
+use netns_tests::wg::{WireguardGo, parse_dump, test_key};
 
 const NODES: usize = 4;
 const SEATS: usize = 3;
@@ -63,7 +63,7 @@ fn view(a: &Agent<'_>) -> NodeView {
 #[test]
 fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     require_mesh_prerequisites();
-    netns_tests::netns::require_root(&["wireguard-go"]);
+    netns_tests::process::require_root(&["wireguard-go"]);
     let steps = Steps::new("forgery");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, SEATS);

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 /// Four namespaces, but only three seats at first.
 const NODES: usize = 4;

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use mesh_api::ConnectionKind;
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 const NODES: usize = 3;
 /// The background ping during the rotation: 10 s at 50 ms, which the rotation (about 1 s) falls well within.
@@ -190,7 +190,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     drop(agents);
     drop(cluster);
     drop(lan);
-    let left = netns_tests::netns::run_ok(&["ip", "netns", "list"]);
+    let left = netns_tests::process::run_ok(&["ip", "netns", "list"]);
     for name in &ns_names {
         assert!(
             !left

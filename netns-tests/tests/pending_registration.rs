@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 /// As in `revoke`: removal must take well under this with the agents polling every 200 ms.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(15);

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 use serde_json::Value;
 
 const NODES: usize = 3;

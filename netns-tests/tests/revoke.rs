@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 const NODES: usize = 3;
 /// The agents poll the chain every 200 ms; removal everywhere must take well under this.

@@ -15,7 +15,7 @@
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 const NODES: usize = 4;
 /// 10 s at 50 ms: both changes (about 1 s each, concurrently) fall well within it.

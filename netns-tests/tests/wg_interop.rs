@@ -8,6 +8,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use netns_tests::netns::*;
+use netns_tests::ping::ping_counts;
+use netns_tests::process::*;
+use netns_tests::wg::*;
 
 /// wireguard-go initiates (B→A), then we initiate after its session exists (A→B); both sides
 /// report a handshake.
@@ -47,7 +50,7 @@ fn interoperates_with_wireguard_go() {
         Duration::from_secs(30),
     );
     assert_eq!(
-        ping_received(&out),
+        ping_counts(&out),
         (5, 5),
         "wireguard-go → ours: {}",
         String::from_utf8_lossy(&out.stdout)
@@ -57,7 +60,7 @@ fn interoperates_with_wireguard_go() {
         Duration::from_secs(30),
     );
     assert_eq!(
-        ping_received(&out),
+        ping_counts(&out),
         (5, 5),
         "ours → wireguard-go: {}",
         String::from_utf8_lossy(&out.stdout)

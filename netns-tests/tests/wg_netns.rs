@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use mesh_wg::{Error, PeerConfig};
 use netns_tests::netns::*;
+use netns_tests::ping::ping_counts;
+use netns_tests::process::*;
+use netns_tests::wait::wait_until;
+use netns_tests::wg::*;
 
 const A_OVERLAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const B_OVERLAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -53,7 +57,7 @@ fn pair_pings_updates_in_place_and_removes() {
         Duration::from_secs(30),
     );
     assert_eq!(
-        ping_received(&out),
+        ping_counts(&out),
         (5, 5),
         "ping over the overlay: {}",
         String::from_utf8_lossy(&out.stdout)
@@ -106,7 +110,7 @@ fn pair_pings_updates_in_place_and_removes() {
     ]);
     let out = ping.wait_output(Duration::from_secs(20));
     assert_eq!(
-        ping_received(&out),
+        ping_counts(&out),
         (100, 100),
         "loss during in-place update: {}",
         String::from_utf8_lossy(&out.stdout)
@@ -131,10 +135,12 @@ fn pair_pings_updates_in_place_and_removes() {
     );
     // B saw authenticated packets from A's new source address and roamed to it.
     let a_ep2 = sa(&format!("198.51.100.1:{}", dev_a.listen_port));
-    wait_for(
+    wait_until(
         "B to roam to A's new address",
         Duration::from_secs(5),
+        Duration::from_millis(50),
         || dev_b.peer(dev_a.public_key).endpoint == Some(a_ep2),
+        String::new,
     );
     let dump = ns_a.exec_ok(&["wg", "show", &dev_a.ifname, "dump"]);
     assert_eq!(parse_dump(&dump).1[0].keepalive, "3", "{dump}");
@@ -185,7 +191,7 @@ fn pair_pings_updates_in_place_and_removes() {
     ]);
     let out = ping.wait_output(Duration::from_secs(20));
     assert_eq!(
-        ping_received(&out),
+        ping_counts(&out),
         (40, 40),
         "loss across wg syncconf: {}",
         String::from_utf8_lossy(&out.stdout)
@@ -213,7 +219,7 @@ fn pair_pings_updates_in_place_and_removes() {
         "ping must fail after removing the peer"
     );
     assert_eq!(
-        ping_received(&out).1,
+        ping_counts(&out).1,
         0,
         "{}",
         String::from_utf8_lossy(&out.stdout)

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use netns_tests::topology::*;
+use netns_tests::prelude::*;
 
 const NODES: usize = 3;
 /// How old a handshake may be and still count as recent.

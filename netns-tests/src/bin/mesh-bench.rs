@@ -29,8 +29,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use mesh_api::{self, ConnectionKind, Peer};
 use mesh_chain::contract::DstackClusterNFT;
-use netns_tests::netns::{WireguardGo, in_netns, iperf3, ping_avg_ms, require_root, test_key};
-use netns_tests::topology::*;
+use netns_tests::netns::in_netns;
+use netns_tests::perf::{iperf3, ping_avg_ms};
+use netns_tests::prelude::*;
+use netns_tests::process::require_root;
+use netns_tests::wg::{WireguardGo, test_key};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]

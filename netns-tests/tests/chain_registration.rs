@@ -2,7 +2,7 @@
 //! once, keeps its key across restarts, rotates it by epoch, hands its record to a relay when it cannot pay,
 //! and refuses to send a proof the cluster would reject.
 //!
-//! Run: `cargo test -p p2p-agent --test registration` (anvil comes from `scripts/bootstrap`).
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test chain_registration` (anvil comes from `scripts/bootstrap`).
 
 use alloy::{
     network::TransactionBuilder,
@@ -91,7 +91,7 @@ async fn identity_prints_a_bind_consent_the_contract_accepts() {
     let c = deploy(&anvil, node.kms_root).await;
     let holder = anvil.addresses()[1];
     mint(&c, holder, "").await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2p-agent"))
+    let out = std::process::Command::new(netns_tests::process::workspace_bin("p2p-agent"))
         .env_clear()
         .args(["identity", "--dstack-endpoint"])
         .arg(&node.socket)

@@ -1,11 +1,9 @@
 //! meshctl against a real anvil: each command's effect on-chain, its --json shape, and its errors.
 //!
-//! Run: `cargo test -p meshctl` (anvil comes from `scripts/bootstrap`, or set ANVIL).
-
-mod common;
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test meshctl_cli` (anvil comes from `scripts/bootstrap`, or set ANVIL).
 
 use alloy::primitives::{Address, B256};
-use common::{Instance, Meshctl, anvil};
+use netns_tests::meshctl::{APP_ID, Instance, Meshctl, anvil};
 
 /// deploy → mint → bind → config → revoke, each visible on-chain through `config show`.
 #[test]
@@ -335,7 +333,7 @@ fn app_auth_check_judges_a_boot() {
     std::fs::write(
         &boot,
         serde_json::json!({
-            "appId": common::APP_ID, "composeHash": compose, "instanceId": "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a",
+            "appId": APP_ID, "composeHash": compose, "instanceId": "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a",
             "deviceId": "00", "mrAggregated": "", "mrSystem": "", "osImageHash": "", "tcbStatus": "UpToDate", "advisoryIds": []
         })
         .to_string(),
@@ -403,7 +401,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
                 "--kms-root",
                 "0x000000000000000000000000000000000000dEaD",
                 "--app-id",
-                common::APP_ID,
+                APP_ID,
             ],
         )
         .failed();

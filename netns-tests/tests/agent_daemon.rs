@@ -2,7 +2,7 @@
 //! it registers its gateway URL only, lists peers by gateway URL, and comes back from its state cache when
 //! the RPC is gone. The WireGuard mode is tested in namespaces (`netns-tests`).
 //!
-//! Run: `cargo test -p p2p-agent --test daemon`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test agent_daemon`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ fn start_tls_agent_with(
         .open(dir.join("agent.log"))
         .unwrap();
     AgentProcess(
-        Command::new(env!("CARGO_BIN_EXE_p2p-agent"))
+        Command::new(netns_tests::process::workspace_bin("p2p-agent"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env.iter().copied())
@@ -379,7 +379,7 @@ fn app_ids_without_a_kms_root_are_refused() {
         vec!["--app-id", "0x00112233445566778899aabbccddeeff00112233"],
         vec!["--kms-root", "0x00112233445566778899aabbccddeeff00112233"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_p2p-agent"))
+        let out = Command::new(netns_tests::process::workspace_bin("p2p-agent"))
             .env_clear()
             .args(["--contract", "0x0000000000000000000000000000000000000001"])
             .args(&args)

@@ -1,7 +1,5 @@
-//! meshctl's own part of the harness: the binary run against one chain with a chosen signer. Anvil and the
-//! simulated dstack instances come from the shared harness in `netns-tests`.
-
-#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+//! `meshctl` run against an in-process anvil ([`crate::chain`]) with a chosen signer and only
+//! `DSTACK_MESH_*` variables, for the CLI's tests that need no namespace.
 
 use std::process::Command;
 
@@ -9,8 +7,9 @@ use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::Address;
 use serde_json::Value;
 
-pub use netns_tests::chain::anvil;
-pub use netns_tests::node::{APP_ID, SimulatedInstance as Instance};
+pub use crate::chain::anvil;
+pub use crate::node::{APP_ID, SimulatedInstance as Instance};
+use crate::process::workspace_bin;
 
 /// The result of one meshctl run.
 pub struct Run {
@@ -73,7 +72,7 @@ impl Meshctl<'_> {
         args: &[&str],
         env: &[(&str, Option<&str>)],
     ) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshctl"));
+        let mut cmd = Command::new(workspace_bin("meshctl"));
         cmd.args(args).env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);

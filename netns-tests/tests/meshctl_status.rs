@@ -1,6 +1,6 @@
 //! `meshctl status` against the agent's real API server answering from a fixture.
 //!
-//! Run: `cargo test -p meshctl --test status`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test meshctl_status`.
 
 use std::process::Command;
 use std::time::SystemTime;
@@ -16,7 +16,7 @@ fn now() -> u64 {
 
 async fn meshctl(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        Command::new(netns_tests::process::workspace_bin("meshctl"))
             .args(args)
             .output()
             .unwrap()

@@ -2,7 +2,7 @@
 //! of every record, an RPC load per block that does not grow with the number of peers, and an RPC that
 //! lies: it replays old records, disagrees with the pins, or fails reads for a while.
 //!
-//! Run: `cargo test -p p2p-agent --test follow`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test chain_follow`.
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The local API over its unix socket: JSON shapes, the peer-change stream and the metrics.
 //!
-//! Run: `cargo test -p p2p-agent --test api`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test agent_api`.
 
 use std::time::Duration;
 

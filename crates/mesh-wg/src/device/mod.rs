@@ -1,0 +1,271 @@
+//! The userspace device: a TUN, a UDP socket and one boringtun `Tunn` per peer, driven by three
+//! tokio loops (TUN→UDP, UDP→TUN, timers; [`loops`]) over the state they share with the UAPI server and
+//! the API ([`shared`]).
+
+mod loops;
+mod shared;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519;
+use nix::errno::Errno;
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tracing::instrument;
+
+use super::allowed_ips::AllowedIps;
+use super::config::{DeviceConfig, PeerConfig, PeerStatus};
+use super::netlink::Netlink;
+use super::peer::NoiseKeys;
+use super::task::Task;
+use super::uapi::PeerUpdate;
+use super::{Error, uapi_server};
+use loops::{timer_loop, tun_loop, udp_loop};
+use shared::{Shared, State};
+use wg_key::Key;
+
+/// How often boringtun's timers run (it wants 100-250 ms).
+const TIMER_TICK: Duration = Duration::from_millis(100);
+/// UDP socket buffers; the kernel default (~208 KiB) caps throughput (NetBird #6021).
+const SOCKET_BUFFER_BYTES: usize = 7 << 20;
+/// Handshakes per second before cookies are demanded (boringtun device's value).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Largest IP packet plus WireGuard overhead, with room to spare.
+const BUF_LEN: usize = 65_536 + 256;
+
+/// A running userspace WireGuard interface.
+///
+/// Dropping it aborts every loop (the TUN then disappears when its file descriptor closes) and
+/// removes the UAPI socket; [`Device::shutdown`] does the same and waits for it.
+pub struct Device {
+    shared: Arc<Shared>,
+    netlink: Netlink,
+    link_index: u32,
+    uapi_path: PathBuf,
+    tasks: Vec<Task>,
+}
+
+impl Device {
+    /// Creates the TUN `config.ifname`, configures it over netlink (MTU, address and prefix
+    /// route, up), binds the UDP socket and the UAPI socket, and starts the loops. Must run
+    /// inside a tokio runtime; everything is created in the calling thread's network namespace.
+    ///
+    /// # Errors
+    /// [`Error::IfNameTooLong`]/[`Error::InvalidIfName`]/[`Error::InvalidConfig`] for a bad
+    /// config, [`Error::InterfaceExists`] when the name is taken, [`Error::TunUnavailable`]
+    /// without CAP_NET_ADMIN or `/dev/net/tun`, and [`Error::Netlink`], [`Error::Udp`],
+    /// [`Error::Uapi`] when a setup step fails (the TUN is removed again in that case).
+    #[instrument(skip_all, fields(ifname = %config.ifname))]
+    pub async fn create(config: DeviceConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let ifname = config.ifname.clone();
+        if !Path::new("/dev/net/tun").exists() {
+            return Err(Error::TunUnavailable {
+                ifname,
+                syscall: "stat /dev/net/tun",
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
+        let netlink = Netlink::open(&ifname)?;
+        if netlink.link_index(&ifname).await?.is_some() {
+            return Err(Error::InterfaceExists {
+                ifname,
+                what: "a link with this name exists in this network namespace",
+            });
+        }
+        let uapi_path = config.uapi_dir.join(format!("{ifname}.sock"));
+        let uapi = uapi_server::claim(&uapi_path, &ifname).await?;
+
+        // From here on, an early return drops `tun`, which deletes the interface again.
+        let tun = create_tun(&ifname)?;
+        let link_index = netlink
+            .link_index(&ifname)
+            .await?
+            .ok_or_else(|| Error::Tun {
+                ifname: ifname.clone(),
+                syscall: "RTM_GETLINK after TUNSETIFF",
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })?;
+        netlink
+            .configure(link_index, config.mtu, config.address, config.prefix_len)
+            .await?;
+        let udp = bind_udp(&ifname, config.listen_port, 0)?;
+        let listen_port = udp.local_addr().map(|a| a.port()).unwrap_or_default();
+
+        let secret = config.private_key.to_secret();
+        let public_key = x25519::PublicKey::from(&secret);
+        let keys = NoiseKeys {
+            rate_limiter: Arc::new(RateLimiter::new(&public_key, HANDSHAKE_RATE_LIMIT)),
+            secret,
+        };
+        let (udp_tx, _) = watch::channel(Arc::new(udp));
+        let shared = Arc::new(Shared {
+            ifname: ifname.clone(),
+            tun,
+            state: RwLock::new(State {
+                private_key: config.private_key.clone(),
+                public_key,
+                keys,
+                listen_port,
+                fwmark: 0,
+                peers: HashMap::new(),
+                by_index: HashMap::new(),
+                allowed_ips: AllowedIps::default(),
+                next_index: 1,
+            }),
+            udp: udp_tx,
+        });
+        let span = || tracing::info_span!("wg", ifname = %ifname);
+        let tasks = vec![
+            Task::spawn("tun-to-udp", span(), tun_loop(shared.clone())),
+            Task::spawn("udp-to-tun", span(), udp_loop(shared.clone())),
+            Task::spawn("timers", span(), timer_loop(shared.clone())),
+            Task::spawn("uapi", span(), uapi_server::serve(uapi, shared.clone())),
+        ];
+        tracing::info!(listen_port, address = %config.address, prefix_len = config.prefix_len, mtu = config.mtu, "device up");
+        Ok(Self {
+            shared,
+            netlink,
+            link_index,
+            uapi_path,
+            tasks,
+        })
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.shared.ifname
+    }
+
+    /// This device's public key.
+    pub fn public_key(&self) -> Key {
+        Key::from_bytes(self.shared.read().public_key.to_bytes())
+    }
+
+    /// The UDP port the device listens on (the kernel's pick when configured with 0).
+    pub fn listen_port(&self) -> u16 {
+        self.shared.read().listen_port
+    }
+
+    /// Path of the UAPI socket (`wg show <ifname>` talks to it).
+    pub fn uapi_path(&self) -> &Path {
+        &self.uapi_path
+    }
+
+    /// Adds the peer, or updates it in place: changing the endpoint, allowed IPs or keepalive
+    /// keeps a live session. (A different public key is a different peer.)
+    ///
+    /// # Errors
+    /// [`Error::PeerIsSelf`] for the device's own public key.
+    #[instrument(skip_all, fields(ifname = %self.shared.ifname, peer = ?peer.public_key))]
+    pub fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {
+        let update = PeerUpdate {
+            endpoint: peer.endpoint,
+            persistent_keepalive: Some(peer.persistent_keepalive.unwrap_or(0)),
+            replace_allowed_ips: true,
+            allowed_ips: peer.allowed_ips,
+            ..PeerUpdate::new(peer.public_key)
+        };
+        let mut st = self.shared.write();
+        if update.public_key == Key::from_bytes(st.public_key.to_bytes()) {
+            return Err(Error::PeerIsSelf {
+                peer: update.public_key,
+            });
+        }
+        st.upsert_peer(&update);
+        Ok(())
+    }
+
+    /// Removes the peer and its allowed IPs. Returns whether it existed.
+    #[instrument(skip_all, fields(ifname = %self.shared.ifname, peer = ?public_key))]
+    pub fn remove_peer(&self, public_key: &Key) -> bool {
+        self.shared.write().remove_peer(public_key)
+    }
+
+    /// Status of every peer, ordered by public key.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.shared
+            .peer_snapshots()
+            .into_iter()
+            .map(|p| p.status)
+            .collect()
+    }
+
+    /// Stops every loop, deletes the interface and removes the UAPI socket.
+    ///
+    /// # Errors
+    /// [`Error::Netlink`] if deleting the link failed for another reason than it being gone.
+    #[instrument(skip_all, fields(ifname = %self.shared.ifname))]
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        for task in std::mem::take(&mut self.tasks) {
+            task.stop().await;
+        }
+        // Deleting the link while we still hold the TUN fd is fine; closing the fd (when `self`
+        // drops) would delete the non-persistent TUN as well.
+        // The UAPI task is stopped, so its socket is gone.
+        let result = self.netlink.delete_link(self.link_index).await;
+        tracing::info!("device down");
+        result
+    }
+}
+
+fn create_tun(ifname: &str) -> Result<tun_rs::AsyncDevice, Error> {
+    tun_rs::DeviceBuilder::new()
+        .name(ifname)
+        // MTU, address and link state go through netlink, not tun-rs's ioctls.
+        .inherit_enable_state()
+        .build_async()
+        .map_err(|source| match source.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EPERM | Errno::EACCES | Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => {
+                Error::TunUnavailable {
+                    ifname: ifname.to_owned(),
+                    syscall: "open /dev/net/tun + ioctl TUNSETIFF",
+                    source,
+                }
+            }
+            Some(Errno::EBUSY | Errno::EEXIST) => Error::InterfaceExists {
+                ifname: ifname.to_owned(),
+                what: "TUNSETIFF says the device is busy",
+            },
+            _ => Error::Tun {
+                ifname: ifname.to_owned(),
+                syscall: "ioctl TUNSETIFF",
+                source,
+            },
+        })
+}
+
+fn bind_udp(ifname: &str, port: u16, fwmark: u32) -> Result<UdpSocket, Error> {
+    let err = |syscall: &'static str| {
+        move |source: io::Error| Error::Udp {
+            ifname: ifname.to_owned(),
+            port,
+            syscall,
+            source,
+        }
+    };
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(err("bind"))?;
+    sock.set_nonblocking(true)
+        .map_err(err("fcntl O_NONBLOCK"))?;
+    // The *Force variants pass rmem_max/wmem_max (needs CAP_NET_ADMIN); fall back to the capped ones.
+    if setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER_BYTES).is_err() {
+        setsockopt(&sock, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES)
+            .map_err(|e| err("setsockopt SO_RCVBUF")(e.into()))?;
+    }
+    if setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER_BYTES).is_err() {
+        setsockopt(&sock, sockopt::SndBuf, &SOCKET_BUFFER_BYTES)
+            .map_err(|e| err("setsockopt SO_SNDBUF")(e.into()))?;
+    }
+    if fwmark != 0 {
+        setsockopt(&sock, sockopt::Mark, &fwmark)
+            .map_err(|e| err("setsockopt SO_MARK")(e.into()))?;
+    }
+    UdpSocket::from_std(sock).map_err(err("register with tokio"))
+}

@@ -1,0 +1,340 @@
+//! What the loops, the UAPI server and the API share: the peers, their keys and allowed IPs, and the UDP
+//! socket; and the decisions made on it: which peer a packet is for, what a datagram is, and how a UAPI
+//! `set` changes the peers.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, TunnResult};
+use boringtun::x25519;
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use super::loops::send;
+use super::{HANDSHAKE_RATE_LIMIT, bind_udp};
+use crate::allowed_ips::AllowedIps;
+use crate::peer::{NoiseKeys, Peer};
+use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
+use crate::{Error, uapi_server};
+use wg_key::{Key, PrivateKey};
+
+/// State shared by the loops, the UAPI server and the API.
+pub(crate) struct Shared {
+    pub(crate) ifname: String,
+    pub(super) tun: tun_rs::AsyncDevice,
+    pub(super) state: RwLock<State>,
+    /// The current UDP socket; replaced when the listen port changes.
+    pub(super) udp: watch::Sender<Arc<UdpSocket>>,
+}
+
+pub(super) struct State {
+    pub(super) private_key: PrivateKey,
+    pub(super) public_key: x25519::PublicKey,
+    pub(super) keys: NoiseKeys,
+    pub(super) listen_port: u16,
+    pub(super) fwmark: u32,
+    pub(super) peers: HashMap<Key, Arc<Peer>>,
+    pub(super) by_index: HashMap<u32, Arc<Peer>>,
+    pub(super) allowed_ips: AllowedIps<Key>,
+    pub(super) next_index: u32,
+}
+
+pub(super) enum Route {
+    Peer(Arc<Peer>),
+    Reply(Vec<u8>),
+    Drop,
+}
+
+impl uapi_server::Uapi for Shared {
+    fn get(&self) -> String {
+        crate::uapi::render_get(&self.snapshot())
+    }
+
+    fn set(&self, request: SetRequest) -> Result<(), Error> {
+        self.apply_set(request)
+    }
+}
+
+impl Shared {
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn socket(&self) -> Arc<UdpSocket> {
+        self.udp.borrow().clone()
+    }
+
+    pub(super) fn peer_for(&self, dst: Ipv4Addr) -> Option<Arc<Peer>> {
+        let st = self.read();
+        let key = st.allowed_ips.lookup(dst)?;
+        st.peers.get(key).cloned()
+    }
+
+    pub(super) fn route_datagram(&self, datagram: &[u8], from: SocketAddr) -> Route {
+        let st = self.read();
+        let mut cookie = [0u8; 64];
+        let packet =
+            match st
+                .keys
+                .rate_limiter
+                .verify_packet(Some(from.ip()), datagram, &mut cookie)
+            {
+                Ok(packet) => packet,
+                Err(TunnResult::WriteToNetwork(reply)) => return Route::Reply(reply.to_vec()),
+                Err(_) => return Route::Drop,
+            };
+        let peer = match packet {
+            Packet::HandshakeInit(init) => {
+                match parse_handshake_anon(&st.keys.secret, &st.public_key, &init) {
+                    Ok(half) => st.peers.get(&Key::from_bytes(half.peer_static_public)),
+                    Err(err) => {
+                        tracing::debug!(%from, error = ?err, "handshake initiation not for us");
+                        None
+                    }
+                }
+            }
+            Packet::HandshakeResponse(p) => st.by_index.get(&(p.receiver_idx >> 8)),
+            Packet::PacketCookieReply(p) => st.by_index.get(&(p.receiver_idx >> 8)),
+            Packet::PacketData(p) => st.by_index.get(&(p.receiver_idx >> 8)),
+        };
+        match peer {
+            Some(peer) => Route::Peer(peer.clone()),
+            None => {
+                tracing::trace!(%from, "datagram for no known peer");
+                Route::Drop
+            }
+        }
+    }
+
+    /// Cryptokey routing check on receive: the inner source must be one of the peer's IPs.
+    pub(super) fn source_allowed(&self, peer: &Peer, src: Ipv4Addr) -> bool {
+        self.read().allowed_ips.lookup(src) == Some(&peer.public_key)
+    }
+
+    pub(super) async fn handle_datagram(
+        &self,
+        sock: &UdpSocket,
+        datagram: &[u8],
+        from: SocketAddr,
+        dst: &mut [u8],
+    ) {
+        let peer = match self.route_datagram(datagram, from) {
+            Route::Peer(peer) => peer,
+            Route::Reply(cookie) => {
+                send(sock, &cookie, from).await;
+                return;
+            }
+            Route::Drop => return,
+        };
+        match peer.decapsulate(from, datagram, dst) {
+            TunnResult::WriteToNetwork(out) => {
+                send(sock, out, from).await;
+                // Packets queued behind the handshake go out now.
+                loop {
+                    match peer.flush_queued(dst) {
+                        (Some(to), TunnResult::WriteToNetwork(out)) => send(sock, out, to).await,
+                        (None, TunnResult::WriteToNetwork(_)) => continue,
+                        _ => break,
+                    }
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                if self.source_allowed(&peer, src) {
+                    // A failed TUN write loses one packet (as a full queue would); not fatal.
+                    if let Err(err) = self.tun.send(packet).await {
+                        tracing::debug!(error = %err, "TUN write failed");
+                    }
+                } else {
+                    tracing::debug!(peer = ?peer.public_key, %src, "inner source not in the peer's allowed IPs; dropped");
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                tracing::trace!(peer = ?peer.public_key, "IPv6 inner packet dropped (IPv4-only overlay)");
+            }
+            TunnResult::Done => {}
+            TunnResult::Err(err) => {
+                tracing::debug!(peer = ?peer.public_key, %from, error = ?err, "datagram rejected");
+            }
+        }
+    }
+
+    pub(crate) fn peer_snapshots(&self) -> Vec<PeerSnapshot> {
+        let st = self.read();
+        let mut out: Vec<PeerSnapshot> = st
+            .peers
+            .values()
+            .map(|peer| PeerSnapshot {
+                status: peer.status(st.allowed_ips.prefixes_of(&peer.public_key)),
+                preshared_key: peer.preshared_key(),
+            })
+            .collect();
+        out.sort_by_key(|p| p.status.public_key);
+        out
+    }
+
+    /// What `get=1` shows.
+    pub(crate) fn snapshot(&self) -> DeviceSnapshot {
+        let peers = self.peer_snapshots();
+        let st = self.read();
+        DeviceSnapshot {
+            private_key: st.private_key.clone(),
+            listen_port: st.listen_port,
+            fwmark: st.fwmark,
+            peers,
+        }
+    }
+
+    /// Applies a parsed `set=1` request in order, in place: peers that are not removed keep
+    /// their sessions.
+    pub(crate) fn apply_set(&self, req: SetRequest) -> Result<(), Error> {
+        let mut st = self.write();
+        if let Some(private_key) = req.private_key
+            && private_key != st.private_key
+        {
+            st.set_private_key(private_key);
+        }
+        if let Some(mark) = req.fwmark
+            && mark != st.fwmark
+        {
+            let sock = self.socket();
+            setsockopt(&*sock, sockopt::Mark, &mark).map_err(|e| Error::Udp {
+                ifname: self.ifname.clone(),
+                port: st.listen_port,
+                syscall: "setsockopt SO_MARK",
+                source: e.into(),
+            })?;
+            st.fwmark = mark;
+        }
+        if let Some(port) = req.listen_port
+            && (port != st.listen_port || port == 0)
+        {
+            let sock = bind_udp(&self.ifname, port, st.fwmark)?;
+            st.listen_port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
+            tracing::info!(listen_port = st.listen_port, "rebound UDP socket");
+            self.udp.send_replace(Arc::new(sock));
+        }
+        let own = Key::from_bytes(st.public_key.to_bytes());
+        if req.replace_peers {
+            let keep: HashSet<Key> = req
+                .peers
+                .iter()
+                .filter(|p| !p.remove)
+                .map(|p| p.public_key)
+                .collect();
+            let gone: Vec<Key> = st
+                .peers
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .copied()
+                .collect();
+            for key in gone {
+                st.remove_peer(&key);
+            }
+        }
+        for mut update in req.peers {
+            if update.public_key == own {
+                // The kernel ignores a peer with the interface's own key; so do we.
+                continue;
+            }
+            if req.replace_peers && !update.remove && st.peers.contains_key(&update.public_key) {
+                // A full re-declaration (`wg setconf`): unspecified attributes get their
+                // defaults, as after a fresh add, but the session stays.
+                update.persistent_keepalive.get_or_insert(0);
+                update.preshared_key.get_or_insert(None);
+                update.replace_allowed_ips = true;
+            }
+            st.upsert_peer(&update);
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    pub(super) fn set_private_key(&mut self, private_key: PrivateKey) {
+        let secret = private_key.to_secret();
+        self.public_key = x25519::PublicKey::from(&secret);
+        self.keys = NoiseKeys {
+            rate_limiter: Arc::new(RateLimiter::new(&self.public_key, HANDSHAKE_RATE_LIMIT)),
+            secret,
+        };
+        self.private_key = private_key;
+        for peer in self.peers.values() {
+            peer.set_static_private(&self.keys);
+        }
+        let own = Key::from_bytes(self.public_key.to_bytes());
+        self.remove_peer(&own);
+        tracing::info!(public_key = ?own, "private key changed; sessions cleared");
+    }
+
+    pub(super) fn allocate_index(&mut self) -> u32 {
+        loop {
+            // boringtun shifts the index left by 8 bits, so it must fit in 24.
+            let index = self.next_index & 0x00ff_ffff;
+            self.next_index = self.next_index.wrapping_add(1);
+            if index != 0 && !self.by_index.contains_key(&index) {
+                return index;
+            }
+        }
+    }
+
+    pub(super) fn upsert_peer(&mut self, update: &PeerUpdate) {
+        let key = update.public_key;
+        if update.remove {
+            self.remove_peer(&key);
+            return;
+        }
+        let peer = match self.peers.get(&key) {
+            Some(peer) => peer.clone(),
+            None if update.update_only => return,
+            None => {
+                let index = self.allocate_index();
+                let psk = update.preshared_key.clone().flatten();
+                let peer = Arc::new(Peer::new(key, index, &self.keys, psk));
+                self.peers.insert(key, peer.clone());
+                self.by_index.insert(index, peer.clone());
+                tracing::info!(peer = ?peer.public_key, "peer added");
+                peer
+            }
+        };
+        if let Some(endpoint) = update.endpoint {
+            peer.set_endpoint(endpoint);
+        }
+        if let Some(psk) = update.preshared_key.clone()
+            && peer.set_preshared_key(psk, &self.keys)
+        {
+            tracing::info!(peer = ?peer.public_key, "preshared key changed; session restarts");
+        }
+        if update.replace_allowed_ips {
+            self.allowed_ips.remove_value(&key);
+        }
+        for net in &update.allowed_ips {
+            if let Some(prev) = self.allowed_ips.insert(*net, key)
+                && prev != key
+            {
+                tracing::info!(%net, from = ?prev, to = ?peer.public_key, "allowed IP moved");
+            }
+        }
+        if let Some(keepalive) = update.persistent_keepalive {
+            peer.set_keepalive(keepalive);
+        }
+        tracing::debug!(peer = ?peer.public_key, endpoint = ?update.endpoint, "peer updated");
+    }
+
+    pub(super) fn remove_peer(&mut self, key: &Key) -> bool {
+        let Some(peer) = self.peers.remove(key) else {
+            return false;
+        };
+        self.by_index.remove(&peer.index);
+        self.allowed_ips.remove_value(key);
+        tracing::info!(peer = ?peer.public_key, "peer removed");
+        true
+    }
+}

@@ -1,0 +1,551 @@
+//! The real `p2p-agent` daemon in a node's namespace ([`Agent`]), started with the harness's flags and read
+//! back through `meshctl status`, `wg show` and its log.
+//!
+//! The agent, `meshctl` and the simulator are the workspace's own binaries in `target/debug` (or
+//! `target/release` for the release benchmark), which `cargo test -p netns-tests` does not build: build them
+//! first with `cargo build -p p2p-agent -p meshctl -p dstack-simulator`.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh_api::{ConnectionKind, Peer, Status};
+use mesh_wg::Key;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::cluster::{CMD_TIMEOUT, Cluster, account_key, write_secret};
+use crate::lan::{WG_PORT, lan_ip, rpc_url};
+use crate::netns::NetNs;
+use crate::process::{ChildGuard, clean_env, run_command_timeout, tail, text, workspace_bin};
+use crate::wait::wait_until;
+use crate::wg::{DumpPeer, parse_dump};
+
+/// The log targets of the agent's own crates, as they appear after a level and any span prefix.
+const OWN_TARGETS: [&str; 6] = [
+    " p2p_agent::",
+    " mesh_chain::",
+    " mesh_wg::",
+    " mesh_api::",
+    " dstack_guest::",
+    " unix_socket::",
+];
+
+/// When set to a directory, every [`Agent`]'s log is copied there when it is dropped.
+pub const KEEP_LOGS: &str = "DSTACK_MESH_TEST_LOGS";
+
+/// How long an agent may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where an [`Agent`]'s WireGuard listens and what it registers as its endpoint; change it between
+/// [`Agent::stop`] and [`Agent::restart`] to move a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// `--mode`: `wireguard`, or `tls` (no interface; peers by gateway URL).
+    pub mode: &'static str,
+    pub listen_port: u16,
+    /// `None`: the node registers no endpoint (say, behind a NAT it cannot see out of).
+    pub endpoint: Option<SocketAddrV4>,
+    /// The RPC the agent follows: anvil's [`rpc_url`], or a proxy in front of it.
+    pub rpc_url: String,
+}
+
+impl AgentConfig {
+    /// Node `i` on the LAN: [`WG_PORT`], and its LAN address as endpoint.
+    pub fn lan(i: usize) -> Self {
+        Self {
+            mode: "wireguard",
+            listen_port: WG_PORT,
+            endpoint: Some(SocketAddrV4::new(lan_ip(i), WG_PORT)),
+            rpc_url: rpc_url(),
+        }
+    }
+
+    /// A `--mode tls` node: no interface and no endpoint (give it a gateway URL with extra flags).
+    pub fn tls() -> Self {
+        Self {
+            mode: "tls",
+            listen_port: WG_PORT,
+            endpoint: None,
+            rpc_url: rpc_url(),
+        }
+    }
+}
+
+/// The real `p2p-agent` daemon (`--mode wireguard` unless its [`AgentConfig`] says otherwise) for node `i`, in node i's namespace, with its own
+/// interface, state dir, API socket, tx key (anvil account i) and log (stdout and stderr).
+///
+/// Dropping it stops the daemon (SIGTERM, then SIGKILL by PID) and removes a UAPI socket left behind.
+pub struct Agent<'a> {
+    pub cluster: &'a Cluster<'a>,
+    /// The node (1-based).
+    pub index: usize,
+    pub ifname: String,
+    pub api_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    /// Used by the next start; [`Agent::restart`] picks up changes.
+    pub config: AgentConfig,
+    tx_key: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    started: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> Agent<'a> {
+    /// Starts node `i`'s agent with the standard flags plus `extra`.
+    pub fn start(cluster: &'a Cluster<'a>, i: usize, extra: &[&str]) -> Self {
+        Self::start_with(cluster, i, AgentConfig::lan(i), extra)
+    }
+
+    /// Starts node `i`'s agent with `config` instead of its LAN defaults, plus `extra` flags.
+    pub fn start_with(
+        cluster: &'a Cluster<'a>,
+        i: usize,
+        config: AgentConfig,
+        extra: &[&str],
+    ) -> Self {
+        assert!((1..=cluster.sims.len()).contains(&i), "no node {i}");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dm-agent{i}-"))
+            .tempdir()
+            .expect("temp dir");
+        let tx_key = dir.path().join("tx.key");
+        write_secret(&tx_key, &account_key(i));
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).expect("state dir");
+        let mut agent = Self {
+            cluster,
+            index: i,
+            ifname: crate::unique_name(&format!("dm{i}")),
+            api_socket: dir.path().join("api.sock"),
+            state_dir,
+            log: dir.path().join("agent.log"),
+            config,
+            tx_key,
+            extra: Vec::new(),
+            child: None,
+            started: Instant::now(),
+            _dir: dir,
+        };
+        agent.spawn(extra);
+        agent
+    }
+
+    pub fn ns(&self) -> &'a NetNs {
+        self.cluster.lan.node(self.index)
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        assert!(
+            self.child.is_none(),
+            "agent {} is already running",
+            self.index
+        );
+        let bin = workspace_bin("p2p-agent");
+        self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let sim = &self.cluster.sims[self.index - 1];
+        let mut cmd = self.ns().command(&[bin.to_str().expect("utf-8 path")]);
+        clean_env(&mut cmd)
+            .args([
+                "--mode",
+                self.config.mode,
+                "--contract",
+                &self.cluster.contract,
+            ])
+            .args(["--rpc-url", &self.config.rpc_url, "--dstack-endpoint"])
+            .arg(&sim.socket)
+            .args(["--interface", &self.ifname])
+            .args(["--listen-port", &self.config.listen_port.to_string()])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .arg("--tx-key-file")
+            .arg(&self.tx_key)
+            .args(["--poll-interval-ms", "200"])
+            .args(extra);
+        if let Some(endpoint) = self.config.endpoint {
+            cmd.args(["--endpoint", &endpoint.to_string()]);
+        }
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let _ = writeln!(
+            log,
+            "=== test: starting agent {} with {:?} and extra flags {extra:?}",
+            self.index, self.config
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start {} in {}: {e}", bin.display(), self.ns().name)
+        }));
+        self.started = Instant::now();
+    }
+
+    /// The last few KB of this agent's log, for failure messages.
+    pub fn tail(&self) -> String {
+        format!(
+            "--- agent {} ({}, {}) log tail ---\n{}",
+            self.index,
+            self.ifname,
+            self.ns().name,
+            tail(&self.log, 6000)
+        )
+    }
+
+    /// The agent's own WARN lines and every ERROR line of its log (every run of it so far). boringtun's
+    /// warnings are left out: it warns of every handshake retransmission, which a mesh starting up has.
+    pub fn warnings(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            // The agent's own targets, after any span prefix (` WARN register{…}: mesh_chain::…`).
+            .filter(|l| {
+                (l.contains(" WARN ") && OWN_TARGETS.iter().any(|t| l.contains(t)))
+                    || l.contains(" ERROR ")
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Panics (with the log tail) if the daemon has exited.
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("agent was started");
+        if let Ok(Some(status)) = child.try_wait() {
+            self.child = None;
+            panic!(
+                "agent {} exited unexpectedly with {status}\n{}",
+                self.index,
+                self.tail()
+            );
+        }
+    }
+
+    /// `p2p-agent wait` against this agent's API; panics with the log tail unless it exits 0.
+    pub fn wait_ready(&mut self, timeout_secs: u64) -> Duration {
+        let t = Instant::now();
+        let bin = workspace_bin("p2p-agent");
+        let mut cmd = self
+            .ns()
+            .command(&[bin.to_str().expect("utf-8 path"), "wait"]);
+        clean_env(&mut cmd)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .args(["--timeout-secs", &timeout_secs.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = format!("p2p-agent wait (node {})", self.index);
+        let mut waiter = ChildGuard::new(
+            what.clone(),
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {what}: {e}")),
+        );
+        // `wait` prints a line or two, so its pipes cannot fill; if the daemon dies meanwhile, say so at once
+        // rather than after the timeout (dropping the waiter stops it).
+        let deadline = Instant::now() + Duration::from_secs(timeout_secs + 15);
+        loop {
+            self.assert_running();
+            if waiter.has_exited() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not exit within {timeout_secs} s + 15 s\n{}",
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = waiter.wait_output(Duration::from_secs(5));
+        if !out.status.success() {
+            let status = self
+                .try_status()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| e);
+            panic!(
+                "{what} did not succeed within {timeout_secs}s: {}\nstatus: {status}\n{}",
+                text(&out),
+                self.tail()
+            );
+        }
+        self.assert_running();
+        t.elapsed()
+    }
+
+    /// `meshctl status --json` as raw JSON, or why it failed.
+    pub fn try_status(&self) -> Result<Value, String> {
+        let bin = workspace_bin("meshctl");
+        let mut cmd = self
+            .ns()
+            .command(&[bin.to_str().expect("utf-8 path"), "status", "--json"]);
+        clean_env(&mut cmd)
+            .arg("--api-socket")
+            .arg(&self.api_socket);
+        let out = run_command_timeout(cmd, "meshctl status", CMD_TIMEOUT);
+        if !out.status.success() {
+            return Err(format!(
+                "meshctl status (node {}): {}",
+                self.index,
+                text(&out)
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("meshctl status printed no JSON ({e}): {}", text(&out)))
+    }
+
+    /// `meshctl status --json`, typed: this node's status and its peers.
+    pub fn status(&self) -> (Status, Vec<Peer>) {
+        let v = self
+            .try_status()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.tail()));
+        let status = serde_json::from_value(v["status"].clone())
+            .unwrap_or_else(|e| panic!("meshctl status: unexpected status ({e}): {v}"));
+        let peers = serde_json::from_value(v["peers"].clone())
+            .unwrap_or_else(|e| panic!("meshctl status: unexpected peers ({e}): {v}"));
+        (status, peers)
+    }
+
+    /// This node's peer `token` as its agent reports it.
+    pub fn peer(&self, token: u64) -> Option<Peer> {
+        self.status().1.into_iter().find(|p| p.token_id == token)
+    }
+
+    /// Whether this node reports seat `token` over WireGuard, healthy, with `key` (false too when
+    /// `meshctl status` fails).
+    pub fn sees_healthy(&self, token: u64, key: &Key) -> bool {
+        self.try_status().is_ok()
+            && self.peer(token).is_some_and(|p| {
+                p.connection == ConnectionKind::Wireguard
+                    && p.healthy
+                    && p.wg_public_key.as_ref() == Some(key)
+            })
+    }
+
+    /// This node's WireGuard public key as its agent reports it.
+    pub fn key(&self) -> Key {
+        self.status().0.node.wg_public_key.unwrap_or_else(|| {
+            panic!(
+                "node {} reports no WireGuard key\n{}",
+                self.index,
+                self.tail()
+            )
+        })
+    }
+
+    /// The peer keys configured on this node's interface, read with `wg show dump` through its UAPI.
+    pub fn wg_peer_keys(&self) -> std::collections::BTreeSet<Key> {
+        self.wg_dump().1.into_iter().map(|p| p.public_key).collect()
+    }
+
+    /// Whether this node reports every other agent of `agents` healthy over WireGuard with its key in
+    /// `keys` (`keys[j - 1]` is node j's), with one `meshctl status`.
+    pub fn sees_all_healthy(&self, agents: &[Agent<'_>], keys: &[Key]) -> bool {
+        let Ok(v) = self.try_status() else {
+            return false;
+        };
+        let Ok(peers) = serde_json::from_value::<Vec<Peer>>(v["peers"].clone()) else {
+            return false;
+        };
+        agents.iter().filter(|b| b.index != self.index).all(|b| {
+            peers.iter().any(|p| {
+                p.token_id == b.index as u64
+                    && p.connection == ConnectionKind::Wireguard
+                    && p.healthy
+                    && p.wg_public_key == Some(keys[b.index - 1])
+            })
+        })
+    }
+
+    /// The daemon's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `wg show <ifname> dump` in the node's namespace (through the agent's UAPI socket), raw.
+    pub fn wg_dump_text(&self) -> String {
+        self.ns().exec_ok(&["wg", "show", &self.ifname, "dump"])
+    }
+
+    /// `wg show <ifname> dump`, parsed: the interface fields, then one entry per peer.
+    pub fn wg_dump(&self) -> (Vec<String>, Vec<DumpPeer>) {
+        parse_dump(&self.wg_dump_text())
+    }
+
+    /// Stops the daemon with SIGTERM and requires a clean exit (status 0 within a bounded time, the
+    /// interface and its UAPI socket gone); returns how long it took.
+    pub fn stop(&mut self) -> Duration {
+        let t = Instant::now();
+        let status = self.terminate();
+        let status = match status {
+            Ok(s) => s,
+            Err(()) => panic!(
+                "agent {} did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed)\n{}",
+                self.index,
+                self.tail()
+            ),
+        };
+        assert!(
+            status.success(),
+            "agent {} exited with {status} on SIGTERM\n{}",
+            self.index,
+            self.tail()
+        );
+        let links = self.ns().ip(&["link", "show"]);
+        assert!(
+            !links.contains(&self.ifname),
+            "agent {} left its interface {} behind: {links}\n{}",
+            self.index,
+            self.ifname,
+            self.tail()
+        );
+        let sock = self.uapi_socket();
+        assert!(
+            !sock.exists(),
+            "agent {} left its UAPI socket {} behind\n{}",
+            self.index,
+            sock.display(),
+            self.tail()
+        );
+        t.elapsed()
+    }
+
+    /// Stops the daemon (see [`Agent::stop`]) and starts it again with its [`Agent::config`] (which may have
+    /// changed) and the standard flags plus `extra`.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.stop();
+        self.spawn(extra);
+    }
+
+    /// The flags the daemon was last started with beyond the standard ones.
+    pub fn extra_flags(&self) -> &[String] {
+        &self.extra
+    }
+
+    /// How long the current daemon process has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn uapi_socket(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/wireguard/{}.sock", self.ifname))
+    }
+
+    /// SIGTERM, then a bounded wait; SIGKILL by PID if it does not exit (then `Err`).
+    fn terminate(&mut self) -> Result<ExitStatus, ()> {
+        let Some(mut child) = self.child.take() else {
+            panic!("agent {} is not running", self.index);
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(status);
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(())
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+        // To read the daemons' logs after a run: DSTACK_MESH_TEST_LOGS=<dir>.
+        if let Some(dir) = std::env::var_os(KEEP_LOGS) {
+            let to = Path::new(&dir).join(format!("agent{}-{}.log", self.index, self.ifname));
+            if let Err(e) =
+                std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(&self.log, &to))
+            {
+                eprintln!("warning: could not keep {}: {e}", self.log.display());
+            }
+        }
+        // A crashed or killed daemon leaves its UAPI socket in the shared directory; the name is ours.
+        let _ = std::fs::remove_file(self.uapi_socket());
+    }
+}
+
+/// Starts the agents of `nodes` (standard flags) and waits (bounded, 60 s each) until each is ready.
+pub fn start_agents<'a>(
+    cluster: &'a Cluster<'a>,
+    nodes: impl IntoIterator<Item = usize>,
+) -> Vec<Agent<'a>> {
+    let mut agents: Vec<Agent<'a>> = nodes
+        .into_iter()
+        .map(|i| Agent::start(cluster, i, &[]))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(60);
+    }
+    agents
+}
+
+/// Every agent's log tail, for failure messages.
+pub fn tails(agents: &[Agent<'_>]) -> String {
+    agents
+        .iter()
+        .map(Agent::tail)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every agent's `meshctl status --json` (or why it failed), for failure messages.
+pub fn statuses(agents: &[Agent<'_>]) -> String {
+    agents
+        .iter()
+        .map(|a| {
+            let s = a.try_status().map(|v| v.to_string()).unwrap_or_else(|e| e);
+            format!("--- meshctl status, node {} ---\n{s}", a.index)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits (60 s) until every agent reports every other one healthy over WireGuard with the key in `keys`
+/// (`keys[j - 1]` is node j's).
+pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[Key]) {
+    wait_until(
+        &format!(
+            "nodes {:?} to report each other healthy over WireGuard",
+            agents.iter().map(|a| a.index).collect::<Vec<_>>()
+        ),
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || agents.iter().all(|a| a.sees_all_healthy(agents, keys)),
+        || format!("{}\n{}", statuses(agents), tails(agents)),
+    );
+}
+
+/// Panics listing them if any agent logged a warning or an error (see [`Agent::warnings`]): a clean run
+/// has nothing to warn about.
+pub fn assert_no_warnings(agents: &[Agent<'_>]) {
+    let warnings: Vec<String> = agents
+        .iter()
+        .flat_map(|a| {
+            a.warnings()
+                .into_iter()
+                .map(move |w| format!("agent {}: {w}", a.index))
+        })
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "the agents logged warnings or errors:\n{}",
+        warnings.join("\n")
+    );
+}

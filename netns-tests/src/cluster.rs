@@ -1,0 +1,299 @@
+//! A cluster deployed on a [`Lan`]'s chain, with one `dstack-simulator` per node ([`Cluster`]), and the
+//! accounts that own it and hold its seats. `meshctl` runs in the switch namespace, with `DSTACK_MESH_*`
+//! variables only.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use alloy::signers::local::PrivateKeySigner;
+use mesh_wg::Key;
+use serde_json::Value;
+
+use crate::lan::{Lan, rpc_url};
+use crate::process::{ChildGuard, clean_env, json_of, run_command_timeout, tail, workspace_bin};
+use crate::wait::wait_until;
+
+/// The app id of every test cluster.
+pub const APP_ID: &str = "00112233445566778899aabbccddeeff00112233";
+
+/// anvil's well-known development keys (mnemonic `test … junk`): 0 owns the cluster, i holds seat i (see
+/// [`account_key`] for i ≥ 5).
+pub const ANVIL_KEYS: [&str; 5] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+];
+
+/// How long a `meshctl` or `p2p-agent` one-shot command may take.
+pub(crate) const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The overlay address of seat `token`.
+pub fn overlay_ip(token: u64) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, u8::try_from(token).expect("token id fits a byte"))
+}
+
+/// Account `i`'s private key: anvil's development key `i` for the first five, beyond that a key derived
+/// from `i` that [`Cluster::deploy`] funds (anvil's other development keys are not in the harness).
+pub fn account_key(i: usize) -> String {
+    match ANVIL_KEYS.get(i) {
+        Some(key) => (*key).to_owned(),
+        None => format!(
+            "{}",
+            alloy::primitives::keccak256(format!("dstack-mesh test account {i}"))
+        ),
+    }
+}
+
+/// The address of account `i` (see [`account_key`]).
+pub fn account_address(i: usize) -> String {
+    PrivateKeySigner::from_str(&account_key(i))
+        .expect("account key parses")
+        .address()
+        .to_string()
+}
+
+/// One simulated CVM of the cluster.
+pub struct SimNode {
+    pub socket: PathBuf,
+    pub instance_id: String,
+    pub log: PathBuf,
+}
+
+/// A cluster on the LAN's chain: a fresh KMS root key, one `dstack-simulator` per node (all of
+/// [`APP_ID`]), the contract deployed by account 0 with `meshctl deploy`, and seat i minted to account i
+/// and bound to node i's instance.
+pub struct Cluster<'a> {
+    pub lan: &'a Lan,
+    pub contract: String,
+    pub kms_root: String,
+    /// `sims[i - 1]` is node i's.
+    pub sims: Vec<SimNode>,
+    guards: Vec<ChildGuard>,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> Cluster<'a> {
+    /// Starts a simulator per node of `lan`, deploys and mints; every step is bounded.
+    pub fn deploy(lan: &'a Lan) -> Self {
+        Self::deploy_seats(lan, lan.nodes.len())
+    }
+
+    /// Like [`Cluster::deploy`], but mints only seats `1..=seats`: nodes above that have a simulator (an
+    /// instance) and no seat until [`Cluster::mint`] gives them one.
+    pub fn deploy_seats(lan: &'a Lan, seats: usize) -> Self {
+        assert!(
+            seats <= lan.nodes.len(),
+            "{seats} seats for {} nodes",
+            lan.nodes.len()
+        );
+        let simulator = workspace_bin("dstack-simulator");
+        let dir = tempfile::Builder::new()
+            .prefix("dm-cluster")
+            .tempdir()
+            .expect("temp dir");
+        let root_key = dir.path().join("kms-root.key");
+        let mut seed = [0u8; 32];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .expect("read /dev/urandom");
+        write_secret(&root_key, &hex(&seed));
+
+        let mut guards = Vec::new();
+        let mut sims = Vec::new();
+        for i in 1..=lan.nodes.len() {
+            let socket = dir.path().join(format!("node-{i}.sock"));
+            let log = dir.path().join(format!("node-{i}.sim.log"));
+            let logf = File::create(&log).expect("simulator log");
+            let mut cmd = Command::new(&simulator);
+            clean_env(&mut cmd)
+                .arg("--kms-root-key-file")
+                .arg(&root_key)
+                .args(["--app-id", APP_ID, "--instance-name", &format!("node-{i}")])
+                .arg("--socket")
+                .arg(&socket)
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone().expect("dup log"))
+                .stderr(logf);
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", simulator.display()));
+            guards.push(ChildGuard::new(format!("dstack-simulator node-{i}"), child));
+            sims.push(SimNode {
+                socket,
+                instance_id: String::new(),
+                log,
+            });
+        }
+        let mut cluster = Self {
+            lan,
+            contract: String::new(),
+            kms_root: String::new(),
+            sims,
+            guards,
+            dir,
+        };
+        let mut kms_roots = Vec::new();
+        for i in 1..=cluster.sims.len() {
+            let sim = &cluster.sims[i - 1];
+            let guard = &mut cluster.guards[i - 1];
+            wait_until(
+                &format!(
+                    "dstack-simulator node-{i} to serve {}",
+                    sim.socket.display()
+                ),
+                Duration::from_secs(20),
+                Duration::from_millis(50),
+                || {
+                    guard.assert_running();
+                    sim.socket.exists()
+                },
+                || tail(&sim.log, 2000),
+            );
+            let id = cluster.identity(i);
+            let field = |k: &str| {
+                id[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("p2p-agent identity has no {k}: {id}"))
+                    .to_owned()
+            };
+            kms_roots.push(field("kms_signer"));
+            cluster.sims[i - 1].instance_id = field("instance_id");
+        }
+        kms_roots.dedup();
+        assert_eq!(
+            kms_roots.len(),
+            1,
+            "the simulators disagree on the KMS root: {kms_roots:?}"
+        );
+        cluster.kms_root = kms_roots.remove(0);
+
+        let deployed = cluster.meshctl(
+            0,
+            &[
+                "deploy",
+                "--kms-root",
+                &cluster.kms_root.clone(),
+                "--app-id",
+                &format!("0x{APP_ID}"),
+                "--prefix",
+                "10.0.1.0/24",
+                "--max-nodes",
+                &cluster.sims.len().max(10).to_string(),
+            ],
+        );
+        cluster.contract = deployed["contract"]
+            .as_str()
+            .unwrap_or_else(|| panic!("meshctl deploy printed no contract: {deployed}"))
+            .to_owned();
+        for i in ANVIL_KEYS.len()..=cluster.sims.len() {
+            cluster.meshctl(0, &["fund", &account_address(i), "--amount", "10"]);
+        }
+        for i in 1..=seats {
+            cluster.mint(i);
+        }
+        cluster
+    }
+
+    /// Mints seat `i` to anvil account `i`, bound to node `i`'s instance (seats are minted in order, so
+    /// it must become token `i`).
+    pub fn mint(&self, i: usize) -> Value {
+        assert!(i <= self.sims.len(), "no node for seat {i}");
+        let instance = self.sims[i - 1].instance_id.clone();
+        let minted = self.meshctl(
+            0,
+            &["mint", "--to", &account_address(i), "--instance", &instance],
+        );
+        assert_eq!(
+            minted["tokenId"].as_u64(),
+            Some(i as u64),
+            "seat {i} must be token {i}: {minted}"
+        );
+        minted
+    }
+
+    /// `p2p-agent identity --json` for node `i`'s simulator.
+    pub fn identity(&self, i: usize) -> Value {
+        let mut cmd = Command::new(workspace_bin("p2p-agent"));
+        clean_env(&mut cmd)
+            .args(["identity", "--json", "--dstack-endpoint"])
+            .arg(&self.sims[i - 1].socket);
+        let out = run_command_timeout(cmd, "p2p-agent identity", CMD_TIMEOUT);
+        json_of(&format!("p2p-agent identity (node {i})"), &out)
+    }
+
+    /// `meshctl --json <args>` in the switch namespace, signed by anvil account `signer`, against this
+    /// cluster; panics with its output unless it succeeds and prints JSON.
+    pub fn meshctl(&self, signer: usize, args: &[&str]) -> Value {
+        let out = self.meshctl_output(signer, args);
+        json_of(&format!("meshctl {}", args.join(" ")), &out)
+    }
+
+    /// `meshctl --json <args>` in the switch namespace, whatever its exit status.
+    pub fn meshctl_output(&self, signer: usize, args: &[&str]) -> Output {
+        let bin = workspace_bin("meshctl");
+        let mut cmd = self
+            .lan
+            .switch
+            .command(&[bin.to_str().expect("utf-8 path"), "--json"]);
+        clean_env(&mut cmd)
+            .args(args)
+            .env("DSTACK_MESH_RPC_URL", rpc_url())
+            .env("DSTACK_MESH_PRIVATE_KEY", account_key(signer));
+        if !self.contract.is_empty() {
+            cmd.env("DSTACK_MESH_CONTRACT", &self.contract);
+        }
+        run_command_timeout(cmd, &format!("meshctl {}", args.join(" ")), CMD_TIMEOUT)
+    }
+
+    /// The on-chain records (`meshctl peers --json`, every proof re-verified off-chain).
+    pub fn peers(&self) -> Vec<Value> {
+        let v = self.meshctl(0, &["peers"]);
+        v["peers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("meshctl peers printed no peers: {v}"))
+            .clone()
+    }
+
+    /// The on-chain WireGuard key of seat `token`, if it has a record.
+    pub fn onchain_key(&self, token: u64) -> Option<Key> {
+        self.peers()
+            .into_iter()
+            .find(|p| p["tokenId"].as_u64() == Some(token))
+            .and_then(|p| p["wgPublicKey"].as_str().and_then(|k| k.parse().ok()))
+    }
+
+    /// Where the cluster keeps its files (key, sockets, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster<'_> {
+    fn drop(&mut self) {
+        // Simulators stop (by PID) before their temp dir goes.
+        self.guards.clear();
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a secret to a new file readable by its owner only.
+pub(crate) fn write_secret(path: &Path, contents: &str) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    writeln!(f, "{contents}").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}

@@ -1,0 +1,314 @@
+//! A LAN of node namespaces behind a bridge, with anvil on it ([`Lan`]), optionally with one node behind a
+//! NAT router. Everything is addressed from inside the namespaces; nothing is created in the root namespace.
+//!
+//! Teardown is by guards, in borrow order: an [`crate::agent::Agent`] borrows its
+//! [`crate::cluster::Cluster`], which borrows its [`Lan`], so agents stop before simulators, and simulators
+//! and anvil before the namespaces go.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::CMD_TIMEOUT;
+use crate::netns::NetNs;
+use crate::ping::{ping_counts, ping_output};
+use crate::process::{
+    ChildGuard, clean_env, json_of, require_root, run_command_timeout, run_ok, tail, workspace_bin,
+};
+use crate::wait::wait_until;
+
+/// The switch's address on the LAN, where anvil listens.
+pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+/// anvil's port on the switch.
+pub const RPC_PORT: u16 = 8545;
+
+/// The NAT router's address on the LAN, which the node behind it is masqueraded to.
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
+
+/// The router's side of the private network behind the NAT.
+pub const PRIVATE_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+
+/// The address of the node behind the NAT, on the private network.
+pub const PRIVATE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+
+/// The port every agent's WireGuard listens on (each in its own namespace).
+pub const WG_PORT: u16 = 51820;
+
+/// The RPC URL every namespace reaches anvil at.
+pub fn rpc_url() -> String {
+    format!("http://{SWITCH_IP}:{RPC_PORT}")
+}
+
+/// Node `i`'s address on the LAN (1-based).
+pub fn lan_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        198,
+        51,
+        100,
+        u8::try_from(i).expect("node index fits a byte"),
+    )
+}
+
+/// A switch namespace with a bridge and anvil on it at [`SWITCH_IP`], and node namespaces 1..=n, each
+/// joined to the bridge by a veth with [`lan_ip`]`(i)/24`.
+///
+/// With [`Lan::with_nat`], one node sits behind a router namespace instead: the router is on the bridge at
+/// [`ROUTER_IP`] and masquerades the node's private network ([`PRIVATE_IP`]/24) to it.
+///
+/// Dropping it stops anvil and deletes the namespaces, which takes their veths and bridge with them.
+pub struct Lan {
+    anvil: Option<ChildGuard>,
+    anvil_log: PathBuf,
+    /// Node namespaces; `nodes[i - 1]` is node i.
+    pub nodes: Vec<NetNs>,
+    pub switch: NetNs,
+    /// The NAT router, with [`Lan::with_nat`].
+    pub router: Option<NetNs>,
+    _dir: tempfile::TempDir,
+}
+
+impl Lan {
+    /// Builds the LAN and waits (bounded) until anvil answers and every node reaches the switch.
+    pub fn new(n: usize) -> Self {
+        Self::build(n, None)
+    }
+
+    /// Like [`Lan::new`], but node `behind` reaches the LAN only through a masquerading NAT router.
+    pub fn with_nat(n: usize, behind: usize) -> Self {
+        assert!(
+            (1..=n).contains(&behind),
+            "no node {behind} to put behind the NAT"
+        );
+        Self::build(n, Some(behind))
+    }
+
+    fn build(n: usize, nat: Option<usize>) -> Self {
+        assert!((1..=250).contains(&n), "1..=250 nodes fit the LAN");
+        let dir = tempfile::Builder::new()
+            .prefix("dm-lan")
+            .tempdir()
+            .expect("temp dir");
+        let switch = NetNs::new("sw");
+        switch.ip(&["link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+        switch.ip(&["addr", "add", &format!("{SWITCH_IP}/24"), "dev", "br0"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let mut lan = Self {
+            anvil: None,
+            anvil_log: dir.path().join("anvil.log"),
+            nodes: Vec::new(),
+            switch,
+            router: None,
+            _dir: dir,
+        };
+        for i in 1..=n {
+            let node = NetNs::new(&format!("n{i}"));
+            if nat == Some(i) {
+                lan.router = Some(lan.nat_router(i, &node));
+                lan.nodes.push(node);
+                continue;
+            }
+            let port = format!("p{i}");
+            // Created directly in the two namespaces: nothing appears in the root namespace.
+            run_ok(&[
+                "ip",
+                "link",
+                "add",
+                "name",
+                "eth0",
+                "netns",
+                &node.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &lan.switch.name,
+            ]);
+            lan.switch
+                .ip(&["link", "set", &port, "master", "br0", "up"]);
+            node.ip(&["addr", "add", &format!("{}/24", lan_ip(i)), "dev", "eth0"]);
+            node.ip(&["link", "set", "eth0", "up"]);
+            lan.nodes.push(node);
+        }
+        lan.start_anvil();
+        for (i, node) in lan.nodes.iter().enumerate() {
+            wait_until(
+                &format!(
+                    "node {} ({}) to reach the switch at {SWITCH_IP}",
+                    i + 1,
+                    node.name
+                ),
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                || ping_counts(&ping_output(node, SWITCH_IP, 1, Duration::from_millis(200))).1 == 1,
+                || node.ip(&["addr"]),
+            );
+        }
+        lan
+    }
+
+    /// The router namespace for node `i`: on the bridge at [`ROUTER_IP`], forwarding and masquerading
+    /// the node's private network, which is the node's only way out.
+    fn nat_router(&self, i: usize, node: &NetNs) -> NetNs {
+        let router = NetNs::new("rt");
+        let port = format!("p{i}");
+        run_ok(&[
+            "ip",
+            "link",
+            "add",
+            "name",
+            "eth0",
+            "netns",
+            &router.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.switch.name,
+        ]);
+        self.switch
+            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"]);
+        router.ip(&["link", "set", "eth0", "up"]);
+        run_ok(&[
+            "ip",
+            "link",
+            "add",
+            "name",
+            "eth0",
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lan0",
+            "netns",
+            &router.name,
+        ]);
+        router.ip(&["addr", "add", &format!("{PRIVATE_GW}/24"), "dev", "lan0"]);
+        router.ip(&["link", "set", "lan0", "up"]);
+        node.ip(&["addr", "add", &format!("{PRIVATE_IP}/24"), "dev", "eth0"]);
+        node.ip(&["link", "set", "eth0", "up"]);
+        node.ip(&["route", "add", "default", "via", &PRIVATE_GW.to_string()]);
+        router.exec_ok(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        router.exec_ok(&["nft", "add", "table", "ip", "nat"]);
+        router.exec_ok(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "nat",
+            "postrouting",
+            "{ type nat hook postrouting priority srcnat; policy accept; }",
+        ]);
+        router.exec_ok(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "nat",
+            "postrouting",
+            "oifname",
+            "eth0",
+            "masquerade",
+        ]);
+        router
+    }
+
+    fn start_anvil(&mut self) {
+        let log = File::create(&self.anvil_log).expect("anvil log");
+        let mut cmd = self.switch.command(&[
+            crate::chain::anvil_path()
+                .to_str()
+                .expect("utf-8 anvil path"),
+            "--host",
+            &SWITCH_IP.to_string(),
+            "--port",
+            &RPC_PORT.to_string(),
+            "--silent",
+        ]);
+        clean_env(&mut cmd)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start anvil in {}: {e}", self.switch.name));
+        self.anvil = Some(ChildGuard::new("anvil", child));
+        let port = format!("{SWITCH_IP}:{RPC_PORT}");
+        let anvil = self.anvil.as_mut().expect("just set");
+        let (switch, log) = (&self.switch, &self.anvil_log);
+        wait_until(
+            &format!("anvil to listen on {port} in {}", switch.name),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                anvil.assert_running();
+                switch.exec_ok(&["ss", "-ltnH"]).contains(&port)
+            },
+            || format!("anvil log:\n{}", tail(log, 4000)),
+        );
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: usize) -> &NetNs {
+        &self.nodes[i - 1]
+    }
+
+    /// Calls anvil's JSON-RPC `method` with `params` (each a JSON value, as `cast rpc` takes them) and
+    /// returns the result; panics with the output unless it succeeds. For anvil's controls, such as
+    /// `evm_setAutomine`.
+    pub fn anvil_rpc(&self, method: &str, params: &[&str]) -> Value {
+        let cast = crate::chain::cast_path();
+        let mut cmd = self.switch.command(&[
+            cast.to_str().expect("utf-8 path"),
+            "rpc",
+            "--rpc-url",
+            &rpc_url(),
+            method,
+        ]);
+        clean_env(&mut cmd).args(params);
+        let out = run_command_timeout(cmd, &format!("cast rpc {method}"), CMD_TIMEOUT);
+        json_of(&format!("cast rpc {method} {}", params.join(" ")), &out)
+    }
+
+    /// How many transactions wait in anvil's pool (`txpool_status`).
+    pub fn pending_transactions(&self) -> u64 {
+        let status = self.anvil_rpc("txpool_status", &[]);
+        let pending = &status["pending"];
+        pending
+            .as_u64()
+            .or_else(|| {
+                pending
+                    .as_str()
+                    .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+            })
+            .unwrap_or_else(|| panic!("txpool_status has no pending count: {status}"))
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        // anvil first (the guard's SIGTERM reaches the node wrapper, which forwards it); NetNs's drop kills
+        // whatever is left in the switch by PID, then the namespaces go with their links.
+        self.anvil.take();
+    }
+}
+
+/// What every whole-system scenario needs: root, `/dev/net/tun`, the tools (`ip`, `ss`, `ping`, `wg`,
+/// anvil), and the workspace binaries it runs. Fails at once with one message saying what is missing.
+pub fn require_mesh_prerequisites() {
+    require_root(&["ss"]);
+    for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
+        workspace_bin(bin);
+    }
+}

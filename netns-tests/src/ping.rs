@@ -1,0 +1,160 @@
+//! Reachability between namespaces and mesh nodes: bounded pings, in the foreground or the background.
+
+use std::net::Ipv4Addr;
+use std::process::Output;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::agent::{Agent, statuses, tails};
+use crate::cluster::overlay_ip;
+use crate::netns::NetNs;
+use crate::process::{ChildGuard, text};
+
+/// Pings `ip` from `ns` `count` times, `interval` apart (each reply awaited up to 1 s); returns
+/// (sent, received). A ping that prints no summary (say, no route) counts as (0, 0).
+pub fn ping(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> (u32, u32) {
+    let out = ping_output(ns, ip, count, interval);
+    let counts = ping_counts(&out);
+    if counts.1 < count {
+        eprintln!(
+            "ping {ip} from {}: {counts:?} of {count}: {}",
+            ns.name,
+            text(&out)
+        );
+    }
+    counts
+}
+
+pub(crate) fn ping_output(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> Output {
+    let timeout = interval * count + Duration::from_secs(10);
+    ns.exec(
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            &format!("{:.3}", interval.as_secs_f64()),
+            "-W",
+            "1",
+            &ip.to_string(),
+        ],
+        timeout,
+    )
+}
+
+/// (sent, received) from ping's summary line; (0, 0) without one.
+pub fn ping_counts(out: &Output) -> (u32, u32) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.contains("packets transmitted")) else {
+        return (0, 0);
+    };
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums[..] {
+        [sent, received] => (sent, received),
+        _ => (0, 0),
+    }
+}
+
+/// A ping running in the background (`ping -i <interval> -c <count>`), stopped by its PID if dropped.
+pub struct BackgroundPing {
+    what: String,
+    count: u32,
+    interval: Duration,
+    guard: ChildGuard,
+}
+
+impl BackgroundPing {
+    pub fn start(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> Self {
+        let guard = ns.spawn(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            &format!("{:.3}", interval.as_secs_f64()),
+            "-W",
+            "1",
+            &ip.to_string(),
+        ]);
+        Self {
+            what: format!("ping {ip} from {}", ns.name),
+            count,
+            interval,
+            guard,
+        }
+    }
+
+    /// Whether the ping is still sending (it has not exited).
+    pub fn running(&mut self) -> bool {
+        !self.guard.has_exited()
+    }
+
+    /// Stops the ping early (SIGINT, on which ping prints its summary); returns (sent, received) and
+    /// ping's output.
+    pub fn interrupt(self) -> (u32, u32, String) {
+        let _ = kill(
+            Pid::from_raw(i32::try_from(self.guard.pid()).expect("pid fits i32")),
+            Signal::SIGINT,
+        );
+        let out = self.guard.wait_output(Duration::from_secs(10));
+        let counts = ping_counts(&out);
+        (counts.0, counts.1, format!("{}: {}", self.what, text(&out)))
+    }
+
+    /// Waits for the ping to finish (bounded by its own length plus slack); returns (sent, received) and
+    /// ping's output.
+    pub fn finish(self) -> (u32, u32, String) {
+        let out = self
+            .guard
+            .wait_output(self.interval * self.count + Duration::from_secs(15));
+        let counts = ping_counts(&out);
+        (counts.0, counts.1, format!("{}: {}", self.what, text(&out)))
+    }
+}
+
+/// Node `from` pings seat `to`'s overlay address 3 times, 200 ms apart; returns the replies received.
+pub fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
+    ping(
+        agents[0].cluster.lan.node(from),
+        overlay_ip(to as u64),
+        3,
+        Duration::from_millis(200),
+    )
+    .1
+}
+
+/// Node `from` reaches seat `to` over the overlay (3 of 3 pings); panics with every status and log tail.
+pub fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
+    let got = replies(agents, from, to);
+    assert_eq!(
+        got,
+        3,
+        "node {from} -> node {to} ({}) over the overlay: {got} of 3 replies\n{}\n{}",
+        overlay_ip(to as u64),
+        statuses(agents),
+        tails(agents)
+    );
+}
+
+/// Node `from` cannot reach seat `to` over the overlay (0 of 3 pings).
+pub fn assert_no_pings(agents: &[Agent<'_>], from: usize, to: usize) {
+    let got = replies(agents, from, to);
+    assert_eq!(
+        got,
+        0,
+        "node {from} must not reach node {to} ({}) over the overlay, yet {got} of 3 replies came\n{}\n{}",
+        overlay_ip(to as u64),
+        statuses(agents),
+        tails(agents)
+    );
+}

@@ -1,0 +1,348 @@
+//! WireGuard in a namespace for tests: our userspace device driven from a thread inside the namespace
+//! ([`NsDevice`]), the reference `wireguard-go` ([`WireguardGo`]), test keys, and `wg show dump` parsed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use mesh_wg::{Device, DeviceConfig, Error, Key, PeerConfig, PeerStatus, PrivateKey};
+
+use crate::netns::{NetNs, enter, unique};
+use crate::process::ChildGuard;
+use crate::wait::wait_until;
+
+/// How long any single device command may take before the test fails.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A private key as `wg` reads it from files (`wg set … private-key`, `PrivateKey =`): base64. For the
+/// tests' throwaway keys only.
+pub fn private_key_base64(key: &PrivateKey) -> String {
+    BASE64.encode(key.expose_bytes())
+}
+
+/// A deterministic test key.
+pub fn test_key(seed: u8) -> PrivateKey {
+    let mut bytes = [seed; 32];
+    bytes[0] = 0x40 ^ seed;
+    PrivateKey::from_bytes(bytes)
+}
+
+type Reply<T> = mpsc::Sender<T>;
+
+enum Cmd {
+    SetPeer(PeerConfig, Reply<Result<(), String>>),
+    RemovePeer(Key, Reply<bool>),
+    Peers(Reply<Vec<PeerStatus>>),
+    Shutdown(Reply<Result<(), String>>),
+}
+
+/// Which tokio runtime the device thread runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Flavor {
+    CurrentThread,
+    MultiThread,
+}
+
+/// A [`Device`] running on a dedicated thread that `setns()`ed into a namespace (its sockets,
+/// TUN and netlink socket are created there).
+pub struct NsDevice {
+    pub ifname: String,
+    pub public_key: Key,
+    pub listen_port: u16,
+    cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    thread: Option<JoinHandle<()>>,
+    done: mpsc::Receiver<()>,
+    stopped: bool,
+}
+
+impl NsDevice {
+    /// Creates the device in `ns`; the error is returned as-is for tests that expect one.
+    pub fn try_start(ns: &NetNs, config: DeviceConfig, flavor: Flavor) -> Result<Self, Error> {
+        let ns_name = ns.name.clone();
+        let ifname = config.ifname.clone();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(Key, u16), Error>>();
+        let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("dev-{ifname}"))
+            .spawn(move || {
+                let _done = DoneOnDrop(done_tx);
+                enter(&ns_name);
+                // Built after setns, so every runtime thread starts in the namespace.
+                let rt = match flavor {
+                    Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+                    Flavor::MultiThread => {
+                        let mut b = tokio::runtime::Builder::new_multi_thread();
+                        b.worker_threads(2);
+                        b
+                    }
+                }
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+                rt.block_on(async move {
+                    let device = match Device::create(config).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok((device.public_key(), device.listen_port())));
+                    let mut shutdown_reply = None;
+                    while let Some(cmd) = cmd_rx.recv().await {
+                        match cmd {
+                            Cmd::SetPeer(p, r) => {
+                                let _ = r.send(device.set_peer(p).map_err(|e| e.to_string()));
+                            }
+                            Cmd::RemovePeer(k, r) => {
+                                let _ = r.send(device.remove_peer(&k));
+                            }
+                            Cmd::Peers(r) => {
+                                let _ = r.send(device.peers());
+                            }
+                            Cmd::Shutdown(r) => {
+                                shutdown_reply = Some(r);
+                                break;
+                            }
+                        }
+                    }
+                    let result = device.shutdown().await.map_err(|e| e.to_string());
+                    if let Some(r) = shutdown_reply {
+                        let _ = r.send(result);
+                    }
+                });
+            })
+            .expect("spawn device thread");
+        let (public_key, listen_port) = match ready_rx.recv_timeout(DEVICE_TIMEOUT) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(e) => panic!("device {ifname} did not come up within {DEVICE_TIMEOUT:?}: {e}"),
+        };
+        Ok(Self {
+            ifname,
+            public_key,
+            listen_port,
+            cmds: cmd_tx,
+            thread: Some(thread),
+            done: done_rx,
+            stopped: false,
+        })
+    }
+
+    pub fn start(ns: &NetNs, config: DeviceConfig) -> Self {
+        let name = config.ifname.clone();
+        Self::try_start(ns, config, Flavor::CurrentThread)
+            .unwrap_or_else(|e| panic!("creating device {name} in {}: {e}", ns.name))
+    }
+
+    fn call<T>(&self, what: &str, make: impl FnOnce(Reply<T>) -> Cmd) -> T {
+        let (tx, rx) = mpsc::channel();
+        self.cmds
+            .send(make(tx))
+            .unwrap_or_else(|_| panic!("device thread {} is gone ({what})", self.ifname));
+        rx.recv_timeout(DEVICE_TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "device {} did not answer {what} within {DEVICE_TIMEOUT:?}: {e}",
+                self.ifname
+            )
+        })
+    }
+
+    pub fn set_peer(&self, peer: PeerConfig) {
+        self.call("set_peer", |r| Cmd::SetPeer(peer, r))
+            .unwrap_or_else(|e| panic!("set_peer on {}: {e}", self.ifname));
+    }
+
+    pub fn remove_peer(&self, key: Key) -> bool {
+        self.call("remove_peer", |r| Cmd::RemovePeer(key, r))
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.call("peers", Cmd::Peers)
+    }
+
+    pub fn peer(&self, key: Key) -> PeerStatus {
+        self.peers()
+            .into_iter()
+            .find(|p| p.public_key == key)
+            .unwrap_or_else(|| panic!("{} has no peer {key}", self.ifname))
+    }
+
+    /// Shuts the device down, requiring success.
+    pub fn shutdown(mut self) {
+        self.stopped = true;
+        let result = self.call("shutdown", Cmd::Shutdown);
+        self.join();
+        result.unwrap_or_else(|e| panic!("shutdown of {}: {e}", self.ifname));
+    }
+
+    fn join(&mut self) {
+        // Bounded: the thread signals `done` when it ends (even by panic).
+        if self.done.recv_timeout(DEVICE_TIMEOUT).is_ok()
+            && let Some(t) = self.thread.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NsDevice {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let (tx, _rx) = mpsc::channel();
+            let _ = self.cmds.send(Cmd::Shutdown(tx));
+            self.join();
+        }
+    }
+}
+
+struct DoneOnDrop(mpsc::Sender<()>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// A device config for tests: unique name, fixed key, kernel-picked port.
+pub fn device_config(ifname: &str, seed: u8, overlay: Ipv4Addr) -> DeviceConfig {
+    DeviceConfig::new(ifname, test_key(seed), overlay, 24)
+}
+
+pub fn peer_config(key: Key, endpoint: SocketAddr, allowed: &str) -> PeerConfig {
+    PeerConfig {
+        public_key: key,
+        endpoint: Some(endpoint),
+        allowed_ips: vec![allowed.parse().expect("allowed ip")],
+        persistent_keepalive: None,
+    }
+}
+
+/// One peer line of `wg show <if> dump`.
+#[derive(Debug)]
+pub struct DumpPeer {
+    pub public_key: Key,
+    pub endpoint: String,
+    pub allowed_ips: String,
+    pub latest_handshake: u64,
+    pub rx: u64,
+    pub tx: u64,
+    pub keepalive: String,
+}
+
+/// Parses `wg show <if> dump`: the interface line (private, public, port, fwmark), then peers.
+pub fn parse_dump(text: &str) -> (Vec<String>, Vec<DumpPeer>) {
+    let mut lines = text.lines();
+    let iface = lines
+        .next()
+        .unwrap_or_else(|| panic!("empty wg dump"))
+        .split('\t')
+        .map(str::to_owned)
+        .collect();
+    let peers = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 8, "unexpected wg dump peer line {l:?}");
+            DumpPeer {
+                public_key: f[0]
+                    .parse()
+                    .unwrap_or_else(|e| panic!("wg dump peer line {l:?}: {e}")),
+                endpoint: f[2].to_owned(),
+                allowed_ips: f[3].to_owned(),
+                latest_handshake: f[4].parse().expect("handshake"),
+                rx: f[5].parse().expect("rx"),
+                tx: f[6].parse().expect("tx"),
+                keepalive: f[7].to_owned(),
+            }
+        })
+        .collect();
+    (iface, peers)
+}
+
+/// A `wireguard-go` interface in a namespace, configured with `wg set` (MTU 1420, one peer), its address
+/// assigned and up: the reference implementation that ours is compared with and tested against.
+///
+/// Dropping it stops `wireguard-go` by its PID, which removes the interface and its UAPI socket.
+pub struct WireguardGo {
+    pub ifname: String,
+    pub public_key: Key,
+    process: ChildGuard,
+    _key_file: tempfile::NamedTempFile,
+}
+
+impl WireguardGo {
+    /// Starts `wireguard-go` in `ns` with `key` on port 51820, address `overlay` (CIDR), and one peer with
+    /// `peer_key` at `peer_endpoint` owning `allowed_ips`.
+    pub fn start(
+        ns: &NetNs,
+        key: &PrivateKey,
+        overlay: &str,
+        peer_key: &Key,
+        peer_endpoint: &str,
+        allowed_ips: &str,
+    ) -> Self {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let ifname = unique("G");
+        let mut process = ns.spawn(&["wireguard-go", "-f", &ifname]);
+        let sock = format!("/var/run/wireguard/{ifname}.sock");
+        wait_until(
+            &format!("wireguard-go to create {sock}"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                process.assert_running();
+                Path::new(&sock).exists()
+            },
+            String::new,
+        );
+        // `wg set` reads private keys from files only; this one is the test's own throwaway.
+        let mut key_file = tempfile::NamedTempFile::new().expect("temp key file");
+        key_file
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key file");
+        writeln!(key_file, "{}", private_key_base64(key)).expect("write key file");
+        let path = key_file
+            .path()
+            .to_str()
+            .expect("utf-8 temp path")
+            .to_owned();
+        ns.exec_ok(&[
+            "wg",
+            "set",
+            &ifname,
+            "private-key",
+            &path,
+            "listen-port",
+            "51820",
+            "peer",
+            &peer_key.to_string(),
+            "endpoint",
+            peer_endpoint,
+            "allowed-ips",
+            allowed_ips,
+        ]);
+        ns.ip(&["addr", "add", overlay, "dev", &ifname]);
+        ns.ip(&["link", "set", &ifname, "mtu", "1420", "up"]);
+        Self {
+            ifname,
+            public_key: key.public_key(),
+            process,
+            _key_file: key_file,
+        }
+    }
+
+    /// Panics if `wireguard-go` has exited.
+    pub fn assert_running(&mut self) {
+        self.process.assert_running();
+    }
+}
