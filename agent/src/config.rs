@@ -81,6 +81,21 @@ impl From<BackendArg> for BackendChoice {
     }
 }
 
+/// Where the agent reaches the chain and dstack: the daemon's and `register`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// The chain's JSON-RPC URL.
+    #[arg(
+        long,
+        env = "DSTACK_MESH_RPC_URL",
+        default_value = "http://127.0.0.1:8545"
+    )]
+    pub rpc_url: alloy::transports::http::reqwest::Url,
+    /// dstack guest-agent endpoint: a socket path or an http:// simulator URL (default: dstack's sockets).
+    #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
+    pub dstack_endpoint: Option<String>,
+}
+
 /// The daemon's settings; every flag has an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -95,16 +110,8 @@ pub struct RunArgs {
     /// The cluster contract: the cluster's identity.
     #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Option<Address>,
-    /// The chain's JSON-RPC URL.
-    #[arg(
-        long,
-        env = "DSTACK_MESH_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_url: alloy::transports::http::reqwest::Url,
-    /// dstack guest-agent endpoint: a socket path or an http:// simulator URL (default: dstack's sockets).
-    #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
-    pub dstack_endpoint: Option<String>,
+    #[command(flatten)]
+    pub endpoints: Endpoints,
     /// The mesh interface's name (at most 15 bytes).
     #[arg(long, env = "DSTACK_MESH_INTERFACE", default_value = "dmesh0")]
     pub interface: String,

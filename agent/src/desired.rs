@@ -44,36 +44,16 @@ pub fn peer_configs(members: &[Member]) -> Vec<PeerConfig> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use alloy::primitives::{Address, B256, B512, FixedBytes, U256};
+    use alloy::primitives::Address;
     use mesh_chain::membership::{Pins, Prefix};
     use mesh_chain::record::SignedRegistration;
     use mesh_wg::Key;
 
-    /// A believed record (the view only ever holds believed ones, so these need no real proof).
+    /// Seat `token`'s believed record with WireGuard key `key` (none when 0) and gateway URL `url`.
     pub(crate) fn record(token: u64, key: u8, url: &str) -> SignedRegistration {
-        SignedRegistration {
-            token_id: U256::from(token),
-            instance_id: format!("{token:040x}"),
-            wg_public_key: B256::repeat_byte(key),
-            endpoint: if key == 0 {
-                String::new()
-            } else {
-                format!("192.0.2.{token}:51820")
-            },
-            gateway_url: url.to_owned(),
-            nonce: 1,
-            proof: dstack_guest::DstackProof {
-                derived_public_key: B512::ZERO,
-                app_public_key: B512::ZERO,
-                app_signature: FixedBytes::ZERO,
-                kms_signature: FixedBytes::ZERO,
-                app_id: Address::ZERO,
-                purpose: String::new(),
-            },
-            record_signature: FixedBytes::ZERO,
-            chain_id: 1,
-            contract: Address::ZERO,
-        }
+        let mut r = mesh_chain::testing::believed_record(token, 1, key, &format!("{token:040x}"));
+        r.gateway_url = url.to_owned();
+        r
     }
 
     pub(crate) fn view(records: &[SignedRegistration]) -> ChainView {

@@ -50,7 +50,7 @@ pub async fn run(
     socket
         .set_mode(0o660)
         .context("restricting the API socket")?;
-    let rpc = RedactedUrl::new(&args.rpc_url);
+    let rpc = RedactedUrl::new(&args.endpoints.rpc_url);
     let agent = AgentFacts {
         mode: args.mode.into(),
         contract,
@@ -80,7 +80,7 @@ async fn member(
     api: watch::Sender<Snapshot>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = DstackClient::discover(args.dstack_endpoint.as_deref())
+    let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("choosing the dstack endpoint")?;
     let Some(identity) = cancel
         .run_until_cancelled(load_identity(&client, args.wg_key_epoch))
@@ -157,7 +157,7 @@ impl Tasks {
         let poll = Duration::from_millis(args.poll_interval_ms.max(50));
         let chain = ChainTask {
             contract,
-            rpc_url: args.rpc_url.clone(),
+            rpc_url: args.endpoints.rpc_url.clone(),
             rpc: rpc.clone(),
             follow: FollowConfig {
                 confirmations: args.confirmations,
@@ -173,7 +173,7 @@ impl Tasks {
         };
         let registrar = Registrar {
             contract,
-            rpc_url: args.rpc_url.clone(),
+            rpc_url: args.endpoints.rpc_url.clone(),
             rpc,
             identity: Arc::clone(&identity),
             desired,

@@ -229,20 +229,31 @@ mod tests {
         (chain, reg, mesh)
     }
 
+    /// The snapshot of these states, `uptime` after start, at `now`.
+    fn snapshot(
+        chain: &ChainState,
+        reg: &RegState,
+        mesh: &MeshState,
+        uptime: Duration,
+        now: SystemTime,
+    ) -> Snapshot {
+        render(
+            &agent(),
+            &NodeFacts::default(),
+            chain,
+            reg,
+            mesh,
+            uptime,
+            now,
+        )
+    }
+
     /// Each peer is offered the best way it can be reached, with its live endpoint and counters.
     #[test]
     fn peers_are_offered_by_how_they_can_be_reached() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let (chain, reg, mesh) = states(now);
-        let s = render(
-            &agent(),
-            &NodeFacts::default(),
-            &chain,
-            &reg,
-            &mesh,
-            Duration::from_secs(9),
-            now,
-        );
+        let s = snapshot(&chain, &reg, &mesh, Duration::from_secs(9), now);
         let kinds: Vec<_> = s
             .peers
             .iter()
@@ -273,15 +284,7 @@ mod tests {
     fn status_and_counters_gather_every_task() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let (mut chain, mut reg, mesh) = states(now);
-        let s = render(
-            &agent(),
-            &NodeFacts::default(),
-            &chain,
-            &reg,
-            &mesh,
-            Duration::from_secs(9),
-            now,
-        );
+        let s = snapshot(&chain, &reg, &mesh, Duration::from_secs(9), now);
         assert_eq!(s.status.node.token_id, Some(1));
         assert_eq!(s.status.node.overlay_ip, Some("10.0.1.1".parse().unwrap()));
         assert_eq!(s.status.node.interface.as_deref(), Some("dm0"));
@@ -300,26 +303,10 @@ mod tests {
         );
         // The chain's error is shown before the registrar's.
         reg.error = Some("no funds".into());
-        let s = render(
-            &agent(),
-            &NodeFacts::default(),
-            &chain,
-            &reg,
-            &mesh,
-            Duration::ZERO,
-            now,
-        );
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
         assert_eq!(s.status.chain.last_error.as_deref(), Some("no funds"));
         chain.error = Some("RPC down".into());
-        let s = render(
-            &agent(),
-            &NodeFacts::default(),
-            &chain,
-            &reg,
-            &mesh,
-            Duration::ZERO,
-            now,
-        );
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
         assert_eq!(s.status.chain.last_error.as_deref(), Some("RPC down"));
     }
 
@@ -328,16 +315,7 @@ mod tests {
     fn only_what_applications_use_is_a_change() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let (chain, reg, mesh) = states(now);
-        let a = render(
-            &agent(),
-            &NodeFacts::default(),
-            &chain,
-            &reg,
-            &mesh,
-            Duration::ZERO,
-            now,
-        )
-        .peers;
+        let a = snapshot(&chain, &reg, &mesh, Duration::ZERO, now).peers;
         let mut b = a.clone();
         b[0].rx_bytes += 100;
         b[0].latest_handshake = Some(1);

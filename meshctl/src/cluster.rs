@@ -60,6 +60,23 @@ impl SignerOpts {
     }
 }
 
+/// Fails unless the RPC serves the chain `signed_for`, the one the `what` it is about to send was signed for.
+pub(crate) async fn require_chain(
+    provider: &impl Provider,
+    signed_for: u64,
+    what: &str,
+) -> anyhow::Result<()> {
+    let chain_id = provider
+        .get_chain_id()
+        .await
+        .context("reading the chain id")?;
+    anyhow::ensure!(
+        signed_for == chain_id,
+        "the {what} is signed for chain {signed_for}, but the RPC serves chain {chain_id}"
+    );
+    Ok(())
+}
+
 /// A read-only connection to the chain.
 pub(crate) fn reader(opts: &ChainOpts) -> DynProvider {
     ProviderBuilder::new()

@@ -496,6 +496,18 @@ pub fn start_agents<'a>(
     agents
 }
 
+/// [`start_agents`], then waits until they form a full mesh ([`wait_full_mesh`]); returns them with their
+/// WireGuard keys (`keys[j]` is `agents[j]`'s).
+pub fn start_mesh<'a>(
+    cluster: &'a Cluster<'a>,
+    nodes: impl IntoIterator<Item = usize>,
+) -> (Vec<Agent<'a>>, Vec<Key>) {
+    let agents = start_agents(cluster, nodes);
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
+    (agents, keys)
+}
+
 /// Every agent's log tail, for failure messages.
 pub fn tails(agents: &[Agent<'_>]) -> String {
     agents

@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cluster::CMD_TIMEOUT;
-use crate::netns::NetNs;
+use crate::netns::{NetNs, link};
 use crate::ping::{ping_counts, ping_output};
 use crate::process::{
-    ChildGuard, clean_env, json_of, require_root, run_command_timeout, run_ok, tail, workspace_bin,
+    ChildGuard, clean_env, json_of, require_root, run_command_timeout, tail, workspace_bin,
 };
 use crate::wait::wait_until;
 
@@ -113,23 +113,7 @@ impl Lan {
                 continue;
             }
             let port = format!("p{i}");
-            // Created directly in the two namespaces: nothing appears in the root namespace.
-            run_ok(&[
-                "ip",
-                "link",
-                "add",
-                "name",
-                "eth0",
-                "netns",
-                &node.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &lan.switch.name,
-            ]);
+            link(&node, "eth0", &lan.switch, &port);
             lan.switch
                 .ip(&["link", "set", &port, "master", "br0", "up"]);
             node.ip(&["addr", "add", &format!("{}/24", lan_ip(i)), "dev", "eth0"]);
@@ -158,42 +142,12 @@ impl Lan {
     fn nat_router(&self, i: usize, node: &NetNs) -> NetNs {
         let router = NetNs::new("rt");
         let port = format!("p{i}");
-        run_ok(&[
-            "ip",
-            "link",
-            "add",
-            "name",
-            "eth0",
-            "netns",
-            &router.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.switch.name,
-        ]);
+        link(&router, "eth0", &self.switch, &port);
         self.switch
             .ip(&["link", "set", &port, "master", "br0", "up"]);
         router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"]);
         router.ip(&["link", "set", "eth0", "up"]);
-        run_ok(&[
-            "ip",
-            "link",
-            "add",
-            "name",
-            "eth0",
-            "netns",
-            &node.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            &router.name,
-        ]);
+        link(node, "eth0", &router, "lan0");
         router.ip(&["addr", "add", &format!("{PRIVATE_GW}/24"), "dev", "lan0"]);
         router.ip(&["link", "set", "lan0", "up"]);
         node.ip(&["addr", "add", &format!("{PRIVATE_IP}/24"), "dev", "eth0"]);

@@ -38,6 +38,16 @@ impl Run {
         self
     }
 
+    /// Panics with stderr unless it contains `text`.
+    pub fn stderr_says(&self, text: &str) -> &Self {
+        assert!(
+            self.stderr.contains(text),
+            "stderr lacks {text:?}: {}",
+            self.stderr
+        );
+        self
+    }
+
     pub fn failed(self) -> Self {
         assert_ne!(
             self.code, 0,
@@ -54,7 +64,15 @@ pub struct Meshctl<'a> {
     pub contract: Option<Address>,
 }
 
-impl Meshctl<'_> {
+impl<'a> Meshctl<'a> {
+    /// meshctl against `anvil`, with no cluster yet.
+    pub fn new(anvil: &'a AnvilInstance) -> Self {
+        Self {
+            anvil,
+            contract: None,
+        }
+    }
+
     pub fn run(&self, signer: Option<usize>, args: &[&str]) -> Run {
         self.run_via(&self.anvil.endpoint(), signer, args)
     }

@@ -114,12 +114,18 @@ impl Drop for NetNs {
     }
 }
 
-/// Joins `a` and `b` with a veth pair `veth0` and gives each end `addrs` (CIDR strings).
-pub fn veth_pair(a: &NetNs, a_addrs: &[&str], b: &NetNs, b_addrs: &[&str]) {
+/// Joins `a` and `b` with a veth pair, `a_end` in `a` and `b_end` in `b`, created directly in the two
+/// namespaces so nothing appears in the root namespace. The ends are down and have no address.
+pub fn link(a: &NetNs, a_end: &str, b: &NetNs, b_end: &str) {
     run_ok(&[
-        "ip", "link", "add", "name", "veth0", "netns", &a.name, "type", "veth", "peer", "name",
-        "veth0", "netns", &b.name,
+        "ip", "link", "add", "name", a_end, "netns", &a.name, "type", "veth", "peer", "name",
+        b_end, "netns", &b.name,
     ]);
+}
+
+/// Joins `a` and `b` with a veth pair `veth0` ([`link`]) and gives each end `addrs` (CIDR strings).
+pub fn veth_pair(a: &NetNs, a_addrs: &[&str], b: &NetNs, b_addrs: &[&str]) {
+    link(a, "veth0", b, "veth0");
     for (ns, addrs) in [(a, a_addrs), (b, b_addrs)] {
         for addr in addrs {
             ns.ip(&["addr", "add", addr, "dev", "veth0"]);

@@ -1,9 +1,10 @@
 //! What the benchmark measures between namespaces: TCP throughput (iperf3) and round-trip time (ping).
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::netns::NetNs;
-use crate::ping::ping_counts;
+use crate::ping::{ping_counts, ping_output};
 use crate::wait::wait_until;
 
 /// TCP throughput from `client` to `server_addr` (an address of `server`) with iperf3: `streams` parallel
@@ -51,20 +52,8 @@ pub fn iperf3(client: &NetNs, server: &NetNs, server_addr: &str, streams: u32, s
 
 /// The average round-trip time in milliseconds of `count` pings from `ns` to `ip`, `interval` apart
 /// (from ping's `rtt min/avg/max/mdev` line); panics if any reply is lost.
-pub fn ping_avg_ms(ns: &NetNs, ip: &str, count: u32, interval: Duration) -> f64 {
-    let out = ns.exec(
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            &format!("{:.3}", interval.as_secs_f64()),
-            ip,
-        ],
-        interval * count + Duration::from_secs(10),
-    );
+pub fn ping_avg_ms(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> f64 {
+    let out = ping_output(ns, ip, count, interval);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         ping_counts(&out),

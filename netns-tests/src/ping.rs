@@ -27,23 +27,31 @@ pub fn ping(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> (u32, u
     counts
 }
 
+/// `ping` to `ip`, `count` times `interval` apart, each reply awaited up to 1 s, printing only its summary.
+fn ping_command(ip: Ipv4Addr, count: u32, interval: Duration) -> Vec<String> {
+    let count = count.to_string();
+    let interval = format!("{:.3}", interval.as_secs_f64());
+    [
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &count,
+        "-i",
+        &interval,
+        "-W",
+        "1",
+        &ip.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Runs [`ping_command`] in `ns` to completion (bounded) and returns its output.
 pub(crate) fn ping_output(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> Output {
-    let timeout = interval * count + Duration::from_secs(10);
-    ns.exec(
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            &format!("{:.3}", interval.as_secs_f64()),
-            "-W",
-            "1",
-            &ip.to_string(),
-        ],
-        timeout,
-    )
+    let args = ping_command(ip, count, interval);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ns.exec(&args, interval * count + Duration::from_secs(10))
 }
 
 /// (sent, received) from ping's summary line; (0, 0) without one.
@@ -74,18 +82,8 @@ pub struct BackgroundPing {
 
 impl BackgroundPing {
     pub fn start(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> Self {
-        let guard = ns.spawn(&[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            &format!("{:.3}", interval.as_secs_f64()),
-            "-W",
-            "1",
-            &ip.to_string(),
-        ]);
+        let args = ping_command(ip, count, interval);
+        let guard = ns.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
         Self {
             what: format!("ping {ip} from {}", ns.name),
             count,

@@ -7,10 +7,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{B256, U256};
 use mesh_api::{self, ConnectionKind, Peer, Status};
 use netns_tests::{
-    chain::{anvil, deploy_cluster, mint},
+    chain::{TestCluster, anvil, deploy_cluster, mint},
     node::SimulatedInstance,
 };
 
@@ -106,6 +107,23 @@ async fn wait_until(
     }
 }
 
+/// A cluster with seat 1 bound to `peer` and seat 2 to `node`, both held by anvil account 1, and `peer`
+/// registered as a WireGuard node with a gateway URL too, which is returned.
+async fn cluster_with_a_registered_peer(
+    anvil: &AnvilInstance,
+    peer: &SimulatedInstance,
+    node: &SimulatedInstance,
+) -> (TestCluster, String) {
+    let c = deploy_cluster(anvil, peer.kms_root).await;
+    for n in [peer, node] {
+        mint(&c, anvil.addresses()[1], &n.instance_id).await;
+    }
+    let url = format!("https://{}-8080.dstack.example", peer.instance_id);
+    peer.register(anvil, *c.address(), "192.0.2.1:51820", &url, 2)
+        .await;
+    (c, url)
+}
+
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -118,15 +136,7 @@ async fn tls_node_registers_its_url_and_lists_peers_by_url() {
     let anvil = anvil();
     let wg_node = SimulatedInstance::start("wg-node").await;
     let tls_node = SimulatedInstance::start("tls-node").await;
-    let c = deploy_cluster(&anvil, wg_node.kms_root).await;
-    for n in [&wg_node, &tls_node] {
-        mint(&c, anvil.addresses()[1], &n.instance_id).await;
-    }
-    // A WireGuard node with a gateway URL too, registered directly.
-    let wg_url = format!("https://{}-8080.dstack.example", wg_node.instance_id);
-    wg_node
-        .register(&anvil, *c.address(), "192.0.2.1:51820", &wg_url, 2)
-        .await;
+    let (c, wg_url) = cluster_with_a_registered_peer(&anvil, &wg_node, &tls_node).await;
 
     let dir = tempfile::tempdir().unwrap();
     let _agent = start_tls_agent(
@@ -165,14 +175,7 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
     let anvil = anvil();
     let other = SimulatedInstance::start("other").await;
     let node = SimulatedInstance::start("node").await;
-    let c = deploy_cluster(&anvil, node.kms_root).await;
-    for n in [&other, &node] {
-        mint(&c, anvil.addresses()[1], &n.instance_id).await;
-    }
-    let url = format!("https://{}-8080.dstack.example", other.instance_id);
-    other
-        .register(&anvil, *c.address(), "192.0.2.1:51820", &url, 2)
-        .await;
+    let (c, url) = cluster_with_a_registered_peer(&anvil, &other, &node).await;
 
     let dir = tempfile::tempdir().unwrap();
     let rpc = anvil.endpoint();

@@ -27,9 +27,7 @@ fn a_node_without_rpc_runs_from_its_cache_and_catches_up() {
     let steps = Steps::new("control_plane_down");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, FIRST);
-    let mut agents = start_agents(&cluster, 1..=FIRST);
-    let mut keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (mut agents, mut keys) = start_mesh(&cluster, 1..=FIRST);
     steps.step("3-node mesh healthy");
 
     let rpc_route = format!("{SWITCH_IP}/32");

@@ -24,9 +24,7 @@ fn a_deactivated_seat_leaves_the_mesh_and_returns_when_activated() {
     let steps = Steps::new("deactivate");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let mut agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (mut agents, keys) = start_mesh(&cluster, 1..=NODES);
     steps.step("3-node mesh healthy");
 
     // Seat 3's holder is account 3.

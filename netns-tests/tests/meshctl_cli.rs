@@ -9,10 +9,7 @@ use netns_tests::meshctl::{APP_ID, Instance, Meshctl, anvil};
 #[test]
 fn owner_lifecycle_changes_the_chain() {
     let anvil = anvil();
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
     let root: Address = "0x000000000000000000000000000000000000dEaD"
         .parse()
         .unwrap();
@@ -113,10 +110,7 @@ fn owner_lifecycle_changes_the_chain() {
 async fn holder_binds_with_the_instances_consent() {
     let anvil = anvil();
     let node = Instance::start("node-1").await;
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
     let contract = m.deploy(node.kms_root);
     m.run(Some(0), &["mint", "--to", &m.address(1).to_string()])
         .ok();
@@ -143,20 +137,12 @@ async fn holder_binds_with_the_instances_consent() {
     let out = m
         .run(Some(2), &["bind", "--token", "2", "--consent", file])
         .failed();
-    assert!(
-        out.stderr.contains("the consent is for seat 1, not seat 2"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_says("the consent is for seat 1, not seat 2");
     // Sent by someone who does not hold the seat, the contract refuses it.
     let out = m
         .run(Some(2), &["bind", "--token", "1", "--consent", file])
         .failed();
-    assert!(
-        out.stderr.contains("does not hold seat 1"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_says("does not hold seat 1");
     let bound = m
         .run(
             Some(1),
@@ -181,12 +167,7 @@ async fn holder_binds_with_the_instances_consent() {
             ],
         )
         .failed();
-    assert!(
-        out.stderr
-            .contains("only the cluster owner binds an instance at mint"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_says("only the cluster owner binds an instance at mint");
 }
 
 /// A registration signed by a simulated instance is relayed, then listed by `peers` with its proof verified.
@@ -194,10 +175,7 @@ async fn holder_binds_with_the_instances_consent() {
 async fn relayed_registration_is_listed_with_a_verified_proof() {
     let anvil = anvil();
     let node = Instance::start("node-1").await;
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
     let contract = m.deploy_with_seat(&node);
 
     let reg = node
@@ -263,10 +241,7 @@ async fn relayed_registration_is_listed_with_a_verified_proof() {
 #[test]
 fn fund_sends_eth() {
     let anvil = anvil();
-    let m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let m = Meshctl::new(&anvil);
     let to = "0x9087e5b4fa2b87c53a10f6459f7ff84f590bba0c";
     let out = m
         .run(Some(0), &["fund", to, "--amount", "0.25", "--json"])
@@ -279,10 +254,7 @@ fn fund_sends_eth() {
 #[test]
 fn leader_election_through_the_cli() {
     let anvil = anvil();
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
     m.deploy(
         "0x000000000000000000000000000000000000dEaD"
             .parse()
@@ -318,10 +290,7 @@ fn leader_election_through_the_cli() {
 #[test]
 fn app_auth_check_judges_a_boot() {
     let anvil = anvil();
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
     m.deploy(
         "0x000000000000000000000000000000000000dEaD"
             .parse()
@@ -387,10 +356,7 @@ async fn deploy_bytecode(anvil: &alloy::node_bindings::AnvilInstance, code: &str
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_are_clear_and_fail_the_exit_code() {
     let anvil = anvil();
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
 
     // No signer.
     let out = m
@@ -405,14 +371,14 @@ async fn errors_are_clear_and_fail_the_exit_code() {
             ],
         )
         .failed();
-    assert!(out.stderr.contains("needs a signer"), "{}", out.stderr);
+    out.stderr_says("needs a signer");
 
     // An address with no code, detected before sending.
     m.contract = Some(m.address(5));
     let out = m
         .run(Some(0), &["mint", "--to", &m.address(1).to_string()])
         .failed();
-    assert!(out.stderr.contains("no contract at"), "{}", out.stderr);
+    out.stderr_says("no contract at");
 
     // A contract that is not a cluster, detected before sending: it answers 42 to every call.
     let other = deploy_bytecode(&anvil, "0x600a600c600039600a6000f3602a60005260206000f3").await;
@@ -420,11 +386,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     let out = m
         .run(Some(0), &["mint", "--to", &m.address(1).to_string()])
         .failed();
-    assert!(
-        out.stderr.contains("is not a DstackClusterNFT cluster"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_says("is not a DstackClusterNFT cluster");
 
     // A revert, decoded with its hint.
     m.deploy(
@@ -435,7 +397,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     let out = m
         .run(Some(4), &["mint", "--to", &m.address(4).to_string()])
         .failed();
-    assert!(out.stderr.contains("may not mint"), "{}", out.stderr);
+    out.stderr_says("may not mint");
     assert!(
         out.stderr.contains("public-minting"),
         "hint: {}",
@@ -455,21 +417,13 @@ async fn errors_are_clear_and_fail_the_exit_code() {
             ],
         )
         .failed();
-    assert!(
-        out.stderr.contains("needs the instance's consent"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_says("needs the instance's consent");
 
     // A malformed instance id never reaches the chain.
     let out = m
         .run(Some(1), &["bind", "--token", "1", "--instance", "node-1"])
         .failed();
-    assert!(
-        out.stderr.contains("expected 40 hex characters"),
-        "{}",
-        out.stderr
-    );
+    out.stderr_says("expected 40 hex characters");
 }
 
 /// A seat whose record does not verify off-chain (here an RPC serves its event with the record signature
@@ -478,10 +432,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
 async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
     let anvil = anvil();
     let node = Instance::start("node-1").await;
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
     let contract = m.deploy_with_seat(&node);
     node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
         .await;
@@ -517,20 +468,14 @@ async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
 #[test]
 fn older_environment_names_still_work_and_conflicts_are_refused() {
     let anvil = anvil();
-    let mut m = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let mut m = Meshctl::new(&anvil);
     let contract = m.deploy(
         "0x000000000000000000000000000000000000dEaD"
             .parse()
             .unwrap(),
     );
     let key = alloy::hex::encode(anvil.keys()[0].to_bytes());
-    let older = Meshctl {
-        anvil: &anvil,
-        contract: None,
-    };
+    let older = Meshctl::new(&anvil);
     // Everything under the older names only: the RPC, the cluster and the signer.
     let out = older
         .run_with(

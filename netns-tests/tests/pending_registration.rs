@@ -60,9 +60,7 @@ fn a_pending_registration_holds_up_neither_following_nor_shutdown() {
     let steps = Steps::new("pending_registration");
     let lan = Lan::new(3);
     let cluster = Cluster::deploy(&lan);
-    let agents = start_agents(&cluster, 1..=2);
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (_agents, keys) = start_mesh(&cluster, 1..=2);
     steps.step("nodes 1 and 2 meshed; seat 3 minted, node 3 not started");
 
     lan.anvil_rpc("evm_setAutomine", &["false"]);

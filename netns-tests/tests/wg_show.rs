@@ -61,9 +61,7 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
         "LAN up, cluster {} deployed, 3 seats minted",
         cluster.contract
     ));
-    let agents = start_agents(&cluster, 1..=NODES);
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (agents, keys) = start_mesh(&cluster, 1..=NODES);
     for from in 1..=NODES {
         for to in (1..=NODES).filter(|&to| to != from) {
             let got = ping(

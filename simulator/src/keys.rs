@@ -253,8 +253,8 @@ mod tests {
     use super::*;
     use crate::fixture::{FIXTURE_A, FIXTURE_B};
     use alloy_primitives::{address, hex};
+    use dstack_guest::GetKeyReply;
     use dstack_guest::{DstackProof, verify_chain};
-    use dstack_guest::{GetKeyReply, SignatureChain};
 
     fn keys(f: &crate::fixture::Fixture) -> AppKeys {
         AppKeys::from_parts(&f.app_key, f.kms_signature).unwrap()
@@ -263,13 +263,7 @@ mod tests {
     fn proof(k: &AppKeys, app_id: Address, path: &str, purpose: &str) -> DstackProof {
         let (key, [app_signature, kms_signature]) =
             k.get_key(path, purpose, KeyAlgorithm::Secp256k1).unwrap();
-        let reply = GetKeyReply {
-            key,
-            signature_chain: SignatureChain {
-                app_signature,
-                kms_signature,
-            },
-        };
+        let reply = GetKeyReply::new(key, app_signature, kms_signature);
         DstackProof::from_get_key(&reply, app_id, purpose).unwrap()
     }
 

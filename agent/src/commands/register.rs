@@ -12,16 +12,8 @@ pub struct RegisterArgs {
     /// The cluster contract: the cluster's identity.
     #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Address,
-    /// The chain's JSON-RPC URL.
-    #[arg(
-        long,
-        env = "DSTACK_MESH_RPC_URL",
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_url: alloy::transports::http::reqwest::Url,
-    /// Guest-agent endpoint: a socket path or an http:// simulator URL.
-    #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
-    pub dstack_endpoint: Option<String>,
+    #[command(flatten)]
+    pub endpoints: crate::config::Endpoints,
     /// The UDP endpoint peers reach this node's WireGuard at, `host:port`.
     #[arg(long, env = "DSTACK_MESH_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -47,13 +39,13 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     use mesh_chain::registration::{Cluster, Desired, Outcome};
     let tx_key = crate::config::tx_signer(args.tx_key_file.as_deref(), private_key)?;
-    let rpc = mesh_chain::redact::RedactedUrl::new(&args.rpc_url);
-    let client = DstackClient::discover(args.dstack_endpoint.as_deref())
+    let rpc = mesh_chain::redact::RedactedUrl::new(&args.endpoints.rpc_url);
+    let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
     let identity = crate::identity::NodeIdentity::load(&client, args.wg_key_epoch)
         .await
         .context("cannot establish this node's identity from dstack")?;
-    let cluster = Cluster::connect(args.rpc_url.clone(), args.contract)
+    let cluster = Cluster::connect(args.endpoints.rpc_url.clone(), args.contract)
         .await
         .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))
         .with_context(|| format!("cannot reach cluster {} via {rpc}", args.contract))?;

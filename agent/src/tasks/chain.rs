@@ -107,14 +107,8 @@ impl Running {
         self.find_seat().await;
     }
 
-    /// Logs an error once, until it changes, and shows it in the state, with the RPC's credentials scrubbed.
     fn report(&mut self, what: &str, e: impl std::fmt::Display) {
-        let error = self.task.rpc.scrub(&e.to_string());
-        let text = format!("{what}: {error}");
-        if self.state.error.as_deref() != Some(&text) {
-            warn!(%error, "{what}");
-        }
-        self.state.error = Some(text);
+        super::report(&mut self.state.error, &self.task.rpc, what, e);
     }
 
     fn rpc_failed(&mut self, what: &str, e: impl std::fmt::Display) {
@@ -262,9 +256,6 @@ impl Running {
     }
 
     fn report_seat(&mut self, text: String) {
-        if self.state.error.as_deref() != Some(&text) {
-            warn!("{text}");
-        }
-        self.state.error = Some(text);
+        super::show_error(&mut self.state.error, text);
     }
 }

@@ -199,13 +199,7 @@ impl Running {
         }
     }
 
-    /// Logs an error once (until it changes) and shows it in the state, with the RPC's credentials scrubbed.
     fn report(&mut self, what: &str, e: impl std::fmt::Display) {
-        let error = self.task.rpc.scrub(&e.to_string());
-        let text = format!("{what}: {error}");
-        if self.state.error.as_deref() != Some(&text) {
-            warn!(%error, "{what}");
-        }
-        self.state.error = Some(text);
+        super::report(&mut self.state.error, &self.task.rpc, what, e);
     }
 }

@@ -294,7 +294,6 @@ pub(crate) fn derived_verifying_key(key: &DerivedKey) -> Result<VerifyingKey, Pr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::SignatureChain;
     use alloy_primitives::{U256, address, b256, hex};
 
     // dstack simulator fixture A (Aug 2025), reference §2.7.
@@ -342,13 +341,7 @@ mod tests {
     }
 
     fn reply(key: [u8; 32], app_signature: [u8; 65], kms_signature: [u8; 65]) -> GetKeyReply {
-        GetKeyReply {
-            key: DerivedKey::from_bytes(key),
-            signature_chain: SignatureChain {
-                app_signature,
-                kms_signature,
-            },
-        }
+        GetKeyReply::new(DerivedKey::from_bytes(key), app_signature, kms_signature)
     }
 
     fn recover(sig: &[u8; 65], message: &[u8]) -> VerifyingKey {

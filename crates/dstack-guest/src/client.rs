@@ -265,6 +265,19 @@ pub struct GetKeyReply {
     pub signature_chain: SignatureChain,
 }
 
+impl GetKeyReply {
+    /// A reply of `key` with the signature chain `[app_signature, kms_signature]`.
+    pub fn new(key: DerivedKey, app_signature: [u8; 65], kms_signature: [u8; 65]) -> Self {
+        Self {
+            key,
+            signature_chain: SignatureChain {
+                app_signature,
+                kms_signature,
+            },
+        }
+    }
+}
+
 /// An Info reply, with the identity fields validated.
 #[derive(Debug, Clone)]
 pub struct Info {
@@ -381,13 +394,7 @@ impl DstackClient {
             })?;
             parse_hex_field::<65>(METHOD, "signature_chain", s)
         };
-        Ok(GetKeyReply {
-            key,
-            signature_chain: SignatureChain {
-                app_signature: sig(app)?,
-                kms_signature: sig(kms)?,
-            },
-        })
+        Ok(GetKeyReply::new(key, sig(app)?, sig(kms)?))
     }
 
     /// Makes one pRPC call and returns the reply's JSON.

@@ -10,6 +10,7 @@ use alloy::{
     providers::Provider,
 };
 
+use crate::membership::Prefix;
 use crate::record::{PURPOSE_PREFIX, SignedBindConsent, SignedRegistration};
 
 use DstackClusterNFT::DstackClusterNFTErrors as E;
@@ -93,6 +94,40 @@ impl ChainError {
             None => ChainError::Call { what, source },
         }
     }
+}
+
+/// The cluster's trust anchors as the contract holds them now: its KMS root and the app ids it allows.
+///
+/// # Errors
+/// [`ChainError`] when either cannot be read.
+pub async fn trust_anchors<P: Provider>(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+) -> Result<(Address, Vec<Address>), ChainError> {
+    let call = |what: &'static str| move |e| ChainError::from_call(what, e);
+    let kms_root = c.kmsRoot().call().await.map_err(call("kmsRoot"))?;
+    let app_ids = c
+        .allowedAppIds()
+        .call()
+        .await
+        .map_err(call("allowedAppIds"))?;
+    Ok((kms_root, app_ids))
+}
+
+/// The cluster's mesh prefix as the contract holds it.
+///
+/// # Errors
+/// [`ChainError`] when it cannot be read or is no valid prefix.
+pub async fn mesh_prefix<P: Provider>(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+) -> Result<Prefix, ChainError> {
+    let p = c
+        .meshPrefix()
+        .call()
+        .await
+        .map_err(|e| ChainError::from_call("meshPrefix", e))?;
+    Prefix::new(ipv4(p._0), p._1).map_err(|e| ChainError::Implausible {
+        detail: format!("the contract's {e}"),
+    })
 }
 
 /// The overlay address of a big-endian IPv4 integer, as the contract returns it.

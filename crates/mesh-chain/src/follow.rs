@@ -15,7 +15,6 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use alloy::{
@@ -29,7 +28,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
 use crate::contract::{self, ChainError, DstackClusterNFT};
-use crate::membership::{Pins, Prefix, Rejected};
+use crate::membership::{Pins, Rejected};
 use crate::view::{ChainView, Seat};
 
 /// Records asked for per `getPeersPage` call.
@@ -170,9 +169,7 @@ impl Follower {
         contract::check_cluster(&provider, contract).await?;
         let c = DstackClusterNFT::new(contract, &provider);
         let chain_id = provider.get_chain_id().await.map_err(rpc("eth_chainId"))?;
-        let p = c.meshPrefix().call().await.map_err(call("meshPrefix"))?;
-        let prefix = Prefix::new(Ipv4Addr::from(p._0), p._1)
-            .map_err(|e| implausible(format!("the contract's {e}")))?;
+        let prefix = contract::mesh_prefix(&c).await?;
         let cached = cached.filter(|v| v.contract == contract && !anchors.repin);
         if let Some(v) = &cached {
             if v.pins.chain_id != chain_id {
@@ -194,12 +191,7 @@ impl Follower {
             (Some((root, apps)), _) => (*root, apps.clone()),
             (None, Some(v)) => (v.pins.kms_root, v.pins.app_ids.clone()),
             (None, None) => {
-                let kms_root = c.kmsRoot().call().await.map_err(call("kmsRoot"))?;
-                let app_ids = c
-                    .allowedAppIds()
-                    .call()
-                    .await
-                    .map_err(call("allowedAppIds"))?;
+                let (kms_root, app_ids) = contract::trust_anchors(&c).await?;
                 info!(%kms_root, ?app_ids, %chain_id, %prefix, "pinned the cluster's KMS root, app ids, chain id and prefix");
                 (kms_root, app_ids)
             }

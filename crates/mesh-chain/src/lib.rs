@@ -21,5 +21,7 @@ pub mod peer_key;
 pub mod record;
 pub mod redact;
 pub mod registration;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tx_key;
 pub mod view;

@@ -358,7 +358,6 @@ pub fn members(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::{B256, B512, FixedBytes, U256};
 
     fn prefix(network: [u8; 4], len: u8) -> Prefix {
         Prefix::new(Ipv4Addr::from(network), len).unwrap()
@@ -409,25 +408,7 @@ mod tests {
     }
 
     fn record(token: u64, nonce: u64, key: u8, instance: &str) -> SignedRegistration {
-        SignedRegistration {
-            token_id: U256::from(token),
-            instance_id: instance.into(),
-            wg_public_key: B256::repeat_byte(key),
-            endpoint: format!("192.0.2.{token}:51820"),
-            gateway_url: String::new(),
-            nonce,
-            proof: dstack_guest::DstackProof {
-                derived_public_key: B512::ZERO,
-                app_public_key: B512::ZERO,
-                app_signature: FixedBytes::ZERO,
-                kms_signature: FixedBytes::ZERO,
-                app_id: Address::ZERO,
-                purpose: String::new(),
-            },
-            record_signature: FixedBytes::ZERO,
-            chain_id: 1,
-            contract: Address::ZERO,
-        }
+        crate::testing::believed_record(token, nonce, key, instance)
     }
 
     /// Nothing at or below a seat's high-water mark is admitted, except the very record already held:

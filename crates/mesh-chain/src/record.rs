@@ -370,7 +370,7 @@ mod tests {
         app_message, compressed, kms_message, public_key_from_xy, sign_dstack_message,
         uncompressed_xy,
     };
-    use dstack_guest::client::{GetKeyReply, SignatureChain};
+    use dstack_guest::client::GetKeyReply;
     use k256::ecdsa::SigningKey;
 
     // dstack simulator fixture A (Aug 2025), reference §2.7: an app id and KMS root these tests do not use.
@@ -382,13 +382,7 @@ mod tests {
     }
 
     fn reply(key: [u8; 32], app_signature: [u8; 65], kms_signature: [u8; 65]) -> GetKeyReply {
-        GetKeyReply {
-            key: DerivedKey::from_bytes(key),
-            signature_chain: SignatureChain {
-                app_signature,
-                kms_signature,
-            },
-        }
+        GetKeyReply::new(DerivedKey::from_bytes(key), app_signature, kms_signature)
     }
 
     /// A test cluster: a KMS root, an app key it issued, and a derived key for one instance.

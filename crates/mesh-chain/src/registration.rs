@@ -17,7 +17,7 @@ use alloy::{
 use tracing::{info, instrument, warn};
 
 use crate::contract::{self, ChainError, DstackClusterNFT};
-use crate::membership::{self, Pins, Prefix, Rejected};
+use crate::membership::{self, Pins, Rejected};
 use crate::peer_key::PeerKey;
 use crate::record::{self, PeerRecord, RecordError, SignedRegistration};
 use wg_key::Key;
@@ -141,20 +141,12 @@ impl Cluster {
     /// [`ChainError`] when they cannot be read.
     pub async fn contract_pins(&self) -> Result<Pins, ChainError> {
         let c = self.read();
-        let call = |what: &'static str| move |e| ChainError::from_call(what, e);
-        let p = c.meshPrefix().call().await.map_err(call("meshPrefix"))?;
-        let prefix = Prefix::new(p._0.into(), p._1).map_err(|e| ChainError::Implausible {
-            detail: format!("the contract's {e}"),
-        })?;
+        let (kms_root, app_ids) = contract::trust_anchors(&c).await?;
         Ok(Pins {
-            kms_root: c.kmsRoot().call().await.map_err(call("kmsRoot"))?,
-            app_ids: c
-                .allowedAppIds()
-                .call()
-                .await
-                .map_err(call("allowedAppIds"))?,
+            kms_root,
+            app_ids,
             chain_id: self.chain_id().await?,
-            prefix,
+            prefix: contract::mesh_prefix(&c).await?,
         })
     }
 
@@ -280,12 +272,7 @@ impl Cluster {
 
         // Check against the cluster's own pins first: a KMS-root or app-id mismatch should be a clear message,
         // not a reverted transaction that someone paid for.
-        let kms_root = c.kmsRoot().call().await.map_err(call("kmsRoot"))?;
-        let app_ids = c
-            .allowedAppIds()
-            .call()
-            .await
-            .map_err(call("allowedAppIds"))?;
+        let (kms_root, app_ids) = contract::trust_anchors(&c).await?;
         record::verify_registration(&reg, kms_root, &app_ids, &peer.instance_id)
             .map_err(RegistrationError::WouldBeRejected)?;
         // And against the node's own pins, which its peers hold too: the contract may have moved on.

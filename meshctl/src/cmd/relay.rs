@@ -2,7 +2,6 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use alloy::providers::Provider;
 use anyhow::{Context, bail};
 use mesh_chain::{
     contract::{self as chain, DstackClusterNFT},
@@ -34,29 +33,14 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             args.write.cluster.contract
         );
     }
-    let chain_id = c
-        .provider()
-        .get_chain_id()
-        .await
-        .context("reading the chain id")?;
-    if reg.chain_id != chain_id {
-        bail!(
-            "the registration is signed for chain {}, but the RPC serves chain {chain_id}",
-            reg.chain_id
-        );
-    }
+    cluster::require_chain(c.provider(), reg.chain_id, "registration").await?;
     // Check it off-chain first: a clear reason costs no gas, and a relay should not pay for a forgery.
     let seat = c
         .seatInfo(reg.token_id)
         .call()
         .await
         .map_err(|e| chain::ChainError::from_call("seatInfo", e))?;
-    let kms_root = c.kmsRoot().call().await.context("reading the KMS root")?;
-    let app_ids = c
-        .allowedAppIds()
-        .call()
-        .await
-        .context("reading the allowed app ids")?;
+    let (kms_root, app_ids) = chain::trust_anchors(&c).await?;
     proof::verify_registration(&reg, kms_root, &app_ids, &seat.instanceId).with_context(|| {
         format!(
             "the registration for seat {} does not verify; not sending it",

@@ -82,6 +82,19 @@ pub(crate) fn instance_id(raw: &str) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Whether `signer` is the cluster's owner, who may bind instances without their consent.
+async fn sender_is_owner(
+    c: &chain::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    signer: &SignerOpts,
+) -> anyhow::Result<bool> {
+    let owner = c
+        .owner()
+        .call()
+        .await
+        .context("reading the cluster owner")?;
+    Ok(signer.signer()?.address() == owner)
+}
+
 pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let instance = args
         .instance
@@ -90,13 +103,8 @@ pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCod
         .transpose()?
         .unwrap_or_default();
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
-    let sender = args.write.signer.signer()?.address();
-    let owner = c
-        .owner()
-        .call()
-        .await
-        .context("reading the cluster owner")?;
-    if !instance.is_empty() && sender != owner {
+    let sender_is_owner = sender_is_owner(&c, &args.write.signer).await?;
+    if !instance.is_empty() && !sender_is_owner {
         bail!(
             "only the cluster owner binds an instance at mint; instance ids are public. Mint without --instance, \
              then bind with the instance's consent: `meshctl bind --token <seat> --consent FILE`, where FILE is what \
@@ -110,7 +118,7 @@ pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCod
             parse_ether(eth).with_context(|| format!("--pay {eth:?} is not an ETH amount"))?
         }
         None => {
-            if owner == sender {
+            if sender_is_owner {
                 U256::ZERO
             } else {
                 c.mintPrice()
@@ -160,19 +168,14 @@ pub(crate) async fn bind(args: BindArgs, out: &Output) -> anyhow::Result<ExitCod
         (None, None) => bail!("pass --instance, or --consent with the instance's consent"),
     };
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
-    let sender = args.write.signer.signer()?.address();
-    let owner = c
-        .owner()
-        .call()
-        .await
-        .context("reading the cluster owner")?;
+    let sender_is_owner = sender_is_owner(&c, &args.write.signer).await?;
     let token = U256::from(args.token);
     let (proof, signature) = match &consent {
         Some(consent) => {
             check_consent(&c, consent, token).await?;
             chain::bind_consent_args(consent)
         }
-        None if sender == owner => chain::no_bind_consent(),
+        None if sender_is_owner => chain::no_bind_consent(),
         None => bail!(
             "binding seat {} to instance {instance} needs the instance's consent (only the cluster owner binds \
              without it): in that instance run `p2p-agent identity --bind-token {} --bind-holder <the seat's holder> \
@@ -205,7 +208,6 @@ async fn check_consent(
     consent: &SignedBindConsent,
     token: U256,
 ) -> anyhow::Result<()> {
-    use alloy::providers::Provider as _;
     if consent.token_id != token {
         bail!(
             "the consent is for seat {}, not seat {token}: ask the instance for one for this seat",
@@ -219,17 +221,7 @@ async fn check_consent(
             c.address()
         );
     }
-    let chain_id = c
-        .provider()
-        .get_chain_id()
-        .await
-        .context("reading the chain id")?;
-    if consent.chain_id != chain_id {
-        bail!(
-            "the consent is for chain {}, but the RPC serves chain {chain_id}",
-            consent.chain_id
-        );
-    }
+    cluster::require_chain(c.provider(), consent.chain_id, "consent").await?;
     let holder = c
         .ownerOf(token)
         .call()
@@ -241,12 +233,7 @@ async fn check_consent(
             consent.holder
         );
     }
-    let kms_root = c.kmsRoot().call().await.context("reading the KMS root")?;
-    let app_ids = c
-        .allowedAppIds()
-        .call()
-        .await
-        .context("reading the allowed app ids")?;
+    let (kms_root, app_ids) = chain::trust_anchors(c).await?;
     proof::verify_bind_consent(consent, kms_root, &app_ids).context(
         "the consent does not verify against the cluster's KMS root and app ids; not sending it",
     )?;
@@ -291,34 +278,33 @@ pub(crate) async fn revoke(args: RevokeArgs, out: &Output) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn deactivate(args: TokenArgs, out: &Output) -> anyhow::Result<ExitCode> {
+/// Takes a seat out of the mesh (`active` false) or brings it back.
+pub(crate) async fn set_active(
+    args: TokenArgs,
+    active: bool,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
-    let receipt = cluster::send("deactivate", c.deactivate(U256::from(args.token))).await?;
+    let token = U256::from(args.token);
+    let receipt = if active {
+        cluster::send("activate", c.activate(token)).await?
+    } else {
+        cluster::send("deactivate", c.deactivate(token)).await?
+    };
+    let (done, then) = if active {
+        ("activated", "its agent registers again")
+    } else {
+        ("deactivated", "its peer record is cleared")
+    };
     out.emit(
         || {
             format!(
-                "deactivated seat {}; its peer record is cleared\n  {}\n",
+                "{done} seat {}; {then}\n  {}\n",
                 args.token,
                 tx_text(&receipt)
             )
         },
-        || json!({ "tokenId": args.token, "active": false, "receipt": tx_json(&receipt) }),
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) async fn activate(args: TokenArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
-    let receipt = cluster::send("activate", c.activate(U256::from(args.token))).await?;
-    out.emit(
-        || {
-            format!(
-                "activated seat {}; its agent registers again\n  {}\n",
-                args.token,
-                tx_text(&receipt)
-            )
-        },
-        || json!({ "tokenId": args.token, "active": true, "receipt": tx_json(&receipt) }),
+        || json!({ "tokenId": args.token, "active": active, "receipt": tx_json(&receipt) }),
     );
     Ok(ExitCode::SUCCESS)
 }

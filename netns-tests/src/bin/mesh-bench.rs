@@ -19,6 +19,7 @@
 //! sudo target/release/mesh-bench --json target/mesh-bench.json
 //! ```
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
@@ -108,9 +109,7 @@ fn machine() -> Value {
 fn throughput(args: &Args) -> Value {
     let lan = Lan::new(4);
     let cluster = Cluster::deploy_seats(&lan, 2);
-    let agents = start_agents(&cluster, 1..=2);
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (_agents, _keys) = start_mesh(&cluster, 1..=2);
     let (_wg3, _wg4) = wireguard_go_pair(&lan);
     let mut out = json!({});
     for streams in [1u32, 4] {
@@ -169,17 +168,16 @@ fn wireguard_go_pair(lan: &Lan) -> (WireguardGo, WireguardGo) {
 fn latency() -> Value {
     let lan = Lan::new(4);
     let cluster = Cluster::deploy_seats(&lan, 2);
-    let agents = start_agents(&cluster, 1..=2);
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (_agents, _keys) = start_mesh(&cluster, 1..=2);
     let (_wg3, _wg4) = wireguard_go_pair(&lan);
     let every = Duration::from_millis(20);
     // Warm up sessions and caches first.
-    ping_avg_ms(lan.node(1), &overlay_ip(2).to_string(), 5, every);
-    ping_avg_ms(lan.node(3), "10.0.2.2", 5, every);
-    let bare = ping_avg_ms(lan.node(1), &lan_ip(2).to_string(), 200, every);
-    let mesh = ping_avg_ms(lan.node(1), &overlay_ip(2).to_string(), 200, every);
-    let go = ping_avg_ms(lan.node(3), "10.0.2.2", 200, every);
+    let go_peer = Ipv4Addr::new(10, 0, 2, 2);
+    ping_avg_ms(lan.node(1), overlay_ip(2), 5, every);
+    ping_avg_ms(lan.node(3), go_peer, 5, every);
+    let bare = ping_avg_ms(lan.node(1), lan_ip(2), 200, every);
+    let mesh = ping_avg_ms(lan.node(1), overlay_ip(2), 200, every);
+    let go = ping_avg_ms(lan.node(3), go_peer, 200, every);
     eprintln!("   RTT: bare {bare:.3} ms, mesh {mesh:.3} ms, wireguard-go {go:.3} ms");
     json!({
         "bareRttMs": bare,
@@ -281,9 +279,7 @@ fn size_run(
     let lan = Lan::new(n + extra);
     let cluster = Cluster::deploy_seats(&lan, n);
     let contract = Address::from_str(&cluster.contract)?;
-    let mut agents = start_agents(&cluster, 1..n);
-    let mut keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (mut agents, mut keys) = start_mesh(&cluster, 1..n);
     eprintln!("   {} agents meshed", n - 1);
 
     // Convergence: node n joins.
