@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use alloy::providers::Provider;
 use anyhow::Context;
-use base64::Engine;
 use mesh_chain::{
     contract::{self as chain, DstackClusterNFT, ipv4},
     record as proof,
@@ -123,7 +122,7 @@ fn wg_key(p: &DstackClusterNFT::Peer) -> Value {
     if p.wgPublicKey.is_zero() {
         Value::Null
     } else {
-        Value::String(base64::engine::general_purpose::STANDARD.encode(p.wgPublicKey))
+        Value::String(wg_key::Key::from_bytes(p.wgPublicKey.0).to_string())
     }
 }
 
