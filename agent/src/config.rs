@@ -144,6 +144,19 @@ pub struct RunArgs {
     /// The local API's unix socket.
     #[arg(long, env = "DSTACK_MESH_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
+    /// The API socket's permissions, in octal: who may read the peer list through it.
+    #[arg(long, env = "DSTACK_MESH_API_SOCKET_MODE", default_value = "0660", value_parser = parse_socket_mode)]
+    pub api_socket_mode: u32,
+    /// The API socket's group, by name or number, e.g. the group an application's non-root user is in.
+    #[arg(long, env = "DSTACK_MESH_API_SOCKET_GROUP", value_name = "GROUP")]
+    pub api_socket_group: Option<String>,
+    /// Also serve the API on this TCP address, e.g. 127.0.0.1:8000: containers that share the agent's network
+    /// namespace (compose `network_mode: service:mesh`) read it on loopback, whatever their user.
+    #[arg(long, env = "DSTACK_MESH_API_LISTEN", value_name = "ADDR")]
+    pub api_listen: Option<SocketAddr>,
+    /// Serve `/metrics` alone on this TCP address, for a scraper outside the CVM.
+    #[arg(long, env = "DSTACK_MESH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Pin this KMS root instead of reading it from the contract at first start.
     #[arg(long, env = "DSTACK_MESH_KMS_ROOT", requires = "app_ids")]
     pub kms_root: Option<Address>,
@@ -196,6 +209,17 @@ pub struct RunArgs {
     /// The domain suffix of the hosts-file names.
     #[arg(long, env = "DSTACK_MESH_HOSTS_SUFFIX", default_value = "mesh")]
     pub hosts_suffix: String,
+}
+
+/// `--api-socket-mode`: octal permission bits, such as 0660 or 660.
+fn parse_socket_mode(raw: &str) -> Result<u32, String> {
+    let digits = raw.strip_prefix("0o").unwrap_or(raw);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "{raw:?} is not a file mode: give octal permission bits such as 0660 (owner and group) or 0666 (anyone)"
+        )),
+    }
 }
 
 impl RunArgs {

@@ -18,6 +18,22 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    /// How log lines are written to stderr: text for people, json (one object per line, with the node's
+    /// instance and token in its spans once known) for log collectors.
+    #[arg(
+        long,
+        env = "DSTACK_MESH_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +50,10 @@ enum Command {
     /// peer to have one with, or this node runs --mode tls): exits 0 then, non-zero after --timeout-secs. For docker-compose `depends_on:
     /// service_completed_successfully`.
     Wait(wait::WaitArgs),
+    /// Hold a network namespace and do nothing else until SIGTERM, as Kubernetes' pause container does: the
+    /// agent and the application both join it (compose `network_mode: service:<this>`), so a restart of
+    /// the agent keeps the application's network.
+    Hold,
 }
 
 /// Takes the transaction key out of the process environment (under each of its names), so nothing the agent
@@ -60,17 +80,7 @@ fn main() -> ExitCode {
     // SAFETY: first in `main`, before the runtime or any other thread exists.
     let cli: Cli = unsafe { cli_env::parse(config::ENV_ALIASES) };
     let private_key = take_private_key();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // The agent's own events (registrations, peers added and removed) by default, others' warnings.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "warn,p2p_agent=info,mesh_chain=info,mesh_wg=info,mesh_api=info,dstack_guest=info,unix_socket=info"
-                    .into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +97,30 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            // The agent's own events (registrations, peers added and removed) by default, others' warnings.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,p2p_agent=info,mesh_chain=info,mesh_wg=info,mesh_api=info,dstack_guest=info,unix_socket=info"
+                    .into()
+            }),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Spans as a list, root first: `.spans[0]` is the node, with its instance and token.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
     }
 }
 
@@ -109,6 +143,10 @@ async fn run(
         Some(Command::Identity(args)) => identity::run(args).await,
         Some(Command::Register(args)) => register::run(args, private_key).await,
         Some(Command::Wait(args)) => wait::run(args).await,
+        Some(Command::Hold) => {
+            wait_for_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
 use dstack_guest::DstackClient;
-use mesh_api::Snapshot;
+use mesh_api::{Listener, Routes, Snapshot};
 use mesh_chain::backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig};
 use mesh_chain::redact::RedactedUrl;
@@ -40,16 +40,23 @@ pub async fn run(
     tx_key: Option<PrivateKeySigner>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The root of every span: its fields are recorded once known (the instance from dstack, the token once
+    // a seat is found), so each log line after that carries them.
+    let node = info_span!(
+        "node",
+        instance = tracing::field::Empty,
+        token = tracing::field::Empty
+    );
+    daemon(args, tx_key, cancel).instrument(node).await
+}
+
+async fn daemon(
+    args: RunArgs,
+    tx_key: Option<PrivateKeySigner>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let contract = args.validate()?;
-    if let Some(dir) = args.api_socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let socket = UnixSocket::bind(&args.api_socket)
-        .await
-        .context("binding the API socket (--api-socket)")?;
-    socket
-        .set_mode(0o660)
-        .context("restricting the API socket")?;
+    let listeners = bind_api(&args).await?;
     let rpc = RedactedUrl::new(&args.endpoints.rpc_url);
     let agent = AgentFacts {
         mode: args.mode.into(),
@@ -59,15 +66,74 @@ pub async fn run(
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));
     // The API outlives the tasks: it answers until they are all joined.
     let api_stop = CancellationToken::new();
-    let api = tokio::spawn(mesh_api::serve(
-        socket,
-        api_rx,
-        api_stop.clone().cancelled_owned(),
-    ));
+    let mut api = JoinSet::new();
+    for (listener, routes) in listeners {
+        api.spawn(
+            mesh_api::serve(
+                listener,
+                routes,
+                api_rx.clone(),
+                api_stop.clone().cancelled_owned(),
+            )
+            .in_current_span(),
+        );
+    }
     let result = member(args, contract, rpc, agent, tx_key, api_tx, &cancel).await;
     api_stop.cancel();
-    let _ = api.await;
+    api.join_all().await;
     result
+}
+
+/// Binds every place the API is served: the socket (with its mode and group), and the TCP addresses.
+async fn bind_api(args: &RunArgs) -> anyhow::Result<Vec<(Listener, Routes)>> {
+    if let Some(dir) = args.api_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let socket = UnixSocket::bind(&args.api_socket)
+        .await
+        .context("binding the API socket (--api-socket)")?;
+    if let Some(group) = &args.api_socket_group {
+        let gid = group_id(group)?;
+        std::os::unix::fs::chown(socket.path(), None, Some(gid)).with_context(|| {
+            format!(
+                "giving the API socket {} to group {group} (--api-socket-group)",
+                socket.path().display()
+            )
+        })?;
+    }
+    socket
+        .set_mode(args.api_socket_mode)
+        .context("setting the API socket's mode (--api-socket-mode)")?;
+    let mut listeners = vec![(Listener::from(socket), Routes::Api)];
+    for (addr, routes, flag) in [
+        (args.api_listen, Routes::Api, "--api-listen"),
+        (args.metrics_listen, Routes::Metrics, "--metrics-listen"),
+    ] {
+        let Some(addr) = addr else { continue };
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} ({flag})"))?;
+        if routes == Routes::Api && !addr.ip().is_loopback() {
+            warn!(%addr, "the API has no authentication: anyone who reaches {addr} reads this node's peers; prefer a loopback address");
+        }
+        info!(%addr, ?routes, "serving on TCP");
+        listeners.push((Listener::from(tcp), routes));
+    }
+    Ok(listeners)
+}
+
+/// `--api-socket-group`: a group name, or a number.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => anyhow::bail!(
+            "--api-socket-group {group}: no such group in /etc/group; give a group that exists here, or its number"
+        ),
+        Err(e) => Err(e).with_context(|| format!("looking up group {group} (--api-socket-group)")),
+    }
 }
 
 /// Waits for dstack to say who this node is, then runs the tasks.
@@ -89,6 +155,7 @@ async fn member(
         return Ok(());
     };
     let identity = Arc::new(identity);
+    tracing::Span::current().record("instance", identity.instance_id());
     info!(instance = %identity.instance_id(), app = %identity.peer.app_id, wg_key = %identity.wg_public_key(), "identity from dstack");
     let cached = load_cache(&args, contract);
     let tasks = Tasks::new(args, contract, rpc, agent, identity, tx_key);
@@ -170,6 +237,7 @@ impl Tasks {
             poll,
             state_dir: args.state_dir.clone(),
             instance_id: identity.instance_id().to_owned(),
+            node_span: tracing::Span::current(),
         };
         let registrar = Registrar {
             contract,
@@ -201,6 +269,7 @@ impl Tasks {
             },
             agent,
             started: Instant::now(),
+
             hooks: Hooks {
                 on_change: args.on_change,
                 timeout: Duration::from_secs(args.hook_timeout_secs),

@@ -111,7 +111,7 @@ impl FixtureApi {
         let bound = UnixSocket::bind(&socket).await.expect("bind API socket");
         let (publish, rx) = watch::channel(snapshot);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(mesh_api::serve(bound, rx, async {
+        tokio::spawn(mesh_api::serve(bound, mesh_api::Routes::Api, rx, async {
             let _ = stopped.await;
         }));
         Self {

@@ -99,3 +99,32 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_and_lag() {
         );
     }
 }
+
+/// `/healthz` is 503 naming the unreachable seat, and 200 once every peer is reachable somehow; the metrics
+/// address answers `/metrics` and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_names_unreachable_seats_and_turns_200_when_all_are_reachable() {
+    let mut snapshot = example_snapshot(1_000_000);
+    let server = FixtureApi::start(snapshot.clone()).await;
+    let err = mesh_api::get::<mesh_api::Health>(server.path(), "/healthz")
+        .await
+        .unwrap_err();
+    let mesh_api::ClientError::Http {
+        status, message, ..
+    } = &err
+    else {
+        panic!("an unhealthy node answers with an HTTP error: {err}")
+    };
+    assert_eq!(status.as_u16(), 503);
+    // The client reports a JSON body's `error` field, else the body; the reasons are in it.
+    assert!(
+        message.contains("seat 4 (10.0.1.4) is unreachable"),
+        "{message}"
+    );
+
+    snapshot.peers.retain(|p| p.token_id != 4);
+    server.publish.send_replace(snapshot);
+    let health: mesh_api::Health = mesh_api::get(server.path(), "/healthz").await.unwrap();
+    assert!(health.healthy && health.reasons.is_empty(), "{health:?}");
+    assert_eq!((health.peers_configured, health.peers_reachable), (2, 2));
+}

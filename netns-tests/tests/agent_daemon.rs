@@ -396,3 +396,108 @@ fn app_ids_without_a_kms_root_are_refused() {
         );
     }
 }
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The API where applications are: on loopback TCP with `--api-listen` (what `p2p-agent wait` and
+/// `meshctl status --check` read too), the socket with the mode and group asked for, `/metrics` alone on
+/// `--metrics-listen`, and JSON log lines that carry the node's instance and seat.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_is_served_on_loopback_tcp_with_health_and_json_logs() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let anvil = anvil();
+    let wg_node = SimulatedInstance::start("wg-node").await;
+    let tls_node = SimulatedInstance::start("tls-node").await;
+    let (c, _) = cluster_with_a_registered_peer(&anvil, &wg_node, &tls_node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("tx.key");
+    std::fs::write(&key_file, alloy::hex::encode(anvil.keys()[3].to_bytes())).unwrap();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _agent = start_tls_agent_with(
+        dir.path(),
+        anvil.endpoint().as_str(),
+        &c.address().to_string(),
+        &tls_node,
+        &[
+            "--tx-key-file",
+            key_file.to_str().unwrap(),
+            "--api-listen",
+            &api.to_string(),
+            "--metrics-listen",
+            &metrics.to_string(),
+            "--api-socket-mode",
+            "0666",
+            "--api-socket-group",
+            "999",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let (status, _) = wait_until(dir.path(), "registered, with a peer", |s, p| {
+        s.node.registered && p.len() == 1
+    })
+    .await;
+
+    let meta = std::fs::metadata(dir.path().join("api.sock")).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o666,
+        "--api-socket-mode"
+    );
+    assert_eq!(meta.gid(), 999, "--api-socket-group");
+
+    let over_tcp: Status = mesh_api::get(api, "/v1/status").await.unwrap();
+    assert_eq!(over_tcp.node, status.node, "TCP serves the same API");
+    // A TLS node reaches its WireGuard peer by URL: registered and every peer reachable is healthy.
+    let health: mesh_api::Health = mesh_api::get(api, "/healthz").await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    assert_eq!(health.token_id, Some(2));
+
+    let text = mesh_api::get_text(metrics, "/metrics").await.unwrap();
+    assert!(text.contains("dstack_mesh_peers_configured 1"), "{text}");
+    let err = mesh_api::get_text(metrics, "/v1/peers").await.unwrap_err();
+    assert!(err.to_string().contains("serves /metrics only"), "{err}");
+
+    for (bin, args) in [
+        (
+            "p2p-agent",
+            vec!["wait", "--timeout-secs", "10", "--accept", "gateway"],
+        ),
+        ("meshctl", vec!["status", "--check"]),
+    ] {
+        let out = Command::new(netns_tests::process::workspace_bin(bin))
+            .env_clear()
+            .env("DSTACK_MESH_API_LISTEN", api.to_string())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{bin} {args:?} over DSTACK_MESH_API_LISTEN: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let with_seat = lines
+        .iter()
+        .find(|l| l["spans"][0]["token"] == 2)
+        .unwrap_or_else(|| panic!("no log line carries token 2:\n{log}"));
+    assert_eq!(
+        with_seat["spans"][0]["instance"], tls_node.instance_id,
+        "{with_seat}"
+    );
+}

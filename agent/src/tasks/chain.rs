@@ -33,6 +33,19 @@ pub struct ChainTask {
     pub poll: Duration,
     pub state_dir: PathBuf,
     pub instance_id: String,
+    /// The daemon's root span: the seat is recorded on it as soon as it is known, so every log line after
+    /// that (the registrar's included) carries it.
+    pub node_span: tracing::Span,
+}
+
+/// Records `seat` on `span` when it is new.
+fn record_seat(span: &tracing::Span, recorded: &mut Option<u64>, seat: Option<u64>) {
+    if let Some(token) = seat
+        && *recorded != Some(token)
+    {
+        span.record("token", token);
+        *recorded = Some(token);
+    }
 }
 
 /// The seat of `instance_id` as the view shows it: only a seat with a record is found this way.
@@ -74,6 +87,8 @@ impl ChainTask {
             info!("serving the chain view from the state file until the RPC answers");
             state.view = Some(Arc::new(view));
         }
+        let mut recorded = None;
+        record_seat(&self.node_span, &mut recorded, state.seat.token());
         out.send_replace(state.clone());
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,6 +107,8 @@ impl ChainTask {
             if cancel.run_until_cancelled(running.step()).await.is_none() {
                 return Ok(());
             }
+            let seat = running.state.seat.token();
+            record_seat(&running.task.node_span, &mut recorded, seat);
             out.send_replace(running.state.clone());
         }
     }

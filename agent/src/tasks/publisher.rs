@@ -8,7 +8,7 @@ use mesh_api::{Peer, Snapshot};
 use mesh_chain::membership::Member;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 
 use crate::hooks;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
@@ -102,11 +102,14 @@ impl Hooks {
             let cmd = cmd.clone();
             let limit = self.timeout.max(Duration::from_secs(1));
             // Owned by nobody on purpose: a slow hook must not hold up the snapshot; it is bounded instead.
-            tokio::spawn(async move {
-                if let Err(e) = hooks::run(&cmd, &json, limit).await {
-                    warn!(hook = %cmd, error = %e, "the on-change hook failed");
+            tokio::spawn(
+                async move {
+                    if let Err(e) = hooks::run(&cmd, &json, limit).await {
+                        warn!(hook = %cmd, error = %e, "the on-change hook failed");
+                    }
                 }
-            });
+                .in_current_span(),
+            );
         }
     }
 }

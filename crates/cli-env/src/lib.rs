@@ -4,6 +4,9 @@
 //! its older name's value when only that one is set. clap then reads the current names only.
 //!
 //! Both names set to different values is a [`Conflict`]: which one the user meant cannot be known.
+//!
+//! An empty variable counts as unset ([`empty`]): compose files write `NAME: ${NAME:-}` for an optional
+//! setting, which sets it to the empty string, and clap would otherwise parse that as a value.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -77,6 +80,23 @@ pub fn plan(
     Ok(set)
 }
 
+/// The variables of `vars` that [`parse`] unsets because they are empty: ours (the prefix, or an alias's
+/// older name). Pure, so it is tested without touching the environment.
+pub fn empty(
+    aliases: &[Alias],
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<OsString> {
+    vars.into_iter()
+        .filter(|(name, value)| {
+            value.is_empty()
+                && name
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(PREFIX) || aliases.iter().any(|a| a.older == n))
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// Gives each current name its older name's value where only the older one is set.
 ///
 /// # Errors
@@ -101,6 +121,10 @@ pub unsafe fn adopt_older_names(aliases: &[Alias]) -> Result<(), Conflict> {
 /// As [`adopt_older_names`]: no other thread may exist yet.
 #[allow(unsafe_code)]
 pub unsafe fn parse<P: clap::Parser>(aliases: &[Alias]) -> P {
+    for name in empty(aliases, std::env::vars_os()) {
+        // SAFETY: the caller guarantees that this process has no other thread.
+        unsafe { std::env::remove_var(name) };
+    }
     // SAFETY: passed on to the caller.
     if let Err(e) = unsafe { adopt_older_names(aliases) } {
         eprintln!("error: {e}");
@@ -129,6 +153,24 @@ pub fn help(aliases: &[Alias]) -> String {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn empty_variables_of_ours_count_as_unset_and_others_are_left_alone() {
+        let vars = [
+            ("DSTACK_MESH_GATEWAY_DOMAIN", ""),
+            ("DSTACK_MESH_RPC_URL", "http://x"),
+            ("RPC_URL", ""),
+            ("HOME", ""),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        assert_eq!(
+            empty(ALIASES, vars),
+            vec![
+                OsString::from("DSTACK_MESH_GATEWAY_DOMAIN"),
+                OsString::from("RPC_URL")
+            ]
+        );
+    }
 
     const ALIASES: &[Alias] = &[
         Alias::new("DSTACK_MESH_RPC_URL", "RPC_URL"),

@@ -1,5 +1,6 @@
 //! The API server: it only renders the [`Snapshot`] that the agent publishes on a `watch` channel, so it
-//! never blocks the agent, and tests can serve any state they like.
+//! never blocks the agent, and tests can serve any state they like. One server serves a unix socket or a
+//! TCP address ([`Listener`]), the whole API or the metrics alone ([`Routes`]).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,12 +13,47 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::debug;
 use unix_socket::UnixSocket;
 
+use crate::health::assess;
 use crate::metrics::metrics;
 use crate::types::{Peer, Snapshot};
+
+/// Where a server accepts connections.
+#[derive(Debug)]
+pub enum Listener {
+    /// The API socket, whose file permissions say who may connect.
+    Unix(UnixSocket),
+    /// A TCP address: loopback for applications that share the agent's network namespace, or any
+    /// address for a metrics scraper outside it.
+    Tcp(TcpListener),
+}
+
+impl From<UnixSocket> for Listener {
+    fn from(socket: UnixSocket) -> Self {
+        Self::Unix(socket)
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
+/// What a server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// The whole API: status, peers, the watch stream, health and metrics.
+    Api,
+    /// `/metrics` alone, for `--metrics-listen`.
+    Metrics,
+}
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -81,8 +117,19 @@ fn watch_peers(mut rx: watch::Receiver<Snapshot>) -> Response<Body> {
     r
 }
 
+/// 200 when healthy, 503 with the reasons otherwise: what a compose `healthcheck` or a probe wants.
+fn healthz(snapshot: &Snapshot) -> Response<Body> {
+    let health = assess(&snapshot.status, &snapshot.peers);
+    let mut r = json(&health);
+    if !health.healthy && r.status() == StatusCode::OK {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r
+}
+
 async fn handle(
     rx: watch::Receiver<Snapshot>,
+    routes: Routes,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if req.method() != Method::GET {
@@ -92,55 +139,83 @@ async fn handle(
         ));
     }
     let snapshot = rx.borrow().clone();
-    Ok(match req.uri().path() {
-        "/v1/status" => json(&snapshot.status),
-        "/v1/peers" => json(&snapshot.peers),
-        "/v1/peers/watch" => watch_peers(rx),
-        "/metrics" => full(
+    Ok(match (routes, req.uri().path()) {
+        (_, "/metrics") => full(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             metrics(&snapshot),
         ),
-        other => error(
+        (Routes::Api, "/v1/status") => json(&snapshot.status),
+        (Routes::Api, "/v1/peers") => json(&snapshot.peers),
+        (Routes::Api, "/v1/peers/watch") => watch_peers(rx),
+        (Routes::Api, "/healthz") => healthz(&snapshot),
+        (Routes::Api, other) => error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no such path {other}: try /v1/status, /v1/peers, /v1/peers/watch or /metrics"
+                "no such path {other}: try /v1/status, /v1/peers, /v1/peers/watch, /healthz or /metrics"
             ),
+        ),
+        (Routes::Metrics, other) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no such path {other}: this address serves /metrics only"),
         ),
     })
 }
 
-/// Serves the API on `socket` until `shutdown` resolves.
+/// Serves one connection in `connections`; dropping the set aborts it.
+fn spawn_connection<S>(
+    connections: &mut JoinSet<()>,
+    stream: S,
+    rx: &watch::Receiver<Snapshot>,
+    routes: Routes,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let rx = rx.clone();
+    connections.spawn(async move {
+        let service = service_fn(move |req| handle(rx.clone(), routes, req));
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            debug!(%e, "API connection ended with an error");
+        }
+    });
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves.
 pub async fn serve(
-    socket: UnixSocket,
+    listener: impl Into<Listener>,
+    routes: Routes,
     rx: watch::Receiver<Snapshot>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let listener = listener.into();
     tokio::pin!(shutdown);
-    let mut connections = tokio::task::JoinSet::new();
+    let mut connections = JoinSet::new();
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = socket.accept() => match accepted {
-                Ok(stream) => {
-                    let rx = rx.clone();
-                    connections.spawn(async move {
-                        let service = service_fn(move |req| handle(rx.clone(), req));
-                        if let Err(e) = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            debug!(%e, "API connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    debug!(%e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            accepted = accept(&listener, &mut connections, &rx, routes) => accepted,
+        };
+        if let Err(e) = accepted {
+            debug!(%e, "API accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         while connections.try_join_next().is_some() {}
     }
     // Dropping the set aborts open connections, watch streams included.
+}
+
+async fn accept(
+    listener: &Listener,
+    connections: &mut JoinSet<()>,
+    rx: &watch::Receiver<Snapshot>,
+    routes: Routes,
+) -> std::io::Result<()> {
+    match listener {
+        Listener::Unix(socket) => spawn_connection(connections, socket.accept().await?, rx, routes),
+        Listener::Tcp(tcp) => spawn_connection(connections, tcp.accept().await?.0, rx, routes),
+    }
+    Ok(())
 }

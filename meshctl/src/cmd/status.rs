@@ -1,28 +1,32 @@
 //! `meshctl status`: this node and its mesh, from the agent's local API.
 
-use std::{path::PathBuf, process::ExitCode, time::SystemTime};
+use std::{process::ExitCode, time::SystemTime};
 
 use anyhow::Context;
-use mesh_api::{ConnectionKind, Peer, Status};
+use mesh_api::{ApiArgs, ConnectionKind, Peer, Status};
 use serde_json::json;
 
 use crate::output::Output;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The agent's API socket.
-    #[arg(long, env = "DSTACK_MESH_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
-    api_socket: PathBuf,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Show whole WireGuard keys and instance ids.
     #[arg(short, long)]
     verbose: bool,
+    /// Exit 1 when this node is not registered or a peer is unreachable (by tunnel and by gateway URL),
+    /// naming each on stderr; as the agent's `GET /healthz` judges. For health checks and scripts.
+    #[arg(long)]
+    check: bool,
 }
 
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
-    let status: Status = mesh_api::get(&args.api_socket, "/v1/status")
+    let api = args.api.addr();
+    let status: Status = mesh_api::get(&api, "/v1/status")
         .await
         .context("reading the agent's status")?;
-    let mut peers: Vec<Peer> = mesh_api::get(&args.api_socket, "/v1/peers")
+    let mut peers: Vec<Peer> = mesh_api::get(&api, "/v1/peers")
         .await
         .context("reading the agent's peers")?;
     peers.sort_by_key(|p| p.token_id);
@@ -30,10 +34,17 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let health = mesh_api::assess(&status, &peers);
     out.emit(
         || render(&status, &peers, now, args.verbose),
-        || json!({ "status": status, "peers": peers }),
+        || json!({ "status": status, "peers": peers, "health": health }),
     );
+    if args.check && !health.healthy {
+        for reason in &health.reasons {
+            eprintln!("check failed: {reason}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

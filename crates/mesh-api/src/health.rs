@@ -1,0 +1,159 @@
+//! Whether a node is a working member, from what the API serves: the answer of `GET /healthz` and of
+//! `meshctl status --check`. Pure, so both say the same and tests need no agent.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ConnectionKind, Mode, Peer, Status};
+
+/// `GET /healthz`: healthy when this node's record is on-chain and every peer is reachable somehow, by
+/// tunnel or by gateway URL; otherwise each reason, naming the seat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub healthy: bool,
+    pub registered: bool,
+    pub token_id: Option<u64>,
+    pub peers_configured: usize,
+    /// Peers reachable by tunnel or gateway URL.
+    pub peers_reachable: usize,
+    /// The seats of the peers that are not.
+    pub unreachable: Vec<u64>,
+    /// Why it is not healthy, one line each; empty when it is.
+    pub reasons: Vec<String>,
+}
+
+/// Judges `status` and `peers` as `/v1/status` and `/v1/peers` serve them.
+pub fn assess(status: &Status, peers: &[Peer]) -> Health {
+    let node = &status.node;
+    let mut reasons = Vec::new();
+    if !node.registered {
+        let why = match node.token_id {
+            None => format!(
+                "no seat is bound to this instance ({}) yet: the cluster owner binds one with `meshctl mint --instance` or `meshctl bind`",
+                node.instance_id
+            ),
+            Some(t) => format!("this node's record for seat {t} is not on-chain yet"),
+        };
+        reasons.push(match &status.chain.last_error {
+            Some(e) => format!("{why} (last error: {e})"),
+            None => why,
+        });
+    }
+    let mut unreachable: Vec<u64> = peers
+        .iter()
+        .filter(|p| p.connection == ConnectionKind::Unreachable)
+        .map(|p| p.token_id)
+        .collect();
+    unreachable.sort_unstable();
+    for p in peers
+        .iter()
+        .filter(|p| p.connection == ConnectionKind::Unreachable)
+    {
+        let tunnel = match (status.mode, p.latest_handshake) {
+            (Mode::Tls, _) => "this node runs no tunnel",
+            (Mode::Wireguard, None | Some(0)) => "its tunnel has never had a handshake",
+            (Mode::Wireguard, Some(_)) => "its tunnel's last handshake is stale",
+        };
+        reasons.push(format!(
+            "seat {} ({}) is unreachable: {tunnel}, and it registered no gateway URL",
+            p.token_id, p.overlay_ip
+        ));
+    }
+    Health {
+        healthy: reasons.is_empty(),
+        registered: node.registered,
+        token_id: node.token_id,
+        peers_configured: peers.len(),
+        peers_reachable: peers.len() - unreachable.len(),
+        unreachable,
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::types::{ChainStatus, Node};
+
+    fn status(registered: bool, token: Option<u64>) -> Status {
+        Status {
+            version: "0".into(),
+            mode: Mode::Wireguard,
+            backend: Some("userspace".into()),
+            node: Node {
+                instance_id: "inst-1".into(),
+                token_id: token,
+                registered,
+                ..Node::default()
+            },
+            chain: ChainStatus::default(),
+            uptime_secs: 1,
+            peers_configured: 0,
+            peers_healthy: 0,
+        }
+    }
+
+    fn peer(token: u64, connection: ConnectionKind, handshake: Option<u64>) -> Peer {
+        Peer {
+            token_id: token,
+            instance_id: format!("inst-{token}"),
+            overlay_ip: Ipv4Addr::new(10, 0, 1, u8::try_from(token).unwrap()),
+            wg_public_key: None,
+            endpoint: None,
+            gateway_url: None,
+            connection,
+            address: None,
+            healthy: connection == ConnectionKind::Wireguard,
+            latest_handshake: handshake,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn registered_with_every_peer_reachable_somehow_is_healthy() {
+        let peers = [
+            peer(2, ConnectionKind::Wireguard, Some(10)),
+            peer(3, ConnectionKind::TlsGateway, None),
+        ];
+        let h = assess(&status(true, Some(1)), &peers);
+        assert!(h.healthy, "{h:?}");
+        assert_eq!((h.peers_configured, h.peers_reachable), (2, 2));
+        assert!(h.reasons.is_empty() && h.unreachable.is_empty());
+    }
+
+    #[test]
+    fn alone_and_registered_is_healthy() {
+        assert!(assess(&status(true, Some(1)), &[]).healthy);
+    }
+
+    #[test]
+    fn each_unreachable_peer_is_named_with_why() {
+        let peers = [
+            peer(4, ConnectionKind::Unreachable, Some(5)),
+            peer(2, ConnectionKind::Wireguard, Some(10)),
+            peer(3, ConnectionKind::Unreachable, None),
+        ];
+        let h = assess(&status(true, Some(1)), &peers);
+        assert!(!h.healthy);
+        assert_eq!(h.unreachable, vec![3, 4]);
+        assert_eq!(h.peers_reachable, 1);
+        assert_eq!(h.reasons.len(), 2, "{:?}", h.reasons);
+        assert!(h.reasons[0].contains("seat 4 (10.0.1.4)") && h.reasons[0].contains("stale"));
+        assert!(h.reasons[1].contains("seat 3") && h.reasons[1].contains("never"));
+    }
+
+    #[test]
+    fn an_unregistered_node_says_whether_it_lacks_a_seat_or_a_record() {
+        let mut s = status(false, None);
+        s.chain.last_error = Some("rpc down".into());
+        let h = assess(&s, &[]);
+        assert!(!h.healthy);
+        assert!(h.reasons[0].contains("no seat is bound to this instance (inst-1)"));
+        assert!(h.reasons[0].contains("rpc down"));
+        let h = assess(&status(false, Some(2)), &[]);
+        assert!(h.reasons[0].contains("record for seat 2 is not on-chain"));
+    }
+}
