@@ -138,7 +138,7 @@ impl<'a> Agent<'a> {
     }
 
     pub fn ns(&self) -> &'a NetNs {
-        self.cluster.lan.node(self.index)
+        self.cluster.lan().node(self.index)
     }
 
     fn spawn(&mut self, extra: &[&str]) {

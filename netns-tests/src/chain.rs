@@ -94,3 +94,18 @@ pub async fn mint(cluster: &TestCluster, to: alloy::primitives::Address, instanc
         .await
         .expect("mintNodeAccess receipt");
 }
+
+/// The chain's latest block number (`cast block-number`), or `None` while it does not answer.
+pub fn block_number(rpc_url: &str) -> Option<u64> {
+    let mut cmd = std::process::Command::new(cast_path());
+    crate::process::clean_env(&mut cmd).args(["block-number", "--rpc-url", rpc_url]);
+    let out = crate::process::run_command_timeout(
+        cmd,
+        "cast block-number",
+        std::time::Duration::from_secs(30),
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .flatten()
+}

@@ -67,11 +67,13 @@ pub struct SimNode {
     pub log: PathBuf,
 }
 
-/// A cluster on the LAN's chain: a fresh KMS root key, one `dstack-simulator` per node (all of
-/// [`APP_ID`]), the contract deployed by account 0 with `meshctl deploy`, and seat i minted to account i
-/// and bound to node i's instance.
+/// A cluster on the LAN's chain (or any chain, [`Cluster::deploy_at`]): a fresh KMS root key, one
+/// `dstack-simulator` per node (all of [`APP_ID`]), the contract deployed by account 0 with `meshctl
+/// deploy`, and seat i minted to account i and bound to node i's instance.
 pub struct Cluster<'a> {
-    pub lan: &'a Lan,
+    /// The LAN whose switch namespace runs `meshctl`; none when the chain is reached from here.
+    lan: Option<&'a Lan>,
+    rpc_url: String,
     pub contract: String,
     pub kms_root: String,
     /// `sims[i - 1]` is node i's.
@@ -89,11 +91,25 @@ impl<'a> Cluster<'a> {
     /// Like [`Cluster::deploy`], but mints only seats `1..=seats`: nodes above that have a simulator (an
     /// instance) and no seat until [`Cluster::mint`] gives them one.
     pub fn deploy_seats(lan: &'a Lan, seats: usize) -> Self {
-        assert!(
-            seats <= lan.nodes.len(),
-            "{seats} seats for {} nodes",
-            lan.nodes.len()
-        );
+        Self::start(Some(lan), rpc_url(), lan.nodes.len(), seats)
+    }
+
+    /// The lan this cluster's chain is on.
+    ///
+    /// # Panics
+    /// For a cluster made with [`Cluster::deploy_at`].
+    pub fn lan(&self) -> &'a Lan {
+        self.lan
+            .expect("this cluster's chain is not on a Lan (Cluster::deploy_at)")
+    }
+
+    /// The chain's JSON-RPC URL.
+    pub fn rpc_url(&self) -> &str {
+        &self.rpc_url
+    }
+
+    fn start(lan: Option<&'a Lan>, rpc_url: String, nodes: usize, seats: usize) -> Self {
+        assert!(seats <= nodes, "{seats} seats for {nodes} nodes");
         let simulator = workspace_bin("dstack-simulator");
         let dir = tempfile::Builder::new()
             .prefix("dm-cluster")
@@ -108,7 +124,7 @@ impl<'a> Cluster<'a> {
 
         let mut guards = Vec::new();
         let mut sims = Vec::new();
-        for i in 1..=lan.nodes.len() {
+        for i in 1..=nodes {
             let socket = dir.path().join(format!("node-{i}.sock"));
             let log = dir.path().join(format!("node-{i}.sim.log"));
             let logf = File::create(&log).expect("simulator log");
@@ -134,6 +150,7 @@ impl<'a> Cluster<'a> {
         }
         let mut cluster = Self {
             lan,
+            rpc_url,
             contract: String::new(),
             kms_root: String::new(),
             sims,
@@ -202,6 +219,12 @@ impl<'a> Cluster<'a> {
         cluster
     }
 
+    /// A cluster of `nodes` nodes, all with seats, on the chain at `rpc_url`, which this process reaches
+    /// (anvil in a container, say): `meshctl` runs here rather than in a namespace.
+    pub fn deploy_at(rpc_url: String, nodes: usize) -> Cluster<'static> {
+        Cluster::start(None, rpc_url, nodes, nodes)
+    }
+
     /// Mints seat `i` to anvil account `i`, bound to node `i`'s instance (seats are minted in order, so
     /// it must become token `i`).
     pub fn mint(&self, i: usize) -> Value {
@@ -236,16 +259,22 @@ impl<'a> Cluster<'a> {
         json_of(&format!("meshctl {}", args.join(" ")), &out)
     }
 
-    /// `meshctl --json <args>` in the switch namespace, whatever its exit status.
+    /// `meshctl --json <args>` in the switch namespace (or here), whatever its exit status.
     pub fn meshctl_output(&self, signer: usize, args: &[&str]) -> Output {
         let bin = workspace_bin("meshctl");
-        let mut cmd = self
-            .lan
-            .switch
-            .command(&[bin.to_str().expect("utf-8 path"), "--json"]);
+        let mut cmd = match self.lan {
+            Some(lan) => lan
+                .switch
+                .command(&[bin.to_str().expect("utf-8 path"), "--json"]),
+            None => {
+                let mut cmd = Command::new(&bin);
+                cmd.arg("--json");
+                cmd
+            }
+        };
         clean_env(&mut cmd)
             .args(args)
-            .env("DSTACK_MESH_RPC_URL", rpc_url())
+            .env("DSTACK_MESH_RPC_URL", &self.rpc_url)
             .env("DSTACK_MESH_PRIVATE_KEY", account_key(signer));
         if !self.contract.is_empty() {
             cmd.env("DSTACK_MESH_CONTRACT", &self.contract);

@@ -12,6 +12,8 @@
 //! - [`netns`]: namespaces and veth pairs; [`wg`]: WireGuard devices in them (ours and `wireguard-go`).
 //! - [`perf`]: throughput and latency, for the benchmark.
 //!
+//! In containers: [`container`], docker networks, containers and compose projects, removed on drop.
+//!
 //! In-process pieces, for tests that need no namespace:
 //! - [`chain`]: a real anvil on a free loopback port; [`node`]: a simulated dstack instance.
 //! - [`api`]: the agent's real API server, serving a fixture snapshot; [`meshctl`]: the CLI against anvil.
@@ -24,6 +26,7 @@ pub mod api;
 pub mod attack;
 pub mod chain;
 pub mod cluster;
+pub mod container;
 pub mod lan;
 pub mod meshctl;
 pub mod netns;

@@ -123,7 +123,7 @@ impl BackgroundPing {
 /// Node `from` pings seat `to`'s overlay address 3 times, 200 ms apart; returns the replies received.
 pub fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
     ping(
-        agents[0].cluster.lan.node(from),
+        agents[0].cluster.lan().node(from),
         overlay_ip(to as u64),
         3,
         Duration::from_millis(200),
