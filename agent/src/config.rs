@@ -134,6 +134,24 @@ pub struct RunArgs {
     /// The port the gateway URL forwards to (with --gateway-domain).
     #[arg(long, env = "DSTACK_MESH_GATEWAY_PORT")]
     pub gateway_port: Option<u16>,
+    /// TCP port of this node's relay endpoint, which carries WireGuard for peers whose UDP cannot get
+    /// through, behind the dstack gateway's TLS. Peers find it by putting this port into the node's gateway
+    /// URL, so every node of a cluster uses the same one.
+    #[arg(long, env = "DSTACK_MESH_RELAY_PORT", default_value_t = 51820)]
+    pub relay_port: u16,
+    /// Neither serve a relay nor dial peers' relays: peers whose UDP is blocked are then reached only by
+    /// their gateway URL.
+    #[arg(long, env = "DSTACK_MESH_NO_RELAY")]
+    pub no_relay: bool,
+    /// Trust only the CA certificates in this PEM file for the gateway's TLS when dialling relays, instead
+    /// of the system roots: for tests and private deployments with their own gateway CA.
+    #[arg(
+        long,
+        env = "DSTACK_MESH_RELAY_CA_FILE",
+        value_name = "PEM",
+        conflicts_with = "no_relay"
+    )]
+    pub relay_ca_file: Option<PathBuf>,
     /// Where the chain view is kept between runs (no secrets).
     #[arg(
         long,

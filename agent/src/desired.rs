@@ -3,7 +3,7 @@
 
 use mesh_chain::membership::{self, InvalidRecord, Member, Own};
 use mesh_chain::view::ChainView;
-use mesh_wg::{Ipv4Network, PeerConfig};
+use mesh_wg::{Ipv4Network, PeerConfig, RelayTarget};
 
 use crate::state::SeatState;
 
@@ -24,8 +24,9 @@ pub fn members(
     membership::members(&view.records, own, view.prefix())
 }
 
-/// What the interface should hold for `members`: each one with a WireGuard key, at its overlay address.
-pub fn peer_configs(members: &[Member]) -> Vec<PeerConfig> {
+/// What the interface should hold for `members`: each one with a WireGuard key, at its overlay address, with
+/// its relay on `relay_port` when relays are on and its gateway URL is a dstack gateway name.
+pub fn peer_configs(members: &[Member], relay_port: Option<u16>) -> Vec<PeerConfig> {
     members
         .iter()
         .filter_map(|m| {
@@ -36,9 +37,23 @@ pub fn peer_configs(members: &[Member]) -> Vec<PeerConfig> {
                     Ipv4Network::new(m.overlay_ip, 32).expect("a /32 is always a valid prefix"),
                 ],
                 persistent_keepalive: Some(KEEPALIVE_SECS),
+                relay: relay_port.and_then(|port| relay_of(m, port)),
             })
         })
         .collect()
+}
+
+/// A member's relay: its gateway URL with the relay port. A URL that is not a dstack gateway name gives
+/// none: the peer is then direct only.
+pub fn relay_of(member: &Member, relay_port: u16) -> Option<RelayTarget> {
+    let url = member.gateway_url.as_deref()?;
+    match mesh_relay::relay_target(url, relay_port) {
+        Ok(target) => Some(target),
+        Err(e) => {
+            tracing::debug!(token = member.token_id, error = %e, "no relay for this peer");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,11 +113,36 @@ pub(crate) mod tests {
         let v = view(&[record(2, 0x22, ""), record(3, 0, "https://x.example")]);
         let (m, _) = members(&v, SeatState::Active(1), own(Some(1)));
         assert_eq!(m.len(), 2, "the TLS node is a member");
-        let peers = peer_configs(&m);
+        let peers = peer_configs(&m, None);
         assert_eq!(peers.len(), 1, "but no WireGuard peer");
         assert_eq!(peers[0].public_key, Key::from_bytes([0x22; 32]));
         assert_eq!(peers[0].allowed_ips[0].to_string(), "10.0.1.2/32");
         assert_eq!(peers[0].persistent_keepalive, Some(KEEPALIVE_SECS));
         assert_eq!(peers[0].endpoint.unwrap().to_string(), "192.0.2.2:51820");
+        assert_eq!(peers[0].relay, None, "relays off");
+    }
+
+    /// With relays on, a peer whose gateway URL is a dstack gateway name gets its relay on the relay port;
+    /// one with another URL or none stays direct only.
+    #[test]
+    fn a_peers_relay_is_its_gateway_name_on_the_relay_port() {
+        let v = view(&[
+            record(2, 0x22, "https://0123456789abcdef-8080.mesh.test"),
+            record(3, 0x33, "https://db.example.com"),
+            record(4, 0x44, ""),
+        ]);
+        let (m, _) = members(&v, SeatState::Active(1), own(Some(1)));
+        let relays: Vec<Option<String>> = peer_configs(&m, Some(51820))
+            .into_iter()
+            .map(|p| p.relay.map(|r| r.to_string()))
+            .collect();
+        assert_eq!(
+            relays,
+            [
+                Some("https://0123456789abcdef-51820.mesh.test".to_owned()),
+                None,
+                None
+            ]
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::identity::NodeIdentity;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
 use crate::state::{ChainState, MeshState, RegState};
 use crate::tasks::chain::ChainTask;
-use crate::tasks::mesh::{MeshTask, WireGuard};
+use crate::tasks::mesh::{MeshTask, Relay, WireGuard};
 use crate::tasks::publisher::{Hooks, Inputs, Publisher};
 use crate::tasks::registrar::Registrar;
 
@@ -56,6 +56,7 @@ async fn daemon(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let contract = args.validate()?;
+    let relay = relay_dialer(&args)?;
     let listeners = bind_api(&args).await?;
     let rpc = RedactedUrl::new(&args.endpoints.rpc_url);
     let agent = AgentFacts {
@@ -78,7 +79,7 @@ async fn daemon(
             .in_current_span(),
         );
     }
-    let result = member(args, contract, rpc, agent, tx_key, api_tx, &cancel).await;
+    let result = member(args, contract, rpc, agent, tx_key, relay, api_tx, &cancel).await;
     api_stop.cancel();
     api.join_all().await;
     result
@@ -136,13 +137,33 @@ fn group_id(group: &str) -> anyhow::Result<u32> {
     }
 }
 
+/// The relay's dialler and counters, unless relays are off or this node has no tunnel. Made at start so a
+/// bad CA file stops the agent at once.
+fn relay_dialer(args: &RunArgs) -> anyhow::Result<Option<RelayParts>> {
+    if args.mode != ModeArg::Wireguard || args.no_relay {
+        return Ok(None);
+    }
+    let metrics = Arc::new(mesh_relay::Metrics::default());
+    let dialer = mesh_relay::Dialer::new(
+        args.relay_ca_file.as_deref(),
+        mesh_relay::Limits::default().idle,
+        Arc::clone(&metrics),
+    )
+    .context("setting up the relay's TLS (--relay-ca-file)")?;
+    Ok(Some((dialer, metrics)))
+}
+
+type RelayParts = (mesh_relay::Dialer, Arc<mesh_relay::Metrics>);
+
 /// Waits for dstack to say who this node is, then runs the tasks.
+#[allow(clippy::too_many_arguments)] // The daemon's parts, passed once from `daemon`.
 async fn member(
     args: RunArgs,
     contract: Address,
     rpc: RedactedUrl,
     agent: AgentFacts,
     tx_key: Option<PrivateKeySigner>,
+    relay: Option<RelayParts>,
     api: watch::Sender<Snapshot>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -158,7 +179,7 @@ async fn member(
     tracing::Span::current().record("instance", identity.instance_id());
     info!(instance = %identity.instance_id(), app = %identity.peer.app_id, wg_key = %identity.wg_public_key(), "identity from dstack");
     let cached = load_cache(&args, contract);
-    let tasks = Tasks::new(args, contract, rpc, agent, identity, tx_key);
+    let tasks = Tasks::new(args, contract, rpc, agent, identity, tx_key, relay);
     tasks.run(cached, api, cancel).await
 }
 
@@ -209,6 +230,7 @@ impl Tasks {
         agent: AgentFacts,
         identity: Arc<NodeIdentity>,
         tx_key: Option<PrivateKeySigner>,
+        relay: Option<RelayParts>,
     ) -> Self {
         let wireguard = args.mode == ModeArg::Wireguard;
         let gateway_url = args.gateway_url(identity.instance_id());
@@ -248,16 +270,27 @@ impl Tasks {
             tx_key,
             recheck: Duration::from_secs(args.full_read_secs),
         };
+        let relay_port = (wireguard && !args.no_relay).then_some(args.relay_port);
         let mesh = MeshTask {
             interfaces: wireguard.then(|| WireGuard {
                 ifname: args.interface.clone(),
                 listen_port: args.listen_port,
                 private_key: identity.wg_private_key().clone(),
                 backend: args.wg_backend.into(),
+                relay: relay_port
+                    .zip(relay)
+                    .map(|(port, (dialer, metrics))| Relay {
+                        port,
+                        dialer,
+                        metrics,
+                        limits: mesh_relay::Limits::default(),
+                        serving: None,
+                    }),
             }),
             instance_id: identity.instance_id().to_owned(),
             wg_public_key,
             refresh: poll,
+            relay_port,
         };
         let publisher = Publisher {
             node: NodeFacts {

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use alloy::primitives::Address;
-use mesh_api::{ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status};
+use mesh_api::{ChainStatus, ConnectionKind, Counters, Mode, Node, Path, Peer, Snapshot, Status};
 use mesh_chain::membership::Member;
-use mesh_wg::{Key, PeerStatus, handshake_is_fresh};
+use mesh_wg::{Key, PathKind, PeerStatus, handshake_is_fresh};
 
 use crate::state::{ChainState, MeshState, RegState};
 
@@ -77,6 +77,11 @@ fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> 
             .map(|e| e.to_string()),
         gateway_url: member.gateway_url.clone(),
         connection,
+        path: stat.map(|s| match s.path {
+            PathKind::Direct => Path::Direct,
+            PathKind::Relay => Path::Relay,
+        }),
+        relay_url: stat.and_then(|s| s.relay.as_ref()).map(ToString::to_string),
         address,
         healthy,
         latest_handshake: handshake
@@ -146,6 +151,7 @@ pub fn render(
             rpc_errors: chain.rpc_errors.saturating_add(reg.rpc_errors),
             invalid_records: chain.rejected.saturating_add(mesh.invalid_records),
             chain_requests: chain.requests,
+            relay: mesh.relay.clone(),
         },
     }
 }
@@ -194,6 +200,16 @@ mod tests {
                 PeerStatus {
                     public_key: Key::from_bytes([k; 32]),
                     endpoint: Some(format!("198.51.100.{k}:9").parse().unwrap()),
+                    // Seat 2 is relayed.
+                    relay: (k == 0x22).then(|| mesh_wg::RelayTarget {
+                        host: "two-51820.example".into(),
+                        port: 443,
+                    }),
+                    path: if k == 0x22 {
+                        PathKind::Relay
+                    } else {
+                        PathKind::Direct
+                    },
                     allowed_ips: Vec::new(),
                     last_handshake: Some(now - Duration::from_secs(age)),
                     rx_bytes: u64::from(k),
@@ -225,6 +241,7 @@ mod tests {
             stats: Arc::new([stat(0x22, 5), stat(0x33, 600), stat(0x44, 600)].into()),
             invalid_records: 2,
             reconciles: 3,
+            relay: mesh_api::RelayCounters::default(),
         };
         (chain, reg, mesh)
     }
@@ -275,6 +292,20 @@ mod tests {
             s.peers[0].endpoint.as_deref(),
             Some("198.51.100.34:9"),
             "the live endpoint"
+        );
+        let paths: Vec<_> = s
+            .peers
+            .iter()
+            .map(|p| (p.path, p.relay_url.as_deref()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                (Some(Path::Relay), Some("https://two-51820.example")),
+                (Some(Path::Direct), None),
+                (Some(Path::Direct), None),
+            ],
+            "a relayed peer is still reached at its overlay IP, and says so"
         );
         assert_eq!((s.status.peers_configured, s.status.peers_healthy), (3, 1));
     }

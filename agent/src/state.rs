@@ -90,4 +90,6 @@ pub struct MeshState {
     pub invalid_records: u64,
     /// Plans that changed the interface.
     pub reconciles: u64,
+    /// The relay's streams and the datagrams dropped for strangers' keys.
+    pub relay: mesh_api::RelayCounters,
 }

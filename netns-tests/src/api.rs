@@ -3,7 +3,10 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use mesh_api::{self, ChainStatus, ConnectionKind, Counters, Mode, Node, Peer, Snapshot, Status};
+use mesh_api::{
+    self, ChainStatus, ConnectionKind, Counters, Mode, Node, Path as PeerPath, Peer, RelayCounters,
+    Snapshot, Status,
+};
 use mesh_wg::Key;
 use tokio::sync::watch;
 use unix_socket::UnixSocket;
@@ -26,6 +29,13 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         endpoint: Some(format!("192.0.2.{token}:51820")),
         gateway_url: (token == 3).then(|| format!("https://{token:040x}-8080.dstack.example")),
         connection,
+        // Seat 3's tunnel is down: it is being tried through its relay.
+        path: Some(if token == 3 {
+            PeerPath::Relay
+        } else {
+            PeerPath::Direct
+        }),
+        relay_url: (token == 3).then(|| format!("https://{token:040x}-51820.dstack.example")),
         address: Some(match connection {
             ConnectionKind::TlsGateway => format!("https://{token:040x}-8080.dstack.example"),
             _ => format!("10.0.1.{token}"),
@@ -88,6 +98,13 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             rpc_errors: 0,
             invalid_records: 1,
             chain_requests: 42,
+            relay: RelayCounters {
+                streams_open: 1,
+                streams_dialled: 1,
+                bytes_out: 1480,
+                unknown_relay: 2,
+                ..RelayCounters::default()
+            },
         },
     }
 }

@@ -223,6 +223,7 @@ pub fn peer_config(key: Key, endpoint: SocketAddr, allowed: &str) -> PeerConfig 
         endpoint: Some(endpoint),
         allowed_ips: vec![allowed.parse().expect("allowed ip")],
         persistent_keepalive: None,
+        relay: None,
     }
 }
 

@@ -78,7 +78,7 @@ async fn watch_streams_one_event_per_peer_set_change() {
 
 /// Metrics are Prometheus text with the peer gauges and the counters.
 #[tokio::test(flavor = "multi_thread")]
-async fn metrics_cover_peers_handshakes_bytes_reconciles_and_lag() {
+async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
     let snapshot = example_snapshot(1_000_000);
     let text = mesh_api::metrics(&snapshot);
     for line in [
@@ -92,6 +92,14 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_and_lag() {
         "dstack_mesh_chain_requests_total 42",
         "dstack_mesh_chain_lag_blocks 2",
         "# TYPE dstack_mesh_rpc_errors_total counter",
+        "dstack_mesh_peer_path{token_id=\"2\",path=\"direct\",relay_url=\"\"} 1",
+        &format!(
+            "dstack_mesh_peer_path{{token_id=\"3\",path=\"relay\",relay_url=\"https://{:040x}-51820.dstack.example\"}} 1",
+            3
+        ),
+        "dstack_mesh_relay_streams_open 1",
+        "dstack_mesh_relay_tx_bytes_total 1480",
+        "dstack_mesh_unknown_peer_datagrams_relay_total 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -139,6 +139,10 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
                 ("DSTACK_MESH_ENDPOINT", format!("{ip}:51820")),
                 // Published on loopback only: the test's traffic stays on its network.
                 ("DSTACK_MESH_WG_PUBLISH", format!("127.0.0.1:{}", 52000 + i)),
+                (
+                    "DSTACK_MESH_RELAY_PUBLISH",
+                    format!("127.0.0.1:{}", 52000 + i),
+                ),
                 ("TEST_NETWORK", net.name.clone()),
                 ("TEST_MESH_IP", ip.to_string()),
                 (

@@ -57,7 +57,10 @@ async fn status_shows_the_node_and_one_row_per_peer() {
     };
     let healthy = row("2 ");
     assert!(
-        healthy.starts_with('●') && healthy.contains("wireguard") && healthy.contains("12s ago"),
+        healthy.starts_with('●')
+            && healthy.contains("wireguard")
+            && healthy.contains(" direct ")
+            && healthy.contains("12s ago"),
         "{healthy}"
     );
     assert!(
@@ -74,6 +77,11 @@ async fn status_shows_the_node_and_one_row_per_peer() {
     assert!(
         text.contains("via https://"),
         "the gateway URL is shown for the fallback: {text}"
+    );
+    assert!(
+        fallback.contains(" relay ")
+            && text.contains(&format!("relay https://{:040x}-51820.dstack.example", 3)),
+        "a relayed peer shows its path and relay URL: {text}"
     );
     let never = row("4 ");
     assert!(

@@ -138,6 +138,8 @@ mod tests {
             endpoint: None,
             gateway_url: Some("https://x".into()),
             connection,
+            path: None,
+            relay_url: None,
             address: None,
             healthy: connection == ConnectionKind::Wireguard,
             latest_handshake: None,

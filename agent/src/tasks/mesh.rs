@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use mesh_api::RelayCounters;
 use mesh_chain::membership::{InvalidRecord, Own};
 use mesh_chain::view::ChainView;
 use mesh_wg::{BackendChoice, DeviceConfig, Key, MeshDevice, PeerTable, PrivateKey};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::desired;
 use crate::state::{ChainState, DeviceInfo, MeshState, SeatState};
@@ -35,6 +36,11 @@ pub trait Interfaces: Send {
 
     /// Removes the interface.
     fn remove(&mut self, table: Self::Table) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The relay's counters for the interface.
+    fn relay_counters(&self, _table: &Self::Table) -> RelayCounters {
+        RelayCounters::default()
+    }
 }
 
 /// Real WireGuard interfaces.
@@ -43,6 +49,60 @@ pub struct WireGuard {
     pub listen_port: u16,
     pub private_key: PrivateKey,
     pub backend: BackendChoice,
+    /// The relay, unless turned off.
+    pub relay: Option<Relay>,
+}
+
+/// This node's relay: the endpoint it serves for its peers, and the dialler for theirs.
+pub struct Relay {
+    pub port: u16,
+    pub dialer: mesh_relay::Dialer,
+    pub metrics: Arc<mesh_relay::Metrics>,
+    pub limits: mesh_relay::Limits,
+    /// Stops the endpoint when the interface goes.
+    pub serving: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl Relay {
+    /// Serves the relay port for `device`'s WireGuard.
+    async fn start(&mut self, device: &MeshDevice) -> anyhow::Result<()> {
+        let MeshDevice::Userspace(d) = device else {
+            warn!(
+                "the kernel backend carries no relayed peers yet; peers whose UDP is blocked stay unreachable by tunnel"
+            );
+            return Ok(());
+        };
+        let inbound = d
+            .relay_inbound()
+            .context("the userspace device was created without its relay")?;
+        let addr = std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port));
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "serving the relay on {addr}/tcp; pass another --relay-port (the same on every node) or --no-relay"
+            )
+        })?;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            mesh_relay::serve(
+                listener,
+                inbound,
+                self.limits,
+                Arc::clone(&self.metrics),
+                cancel.clone(),
+            )
+            .in_current_span(),
+        );
+        info!(port = self.port, "relay endpoint up");
+        self.serving = Some((cancel, task));
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some((cancel, task)) = self.serving.take() {
+            cancel.cancel();
+            let _ = task.await;
+        }
+    }
 }
 
 impl Interfaces for WireGuard {
@@ -60,9 +120,16 @@ impl Interfaces for WireGuard {
             prefix_len,
         );
         config.listen_port = self.listen_port;
+        config.relay_dialer = self.relay.as_ref().map(|r| r.dialer.clone());
         let device = MeshDevice::create(config, self.backend)
             .await
             .with_context(|| format!("creating the WireGuard interface {}", self.ifname))?;
+        if let Some(relay) = self.relay.as_mut()
+            && let Err(e) = relay.start(&device).await
+        {
+            let _ = device.shutdown().await;
+            return Err(e);
+        }
         let info = DeviceInfo {
             ifname: device.ifname().to_owned(),
             listen_port: device.listen_port(),
@@ -72,11 +139,41 @@ impl Interfaces for WireGuard {
     }
 
     async fn remove(&mut self, device: MeshDevice) -> anyhow::Result<()> {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.stop().await;
+        }
         let name = device.ifname().to_owned();
         device
             .shutdown()
             .await
             .with_context(|| format!("removing the interface {name}"))
+    }
+
+    fn relay_counters(&self, device: &MeshDevice) -> RelayCounters {
+        let (unknown_udp, unknown_relay) = match device {
+            MeshDevice::Userspace(d) => d.unknown_datagrams(),
+            MeshDevice::Kernel(_) => (0, 0),
+        };
+        let Some(relay) = &self.relay else {
+            return RelayCounters {
+                unknown_udp,
+                unknown_relay,
+                ..RelayCounters::default()
+            };
+        };
+        let m = &relay.metrics;
+        let get = mesh_relay::Metrics::get;
+        RelayCounters {
+            streams_open: get(&m.open),
+            streams_accepted: get(&m.accepted),
+            streams_dialled: get(&m.dialled),
+            streams_refused: get(&m.refused),
+            streams_malformed: get(&m.malformed),
+            bytes_in: get(&m.bytes_in),
+            bytes_out: get(&m.bytes_out),
+            unknown_udp,
+            unknown_relay,
+        }
     }
 }
 
@@ -89,6 +186,8 @@ pub struct MeshTask<I> {
     pub wg_public_key: Option<Key>,
     /// How often the interface's handshakes and counters are read while nothing else changes.
     pub refresh: Duration,
+    /// The port peers' relays are on; `None` with relays off.
+    pub relay_port: Option<u16>,
 }
 
 struct Running<I: Interfaces> {
@@ -201,7 +300,7 @@ impl<I: Interfaces> Running<I> {
             self.state.stats = Arc::default();
             return;
         };
-        let want = desired::peer_configs(&self.state.members);
+        let want = desired::peer_configs(&self.state.members, self.task.relay_port);
         let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
         if !changes.is_empty() {
             for change in &changes {
@@ -211,6 +310,9 @@ impl<I: Interfaces> Running<I> {
                 warn!(%change, %error, "could not apply a change");
             }
             self.state.reconciles = self.state.reconciles.saturating_add(1);
+        }
+        if let Some(interfaces) = &self.task.interfaces {
+            self.state.relay = interfaces.relay_counters(table);
         }
         self.state.stats = Arc::new(
             table
@@ -305,6 +407,7 @@ mod tests {
             instance_id: "own".into(),
             wg_public_key: Some(Key::from_bytes([0xee; 32])),
             refresh: Duration::from_secs(3600),
+            relay_port: None,
         }
     }
 
@@ -418,6 +521,7 @@ mod tests {
             instance_id: "own".into(),
             wg_public_key: None,
             refresh: Duration::from_secs(3600),
+            relay_port: None,
         };
         let running = tokio::spawn(t.run(chain_rx, out, cancel.clone()));
         let s = until(&mut rx, |s| s.members.len() == 1).await;

@@ -104,6 +104,8 @@ mod tests {
             endpoint: None,
             gateway_url: None,
             connection,
+            path: None,
+            relay_url: None,
             address: None,
             healthy: connection == ConnectionKind::Wireguard,
             latest_handshake: handshake,

@@ -91,6 +91,60 @@ const NODE: &[Metric<Snapshot>] = &[
         |s| s.counters.invalid_records,
     ),
     m(
+        "dstack_mesh_relay_streams_open",
+        "gauge",
+        "Relay streams open now, dialled and accepted.",
+        |s| s.counters.relay.streams_open,
+    ),
+    m(
+        "dstack_mesh_relay_streams_accepted_total",
+        "counter",
+        "Relay streams this node's endpoint accepted.",
+        |s| s.counters.relay.streams_accepted,
+    ),
+    m(
+        "dstack_mesh_relay_streams_dialled_total",
+        "counter",
+        "Relay streams this node dialled to peers' relays.",
+        |s| s.counters.relay.streams_dialled,
+    ),
+    m(
+        "dstack_mesh_relay_streams_refused_total",
+        "counter",
+        "Relay streams refused because too many were open.",
+        |s| s.counters.relay.streams_refused,
+    ),
+    m(
+        "dstack_mesh_relay_streams_malformed_total",
+        "counter",
+        "Relay streams closed because a frame was not a WireGuard message.",
+        |s| s.counters.relay.streams_malformed,
+    ),
+    m(
+        "dstack_mesh_relay_rx_bytes_total",
+        "counter",
+        "WireGuard bytes received through relay streams.",
+        |s| s.counters.relay.bytes_in,
+    ),
+    m(
+        "dstack_mesh_relay_tx_bytes_total",
+        "counter",
+        "WireGuard bytes sent through relay streams.",
+        |s| s.counters.relay.bytes_out,
+    ),
+    m(
+        "dstack_mesh_unknown_peer_datagrams_udp_total",
+        "counter",
+        "Datagrams over UDP for no peer of this node (keys that are not members), dropped.",
+        |s| s.counters.relay.unknown_udp,
+    ),
+    m(
+        "dstack_mesh_unknown_peer_datagrams_relay_total",
+        "counter",
+        "Datagrams through the relay for no peer of this node (keys that are not members), dropped.",
+        |s| s.counters.relay.unknown_relay,
+    ),
+    m(
         "dstack_mesh_chain_lag_blocks",
         "gauge",
         "Chain head minus the last processed block.",
@@ -125,5 +179,26 @@ pub fn metrics(s: &Snapshot) -> String {
             .collect();
         metric(x.name, x.kind, x.help, samples);
     }
+    let paths = s
+        .peers
+        .iter()
+        .filter_map(|p| {
+            let path = p.path?;
+            let relay = p.relay_url.as_deref().unwrap_or("");
+            let labels = format!(
+                "{{token_id=\"{}\",path=\"{}\",relay_url=\"{}\"}}",
+                p.token_id,
+                path.as_str(),
+                relay.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+            Some((labels, 1))
+        })
+        .collect();
+    metric(
+        "dstack_mesh_peer_path",
+        "gauge",
+        "Which way each WireGuard peer's datagrams go (direct or relay), and its relay URL.",
+        paths,
+    );
     out
 }

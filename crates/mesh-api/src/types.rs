@@ -22,6 +22,25 @@ pub enum ConnectionKind {
     Unreachable,
 }
 
+/// Which way a WireGuard peer's datagrams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    /// Over UDP to its endpoint.
+    Direct,
+    /// Through its relay, over the dstack gateway's TLS, because UDP does not get through.
+    Relay,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relay => "relay",
+        }
+    }
+}
+
 /// The agent's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -44,6 +63,12 @@ pub struct Peer {
     pub endpoint: Option<String>,
     pub gateway_url: Option<String>,
     pub connection: ConnectionKind,
+    /// Which way its WireGuard datagrams go; absent for a peer with no tunnel (TLS mode, or no key).
+    #[serde(default)]
+    pub path: Option<Path>,
+    /// Where its relay is reached, worked out from its gateway URL; absent when it has none.
+    #[serde(default)]
+    pub relay_url: Option<String>,
     /// What to connect to: the overlay IP over WireGuard, else the gateway URL.
     pub address: Option<String>,
     pub healthy: bool,
@@ -114,6 +139,28 @@ pub struct Counters {
     /// JSON-RPC requests made to follow the chain (reads and log queries, not registrations).
     #[serde(default)]
     pub chain_requests: u64,
+    #[serde(default)]
+    pub relay: RelayCounters,
+}
+
+/// The relay's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayCounters {
+    /// Relay streams open now, dialled and accepted.
+    pub streams_open: u64,
+    pub streams_accepted: u64,
+    pub streams_dialled: u64,
+    /// Streams refused because too many were open.
+    pub streams_refused: u64,
+    /// Streams closed because a frame was not a WireGuard message.
+    pub streams_malformed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Datagrams dropped because they were for no peer of this node (strangers' keys), by the path they
+    /// came on.
+    pub unknown_udp: u64,
+    pub unknown_relay: u64,
 }
 
 /// What the API serves: the daemon publishes a new one whenever something changes.

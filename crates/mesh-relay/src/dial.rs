@@ -84,6 +84,12 @@ pub struct Dialer {
     metrics: Arc<Metrics>,
 }
 
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer").field("idle", &self.idle).finish()
+    }
+}
+
 impl Dialer {
     /// A dialler that trusts the system roots, or only the CAs in `ca_file`.
     ///

@@ -7,6 +7,8 @@ use std::time::SystemTime;
 use ipnetwork::Ipv4Network;
 
 use super::Error;
+use crate::path::PathKind;
+use mesh_relay::RelayTarget;
 use wg_key::{Key, PrivateKey};
 
 /// Default TUN MTU: 1500 minus the WireGuard-over-IPv4/IPv6 overhead (80 bytes).
@@ -33,6 +35,8 @@ pub struct DeviceConfig {
     pub prefix_len: u8,
     /// Directory for the UAPI socket, [`DEFAULT_UAPI_DIR`] unless set.
     pub uapi_dir: PathBuf,
+    /// Dials peers' relays; without it, peers are direct only.
+    pub relay_dialer: Option<mesh_relay::Dialer>,
 }
 
 impl DeviceConfig {
@@ -51,6 +55,7 @@ impl DeviceConfig {
             address,
             prefix_len,
             uapi_dir: PathBuf::from(DEFAULT_UAPI_DIR),
+            relay_dialer: None,
         }
     }
 
@@ -114,6 +119,8 @@ pub struct PeerConfig {
     pub allowed_ips: Vec<Ipv4Network>,
     /// Persistent keepalive interval in seconds; `None` or `Some(0)` turns it off.
     pub persistent_keepalive: Option<u16>,
+    /// The peer's relay, used when its UDP cannot get through; `None` keeps it direct only.
+    pub relay: Option<RelayTarget>,
 }
 
 /// Observed state of one peer.
@@ -123,6 +130,10 @@ pub struct PeerStatus {
     pub public_key: Key,
     /// Current endpoint (configured or roamed), if any.
     pub endpoint: Option<SocketAddr>,
+    /// The peer's relay, as configured.
+    pub relay: Option<RelayTarget>,
+    /// Which path its datagrams take now.
+    pub path: PathKind,
     /// Prefixes routed to this peer.
     pub allowed_ips: Vec<Ipv4Network>,
     /// Wall-clock time of the last completed handshake; `None` = never.

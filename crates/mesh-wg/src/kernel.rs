@@ -7,8 +7,10 @@
 //! `configure_interface` replaces every peer, so it is called once, at creation, with none; peers then go
 //! through its per-peer calls.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use defguard_wireguard_rs::{
@@ -19,6 +21,8 @@ use ipnetwork::Ipv4Network;
 
 use super::config::{DeviceConfig, PeerConfig, PeerStatus};
 use super::error::Error;
+use crate::path::PathKind;
+use mesh_relay::RelayTarget;
 use wg_key::Key;
 
 /// A kernel WireGuard interface.
@@ -27,6 +31,8 @@ pub struct KernelDevice {
     ifname: String,
     public_key: Key,
     listen_port: u16,
+    /// Each peer's relay as configured; the kernel has no notion of one.
+    relays: Mutex<HashMap<Key, RelayTarget>>,
 }
 
 impl std::fmt::Debug for KernelDevice {
@@ -100,6 +106,7 @@ impl KernelDevice {
             ifname,
             public_key: config.private_key.public_key(),
             listen_port,
+            relays: Mutex::default(),
         })
     }
 
@@ -135,12 +142,22 @@ impl KernelDevice {
             .collect();
         self.api
             .configure_peer(&p)
-            .map_err(kernel(&self.ifname, "set peer"))
+            .map_err(kernel(&self.ifname, "set peer"))?;
+        let mut relays = self.relays.lock().unwrap_or_else(|e| e.into_inner());
+        match peer.relay {
+            Some(r) => relays.insert(peer.public_key, r),
+            None => relays.remove(&peer.public_key),
+        };
+        Ok(())
     }
 
     /// Removes the peer. Returns whether it existed.
     pub fn remove_peer(&self, public_key: &Key) -> bool {
         let had = self.peers().iter().any(|p| &p.public_key == public_key);
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(public_key);
         if let Err(e) = self
             .api
             .remove_peer(&DefguardKey::new(*public_key.as_bytes()))
@@ -159,12 +176,17 @@ impl KernelDevice {
                 return Vec::new();
             }
         };
+        let relays = self.relays.lock().unwrap_or_else(|e| e.into_inner());
         let mut peers: Vec<PeerStatus> = host
             .peers
             .into_values()
             .map(|p| PeerStatus {
                 public_key: Key::from_bytes(p.public_key.as_array()),
                 endpoint: p.endpoint,
+                relay: relays
+                    .get(&Key::from_bytes(p.public_key.as_array()))
+                    .cloned(),
+                path: PathKind::Direct,
                 allowed_ips: p
                     .allowed_ips
                     .iter()

@@ -8,7 +8,8 @@
 //! - `backend`: [`MeshDevice`], the userspace device or the kernel's, chosen by [`BackendChoice`].
 //! - `device`: [`Device`] — TUN + UDP + loops, peer API, shutdown.
 //! - `kernel`: [`KernelDevice`], the kernel module through defguard_wireguard_rs.
-//! - `peer`: one peer's `Tunn`, endpoint (roaming), keepalive and counters.
+//! - `peer`: one peer's `Tunn`, endpoint (roaming), relay streams, keepalive and counters.
+//! - `path`: which way a peer's datagrams go, direct or through its relay, and when to move ([`PathState`]).
 //! - `allowed_ips`: longest-prefix cryptokey routing table.
 //! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
 //! - `uapi`: sans-IO `get`/`set` text rendering and parsing.
@@ -24,6 +25,7 @@ mod device;
 mod error;
 mod kernel;
 mod netlink;
+mod path;
 mod peer;
 mod plan;
 mod task;
@@ -39,5 +41,9 @@ pub use device::Device;
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
+pub use mesh_relay::RelayTarget;
+pub use path::{
+    DATA_UNANSWERED, DIRECT_QUIET, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState,
+};
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
 pub use wg_key::{Key, KeyParseError, PresharedKey, PrivateKey};

@@ -1,7 +1,8 @@
 //! One peer: its boringtun `Tunn` plus the state boringtun does not keep for us (endpoint,
-//! keepalive, byte counters, wall-clock handshake time).
+//! keepalive, byte counters, wall-clock handshake time), and its two paths: the UDP endpoint and the relay
+//! streams, with the [`PathState`] that picks between them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,7 +12,33 @@ use boringtun::x25519;
 use ipnetwork::Ipv4Network;
 
 use super::config::PeerStatus;
+use crate::path::{Message, Move, PathKind, PathState};
+use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
+
+/// Where a datagram goes to, or came from.
+#[derive(Debug, Clone)]
+pub(crate) enum Via {
+    Udp(SocketAddr),
+    Relay(Link),
+}
+
+impl Via {
+    /// The address boringtun's rate limiter binds cookies to: a relayed stream gets its own, made from
+    /// its id, so a flood on one stream does not cost another its handshakes.
+    pub(crate) fn source_ip(&self) -> IpAddr {
+        match self {
+            Via::Udp(addr) => addr.ip(),
+            Via::Relay(link) => IpAddr::V6(Ipv6Addr::from(u128::from(link.id()))),
+        }
+    }
+}
+
+/// WireGuard's REKEY_AFTER_TIME: a session younger than this needs no new handshake.
+const REKEY_AFTER: Duration = Duration::from_secs(120);
+
+/// Dial attempts towards a peer's relay back off from 1 s to this.
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESP: u8 = 2;
@@ -36,6 +63,23 @@ struct PeerInner {
     last_handshake: Option<SystemTime>,
     tx_bytes: u64,
     rx_bytes: u64,
+    /// Where the peer's relay is, from its record.
+    relay: Option<RelayTarget>,
+    /// The stream we dialled to the peer's relay.
+    relay_out: Option<Link>,
+    /// The stream the peer's datagrams last came in on through our relay endpoint.
+    relay_in: Option<Link>,
+    path: PathState,
+    dial: DialState,
+    /// Start a handshake at the next tick, unless a session is fresh.
+    kick: bool,
+}
+
+#[derive(Debug, Default)]
+struct DialState {
+    in_progress: bool,
+    failures: u32,
+    not_before: Option<Instant>,
 }
 
 /// What the noise layer needs to (re)build a `Tunn`.
@@ -63,6 +107,12 @@ impl Peer {
                 last_handshake: None,
                 tx_bytes: 0,
                 rx_bytes: 0,
+                relay: None,
+                relay_out: None,
+                relay_in: None,
+                path: PathState::new(Instant::now()),
+                dial: DialState::default(),
+                kick: false,
             }),
         }
     }
@@ -74,6 +124,63 @@ impl Peer {
 
     pub(crate) fn set_endpoint(&self, endpoint: SocketAddr) {
         self.lock().endpoint = Some(endpoint);
+    }
+
+    /// Sets where the peer's relay is. A changed relay drops the stream to the old one.
+    pub(crate) fn set_relay(&self, relay: Option<RelayTarget>) {
+        let mut g = self.lock();
+        if g.relay == relay {
+            return;
+        }
+        g.relay = relay;
+        g.relay_out = None;
+        g.dial = DialState::default();
+        if g.relay.is_none() && g.live_relay().is_none() {
+            let now = Instant::now();
+            if let Some(m) = g.path.relay_gone(now) {
+                log_move(&self.public_key, m, None);
+            }
+        }
+    }
+
+    /// The relay to dial now, if the peer is on its relay path without a live stream of ours; marks the
+    /// attempt as started.
+    pub(crate) fn relay_to_dial(&self, now: Instant) -> Option<RelayTarget> {
+        let mut g = self.lock();
+        if g.path.on() != PathKind::Relay
+            || g.dial.in_progress
+            || g.relay_out.as_ref().is_some_and(|l| !l.is_closed())
+            || g.dial.not_before.is_some_and(|t| now < t)
+        {
+            return None;
+        }
+        let target = g.relay.clone()?;
+        g.dial.in_progress = true;
+        Some(target)
+    }
+
+    /// The outcome of a dial started by [`Peer::relay_to_dial`]. Returns the number of failures in a row.
+    pub(crate) fn dialled(&self, target: &RelayTarget, result: Option<Link>) -> u32 {
+        let mut g = self.lock();
+        g.dial.in_progress = false;
+        if g.relay.as_ref() != Some(target) {
+            return 0; // The record changed meanwhile; the next tick dials the new relay.
+        }
+        match result {
+            Some(link) => {
+                g.relay_out = Some(link);
+                g.kick = true;
+                g.dial.failures = 0;
+                g.dial.not_before = None;
+            }
+            None => {
+                g.dial.failures = g.dial.failures.saturating_add(1);
+                let backoff =
+                    Duration::from_secs(1u64 << g.dial.failures.min(5)).min(DIAL_BACKOFF_MAX);
+                g.dial.not_before = Some(Instant::now() + backoff);
+            }
+        }
+        g.dial.failures
     }
 
     /// Sets the persistent keepalive (0 = off); turning it on or changing it sends one at the
@@ -120,23 +227,25 @@ impl Peer {
         &self,
         packet: &[u8],
         dst: &'a mut [u8],
-    ) -> (Option<SocketAddr>, TunnResult<'a>) {
+    ) -> (Option<Via>, TunnResult<'a>) {
         let mut g = self.lock();
         let res = g.tunn.encapsulate(packet, dst);
-        g.note_tx(&res);
-        (g.endpoint, res)
+        let via = g.via();
+        g.note_tx(&res, via.as_ref());
+        (via, res)
     }
 
-    /// Decrypts a datagram from `from`. When it authenticates (handshake or data), `from`
-    /// becomes the endpoint: WireGuard roaming.
+    /// Decrypts a datagram that came `from`. When it authenticates (handshake or data), a UDP source
+    /// becomes the endpoint (WireGuard roaming) and a relay stream becomes the way back through the relay;
+    /// either informs the path.
     pub(crate) fn decapsulate<'a>(
         &self,
-        from: SocketAddr,
+        from: &Via,
         datagram: &[u8],
         dst: &'a mut [u8],
     ) -> TunnResult<'a> {
         let mut g = self.lock();
-        let res = g.tunn.decapsulate(Some(from.ip()), datagram, dst);
+        let res = g.tunn.decapsulate(Some(from.source_ip()), datagram, dst);
         let authenticated = match (datagram.first().copied(), &res) {
             (Some(MSG_DATA), TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..)) => {
                 true
@@ -153,41 +262,124 @@ impl Peer {
         };
         if authenticated {
             g.rx_bytes += datagram.len() as u64;
-            if g.endpoint != Some(from) {
-                tracing::debug!(peer = ?self.public_key, old = ?g.endpoint, new = %from, "peer roamed");
-                g.endpoint = Some(from);
+            let now = Instant::now();
+            let message = Message::of(datagram);
+            let moved = match from {
+                Via::Udp(addr) => {
+                    if g.endpoint != Some(*addr) {
+                        tracing::debug!(peer = ?self.public_key, old = ?g.endpoint, new = %addr, "peer roamed");
+                        g.endpoint = Some(*addr);
+                    }
+                    message.and_then(|m| g.path.received_direct(m, now))
+                }
+                Via::Relay(link) => {
+                    if g.relay_out.as_ref() != Some(link) && g.relay_in.as_ref() != Some(link) {
+                        tracing::debug!(peer = ?self.public_key, link = link.id(), "peer relays to us on a new stream");
+                        g.relay_in = Some(link.clone());
+                    }
+                    message.and_then(|m| g.path.received_relayed(m, now))
+                }
+            };
+            if let Some(m) = moved {
+                log_move(&self.public_key, m, g.relay.as_ref());
             }
             g.refresh_handshake();
         }
         if matches!(res, TunnResult::WriteToNetwork(_)) {
-            g.note_tx(&res);
+            // Answers go back the way the datagram came: a handshake response proves that path.
+            g.note_tx(&res, Some(from));
         }
         res
     }
 
     /// Next packet queued behind a handshake (the "call again with an empty datagram" flush).
-    pub(crate) fn flush_queued<'a>(
-        &self,
-        dst: &'a mut [u8],
-    ) -> (Option<SocketAddr>, TunnResult<'a>) {
+    pub(crate) fn flush_queued<'a>(&self, dst: &'a mut [u8]) -> (Option<Via>, TunnResult<'a>) {
         let mut g = self.lock();
         let res = g.tunn.decapsulate(None, &[], dst);
-        g.note_tx(&res);
-        (g.endpoint, res)
+        let via = g.via();
+        g.note_tx(&res, via.as_ref());
+        (via, res)
     }
 
     /// Runs boringtun's timers, then our persistent keepalive (kept outside boringtun so the
-    /// interval can change without rebuilding the `Tunn`). Returns a datagram to send, if any;
-    /// timer traffic is a few packets a second, so it is copied out.
-    pub(crate) fn tick(&self, dst: &mut [u8]) -> Option<(SocketAddr, Vec<u8>)> {
+    /// interval can change without rebuilding the `Tunn`), then the path: whether to leave the direct
+    /// path, and the probe of a relayed peer's direct path. Returns the datagrams to send; timer traffic is
+    /// a few packets a second, so it is copied out.
+    pub(crate) fn tick(&self, dst: &mut [u8]) -> Vec<(Via, Vec<u8>)> {
+        let mut sends = Vec::new();
+        let now = Instant::now();
         let mut g = self.lock();
+        let relay_available = g.relay.is_some() || g.live_relay().is_some();
+        if let Some(m) = g.path.tick(now, relay_available) {
+            log_move(&self.public_key, m, g.relay.as_ref());
+        }
+        let handshake_at = g
+            .tunn
+            .time_since_last_handshake()
+            .and_then(|since| now.checked_sub(since));
+        if std::mem::take(&mut g.kick)
+            && handshake_at.is_none_or(|t| now.saturating_duration_since(t) >= REKEY_AFTER)
+            && let Some(via) = g.via()
+            && let TunnResult::WriteToNetwork(init) = g.tunn.format_handshake_initiation(dst, true)
+        {
+            // A new relay stream carries a handshake at once rather than at WireGuard's next retry.
+            g.note_tx_bytes(init, &via);
+            sends.push((via, init.to_vec()));
+        }
+        if let Some(endpoint) = g.endpoint
+            && g.path.probe_due(now, handshake_at)
+            && let TunnResult::WriteToNetwork(init) = g.tunn.format_handshake_initiation(dst, true)
+        {
+            tracing::debug!(peer = ?self.public_key, %endpoint, "probing the direct path");
+            let via = Via::Udp(endpoint);
+            g.note_tx_bytes(init, &via);
+            sends.push((via, init.to_vec()));
+        }
+        if let Some(send) = g.timers(dst) {
+            sends.push(send);
+        }
+        sends
+    }
+}
+
+fn log_move(peer: &Key, m: Move, relay: Option<&RelayTarget>) {
+    match m.to {
+        PathKind::Relay => {
+            tracing::info!(peer = ?peer, relay = ?relay.map(ToString::to_string), reason = m.reason, "path: relay")
+        }
+        PathKind::Direct => tracing::info!(peer = ?peer, reason = m.reason, "path: direct"),
+    }
+}
+
+impl PeerInner {
+    /// A relay stream that is up: ours if we dialled one, else the one the peer's datagrams came on.
+    fn live_relay(&self) -> Option<&Link> {
+        [&self.relay_out, &self.relay_in]
+            .into_iter()
+            .flatten()
+            .find(|l| !l.is_closed())
+    }
+
+    /// Where to send now. With no stream up yet, a relayed peer's datagrams still go out over UDP: they may
+    /// get through, and WireGuard's retries cover the rest until the stream is there.
+    fn via(&self) -> Option<Via> {
+        if self.path.on() == PathKind::Relay
+            && let Some(link) = self.live_relay()
+        {
+            return Some(Via::Relay(link.clone()));
+        }
+        self.endpoint.map(Via::Udp)
+    }
+
+    fn timers(&mut self, dst: &mut [u8]) -> Option<(Via, Vec<u8>)> {
+        let g = self;
         g.refresh_handshake();
         let mut out = match g.tunn.update_timers(dst) {
             TunnResult::WriteToNetwork(out) => Some(out.to_vec()),
             _ => None,
         };
         if out.is_none() {
-            let due = match (g.keepalive, g.endpoint, g.last_tx) {
+            let due = match (g.keepalive, g.via(), g.last_tx) {
                 (Some(_), Some(_), None) => true,
                 (Some(k), Some(_), Some(t)) => t.elapsed() >= Duration::from_secs(k.into()),
                 _ => false,
@@ -201,18 +393,21 @@ impl Peer {
                 }
             }
         }
-        let (out, endpoint) = (out?, g.endpoint?);
-        g.last_tx = Some(Instant::now());
-        g.tx_bytes += out.len() as u64;
-        Some((endpoint, out))
+        let (out, via) = (out?, g.via()?);
+        g.note_tx_bytes(&out, &via);
+        Some((via, out))
     }
+}
 
+impl Peer {
     pub(crate) fn status(&self, allowed_ips: Vec<Ipv4Network>) -> PeerStatus {
         let mut g = self.lock();
         g.refresh_handshake();
         PeerStatus {
             public_key: self.public_key,
             endpoint: g.endpoint,
+            relay: g.relay.clone(),
+            path: g.path.on(),
             allowed_ips,
             last_handshake: g.last_handshake,
             rx_bytes: g.rx_bytes,
@@ -223,10 +418,18 @@ impl Peer {
 }
 
 impl PeerInner {
-    fn note_tx(&mut self, res: &TunnResult<'_>) {
-        if let (TunnResult::WriteToNetwork(out), Some(_)) = (res, self.endpoint) {
-            self.last_tx = Some(Instant::now());
-            self.tx_bytes += out.len() as u64;
+    fn note_tx(&mut self, res: &TunnResult<'_>, via: Option<&Via>) {
+        if let (TunnResult::WriteToNetwork(out), Some(via)) = (res, via) {
+            self.note_tx_bytes(out, via);
+        }
+    }
+
+    fn note_tx_bytes(&mut self, out: &[u8], via: &Via) {
+        let now = Instant::now();
+        self.last_tx = Some(now);
+        self.tx_bytes += out.len() as u64;
+        if let (Via::Udp(_), Some(message)) = (via, Message::of(out)) {
+            self.path.sent_direct(message, now);
         }
     }
 

@@ -107,7 +107,9 @@ pub fn plan(want: &[PeerConfig], has: &[PeerStatus], now: SystemTime) -> Vec<Cha
         allowed_wanted.sort();
         let keepalive_changed =
             keepalive(current.persistent_keepalive) != keepalive(wanted.persistent_keepalive);
-        if endpoint.is_some() || allowed_now != allowed_wanted || keepalive_changed {
+        let relay_changed = current.relay != wanted.relay;
+        if endpoint.is_some() || allowed_now != allowed_wanted || keepalive_changed || relay_changed
+        {
             changes.push(Change::Update(PeerConfig {
                 endpoint,
                 ..(*wanted).clone()
@@ -195,6 +197,8 @@ impl PeerTable for MemoryTable {
         let entry = peers.entry(peer.public_key).or_insert_with(|| PeerStatus {
             public_key: peer.public_key,
             endpoint: None,
+            relay: None,
+            path: crate::path::PathKind::Direct,
             allowed_ips: Vec::new(),
             last_handshake: None,
             rx_bytes: 0,
@@ -204,6 +208,7 @@ impl PeerTable for MemoryTable {
         if peer.endpoint.is_some() {
             entry.endpoint = peer.endpoint;
         }
+        entry.relay = peer.relay;
         entry.allowed_ips = peer.allowed_ips;
         entry.persistent_keepalive = keepalive(peer.persistent_keepalive);
         Ok(())
@@ -236,6 +241,7 @@ mod tests {
             endpoint: Some(SocketAddr::from(([192, 0, 2, ip], port))),
             allowed_ips: vec![Ipv4Network::new(Ipv4Addr::new(10, 0, 1, ip), 32).unwrap()],
             persistent_keepalive: Some(25),
+            relay: None,
         }
     }
 
@@ -243,11 +249,42 @@ mod tests {
         PeerStatus {
             public_key: d.public_key,
             endpoint: d.endpoint,
+            relay: d.relay.clone(),
+            path: crate::path::PathKind::Direct,
             allowed_ips: d.allowed_ips.clone(),
             persistent_keepalive: d.persistent_keepalive,
             last_handshake: handshake_age.map(|a| now() - Duration::from_secs(a)),
             rx_bytes: 0,
             tx_bytes: 0,
+        }
+    }
+
+    /// A peer whose relay appears, changes or goes is set again in place, even with a live session; an
+    /// unchanged relay is no change.
+    #[test]
+    fn a_changed_relay_is_an_update_in_place() {
+        let relay = |host: &str| {
+            Some(crate::RelayTarget {
+                host: host.into(),
+                port: 443,
+            })
+        };
+        let mut a = want(1, 1, 51820);
+        a.relay = relay("ab-51820.mesh.test");
+        let has = [applied(&a, Some(5))];
+        assert!(plan(std::slice::from_ref(&a), &has, now()).is_empty());
+        for changed in [relay("cd-51820.mesh.test"), None] {
+            let b = PeerConfig {
+                relay: changed,
+                ..a.clone()
+            };
+            assert_eq!(
+                plan(std::slice::from_ref(&b), &has, now()),
+                vec![Change::Update(PeerConfig {
+                    endpoint: None,
+                    ..b.clone()
+                })]
+            );
         }
     }
 

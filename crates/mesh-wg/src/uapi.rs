@@ -310,6 +310,8 @@ mod tests {
                     status: PeerStatus {
                         public_key: K1,
                         endpoint: Some("192.0.2.2:51821".parse().unwrap()),
+                        relay: None,
+                        path: crate::PathKind::Direct,
                         allowed_ips: vec!["10.0.1.2/32".parse().unwrap()],
                         last_handshake: Some(
                             SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123),
@@ -324,6 +326,8 @@ mod tests {
                     status: PeerStatus {
                         public_key: K2,
                         endpoint: None,
+                        relay: None,
+                        path: crate::PathKind::Direct,
                         allowed_ips: vec![],
                         last_handshake: None,
                         rx_bytes: 0,

@@ -138,8 +138,17 @@ fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
         return s;
     }
     s.push_str(&format!(
-        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<10} {:>10} {:>10}\n",
-        "TOKEN", "INSTANCE", "OVERLAY", "WG KEY", "ENDPOINT", "CONNECTION", "HANDSHAKE", "RX", "TX"
+        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:>10} {:>10}\n",
+        "TOKEN",
+        "INSTANCE",
+        "OVERLAY",
+        "WG KEY",
+        "ENDPOINT",
+        "CONNECTION",
+        "PATH",
+        "HANDSHAKE",
+        "RX",
+        "TX"
     ));
     for p in peers {
         let marker = if p.healthy { '●' } else { '○' };
@@ -149,7 +158,7 @@ fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
             ConnectionKind::Unreachable => "unreachable",
         };
         s.push_str(&format!(
-            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<10} {:>10} {:>10}\n",
+            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:>10} {:>10}\n",
             p.token_id,
             short(&p.instance_id, 12, verbose),
             p.overlay_ip,
@@ -161,6 +170,7 @@ fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
             ),
             p.endpoint.as_deref().unwrap_or("-"),
             connection,
+            p.path.map_or("-", mesh_api::Path::as_str),
             age(p.latest_handshake, now),
             bytes(p.rx_bytes),
             bytes(p.tx_bytes),
@@ -169,6 +179,11 @@ fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
             && let Some(url) = &p.gateway_url
         {
             s.push_str(&format!("        via {url}\n"));
+        }
+        if p.path == Some(mesh_api::Path::Relay)
+            && let Some(url) = &p.relay_url
+        {
+            s.push_str(&format!("        relay {url}\n"));
         }
     }
     s

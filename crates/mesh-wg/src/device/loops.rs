@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
+use mesh_relay::{Dialer, Inbound};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 use super::shared::Shared;
 use super::{BUF_LEN, TIMER_TICK};
 use crate::Error;
-use crate::peer::Peer;
+use crate::peer::{Peer, Via};
 
 /// An IPv4-mapped IPv6 source is the IPv4 address it carries.
 pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -24,9 +26,22 @@ pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-pub(super) async fn send(sock: &UdpSocket, packet: &[u8], to: SocketAddr) {
-    if let Err(err) = sock.send_to(packet, to).await {
-        tracing::debug!(%to, error = %err, "UDP send failed");
+/// Sends a datagram over UDP or onto a relay stream (where a full queue drops it, as UDP would).
+pub(super) async fn send(sock: &UdpSocket, packet: &[u8], to: &Via) {
+    match to {
+        Via::Udp(addr) => {
+            if let Err(err) = sock.send_to(packet, addr).await {
+                tracing::debug!(to = %addr, error = %err, "UDP send failed");
+            }
+        }
+        Via::Relay(link) => {
+            if !link.send(packet) {
+                tracing::debug!(
+                    link = link.id(),
+                    "relay stream closed or full; datagram dropped"
+                );
+            }
+        }
     }
 }
 
@@ -52,7 +67,7 @@ pub(super) async fn tun_loop(shared: Arc<Shared>) -> Result<(), Error> {
             continue;
         };
         match peer.encapsulate(packet, &mut dst) {
-            (Some(to), TunnResult::WriteToNetwork(out)) => send(&shared.socket(), out, to).await,
+            (Some(to), TunnResult::WriteToNetwork(out)) => send(&shared.socket(), out, &to).await,
             (None, TunnResult::WriteToNetwork(_)) => {
                 tracing::debug!(peer = ?peer.public_key, "peer has no endpoint; packet queued or dropped");
             }
@@ -82,7 +97,7 @@ pub(super) async fn udp_loop(shared: Arc<Shared>) -> Result<(), Error> {
         match received {
             Ok((n, from)) => {
                 shared
-                    .handle_datagram(&sock, &src[..n], canonical(from), &mut dst)
+                    .handle_datagram(&sock, &src[..n], Via::Udp(canonical(from)), &mut dst)
                     .await;
             }
             Err(err) => {
@@ -111,9 +126,59 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
         }
         let sock = shared.socket();
         for peer in peers {
-            if let Some((to, out)) = peer.tick(&mut dst) {
-                send(&sock, &out, to).await;
+            for (to, out) in peer.tick(&mut dst) {
+                send(&sock, &out, &to).await;
+            }
+            if let Some(relay) = &shared.relay {
+                dial_if_needed(relay, &peer);
             }
         }
     }
+}
+
+/// Datagrams from relay streams, dialled and accepted alike, into the device.
+pub(super) async fn relay_loop(
+    shared: Arc<Shared>,
+    mut inbound: mpsc::Receiver<Inbound>,
+) -> Result<(), Error> {
+    let mut dst = vec![0u8; BUF_LEN];
+    while let Some(Inbound { link, datagram }) = inbound.recv().await {
+        let sock = shared.socket();
+        shared
+            .handle_datagram(&sock, &datagram, Via::Relay(link), &mut dst)
+            .await;
+    }
+    Ok(())
+}
+
+/// What the device needs to dial relays: the dialler, and where dialled streams' datagrams go.
+pub(crate) struct RelayDialing {
+    pub(super) dialer: Dialer,
+    pub(super) inbound: mpsc::Sender<Inbound>,
+}
+
+fn dial_if_needed(relay: &RelayDialing, peer: &Arc<Peer>) {
+    let Some(target) = peer.relay_to_dial(Instant::now()) else {
+        return;
+    };
+    let (dialer, inbound, peer) = (
+        relay.dialer.clone(),
+        relay.inbound.clone(),
+        Arc::clone(peer),
+    );
+    tokio::spawn(async move {
+        match dialer.dial(&target, inbound).await {
+            Ok(link) => {
+                tracing::info!(peer = ?peer.public_key, relay = %target, link = link.id(), "relay stream up");
+                peer.dialled(&target, Some(link));
+            }
+            Err(err) => {
+                let failures = peer.dialled(&target, None);
+                // The first failure and then every tenth: a peer whose gateway is down would fill the log.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(peer = ?peer.public_key, relay = %target, failures, error = %err, "could not reach the peer's relay");
+                }
+            }
+        }
+    });
 }

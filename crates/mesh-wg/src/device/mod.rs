@@ -17,7 +17,7 @@ use boringtun::x25519;
 use nix::errno::Errno;
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::instrument;
 
 use super::allowed_ips::AllowedIps;
@@ -27,7 +27,8 @@ use super::peer::NoiseKeys;
 use super::task::Task;
 use super::uapi::PeerUpdate;
 use super::{Error, uapi_server};
-use loops::{timer_loop, tun_loop, udp_loop};
+use loops::{RelayDialing, relay_loop, timer_loop, tun_loop, udp_loop};
+use mesh_relay::Inbound;
 use shared::{Shared, State};
 use wg_key::Key;
 
@@ -39,6 +40,8 @@ const SOCKET_BUFFER_BYTES: usize = 7 << 20;
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Largest IP packet plus WireGuard overhead, with room to spare.
 const BUF_LEN: usize = 65_536 + 256;
+/// Relayed datagrams waiting for the device.
+const RELAY_INBOUND: usize = 1024;
 
 /// A running userspace WireGuard interface.
 ///
@@ -106,6 +109,13 @@ impl Device {
             secret,
         };
         let (udp_tx, _) = watch::channel(Arc::new(udp));
+        let (relay, relay_rx) = match config.relay_dialer {
+            Some(dialer) => {
+                let (inbound, rx) = mpsc::channel(RELAY_INBOUND);
+                (Some(RelayDialing { dialer, inbound }), Some(rx))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             ifname: ifname.clone(),
             tun,
@@ -121,14 +131,24 @@ impl Device {
                 next_index: 1,
             }),
             udp: udp_tx,
+            relay,
+            unknown_udp: 0.into(),
+            unknown_relay: 0.into(),
         });
         let span = || tracing::info_span!("wg", ifname = %ifname);
-        let tasks = vec![
+        let mut tasks = vec![
             Task::spawn("tun-to-udp", span(), tun_loop(shared.clone())),
             Task::spawn("udp-to-tun", span(), udp_loop(shared.clone())),
             Task::spawn("timers", span(), timer_loop(shared.clone())),
             Task::spawn("uapi", span(), uapi_server::serve(uapi, shared.clone())),
         ];
+        if let Some(rx) = relay_rx {
+            tasks.push(Task::spawn(
+                "relay-to-tun",
+                span(),
+                relay_loop(shared.clone(), rx),
+            ));
+        }
         tracing::info!(listen_port, address = %config.address, prefix_len = config.prefix_len, mtu = config.mtu, "device up");
         Ok(Self {
             shared,
@@ -180,7 +200,26 @@ impl Device {
             });
         }
         st.upsert_peer(&update);
+        if let Some(p) = st.peers.get(&update.public_key) {
+            p.set_relay(peer.relay);
+        }
         Ok(())
+    }
+
+    /// Where this node's relay endpoint hands the datagrams it accepts: `None` when the device was created
+    /// without a relay dialler.
+    pub fn relay_inbound(&self) -> Option<mpsc::Sender<Inbound>> {
+        self.shared.relay.as_ref().map(|r| r.inbound.clone())
+    }
+
+    /// Datagrams dropped because no peer of this device matched them (strangers' traffic): over UDP, and
+    /// through the relay.
+    pub fn unknown_datagrams(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.shared.unknown_udp.load(Relaxed),
+            self.shared.unknown_relay.load(Relaxed),
+        )
     }
 
     /// Removes the peer and its allowed IPs. Returns whether it existed.

@@ -3,7 +3,8 @@
 //! `set` changes the peers.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -14,10 +15,10 @@ use nix::sys::socket::{setsockopt, sockopt};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::loops::send;
+use super::loops::{RelayDialing, send};
 use super::{HANDSHAKE_RATE_LIMIT, bind_udp};
 use crate::allowed_ips::AllowedIps;
-use crate::peer::{NoiseKeys, Peer};
+use crate::peer::{NoiseKeys, Peer, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
 use crate::{Error, uapi_server};
 use wg_key::{Key, PrivateKey};
@@ -29,6 +30,12 @@ pub(crate) struct Shared {
     pub(super) state: RwLock<State>,
     /// The current UDP socket; replaced when the listen port changes.
     pub(super) udp: watch::Sender<Arc<UdpSocket>>,
+    /// Datagrams that no peer of ours could be found for, by the path they came on: strangers' traffic,
+    /// dropped as WireGuard drops it.
+    pub(super) unknown_udp: AtomicU64,
+    pub(super) unknown_relay: AtomicU64,
+    /// How to reach peers' relays; `None` keeps every peer direct.
+    pub(super) relay: Option<RelayDialing>,
 }
 
 pub(super) struct State {
@@ -78,14 +85,14 @@ impl Shared {
         st.peers.get(key).cloned()
     }
 
-    pub(super) fn route_datagram(&self, datagram: &[u8], from: SocketAddr) -> Route {
+    pub(super) fn route_datagram(&self, datagram: &[u8], from: &Via) -> Route {
         let st = self.read();
         let mut cookie = [0u8; 64];
         let packet =
             match st
                 .keys
                 .rate_limiter
-                .verify_packet(Some(from.ip()), datagram, &mut cookie)
+                .verify_packet(Some(from.source_ip()), datagram, &mut cookie)
             {
                 Ok(packet) => packet,
                 Err(TunnResult::WriteToNetwork(reply)) => return Route::Reply(reply.to_vec()),
@@ -96,7 +103,7 @@ impl Shared {
                 match parse_handshake_anon(&st.keys.secret, &st.public_key, &init) {
                     Ok(half) => st.peers.get(&Key::from_bytes(half.peer_static_public)),
                     Err(err) => {
-                        tracing::debug!(%from, error = ?err, "handshake initiation not for us");
+                        tracing::debug!(?from, error = ?err, "handshake initiation not for us");
                         None
                     }
                 }
@@ -108,7 +115,12 @@ impl Shared {
         match peer {
             Some(peer) => Route::Peer(peer.clone()),
             None => {
-                tracing::trace!(%from, "datagram for no known peer");
+                let counter = match from {
+                    Via::Udp(_) => &self.unknown_udp,
+                    Via::Relay(_) => &self.unknown_relay,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(?from, "datagram for no known peer");
                 Route::Drop
             }
         }
@@ -123,24 +135,24 @@ impl Shared {
         &self,
         sock: &UdpSocket,
         datagram: &[u8],
-        from: SocketAddr,
+        from: Via,
         dst: &mut [u8],
     ) {
-        let peer = match self.route_datagram(datagram, from) {
+        let peer = match self.route_datagram(datagram, &from) {
             Route::Peer(peer) => peer,
             Route::Reply(cookie) => {
-                send(sock, &cookie, from).await;
+                send(sock, &cookie, &from).await;
                 return;
             }
             Route::Drop => return,
         };
-        match peer.decapsulate(from, datagram, dst) {
+        match peer.decapsulate(&from, datagram, dst) {
             TunnResult::WriteToNetwork(out) => {
-                send(sock, out, from).await;
+                send(sock, out, &from).await;
                 // Packets queued behind the handshake go out now.
                 loop {
                     match peer.flush_queued(dst) {
-                        (Some(to), TunnResult::WriteToNetwork(out)) => send(sock, out, to).await,
+                        (Some(to), TunnResult::WriteToNetwork(out)) => send(sock, out, &to).await,
                         (None, TunnResult::WriteToNetwork(_)) => continue,
                         _ => break,
                     }
@@ -161,7 +173,7 @@ impl Shared {
             }
             TunnResult::Done => {}
             TunnResult::Err(err) => {
-                tracing::debug!(peer = ?peer.public_key, %from, error = ?err, "datagram rejected");
+                tracing::debug!(peer = ?peer.public_key, ?from, error = ?err, "datagram rejected");
             }
         }
     }

@@ -1,0 +1,353 @@
+//! Which way a peer's datagrams go: direct over UDP, or through its relay. Pure, so every rule is tested
+//! without a network. After Tailscale's DERP-to-direct upgrade, with WireGuard's own messages as the probes:
+//!
+//! - A peer starts direct. When a handshake initiation sent over UDP is not answered within
+//!   [`HANDSHAKE_UNANSWERED`] (WireGuard's REKEY_TIMEOUT, after which it would send the next one), or data sent
+//!   over UDP is not answered within [`DATA_UNANSWERED`] (WireGuard's KEEPALIVE + REKEY_TIMEOUT: a live peer
+//!   answers any data with at least a keepalive in 10 s), the peer moves to its relay.
+//! - A peer that relays to us has given up on the direct path; when we have heard nothing from it directly
+//!   for [`DIRECT_QUIET`], we follow.
+//! - While on the relay, a handshake initiation goes out over UDP every [`PROBE_INTERVAL`]. Its response
+//!   arriving over UDP proves the round trip, and the peer moves back at once; the other side moves when our
+//!   data then arrives over UDP.
+//!
+//! A move changes only where datagrams are sent: the keys, the session and the overlay address stay, and
+//! datagrams are taken from both paths at all times.
+
+use std::time::{Duration, Instant};
+
+/// How long an initiation sent over UDP may go unanswered.
+pub const HANDSHAKE_UNANSWERED: Duration = Duration::from_secs(5);
+/// How long data sent over UDP may go unanswered.
+pub const DATA_UNANSWERED: Duration = Duration::from_secs(15);
+/// How long a peer that relays to us must have been silent on the direct path before we relay too.
+pub const DIRECT_QUIET: Duration = Duration::from_secs(3);
+/// How often a relayed peer's direct path is tried.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The two paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathKind {
+    Direct,
+    Relay,
+}
+
+impl PathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A WireGuard message, as far as the path cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// A handshake initiation.
+    Initiation,
+    /// A handshake response (it answers an initiation).
+    Response,
+    /// A data message with a payload.
+    Data,
+    /// A data message without one (a keepalive): it answers nothing and asks for nothing.
+    Keepalive,
+}
+
+impl Message {
+    /// Classifies a WireGuard datagram by its type byte and length.
+    pub fn of(datagram: &[u8]) -> Option<Self> {
+        match datagram.first()? {
+            1 => Some(Self::Initiation),
+            2 => Some(Self::Response),
+            4 if datagram.len() <= 32 => Some(Self::Keepalive),
+            4 => Some(Self::Data),
+            _ => None,
+        }
+    }
+}
+
+/// One peer's path and what it is decided from.
+#[derive(Debug, Clone)]
+pub struct PathState {
+    on: PathKind,
+    since: Instant,
+    /// The last authenticated datagram from the peer over UDP.
+    direct_rx: Option<Instant>,
+    /// The first initiation sent over UDP since the last direct receipt.
+    init_unanswered: Option<Instant>,
+    /// The first data message sent over UDP since the last direct receipt.
+    data_unanswered: Option<Instant>,
+    last_probe: Option<Instant>,
+}
+
+/// A move from one path to the other, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub to: PathKind,
+    pub reason: &'static str,
+}
+
+impl PathState {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            on: PathKind::Direct,
+            since: now,
+            direct_rx: None,
+            init_unanswered: None,
+            data_unanswered: None,
+            last_probe: None,
+        }
+    }
+
+    pub fn on(&self) -> PathKind {
+        self.on
+    }
+
+    fn go(&mut self, to: PathKind, now: Instant, reason: &'static str) -> Option<Move> {
+        if self.on == to {
+            return None;
+        }
+        self.on = to;
+        self.since = now;
+        self.init_unanswered = None;
+        self.data_unanswered = None;
+        Some(Move { to, reason })
+    }
+
+    /// We sent `message` over UDP.
+    pub fn sent_direct(&mut self, message: Message, now: Instant) {
+        match message {
+            Message::Initiation => {
+                self.init_unanswered.get_or_insert(now);
+            }
+            Message::Data => {
+                self.data_unanswered.get_or_insert(now);
+            }
+            Message::Response | Message::Keepalive => {}
+        }
+    }
+
+    /// An authenticated `message` from the peer arrived over UDP. A response or data on the relay path proves
+    /// the direct round trip (the peer only sends data directly once it has that proof itself).
+    pub fn received_direct(&mut self, message: Message, now: Instant) -> Option<Move> {
+        self.direct_rx = Some(now);
+        self.init_unanswered = None;
+        self.data_unanswered = None;
+        match (self.on, message) {
+            (PathKind::Relay, Message::Response) => self.go(
+                PathKind::Direct,
+                now,
+                "a handshake over UDP was answered over UDP",
+            ),
+            (PathKind::Relay, Message::Data | Message::Keepalive) => {
+                self.go(PathKind::Direct, now, "the peer sends over UDP again")
+            }
+            _ => None,
+        }
+    }
+
+    /// An authenticated data message from the peer arrived through a relay.
+    pub fn received_relayed(&mut self, message: Message, now: Instant) -> Option<Move> {
+        let quiet = self
+            .direct_rx
+            .is_none_or(|t| now.saturating_duration_since(t) >= DIRECT_QUIET);
+        let settled = now.saturating_duration_since(self.since) >= DIRECT_QUIET;
+        match (self.on, message) {
+            (PathKind::Direct, Message::Data | Message::Keepalive) if quiet && settled => self.go(
+                PathKind::Relay,
+                now,
+                "the peer relays to us and is silent over UDP",
+            ),
+            _ => None,
+        }
+    }
+
+    /// The timer's check: whether to leave the direct path (only when a relay is there to go to).
+    pub fn tick(&mut self, now: Instant, relay_available: bool) -> Option<Move> {
+        if self.on != PathKind::Direct || !relay_available {
+            return None;
+        }
+        let over = |since: Option<Instant>, bound| {
+            since.is_some_and(|t| now.saturating_duration_since(t) >= bound)
+        };
+        if over(self.init_unanswered, HANDSHAKE_UNANSWERED) {
+            return self.go(PathKind::Relay, now, "no handshake answer over UDP");
+        }
+        if over(self.data_unanswered, DATA_UNANSWERED) {
+            return self.go(PathKind::Relay, now, "no answer to data over UDP");
+        }
+        None
+    }
+
+    /// Whether to send a probe over UDP now; records it when so. A probe is a new handshake, which replaces
+    /// one in flight, so there is none until the last probe's handshake has completed (over UDP, or through
+    /// the relay when WireGuard retried it there): `last_handshake` is when the latest one completed.
+    pub fn probe_due(&mut self, now: Instant, last_handshake: Option<Instant>) -> bool {
+        if self.on != PathKind::Relay {
+            return false;
+        }
+        let Some(handshake) = last_handshake else {
+            return false;
+        };
+        let due = self
+            .last_probe
+            .is_none_or(|t| handshake > t && now.saturating_duration_since(t) >= PROBE_INTERVAL);
+        if due {
+            self.last_probe = Some(now);
+        }
+        due
+    }
+
+    /// The relay went away (the peer's record lost its gateway URL): back to direct.
+    pub fn relay_gone(&mut self, now: Instant) -> Option<Move> {
+        self.go(PathKind::Direct, now, "the peer has no relay")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, ms: u64) -> Instant {
+        start + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn messages_are_told_apart_by_type_and_length() {
+        assert_eq!(Message::of(&[1; 148]), Some(Message::Initiation));
+        assert_eq!(Message::of(&[2; 92]), Some(Message::Response));
+        assert_eq!(Message::of(&[4; 32]), Some(Message::Keepalive));
+        assert_eq!(Message::of(&[4; 33]), Some(Message::Data));
+        assert_eq!(
+            Message::of(&[3; 64]),
+            None,
+            "a cookie reply answers nothing"
+        );
+        assert_eq!(Message::of(&[]), None);
+    }
+
+    #[test]
+    fn an_unanswered_handshake_moves_the_peer_to_its_relay_after_the_bound() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.sent_direct(Message::Initiation, t0);
+        assert_eq!(p.tick(at(t0, 4_900), true), None);
+        // Retries do not restart the clock.
+        p.sent_direct(Message::Initiation, at(t0, 4_950));
+        let m = p.tick(at(t0, 5_000), true).expect("a move");
+        assert_eq!(m.to, PathKind::Relay);
+        assert_eq!(p.on(), PathKind::Relay);
+    }
+
+    #[test]
+    fn without_a_relay_the_peer_stays_direct() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.sent_direct(Message::Initiation, t0);
+        assert_eq!(p.tick(at(t0, 60_000), false), None);
+        assert_eq!(p.on(), PathKind::Direct);
+    }
+
+    #[test]
+    fn an_answer_in_time_keeps_the_peer_direct() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.sent_direct(Message::Initiation, t0);
+        assert_eq!(p.received_direct(Message::Response, at(t0, 20)), None);
+        p.sent_direct(Message::Data, at(t0, 1_000));
+        assert_eq!(p.received_direct(Message::Keepalive, at(t0, 11_000)), None);
+        assert_eq!(p.tick(at(t0, 30_000), true), None);
+    }
+
+    #[test]
+    fn data_unanswered_for_the_bound_moves_the_peer_and_keepalives_ask_for_nothing() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.received_direct(Message::Response, t0);
+        p.sent_direct(Message::Keepalive, at(t0, 1_000));
+        assert_eq!(
+            p.tick(at(t0, 60_000), true),
+            None,
+            "an idle peer is not dead"
+        );
+        p.sent_direct(Message::Data, at(t0, 60_000));
+        p.sent_direct(Message::Data, at(t0, 70_000));
+        assert_eq!(p.tick(at(t0, 74_999), true), None);
+        assert_eq!(p.tick(at(t0, 75_000), true).unwrap().to, PathKind::Relay);
+    }
+
+    #[test]
+    fn a_relayed_peer_is_probed_and_moves_back_on_a_response_over_udp() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.sent_direct(Message::Initiation, t0);
+        p.tick(at(t0, 5_000), true);
+        assert!(
+            !p.probe_due(at(t0, 5_000), None),
+            "no session yet: nothing to probe for"
+        );
+        let relayed = Some(at(t0, 5_100));
+        assert!(p.probe_due(at(t0, 5_200), relayed));
+        assert!(
+            !p.probe_due(at(t0, 10_200), relayed),
+            "the probe's handshake is still in flight"
+        );
+        // WireGuard retried it through the relay, where it completed.
+        let retried = Some(at(t0, 10_210));
+        assert!(!p.probe_due(at(t0, 10_199), retried));
+        assert!(p.probe_due(at(t0, 10_220), retried));
+        // An initiation from the peer over UDP proves only one direction.
+        assert_eq!(p.received_direct(Message::Initiation, at(t0, 10_010)), None);
+        let m = p
+            .received_direct(Message::Response, at(t0, 10_020))
+            .unwrap();
+        assert_eq!(m.to, PathKind::Direct);
+        assert!(
+            !p.probe_due(at(t0, 20_000), Some(at(t0, 10_020))),
+            "no probes on the direct path"
+        );
+    }
+
+    #[test]
+    fn the_responder_moves_back_when_the_peers_data_arrives_over_udp() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.sent_direct(Message::Initiation, t0);
+        p.tick(at(t0, 5_000), true);
+        assert_eq!(
+            p.received_direct(Message::Data, at(t0, 8_000)).unwrap().to,
+            PathKind::Direct
+        );
+    }
+
+    #[test]
+    fn a_peer_that_relays_to_us_is_followed_once_it_is_quiet_over_udp() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.received_direct(Message::Data, at(t0, 10_000));
+        // Packets still in flight on the relay just after the peer moved back are no reason to leave.
+        assert_eq!(p.received_relayed(Message::Data, at(t0, 10_500)), None);
+        assert_eq!(p.received_relayed(Message::Data, at(t0, 12_999)), None);
+        let m = p.received_relayed(Message::Data, at(t0, 13_000)).unwrap();
+        assert_eq!(m.to, PathKind::Relay);
+    }
+
+    #[test]
+    fn a_peer_just_moved_direct_does_not_bounce_back_on_stragglers() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.sent_direct(Message::Initiation, t0);
+        p.tick(at(t0, 5_000), true);
+        p.received_direct(Message::Response, at(t0, 20_000));
+        // The peer has not heard from us directly yet and still relays; we wait for it.
+        assert_eq!(p.received_relayed(Message::Data, at(t0, 21_000)), None);
+        assert_eq!(p.on(), PathKind::Direct);
+    }
+}
