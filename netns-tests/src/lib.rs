@@ -5,6 +5,7 @@
 //! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it.
 //! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
 //! - [`agent`]: the real `p2p-agent` daemon in a node's namespace.
+//! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
 //! - [`ping`] and [`wait`]: reachability, and bounded waits; [`steps`]: a scenario's progress.
 //!
 //! Below them:
@@ -27,6 +28,7 @@ pub mod attack;
 pub mod chain;
 pub mod cluster;
 pub mod container;
+pub mod gateway;
 pub mod lan;
 pub mod meshctl;
 pub mod netns;

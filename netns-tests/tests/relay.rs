@@ -1,0 +1,224 @@
+//! WireGuard through the gateway when UDP cannot get through. Three nodes, a stand-in gateway (nginx
+//! terminating TLS for `*.mesh.test` with a test CA, routing by SNI to each node's relay port), and an
+//! nftables rule on the switch that drops every UDP datagram between the nodes:
+//!
+//! 1. the mesh forms over the relay: every pair pings over `10.0.1.x`, and every peer's path is `relay`;
+//! 2. UDP unblocked, with a ping running: every pair moves to `direct` within the documented bound, and the
+//!    ping loses at most a few packets (printed);
+//! 3. UDP blocked again, with pings running: every pair falls back to `relay`, and pings get through again.
+//!
+//! Run as root, after building the binaries it runs (this crate's tests do not build them):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test relay -- --nocapture
+//! ```
+//!
+//! Needs what `tests/mesh.rs` needs, plus `nginx` with its stream module and `nft`.
+
+use std::time::{Duration, Instant};
+
+use mesh_api::Path;
+use netns_tests::prelude::*;
+
+const NODES: usize = 3;
+const RELAY_PORT: u16 = 51820;
+
+/// Drops every UDP datagram the switch's bridge forwards between nodes; TCP (anvil, the gateway) passes.
+struct UdpBlock<'a> {
+    lan: &'a Lan,
+}
+
+impl<'a> UdpBlock<'a> {
+    fn on(lan: &'a Lan) -> Self {
+        lan.switch.exec_ok(&[
+            "nft",
+            "add table bridge dm_relay_test { chain forward { type filter hook forward priority 0; meta l4proto udp counter drop; }; }",
+        ]);
+        Self { lan }
+    }
+
+    fn off(self) {} // Drop removes it.
+}
+
+impl Drop for UdpBlock<'_> {
+    fn drop(&mut self) {
+        let _ = self.lan.switch.exec(
+            &["nft", "delete", "table", "bridge", "dm_relay_test"],
+            Duration::from_secs(5),
+        );
+    }
+}
+
+/// Whether every agent sees every other seat healthy on `path`.
+fn all_on(agents: &[Agent<'_>], path: Path) -> bool {
+    agents.iter().all(|a| {
+        let Ok(status) = a.try_status() else {
+            return false; // Not serving yet.
+        };
+        let peers: Vec<mesh_api::Peer> =
+            serde_json::from_value(status["peers"].clone()).unwrap_or_default();
+        (1..=NODES as u64)
+            .filter(|&t| t != a.index as u64)
+            .all(|t| {
+                peers
+                    .iter()
+                    .any(|p| p.token_id == t && p.healthy && p.path == Some(path))
+            })
+    })
+}
+
+fn paths(agents: &[Agent<'_>]) -> String {
+    agents
+        .iter()
+        .map(|a| {
+            let seen: Vec<String> = (1..=NODES as u64)
+                .filter(|&t| t != a.index as u64)
+                .map(|t| match a.peer(t) {
+                    Some(p) => format!("{t}:{:?}/{}", p.path, p.healthy),
+                    None => format!("{t}:absent"),
+                })
+                .collect();
+            format!("node {}: {}\n", a.index, seen.join(" "))
+        })
+        .collect()
+}
+
+/// Every node pings every other seat's overlay address, `count` times `interval` apart, in the background.
+fn ping_all(agents: &[Agent<'_>], count: u32, interval: Duration) -> Vec<BackgroundPing> {
+    let mut pings = Vec::new();
+    for a in agents {
+        for t in (1..=NODES as u64).filter(|&t| t != a.index as u64) {
+            pings.push(BackgroundPing::start(
+                a.ns(),
+                overlay_ip(t),
+                count,
+                interval,
+            ));
+        }
+    }
+    pings
+}
+
+#[test]
+fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["nft", "nginx"]);
+    let steps = Steps::new("relay");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let instances: Vec<String> = cluster.sims.iter().map(|s| s.instance_id.clone()).collect();
+    let gateway = Gateway::start(&lan, &relay_routes(&instances, RELAY_PORT));
+    let ca = gateway.ca_file.display().to_string();
+    let flags = [
+        "--gateway-domain",
+        TEST_DOMAIN,
+        "--gateway-port",
+        "8080",
+        "--relay-ca-file",
+        &ca,
+    ];
+
+    steps.step("UDP between the nodes blocked; the agents start");
+    let block = UdpBlock::on(&lan);
+    let agents: Vec<Agent<'_>> = (1..=NODES)
+        .map(|i| Agent::start(&cluster, i, &flags))
+        .collect();
+    let started = Instant::now();
+    wait_until(
+        "every pair to come up over the relay",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || all_on(&agents, Path::Relay),
+        || {
+            format!(
+                "{}{}\n{}",
+                paths(&agents),
+                tails(&agents),
+                gateway.log_tail()
+            )
+        },
+    );
+    println!("mesh over the relay after {:?}", started.elapsed());
+    let a = agents[0].peer(2).expect("seat 2");
+    assert_eq!(
+        a.relay_url.as_deref(),
+        Some(format!("https://{}-{RELAY_PORT}.{TEST_DOMAIN}", instances[1]).as_str()),
+        "the relay URL is the gateway name with the relay port"
+    );
+    for from in 1..=NODES {
+        for to in (1..=NODES).filter(|&t| t != from) {
+            assert_pings(&agents, from, to);
+        }
+    }
+    let status = agents[0].ns().exec_ok(&[
+        &workspace_bin("meshctl").display().to_string(),
+        "status",
+        "--api-socket",
+        &agents[0].api_socket.display().to_string(),
+    ]);
+    assert!(
+        status.contains(" relay ") && status.contains(&format!("relay https://{}", instances[1])),
+        "meshctl status shows the relay:\n{status}"
+    );
+
+    steps.step("UDP unblocked with a ping running: every pair moves to direct");
+    let ping = BackgroundPing::start(
+        agents[0].ns(),
+        overlay_ip(2),
+        400,
+        Duration::from_millis(50),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    block.off();
+    let unblocked = Instant::now();
+    // The bound: two probe intervals (a probe waits for the previous one's handshake, which WireGuard retries
+    // through the relay after 5 s), plus a round trip and the other side's move on our first data.
+    let bound = mesh_wg::PROBE_INTERVAL * 2 + Duration::from_secs(5);
+    wait_until(
+        "every pair to move to direct",
+        bound,
+        Duration::from_millis(100),
+        || all_on(&agents, Path::Direct),
+        || format!("{}{}", paths(&agents), tails(&agents)),
+    );
+    println!(
+        "every pair direct {:?} after UDP was unblocked",
+        unblocked.elapsed()
+    );
+    let (sent, received, text) = ping.finish();
+    let lost = sent - received;
+    println!("ping 10.0.1.2 from node 1 across the move, 50 ms apart: {sent} sent, {lost} lost");
+    assert!(sent >= 300, "{text}");
+    assert!(lost <= 5, "the move to direct lost {lost} packets: {text}");
+
+    steps.step("UDP blocked again, with pings running: every pair falls back to the relay");
+    let block = UdpBlock::on(&lan);
+    let blocked = Instant::now();
+    let pings = ping_all(&agents, 600, Duration::from_millis(100));
+    wait_until(
+        "every pair to fall back to the relay",
+        mesh_wg::DATA_UNANSWERED + Duration::from_secs(15),
+        Duration::from_millis(200),
+        || all_on(&agents, Path::Relay),
+        || format!("{}{}", paths(&agents), tails(&agents)),
+    );
+    println!(
+        "every pair on the relay {:?} after UDP was blocked",
+        blocked.elapsed()
+    );
+    for p in pings {
+        let (sent, received, _) = p.interrupt();
+        println!(
+            "  during the fallback: {sent} sent, {} lost",
+            sent - received
+        );
+    }
+    for from in 1..=NODES {
+        for to in (1..=NODES).filter(|&t| t != from) {
+            assert_pings(&agents, from, to);
+        }
+    }
+    assert_no_warnings(&agents);
+    drop(block);
+}
