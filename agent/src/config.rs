@@ -69,6 +69,9 @@ pub enum BackendArg {
     Userspace,
     /// The kernel module.
     Kernel,
+    /// wireguard-go, started by the agent and driven as the kernel's is (the kernel path where there is no
+    /// module).
+    WireguardGo,
 }
 
 impl From<BackendArg> for BackendChoice {
@@ -77,6 +80,7 @@ impl From<BackendArg> for BackendChoice {
             BackendArg::Auto => BackendChoice::Auto,
             BackendArg::Userspace => BackendChoice::Userspace,
             BackendArg::Kernel => BackendChoice::Kernel,
+            BackendArg::WireguardGo => BackendChoice::WireguardGo,
         }
     }
 }

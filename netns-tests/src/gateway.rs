@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
+use crate::cluster::Cluster;
 use crate::lan::{Lan, SWITCH_IP, lan_ip};
 use crate::netns::NetNs;
 use crate::process::{ChildGuard, require_root, tail};
@@ -115,6 +116,27 @@ impl Gateway {
         gateway
     }
 
+    /// The gateway for every node of `cluster`, routing `<instance>-<port>.<domain>` to each node's `port`.
+    pub fn for_cluster(cluster: &Cluster<'_>, port: u16) -> Self {
+        let instances: Vec<String> = cluster.sims.iter().map(|s| s.instance_id.clone()).collect();
+        Self::start(cluster.lan(), &relay_routes(&instances, port))
+    }
+
+    /// The flags that give an agent its gateway URL under this gateway's domain and make it trust the test CA.
+    pub fn agent_flags(&self) -> Vec<String> {
+        [
+            "--gateway-domain",
+            TEST_DOMAIN,
+            "--gateway-port",
+            "8080",
+            "--relay-ca-file",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([self.ca_file.display().to_string()])
+        .collect()
+    }
+
     pub fn log_tail(&self) -> String {
         format!("nginx error log:\n{}", tail(&self.log, 4000))
     }
@@ -127,6 +149,34 @@ impl Drop for Gateway {
         for dir in &self.hosts_dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Drops every UDP datagram the switch's bridge forwards between nodes (nftables, bridge family); TCP (anvil,
+/// the gateway) passes. Dropping it, or [`UdpBlock::off`], lets UDP through again.
+pub struct UdpBlock<'a> {
+    lan: &'a Lan,
+}
+
+impl<'a> UdpBlock<'a> {
+    pub fn on(lan: &'a Lan) -> Self {
+        require_root(&["nft"]);
+        lan.switch.exec_ok(&[
+            "nft",
+            "add table bridge dm_relay_test { chain forward { type filter hook forward priority 0; meta l4proto udp counter drop; }; }",
+        ]);
+        Self { lan }
+    }
+
+    pub fn off(self) {}
+}
+
+impl Drop for UdpBlock<'_> {
+    fn drop(&mut self) {
+        let _ = self.lan.switch.exec(
+            &["nft", "delete", "table", "bridge", "dm_relay_test"],
+            Duration::from_secs(5),
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 
 pub use crate::agent::*;
 pub use crate::cluster::*;
-pub use crate::gateway::{Gateway, TEST_DOMAIN, relay_routes};
+pub use crate::gateway::{Gateway, TEST_DOMAIN, UdpBlock, relay_routes};
 pub use crate::lan::*;
 pub use crate::netns::NetNs;
 pub use crate::ping::*;

@@ -7,6 +7,10 @@
 //!    ping loses at most a few packets (printed);
 //! 3. UDP blocked again, with pings running: every pair falls back to `relay`, and pings get through again.
 //!
+//! The kernel path's shim, with `wireguard-go` as the local WireGuard where there is no kernel module: two
+//! nodes run `--wg-backend wireguard-go` and one the userspace device; the mesh forms over the relay through
+//! the bridges, and moves to direct once UDP is unblocked.
+//!
 //! Run as root, after building the binaries it runs (this crate's tests do not build them):
 //!
 //! ```sh
@@ -24,30 +28,23 @@ use netns_tests::prelude::*;
 const NODES: usize = 3;
 const RELAY_PORT: u16 = 51820;
 
-/// Drops every UDP datagram the switch's bridge forwards between nodes; TCP (anvil, the gateway) passes.
-struct UdpBlock<'a> {
-    lan: &'a Lan,
-}
-
-impl<'a> UdpBlock<'a> {
-    fn on(lan: &'a Lan) -> Self {
-        lan.switch.exec_ok(&[
-            "nft",
-            "add table bridge dm_relay_test { chain forward { type filter hook forward priority 0; meta l4proto udp counter drop; }; }",
-        ]);
-        Self { lan }
-    }
-
-    fn off(self) {} // Drop removes it.
-}
-
-impl Drop for UdpBlock<'_> {
-    fn drop(&mut self) {
-        let _ = self.lan.switch.exec(
-            &["nft", "delete", "table", "bridge", "dm_relay_test"],
-            Duration::from_secs(5),
-        );
-    }
+/// The agents of a three-node cluster behind `gateway`, each on its backend.
+fn start<'a>(
+    cluster: &'a Cluster<'a>,
+    gateway: &Gateway,
+    backends: [&str; NODES],
+) -> Vec<Agent<'a>> {
+    (1..=NODES)
+        .map(|i| {
+            let mut flags = gateway.agent_flags();
+            flags.extend(["--wg-backend".to_owned(), backends[i - 1].to_owned()]);
+            Agent::start(
+                cluster,
+                i,
+                &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
+        .collect()
 }
 
 /// Whether every agent sees every other seat healthy on `path`.
@@ -107,23 +104,11 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     let steps = Steps::new("relay");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let instances: Vec<String> = cluster.sims.iter().map(|s| s.instance_id.clone()).collect();
-    let gateway = Gateway::start(&lan, &relay_routes(&instances, RELAY_PORT));
-    let ca = gateway.ca_file.display().to_string();
-    let flags = [
-        "--gateway-domain",
-        TEST_DOMAIN,
-        "--gateway-port",
-        "8080",
-        "--relay-ca-file",
-        &ca,
-    ];
+    let gateway = Gateway::for_cluster(&cluster, RELAY_PORT);
 
     steps.step("UDP between the nodes blocked; the agents start");
     let block = UdpBlock::on(&lan);
-    let agents: Vec<Agent<'_>> = (1..=NODES)
-        .map(|i| Agent::start(&cluster, i, &flags))
-        .collect();
+    let agents = start(&cluster, &gateway, ["userspace"; NODES]);
     let started = Instant::now();
     wait_until(
         "every pair to come up over the relay",
@@ -143,7 +128,13 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     let a = agents[0].peer(2).expect("seat 2");
     assert_eq!(
         a.relay_url.as_deref(),
-        Some(format!("https://{}-{RELAY_PORT}.{TEST_DOMAIN}", instances[1]).as_str()),
+        Some(
+            format!(
+                "https://{}-{RELAY_PORT}.{TEST_DOMAIN}",
+                cluster.sims[1].instance_id
+            )
+            .as_str()
+        ),
         "the relay URL is the gateway name with the relay port"
     );
     for from in 1..=NODES {
@@ -158,7 +149,8 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
         &agents[0].api_socket.display().to_string(),
     ]);
     assert!(
-        status.contains(" relay ") && status.contains(&format!("relay https://{}", instances[1])),
+        status.contains(" relay ")
+            && status.contains(&format!("relay https://{}", cluster.sims[1].instance_id)),
         "meshctl status shows the relay:\n{status}"
     );
 
@@ -221,4 +213,69 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     }
     assert_no_warnings(&agents);
     drop(block);
+}
+
+#[test]
+fn the_kernel_paths_shim_carries_wireguard_go_over_the_relay_and_back_to_direct() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["nft", "nginx", "wireguard-go"]);
+    let steps = Steps::new("relay-shim");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let gateway = Gateway::for_cluster(&cluster, RELAY_PORT);
+
+    steps.step("UDP blocked; nodes 1 and 2 on wireguard-go through the shim, node 3 userspace");
+    let block = UdpBlock::on(&lan);
+    let agents = start(
+        &cluster,
+        &gateway,
+        ["wireguard-go", "wireguard-go", "userspace"],
+    );
+    let started = Instant::now();
+    wait_until(
+        "every pair to come up over the relay",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || all_on(&agents, Path::Relay),
+        || {
+            format!(
+                "{}{}\n{}",
+                paths(&agents),
+                tails(&agents),
+                gateway.log_tail()
+            )
+        },
+    );
+    println!("mesh over the relay after {:?}", started.elapsed());
+    let (status, _) = agents[0].status();
+    assert_eq!(status.backend.as_deref(), Some("wireguard-go"));
+    for from in 1..=NODES {
+        for to in (1..=NODES).filter(|&t| t != from) {
+            assert_pings(&agents, from, to);
+        }
+    }
+
+    steps.step("UDP unblocked with pings running: every pair moves to direct");
+    let pings = ping_all(&agents, 900, Duration::from_millis(50));
+    block.off();
+    let unblocked = Instant::now();
+    // wireguard-go pairs try the direct path every 30 s for 5 s; pairs with the userspace node probe every 5 s.
+    wait_until(
+        "every pair to move to direct",
+        mesh_wg::TRIAL_EVERY + mesh_wg::TRIAL + Duration::from_secs(10),
+        Duration::from_millis(200),
+        || all_on(&agents, Path::Direct),
+        || format!("{}{}", paths(&agents), tails(&agents)),
+    );
+    println!(
+        "every pair direct {:?} after UDP was unblocked",
+        unblocked.elapsed()
+    );
+    for p in pings {
+        let (sent, received, text) = p.interrupt();
+        let lost = sent - received;
+        println!("  across the move: {sent} sent, {lost} lost");
+        assert!(lost <= 5, "the move to direct lost {lost} packets: {text}");
+    }
+    assert_no_warnings(&agents);
 }

@@ -66,15 +66,9 @@ pub struct Relay {
 impl Relay {
     /// Serves the relay port for `device`'s WireGuard.
     async fn start(&mut self, device: &MeshDevice) -> anyhow::Result<()> {
-        let MeshDevice::Userspace(d) = device else {
-            warn!(
-                "the kernel backend carries no relayed peers yet; peers whose UDP is blocked stay unreachable by tunnel"
-            );
-            return Ok(());
-        };
-        let inbound = d
+        let inbound = device
             .relay_inbound()
-            .context("the userspace device was created without its relay")?;
+            .context("the interface was created without its relay")?;
         let addr = std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port));
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!(

@@ -38,6 +38,9 @@ pub enum BackendChoice {
     Auto,
     Userspace,
     Kernel,
+    /// `wireguard-go`, started by the agent and driven as the kernel's is: the kernel path on a host
+    /// without the module.
+    WireguardGo,
 }
 
 /// A mesh interface on one of the backends.
@@ -63,12 +66,15 @@ impl MeshDevice {
     pub async fn create(config: DeviceConfig, choice: BackendChoice) -> Result<Self, Error> {
         match choice {
             BackendChoice::Userspace => Device::create(config).await.map(Self::Userspace),
-            BackendChoice::Kernel => KernelDevice::create(&config).map(Self::Kernel),
+            BackendChoice::Kernel => KernelDevice::create(&config, false).await.map(Self::Kernel),
+            BackendChoice::WireguardGo => {
+                KernelDevice::create(&config, true).await.map(Self::Kernel)
+            }
             BackendChoice::Auto if !kernel_module_present() => {
                 tracing::info!("no wireguard kernel module; using the userspace backend");
                 Device::create(config).await.map(Self::Userspace)
             }
-            BackendChoice::Auto => match KernelDevice::create(&config) {
+            BackendChoice::Auto => match KernelDevice::create(&config, false).await {
                 Ok(k) => Ok(Self::Kernel(k)),
                 Err(Error::KernelUnavailable { detail, .. }) => {
                     tracing::warn!(%detail, "the wireguard module is there but unusable; using the userspace backend");
@@ -79,11 +85,11 @@ impl MeshDevice {
         }
     }
 
-    /// `userspace` or `kernel`.
+    /// `userspace`, `kernel` or `wireguard-go`.
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Userspace(_) => "userspace",
-            Self::Kernel(_) => "kernel",
+            Self::Kernel(d) => d.backend(),
         }
     }
 
@@ -108,6 +114,15 @@ impl MeshDevice {
         }
     }
 
+    /// Where this node's relay endpoint hands the datagrams it accepts; `None` when the device was created
+    /// without a relay dialler.
+    pub fn relay_inbound(&self) -> Option<tokio::sync::mpsc::Sender<mesh_relay::Inbound>> {
+        match self {
+            Self::Userspace(d) => d.relay_inbound(),
+            Self::Kernel(d) => d.relay_inbound(),
+        }
+    }
+
     /// Removes the interface.
     ///
     /// # Errors
@@ -115,7 +130,7 @@ impl MeshDevice {
     pub async fn shutdown(self) -> Result<(), Error> {
         match self {
             Self::Userspace(d) => d.shutdown().await,
-            Self::Kernel(d) => d.shutdown(),
+            Self::Kernel(d) => d.shutdown().await,
         }
     }
 }

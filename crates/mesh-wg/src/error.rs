@@ -58,6 +58,18 @@ pub enum Error {
         /// What the kernel said.
         detail: String,
     },
+    /// A relay bridge's socket failed.
+    #[error("relay {what} failed: {source}")]
+    Relay {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `wireguard-go` could not be started or did not come up.
+    #[error(
+        "wireguard-go for {ifname:?}: {detail}; install it (Debian: apt-get install wireguard-go) or choose another backend"
+    )]
+    WireguardGo { ifname: String, detail: String },
     /// The process may not create a TUN device.
     #[error("cannot create TUN device {ifname:?}: {NEEDS_NET_ADMIN} ({syscall}: {source})")]
     TunUnavailable {

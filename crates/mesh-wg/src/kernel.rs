@@ -1,45 +1,85 @@
-//! The kernel WireGuard backend, through defguard_wireguard_rs's netlink API. dstack's guest kernels have the
-//! module; where it is missing, creating the interface fails with [`Error::KernelUnavailable`] and `auto`
-//! falls back to the userspace device.
+//! The kernel WireGuard backend, through defguard_wireguard_rs: netlink for the kernel module, or the UAPI
+//! socket of a `wireguard-go` the agent starts (the same path with another WireGuard behind it, for hosts
+//! without the module). dstack's guest kernels have the module; where it is missing, creating the interface
+//! fails with [`Error::KernelUnavailable`] and `auto` falls back to the userspace device.
 //!
 //! The kernel keeps a peer's session when its endpoint, allowed IPs or keepalive are set again, so
 //! [`KernelDevice::set_peer`] is an in-place update as the userspace device's is. defguard's
 //! `configure_interface` replaces every peer, so it is called once, at creation, with none; peers then go
 //! through its per-peer calls.
+//!
+//! Relayed peers go through the [`crate::shim`]: a task reads the peers every [`CONTROL_TICK`] and moves each
+//! between its direct endpoint and its relay bridge.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Mutex;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use defguard_wireguard_rs::{
-    InterfaceConfiguration, Kernel, WGApi, WireguardInterfaceApi, key::Key as DefguardKey,
-    net::IpAddrMask, peer::Peer,
+    InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi,
+    key::Key as DefguardKey, net::IpAddrMask, peer::Peer,
 };
 use ipnetwork::Ipv4Network;
 
 use super::config::{DeviceConfig, PeerConfig, PeerStatus};
 use super::error::Error;
+use crate::netlink::Netlink;
 use crate::path::PathKind;
-use mesh_relay::RelayTarget;
+use crate::plan::handshake_is_fresh;
+use crate::shim::{Action, Shim};
+use crate::task::Task;
+use mesh_relay::Inbound;
 use wg_key::Key;
 
-/// A kernel WireGuard interface.
+/// How often relayed peers' paths are looked at.
+const CONTROL_TICK: Duration = Duration::from_millis(500);
+/// How long `wireguard-go` may take to open its UAPI socket.
+const WIREGUARD_GO_START: Duration = Duration::from_secs(5);
+
+/// Which WireGuard is behind the interface.
+enum Driver {
+    Kernel(WGApi<Kernel>),
+    /// `wireguard-go`, started and stopped by the agent.
+    WireguardGo {
+        api: WGApi<Userspace>,
+        child: Child,
+    },
+}
+
+impl Driver {
+    fn api(&self) -> &(dyn WireguardInterfaceApi + 'static) {
+        match self {
+            Self::Kernel(api) => api,
+            Self::WireguardGo { api, .. } => api,
+        }
+    }
+}
+
+/// A kernel WireGuard interface (or `wireguard-go`'s).
 pub struct KernelDevice {
-    api: WGApi<Kernel>,
+    inner: Arc<Inner>,
+    shim_tasks: Vec<Task>,
+}
+
+struct Inner {
+    driver: Mutex<Driver>,
     ifname: String,
     public_key: Key,
     listen_port: u16,
-    /// Each peer's relay as configured; the kernel has no notion of one.
-    relays: Mutex<HashMap<Key, RelayTarget>>,
+    /// Each peer as last set, to set it again with another endpoint.
+    configs: Mutex<HashMap<Key, PeerConfig>>,
+    shim: Option<Arc<Shim>>,
 }
 
 impl std::fmt::Debug for KernelDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelDevice")
-            .field("ifname", &self.ifname)
-            .field("listen_port", &self.listen_port)
+            .field("ifname", &self.inner.ifname)
+            .field("listen_port", &self.inner.listen_port)
             .finish()
     }
 }
@@ -57,12 +97,13 @@ fn kernel(
 }
 
 impl KernelDevice {
-    /// Creates the interface with the device's key, port, address and MTU, and no peers.
+    /// Creates the interface with the device's key, port, address and MTU, and no peers, on the kernel's
+    /// WireGuard, or on a `wireguard-go` it starts when `wireguard_go` is set.
     ///
     /// # Errors
-    /// [`Error::InterfaceExists`] for a name in use, [`Error::KernelUnavailable`] without the module, or
-    /// [`Error::Kernel`] naming the step that failed.
-    pub fn create(config: &DeviceConfig) -> Result<Self, Error> {
+    /// [`Error::InterfaceExists`] for a name in use, [`Error::KernelUnavailable`] without the module,
+    /// [`Error::WireguardGo`] when it cannot be started, or [`Error::Kernel`] naming the step that failed.
+    pub async fn create(config: &DeviceConfig, wireguard_go: bool) -> Result<Self, Error> {
         config.validate()?;
         let ifname = config.ifname.clone();
         // defguard treats an existing link as success; we must not take over someone else's interface.
@@ -72,14 +113,7 @@ impl KernelDevice {
                 what: "a link in this namespace",
             });
         }
-        let mut api =
-            WGApi::<Kernel>::new(ifname.clone()).map_err(kernel(&ifname, "open netlink"))?;
-        api.create_interface()
-            .map_err(|e| Error::KernelUnavailable {
-                ifname: ifname.clone(),
-                detail: e.to_string(),
-            })?;
-        let interface = InterfaceConfiguration {
+        let mut interface = InterfaceConfiguration {
             name: ifname.clone(),
             prvkey: base64::engine::general_purpose::STANDARD
                 .encode(config.private_key.expose_bytes()),
@@ -92,116 +126,207 @@ impl KernelDevice {
             mtu: Some(u32::from(config.mtu)),
             fwmark: None,
         };
-        if let Err(e) = api.configure_interface(&interface) {
-            let _ = api.remove_interface();
-            return Err(kernel(&ifname, "configure")(e));
-        }
-        let listen_port = api
-            .read_interface_data()
-            .map_err(kernel(&ifname, "read"))?
-            .listen_port;
-        tracing::info!(%ifname, listen_port, "kernel WireGuard interface up");
-        Ok(Self {
-            api,
+        let driver = if wireguard_go {
+            let child = start_wireguard_go(&ifname).await?;
+            let driver = Driver::WireguardGo {
+                api: WGApi::<Userspace>::new(ifname.clone())
+                    .map_err(kernel(&ifname, "open the UAPI socket"))?,
+                child,
+            };
+            // Address, MTU and link state through our netlink; defguard's would leave the link down.
+            interface.addresses.clear();
+            interface.mtu = None;
+            let configured = driver_configure(&driver, &interface, &ifname);
+            let netlink = Netlink::open(&ifname)?;
+            let link = match configured {
+                Ok(()) => netlink.link_index(&ifname).await,
+                Err(e) => Err(e),
+            };
+            let up = match link {
+                Ok(Some(index)) => {
+                    netlink
+                        .configure(index, config.mtu, config.address, config.prefix_len)
+                        .await
+                }
+                Ok(None) => Err(Error::WireguardGo {
+                    ifname: ifname.clone(),
+                    detail: "its interface did not appear".into(),
+                }),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = up {
+                stop_driver(driver, &ifname);
+                return Err(e);
+            }
+            driver
+        } else {
+            let mut api =
+                WGApi::<Kernel>::new(ifname.clone()).map_err(kernel(&ifname, "open netlink"))?;
+            api.create_interface()
+                .map_err(|e| Error::KernelUnavailable {
+                    ifname: ifname.clone(),
+                    detail: e.to_string(),
+                })?;
+            let driver = Driver::Kernel(api);
+            if let Err(e) = driver_configure(&driver, &interface, &ifname) {
+                stop_driver(driver, &ifname);
+                return Err(e);
+            }
+            driver
+        };
+        let listen_port = match driver.api().read_interface_data() {
+            Ok(host) => host.listen_port,
+            Err(e) => {
+                stop_driver(driver, &ifname);
+                return Err(kernel(&ifname, "read")(e));
+            }
+        };
+        let (shim, shim_tasks) = match &config.relay_dialer {
+            Some(dialer) => {
+                let (shim, task) = Shim::start(listen_port, dialer.clone());
+                (Some(shim), vec![task])
+            }
+            None => (None, Vec::new()),
+        };
+        tracing::info!(%ifname, listen_port, wireguard_go, "WireGuard interface up");
+        let inner = Arc::new(Inner {
+            driver: Mutex::new(driver),
             ifname,
             public_key: config.private_key.public_key(),
             listen_port,
-            relays: Mutex::default(),
-        })
+            configs: Mutex::default(),
+            shim,
+        });
+        let mut device = Self { inner, shim_tasks };
+        if device.inner.shim.is_some() {
+            let inner = Arc::clone(&device.inner);
+            device.shim_tasks.push(Task::spawn(
+                "relay-paths",
+                tracing::info_span!("wg", ifname = %device.inner.ifname),
+                async move {
+                    let mut tick = tokio::time::interval(CONTROL_TICK);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        inner.control();
+                    }
+                },
+            ));
+        }
+        Ok(device)
     }
 
     pub fn ifname(&self) -> &str {
-        &self.ifname
+        &self.inner.ifname
+    }
+
+    /// `kernel`, or `wireguard-go`.
+    pub fn backend(&self) -> &'static str {
+        match &*lock(&self.inner.driver) {
+            Driver::Kernel(_) => "kernel",
+            Driver::WireguardGo { .. } => "wireguard-go",
+        }
     }
 
     pub fn public_key(&self) -> Key {
-        self.public_key
+        self.inner.public_key
     }
 
     pub fn listen_port(&self) -> u16 {
-        self.listen_port
+        self.inner.listen_port
     }
 
-    /// Adds the peer, or updates it in place.
+    /// Where this node's relay endpoint hands the datagrams it accepts: `None` without a relay dialler.
+    pub fn relay_inbound(&self) -> Option<tokio::sync::mpsc::Sender<Inbound>> {
+        self.inner.shim.as_ref().map(|s| s.inbound())
+    }
+
+    /// Adds the peer, or updates it in place. A relayed peer keeps its bridge as endpoint; a new direct
+    /// endpoint is kept for the next direct trial.
     ///
     /// # Errors
     /// [`Error::PeerIsSelf`] or [`Error::Kernel`].
     pub fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {
-        if peer.public_key == self.public_key {
+        if peer.public_key == self.inner.public_key {
             return Err(Error::PeerIsSelf {
                 peer: peer.public_key,
             });
         }
-        let mut p = Peer::new(DefguardKey::new(*peer.public_key.as_bytes()));
-        p.endpoint = peer.endpoint;
-        p.persistent_keepalive_interval = peer.persistent_keepalive;
-        p.allowed_ips = peer
-            .allowed_ips
-            .iter()
-            .map(|n| IpAddrMask::new(IpAddr::V4(n.ip()), n.prefix()))
-            .collect();
-        self.api
-            .configure_peer(&p)
-            .map_err(kernel(&self.ifname, "set peer"))?;
-        let mut relays = self.relays.lock().unwrap_or_else(|e| e.into_inner());
-        match peer.relay {
-            Some(r) => relays.insert(peer.public_key, r),
-            None => relays.remove(&peer.public_key),
-        };
+        let mut endpoint = peer.endpoint;
+        if let Some(shim) = &self.inner.shim {
+            shim.set_peer(peer.public_key, peer.relay.clone(), peer.endpoint);
+            let current = self
+                .inner
+                .read_peers()
+                .into_iter()
+                .find(|p| p.public_key == DefguardKey::new(*peer.public_key.as_bytes()))
+                .and_then(|p| p.endpoint);
+            if shim.is_bridge(current) {
+                endpoint = current;
+            }
+        }
+        self.inner.configure(&peer, endpoint, None)?;
+        lock(&self.inner.configs).insert(peer.public_key, peer);
         Ok(())
     }
 
     /// Removes the peer. Returns whether it existed.
     pub fn remove_peer(&self, public_key: &Key) -> bool {
         let had = self.peers().iter().any(|p| &p.public_key == public_key);
-        self.relays
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(public_key);
+        lock(&self.inner.configs).remove(public_key);
+        if let Some(shim) = &self.inner.shim {
+            shim.set_peer(*public_key, None, None);
+        }
         if let Err(e) = self
-            .api
+            .inner
+            .api()
             .remove_peer(&DefguardKey::new(*public_key.as_bytes()))
         {
-            tracing::warn!(ifname = %self.ifname, peer = ?public_key, error = %e, "cannot remove peer");
+            tracing::warn!(ifname = %self.inner.ifname, peer = ?public_key, error = %e, "cannot remove peer");
         }
         had
     }
 
-    /// Every peer's state, as the kernel reports it.
+    /// Every peer's state, as the WireGuard reports it. A relayed peer is shown at its direct endpoint, with
+    /// its path.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        let host = match self.api.read_interface_data() {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(ifname = %self.ifname, error = %e, "cannot read the interface");
-                return Vec::new();
-            }
-        };
-        let relays = self.relays.lock().unwrap_or_else(|e| e.into_inner());
-        let mut peers: Vec<PeerStatus> = host
-            .peers
-            .into_values()
-            .map(|p| PeerStatus {
-                public_key: Key::from_bytes(p.public_key.as_array()),
-                endpoint: p.endpoint,
-                relay: relays
-                    .get(&Key::from_bytes(p.public_key.as_array()))
-                    .cloned(),
-                path: PathKind::Direct,
-                allowed_ips: p
-                    .allowed_ips
-                    .iter()
-                    .filter_map(|m| match m.address {
-                        IpAddr::V4(ip) => Ipv4Network::new(ip, m.cidr).ok(),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect(),
-                // The kernel reports "never" as the epoch.
-                last_handshake: p
-                    .last_handshake
-                    .filter(|t| *t != std::time::SystemTime::UNIX_EPOCH),
-                rx_bytes: p.rx_bytes,
-                tx_bytes: p.tx_bytes,
-                persistent_keepalive: p.persistent_keepalive_interval.filter(|k| *k != 0),
+        let shim = self.inner.shim.as_ref();
+        let mut peers: Vec<PeerStatus> = self
+            .inner
+            .read_peers()
+            .into_iter()
+            .map(|p| {
+                let key = Key::from_bytes(p.public_key.as_array());
+                let relayed = shim.is_some_and(|s| s.is_bridge(p.endpoint));
+                PeerStatus {
+                    public_key: key,
+                    endpoint: if relayed {
+                        shim.and_then(|s| s.direct_of(&key))
+                    } else {
+                        p.endpoint
+                    },
+                    relay: shim.and_then(|s| s.relay_of(&key)),
+                    path: if relayed {
+                        PathKind::Relay
+                    } else {
+                        PathKind::Direct
+                    },
+                    allowed_ips: p
+                        .allowed_ips
+                        .iter()
+                        .filter_map(|m| match m.address {
+                            IpAddr::V4(ip) => Ipv4Network::new(ip, m.cidr).ok(),
+                            IpAddr::V6(_) => None,
+                        })
+                        .collect(),
+                    // The kernel reports "never" as the epoch.
+                    last_handshake: p
+                        .last_handshake
+                        .filter(|t| *t != std::time::SystemTime::UNIX_EPOCH),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                    persistent_keepalive: p.persistent_keepalive_interval.filter(|k| *k != 0),
+                }
             })
             .collect();
         peers.sort_by_key(|p| p.public_key);
@@ -212,9 +337,200 @@ impl KernelDevice {
     ///
     /// # Errors
     /// [`Error::Kernel`] when the link cannot be deleted.
-    pub fn shutdown(self) -> Result<(), Error> {
-        self.api
-            .remove_interface()
-            .map_err(kernel(&self.ifname, "delete"))
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        for task in std::mem::take(&mut self.shim_tasks) {
+            task.stop().await;
+        }
+        let ifname = self.inner.ifname.clone();
+        let mut driver = lock(&self.inner.driver);
+        match &mut *driver {
+            Driver::Kernel(api) => api.remove_interface().map_err(kernel(&ifname, "delete")),
+            Driver::WireguardGo { child, .. } => {
+                stop_child(child, &ifname);
+                Ok(())
+            }
+        }
     }
+}
+
+impl Drop for KernelDevice {
+    fn drop(&mut self) {
+        // A wireguard-go the agent started never outlives it; `shutdown` has already stopped it if called.
+        if let Driver::WireguardGo { child, .. } = &mut *lock(&self.inner.driver) {
+            stop_child(child, &self.inner.ifname);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn api(&self) -> DriverRef<'_> {
+        DriverRef(lock(&self.driver))
+    }
+
+    fn read_peers(&self) -> Vec<Peer> {
+        match self.api().read_interface_data() {
+            Ok(h) => h.peers.into_values().collect(),
+            Err(e) => {
+                tracing::warn!(ifname = %self.ifname, error = %e, "cannot read the interface");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sets `peer` with `endpoint` (and `keepalive` instead of its own, when given).
+    fn configure(
+        &self,
+        peer: &PeerConfig,
+        endpoint: Option<SocketAddr>,
+        keepalive: Option<u16>,
+    ) -> Result<(), Error> {
+        let mut p = Peer::new(DefguardKey::new(*peer.public_key.as_bytes()));
+        p.endpoint = endpoint;
+        p.persistent_keepalive_interval = keepalive.or(peer.persistent_keepalive);
+        p.allowed_ips = peer
+            .allowed_ips
+            .iter()
+            .map(|n| IpAddrMask::new(IpAddr::V4(n.ip()), n.prefix()))
+            .collect();
+        self.api()
+            .configure_peer(&p)
+            .map_err(kernel(&self.ifname, "set peer"))
+    }
+
+    /// One look at every relayed peer: moves it between its direct endpoint and its relay bridge.
+    fn control(&self) {
+        let Some(shim) = &self.shim else { return };
+        shim.sweep();
+        let now = SystemTime::now();
+        for p in self.read_peers() {
+            let key = Key::from_bytes(p.public_key.as_array());
+            let handshake = p.last_handshake.filter(|t| *t != SystemTime::UNIX_EPOCH);
+            let action = shim.step(
+                &key,
+                p.endpoint,
+                handshake_is_fresh(handshake, now),
+                p.rx_bytes,
+            );
+            let Some(config) = lock(&self.configs).get(&key).cloned() else {
+                continue;
+            };
+            let result = match action {
+                Action::None => Ok(()),
+                Action::SetEndpoint(bridge) => self.configure(&config, Some(bridge), None),
+                Action::TryDirect(direct) => {
+                    // Turning the keepalive off and on makes WireGuard send one at once, to the new endpoint.
+                    self.configure(&config, Some(direct), Some(0))
+                        .and_then(|()| self.configure(&config, Some(direct), None))
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(peer = ?key, error = %e, "could not move the peer's path");
+            }
+        }
+    }
+}
+
+/// The driver's API, locked.
+struct DriverRef<'a>(MutexGuard<'a, Driver>);
+
+impl std::ops::Deref for DriverRef<'_> {
+    type Target = dyn WireguardInterfaceApi;
+    fn deref(&self) -> &Self::Target {
+        self.0.api()
+    }
+}
+
+fn driver_configure(
+    driver: &Driver,
+    interface: &InterfaceConfiguration,
+    ifname: &str,
+) -> Result<(), Error> {
+    driver
+        .api()
+        .configure_interface(interface)
+        .map_err(kernel(ifname, "configure"))
+}
+
+fn stop_driver(driver: Driver, ifname: &str) {
+    match driver {
+        Driver::Kernel(api) => {
+            let _ = api.remove_interface();
+        }
+        Driver::WireguardGo { mut child, .. } => stop_child(&mut child, ifname),
+    }
+}
+
+/// Starts `wireguard-go -f <ifname>` with nothing of the agent's environment, and waits for its UAPI socket.
+async fn start_wireguard_go(ifname: &str) -> Result<Child, Error> {
+    let err = |detail: String| Error::WireguardGo {
+        ifname: ifname.to_owned(),
+        detail,
+    };
+    let mut command = Command::new("wireguard-go");
+    command
+        .args(["-f", ifname])
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Should the agent be killed outright, wireguard-go goes with it rather than holding the interface. (The
+    // signal follows the thread that spawned it: a runtime worker, which lives as long as the runtime.)
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and only makes one async-signal-safe
+    // system call (prctl).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| err(format!("cannot start it: {e}")))?;
+    let socket = Path::new(crate::DEFAULT_UAPI_DIR).join(format!("{ifname}.sock"));
+    let deadline = tokio::time::Instant::now() + WIREGUARD_GO_START;
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(err(format!("it exited at start ({status})")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            stop_child(&mut child, ifname);
+            return Err(err(format!(
+                "no UAPI socket at {} after {WIREGUARD_GO_START:?}",
+                socket.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(child)
+}
+
+/// Stops the child by its PID (SIGTERM: it removes its interface and socket), and reaps it.
+fn stop_child(child: &mut Child, ifname: &str) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for _ in 0..100 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            tracing::info!(%ifname, "wireguard-go stopped");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

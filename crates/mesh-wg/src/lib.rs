@@ -7,7 +7,8 @@
 //!   [`apply`], and handshake freshness.
 //! - `backend`: [`MeshDevice`], the userspace device or the kernel's, chosen by [`BackendChoice`].
 //! - `device`: [`Device`] — TUN + UDP + loops, peer API, shutdown.
-//! - `kernel`: [`KernelDevice`], the kernel module through defguard_wireguard_rs.
+//! - `kernel`: [`KernelDevice`], the kernel module (or a `wireguard-go` standing in) through defguard_wireguard_rs.
+//! - `shim`: the relay for it: a local UDP bridge per relay stream, and the paths of relayed peers.
 //! - `peer`: one peer's `Tunn`, endpoint (roaming), relay streams, keepalive and counters.
 //! - `path`: which way a peer's datagrams go, direct or through its relay, and when to move ([`PathState`]).
 //! - `allowed_ips`: longest-prefix cryptokey routing table.
@@ -28,6 +29,7 @@ mod netlink;
 mod path;
 mod peer;
 mod plan;
+mod shim;
 mod task;
 mod uapi;
 mod uapi_server;
@@ -44,6 +46,7 @@ pub use kernel::KernelDevice;
 pub use mesh_relay::RelayTarget;
 pub use path::{
     DATA_UNANSWERED, DIRECT_QUIET, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState,
+    TRIAL, TRIAL_EVERY,
 };
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
 pub use wg_key::{Key, KeyParseError, PresharedKey, PrivateKey};

@@ -211,6 +211,113 @@ impl PathState {
     }
 }
 
+/// How long a direct trial of a relayed peer on the kernel's WireGuard lasts without an answer.
+pub const TRIAL: Duration = Duration::from_secs(5);
+/// How often a relayed peer on the kernel's WireGuard tries the direct path.
+pub const TRIAL_EVERY: Duration = Duration::from_secs(30);
+
+/// What the agent sees of a peer on a WireGuard it does not run itself (the kernel's, or `wireguard-go`
+/// standing in for it): no per-datagram events, only the peer's endpoint, handshake and counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Observed {
+    pub(crate) now: Instant,
+    /// Whether the endpoint is one of the agent's relay bridges: the WireGuard roams there when the peer's
+    /// datagrams come through the relay, and away again when they come directly.
+    pub(crate) on_bridge: bool,
+    /// Whether a handshake completed within WireGuard's REJECT_AFTER_TIME.
+    pub(crate) handshake_fresh: bool,
+    pub(crate) rx_bytes: u64,
+    /// Whether our own stream to the peer's relay is up (its bridge can be the endpoint).
+    pub(crate) relay_ready: bool,
+    /// Whether the peer has a relay at all.
+    pub(crate) relay_available: bool,
+    /// Whether the peer's direct endpoint is known.
+    pub(crate) direct_known: bool,
+}
+
+/// What to do to such a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Stay,
+    /// Open our stream to the peer's relay.
+    Dial,
+    /// Point the endpoint at our stream's bridge.
+    ToRelay,
+    /// Point the endpoint at the direct address and send a keepalive there.
+    TryDirect,
+}
+
+/// The path of a peer on a WireGuard the agent only configures. Its endpoint says the path: on a relay
+/// bridge it is relayed, else direct. The agent moves it to the relay when no handshake is fresh
+/// [`HANDSHAKE_UNANSWERED`] after it went direct, and, while relayed with a live session, tries the direct
+/// path every [`TRIAL_EVERY`]: the endpoint goes direct with a keepalive, and comes back to the bridge unless
+/// something arrives within [`TRIAL`] while the endpoint stays direct (WireGuard would have roamed back to a
+/// bridge had it come through the relay). An idle peer therefore stays relayed.
+#[derive(Debug, Clone)]
+pub(crate) struct TrialState {
+    direct_since: Instant,
+    trial: Option<(Instant, u64)>,
+    last_trial: Option<Instant>,
+}
+
+impl TrialState {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            direct_since: now,
+            trial: None,
+            last_trial: None,
+        }
+    }
+
+    pub(crate) fn step(&mut self, o: &Observed) -> Step {
+        if let Some((started, rx0)) = self.trial {
+            if o.on_bridge {
+                // The peer's datagrams came through the relay: it does not hear us directly.
+                self.trial = None;
+                self.last_trial = Some(o.now);
+                return Step::Stay;
+            }
+            if o.rx_bytes > rx0 {
+                self.trial = None;
+                self.direct_since = o.now;
+                return Step::Stay;
+            }
+            if o.now.saturating_duration_since(started) < TRIAL {
+                return Step::Stay;
+            }
+            self.trial = None;
+            self.last_trial = Some(o.now);
+            return if o.relay_ready {
+                Step::ToRelay
+            } else {
+                Step::Dial
+            };
+        }
+        if o.on_bridge {
+            let since = self.last_trial.unwrap_or(self.direct_since);
+            if o.direct_known
+                && o.handshake_fresh
+                && o.now.saturating_duration_since(since) >= TRIAL_EVERY
+            {
+                self.trial = Some((o.now, o.rx_bytes));
+                return Step::TryDirect;
+            }
+            return Step::Stay;
+        }
+        if o.relay_available
+            && !o.handshake_fresh
+            && o.now.saturating_duration_since(self.direct_since) >= HANDSHAKE_UNANSWERED
+        {
+            if !o.relay_ready {
+                return Step::Dial;
+            }
+            self.last_trial = Some(o.now);
+            return Step::ToRelay;
+        }
+        Step::Stay
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +456,95 @@ mod tests {
         // The peer has not heard from us directly yet and still relays; we wait for it.
         assert_eq!(p.received_relayed(Message::Data, at(t0, 21_000)), None);
         assert_eq!(p.on(), PathKind::Direct);
+    }
+
+    fn observed(t0: Instant, ms: u64) -> Observed {
+        Observed {
+            now: at(t0, ms),
+            on_bridge: false,
+            handshake_fresh: false,
+            rx_bytes: 0,
+            relay_ready: false,
+            relay_available: true,
+            direct_known: true,
+        }
+    }
+
+    #[test]
+    fn a_kernel_peer_without_a_handshake_is_relayed_after_the_bound() {
+        let t0 = Instant::now();
+        let mut k = TrialState::new(t0);
+        assert_eq!(k.step(&observed(t0, 4_999)), Step::Stay);
+        assert_eq!(k.step(&observed(t0, 5_000)), Step::Dial);
+        let ready = Observed {
+            relay_ready: true,
+            ..observed(t0, 5_300)
+        };
+        assert_eq!(k.step(&ready), Step::ToRelay);
+        let fresh = Observed {
+            handshake_fresh: true,
+            ..observed(t0, 60_000)
+        };
+        assert_eq!(k.step(&fresh), Step::Stay, "a live direct session stays");
+        let none = Observed {
+            relay_available: false,
+            ..observed(t0, 60_000)
+        };
+        assert_eq!(k.step(&none), Step::Stay, "no relay, nowhere to go");
+    }
+
+    #[test]
+    fn a_relayed_kernel_peer_tries_direct_and_keeps_it_when_answered() {
+        let t0 = Instant::now();
+        let mut k = TrialState::new(t0);
+        let relayed = |ms, rx| Observed {
+            on_bridge: true,
+            handshake_fresh: true,
+            relay_ready: true,
+            rx_bytes: rx,
+            ..observed(t0, ms)
+        };
+        assert_eq!(k.step(&relayed(29_999, 100)), Step::Stay);
+        assert_eq!(k.step(&relayed(30_000, 100)), Step::TryDirect);
+        let trying = |ms, rx| Observed {
+            on_bridge: false,
+            ..relayed(ms, rx)
+        };
+        assert_eq!(k.step(&trying(31_000, 100)), Step::Stay);
+        assert_eq!(
+            k.step(&trying(32_000, 164)),
+            Step::Stay,
+            "answered directly"
+        );
+        assert_eq!(
+            k.step(&trying(90_000, 164)),
+            Step::Stay,
+            "and direct it stays"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_trial_goes_back_to_the_relay_and_waits_for_the_next() {
+        let t0 = Instant::now();
+        let mut k = TrialState::new(t0);
+        let relayed = |ms| Observed {
+            on_bridge: true,
+            handshake_fresh: true,
+            relay_ready: true,
+            rx_bytes: 100,
+            ..observed(t0, ms)
+        };
+        assert_eq!(k.step(&relayed(30_000)), Step::TryDirect);
+        let trying = |ms| Observed {
+            on_bridge: false,
+            ..relayed(ms)
+        };
+        assert_eq!(k.step(&trying(34_999)), Step::Stay);
+        assert_eq!(k.step(&trying(35_000)), Step::ToRelay);
+        assert_eq!(k.step(&relayed(64_999)), Step::Stay);
+        assert_eq!(k.step(&relayed(65_000)), Step::TryDirect);
+        // The peer relayed to us during the trial: WireGuard roamed back to a bridge.
+        assert_eq!(k.step(&relayed(66_000)), Step::Stay);
+        assert_eq!(k.step(&relayed(95_999)), Step::Stay);
     }
 }

@@ -63,7 +63,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    require_root(&["ss", "iperf3", "wireguard-go"]);
+    require_root(&["ss", "iperf3", "wireguard-go", "nginx", "nft"]);
     for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
         workspace_bin(bin);
     }
@@ -78,6 +78,8 @@ fn main() -> anyhow::Result<()> {
     eprintln!("== throughput and latency (2 agents, a wireguard-go pair, the bare link)");
     report["throughput"] = throughput(&args);
     report["latency"] = latency();
+    eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
+    report["relay"] = relay(&args);
 
     let largest = args.sizes.iter().copied().max().unwrap_or(0);
     let mut sizes = Vec::new();
@@ -186,6 +188,54 @@ fn latency() -> Value {
         "meshAddedMs": mesh - bare,
         "wireguardGoAddedMs": go - bare,
     })
+}
+
+/// Two agents whose UDP is dropped, meshed through the stand-in gateway: throughput and RTT over the relay.
+fn relay(args: &Args) -> Value {
+    let lan = Lan::new(2);
+    let cluster = Cluster::deploy_seats(&lan, 2);
+    let gateway = Gateway::for_cluster(&cluster, WG_PORT);
+    let _block = UdpBlock::on(&lan);
+    let mut flags = gateway.agent_flags();
+    flags.extend(["--wg-backend".to_owned(), "userspace".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agents: Vec<Agent<'_>> = (1..=2).map(|i| Agent::start(&cluster, i, &flags)).collect();
+    wait_until(
+        "both agents to reach each other over the relay",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || {
+            agents.iter().all(|a| {
+                let other = 3 - a.index as u64;
+                a.try_status().is_ok()
+                    && a.peer(other)
+                        .is_some_and(|p| p.healthy && p.path == Some(mesh_api::Path::Relay))
+            })
+        },
+        || tails(&agents),
+    );
+    let every = Duration::from_millis(20);
+    ping_avg_ms(lan.node(1), overlay_ip(2), 5, every);
+    let bare = ping_avg_ms(lan.node(1), lan_ip(2), 200, every);
+    let rtt = ping_avg_ms(lan.node(1), overlay_ip(2), 200, every);
+    let mut out = json!({ "rttMs": rtt, "bareRttMs": bare, "addedMs": rtt - bare });
+    for streams in [1u32, 4] {
+        let gbps = iperf3(
+            lan.node(1),
+            lan.node(2),
+            &overlay_ip(2).to_string(),
+            streams,
+            args.seconds,
+        );
+        out[format!("streams{streams}Gbps")] = json!(gbps);
+    }
+    eprintln!(
+        "   relay: {:.2} Gbit/s (1 stream), {:.2} (4), RTT {rtt:.3} ms (+{:.3} over the bare link)",
+        out["streams1Gbps"].as_f64().unwrap_or(0.0),
+        out["streams4Gbps"].as_f64().unwrap_or(0.0),
+        rtt - bare
+    );
+    out
 }
 
 /// A cluster reader in the switch namespace (where anvil listens), polled from its own thread.
@@ -506,6 +556,18 @@ fn print_table(r: &Value) {
         l["meshAddedMs"].as_f64().unwrap_or(0.0),
         l["wireguardGoRttMs"].as_f64().unwrap_or(0.0),
         l["wireguardGoAddedMs"].as_f64().unwrap_or(0.0)
+    );
+    let relay = &r["relay"];
+    let direct = |s: &str| r["throughput"][s]["meshGbps"].as_f64().unwrap_or(0.0);
+    println!(
+        "\nThe relay (UDP blocked; through nginx as the gateway): {} Gbit/s with 1 stream ({:.0}% of direct), {} with 4 ({:.0}%); RTT {} ms (+{} over the bare link; direct +{:.3})",
+        f(&relay["streams1Gbps"]),
+        100.0 * relay["streams1Gbps"].as_f64().unwrap_or(0.0) / direct("streams1"),
+        f(&relay["streams4Gbps"]),
+        100.0 * relay["streams4Gbps"].as_f64().unwrap_or(0.0) / direct("streams4"),
+        f(&relay["rttMs"]),
+        f(&relay["addedMs"]),
+        l["meshAddedMs"].as_f64().unwrap_or(0.0)
     );
     println!(
         "\n{:<8} {:>18} {:>16}",
