@@ -303,6 +303,22 @@ impl<'a> Agent<'a> {
             .map_err(|e| format!("meshctl status printed no JSON ({e}): {}", text(&out)))
     }
 
+    /// The agent's `/metrics`, read on its API socket.
+    pub fn metrics(&self) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(mesh_api::get_text(self.api_socket.as_path(), "/metrics"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "reading node {}'s metrics: {e}\n{}",
+                    self.index,
+                    self.tail()
+                )
+            })
+    }
+
     /// `meshctl status --json`, typed: this node's status and its peers.
     pub fn status(&self) -> (Status, Vec<Peer>) {
         let v = self

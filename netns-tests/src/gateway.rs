@@ -10,11 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use mesh_relay::{Dialer, RelayTarget};
+use mesh_wg::Key;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 use crate::cluster::Cluster;
 use crate::lan::{Lan, SWITCH_IP, lan_ip};
-use crate::netns::NetNs;
+use crate::netns::{NetNs, in_netns};
 use crate::process::{ChildGuard, require_root, tail};
 use crate::wait::wait_until;
 
@@ -135,6 +142,59 @@ impl Gateway {
         .map(str::to_owned)
         .chain([self.ca_file.display().to_string()])
         .collect()
+    }
+
+    /// A stranger (a WireGuard key that holds no seat) sends a handshake initiation for `to` (a node's
+    /// public key) through `target`'s relay, from inside `from`. Returns whether the endpoint closed the
+    /// stream within 5 s, as it does when the node's WireGuard keeps no link for what came on it.
+    pub fn stranger_handshake(&self, from: &NetNs, target: &RelayTarget, to: &Key) -> bool {
+        let ca = self.ca_file.clone();
+        let target = target.clone();
+        let to = *to;
+        in_netns(from, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let dialer = Dialer::new(
+                    Some(&ca),
+                    Duration::from_secs(30),
+                    Arc::new(mesh_relay::Metrics::default()),
+                )
+                .expect("trust the test CA");
+                let (tx, _rx) = tokio::sync::mpsc::channel(8);
+                let gateway = SocketAddr::from((SWITCH_IP, GATEWAY_PORT));
+                let link = dialer
+                    .dial_via(&target, Some(gateway), tx)
+                    .await
+                    .expect("dial the relay through the gateway");
+                // No seat was ever bound to this key.
+                let stranger = StaticSecret::from([0x5a; 32]);
+                let mut tunn = Tunn::new(
+                    stranger,
+                    PublicKey::from(*to.as_bytes()),
+                    None,
+                    None,
+                    1,
+                    None,
+                );
+                let mut buf = vec![0u8; 256];
+                let TunnResult::WriteToNetwork(init) =
+                    tunn.format_handshake_initiation(&mut buf, false)
+                else {
+                    panic!("boringtun made no initiation");
+                };
+                assert!(link.send(init), "the stream takes the initiation");
+                for _ in 0..50 {
+                    if link.is_closed() {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                false
+            })
+        })
     }
 
     pub fn log_tail(&self) -> String {

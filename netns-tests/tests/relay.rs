@@ -211,6 +211,30 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
             assert_pings(&agents, from, to);
         }
     }
+
+    steps.step(
+        "a stranger's handshake through node 1's relay is dropped, counted, and its stream closed",
+    );
+    let (node1, _) = agents[0].status();
+    let url = node1.node.gateway_url.expect("node 1's gateway URL");
+    let target = mesh_relay::relay_target(&url, RELAY_PORT).expect("node 1's relay");
+    let closed = gateway.stranger_handshake(lan.node(3), &target, &agents[0].key());
+    assert!(closed, "the endpoint closes a stream no member answers on");
+    let counted = || {
+        agents[0].metrics().lines().any(|l| {
+            l.strip_prefix("dstack_mesh_unknown_peer_datagrams_relay_total ")
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|v| v >= 1)
+        })
+    };
+    // The counters are published with the interface's state, at the agent's refresh.
+    wait_until(
+        "the stranger's datagram to be counted",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        counted,
+        || agents[0].metrics(),
+    );
     assert_no_warnings(&agents);
     drop(block);
 }

@@ -125,7 +125,21 @@ impl Dialer {
         target: &RelayTarget,
         inbound: mpsc::Sender<Inbound>,
     ) -> Result<Link, DialError> {
-        let stream = tokio::time::timeout(DIAL_TIMEOUT, self.connect(target))
+        self.dial_via(target, None, inbound).await
+    }
+
+    /// [`Dialer::dial`], connecting to `addr` instead of what the target's name resolves to (as curl's
+    /// `--connect-to`): the name still goes in SNI and is checked against the certificate.
+    ///
+    /// # Errors
+    /// [`DialError`] naming the step that failed.
+    pub async fn dial_via(
+        &self,
+        target: &RelayTarget,
+        addr: Option<std::net::SocketAddr>,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Result<Link, DialError> {
+        let stream = tokio::time::timeout(DIAL_TIMEOUT, self.connect(target, addr))
             .await
             .map_err(|_| DialError::Timeout(DIAL_TIMEOUT))??;
         let (link, queue) = Link::new(Direction::Dialled);
@@ -147,18 +161,21 @@ impl Dialer {
     async fn connect(
         &self,
         target: &RelayTarget,
+        via: Option<std::net::SocketAddr>,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, DialError> {
         let host = target.host.clone();
-        let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), target.port))
-            .await
-            .map_err(|source| DialError::Resolve {
-                host: host.clone(),
-                source,
-            })?
-            .collect();
-        let addr = *addrs
-            .first()
-            .ok_or_else(|| DialError::NoAddress { host: host.clone() })?;
+        let addr = match via {
+            Some(addr) => addr,
+            None => *tokio::net::lookup_host((host.as_str(), target.port))
+                .await
+                .map_err(|source| DialError::Resolve {
+                    host: host.clone(),
+                    source,
+                })?
+                .collect::<Vec<_>>()
+                .first()
+                .ok_or_else(|| DialError::NoAddress { host: host.clone() })?,
+        };
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| DialError::Connect { addr, source })?;
