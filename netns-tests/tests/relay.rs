@@ -81,6 +81,28 @@ fn paths(agents: &[Agent<'_>]) -> String {
         .collect()
 }
 
+/// Waits up to `bound` until every pair is on `path`; returns how long it took.
+fn until_all_on(agents: &[Agent<'_>], path: Path, bound: Duration, gateway: &Gateway) -> Duration {
+    let start = Instant::now();
+    wait_until(
+        &format!("every pair to be on {path:?}"),
+        bound,
+        Duration::from_millis(200),
+        || all_on(agents, path),
+        || format!("{}{}\n{}", paths(agents), tails(agents), gateway.log_tail()),
+    );
+    start.elapsed()
+}
+
+/// Every node reaches every other seat's overlay address.
+fn assert_every_pair_pings(agents: &[Agent<'_>]) {
+    for from in 1..=NODES {
+        for to in (1..=NODES).filter(|&t| t != from) {
+            assert_pings(agents, from, to);
+        }
+    }
+}
+
 /// Every node pings every other seat's overlay address, `count` times `interval` apart, in the background.
 fn ping_all(agents: &[Agent<'_>], count: u32, interval: Duration) -> Vec<BackgroundPing> {
     let mut pings = Vec::new();
@@ -109,22 +131,8 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     steps.step("UDP between the nodes blocked; the agents start");
     let block = UdpBlock::on(&lan);
     let agents = start(&cluster, &gateway, ["userspace"; NODES]);
-    let started = Instant::now();
-    wait_until(
-        "every pair to come up over the relay",
-        Duration::from_secs(90),
-        Duration::from_millis(250),
-        || all_on(&agents, Path::Relay),
-        || {
-            format!(
-                "{}{}\n{}",
-                paths(&agents),
-                tails(&agents),
-                gateway.log_tail()
-            )
-        },
-    );
-    println!("mesh over the relay after {:?}", started.elapsed());
+    let took = until_all_on(&agents, Path::Relay, Duration::from_secs(90), &gateway);
+    println!("mesh over the relay after {took:?}");
     let a = agents[0].peer(2).expect("seat 2");
     assert_eq!(
         a.relay_url.as_deref(),
@@ -137,11 +145,7 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
         ),
         "the relay URL is the gateway name with the relay port"
     );
-    for from in 1..=NODES {
-        for to in (1..=NODES).filter(|&t| t != from) {
-            assert_pings(&agents, from, to);
-        }
-    }
+    assert_every_pair_pings(&agents);
     let status = agents[0].ns().exec_ok(&[
         &workspace_bin("meshctl").display().to_string(),
         "status",
@@ -163,21 +167,11 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     );
     std::thread::sleep(Duration::from_secs(1));
     block.off();
-    let unblocked = Instant::now();
     // The bound: two probe intervals (a probe waits for the previous one's handshake, which WireGuard retries
     // through the relay after 5 s), plus a round trip and the other side's move on our first data.
     let bound = mesh_wg::PROBE_INTERVAL * 2 + Duration::from_secs(5);
-    wait_until(
-        "every pair to move to direct",
-        bound,
-        Duration::from_millis(100),
-        || all_on(&agents, Path::Direct),
-        || format!("{}{}", paths(&agents), tails(&agents)),
-    );
-    println!(
-        "every pair direct {:?} after UDP was unblocked",
-        unblocked.elapsed()
-    );
+    let took = until_all_on(&agents, Path::Direct, bound, &gateway);
+    println!("every pair direct {took:?} after UDP was unblocked");
     let (sent, received, text) = ping.finish();
     let lost = sent - received;
     println!("ping 10.0.1.2 from node 1 across the move, 50 ms apart: {sent} sent, {lost} lost");
@@ -186,19 +180,10 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
 
     steps.step("UDP blocked again, with pings running: every pair falls back to the relay");
     let block = UdpBlock::on(&lan);
-    let blocked = Instant::now();
     let pings = ping_all(&agents, 600, Duration::from_millis(100));
-    wait_until(
-        "every pair to fall back to the relay",
-        mesh_wg::DATA_UNANSWERED + Duration::from_secs(15),
-        Duration::from_millis(200),
-        || all_on(&agents, Path::Relay),
-        || format!("{}{}", paths(&agents), tails(&agents)),
-    );
-    println!(
-        "every pair on the relay {:?} after UDP was blocked",
-        blocked.elapsed()
-    );
+    let bound = mesh_wg::DATA_UNANSWERED + Duration::from_secs(15);
+    let took = until_all_on(&agents, Path::Relay, bound, &gateway);
+    println!("every pair on the relay {took:?} after UDP was blocked");
     for p in pings {
         let (sent, received, _) = p.interrupt();
         println!(
@@ -206,11 +191,7 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
             sent - received
         );
     }
-    for from in 1..=NODES {
-        for to in (1..=NODES).filter(|&t| t != from) {
-            assert_pings(&agents, from, to);
-        }
-    }
+    assert_every_pair_pings(&agents);
 
     steps.step(
         "a stranger's handshake through node 1's relay is dropped, counted, and its stream closed",
@@ -255,46 +236,19 @@ fn the_kernel_paths_shim_carries_wireguard_go_over_the_relay_and_back_to_direct(
         &gateway,
         ["wireguard-go", "wireguard-go", "userspace"],
     );
-    let started = Instant::now();
-    wait_until(
-        "every pair to come up over the relay",
-        Duration::from_secs(90),
-        Duration::from_millis(250),
-        || all_on(&agents, Path::Relay),
-        || {
-            format!(
-                "{}{}\n{}",
-                paths(&agents),
-                tails(&agents),
-                gateway.log_tail()
-            )
-        },
-    );
-    println!("mesh over the relay after {:?}", started.elapsed());
+    let took = until_all_on(&agents, Path::Relay, Duration::from_secs(90), &gateway);
+    println!("mesh over the relay after {took:?}");
     let (status, _) = agents[0].status();
     assert_eq!(status.backend.as_deref(), Some("wireguard-go"));
-    for from in 1..=NODES {
-        for to in (1..=NODES).filter(|&t| t != from) {
-            assert_pings(&agents, from, to);
-        }
-    }
+    assert_every_pair_pings(&agents);
 
     steps.step("UDP unblocked with pings running: every pair moves to direct");
     let pings = ping_all(&agents, 900, Duration::from_millis(50));
     block.off();
-    let unblocked = Instant::now();
     // wireguard-go pairs try the direct path every 30 s for 5 s; pairs with the userspace node probe every 5 s.
-    wait_until(
-        "every pair to move to direct",
-        mesh_wg::TRIAL_EVERY + mesh_wg::TRIAL + Duration::from_secs(10),
-        Duration::from_millis(200),
-        || all_on(&agents, Path::Direct),
-        || format!("{}{}", paths(&agents), tails(&agents)),
-    );
-    println!(
-        "every pair direct {:?} after UDP was unblocked",
-        unblocked.elapsed()
-    );
+    let bound = mesh_wg::TRIAL_EVERY + mesh_wg::TRIAL + Duration::from_secs(10);
+    let took = until_all_on(&agents, Path::Direct, bound, &gateway);
+    println!("every pair direct {took:?} after UDP was unblocked");
     for p in pings {
         let (sent, received, text) = p.interrupt();
         let lost = sent - received;
