@@ -8,6 +8,7 @@
 //! - `backend`: [`MeshDevice`], the userspace device or the kernel's, chosen by [`BackendChoice`].
 //! - `device`: [`Device`] — TUN + UDP + loops, peer API, shutdown.
 //! - `kernel`: [`KernelDevice`], the kernel module (or a `wireguard-go` standing in) through defguard_wireguard_rs.
+//! - `redial`: when to dial a peer's relay again (one attempt at a time, with backoff).
 //! - `shim`: the relay for it: a local UDP bridge per relay stream, and the paths of relayed peers.
 //! - `peer`: one peer's `Tunn`, endpoint (roaming), relay streams, keepalive and counters.
 //! - `path`: which way a peer's datagrams go, direct or through its relay, and when to move ([`PathState`]).
@@ -29,6 +30,7 @@ mod netlink;
 mod path;
 mod peer;
 mod plan;
+mod redial;
 mod shim;
 mod task;
 mod uapi;

@@ -13,6 +13,7 @@ use ipnetwork::Ipv4Network;
 
 use super::config::PeerStatus;
 use crate::path::{Message, Move, PathKind, PathState};
+use crate::redial::Redial;
 use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
 
@@ -36,9 +37,6 @@ impl Via {
 
 /// WireGuard's REKEY_AFTER_TIME: a session younger than this needs no new handshake.
 const REKEY_AFTER: Duration = Duration::from_secs(120);
-
-/// Dial attempts towards a peer's relay back off from 1 s to this.
-const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESP: u8 = 2;
@@ -70,16 +68,9 @@ struct PeerInner {
     /// The stream the peer's datagrams last came in on through our relay endpoint.
     relay_in: Option<Link>,
     path: PathState,
-    dial: DialState,
+    dial: Redial,
     /// Start a handshake at the next tick, unless a session is fresh.
     kick: bool,
-}
-
-#[derive(Debug, Default)]
-struct DialState {
-    in_progress: bool,
-    failures: u32,
-    not_before: Option<Instant>,
 }
 
 /// What the noise layer needs to (re)build a `Tunn`.
@@ -111,7 +102,7 @@ impl Peer {
                 relay_out: None,
                 relay_in: None,
                 path: PathState::new(Instant::now()),
-                dial: DialState::default(),
+                dial: Redial::default(),
                 kick: false,
             }),
         }
@@ -134,7 +125,7 @@ impl Peer {
         }
         g.relay = relay;
         g.relay_out = None;
-        g.dial = DialState::default();
+        g.dial = Redial::default();
         if g.relay.is_none() && g.live_relay().is_none() {
             let now = Instant::now();
             if let Some(m) = g.path.relay_gone(now) {
@@ -148,39 +139,29 @@ impl Peer {
     pub(crate) fn relay_to_dial(&self, now: Instant) -> Option<RelayTarget> {
         let mut g = self.lock();
         if g.path.on() != PathKind::Relay
-            || g.dial.in_progress
             || g.relay_out.as_ref().is_some_and(|l| !l.is_closed())
-            || g.dial.not_before.is_some_and(|t| now < t)
+            || g.relay.is_none()
+            || !g.dial.start(now)
         {
             return None;
         }
-        let target = g.relay.clone()?;
-        g.dial.in_progress = true;
-        Some(target)
+        g.relay.clone()
     }
 
     /// The outcome of a dial started by [`Peer::relay_to_dial`]. Returns the number of failures in a row.
     pub(crate) fn dialled(&self, target: &RelayTarget, result: Option<Link>) -> u32 {
         let mut g = self.lock();
-        g.dial.in_progress = false;
         if g.relay.as_ref() != Some(target) {
-            return 0; // The record changed meanwhile; the next tick dials the new relay.
+            // The record changed meanwhile; the next tick dials the new relay.
+            g.dial.abandoned();
+            return 0;
         }
-        match result {
-            Some(link) => {
-                g.relay_out = Some(link);
-                g.kick = true;
-                g.dial.failures = 0;
-                g.dial.not_before = None;
-            }
-            None => {
-                g.dial.failures = g.dial.failures.saturating_add(1);
-                let backoff =
-                    Duration::from_secs(1u64 << g.dial.failures.min(5)).min(DIAL_BACKOFF_MAX);
-                g.dial.not_before = Some(Instant::now() + backoff);
-            }
+        let ok = result.is_some();
+        if let Some(link) = result {
+            g.relay_out = Some(link);
+            g.kick = true;
         }
-        g.dial.failures
+        g.dial.finished(ok, Instant::now())
     }
 
     /// Sets the persistent keepalive (0 = off); turning it on or changing it sends one at the

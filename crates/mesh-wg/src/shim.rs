@@ -9,20 +9,19 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mesh_relay::{Dialer, Inbound, Link, RelayTarget};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::path::{Observed, Step, TrialState};
+use crate::redial::Redial;
 use crate::task::Task;
 use wg_key::Key;
 
 /// Relayed datagrams waiting for a bridge.
 const INBOUND: usize = 1024;
-/// Dials back off from 1 s to this.
-const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// One stream's bridge.
 struct Bridge {
@@ -39,9 +38,7 @@ pub(crate) struct ShimPeer {
     pub(crate) direct: Option<SocketAddr>,
     /// Our stream to its relay, by link id.
     dialled: Option<u64>,
-    dialling: bool,
-    failures: u32,
-    not_before: Option<Instant>,
+    dial: Redial,
     pub(crate) state: TrialState,
 }
 
@@ -155,9 +152,7 @@ impl Shim {
                     relay: relay.clone(),
                     direct,
                     dialled: None,
-                    dialling: false,
-                    failures: 0,
-                    not_before: None,
+                    dial: Redial::default(),
                     state: TrialState::new(Instant::now()),
                 });
                 if p.relay != relay {
@@ -207,10 +202,9 @@ impl Shim {
         match p.state.step(&observed) {
             Step::Stay => Action::None,
             Step::Dial => {
-                if p.dialling || p.not_before.is_some_and(|t| now < t) {
+                if !p.dial.start(now) {
                     return Action::None;
                 }
-                p.dialling = true;
                 let target = p.relay.clone();
                 drop(peers);
                 self.dial(*key, target);
@@ -246,20 +240,15 @@ impl Shim {
             };
             let mut peers = lock(&me.peers);
             let Some(p) = peers.get_mut(&key) else { return };
-            p.dialling = false;
             match link {
                 Some(link) if p.relay == target => {
                     tracing::info!(peer = ?key, relay = %target, link = link.id(), "relay stream up");
                     p.dialled = Some(link.id());
-                    p.failures = 0;
-                    p.not_before = None;
+                    p.dial.finished(true, Instant::now());
                 }
-                Some(_) => {}
+                Some(_) => p.dial.abandoned(),
                 None => {
-                    p.failures = p.failures.saturating_add(1);
-                    let backoff =
-                        Duration::from_secs(1u64 << p.failures.min(5)).min(DIAL_BACKOFF_MAX);
-                    p.not_before = Some(Instant::now() + backoff);
+                    p.dial.finished(false, Instant::now());
                 }
             }
         });

@@ -1,0 +1,73 @@
+//! When to dial a peer's relay: one attempt at a time, and after failures, again only after a backoff that
+//! doubles from 2 s up to 30 s, so a gateway that is down is not hammered.
+
+use std::time::{Duration, Instant};
+
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+pub(crate) struct Redial {
+    in_progress: bool,
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+impl Redial {
+    /// Starts an attempt if none is running and the backoff has passed; whether it did.
+    pub(crate) fn start(&mut self, now: Instant) -> bool {
+        if self.in_progress || self.not_before.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.in_progress = true;
+        true
+    }
+
+    /// The attempt ended with the stream up (`ok`) or not, at `now`; returns the failures in a row.
+    pub(crate) fn finished(&mut self, ok: bool, now: Instant) -> u32 {
+        self.in_progress = false;
+        if ok {
+            self.failures = 0;
+            self.not_before = None;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            let backoff = Duration::from_secs(1u64 << self.failures.min(5)).min(BACKOFF_MAX);
+            self.not_before = Some(now + backoff);
+        }
+        self.failures
+    }
+
+    /// The attempt ended but its target is no longer wanted: neither success nor failure.
+    pub(crate) fn abandoned(&mut self) {
+        self.in_progress = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_attempt_at_a_time_and_failures_back_off_to_thirty_seconds() {
+        let t0 = Instant::now();
+        let mut r = Redial::default();
+        assert!(r.start(t0));
+        assert!(!r.start(t0), "one attempt at a time");
+        assert_eq!(r.finished(false, t0), 1);
+        assert!(!r.start(t0 + Duration::from_millis(1_999)));
+        assert!(r.start(t0 + Duration::from_secs(2)));
+        for n in 2..=8 {
+            assert_eq!(r.finished(false, t0), n);
+            r.start(t0 + Duration::from_secs(60));
+        }
+        r.finished(false, t0);
+        assert!(
+            !r.start(t0 + Duration::from_millis(29_999)),
+            "capped at 30 s"
+        );
+        assert!(r.start(t0 + Duration::from_secs(30)));
+        assert_eq!(r.finished(true, t0), 0);
+        assert!(r.start(t0), "a success clears the backoff");
+        r.abandoned();
+        assert!(r.start(t0), "an abandoned attempt counts for nothing");
+    }
+}
