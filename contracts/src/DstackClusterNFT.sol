@@ -77,6 +77,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         string instanceId;
         string endpoint;
         string gatewayUrl;
+        // The derived key of the seat's record: the node itself, which may vote and elect for the seat while
+        // the record stands. Written only when it changes (a first record, or one after a rebind).
+        address node;
     }
 
     // -------------------------------------------------------------- constants
@@ -413,6 +416,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
             _recorded.push(uint32(tokenId));
             seat.recordIndex = uint32(_recorded.length - 1);
         }
+        if (seat.node != derived) seat.node = derived;
         seat.appNumber = app;
         seat.nonce = record.nonce;
         seat.registeredBlock = uint64(block.number);
@@ -448,6 +452,13 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     }
 
     // ------------------------------------------------------------------ views
+
+    /// @notice The node of seat `tokenId`: the derived key of its record, which may vote and elect for the
+    /// seat; zero while the seat has no record.
+    function nodeOf(uint256 tokenId) external view returns (address) {
+        Seat storage seat = _seats[tokenId];
+        return seat.registeredBlock == 0 ? address(0) : seat.node;
+    }
 
     /// @notice Every seat that has a peer record (only active seats have one), in no particular order. Its cost
     /// grows with the number of records, not of seats ever minted; use getPeersPage to bound each call.
@@ -648,9 +659,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     // ---------------------------------------------------------- leader election
 
     /// @notice With no leader, makes the lowest-id active seat that is under the no-confidence threshold the
-    /// leader. Any active seat may call it.
+    /// leader. Any active seat may call it: its holder, or its node (the derived key of its record).
     function electLeader(uint256 callerTokenId) external {
-        _requireActiveHolder(callerTokenId);
+        _requireActiveVoter(callerTokenId);
         if (leaderTokenId != 0) revert LeaderAlreadyElected(leaderTokenId);
         uint256 next = _lowestEligible();
         if (next == 0) revert LeaderNoEligibleSeat();
@@ -659,9 +670,11 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     }
 
     /// @notice Seat `voterTokenId` votes no-confidence against `targetTokenId`, replacing any earlier vote.
-    /// With n active seats and f = ⌊(n−1)/2⌋, f+1 votes against the leader replace it.
+    /// With n active seats and f = ⌊(n−1)/2⌋, f+1 votes against the leader replace it. The seat's holder
+    /// or its node (the derived key of its record) may vote, so a node can vote out a leader it cannot reach
+    /// without a person; either way it is the seat's one vote.
     function castVote(uint256 voterTokenId, uint256 targetTokenId) external {
-        _requireActiveHolder(voterTokenId);
+        _requireActiveVoter(voterTokenId);
         if (voterTokenId == targetTokenId) revert LeaderCannotVoteForSelf(voterTokenId);
         if (!_isActive(targetTokenId)) revert ClusterSeatInactive(targetTokenId);
         uint256 previous = voteOf[voterTokenId];
@@ -676,9 +689,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         _checkLeader();
     }
 
-    /// @notice Withdraws seat `voterTokenId`'s vote.
+    /// @notice Withdraws seat `voterTokenId`'s vote; its holder or its node may.
     function withdrawVote(uint256 voterTokenId) external {
-        _requireHolder(voterTokenId);
+        _requireVoter(voterTokenId);
         uint256 previous = voteOf[voterTokenId];
         if (previous == 0) revert LeaderNoVote(voterTokenId);
         _withdrawVote(voterTokenId, previous);
@@ -922,8 +935,16 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         if (!_isAuthorized(holder, msg.sender, tokenId)) revert ClusterNotSeatHolder(tokenId, msg.sender);
     }
 
-    function _requireActiveHolder(uint256 tokenId) private view {
+    /// @dev The holder (or whoever it authorised), or the node whose record the seat holds now: a cleared
+    /// record (rebind, transfer, deactivation, revocation) takes the node's right away with it.
+    function _requireVoter(uint256 tokenId) private view {
+        Seat storage seat = _seats[tokenId];
+        if (seat.registeredBlock != 0 && seat.node == msg.sender) return;
         _requireHolder(tokenId);
+    }
+
+    function _requireActiveVoter(uint256 tokenId) private view {
+        _requireVoter(tokenId);
         if (!_seats[tokenId].active) revert ClusterSeatInactive(tokenId);
     }
 

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
+import {ClusterFixture} from "./utils/ClusterFixture.sol";
+import {vm} from "./utils/Vm.sol";
+
+/// @notice A seat's node, the derived key of its record, may elect, vote and withdraw for the seat, as its
+/// holder may: the agent fails a leader over without a person. It is still the seat's one vote, and the right
+/// goes with the record.
+contract NodeVoteTest is ClusterFixture {
+    uint256 internal seatA;
+    uint256 internal seatB;
+    uint256 internal seatC;
+    address internal nodeA;
+    address internal nodeB;
+
+    function setUp() public {
+        cluster = _deploy();
+        seatA = _mint(HOLDER_A, INSTANCE_A);
+        seatB = _mint(HOLDER_B, INSTANCE_B);
+        seatC = _mint(address(0xC), "");
+        nodeA = vm.addr(DERIVED_KEY_A);
+        nodeB = vm.addr(DERIVED_KEY_B);
+        _register(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+        _register(seatB, DERIVED_KEY_B, INSTANCE_B, WG_KEY_B, 1);
+    }
+
+    function test_TheRecordsDerivedKeyIsTheSeatsNode() public view {
+        assertEq(cluster.nodeOf(seatA), nodeA, "node of seat A");
+        assertEq(cluster.nodeOf(seatB), nodeB, "node of seat B");
+        assertEq(cluster.nodeOf(seatC), address(0), "a seat without a record has no node");
+    }
+
+    function test_ANodeElectsVotesAndWithdraws() public {
+        vm.prank(nodeB);
+        cluster.electLeader(seatB);
+        assertEq(cluster.leaderTokenId(), seatA, "the lowest active seat leads");
+
+        vm.prank(nodeB);
+        vm.expectEmit();
+        emit DstackClusterNFT.VoteCast(seatB, seatA);
+        cluster.castVote(seatB, seatA);
+        assertEq(cluster.voteOf(seatB), seatA, "seat B's vote");
+        assertEq(cluster.votesAgainst(seatA), 1, "counted once");
+
+        vm.prank(nodeB);
+        cluster.withdrawVote(seatB);
+        assertEq(cluster.votesAgainst(seatA), 0, "withdrawn by the node");
+    }
+
+    function test_HolderAndNodeShareTheSeatsOneVote() public {
+        vm.prank(HOLDER_B);
+        cluster.castVote(seatB, seatA);
+        vm.prank(nodeB);
+        cluster.castVote(seatB, seatA);
+        assertEq(cluster.votesAgainst(seatA), 1, "the node's vote is the holder's vote, not a second one");
+        vm.prank(nodeB);
+        cluster.withdrawVote(seatB);
+        assertEq(cluster.voteOf(seatB), 0, "the node withdrew the holder's vote");
+        vm.prank(HOLDER_B);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.LeaderNoVote.selector, seatB));
+        cluster.withdrawVote(seatB);
+    }
+
+    function test_TwoNodesOutOfThreeReplaceTheLeader() public {
+        vm.prank(address(0xC));
+        cluster.electLeader(seatC);
+        vm.prank(nodeB);
+        cluster.castVote(seatB, seatA);
+        vm.prank(address(0xC));
+        vm.expectEmit();
+        emit DstackClusterNFT.LeaderReplaced(seatA, seatB, 2);
+        cluster.castVote(seatC, seatA);
+        assertEq(cluster.leaderTokenId(), seatB, "seat B leads");
+    }
+
+    function test_RevertIf_ANodeVotesForAnotherSeat() public {
+        vm.prank(nodeA);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatB, nodeA));
+        cluster.castVote(seatB, seatC);
+        vm.prank(nodeA);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatC, nodeA));
+        cluster.electLeader(seatC);
+    }
+
+    function test_RevertIf_ANodeVotesBeforeItsRecord() public {
+        uint256 seatD = _mint(address(0xD), "");
+        address stranger = vm.addr(0xD0D);
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatD, stranger));
+        cluster.castVote(seatD, seatA);
+    }
+
+    function test_ATransferTakesTheNodesRightAway() public {
+        vm.prank(nodeB);
+        cluster.castVote(seatB, seatA);
+        vm.prank(HOLDER_B);
+        cluster.transferFrom(HOLDER_B, address(0xBB), seatB);
+        assertEq(cluster.nodeOf(seatB), address(0), "the record went with the transfer");
+        vm.prank(nodeB);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatB, nodeB));
+        cluster.withdrawVote(seatB);
+        vm.prank(address(0xBB));
+        cluster.withdrawVote(seatB);
+    }
+
+    function test_ANodeVotesOnlyWhileItsRecordStands() public {
+        vm.prank(HOLDER_B);
+        cluster.deactivate(seatB);
+        vm.prank(HOLDER_B);
+        cluster.activate(seatB);
+        assertEq(cluster.nodeOf(seatB), address(0), "deactivating cleared the record");
+        vm.prank(nodeB);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatB, nodeB));
+        cluster.castVote(seatB, seatA);
+        _register(seatB, DERIVED_KEY_B, INSTANCE_B, WG_KEY_B, 2);
+        vm.prank(nodeB);
+        cluster.castVote(seatB, seatA);
+        assertEq(cluster.voteOf(seatB), seatA, "registered again, the node votes again");
+    }
+}
