@@ -72,6 +72,7 @@ impl From<ViewV1> for ChainView {
             last_block_hash: v.last_block_hash,
             records: v.records,
             high_water,
+            leader: None,
         }
     }
 }
@@ -180,6 +181,7 @@ mod tests {
             last_block_hash: B256::repeat_byte(4),
             records: BTreeMap::new(),
             high_water: [(3, 5)].into(),
+            leader: Some(2),
         }
     }
 

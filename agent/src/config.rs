@@ -201,6 +201,15 @@ pub struct RunArgs {
     /// How often to poll the chain and refresh the state, in milliseconds.
     #[arg(long, env = "DSTACK_MESH_POLL_INTERVAL_MS", default_value_t = 2000)]
     pub poll_interval_ms: u64,
+    /// How long the cluster's leader may go unanswered over the mesh (probe and handshake) before this node
+    /// casts its seat's no-confidence vote against it, in seconds. With no leader, the lowest registered
+    /// seat elects one at once and each next seat after this long per seat below it.
+    #[arg(long, env = "DSTACK_MESH_LEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub leader_timeout: u64,
+    /// Take no part in the leader election: no votes, no elections (the leader is still followed and
+    /// served by the API).
+    #[arg(long, env = "DSTACK_MESH_NO_FAILOVER")]
+    pub no_failover: bool,
     /// How often to re-read every record as a safety net, in seconds.
     #[arg(long, env = "DSTACK_MESH_FULL_READ_SECS", default_value_t = 60)]
     pub full_read_secs: u64,

@@ -5,7 +5,8 @@
 //! - [`config`]: the daemon's flags.
 //! - [`identity`]: this node as dstack attests it: its peer key and its WireGuard key.
 //! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
-//! - [`desired`] and [`snapshot`]: the decisions, pure: this node's peers, and what the API serves.
+//! - [`desired`], [`election`] and [`snapshot`]: the decisions, pure: this node's peers, its part in the
+//!   leader election, and what the API serves.
 //! - [`cache`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
 //! - [`hooks`]: the `--on-change` command and the hosts file.
 //! - [`commands`]: the one-shot subcommands.
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod desired;
+pub mod election;
 pub mod hooks;
 pub mod identity;
 pub mod run;

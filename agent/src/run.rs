@@ -24,8 +24,9 @@ use crate::cache;
 use crate::config::{ModeArg, RunArgs};
 use crate::identity::NodeIdentity;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
-use crate::state::{ChainState, MeshState, RegState};
+use crate::state::{ChainState, LeaderState, MeshState, RegState};
 use crate::tasks::chain::ChainTask;
+use crate::tasks::leader::LeaderTask;
 use crate::tasks::mesh::{MeshTask, Relay, WireGuard};
 use crate::tasks::publisher::{Hooks, Inputs, Publisher};
 use crate::tasks::registrar::Registrar;
@@ -214,11 +215,12 @@ fn load_cache(args: &RunArgs, contract: Address) -> Option<ChainView> {
     }
 }
 
-/// The four tasks, configured.
+/// The five tasks, configured.
 struct Tasks {
     chain: ChainTask,
     registrar: Registrar,
     mesh: MeshTask<WireGuard>,
+    leader: LeaderTask,
     publisher: Publisher,
 }
 
@@ -260,6 +262,15 @@ impl Tasks {
             state_dir: args.state_dir.clone(),
             instance_id: identity.instance_id().to_owned(),
             node_span: tracing::Span::current(),
+        };
+        let leader = LeaderTask {
+            contract,
+            rpc_url: args.endpoints.rpc_url.clone(),
+            rpc: rpc.clone(),
+            identity: Arc::clone(&identity),
+            tx_key: tx_key.clone(),
+            timeout: Duration::from_secs(args.leader_timeout),
+            failover: wireguard && !args.no_failover,
         };
         let registrar = Registrar {
             contract,
@@ -314,6 +325,7 @@ impl Tasks {
             chain,
             registrar,
             mesh,
+            leader,
             publisher,
         }
     }
@@ -329,10 +341,12 @@ impl Tasks {
         let (chain_tx, chain_rx) = watch::channel(ChainState::default());
         let (reg_tx, reg_rx) = watch::channel(RegState::default());
         let (mesh_tx, mesh_rx) = watch::channel(MeshState::default());
+        let (leader_tx, leader_rx) = watch::channel(LeaderState::default());
         let inputs = Inputs {
             chain: chain_rx.clone(),
             reg: reg_rx,
-            mesh: mesh_rx,
+            mesh: mesh_rx.clone(),
+            leader: leader_rx,
         };
         let mut set = JoinSet::new();
         let c = cancel.clone();
@@ -346,6 +360,12 @@ impl Tasks {
             self.registrar
                 .run(chain_rx.clone(), reg_tx, c)
                 .instrument(info_span!("registrar")),
+        );
+        let c = cancel.clone();
+        set.spawn(
+            self.leader
+                .run(chain_rx.clone(), mesh_rx, leader_tx, c)
+                .instrument(info_span!("leader")),
         );
         let c = cancel.clone();
         set.spawn(

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use alloy::primitives::Address;
-use mesh_api::{ChainStatus, ConnectionKind, Counters, Mode, Node, Path, Peer, Snapshot, Status};
+use mesh_api::{
+    ChainStatus, ConnectionKind, Counters, Leader, Mode, Node, Path, Peer, Snapshot, Status,
+};
 use mesh_chain::membership::Member;
 use mesh_wg::{Key, PathKind, PeerStatus, handshake_is_fresh};
 
-use crate::state::{ChainState, MeshState, RegState};
+use crate::state::{ChainState, LeaderState, MeshState, RegState};
 
 /// What the snapshot says of this node that no task learns: fixed once the node's identity is known.
 #[derive(Debug, Clone, Default)]
@@ -40,9 +42,12 @@ pub fn initial(agent: &AgentFacts) -> Snapshot {
     render(
         agent,
         &NodeFacts::default(),
-        &ChainState::default(),
-        &RegState::default(),
-        &MeshState::default(),
+        Published {
+            chain: &ChainState::default(),
+            reg: &RegState::default(),
+            mesh: &MeshState::default(),
+            leader: &LeaderState::default(),
+        },
         Duration::ZERO,
         SystemTime::now(),
     )
@@ -89,25 +94,43 @@ fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> 
             .map(|d| d.as_secs()),
         rx_bytes: stat.map_or(0, |s| s.rx_bytes),
         tx_bytes: stat.map_or(0, |s| s.tx_bytes),
+        leader: false,
     }
+}
+
+/// What every task published, as the publisher last read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Published<'a> {
+    pub chain: &'a ChainState,
+    pub reg: &'a RegState,
+    pub mesh: &'a MeshState,
+    pub leader: &'a LeaderState,
 }
 
 /// The snapshot of everything the tasks published, at `now`, `uptime` after start.
 pub fn render(
     agent: &AgentFacts,
     node: &NodeFacts,
-    chain: &ChainState,
-    reg: &RegState,
-    mesh: &MeshState,
+    tasks: Published<'_>,
     uptime: Duration,
     now: SystemTime,
 ) -> Snapshot {
+    let Published {
+        chain,
+        reg,
+        mesh,
+        leader: election,
+    } = tasks;
+    let view = chain.view.as_deref();
+    let leader_seat = view.and_then(|v| v.leader);
     let peers: Vec<Peer> = mesh
         .members
         .iter()
-        .map(|m| peer(m, &mesh.stats, now))
+        .map(|m| Peer {
+            leader: Some(m.token_id) == leader_seat,
+            ..peer(m, &mesh.stats, now)
+        })
         .collect();
-    let view = chain.view.as_deref();
     let token = chain.seat.token();
     let status = Status {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -124,6 +147,7 @@ pub fn render(
             endpoint: node.endpoint.clone(),
             gateway_url: node.gateway_url.clone(),
             registered: reg.registered,
+            registration_error: (!reg.registered).then(|| reg.error.clone()).flatten(),
         },
         chain: ChainStatus {
             contract: agent.contract,
@@ -142,9 +166,11 @@ pub fn render(
         peers_configured: peers.len(),
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
     };
+    let leader = leader_of(leader_seat, token, view, &peers, election, &status.node);
     Snapshot {
         status,
         peers,
+        leader,
         counters: Counters {
             reconciles: mesh.reconciles,
             registrations: reg.registrations,
@@ -152,6 +178,45 @@ pub fn render(
             invalid_records: chain.rejected.saturating_add(mesh.invalid_records),
             chain_requests: chain.requests,
             relay: mesh.relay.clone(),
+            election: election.counters.clone(),
+        },
+    }
+}
+
+/// The leader as applications see it: reached like any peer, or this node itself.
+fn leader_of(
+    seat: Option<u64>,
+    own: Option<u64>,
+    view: Option<&mesh_chain::view::ChainView>,
+    peers: &[Peer],
+    election: &LeaderState,
+    node: &Node,
+) -> Leader {
+    let Some(seat) = seat else {
+        return Leader::default();
+    };
+    let is_self = own == Some(seat);
+    let as_peer = peers.iter().find(|p| p.token_id == seat);
+    let overlay_ip = view.and_then(|v| v.prefix().address(seat));
+    Leader {
+        token_id: Some(seat),
+        instance_id: if is_self {
+            Some(node.instance_id.clone())
+        } else {
+            view.and_then(|v| v.records.get(&seat))
+                .map(|r| r.instance_id.clone())
+        },
+        overlay_ip,
+        address: if is_self {
+            overlay_ip.map(|ip| ip.to_string())
+        } else {
+            as_peer.and_then(|p| p.address.clone())
+        },
+        is_self,
+        reachable: if is_self {
+            None
+        } else {
+            election.answering.get(&seat).copied()
         },
     }
 }
@@ -165,6 +230,7 @@ pub fn peer_set_changed(old: &[Peer], new: &[Peer]) -> bool {
             p.endpoint.clone(),
             p.connection,
             p.address.clone(),
+            p.leader,
         )
     };
     old.len() != new.len() || old.iter().zip(new).any(|(a, b)| key(a) != key(b))
@@ -257,12 +323,80 @@ mod tests {
         render(
             &agent(),
             &NodeFacts::default(),
-            chain,
-            reg,
-            mesh,
+            Published {
+                chain,
+                reg,
+                mesh,
+                leader: &LeaderState::default(),
+            },
             uptime,
             now,
         )
+    }
+
+    fn with_leader(chain: &ChainState, seat: Option<u64>) -> ChainState {
+        let mut view = chain.view.as_deref().unwrap().clone();
+        view.leader = seat;
+        ChainState {
+            view: Some(Arc::new(view)),
+            ..chain.clone()
+        }
+    }
+
+    /// The leader is flagged among the peers and served with how to reach it and whether it answers.
+    #[test]
+    fn the_leader_is_reached_like_a_peer_and_flagged() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (chain, reg, mesh) = states(now);
+        let election = LeaderState {
+            answering: [(2, true)].into(),
+            ..LeaderState::default()
+        };
+        let chain = with_leader(&chain, Some(2));
+        let s = render(
+            &agent(),
+            &NodeFacts::default(),
+            Published {
+                chain: &chain,
+                reg: &reg,
+                mesh: &mesh,
+                leader: &election,
+            },
+            Duration::ZERO,
+            now,
+        );
+        let flags: Vec<_> = s.peers.iter().map(|p| (p.token_id, p.leader)).collect();
+        assert_eq!(flags, [(2, true), (3, false), (4, false)]);
+        assert_eq!(s.leader.token_id, Some(2));
+        assert_eq!(s.leader.address.as_deref(), Some("10.0.1.2"));
+        assert_eq!(s.leader.overlay_ip, Some("10.0.1.2".parse().unwrap()));
+        assert!(!s.leader.is_self);
+        assert_eq!(s.leader.reachable, Some(true));
+        assert!(s.leader.instance_id.is_some(), "from its record");
+
+        let chain = with_leader(&chain, Some(1));
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert!(s.leader.is_self, "seat 1 is this node");
+        assert_eq!(s.leader.address.as_deref(), Some("10.0.1.1"));
+        assert_eq!(s.leader.reachable, None);
+        assert!(s.peers.iter().all(|p| !p.leader));
+
+        let chain = with_leader(&chain, None);
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert_eq!(s.leader, Leader::default());
+    }
+
+    /// The registrar's reason is the node's registration error only while it is not registered.
+    #[test]
+    fn the_registration_error_is_shown_while_unregistered() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (chain, mut reg, mesh) = states(now);
+        reg.error = Some("no seat".into());
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert_eq!(s.status.node.registration_error, None, "registered");
+        reg.registered = false;
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert_eq!(s.status.node.registration_error.as_deref(), Some("no seat"));
     }
 
     /// Each peer is offered the best way it can be reached, with its live endpoint and counters.

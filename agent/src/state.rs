@@ -1,6 +1,7 @@
 //! What the agent's tasks publish, each on its own `watch` channel, for the tasks after it: the chain task's
-//! [`ChainState`], the registrar's [`RegState`] and the mesh task's [`MeshState`]. Data flows one way:
-//! chain → registrar, chain → mesh, and all three → publisher.
+//! [`ChainState`], the registrar's [`RegState`], the mesh task's [`MeshState`] and the leader task's
+//! [`LeaderState`]. Data flows one way: chain → registrar, chain → mesh, chain and mesh → leader, and all
+//! four → publisher.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,4 +93,16 @@ pub struct MeshState {
     pub reconciles: u64,
     /// The relay's streams and the datagrams dropped for strangers' keys.
     pub relay: mesh_api::RelayCounters,
+}
+
+/// The leader task's state.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderState {
+    /// The seat this node's vote is against, as last read or cast.
+    pub vote: Option<u64>,
+    /// Whether each watched seat (the leader, the vote's target) answered its last probe.
+    pub answering: BTreeMap<u64, bool>,
+    pub counters: mesh_api::ElectionCounters,
+    /// Why the last ballot or read failed; already logged.
+    pub error: Option<String>,
 }

@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use mesh_api::{
-    self, ChainStatus, ConnectionKind, Counters, Mode, Node, Path as PeerPath, Peer, RelayCounters,
-    Snapshot, Status,
+    self, ChainStatus, ConnectionKind, Counters, ElectionCounters, Leader, Mode, Node,
+    Path as PeerPath, Peer, RelayCounters, Snapshot, Status,
 };
 use mesh_wg::Key;
 use tokio::sync::watch;
@@ -36,14 +36,16 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             PeerPath::Direct
         }),
         relay_url: (token == 3).then(|| format!("https://{token:040x}-51820.dstack.example")),
-        address: Some(match connection {
-            ConnectionKind::TlsGateway => format!("https://{token:040x}-8080.dstack.example"),
-            _ => format!("10.0.1.{token}"),
-        }),
+        address: match connection {
+            ConnectionKind::Wireguard => Some(format!("10.0.1.{token}")),
+            ConnectionKind::TlsGateway => Some(format!("https://{token:040x}-8080.dstack.example")),
+            ConnectionKind::Unreachable => None,
+        },
         healthy: connection == ConnectionKind::Wireguard,
         latest_handshake: handshake,
         rx_bytes: rx,
         tx_bytes: tx,
+        leader: token == 2,
     };
     let peers = vec![
         peer(
@@ -74,6 +76,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 endpoint: Some("192.0.2.1:51820".into()),
                 gateway_url: None,
                 registered: true,
+                registration_error: None,
             },
             chain: ChainStatus {
                 contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -92,6 +95,14 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             peers_healthy: 1,
         },
         peers,
+        leader: Leader {
+            token_id: Some(2),
+            instance_id: Some(format!("{:040x}", 2)),
+            overlay_ip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+            address: Some("10.0.1.2".into()),
+            is_self: false,
+            reachable: Some(true),
+        },
         counters: Counters {
             reconciles: 4,
             registrations: 1,
@@ -104,6 +115,11 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 bytes_out: 1480,
                 unknown_relay: 2,
                 ..RelayCounters::default()
+            },
+            election: ElectionCounters {
+                votes_cast: 1,
+                votes_withdrawn: 1,
+                ..ElectionCounters::default()
             },
         },
     }
@@ -141,6 +157,36 @@ impl FixtureApi {
 
     pub fn path(&self) -> &Path {
         &self.socket
+    }
+
+    /// Stops serving, as an agent that exits does (its event streams end), and serves `snapshot` on the
+    /// same socket again, as the agent does when it comes back.
+    ///
+    /// # Panics
+    /// When the socket cannot be bound again within 5 s.
+    pub async fn restart(&mut self, snapshot: Snapshot) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let (publish, rx) = watch::channel(snapshot);
+        // Dropping the old sender ends the streams the old server was sending.
+        self.publish = publish;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let bound = loop {
+            match UnixSocket::bind(&self.socket).await {
+                Ok(bound) => break bound,
+                // The old server may still hold the socket for a moment.
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind the API socket again: {e}"),
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(mesh_api::serve(bound, mesh_api::Routes::Api, rx, async {
+            let _ = stopped.await;
+        }));
+        self.stop = Some(stop);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mesh_api::{Peer, Status};
+use mesh_api::{Client, ClientError, Event, Leader, Mode, Peer, Status};
 use netns_tests::api::{FixtureApi, example_snapshot};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -74,6 +74,137 @@ async fn watch_streams_one_event_per_peer_set_change() {
         changed.peers,
         "the next event is the change, not the uptime tick"
     );
+}
+
+/// The Rust client gives applications the SDK's operations: peers' addresses, the leader, registration,
+/// and a check that the agent serves the cluster and mode the application expects.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_lists_peers_finds_the_leader_and_waits_for_registration() {
+    let snapshot = example_snapshot(1_000_000);
+    let server = FixtureApi::start(snapshot.clone()).await;
+    let contract = snapshot.status.chain.contract;
+    let client = Client::connect(server.path(), Some(contract), Some(Mode::Wireguard))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.peer_addresses().await.unwrap(),
+        [
+            "10.0.1.2".to_owned(),
+            format!("https://{:040x}-8080.dstack.example", 3)
+        ],
+        "the overlay IP over a tunnel, the gateway URL without one, nothing for the unreachable seat"
+    );
+    assert_eq!(client.leader().await.unwrap(), snapshot.leader);
+    assert!(client.register(Duration::from_secs(1)).await.unwrap());
+
+    let other = alloy::primitives::Address::repeat_byte(9);
+    let err = Client::connect(server.path(), Some(other), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Mismatch {
+                what: "cluster",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&other.to_string()), "{err}");
+    let err = Client::connect(server.path(), None, Some(Mode::Tls))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Mismatch { what: "mode", .. }),
+        "{err}"
+    );
+
+    let mut unregistered = snapshot.clone();
+    unregistered.status.node.registered = false;
+    server.publish.send(unregistered.clone()).unwrap();
+    assert!(
+        !client.register(Duration::from_millis(600)).await.unwrap(),
+        "still trying, no reason given: false after the timeout"
+    );
+    unregistered.status.node.registration_error = Some("no seat: meshctl mint …".into());
+    server.publish.send(unregistered).unwrap();
+    let err = client.register(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Registration { reason } if reason.contains("meshctl mint")),
+        "the agent's reason: {err}"
+    );
+}
+
+/// `/v1/events` sends the peers and the leader first, then only what applications act on; the client's
+/// monitor comes back after the agent restarts without calling back for what did not change.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
+    let snapshot = example_snapshot(1_000_000);
+    let mut server = FixtureApi::start(snapshot.clone()).await;
+    let client = Client::new(server.path());
+    let mut events = client.events().await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream stays open")
+            .unwrap()
+    };
+    assert_eq!(next().await, Event::Peers(snapshot.peers.clone()));
+    assert_eq!(next().await, Event::Leader(snapshot.leader.clone()));
+    let mut counters_moved = snapshot.clone();
+    counters_moved.peers[0].rx_bytes += 1000;
+    counters_moved.peers[0].latest_handshake = Some(1_000_001);
+    server.publish.send(counters_moved).unwrap();
+    let mut new_leader = snapshot.clone();
+    new_leader.leader = Leader {
+        token_id: Some(3),
+        ..Leader::default()
+    };
+    server.publish.send(new_leader.clone()).unwrap();
+    assert_eq!(
+        next().await,
+        Event::Leader(new_leader.leader.clone()),
+        "the leader change, and no peers event for counters"
+    );
+
+    let (calls_tx, mut calls) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let leader_calls = calls_tx.clone();
+    let monitor = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .monitor(
+                    move |peers| calls_tx.send(format!("peers {peers:?}")).unwrap(),
+                    move |leader| {
+                        leader_calls
+                            .send(format!("leader {:?}", leader.token_id))
+                            .unwrap();
+                    },
+                )
+                .await
+        }
+    });
+    let mut call = async || {
+        tokio::time::timeout(Duration::from_secs(10), calls.recv())
+            .await
+            .expect("a callback within 10 s")
+            .unwrap()
+    };
+    assert!(call().await.starts_with("peers [\"10.0.1.2\""));
+    assert_eq!(call().await, "leader Some(3)");
+    server.restart(new_leader.clone()).await;
+    let mut joined = new_leader.clone();
+    joined.peers[2].address = Some("10.0.1.4".into());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.publish.send(joined).unwrap();
+    let after = call().await;
+    assert!(
+        after.contains("10.0.1.4"),
+        "after the restart, the first callback is the change, not the unchanged list again: {after}"
+    );
+    monitor.abort();
 }
 
 /// Metrics are Prometheus text with the peer gauges and the counters.

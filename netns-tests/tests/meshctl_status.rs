@@ -50,6 +50,10 @@ async fn status_shows_the_node_and_one_row_per_peer() {
         "{text}"
     );
     assert!(text.contains("block 120 of 122 (lag 2)"), "{text}");
+    assert!(
+        text.contains("leader seat 2 at 10.0.1.2  answering"),
+        "the leader, where it is and whether it answers: {text}"
+    );
     let row = |token: &str| {
         text.lines()
             .find(|l| l.chars().skip(2).collect::<String>().starts_with(token))
@@ -123,6 +127,7 @@ async fn status_json_is_the_apis_data() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], serde_json::to_value(&snapshot.status).unwrap());
     assert_eq!(v["peers"], serde_json::to_value(&snapshot.peers).unwrap());
+    assert_eq!(v["leader"], serde_json::to_value(&snapshot.leader).unwrap());
     assert_eq!(v["peers"][2]["latestHandshake"], serde_json::Value::Null);
     assert_eq!(v["peers"][1]["connection"], "tls-gateway");
     assert_eq!(v["status"]["chain"]["lastProcessedBlock"], 120);

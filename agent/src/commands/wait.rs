@@ -145,6 +145,7 @@ mod tests {
             latest_handshake: None,
             rx_bytes: 0,
             tx_bytes: 0,
+            leader: false,
         }
     }
 

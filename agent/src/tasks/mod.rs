@@ -2,12 +2,14 @@
 //! the tasks after it; all run under one cancellation token ([`crate::run`]).
 //!
 //! ```text
-//! chain ──ChainState──┬──> registrar ──RegState──┐
-//!                     ├──> mesh ──────MeshState──┼──> publisher ──Snapshot──> API, hooks
-//!                     └──────────────────────────┘
+//! chain ──ChainState──┬──> registrar ──RegState────────────┐
+//!                     ├──> mesh ──────MeshState──┬─────────┼──> publisher ──Snapshot──> API, hooks
+//!                     ├──────────────────────────┴> leader ─┤ LeaderState
+//!                     └─────────────────────────────────────┘
 //! ```
 
 pub mod chain;
+pub mod leader;
 pub mod mesh;
 pub mod publisher;
 pub mod registrar;

@@ -12,7 +12,7 @@ use tracing::{Instrument as _, warn};
 
 use crate::hooks;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
-use crate::state::{ChainState, MeshState, RegState};
+use crate::state::{ChainState, LeaderState, MeshState, RegState};
 
 /// How often the snapshot is rendered while nothing is published: uptime and handshake ages move on.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -39,6 +39,7 @@ pub struct Inputs {
     pub chain: watch::Receiver<ChainState>,
     pub reg: watch::Receiver<RegState>,
     pub mesh: watch::Receiver<MeshState>,
+    pub leader: watch::Receiver<LeaderState>,
 }
 
 impl Publisher {
@@ -59,12 +60,16 @@ impl Publisher {
             let chain = inputs.chain.borrow_and_update().clone();
             let reg = inputs.reg.borrow_and_update().clone();
             let mesh = inputs.mesh.borrow_and_update().clone();
+            let leader = inputs.leader.borrow_and_update().clone();
             let snapshot = snapshot::render(
                 &self.agent,
                 &self.node,
-                &chain,
-                &reg,
-                &mesh,
+                snapshot::Published {
+                    chain: &chain,
+                    reg: &reg,
+                    mesh: &mesh,
+                    leader: &leader,
+                },
                 self.started.elapsed(),
                 SystemTime::now(),
             );
@@ -82,6 +87,7 @@ impl Publisher {
                 Ok(()) = inputs.chain.changed() => {}
                 Ok(()) = inputs.reg.changed() => {}
                 Ok(()) = inputs.mesh.changed() => {}
+                Ok(()) = inputs.leader.changed() => {}
             }
         }
     }

@@ -178,6 +178,15 @@ impl Running {
             }
             Ok(Outcome::NeedsRelay(reg)) => {
                 self.state.registered = false;
+                let derived = self
+                    .task
+                    .identity
+                    .peer
+                    .address()
+                    .map_or_else(|_| "<derived address>".into(), |a| a.to_string());
+                self.state.error = Some(format!(
+                    "no funded sender for the registration: fund this node's derived address with `meshctl fund {derived} --amount 0.01`, or give the agent --tx-key-file; meanwhile the signed registration is on the agent's stdout for `meshctl relay -`"
+                ));
                 if self.relay_printed_for != Some(reg.nonce) {
                     self.relay_printed_for = Some(reg.nonce);
                     match serde_json::to_string(&reg) {

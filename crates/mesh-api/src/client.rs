@@ -1,14 +1,19 @@
-//! Reading the API: what `meshctl status` and `p2p-agent wait` use, on the socket or on a TCP address.
+//! Reading the API, on the socket or on a TCP address: [`get`] for `meshctl status` and `p2p-agent wait`,
+//! and [`Client`], the operations a Rust application uses (the Python SDK's, in Rust).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use alloy_primitives::Address;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+
+use crate::events::Event;
+use crate::{Leader, Mode, Peer, Status};
 
 /// Where the agent's API is: its unix socket, or the TCP address it serves with `--api-listen`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +105,247 @@ pub enum ClientError {
     },
     #[error("the agent API's reply to {what} is not what this version expects: {detail}")]
     Malformed { what: String, detail: String },
+    #[error(
+        "the agent at {api} serves {what} {agent}, not {wanted}: point the client at this cluster's agent, or fix the agent's DSTACK_MESH_CONTRACT / --mode"
+    )]
+    Mismatch {
+        api: ApiAddr,
+        what: &'static str,
+        agent: String,
+        wanted: String,
+    },
+    #[error("the agent cannot register this node: {reason}")]
+    Registration { reason: String },
+    #[error(transparent)]
+    Event(#[from] crate::events::BadEvent),
+}
+
+/// The API's operations for a Rust application: what the Python SDK (`dstack_p2p`) offers, over the
+/// same HTTP.
+#[derive(Debug, Clone)]
+pub struct Client {
+    api: ApiAddr,
+}
+
+/// How long a reconnecting stream waits after its first failure, and at most.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// How often [`Client::register`] asks.
+const REGISTER_POLL: Duration = Duration::from_millis(500);
+
+impl Client {
+    /// A client of the agent at `api`; nothing is checked until it is used.
+    pub fn new(api: impl Into<ApiAddr>) -> Self {
+        Self { api: api.into() }
+    }
+
+    /// A client of the agent at `api`, after checking that the agent serves `contract` in `mode` (either
+    /// may be left out).
+    ///
+    /// # Errors
+    /// [`ClientError::Mismatch`] when it serves another; as [`get`] when it cannot be read.
+    pub async fn connect(
+        api: impl Into<ApiAddr>,
+        contract: Option<Address>,
+        mode: Option<Mode>,
+    ) -> Result<Self, ClientError> {
+        let client = Self::new(api);
+        let status = client.status().await?;
+        let mismatch = |what, agent: String, wanted: String| ClientError::Mismatch {
+            api: client.api.clone(),
+            what,
+            agent,
+            wanted,
+        };
+        if let Some(c) = contract
+            && c != status.chain.contract
+        {
+            return Err(mismatch(
+                "cluster",
+                status.chain.contract.to_string(),
+                c.to_string(),
+            ));
+        }
+        if let Some(m) = mode
+            && m != status.mode
+        {
+            return Err(mismatch(
+                "mode",
+                format!("{:?}", status.mode),
+                format!("{m:?}"),
+            ));
+        }
+        Ok(client)
+    }
+
+    pub fn api(&self) -> &ApiAddr {
+        &self.api
+    }
+
+    /// `GET /v1/status`.
+    ///
+    /// # Errors
+    /// As [`get`].
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        get(&self.api, "/v1/status").await
+    }
+
+    /// `GET /v1/peers`: every peer, with its connection and counters.
+    ///
+    /// # Errors
+    /// As [`get`].
+    pub async fn peers(&self) -> Result<Vec<Peer>, ClientError> {
+        get(&self.api, "/v1/peers").await
+    }
+
+    /// What to connect to for each peer that can be reached: its overlay IP while the tunnel is up, else
+    /// its gateway URL.
+    ///
+    /// # Errors
+    /// As [`get`].
+    pub async fn peer_addresses(&self) -> Result<Vec<String>, ClientError> {
+        Ok(addresses(&self.peers().await?))
+    }
+
+    /// `GET /v1/leader`.
+    ///
+    /// # Errors
+    /// As [`get`].
+    pub async fn leader(&self) -> Result<Leader, ClientError> {
+        get(&self.api, "/v1/leader").await
+    }
+
+    /// Waits up to `timeout` for this node's record to be on-chain (the agent registers by itself): true
+    /// once it is, false if the time runs out while the agent is still at it.
+    ///
+    /// # Errors
+    /// [`ClientError::Registration`] with the agent's reason as soon as it reports one (no seat, no
+    /// funds, the RPC down); as [`get`].
+    pub async fn register(&self, timeout: Duration) -> Result<bool, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status().await?;
+            if status.node.registered {
+                return Ok(true);
+            }
+            if let Some(reason) = status.node.registration_error.or(status.chain.last_error) {
+                return Err(ClientError::Registration { reason });
+            }
+            if tokio::time::Instant::now() + REGISTER_POLL > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(REGISTER_POLL).await;
+        }
+    }
+
+    /// `GET /v1/events`: the current peer list and leader, then each change.
+    ///
+    /// # Errors
+    /// As [`get`], for the request.
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        let what = "GET /v1/events".to_owned();
+        let body = tokio::time::timeout(Duration::from_secs(10), open(&self.api, "/v1/events"))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                api: self.api.clone(),
+                what: what.clone(),
+            })??;
+        Ok(EventStream {
+            body,
+            parser: crate::events::EventParser::default(),
+            ready: std::collections::VecDeque::new(),
+            what,
+        })
+    }
+
+    /// Follows the peer list and the leader for as long as it is polled, reconnecting with backoff when
+    /// the agent goes away (a restart). `on_peers` gets the addresses (as [`Client::peer_addresses`]) at
+    /// first and whenever they change; `on_leader` gets the leader at first and whenever its seat changes.
+    /// A reconnection that finds nothing changed calls neither.
+    ///
+    /// # Errors
+    /// Only an event this version cannot read: an agent of another version.
+    pub async fn monitor(
+        &self,
+        mut on_peers: impl FnMut(&[String]),
+        mut on_leader: impl FnMut(&Leader),
+    ) -> Result<std::convert::Infallible, ClientError> {
+        let mut peers: Option<Vec<String>> = None;
+        let mut leader: Option<Option<u64>> = None;
+        let mut wait = RECONNECT_FIRST;
+        loop {
+            match self.events().await {
+                Ok(mut stream) => {
+                    wait = RECONNECT_FIRST;
+                    while let Some(event) = stream.next().await {
+                        match event {
+                            Ok(Event::Peers(list)) => {
+                                let now = addresses(&list);
+                                if peers.as_ref() != Some(&now) {
+                                    on_peers(&now);
+                                    peers = Some(now);
+                                }
+                            }
+                            Ok(Event::Leader(l)) => {
+                                if leader != Some(l.token_id) {
+                                    on_leader(&l);
+                                    leader = Some(l.token_id);
+                                }
+                            }
+                            Err(e @ ClientError::Event(_)) => return Err(e),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "the event stream broke; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ?wait, "cannot open the event stream; retrying")
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RECONNECT_MAX);
+        }
+    }
+}
+
+/// Each reachable peer's address, in seat order.
+fn addresses(peers: &[Peer]) -> Vec<String> {
+    peers.iter().filter_map(|p| p.address.clone()).collect()
+}
+
+/// `/v1/events` as it arrives.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    parser: crate::events::EventParser,
+    ready: std::collections::VecDeque<Result<Event, crate::events::BadEvent>>,
+    what: String,
+}
+
+impl EventStream {
+    /// The next event; none once the agent closed the stream.
+    pub async fn next(&mut self) -> Option<Result<Event, ClientError>> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event.map_err(ClientError::from));
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.ready.extend(self.parser.push(data));
+                    }
+                }
+                Err(e) => {
+                    return Some(Err(ClientError::Malformed {
+                        what: self.what.clone(),
+                        detail: e.to_string(),
+                    }));
+                }
+            }
+        }
+    }
 }
 
 /// `GET path` on the agent API at `api`, decoded as `T`.
@@ -158,46 +404,60 @@ async fn connect(api: &ApiAddr) -> Result<Stream, ClientError> {
     }
 }
 
+/// Sends `GET path` and returns the body of a successful answer, unread.
+async fn open(api: &ApiAddr, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+    let what = format!("GET {path}");
+    let malformed = |detail: String| ClientError::Malformed {
+        what: what.clone(),
+        detail,
+    };
+    let (mut sender, conn) = match connect(api).await? {
+        Stream::Unix(s) => handshake(s).await,
+        Stream::Tcp(s) => handshake(s).await,
+    }
+    .map_err(|e| malformed(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(hyper::header::HOST, "p2p-agent")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| malformed(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| malformed(e.to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp.into_body());
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| malformed(e.to_string()))?
+        .to_bytes();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    Err(ClientError::Http {
+        what,
+        status,
+        message,
+    })
+}
+
 async fn get_bytes(api: &ApiAddr, path: &str) -> Result<Bytes, ClientError> {
     let what = format!("GET {path}");
     let exchange = async {
-        let malformed = |detail: String| ClientError::Malformed {
-            what: what.clone(),
-            detail,
-        };
-        let (mut sender, conn) = match connect(api).await? {
-            Stream::Unix(s) => handshake(s).await,
-            Stream::Tcp(s) => handshake(s).await,
-        }
-        .map_err(|e| malformed(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(hyper::header::HOST, "p2p-agent")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| malformed(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| malformed(e.to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
+        open(api, path)
+            .await?
             .collect()
             .await
-            .map_err(|e| malformed(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Http {
+            .map(http_body_util::Collected::to_bytes)
+            .map_err(|e| ClientError::Malformed {
                 what: what.clone(),
-                status,
-                message,
-            });
-        }
-        Ok(body)
+                detail: e.to_string(),
+            })
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await

@@ -111,6 +111,7 @@ mod tests {
             latest_handshake: handshake,
             rx_bytes: 0,
             tx_bytes: 0,
+            leader: false,
         }
     }
 

@@ -5,7 +5,9 @@
 //! |---|---|
 //! | `GET /v1/status` | this node, the chain head and the last processed block, the backend, uptime ([`Status`]) |
 //! | `GET /v1/peers` | every peer with its connection kind, handshake and transfer ([`Peer`]) |
-//! | `GET /v1/peers/watch` | server-sent events: one `peers` event with the full list per peer-set change |
+//! | `GET /v1/leader` | the cluster's leader as this node sees it: seat, instance, address, whether it is this node, whether it is reachable ([`Leader`]) |
+//! | `GET /v1/events` | server-sent events: a `peers` event (the full list) and a `leader` event first, then one of each kind whenever what applications act on changes (who is there, their address, connection, path, health; who leads) |
+//! | `GET /v1/peers/watch` | server-sent events: a `peers` event on every change of the list, counters included |
 //! | `GET /healthz` | 200 when registered and every peer is reachable somehow, else 503 with the reasons ([`Health`]) |
 //! | `GET /metrics` | Prometheus text (also alone on `--metrics-listen`) |
 //!
@@ -16,15 +18,18 @@
 //! - [`health`]: whether the node is a working member, for `/healthz` and `meshctl status --check`;
 //! - [`metrics`]: the Prometheus rendering;
 //! - [`server`]: serving a [`Snapshot`] the agent publishes;
-//! - [`client`]: reading it.
+//! - [`client`]: reading it: [`Client`] for applications;
+//! - [`events`]: the server-sent events as a client parses them.
 
 pub mod client;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod server;
 pub mod types;
 
-pub use client::{ApiAddr, ApiArgs, ClientError, get, get_text};
+pub use client::{ApiAddr, ApiArgs, Client, ClientError, EventStream, get, get_text};
+pub use events::Event;
 pub use health::{Health, assess};
 pub use metrics::metrics;
 pub use server::{Listener, Routes, serve};

@@ -91,6 +91,42 @@ const NODE: &[Metric<Snapshot>] = &[
         |s| s.counters.invalid_records,
     ),
     m(
+        "dstack_mesh_is_leader",
+        "gauge",
+        "1 while this node is the cluster's leader.",
+        |s| u64::from(s.leader.is_self),
+    ),
+    m(
+        "dstack_mesh_leader_token_id",
+        "gauge",
+        "The leader's seat, 0 while there is none.",
+        |s| s.leader.token_id.unwrap_or(0),
+    ),
+    m(
+        "dstack_mesh_votes_cast_total",
+        "counter",
+        "No-confidence votes this node cast against an unreachable leader.",
+        |s| s.counters.election.votes_cast,
+    ),
+    m(
+        "dstack_mesh_votes_withdrawn_total",
+        "counter",
+        "Votes this node withdrew.",
+        |s| s.counters.election.votes_withdrawn,
+    ),
+    m(
+        "dstack_mesh_elections_total",
+        "counter",
+        "electLeader calls this node made with no leader.",
+        |s| s.counters.election.elections,
+    ),
+    m(
+        "dstack_mesh_ballot_failures_total",
+        "counter",
+        "Votes, withdrawals and elections that failed.",
+        |s| s.counters.election.failures,
+    ),
+    m(
         "dstack_mesh_relay_streams_open",
         "gauge",
         "Relay streams open now, dialled and accepted.",

@@ -22,7 +22,7 @@ use unix_socket::UnixSocket;
 
 use crate::health::assess;
 use crate::metrics::metrics;
-use crate::types::{Peer, Snapshot};
+use crate::types::Snapshot;
 
 /// Where a server accepts connections.
 #[derive(Debug)]
@@ -80,26 +80,69 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     full(status, "application/json", body)
 }
 
-/// One `peers` server-sent event per change of the peer list, starting with the current list.
-fn watch_peers(mut rx: watch::Receiver<Snapshot>) -> Response<Body> {
+/// What a server-sent-event stream sends, rendered from a snapshot: each event's name, what decides whether
+/// it changed, and its data.
+type Events = fn(&Snapshot) -> Vec<(&'static str, String, String)>;
+
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+/// Every change of the list, counters and handshake times included: `/v1/peers/watch` as it always was.
+fn peers_event(snapshot: &Snapshot) -> Vec<(&'static str, String, String)> {
+    let data = to_json(&snapshot.peers);
+    vec![("peers", data.clone(), data)]
+}
+
+/// What applications act on: who is there and how to reach them, and who leads. Counters and handshake
+/// times move every second and are no event here.
+fn app_events(snapshot: &Snapshot) -> Vec<(&'static str, String, String)> {
+    let peers: Vec<_> = snapshot
+        .peers
+        .iter()
+        .map(|p| {
+            (
+                p.token_id,
+                p.wg_public_key,
+                &p.address,
+                p.connection,
+                p.path,
+                p.healthy,
+                p.leader,
+            )
+        })
+        .collect();
+    let leader = &snapshot.leader;
+    vec![
+        ("peers", to_json(&peers), to_json(&snapshot.peers)),
+        (
+            "leader",
+            to_json(&(leader.token_id, &leader.address, leader.reachable)),
+            to_json(leader),
+        ),
+    ]
+}
+
+/// Server-sent events: each kind's current value first, then one event whenever what decides a change of
+/// it changes.
+fn watch(mut rx: watch::Receiver<Snapshot>, events: Events) -> Response<Body> {
     let (tx, chan) = tokio::sync::mpsc::channel::<Bytes>(4);
     // Owned by the connection: it ends when the client goes away (send fails) or the agent stops
     // (the watch sender is dropped), so it needs no handle.
     tokio::spawn(async move {
-        let mut last: Option<Vec<Peer>> = None;
+        let mut last: Vec<String> = Vec::new();
         loop {
-            let peers = rx.borrow_and_update().peers.clone();
-            if last.as_ref() != Some(&peers) {
-                let data = serde_json::to_string(&peers).unwrap_or_else(|_| "[]".into());
-                if tx
-                    .send(Bytes::from(format!("event: peers\ndata: {data}\n\n")))
-                    .await
-                    .is_err()
-                {
+            let now = events(&rx.borrow_and_update());
+            for (i, (name, key, data)) in now.iter().enumerate() {
+                if last.get(i) == Some(key) {
+                    continue;
+                }
+                let frame = Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
+                if tx.send(frame).await.is_err() {
                     return;
                 }
-                last = Some(peers);
             }
+            last = now.into_iter().map(|(_, key, _)| key).collect();
             if rx.changed().await.is_err() {
                 return;
             }
@@ -147,12 +190,14 @@ async fn handle(
         ),
         (Routes::Api, "/v1/status") => json(&snapshot.status),
         (Routes::Api, "/v1/peers") => json(&snapshot.peers),
-        (Routes::Api, "/v1/peers/watch") => watch_peers(rx),
+        (Routes::Api, "/v1/peers/watch") => watch(rx, peers_event),
+        (Routes::Api, "/v1/leader") => json(&snapshot.leader),
+        (Routes::Api, "/v1/events") => watch(rx, app_events),
         (Routes::Api, "/healthz") => healthz(&snapshot),
         (Routes::Api, other) => error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no such path {other}: try /v1/status, /v1/peers, /v1/peers/watch, /healthz or /metrics"
+                "no such path {other}: try /v1/status, /v1/peers, /v1/leader, /v1/events, /v1/peers/watch, /healthz or /metrics"
             ),
         ),
         (Routes::Metrics, other) => error(

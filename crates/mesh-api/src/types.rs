@@ -76,6 +76,26 @@ pub struct Peer {
     pub latest_handshake: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// It is the cluster's leader.
+    #[serde(default)]
+    pub leader: bool,
+}
+
+/// `GET /v1/leader`: the seat the cluster contract names leader, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leader {
+    /// Absent while no leader is elected.
+    pub token_id: Option<u64>,
+    /// Absent when no believed record names the leader's instance.
+    pub instance_id: Option<String>,
+    pub overlay_ip: Option<Ipv4Addr>,
+    /// What to connect to, as a peer's `address`; this node's own overlay IP when it leads.
+    pub address: Option<String>,
+    /// This node leads.
+    pub is_self: bool,
+    /// Whether this node reaches the leader over the mesh now; absent when it leads, or has not probed yet.
+    pub reachable: Option<bool>,
 }
 
 /// This node.
@@ -95,6 +115,9 @@ pub struct Node {
     pub gateway_url: Option<String>,
     /// Whether this node's record on-chain is the one it wants.
     pub registered: bool,
+    /// Why it cannot register now (no seat, no funds, the RPC), in the agent's words; absent otherwise.
+    #[serde(default)]
+    pub registration_error: Option<String>,
 }
 
 /// Where the agent is with the chain.
@@ -141,6 +164,20 @@ pub struct Counters {
     pub chain_requests: u64,
     #[serde(default)]
     pub relay: RelayCounters,
+    #[serde(default)]
+    pub election: ElectionCounters,
+}
+
+/// This node's part in the leader election.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ElectionCounters {
+    /// No-confidence votes this node cast, withdrew, and elections it called, mined.
+    pub votes_cast: u64,
+    pub votes_withdrawn: u64,
+    pub elections: u64,
+    /// Ballots that failed (a revert, no funds, the RPC).
+    pub failures: u64,
 }
 
 /// The relay's counters.
@@ -168,5 +205,6 @@ pub struct RelayCounters {
 pub struct Snapshot {
     pub status: Status,
     pub peers: Vec<Peer>,
+    pub leader: Leader,
     pub counters: Counters,
 }

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use alloy::{
-    primitives::{Address, Bytes, U256},
+    primitives::{Address, Bytes, TxHash, U256},
     providers::Provider,
 };
 
@@ -51,6 +51,10 @@ pub enum ChainError {
     Implausible { detail: String },
     #[error("the contract reverted: {0}")]
     Reverted(Revert),
+    #[error(
+        "{what} was mined in transaction {tx} but failed: out of gas, or a revert the estimate did not foresee (the chain moved in between); it is retried"
+    )]
+    TxFailed { what: &'static str, tx: TxHash },
     #[error("RPC request failed ({what}): {source}")]
     Rpc {
         what: &'static str,
@@ -388,7 +392,7 @@ fn describe(e: &E) -> Revert {
         E::ClusterNotSeatHolder(x) => revert(
             "ClusterNotSeatHolder",
             format!("{} does not hold {} and is not approved for it", x.caller, seat(&x.tokenId)),
-            Some("sign with the key of the seat's holder".into()),
+            Some("sign with the key of the seat's holder; a vote or an election may also come from the seat's node, the derived address of its record".into()),
         ),
         E::ClusterInstanceAlreadyBound(x) => revert(
             "ClusterInstanceAlreadyBound",

@@ -121,6 +121,11 @@ pub struct FullRead {
     pub complete: bool,
 }
 
+/// The leader a `leaderTokenId` or event names: 0 is none, and so is an id no seat can have.
+fn leader_of(token: U256) -> Option<u64> {
+    u64::try_from(token).ok().filter(|t| *t != 0)
+}
+
 /// Follows one cluster contract through one RPC.
 pub struct Follower {
     provider: DynProvider,
@@ -359,7 +364,15 @@ impl Follower {
         let (hash, _) = self.header(target).await?;
         let peers = self.read_records(target).await?;
         let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        self.count();
+        let leader = c
+            .leaderTokenId()
+            .block(target.into())
+            .call()
+            .await
+            .map_err(call("leaderTokenId"))?;
         let mut next = self.view.clone();
+        next.leader = leader_of(leader);
         next.records.clear();
         let mut complete = true;
         for p in &peers {
@@ -421,7 +434,7 @@ impl Follower {
             }
         }
         let fresh = self.view.last_block_hash == B256::ZERO;
-        let changed = next.records != self.view.records;
+        let changed = next.records != self.view.records || next.leader != self.view.leader;
         debug!(
             block = target,
             peers = next.records.len(),
@@ -442,7 +455,7 @@ impl Follower {
     }
 
     /// Applies the contract's events since the last processed block, at most [`MAX_LOG_RANGE`] blocks at a
-    /// time. Returns whether the believed records changed.
+    /// time. Returns whether the believed records or the leader changed.
     ///
     /// # Errors
     /// [`ChainError`] when a read fails; the view is left as it was and the next poll retries the range.
@@ -477,6 +490,9 @@ impl Follower {
             .event_signature(vec![
                 DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
                 DstackClusterNFT::PeerCleared::SIGNATURE_HASH,
+                DstackClusterNFT::LeaderElected::SIGNATURE_HASH,
+                DstackClusterNFT::LeaderReplaced::SIGNATURE_HASH,
+                DstackClusterNFT::LeaderCleared::SIGNATURE_HASH,
             ])
             .from_block(from)
             .to_block(to);
@@ -514,9 +530,19 @@ impl Follower {
                 && let Ok(token) = u64::try_from(e.inner.data.tokenId)
             {
                 next.records.remove(&token);
+            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderElected>() {
+                next.leader = leader_of(e.inner.data.tokenId);
+            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderReplaced>() {
+                next.leader = leader_of(e.inner.data.newTokenId);
+            } else if log.log_decode::<DstackClusterNFT::LeaderCleared>().is_ok() {
+                next.leader = None;
             }
         }
-        let changed = next.records != self.view.records;
+        let leader_changed = next.leader != self.view.leader;
+        if leader_changed {
+            info!(from, to, leader = ?next.leader, "the leader changed");
+        }
+        let changed = next.records != self.view.records || leader_changed;
         next.last_block = to;
         next.last_block_hash = hash;
         self.view = next;

@@ -131,6 +131,10 @@ impl Cluster {
         self.contract
     }
 
+    pub(crate) fn reader(&self) -> &DynProvider {
+        &self.reader
+    }
+
     fn read(&self) -> DstackClusterNFT::DstackClusterNFTInstance<&DynProvider> {
         DstackClusterNFT::new(self.contract, &self.reader)
     }
@@ -282,38 +286,20 @@ impl Cluster {
         let derived = peer
             .transaction_signer()
             .map_err(|e| RegistrationError::Sign(e.into()))?;
-        let balance = self
-            .reader
-            .get_balance(derived.address())
-            .await
-            .map_err(|source| ChainError::Rpc {
-                what: "eth_getBalance",
-                source,
-            })?;
-        let sender = if !balance.is_zero() {
-            derived
-        } else if let Some(key) = tx_key {
-            key.clone()
-        } else {
+        let Some(sender) = self.sender(derived, tx_key).await? else {
             return Ok(Outcome::NeedsRelay(Box::new(reg)));
         };
         let from = sender.address();
-        let writer = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(sender))
-            .connect_http(self.rpc_url.clone());
-        // alloy polls receipts every 7 s on non-loopback hosts; the agent follows nothing while it waits.
-        writer.client().set_poll_interval(RECEIPT_POLL);
+        let writer = self.writer(sender);
         let (r, p, s) = contract::register_peer_args(&reg);
-        let pending = DstackClusterNFT::new(self.contract, &writer)
-            .registerPeer(r, p, s)
-            .send()
-            .await
-            .map_err(call("registerPeer"))?
-            .with_timeout(Some(RECEIPT_TIMEOUT));
-        let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
-            what: "registerPeer receipt",
-            source: pending_error(e),
-        })?;
+        let receipt = confirm(
+            "registerPeer",
+            DstackClusterNFT::new(self.contract, &writer)
+                .registerPeer(r, p, s)
+                .send()
+                .await,
+        )
+        .await?;
         let block = receipt.block_number.unwrap_or_default();
         info!(token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
         Ok(Outcome::Registered {
@@ -325,6 +311,64 @@ impl Cluster {
             replaced_unbelievable,
         })
     }
+}
+
+impl Cluster {
+    /// Who sends a transaction of this node: its derived key when that has funds, else `tx_key`, else
+    /// nobody.
+    pub(crate) async fn sender(
+        &self,
+        derived: PrivateKeySigner,
+        tx_key: Option<&PrivateKeySigner>,
+    ) -> Result<Option<PrivateKeySigner>, ChainError> {
+        let balance = self
+            .reader
+            .get_balance(derived.address())
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_getBalance",
+                source,
+            })?;
+        Ok(if !balance.is_zero() {
+            Some(derived)
+        } else {
+            tx_key.cloned()
+        })
+    }
+
+    /// A provider that signs with `sender`.
+    pub(crate) fn writer(&self, sender: PrivateKeySigner) -> impl Provider + use<> {
+        let writer = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(sender))
+            .connect_http(self.rpc_url.clone());
+        // alloy polls receipts every 7 s on non-loopback hosts; the agent follows nothing while it waits.
+        writer.client().set_poll_interval(RECEIPT_POLL);
+        writer
+    }
+}
+
+/// Waits for the receipt of a sent transaction, a revert decoded into words.
+pub(crate) async fn confirm(
+    what: &'static str,
+    sent: Result<
+        alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
+        alloy::contract::Error,
+    >,
+) -> Result<alloy::rpc::types::TransactionReceipt, ChainError> {
+    let pending = sent
+        .map_err(|e| ChainError::from_call(what, e))?
+        .with_timeout(Some(RECEIPT_TIMEOUT));
+    let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
+        what,
+        source: pending_error(e),
+    })?;
+    if !receipt.status() {
+        return Err(ChainError::TxFailed {
+            what,
+            tx: receipt.transaction_hash,
+        });
+    }
+    Ok(receipt)
 }
 
 fn pending_error(

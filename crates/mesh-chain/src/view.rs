@@ -22,6 +22,10 @@ pub struct ChainView {
     /// Per seat, the highest nonce of a record ever believed. It outlives the record (a clear, a full read
     /// that no longer lists the seat, a restart), so an old record can never come back.
     pub high_water: BTreeMap<u64, u64>,
+    /// The seat the contract names leader (`leaderTokenId`), if any. Unlike a record it carries no proof:
+    /// it is what the RPC says, as every vote and election is settled by the contract itself.
+    #[serde(default)]
+    pub leader: Option<u64>,
 }
 
 impl ChainView {
@@ -34,6 +38,7 @@ impl ChainView {
             last_block_hash: B256::ZERO,
             records: BTreeMap::new(),
             high_water: BTreeMap::new(),
+            leader: None,
         }
     }
 

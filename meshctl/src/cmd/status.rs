@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::SystemTime};
 
 use anyhow::Context;
-use mesh_api::{ApiArgs, ConnectionKind, Peer, Status};
+use mesh_api::{ApiArgs, ConnectionKind, Leader, Peer, Status};
 use serde_json::json;
 
 use crate::output::Output;
@@ -30,14 +30,17 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         .await
         .context("reading the agent's peers")?;
     peers.sort_by_key(|p| p.token_id);
+    let leader: Leader = mesh_api::get(&api, "/v1/leader")
+        .await
+        .context("reading the agent's leader")?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let health = mesh_api::assess(&status, &peers);
     out.emit(
-        || render(&status, &peers, now, args.verbose),
-        || json!({ "status": status, "peers": peers, "health": health }),
+        || render(&status, &peers, &leader, now, args.verbose),
+        || json!({ "status": status, "peers": peers, "leader": leader, "health": health }),
     );
     if args.check && !health.healthy {
         for reason in &health.reasons {
@@ -88,7 +91,7 @@ pub(crate) fn bytes(n: u64) -> String {
     }
 }
 
-fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
+fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: bool) -> String {
     let n = &status.node;
     let c = &status.chain;
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -129,6 +132,19 @@ fn render(status: &Status, peers: &[Peer], now: u64, verbose: bool) -> String {
     if let Some(e) = &c.last_error {
         s.push_str(&format!("# chain: {e}\n"));
     }
+    s.push_str(&match (leader.token_id, leader.is_self, leader.reachable) {
+        (None, ..) => "leader none elected\n".to_owned(),
+        (Some(t), true, _) => format!("leader seat {t} (this node)\n"),
+        (Some(t), false, r) => format!(
+            "leader seat {t} at {}{}\n",
+            opt(leader.address.clone()),
+            match r {
+                Some(true) => "  answering",
+                Some(false) => "  NOT answering",
+                None => "",
+            }
+        ),
+    });
     s.push_str(&format!(
         "peers: {} configured, {} healthy\n\n",
         status.peers_configured, status.peers_healthy

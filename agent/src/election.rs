@@ -1,0 +1,345 @@
+//! What this node does in the cluster's leader election, decided from what it knows: pure, so every rule is
+//! a unit test. The leader task ([`crate::tasks::leader`]) does the probing and the transactions.
+//!
+//! - With no leader, the lowest registered seat calls `electLeader`; the next seats do so too if that one
+//!   has not after one more timeout each, so a dead lowest node does not leave the cluster leaderless.
+//! - A leader this node has not reached over the mesh for the timeout gets this node's no-confidence vote.
+//!   The contract replaces the leader once f+1 of the n active seats vote so.
+//! - The vote is withdrawn once its target answers again, whether or not it still leads, so a node that
+//!   came back is eligible again; and when this node leads, since it can vote against no one usefully.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use mesh_chain::election::Ballot;
+
+/// What this node has seen of one seat it watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sighting {
+    /// When this node began watching it: an unanswered seat gets the whole timeout from here.
+    pub since: Instant,
+    /// The last time it answered: a probe over the mesh, or a WireGuard handshake.
+    pub last_seen: Option<Instant>,
+}
+
+impl Sighting {
+    pub fn new(since: Instant) -> Self {
+        Self {
+            since,
+            last_seen: None,
+        }
+    }
+
+    /// Records an answer at `at`.
+    pub fn seen(&mut self, at: Instant) {
+        self.last_seen = Some(self.last_seen.map_or(at, |t| t.max(at)));
+    }
+
+    /// How long it has not answered, as of `now`.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_seen.unwrap_or(self.since).max(self.since))
+    }
+}
+
+/// Everything a decision is made from.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// This node's seat, while it is a registered member; it takes no part otherwise.
+    pub own: Option<u64>,
+    /// The leader the contract names.
+    pub leader: Option<u64>,
+    /// When the contract was last seen naming no leader, while it names none.
+    pub leaderless_since: Option<Instant>,
+    /// The seats with a record, in order.
+    pub registered: &'a [u64],
+    /// The seat this node's vote is against.
+    pub vote: Option<u64>,
+    pub sightings: &'a BTreeMap<u64, Sighting>,
+    pub timeout: Duration,
+    pub now: Instant,
+}
+
+/// Why a ballot is cast: it goes into the log with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// No leader, and this node is the `rank`-th lowest registered seat (0 first), waited for its turn.
+    NoLeader { rank: usize, waited: Duration },
+    /// The leader has not answered over the mesh for this long.
+    Unreachable { seat: u64, silent: Duration },
+    /// The seat voted against answers again.
+    Answers { seat: u64 },
+    /// This node leads now.
+    Leading,
+    /// The vote's target is no longer a member.
+    Gone { seat: u64 },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoLeader { rank: 0, .. } => write!(
+                f,
+                "the cluster has no leader, and this node holds the lowest registered seat"
+            ),
+            Self::NoLeader { rank, waited } => write!(
+                f,
+                "the cluster has had no leader for {}s, and the {rank} lower registered seat(s) have not elected one",
+                waited.as_secs()
+            ),
+            Self::Unreachable { seat, silent } => write!(
+                f,
+                "leader seat {seat} has not answered over the mesh (probe or handshake) for {}s",
+                silent.as_secs()
+            ),
+            Self::Answers { seat } => write!(f, "seat {seat} answers over the mesh again"),
+            Self::Leading => write!(f, "this node leads now"),
+            Self::Gone { seat } => write!(f, "seat {seat} no longer has a record"),
+        }
+    }
+}
+
+/// The one ballot this node should cast now, if any.
+pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
+    let own = facts.own?;
+    if let Some(target) = facts.vote {
+        if facts.leader == Some(own) {
+            return Some((Ballot::Withdraw, Reason::Leading));
+        }
+        if !facts.registered.contains(&target) {
+            return Some((Ballot::Withdraw, Reason::Gone { seat: target }));
+        }
+        let answers = facts
+            .sightings
+            .get(&target)
+            .is_some_and(|s| s.silent_for(facts.now) < facts.timeout);
+        if answers {
+            return Some((Ballot::Withdraw, Reason::Answers { seat: target }));
+        }
+    }
+    match facts.leader {
+        None => {
+            let rank = facts.registered.iter().position(|s| *s == own)?;
+            let waited = facts
+                .now
+                .saturating_duration_since(facts.leaderless_since.unwrap_or(facts.now));
+            let turn = facts
+                .timeout
+                .saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX));
+            (waited >= turn).then_some((Ballot::Elect, Reason::NoLeader { rank, waited }))
+        }
+        Some(leader) if leader == own => None,
+        Some(leader) => {
+            if facts.vote == Some(leader) {
+                return None;
+            }
+            let silent = facts.sightings.get(&leader)?.silent_for(facts.now);
+            (silent >= facts.timeout).then_some((
+                Ballot::Vote { target: leader },
+                Reason::Unreachable {
+                    seat: leader,
+                    silent,
+                },
+            ))
+        }
+    }
+}
+
+/// The seats this node must probe: the leader, unless it is this node, and the target of its vote.
+pub fn to_watch(own: Option<u64>, leader: Option<u64>, vote: Option<u64>) -> Vec<u64> {
+    let mut seats: Vec<u64> = leader
+        .into_iter()
+        .chain(vote)
+        .filter(|s| Some(*s) != own)
+        .collect();
+    seats.sort_unstable();
+    seats.dedup();
+    seats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    struct World {
+        start: Instant,
+        sightings: BTreeMap<u64, Sighting>,
+        registered: Vec<u64>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                start: Instant::now(),
+                sightings: BTreeMap::new(),
+                registered: vec![1, 2, 3],
+            }
+        }
+
+        fn at(&self, secs: u64) -> Instant {
+            self.start + Duration::from_secs(secs)
+        }
+
+        /// Seat `seat` watched from the start, last answering at `seen` seconds (never if none).
+        fn watch(mut self, seat: u64, seen: Option<u64>) -> Self {
+            let mut s = Sighting::new(self.start);
+            if let Some(t) = seen {
+                s.seen(self.at(t));
+            }
+            self.sightings.insert(seat, s);
+            self
+        }
+
+        fn decide(
+            &self,
+            own: u64,
+            leader: Option<u64>,
+            vote: Option<u64>,
+            now: u64,
+        ) -> Option<(Ballot, Reason)> {
+            decide(&Facts {
+                own: Some(own),
+                leader,
+                leaderless_since: leader.is_none().then_some(self.start),
+                registered: &self.registered,
+                vote,
+                sightings: &self.sightings,
+                timeout: TIMEOUT,
+                now: self.at(now),
+            })
+        }
+    }
+
+    #[test]
+    fn a_leader_silent_for_the_timeout_gets_a_vote() {
+        let w = World::new().watch(1, Some(10));
+        assert_eq!(w.decide(2, Some(1), None, 39), None, "silent 29 s");
+        let (ballot, reason) = w.decide(2, Some(1), None, 40).expect("a vote at 30 s");
+        assert_eq!(ballot, Ballot::Vote { target: 1 });
+        assert_eq!(
+            reason,
+            Reason::Unreachable {
+                seat: 1,
+                silent: TIMEOUT
+            }
+        );
+    }
+
+    #[test]
+    fn a_leader_never_seen_gets_the_whole_timeout_from_when_watching_began() {
+        let w = World::new().watch(1, None);
+        assert_eq!(w.decide(2, Some(1), None, 29), None);
+        assert!(matches!(
+            w.decide(2, Some(1), None, 30),
+            Some((Ballot::Vote { target: 1 }, _))
+        ));
+    }
+
+    #[test]
+    fn a_vote_is_cast_once() {
+        let w = World::new().watch(1, None);
+        assert_eq!(w.decide(2, Some(1), Some(1), 100), None);
+    }
+
+    #[test]
+    fn the_vote_is_withdrawn_when_its_target_answers_whether_or_not_it_leads() {
+        let w = World::new().watch(1, Some(100));
+        assert_eq!(
+            w.decide(3, Some(2), Some(1), 101),
+            Some((Ballot::Withdraw, Reason::Answers { seat: 1 }))
+        );
+        assert_eq!(
+            w.decide(3, Some(1), Some(1), 101),
+            Some((Ballot::Withdraw, Reason::Answers { seat: 1 }))
+        );
+    }
+
+    #[test]
+    fn a_vote_against_a_replaced_leader_that_is_still_silent_stands() {
+        let w = World::new().watch(1, Some(0)).watch(2, Some(100));
+        assert_eq!(w.decide(3, Some(2), Some(1), 101), None);
+    }
+
+    #[test]
+    fn a_node_that_leads_withdraws_its_vote_and_votes_against_no_one() {
+        let w = World::new().watch(1, None);
+        assert_eq!(
+            w.decide(2, Some(2), Some(1), 100),
+            Some((Ballot::Withdraw, Reason::Leading))
+        );
+        assert_eq!(w.decide(2, Some(2), None, 100), None);
+    }
+
+    #[test]
+    fn a_vote_against_a_seat_without_a_record_is_withdrawn() {
+        let mut w = World::new().watch(3, None);
+        w.registered = vec![1, 2];
+        assert_eq!(
+            w.decide(2, Some(1), Some(3), 100),
+            Some((Ballot::Withdraw, Reason::Gone { seat: 3 }))
+        );
+    }
+
+    #[test]
+    fn with_no_leader_the_lowest_registered_seat_elects_at_once() {
+        let w = World::new();
+        assert!(matches!(
+            w.decide(1, None, None, 0),
+            Some((Ballot::Elect, Reason::NoLeader { rank: 0, .. }))
+        ));
+        assert_eq!(w.decide(2, None, None, 0), None, "seat 2 waits its turn");
+    }
+
+    #[test]
+    fn with_no_leader_the_next_seat_elects_after_one_timeout_per_seat_below_it() {
+        let w = World::new();
+        assert_eq!(w.decide(2, None, None, 29), None);
+        assert!(matches!(
+            w.decide(2, None, None, 30),
+            Some((Ballot::Elect, Reason::NoLeader { rank: 1, .. }))
+        ));
+        assert_eq!(w.decide(3, None, None, 59), None);
+        assert!(w.decide(3, None, None, 60).is_some());
+    }
+
+    #[test]
+    fn a_node_without_a_registered_seat_takes_no_part() {
+        let w = World::new().watch(1, None);
+        assert_eq!(w.decide(4, None, None, 1000), None, "not registered");
+        let none = decide(&Facts {
+            own: None,
+            leader: Some(1),
+            leaderless_since: None,
+            registered: &w.registered,
+            vote: None,
+            sightings: &w.sightings,
+            timeout: TIMEOUT,
+            now: w.at(1000),
+        });
+        assert_eq!(none, None, "no seat");
+    }
+
+    #[test]
+    fn a_leader_not_watched_yet_gets_no_vote() {
+        let w = World::new();
+        assert_eq!(w.decide(2, Some(1), None, 1000), None);
+    }
+
+    #[test]
+    fn the_leader_and_the_vote_target_are_watched_but_never_this_node() {
+        assert_eq!(to_watch(Some(2), Some(1), Some(3)), vec![1, 3]);
+        assert_eq!(to_watch(Some(2), Some(2), Some(1)), vec![1]);
+        assert_eq!(to_watch(Some(2), Some(1), Some(1)), vec![1]);
+        assert_eq!(to_watch(None, None, None), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_later_answer_never_moves_the_last_sighting_back() {
+        let w = World::new();
+        let mut s = Sighting::new(w.start);
+        s.seen(w.at(10));
+        s.seen(w.at(5));
+        assert_eq!(s.silent_for(w.at(12)), Duration::from_secs(2));
+    }
+}

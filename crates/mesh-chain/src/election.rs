@@ -1,0 +1,119 @@
+//! The cluster's leader election, as a node takes part in it: reading its seat's vote, and electing, voting
+//! and withdrawing for its seat. The node sends from its derived address (the contract lets a seat's node
+//! vote for it) when that has funds, else with the transaction key, which the contract accepts only if it
+//! holds the seat.
+
+use alloy::primitives::{Address, TxHash, U256};
+use alloy::signers::local::PrivateKeySigner;
+use tracing::{info, instrument};
+
+use crate::contract::{ChainError, DstackClusterNFT};
+use crate::peer_key::PeerKey;
+use crate::registration::{Cluster, confirm};
+
+/// What a node asks of the election for its seat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ballot {
+    /// `electLeader`: there is no leader.
+    Elect,
+    /// `castVote` against `target`: no confidence in it.
+    Vote { target: u64 },
+    /// `withdrawVote`.
+    Withdraw,
+}
+
+impl std::fmt::Display for Ballot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Elect => write!(f, "electLeader"),
+            Self::Vote { target } => write!(f, "castVote against seat {target}"),
+            Self::Withdraw => write!(f, "withdrawVote"),
+        }
+    }
+}
+
+/// Why a ballot was not cast.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ElectionError {
+    #[error(
+        "no funded sender for {ballot}: fund this node's derived address ({derived}) with `meshctl fund {derived} --amount 0.01`, or give the agent a --tx-key-file that holds seat {seat}"
+    )]
+    NoSender {
+        ballot: Ballot,
+        derived: Address,
+        seat: u64,
+    },
+    #[error("this node's derived key is unusable: {0}")]
+    Key(String),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// A ballot that went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cast {
+    pub tx: TxHash,
+    pub block: u64,
+    pub from: Address,
+}
+
+impl Cluster {
+    /// The seat seat `voter` votes against, if any.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the read fails.
+    pub async fn vote_of(&self, voter: u64) -> Result<Option<u64>, ChainError> {
+        let target = DstackClusterNFT::new(self.address(), self.reader())
+            .voteOf(U256::from(voter))
+            .call()
+            .await
+            .map_err(|e| ChainError::from_call("voteOf", e))?;
+        Ok(u64::try_from(target).ok().filter(|t| *t != 0))
+    }
+
+    /// Sends `ballot` for seat `seat`, from the node's derived address when it has funds, else from
+    /// `tx_key`, and waits for it to be mined.
+    ///
+    /// # Errors
+    /// [`ElectionError`]: no funded sender, a revert in words (another node elected first, a vote already
+    /// withdrawn, a sender that may not vote for the seat), or an RPC error.
+    #[instrument(skip_all, fields(seat, %ballot))]
+    pub async fn cast(
+        &self,
+        peer: &PeerKey,
+        tx_key: Option<&PrivateKeySigner>,
+        seat: u64,
+        ballot: Ballot,
+    ) -> Result<Cast, ElectionError> {
+        let derived = peer
+            .transaction_signer()
+            .map_err(|e| ElectionError::Key(e.to_string()))?;
+        let derived_address = derived.address();
+        let Some(sender) = self.sender(derived, tx_key).await? else {
+            return Err(ElectionError::NoSender {
+                ballot,
+                derived: derived_address,
+                seat,
+            });
+        };
+        let from = sender.address();
+        let writer = self.writer(sender);
+        let c = DstackClusterNFT::new(self.address(), &writer);
+        let id = U256::from(seat);
+        let receipt = match ballot {
+            Ballot::Elect => confirm("electLeader", c.electLeader(id).send().await).await?,
+            Ballot::Vote { target } => {
+                confirm("castVote", c.castVote(id, U256::from(target)).send().await).await?
+            }
+            Ballot::Withdraw => confirm("withdrawVote", c.withdrawVote(id).send().await).await?,
+        };
+        let block = receipt.block_number.unwrap_or_default();
+        info!(tx = %receipt.transaction_hash, block, %from, "ballot mined");
+        Ok(Cast {
+            tx: receipt.transaction_hash,
+            block,
+            from,
+        })
+    }
+}
