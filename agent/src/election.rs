@@ -6,7 +6,8 @@
 //! - A leader this node has not reached over the mesh for the timeout gets this node's no-confidence vote.
 //!   The contract replaces the leader once f+1 of the n active seats vote so.
 //! - The vote is withdrawn once its target answers again, whether or not it still leads, so a node that
-//!   came back is eligible again; and when this node leads, since it can vote against no one usefully.
+//!   came back is eligible again. A vote against a replaced leader that is still silent stands, even when
+//!   this node leads now: it keeps the dead seat from being chosen again at the next replacement.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -68,8 +69,6 @@ pub enum Reason {
     Unreachable { seat: u64, silent: Duration },
     /// The seat voted against answers again.
     Answers { seat: u64 },
-    /// This node leads now.
-    Leading,
     /// The vote's target is no longer a member.
     Gone { seat: u64 },
 }
@@ -92,7 +91,6 @@ impl std::fmt::Display for Reason {
                 silent.as_secs()
             ),
             Self::Answers { seat } => write!(f, "seat {seat} answers over the mesh again"),
-            Self::Leading => write!(f, "this node leads now"),
             Self::Gone { seat } => write!(f, "seat {seat} no longer has a record"),
         }
     }
@@ -102,9 +100,6 @@ impl std::fmt::Display for Reason {
 pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
     let own = facts.own?;
     if let Some(target) = facts.vote {
-        if facts.leader == Some(own) {
-            return Some((Ballot::Withdraw, Reason::Leading));
-        }
         if !facts.registered.contains(&target) {
             return Some((Ballot::Withdraw, Reason::Gone { seat: target }));
         }
@@ -262,13 +257,15 @@ mod tests {
     }
 
     #[test]
-    fn a_node_that_leads_withdraws_its_vote_and_votes_against_no_one() {
+    fn a_node_that_leads_keeps_its_vote_against_a_silent_seat_and_votes_against_no_one() {
         let w = World::new().watch(1, None);
+        assert_eq!(w.decide(2, Some(2), Some(1), 100), None);
+        assert_eq!(w.decide(2, Some(2), None, 100), None);
+        let w = World::new().watch(1, Some(99));
         assert_eq!(
             w.decide(2, Some(2), Some(1), 100),
-            Some((Ballot::Withdraw, Reason::Leading))
+            Some((Ballot::Withdraw, Reason::Answers { seat: 1 }))
         );
-        assert_eq!(w.decide(2, Some(2), None, 100), None);
     }
 
     #[test]

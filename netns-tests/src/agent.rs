@@ -319,6 +319,31 @@ impl<'a> Agent<'a> {
             })
     }
 
+    /// Where its API is served.
+    pub fn api_socket(&self) -> &std::path::Path {
+        &self.api_socket
+    }
+
+    /// `GET /v1/leader`: the leader as this agent sees it, or why it cannot be read.
+    pub fn leader(&self) -> Result<mesh_api::Leader, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(mesh_api::get(self.api_socket.as_path(), "/v1/leader"))
+            .map_err(|e| format!("node {}: {e}", self.index))
+    }
+
+    /// The lines of its log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `meshctl status --json`, typed: this node's status and its peers.
     pub fn status(&self) -> (Status, Vec<Peer>) {
         let v = self

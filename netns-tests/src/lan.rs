@@ -250,6 +250,47 @@ impl Lan {
     }
 }
 
+/// Node `i` cut off the LAN with nftables on the switch's bridge: every frame from or to its port is
+/// dropped, to the other nodes and to anvil alike, as a host that lost its network. Dropping it (or
+/// [`Cut::restore`]) lets them through again.
+pub struct Cut<'a> {
+    lan: &'a Lan,
+    table: String,
+}
+
+impl Lan {
+    /// Cuts node `i` off (see [`Cut`]).
+    pub fn cut_off(&self, i: usize) -> Cut<'_> {
+        require_root(&["nft"]);
+        assert!((1..=self.nodes.len()).contains(&i), "no node {i}");
+        let table = format!("dm_cut_{i}");
+        let port = format!("p{i}");
+        self.switch.exec_ok(&[
+            "nft",
+            &format!(
+                "add table bridge {table} {{ \
+                 chain forward {{ type filter hook forward priority 0; iifname \"{port}\" drop; oifname \"{port}\" drop; }}; \
+                 chain input {{ type filter hook input priority 0; iifname \"{port}\" drop; }}; \
+                 chain output {{ type filter hook output priority 0; oifname \"{port}\" drop; }}; }}"
+            ),
+        ]);
+        Cut { lan: self, table }
+    }
+}
+
+impl Cut<'_> {
+    pub fn restore(self) {}
+}
+
+impl Drop for Cut<'_> {
+    fn drop(&mut self) {
+        let _ = self.lan.switch.exec(
+            &["nft", "delete", "table", "bridge", &self.table],
+            Duration::from_secs(5),
+        );
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
         // anvil first (the guard's SIGTERM reaches the node wrapper, which forwards it); NetNs's drop kills

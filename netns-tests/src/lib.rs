@@ -6,6 +6,7 @@
 //! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
 //! - [`agent`]: the real `p2p-agent` daemon in a node's namespace.
 //! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
+//! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
 //! - [`ping`] and [`wait`]: reachability, and bounded waits; [`steps`]: a scenario's progress.
 //!
 //! Below them:
@@ -24,6 +25,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod apps;
 pub mod attack;
 pub mod chain;
 pub mod cluster;

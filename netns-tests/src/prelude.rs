@@ -1,6 +1,7 @@
 //! What a scenario imports: `use netns_tests::prelude::*;`.
 
 pub use crate::agent::*;
+pub use crate::apps::{App, http, python, run_script};
 pub use crate::cluster::*;
 pub use crate::gateway::{Gateway, TEST_DOMAIN, UdpBlock, relay_routes};
 pub use crate::lan::*;

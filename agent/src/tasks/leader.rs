@@ -26,9 +26,9 @@ use crate::identity::NodeIdentity;
 use crate::state::{ChainState, LeaderState, MeshState};
 
 /// How often the watched seats are probed.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe waits for an answer.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The port probes connect to: `discard`, which nothing in a CVM should serve; a refusal (RST) is as good
 /// an answer as an accept, and both come back through the tunnel.
 pub const PROBE_PORT: u16 = 9;
@@ -255,8 +255,8 @@ impl Running {
             )
             .await;
         match result {
-            Ok(cast) => {
-                info!(seat, %ballot, tx = %cast.tx, block = cast.block, from = %cast.from, "ballot mined");
+            Ok(_) => {
+                // Cluster::cast logged it, with the transaction and the sender.
                 self.backoff.reset();
                 self.state.error = None;
                 let counters = &mut self.state.counters;

@@ -78,7 +78,7 @@ impl Cluster {
     /// # Errors
     /// [`ElectionError`]: no funded sender, a revert in words (another node elected first, a vote already
     /// withdrawn, a sender that may not vote for the seat), or an RPC error.
-    #[instrument(skip_all, fields(seat, %ballot))]
+    #[instrument(skip_all, fields(seat = seat, %ballot))]
     pub async fn cast(
         &self,
         peer: &PeerKey,

@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Measure dstack-mesh's throughput, latency, convergence, revocation, churn and cost"
+    about = "Measure dstack-mesh's throughput, latency, failover, convergence, revocation, churn and cost"
 )]
 struct Args {
     /// Where to write the figures as JSON.
@@ -54,6 +54,9 @@ struct Args {
     /// Nodes that join and leave during the churn measurement.
     #[arg(long, default_value_t = 10)]
     churn: usize,
+    /// The agents' --leader-timeout in the failover measurement, in seconds (the agent's default).
+    #[arg(long, default_value_t = 30)]
+    leader_timeout: u64,
 }
 
 /// How long any one measurement may wait for the mesh before giving up.
@@ -80,6 +83,12 @@ fn main() -> anyhow::Result<()> {
     report["latency"] = latency();
     eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
     report["relay"] = relay(&args);
+
+    eprintln!(
+        "== failover (3 nodes; the leader's node cut off; leader timeout {} s)",
+        args.leader_timeout
+    );
+    report["failover"] = failover(args.leader_timeout);
 
     let largest = args.sizes.iter().copied().max().unwrap_or(0);
     let mut sizes = Vec::new();
@@ -236,6 +245,61 @@ fn relay(args: &Args) -> Value {
         rtt - bare
     );
     out
+}
+
+/// Three agents elect seat 1; its node is cut off the LAN: how long until the others' votes replace it
+/// on-chain, and until both of them report the new leader on their APIs.
+fn failover(timeout: u64) -> Value {
+    let lan = Lan::new(3);
+    let cluster = Cluster::deploy(&lan);
+    let flag = timeout.to_string();
+    let mut agents: Vec<Agent<'_>> = (1..=3)
+        .map(|i| Agent::start(&cluster, i, &["--leader-timeout", &flag]))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(60);
+    }
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
+    let leads = |a: &Agent<'_>, seat: u64| a.leader().ok().and_then(|l| l.token_id) == Some(seat);
+    wait_until(
+        "every agent to report seat 1 as leader",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || agents.iter().all(|a| leads(a, 1)),
+        || tails(&agents),
+    );
+    let on_chain = || cluster.meshctl(0, &["leader", "show"])["leaderTokenId"].as_u64();
+    let _cut = lan.cut_off(1);
+    let t0 = Instant::now();
+    let bound = Duration::from_secs(timeout) + BOUND;
+    wait_until(
+        "seat 2 to lead on-chain",
+        bound,
+        Duration::from_millis(100),
+        || on_chain() == Some(2),
+        || tails(&agents),
+    );
+    let chain = t0.elapsed();
+    wait_until(
+        "nodes 2 and 3 to report seat 2",
+        bound,
+        Duration::from_millis(20),
+        || agents[1..].iter().all(|a| leads(a, 2)),
+        || tails(&agents),
+    );
+    let reported = t0.elapsed();
+    eprintln!(
+        "   failover: on-chain {:.1} s, reported by both {:.1} s after the cut (timeout {timeout} s)",
+        chain.as_secs_f64(),
+        reported.as_secs_f64()
+    );
+    json!({
+        "leaderTimeoutSecs": timeout,
+        "onChainMs": ms(chain),
+        "reportedMs": ms(reported),
+        "beyondTimeoutMs": ms(chain) - ms(Duration::from_secs(timeout)),
+    })
 }
 
 /// A cluster reader in the switch namespace (where anvil listens), polled from its own thread.
@@ -568,6 +632,14 @@ fn print_table(r: &Value) {
         f(&relay["rttMs"]),
         f(&relay["addedMs"]),
         l["meshAddedMs"].as_f64().unwrap_or(0.0)
+    );
+    let fo = &r["failover"];
+    println!(
+        "\nFailover (3 nodes, the leader's node cut off, leader timeout {} s): seat 2 leads on-chain after {:.0} ms ({:.0} ms beyond the timeout); both agents report it after {:.0} ms",
+        fo["leaderTimeoutSecs"],
+        fo["onChainMs"].as_f64().unwrap_or(0.0),
+        fo["beyondTimeoutMs"].as_f64().unwrap_or(0.0),
+        fo["reportedMs"].as_f64().unwrap_or(0.0)
     );
     println!(
         "\n{:<8} {:>18} {:>16}",

@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""A distributed counter on a dstack-mesh cluster, replicated through the on-chain leader.
+
+Every node runs this next to its mesh agent. The cluster contract elects the leader and the agents
+fail it over; this program only follows that choice through the SDK:
+
+* the leader serialises increments, sends each new count to every follower over the mesh, and
+  acknowledges the client only once a majority of the cluster (itself included) holds it;
+* a follower forwards POST /increment to the leader and hands back the leader's answer;
+* a node that becomes leader first collects the counts of a majority and continues from the highest,
+  so an acknowledged count (held by a majority) is never lost across a failover.
+
+Terms fence off a deposed leader that still thinks it leads (its chain view is stale, or it was cut
+off and comes back): a new leader picks a term above every term it has seen and has a majority
+promise it (POST /prepare); a node refuses replicates from a lower (term, leader) than it promised.
+Without that, an old and a new leader could each acknowledge "count 11" for different increments,
+and one of those writes would vanish in the max.
+
+State lives in memory: a node that restarts comes back with count 0 and relearns the count from the
+leader's next replicate, so the guarantee covers failures where at most a minority restarts at once.
+
+    python counter.py --listen 0.0.0.0:8080 [--api SOCKET_OR_URL] [--contract 0x...] [--peer-port 8080]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import random
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+log = logging.getLogger("counter")
+
+# (token id, overlay IP or None) -> base URL of that node's counter, e.g. "http://10.0.1.2:8080".
+PeerUrl = Callable[[int, "str | None"], str]
+# A ballot: (term, leader token). Compared as a tuple, so two leaders never share one.
+Ballot = tuple[int, int]
+
+# Set on an increment a follower forwards, so that two nodes that disagree about who leads do not
+# bounce the request between them.
+FORWARDED_HEADER = "X-Counter-Forwarded-By"
+
+_dumps = functools.partial(json.dumps, default=str)
+
+
+def majority(cluster_size: int) -> int:
+    return cluster_size // 2 + 1
+
+
+def json_response(body: Any, status: int = 200, **headers: str) -> web.Response:
+    return web.json_response(body, status=status, dumps=_dumps, headers=headers or None)
+
+
+def unavailable(error: str, **extra: Any) -> web.Response:
+    # Retry-After: every 503 here is transient (a sync, a failover, a peer coming back).
+    return json_response({"error": error, **extra}, status=503, **{"Retry-After": "1"})
+
+
+def peer_json(peer: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(peer) and not isinstance(peer, type):
+        return dataclasses.asdict(peer)
+    if hasattr(peer, "model_dump"):
+        return peer.model_dump()
+    if isinstance(peer, dict):
+        return dict(peer)
+    fields = ("token_id", "instance_id", "overlay_ip", "address", "healthy", "connection", "leader")
+    return {f: getattr(peer, f) for f in fields if hasattr(peer, f)}
+
+
+def _term_of(reply: dict[str, Any] | None) -> int:
+    term = (reply or {}).get("term")
+    return term if isinstance(term, int) and not isinstance(term, bool) else 0
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    # bool is an int subclass; "true" as a count is a client bug, not 1.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise web.HTTPBadRequest(text=_dumps({"error": f"{key!r} must be a non-negative integer"}),
+                                 content_type="application/json")
+    return value
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=_dumps({"error": "expected a JSON object"}),
+                                 content_type="application/json")
+    return body
+
+
+class CounterNode:
+    """The counter's state and HTTP handlers, independent of where the SDK and the peers live.
+
+    `sdk` needs status(), peers() and monitor_peers(cb, on_leader=..., detailed=True) as in
+    dstack_p2p; `peer_url` maps a node to the base URL of its counter, so tests can put the peers on
+    loopback ports.
+    """
+
+    def __init__(self, sdk: Any, peer_url: PeerUrl, *, peer_timeout: float = 2.0) -> None:
+        self.sdk = sdk
+        self.peer_url = peer_url
+        self.peer_timeout = peer_timeout
+        # A follower's forward covers the leader's own worst case: waiting for its sync, for the
+        # lock, and for one round of replicates, each bounded by the peer timeout.
+        self.forward_timeout = 3 * peer_timeout + 1.0
+
+        self.token: int | None = None
+        self.overlay_ip: str | None = None
+        self.count = 0
+        self.promised: Ballot = (0, 0)
+        self.peers: list[Any] | None = None  # None until the SDK's first answer
+        self.leader: Any | None = None
+
+        self._ballot: Ballot | None = None  # the ballot this node leads under, once synced
+        self._serving = False
+        self._ready = asyncio.Event()
+        self._deposed = asyncio.Event()
+        self._term_seen = 0
+        self._lock = asyncio.Lock()
+        # Peers whose last call failed: once a majority has acked, an increment does not wait for
+        # them, so a dead follower costs one timeout rather than one per increment.
+        self._suspects: set[int] = set()
+        # Calls under way per peer: a suspect with one still pending is skipped, so a black-holed
+        # peer ties up one connection slot, not one per increment.
+        self._inflight: dict[int, int] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._lead_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._session: ClientSession | None = None
+        self._forward_session: ClientSession | None = None
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        self._session = ClientSession(timeout=ClientTimeout(total=self.peer_timeout))
+        # Forwards get a fresh connection each: a leader that went dark then fails at connect, within
+        # the peer timeout, instead of a pooled connection waiting out the whole forward timeout.
+        self._forward_session = ClientSession(
+            connector=TCPConnector(force_close=True),
+            timeout=ClientTimeout(total=self.forward_timeout, sock_connect=self.peer_timeout))
+        try:
+            status = await self.sdk.status()
+            self.token = status.node.token_id
+            ip = status.node.overlay_ip
+            self.overlay_ip = str(ip) if ip is not None else None
+        except Exception as e:  # the monitor below still tells us whether we lead
+            log.warning("could not read this node's status from the mesh agent: %s", e)
+        log.info("node token %s, overlay ip %s", self.token, self.overlay_ip)
+        self._monitor_task = asyncio.create_task(self._monitor())
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._monitor_task, self._lead_task) if t] + list(self._background)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for session in (self._session, self._forward_session):
+            if session:
+                await session.close()
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes([
+            web.get("/status", self.handle_status),
+            web.get("/counter", self.handle_counter),
+            web.post("/increment", self.handle_increment),
+            web.get("/members", self.handle_members),
+            web.get("/health", self.handle_health),
+            web.get("/replica", self.handle_replica),
+            web.post("/prepare", self.handle_prepare),
+            web.post("/replicate", self.handle_replicate),
+        ])
+        return app
+
+    # ---- following the SDK
+
+    async def _monitor(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.sdk.monitor_peers(self._on_peers, on_leader=self._on_leader, detailed=True)
+                log.warning("the SDK's peer monitor stopped; restarting it")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("peer monitor failed (%s); retrying in %.0f s", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _on_peers(self, peers: list[Any]) -> None:
+        before = None if self.peers is None else sorted(p.token_id for p in self.peers)
+        # The agent lists the others only; filtered anyway, as our own ack must count once.
+        self.peers = [p for p in peers if self.token is None or p.token_id != self.token]
+        after = sorted(p.token_id for p in self.peers)
+        if before != after:
+            log.info("members: this node %s and peers %s (cluster of %d, majority %d)",
+                     self.token, after, len(after) + 1, majority(len(after) + 1))
+        self._suspects &= set(after)
+
+    def _on_leader(self, leader: Any) -> None:
+        previous, self.leader = self.leader, leader
+        token: int | None = getattr(leader, "token_id", None)
+        is_self = token is not None and bool(getattr(leader, "is_self", False))
+        if previous is None or previous.token_id != token or bool(previous.is_self) != is_self:
+            if token is None:
+                log.warning("the cluster has no leader")
+            else:
+                log.info("leader is node %s%s", token, " (this node)" if is_self else "")
+        if token is not None and is_self:
+            if self.token is None:
+                self.token = token
+            if self._lead_task is None or self._lead_task.done():
+                self._lead_task = asyncio.create_task(self._lead(token))
+        elif self._lead_task is not None:
+            log.info("stepping down: node %s leads now", token)
+            self._lead_task.cancel()
+            self._lead_task = None
+            self._stop_serving()
+
+    def _stop_serving(self) -> None:
+        self._serving = False
+        self._ready.clear()
+        self._ballot = None
+
+    # ---- leading
+
+    async def _lead(self, me: int) -> None:
+        attempt = 0
+        try:
+            while True:
+                self._deposed.clear()
+                if not await self._sync(me):
+                    attempt += 1
+                    # Jittered: two nodes whose chain views briefly both say "me" must not keep
+                    # out-bidding each other's term in lockstep.
+                    await asyncio.sleep(min(0.2 * 2 ** min(attempt, 4), 2.0) * random.uniform(0.5, 1.0))
+                    continue
+                attempt = 0
+                self._serving = True
+                self._ready.set()
+                await self._deposed.wait()
+                self._stop_serving()
+                log.warning("a newer term than ours is out there; waiting for the chain to confirm "
+                            "this node still leads before syncing again")
+                # A pause first: the usual cause is our own chain view lagging behind a failover, and
+                # out-bidding the real leader's term right away would only depose it in turn.
+                await asyncio.sleep(1.0)
+                while not await self._chain_says_self():
+                    await asyncio.sleep(1.0)
+        finally:
+            # A successor task may already be leading again; only the current one may stop it.
+            if self._lead_task in (None, asyncio.current_task()):
+                self._stop_serving()
+
+    async def _chain_says_self(self) -> bool:
+        try:
+            leader = await asyncio.wait_for(self.sdk.leader(), timeout=5.0)
+            return bool(leader.is_self)
+        except Exception as e:
+            log.warning("could not ask the agent who leads (%s); assuming the last answer stands", e)
+            return True
+
+    async def _sync(self, me: int) -> bool:
+        """Become leader under a new term: a majority promises it, and we take the highest count."""
+        peers = self.peers
+        if peers is None:
+            log.info("sync: waiting for the member list")
+            return False
+        term = max(self.promised[0], self._term_seen) + 1
+        ballot = (term, me)
+        self.promised = ballot
+        results = await asyncio.gather(
+            *(self._call(p, "/prepare", {"term": term, "leader": me}) for p in peers))
+        promises, counts, missing = 1, [self.count], []
+        for peer, (status, body, error) in zip(peers, results, strict=True):
+            if body is not None and isinstance(body.get("count"), int):
+                counts.append(body["count"])
+            if status == 200:
+                promises += 1
+                self._suspects.discard(peer.token_id)
+            else:
+                missing.append(f"{peer.token_id}: {error or status}")
+                if status == 409:
+                    self._term_seen = max(self._term_seen, _term_of(body))
+        if self.promised != ballot:
+            log.warning("sync for term %d overtaken by %s during the sync", term, self.promised)
+            return False
+        size = len(peers) + 1
+        if promises < majority(size):
+            log.warning("sync for term %d: %d of %d nodes promised, %d needed (%s); retrying",
+                        term, promises, size, majority(size), "; ".join(missing))
+            return False
+        before, self.count = self.count, max(counts)
+        self._ballot = ballot
+        log.info("leading term %d: synced from %d of %d nodes, count %d (had %d)",
+                 term, promises, size, self.count, before)
+        return True
+
+    async def _lead_increment(self) -> web.Response:
+        if not self._serving:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout=self.peer_timeout)
+            except TimeoutError:
+                return unavailable("this node is the leader but is still syncing the count from a "
+                                   "majority of the cluster; retry shortly", leader=self.token)
+        try:
+            async with asyncio.timeout(self.peer_timeout):
+                await self._lock.acquire()
+        except TimeoutError:
+            return unavailable("the leader is busy with earlier increments; retry", leader=self.token)
+        try:
+            ballot = self._ballot
+            if not self._serving or ballot is None or self.promised != ballot:
+                return unavailable("this node no longer leads under its term; retry",
+                                   leader=getattr(self.leader, "token_id", None))
+            self.count += 1
+            n = self.count
+            acks, size, stale = await self._replicate(n, ballot)
+            needed = majority(size)
+            if stale:
+                # Not acknowledged even with enough acks: a newer leader may build on a lower count.
+                self._deposed.set()
+                return unavailable(f"a newer leader took over while count {n} was being replicated; "
+                                   "not acknowledged, retry", count=n)
+            if acks < needed:
+                log.warning("count %d reached %d of %d nodes, %d needed: not acknowledged",
+                            n, acks, size, needed)
+                return unavailable(f"only {acks} of {size} nodes stored count {n}; a majority "
+                                   f"({needed}) must hold it before it is acknowledged",
+                                   count=n, acks=acks, cluster_size=size)
+            log.info("count %d acknowledged by %d of %d nodes", n, acks, size)
+            return json_response({"count": n, "leader": ballot[1]})
+        finally:
+            self._lock.release()
+
+    async def _replicate(self, count: int, ballot: Ballot) -> tuple[int, int, bool]:
+        """Send `count` to every peer; returns (acks including ours, cluster size, seen a newer term)."""
+        peers = list(self.peers or [])
+        size, needed = len(peers) + 1, majority(len(peers) + 1)
+        acks, stale = 1, False
+        body = {"count": count, "term": ballot[0], "leader": ballot[1]}
+        targets = [p for p in peers if not (p.token_id in self._suspects and self._inflight.get(p.token_id))]
+        tasks = {asyncio.create_task(self._call(p, "/replicate", body)): p for p in targets}
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.peer_timeout + 0.5
+        while pending and not stale:
+            # Healthy followers are waited for, so that every live node holds the count when the
+            # client hears back; known-bad ones only while we still lack a majority.
+            if acks >= needed and all(tasks[t].token_id in self._suspects for t in pending):
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            done, pending = await asyncio.wait(pending, timeout=remaining,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                status, reply, error = t.result()
+                peer = tasks[t]
+                if status == 200:
+                    acks += 1
+                    # A follower above us holds an unacknowledged count of an older leader; moving
+                    # past it keeps every node's count monotonic and the cluster converging.
+                    theirs = reply.get("count") if reply else None
+                    if isinstance(theirs, int) and theirs > self.count:
+                        self.count = theirs
+                elif status == 409:
+                    stale = True
+                    self._term_seen = max(self._term_seen, _term_of(reply))
+                    log.warning("node %s refused count %d: it promised term %s of node %s",
+                                peer.token_id, count, (reply or {}).get("term"), (reply or {}).get("leader"))
+                else:
+                    log.debug("replicate to node %s failed: %s", peer.token_id, error or status)
+        for t in pending:
+            # Each is bounded by the peer timeout; kept referenced so it is not collected mid-flight.
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
+        return acks, size, stale
+
+    async def _call(self, peer: Any, path: str, body: dict[str, Any]) -> tuple[int | None, dict | None, str | None]:
+        """POST to a peer's counter; (status, JSON body, error). Never raises but for cancellation."""
+        token = peer.token_id
+        url = self.peer_url(token, str(peer.overlay_ip) if peer.overlay_ip else None) + path
+        assert self._session is not None
+        self._inflight[token] = self._inflight.get(token, 0) + 1
+        try:
+            async with self._session.post(url, json=body) as r:
+                reply = await r.json(content_type=None)
+                status = r.status
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, ClientError, ValueError, OSError) as e:
+            self._suspects.add(token)
+            return None, None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        finally:
+            self._inflight[token] -= 1
+        if status == 200:
+            self._suspects.discard(token)
+        return status, reply if isinstance(reply, dict) else None, None
+
+    # ---- following
+
+    def _observe_ballot(self, ballot: Ballot) -> None:
+        if ballot > self.promised:
+            if self._ballot is not None and ballot[1] != self._ballot[1]:
+                log.warning("node %d leads term %d now; this node stops serving increments", ballot[1], ballot[0])
+                self._deposed.set()
+            self.promised = ballot
+
+    async def handle_prepare(self, request: web.Request) -> web.Response:
+        body = await _read_json(request)
+        ballot = (_int(body, "term"), _int(body, "leader"))
+        if ballot < self.promised:
+            return json_response({"error": "stale term", "term": self.promised[0],
+                                  "leader": self.promised[1], "count": self.count}, status=409)
+        self._observe_ballot(ballot)
+        log.info("promised term %d to node %d (count %d)", ballot[0], ballot[1], self.count)
+        return json_response({"count": self.count, "term": ballot[0], "leader": ballot[1]})
+
+    async def handle_replicate(self, request: web.Request) -> web.Response:
+        body = await _read_json(request)
+        count = _int(body, "count")
+        ballot = (_int(body, "term"), _int(body, "leader"))
+        if ballot < self.promised:
+            return json_response({"error": "stale term", "term": self.promised[0],
+                                  "leader": self.promised[1], "count": self.count}, status=409)
+        self._observe_ballot(ballot)
+        # max, not assignment: replicates of one leader may arrive out of order, and a lower count
+        # from a leader that synced past ours must not undo what a majority acknowledged.
+        applied = count > self.count
+        self.count = max(self.count, count)
+        return json_response({"count": self.count, "applied": applied})
+
+    async def handle_replica(self, request: web.Request) -> web.Response:
+        return json_response({"token": self.token, "count": self.count,
+                              "term": self.promised[0], "leader": self.promised[1]})
+
+    # ---- the public API
+
+    def role(self) -> str:
+        if self._serving:
+            return "leader"
+        if self._lead_task is not None:
+            return "syncing"
+        return "follower"
+
+    async def handle_increment(self, request: web.Request) -> web.Response:
+        leader = self.leader
+        token = getattr(leader, "token_id", None)
+        if token is None:
+            return unavailable("no leader: the cluster has none yet, or this node has not heard of it; retry later")
+        if self._lead_task is not None:
+            return await self._lead_increment()
+        if FORWARDED_HEADER in request.headers:
+            return unavailable(f"node {request.headers[FORWARDED_HEADER]} forwarded this increment "
+                               f"here, but this node follows node {token}; retry", leader=token)
+        overlay_ip = getattr(leader, "overlay_ip", None)
+        url = self.peer_url(token, str(overlay_ip) if overlay_ip else None) + "/increment"
+        assert self._forward_session is not None
+        try:
+            async with self._forward_session.post(url, headers={FORWARDED_HEADER: str(self.token)}) as r:
+                text = await r.text()
+                status = r.status
+        except (TimeoutError, ClientError, OSError) as e:
+            log.warning("forwarding an increment to leader %s at %s failed: %s: %s", token, url, type(e).__name__, e)
+            return unavailable(f"the leader (node {token}) at {url} cannot be reached: "
+                               f"{type(e).__name__}{': ' + str(e) if str(e) else ''}", leader=token)
+        try:
+            return json_response(json.loads(text), status=status)
+        except ValueError:
+            return json_response({"error": f"the leader (node {token}) answered {status} without JSON: "
+                                           f"{text[:200]!r}", "leader": token}, status=502)
+
+    async def handle_counter(self, request: web.Request) -> web.Response:
+        return json_response({"count": self.count})
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        peers = self.peers or []
+        size = len(peers) + 1
+        members = sorted([p.token_id for p in peers] + ([self.token] if self.token is not None else []))
+        return json_response({
+            "token": self.token,
+            "overlay_ip": self.overlay_ip,
+            "role": self.role(),
+            "leader": getattr(self.leader, "token_id", None),
+            "count": self.count,
+            "term": self.promised[0],
+            "members": members,
+            "cluster_size": size,
+            "majority": majority(size),
+        })
+
+    async def handle_members(self, request: web.Request) -> web.Response:
+        try:
+            peers = await asyncio.wait_for(self.sdk.peers(), timeout=self.peer_timeout)
+        except Exception as e:  # the monitor's last list is still a fair answer
+            log.warning("sdk.peers() failed (%s); answering with the last known list", e)
+            peers = self.peers or []
+        return json_response([peer_json(p) for p in peers])
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        return json_response({"ok": True, "token": self.token, "role": self.role(), "count": self.count})
+
+
+# ---- command line
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request to the agent at INFO: the SDK's event stream and polls would drown ours.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def serve(node: CounterNode, host: str, port: int, name: str) -> None:
+    runner = web.AppRunner(node.make_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    logging.getLogger(name).info("listening on %s:%s", host, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+async def register(sdk: Any, timeout: float) -> bool:
+    """sdk.register, waiting out an agent that is not up yet (a compose sidecar starting beside us).
+
+    Raises RegistrationError (and the SDK's other errors) as the SDK does; returns False on timeout.
+    """
+    from dstack_p2p import AgentUnreachable
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return bool(await sdk.register(timeout=max(deadline - loop.time(), 0.1)))
+        except AgentUnreachable as e:
+            if loop.time() >= deadline:
+                raise
+            log.info("waiting for the mesh agent: %s", e)
+            await asyncio.sleep(min(2.0, max(deadline - loop.time(), 0.0)))
+
+
+async def amain(args: argparse.Namespace) -> int:
+    from dstack_p2p import DStackP2PSDK, RegistrationError  # here, so tests need not install it
+
+    host, port = args.listen
+    try:
+        sdk = DStackP2PSDK(contract=args.contract, api=args.api)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    try:
+        try:
+            registered = await register(sdk, args.register_timeout)
+        except RegistrationError as e:
+            log.error("registration failed: %s", e)
+            return 1
+        except Exception as e:  # the agent never answered, or serves another cluster: say so, no traceback
+            log.error("could not register through the mesh agent's API: %s", e)
+            return 1
+        if not registered:
+            log.warning("this node is not on-chain after %.0f s; going on, the agent keeps trying",
+                        args.register_timeout)
+
+        def peer_url(token: int, overlay_ip: str | None) -> str:
+            return f"http://{overlay_ip or f'10.0.1.{token}'}:{args.peer_port}"
+
+        node = CounterNode(sdk, peer_url, peer_timeout=args.peer_timeout)
+        await node.start()
+        try:
+            await serve(node, host, port, "counter")
+        finally:
+            await node.close()
+        return 0
+    finally:
+        await sdk.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="A distributed counter replicated through the mesh's leader.")
+    p.add_argument("--listen", type=parse_hostport, default=("0.0.0.0", 8080), metavar="HOST:PORT",
+                   help="where to serve the HTTP API (default 0.0.0.0:8080)")
+    p.add_argument("--api", default=None, metavar="SOCKET_OR_URL",
+                   help="the mesh agent's API: a unix socket path or http://127.0.0.1:PORT "
+                        "(default: $DSTACK_MESH_API)")
+    p.add_argument("--contract", default=None, metavar="0x...", help="the cluster contract, passed to the SDK")
+    p.add_argument("--peer-port", type=int, default=8080,
+                   help="the port the other nodes' counters listen on (default 8080)")
+    p.add_argument("--peer-timeout", type=float, default=2.0,
+                   help="seconds any call to another node may take (default 2)")
+    p.add_argument("--register-timeout", type=float, default=120.0,
+                   help="seconds to wait for this node's on-chain record (default 120)")
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

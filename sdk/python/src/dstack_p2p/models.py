@@ -1,0 +1,289 @@
+"""The API's replies as typed dataclasses, with snake_case attributes for its camelCase fields.
+
+Parsing ignores fields it does not know, because the API grows; a field this SDK needs that is missing or of
+the wrong type raises :class:`~dstack_p2p.errors.ProtocolError` rather than surfacing later as a
+``KeyError`` in the caller's code. Fields the agent added after its first release (``leader``,
+``registrationError``, ``path``, ``relayUrl``) fall back to their "nothing to report" value when absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import ProtocolError
+
+T = TypeVar("T")
+
+#: ``Peer.connection`` values: over the tunnel, over the peer's TLS-gateway URL, or neither.
+CONNECTION_WIREGUARD = "wireguard"
+CONNECTION_TLS_GATEWAY = "tls-gateway"
+CONNECTION_UNREACHABLE = "unreachable"
+
+_MISSING = object()
+
+
+class _Fields:
+    """Reads one JSON object's fields by type, naming the object and field in its errors."""
+
+    def __init__(self, value: object, what: str) -> None:
+        if not isinstance(value, Mapping):
+            raise ProtocolError(f"the agent's {what} is not a JSON object: {_short(value)}")
+        self._obj: Mapping[str, Any] = value
+        self._what = what
+
+    def _get(self, key: str, kind: type[T], *, nullable: bool, default: object = _MISSING) -> T | None:
+        value = self._obj.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise ProtocolError(
+                    f"the agent's {self._what} has no field {key!r}: is the agent older than this SDK?"
+                )
+            value = default
+        if value is None and nullable:
+            return None
+        # bool is an int in Python; a JSON true where a number belongs is still wrong.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ProtocolError(f"the agent's {self._what} has {key!r} = {_short(value)}, of the wrong type")
+        return value
+
+    def text(self, key: str) -> str:
+        return _present(self._get(key, str, nullable=False))
+
+    def opt_text(self, key: str) -> str | None:
+        return self._get(key, str, nullable=True, default=None)
+
+    def integer(self, key: str) -> int:
+        return _present(self._get(key, int, nullable=False))
+
+    def opt_integer(self, key: str) -> int | None:
+        return self._get(key, int, nullable=True, default=None)
+
+    def flag(self, key: str, default: object = _MISSING) -> bool:
+        return _present(self._get(key, bool, nullable=False, default=default))
+
+    def opt_flag(self, key: str) -> bool | None:
+        return self._get(key, bool, nullable=True, default=None)
+
+    def mapping(self, key: str) -> object:
+        return self._get(key, Mapping, nullable=False)
+
+
+def _present(value: T | None) -> T:
+    # _get returns None only when nullable; this narrows the type for the callers that are not.
+    assert value is not None
+    return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One peer of this node, as ``GET /v1/peers`` lists it.
+
+    ``address`` is what to connect to: the overlay IP while the tunnel is up, the peer's gateway URL
+    otherwise, ``None`` when neither works.
+    """
+
+    token_id: int
+    instance_id: str
+    overlay_ip: str
+    wg_public_key: str | None
+    endpoint: str | None
+    gateway_url: str | None
+    #: ``"wireguard"``, ``"tls-gateway"`` or ``"unreachable"``.
+    connection: str
+    #: ``"direct"`` or ``"relay"`` for a WireGuard peer, ``None`` for a peer with no tunnel.
+    path: str | None
+    relay_url: str | None
+    address: str | None
+    healthy: bool
+    #: Unix seconds of the latest WireGuard handshake, ``None`` when there has been none.
+    latest_handshake: int | None
+    rx_bytes: int
+    tx_bytes: int
+    #: Whether this peer is the cluster's elected leader.
+    leader: bool
+
+    @classmethod
+    def from_json(cls, value: object) -> Peer:
+        f = _Fields(value, "peer")
+        return cls(
+            token_id=f.integer("tokenId"),
+            instance_id=f.text("instanceId"),
+            overlay_ip=f.text("overlayIp"),
+            wg_public_key=f.opt_text("wgPublicKey"),
+            endpoint=f.opt_text("endpoint"),
+            gateway_url=f.opt_text("gatewayUrl"),
+            connection=f.text("connection"),
+            path=f.opt_text("path"),
+            relay_url=f.opt_text("relayUrl"),
+            address=f.opt_text("address"),
+            healthy=f.flag("healthy"),
+            latest_handshake=f.opt_integer("latestHandshake"),
+            rx_bytes=f.integer("rxBytes"),
+            tx_bytes=f.integer("txBytes"),
+            leader=f.flag("leader", default=False),
+        )
+
+
+def peers_from_json(value: object) -> list[Peer]:
+    """Parses ``GET /v1/peers`` (or a ``peers`` event's data), kept in tokenId order."""
+    if not isinstance(value, list):
+        raise ProtocolError(f"the agent's peer list is not a JSON array: {_short(value)}")
+    peers = [Peer.from_json(item) for item in value]
+    # The agent sends them in order already; sorting keeps the promise with any agent.
+    peers.sort(key=lambda p: p.token_id)
+    return peers
+
+
+def addresses(peers: list[Peer]) -> list[str]:
+    """The ``address`` of each peer that has one, in tokenId order: what ``get_peers()`` returns."""
+    return [p.address for p in peers if p.address is not None]
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The cluster's elected leader as this node sees it (``GET /v1/leader``).
+
+    ``token_id`` is ``None`` when no leader is elected. For this node itself ``is_self`` is true and
+    ``address`` is its own overlay IP. ``reachable`` is this node's view of the leader's health, ``None``
+    when it is this node or unknown.
+    """
+
+    token_id: int | None
+    instance_id: str | None
+    overlay_ip: str | None
+    address: str | None
+    is_self: bool
+    reachable: bool | None
+
+    @property
+    def elected(self) -> bool:
+        return self.token_id is not None
+
+    @classmethod
+    def from_json(cls, value: object) -> Leader:
+        f = _Fields(value, "leader")
+        return cls(
+            token_id=f.opt_integer("tokenId"),
+            instance_id=f.opt_text("instanceId"),
+            overlay_ip=f.opt_text("overlayIp"),
+            address=f.opt_text("address"),
+            is_self=f.flag("isSelf", default=False),
+            reachable=f.opt_flag("reachable"),
+        )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """This node (``status.node``). ``token_id`` and ``overlay_ip`` are ``None`` until a seat is bound."""
+
+    instance_id: str
+    app_id: str
+    token_id: int | None
+    overlay_ip: str | None
+    wg_public_key: str | None
+    interface: str | None
+    listen_port: int | None
+    endpoint: str | None
+    gateway_url: str | None
+    #: Whether this node's record is on-chain.
+    registered: bool
+    #: Why registering fails, in the agent's words (what to do included); ``None`` while it does not.
+    registration_error: str | None
+
+    @classmethod
+    def from_json(cls, value: object) -> NodeInfo:
+        f = _Fields(value, "status.node")
+        return cls(
+            instance_id=f.text("instanceId"),
+            app_id=f.text("appId"),
+            token_id=f.opt_integer("tokenId"),
+            overlay_ip=f.opt_text("overlayIp"),
+            wg_public_key=f.opt_text("wgPublicKey"),
+            interface=f.opt_text("interface"),
+            listen_port=f.opt_integer("listenPort"),
+            endpoint=f.opt_text("endpoint"),
+            gateway_url=f.opt_text("gatewayUrl"),
+            registered=f.flag("registered"),
+            registration_error=f.opt_text("registrationError"),
+        )
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    """Where the agent is with the chain (``status.chain``)."""
+
+    #: The cluster contract, checksummed.
+    contract: str
+    chain_id: int | None
+    rpc_url: str
+    head: int | None
+    last_processed_block: int | None
+    lag: int | None
+    #: The peer set came from the agent's on-disk cache: the RPC has not answered since it started.
+    from_cache: bool
+    #: The RPC's error while it is failing, else ``None``.
+    last_error: str | None
+
+    @classmethod
+    def from_json(cls, value: object) -> ChainInfo:
+        f = _Fields(value, "status.chain")
+        return cls(
+            contract=f.text("contract"),
+            chain_id=f.opt_integer("chainId"),
+            rpc_url=f.text("rpcUrl"),
+            head=f.opt_integer("head"),
+            last_processed_block=f.opt_integer("lastProcessedBlock"),
+            lag=f.opt_integer("lag"),
+            from_cache=f.flag("fromCache", default=False),
+            last_error=f.opt_text("lastError"),
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    """``GET /v1/status``: the agent, this node and the chain."""
+
+    version: str
+    #: ``"wireguard"`` or ``"tls"``.
+    mode: str
+    #: ``"userspace"`` or ``"kernel"``; ``None`` in TLS mode.
+    backend: str | None
+    node: NodeInfo
+    chain: ChainInfo
+    uptime_secs: int
+    peers_configured: int
+    peers_healthy: int
+
+    @classmethod
+    def from_json(cls, value: object) -> Status:
+        f = _Fields(value, "status")
+        return cls(
+            version=f.text("version"),
+            mode=f.text("mode"),
+            backend=f.opt_text("backend"),
+            node=NodeInfo.from_json(f.mapping("node")),
+            chain=ChainInfo.from_json(f.mapping("chain")),
+            uptime_secs=f.integer("uptimeSecs"),
+            peers_configured=f.integer("peersConfigured"),
+            peers_healthy=f.integer("peersHealthy"),
+        )
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """Passed to a monitor's ``on_reconnect`` hook when it has followed the agent again after losing it.
+
+    ``attempts`` is how many connection attempts it took (1 when the first succeeded), ``down_secs`` the time
+    from losing the stream to having it back, ``reason`` why the previous stream ended.
+    """
+
+    attempts: int
+    down_secs: float
+    reason: str
