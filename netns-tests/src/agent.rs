@@ -527,9 +527,18 @@ pub fn start_agents<'a>(
     cluster: &'a Cluster<'a>,
     nodes: impl IntoIterator<Item = usize>,
 ) -> Vec<Agent<'a>> {
+    start_agents_with(cluster, nodes, &[])
+}
+
+/// [`start_agents`] with `extra` flags for every agent.
+pub fn start_agents_with<'a>(
+    cluster: &'a Cluster<'a>,
+    nodes: impl IntoIterator<Item = usize>,
+    extra: &[&str],
+) -> Vec<Agent<'a>> {
     let mut agents: Vec<Agent<'a>> = nodes
         .into_iter()
-        .map(|i| Agent::start(cluster, i, &[]))
+        .map(|i| Agent::start(cluster, i, extra))
         .collect();
     for a in &mut agents {
         a.wait_ready(60);
@@ -543,7 +552,16 @@ pub fn start_mesh<'a>(
     cluster: &'a Cluster<'a>,
     nodes: impl IntoIterator<Item = usize>,
 ) -> (Vec<Agent<'a>>, Vec<Key>) {
-    let agents = start_agents(cluster, nodes);
+    start_mesh_with(cluster, nodes, &[])
+}
+
+/// [`start_mesh`] with `extra` flags for every agent.
+pub fn start_mesh_with<'a>(
+    cluster: &'a Cluster<'a>,
+    nodes: impl IntoIterator<Item = usize>,
+    extra: &[&str],
+) -> (Vec<Agent<'a>>, Vec<Key>) {
+    let agents = start_agents_with(cluster, nodes, extra);
     let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     (agents, keys)

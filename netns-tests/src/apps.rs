@@ -40,6 +40,22 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// `python <script> <args>` (the script relative to the repository) in `ns`, with nothing of this
+/// process's environment but `PATH`, and the agent's API at `api` (`DSTACK_MESH_API`).
+fn script_command(ns: &NetNs, script: &str, args: &[&str], api: &Path) -> std::process::Command {
+    let python = python();
+    let path = repo_root().join(script);
+    let mut cmd = ns.command(&[
+        python.to_str().expect("utf-8 path"),
+        path.to_str().expect("utf-8 path"),
+    ]);
+    clean_env(&mut cmd)
+        .args(args)
+        .env("DSTACK_MESH_API", api)
+        .env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
 /// One Python program in a node's namespace, its output in a log file; stopped (by PID) on drop.
 pub struct App {
     what: String,
@@ -58,7 +74,6 @@ impl App {
         api: &Path,
         env: &[(&str, &str)],
     ) -> Self {
-        let python = python();
         let dir = tempfile::Builder::new()
             .prefix("dm-app-")
             .tempdir()
@@ -71,16 +86,8 @@ impl App {
             .open(&log)
             .expect("app log");
         let _ = writeln!(out, "=== test: starting {what} {args:?}");
-        let path = repo_root().join(script);
-        let mut cmd = ns.command(&[
-            python.to_str().expect("utf-8 path"),
-            path.to_str().expect("utf-8 path"),
-        ]);
-        clean_env(&mut cmd)
-            .args(args)
-            .env("DSTACK_MESH_API", api)
-            .env("PYTHONUNBUFFERED", "1")
-            .envs(env.iter().copied())
+        let mut cmd = script_command(ns, script, args, api);
+        cmd.envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))
             .stderr(out);
@@ -156,17 +163,7 @@ pub fn run_script(
     api: &Path,
     timeout: Duration,
 ) -> (bool, Vec<Value>, String) {
-    let python = python();
-    let path = repo_root().join(script);
-    let mut cmd = ns.command(&[
-        python.to_str().expect("utf-8 path"),
-        path.to_str().expect("utf-8 path"),
-    ]);
-    clean_env(&mut cmd)
-        .args(args)
-        .env("DSTACK_MESH_API", api)
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run_command_timeout(cmd, script, timeout);
+    let out = run_command_timeout(script_command(ns, script, args, api), script, timeout);
     let objects = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

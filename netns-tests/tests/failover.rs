@@ -84,14 +84,7 @@ fn a_cut_off_leader_is_voted_out_and_the_counter_loses_no_acknowledged_write() {
     }
     steps.step("LAN up, cluster deployed, 3 seats, every node's derived address funded");
     let timeout = LEADER_TIMEOUT.as_secs().to_string();
-    let mut agents: Vec<Agent<'_>> = (1..=NODES)
-        .map(|i| Agent::start(&cluster, i, &["--leader-timeout", &timeout]))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(60);
-    }
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", &timeout]);
     wait_until(
         "every agent to report seat 1, the lowest, as leader",
         Duration::from_secs(30),

@@ -66,14 +66,7 @@ fn the_replica_set_follows_the_leader_across_a_failover() {
     let steps = Steps::new("redis");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let mut agents: Vec<Agent<'_>> = (1..=NODES)
-        .map(|i| Agent::start(&cluster, i, &["--leader-timeout", LEADER_TIMEOUT]))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(60);
-    }
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", LEADER_TIMEOUT]);
     steps.step("mesh up");
 
     let data = tempfile::tempdir().expect("temp dir");

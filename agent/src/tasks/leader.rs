@@ -116,7 +116,8 @@ impl LeaderTask {
 
 impl Running {
     async fn step(&mut self, chain: &ChainState, mesh: &MeshState) {
-        let Some(view) = chain.view.as_deref() else {
+        // A view from the state file is as old as the last run: no ballot is cast on it.
+        let Some(view) = chain.view.as_deref().filter(|_| !chain.from_cache) else {
             return;
         };
         let now = Instant::now();
@@ -132,7 +133,8 @@ impl Running {
         let Some(seat) = own else {
             return;
         };
-        if !self.vote_known && !self.read_vote(seat).await {
+        let quiet = self.quiet_until.is_some_and(|t| now < t);
+        if !self.vote_known && (quiet || !self.read_vote(seat).await) {
             return;
         }
         let facts = Facts {
@@ -148,7 +150,7 @@ impl Running {
         let Some((ballot, reason)) = election::decide(&facts) else {
             return;
         };
-        if self.quiet_until.is_some_and(|t| now < t) {
+        if quiet {
             debug!(%ballot, %reason, "a ballot is due, but waiting out the pause after the last one");
             return;
         }
@@ -294,11 +296,15 @@ impl Running {
         }
     }
 
+    /// A read failed: shown in the state and logged at debug level only, since the chain task already
+    /// warns when the RPC is down; a ballot's failure is what this task warns of.
     fn failed(&mut self, what: &str, e: impl std::fmt::Display) {
         self.cluster = None;
         let delay = self.backoff.next_delay();
         self.quiet_until = Some(Instant::now() + delay);
-        super::report(&mut self.state.error, &self.task.rpc, what, e);
+        let text = format!("{what}: {}", self.task.rpc.scrub(&e.to_string()));
+        debug!(error = %text, retry_in = ?delay, "the election client failed");
+        self.state.error = Some(text);
     }
 }
 

@@ -253,14 +253,7 @@ fn failover(timeout: u64) -> Value {
     let lan = Lan::new(3);
     let cluster = Cluster::deploy(&lan);
     let flag = timeout.to_string();
-    let mut agents: Vec<Agent<'_>> = (1..=3)
-        .map(|i| Agent::start(&cluster, i, &["--leader-timeout", &flag]))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(60);
-    }
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
+    let (agents, _) = start_mesh_with(&cluster, 1..=3, &["--leader-timeout", &flag]);
     let leads = |a: &Agent<'_>, seat: u64| a.leader().ok().and_then(|l| l.token_id) == Some(seat);
     wait_until(
         "every agent to report seat 1 as leader",
