@@ -96,7 +96,7 @@ pub struct MeshState {
 }
 
 /// The leader task's state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaderState {
     /// The seat this node's vote is against, as last read or cast.
     pub vote: Option<u64>,

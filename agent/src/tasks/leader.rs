@@ -1,8 +1,9 @@
 //! The leader task: watches the cluster's leader over the mesh and takes this node's part in the election
 //! ([`crate::election`] decides), and publishes [`LeaderState`].
 //!
-//! A seat answers when a TCP connection to its overlay address on [`PROBE_PORT`] is accepted or refused:
-//! either way its kernel answered through the tunnel. A fresh WireGuard handshake counts as an answer too.
+//! A seat answers when WireGuard datagrams arrived from it since the last look, or else when a TCP
+//! connection to its overlay address on [`PROBE_PORT`] is accepted or refused: either way it answered
+//! through the tunnel. A fresh WireGuard handshake counts as an answer too.
 //! Ballots wait for their receipts here and nowhere else, so following and the mesh go on meanwhile.
 
 use std::collections::BTreeMap;
@@ -25,8 +26,11 @@ use crate::election::{self, Facts, Sighting};
 use crate::identity::NodeIdentity;
 use crate::state::{ChainState, LeaderState, MeshState};
 
-/// How often the watched seats are probed.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often the watched seats are looked at: a tenth of the leader timeout, within these bounds, so a
+/// failover takes at most a tenth longer than the timeout while a large cluster's leader is not probed by
+/// every node every second.
+const LOOK_EVERY_MIN: Duration = Duration::from_secs(1);
+const LOOK_EVERY_MAX: Duration = Duration::from_secs(5);
 /// How long a probe waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The port probes connect to: `discard`, which nothing in a CVM should serve; a refusal (RST) is as good
@@ -55,6 +59,8 @@ struct Running {
     /// The vote is read from the chain before the first ballot, and again after a failed one.
     vote_known: bool,
     sightings: BTreeMap<u64, Sighting>,
+    /// Bytes received from each watched seat at the last look.
+    received: BTreeMap<u64, u64>,
     leaderless_since: Option<Instant>,
     /// No ballot before this: a backoff after failures, or a pause after an election.
     quiet_until: Option<Instant>,
@@ -82,11 +88,13 @@ impl LeaderTask {
             cluster: None,
             vote_known: false,
             sightings: BTreeMap::new(),
+            received: BTreeMap::new(),
             leaderless_since: None,
             quiet_until: None,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)),
         };
-        let mut tick = tokio::time::interval(PROBE_EVERY);
+        let every = (running.task.timeout / 10).clamp(LOOK_EVERY_MIN, LOOK_EVERY_MAX);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -100,7 +108,14 @@ impl LeaderTask {
             if cancel.run_until_cancelled(step).await.is_none() {
                 return Ok(());
             }
-            out.send_replace(running.state.clone());
+            // Only a change: the publisher renders a snapshot for each.
+            out.send_if_modified(|published| {
+                let changed = *published != running.state;
+                if changed {
+                    published.clone_from(&running.state);
+                }
+                changed
+            });
         }
     }
 
@@ -158,7 +173,8 @@ impl Running {
         self.cast(seat, ballot).await;
     }
 
-    /// Probes the seats to watch, and counts their handshakes as answers.
+    /// Hears from the seats to watch: datagrams received from a seat since the last look are an answer
+    /// that costs nothing; a seat that sent none is probed. Handshakes count as answers too.
     async fn probe(
         &mut self,
         own: Option<u64>,
@@ -171,16 +187,28 @@ impl Running {
         self.state
             .answering
             .retain(|seat, _| watched.contains(seat));
+        self.received.retain(|seat, _| watched.contains(seat));
+        let stat = |seat: u64| {
+            mesh.members
+                .iter()
+                .find(|m| m.token_id == seat)
+                .and_then(|m| m.wg_public_key)
+                .and_then(|k| mesh.stats.get(&k))
+        };
+        let mut heard = Vec::new();
         let mut probes = tokio::task::JoinSet::new();
-        for seat in &watched {
-            if let Some(ip) = view.prefix().address(*seat) {
-                let seat = *seat;
+        for &seat in &watched {
+            let rx = stat(seat).map_or(0, |s| s.rx_bytes);
+            let before = self.received.insert(seat, rx);
+            if before.is_some_and(|b| rx > b) {
+                heard.push((seat, true));
+            } else if let Some(ip) = view.prefix().address(seat) {
                 probes.spawn(async move { (seat, answers(ip).await) });
             }
         }
-        let results: Vec<(u64, bool)> = probes.join_all().await;
+        heard.extend(probes.join_all().await);
         let wall = SystemTime::now();
-        for (seat, answered) in results {
+        for (seat, answered) in heard {
             let sighting = self
                 .sightings
                 .entry(seat)
@@ -188,12 +216,7 @@ impl Running {
             if answered {
                 sighting.seen(Instant::now());
             }
-            let handshake = mesh
-                .members
-                .iter()
-                .find(|m| m.token_id == seat)
-                .and_then(|m| m.wg_public_key)
-                .and_then(|k| mesh.stats.get(&k))
+            let handshake = stat(seat)
                 .and_then(|s| s.last_handshake)
                 .and_then(|t| wall.duration_since(t).ok())
                 .and_then(|age| now.checked_sub(age));
