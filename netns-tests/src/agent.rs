@@ -305,18 +305,13 @@ impl<'a> Agent<'a> {
 
     /// The agent's `/metrics`, read on its API socket.
     pub fn metrics(&self) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(mesh_api::get_text(self.api_socket.as_path(), "/metrics"))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "reading node {}'s metrics: {e}\n{}",
-                    self.index,
-                    self.tail()
-                )
-            })
+        block_on(mesh_api::get_text(self.api_socket.as_path(), "/metrics")).unwrap_or_else(|e| {
+            panic!(
+                "reading node {}'s metrics: {e}\n{}",
+                self.index,
+                self.tail()
+            )
+        })
     }
 
     /// Where its API is served.
@@ -326,11 +321,7 @@ impl<'a> Agent<'a> {
 
     /// `GET /v1/leader`: the leader as this agent sees it, or why it cannot be read.
     pub fn leader(&self) -> Result<mesh_api::Leader, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(mesh_api::get(self.api_socket.as_path(), "/v1/leader"))
+        block_on(mesh_api::get(self.api_socket.as_path(), "/v1/leader"))
             .map_err(|e| format!("node {}: {e}", self.index))
     }
 
@@ -520,6 +511,15 @@ impl Drop for Agent<'_> {
         // A crashed or killed daemon leaves its UAPI socket in the shared directory; the name is ours.
         let _ = std::fs::remove_file(self.uapi_socket());
     }
+}
+
+/// Runs one read of an agent's API from this (synchronous) test thread.
+fn block_on<T>(read: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(read)
 }
 
 /// Starts the agents of `nodes` (standard flags) and waits (bounded, 60 s each) until each is ready.
