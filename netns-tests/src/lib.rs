@@ -41,6 +41,7 @@ pub mod prelude;
 pub mod process;
 pub mod rpc_proxy;
 pub mod steps;
+pub mod transfer;
 pub mod wait;
 pub mod wg;
 

@@ -37,6 +37,29 @@ pub struct DeviceConfig {
     pub uapi_dir: PathBuf,
     /// Dials peers' relays; without it, peers are direct only.
     pub relay_dialer: Option<mesh_relay::Dialer>,
+    /// The kernel offloads the userspace device asks for; both unless set.
+    pub offload: Offload,
+}
+
+/// The kernel offloads of the userspace device. Each is used only where the kernel has it; turning one off
+/// is for kernels whose offload misbehaves, and for measuring what each is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    /// TUN offload (virtio-net header): TCP super-packets of up to 64 KiB in each TUN read (TSO), split
+    /// before encryption, and a flow's decrypted packets coalesced into one TUN write (GRO).
+    pub tun: bool,
+    /// UDP GSO and GRO: a run of equal-size datagrams to one peer in one send, and a run from one peer in
+    /// one receive.
+    pub udp: bool,
+}
+
+impl Default for Offload {
+    fn default() -> Self {
+        Self {
+            tun: true,
+            udp: true,
+        }
+    }
 }
 
 impl DeviceConfig {
@@ -56,6 +79,7 @@ impl DeviceConfig {
             prefix_len,
             uapi_dir: PathBuf::from(DEFAULT_UAPI_DIR),
             relay_dialer: None,
+            offload: Offload::default(),
         }
     }
 

@@ -38,7 +38,7 @@ mod uapi_server;
 
 pub use backend::{BackendChoice, MeshDevice, kernel_module_present};
 pub use config::{
-    DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, PeerConfig, PeerStatus,
+    DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, Offload, PeerConfig, PeerStatus,
     validate_ifname,
 };
 pub use device::Device;

@@ -18,7 +18,7 @@ use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
 
 /// Where a datagram goes to, or came from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Via {
     Udp(SocketAddr),
     Relay(Link),
@@ -203,85 +203,19 @@ impl Peer {
         );
     }
 
-    /// Encrypts an IP packet from the TUN. Returns where to send the result.
-    pub(crate) fn encapsulate<'a>(
-        &self,
-        packet: &[u8],
-        dst: &'a mut [u8],
-    ) -> (Option<Via>, TunnResult<'a>) {
-        let mut g = self.lock();
-        let res = g.tunn.encapsulate(packet, dst);
+    /// Locks the peer for a run of packets: one lock, one clock reading and one handshake-time refresh for
+    /// the whole run rather than per packet.
+    pub(crate) fn session(&self) -> Session<'_> {
+        let g = self.lock();
         let via = g.via();
-        g.note_tx(&res, via.as_ref());
-        (via, res)
-    }
-
-    /// Decrypts a datagram that came `from`. When it authenticates (handshake or data), a UDP source
-    /// becomes the endpoint (WireGuard roaming) and a relay stream becomes the way back through the relay;
-    /// either informs the path.
-    pub(crate) fn decapsulate<'a>(
-        &self,
-        from: &Via,
-        datagram: &[u8],
-        dst: &'a mut [u8],
-    ) -> TunnResult<'a> {
-        let mut g = self.lock();
-        let res = g.tunn.decapsulate(Some(from.source_ip()), datagram, dst);
-        let authenticated = match (datagram.first().copied(), &res) {
-            (Some(MSG_DATA), TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..)) => {
-                true
-            }
-            (Some(MSG_DATA), TunnResult::Done) => true, // keepalive
-            // Only a real handshake response/keepalive counts, not a cookie reply under load.
-            (Some(MSG_HANDSHAKE_INIT), TunnResult::WriteToNetwork(out)) => {
-                out.first() == Some(&MSG_HANDSHAKE_RESP)
-            }
-            (Some(MSG_HANDSHAKE_RESP), TunnResult::WriteToNetwork(out)) => {
-                out.first() == Some(&MSG_DATA)
-            }
-            _ => false,
-        };
-        if authenticated {
-            g.rx_bytes += datagram.len() as u64;
-            let now = Instant::now();
-            let message = Message::of(datagram);
-            let moved = match from {
-                Via::Udp(addr) => {
-                    if g.endpoint != Some(*addr) {
-                        tracing::debug!(peer = ?self.public_key, old = ?g.endpoint, new = %addr, "peer roamed");
-                        g.endpoint = Some(*addr);
-                    }
-                    message.and_then(|m| g.path.received_direct(m, now))
-                }
-                Via::Relay(link) => {
-                    if g.relay_out.as_ref() != Some(link) && g.relay_in.as_ref() != Some(link) {
-                        tracing::debug!(peer = ?self.public_key, link = link.id(), "peer relays to us on a new stream");
-                        g.relay_in = Some(link.clone());
-                    }
-                    message.and_then(|m| g.path.received_relayed(m, now))
-                }
-            };
-            if let Some(m) = moved {
-                log_move(&self.public_key, m, g.relay.as_ref());
-            }
-            g.refresh_handshake();
+        Session {
+            key: &self.public_key,
+            g,
+            via,
+            now: Instant::now(),
+            authenticated: false,
         }
-        if matches!(res, TunnResult::WriteToNetwork(_)) {
-            // Answers go back the way the datagram came: a handshake response proves that path.
-            g.note_tx(&res, Some(from));
-        }
-        res
     }
-
-    /// Next packet queued behind a handshake (the "call again with an empty datagram" flush).
-    pub(crate) fn flush_queued<'a>(&self, dst: &'a mut [u8]) -> (Option<Via>, TunnResult<'a>) {
-        let mut g = self.lock();
-        let res = g.tunn.decapsulate(None, &[], dst);
-        let via = g.via();
-        g.note_tx(&res, via.as_ref());
-        (via, res)
-    }
-
     /// Runs boringtun's timers, then our persistent keepalive (kept outside boringtun so the
     /// interval can change without rebuilding the `Tunn`), then the path: whether to leave the direct
     /// path, and the probe of a relayed peer's direct path. Returns the datagrams to send; timer traffic is
@@ -304,7 +238,7 @@ impl Peer {
             && let TunnResult::WriteToNetwork(init) = g.tunn.format_handshake_initiation(dst, true)
         {
             // A new relay stream carries a handshake at once rather than at WireGuard's next retry.
-            g.note_tx_bytes(init, &via);
+            g.note_tx_bytes(init, &via, now);
             sends.push((via, init.to_vec()));
         }
         if let Some(endpoint) = g.endpoint
@@ -313,13 +247,101 @@ impl Peer {
         {
             tracing::debug!(peer = ?self.public_key, %endpoint, "probing the direct path");
             let via = Via::Udp(endpoint);
-            g.note_tx_bytes(init, &via);
+            g.note_tx_bytes(init, &via, now);
             sends.push((via, init.to_vec()));
         }
         if let Some(send) = g.timers(dst) {
             sends.push(send);
         }
         sends
+    }
+}
+
+/// A peer locked for a run of packets ([`Peer::session`]). Dropping it releases the peer.
+pub(crate) struct Session<'a> {
+    key: &'a Key,
+    g: MutexGuard<'a, PeerInner>,
+    /// Where the run's datagrams go: read once, and again only when a datagram moves the peer.
+    via: Option<Via>,
+    now: Instant,
+    authenticated: bool,
+}
+
+impl Session<'_> {
+    /// Where datagrams to the peer go now; `None` while it has no endpoint.
+    pub(crate) fn via(&self) -> Option<&Via> {
+        self.via.as_ref()
+    }
+
+    /// Encrypts an IP packet from the TUN into `dst`, which must hold the packet and 32 bytes more, and 148 at
+    /// least. The datagram goes to [`Session::via`].
+    pub(crate) fn encapsulate<'a>(&mut self, packet: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
+        let res = self.g.tunn.encapsulate(packet, dst);
+        if let (TunnResult::WriteToNetwork(out), Some(via)) = (&res, &self.via) {
+            self.g.note_tx_bytes(out, via, self.now);
+        }
+        res
+    }
+
+    /// Decrypts a datagram that came `from` into `dst` (at least as long as the datagram). When it
+    /// authenticates (handshake or data), a UDP source becomes the endpoint (WireGuard roaming) and a relay
+    /// stream becomes the way back through the relay; either informs the path. An answer it produces goes
+    /// back the way the datagram came.
+    pub(crate) fn decapsulate<'a>(
+        &mut self,
+        from: &Via,
+        datagram: &[u8],
+        dst: &'a mut [u8],
+    ) -> TunnResult<'a> {
+        let res = self
+            .g
+            .tunn
+            .decapsulate(Some(from.source_ip()), datagram, dst);
+        if authenticates(datagram, &res) {
+            self.authenticated = true;
+            if self.g.received(self.key, from, datagram, self.now) {
+                self.via = self.g.via();
+            }
+        }
+        if let TunnResult::WriteToNetwork(out) = &res {
+            // Answers go back the way the datagram came: a handshake response proves that path.
+            self.g.note_tx_bytes(out, from, self.now);
+        }
+        res
+    }
+
+    /// The next packet queued behind a handshake (the "call again with an empty datagram" flush), for
+    /// [`Session::via`].
+    pub(crate) fn flush_queued<'a>(&mut self, dst: &'a mut [u8]) -> TunnResult<'a> {
+        let res = self.g.tunn.decapsulate(None, &[], dst);
+        if let (TunnResult::WriteToNetwork(out), Some(via)) = (&res, &self.via) {
+            self.g.note_tx_bytes(out, via, self.now);
+        }
+        res
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if self.authenticated {
+            self.g.refresh_handshake();
+        }
+    }
+}
+
+/// Whether boringtun's answer to `datagram` shows that the peer sent it: decrypted data or a keepalive, or a
+/// handshake message it answered with the next step (not a cookie reply under load).
+fn authenticates(datagram: &[u8], res: &TunnResult<'_>) -> bool {
+    match (datagram.first().copied(), res) {
+        (Some(MSG_DATA), TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..)) => true,
+        (Some(MSG_DATA), TunnResult::Done) => true, // keepalive
+        (Some(MSG_HANDSHAKE_INIT), TunnResult::WriteToNetwork(out)) => {
+            out.first() == Some(&MSG_HANDSHAKE_RESP)
+        }
+        (Some(MSG_HANDSHAKE_RESP), TunnResult::WriteToNetwork(out)) => {
+            out.first() == Some(&MSG_DATA)
+        }
+        _ => false,
     }
 }
 
@@ -375,7 +397,7 @@ impl PeerInner {
             }
         }
         let (out, via) = (out?, g.via()?);
-        g.note_tx_bytes(&out, &via);
+        g.note_tx_bytes(&out, &via, Instant::now());
         Some((via, out))
     }
 }
@@ -399,14 +421,38 @@ impl Peer {
 }
 
 impl PeerInner {
-    fn note_tx(&mut self, res: &TunnResult<'_>, via: Option<&Via>) {
-        if let (TunnResult::WriteToNetwork(out), Some(via)) = (res, via) {
-            self.note_tx_bytes(out, via);
+    /// Takes note of an authenticated datagram from the peer. Returns whether the path or the endpoint moved.
+    fn received(&mut self, key: &Key, from: &Via, datagram: &[u8], now: Instant) -> bool {
+        self.rx_bytes += datagram.len() as u64;
+        let mut moved_endpoint = false;
+        let message = Message::of(datagram);
+        let moved = match from {
+            Via::Udp(addr) => {
+                if self.endpoint != Some(*addr) {
+                    tracing::debug!(peer = ?key, old = ?self.endpoint, new = %addr, "peer roamed");
+                    self.endpoint = Some(*addr);
+                    moved_endpoint = true;
+                }
+                message.and_then(|m| self.path.received_direct(m, now))
+            }
+            Via::Relay(link) => {
+                if self.relay_out.as_ref() != Some(link) && self.relay_in.as_ref() != Some(link) {
+                    tracing::debug!(peer = ?key, link = link.id(), "peer relays to us on a new stream");
+                    self.relay_in = Some(link.clone());
+                    moved_endpoint = true;
+                }
+                message.and_then(|m| self.path.received_relayed(m, now))
+            }
+        };
+        if let Some(m) = moved {
+            log_move(key, m, self.relay.as_ref());
         }
+        moved_endpoint || moved.is_some()
     }
+}
 
-    fn note_tx_bytes(&mut self, out: &[u8], via: &Via) {
-        let now = Instant::now();
+impl PeerInner {
+    fn note_tx_bytes(&mut self, out: &[u8], via: &Via, now: Instant) {
         self.last_tx = Some(now);
         self.tx_bytes += out.len() as u64;
         if let (Via::Udp(_), Some(message)) = (via, Message::of(out)) {

@@ -1,19 +1,28 @@
 //! The device's three loops: TUN→UDP (encapsulate), UDP→TUN (decapsulate, handshakes), and boringtun's
 //! timers.
 
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::TunnResult;
 use mesh_relay::{Dialer, Inbound};
-use tokio::net::UdpSocket;
+use quinn_udp::RecvMeta;
 use tokio::sync::mpsc;
 
-use super::shared::Shared;
+use super::batch::segments;
+use super::outbound::{Outbound, send};
+use super::shared::{Received, Shared};
+use super::tun::{BATCH, TunReader};
 use super::{BUF_LEN, TIMER_TICK};
 use crate::Error;
-use crate::peer::{Peer, Via};
+use crate::peer::{Peer, Session, Via};
+
+/// Messages per `recvmmsg`, each a run of up to 64 datagrams from one source when the kernel coalesces them.
+const RECV_MESSAGES: usize = 16;
+/// A message's buffer holds a whole coalesced run (at most 64 KiB).
+const RECV_BUF: usize = 65_536;
 
 /// An IPv4-mapped IPv6 source is the IPv4 address it carries.
 pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -26,79 +35,91 @@ pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Sends a datagram over UDP or onto a relay stream (where a full queue drops it, as UDP would).
-pub(super) async fn send(sock: &UdpSocket, packet: &[u8], to: &Via) {
-    match to {
-        Via::Udp(addr) => {
-            if let Err(err) = sock.send_to(packet, addr).await {
-                tracing::debug!(to = %addr, error = %err, "UDP send failed");
-            }
-        }
-        Via::Relay(link) => {
-            if !link.send(packet) {
-                tracing::debug!(
-                    link = link.id(),
-                    "relay stream closed or full; datagram dropped"
-                );
-            }
-        }
-    }
-}
-
+/// TUN → UDP: a batch of packets read from the TUN, routed under one read of the state, encrypted per run
+/// of packets for one peer under one lock of it, and sent in GSO runs.
 pub(super) async fn tun_loop(shared: Arc<Shared>) -> Result<(), Error> {
-    let mut src = vec![0u8; BUF_LEN];
-    let mut dst = vec![0u8; BUF_LEN];
+    let mut reader = TunReader::new();
+    let mut out = Outbound::new();
+    let mut peers = Vec::with_capacity(BATCH);
     loop {
-        let n = shared
-            .tun
-            .recv(&mut src)
+        reader
+            .read(&shared.tun)
             .await
             .map_err(|source| Error::Tun {
                 ifname: shared.ifname.clone(),
                 syscall: "read",
                 source,
             })?;
-        let packet = &src[..n];
-        let Some(IpAddr::V4(dst_ip)) = Tunn::dst_address(packet) else {
-            continue; // IPv6 (e.g. router solicitations) or garbage: not routed.
-        };
-        let Some(peer) = shared.peer_for(dst_ip) else {
-            tracing::trace!(%dst_ip, "no peer for destination");
-            continue;
-        };
-        match peer.encapsulate(packet, &mut dst) {
-            (Some(to), TunnResult::WriteToNetwork(out)) => send(&shared.socket(), out, &to).await,
-            (None, TunnResult::WriteToNetwork(_)) => {
-                tracing::debug!(peer = ?peer.public_key, "peer has no endpoint; packet queued or dropped");
+        let sock = shared.socket();
+        out.begin(&sock);
+        shared.route_packets(reader.packets(), &mut peers);
+        let mut packets = reader.packets().zip(&peers).peekable();
+        while let Some((packet, peer)) = packets.next() {
+            let Some(peer) = peer else { continue };
+            let mut session = peer.session();
+            encapsulate(&mut session, packet, &mut out);
+            while let Some((packet, _)) =
+                packets.next_if(|(_, p)| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
+            {
+                encapsulate(&mut session, packet, &mut out);
             }
-            (_, TunnResult::Err(err)) => {
-                tracing::debug!(peer = ?peer.public_key, error = ?err, "encapsulate failed");
+            if session.via().is_none() {
+                tracing::debug!(peer = ?peer.public_key, "peer has no endpoint; packets queued or dropped");
             }
-            _ => {}
         }
+        out.send(&sock).await;
     }
 }
 
+fn encapsulate(session: &mut Session<'_>, packet: &[u8], out: &mut Outbound) {
+    let Some(dst) = out.slot(packet.len()) else {
+        tracing::debug!("send batch full; packet dropped");
+        return;
+    };
+    match session.encapsulate(packet, dst) {
+        TunnResult::WriteToNetwork(datagram) => {
+            let len = datagram.len();
+            if let Some(via) = session.via() {
+                out.push(via, len);
+            }
+        }
+        TunnResult::Err(err) => tracing::debug!(error = ?err, "encapsulate failed"),
+        _ => {}
+    }
+}
+
+/// UDP → TUN: a batch of messages (each a run of datagrams from one source, coalesced by the kernel), decrypted
+/// into one TUN batch that tun-rs coalesces per flow.
 pub(super) async fn udp_loop(shared: Arc<Shared>) -> Result<(), Error> {
     let mut socket_rx = shared.udp.subscribe();
-    let mut src = vec![0u8; BUF_LEN];
-    let mut dst = vec![0u8; BUF_LEN];
+    let mut bufs: Vec<Vec<u8>> = (0..RECV_MESSAGES).map(|_| vec![0; RECV_BUF]).collect();
+    let mut meta = vec![RecvMeta::default(); RECV_MESSAGES];
+    let mut rx = Received::new();
     loop {
         let sock = socket_rx.borrow_and_update().clone();
-        let received = tokio::select! {
-            r = sock.recv_from(&mut src) => r,
-            changed = socket_rx.changed() => {
-                if changed.is_err() {
-                    return Ok(());
+        let received = {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            tokio::select! {
+                r = sock.recv(&mut slices, &mut meta) => r,
+                changed = socket_rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    continue;
                 }
-                continue;
             }
         };
         match received {
-            Ok((n, from)) => {
-                shared
-                    .handle_datagram(&sock, &src[..n], Via::Udp(canonical(from)), &mut dst)
-                    .await;
+            Ok(n) => {
+                for (buf, m) in bufs.iter().zip(&meta).take(n) {
+                    if rx.tun.free() < m.len.div_ceil(m.stride.max(1)) {
+                        rx.tun.flush(&shared.tun).await;
+                    }
+                    let from = Via::Udp(canonical(m.addr));
+                    shared.receive(&from, &buf[..m.len], segments(0..m.len, m.stride), &mut rx);
+                }
+                rx.flush(&shared.tun, &sock).await;
             }
             Err(err) => {
                 tracing::debug!(error = %err, "UDP receive failed");
@@ -141,12 +162,15 @@ pub(super) async fn relay_loop(
     shared: Arc<Shared>,
     mut inbound: mpsc::Receiver<Inbound>,
 ) -> Result<(), Error> {
-    let mut dst = vec![0u8; BUF_LEN];
+    let mut rx = Received::new();
     while let Some(Inbound { link, datagram }) = inbound.recv().await {
-        let sock = shared.socket();
-        shared
-            .handle_datagram(&sock, &datagram, Via::Relay(link), &mut dst)
-            .await;
+        shared.receive(
+            &Via::Relay(link),
+            &datagram,
+            std::iter::once(0..datagram.len()),
+            &mut rx,
+        );
+        rx.flush(&shared.tun, &shared.socket()).await;
     }
     Ok(())
 }

@@ -2,12 +2,16 @@
 //! tokio loops (TUN→UDP, UDP→TUN, timers; [`loops`]) over the state they share with the UAPI server and
 //! the API ([`shared`]).
 
+mod batch;
 mod loops;
+mod outbound;
 mod shared;
+mod tun;
+mod udp;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Ipv4Addr;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -15,8 +19,6 @@ use std::time::Duration;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 use nix::errno::Errno;
-use nix::sys::socket::{setsockopt, sockopt};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::instrument;
 
@@ -87,7 +89,7 @@ impl Device {
         let uapi = uapi_server::claim(&uapi_path, &ifname).await?;
 
         // From here on, an early return drops `tun`, which deletes the interface again.
-        let tun = create_tun(&ifname)?;
+        let tun = create_tun(&ifname, config.offload.tun)?;
         let link_index = netlink
             .link_index(&ifname)
             .await?
@@ -99,7 +101,7 @@ impl Device {
         netlink
             .configure(link_index, config.mtu, config.address, config.prefix_len)
             .await?;
-        let udp = bind_udp(&ifname, config.listen_port, 0)?;
+        let udp = udp::Udp::bind(&ifname, config.listen_port, 0, config.offload.udp)?;
         let listen_port = udp.local_addr().map(|a| a.port()).unwrap_or_default();
 
         let secret = config.private_key.to_secret();
@@ -132,6 +134,7 @@ impl Device {
             }),
             udp: udp_tx,
             relay,
+            udp_offload: config.offload.udp,
             unknown_udp: 0.into(),
             unknown_relay: 0.into(),
         });
@@ -149,7 +152,8 @@ impl Device {
                 relay_loop(shared.clone(), rx),
             ));
         }
-        tracing::info!(listen_port, address = %config.address, prefix_len = config.prefix_len, mtu = config.mtu, "device up");
+        let (tun_offload, udp_gso) = (shared.tun.tcp_gso(), shared.socket().max_gso_segments() > 1);
+        tracing::info!(listen_port, address = %config.address, prefix_len = config.prefix_len, mtu = config.mtu, tun_offload, udp_gso, "device up");
         Ok(Self {
             shared,
             netlink,
@@ -255,56 +259,29 @@ impl Device {
     }
 }
 
-fn create_tun(ifname: &str) -> Result<tun_rs::AsyncDevice, Error> {
-    tun_rs::DeviceBuilder::new()
-        .name(ifname)
-        // MTU, address and link state go through netlink, not tun-rs's ioctls.
-        .inherit_enable_state()
-        .build_async()
-        .map_err(|source| match source.raw_os_error().map(Errno::from_raw) {
-            Some(Errno::EPERM | Errno::EACCES | Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => {
-                Error::TunUnavailable {
-                    ifname: ifname.to_owned(),
-                    syscall: "open /dev/net/tun + ioctl TUNSETIFF",
-                    source,
-                }
-            }
-            Some(Errno::EBUSY | Errno::EEXIST) => Error::InterfaceExists {
+fn create_tun(ifname: &str, offload: bool) -> Result<tun_rs::AsyncDevice, Error> {
+    tun::open(offload, || {
+        tun_rs::DeviceBuilder::new()
+            .name(ifname)
+            // MTU, address and link state go through netlink, not tun-rs's ioctls.
+            .inherit_enable_state()
+    })
+    .map_err(|source| match source.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EPERM | Errno::EACCES | Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => {
+            Error::TunUnavailable {
                 ifname: ifname.to_owned(),
-                what: "TUNSETIFF says the device is busy",
-            },
-            _ => Error::Tun {
-                ifname: ifname.to_owned(),
-                syscall: "ioctl TUNSETIFF",
+                syscall: "open /dev/net/tun + ioctl TUNSETIFF",
                 source,
-            },
-        })
-}
-
-fn bind_udp(ifname: &str, port: u16, fwmark: u32) -> Result<UdpSocket, Error> {
-    let err = |syscall: &'static str| {
-        move |source: io::Error| Error::Udp {
-            ifname: ifname.to_owned(),
-            port,
-            syscall,
-            source,
+            }
         }
-    };
-    let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(err("bind"))?;
-    sock.set_nonblocking(true)
-        .map_err(err("fcntl O_NONBLOCK"))?;
-    // The *Force variants pass rmem_max/wmem_max (needs CAP_NET_ADMIN); fall back to the capped ones.
-    if setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER_BYTES).is_err() {
-        setsockopt(&sock, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES)
-            .map_err(|e| err("setsockopt SO_RCVBUF")(e.into()))?;
-    }
-    if setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER_BYTES).is_err() {
-        setsockopt(&sock, sockopt::SndBuf, &SOCKET_BUFFER_BYTES)
-            .map_err(|e| err("setsockopt SO_SNDBUF")(e.into()))?;
-    }
-    if fwmark != 0 {
-        setsockopt(&sock, sockopt::Mark, &fwmark)
-            .map_err(|e| err("setsockopt SO_MARK")(e.into()))?;
-    }
-    UdpSocket::from_std(sock).map_err(err("register with tokio"))
+        Some(Errno::EBUSY | Errno::EEXIST) => Error::InterfaceExists {
+            ifname: ifname.to_owned(),
+            what: "TUNSETIFF says the device is busy",
+        },
+        _ => Error::Tun {
+            ifname: ifname.to_owned(),
+            syscall: "ioctl TUNSETIFF",
+            source,
+        },
+    })
 }

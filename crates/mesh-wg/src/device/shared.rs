@@ -3,20 +3,24 @@
 //! `set` changes the peers.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, TunnResult};
+use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use nix::sys::socket::{setsockopt, sockopt};
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::loops::{RelayDialing, send};
-use super::{HANDSHAKE_RATE_LIMIT, bind_udp};
+use super::batch::data_peer_index;
+use super::loops::RelayDialing;
+use super::outbound::send;
+use super::tun::TunWriter;
+use super::udp::Udp;
+use super::{BUF_LEN, HANDSHAKE_RATE_LIMIT};
 use crate::allowed_ips::AllowedIps;
 use crate::peer::{NoiseKeys, Peer, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
@@ -29,11 +33,13 @@ pub(crate) struct Shared {
     pub(super) tun: tun_rs::AsyncDevice,
     pub(super) state: RwLock<State>,
     /// The current UDP socket; replaced when the listen port changes.
-    pub(super) udp: watch::Sender<Arc<UdpSocket>>,
+    pub(super) udp: watch::Sender<Arc<Udp>>,
     /// Datagrams that no peer of ours could be found for, by the path they came on: strangers' traffic,
     /// dropped as WireGuard drops it.
     pub(super) unknown_udp: AtomicU64,
     pub(super) unknown_relay: AtomicU64,
+    /// Whether the UDP socket uses GSO and GRO (kept for a rebind).
+    pub(super) udp_offload: bool,
     /// How to reach peers' relays; `None` keeps every peer direct.
     pub(super) relay: Option<RelayDialing>,
 }
@@ -50,10 +56,45 @@ pub(super) struct State {
     pub(super) next_index: u32,
 }
 
-pub(super) enum Route {
+enum Route {
     Peer(Arc<Peer>),
+    /// A cookie reply: we are under load and the sender must prove its address.
     Reply(Vec<u8>),
+    /// For no peer of ours: a stranger's traffic, counted.
+    Unknown,
+    /// Malformed, or over the handshake rate limit.
     Drop,
+}
+
+/// A batch of received datagrams on its way through the device: the packets for the TUN, and the answers
+/// to send.
+pub(super) struct Received {
+    pub(super) tun: TunWriter,
+    pub(super) replies: Vec<(Via, Vec<u8>)>,
+    /// Where packets queued behind a handshake are encrypted to, before they are copied to `replies`.
+    scratch: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+    peers: Vec<Option<Arc<Peer>>>,
+}
+
+impl Received {
+    pub(super) fn new() -> Self {
+        Self {
+            tun: TunWriter::new(),
+            replies: Vec::new(),
+            scratch: vec![0; BUF_LEN],
+            ranges: Vec::new(),
+            peers: Vec::new(),
+        }
+    }
+
+    /// Writes the packets to the TUN and sends the answers.
+    pub(super) async fn flush(&mut self, tun: &tun_rs::AsyncDevice, sock: &Udp) {
+        self.tun.flush(tun).await;
+        for (via, datagram) in self.replies.drain(..) {
+            send(sock, &datagram, &via).await;
+        }
+    }
 }
 
 impl uapi_server::Uapi for Shared {
@@ -75,105 +116,122 @@ impl Shared {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn socket(&self) -> Arc<UdpSocket> {
+    pub(super) fn socket(&self) -> Arc<Udp> {
         self.udp.borrow().clone()
     }
 
-    pub(super) fn peer_for(&self, dst: Ipv4Addr) -> Option<Arc<Peer>> {
+    /// Which peer each packet read from the TUN goes to, under one read of the state: by its destination
+    /// in the allowed IPs. IPv6 (e.g. router solicitations) and garbage go nowhere.
+    pub(super) fn route_packets<'p>(
+        &self,
+        packets: impl Iterator<Item = &'p [u8]>,
+        peers: &mut Vec<Option<Arc<Peer>>>,
+    ) {
+        peers.clear();
         let st = self.read();
-        let key = st.allowed_ips.lookup(dst)?;
-        st.peers.get(key).cloned()
-    }
-
-    pub(super) fn route_datagram(&self, datagram: &[u8], from: &Via) -> Route {
-        let st = self.read();
-        let mut cookie = [0u8; 64];
-        let packet =
-            match st
-                .keys
-                .rate_limiter
-                .verify_packet(Some(from.source_ip()), datagram, &mut cookie)
-            {
-                Ok(packet) => packet,
-                Err(TunnResult::WriteToNetwork(reply)) => return Route::Reply(reply.to_vec()),
-                Err(_) => return Route::Drop,
+        let mut last: Option<(Ipv4Addr, Option<Arc<Peer>>)> = None;
+        for packet in packets {
+            let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) else {
+                peers.push(None);
+                continue;
             };
-        let peer = match packet {
-            Packet::HandshakeInit(init) => {
-                match parse_handshake_anon(&st.keys.secret, &st.public_key, &init) {
-                    Ok(half) => st.peers.get(&Key::from_bytes(half.peer_static_public)),
-                    Err(err) => {
-                        tracing::debug!(?from, error = ?err, "handshake initiation not for us");
-                        None
+            let peer = match &last {
+                Some((ip, peer)) if *ip == dst => peer.clone(),
+                _ => {
+                    let peer = st
+                        .allowed_ips
+                        .lookup(dst)
+                        .and_then(|key| st.peers.get(key))
+                        .cloned();
+                    if peer.is_none() {
+                        tracing::trace!(%dst, "no peer for destination");
                     }
+                    last = Some((dst, peer.clone()));
+                    peer
                 }
-            }
-            Packet::HandshakeResponse(p) => st.by_index.get(&(p.receiver_idx >> 8)),
-            Packet::PacketCookieReply(p) => st.by_index.get(&(p.receiver_idx >> 8)),
-            Packet::PacketData(p) => st.by_index.get(&(p.receiver_idx >> 8)),
-        };
-        match peer {
-            Some(peer) => Route::Peer(peer.clone()),
-            None => {
-                let counter = match from {
-                    Via::Udp(_) => &self.unknown_udp,
-                    Via::Relay(_) => &self.unknown_relay,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(?from, "datagram for no known peer");
-                Route::Drop
-            }
+            };
+            peers.push(peer);
         }
     }
 
-    /// Cryptokey routing check on receive: the inner source must be one of the peer's IPs.
-    pub(super) fn source_allowed(&self, peer: &Peer, src: Ipv4Addr) -> bool {
-        self.read().allowed_ips.lookup(src) == Some(&peer.public_key)
-    }
-
-    pub(super) async fn handle_datagram(
+    /// Takes a run of datagrams that came `from` (`ranges` of `buf`): decrypts what is for a peer of ours into
+    /// `rx`'s TUN batch, after the cryptokey routing check, and puts the answers (handshake responses, cookie
+    /// replies, packets queued behind a handshake) in `rx.replies`. One read of the state for the run, and one
+    /// lock of each peer for the datagrams in a row that are its.
+    pub(super) fn receive(
         &self,
-        sock: &UdpSocket,
-        datagram: &[u8],
-        from: Via,
-        dst: &mut [u8],
+        from: &Via,
+        buf: &[u8],
+        ranges: impl Iterator<Item = Range<usize>>,
+        rx: &mut Received,
     ) {
-        let peer = match self.route_datagram(datagram, &from) {
-            Route::Peer(peer) => peer,
-            Route::Reply(cookie) => {
-                send(sock, &cookie, &from).await;
-                return;
-            }
-            Route::Drop => return,
-        };
-        match peer.decapsulate(&from, datagram, dst) {
-            TunnResult::WriteToNetwork(out) => {
-                send(sock, out, &from).await;
-                // Packets queued behind the handshake go out now.
-                loop {
-                    match peer.flush_queued(dst) {
-                        (Some(to), TunnResult::WriteToNetwork(out)) => send(sock, out, &to).await,
-                        (None, TunnResult::WriteToNetwork(_)) => continue,
-                        _ => break,
+        let st = self.read();
+        rx.ranges.clear();
+        rx.peers.clear();
+        for range in ranges {
+            let peer = match st.route_datagram(&buf[range.clone()], from) {
+                Route::Peer(peer) => Some(peer),
+                Route::Reply(cookie) => {
+                    rx.replies.push((from.clone(), cookie));
+                    None
+                }
+                Route::Unknown => {
+                    let counter = match from {
+                        Via::Udp(_) => &self.unknown_udp,
+                        Via::Relay(_) => &self.unknown_relay,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(?from, "datagram for no known peer");
+                    None
+                }
+                Route::Drop => None,
+            };
+            rx.ranges.push(range);
+            rx.peers.push(peer);
+        }
+        let mut i = 0;
+        while i < rx.ranges.len() {
+            let Some(peer) = rx.peers[i].clone() else {
+                i += 1;
+                continue;
+            };
+            let mut session = peer.session();
+            while i < rx.ranges.len() && rx.peers[i].as_ref().is_some_and(|p| Arc::ptr_eq(p, &peer))
+            {
+                let datagram = &buf[rx.ranges[i].clone()];
+                i += 1;
+                if rx.tun.is_full() {
+                    tracing::debug!(peer = ?peer.public_key, "TUN batch full; datagram dropped");
+                    continue;
+                }
+                match session.decapsulate(from, datagram, rx.tun.slot(datagram.len())) {
+                    TunnResult::WriteToTunnelV4(packet, src) => {
+                        let len = packet.len();
+                        if st.allowed_ips.lookup(src) == Some(&peer.public_key) {
+                            rx.tun.commit(len);
+                        } else {
+                            tracing::debug!(peer = ?peer.public_key, %src, "inner source not in the peer's allowed IPs; dropped");
+                        }
+                    }
+                    TunnResult::WriteToNetwork(answer) => {
+                        rx.replies.push((from.clone(), answer.to_vec()));
+                        // Packets queued behind the handshake go out now.
+                        while let TunnResult::WriteToNetwork(queued) =
+                            session.flush_queued(&mut rx.scratch)
+                        {
+                            if let Some(via) = session.via() {
+                                rx.replies.push((via.clone(), queued.to_vec()));
+                            }
+                        }
+                    }
+                    TunnResult::WriteToTunnelV6(..) => {
+                        tracing::trace!(peer = ?peer.public_key, "IPv6 inner packet dropped (IPv4-only overlay)");
+                    }
+                    TunnResult::Done => {}
+                    TunnResult::Err(err) => {
+                        tracing::debug!(peer = ?peer.public_key, ?from, error = ?err, "datagram rejected");
                     }
                 }
-            }
-            TunnResult::WriteToTunnelV4(packet, src) => {
-                if self.source_allowed(&peer, src) {
-                    // A failed TUN write loses one packet (as a full queue would); not fatal.
-                    if let Err(err) = self.tun.send(packet).await {
-                        tracing::debug!(error = %err, "TUN write failed");
-                    }
-                } else {
-                    tracing::debug!(peer = ?peer.public_key, %src, "inner source not in the peer's allowed IPs; dropped");
-                }
-            }
-            TunnResult::WriteToTunnelV6(..) => {
-                tracing::trace!(peer = ?peer.public_key, "IPv6 inner packet dropped (IPv4-only overlay)");
-            }
-            TunnResult::Done => {}
-            TunnResult::Err(err) => {
-                tracing::debug!(peer = ?peer.public_key, ?from, error = ?err, "datagram rejected");
             }
         }
     }
@@ -228,7 +286,7 @@ impl Shared {
         if let Some(port) = req.listen_port
             && (port != st.listen_port || port == 0)
         {
-            let sock = bind_udp(&self.ifname, port, st.fwmark)?;
+            let sock = Udp::bind(&self.ifname, port, st.fwmark, self.udp_offload)?;
             st.listen_port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
             tracing::info!(listen_port = st.listen_port, "rebound UDP socket");
             self.udp.send_replace(Arc::new(sock));
@@ -270,6 +328,43 @@ impl Shared {
 }
 
 impl State {
+    /// Which peer a datagram is for. A data message names it in its header; anything else goes through the
+    /// rate limiter (which may answer with a cookie under load) and, for an initiation, the handshake's
+    /// decryption of the sender's key.
+    fn route_datagram(&self, datagram: &[u8], from: &Via) -> Route {
+        if let Some(index) = data_peer_index(datagram) {
+            return self
+                .by_index
+                .get(&index)
+                .map_or(Route::Unknown, |p| Route::Peer(p.clone()));
+        }
+        let mut cookie = [0u8; 64];
+        let packet = match self.keys.rate_limiter.verify_packet(
+            Some(from.source_ip()),
+            datagram,
+            &mut cookie,
+        ) {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(reply)) => return Route::Reply(reply.to_vec()),
+            Err(_) => return Route::Drop,
+        };
+        let peer = match packet {
+            Packet::HandshakeInit(init) => {
+                match parse_handshake_anon(&self.keys.secret, &self.public_key, &init) {
+                    Ok(half) => self.peers.get(&Key::from_bytes(half.peer_static_public)),
+                    Err(err) => {
+                        tracing::debug!(?from, error = ?err, "handshake initiation not for us");
+                        None
+                    }
+                }
+            }
+            Packet::HandshakeResponse(p) => self.by_index.get(&(p.receiver_idx >> 8)),
+            Packet::PacketCookieReply(p) => self.by_index.get(&(p.receiver_idx >> 8)),
+            Packet::PacketData(p) => self.by_index.get(&(p.receiver_idx >> 8)),
+        };
+        peer.map_or(Route::Unknown, |p| Route::Peer(p.clone()))
+    }
+
     pub(super) fn set_private_key(&mut self, private_key: PrivateKey) {
         let secret = private_key.to_secret();
         self.public_key = x25519::PublicKey::from(&secret);

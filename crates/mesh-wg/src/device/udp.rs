@@ -1,0 +1,131 @@
+//! The device's UDP socket with the kernel's offloads (through quinn-udp): `recvmmsg` with UDP GRO, which
+//! hands over a run of datagrams from one source in one buffer, and `sendmsg` with UDP GSO, which sends a run
+//! of equal-size datagrams to one destination in one call.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::socket::{setsockopt, sockopt};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use super::SOCKET_BUFFER_BYTES;
+use crate::Error;
+
+/// The socket and quinn-udp's state for it. Once UDP GRO is on, every receive must go through
+/// [`Udp::recv`]: a plain `recv_from` would take a coalesced run as one datagram.
+pub(crate) struct Udp {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    /// GSO is used (when the kernel has it).
+    gso: bool,
+}
+
+impl AsFd for Udp {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl Udp {
+    /// Binds `0.0.0.0:port` with large buffers (the kernel default, ~208 KiB, caps throughput: NetBird #6021)
+    /// and the fwmark, and, with `offload`, turns on GRO and GSO where the kernel has them.
+    pub(crate) fn bind(ifname: &str, port: u16, fwmark: u32, offload: bool) -> Result<Self, Error> {
+        let err = |syscall: &'static str| {
+            move |source: io::Error| Error::Udp {
+                ifname: ifname.to_owned(),
+                port,
+                syscall,
+                source,
+            }
+        };
+        let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(err("bind"))?;
+        // The *Force variants pass rmem_max/wmem_max (needs CAP_NET_ADMIN); fall back to the capped ones.
+        if setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER_BYTES).is_err() {
+            setsockopt(&sock, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES)
+                .map_err(|e| err("setsockopt SO_RCVBUF")(e.into()))?;
+        }
+        if setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER_BYTES).is_err() {
+            setsockopt(&sock, sockopt::SndBuf, &SOCKET_BUFFER_BYTES)
+                .map_err(|e| err("setsockopt SO_SNDBUF")(e.into()))?;
+        }
+        if fwmark != 0 {
+            setsockopt(&sock, sockopt::Mark, &fwmark)
+                .map_err(|e| err("setsockopt SO_MARK")(e.into()))?;
+        }
+        // Sets O_NONBLOCK and UDP_GRO, and probes UDP_SEGMENT.
+        let state = UdpSocketState::new((&sock).into()).map_err(err("quinn-udp socket setup"))?;
+        if !offload {
+            setsockopt(&sock, sockopt::UdpGroSegment, &false)
+                .map_err(|e| err("setsockopt UDP_GRO")(e.into()))?;
+        }
+        let socket = UdpSocket::from_std(sock).map_err(err("register with tokio"))?;
+        Ok(Self {
+            socket,
+            state,
+            gso: offload,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// How many datagrams one [`Udp::send_run`] may carry now (1 when GSO is off, or was turned off after the
+    /// kernel refused it).
+    pub(crate) fn max_gso_segments(&self) -> usize {
+        if self.gso {
+            self.state.max_gso_segments()
+        } else {
+            1
+        }
+    }
+
+    /// Waits for datagrams and reads as many messages as `bufs` has room for. `meta[i]` says where
+    /// `bufs[i]`'s came from, its length, and its stride: the size of each datagram in a coalesced run.
+    pub(crate) async fn recv(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        loop {
+            self.socket.readable().await?;
+            match self.socket.try_io(Interest::READABLE, || {
+                self.state.recv((&self.socket).into(), bufs, meta)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// Sends `contents`, datagrams of `stride` bytes back to back (the last may be shorter), to `to` in one
+    /// call. The kernel's errors other than a full buffer are quinn-udp's to log (once a minute); like a
+    /// lost datagram, WireGuard's retries and TCP cover them.
+    pub(crate) async fn send_run(
+        &self,
+        contents: &[u8],
+        stride: usize,
+        to: SocketAddr,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > stride).then_some(stride),
+            src_ip: None,
+        };
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                self.state.send((&self.socket).into(), &transmit)
+            })
+            .await
+    }
+
+    /// Sends one datagram.
+    pub(crate) async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.send_run(datagram, datagram.len(), to).await
+    }
+}
