@@ -227,6 +227,13 @@ pub struct RunArgs {
         default_value = "auto"
     )]
     pub wg_backend: BackendArg,
+    /// Turn off the userspace WireGuard's TUN offload: TCP super-packets in each TUN read and coalesced TUN
+    /// writes (for a kernel whose offload misbehaves; the kernel backends do their own).
+    #[arg(long, env = "DSTACK_MESH_NO_TUN_OFFLOAD")]
+    pub no_tun_offload: bool,
+    /// Turn off the userspace WireGuard's UDP GSO and GRO: runs of datagrams in one send and one receive.
+    #[arg(long, env = "DSTACK_MESH_NO_UDP_OFFLOAD")]
+    pub no_udp_offload: bool,
     /// Run this shell command after each peer-set change, with the peer list as JSON on stdin and a
     /// cleaned environment (no keys or RPC credentials).
     #[arg(long, env = "DSTACK_MESH_ON_CHANGE")]

@@ -288,6 +288,10 @@ impl Tasks {
                 listen_port: args.listen_port,
                 private_key: identity.wg_private_key().clone(),
                 backend: args.wg_backend.into(),
+                offload: mesh_wg::Offload {
+                    tun: !args.no_tun_offload,
+                    udp: !args.no_udp_offload,
+                },
                 relay: relay_port
                     .zip(relay)
                     .map(|(port, (dialer, metrics))| Relay {

@@ -49,6 +49,8 @@ pub struct WireGuard {
     pub listen_port: u16,
     pub private_key: PrivateKey,
     pub backend: BackendChoice,
+    /// The userspace device's kernel offloads.
+    pub offload: mesh_wg::Offload,
     /// The relay, unless turned off.
     pub relay: Option<Relay>,
 }
@@ -114,6 +116,7 @@ impl Interfaces for WireGuard {
             prefix_len,
         );
         config.listen_port = self.listen_port;
+        config.offload = self.offload;
         config.relay_dialer = self.relay.as_ref().map(|r| r.dialer.clone());
         let device = MeshDevice::create(config, self.backend)
             .await
