@@ -1,4 +1,5 @@
-//! What the benchmark measures between namespaces: TCP throughput (iperf3) and round-trip time (ping).
+//! What the benchmark measures between namespaces: TCP throughput (iperf3) and round-trip time (ping), and
+//! what a run costs the processes and interfaces carrying it (CPU time, context switches, drops).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -7,9 +8,39 @@ use crate::netns::NetNs;
 use crate::ping::{ping_counts, ping_output};
 use crate::wait::wait_until;
 
+/// One iperf3 run, from its client's JSON report (`-J`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Iperf3 {
+    /// The receiver's rate in Gbit/s (`end.sum_received`): what got through, not what was sent.
+    pub gbps: f64,
+    /// The sender's TCP retransmissions over the run (`end.sum_sent.retransmits`): a tunnel that drops
+    /// packets under load shows here before it shows in the rate.
+    pub retransmits: u64,
+}
+
 /// TCP throughput from `client` to `server_addr` (an address of `server`) with iperf3: `streams` parallel
-/// streams for `secs` seconds; returns the receiver's rate in Gbit/s.
-pub fn iperf3(client: &NetNs, server: &NetNs, server_addr: &str, streams: u32, secs: u32) -> f64 {
+/// streams for `secs` seconds.
+pub fn iperf3(
+    client: &NetNs,
+    server: &NetNs,
+    server_addr: &str,
+    streams: u32,
+    secs: u32,
+) -> Iperf3 {
+    iperf3_observed(client, server, server_addr, streams, secs, || ()).0
+}
+
+/// [`iperf3`], calling `observe` right before the client starts and right after it exits (the server
+/// already listening), so that what it samples covers the transfer and not the server's start; returns
+/// the run and both samples.
+pub fn iperf3_observed<T>(
+    client: &NetNs,
+    server: &NetNs,
+    server_addr: &str,
+    streams: u32,
+    secs: u32,
+    mut observe: impl FnMut() -> T,
+) -> (Iperf3, T, T) {
     let _server = server.spawn(&["iperf3", "-s", "-1", "-B", server_addr]);
     wait_until(
         &format!("iperf3 to listen on {server_addr}:5201 in {}", server.name),
@@ -22,6 +53,7 @@ pub fn iperf3(client: &NetNs, server: &NetNs, server_addr: &str, streams: u32, s
         },
         String::new,
     );
+    let before = observe();
     let out = client.exec(
         &[
             "iperf3",
@@ -35,6 +67,7 @@ pub fn iperf3(client: &NetNs, server: &NetNs, server_addr: &str, streams: u32, s
         ],
         Duration::from_secs(u64::from(secs) + 30),
     );
+    let after = observe();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -44,10 +77,19 @@ pub fn iperf3(client: &NetNs, server: &NetNs, server_addr: &str, streams: u32, s
     );
     let report: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("iperf3 printed no JSON ({e}): {text}"));
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no end.sum_received.bits_per_second in iperf3's report: {text}"))
-        / 1e9
+    let end = &report["end"];
+    let run = Iperf3 {
+        gbps: end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| {
+                panic!("no end.sum_received.bits_per_second in iperf3's report: {text}")
+            })
+            / 1e9,
+        retransmits: end["sum_sent"]["retransmits"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no end.sum_sent.retransmits in iperf3's report: {text}")),
+    };
+    (run, before, after)
 }
 
 /// The average round-trip time in milliseconds of `count` pings from `ns` to `ip`, `interval` apart
@@ -66,4 +108,115 @@ pub fn ping_avg_ms(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> 
         .and_then(|rest| rest.split('/').nth(1))
         .and_then(|avg| avg.parse().ok())
         .unwrap_or_else(|| panic!("no rtt line in ping's output: {text}"))
+}
+
+/// The CPU time a process has used so far, all its threads, user and system (`/proc/<pid>/stat` fields 14
+/// and 15), in clock ticks ([`clock_ticks`] a second).
+///
+/// # Panics
+/// When the process is gone or its stat line cannot be read.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {path} (has the process exited?): {e}"));
+    // The command is parenthesised and may hold spaces; counting from after it, state is field 3, so utime
+    // (14) and stime (15) are the 12th and 13th.
+    let rest = stat
+        .rsplit_once(')')
+        .unwrap_or_else(|| panic!("malformed {path}: {stat:?}"))
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> u64 {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("malformed {path}: {stat:?}"))
+    };
+    field(11) + field(12)
+}
+
+/// Clock ticks per second, the unit of [`cpu_ticks`] (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks() -> f64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as f64,
+        other => panic!("sysconf(_SC_CLK_TCK) gave no clock tick rate: {other:?}"),
+    }
+}
+
+/// The context switches a process's threads have made so far, voluntary and not: the sum over
+/// `/proc/<pid>/task/*/status` (the process's own status counts its main thread only). A thread that has
+/// exited no longer counts, so take the difference over a run of long-lived threads.
+///
+/// # Panics
+/// When the process is gone.
+pub fn ctx_switches(pid: u32) -> u64 {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {dir} (has the process exited?): {e}"));
+    tasks
+        .flatten()
+        // A thread may exit between the listing and the read: it is skipped.
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// The packets interface `ifname` in `ns` has dropped so far, received and sent (`stats64` of
+/// `ip -j -s link`): for a TUN device, packets its userspace end did not read in time (tx) or wrote that
+/// the kernel refused (rx).
+///
+/// # Panics
+/// When the interface does not exist or `ip` prints no counters.
+pub fn link_dropped(ns: &NetNs, ifname: &str) -> u64 {
+    let text = ns.ip(&["-j", "-s", "link", "show", "dev", ifname]);
+    let links: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("ip -j -s link show dev {ifname} printed no JSON ({e}): {text}")
+    });
+    let stats = &links[0]["stats64"];
+    let dropped = |dir: &str| {
+        stats[dir]["dropped"].as_u64().unwrap_or_else(|| {
+            panic!(
+                "no stats64.{dir}.dropped for {ifname} in {}: {text}",
+                ns.name
+            )
+        })
+    };
+    dropped("rx") + dropped("tx")
+}
+
+/// The UDP datagrams the kernel has dropped in `ns` so far because a socket's receive buffer was full
+/// (`RcvbufErrors` of the `Udp:` lines of `/proc/net/snmp`, which counts per namespace): where a WireGuard
+/// implementation that drains its socket too slowly loses packets, which its TUN counters do not show.
+///
+/// # Panics
+/// When `/proc/net/snmp` has no such counter.
+pub fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
+    let text = ns.exec_ok(&["cat", "/proc/net/snmp"]);
+    // A line of names, then a line of values.
+    let mut udp = text.lines().filter_map(|l| l.strip_prefix("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    names
+        .zip(values)
+        .and_then(|(names, values)| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(name, _)| *name == "RcvbufErrors")
+        })
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no Udp RcvbufErrors in {}'s /proc/net/snmp: {text}",
+                ns.name
+            )
+        })
 }

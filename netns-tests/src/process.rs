@@ -165,10 +165,10 @@ impl ChildGuard {
         }
         child.wait_with_output().expect("collect child output")
     }
-}
 
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
+    /// Stops the process now as dropping the guard would (SIGTERM, up to 3 s, then SIGKILL, by its PID) and
+    /// reaps it, for owners with cleanup of their own to do once it is gone. Does nothing the second time.
+    pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -185,6 +185,12 @@ impl Drop for ChildGuard {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

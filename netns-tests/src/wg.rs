@@ -1,8 +1,9 @@
 //! WireGuard in a namespace for tests: our userspace device driven from a thread inside the namespace
-//! ([`NsDevice`]), the reference `wireguard-go` ([`WireguardGo`]), test keys, and `wg show dump` parsed.
+//! ([`NsDevice`]), the reference implementations (`wireguard-go`, `gotatun`, `boringtun-cli`: [`WireguardGo`]),
+//! test keys, and `wg show dump` parsed.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use mesh_wg::{Device, DeviceConfig, Error, Key, PeerConfig, PeerStatus, PrivateKey};
 
 use crate::netns::{NetNs, enter, unique};
-use crate::process::ChildGuard;
+use crate::process::{ChildGuard, run_ok};
 use crate::wait::wait_until;
 
 /// How long any single device command may take before the test fails.
@@ -268,10 +269,71 @@ pub fn parse_dump(text: &str) -> (Vec<String>, Vec<DumpPeer>) {
     (iface, peers)
 }
 
-/// A `wireguard-go` interface in a namespace, configured with `wg set` (MTU 1420, one peer), its address
-/// assigned and up: the reference implementation that ours is compared with and tested against.
+/// A userspace WireGuard implementation other than ours, run as a reference: each creates a TUN interface
+/// and answers the UAPI at `/var/run/wireguard/<ifname>.sock`, so `wg set` configures all of them alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// Debian's `wireguard-go`.
+    WireguardGo,
+    /// Mullvad's `gotatun` (crates.io `gotatun-cli`), at this path.
+    Gotatun(std::path::PathBuf),
+    /// Cloudflare's `boringtun-cli`, at this path.
+    BoringtunCli(std::path::PathBuf),
+}
+
+impl Reference {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::WireguardGo => "wireguard-go",
+            Self::Gotatun(_) => "gotatun",
+            Self::BoringtunCli(_) => "boringtun-cli",
+        }
+    }
+
+    /// The first line of what `<program> --version` prints (`wireguard-go v0.0.20220316`, `gotatun-cli
+    /// 0.10.2`, `boringtun 0.7.1`), so a report says which build was measured.
+    ///
+    /// # Panics
+    /// When the program cannot be run or fails.
+    pub fn version(&self) -> String {
+        let program = self.program();
+        let out = run_ok(&[&program, "--version"]);
+        let line = out.lines().next().unwrap_or_default().trim();
+        assert!(
+            !line.is_empty(),
+            "{program} --version printed nothing: {out:?}"
+        );
+        line.to_owned()
+    }
+
+    /// The command that runs it in the foreground on `ifname`, keeping root (none of them may drop
+    /// privileges inside a test: they would look for a login user).
+    fn argv(&self, ifname: &str) -> Vec<String> {
+        match self {
+            Self::WireguardGo => vec![self.program(), "-f".into(), ifname.into()],
+            Self::Gotatun(_) | Self::BoringtunCli(_) => vec![
+                self.program(),
+                "-f".into(),
+                "--disable-drop-privileges".into(),
+                ifname.into(),
+            ],
+        }
+    }
+
+    /// The executable: `wireguard-go` from `PATH`, the others at their paths.
+    fn program(&self) -> String {
+        match self {
+            Self::WireguardGo => "wireguard-go".into(),
+            Self::Gotatun(p) | Self::BoringtunCli(p) => p.to_str().expect("utf-8 path").to_owned(),
+        }
+    }
+}
+
+/// A reference WireGuard interface in a namespace ([`Reference`]), configured with `wg set` (MTU 1420,
+/// one peer), its address assigned and up: what ours is compared with and tested against.
 ///
-/// Dropping it stops `wireguard-go` by its PID, which removes the interface and its UAPI socket.
+/// Dropping it stops the process by its PID, which removes the interface, and then its UAPI socket if the
+/// process left it behind (gotatun 0.10.2 does on SIGTERM).
 pub struct WireguardGo {
     pub ifname: String,
     pub public_key: Key,
@@ -290,13 +352,36 @@ impl WireguardGo {
         peer_endpoint: &str,
         allowed_ips: &str,
     ) -> Self {
+        Self::start_reference(
+            &Reference::WireguardGo,
+            ns,
+            key,
+            overlay,
+            peer_key,
+            peer_endpoint,
+            allowed_ips,
+        )
+    }
+
+    /// As [`WireguardGo::start`], with `reference` instead of `wireguard-go`.
+    pub fn start_reference(
+        reference: &Reference,
+        ns: &NetNs,
+        key: &PrivateKey,
+        overlay: &str,
+        peer_key: &Key,
+        peer_endpoint: &str,
+        allowed_ips: &str,
+    ) -> Self {
         use std::io::Write as _;
         use std::os::unix::fs::PermissionsExt as _;
         let ifname = unique("G");
-        let mut process = ns.spawn(&["wireguard-go", "-f", &ifname]);
+        let argv = reference.argv(&ifname);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut process = ns.spawn(&argv);
         let sock = format!("/var/run/wireguard/{ifname}.sock");
         wait_until(
-            &format!("wireguard-go to create {sock}"),
+            &format!("{} to create {sock}", reference.name()),
             Duration::from_secs(10),
             Duration::from_millis(50),
             || {
@@ -342,8 +427,32 @@ impl WireguardGo {
         }
     }
 
-    /// Panics if `wireguard-go` has exited.
+    /// Panics if the process has exited.
     pub fn assert_running(&mut self) {
         self.process.assert_running();
+    }
+
+    /// The process's PID (`ip netns exec` execs in place), to read its CPU time and context switches.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Its UAPI socket, where `wg` finds it.
+    pub fn uapi_socket(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/wireguard/{}.sock", self.ifname))
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        self.process.stop();
+        // The directory is shared by every namespace and the name is ours: a socket left there would
+        // outlive the run (`wg show` lists it as an interface that no longer answers).
+        let sock = self.uapi_socket();
+        if sock.exists()
+            && let Err(e) = std::fs::remove_file(&sock)
+        {
+            eprintln!("warning: could not remove {}: {e}", sock.display());
+        }
     }
 }

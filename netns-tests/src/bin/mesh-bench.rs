@@ -1,9 +1,16 @@
 //! `mesh-bench`: the project's performance baseline, measured in one run on real topologies of network
 //! namespaces with the release binaries, and printed as a table (and written as JSON).
 //!
-//! - Throughput: iperf3 TCP, 1 and 4 streams, through the mesh (two agents), a `wireguard-go` pair
-//!   configured with `wg` (MTU 1420), and the bare LAN link between the same kind of namespaces.
-//! - Added latency: ping RTT through the mesh minus the bare link's.
+//! - Throughput: iperf3 TCP, 1 and 4 streams, on one LAN: through the mesh (two agents, userspace
+//!   WireGuard), through a pair of each reference userspace WireGuard configured with `wg` (MTU 1420):
+//!   `gotatun`, `boringtun-cli` and `wireguard-go`, and over the bare LAN link. For each: the receiver's
+//!   rate, the sender's retransmits, the CPU (% of one core) and context switches of the WireGuard process
+//!   on the sending and on the receiving node over the run, and the drops of both TUN interfaces and of both
+//!   nodes' UDP receive buffers (where the retransmits come from). What the mesh's data path has to beat is
+//!   the best of the references, not only the slowest.
+//! - Added latency: ping RTT through the mesh and each reference, minus the bare link's.
+//! - The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
+//! - Failover: how long until a cut-off leader is replaced on-chain, and reported by the others.
 //! - Convergence for each size N: from the moment the chain holds node N's registration to the moment
 //!   every other node reports a handshake with it.
 //! - Revocation for each size N: from the moment the chain no longer holds seat N's record to the moment
@@ -12,11 +19,16 @@
 //!   new block.
 //! - Churn loss: ping loss between two steady nodes while 10 other nodes join and leave.
 //!
-//! Run as root with `scripts/bench` (which builds the release binaries), or:
+//! `--sections` picks some of them (`throughput,latency,relay,failover,sizes`, all by default).
+//!
+//! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
+//! boringtun-cli into `target/peers`), or:
 //!
 //! ```sh
 //! cargo build --release -p p2p-agent -p meshctl -p dstack-simulator -p netns-tests --bins
-//! sudo target/release/mesh-bench --json target/mesh-bench.json
+//! cargo install --locked --root target/peers gotatun-cli --version 0.10.2
+//! cargo install --locked --root target/peers boringtun-cli --version 0.7.1
+//! sudo target/release/mesh-bench --json target/mesh-bench.json --sections throughput,latency
 //! ```
 
 use std::net::Ipv4Addr;
@@ -31,15 +43,21 @@ use clap::Parser;
 use mesh_api::{self, ConnectionKind, Peer};
 use mesh_chain::contract::DstackClusterNFT;
 use netns_tests::netns::in_netns;
-use netns_tests::perf::{iperf3, ping_avg_ms};
+use netns_tests::perf::{
+    clock_ticks, cpu_ticks, ctx_switches, iperf3, iperf3_observed, link_dropped, ping_avg_ms,
+    udp_rcvbuf_errors,
+};
 use netns_tests::prelude::*;
 use netns_tests::process::require_root;
-use netns_tests::wg::{WireguardGo, test_key};
+use netns_tests::wg::{Reference, WireguardGo, test_key};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
+// A flag given twice takes the last value: scripts/bench passes the references' paths before the caller's
+// arguments, which may name others.
 #[command(
-    about = "Measure dstack-mesh's throughput, latency, failover, convergence, revocation, churn and cost"
+    about = "Measure dstack-mesh's throughput, latency, failover, convergence, revocation, churn and cost",
+    args_override_self = true
 )]
 struct Args {
     /// Where to write the figures as JSON.
@@ -57,6 +75,94 @@ struct Args {
     /// The agents' --leader-timeout in the failover measurement, in seconds (the agent's default).
     #[arg(long, default_value_t = 30)]
     leader_timeout: u64,
+    /// What to measure, comma-separated (the order given does not matter).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "throughput,latency,relay,failover,sizes"
+    )]
+    sections: Vec<Section>,
+    /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
+    #[arg(
+        long,
+        env = "MESH_BENCH_GOTATUN",
+        default_value = "target/peers/bin/gotatun"
+    )]
+    gotatun: PathBuf,
+    /// boringtun-cli, a reference in the throughput and latency sections (`scripts/bench` installs it).
+    #[arg(
+        long,
+        env = "MESH_BENCH_BORINGTUN_CLI",
+        default_value = "target/peers/bin/boringtun-cli"
+    )]
+    boringtun_cli: PathBuf,
+}
+
+/// The parts of the benchmark, for `--sections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// iperf3 through the mesh, each reference and the bare link.
+    Throughput,
+    /// Ping RTT through the same.
+    Latency,
+    /// Throughput and RTT over the relay.
+    Relay,
+    /// Leader failover.
+    Failover,
+    /// Convergence and revocation for each `--sizes`, agent cost and churn on the largest.
+    Sizes,
+}
+
+/// A reference that `scripts/bench` installs from crates.io, pinned, into the ignored `target/peers`.
+struct Installed {
+    flag: &'static str,
+    env: &'static str,
+    krate: &'static str,
+    version: &'static str,
+}
+
+const GOTATUN: Installed = Installed {
+    flag: "--gotatun",
+    env: "MESH_BENCH_GOTATUN",
+    krate: "gotatun-cli",
+    version: "0.10.2",
+};
+
+const BORINGTUN_CLI: Installed = Installed {
+    flag: "--boringtun-cli",
+    env: "MESH_BENCH_BORINGTUN_CLI",
+    krate: "boringtun-cli",
+    version: "0.7.1",
+};
+
+impl Installed {
+    /// `path` made absolute, or an error naming the flag and the command that installs it: a comparison
+    /// without one of the references would read as complete, so there is no skipping it.
+    fn at(&self, path: &std::path::Path) -> anyhow::Result<PathBuf> {
+        let path = std::path::absolute(path)
+            .with_context(|| format!("{} {}", self.flag, path.display()))?;
+        anyhow::ensure!(
+            path.is_file(),
+            "{} is missing (set with {} or ${}): install it with `cargo install --locked --root target/peers \
+             {} --version {}`, as scripts/bench does",
+            path.display(),
+            self.flag,
+            self.env,
+            self.krate,
+            self.version
+        );
+        Ok(path)
+    }
+}
+
+/// The references the mesh is compared with, in the table's order.
+fn references(args: &Args) -> anyhow::Result<Vec<Reference>> {
+    Ok(vec![
+        Reference::Gotatun(GOTATUN.at(&args.gotatun)?),
+        Reference::BoringtunCli(BORINGTUN_CLI.at(&args.boringtun_cli)?),
+        Reference::WireguardGo,
+    ])
 }
 
 /// How long any one measurement may wait for the mesh before giving up.
@@ -66,7 +172,24 @@ const POLL: Duration = Duration::from_millis(10);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    require_root(&["ss", "iperf3", "wireguard-go", "nginx", "nft"]);
+    let on = |section| args.sections.contains(&section);
+    let compared = on(Section::Throughput) || on(Section::Latency);
+    let references = if compared {
+        references(&args)?
+    } else {
+        Vec::new()
+    };
+    let mut tools = Vec::new();
+    if compared {
+        tools.extend(["ss", "iperf3", "wireguard-go"]);
+    }
+    if on(Section::Relay) {
+        tools.extend(["ss", "iperf3", "nginx", "nft"]);
+    }
+    if on(Section::Failover) {
+        tools.push("nft");
+    }
+    require_root(&tools);
     for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
         workspace_bin(bin);
     }
@@ -78,27 +201,60 @@ fn main() -> anyhow::Result<()> {
         "agentPollIntervalMs": 200,
     });
 
-    eprintln!("== throughput and latency (2 agents, a wireguard-go pair, the bare link)");
-    report["throughput"] = throughput(&args);
-    report["latency"] = latency();
-    eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
-    report["relay"] = relay(&args);
-
-    eprintln!(
-        "== failover (3 nodes; the leader's node cut off; leader timeout {} s)",
-        args.leader_timeout
-    );
-    report["failover"] = failover(args.leader_timeout);
-
-    let largest = args.sizes.iter().copied().max().unwrap_or(0);
-    let mut sizes = Vec::new();
-    for &n in &args.sizes {
-        assert!(n >= 2, "a mesh size must be at least 2");
-        eprintln!("== {n} nodes: convergence and revocation");
-        let extra = if n == largest { 1 + args.churn } else { 0 };
-        sizes.push(size_run(&rt, n, extra, args.churn)?);
+    if compared {
+        eprintln!(
+            "== throughput and latency (2 agents; gotatun, boringtun-cli and wireguard-go pairs; the bare link)"
+        );
+        let versions: serde_json::Map<String, Value> = references
+            .iter()
+            .map(|r| (r.name().to_owned(), json!(r.version())))
+            .collect();
+        eprintln!("   references: {}", Value::Object(versions.clone()));
+        report["versions"] = Value::Object(versions);
+        let lan = Lan::new(2 + 2 * references.len());
+        let cluster = Cluster::deploy_seats(&lan, 2);
+        // The agent's own data path, whatever the kernel offers (`auto` would take a kernel module): it is
+        // what is compared, and its CPU is then the agent process's.
+        let (agents, _keys) = start_mesh_with(&cluster, 1..=2, &["--wg-backend", "userspace"]);
+        let pairs: Vec<(&str, WireguardGo, WireguardGo)> = references
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let (a, b) = reference_pair(&lan, r, k);
+                (r.name(), a, b)
+            })
+            .collect();
+        let tunnels = tunnels(&lan, &agents, &pairs);
+        // Latency first, while every tunnel has only carried pings.
+        if on(Section::Latency) {
+            report["latency"] = latency(&tunnels);
+        }
+        if on(Section::Throughput) {
+            report["throughput"] = throughput(&args, &tunnels);
+        }
     }
-    report["sizes"] = Value::Array(sizes);
+    if on(Section::Relay) {
+        eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
+        report["relay"] = relay(&args);
+    }
+    if on(Section::Failover) {
+        eprintln!(
+            "== failover (3 nodes; the leader's node cut off; leader timeout {} s)",
+            args.leader_timeout
+        );
+        report["failover"] = failover(args.leader_timeout);
+    }
+    if on(Section::Sizes) {
+        let largest = args.sizes.iter().copied().max().unwrap_or(0);
+        let mut sizes = Vec::new();
+        for &n in &args.sizes {
+            assert!(n >= 2, "a mesh size must be at least 2");
+            eprintln!("== {n} nodes: convergence and revocation");
+            let extra = if n == largest { 1 + args.churn } else { 0 };
+            sizes.push(size_run(&rt, n, extra, args.churn)?);
+        }
+        report["sizes"] = Value::Array(sizes);
+    }
 
     print_table(&report);
     if let Some(dir) = args.json.parent() {
@@ -116,87 +272,290 @@ fn machine() -> Value {
     json!({ "cpus": cpus, "kernel": kernel.trim() })
 }
 
-/// Nodes 1 and 2 run agents; nodes 3 and 4 a wireguard-go pair; the bare link is node 1 to node 2 on the LAN.
-fn throughput(args: &Args) -> Value {
-    let lan = Lan::new(4);
-    let cluster = Cluster::deploy_seats(&lan, 2);
-    let (_agents, _keys) = start_mesh(&cluster, 1..=2);
-    let (_wg3, _wg4) = wireguard_go_pair(&lan);
-    let mut out = json!({});
-    for streams in [1u32, 4] {
-        let bare = iperf3(
-            lan.node(1),
-            lan.node(2),
-            &lan_ip(2).to_string(),
+/// One node's end of a tunnel: the WireGuard process (the agent for the mesh) and its interface.
+struct Side<'a> {
+    ns: &'a NetNs,
+    pid: u32,
+    ifname: String,
+}
+
+/// One implementation between two nodes of the LAN, measured from `client` (the sender) to `addr` on
+/// `server`; the bare link has no WireGuard sides.
+struct Tunnel<'a> {
+    name: &'static str,
+    client: &'a NetNs,
+    server: &'a NetNs,
+    addr: Ipv4Addr,
+    /// The sending and the receiving side.
+    sides: Option<[Side<'a>; 2]>,
+}
+
+/// What one side's WireGuard had used at one moment: its process (CPU, context switches), its TUN
+/// interface (drops) and its namespace's UDP (datagrams lost to a full socket buffer).
+#[derive(Clone, Copy)]
+struct SideUsage {
+    cpu_ticks: u64,
+    ctx_switches: u64,
+    tun_dropped: u64,
+    udp_rcvbuf_errors: u64,
+}
+
+/// What both sides of a [`Tunnel`] had used at one moment (no sides for the bare link).
+struct Usage {
+    at: Instant,
+    sides: Vec<SideUsage>,
+}
+
+impl Tunnel<'_> {
+    /// Both sides' usage now. The process counters are read next to the clock, and the others (an `ip` or
+    /// `cat` in the namespace each, some 10 ms) away from the run: before the clock at its start, after it at
+    /// its end, so that the wall time the CPU is divided by is the run's.
+    fn usage(&self, start: bool) -> Usage {
+        let sides: Vec<&Side<'_>> = self.sides.iter().flatten().collect();
+        let slow = || -> Vec<(u64, u64)> {
+            sides
+                .iter()
+                .map(|s| (link_dropped(s.ns, &s.ifname), udp_rcvbuf_errors(s.ns)))
+                .collect()
+        };
+        let fast = || -> (Instant, Vec<(u64, u64)>) {
+            let at = Instant::now();
+            let counts = sides
+                .iter()
+                .map(|s| (cpu_ticks(s.pid), ctx_switches(s.pid)))
+                .collect();
+            (at, counts)
+        };
+        let (counters, (at, process)) = if start {
+            let counters = slow();
+            (counters, fast())
+        } else {
+            let process = fast();
+            (slow(), process)
+        };
+        Usage {
+            at,
+            sides: process
+                .into_iter()
+                .zip(counters)
+                .map(
+                    |((cpu_ticks, ctx_switches), (tun_dropped, udp_rcvbuf_errors))| SideUsage {
+                        cpu_ticks,
+                        ctx_switches,
+                        tun_dropped,
+                        udp_rcvbuf_errors,
+                    },
+                )
+                .collect(),
+        }
+    }
+
+    /// One iperf3 run and what it cost each side: CPU as % of one core over the run's wall time, context
+    /// switches, the drops of both TUN interfaces and of both namespaces' UDP sockets (null for the bare
+    /// link).
+    fn measure(&self, streams: u32, secs: u32) -> Value {
+        let mut start = true;
+        let (run, before, after) = iperf3_observed(
+            self.client,
+            self.server,
+            &self.addr.to_string(),
             streams,
-            args.seconds,
+            secs,
+            || {
+                let usage = self.usage(start);
+                start = false;
+                usage
+            },
         );
-        let mesh = iperf3(
-            lan.node(1),
-            lan.node(2),
-            &overlay_ip(2).to_string(),
-            streams,
-            args.seconds,
-        );
-        let go = iperf3(lan.node(3), lan.node(4), "10.0.2.2", streams, args.seconds);
+        let wall = (after.at - before.at).as_secs_f64();
+        let hz = clock_ticks();
+        let delta = |side: usize, field: fn(&SideUsage) -> u64| {
+            before
+                .sides
+                .get(side)
+                .zip(after.sides.get(side))
+                .map(|(b, a)| field(a).saturating_sub(field(b)))
+        };
+        let both =
+            |field: fn(&SideUsage) -> u64| delta(0, field).zip(delta(1, field)).map(|(a, b)| a + b);
+        let cpu = |side| delta(side, |u| u.cpu_ticks).map(|t| t as f64 / hz / wall * 100.0);
+        let out = json!({
+            "gbps": run.gbps,
+            "retransmits": run.retransmits,
+            "cpuSenderPct": cpu(0),
+            "cpuReceiverPct": cpu(1),
+            "ctxSwitchesSender": delta(0, |u| u.ctx_switches),
+            "ctxSwitchesReceiver": delta(1, |u| u.ctx_switches),
+            "tunDrops": both(|u| u.tun_dropped),
+            "tunDropsSender": delta(0, |u| u.tun_dropped),
+            "tunDropsReceiver": delta(1, |u| u.tun_dropped),
+            "udpRcvbufErrors": both(|u| u.udp_rcvbuf_errors),
+        });
+        let pct = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.0}%"));
+        let count = |v: &Value| v.as_u64().map_or("-".into(), |x| x.to_string());
         eprintln!(
-            "   {streams} stream(s): mesh {mesh:.2}, wireguard-go {go:.2}, bare {bare:.2} Gbit/s"
+            "   {streams} stream(s), {}: {:.2} Gbit/s, {} retransmits, CPU {} / {} (send / recv), TUN drops {}, UDP receive buffer drops {}",
+            self.name,
+            run.gbps,
+            run.retransmits,
+            pct(&out["cpuSenderPct"]),
+            pct(&out["cpuReceiverPct"]),
+            count(&out["tunDrops"]),
+            count(&out["udpRcvbufErrors"]),
         );
-        out[format!("streams{streams}")] = json!({
-            "meshGbps": mesh,
-            "wireguardGoGbps": go,
-            "bareGbps": bare,
-            "meshOverWireguardGo": mesh / go,
-            "meshOverBare": mesh / bare,
+        out
+    }
+}
+
+/// The implementations in the table's order (mesh, the references, bare), on the throughput and latency
+/// topology: the mesh between nodes 1 and 2, reference k between nodes 3 + 2k and 4 + 2k, and the bare
+/// link from node 1 to node 2, all on the same bridge.
+fn tunnels<'a>(
+    lan: &'a Lan,
+    agents: &[Agent<'_>],
+    pairs: &'a [(&'static str, WireguardGo, WireguardGo)],
+) -> Vec<Tunnel<'a>> {
+    let agent_side = |a: &Agent<'_>| Side {
+        ns: lan.node(a.index),
+        pid: a
+            .pid()
+            .unwrap_or_else(|| panic!("agent {} is not running", a.index)),
+        ifname: a.ifname.clone(),
+    };
+    let mut out = vec![Tunnel {
+        name: "mesh",
+        client: lan.node(1),
+        server: lan.node(2),
+        addr: overlay_ip(2),
+        sides: Some([agent_side(&agents[0]), agent_side(&agents[1])]),
+    }];
+    for (k, (name, a, b)) in pairs.iter().enumerate() {
+        let (ns_a, ns_b) = (lan.node(3 + 2 * k), lan.node(4 + 2 * k));
+        out.push(Tunnel {
+            name,
+            client: ns_a,
+            server: ns_b,
+            addr: reference_ip(k, 2),
+            sides: Some([
+                Side {
+                    ns: ns_a,
+                    pid: a.pid(),
+                    ifname: a.ifname.clone(),
+                },
+                Side {
+                    ns: ns_b,
+                    pid: b.pid(),
+                    ifname: b.ifname.clone(),
+                },
+            ]),
         });
     }
+    out.push(Tunnel {
+        name: "bare",
+        client: lan.node(1),
+        server: lan.node(2),
+        addr: lan_ip(2),
+        sides: None,
+    });
     out
 }
 
-/// A wireguard-go pair on LAN nodes 3 and 4, overlay 10.0.2.0/24.
-fn wireguard_go_pair(lan: &Lan) -> (WireguardGo, WireguardGo) {
-    let (k3, k4) = (test_key(31), test_key(32));
-    let a = WireguardGo::start(
-        lan.node(3),
-        &k3,
-        "10.0.2.1/24",
-        &k4.public_key(),
-        &format!("{}:51820", lan_ip(4)),
-        "10.0.2.2/32",
-    );
-    let b = WireguardGo::start(
-        lan.node(4),
-        &k4,
-        "10.0.2.2/24",
-        &k3.public_key(),
-        &format!("{}:51820", lan_ip(3)),
-        "10.0.2.1/32",
+/// Reference k's overlay address `host` (1 or 2): 10.0.(2 + k).host, apart from the mesh's 10.0.1.0/24.
+fn reference_ip(k: usize, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 2 + u8::try_from(k).expect("few references"), host)
+}
+
+/// A pair of `reference` on nodes 3 + 2k and 4 + 2k, overlay [`reference_ip`]; returns once a ping goes
+/// through (the handshake done), so that no measurement includes it.
+fn reference_pair(lan: &Lan, reference: &Reference, k: usize) -> (WireguardGo, WireguardGo) {
+    let (i, j) = (3 + 2 * k, 4 + 2 * k);
+    let seed = |node: usize| u8::try_from(28 + node).expect("few references");
+    // Node `node` as overlay host `host`, its peer node `peer` as `peer_host`.
+    let start = |node: usize, host: u8, peer: usize, peer_host: u8| {
+        WireguardGo::start_reference(
+            reference,
+            lan.node(node),
+            &test_key(seed(node)),
+            &format!("{}/24", reference_ip(k, host)),
+            &test_key(seed(peer)).public_key(),
+            &format!("{}:51820", lan_ip(peer)),
+            &format!("{}/32", reference_ip(k, peer_host)),
+        )
+    };
+    let a = start(i, 1, j, 2);
+    let b = start(j, 2, i, 1);
+    let target = reference_ip(k, 2);
+    wait_until(
+        &format!("a ping through the {} pair ({i} -> {j})", reference.name()),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || ping(lan.node(i), target, 1, Duration::from_millis(200)).1 == 1,
+        || lan.node(i).exec_ok(&["wg", "show", &a.ifname]),
     );
     (a, b)
 }
 
-/// Ping RTTs on the bare link, through the mesh, and through wireguard-go, on a fresh topology.
-fn latency() -> Value {
-    let lan = Lan::new(4);
-    let cluster = Cluster::deploy_seats(&lan, 2);
-    let (_agents, _keys) = start_mesh(&cluster, 1..=2);
-    let (_wg3, _wg4) = wireguard_go_pair(&lan);
+/// iperf3 through each of `tunnels` with 1 and 4 streams, and the mesh's rate over the best
+/// reference's and over the bare link's.
+fn throughput(args: &Args, tunnels: &[Tunnel<'_>]) -> Value {
+    let mut out = json!({ "seconds": args.seconds });
+    for streams in [1u32, 4] {
+        let mut runs = json!({});
+        for p in tunnels {
+            runs[p.name] = p.measure(streams, args.seconds);
+        }
+        let gbps = |name: &str| runs[name]["gbps"].as_f64().unwrap_or(0.0);
+        let best = tunnels
+            .iter()
+            .map(|p| p.name)
+            .filter(|&n| n != "mesh" && n != "bare")
+            .max_by(|a, b| gbps(a).total_cmp(&gbps(b)))
+            .expect("at least one reference");
+        let (over_best, over_bare) = (gbps("mesh") / gbps(best), gbps("mesh") / gbps("bare"));
+        eprintln!(
+            "   {streams} stream(s): mesh / {best} {over_best:.2}, mesh / bare {over_bare:.2}"
+        );
+        runs["bestPeer"] = json!(best);
+        runs["meshOverBest"] = json!(over_best);
+        runs["meshOverBare"] = json!(over_bare);
+        out[format!("streams{streams}")] = runs;
+    }
+    out
+}
+
+/// The average of 200 pings 20 ms apart through each of `tunnels`, and what each adds over the bare link's.
+fn latency(tunnels: &[Tunnel<'_>]) -> Value {
     let every = Duration::from_millis(20);
     // Warm up sessions and caches first.
-    let go_peer = Ipv4Addr::new(10, 0, 2, 2);
-    ping_avg_ms(lan.node(1), overlay_ip(2), 5, every);
-    ping_avg_ms(lan.node(3), go_peer, 5, every);
-    let bare = ping_avg_ms(lan.node(1), lan_ip(2), 200, every);
-    let mesh = ping_avg_ms(lan.node(1), overlay_ip(2), 200, every);
-    let go = ping_avg_ms(lan.node(3), go_peer, 200, every);
-    eprintln!("   RTT: bare {bare:.3} ms, mesh {mesh:.3} ms, wireguard-go {go:.3} ms");
-    json!({
-        "bareRttMs": bare,
-        "meshRttMs": mesh,
-        "wireguardGoRttMs": go,
-        "meshAddedMs": mesh - bare,
-        "wireguardGoAddedMs": go - bare,
-    })
+    for p in tunnels {
+        ping_avg_ms(p.client, p.addr, 5, every);
+    }
+    let rtts: Vec<(&str, f64)> = tunnels
+        .iter()
+        .map(|p| (p.name, ping_avg_ms(p.client, p.addr, 200, every)))
+        .collect();
+    let bare = rtts
+        .iter()
+        .find(|(name, _)| *name == "bare")
+        .map(|r| r.1)
+        .expect("the bare link is measured");
+    let mut out = json!({});
+    for (name, rtt) in rtts {
+        out[name] = json!({ "rttMs": rtt, "addedMs": rtt - bare });
+    }
+    eprintln!(
+        "   RTT: {}",
+        tunnels
+            .iter()
+            .map(|p| format!(
+                "{} {:.3} ms",
+                p.name,
+                out[p.name]["rttMs"].as_f64().unwrap_or(0.0)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    out
 }
 
 /// Two agents whose UDP is dropped, meshed through the stand-in gateway: throughput and RTT over the relay.
@@ -229,14 +588,15 @@ fn relay(args: &Args) -> Value {
     let rtt = ping_avg_ms(lan.node(1), overlay_ip(2), 200, every);
     let mut out = json!({ "rttMs": rtt, "bareRttMs": bare, "addedMs": rtt - bare });
     for streams in [1u32, 4] {
-        let gbps = iperf3(
+        let run = iperf3(
             lan.node(1),
             lan.node(2),
             &overlay_ip(2).to_string(),
             streams,
             args.seconds,
         );
-        out[format!("streams{streams}Gbps")] = json!(gbps);
+        out[format!("streams{streams}Gbps")] = json!(run.gbps);
+        out[format!("streams{streams}Retransmits")] = json!(run.retransmits);
     }
     eprintln!(
         "   relay: {:.2} Gbit/s (1 stream), {:.2} (4), RTT {rtt:.3} ms (+{:.3} over the bare link)",
@@ -455,11 +815,11 @@ fn agent_cost<'a>(
             .context("no dstack_mesh_chain_requests_total in /metrics")
     };
     let idle_secs = 10.0;
-    let (cpu0, req0, t0) = (cpu_ticks(pid)?, requests(a)?, Instant::now());
+    let (cpu0, req0, t0) = (cpu_ticks(pid), requests(a)?, Instant::now());
     std::thread::sleep(Duration::from_secs_f64(idle_secs));
-    let (cpu1, req1, t1) = (cpu_ticks(pid)?, requests(a)?, Instant::now());
+    let (cpu1, req1, t1) = (cpu_ticks(pid), requests(a)?, Instant::now());
     let secs = (t1 - t0).as_secs_f64();
-    let cpu_pct = (cpu1 - cpu0) as f64 / clock_ticks()? / secs * 100.0;
+    let cpu_pct = (cpu1 - cpu0) as f64 / clock_ticks() / secs * 100.0;
     let idle_rate = (req1 - req0) as f64 / secs;
     let rss_kib = rss_kib(pid)?;
 
@@ -501,18 +861,6 @@ fn mine(lan: &Lan) {
                     .expect("evm_mine")
             })
     });
-}
-
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command: state is field 3, utime 14 and stime 15.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-fn clock_ticks() -> anyhow::Result<f64> {
-    Ok(nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK unknown")? as f64)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -580,6 +928,10 @@ fn churn_loss<'a>(
     })
 }
 
+/// The implementations' keys in the throughput and latency sections, in the table's order.
+const IMPLEMENTATIONS: [&str; 5] = ["mesh", "gotatun", "boringtun-cli", "wireguard-go", "bare"];
+
+/// Prints what the report holds; a section that was not run is left out.
 fn print_table(r: &Value) {
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
     println!(
@@ -588,57 +940,47 @@ fn print_table(r: &Value) {
         r["machine"]["kernel"].as_str().unwrap_or("?"),
         r["agentPollIntervalMs"]
     );
-    println!("\nThroughput, iperf3 TCP (Gbit/s)");
-    println!(
-        "{:<10} {:>8} {:>14} {:>8} {:>16} {:>11}",
-        "streams", "mesh", "wireguard-go", "bare", "mesh/wg-go", "mesh/bare"
-    );
-    for s in [1, 4] {
-        let t = &r["throughput"][format!("streams{s}")];
+    if r.get("throughput").is_some() || r.get("latency").is_some() {
+        print_compared(r);
+    }
+    if let Some(relay) = r.get("relay") {
+        // Shares of the direct path's figures, when those were measured too.
+        let direct = |s: &str| {
+            let relayed = relay[format!("{s}Gbps")].as_f64()?;
+            let direct = r.get("throughput")?[s]["mesh"]["gbps"].as_f64()?;
+            Some(format!(" ({:.0}% of direct)", 100.0 * relayed / direct))
+        };
+        let direct_added = r
+            .get("latency")
+            .and_then(|l| l["mesh"]["addedMs"].as_f64())
+            .map_or(String::new(), |a| format!("; direct +{a:.3}"));
         println!(
-            "{:<10} {:>8} {:>14} {:>8} {:>16} {:>11}",
-            s,
-            f(&t["meshGbps"]),
-            f(&t["wireguardGoGbps"]),
-            f(&t["bareGbps"]),
-            f(&t["meshOverWireguardGo"]),
-            f(&t["meshOverBare"])
+            "\nThe relay (UDP blocked; through nginx as the gateway): {} Gbit/s with 1 stream{}, {} with 4{}; RTT {} ms (+{} over the bare link{direct_added})",
+            f(&relay["streams1Gbps"]),
+            direct("streams1").unwrap_or_default(),
+            f(&relay["streams4Gbps"]),
+            direct("streams4").unwrap_or_default(),
+            f(&relay["rttMs"]),
+            f(&relay["addedMs"]),
         );
     }
-    let l = &r["latency"];
-    println!(
-        "\nLatency, ping RTT (ms): bare {:.3}, mesh {:.3} (+{:.3}), wireguard-go {:.3} (+{:.3})",
-        l["bareRttMs"].as_f64().unwrap_or(0.0),
-        l["meshRttMs"].as_f64().unwrap_or(0.0),
-        l["meshAddedMs"].as_f64().unwrap_or(0.0),
-        l["wireguardGoRttMs"].as_f64().unwrap_or(0.0),
-        l["wireguardGoAddedMs"].as_f64().unwrap_or(0.0)
-    );
-    let relay = &r["relay"];
-    let direct = |s: &str| r["throughput"][s]["meshGbps"].as_f64().unwrap_or(0.0);
-    println!(
-        "\nThe relay (UDP blocked; through nginx as the gateway): {} Gbit/s with 1 stream ({:.0}% of direct), {} with 4 ({:.0}%); RTT {} ms (+{} over the bare link; direct +{:.3})",
-        f(&relay["streams1Gbps"]),
-        100.0 * relay["streams1Gbps"].as_f64().unwrap_or(0.0) / direct("streams1"),
-        f(&relay["streams4Gbps"]),
-        100.0 * relay["streams4Gbps"].as_f64().unwrap_or(0.0) / direct("streams4"),
-        f(&relay["rttMs"]),
-        f(&relay["addedMs"]),
-        l["meshAddedMs"].as_f64().unwrap_or(0.0)
-    );
-    let fo = &r["failover"];
-    println!(
-        "\nFailover (3 nodes, the leader's node cut off, leader timeout {} s): seat 2 leads on-chain after {:.0} ms ({:.0} ms beyond the timeout); both agents report it after {:.0} ms",
-        fo["leaderTimeoutSecs"],
-        fo["onChainMs"].as_f64().unwrap_or(0.0),
-        fo["beyondTimeoutMs"].as_f64().unwrap_or(0.0),
-        fo["reportedMs"].as_f64().unwrap_or(0.0)
-    );
+    if let Some(fo) = r.get("failover") {
+        println!(
+            "\nFailover (3 nodes, the leader's node cut off, leader timeout {} s): seat 2 leads on-chain after {:.0} ms ({:.0} ms beyond the timeout); both agents report it after {:.0} ms",
+            fo["leaderTimeoutSecs"],
+            fo["onChainMs"].as_f64().unwrap_or(0.0),
+            fo["beyondTimeoutMs"].as_f64().unwrap_or(0.0),
+            fo["reportedMs"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let Some(sizes) = r.get("sizes") else {
+        return;
+    };
     println!(
         "\n{:<8} {:>18} {:>16}",
         "nodes", "convergence (ms)", "revocation (ms)"
     );
-    for s in r["sizes"].as_array().into_iter().flatten() {
+    for s in sizes.as_array().into_iter().flatten() {
         println!(
             "{:<8} {:>18.0} {:>16.0}",
             s["nodes"],
@@ -664,5 +1006,108 @@ fn print_table(r: &Value) {
                 f(&c["lossPercent"])
             );
         }
+    }
+}
+
+/// The throughput and latency table: one row per implementation, 1 and 4 streams side by side, then the
+/// RTT; the mesh's ratios; and a second table with each run's context switches and drops.
+fn print_compared(r: &Value) {
+    let num = |v: &Value, digits: usize| v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"));
+    let t = r.get("throughput");
+    let l = r.get("latency");
+    let run = |name: &str, s: u32| t.map_or(&Value::Null, |t| &t[format!("streams{s}")][name]);
+    if let Some(v) = r.get("versions").and_then(Value::as_object) {
+        let versions: Vec<String> = v
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("?")))
+            .collect();
+        println!("\nReferences: {}", versions.join("; "));
+    }
+    let secs = t.map_or("-".into(), |t| t["seconds"].to_string());
+    println!(
+        "\nThroughput, iperf3 TCP, {secs} s a run (CPU: the WireGuard process on the sending / receiving node, % of one core); ping RTT"
+    );
+    println!("{:<14} {:-^31} {:-^31}", "", " 1 stream ", " 4 streams ");
+    println!(
+        "{:<14}{} {:>18}",
+        "",
+        format!(" {:>7} {:>8} {:>14}", "Gbit/s", "retrans", "CPU send/recv").repeat(2),
+        "RTT ms (added)"
+    );
+    for name in IMPLEMENTATIONS {
+        let mut row = format!("{name:<14}");
+        for s in [1, 4] {
+            let v = run(name, s);
+            let cpu = format!(
+                "{} / {}",
+                num(&v["cpuSenderPct"], 0),
+                num(&v["cpuReceiverPct"], 0)
+            );
+            row += &format!(
+                " {:>7} {:>8} {:>14}",
+                num(&v["gbps"], 2),
+                v["retransmits"]
+                    .as_u64()
+                    .map_or("-".into(), |x| x.to_string()),
+                cpu
+            );
+        }
+        let rtt = l.map_or(&Value::Null, |l| &l[name]);
+        let added = match name {
+            "bare" => String::new(),
+            _ => rtt["addedMs"]
+                .as_f64()
+                .map_or(String::new(), |a| format!(" (+{a:.3})")),
+        };
+        row += &format!(" {:>18}", format!("{}{added}", num(&rtt["rttMs"], 3)));
+        println!("{row}");
+    }
+    let Some(t) = t else {
+        return;
+    };
+    let ratio = |key: &str, s: u32| {
+        let v = &t[format!("streams{s}")];
+        let best = v["bestPeer"]
+            .as_str()
+            .filter(|_| key == "meshOverBest")
+            .map_or(String::new(), |b| format!(" ({b})"));
+        format!("{}{best}", num(&v[key], 2))
+    };
+    println!(
+        "mesh / best peer: {} with 1 stream, {} with 4",
+        ratio("meshOverBest", 1),
+        ratio("meshOverBest", 4)
+    );
+    println!(
+        "mesh / bare:      {} with 1 stream, {} with 4",
+        ratio("meshOverBare", 1),
+        ratio("meshOverBare", 4)
+    );
+    println!(
+        "\nPer run: context switches of the WireGuard process (send / recv); drops on both sides, of the TUN interfaces and of UDP receive buffers"
+    );
+    println!("{:<14} {:-^39} {:-^39}", "", " 1 stream ", " 4 streams ");
+    println!(
+        "{:<14}{}",
+        "",
+        format!(" {:>19} {:>8} {:>10}", "ctx send / recv", "TUN", "UDP").repeat(2)
+    );
+    let count = |v: &Value| v.as_u64().map_or("-".into(), |x| x.to_string());
+    for name in IMPLEMENTATIONS.into_iter().filter(|&n| n != "bare") {
+        let mut row = format!("{name:<14}");
+        for s in [1, 4] {
+            let v = run(name, s);
+            row += &format!(
+                " {:>19} {:>8} {:>10}",
+                format!(
+                    "{} / {}",
+                    count(&v["ctxSwitchesSender"]),
+                    count(&v["ctxSwitchesReceiver"])
+                ),
+                count(&v["tunDrops"]),
+                count(&v["udpRcvbufErrors"])
+            );
+        }
+        println!("{row}");
     }
 }
