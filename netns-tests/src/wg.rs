@@ -342,29 +342,9 @@ pub struct WireguardGo {
 }
 
 impl WireguardGo {
-    /// Starts `wireguard-go` in `ns` with `key` on port 51820, address `overlay` (CIDR), and one peer with
+    /// Starts `reference` in `ns` with `key` on port 51820, address `overlay` (CIDR), and one peer with
     /// `peer_key` at `peer_endpoint` owning `allowed_ips`.
     pub fn start(
-        ns: &NetNs,
-        key: &PrivateKey,
-        overlay: &str,
-        peer_key: &Key,
-        peer_endpoint: &str,
-        allowed_ips: &str,
-    ) -> Self {
-        Self::start_reference(
-            &Reference::WireguardGo,
-            ns,
-            key,
-            overlay,
-            peer_key,
-            peer_endpoint,
-            allowed_ips,
-        )
-    }
-
-    /// As [`WireguardGo::start`], with `reference` instead of `wireguard-go`.
-    pub fn start_reference(
         reference: &Reference,
         ns: &NetNs,
         key: &PrivateKey,

@@ -35,7 +35,7 @@ use netns_tests::attack::{
     CHAIN_ID, current_registration, node_identity, on_chain, send_registration,
 };
 use netns_tests::prelude::*;
-use netns_tests::wg::{WireguardGo, parse_dump, test_key};
+use netns_tests::wg::{Reference, WireguardGo, parse_dump, test_key};
 
 const NODES: usize = 4;
 const SEATS: usize = 3;
@@ -157,6 +157,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     // A WireGuard peer that is not on-chain: wireguard-go in node 4's namespace, claiming node 3's address.
     let node1_key = agents[0].key();
     let mut impostor = WireguardGo::start(
+        &Reference::WireguardGo,
         lan.node(4),
         &test_key(66),
         "10.0.1.3/24",

@@ -31,6 +31,7 @@ fn interoperates_with_wireguard_go() {
     let pub_b = key_b.public_key();
     let a_ep = format!("192.0.2.1:{}", dev_a.listen_port);
     let mut go = WireguardGo::start(
+        &Reference::WireguardGo,
         &ns_b,
         &key_b,
         "10.0.1.2/24",

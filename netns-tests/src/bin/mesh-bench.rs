@@ -80,7 +80,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,relay,failover,sizes"
+        default_value = "throughput,latency,offloads,relay,failover,sizes"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -106,6 +106,8 @@ enum Section {
     Throughput,
     /// Ping RTT through the same.
     Latency,
+    /// Throughput through the mesh with each kernel offload turned off in turn: what each is worth.
+    Offloads,
     /// Throughput and RTT over the relay.
     Relay,
     /// Leader failover.
@@ -183,6 +185,9 @@ fn main() -> anyhow::Result<()> {
     if compared {
         tools.extend(["ss", "iperf3", "wireguard-go"]);
     }
+    if on(Section::Offloads) {
+        tools.extend(["ss", "iperf3"]);
+    }
     if on(Section::Relay) {
         tools.extend(["ss", "iperf3", "nginx", "nft"]);
     }
@@ -232,6 +237,10 @@ fn main() -> anyhow::Result<()> {
         if on(Section::Throughput) {
             report["throughput"] = throughput(&args, &tunnels);
         }
+    }
+    if on(Section::Offloads) {
+        eprintln!("== the mesh with its offloads turned off in turn (2 agents)");
+        report["offloads"] = offloads(&args);
     }
     if on(Section::Relay) {
         eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
@@ -472,7 +481,7 @@ fn reference_pair(lan: &Lan, reference: &Reference, k: usize) -> (WireguardGo, W
     let seed = |node: usize| u8::try_from(28 + node).expect("few references");
     // Node `node` as overlay host `host`, its peer node `peer` as `peer_host`.
     let start = |node: usize, host: u8, peer: usize, peer_host: u8| {
-        WireguardGo::start_reference(
+        WireguardGo::start(
             reference,
             lan.node(node),
             &test_key(seed(node)),
@@ -525,36 +534,47 @@ fn throughput(args: &Args, tunnels: &[Tunnel<'_>]) -> Value {
 
 /// The average of 200 pings 20 ms apart through each of `tunnels`, and what each adds over the bare link's.
 fn latency(tunnels: &[Tunnel<'_>]) -> Value {
-    let every = Duration::from_millis(20);
     // Warm up sessions and caches first.
     for p in tunnels {
-        ping_avg_ms(p.client, p.addr, 5, every);
+        ping_avg_ms(p.client, p.addr, 5, Duration::from_millis(20));
     }
-    let rtts: Vec<(&str, f64)> = tunnels
-        .iter()
-        .map(|p| (p.name, ping_avg_ms(p.client, p.addr, 200, every)))
-        .collect();
-    let bare = rtts
-        .iter()
-        .find(|(name, _)| *name == "bare")
-        .map(|r| r.1)
-        .expect("the bare link is measured");
+    // Pings 20 ms apart find every CPU idle, and on a VM waking a CPU dominates: each WireGuard side wakes
+    // twice a round trip, and even the bare link's RTT is ten times what it is on busy CPUs. Pings 0.5 ms
+    // apart keep the CPUs awake and show what the tunnel itself adds.
     let mut out = json!({});
-    for (name, rtt) in rtts {
-        out[name] = json!({ "rttMs": rtt, "addedMs": rtt - bare });
-    }
-    eprintln!(
-        "   RTT: {}",
-        tunnels
+    for (key, every, count) in [
+        ("", Duration::from_millis(20), 200),
+        ("busy", Duration::from_micros(500), 2000),
+    ] {
+        let rtts: Vec<(&str, f64)> = tunnels
             .iter()
-            .map(|p| format!(
-                "{} {:.3} ms",
-                p.name,
-                out[p.name]["rttMs"].as_f64().unwrap_or(0.0)
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+            .map(|p| (p.name, ping_avg_ms(p.client, p.addr, count, every)))
+            .collect();
+        let bare = rtts
+            .iter()
+            .find(|(name, _)| *name == "bare")
+            .map(|r| r.1)
+            .expect("the bare link is measured");
+        let field = |name: &str| {
+            if key.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{key}{}{}", &name[..1].to_uppercase(), &name[1..])
+            }
+        };
+        for (name, rtt) in &rtts {
+            out[*name][field("rttMs")] = json!(rtt);
+            out[*name][field("addedMs")] = json!(rtt - bare);
+        }
+        eprintln!(
+            "   RTT, pings {} ms apart: {}",
+            every.as_secs_f64() * 1000.0,
+            rtts.iter()
+                .map(|(name, rtt)| format!("{name} {rtt:.3} ms"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     out
 }
 
@@ -604,6 +624,32 @@ fn relay(args: &Args) -> Value {
         out["streams4Gbps"].as_f64().unwrap_or(0.0),
         rtt - bare
     );
+    out
+}
+
+/// The mesh's variants with offloads turned off, by name and the agents' flags.
+const OFFLOAD_VARIANTS: [(&str, &[&str]); 3] = [
+    ("no offloads", &["--no-tun-offload", "--no-udp-offload"]),
+    ("TUN offload only", &["--no-udp-offload"]),
+    ("UDP GSO/GRO only", &["--no-tun-offload"]),
+];
+
+/// Throughput and its cost through the mesh for each of [`OFFLOAD_VARIANTS`], each on a fresh two-node
+/// topology (the full mesh is the throughput section's `mesh`).
+fn offloads(args: &Args) -> Value {
+    let mut out = json!({});
+    for (name, flags) in OFFLOAD_VARIANTS {
+        let lan = Lan::new(2);
+        let cluster = Cluster::deploy_seats(&lan, 2);
+        let mut all = vec!["--wg-backend", "userspace"];
+        all.extend(flags);
+        let (agents, _keys) = start_mesh_with(&cluster, 1..=2, &all);
+        let mut tunnel = tunnels(&lan, &agents, &[]).remove(0);
+        tunnel.name = name;
+        for streams in [1u32, 4] {
+            out[name][format!("streams{streams}")] = tunnel.measure(streams, args.seconds);
+        }
+    }
     out
 }
 
@@ -943,6 +989,40 @@ fn print_table(r: &Value) {
     if r.get("throughput").is_some() || r.get("latency").is_some() {
         print_compared(r);
     }
+    if let Some(o) = r.get("offloads") {
+        println!(
+            "\nThe mesh with offloads turned off (Gbit/s, retransmits, CPU send / recv; 1 stream, then 4)"
+        );
+        let mut rows: Vec<(&str, [&Value; 2])> = OFFLOAD_VARIANTS
+            .iter()
+            .map(|(name, _)| (*name, [&o[*name]["streams1"], &o[*name]["streams4"]]))
+            .collect();
+        if let Some(t) = r.get("throughput") {
+            rows.push((
+                "all offloads (mesh above)",
+                [&t["streams1"]["mesh"], &t["streams4"]["mesh"]],
+            ));
+        }
+        let pct = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.0}"));
+        for (name, runs) in rows {
+            let mut row = format!("{name:<28}");
+            for run in runs {
+                row += &format!(
+                    " {:>7} {:>8} {:>10}",
+                    f(&run["gbps"]),
+                    run["retransmits"]
+                        .as_u64()
+                        .map_or("-".into(), |x| x.to_string()),
+                    format!(
+                        "{} / {}",
+                        pct(&run["cpuSenderPct"]),
+                        pct(&run["cpuReceiverPct"])
+                    )
+                );
+            }
+            println!("{row}");
+        }
+    }
     if let Some(relay) = r.get("relay") {
         // Shares of the direct path's figures, when those were measured too.
         let direct = |s: &str| {
@@ -1029,10 +1109,11 @@ fn print_compared(r: &Value) {
     );
     println!("{:<14} {:-^31} {:-^31}", "", " 1 stream ", " 4 streams ");
     println!(
-        "{:<14}{} {:>18}",
+        "{:<14}{} {:>18} {:>18}",
         "",
         format!(" {:>7} {:>8} {:>14}", "Gbit/s", "retrans", "CPU send/recv").repeat(2),
-        "RTT ms (added)"
+        "RTT idle (added)",
+        "RTT busy (added)"
     );
     for name in IMPLEMENTATIONS {
         let mut row = format!("{name:<14}");
@@ -1053,13 +1134,15 @@ fn print_compared(r: &Value) {
             );
         }
         let rtt = l.map_or(&Value::Null, |l| &l[name]);
-        let added = match name {
-            "bare" => String::new(),
-            _ => rtt["addedMs"]
-                .as_f64()
-                .map_or(String::new(), |a| format!(" (+{a:.3})")),
-        };
-        row += &format!(" {:>18}", format!("{}{added}", num(&rtt["rttMs"], 3)));
+        for (rtt_key, added_key) in [("rttMs", "addedMs"), ("busyRttMs", "busyAddedMs")] {
+            let added = match name {
+                "bare" => String::new(),
+                _ => rtt[added_key]
+                    .as_f64()
+                    .map_or(String::new(), |a| format!(" (+{a:.3})")),
+            };
+            row += &format!(" {:>18}", format!("{}{added}", num(&rtt[rtt_key], 3)));
+        }
         println!("{row}");
     }
     let Some(t) = t else {
