@@ -163,13 +163,18 @@ pub(super) async fn relay_loop(
     mut inbound: mpsc::Receiver<Inbound>,
 ) -> Result<(), Error> {
     let mut rx = Received::new();
-    while let Some(Inbound { link, datagram }) = inbound.recv().await {
-        shared.receive(
-            &Via::Relay(link),
-            &datagram,
-            std::iter::once(0..datagram.len()),
-            &mut rx,
-        );
+    while let Some(first) = inbound.recv().await {
+        // What else has arrived joins the batch, so one flow's packets are coalesced into one TUN write.
+        let mut next = Some(first);
+        while let Some(Inbound { link, datagram }) = next {
+            let whole = std::iter::once(0..datagram.len());
+            shared.receive(&Via::Relay(link), &datagram, whole, &mut rx);
+            next = if rx.tun.is_full() {
+                None
+            } else {
+                inbound.try_recv().ok()
+            };
+        }
         rx.flush(&shared.tun, &shared.socket()).await;
     }
     Ok(())

@@ -77,7 +77,9 @@ impl TunReader {
                 Err(err) => return Err(err),
             }
         }
-        while BATCH - self.len >= ROOM_FOR_SPLIT {
+        // Without offload a read is one packet, so the batch can be filled to the last buffer.
+        let room = if tun.tcp_gso() { ROOM_FOR_SPLIT } else { 1 };
+        while BATCH - self.len >= room {
             let n = self.len;
             match tun.try_recv_multiple(&mut self.raw, &mut self.bufs[n..], &mut self.sizes[n..], 0)
             {
