@@ -92,14 +92,16 @@ fn encapsulate(session: &mut Session<'_>, packet: &[u8], out: &mut Outbound) {
 /// into one TUN batch that tun-rs coalesces per flow.
 pub(super) async fn udp_loop(shared: Arc<Shared>) -> Result<(), Error> {
     let mut socket_rx = shared.udp.subscribe();
-    let mut bufs: Vec<Vec<u8>> = (0..RECV_MESSAGES).map(|_| vec![0; RECV_BUF]).collect();
+    // One allocation for every message's buffer: large enough to be mapped lazily, so only what arrives
+    // becomes resident.
+    let mut arena = vec![0u8; RECV_MESSAGES * RECV_BUF];
     let mut meta = vec![RecvMeta::default(); RECV_MESSAGES];
     let mut rx = Received::new();
     loop {
         let sock = socket_rx.borrow_and_update().clone();
         let received = {
             let mut slices: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                arena.chunks_mut(RECV_BUF).map(IoSliceMut::new).collect();
             tokio::select! {
                 r = sock.recv(&mut slices, &mut meta) => r,
                 changed = socket_rx.changed() => {
@@ -112,7 +114,7 @@ pub(super) async fn udp_loop(shared: Arc<Shared>) -> Result<(), Error> {
         };
         match received {
             Ok(n) => {
-                for (buf, m) in bufs.iter().zip(&meta).take(n) {
+                for (buf, m) in arena.chunks(RECV_BUF).zip(&meta).take(n) {
                     if rx.tun.free() < m.len.div_ceil(m.stride.max(1)) {
                         rx.tun.flush(&shared.tun).await;
                     }

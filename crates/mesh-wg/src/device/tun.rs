@@ -45,17 +45,18 @@ fn packet_error(err: &io::Error) -> bool {
 pub(crate) struct TunReader {
     /// One raw read: the virtio-net header and the packet as the kernel wrote it.
     raw: Vec<u8>,
-    bufs: Vec<Vec<u8>>,
+    /// The batch's packet buffers, back to back: one allocation, large enough to be mapped lazily, so only
+    /// the bytes packets use become resident.
+    arena: Vec<u8>,
     sizes: Vec<usize>,
     len: usize,
 }
 
 impl TunReader {
     pub(crate) fn new() -> Self {
-        // Zeroed allocations of this size are mapped lazily: only the bytes packets use become resident.
         Self {
             raw: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
-            bufs: (0..BATCH).map(|_| vec![0; MAX_PACKET]).collect(),
+            arena: vec![0; BATCH * MAX_PACKET],
             sizes: vec![0; BATCH],
             len: 0,
         }
@@ -65,9 +66,10 @@ impl TunReader {
     /// is dropped (logged) as a full queue would drop it.
     pub(crate) async fn read(&mut self, tun: &AsyncDevice) -> io::Result<usize> {
         self.len = 0;
+        let mut bufs: Vec<&mut [u8]> = self.arena.chunks_mut(MAX_PACKET).collect();
         while self.len == 0 {
             match tun
-                .recv_multiple(&mut self.raw, &mut self.bufs, &mut self.sizes, 0)
+                .recv_multiple(&mut self.raw, &mut bufs, &mut self.sizes, 0)
                 .await
             {
                 Ok(n) => self.len = n,
@@ -81,8 +83,7 @@ impl TunReader {
         let room = if tun.tcp_gso() { ROOM_FOR_SPLIT } else { 1 };
         while BATCH - self.len >= room {
             let n = self.len;
-            match tun.try_recv_multiple(&mut self.raw, &mut self.bufs[n..], &mut self.sizes[n..], 0)
-            {
+            match tun.try_recv_multiple(&mut self.raw, &mut bufs[n..], &mut self.sizes[n..], 0) {
                 Ok(k) => self.len += k,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if packet_error(&err) => {
@@ -96,9 +97,10 @@ impl TunReader {
 
     /// The packets of the last read, in order.
     pub(crate) fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.bufs[..self.len]
-            .iter()
+        self.arena
+            .chunks(MAX_PACKET)
             .zip(&self.sizes)
+            .take(self.len)
             .map(|(buf, &size)| &buf[..size])
     }
 }
@@ -113,10 +115,8 @@ pub(crate) struct TunWriter {
 impl TunWriter {
     pub(crate) fn new() -> Self {
         Self {
-            // tun-rs coalesces into a buffer only while its capacity holds twice the offset and the result.
-            bufs: (0..BATCH)
-                .map(|_| Vec::with_capacity(2 * HEADROOM + MAX_PACKET))
-                .collect(),
+            // Allocated when first used ([`TunWriter::slot`]): an idle device uses few.
+            bufs: (0..BATCH).map(|_| Vec::new()).collect(),
             len: 0,
             gro: GROTable::new(),
         }
@@ -134,6 +134,11 @@ impl TunWriter {
     /// Free room for `len` bytes of the next packet, to decrypt into. Callers flush a full writer first.
     pub(crate) fn slot(&mut self, len: usize) -> &mut [u8] {
         let buf = &mut self.bufs[self.len];
+        if buf.capacity() == 0 {
+            // tun-rs coalesces into a buffer only while its capacity holds twice the offset and the result,
+            // and never grows it.
+            buf.reserve_exact(2 * HEADROOM + MAX_PACKET);
+        }
         buf.clear();
         buf.resize(HEADROOM + len.min(MAX_PACKET), 0);
         &mut buf[HEADROOM..]
