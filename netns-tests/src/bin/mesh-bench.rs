@@ -8,7 +8,10 @@
 //!   on the sending and on the receiving node over the run, and the drops of both TUN interfaces and of both
 //!   nodes' UDP receive buffers (where the retransmits come from). What the mesh's data path has to beat is
 //!   the best of the references, not only the slowest.
-//! - Added latency: ping RTT through the mesh and each reference, minus the bare link's.
+//! - Offloads: the mesh's throughput with its TUN offload, its UDP GSO/GRO, or both turned off, each on a
+//!   fresh pair of nodes: what each offload is worth, in the same run.
+//! - Added latency: ping RTT through the mesh and each reference, minus the bare link's, with pings 20 ms
+//!   apart (idle CPUs, whose wake-ups dominate on a VM) and 0.5 ms apart (busy CPUs).
 //! - The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
 //! - Failover: how long until a cut-off leader is replaced on-chain, and reported by the others.
 //! - Convergence for each size N: from the moment the chain holds node N's registration to the moment
@@ -19,7 +22,7 @@
 //!   new block.
 //! - Churn loss: ping loss between two steady nodes while 10 other nodes join and leave.
 //!
-//! `--sections` picks some of them (`throughput,latency,relay,failover,sizes`, all by default).
+//! `--sections` picks some of them (`throughput,latency,offloads,relay,failover,sizes`, all by default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
 //! boringtun-cli into `target/peers`), or:
