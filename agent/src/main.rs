@@ -104,8 +104,10 @@ fn init_logging(format: LogFormat) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             // The agent's own events (registrations, peers added and removed) by default, others' warnings.
+            // boringtun logs WireGuard's expected timer events (a retried handshake, giving up on an absent
+            // peer) as warnings and errors; mesh_wg logs them at debug instead.
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "warn,p2p_agent=info,mesh_chain=info,mesh_wg=info,mesh_api=info,dstack_guest=info,unix_socket=info"
+                "warn,boringtun::noise::timers=off,p2p_agent=info,mesh_chain=info,mesh_wg=info,mesh_api=info,dstack_guest=info,unix_socket=info"
                     .into()
             }),
         )

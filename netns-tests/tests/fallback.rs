@@ -155,4 +155,12 @@ fn unreachable_and_tls_nodes_are_offered_by_their_gateway_url() {
         a.stop();
     }
     assert_no_warnings(&agents);
+    for a in &agents {
+        let noise = a.log_lines("boringtun::noise::timers");
+        assert!(
+            noise.is_empty(),
+            "agent {}: WireGuard's expected timer events (node 3 was silent) belong at debug level: {noise:?}",
+            a.index
+        );
+    }
 }

@@ -276,6 +276,38 @@ fn bulk_tcp_is_intact_between_offloading_and_plain_devices() {
     );
 }
 
+/// A peer that was just added is handshaken at once, from both sides, without any traffic or keepalive to
+/// start it: a node that joins is reachable on its first packet, not a handshake later.
+#[test]
+fn a_new_peer_is_handshaken_at_once_without_traffic() {
+    require_root(&[]);
+    let ns_a = NetNs::new("a");
+    let ns_b = NetNs::new("b");
+    veth_pair(&ns_a, &["192.0.2.1/24"], &ns_b, &["192.0.2.2/24"]);
+    let dev_a = NsDevice::start(&ns_a, device_config(&unique("A"), 1, A_OVERLAY));
+    let dev_b = NsDevice::start(&ns_b, device_config(&unique("B"), 2, B_OVERLAY));
+    let a_ep = sa(&format!("192.0.2.1:{}", dev_a.listen_port));
+    let b_ep = sa(&format!("192.0.2.2:{}", dev_b.listen_port));
+    dev_a.set_peer(peer_config(dev_b.public_key, b_ep, "10.0.1.2/32"));
+    dev_b.set_peer(peer_config(dev_a.public_key, a_ep, "10.0.1.1/32"));
+    wait_until(
+        "both devices to report a handshake with no packet sent through them",
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        || {
+            dev_a.peer(dev_b.public_key).last_handshake.is_some()
+                && dev_b.peer(dev_a.public_key).last_handshake.is_some()
+        },
+        || {
+            format!(
+                "{:?}\n{:?}",
+                dev_a.peer(dev_b.public_key),
+                dev_b.peer(dev_a.public_key)
+            )
+        },
+    );
+}
+
 #[test]
 fn interface_name_in_use_is_reported() {
     require_root(&[]);

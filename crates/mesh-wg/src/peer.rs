@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
@@ -71,6 +72,8 @@ struct PeerInner {
     dial: Redial,
     /// Start a handshake at the next tick, unless a session is fresh.
     kick: bool,
+    /// WireGuard has given up on the handshake (REKEY_ATTEMPT_TIME) and not started another: logged once.
+    expired: bool,
 }
 
 /// What the noise layer needs to (re)build a `Tunn`.
@@ -104,6 +107,7 @@ impl Peer {
                 path: PathState::new(Instant::now()),
                 dial: Redial::default(),
                 kick: false,
+                expired: false,
             }),
         }
     }
@@ -113,8 +117,15 @@ impl Peer {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sets the endpoint. A new one starts a handshake at the next tick (unless a session is fresh), so a
+    /// peer that was just added, or has moved, is reachable at once rather than at its first packet: both
+    /// sides initiate as they add each other, and whichever initiation arrives first makes the session.
     pub(crate) fn set_endpoint(&self, endpoint: SocketAddr) {
-        self.lock().endpoint = Some(endpoint);
+        let mut g = self.lock();
+        if g.endpoint != Some(endpoint) {
+            g.endpoint = Some(endpoint);
+            g.kick = true;
+        }
     }
 
     /// Sets where the peer's relay is. A changed relay drops the stream to the old one.
@@ -237,7 +248,8 @@ impl Peer {
             && let Some(via) = g.via()
             && let TunnResult::WriteToNetwork(init) = g.tunn.format_handshake_initiation(dst, true)
         {
-            // A new relay stream carries a handshake at once rather than at WireGuard's next retry.
+            // A new endpoint or relay stream carries a handshake at once, not at the first packet or at
+            // WireGuard's next retry.
             g.note_tx_bytes(init, &via, now);
             sends.push((via, init.to_vec()));
         }
@@ -250,7 +262,7 @@ impl Peer {
             g.note_tx_bytes(init, &via, now);
             sends.push((via, init.to_vec()));
         }
-        if let Some(send) = g.timers(dst) {
+        if let Some(send) = g.timers(&self.public_key, dst) {
             sends.push(send);
         }
         sends
@@ -374,12 +386,30 @@ impl PeerInner {
         self.endpoint.map(Via::Udp)
     }
 
-    fn timers(&mut self, dst: &mut [u8]) -> Option<(Via, Vec<u8>)> {
+    /// boringtun's timers and our keepalive. Their expected events (a retried or renewed handshake, giving
+    /// up on an absent peer) are logged here at debug level; boringtun's own logs of them (as warnings and
+    /// errors) are filtered out by the agent.
+    fn timers(&mut self, key: &Key, dst: &mut [u8]) -> Option<(Via, Vec<u8>)> {
         let g = self;
         g.refresh_handshake();
         let mut out = match g.tunn.update_timers(dst) {
-            TunnResult::WriteToNetwork(out) => Some(out.to_vec()),
-            _ => None,
+            TunnResult::WriteToNetwork(out) => {
+                if out.first() == Some(&MSG_HANDSHAKE_INIT) {
+                    tracing::debug!(peer = ?key, "handshake initiation from WireGuard's timers (a retry after REKEY_TIMEOUT, or a rekey)");
+                }
+                g.expired = false;
+                Some(out.to_vec())
+            }
+            TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                if !std::mem::replace(&mut g.expired, true) {
+                    tracing::debug!(peer = ?key, "WireGuard gave up on the handshake (REKEY_ATTEMPT_TIME) or the session expired; the next packet starts another");
+                }
+                None
+            }
+            _ => {
+                g.expired = false;
+                None
+            }
         };
         if out.is_none() {
             let due = match (g.keepalive, g.via(), g.last_tx) {
