@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use mesh_wg::{Error, Offload, PeerConfig};
+use mesh_wg::{DeviceConfig, Error, Offload, PeerConfig};
 use netns_tests::netns::*;
 use netns_tests::ping::ping_counts;
 use netns_tests::process::*;
@@ -19,6 +19,23 @@ const B_OVERLAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
+}
+
+/// A veth between `ns_a` (192.0.2.1) and `ns_b` (192.0.2.2), a device in each (B's config as `b_config` makes
+/// it), and each device the other's peer; no packet has been sent through them yet.
+fn peered_pair(
+    ns_a: &NetNs,
+    ns_b: &NetNs,
+    b_config: impl FnOnce(DeviceConfig) -> DeviceConfig,
+) -> (NsDevice, NsDevice) {
+    veth_pair(ns_a, &["192.0.2.1/24"], ns_b, &["192.0.2.2/24"]);
+    let dev_a = NsDevice::start(ns_a, device_config(&unique("A"), 1, A_OVERLAY));
+    let dev_b = NsDevice::start(ns_b, b_config(device_config(&unique("B"), 2, B_OVERLAY)));
+    let a_ep = sa(&format!("192.0.2.1:{}", dev_a.listen_port));
+    let b_ep = sa(&format!("192.0.2.2:{}", dev_b.listen_port));
+    dev_a.set_peer(peer_config(dev_b.public_key, b_ep, "10.0.1.2/32"));
+    dev_b.set_peer(peer_config(dev_a.public_key, a_ep, "10.0.1.1/32"));
+    (dev_a, dev_b)
 }
 
 /// Ping over the overlay, `wg show dump` through our UAPI, in-place endpoint/keepalive changes
@@ -241,28 +258,20 @@ fn pair_pings_updates_in_place_and_removes() {
     );
 }
 
-/// A name taken by a link in the namespace, or by a live UAPI socket of a device in another
-/// namespace, is reported as in use.
 /// Offload on one side only: A splits TCP super-packets from its TUN, sends GSO runs and coalesces what it
 /// writes to its TUN; B does none of that. A stream checked byte by byte crosses intact both ways, so each
 /// side's packets are valid for the other (checksums, lengths, order).
 #[test]
 fn bulk_tcp_is_intact_between_offloading_and_plain_devices() {
     require_root(&[]);
-    let ns_a = NetNs::new("a");
-    let ns_b = NetNs::new("b");
-    veth_pair(&ns_a, &["192.0.2.1/24"], &ns_b, &["192.0.2.2/24"]);
-    let dev_a = NsDevice::start(&ns_a, device_config(&unique("A"), 1, A_OVERLAY));
-    let mut plain = device_config(&unique("B"), 2, B_OVERLAY);
-    plain.offload = Offload {
-        tun: false,
-        udp: false,
-    };
-    let dev_b = NsDevice::start(&ns_b, plain);
-    let a_ep = sa(&format!("192.0.2.1:{}", dev_a.listen_port));
-    let b_ep = sa(&format!("192.0.2.2:{}", dev_b.listen_port));
-    dev_a.set_peer(peer_config(dev_b.public_key, b_ep, "10.0.1.2/32"));
-    dev_b.set_peer(peer_config(dev_a.public_key, a_ep, "10.0.1.1/32"));
+    let (ns_a, ns_b) = (NetNs::new("a"), NetNs::new("b"));
+    let (dev_a, dev_b) = peered_pair(&ns_a, &ns_b, |plain| DeviceConfig {
+        offload: Offload {
+            tun: false,
+            udp: false,
+        },
+        ..plain
+    });
 
     const BYTES: u64 = 64 << 20;
     let took = tcp_transfer(&ns_a, &ns_b, B_OVERLAY, BYTES);
@@ -281,15 +290,8 @@ fn bulk_tcp_is_intact_between_offloading_and_plain_devices() {
 #[test]
 fn a_new_peer_is_handshaken_at_once_without_traffic() {
     require_root(&[]);
-    let ns_a = NetNs::new("a");
-    let ns_b = NetNs::new("b");
-    veth_pair(&ns_a, &["192.0.2.1/24"], &ns_b, &["192.0.2.2/24"]);
-    let dev_a = NsDevice::start(&ns_a, device_config(&unique("A"), 1, A_OVERLAY));
-    let dev_b = NsDevice::start(&ns_b, device_config(&unique("B"), 2, B_OVERLAY));
-    let a_ep = sa(&format!("192.0.2.1:{}", dev_a.listen_port));
-    let b_ep = sa(&format!("192.0.2.2:{}", dev_b.listen_port));
-    dev_a.set_peer(peer_config(dev_b.public_key, b_ep, "10.0.1.2/32"));
-    dev_b.set_peer(peer_config(dev_a.public_key, a_ep, "10.0.1.1/32"));
+    let (ns_a, ns_b) = (NetNs::new("a"), NetNs::new("b"));
+    let (dev_a, dev_b) = peered_pair(&ns_a, &ns_b, |b| b);
     wait_until(
         "both devices to report a handshake with no packet sent through them",
         Duration::from_secs(2),
@@ -308,6 +310,8 @@ fn a_new_peer_is_handshaken_at_once_without_traffic() {
     );
 }
 
+/// A name taken by a link in the namespace, or by a live UAPI socket of a device in another
+/// namespace, is reported as in use.
 #[test]
 fn interface_name_in_use_is_reported() {
     require_root(&[]);
