@@ -177,6 +177,7 @@ pub fn render(
             rpc_errors: chain.rpc_errors.saturating_add(reg.rpc_errors),
             invalid_records: chain.rejected.saturating_add(mesh.invalid_records),
             chain_requests: chain.requests,
+            chain_head_polls: chain.head_polls,
             relay: mesh.relay.clone(),
             election: election.counters.clone(),
         },
@@ -289,6 +290,7 @@ mod tests {
             head: Some(10),
             seat: SeatState::Active(1),
             requests: 7,
+            head_polls: 5,
             rejected: 1,
             ..ChainState::default()
         };
@@ -462,9 +464,10 @@ mod tests {
                 s.counters.reconciles,
                 s.counters.registrations,
                 s.counters.invalid_records,
-                s.counters.chain_requests
+                s.counters.chain_requests,
+                s.counters.chain_head_polls
             ),
-            (3, 1, 3, 7)
+            (3, 1, 3, 7, 5)
         );
         // The chain's error is shown before the registrar's.
         reg.error = Some("no funds".into());

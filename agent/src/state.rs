@@ -53,6 +53,8 @@ pub struct ChainState {
     pub error: Option<String>,
     /// JSON-RPC requests made to follow the chain.
     pub requests: u64,
+    /// Of those, polls of the chain's head.
+    pub head_polls: u64,
     /// Records refused: not authentic, or older than what was known.
     pub rejected: u64,
     pub rpc_errors: u64,

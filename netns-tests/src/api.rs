@@ -109,6 +109,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             rpc_errors: 0,
             invalid_records: 1,
             chain_requests: 42,
+            chain_head_polls: 40,
             relay: RelayCounters {
                 streams_open: 1,
                 streams_dialled: 1,

@@ -221,6 +221,7 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         "dstack_mesh_reconciles_total 4",
         "dstack_mesh_invalid_records_total 1",
         "dstack_mesh_chain_requests_total 42",
+        "dstack_mesh_chain_head_polls_total 40",
         "dstack_mesh_chain_lag_blocks 2",
         "# TYPE dstack_mesh_rpc_errors_total counter",
         "dstack_mesh_peer_path{token_id=\"2\",path=\"direct\",relay_url=\"\"} 1",

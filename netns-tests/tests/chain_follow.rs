@@ -200,6 +200,35 @@ async fn rpc_load_per_block_does_not_grow_with_peers() {
     assert!(with_two <= 3, "{with_two} requests for one block");
 }
 
+/// Head polls are counted apart from what blocks cost, so the load per block can be read off the counters: a
+/// poll with no new block is one request, a head poll; a poll that finds a block is one head poll and the
+/// block's own requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn head_polls_are_counted_apart_from_what_blocks_cost() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("h1").await;
+    let c = deploy_cluster(&anvil, node.kms_root).await;
+    join(&anvil, &c, &node, "192.0.2.1:51820").await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    f.poll(Instant::now()).await.unwrap();
+    let (requests, polls) = (f.requests, f.head_polls);
+    for _ in 0..3 {
+        f.poll(Instant::now()).await.unwrap();
+    }
+    assert_eq!(
+        (f.requests - requests, f.head_polls - polls),
+        (3, 3),
+        "polls with no new block make head polls only"
+    );
+    let polls = f.head_polls;
+    let block = requests_for_one_block(&anvil, &mut f).await;
+    assert_eq!(f.head_polls - polls, 1, "one head poll found the block");
+    assert!(
+        block >= 2,
+        "the block's own requests come beside its head poll: {block} in all"
+    );
+}
+
 /// Ticks every 100 ms for `duration`; returns how many ticks reported a failed full read.
 async fn tick_for(f: &mut Follower, duration: Duration) -> usize {
     let started = Instant::now();

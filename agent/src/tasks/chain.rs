@@ -136,6 +136,7 @@ impl Running {
     fn count(&mut self) {
         if let Some(f) = &self.follower {
             self.state.requests = f.requests;
+            self.state.head_polls = f.head_polls;
             self.state.rejected = f.rejected;
         }
     }

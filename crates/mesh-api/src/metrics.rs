@@ -85,6 +85,12 @@ const NODE: &[Metric<Snapshot>] = &[
         |s| s.counters.chain_requests,
     ),
     m(
+        "dstack_mesh_chain_head_polls_total",
+        "counter",
+        "Of the chain requests, polls of the chain's head (one per poll interval).",
+        |s| s.counters.chain_head_polls,
+    ),
+    m(
         "dstack_mesh_invalid_records_total",
         "counter",
         "On-chain records skipped because they failed local checks.",

@@ -162,6 +162,10 @@ pub struct Counters {
     /// JSON-RPC requests made to follow the chain (reads and log queries, not registrations).
     #[serde(default)]
     pub chain_requests: u64,
+    /// Of those, polls of the chain's head (`eth_blockNumber`, one per poll interval): the rest is what new
+    /// blocks and full reads cost.
+    #[serde(default)]
+    pub chain_head_polls: u64,
     #[serde(default)]
     pub relay: RelayCounters,
     #[serde(default)]

@@ -138,6 +138,9 @@ pub struct Follower {
     logged: BTreeSet<(u64, u64)>,
     /// RPC requests made, for the benchmark of RPC load per block.
     pub requests: u64,
+    /// Of those, the polls of the chain's head (`eth_blockNumber`): the rest is what new blocks and full
+    /// reads cost.
+    pub head_polls: u64,
     /// Records refused because they were not authentic or were older than what was known.
     pub rejected: u64,
 }
@@ -216,6 +219,7 @@ impl Follower {
             full_read_failing: None,
             logged: BTreeSet::new(),
             requests: 5,
+            head_polls: 0,
             rejected: 0,
         };
         match cached {
@@ -285,6 +289,7 @@ impl Follower {
 
     async fn confirmed_head(&mut self) -> Result<u64, ChainError> {
         self.count();
+        self.head_polls = self.head_polls.saturating_add(1);
         let head = self
             .provider
             .get_block_number()
