@@ -11,7 +11,6 @@ mod udp;
 
 use std::collections::HashMap;
 use std::io;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -40,6 +39,8 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 const SOCKET_BUFFER_BYTES: usize = 7 << 20;
 /// Handshakes per second before cookies are demanded (boringtun device's value).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// The largest IP packet.
+const MAX_PACKET: usize = 65_535;
 /// Largest IP packet plus WireGuard overhead, with room to spare.
 const BUF_LEN: usize = 65_536 + 256;
 /// Relayed datagrams waiting for the device.

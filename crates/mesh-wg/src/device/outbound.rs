@@ -2,6 +2,7 @@
 //! equal-size datagrams to one peer leaves in one UDP send (GSO); relayed datagrams go onto their stream one by
 //! one.
 
+use super::MAX_PACKET;
 use super::batch::Runs;
 use super::tun::BATCH;
 use super::udp::Udp;
@@ -11,8 +12,6 @@ use crate::peer::Via;
 const OVERHEAD: usize = 32;
 /// boringtun wants room for a handshake initiation whatever it is given to encrypt.
 const MIN_SLOT: usize = 148;
-/// The largest IP packet.
-const MAX_PACKET: usize = 65_535;
 
 /// One batch of outgoing datagrams.
 pub(crate) struct Outbound {

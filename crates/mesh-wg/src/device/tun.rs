@@ -7,8 +7,8 @@ use std::io;
 
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-/// The largest IP packet.
-const MAX_PACKET: usize = 65_535;
+use super::MAX_PACKET;
+
 /// Free bytes in front of every packet written: tun-rs puts the virtio-net header there.
 const HEADROOM: usize = 16;
 /// Packets per batch (wireguard-go's `IdealBatchSize`).
