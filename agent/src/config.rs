@@ -88,7 +88,8 @@ impl From<BackendArg> for BackendChoice {
 /// Where the agent reaches the chain and dstack: the daemon's and `register`'s flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Endpoints {
-    /// The chain's JSON-RPC URL.
+    /// The chain's JSON-RPC URL, http(s):// or ws(s)://. Over ws(s):// new heads are also followed by
+    /// subscription, so that each block is read as soon as it comes.
     #[arg(
         long,
         env = "DSTACK_MESH_RPC_URL",
@@ -198,7 +199,13 @@ pub struct RunArgs {
     /// Blocks to wait before acting on an event (0 suits anvil).
     #[arg(long, env = "DSTACK_MESH_CONFIRMATIONS", default_value_t = 0)]
     pub confirmations: u64,
-    /// How often to poll the chain and refresh the state, in milliseconds.
+    /// Follow new heads by subscription at this ws:// or wss:// URL, while reads and transactions stay on
+    /// an http(s):// --rpc-url: providers often serve both.
+    #[arg(long, env = "DSTACK_MESH_RPC_WS_URL", value_name = "URL")]
+    pub rpc_ws_url: Option<alloy::transports::http::reqwest::Url>,
+    /// How often to poll the chain, in milliseconds. While new heads come by subscription (--rpc-ws-url, or
+    /// a ws:// --rpc-url), each block is read when announced and this poll slows to every 15 s at most
+    /// often; when the subscription drops, polling at this interval takes over until it is back.
     #[arg(long, env = "DSTACK_MESH_POLL_INTERVAL_MS", default_value_t = 2000)]
     pub poll_interval_ms: u64,
     /// How long the cluster's leader may go unanswered over the mesh (probe and handshake) before this node
@@ -290,7 +297,36 @@ impl RunArgs {
                 "--mode tls needs this node's gateway URL: pass --gateway-url, or --gateway-domain with --gateway-port"
             );
         }
+        // Checked here rather than by clap, whose error would quote the URL and any key in it.
+        mesh_chain::rpc::Transport::of(&self.endpoints.rpc_url).context("--rpc-url")?;
+        if let Some(ws) = &self.rpc_ws_url {
+            use mesh_chain::rpc::Transport;
+            match (
+                Transport::of(ws).context("--rpc-ws-url")?,
+                Transport::of(&self.endpoints.rpc_url)?,
+            ) {
+                (Transport::Http, _) => anyhow::bail!(
+                    "--rpc-ws-url is for the subscription to new heads: give the provider's ws:// or wss:// URL (reads stay on --rpc-url)"
+                ),
+                (_, Transport::WebSocket) => anyhow::bail!(
+                    "--rpc-ws-url conflicts with a ws:// --rpc-url, which carries the subscription itself: drop one of them"
+                ),
+                _ => {}
+            }
+        }
         Ok(contract)
+    }
+
+    /// Where new heads are followed by subscription: --rpc-ws-url, else a WebSocket --rpc-url.
+    pub fn subscription_url(&self) -> Option<alloy::transports::http::reqwest::Url> {
+        use mesh_chain::rpc::Transport;
+        self.rpc_ws_url.clone().or_else(|| {
+            matches!(
+                Transport::of(&self.endpoints.rpc_url),
+                Ok(Transport::WebSocket)
+            )
+            .then(|| self.endpoints.rpc_url.clone())
+        })
     }
 }
 

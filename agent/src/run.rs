@@ -259,6 +259,7 @@ impl Tasks {
                 repin: args.repin,
             },
             poll,
+            subscribe: args.subscription_url(),
             state_dir: args.state_dir.clone(),
             instance_id: identity.instance_id().to_owned(),
             node_span: tracing::Span::current(),

@@ -160,6 +160,7 @@ pub fn render(
                 .zip(view)
                 .map(|(h, v)| h.saturating_sub(v.last_block)),
             from_cache: chain.from_cache,
+            subscribed: chain.subscribed,
             last_error: chain.error.clone().or_else(|| reg.error.clone()),
         },
         uptime_secs: uptime.as_secs(),

@@ -46,6 +46,8 @@ pub struct ChainState {
     pub view: Option<Arc<ChainView>>,
     /// The view came from the state file: the RPC has not answered since start.
     pub from_cache: bool,
+    /// New heads come by subscription now.
+    pub subscribed: bool,
     /// The newest block the RPC reported.
     pub head: Option<u64>,
     pub seat: SeatState,

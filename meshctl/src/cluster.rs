@@ -13,12 +13,13 @@ use alloy::{
 };
 use anyhow::{Context, bail};
 use mesh_chain::contract::{self as chain, ChainError, DstackClusterNFT};
+use mesh_chain::redact::RedactedUrl;
 use serde_json::{Value, json};
 
 /// Where the chain is.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ChainOpts {
-    /// The chain's JSON-RPC URL.
+    /// The chain's JSON-RPC URL, http(s):// or ws(s)://.
     #[arg(
         long,
         env = "DSTACK_MESH_RPC_URL",
@@ -77,23 +78,33 @@ pub(crate) async fn require_chain(
     Ok(())
 }
 
+/// A connection to the chain, over HTTP or WebSocket as the URL says.
+async fn client(opts: &ChainOpts) -> anyhow::Result<alloy::rpc::client::RpcClient> {
+    mesh_chain::rpc::client(&opts.rpc_url)
+        .await
+        .with_context(|| format!("connecting to {}", RedactedUrl::new(&opts.rpc_url)))
+}
+
 /// A read-only connection to the chain.
-pub(crate) fn reader(opts: &ChainOpts) -> DynProvider {
-    ProviderBuilder::new()
-        .connect_http(opts.rpc_url.clone())
-        .erased()
+pub(crate) async fn reader(opts: &ChainOpts) -> anyhow::Result<DynProvider> {
+    Ok(ProviderBuilder::new()
+        .connect_client(client(opts).await?)
+        .erased())
 }
 
 /// A signing connection to the chain.
-pub(crate) fn writer(opts: &ChainOpts, signer: PrivateKeySigner) -> DynProvider {
+pub(crate) async fn writer(
+    opts: &ChainOpts,
+    signer: PrivateKeySigner,
+) -> anyhow::Result<DynProvider> {
     let provider = ProviderBuilder::new()
         .wallet(EthereumWallet::from(signer))
-        .connect_http(opts.rpc_url.clone());
+        .connect_client(client(opts).await?);
     // alloy polls receipts every 7 s on non-loopback hosts; a person waiting at a prompt wants less.
     provider
         .client()
         .set_poll_interval(std::time::Duration::from_millis(250));
-    provider.erased()
+    Ok(provider.erased())
 }
 
 /// The cluster at `opts.contract`, checked to be one before anything is sent.
@@ -103,7 +114,12 @@ pub(crate) async fn open(
 ) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
     chain::check_cluster(&provider, opts.contract)
         .await
-        .with_context(|| format!("checking the cluster contract via {}", opts.chain.rpc_url))?;
+        .with_context(|| {
+            format!(
+                "checking the cluster contract via {}",
+                RedactedUrl::new(&opts.chain.rpc_url)
+            )
+        })?;
     Ok(DstackClusterNFT::new(opts.contract, provider))
 }
 
@@ -111,7 +127,7 @@ pub(crate) async fn open(
 pub(crate) async fn open_read(
     opts: &ClusterOpts,
 ) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
-    open(opts, reader(&opts.chain)).await
+    open(opts, reader(&opts.chain).await?).await
 }
 
 /// A cluster that `signer` sends to.
@@ -119,7 +135,7 @@ pub(crate) async fn open_write(
     opts: &ClusterOpts,
     signer: &SignerOpts,
 ) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
-    open(opts, writer(&opts.chain, signer.signer()?)).await
+    open(opts, writer(&opts.chain, signer.signer()?).await?).await
 }
 
 /// Sends a contract call and waits for its receipt. A revert, whether at gas estimation or on-chain, comes

@@ -88,6 +88,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 last_processed_block: Some(120),
                 lag: Some(2),
                 from_cache: false,
+                subscribed: false,
                 last_error: None,
             },
             uptime_secs: 3600,

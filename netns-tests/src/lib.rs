@@ -19,7 +19,8 @@
 //! In-process pieces, for tests that need no namespace:
 //! - [`chain`]: a real anvil on a free loopback port; [`node`]: a simulated dstack instance.
 //! - [`api`]: the agent's real API server, serving a fixture snapshot; [`meshctl`]: the CLI against anvil.
-//! - [`rpc_proxy`]: a JSON-RPC proxy in front of anvil that tests make fail or lie.
+//! - [`rpc_proxy`]: a JSON-RPC proxy in front of anvil that tests make fail or lie; [`tcp_relay`]: a TCP
+//!   relay they cut and restore (a WebSocket that drops).
 //! - [`attack`]: what the attacker does in the scenarios.
 //! - [`unique_name`]: names unique per run, that fit an interface name.
 
@@ -41,6 +42,7 @@ pub mod prelude;
 pub mod process;
 pub mod rpc_proxy;
 pub mod steps;
+pub mod tcp_relay;
 pub mod transfer;
 pub mod wait;
 pub mod wg;

@@ -397,6 +397,46 @@ fn app_ids_without_a_kms_root_are_refused() {
     }
 }
 
+/// RPC URLs that cannot work are refused before anything starts, with the flag to fix and without quoting
+/// the URL (its key): a subscription URL that is not a WebSocket, one beside a WebSocket --rpc-url, and a
+/// scheme neither HTTP nor WebSocket.
+#[test]
+fn rpc_urls_that_cannot_work_are_refused_without_quoting_them() {
+    for (args, names) in [
+        (
+            vec!["--rpc-ws-url", "https://rpc.example/v3/k3y0f16charsormore"],
+            "--rpc-ws-url",
+        ),
+        (
+            vec![
+                "--rpc-url",
+                "wss://rpc.example/v3/k3y0f16charsormore",
+                "--rpc-ws-url",
+                "wss://rpc.example/v3/k3y0f16charsormore",
+            ],
+            "--rpc-ws-url",
+        ),
+        (
+            vec!["--rpc-url", "ipc:///k3y0f16charsormore"],
+            "--rpc-url",
+        ),
+    ] {
+        let out = Command::new(netns_tests::process::workspace_bin("p2p-agent"))
+            .env_clear()
+            .args(["--contract", "0x0000000000000000000000000000000000000001"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(names), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("k3y0f16charsormore"),
+            "{args:?} quoted the key: {stderr}"
+        );
+    }
+}
+
 /// A free TCP port on loopback.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,6 +1,7 @@
 //! Following the contract on a real anvil: the full read, events per block, removals, local re-verification
 //! of every record, an RPC load per block that does not grow with the number of peers, and an RPC that
-//! lies: it replays old records, disagrees with the pins, or fails reads for a while.
+//! lies: it replays old records, disagrees with the pins, or fails reads for a while. And new heads by
+//! WebSocket subscription: read at once, a drop that falls back to polling, and a reorg.
 //!
 //! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test chain_follow`.
 
@@ -18,12 +19,14 @@ use alloy::{
 use mesh_chain::{
     contract::{ChainError, DstackClusterNFT},
     follow::{Anchors, FollowConfig, Follower},
+    heads::{Wake, Wakeups},
     membership::{self, InvalidRecord, Own},
 };
 use netns_tests::{
     chain::{TestCluster, anvil, deploy_cluster, mint},
     node::{APP_ID, SimulatedInstance},
     rpc_proxy::{RpcProxy, logs_mut},
+    tcp_relay::TcpRelay,
 };
 
 type Contract = TestCluster;
@@ -522,4 +525,174 @@ async fn a_failing_full_read_never_freezes_the_follower() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits up to `within` for wake-ups, ticking the follower at each (at the announced head, or polling),
+/// until `done`; returns the wake-ups that came.
+async fn wake_until(
+    f: &mut Follower,
+    wakeups: &mut Wakeups,
+    within: Duration,
+    done: impl Fn(&Follower, &Wakeups) -> bool,
+) -> Vec<Wake> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while !done(f, wakeups) {
+        let left = within.saturating_sub(started.elapsed());
+        let wake = tokio::time::timeout(left, wakeups.next())
+            .await
+            .unwrap_or_else(|_| panic!("not done within {within:?}; woken by {seen:?}"));
+        let head = match wake {
+            Wake::Head(h) => Some(h),
+            Wake::Timer => None,
+        };
+        f.tick_at(Instant::now(), head.as_ref()).await.unwrap();
+        seen.push(wake);
+    }
+    seen
+}
+
+fn subscribing(url: &str, poll: Duration) -> Wakeups {
+    Wakeups::new(poll, Some(url.parse().unwrap()))
+}
+
+/// Over a subscription each block wakes the follower, which reads its events up to the announced head
+/// without polling for it: a join is applied at its block, with no head poll at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn announced_heads_are_read_at_once_without_polling() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
+    assert_eq!(
+        wakeups.next().await,
+        Wake::Timer,
+        "the first poll comes at once"
+    );
+    assert!(wakeups.subscribed());
+    f.tick(Instant::now()).await.unwrap();
+    let polls = f.head_polls;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let joined = Instant::now();
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&1)
+    })
+    .await;
+    assert!(
+        woken.iter().all(|w| matches!(w, Wake::Head(_))),
+        "heads woke it, not the 60 s timer: {woken:?}"
+    );
+    assert_eq!(f.head_polls, polls, "the head was announced, not polled");
+    assert!(
+        joined.elapsed() < Duration::from_secs(1),
+        "applied {:?} after the join's receipt",
+        joined.elapsed()
+    );
+}
+
+/// The subscription's socket drops and stays down: the follower falls back to polling at the configured
+/// interval and still sees a join; when the socket is back it subscribes again and heads wake it as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_subscription_falls_back_to_polling_and_resumes() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    let relay = TcpRelay::start(([127, 0, 0, 1], anvil.port()).into());
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let mut wakeups = subscribing(&relay.url("ws"), Duration::from_millis(200));
+    assert_eq!(wakeups.next().await, Wake::Timer);
+    assert!(wakeups.subscribed());
+
+    relay.cut();
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&1)
+    })
+    .await;
+    assert!(!wakeups.subscribed(), "the drop was seen");
+    assert!(
+        woken.contains(&Wake::Timer),
+        "polling found the join: {woken:?}"
+    );
+
+    relay.restore();
+    wake_until(&mut f, &mut wakeups, Duration::from_secs(20), |_, w| {
+        w.subscribed()
+    })
+    .await;
+    let polls = f.head_polls;
+    join(&anvil, &c, &b, "192.0.2.2:51820").await;
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&2)
+    })
+    .await;
+    assert!(
+        woken.iter().any(|w| matches!(w, Wake::Head(_))),
+        "a head announced the second join: {woken:?}"
+    );
+    assert!(
+        f.head_polls - polls <= woken.iter().filter(|w| **w == Wake::Timer).count() as u64,
+        "heads were not polled for"
+    );
+}
+
+/// A reorg replaces the block with a join by one at the same height with another: the head that announces
+/// it makes a full read at once, so the replaced join is gone and the new one is there, without waiting
+/// for a later block.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reorg_announced_by_a_new_head_is_sorted_out_at_once() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    mint(&c, anvil.addresses()[1], &a.instance_id).await;
+    mint(&c, anvil.addresses()[1], &b.instance_id).await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
+    assert_eq!(wakeups.next().await, Wake::Timer);
+    let p = reader(anvil.endpoint().as_str());
+    let snapshot: U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+
+    a.register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)
+        .await;
+    wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&1)
+    })
+    .await;
+    let replaced = f.view().last_block;
+
+    let reverted: bool = p
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .unwrap();
+    assert!(reverted);
+    b.register(&anvil, *c.address(), "192.0.2.2:51820", "", 2)
+        .await;
+    assert_eq!(
+        p.get_block_number().await.unwrap(),
+        replaced,
+        "the new block is at the replaced one's height"
+    );
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&2)
+    })
+    .await;
+    assert!(
+        woken.iter().all(|w| matches!(w, Wake::Head(_))),
+        "{woken:?}"
+    );
+    assert!(
+        !f.view().records.contains_key(&1),
+        "the replaced join is gone"
+    );
+    let hash = p
+        .get_block_by_number(replaced.into())
+        .await
+        .unwrap()
+        .unwrap()
+        .header
+        .hash;
+    assert_eq!(f.view().last_block_hash, hash, "on the new chain");
 }

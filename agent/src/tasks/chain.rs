@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
-use alloy::providers::{Provider as _, ProviderBuilder};
 use alloy::transports::http::reqwest::Url;
 use mesh_chain::backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
+use mesh_chain::heads::{Head, Wake, Wakeups};
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::RegistrationError;
 use mesh_chain::view::{ChainView, Seat};
@@ -23,6 +23,14 @@ use crate::state::{ChainState, SeatState};
 /// How often an instance without a seat in the view asks the contract for one.
 const SEAT_LOOKUP_EVERY: Duration = Duration::from_secs(5);
 
+/// How often it asks on new heads: its seat may come in any block, but a fast chain should not be asked
+/// at every one.
+const SEAT_LOOKUP_ON_HEADS: Duration = Duration::from_secs(1);
+
+/// How long one look at the chain may take before it is given up and reported: an RPC that accepts a
+/// connection and never answers must not hold the state still.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the chain task needs to know.
 pub struct ChainTask {
     pub contract: Address,
@@ -31,6 +39,8 @@ pub struct ChainTask {
     pub follow: FollowConfig,
     pub anchors: Anchors,
     pub poll: Duration,
+    /// Where new heads are followed by subscription, if anywhere.
+    pub subscribe: Option<Url>,
     pub state_dir: PathBuf,
     pub instance_id: String,
     /// The daemon's root span: the seat is recorded on it as soon as it is known, so every log line after
@@ -62,7 +72,7 @@ struct Running {
     follower: Option<Follower>,
     connect: Backoff,
     next_connect: Instant,
-    next_seat_lookup: Instant,
+    last_seat_lookup: Option<Instant>,
 }
 
 impl ChainTask {
@@ -90,22 +100,38 @@ impl ChainTask {
         let mut recorded = None;
         record_seat(&self.node_span, &mut recorded, state.seat.token());
         out.send_replace(state.clone());
-        let mut tick = tokio::time::interval(self.poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wakeups = Wakeups::new(self.poll, self.subscribe.clone());
         let mut running = Running {
             state,
             follower: None,
             connect: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             next_connect: Instant::now(),
-            next_seat_lookup: Instant::now(),
+            last_seat_lookup: None,
             task: self,
         };
         loop {
-            if cancel.run_until_cancelled(tick.tick()).await.is_none() {
+            let Some(wake) = cancel.run_until_cancelled(wakeups.next()).await else {
                 return Ok(());
+            };
+            let head = match wake {
+                Wake::Head(h) => Some(h),
+                Wake::Timer => None,
+            };
+            let step = tokio::time::timeout(STEP_TIMEOUT, running.step(head.as_ref()));
+            match cancel.run_until_cancelled(step).await {
+                None => return Ok(()),
+                Some(Ok(())) => {}
+                // Every step leaves the follower as it was or moved on whole: dropping one midway is safe.
+                Some(Err(_)) => running.rpc_failed(
+                    "following the chain",
+                    format!("the RPC did not answer within {STEP_TIMEOUT:?}"),
+                ),
             }
-            if cancel.run_until_cancelled(running.step()).await.is_none() {
-                return Ok(());
+            running.state.subscribed = wakeups.subscribed();
+            if head.is_none()
+                && let Some(latest) = running.follower.as_ref().and_then(Follower::latest_head)
+            {
+                wakeups.polled(latest);
             }
             let seat = running.state.seat.token();
             record_seat(&running.task.node_span, &mut recorded, seat);
@@ -115,13 +141,13 @@ impl ChainTask {
 }
 
 impl Running {
-    async fn step(&mut self) {
+    async fn step(&mut self, head: Option<&Head>) {
         match self.follower.is_some() {
-            true => self.follow().await,
+            true => self.follow(head).await,
             false => self.start_following().await,
         }
         self.count();
-        self.find_seat().await;
+        self.find_seat(head.is_some()).await;
     }
 
     fn report(&mut self, what: &str, e: impl std::fmt::Display) {
@@ -153,18 +179,20 @@ impl Running {
         if Instant::now() < self.next_connect {
             return;
         }
-        let provider = ProviderBuilder::new()
-            .connect_http(self.task.rpc_url.clone())
-            .erased();
         let cached = self.state.view.as_deref().cloned();
-        let started = Follower::start(
-            provider,
-            self.task.contract,
-            self.task.follow,
-            cached,
-            &self.task.anchors,
-        )
-        .await;
+        let started = match mesh_chain::rpc::reader(&self.task.rpc_url).await {
+            Ok(provider) => {
+                Follower::start(
+                    provider,
+                    self.task.contract,
+                    self.task.follow,
+                    cached,
+                    &self.task.anchors,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         match started {
             Ok(f) => {
                 info!(
@@ -190,11 +218,11 @@ impl Running {
         }
     }
 
-    async fn follow(&mut self) {
+    async fn follow(&mut self, head: Option<&Head>) {
         let Some(f) = self.follower.as_mut() else {
             return;
         };
-        match f.tick(Instant::now()).await {
+        match f.tick_at(Instant::now(), head).await {
             Ok(tick) => {
                 let view = f.view();
                 let failing = f.full_read_failing().map(str::to_owned);
@@ -223,7 +251,7 @@ impl Running {
         }
     }
 
-    async fn find_seat(&mut self) {
+    async fn find_seat(&mut self, on_head: bool) {
         let in_view = self
             .state
             .view
@@ -233,10 +261,17 @@ impl Running {
             self.state.seat = SeatState::Active(token);
             return;
         }
-        if Instant::now() < self.next_seat_lookup {
+        let every = match on_head {
+            true => SEAT_LOOKUP_ON_HEADS,
+            false => SEAT_LOOKUP_EVERY,
+        };
+        if self
+            .last_seat_lookup
+            .is_some_and(|last| last.elapsed() < every)
+        {
             return;
         }
-        self.next_seat_lookup = Instant::now() + SEAT_LOOKUP_EVERY;
+        self.last_seat_lookup = Some(Instant::now());
         let Some(f) = self.follower.as_mut() else {
             return;
         };

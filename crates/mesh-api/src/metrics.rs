@@ -87,8 +87,14 @@ const NODE: &[Metric<Snapshot>] = &[
     m(
         "dstack_mesh_chain_head_polls_total",
         "counter",
-        "Of the chain requests, polls of the chain's head (one per poll interval).",
+        "Of the chain requests, polls of the chain's head (one per poll interval; none for announced heads).",
         |s| s.counters.chain_head_polls,
+    ),
+    m(
+        "dstack_mesh_chain_subscribed",
+        "gauge",
+        "1 while new heads come by WebSocket subscription; 0 while the agent polls.",
+        |s| u64::from(s.status.chain.subscribed),
     ),
     m(
         "dstack_mesh_invalid_records_total",

@@ -133,6 +133,9 @@ pub struct ChainStatus {
     pub lag: Option<u64>,
     /// The peer set came from the on-disk cache because the RPC has not answered since start.
     pub from_cache: bool,
+    /// New heads come by WebSocket subscription now; otherwise the agent polls.
+    #[serde(default)]
+    pub subscribed: bool,
     pub last_error: Option<String>,
 }
 

@@ -37,6 +37,8 @@ pub enum ChainError {
     NoCode { address: Address },
     #[error("{address} holds a contract that is not a DstackClusterNFT cluster ({detail})")]
     NotCluster { address: Address, detail: String },
+    #[error(transparent)]
+    Scheme(#[from] crate::rpc::UnknownScheme),
     #[error("the RPC does not have block {number}")]
     MissingBlock { number: u64 },
     #[error(

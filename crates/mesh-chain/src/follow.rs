@@ -28,6 +28,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
 use crate::contract::{self, ChainError, DstackClusterNFT};
+use crate::heads::Head;
 use crate::membership::{Pins, Rejected};
 use crate::view::{ChainView, Seat};
 
@@ -143,6 +144,7 @@ pub struct Follower {
     pub head_polls: u64,
     /// Records refused because they were not authentic or were older than what was known.
     pub rejected: u64,
+    latest_head: Option<u64>,
 }
 
 fn rpc(what: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
@@ -221,6 +223,7 @@ impl Follower {
             requests: 5,
             head_polls: 0,
             rejected: 0,
+            latest_head: None,
         };
         match cached {
             Some(mut v) => {
@@ -259,42 +262,72 @@ impl Follower {
     /// # Errors
     /// When polling fails; a failed full read is reported in [`Tick::full_read_error`] instead.
     pub async fn tick(&mut self, now: Instant) -> Result<Tick, ChainError> {
+        self.tick_at(now, None).await
+    }
+
+    /// [`Follower::tick`] for a `head` that a subscription announced: the events up to it are read
+    /// without polling for the head first.
+    ///
+    /// # Errors
+    /// As [`Follower::tick`].
+    pub async fn tick_at(&mut self, now: Instant, head: Option<&Head>) -> Result<Tick, ChainError> {
         let mut tick = Tick::default();
-        if self.schedule.due(now) {
-            match self.full_read().await {
-                Ok(read) => {
-                    tick.changed = read.changed;
-                    if read.complete {
-                        self.schedule.succeeded(now);
-                        self.full_read_failing = None;
-                        return Ok(tick);
-                    }
-                    self.schedule.failed(now);
-                    tick.full_read_error =
-                        Some("the full read could not fetch every changed record's event".into());
-                }
-                Err(e) => {
-                    self.schedule.failed(now);
-                    tick.full_read_error = Some(e.to_string());
-                }
-            }
+        if self.full_read_if_due(now, &mut tick).await {
+            return Ok(tick);
         }
-        if let Some(e) = &tick.full_read_error {
-            warn!(error = %e, "the full read failed; following events meanwhile, and retrying it with backoff");
-            self.full_read_failing = Some(e.clone());
+        tick.changed |= self.poll_to(now, head).await?;
+        // A reorg the poll saw is sorted out now, not at the next tick, which a subscription may not
+        // bring for a while.
+        if tick.full_read_error.is_none() {
+            self.full_read_if_due(now, &mut tick).await;
         }
-        tick.changed |= self.poll(now).await?;
         Ok(tick)
     }
 
-    async fn confirmed_head(&mut self) -> Result<u64, ChainError> {
-        self.count();
-        self.head_polls = self.head_polls.saturating_add(1);
-        let head = self
-            .provider
-            .get_block_number()
-            .await
-            .map_err(rpc("eth_blockNumber"))?;
+    /// The full read when one is due; returns whether one completed.
+    async fn full_read_if_due(&mut self, now: Instant, tick: &mut Tick) -> bool {
+        if !self.schedule.due(now) {
+            return false;
+        }
+        let error = match self.full_read().await {
+            Ok(read) => {
+                tick.changed |= read.changed;
+                if read.complete {
+                    self.schedule.succeeded(now);
+                    self.full_read_failing = None;
+                    return true;
+                }
+                "the full read could not fetch every changed record's event".to_owned()
+            }
+            Err(e) => e.to_string(),
+        };
+        self.schedule.failed(now);
+        warn!(error = %error, "the full read failed; following events meanwhile, and retrying it with backoff");
+        self.full_read_failing = Some(error.clone());
+        tick.full_read_error = Some(error);
+        false
+    }
+
+    /// The newest head this follower has heard of, by a poll or from a subscription.
+    pub fn latest_head(&self) -> Option<u64> {
+        self.latest_head
+    }
+
+    /// The newest block with enough confirmations: `head` when a subscription announced it (no request),
+    /// else the RPC's head, polled.
+    async fn confirmed_head(&mut self, head: Option<&Head>) -> Result<u64, ChainError> {
+        let head = match head {
+            Some(h) => h.number,
+            None => {
+                self.count();
+                self.head_polls = self.head_polls.saturating_add(1);
+                self.provider
+                    .get_block_number()
+                    .await
+                    .map_err(rpc("eth_blockNumber"))?
+            }
+        };
+        self.latest_head = Some(self.latest_head.unwrap_or(0).max(head));
         Ok(head.saturating_sub(self.config.confirmations))
     }
 
@@ -365,7 +398,7 @@ impl Follower {
     /// [`ChainError`] when the head or the record list cannot be read; the view is left as it was.
     #[instrument(skip_all)]
     pub async fn full_read(&mut self) -> Result<FullRead, ChainError> {
-        let target = self.confirmed_head().await?;
+        let target = self.confirmed_head(None).await?;
         let (hash, _) = self.header(target).await?;
         let peers = self.read_records(target).await?;
         let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
@@ -465,8 +498,25 @@ impl Follower {
     /// # Errors
     /// [`ChainError`] when a read fails; the view is left as it was and the next poll retries the range.
     pub async fn poll(&mut self, now: Instant) -> Result<bool, ChainError> {
-        let target = self.confirmed_head().await?;
+        self.poll_to(now, None).await
+    }
+
+    /// [`Follower::poll`] up to `head` when a subscription announced it. A head at the last processed
+    /// height with another hash is a reorg seen at once, rather than when the next block comes.
+    async fn poll_to(&mut self, now: Instant, head: Option<&Head>) -> Result<bool, ChainError> {
+        let target = self.confirmed_head(head).await?;
         let last = self.view.last_block;
+        if let Some(h) = head
+            && self.config.confirmations == 0
+            && h.number == last
+            && h.hash != self.view.last_block_hash
+        {
+            warn!(
+                block = last,
+                "a new head replaced the last processed block; a full read is due"
+            );
+            self.schedule.request(now);
+        }
         if target <= last {
             return Ok(false);
         }

@@ -8,6 +8,8 @@
 //! - [`membership`]: which records are believed, and which of those are peers to configure (pure).
 //! - [`view`]: what a node believes of the chain, kept in its state file.
 //! - [`follow`]: following the contract: paged full reads and events per block range, reorg-aware.
+//! - [`heads`]: what wakes the follower: new heads by WebSocket subscription, or a polling timer.
+//! - [`rpc`]: connections to the RPC, over HTTP or WebSocket.
 //! - [`registration`]: getting this node's record on-chain.
 //! - [`election`]: the node's part in the leader election: its seat's vote, electing, voting, withdrawing.
 //! - [`tx_key`]: the key that pays for transactions.
@@ -18,11 +20,13 @@ pub mod backoff;
 pub mod contract;
 pub mod election;
 pub mod follow;
+pub mod heads;
 pub mod membership;
 pub mod peer_key;
 pub mod record;
 pub mod redact;
 pub mod registration;
+pub mod rpc;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tx_key;

@@ -11,6 +11,7 @@ use alloy::{
     network::EthereumWallet,
     primitives::{Address, B256, TxHash, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::client::RpcClient,
     signers::local::PrivateKeySigner,
     transports::http::reqwest::Url,
 };
@@ -20,6 +21,7 @@ use crate::contract::{self, ChainError, DstackClusterNFT};
 use crate::membership::{self, Pins, Rejected};
 use crate::peer_key::PeerKey;
 use crate::record::{self, PeerRecord, RecordError, SignedRegistration};
+use crate::rpc;
 use wg_key::Key;
 
 /// How often to ask for the receipt of a registration.
@@ -103,9 +105,9 @@ pub enum RegistrationError {
     Chain(#[from] ChainError),
 }
 
-/// The cluster contract, read through `rpc_url`.
+/// The cluster contract, read and written through one RPC client.
 pub struct Cluster {
-    rpc_url: Url,
+    client: RpcClient,
     contract: Address,
     reader: DynProvider,
 }
@@ -116,12 +118,13 @@ impl Cluster {
     /// # Errors
     /// [`ChainError`] when the RPC is unreachable or the address holds no cluster.
     pub async fn connect(rpc_url: Url, contract: Address) -> Result<Self, ChainError> {
+        let client = rpc::client(&rpc_url).await?;
         let reader = ProviderBuilder::new()
-            .connect_http(rpc_url.clone())
+            .connect_client(client.clone())
             .erased();
         contract::check_cluster(&reader, contract).await?;
         Ok(Self {
-            rpc_url,
+            client,
             contract,
             reader,
         })
@@ -340,7 +343,7 @@ impl Cluster {
     pub(crate) fn writer(&self, sender: PrivateKeySigner) -> impl Provider + use<> {
         let writer = ProviderBuilder::new()
             .wallet(EthereumWallet::from(sender))
-            .connect_http(self.rpc_url.clone());
+            .connect_client(self.client.clone());
         // alloy polls receipts every 7 s on non-loopback hosts; the agent follows nothing while it waits.
         writer.client().set_poll_interval(RECEIPT_POLL);
         writer

@@ -56,7 +56,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     }
     let signer = args.signer.signer()?;
     let owner = args.owner.unwrap_or(signer.address());
-    let provider = cluster::writer(&args.chain, signer);
+    let provider = cluster::writer(&args.chain, signer).await?;
     let cluster = DstackClusterNFT::deploy(
         provider,
         owner,
@@ -68,7 +68,12 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     )
     .await
     .map_err(|e| ChainError::from_call("deploy", e))
-    .with_context(|| format!("deploying the cluster contract via {}", args.chain.rpc_url))?;
+    .with_context(|| {
+        format!(
+            "deploying the cluster contract via {}",
+            mesh_chain::redact::RedactedUrl::new(&args.chain.rpc_url)
+        )
+    })?;
     let address = *cluster.address();
     out.emit(
         || {

@@ -30,7 +30,7 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let wei = parse_ether(&args.amount)
         .with_context(|| format!("--amount {:?} is not an ETH amount", args.amount))?;
-    let provider = cluster::writer(&args.chain, args.signer.signer()?);
+    let provider = cluster::writer(&args.chain, args.signer.signer()?).await?;
     let tx = TransactionRequest::default()
         .with_to(args.address)
         .with_value(wei);

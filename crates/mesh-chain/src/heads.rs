@@ -1,0 +1,380 @@
+//! What wakes the follower: new heads by WebSocket subscription while there is one, and a timer that polls.
+//!
+//! A subscription only says when to look: every head still goes through the follower's log reads and
+//! reorg checks, as a poll would. While it is up, the timer is a slow safety net ([`SAFETY_POLL`]); when
+//! it drops, the timer polls at the configured interval, and the subscription is tried again with backoff.
+//! A subscription that stays open but falls silent while the chain moves on is dropped and renewed.
+
+use std::time::{Duration, Instant};
+
+use alloy::{
+    primitives::B256,
+    providers::{Provider as _, ProviderBuilder, RootProvider},
+    pubsub::Subscription,
+    rpc::types::Header,
+    transports::http::reqwest::Url,
+};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::contract::ChainError;
+use crate::redact::RedactedUrl;
+use crate::rpc;
+
+/// While subscribed, how often the timer still polls: for a subscription that went quiet without closing,
+/// and for whatever else runs on the follower's ticks.
+pub const SAFETY_POLL: Duration = Duration::from_secs(15);
+
+/// How far a poll may find the chain ahead of the last announced head before the subscription counts as
+/// stalled: one block may be in flight on the socket when the poll reads the head.
+const STALL_BLOCKS: u64 = 2;
+
+/// A new head, as announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub number: u64,
+    pub hash: B256,
+}
+
+/// A `newHeads` subscription on its own WebSocket. It redials once at most before it gives up, so that a
+/// drop ends the stream and polling takes over, rather than being waited out in silence.
+pub struct Heads {
+    sub: Subscription<Header>,
+    _provider: RootProvider,
+}
+
+impl Heads {
+    /// Subscribes to new heads at `url`.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the WebSocket cannot be opened or the RPC refuses `eth_subscribe`.
+    pub async fn subscribe(url: &Url) -> Result<Self, ChainError> {
+        let provider = ProviderBuilder::default().connect_client(rpc::websocket(url, 1).await?);
+        let sub = provider
+            .subscribe_blocks()
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_subscribe newHeads",
+                source,
+            })?;
+        Ok(Self {
+            sub,
+            _provider: provider,
+        })
+    }
+
+    /// The newest head announced since the last call, waiting for one; `None` once the subscription is
+    /// gone. Heads that queued up meanwhile are skipped: one read up to the newest covers them.
+    pub async fn next(&mut self) -> Option<Head> {
+        let mut newest = loop {
+            match self.sub.recv().await {
+                Ok(h) => break h,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        };
+        loop {
+            match self.sub.try_recv() {
+                Ok(h) => newest = h,
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return None,
+            }
+        }
+        Some(Head {
+            number: newest.number,
+            hash: newest.hash,
+        })
+    }
+}
+
+/// Why the follower was woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The subscription announced a head.
+    Head(Head),
+    /// The timer: poll.
+    Timer,
+}
+
+/// When to poll and when to (re)subscribe: the decisions, with the clock passed in.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    poll: Duration,
+    subscribed: bool,
+    next_timer: Instant,
+    /// When to try subscribing next; `None` without a subscription URL.
+    next_subscribe: Option<Instant>,
+    resubscribe: Backoff,
+    /// The last announced head, and when it came.
+    last_head: Option<(u64, Instant)>,
+}
+
+impl Pace {
+    /// Polling every `poll`, with a subscription to try at once if `subscribing`.
+    pub fn new(poll: Duration, subscribing: bool, now: Instant) -> Self {
+        Self {
+            poll,
+            subscribed: false,
+            next_timer: now,
+            next_subscribe: subscribing.then_some(now),
+            resubscribe: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            last_head: None,
+        }
+    }
+
+    /// How long the timer waits between polls now.
+    pub fn period(&self) -> Duration {
+        match self.subscribed {
+            true => self.poll.max(SAFETY_POLL),
+            false => self.poll,
+        }
+    }
+
+    pub fn subscribed(&self) -> bool {
+        self.subscribed
+    }
+
+    pub fn next_timer(&self) -> Instant {
+        self.next_timer
+    }
+
+    /// Whether a subscription should be tried now.
+    pub fn subscribe_due(&self, now: Instant) -> bool {
+        !self.subscribed && self.next_subscribe.is_some_and(|t| now >= t)
+    }
+
+    /// The timer fired: the next one is a period away.
+    pub fn timer_fired(&mut self, now: Instant) {
+        self.next_timer = now.checked_add(self.period()).unwrap_or(now);
+    }
+
+    pub fn subscribe_succeeded(&mut self, now: Instant) {
+        self.subscribed = true;
+        self.resubscribe.reset();
+        self.last_head = None;
+        // A poll already due (the first one, say) is not put off.
+        self.next_timer = self
+            .next_timer
+            .min(now.checked_add(self.period()).unwrap_or(now));
+    }
+
+    /// A subscription could not be made, or dropped: poll at once and every period, and try again later.
+    pub fn subscription_lost(&mut self, now: Instant) {
+        self.subscribed = false;
+        self.next_timer = now;
+        if self.next_subscribe.is_some() {
+            self.next_subscribe = now.checked_add(self.resubscribe.next_delay());
+        }
+    }
+
+    pub fn head_announced(&mut self, number: u64, now: Instant) {
+        self.last_head = Some((number, now));
+    }
+
+    /// A timer's poll found the chain at `head`: returns whether that shows the subscription stalled,
+    /// open but not announcing blocks the chain has. The first poll after subscribing, before any head
+    /// came, sets the mark to compare with.
+    pub fn polled(&mut self, head: u64, now: Instant) -> bool {
+        if !self.subscribed {
+            return false;
+        }
+        match self.last_head {
+            Some((announced, at)) => {
+                head >= announced.saturating_add(STALL_BLOCKS)
+                    && now.saturating_duration_since(at) >= self.poll
+            }
+            None => {
+                self.last_head = Some((head, now));
+                false
+            }
+        }
+    }
+}
+
+/// The follower's wake-ups: heads from a subscription at `url` while there is one, else the timer.
+pub struct Wakeups {
+    url: Option<Url>,
+    shown: Option<RedactedUrl>,
+    heads: Option<Heads>,
+    pace: Pace,
+}
+
+impl Wakeups {
+    /// Polling every `poll`, and following new heads at `subscribe` if given (a `ws://` or `wss://` URL).
+    pub fn new(poll: Duration, subscribe: Option<Url>) -> Self {
+        Self {
+            shown: subscribe.as_ref().map(RedactedUrl::new),
+            pace: Pace::new(poll, subscribe.is_some(), Instant::now()),
+            url: subscribe,
+            heads: None,
+        }
+    }
+
+    /// Whether heads are being followed by subscription now.
+    pub fn subscribed(&self) -> bool {
+        self.heads.is_some()
+    }
+
+    /// Waits for the next reason to look at the chain: a new head, or the timer.
+    pub async fn next(&mut self) -> Wake {
+        loop {
+            self.subscribe_if_due().await;
+            let timer = tokio::time::Instant::from_std(self.pace.next_timer());
+            let Some(heads) = self.heads.as_mut() else {
+                tokio::time::sleep_until(timer).await;
+                self.pace.timer_fired(Instant::now());
+                return Wake::Timer;
+            };
+            tokio::select! {
+                head = heads.next() => match head {
+                    Some(h) => {
+                        self.pace.head_announced(h.number, Instant::now());
+                        return Wake::Head(h);
+                    }
+                    None => {
+                        warn!(url = %self.shown(), every = ?self.pace.poll, "the new-heads subscription dropped; polling until it is back");
+                        self.lost();
+                    }
+                },
+                () = tokio::time::sleep_until(timer) => {
+                    self.pace.timer_fired(Instant::now());
+                    return Wake::Timer;
+                }
+            }
+        }
+    }
+
+    /// After a timer's poll found the chain at `head`: a subscription that did not announce it is
+    /// renewed.
+    pub fn polled(&mut self, head: u64) {
+        if self.heads.is_some() && self.pace.polled(head, Instant::now()) {
+            warn!(url = %self.shown(), head, "the new-heads subscription went quiet while the chain moved on; renewing it");
+            self.lost();
+        }
+    }
+
+    fn lost(&mut self) {
+        self.heads = None;
+        self.pace.subscription_lost(Instant::now());
+    }
+
+    fn shown(&self) -> String {
+        self.shown
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    async fn subscribe_if_due(&mut self) {
+        let Some(url) = &self.url else { return };
+        if !self.pace.subscribe_due(Instant::now()) {
+            return;
+        }
+        match Heads::subscribe(url).await {
+            Ok(heads) => {
+                info!(url = %self.shown(), "following new heads by subscription");
+                self.heads = Some(heads);
+                self.pace.subscribe_succeeded(Instant::now());
+            }
+            Err(e) => {
+                let error = self
+                    .shown
+                    .as_ref()
+                    .map_or_else(|| e.to_string(), |s| s.scrub(&e.to_string()));
+                warn!(url = %self.shown(), %error, every = ?self.pace.poll, "cannot subscribe to new heads; polling meanwhile");
+                self.lost();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    /// Without a subscription the timer polls at the configured interval; with one only as a safety net,
+    /// and never faster than configured.
+    #[test]
+    fn a_subscription_slows_the_timer_to_a_safety_net() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        assert_eq!(pace.period(), Duration::from_secs(2));
+        assert!(
+            pace.subscribe_due(t0),
+            "the first subscription is tried at once"
+        );
+        pace.subscribe_succeeded(t0);
+        assert_eq!(pace.period(), SAFETY_POLL);
+        assert_eq!(pace.next_timer(), t0, "the first poll is not put off");
+        pace.timer_fired(t0);
+        assert_eq!(pace.next_timer(), t0 + SAFETY_POLL);
+        let slow = Pace::new(Duration::from_secs(60), true, t0);
+        assert_eq!(slow.period(), Duration::from_secs(60));
+        let http = Pace::new(Duration::from_secs(2), false, t0);
+        assert!(
+            !http.subscribe_due(at(t0, 100_000)),
+            "no URL, no subscription"
+        );
+    }
+
+    /// A lost subscription makes the timer poll at once and at the configured interval, and is tried
+    /// again after a backoff that grows while it keeps failing and starts over once it works.
+    #[test]
+    fn a_lost_subscription_falls_back_to_polling_and_is_retried_with_backoff() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        pace.subscribe_succeeded(t0);
+        pace.subscription_lost(at(t0, 5_000));
+        assert!(!pace.subscribed());
+        assert_eq!(pace.next_timer(), at(t0, 5_000), "a poll at once");
+        assert_eq!(pace.period(), Duration::from_secs(2));
+        assert!(!pace.subscribe_due(at(t0, 5_999)));
+        assert!(pace.subscribe_due(at(t0, 6_000)), "1 s later");
+        pace.subscription_lost(at(t0, 6_000));
+        assert!(!pace.subscribe_due(at(t0, 7_999)) && pace.subscribe_due(at(t0, 8_000)));
+        pace.subscribe_succeeded(at(t0, 8_000));
+        pace.subscription_lost(at(t0, 9_000));
+        assert!(
+            pace.subscribe_due(at(t0, 10_000)),
+            "the backoff started over"
+        );
+    }
+
+    /// A poll finding the chain two blocks past the last announced head, a poll interval after it came,
+    /// means the subscription stalled; one block may still be on its way.
+    #[test]
+    fn a_subscription_that_falls_behind_the_chain_is_stalled() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        pace.subscribe_succeeded(t0);
+        pace.head_announced(10, t0);
+        assert!(
+            !pace.polled(11, at(t0, 20_000)),
+            "one block may be in flight"
+        );
+        assert!(
+            !pace.polled(12, at(t0, 1_000)),
+            "not within a poll interval of a head"
+        );
+        assert!(pace.polled(12, at(t0, 2_000)));
+        pace.subscription_lost(at(t0, 2_000));
+        assert!(!pace.polled(50, at(t0, 9_000)), "not subscribed");
+    }
+
+    /// A subscription that never announced anything is measured from the first poll after it was made.
+    #[test]
+    fn a_subscription_that_never_announced_is_measured_from_the_first_poll() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        pace.subscribe_succeeded(t0);
+        assert!(!pace.polled(100, at(t0, 15_000)), "the mark");
+        assert!(!pace.polled(101, at(t0, 30_000)));
+        assert!(pace.polled(102, at(t0, 45_000)));
+    }
+}
