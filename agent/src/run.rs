@@ -305,7 +305,9 @@ impl Tasks {
             }),
             instance_id: identity.instance_id().to_owned(),
             wg_public_key,
-            refresh: poll,
+            // Handshakes are read off the device this often, whatever the chain's poll: a new peer's health
+            // reaches the API within this of its handshake.
+            refresh: poll.min(crate::tasks::mesh::REFRESH_AT_MOST),
             relay_port,
         };
         let publisher = Publisher {

@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::cluster::{CMD_TIMEOUT, Cluster, account_key, write_secret};
-use crate::lan::{WG_PORT, lan_ip, rpc_url};
+use crate::lan::{WG_PORT, lan_ip, rpc_url, ws_url};
 use crate::netns::NetNs;
 use crate::process::{ChildGuard, clean_env, run_command_timeout, tail, text, workspace_bin};
 use crate::wait::wait_until;
@@ -52,6 +52,9 @@ pub struct AgentConfig {
     pub endpoint: Option<SocketAddrV4>,
     /// The RPC the agent follows: anvil's [`rpc_url`], or a proxy in front of it.
     pub rpc_url: String,
+    /// `--poll-interval-ms`: 200 on the LAN, where anvil mines only on demand; `None` for the agent's own
+    /// default.
+    pub poll_ms: Option<u64>,
 }
 
 impl AgentConfig {
@@ -62,6 +65,16 @@ impl AgentConfig {
             listen_port: WG_PORT,
             endpoint: Some(SocketAddrV4::new(lan_ip(i), WG_PORT)),
             rpc_url: rpc_url(),
+            poll_ms: Some(200),
+        }
+    }
+
+    /// Node `i` on the LAN at the agent's defaults, following anvil over its WebSocket ([`ws_url`]).
+    pub fn lan_ws(i: usize) -> Self {
+        Self {
+            rpc_url: ws_url(),
+            poll_ms: None,
+            ..Self::lan(i)
         }
     }
 
@@ -72,6 +85,7 @@ impl AgentConfig {
             listen_port: WG_PORT,
             endpoint: None,
             rpc_url: rpc_url(),
+            poll_ms: Some(200),
         }
     }
 }
@@ -168,10 +182,12 @@ impl<'a> Agent<'a> {
             .arg(&self.api_socket)
             .arg("--tx-key-file")
             .arg(&self.tx_key)
-            .args(["--poll-interval-ms", "200"])
             .args(extra);
         if let Some(endpoint) = self.config.endpoint {
             cmd.args(["--endpoint", &endpoint.to_string()]);
+        }
+        if let Some(ms) = self.config.poll_ms {
+            cmd.args(["--poll-interval-ms", &ms.to_string()]);
         }
         let mut log = OpenOptions::new()
             .create(true)

@@ -39,9 +39,20 @@ pub const PRIVATE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
 /// The port every agent's WireGuard listens on (each in its own namespace).
 pub const WG_PORT: u16 = 51820;
 
+/// From this many nodes on, the LAN's addresses are static neighbour entries. Every namespace shares the
+/// kernel's one IPv4 neighbour table, whose hard limit (`gc_thresh3`, 1024 by default, global) a full mesh
+/// of 50 nodes overflows with its ~2,500 ARP entries: the kernel drops packets and logs "neighbor table
+/// overflow". Permanent entries are exempt from that limit, and nothing global is changed.
+pub const STATIC_NEIGHBOURS_FROM: usize = 30;
+
 /// The RPC URL every namespace reaches anvil at.
 pub fn rpc_url() -> String {
     format!("http://{SWITCH_IP}:{RPC_PORT}")
+}
+
+/// anvil's WebSocket, at the same address.
+pub fn ws_url() -> String {
+    format!("ws://{SWITCH_IP}:{RPC_PORT}")
 }
 
 /// Node `i`'s address on the LAN (1-based).
@@ -120,6 +131,9 @@ impl Lan {
             node.ip(&["link", "set", "eth0", "up"]);
             lan.nodes.push(node);
         }
+        if n >= STATIC_NEIGHBOURS_FROM {
+            lan.add_static_neighbours(nat);
+        }
         lan.start_anvil();
         for (i, node) in lan.nodes.iter().enumerate() {
             wait_until(
@@ -135,6 +149,44 @@ impl Lan {
             );
         }
         lan
+    }
+
+    /// Every address on the bridge as a permanent neighbour entry in every namespace on it: the switch, the
+    /// NAT router if any, and each node not behind it (see [`STATIC_NEIGHBOURS_FROM`]).
+    fn add_static_neighbours(&self, nat: Option<usize>) {
+        let mut on_bridge: Vec<(&NetNs, &str, Ipv4Addr)> = vec![(&self.switch, "br0", SWITCH_IP)];
+        if let Some(router) = &self.router {
+            on_bridge.push((router, "eth0", ROUTER_IP));
+        }
+        for (i, node) in (1..).zip(&self.nodes) {
+            if nat != Some(i) {
+                on_bridge.push((node, "eth0", lan_ip(i)));
+            }
+        }
+        let macs: Vec<(Ipv4Addr, String)> = on_bridge
+            .iter()
+            .map(|(ns, dev, ip)| {
+                let shown = ns.ip(&["-j", "link", "show", dev]);
+                let link: Value = serde_json::from_str(&shown)
+                    .unwrap_or_else(|e| panic!("ip -j link printed no JSON ({e}): {shown}"));
+                let mac = link[0]["address"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no MAC address on {dev} in {}", ns.name));
+                (*ip, mac.to_owned())
+            })
+            .collect();
+        for (ns, dev, own) in &on_bridge {
+            let batch: String = macs
+                .iter()
+                .filter(|(ip, _)| ip != own)
+                .map(|(ip, mac)| {
+                    format!("neigh replace {ip} lladdr {mac} dev {dev} nud permanent\n")
+                })
+                .collect();
+            let file = self._dir.path().join(format!("neigh-{}", ns.name));
+            std::fs::write(&file, batch).expect("neighbour batch file");
+            ns.ip(&["-batch", file.to_str().expect("utf-8 temp path")]);
+        }
     }
 
     /// The router namespace for node `i`: on the bridge at [`ROUTER_IP`], forwarding and masquerading
@@ -178,6 +230,20 @@ impl Lan {
         router
     }
 
+    /// JSON-RPC requests anvil has served so far, over HTTP and WebSocket: it logs each one's method.
+    pub fn rpc_requests(&self) -> u64 {
+        let log = std::fs::read_to_string(&self.anvil_log).unwrap_or_default();
+        let is_method = |l: &str| {
+            l.split_once('_').is_some_and(|(ns, name)| {
+                !ns.is_empty()
+                    && !name.is_empty()
+                    && ns.bytes().all(|b| b.is_ascii_lowercase())
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+        };
+        log.lines().filter(|l| is_method(l)).count() as u64
+    }
+
     fn start_anvil(&mut self) {
         let log = File::create(&self.anvil_log).expect("anvil log");
         let mut cmd = self.switch.command(&[
@@ -188,7 +254,6 @@ impl Lan {
             &SWITCH_IP.to_string(),
             "--port",
             &RPC_PORT.to_string(),
-            "--silent",
         ]);
         clean_env(&mut cmd)
             .stdin(Stdio::null())

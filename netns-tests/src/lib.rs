@@ -8,6 +8,7 @@
 //! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
 //! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
 //! - [`ping`] and [`wait`]: reachability, and bounded waits; [`steps`]: a scenario's progress.
+//! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.
 //!
 //! Below them:
 //! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries.
@@ -31,6 +32,7 @@ pub mod attack;
 pub mod chain;
 pub mod cluster;
 pub mod container;
+pub mod convergence;
 pub mod gateway;
 pub mod lan;
 pub mod meshctl;

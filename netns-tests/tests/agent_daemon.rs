@@ -416,10 +416,7 @@ fn rpc_urls_that_cannot_work_are_refused_without_quoting_them() {
             ],
             "--rpc-ws-url",
         ),
-        (
-            vec!["--rpc-url", "ipc:///k3y0f16charsormore"],
-            "--rpc-url",
-        ),
+        (vec!["--rpc-url", "ipc:///k3y0f16charsormore"], "--rpc-url"),
     ] {
         let out = Command::new(netns_tests::process::workspace_bin("p2p-agent"))
             .env_clear()

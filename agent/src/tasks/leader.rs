@@ -15,6 +15,7 @@ use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest::Url;
 use mesh_chain::backoff::Backoff;
+use mesh_chain::contract::ChainError;
 use mesh_chain::election::{Ballot, ElectionError};
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::Cluster;
@@ -104,7 +105,7 @@ impl LeaderTask {
             }
             let chain_now = chain.borrow_and_update().clone();
             let mesh_now = mesh.borrow().clone();
-            let step = running.step(&chain_now, &mesh_now);
+            let step = running.step(&chain_now, &chain, &mesh_now);
             if cancel.run_until_cancelled(step).await.is_none() {
                 return Ok(());
             }
@@ -130,7 +131,13 @@ impl LeaderTask {
 }
 
 impl Running {
-    async fn step(&mut self, chain: &ChainState, mesh: &MeshState) {
+    /// `latest` is where the chain task's state goes on moving while this step probes and reads.
+    async fn step(
+        &mut self,
+        chain: &ChainState,
+        latest: &watch::Receiver<ChainState>,
+        mesh: &MeshState,
+    ) {
         // A view from the state file is as old as the last run: no ballot is cast on it.
         let Some(view) = chain.view.as_deref().filter(|_| !chain.from_cache) else {
             return;
@@ -152,9 +159,19 @@ impl Running {
         if !self.vote_known && (quiet || !self.read_vote(seat).await) {
             return;
         }
+        // Probes and the vote's read take a while, in which another node may have elected a leader: the
+        // ballot is decided on the newest view, so that it is not cast against a settled question.
+        let leader = latest
+            .borrow()
+            .view
+            .as_deref()
+            .map_or(view.leader, |v| v.leader);
+        if leader.is_some() {
+            self.leaderless_since = None;
+        }
         let facts = Facts {
             own,
-            leader: view.leader,
+            leader,
             leaderless_since: self.leaderless_since,
             registered: &registered,
             vote: self.state.vote,
@@ -301,6 +318,13 @@ impl Running {
                         self.quiet_until = None;
                     }
                 }
+            }
+            Err(ElectionError::Chain(ChainError::Reverted(revert)))
+                if ballot == Ballot::Elect && revert.name == "LeaderAlreadyElected" =>
+            {
+                // Another node's election landed first: the question is settled, nothing failed.
+                self.vote_known = false;
+                info!(seat, "another node elected a leader first: {revert}");
             }
             Err(e) => {
                 // What the chain holds may differ from what was believed (another node elected first, the

@@ -174,6 +174,10 @@ impl Interfaces for WireGuard {
     }
 }
 
+/// The longest the mesh task waits between reads of the device, so that the API shows a new handshake
+/// soon even when the chain is polled slowly (or followed by subscription).
+pub const REFRESH_AT_MOST: Duration = Duration::from_millis(500);
+
 /// What the mesh task needs to know.
 pub struct MeshTask<I> {
     /// `None` in TLS mode: the node has no interface, but its peers are still worked out.
@@ -182,6 +186,7 @@ pub struct MeshTask<I> {
     /// Absent in TLS mode.
     pub wg_public_key: Option<Key>,
     /// How often the interface's handshakes and counters are read while nothing else changes.
+    /// How often the device is read and reconciled besides on chain changes: handshakes, endpoints.
     pub refresh: Duration,
     /// The port peers' relays are on; `None` with relays off.
     pub relay_port: Option<u16>,

@@ -27,6 +27,12 @@ use wg_key::Key;
 /// How often to ask for the receipt of a registration.
 const RECEIPT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Gas given to a registration beyond its estimate. The estimate is made against the chain as it is, and
+/// when other seats register in between (a cluster starting up) this one may be the one to open a new slot
+/// of the contract's list of recorded seats (eight per slot): a write from zero, 20,000 gas, where the
+/// estimate saw an update of 2,900. Without it, such registrations ran out of gas at 50 nodes.
+const REGISTER_GAS_HEADROOM: u64 = 25_000;
+
 /// How long to wait for that receipt before reporting the registration as failed (it is retried).
 const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -295,14 +301,17 @@ impl Cluster {
         let from = sender.address();
         let writer = self.writer(sender);
         let (r, p, s) = contract::register_peer_args(&reg);
-        let receipt = confirm(
-            "registerPeer",
-            DstackClusterNFT::new(self.contract, &writer)
-                .registerPeer(r, p, s)
-                .send()
-                .await,
-        )
-        .await?;
+        let c = DstackClusterNFT::new(self.contract, &writer);
+        let call = c.registerPeer(r, p, s);
+        let sent = match call.estimate_gas().await {
+            Ok(gas) => {
+                call.gas(gas.saturating_add(REGISTER_GAS_HEADROOM))
+                    .send()
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let receipt = confirm("registerPeer", sent).await?;
         let block = receipt.block_number.unwrap_or_default();
         info!(token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
         Ok(Outcome::Registered {
