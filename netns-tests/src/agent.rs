@@ -55,6 +55,8 @@ pub struct AgentConfig {
     /// `--poll-interval-ms`: 200 on the LAN, where anvil mines only on demand; `None` for the agent's own
     /// default.
     pub poll_ms: Option<u64>,
+    /// `RUST_LOG` for this agent, instead of the test's own (or the agent's default).
+    pub log_filter: Option<String>,
 }
 
 impl AgentConfig {
@@ -66,6 +68,7 @@ impl AgentConfig {
             endpoint: Some(SocketAddrV4::new(lan_ip(i), WG_PORT)),
             rpc_url: rpc_url(),
             poll_ms: Some(200),
+            log_filter: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl AgentConfig {
             endpoint: None,
             rpc_url: rpc_url(),
             poll_ms: Some(200),
+            log_filter: None,
         }
     }
 }
@@ -188,6 +192,9 @@ impl<'a> Agent<'a> {
         }
         if let Some(ms) = self.config.poll_ms {
             cmd.args(["--poll-interval-ms", &ms.to_string()]);
+        }
+        if let Some(filter) = &self.config.log_filter {
+            cmd.env("RUST_LOG", filter);
         }
         let mut log = OpenOptions::new()
             .create(true)

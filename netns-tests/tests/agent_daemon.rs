@@ -375,6 +375,19 @@ async fn secrets_stay_out_of_hooks_the_api_and_the_log() {
     );
 }
 
+/// Runs the daemon with a contract and `args`, which it must refuse before anything starts; returns what it
+/// said.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(netns_tests::process::workspace_bin("p2p-agent"))
+        .env_clear()
+        .args(["--contract", "0x0000000000000000000000000000000000000001"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Pinning app ids without a KMS root (or the reverse) is refused before anything starts.
 #[test]
 fn app_ids_without_a_kms_root_are_refused() {
@@ -382,14 +395,7 @@ fn app_ids_without_a_kms_root_are_refused() {
         vec!["--app-id", "0x00112233445566778899aabbccddeeff00112233"],
         vec!["--kms-root", "0x00112233445566778899aabbccddeeff00112233"],
     ] {
-        let out = Command::new(netns_tests::process::workspace_bin("p2p-agent"))
-            .env_clear()
-            .args(["--contract", "0x0000000000000000000000000000000000000001"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = refused(&args);
         assert!(
             stderr.contains("--kms-root") && stderr.contains("--app-id"),
             "{args:?}: {stderr}"
@@ -418,14 +424,7 @@ fn rpc_urls_that_cannot_work_are_refused_without_quoting_them() {
         ),
         (vec!["--rpc-url", "ipc:///k3y0f16charsormore"], "--rpc-url"),
     ] {
-        let out = Command::new(netns_tests::process::workspace_bin("p2p-agent"))
-            .env_clear()
-            .args(["--contract", "0x0000000000000000000000000000000000000001"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = refused(&args);
         assert!(stderr.contains(names), "{args:?}: {stderr}");
         assert!(
             !stderr.contains("k3y0f16charsormore"),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use mesh_api::RelayCounters;
@@ -178,6 +178,25 @@ impl Interfaces for WireGuard {
 /// soon even when the chain is polled slowly (or followed by subscription).
 pub const REFRESH_AT_MOST: Duration = Duration::from_millis(500);
 
+/// How often the device is read while a peer's first handshake is awaited: it comes a round trip or two
+/// after the peer is added, and the API should say so then, not at the next refresh.
+const AWAIT_REFRESH: Duration = Duration::from_millis(50);
+
+/// How long a new peer's first handshake is awaited that closely: two of WireGuard's 5 s retries.
+const AWAIT_FOR: Duration = Duration::from_secs(12);
+
+/// When to read the device next: soon while a peer that came within [`AWAIT_FOR`] has had no handshake
+/// (`awaiting` holds when each such peer was first seen without one), else after `refresh`.
+fn next_refresh(awaiting: &BTreeMap<Key, Instant>, now: Instant, refresh: Duration) -> Duration {
+    let soon = awaiting
+        .values()
+        .any(|since| now.saturating_duration_since(*since) < AWAIT_FOR);
+    match soon {
+        true => AWAIT_REFRESH.min(refresh),
+        false => refresh,
+    }
+}
+
 /// What the mesh task needs to know.
 pub struct MeshTask<I> {
     /// `None` in TLS mode: the node has no interface, but its peers are still worked out.
@@ -200,6 +219,8 @@ struct Running<I: Interfaces> {
     members_of: Option<(Arc<ChainView>, SeatState)>,
     /// The reason each skipped record was skipped, so each is logged once.
     invalid: BTreeMap<u64, String>,
+    /// Peers on the device with no handshake yet, since when ([`next_refresh`]).
+    awaiting: BTreeMap<Key, Instant>,
     state: MeshState,
 }
 
@@ -214,13 +235,12 @@ impl<I: Interfaces> MeshTask<I> {
         out: watch::Sender<MeshState>,
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut tick = tokio::time::interval(self.refresh);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running = Running {
             task: self,
             device: None,
             members_of: None,
             invalid: BTreeMap::new(),
+            awaiting: BTreeMap::new(),
             state: MeshState::default(),
         };
         let result = loop {
@@ -229,10 +249,11 @@ impl<I: Interfaces> MeshTask<I> {
                 break Err(e);
             }
             out.send_replace(running.state.clone());
+            let wait = next_refresh(&running.awaiting, Instant::now(), running.task.refresh);
             tokio::select! {
                 () = cancel.cancelled() => break Ok(()),
                 changed = chain.changed() => if changed.is_err() { break Ok(()) },
-                _ = tick.tick() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         };
         // The on-chain record stays: peers keep it until this node changes it or the seat is cleared.
@@ -316,13 +337,20 @@ impl<I: Interfaces> Running<I> {
         if let Some(interfaces) = &self.task.interfaces {
             self.state.relay = interfaces.relay_counters(table);
         }
-        self.state.stats = Arc::new(
-            table
-                .peers()
-                .into_iter()
-                .map(|p| (p.public_key, p))
-                .collect(),
-        );
+        let stats: BTreeMap<Key, _> = table
+            .peers()
+            .into_iter()
+            .map(|p| (p.public_key, p))
+            .collect();
+        let now = Instant::now();
+        self.awaiting
+            .retain(|k, _| stats.get(k).is_some_and(|p| p.last_handshake.is_none()));
+        for (key, p) in &stats {
+            if p.last_handshake.is_none() {
+                self.awaiting.entry(*key).or_insert(now);
+            }
+        }
+        self.state.stats = Arc::new(stats);
     }
 
     async fn leave(&mut self) {
@@ -348,6 +376,37 @@ mod tests {
     use crate::desired::tests::{record, view};
     use mesh_wg::MemoryTable;
     use std::sync::Mutex;
+
+    /// The device is read every 50 ms while a peer added less than 12 s ago has no handshake, so that the
+    /// API shows its tunnel up within 50 ms of the handshake; otherwise, and for a peer absent for longer,
+    /// at the usual refresh.
+    #[test]
+    fn a_new_peers_first_handshake_is_watched_closely_for_a_while() {
+        let t0 = Instant::now();
+        let refresh = Duration::from_millis(500);
+        let mut awaiting = BTreeMap::new();
+        assert_eq!(
+            next_refresh(&awaiting, t0, refresh),
+            refresh,
+            "nothing awaited"
+        );
+        awaiting.insert(Key::from_bytes([1; 32]), t0);
+        assert_eq!(next_refresh(&awaiting, t0, refresh), AWAIT_REFRESH);
+        assert_eq!(
+            next_refresh(&awaiting, t0 + Duration::from_secs(11), refresh),
+            AWAIT_REFRESH
+        );
+        assert_eq!(
+            next_refresh(&awaiting, t0 + AWAIT_FOR, refresh),
+            refresh,
+            "an absent peer is not watched for ever"
+        );
+        assert_eq!(
+            next_refresh(&awaiting, t0, Duration::from_millis(20)),
+            Duration::from_millis(20),
+            "never slower than asked"
+        );
+    }
 
     /// Interfaces in memory: what was created and removed, and the table of the current one.
     #[derive(Default, Clone)]

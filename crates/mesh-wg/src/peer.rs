@@ -250,6 +250,7 @@ impl Peer {
         {
             // A new endpoint or relay stream carries a handshake at once, not at the first packet or at
             // WireGuard's next retry.
+            tracing::debug!(peer = ?self.public_key, ?via, "handshake initiation at once (a new peer, endpoint or relay stream)");
             g.note_tx_bytes(init, &via, now);
             sends.push((via, init.to_vec()));
         }
@@ -310,6 +311,15 @@ impl Session<'_> {
             .tunn
             .decapsulate(Some(from.source_ip()), datagram, dst);
         if authenticates(datagram, &res) {
+            match datagram.first() {
+                Some(&MSG_HANDSHAKE_INIT) => {
+                    tracing::debug!(peer = ?self.key, ?from, "handshake initiation received; answered");
+                }
+                Some(&MSG_HANDSHAKE_RESP) => {
+                    tracing::debug!(peer = ?self.key, ?from, "handshake response received; session up");
+                }
+                _ => {}
+            }
             self.authenticated = true;
             if self.g.received(self.key, from, datagram, self.now) {
                 self.via = self.g.via();

@@ -14,15 +14,24 @@
 //!   apart (idle CPUs, whose wake-ups dominate on a VM) and 0.5 ms apart (busy CPUs).
 //! - The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
 //! - Failover: how long until a cut-off leader is replaced on-chain, and reported by the others.
-//! - Convergence for each size N: from the moment the chain holds node N's registration to the moment
-//!   every other node reports a handshake with it.
-//! - Revocation for each size N: from the moment the chain no longer holds seat N's record to the moment
-//!   every other node has dropped it.
-//! - Agent cost: RSS and CPU of an idle agent with 25 peers, and its chain requests per idle poll and per
-//!   new block.
-//! - Churn loss: ping loss between two steady nodes while 10 other nodes join and leave.
+//! - Sizes (3, 10, 25, 50 and 100 nodes by default; the agents follow anvil's WebSocket at their defaults,
+//!   or poll it over HTTP every 200 ms with `--follow poll`). For each size N, from the agents' event
+//!   streams (so that watching them costs nothing between changes):
+//!   - convergence: from the moment the chain holds node N's registration to the moment each other node
+//!     lists it, and has a handshake with it (median and worst);
+//!   - revocation: from the moment the chain no longer holds seat N's record to the moment each other node
+//!     has dropped it;
+//!   - cost: each agent's CPU and RSS over 15 s idle (mean and worst), the load average, and the JSON-RPC
+//!     requests reaching anvil (it logs each), idle and per new block; and agent 1's own chain requests per
+//!     block;
+//!   - how long the mesh took to form.
+//! - Churn loss (on 25 nodes): ping loss between two steady nodes while 10 other nodes join and leave.
+//! - Trace: one join at `--trace-nodes` (50), through every node's log: when each read the block, added
+//!   the peer, initiated, got a session, and showed it on its API; initiations the newcomer dropped, and
+//!   WireGuard's retries.
 //!
-//! `--sections` picks some of them (`throughput,latency,offloads,relay,failover,sizes`, all by default).
+//! `--sections` picks some of them (`throughput,latency,offloads,relay,failover,sizes,trace`, all by
+//! default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
 //! boringtun-cli into `target/peers`), or:
@@ -39,12 +48,14 @@ use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::Address;
 use alloy::providers::{Provider, ProviderBuilder};
 use anyhow::Context as _;
 use clap::Parser;
-use mesh_api::{self, ConnectionKind, Peer};
-use mesh_chain::contract::DstackClusterNFT;
+use mesh_api::{self, Peer};
+use netns_tests::convergence::{
+    chain_watch, delays, full_mesh, healthy, lists, median_and_worst, watch_change,
+};
 use netns_tests::netns::in_netns;
 use netns_tests::perf::{
     clock_ticks, cpu_ticks, ctx_switches, iperf3, iperf3_observed, link_dropped, ping_avg_ms,
@@ -66,9 +77,16 @@ struct Args {
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "target/mesh-bench.json")]
     json: PathBuf,
-    /// Mesh sizes to measure convergence and revocation for.
-    #[arg(long, value_delimiter = ',', default_value = "3,10,25")]
+    /// Mesh sizes to measure convergence, revocation and cost for.
+    #[arg(long, value_delimiter = ',', default_value = "3,10,25,50,100")]
     sizes: Vec<usize>,
+    /// How the agents of the sizes section follow the chain: `ws`, at the agent's defaults over anvil's
+    /// WebSocket (new heads by subscription, a 2 s safety poll); `poll`, over HTTP polling every 200 ms.
+    #[arg(long, value_enum, default_value = "ws")]
+    follow: Follow,
+    /// The mesh size whose join the trace section follows through every node's log.
+    #[arg(long, default_value_t = 50)]
+    trace_nodes: usize,
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
@@ -83,7 +101,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,offloads,relay,failover,sizes"
+        default_value = "throughput,latency,offloads,relay,failover,sizes,trace"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -115,8 +133,37 @@ enum Section {
     Relay,
     /// Leader failover.
     Failover,
-    /// Convergence and revocation for each `--sizes`, agent cost and churn on the largest.
+    /// Convergence, revocation and cost for each `--sizes`; churn on 25 nodes.
     Sizes,
+    /// One join at `--trace-nodes`, traced through every node's log.
+    Trace,
+}
+
+/// How the agents of the sizes section follow the chain, for `--follow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Follow {
+    /// The agent's defaults, with `--rpc-url ws://…`: new heads by subscription.
+    Ws,
+    /// `--rpc-url http://…` and `--poll-interval-ms 200`.
+    Poll,
+}
+
+impl Follow {
+    fn config(self, i: usize) -> AgentConfig {
+        match self {
+            Self::Ws => AgentConfig::lan_ws(i),
+            Self::Poll => AgentConfig::lan(i),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Ws => {
+                "agents follow anvil's WebSocket at their defaults (new heads by subscription, 2 s safety poll)"
+            }
+            Self::Poll => "agents poll anvil over HTTP every 200 ms",
+        }
+    }
 }
 
 /// A reference that `scripts/bench` installs from crates.io, pinned, into the ignored `target/peers`.
@@ -172,8 +219,6 @@ fn references(args: &Args) -> anyhow::Result<Vec<Reference>> {
 
 /// How long any one measurement may wait for the mesh before giving up.
 const BOUND: Duration = Duration::from_secs(120);
-/// How often the chain and the agents are polled while timing (the figures' resolution).
-const POLL: Duration = Duration::from_millis(10);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -201,12 +246,9 @@ fn main() -> anyhow::Result<()> {
     for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
         workspace_bin(bin);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut report = json!({
         "machine": machine(),
-        "agentPollIntervalMs": 200,
+        "sizesFollow": args.follow.describe(),
     });
 
     if compared {
@@ -257,15 +299,35 @@ fn main() -> anyhow::Result<()> {
         report["failover"] = failover(args.leader_timeout);
     }
     if on(Section::Sizes) {
+        // Churn on 25 nodes when that size is measured, else on the largest.
         let largest = args.sizes.iter().copied().max().unwrap_or(0);
+        let churn_at = if args.sizes.contains(&25) {
+            25
+        } else {
+            largest
+        };
         let mut sizes = Vec::new();
         for &n in &args.sizes {
-            assert!(n >= 2, "a mesh size must be at least 2");
-            eprintln!("== {n} nodes: convergence and revocation");
-            let extra = if n == largest { 1 + args.churn } else { 0 };
-            sizes.push(size_run(&rt, n, extra, args.churn)?);
+            anyhow::ensure!(
+                (3..=200).contains(&n),
+                "--sizes: {n} nodes cannot be measured; give sizes from 3 to 200"
+            );
+            eprintln!(
+                "== {n} nodes: convergence, cost and revocation; {}",
+                args.follow.describe()
+            );
+            let churn = if n == churn_at { args.churn } else { 0 };
+            sizes.push(size_run(n, churn, args.follow)?);
         }
         report["sizes"] = Value::Array(sizes);
+    }
+    if on(Section::Trace) {
+        eprintln!(
+            "== one join at {} nodes, traced; {}",
+            args.trace_nodes,
+            args.follow.describe()
+        );
+        report["trace"] = trace_join(args.trace_nodes, args.follow)?;
     }
 
     print_table(&report);
@@ -704,161 +766,130 @@ fn failover(timeout: u64) -> Value {
     })
 }
 
-/// A cluster reader in the switch namespace (where anvil listens), polled from its own thread.
-fn chain_watch(
-    lan: &Lan,
-    contract: Address,
-    token: u64,
-    want_record: bool,
-) -> std::thread::JoinHandle<Instant> {
-    let path = PathBuf::from("/var/run/netns").join(&lan.switch.name);
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).expect("switch namespace");
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let provider = ProviderBuilder::new()
-                .connect_http(rpc_url().parse().expect("rpc url"))
-                .erased();
-            let c = DstackClusterNFT::new(contract, provider);
-            let deadline = Instant::now() + BOUND;
-            loop {
-                let has = c
-                    .getPeer(U256::from(token))
-                    .call()
-                    .await
-                    .is_ok_and(|p| p.nonce > 0 && !p.wgPublicKey.is_zero());
-                if has == want_record {
-                    return Instant::now();
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "seat {token}'s record never {} on-chain",
-                    if want_record { "appeared" } else { "left" }
-                );
-                tokio::time::sleep(POLL).await;
-            }
-        })
-    })
-}
-
-/// Polls the agents' APIs until `done` holds for every one; returns when the last one first did.
-async fn until_all(agents: &[&Agent<'_>], what: &str, done: impl Fn(&[Peer]) -> bool) -> Instant {
-    let mut seen: Vec<Option<Instant>> = vec![None; agents.len()];
-    let deadline = Instant::now() + BOUND;
-    while seen.iter().any(Option::is_none) {
-        let replies = futures::future::join_all(
-            agents
-                .iter()
-                .map(|a| mesh_api::get::<Vec<Peer>>(&a.api_socket, "/v1/peers")),
-        )
-        .await;
-        let now = Instant::now();
-        for (s, r) in seen.iter_mut().zip(replies) {
-            if s.is_none() && r.is_ok_and(|p| done(&p)) {
-                *s = Some(now);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every node got to: {what} within {BOUND:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    seen.into_iter()
-        .flatten()
-        .max()
-        .expect("at least one agent")
-}
-
-fn healthy(peers: &[Peer], token: u64) -> bool {
-    peers
-        .iter()
-        .any(|p| p.token_id == token && p.healthy && p.connection == ConnectionKind::Wireguard)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A mesh of `n`: nodes 1..n-1 converge, then node n joins (convergence) and is revoked (revocation). On
-/// the largest size, `extra` more namespaces give the idle-cost node its 25th peer and the churn nodes.
-fn size_run(
-    rt: &tokio::runtime::Runtime,
-    n: usize,
-    extra: usize,
-    churn: usize,
-) -> anyhow::Result<Value> {
-    let lan = Lan::new(n + extra);
+/// A size's run: `n` nodes; nodes 1..n-1 form the mesh, then node n joins (convergence), the mesh idles
+/// (cost), blocks are mined (cost per block), `churn` more nodes join and leave if asked, and seat n is
+/// revoked (revocation).
+fn size_run(n: usize, churn: usize, follow: Follow) -> anyhow::Result<Value> {
+    let lan = Lan::new(n + churn);
     let cluster = Cluster::deploy_seats(&lan, n);
     let contract = Address::from_str(&cluster.contract)?;
-    let (mut agents, mut keys) = start_mesh(&cluster, 1..n);
-    eprintln!("   {} agents meshed", n - 1);
+    let ready = Instant::now();
+    let mut agents: Vec<Agent<'_>> = (1..n)
+        .map(|i| Agent::start_with(&cluster, i, follow.config(i), &[]))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(300);
+    }
+    let started = ready.elapsed();
+    let t0 = Instant::now();
+    let all: Vec<&Agent<'_>> = agents.iter().collect();
+    full_mesh(&all, BOUND)
+        .map_err(|e| anyhow::anyhow!("the mesh of {} did not form: {e}", n - 1))?;
+    let formed = t0.elapsed();
+    eprintln!(
+        "   {} agents started in {started:.1?}, meshed {formed:.1?} after",
+        n - 1
+    );
 
-    // Convergence: node n joins.
-    let watch = chain_watch(&lan, contract, n as u64, true);
-    agents.push(Agent::start(&cluster, n, &[]));
+    // Convergence: node n joins; when does each other node list it, and have a handshake with it?
     let token = n as u64;
-    let done = rt.block_on(until_all(
-        &agents.iter().filter(|a| a.index != n).collect::<Vec<_>>(),
-        &format!("a handshake with node {n}"),
-        |p| healthy(p, token),
-    ));
-    let in_block = watch.join().expect("chain watch");
-    let convergence = done.saturating_duration_since(in_block);
-    keys.push(agents[n - 1].key());
-    eprintln!("   convergence: {:.0} ms", ms(convergence));
+    let listed = |p: &[Peer]| lists(p, token);
+    let handshaken = |p: &[Peer]| healthy(p, token);
+    let watch = chain_watch(&lan, contract, token, true, BOUND);
+    let (newcomer, times) = watch_change(
+        &all,
+        BOUND,
+        &[("lists it", &listed), ("handshaken", &handshaken)],
+        || Agent::start_with(&cluster, n, follow.config(n), &[]),
+    )
+    .map_err(|e| anyhow::anyhow!("node {n}'s join was not applied: {e}"))?;
+    let block = watch.join().expect("chain watch");
+    let (listed_median, listed_worst) = median_and_worst(&delays(block, &times[0]));
+    let (hs_median, hs_worst) = median_and_worst(&delays(block, &times[1]));
+    agents.push(newcomer);
+    eprintln!(
+        "   join: listed by all {:.0} ms after its block (median {:.0}), handshaken by all {:.0} ms after (median {:.0})",
+        ms(listed_worst),
+        ms(listed_median),
+        ms(hs_worst),
+        ms(hs_median)
+    );
     let mut out = json!({
         "nodes": n,
-        "convergenceMs": ms(convergence),
+        "startSecs": started.as_secs_f64(),
+        "formedSecs": formed.as_secs_f64(),
+        "listedMs": ms(listed_worst),
+        "listedMedianMs": ms(listed_median),
+        "convergenceMs": ms(hs_worst),
+        "handshakeMedianMs": ms(hs_median),
     });
-
-    if extra > 0 {
-        out["agentCost"] = agent_cost(rt, &lan, &cluster, &mut agents, n + 1)?;
-        out["churn"] = churn_loss(rt, &lan, &cluster, &agents, n + 2, churn);
+    out["cost"] = cost(&lan, &agents)?;
+    if churn > 0 {
+        out["churn"] = churn_loss(&lan, &cluster, &agents, n + 1, churn, follow);
     }
 
-    // Revocation of seat n.
-    let watch = chain_watch(&lan, contract, token, false);
-    cluster.meshctl(0, &["revoke", "--token", &token.to_string(), "--yes"]);
+    // Revocation of seat n: when has each other node dropped it?
+    let dropped = |p: &[Peer]| !lists(p, token);
+    let watch = chain_watch(&lan, contract, token, false, BOUND);
     let others: Vec<&Agent<'_>> = agents.iter().filter(|a| a.index != n).collect();
-    let done = rt.block_on(until_all(&others, &format!("dropping seat {n}"), |p| {
-        p.iter().all(|p| p.token_id != token)
-    }));
+    let (_, times) = watch_change(&others, BOUND, &[("dropped it", &dropped)], || {
+        cluster.meshctl(0, &["revoke", "--token", &token.to_string(), "--yes"])
+    })
+    .map_err(|e| anyhow::anyhow!("seat {n}'s revocation was not applied: {e}"))?;
     let cleared = watch.join().expect("chain watch");
-    let revocation = done.saturating_duration_since(cleared);
-    eprintln!("   revocation: {:.0} ms", ms(revocation));
-    out["revocationMs"] = json!(ms(revocation));
+    let (dropped_median, dropped_worst) = median_and_worst(&delays(cleared, &times[0]));
+    eprintln!(
+        "   revocation: dropped by all {:.0} ms after its block (median {:.0})",
+        ms(dropped_worst),
+        ms(dropped_median)
+    );
+    out["revocationMs"] = json!(ms(dropped_worst));
+    out["revocationMedianMs"] = json!(ms(dropped_median));
     Ok(out)
 }
 
-/// Node `extra` joins so that node 1 has 25 peers (with the default sizes); then node 1 idles: its RSS,
-/// CPU over 10 s, and chain requests per idle poll and per block (10 blocks mined 1 s apart).
-fn agent_cost<'a>(
-    rt: &tokio::runtime::Runtime,
-    lan: &Lan,
-    cluster: &'a Cluster<'a>,
-    agents: &mut Vec<Agent<'a>>,
-    extra: usize,
-) -> anyhow::Result<Value> {
-    cluster.mint(extra);
-    agents.push(Agent::start(cluster, extra, &[]));
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    let index: Vec<usize> = agents.iter().map(|a| a.index).collect();
-    // wait_full_mesh indexes keys by node; nodes are 1..=extra here, so that holds.
-    assert_eq!(index, (1..=extra).collect::<Vec<_>>());
-    wait_full_mesh(agents, &keys);
-    let a = &agents[0];
-    let peers = a.status().1.len();
-    let pid = a.pid().context("agent 1 runs")?;
+/// What the mesh of `agents` costs: over 15 s of idling, each agent's CPU and RSS, the load average and
+/// the requests reaching anvil; then over 10 blocks mined 1 s apart, the requests per block, at anvil and
+/// by agent 1 (its own counters: all its chain requests, less its head polls).
+fn cost(lan: &Lan, agents: &[Agent<'_>]) -> anyhow::Result<Value> {
+    let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
+    anyhow::ensure!(pids.len() == agents.len(), "an agent has exited");
     std::thread::sleep(Duration::from_secs(2));
+    let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let (rpc0, t0) = (lan.rpc_requests(), Instant::now());
+    // One whole safety-poll period: agents that started together poll together, every 15 s.
+    std::thread::sleep(mesh_chain::heads::SAFETY_POLL);
+    let cpu1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let (rpc1, t1) = (lan.rpc_requests(), Instant::now());
+    let secs = (t1 - t0).as_secs_f64();
+    let cpu: Vec<f64> = cpu0
+        .iter()
+        .zip(&cpu1)
+        .map(|(a, b)| (b - a) as f64 / clock_ticks() / secs * 100.0)
+        .collect();
+    let rss: Vec<u64> = pids
+        .iter()
+        .map(|p| rss_kib(*p))
+        .collect::<anyhow::Result<_>>()?;
+    let idle_rate = (rpc1 - rpc0) as f64 / secs;
+    let load = std::fs::read_to_string("/proc/loadavg")?
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .context("no load average")?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let rss_f: Vec<f64> = rss.iter().map(|r| *r as f64).collect();
 
-    // All chain requests, and of those the head polls (one per poll interval, whatever happens).
-    let requests = |a: &Agent<'_>| -> anyhow::Result<(u64, u64)> {
-        let text = rt.block_on(mesh_api::get_text(&a.api_socket, "/metrics"))?;
+    let counters = |a: &Agent<'_>| -> anyhow::Result<(u64, u64)> {
+        let text = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(mesh_api::get_text(&a.api_socket, "/metrics"))?;
         let counter = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -870,35 +901,222 @@ fn agent_cost<'a>(
             counter("dstack_mesh_chain_head_polls_total")?,
         ))
     };
-    let idle_secs = 10.0;
-    let (cpu0, (req0, _), t0) = (cpu_ticks(pid), requests(a)?, Instant::now());
-    std::thread::sleep(Duration::from_secs_f64(idle_secs));
-    let (cpu1, (req1, _), t1) = (cpu_ticks(pid), requests(a)?, Instant::now());
-    let secs = (t1 - t0).as_secs_f64();
-    let cpu_pct = (cpu1 - cpu0) as f64 / clock_ticks() / secs * 100.0;
-    let idle_rate = (req1 - req0) as f64 / secs;
-    let rss_kib = rss_kib(pid)?;
-
     let blocks = 10u64;
-    let (req2, polls2) = requests(a)?;
+    let (req0, polls0) = counters(&agents[0])?;
+    let (rpc2, t2) = (lan.rpc_requests(), Instant::now());
     for _ in 0..blocks {
         mine(lan);
         std::thread::sleep(Duration::from_secs(1));
     }
-    let (req3, polls3) = requests(a)?;
-    // What the blocks cost beyond the polls, counted rather than estimated from the idle rate: under load
-    // the agent polls less often than when idle, and the estimate went negative (-3.84 at 50 nodes).
-    let per_block = ((req3 - req2) - (polls3 - polls2)) as f64 / blocks as f64;
+    let (rpc3, t3) = (lan.rpc_requests(), Instant::now());
+    let (req1, polls1) = counters(&agents[0])?;
+    // Beyond the idle rate, and not counting the evm_mine calls themselves.
+    let at_anvil = ((rpc3 - rpc2) as f64 - blocks as f64 - idle_rate * (t3 - t2).as_secs_f64())
+        / blocks as f64;
+    let agent1 = ((req1 - req0) - (polls1 - polls0)) as f64 / blocks as f64;
     eprintln!(
-        "   idle agent with {peers} peers: RSS {rss_kib} KiB, CPU {cpu_pct:.2}%, {idle_rate:.1} chain requests/s idle, {per_block:.1} more per block"
+        "   cost: CPU {:.2}% mean / {:.2}% max per agent, RSS {:.1} / {:.1} MiB, load {load:.1}; anvil {idle_rate:.1} requests/s idle and {at_anvil:.0} per block; agent 1 {agent1:.2} per block",
+        mean(&cpu),
+        max(&cpu),
+        mean(&rss_f) / 1024.0,
+        max(&rss_f) / 1024.0,
     );
     Ok(json!({
-        "peers": peers,
-        "rssKiB": rss_kib,
-        "cpuPercent": cpu_pct,
-        "chainRequestsPerSecondIdle": idle_rate,
-        "chainRequestsPerBlock": per_block,
+        "peers": agents.len() - 1,
+        "cpuPercentMean": mean(&cpu),
+        "cpuPercentMax": max(&cpu),
+        "rssKiBMean": mean(&rss_f),
+        "rssKiBMax": max(&rss_f),
+        "loadAverage": load,
+        "anvilRequestsPerSecondIdle": idle_rate,
+        "anvilRequestsPerBlock": at_anvil,
+        "agentRequestsPerBlock": agent1,
     }))
+}
+
+/// The agents' log filter in the trace: their default, with mesh_wg's handshake events at debug.
+const TRACE_FILTER: &str = "warn,boringtun::noise::timers=off,p2p_agent=info,mesh_chain=info,mesh_wg=debug,mesh_api=info,dstack_guest=info,unix_socket=info";
+
+/// The stages of a join as each existing node goes through them, by the line its log has for each (the
+/// first after the block; for the newcomer's key where the line names a peer).
+const STAGES: [(&str, &str, bool); 5] = [
+    ("chain", "peer records changed", false),
+    ("added", "peer added", true),
+    ("initiated", "handshake initiation at once", true),
+    ("session", "handshake response received", true),
+    ("answered", "handshake initiation received", true),
+];
+
+/// One join at `n` nodes, traced: the block that holds the newcomer's record, and for every other node
+/// when it read the block, added the peer, sent its first initiation, got a session (by its own initiation's
+/// response, or by answering the newcomer's), and showed the handshake on its API; the initiations the
+/// newcomer dropped because they came before it knew the sender, and WireGuard's retries.
+fn trace_join(n: usize, follow: Follow) -> anyhow::Result<Value> {
+    let lan = Lan::new(n);
+    let cluster = Cluster::deploy_seats(&lan, n);
+    let contract = Address::from_str(&cluster.contract)?;
+    let config = |i| AgentConfig {
+        log_filter: Some(TRACE_FILTER.to_owned()),
+        ..follow.config(i)
+    };
+    let mut agents: Vec<Agent<'_>> = (1..n)
+        .map(|i| Agent::start_with(&cluster, i, config(i), &[]))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(300);
+    }
+    let all: Vec<&Agent<'_>> = agents.iter().collect();
+    full_mesh(&all, BOUND)
+        .map_err(|e| anyhow::anyhow!("the mesh of {} did not form: {e}", n - 1))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let token = n as u64;
+    let handshaken = |p: &[Peer]| healthy(p, token);
+    let watch = chain_watch(&lan, contract, token, true, BOUND);
+    let (newcomer, times) = watch_change(&all, BOUND, &[("handshaken", &handshaken)], || {
+        Agent::start_with(&cluster, n, config(n), &[])
+    })
+    .map_err(|e| anyhow::anyhow!("node {n}'s join was not applied: {e}"))?;
+    let block = watch.join().expect("chain watch");
+    let block_wall = unix_secs(std::time::SystemTime::now()) - block.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let key = format!("{:?}", newcomer.key());
+    let key = key.trim_end_matches('…');
+
+    let since = |t: f64| (t - block_wall) * 1000.0;
+    let mut rows = Vec::new();
+    for (a, api) in agents.iter().zip(&times[0]) {
+        let log = std::fs::read_to_string(&a.log)?;
+        let mut row = serde_json::Map::new();
+        row.insert("node".into(), json!(a.index));
+        for (name, text, keyed) in STAGES {
+            let at = log_lines(&log, block_wall - 1.0)
+                .find(|(_, l)| l.contains(text) && (!keyed || l.contains(key)))
+                .map(|(t, _)| since(t));
+            row.insert(name.into(), json!(at));
+        }
+        let retries = log_lines(&log, block_wall)
+            .filter(|(_, l)| l.contains("initiation from WireGuard's timers") && l.contains(key))
+            .count();
+        row.insert("timerRetries".into(), json!(retries));
+        row.insert(
+            "api".into(),
+            json!(ms(api.saturating_duration_since(block))),
+        );
+        rows.push(Value::Object(row));
+    }
+    let log = std::fs::read_to_string(&newcomer.log)?;
+    let dropped: Vec<f64> = log_lines(&log, block_wall - 1.0)
+        .filter(|(_, l)| l.contains("not a peer (yet)"))
+        .map(|(t, _)| since(t))
+        .collect();
+    let added: Vec<f64> = log_lines(&log, block_wall - 1.0)
+        .filter(|(_, l)| l.contains("peer added"))
+        .map(|(t, _)| since(t))
+        .collect();
+    let registered = log_lines(&log, block_wall - 60.0)
+        .find(|(_, l)| l.contains("registered peer record"))
+        .map(|(t, _)| since(t));
+    let newcomer_retries = log_lines(&log, block_wall)
+        .filter(|(_, l)| l.contains("initiation from WireGuard's timers"))
+        .count();
+
+    let stat = |name: &str| -> Value {
+        let mut v: Vec<f64> = rows.iter().filter_map(|r| r[name].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        json!({ "nodes": v.len(), "medianMs": at(0.5), "p90Ms": at(0.9), "maxMs": at(1.0) })
+    };
+    let stages: serde_json::Map<String, Value> = STAGES
+        .iter()
+        .map(|(name, _, _)| *name)
+        .chain(["api"])
+        .map(|name| (name.to_owned(), stat(name)))
+        .collect();
+    let retries: usize = rows
+        .iter()
+        .filter_map(|r| r["timerRetries"].as_u64())
+        .sum::<u64>() as usize;
+    eprintln!(
+        "   trace of node {n}'s join (ms after the block that holds its record; over the {} other nodes):",
+        n - 1
+    );
+    eprintln!(
+        "     the newcomer's registration receipt: {}",
+        registered.map_or("-".into(), |t| format!("{t:.0}"))
+    );
+    for (name, s) in &stages {
+        eprintln!(
+            "     {name:<10} median {:>6} p90 {:>6} max {:>6}  ({} nodes)",
+            s["medianMs"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.0}")),
+            s["p90Ms"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.0}")),
+            s["maxMs"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.0}")),
+            s["nodes"]
+        );
+    }
+    eprintln!(
+        "     the newcomer added its {} peers from {} to {} ms; dropped {} initiations from keys it did not know yet (the last at {} ms); WireGuard retries: {retries} by the others, {newcomer_retries} by the newcomer",
+        added.len(),
+        added.first().map_or("-".into(), |t| format!("{t:.0}")),
+        added.last().map_or("-".into(), |t| format!("{t:.0}")),
+        dropped.len(),
+        dropped.last().map_or("-".into(), |t| format!("{t:.0}")),
+    );
+    Ok(json!({
+        "nodes": n,
+        "follow": follow.describe(),
+        "registrationReceiptMs": registered,
+        "stages": stages,
+        "newcomerPeersAdded": added.len(),
+        "newcomerFirstAddMs": added.first(),
+        "newcomerLastAddMs": added.last(),
+        "initiationsDroppedByNewcomer": dropped.len(),
+        "timerRetriesByOthers": retries,
+        "timerRetriesByNewcomer": newcomer_retries,
+        "perNode": rows,
+    }))
+}
+
+/// The lines of an agent's text log at or after `from` (unix seconds), with their time.
+fn log_lines(log: &str, from: f64) -> impl Iterator<Item = (f64, &str)> {
+    log.lines()
+        .filter_map(|l| Some((rfc3339_secs(l.split_whitespace().next()?)?, l)))
+        .filter(move |(t, _)| *t >= from)
+}
+
+fn unix_secs(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `2026-11-23T06:54:56.179762Z` as unix seconds (the agent logs in UTC).
+fn rfc3339_secs(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
 }
 
 /// One empty block, mined by anvil on request (`evm_mine`).
@@ -932,12 +1150,12 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// Node 1 pings node 2 every 20 ms while nodes `first..first + count` join (mint, start, adopted by nodes 1
 /// and 2) and then leave (revoked, dropped by nodes 1 and 2).
 fn churn_loss<'a>(
-    rt: &tokio::runtime::Runtime,
     lan: &Lan,
     cluster: &'a Cluster<'a>,
     steady: &[Agent<'a>],
     first: usize,
     count: usize,
+    follow: Follow,
 ) -> Value {
     let pinger = BackgroundPing::start(
         lan.node(1),
@@ -946,23 +1164,31 @@ fn churn_loss<'a>(
         Duration::from_millis(20),
     );
     let t0 = Instant::now();
-    let mut joiners = Vec::new();
-    for i in first..first + count {
-        cluster.mint(i);
-        joiners.push(Agent::start(cluster, i, &[]));
-    }
     let pair: Vec<&Agent<'_>> = steady.iter().filter(|a| a.index <= 2).collect();
     let tokens: Vec<u64> = (first..first + count).map(|i| i as u64).collect();
-    rt.block_on(until_all(&pair, "adopting every churn node", |p| {
-        tokens.iter().all(|&t| healthy(p, t))
-    }));
+    let adopted = |p: &[Peer]| tokens.iter().all(|&t| healthy(p, t));
+    let (joiners, _) = watch_change(
+        &pair,
+        BOUND,
+        &[("adopted every churn node", &adopted)],
+        || {
+            (first..first + count)
+                .map(|i| {
+                    cluster.mint(i);
+                    Agent::start_with(cluster, i, follow.config(i), &[])
+                })
+                .collect::<Vec<_>>()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let joined = t0.elapsed();
-    for &t in &tokens {
-        cluster.meshctl(0, &["revoke", "--token", &t.to_string(), "--yes"]);
-    }
-    rt.block_on(until_all(&pair, "dropping every churn node", |p| {
-        p.iter().all(|p| !tokens.contains(&p.token_id))
-    }));
+    let gone = |p: &[Peer]| p.iter().all(|p| !tokens.contains(&p.token_id));
+    watch_change(&pair, BOUND, &[("dropped every churn node", &gone)], || {
+        for &t in &tokens {
+            cluster.meshctl(0, &["revoke", "--token", &t.to_string(), "--yes"]);
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let left = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let (sent, received, _) = pinger.interrupt();
@@ -992,10 +1218,9 @@ const IMPLEMENTATIONS: [&str; 5] = ["mesh", "gotatun", "boringtun-cli", "wiregua
 fn print_table(r: &Value) {
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
     println!(
-        "\n=== dstack-mesh benchmark ({} CPUs, kernel {}; agents poll every {} ms) ===",
+        "\n=== dstack-mesh benchmark ({} CPUs, kernel {}) ===",
         r["machine"]["cpus"],
         r["machine"]["kernel"].as_str().unwrap_or("?"),
-        r["agentPollIntervalMs"]
     );
     if r.get("throughput").is_some() || r.get("latency").is_some() {
         print_compared(r);
@@ -1068,35 +1293,73 @@ fn print_table(r: &Value) {
         return;
     };
     println!(
-        "\n{:<8} {:>18} {:>16}",
-        "nodes", "convergence (ms)", "revocation (ms)"
+        "\nSizes ({}): from the block that holds a change to the last node's API showing it",
+        r["sizesFollow"].as_str().unwrap_or("?")
+    );
+    let num = |v: &Value, digits: usize| v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"));
+    println!(
+        "{:<6} {:>9} {:>17} {:>11} {:>14} {:>14} {:>6} {:>11} {:>10} {:>9}",
+        "nodes",
+        "listed ms",
+        "handshake ms",
+        "revoked ms",
+        "agent CPU %",
+        "agent RSS MiB",
+        "load",
+        "anvil req/s",
+        "req/block",
+        "formed s"
+    );
+    println!(
+        "{:<6} {:>9} {:>17} {:>11} {:>14} {:>14} {:>6} {:>11} {:>10} {:>9}",
+        "", "worst", "median / worst", "worst", "mean / max", "mean / max", "", "idle", "anvil", ""
     );
     for s in sizes.as_array().into_iter().flatten() {
+        let c = &s["cost"];
+        let mib = |v: &Value| {
+            v.as_f64()
+                .map_or("-".into(), |x| format!("{:.1}", x / 1024.0))
+        };
         println!(
-            "{:<8} {:>18.0} {:>16.0}",
+            "{:<6} {:>9} {:>17} {:>11} {:>14} {:>14} {:>6} {:>11} {:>10} {:>9}",
             s["nodes"],
-            s["convergenceMs"].as_f64().unwrap_or(0.0),
-            s["revocationMs"].as_f64().unwrap_or(0.0)
+            num(&s["listedMs"], 0),
+            format!(
+                "{} / {}",
+                num(&s["handshakeMedianMs"], 0),
+                num(&s["convergenceMs"], 0)
+            ),
+            num(&s["revocationMs"], 0),
+            format!(
+                "{} / {}",
+                num(&c["cpuPercentMean"], 2),
+                num(&c["cpuPercentMax"], 2)
+            ),
+            format!("{} / {}", mib(&c["rssKiBMean"]), mib(&c["rssKiBMax"])),
+            num(&c["loadAverage"], 1),
+            num(&c["anvilRequestsPerSecondIdle"], 1),
+            num(&c["anvilRequestsPerBlock"], 0),
+            num(&s["formedSecs"], 1),
         );
-        if let Some(c) = s.get("agentCost") {
-            println!(
-                "  idle agent with {} peers: RSS {} KiB, CPU {}%, chain requests {}/s idle and {} per new block",
-                c["peers"],
-                c["rssKiB"],
-                f(&c["cpuPercent"]),
-                f(&c["chainRequestsPerSecondIdle"]),
-                f(&c["chainRequestsPerBlock"])
-            );
-        }
+    }
+    for s in sizes.as_array().into_iter().flatten() {
         if let Some(c) = s.get("churn") {
             println!(
-                "  churn: {} nodes joined and left; ping between two steady nodes {}/{} ({}% loss)",
+                "churn at {} nodes: {} nodes joined and left; ping between two steady nodes {}/{} ({}% loss)",
+                s["nodes"],
                 c["nodes"],
                 c["pingsReceived"],
                 c["pingsSent"],
-                f(&c["lossPercent"])
+                num(&c["lossPercent"], 2)
             );
         }
+    }
+    if let Some(a) = sizes
+        .as_array()
+        .and_then(|s| s.first())
+        .and_then(|s| s["cost"]["agentRequestsPerBlock"].as_f64())
+    {
+        println!("chain requests per new block, by one agent's own counters: {a:.2}");
     }
 }
 

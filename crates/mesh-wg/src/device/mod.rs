@@ -37,8 +37,20 @@ use wg_key::Key;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 /// UDP socket buffers; the kernel default (~208 KiB) caps throughput (NetBird #6021).
 const SOCKET_BUFFER_BYTES: usize = 7 << 20;
-/// Handshakes per second before cookies are demanded (boringtun device's value).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Handshakes per second before cookies are demanded, at the least (boringtun device's value).
+const HANDSHAKE_RATE_LIMIT_MIN: u64 = 100;
+
+/// Handshake messages a second before the device is under load and demands cookies, for an overlay of
+/// `prefix_len`: a node that joins gets an initiation and a response from every other seat at once (both
+/// sides initiate), and a cookie makes the sender wait WireGuard's 5 s retry. With boringtun's fixed 100, a
+/// join at 100 nodes (198 messages in 0.1 s) left half the mesh without a tunnel for 5 s. Twice that burst
+/// keeps room for rekeys; a flood beyond it still meets cookies, as Linux's does beyond its queue.
+fn handshake_rate_limit(prefix_len: u8) -> u64 {
+    let seats = 1u64
+        .checked_shl(32u32.saturating_sub(u32::from(prefix_len)).min(16))
+        .unwrap_or(u64::MAX);
+    seats.saturating_mul(4).max(HANDSHAKE_RATE_LIMIT_MIN)
+}
 /// The largest IP packet.
 const MAX_PACKET: usize = 65_535;
 /// Largest IP packet plus WireGuard overhead, with room to spare.
@@ -107,8 +119,9 @@ impl Device {
 
         let secret = config.private_key.to_secret();
         let public_key = x25519::PublicKey::from(&secret);
+        let handshake_limit = handshake_rate_limit(config.prefix_len);
         let keys = NoiseKeys {
-            rate_limiter: Arc::new(RateLimiter::new(&public_key, HANDSHAKE_RATE_LIMIT)),
+            rate_limiter: Arc::new(RateLimiter::new(&public_key, handshake_limit)),
             secret,
         };
         let (udp_tx, _) = watch::channel(Arc::new(udp));
@@ -126,6 +139,7 @@ impl Device {
                 private_key: config.private_key.clone(),
                 public_key,
                 keys,
+                handshake_limit,
                 listen_port,
                 fwmark: 0,
                 peers: HashMap::new(),
@@ -285,4 +299,26 @@ fn create_tun(ifname: &str, offload: bool) -> Result<tun_rs::AsyncDevice, Error>
             source,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every other seat's initiation and response to a node that joins fit under the limit twice over,
+    /// whatever the overlay's size; a tiny overlay keeps boringtun's floor, and a huge one stays bounded.
+    #[test]
+    fn a_join_burst_fits_under_the_handshake_limit() {
+        for prefix_len in [16u8, 20, 24, 28, 30] {
+            let others = (1u64 << (32 - prefix_len)) - 3;
+            assert!(
+                handshake_rate_limit(prefix_len) >= 2 * 2 * others,
+                "/{prefix_len}: {} for {others} other seats",
+                handshake_rate_limit(prefix_len)
+            );
+        }
+        assert_eq!(handshake_rate_limit(24), 1024);
+        assert_eq!(handshake_rate_limit(31), HANDSHAKE_RATE_LIMIT_MIN);
+        assert_eq!(handshake_rate_limit(8), 4 << 16, "capped at a /16's seats");
+    }
 }

@@ -15,12 +15,12 @@ use boringtun::x25519;
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::sync::watch;
 
+use super::BUF_LEN;
 use super::batch::data_peer_index;
 use super::loops::RelayDialing;
 use super::outbound::send;
 use super::tun::TunWriter;
 use super::udp::Udp;
-use super::{BUF_LEN, HANDSHAKE_RATE_LIMIT};
 use crate::allowed_ips::AllowedIps;
 use crate::peer::{NoiseKeys, Peer, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
@@ -48,6 +48,8 @@ pub(super) struct State {
     pub(super) private_key: PrivateKey,
     pub(super) public_key: x25519::PublicKey,
     pub(super) keys: NoiseKeys,
+    /// Handshake messages a second before cookies are demanded.
+    pub(super) handshake_limit: u64,
     pub(super) listen_port: u16,
     pub(super) fwmark: u32,
     pub(super) peers: HashMap<Key, Arc<Peer>>,
@@ -351,7 +353,16 @@ impl State {
         let peer = match packet {
             Packet::HandshakeInit(init) => {
                 match parse_handshake_anon(&self.keys.secret, &self.public_key, &init) {
-                    Ok(half) => self.peers.get(&Key::from_bytes(half.peer_static_public)),
+                    Ok(half) => {
+                        let key = Key::from_bytes(half.peer_static_public);
+                        let peer = self.peers.get(&key);
+                        if peer.is_none() {
+                            // At a join, the others' initiations can arrive before the newcomer has read
+                            // them from the chain; their retries (REKEY_TIMEOUT) get through.
+                            tracing::debug!(from_key = ?key, ?from, "handshake initiation from a key that is not a peer (yet); dropped");
+                        }
+                        peer
+                    }
                     Err(err) => {
                         tracing::debug!(?from, error = ?err, "handshake initiation not for us");
                         None
@@ -369,7 +380,7 @@ impl State {
         let secret = private_key.to_secret();
         self.public_key = x25519::PublicKey::from(&secret);
         self.keys = NoiseKeys {
-            rate_limiter: Arc::new(RateLimiter::new(&self.public_key, HANDSHAKE_RATE_LIMIT)),
+            rate_limiter: Arc::new(RateLimiter::new(&self.public_key, self.handshake_limit)),
             secret,
         };
         self.private_key = private_key;
