@@ -556,6 +556,18 @@ fn subscribing(url: &str, poll: Duration) -> Wakeups {
     Wakeups::new(poll, Some(url.parse().unwrap()))
 }
 
+/// Lets `wakeups` run (its timer's wake-ups are dropped) until its subscription is made, for at most 5 s.
+async fn until_subscribed(wakeups: &mut Wakeups) {
+    let started = Instant::now();
+    while !wakeups.subscribed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no subscription within 5 s"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), wakeups.next()).await;
+    }
+}
+
 /// Over a subscription each block wakes the follower, which reads its events up to the announced head
 /// without polling for it: a join is applied at its block, with no head poll at all.
 #[tokio::test(flavor = "multi_thread")]
@@ -565,13 +577,7 @@ async fn announced_heads_are_read_at_once_without_polling() {
     let c = deploy_cluster(&anvil, a.kms_root).await;
     let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
     let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
-    assert_eq!(
-        wakeups.next().await,
-        Wake::Timer,
-        "the first poll comes at once"
-    );
-    assert!(wakeups.subscribed());
-    f.tick(Instant::now()).await.unwrap();
+    until_subscribed(&mut wakeups).await;
     let polls = f.head_polls;
     join(&anvil, &c, &a, "192.0.2.1:51820").await;
     let joined = Instant::now();
@@ -602,8 +608,7 @@ async fn a_dropped_subscription_falls_back_to_polling_and_resumes() {
     let relay = TcpRelay::start(([127, 0, 0, 1], anvil.port()).into());
     let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
     let mut wakeups = subscribing(&relay.url("ws"), Duration::from_millis(200));
-    assert_eq!(wakeups.next().await, Wake::Timer);
-    assert!(wakeups.subscribed());
+    until_subscribed(&mut wakeups).await;
 
     relay.cut();
     join(&anvil, &c, &a, "192.0.2.1:51820").await;
@@ -651,7 +656,7 @@ async fn a_reorg_announced_by_a_new_head_is_sorted_out_at_once() {
     mint(&c, anvil.addresses()[1], &b.instance_id).await;
     let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
     let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
-    assert_eq!(wakeups.next().await, Wake::Timer);
+    until_subscribed(&mut wakeups).await;
     let p = reader(anvil.endpoint().as_str());
     let snapshot: U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
 
@@ -695,4 +700,33 @@ async fn a_reorg_announced_by_a_new_head_is_sorted_out_at_once() {
         .header
         .hash;
     assert_eq!(f.view().last_block_hash, hash, "on the new chain");
+}
+
+/// A subscription URL whose server accepts connections and never answers holds no poll up: the timer
+/// wakes the follower at its interval while the subscription is being tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_that_never_answers_holds_no_poll_up() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let mut wakeups = subscribing(&url, Duration::from_millis(100));
+    let started = Instant::now();
+    for _ in 0..5 {
+        let wake = tokio::time::timeout(Duration::from_secs(2), wakeups.next())
+            .await
+            .expect("the timer woke the follower while the subscription hung");
+        assert_eq!(wake, Wake::Timer);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "five polls 100 ms apart took {:?}",
+        started.elapsed()
+    );
+    assert!(!wakeups.subscribed());
+    held.abort();
 }

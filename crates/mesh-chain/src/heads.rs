@@ -5,6 +5,8 @@
 //! it drops, the timer polls at the configured interval, and the subscription is tried again with backoff.
 //! A subscription that stays open but falls silent while the chain moves on is dropped and renewed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use alloy::{
@@ -12,7 +14,7 @@ use alloy::{
     providers::{Provider as _, ProviderBuilder, RootProvider},
     pubsub::Subscription,
     rpc::types::Header,
-    transports::http::reqwest::Url,
+    transports::{TransportErrorKind, http::reqwest::Url},
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{info, warn};
@@ -174,8 +176,9 @@ impl Pace {
     }
 
     /// A timer's poll found the chain at `head`: returns whether that shows the subscription stalled,
-    /// open but not announcing blocks the chain has. The first poll after subscribing, before any head
-    /// came, sets the mark to compare with.
+    /// open but not announcing blocks the chain has: none for a whole period while the chain moved on. A
+    /// busy follower takes heads later than they come, so a shorter silence proves nothing. The first poll
+    /// after subscribing, before any head came, sets the mark to compare with.
     pub fn polled(&mut self, head: u64, now: Instant) -> bool {
         if !self.subscribed {
             return false;
@@ -183,7 +186,7 @@ impl Pace {
         match self.last_head {
             Some((announced, at)) => {
                 head >= announced.saturating_add(STALL_BLOCKS)
-                    && now.saturating_duration_since(at) >= self.poll
+                    && now.saturating_duration_since(at) >= self.period()
             }
             None => {
                 self.last_head = Some((head, now));
@@ -193,11 +196,18 @@ impl Pace {
     }
 }
 
+/// How long a subscription may take to be made (the WebSocket opened, `eth_subscribe` answered).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Subscribing = Pin<Box<dyn Future<Output = Result<Heads, ChainError>> + Send>>;
+
 /// The follower's wake-ups: heads from a subscription at `url` while there is one, else the timer.
 pub struct Wakeups {
     url: Option<Url>,
     shown: Option<RedactedUrl>,
     heads: Option<Heads>,
+    /// A subscription being made.
+    subscribing: Option<Subscribing>,
     pace: Pace,
 }
 
@@ -209,6 +219,7 @@ impl Wakeups {
             pace: Pace::new(poll, subscribe.is_some(), Instant::now()),
             url: subscribe,
             heads: None,
+            subscribing: None,
         }
     }
 
@@ -217,18 +228,16 @@ impl Wakeups {
         self.heads.is_some()
     }
 
-    /// Waits for the next reason to look at the chain: a new head, or the timer.
+    /// Waits for the next reason to look at the chain: a new head, or the timer. A subscription being made
+    /// goes on across calls, beside the timer, so that a WebSocket slow to answer (or never answering) holds
+    /// no poll up.
     pub async fn next(&mut self) -> Wake {
         loop {
-            self.subscribe_if_due().await;
+            self.start_subscribing_if_due();
             let timer = tokio::time::Instant::from_std(self.pace.next_timer());
-            let Some(heads) = self.heads.as_mut() else {
-                tokio::time::sleep_until(timer).await;
-                self.pace.timer_fired(Instant::now());
-                return Wake::Timer;
-            };
+            let (heads, subscribing) = (&mut self.heads, &mut self.subscribing);
             tokio::select! {
-                head = heads.next() => match head {
+                head = next_head(heads) => match head {
                     Some(h) => {
                         self.pace.head_announced(h.number, Instant::now());
                         return Wake::Head(h);
@@ -238,6 +247,10 @@ impl Wakeups {
                         self.lost();
                     }
                 },
+                made = until_made(subscribing) => {
+                    self.subscribing = None;
+                    self.made(made);
+                }
                 () = tokio::time::sleep_until(timer) => {
                     self.pace.timer_fired(Instant::now());
                     return Wake::Timer;
@@ -249,7 +262,9 @@ impl Wakeups {
     /// After a timer's poll found the chain at `head`: a subscription that did not announce it is
     /// renewed.
     pub fn polled(&mut self, head: u64) {
-        if self.heads.is_some() && self.pace.polled(head, Instant::now()) {
+        // Heads still queued are not silence.
+        let queued = self.heads.as_ref().is_some_and(|h| !h.sub.is_empty());
+        if self.heads.is_some() && !queued && self.pace.polled(head, Instant::now()) {
             warn!(url = %self.shown(), head, "the new-heads subscription went quiet while the chain moved on; renewing it");
             self.lost();
         }
@@ -267,12 +282,27 @@ impl Wakeups {
             .unwrap_or_default()
     }
 
-    async fn subscribe_if_due(&mut self) {
+    fn start_subscribing_if_due(&mut self) {
         let Some(url) = &self.url else { return };
-        if !self.pace.subscribe_due(Instant::now()) {
+        if self.subscribing.is_some() || !self.pace.subscribe_due(Instant::now()) {
             return;
         }
-        match Heads::subscribe(url).await {
+        let url = url.clone();
+        self.subscribing = Some(Box::pin(async move {
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, Heads::subscribe(&url)).await {
+                Ok(made) => made,
+                Err(_) => Err(ChainError::Rpc {
+                    what: "eth_subscribe newHeads",
+                    source: TransportErrorKind::custom_str(&format!(
+                        "no answer within {SUBSCRIBE_TIMEOUT:?}"
+                    )),
+                }),
+            }
+        }));
+    }
+
+    fn made(&mut self, made: Result<Heads, ChainError>) {
+        match made {
             Ok(heads) => {
                 info!(url = %self.shown(), "following new heads by subscription");
                 self.heads = Some(heads);
@@ -287,6 +317,22 @@ impl Wakeups {
                 self.lost();
             }
         }
+    }
+}
+
+/// The next head of a subscription; never, without one.
+async fn next_head(heads: &mut Option<Heads>) -> Option<Head> {
+    match heads {
+        Some(h) => h.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The subscription being made, once it is; never, when none is.
+async fn until_made(subscribing: &mut Option<Subscribing>) -> Result<Heads, ChainError> {
+    match subscribing {
+        Some(s) => s.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -346,8 +392,9 @@ mod tests {
         );
     }
 
-    /// A poll finding the chain two blocks past the last announced head, a poll interval after it came,
-    /// means the subscription stalled; one block may still be on its way.
+    /// A poll finding the chain two blocks past the last announced head, a whole safety period after it
+    /// came, means the subscription stalled; one block may still be on its way, and a busy follower takes
+    /// heads late.
     #[test]
     fn a_subscription_that_falls_behind_the_chain_is_stalled() {
         let t0 = Instant::now();
@@ -359,11 +406,11 @@ mod tests {
             "one block may be in flight"
         );
         assert!(
-            !pace.polled(12, at(t0, 1_000)),
-            "not within a poll interval of a head"
+            !pace.polled(12, at(t0, 14_000)),
+            "not within a safety period of a head"
         );
-        assert!(pace.polled(12, at(t0, 2_000)));
-        pace.subscription_lost(at(t0, 2_000));
+        assert!(pace.polled(12, at(t0, 15_000)));
+        pace.subscription_lost(at(t0, 15_000));
         assert!(!pace.polled(50, at(t0, 9_000)), "not subscribed");
     }
 
