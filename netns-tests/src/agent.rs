@@ -569,6 +569,24 @@ pub fn start_agents_with<'a>(
     agents
 }
 
+/// Starts the agents of `nodes`, each with `config(i)` instead of its LAN defaults, and waits until each is
+/// ready, for at most `ready_within` seconds each.
+pub fn start_agents_as<'a>(
+    cluster: &'a Cluster<'a>,
+    nodes: impl IntoIterator<Item = usize>,
+    config: impl Fn(usize) -> AgentConfig,
+    ready_within: u64,
+) -> Vec<Agent<'a>> {
+    let mut agents: Vec<Agent<'a>> = nodes
+        .into_iter()
+        .map(|i| Agent::start_with(cluster, i, config(i), &[]))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(ready_within);
+    }
+    agents
+}
+
 /// [`start_agents`], then waits until they form a full mesh ([`wait_full_mesh`]); returns them with their
 /// WireGuard keys (`keys[j]` is `agents[j]`'s).
 pub fn start_mesh<'a>(

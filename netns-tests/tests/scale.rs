@@ -44,12 +44,7 @@ fn fifty_nodes_apply_a_join_and_a_revocation_within_3_s_over_websocket() {
         "LAN of {NODES} (static neighbours), cluster {contract}, {NODES} seats minted"
     ));
 
-    let mut agents: Vec<Agent<'_>> = (1..NODES)
-        .map(|i| Agent::start_with(&cluster, i, AgentConfig::lan_ws(i), &[]))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(120);
-    }
+    let mut agents = start_agents_as(&cluster, 1..NODES, AgentConfig::lan_ws, 120);
     steps.step(&format!(
         "{} agents ready, following {}",
         NODES - 1,

@@ -778,12 +778,7 @@ fn size_run(n: usize, churn: usize, follow: Follow) -> anyhow::Result<Value> {
     let cluster = Cluster::deploy_seats(&lan, n);
     let contract = Address::from_str(&cluster.contract)?;
     let ready = Instant::now();
-    let mut agents: Vec<Agent<'_>> = (1..n)
-        .map(|i| Agent::start_with(&cluster, i, follow.config(i), &[]))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(300);
-    }
+    let mut agents = start_agents_as(&cluster, 1..n, |i| follow.config(i), 300);
     let started = ready.elapsed();
     let t0 = Instant::now();
     let all: Vec<&Agent<'_>> = agents.iter().collect();
@@ -959,12 +954,7 @@ fn trace_join(n: usize, follow: Follow) -> anyhow::Result<Value> {
         log_filter: Some(TRACE_FILTER.to_owned()),
         ..follow.config(i)
     };
-    let mut agents: Vec<Agent<'_>> = (1..n)
-        .map(|i| Agent::start_with(&cluster, i, config(i), &[]))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(300);
-    }
+    let agents = start_agents_as(&cluster, 1..n, config, 300);
     let all: Vec<&Agent<'_>> = agents.iter().collect();
     full_mesh(&all, BOUND)
         .map_err(|e| anyhow::anyhow!("the mesh of {} did not form: {e}", n - 1))?;
@@ -1097,26 +1087,10 @@ fn unix_secs(t: std::time::SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// `2026-11-23T06:54:56.179762Z` as unix seconds (the agent logs in UTC).
+/// A log line's RFC 3339 timestamp (the agent logs in UTC) as unix seconds.
 fn rfc3339_secs(s: &str) -> Option<f64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e9)
 }
 
 /// One empty block, mined by anvil on request (`evm_mine`).
@@ -1466,5 +1440,18 @@ fn print_compared(r: &Value) {
             );
         }
         println!("{row}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The trace reads the agents' log timestamps as unix seconds, to the microsecond.
+    #[test]
+    fn log_timestamps_are_read_as_unix_seconds() {
+        let t = rfc3339_secs("2026-11-23T06:54:56.179762Z").expect("a timestamp");
+        assert!((t - 1_795_416_896.179_762).abs() < 1e-5, "{t}");
+        assert_eq!(rfc3339_secs("INFO"), None);
     }
 }
