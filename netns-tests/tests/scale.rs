@@ -50,9 +50,9 @@ fn fifty_nodes_apply_a_join_and_a_revocation_within_3_s_over_websocket() {
         NODES - 1,
         ws_url()
     ));
-    let first: Vec<&Agent<'_>> = agents.iter().collect();
+    let others: Vec<&Agent<'_>> = agents.iter().collect();
     let meshed = Instant::now();
-    full_mesh(&first, BOUND).unwrap_or_else(|e| panic!("{e}\n{}", tails(&agents)));
+    full_mesh(&others, BOUND).unwrap_or_else(|e| panic!("{e}\n{}", tails(&agents)));
     steps.step(&format!(
         "full mesh of {} ({:.1?} after every agent was ready)",
         NODES - 1,
@@ -63,7 +63,6 @@ fn fifty_nodes_apply_a_join_and_a_revocation_within_3_s_over_websocket() {
     let listed = |p: &[Peer]| lists(p, token);
     let handshaken = |p: &[Peer]| healthy(p, token);
     let on_chain = chain_watch(&lan, contract, token, true, BOUND);
-    let others: Vec<&Agent<'_>> = agents.iter().collect();
     let (newcomer, times) = watch_change(
         &others,
         BOUND,

@@ -204,8 +204,8 @@ pub struct MeshTask<I> {
     pub instance_id: String,
     /// Absent in TLS mode.
     pub wg_public_key: Option<Key>,
-    /// How often the interface's handshakes and counters are read while nothing else changes.
-    /// How often the device is read and reconciled besides on chain changes: handshakes, endpoints.
+    /// How often the device is read and reconciled besides on chain changes: handshakes, counters,
+    /// endpoints.
     pub refresh: Duration,
     /// The port peers' relays are on; `None` with relays off.
     pub relay_port: Option<u16>,
