@@ -73,6 +73,7 @@ impl From<ViewV1> for ChainView {
             records: v.records,
             high_water,
             leader: None,
+            leader_term: 0,
         }
     }
 }
@@ -182,6 +183,7 @@ mod tests {
             records: BTreeMap::new(),
             high_water: [(3, 5)].into(),
             leader: Some(2),
+            leader_term: 3,
         }
     }
 

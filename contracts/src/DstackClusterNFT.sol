@@ -142,6 +142,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     bool public requireBoundInstance;
 
     uint256 public leaderTokenId;
+    /// @notice The fencing term: it grows by one at every leader change (elected, replaced, cleared), so a
+    /// leader's term tells its writes apart from an older leader's.
+    uint256 public leaderTerm;
     mapping(uint256 voterTokenId => uint256 targetTokenId) public voteOf;
     mapping(uint256 targetTokenId => uint256) public votesAgainst;
 
@@ -184,11 +187,11 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     event DeviceUpdated(bytes32 indexed deviceId, bool allowed);
     event AppAuthPolicyUpdated(bool requireAllowedDevice, bool requireBoundInstance);
 
-    event LeaderElected(uint256 indexed tokenId);
+    event LeaderElected(uint256 indexed tokenId, uint256 term);
     event VoteCast(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
     event VoteWithdrawn(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
-    event LeaderReplaced(uint256 indexed oldTokenId, uint256 indexed newTokenId, uint256 votes);
-    event LeaderCleared(uint256 indexed oldTokenId);
+    event LeaderReplaced(uint256 indexed oldTokenId, uint256 indexed newTokenId, uint256 votes, uint256 term);
+    event LeaderCleared(uint256 indexed oldTokenId, uint256 term);
 
     // ----------------------------------------------------------------- errors
 
@@ -665,8 +668,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         if (leaderTokenId != 0) revert LeaderAlreadyElected(leaderTokenId);
         uint256 next = _lowestEligible();
         if (next == 0) revert LeaderNoEligibleSeat();
-        leaderTokenId = next;
-        emit LeaderElected(next);
+        emit LeaderElected(next, _setLeader(next));
     }
 
     /// @notice Seat `voterTokenId` votes no-confidence against `targetTokenId`, replacing any earlier vote.
@@ -896,12 +898,16 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         uint256 previous = voteOf[tokenId];
         if (previous != 0) _withdrawVote(tokenId, previous);
         if (leaderTokenId == tokenId) {
-            leaderTokenId = 0;
-            emit LeaderCleared(tokenId);
+            emit LeaderCleared(tokenId, _setLeader(0));
         } else {
             // One fewer active seat lowers the threshold, which may now unseat the leader.
             _checkLeader();
         }
+    }
+
+    function _setLeader(uint256 next) private returns (uint256 term) {
+        leaderTokenId = next;
+        term = ++leaderTerm;
     }
 
     function _withdrawVote(uint256 voterTokenId, uint256 target) private {
@@ -916,8 +922,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         uint256 votes = votesAgainst[leader];
         if (votes < voteThreshold()) return;
         uint256 next = _lowestEligible();
-        leaderTokenId = next;
-        emit LeaderReplaced(leader, next, votes);
+        emit LeaderReplaced(leader, next, votes, _setLeader(next));
     }
 
     /// @dev Bounded by the prefix capacity (254 seats in a /24).

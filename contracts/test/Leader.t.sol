@@ -67,9 +67,11 @@ contract LeaderTest is ClusterFixture {
         }
         // The (f+1)-th vote replaces the leader by seat 2, the lowest id under the threshold.
         uint256 lastVoter = 2 + f;
+        uint256 term = cluster.leaderTerm();
         vm.expectEmit();
-        emit DstackClusterNFT.LeaderReplaced(1, 2, f + 1);
+        emit DstackClusterNFT.LeaderReplaced(1, 2, f + 1, term + 1);
         _vote(lastVoter, 1);
+        assertEq(cluster.leaderTerm(), term + 1, string.concat(tag, ": a replacement is a new term"));
         assertEq(cluster.leaderTokenId(), 2, string.concat(tag, ": f+1 votes replace the leader"));
     }
 
@@ -109,7 +111,7 @@ contract LeaderTest is ClusterFixture {
         cluster.electLeader(1);
         vm.prank(_holder(1));
         vm.expectEmit();
-        emit DstackClusterNFT.LeaderCleared(1);
+        emit DstackClusterNFT.LeaderCleared(1, 2);
         cluster.deactivate(1);
         assertEq(cluster.leaderTokenId(), 0, "no leader");
         vm.prank(_holder(1));
@@ -142,6 +144,38 @@ contract LeaderTest is ClusterFixture {
         vm.prank(_holder(5));
         cluster.deactivate(5); // n = 4, threshold 2
         assertEq(cluster.leaderTokenId(), 2, "threshold reached by shrinking");
+    }
+
+    /// @notice The fencing term grows by one at every leader change, whatever made it, and at nothing else.
+    function test_TheTermGrowsAtEveryLeaderChangeAndOnlyThen() public {
+        _seats(5); // threshold 3
+        assertEq(cluster.leaderTerm(), 0, "no leader yet: term 0");
+        vm.prank(_holder(3));
+        vm.expectEmit();
+        emit DstackClusterNFT.LeaderElected(1, 1);
+        cluster.electLeader(3);
+        assertEq(cluster.leaderTerm(), 1, "elected");
+        _vote(2, 1);
+        _vote(3, 1);
+        vm.prank(_holder(2));
+        cluster.withdrawVote(2);
+        _vote(2, 4);
+        assertEq(cluster.leaderTerm(), 1, "votes that replace nobody leave the term");
+        _vote(2, 1);
+        _vote(4, 1); // the third vote replaces seat 1 with seat 2
+        assertEq(cluster.leaderTokenId(), 2, "replaced");
+        assertEq(cluster.leaderTerm(), 2, "replaced: a new term");
+        vm.prank(_holder(5));
+        cluster.deactivate(5); // n = 4, threshold 2: no change for seat 2, which has no votes
+        assertEq(cluster.leaderTerm(), 2, "a smaller cluster that keeps the leader keeps the term");
+        vm.prank(OWNER);
+        vm.expectEmit();
+        emit DstackClusterNFT.LeaderCleared(2, 3);
+        cluster.revoke(2);
+        assertEq(cluster.leaderTerm(), 3, "cleared: a new term");
+        vm.prank(_holder(4));
+        cluster.electLeader(4);
+        assertEq(cluster.leaderTerm(), 4, "elected again: a new term, never an old one");
     }
 
     function _u(uint256 v) internal pure returns (string memory) {

@@ -70,7 +70,7 @@ contract NodeVoteTest is ClusterFixture {
         cluster.castVote(seatB, seatA);
         vm.prank(address(0xC));
         vm.expectEmit();
-        emit DstackClusterNFT.LeaderReplaced(seatA, seatB, 2);
+        emit DstackClusterNFT.LeaderReplaced(seatA, seatB, 2, 2);
         cluster.castVote(seatC, seatA);
         assertEq(cluster.leaderTokenId(), seatB, "seat B leads");
     }

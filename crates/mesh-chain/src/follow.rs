@@ -61,8 +61,12 @@ pub struct FollowConfig {
 /// What one [`Follower::tick`] did.
 #[derive(Debug, Default)]
 pub struct Tick {
-    /// The believed records changed.
+    /// The believed records, or the leader, changed.
     pub changed: bool,
+    /// The view now holds everything up to a head that this tick asked the RPC for (`eth_blockNumber`):
+    /// it is confirmed as of the tick's start, since the RPC answered with the chain as it was then or
+    /// later. A head a subscription announced confirms nothing, as it may have waited on the socket.
+    pub confirmed: bool,
     /// A full read was due and failed (or could not fetch every record); it is retried with backoff while
     /// events are polled. [`Follower::full_read_failing`] keeps saying so until one succeeds.
     pub full_read_error: Option<String>,
@@ -125,6 +129,19 @@ pub struct FullRead {
 /// The leader a `leaderTokenId` or event names: 0 is none, and so is an id no seat can have.
 fn leader_of(token: U256) -> Option<u64> {
     u64::try_from(token).ok().filter(|t| *t != 0)
+}
+
+/// The term an event carries, kept as `held` (and logged) if it does not fit a u64 or goes back: a term
+/// that went back would let two leaders fence with one number. Only a reorg (at too few confirmations)
+/// or a lying RPC can do that.
+fn term_of(term: U256, held: u64) -> u64 {
+    match u64::try_from(term) {
+        Ok(t) if t >= held => t,
+        _ => {
+            warn!(%term, held, "the leader's term went back or out of range (a reorg, or a lying RPC); keeping the higher one. On chains that reorg, use --confirmations");
+            held
+        }
+    }
 }
 
 /// Follows one cluster contract through one RPC.
@@ -273,9 +290,12 @@ impl Follower {
     pub async fn tick_at(&mut self, now: Instant, head: Option<&Head>) -> Result<Tick, ChainError> {
         let mut tick = Tick::default();
         if self.full_read_if_due(now, &mut tick).await {
+            tick.confirmed = true;
             return Ok(tick);
         }
-        tick.changed |= self.poll_to(now, head).await?;
+        let (changed, reached) = self.poll_to(now, head).await?;
+        tick.changed |= changed;
+        tick.confirmed = reached && head.is_none();
         // A reorg the poll saw is sorted out now, not at the next tick, which a subscription may not
         // bring for a while.
         if tick.full_read_error.is_none() {
@@ -409,8 +429,16 @@ impl Follower {
             .call()
             .await
             .map_err(call("leaderTokenId"))?;
+        self.count();
+        let term = c
+            .leaderTerm()
+            .block(target.into())
+            .call()
+            .await
+            .map_err(call("leaderTerm"))?;
         let mut next = self.view.clone();
         next.leader = leader_of(leader);
+        next.leader_term = term_of(term, self.view.leader_term);
         next.records.clear();
         let mut complete = true;
         for p in &peers {
@@ -472,7 +500,9 @@ impl Follower {
             }
         }
         let fresh = self.view.last_block_hash == B256::ZERO;
-        let changed = next.records != self.view.records || next.leader != self.view.leader;
+        let changed = next.records != self.view.records
+            || next.leader != self.view.leader
+            || next.leader_term != self.view.leader_term;
         debug!(
             block = target,
             peers = next.records.len(),
@@ -498,12 +528,18 @@ impl Follower {
     /// # Errors
     /// [`ChainError`] when a read fails; the view is left as it was and the next poll retries the range.
     pub async fn poll(&mut self, now: Instant) -> Result<bool, ChainError> {
-        self.poll_to(now, None).await
+        Ok(self.poll_to(now, None).await?.0)
     }
 
     /// [`Follower::poll`] up to `head` when a subscription announced it. A head at the last processed
-    /// height with another hash is a reorg seen at once, rather than when the next block comes.
-    async fn poll_to(&mut self, now: Instant, head: Option<&Head>) -> Result<bool, ChainError> {
+    /// height with another hash is a reorg seen at once, rather than when the next block comes. Returns
+    /// whether the view changed, and whether it now reaches the confirmed head (not when a long gap is
+    /// read in parts).
+    async fn poll_to(
+        &mut self,
+        now: Instant,
+        head: Option<&Head>,
+    ) -> Result<(bool, bool), ChainError> {
         let target = self.confirmed_head(head).await?;
         let last = self.view.last_block;
         if let Some(h) = head
@@ -518,7 +554,7 @@ impl Follower {
             self.schedule.request(now);
         }
         if target <= last {
-            return Ok(false);
+            return Ok((false, true));
         }
         let from = last
             .checked_add(1)
@@ -587,21 +623,26 @@ impl Follower {
                 next.records.remove(&token);
             } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderElected>() {
                 next.leader = leader_of(e.inner.data.tokenId);
+                next.leader_term = term_of(e.inner.data.term, next.leader_term);
             } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderReplaced>() {
                 next.leader = leader_of(e.inner.data.newTokenId);
-            } else if log.log_decode::<DstackClusterNFT::LeaderCleared>().is_ok() {
+                next.leader_term = term_of(e.inner.data.term, next.leader_term);
+            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderCleared>() {
                 next.leader = None;
+                next.leader_term = term_of(e.inner.data.term, next.leader_term);
             }
         }
-        let leader_changed = next.leader != self.view.leader;
+        let leader_changed =
+            next.leader != self.view.leader || next.leader_term != self.view.leader_term;
         if leader_changed {
-            info!(from, to, leader = ?next.leader, "the leader changed");
+            info!(from, to, leader = ?next.leader, term = next.leader_term, "the leader changed");
         }
         let changed = next.records != self.view.records || leader_changed;
         next.last_block = to;
         next.last_block_hash = hash;
+        let records_changed = next.records != self.view.records;
         self.view = next;
-        if changed {
+        if records_changed {
             info!(
                 from,
                 to,
@@ -609,7 +650,7 @@ impl Follower {
                 "peer records changed"
             );
         }
-        Ok(changed)
+        Ok((changed, to == target))
     }
 
     /// The seat bound to `instance_id`, if any.

@@ -111,6 +111,9 @@ pub struct Pace {
     resubscribe: Backoff,
     /// The last announced head, and when it came.
     last_head: Option<(u64, Instant)>,
+    /// While set, the timer polls at least this often whatever the subscription: a leader renews its lease
+    /// with polls, since an announced head confirms nothing ([`crate::follow::Tick::confirmed`]).
+    at_least_every: Option<Duration>,
 }
 
 impl Pace {
@@ -123,15 +126,35 @@ impl Pace {
             next_subscribe: subscribing.then_some(now),
             resubscribe: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             last_head: None,
+            at_least_every: None,
         }
     }
 
     /// How long the timer waits between polls now.
     pub fn period(&self) -> Duration {
+        match self.at_least_every {
+            Some(cap) => self.base_period().min(cap),
+            None => self.base_period(),
+        }
+    }
+
+    /// The period without [`Pace::poll_at_least_every`]: what a subscription's silence is measured in.
+    fn base_period(&self) -> Duration {
         match self.subscribed {
             true => self.poll.max(SAFETY_POLL),
             false => self.poll,
         }
+    }
+
+    /// Polls at least every `cap` from now on (`None`: as usual). Turning it on polls at once.
+    pub fn poll_at_least_every(&mut self, cap: Option<Duration>, now: Instant) {
+        if cap.is_some() && self.at_least_every.is_none() {
+            self.next_timer = self.next_timer.min(now);
+        }
+        if let Some(c) = cap {
+            self.next_timer = self.next_timer.min(now.checked_add(c).unwrap_or(now));
+        }
+        self.at_least_every = cap;
     }
 
     pub fn subscribed(&self) -> bool {
@@ -186,7 +209,7 @@ impl Pace {
         match self.last_head {
             Some((announced, at)) => {
                 head >= announced.saturating_add(STALL_BLOCKS)
-                    && now.saturating_duration_since(at) >= self.period()
+                    && now.saturating_duration_since(at) >= self.base_period()
             }
             None => {
                 self.last_head = Some((head, now));
@@ -226,6 +249,11 @@ impl Wakeups {
     /// Whether heads are being followed by subscription now.
     pub fn subscribed(&self) -> bool {
         self.heads.is_some()
+    }
+
+    /// See [`Pace::poll_at_least_every`].
+    pub fn poll_at_least_every(&mut self, cap: Option<Duration>) {
+        self.pace.poll_at_least_every(cap, Instant::now());
     }
 
     /// Waits for the next reason to look at the chain: a new head, or the timer. A subscription being made
@@ -412,6 +440,31 @@ mod tests {
         assert!(pace.polled(12, at(t0, 15_000)));
         pace.subscription_lost(at(t0, 15_000));
         assert!(!pace.polled(50, at(t0, 9_000)), "not subscribed");
+    }
+
+    /// A leader polls at least every renewal period whatever the subscription, starting at once, and a
+    /// subscription's silence is still measured in whole safety periods.
+    #[test]
+    fn a_cap_polls_at_least_that_often_from_now_on() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        pace.subscribe_succeeded(t0);
+        pace.timer_fired(t0);
+        assert_eq!(pace.next_timer(), t0 + SAFETY_POLL);
+        pace.poll_at_least_every(Some(Duration::from_millis(600)), at(t0, 1_000));
+        assert_eq!(pace.next_timer(), at(t0, 1_000), "a poll at once");
+        pace.timer_fired(at(t0, 1_000));
+        assert_eq!(pace.next_timer(), at(t0, 1_600));
+        pace.poll_at_least_every(Some(Duration::from_millis(600)), at(t0, 1_100));
+        assert_eq!(pace.next_timer(), at(t0, 1_600), "no extra poll while it stays on");
+        pace.head_announced(10, at(t0, 1_000));
+        assert!(
+            !pace.polled(12, at(t0, 2_000)),
+            "a capped period is not a whole safety period of silence"
+        );
+        pace.poll_at_least_every(None, at(t0, 2_000));
+        pace.timer_fired(at(t0, 2_000));
+        assert_eq!(pace.next_timer(), at(t0, 2_000) + SAFETY_POLL, "back to the safety net");
     }
 
     /// A subscription that never announced anything is measured from the first poll after it was made.

@@ -26,6 +26,10 @@ pub struct ChainView {
     /// it is what the RPC says, as every vote and election is settled by the contract itself.
     #[serde(default)]
     pub leader: Option<u64>,
+    /// The contract's `leaderTerm`: one more at every leader change (elected, replaced, cleared), so that
+    /// applications can fence off the writes of an older leader with it. 0 before the first election.
+    #[serde(default)]
+    pub leader_term: u64,
 }
 
 impl ChainView {
@@ -39,6 +43,7 @@ impl ChainView {
             records: BTreeMap::new(),
             high_water: BTreeMap::new(),
             leader: None,
+            leader_term: 0,
         }
     }
 

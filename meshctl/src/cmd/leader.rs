@@ -99,6 +99,7 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
     let c = cluster::open_read(&opts).await?;
     let read = "reading the election state";
     let leader = c.leaderTokenId().call().await.context(read)?.to::<u64>();
+    let term = c.leaderTerm().call().await.context(read)?.to::<u64>();
     let threshold = c.voteThreshold().call().await.context(read)?.to::<u64>();
     let last = c.lastTokenId().call().await.context(read)?.to::<u64>();
     let mut seats = Vec::new();
@@ -126,9 +127,9 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
     out.emit(
         || {
             let mut s = if leader == 0 {
-                format!("no leader (run `meshctl leader elect --token <your seat>`); {threshold} votes replace a leader\n")
+                format!("no leader (run `meshctl leader elect --token <your seat>`), term {term}; {threshold} votes replace a leader\n")
             } else {
-                format!("leader: seat {leader}; {threshold} no-confidence votes replace it\n")
+                format!("leader: seat {leader}, term {term}; {threshold} no-confidence votes replace it\n")
             };
             for seat in &seats {
                 let vote = seat["votesAgainstSeat"].as_u64().map(|t| format!("votes against seat {t}")).unwrap_or_default();
@@ -139,7 +140,7 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
             }
             s
         },
-        || json!({ "leaderTokenId": (leader != 0).then_some(leader), "threshold": threshold, "seats": seats }),
+        || json!({ "leaderTokenId": (leader != 0).then_some(leader), "leaderTerm": term, "threshold": threshold, "seats": seats }),
     );
     Ok(ExitCode::SUCCESS)
 }
