@@ -90,9 +90,14 @@ def peer_json(
     return peer
 
 
-def leader_json(token_id: int | None, *, is_self: bool = False) -> dict[str, Any]:
+def leader_json(
+    token_id: int | None, *, is_self: bool = False, term: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The leader as this agent serves it, with a current view; ``term`` defaults to the seat's number (0
+    with no leader), ``extra`` overrides any field."""
+    lead: dict[str, Any]
     if token_id is None:
-        return {
+        lead = {
             "tokenId": None,
             "instanceId": None,
             "overlayIp": None,
@@ -100,15 +105,33 @@ def leader_json(token_id: int | None, *, is_self: bool = False) -> dict[str, Any
             "isSelf": False,
             "reachable": None,
         }
-    ip = f"10.0.1.{token_id}"
-    return {
-        "tokenId": token_id,
-        "instanceId": f"inst{token_id}",
-        "overlayIp": ip,
-        "address": ip,
-        "isSelf": is_self,
-        "reachable": None if is_self else True,
-    }
+    else:
+        ip = f"10.0.1.{token_id}"
+        lead = {
+            "tokenId": token_id,
+            "instanceId": f"inst{token_id}",
+            "overlayIp": ip,
+            "address": ip,
+            "isSelf": is_self,
+            "reachable": None if is_self else True,
+        }
+    lead.update(
+        term=term if term is not None else (token_id or 0),
+        state="current",
+        ageMs=412,
+        leaseMs=2100 if is_self else None,
+        healthy=True,
+        reason=None,
+    )
+    lead.update(extra)
+    return lead
+
+
+#: The fields of ``/v1/leader`` an agent older than leases and terms does not send.
+LEADER_LEASE_FIELDS = ("term", "state", "ageMs", "leaseMs", "healthy", "reason")
+
+#: What the agent refuses in a health report's reason.
+MAX_REASON = 200
 
 
 def _event(name: str, value: Any) -> bytes:
@@ -124,8 +147,18 @@ class FakeAgent:
         self.status: dict[str, Any] = status_json()
         self.peers: list[dict[str, Any]] = [peer_json(2), peer_json(3)]
         self.leader: dict[str, Any] = leader_json(2)
+        #: The application's last health report as the agent holds it: {healthy, reason, ttlSecs}.
+        self.app_report: dict[str, Any] | None = None
+        #: The agent's own check, as /v1/health shows it ({kind, healthy, reason}), or None.
+        self.check: dict[str, Any] | None = None
+        #: The bodies of the POST /v1/health requests, parsed, in order.
+        self.health_posts: list[Any] = []
+        #: Refuse POST /v1/health as an agent older than it does (405, "read-only").
+        self.read_only = False
         #: Paths answered with (status, error text) instead of their content.
         self.errors: dict[str, tuple[int, str]] = {}
+        #: Paths answered 200 with this JSON instead of their content (for replies the SDK must refuse).
+        self.bodies: dict[str, Any] = {}
         #: Called before answering /v1/status with the number of status requests so far.
         self.on_status: Callable[[int], None] | None = None
         #: Write each event in two chunks cut in the middle of a line, as a network may deliver it.
@@ -187,6 +220,47 @@ class FakeAgent:
         self.leader = leader
         self.push(_event("leader", leader))
 
+    def health_json(self) -> dict[str, Any]:
+        reasons: list[str] = []
+        app = None
+        if self.app_report is not None:
+            r = self.app_report
+            ttl = r.get("ttlSecs")
+            app = {
+                "healthy": r["healthy"],
+                "reason": r.get("reason"),
+                "expiresInMs": int(ttl * 1000) if ttl is not None else None,
+            }
+            if not r["healthy"]:
+                reasons.append(
+                    f"the application reports itself unhealthy: {r.get('reason') or 'no reason given'}"
+                )
+        if self.check is not None and not self.check["healthy"]:
+            reasons.append(f"the agent's check fails: {self.check['reason']}")
+        return {"healthy": not reasons, "reasons": reasons, "app": app, "check": self.check}
+
+    def _health_report(self, raw: bytes) -> tuple[int, Any]:
+        """POST /v1/health as the agent judges it: 200 with the health, or 400 saying what is wrong."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.health_posts.append(body)
+        shape = 'the body must be a JSON object like {"healthy": false, "reason": "...", "ttlSecs": 10}'
+        if not isinstance(body, dict) or not isinstance(body.get("healthy"), bool):
+            return 400, {"error": shape}
+        unknown = set(body) - {"healthy", "reason", "ttlSecs"}
+        if unknown:
+            return 400, {"error": f"{shape} (unknown field {sorted(unknown)[0]!r})"}
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+            return 400, {"error": f'"reason" must be a string of at most {MAX_REASON} characters'}
+        ttl = body.get("ttlSecs")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
+            return 400, {"error": f'"ttlSecs" is {ttl}: give a number of seconds above 0'}
+        self.app_report = body
+        return 200, self.health_json()
+
     def push(self, raw: bytes) -> None:
         """Sends raw bytes to every event stream (for comments, unknown events and the like)."""
         for q in self._watchers:
@@ -202,9 +276,28 @@ class FakeAgent:
         try:
             while True:
                 request = await reader.readuntil(b"\r\n\r\n")
-                method, path, _ = request.split(b"\r\n", 1)[0].decode().split(" ", 2)
-                self.requests.append(path)
-                if method != "GET":
+                head = request.decode().split("\r\n")
+                method, path, _ = head[0].split(" ", 2)
+                length = next(
+                    (int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:")), 0
+                )
+                body = await reader.readexactly(length) if length else b""
+                self.requests.append(path if method == "GET" else f"{method} {path}")
+                if path in self.bodies and not (method == "POST" and self.read_only):
+                    await self._reply(writer, 200, self.bodies[path])
+                elif path == "/v1/health" and method == "POST" and not self.read_only:
+                    if path in self.errors:
+                        code, text = self.errors[path]
+                        await self._reply(writer, code, {"error": text})
+                    else:
+                        await self._reply(writer, *self._health_report(body))
+                elif path == "/v1/health" and method != "GET" and not self.read_only:
+                    await self._reply(
+                        writer,
+                        405,
+                        {"error": "/v1/health takes GET (the node's health) or POST (the application's report)"},
+                    )
+                elif method != "GET":
                     await self._reply(writer, 405, {"error": "the agent API is read-only: use GET"})
                 elif path in self.errors:
                     code, text = self.errors[path]
@@ -217,6 +310,8 @@ class FakeAgent:
                     await self._reply(writer, 200, self.peers)
                 elif path == "/v1/leader":
                     await self._reply(writer, 200, self.leader)
+                elif path == "/v1/health" and not self.read_only:
+                    await self._reply(writer, 200, self.health_json())
                 elif path == "/v1/events":
                     await self._stream(reader, writer)
                     return

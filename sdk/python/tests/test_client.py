@@ -19,6 +19,7 @@ from dstack_p2p import (
     DStackP2PSDK,
     Leader,
     Peer,
+    ProtocolError,
     Reconnected,
     RegistrationError,
 )
@@ -271,14 +272,16 @@ async def test_monitor_delivers_the_current_list_then_changes(agent: FakeAgent) 
             assert rec.calls[2] == ("peers", ["10.0.1.2", "10.0.1.3", "10.0.1.4"])
             # A change the address list does not show (traffic counters) is not a change of it,
             agent.set_peers([peer_json(2, rxBytes=999), peer_json(3), peer_json(4)])
-            # nor is a leader event with the same leader.
-            agent.set_leader({**leader_json(2), "reachable": False})
+            # nor is a leader event that only moves the confirmation's age;
+            agent.set_leader(leader_json(2, ageMs=1500))
+            # whether this node hears the leader is one, and so is another leader.
+            agent.set_leader(leader_json(2, reachable=False))
             agent.set_leader(leader_json(4))
-            await rec.wait(4)
-            assert rec.calls[3:] == [("leader", 4)]
-            agent.set_peers([peer_json(4)])
             await rec.wait(5)
-            assert rec.calls[4:] == [("peers", ["10.0.1.4"])]
+            assert rec.calls[3:] == [("leader", 2), ("leader", 4)]
+            agent.set_peers([peer_json(4)])
+            await rec.wait(6)
+            assert rec.calls[5:] == [("peers", ["10.0.1.4"])]
         finally:
             task.cancel()
     assert agent.requests[0] == "/v1/status"
@@ -434,3 +437,155 @@ def test_one_sdk_across_event_loops(sock_dir: str) -> None:
         assert asyncio.run(sdk.get_peers()) == ["10.0.1.2", "10.0.1.3"]
         asyncio.run(sdk.aclose())
     gc.collect()
+
+
+# --- the leader's lease and term ---------------------------------------------------------------------
+
+
+async def test_on_leader_hears_the_lease_end_and_every_new_term_but_not_the_clock(agent: FakeAgent) -> None:
+    agent.leader = leader_json(1, is_self=True, term=3)
+    got: list[Leader] = []
+    async with DStackP2PSDK(api=agent.api) as sdk:
+        task = asyncio.create_task(sdk.monitor_leader(got.append))
+        try:
+            await asyncio.wait_for(wait_for(lambda: len(got) == 1), 5)
+            assert got[0].is_self and got[0].term == 3 and got[0].lease_ms == 2100
+
+            def then(change: dict[str, Any], count: int) -> Any:
+                agent.set_leader({**agent.leader, **change})
+                return asyncio.wait_for(wait_for(lambda: len(got) == count), 5)
+
+            # The age and what is left of the lease move all the time: no call.
+            agent.set_leader({**agent.leader, "ageMs": 900, "leaseMs": 1600})
+            agent.set_leader({**agent.leader, "ageMs": 1300, "leaseMs": 1200})
+            # The lease runs out: the same seat, no longer this node's to act on.
+            reason = "the chain view is 2.6 s old, older than the 2.5 s lease"
+            await then({"isSelf": False, "leaseMs": None, "state": "stale", "reason": reason}, 2)
+            assert not got[1].is_self and got[1].state == "stale" and got[1].reason == reason
+            assert got[1].token_id == 1 and got[1].term == 3
+            # Confirmed again, as a follower would be, but still not leading: the state alone is a change.
+            await then({"state": "current", "ageMs": 20}, 3)
+            # Leading again under the same term.
+            await then({"isSelf": True, "leaseMs": 2400, "reason": None}, 4)
+            assert got[3].is_self and got[3].term == 3
+            # Unhealthy: it steps down.
+            await then({"isSelf": False, "healthy": False, "leaseMs": None, "reason": "unhealthy: redis"}, 5)
+            assert not got[4].healthy
+            # A new term with the same seat (cleared, then elected again).
+            await then({"term": 5, "isSelf": True, "healthy": True, "reason": None, "leaseMs": 2000}, 6)
+            assert got[5].term == 5
+            await asyncio.sleep(0.1)
+            assert len(got) == 6
+        finally:
+            task.cancel()
+
+
+async def test_on_leader_after_a_reconnection_only_for_what_changed(agent: FakeAgent) -> None:
+    agent.leader = leader_json(1, is_self=True, term=3)
+    got: list[Leader] = []
+    async with DStackP2PSDK(api=agent.api) as sdk:
+        task = asyncio.create_task(sdk.monitor_leader(got.append))
+        try:
+            await asyncio.wait_for(wait_for(lambda: len(got) == 1), 5)
+            # Back with only the clock moved: nothing to report.
+            await agent.stop()
+            agent.leader = {**agent.leader, "ageMs": 5, "leaseMs": 2490}
+            await agent.start()
+            await asyncio.wait_for(wait_for(lambda: agent.events_connections == 2), 5)
+            await asyncio.sleep(0.1)
+            assert len(got) == 1
+            # Back with the lease lost meanwhile: one call.
+            await agent.stop()
+            agent.leader = {**agent.leader, "isSelf": False, "leaseMs": None, "state": "unknown"}
+            await agent.start()
+            await asyncio.wait_for(wait_for(lambda: len(got) == 2), 5)
+            assert not got[1].is_self and got[1].state == "unknown"
+        finally:
+            task.cancel()
+
+
+# --- health ------------------------------------------------------------------------------------------
+
+
+async def test_set_healthy_and_health_round_trip(agent: FakeAgent) -> None:
+    async with DStackP2PSDK(CONTRACT, api=agent.api) as sdk:
+        before = await sdk.health()
+        assert before.healthy and before.reasons == [] and before.app is None and before.check is None
+
+        h = await sdk.set_healthy(False, "postgres is down", ttl=10)
+        assert agent.health_posts == [{"healthy": False, "reason": "postgres is down", "ttlSecs": 10}]
+        assert not h.healthy and h.reasons == ["the application reports itself unhealthy: postgres is down"]
+        assert h.app is not None and h.app.reason == "postgres is down" and h.app.expires_in_ms == 10000
+        assert await sdk.health() == h
+
+        # No reason and no ttl: neither is sent (the agent refuses fields it does not know, not absent ones).
+        h = await sdk.set_healthy(True)
+        assert agent.health_posts[-1] == {"healthy": True}
+        assert h.healthy and h.app is not None and h.app.expires_in_ms is None
+
+        agent.check = {"kind": "command", "healthy": False, "reason": "exit status 1"}
+        h = await sdk.health()
+        assert not h.healthy and h.check is not None and h.check.kind == "command"
+        assert h.reasons == ["the agent's check fails: exit status 1"]
+    assert agent.requests[0] == "/v1/status"
+    assert agent.requests.count("POST /v1/health") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((None,), "healthy must be True or False, not None"),
+        ((1,), "healthy must be True or False, not 1"),
+        ((False, "x" * 201), "reason has 201 characters; the agent takes at most 200"),
+        ((False, "db down\nTraceback ..."), "contains control characters"),
+        ((False, b"db down"), "reason must be a string or None"),
+        ((True, None, 0), "ttl must be a number of seconds above 0, not 0"),
+        ((True, None, -1.5), "not -1.5"),
+        ((True, None, float("nan")), "not nan"),
+        ((True, None, float("inf")), "not inf"),
+        ((True, None, True), "not True"),
+        ((True, None, "10"), "not '10'"),
+    ],
+)
+async def test_set_healthy_refuses_what_the_agent_would_before_sending(
+    agent: FakeAgent, args: tuple[Any, ...], message: str
+) -> None:
+    async with DStackP2PSDK(api=agent.api) as sdk:
+        with pytest.raises(ValueError, match=message):
+            await sdk.set_healthy(*args)
+        assert (await sdk.set_healthy(False, "x" * 200, 0.5)).app is not None
+    assert agent.requests == ["POST /v1/health"]
+
+
+async def test_set_healthy_surfaces_the_agents_refusal(agent: FakeAgent) -> None:
+    text = '"ttlSecs" is 100000: give a number of seconds above 0 and at most 86400'
+    agent.errors["/v1/health"] = (400, text)
+    async with DStackP2PSDK(api=agent.api) as sdk:
+        with pytest.raises(AgentError) as info:
+            await sdk.set_healthy(True, ttl=100000)
+        assert info.value.status == 400 and info.value.error == text
+        assert info.value.method == "POST" and info.value.path == "/v1/health"
+        assert str(info.value) == f"the agent answered 400 to POST /v1/health: {text}"
+
+        agent.errors["/v1/health"] = (403, "POST /v1/health is taken on the API socket and on loopback only")
+        with pytest.raises(AgentError, match="403 to POST /v1/health: POST /v1/health is taken on the API"):
+            await sdk.set_healthy(False)
+        del agent.errors["/v1/health"]
+
+        # An agent from before health reports.
+        agent.read_only = True
+        with pytest.raises(AgentError, match="405 to POST /v1/health: the agent API is read-only"):
+            await sdk.set_healthy(True)
+        with pytest.raises(AgentError, match="404 to GET /v1/health"):
+            await sdk.health()
+
+
+async def test_health_protocol_errors_and_an_absent_agent(agent: FakeAgent, sock_dir: str) -> None:
+    async with DStackP2PSDK(api=agent.api) as sdk:
+        agent.bodies["/v1/health"] = {"healthy": "yes", "reasons": []}
+        for call in (sdk.health, lambda: sdk.set_healthy(True)):
+            with pytest.raises(ProtocolError, match="the agent's health has 'healthy' = 'yes'"):
+                await call()
+    async with DStackP2PSDK(api=os.path.join(sock_dir, "none.sock")) as sdk:
+        with pytest.raises(AgentUnreachable, match="no socket at"):
+            await sdk.set_healthy(False, "down")

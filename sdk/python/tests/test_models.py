@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from dstack_p2p import Leader, Peer, ProtocolError, Status
+from dstack_p2p import AppHealth, Health, HealthCheck, Leader, Peer, ProtocolError, Status
 from dstack_p2p.models import addresses, peers_from_json
-from fake_agent import leader_json, peer_json, status_json
+from fake_agent import LEADER_LEASE_FIELDS, leader_json, peer_json, status_json
 
 
 def test_peer_every_field_and_unknown_ones_ignored() -> None:
@@ -101,15 +101,138 @@ def test_status_missing_nested_object() -> None:
 
 
 def test_leader() -> None:
-    assert Leader.from_json({**leader_json(2), "extra": 1}) == Leader(
+    assert Leader.from_json({**leader_json(2, term=7), "extra": 1}) == Leader(
         token_id=2,
         instance_id="inst2",
         overlay_ip="10.0.1.2",
         address="10.0.1.2",
         is_self=False,
         reachable=True,
+        term=7,
+        state="current",
+        age_ms=412,
+        lease_ms=None,
+        healthy=True,
+        reason=None,
     )
     me = Leader.from_json(leader_json(1, is_self=True))
-    assert me.is_self and me.reachable is None and me.elected
+    assert me.is_self and me.reachable is None and me.elected and me.lease_ms == 2100 and me.term == 1
     none = Leader.from_json(leader_json(None))
-    assert none == Leader(None, None, None, None, False, None) and not none.elected
+    assert none.token_id is None and not none.elected and not none.is_self and none.term == 0
+
+
+def test_leader_named_but_not_leading_says_why() -> None:
+    raw = leader_json(
+        1,
+        is_self=False,
+        reachable=None,
+        state="stale",
+        ageMs=7200,
+        healthy=False,
+        reason="the chain view is 7.2 s old, older than the 2.5 s lease",
+    )
+    lead = Leader.from_json(raw)
+    assert (lead.is_self, lead.state, lead.age_ms, lead.lease_ms, lead.healthy) == (
+        False,
+        "stale",
+        7200,
+        None,
+        False,
+    )
+    assert lead.reason == "the chain view is 7.2 s old, older than the 2.5 s lease"
+    assert Leader.from_json(leader_json(1, state="unknown", ageMs=None)).age_ms is None
+
+
+def test_leader_of_an_agent_without_leases() -> None:
+    raw = leader_json(1, is_self=True)
+    for newer in LEADER_LEASE_FIELDS:
+        del raw[newer]
+    lead = Leader.from_json(raw)
+    assert lead.is_self and lead.token_id == 1
+    # Not confirmed, since that agent does not say so; healthy, since it has no health signal.
+    assert (lead.term, lead.state, lead.age_ms, lead.lease_ms, lead.healthy, lead.reason) == (
+        None,
+        "unknown",
+        None,
+        None,
+        True,
+        None,
+    )
+    # Positional construction, as code written before these fields does it, still works.
+    assert Leader(None, None, None, None, False, None).state == "unknown"
+
+
+def test_leader_nulls_where_allowed() -> None:
+    raw = {**leader_json(None, ageMs=None, leaseMs=None, reason=None, state="unknown"), "term": None}
+    lead = Leader.from_json(raw)
+    assert (lead.term, lead.age_ms, lead.lease_ms, lead.reason, lead.state) == (None,) * 4 + ("unknown",)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"term": "3"}, "'term' = '3', of the wrong type"),
+        ({"term": True}, "'term' = True, of the wrong type"),
+        ({"term": 3.0}, "'term' = 3.0, of the wrong type"),
+        ({"ageMs": "412"}, "'ageMs' = '412'"),
+        ({"leaseMs": False}, "'leaseMs' = False"),
+        ({"healthy": None}, "'healthy' = None"),
+        ({"healthy": "yes"}, "'healthy' = 'yes'"),
+        ({"reason": 5}, "'reason' = 5"),
+        ({"state": None}, "'state' = None"),
+        ({"state": 1}, "'state' = 1"),
+        ({"state": "fresh"}, "'state' = 'fresh', not one of current, stale, unknown"),
+        ({"state": "Current"}, "'state' = 'Current', not one of"),
+        ({"isSelf": "true"}, "'isSelf' = 'true'"),
+    ],
+)
+def test_bad_leader_names_the_field(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as info:
+        Leader.from_json(leader_json(2, **changes))
+    assert "the agent's leader" in str(info.value)
+
+
+def test_health_every_field() -> None:
+    raw = {
+        "healthy": False,
+        "reasons": ["the application reports itself unhealthy: postgres is down", "the check fails: 503"],
+        "app": {"healthy": False, "reason": "postgres is down", "expiresInMs": 9500},
+        "check": {"kind": "url", "healthy": False, "reason": "503"},
+        "future": 1,
+    }
+    assert Health.from_json(raw) == Health(
+        healthy=False,
+        reasons=raw["reasons"],
+        app=AppHealth(healthy=False, reason="postgres is down", expires_in_ms=9500),
+        check=HealthCheck(kind="url", healthy=False, reason="503"),
+    )
+
+
+def test_health_before_any_report_and_without_a_check() -> None:
+    h = Health.from_json({"healthy": True, "reasons": [], "app": None, "check": None})
+    assert h == Health(True, [], None, None)
+    report = {"healthy": True, "reason": None, "expiresInMs": None}
+    assert Health.from_json({"healthy": True, "reasons": [], "app": report}).app == AppHealth(True, None, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"reasons": []}, "health has no field 'healthy'"),
+        ({"healthy": True}, "health has no field 'reasons'"),
+        ({"healthy": 1, "reasons": []}, "'healthy' = 1"),
+        ({"healthy": False, "reasons": "down"}, "'reasons' = 'down', of the wrong type"),
+        ({"healthy": False, "reasons": ["down", 3]}, "'reasons' = \\['down', 3\\], not a list of strings"),
+        ({"healthy": True, "reasons": [], "app": []}, "'app' = \\[\\], of the wrong type"),
+        ({"healthy": True, "reasons": [], "app": {"reason": None}}, "health.app has no field 'healthy'"),
+        (
+            {"healthy": True, "reasons": [], "app": {"healthy": True, "reason": None, "expiresInMs": "1"}},
+            "health.app has 'expiresInMs' = '1'",
+        ),
+        ({"healthy": True, "reasons": [], "check": {"kind": "url", "healthy": "no"}}, "health.check has"),
+        ("healthy", "health is not a JSON object"),
+    ],
+)
+def test_bad_health_names_the_field(raw: Any, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        Health.from_json(raw)

@@ -34,6 +34,12 @@ def test_blocking_calls(agent: FakeAgent) -> None:
         assert [p.overlay_ip for p in client.peers()] == ["10.0.1.2", "10.0.1.3"]
         assert client.leader().token_id == 2
         assert client.status().version == "0.1.0"
+        health = client.set_healthy(False, "redis is down", ttl=3)
+        assert not health.healthy and health.app is not None and health.app.reason == "redis is down"
+        assert agent.health_posts == [{"healthy": False, "reason": "redis is down", "ttlSecs": 3}]
+        assert client.health() == health
+        with pytest.raises(ValueError, match="ttl must be"):
+            client.set_healthy(True, ttl=0)
     with pytest.raises(RuntimeError, match="closed"):
         client.get_peers()
 

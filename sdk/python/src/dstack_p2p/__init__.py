@@ -18,7 +18,21 @@ from .errors import (
     ProtocolError,
     RegistrationError,
 )
-from .models import ChainInfo, Leader, NodeInfo, Peer, Reconnected, Status
+from .models import (
+    LEADER_CURRENT,
+    LEADER_STALE,
+    LEADER_STATES,
+    LEADER_UNKNOWN,
+    AppHealth,
+    ChainInfo,
+    Health,
+    HealthCheck,
+    Leader,
+    NodeInfo,
+    Peer,
+    Reconnected,
+    Status,
+)
 from .sync import DStackP2P
 
 #: The blocking client under a name that says so.
@@ -28,14 +42,21 @@ __all__ = [
     "DEFAULT_SOCKET",
     "DEFAULT_URL",
     "ENV_VAR",
+    "LEADER_CURRENT",
+    "LEADER_STALE",
+    "LEADER_STATES",
+    "LEADER_UNKNOWN",
     "AgentError",
     "AgentUnreachable",
+    "AppHealth",
     "ChainInfo",
     "ConfigMismatch",
     "DStackP2P",
     "DStackP2PError",
     "DStackP2PSDK",
     "DStackP2PSync",
+    "Health",
+    "HealthCheck",
     "Leader",
     "NodeInfo",
     "Peer",

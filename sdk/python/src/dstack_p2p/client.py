@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -18,7 +19,7 @@ from ._version import __version__
 from .endpoint import ApiEndpoint, resolve_api, unreachable_message
 from .errors import AgentError, AgentUnreachable, ConfigMismatch, ProtocolError, RegistrationError
 from .events import ServerSentEvent, aiter_events
-from .models import Leader, Peer, Reconnected, Status, addresses, peers_from_json
+from .models import Health, Leader, Peer, Reconnected, Status, _short, addresses, peers_from_json
 from .monitor import follow
 
 log = logging.getLogger("dstack_p2p")
@@ -27,6 +28,13 @@ log = logging.getLogger("dstack_p2p")
 MODES = ("wireguard", "tls")
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+#: The longest ``reason`` a health report may give (the agent's limit: it goes into logs and every peer's
+#: view of this node).
+MAX_HEALTH_REASON = 200
+
+# C0 and C1 controls, DEL included: what the agent refuses in a reason (it must stay one line in a log).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class DStackP2PSDK:
@@ -155,9 +163,66 @@ class DStackP2PSDK:
         return addresses(await self.peers())
 
     async def leader(self) -> Leader:
-        """``GET /v1/leader``: the cluster's elected leader (``token_id`` None when there is none)."""
+        """``GET /v1/leader``: the cluster's elected leader (``token_id`` None when there is none).
+
+        ``is_self`` is true only while this node leads under a lease that holds now, and ``term`` is the
+        fencing term to tag writes with: see :class:`Leader`."""
         await self._ensure_checked()
         return Leader.from_json(await self._get_json("/v1/leader"))
+
+    async def health(self) -> Health:
+        """``GET /v1/health``: whether this node is fit to lead, by this application's last report
+        (:meth:`set_healthy`) and the agent's own check (``--health-url``, ``--health-cmd``)."""
+        await self._ensure_checked()
+        return Health.from_json(await self._get_json("/v1/health"))
+
+    async def set_healthy(self, healthy: bool, reason: str | None = None, ttl: float | None = None) -> Health:
+        """Reports this application's health to the agent (``POST /v1/health``); returns the node's health.
+
+        Leadership depends on it: while the report says unhealthy this node never reports ``is_self``, casts
+        no vote or election, and if it leads, the other nodes vote it out after their ``--leader-timeout``.
+        ``reason`` (at most 200 characters, one line) is shown in ``Leader.reason`` and the agent's log.
+
+        With ``ttl`` (seconds, above 0) the report holds that long and then counts as unhealthy until the
+        next one, so an application that renews it more often than ``ttl`` makes its node unhealthy by
+        crashing or hanging; without it the report holds until the next one. The agent keeps one report
+        per node: the last one sent wins, whichever process sent it.
+
+        Raises ``ValueError`` for an argument the agent would refuse, :class:`AgentError` with the agent's
+        text when it refuses the report (403: sent to an ``--api-listen`` address that is not loopback;
+        405: an agent older than this API), and :class:`AgentUnreachable` as every call does.
+        """
+        if not isinstance(healthy, bool):
+            raise ValueError(f"healthy must be True or False, not {healthy!r}")
+        body: dict[str, object] = {"healthy": healthy}
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise ValueError(f"reason must be a string or None, not {_short(reason)}")
+            if len(reason) > MAX_HEALTH_REASON:
+                raise ValueError(
+                    f"reason has {len(reason)} characters; the agent takes at most {MAX_HEALTH_REASON}: "
+                    f"shorten it (it is shown in logs and in every peer's view of this node)"
+                )
+            if _CONTROL.search(reason):
+                raise ValueError(
+                    f"reason {_short(reason)} contains control characters (a newline, say): give one line of "
+                    f"text, e.g. the first line of the error"
+                )
+            body["reason"] = reason
+        if ttl is not None:
+            if (
+                isinstance(ttl, bool)
+                or not isinstance(ttl, (int, float))
+                or not math.isfinite(ttl)
+                or ttl <= 0
+            ):
+                raise ValueError(
+                    f"ttl must be a number of seconds above 0, not {ttl!r}, or None for a report that holds "
+                    f"until the next one"
+                )
+            body["ttlSecs"] = ttl
+        await self._ensure_checked()
+        return Health.from_json(await self._post_json("/v1/health", body))
 
     @overload
     async def monitor_peers(
@@ -192,8 +257,11 @@ class DStackP2PSDK:
 
         The list is what :meth:`get_peers` returns, or ``list[Peer]`` as :meth:`peers` does with
         ``detailed=True`` (then a change of any field, traffic counters included, is a change).
-        ``on_leader`` gets a :class:`Leader` first and then on each change of the leader's token. Callbacks
-        may be plain functions or coroutine functions; what they raise propagates out of this method.
+        ``on_leader`` gets a :class:`Leader` first and then whenever what an application acts on changes:
+        ``token_id``, ``address``, ``reachable``, ``is_self``, ``term``, ``state``, ``healthy`` or
+        ``reason`` (so it hears at once that this node's lease ended), not when only ``age_ms`` or
+        ``lease_ms`` moved. Callbacks may be plain functions or coroutine functions; what they raise
+        propagates out of this method.
 
         When the stream is lost (the agent stopped or restarted) it reconnects, waiting from 0.2 s doubling
         to 5 s with jitter, and calls the callbacks again only if what they would get differs from what
@@ -219,7 +287,7 @@ class DStackP2PSDK:
         on_reconnect: Callable[[Reconnected], object] | None = None,
     ) -> NoReturn:
         """Follows the leader until cancelled: ``callback`` gets the current :class:`Leader` first, then
-        one on each change of the leader's token. Reconnects as :meth:`monitor_peers` does."""
+        one on each change, as ``on_leader`` of :meth:`monitor_peers` does. Reconnects as it does."""
         await self._ensure_checked()
         await follow(
             self._event_stream,
@@ -298,14 +366,24 @@ class DStackP2PSDK:
             response = await self._http().get(path, headers={"accept": "application/json"})
         except httpx.TransportError as e:
             raise self._unreachable(e) from e
+        return self._json_reply(response, "GET", path)
+
+    async def _post_json(self, path: str, body: object) -> object:
+        try:
+            response = await self._http().post(path, json=body, headers={"accept": "application/json"})
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from e
+        return self._json_reply(response, "POST", path)
+
+    def _json_reply(self, response: httpx.Response, method: str, path: str) -> object:
         if response.status_code != 200:
-            raise _http_error(response, path)
+            raise _http_error(response, path, method)
         try:
             return json.loads(response.content)
         except ValueError:
             raise ProtocolError(
-                f"the reply to GET {path} from {self.endpoint.describe()} is not JSON: is the dstack-mesh "
-                f"agent what serves this address?"
+                f"the reply to {method} {path} from {self.endpoint.describe()} is not JSON: is the "
+                f"dstack-mesh agent what serves this address?"
             ) from None
 
     @asynccontextmanager
@@ -351,7 +429,7 @@ class DStackP2PSDK:
             raise AgentUnreachable(f"the stream broke: {e}", address=self.endpoint.address) from e
 
 
-def _http_error(response: httpx.Response, path: str) -> AgentError:
+def _http_error(response: httpx.Response, path: str, method: str = "GET") -> AgentError:
     """The agent's error text from its ``{"error": ...}`` body, and nothing else of the reply."""
     text = response.reason_phrase or "error"
     try:
@@ -360,4 +438,5 @@ def _http_error(response: httpx.Response, path: str) -> AgentError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         text = body["error"]
-    return AgentError(response.status_code, text, path=path)
+    return AgentError(response.status_code, text, path=path, method=method)
+

@@ -19,13 +19,15 @@ class AgentUnreachable(DStackP2PError):
 
 
 class AgentError(DStackP2PError):
-    """The agent answered with an HTTP error. ``status`` is the HTTP status, ``error`` the agent's text."""
+    """The agent answered with an HTTP error. ``status`` is the HTTP status, ``error`` the agent's text,
+    ``method`` and ``path`` the request's."""
 
-    def __init__(self, status: int, error: str, *, path: str) -> None:
-        super().__init__(f"the agent answered {status} to GET {path}: {error}")
+    def __init__(self, status: int, error: str, *, path: str, method: str = "GET") -> None:
+        super().__init__(f"the agent answered {status} to {method} {path}: {error}")
         self.status = status
         self.error = error
         self.path = path
+        self.method = method
 
 
 class ProtocolError(DStackP2PError):

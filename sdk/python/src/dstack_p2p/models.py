@@ -3,7 +3,8 @@
 Parsing ignores fields it does not know, because the API grows; a field this SDK needs that is missing or of
 the wrong type raises :class:`~dstack_p2p.errors.ProtocolError` rather than surfacing later as a
 ``KeyError`` in the caller's code. Fields the agent added after its first release (``leader``,
-``registrationError``, ``path``, ``relayUrl``) fall back to their "nothing to report" value when absent.
+``registrationError``, ``path``, ``relayUrl``, and the leader's ``term``, ``state``, ``ageMs``, ``leaseMs``,
+``healthy`` and ``reason``) fall back to their "nothing to report" value when absent.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ T = TypeVar("T")
 CONNECTION_WIREGUARD = "wireguard"
 CONNECTION_TLS_GATEWAY = "tls-gateway"
 CONNECTION_UNREACHABLE = "unreachable"
+
+#: ``Leader.state`` values: what this node knows of the leader was confirmed less than a lease ago, longer
+#: ago, or never since its agent started.
+LEADER_CURRENT = "current"
+LEADER_STALE = "stale"
+LEADER_UNKNOWN = "unknown"
+LEADER_STATES = (LEADER_CURRENT, LEADER_STALE, LEADER_UNKNOWN)
 
 _MISSING = object()
 
@@ -68,6 +76,24 @@ class _Fields:
 
     def mapping(self, key: str) -> object:
         return self._get(key, Mapping, nullable=False)
+
+    def opt_mapping(self, key: str) -> object | None:
+        return self._get(key, Mapping, nullable=True, default=None)
+
+    def choice(self, key: str, values: tuple[str, ...], default: object = _MISSING) -> str:
+        value = _present(self._get(key, str, nullable=False, default=default))
+        if value not in values:
+            raise ProtocolError(
+                f"the agent's {self._what} has {key!r} = {_short(value)}, not one of {', '.join(values)}: "
+                f"is the agent newer than this SDK?"
+            )
+        return value
+
+    def texts(self, key: str) -> list[str]:
+        value = _present(self._get(key, list, nullable=False))
+        if not all(isinstance(item, str) for item in value):
+            raise ProtocolError(f"the agent's {self._what} has {key!r} = {_short(value)}, not a list of strings")
+        return list(value)
 
 
 def _present(value: T | None) -> T:
@@ -150,9 +176,29 @@ def addresses(peers: list[Peer]) -> list[str]:
 class Leader:
     """The cluster's elected leader as this node sees it (``GET /v1/leader``).
 
-    ``token_id`` is ``None`` when no leader is elected. For this node itself ``is_self`` is true and
-    ``address`` is its own overlay IP. ``reachable`` is this node's view of the leader's health, ``None``
+    ``token_id`` is ``None`` when no leader is elected. ``address`` is what to connect to (this node's own
+    overlay IP when it leads); ``reachable`` is whether this node hears the leader over the mesh, ``None``
     when it is this node or unknown.
+
+    ``is_self`` is true only while this node leads under a lease that holds now: its agent's view of the
+    chain was confirmed less than a lease ago, a majority of the seats confirmed this node as leader over
+    the mesh, and this node is healthy (see :meth:`DStackP2PSDK.set_healthy`). The lease is worked out when
+    the agent answers, so a node that was frozen and resumes, or lost its RPC, does not say it leads from
+    an old view; ``lease_ms`` is how much longer the claim holds at most. When this node is the seat named
+    leader but ``is_self`` is false, ``reason`` says why. Two nodes may still both have *acted* as leader
+    a moment apart (the old one's message in flight while the new one starts), which is what ``term`` is
+    for.
+
+    ``term`` is the fencing term: the contract's leader term as of this node's view. It grows by one at
+    every leader change (elected, replaced, cleared) and never goes back, so one term names one
+    leadership. Tag every write the leader makes with the term it leads under, and have whatever takes the
+    write (a follower, a store) refuse a term older than the newest it has seen: a deposed leader's late
+    writes are then refused rather than applied. ``None`` only before the agent has any view of the chain.
+
+    ``state`` says whether what this node knows was confirmed less than a lease ago (``"current"``), longer
+    ago (``"stale"``: the leader may have changed since), or never since the agent started (``"unknown"``,
+    and for an agent older than this field); ``age_ms`` is how long ago, ``None`` if never. ``healthy`` is
+    this node's own health signal: an unhealthy node never leads.
     """
 
     token_id: int | None
@@ -161,6 +207,13 @@ class Leader:
     address: str | None
     is_self: bool
     reachable: bool | None
+    term: int | None = None
+    #: ``"current"``, ``"stale"`` or ``"unknown"`` (:data:`LEADER_STATES`).
+    state: str = LEADER_UNKNOWN
+    age_ms: int | None = None
+    lease_ms: int | None = None
+    healthy: bool = True
+    reason: str | None = None
 
     @property
     def elected(self) -> bool:
@@ -176,6 +229,76 @@ class Leader:
             address=f.opt_text("address"),
             is_self=f.flag("isSelf", default=False),
             reachable=f.opt_flag("reachable"),
+            term=f.opt_integer("term"),
+            # An agent that does not say whether its view is confirmed has not confirmed it.
+            state=f.choice("state", LEADER_STATES, default=LEADER_UNKNOWN),
+            age_ms=f.opt_integer("ageMs"),
+            lease_ms=f.opt_integer("leaseMs"),
+            healthy=f.flag("healthy", default=True),
+            reason=f.opt_text("reason"),
+        )
+
+
+@dataclass(frozen=True)
+class AppHealth:
+    """The application's last health report, as the agent holds it (``health.app``)."""
+
+    #: As reported, or ``False`` once a report sent with a ``ttl`` has expired.
+    healthy: bool
+    reason: str | None
+    #: How much longer the report holds; ``None`` for a report sent without ``ttl``.
+    expires_in_ms: int | None
+
+    @classmethod
+    def from_json(cls, value: object) -> AppHealth:
+        f = _Fields(value, "health.app")
+        return cls(
+            healthy=f.flag("healthy"),
+            reason=f.opt_text("reason"),
+            expires_in_ms=f.opt_integer("expiresInMs"),
+        )
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """The agent's own health check (``--health-url`` or ``--health-cmd``), as last run (``health.check``)."""
+
+    #: ``"url"`` or ``"command"``.
+    kind: str
+    healthy: bool
+    #: Why it fails: the status, the exit code, the error.
+    reason: str | None
+
+    @classmethod
+    def from_json(cls, value: object) -> HealthCheck:
+        f = _Fields(value, "health.check")
+        return cls(kind=f.text("kind"), healthy=f.flag("healthy"), reason=f.opt_text("reason"))
+
+
+@dataclass(frozen=True)
+class Health:
+    """``GET /v1/health``: whether this node is fit to lead, by the application's report and the agent's check.
+
+    ``healthy`` is false when either says so (or the application's report expired); ``reasons`` says why, one
+    sentence per source. ``app`` is ``None`` until the application has reported (with no report and no
+    check a node is healthy: the signal is opt-in); ``check`` is ``None`` unless the agent runs one.
+    """
+
+    healthy: bool
+    reasons: list[str]
+    app: AppHealth | None
+    check: HealthCheck | None
+
+    @classmethod
+    def from_json(cls, value: object) -> Health:
+        f = _Fields(value, "health")
+        app = f.opt_mapping("app")
+        check = f.opt_mapping("check")
+        return cls(
+            healthy=f.flag("healthy"),
+            reasons=f.texts("reasons"),
+            app=AppHealth.from_json(app) if app is not None else None,
+            check=HealthCheck.from_json(check) if check is not None else None,
         )
 
 

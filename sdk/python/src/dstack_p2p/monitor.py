@@ -60,6 +60,25 @@ async def call(callback: Callback, value: object) -> None:
         await result
 
 
+def leader_key(leader: Leader) -> tuple[object, ...]:
+    """What makes a leader event a change for ``on_leader``: everything an application acts on.
+
+    ``is_self``, ``state``, ``healthy`` and ``reason`` are in it so that a leader hears at once that its
+    lease ended, even though the seat named leader is the same; ``age_ms`` and ``lease_ms`` are not, since
+    they move all the time without anything to act on.
+    """
+    return (
+        leader.token_id,
+        leader.address,
+        leader.reachable,
+        leader.is_self,
+        leader.term,
+        leader.state,
+        leader.healthy,
+        leader.reason,
+    )
+
+
 def _data(event: ServerSentEvent) -> object:
     try:
         return json.loads(event.data)
@@ -141,8 +160,9 @@ async def follow(
                             await call(on_peers, value)
                     elif event.event == "leader" and on_leader is not None:
                         leader = Leader.from_json(_data(event))
-                        if last_leader is _NOTHING or leader.token_id != last_leader:
-                            last_leader = leader.token_id
+                        key = leader_key(leader)
+                        if last_leader is _NOTHING or key != last_leader:
+                            last_leader = key
                             await call(on_leader, leader)
         if lost_at is None:
             lost_at = loop.time()

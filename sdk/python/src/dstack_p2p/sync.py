@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 from .client import DStackP2PSDK
-from .models import Leader, Peer, Reconnected, Status
+from .models import Health, Leader, Peer, Reconnected, Status
 
 T = TypeVar("T")
 
@@ -97,6 +97,13 @@ class DStackP2P:
 
     def leader(self) -> Leader:
         return self._run(self.sdk.leader())
+
+    def health(self) -> Health:
+        return self._run(self.sdk.health())
+
+    def set_healthy(self, healthy: bool, reason: str | None = None, ttl: float | None = None) -> Health:
+        """Reports this application's health to the agent; see :meth:`DStackP2PSDK.set_healthy`."""
+        return self._run(self.sdk.set_healthy(healthy, reason, ttl))
 
     @overload
     def monitor_peers(

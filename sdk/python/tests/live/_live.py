@@ -31,7 +31,15 @@ def error(e: BaseException) -> dict[str, Any]:
 
 
 def leader_json(leader: Leader) -> dict[str, Any]:
-    return {"tokenId": leader.token_id, "isSelf": leader.is_self, "address": leader.address}
+    return {
+        "tokenId": leader.token_id,
+        "isSelf": leader.is_self,
+        "address": leader.address,
+        "term": leader.term,
+        "state": leader.state,
+        "healthy": leader.healthy,
+        "reason": leader.reason,
+    }
 
 
 def peer_json(peer: Peer) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The blocking wrapper: prints {"peers": [addresses], "leader": {tokenId, isSelf, address}} as one line.
+"""The blocking wrapper: prints {"peers": [addresses], "leader": {tokenId, isSelf, address, term, state,
+healthy, reason}} as one line.
 
     DSTACK_MESH_API=/path/api.sock sync_smoke.py [--contract 0x...]
 
