@@ -208,9 +208,11 @@ pub struct RunArgs {
     /// often; when the subscription drops, polling at this interval takes over until it is back.
     #[arg(long, env = "DSTACK_MESH_POLL_INTERVAL_MS", default_value_t = 2000)]
     pub poll_interval_ms: u64,
-    /// How long the cluster's leader may go unanswered over the mesh (probe and handshake) before this node
-    /// casts its seat's no-confidence vote against it, in seconds. With no leader, the lowest registered
-    /// seat elects one at once and each next seat after this long per seat below it.
+    /// How long the cluster's leader may go without a fit heartbeat over the mesh before this node casts
+    /// its seat's no-confidence vote against it, in seconds. The leader's lease is half of it: a leader that
+    /// cannot read the chain, or hear a majority, or is unhealthy stops reporting itself leader within that.
+    /// With no leader, the lowest registered seat elects one at once and each next seat after this long per
+    /// seat below it.
     #[arg(long, env = "DSTACK_MESH_LEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub leader_timeout: u64,
     /// Take no part in the leader election: no votes, no elections (the leader is still followed and
@@ -245,6 +247,28 @@ pub struct RunArgs {
     /// cleaned environment (no keys or RPC credentials).
     #[arg(long, env = "DSTACK_MESH_ON_CHANGE")]
     pub on_change: Option<String>,
+    /// Run this shell command whenever the leadership changes as this node sees it (who leads, whether this
+    /// node does, the term, whether it is confirmed, this node's health), with GET /v1/leader's JSON on
+    /// stdin and the same cleaned environment.
+    #[arg(long, env = "DSTACK_MESH_ON_LEADER_CHANGE")]
+    pub on_leader_change: Option<String>,
+    /// The application's health, for leadership: a GET to this http:// URL must answer 2xx (e.g. the
+    /// database's health endpoint on loopback). Two failures in a row make this node unhealthy: it stops
+    /// leading, and the others vote it out. Applications can also report with POST /v1/health.
+    #[arg(
+        long,
+        env = "DSTACK_MESH_HEALTH_URL",
+        value_name = "URL",
+        conflicts_with = "health_cmd"
+    )]
+    pub health_url: Option<alloy::transports::http::reqwest::Url>,
+    /// The application's health, for leadership: this shell command must exit 0 (run as the hooks are,
+    /// its output discarded). Two failures in a row make this node unhealthy.
+    #[arg(long, env = "DSTACK_MESH_HEALTH_CMD", value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// How often the health check runs, in milliseconds; a check that takes longer fails.
+    #[arg(long, env = "DSTACK_MESH_HEALTH_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub health_interval_ms: u64,
     /// Kill the on-change command if it has not finished (reading its input included) after this long.
     #[arg(long, env = "DSTACK_MESH_HOOK_TIMEOUT_SECS", default_value_t = 30)]
     pub hook_timeout_secs: u64,
@@ -299,6 +323,14 @@ impl RunArgs {
         }
         // Checked here rather than by clap, whose error would quote the URL and any key in it.
         mesh_chain::rpc::Transport::of(&self.endpoints.rpc_url).context("--rpc-url")?;
+        if let Some(url) = &self.health_url
+            && url.scheme() != "http"
+        {
+            anyhow::bail!(
+                "--health-url must be an http:// URL of a service in this CVM (say http://127.0.0.1:8080/health), not {}://",
+                url.scheme()
+            );
+        }
         if let Some(ws) = &self.rpc_ws_url {
             use mesh_chain::rpc::Transport;
             match (
@@ -315,6 +347,22 @@ impl RunArgs {
             }
         }
         Ok(contract)
+    }
+
+    /// The health check to run, if any.
+    pub fn health_check(&self) -> Option<crate::tasks::health::HealthCheck> {
+        use crate::tasks::health::{Check, HealthCheck};
+        let check = match (&self.health_url, &self.health_cmd) {
+            (Some(url), _) => Check::Url(url.clone()),
+            (None, Some(cmd)) => Check::Command(cmd.clone()),
+            (None, None) => return None,
+        };
+        let every = std::time::Duration::from_millis(self.health_interval_ms);
+        Some(HealthCheck {
+            check,
+            every,
+            timeout: every,
+        })
     }
 
     /// Where new heads are followed by subscription: --rpc-ws-url, else a WebSocket --rpc-url.

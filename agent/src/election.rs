@@ -8,6 +8,10 @@
 //! - The vote is withdrawn once its target answers again, whether or not it still leads, so a node that
 //!   came back is eligible again. A vote against a replaced leader that is still silent stands, even when
 //!   this node leads now: it keeps the dead seat from being chosen again at the next replacement.
+//! - An unhealthy node neither elects nor votes until it is healthy again; it may still withdraw.
+//!
+//! What counts as an answer is a fit heartbeat ([`crate::heartbeat::answers`]): a leader that cannot lead
+//! (its view of the chain is stale, it is unhealthy) is as silent as one that is gone.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,7 +23,7 @@ use mesh_chain::election::Ballot;
 pub struct Sighting {
     /// When this node began watching it: an unanswered seat gets the whole timeout from here.
     pub since: Instant,
-    /// The last time it answered: a probe over the mesh, or a WireGuard handshake.
+    /// The last time it answered: a fit heartbeat over the mesh ([`crate::heartbeat::answers`]).
     pub last_seen: Option<Instant>,
 }
 
@@ -56,6 +60,8 @@ pub struct Facts<'a> {
     /// The seat this node's vote is against.
     pub vote: Option<u64>,
     pub sightings: &'a BTreeMap<u64, Sighting>,
+    /// This node is healthy: an unhealthy one only withdraws.
+    pub healthy: bool,
     pub timeout: Duration,
     pub now: Instant,
 }
@@ -87,7 +93,7 @@ impl std::fmt::Display for Reason {
             ),
             Self::Unreachable { seat, silent } => write!(
                 f,
-                "leader seat {seat} has not answered over the mesh (probe or handshake) for {}s",
+                "leader seat {seat} has not answered over the mesh as a leader that can lead (a fit heartbeat) for {}s",
                 silent.as_secs()
             ),
             Self::Answers { seat } => write!(f, "seat {seat} answers over the mesh again"),
@@ -110,6 +116,9 @@ pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
         if answers {
             return Some((Ballot::Withdraw, Reason::Answers { seat: target }));
         }
+    }
+    if !facts.healthy {
+        return None;
     }
     match facts.leader {
         None => {
@@ -139,7 +148,8 @@ pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
     }
 }
 
-/// The seats this node must probe: the leader, unless it is this node, and the target of its vote.
+/// The seats this node watches (pings, and votes on): the leader, unless it is this node, and the target of
+/// its vote.
 pub fn to_watch(own: Option<u64>, leader: Option<u64>, vote: Option<u64>) -> Vec<u64> {
     let mut seats: Vec<u64> = leader
         .into_iter()
@@ -200,6 +210,7 @@ mod tests {
                 registered: &self.registered,
                 vote,
                 sightings: &self.sightings,
+                healthy: true,
                 timeout: TIMEOUT,
                 now: self.at(now),
             })
@@ -311,10 +322,38 @@ mod tests {
             registered: &w.registered,
             vote: None,
             sightings: &w.sightings,
+            healthy: true,
             timeout: TIMEOUT,
             now: w.at(1000),
         });
         assert_eq!(none, None, "no seat");
+    }
+
+    #[test]
+    fn an_unhealthy_node_neither_elects_nor_votes_but_still_withdraws() {
+        let w = World::new().watch(1, None).watch(3, Some(100));
+        let facts = |leader: Option<u64>, vote: Option<u64>| Facts {
+            own: Some(2),
+            leader,
+            leaderless_since: Some(w.start),
+            registered: &w.registered,
+            vote,
+            sightings: &w.sightings,
+            healthy: false,
+            timeout: TIMEOUT,
+            now: w.at(101),
+        };
+        assert_eq!(
+            decide(&facts(Some(1), None)),
+            None,
+            "no vote against a silent leader"
+        );
+        assert_eq!(decide(&facts(None, None)), None, "no election");
+        assert_eq!(
+            decide(&facts(Some(1), Some(3))),
+            Some((Ballot::Withdraw, Reason::Answers { seat: 3 })),
+            "a vote against a seat that answers again is still withdrawn"
+        );
     }
 
     #[test]

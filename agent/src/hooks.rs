@@ -41,6 +41,32 @@ pub enum HookError {
 /// # Errors
 /// [`HookError`]; on [`HookError::TimedOut`] the command's whole process group has been killed.
 pub async fn run(command: &str, input: &[u8], limit: Duration) -> Result<(), HookError> {
+    run_as(command, input, limit, Output::ToLog).await
+}
+
+/// [`run`] for a command run every few seconds (`--health-cmd`): its output is discarded, so that it does
+/// not fill the log; its exit status says all.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_quietly(command: &str, limit: Duration) -> Result<(), HookError> {
+    run_as(command, &[], limit, Output::Discard).await
+}
+
+/// Where a command's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// stdout and stderr to the agent's stderr, its log.
+    ToLog,
+    Discard,
+}
+
+async fn run_as(
+    command: &str,
+    input: &[u8],
+    limit: Duration,
+    output: Output,
+) -> Result<(), HookError> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
@@ -53,9 +79,17 @@ pub async fn run(command: &str, input: &[u8], limit: Duration) -> Result<(), Hoo
         .stdin(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    // Its output goes to the agent's log (stderr); stdout is where the agent prints registrations to relay.
-    if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
-        cmd.stdout(Stdio::from(fd));
+    match output {
+        // Its output goes to the agent's log (stderr); stdout is where the agent prints registrations to
+        // relay.
+        Output::ToLog => {
+            if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
+                cmd.stdout(Stdio::from(fd));
+            }
+        }
+        Output::Discard => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
     }
     let mut child = cmd.spawn().map_err(HookError::Spawn)?;
     let group = child.id().and_then(|id| i32::try_from(id).ok());

@@ -5,8 +5,9 @@
 //! - [`config`]: the daemon's flags.
 //! - [`identity`]: this node as dstack attests it: its peer key and its WireGuard key.
 //! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
-//! - [`desired`], [`election`] and [`snapshot`]: the decisions, pure: this node's peers, its part in the
-//!   leader election, and what the API serves.
+//! - [`desired`], [`election`], [`lease`] and [`snapshot`]: the decisions, pure: this node's peers, its
+//!   part in the leader election, when it may say it leads, and what the API serves.
+//! - [`heartbeat`]: the leader's heartbeats over the mesh, their wire format and what each means.
 //! - [`cache`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
 //! - [`hooks`]: the `--on-change` command and the hosts file.
 //! - [`commands`]: the one-shot subcommands.
@@ -16,8 +17,10 @@ pub mod commands;
 pub mod config;
 pub mod desired;
 pub mod election;
+pub mod heartbeat;
 pub mod hooks;
 pub mod identity;
+pub mod lease;
 pub mod run;
 pub mod snapshot;
 pub mod state;

@@ -8,7 +8,7 @@ use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
 use dstack_guest::DstackClient;
-use mesh_api::{Listener, Routes, Snapshot};
+use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
 use mesh_chain::backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig};
 use mesh_chain::redact::RedactedUrl;
@@ -23,10 +23,12 @@ use unix_socket::UnixSocket;
 use crate::cache;
 use crate::config::{ModeArg, RunArgs};
 use crate::identity::NodeIdentity;
+use crate::lease::Timing;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
 use crate::tasks::chain::ChainTask;
-use crate::tasks::leader::LeaderTask;
+use crate::tasks::health::HealthCheck;
+use crate::tasks::leader::{self, LeaderTask};
 use crate::tasks::mesh::{MeshTask, Relay, WireGuard};
 use crate::tasks::publisher::{Hooks, Inputs, Publisher};
 use crate::tasks::registrar::Registrar;
@@ -64,26 +66,38 @@ async fn daemon(
         mode: args.mode.into(),
         contract,
         rpc_url: rpc.to_string(),
+        lease: Timing::for_timeout(Duration::from_secs(args.leader_timeout)).lease,
     };
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));
+    // The application reports its health to the API, which may come before the tasks.
+    let (app_health_tx, app_health) = watch::channel(None);
     // The API outlives the tasks: it answers until they are all joined.
     let api_stop = CancellationToken::new();
     let mut api = JoinSet::new();
     for (listener, routes) in listeners {
+        let source = mesh_api::Source {
+            snapshot: api_rx.clone(),
+            app_health: Some(app_health_tx.clone()),
+        };
         api.spawn(
-            mesh_api::serve(
-                listener,
-                routes,
-                api_rx.clone(),
-                api_stop.clone().cancelled_owned(),
-            )
-            .in_current_span(),
+            mesh_api::serve(listener, routes, source, api_stop.clone().cancelled_owned())
+                .in_current_span(),
         );
     }
-    let result = member(args, contract, rpc, agent, tx_key, relay, api_tx, &cancel).await;
+    let reports = Reports {
+        snapshot: api_tx,
+        app_health,
+    };
+    let result = member(args, contract, rpc, agent, tx_key, relay, reports, &cancel).await;
     api_stop.cancel();
     api.join_all().await;
     result
+}
+
+/// The API's two channels: where the tasks publish the snapshot, and what the application reports.
+struct Reports {
+    snapshot: watch::Sender<Snapshot>,
+    app_health: watch::Receiver<Option<AppReport>>,
 }
 
 /// Binds every place the API is served: the socket (with its mode and group), and the TCP addresses.
@@ -165,7 +179,7 @@ async fn member(
     agent: AgentFacts,
     tx_key: Option<PrivateKeySigner>,
     relay: Option<RelayParts>,
-    api: watch::Sender<Snapshot>,
+    api: Reports,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
@@ -215,13 +229,15 @@ fn load_cache(args: &RunArgs, contract: Address) -> Option<ChainView> {
     }
 }
 
-/// The five tasks, configured.
+/// The tasks, configured.
 struct Tasks {
     chain: ChainTask,
     registrar: Registrar,
     mesh: MeshTask<WireGuard>,
     leader: LeaderTask,
     publisher: Publisher,
+    /// `--health-url`, `--health-cmd`.
+    health: Option<HealthCheck>,
 }
 
 impl Tasks {
@@ -246,6 +262,8 @@ impl Tasks {
             gateway_url: gateway_url.clone().unwrap_or_default(),
         };
         let poll = Duration::from_millis(args.poll_interval_ms.max(50));
+        let timing = Timing::for_timeout(Duration::from_secs(args.leader_timeout));
+        let health = args.health_check();
         let chain = ChainTask {
             contract,
             rpc_url: args.endpoints.rpc_url.clone(),
@@ -262,6 +280,7 @@ impl Tasks {
             subscribe: args.subscription_url(),
             state_dir: args.state_dir.clone(),
             instance_id: identity.instance_id().to_owned(),
+            renew: timing.renew,
             node_span: tracing::Span::current(),
         };
         let leader = LeaderTask {
@@ -270,8 +289,9 @@ impl Tasks {
             rpc: rpc.clone(),
             identity: Arc::clone(&identity),
             tx_key: tx_key.clone(),
-            timeout: Duration::from_secs(args.leader_timeout),
-            failover: wireguard && !args.no_failover,
+            timing,
+            heartbeats: wireguard,
+            ballots: wireguard && !args.no_failover,
         };
         let registrar = Registrar {
             contract,
@@ -323,6 +343,7 @@ impl Tasks {
 
             hooks: Hooks {
                 on_change: args.on_change,
+                on_leader_change: args.on_leader_change,
                 timeout: Duration::from_secs(args.hook_timeout_secs),
                 hosts_file: args.hosts_file,
                 hosts_suffix: args.hosts_suffix,
@@ -334,6 +355,7 @@ impl Tasks {
             mesh,
             leader,
             publisher,
+            health,
         }
     }
 
@@ -342,20 +364,30 @@ impl Tasks {
     async fn run(
         self,
         cached: Option<ChainView>,
-        api: watch::Sender<Snapshot>,
+        api: Reports,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let Reports {
+            snapshot: api,
+            app_health,
+        } = api;
         let (chain_tx, chain_rx) = watch::channel(ChainState::default());
         let (reg_tx, reg_rx) = watch::channel(RegState::default());
         let (mesh_tx, mesh_rx) = watch::channel(MeshState::default());
         let (leader_tx, leader_rx) = watch::channel(LeaderState::default());
+        let (check_tx, check_rx) = watch::channel::<Option<CheckSignal>>(None);
         let inputs = Inputs {
             chain: chain_rx.clone(),
             reg: reg_rx,
             mesh: mesh_rx.clone(),
             leader: leader_rx,
+            check: check_rx.clone(),
         };
         let mut set = JoinSet::new();
+        if let Some(health) = self.health {
+            let c = cancel.clone();
+            set.spawn(health.run(check_tx, c).instrument(info_span!("health")));
+        }
         let c = cancel.clone();
         set.spawn(
             self.chain
@@ -369,9 +401,15 @@ impl Tasks {
                 .instrument(info_span!("registrar")),
         );
         let c = cancel.clone();
+        let leader_inputs = leader::Inputs {
+            chain: chain_rx.clone(),
+            mesh: mesh_rx.clone(),
+            app_health,
+            check: check_rx,
+        };
         set.spawn(
             self.leader
-                .run(chain_rx.clone(), mesh_rx, leader_tx, c)
+                .run(leader_inputs, leader_tx, c)
                 .instrument(info_span!("leader")),
         );
         let c = cancel.clone();

@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use alloy::primitives::Address;
 use mesh_api::{
-    ChainStatus, ConnectionKind, Counters, Leader, Mode, Node, Path, Peer, Snapshot, Status,
+    ChainStatus, CheckSignal, ConnectionKind, Counters, Leader, LeaderClock, Mode, Node, Path,
+    Peer, Snapshot, Status,
 };
 use mesh_chain::membership::Member;
 use mesh_wg::{Key, PathKind, PeerStatus, handshake_is_fresh};
 
+use crate::lease::Claim;
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
 
 /// What the snapshot says of this node that no task learns: fixed once the node's identity is known.
@@ -35,6 +37,8 @@ pub struct AgentFacts {
     pub contract: Address,
     /// With its credentials redacted.
     pub rpc_url: String,
+    /// The leader's lease ([`crate::lease::Timing::lease`]): how long a confirmation of the leader lasts.
+    pub lease: Duration,
 }
 
 /// The snapshot before anything is known: the agent serves it while it waits for dstack.
@@ -47,6 +51,7 @@ pub fn initial(agent: &AgentFacts) -> Snapshot {
             reg: &RegState::default(),
             mesh: &MeshState::default(),
             leader: &LeaderState::default(),
+            check: None,
         },
         Duration::ZERO,
         SystemTime::now(),
@@ -105,6 +110,8 @@ pub struct Published<'a> {
     pub reg: &'a RegState,
     pub mesh: &'a MeshState,
     pub leader: &'a LeaderState,
+    /// The agent's health check, if it runs one.
+    pub check: Option<&'a CheckSignal>,
 }
 
 /// The snapshot of everything the tasks published, at `now`, `uptime` after start.
@@ -120,6 +127,7 @@ pub fn render(
         reg,
         mesh,
         leader: election,
+        check,
     } = tasks;
     let view = chain.view.as_deref();
     let leader_seat = view.and_then(|v| v.leader);
@@ -167,11 +175,15 @@ pub fn render(
         peers_configured: peers.len(),
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
     };
-    let leader = leader_of(leader_seat, token, view, &peers, election, &status.node);
+    let leader = Leader {
+        clock: clock_of(agent.lease, chain, election, leader_seat, token),
+        ..leader_of(leader_seat, token, view, &peers, election, &status.node)
+    };
     Snapshot {
         status,
         peers,
         leader,
+        check: check.cloned(),
         counters: Counters {
             reconciles: mesh.reconciles,
             registrations: reg.registrations,
@@ -185,7 +197,29 @@ pub fn render(
     }
 }
 
-/// The leader as applications see it: reached like any peer, or this node itself.
+/// What the leader's time-dependent fields are worked out from when served ([`Leader::as_of`]): the view
+/// is confirmed by this node's own reads, and for a follower also by the leader itself answering as leader
+/// under the view's term; a view from the state file is confirmed by neither.
+fn clock_of(
+    lease: Duration,
+    chain: &ChainState,
+    election: &LeaderState,
+    seat: Option<u64>,
+    own: Option<u64>,
+) -> LeaderClock {
+    let read = chain.confirmed_at.filter(|_| !chain.from_cache);
+    let by_leader = election
+        .leader_confirmed_at
+        .filter(|_| seat.is_some() && seat != own && !chain.from_cache);
+    LeaderClock {
+        lease,
+        confirmed_at: read.max(by_leader),
+        claim_until: election.claim.until(),
+    }
+}
+
+/// The leader as applications see it: reached like any peer, or this node itself, which leads only under
+/// its lease ([`crate::lease`]).
 fn leader_of(
     seat: Option<u64>,
     own: Option<u64>,
@@ -194,32 +228,43 @@ fn leader_of(
     election: &LeaderState,
     node: &Node,
 ) -> Leader {
-    let Some(seat) = seat else {
-        return Leader::default();
+    let known = Leader {
+        term: view.map(|v| v.leader_term),
+        healthy: election.health.healthy,
+        ..Leader::default()
     };
-    let is_self = own == Some(seat);
+    let Some(seat) = seat else {
+        return known;
+    };
+    let named_self = own == Some(seat);
+    let is_self = named_self && matches!(election.claim, Claim::Leads { .. });
     let as_peer = peers.iter().find(|p| p.token_id == seat);
     let overlay_ip = view.and_then(|v| v.prefix().address(seat));
     Leader {
         token_id: Some(seat),
-        instance_id: if is_self {
+        instance_id: if named_self {
             Some(node.instance_id.clone())
         } else {
             view.and_then(|v| v.records.get(&seat))
                 .map(|r| r.instance_id.clone())
         },
         overlay_ip,
-        address: if is_self {
+        address: if named_self {
             overlay_ip.map(|ip| ip.to_string())
         } else {
             as_peer.and_then(|p| p.address.clone())
         },
         is_self,
-        reachable: if is_self {
+        reachable: if named_self {
             None
         } else {
             election.answering.get(&seat).copied()
         },
+        reason: match &election.claim {
+            Claim::Declines(why) if named_self => Some(why.to_string()),
+            _ => None,
+        },
+        ..known
     }
 }
 
@@ -250,6 +295,7 @@ mod tests {
             mode: Mode::Wireguard,
             contract: Address::repeat_byte(1),
             rpc_url: "https://***@rpc.example/".into(),
+            lease: Duration::from_secs(5),
         }
     }
 
@@ -331,6 +377,7 @@ mod tests {
                 reg,
                 mesh,
                 leader: &LeaderState::default(),
+                check: None,
             },
             uptime,
             now,
@@ -346,6 +393,29 @@ mod tests {
         }
     }
 
+    /// The snapshot of these states with this leader state.
+    fn with_election(
+        chain: &ChainState,
+        reg: &RegState,
+        mesh: &MeshState,
+        election: &LeaderState,
+        now: SystemTime,
+    ) -> Snapshot {
+        render(
+            &agent(),
+            &NodeFacts::default(),
+            Published {
+                chain,
+                reg,
+                mesh,
+                leader: election,
+                check: None,
+            },
+            Duration::ZERO,
+            now,
+        )
+    }
+
     /// The leader is flagged among the peers and served with how to reach it and whether it answers.
     #[test]
     fn the_leader_is_reached_like_a_peer_and_flagged() {
@@ -356,18 +426,7 @@ mod tests {
             ..LeaderState::default()
         };
         let chain = with_leader(&chain, Some(2));
-        let s = render(
-            &agent(),
-            &NodeFacts::default(),
-            Published {
-                chain: &chain,
-                reg: &reg,
-                mesh: &mesh,
-                leader: &election,
-            },
-            Duration::ZERO,
-            now,
-        );
+        let s = with_election(&chain, &reg, &mesh, &election, now);
         let flags: Vec<_> = s.peers.iter().map(|p| (p.token_id, p.leader)).collect();
         assert_eq!(flags, [(2, true), (3, false), (4, false)]);
         assert_eq!(s.leader.token_id, Some(2));
@@ -376,17 +435,100 @@ mod tests {
         assert!(!s.leader.is_self);
         assert_eq!(s.leader.reachable, Some(true));
         assert!(s.leader.instance_id.is_some(), "from its record");
-
-        let chain = with_leader(&chain, Some(1));
-        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
-        assert!(s.leader.is_self, "seat 1 is this node");
-        assert_eq!(s.leader.address.as_deref(), Some("10.0.1.1"));
-        assert_eq!(s.leader.reachable, None);
-        assert!(s.peers.iter().all(|p| !p.leader));
+        assert_eq!(s.leader.term, Some(0));
 
         let chain = with_leader(&chain, None);
         let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
-        assert_eq!(s.leader, Leader::default());
+        assert_eq!(s.leader.token_id, None);
+        assert_eq!(s.leader.address, None);
+        assert!(!s.leader.is_self);
+    }
+
+    /// The seat named leader says it leads only under its lease, and says why not otherwise; the answer is
+    /// worked out again when served, so a lease that ran out meanwhile is no claim.
+    #[test]
+    fn this_node_leads_only_under_its_lease() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t0 = std::time::Instant::now();
+        let (chain, reg, mesh) = states(now);
+        let mut chain = with_leader(&chain, Some(1));
+        chain.confirmed_at = Some(t0);
+        let named = with_election(&chain, &reg, &mesh, &LeaderState::default(), now);
+        assert!(!named.leader.is_self, "named, but no claim decided");
+
+        let leads = LeaderState {
+            claim: Claim::Leads {
+                until: t0 + Duration::from_secs(3),
+            },
+            ..LeaderState::default()
+        };
+        let s = with_election(&chain, &reg, &mesh, &leads, now);
+        assert!(s.leader.is_self, "seat 1 is this node, under its lease");
+        assert_eq!(s.leader.address.as_deref(), Some("10.0.1.1"));
+        assert_eq!(s.leader.reachable, None);
+        assert!(s.peers.iter().all(|p| !p.leader));
+        let served = s.leader.as_of(t0 + Duration::from_millis(1_000));
+        assert!(served.is_self);
+        assert_eq!(served.lease_ms, Some(2_000));
+        assert_eq!(served.age_ms, Some(1_000));
+        assert_eq!(served.state, mesh_api::Freshness::Current);
+        let late = s.leader.as_of(t0 + Duration::from_secs(6));
+        assert!(!late.is_self, "served after the lease ran out");
+        assert_eq!(late.state, mesh_api::Freshness::Stale);
+        assert!(
+            late.reason
+                .as_deref()
+                .unwrap()
+                .contains("the lease ran out")
+        );
+
+        let declines = LeaderState {
+            claim: Claim::Declines(crate::lease::Declined::NoQuorum { have: 0, need: 1 }),
+            ..LeaderState::default()
+        };
+        let s = with_election(&chain, &reg, &mesh, &declines, now);
+        assert!(!s.leader.is_self);
+        assert_eq!(
+            s.leader.reason.as_deref(),
+            Some(
+                "only 0 of the 1 other seats needed confirmed this node as leader over the mesh within the lease"
+            )
+        );
+    }
+
+    /// A follower's knowledge of the leader is current while its reads, or the leader's own answers,
+    /// confirm it; from the state file it is unknown.
+    #[test]
+    fn a_followers_view_of_the_leader_is_confirmed_by_reads_or_by_the_leader() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t0 = std::time::Instant::now();
+        let (chain, reg, mesh) = states(now);
+        let mut chain = with_leader(&chain, Some(2));
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let state = |chain: &ChainState, election: &LeaderState, ms: u64| {
+            with_election(chain, &reg, &mesh, election, now)
+                .leader
+                .as_of(at(ms))
+                .state
+        };
+        let none = LeaderState::default();
+        assert_eq!(state(&chain, &none, 0), mesh_api::Freshness::Unknown);
+        chain.confirmed_at = Some(at(0));
+        assert_eq!(state(&chain, &none, 4_999), mesh_api::Freshness::Current);
+        assert_eq!(state(&chain, &none, 5_000), mesh_api::Freshness::Stale);
+        let answered = LeaderState {
+            leader_confirmed_at: Some(at(4_000)),
+            ..LeaderState::default()
+        };
+        assert_eq!(
+            state(&chain, &answered, 8_999),
+            mesh_api::Freshness::Current
+        );
+        chain.from_cache = true;
+        assert_eq!(
+            state(&chain, &answered, 1_000),
+            mesh_api::Freshness::Unknown
+        );
     }
 
     /// The registrar's reason is the node's registration error only while it is not registered.

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use mesh_chain::membership::Member;
 use mesh_chain::view::ChainView;
@@ -46,6 +47,9 @@ pub struct ChainState {
     pub view: Option<Arc<ChainView>>,
     /// The view came from the state file: the RPC has not answered since start.
     pub from_cache: bool,
+    /// When the last read that confirmed the view began ([`mesh_chain::follow::Tick::confirmed`]): the
+    /// view is true of the chain as of then. None while it is only the state file's.
+    pub confirmed_at: Option<Instant>,
     /// New heads come by subscription now.
     pub subscribed: bool,
     /// The newest block the RPC reported.
@@ -104,9 +108,16 @@ pub struct MeshState {
 pub struct LeaderState {
     /// The seat this node's vote is against, as last read or cast.
     pub vote: Option<u64>,
-    /// Whether each watched seat (the leader, the vote's target) answered its last probe.
+    /// Whether each watched seat (the leader, the vote's target) answered a recent heartbeat.
     pub answering: BTreeMap<u64, bool>,
     pub counters: mesh_api::ElectionCounters,
     /// Why the last ballot or read failed; already logged.
     pub error: Option<String>,
+    /// Whether this node leads, and until when ([`crate::lease`]).
+    pub claim: crate::lease::Claim,
+    /// This node's health, as the claim was decided on it.
+    pub health: mesh_api::HealthSignal,
+    /// When the seat named leader last answered this node as leading under the view's term: when the
+    /// ping it answered was sent.
+    pub leader_confirmed_at: Option<Instant>,
 }

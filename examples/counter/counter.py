@@ -10,16 +10,24 @@ fail it over; this program only follows that choice through the SDK:
 * a node that becomes leader first collects the counts of a majority and continues from the highest,
   so an acknowledged count (held by a majority) is never lost across a failover.
 
-Terms fence off a deposed leader that still thinks it leads (its chain view is stale, or it was cut
-off and comes back): a new leader picks a term above every term it has seen and has a majority
-promise it (POST /prepare); a node refuses replicates from a lower (term, leader) than it promised.
-Without that, an old and a new leader could each acknowledge "count 11" for different increments,
-and one of those writes would vanish in the max.
+Ballots fence off a deposed leader that still thinks it leads (it was frozen, or cut off and comes
+back): a ballot is (mesh term, round, leader), compared as a tuple. The mesh term is the fencing term
+the node's own agent reported when it said this node leads (`Leader.term`: it grows at every leader
+change and never goes back); the round counts this leader's syncs within that term. A new leader has a
+majority promise its ballot (POST /prepare) before it serves; a node refuses a prepare or replicate whose
+ballot is below its promise, or whose mesh term is older than the newest its own agent has reported.
+Without that, an old and a new leader could each acknowledge "count 11" for different increments, and
+one of those writes would vanish in the max. A node leads only while its agent says `is_self` (under a
+lease), and stops serving the moment it says otherwise.
+
+It reports its health to the agent (`set_healthy`, a heartbeat with a ttl): a counter that crashed or
+hangs makes its node unhealthy, so that node stops leading and the cluster elects one whose counter runs.
 
 State lives in memory: a node that restarts comes back with count 0 and relearns the count from the
 leader's next replicate, so the guarantee covers failures where at most a minority restarts at once.
 
     python counter.py --listen 0.0.0.0:8080 [--api SOCKET_OR_URL] [--contract 0x...] [--peer-port 8080]
+                      [--no-report-health]
 """
 from __future__ import annotations
 
@@ -41,8 +49,15 @@ log = logging.getLogger("counter")
 
 # (token id, overlay IP or None) -> base URL of that node's counter, e.g. "http://10.0.1.2:8080".
 PeerUrl = Callable[[int, "str | None"], str]
-# A ballot: (term, leader token). Compared as a tuple, so two leaders never share one.
-Ballot = tuple[int, int]
+# A ballot: (mesh term, round, leader token). Compared as a tuple: the mesh's fencing term first, so a
+# leadership the chain has replaced loses to the next one whatever its round; then the round, for a leader
+# that syncs again within its term; then the token, so that two leaders never share one.
+Ballot = tuple[int, int, int]
+
+# Health reports: one every HEALTH_INTERVAL seconds, each holding for HEALTH_TTL, so that a counter that
+# crashed or hangs turns its node unhealthy within HEALTH_TTL, and one late report does not.
+HEALTH_INTERVAL = 2.0
+HEALTH_TTL = 3 * HEALTH_INTERVAL
 
 # Set on an increment a follower forwards, so that two nodes that disagree about who leads do not
 # bounce the request between them.
@@ -75,8 +90,19 @@ def peer_json(peer: Any) -> dict[str, Any]:
     return {f: getattr(peer, f) for f in fields if hasattr(peer, f)}
 
 
-def _term_of(reply: dict[str, Any] | None) -> int:
-    term = (reply or {}).get("term")
+def _ballot_of(reply: dict[str, Any] | None) -> Ballot:
+    """The ballot a refusal names (what the peer promised, or its agent's newer term); zeros where absent."""
+    def num(key: str) -> int:
+        value = (reply or {}).get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return num("term"), num("round"), num("leader")
+
+
+def mesh_term(leader: Any) -> int:
+    """The leader's fencing term as the agent reports it; 0 from an agent that reports none, which leaves
+    the counter's own rounds to fence leaders, as they did before the mesh had terms."""
+    term = getattr(leader, "term", None)
     return term if isinstance(term, int) and not isinstance(term, bool) else 0
 
 
@@ -103,12 +129,13 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
 class CounterNode:
     """The counter's state and HTTP handlers, independent of where the SDK and the peers live.
 
-    `sdk` needs status(), peers() and monitor_peers(cb, on_leader=..., detailed=True) as in
-    dstack_p2p; `peer_url` maps a node to the base URL of its counter, so tests can put the peers on
-    loopback ports.
+    `sdk` needs status(), peers(), leader(), monitor_peers(cb, on_leader=..., detailed=True) and, with
+    `report_health`, set_healthy() as in dstack_p2p; `peer_url` maps a node to the base URL of its
+    counter, so tests can put the peers on loopback ports.
     """
 
-    def __init__(self, sdk: Any, peer_url: PeerUrl, *, peer_timeout: float = 2.0) -> None:
+    def __init__(self, sdk: Any, peer_url: PeerUrl, *, peer_timeout: float = 2.0,
+                 report_health: bool = False, health_interval: float = HEALTH_INTERVAL) -> None:
         self.sdk = sdk
         self.peer_url = peer_url
         self.peer_timeout = peer_timeout
@@ -119,15 +146,22 @@ class CounterNode:
         self.token: int | None = None
         self.overlay_ip: str | None = None
         self.count = 0
-        self.promised: Ballot = (0, 0)
+        self.promised: Ballot = (0, 0, 0)
         self.peers: list[Any] | None = None  # None until the SDK's first answer
         self.leader: Any | None = None
+        self.report_health = report_health
+        self.health_interval = health_interval
 
+        # The newest fencing term this node's own agent has reported: writes of an older one are refused.
+        self.mesh_term = 0
         self._ballot: Ballot | None = None  # the ballot this node leads under, once synced
+        self._lead_term: int | None = None  # the mesh term the lead task runs under
         self._serving = False
         self._ready = asyncio.Event()
         self._deposed = asyncio.Event()
-        self._term_seen = 0
+        self._seen: Ballot = (0, 0, 0)  # the highest ballot a peer's refusal named
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_refused = False  # the agent answered that it takes no reports
         self._lock = asyncio.Lock()
         # Peers whose last call failed: once a majority has acked, an increment does not wait for
         # them, so a dead follower costs one timeout rather than one per increment.
@@ -159,15 +193,59 @@ class CounterNode:
             log.warning("could not read this node's status from the mesh agent: %s", e)
         log.info("node token %s, overlay ip %s", self.token, self.overlay_ip)
         self._monitor_task = asyncio.create_task(self._monitor())
+        if self.report_health:
+            self._health_task = asyncio.create_task(self._report_health())
 
     async def close(self) -> None:
-        tasks = [t for t in (self._monitor_task, self._lead_task) if t] + list(self._background)
+        tasks = [t for t in (self._monitor_task, self._lead_task, self._health_task) if t]
+        tasks += list(self._background)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._health_task is not None and not self._health_refused:
+            # At once rather than when the last report's ttl runs out: if this node leads, it steps down
+            # now, and the others need not wait out a lease of a counter that no longer serves.
+            try:
+                await asyncio.wait_for(self.sdk.set_healthy(False, "the counter is stopped"), timeout=2.0)
+            except Exception as e:
+                log.info("could not tell the mesh agent that the counter stops (%s); its report lapses "
+                         "in %.0f s", e, HEALTH_TTL)
         for session in (self._session, self._forward_session):
             if session:
                 await session.close()
+
+    async def _report_health(self) -> None:
+        """A heartbeat to the agent: healthy, for HEALTH_TTL at a time.
+
+        What it reports is that this process runs and its loop turns; whether the cluster has a majority
+        is not the node's health (moving the lead would not bring one back), so it never reports False
+        while running.
+        """
+        failing = False
+        while True:
+            try:
+                await asyncio.wait_for(self.sdk.set_healthy(True, ttl=self.health_interval * 3),
+                                       timeout=self.health_interval * 2)
+                if failing:
+                    log.info("reporting this counter's health to the mesh agent again")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                status = getattr(e, "status", None)
+                if isinstance(status, int) and 400 <= status < 500:
+                    # 405 from an agent older than health reports, 403 over a non-loopback listener:
+                    # retrying would not change the answer.
+                    log.warning("the mesh agent refuses health reports (%s); not reporting this counter's "
+                                "health, so a crashed counter will not make its node step down", e)
+                    self._health_refused = True
+                    return
+                if not failing:
+                    log.warning("could not report this counter's health to the mesh agent (%s); retrying "
+                                "every %g s (the last report lapses in %g s)", e, self.health_interval,
+                                self.health_interval * 3)
+                failing = True
+            await asyncio.sleep(self.health_interval)
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -212,20 +290,44 @@ class CounterNode:
         previous, self.leader = self.leader, leader
         token: int | None = getattr(leader, "token_id", None)
         is_self = token is not None and bool(getattr(leader, "is_self", False))
-        if previous is None or previous.token_id != token or bool(previous.is_self) != is_self:
+        term = mesh_term(leader)
+        # Terms never go back; an agent restarted from its state file may briefly report an older one.
+        self.mesh_term = max(self.mesh_term, term)
+        if (previous is None or previous.token_id != token or bool(previous.is_self) != is_self
+                or mesh_term(previous) != term):
             if token is None:
-                log.warning("the cluster has no leader")
+                log.warning("the cluster has no leader (mesh term %d)", term)
+            elif is_self:
+                log.info("leader is node %s (this node), mesh term %d", token, term)
+            elif token == self.token:
+                log.warning("this node is the seat named leader but does not lead now (mesh term %d): %s",
+                            term, getattr(leader, "reason", None) or "its agent gives no reason")
             else:
-                log.info("leader is node %s%s", token, " (this node)" if is_self else "")
-        if token is not None and is_self:
+                log.info("leader is node %s, mesh term %d", token, term)
+        if is_self:
             if self.token is None:
                 self.token = token
-            if self._lead_task is None or self._lead_task.done():
-                self._lead_task = asyncio.create_task(self._lead(token))
+            if self._lead_task is not None and not self._lead_task.done() and self._lead_term == term:
+                return
+            if self._lead_task is not None:
+                # Led again under a newer term: the old ballot is the old term's, sync under the new one.
+                log.info("leading again under mesh term %d (was %s): syncing anew", term, self._lead_term)
+                self._lead_task.cancel()
+                self._stop_serving()
+            self._lead_term = term
+            assert token is not None
+            self._lead_task = asyncio.create_task(self._lead(token, term))
         elif self._lead_task is not None:
-            log.info("stepping down: node %s leads now", token)
+            # The lease ended, the view went stale, this node is unhealthy, or another seat leads: whatever
+            # the reason, acting as leader now could make a second one.
+            if token == self.token:
+                log.warning("stepping down: this node's agent no longer says it leads (%s)",
+                            getattr(leader, "reason", None) or "no reason given")
+            else:
+                log.info("stepping down: node %s leads now", token)
             self._lead_task.cancel()
             self._lead_task = None
+            self._lead_term = None
             self._stop_serving()
 
     def _stop_serving(self) -> None:
@@ -235,15 +337,15 @@ class CounterNode:
 
     # ---- leading
 
-    async def _lead(self, me: int) -> None:
+    async def _lead(self, me: int, term: int) -> None:
         attempt = 0
         try:
             while True:
                 self._deposed.clear()
-                if not await self._sync(me):
+                if not await self._sync(me, term):
                     attempt += 1
-                    # Jittered: two nodes whose chain views briefly both say "me" must not keep
-                    # out-bidding each other's term in lockstep.
+                    # Jittered: two nodes that both believe they lead (an agent without terms) must not
+                    # keep out-bidding each other's round in lockstep.
                     await asyncio.sleep(min(0.2 * 2 ** min(attempt, 4), 2.0) * random.uniform(0.5, 1.0))
                     continue
                 attempt = 0
@@ -251,60 +353,67 @@ class CounterNode:
                 self._ready.set()
                 await self._deposed.wait()
                 self._stop_serving()
-                log.warning("a newer term than ours is out there; waiting for the chain to confirm "
-                            "this node still leads before syncing again")
-                # A pause first: the usual cause is our own chain view lagging behind a failover, and
-                # out-bidding the real leader's term right away would only depose it in turn.
+                log.warning("a newer ballot than ours is out there; waiting for the agent to confirm "
+                            "this node still leads under mesh term %d before syncing again", term)
+                # A pause first: the usual cause is our own agent's view lagging behind a failover, and
+                # out-bidding the real leader's round right away would only depose it in turn. A newer
+                # mesh term from the agent replaces this task (see _on_leader).
                 await asyncio.sleep(1.0)
-                while not await self._chain_says_self():
+                while not await self._agent_says_self(term):
                     await asyncio.sleep(1.0)
         finally:
             # A successor task may already be leading again; only the current one may stop it.
             if self._lead_task in (None, asyncio.current_task()):
                 self._stop_serving()
 
-    async def _chain_says_self(self) -> bool:
+    async def _agent_says_self(self, term: int) -> bool:
         try:
             leader = await asyncio.wait_for(self.sdk.leader(), timeout=5.0)
-            return bool(leader.is_self)
         except Exception as e:
-            log.warning("could not ask the agent who leads (%s); assuming the last answer stands", e)
-            return True
+            log.warning("could not ask the agent who leads (%s); going by its last event", e)
+            leader = self.leader
+        return bool(getattr(leader, "is_self", False)) and mesh_term(leader) == term
 
-    async def _sync(self, me: int) -> bool:
-        """Become leader under a new term: a majority promises it, and we take the highest count."""
+    async def _sync(self, me: int, term: int) -> bool:
+        """Become leader under a new ballot of mesh term `term`: a majority promises it, and we take the
+        highest count."""
         peers = self.peers
         if peers is None:
             log.info("sync: waiting for the member list")
             return False
-        term = max(self.promised[0], self._term_seen) + 1
-        ballot = (term, me)
+        if max(self.promised[0], self._seen[0], self.mesh_term) > term:
+            # A newer leadership exists: no ballot of ours can win, and the agent will say so shortly.
+            log.warning("sync: mesh term %d is not the newest (promised %s, refused by %s, agent at %d); "
+                        "waiting for the agent", term, self.promised, self._seen, self.mesh_term)
+            return False
+        rounds = [b[1] for b in (self.promised, self._seen) if b[0] == term]
+        ballot = (term, max(rounds, default=0) + 1, me)
         self.promised = ballot
-        results = await asyncio.gather(
-            *(self._call(p, "/prepare", {"term": term, "leader": me}) for p in peers))
+        body = {"term": ballot[0], "round": ballot[1], "leader": me}
+        results = await asyncio.gather(*(self._call(p, "/prepare", body) for p in peers))
         promises, counts, missing = 1, [self.count], []
-        for peer, (status, body, error) in zip(peers, results, strict=True):
-            if body is not None and isinstance(body.get("count"), int):
-                counts.append(body["count"])
+        for peer, (status, reply, error) in zip(peers, results, strict=True):
+            if reply is not None and isinstance(reply.get("count"), int):
+                counts.append(reply["count"])
             if status == 200:
                 promises += 1
                 self._suspects.discard(peer.token_id)
             else:
                 missing.append(f"{peer.token_id}: {error or status}")
                 if status == 409:
-                    self._term_seen = max(self._term_seen, _term_of(body))
+                    self._seen = max(self._seen, _ballot_of(reply))
         if self.promised != ballot:
-            log.warning("sync for term %d overtaken by %s during the sync", term, self.promised)
+            log.warning("sync for ballot %s overtaken by %s during the sync", ballot, self.promised)
             return False
         size = len(peers) + 1
         if promises < majority(size):
-            log.warning("sync for term %d: %d of %d nodes promised, %d needed (%s); retrying",
-                        term, promises, size, majority(size), "; ".join(missing))
+            log.warning("sync for ballot %s: %d of %d nodes promised, %d needed (%s); retrying",
+                        ballot, promises, size, majority(size), "; ".join(missing))
             return False
         before, self.count = self.count, max(counts)
         self._ballot = ballot
-        log.info("leading term %d: synced from %d of %d nodes, count %d (had %d)",
-                 term, promises, size, self.count, before)
+        log.info("leading mesh term %d round %d: synced from %d of %d nodes, count %d (had %d)",
+                 term, ballot[1], promises, size, self.count, before)
         return True
 
     async def _lead_increment(self) -> web.Response:
@@ -328,6 +437,12 @@ class CounterNode:
             n = self.count
             acks, size, stale = await self._replicate(n, ballot)
             needed = majority(size)
+            if self._ballot != ballot:
+                # The agent took the lead away while the count was out (its lease ended, or a newer term):
+                # a new leader may already be syncing, so this answer must not claim the count.
+                return unavailable(f"this node stopped leading while count {n} was being replicated; "
+                                   "not acknowledged, retry", count=n,
+                                   leader=getattr(self.leader, "token_id", None))
             if stale:
                 # Not acknowledged even with enough acks: a newer leader may build on a lower count.
                 self._deposed.set()
@@ -340,7 +455,7 @@ class CounterNode:
                                    f"({needed}) must hold it before it is acknowledged",
                                    count=n, acks=acks, cluster_size=size)
             log.info("count %d acknowledged by %d of %d nodes", n, acks, size)
-            return json_response({"count": n, "leader": ballot[1]})
+            return json_response({"count": n, "leader": ballot[2]})
         finally:
             self._lock.release()
 
@@ -349,7 +464,7 @@ class CounterNode:
         peers = list(self.peers or [])
         size, needed = len(peers) + 1, majority(len(peers) + 1)
         acks, stale = 1, False
-        body = {"count": count, "term": ballot[0], "leader": ballot[1]}
+        body = {"count": count, "term": ballot[0], "round": ballot[1], "leader": ballot[2]}
         targets = [p for p in peers if not (p.token_id in self._suspects and self._inflight.get(p.token_id))]
         tasks = {asyncio.create_task(self._call(p, "/replicate", body)): p for p in targets}
         pending: set[asyncio.Task[Any]] = set(tasks)
@@ -377,9 +492,9 @@ class CounterNode:
                         self.count = theirs
                 elif status == 409:
                     stale = True
-                    self._term_seen = max(self._term_seen, _term_of(reply))
-                    log.warning("node %s refused count %d: it promised term %s of node %s",
-                                peer.token_id, count, (reply or {}).get("term"), (reply or {}).get("leader"))
+                    self._seen = max(self._seen, _ballot_of(reply))
+                    log.warning("node %s refused count %d of ballot %s: %s (it holds ballot %s)",
+                                peer.token_id, count, ballot, (reply or {}).get("error"), _ballot_of(reply))
                 else:
                     log.debug("replicate to node %s failed: %s", peer.token_id, error or status)
         for t in pending:
@@ -413,28 +528,43 @@ class CounterNode:
 
     def _observe_ballot(self, ballot: Ballot) -> None:
         if ballot > self.promised:
-            if self._ballot is not None and ballot[1] != self._ballot[1]:
-                log.warning("node %d leads term %d now; this node stops serving increments", ballot[1], ballot[0])
+            if self._ballot is not None:
+                log.warning("node %d leads under ballot %s now; this node stops serving increments",
+                            ballot[2], ballot)
                 self._deposed.set()
             self.promised = ballot
 
+    def _refusal(self, ballot: Ballot) -> web.Response | None:
+        """409 for a ballot older than this node's promise, or of a mesh term older than its agent's."""
+        if ballot[0] < self.mesh_term:
+            why = (f"mesh term {ballot[0]} is older than term {self.mesh_term}, which this node's agent "
+                   "reports: the chain has replaced that leadership")
+        elif ballot < self.promised:
+            why = f"ballot {list(ballot)} is older than ballot {list(self.promised)}, which this node promised"
+        else:
+            return None
+        held = max(self.promised, (self.mesh_term, 0, 0))
+        return json_response({"error": why, "term": held[0], "round": held[1], "leader": held[2],
+                              "count": self.count}, status=409)
+
+    @staticmethod
+    def _ballot_in(body: dict[str, Any]) -> Ballot:
+        return _int(body, "term"), _int(body, "round"), _int(body, "leader")
+
     async def handle_prepare(self, request: web.Request) -> web.Response:
-        body = await _read_json(request)
-        ballot = (_int(body, "term"), _int(body, "leader"))
-        if ballot < self.promised:
-            return json_response({"error": "stale term", "term": self.promised[0],
-                                  "leader": self.promised[1], "count": self.count}, status=409)
+        ballot = self._ballot_in(await _read_json(request))
+        if (refused := self._refusal(ballot)) is not None:
+            return refused
         self._observe_ballot(ballot)
-        log.info("promised term %d to node %d (count %d)", ballot[0], ballot[1], self.count)
-        return json_response({"count": self.count, "term": ballot[0], "leader": ballot[1]})
+        log.info("promised ballot %s to node %d (count %d)", ballot, ballot[2], self.count)
+        return json_response({"count": self.count, "term": ballot[0], "round": ballot[1], "leader": ballot[2]})
 
     async def handle_replicate(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
         count = _int(body, "count")
-        ballot = (_int(body, "term"), _int(body, "leader"))
-        if ballot < self.promised:
-            return json_response({"error": "stale term", "term": self.promised[0],
-                                  "leader": self.promised[1], "count": self.count}, status=409)
+        ballot = self._ballot_in(body)
+        if (refused := self._refusal(ballot)) is not None:
+            return refused
         self._observe_ballot(ballot)
         # max, not assignment: replicates of one leader may arrive out of order, and a lower count
         # from a leader that synced past ours must not undo what a majority acknowledged.
@@ -443,8 +573,9 @@ class CounterNode:
         return json_response({"count": self.count, "applied": applied})
 
     async def handle_replica(self, request: web.Request) -> web.Response:
-        return json_response({"token": self.token, "count": self.count,
-                              "term": self.promised[0], "leader": self.promised[1]})
+        return json_response({"token": self.token, "count": self.count, "term": self.promised[0],
+                              "round": self.promised[1], "leader": self.promised[2],
+                              "mesh_term": self.mesh_term})
 
     # ---- the public API
 
@@ -462,6 +593,12 @@ class CounterNode:
             return unavailable("no leader: the cluster has none yet, or this node has not heard of it; retry later")
         if self._lead_task is not None:
             return await self._lead_increment()
+        if token == self.token:
+            # Named by the contract but not leading (its lease ended, its view is stale, it is unhealthy):
+            # nobody serves increments until the agents settle it.
+            reason = getattr(leader, "reason", None) or "its agent gives no reason"
+            return unavailable(f"this node is the seat named leader but does not lead now: {reason}; retry",
+                               leader=token)
         if FORWARDED_HEADER in request.headers:
             return unavailable(f"node {request.headers[FORWARDED_HEADER]} forwarded this increment "
                                f"here, but this node follows node {token}; retry", leader=token)
@@ -496,6 +633,8 @@ class CounterNode:
             "leader": getattr(self.leader, "token_id", None),
             "count": self.count,
             "term": self.promised[0],
+            "round": self.promised[1],
+            "mesh_term": self.mesh_term,
             "members": members,
             "cluster_size": size,
             "majority": majority(size),
@@ -590,7 +729,7 @@ async def amain(args: argparse.Namespace) -> int:
         def peer_url(token: int, overlay_ip: str | None) -> str:
             return f"http://{overlay_ip or f'10.0.1.{token}'}:{args.peer_port}"
 
-        node = CounterNode(sdk, peer_url, peer_timeout=args.peer_timeout)
+        node = CounterNode(sdk, peer_url, peer_timeout=args.peer_timeout, report_health=args.report_health)
         await node.start()
         try:
             await serve(node, host, port, "counter")
@@ -615,6 +754,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds any call to another node may take (default 2)")
     p.add_argument("--register-timeout", type=float, default=120.0,
                    help="seconds to wait for this node's on-chain record (default 120)")
+    p.add_argument("--report-health", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"report this counter's health to the mesh agent every {HEALTH_INTERVAL:.0f} s, each "
+                        f"report holding {HEALTH_TTL:.0f} s, so that a crashed or hung counter makes its node "
+                        "step down (default on; the agent keeps one report per node, so turn it off if "
+                        "another app on this node reports)")
     args = p.parse_args(argv)
     setup_logging()
     try:

@@ -1,5 +1,5 @@
-"""A stand-in for one node's mesh agent API (/v1/status, /v1/peers, /v1/leader, /v1/events) on loopback,
-so the examples' command lines run against the real dstack_p2p SDK.
+"""A stand-in for one node's mesh agent API (/v1/status, /v1/peers, /v1/leader, /v1/events, /v1/health) on
+loopback, so the examples' command lines run against the real dstack_p2p SDK.
 
 Overlay IPs are in 127.0.1.0/24 rather than 10.0.1.0/24: on Linux the whole 127/8 is loopback, so each
 "node" gets its own address on this machine and the examples connect to their peers' overlay IPs as
@@ -25,6 +25,13 @@ class FakeAgent:
         self.token = token
         self.tokens = list(tokens)
         self.leader_token = leader
+        # The contract's term: one leader change (the election) made the first leader.
+        self.term = 1 if leader is not None else 0
+        # Whether this node's lease holds, when it is the seat named leader.
+        self.lease = True
+        self.reason: str | None = None
+        #: The bodies of POST /v1/health, in order.
+        self.health_reports: list[Any] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Queue[bytes | None]] = set()
@@ -51,16 +58,48 @@ class FakeAgent:
 
     def leader(self) -> dict[str, Any]:
         t = self.leader_token
+        view = {"term": self.term, "state": "current", "ageMs": 50, "leaseMs": None, "healthy": self.healthy(),
+                "reason": None}
         if t is None:
             return {"tokenId": None, "instanceId": None, "overlayIp": None, "address": None,
-                    "isSelf": False, "reachable": None}
+                    "isSelf": False, "reachable": None, **view}
+        is_self = t == self.token and self.lease and self.healthy()
+        if is_self:
+            view["leaseMs"] = 2000
+        elif t == self.token:
+            view["reason"] = self.reason or "unhealthy: the application reports itself unhealthy"
         return {"tokenId": t, "instanceId": f"inst{t}", "overlayIp": overlay_ip(t), "address": overlay_ip(t),
-                "isSelf": t == self.token, "reachable": None if t == self.token else True}
+                "isSelf": is_self, "reachable": None if t == self.token else True, **view}
 
-    def set_leader(self, token: int | None) -> None:
-        self.leader_token = token
+    def healthy(self) -> bool:
+        # The last report, without its ttl: these tests never outlive one.
+        return not self.health_reports or bool(self.health_reports[-1].get("healthy"))
+
+    def health(self) -> dict[str, Any]:
+        last = self.health_reports[-1] if self.health_reports else None
+        app = None if last is None else {"healthy": bool(last.get("healthy")), "reason": last.get("reason"),
+                                         "expiresInMs": None}
+        reasons = [] if self.healthy() else [f"the application reports itself unhealthy: {app and app['reason']}"]
+        return {"healthy": self.healthy(), "reasons": reasons, "app": app, "check": None}
+
+    def set_leader(self, token: int | None, *, lease: bool = True, reason: str | None = None) -> None:
+        """The contract names `token` (a new term if it changed); `lease`: whether this node's holds."""
+        if token != self.leader_token:
+            self.term += 1
+        self.leader_token, self.lease, self.reason = token, lease, reason
         self._push("peers", self.peers())
         self._push("leader", self.leader())
+
+    async def _report(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("healthy"), bool):
+            return web.json_response({"error": "the body must be a JSON object like {\"healthy\": false}"},
+                                     status=400)
+        was = self.leader()
+        self.health_reports.append(body)
+        if self.leader() != was:
+            self._push("leader", self.leader())
+        return web.json_response(self.health())
 
     def _push(self, name: str, value: Any) -> None:
         for q in self._streams:
@@ -77,6 +116,8 @@ class FakeAgent:
             await response.write(f"event: leader\ndata: {json.dumps(self.leader())}\n\n".encode())
             while (chunk := await q.get()) is not None:
                 await response.write(chunk)
+        except ConnectionError:
+            pass  # the app went away (killed, or stopping): what a real agent shrugs off too
         finally:
             self._streams.discard(q)
         return response
@@ -92,6 +133,8 @@ class FakeAgent:
             web.get("/v1/status", serve(self.status)),
             web.get("/v1/peers", serve(self.peers)),
             web.get("/v1/leader", serve(self.leader)),
+            web.get("/v1/health", serve(self.health)),
+            web.post("/v1/health", self._report),
             web.get("/v1/events", self._events),
         ])
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)

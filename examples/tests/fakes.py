@@ -1,7 +1,7 @@
 """A stand-in for dstack_p2p.DStackP2PSDK: one node's view of a cluster whose leader the test sets.
 
 Each node gets its own FakeSDK, so a test can give one node a stale view of the leader, as a node
-cut off from the chain would have.
+cut off from the chain would have, or take its lease away while the contract still names it.
 """
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ class FakeLeader:
     address: str | None
     is_self: bool
     reachable: bool | None = True
+    term: int | None = 1
+    state: str = "current"
+    age_ms: int | None = 100
+    lease_ms: int | None = None
+    healthy: bool = True
+    reason: str | None = None
 
 
 async def _call(cb: Callable[..., Any], *args: Any) -> None:
@@ -42,10 +48,19 @@ async def _call(cb: Callable[..., Any], *args: Any) -> None:
 
 class FakeSDK:
     def __init__(self, token: int, tokens: list[int], leader: int | None,
-                 address: Callable[[int], str | None] | None = None) -> None:
+                 address: Callable[[int], str | None] | None = None, term: int | None = None) -> None:
         self.token = token
         self.tokens = list(tokens)
         self.leader_token = leader
+        # As the contract counts: one leader change (the election) made the first leader.
+        self.term: int | None = term if term is not None else (1 if leader is not None else 0)
+        # What the agent says beyond who leads: whether this node holds the lease, and so on.
+        self.lease = True
+        self.state = "current"
+        self.healthy = True
+        self.reason: str | None = None
+        #: What the node reported with set_healthy, in order: (healthy, reason, ttl).
+        self.health_reports: list[tuple[bool, str | None, float | None]] = []
         # The address the SDK reports for a peer; overlay IPs by default, as the real agent does
         # while the tunnel is up (the tests never connect to them: they map tokens to loopback).
         self.address = address or (lambda t: f"10.0.1.{t}")
@@ -57,9 +72,12 @@ class FakeSDK:
 
     def _leader(self) -> FakeLeader:
         t = self.leader_token
+        extra = {"term": self.term, "state": self.state, "healthy": self.healthy, "reason": self.reason}
         if t is None:
-            return FakeLeader(None, None, None, None, False, None)
-        return FakeLeader(t, f"instance-{t}", f"10.0.1.{t}", self.address(t), t == self.token)
+            return FakeLeader(None, None, None, None, False, None, **extra)
+        is_self = t == self.token and self.lease
+        return FakeLeader(t, f"instance-{t}", f"10.0.1.{t}", self.address(t), is_self,
+                          None if t == self.token else True, lease_ms=2000 if is_self else None, **extra)
 
     async def register(self, timeout: float = 120.0) -> bool:
         return True
@@ -98,8 +116,20 @@ class FakeSDK:
         finally:
             self._leader_watchers.remove(callback)
 
-    async def set_leader(self, token: int | None) -> None:
-        self.leader_token = token
+    async def set_healthy(self, healthy: bool, reason: str | None = None, ttl: float | None = None) -> Any:
+        self.health_reports.append((healthy, reason, ttl))
+        return SimpleNamespace(healthy=healthy, reasons=[] if healthy else [reason], app=None, check=None)
+
+    async def set_leader(self, token: int | None, *, term: int | None = None, lease: bool = True,
+                         state: str = "current", healthy: bool = True, reason: str | None = None) -> None:
+        """What this node's agent says now. Without `term`, a new leader bumps it, as the contract does."""
+        if term is None:
+            term = (self.term or 0) + (token != self.leader_token)
+        self.leader_token, self.term = token, term
+        self.lease, self.state, self.healthy, self.reason = lease, state, healthy, reason
+        await self._notify()
+
+    async def _notify(self) -> None:
         for _, on_leader, _ in list(self._watchers):
             if on_leader:
                 await _call(on_leader, self._leader())

@@ -86,13 +86,21 @@ async def test_counter_cli_fails_over_without_losing_counts() -> None:
         members = await get(http, f"{base[3]}/members")
         assert [m["token_id"] for m in members] == [1, 2]
         assert (await get(http, f"{base[2]}/health"))["ok"] is True
-        assert any("leading term" in line for line in procs[2].lines), procs[2].log()
+        # Node 2 leads under the mesh's second term, the one its agent reported with the change.
+        await logged(procs[2], lambda line: "leading mesh term 2 round" in line)
+        # Each counter renews its health with the agent, each report holding three intervals.
+        for t in tokens:
+            assert {"healthy": True, "ttlSecs": 6.0} in agents[t].health_reports, agents[t].health_reports
     finally:
         await http.close()
         codes = {t: await p.stop() for t, p in procs.items()}
         for a in agents.values():
             await a.stop()
     assert codes[2] == 0 and codes[3] == 0, {t: p.log() for t, p in procs.items()}
+    # Stopped, a counter tells its agent at once; killed, it cannot, and its last report lapses instead.
+    for t in (2, 3):
+        assert agents[t].health_reports[-1] == {"healthy": False, "reason": "the counter is stopped"}
+    assert agents[1].health_reports[-1] == {"healthy": True, "ttlSecs": 6.0}
 
 
 async def test_counter_cli_exits_when_the_agent_is_missing() -> None:
@@ -153,7 +161,7 @@ async def test_follow_leader_cli_switches_redis() -> None:
                                  "--dir", tempfile.gettempdir()], stdout=subprocess.DEVNULL)
                for ip in ("127.0.0.1", overlay_ip(2))]
     proc = await spawn("follow_leader", "redis/follow_leader.py", "--redis-port", str(port), "--api", agent.url,
-                       "--check-interval", "0.5")
+                       "--check-interval", "0.5", "--report-health")
 
     async def role() -> list[str]:
         out = await asyncio.create_subprocess_exec("redis-cli", "-p", str(port), "ROLE",
@@ -165,8 +173,15 @@ async def test_follow_leader_cli_switches_redis() -> None:
         await wait_for(lambda: _is(role(), lambda r: r[:3] == ["slave", overlay_ip(2), str(port)]))
         agent.set_leader(1)
         await wait_for(lambda: _is(role(), lambda r: r[0] == "master"))
-        assert any("REPLICAOF NO ONE" in line for line in proc.lines), proc.log()
+        # Redis may take a command before the sidecar's line about it reaches us.
+        await logged(proc, lambda line: "leads under term 2: REPLICAOF NO ONE" in line)
         assert any(f"REPLICAOF {overlay_ip(2)} {port}" in line for line in proc.lines), proc.log()
+        # Its lease ends while the contract still names it: demoted at once, to a replica of nothing.
+        agent.set_leader(1, lease=False, reason="the lease ran out")
+        await wait_for(lambda: _is(role(), lambda r: r[:3] == ["slave", "127.0.0.1", "1"]), timeout=3)
+        await logged(proc, lambda line: "REPLICAOF 127.0.0.1 1" in line and "the lease ran out" in line)
+        # With --report-health, Redis answering PING keeps the node healthy, one report a second.
+        assert {"healthy": True, "ttlSecs": 3.0} in agent.health_reports, agent.health_reports
     finally:
         assert await proc.stop() == 0, proc.log()
         await agent.stop()
@@ -177,3 +192,14 @@ async def test_follow_leader_cli_switches_redis() -> None:
 
 async def _is(value: Any, test: Any) -> bool:
     return bool(test(await value))
+
+
+async def logged(proc: Proc, test: Any, timeout: float = 5.0) -> None:
+    """Waits until a line of the app's output passes `test`; fails with its log otherwise."""
+    async def seen() -> bool:
+        return any(test(line) for line in proc.lines)
+
+    try:
+        await wait_for(seen, timeout)
+    except AssertionError:
+        raise AssertionError(f"not in the log of {proc.name}:\n{proc.log()}") from None

@@ -6,6 +6,7 @@ down and up again. A node whose server is down keeps its state, as a node cut of
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -27,6 +28,9 @@ class Cluster:
         self.tokens = tokens
         self.members = members or tokens  # members without a node here are unreachable peers
         self.initial_leader = leader
+        # The contract's leader and term: the term grows by one at each change of leader.
+        self.chain_leader = leader
+        self.chain_term = 1 if leader is not None else 0
         self.ports: dict[int, int] = {}
         self.dead_port = closed_port()
         self.sdks: dict[int, FakeSDK] = {}
@@ -80,9 +84,12 @@ class Cluster:
     async def count(self, t: int) -> int:
         return (await self.get(t, "/counter"))["count"]
 
-    async def set_leader(self, leader: int | None, on: tuple[int, ...] | None = None) -> None:
+    async def set_leader(self, leader: int | None, on: tuple[int, ...] | None = None, **view: Any) -> None:
+        """The contract names `leader` (a new term if it changed); the nodes `on` hear of it."""
+        if leader != self.chain_leader:
+            self.chain_leader, self.chain_term = leader, self.chain_term + 1
         for t in on or self.tokens:
-            await self.sdks[t].set_leader(leader)
+            await self.sdks[t].set_leader(leader, term=self.chain_term, **view)
 
     async def wait_role(self, t: int, role: str, timeout: float = 5.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -217,20 +224,130 @@ async def test_stale_replicates_are_ignored_or_refused(cluster: Cluster) -> None
     await cluster.wait_role(1, "leader")
     for _ in range(3):
         assert (await cluster.post(1, "/increment"))[0] == 200
-    term = (await cluster.get(2, "/replica"))["term"]
+    replica = await cluster.get(2, "/replica")
+    # The mesh's first term, node 1's first round in it.
+    assert (replica["term"], replica["round"], replica["leader"], replica["mesh_term"]) == (1, 1, 1, 1)
 
     # A late replicate of the current leader: acked, but the count does not go back.
-    assert await cluster.post(2, "/replicate", {"count": 1, "term": term, "leader": 1}) == \
+    assert await cluster.post(2, "/replicate", {"count": 1, "term": 1, "round": 1, "leader": 1}) == \
         (200, {"count": 3, "applied": False})
-    # One from an older term: refused, so its leader learns it was deposed.
-    status, body = await cluster.post(2, "/replicate", {"count": 10, "term": term - 1, "leader": 1})
-    assert status == 409 and body["term"] == term
-    status, body = await cluster.post(2, "/prepare", {"term": term, "leader": 0})
+    # One from an older round of the same term: refused, so its leader learns it was deposed.
+    status, body = await cluster.post(2, "/replicate", {"count": 10, "term": 1, "round": 0, "leader": 1})
+    assert status == 409 and (body["term"], body["round"], body["leader"]) == (1, 1, 1)
+    assert "older than ballot [1, 1, 1]" in body["error"]
+    status, body = await cluster.post(2, "/prepare", {"term": 1, "round": 1, "leader": 0})
     assert status == 409
     assert await cluster.count(2) == 3
 
-    status, body = await cluster.post(2, "/replicate", {"count": "7", "term": term, "leader": 1})
+    status, body = await cluster.post(2, "/replicate", {"count": "7", "term": 1, "round": 1, "leader": 1})
     assert status == 400 and "count" in body["error"]
+    status, body = await cluster.post(2, "/replicate", {"count": 7, "term": 1, "leader": 1})
+    assert status == 400 and "round" in body["error"]
+
+
+async def test_a_write_of_an_older_mesh_term_is_refused_whatever_its_round(cluster: Cluster) -> None:
+    await cluster.wait_role(1, "leader")
+    assert (await cluster.post(1, "/increment"))[0] == 200
+    # Older than the promise (1, 1, 1) by its mesh term, though its round and leader are higher.
+    status, body = await cluster.post(2, "/replicate", {"count": 10, "term": 0, "round": 99, "leader": 3})
+    assert status == 409 and body["term"] == 1
+    # Node 2's agent reports that the chain moved on (node 3 leads, term 2); node 2 promised nothing new.
+    await cluster.set_leader(3, on=(2,))
+    assert (await cluster.get(2, "/replica"))["term"] == 1
+    # A ballot above node 2's promise, but of a term its own agent says is over: refused.
+    status, body = await cluster.post(2, "/replicate", {"count": 10, "term": 1, "round": 50, "leader": 3})
+    assert status == 409 and body["term"] == 2
+    assert "mesh term 1 is older than term 2, which this node's agent reports" in body["error"]
+    status, _ = await cluster.post(2, "/prepare", {"term": 1, "round": 50, "leader": 3})
+    assert status == 409
+    assert await cluster.count(2) == 1
+
+    # Node 1 still believes it leads under term 1; node 2's refusal keeps its increment unacknowledged,
+    # though node 3 took it and two of three is a majority.
+    status, body = await cluster.post(1, "/increment")
+    assert status == 503 and "newer leader" in body["error"]
+    assert await cluster.count(2) == 1
+
+
+async def test_ballots_order_by_mesh_term_first(cluster: Cluster) -> None:
+    await cluster.wait_role(1, "leader")
+    assert await cluster.post(2, "/prepare", {"term": 1, "round": 5, "leader": 3}) == \
+        (200, {"count": 0, "term": 1, "round": 5, "leader": 3})
+    # A newer mesh term wins over any round and any token of an older one...
+    status, _ = await cluster.post(2, "/prepare", {"term": 2, "round": 1, "leader": 1})
+    assert status == 200
+    # ...and a higher round of the older term loses to it.
+    status, body = await cluster.post(2, "/replicate", {"count": 4, "term": 1, "round": 9, "leader": 3})
+    assert status == 409 and (body["term"], body["round"], body["leader"]) == (2, 1, 1)
+    replica = await cluster.get(2, "/replica")
+    assert (replica["term"], replica["round"], replica["leader"]) == (2, 1, 1)
+
+
+async def test_a_leader_elected_again_syncs_under_the_new_term(cluster: Cluster) -> None:
+    await cluster.wait_role(1, "leader")
+    assert await cluster.post(1, "/increment") == (200, {"count": 1, "leader": 1})
+    # The contract cleared the lead and elected seat 1 again (terms 2 and 3); the agents report the
+    # result alone, still naming node 1 and this node leading throughout.
+    cluster.chain_term = 3
+    await cluster.set_leader(1)
+    await cluster.wait_role(1, "leader")
+
+    async def ballot_moved() -> None:
+        while (await cluster.get(2, "/replica"))["term"] != 3:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(ballot_moved(), 5)
+    replica = await cluster.get(2, "/replica")
+    assert (replica["term"], replica["round"], replica["leader"]) == (3, 1, 1)
+    assert await cluster.post(3, "/increment") == (200, {"count": 2, "leader": 1})
+    assert (await cluster.get(1, "/status"))["term"] == 3
+
+
+async def test_a_leader_whose_lease_ends_stops_acknowledging(cluster: Cluster) -> None:
+    await cluster.wait_role(1, "leader")
+    for i in (1, 2):
+        assert await cluster.post(1, "/increment") == (200, {"count": i, "leader": 1})
+
+    # An increment is out when the lease ends: its replicates are slow to come back.
+    node = cluster.nodes[1]
+    call = node._call
+
+    async def slow_call(peer: Any, path: str, body: dict[str, Any]) -> Any:
+        if path == "/replicate":
+            await asyncio.sleep(0.3)
+        return await call(peer, path, body)
+
+    node._call = slow_call  # type: ignore[method-assign]
+    pending = asyncio.create_task(cluster.post(1, "/increment"))
+    await asyncio.sleep(0.1)
+    reason = "the chain view is 7.2 s old, older than the 2.5 s lease"
+    # The contract still names node 1; its agent no longer says it leads.
+    await cluster.set_leader(1, on=(1,), lease=False, state="stale", reason=reason)
+    assert node.role() == "follower"
+    status, body = await pending
+    assert status == 503 and "stopped leading while count 3 was being replicated" in body["error"]
+    node._call = call  # type: ignore[method-assign]
+
+    # Nothing is acknowledged meanwhile, on node 1 or forwarded to it.
+    status, body = await cluster.post(1, "/increment")
+    assert status == 503 and "does not lead now" in body["error"] and reason in body["error"]
+    status, body = await cluster.post(2, "/increment")
+    assert status == 503 and body["leader"] == 1
+
+    # The lease is back under the same term: a new round, from every count a majority holds.
+    await cluster.set_leader(1, on=(1,))
+    await cluster.wait_role(1, "leader")
+    replica = await cluster.get(2, "/replica")
+    assert (replica["term"], replica["round"], replica["leader"]) == (1, 2, 1)
+    assert await cluster.post(2, "/increment") == (200, {"count": 4, "leader": 1})
+
+
+async def test_an_unhealthy_leader_steps_down(cluster: Cluster) -> None:
+    await cluster.wait_role(1, "leader")
+    await cluster.set_leader(1, on=(1,), lease=False, healthy=False, reason="unhealthy: disk full")
+    await cluster.wait_role(1, "follower", timeout=0.5)
+    status, body = await cluster.post(1, "/increment")
+    assert status == 503 and "unhealthy: disk full" in body["error"]
 
 
 async def test_a_deposed_leader_acknowledges_nothing(cluster: Cluster) -> None:
@@ -306,3 +423,69 @@ async def test_concurrent_clients_across_a_failover_lose_nothing(cluster: Cluste
     assert len(set(acked)) == len(acked), sorted(acked)
     assert final >= max(acked)
     assert await cluster.post(3, "/increment") == (200, {"count": final + 1, "leader": 2})
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not within the time")
+        await asyncio.sleep(0.01)
+
+
+async def test_the_counter_reports_its_health_as_a_heartbeat() -> None:
+    sdk = FakeSDK(1, [1], 1)
+    node = CounterNode(sdk, lambda t, ip: "http://127.0.0.1:1", report_health=True, health_interval=0.05)
+    await node.start()
+    try:
+        await eventually(lambda: len(sdk.health_reports) >= 3)
+        # Healthy, each report holding three intervals: a counter that stops renewing lapses.
+        assert all(r == (True, None, pytest.approx(0.15)) for r in sdk.health_reports), sdk.health_reports
+    finally:
+        await node.close()
+    assert sdk.health_reports[-1] == (False, "the counter is stopped", None)
+
+
+class AgentSaid(Exception):
+    def __init__(self, status: int | None) -> None:
+        super().__init__(f"the agent answered {status}")
+        self.status = status
+
+
+async def test_health_reports_stop_when_the_agent_refuses_them_and_go_on_through_outages(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="counter")
+    answers: list[int | None] = []
+
+    class Agent(FakeSDK):
+        async def set_healthy(self, healthy: bool, reason: str | None = None, ttl: float | None = None) -> Any:
+            self.health_reports.append((healthy, reason, ttl))
+            if answers:
+                raise AgentSaid(answers.pop(0))
+            return None
+
+    # Unreachable twice, then back: one warning, one line when it works again, and it never stops.
+    answers[:] = [None, None]
+    sdk = Agent(1, [1], 1)
+    node = CounterNode(sdk, lambda t, ip: "http://127.0.0.1:1", report_health=True, health_interval=0.02)
+    await node.start()
+    try:
+        await eventually(lambda: len(sdk.health_reports) >= 5)
+    finally:
+        await node.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "counter"]
+    assert sum("could not report this counter's health" in m for m in messages) == 1
+    assert sum("reporting this counter's health to the mesh agent again" in m for m in messages) == 1
+
+    # An agent older than health reports (405): one try, a warning, no more, and none at the end.
+    answers[:] = [405]
+    sdk = Agent(1, [1], 1)
+    node = CounterNode(sdk, lambda t, ip: "http://127.0.0.1:1", report_health=True, health_interval=0.02)
+    await node.start()
+    try:
+        await eventually(lambda: len(sdk.health_reports) == 1)
+        await asyncio.sleep(0.1)
+    finally:
+        await node.close()
+    assert sdk.health_reports == [(True, None, pytest.approx(0.06))]
+    assert any("refuses health reports (the agent answered 405)" in r.getMessage() for r in caplog.records)

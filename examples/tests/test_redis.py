@@ -6,6 +6,7 @@ master without leaving the machine.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -21,8 +22,8 @@ if not shutil.which("redis-server"):
     raise RuntimeError("redis-server is not installed: apt-get install redis-server (scripts/bootstrap does)")
 
 import redis.asyncio as aioredis  # noqa: E402
-from fakes import FakeLeader  # noqa: E402
-from follow_leader import LeaderFollower, RedisCli, RedisPy  # noqa: E402
+from fakes import FakeLeader, FakeSDK  # noqa: E402
+from follow_leader import PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy  # noqa: E402
 
 pytestmark = pytest.mark.asyncio
 
@@ -68,8 +69,13 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
     raise AssertionError(f"not within {timeout} s (last error: {last!r})")
 
 
-def leader(token: int, me: int) -> FakeLeader:
-    return FakeLeader(token, f"instance-{token}", f"10.0.1.{token}", f"10.0.1.{token}", token == me)
+def leader(token: int | None, me: int, term: int = 1, **view: Any) -> FakeLeader:
+    """What node `me`'s agent says: seat `token` leads under `term`, this node under its lease if it is
+    the one; `view` overrides any field (is_self, state, lease_ms, reason, ...)."""
+    if token is None:
+        return FakeLeader(None, None, None, None, False, None, term=term, **view)
+    fields: dict[str, Any] = {"is_self": token == me, "term": term, **view}
+    return FakeLeader(token, f"instance-{token}", f"10.0.1.{token}", f"10.0.1.{token}", **fields)
 
 
 @pytest_asyncio.fixture
@@ -120,9 +126,10 @@ async def test_follows_the_leader_and_fails_over(redises: dict[int, Redis], back
             await c1.set("k", "from 1")
             await eventually(lambda: _equals(c2.get("k"), "from 1"))
 
-            # Failover: node 2 leads now. Its Redis keeps the data and takes writes; node 1 follows it.
+            # Failover: node 2 leads now, under the next term. Its Redis keeps the data and takes writes;
+            # node 1 follows it.
             for t, f in followers.items():
-                f.on_leader(leader(2, t))
+                f.on_leader(leader(2, t, term=2))
             # Both, together: for a moment node 1 may follow node 2 while node 2 still follows node 1.
             async def failed_over() -> bool:
                 return await replicates(1, 2) and (await role(redises[2]))[0] == "master"
@@ -130,7 +137,11 @@ async def test_follows_the_leader_and_fails_over(redises: dict[int, Redis], back
             await eventually(failed_over)
             await c2.set("k", "from 2")
             await eventually(lambda: _equals(c1.get("k"), "from 2"))
-            assert followers[1].applied_token == 2 and followers[2].applied_token == 2
+            # Redis may take a command before redis-cli's exit reaches the follower: wait for that too.
+            async def both_applied() -> bool:
+                return followers[1].applied_token == 2 and followers[2].applied_token == 2
+
+            await eventually(both_applied)
         finally:
             await c1.aclose()
             await c2.aclose()
@@ -176,3 +187,270 @@ async def test_waits_for_redis_and_repairs_drift() -> None:
         await follower.redis.close()
         master.stop()
         late.stop()
+
+
+# --- demote first, promote under a newer term --------------------------------------------------------
+
+
+class Follower:
+    """One LeaderFollower on a real Redis, its worker running; `roles` reads ROLE as (role, host, port)."""
+
+    def __init__(self, redis: Redis, addr: Callable[[Any], tuple[str, int]] | None = None, **kw: Any) -> None:
+        self.redis = redis
+        kw.setdefault("check_interval", 0.2)
+        kw.setdefault("backoff_max", 0.3)
+        self.f = LeaderFollower(RedisPy("127.0.0.1", redis.port), addr or (lambda lead: ("127.0.0.1", 1)), **kw)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LeaderFollower:
+        self.task = asyncio.create_task(self.f.run())
+        return self.f
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.f.redis.close()
+
+
+async def role_of(r: Redis) -> tuple[str, str | None, int | None]:
+    reply = await role(r)
+    return (reply[0], reply[1], int(reply[2])) if reply[0] == "slave" else (reply[0], None, None)
+
+
+async def is_role(r: Redis, expected: tuple[str, str | None, int | None]) -> bool:
+    return await role_of(r) == expected
+
+
+PLACEHELD = ("slave", *PLACEHOLDER)
+
+
+async def test_a_leader_whose_lease_ends_demotes_to_the_placeholder(redises: dict[int, Redis]) -> None:
+    r = redises[1]
+    async with Follower(r, check_interval=10) as f:
+        f.on_leader(leader(1, 1, term=3))
+        await eventually(lambda: is_role(r, ("master", None, None)))
+        # The contract still names seat 1, but its lease ran out: no other leader to follow.
+        f.on_leader(leader(1, 1, term=3, is_self=False, state="stale", reason="the lease ran out"))
+        # Well within the check interval: the event itself demotes it.
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        await eventually(lambda: _true(f.applied == PLACEHOLDER and f.applied_token is None))
+
+        # Back under the same term after a brief lapse: promoted again.
+        f.on_leader(leader(1, 1, term=3))
+        await eventually(lambda: is_role(r, ("master", None, None)), timeout=1.0)
+        # The lead cleared: nobody leads, and this node does not either.
+        f.on_leader(leader(None, 1, term=4))
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+
+
+async def test_a_leader_replaced_by_another_seat_replicates_it(redises: dict[int, Redis]) -> None:
+    def addr(lead: Any) -> tuple[str, int]:
+        return "127.0.0.1", redises[lead.token_id].port
+
+    r = redises[1]
+    async with Follower(r, addr, check_interval=10) as f:
+        f.on_leader(leader(1, 1, term=1))
+        await eventually(lambda: is_role(r, ("master", None, None)))
+        f.on_leader(leader(2, 1, term=2))
+        await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)), timeout=1.0)
+        await eventually(lambda: _true(f.applied_token == 2))
+
+
+async def test_a_master_with_an_unsure_view_of_another_leader_is_demoted_not_pointed_at_it(
+        redises: dict[int, Redis]) -> None:
+    r = redises[1]
+    async with Follower(r, lambda lead: ("127.0.0.1", redises[2].port), check_interval=10) as f:
+        f.on_leader(leader(1, 1, term=1))
+        await eventually(lambda: is_role(r, ("master", None, None)))
+        # Seat 2 named, but this node's view is stale: it may be a deposed master by now.
+        f.on_leader(leader(2, 1, term=2, state="stale"))
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        # Confirmed: follow it.
+        f.on_leader(leader(2, 1, term=2))
+        await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)), timeout=1.0)
+        # A replica whose view turns stale stays the replica it is: it takes no writes either way.
+        f.on_leader(leader(2, 1, term=2, state="unknown"))
+        await asyncio.sleep(0.3)
+        assert await role_of(r) == ("slave", "127.0.0.1", redises[2].port)
+
+
+async def test_no_promotion_under_an_older_term_and_promotion_under_a_newer_one(
+        redises: dict[int, Redis], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="follow-leader")
+    r = redises[1]
+    async with Follower(r, lambda lead: ("127.0.0.1", redises[2].port), check_interval=0.2) as f:
+        f.on_leader(leader(2, 1, term=5))
+        await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)))
+        # An agent that says this node leads under term 4, after term 5 was seen: not a promotion.
+        f.on_leader(leader(1, 1, term=4))
+        await asyncio.sleep(0.5)
+        assert await role_of(r) == ("slave", "127.0.0.1", redises[2].port)
+        assert any("older than term 5 already seen: not promoting" in m for m in caplog.messages)
+        # A leader without a term (an agent older than terms) cannot be fenced either.
+        f.on_leader(leader(1, 1, term=None))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        assert (await role_of(r))[0] == "slave"
+        assert any("gives no term" in m for m in caplog.messages)
+        # Term 6, newer than any seen: promoted, and the log names the term.
+        f.on_leader(leader(1, 1, term=6))
+        await eventually(lambda: is_role(r, ("master", None, None)), timeout=1.0)
+        assert f.highest_term == 6
+        assert any("leads under term 6: REPLICAOF NO ONE" in m for m in caplog.messages)
+
+
+async def test_the_role_check_demotes_a_stray_master(redises: dict[int, Redis]) -> None:
+    r = redises[1]
+    # Redis starts as a master (no replicaof in its configuration); before the agent has said a word,
+    # it is demoted.
+    assert await role_of(r) == ("master", None, None)
+    async with Follower(r, check_interval=0.2) as f:
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        f.on_leader(leader(None, 1, term=0))
+        c = r.client()
+        try:
+            # Someone (or a restart that dropped the runtime REPLICAOF) made it a master again.
+            await c.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            await c.aclose()
+        assert await role_of(r) == ("master", None, None)
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=2.0)
+
+
+async def test_a_master_whose_lease_is_not_renewed_demotes_itself(redises: dict[int, Redis]) -> None:
+    r = redises[1]
+    answers: list[Any] = []
+
+    async def renew() -> Any:
+        if not answers:
+            raise ConnectionRefusedError("the agent is gone")
+        return answers[0]
+
+    async with Follower(r, check_interval=10, renew=renew) as f:
+        # The agent answers, renewing a 400 ms lease again and again: Redis stays the master.
+        answers.append(leader(1, 1, term=2, lease_ms=400))
+        f.on_leader(leader(1, 1, term=2, lease_ms=400))
+        await eventually(lambda: is_role(r, ("master", None, None)))
+        await asyncio.sleep(1.0)
+        assert await role_of(r) == ("master", None, None)
+        # The agent stops answering and no event comes (its stream is lost): the lease runs out.
+        answers.clear()
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        # The agent is back, leading under the same term; its stream repeats nothing (the SDK calls back
+        # only on a change), so the sidecar asks: promoted again.
+        answers.append(leader(1, 1, term=2, lease_ms=400))
+        await eventually(lambda: is_role(r, ("master", None, None)), timeout=2.0)
+
+
+async def test_a_renewal_older_than_an_event_is_not_taken(redises: dict[int, Redis]) -> None:
+    r = redises[1]
+    asked = asyncio.Event()
+    answer = asyncio.Event()
+    follower: LeaderFollower | None = None
+
+    async def renew() -> Any:
+        asked.set()
+        await answer.wait()
+        # Served before the lease ended, answered after the event that says so.
+        return leader(1, 1, term=2, lease_ms=5000)
+
+    async with Follower(r, check_interval=10, renew=renew) as f:
+        follower = f
+        f.on_leader(leader(1, 1, term=2, lease_ms=5000))
+        await asyncio.wait_for(asked.wait(), 2)
+        answer.set()
+        await eventually(lambda: is_role(r, ("master", None, None)))
+        asked.clear()
+        answer.clear()
+        await asyncio.wait_for(asked.wait(), 5)
+        f.on_leader(leader(1, 1, term=2, is_self=False, reason="unhealthy: redis"))
+        answer.set()
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        await asyncio.sleep(0.3)
+        assert await role_of(r) == PLACEHELD
+    assert follower is not None and not follower._leader.is_self
+
+
+async def test_this_nodes_own_seat_is_never_followed(redises: dict[int, Redis]) -> None:
+    r = redises[1]
+
+    async def whoami() -> int:
+        return 1
+
+    # Its own address, as the follower would be pointed at were seat 1 taken for another.
+    async with Follower(r, lambda lead: ("127.0.0.1", r.port), check_interval=10, whoami=whoami) as f:
+        f.on_leader(leader(1, 1, term=2))
+        await eventually(lambda: is_role(r, ("master", None, None)))
+        # Named, current, not leading, and (unlike the agent) no reason given: the seat tells.
+        f.on_leader(leader(1, 1, term=2, is_self=False))
+        await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        assert f.node_token == 1
+
+
+async def test_health_reports_follow_redis_pings(redises: dict[int, Redis]) -> None:
+    r = redises[1]
+    sdk = FakeSDK(1, [1, 2], 1)
+    reporter = HealthReporter(RedisPy("127.0.0.1", r.port), sdk, interval=0.1)
+    try:
+        assert await reporter.report_once()
+        assert sdk.health_reports == [(True, None, pytest.approx(0.3))]
+        r.stop()
+        # One failed PING is not enough, two are.
+        assert await reporter.report_once()
+        assert sdk.health_reports[-1] == (True, None, pytest.approx(0.3))
+        assert await reporter.report_once()
+        healthy, reason, ttl = sdk.health_reports[-1]
+        assert not healthy and ttl == pytest.approx(0.3)
+        assert reason is not None and reason.startswith(f"Redis at 127.0.0.1:{r.port} failed 2 PINGs in a row")
+        assert len(reason) <= 200 and "\n" not in reason
+        r.start()
+        await eventually(lambda: _pong(r))
+        assert await reporter.report_once()
+        assert sdk.health_reports[-1] == (True, None, pytest.approx(0.3))
+    finally:
+        await reporter.redis.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _pong(r: Redis) -> bool:
+    c = r.client()
+    try:
+        return bool(await c.ping())
+    finally:
+        await c.aclose()
+
+
+async def test_health_reports_stop_when_the_agent_refuses_them(redises: dict[int, Redis]) -> None:
+    class Refused(Exception):
+        status = 405
+
+    class OldAgent(FakeSDK):
+        async def set_healthy(self, healthy: bool, reason: str | None = None, ttl: float | None = None) -> Any:
+            self.health_reports.append((healthy, reason, ttl))
+            raise Refused("the agent API is read-only: use GET")
+
+    sdk = OldAgent(1, [1], 1)
+    reporter = HealthReporter(RedisPy("127.0.0.1", redises[1].port), sdk, interval=0.05)
+    try:
+        await asyncio.wait_for(reporter.run(), 2)
+    finally:
+        await reporter.redis.close()
+    assert len(sdk.health_reports) == 1
+
+
+async def test_a_restarted_sidecar_leaves_a_replica_its_master(redises: dict[int, Redis]) -> None:
+    r, master = redises[1], redises[2]
+    c = r.client()
+    try:
+        await c.execute_command("REPLICAOF", "127.0.0.1", str(master.port))
+    finally:
+        await c.aclose()
+    async with Follower(r, check_interval=10) as f:
+        # Seat 2 leads, but this node's view is not confirmed yet: nothing to change on a replica.
+        f.on_leader(leader(2, 1, term=2, state="unknown"))
+        await asyncio.sleep(0.4)
+        assert await role_of(r) == ("slave", "127.0.0.1", master.port)
+        assert f.applied == ("127.0.0.1", master.port)

@@ -348,6 +348,20 @@ impl<'a> Agent<'a> {
             .map_err(|e| format!("node {}: {e}", self.index))
     }
 
+    /// `POST /v1/health`: reports the application's health to the agent, as the SDK's `set_healthy` does.
+    pub fn set_healthy(&self, healthy: bool, reason: Option<&str>) -> mesh_api::HealthSignal {
+        block_on(
+            mesh_api::Client::new(self.api_socket.as_path()).set_healthy(healthy, reason, None),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "reporting node {}'s health: {e}\n{}",
+                self.index,
+                self.tail()
+            )
+        })
+    }
+
     /// The lines of its log that contain `needle`.
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         std::fs::read_to_string(&self.log)

@@ -103,6 +103,8 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             address: Some("10.0.1.2".into()),
             is_self: false,
             reachable: Some(true),
+            term: Some(3),
+            ..Leader::default()
         },
         counters: Counters {
             reconciles: 4,
@@ -124,6 +126,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 ..ElectionCounters::default()
             },
         },
+        check: None,
     }
 }
 

@@ -347,6 +347,44 @@ impl Cut<'_> {
     pub fn restore(self) {}
 }
 
+/// Node `i`'s way to the RPC (anvil on the switch) blocked by nftables in its own namespace, while the
+/// rest of the LAN (its peers, its WireGuard) still gets through; dropping it (or [`RpcCut::restore`])
+/// opens it again. Connections are dropped, not refused, as a firewall or a dead route would.
+pub struct RpcCut<'a> {
+    ns: &'a NetNs,
+    table: String,
+}
+
+impl Lan {
+    /// Blocks node `i`'s RPC (see [`RpcCut`]).
+    pub fn cut_rpc(&self, i: usize) -> RpcCut<'_> {
+        require_root(&["nft"]);
+        let ns = self.node(i);
+        let table = format!("dm_rpc_{i}");
+        ns.exec_ok(&[
+            "nft",
+            &format!(
+                "add table inet {table} {{ chain output {{ type filter hook output priority 0; \
+                 ip daddr {SWITCH_IP} tcp dport {RPC_PORT} drop; }}; }}"
+            ),
+        ]);
+        RpcCut { ns, table }
+    }
+}
+
+impl RpcCut<'_> {
+    pub fn restore(self) {}
+}
+
+impl Drop for RpcCut<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.exec(
+            &["nft", "delete", "table", "inet", &self.table],
+            Duration::from_secs(5),
+        );
+    }
+}
+
 impl Drop for Cut<'_> {
     fn drop(&mut self) {
         let _ = self.lan.switch.exec(

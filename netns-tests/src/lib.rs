@@ -9,6 +9,7 @@
 //! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
 //! - [`ping`] and [`wait`]: reachability, and bounded waits; [`steps`]: a scenario's progress.
 //! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.
+//! - [`leadership`]: who claims to lead, sampled from every agent at once.
 //!
 //! Below them:
 //! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries.
@@ -35,6 +36,7 @@ pub mod container;
 pub mod convergence;
 pub mod gateway;
 pub mod lan;
+pub mod leadership;
 pub mod meshctl;
 pub mod netns;
 pub mod node;

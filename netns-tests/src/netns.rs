@@ -73,6 +73,23 @@ impl NetNs {
             .collect()
     }
 
+    /// Stops every process in the namespace with SIGSTOP, as a hung VM whose kernel still answers: its
+    /// sockets still accept, nothing answers them. Dropping the guard resumes them (SIGCONT), so a failing
+    /// test leaves nothing stopped for the teardown to wait on.
+    pub fn freeze(&self) -> Frozen {
+        let pids = self.pids();
+        assert!(
+            !pids.is_empty(),
+            "nothing runs in netns {} to freeze",
+            self.name
+        );
+        for pid in &pids {
+            // One that exited meanwhile is not frozen, and needs no resuming either.
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+        }
+        Frozen { pids }
+    }
+
     /// Starts a long-running process inside the namespace (`ip netns exec` execs in place, so
     /// the PID is the process itself).
     pub fn spawn(&self, args: &[&str]) -> ChildGuard {
@@ -86,6 +103,29 @@ impl NetNs {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", self.name));
         ChildGuard::new(args.join(" "), child)
+    }
+}
+
+/// Processes stopped by [`NetNs::freeze`]; resumed by [`Frozen::resume`] or on drop.
+pub struct Frozen {
+    pids: Vec<i32>,
+}
+
+impl Frozen {
+    /// The processes frozen.
+    pub fn pids(&self) -> &[i32] {
+        &self.pids
+    }
+
+    /// Resumes them (SIGCONT).
+    pub fn resume(self) {}
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
+        }
     }
 }
 

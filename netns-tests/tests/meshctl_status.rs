@@ -51,8 +51,8 @@ async fn status_shows_the_node_and_one_row_per_peer() {
     );
     assert!(text.contains("block 120 of 122 (lag 2)"), "{text}");
     assert!(
-        text.contains("leader seat 2 at 10.0.1.2  answering"),
-        "the leader, where it is and whether it answers: {text}"
+        text.contains("leader seat 2 at 10.0.1.2, term 3  answering  [unknown]"),
+        "the leader, where it is, its term, whether it answers and whether it is confirmed: {text}"
     );
     let row = |token: &str| {
         text.lines()

@@ -2,7 +2,10 @@
 //! makes the on-chain leader the primary and the others its replicas over the mesh (`REPLICAOF`) from the
 //! SDK's leader callback. A write on the primary reaches the replicas; when the leader's node is cut off,
 //! the agents vote it out and the replica set follows the new leader, which takes writes that reach the
-//! replica left.
+//! replica left. And when the leader's node loses its RPC while its overlay works, every Redis's role is
+//! sampled every 100 ms until the failover is done: at no moment are two of them masters, because the old
+//! leader's sidecar demotes it when its lease ends, and the new one is promoted only under its newer
+//! term.
 //!
 //! Run as root, after building the binaries it runs and `scripts/bootstrap` (redis-server, the SDK and
 //! redis-py in `.toolchain/venv`):
@@ -12,7 +15,10 @@
 //! cargo test -p netns-tests --test redis -- --nocapture
 //! ```
 
-use std::time::Duration;
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use netns_tests::prelude::*;
 
@@ -58,22 +64,17 @@ fn roles(lan: &Lan) -> String {
         .join("; ")
 }
 
-#[test]
-fn the_replica_set_follows_the_leader_across_a_failover() {
-    require_mesh_prerequisites();
-    netns_tests::process::require_root(&["redis-server", "redis-cli"]);
-    python();
-    let steps = Steps::new("redis");
-    let lan = Lan::new(NODES);
-    let cluster = Cluster::deploy(&lan);
-    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", LEADER_TIMEOUT]);
-    steps.step("mesh up");
-
-    let data = tempfile::tempdir().expect("temp dir");
+/// Debian's `redis-server` on every node, in `dir`, and `follow_leader.py` beside it; returns once seat 1
+/// is the primary and the others its replicas.
+fn redis_on_every_node(
+    lan: &Lan,
+    agents: &[Agent<'_>],
+    dir: &std::path::Path,
+) -> (Vec<netns_tests::process::ChildGuard>, Vec<App>) {
     let mut servers = Vec::new();
     let mut followers = Vec::new();
     for i in 1..=NODES {
-        let dir = data.path().join(format!("n{i}"));
+        let dir = dir.join(format!("n{i}"));
         std::fs::create_dir(&dir).expect("redis dir");
         // Only the mesh and loopback reach it: the node's namespace has no other way in.
         servers.push(lan.node(i).spawn(&[
@@ -104,19 +105,28 @@ fn the_replica_set_follows_the_leader_across_a_failover() {
         Duration::from_secs(60),
         Duration::from_millis(300),
         || {
-            role(&lan, 1) == "master"
-                && role(&lan, 2) == "slave 10.0.1.1"
-                && role(&lan, 3) == "slave 10.0.1.1"
+            role(lan, 1) == "master"
+                && role(lan, 2) == "slave 10.0.1.1"
+                && role(lan, 3) == "slave 10.0.1.1"
         },
-        || {
-            format!(
-                "{}\n{}\n{}",
-                roles(&lan),
-                followers[1].tail(),
-                tails(&agents)
-            )
-        },
+        || format!("{}\n{}\n{}", roles(lan), followers[1].tail(), tails(agents)),
     );
+    (servers, followers)
+}
+
+#[test]
+fn the_replica_set_follows_the_leader_across_a_failover() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["redis-server", "redis-cli"]);
+    python();
+    let steps = Steps::new("redis");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", LEADER_TIMEOUT]);
+    steps.step("mesh up");
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let (_servers, mut followers) = redis_on_every_node(&lan, &agents, data.path());
     assert_eq!(
         redis(&lan, 1, &["set", "greeting", "from-seat-1"]).as_deref(),
         Ok("OK")
@@ -165,6 +175,175 @@ fn the_replica_set_follows_the_leader_across_a_failover() {
     );
     steps.step("the replica set followed the failover: seat 2 primary, its write on seat 3");
     for f in &mut followers[1..] {
+        f.assert_running();
+    }
+}
+
+/// One node's Redis roles: when asked, and what it said (none: no answer in time).
+type Roles = Vec<(Instant, Option<String>)>;
+
+/// Every node's Redis asked `ROLE` every `every` over a connection of its own, from inside its namespace,
+/// until stopped: (when, the role of node i, or none if it did not answer in time).
+struct RoleSampler {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Roles>>,
+}
+
+impl RoleSampler {
+    fn start(lan: &Lan, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (1..=NODES)
+            .map(|i| {
+                let ns = lan.node(i).name.clone();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    netns_tests::netns::enter(&ns);
+                    let mut seen = Vec::new();
+                    let mut conn: Option<std::net::TcpStream> = None;
+                    // Bounded by the stop flag, which the test sets once the failover is done.
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = Instant::now();
+                        let role = ask_role(&mut conn);
+                        seen.push((at, role));
+                        std::thread::sleep(every.saturating_sub(at.elapsed()));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// The samples, merged by time: at each moment, the nodes whose Redis was master.
+    fn stop(self) -> Vec<Roles> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a role sampler panicked"))
+            .collect()
+    }
+}
+
+/// `ROLE` on `conn` (connecting first if need be): the first element of the reply.
+fn ask_role(conn: &mut Option<std::net::TcpStream>) -> Option<String> {
+    if conn.is_none() {
+        let c = std::net::TcpStream::connect_timeout(
+            &format!("127.0.0.1:{REDIS_PORT}")
+                .parse()
+                .expect("an address"),
+            Duration::from_millis(200),
+        )
+        .ok()?;
+        c.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+        *conn = Some(c);
+    }
+    let c = conn.as_mut()?;
+    let asked = c.write_all(b"*1\r\n$4\r\nROLE\r\n").is_ok();
+    let mut buf = [0u8; 512];
+    let n = if asked {
+        c.read(&mut buf).unwrap_or(0)
+    } else {
+        0
+    };
+    // `*3\r\n$6\r\nmaster\r\n…` or `*5\r\n$5\r\nslave\r\n…`; anything else drops the connection.
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    let role = reply.lines().nth(2).map(str::to_owned);
+    if role.is_none() {
+        *conn = None;
+    }
+    role
+}
+
+/// The moments at which more than one Redis was master: each node's samples are matched with the others'
+/// nearest in time (each sampler asks every 100 ms; two masters in samples within 50 ms of each other
+/// count).
+fn two_masters(samples: &[Roles]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, mine) in samples.iter().enumerate() {
+        for (at, role) in mine {
+            if role.as_deref() != Some("master") {
+                continue;
+            }
+            for (j, theirs) in samples.iter().enumerate().skip(i + 1) {
+                let near = theirs.iter().find(|(t, r)| {
+                    r.as_deref() == Some("master")
+                        && t.max(at).duration_since(*t.min(at)) <= Duration::from_millis(50)
+                });
+                if let Some((t, _)) = near {
+                    found.push(format!(
+                        "node {} master at {at:?}, node {} at {t:?}",
+                        i + 1,
+                        j + 1
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn two_redis_masters_never_run_at_once_when_the_leader_loses_its_rpc() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["redis-server", "redis-cli"]);
+    python();
+    let steps = Steps::new("redis/rpc-cut");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", LEADER_TIMEOUT]);
+    let data = tempfile::tempdir().expect("temp dir");
+    let (_servers, mut followers) = redis_on_every_node(&lan, &agents, data.path());
+    steps.step("mesh up; seat 1's Redis is the primary, the others its replicas");
+
+    let sampler = RoleSampler::start(&lan, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(500));
+    let cut = lan.cut_rpc(1);
+    let cut_at = Instant::now();
+    steps.step("node 1's RPC blocked; its overlay works");
+    wait_until(
+        "seat 2's Redis to be the primary and seat 3's its replica",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || role(&lan, 2) == "master" && role(&lan, 3) == "slave 10.0.1.2",
+        || {
+            format!(
+                "{}\n{}\n{}\n{}",
+                roles(&lan),
+                followers[0].tail(),
+                followers[1].tail(),
+                tails(&agents)
+            )
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let samples = sampler.stop();
+    let overlaps = two_masters(&samples);
+    assert!(
+        overlaps.is_empty(),
+        "two Redis masters at once:\n{}\n{}",
+        overlaps.join("\n"),
+        followers[0].tail()
+    );
+    let demoted = samples[0]
+        .iter()
+        .find(|(at, r)| *at >= cut_at && r.as_deref() == Some("slave"))
+        .map(|(at, _)| at.duration_since(cut_at))
+        .expect("node 1's Redis was demoted");
+    let promoted = samples[1]
+        .iter()
+        .find(|(at, r)| *at >= cut_at && r.as_deref() == Some("master"))
+        .map(|(at, _)| at.duration_since(cut_at))
+        .expect("node 2's Redis was promoted");
+    assert!(demoted < promoted, "demoted after the promotion");
+    let total: usize = samples.iter().map(Vec::len).sum();
+    println!(
+        "redis/rpc-cut: node 1's Redis demoted {:.2} s after its RPC was cut, node 2's promoted {:.2} s after it; 0 of {total} ROLE samples with two masters",
+        demoted.as_secs_f64(),
+        promoted.as_secs_f64()
+    );
+    steps.step("seat 2 primary; node 1's Redis was demoted first, never two masters");
+    cut.restore();
+    for f in &mut followers {
         f.assert_running();
     }
 }

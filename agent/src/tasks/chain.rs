@@ -43,6 +43,9 @@ pub struct ChainTask {
     pub subscribe: Option<Url>,
     pub state_dir: PathBuf,
     pub instance_id: String,
+    /// While the view names this node leader, the chain is read at least this often: the lease is renewed
+    /// only by reads ([`crate::lease::Timing::renew`]).
+    pub renew: Duration,
     /// The daemon's root span: the seat is recorded on it as soon as it is known, so every log line after
     /// that (the registrar's included) carries it.
     pub node_span: tracing::Span,
@@ -128,6 +131,7 @@ impl ChainTask {
                 ),
             }
             running.state.subscribed = wakeups.subscribed();
+            wakeups.poll_at_least_every(running.leads().then_some(running.task.renew));
             if head.is_none()
                 && let Some(latest) = running.follower.as_ref().and_then(Follower::latest_head)
             {
@@ -141,6 +145,12 @@ impl ChainTask {
 }
 
 impl Running {
+    /// Whether the view names this node's seat leader.
+    fn leads(&self) -> bool {
+        let own = self.state.seat.token();
+        own.is_some() && self.state.view.as_deref().and_then(|v| v.leader) == own
+    }
+
     async fn step(&mut self, head: Option<&Head>) {
         match self.follower.is_some() {
             true => self.follow(head).await,
@@ -180,6 +190,8 @@ impl Running {
             return;
         }
         let cached = self.state.view.as_deref().cloned();
+        let read_whole = cached.is_none();
+        let began = Instant::now();
         let started = match mesh_chain::rpc::reader(&self.task.rpc_url).await {
             Ok(provider) => {
                 Follower::start(
@@ -202,6 +214,9 @@ impl Running {
                 );
                 self.state.view = Some(Arc::new(f.view().clone()));
                 self.state.from_cache = false;
+                // A follower that took up the state file's view has read nothing yet: its first tick
+                // confirms it.
+                self.state.confirmed_at = read_whole.then_some(began);
                 self.state.error = None;
                 self.follower = Some(f);
                 self.connect.reset();
@@ -222,8 +237,12 @@ impl Running {
         let Some(f) = self.follower.as_mut() else {
             return;
         };
-        match f.tick_at(Instant::now(), head).await {
+        let began = Instant::now();
+        match f.tick_at(began, head).await {
             Ok(tick) => {
+                if tick.confirmed {
+                    self.state.confirmed_at = Some(began);
+                }
                 let view = f.view();
                 let failing = f.full_read_failing().map(str::to_owned);
                 self.state.head = view.last_block.checked_add(self.task.follow.confirmations);

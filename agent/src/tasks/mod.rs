@@ -9,6 +9,7 @@
 //! ```
 
 pub mod chain;
+pub mod health;
 pub mod leader;
 pub mod mesh;
 pub mod publisher;

@@ -1,10 +1,12 @@
 //! The publisher: renders what the other tasks publish into the snapshot the API serves
-//! ([`crate::snapshot`]), and tells the rest of the CVM when the peer set changes ([`crate::hooks`]).
+//! ([`crate::snapshot`]), and tells the rest of the CVM when the peer set or the leadership changes
+//! ([`crate::hooks`]). It renders again when the leader's lease or its confirmation runs out, so that
+//! event streams and hooks hear of that as of any other change.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use mesh_api::{Peer, Snapshot};
+use mesh_api::{CheckSignal, Leader, Peer, Snapshot};
 use mesh_chain::membership::Member;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -17,10 +19,12 @@ use crate::state::{ChainState, LeaderState, MeshState, RegState};
 /// How often the snapshot is rendered while nothing is published: uptime and handshake ages move on.
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// `--on-change`, `--hosts-file`: who hears of peer-set changes.
+/// `--on-change`, `--on-leader-change`, `--hosts-file`: who hears of changes.
 #[derive(Debug, Clone, Default)]
 pub struct Hooks {
     pub on_change: Option<String>,
+    /// Run with `/v1/leader` as JSON on stdin whenever what it says changes (not its age).
+    pub on_leader_change: Option<String>,
     pub timeout: Duration,
     pub hosts_file: Option<PathBuf>,
     pub hosts_suffix: String,
@@ -40,6 +44,7 @@ pub struct Inputs {
     pub reg: watch::Receiver<RegState>,
     pub mesh: watch::Receiver<MeshState>,
     pub leader: watch::Receiver<LeaderState>,
+    pub check: watch::Receiver<Option<CheckSignal>>,
 }
 
 impl Publisher {
@@ -54,6 +59,7 @@ impl Publisher {
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut published: Vec<Peer> = Vec::new();
+        let mut leadership: Option<String> = None;
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -61,6 +67,7 @@ impl Publisher {
             let reg = inputs.reg.borrow_and_update().clone();
             let mesh = inputs.mesh.borrow_and_update().clone();
             let leader = inputs.leader.borrow_and_update().clone();
+            let check = inputs.check.borrow_and_update().clone();
             let snapshot = snapshot::render(
                 &self.agent,
                 &self.node,
@@ -69,6 +76,7 @@ impl Publisher {
                     reg: &reg,
                     mesh: &mesh,
                     leader: &leader,
+                    check: check.as_ref(),
                 },
                 self.started.elapsed(),
                 SystemTime::now(),
@@ -77,23 +85,71 @@ impl Publisher {
             if changed {
                 published.clone_from(&snapshot.peers);
             }
+            let now = Instant::now();
+            let served = snapshot.leader.as_of(now);
+            let key = format!("{:?}", served.key());
+            // Not at the first render, which only says that nothing is known yet.
+            let leader_changed = leadership.as_ref().is_some_and(|k| *k != key);
+            leadership = Some(key);
+            let wake = snapshot.leader.changes_at(now);
             api.send_replace(snapshot);
             if changed {
                 self.hooks.run(&published, &mesh.members);
             }
+            if leader_changed {
+                self.hooks.leader_changed(&served);
+            }
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
+                () = until(wake) => {}
                 Ok(()) = inputs.chain.changed() => {}
                 Ok(()) = inputs.reg.changed() => {}
                 Ok(()) = inputs.mesh.changed() => {}
                 Ok(()) = inputs.leader.changed() => {}
+                Ok(()) = inputs.check.changed() => {}
             }
         }
     }
 }
 
+/// Sleeps until `at`; forever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `cmd` with `input` in the background, bounded by `limit`; a failure is logged as `what`.
+fn spawn_hook(cmd: &str, input: Vec<u8>, limit: Duration, what: &'static str) {
+    let cmd = cmd.to_owned();
+    // Owned by nobody on purpose: a slow hook must not hold up the snapshot; it is bounded instead.
+    tokio::spawn(
+        async move {
+            if let Err(e) = hooks::run(&cmd, &input, limit).await {
+                warn!(hook = %cmd, error = %e, "the {what} hook failed");
+            }
+        }
+        .in_current_span(),
+    );
+}
+
 impl Hooks {
+    fn limit(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(1))
+    }
+
+    fn leader_changed(&self, leader: &Leader) {
+        let Some(cmd) = &self.on_leader_change else {
+            return;
+        };
+        match serde_json::to_vec(leader) {
+            Ok(json) => spawn_hook(cmd, json, self.limit(), "on-leader-change"),
+            Err(e) => warn!(error = %e, "cannot encode the leader for the hook"),
+        }
+    }
+
     fn run(&self, peers: &[Peer], members: &[Member]) {
         if let Some(path) = &self.hosts_file
             && let Err(e) = hooks::write_hosts(path, members, &self.hosts_suffix)
@@ -101,21 +157,10 @@ impl Hooks {
             warn!(path = %path.display(), error = %format!("{e:#}"), "cannot update the hosts file");
         }
         if let Some(cmd) = &self.on_change {
-            let json = match serde_json::to_vec(peers) {
-                Ok(json) => json,
-                Err(e) => return warn!(error = %e, "cannot encode the peer list for the hook"),
-            };
-            let cmd = cmd.clone();
-            let limit = self.timeout.max(Duration::from_secs(1));
-            // Owned by nobody on purpose: a slow hook must not hold up the snapshot; it is bounded instead.
-            tokio::spawn(
-                async move {
-                    if let Err(e) = hooks::run(&cmd, &json, limit).await {
-                        warn!(hook = %cmd, error = %e, "the on-change hook failed");
-                    }
-                }
-                .in_current_span(),
-            );
+            match serde_json::to_vec(peers) {
+                Ok(json) => spawn_hook(cmd, json, self.limit(), "on-change"),
+                Err(e) => warn!(error = %e, "cannot encode the peer list for the hook"),
+            }
         }
     }
 }

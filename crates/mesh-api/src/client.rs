@@ -13,6 +13,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::events::Event;
+use crate::signal::HealthSignal;
 use crate::{Leader, Mode, Peer, Status};
 
 /// Where the agent's API is: its unix socket, or the TCP address it serves with `--api-listen`.
@@ -216,6 +217,35 @@ impl Client {
         get(&self.api, "/v1/leader").await
     }
 
+    /// `GET /v1/health`: whether this node is fit to lead, by the application's report and the agent's
+    /// check.
+    ///
+    /// # Errors
+    /// As [`get`].
+    pub async fn health(&self) -> Result<HealthSignal, ClientError> {
+        get(&self.api, "/v1/health").await
+    }
+
+    /// `POST /v1/health`: the application reports its health. An unhealthy node stops leading and is voted
+    /// out; with `ttl`, the report lapses into unhealthy unless renewed within it (a crashed application
+    /// then stops its node from leading too).
+    ///
+    /// # Errors
+    /// As [`get`]; [`ClientError::Http`] with the agent's reason for a report it refuses.
+    pub async fn set_healthy(
+        &self,
+        healthy: bool,
+        reason: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Result<HealthSignal, ClientError> {
+        let body = serde_json::json!({
+            "healthy": healthy,
+            "reason": reason,
+            "ttlSecs": ttl.map(|t| t.as_secs_f64()),
+        });
+        post(&self.api, "/v1/health", &body).await
+    }
+
     /// Waits up to `timeout` for this node's record to be on-chain (the agent registers by itself): true
     /// once it is, false if the time runs out while the agent is still at it.
     ///
@@ -261,8 +291,10 @@ impl Client {
 
     /// Follows the peer list and the leader for as long as it is polled, reconnecting with backoff when
     /// the agent goes away (a restart). `on_peers` gets the addresses (as [`Client::peer_addresses`]) at
-    /// first and whenever they change; `on_leader` gets the leader at first and whenever its seat changes.
-    /// A reconnection that finds nothing changed calls neither.
+    /// first and whenever they change; `on_leader` gets the leader at first and whenever what an application
+    /// acts on changes ([`Leader::key`]): its seat, address and reachability, whether this node leads and
+    /// why not, the term, whether it is confirmed, this node's health. A reconnection that finds nothing
+    /// changed calls neither.
     ///
     /// # Errors
     /// Only an event this version cannot read: an agent of another version.
@@ -272,7 +304,7 @@ impl Client {
         mut on_leader: impl FnMut(&Leader),
     ) -> Result<std::convert::Infallible, ClientError> {
         let mut peers: Option<Vec<String>> = None;
-        let mut leader: Option<Option<u64>> = None;
+        let mut leader = None;
         let mut wait = RECONNECT_FIRST;
         loop {
             match self.events().await {
@@ -288,9 +320,10 @@ impl Client {
                                 }
                             }
                             Ok(Event::Leader(l)) => {
-                                if leader != Some(l.token_id) {
+                                let key = l.key();
+                                if leader.as_ref() != Some(&key) {
                                     on_leader(&l);
-                                    leader = Some(l.token_id);
+                                    leader = Some(key);
                                 }
                             }
                             Err(e @ ClientError::Event(_)) => return Err(e),
@@ -375,6 +408,41 @@ pub async fn get_text(api: impl Into<ApiAddr>, path: &str) -> Result<String, Cli
     })
 }
 
+/// `POST path` with `body` as JSON on the agent API at `api`, the reply decoded as `T`.
+///
+/// # Errors
+/// As [`get`].
+pub async fn post<T: serde::de::DeserializeOwned>(
+    api: impl Into<ApiAddr>,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<T, ClientError> {
+    let api = api.into();
+    let what = format!("POST {path}");
+    let json = Bytes::from(body.to_string());
+    let exchange = async {
+        send(&api, Method::Post, path, json)
+            .await?
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .map_err(|e| ClientError::Malformed {
+                what: what.clone(),
+                detail: e.to_string(),
+            })
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| ClientError::Timeout {
+            api: api.clone(),
+            what: what.clone(),
+        })??;
+    serde_json::from_slice(&reply).map_err(|e| ClientError::Malformed {
+        what,
+        detail: e.to_string(),
+    })
+}
+
 /// A connection to the API, on either transport.
 enum Stream {
     Unix(tokio::net::UnixStream),
@@ -406,7 +474,31 @@ async fn connect(api: &ApiAddr) -> Result<Stream, ClientError> {
 
 /// Sends `GET path` and returns the body of a successful answer, unread.
 async fn open(api: &ApiAddr, path: &str) -> Result<hyper::body::Incoming, ClientError> {
-    let what = format!("GET {path}");
+    send(api, Method::Get, path, Bytes::new()).await
+}
+
+/// The methods the client sends.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+}
+
+/// Sends `method path` with `body` (JSON for a POST) and returns the body of a successful answer, unread.
+async fn send(
+    api: &ApiAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<hyper::body::Incoming, ClientError> {
+    let (verb, builder) = match method {
+        Method::Get => ("GET", Request::get(path)),
+        Method::Post => (
+            "POST",
+            Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json"),
+        ),
+    };
+    let what = format!("{verb} {path}");
     let malformed = |detail: String| ClientError::Malformed {
         what: what.clone(),
         detail,
@@ -417,9 +509,9 @@ async fn open(api: &ApiAddr, path: &str) -> Result<hyper::body::Incoming, Client
     }
     .map_err(|e| malformed(e.to_string()))?;
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = builder
         .header(hyper::header::HOST, "p2p-agent")
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(body))
         .map_err(|e| malformed(e.to_string()))?;
     let resp = sender
         .send_request(req)

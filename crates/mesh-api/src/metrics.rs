@@ -105,8 +105,38 @@ const NODE: &[Metric<Snapshot>] = &[
     m(
         "dstack_mesh_is_leader",
         "gauge",
-        "1 while this node is the cluster's leader.",
+        "1 while this node leads under a lease that holds (isSelf).",
         |s| u64::from(s.leader.is_self),
+    ),
+    m(
+        "dstack_mesh_leader_term",
+        "gauge",
+        "The fencing term of the leader this node knows: the contract's leaderTerm, one more at every leader change.",
+        |s| s.leader.term.unwrap_or(0),
+    ),
+    m(
+        "dstack_mesh_leader_current",
+        "gauge",
+        "1 while what this node knows of the leader was confirmed less than a lease ago.",
+        |s| u64::from(s.leader.state == crate::types::Freshness::Current),
+    ),
+    m(
+        "dstack_mesh_healthy",
+        "gauge",
+        "1 while this node is healthy by the application's report and the agent's check; an unhealthy node never leads.",
+        |s| u64::from(s.leader.healthy),
+    ),
+    m(
+        "dstack_mesh_leader_stepdowns_total",
+        "counter",
+        "Times this node stopped reporting itself leader while the contract still named it.",
+        |s| s.counters.election.stepdowns,
+    ),
+    m(
+        "dstack_mesh_heartbeats_refused_total",
+        "counter",
+        "Leader heartbeats refused: malformed, or not from a member's overlay address.",
+        |s| s.counters.election.heartbeats_refused,
     ),
     m(
         "dstack_mesh_leader_token_id",
@@ -242,6 +272,30 @@ pub fn metrics(s: &Snapshot) -> String {
             Some((labels, 1))
         })
         .collect();
+    // In seconds, as Prometheus counts time; absent rather than 0 when there is nothing to measure.
+    for (name, help, ms) in [
+        (
+            "dstack_mesh_leader_view_age_seconds",
+            "How long ago what this node knows of the leader was confirmed (absent: never).",
+            s.leader.age_ms,
+        ),
+        (
+            "dstack_mesh_leader_lease_seconds",
+            "While this node leads: how much longer its lease holds at most.",
+            s.leader.lease_ms,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        if let Some(ms) = ms {
+            out.push_str(&format!("{name} {}.{:03}\n", ms / 1000, ms % 1000));
+        }
+    }
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
     metric(
         "dstack_mesh_peer_path",
         "gauge",

@@ -3,7 +3,7 @@
 //! TCP address ([`Listener`]), the whole API or the metrics alone ([`Routes`]).
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -22,8 +22,36 @@ use unix_socket::UnixSocket;
 
 use crate::health::assess;
 use crate::metrics::metrics;
+use crate::signal::{AppReport, HealthSignal};
 use crate::types::Snapshot;
 
+/// The largest `POST /v1/health` body read.
+const MAX_BODY: usize = 4096;
+
+/// What a server serves: the snapshot the agent publishes, and where the application's health reports
+/// go (none: `POST /v1/health` is refused, and `/v1/health` shows no report).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub snapshot: watch::Receiver<Snapshot>,
+    pub app_health: Option<watch::Sender<Option<AppReport>>>,
+}
+
+impl From<watch::Receiver<Snapshot>> for Source {
+    fn from(snapshot: watch::Receiver<Snapshot>) -> Self {
+        Self {
+            snapshot,
+            app_health: None,
+        }
+    }
+}
+
+/// Who is on the other end of a connection: on the socket or loopback, a process of this CVM, which may
+/// report the application's health; elsewhere, anyone, who may only read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Local,
+    Remote,
+}
 /// Where a server accepts connections.
 #[derive(Debug)]
 pub enum Listener {
@@ -112,14 +140,11 @@ fn app_events(snapshot: &Snapshot) -> Vec<(&'static str, String, String)> {
             )
         })
         .collect();
-    let leader = &snapshot.leader;
+    let l = &snapshot.leader;
+    // The age and what is left of the lease move all the time: no event for those alone.
     vec![
         ("peers", to_json(&peers), to_json(&snapshot.peers)),
-        (
-            "leader",
-            to_json(&(leader.token_id, &leader.address, leader.reachable)),
-            to_json(leader),
-        ),
+        ("leader", format!("{:?}", l.key()), to_json(l)),
     ]
 }
 
@@ -132,7 +157,7 @@ fn watch(mut rx: watch::Receiver<Snapshot>, events: Events) -> Response<Body> {
     tokio::spawn(async move {
         let mut last: Vec<String> = Vec::new();
         loop {
-            let now = events(&rx.borrow_and_update());
+            let now = events(&rx.borrow_and_update().as_of(Instant::now()));
             for (i, (name, key, data)) in now.iter().enumerate() {
                 if last.get(i) == Some(key) {
                     continue;
@@ -171,18 +196,27 @@ fn healthz(snapshot: &Snapshot) -> Response<Body> {
 }
 
 async fn handle(
-    rx: watch::Receiver<Snapshot>,
+    source: Source,
     routes: Routes,
+    peer: Peer,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let now = Instant::now();
+    let path = req.uri().path().to_owned();
+    if routes == Routes::Api && path == "/v1/health" {
+        return Ok(health(&source, peer, req, now).await);
+    }
     if req.method() != Method::GET {
         return Ok(error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "the agent API is read-only: use GET",
+            "the agent API is read-only but for POST /v1/health: use GET",
         ));
     }
-    let snapshot = rx.borrow().clone();
-    Ok(match (routes, req.uri().path()) {
+    let rx = source.snapshot;
+    // Worked out as of now, not as of the last render: a node that was frozen answers from its lease as
+    // it stands when it resumes.
+    let snapshot = rx.borrow().as_of(now);
+    Ok(match (routes, path.as_str()) {
         (_, "/metrics") => full(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -197,7 +231,7 @@ async fn handle(
         (Routes::Api, other) => error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no such path {other}: try /v1/status, /v1/peers, /v1/leader, /v1/events, /v1/peers/watch, /healthz or /metrics"
+                "no such path {other}: try /v1/status, /v1/peers, /v1/leader, /v1/events, /v1/health, /v1/peers/watch, /healthz or /metrics"
             ),
         ),
         (Routes::Metrics, other) => error(
@@ -207,18 +241,77 @@ async fn handle(
     })
 }
 
+/// `GET /v1/health`, and `POST /v1/health` with the application's report.
+async fn health(
+    source: &Source,
+    peer: Peer,
+    req: Request<hyper::body::Incoming>,
+    now: Instant,
+) -> Response<Body> {
+    let signal = |source: &Source| {
+        let app = source
+            .app_health
+            .as_ref()
+            .and_then(|tx| tx.borrow().clone());
+        let check = source.snapshot.borrow().check.clone();
+        HealthSignal::of(app.as_ref(), check.as_ref(), now)
+    };
+    match *req.method() {
+        Method::GET => return json(&signal(source)),
+        Method::POST => {}
+        _ => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/v1/health takes GET (the node's health) or POST (the application's report)",
+            );
+        }
+    }
+    if peer == Peer::Remote {
+        return error(
+            StatusCode::FORBIDDEN,
+            "POST /v1/health is taken on the API socket and on loopback only: a report from outside the CVM could make this node step down",
+        );
+    }
+    let Some(tx) = &source.app_health else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server takes no health reports",
+        );
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+            );
+        }
+    };
+    match AppReport::from_body(&body, now) {
+        Ok(report) => {
+            tx.send_replace(Some(report));
+            json(&signal(source))
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
 /// Serves one connection in `connections`; dropping the set aborts it.
 fn spawn_connection<S>(
     connections: &mut JoinSet<()>,
     stream: S,
-    rx: &watch::Receiver<Snapshot>,
+    source: &Source,
     routes: Routes,
+    peer: Peer,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let rx = rx.clone();
+    let source = source.clone();
     connections.spawn(async move {
-        let service = service_fn(move |req| handle(rx.clone(), routes, req));
+        let service = service_fn(move |req| handle(source.clone(), routes, peer, req));
         if let Err(e) = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
             .await
@@ -232,16 +325,17 @@ fn spawn_connection<S>(
 pub async fn serve(
     listener: impl Into<Listener>,
     routes: Routes,
-    rx: watch::Receiver<Snapshot>,
+    source: impl Into<Source>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let listener = listener.into();
+    let source = source.into();
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = accept(&listener, &mut connections, &rx, routes) => accepted,
+            accepted = accept(&listener, &mut connections, &source, routes) => accepted,
         };
         if let Err(e) = accepted {
             debug!(%e, "API accept failed");
@@ -255,12 +349,27 @@ pub async fn serve(
 async fn accept(
     listener: &Listener,
     connections: &mut JoinSet<()>,
-    rx: &watch::Receiver<Snapshot>,
+    source: &Source,
     routes: Routes,
 ) -> std::io::Result<()> {
     match listener {
-        Listener::Unix(socket) => spawn_connection(connections, socket.accept().await?, rx, routes),
-        Listener::Tcp(tcp) => spawn_connection(connections, tcp.accept().await?.0, rx, routes),
+        Listener::Unix(socket) => {
+            spawn_connection(
+                connections,
+                socket.accept().await?,
+                source,
+                routes,
+                Peer::Local,
+            );
+        }
+        Listener::Tcp(tcp) => {
+            let (stream, from) = tcp.accept().await?;
+            let peer = match from.ip().is_loopback() {
+                true => Peer::Local,
+                false => Peer::Remote,
+            };
+            spawn_connection(connections, stream, source, routes, peer);
+        }
     }
     Ok(())
 }

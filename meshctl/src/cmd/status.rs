@@ -132,11 +132,23 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     if let Some(e) = &c.last_error {
         s.push_str(&format!("# chain: {e}\n"));
     }
+    let term = leader
+        .term
+        .map(|t| format!(", term {t}"))
+        .unwrap_or_default();
+    let freshness = match (leader.state, leader.age_ms) {
+        (mesh_api::Freshness::Current, _) => String::new(),
+        (state, Some(age)) => format!("  [{} for {:.1} s]", state.as_str(), age as f64 / 1000.0),
+        (state, None) => format!("  [{}]", state.as_str()),
+    };
     s.push_str(&match (leader.token_id, leader.is_self, leader.reachable) {
-        (None, ..) => "leader none elected\n".to_owned(),
-        (Some(t), true, _) => format!("leader seat {t} (this node)\n"),
+        (None, ..) => format!("leader none elected{term}{freshness}\n"),
+        (Some(t), true, _) => format!(
+            "leader seat {t} (this node{term}, lease {:.1} s left)\n",
+            leader.lease_ms.unwrap_or(0) as f64 / 1000.0
+        ),
         (Some(t), false, r) => format!(
-            "leader seat {t} at {}{}\n",
+            "leader seat {t} at {}{term}{}{freshness}\n",
             opt(leader.address.clone()),
             match r {
                 Some(true) => "  answering",
@@ -145,6 +157,14 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
             }
         ),
     });
+    if let Some(why) = &leader.reason {
+        s.push_str(&format!(
+            "# this node is named leader but does not lead: {why}\n"
+        ));
+    }
+    if !leader.healthy {
+        s.push_str("# this node is unhealthy (GET /v1/health says why): it will not lead\n");
+    }
     s.push_str(&format!(
         "peers: {} configured, {} healthy\n\n",
         status.peers_configured, status.peers_healthy

@@ -1,0 +1,336 @@
+//! The leader's heartbeats: small UDP datagrams between the agents' overlay addresses, carried by WireGuard
+//! (so the overlay source address proves the sender's seat), and the rules for what each one means. Pure;
+//! the leader task sends and receives them.
+//!
+//! - The seat named leader sends a **ping** to every other seat with a record, every heartbeat; every other
+//!   node pings the leader and the target of its vote.
+//! - Every ping is answered by a **pong** that echoes its nonce.
+//! - Each says of its sender: its seat, the leader and term its view names, whether it is **fit** to lead
+//!   (healthy, its view of the chain confirmed: [`crate::lease::fit`]) and whether it **leads** now. A
+//!   pong also says whether its sender **supports** the pinger: it took the ping as a fit answer from the
+//!   leader it knows under the same term, and holds no vote against it.
+//!
+//! A node hears its leader only in a fit message that names that seat leader under the term it knows;
+//! from any other seat it watches (its vote's target), in any fit message. Silence, or answers that are
+//! not fit, for `--leader-timeout` bring its vote ([`crate::election`]). A leader counts the supporting
+//! pongs towards its lease ([`crate::lease`]).
+//!
+//! Wire format, 36 bytes, big-endian: `"DMHB"`, version 1, kind (1 ping, 2 pong), flags (bit 0 fit, 1
+//! leads, 2 supports: pongs only), a zero byte, then the sender's seat, the leader its view names (0:
+//! none) and that view's term as u64s, and the nonce as a u32. Anything else is refused.
+
+/// The UDP port heartbeats use on each node's overlay address; the same on every node.
+pub const PORT: u16 = 51821;
+
+/// The length of every heartbeat.
+pub const LEN: usize = 36;
+
+const MAGIC: [u8; 4] = *b"DMHB";
+const VERSION: u8 = 1;
+const FIT: u8 = 1;
+const LEADS: u8 = 2;
+const SUPPORTS: u8 = 4;
+
+/// A ping or its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ping,
+    Pong,
+}
+
+/// One heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub kind: Kind,
+    /// The sender's seat.
+    pub seat: u64,
+    /// The seat the sender's view names leader.
+    pub leader: Option<u64>,
+    /// The term of that view.
+    pub term: u64,
+    /// The sender could lead now ([`crate::lease::fit`]).
+    pub fit: bool,
+    /// The sender leads now, under its lease.
+    pub leads: bool,
+    /// A pong's sender confirms the pinger as its leader under `term`: it took the ping as an answer, and
+    /// holds no vote against it. Always false in a ping.
+    pub supports: bool,
+    /// A ping's own; a pong's is its ping's.
+    pub nonce: u32,
+}
+
+/// Why a datagram is not a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("{0} bytes, not {LEN}")]
+    Length(usize),
+    #[error("it does not start with DMHB")]
+    Magic,
+    #[error("version {0}, not {VERSION}: is the sender another version of the agent?")]
+    Version(u8),
+    #[error("kind {0} is neither ping (1) nor pong (2)")]
+    Kind(u8),
+    #[error("flags {0:#04x} set bits that mean nothing (or `supports` on a ping)")]
+    Flags(u8),
+    #[error("the reserved byte is {0}, not 0")]
+    Reserved(u8),
+    #[error("it names seat 0 as its sender")]
+    NoSeat,
+}
+
+impl Heartbeat {
+    pub fn encode(&self) -> [u8; LEN] {
+        let mut b = [0u8; LEN];
+        b[..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
+        b[5] = match self.kind {
+            Kind::Ping => 1,
+            Kind::Pong => 2,
+        };
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        b[6] = flag(self.fit, FIT)
+            | flag(self.leads, LEADS)
+            | flag(self.supports && self.kind == Kind::Pong, SUPPORTS);
+        b[8..16].copy_from_slice(&self.seat.to_be_bytes());
+        b[16..24].copy_from_slice(&self.leader.unwrap_or(0).to_be_bytes());
+        b[24..32].copy_from_slice(&self.term.to_be_bytes());
+        b[32..36].copy_from_slice(&self.nonce.to_be_bytes());
+        b
+    }
+
+    /// Reads a datagram.
+    ///
+    /// # Errors
+    /// [`Malformed`], saying what is wrong.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() != LEN {
+            return Err(Malformed::Length(b.len()));
+        }
+        if b[..4] != MAGIC {
+            return Err(Malformed::Magic);
+        }
+        if b[4] != VERSION {
+            return Err(Malformed::Version(b[4]));
+        }
+        let kind = match b[5] {
+            1 => Kind::Ping,
+            2 => Kind::Pong,
+            k => return Err(Malformed::Kind(k)),
+        };
+        let flags = b[6];
+        let allowed = match kind {
+            Kind::Ping => FIT | LEADS,
+            Kind::Pong => FIT | LEADS | SUPPORTS,
+        };
+        if flags & !allowed != 0 {
+            return Err(Malformed::Flags(flags));
+        }
+        if b[7] != 0 {
+            return Err(Malformed::Reserved(b[7]));
+        }
+        let u64_at = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_be_bytes(w)
+        };
+        let mut nonce = [0u8; 4];
+        nonce.copy_from_slice(&b[32..36]);
+        let seat = u64_at(8);
+        if seat == 0 {
+            return Err(Malformed::NoSeat);
+        }
+        Ok(Self {
+            kind,
+            seat,
+            leader: Some(u64_at(16)).filter(|l| *l != 0),
+            term: u64_at(24),
+            fit: flags & FIT != 0,
+            leads: flags & LEADS != 0,
+            supports: flags & SUPPORTS != 0,
+            nonce: u32::from_be_bytes(nonce),
+        })
+    }
+}
+
+/// What this node's view says: the leader and its term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub leader: Option<u64>,
+    pub term: u64,
+}
+
+/// Whether `hb` is an answer from its sender, for a node whose view is `view`: from the leader, a fit
+/// message that names it leader under the same term (a leader whose view lags, or that cannot lead, is
+/// not answering as leader); from any other seat watched, any fit message.
+pub fn answers(hb: &Heartbeat, view: View) -> bool {
+    if !hb.fit {
+        return false;
+    }
+    match view.leader == Some(hb.seat) {
+        true => hb.leader == Some(hb.seat) && hb.term == view.term,
+        false => true,
+    }
+}
+
+/// Whether this node, with `view` and a vote (cast, or being cast) against `voting_against`, confirms
+/// the sender of `ping` as its leader.
+pub fn supports(ping: &Heartbeat, view: View, voting_against: &[u64]) -> bool {
+    ping.kind == Kind::Ping
+        && view.leader == Some(ping.seat)
+        && answers(ping, view)
+        && !voting_against.contains(&ping.seat)
+}
+
+/// Whether `pong`, answering a ping this node sent as `own` under `term`, confirms this node as leader.
+pub fn confirms(pong: &Heartbeat, own: u64, term: u64) -> bool {
+    pong.kind == Kind::Pong && pong.supports && pong.leader == Some(own) && pong.term == term
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping(seat: u64, leader: u64, term: u64) -> Heartbeat {
+        Heartbeat {
+            kind: Kind::Ping,
+            seat,
+            leader: Some(leader),
+            term,
+            fit: true,
+            leads: true,
+            supports: false,
+            nonce: 7,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_survives_the_wire() {
+        let pong = Heartbeat {
+            kind: Kind::Pong,
+            seat: 3,
+            leader: Some(1),
+            term: 42,
+            fit: true,
+            leads: false,
+            supports: true,
+            nonce: 0xdead_beef,
+        };
+        assert_eq!(Heartbeat::decode(&pong.encode()), Ok(pong));
+        let none = Heartbeat {
+            leader: None,
+            fit: false,
+            ..ping(2, 1, 0)
+        };
+        assert_eq!(Heartbeat::decode(&none.encode()), Ok(none));
+    }
+
+    #[test]
+    fn anything_but_a_well_formed_heartbeat_is_refused_saying_why() {
+        let good = ping(2, 1, 5).encode();
+        let with = |i: usize, v: u8| {
+            let mut b = good;
+            b[i] = v;
+            b
+        };
+        assert_eq!(Heartbeat::decode(&good[..35]), Err(Malformed::Length(35)));
+        assert_eq!(
+            Heartbeat::decode(&[good.as_slice(), &[0]].concat()),
+            Err(Malformed::Length(37))
+        );
+        assert_eq!(Heartbeat::decode(&with(0, b'X')), Err(Malformed::Magic));
+        assert_eq!(Heartbeat::decode(&with(4, 2)), Err(Malformed::Version(2)));
+        assert_eq!(Heartbeat::decode(&with(5, 3)), Err(Malformed::Kind(3)));
+        assert_eq!(
+            Heartbeat::decode(&with(6, 0x08)),
+            Err(Malformed::Flags(0x08))
+        );
+        assert_eq!(
+            Heartbeat::decode(&with(6, SUPPORTS)),
+            Err(Malformed::Flags(SUPPORTS)),
+            "a ping cannot support"
+        );
+        assert_eq!(Heartbeat::decode(&with(7, 1)), Err(Malformed::Reserved(1)));
+        let mut no_seat = good;
+        no_seat[8..16].copy_from_slice(&[0; 8]);
+        assert_eq!(Heartbeat::decode(&no_seat), Err(Malformed::NoSeat));
+    }
+
+    #[test]
+    fn a_leader_answers_only_when_fit_and_naming_itself_under_the_known_term() {
+        let view = View {
+            leader: Some(1),
+            term: 5,
+        };
+        assert!(answers(&ping(1, 1, 5), view));
+        assert!(
+            !answers(
+                &Heartbeat {
+                    fit: false,
+                    ..ping(1, 1, 5)
+                },
+                view
+            ),
+            "not fit"
+        );
+        assert!(!answers(&ping(1, 2, 5), view), "its view names another");
+        assert!(!answers(&ping(1, 1, 4), view), "an older term");
+        assert!(
+            !answers(&ping(1, 1, 6), view),
+            "a term this node has not seen"
+        );
+        assert!(
+            answers(&ping(3, 1, 4), view),
+            "another seat: any fit message"
+        );
+    }
+
+    #[test]
+    fn a_node_supports_the_leader_it_heard_unless_it_votes_against_it() {
+        let view = View {
+            leader: Some(1),
+            term: 5,
+        };
+        assert!(supports(&ping(1, 1, 5), view, &[]));
+        assert!(!supports(&ping(1, 1, 5), view, &[1]), "a vote against it");
+        assert!(
+            supports(&ping(1, 1, 5), view, &[3]),
+            "a vote against another"
+        );
+        assert!(
+            !supports(&ping(2, 2, 5), view, &[]),
+            "not this node's leader"
+        );
+        assert!(!supports(&ping(1, 1, 4), view, &[]), "another term");
+        assert!(
+            !supports(
+                &Heartbeat {
+                    fit: false,
+                    ..ping(1, 1, 5)
+                },
+                view,
+                &[]
+            ),
+            "an unfit leader is no answer"
+        );
+    }
+
+    #[test]
+    fn a_pong_confirms_only_a_leader_under_the_same_term() {
+        let pong = Heartbeat {
+            kind: Kind::Pong,
+            supports: true,
+            ..ping(2, 1, 5)
+        };
+        assert!(confirms(&pong, 1, 5));
+        assert!(!confirms(&pong, 1, 6));
+        assert!(!confirms(&pong, 3, 5));
+        assert!(!confirms(
+            &Heartbeat {
+                supports: false,
+                ..pong
+            },
+            1,
+            5
+        ));
+    }
+}
