@@ -456,7 +456,11 @@ mod tests {
         pace.timer_fired(at(t0, 1_000));
         assert_eq!(pace.next_timer(), at(t0, 1_600));
         pace.poll_at_least_every(Some(Duration::from_millis(600)), at(t0, 1_100));
-        assert_eq!(pace.next_timer(), at(t0, 1_600), "no extra poll while it stays on");
+        assert_eq!(
+            pace.next_timer(),
+            at(t0, 1_600),
+            "no extra poll while it stays on"
+        );
         pace.head_announced(10, at(t0, 1_000));
         assert!(
             !pace.polled(12, at(t0, 2_000)),
@@ -464,7 +468,11 @@ mod tests {
         );
         pace.poll_at_least_every(None, at(t0, 2_000));
         pace.timer_fired(at(t0, 2_000));
-        assert_eq!(pace.next_timer(), at(t0, 2_000) + SAFETY_POLL, "back to the safety net");
+        assert_eq!(
+            pace.next_timer(),
+            at(t0, 2_000) + SAFETY_POLL,
+            "back to the safety net"
+        );
     }
 
     /// A subscription that never announced anything is measured from the first poll after it was made.
