@@ -369,19 +369,26 @@ mod tests {
         uptime: Duration,
         now: SystemTime,
     ) -> Snapshot {
-        render(
-            &agent(),
-            &NodeFacts::default(),
-            Published {
-                chain,
-                reg,
-                mesh,
-                leader: &LeaderState::default(),
-                check: None,
-            },
-            uptime,
-            now,
-        )
+        rendered(chain, reg, mesh, &LeaderState::default(), uptime, now)
+    }
+
+    /// The snapshot of these states, with `election` as the leader task's.
+    fn rendered(
+        chain: &ChainState,
+        reg: &RegState,
+        mesh: &MeshState,
+        election: &LeaderState,
+        uptime: Duration,
+        now: SystemTime,
+    ) -> Snapshot {
+        let tasks = Published {
+            chain,
+            reg,
+            mesh,
+            leader: election,
+            check: None,
+        };
+        render(&agent(), &NodeFacts::default(), tasks, uptime, now)
     }
 
     fn with_leader(chain: &ChainState, seat: Option<u64>) -> ChainState {
@@ -401,19 +408,7 @@ mod tests {
         election: &LeaderState,
         now: SystemTime,
     ) -> Snapshot {
-        render(
-            &agent(),
-            &NodeFacts::default(),
-            Published {
-                chain,
-                reg,
-                mesh,
-                leader: election,
-                check: None,
-            },
-            Duration::ZERO,
-            now,
-        )
+        rendered(chain, reg, mesh, election, Duration::ZERO, now)
     }
 
     /// The leader is flagged among the peers and served with how to reach it and whether it answers.

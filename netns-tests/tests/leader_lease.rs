@@ -93,6 +93,21 @@ fn mesh_led_by_seat_1<'a>(
     agents
 }
 
+/// Freezes node 1 (the leader) and waits until node 2 leads; returns the frozen processes and when the
+/// freeze began.
+fn freeze_until_replaced(lan: &Lan, agents: &[Agent<'_>]) -> (netns_tests::netns::Frozen, Instant) {
+    let frozen = lan.node(1).freeze();
+    let froze = Instant::now();
+    wait_until(
+        "node 2 to lead",
+        LEADER_TIMEOUT + SLACK,
+        Duration::from_millis(100),
+        || says_it_leads(&agents[1]),
+        || statuses(&agents[1..]),
+    );
+    (frozen, froze)
+}
+
 /// Asserts no sample shows two agents that say they lead.
 fn assert_one_leader_at_a_time(samples: &Samples, start: Instant) {
     let two = samples.with_two_leaders();
@@ -115,27 +130,17 @@ fn a_frozen_leader_that_resumes_never_claims_beside_the_new_one() {
     steps.step("mesh up, seat 1 leads under its lease");
 
     let sampler = LeaderSampler::start(sockets(&agents), SAMPLE_EVERY);
-    let frozen = lan.node(1).freeze();
-    let froze = Instant::now();
-    steps.step(&format!(
-        "node 1 frozen: {} processes stopped",
-        frozen.pids().len()
-    ));
-    wait_until(
-        "node 2 to lead",
-        LEADER_TIMEOUT + SLACK,
-        Duration::from_millis(100),
-        || says_it_leads(&agents[1]),
-        || statuses(&agents[1..]),
-    );
+    let (frozen, froze) = freeze_until_replaced(&lan, &agents);
     let led = Instant::now();
     assert_eq!(on_chain(&cluster), Some(2), "seat 2 leads on-chain");
     // Frozen on after the failover, as a VM that hangs for a while.
     std::thread::sleep(Duration::from_millis(1500));
+    let frozen_count = frozen.pids().len();
     frozen.resume();
     let resumed = Instant::now();
     steps.step(&format!(
-        "seat 2 leads {:.1} s after the freeze; node 1 resumed {:.1} s later",
+        "node 1 frozen ({} processes stopped); seat 2 leads {:.1} s after the freeze; node 1 resumed {:.1} s later",
+        frozen_count,
         secs(led - froze),
         secs(resumed - led)
     ));
@@ -195,15 +200,7 @@ fn a_frozen_leader_that_resumes_without_its_rpc_never_claims_again() {
     steps.step("mesh up, seat 1 leads under its lease");
 
     let sampler = LeaderSampler::start(sockets(&agents), SAMPLE_EVERY);
-    let frozen = lan.node(1).freeze();
-    let froze = Instant::now();
-    wait_until(
-        "node 2 to lead",
-        LEADER_TIMEOUT + SLACK,
-        Duration::from_millis(100),
-        || says_it_leads(&agents[1]),
-        || statuses(&agents[1..]),
-    );
+    let (frozen, froze) = freeze_until_replaced(&lan, &agents);
     let _cut = lan.cut_rpc(1);
     frozen.resume();
     let resumed = Instant::now();

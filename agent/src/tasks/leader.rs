@@ -355,7 +355,9 @@ impl Running {
             (Claim::Leads { .. }, Claim::Declines(why)) => {
                 self.state.counters.stepdowns = self.state.counters.stepdowns.saturating_add(1);
                 let view_age = chain.confirmed_at.map(|t| at.saturating_duration_since(t));
-                warn!(reason = %why, ?view_age, "this node stops reporting itself leader");
+                // Info, not a warning: what caused it (the RPC down, the health check failing, the mesh
+                // cut) is warned of where it is seen; this is the cluster doing the right thing about it.
+                info!(reason = %why, ?view_age, "this node stops reporting itself leader");
             }
             (Claim::Leads { .. }, Claim::NotNamed) => info!(
                 leader = ?self.view.leader,

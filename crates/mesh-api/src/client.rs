@@ -418,25 +418,8 @@ pub async fn post<T: serde::de::DeserializeOwned>(
     body: &serde_json::Value,
 ) -> Result<T, ClientError> {
     let api = api.into();
+    let reply = exchange(&api, Method::Post, path, Bytes::from(body.to_string())).await?;
     let what = format!("POST {path}");
-    let json = Bytes::from(body.to_string());
-    let exchange = async {
-        send(&api, Method::Post, path, json)
-            .await?
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .map_err(|e| ClientError::Malformed {
-                what: what.clone(),
-                detail: e.to_string(),
-            })
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| ClientError::Timeout {
-            api: api.clone(),
-            what: what.clone(),
-        })??;
     serde_json::from_slice(&reply).map_err(|e| ClientError::Malformed {
         what,
         detail: e.to_string(),
@@ -484,6 +467,15 @@ enum Method {
     Post,
 }
 
+impl Method {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+}
+
 /// Sends `method path` with `body` (JSON for a POST) and returns the body of a successful answer, unread.
 async fn send(
     api: &ApiAddr,
@@ -491,14 +483,11 @@ async fn send(
     path: &str,
     body: Bytes,
 ) -> Result<hyper::body::Incoming, ClientError> {
-    let (verb, builder) = match method {
-        Method::Get => ("GET", Request::get(path)),
-        Method::Post => (
-            "POST",
-            Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json"),
-        ),
+    let builder = match method {
+        Method::Get => Request::get(path),
+        Method::Post => Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json"),
     };
-    let what = format!("{verb} {path}");
+    let what = format!("{} {path}", method.verb());
     let malformed = |detail: String| ClientError::Malformed {
         what: what.clone(),
         detail,
@@ -539,9 +528,19 @@ async fn send(
 }
 
 async fn get_bytes(api: &ApiAddr, path: &str) -> Result<Bytes, ClientError> {
-    let what = format!("GET {path}");
-    let exchange = async {
-        open(api, path)
+    exchange(api, Method::Get, path, Bytes::new()).await
+}
+
+/// Sends `method path` with `body` and reads the whole answer, within 10 s.
+async fn exchange(
+    api: &ApiAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<Bytes, ClientError> {
+    let what = format!("{} {path}", method.verb());
+    let whole = async {
+        send(api, method, path, body)
             .await?
             .collect()
             .await
@@ -551,7 +550,7 @@ async fn get_bytes(api: &ApiAddr, path: &str) -> Result<Bytes, ClientError> {
                 detail: e.to_string(),
             })
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
+    tokio::time::timeout(Duration::from_secs(10), whole)
         .await
         .map_err(|_| ClientError::Timeout {
             api: api.clone(),
