@@ -314,6 +314,12 @@ impl RunArgs {
         )?;
         if self.mode == ModeArg::Wireguard {
             mesh_wg::validate_ifname(&self.interface).context("--interface")?;
+            if self.listen_port == crate::heartbeat::PORT {
+                anyhow::bail!(
+                    "--listen-port {} is the UDP port of the leader's heartbeats on the overlay address; give WireGuard another port",
+                    crate::heartbeat::PORT
+                );
+            }
         }
         if self.mode == ModeArg::Tls && self.gateway_url.is_none() && self.gateway_domain.is_none()
         {

@@ -19,8 +19,10 @@
 //! leads, 2 supports: pongs only), a zero byte, then the sender's seat, the leader its view names (0:
 //! none) and that view's term as u64s, and the nonce as a u32. Anything else is refused.
 
-/// The UDP port heartbeats use on each node's overlay address; the same on every node.
-pub const PORT: u16 = 51821;
+/// The UDP port heartbeats use on each node's overlay address; the same on every node. Not next to
+/// WireGuard's 51820, where an operator who moves a node's WireGuard would likely put it (WireGuard binds
+/// its port on every address, the overlay's included); the agent refuses `--listen-port` equal to it.
+pub const PORT: u16 = 51871;
 
 /// The length of every heartbeat.
 pub const LEN: usize = 36;

@@ -433,6 +433,33 @@ fn rpc_urls_that_cannot_work_are_refused_without_quoting_them() {
     }
 }
 
+/// Settings of the leadership that cannot work are refused before anything starts, naming the flag: a
+/// WireGuard port that is the heartbeats' port, a health URL that is not plain HTTP in the CVM, and both
+/// kinds of health check at once.
+#[test]
+fn leadership_settings_that_cannot_work_are_refused() {
+    let port = p2p_agent::heartbeat::PORT.to_string();
+    for (args, says) in [
+        (vec!["--listen-port", port.as_str()], "--listen-port"),
+        (
+            vec!["--health-url", "https://127.0.0.1:8080/health"],
+            "--health-url must be an http:// URL",
+        ),
+        (
+            vec![
+                "--health-url",
+                "http://127.0.0.1:1/",
+                "--health-cmd",
+                "true",
+            ],
+            "--health-cmd",
+        ),
+    ] {
+        let stderr = refused(&args);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
 /// A free TCP port on loopback.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

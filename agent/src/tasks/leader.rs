@@ -74,6 +74,9 @@ struct Bound {
     socket: UdpSocket,
     addr: Ipv4Addr,
     ifname: String,
+    /// The interface's index when bound: `SO_BINDTODEVICE` holds on to it, so an interface that was
+    /// removed and created again under the same name needs a new socket.
+    ifindex: u32,
 }
 
 /// Work on the chain that runs beside the loop.
@@ -87,6 +90,8 @@ enum Job {
 enum Wake {
     Cancelled,
     Heartbeat,
+    /// The chain task published: a new view, or the same one confirmed.
+    Chain,
     Datagram(Vec<u8>, SocketAddr),
     Job(Job),
     Other,
@@ -148,7 +153,7 @@ impl LeaderTask {
             let wake = tokio::select! {
                 () = cancel.cancelled() => Wake::Cancelled,
                 _ = tick.tick() => Wake::Heartbeat,
-                Ok(()) = inputs.chain.changed() => Wake::Other,
+                Ok(()) = inputs.chain.changed() => Wake::Chain,
                 Ok(()) = inputs.mesh.changed() => Wake::Other,
                 Ok(()) = inputs.app_health.changed() => Wake::Other,
                 Ok(()) = inputs.check.changed() => Wake::Other,
@@ -166,8 +171,14 @@ impl LeaderTask {
             match wake {
                 Wake::Cancelled => return Ok(()),
                 Wake::Heartbeat => running.round(&inputs).await,
+                // Ballots are decided on the newest view, and chain work goes on as soon as the step
+                // before it is done: an election does not wait a heartbeat per read.
+                Wake::Chain => running.decide_ballot(&inputs),
                 Wake::Datagram(bytes, from) => running.on_datagram(&bytes, from, &inputs).await,
-                Wake::Job(job) => running.job_done(job),
+                Wake::Job(job) => {
+                    running.job_done(job);
+                    running.decide_ballot(&inputs);
+                }
                 Wake::Other => {}
             }
             running.decide_claim(&inputs, Instant::now());
@@ -415,6 +426,12 @@ impl Running {
 
     /// One heartbeat: pings out, stale bookkeeping dropped, and this node's ballot decided.
     async fn round(&mut self, inputs: &Inputs) {
+        self.heartbeat(inputs).await;
+        self.decide_ballot(inputs);
+    }
+
+    /// Pings out, and what no longer needs watching dropped.
+    async fn heartbeat(&mut self, inputs: &Inputs) {
         let at = Instant::now();
         let chain = inputs.chain.borrow().clone();
         let mesh = inputs.mesh.borrow().clone();
@@ -443,9 +460,6 @@ impl Running {
                 self.ensure_socket(own, now.view, &mesh);
                 self.ping(own, &targets, &now, &registered, at).await;
             }
-            if self.task.ballots && !chain.from_cache {
-                self.elect(own, &now, &registered, at);
-            }
         } else {
             self.pinged_since.clear();
             self.last_pong.clear();
@@ -460,13 +474,16 @@ impl Running {
             self.socket = None;
             return;
         };
+        let ifindex = nix::net::if_::if_nametoindex(device.ifname.as_str()).unwrap_or(0);
         if self
             .socket
             .as_ref()
-            .is_some_and(|b| b.addr == addr && b.ifname == device.ifname)
+            .is_some_and(|b| b.addr == addr && b.ifname == device.ifname && b.ifindex == ifindex)
         {
             return;
         }
+        // The old one first: it may hold the very address and port.
+        self.socket = None;
         match bind(addr, &device.ifname) {
             Ok(socket) => {
                 info!(%addr, port = heartbeat::PORT, ifname = %device.ifname, "heartbeats on the overlay");
@@ -475,6 +492,7 @@ impl Running {
                     socket,
                     addr,
                     ifname: device.ifname.clone(),
+                    ifindex,
                 });
             }
             // The address may not be on the interface yet: the next heartbeat tries again.
@@ -639,6 +657,21 @@ impl Running {
         {
             let confirmed = self.state.leader_confirmed_at.get_or_insert(sent_at);
             latest(confirmed);
+        }
+    }
+
+    /// [`Running::elect`] on what is known now, if this node takes part.
+    fn decide_ballot(&mut self, inputs: &Inputs) {
+        let at = Instant::now();
+        let chain = inputs.chain.borrow().clone();
+        let now = now_of(inputs, &chain, at);
+        self.follow_view(now.view_key(), at);
+        if let Some(own) = now.own()
+            && self.task.ballots
+            && !chain.from_cache
+        {
+            let registered = now.registered();
+            self.elect(own, &now, &registered, at);
         }
     }
 
