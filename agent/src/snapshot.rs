@@ -155,7 +155,9 @@ pub fn render(
             endpoint: node.endpoint.clone(),
             gateway_url: node.gateway_url.clone(),
             registered: reg.registered,
-            registration_error: (!reg.registered).then(|| reg.error.clone()).flatten(),
+            registration_error: (!reg.registered)
+                .then(|| chain.seat_error.clone().or_else(|| reg.error.clone()))
+                .flatten(),
         },
         chain: ChainStatus {
             contract: agent.contract,
@@ -537,6 +539,29 @@ mod tests {
         reg.registered = false;
         let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
         assert_eq!(s.status.node.registration_error.as_deref(), Some("no seat"));
+    }
+
+    /// Why the node has no seat stays in its status between the chain task's lookups of the seat, however
+    /// many reads of the chain come in between (each sets the chain's own error anew).
+    #[test]
+    fn having_no_seat_is_the_registration_error_until_a_seat_is_found() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (mut chain, mut reg, mesh) = states(now);
+        reg.registered = false;
+        chain.error = None;
+        chain.seat_error = Some("no seat of cluster 0x… is bound: meshctl mint …".into());
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert_eq!(
+            s.status.node.registration_error.as_deref(),
+            chain.seat_error.as_deref()
+        );
+        reg.error = Some("an older registration failure".into());
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert_eq!(
+            s.status.node.registration_error.as_deref(),
+            chain.seat_error.as_deref(),
+            "the seat comes first: nothing can be registered without one"
+        );
     }
 
     /// Each peer is offered the best way it can be reached, with its live endpoint and counters.

@@ -55,8 +55,11 @@ pub struct ChainState {
     /// The newest block the RPC reported.
     pub head: Option<u64>,
     pub seat: SeatState,
-    /// Why following, or finding the seat, fails now; already logged.
+    /// Why following the chain fails now; already logged.
     pub error: Option<String>,
+    /// Why this node has no active seat, with what to run; already logged. Kept apart from `error`, which
+    /// every read of the chain sets anew, while the seat is looked up only every few seconds.
+    pub seat_error: Option<String>,
     /// JSON-RPC requests made to follow the chain.
     pub requests: u64,
     /// Of those, polls of the chain's head.

@@ -278,6 +278,7 @@ impl Running {
             .and_then(|v| seat_in(v, &self.task.instance_id));
         if let Some(token) = in_view {
             self.state.seat = SeatState::Active(token);
+            self.state.seat_error = None;
             return;
         }
         let every = match on_head {
@@ -297,7 +298,10 @@ impl Running {
         let looked_up = f.seat_of(&self.task.instance_id).await;
         let before = self.state.seat;
         match looked_up {
-            Ok(Seat::Active(token)) => self.state.seat = SeatState::Active(token),
+            Ok(Seat::Active(token)) => {
+                self.state.seat = SeatState::Active(token);
+                self.state.seat_error = None;
+            }
             Ok(Seat::Inactive(token)) => {
                 self.state.seat = SeatState::Inactive(token);
                 if let SeatState::Active(t) = before {
@@ -328,6 +332,6 @@ impl Running {
     }
 
     fn report_seat(&mut self, text: String) {
-        super::show_error(&mut self.state.error, text);
+        super::show_error(&mut self.state.seat_error, text);
     }
 }

@@ -34,7 +34,11 @@ pub fn assess(status: &Status, peers: &[Peer]) -> Health {
             ),
             Some(t) => format!("this node's record for seat {t} is not on-chain yet"),
         };
-        reasons.push(match &status.chain.last_error {
+        let last = node
+            .registration_error
+            .as_ref()
+            .or(status.chain.last_error.as_ref());
+        reasons.push(match last {
             Some(e) => format!("{why} (last error: {e})"),
             None => why,
         });
@@ -158,5 +162,18 @@ mod tests {
         assert!(h.reasons[0].contains("rpc down"));
         let h = assess(&status(false, Some(2)), &[]);
         assert!(h.reasons[0].contains("record for seat 2 is not on-chain"));
+    }
+
+    /// The agent's own reason (what to run) comes before the chain's.
+    #[test]
+    fn an_unregistered_node_gives_the_agents_reason_first() {
+        let mut s = status(false, None);
+        s.chain.last_error = Some("rpc down".into());
+        s.node.registration_error = Some("meshctl mint --instance inst-1".into());
+        let h = assess(&s, &[]);
+        assert!(
+            h.reasons[0].contains("meshctl mint --instance inst-1"),
+            "{h:?}"
+        );
     }
 }

@@ -132,6 +132,9 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     if let Some(e) = &c.last_error {
         s.push_str(&format!("# chain: {e}\n"));
     }
+    if let (false, Some(e)) = (n.registered, &n.registration_error) {
+        s.push_str(&format!("# registration: {e}\n"));
+    }
     let term = leader
         .term
         .map(|t| format!(", term {t}"))
