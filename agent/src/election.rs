@@ -148,6 +148,22 @@ pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
     }
 }
 
+/// The seats whose silence this node counts: those it watches ([`to_watch`]), once it can hear them. A
+/// node without a seat, or whose heartbeat socket is not bound yet (its tunnel is coming up), missed no
+/// answer: counting from before it could hear would have a node that joins late vote against a leader
+/// that answers it at once.
+pub fn silence_counted(
+    own: Option<u64>,
+    hearing: bool,
+    leader: Option<u64>,
+    vote: Option<u64>,
+) -> Vec<u64> {
+    match (own, hearing) {
+        (Some(_), true) => to_watch(own, leader, vote),
+        _ => Vec::new(),
+    }
+}
+
 /// The seats this node watches (pings, and votes on): the leader, unless it is this node, and the target of
 /// its vote.
 pub fn to_watch(own: Option<u64>, leader: Option<u64>, vote: Option<u64>) -> Vec<u64> {
@@ -368,6 +384,20 @@ mod tests {
         assert_eq!(to_watch(Some(2), Some(2), Some(1)), vec![1]);
         assert_eq!(to_watch(Some(2), Some(1), Some(1)), vec![1]);
         assert_eq!(to_watch(None, None, None), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn silence_is_counted_only_once_this_node_is_a_member_that_can_hear() {
+        assert_eq!(
+            silence_counted(None, true, Some(1), None),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            silence_counted(Some(3), false, Some(1), None),
+            Vec::<u64>::new(),
+            "no heartbeat socket yet"
+        );
+        assert_eq!(silence_counted(Some(3), true, Some(1), Some(2)), vec![1, 2]);
     }
 
     #[test]

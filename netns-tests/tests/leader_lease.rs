@@ -10,6 +10,8 @@
 //! - The leader's application reports itself unhealthy: it steps down at once and is voted out; while
 //!   unhealthy it casts no ballot, and once healthy again it votes (and leads) again.
 //! - The leader's `--health-cmd` fails: the same, from the agent's own check.
+//! - A node that ran without a seat for longer than the timeout joins: it casts no ballot against the leader
+//!   that answers it (the silence counts from when it could first hear).
 //!
 //! Run as root, after building the binaries it runs:
 //!
@@ -474,6 +476,56 @@ fn a_leader_whose_health_check_fails_steps_down_and_is_replaced() {
         || agents[0].tail(),
     );
     steps.step("the check passes again: node 1 is healthy");
+}
+
+#[test]
+fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("lease/late-join");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy_seats(&lan, NODES - 1);
+    let timeout = LEADER_TIMEOUT.as_secs().to_string();
+    let flags = ["--leader-timeout", timeout.as_str()];
+    let mut agents: Vec<Agent<'_>> = (1..NODES)
+        .map(|i| Agent::start(&cluster, i, &flags))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(60);
+    }
+    wait_until(
+        "seat 1 to lead",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || says_it_leads(&agents[0]),
+        || statuses(&agents),
+    );
+    let mut late = Agent::start(&cluster, NODES, &flags);
+    std::thread::sleep(LEADER_TIMEOUT + Duration::from_secs(1));
+    steps.step("seat 1 leads; node 3 has run for longer than the leader timeout without a seat");
+
+    cluster.mint(NODES);
+    late.wait_ready(60);
+    wait_until(
+        "node 3 to see seat 1 lead, fresh",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            late.leader()
+                .is_ok_and(|l| l.token_id == Some(1) && l.state == mesh_api::Freshness::Current)
+        },
+        || late.tail(),
+    );
+    // A ballot from a silence counted since the agent started would be cast within a heartbeat or two of
+    // registering; three seconds is several of them.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        votes_and_elections(&late),
+        0,
+        "node 3 voted against a leader it had only just begun to hear:\n{}",
+        late.tail()
+    );
+    assert!(says_it_leads(&agents[0]), "{}", statuses(&agents));
+    steps.step("node 3 joined and cast no ballot; seat 1 still leads");
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {

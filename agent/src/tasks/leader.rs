@@ -442,7 +442,15 @@ impl Running {
         self.sent
             .retain(|_, (_, t)| at.saturating_duration_since(*t) < lease);
         self.support.retain(|seat, _| registered.contains(seat));
-        let watched = election::to_watch(now.own(), self.view.leader, self.state.vote);
+        if let (Some(own), true) = (now.own(), self.task.heartbeats) {
+            self.ensure_socket(own, now.view, &mesh);
+        }
+        let watched = election::silence_counted(
+            now.own(),
+            self.socket.is_some(),
+            self.view.leader,
+            self.state.vote,
+        );
         self.sightings.retain(|seat, _| watched.contains(seat));
         for seat in &watched {
             self.sightings
@@ -457,7 +465,6 @@ impl Running {
                 self.pinged_since.entry(*seat).or_insert(at);
             }
             if self.task.heartbeats {
-                self.ensure_socket(own, now.view, &mesh);
                 self.ping(own, &targets, &now, &registered, at).await;
             }
         } else {
