@@ -62,6 +62,7 @@ impl From<ViewV1> for ChainView {
         let high_water = v.records.iter().map(|(t, r)| (*t, r.nonce)).collect();
         ChainView {
             contract: v.contract,
+            election: alloy::primitives::Address::ZERO,
             pins: Pins {
                 kms_root: v.pins.kms_root,
                 app_ids: v.pins.app_ids,
@@ -172,6 +173,7 @@ mod tests {
     fn view() -> ChainView {
         ChainView {
             contract: Address::repeat_byte(1),
+            election: Address::repeat_byte(4),
             pins: Pins {
                 kms_root: Address::repeat_byte(2),
                 app_ids: vec![Address::repeat_byte(3)],

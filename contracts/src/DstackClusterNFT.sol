@@ -11,6 +11,7 @@ import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
 import {IAppAuth} from "./IAppAuth.sol";
 import {DstackChain} from "./DstackChain.sol";
 import {RecordFormat} from "./RecordFormat.sol";
+import {DstackClusterElection, IClusterSeats} from "./DstackClusterElection.sol";
 
 /// @title DstackClusterNFT: the seats, the peer registry and the dstack app-auth hook of one dstack-mesh cluster.
 /// @notice A seat is an ERC721 token. Token id N owns overlay address `network + N` for good: ids start at 1
@@ -21,8 +22,9 @@ import {RecordFormat} from "./RecordFormat.sol";
 ///     rooted at the pinned KMS root and an allowed app id (see DstackChain);
 ///  2. an EIP-712 signature by that derived key over the whole record, under this contract's domain
 ///     (name "DstackClusterNFT", version "1", chain id, this address), with a nonce above the seat's last.
-/// The contract address is the cluster's identity.
-contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
+/// The contract address is the cluster's identity. Its leader election is a contract of its own, made here at
+/// deployment (see `election`).
+contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSeats {
     using RecordFormat for string;
 
     // ------------------------------------------------------------------ types
@@ -141,12 +143,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     bool public requireAllowedDevice;
     bool public requireBoundInstance;
 
-    uint256 public leaderTokenId;
-    /// @notice The fencing term: it grows by one at every leader change (elected, replaced, cleared), so a
-    /// leader's term tells its writes apart from an older leader's.
-    uint256 public leaderTerm;
-    mapping(uint256 voterTokenId => uint256 targetTokenId) public voteOf;
-    mapping(uint256 targetTokenId => uint256) public votesAgainst;
+    /// @notice The cluster's leader election, made by this contract's constructor.
+    DstackClusterElection public immutable election;
 
     // ----------------------------------------------------------------- events
 
@@ -186,12 +184,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     event ComposeHashUpdated(bytes32 indexed composeHash, bool allowed);
     event DeviceUpdated(bytes32 indexed deviceId, bool allowed);
     event AppAuthPolicyUpdated(bool requireAllowedDevice, bool requireBoundInstance);
-
-    event LeaderElected(uint256 indexed tokenId, uint256 term);
-    event VoteCast(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
-    event VoteWithdrawn(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
-    event LeaderReplaced(uint256 indexed oldTokenId, uint256 indexed newTokenId, uint256 votes, uint256 term);
-    event LeaderCleared(uint256 indexed oldTokenId, uint256 term);
 
     // ----------------------------------------------------------------- errors
 
@@ -234,11 +226,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
     error RegistryMalformedSignature(string field);
     error RegistrySeatAppMismatch(uint256 tokenId, address seatAppId, address appId);
 
-    error LeaderAlreadyElected(uint256 tokenId);
-    error LeaderNoEligibleSeat();
-    error LeaderCannotVoteForSelf(uint256 tokenId);
-    error LeaderNoVote(uint256 tokenId);
-
     // ------------------------------------------------------------ constructor
 
     /// @param initialOwner the cluster owner.
@@ -264,6 +251,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         kmsRoot = kmsRoot_;
         maxNodes = maxNodes_;
         _recorded.push(RECORDED_PLACEHOLDER);
+        election = new DstackClusterElection(this);
         for (uint256 i = 0; i < appIds.length; ++i) {
             _setAppId(appIds[i], true);
         }
@@ -347,7 +335,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         seat.active = false;
         --activeSeats;
         _clearRecord(tokenId, ClearReason.Deactivated);
-        _leaveElection(tokenId);
+        election.seatLeft(tokenId);
         emit SeatDeactivated(tokenId);
     }
 
@@ -659,50 +647,21 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         return interfaceId == type(IAppAuth).interfaceId || super.supportsInterface(interfaceId);
     }
 
-    // ---------------------------------------------------------- leader election
+    // ------------------------------------------------------- for the election
 
-    /// @notice With no leader, makes the lowest-id active seat that is under the no-confidence threshold the
-    /// leader. Any active seat may call it: its holder, or its node (the derived key of its record).
-    function electLeader(uint256 callerTokenId) external {
-        _requireActiveVoter(callerTokenId);
-        if (leaderTokenId != 0) revert LeaderAlreadyElected(leaderTokenId);
-        uint256 next = _lowestEligible();
-        if (next == 0) revert LeaderNoEligibleSeat();
-        emit LeaderElected(next, _setLeader(next));
+    /// @inheritdoc IClusterSeats
+    function isActiveSeat(uint256 tokenId) external view returns (bool) {
+        return _seats[tokenId].active;
     }
 
-    /// @notice Seat `voterTokenId` votes no-confidence against `targetTokenId`, replacing any earlier vote.
-    /// With n active seats and f = ⌊(n−1)/2⌋, f+1 votes against the leader replace it. The seat's holder
-    /// or its node (the derived key of its record) may vote, so a node can vote out a leader it cannot reach
-    /// without a person; either way it is the seat's one vote.
-    function castVote(uint256 voterTokenId, uint256 targetTokenId) external {
-        _requireActiveVoter(voterTokenId);
-        if (voterTokenId == targetTokenId) revert LeaderCannotVoteForSelf(voterTokenId);
-        if (!_isActive(targetTokenId)) revert ClusterSeatInactive(targetTokenId);
-        uint256 previous = voteOf[voterTokenId];
-        if (previous == targetTokenId) return;
-        if (previous != 0) {
-            --votesAgainst[previous];
-            emit VoteWithdrawn(voterTokenId, previous);
-        }
-        voteOf[voterTokenId] = targetTokenId;
-        ++votesAgainst[targetTokenId];
-        emit VoteCast(voterTokenId, targetTokenId);
-        _checkLeader();
-    }
-
-    /// @notice Withdraws seat `voterTokenId`'s vote; its holder or its node may.
-    function withdrawVote(uint256 voterTokenId) external {
-        _requireVoter(voterTokenId);
-        uint256 previous = voteOf[voterTokenId];
-        if (previous == 0) revert LeaderNoVote(voterTokenId);
-        _withdrawVote(voterTokenId, previous);
-    }
-
-    /// @notice f + 1 for the current number of active seats.
-    function voteThreshold() public view returns (uint256) {
-        uint256 n = activeSeats;
-        return n == 0 ? 1 : (n - 1) / 2 + 1;
+    /// @inheritdoc IClusterSeats
+    /// @dev A cleared record (rebind, transfer, deactivation, revocation) takes the node's right away with it.
+    function canActFor(uint256 tokenId, address account) external view returns (bool) {
+        address holder = _ownerOf(tokenId);
+        if (holder == address(0)) return false;
+        Seat storage seat = _seats[tokenId];
+        if (seat.registeredBlock != 0 && seat.node == account) return true;
+        return _isAuthorized(holder, account, tokenId);
     }
 
     // --------------------------------------------------------------- internal
@@ -716,16 +675,18 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         } else if (to == address(0)) {
             Seat storage seat = _seats[tokenId];
             _clearRecord(tokenId, ClearReason.Revoked);
-            if (seat.active) {
-                --activeSeats;
-                _leaveElection(tokenId);
-            }
+            bool wasActive = seat.active;
             string memory instanceId = seat.instanceId;
             if (bytes(instanceId).length != 0) {
                 delete _tokenOfInstance[keccak256(bytes(instanceId))];
                 emit InstanceUnbound(tokenId, instanceId);
             }
             delete _seats[tokenId];
+            // Counted out and forgotten first: the election reads both back.
+            if (wasActive) {
+                --activeSeats;
+                election.seatLeft(tokenId);
+            }
         } else if (from != to) {
             // The instance stays bound (the new holder may rebind it), but the old record goes: the new holder
             // must not inherit an endpoint they did not register.
@@ -894,67 +855,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth {
         emit AppIdUpdated(appId, allowed);
     }
 
-    function _leaveElection(uint256 tokenId) private {
-        uint256 previous = voteOf[tokenId];
-        if (previous != 0) _withdrawVote(tokenId, previous);
-        if (leaderTokenId == tokenId) {
-            emit LeaderCleared(tokenId, _setLeader(0));
-        } else {
-            // One fewer active seat lowers the threshold, which may now unseat the leader.
-            _checkLeader();
-        }
-    }
-
-    function _setLeader(uint256 next) private returns (uint256 term) {
-        leaderTokenId = next;
-        term = ++leaderTerm;
-    }
-
-    function _withdrawVote(uint256 voterTokenId, uint256 target) private {
-        --votesAgainst[target];
-        delete voteOf[voterTokenId];
-        emit VoteWithdrawn(voterTokenId, target);
-    }
-
-    function _checkLeader() private {
-        uint256 leader = leaderTokenId;
-        if (leader == 0) return;
-        uint256 votes = votesAgainst[leader];
-        if (votes < voteThreshold()) return;
-        uint256 next = _lowestEligible();
-        emit LeaderReplaced(leader, next, votes, _setLeader(next));
-    }
-
-    /// @dev Bounded by the prefix capacity (254 seats in a /24).
-    function _lowestEligible() private view returns (uint256) {
-        uint256 threshold = voteThreshold();
-        uint256 last = lastTokenId;
-        for (uint256 id = 1; id <= last; ++id) {
-            if (_isActive(id) && votesAgainst[id] < threshold) return id;
-        }
-        return 0;
-    }
-
     function _requireHolder(uint256 tokenId) private view returns (address holder) {
         holder = _requireOwned(tokenId);
         if (!_isAuthorized(holder, msg.sender, tokenId)) revert ClusterNotSeatHolder(tokenId, msg.sender);
-    }
-
-    /// @dev The holder (or whoever it authorised), or the node whose record the seat holds now: a cleared
-    /// record (rebind, transfer, deactivation, revocation) takes the node's right away with it.
-    function _requireVoter(uint256 tokenId) private view {
-        Seat storage seat = _seats[tokenId];
-        if (seat.registeredBlock != 0 && seat.node == msg.sender) return;
-        _requireHolder(tokenId);
-    }
-
-    function _requireActiveVoter(uint256 tokenId) private view {
-        _requireVoter(tokenId);
-        if (!_seats[tokenId].active) revert ClusterSeatInactive(tokenId);
-    }
-
-    function _isActive(uint256 tokenId) private view returns (bool) {
-        return _seats[tokenId].active;
     }
 
     function _peer(uint256 tokenId) private view returns (Peer memory) {

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
+import {DstackClusterElection} from "../src/DstackClusterElection.sol";
 import {ClusterFixture} from "./utils/ClusterFixture.sol";
 import {vm} from "./utils/Vm.sol";
 
@@ -34,75 +35,75 @@ contract NodeVoteTest is ClusterFixture {
 
     function test_ANodeElectsVotesAndWithdraws() public {
         vm.prank(nodeB);
-        cluster.electLeader(seatB);
-        assertEq(cluster.leaderTokenId(), seatA, "the lowest active seat leads");
+        election.electLeader(seatB);
+        assertEq(election.leaderTokenId(), seatA, "the lowest active seat leads");
 
         vm.prank(nodeB);
         vm.expectEmit();
-        emit DstackClusterNFT.VoteCast(seatB, seatA);
-        cluster.castVote(seatB, seatA);
-        assertEq(cluster.voteOf(seatB), seatA, "seat B's vote");
-        assertEq(cluster.votesAgainst(seatA), 1, "counted once");
+        emit DstackClusterElection.VoteCast(seatB, seatA);
+        election.castVote(seatB, seatA);
+        assertEq(election.voteOf(seatB), seatA, "seat B's vote");
+        assertEq(election.votesAgainst(seatA), 1, "counted once");
 
         vm.prank(nodeB);
-        cluster.withdrawVote(seatB);
-        assertEq(cluster.votesAgainst(seatA), 0, "withdrawn by the node");
+        election.withdrawVote(seatB);
+        assertEq(election.votesAgainst(seatA), 0, "withdrawn by the node");
     }
 
     function test_HolderAndNodeShareTheSeatsOneVote() public {
         vm.prank(HOLDER_B);
-        cluster.castVote(seatB, seatA);
+        election.castVote(seatB, seatA);
         vm.prank(nodeB);
-        cluster.castVote(seatB, seatA);
-        assertEq(cluster.votesAgainst(seatA), 1, "the node's vote is the holder's vote, not a second one");
+        election.castVote(seatB, seatA);
+        assertEq(election.votesAgainst(seatA), 1, "the node's vote is the holder's vote, not a second one");
         vm.prank(nodeB);
-        cluster.withdrawVote(seatB);
-        assertEq(cluster.voteOf(seatB), 0, "the node withdrew the holder's vote");
+        election.withdrawVote(seatB);
+        assertEq(election.voteOf(seatB), 0, "the node withdrew the holder's vote");
         vm.prank(HOLDER_B);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.LeaderNoVote.selector, seatB));
-        cluster.withdrawVote(seatB);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNoVote.selector, seatB));
+        election.withdrawVote(seatB);
     }
 
     function test_TwoNodesOutOfThreeReplaceTheLeader() public {
         vm.prank(address(0xC));
-        cluster.electLeader(seatC);
+        election.electLeader(seatC);
         vm.prank(nodeB);
-        cluster.castVote(seatB, seatA);
+        election.castVote(seatB, seatA);
         vm.prank(address(0xC));
         vm.expectEmit();
-        emit DstackClusterNFT.LeaderReplaced(seatA, seatB, 2, 2);
-        cluster.castVote(seatC, seatA);
-        assertEq(cluster.leaderTokenId(), seatB, "seat B leads");
+        emit DstackClusterElection.LeaderReplaced(seatA, seatB, 2, 2);
+        election.castVote(seatC, seatA);
+        assertEq(election.leaderTokenId(), seatB, "seat B leads");
     }
 
     function test_RevertIf_ANodeVotesForAnotherSeat() public {
         vm.prank(nodeA);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatB, nodeA));
-        cluster.castVote(seatB, seatC);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatB, nodeA));
+        election.castVote(seatB, seatC);
         vm.prank(nodeA);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatC, nodeA));
-        cluster.electLeader(seatC);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatC, nodeA));
+        election.electLeader(seatC);
     }
 
     function test_RevertIf_ANodeVotesBeforeItsRecord() public {
         uint256 seatD = _mint(address(0xD), "");
         address stranger = vm.addr(0xD0D);
         vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatD, stranger));
-        cluster.castVote(seatD, seatA);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatD, stranger));
+        election.castVote(seatD, seatA);
     }
 
     function test_ATransferTakesTheNodesRightAway() public {
         vm.prank(nodeB);
-        cluster.castVote(seatB, seatA);
+        election.castVote(seatB, seatA);
         vm.prank(HOLDER_B);
         cluster.transferFrom(HOLDER_B, address(0xBB), seatB);
         assertEq(cluster.nodeOf(seatB), address(0), "the record went with the transfer");
         vm.prank(nodeB);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatB, nodeB));
-        cluster.withdrawVote(seatB);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatB, nodeB));
+        election.withdrawVote(seatB);
         vm.prank(address(0xBB));
-        cluster.withdrawVote(seatB);
+        election.withdrawVote(seatB);
     }
 
     function test_ANodeVotesOnlyWhileItsRecordStands() public {
@@ -112,11 +113,11 @@ contract NodeVoteTest is ClusterFixture {
         cluster.activate(seatB);
         assertEq(cluster.nodeOf(seatB), address(0), "deactivating cleared the record");
         vm.prank(nodeB);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, seatB, nodeB));
-        cluster.castVote(seatB, seatA);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatB, nodeB));
+        election.castVote(seatB, seatA);
         _register(seatB, DERIVED_KEY_B, INSTANCE_B, WG_KEY_B, 2);
         vm.prank(nodeB);
-        cluster.castVote(seatB, seatA);
-        assertEq(cluster.voteOf(seatB), seatA, "registered again, the node votes again");
+        election.castVote(seatB, seatA);
+        assertEq(election.voteOf(seatB), seatA, "registered again, the node votes again");
     }
 }

@@ -12,7 +12,7 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use anyhow::{Context, bail};
-use mesh_chain::contract::{self as chain, ChainError, DstackClusterNFT};
+use mesh_chain::contract::{self as chain, ChainError, DstackClusterElection, DstackClusterNFT};
 use mesh_chain::redact::RedactedUrl;
 use serde_json::{Value, json};
 
@@ -136,6 +136,16 @@ pub(crate) async fn open_write(
     signer: &SignerOpts,
 ) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
     open(opts, writer(&opts.chain, signer.signer()?).await?).await
+}
+
+/// The election of cluster `c`, through the same provider (and so the same signer).
+pub(crate) async fn election(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+) -> anyhow::Result<DstackClusterElection::DstackClusterElectionInstance<DynProvider>> {
+    let address = chain::election_of(c.provider(), *c.address())
+        .await
+        .context("finding the cluster's election contract")?;
+    Ok(DstackClusterElection::new(address, c.provider().clone()))
 }
 
 /// Sends a contract call and waits for its receipt. A revert, whether at gas estimation or on-chain, comes

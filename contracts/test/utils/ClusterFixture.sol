@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {DstackClusterNFT} from "../../src/DstackClusterNFT.sol";
+import {DstackClusterElection} from "../../src/DstackClusterElection.sol";
 import {Assertions} from "./Assertions.sol";
 import {Vm, vm} from "./Vm.sol";
 
@@ -37,11 +38,19 @@ abstract contract ClusterFixture is Assertions {
     string internal constant GATEWAY_URL = "https://59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a-8080.dstack.phala.network";
 
     DstackClusterNFT internal cluster;
+    /// @dev The election of the cluster deployed last, kept here because a getter call between a `vm.prank`
+    /// and the call it is meant for would take the prank for itself.
+    DstackClusterElection internal election;
 
     function _deploy() internal returns (DstackClusterNFT) {
         address[] memory appIds = new address[](1);
         appIds[0] = APP_ID;
-        return new DstackClusterNFT(OWNER, KMS_ROOT, appIds, NETWORK, PREFIX, MAX_NODES);
+        return _keepElection(new DstackClusterNFT(OWNER, KMS_ROOT, appIds, NETWORK, PREFIX, MAX_NODES));
+    }
+
+    function _keepElection(DstackClusterNFT deployed) internal returns (DstackClusterNFT) {
+        election = deployed.election();
+        return deployed;
     }
 
     function _mint(address to, string memory instanceId) internal returns (uint256 tokenId) {
@@ -211,7 +220,7 @@ abstract contract TwoAppFixture is ClusterFixture {
         address[] memory appIds = new address[](2);
         appIds[0] = APP_1;
         appIds[1] = APP_2;
-        return new DstackClusterNFT(OWNER, vm.addr(TEST_KMS_KEY), appIds, NETWORK, PREFIX, MAX_NODES);
+        return _keepElection(new DstackClusterNFT(OWNER, vm.addr(TEST_KMS_KEY), appIds, NETWORK, PREFIX, MAX_NODES));
     }
 
     /// @notice A proof issued to an instance of `appId` (whose app key is `appKey`) under the test KMS root.

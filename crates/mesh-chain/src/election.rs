@@ -1,4 +1,4 @@
-//! The cluster's leader election, as a node takes part in it: reading its seat's vote, and electing, voting
+//! The cluster's leader election (its own contract, made by the cluster), as a node takes part in it: reading its seat's vote, and electing, voting
 //! and withdrawing for its seat. The node sends from its derived address (the contract lets a seat's node
 //! vote for it) when that has funds, else with the transaction key, which the contract accepts only if it
 //! holds the seat.
@@ -7,7 +7,7 @@ use alloy::primitives::{Address, TxHash, U256};
 use alloy::signers::local::PrivateKeySigner;
 use tracing::{info, instrument};
 
-use crate::contract::{ChainError, DstackClusterNFT};
+use crate::contract::{ChainError, DstackClusterElection};
 use crate::peer_key::PeerKey;
 use crate::registration::{Cluster, confirm};
 
@@ -64,7 +64,7 @@ impl Cluster {
     /// # Errors
     /// [`ChainError`] when the read fails.
     pub async fn vote_of(&self, voter: u64) -> Result<Option<u64>, ChainError> {
-        let target = DstackClusterNFT::new(self.address(), self.reader())
+        let target = DstackClusterElection::new(self.election(), self.reader())
             .voteOf(U256::from(voter))
             .call()
             .await
@@ -99,7 +99,7 @@ impl Cluster {
         };
         let from = sender.address();
         let writer = self.writer(sender);
-        let c = DstackClusterNFT::new(self.address(), &writer);
+        let c = DstackClusterElection::new(self.election(), &writer);
         let id = U256::from(seat);
         let receipt = match ballot {
             Ballot::Elect => confirm("electLeader", c.electLeader(id).send().await).await?,

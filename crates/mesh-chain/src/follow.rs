@@ -27,7 +27,7 @@ use alloy::{
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
-use crate::contract::{self, ChainError, DstackClusterNFT};
+use crate::contract::{self, ChainError, DstackClusterElection, DstackClusterNFT};
 use crate::heads::Head;
 use crate::membership::{Pins, Rejected};
 use crate::view::{ChainView, Seat};
@@ -197,6 +197,7 @@ impl Follower {
         let c = DstackClusterNFT::new(contract, &provider);
         let chain_id = provider.get_chain_id().await.map_err(rpc("eth_chainId"))?;
         let prefix = contract::mesh_prefix(&c).await?;
+        let election = contract::election_of(&provider, contract).await?;
         let cached = cached.filter(|v| v.contract == contract && !anchors.repin);
         if let Some(v) = &cached {
             if v.pins.chain_id != chain_id {
@@ -204,6 +205,14 @@ impl Follower {
                     what: "chain id",
                     pinned: v.pins.chain_id.to_string(),
                     rpc: chain_id.to_string(),
+                });
+            }
+            // A cluster makes its election once, at deployment: another one now is the RPC's invention.
+            if v.election != Address::ZERO && v.election != election {
+                return Err(ChainError::PinMismatch {
+                    what: "election contract",
+                    pinned: v.election.to_string(),
+                    rpc: election.to_string(),
                 });
             }
             if v.pins.prefix != prefix {
@@ -233,7 +242,10 @@ impl Follower {
         let mut follower = Self {
             provider,
             config,
-            view: ChainView::new(contract, pins.clone()),
+            view: ChainView {
+                election,
+                ..ChainView::new(contract, pins.clone())
+            },
             schedule: FullReadSchedule::new(config.full_read_every, now),
             full_read_failing: None,
             logged: BTreeSet::new(),
@@ -249,6 +261,7 @@ impl Follower {
                     v.pins = pins;
                     v.records.clear();
                 }
+                v.election = election;
                 follower.view = v;
             }
             None => {
@@ -422,15 +435,16 @@ impl Follower {
         let (hash, _) = self.header(target).await?;
         let peers = self.read_records(target).await?;
         let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        let e = DstackClusterElection::new(self.view.election, self.provider.clone());
         self.count();
-        let leader = c
+        let leader = e
             .leaderTokenId()
             .block(target.into())
             .call()
             .await
             .map_err(call("leaderTokenId"))?;
         self.count();
-        let term = c
+        let term = e
             .leaderTerm()
             .block(target.into())
             .call()
@@ -577,13 +591,13 @@ impl Follower {
         }
         self.count();
         let filter = Filter::new()
-            .address(self.view.contract)
+            .address(vec![self.view.contract, self.view.election])
             .event_signature(vec![
                 DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
                 DstackClusterNFT::PeerCleared::SIGNATURE_HASH,
-                DstackClusterNFT::LeaderElected::SIGNATURE_HASH,
-                DstackClusterNFT::LeaderReplaced::SIGNATURE_HASH,
-                DstackClusterNFT::LeaderCleared::SIGNATURE_HASH,
+                DstackClusterElection::LeaderElected::SIGNATURE_HASH,
+                DstackClusterElection::LeaderReplaced::SIGNATURE_HASH,
+                DstackClusterElection::LeaderCleared::SIGNATURE_HASH,
             ])
             .from_block(from)
             .to_block(to);
@@ -599,7 +613,21 @@ impl Follower {
                 self.schedule.request(now);
                 continue;
             }
-            if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerRegistered>() {
+            if log.address() == next.election {
+                if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderElected>() {
+                    next.leader = leader_of(e.inner.data.tokenId);
+                    next.leader_term = term_of(e.inner.data.term, next.leader_term);
+                } else if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderReplaced>() {
+                    next.leader = leader_of(e.inner.data.newTokenId);
+                    next.leader_term = term_of(e.inner.data.term, next.leader_term);
+                } else if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderCleared>() {
+                    next.leader = None;
+                    next.leader_term = term_of(e.inner.data.term, next.leader_term);
+                }
+            } else if log.address() != next.contract {
+                // The filter named two addresses: an RPC that answers with others is not to be believed.
+                warn!(address = %log.address(), "skipping a log from an address this node did not ask for");
+            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerRegistered>() {
                 let Ok(token) = u64::try_from(e.inner.data.tokenId) else {
                     warn!(token = %e.inner.data.tokenId, "skipping an event whose seat id is out of range");
                     continue;
@@ -621,15 +649,6 @@ impl Follower {
                 && let Ok(token) = u64::try_from(e.inner.data.tokenId)
             {
                 next.records.remove(&token);
-            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderElected>() {
-                next.leader = leader_of(e.inner.data.tokenId);
-                next.leader_term = term_of(e.inner.data.term, next.leader_term);
-            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderReplaced>() {
-                next.leader = leader_of(e.inner.data.newTokenId);
-                next.leader_term = term_of(e.inner.data.term, next.leader_term);
-            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::LeaderCleared>() {
-                next.leader = None;
-                next.leader_term = term_of(e.inner.data.term, next.leader_term);
             }
         }
         let leader_changed =

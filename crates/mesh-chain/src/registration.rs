@@ -111,10 +111,11 @@ pub enum RegistrationError {
     Chain(#[from] ChainError),
 }
 
-/// The cluster contract, read and written through one RPC client.
+/// The cluster contract and its election, read and written through one RPC client.
 pub struct Cluster {
     client: RpcClient,
     contract: Address,
+    election: Address,
     reader: DynProvider,
 }
 
@@ -129,15 +130,22 @@ impl Cluster {
             .connect_client(client.clone())
             .erased();
         contract::check_cluster(&reader, contract).await?;
+        let election = contract::election_of(&reader, contract).await?;
         Ok(Self {
             client,
             contract,
+            election,
             reader,
         })
     }
 
     pub fn address(&self) -> Address {
         self.contract
+    }
+
+    /// The cluster's election contract.
+    pub fn election(&self) -> Address {
+        self.election
     }
 
     pub(crate) fn reader(&self) -> &DynProvider {

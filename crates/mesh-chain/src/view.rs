@@ -14,6 +14,10 @@ use crate::record::SignedRegistration;
 #[serde(rename_all = "camelCase")]
 pub struct ChainView {
     pub contract: Address,
+    /// The cluster's election contract, where the leader and the ballots live (zero in a state file written
+    /// before there was one: the next start reads it).
+    #[serde(default)]
+    pub election: Address,
     pub pins: Pins,
     pub last_block: u64,
     pub last_block_hash: B256,
@@ -37,6 +41,7 @@ impl ChainView {
     pub fn new(contract: Address, pins: Pins) -> Self {
         Self {
             contract,
+            election: Address::ZERO,
             pins,
             last_block: 0,
             last_block_hash: B256::ZERO,

@@ -68,6 +68,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
 async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
     let c = cluster::open_read(&opts).await?;
     let read = "reading the cluster configuration";
+    let election = crate::cluster::election(&c).await?;
     let (network, prefix) = {
         let p = c.meshPrefix().call().await.context(read)?;
         (ipv4(p._0), p._1)
@@ -88,7 +89,8 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
         "baseDomains": c.baseDomains().call().await.context(read)?,
         "requireAllowedDevice": c.requireAllowedDevice().call().await.context(read)?,
         "requireBoundInstance": c.requireBoundInstance().call().await.context(read)?,
-        "leaderTokenId": c.leaderTokenId().call().await.context(read)?.to_string(),
+        "election": *election.address(),
+        "leaderTokenId": election.leaderTokenId().call().await.context(read)?.to_string(),
     });
     out.emit(|| render(&v), || v.clone());
     Ok(ExitCode::SUCCESS)

@@ -54,6 +54,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         Action::Show(opts) => return show(opts, out).await,
         Action::Elect(a) => {
             let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c = cluster::election(&c).await?;
             let r = cluster::send("electLeader", c.electLeader(U256::from(a.token))).await?;
             let leader = c
                 .leaderTokenId()
@@ -64,6 +65,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         }
         Action::Vote(a) => {
             let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c = cluster::election(&c).await?;
             let r = cluster::send(
                 "castVote",
                 c.castVote(U256::from(a.token), U256::from(a.against)),
@@ -84,6 +86,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         }
         Action::Withdraw(a) => {
             let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c = cluster::election(&c).await?;
             let r = cluster::send("withdrawVote", c.withdrawVote(U256::from(a.token))).await?;
             (format!("seat {} withdrew its vote", a.token), r)
         }
@@ -97,10 +100,11 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
 
 async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
     let c = cluster::open_read(&opts).await?;
+    let e = cluster::election(&c).await?;
     let read = "reading the election state";
-    let leader = c.leaderTokenId().call().await.context(read)?.to::<u64>();
-    let term = c.leaderTerm().call().await.context(read)?.to::<u64>();
-    let threshold = c.voteThreshold().call().await.context(read)?.to::<u64>();
+    let leader = e.leaderTokenId().call().await.context(read)?.to::<u64>();
+    let term = e.leaderTerm().call().await.context(read)?.to::<u64>();
+    let threshold = e.voteThreshold().call().await.context(read)?.to::<u64>();
     let last = c.lastTokenId().call().await.context(read)?.to::<u64>();
     let mut seats = Vec::new();
     for id in 1..=last {
@@ -110,13 +114,13 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
         if !info.active {
             continue;
         }
-        let against = c
+        let against = e
             .votesAgainst(U256::from(id))
             .call()
             .await
             .context(read)?
             .to::<u64>();
-        let vote = c
+        let vote = e
             .voteOf(U256::from(id))
             .call()
             .await

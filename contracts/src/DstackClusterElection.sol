@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/// @notice What the election reads of its cluster: which seats are active and who may act for them.
+interface IClusterSeats {
+    function activeSeats() external view returns (uint256);
+    function lastTokenId() external view returns (uint256);
+    /// @notice Whether seat `tokenId` is minted and not deactivated.
+    function isActiveSeat(uint256 tokenId) external view returns (bool);
+    /// @notice Whether `account` may act for seat `tokenId`: its holder (or whoever the holder authorised),
+    /// or its bound node while the seat has a record.
+    function canActFor(uint256 tokenId, address account) external view returns (bool);
+}
+
+/// @title DstackClusterElection: the leader election of one dstack-mesh cluster.
+/// @notice Made by its cluster (DstackClusterNFT) when that is deployed, at the address the cluster's
+/// `election()` returns. It lives apart so that the cluster contract keeps room under EIP-170 for what binds a
+/// seat to its instance. With n active seats and f = ⌊(n−1)/2⌋, f+1 no-confidence votes replace the leader by
+/// the lowest-id active seat that is itself under the threshold. `leaderTerm` grows by one at every change.
+contract DstackClusterElection {
+    IClusterSeats public immutable cluster;
+
+    uint256 public leaderTokenId;
+    /// @notice The fencing term: it grows by one at every leader change (elected, replaced, cleared), so a
+    /// leader's term tells its writes apart from an older leader's.
+    uint256 public leaderTerm;
+    mapping(uint256 voterTokenId => uint256 targetTokenId) public voteOf;
+    mapping(uint256 targetTokenId => uint256) public votesAgainst;
+
+    event LeaderElected(uint256 indexed tokenId, uint256 term);
+    event VoteCast(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
+    event VoteWithdrawn(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
+    event LeaderReplaced(uint256 indexed oldTokenId, uint256 indexed newTokenId, uint256 votes, uint256 term);
+    event LeaderCleared(uint256 indexed oldTokenId, uint256 term);
+
+    error LeaderAlreadyElected(uint256 tokenId);
+    error LeaderNoEligibleSeat();
+    error LeaderCannotVoteForSelf(uint256 tokenId);
+    error LeaderNoVote(uint256 tokenId);
+    error LeaderNotSeatAgent(uint256 tokenId, address caller);
+    error LeaderSeatInactive(uint256 tokenId);
+    error LeaderOnlyCluster(address caller);
+
+    constructor(IClusterSeats cluster_) {
+        cluster = cluster_;
+    }
+
+    /// @notice With no leader, makes the lowest-id active seat that is under the no-confidence threshold the
+    /// leader. Any active seat may call it: its holder, or its node.
+    function electLeader(uint256 callerTokenId) external {
+        _requireActiveVoter(callerTokenId);
+        if (leaderTokenId != 0) revert LeaderAlreadyElected(leaderTokenId);
+        uint256 next = _lowestEligible();
+        if (next == 0) revert LeaderNoEligibleSeat();
+        emit LeaderElected(next, _setLeader(next));
+    }
+
+    /// @notice Seat `voterTokenId` votes no-confidence against `targetTokenId`, replacing any earlier vote.
+    /// The seat's holder or its node may vote, so a node can vote out a leader it cannot reach without a
+    /// person; either way it is the seat's one vote.
+    function castVote(uint256 voterTokenId, uint256 targetTokenId) external {
+        _requireActiveVoter(voterTokenId);
+        if (voterTokenId == targetTokenId) revert LeaderCannotVoteForSelf(voterTokenId);
+        if (!cluster.isActiveSeat(targetTokenId)) revert LeaderSeatInactive(targetTokenId);
+        uint256 previous = voteOf[voterTokenId];
+        if (previous == targetTokenId) return;
+        if (previous != 0) {
+            --votesAgainst[previous];
+            emit VoteWithdrawn(voterTokenId, previous);
+        }
+        voteOf[voterTokenId] = targetTokenId;
+        ++votesAgainst[targetTokenId];
+        emit VoteCast(voterTokenId, targetTokenId);
+        _checkLeader();
+    }
+
+    /// @notice Withdraws seat `voterTokenId`'s vote; its holder or its node may.
+    function withdrawVote(uint256 voterTokenId) external {
+        _requireVoter(voterTokenId);
+        uint256 previous = voteOf[voterTokenId];
+        if (previous == 0) revert LeaderNoVote(voterTokenId);
+        _withdrawVote(voterTokenId, previous);
+    }
+
+    /// @notice f + 1 for the current number of active seats.
+    function voteThreshold() public view returns (uint256) {
+        uint256 n = cluster.activeSeats();
+        return n == 0 ? 1 : (n - 1) / 2 + 1;
+    }
+
+    /// @notice The cluster tells the election that seat `tokenId` stopped being active (deactivated or
+    /// revoked), after counting it out: its vote goes, and so does its leadership; one fewer active seat
+    /// lowers the threshold, which may unseat the leader.
+    function seatLeft(uint256 tokenId) external {
+        if (msg.sender != address(cluster)) revert LeaderOnlyCluster(msg.sender);
+        uint256 previous = voteOf[tokenId];
+        if (previous != 0) _withdrawVote(tokenId, previous);
+        if (leaderTokenId == tokenId) {
+            emit LeaderCleared(tokenId, _setLeader(0));
+        } else {
+            _checkLeader();
+        }
+    }
+
+    function _setLeader(uint256 next) private returns (uint256 term) {
+        leaderTokenId = next;
+        term = ++leaderTerm;
+    }
+
+    function _withdrawVote(uint256 voterTokenId, uint256 target) private {
+        --votesAgainst[target];
+        delete voteOf[voterTokenId];
+        emit VoteWithdrawn(voterTokenId, target);
+    }
+
+    function _checkLeader() private {
+        uint256 leader = leaderTokenId;
+        if (leader == 0) return;
+        uint256 votes = votesAgainst[leader];
+        if (votes < voteThreshold()) return;
+        uint256 next = _lowestEligible();
+        emit LeaderReplaced(leader, next, votes, _setLeader(next));
+    }
+
+    /// @dev Bounded by the prefix capacity (254 seats in a /24).
+    function _lowestEligible() private view returns (uint256) {
+        uint256 threshold = voteThreshold();
+        uint256 last = cluster.lastTokenId();
+        for (uint256 id = 1; id <= last; ++id) {
+            if (votesAgainst[id] < threshold && cluster.isActiveSeat(id)) return id;
+        }
+        return 0;
+    }
+
+    function _requireVoter(uint256 tokenId) private view {
+        if (!cluster.canActFor(tokenId, msg.sender)) revert LeaderNotSeatAgent(tokenId, msg.sender);
+    }
+
+    function _requireActiveVoter(uint256 tokenId) private view {
+        _requireVoter(tokenId);
+        if (!cluster.isActiveSeat(tokenId)) revert LeaderSeatInactive(tokenId);
+    }
+}
