@@ -1,0 +1,30 @@
+//! A seat's attestation evidence turned into a [`Verdict`] or a named [`Refusal`].
+//!
+//! A seat is bound to one CVM instance by a node key. The evidence for that binding is a TDX quote
+//! whose `report_data` commits to the node key's address, the chain and the contract
+//! ([`report_data`]), plus the RTMR3 runtime event log that names the instance id, the app id and
+//! the compose hash ([`Evidence`]). Every agent checks every peer's evidence with [`verify`]:
+//!
+//! - [`evidence`]: the evidence and its on-chain bytes;
+//! - [`replay`]: the RTMR3 replay and the claims it proves;
+//! - [`policy`]: what a cluster allows;
+//! - [`verify`](mod@verify): the checks, in order, and the refusals;
+//! - [`collateral`]: Intel's collateral per FMSPC, pinned from a file or fetched from a PCCS;
+//! - [`cache`]: verdicts by evidence hash and collateral, so each evidence is checked once per
+//!   collateral.
+
+pub mod cache;
+pub mod collateral;
+pub mod evidence;
+pub mod policy;
+pub mod replay;
+mod time_fmt;
+pub mod verify;
+
+pub use cache::{VerdictCache, VerdictKey};
+pub use collateral::{CollateralError, CollateralId, CollateralInfo};
+pub use dcap_qvl::QuoteCollateralV3;
+pub use evidence::{Evidence, EvidenceError, RuntimeEvent, report_data};
+pub use policy::{Allowed, KeyProviderRule, Policy, PolicyError, TcbStatus, os_measurement};
+pub use replay::{Claims, KeyProvider, ReplayError};
+pub use verify::{Expected, QuoteFacts, Refusal, Trust, TrustError, Verdict, verify, verify_quote};
