@@ -112,6 +112,13 @@ impl Samples {
         self.0.iter().filter(move |s| s.at >= from)
     }
 
+    /// What node `i` (1-based) answered at or after `from`, leaving out the samples it did not answer.
+    pub fn answers(&self, i: usize, from: Instant) -> Vec<Leader> {
+        self.since(from)
+            .filter_map(|s| s.leaders.get(i - 1).cloned().flatten())
+            .collect()
+    }
+
     /// When node `i` last said it leads, at or before `until`.
     pub fn last_claim(&self, i: usize, until: Instant) -> Option<Instant> {
         self.0

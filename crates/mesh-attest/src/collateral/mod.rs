@@ -5,23 +5,14 @@
 //! Collateral is per platform family (FMSPC), not per quote, and valid for about a month, so one
 //! fetch serves every peer on the same kind of machine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use dcap_qvl::QuoteCollateralV3;
 use dcap_qvl::config::PckCa;
 use der::Decode as _;
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use url::Url;
 
 use crate::time_fmt::{fmt_unix, parse_rfc3339};
 
@@ -29,9 +20,6 @@ mod pccs;
 pub use pccs::{Pccs, RETRY_AFTER_FAILURE};
 
 const DAY: u64 = 24 * 60 * 60;
-
-/// A PCCS answer is a few kilobytes; anything near this is not one.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// A collateral as the verdict cache tells collaterals apart: Intel re-issues TCB info (for
 /// instance to revoke a TCB level) with a new issue date.

@@ -1,7 +1,26 @@
 //! The PCCS client: collateral fetched per FMSPC with the PCCS v4 API, kept in memory and on disk,
 //! refreshed before it expires, and served from the cache while the PCCS is unreachable.
 
-use super::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dcap_qvl::QuoteCollateralV3;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use url::Url;
+
+use super::{CollateralError, CollateralInfo, Platform, refresh_due};
+use crate::time_fmt::fmt_unix;
+
+/// A PCCS answer is a few kilobytes; anything near this is not one.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 struct Cached {
     collateral: Arc<QuoteCollateralV3>,
