@@ -157,13 +157,16 @@ pub struct RunArgs {
         conflicts_with = "no_relay"
     )]
     pub relay_ca_file: Option<PathBuf>,
-    /// Where the chain view is kept between runs (no secrets).
+    /// Where the chain view (no secrets) and, unless --node-key-file says otherwise, the node's sealed keys are
+    /// kept between runs: on the CVM's own volume.
     #[arg(
         long,
         env = "DSTACK_MESH_STATE_DIR",
         default_value = "/var/lib/p2p-agent"
     )]
     pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub node_key_file: NodeKeyFile,
     /// The local API's unix socket.
     #[arg(long, env = "DSTACK_MESH_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     pub api_socket: PathBuf,
@@ -222,10 +225,10 @@ pub struct RunArgs {
     /// How often to re-read every record as a safety net, in seconds.
     #[arg(long, env = "DSTACK_MESH_FULL_READ_SECS", default_value_t = 60)]
     pub full_read_secs: u64,
-    /// A funded key file that pays for registrations when the derived address has no funds (or DSTACK_MESH_PRIVATE_KEY).
+    /// A funded key file that pays for registrations when the node's address has no funds (or DSTACK_MESH_PRIVATE_KEY).
     #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE")]
     pub tx_key_file: Option<PathBuf>,
-    /// WireGuard key rotation epoch: each epoch is another key derived from dstack.
+    /// WireGuard key rotation epoch: each epoch is another random key, kept with the node key.
     #[arg(long, env = "DSTACK_MESH_WG_KEY_EPOCH", default_value_t = 0)]
     pub wg_key_epoch: u32,
     /// WireGuard implementation.
@@ -399,4 +402,27 @@ pub fn tx_signer(
         PRIVATE_KEY_ENV,
         private_key.as_deref().map(String::as_str),
     )?)
+}
+
+/// Where the node's sealed keys are.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeKeyFile {
+    /// The node's sealed keys (its node key and WireGuard keys, made in this CVM). Default: node-keys.sealed in
+    /// the state directory. Keep it on the CVM's own volume: losing it means new keys, which the seat's holder
+    /// binds again.
+    #[arg(
+        long = "node-key-file",
+        env = "DSTACK_MESH_NODE_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub path: Option<PathBuf>,
+}
+
+impl NodeKeyFile {
+    /// The file: the one given, else the default in `state_dir`.
+    pub fn resolve(&self, state_dir: &std::path::Path) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| state_dir.join(crate::keystore::FILE_NAME))
+    }
 }

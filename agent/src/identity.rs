@@ -1,60 +1,63 @@
-//! Who this node is, as dstack attests it: its instance and app, its peer key (which proves and signs its
-//! records, [`PeerKey`]), and its WireGuard key.
+//! Who this node is: its instance and app as dstack reports them, its node key (which signs its records, its
+//! binding and its ballots, [`NodeKey`]) and its WireGuard key.
 //!
-//! The WireGuard key is **derived** from dstack (GetKey at `dstack-mesh/wireguard/<instance_id>`), not
-//! generated and sealed. The same instance gets the same key after every restart, so a restart needs no new
-//! transaction; nothing secret is ever written to disk; and only this app's code in this instance can obtain
-//! it, because dstack's KMS releases the app key only to attested instances and the path names the instance.
-//! Rotating means moving to the next epoch (`…/<instance_id>/<epoch>`) and registering the new public key.
+//! Both keys are made inside the CVM from randomness and kept sealed on its own volume ([`keystore`]); dstack's
+//! GetKey is used only for what every instance of the app may share: the chain in which the app vouches for
+//! the node key, and the key that seals the file. So a restart keeps both keys and needs no transaction, and a
+//! sibling instance of the app cannot obtain either. Rotating the WireGuard key means moving to the next epoch
+//! (`--wg-key-epoch`), which makes a new random key, and registering its public key.
+//!
+//! [`keystore`]: crate::keystore
+
+use std::path::Path;
 
 use dstack_guest::{DstackClient, DstackError};
-use mesh_chain::peer_key::{PeerKey, PeerKeyError};
+use mesh_chain::node_key::{NodeKey, NodeKeyError};
 use mesh_wg::{Key, PrivateKey};
 
-/// GetKey path prefix of the WireGuard key; the instance id (and a rotation epoch above 0) follow.
-pub const WG_KEY_PATH_PREFIX: &str = "dstack-mesh/wireguard/";
-
-/// GetKey purpose of the WireGuard key. It only enters the app signature, which nobody checks for this key.
-pub const WG_KEY_PURPOSE: &str = "dstack-mesh-wireguard";
+use crate::keystore::{self, KeyStoreError, SealKey};
 
 /// Errors establishing the node's identity.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
-    #[error("dstack {call} failed")]
+    #[error("dstack {call} failed: {source}")]
     Dstack {
         call: &'static str,
         #[source]
         source: DstackError,
     },
     #[error(transparent)]
-    PeerKey(#[from] PeerKeyError),
+    NodeKey(#[from] NodeKeyError),
+    #[error(transparent)]
+    KeyStore(#[from] KeyStoreError),
+    #[error(
+        "this CVM has no instance id (its app-compose sets no_instance_id): dstack-mesh binds seats to instance ids"
+    )]
+    NoInstanceId,
 }
 
-/// GetKey path of the WireGuard key for `instance_id` at rotation `epoch`.
-pub fn wg_key_path(instance_id: &str, epoch: u32) -> String {
-    if epoch == 0 {
-        format!("{WG_KEY_PATH_PREFIX}{instance_id}")
-    } else {
-        format!("{WG_KEY_PATH_PREFIX}{instance_id}/{epoch}")
-    }
-}
-
-/// This node's identity, loaded from dstack.
+/// This node's identity.
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
-    /// The peer key, with the instance and app it belongs to.
-    pub peer: PeerKey,
+    /// The node key, with the instance and app it belongs to.
+    pub node: NodeKey,
     pub app_name: String,
     wg_private_key: PrivateKey,
 }
 
 impl NodeIdentity {
-    /// Reads Info, then the peer key and the WireGuard key (at rotation `wg_epoch`) from GetKey.
+    /// Reads Info, opens (or makes) the node's keys at `key_file` with a WireGuard key for `wg_epoch`, and asks
+    /// dstack for the chain that vouches for the node key.
     ///
     /// # Errors
-    /// [`IdentityError`] naming the dstack call that failed, or a missing instance id.
-    pub async fn load(client: &DstackClient, wg_epoch: u32) -> Result<Self, IdentityError> {
+    /// [`IdentityError`] naming the dstack call that failed, a key file that does not open, or a missing
+    /// instance id.
+    pub async fn load(
+        client: &DstackClient,
+        key_file: &Path,
+        wg_epoch: u32,
+    ) -> Result<Self, IdentityError> {
         let info = client
             .info()
             .await
@@ -62,24 +65,39 @@ impl NodeIdentity {
                 call: "Info",
                 source,
             })?;
-        let peer = PeerKey::load(client, &info).await?;
-        let wg = client
-            .get_key(&wg_key_path(&info.instance_id, wg_epoch), WG_KEY_PURPOSE)
+        if info.instance_id.is_empty() {
+            return Err(IdentityError::NoInstanceId);
+        }
+        let seal = client
+            .get_key(keystore::SEAL_KEY_PATH, keystore::SEAL_KEY_PURPOSE)
             .await
             .map_err(|source| IdentityError::Dstack {
                 call: "GetKey",
                 source,
             })?;
+        let seal = SealKey::from_bytes(*seal.key.expose_secret());
+        let file = key_file.to_owned();
+        let instance = info.instance_id.clone();
+        // File I/O and fsync: off the runtime's worker.
+        let keys = tokio::task::spawn_blocking(move || {
+            keystore::open_or_create(&file, &seal, &instance, wg_epoch)
+        })
+        .await
+        .expect("the key store does not panic")?;
+        let wg_private_key = keys
+            .wireguard(wg_epoch)
+            .expect("open_or_create makes the epoch's key");
+        let node = NodeKey::load(client, &info, keys.node_key()).await?;
         Ok(Self {
-            peer,
+            node,
             app_name: info.app_name,
-            wg_private_key: PrivateKey::from_bytes(*wg.key.expose_secret()),
+            wg_private_key,
         })
     }
 
     /// 40 lowercase hex characters.
     pub fn instance_id(&self) -> &str {
-        &self.peer.instance_id
+        &self.node.instance_id
     }
 
     /// The WireGuard public key.
@@ -90,24 +108,5 @@ impl NodeIdentity {
     /// The WireGuard private key, for the data plane. Callers must not log or persist it.
     pub fn wg_private_key(&self) -> &PrivateKey {
         &self.wg_private_key
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Epoch 0 is the plain instance path; later epochs append the epoch, so each rotation is a new key.
-    #[test]
-    fn wg_key_paths_name_the_instance_and_epoch() {
-        let id = "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a";
-        assert_eq!(
-            wg_key_path(id, 0),
-            "dstack-mesh/wireguard/59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a"
-        );
-        assert_eq!(
-            wg_key_path(id, 2),
-            "dstack-mesh/wireguard/59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a/2"
-        );
     }
 }

@@ -3,7 +3,8 @@
 //! `mesh-api`); this one has what is the agent's own:
 //!
 //! - [`config`]: the daemon's flags.
-//! - [`identity`]: this node as dstack attests it: its peer key and its WireGuard key.
+//! - [`identity`] and [`keystore`]: this node: its instance, and its node and WireGuard keys, made in the CVM
+//!   and sealed on its volume.
 //! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
 //! - [`desired`], [`election`], [`lease`] and [`snapshot`]: the decisions, pure: this node's peers, its
 //!   part in the leader election, when it may say it leads, and what the API serves.
@@ -20,6 +21,7 @@ pub mod election;
 pub mod heartbeat;
 pub mod hooks;
 pub mod identity;
+pub mod keystore;
 pub mod lease;
 pub mod run;
 pub mod snapshot;

@@ -38,11 +38,12 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show this CVM's dstack identity: instance id, app id, the peer key's address, and whether
-    /// dstack's signature chain for it verifies. Never prints private keys.
+    /// Show this CVM's identity: instance id, app id, the node key's address (made and sealed in the state
+    /// directory on first use), and whether dstack's signature chain for it verifies; with --bind-token, print
+    /// the binding (with this instance's TDX quote) that `meshctl bind` sends. Never prints private keys.
     Identity(identity::IdentityArgs),
     /// Register this node's peer record for its seat once, if the on-chain one differs: WireGuard key
-    /// (derived from dstack), endpoint and gateway URL. Sends from the derived address when it is funded,
+    /// (made in this CVM), endpoint and gateway URL. Sends from the node's address when it is funded,
     /// else with --tx-key-file/DSTACK_MESH_PRIVATE_KEY; otherwise prints the signed registration as JSON for
     /// `meshctl relay`.
     Register(register::RegisterArgs),

@@ -185,26 +185,40 @@ async fn member(
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("choosing the dstack endpoint")?;
     let Some(identity) = cancel
-        .run_until_cancelled(load_identity(&client, args.wg_key_epoch))
+        .run_until_cancelled(load_identity(
+            &client,
+            &args.node_key_file.resolve(&args.state_dir),
+            args.wg_key_epoch,
+        ))
         .await
     else {
         return Ok(());
     };
+    let identity = identity?;
     let identity = Arc::new(identity);
     tracing::Span::current().record("instance", identity.instance_id());
-    info!(instance = %identity.instance_id(), app = %identity.peer.app_id, wg_key = %identity.wg_public_key(), "identity from dstack");
+    info!(instance = %identity.instance_id(), app = %identity.node.app_id, node = %identity.node.address(), wg_key = %identity.wg_public_key(), "identity from dstack and the key store");
     let cached = load_cache(&args, contract);
     let tasks = Tasks::new(args, contract, rpc, agent, identity, tx_key, relay);
     tasks.run(cached, api, cancel).await
 }
 
-/// Reads this node's identity from dstack, retrying with backoff while dstack does not answer.
-async fn load_identity(client: &DstackClient, epoch: u32) -> NodeIdentity {
+/// Reads this node's identity, retrying with backoff while dstack does not answer. A key file that does not
+/// open is not retried: waiting would not change it, and making new keys in its place would drop the seat's
+/// binding without the operator asking.
+async fn load_identity(
+    client: &DstackClient,
+    key_file: &std::path::Path,
+    epoch: u32,
+) -> anyhow::Result<NodeIdentity> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let delay = backoff.next_delay();
-        match NodeIdentity::load(client, epoch).await {
-            Ok(identity) => return identity,
+        match NodeIdentity::load(client, key_file, epoch).await {
+            Ok(identity) => return Ok(identity),
+            Err(e @ crate::identity::IdentityError::KeyStore(_)) => {
+                return Err(e).context("cannot open this node's keys");
+            }
             Err(e) => {
                 warn!(error = %format!("{e:#}"), retry_in = ?delay, "reading this node's identity from dstack failed; retrying")
             }
@@ -333,7 +347,7 @@ impl Tasks {
         let publisher = Publisher {
             node: NodeFacts {
                 instance_id: identity.instance_id().to_owned(),
-                app_id: identity.peer.app_id,
+                app_id: identity.node.app_id,
                 wg_public_key,
                 endpoint: args.endpoint.map(|e| e.to_string()),
                 gateway_url,

@@ -20,6 +20,19 @@ library DstackChain {
         return address(uint160(uint256(keccak256(publicKey))));
     }
 
+    /// @dev secp256k1's field prime.
+    uint256 private constant P = 0xfffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f;
+
+    /// @notice Whether a 64-byte uncompressed key is a point of secp256k1. The app signature covers only the
+    /// compressed form (X and Y's parity), so without this a relay could change Y and still pass: agents, which
+    /// refuse such a key, would then drop a record the contract stored.
+    function isOnCurve(bytes calldata publicKey) internal pure returns (bool) {
+        uint256 x = uint256(bytes32(publicKey[0:32]));
+        uint256 y = uint256(bytes32(publicKey[32:64]));
+        if (x >= P || y >= P) return false;
+        return mulmod(y, y, P) == addmod(mulmod(mulmod(x, x, P), x, P), 7, P);
+    }
+
     /// @notice The 33-byte SEC1 compressed form of an uncompressed (64-byte) public key.
     function compress(bytes calldata publicKey) internal pure returns (bytes memory) {
         uint8 parity = uint8(publicKey[63]) & 1;

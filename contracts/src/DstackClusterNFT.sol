@@ -5,26 +5,29 @@ import {ERC721} from "@openzeppelin/contracts/token/ERC721/ERC721.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {IERC165} from "@openzeppelin/contracts/utils/introspection/IERC165.sol";
-import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
 
-import {IAppAuth} from "./IAppAuth.sol";
 import {DstackChain} from "./DstackChain.sol";
 import {RecordFormat} from "./RecordFormat.sol";
 import {DstackClusterElection, IClusterSeats} from "./DstackClusterElection.sol";
+import {DstackClusterAppAuth, IClusterInstances} from "./DstackClusterAppAuth.sol";
 
 /// @title DstackClusterNFT: the seats, the peer registry and the dstack app-auth hook of one dstack-mesh cluster.
 /// @notice A seat is an ERC721 token. Token id N owns overlay address `network + N` for good: ids start at 1
 /// and are never reissued. The holder binds the seat to one dstack instance; that instance's agent then
 /// registers a peer record (WireGuard key, UDP endpoint, TLS-gateway URL) that anyone may relay, because the
 /// record carries its own proof:
-///  1. dstack's signature chain for a key derived under the purpose `"dstack-mesh-peer:" ‖ instanceId`,
-///     rooted at the pinned KMS root and an allowed app id (see DstackChain);
-///  2. an EIP-712 signature by that derived key over the whole record, under this contract's domain
+///  1. dstack's signature chain under the purpose `"dstack-mesh-node:" ‖ instanceId ‖ ":" ‖ node`, rooted at the
+///     pinned KMS root and an allowed app id (see DstackChain): an instance of the app vouched for the node key;
+///  2. an EIP-712 signature by the seat's node key over the whole record, under this contract's domain
 ///     (name "DstackClusterNFT", version "1", chain id, this address), with a nonce above the seat's last.
-/// The contract address is the cluster's identity. Its leader election is a contract of its own, made here at
-/// deployment (see `election`).
-contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSeats {
+/// The node key is made from randomness inside the CVM and never leaves its encrypted volume. dstack's GetKey
+/// gives every instance of an app the same keys, so the chain alone proves only "an instance of the app": the
+/// seat's node is fixed when its holder binds it (see NodeBinding), after checking the instance's TDX quote,
+/// whose hash the seat keeps and whose bytes its InstanceBound event carries, for every agent to verify.
+/// The contract address is the cluster's identity. Its leader election and its app auth (the allowlists of compose
+/// hashes, devices and OS images, and dstack's isAppAllowed hook) are contracts of their own, made here at
+/// deployment (see `election` and `appAuth`).
+contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     using RecordFormat for string;
 
     // ------------------------------------------------------------------ types
@@ -36,7 +39,25 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         bytes appSignature; // 65 bytes, r ‖ s ‖ v
         bytes kmsSignature; // 65 bytes, r ‖ s ‖ v
         address appId; // dstack app id (20 bytes)
-        string purpose; // PURPOSE_PREFIX ‖ instanceId
+        string purpose; // PURPOSE_PREFIX ‖ instanceId ‖ ":" ‖ node (40 lowercase hex)
+    }
+
+    /// @notice What binds a seat to one CVM instance: the instance's node key, made from randomness inside the CVM
+    /// and kept on its own encrypted volume, so that no sibling instance of the app can derive it.
+    /// `p2p-agent identity --bind-token` prints it in the instance; `meshctl bind` verifies it before sending.
+    /// - `proof`: dstack's chain under the purpose naming the instance and the node: an instance of an allowed
+    ///   app vouched for the node. It proves app membership, not which instance (any instance could sign it).
+    /// - `evidence`: the TDX quote, whose report_data commits to the chain, this contract and the node, with its
+    ///   RTMR3 event log, which names the instance, the app and the compose hash. The contract keeps its hash;
+    ///   the event carries it for agents to verify (signature chain to Intel's root, TCB, OS and compose
+    ///   allowlists, replay); `meshctl bind` checks that its event log names the instance and the app.
+    /// - `consent`: the node key's EIP-712 signature over BindConsent(tokenId, instanceId, node, holder).
+    struct NodeBinding {
+        string instanceId;
+        address node;
+        DstackProof proof;
+        bytes evidence;
+        bytes consent;
     }
 
     /// @notice The fields of a peer record that its agent chooses. The instance id comes from the seat.
@@ -58,6 +79,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         uint64 nonce;
         uint64 registeredBlock;
         uint32 overlayAddress; // IPv4, big-endian integer
+        address node; // the seat's bound node key; zero while unbound
+        bytes32 evidenceHash; // keccak256 of the binding's evidence
+        uint64 boundBlock; // block of the binding, whose InstanceBound event carries the evidence
     }
 
     /// @notice Why a seat's peer record was cleared.
@@ -74,28 +98,31 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         uint64 registeredBlock; // block of the current record, 0 when there is none
         // Packed into the slot above, which every registration writes anyway, so they cost no extra slot:
         uint32 recordIndex; // the seat's position in _recorded while it has a record, else 0
-        uint32 appNumber; // the app the seat serves (see AppEntry), set by its first registration; 0 before
+        uint32 appNumber; // the app the seat serves (see AppEntry), set by its binding; 0 before
         bytes32 wgPublicKey;
         string instanceId;
         string endpoint;
         string gatewayUrl;
-        // The derived key of the seat's record: the node itself, which may vote and elect for the seat while
-        // the record stands. Written only when it changes (a first record, or one after a rebind).
+        // The node key the seat is bound to: it alone signs the seat's records, and it may vote and elect for
+        // the seat while a record stands. Packed with the binding's block.
         address node;
+        uint64 boundBlock;
+        bytes32 evidenceHash;
     }
 
     // -------------------------------------------------------------- constants
 
-    /// @notice The purpose an agent passes to dstack's GetKey; the instance id (40 lowercase hex) follows it.
-    string public constant PURPOSE_PREFIX = "dstack-mesh-peer:";
+    /// @notice The purpose an agent passes to dstack's GetKey to have the app vouch for its node key; the instance
+    /// id, ":" and the node's address (40 lowercase hex characters each, without 0x) follow it.
+    string public constant PURPOSE_PREFIX = "dstack-mesh-node:";
 
     bytes32 public constant PEER_RECORD_TYPEHASH = keccak256(
         "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)"
     );
 
-    /// @notice What an instance's derived key signs to let the holder of `tokenId` bind the seat to it.
+    /// @notice What a node key signs to let the holder of `tokenId` bind the seat to it.
     bytes32 public constant BIND_CONSENT_TYPEHASH =
-        keccak256("BindConsent(uint256 tokenId,string instanceId,address holder)");
+        keccak256("BindConsent(uint256 tokenId,string instanceId,address node,address holder)");
 
     // ------------------------------------------------------------------ state
 
@@ -118,6 +145,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     mapping(bytes32 wgPublicKey => uint256 tokenId) private _tokenOfWgKey;
 
     address[] private _appIds;
+
     /// @dev Whether an app id is allowed, and its number: every app id ever allowed gets one for good (from 1),
     /// so that a seat names its app in 4 bytes. One slot, so a registration reads both at once.
     struct AppEntry {
@@ -138,18 +166,16 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     string[] private _baseDomains;
     mapping(bytes32 domainHash => bool) private _isBaseDomain;
 
-    mapping(bytes32 composeHash => bool) public isComposeHashAllowed;
-    mapping(bytes32 deviceId => bool) public isDeviceAllowed;
-    bool public requireAllowedDevice;
-    bool public requireBoundInstance;
-
     /// @notice The cluster's leader election, made by this contract's constructor.
     DstackClusterElection public immutable election;
+    /// @notice Which CVMs the cluster trusts, made by this contract's constructor.
+    DstackClusterAppAuth public immutable appAuth;
 
     // ----------------------------------------------------------------- events
 
     event SeatMinted(uint256 indexed tokenId, address indexed to, uint32 overlayAddress);
-    event InstanceBound(uint256 indexed tokenId, string instanceId);
+    /// @notice Carries the binding's evidence, so that every agent can verify it without trusting its RPC.
+    event InstanceBound(uint256 indexed tokenId, string instanceId, address node, bytes32 evidenceHash, bytes evidence);
     event InstanceUnbound(uint256 indexed tokenId, string instanceId);
     event SeatDeactivated(uint256 indexed tokenId);
     event SeatActivated(uint256 indexed tokenId);
@@ -181,10 +207,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     event BaseDomainRemoved(string domain);
     event Withdrawn(address indexed to, uint256 amount);
 
-    event ComposeHashUpdated(bytes32 indexed composeHash, bool allowed);
-    event DeviceUpdated(bytes32 indexed deviceId, bool allowed);
-    event AppAuthPolicyUpdated(bool requireAllowedDevice, bool requireBoundInstance);
-
     // ----------------------------------------------------------------- errors
 
     error ClusterInvalidPrefix(uint32 network, uint8 prefixLength);
@@ -203,8 +225,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     error ClusterInvalidDomain(string domain);
     error ClusterUnknownDomain(string domain);
     error ClusterWithdrawFailed(address to, uint256 amount);
-    error ClusterBindNeedsConsent(string instanceId);
-    error ClusterBindConsentInvalid(address derivedKey, address recovered);
+    error ClusterBindNeedsEvidence(string instanceId);
+    error ClusterBindConsentInvalid(address node, address recovered);
 
     error RegistryStaleNonce(uint256 tokenId, uint64 lastNonce, uint64 nonce);
     error RegistryEmptyRecord(uint256 tokenId);
@@ -214,15 +236,17 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     error RegistryGatewayUrlNotHttps(string gatewayUrl);
     error RegistryGatewayDomainNotAllowed(string gatewayUrl);
     error RegistryInvalidKeyLength(uint256 length);
+    /// @notice The proof's derived key is not a point of secp256k1.
+    error RegistryKeyNotOnCurve();
     error RegistryAppIdNotAllowed(address appId);
     error RegistryPurposeMismatch(string expected, string purpose);
     error RegistryAppSignatureInvalid(address appKey, address recovered);
     error RegistryKmsSignatureInvalid(address kmsRoot, address recovered);
-    error RegistryRecordSignatureInvalid(address derivedKey, address recovered);
+    error RegistryRecordSignatureInvalid(address node, address recovered);
     error RegistryWireGuardKeyInUse(bytes32 wgPublicKey, uint256 tokenId);
     /// @notice `field` is not a 65-byte signature in its one accepted encoding: v ∈ {0,1} for dstack's
     /// `appSignature` and `kmsSignature`, v ∈ {27,28} for the EIP-712 `recordSignature` and
-    /// `consentSignature`, low s, non-zero r and s.
+    /// `consent`, low s, non-zero r and s.
     error RegistryMalformedSignature(string field);
     error RegistrySeatAppMismatch(uint256 tokenId, address seatAppId, address appId);
 
@@ -252,6 +276,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         maxNodes = maxNodes_;
         _recorded.push(RECORDED_PLACEHOLDER);
         election = new DstackClusterElection(this);
+        appAuth = new DstackClusterAppAuth(IClusterInstances(address(this)));
         for (uint256 i = 0; i < appIds.length; ++i) {
             _setAppId(appIds[i], true);
         }
@@ -261,10 +286,11 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
 
     // ------------------------------------------------------------------ seats
 
-    /// @notice Mints the next seat to `to`, binding it to `instanceId` unless that is empty.
+    /// @notice Mints the next seat to `to`, binding it with `binding` (see bindInstance) unless its instance id is
+    /// empty. The consent is for the seat being minted (`lastTokenId + 1`) and holder `to`.
     /// @dev Requirements: the caller is the owner (free), or public minting is on and `msg.value == mintPrice`;
     /// fewer than `maxNodes` seats are active; the next id still fits the prefix.
-    function mintNodeAccess(address to, string calldata instanceId) external payable returns (uint256 tokenId) {
+    function mintNodeAccess(address to, NodeBinding calldata binding) external payable returns (uint256 tokenId) {
         uint256 price;
         if (msg.sender != owner()) {
             if (!publicMinting) revert ClusterMintNotAllowed(msg.sender);
@@ -277,44 +303,33 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         if (tokenId > capacity) revert ClusterPrefixExhausted(tokenId, capacity);
         lastTokenId = tokenId;
         _mint(to, tokenId);
-        if (bytes(instanceId).length != 0) {
-            // Instance ids are public: binding one at mint is the owner's call alone (see bindInstance).
-            if (msg.sender != owner()) revert ClusterBindNeedsConsent(instanceId);
-            _bind(tokenId, instanceId);
-        }
+        if (bytes(binding.instanceId).length != 0) _bind(tokenId, to, binding);
     }
 
-    /// @notice Binds a seat to a dstack instance, or rebinds it to another; a rebind clears the seat's record.
-    /// Instance ids are public, so a holder other than the owner needs the instance's consent: `proof` is the
-    /// instance's dstack chain for its peer key (as in registerPeer), and `consentSignature` that key's
-    /// EIP-712 signature over `BindConsent(tokenId, instanceId, holder)` (`p2p-agent identity --bind-token`
-    /// prints both). Without it anyone could bind another operator's node to their own seat, ahead of the
-    /// owner's mint for it, and so control that node's membership. The owner binds its own seats without one.
-    /// @dev Requirements: the caller holds the seat or is approved for it; the seat is active; `instanceId` is 40
-    /// lowercase hex characters and not bound to any seat; the consent, unless the caller is the owner.
-    function bindInstance(
-        uint256 tokenId,
-        string calldata instanceId,
-        DstackProof calldata proof,
-        bytes calldata consentSignature
-    ) external {
+    /// @notice Binds a seat to a dstack instance's node key, or rebinds it (to another instance, or to the same
+    /// instance's new node key after it lost its volume); a rebind clears the seat's record. Only the node key
+    /// signs the seat's records from then on, so a sibling instance of the app, which can obtain every GetKey key
+    /// this instance can, still cannot register for the seat.
+    /// @dev Requirements: the caller holds the seat or is approved for it; the seat is active; the instance id is
+    /// 40 lowercase hex characters and bound to no other seat; the chain verifies under the purpose naming the
+    /// instance and the node, from the seat's app; the evidence is not empty; the node signed the consent.
+    /// The contract does not verify the quote (a TDX quote costs far too much gas to verify on-chain): it keeps
+    /// its hash and emits it for agents to verify.
+    function bindInstance(uint256 tokenId, NodeBinding calldata binding) external {
         address holder = _requireHolder(tokenId);
         if (!_seats[tokenId].active) revert ClusterSeatInactive(tokenId);
-        if (!RecordFormat.isInstanceId(instanceId)) revert ClusterInvalidInstanceId(instanceId);
-        if (msg.sender != owner()) {
-            if (consentSignature.length == 0) revert ClusterBindNeedsConsent(instanceId);
-            _checkBindConsent(tokenId, instanceId, holder, proof, consentSignature);
-        }
-        _bind(tokenId, instanceId);
+        _bind(tokenId, holder, binding);
     }
 
-    /// @notice The EIP-712 digest an instance's derived key signs to consent to `holder` binding `tokenId` to it.
-    function bindConsentDigest(uint256 tokenId, string calldata instanceId, address holder)
+    /// @notice The EIP-712 digest a node key signs to consent to `holder` binding `tokenId` to it.
+    function bindConsentDigest(uint256 tokenId, string calldata instanceId, address node, address holder)
         public
         view
         returns (bytes32)
     {
-        return _hashTypedDataV4(keccak256(abi.encode(BIND_CONSENT_TYPEHASH, tokenId, keccak256(bytes(instanceId)), holder)));
+        return _hashTypedDataV4(
+            keccak256(abi.encode(BIND_CONSENT_TYPEHASH, tokenId, keccak256(bytes(instanceId)), node, holder))
+        );
     }
 
     /// @notice Lets seat `tokenId` serve another app: its next record may come from any allowed app, which it
@@ -361,9 +376,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
 
     /// @notice Stores a seat's peer record. Anyone may send it; the record proves itself (see the contract doc).
     /// @dev Checks, each with its own error: the seat is active and bound; the nonce is fresh; the fields are
-    /// well-formed; the app id is allowed; the purpose names the seat's instance; the app key signed the
-    /// derived key; the KMS root signed the app key; the derived key signed the record; and no other seat
-    /// uses the WireGuard key.
+    /// well-formed; the app id is allowed; the purpose names the seat's instance and node; the app key signed
+    /// the derived key; the KMS root signed the app key; the seat's node key signed the record; and no other
+    /// seat uses the WireGuard key.
     function registerPeer(PeerRecordInput calldata record, DstackProof calldata proof, bytes calldata recordSignature)
         external
     {
@@ -375,7 +390,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         if (bytes(instanceId).length == 0) revert ClusterSeatNotBound(tokenId);
         if (record.nonce <= seat.nonce) revert RegistryStaleNonce(tokenId, seat.nonce, record.nonce);
         _checkRecordFields(record);
-        uint32 app = _checkDstackChain(proof, instanceId);
+        address node = seat.node;
+        uint32 app = _checkDstackChain(proof, instanceId, node);
         _checkSeatApp(tokenId, seat, proof.appId, app);
 
         bytes32 structHash = keccak256(
@@ -389,9 +405,9 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
                 record.nonce
             )
         );
-        address derived = DstackChain.toAddress(proof.derivedPublicKey);
-        address signer = _recover(_hashTypedDataV4(structHash), recordSignature, DstackChain.V_ETHEREUM, "recordSignature");
-        if (signer != derived) revert RegistryRecordSignatureInvalid(derived, signer);
+        address signer =
+            _recover(_hashTypedDataV4(structHash), recordSignature, DstackChain.V_ETHEREUM, "recordSignature");
+        if (signer != node) revert RegistryRecordSignatureInvalid(node, signer);
 
         bytes32 key = record.wgPublicKey;
         if (key != bytes32(0)) {
@@ -407,45 +423,20 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
             _recorded.push(uint32(tokenId));
             seat.recordIndex = uint32(_recorded.length - 1);
         }
-        if (seat.node != derived) seat.node = derived;
         seat.appNumber = app;
         seat.nonce = record.nonce;
         seat.registeredBlock = uint64(block.number);
         seat.endpoint = record.endpoint;
         seat.gatewayUrl = record.gatewayUrl;
         emit PeerRegistered(
-            tokenId,
-            instanceId,
-            key,
-            record.endpoint,
-            record.gatewayUrl,
-            record.nonce,
-            proof,
-            recordSignature
-        );
-    }
-
-    /// @notice The EIP-712 digest the derived key signs for a record of `tokenId`'s bound instance.
-    function recordDigest(PeerRecordInput calldata record, string calldata instanceId) external view returns (bytes32) {
-        return _hashTypedDataV4(
-            keccak256(
-                abi.encode(
-                    PEER_RECORD_TYPEHASH,
-                    record.tokenId,
-                    keccak256(bytes(instanceId)),
-                    record.wgPublicKey,
-                    keccak256(bytes(record.endpoint)),
-                    keccak256(bytes(record.gatewayUrl)),
-                    record.nonce
-                )
-            )
+            tokenId, instanceId, key, record.endpoint, record.gatewayUrl, record.nonce, proof, recordSignature
         );
     }
 
     // ------------------------------------------------------------------ views
 
-    /// @notice The node of seat `tokenId`: the derived key of its record, which may vote and elect for the
-    /// seat; zero while the seat has no record.
+    /// @notice The node of seat `tokenId`, which may vote and elect for the seat while it has a record; zero while
+    /// it has none.
     function nodeOf(uint256 tokenId) external view returns (address) {
         Seat storage seat = _seats[tokenId];
         return seat.registeredBlock == 0 ? address(0) : seat.node;
@@ -477,7 +468,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     }
 
     /// @notice A seat's state: whether it is active, its bound instance, its last record nonce, and the app it
-    /// serves (zero until its first registration, or after the owner reset it).
+    /// serves (zero until its first binding, or after the owner reset it).
     function seatInfo(uint256 tokenId)
         external
         view
@@ -606,52 +597,16 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         if (!ok) revert ClusterWithdrawFailed(to, amount);
     }
 
-    // --------------------------------------------------------------- app auth
-
-    function setComposeHash(bytes32 composeHash, bool allowed) external onlyOwner {
-        isComposeHashAllowed[composeHash] = allowed;
-        emit ComposeHashUpdated(composeHash, allowed);
-    }
-
-    function setDevice(bytes32 deviceId, bool allowed) external onlyOwner {
-        isDeviceAllowed[deviceId] = allowed;
-        emit DeviceUpdated(deviceId, allowed);
-    }
-
-    /// @notice `requireBoundInstance` is off by default because of a chicken-and-egg problem: a real CVM's
-    /// instance id is random on first boot and only persisted once the KMS has released its keys. A boot the
-    /// KMS refuses therefore gets a new instance id on the next attempt, so it cannot be bound beforehand.
-    /// Turn it on only for instances whose ids are already known (for example after a first, allowed boot).
-    function setAppAuthPolicy(bool requireAllowedDevice_, bool requireBoundInstance_) external onlyOwner {
-        requireAllowedDevice = requireAllowedDevice_;
-        requireBoundInstance = requireBoundInstance_;
-        emit AppAuthPolicyUpdated(requireAllowedDevice_, requireBoundInstance_);
-    }
-
-    /// @inheritdoc IAppAuth
-    function isAppAllowed(AppBootInfo calldata bootInfo) external view returns (bool isAllowed, string memory reason) {
-        if (bootInfo.appId != address(this) && !_apps[bootInfo.appId].allowed) return (false, "App id not allowed");
-        if (!isComposeHashAllowed[bootInfo.composeHash]) return (false, "Compose hash not allowed");
-        if (requireAllowedDevice && !isDeviceAllowed[bootInfo.deviceId]) return (false, "Device not allowed");
-        if (requireBoundInstance) {
-            string memory id = _instanceIdString(bootInfo.instanceId);
-            uint256 tokenId = _tokenOfInstance[keccak256(bytes(id))];
-            if (tokenId == 0 || !_seats[tokenId].active) return (false, "Instance not bound to an active seat");
-            address seatApp = _appOf(_seats[tokenId]);
-            if (seatApp != address(0) && seatApp != bootInfo.appId) return (false, "Instance's seat serves another app");
-        }
-        return (true, "");
-    }
-
-    function supportsInterface(bytes4 interfaceId) public view override(ERC721, IERC165) returns (bool) {
-        return interfaceId == type(IAppAuth).interfaceId || super.supportsInterface(interfaceId);
-    }
-
     // ------------------------------------------------------- for the election
 
     /// @inheritdoc IClusterSeats
     function isActiveSeat(uint256 tokenId) external view returns (bool) {
         return _seats[tokenId].active;
+    }
+
+    /// @notice The app seat `tokenId` serves: zero before its first binding, or after the owner reset it.
+    function seatAppOf(uint256 tokenId) external view returns (address) {
+        return _appOf(_seats[tokenId]);
     }
 
     /// @inheritdoc IClusterSeats
@@ -694,21 +649,40 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         }
     }
 
-    function _bind(uint256 tokenId, string calldata instanceId) private {
+    function _bind(uint256 tokenId, address holder, NodeBinding calldata binding) private {
+        string calldata instanceId = binding.instanceId;
         if (!RecordFormat.isInstanceId(instanceId)) revert ClusterInvalidInstanceId(instanceId);
         bytes32 h = keccak256(bytes(instanceId));
         uint256 bound = _tokenOfInstance[h];
-        if (bound != 0) revert ClusterInstanceAlreadyBound(instanceId, bound);
+        if (bound != 0 && bound != tokenId) revert ClusterInstanceAlreadyBound(instanceId, bound);
+        if (binding.evidence.length == 0) revert ClusterBindNeedsEvidence(instanceId);
+        address node = binding.node;
         Seat storage seat = _seats[tokenId];
+        uint32 app = _checkDstackChain(binding.proof, instanceId, node);
+        _checkSeatApp(tokenId, seat, binding.proof.appId, app);
+        address signer = _recover(
+            bindConsentDigest(tokenId, instanceId, node, holder), binding.consent, DstackChain.V_ETHEREUM, "consent"
+        );
+        if (signer != node) revert ClusterBindConsentInvalid(node, signer);
+
         string memory previous = seat.instanceId;
         if (bytes(previous).length != 0) {
-            delete _tokenOfInstance[keccak256(bytes(previous))];
             _clearRecord(tokenId, ClearReason.Rebound);
-            emit InstanceUnbound(tokenId, previous);
+            if (bound == 0) {
+                delete _tokenOfInstance[keccak256(bytes(previous))];
+                emit InstanceUnbound(tokenId, previous);
+            }
         }
-        seat.instanceId = instanceId;
-        _tokenOfInstance[h] = tokenId;
-        emit InstanceBound(tokenId, instanceId);
+        if (bound == 0) {
+            seat.instanceId = instanceId;
+            _tokenOfInstance[h] = tokenId;
+        }
+        bytes32 evidenceHash = keccak256(binding.evidence);
+        seat.appNumber = app;
+        seat.node = node;
+        seat.boundBlock = uint64(block.number);
+        seat.evidenceHash = evidenceHash;
+        emit InstanceBound(tokenId, instanceId, node, evidenceHash, binding.evidence);
     }
 
     function _clearRecord(uint256 tokenId, ClearReason reason) private {
@@ -752,7 +726,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     }
 
     /// @dev Returns the proof's app number.
-    function _checkDstackChain(DstackProof calldata proof, string memory instanceId)
+    function _checkDstackChain(DstackProof calldata proof, string memory instanceId, address node)
         private
         view
         returns (uint32 app)
@@ -763,10 +737,12 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
         if (proof.appPublicKey.length != DstackChain.PUBLIC_KEY_LENGTH) {
             revert RegistryInvalidKeyLength(proof.appPublicKey.length);
         }
+        if (!DstackChain.isOnCurve(proof.derivedPublicKey)) revert RegistryKeyNotOnCurve();
         AppEntry memory entry = _apps[proof.appId];
         if (!entry.allowed) revert RegistryAppIdNotAllowed(proof.appId);
         app = entry.number;
-        string memory expected = string.concat(PURPOSE_PREFIX, instanceId);
+        string memory expected =
+            string.concat(PURPOSE_PREFIX, instanceId, ":", string(DstackChain.toHex(abi.encodePacked(node))));
         if (keccak256(bytes(proof.purpose)) != keccak256(bytes(expected))) {
             revert RegistryPurposeMismatch(expected, proof.purpose);
         }
@@ -800,22 +776,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
     function _checkSeatApp(uint256 tokenId, Seat storage seat, address appId, uint32 app) private view {
         uint32 pinned = seat.appNumber;
         if (pinned != 0 && pinned != app) revert RegistrySeatAppMismatch(tokenId, _appOfNumber[pinned - 1], appId);
-    }
-
-    function _checkBindConsent(
-        uint256 tokenId,
-        string calldata instanceId,
-        address holder,
-        DstackProof calldata proof,
-        bytes calldata consentSignature
-    ) private view {
-        uint32 app = _checkDstackChain(proof, instanceId);
-        _checkSeatApp(tokenId, _seats[tokenId], proof.appId, app);
-        address derived = DstackChain.toAddress(proof.derivedPublicKey);
-        address signer = _recover(
-            bindConsentDigest(tokenId, instanceId, holder), consentSignature, DstackChain.V_ETHEREUM, "consentSignature"
-        );
-        if (signer != derived) revert ClusterBindConsentInvalid(derived, signer);
     }
 
     function _appOf(Seat storage seat) private view returns (address) {
@@ -870,21 +830,14 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IAppAuth, IClusterSea
             gatewayUrl: seat.gatewayUrl,
             nonce: seat.nonce,
             registeredBlock: seat.registeredBlock,
-            overlayAddress: network + uint32(tokenId)
+            overlayAddress: network + uint32(tokenId),
+            node: seat.node,
+            evidenceHash: seat.evidenceHash,
+            boundBlock: seat.boundBlock
         });
     }
 
     function _hostMask(uint8 length) private pure returns (uint256) {
         return (uint256(1) << (32 - length)) - 1;
-    }
-
-    /// @dev dstack passes the instance id as an address; seats store it as 40 lowercase hex characters.
-    function _instanceIdString(address instanceId) private pure returns (string memory) {
-        bytes memory s = bytes(Strings.toHexString(instanceId));
-        bytes memory out = new bytes(40);
-        for (uint256 i = 0; i < 40; ++i) {
-            out[i] = s[i + 2];
-        }
-        return string(out);
     }
 }

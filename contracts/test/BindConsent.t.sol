@@ -5,8 +5,9 @@ import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
 import {ClusterFixture} from "./utils/ClusterFixture.sol";
 import {vm} from "./utils/Vm.sol";
 
-/// @notice Instance ids are public. A holder other than the owner binds a seat to an instance only with that
-/// instance's consent, so nobody can take another operator's node onto their own seat ahead of the owner.
+/// @notice Instance ids are public. Whoever binds a seat, the cluster's owner included, binds it to an instance's
+/// node only with that node's consent to this seat and this holder, so nobody can take another operator's node
+/// onto their own seat ahead of the owner.
 contract BindConsentTest is ClusterFixture {
     uint256 internal seatA;
     address internal constant ATTACKER = address(0xBAD);
@@ -16,93 +17,141 @@ contract BindConsentTest is ClusterFixture {
         seatA = _mint(HOLDER_A, "");
     }
 
-    function test_HolderBindsWithTheInstancesConsent() public {
+    function test_HolderBindsWithTheNodesConsent() public {
         _bindWithConsent(HOLDER_A, seatA, DERIVED_KEY_A, INSTANCE_A);
         assertEq(cluster.tokenOfInstance(INSTANCE_A), seatA, "bound");
+        assertEq(cluster.getPeer(seatA).node, vm.addr(DERIVED_KEY_A), "to the consenting node");
         _register(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
     }
 
-    /// The front-run: an attacker mints a seat and binds the victim's instance id before the owner's mint.
-    function test_RevertIf_HolderBindsAnotherOperatorsInstanceWithoutConsent() public {
+    /// The contract's digest is the one the fixture (and so the agent) computes independently.
+    function test_ConsentDigestIsTheEip712OfBindConsent() public view {
+        address node = vm.addr(DERIVED_KEY_A);
+        assertEq(
+            cluster.bindConsentDigest(seatA, INSTANCE_A, node, HOLDER_A),
+            _consentDigest(seatA, INSTANCE_A, node, HOLDER_A),
+            "digest"
+        );
+        assertEq(
+            cluster.BIND_CONSENT_TYPEHASH(),
+            keccak256("BindConsent(uint256 tokenId,string instanceId,address node,address holder)"),
+            "typehash"
+        );
+    }
+
+    /// The front-run: an attacker mints a seat and binds the victim's instance and node before the owner's mint,
+    /// with everything public about the victim but the node's consent.
+    function test_RevertIf_HolderBindsAnotherOperatorsNodeWithoutConsent() public {
+        DstackClusterNFT.NodeBinding memory none = _noBinding();
         vm.prank(OWNER);
-        uint256 attackerSeat = cluster.mintNodeAccess(ATTACKER, "");
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _noConsent();
+        uint256 attackerSeat = cluster.mintNodeAccess(ATTACKER, none);
+        address nodeB = vm.addr(DERIVED_KEY_B);
+        DstackClusterNFT.NodeBinding memory b = _binding(attackerSeat, DERIVED_KEY_B, INSTANCE_B, ATTACKER);
+        b.consent = "";
         vm.prank(ATTACKER);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindNeedsConsent.selector, INSTANCE_B));
-        cluster.bindInstance(attackerSeat, INSTANCE_B, p, sig);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistryMalformedSignature.selector, "consent"));
+        cluster.bindInstance(attackerSeat, b);
+        // The attacker signs the consent with a key of its own.
+        b.consent = _sign(OTHER_KEY, cluster.bindConsentDigest(attackerSeat, INSTANCE_B, nodeB, ATTACKER));
+        vm.prank(ATTACKER);
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, nodeB, vm.addr(OTHER_KEY))
+        );
+        cluster.bindInstance(attackerSeat, b);
         // The owner's mint for the victim still works.
         uint256 victim = _mint(HOLDER_B, INSTANCE_B);
         assertEq(cluster.tokenOfInstance(INSTANCE_B), victim, "the owner bound the victim's seat");
     }
 
     function test_RevertIf_ConsentWasGivenForAnotherHolderOrSeat() public {
+        DstackClusterNFT.NodeBinding memory none = _noBinding();
         vm.prank(OWNER);
-        uint256 attackerSeat = cluster.mintNodeAccess(ATTACKER, "");
-        address derived = vm.addr(DERIVED_KEY_B);
+        uint256 attackerSeat = cluster.mintNodeAccess(ATTACKER, none);
+        address node = vm.addr(DERIVED_KEY_B);
         // Consent for HOLDER_A's seat, replayed by the attacker on theirs.
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(seatA, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(seatA, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        address recovered = _recovered(cluster.bindConsentDigest(attackerSeat, INSTANCE_B, node, ATTACKER), b.consent);
+        assertTrue(recovered != node, "another seat's consent recovers someone else");
         vm.prank(ATTACKER);
-        vm.expectRevert();
-        cluster.bindInstance(attackerSeat, INSTANCE_B, p, sig);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, node, recovered));
+        cluster.bindInstance(attackerSeat, b);
         // Consent for the right seat but another holder.
-        (p, sig) = _consent(attackerSeat, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
-        address recovered = ecrecover(cluster.bindConsentDigest(attackerSeat, INSTANCE_B, ATTACKER), uint8(sig[64]), _r(sig), _s(sig));
+        b = _binding(attackerSeat, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        recovered = _recovered(cluster.bindConsentDigest(attackerSeat, INSTANCE_B, node, ATTACKER), b.consent);
         vm.prank(ATTACKER);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, derived, recovered));
-        cluster.bindInstance(attackerSeat, INSTANCE_B, p, sig);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, node, recovered));
+        cluster.bindInstance(attackerSeat, b);
+        assertEq(cluster.tokenOfInstance(INSTANCE_B), 0, "still unbound");
     }
 
     function test_RevertIf_ConsentIsSignedByAnotherInstance() public {
-        // Instance A's genuine proof and signature, offered as consent for instance B.
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(seatA, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        // Instance A's genuine binding, offered for instance B: its chain names instance A.
+        DstackClusterNFT.NodeBinding memory b = _binding(seatA, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        b.instanceId = INSTANCE_B;
+        address node = vm.addr(DERIVED_KEY_A);
         vm.prank(HOLDER_A);
         vm.expectRevert(
             abi.encodeWithSelector(
-                DstackClusterNFT.RegistryPurposeMismatch.selector, _purpose(INSTANCE_B), _purpose(INSTANCE_A)
+                DstackClusterNFT.RegistryPurposeMismatch.selector,
+                _purpose(INSTANCE_B, node),
+                _purpose(INSTANCE_A, node)
             )
         );
-        cluster.bindInstance(seatA, INSTANCE_B, p, sig);
+        cluster.bindInstance(seatA, b);
     }
 
     function test_RevertIf_ConsentSignatureReEncoded() public {
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(seatA, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
-        sig[64] = bytes1(uint8(sig[64]) - 27);
+        DstackClusterNFT.NodeBinding memory b = _binding(seatA, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        bytes memory genuine = bytes.concat(b.consent);
+        b.consent[64] = bytes1(uint8(b.consent[64]) - 27);
         vm.prank(HOLDER_A);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistryMalformedSignature.selector, "consentSignature"));
-        cluster.bindInstance(seatA, INSTANCE_A, p, sig);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistryMalformedSignature.selector, "consent"));
+        cluster.bindInstance(seatA, b);
+        b.consent = genuine;
+        vm.prank(HOLDER_A);
+        cluster.bindInstance(seatA, b);
+        assertEq(cluster.tokenOfInstance(INSTANCE_A), seatA, "the genuine consent binds");
     }
 
-    function test_RevertIf_PublicMinterBindsAtMint() public {
-        vm.startPrank(OWNER);
+    /// A public minter binds at mint, as anyone else binds: with the node's consent to the seat being minted and
+    /// to the minter's address.
+    function test_PublicMinterBindsAtMintOnlyWithTheNodesConsent() public {
+        vm.prank(OWNER);
         cluster.setPublicMinting(true);
-        vm.stopPrank();
+        uint256 next = cluster.lastTokenId() + 1;
+        address nodeB = vm.addr(DERIVED_KEY_B);
+        DstackClusterNFT.NodeBinding memory b = _binding(next, DERIVED_KEY_B, INSTANCE_B, ATTACKER);
+        b.consent = _sign(OTHER_KEY, cluster.bindConsentDigest(next, INSTANCE_B, nodeB, ATTACKER));
         vm.prank(ATTACKER);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindNeedsConsent.selector, INSTANCE_B));
-        cluster.mintNodeAccess(ATTACKER, INSTANCE_B);
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, nodeB, vm.addr(OTHER_KEY))
+        );
+        cluster.mintNodeAccess(ATTACKER, b);
+        assertEq(cluster.lastTokenId(), next - 1, "nothing minted");
+
+        b = _binding(next, DERIVED_KEY_B, INSTANCE_B, ATTACKER); // the node consents to this minter
         vm.prank(ATTACKER);
-        uint256 bought = cluster.mintNodeAccess(ATTACKER, ""); // buying a seat needs no instance
-        _bindWithConsent(ATTACKER, bought, DERIVED_KEY_B, INSTANCE_B); // and a consenting one binds to it
+        uint256 bought = cluster.mintNodeAccess(ATTACKER, b);
+        assertEq(bought, next, "the consented seat");
         assertEq(cluster.tokenOfInstance(INSTANCE_B), bought, "bound with consent");
+        assertEq(cluster.getPeer(bought).node, nodeB, "to the consenting node");
     }
 
-    function test_OwnerBindsItsOwnSeatWithoutConsent() public {
+    /// The owner once bound its own seats without consent; now it needs one like anybody else.
+    function test_RevertIf_OwnerBindsItsOwnSeatWithoutConsent() public {
+        DstackClusterNFT.NodeBinding memory none = _noBinding();
         vm.prank(OWNER);
-        uint256 ownSeat = cluster.mintNodeAccess(OWNER, "");
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _noConsent();
+        uint256 ownSeat = cluster.mintNodeAccess(OWNER, none);
+        DstackClusterNFT.NodeBinding memory b = _binding(ownSeat, DERIVED_KEY_B, INSTANCE_B, OWNER);
+        bytes memory consent = b.consent;
+        b.consent = "";
         vm.prank(OWNER);
-        cluster.bindInstance(ownSeat, INSTANCE_B, p, sig);
-        assertEq(cluster.tokenOfInstance(INSTANCE_B), ownSeat, "bound by the owner");
-    }
-
-    function _r(bytes memory sig) internal pure returns (bytes32 r) {
-        assembly {
-            r := mload(add(sig, 32))
-        }
-    }
-
-    function _s(bytes memory sig) internal pure returns (bytes32 s) {
-        assembly {
-            s := mload(add(sig, 64))
-        }
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistryMalformedSignature.selector, "consent"));
+        cluster.bindInstance(ownSeat, b);
+        assertEq(cluster.tokenOfInstance(INSTANCE_B), 0, "not bound");
+        b.consent = consent;
+        vm.prank(OWNER);
+        cluster.bindInstance(ownSeat, b);
+        assertEq(cluster.tokenOfInstance(INSTANCE_B), ownSeat, "bound by the owner with the node's consent");
     }
 }

@@ -11,10 +11,13 @@ contract Noop {
     function poke() external {}
 }
 
-/// @notice Measures registerPeer's execution gas the way it is spent in real life: each registration in a
-/// transaction of its own, after earlier ones were made in `setUp` (a transaction of their own). Under
+/// @notice Measures registerPeer's and bindInstance's execution gas the way it is spent in real life: each call in
+/// a transaction of its own, after earlier ones were made in `setUp` (a transaction of their own). Under
 /// `forge test --gas-report` forge runs each call as a transaction, whose gas then includes the 21,000 base
 /// and the calldata; those are taken off, so the figures are execution gas in both modes. Run with -vv.
+/// A transaction's gas is also net of its refunds: a record that rewrites slots (restoring a string slot's
+/// value, say) reads lower under --gas-report, which is what it costs on chain, than under plain -vv; a
+/// record or binding that only fills slots reads the same in both.
 abstract contract GasMeasure is ClusterFixture {
     event log_named_uint(string key, uint256 val);
 
@@ -27,17 +30,61 @@ abstract contract GasMeasure is ClusterFixture {
         noop = new Noop();
     }
 
-    function _measure(DstackClusterNFT.PeerRecordInput memory r) internal returns (uint256 used) {
-        DstackClusterNFT.DstackProof memory p = _proof(DERIVED_KEY_A, INSTANCE_A);
-        bytes memory sig = _signRecord(DERIVED_KEY_A, r, INSTANCE_A);
+    /// A seat minted unbound, then bound to instance A with a 5 KB quote.
+    function _setUpBoundSeat() internal {
+        cluster = _deploy();
+        seat = _mint(HOLDER_A, "");
+        noop = new Noop();
+        DstackClusterNFT.NodeBinding memory b = _binding(seat, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        b.evidence = _quote();
+        vm.prank(HOLDER_A);
+        cluster.bindInstance(seat, b);
+    }
+
+    function _measure(DstackClusterNFT.PeerRecordInput memory r) internal returns (uint256) {
+        return _measure(r, DERIVED_KEY_A, INSTANCE_A);
+    }
+
+    function _measure(DstackClusterNFT.PeerRecordInput memory r, uint256 nodeKey, string memory instanceId)
+        internal
+        returns (uint256 used)
+    {
+        DstackClusterNFT.DstackProof memory p = _proof(nodeKey, instanceId);
+        bytes memory sig = _signRecord(nodeKey, r, instanceId);
+        bool isolated = _isolated();
         uint256 before = gasleft();
-        noop.poke();
-        bool isolated = before - gasleft() > 21_000;
-        before = gasleft();
         cluster.registerPeer(r, p, sig);
         used = before - gasleft();
         if (isolated) used -= _intrinsic(abi.encodeCall(cluster.registerPeer, (r, p, sig)));
     }
+
+    /// The holder binds `seat` with `b`, measured as `_measure` measures a registration.
+    function _measureBind(DstackClusterNFT.NodeBinding memory b) internal returns (uint256 used) {
+        bool isolated = _isolated();
+        vm.prank(HOLDER_A);
+        uint256 before = gasleft();
+        cluster.bindInstance(seat, b);
+        used = before - gasleft();
+        if (isolated) used -= _intrinsic(abi.encodeCall(cluster.bindInstance, (seat, b)));
+    }
+
+    /// Whether forge runs each call as a transaction of its own (as under --gas-report).
+    function _isolated() internal returns (bool) {
+        uint256 before = gasleft();
+        noop.poke();
+        return before - gasleft() > 21_000;
+    }
+
+    /// A TDX quote's size of evidence (a v4 quote with its certification data and event log runs to ~5 KB),
+    /// with no zero byte, so that its calldata costs what a real quote's does.
+    function _quote() internal pure returns (bytes memory q) {
+        q = new bytes(EVIDENCE_BYTES);
+        for (uint256 i = 0; i < q.length; ++i) {
+            q[i] = bytes1(uint8(1 + i % 255));
+        }
+    }
+
+    uint256 internal constant EVIDENCE_BYTES = 5000;
 
     /// A transaction's intrinsic gas for `data` (Cancun): the base and 4 per zero, 16 per other calldata byte.
     function _intrinsic(bytes memory data) internal pure returns (uint256 gas) {
@@ -48,7 +95,11 @@ abstract contract GasMeasure is ClusterFixture {
     }
 
     /// A WireGuard node's record: key and endpoint, no gateway URL.
-    function _wireGuardRecord(bytes32 key, uint64 nonce) internal view returns (DstackClusterNFT.PeerRecordInput memory) {
+    function _wireGuardRecord(bytes32 key, uint64 nonce)
+        internal
+        view
+        returns (DstackClusterNFT.PeerRecordInput memory)
+    {
         return DstackClusterNFT.PeerRecordInput(seat, key, ENDPOINT, "", nonce);
     }
 }
@@ -67,7 +118,9 @@ contract GasOfFirstRecordTest is GasMeasure {
     }
 
     function test_GasOfFirstRecordWithGatewayUrl() public {
-        emit log_named_uint("registerPeer, first record with a 77-byte gateway URL", _measure(_record(seat, WG_KEY_A, 1)));
+        emit log_named_uint(
+            "registerPeer, first record with a 77-byte gateway URL", _measure(_record(seat, WG_KEY_A, 1))
+        );
     }
 }
 
@@ -76,6 +129,14 @@ contract GasOfLaterRecordsTest is GasMeasure {
     function setUp() public {
         _setUpSeat();
         _register(seat, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+    }
+
+    /// The record an agent sends again to refresh it: the same fields, the next nonce.
+    function test_GasOfARepeatRecord() public {
+        uint256 used = _measure(_wireGuardRecord(WG_KEY_A, 2));
+        emit log_named_uint("registerPeer, repeat record (same fields, next nonce)", used);
+        // No slot goes from zero: it costs less than any record that changes a field.
+        assertTrue(used <= 140_000, "a repeat record within 140k gas");
     }
 
     function test_GasOfKeyRotation() public {
@@ -90,6 +151,56 @@ contract GasOfLaterRecordsTest is GasMeasure {
 
     function test_GasOfAddingAGatewayUrl() public {
         emit log_named_uint("registerPeer, adding a 77-byte gateway URL", _measure(_record(seat, WG_KEY_A, 2)));
+    }
+}
+
+/// @notice A seat's first binding, with a quote-sized (5,000-byte) evidence that the contract hashes and emits.
+contract GasOfBindingTest is GasMeasure {
+    function setUp() public {
+        cluster = _deploy();
+        seat = _mint(HOLDER_A, "");
+        noop = new Noop();
+    }
+
+    function test_GasOfBindingWithA5KbQuote() public {
+        DstackClusterNFT.NodeBinding memory b = _binding(seat, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        b.evidence = _quote();
+        uint256 used = _measureBind(b);
+        emit log_named_uint("bindInstance, first binding, 5,000-byte evidence", used);
+        assertEq(cluster.getPeer(seat).evidenceHash, keccak256(b.evidence), "the quote's hash is kept");
+        assertTrue(used <= 300_000, "a binding with a 5 KB quote within 300k gas");
+    }
+}
+
+/// @notice A seat's first record after a binding with a 5 KB quote.
+contract GasOfFirstRecordAfterABindingTest is GasMeasure {
+    function setUp() public {
+        _setUpBoundSeat();
+    }
+
+    function test_GasOfFirstRecordAfterA5KbBinding() public {
+        uint256 used = _measure(_wireGuardRecord(WG_KEY_A, 1));
+        emit log_named_uint("registerPeer, first record after a 5,000-byte-evidence binding", used);
+        // The evidence is hashed at the binding; a registration never reads it.
+        assertTrue(used <= 200_000, "first WireGuard record within 200k gas");
+    }
+}
+
+/// @notice A rebinding of the same instance to a new node (it lost its volume), which clears the seat's record.
+contract GasOfRebindingTest is GasMeasure {
+    function setUp() public {
+        _setUpBoundSeat();
+        _register(seat, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+    }
+
+    function test_GasOfRebindingAfterALostVolume() public {
+        DstackClusterNFT.NodeBinding memory b = _binding(seat, OTHER_KEY, INSTANCE_A, HOLDER_A);
+        b.evidence = _quote();
+        b.evidence[0] = 0xff; // another quote
+        uint256 used = _measureBind(b);
+        emit log_named_uint("bindInstance, same instance, new node, 5,000-byte evidence, record cleared", used);
+        assertEq(cluster.getPeer(seat).registeredBlock, 0, "record cleared");
+        assertTrue(used <= 300_000, "a rebinding with a 5 KB quote within 300k gas");
     }
 }
 
@@ -110,7 +221,7 @@ contract FullReadGasTest is ClusterFixture {
             string memory instance = _instanceId(i);
             uint256 id = _mint(HOLDER_A, instance);
             if (i % (EVER_MINTED / ACTIVE) == 0) {
-                _register(id, 0x1000 + i, instance, keccak256(abi.encode("wg", i)), 1);
+                _register(id, _nodeKey(instance), instance, keccak256(abi.encode("wg", i)), 1);
             } else {
                 vm.prank(HOLDER_A);
                 cluster.deactivate(id);

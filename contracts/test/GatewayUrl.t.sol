@@ -35,7 +35,9 @@ contract GatewayUrlTest is ClusterFixture {
         (bool ok, bytes memory err) = _try(url);
         assertFalse(ok, string.concat("accepted: ", url));
         assertEq(bytes4(err), selector, string.concat("wrong error for ", url));
-        assertEq(keccak256(err), keccak256(abi.encodeWithSelector(selector, url)), string.concat("error args for ", url));
+        assertEq(
+            keccak256(err), keccak256(abi.encodeWithSelector(selector, url)), string.concat("error args for ", url)
+        );
     }
 
     function _expectAccepted(string memory url) internal {

@@ -6,9 +6,9 @@ import {DstackClusterElection} from "../src/DstackClusterElection.sol";
 import {ClusterFixture} from "./utils/ClusterFixture.sol";
 import {vm} from "./utils/Vm.sol";
 
-/// @notice A seat's node, the derived key of its record, may elect, vote and withdraw for the seat, as its
-/// holder may: the agent fails a leader over without a person. It is still the seat's one vote, and the right
-/// goes with the record.
+/// @notice A seat's node, the key the seat is bound to, may elect, vote and withdraw for the seat while the seat
+/// has a record, as its holder may: the agent fails a leader over without a person. It is still the seat's one
+/// vote, and the right goes with the record.
 contract NodeVoteTest is ClusterFixture {
     uint256 internal seatA;
     uint256 internal seatB;
@@ -27,10 +27,14 @@ contract NodeVoteTest is ClusterFixture {
         _register(seatB, DERIVED_KEY_B, INSTANCE_B, WG_KEY_B, 1);
     }
 
-    function test_TheRecordsDerivedKeyIsTheSeatsNode() public view {
+    function test_TheBoundNodeIsTheSeatsNodeWhileItHasARecord() public {
         assertEq(cluster.nodeOf(seatA), nodeA, "node of seat A");
         assertEq(cluster.nodeOf(seatB), nodeB, "node of seat B");
         assertEq(cluster.nodeOf(seatC), address(0), "a seat without a record has no node");
+        uint256 seatD = _mint(address(0xD), "0000000000000000000000000000000000000d0d");
+        address nodeD = vm.addr(_nodeKey("0000000000000000000000000000000000000d0d"));
+        assertEq(cluster.getPeer(seatD).node, nodeD, "bound");
+        assertEq(cluster.nodeOf(seatD), address(0), "bound, but no record yet: no node");
     }
 
     function test_ANodeElectsVotesAndWithdraws() public {
@@ -86,11 +90,17 @@ contract NodeVoteTest is ClusterFixture {
     }
 
     function test_RevertIf_ANodeVotesBeforeItsRecord() public {
-        uint256 seatD = _mint(address(0xD), "");
-        address stranger = vm.addr(0xD0D);
-        vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatD, stranger));
+        string memory instanceD = "0000000000000000000000000000000000000d0d";
+        uint256 seatD = _mint(address(0xD), instanceD);
+        address nodeD = vm.addr(_nodeKey(instanceD));
+        vm.prank(nodeD);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatD, nodeD));
         election.castVote(seatD, seatA);
+        assertFalse(cluster.canActFor(seatD, nodeD), "bound is not enough");
+        _register(seatD, _nodeKey(instanceD), instanceD, keccak256("wireguard key D"), 1);
+        vm.prank(nodeD);
+        election.castVote(seatD, seatA);
+        assertEq(election.voteOf(seatD), seatA, "with its record, the node votes");
     }
 
     function test_ATransferTakesTheNodesRightAway() public {

@@ -23,7 +23,7 @@ contract PagingTest is ClusterFixture {
         ids = new uint256[](n);
         for (uint256 i = 0; i < n; ++i) {
             ids[i] = _mint(HOLDER_A, _instance(i + 1));
-            _register(ids[i], 0x100 + i, _instance(i + 1), keccak256(abi.encode(i)), 1);
+            _register(ids[i], _nodeKey(_instance(i + 1)), _instance(i + 1), keccak256(abi.encode(i)), 1);
         }
     }
 
@@ -38,6 +38,10 @@ contract PagingTest is ClusterFixture {
             assertTrue(page.length <= size, "page within its limit");
             for (uint256 i = 0; i < page.length; ++i) {
                 uint256 bit = 1 << page[i].tokenId;
+                // Seat t was minted bound to _instance(t), whose node signed its record.
+                address node = vm.addr(_nodeKey(_instance(page[i].tokenId)));
+                assertEq(page[i].node, node, "the seat's node");
+                assertEq(page[i].evidenceHash, keccak256(_evidence(_instance(page[i].tokenId), node)), "evidence hash");
                 assertEq(seen & bit, 0, "listed once");
                 seen |= bit;
             }
@@ -74,8 +78,8 @@ contract PagingTest is ClusterFixture {
         // A seat that registers again joins the list once.
         vm.prank(HOLDER_A);
         cluster.activate(ids[1]);
-        _register(ids[1], 0x101, _instance(2), keccak256("again"), 2);
-        _register(ids[1], 0x101, _instance(2), keccak256("and again"), 3);
+        _register(ids[1], _nodeKey(_instance(2)), _instance(2), keccak256("again"), 2);
+        _register(ids[1], _nodeKey(_instance(2)), _instance(2), keccak256("and again"), 3);
         uint256[] memory back = new uint256[](4);
         back[0] = ids[2];
         back[1] = ids[3];

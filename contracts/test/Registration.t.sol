@@ -33,6 +33,7 @@ contract RegistrationTest is ClusterFixture {
         assertEq(peer.nonce, 1, "nonce");
         assertEq(peer.registeredBlock, block.number, "registered block");
         assertEq(peer.overlayAddress, NETWORK + 1, "overlay address 10.0.1.1");
+        assertEq(peer.node, vm.addr(DERIVED_KEY_A), "the seat's node");
         assertEq(cluster.getPeers().length, 1, "one peer listed");
     }
 
@@ -59,7 +60,8 @@ contract RegistrationTest is ClusterFixture {
     }
 
     function test_TlsOnlyRecordHasNoKeyAndNoEndpoint() public {
-        DstackClusterNFT.PeerRecordInput memory r = DstackClusterNFT.PeerRecordInput(seatA, bytes32(0), "", GATEWAY_URL, 1);
+        DstackClusterNFT.PeerRecordInput memory r =
+            DstackClusterNFT.PeerRecordInput(seatA, bytes32(0), "", GATEWAY_URL, 1);
         cluster.registerPeer(r, _proof(DERIVED_KEY_A, INSTANCE_A), _signRecord(DERIVED_KEY_A, r, INSTANCE_A));
         assertEq(cluster.getPeer(seatA).gatewayUrl, GATEWAY_URL, "url");
         string[] memory endpoints = cluster.getPeerEndpoints();
@@ -84,11 +86,16 @@ contract RegistrationTest is ClusterFixture {
 
     /// The earlier prototype's hole: a real app key and KMS signature, with a derived key the app never signed.
     function test_RevertIf_AppSignatureDoesNotCoverTheDerivedKey() public {
-        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p,) =
+        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
             _registration(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
         p.derivedPublicKey = _publicKey(OTHER_KEY);
-        bytes memory sig = _signRecord(OTHER_KEY, r, INSTANCE_A);
-        vm.expectRevert(); // recovers some unrelated address
+        // The app signature, checked against the swapped key, recovers some unrelated address.
+        bytes32 h = keccak256(abi.encodePacked(p.purpose, ":", _compressedHex(p.derivedPublicKey)));
+        address unrelated = _recover(h, uint8(p.appSignature[64]) + 27, p.appSignature);
+        assertTrue(unrelated != APP_KEY_ADDRESS, "not the app key");
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackClusterNFT.RegistryAppSignatureInvalid.selector, APP_KEY_ADDRESS, unrelated)
+        );
         cluster.registerPeer(r, p, sig);
     }
 
@@ -96,7 +103,8 @@ contract RegistrationTest is ClusterFixture {
         (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
             _registration(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
         bytes memory compressedApp = _compressed(p.appPublicKey);
-        p.kmsSignature = _dstackSign(OTHER_KEY, keccak256(abi.encodePacked("dstack-kms-issued:", APP_ID, compressedApp)));
+        p.kmsSignature =
+            _dstackSign(OTHER_KEY, keccak256(abi.encodePacked("dstack-kms-issued:", APP_ID, compressedApp)));
         vm.expectRevert(
             abi.encodeWithSelector(DstackClusterNFT.RegistryKmsSignatureInvalid.selector, KMS_ROOT, vm.addr(OTHER_KEY))
         );
@@ -127,7 +135,9 @@ contract RegistrationTest is ClusterFixture {
         bytes memory sig = _signRecord(DERIVED_KEY_B, r, INSTANCE_A);
         vm.expectRevert(
             abi.encodeWithSelector(
-                DstackClusterNFT.RegistryPurposeMismatch.selector, _purpose(INSTANCE_A), _purpose(INSTANCE_B)
+                DstackClusterNFT.RegistryPurposeMismatch.selector,
+                _purpose(INSTANCE_A, vm.addr(DERIVED_KEY_A)),
+                _purpose(INSTANCE_B, vm.addr(DERIVED_KEY_B))
             )
         );
         cluster.registerPeer(r, p, sig);
@@ -179,7 +189,9 @@ contract RegistrationTest is ClusterFixture {
         r.tokenId = seatB;
         vm.expectRevert(
             abi.encodeWithSelector(
-                DstackClusterNFT.RegistryPurposeMismatch.selector, _purpose(INSTANCE_B), _purpose(INSTANCE_A)
+                DstackClusterNFT.RegistryPurposeMismatch.selector,
+                _purpose(INSTANCE_B, vm.addr(DERIVED_KEY_B)),
+                _purpose(INSTANCE_A, vm.addr(DERIVED_KEY_A))
             )
         );
         cluster.registerPeer(r, p, sig);
@@ -283,6 +295,30 @@ contract RegistrationTest is ClusterFixture {
         cluster.registerPeer(r, p, sig);
     }
 
+    /// One encoding per public key too: the app signature covers only the compressed derived key (X and Y's
+    /// parity), so the rest of Y must be the curve's. Agents refuse a proof whose derived key is not a point on
+    /// secp256k1 (dstack-guest's `public_key_from_xy`); if the contract accepted it, a relayer could front-run a
+    /// node's registration with such a copy and the seat would hold a record every peer drops.
+    /// @dev Since records are signed by the seat's node, nothing else reads the derived key but its compressed
+    /// form: the contract checks the point itself (RegistryKeyNotOnCurve).
+    function test_RevertIf_DerivedKeyIsNotOnTheCurve() public {
+        (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
+            _registration(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
+        DstackClusterNFT.DstackProof memory q = _copy(p);
+        q.derivedPublicKey[40] = q.derivedPublicKey[40] ^ 0x01; // a byte of Y, not its parity
+        assertTrue(_onCurve(p.derivedPublicKey), "the genuine key is on the curve");
+        assertFalse(_onCurve(q.derivedPublicKey), "the rewritten one is not");
+        assertEq(
+            keccak256(_compressed(q.derivedPublicKey)),
+            keccak256(_compressed(p.derivedPublicKey)),
+            "same compressed key"
+        );
+        vm.expectRevert();
+        cluster.registerPeer(r, q, sig);
+        cluster.registerPeer(r, p, sig); // the node's own copy still lands
+        assertEq(cluster.getPeer(seatA).nonce, 1, "the genuine record is stored");
+    }
+
     // ----------------------------------------------- one encoding per signature
 
     /// The attack that was seen on anvil: a third party copies a node's pending registration, rewrites the
@@ -336,8 +372,10 @@ contract RegistrationTest is ClusterFixture {
         uint8 variant,
         uint256 noise
     ) public {
-        derivedKey = bound(derivedKey, 1, 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364140);
+        // 2..n-2, so that the proof's stand-in derived key (derivedKey ^ 1) is a valid scalar too.
+        derivedKey = bound(derivedKey, 2, N - 2);
         vm.assume(wgKey != 0 && nonce != 0);
+        _bindWithConsent(HOLDER_A, seatA, derivedKey, INSTANCE_A); // the fuzzed key is the seat's node
         (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig) =
             _registration(seatA, derivedKey, INSTANCE_A, wgKey, nonce);
         DstackClusterNFT.DstackProof memory q = _copy(p);
@@ -422,7 +460,11 @@ contract RegistrationTest is ClusterFixture {
         sig[64] = bytes1(uint8(sig[64]) ^ 1);
     }
 
-    function _copy(DstackClusterNFT.DstackProof memory p) internal pure returns (DstackClusterNFT.DstackProof memory q) {
+    function _copy(DstackClusterNFT.DstackProof memory p)
+        internal
+        pure
+        returns (DstackClusterNFT.DstackProof memory q)
+    {
         q.derivedPublicKey = bytes.concat(p.derivedPublicKey);
         q.appPublicKey = bytes.concat(p.appPublicKey);
         q.appSignature = bytes.concat(p.appSignature);
@@ -437,6 +479,19 @@ contract RegistrationTest is ClusterFixture {
         for (uint256 i = 0; i < 32; ++i) {
             c[i + 1] = publicKey64[i];
         }
+    }
+
+    /// Whether a 64-byte X ‖ Y is a point on secp256k1: y² = x³ + 7 (mod p).
+    function _onCurve(bytes memory xy) internal pure returns (bool) {
+        uint256 fp = 0xfffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f;
+        uint256 x;
+        uint256 y;
+        assembly {
+            x := mload(add(xy, 32))
+            y := mload(add(xy, 64))
+        }
+        if (x >= fp || y >= fp) return false;
+        return mulmod(y, y, fp) == addmod(mulmod(mulmod(x, x, fp), x, fp), 7, fp);
     }
 
     function _flip(bytes memory b, uint256 noise) internal pure {
@@ -462,13 +517,27 @@ contract RegistrationTest is ClusterFixture {
     }
 
     /// The address a signature recovers to over this contract's digest, for exact revert matching.
-    function _anyRecovered(DstackClusterNFT.PeerRecordInput memory r, bytes memory sig) internal view returns (address) {
+    function _anyRecovered(DstackClusterNFT.PeerRecordInput memory r, bytes memory sig)
+        internal
+        view
+        returns (address)
+    {
         bytes32 rr;
         bytes32 s;
         assembly {
             rr := mload(add(sig, 32))
             s := mload(add(sig, 64))
         }
-        return ecrecover(cluster.recordDigest(r, INSTANCE_A), uint8(sig[64]), rr, s);
+        return ecrecover(_digest(address(cluster), block.chainid, r, INSTANCE_A), uint8(sig[64]), rr, s);
+    }
+
+    function _recover(bytes32 digest, uint8 v, bytes memory sig) internal pure returns (address) {
+        bytes32 rr;
+        bytes32 s;
+        assembly {
+            rr := mload(add(sig, 32))
+            s := mload(add(sig, 64))
+        }
+        return ecrecover(digest, v, rr, s);
     }
 }

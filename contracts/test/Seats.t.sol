@@ -30,7 +30,7 @@ contract SeatsTest is ClusterFixture {
     function test_RevertIf_NonOwnerMintsWithoutPublicMinting() public {
         vm.prank(HOLDER_A);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterMintNotAllowed.selector, HOLDER_A));
-        cluster.mintNodeAccess(HOLDER_A, "");
+        cluster.mintNodeAccess(HOLDER_A, _noBinding());
     }
 
     function test_PublicMintingCostsMintPriceAndOwnerWithdraws() public {
@@ -41,9 +41,9 @@ contract SeatsTest is ClusterFixture {
         vm.deal(HOLDER_A, 3 ether);
         vm.prank(HOLDER_A);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterWrongPayment.selector, 1 ether, 0.5 ether));
-        cluster.mintNodeAccess{value: 0.5 ether}(HOLDER_A, "");
+        cluster.mintNodeAccess{value: 0.5 ether}(HOLDER_A, _noBinding());
         vm.prank(HOLDER_A);
-        uint256 id = cluster.mintNodeAccess{value: 1 ether}(HOLDER_A, "");
+        uint256 id = cluster.mintNodeAccess{value: 1 ether}(HOLDER_A, _noBinding());
         assertEq(cluster.ownerOf(id), HOLDER_A, "bought seat");
         assertEq(address(cluster).balance, 1 ether, "paid");
 
@@ -64,7 +64,7 @@ contract SeatsTest is ClusterFixture {
         uint256 b = _mint(HOLDER_B, "");
         vm.prank(OWNER);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterMaxNodesReached.selector, 2));
-        cluster.mintNodeAccess(HOLDER_A, "");
+        cluster.mintNodeAccess(HOLDER_A, _noBinding());
 
         vm.prank(HOLDER_B);
         cluster.deactivate(b);
@@ -93,7 +93,7 @@ contract SeatsTest is ClusterFixture {
         assertEq(cluster.overlayAddress(second), 0x0a000102, "10.0.1.2");
         vm.prank(OWNER);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterPrefixExhausted.selector, 3, 2));
-        cluster.mintNodeAccess(HOLDER_A, "");
+        cluster.mintNodeAccess(HOLDER_A, _noBinding());
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterPrefixExhausted.selector, 3, 2));
         cluster.overlayAddress(3);
     }
@@ -126,10 +126,13 @@ contract SeatsTest is ClusterFixture {
     function test_InstanceIdIsUniqueAcrossSeats() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
         uint256 b = _mint(HOLDER_B, "");
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(b, DERIVED_KEY_A, INSTANCE_A, HOLDER_B);
+        // Even with a node of its own, consenting for seat b: the instance is another seat's.
+        DstackClusterNFT.NodeBinding memory binding = _binding(b, DERIVED_KEY_B, INSTANCE_A, HOLDER_B);
         vm.prank(HOLDER_B);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInstanceAlreadyBound.selector, INSTANCE_A, a));
-        cluster.bindInstance(b, INSTANCE_A, p, sig);
+        cluster.bindInstance(b, binding);
+        assertEq(cluster.tokenOfInstance(INSTANCE_A), a, "still seat a's");
+        assertEq(cluster.getPeer(b).node, address(0), "seat b unbound");
     }
 
     function test_RevertIf_InstanceIdNotCanonical() public {
@@ -137,32 +140,47 @@ contract SeatsTest is ClusterFixture {
         string[3] memory bad =
             ["59DF8036B824B0AAC54F8998B9E1FB2A0CFC5D3A", "0x59df8036b824b0aac54f8998b9e1fb2a0cfc5d", "59df"];
         for (uint256 i = 0; i < bad.length; ++i) {
-            (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _noConsent();
+            // Otherwise genuine: the chain names the id as given, the node consented to it.
+            DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_A, bad[i], HOLDER_A);
             vm.prank(HOLDER_A);
             vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInvalidInstanceId.selector, bad[i]));
-            cluster.bindInstance(a, bad[i], p, sig);
+            cluster.bindInstance(a, b);
         }
     }
 
     function test_RevertIf_RebindBySomeoneWhoDoesNotHoldTheSeat() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        // A binding the node consented to for HOLDER_A, sent by others.
+        DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
         vm.prank(HOLDER_B);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, a, HOLDER_B));
-        cluster.bindInstance(a, INSTANCE_B, p, sig);
+        cluster.bindInstance(a, b);
         vm.prank(OWNER); // not even the cluster owner
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, a, OWNER));
-        cluster.bindInstance(a, INSTANCE_B, p, sig);
+        cluster.bindInstance(a, b);
+        assertEq(cluster.tokenOfInstance(INSTANCE_A), a, "still bound to A");
+    }
+
+    function test_RevertIf_BindingAnInactiveSeat() public {
+        uint256 a = _mint(HOLDER_A, "");
+        vm.prank(HOLDER_A);
+        cluster.deactivate(a);
+        DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        vm.prank(HOLDER_A);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterSeatInactive.selector, a));
+        cluster.bindInstance(a, b);
     }
 
     function test_RebindClearsRecord() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
         _register(a, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
         vm.prank(HOLDER_A);
         vm.expectEmit();
         emit DstackClusterNFT.PeerCleared(a, DstackClusterNFT.ClearReason.Rebound);
-        cluster.bindInstance(a, INSTANCE_B, p, sig);
+        vm.expectEmit();
+        emit DstackClusterNFT.InstanceUnbound(a, INSTANCE_A);
+        cluster.bindInstance(a, b);
         _assertCleared(a);
         assertEq(cluster.tokenOfInstance(INSTANCE_A), 0, "old instance freed");
         assertEq(cluster.tokenOfInstance(INSTANCE_B), a, "new instance bound");

@@ -12,7 +12,9 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use anyhow::{Context, bail};
-use mesh_chain::contract::{self as chain, ChainError, DstackClusterElection, DstackClusterNFT};
+use mesh_chain::contract::{
+    self as chain, ChainError, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT,
+};
 use mesh_chain::redact::RedactedUrl;
 use serde_json::{Value, json};
 
@@ -136,6 +138,17 @@ pub(crate) async fn open_write(
     signer: &SignerOpts,
 ) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
     open(opts, writer(&opts.chain, signer.signer()?).await?).await
+}
+
+/// The app auth of cluster `c` (its compose, device and OS allowlists), through the same provider (and so the
+/// same signer).
+pub(crate) async fn app_auth(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+) -> anyhow::Result<DstackClusterAppAuth::DstackClusterAppAuthInstance<DynProvider>> {
+    let address = chain::app_auth_of(c.provider(), *c.address())
+        .await
+        .context("finding the cluster's app-auth contract")?;
+    Ok(DstackClusterAppAuth::new(address, c.provider().clone()))
 }
 
 /// The election of cluster `c`, through the same provider (and so the same signer).

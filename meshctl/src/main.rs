@@ -54,7 +54,7 @@ enum Command {
     AppAuth(cmd::app_auth::Args),
     /// List the on-chain peer records, and whether each one's proof verifies off-chain.
     Peers(cmd::peers::Args),
-    /// Send ETH to an address, e.g. an agent's derived address so it can pay for its own registration.
+    /// Send ETH to an address, e.g. an agent's node address so it can pay for its own registration.
     Fund(cmd::fund::Args),
     /// Submit a signed registration that an agent printed (a file, or - for stdin).
     Relay(cmd::relay::Args),

@@ -182,6 +182,8 @@ impl<'a> Agent<'a> {
             .args(["--listen-port", &self.config.listen_port.to_string()])
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .arg("--node-key-file")
+            .arg(&sim.key_file)
             .arg("--api-socket")
             .arg(&self.api_socket)
             .arg("--tx-key-file")

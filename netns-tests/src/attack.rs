@@ -51,7 +51,58 @@ pub fn node_identity(cluster: &Cluster<'_>, i: usize, epoch: u32) -> NodeIdentit
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(NodeIdentity::load(&client, epoch))
+        .block_on(NodeIdentity::load(
+            &client,
+            &cluster.sims[i - 1].key_file,
+            epoch,
+        ))
+        .expect("identity from the simulator")
+}
+
+/// What a sibling instance `attacker` can make for another instance's seat with its own dstack socket: its own
+/// node key, with a genuine chain from the app (GetKey) whose purpose names `victim_instance` and that key.
+/// dstack's GetKey is per app, so nothing stops the sibling from asking for that purpose.
+pub fn sibling_node_key(
+    cluster: &Cluster<'_>,
+    attacker: usize,
+    victim_instance: &str,
+) -> mesh_chain::node_key::NodeKey {
+    let client = DstackClient::new(Endpoint::Unix(cluster.sims[attacker - 1].socket.clone()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let own = node_identity_async(&client, cluster, attacker).await;
+            let mut info = client.info().await.expect("Info");
+            info.instance_id = victim_instance.to_owned();
+            let seal = client
+                .get_key(
+                    p2p_agent::keystore::SEAL_KEY_PATH,
+                    p2p_agent::keystore::SEAL_KEY_PURPOSE,
+                )
+                .await
+                .expect("GetKey");
+            let keys = p2p_agent::keystore::open_or_create(
+                &cluster.sims[attacker - 1].key_file,
+                &p2p_agent::keystore::SealKey::from_bytes(*seal.key.expose_secret()),
+                own.instance_id(),
+                0,
+            )
+            .expect("the attacker's own keys");
+            mesh_chain::node_key::NodeKey::load(&client, &info, keys.node_key())
+                .await
+                .expect("a chain naming the victim's instance")
+        })
+}
+
+async fn node_identity_async(
+    client: &DstackClient,
+    cluster: &Cluster<'_>,
+    i: usize,
+) -> NodeIdentity {
+    NodeIdentity::load(client, &cluster.sims[i - 1].key_file, 0)
+        .await
         .expect("identity from the simulator")
 }
 

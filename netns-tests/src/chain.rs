@@ -80,13 +80,34 @@ pub async fn deploy_cluster(
     .expect("deploy the cluster")
 }
 
-/// Mints the next seat to `to`, bound to `instance_id`, as the owner.
+/// Mints the next seat to `to`, bound to `node` (with its binding, as `meshctl mint --binding` sends it) or
+/// unbound, as the owner.
 ///
 /// # Panics
 /// When the mint reverts.
-pub async fn mint(cluster: &TestCluster, to: alloy::primitives::Address, instance_id: &str) {
+pub async fn mint(
+    cluster: &TestCluster,
+    to: alloy::primitives::Address,
+    node: Option<&crate::node::SimulatedInstance>,
+) {
+    use alloy::providers::Provider as _;
+    let binding = match node {
+        Some(node) => {
+            let next: u64 = cluster
+                .lastTokenId()
+                .call()
+                .await
+                .expect("lastTokenId")
+                .to::<u64>()
+                + 1;
+            let chain_id = cluster.provider().get_chain_id().await.expect("chain id");
+            let b = node.binding(next, to, chain_id, *cluster.address()).await;
+            mesh_chain::contract::binding_arg(&b)
+        }
+        None => mesh_chain::contract::no_binding(),
+    };
     cluster
-        .mintNodeAccess(to, instance_id.to_owned())
+        .mintNodeAccess(to, binding)
         .send()
         .await
         .expect("send mintNodeAccess")

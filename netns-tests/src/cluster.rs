@@ -65,6 +65,9 @@ pub struct SimNode {
     pub socket: PathBuf,
     pub instance_id: String,
     pub log: PathBuf,
+    /// The node's sealed keys: on the CVM's volume, so they outlive any one agent process (every agent of the
+    /// node uses this file, as `p2p-agent identity` does when the seat is minted).
+    pub key_file: PathBuf,
 }
 
 /// A cluster on the LAN's chain (or any chain, [`Cluster::deploy_at`]): a fresh KMS root key, one
@@ -146,6 +149,10 @@ impl<'a> Cluster<'a> {
                 socket,
                 instance_id: String::new(),
                 log,
+                key_file: dir
+                    .path()
+                    .join(format!("node-{i}-volume"))
+                    .join(p2p_agent::keystore::FILE_NAME),
             });
         }
         let mut cluster = Self {
@@ -219,20 +226,27 @@ impl<'a> Cluster<'a> {
         cluster
     }
 
-    /// A cluster of `nodes` nodes, all with seats, on the chain at `rpc_url`, which this process reaches
-    /// (anvil in a container, say): `meshctl` runs here rather than in a namespace.
+    /// A cluster of `nodes` simulated instances and no seat yet, on the chain at `rpc_url`, which this process
+    /// reaches (anvil in a container, say): `meshctl` runs here rather than in a namespace. The agents run
+    /// elsewhere (in containers) with keys of their own, so their seats are minted and bound from there.
     pub fn deploy_at(rpc_url: String, nodes: usize) -> Cluster<'static> {
-        Cluster::start(None, rpc_url, nodes, nodes)
+        Cluster::start(None, rpc_url, nodes, 0)
     }
 
-    /// Mints seat `i` to anvil account `i`, bound to node `i`'s instance (seats are minted in order, so
-    /// it must become token `i`).
+    /// Mints seat `i` to anvil account `i`, bound to node `i` with the binding `p2p-agent identity` prints in
+    /// it (seats are minted in order, so it must become token `i`).
     pub fn mint(&self, i: usize) -> Value {
         assert!(i <= self.sims.len(), "no node for seat {i}");
-        let instance = self.sims[i - 1].instance_id.clone();
+        let binding = self.binding_file(i, i as u64, &account_address(i));
         let minted = self.meshctl(
             0,
-            &["mint", "--to", &account_address(i), "--instance", &instance],
+            &[
+                "mint",
+                "--to",
+                &account_address(i),
+                "--binding",
+                binding.to_str().expect("utf-8 path"),
+            ],
         );
         assert_eq!(
             minted["tokenId"].as_u64(),
@@ -242,12 +256,46 @@ impl<'a> Cluster<'a> {
         minted
     }
 
+    /// The binding of node `i` to seat `token` for `holder`, as `p2p-agent identity --bind-token` prints it in
+    /// the node (its key file, its simulator), in a file for `meshctl --binding`.
+    pub fn binding_file(&self, i: usize, token: u64, holder: &str) -> PathBuf {
+        self.binding_file_at(&self.contract, i, token, holder)
+    }
+
+    /// Like [`Cluster::binding_file`], for the cluster at `contract` (another one on the same chain).
+    pub fn binding_file_at(&self, contract: &str, i: usize, token: u64, holder: &str) -> PathBuf {
+        let sim = &self.sims[i - 1];
+        let mut cmd = Command::new(workspace_bin("p2p-agent"));
+        clean_env(&mut cmd)
+            .args(["identity", "--dstack-endpoint"])
+            .arg(&sim.socket)
+            .arg("--node-key-file")
+            .arg(&sim.key_file)
+            .args(["--bind-token", &token.to_string(), "--bind-holder", holder])
+            // Every test chain is anvil, chain id 31337 (the node need not reach the RPC to bind).
+            .args(["--contract", contract, "--chain-id", "31337"]);
+        let out = run_command_timeout(cmd, "p2p-agent identity --bind-token", CMD_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "p2p-agent identity --bind-token {token} (node {i}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = self
+            .dir
+            .path()
+            .join(format!("binding-{contract}-{i}-seat-{token}.json"));
+        std::fs::write(&file, &out.stdout).expect("write the binding");
+        file
+    }
+
     /// `p2p-agent identity --json` for node `i`'s simulator.
     pub fn identity(&self, i: usize) -> Value {
         let mut cmd = Command::new(workspace_bin("p2p-agent"));
         clean_env(&mut cmd)
             .args(["identity", "--json", "--dstack-endpoint"])
-            .arg(&self.sims[i - 1].socket);
+            .arg(&self.sims[i - 1].socket)
+            .arg("--node-key-file")
+            .arg(&self.sims[i - 1].key_file);
         let out = run_command_timeout(cmd, "p2p-agent identity", CMD_TIMEOUT);
         json_of(&format!("p2p-agent identity (node {i})"), &out)
     }

@@ -169,6 +169,11 @@ fn compose_command(dir: &Path, project: &str, env: &[(String, String)]) -> Comma
         .env("COMPOSE_PROJECT_NAME", project)
         // docker-compose prints progress with ANSI codes unless told otherwise.
         .env("COMPOSE_INTERACTIVE_NO_CLI", "1")
+        // Without HOME, `docker-compose run` exits 0 and loses the container's output (docker-compose 1.29).
+        .env(
+            "HOME",
+            std::env::var_os("HOME").unwrap_or_else(|| std::env::temp_dir().into_os_string()),
+        )
         .arg("--no-ansi");
     for (k, v) in env {
         cmd.env(k, v);

@@ -146,15 +146,42 @@ impl<'a> Meshctl<'a> {
 
     /// Deploys a cluster for `node`'s KMS root ([`Meshctl::deploy`]) and mints seat 1 to account 1, bound
     /// to `node`'s instance.
-    pub fn deploy_with_seat(&mut self, node: &Instance) -> Address {
+    pub async fn deploy_with_seat(&mut self, node: &Instance) -> Address {
         let contract = self.deploy(node.kms_root);
-        let holder = self.address(1).to_string();
+        let binding = self.binding_file(node, 1, self.address(1)).await;
         self.run(
             Some(0),
-            &["mint", "--to", &holder, "--instance", &node.instance_id],
+            &[
+                "mint",
+                "--to",
+                &self.address(1).to_string(),
+                "--binding",
+                binding.to_str().expect("utf-8 path"),
+            ],
         )
         .ok();
         contract
+    }
+
+    /// `node`'s binding to seat `token` of this cluster for `holder`, in a file for `--binding` (removed when
+    /// dropped).
+    pub async fn binding_file(
+        &self,
+        node: &Instance,
+        token: u64,
+        holder: Address,
+    ) -> tempfile::TempPath {
+        let contract = self.contract.expect("deploy first");
+        let binding = node
+            .binding(token, holder, self.anvil.chain_id(), contract)
+            .await;
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(
+            file.path(),
+            serde_json::to_string_pretty(&binding).expect("json"),
+        )
+        .expect("write the binding");
+        file.into_temp_path()
     }
 
     pub fn address(&self, i: usize) -> Address {

@@ -1,16 +1,17 @@
 //! A simulated dstack instance served in-process on a socket in a temp dir, as one CVM of the test cluster's
-//! app: the agent's real dstack client talks to it, and it signs records exactly as an agent would.
+//! app: the agent's real dstack client talks to it, and it keeps its node keys and signs records and bindings
+//! exactly as an agent would.
 
 use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, U256};
-use dstack_guest::{DstackClient, DstackProof, Endpoint};
+use dstack_guest::{DstackClient, Endpoint};
 use dstack_simulator::{
     keys::KmsRootKey,
     platform::{InstanceChoice, KeySource, Platform, SimulatorConfig},
     server::{UnixSocket, serve},
 };
-use mesh_chain::record::{self as proof, PeerRecord, SignedRegistration};
+use mesh_chain::record::{NodeBinding, PeerRecord, SignedRegistration};
 
 /// The test cluster's KMS root private key (a throwaway, never a real key).
 pub const KMS_ROOT_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
@@ -78,9 +79,59 @@ impl SimulatedInstance {
         }
     }
 
-    /// Registers this instance's record for its seat as the agent would: its dstack-derived WireGuard key,
-    /// `endpoint` and `gateway_url`, paid by anvil account `payer` (not the owner's: the owner's provider
-    /// caches its nonce).
+    /// This instance's sealed key file (its "volume"): the agent's, when one runs for it.
+    pub fn key_file(&self) -> std::path::PathBuf {
+        self._dir.path().join(p2p_agent::keystore::FILE_NAME)
+    }
+
+    /// This instance's identity, as its agent has it: node and WireGuard keys (epoch `wg_epoch`) from its key
+    /// file, made there on first use.
+    ///
+    /// # Panics
+    /// When the simulator does not answer or the key file does not open.
+    pub async fn identity(&self, wg_epoch: u32) -> p2p_agent::identity::NodeIdentity {
+        p2p_agent::identity::NodeIdentity::load(&self.client, &self.key_file(), wg_epoch)
+            .await
+            .expect("identity")
+    }
+
+    /// This instance's binding to seat `token_id` for `holder`, as `p2p-agent identity --bind-token` makes it:
+    /// its node key, dstack's chain, its quote (report data for this chain, contract and node) and its consent.
+    ///
+    /// # Panics
+    /// When the simulator does not answer.
+    pub async fn binding(
+        &self,
+        token_id: u64,
+        holder: Address,
+        chain_id: u64,
+        contract: Address,
+    ) -> NodeBinding {
+        let identity = self.identity(0).await;
+        let node = &identity.node;
+        let quote = self
+            .client
+            .get_quote(&mesh_attest::report_data(
+                chain_id,
+                contract,
+                node.address(),
+            ))
+            .await
+            .expect("GetQuote");
+        let evidence =
+            mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log).expect("evidence");
+        node.bind(
+            U256::from(token_id),
+            holder,
+            evidence.encode().into(),
+            chain_id,
+            contract,
+        )
+        .expect("bind")
+    }
+
+    /// Registers this instance's record for its seat as the agent would: its WireGuard key, `endpoint` and
+    /// `gateway_url`, paid by anvil account `payer` (not the owner's: the owner's provider caches its nonce).
     ///
     /// # Panics
     /// When the registration fails.
@@ -92,9 +143,7 @@ impl SimulatedInstance {
         gateway_url: &str,
         payer: usize,
     ) -> mesh_chain::registration::Outcome {
-        let identity = p2p_agent::identity::NodeIdentity::load(&self.client, 0)
-            .await
-            .expect("identity");
+        let identity = self.identity(0).await;
         let cluster = mesh_chain::registration::Cluster::connect(anvil.endpoint_url(), contract)
             .await
             .expect("connect");
@@ -106,15 +155,15 @@ impl SimulatedInstance {
         let key: alloy::signers::local::PrivateKeySigner = anvil.keys()[payer].clone().into();
         let pins = cluster.contract_pins().await.expect("the cluster's pins");
         cluster
-            .register(&identity.peer, &desired, Some(&key), &pins)
+            .register(&identity.node, &desired, Some(&key), &pins)
             .await
             .expect("register")
     }
 
-    /// A record for seat `token_id`, proven by this instance's dstack chain and signed by its derived key.
+    /// A record for seat `token_id`, proven by this instance's dstack chain and signed by its node key.
     ///
     /// # Panics
-    /// When the simulator does not answer GetKey.
+    /// When the simulator does not answer.
     pub async fn sign(
         &self,
         token_id: u64,
@@ -124,13 +173,7 @@ impl SimulatedInstance {
         chain_id: u64,
         contract: Address,
     ) -> SignedRegistration {
-        let purpose = proof::purpose(&self.instance_id);
-        let reply = self
-            .client
-            .get_key(&proof::key_path(&self.instance_id), &purpose)
-            .await
-            .expect("GetKey");
-        let p = DstackProof::from_get_key(&reply, self.app_id, &purpose).expect("proof");
+        let identity = self.identity(0).await;
         let record = PeerRecord {
             tokenId: U256::from(token_id),
             instanceId: self.instance_id.clone(),
@@ -139,6 +182,9 @@ impl SimulatedInstance {
             gatewayUrl: String::new(),
             nonce,
         };
-        SignedRegistration::sign(record, p, &reply.key, chain_id, contract).expect("sign")
+        identity
+            .node
+            .sign(record, chain_id, contract)
+            .expect("sign")
     }
 }

@@ -160,16 +160,23 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
             "--to",
             "0x00000000000000000000000000000000000000b0",
         ];
-        let instance = cluster.sims[seat - 1].instance_id.clone();
-        if seat == 2 || seat == 4 {
-            args.extend(["--instance", instance.as_str()]);
+        let binding = (seat == 2 || seat == 4).then(|| {
+            cluster.binding_file_at(
+                &other,
+                seat,
+                seat as u64,
+                "0x00000000000000000000000000000000000000b0",
+            )
+        });
+        if let Some(b) = &binding {
+            args.extend(["--binding", b.to_str().expect("utf-8 path")]);
         }
         cluster.meshctl(0, &args);
     }
     for (seat, nonce) in [(2usize, 1000u64), (4, 1)] {
         let identity = node_identity(&cluster, seat, 0);
         let reg = identity
-            .peer
+            .node
             .sign(
                 PeerRecord {
                     tokenId: U256::from(seat),

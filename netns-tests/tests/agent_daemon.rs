@@ -67,6 +67,8 @@ fn start_tls_agent_with(
                 "8443",
             ])
             .args(["--state-dir", dir.join("state").to_str().unwrap()])
+            .arg("--node-key-file")
+            .arg(node.key_file())
             .args([
                 "--api-socket",
                 dir.join("api.sock").to_str().unwrap(),
@@ -116,7 +118,7 @@ async fn cluster_with_a_registered_peer(
 ) -> (TestCluster, String) {
     let c = deploy_cluster(anvil, peer.kms_root).await;
     for n in [peer, node] {
-        mint(&c, anvil.addresses()[1], &n.instance_id).await;
+        mint(&c, anvil.addresses()[1], Some(n)).await;
     }
     let url = format!("https://{}-8080.dstack.example", peer.instance_id);
     peer.register(anvil, *c.address(), "192.0.2.1:51820", &url, 2)
@@ -232,7 +234,7 @@ async fn joins_and_revocations_arrive_while_full_reads_fail() {
     let node = SimulatedInstance::start("node").await;
     let c = deploy_cluster(&anvil, node.kms_root).await;
     for n in [&first, &node, &late] {
-        mint(&c, anvil.addresses()[1], &n.instance_id).await;
+        mint(&c, anvil.addresses()[1], Some(n)).await;
     }
     first
         .register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)
@@ -298,7 +300,7 @@ async fn secrets_stay_out_of_hooks_the_api_and_the_log() {
     let node = SimulatedInstance::start("node").await;
     let c = deploy_cluster(&anvil, node.kms_root).await;
     for n in [&other, &node] {
-        mint(&c, anvil.addresses()[1], &n.instance_id).await;
+        mint(&c, anvil.addresses()[1], Some(n)).await;
     }
     other
         .register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)

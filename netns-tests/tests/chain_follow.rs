@@ -38,7 +38,7 @@ const CONFIG: FollowConfig = FollowConfig {
 
 /// Mints a seat for `node` and registers its record with `endpoint`.
 async fn join(anvil: &AnvilInstance, c: &Contract, node: &SimulatedInstance, endpoint: &str) {
-    mint(c, anvil.addresses()[1], &node.instance_id).await;
+    mint(c, anvil.addresses()[1], Some(node)).await;
     node.register(anvil, *c.address(), endpoint, "", 2).await;
 }
 
@@ -656,8 +656,8 @@ async fn a_reorg_announced_by_a_new_head_is_sorted_out_at_once() {
     let a = SimulatedInstance::start("a").await;
     let b = SimulatedInstance::start("b").await;
     let c = deploy_cluster(&anvil, a.kms_root).await;
-    mint(&c, anvil.addresses()[1], &a.instance_id).await;
-    mint(&c, anvil.addresses()[1], &b.instance_id).await;
+    mint(&c, anvil.addresses()[1], Some(&a)).await;
+    mint(&c, anvil.addresses()[1], Some(&b)).await;
     let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
     let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
     until_subscribed(&mut wakeups).await;

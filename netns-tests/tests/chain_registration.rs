@@ -7,7 +7,7 @@
 use alloy::{
     network::TransactionBuilder,
     node_bindings::AnvilInstance,
-    primitives::{Address, U256, utils::parse_ether},
+    primitives::{Address, B256, U256, utils::parse_ether},
     providers::{DynProvider, Provider},
     rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
@@ -60,10 +60,10 @@ async fn unbound_instance_is_told_the_commands_to_run() {
     let node = SimulatedInstance::start("lonely").await;
     let c = deploy(&anvil, node.kms_root).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
-    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let identity = node.identity(0).await;
     let err = cluster
         .register(
-            &identity.peer,
+            &identity.node,
             &desired(&identity, "192.0.2.1:51820"),
             None,
             &pins,
@@ -74,27 +74,35 @@ async fn unbound_instance_is_told_the_commands_to_run() {
     let text = err.to_string();
     assert!(
         text.contains(&format!(
-            "meshctl mint --contract {} --to <holder address> --instance {}",
-            c.address(),
-            node.instance_id
+            "p2p-agent identity --bind-token <token id> --bind-holder <holder address> --contract {}",
+            c.address()
         )),
         "{text}"
     );
-    assert!(text.contains("meshctl bind"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "meshctl bind --contract {} --token <token id> --binding binding.json",
+            c.address()
+        )),
+        "{text}"
+    );
 }
 
-/// `p2p-agent identity --bind-token` prints a consent that the contract accepts from the seat's holder.
+/// `p2p-agent identity --bind-token` prints a binding that the contract accepts from the seat's holder, whose
+/// node is the one the agent then signs with (the same key file), and whose evidence commits to it.
 #[tokio::test(flavor = "multi_thread")]
-async fn identity_prints_a_bind_consent_the_contract_accepts() {
+async fn identity_prints_a_binding_the_contract_accepts() {
     let anvil = anvil();
     let node = SimulatedInstance::start("node-1").await;
     let c = deploy(&anvil, node.kms_root).await;
     let holder = anvil.addresses()[1];
-    mint(&c, holder, "").await;
+    mint(&c, holder, None).await;
     let out = std::process::Command::new(netns_tests::process::workspace_bin("p2p-agent"))
         .env_clear()
         .args(["identity", "--dstack-endpoint"])
         .arg(&node.socket)
+        .arg("--node-key-file")
+        .arg(node.key_file())
         .args(["--bind-token", "1", "--bind-holder", &holder.to_string()])
         .args(["--contract", &c.address().to_string()])
         .args(["--rpc-url", anvil.endpoint().as_str()])
@@ -106,26 +114,35 @@ async fn identity_prints_a_bind_consent_the_contract_accepts() {
         stderr.contains("instance id:"),
         "the report goes to stderr: {stderr}"
     );
-    let consent: mesh_chain::record::SignedBindConsent = serde_json::from_slice(&out.stdout)
+    let binding: mesh_chain::record::NodeBinding = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| {
             panic!(
-                "stdout is the consent alone ({e}): {}",
+                "stdout is the binding alone ({e}): {}",
                 String::from_utf8_lossy(&out.stdout)
             )
         });
     assert_eq!(
         (
-            consent.token_id,
-            consent.holder,
-            consent.contract,
-            consent.chain_id
+            binding.token_id,
+            binding.holder,
+            binding.contract,
+            binding.chain_id,
+            binding.node,
         ),
-        (U256::from(1), holder, *c.address(), anvil.chain_id())
+        (
+            U256::from(1),
+            holder,
+            *c.address(),
+            anvil.chain_id(),
+            node.identity(0).await.node.address()
+        )
     );
-    let (proof, signature) = chain::bind_consent_args(&consent);
+    let evidence = mesh_attest::Evidence::decode(&binding.evidence).unwrap();
+    let claims = mesh_attest::replay::claims(&evidence.events).unwrap();
+    assert_eq!(alloy::hex::encode(claims.instance_id), node.instance_id);
     let as_holder = TestCluster::new(*c.address(), provider(&anvil, 1));
     as_holder
-        .bindInstance(U256::from(1), node.instance_id.clone(), proof, signature)
+        .bindInstance(U256::from(1), chain::binding_arg(&binding))
         .send()
         .await
         .unwrap()
@@ -138,6 +155,12 @@ async fn identity_prints_a_bind_consent_the_contract_accepts() {
         .await
         .unwrap();
     assert_eq!(bound, U256::from(1));
+    let peer = c.getPeer(U256::from(1)).call().await.unwrap();
+    assert_eq!(peer.node, binding.node);
+    assert_eq!(
+        peer.evidenceHash,
+        alloy::primitives::keccak256(&binding.evidence)
+    );
 }
 
 /// A registration lands once; the same instance after a restart derives the same key and sends nothing;
@@ -147,14 +170,14 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     let anvil = anvil();
     let node = SimulatedInstance::start("node-1").await;
     let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[1], &node.instance_id).await;
+    mint(&c, anvil.addresses()[1], Some(&node)).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let tx_key = signer(&anvil, 1);
 
-    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let identity = node.identity(0).await;
     let want = desired(&identity, "192.0.2.1:51820");
     let outcome = cluster
-        .register(&identity.peer, &want, Some(&tx_key), &pins)
+        .register(&identity.node, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
     let Outcome::Registered {
@@ -174,12 +197,12 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     assert_eq!(peer.wgPublicKey.0, *identity.wg_public_key().as_bytes());
     assert_eq!(peer.endpoint, "192.0.2.1:51820");
 
-    // "Restart": a fresh identity from dstack is the same key, so nothing is sent.
-    let restarted = NodeIdentity::load(&node.client, 0).await.unwrap();
+    // "Restart": the identity from the same key file is the same key, so nothing is sent.
+    let restarted = node.identity(0).await;
     assert_eq!(restarted.wg_public_key(), identity.wg_public_key());
     let outcome = cluster
         .register(
-            &restarted.peer,
+            &restarted.node,
             &desired(&restarted, "192.0.2.1:51820"),
             Some(&tx_key),
             &pins,
@@ -189,11 +212,11 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     assert!(matches!(outcome, Outcome::UpToDate { .. }), "{outcome:?}");
 
     // Rotation: epoch 1 is another key, registered with the next nonce.
-    let rotated = NodeIdentity::load(&node.client, 1).await.unwrap();
+    let rotated = node.identity(1).await;
     assert_ne!(rotated.wg_public_key(), identity.wg_public_key());
     let outcome = cluster
         .register(
-            &rotated.peer,
+            &rotated.node,
             &desired(&rotated, "192.0.2.1:51820"),
             Some(&tx_key),
             &pins,
@@ -210,20 +233,20 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     );
 }
 
-/// Without funds the signed registration is handed out; anyone can relay it. Once the derived address is
+/// Without funds the signed registration is handed out; anyone can relay it. Once the node address is
 /// funded, the agent pays for itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_pays() {
     let anvil = anvil();
     let node = SimulatedInstance::start("node-2").await;
     let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[2], &node.instance_id).await;
+    mint(&c, anvil.addresses()[2], Some(&node)).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
-    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let identity = node.identity(0).await;
 
     let outcome = cluster
         .register(
-            &identity.peer,
+            &identity.node,
             &desired(&identity, "192.0.2.2:51820"),
             None,
             &pins,
@@ -246,7 +269,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
         "192.0.2.2:51820"
     );
 
-    let derived = identity.peer.address().unwrap();
+    let derived = identity.node.address();
     let fund = TransactionRequest::default()
         .with_to(derived)
         .with_value(parse_ether("0.01").unwrap());
@@ -259,7 +282,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
         .unwrap();
     let outcome = cluster
         .register(
-            &identity.peer,
+            &identity.node,
             &desired(&identity, "192.0.2.22:51820"),
             None,
             &pins,
@@ -280,15 +303,23 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
     let other_root: Address = "0x000000000000000000000000000000000000dEaD"
         .parse()
         .unwrap();
-    let c = deploy(&anvil, other_root).await;
-    mint(&c, anvil.addresses()[3], &node.instance_id).await;
+    let c = deploy(&anvil, node.kms_root).await;
+    mint(&c, anvil.addresses()[3], Some(&node)).await;
+    // The seat was bound under the node's KMS; the owner then pins another root.
+    c.setKmsRoot(other_root)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
-    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let identity = node.identity(0).await;
     let block = provider(&anvil, 0).get_block_number().await.unwrap();
 
     let err = cluster
         .register(
-            &identity.peer,
+            &identity.node,
             &desired(&identity, "192.0.2.3:51820"),
             Some(&signer(&anvil, 3)),
             &pins,
@@ -315,14 +346,14 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
     let anvil = anvil();
     let node = SimulatedInstance::start("node-1").await;
     let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[1], &node.instance_id).await;
+    mint(&c, anvil.addresses()[1], Some(&node)).await;
     let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     let (cluster, pins) = connect(proxy.url().parse().unwrap(), *c.address()).await;
-    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let identity = node.identity(0).await;
     let want = desired(&identity, "192.0.2.1:51820");
     let tx_key = signer(&anvil, 1);
     cluster
-        .register(&identity.peer, &want, Some(&tx_key), &pins)
+        .register(&identity.node, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
 
@@ -330,7 +361,7 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
         nonce == 1
     });
     let outcome = cluster
-        .register(&identity.peer, &want, Some(&tx_key), &pins)
+        .register(&identity.node, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
     let Outcome::Registered {
@@ -347,7 +378,7 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
         "{why}"
     );
     let again = cluster
-        .register(&identity.peer, &want, Some(&tx_key), &pins)
+        .register(&identity.node, &want, Some(&tx_key), &pins)
         .await
         .unwrap();
     assert!(matches!(again, Outcome::UpToDate { .. }), "{again:?}");
@@ -361,7 +392,7 @@ async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
     let anvil = anvil();
     let node = SimulatedInstance::start("node-1").await;
     let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[1], &node.instance_id).await;
+    mint(&c, anvil.addresses()[1], Some(&node)).await;
     let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     proxy.rewrite("nonce at u64::MAX", |req, response| {
         if !req.calls(seatInfoCall::SELECTOR) {
@@ -377,10 +408,10 @@ async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
         .into();
     });
     let (cluster, pins) = connect(proxy.url().parse().unwrap(), *c.address()).await;
-    let identity = NodeIdentity::load(&node.client, 0).await.unwrap();
+    let identity = node.identity(0).await;
     let err = cluster
         .register(
-            &identity.peer,
+            &identity.node,
             &desired(&identity, "192.0.2.1:51820"),
             Some(&signer(&anvil, 1)),
             &pins,
@@ -392,4 +423,101 @@ async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
         "{err}"
     );
     assert!(err.to_string().contains("nonce is at its maximum"), "{err}");
+}
+
+/// An instance that lost its volume (and so its keys) makes new ones: its seat is still bound to the old node
+/// key, so the agent sends nothing and says how the holder re-binds; after the re-bind it registers with the
+/// next nonce, and the old key can no longer sign for the seat.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_key_store_needs_a_rebind_which_the_agent_explains() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-1").await;
+    let c = deploy(&anvil, node.kms_root).await;
+    let holder = anvil.addresses()[1];
+    mint(&c, holder, Some(&node)).await;
+    let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
+    let tx_key = signer(&anvil, 1);
+    let before = node.identity(0).await;
+    cluster
+        .register(
+            &before.node,
+            &desired(&before, "192.0.2.1:51820"),
+            Some(&tx_key),
+            &pins,
+        )
+        .await
+        .unwrap();
+
+    std::fs::remove_file(node.key_file()).unwrap();
+    let after = node.identity(0).await;
+    assert_ne!(after.node.address(), before.node.address(), "new keys");
+    let err = cluster
+        .register(
+            &after.node,
+            &desired(&after, "192.0.2.1:51820"),
+            Some(&tx_key),
+            &pins,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistrationError::BoundToAnotherNode { bound, node, .. }
+            if bound == before.node.address() && node == after.node.address()),
+        "{err}"
+    );
+    let text = err.to_string();
+    for want in [
+        "lost its key store",
+        "p2p-agent identity --bind-token 1 --bind-holder",
+        "meshctl bind --token 1 --binding binding.json",
+    ] {
+        assert!(text.contains(want), "{want:?} in: {text}");
+    }
+
+    let binding = node
+        .binding(1, holder, anvil.chain_id(), *c.address())
+        .await;
+    TestCluster::new(*c.address(), provider(&anvil, 1))
+        .bindInstance(U256::from(1), chain::binding_arg(&binding))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let outcome = cluster
+        .register(
+            &after.node,
+            &desired(&after, "192.0.2.1:51820"),
+            Some(&tx_key),
+            &pins,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Registered { nonce: 2, .. }),
+        "{outcome:?}"
+    );
+    let stale = before
+        .node
+        .sign(
+            mesh_chain::record::PeerRecord {
+                tokenId: U256::from(1),
+                instanceId: node.instance_id.clone(),
+                wgPublicKey: B256::repeat_byte(1),
+                endpoint: "192.0.2.9:51820".into(),
+                gatewayUrl: String::new(),
+                nonce: 3,
+            },
+            anvil.chain_id(),
+            *c.address(),
+        )
+        .unwrap();
+    let (r, p, sig) = chain::register_peer_args(&stale);
+    let refused = c.registerPeer(r, p, sig).call().await.unwrap_err();
+    assert_eq!(
+        chain::explain_revert(&refused).map(|r| r.name).as_deref(),
+        Some("RegistryPurposeMismatch"),
+        "the old node key no longer signs for the seat"
+    );
 }

@@ -111,16 +111,11 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
         || anvil.logs(),
     );
     let cluster = Cluster::deploy_at(rpc.clone(), NODES);
-    // Each node pays for its registration from its own derived address: no key in the compose file.
     for i in 1..=NODES {
-        let id = cluster.identity(i);
-        let address = id["derived_address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("identity has no derived_address: {id}"));
-        cluster.meshctl(0, &["fund", address, "--amount", "1"]);
+        cluster.meshctl(0, &["mint", "--to", &account_address(i)]);
     }
     steps.step(&format!(
-        "cluster {} deployed, seats 1..={NODES} minted",
+        "cluster {} deployed, seats 1..={NODES} minted to their holders, unbound",
         cluster.contract
     ));
 
@@ -157,6 +152,48 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
             )
         })
         .collect();
+    for (i, project) in projects.iter().enumerate() {
+        let i = i + 1;
+        // As an operator would: the agent's image makes its node key in the node's state volume and prints
+        // the binding; the seat's holder sends it. The node then pays for its registrations from its own
+        // address: no key in the compose file.
+        project.compose(&["up", "-d", "net"]);
+        let binding = project.compose(&[
+            "run",
+            "--rm",
+            "-T",
+            "mesh",
+            "identity",
+            "--bind-token",
+            &i.to_string(),
+            "--bind-holder",
+            &account_address(i),
+            "--contract",
+            &cluster.contract,
+            "--chain-id",
+            "31337",
+        ]);
+        let file = std::env::temp_dir().join(format!("{run}-binding-{i}.json"));
+        std::fs::write(&file, &binding).expect("write the binding");
+        let bound = cluster.meshctl(
+            i,
+            &[
+                "bind",
+                "--token",
+                &i.to_string(),
+                "--binding",
+                file.to_str().expect("utf-8 path"),
+            ],
+        );
+        let _ = std::fs::remove_file(&file);
+        let node = bound["node"]
+            .as_str()
+            .unwrap_or_else(|| panic!("meshctl bind printed no node: {bound}"));
+        cluster.meshctl(0, &["fund", node, "--amount", "1"]);
+        steps.step(&format!(
+            "node {i}: seat bound to its node key {node}, funded"
+        ));
+    }
     for (i, project) in projects.iter().enumerate() {
         // `up` returns once mesh-ready has exited 0 and the app has started.
         project.compose(&["up", "-d"]);

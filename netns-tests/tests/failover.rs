@@ -1,6 +1,6 @@
 //! Failover without a person: three nodes run the counter example (`examples/counter`) on the SDK; the
 //! leader's node is cut off the LAN with nftables, and the others' agents vote it out on-chain after
-//! `--leader-timeout`, from their own derived addresses. Every agent left reports the new leader,
+//! `--leader-timeout`, from their own node addresses. Every agent left reports the new leader,
 //! increments succeed on it, and the count has lost no acknowledged write. When the old leader comes back,
 //! the votes against it are withdrawn. Prints the measured failover time.
 //!
@@ -71,18 +71,18 @@ fn a_cut_off_leader_is_voted_out_and_the_counter_loses_no_acknowledged_write() {
     let steps = Steps::new("failover");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    // Registrations and ballots then come from each node's derived address: the contract lets a seat's
+    // Registrations and ballots then come from each node's address: the contract lets a seat's
     // node vote for it.
     let mut derived = Vec::new();
     for i in 1..=NODES {
-        let address = cluster.identity(i)["derived_address"]
+        let address = cluster.identity(i)["node"]
             .as_str()
-            .expect("a derived address")
+            .expect("a node address")
             .to_owned();
         cluster.meshctl(0, &["fund", &address, "--amount", "1"]);
         derived.push(address);
     }
-    steps.step("LAN up, cluster deployed, 3 seats, every node's derived address funded");
+    steps.step("LAN up, cluster deployed, 3 seats, every node's address funded");
     let timeout = LEADER_TIMEOUT.as_secs().to_string();
     let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", &timeout]);
     wait_until(
@@ -160,7 +160,7 @@ fn a_cut_off_leader_is_voted_out_and_the_counter_loses_no_acknowledged_write() {
         };
         wait_until(
             &format!(
-                "node {} to log its ballot mined from its derived address",
+                "node {} to log its ballot mined from its node address",
                 i + 1
             ),
             Duration::from_secs(10),

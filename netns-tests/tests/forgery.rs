@@ -32,7 +32,7 @@ use alloy::primitives::{Address, B256, U256};
 use dstack_guest::chain as proof;
 use mesh_chain::record::{PeerRecord, SignedRegistration};
 use netns_tests::attack::{
-    CHAIN_ID, current_registration, node_identity, on_chain, send_registration,
+    CHAIN_ID, current_registration, node_identity, on_chain, send_registration, sibling_node_key,
 };
 use netns_tests::prelude::*;
 use netns_tests::wg::{Reference, WireguardGo, parse_dump, test_key};
@@ -102,16 +102,22 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
         nonce,
     };
 
-    // 1. Node 1's proof (its instance, its derived key) on a record for node 3's seat.
+    // 1. Node 1's proof (its instance, its node key) on a record for node 3's seat.
     let node1 = node_identity(&cluster, 1, 0);
-    let with_node1_proof = node1
-        .peer
-        .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
-        .expect("node 1 signs");
-    // 2. Node 3's own proof, but the app key and its signature are the attacker's.
     let node3 = node_identity(&cluster, 3, 0);
+    let mut with_node1_proof = node3
+        .node
+        .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
+        .expect("node 3 signs");
+    with_node1_proof.proof = node1.node.proof.clone();
+    // 2. The sibling attack: node 1 asks its own dstack for a chain naming node 3's instance and its own node
+    //    key (dstack's GetKey is per app, so it gets one), and signs a record for seat 3 with that key.
+    let sibling = sibling_node_key(&cluster, 1, &cluster.sims[2].instance_id)
+        .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
+        .expect("the sibling signs");
+    // 3. Node 3's own proof, but the app key and its signature are the attacker's.
     let mut fake_app = node3
-        .peer
+        .node
         .sign(record_for_seat_3(nonce + 1), CHAIN_ID, contract)
         .expect("node 3 signs");
     let attacker = k256::ecdsa::SigningKey::from_slice(&[0x5a; 32]).expect("attacker key");
@@ -129,6 +135,11 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
         (
             "another instance's proof",
             &with_node1_proof,
+            "RegistryPurposeMismatch",
+        ),
+        (
+            "a sibling instance's own node key with a genuine chain for seat 3's instance",
+            &sibling,
             "RegistryPurposeMismatch",
         ),
         (
@@ -194,7 +205,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     // The front-run with a re-encoded copy of node 3's next registration (its key epoch 2).
     let next_nonce = nonce + 1;
     let genuine = node_identity(&cluster, 3, 2)
-        .peer
+        .node
         .sign(
             PeerRecord {
                 tokenId: U256::from(3),

@@ -24,20 +24,9 @@ fn owner_lifecycle_changes_the_chain() {
     assert_eq!(minted["overlayIp"], "10.0.1.1");
     assert!(minted["receipt"]["tx"].as_str().unwrap().starts_with("0x"));
 
-    // Instance ids are public: a holder binds only with the instance's consent, and is told how to get it.
-    let instance = "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a";
-    let refused = m
-        .run(
-            Some(1),
-            &["bind", "--token", "1", "--instance", instance, "--json"],
-        )
-        .failed();
-    assert!(
-        refused.stderr.contains("needs the instance's consent")
-            && refused.stderr.contains("p2p-agent identity --bind-token 1"),
-        "{}",
-        refused.stderr
-    );
+    // A seat is bound only with a binding the instance made: there is no way to name an instance alone.
+    let refused = m.run(Some(1), &["bind", "--token", "1", "--json"]).failed();
+    assert!(refused.stderr.contains("--binding"), "{}", refused.stderr);
 
     m.run(
         Some(0),
@@ -84,77 +73,88 @@ fn owner_lifecycle_changes_the_chain() {
     let config = m.run(None, &["config", "show", "--json"]).ok().json();
     assert_eq!(config["activeSeats"], "0");
     let next = m
-        .run(
-            Some(0),
-            &[
-                "mint",
-                "--to",
-                &holder,
-                "--instance",
-                &instance.to_uppercase(),
-                "--json",
-            ],
-        )
+        .run(Some(0), &["mint", "--to", &holder, "--json"])
         .ok()
         .json();
     assert_eq!(next["tokenId"], 2, "ids are never reissued");
-    assert_eq!(
-        next["instanceId"], instance,
-        "normalised to dstack's spelling"
-    );
 }
 
-/// A holder binds its seat with the instance's consent; the consent works for that seat and holder only,
-/// and a public minter cannot bind at mint.
+/// A holder binds its seat with the node's binding; it works for that seat and holder only, each mismatch
+/// refused before anything is sent; a binding whose evidence names another instance is refused too.
 #[tokio::test(flavor = "multi_thread")]
-async fn holder_binds_with_the_instances_consent() {
+async fn holder_binds_with_the_nodes_binding() {
     let anvil = anvil();
     let node = Instance::start("node-1").await;
     let mut m = Meshctl::new(&anvil);
-    let contract = m.deploy(node.kms_root);
+    m.deploy(node.kms_root);
     m.run(Some(0), &["mint", "--to", &m.address(1).to_string()])
         .ok();
     m.run(Some(0), &["mint", "--to", &m.address(2).to_string()])
         .ok();
-    let info = node.client.info().await.unwrap();
-    let peer_key = mesh_chain::peer_key::PeerKey::load(&node.client, &info)
-        .await
-        .unwrap();
-    let consent = peer_key
-        .sign_bind_consent(
-            alloy::primitives::U256::from(1),
-            m.address(1),
-            anvil.chain_id(),
-            contract,
-        )
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("consent.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&consent).unwrap()).unwrap();
+    let file = m.binding_file(&node, 1, m.address(1)).await;
     let file = file.to_str().unwrap();
 
-    // On another seat, the consent is refused before anything is sent.
+    // On another seat, the binding is refused before anything is sent.
     let out = m
-        .run(Some(2), &["bind", "--token", "2", "--consent", file])
+        .run(Some(2), &["bind", "--token", "2", "--binding", file])
         .failed();
-    out.stderr_says("the consent is for seat 1, not seat 2");
+    out.stderr_says("the binding is for seat 1, not seat 2");
     // Sent by someone who does not hold the seat, the contract refuses it.
     let out = m
-        .run(Some(2), &["bind", "--token", "1", "--consent", file])
+        .run(Some(2), &["bind", "--token", "1", "--binding", file])
         .failed();
     out.stderr_says("does not hold seat 1");
+
+    // Its evidence swapped for another instance's: refused off-chain, naming the instance in the log.
+    let other = Instance::start("node-2").await;
+    let mut forged: mesh_chain::record::NodeBinding =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    forged.evidence = other
+        .binding(1, m.address(1), anvil.chain_id(), m.contract.unwrap())
+        .await
+        .evidence;
+    let dir = tempfile::tempdir().unwrap();
+    let forged_file = dir.path().join("forged.json");
+    std::fs::write(&forged_file, serde_json::to_string(&forged).unwrap()).unwrap();
+    let out = m
+        .run(
+            Some(1),
+            &[
+                "bind",
+                "--token",
+                "1",
+                "--binding",
+                forged_file.to_str().unwrap(),
+            ],
+        )
+        .failed();
+    out.stderr_says(&format!(
+        "its event log names instance {}",
+        other.instance_id
+    ));
+
     let bound = m
         .run(
             Some(1),
-            &["bind", "--token", "1", "--consent", file, "--json"],
+            &["bind", "--token", "1", "--binding", file, "--json"],
         )
         .ok()
         .json();
     assert_eq!(bound["instanceId"], node.instance_id);
+    assert_eq!(
+        bound["node"].as_str().unwrap().to_lowercase(),
+        node.identity(0)
+            .await
+            .node
+            .address()
+            .to_string()
+            .to_lowercase()
+    );
 
-    // A public minter may buy a seat, but not bind one at mint.
+    // A binding made for another holder cannot come with a mint to someone else.
     m.run(Some(0), &["config", "set", "--public-minting", "true"])
         .ok();
+    let for_holder_1 = m.binding_file(&other, 3, m.address(1)).await;
     let out = m
         .run(
             Some(3),
@@ -162,12 +162,12 @@ async fn holder_binds_with_the_instances_consent() {
                 "mint",
                 "--to",
                 &m.address(3).to_string(),
-                "--instance",
-                "1111111111111111111111111111111111111111",
+                "--binding",
+                for_holder_1.to_str().unwrap(),
             ],
         )
         .failed();
-    out.stderr_says("only the cluster owner binds an instance at mint");
+    out.stderr_says("holds it (or will receive it)");
 }
 
 /// A registration signed by a simulated instance is relayed, then listed by `peers` with its proof verified.
@@ -176,7 +176,7 @@ async fn relayed_registration_is_listed_with_a_verified_proof() {
     let anvil = anvil();
     let node = Instance::start("node-1").await;
     let mut m = Meshctl::new(&anvil);
-    let contract = m.deploy_with_seat(&node);
+    let contract = m.deploy_with_seat(&node).await;
 
     let reg = node
         .sign(
@@ -405,25 +405,35 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     );
     m.run(Some(0), &["mint", "--to", &m.address(1).to_string()])
         .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{\"instance_id\": \"node-1\"}").unwrap();
     let out = m
         .run(
-            Some(2),
+            Some(1),
             &[
                 "bind",
                 "--token",
                 "1",
-                "--instance",
-                "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a",
+                "--binding",
+                garbage.to_str().unwrap(),
             ],
         )
         .failed();
-    out.stderr_says("needs the instance's consent");
-
-    // A malformed instance id never reaches the chain.
+    out.stderr_says("the binding is not what `p2p-agent identity --bind-token` prints");
     let out = m
-        .run(Some(1), &["bind", "--token", "1", "--instance", "node-1"])
+        .run(
+            Some(1),
+            &[
+                "bind",
+                "--token",
+                "1",
+                "--binding",
+                "/nonexistent/binding.json",
+            ],
+        )
         .failed();
-    out.stderr_says("expected 40 hex characters");
+    out.stderr_says("/nonexistent/binding.json");
 }
 
 /// A seat whose record does not verify off-chain (here an RPC serves its event with the record signature
@@ -433,7 +443,7 @@ async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
     let anvil = anvil();
     let node = Instance::start("node-1").await;
     let mut m = Meshctl::new(&anvil);
-    let contract = m.deploy_with_seat(&node);
+    let contract = m.deploy_with_seat(&node).await;
     node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
         .await;
     m.run(None, &["peers"]).ok();

@@ -51,11 +51,9 @@ async fn named_instances_share_the_app_key() {
         let c = client(sim);
         let info = c.info().await.unwrap();
         assert_eq!(info.app_id, app_id);
-        let purpose = record::purpose(&info.instance_id);
-        let reply = c
-            .get_key(&record::key_path(&info.instance_id), &purpose)
-            .await
-            .unwrap();
+        let node = Address::repeat_byte(ids.len() as u8 + 1);
+        let purpose = record::purpose(&info.instance_id, node);
+        let reply = c.get_key(record::KEY_PATH, &purpose).await.unwrap();
         let p = DstackProof::from_get_key(&reply, info.app_id, &purpose).unwrap();
         dstack_guest::verify_chain(&p, kms_root, &[app_id]).unwrap();
         ids.push(info.instance_id);
@@ -70,7 +68,9 @@ async fn named_instances_share_the_app_key() {
         proofs[0].app_public_key, proofs[1].app_public_key,
         "one app key per app"
     );
-    assert_ne!(proofs[0].derived_public_key, proofs[1].derived_public_key);
+    // GetKey is per app, as on dstack: two instances get the same key for the same path. This is why the
+    // mesh's node keys are made in the CVM from randomness, and GetKey only vouches for them.
+    assert_eq!(proofs[0].derived_public_key, proofs[1].derived_public_key);
 }
 
 /// A socket file nobody listens on is replaced.
@@ -211,11 +211,9 @@ async fn agent_client_chain_verifies_against_fixture_root() {
     let info = c.info().await.unwrap();
     assert_eq!(info.app_id, Address::from(FIXTURE_A.app_id));
     let instance = info.instance_id.clone();
-    let purpose = record::purpose(&instance);
-    let reply = c
-        .get_key(&record::key_path(&instance), &purpose)
-        .await
-        .unwrap();
+    let node_key = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let purpose = record::purpose(&instance, record::node_address(&node_key));
+    let reply = c.get_key(record::KEY_PATH, &purpose).await.unwrap();
     let p = DstackProof::from_get_key(&reply, info.app_id, &purpose).unwrap();
     let chain = dstack_guest::verify_chain(&p, FIXTURE_A.kms_root, &[info.app_id]).unwrap();
     assert_eq!(chain.kms_root, FIXTURE_A.kms_root);
@@ -229,8 +227,15 @@ async fn agent_client_chain_verifies_against_fixture_root() {
         nonce: 1,
     };
     let reg =
-        SignedRegistration::sign(record, p, &reply.key, 31337, Address::repeat_byte(0xcc)).unwrap();
-    record::verify_registration(&reg, FIXTURE_A.kms_root, &[info.app_id], &instance).unwrap();
+        SignedRegistration::sign(record, p, &node_key, 31337, Address::repeat_byte(0xcc)).unwrap();
+    record::verify_registration(
+        &reg,
+        FIXTURE_A.kms_root,
+        &[info.app_id],
+        &instance,
+        Some(record::node_address(&node_key)),
+    )
+    .unwrap();
 
     // Fixture A's published GetKey vector through the same client.
     let wallet = c.get_key("wallet/ethereum", "ethereum").await.unwrap();

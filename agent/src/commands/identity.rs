@@ -1,14 +1,14 @@
-//! `p2p-agent identity`: what dstack says this instance is, whether its signature chain verifies, and its
-//! consent to a seat binding.
+//! `p2p-agent identity`: what this instance is (dstack's Info), its node key's address and whether dstack's
+//! chain for it verifies; and, with `--bind-token`, the binding its seat's holder sends to bind the seat to it.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, Bytes, U256};
 use anyhow::Context as _;
 use clap::Args;
-use dstack_guest::{DstackClient, DstackProof, ProofError};
-use mesh_chain::record as proof;
+use dstack_guest::{DstackClient, ProofError};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -17,6 +17,17 @@ pub struct IdentityArgs {
     /// /var/run/dstack.sock, /run/dstack.sock, /var/run/dstack/dstack.sock, /run/dstack/dstack.sock.
     #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
     pub dstack_endpoint: Option<String>,
+
+    /// The agent's state directory, where the node's sealed keys are (made there if they are not yet).
+    #[arg(
+        long,
+        env = "DSTACK_MESH_STATE_DIR",
+        default_value = "/var/lib/p2p-agent"
+    )]
+    pub state_dir: PathBuf,
+
+    #[command(flatten)]
+    pub node_key_file: crate::config::NodeKeyFile,
 
     /// Trusted KMS root address; without it the chain is reported but not verified.
     #[arg(long, env = "DSTACK_MESH_KMS_ROOT")]
@@ -31,21 +42,22 @@ pub struct IdentityArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Print this instance's consent to the holder of seat N binding the seat to it, as JSON on stdout for
-    /// `meshctl bind --consent` (the identity report then goes to stderr). Needs --bind-holder and
-    /// --contract, and --chain-id or --rpc-url.
+    /// Print this node's binding to seat N, held by --bind-holder, as JSON on stdout for `meshctl bind
+    /// --binding` (or `meshctl mint --binding`, with N the next seat's id); the identity report then goes to
+    /// stderr. It carries this instance's TDX quote, whose report data commits to the chain, the contract and
+    /// the node key. Needs --bind-holder and --contract, and --chain-id or --rpc-url.
     #[arg(long, value_name = "N", requires_all = ["bind_holder", "contract"])]
     pub bind_token: Option<u64>,
 
-    /// The address that holds the seat (with --bind-token).
+    /// The address that holds (or will hold) the seat (with --bind-token).
     #[arg(long, value_name = "ADDRESS", requires = "bind_token")]
     pub bind_holder: Option<Address>,
 
-    /// The cluster contract the consent is for (with --bind-token).
+    /// The cluster contract the binding is for (with --bind-token).
     #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Option<Address>,
 
-    /// The chain id the consent is for (with --bind-token); read from --rpc-url when not given.
+    /// The chain id the binding is for (with --bind-token); read from --rpc-url when not given.
     #[arg(long, conflicts_with = "rpc_url")]
     pub chain_id: Option<u64>,
 
@@ -60,8 +72,9 @@ struct Identity {
     instance_id: String,
     app_id: Address,
     app_name: String,
-    key_path: String,
-    derived_address: Address,
+    /// The node key's address: what the seat is bound to.
+    node: Address,
+    key_file: PathBuf,
     kms_signer: Address,
     /// `None` when no KMS root was given.
     chain_verified: Option<bool>,
@@ -71,43 +84,36 @@ struct Identity {
     app_id_pinned: bool,
 }
 
-/// Prints the report, and the consent when asked for one.
+/// Prints the report, and the binding when asked for one.
 ///
 /// # Errors
-/// dstack unreachable, or no chain id for the consent.
+/// dstack unreachable, a key file that does not open, or no chain id for the binding.
 pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     let client = DstackClient::discover(args.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
-    let info = client.info().await.context("dstack Info failed")?;
-    anyhow::ensure!(
-        !info.instance_id.is_empty(),
-        "this app has no instance id (app-compose sets no_instance_id); dstack-mesh needs one"
-    );
-    let key_path = proof::key_path(&info.instance_id);
-    let purpose = proof::purpose(&info.instance_id);
-    let reply = client
-        .get_key(&key_path, &purpose)
+    let key_file = args.node_key_file.resolve(&args.state_dir);
+    let identity = crate::identity::NodeIdentity::load(&client, &key_file, 0)
         .await
-        .with_context(|| format!("dstack GetKey {key_path:?} failed"))?;
-    let proof = DstackProof::from_get_key(&reply, info.app_id, &purpose)
-        .context("cannot build the dstack proof from GetKey's reply")?;
+        .context("cannot establish this node's identity")?;
+    let node = &identity.node;
 
     let app_id_pinned = !args.app_ids.is_empty();
     let allowed = if app_id_pinned {
         args.app_ids
     } else {
-        vec![info.app_id]
+        vec![node.app_id]
     };
     let verdict: Option<Result<(), ProofError>> = args
         .kms_root
-        .map(|root| dstack_guest::verify_chain(&proof, root, &allowed).map(|_| ()));
+        .map(|root| dstack_guest::verify_chain(&node.proof, root, &allowed).map(|_| ()));
     let report = Identity {
-        instance_id: info.instance_id,
-        app_id: info.app_id,
-        app_name: info.app_name,
-        key_path,
-        derived_address: proof.derived_address().context("derived key")?,
-        kms_signer: proof
+        instance_id: node.instance_id.clone(),
+        app_id: node.app_id,
+        app_name: identity.app_name.clone(),
+        node: node.address(),
+        key_file,
+        kms_signer: node
+            .proof
             .kms_signer()
             .context("cannot recover the KMS signer")?,
         chain_verified: verdict.as_ref().map(Result::is_ok),
@@ -117,8 +123,8 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
         app_id_pinned,
     };
 
-    // With a consent to print, stdout carries only the consent, so it can go straight to a file.
-    let consent = match (args.bind_token, args.bind_holder, args.contract) {
+    // With a binding to print, stdout carries only the binding, so it can go straight to a file.
+    let binding = match (args.bind_token, args.bind_holder, args.contract) {
         (Some(token), Some(holder), Some(contract)) => {
             let chain_id = match (args.chain_id, &args.rpc_url) {
                 (Some(id), _) => id,
@@ -134,24 +140,27 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                     "--bind-token needs the chain the cluster is on: pass --chain-id or --rpc-url"
                 ),
             };
-            let identity = crate::identity::NodeIdentity::load(&client, 0)
+            let report_data = mesh_attest::report_data(chain_id, contract, node.address());
+            let quote = client
+                .get_quote(&report_data)
                 .await
-                .context("cannot establish this node's identity from dstack")?;
+                .context("dstack GetQuote failed: the binding needs this instance's TDX quote")?;
+            let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
+                .context("dstack's quote and event log do not make evidence")?;
             Some(
-                identity
-                    .peer
-                    .sign_bind_consent(
-                        alloy::primitives::U256::from(token),
-                        holder,
-                        chain_id,
-                        contract,
-                    )
-                    .context("signing the consent")?,
+                node.bind(
+                    U256::from(token),
+                    holder,
+                    Bytes::from(evidence.encode()),
+                    chain_id,
+                    contract,
+                )
+                .context("signing the binding")?,
             )
         }
         _ => None,
     };
-    let mut report_out: Box<dyn std::io::Write> = if consent.is_some() {
+    let mut report_out: Box<dyn std::io::Write> = if binding.is_some() {
         Box::new(std::io::stderr())
     } else {
         Box::new(std::io::stdout())
@@ -172,23 +181,23 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
         };
         writeln!(
             report_out,
-            "instance id:     {}\napp id:          {} ({})\nkey path:        {}\nderived address: {}\nKMS signer:      {}\nchain:           {chain}",
+            "instance id:     {}\napp id:          {} ({})\nnode:            {}\nkey file:        {}\nKMS signer:      {}\nchain:           {chain}",
             report.instance_id,
             report.app_id,
             report.app_name,
-            report.key_path,
-            report.derived_address,
+            report.node,
+            report.key_file.display(),
             report.kms_signer
         )?;
     }
-    if let Some(consent) = consent {
+    if let Some(binding) = binding {
         println!(
             "{}",
-            serde_json::to_string_pretty(&consent).context("cannot encode the consent")?
+            serde_json::to_string_pretty(&binding).context("cannot encode the binding")?
         );
         eprintln!(
-            "consent for seat {} (holder {}) of cluster {} on chain {}: pass it to `meshctl bind --consent FILE`",
-            consent.token_id, consent.holder, consent.contract, consent.chain_id
+            "binding of seat {} (holder {}) of cluster {} on chain {} to node {}: pass it to `meshctl bind --binding FILE`",
+            binding.token_id, binding.holder, binding.contract, binding.chain_id, binding.node
         );
     }
     Ok(if report.chain_verified == Some(false) {

@@ -20,10 +20,19 @@ pub struct RegisterArgs {
     /// This node's TLS-gateway URL, the fallback when a tunnel cannot come up.
     #[arg(long, env = "DSTACK_MESH_GATEWAY_URL")]
     pub gateway_url: Option<String>,
-    /// WireGuard key rotation epoch: each epoch is a new key derived from dstack.
+    /// WireGuard key rotation epoch: each epoch is another random key, kept with the node key.
     #[arg(long, env = "DSTACK_MESH_WG_KEY_EPOCH", default_value_t = 0)]
     pub wg_key_epoch: u32,
-    /// A file with a funded private key that pays for the transaction when the derived address has no
+    /// The agent's state directory, where the node's sealed keys are unless --node-key-file says otherwise.
+    #[arg(
+        long,
+        env = "DSTACK_MESH_STATE_DIR",
+        default_value = "/var/lib/p2p-agent"
+    )]
+    pub state_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub node_key_file: crate::config::NodeKeyFile,
+    /// A file with a funded private key that pays for the transaction when the node's address has no
     /// funds. Without it, the DSTACK_MESH_PRIVATE_KEY environment variable is used.
     #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE", value_name = "PATH")]
     pub tx_key_file: Option<std::path::PathBuf>,
@@ -42,9 +51,13 @@ pub async fn run(
     let rpc = mesh_chain::redact::RedactedUrl::new(&args.endpoints.rpc_url);
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
-    let identity = crate::identity::NodeIdentity::load(&client, args.wg_key_epoch)
-        .await
-        .context("cannot establish this node's identity from dstack")?;
+    let identity = crate::identity::NodeIdentity::load(
+        &client,
+        &args.node_key_file.resolve(&args.state_dir),
+        args.wg_key_epoch,
+    )
+    .await
+    .context("cannot establish this node's identity")?;
     let cluster = Cluster::connect(args.endpoints.rpc_url.clone(), args.contract)
         .await
         .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))
@@ -60,7 +73,7 @@ pub async fn run(
         gateway_url: args.gateway_url.unwrap_or_default(),
     };
     match cluster
-        .register(&identity.peer, &desired, tx_key.as_ref(), &pins)
+        .register(&identity.node, &desired, tx_key.as_ref(), &pins)
         .await
         .map_err(|e| anyhow::anyhow!(rpc.scrub(&format!("{e:#}"))))?
     {
@@ -85,9 +98,9 @@ pub async fn run(
                 serde_json::to_string_pretty(&reg).context("cannot encode the registration")?
             );
             eprintln!(
-                "seat {}: no funded sender (derived address {} is empty and no --tx-key-file/DSTACK_MESH_PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the derived address with `meshctl fund`",
+                "seat {}: no funded sender (node address {} is empty and no --tx-key-file/DSTACK_MESH_PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the node's address with `meshctl fund`",
                 reg.token_id,
-                identity.peer.address().context("derived key")?
+                identity.node.address()
             );
         }
     }

@@ -727,7 +727,7 @@ impl Running {
         let tx_key = self.task.tx_key.clone();
         self.jobs.spawn(async move {
             let cast = cluster
-                .cast(&identity.peer, tx_key.as_ref(), own, ballot)
+                .cast(&identity.node, tx_key.as_ref(), own, ballot)
                 .await;
             Job::Cast(ballot, cast)
         });

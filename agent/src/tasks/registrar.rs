@@ -150,7 +150,7 @@ impl Running {
         };
         let outcome = cluster
             .register(
-                &self.task.identity.peer,
+                &self.task.identity.node,
                 &self.task.desired,
                 self.task.tx_key.as_ref(),
                 &view.pins,
@@ -178,14 +178,9 @@ impl Running {
             }
             Ok(Outcome::NeedsRelay(reg)) => {
                 self.state.registered = false;
-                let derived = self
-                    .task
-                    .identity
-                    .peer
-                    .address()
-                    .map_or_else(|_| "<derived address>".into(), |a| a.to_string());
+                let node = self.task.identity.node.address();
                 self.state.error = Some(format!(
-                    "no funded sender for the registration: fund this node's derived address with `meshctl fund {derived} --amount 0.01`, or give the agent --tx-key-file; meanwhile the signed registration is on the agent's stdout for `meshctl relay -`"
+                    "no funded sender for the registration: fund this node's address with `meshctl fund {node} --amount 0.01`, or give the agent --tx-key-file; meanwhile the signed registration is on the agent's stdout for `meshctl relay -`"
                 ));
                 if self.relay_printed_for != Some(reg.nonce) {
                     self.relay_printed_for = Some(reg.nonce);
@@ -194,8 +189,8 @@ impl Running {
                         Err(e) => error!(error = %e, "cannot encode the registration"),
                     }
                     warn!(
-                        derived_address = ?self.task.identity.peer.address().ok(),
-                        "no funded sender: the signed registration is on stdout; relay it with `meshctl relay -`, or fund the derived address with `meshctl fund`"
+                        node = %self.task.identity.node.address(),
+                        "no funded sender: the signed registration is on stdout; relay it with `meshctl relay -`, or fund the node's address with `meshctl fund`"
                     );
                 }
                 AFTER_FAILING

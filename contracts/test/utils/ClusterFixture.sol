@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {DstackClusterNFT} from "../../src/DstackClusterNFT.sol";
 import {DstackClusterElection} from "../../src/DstackClusterElection.sol";
+import {DstackClusterAppAuth} from "../../src/DstackClusterAppAuth.sol";
 import {Assertions} from "./Assertions.sol";
 import {Vm, vm} from "./Vm.sol";
 
@@ -17,7 +18,7 @@ abstract contract ClusterFixture is Assertions {
     bytes internal constant KMS_SIGNATURE =
         hex"2f431c7956869a4fe3e028c5f9518a935e2d01e81a3628f8b1d178fc2fac7b6d2405ace433624e5568e23c4ed291dbaf60dac79b756837c0fe745154ebfdc0a601";
     string internal constant INSTANCE_A = "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a";
-    /// HKDF-SHA256(salt "RATLS", app key, "dstack-mesh/peer/" ‖ INSTANCE_A): what GetKey returns to the agent.
+    /// Instance A's node key (its agent makes one from randomness; any scalar does here).
     uint256 internal constant DERIVED_KEY_A = 0x5eaeff0e4a21011c62e2393a550ca32b7979ca0521983773994f9a106d71b968;
 
     string internal constant INSTANCE_B = "1691ed1b47506cad7d08834668691d88246f5b1f";
@@ -41,6 +42,8 @@ abstract contract ClusterFixture is Assertions {
     /// @dev The election of the cluster deployed last, kept here because a getter call between a `vm.prank`
     /// and the call it is meant for would take the prank for itself.
     DstackClusterElection internal election;
+    /// @dev The app auth of the cluster deployed last, kept for the same reason.
+    DstackClusterAppAuth internal appAuth;
 
     function _deploy() internal returns (DstackClusterNFT) {
         address[] memory appIds = new address[](1);
@@ -50,12 +53,44 @@ abstract contract ClusterFixture is Assertions {
 
     function _keepElection(DstackClusterNFT deployed) internal returns (DstackClusterNFT) {
         election = deployed.election();
+        appAuth = deployed.appAuth();
         return deployed;
     }
 
+    /// @notice The node key the fixture's instances bind with: A's and B's constants, a key of its own for others.
+    function _nodeKey(string memory instanceId) internal pure returns (uint256) {
+        bytes32 h = keccak256(bytes(instanceId));
+        if (h == keccak256(bytes(INSTANCE_A))) return DERIVED_KEY_A;
+        if (h == keccak256(bytes(INSTANCE_B))) return DERIVED_KEY_B;
+        return uint256(h) % 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141 + 1;
+    }
+
+    /// @notice Stand-in evidence: the contract keeps its hash and never parses it (agents verify the quote).
+    function _evidence(string memory instanceId, address node) internal pure returns (bytes memory) {
+        return abi.encode("quote", instanceId, node);
+    }
+
+    /// @notice The owner mints the next seat to `to`, bound to `instanceId` (unless empty) with that instance's
+    /// node key.
     function _mint(address to, string memory instanceId) internal returns (uint256 tokenId) {
+        DstackClusterNFT.NodeBinding memory b;
+        if (bytes(instanceId).length != 0) {
+            b = _binding(cluster.lastTokenId() + 1, _nodeKey(instanceId), instanceId, to);
+        }
         vm.prank(OWNER);
-        tokenId = cluster.mintNodeAccess(to, instanceId);
+        tokenId = cluster.mintNodeAccess(to, b);
+    }
+
+    /// @notice A binding of seat `tokenId` to `instanceId` and node key `nodeKey`, consented to for `holder`.
+    function _binding(uint256 tokenId, uint256 nodeKey, string memory instanceId, address holder)
+        internal
+        returns (DstackClusterNFT.NodeBinding memory b)
+    {
+        b.instanceId = instanceId;
+        b.node = vm.addr(nodeKey);
+        b.proof = _proof(nodeKey, instanceId);
+        b.evidence = _evidence(instanceId, b.node);
+        b.consent = _consentSignature(tokenId, nodeKey, instanceId, holder);
     }
 
     /// @dev dstack encodes v as the bare recovery id, 0 or 1.
@@ -84,16 +119,30 @@ abstract contract ClusterFixture is Assertions {
         }
     }
 
-    function _purpose(string memory instanceId) internal pure returns (string memory) {
-        return string.concat("dstack-mesh-peer:", instanceId);
+    /// @notice The purpose under which the app vouches for `node` serving `instanceId`, written independently
+    /// of the contract.
+    function _purpose(string memory instanceId, address node) internal pure returns (string memory) {
+        bytes memory a = abi.encodePacked(node);
+        bytes16 digits = "0123456789abcdef";
+        bytes memory h = new bytes(40);
+        for (uint256 i = 0; i < 20; ++i) {
+            h[2 * i] = digits[uint8(a[i]) >> 4];
+            h[2 * i + 1] = digits[uint8(a[i]) & 15];
+        }
+        return string.concat("dstack-mesh-node:", instanceId, ":", string(h));
     }
 
-    /// @notice A dstack proof as GetKey gives it: app key signs the derived key, the fixture's KMS signature.
-    function _proof(uint256 derivedKey, string memory instanceId) internal returns (DstackClusterNFT.DstackProof memory p) {
-        p.derivedPublicKey = _publicKey(derivedKey);
+    /// @notice A dstack proof as GetKey gives it for the purpose naming `instanceId` and the node key `nodeKey`:
+    /// the app key signs a derived key (any one: the node is in the purpose), the fixture's KMS signature.
+    function _proof(uint256 nodeKey, string memory instanceId)
+        internal
+        returns (DstackClusterNFT.DstackProof memory p)
+    {
+        p.derivedPublicKey = _publicKey(nodeKey ^ 1);
         p.appPublicKey = _publicKey(APP_KEY);
-        p.purpose = _purpose(instanceId);
-        p.appSignature = _dstackSign(APP_KEY, keccak256(abi.encodePacked(p.purpose, ":", _compressedHex(p.derivedPublicKey))));
+        p.purpose = _purpose(instanceId, vm.addr(nodeKey));
+        p.appSignature =
+            _dstackSign(APP_KEY, keccak256(abi.encodePacked(p.purpose, ":", _compressedHex(p.derivedPublicKey))));
         p.kmsSignature = KMS_SIGNATURE;
         p.appId = APP_ID;
     }
@@ -150,11 +199,7 @@ abstract contract ClusterFixture is Assertions {
     /// @notice A registration that the contract must accept, for seat `tokenId` bound to `instanceId`.
     function _registration(uint256 tokenId, uint256 derivedKey, string memory instanceId, bytes32 wgKey, uint64 nonce)
         internal
-        returns (
-            DstackClusterNFT.PeerRecordInput memory r,
-            DstackClusterNFT.DstackProof memory p,
-            bytes memory sig
-        )
+        returns (DstackClusterNFT.PeerRecordInput memory r, DstackClusterNFT.DstackProof memory p, bytes memory sig)
     {
         r = _record(tokenId, wgKey, nonce);
         p = _proof(derivedKey, instanceId);
@@ -169,18 +214,19 @@ abstract contract ClusterFixture is Assertions {
         cluster.registerPeer(r, p, sig);
     }
 
-    /// @notice The instance's consent to `holder` binding seat `tokenId` to it: its dstack proof, and its
-    /// derived key's EIP-712 signature over BindConsent, computed here independently of the contract.
-    function _consent(uint256 tokenId, uint256 derivedKey, string memory instanceId, address holder)
+    /// @notice The EIP-712 digest of BindConsent(tokenId, instanceId, node, holder) under this cluster's domain,
+    /// computed here independently of the contract.
+    function _consentDigest(uint256 tokenId, string memory instanceId, address node, address holder)
         internal
-        returns (DstackClusterNFT.DstackProof memory p, bytes memory sig)
+        view
+        returns (bytes32)
     {
-        p = _proof(derivedKey, instanceId);
         bytes32 structHash = keccak256(
             abi.encode(
-                keccak256("BindConsent(uint256 tokenId,string instanceId,address holder)"),
+                keccak256("BindConsent(uint256 tokenId,string instanceId,address node,address holder)"),
                 tokenId,
                 keccak256(bytes(instanceId)),
+                node,
                 holder
             )
         );
@@ -193,19 +239,44 @@ abstract contract ClusterFixture is Assertions {
                 address(cluster)
             )
         );
-        (uint8 v, bytes32 r, bytes32 s) = vm.sign(derivedKey, keccak256(abi.encodePacked("\x19\x01", domain, structHash)));
-        sig = abi.encodePacked(r, s, v);
+        return keccak256(abi.encodePacked("\x19\x01", domain, structHash));
     }
 
-    /// @notice The holder binds its seat to an instance that consented.
-    function _bindWithConsent(address holder, uint256 tokenId, uint256 derivedKey, string memory instanceId) internal {
-        (DstackClusterNFT.DstackProof memory p, bytes memory sig) = _consent(tokenId, derivedKey, instanceId, holder);
+    /// @notice `key`'s Ethereum-style (v 27/28) signature over `digest`.
+    function _sign(uint256 key, bytes32 digest) internal pure returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        return abi.encodePacked(r, s, v);
+    }
+
+    /// @notice Who signed `digest`, as ecrecover reads a 65-byte signature.
+    function _recovered(bytes32 digest, bytes memory sig) internal pure returns (address) {
+        bytes32 r;
+        bytes32 s;
+        assembly {
+            r := mload(add(sig, 32))
+            s := mload(add(sig, 64))
+        }
+        return ecrecover(digest, uint8(sig[64]), r, s);
+    }
+
+    /// @notice The node key's consent, as its agent signs it.
+    function _consentSignature(uint256 tokenId, uint256 nodeKey, string memory instanceId, address holder)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return _sign(nodeKey, _consentDigest(tokenId, instanceId, vm.addr(nodeKey), holder));
+    }
+
+    /// @notice The holder binds its seat to an instance's node key, with the node's consent.
+    function _bindWithConsent(address holder, uint256 tokenId, uint256 nodeKey, string memory instanceId) internal {
+        DstackClusterNFT.NodeBinding memory b = _binding(tokenId, nodeKey, instanceId, holder);
         vm.prank(holder);
-        cluster.bindInstance(tokenId, instanceId, p, sig);
+        cluster.bindInstance(tokenId, b);
     }
 
-    /// @notice An empty proof and consent, for calls that need none (the owner's) or that must fail without.
-    function _noConsent() internal pure returns (DstackClusterNFT.DstackProof memory p, bytes memory sig) {}
+    /// @notice No binding: a seat minted unbound.
+    function _noBinding() internal pure returns (DstackClusterNFT.NodeBinding memory b) {}
 }
 
 /// @notice A cluster whose KMS root key the tests hold, so that they can issue app keys for two apps.
@@ -228,9 +299,9 @@ abstract contract TwoAppFixture is ClusterFixture {
         internal
         returns (DstackClusterNFT.DstackProof memory p)
     {
-        p.derivedPublicKey = _publicKey(derivedKey);
+        p.derivedPublicKey = _publicKey(derivedKey ^ 1);
         p.appPublicKey = _publicKey(appKey);
-        p.purpose = _purpose(instanceId);
+        p.purpose = _purpose(instanceId, vm.addr(derivedKey));
         p.appSignature =
             _dstackSign(appKey, keccak256(abi.encodePacked(p.purpose, ":", _compressedHex(p.derivedPublicKey))));
         bytes memory compressed = new bytes(33);
@@ -242,10 +313,34 @@ abstract contract TwoAppFixture is ClusterFixture {
         p.appId = appId;
     }
 
-    function _registerForApp(uint256 appKey, address appId, uint256 tokenId, uint256 derivedKey, string memory instanceId, uint64 nonce)
-        internal
-    {
+    /// @notice A binding of seat `tokenId` to `instanceId` and node key `nodeKey`, vouched for by an instance of
+    /// `appId` and consented to for `holder`.
+    function _appBinding(
+        uint256 appKey,
+        address appId,
+        uint256 tokenId,
+        uint256 nodeKey,
+        string memory instanceId,
+        address holder
+    ) internal returns (DstackClusterNFT.NodeBinding memory b) {
+        b.instanceId = instanceId;
+        b.node = vm.addr(nodeKey);
+        b.proof = _appProof(appKey, appId, nodeKey, instanceId);
+        b.evidence = _evidence(instanceId, b.node);
+        b.consent = _consentSignature(tokenId, nodeKey, instanceId, holder);
+    }
+
+    function _registerForApp(
+        uint256 appKey,
+        address appId,
+        uint256 tokenId,
+        uint256 derivedKey,
+        string memory instanceId,
+        uint64 nonce
+    ) internal {
         DstackClusterNFT.PeerRecordInput memory r = _record(tokenId, keccak256(abi.encode(appId, nonce)), nonce);
-        cluster.registerPeer(r, _appProof(appKey, appId, derivedKey, instanceId), _signRecord(derivedKey, r, instanceId));
+        cluster.registerPeer(
+            r, _appProof(appKey, appId, derivedKey, instanceId), _signRecord(derivedKey, r, instanceId)
+        );
     }
 }

@@ -256,6 +256,13 @@ pub struct SignatureChain {
     pub kms_signature: [u8; 65],
 }
 
+/// What `GetQuote` returns: the quote's bytes and dstack's event log (a JSON string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    pub quote: Vec<u8>,
+    pub event_log: String,
+}
+
 /// A GetKey reply, decoded.
 #[derive(Debug, Clone)]
 pub struct GetKeyReply {
@@ -395,6 +402,26 @@ impl DstackClient {
             parse_hex_field::<65>(METHOD, "signature_chain", s)
         };
         Ok(GetKeyReply::new(key, sig(app)?, sig(kms)?))
+    }
+
+    /// `GetQuote`: a TDX quote whose report data is `report_data`, with the event log that replays to its RTMRs.
+    ///
+    /// # Errors
+    /// Any [`DstackError`]; `MalformedReply` names `quote` when it is not hex.
+    pub async fn get_quote(&self, report_data: &[u8; 64]) -> Result<Quote, DstackError> {
+        const METHOD: &str = "GetQuote";
+        let args = crate::wire::GetQuoteArgs {
+            report_data: report_data.to_vec(),
+        };
+        let raw: crate::wire::GetQuoteResponse =
+            serde_json::from_value(self.call(METHOD, &args).await?)
+                .map_err(|e| malformed(METHOD, "(body)", e.to_string()))?;
+        let quote = hex::decode(raw.quote.trim_start_matches("0x"))
+            .map_err(|e| malformed(METHOD, "quote", e.to_string()))?;
+        Ok(Quote {
+            quote,
+            event_log: raw.event_log,
+        })
     }
 
     /// Makes one pRPC call and returns the reply's JSON.

@@ -12,5 +12,5 @@ pub mod wire;
 
 pub use chain::{DstackProof, ProofError, VerifiedChain, verify_chain};
 pub use client::{
-    DerivedKey, DstackClient, DstackError, Endpoint, GetKeyReply, Info, SignatureChain,
+    DerivedKey, DstackClient, DstackError, Endpoint, GetKeyReply, Info, Quote, SignatureChain,
 };

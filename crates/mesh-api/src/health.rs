@@ -29,7 +29,7 @@ pub fn assess(status: &Status, peers: &[Peer]) -> Health {
     if !node.registered {
         let why = match node.token_id {
             None => format!(
-                "no seat is bound to this instance ({}) yet: the cluster owner binds one with `meshctl mint --instance` or `meshctl bind`",
+                "no seat is bound to this instance ({}) yet: its holder binds one to this node with `meshctl bind --binding` (or the owner mints one with `meshctl mint --binding`), from what `p2p-agent identity --bind-token` prints here",
                 node.instance_id
             ),
             Some(t) => format!("this node's record for seat {t} is not on-chain yet"),
@@ -169,10 +169,10 @@ mod tests {
     fn an_unregistered_node_gives_the_agents_reason_first() {
         let mut s = status(false, None);
         s.chain.last_error = Some("rpc down".into());
-        s.node.registration_error = Some("meshctl mint --instance inst-1".into());
+        s.node.registration_error = Some("meshctl bind --token 1 --binding binding.json".into());
         let h = assess(&s, &[]);
         assert!(
-            h.reasons[0].contains("meshctl mint --instance inst-1"),
+            h.reasons[0].contains("meshctl bind --token 1 --binding binding.json"),
             "{h:?}"
         );
     }

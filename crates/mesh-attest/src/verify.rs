@@ -180,7 +180,7 @@ pub enum Refusal {
     TcbLevelUnknown(String),
     #[error(
         "OS measurement 0x{} is not allowed by the cluster: once it is known to be a genuine dstack \
-         image, the owner allows it with `meshctl allow-os 0x{}`",
+         image, the owner allows it with `meshctl app-auth allow-os 0x{}`",
         hex::encode(measurement),
         hex::encode(measurement)
     )]
@@ -195,7 +195,7 @@ pub enum Refusal {
     AppMismatch { expected: [u8; 20], got: [u8; 20] },
     #[error(
         "compose hash 0x{} is not allowed by the cluster: the owner allows it with `meshctl \
-         allow-compose 0x{}`",
+         app-auth allow-compose 0x{}`",
         hex::encode(hash),
         hex::encode(hash)
     )]
@@ -525,7 +525,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(&format!("meshctl allow-compose 0x{}", "ab".repeat(32))),
+            text.contains(&format!(
+                "meshctl app-auth allow-compose 0x{}",
+                "ab".repeat(32)
+            )),
             "{text}"
         );
         let expired = Refusal::CollateralExpired {

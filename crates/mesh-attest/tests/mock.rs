@@ -372,7 +372,10 @@ fn a_compose_hash_not_allowed_is_refused_and_named() {
     assert_eq!(got, Err(Refusal::ComposeNotAllowed { hash: [0xbb; 32] }));
     let text = got.unwrap_err().to_string();
     assert!(
-        text.contains(&format!("meshctl allow-compose 0x{}", "bb".repeat(32))),
+        text.contains(&format!(
+            "meshctl app-auth allow-compose 0x{}",
+            "bb".repeat(32)
+        )),
         "{text}"
     );
 }

@@ -1,5 +1,5 @@
 //! The cluster's leader election (its own contract, made by the cluster), as a node takes part in it: reading its seat's vote, and electing, voting
-//! and withdrawing for its seat. The node sends from its derived address (the contract lets a seat's node
+//! and withdrawing for its seat. The node sends from its node address (the contract lets a seat's node
 //! vote for it) when that has funds, else with the transaction key, which the contract accepts only if it
 //! holds the seat.
 
@@ -8,7 +8,7 @@ use alloy::signers::local::PrivateKeySigner;
 use tracing::{info, instrument};
 
 use crate::contract::{ChainError, DstackClusterElection};
-use crate::peer_key::PeerKey;
+use crate::node_key::NodeKey;
 use crate::registration::{Cluster, confirm};
 
 /// What a node asks of the election for its seat.
@@ -37,15 +37,13 @@ impl std::fmt::Display for Ballot {
 #[non_exhaustive]
 pub enum ElectionError {
     #[error(
-        "no funded sender for {ballot}: fund this node's derived address ({derived}) with `meshctl fund {derived} --amount 0.01`, or give the agent a --tx-key-file that holds seat {seat}"
+        "no funded sender for {ballot}: fund this node's address ({node}) with `meshctl fund {node} --amount 0.01`, or give the agent a --tx-key-file that holds seat {seat}"
     )]
     NoSender {
         ballot: Ballot,
-        derived: Address,
+        node: Address,
         seat: u64,
     },
-    #[error("this node's derived key is unusable: {0}")]
-    Key(String),
     #[error(transparent)]
     Chain(#[from] ChainError),
 }
@@ -72,7 +70,7 @@ impl Cluster {
         Ok(u64::try_from(target).ok().filter(|t| *t != 0))
     }
 
-    /// Sends `ballot` for seat `seat`, from the node's derived address when it has funds, else from
+    /// Sends `ballot` for seat `seat`, from the node's address when it has funds, else from
     /// `tx_key`, and waits for it to be mined.
     ///
     /// # Errors
@@ -81,19 +79,15 @@ impl Cluster {
     #[instrument(skip_all, fields(seat = seat, %ballot))]
     pub async fn cast(
         &self,
-        peer: &PeerKey,
+        node: &NodeKey,
         tx_key: Option<&PrivateKeySigner>,
         seat: u64,
         ballot: Ballot,
     ) -> Result<Cast, ElectionError> {
-        let derived = peer
-            .transaction_signer()
-            .map_err(|e| ElectionError::Key(e.to_string()))?;
-        let derived_address = derived.address();
-        let Some(sender) = self.sender(derived, tx_key).await? else {
+        let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
             return Err(ElectionError::NoSender {
                 ballot,
-                derived: derived_address,
+                node: node.address(),
                 seat,
             });
         };

@@ -4,7 +4,7 @@
 //!   check that an address holds a cluster, and reverts in words.
 //! - [`record`]: the peer record and the bind consent, their EIP-712 signatures, and their verification
 //!   (dstack's chain itself is [`dstack_guest::chain`]).
-//! - [`peer_key`]: this node's dstack-derived peer key, which signs its records.
+//! - [`node_key`]: this node's key, made in the CVM, which signs its records, its binding and its ballots.
 //! - [`membership`]: which records are believed, and which of those are peers to configure (pure).
 //! - [`view`]: what a node believes of the chain, kept in its state file.
 //! - [`follow`]: following the contract: paged full reads and events per block range, reorg-aware.
@@ -22,7 +22,7 @@ pub mod election;
 pub mod follow;
 pub mod heads;
 pub mod membership;
-pub mod peer_key;
+pub mod node_key;
 pub mod record;
 pub mod redact;
 pub mod registration;

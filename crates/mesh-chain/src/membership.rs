@@ -183,7 +183,7 @@ pub fn authenticate(
     if reg.chain_id != pins.chain_id || reg.contract != contract {
         return Err(Rejected::WrongDomain { token_id });
     }
-    record::verify_registration(reg, pins.kms_root, &pins.app_ids, &reg.instance_id)
+    record::verify_registration(reg, pins.kms_root, &pins.app_ids, &reg.instance_id, None)
         .map(|_| ())
         .map_err(|source| Rejected::Proof { token_id, source })
 }

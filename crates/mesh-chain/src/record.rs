@@ -1,34 +1,42 @@
-//! The registration proof: dstack's GetKey signature chain, which shows that a key was derived inside a
-//! CVM of an allowed app under a trusted KMS, plus an EIP-712 signature by that key over the peer record.
+//! The registration proof. A seat is bound to one node key, made from randomness inside its CVM (see
+//! [`crate::node_key`]); the node key signs the seat's records under EIP-712, and dstack's GetKey signature chain
+//! shows that an instance of an allowed app, under a trusted KMS, vouched for that node serving that instance.
 //!
 //! The cluster contract checks exactly what [`verify_registration`] checks, with the same constants:
 //!
-//! 1. the app key signed `PURPOSE_PREFIX ‖ instance_id ‖ ":" ‖ hex(compressed derived key)`
+//! 1. the app key signed `PURPOSE_PREFIX ‖ instance_id ‖ ":" ‖ node ‖ ":" ‖ hex(compressed derived key)`
 //!    ([`app_message`]), and the supplied app public key is the one that signed;
 //! 2. the KMS root signed `"dstack-kms-issued:" ‖ app_id ‖ compressed app key` ([`kms_message`]);
-//! 3. the app id is allowed, and the purpose names the instance being registered;
-//! 4. the derived key signed the [`PeerRecord`] under the cluster contract's EIP-712 domain.
+//! 3. the app id is allowed, and the purpose names the instance being registered and the node that signed;
+//! 4. the node key signed the [`PeerRecord`] under the cluster contract's EIP-712 domain;
+//! 5. (the contract, and a reader that knows the binding) that node is the one the seat is bound to.
 //!
-//! dstack's chain hashes with raw keccak-256 (no EIP-191 prefix) and writes `v ∈ {0, 1}`; the record
-//! signature is ordinary EIP-712 with `v ∈ {27, 28}`. All three must have low `s`, as OpenZeppelin's
+//! dstack gives every instance of an app the same GetKey keys, so the chain proves "an instance of the app",
+//! never which one: the binding (5), made by the seat's holder with the instance's TDX quote, is what keeps a
+//! sibling instance out. dstack's chain hashes with raw keccak-256 (no EIP-191 prefix) and writes `v ∈ {0, 1}`;
+//! the record signature is ordinary EIP-712 with `v ∈ {27, 28}`. All must have low `s`, as OpenZeppelin's
 //! `ECDSA.recover` requires.
+//!
+//! [`app_message`]: dstack_guest::chain::app_message
+//! [`kms_message`]: dstack_guest::chain::kms_message
 
-use alloy::primitives::{Address, B256, FixedBytes, Signature, U256};
+use alloy::primitives::{Address, B256, Bytes, FixedBytes, Signature, U256};
 use alloy::sol_types::{Eip712Domain, SolStruct, eip712_domain};
+use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use dstack_guest::chain::{
     DstackProof, ProofError, SigEncoding, VerifiedChain, parse_signature, verify_chain,
 };
-use dstack_guest::client::DerivedKey;
 
-/// GetKey path prefix for the record-signing key; the full path is `dstack-mesh/peer/<instance_id>`.
-pub const KEY_PATH_PREFIX: &str = "dstack-mesh/peer/";
+/// GetKey path whose signature chain vouches for the node key. The key dstack derives there is not used: the
+/// node key is named in the purpose, which the app key signs.
+pub const KEY_PATH: &str = "dstack-mesh/node";
 
-/// GetKey purpose prefix; the full purpose is `dstack-mesh-peer:<instance_id>`, which the app key signs.
-/// The contract rebuilds the purpose from the instance id being registered, so a proof made for one
-/// instance cannot register another.
-pub const PURPOSE_PREFIX: &str = "dstack-mesh-peer:";
+/// GetKey purpose prefix; the full purpose is `dstack-mesh-node:<instance_id>:<node>` (40 lowercase hex
+/// characters each). The contract rebuilds it from the seat's instance and bound node, so a proof made for one
+/// instance or node cannot serve another.
+pub const PURPOSE_PREFIX: &str = "dstack-mesh-node:";
 
 /// EIP-712 domain name of the cluster contract.
 pub const EIP712_NAME: &str = "DstackClusterNFT";
@@ -40,10 +48,11 @@ pub const EIP712_VERSION: &str = "1";
 pub const PEER_RECORD_TYPE: &str = "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)";
 
 /// The EIP-712 type string of [`BindConsent`], as the contract hashes it.
-pub const BIND_CONSENT_TYPE: &str = "BindConsent(uint256 tokenId,string instanceId,address holder)";
+pub const BIND_CONSENT_TYPE: &str =
+    "BindConsent(uint256 tokenId,string instanceId,address node,address holder)";
 
 alloy::sol! {
-    /// What a peer publishes about itself; signed by its dstack-derived key under EIP-712.
+    /// What a peer publishes about itself; signed by its node key under EIP-712.
     #[derive(Debug, PartialEq, Eq)]
     struct PeerRecord {
         uint256 tokenId;
@@ -54,18 +63,18 @@ alloy::sol! {
         uint64 nonce;
     }
 
-    /// An instance's consent to the holder of a seat binding that seat to it; signed by the instance's
-    /// dstack-derived peer key under EIP-712. Instance ids are public, so without it anyone could bind
-    /// another operator's node to a seat of their own.
+    /// A node key's consent to the holder of a seat binding that seat to it; signed by the node key under
+    /// EIP-712, so that nobody binds a seat to a key they do not hold, or another operator's node to their seat.
     #[derive(Debug, PartialEq, Eq)]
     struct BindConsent {
         uint256 tokenId;
         string instanceId;
+        address node;
         address holder;
     }
 }
 
-/// Why a record (or a bind consent) could not be signed, or does not verify. Each check has its own variant;
+/// Why a record (or a binding) could not be signed, or does not verify. Each check has its own variant;
 /// dstack's chain has its own in [`ProofError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -73,14 +82,9 @@ pub enum RecordError {
     /// dstack's signature chain does not verify.
     #[error(transparent)]
     Chain(#[from] ProofError),
-    /// The key given for signing is not the proof's derived key.
-    #[error("the signing key {signing_address} is not the proof's derived key {derived_address}")]
-    DerivedKeyMismatch {
-        /// Address of the key given.
-        signing_address: Address,
-        /// Address of the proof's derived key.
-        derived_address: Address,
-    },
+    /// The node key is not a valid secp256k1 scalar.
+    #[error("the node key is not a valid secp256k1 key")]
+    InvalidNodeKey,
     /// The registration is for another instance than expected.
     #[error("registration is for instance {actual:?}, expected {expected:?}")]
     InstanceIdMismatch {
@@ -89,19 +93,19 @@ pub enum RecordError {
         /// The one in the registration.
         actual: String,
     },
-    /// The app signature's purpose is not `PURPOSE_PREFIX ‖ instance_id`.
+    /// The app signature's purpose is not `PURPOSE_PREFIX ‖ instance_id ‖ ":" ‖ node`.
     #[error("proof purpose is {actual:?}, expected {expected:?}")]
     PurposeMismatch {
-        /// `PURPOSE_PREFIX ‖ instance_id`.
+        /// The purpose that names the instance and the signer.
         expected: String,
         /// The proof's purpose.
         actual: String,
     },
-    /// The record was not signed by the derived key.
-    #[error("record signature recovers {recovered}, not the derived key {derived_address}")]
+    /// The record (or consent) was not signed by the node the proof names, or the seat is bound to.
+    #[error("signed by {recovered}, not by the node key {node}")]
     RecordSignatureMismatch {
-        /// Address of the proof's derived key.
-        derived_address: Address,
+        /// The node that should have signed.
+        node: Address,
         /// Who actually signed.
         recovered: Address,
     },
@@ -123,9 +127,9 @@ pub struct SignedRegistration {
     pub gateway_url: String,
     /// Replay counter; the contract requires it to increase.
     pub nonce: u64,
-    /// The dstack chain for the derived key.
+    /// dstack's chain under the purpose naming the instance and the node.
     pub proof: DstackProof,
-    /// EIP-712 signature of the [`PeerRecord`] by the derived key; `v ∈ {27, 28}`.
+    /// EIP-712 signature of the [`PeerRecord`] by the node key; `v ∈ {27, 28}`.
     pub record_signature: FixedBytes<65>,
     /// EIP-712 domain chain id.
     pub chain_id: u64,
@@ -133,70 +137,62 @@ pub struct SignedRegistration {
     pub contract: Address,
 }
 
-/// An instance's signed [`BindConsent`], with the proof that the signing key is that instance's: what
-/// `p2p-agent identity --bind-token` prints and `meshctl bind --consent` sends.
+/// What binds a seat to an instance's node key: what `p2p-agent identity --bind-token` prints in the instance
+/// and `meshctl bind --binding` / `meshctl mint --binding` send, after verifying it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedBindConsent {
-    /// The seat the instance agrees to be bound to.
+pub struct NodeBinding {
+    /// The seat the node agrees to be bound to.
     pub token_id: U256,
     /// 40 lowercase hex digits from Info.
     pub instance_id: String,
+    /// The node key's address.
+    pub node: Address,
     /// Who holds the seat.
     pub holder: Address,
-    /// The dstack chain for the instance's peer key.
+    /// dstack's chain under the purpose naming the instance and the node.
     pub proof: DstackProof,
-    /// EIP-712 signature of the [`BindConsent`] by the derived key; `v ∈ {27, 28}`.
-    pub signature: FixedBytes<65>,
+    /// The TDX quote with its RTMR3 event log (`mesh_attest::Evidence` ABI bytes); its report data commits to
+    /// the chain, the contract and the node.
+    pub evidence: Bytes,
+    /// EIP-712 signature of the [`BindConsent`] by the node key; `v ∈ {27, 28}`.
+    pub consent: FixedBytes<65>,
     /// EIP-712 domain chain id.
     pub chain_id: u64,
     /// EIP-712 domain verifying contract: the cluster contract.
     pub contract: Address,
 }
 
-impl SignedBindConsent {
-    /// Signs the consent with the derived key behind `proof`.
-    ///
-    /// # Errors
-    /// [`RecordError::DerivedKeyMismatch`] when `key` is not the proof's derived key.
-    pub fn sign(
-        consent: BindConsent,
-        proof: DstackProof,
-        key: &DerivedKey,
-        chain_id: u64,
-        contract: Address,
-    ) -> Result<Self, RecordError> {
-        let hash = consent.eip712_signing_hash(&domain(chain_id, contract));
-        let signature = sign_eip712(key, &proof, hash)?;
-        Ok(Self {
-            token_id: consent.tokenId,
-            instance_id: consent.instanceId,
-            holder: consent.holder,
-            proof,
-            signature,
-            chain_id,
-            contract,
-        })
-    }
-
-    /// The EIP-712 digest the derived key signs.
+impl NodeBinding {
+    /// The EIP-712 digest the node key signs.
     pub fn signing_hash(&self) -> B256 {
         BindConsent {
             tokenId: self.token_id,
             instanceId: self.instance_id.clone(),
+            node: self.node,
             holder: self.holder,
         }
         .eip712_signing_hash(&domain(self.chain_id, self.contract))
     }
 }
 
-/// GetKey path of the record-signing key for `instance_id`.
-pub fn key_path(instance_id: &str) -> String {
-    format!("{KEY_PATH_PREFIX}{instance_id}")
+/// GetKey purpose under which the app vouches for `node` serving `instance_id`.
+pub fn purpose(instance_id: &str, node: Address) -> String {
+    format!(
+        "{PURPOSE_PREFIX}{instance_id}:{}",
+        alloy::hex::encode(node.as_slice())
+    )
 }
 
-/// GetKey purpose of the record-signing key for `instance_id`.
-pub fn purpose(instance_id: &str) -> String {
-    format!("{PURPOSE_PREFIX}{instance_id}")
+/// The node a purpose names, if it has the shape `PURPOSE_PREFIX ‖ instance ‖ ":" ‖ node`.
+fn node_in_purpose(purpose: &str, instance_id: &str) -> Option<Address> {
+    let rest = purpose.strip_prefix(PURPOSE_PREFIX)?;
+    let hex = rest.strip_prefix(instance_id)?.strip_prefix(':')?;
+    (hex.len() == 40
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| hex.parse().ok())
+    .flatten()
 }
 
 /// The cluster contract's EIP-712 domain.
@@ -209,20 +205,39 @@ pub fn domain(chain_id: u64, contract: Address) -> Eip712Domain {
     }
 }
 
+/// The address of a node key.
+pub fn node_address(key: &SigningKey) -> Address {
+    Address::from_public_key(key.verifying_key())
+}
+
+/// Checks that `proof` names `instance_id` and the node `key`, as the contract will.
+fn check_purpose(proof: &DstackProof, instance_id: &str, node: Address) -> Result<(), RecordError> {
+    let expected = purpose(instance_id, node);
+    if proof.purpose == expected {
+        Ok(())
+    } else {
+        Err(RecordError::PurposeMismatch {
+            expected,
+            actual: proof.purpose.clone(),
+        })
+    }
+}
+
 impl SignedRegistration {
-    /// Signs `record` with the derived key behind `proof`, under the cluster contract's domain.
+    /// Signs `record` with the node key, under the cluster contract's domain.
     ///
     /// # Errors
-    /// [`RecordError::DerivedKeyMismatch`] when `key` is not the proof's derived key.
+    /// [`RecordError::PurposeMismatch`] when `proof` does not name the record's instance and this node key.
     pub fn sign(
         record: PeerRecord,
         proof: DstackProof,
-        key: &DerivedKey,
+        key: &SigningKey,
         chain_id: u64,
         contract: Address,
     ) -> Result<Self, RecordError> {
+        check_purpose(&proof, &record.instanceId, node_address(key))?;
         let hash = record.eip712_signing_hash(&domain(chain_id, contract));
-        let record_signature = sign_eip712(key, &proof, hash)?;
+        let record_signature = sign_eip712(key, hash)?;
         Ok(Self {
             token_id: record.tokenId,
             instance_id: record.instanceId,
@@ -249,17 +264,61 @@ impl SignedRegistration {
         }
     }
 
-    /// The EIP-712 digest the derived key signs.
+    /// The EIP-712 digest the node key signs.
     pub fn signing_hash(&self) -> B256 {
         self.peer_record()
             .eip712_signing_hash(&domain(self.chain_id, self.contract))
     }
 }
 
-/// Checks a registration as the contract does: it is for `expected_instance_id`, its proof's purpose
-/// names that instance, the chain verifies ([`verify_chain`]), and the derived key signed the record
-/// under the registration's domain. Callers must also compare `reg.chain_id` and `reg.contract` with
-/// their own cluster; the contract does so by using its own address.
+impl NodeBinding {
+    /// The node key's binding of seat `token_id` for `holder`, with `proof` (which must name the instance and
+    /// this node) and the instance's `evidence`.
+    ///
+    /// # Errors
+    /// [`RecordError::PurposeMismatch`] when `proof` does not name the instance and this node key.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign(
+        token_id: U256,
+        instance_id: String,
+        holder: Address,
+        proof: DstackProof,
+        evidence: Bytes,
+        key: &SigningKey,
+        chain_id: u64,
+        contract: Address,
+    ) -> Result<Self, RecordError> {
+        let node = node_address(key);
+        check_purpose(&proof, &instance_id, node)?;
+        let mut binding = Self {
+            token_id,
+            instance_id,
+            node,
+            holder,
+            proof,
+            evidence,
+            consent: FixedBytes::ZERO,
+            chain_id,
+            contract,
+        };
+        binding.consent = sign_eip712(key, binding.signing_hash())?;
+        Ok(binding)
+    }
+}
+
+/// What a verified registration establishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedRecord {
+    /// The node key that signed the record, which the proof names.
+    pub node: Address,
+    /// The chain that vouched for it.
+    pub chain: VerifiedChain,
+}
+
+/// Checks a registration as the contract does: it is for `expected_instance_id`, it was signed by the node its
+/// proof's purpose names together with that instance (and by `bound_node`, when the reader knows the seat's
+/// binding), and the chain verifies ([`verify_chain`]). Callers must also compare `reg.chain_id` and
+/// `reg.contract` with their own cluster; the contract does so by using its own address.
 ///
 /// # Errors
 /// The [`RecordError`] of the first check that fails.
@@ -268,84 +327,64 @@ pub fn verify_registration(
     kms_root: Address,
     allowed_app_ids: &[Address],
     expected_instance_id: &str,
-) -> Result<VerifiedChain, RecordError> {
+    bound_node: Option<Address>,
+) -> Result<VerifiedRecord, RecordError> {
     if reg.instance_id != expected_instance_id {
         return Err(RecordError::InstanceIdMismatch {
             expected: expected_instance_id.to_owned(),
             actual: reg.instance_id.clone(),
         });
     }
-    let expected_purpose = purpose(&reg.instance_id);
-    if reg.proof.purpose != expected_purpose {
-        return Err(RecordError::PurposeMismatch {
-            expected: expected_purpose,
-            actual: reg.proof.purpose.clone(),
-        });
-    }
-    let chain = verify_chain(&reg.proof, kms_root, allowed_app_ids)?;
-    let recovered = recover_eip712(
+    let signer = recover_eip712(
         "record_signature",
         &reg.record_signature,
         reg.signing_hash(),
     )?;
-    if recovered != chain.derived_address {
+    if let Some(node) = bound_node.or_else(|| node_in_purpose(&reg.proof.purpose, &reg.instance_id))
+        && node != signer
+    {
         return Err(RecordError::RecordSignatureMismatch {
-            derived_address: chain.derived_address,
-            recovered,
+            node,
+            recovered: signer,
         });
     }
-    Ok(chain)
+    check_purpose(&reg.proof, &reg.instance_id, signer)?;
+    let chain = verify_chain(&reg.proof, kms_root, allowed_app_ids)?;
+    Ok(VerifiedRecord {
+        node: signer,
+        chain,
+    })
 }
 
-/// Checks a bind consent as the contract does: its proof names the instance and verifies, and the derived
-/// key signed the consent under the consent's domain. Callers compare `consent.chain_id`,
-/// `consent.contract`, the seat and the holder with what they are about to send.
+/// Checks a binding as the contract does: its proof names the instance and the node and verifies, and the node
+/// key signed the consent under the binding's domain. It does not verify the evidence (`mesh_attest` does).
+/// Callers compare `binding.chain_id`, `binding.contract`, the seat and the holder with what they are about to
+/// send.
 ///
 /// # Errors
 /// The [`RecordError`] of the first check that fails.
-pub fn verify_bind_consent(
-    consent: &SignedBindConsent,
+pub fn verify_binding(
+    binding: &NodeBinding,
     kms_root: Address,
     allowed_app_ids: &[Address],
 ) -> Result<VerifiedChain, RecordError> {
-    let expected_purpose = purpose(&consent.instance_id);
-    if consent.proof.purpose != expected_purpose {
-        return Err(RecordError::PurposeMismatch {
-            expected: expected_purpose,
-            actual: consent.proof.purpose.clone(),
-        });
-    }
-    let chain = verify_chain(&consent.proof, kms_root, allowed_app_ids)?;
-    let recovered = recover_eip712("signature", &consent.signature, consent.signing_hash())?;
-    if recovered != chain.derived_address {
+    check_purpose(&binding.proof, &binding.instance_id, binding.node)?;
+    let chain = verify_chain(&binding.proof, kms_root, allowed_app_ids)?;
+    let recovered = recover_eip712("consent", &binding.consent, binding.signing_hash())?;
+    if recovered != binding.node {
         return Err(RecordError::RecordSignatureMismatch {
-            derived_address: chain.derived_address,
+            node: binding.node,
             recovered,
         });
     }
     Ok(chain)
 }
 
-/// Signs an EIP-712 digest with `key`, which must be the derived key of `proof`.
-fn sign_eip712(
-    key: &DerivedKey,
-    proof: &DstackProof,
-    hash: B256,
-) -> Result<FixedBytes<65>, RecordError> {
-    let signing = key
-        .signing_key()
-        .map_err(|_| ProofError::InvalidDerivedKey)?;
-    let signing_address = Address::from_public_key(signing.verifying_key());
-    let derived_address = proof.derived_address()?;
-    if signing_address != derived_address {
-        return Err(RecordError::DerivedKeyMismatch {
-            signing_address,
-            derived_address,
-        });
-    }
-    let (sig, recid) = signing
+/// Signs an EIP-712 digest with the node key.
+fn sign_eip712(key: &SigningKey, hash: B256) -> Result<FixedBytes<65>, RecordError> {
+    let (sig, recid) = key
         .sign_prehash_recoverable(hash.as_slice())
-        .map_err(|_| ProofError::InvalidDerivedKey)?;
+        .map_err(|_| RecordError::InvalidNodeKey)?;
     Ok(Signature::from_signature_and_parity(sig, recid.is_y_odd())
         .as_bytes()
         .into())
@@ -370,8 +409,7 @@ mod tests {
         app_message, compressed, kms_message, public_key_from_xy, sign_dstack_message,
         uncompressed_xy,
     };
-    use dstack_guest::client::GetKeyReply;
-    use k256::ecdsa::SigningKey;
+    use dstack_guest::client::{DerivedKey, GetKeyReply};
 
     // dstack simulator fixture A (Aug 2025), reference §2.7: an app id and KMS root these tests do not use.
     const A_APP_ID: Address = address!("ea549f02e1a25fabd1cb788380e033ec5461b2ff");
@@ -381,11 +419,7 @@ mod tests {
         SigningKey::from_slice(&bytes).unwrap()
     }
 
-    fn reply(key: [u8; 32], app_signature: [u8; 65], kms_signature: [u8; 65]) -> GetKeyReply {
-        GetKeyReply::new(DerivedKey::from_bytes(key), app_signature, kms_signature)
-    }
-
-    /// A test cluster: a KMS root, an app key it issued, and a derived key for one instance.
+    /// A test cluster: a KMS root and an app key it issued.
     struct Cluster {
         kms: SigningKey,
         app: SigningKey,
@@ -395,6 +429,9 @@ mod tests {
     const INSTANCE: &str = "1111111111111111111111111111111111111111";
     const OTHER_INSTANCE: &str = "2222222222222222222222222222222222222222";
     const CONTRACT: Address = address!("00000000000000000000000000000000c0ffee00");
+    /// A node key, and the derived key GetKey returns beside the chain (unused by the mesh).
+    const NODE: [u8; 32] = [0x33; 32];
+    const DERIVED: [u8; 32] = [0x77; 32];
 
     impl Cluster {
         fn new() -> Self {
@@ -409,8 +446,9 @@ mod tests {
             Address::from_public_key(self.kms.verifying_key())
         }
 
-        fn get_key(&self, derived: [u8; 32], purpose: &str) -> GetKeyReply {
-            let d = sk(derived);
+        /// What any instance of the app gets from GetKey under `purpose`.
+        fn proof(&self, purpose: &str) -> DstackProof {
+            let d = sk(DERIVED);
             let sig0 = sign_dstack_message(
                 &self.app,
                 &app_message(purpose, &compressed(d.verifying_key())),
@@ -421,13 +459,30 @@ mod tests {
                 &kms_message(self.app_id, &compressed(self.app.verifying_key())),
             )
             .unwrap();
-            reply(derived, sig0, sig1)
+            let reply = GetKeyReply::new(DerivedKey::from_bytes(DERIVED), sig0, sig1);
+            DstackProof::from_get_key(&reply, self.app_id, purpose).unwrap()
         }
 
-        fn registration(&self, derived: [u8; 32], instance: &str) -> SignedRegistration {
-            let r = self.get_key(derived, &purpose(instance));
-            let proof = DstackProof::from_get_key(&r, self.app_id, &purpose(instance)).unwrap();
-            SignedRegistration::sign(record(instance), proof, &r.key, 31337, CONTRACT).unwrap()
+        fn registration(&self, node: [u8; 32], instance: &str) -> SignedRegistration {
+            let key = sk(node);
+            let proof = self.proof(&purpose(instance, node_address(&key)));
+            SignedRegistration::sign(record(instance), proof, &key, 31337, CONTRACT).unwrap()
+        }
+
+        fn binding(&self, node: [u8; 32], instance: &str, holder: Address) -> NodeBinding {
+            let key = sk(node);
+            let proof = self.proof(&purpose(instance, node_address(&key)));
+            NodeBinding::sign(
+                U256::from(7),
+                instance.into(),
+                holder,
+                proof,
+                Bytes::from_static(b"evidence"),
+                &key,
+                31337,
+                CONTRACT,
+            )
+            .unwrap()
         }
     }
 
@@ -442,6 +497,10 @@ mod tests {
         }
     }
 
+    fn resign(reg: &mut SignedRegistration, key: &SigningKey) {
+        reg.record_signature = sign_eip712(key, reg.signing_hash()).unwrap();
+    }
+
     /// The sol! structs hash the exact type strings the contract uses.
     #[test]
     fn eip712_type_strings_are_the_contracts() {
@@ -449,39 +508,23 @@ mod tests {
         assert_eq!(BindConsent::eip712_encode_type(), BIND_CONSENT_TYPE);
     }
 
-    fn consent(
-        c: &Cluster,
-        derived: [u8; 32],
-        instance: &str,
-        holder: Address,
-    ) -> SignedBindConsent {
-        let r = c.get_key(derived, &purpose(instance));
-        let proof = DstackProof::from_get_key(&r, c.app_id, &purpose(instance)).unwrap();
-        let consent = BindConsent {
-            tokenId: U256::from(7),
-            instanceId: instance.to_owned(),
-            holder,
-        };
-        SignedBindConsent::sign(consent, proof, &r.key, 31337, CONTRACT).unwrap()
-    }
-
-    /// An instance's consent verifies; moved to another holder or instance, or re-encoded, it does not.
+    /// A node's binding verifies; moved to another holder, instance or node, or re-encoded, it does not.
     #[test]
-    fn bind_consent_verifies_only_as_signed() {
+    fn binding_verifies_only_as_signed() {
         let c = Cluster::new();
         let holder = Address::repeat_byte(0x0a);
-        let good = consent(&c, [0x33; 32], INSTANCE, holder);
-        let back: SignedBindConsent =
+        let good = c.binding(NODE, INSTANCE, holder);
+        let back: NodeBinding =
             serde_json::from_str(&serde_json::to_string(&good).unwrap()).unwrap();
         assert_eq!(
             back, good,
-            "JSON round trip (what meshctl bind --consent reads)"
+            "JSON round trip (what meshctl bind --binding reads)"
         );
-        verify_bind_consent(&good, c.kms_root(), &[c.app_id]).unwrap();
+        verify_binding(&good, c.kms_root(), &[c.app_id]).unwrap();
 
         let mut other_holder = good.clone();
         other_holder.holder = Address::repeat_byte(0x0b);
-        let err = verify_bind_consent(&other_holder, c.kms_root(), &[c.app_id]).unwrap_err();
+        let err = verify_binding(&other_holder, c.kms_root(), &[c.app_id]).unwrap_err();
         assert!(
             matches!(err, RecordError::RecordSignatureMismatch { .. }),
             "{err}"
@@ -489,17 +532,23 @@ mod tests {
 
         let mut other_instance = good.clone();
         other_instance.instance_id = OTHER_INSTANCE.into();
-        let err = verify_bind_consent(&other_instance, c.kms_root(), &[c.app_id]).unwrap_err();
+        let err = verify_binding(&other_instance, c.kms_root(), &[c.app_id]).unwrap_err();
+        assert!(matches!(err, RecordError::PurposeMismatch { .. }), "{err}");
+
+        // A sibling's chain names its own node: it cannot pass for this one.
+        let mut other_node = good.clone();
+        other_node.node = Address::repeat_byte(0x0c);
+        let err = verify_binding(&other_node, c.kms_root(), &[c.app_id]).unwrap_err();
         assert!(matches!(err, RecordError::PurposeMismatch { .. }), "{err}");
 
         let mut re_encoded = good;
-        re_encoded.signature.0[64] -= 27;
-        let err = verify_bind_consent(&re_encoded, c.kms_root(), &[c.app_id]).unwrap_err();
+        re_encoded.consent.0[64] -= 27;
+        let err = verify_binding(&re_encoded, c.kms_root(), &[c.app_id]).unwrap_err();
         assert!(
             matches!(
                 err,
                 RecordError::Chain(ProofError::InvalidSignature {
-                    field: "signature",
+                    field: "consent",
                     ..
                 })
             ),
@@ -511,25 +560,53 @@ mod tests {
     #[test]
     fn honest_registration_verifies_after_json_round_trip() {
         let c = Cluster::new();
-        let reg = c.registration([0x33; 32], INSTANCE);
+        let reg = c.registration(NODE, INSTANCE);
         let json = serde_json::to_string(&reg).unwrap();
         assert!(json.contains("\"record_signature\":\"0x"), "{json}");
         let back: SignedRegistration = serde_json::from_str(&json).unwrap();
         assert_eq!(back, reg);
-        let v = verify_registration(&back, c.kms_root(), &[c.app_id], INSTANCE).unwrap();
-        assert_eq!(
-            v.derived_address,
-            Address::from_public_key(sk([0x33; 32]).verifying_key())
-        );
+        let node = node_address(&sk(NODE));
+        let v =
+            verify_registration(&back, c.kms_root(), &[c.app_id], INSTANCE, Some(node)).unwrap();
+        assert_eq!(v.node, node);
+        assert_eq!(v.chain.app_id, c.app_id);
         assert!(matches!(reg.record_signature[64], 27 | 28));
+    }
+
+    /// The sibling attack: another instance of the app gets a genuine chain for its own node key naming this
+    /// instance (dstack gives every instance the same app key) and signs a record for this seat. Against the
+    /// seat's binding it is refused; and a chain naming the bound node does not let another key sign.
+    #[test]
+    fn a_siblings_record_is_refused_against_the_binding() {
+        let c = Cluster::new();
+        let bound = node_address(&sk(NODE));
+        let sibling = c.registration([0x55; 32], INSTANCE);
+        let err = verify_registration(&sibling, c.kms_root(), &[c.app_id], INSTANCE, Some(bound))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            RecordError::RecordSignatureMismatch {
+                node: bound,
+                recovered: node_address(&sk([0x55; 32])),
+            }
+        );
+
+        let mut borrowed = c.registration(NODE, INSTANCE);
+        resign(&mut borrowed, &sk([0x55; 32]));
+        let err =
+            verify_registration(&borrowed, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
+        assert!(
+            matches!(err, RecordError::RecordSignatureMismatch { node, .. } if node == bound),
+            "{err}"
+        );
     }
 
     /// A chain checked against another KMS root fails with the recovered root named.
     #[test]
     fn wrong_kms_root_is_rejected() {
         let c = Cluster::new();
-        let reg = c.registration([0x33; 32], INSTANCE);
-        let err = verify_registration(&reg, A_KMS_ROOT, &[c.app_id], INSTANCE).unwrap_err();
+        let reg = c.registration(NODE, INSTANCE);
+        let err = verify_registration(&reg, A_KMS_ROOT, &[c.app_id], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
             RecordError::Chain(ProofError::KmsRootMismatch {
@@ -543,8 +620,8 @@ mod tests {
     #[test]
     fn disallowed_app_id_is_rejected() {
         let c = Cluster::new();
-        let reg = c.registration([0x33; 32], INSTANCE);
-        let err = verify_registration(&reg, c.kms_root(), &[A_APP_ID], INSTANCE).unwrap_err();
+        let reg = c.registration(NODE, INSTANCE);
+        let err = verify_registration(&reg, c.kms_root(), &[A_APP_ID], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
             RecordError::Chain(ProofError::AppIdNotAllowed(c.app_id))
@@ -555,9 +632,9 @@ mod tests {
     #[test]
     fn swapped_app_id_breaks_kms_signature() {
         let c = Cluster::new();
-        let mut reg = c.registration([0x33; 32], INSTANCE);
+        let mut reg = c.registration(NODE, INSTANCE);
         reg.proof.app_id = A_APP_ID;
-        let err = verify_registration(&reg, c.kms_root(), &[A_APP_ID], INSTANCE).unwrap_err();
+        let err = verify_registration(&reg, c.kms_root(), &[A_APP_ID], INSTANCE, None).unwrap_err();
         assert!(
             matches!(err, RecordError::Chain(ProofError::KmsRootMismatch { expected, .. }) if expected == c.kms_root()),
             "{err}"
@@ -568,7 +645,7 @@ mod tests {
     #[test]
     fn app_signature_by_another_key_is_rejected() {
         let c = Cluster::new();
-        let mut reg = c.registration([0x33; 32], INSTANCE);
+        let mut reg = c.registration(NODE, INSTANCE);
         let impostor = sk([0x44; 32]);
         let derived = public_key_from_xy("d", &reg.proof.derived_public_key).unwrap();
         reg.proof.app_signature = sign_dstack_message(
@@ -577,7 +654,7 @@ mod tests {
         )
         .unwrap()
         .into();
-        let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE).unwrap_err();
+        let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
             RecordError::Chain(ProofError::AppSignatureMismatch {
@@ -591,7 +668,7 @@ mod tests {
     #[test]
     fn impostor_app_key_fails_at_kms() {
         let c = Cluster::new();
-        let mut reg = c.registration([0x33; 32], INSTANCE);
+        let mut reg = c.registration(NODE, INSTANCE);
         let impostor = sk([0x44; 32]);
         let derived = public_key_from_xy("d", &reg.proof.derived_public_key).unwrap();
         reg.proof.app_public_key = uncompressed_xy(impostor.verifying_key());
@@ -601,7 +678,7 @@ mod tests {
         )
         .unwrap()
         .into();
-        let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE).unwrap_err();
+        let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert!(
             matches!(err, RecordError::Chain(ProofError::KmsRootMismatch { .. })),
             "{err}"
@@ -612,44 +689,33 @@ mod tests {
     #[test]
     fn proof_for_another_instance_is_rejected() {
         let c = Cluster::new();
-        let other = c.registration([0x33; 32], OTHER_INSTANCE);
-        let r = other.proof.clone();
-        let key = DerivedKey::from_bytes([0x33; 32]);
-        let forged = SignedRegistration::sign(record(INSTANCE), r, &key, 31337, CONTRACT).unwrap();
-        let err = verify_registration(&forged, c.kms_root(), &[c.app_id], INSTANCE).unwrap_err();
+        let other = c.registration(NODE, OTHER_INSTANCE);
+        let err = SignedRegistration::sign(
+            record(INSTANCE),
+            other.proof.clone(),
+            &sk(NODE),
+            31337,
+            CONTRACT,
+        )
+        .unwrap_err();
+        assert!(matches!(err, RecordError::PurposeMismatch { .. }), "{err}");
+
+        let mut forged = c.registration(NODE, INSTANCE);
+        forged.proof = other.proof.clone();
+        let err =
+            verify_registration(&forged, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
             RecordError::PurposeMismatch {
-                expected: purpose(INSTANCE),
-                actual: purpose(OTHER_INSTANCE)
+                expected: purpose(INSTANCE, node_address(&sk(NODE))),
+                actual: purpose(OTHER_INSTANCE, node_address(&sk(NODE)))
             }
         );
-        let err = verify_registration(&other, c.kms_root(), &[c.app_id], INSTANCE).unwrap_err();
+        let err =
+            verify_registration(&other, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert!(
             matches!(err, RecordError::InstanceIdMismatch { .. }),
             "{err}"
-        );
-    }
-
-    /// A record signed by a key other than the derived one is rejected.
-    #[test]
-    fn record_signed_by_another_key_is_rejected() {
-        let c = Cluster::new();
-        let mut reg = c.registration([0x33; 32], INSTANCE);
-        let other = sk([0x55; 32]);
-        let (sig, recid) = other
-            .sign_prehash_recoverable(reg.signing_hash().as_slice())
-            .unwrap();
-        reg.record_signature = Signature::from_signature_and_parity(sig, recid.is_y_odd())
-            .as_bytes()
-            .into();
-        let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE).unwrap_err();
-        assert_eq!(
-            err,
-            RecordError::RecordSignatureMismatch {
-                derived_address: Address::from_public_key(sk([0x33; 32]).verifying_key()),
-                recovered: Address::from_public_key(other.verifying_key()),
-            }
         );
     }
 
@@ -657,38 +723,47 @@ mod tests {
     #[test]
     fn tampered_record_is_rejected() {
         let c = Cluster::new();
-        let mut reg = c.registration([0x33; 32], INSTANCE);
+        let mut reg = c.registration(NODE, INSTANCE);
         reg.endpoint = "198.51.100.1:51820".into();
-        let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE).unwrap_err();
+        let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert!(
             matches!(err, RecordError::RecordSignatureMismatch { .. }),
             "{err}"
         );
     }
 
-    /// Signing a record with a key that is not the proof's derived key is refused up front.
+    /// Signing with a node key that the proof does not name is refused up front.
     #[test]
     fn signing_with_the_wrong_key_is_refused() {
         let c = Cluster::new();
-        let reg = c.registration([0x33; 32], INSTANCE);
+        let reg = c.registration(NODE, INSTANCE);
         let err = SignedRegistration::sign(
             record(INSTANCE),
             reg.proof,
-            &DerivedKey::from_bytes([0x66; 32]),
+            &sk([0x66; 32]),
             31337,
             CONTRACT,
         )
         .unwrap_err();
-        assert!(
-            matches!(err, RecordError::DerivedKeyMismatch { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, RecordError::PurposeMismatch { .. }), "{err}");
     }
 
-    /// The key path and purpose are built from the fixed prefixes.
+    /// The purpose names the instance and the node in the one spelling the contract builds.
     #[test]
-    fn key_path_and_purpose_use_the_prefixes() {
-        assert_eq!(key_path(INSTANCE), format!("dstack-mesh/peer/{INSTANCE}"));
-        assert_eq!(purpose(INSTANCE), format!("dstack-mesh-peer:{INSTANCE}"));
+    fn purpose_names_the_instance_and_the_node() {
+        let node = address!("00000000000000000000000000000000000000Ab");
+        assert_eq!(
+            purpose(INSTANCE, node),
+            format!("dstack-mesh-node:{INSTANCE}:00000000000000000000000000000000000000ab")
+        );
+        assert_eq!(
+            node_in_purpose(&purpose(INSTANCE, node), INSTANCE),
+            Some(node)
+        );
+        assert_eq!(
+            node_in_purpose(&purpose(INSTANCE, node), OTHER_INSTANCE),
+            None
+        );
+        assert_eq!(KEY_PATH, "dstack-mesh/node");
     }
 }

@@ -19,7 +19,7 @@ use tracing::{info, instrument, warn};
 
 use crate::contract::{self, ChainError, DstackClusterNFT};
 use crate::membership::{self, Pins, Rejected};
-use crate::peer_key::PeerKey;
+use crate::node_key::NodeKey;
 use crate::record::{self, PeerRecord, RecordError, SignedRegistration};
 use crate::rpc;
 use wg_key::Key;
@@ -87,11 +87,20 @@ pub enum Outcome {
 #[non_exhaustive]
 pub enum RegistrationError {
     #[error(
-        "no seat of cluster {contract} is bound to this instance ({instance_id}). The cluster owner mints one bound to it:\n    meshctl mint --contract {contract} --to <holder address> --instance {instance_id}\nor the holder of a seat binds it with this instance's consent, which this instance prints:\n    p2p-agent identity --bind-token <token id> --bind-holder <holder address> --contract {contract} --rpc-url <rpc> > consent.json\n    meshctl bind --contract {contract} --token <token id> --consent consent.json"
+        "no seat of cluster {contract} is bound to this instance ({instance_id}). Its holder binds a seat to this instance's node key with the binding this instance prints:\n    p2p-agent identity --bind-token <token id> --bind-holder <holder address> --contract {contract} --rpc-url <rpc> > binding.json\nthen, where the holder's key is:\n    meshctl bind --contract {contract} --token <token id> --binding binding.json\n(or the owner mints a seat with it: `meshctl mint --contract {contract} --to <holder address> --binding binding.json`, with --bind-token set to the next token id)"
     )]
     NoSeat {
         contract: Address,
         instance_id: String,
+    },
+    #[error(
+        "seat {token_id} is bound to node key {bound}, but this instance's node key is {node}: this instance lost its key store (a new volume makes a new key) or the seat was bound from another copy of it. Its holder ({holder}) re-binds the seat to this node with the binding this instance prints:\n    p2p-agent identity --bind-token {token_id} --bind-holder {holder} --contract <contract> --rpc-url <rpc> > binding.json\n    meshctl bind --token {token_id} --binding binding.json"
+    )]
+    BoundToAnotherNode {
+        token_id: U256,
+        bound: Address,
+        node: Address,
+        holder: Address,
     },
     #[error(
         "seat {token_id} of cluster {contract} is deactivated: its holder runs `meshctl activate --contract {contract} --token {token_id}`"
@@ -215,10 +224,10 @@ impl Cluster {
     /// # Errors
     /// [`RegistrationError`]: no seat, an inactive seat, a proof the cluster or the peers would reject, or a
     /// chain error.
-    #[instrument(skip_all, fields(contract = %self.contract, instance = %peer.instance_id))]
+    #[instrument(skip_all, fields(contract = %self.contract, instance = %node.instance_id))]
     pub async fn register(
         &self,
-        peer: &PeerKey,
+        node: &NodeKey,
         desired: &Desired,
         tx_key: Option<&PrivateKeySigner>,
         pins: &Pins,
@@ -226,14 +235,14 @@ impl Cluster {
         let c = self.read();
         let call = |what: &'static str| move |e| ChainError::from_call(what, e);
         let token_id = c
-            .tokenOfInstance(peer.instance_id.clone())
+            .tokenOfInstance(node.instance_id.clone())
             .call()
             .await
             .map_err(call("tokenOfInstance"))?;
         if token_id.is_zero() {
             return Err(RegistrationError::NoSeat {
                 contract: self.contract,
-                instance_id: peer.instance_id.clone(),
+                instance_id: node.instance_id.clone(),
             });
         }
         let seat = c
@@ -259,19 +268,26 @@ impl Cluster {
             }
             .into());
         }
+        let current = c.getPeer(token_id).call().await.map_err(call("getPeer"))?;
+        if current.node != node.address() {
+            return Err(RegistrationError::BoundToAnotherNode {
+                token_id,
+                bound: current.node,
+                node: node.address(),
+                holder: seat.holder,
+            });
+        }
         let mut replaced_unbelievable = None;
-        if seat.registeredBlock != 0 {
-            let current = c.getPeer(token_id).call().await.map_err(call("getPeer"))?;
-            if current.wgPublicKey == desired.wg_key_field()
-                && current.endpoint == desired.endpoint
-                && current.gatewayUrl == desired.gateway_url
-            {
-                match self.unbelievable(token, &current, pins).await? {
-                    None => return Ok(Outcome::UpToDate { token_id }),
-                    Some(why) => {
-                        warn!(%token_id, nonce = current.nonce, reason = %why, "this node's record on-chain says what it wants, but its peers would not believe it; registering it again with the next nonce");
-                        replaced_unbelievable = Some(why);
-                    }
+        if seat.registeredBlock != 0
+            && current.wgPublicKey == desired.wg_key_field()
+            && current.endpoint == desired.endpoint
+            && current.gatewayUrl == desired.gateway_url
+        {
+            match self.unbelievable(token, &current, pins).await? {
+                None => return Ok(Outcome::UpToDate { token_id }),
+                Some(why) => {
+                    warn!(%token_id, nonce = current.nonce, reason = %why, "this node's record on-chain says what it wants, but its peers would not believe it; registering it again with the next nonce");
+                    replaced_unbelievable = Some(why);
                 }
             }
         }
@@ -281,29 +297,32 @@ impl Cluster {
             .ok_or(RegistrationError::NonceExhausted { token_id })?;
         let record = PeerRecord {
             tokenId: token_id,
-            instanceId: peer.instance_id.clone(),
+            instanceId: node.instance_id.clone(),
             wgPublicKey: desired.wg_key_field(),
             endpoint: desired.endpoint.clone(),
             gatewayUrl: desired.gateway_url.clone(),
             nonce,
         };
-        let reg = peer
+        let reg = node
             .sign(record, chain_id, self.contract)
             .map_err(RegistrationError::Sign)?;
 
         // Check against the cluster's own pins first: a KMS-root or app-id mismatch should be a clear message,
         // not a reverted transaction that someone paid for.
         let (kms_root, app_ids) = contract::trust_anchors(&c).await?;
-        record::verify_registration(&reg, kms_root, &app_ids, &peer.instance_id)
-            .map_err(RegistrationError::WouldBeRejected)?;
+        record::verify_registration(
+            &reg,
+            kms_root,
+            &app_ids,
+            &node.instance_id,
+            Some(current.node),
+        )
+        .map_err(RegistrationError::WouldBeRejected)?;
         // And against the node's own pins, which its peers hold too: the contract may have moved on.
         membership::authenticate(&reg, token, pins, self.contract)
             .map_err(RegistrationError::PeersWouldReject)?;
 
-        let derived = peer
-            .transaction_signer()
-            .map_err(|e| RegistrationError::Sign(e.into()))?;
-        let Some(sender) = self.sender(derived, tx_key).await? else {
+        let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
             return Ok(Outcome::NeedsRelay(Box::new(reg)));
         };
         let from = sender.address();

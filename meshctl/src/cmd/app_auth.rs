@@ -1,4 +1,5 @@
-//! `meshctl app-auth`: the allowlists dstack's KMS consults through `isAppAllowed`, and a dry run of a boot.
+//! `meshctl app-auth`: the cluster's app-auth contract: the allowlists dstack's KMS consults through
+//! `isAppAllowed`, the OS images agents accept, and a dry run of a boot.
 
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
@@ -28,6 +29,10 @@ enum Action {
     AllowDevice(HashArgs),
     /// Stop allowing a device id.
     DisallowDevice(HashArgs),
+    /// Let agents accept nodes on this OS image: keccak256(MRTD ‖ RTMR0 ‖ RTMR1 ‖ RTMR2) of their TDX quotes.
+    AllowOs(HashArgs),
+    /// Stop accepting nodes on an OS image.
+    DisallowOs(HashArgs),
     /// Choose what a boot must also satisfy.
     Policy(PolicyArgs),
     /// Evaluate a boot as dstack's KMS would: a JSON boot info (dstack's webhook body) from a file or stdin.
@@ -124,27 +129,51 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let (what, receipt) = match args.action {
         Action::Check(a) => return check(a, out).await,
         Action::AllowCompose(a) => {
-            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c =
+                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
+                    .await?;
             let r = cluster::send("setComposeHash", c.setComposeHash(a.value, true)).await?;
             (format!("compose hash {} allowed", a.value), r)
         }
         Action::DisallowCompose(a) => {
-            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c =
+                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
+                    .await?;
             let r = cluster::send("setComposeHash", c.setComposeHash(a.value, false)).await?;
             (format!("compose hash {} no longer allowed", a.value), r)
         }
         Action::AllowDevice(a) => {
-            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c =
+                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
+                    .await?;
             let r = cluster::send("setDevice", c.setDevice(a.value, true)).await?;
             (format!("device {} allowed", a.value), r)
         }
         Action::DisallowDevice(a) => {
-            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c =
+                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
+                    .await?;
             let r = cluster::send("setDevice", c.setDevice(a.value, false)).await?;
             (format!("device {} no longer allowed", a.value), r)
         }
+        Action::AllowOs(a) => {
+            let c =
+                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
+                    .await?;
+            let r = cluster::send("setOsMeasurement", c.setOsMeasurement(a.value, true)).await?;
+            (format!("OS measurement {} allowed", a.value), r)
+        }
+        Action::DisallowOs(a) => {
+            let c =
+                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
+                    .await?;
+            let r = cluster::send("setOsMeasurement", c.setOsMeasurement(a.value, false)).await?;
+            (format!("OS measurement {} no longer allowed", a.value), r)
+        }
         Action::Policy(a) => {
-            let c = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            let c =
+                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
+                    .await?;
             let r = cluster::send(
                 "setAppAuthPolicy",
                 c.setAppAuthPolicy(a.require_device, a.require_bound_instance),
@@ -178,7 +207,7 @@ async fn check(a: CheckArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let parsed: BootInfo =
         serde_json::from_str(&text).context("the boot info is not dstack's webhook JSON")?;
     let info = boot_info(&parsed)?;
-    let c = cluster::open_read(&a.cluster).await?;
+    let c = cluster::app_auth(&cluster::open_read(&a.cluster).await?).await?;
     let answer = c
         .isAppAllowed(info)
         .call()

@@ -69,6 +69,7 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
     let c = cluster::open_read(&opts).await?;
     let read = "reading the cluster configuration";
     let election = crate::cluster::election(&c).await?;
+    let app_auth = crate::cluster::app_auth(&c).await?;
     let (network, prefix) = {
         let p = c.meshPrefix().call().await.context(read)?;
         (ipv4(p._0), p._1)
@@ -87,8 +88,9 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
         "mintPriceEth": format_ether(c.mintPrice().call().await.context(read)?),
         "productionMode": c.productionMode().call().await.context(read)?,
         "baseDomains": c.baseDomains().call().await.context(read)?,
-        "requireAllowedDevice": c.requireAllowedDevice().call().await.context(read)?,
-        "requireBoundInstance": c.requireBoundInstance().call().await.context(read)?,
+        "appAuth": *app_auth.address(),
+        "requireAllowedDevice": app_auth.requireAllowedDevice().call().await.context(read)?,
+        "requireBoundInstance": app_auth.requireBoundInstance().call().await.context(read)?,
         "election": *election.address(),
         "leaderTokenId": election.leaderTokenId().call().await.context(read)?.to_string(),
     });

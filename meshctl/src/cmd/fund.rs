@@ -1,4 +1,4 @@
-//! `meshctl fund`: ETH for an address, typically an agent's derived address so it pays its own registration.
+//! `meshctl fund`: ETH for an address, typically an agent's node address so it pays its own registration.
 
 use std::process::ExitCode;
 

@@ -55,7 +55,7 @@ fn verify(
     }
     let reg =
         chain::registration_from_event(event, chain_id, contract).map_err(|e| e.to_string())?;
-    proof::verify_registration(&reg, kms_root, app_ids, &peer.instanceId)
+    proof::verify_registration(&reg, kms_root, app_ids, &peer.instanceId, Some(peer.node))
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

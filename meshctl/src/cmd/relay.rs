@@ -41,12 +41,19 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| chain::ChainError::from_call("seatInfo", e))?;
     let (kms_root, app_ids) = chain::trust_anchors(&c).await?;
-    proof::verify_registration(&reg, kms_root, &app_ids, &seat.instanceId).with_context(|| {
-        format!(
-            "the registration for seat {} does not verify; not sending it",
-            reg.token_id
-        )
-    })?;
+    let bound = c
+        .getPeer(reg.token_id)
+        .call()
+        .await
+        .map_err(|e| chain::ChainError::from_call("getPeer", e))?
+        .node;
+    proof::verify_registration(&reg, kms_root, &app_ids, &seat.instanceId, Some(bound))
+        .with_context(|| {
+            format!(
+                "the registration for seat {} does not verify; not sending it",
+                reg.token_id
+            )
+        })?;
 
     let (record, dstack_proof, signature) = chain::register_peer_args(&reg);
     let receipt = cluster::send(

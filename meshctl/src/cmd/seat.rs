@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use alloy::primitives::{Address, U256, utils::parse_ether};
 use anyhow::{Context, bail};
 use mesh_chain::contract::{self as chain, DstackClusterNFT, ipv4};
-use mesh_chain::record::{self as proof, SignedBindConsent};
+use mesh_chain::record::{self as proof, NodeBinding};
 use serde_json::json;
 
 use crate::cluster::{self, ClusterOpts, SignerOpts, events, tx_json, tx_text};
@@ -26,9 +26,11 @@ pub(crate) struct MintArgs {
     /// Who receives the seat.
     #[arg(long)]
     to: Address,
-    /// Bind the seat to this dstack instance id (40 hex characters) at mint.
-    #[arg(long)]
-    instance: Option<String>,
+    /// Bind the seat at mint to the node whose binding this is: what `p2p-agent identity --bind-token <next
+    /// seat id> --bind-holder <--to>` printed in that instance (a file, or - for stdin). Verified before
+    /// anything is sent.
+    #[arg(long, value_name = "FILE")]
+    binding: Option<std::path::PathBuf>,
     /// Pay this much ETH (public minting); defaults to the contract's price when the signer is not the owner.
     #[arg(long, value_name = "ETH")]
     pay: Option<String>,
@@ -41,15 +43,12 @@ pub(crate) struct BindArgs {
     /// The seat's token id.
     #[arg(long)]
     token: u64,
-    /// The dstack instance id (40 hex characters, as dstack's Info reports it). Optional with --consent,
-    /// which names it.
-    #[arg(long, required_unless_present = "consent")]
-    instance: Option<String>,
-    /// The instance's consent, as `p2p-agent identity --bind-token` printed it in that instance (a file, or -
-    /// for stdin). Every holder but the cluster owner needs one: instance ids are public, and without it
-    /// anyone could take another operator's node onto their seat.
+    /// The node's binding, as `p2p-agent identity --bind-token` printed it in that instance (a file, or - for
+    /// stdin): the node key made in the instance, dstack's chain for it, the instance's TDX quote and the
+    /// node's consent. Verified before anything is sent. After an instance lost its volume (and so its keys),
+    /// bind the seat again with the binding of its new key.
     #[arg(long, value_name = "FILE")]
-    consent: Option<std::path::PathBuf>,
+    binding: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,7 +81,7 @@ pub(crate) fn instance_id(raw: &str) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// Whether `signer` is the cluster's owner, who may bind instances without their consent.
+/// Whether `signer` is the cluster's owner, who mints for free.
 async fn sender_is_owner(
     c: &chain::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
     signer: &SignerOpts,
@@ -95,23 +94,24 @@ async fn sender_is_owner(
     Ok(signer.signer()?.address() == owner)
 }
 
+fn read_binding(path: &std::path::Path) -> anyhow::Result<NodeBinding> {
+    let text = crate::cmd::read_input(path, "the binding")?;
+    serde_json::from_str::<NodeBinding>(&text)
+        .context("the binding is not what `p2p-agent identity --bind-token` prints")
+}
+
 pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let instance = args
-        .instance
-        .as_deref()
-        .map(instance_id)
-        .transpose()?
-        .unwrap_or_default();
+    let binding = args.binding.as_deref().map(read_binding).transpose()?;
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
     let sender_is_owner = sender_is_owner(&c, &args.write.signer).await?;
-    if !instance.is_empty() && !sender_is_owner {
-        bail!(
-            "only the cluster owner binds an instance at mint; instance ids are public. Mint without --instance, \
-             then bind with the instance's consent: `meshctl bind --token <seat> --consent FILE`, where FILE is what \
-             `p2p-agent identity --bind-token <seat> --bind-holder {} --contract {}` prints in that instance",
-            args.to,
-            args.write.cluster.contract
-        );
+    if let Some(b) = &binding {
+        let next = c
+            .lastTokenId()
+            .call()
+            .await
+            .context("reading the last seat id")?
+            + U256::from(1);
+        check_binding(&c, b, next, args.to).await?;
     }
     let value = match &args.pay {
         Some(eth) => {
@@ -128,115 +128,114 @@ pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCod
             }
         }
     };
-    let receipt = cluster::send(
-        "mint",
-        c.mintNodeAccess(args.to, instance.clone()).value(value),
-    )
-    .await?;
+    let arg = binding
+        .as_ref()
+        .map_or_else(chain::no_binding, chain::binding_arg);
+    let receipt = cluster::send("mint", c.mintNodeAccess(args.to, arg).value(value)).await?;
     let minted = events::<DstackClusterNFT::SeatMinted>(&receipt);
     let seat = minted
         .first()
         .context("the mint transaction emitted no SeatMinted event")?;
     let (token, ip) = (seat.tokenId, ipv4(seat.overlayAddress));
+    let instance = binding
+        .as_ref()
+        .map(|b| b.instance_id.clone())
+        .unwrap_or_default();
+    let node = binding.as_ref().map(|b| b.node);
     out.emit(
         || {
-            let bound = if instance.is_empty() { String::new() } else { format!(", bound to instance {instance}") };
+            let bound = match &binding {
+                Some(b) => format!(", bound to instance {} (node {})", b.instance_id, b.node),
+                None => String::new(),
+            };
             format!("minted seat {token} to {} (overlay {ip}){bound}\n  {}\n", args.to, tx_text(&receipt))
         },
-        || json!({ "tokenId": token.to::<u64>(), "to": args.to, "overlayIp": ip.to_string(), "instanceId": instance, "receipt": tx_json(&receipt) }),
+        || json!({ "tokenId": token.to::<u64>(), "to": args.to, "overlayIp": ip.to_string(), "instanceId": instance, "node": node, "receipt": tx_json(&receipt) }),
     );
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn bind(args: BindArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let consent = args
-        .consent
-        .as_deref()
-        .map(|path| {
-            let text = crate::cmd::read_input(path, "the consent")?;
-            serde_json::from_str::<SignedBindConsent>(&text)
-                .context("the consent is not what `p2p-agent identity --bind-token` prints")
-        })
-        .transpose()?;
-    let instance = match (&args.instance, &consent) {
-        (Some(raw), Some(c)) if instance_id(raw)? != c.instance_id => bail!(
-            "--instance {raw} is not the instance that consented ({}); leave --instance out, the consent names it",
-            c.instance_id
-        ),
-        (Some(raw), _) => instance_id(raw)?,
-        (None, Some(c)) => instance_id(&c.instance_id)?,
-        (None, None) => bail!("pass --instance, or --consent with the instance's consent"),
-    };
+    let binding = read_binding(&args.binding)?;
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
-    let sender_is_owner = sender_is_owner(&c, &args.write.signer).await?;
     let token = U256::from(args.token);
-    let (proof, signature) = match &consent {
-        Some(consent) => {
-            check_consent(&c, consent, token).await?;
-            chain::bind_consent_args(consent)
-        }
-        None if sender_is_owner => chain::no_bind_consent(),
-        None => bail!(
-            "binding seat {} to instance {instance} needs the instance's consent (only the cluster owner binds \
-             without it): in that instance run `p2p-agent identity --bind-token {} --bind-holder <the seat's holder> \
-             --contract {} --rpc-url <rpc>` and pass what it prints with --consent FILE",
-            args.token,
-            args.token,
-            args.write.cluster.contract
-        ),
-    };
-    let receipt = cluster::send(
-        "bind",
-        c.bindInstance(token, instance.clone(), proof, signature),
-    )
-    .await?;
-    let cleared = !events::<DstackClusterNFT::PeerCleared>(&receipt).is_empty();
-    out.emit(
-        || {
-            let note = if cleared { "; its previous peer record was cleared" } else { "" };
-            format!("bound seat {} to instance {instance}{note}\n  {}\n", args.token, tx_text(&receipt))
-        },
-        || json!({ "tokenId": args.token, "instanceId": instance, "recordCleared": cleared, "receipt": tx_json(&receipt) }),
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Checks a consent off-chain before anyone pays for it: it is for this seat, its holder, this cluster and
-/// chain, and its proof verifies against the cluster's KMS root and app ids.
-async fn check_consent(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
-    consent: &SignedBindConsent,
-    token: U256,
-) -> anyhow::Result<()> {
-    if consent.token_id != token {
-        bail!(
-            "the consent is for seat {}, not seat {token}: ask the instance for one for this seat",
-            consent.token_id
-        );
-    }
-    if consent.contract != *c.address() {
-        bail!(
-            "the consent is for cluster {}, not {}",
-            consent.contract,
-            c.address()
-        );
-    }
-    cluster::require_chain(c.provider(), consent.chain_id, "consent").await?;
     let holder = c
         .ownerOf(token)
         .call()
         .await
         .map_err(|e| chain::ChainError::from_call("ownerOf", e))?;
-    if consent.holder != holder {
+    check_binding(&c, &binding, token, holder).await?;
+    let receipt =
+        cluster::send("bind", c.bindInstance(token, chain::binding_arg(&binding))).await?;
+    let cleared = !events::<DstackClusterNFT::PeerCleared>(&receipt).is_empty();
+    let instance = &binding.instance_id;
+    let node = binding.node;
+    out.emit(
+        || {
+            let note = if cleared { "; its previous peer record was cleared" } else { "" };
+            format!("bound seat {} to instance {instance}, node {node}{note}\n  {}\n", args.token, tx_text(&receipt))
+        },
+        || json!({ "tokenId": args.token, "instanceId": instance, "node": node, "recordCleared": cleared, "receipt": tx_json(&receipt) }),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a binding off-chain before anyone pays for it: it is for this seat, holder, cluster and chain; its
+/// chain names the instance and the node and verifies against the cluster's KMS root and app ids; the node
+/// signed it; and its evidence's RTMR3 log replays to that instance and app.
+async fn check_binding(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    binding: &NodeBinding,
+    token: U256,
+    holder: Address,
+) -> anyhow::Result<()> {
+    if binding.token_id != token {
         bail!(
-            "the consent lets {} bind seat {token}, but {holder} holds it",
-            consent.holder
+            "the binding is for seat {}, not seat {token}: make one for this seat in the instance (`p2p-agent identity --bind-token {token} --bind-holder {holder}`)",
+            binding.token_id
         );
     }
+    if binding.contract != *c.address() {
+        bail!(
+            "the binding is for cluster {}, not {}",
+            binding.contract,
+            c.address()
+        );
+    }
+    cluster::require_chain(c.provider(), binding.chain_id, "binding").await?;
+    if binding.holder != holder {
+        bail!(
+            "the binding lets {} bind seat {token}, but {holder} holds it (or will receive it): make one for {holder} in the instance",
+            binding.holder
+        );
+    }
+    instance_id(&binding.instance_id)?;
     let (kms_root, app_ids) = chain::trust_anchors(c).await?;
-    proof::verify_bind_consent(consent, kms_root, &app_ids).context(
-        "the consent does not verify against the cluster's KMS root and app ids; not sending it",
+    proof::verify_binding(binding, kms_root, &app_ids).context(
+        "the binding does not verify against the cluster's KMS root and app ids; not sending it",
     )?;
+    check_evidence(binding)
+        .context("the binding's attestation evidence is not this instance's; not sending it")
+}
+
+/// The evidence decodes, and its RTMR3 log, replayed, names the binding's instance and app.
+fn check_evidence(binding: &NodeBinding) -> anyhow::Result<()> {
+    let evidence = mesh_attest::Evidence::decode(&binding.evidence)?;
+    let claims = mesh_attest::replay::claims(&evidence.events)?;
+    let instance = alloy::hex::encode(claims.instance_id);
+    if instance != binding.instance_id {
+        bail!(
+            "its event log names instance {instance}, and the binding instance {}",
+            binding.instance_id
+        );
+    }
+    if claims.app_id != binding.proof.app_id.0 {
+        bail!(
+            "its event log names app 0x{}, and the binding's chain app {}",
+            alloy::hex::encode(claims.app_id),
+            binding.proof.app_id
+        );
+    }
     Ok(())
 }
 
