@@ -53,6 +53,19 @@ fn desired(identity: &NodeIdentity, endpoint: &str) -> Desired {
     }
 }
 
+/// Registers `identity`'s WireGuard key at `endpoint`, paid by `tx_key` if given, as the agent would.
+async fn register(
+    cluster: &Cluster,
+    identity: &NodeIdentity,
+    endpoint: &str,
+    tx_key: Option<&PrivateKeySigner>,
+    pins: &Pins,
+) -> Result<Outcome, RegistrationError> {
+    cluster
+        .register(&identity.node, &desired(identity, endpoint), tx_key, pins)
+        .await
+}
+
 /// With no seat, the agent says exactly what the operator must run.
 #[tokio::test(flavor = "multi_thread")]
 async fn unbound_instance_is_told_the_commands_to_run() {
@@ -61,13 +74,7 @@ async fn unbound_instance_is_told_the_commands_to_run() {
     let c = deploy(&anvil, node.kms_root).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let identity = node.identity(0).await;
-    let err = cluster
-        .register(
-            &identity.node,
-            &desired(&identity, "192.0.2.1:51820"),
-            None,
-            &pins,
-        )
+    let err = register(&cluster, &identity, "192.0.2.1:51820", None, &pins)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistrationError::NoSeat { .. }), "{err}");
@@ -200,27 +207,21 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
     // "Restart": the identity from the same key file is the same key, so nothing is sent.
     let restarted = node.identity(0).await;
     assert_eq!(restarted.wg_public_key(), identity.wg_public_key());
-    let outcome = cluster
-        .register(
-            &restarted.node,
-            &desired(&restarted, "192.0.2.1:51820"),
-            Some(&tx_key),
-            &pins,
-        )
-        .await
-        .unwrap();
+    let outcome = register(
+        &cluster,
+        &restarted,
+        "192.0.2.1:51820",
+        Some(&tx_key),
+        &pins,
+    )
+    .await
+    .unwrap();
     assert!(matches!(outcome, Outcome::UpToDate { .. }), "{outcome:?}");
 
     // Rotation: epoch 1 is another key, registered with the next nonce.
     let rotated = node.identity(1).await;
     assert_ne!(rotated.wg_public_key(), identity.wg_public_key());
-    let outcome = cluster
-        .register(
-            &rotated.node,
-            &desired(&rotated, "192.0.2.1:51820"),
-            Some(&tx_key),
-            &pins,
-        )
+    let outcome = register(&cluster, &rotated, "192.0.2.1:51820", Some(&tx_key), &pins)
         .await
         .unwrap();
     assert!(
@@ -244,13 +245,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let identity = node.identity(0).await;
 
-    let outcome = cluster
-        .register(
-            &identity.node,
-            &desired(&identity, "192.0.2.2:51820"),
-            None,
-            &pins,
-        )
+    let outcome = register(&cluster, &identity, "192.0.2.2:51820", None, &pins)
         .await
         .unwrap();
     let Outcome::NeedsRelay(reg) = outcome else {
@@ -280,13 +275,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
         .get_receipt()
         .await
         .unwrap();
-    let outcome = cluster
-        .register(
-            &identity.node,
-            &desired(&identity, "192.0.2.22:51820"),
-            None,
-            &pins,
-        )
+    let outcome = register(&cluster, &identity, "192.0.2.22:51820", None, &pins)
         .await
         .unwrap();
     assert!(
@@ -317,15 +306,15 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
     let identity = node.identity(0).await;
     let block = provider(&anvil, 0).get_block_number().await.unwrap();
 
-    let err = cluster
-        .register(
-            &identity.node,
-            &desired(&identity, "192.0.2.3:51820"),
-            Some(&signer(&anvil, 3)),
-            &pins,
-        )
-        .await
-        .unwrap_err();
+    let err = register(
+        &cluster,
+        &identity,
+        "192.0.2.3:51820",
+        Some(&signer(&anvil, 3)),
+        &pins,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, RegistrationError::WouldBeRejected(RecordError::Chain(ProofError::KmsRootMismatch { expected, recovered }))
             if expected == other_root && recovered == node.kms_root),
@@ -409,15 +398,15 @@ async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
     });
     let (cluster, pins) = connect(proxy.url().parse().unwrap(), *c.address()).await;
     let identity = node.identity(0).await;
-    let err = cluster
-        .register(
-            &identity.node,
-            &desired(&identity, "192.0.2.1:51820"),
-            Some(&signer(&anvil, 1)),
-            &pins,
-        )
-        .await
-        .unwrap_err();
+    let err = register(
+        &cluster,
+        &identity,
+        "192.0.2.1:51820",
+        Some(&signer(&anvil, 1)),
+        &pins,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, RegistrationError::NonceExhausted { .. }),
         "{err}"
@@ -438,26 +427,14 @@ async fn a_lost_key_store_needs_a_rebind_which_the_agent_explains() {
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let tx_key = signer(&anvil, 1);
     let before = node.identity(0).await;
-    cluster
-        .register(
-            &before.node,
-            &desired(&before, "192.0.2.1:51820"),
-            Some(&tx_key),
-            &pins,
-        )
+    register(&cluster, &before, "192.0.2.1:51820", Some(&tx_key), &pins)
         .await
         .unwrap();
 
     std::fs::remove_file(node.key_file()).unwrap();
     let after = node.identity(0).await;
     assert_ne!(after.node.address(), before.node.address(), "new keys");
-    let err = cluster
-        .register(
-            &after.node,
-            &desired(&after, "192.0.2.1:51820"),
-            Some(&tx_key),
-            &pins,
-        )
+    let err = register(&cluster, &after, "192.0.2.1:51820", Some(&tx_key), &pins)
         .await
         .unwrap_err();
     assert!(
@@ -485,13 +462,7 @@ async fn a_lost_key_store_needs_a_rebind_which_the_agent_explains() {
         .get_receipt()
         .await
         .unwrap();
-    let outcome = cluster
-        .register(
-            &after.node,
-            &desired(&after, "192.0.2.1:51820"),
-            Some(&tx_key),
-            &pins,
-        )
+    let outcome = register(&cluster, &after, "192.0.2.1:51820", Some(&tx_key), &pins)
         .await
         .unwrap();
     assert!(
