@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::attestation::Allowlisted;
 use mesh_chain::membership::{Pins, Prefix};
 use mesh_chain::view::ChainView;
 
@@ -25,6 +26,11 @@ const VERSION: u32 = 2;
 struct StateFile {
     version: u32,
     view: ChainView,
+    /// The cluster's allowlist answers for the compose hashes and OS images its peers run, so that a
+    /// restart with the RPC down still admits the peers they admitted. (Absent from files of agents before
+    /// attestation.)
+    #[serde(default)]
+    allowlists: Vec<Allowlisted>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +78,7 @@ impl From<ViewV1> for ChainView {
             last_block: v.last_block,
             last_block_hash: v.last_block_hash,
             records: v.records,
+            bindings: std::collections::BTreeMap::new(),
             high_water,
             leader: None,
             leader_term: 0,
@@ -137,11 +144,21 @@ pub fn load(dir: &Path) -> Result<Option<ChainView>, StateError> {
     }
 }
 
-/// Saves the view atomically (write a temporary file, then rename it over the old one).
+/// The allowlist answers saved with the view: none when there is no file, or it cannot be read (which
+/// [`load`] reports).
+pub fn load_allowlists(dir: &Path) -> Vec<Allowlisted> {
+    let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap_or_default();
+    serde_json::from_str::<StateFile>(&text)
+        .map(|f| f.allowlists)
+        .unwrap_or_default()
+}
+
+/// Saves the view and the allowlist answers atomically (write a temporary file, then rename it over the
+/// old one).
 ///
 /// # Errors
 /// [`StateError::Io`] naming the path.
-pub fn save(dir: &Path, view: &ChainView) -> Result<(), StateError> {
+pub fn save(dir: &Path, view: &ChainView, allowlists: &[Allowlisted]) -> Result<(), StateError> {
     let io = |action, path: &Path, source| StateError::Io {
         action,
         path: path.to_owned(),
@@ -153,6 +170,7 @@ pub fn save(dir: &Path, view: &ChainView) -> Result<(), StateError> {
     let text = serde_json::to_vec_pretty(&StateFile {
         version: VERSION,
         view: view.clone(),
+        allowlists: allowlists.to_vec(),
     })
     .map_err(|e| StateError::Format {
         path: path.clone(),
@@ -183,6 +201,17 @@ mod tests {
             last_block: 42,
             last_block_hash: B256::repeat_byte(4),
             records: BTreeMap::new(),
+            bindings: [(
+                3,
+                mesh_chain::view::Binding {
+                    instance_id: format!("{:040x}", 3),
+                    node: Address::repeat_byte(5),
+                    evidence_hash: alloy::primitives::keccak256(b"quote"),
+                    bound_block: 40,
+                    evidence: alloy::primitives::Bytes::from_static(b"quote"),
+                },
+            )]
+            .into(),
             high_water: [(3, 5)].into(),
             leader: Some(2),
             leader_term: 3,
@@ -206,7 +235,7 @@ mod tests {
         v.records
             .insert(7, serde_json::from_value(sample_registration()).unwrap());
         v.high_water.insert(7, 1);
-        save(dir.path(), &v).unwrap();
+        save(dir.path(), &v, &[]).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(
@@ -235,7 +264,7 @@ mod tests {
     #[test]
     fn a_state_file_with_an_invalid_prefix_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &view()).unwrap();
+        save(dir.path(), &view(), &[]).unwrap();
         let path = dir.path().join(FILE_NAME);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("\"10.0.1.0\"", "\"10.0.1.9\"")).unwrap();
@@ -261,7 +290,7 @@ mod tests {
     fn saves_and_loads_the_view_privately() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
-        save(dir.path(), &view()).unwrap();
+        save(dir.path(), &view(), &[]).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(view()));
         let mode = std::fs::metadata(dir.path().join(FILE_NAME))
             .unwrap()

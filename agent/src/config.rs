@@ -167,6 +167,9 @@ pub struct RunArgs {
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub node_key_file: NodeKeyFile,
+    /// What peers' attestation evidence is verified under: a peer is configured only when its quote passes.
+    #[command(flatten)]
+    pub trust: mesh_attest::cli::TrustArgs,
     /// The local API's unix socket.
     #[arg(long, env = "DSTACK_MESH_API_SOCKET", default_value = mesh_api::DEFAULT_SOCKET)]
     pub api_socket: PathBuf,

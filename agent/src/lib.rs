@@ -13,6 +13,7 @@
 //! - [`hooks`]: the `--on-change` command and the hosts file.
 //! - [`commands`]: the one-shot subcommands.
 
+pub mod attestation;
 pub mod cache;
 pub mod commands;
 pub mod config;

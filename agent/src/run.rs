@@ -9,6 +9,7 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
 use dstack_guest::DstackClient;
 use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
+use mesh_attest::collateral::CollateralSource;
 use mesh_chain::backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig};
 use mesh_chain::redact::RedactedUrl;
@@ -20,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, info_span, warn};
 use unix_socket::UnixSocket;
 
+use crate::attestation::Checker;
 use crate::cache;
 use crate::config::{ModeArg, RunArgs};
 use crate::identity::NodeIdentity;
 use crate::lease::Timing;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
+use crate::tasks::attestor::Attestor;
 use crate::tasks::chain::ChainTask;
 use crate::tasks::health::HealthCheck;
 use crate::tasks::leader::{self, LeaderTask};
@@ -184,6 +187,7 @@ async fn member(
 ) -> anyhow::Result<()> {
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("choosing the dstack endpoint")?;
+    let attestor = attestor(&args, &rpc).context("setting up the verification of peers' quotes")?;
     let Some(identity) = cancel
         .run_until_cancelled(load_identity(
             &client,
@@ -199,7 +203,9 @@ async fn member(
     tracing::Span::current().record("instance", identity.instance_id());
     info!(instance = %identity.instance_id(), app = %identity.node.app_id, node = %identity.node.address(), wg_key = %identity.wg_public_key(), "identity from dstack and the key store");
     let cached = load_cache(&args, contract);
-    let tasks = Tasks::new(args, contract, rpc, agent, identity, tx_key, relay);
+    let tasks = Tasks::new(
+        args, contract, rpc, agent, identity, tx_key, relay, attestor,
+    );
     tasks.run(cached, api, cancel).await
 }
 
@@ -225,6 +231,34 @@ async fn load_identity(
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// How long a PCCS fetch may take: well inside one step of the chain task, so that a PCCS that does not
+/// answer is remembered as failing rather than cut off.
+const PCCS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What peers' quotes are verified under (`--tdx-root-ca`, `--tdx-collateral-file` or `--pccs-url`,
+/// `--allow-tcb-status`), starting from the allowlist answers the state file kept.
+fn attestor(args: &RunArgs, rpc: &RedactedUrl) -> anyhow::Result<Attestor> {
+    let trust = args.trust.trust()?;
+    if !trust.is_intel() {
+        // Asked for by flag, so not a warning; said at start so that nobody runs it so unawares.
+        info!(root = ?args.trust.tdx_root_ca, "verifying quotes under this root CA, not Intel's: for tests and simulations only, since whoever holds its key can attest anything");
+    }
+    let collateral = match args
+        .trust
+        .collateral(Some(&args.state_dir.join("collateral")))?
+    {
+        CollateralSource::Pccs(p) => CollateralSource::Pccs(p.with_timeout(PCCS_TIMEOUT)),
+        pinned => pinned,
+    };
+    Ok(Attestor::new(
+        Checker::new(trust, args.trust.tcb_statuses()),
+        collateral,
+        Duration::from_secs(args.full_read_secs.max(1)),
+        cache::load_allowlists(&args.state_dir),
+        rpc.clone(),
+    ))
 }
 
 /// The chain view of the state file, if it is this cluster's.
@@ -255,6 +289,7 @@ struct Tasks {
 }
 
 impl Tasks {
+    #[allow(clippy::too_many_arguments)] // The daemon's parts, passed once from `member`.
     fn new(
         args: RunArgs,
         contract: Address,
@@ -263,6 +298,7 @@ impl Tasks {
         identity: Arc<NodeIdentity>,
         tx_key: Option<PrivateKeySigner>,
         relay: Option<RelayParts>,
+        attestor: Attestor,
     ) -> Self {
         let wireguard = args.mode == ModeArg::Wireguard;
         let gateway_url = args.gateway_url(identity.instance_id());
@@ -296,6 +332,7 @@ impl Tasks {
             instance_id: identity.instance_id().to_owned(),
             renew: timing.renew,
             node_span: tracing::Span::current(),
+            attestor,
         };
         let leader = LeaderTask {
             contract,

@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime};
 use alloy::primitives::Address;
 use mesh_api::{
     ChainStatus, CheckSignal, ConnectionKind, Counters, Leader, LeaderClock, Mode, Node, Path,
-    Peer, Snapshot, Status,
+    Peer, RefusedPeer, Snapshot, Status,
 };
 use mesh_chain::membership::Member;
 use mesh_wg::{Key, PathKind, PeerStatus, handshake_is_fresh};
 
+use crate::attestation::Attested;
 use crate::lease::Claim;
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
 
@@ -100,6 +101,7 @@ fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> 
         rx_bytes: stat.map_or(0, |s| s.rx_bytes),
         tx_bytes: stat.map_or(0, |s| s.tx_bytes),
         leader: false,
+        attestation: None,
     }
 }
 
@@ -136,10 +138,28 @@ pub fn render(
         .iter()
         .map(|m| Peer {
             leader: Some(m.token_id) == leader_seat,
+            attestation: chain.attestations.get(&m.token_id).map(Attested::to_api),
             ..peer(m, &mesh.stats, now)
         })
         .collect();
     let token = chain.seat.token();
+    let refused: Vec<RefusedPeer> = chain
+        .attestations
+        .iter()
+        .filter(|(t, _)| Some(**t) != token)
+        .filter_map(|(t, a)| match a {
+            Attested::Refused { kind, reason } => Some(RefusedPeer {
+                token_id: *t,
+                instance_id: view
+                    .and_then(|v| v.bindings.get(t))
+                    .map(|b| b.instance_id.clone())
+                    .unwrap_or_default(),
+                kind: (*kind).to_owned(),
+                reason: reason.clone(),
+            }),
+            Attested::Verified(_) => None,
+        })
+        .collect();
     let status = Status {
         version: env!("CARGO_PKG_VERSION").into(),
         mode: agent.mode,
@@ -158,6 +178,9 @@ pub fn render(
             registration_error: (!reg.registered)
                 .then(|| chain.seat_error.clone().or_else(|| reg.error.clone()))
                 .flatten(),
+            attestation: token
+                .and_then(|t| chain.attestations.get(&t))
+                .map(Attested::to_api),
         },
         chain: ChainStatus {
             contract: agent.contract,
@@ -176,6 +199,7 @@ pub fn render(
         uptime_secs: uptime.as_secs(),
         peers_configured: peers.len(),
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
+        peers_refused: refused.len(),
     };
     let leader = Leader {
         clock: clock_of(agent.lease, chain, election, leader_seat, token),
@@ -184,6 +208,7 @@ pub fn render(
     Snapshot {
         status,
         peers,
+        refused,
         leader,
         check: check.cloned(),
         counters: Counters {

@@ -188,6 +188,7 @@ impl<'a> Agent<'a> {
             .arg(&self.api_socket)
             .arg("--tx-key-file")
             .arg(&self.tx_key)
+            .args(self.cluster.trust_args())
             .args(extra);
         if let Some(endpoint) = self.config.endpoint {
             cmd.args(["--endpoint", &endpoint.to_string()]);
@@ -384,6 +385,21 @@ impl<'a> Agent<'a> {
         let peers = serde_json::from_value(v["peers"].clone())
             .unwrap_or_else(|e| panic!("meshctl status: unexpected peers ({e}): {v}"));
         (status, peers)
+    }
+
+    /// The seats this node refused for their attestation (`GET /v1/peers/refused`).
+    pub fn refused(&self) -> Vec<mesh_api::RefusedPeer> {
+        block_on(mesh_api::get(
+            self.api_socket.as_path(),
+            "/v1/peers/refused",
+        ))
+        .unwrap_or_else(|e| {
+            panic!(
+                "reading node {}'s refused seats: {e}\n{}",
+                self.index,
+                self.tail()
+            )
+        })
     }
 
     /// This node's peer `token` as its agent reports it.

@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use mesh_api::{
-    self, ChainStatus, ConnectionKind, Counters, ElectionCounters, Leader, Mode, Node,
-    Path as PeerPath, Peer, RelayCounters, Snapshot, Status,
+    self, Attestation, ChainStatus, ConnectionKind, Counters, ElectionCounters, Leader, Mode, Node,
+    Path as PeerPath, Peer, RefusedPeer, RelayCounters, Snapshot, Status,
 };
 use mesh_wg::Key;
 use tokio::sync::watch;
@@ -19,7 +19,19 @@ pub fn example_key(token: u8) -> Key {
     Key::from_bytes(bytes)
 }
 
-/// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen.
+/// An attestation that passed.
+fn verified() -> Attestation {
+    Attestation {
+        verified: true,
+        tcb_status: Some("UpToDate".into()),
+        compose_hash: Some(format!("0x{}", "c0".repeat(32))),
+        kind: None,
+        reason: None,
+    }
+}
+
+/// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen; and a seat
+/// refused for its evidence.
 pub fn example_snapshot(now: u64) -> Snapshot {
     let peer = |token: u64, connection, handshake: Option<u64>, rx, tx| Peer {
         token_id: token,
@@ -46,6 +58,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         rx_bytes: rx,
         tx_bytes: tx,
         leader: token == 2,
+        attestation: Some(verified()),
     };
     let peers = vec![
         peer(
@@ -77,6 +90,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 gateway_url: None,
                 registered: true,
                 registration_error: None,
+                attestation: Some(verified()),
             },
             chain: ChainStatus {
                 contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -94,8 +108,16 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             uptime_secs: 3600,
             peers_configured: 3,
             peers_healthy: 1,
+            peers_refused: 1,
         },
         peers,
+        // Seat 5's binding carries seat 1's quote under another node key.
+        refused: vec![RefusedPeer {
+            token_id: 5,
+            instance_id: format!("{:040x}", 5),
+            kind: "report-data-mismatch".into(),
+            reason: "the quote's report data commits to another node key, chain or contract: it was made for another binding".into(),
+        }],
         leader: Leader {
             token_id: Some(2),
             instance_id: Some(format!("{:040x}", 2)),

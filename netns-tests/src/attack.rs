@@ -4,14 +4,14 @@
 
 use std::str::FromStr as _;
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, Bytes, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::Filter;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent as _;
 use dstack_guest::{DstackClient, Endpoint};
 use mesh_chain::contract::{self as chain, DstackClusterNFT};
-use mesh_chain::record::SignedRegistration;
+use mesh_chain::record::{NodeBinding, SignedRegistration};
 use p2p_agent::identity::NodeIdentity;
 use serde_json::Value;
 
@@ -158,4 +158,38 @@ pub fn registration_logs(switch: &NetNs, contract: Address, token: Option<u64>) 
             .map(|l| serde_json::to_value(l).expect("log as JSON"))
             .collect()
     })
+}
+
+/// Node `i`'s evidence as its own dstack gives it: a quote whose report data commits to `node` for the cluster
+/// at `contract`, with its event log.
+pub fn own_evidence(cluster: &Cluster<'_>, i: usize, contract: Address, node: Address) -> Bytes {
+    let client = DstackClient::new(Endpoint::Unix(cluster.sims[i - 1].socket.clone()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let quote = client
+                .get_quote(&mesh_attest::report_data(CHAIN_ID, contract, node))
+                .await
+                .expect("GetQuote");
+            let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
+                .expect("the simulator's evidence");
+            Bytes::from(evidence.encode())
+        })
+}
+
+/// Mints the next seat to `holder` with `binding`, straight to the contract as the owner (`meshctl mint`
+/// checks the evidence first, and would refuse a forged one).
+pub fn mint_with(switch: &NetNs, contract: Address, holder: Address, binding: &NodeBinding) {
+    let arg = mesh_chain::contract::binding_arg(binding);
+    on_chain(switch, contract, async move |c| {
+        c.mintNodeAccess(holder, arg)
+            .send()
+            .await
+            .expect("send mintNodeAccess")
+            .get_receipt()
+            .await
+            .expect("mintNodeAccess receipt");
+    });
 }

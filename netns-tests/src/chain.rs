@@ -59,7 +59,8 @@ pub type TestCluster =
     mesh_chain::contract::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>;
 
 /// Deploys a cluster owned by anvil account 0 that pins `kms_root` and the test app (`node::APP_ID`), with
-/// prefix 10.0.1.0/24 and room for 50 active seats.
+/// prefix 10.0.1.0/24 and room for 50 active seats, and allows the image the in-process instances run
+/// ([`crate::node::image`]).
 ///
 /// # Panics
 /// When the deployment fails.
@@ -67,7 +68,7 @@ pub async fn deploy_cluster(
     anvil: &AnvilInstance,
     kms_root: alloy::primitives::Address,
 ) -> TestCluster {
-    mesh_chain::contract::DstackClusterNFT::deploy(
+    let cluster = mesh_chain::contract::DstackClusterNFT::deploy(
         wallet(anvil, 0),
         anvil.addresses()[0],
         kms_root,
@@ -77,7 +78,28 @@ pub async fn deploy_cluster(
         alloy::primitives::U256::from(50),
     )
     .await
-    .expect("deploy the cluster")
+    .expect("deploy the cluster");
+    let (compose, os) = crate::node::image();
+    let auth = mesh_chain::contract::DstackClusterAppAuth::new(
+        cluster.appAuth().call().await.expect("appAuth"),
+        // The cluster's own provider: it keeps account 0's nonces.
+        cluster.provider().clone(),
+    );
+    auth.setComposeHash(compose, true)
+        .send()
+        .await
+        .expect("send setComposeHash")
+        .get_receipt()
+        .await
+        .expect("setComposeHash receipt");
+    auth.setOsMeasurement(os, true)
+        .send()
+        .await
+        .expect("send setOsMeasurement")
+        .get_receipt()
+        .await
+        .expect("setOsMeasurement receipt");
+    cluster
 }
 
 /// Mints the next seat to `to`, bound to `node` (with its binding, as `meshctl mint --binding` sends it) or

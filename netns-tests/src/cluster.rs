@@ -82,6 +82,12 @@ pub struct Cluster<'a> {
     /// `sims[i - 1]` is node i's.
     pub sims: Vec<SimNode>,
     guards: Vec<ChildGuard>,
+    /// The mock PKI's root CA (PEM) and collateral, as the first simulator wrote them: what every agent
+    /// verifies its peers' quotes under.
+    pub tdx_root_ca: PathBuf,
+    pub tdx_collateral: PathBuf,
+    /// The (compose hash, OS measurement) pairs the nodes run.
+    images: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -124,6 +130,15 @@ impl<'a> Cluster<'a> {
             .and_then(|mut f| f.read_exact(&mut seed))
             .expect("read /dev/urandom");
         write_secret(&root_key, &hex(&seed));
+        // One mock "Intel" per cluster: every simulator signs its quotes under it, and every agent trusts its
+        // root (the first simulator writes it and the collateral).
+        let pki_seed = dir.path().join("mock-pki.seed");
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .expect("read /dev/urandom");
+        write_secret(&pki_seed, &hex(&seed));
+        let tdx_root_ca = dir.path().join("tdx-root-ca.pem");
+        let tdx_collateral = dir.path().join("tdx-collateral.json");
 
         let mut guards = Vec::new();
         let mut sims = Vec::new();
@@ -136,11 +151,19 @@ impl<'a> Cluster<'a> {
                 .arg("--kms-root-key-file")
                 .arg(&root_key)
                 .args(["--app-id", APP_ID, "--instance-name", &format!("node-{i}")])
+                .arg("--mock-pki-seed-file")
+                .arg(&pki_seed)
                 .arg("--socket")
                 .arg(&socket)
                 .stdin(Stdio::null())
                 .stdout(logf.try_clone().expect("dup log"))
                 .stderr(logf);
+            if i == 1 {
+                cmd.arg("--write-tdx-root-ca")
+                    .arg(&tdx_root_ca)
+                    .arg("--write-collateral")
+                    .arg(&tdx_collateral);
+            }
             let child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", simulator.display()));
@@ -162,9 +185,13 @@ impl<'a> Cluster<'a> {
             kms_root: String::new(),
             sims,
             guards,
+            tdx_root_ca,
+            tdx_collateral,
+            images: Vec::new(),
             dir,
         };
         let mut kms_roots = Vec::new();
+        let mut images = Vec::new();
         for i in 1..=cluster.sims.len() {
             let sim = &cluster.sims[i - 1];
             let guard = &mut cluster.guards[i - 1];
@@ -189,8 +216,11 @@ impl<'a> Cluster<'a> {
                     .to_owned()
             };
             kms_roots.push(field("kms_signer"));
+            images.push((field("compose_hash"), field("os_measurement")));
             cluster.sims[i - 1].instance_id = field("instance_id");
         }
+        images.sort();
+        images.dedup();
         kms_roots.dedup();
         assert_eq!(
             kms_roots.len(),
@@ -217,6 +247,8 @@ impl<'a> Cluster<'a> {
             .as_str()
             .unwrap_or_else(|| panic!("meshctl deploy printed no contract: {deployed}"))
             .to_owned();
+        cluster.images = images;
+        cluster.allow_images_at(&cluster.contract.clone());
         for i in ANVIL_KEYS.len()..=cluster.sims.len() {
             cluster.meshctl(0, &["fund", &account_address(i), "--amount", "10"]);
         }
@@ -288,6 +320,29 @@ impl<'a> Cluster<'a> {
         file
     }
 
+    /// As the owner of the cluster at `contract` (this one, or another deployed on the same chain), allows the
+    /// images the nodes run, as it would a new release: agents and `meshctl` accept no other.
+    pub fn allow_images_at(&self, contract: &str) {
+        for (compose, os) in &self.images {
+            self.meshctl(
+                0,
+                &["app-auth", "allow-compose", compose, "--contract", contract],
+            );
+            self.meshctl(0, &["app-auth", "allow-os", os, "--contract", contract]);
+        }
+    }
+
+    /// The agent flags that make it verify quotes under this cluster's mock PKI.
+    pub fn trust_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        vec![
+            "--tdx-root-ca".into(),
+            path(&self.tdx_root_ca),
+            "--tdx-collateral-file".into(),
+            path(&self.tdx_collateral),
+        ]
+    }
+
     /// `p2p-agent identity --json` for node `i`'s simulator.
     pub fn identity(&self, i: usize) -> Value {
         let mut cmd = Command::new(workspace_bin("p2p-agent"));
@@ -323,7 +378,10 @@ impl<'a> Cluster<'a> {
         clean_env(&mut cmd)
             .args(args)
             .env("DSTACK_MESH_RPC_URL", &self.rpc_url)
-            .env("DSTACK_MESH_PRIVATE_KEY", account_key(signer));
+            .env("DSTACK_MESH_PRIVATE_KEY", account_key(signer))
+            // `mint` and `bind` verify a binding's quote as the agents do.
+            .env("DSTACK_MESH_TDX_ROOT_CA", &self.tdx_root_ca)
+            .env("DSTACK_MESH_TDX_COLLATERAL_FILE", &self.tdx_collateral);
         if !self.contract.is_empty() {
             cmd.env("DSTACK_MESH_CONTRACT", &self.contract);
         }

@@ -62,14 +62,21 @@ impl Run {
 pub struct Meshctl<'a> {
     pub anvil: &'a AnvilInstance,
     pub contract: Option<Address>,
+    /// The in-process instances' mock root CA and collateral ([`crate::node::trust_args`]), which `mint` and
+    /// `bind` verify bindings under.
+    trust: Vec<String>,
+    _trust_dir: tempfile::TempDir,
 }
 
 impl<'a> Meshctl<'a> {
     /// meshctl against `anvil`, with no cluster yet.
     pub fn new(anvil: &'a AnvilInstance) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
         Self {
             anvil,
             contract: None,
+            trust: crate::node::trust_args(dir.path()),
+            _trust_dir: dir,
         }
     }
 
@@ -96,6 +103,18 @@ impl<'a> Meshctl<'a> {
             cmd.env("PATH", path);
         }
         cmd.env("DSTACK_MESH_RPC_URL", rpc_url);
+        // `--tdx-root-ca FILE --tdx-collateral-file FILE`, given by their variables so that any command
+        // takes them (only `mint` and `bind` read them).
+        for pair in self.trust.chunks(2) {
+            let name = format!(
+                "DSTACK_MESH_{}",
+                pair[0]
+                    .trim_start_matches("--")
+                    .replace('-', "_")
+                    .to_uppercase()
+            );
+            cmd.env(name, &pair[1]);
+        }
         if let Some(c) = self.contract {
             cmd.env("DSTACK_MESH_CONTRACT", c.to_string());
         }
@@ -141,6 +160,15 @@ impl<'a> Meshctl<'a> {
             .parse()
             .expect("address");
         self.contract = Some(address);
+        // The owner allows the image the instances run, as for a new release.
+        let (compose, os) = crate::node::image();
+        self.run(
+            Some(0),
+            &["app-auth", "allow-compose", &compose.to_string()],
+        )
+        .ok();
+        self.run(Some(0), &["app-auth", "allow-os", &os.to_string()])
+            .ok();
         address
     }
 

@@ -18,6 +18,70 @@ pub const KMS_ROOT_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792a
 /// The test cluster's app id.
 pub const APP_ID: &str = "0x00112233445566778899aabbccddeeff00112233";
 
+/// The in-process instances' mock "Intel" seed: every [`SimulatedInstance`] signs its quotes under the one PKI it
+/// makes (a throwaway, never a real key).
+pub const MOCK_PKI_SEED: [u8; 32] = [0x5e; 32];
+
+/// The mock PKI of [`MOCK_PKI_SEED`].
+pub fn mock_pki() -> Arc<tdx_mock::MockPki> {
+    Arc::new(tdx_mock::MockPki::from_seed(MOCK_PKI_SEED))
+}
+
+/// Writes the mock PKI's root CA and collateral (valid from a day ago for 30 days) into `dir`, and returns the
+/// agent flags that verify quotes under them.
+///
+/// # Panics
+/// When the files cannot be written.
+pub fn trust_args(dir: &std::path::Path) -> Vec<String> {
+    let pki = mock_pki();
+    let root = dir.join("tdx-root-ca.pem");
+    let collateral = dir.join("tdx-collateral.json");
+    std::fs::write(&root, pki.root_ca_pem()).expect("write the mock root CA");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let opts = tdx_mock::CollateralOptions::valid_from(now, 30);
+    std::fs::write(&collateral, pki.collateral_json(&opts)).expect("write the mock collateral");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    vec![
+        "--tdx-root-ca".into(),
+        path(&root),
+        "--tdx-collateral-file".into(),
+        path(&collateral),
+    ]
+}
+
+/// The compose hash and OS image the in-process instances' quotes claim (they all run one image): what the
+/// cluster owner allowlists.
+///
+/// # Panics
+/// When the simulated platform cannot be built.
+pub fn image() -> (B256, B256) {
+    let platform = Platform::new(config("image-probe")).expect("simulated platform");
+    let quote = platform.get_quote(&[0; 64]).expect("GetQuote");
+    let bytes = alloy::hex::decode(&quote.quote).expect("hex quote");
+    let evidence = mesh_attest::Evidence::from_dstack(&bytes, &quote.event_log)
+        .expect("the simulator's evidence");
+    let (compose, os) = evidence
+        .claimed_measurements()
+        .expect("claimed measurements");
+    (B256::from(compose), B256::from(os))
+}
+
+/// The configuration of the instance called `name` of the test cluster's app.
+fn config(name: &str) -> SimulatorConfig {
+    SimulatorConfig {
+        mock_pki: Some(mock_pki()),
+        keys: KeySource::Cluster {
+            root: KmsRootKey::from_hex(KMS_ROOT_KEY).expect("root key"),
+            app_id: Some(APP_ID.parse().expect("app id")),
+        },
+        instance: InstanceChoice::Name(name.into()),
+        app_name: None,
+    }
+}
+
 /// One simulated CVM; its server stops when this is dropped.
 pub struct SimulatedInstance {
     pub client: DstackClient,
@@ -43,17 +107,10 @@ impl SimulatedInstance {
     /// # Panics
     /// When the socket cannot be bound.
     pub async fn start(name: &str) -> Self {
-        let root = KmsRootKey::from_hex(KMS_ROOT_KEY).expect("root key");
-        let kms_root = root.address();
-        let platform = Platform::new(SimulatorConfig {
-            keys: KeySource::Cluster {
-                root,
-                app_id: Some(APP_ID.parse().expect("app id")),
-            },
-            instance: InstanceChoice::Name(name.into()),
-            app_name: None,
-        })
-        .expect("simulated platform");
+        let platform = Platform::new(config(name)).expect("simulated platform");
+        let kms_root = KmsRootKey::from_hex(KMS_ROOT_KEY)
+            .expect("root key")
+            .address();
         let instance_id = platform.instance_id_hex();
         let app_id = platform.app_id();
         let dir = tempfile::tempdir().expect("temp dir");

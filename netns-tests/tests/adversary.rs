@@ -152,6 +152,7 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
     );
     let other = deployed["contract"].as_str().expect("cluster B").to_owned();
     let other_address = Address::from_str(&other).expect("address");
+    cluster.allow_images_at(&other);
     for seat in 1..=4 {
         let mut args = vec![
             "mint",

@@ -69,6 +69,7 @@ fn start_tls_agent_with(
             .args(["--state-dir", dir.join("state").to_str().unwrap()])
             .arg("--node-key-file")
             .arg(node.key_file())
+            .args(netns_tests::node::trust_args(dir))
             .args([
                 "--api-socket",
                 dir.join("api.sock").to_str().unwrap(),

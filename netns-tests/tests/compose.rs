@@ -144,6 +144,14 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
                     "TEST_DSTACK_SOCKET",
                     cluster.sims[i - 1].socket.display().to_string(),
                 ),
+                (
+                    "TEST_TDX_ROOT_CA",
+                    cluster.tdx_root_ca.display().to_string(),
+                ),
+                (
+                    "TEST_TDX_COLLATERAL",
+                    cluster.tdx_collateral.display().to_string(),
+                ),
             ];
             Project::new(
                 &format!("{run}n{i}"),

@@ -105,7 +105,8 @@ async fn holder_binds_with_the_nodes_binding() {
         .failed();
     out.stderr_says("does not hold seat 1");
 
-    // Its evidence swapped for another instance's: refused off-chain, naming the instance in the log.
+    // Its evidence swapped for another instance's genuine evidence: refused off-chain, as agents would
+    // refuse it, naming both instances.
     let other = Instance::start("node-2").await;
     let mut forged: mesh_chain::record::NodeBinding =
         serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
@@ -129,9 +130,10 @@ async fn holder_binds_with_the_nodes_binding() {
         )
         .failed();
     out.stderr_says(&format!(
-        "its event log names instance {}",
-        other.instance_id
+        "the evidence is from instance 0x{} but the seat is bound to instance 0x{}",
+        other.instance_id, node.instance_id
     ));
+    out.stderr_says("(instance-mismatch)");
 
     let bound = m
         .run(

@@ -71,6 +71,19 @@ async fn status_shows_the_node_and_one_row_per_peer() {
         healthy.contains("5.0 MiB") && healthy.contains("1.5 KiB"),
         "{healthy}"
     );
+    assert!(
+        healthy.contains(" UpToDate "),
+        "a peer's row says it is attested, with its TCB status: {healthy}"
+    );
+    assert!(
+        text.contains("attested: UpToDate") && text.contains("1 healthy, 1 refused"),
+        "this node's own attestation and the count of refused seats: {text}"
+    );
+    let refused = row("5 ");
+    assert!(
+        refused.starts_with('✗') && refused.contains("report-data-mismatch"),
+        "a refused seat is listed with what failed: {refused}"
+    );
     let fallback = row("3 ");
     assert!(
         fallback.starts_with('○')

@@ -29,6 +29,7 @@ use unix_socket::UnixSocket;
         .required(true)
         .args(["fixture", "kms_root_key", "kms_root_key_file"])
 ))]
+#[command(group(ArgGroup::new("mock_pki").args(["mock_pki_seed", "mock_pki_seed_file"])))]
 struct Cli {
     /// Unix socket to serve on. A stale socket file is replaced; a live one is refused.
     #[arg(long, env = "DSTACK_MESH_SIM_SOCKET", default_value = "./dstack.sock")]
@@ -81,6 +82,36 @@ struct Cli {
     /// sha256("dstack-simulator/instance:" ‖ name ‖ app_id), so names give stable, distinct ids.
     #[arg(long, env = "DSTACK_MESH_SIM_INSTANCE_NAME")]
     instance_name: Option<String>,
+
+    /// Sign quotes through a mock Intel DCAP PKI made from this seed (64 hex digits; every simulator of a
+    /// cluster given the same seed shares one mock "Intel"), so that a verifier that trusts the mock root
+    /// (`p2p-agent --tdx-root-ca`) accepts them. Without it, quotes are unsigned. Prefer
+    /// --mock-pki-seed-file: anyone holding the seed can sign quotes the mock root vouches for.
+    #[arg(
+        long,
+        env = "DSTACK_MESH_SIM_MOCK_PKI_SEED",
+        hide_env_values = true,
+        value_name = "HEX",
+        conflicts_with = "mock_pki_seed_file"
+    )]
+    mock_pki_seed: Option<SecretArg>,
+
+    /// File holding the mock PKI seed as hex.
+    #[arg(long, env = "DSTACK_MESH_SIM_MOCK_PKI_SEED_FILE", value_name = "PATH")]
+    mock_pki_seed_file: Option<PathBuf>,
+
+    /// Write the mock PKI's root CA certificate (PEM) here at start: what `p2p-agent --tdx-root-ca` takes.
+    #[arg(long, value_name = "PATH", requires = "mock_pki")]
+    write_tdx_root_ca: Option<PathBuf>,
+
+    /// Write the mock PKI's collateral (JSON, dcap-qvl's QuoteCollateralV3) here at start, valid from now for
+    /// --collateral-days: what `p2p-agent --tdx-collateral-file` takes.
+    #[arg(long, value_name = "PATH", requires = "mock_pki")]
+    write_collateral: Option<PathBuf>,
+
+    /// How long the written collateral is valid, in days.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    collateral_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,11 +218,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (None, Some(name)) => InstanceChoice::Name(name),
         (None, None) => InstanceChoice::Default,
     };
+    let seed = match (cli.mock_pki_seed, &cli.mock_pki_seed_file) {
+        (Some(secret), _) => Some(parse_seed(&secret.0).context("bad --mock-pki-seed")?),
+        (None, Some(path)) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            );
+            Some(
+                parse_seed(&text)
+                    .with_context(|| format!("bad mock PKI seed in {}", path.display()))?,
+            )
+        }
+        (None, None) => None,
+    };
+    let mock_pki = seed.map(|s| Arc::new(tdx_mock::MockPki::from_seed(*s)));
+    if let Some(pki) = &mock_pki {
+        if let Some(path) = &cli.write_tdx_root_ca {
+            write_file(path, pki.root_ca_pem().as_bytes())?;
+        }
+        if let Some(path) = &cli.write_collateral {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the clock is before 1970")?
+                .as_secs();
+            let opts = tdx_mock::CollateralOptions::valid_from(now, cli.collateral_days);
+            write_file(path, pki.collateral_json(&opts).as_bytes())?;
+        }
+    }
     let platform = Arc::new(
         Platform::new(SimulatorConfig {
             keys,
             instance,
             app_name: cli.app_name,
+            mock_pki,
         })
         .context("cannot set up the simulated CVM")?,
     );
@@ -203,8 +263,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     warn!(
         source,
-        "this is a SIMULATED dstack guest agent: its keys are not sealed, its quotes are unsigned, \
-         and anyone who can reach it gets the app's keys"
+        "this is a SIMULATED dstack guest agent: its keys are not sealed, its quotes are unsigned (or signed \
+         by a mock Intel PKI), and anyone who can reach it gets the app's keys"
     );
     info!(
         socket = %unix.path().display(),
@@ -217,6 +277,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     server::serve(platform, &unix, tcp, shutdown_signal()).await;
     Ok(())
+}
+
+/// A 32-byte seed from hex (surrounding whitespace and a 0x prefix allowed).
+fn parse_seed(text: &str) -> anyhow::Result<zeroize::Zeroizing<[u8; 32]>> {
+    let bytes = zeroize::Zeroizing::new(
+        hex::decode(text.trim().trim_start_matches("0x")).context("not hex")?,
+    );
+    let seed: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected 32 bytes (64 hex digits), got {}", bytes.len()))?;
+    Ok(zeroize::Zeroizing::new(seed))
+}
+
+/// Writes `bytes` to `path` whole: a temporary file beside it, then a rename, so a reader never sees half.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Resolves on SIGINT or SIGTERM. If the handlers cannot be installed, logs and never resolves

@@ -83,6 +83,9 @@ pub struct SimulatorConfig {
     pub instance: InstanceChoice,
     /// App-compose `name`; default: the fixture's, or `dstack-mesh`.
     pub app_name: Option<String>,
+    /// Sign quotes through this mock Intel PKI, so that a verifier given its root (and collateral) accepts
+    /// them; without it quotes are unsigned, as dstack's own simulator's are.
+    pub mock_pki: Option<std::sync::Arc<tdx_mock::MockPki>>,
 }
 
 /// The instance id for a named simulated instance of `app_id`: the first 20 bytes of
@@ -121,6 +124,7 @@ pub struct Platform {
     vm_config: String,
     app_cert: String,
     quote_template: Vec<u8>,
+    mock_pki: Option<std::sync::Arc<tdx_mock::MockPki>>,
 }
 
 impl Platform {
@@ -181,8 +185,14 @@ impl Platform {
         };
 
         let ca = KmsCa::derive(ca_seed.as_slice())?;
+        // Under a mock PKI the simulator stands for a production CVM, whose disk key the cluster's KMS released:
+        // verifiers require provider `kms`. Otherwise it says what it is.
+        let provider = match (&config.mock_pki, fixture) {
+            (Some(_), None) => "kms",
+            _ => "simulator",
+        };
         let key_provider_info = json!({
-            "name": "simulator",
+            "name": provider,
             "id": hex::encode(ca.public_key_der()),
         })
         .to_string();
@@ -232,6 +242,7 @@ impl Platform {
             vm_config,
             app_cert,
             quote_template,
+            mock_pki: config.mock_pki,
         })
     }
 
@@ -550,6 +561,9 @@ impl Platform {
     }
 
     fn quote(&self, report_data: &[u8; 64]) -> Vec<u8> {
+        if let Some(pki) = &self.mock_pki {
+            return pki.quote(&tdx_mock::TdInput::new(self.mrtd, self.rtmrs, *report_data));
+        }
         let mut quote = self.quote_template.clone();
         quote[REPORT_DATA_OFFSET..REPORT_DATA_OFFSET + 64].copy_from_slice(report_data);
         quote
@@ -600,6 +614,7 @@ mod tests {
             keys: KeySource::Fixture(&FIXTURE_A),
             instance: InstanceChoice::Default,
             app_name: None,
+            mock_pki: None,
         })
         .unwrap()
     }
@@ -612,6 +627,7 @@ mod tests {
             },
             instance,
             app_name: None,
+            mock_pki: None,
         })
         .unwrap()
     }

@@ -282,3 +282,63 @@ fn non_loopback_listen_is_refused() {
     assert!(!sim.wait_exit(Duration::from_secs(20)).success());
     assert!(sim.stderr().contains("only loopback"), "{}", sim.stderr());
 }
+
+/// With a mock PKI seed, the simulator signs its quotes: they verify under the mock root it writes, with the
+/// collateral it writes, through dcap-qvl's production path; the report data is the caller's, and the event
+/// log replays to the quoted RTMR3 and names this instance. Without the root (Intel's), they do not verify.
+#[tokio::test]
+async fn mock_pki_quotes_verify_under_the_written_root_and_collateral() {
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("root.key");
+    std::fs::write(&root_file, format!("{ROOT_KEY}\n")).unwrap();
+    let seed_file = dir.path().join("pki.seed");
+    std::fs::write(&seed_file, "5e".repeat(32)).unwrap();
+    let ca = dir.path().join("root-ca.pem");
+    let collateral = dir.path().join("collateral.json");
+    let mut args = cluster_args(root_file.to_str().unwrap(), "node-1");
+    args.extend([
+        "--mock-pki-seed-file",
+        seed_file.to_str().unwrap(),
+        "--write-tdx-root-ca",
+        ca.to_str().unwrap(),
+        "--write-collateral",
+        collateral.to_str().unwrap(),
+    ]);
+    let sim = Sim::start(dir.path(), "attested", &args);
+    let c = client(&sim);
+    let info = c.info().await.unwrap();
+    let report_data = [0x42; 64];
+    let quote = c.get_quote(&report_data).await.unwrap();
+
+    let trust =
+        mesh_attest::verify::Trust::from_pem(&std::fs::read_to_string(&ca).unwrap()).unwrap();
+    let pinned = mesh_attest::collateral::PinnedCollateral::load(&collateral).unwrap();
+    let fmspc = *pinned.fmspcs().next().expect("one FMSPC");
+    let collateral = pinned.get(&fmspc).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let facts =
+        mesh_attest::verify::verify_quote(&quote.quote, &trust, &collateral, false, now).unwrap();
+    assert_eq!(facts.report_data, report_data);
+    let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log).unwrap();
+    assert_eq!(
+        mesh_attest::replay::replay_rtmr3(&evidence.events).unwrap(),
+        facts.rt_mr[3]
+    );
+    let claims = mesh_attest::replay::claims(&evidence.events).unwrap();
+    assert_eq!(hex::encode(claims.instance_id), info.instance_id);
+
+    let refused = mesh_attest::verify::verify_quote(
+        &quote.quote,
+        &mesh_attest::verify::Trust::intel(),
+        &collateral,
+        false,
+        now,
+    );
+    assert!(
+        refused.is_err(),
+        "a mock quote must not verify under Intel's root"
+    );
+}

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use alloy::primitives::{Address, Bytes, U256};
+use alloy::primitives::{Address, B256, Bytes, U256};
 use anyhow::Context as _;
 use clap::Args;
 use dstack_guest::{DstackClient, ProofError};
@@ -82,6 +82,26 @@ struct Identity {
     #[serde(skip_serializing_if = "Option::is_none")]
     chain_error: Option<String>,
     app_id_pinned: bool,
+    /// What this instance's quote and event log claim (unverified): the cluster owner allowlists these with
+    /// `meshctl app-auth allow-compose` and `allow-os` so that peers accept the instance.
+    compose_hash: Option<B256>,
+    os_measurement: Option<B256>,
+    /// Why they could not be read, when they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurements_error: Option<String>,
+}
+
+/// This instance's evidence, with a quote whose report data is `report_data`.
+async fn evidence(
+    client: &DstackClient,
+    report_data: &[u8; 64],
+) -> anyhow::Result<mesh_attest::Evidence> {
+    let quote = client
+        .get_quote(report_data)
+        .await
+        .context("dstack GetQuote failed")?;
+    mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
+        .context("dstack's quote and event log do not make evidence")
 }
 
 /// Prints the report, and the binding when asked for one.
@@ -106,7 +126,7 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     let verdict: Option<Result<(), ProofError>> = args
         .kms_root
         .map(|root| dstack_guest::verify_chain(&node.proof, root, &allowed).map(|_| ()));
-    let report = Identity {
+    let mut report = Identity {
         instance_id: node.instance_id.clone(),
         app_id: node.app_id,
         app_name: identity.app_name.clone(),
@@ -121,6 +141,9 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .and_then(|v| v.as_ref().err().map(ToString::to_string)),
         app_id_pinned,
+        compose_hash: None,
+        os_measurement: None,
+        measurements_error: None,
     };
 
     // With a binding to print, stdout carries only the binding, so it can go straight to a file.
@@ -141,12 +164,9 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                 ),
             };
             let report_data = mesh_attest::report_data(chain_id, contract, node.address());
-            let quote = client
-                .get_quote(&report_data)
+            let evidence = evidence(&client, &report_data)
                 .await
-                .context("dstack GetQuote failed: the binding needs this instance's TDX quote")?;
-            let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
-                .context("dstack's quote and event log do not make evidence")?;
+                .context("the binding needs this instance's TDX quote")?;
             Some(
                 node.bind(
                     U256::from(token),
@@ -160,6 +180,19 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    // The binding's evidence claims what any quote of this instance does.
+    let claimed = match &binding {
+        Some(b) => mesh_attest::Evidence::decode(&b.evidence).map_err(anyhow::Error::from),
+        None => evidence(&client, &[0; 64]).await,
+    }
+    .and_then(|e| e.claimed_measurements().map_err(anyhow::Error::msg));
+    match claimed {
+        Ok((compose, os)) => {
+            report.compose_hash = Some(B256::from(compose));
+            report.os_measurement = Some(B256::from(os));
+        }
+        Err(e) => report.measurements_error = Some(format!("{e:#}")),
+    }
     let mut report_out: Box<dyn std::io::Write> = if binding.is_some() {
         Box::new(std::io::stderr())
     } else {
@@ -179,15 +212,22 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
             (Some(false), Some(e)) => format!("FAILED: {e}"),
             (Some(false), None) => "FAILED".to_owned(),
         };
+        let shown = |v: Option<B256>| match (v, &report.measurements_error) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(e)) => format!("unknown ({e})"),
+            (None, None) => "unknown".to_owned(),
+        };
         writeln!(
             report_out,
-            "instance id:     {}\napp id:          {} ({})\nnode:            {}\nkey file:        {}\nKMS signer:      {}\nchain:           {chain}",
+            "instance id:     {}\napp id:          {} ({})\nnode:            {}\nkey file:        {}\nKMS signer:      {}\nchain:           {chain}\ncompose hash:    {}\nOS image:        {}",
             report.instance_id,
             report.app_id,
             report.app_name,
             report.node,
             report.key_file.display(),
-            report.kms_signer
+            report.kms_signer,
+            shown(report.compose_hash),
+            shown(report.os_measurement),
         )?;
     }
     if let Some(binding) = binding {

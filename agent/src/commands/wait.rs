@@ -126,6 +126,7 @@ mod tests {
             uptime_secs: 0,
             peers_configured: 0,
             peers_healthy: 0,
+            peers_refused: 0,
         }
     }
 
@@ -146,6 +147,7 @@ mod tests {
             rx_bytes: 0,
             tx_bytes: 0,
             leader: false,
+            attestation: None,
         }
     }
 

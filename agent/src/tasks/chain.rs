@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::attestor::Attestor;
+use crate::attestation::{self, Attestations, Attested};
 use crate::cache;
 use crate::state::{ChainState, SeatState};
 
@@ -49,6 +51,8 @@ pub struct ChainTask {
     /// The daemon's root span: the seat is recorded on it as soon as it is known, so every log line after
     /// that (the registrar's included) carries it.
     pub node_span: tracing::Span,
+    /// Decides which seats' records are configured.
+    pub attestor: Attestor,
 }
 
 /// Records `seat` on `span` when it is new.
@@ -89,20 +93,10 @@ impl ChainTask {
         out: watch::Sender<ChainState>,
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut state = ChainState {
+        let state = ChainState {
             from_cache: cached.is_some(),
             ..ChainState::default()
         };
-        if let Some(view) = cached {
-            if let Some(token) = seat_in(&view, &self.instance_id) {
-                state.seat = SeatState::Active(token);
-            }
-            info!("serving the chain view from the state file until the RPC answers");
-            state.view = Some(Arc::new(view));
-        }
-        let mut recorded = None;
-        record_seat(&self.node_span, &mut recorded, state.seat.token());
-        out.send_replace(state.clone());
         let mut wakeups = Wakeups::new(self.poll, self.subscribe.clone());
         let mut running = Running {
             state,
@@ -112,6 +106,20 @@ impl ChainTask {
             last_seat_lookup: None,
             task: self,
         };
+        if let Some(view) = cached {
+            if let Some(token) = seat_in(&view, &running.task.instance_id) {
+                running.state.seat = SeatState::Active(token);
+            }
+            info!("serving the chain view from the state file until the RPC answers");
+            running.publish(&view, true).await;
+        }
+        let mut recorded = None;
+        record_seat(
+            &running.task.node_span,
+            &mut recorded,
+            running.state.seat.token(),
+        );
+        out.send_replace(running.state.clone());
         loop {
             let Some(wake) = cancel.run_until_cancelled(wakeups.next()).await else {
                 return Ok(());
@@ -177,12 +185,34 @@ impl Running {
         }
     }
 
+    /// Saves the view as read (every record, attested or not: a verdict can change with the collateral
+    /// and the allowlists) with the allowlist answers.
     fn save(&self) {
-        if let Some(v) = &self.state.view
-            && let Err(e) = cache::save(&self.task.state_dir, v)
+        if let Some(f) = &self.follower
+            && let Err(e) = cache::save(
+                &self.task.state_dir,
+                f.view(),
+                &self.task.attestor.allowlists(),
+            )
         {
             warn!(error = %e, "cannot save the state file");
         }
+    }
+
+    /// Attests the seats of `view` and publishes what this node may configure of it: when the view `moved`,
+    /// or a verdict changed (the tasks after this one redo their work for a new view).
+    async fn publish(&mut self, view: &ChainView, moved: bool) {
+        let attestations = self.task.attestor.pass(view, self.follower.as_mut()).await;
+        if !moved && attestations == *self.state.attestations {
+            return;
+        }
+        log_changes(&self.state.attestations, &attestations);
+        self.state.view = Some(Arc::new(attestation::admitted(
+            view,
+            &attestations,
+            &self.task.instance_id,
+        )));
+        self.state.attestations = Arc::new(attestations);
     }
 
     async fn start_following(&mut self) {
@@ -212,13 +242,14 @@ impl Running {
                     peers = f.view().records.len(),
                     "following the cluster"
                 );
-                self.state.view = Some(Arc::new(f.view().clone()));
+                let view = f.view().clone();
+                self.follower = Some(f);
+                self.publish(&view, true).await;
                 self.state.from_cache = false;
                 // A follower that took up the state file's view has read nothing yet: its first tick
                 // confirms it.
                 self.state.confirmed_at = read_whole.then_some(began);
                 self.state.error = None;
-                self.follower = Some(f);
                 self.connect.reset();
                 self.save();
             }
@@ -243,15 +274,15 @@ impl Running {
                 if tick.confirmed {
                     self.state.confirmed_at = Some(began);
                 }
-                let view = f.view();
+                let view = f.view().clone();
                 let failing = f.full_read_failing().map(str::to_owned);
                 self.state.head = view.last_block.checked_add(self.task.follow.confirmations);
                 // A new view only when it moved: the tasks after this one redo their work for a new one.
                 let moved = self.state.view.as_deref().is_none_or(|v| {
                     v.last_block != view.last_block || v.last_block_hash != view.last_block_hash
                 });
-                if moved || tick.changed {
-                    self.state.view = Some(Arc::new(view.clone()));
+                if moved || tick.changed || self.task.attestor.due() {
+                    self.publish(&view, moved || tick.changed).await;
                 }
                 if tick.full_read_error.is_some() {
                     self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
@@ -333,5 +364,29 @@ impl Running {
 
     fn report_seat(&mut self, text: String) {
         super::show_error(&mut self.state.seat_error, text);
+    }
+}
+
+/// Logs each seat whose attestation changed: a refusal as a warning, with its reason.
+fn log_changes(before: &Attestations, now: &Attestations) {
+    for (token, a) in now {
+        let was = before.get(token);
+        match a {
+            Attested::Refused { kind, reason } => {
+                if was != Some(a) {
+                    warn!(
+                        token,
+                        kind,
+                        reason,
+                        "refused this seat's attestation: its record is not configured"
+                    );
+                }
+            }
+            Attested::Verified(v) => {
+                if !was.is_some_and(Attested::is_verified) {
+                    info!(token, tcb_status = %v.tcb_status, compose_hash = %alloy::hex::encode(v.compose_hash), "seat attested");
+                }
+            }
+        }
     }
 }

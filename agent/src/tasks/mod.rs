@@ -8,6 +8,7 @@
 //!                     └─────────────────────────────────────┘
 //! ```
 
+pub mod attestor;
 pub mod chain;
 pub mod health;
 pub mod leader;

@@ -96,6 +96,7 @@ mod tests {
             uptime_secs: 1,
             peers_configured: 0,
             peers_healthy: 0,
+            peers_refused: 0,
         }
     }
 
@@ -116,6 +117,7 @@ mod tests {
             rx_bytes: 0,
             tx_bytes: 0,
             leader: false,
+            attestation: None,
         }
     }
 

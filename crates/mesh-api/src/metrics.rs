@@ -296,6 +296,20 @@ pub fn metrics(s: &Snapshot) -> String {
             out.push_str(&format!("{name}{labels} {v}\n"));
         }
     };
+    // One sample per reason that has refusals now; a reason with none has no sample, and Prometheus ends its series.
+    let mut refused = std::collections::BTreeMap::<&str, u64>::new();
+    for r in &s.refused {
+        *refused.entry(r.kind.as_str()).or_default() += 1;
+    }
+    metric(
+        "dstack_mesh_peers_refused",
+        "gauge",
+        "Seats with a record that this node does not configure because their attestation evidence was refused, by reason.",
+        refused
+            .into_iter()
+            .map(|(kind, n)| (format!("{{reason=\"{kind}\"}}"), n))
+            .collect(),
+    );
     metric(
         "dstack_mesh_peer_path",
         "gauge",

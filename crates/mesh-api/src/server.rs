@@ -225,13 +225,14 @@ async fn handle(
         (Routes::Api, "/v1/status") => json(&snapshot.status),
         (Routes::Api, "/v1/peers") => json(&snapshot.peers),
         (Routes::Api, "/v1/peers/watch") => watch(rx, peers_event),
+        (Routes::Api, "/v1/peers/refused") => json(&snapshot.refused),
         (Routes::Api, "/v1/leader") => json(&snapshot.leader),
         (Routes::Api, "/v1/events") => watch(rx, app_events),
         (Routes::Api, "/healthz") => healthz(&snapshot),
         (Routes::Api, other) => error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no such path {other}: try /v1/status, /v1/peers, /v1/leader, /v1/events, /v1/health, /v1/peers/watch, /healthz or /metrics"
+                "no such path {other}: try /v1/status, /v1/peers, /v1/peers/refused, /v1/leader, /v1/events, /v1/health, /v1/peers/watch, /healthz or /metrics"
             ),
         ),
         (Routes::Metrics, other) => error(

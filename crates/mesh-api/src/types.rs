@@ -80,6 +80,43 @@ pub struct Peer {
     /// It is the cluster's leader.
     #[serde(default)]
     pub leader: bool,
+    /// Its attestation, as this node verified it: every peer listed here passed (a refused one is in
+    /// `/v1/peers/refused`). Absent only from an agent older than attestation.
+    #[serde(default)]
+    pub attestation: Option<Attestation>,
+}
+
+/// What a seat's evidence (its TDX quote and RTMR3 event log, from its on-chain binding) came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attestation {
+    pub verified: bool,
+    /// Its platform's TCB status under the collateral, e.g. `UpToDate`; absent when refused.
+    #[serde(default)]
+    pub tcb_status: Option<String>,
+    /// The compose hash its RTMR3 log names, 0x-hex; absent when refused.
+    #[serde(default)]
+    pub compose_hash: Option<String>,
+    /// When refused: what failed, as one word (see [`RefusedPeer::kind`]).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// When refused: why, and what to do.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/peers/refused`: a seat with a record that this node does not configure because its evidence was
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedPeer {
+    pub token_id: u64,
+    pub instance_id: String,
+    /// What failed, one word: `signature`, `tcb-status`, `os-not-allowed`, `compose-not-allowed`,
+    /// `instance-mismatch`, `report-data-mismatch`, `collateral-expired`, `debug`, `unbound`, ... (the
+    /// metric `dstack_mesh_peers_refused` is labelled with it).
+    pub kind: String,
+    pub reason: String,
 }
 
 /// `GET /v1/leader`: the seat the cluster contract names leader, as this node sees it.
@@ -278,6 +315,9 @@ pub struct Node {
     /// Why it cannot register now (no seat, no funds, the RPC), in the agent's words; absent otherwise.
     #[serde(default)]
     pub registration_error: Option<String>,
+    /// This node's own binding as its peers verify it; absent until its seat is bound and read.
+    #[serde(default)]
+    pub attestation: Option<Attestation>,
 }
 
 /// Where the agent is with the chain.
@@ -312,6 +352,9 @@ pub struct Status {
     pub uptime_secs: u64,
     pub peers_configured: usize,
     pub peers_healthy: usize,
+    /// Seats with a record whose evidence this node refused (`/v1/peers/refused`).
+    #[serde(default)]
+    pub peers_refused: usize,
 }
 
 /// Counters for `/metrics`.
@@ -379,6 +422,8 @@ pub struct RelayCounters {
 pub struct Snapshot {
     pub status: Status,
     pub peers: Vec<Peer>,
+    /// Seats refused for their evidence.
+    pub refused: Vec<RefusedPeer>,
     pub leader: Leader,
     pub counters: Counters,
     /// The agent's own health check (`--health-url`, `--health-cmd`), if it runs one: with the

@@ -14,6 +14,8 @@
 //!   collateral.
 
 pub mod cache;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod collateral;
 pub mod evidence;
 pub mod policy;

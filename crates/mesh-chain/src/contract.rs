@@ -305,6 +305,48 @@ pub async fn registration_event<P: Provider>(
         .find(|e| e.nonce == peer.nonce))
 }
 
+/// The `InstanceBound` event behind a seat's binding, as `peer` (a `getPeer` answer) names it: the one in the
+/// binding's block, for its seat, naming its node and evidence hash. It carries the evidence the seat only
+/// keeps the hash of.
+///
+/// # Errors
+/// [`ChainError`] when the logs cannot be read.
+pub async fn binding_event<P: Provider>(
+    cluster: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+    peer: &DstackClusterNFT::Peer,
+) -> Result<Option<crate::view::Binding>, ChainError> {
+    let events = cluster
+        .InstanceBound_filter()
+        .topic1(peer.tokenId)
+        .from_block(peer.boundBlock)
+        .to_block(peer.boundBlock)
+        .query()
+        .await
+        .map_err(|e| ChainError::from_call("eth_getLogs InstanceBound", e))?;
+    Ok(events
+        .into_iter()
+        .map(|(e, _)| binding_from_event(&e, peer.boundBlock))
+        .find(|b| {
+            b.node == peer.node
+                && b.evidence_hash == peer.evidenceHash
+                && b.instance_id == peer.instanceId
+        }))
+}
+
+/// The binding an `InstanceBound` event of block `block` carries.
+pub fn binding_from_event(
+    event: &DstackClusterNFT::InstanceBound,
+    block: u64,
+) -> crate::view::Binding {
+    crate::view::Binding {
+        instance_id: event.instanceId.clone(),
+        node: event.node,
+        evidence_hash: event.evidenceHash,
+        bound_block: block,
+        evidence: event.evidence.clone(),
+    }
+}
+
 /// Checks that a `PeerRegistered` event is the one behind a stored record: same seat, instance, key,
 /// endpoint, URL and nonce. The RPC chose both, so a mismatch means it lies.
 ///

@@ -27,7 +27,9 @@ use alloy::{
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
-use crate::contract::{self, ChainError, DstackClusterElection, DstackClusterNFT};
+use crate::contract::{
+    self, ChainError, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT,
+};
 use crate::heads::Head;
 use crate::membership::{Pins, Rejected};
 use crate::view::{ChainView, Seat};
@@ -162,6 +164,8 @@ pub struct Follower {
     /// Records refused because they were not authentic or were older than what was known.
     pub rejected: u64,
     latest_head: Option<u64>,
+    /// The cluster's app-auth contract (its allowlists of compose hashes and OS images), once asked for.
+    app_auth: Option<Address>,
 }
 
 fn rpc(what: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
@@ -253,6 +257,7 @@ impl Follower {
             head_polls: 0,
             rejected: 0,
             latest_head: None,
+            app_auth: None,
         };
         match cached {
             Some(mut v) => {
@@ -461,17 +466,51 @@ impl Follower {
                 continue;
             };
             let held = self.view.records.get(&token).cloned();
-            if let Some(held) = &held
-                && held.nonce == p.nonce
-            {
-                next.records.insert(token, held.clone());
-                continue;
-            }
             let keep_held = |next: &mut ChainView| {
                 if let Some(held) = &held {
                     next.records.insert(token, held.clone());
                 }
             };
+            let bound = next.bindings.get(&token).is_some_and(|b| {
+                b.node == p.node
+                    && b.evidence_hash == p.evidenceHash
+                    && b.bound_block == p.boundBlock
+            });
+            if !bound {
+                self.count();
+                match contract::binding_event(&c, p).await {
+                    Ok(Some(binding)) => {
+                        if let Err(rejected) = next.bind(token, binding) {
+                            self.reject(&rejected, p.nonce);
+                            keep_held(&mut next);
+                            continue;
+                        }
+                    }
+                    Ok(None) => {
+                        complete = false;
+                        warn!(
+                            token,
+                            block = p.boundBlock,
+                            "no binding event for a listed seat (pruned logs, or a lying RPC); keeping what was known of the seat"
+                        );
+                        keep_held(&mut next);
+                        continue;
+                    }
+                    Err(e) => {
+                        complete = false;
+                        debug!(token, error = %e, "cannot fetch a binding event");
+                        keep_held(&mut next);
+                        continue;
+                    }
+                }
+            }
+            if let Some(held) = &held
+                && held.nonce == p.nonce
+                && next.bindings.get(&token).is_some_and(|b| b.node == p.node)
+            {
+                next.records.insert(token, held.clone());
+                continue;
+            }
             self.count();
             let event = match contract::registration_event(&c, p).await {
                 Ok(Some(event)) => event,
@@ -515,6 +554,7 @@ impl Follower {
         }
         let fresh = self.view.last_block_hash == B256::ZERO;
         let changed = next.records != self.view.records
+            || next.bindings != self.view.bindings
             || next.leader != self.view.leader
             || next.leader_term != self.view.leader_term;
         debug!(
@@ -593,6 +633,8 @@ impl Follower {
         let filter = Filter::new()
             .address(vec![self.view.contract, self.view.election])
             .event_signature(vec![
+                DstackClusterNFT::InstanceBound::SIGNATURE_HASH,
+                DstackClusterNFT::InstanceUnbound::SIGNATURE_HASH,
                 DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
                 DstackClusterNFT::PeerCleared::SIGNATURE_HASH,
                 DstackClusterElection::LeaderElected::SIGNATURE_HASH,
@@ -627,11 +669,48 @@ impl Follower {
             } else if log.address() != next.contract {
                 // The filter named two addresses: an RPC that answers with others is not to be believed.
                 warn!(address = %log.address(), "skipping a log from an address this node did not ask for");
+            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::InstanceBound>() {
+                let Ok(token) = u64::try_from(e.inner.data.tokenId) else {
+                    warn!(token = %e.inner.data.tokenId, "skipping an event whose seat id is out of range");
+                    continue;
+                };
+                let block = log.block_number.unwrap_or(to);
+                if let Err(rejected) =
+                    next.bind(token, contract::binding_from_event(&e.inner.data, block))
+                {
+                    warn!(token, reason = %rejected, "skipping a binding event");
+                }
+            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::InstanceUnbound>()
+                && let Ok(token) = u64::try_from(e.inner.data.tokenId)
+            {
+                if next
+                    .bindings
+                    .get(&token)
+                    .is_some_and(|b| b.instance_id == e.inner.data.instanceId)
+                {
+                    next.bindings.remove(&token);
+                    next.records.remove(&token);
+                }
             } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerRegistered>() {
                 let Ok(token) = u64::try_from(e.inner.data.tokenId) else {
                     warn!(token = %e.inner.data.tokenId, "skipping an event whose seat id is out of range");
                     continue;
                 };
+                if !next.bindings.contains_key(&token) {
+                    // Bound before this node's last full read, while the seat had no record: fetch it now.
+                    match self.fetch_binding(token, to).await {
+                        Ok(Some(binding)) => {
+                            if let Err(rejected) = next.bind(token, binding) {
+                                warn!(token, reason = %rejected, "skipping a binding");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(err) => {
+                            debug!(token, error = %err, "cannot fetch a seat's binding; a full read is due");
+                            self.schedule.request(now);
+                        }
+                    }
+                }
                 match contract::registration_from_event(
                     &e.inner.data,
                     next.chain_id(),
@@ -656,7 +735,9 @@ impl Follower {
         if leader_changed {
             info!(from, to, leader = ?next.leader, term = next.leader_term, "the leader changed");
         }
-        let changed = next.records != self.view.records || leader_changed;
+        let changed = next.records != self.view.records
+            || next.bindings != self.view.bindings
+            || leader_changed;
         next.last_block = to;
         next.last_block_hash = hash;
         let records_changed = next.records != self.view.records;
@@ -670,6 +751,62 @@ impl Follower {
             );
         }
         Ok((changed, to == target))
+    }
+
+    /// Seat `token`'s binding at block `block`, from the seat (`getPeer`) and its `InstanceBound` event; none
+    /// when the seat is unbound or the event cannot be found.
+    async fn fetch_binding(
+        &mut self,
+        token: u64,
+        block: u64,
+    ) -> Result<Option<crate::view::Binding>, ChainError> {
+        let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        self.count();
+        let peer = c
+            .getPeer(U256::from(token))
+            .block(block.into())
+            .call()
+            .await
+            .map_err(call("getPeer"))?;
+        if peer.node.is_zero() {
+            return Ok(None);
+        }
+        self.count();
+        contract::binding_event(&c, &peer).await
+    }
+
+    /// Whether the cluster's app auth allows `compose_hash` and the OS image `os_measurement`, as of the
+    /// latest block: what an attested peer must also satisfy.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the reads fail.
+    pub async fn allowlisted(
+        &mut self,
+        compose_hash: B256,
+        os_measurement: B256,
+    ) -> Result<(bool, bool), ChainError> {
+        let address = match self.app_auth {
+            Some(a) => a,
+            None => {
+                self.count();
+                let a = contract::app_auth_of(&self.provider, self.view.contract).await?;
+                *self.app_auth.insert(a)
+            }
+        };
+        let auth = DstackClusterAppAuth::new(address, self.provider.clone());
+        self.count();
+        let compose = auth
+            .isComposeHashAllowed(compose_hash)
+            .call()
+            .await
+            .map_err(call("isComposeHashAllowed"))?;
+        self.count();
+        let os = auth
+            .isOsAllowed(os_measurement)
+            .call()
+            .await
+            .map_err(call("isOsAllowed"))?;
+        Ok((compose, os))
     }
 
     /// The seat bound to `instance_id`, if any.

@@ -1,9 +1,10 @@
 //! Who is in the mesh. Two questions, each a pure function:
 //!
-//! 1. **Is a record believed?** ([`authenticate`], [`admit`]) It must be proven by its seat's instance for
-//!    this cluster, checked against the trust anchors this node pins, from its own copy of the
-//!    registration event, so a lying or compromised RPC cannot inject a peer (the analogue of Tailscale's
-//!    Tailnet Lock). And it must not be older than a record of that seat this node already believed, so the
+//! 1. **Is a record believed?** ([`authenticate`], [`admit`]) It must be signed by the node key its seat is
+//!    bound to, with a chain that vouches for that node serving the seat's instance, for this cluster,
+//!    checked against the trust anchors this node pins, from its own copy of the events, so a lying or
+//!    compromised RPC cannot inject a peer without a binding (the analogue of Tailscale's Tailnet Lock); the
+//!    binding's evidence ties the node key to the instance's CVM. And it must not be older than a record of that seat this node already believed, so the
 //!    RPC cannot undo a change either. The follower keeps only believed records.
 //! 2. **Is a believed record a peer this node configures?** ([`members`]) Its overlay address must fit the
 //!    prefix, its endpoint must be an `IP:port`, it must not be this node, and no other seat may claim its
@@ -141,6 +142,12 @@ pub enum Rejected {
         source: RecordError,
     },
     #[error(
+        "seat {token_id}: no binding of the seat is known, so no node key may sign for it (a full read fetches it)"
+    )]
+    Unbound { token_id: u64 },
+    #[error("seat {token_id}: the binding's evidence does not hash to the evidence hash it names")]
+    Evidence { token_id: u64 },
+    #[error(
         "seat {token_id}: record nonce {nonce} is not newer than nonce {high_water}, which this node already saw; the RPC serves an old state (if this is a dev chain that was reset, restart the agent with --repin)"
     )]
     Rollback {
@@ -156,14 +163,24 @@ impl Rejected {
         match self {
             Rejected::WrongSeat { filed_under, .. } => *filed_under,
             Rejected::WrongDomain { token_id }
+            | Rejected::Unbound { token_id }
+            | Rejected::Evidence { token_id }
             | Rejected::Proof { token_id, .. }
             | Rejected::Rollback { token_id, .. } => *token_id,
         }
     }
 }
 
-/// Checks that `reg`, filed under seat `filed_under`, was made by the seat's instance for this cluster:
-/// the seat matches, it is signed for this chain and contract, and its proof verifies against the pins.
+/// The seat's binding, as far as believing its records goes: the instance, and the node key that alone signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound<'a> {
+    pub instance_id: &'a str,
+    pub node: Address,
+}
+
+/// Checks that `reg`, filed under seat `filed_under`, was made by the seat's node for this cluster: the seat
+/// matches, it is signed for this chain and contract by the node `bound` names, for its instance, and its
+/// proof verifies against the pins.
 ///
 /// # Errors
 /// [`Rejected`] naming the first check that fails.
@@ -172,6 +189,7 @@ pub fn authenticate(
     filed_under: u64,
     pins: &Pins,
     contract: Address,
+    bound: Bound<'_>,
 ) -> Result<(), Rejected> {
     let token_id = u64::try_from(reg.token_id).unwrap_or(u64::MAX);
     if token_id != filed_under {
@@ -183,9 +201,15 @@ pub fn authenticate(
     if reg.chain_id != pins.chain_id || reg.contract != contract {
         return Err(Rejected::WrongDomain { token_id });
     }
-    record::verify_registration(reg, pins.kms_root, &pins.app_ids, &reg.instance_id, None)
-        .map(|_| ())
-        .map_err(|source| Rejected::Proof { token_id, source })
+    record::verify_registration(
+        reg,
+        pins.kms_root,
+        &pins.app_ids,
+        bound.instance_id,
+        Some(bound.node),
+    )
+    .map(|_| ())
+    .map_err(|source| Rejected::Proof { token_id, source })
 }
 
 /// Whether an authentic record may replace what this node believes of its seat: only a newer one may. Its
@@ -452,15 +476,19 @@ mod tests {
             prefix: prefix([10, 0, 1, 0], 24),
         };
         let reg = record(3, 1, 0x33, "i3");
+        let bound = Bound {
+            instance_id: "i3",
+            node: Address::ZERO,
+        };
         assert_eq!(
-            authenticate(&reg, 4, &pins, Address::ZERO),
+            authenticate(&reg, 4, &pins, Address::ZERO, bound),
             Err(Rejected::WrongSeat {
                 token_id: 3,
                 filed_under: 4
             })
         );
         assert_eq!(
-            authenticate(&reg, 3, &pins, Address::repeat_byte(1)),
+            authenticate(&reg, 3, &pins, Address::repeat_byte(1), bound),
             Err(Rejected::WrongDomain { token_id: 3 })
         );
         let other_chain = Pins {
@@ -468,7 +496,7 @@ mod tests {
             ..pins
         };
         assert_eq!(
-            authenticate(&reg, 3, &other_chain, Address::ZERO),
+            authenticate(&reg, 3, &other_chain, Address::ZERO, bound),
             Err(Rejected::WrongDomain { token_id: 3 })
         );
     }

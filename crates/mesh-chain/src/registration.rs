@@ -210,15 +210,19 @@ impl Cluster {
             Ok(reg) => reg,
             Err(e) => return Ok(Some(e.to_string())),
         };
+        let bound = membership::Bound {
+            instance_id: &current.instanceId,
+            node: current.node,
+        };
         Ok(
-            membership::authenticate(&reg, token_id, pins, self.contract)
+            membership::authenticate(&reg, token_id, pins, self.contract, bound)
                 .err()
                 .map(|e| e.to_string()),
         )
     }
 
     /// Makes the chain hold `desired` for this node's seat: nothing if it already does and peers holding
-    /// `pins` would believe it, else a freshly signed record, sent from the derived address when it has
+    /// `pins` would believe it, else a freshly signed record, sent from the node's address when it has
     /// funds, else from `tx_key`, else returned for a relay.
     ///
     /// # Errors
@@ -319,7 +323,11 @@ impl Cluster {
         )
         .map_err(RegistrationError::WouldBeRejected)?;
         // And against the node's own pins, which its peers hold too: the contract may have moved on.
-        membership::authenticate(&reg, token, pins, self.contract)
+        let bound = membership::Bound {
+            instance_id: &node.instance_id,
+            node: current.node,
+        };
+        membership::authenticate(&reg, token, pins, self.contract, bound)
             .map_err(RegistrationError::PeersWouldReject)?;
 
         let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {

@@ -1,9 +1,10 @@
 //! What a node believes of the chain: [`ChainView`], enough to bring the mesh up without the RPC, and kept
-//! only through [`ChainView::offer`], which lets in authentic records newer than what is known.
+//! only through [`ChainView::bind`], which takes a seat's binding (its node key and evidence), and
+//! [`ChainView::offer`], which lets in records signed by the seat's bound node and newer than what is known.
 
 use std::collections::BTreeMap;
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, Bytes, keccak256};
 use serde::{Deserialize, Serialize};
 
 use crate::membership::{self, Pins, Prefix, Rejected};
@@ -23,6 +24,10 @@ pub struct ChainView {
     pub last_block_hash: B256,
     /// The believed record of each seat that has one, as its registration event carried it.
     pub records: BTreeMap<u64, SignedRegistration>,
+    /// Each seat's binding, as its `InstanceBound` event carried it: the node key that alone signs the seat's
+    /// records, and the evidence that ties that key to the instance's CVM.
+    #[serde(default)]
+    pub bindings: BTreeMap<u64, Binding>,
     /// Per seat, the highest nonce of a record ever believed. It outlives the record (a clear, a full read
     /// that no longer lists the seat, a restart), so an old record can never come back.
     pub high_water: BTreeMap<u64, u64>,
@@ -46,6 +51,7 @@ impl ChainView {
             last_block: 0,
             last_block_hash: B256::ZERO,
             records: BTreeMap::new(),
+            bindings: BTreeMap::new(),
             high_water: BTreeMap::new(),
             leader: None,
             leader_term: 0,
@@ -66,7 +72,15 @@ impl ChainView {
     /// # Errors
     /// Why the record is not believed; the view is unchanged.
     pub fn offer(&mut self, token: u64, reg: SignedRegistration) -> Result<bool, Rejected> {
-        membership::authenticate(&reg, token, &self.pins, self.contract)?;
+        let binding = self
+            .bindings
+            .get(&token)
+            .ok_or(Rejected::Unbound { token_id: token })?;
+        let bound = membership::Bound {
+            instance_id: &binding.instance_id,
+            node: binding.node,
+        };
+        membership::authenticate(&reg, token, &self.pins, self.contract, bound)?;
         let held = self.records.get(&token);
         membership::admit(&reg, held, self.high_water.get(&token).copied())?;
         if held == Some(&reg) {
@@ -79,6 +93,44 @@ impl ChainView {
     }
 }
 
+impl ChainView {
+    /// Takes seat `token`'s binding, if its evidence hashes to the hash it names. A binding to another node
+    /// drops the seat's record: only the new node may sign for the seat (the contract cleared the record too).
+    /// Returns whether the view changed.
+    ///
+    /// # Errors
+    /// [`Rejected::Evidence`]; the view is unchanged.
+    pub fn bind(&mut self, token: u64, binding: Binding) -> Result<bool, Rejected> {
+        if keccak256(&binding.evidence) != binding.evidence_hash {
+            return Err(Rejected::Evidence { token_id: token });
+        }
+        if self.bindings.get(&token) == Some(&binding) {
+            return Ok(false);
+        }
+        if self
+            .bindings
+            .get(&token)
+            .is_some_and(|b| b.node != binding.node || b.instance_id != binding.instance_id)
+        {
+            self.records.remove(&token);
+        }
+        self.bindings.insert(token, binding);
+        Ok(true)
+    }
+}
+
+/// A seat's binding: the instance, its node key, and the evidence (the TDX quote and its RTMR3 log) that ties
+/// the key to the instance's CVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    pub instance_id: String,
+    pub node: Address,
+    pub evidence_hash: B256,
+    pub bound_block: u64,
+    pub evidence: Bytes,
+}
+
 /// The seat bound to an instance, as the contract has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seat {
@@ -88,4 +140,68 @@ pub enum Seat {
     Active(u64),
     /// Bound but deactivated by its holder: no record until it is activated again.
     Inactive(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Prefix;
+
+    fn view() -> ChainView {
+        ChainView::new(
+            Address::ZERO,
+            Pins {
+                kms_root: Address::ZERO,
+                app_ids: Vec::new(),
+                chain_id: 1,
+                prefix: Prefix::new([10, 0, 1, 0].into(), 24).unwrap(),
+            },
+        )
+    }
+
+    fn binding(node: u8, evidence: &'static [u8]) -> Binding {
+        Binding {
+            instance_id: format!("{:040x}", 3),
+            node: Address::repeat_byte(node),
+            evidence_hash: keccak256(evidence),
+            bound_block: 7,
+            evidence: Bytes::from_static(evidence),
+        }
+    }
+
+    /// Without a binding, no record of the seat is believed, whoever signed it.
+    #[test]
+    fn a_record_of_an_unbound_seat_is_not_believed() {
+        let mut v = view();
+        let reg = crate::testing::believed_record(3, 1, 7, &format!("{:040x}", 3));
+        assert_eq!(v.offer(3, reg), Err(Rejected::Unbound { token_id: 3 }));
+        assert!(v.records.is_empty());
+    }
+
+    /// Evidence that does not hash to the hash it names (what the seat keeps) is refused, and changes nothing.
+    #[test]
+    fn a_binding_whose_evidence_is_not_the_hashed_one_is_refused() {
+        let mut v = view();
+        let mut b = binding(1, b"quote");
+        b.evidence = Bytes::from_static(b"another quote");
+        assert_eq!(v.bind(3, b), Err(Rejected::Evidence { token_id: 3 }));
+        assert!(v.bindings.is_empty());
+    }
+
+    /// A binding to another node drops the seat's record (only the new node signs for it); the same binding
+    /// again changes nothing.
+    #[test]
+    fn a_rebind_to_another_node_drops_the_record() {
+        let mut v = view();
+        assert_eq!(v.bind(3, binding(1, b"quote")), Ok(true));
+        v.records.insert(
+            3,
+            crate::testing::believed_record(3, 1, 7, &format!("{:040x}", 3)),
+        );
+        assert_eq!(v.bind(3, binding(1, b"quote")), Ok(false));
+        assert_eq!(v.records.len(), 1, "the same binding keeps the record");
+        assert_eq!(v.bind(3, binding(2, b"new quote")), Ok(true));
+        assert!(v.records.is_empty(), "a new node's seat has no record yet");
+        assert_eq!(v.bindings[&3].node, Address::repeat_byte(2));
+    }
 }

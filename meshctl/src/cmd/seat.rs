@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use alloy::primitives::{Address, U256, utils::parse_ether};
+use alloy::primitives::{Address, B256, U256, utils::parse_ether};
 use anyhow::{Context, bail};
 use mesh_chain::contract::{self as chain, DstackClusterNFT, ipv4};
 use mesh_chain::record::{self as proof, NodeBinding};
@@ -31,6 +31,9 @@ pub(crate) struct MintArgs {
     /// anything is sent.
     #[arg(long, value_name = "FILE")]
     binding: Option<std::path::PathBuf>,
+    /// What the binding's quote is verified under.
+    #[command(flatten)]
+    trust: mesh_attest::cli::TrustArgs,
     /// Pay this much ETH (public minting); defaults to the contract's price when the signer is not the owner.
     #[arg(long, value_name = "ETH")]
     pay: Option<String>,
@@ -49,6 +52,9 @@ pub(crate) struct BindArgs {
     /// bind the seat again with the binding of its new key.
     #[arg(long, value_name = "FILE")]
     binding: std::path::PathBuf,
+    /// What the binding's quote is verified under.
+    #[command(flatten)]
+    trust: mesh_attest::cli::TrustArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,7 +117,7 @@ pub(crate) async fn mint(args: MintArgs, out: &Output) -> anyhow::Result<ExitCod
             .await
             .context("reading the last seat id")?
             + U256::from(1);
-        check_binding(&c, b, next, args.to).await?;
+        check_binding(&c, b, next, args.to, &args.trust).await?;
     }
     let value = match &args.pay {
         Some(eth) => {
@@ -164,7 +170,7 @@ pub(crate) async fn bind(args: BindArgs, out: &Output) -> anyhow::Result<ExitCod
         .call()
         .await
         .map_err(|e| chain::ChainError::from_call("ownerOf", e))?;
-    check_binding(&c, &binding, token, holder).await?;
+    check_binding(&c, &binding, token, holder, &args.trust).await?;
     let receipt =
         cluster::send("bind", c.bindInstance(token, chain::binding_arg(&binding))).await?;
     let cleared = !events::<DstackClusterNFT::PeerCleared>(&receipt).is_empty();
@@ -182,12 +188,13 @@ pub(crate) async fn bind(args: BindArgs, out: &Output) -> anyhow::Result<ExitCod
 
 /// Checks a binding off-chain before anyone pays for it: it is for this seat, holder, cluster and chain; its
 /// chain names the instance and the node and verifies against the cluster's KMS root and app ids; the node
-/// signed it; and its evidence's RTMR3 log replays to that instance and app.
+/// signed it; and its evidence passes as every agent will check it ([`check_evidence`]).
 async fn check_binding(
     c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
     binding: &NodeBinding,
     token: U256,
     holder: Address,
+    trust: &mesh_attest::cli::TrustArgs,
 ) -> anyhow::Result<()> {
     if binding.token_id != token {
         bail!(
@@ -214,26 +221,71 @@ async fn check_binding(
     proof::verify_binding(binding, kms_root, &app_ids).context(
         "the binding does not verify against the cluster's KMS root and app ids; not sending it",
     )?;
-    check_evidence(binding)
-        .context("the binding's attestation evidence is not this instance's; not sending it")
+    check_evidence(c, binding, trust)
+        .await
+        .context("the binding's attestation evidence does not pass as the agents will check it; not sending it")
 }
 
-/// The evidence decodes, and its RTMR3 log, replayed, names the binding's instance and app.
-fn check_evidence(binding: &NodeBinding) -> anyhow::Result<()> {
+/// The evidence passes as every agent will check it: the quote verifies under the trusted root and the
+/// collateral with an allowed TCB status; its RTMR3 log replays to the quote and names the binding's instance
+/// and the app of its chain; its report data commits to this chain, cluster and node; and the cluster allows
+/// its compose hash and OS image.
+async fn check_evidence(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    binding: &NodeBinding,
+    trust: &mesh_attest::cli::TrustArgs,
+) -> anyhow::Result<()> {
     let evidence = mesh_attest::Evidence::decode(&binding.evidence)?;
-    let claims = mesh_attest::replay::claims(&evidence.events)?;
-    let instance = alloy::hex::encode(claims.instance_id);
-    if instance != binding.instance_id {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let collateral = trust
+        .collateral(None)?
+        .for_quote(&evidence.quote, now)
+        .await
+        .context("no collateral for the quote's platform")?;
+    let mut policy = mesh_attest::Policy::new(binding.proof.app_id.into_array());
+    policy.compose_hashes = mesh_attest::Allowed::Any;
+    policy.os = mesh_attest::Allowed::Any;
+    policy.tcb_statuses = trust.tcb_statuses();
+    let expected = mesh_attest::Expected {
+        instance_id: alloy::hex::decode(instance_id(&binding.instance_id)?)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("an instance id is 20 bytes"))?,
+        report_data: mesh_attest::report_data(binding.chain_id, binding.contract, binding.node),
+    };
+    let verdict = mesh_attest::verify(
+        &evidence,
+        &expected,
+        &policy,
+        &trust.trust()?,
+        &collateral,
+        now,
+    )
+    .map_err(|r| anyhow::anyhow!("{} ({})", r, r.kind()))?;
+    let auth = cluster::app_auth(c).await?;
+    let compose = B256::from(verdict.compose_hash);
+    let os = B256::from(verdict.os_measurement);
+    let allowed = |what: &'static str| move |e| chain::ChainError::from_call(what, e);
+    if !auth
+        .isComposeHashAllowed(compose)
+        .call()
+        .await
+        .map_err(allowed("isComposeHashAllowed"))?
+    {
         bail!(
-            "its event log names instance {instance}, and the binding instance {}",
-            binding.instance_id
+            "the cluster does not allow its compose hash {compose}: allow it first with `meshctl app-auth allow-compose {compose}`"
         );
     }
-    if claims.app_id != binding.proof.app_id.0 {
+    if !auth
+        .isOsAllowed(os)
+        .call()
+        .await
+        .map_err(allowed("isOsAllowed"))?
+    {
         bail!(
-            "its event log names app 0x{}, and the binding's chain app {}",
-            alloy::hex::encode(claims.app_id),
-            binding.proof.app_id
+            "the cluster does not allow its OS image {os}: allow it first with `meshctl app-auth allow-os {os}`"
         );
     }
     Ok(())

@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::SystemTime};
 
 use anyhow::Context;
-use mesh_api::{ApiArgs, ConnectionKind, Leader, Peer, Status};
+use mesh_api::{ApiArgs, ConnectionKind, Leader, Peer, RefusedPeer, Status};
 use serde_json::json;
 
 use crate::output::Output;
@@ -33,14 +33,21 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let leader: Leader = mesh_api::get(&api, "/v1/leader")
         .await
         .context("reading the agent's leader")?;
+    let refused: Vec<RefusedPeer> = mesh_api::get(&api, "/v1/peers/refused")
+        .await
+        .context("reading the seats the agent refused")?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let health = mesh_api::assess(&status, &peers);
     out.emit(
-        || render(&status, &peers, &leader, now, args.verbose),
-        || json!({ "status": status, "peers": peers, "leader": leader, "health": health }),
+        || {
+            let mut text = render(&status, &peers, &leader, now, args.verbose);
+            text.push_str(&render_refused(&refused, args.verbose));
+            text
+        },
+        || json!({ "status": status, "peers": peers, "refused": refused, "leader": leader, "health": health }),
     );
     if args.check && !health.healthy {
         for reason in &health.reasons {
@@ -135,6 +142,19 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     if let (false, Some(e)) = (n.registered, &n.registration_error) {
         s.push_str(&format!("# registration: {e}\n"));
     }
+    match &n.attestation {
+        Some(a) if a.verified => s.push_str(&format!(
+            "attested: {} (compose {})\n",
+            opt(a.tcb_status.clone()),
+            short(a.compose_hash.as_deref().unwrap_or("-"), 14, verbose)
+        )),
+        Some(a) => s.push_str(&format!(
+            "# attestation: this node's own evidence does not pass ({}): {}\n",
+            opt(a.kind.clone()),
+            opt(a.reason.clone())
+        )),
+        None => {}
+    }
     let term = leader
         .term
         .map(|t| format!(", term {t}"))
@@ -169,15 +189,15 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
         s.push_str("# this node is unhealthy (GET /v1/health says why): it will not lead\n");
     }
     s.push_str(&format!(
-        "peers: {} configured, {} healthy\n\n",
-        status.peers_configured, status.peers_healthy
+        "peers: {} configured, {} healthy, {} refused\n\n",
+        status.peers_configured, status.peers_healthy, status.peers_refused
     ));
     if peers.is_empty() {
         s.push_str("no peers\n");
         return s;
     }
     s.push_str(&format!(
-        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:>10} {:>10}\n",
+        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:<9} {:>10} {:>10}\n",
         "TOKEN",
         "INSTANCE",
         "OVERLAY",
@@ -185,6 +205,7 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
         "ENDPOINT",
         "CONNECTION",
         "PATH",
+        "ATTESTED",
         "HANDSHAKE",
         "RX",
         "TX"
@@ -197,7 +218,7 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
             ConnectionKind::Unreachable => "unreachable",
         };
         s.push_str(&format!(
-            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:>10} {:>10}\n",
+            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:<9} {:>10} {:>10}\n",
             p.token_id,
             short(&p.instance_id, 12, verbose),
             p.overlay_ip,
@@ -210,6 +231,10 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
             p.endpoint.as_deref().unwrap_or("-"),
             connection,
             p.path.map_or("-", mesh_api::Path::as_str),
+            p.attestation
+                .as_ref()
+                .and_then(|a| a.tcb_status.as_deref())
+                .unwrap_or("-"),
             age(p.latest_handshake, now),
             bytes(p.rx_bytes),
             bytes(p.tx_bytes),
@@ -228,6 +253,25 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     s
 }
 
+/// The seats whose evidence the agent refused, each with why; nothing when there are none.
+fn render_refused(refused: &[RefusedPeer], verbose: bool) -> String {
+    let mut s = String::new();
+    if refused.is_empty() {
+        return s;
+    }
+    s.push_str("\nrefused (not configured: their attestation does not pass):\n");
+    for r in refused {
+        s.push_str(&format!(
+            "✗ {:<5} {:<14} {:<22} {}\n",
+            r.token_id,
+            short(&r.instance_id, 12, verbose),
+            r.kind,
+            r.reason
+        ));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +284,33 @@ mod tests {
         assert_eq!(age(Some(990), 1000), "10s ago");
         assert_eq!(age(Some(1000 - 125), 1000), "2m ago");
         assert_eq!(age(Some(1), 1 + 3 * 86_400), "3d ago");
+    }
+
+    /// A refused seat is listed with its reason; none, nothing.
+    #[test]
+    fn refused_seats_are_listed_with_their_reason() {
+        assert_eq!(render_refused(&[], false), "");
+        let text = render_refused(
+            &[RefusedPeer {
+                token_id: 2,
+                instance_id: "ab".repeat(20),
+                kind: "instance-mismatch".into(),
+                reason: "the evidence names another instance".into(),
+            }],
+            false,
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("✗ 2 "))
+            .expect("a row for seat 2");
+        assert!(
+            row.contains("abababababab…") && row.contains(" instance-mismatch "),
+            "{row}"
+        );
+        assert!(
+            text.contains("the evidence names another instance"),
+            "{text}"
+        );
     }
 
     /// Transfer is shown in binary units.
