@@ -5,6 +5,7 @@
 //! - `output`: what a command prints, as text or as `--json`;
 //! - `cmd/*`: one module per subcommand.
 
+mod attest;
 mod cluster;
 mod cmd;
 mod output;

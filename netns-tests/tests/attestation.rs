@@ -11,7 +11,7 @@
 //! Every agent, node 2's own included, must refuse both seats with the named reason (`instance-mismatch`,
 //! `report-data-mismatch`), list them in `/v1/peers/refused` and the metric, configure neither key, and the
 //! tunnel between nodes 1 and 3 must not drop a ping meanwhile. `meshctl mint` refuses both bindings before
-//! sending anything.
+//! sending anything, and `meshctl peers` names both seats as refused.
 //!
 //! Run as root, after building the binaries it runs (this crate's tests do not build them):
 //!
@@ -192,6 +192,30 @@ fn seats_whose_evidence_names_another_instance_or_node_are_refused_by_every_agen
             }
         }
         steps.step("every agent refuses seat 4 (instance-mismatch) and seat 5 (report-data-mismatch), in its API and its metric, and configures neither");
+
+        // `meshctl peers` checks each seat's evidence as the agents do, and fails naming both.
+        let out = cluster.meshctl_output(0, &["peers"]);
+        assert!(
+            !out.status.success(),
+            "meshctl peers must fail on refused seats"
+        );
+        let listed: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("meshctl peers --json");
+        for p in listed["peers"].as_array().expect("peers") {
+            let seat = p["tokenId"].as_u64().expect("tokenId");
+            let error = p["attestationError"].as_str().unwrap_or_default();
+            match want.iter().find(|(t, _)| *t == seat) {
+                Some((_, kind)) => assert!(
+                    p["attested"] == false && error.contains(&format!("({kind})")),
+                    "meshctl peers on seat {seat}: {p}"
+                ),
+                None => assert!(
+                    p["attested"] == true && p["tcbStatus"] == "UpToDate",
+                    "meshctl peers on seat {seat}: {p}"
+                ),
+            }
+        }
+        steps.step("meshctl peers shows seats 1-3 attested (UpToDate), and fails naming seats 4 and 5 with their reasons");
 
         let (sent, received) = pinger.join().expect("pinger");
         assert_eq!(

@@ -30,6 +30,44 @@ pub(crate) struct Args {
     /// Show whole WireGuard keys and instance ids.
     #[arg(short, long)]
     verbose: bool,
+    /// What each seat's attestation evidence is verified under, as the agents verify it.
+    #[command(flatten)]
+    trust: mesh_attest::cli::TrustArgs,
+}
+
+/// What to do about a seat whose evidence does not pass: agents do not configure it until its holder binds
+/// the seat with evidence that does.
+fn attestation_fix(token: u64) -> String {
+    format!(
+        "every agent refuses seat {token}, so the node is out of the mesh: fix what the reason names (the \
+         cluster's allowlists with `meshctl app-auth`, the collateral, or the node), or bind the seat again with \
+         its node's binding (`p2p-agent identity --bind-token {token}` in the instance, then `meshctl bind`)"
+    )
+}
+
+/// Seat `p`'s binding evidence, checked as the agents check it: its TCB status, or why it is refused.
+async fn attest(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    trust: &mesh_attest::cli::TrustArgs,
+    p: &DstackClusterNFT::Peer,
+    chain_id: u64,
+    app_ids: &[alloy::primitives::Address],
+) -> Result<String, String> {
+    let binding = chain::binding_event(c, p)
+        .await
+        .map_err(|e| format!("reading its InstanceBound event: {e}"))?
+        .ok_or_else(|| format!("no InstanceBound event in block {} (unbound)", p.boundBlock))?;
+    let seat = crate::attest::Seat {
+        instance_id: &binding.instance_id,
+        node: binding.node,
+        chain_id,
+        contract: *c.address(),
+        apps: app_ids,
+    };
+    crate::attest::check(c, trust, &binding.evidence, &seat)
+        .await
+        .map(|v| v.tcb_status.as_str().to_owned())
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// A record's proof, re-checked against the contract's own KMS root and app ids.
@@ -87,7 +125,8 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             kms_root,
             &app_ids,
         );
-        failures += usize::from(verdict.is_err());
+        let attested = attest(&c, &args.trust, p, chain_id, &app_ids).await;
+        failures += usize::from(verdict.is_err()) + usize::from(attested.is_err());
         let token = u64::try_from(p.tokenId).with_context(|| {
             format!("the RPC lists seat id {}, which is out of range", p.tokenId)
         })?;
@@ -103,6 +142,10 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             "proofVerified": verdict.is_ok(),
             "fix": verdict.is_err().then(|| fix(token)),
             "proofError": verdict.err(),
+            "attested": attested.is_ok(),
+            "tcbStatus": attested.as_ref().ok(),
+            "attestationError": attested.as_ref().err(),
+            "attestationFix": attested.is_err().then(|| attestation_fix(token)),
         }));
     }
     let verbose = args.verbose;
@@ -110,7 +153,8 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         || table(&rows, verbose),
         || json!({ "kmsRoot": kms_root, "appIds": app_ids, "peers": rows }),
     );
-    // A record that fails off-chain verification means the contract or the RPC is not what we think.
+    // A record that fails off-chain verification means the contract or the RPC is not what we think; a seat
+    // whose evidence is refused is out of every agent's mesh.
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {
@@ -138,8 +182,8 @@ fn table(rows: &[Value], verbose: bool) -> String {
         }
     };
     let mut s = format!(
-        "{:<6} {:<14} {:<15} {:<14} {:<22} {:<8} {}\n",
-        "TOKEN", "INSTANCE", "OVERLAY", "WG KEY", "ENDPOINT", "PROOF", "GATEWAY"
+        "{:<6} {:<14} {:<15} {:<14} {:<22} {:<8} {:<10} {}\n",
+        "TOKEN", "INSTANCE", "OVERLAY", "WG KEY", "ENDPOINT", "PROOF", "ATTESTED", "GATEWAY"
     );
     for r in rows {
         let str_of = |k: &str| r[k].as_str().unwrap_or("-").to_string();
@@ -156,14 +200,19 @@ fn table(rows: &[Value], verbose: bool) -> String {
             "" => "-".to_string(),
             g => g.to_string(),
         };
+        let attested = match r["tcbStatus"].as_str() {
+            Some(status) => status.to_owned(),
+            None => "REFUSED".to_owned(),
+        };
         s.push_str(&format!(
-            "{:<6} {:<14} {:<15} {:<14} {:<22} {:<8} {}\n",
+            "{:<6} {:<14} {:<15} {:<14} {:<22} {:<8} {:<10} {}\n",
             r["tokenId"].as_u64().unwrap_or_default(),
             cut(&str_of("instanceId"), 12),
             str_of("overlayIp"),
             cut(&str_of("wgPublicKey"), 12),
             endpoint,
             proof,
+            attested,
             gateway
         ));
         if let Some(e) = r["proofError"].as_str() {
@@ -171,6 +220,13 @@ fn table(rows: &[Value], verbose: bool) -> String {
                 "       proof of seat {} does not verify: {e}\n       fix: {}\n",
                 r["tokenId"],
                 r["fix"].as_str().unwrap_or_default()
+            ));
+        }
+        if let Some(e) = r["attestationError"].as_str() {
+            s.push_str(&format!(
+                "       seat {} is refused by every agent: {e}\n       fix: {}\n",
+                r["tokenId"],
+                r["attestationFix"].as_str().unwrap_or_default()
             ));
         }
     }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use alloy::primitives::{Address, B256, U256, utils::parse_ether};
+use alloy::primitives::{Address, U256, utils::parse_ether};
 use anyhow::{Context, bail};
 use mesh_chain::contract::{self as chain, DstackClusterNFT, ipv4};
 use mesh_chain::record::{self as proof, NodeBinding};
@@ -226,69 +226,23 @@ async fn check_binding(
         .context("the binding's attestation evidence does not pass as the agents will check it; not sending it")
 }
 
-/// The evidence passes as every agent will check it: the quote verifies under the trusted root and the
-/// collateral with an allowed TCB status; its RTMR3 log replays to the quote and names the binding's instance
-/// and the app of its chain; its report data commits to this chain, cluster and node; and the cluster allows
-/// its compose hash and OS image.
+/// The evidence passes as every agent will check it ([`crate::attest::check`]), for the app of the binding's
+/// chain.
 async fn check_evidence(
     c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
     binding: &NodeBinding,
     trust: &mesh_attest::cli::TrustArgs,
 ) -> anyhow::Result<()> {
-    let evidence = mesh_attest::Evidence::decode(&binding.evidence)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_secs();
-    let collateral = trust
-        .collateral(None)?
-        .for_quote(&evidence.quote, now)
-        .await
-        .context("no collateral for the quote's platform")?;
-    let mut policy = mesh_attest::Policy::new(binding.proof.app_id.into_array());
-    policy.compose_hashes = mesh_attest::Allowed::Any;
-    policy.os = mesh_attest::Allowed::Any;
-    policy.tcb_statuses = trust.tcb_statuses();
-    let expected = mesh_attest::Expected {
-        instance_id: alloy::hex::decode(instance_id(&binding.instance_id)?)?
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("an instance id is 20 bytes"))?,
-        report_data: mesh_attest::report_data(binding.chain_id, binding.contract, binding.node),
+    let seat = crate::attest::Seat {
+        instance_id: &instance_id(&binding.instance_id)?,
+        node: binding.node,
+        chain_id: binding.chain_id,
+        contract: binding.contract,
+        apps: &[binding.proof.app_id],
     };
-    let verdict = mesh_attest::verify(
-        &evidence,
-        &expected,
-        &policy,
-        &trust.trust()?,
-        &collateral,
-        now,
-    )
-    .map_err(|r| anyhow::anyhow!("{} ({})", r, r.kind()))?;
-    let auth = cluster::app_auth(c).await?;
-    let compose = B256::from(verdict.compose_hash);
-    let os = B256::from(verdict.os_measurement);
-    let allowed = |what: &'static str| move |e| chain::ChainError::from_call(what, e);
-    if !auth
-        .isComposeHashAllowed(compose)
-        .call()
+    crate::attest::check(c, trust, &binding.evidence, &seat)
         .await
-        .map_err(allowed("isComposeHashAllowed"))?
-    {
-        bail!(
-            "the cluster does not allow its compose hash {compose}: allow it first with `meshctl app-auth allow-compose {compose}`"
-        );
-    }
-    if !auth
-        .isOsAllowed(os)
-        .call()
-        .await
-        .map_err(allowed("isOsAllowed"))?
-    {
-        bail!(
-            "the cluster does not allow its OS image {os}: allow it first with `meshctl app-auth allow-os {os}`"
-        );
-    }
-    Ok(())
+        .map(|_| ())
 }
 
 /// The owner lets a seat serve another dstack app than the one its first record came from.

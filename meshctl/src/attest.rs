@@ -1,0 +1,99 @@
+//! A seat's attestation evidence checked as every agent checks it, for `mint`, `bind` and `peers`: the quote
+//! under the trusted root and collateral with an allowed TCB status, its RTMR3 log replayed to the quote and
+//! naming the seat's instance and an allowed app, its report data committing to this chain, cluster and node,
+//! and the cluster's allowlists of compose hashes and OS images.
+
+use alloy::primitives::{Address, B256};
+use alloy::providers::DynProvider;
+use anyhow::{Context, bail};
+use mesh_attest::cli::TrustArgs;
+use mesh_attest::{Allowed, Evidence, Expected, Policy, Verdict};
+use mesh_chain::contract::{self as chain, DstackClusterNFT};
+
+use crate::cluster;
+
+/// What the evidence must prove: the seat's instance and node, in this cluster, for one of `apps`.
+pub(crate) struct Seat<'a> {
+    pub instance_id: &'a str,
+    pub node: Address,
+    pub chain_id: u64,
+    pub contract: Address,
+    pub apps: &'a [Address],
+}
+
+/// The verdict on `evidence` for `seat`, or why it is refused (the refusal's kind in parentheses).
+///
+/// # Errors
+/// The refusal, no collateral for the quote's platform, or a failed read of the allowlists.
+pub(crate) async fn check(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+    trust: &TrustArgs,
+    evidence: &[u8],
+    seat: &Seat<'_>,
+) -> anyhow::Result<Verdict> {
+    let evidence = Evidence::decode(evidence)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let collateral = trust
+        .collateral(None)?
+        .for_quote(&evidence.quote, now)
+        .await
+        .context("no collateral for the quote's platform")?;
+    // The policy names one app: the evidence's own when the cluster allows it, so that a refusal says what
+    // is wrong rather than naming an app mismatch.
+    let claimed = mesh_attest::replay::claims(&evidence.events)
+        .ok()
+        .map(|c| Address::from(c.app_id))
+        .filter(|a| seat.apps.contains(a));
+    let app = claimed
+        .or_else(|| seat.apps.first().copied())
+        .unwrap_or_default();
+    let mut policy = Policy::new(app.into_array());
+    policy.compose_hashes = Allowed::Any;
+    policy.os = Allowed::Any;
+    policy.tcb_statuses = trust.tcb_statuses();
+    let instance = alloy::hex::decode(seat.instance_id.trim_start_matches("0x"))
+        .ok()
+        .and_then(|v| <[u8; 20]>::try_from(v).ok())
+        .with_context(|| format!("{:?} is not a 20-byte instance id", seat.instance_id))?;
+    let expected = Expected {
+        instance_id: instance,
+        report_data: mesh_attest::report_data(seat.chain_id, seat.contract, seat.node),
+    };
+    let verdict = mesh_attest::verify(
+        &evidence,
+        &expected,
+        &policy,
+        &trust.trust()?,
+        &collateral,
+        now,
+    )
+    .map_err(|r| anyhow::anyhow!("{r} ({})", r.kind()))?;
+    let auth = cluster::app_auth(c).await?;
+    let compose = B256::from(verdict.compose_hash);
+    let os = B256::from(verdict.os_measurement);
+    let read = |what: &'static str| move |e| chain::ChainError::from_call(what, e);
+    if !auth
+        .isComposeHashAllowed(compose)
+        .call()
+        .await
+        .map_err(read("isComposeHashAllowed"))?
+    {
+        bail!(
+            "the cluster does not allow its compose hash {compose}: allow it with `meshctl app-auth allow-compose {compose}` (compose-not-allowed)"
+        );
+    }
+    if !auth
+        .isOsAllowed(os)
+        .call()
+        .await
+        .map_err(read("isOsAllowed"))?
+    {
+        bail!(
+            "the cluster does not allow its OS image {os}: allow it with `meshctl app-auth allow-os {os}` (os-not-allowed)"
+        );
+    }
+    Ok(verdict)
+}
