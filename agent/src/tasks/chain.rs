@@ -367,7 +367,8 @@ impl Running {
     }
 }
 
-/// Logs each seat whose attestation changed: a refusal as a warning, with its reason.
+/// Logs each seat whose attestation changed: a refusal as a warning, with its reason. The field is `seat`,
+/// not `token`: `token` is the node span's own seat, which log readers look for.
 fn log_changes(before: &Attestations, now: &Attestations) {
     for (token, a) in now {
         let was = before.get(token);
@@ -375,7 +376,7 @@ fn log_changes(before: &Attestations, now: &Attestations) {
             Attested::Refused { kind, reason } => {
                 if was != Some(a) {
                     warn!(
-                        token,
+                        seat = token,
                         kind,
                         reason,
                         "refused this seat's attestation: its record is not configured"
@@ -384,7 +385,7 @@ fn log_changes(before: &Attestations, now: &Attestations) {
             }
             Attested::Verified(v) => {
                 if !was.is_some_and(Attested::is_verified) {
-                    info!(token, tcb_status = %v.tcb_status, compose_hash = %alloy::hex::encode(v.compose_hash), "seat attested");
+                    info!(seat = token, tcb_status = %v.tcb_status, compose_hash = %alloy::hex::encode(v.compose_hash), "seat attested");
                 }
             }
         }
