@@ -5,8 +5,6 @@
 //! it drops, the timer polls at the configured interval, and the subscription is tried again with backoff.
 //! A subscription that stays open but falls silent while the chain moves on is dropped and renewed.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use alloy::{
@@ -17,7 +15,8 @@ use alloy::{
     transports::{TransportErrorKind, http::reqwest::Url},
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tracing::{info, warn};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{Instrument as _, info, warn};
 
 use crate::backoff::Backoff;
 use crate::contract::ChainError;
@@ -222,7 +221,9 @@ impl Pace {
 /// How long a subscription may take to be made (the WebSocket opened, `eth_subscribe` answered).
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Subscribing = Pin<Box<dyn Future<Output = Result<Heads, ChainError>> + Send>>;
+/// A subscription being made, in its own task: the caller's work between calls to [`Wakeups::next`] (a long
+/// read, an attestation pass) neither stalls it nor counts against its time limit.
+type Subscribing = AbortOnDropHandle<Result<Heads, ChainError>>;
 
 /// The follower's wake-ups: heads from a subscription at `url` while there is one, else the timer.
 pub struct Wakeups {
@@ -231,6 +232,7 @@ pub struct Wakeups {
     heads: Option<Heads>,
     /// A subscription being made.
     subscribing: Option<Subscribing>,
+    subscribe_timeout: Duration,
     pace: Pace,
 }
 
@@ -243,6 +245,7 @@ impl Wakeups {
             url: subscribe,
             heads: None,
             subscribing: None,
+            subscribe_timeout: SUBSCRIBE_TIMEOUT,
         }
     }
 
@@ -257,8 +260,8 @@ impl Wakeups {
     }
 
     /// Waits for the next reason to look at the chain: a new head, or the timer. A subscription being made
-    /// goes on across calls, beside the timer, so that a WebSocket slow to answer (or never answering) holds
-    /// no poll up.
+    /// goes on in its own task, beside the timer and across calls, so that a WebSocket slow to answer (or
+    /// never answering) holds no poll up.
     pub async fn next(&mut self) -> Wake {
         loop {
             self.start_subscribing_if_due();
@@ -316,17 +319,19 @@ impl Wakeups {
             return;
         }
         let url = url.clone();
-        self.subscribing = Some(Box::pin(async move {
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, Heads::subscribe(&url)).await {
+        let limit = self.subscribe_timeout;
+        let making = async move {
+            match tokio::time::timeout(limit, Heads::subscribe(&url)).await {
                 Ok(made) => made,
                 Err(_) => Err(ChainError::Rpc {
                     what: "eth_subscribe newHeads",
-                    source: TransportErrorKind::custom_str(&format!(
-                        "no answer within {SUBSCRIBE_TIMEOUT:?}"
-                    )),
+                    source: TransportErrorKind::custom_str(&format!("no answer within {limit:?}")),
                 }),
             }
-        }));
+        };
+        self.subscribing = Some(AbortOnDropHandle::new(tokio::spawn(
+            making.in_current_span(),
+        )));
     }
 
     fn made(&mut self, made: Result<Heads, ChainError>) {
@@ -359,7 +364,17 @@ async fn next_head(heads: &mut Option<Heads>) -> Option<Head> {
 /// The subscription being made, once it is; never, when none is.
 async fn until_made(subscribing: &mut Option<Subscribing>) -> Result<Heads, ChainError> {
     match subscribing {
-        Some(s) => s.await,
+        // The task is only ever aborted by dropping its handle, so a join error is its panic: a bug, shown
+        // as a failed attempt rather than taking the follower down.
+        Some(s) => match s.await {
+            Ok(made) => made,
+            Err(e) => Err(ChainError::Rpc {
+                what: "eth_subscribe newHeads",
+                source: TransportErrorKind::custom_str(&format!(
+                    "the subscribing task failed: {e}"
+                )),
+            }),
+        },
         None => std::future::pending().await,
     }
 }
@@ -367,6 +382,53 @@ async fn until_made(subscribing: &mut Option<Subscribing>) -> Result<Heads, Chai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// A WebSocket JSON-RPC endpoint that grants every `eth_subscribe` and announces nothing.
+    async fn granting_subscriptions() -> Url {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok(Message::Text(request))) = ws.next().await {
+                        let request: serde_json::Value = serde_json::from_str(&request).unwrap();
+                        let answer = serde_json::json!({"jsonrpc": "2.0", "id": request["id"], "result": "0x1"});
+                        if ws.send(Message::text(answer.to_string())).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    /// The follower reads and checks between wake-ups, for seconds at a time when many seats come in at
+    /// once. A subscription asked for before that work is made meanwhile, and is not failed for the time
+    /// the follower spent elsewhere.
+    #[tokio::test]
+    async fn a_subscription_is_made_while_the_follower_is_busy_elsewhere() {
+        let mut wakeups = Wakeups::new(
+            Duration::from_secs(60),
+            Some(granting_subscriptions().await),
+        );
+        wakeups.subscribe_timeout = Duration::from_millis(300);
+        let _ = tokio::time::timeout(Duration::from_millis(20), wakeups.next()).await;
+        // Busy elsewhere, for longer than a subscription may take to be made.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), wakeups.next()).await;
+        assert!(
+            wakeups.subscribed(),
+            "the subscription, answered at once, must be followed"
+        );
+    }
 
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
