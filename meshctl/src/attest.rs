@@ -8,7 +8,8 @@ use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use mesh_attest::cli::TrustArgs;
 use mesh_attest::{Allowed, Evidence, Expected, Policy, Verdict};
-use mesh_chain::contract::{self as chain, DstackClusterNFT};
+use mesh_chain::contract::DstackClusterNFT;
+use mesh_chain::error::ChainError;
 
 use crate::cluster;
 
@@ -74,7 +75,7 @@ pub(crate) async fn check(
     let auth = cluster::app_auth(c).await?;
     let compose = B256::from(verdict.compose_hash);
     let os = B256::from(verdict.os_measurement);
-    let read = |what: &'static str| move |e| chain::ChainError::from_call(what, e);
+    let read = |what: &'static str| move |e| ChainError::from_call(what, e);
     if !auth
         .isComposeHashAllowed(compose)
         .call()

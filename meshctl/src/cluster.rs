@@ -13,8 +13,9 @@ use alloy::{
 };
 use anyhow::{Context, bail};
 use mesh_chain::contract::{
-    self as chain, ChainError, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT,
+    self as chain, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT,
 };
+use mesh_chain::error::ChainError;
 use mesh_chain::redact::RedactedUrl;
 use serde_json::{Value, json};
 

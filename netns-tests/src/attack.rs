@@ -120,7 +120,7 @@ pub fn send_registration(
         let after = c.provider().get_block_number().await.expect("block number");
         let name = match sent {
             Ok(pending) => format!("no revert: sent {}", pending.tx_hash()),
-            Err(e) => chain::explain_revert(&e)
+            Err(e) => mesh_chain::revert::explain_revert(&e)
                 .map(|r| r.name)
                 .unwrap_or_else(|| format!("not a revert: {e}")),
         };

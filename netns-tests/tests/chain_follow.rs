@@ -17,7 +17,8 @@ use alloy::{
     sol_types::{SolCall, SolEvent},
 };
 use mesh_chain::{
-    contract::{ChainError, DstackClusterNFT},
+    contract::DstackClusterNFT,
+    error::ChainError,
     follow::{Anchors, FollowConfig, Follower},
     heads::{Wake, Wakeups},
     membership::{self, InvalidRecord, Own},

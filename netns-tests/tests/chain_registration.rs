@@ -487,7 +487,9 @@ async fn a_lost_key_store_needs_a_rebind_which_the_agent_explains() {
     let (r, p, sig) = chain::register_peer_args(&stale);
     let refused = c.registerPeer(r, p, sig).call().await.unwrap_err();
     assert_eq!(
-        chain::explain_revert(&refused).map(|r| r.name).as_deref(),
+        mesh_chain::revert::explain_revert(&refused)
+            .map(|r| r.name)
+            .as_deref(),
         Some("RegistryPurposeMismatch"),
         "the old node key no longer signs for the seat"
     );

@@ -7,7 +7,8 @@ use alloy::primitives::{Address, TxHash, U256};
 use alloy::signers::local::PrivateKeySigner;
 use tracing::{info, instrument};
 
-use crate::contract::{ChainError, DstackClusterElection};
+use crate::contract::DstackClusterElection;
+use crate::error::ChainError;
 use crate::node_key::NodeKey;
 use crate::registration::{Cluster, confirm};
 

@@ -27,9 +27,8 @@ use alloy::{
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
-use crate::contract::{
-    self, ChainError, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT,
-};
+use crate::contract::{self, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT};
+use crate::error::ChainError;
 use crate::heads::Head;
 use crate::membership::{Pins, Rejected};
 use crate::view::{ChainView, Seat};

@@ -19,7 +19,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument as _, info, warn};
 
 use crate::backoff::Backoff;
-use crate::contract::ChainError;
+use crate::error::ChainError;
 use crate::redact::RedactedUrl;
 use crate::rpc;
 

@@ -1,7 +1,9 @@
 //! The cluster contract, and what an agent believes of it.
 //!
-//! - [`contract`]: bindings to `DstackClusterNFT` (alloy's `sol!` over the committed Foundry artifact), the
-//!   check that an address holds a cluster, and reverts in words.
+//! - [`error`]: the crate's error, [`error::ChainError`], in words that name the next step.
+//! - [`contract`]: bindings to `DstackClusterNFT` (alloy's `sol!` over the committed Foundry artifact), and the
+//!   check that an address holds a cluster.
+//! - [`revert`]: a contract's revert put into words.
 //! - [`record`]: the peer record and the bind consent, their EIP-712 signatures, and their verification
 //!   (dstack's chain itself is [`dstack_guest::chain`]).
 //! - [`node_key`]: this node's key, made in the CVM, which signs its records, its binding and its ballots.
@@ -19,6 +21,7 @@
 pub mod backoff;
 pub mod contract;
 pub mod election;
+pub mod error;
 pub mod follow;
 pub mod heads;
 pub mod membership;
@@ -26,6 +29,7 @@ pub mod node_key;
 pub mod record;
 pub mod redact;
 pub mod registration;
+pub mod revert;
 pub mod rpc;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -17,7 +17,8 @@ use alloy::{
 };
 use tracing::{info, instrument, warn};
 
-use crate::contract::{self, ChainError, DstackClusterNFT};
+use crate::contract::{self, DstackClusterNFT};
+use crate::error::ChainError;
 use crate::membership::{self, Pins, Rejected};
 use crate::node_key::NodeKey;
 use crate::record::{self, PeerRecord, RecordError, SignedRegistration};

@@ -8,19 +8,10 @@ use alloy::{
     transports::{TransportError, http::reqwest::Url, ws::WsConnect},
 };
 
-use crate::contract::ChainError;
+use crate::error::{ChainError, UnknownScheme};
 
 /// The first wait before a dropped WebSocket is dialled again; alloy doubles it up to 30 s.
 const WS_RETRY: Duration = Duration::from_secs(1);
-
-/// A URL that names no transport the agent speaks.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "an RPC URL must be http://, https://, ws:// or wss://, not {scheme}://: check --rpc-url and --rpc-ws-url"
-)]
-pub struct UnknownScheme {
-    pub scheme: String,
-}
 
 /// How the URL's scheme says to reach the RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use alloy::primitives::{Address, U256};
 use anyhow::{Context, bail};
 use ipnetwork::Ipv4Network;
-use mesh_chain::contract::{ChainError, DstackClusterNFT};
+use mesh_chain::contract::DstackClusterNFT;
+use mesh_chain::error::ChainError;
 use serde_json::json;
 
 use crate::cluster::{self, ChainOpts, SignerOpts};

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, bail};
 use mesh_chain::{
     contract::{self as chain, DstackClusterNFT},
+    error::ChainError,
     record::{self as proof, SignedRegistration},
 };
 use serde_json::json;
@@ -39,13 +40,13 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         .seatInfo(reg.token_id)
         .call()
         .await
-        .map_err(|e| chain::ChainError::from_call("seatInfo", e))?;
+        .map_err(|e| ChainError::from_call("seatInfo", e))?;
     let (kms_root, app_ids) = chain::trust_anchors(&c).await?;
     let bound = c
         .getPeer(reg.token_id)
         .call()
         .await
-        .map_err(|e| chain::ChainError::from_call("getPeer", e))?
+        .map_err(|e| ChainError::from_call("getPeer", e))?
         .node;
     proof::verify_registration(&reg, kms_root, &app_ids, &seat.instanceId, Some(bound))
         .with_context(|| {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use alloy::primitives::{Address, U256, utils::parse_ether};
 use anyhow::{Context, bail};
 use mesh_chain::contract::{self as chain, DstackClusterNFT, ipv4};
+use mesh_chain::error::ChainError;
 use mesh_chain::record::{self as proof, NodeBinding};
 use serde_json::json;
 
@@ -169,7 +170,7 @@ pub(crate) async fn bind(args: BindArgs, out: &Output) -> anyhow::Result<ExitCod
         .ownerOf(token)
         .call()
         .await
-        .map_err(|e| chain::ChainError::from_call("ownerOf", e))?;
+        .map_err(|e| ChainError::from_call("ownerOf", e))?;
     check_binding(&c, &binding, token, holder, &args.trust).await?;
     let receipt =
         cluster::send("bind", c.bindInstance(token, chain::binding_arg(&binding))).await?;
