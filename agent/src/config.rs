@@ -36,11 +36,37 @@ pub const ENV_ALIASES: &[Alias] = &[
     Alias::new("DSTACK_MESH_HOSTS_FILE", "MESH_HOSTS_FILE"),
     Alias::new("DSTACK_MESH_HOSTS_SUFFIX", "MESH_HOSTS_SUFFIX"),
     Alias::new("DSTACK_MESH_WAIT_TIMEOUT_SECS", "MESH_WAIT_TIMEOUT_SECS"),
-    Alias::new("DSTACK_MESH_PRIVATE_KEY", "PRIVATE_KEY"),
 ];
 
-/// The transaction key's variable: read once at start and then removed (see `main`).
-pub const PRIVATE_KEY_ENV: &str = "DSTACK_MESH_PRIVATE_KEY";
+/// The variables that once carried the transaction key. The agent refuses to start with either set: a
+/// variable stays readable in `/proc/<pid>/environ` for the process's whole life, whatever the process does
+/// with it, so the key is taken only from a file.
+pub const REFUSED_KEY_VARIABLES: [&str; 2] = ["DSTACK_MESH_PRIVATE_KEY", "PRIVATE_KEY"];
+
+/// A transaction key in the environment. Names the variable, never its value.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} is set, but the agent takes its transaction key only from a file: a variable stays readable in /proc/<pid>/environ while the agent runs. Write the key to a file only the agent can read, pass --tx-key-file PATH (or DSTACK_MESH_TX_KEY_FILE), and unset {name}. On dstack, a compose `secrets:` entry with `environment: {name}` turns an encrypted variable into such a file (docs/dstack.md, section 4)"
+)]
+pub struct KeyInEnvironment {
+    pub name: &'static str,
+}
+
+/// Refuses a transaction key in the environment, as `lookup` (the process environment, in `main`) shows it.
+///
+/// # Errors
+/// [`KeyInEnvironment`] naming the first refused variable that is set and not empty.
+pub fn refuse_key_in_environment(
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<(), KeyInEnvironment> {
+    match REFUSED_KEY_VARIABLES
+        .into_iter()
+        .find(|name| lookup(name).is_some_and(|v| !v.is_empty()))
+    {
+        Some(name) => Err(KeyInEnvironment { name }),
+        None => Ok(()),
+    }
+}
 
 /// `--mode`: how this node offers itself to its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -228,7 +254,8 @@ pub struct RunArgs {
     /// How often to re-read every record as a safety net, in seconds.
     #[arg(long, env = "DSTACK_MESH_FULL_READ_SECS", default_value_t = 60)]
     pub full_read_secs: u64,
-    /// A funded key file that pays for registrations when the node's address has no funds (or DSTACK_MESH_PRIVATE_KEY).
+    /// A funded key file that pays for registrations when the node's address has no funds. The only way to
+    /// give the agent a transaction key: one in the environment is refused.
     #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE")]
     pub tx_key_file: Option<PathBuf>,
     /// WireGuard key rotation epoch: each epoch is another random key, kept with the node key.
@@ -390,20 +417,18 @@ impl RunArgs {
     }
 }
 
-/// The key that pays for registrations: `--tx-key-file`, else the `DSTACK_MESH_PRIVATE_KEY` taken at start,
-/// else none.
+/// The key that pays for registrations: the one in `--tx-key-file`, else none.
 ///
 /// # Errors
-/// A key file or value that is not a private key.
+/// A key file that cannot be read or does not hold a private key.
 pub fn tx_signer(
     file: Option<&std::path::Path>,
-    private_key: Option<zeroize::Zeroizing<String>>,
 ) -> anyhow::Result<Option<alloy::signers::local::PrivateKeySigner>> {
     Ok(mesh_chain::tx_key::load(
         file,
         "--tx-key-file",
-        PRIVATE_KEY_ENV,
-        private_key.as_deref().map(String::as_str),
+        REFUSED_KEY_VARIABLES[0],
+        None,
     )?)
 }
 
@@ -427,5 +452,29 @@ impl NodeKeyFile {
         self.path
             .clone()
             .unwrap_or_else(|| state_dir.join(crate::keystore::FILE_NAME))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_key_in_the_environment_is_refused_by_name_and_never_shown() {
+        const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+        for name in REFUSED_KEY_VARIABLES {
+            let err = refuse_key_in_environment(|n| (n == name).then(|| KEY.into()))
+                .expect_err("a key in the environment must be refused")
+                .to_string();
+            assert!(err.starts_with(&format!("{name} is set")), "{err}");
+            assert!(err.contains("--tx-key-file"), "{err}");
+            assert!(!err.contains(KEY), "the error shows the key: {err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_absent_key_variable_is_not_a_key() {
+        assert!(refuse_key_in_environment(|_| None).is_ok());
+        assert!(refuse_key_in_environment(|_| Some("".into())).is_ok());
     }
 }

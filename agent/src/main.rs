@@ -8,11 +8,19 @@ use p2p_agent::commands::{identity, register, wait};
 use p2p_agent::config::{self, RunArgs};
 use tokio_util::sync::CancellationToken;
 
+/// The version and the commit built from (set by `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DSTACK_MESH_COMMIT"),
+    ")"
+);
+
 /// dstack-mesh agent: proves this CVM's WireGuard key on-chain and keeps its mesh in step.
 ///
 /// Without a subcommand it runs the daemon: `p2p-agent --mode wireguard --contract 0x… --rpc-url …`.
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version = VERSION, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,7 +52,7 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// Register this node's peer record for its seat once, if the on-chain one differs: WireGuard key
     /// (made in this CVM), endpoint and gateway URL. Sends from the node's address when it is funded,
-    /// else with --tx-key-file/DSTACK_MESH_PRIVATE_KEY; otherwise prints the signed registration as JSON for
+    /// else with --tx-key-file; otherwise prints the signed registration as JSON for
     /// `meshctl relay`.
     Register(register::RegisterArgs),
     /// Wait until this node's record is on-chain and at least one tunnel is up (or there is no WireGuard
@@ -57,31 +65,17 @@ enum Command {
     Hold,
 }
 
-/// Takes the transaction key out of the process environment (under each of its names), so nothing the agent
-/// starts inherits it and nothing that reads its environment later finds it.
-#[allow(unsafe_code)]
-fn take_private_key() -> Option<zeroize::Zeroizing<String>> {
-    let value = std::env::var(config::PRIVATE_KEY_ENV)
-        .ok()
-        .map(zeroize::Zeroizing::new);
-    let older = config::ENV_ALIASES
-        .iter()
-        .filter(|a| a.name == config::PRIVATE_KEY_ENV)
-        .map(|a| a.older);
-    for name in older.chain([config::PRIVATE_KEY_ENV]) {
-        // SAFETY: called first in `main` (after parsing), before the runtime or any other thread exists, so
-        // nothing else reads or writes the environment meanwhile.
-        unsafe { std::env::remove_var(name) };
-    }
-    value
-}
-
 #[allow(unsafe_code)]
 fn main() -> ExitCode {
     // SAFETY: first in `main`, before the runtime or any other thread exists.
     let cli: Cli = unsafe { cli_env::parse(config::ENV_ALIASES) };
-    let private_key = take_private_key();
     init_logging(cli.log_format);
+    if matches!(cli.command, None | Some(Command::Register(_)))
+        && let Err(e) = config::refuse_key_in_environment(|name| std::env::var_os(name))
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,7 +86,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, private_key)) {
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -127,13 +121,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(
-    cli: Cli,
-    private_key: Option<zeroize::Zeroizing<String>>,
-) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
-            let tx_key = config::tx_signer(cli.run.tx_key_file.as_deref(), private_key)?;
+            let tx_key = config::tx_signer(cli.run.tx_key_file.as_deref())?;
             let cancel = CancellationToken::new();
             let on_signal = cancel.clone();
             tokio::spawn(async move {
@@ -144,7 +135,7 @@ async fn run(
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Identity(args)) => identity::run(args).await,
-        Some(Command::Register(args)) => register::run(args, private_key).await,
+        Some(Command::Register(args)) => register::run(args).await,
         Some(Command::Wait(args)) => wait::run(args).await,
         Some(Command::Hold) => {
             wait_for_signal().await;

@@ -291,6 +291,37 @@ async fn joins_and_revocations_arrive_while_full_reads_fail() {
     assert_eq!(peers[0].instance_id, late.instance_id);
 }
 
+/// A variable stays readable in `/proc/<pid>/environ` for the process's whole life, so the agent (and its
+/// `register`) refuses a transaction key in the environment, naming the variable and `--tx-key-file`, and
+/// never the key.
+#[test]
+fn a_transaction_key_in_the_environment_is_refused() {
+    const KEY: &str = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    for name in ["DSTACK_MESH_PRIVATE_KEY", "PRIVATE_KEY"] {
+        for command in [None, Some("register")] {
+            let mut cmd = Command::new(netns_tests::process::workspace_bin("p2p-agent"));
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env(name, KEY)
+                .args(command)
+                .args(["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3"])
+                .args(["--rpc-url", "http://127.0.0.1:9", "--state-dir", state]);
+            let what = format!("p2p-agent {} with {name}", command.unwrap_or("(daemon)"));
+            let out =
+                netns_tests::process::run_command_timeout(cmd, &what, Duration::from_secs(20));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what} started:\n{stderr}");
+            assert!(
+                stderr.contains(&format!("{name} is set")) && stderr.contains("--tx-key-file"),
+                "{what}: the error must name the variable and --tx-key-file:\n{stderr}"
+            );
+            assert!(!stderr.contains(KEY), "{what} printed the key:\n{stderr}");
+        }
+    }
+}
+
 /// The transaction key and the RPC's credentials stay in the agent: the on-change hook gets a cleaned
 /// environment, and neither the API nor the log shows them, even when the RPC fails and its error quotes
 /// the URL.
@@ -315,6 +346,8 @@ async fn secrets_stay_out_of_hooks_the_api_and_the_log() {
     );
     let tx_key = alloy::hex::encode(anvil.keys()[3].to_bytes());
     let dir = tempfile::tempdir().unwrap();
+    let tx_key_file = dir.path().join("tx.key");
+    std::fs::write(&tx_key_file, &tx_key).unwrap();
     let hook_env = dir.path().join("hook.env");
     let hook = format!("env > {}", hook_env.display());
     let _agent = start_tls_agent_with(
@@ -322,12 +355,17 @@ async fn secrets_stay_out_of_hooks_the_api_and_the_log() {
         &rpc,
         &c.address().to_string(),
         &node,
-        &["--on-change", &hook],
-        &[("PRIVATE_KEY", &tx_key), ("RPC_URL", &rpc)],
+        &[
+            "--on-change",
+            &hook,
+            "--tx-key-file",
+            tx_key_file.to_str().unwrap(),
+        ],
+        &[("RPC_URL", &rpc)],
     );
     let (status, _) = wait_until(
         dir.path(),
-        "registered, with a peer, paying with PRIVATE_KEY",
+        "registered, with a peer, paying with the --tx-key-file",
         |s, p| s.node.registered && p.len() == 1,
     )
     .await;

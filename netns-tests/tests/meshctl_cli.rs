@@ -526,3 +526,27 @@ fn older_environment_names_still_work_and_conflicts_are_refused() {
     let config = m.run(None, &["config", "show", "--json"]).ok().json();
     assert_eq!(config["lastTokenId"], "1", "nothing was minted: {config}");
 }
+
+/// `--version` says which code runs: the version and the commit both binaries were built from.
+#[test]
+fn both_binaries_name_the_commit_they_were_built_from() {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git, to read the commit under test");
+    assert!(out.status.success(), "git rev-parse failed: {out:?}");
+    let head = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    for bin in ["p2p-agent", "meshctl"] {
+        let out = std::process::Command::new(netns_tests::process::workspace_bin(bin))
+            .arg("--version")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            shown.trim(),
+            format!("{bin} {} (commit {head})", env!("CARGO_PKG_VERSION")),
+            "{bin} --version"
+        );
+    }
+}

@@ -33,7 +33,7 @@ pub struct RegisterArgs {
     #[command(flatten)]
     pub node_key_file: crate::config::NodeKeyFile,
     /// A file with a funded private key that pays for the transaction when the node's address has no
-    /// funds. Without it, the DSTACK_MESH_PRIVATE_KEY environment variable is used.
+    /// funds (a key in the environment is refused).
     #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE", value_name = "PATH")]
     pub tx_key_file: Option<std::path::PathBuf>,
 }
@@ -42,12 +42,9 @@ pub struct RegisterArgs {
 ///
 /// # Errors
 /// dstack or the chain unreachable, no seat, or a record the cluster or peers would reject.
-pub async fn run(
-    args: RegisterArgs,
-    private_key: Option<zeroize::Zeroizing<String>>,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     use mesh_chain::registration::{Cluster, Desired, Outcome};
-    let tx_key = crate::config::tx_signer(args.tx_key_file.as_deref(), private_key)?;
+    let tx_key = crate::config::tx_signer(args.tx_key_file.as_deref())?;
     let rpc = mesh_chain::redact::RedactedUrl::new(&args.endpoints.rpc_url);
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
@@ -98,7 +95,7 @@ pub async fn run(
                 serde_json::to_string_pretty(&reg).context("cannot encode the registration")?
             );
             eprintln!(
-                "seat {}: no funded sender (node address {} is empty and no --tx-key-file/DSTACK_MESH_PRIVATE_KEY): relay the registration above with `meshctl relay -`, or fund the node's address with `meshctl fund`",
+                "seat {}: no funded sender (node address {} is empty and no --tx-key-file): relay the registration above with `meshctl relay -`, or fund the node's address with `meshctl fund`",
                 reg.token_id,
                 identity.node.address()
             );

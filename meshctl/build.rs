@@ -1,0 +1,3 @@
+fn main() {
+    build_commit::emit();
+}
