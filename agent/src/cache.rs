@@ -1,8 +1,9 @@
 //! What the agent keeps in `--state-dir` between runs: the last processed block, the peer records it
 //! believed (with their proofs) and each seat's nonce high-water mark, and the pins it trusts, so a restart
 //! with the RPC down still brings the mesh up and a restart with a lying RPC cannot roll anything back.
-//! Nothing in it is secret: keys come from dstack on every start. Written atomically, mode 0600, in a
-//! versioned format; version 1 files (before the chain id, prefix and high-water marks were pinned) are
+//! Nothing in it is secret: keys come from dstack on every start. Written atomically and synced, mode
+//! 0600, in a versioned format, keeping the file it replaces as the last good copy that a damaged file
+//! falls back to; version 1 files (before the chain id, prefix and high-water marks were pinned) are
 //! upgraded on load.
 
 use std::os::unix::fs::PermissionsExt;
@@ -97,68 +98,134 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{} is not a state file this version understands: {detail}; move it away to start afresh", path.display())]
+    #[error("{} is not a state file this version can read: {detail}", path.display())]
     Format { path: PathBuf, detail: String },
+    #[error(
+        "{}; nor can its last good copy be used: {}",
+        crate::causes::chain(damaged.as_ref()),
+        crate::causes::chain(last_good.as_ref())
+    )]
+    NoGoodCopy {
+        damaged: Box<StateError>,
+        last_good: Box<StateError>,
+    },
 }
 
-/// Loads the saved view, if there is one.
+/// What the state file keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    pub view: ChainView,
+    /// The cluster's allowlist answers, so that a restart with the RPC down still admits the peers they
+    /// admitted.
+    pub allowlists: Vec<Allowlisted>,
+}
+
+/// The copy that a save replaced: the file as it was one save before, to fall back to when the file itself
+/// is damaged (a disk that lost a write, a hand edit).
+pub fn last_good_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{FILE_NAME}.last-good"))
+}
+
+/// Where a damaged file is moved when its last good copy serves instead, for the operator to look at.
+pub fn damaged_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{FILE_NAME}.damaged"))
+}
+
+/// Loads what was saved, if anything: the state file, else (the file damaged, or gone between the two
+/// renames of a save) its last good copy. A damaged file is moved aside when the copy serves, so that the
+/// next save does not keep it as the last good one.
 ///
 /// # Errors
-/// [`StateError`] when the file exists but cannot be read or parsed.
-pub fn load(dir: &Path) -> Result<Option<ChainView>, StateError> {
-    let path = dir.join(FILE_NAME);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+/// [`StateError`] when the file cannot be used and there is no usable copy: the caller decides whether to
+/// start afresh, since that drops the pins and the nonces' high-water marks.
+pub fn load(dir: &Path) -> Result<Option<Saved>, StateError> {
+    let (path, copy) = (dir.join(FILE_NAME), last_good_path(dir));
+    let damaged = match read(&path) {
+        Ok(Some(saved)) => return Ok(Some(saved)),
+        Ok(None) => {
+            let saved = read(&copy)?;
+            if saved.is_some() {
+                warn!(path = %path.display(), last_good = %copy.display(), "the state file is missing but its last good copy is not (a save was cut short?); using the copy");
+            }
+            return Ok(saved);
+        }
+        Err(e) => e,
+    };
+    match read(&copy) {
+        Ok(Some(saved)) => {
+            let aside = damaged_path(dir);
+            let kept = match std::fs::rename(&path, &aside) {
+                Ok(()) => aside.display().to_string(),
+                Err(e) => format!("not moved aside ({e})"),
+            };
+            warn!(error = %crate::causes::Causes(&damaged), last_good = %copy.display(), damaged = %kept, "the state file is damaged; using its last good copy");
+            Ok(Some(saved))
+        }
+        Ok(None) => Err(damaged),
+        Err(last_good) => Err(StateError::NoGoodCopy {
+            damaged: Box::new(damaged),
+            last_good: Box::new(last_good),
+        }),
+    }
+}
+
+/// One state file: none if it does not exist.
+fn read(path: &Path) -> Result<Option<Saved>, StateError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(StateError::Io {
                 action: "read",
-                path,
+                path: path.to_owned(),
                 source,
             });
         }
     };
-    if let Ok(meta) = std::fs::metadata(&path)
+    if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
         warn!(path = %path.display(), "the state file is readable by others; it holds no secrets, but should be 0600");
     }
     let format = |detail: String| StateError::Format {
-        path: path.clone(),
+        path: path.to_owned(),
         detail,
     };
-    let header: Header = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(format("it is empty".into()));
+    }
+    let header: Header = serde_json::from_slice(&bytes).map_err(|e| format(e.to_string()))?;
     match header.version {
         VERSION => {
-            let file: StateFile = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-            Ok(Some(file.view))
+            let file: StateFile =
+                serde_json::from_slice(&bytes).map_err(|e| format(e.to_string()))?;
+            Ok(Some(Saved {
+                view: file.view,
+                allowlists: file.allowlists,
+            }))
         }
         1 => {
             let file: StateFileV1 =
-                serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-            Ok(Some(file.view.into()))
+                serde_json::from_slice(&bytes).map_err(|e| format(e.to_string()))?;
+            Ok(Some(Saved {
+                view: file.view.into(),
+                allowlists: Vec::new(),
+            }))
         }
         other => Err(format(format!(
-            "version {other} (this agent reads versions 1 and {VERSION})"
+            "version {other} (this agent reads versions 1 and {VERSION}; was it written by a newer agent?)"
         ))),
     }
 }
 
-/// The allowlist answers saved with the view: none when there is no file, or it cannot be read (which
-/// [`load`] reports).
-pub fn load_allowlists(dir: &Path) -> Vec<Allowlisted> {
-    let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap_or_default();
-    serde_json::from_str::<StateFile>(&text)
-        .map(|f| f.allowlists)
-        .unwrap_or_default()
-}
-
-/// Saves the view and the allowlist answers atomically (write a temporary file, then rename it over the
-/// old one).
+/// Saves the view and the allowlist answers atomically: the text is written whole and synced to a
+/// temporary file, the file it replaces becomes the last good copy, and the new one is renamed into place.
 ///
 /// # Errors
 /// [`StateError::Io`] naming the path.
 pub fn save(dir: &Path, view: &ChainView, allowlists: &[Allowlisted]) -> Result<(), StateError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let io = |action, path: &Path, source| StateError::Io {
         action,
         path: path.to_owned(),
@@ -176,10 +243,29 @@ pub fn save(dir: &Path, view: &ChainView, allowlists: &[Allowlisted]) -> Result<
         path: path.clone(),
         detail: e.to_string(),
     })?;
-    std::fs::write(&tmp, text).map_err(|e| io("write", &tmp, e))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("create", &tmp, e))?;
+    // A file left over with wider permissions keeps them through `open`.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| io("chmod", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io("rename into", &path, e))
+    file.write_all(&text)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", &tmp, e))?;
+    match std::fs::rename(&path, last_good_path(dir)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("keep the last good copy of", &path, e)),
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename into", &path, e))?;
+    // The renames are durable once the directory is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", dir, e))
 }
 
 #[cfg(test)]
@@ -226,7 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = r#"{"version":1,"view":{"contract":"0x0101010101010101010101010101010101010101","chainId":1,"prefix":{"network":"10.0.1.0","len":24},"pins":{"kmsRoot":"0x0202020202020202020202020202020202020202","appIds":[]},"lastBlock":3,"lastBlockHash":"0x0404040404040404040404040404040404040404040404040404040404040404","records":{}}}"#;
         std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
-        let mut v = load(dir.path()).unwrap().unwrap();
+        let mut v = load(dir.path()).unwrap().unwrap().view;
         assert_eq!(v.last_block, 3);
         assert_eq!(
             (v.pins.chain_id, v.prefix().to_string()),
@@ -236,7 +322,7 @@ mod tests {
             .insert(7, serde_json::from_value(sample_registration()).unwrap());
         v.high_water.insert(7, 1);
         save(dir.path(), &v, &[]).unwrap();
-        let back = load(dir.path()).unwrap().unwrap();
+        let back = load(dir.path()).unwrap().unwrap().view;
         assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(
             back.high_water,
@@ -252,7 +338,7 @@ mod tests {
             ),
         );
         std::fs::write(dir.path().join(FILE_NAME), with_record).unwrap();
-        let upgraded = load(dir.path()).unwrap().unwrap();
+        let upgraded = load(dir.path()).unwrap().unwrap().view;
         assert_eq!(
             upgraded.high_water,
             [(9, 1)].into(),
@@ -291,7 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
         save(dir.path(), &view(), &[]).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), Some(view()));
+        assert_eq!(load(dir.path()).unwrap().map(|s| s.view), Some(view()));
         let mode = std::fs::metadata(dir.path().join(FILE_NAME))
             .unwrap()
             .permissions()
@@ -301,12 +387,90 @@ mod tests {
         assert!(text.contains("\"version\": 2"), "{text}");
     }
 
-    /// A file of another format is an error that says how to recover, not a silent reset.
+    /// A file of another format is an error that names the file and the version, not a silent reset.
     #[test]
     fn an_unknown_format_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), r#"{"version":9}"#).unwrap();
         let err = load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("move it away to start afresh"), "{err}");
+        assert!(
+            err.contains(FILE_NAME) && err.contains("version 9"),
+            "{err}"
+        );
+    }
+
+    fn damage(path: &Path, how: &[u8]) {
+        std::fs::write(path, how).unwrap();
+    }
+
+    /// Each save keeps the file it replaces as the last good copy; a truncated, empty or garbage file falls
+    /// back to that copy, with the damaged one moved aside for the operator (and so never kept as the last
+    /// good copy by the next save).
+    #[test]
+    fn a_damaged_file_falls_back_to_the_last_good_copy() {
+        let older = view();
+        let mut newer = view();
+        newer.last_block = 43;
+        for damaged in [
+            &b"{\"version\": 2, \"view\": {\"contr"[..],
+            b"",
+            b"\x8f\x00\xffrandom",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            save(dir.path(), &older, &[]).unwrap();
+            save(dir.path(), &newer, &[]).unwrap();
+            damage(&dir.path().join(FILE_NAME), damaged);
+            let loaded = load(dir.path()).unwrap().expect("the last good copy");
+            assert_eq!(loaded.view, older, "falls back to the copy one save back");
+            assert_eq!(std::fs::read(damaged_path(dir.path())).unwrap(), damaged);
+            assert!(!dir.path().join(FILE_NAME).exists());
+            save(dir.path(), &newer, &[]).unwrap();
+            assert_eq!(load(dir.path()).unwrap().unwrap().view, newer);
+            let copy = read(&last_good_path(dir.path())).unwrap().unwrap();
+            assert_eq!(copy.view, older, "the damaged file never became the copy");
+        }
+    }
+
+    /// A save cut short between its two renames leaves only the last good copy, which serves.
+    #[test]
+    fn a_missing_file_with_a_last_good_copy_uses_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &view(), &[]).unwrap();
+        save(dir.path(), &view(), &[]).unwrap();
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().view, view());
+    }
+
+    /// With no usable copy, a damaged file is an error naming the file and why, for the caller to refuse
+    /// a silent re-pin; garbage says what the parser found, not only that the file "cannot be read".
+    #[test]
+    fn a_damaged_file_without_a_good_copy_is_an_error_that_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        damage(&path, b"\x8f\x00\xffrandom");
+        let err = load(dir.path()).unwrap_err();
+        let shown = crate::causes::Causes(&err).to_string();
+        assert!(
+            shown.contains(&path.display().to_string()) && shown.contains("expected value"),
+            "{shown}"
+        );
+        assert!(
+            path.exists(),
+            "nothing is moved when nothing can replace it"
+        );
+
+        damage(&path, b"");
+        assert!(
+            crate::causes::Causes(&load(dir.path()).unwrap_err())
+                .to_string()
+                .contains("empty")
+        );
+
+        damage(&last_good_path(dir.path()), b"{\"version\": 2");
+        let shown = crate::causes::Causes(&load(dir.path()).unwrap_err()).to_string();
+        assert!(
+            shown.contains(FILE_NAME) && shown.contains(".last-good") && shown.contains("empty"),
+            "both files and both reasons: {shown}"
+        );
     }
 }

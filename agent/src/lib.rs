@@ -10,11 +10,13 @@
 //!   part in the leader election, when it may say it leads, and what the API serves.
 //! - [`heartbeat`]: the leader's heartbeats over the mesh, their wire format and what each means.
 //! - [`cache`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
+//! - [`causes`]: an error with its whole chain of causes, for logs and the API.
 //! - [`hooks`]: the `--on-change` command and the hosts file.
 //! - [`commands`]: the one-shot subcommands.
 
 pub mod attestation;
 pub mod cache;
+pub mod causes;
 pub mod commands;
 pub mod config;
 pub mod desired;

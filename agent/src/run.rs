@@ -23,6 +23,7 @@ use unix_socket::UnixSocket;
 
 use crate::attestation::Checker;
 use crate::cache;
+use crate::causes::Causes;
 use crate::config::{ModeArg, RunArgs};
 use crate::identity::NodeIdentity;
 use crate::lease::Timing;
@@ -187,7 +188,9 @@ async fn member(
 ) -> anyhow::Result<()> {
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("choosing the dstack endpoint")?;
-    let attestor = attestor(&args, &rpc).context("setting up the verification of peers' quotes")?;
+    let saved = load_state(&args, contract)?;
+    let attestor = attestor(&args, &rpc, saved.as_ref())
+        .context("setting up the verification of peers' quotes")?;
     let Some(identity) = cancel
         .run_until_cancelled(load_identity(
             &client,
@@ -202,7 +205,7 @@ async fn member(
     let identity = Arc::new(identity);
     tracing::Span::current().record("instance", identity.instance_id());
     info!(instance = %identity.instance_id(), app = %identity.node.app_id, node = %identity.node.address(), wg_key = %identity.wg_public_key(), "identity from dstack and the key store");
-    let cached = load_cache(&args, contract);
+    let cached = saved.map(|s| s.view);
     let tasks = Tasks::new(
         args, contract, rpc, agent, identity, tx_key, relay, attestor,
     );
@@ -226,7 +229,7 @@ async fn load_identity(
                 return Err(e).context("cannot open this node's keys");
             }
             Err(e) => {
-                warn!(error = %format!("{e:#}"), retry_in = ?delay, "reading this node's identity from dstack failed; retrying")
+                warn!(error = %Causes(&e), retry_in = ?delay, "reading this node's identity from dstack failed; retrying")
             }
         }
         tokio::time::sleep(delay).await;
@@ -239,7 +242,11 @@ const PCCS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What peers' quotes are verified under (`--tdx-root-ca`, `--tdx-collateral-file` or `--pccs-url`,
 /// `--allow-tcb-status`), starting from the allowlist answers the state file kept.
-fn attestor(args: &RunArgs, rpc: &RedactedUrl) -> anyhow::Result<Attestor> {
+fn attestor(
+    args: &RunArgs,
+    rpc: &RedactedUrl,
+    saved: Option<&cache::Saved>,
+) -> anyhow::Result<Attestor> {
     let trust = args.trust.trust()?;
     if !trust.is_intel() {
         // Asked for by flag, so not a warning; said at start so that nobody runs it so unawares.
@@ -256,24 +263,30 @@ fn attestor(args: &RunArgs, rpc: &RedactedUrl) -> anyhow::Result<Attestor> {
         Checker::new(trust, args.trust.tcb_statuses()),
         collateral,
         Duration::from_secs(args.full_read_secs.max(1)),
-        cache::load_allowlists(&args.state_dir),
+        saved.map(|s| s.allowlists.clone()).unwrap_or_default(),
         rpc.clone(),
     ))
 }
 
-/// The chain view of the state file, if it is this cluster's.
-fn load_cache(args: &RunArgs, contract: Address) -> Option<ChainView> {
+/// What the state file kept, if it is this cluster's. A file that cannot be used, with no good copy,
+/// stops the agent unless `--repin` says to start afresh: starting afresh trusts the RPC's chain id and
+/// prefix anew and forgets the nonces seen, which is what a lying RPC would want.
+fn load_state(args: &RunArgs, contract: Address) -> anyhow::Result<Option<cache::Saved>> {
     match cache::load(&args.state_dir) {
-        Ok(Some(v)) if v.contract == contract => Some(v),
-        Ok(Some(v)) => {
-            warn!(cached = %v.contract, %contract, "the state file is for another cluster; ignoring it");
-            None
+        Ok(Some(s)) if s.view.contract == contract => Ok(Some(s)),
+        Ok(Some(s)) => {
+            warn!(cached = %s.view.contract, %contract, "the state file is for another cluster; ignoring it");
+            Ok(None)
         }
-        Ok(None) => None,
-        Err(e) => {
-            warn!(error = %e, "cannot use the state file");
-            None
+        Ok(None) => Ok(None),
+        Err(e) if args.repin => {
+            warn!(error = %Causes(&e), "the state file cannot be used; starting afresh, as --repin asks");
+            Ok(None)
         }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "the state file in {} cannot be used, and it pins the chain id, the mesh prefix and each seat's nonce high-water mark, so the agent does not start afresh by itself: restore the file (or its .last-good copy), or start once with --repin to trust the RPC's values again",
+            args.state_dir.display()
+        ))),
     }
 }
 

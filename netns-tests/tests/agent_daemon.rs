@@ -221,6 +221,66 @@ async fn a_restart_without_the_rpc_comes_up_from_the_cache() {
         "the cached record is this node's current one, so it counts as registered: {status:?}"
     );
     assert_eq!(status.node.token_id, Some(2), "{status:?}");
+    drop(_agent);
+
+    // A damaged state file falls back to its last good copy: still up without the RPC.
+    std::fs::write(&cache, b"\x8f\x00 not json").unwrap();
+    let agent = start_tls_agent(dir.path(), &rpc, &c.address().to_string(), &node, &key);
+    wait_until(dir.path(), "peers from the last good copy", |s, p| {
+        s.chain.from_cache && p.len() == 1
+    })
+    .await;
+    drop(agent);
+
+    // With neither usable, the agent does not re-pin by itself: it stops, naming the file and --repin.
+    std::fs::write(&cache, b"").unwrap();
+    std::fs::write(
+        p2p_agent::cache::last_good_path(cache.parent().unwrap()),
+        b"{",
+    )
+    .unwrap();
+    let mut agent = start_tls_agent(dir.path(), &rpc, &c.address().to_string(), &node, &key);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = agent.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent started on an unusable state file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(!exit.success(), "{log}");
+    for named in [
+        p2p_agent::cache::FILE_NAME,
+        ".last-good",
+        "empty",
+        "--repin",
+    ] {
+        assert!(last.contains(named), "the error names {named}: {last}");
+    }
+
+    // --repin starts afresh, as asked.
+    let _agent = start_tls_agent_with(
+        dir.path(),
+        &rpc,
+        &c.address().to_string(),
+        &node,
+        &[
+            "--repin",
+            "--tx-key-file",
+            dir.path().join("tx.key").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (status, peers) = wait_until(dir.path(), "started afresh, with --repin", |s, _| {
+        s.chain.last_error.is_some()
+    })
+    .await;
+    assert!(!status.chain.from_cache && peers.is_empty(), "{status:?}");
 }
 
 /// While every full read fails (the RPC refuses the record list), the agent goes on following events: a
@@ -289,6 +349,63 @@ async fn joins_and_revocations_arrive_while_full_reads_fail() {
     let error = status.chain.last_error.unwrap_or_default();
     assert!(error.contains("following events meanwhile"), "{error}");
     assert_eq!(peers[0].instance_id, late.instance_id);
+}
+
+/// With no dstack socket, the agent retries, and each warning says why: the socket's path and what to
+/// check, not only which call failed.
+#[tokio::test]
+async fn a_missing_dstack_socket_is_logged_with_its_path_and_the_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-such-dstack.sock");
+    let log = dir.path().join("agent.log");
+    let _agent = AgentProcess(
+        Command::new(netns_tests::process::workspace_bin("p2p-agent"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .args([
+                "--mode",
+                "tls",
+                "--contract",
+                "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            ])
+            .args([
+                "--gateway-domain",
+                "dstack.example",
+                "--gateway-port",
+                "8443",
+            ])
+            .args(["--rpc-url", "http://127.0.0.1:9", "--dstack-endpoint"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--api-socket")
+            .arg(dir.path().join("api.sock"))
+            .args(netns_tests::node::trust_args(dir.path()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let want = format!(
+        "no dstack socket at {}: is this running in a dstack CVM",
+        socket.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&want))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning with `{want}`:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A variable stays readable in `/proc/<pid>/environ` for the process's whole life, so the agent (and its

@@ -59,6 +59,41 @@ fn a_deactivated_seat_leaves_the_mesh_and_returns_when_activated() {
     steps
         .step("seat 3 deactivated: nodes 1 and 2 dropped it; node 3 left (no interface, no peers)");
 
+    // While the seat stays inactive (past two seat lookups, and many chain reads), node 3 warns once and
+    // its API's errors hold still: the chain reads do not overwrite what the seat lookup found.
+    let errors = || {
+        let node = agents[2].status().0;
+        (node.node.registration_error, node.chain.last_error)
+    };
+    let first = errors();
+    assert!(
+        first
+            .0
+            .as_deref()
+            .is_some_and(|e| e.contains("meshctl activate --token 3")),
+        "{first:?}"
+    );
+    for _ in 0..24 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            errors(),
+            first,
+            "node 3's API errors changed while nothing did"
+        );
+    }
+    let warned = agents[2]
+        .warnings()
+        .iter()
+        .filter(|w| w.contains("meshctl activate --token 3"))
+        .count();
+    assert_eq!(
+        warned,
+        1,
+        "warned about the inactive seat once:\n{}",
+        agents[2].tail()
+    );
+    steps.step("seat 3 inactive for 12 s: one warning, and the API's errors held still");
+
     cluster.meshctl(3, &["activate", "--token", "3"]);
     wait_full_mesh(&agents, &keys);
     for (from, to) in [(1, 3), (3, 2)] {

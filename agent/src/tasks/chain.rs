@@ -195,7 +195,7 @@ impl Running {
                 &self.task.attestor.allowlists(),
             )
         {
-            warn!(error = %e, "cannot save the state file");
+            warn!(error = %crate::causes::Causes(&e), "cannot save the state file");
         }
     }
 
