@@ -743,6 +743,7 @@ impl Follower {
         self.view = next;
         if records_changed {
             info!(
+                event = "records.changed",
                 from,
                 to,
                 peers = self.view.records.len(),

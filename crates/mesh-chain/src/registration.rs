@@ -349,7 +349,7 @@ impl Cluster {
         };
         let receipt = confirm("registerPeer", sent).await?;
         let block = receipt.block_number.unwrap_or_default();
-        info!(token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
+        info!(event = "record.registered", token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
         Ok(Outcome::Registered {
             token_id,
             nonce: reg.nonce,

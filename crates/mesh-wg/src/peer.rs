@@ -250,7 +250,7 @@ impl Peer {
         {
             // A new endpoint or relay stream carries a handshake at once, not at the first packet or at
             // WireGuard's next retry.
-            tracing::debug!(peer = ?self.public_key, ?via, "handshake initiation at once (a new peer, endpoint or relay stream)");
+            tracing::debug!(event = "handshake.initiated", peer = ?self.public_key, ?via, "handshake initiation at once (a new peer, endpoint or relay stream)");
             g.note_tx_bytes(init, &via, now);
             sends.push((via, init.to_vec()));
         }
@@ -313,10 +313,10 @@ impl Session<'_> {
         if authenticates(datagram, &res) {
             match datagram.first() {
                 Some(&MSG_HANDSHAKE_INIT) => {
-                    tracing::debug!(peer = ?self.key, ?from, "handshake initiation received; answered");
+                    tracing::debug!(event = "handshake.answered", peer = ?self.key, ?from, "handshake initiation received; answered");
                 }
                 Some(&MSG_HANDSHAKE_RESP) => {
-                    tracing::debug!(peer = ?self.key, ?from, "handshake response received; session up");
+                    tracing::debug!(event = "handshake.completed", peer = ?self.key, ?from, "handshake response received; session up");
                 }
                 _ => {}
             }
@@ -405,7 +405,7 @@ impl PeerInner {
         let mut out = match g.tunn.update_timers(dst) {
             TunnResult::WriteToNetwork(out) => {
                 if out.first() == Some(&MSG_HANDSHAKE_INIT) {
-                    tracing::debug!(peer = ?key, "handshake initiation from WireGuard's timers (a retry after REKEY_TIMEOUT, or a rekey)");
+                    tracing::debug!(event = "handshake.initiated_by_timers", peer = ?key, "handshake initiation from WireGuard's timers (a retry after REKEY_TIMEOUT, or a rekey)");
                 }
                 g.expired = false;
                 Some(out.to_vec())

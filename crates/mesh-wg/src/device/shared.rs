@@ -359,7 +359,7 @@ impl State {
                         if peer.is_none() {
                             // At a join, the others' initiations can arrive before the newcomer has read
                             // them from the chain; their retries (REKEY_TIMEOUT) get through.
-                            tracing::debug!(from_key = ?key, ?from, "handshake initiation from a key that is not a peer (yet); dropped");
+                            tracing::debug!(event = "handshake.unknown_peer", from_key = ?key, ?from, "handshake initiation from a key that is not a peer (yet); dropped");
                         }
                         peer
                     }
@@ -418,7 +418,7 @@ impl State {
                 let peer = Arc::new(Peer::new(key, index, &self.keys, psk));
                 self.peers.insert(key, peer.clone());
                 self.by_index.insert(index, peer.clone());
-                tracing::info!(peer = ?peer.public_key, "peer added");
+                tracing::info!(event = "peer.added", peer = ?peer.public_key, "peer added");
                 peer
             }
         };
