@@ -10,12 +10,13 @@ use std::io::Write as _;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mesh_api::{ConnectionKind, Peer, Status};
 use mesh_wg::Key;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cluster::{CMD_TIMEOUT, Cluster, account_key, write_secret};
@@ -57,6 +58,9 @@ pub struct AgentConfig {
     pub poll_ms: Option<u64>,
     /// `RUST_LOG` for this agent, instead of the test's own (or the agent's default).
     pub log_filter: Option<String>,
+    /// `--log-format json`, for a reader of [`Agent::log_events`]; [`Agent::warnings`] and
+    /// [`Agent::log_lines`] read text lines.
+    pub json_log: bool,
 }
 
 impl AgentConfig {
@@ -69,6 +73,7 @@ impl AgentConfig {
             rpc_url: rpc_url(),
             poll_ms: Some(200),
             log_filter: None,
+            json_log: false,
         }
     }
 
@@ -90,8 +95,53 @@ impl AgentConfig {
             rpc_url: rpc_url(),
             poll_ms: Some(200),
             log_filter: None,
+            json_log: false,
         }
     }
+}
+
+/// One line of an agent's JSON log ([`AgentConfig::json_log`]) that names what happened in its `event`
+/// field.
+#[derive(Debug, Clone)]
+pub struct LogEvent {
+    /// When the agent logged it.
+    pub at: SystemTime,
+    /// What happened: `peer.added`, `handshake.initiated`, … (the agent's crates name them where they log).
+    pub event: String,
+    /// The line's other fields (its message, the event's own fields, `target`, `spans`).
+    pub fields: serde_json::Map<String, Value>,
+}
+
+impl LogEvent {
+    /// Field `name` when it is a string: `peer` is a key as it prints (`abcdefgh…`).
+    pub fn str_field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+
+    /// A JSON log line, as `tracing_subscriber` writes it with the event's fields at the top level; `None`
+    /// for the harness's own lines (text) and the lines that name no event.
+    fn parse(line: &str) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Line {
+            timestamp: String,
+            event: Option<String>,
+            #[serde(flatten)]
+            fields: serde_json::Map<String, Value>,
+        }
+        let line: Line = serde_json::from_str(line).ok()?;
+        Some(Self {
+            at: rfc3339(&line.timestamp)?,
+            event: line.event?,
+            fields: line.fields,
+        })
+    }
+}
+
+/// An RFC 3339 timestamp (the agent logs in UTC, to the microsecond).
+fn rfc3339(s: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
 }
 
 /// The real `p2p-agent` daemon (`--mode wireguard` unless its [`AgentConfig`] says otherwise) for node `i`, in node i's namespace, with its own
@@ -198,6 +248,9 @@ impl<'a> Agent<'a> {
         }
         if let Some(filter) = &self.config.log_filter {
             cmd.env("RUST_LOG", filter);
+        }
+        if self.config.json_log {
+            cmd.args(["--log-format", "json"]);
         }
         let mut log = OpenOptions::new()
             .create(true)
@@ -372,6 +425,16 @@ impl<'a> Agent<'a> {
             .lines()
             .filter(|l| l.contains(needle))
             .map(str::to_owned)
+            .collect()
+    }
+
+    /// The lines of its JSON log that name an event (every run of it so far, with
+    /// [`AgentConfig::json_log`]; none otherwise).
+    pub fn log_events(&self) -> Vec<LogEvent> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(LogEvent::parse)
             .collect()
     }
 
@@ -692,4 +755,28 @@ pub fn assert_no_warnings(agents: &[Agent<'_>]) {
         "the agents logged warnings or errors:\n{}",
         warnings.join("\n")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A JSON line with an event is read with its time (to the microsecond) and its fields; the harness's
+    /// own text lines and lines that name no event are skipped.
+    #[test]
+    fn log_events_are_read_from_json_lines() {
+        let line = r#"{"timestamp":"2026-11-23T06:54:56.179762Z","level":"DEBUG","message":"peer added","event":"peer.added","peer":"abcdefgh…","target":"mesh_wg::device::shared"}"#;
+        let e = LogEvent::parse(line).expect("an event");
+        assert_eq!(e.event, "peer.added");
+        assert_eq!(e.str_field("peer"), Some("abcdefgh…"));
+        let unix =
+            e.at.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs_f64();
+        assert!((unix - 1_795_416_896.179_762).abs() < 1e-5, "{unix}");
+        let no_event =
+            r#"{"timestamp":"2026-11-23T06:54:56.179762Z","message":"peer records changed"}"#;
+        assert!(LogEvent::parse(no_event).is_none());
+        assert!(LogEvent::parse("=== test: starting agent 1 with …").is_none());
+    }
 }
