@@ -1,0 +1,304 @@
+//! `mesh-bench`: the project's performance baseline, measured in one run on real topologies of network
+//! namespaces with the release binaries, and printed as a table (and written as JSON).
+//!
+//! - Throughput: iperf3 TCP, 1 and 4 streams, on one LAN: through the mesh (two agents, userspace
+//!   WireGuard), through a pair of each reference userspace WireGuard configured with `wg` (MTU 1420):
+//!   `gotatun`, `boringtun-cli` and `wireguard-go`, and over the bare LAN link. For each: the receiver's
+//!   rate, the sender's retransmits, the CPU (% of one core) and context switches of the WireGuard process
+//!   on the sending and on the receiving node over the run, and the drops of both TUN interfaces and of both
+//!   nodes' UDP receive buffers (where the retransmits come from). What the mesh's data path has to beat is
+//!   the best of the references, not only the slowest.
+//! - Offloads: the mesh's throughput with its TUN offload, its UDP GSO/GRO, or both turned off, each on a
+//!   fresh pair of nodes: what each offload is worth, in the same run.
+//! - Added latency: ping RTT through the mesh and each reference, minus the bare link's, with pings 20 ms
+//!   apart (idle CPUs, whose wake-ups dominate on a VM) and 0.5 ms apart (busy CPUs).
+//! - The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
+//! - Failover: how long until a cut-off leader is replaced on-chain, and reported by the others.
+//! - Sizes (3, 10, 25, 50 and 100 nodes by default; the agents follow anvil's WebSocket at their defaults,
+//!   or poll it over HTTP every 200 ms with `--follow poll`). For each size N, from the agents' event
+//!   streams (so that watching them costs nothing between changes):
+//!   - convergence: from the moment the chain holds node N's registration to the moment each other node
+//!     lists it, and has a handshake with it (median and worst);
+//!   - revocation: from the moment the chain no longer holds seat N's record to the moment each other node
+//!     has dropped it;
+//!   - cost: each agent's CPU and RSS over 15 s idle (mean and worst), the load average, and the JSON-RPC
+//!     requests reaching anvil (it logs each), idle and per new block; and agent 1's own chain requests per
+//!     block;
+//!   - how long the mesh took to form.
+//! - Churn loss (on 25 nodes): ping loss between two steady nodes while 10 other nodes join and leave.
+//! - Trace: one join at `--trace-nodes` (50), through every node's log: when each read the block, added
+//!   the peer, initiated, got a session, and showed it on its API; initiations the newcomer dropped, and
+//!   WireGuard's retries.
+//!
+//! `--sections` picks some of them (`throughput,latency,offloads,relay,failover,sizes,trace`, all by
+//! default).
+//!
+//! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
+//! boringtun-cli into `target/peers`), or:
+//!
+//! ```sh
+//! cargo build --release -p p2p-agent -p meshctl -p dstack-simulator -p netns-tests --bins
+//! cargo install --locked --root target/peers gotatun-cli --version 0.10.2
+//! cargo install --locked --root target/peers boringtun-cli --version 0.7.1
+//! sudo target/release/mesh-bench --json target/mesh-bench.json --sections throughput,latency
+//! ```
+//!
+//! Layout: one module per section (`throughput`, `latency`, `offloads`, `relay`, `failover`, `sizes` with
+//! `cost` and `churn`, `trace`); below them `tunnel` (an implementation between two nodes, measured with
+//! what it costs) and `references` (the WireGuards compared with); `table`, what is printed at the end.
+
+mod churn;
+mod cost;
+mod failover;
+mod latency;
+mod offloads;
+mod references;
+mod relay;
+mod sizes;
+mod table;
+mod throughput;
+mod trace;
+mod tunnel;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use netns_tests::prelude::*;
+use netns_tests::process::require_root;
+use netns_tests::wg::WireguardGo;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+// A flag given twice takes the last value: scripts/bench passes the references' paths before the caller's
+// arguments, which may name others.
+#[command(
+    about = "Measure dstack-mesh's throughput, latency, failover, convergence, revocation, churn and cost",
+    args_override_self = true
+)]
+struct Args {
+    /// Where to write the figures as JSON.
+    #[arg(long, default_value = "target/mesh-bench.json")]
+    json: PathBuf,
+    /// Mesh sizes to measure convergence, revocation and cost for.
+    #[arg(long, value_delimiter = ',', default_value = "3,10,25,50,100")]
+    sizes: Vec<usize>,
+    /// How the agents of the sizes section follow the chain: `ws`, at the agent's defaults over anvil's
+    /// WebSocket (new heads by subscription, a 2 s safety poll); `poll`, over HTTP polling every 200 ms.
+    #[arg(long, value_enum, default_value = "ws")]
+    follow: Follow,
+    /// The mesh size whose join the trace section follows through every node's log.
+    #[arg(long, default_value_t = 50)]
+    trace_nodes: usize,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Nodes that join and leave during the churn measurement.
+    #[arg(long, default_value_t = 10)]
+    churn: usize,
+    /// The agents' --leader-timeout in the failover measurement, in seconds (the agent's default).
+    #[arg(long, default_value_t = 30)]
+    leader_timeout: u64,
+    /// What to measure, comma-separated (the order given does not matter).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "throughput,latency,offloads,relay,failover,sizes,trace"
+    )]
+    sections: Vec<Section>,
+    /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
+    #[arg(
+        long,
+        env = "MESH_BENCH_GOTATUN",
+        default_value = "target/peers/bin/gotatun"
+    )]
+    gotatun: PathBuf,
+    /// boringtun-cli, a reference in the throughput and latency sections (`scripts/bench` installs it).
+    #[arg(
+        long,
+        env = "MESH_BENCH_BORINGTUN_CLI",
+        default_value = "target/peers/bin/boringtun-cli"
+    )]
+    boringtun_cli: PathBuf,
+}
+
+/// The parts of the benchmark, for `--sections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// iperf3 through the mesh, each reference and the bare link.
+    Throughput,
+    /// Ping RTT through the same.
+    Latency,
+    /// Throughput through the mesh with each kernel offload turned off in turn: what each is worth.
+    Offloads,
+    /// Throughput and RTT over the relay.
+    Relay,
+    /// Leader failover.
+    Failover,
+    /// Convergence, revocation and cost for each `--sizes`; churn on 25 nodes.
+    Sizes,
+    /// One join at `--trace-nodes`, traced through every node's log.
+    Trace,
+}
+
+/// How the agents of the sizes section follow the chain, for `--follow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Follow {
+    /// The agent's defaults, with `--rpc-url ws://…`: new heads by subscription.
+    Ws,
+    /// `--rpc-url http://…` and `--poll-interval-ms 200`.
+    Poll,
+}
+
+impl Follow {
+    fn config(self, i: usize) -> AgentConfig {
+        match self {
+            Self::Ws => AgentConfig::lan_ws(i),
+            Self::Poll => AgentConfig::lan(i),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Ws => {
+                "agents follow anvil's WebSocket at their defaults (new heads by subscription, 2 s safety poll)"
+            }
+            Self::Poll => "agents poll anvil over HTTP every 200 ms",
+        }
+    }
+}
+
+/// How long any one measurement may wait for the mesh before giving up.
+const BOUND: Duration = Duration::from_secs(120);
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let on = |section| args.sections.contains(&section);
+    let compared = on(Section::Throughput) || on(Section::Latency);
+    let references = if compared {
+        references::references(&args)?
+    } else {
+        Vec::new()
+    };
+    let mut tools = Vec::new();
+    if compared {
+        tools.extend(["ss", "iperf3", "wireguard-go"]);
+    }
+    if on(Section::Offloads) {
+        tools.extend(["ss", "iperf3"]);
+    }
+    if on(Section::Relay) {
+        tools.extend(["ss", "iperf3", "nginx", "nft"]);
+    }
+    if on(Section::Failover) {
+        tools.push("nft");
+    }
+    require_root(&tools);
+    for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
+        workspace_bin(bin);
+    }
+    let mut report = json!({
+        "machine": machine(),
+        "sizesFollow": args.follow.describe(),
+    });
+
+    if compared {
+        eprintln!(
+            "== throughput and latency (2 agents; gotatun, boringtun-cli and wireguard-go pairs; the bare link)"
+        );
+        let versions: serde_json::Map<String, Value> = references
+            .iter()
+            .map(|r| (r.name().to_owned(), json!(r.version())))
+            .collect();
+        eprintln!("   references: {}", Value::Object(versions.clone()));
+        report["versions"] = Value::Object(versions);
+        let lan = Lan::new(2 + 2 * references.len());
+        let cluster = Cluster::deploy_seats(&lan, 2);
+        // The agent's own data path, whatever the kernel offers (`auto` would take a kernel module): it is
+        // what is compared, and its CPU is then the agent process's.
+        let (agents, _keys) = start_mesh_with(&cluster, 1..=2, &["--wg-backend", "userspace"]);
+        let pairs: Vec<(&str, WireguardGo, WireguardGo)> = references
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let (a, b) = references::reference_pair(&lan, r, k);
+                (r.name(), a, b)
+            })
+            .collect();
+        let tunnels = tunnel::tunnels(&lan, &agents, &pairs);
+        // Latency first, while every tunnel has only carried pings.
+        if on(Section::Latency) {
+            report["latency"] = latency::latency(&tunnels);
+        }
+        if on(Section::Throughput) {
+            report["throughput"] = throughput::throughput(&args, &tunnels);
+        }
+    }
+    if on(Section::Offloads) {
+        eprintln!("== the mesh with its offloads turned off in turn (2 agents)");
+        report["offloads"] = offloads::offloads(&args);
+    }
+    if on(Section::Relay) {
+        eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
+        report["relay"] = relay::relay(&args);
+    }
+    if on(Section::Failover) {
+        eprintln!(
+            "== failover (3 nodes; the leader's node cut off; leader timeout {} s)",
+            args.leader_timeout
+        );
+        report["failover"] = failover::failover(args.leader_timeout);
+    }
+    if on(Section::Sizes) {
+        // Churn on 25 nodes when that size is measured, else on the largest.
+        let largest = args.sizes.iter().copied().max().unwrap_or(0);
+        let churn_at = if args.sizes.contains(&25) {
+            25
+        } else {
+            largest
+        };
+        let mut sizes = Vec::new();
+        for &n in &args.sizes {
+            anyhow::ensure!(
+                (3..=200).contains(&n),
+                "--sizes: {n} nodes cannot be measured; give sizes from 3 to 200"
+            );
+            eprintln!(
+                "== {n} nodes: convergence, cost and revocation; {}",
+                args.follow.describe()
+            );
+            let churn = if n == churn_at { args.churn } else { 0 };
+            sizes.push(sizes::size_run(n, churn, args.follow)?);
+        }
+        report["sizes"] = Value::Array(sizes);
+    }
+    if on(Section::Trace) {
+        eprintln!(
+            "== one join at {} nodes, traced; {}",
+            args.trace_nodes,
+            args.follow.describe()
+        );
+        report["trace"] = trace::trace_join(args.trace_nodes, args.follow)?;
+    }
+
+    table::print_table(&report);
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("\nJSON: {}", args.json.display());
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({ "cpus": cpus, "kernel": kernel.trim() })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

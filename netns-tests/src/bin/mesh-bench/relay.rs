@@ -1,0 +1,58 @@
+//! The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
+
+use std::time::Duration;
+
+use netns_tests::perf::{iperf3, ping_avg_ms};
+use netns_tests::prelude::*;
+use serde_json::{Value, json};
+
+use crate::Args;
+
+/// Two agents whose UDP is dropped, meshed through the stand-in gateway: throughput and RTT over the relay.
+pub(crate) fn relay(args: &Args) -> Value {
+    let lan = Lan::new(2);
+    let cluster = Cluster::deploy_seats(&lan, 2);
+    let gateway = Gateway::for_cluster(&cluster, WG_PORT);
+    let _block = UdpBlock::on(&lan);
+    let mut flags = gateway.agent_flags();
+    flags.extend(["--wg-backend".to_owned(), "userspace".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agents: Vec<Agent<'_>> = (1..=2).map(|i| Agent::start(&cluster, i, &flags)).collect();
+    wait_until(
+        "both agents to reach each other over the relay",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || {
+            agents.iter().all(|a| {
+                let other = 3 - a.index as u64;
+                a.try_status().is_ok()
+                    && a.peer(other)
+                        .is_some_and(|p| p.healthy && p.path == Some(mesh_api::Path::Relay))
+            })
+        },
+        || tails(&agents),
+    );
+    let every = Duration::from_millis(20);
+    ping_avg_ms(lan.node(1), overlay_ip(2), 5, every);
+    let bare = ping_avg_ms(lan.node(1), lan_ip(2), 200, every);
+    let rtt = ping_avg_ms(lan.node(1), overlay_ip(2), 200, every);
+    let mut out = json!({ "rttMs": rtt, "bareRttMs": bare, "addedMs": rtt - bare });
+    for streams in [1u32, 4] {
+        let run = iperf3(
+            lan.node(1),
+            lan.node(2),
+            &overlay_ip(2).to_string(),
+            streams,
+            args.seconds,
+        );
+        out[format!("streams{streams}Gbps")] = json!(run.gbps);
+        out[format!("streams{streams}Retransmits")] = json!(run.retransmits);
+    }
+    eprintln!(
+        "   relay: {:.2} Gbit/s (1 stream), {:.2} (4), RTT {rtt:.3} ms (+{:.3} over the bare link)",
+        out["streams1Gbps"].as_f64().unwrap_or(0.0),
+        out["streams4Gbps"].as_f64().unwrap_or(0.0),
+        rtt - bare
+    );
+    out
+}
