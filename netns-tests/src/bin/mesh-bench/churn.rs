@@ -5,20 +5,20 @@ use std::time::{Duration, Instant};
 use mesh_api::Peer;
 use netns_tests::convergence::{healthy, watch_change};
 use netns_tests::prelude::*;
-use serde_json::{Value, json};
 
+use crate::report::Churn;
 use crate::{BOUND, Follow};
 
 /// Node 1 pings node 2 every 20 ms while nodes `first..first + count` join (mint, start, adopted by nodes 1
 /// and 2) and then leave (revoked, dropped by nodes 1 and 2).
-pub(crate) fn churn_loss<'a>(
+pub(crate) fn loss<'a>(
     lan: &Lan,
     cluster: &'a Cluster<'a>,
     steady: &[Agent<'a>],
     first: usize,
     count: usize,
     follow: Follow,
-) -> Value {
+) -> Churn {
     let pinger = BackgroundPing::start(
         lan.node(1),
         overlay_ip(2),
@@ -63,12 +63,12 @@ pub(crate) fn churn_loss<'a>(
     eprintln!(
         "   churn: {count} nodes joined in {joined:.1?} and left by {left:.1?}; ping 1 -> 2 {received}/{sent} ({loss:.2}% loss)"
     );
-    json!({
-        "nodes": count,
-        "joinedSecs": joined.as_secs_f64(),
-        "leftSecs": left.as_secs_f64(),
-        "pingsSent": sent,
-        "pingsReceived": received,
-        "lossPercent": loss,
-    })
+    Churn {
+        nodes: count,
+        joined_secs: joined.as_secs_f64(),
+        left_secs: left.as_secs_f64(),
+        pings_sent: sent,
+        pings_received: received,
+        loss_percent: loss,
+    }
 }

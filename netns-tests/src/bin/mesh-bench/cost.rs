@@ -7,12 +7,13 @@ use anyhow::Context as _;
 use netns_tests::netns::in_netns;
 use netns_tests::perf::{clock_ticks, cpu_ticks};
 use netns_tests::prelude::*;
-use serde_json::{Value, json};
+
+use crate::report::Cost;
 
 /// What the mesh of `agents` costs: over 15 s of idling, each agent's CPU and RSS, the load average and
 /// the requests reaching anvil; then over 10 blocks mined 1 s apart, the requests per block, at anvil and
 /// by agent 1 (its own counters: all its chain requests, less its head polls).
-pub(crate) fn cost(lan: &Lan, agents: &[Agent<'_>]) -> anyhow::Result<Value> {
+pub(crate) fn measure(lan: &Lan, agents: &[Agent<'_>]) -> anyhow::Result<Cost> {
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     anyhow::ensure!(pids.len() == agents.len(), "an agent has exited");
     std::thread::sleep(Duration::from_secs(2));
@@ -78,17 +79,17 @@ pub(crate) fn cost(lan: &Lan, agents: &[Agent<'_>]) -> anyhow::Result<Value> {
         mean(&rss_f) / 1024.0,
         max(&rss_f) / 1024.0,
     );
-    Ok(json!({
-        "peers": agents.len() - 1,
-        "cpuPercentMean": mean(&cpu),
-        "cpuPercentMax": max(&cpu),
-        "rssKiBMean": mean(&rss_f),
-        "rssKiBMax": max(&rss_f),
-        "loadAverage": load,
-        "anvilRequestsPerSecondIdle": idle_rate,
-        "anvilRequestsPerBlock": at_anvil,
-        "agentRequestsPerBlock": agent1,
-    }))
+    Ok(Cost {
+        peers: agents.len() - 1,
+        cpu_percent_mean: mean(&cpu),
+        cpu_percent_max: max(&cpu),
+        rss_kib_mean: mean(&rss_f),
+        rss_kib_max: max(&rss_f),
+        load_average: load,
+        anvil_requests_per_second_idle: idle_rate,
+        anvil_requests_per_block: at_anvil,
+        agent_requests_per_block: agent1,
+    })
 }
 
 /// One empty block, mined by anvil on request (`evm_mine`).

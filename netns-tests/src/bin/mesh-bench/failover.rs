@@ -3,13 +3,22 @@
 use std::time::{Duration, Instant};
 
 use netns_tests::prelude::*;
-use serde_json::{Value, json};
+use serde::Deserialize;
 
+use crate::report::Failover;
 use crate::{BOUND, ms};
+
+/// What `meshctl --json leader show` prints, as far as it is read here.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Shown {
+    /// None while no seat leads.
+    leader_token_id: Option<u64>,
+}
 
 /// Three agents elect seat 1; its node is cut off the LAN: how long until the others' votes replace it
 /// on-chain, and until both of them report the new leader on their APIs.
-pub(crate) fn failover(timeout: u64) -> Value {
+pub(crate) fn failover(timeout: u64) -> Failover {
     let lan = Lan::new(3);
     let cluster = Cluster::deploy(&lan);
     let flag = timeout.to_string();
@@ -22,7 +31,12 @@ pub(crate) fn failover(timeout: u64) -> Value {
         || agents.iter().all(|a| leads(a, 1)),
         || tails(&agents),
     );
-    let on_chain = || cluster.meshctl(0, &["leader", "show"])["leaderTokenId"].as_u64();
+    let on_chain = || {
+        let shown = cluster.meshctl(0, &["leader", "show"]);
+        serde_json::from_value::<Shown>(shown.clone())
+            .unwrap_or_else(|e| panic!("meshctl leader show: {e}: {shown}"))
+            .leader_token_id
+    };
     let _cut = lan.cut_off(1);
     let t0 = Instant::now();
     let bound = Duration::from_secs(timeout) + BOUND;
@@ -47,10 +61,10 @@ pub(crate) fn failover(timeout: u64) -> Value {
         chain.as_secs_f64(),
         reported.as_secs_f64()
     );
-    json!({
-        "leaderTimeoutSecs": timeout,
-        "onChainMs": ms(chain),
-        "reportedMs": ms(reported),
-        "beyondTimeoutMs": ms(chain) - ms(Duration::from_secs(timeout)),
-    })
+    Failover {
+        leader_timeout_secs: timeout,
+        on_chain_ms: ms(chain),
+        reported_ms: ms(reported),
+        beyond_timeout_ms: ms(chain) - ms(Duration::from_secs(timeout)),
+    }
 }

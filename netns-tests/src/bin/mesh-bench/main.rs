@@ -43,9 +43,12 @@
 //! sudo target/release/mesh-bench --json target/mesh-bench.json --sections throughput,latency
 //! ```
 //!
-//! Layout: one module per section (`throughput`, `latency`, `offloads`, `relay`, `failover`, `sizes` with
-//! `cost` and `churn`, `trace`); below them `tunnel` (an implementation between two nodes, measured with
-//! what it costs) and `references` (the WireGuards compared with); `table`, what is printed at the end.
+//! Layout:
+//! - one module per section: `throughput` and `latency` (on the LAN of `topology`), `offloads`, `relay`,
+//!   `failover`, `sizes` (with `cost` and `churn`) and `trace`;
+//! - `tunnel`: one implementation between two nodes, measured with what a run costs its WireGuard sides;
+//!   `references`: the WireGuards the mesh is compared with;
+//! - `report`: what a run measured, typed, written once as the JSON; `table`: what is printed from it.
 
 mod churn;
 mod cost;
@@ -54,9 +57,11 @@ mod latency;
 mod offloads;
 mod references;
 mod relay;
+mod report;
 mod sizes;
 mod table;
 mod throughput;
+mod topology;
 mod trace;
 mod tunnel;
 
@@ -67,8 +72,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use netns_tests::prelude::*;
 use netns_tests::process::require_root;
-use netns_tests::wg::WireguardGo;
-use serde_json::{Value, json};
+
+use crate::report::{Machine, Named, Report};
 
 #[derive(Debug, Parser)]
 // A flag given twice takes the last value: scripts/bench passes the references' paths before the caller's
@@ -178,7 +183,7 @@ fn main() -> anyhow::Result<()> {
     let on = |section| args.sections.contains(&section);
     let compared = on(Section::Throughput) || on(Section::Latency);
     let references = if compared {
-        references::references(&args)?
+        references::installed(&args)?
     } else {
         Vec::new()
     };
@@ -199,80 +204,43 @@ fn main() -> anyhow::Result<()> {
     for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
         workspace_bin(bin);
     }
-    let mut report = json!({
-        "machine": machine(),
-        "sizesFollow": args.follow.describe(),
-    });
+    let mut report = Report {
+        machine: Machine::this(),
+        sizes_follow: args.follow.describe(),
+        ..Report::default()
+    };
 
     if compared {
         eprintln!(
             "== throughput and latency (2 agents; gotatun, boringtun-cli and wireguard-go pairs; the bare link)"
         );
-        let versions: serde_json::Map<String, Value> = references
-            .iter()
-            .map(|r| (r.name().to_owned(), json!(r.version())))
-            .collect();
-        eprintln!("   references: {}", Value::Object(versions.clone()));
-        report["versions"] = Value::Object(versions);
-        let lan = Lan::new(2 + 2 * references.len());
-        let cluster = Cluster::deploy_seats(&lan, 2);
-        // The agent's own data path, whatever the kernel offers (`auto` would take a kernel module): it is
-        // what is compared, and its CPU is then the agent process's.
-        let (agents, _keys) = start_mesh_with(&cluster, 1..=2, &["--wg-backend", "userspace"]);
-        let pairs: Vec<(&str, WireguardGo, WireguardGo)> = references
-            .iter()
-            .enumerate()
-            .map(|(k, r)| {
-                let (a, b) = references::reference_pair(&lan, r, k);
-                (r.name(), a, b)
-            })
-            .collect();
-        let tunnels = tunnel::tunnels(&lan, &agents, &pairs);
-        // Latency first, while every tunnel has only carried pings.
-        if on(Section::Latency) {
-            report["latency"] = latency::latency(&tunnels);
-        }
-        if on(Section::Throughput) {
-            report["throughput"] = throughput::throughput(&args, &tunnels);
-        }
+        let versions = Named(references.iter().map(|r| (r.name(), r.version())).collect());
+        eprintln!("   references: {versions}");
+        report.versions = Some(versions);
+        (report.latency, report.throughput) = topology::measure(
+            &args,
+            &references,
+            on(Section::Latency),
+            on(Section::Throughput),
+        );
     }
     if on(Section::Offloads) {
         eprintln!("== the mesh with its offloads turned off in turn (2 agents)");
-        report["offloads"] = offloads::offloads(&args);
+        report.offloads = Some(offloads::offloads(&args));
     }
     if on(Section::Relay) {
         eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
-        report["relay"] = relay::relay(&args);
+        report.relay = Some(relay::relay(&args));
     }
     if on(Section::Failover) {
         eprintln!(
             "== failover (3 nodes; the leader's node cut off; leader timeout {} s)",
             args.leader_timeout
         );
-        report["failover"] = failover::failover(args.leader_timeout);
+        report.failover = Some(failover::failover(args.leader_timeout));
     }
     if on(Section::Sizes) {
-        // Churn on 25 nodes when that size is measured, else on the largest.
-        let largest = args.sizes.iter().copied().max().unwrap_or(0);
-        let churn_at = if args.sizes.contains(&25) {
-            25
-        } else {
-            largest
-        };
-        let mut sizes = Vec::new();
-        for &n in &args.sizes {
-            anyhow::ensure!(
-                (3..=200).contains(&n),
-                "--sizes: {n} nodes cannot be measured; give sizes from 3 to 200"
-            );
-            eprintln!(
-                "== {n} nodes: convergence, cost and revocation; {}",
-                args.follow.describe()
-            );
-            let churn = if n == churn_at { args.churn } else { 0 };
-            sizes.push(sizes::size_run(n, churn, args.follow)?);
-        }
-        report["sizes"] = Value::Array(sizes);
+        report.sizes = Some(sizes::measure_all(&args)?);
     }
     if on(Section::Trace) {
         eprintln!(
@@ -280,7 +248,7 @@ fn main() -> anyhow::Result<()> {
             args.trace_nodes,
             args.follow.describe()
         );
-        report["trace"] = trace::trace_join(args.trace_nodes, args.follow)?;
+        report.trace = Some(trace::join(args.trace_nodes, args.follow)?);
     }
 
     table::print_table(&report);
@@ -291,12 +259,6 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", args.json.display()))?;
     println!("\nJSON: {}", args.json.display());
     Ok(())
-}
-
-fn machine() -> Value {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    json!({ "cpus": cpus, "kernel": kernel.trim() })
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,23 +1,23 @@
 //! Offloads: the mesh's throughput with its TUN offload, its UDP GSO/GRO, or both turned off.
 
 use netns_tests::prelude::*;
-use serde_json::{Value, json};
 
 use crate::Args;
-use crate::tunnel::tunnels;
+use crate::report::{ByStreams, Named};
+use crate::topology::tunnels;
 
 /// The mesh's variants with offloads turned off, by name and the agents' flags.
-pub(crate) const OFFLOAD_VARIANTS: [(&str, &[&str]); 3] = [
+pub(crate) const VARIANTS: [(&str, &[&str]); 3] = [
     ("no offloads", &["--no-tun-offload", "--no-udp-offload"]),
     ("TUN offload only", &["--no-udp-offload"]),
     ("UDP GSO/GRO only", &["--no-tun-offload"]),
 ];
 
-/// Throughput and its cost through the mesh for each of [`OFFLOAD_VARIANTS`], each on a fresh two-node
+/// Throughput and its cost through the mesh for each of [`VARIANTS`], each on a fresh two-node
 /// topology (the full mesh is the throughput section's `mesh`).
-pub(crate) fn offloads(args: &Args) -> Value {
-    let mut out = json!({});
-    for (name, flags) in OFFLOAD_VARIANTS {
+pub(crate) fn offloads(args: &Args) -> Named<ByStreams> {
+    let mut out = Vec::new();
+    for (name, flags) in VARIANTS {
         let lan = Lan::new(2);
         let cluster = Cluster::deploy_seats(&lan, 2);
         let mut all = vec!["--wg-backend", "userspace"];
@@ -25,9 +25,11 @@ pub(crate) fn offloads(args: &Args) -> Value {
         let (agents, _keys) = start_mesh_with(&cluster, 1..=2, &all);
         let mut tunnel = tunnels(&lan, &agents, &[]).remove(0);
         tunnel.name = name;
-        for streams in [1u32, 4] {
-            out[name][format!("streams{streams}")] = tunnel.measure(streams, args.seconds);
-        }
+        let runs = ByStreams {
+            streams1: tunnel.measure(1, args.seconds),
+            streams4: tunnel.measure(4, args.seconds),
+        };
+        out.push((name, runs));
     }
-    out
+    Named(out)
 }

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use netns_tests::perf::{iperf3, ping_avg_ms};
 use netns_tests::prelude::*;
-use serde_json::{Value, json};
 
 use crate::Args;
+use crate::report::Relay;
 
 /// Two agents whose UDP is dropped, meshed through the stand-in gateway: throughput and RTT over the relay.
-pub(crate) fn relay(args: &Args) -> Value {
+pub(crate) fn relay(args: &Args) -> Relay {
     let lan = Lan::new(2);
     let cluster = Cluster::deploy_seats(&lan, 2);
     let gateway = Gateway::for_cluster(&cluster, WG_PORT);
@@ -36,23 +36,29 @@ pub(crate) fn relay(args: &Args) -> Value {
     ping_avg_ms(lan.node(1), overlay_ip(2), 5, every);
     let bare = ping_avg_ms(lan.node(1), lan_ip(2), 200, every);
     let rtt = ping_avg_ms(lan.node(1), overlay_ip(2), 200, every);
-    let mut out = json!({ "rttMs": rtt, "bareRttMs": bare, "addedMs": rtt - bare });
-    for streams in [1u32, 4] {
-        let run = iperf3(
+    let run = |streams| {
+        iperf3(
             lan.node(1),
             lan.node(2),
             &overlay_ip(2).to_string(),
             streams,
             args.seconds,
-        );
-        out[format!("streams{streams}Gbps")] = json!(run.gbps);
-        out[format!("streams{streams}Retransmits")] = json!(run.retransmits);
-    }
+        )
+    };
+    let (one, four) = (run(1), run(4));
     eprintln!(
         "   relay: {:.2} Gbit/s (1 stream), {:.2} (4), RTT {rtt:.3} ms (+{:.3} over the bare link)",
-        out["streams1Gbps"].as_f64().unwrap_or(0.0),
-        out["streams4Gbps"].as_f64().unwrap_or(0.0),
+        one.gbps,
+        four.gbps,
         rtt - bare
     );
-    out
+    Relay {
+        rtt_ms: rtt,
+        bare_rtt_ms: bare,
+        added_ms: rtt - bare,
+        streams1_gbps: one.gbps,
+        streams1_retransmits: one.retransmits,
+        streams4_gbps: four.gbps,
+        streams4_retransmits: four.retransmits,
+    }
 }

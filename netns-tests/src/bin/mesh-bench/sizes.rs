@@ -1,5 +1,5 @@
-//! One mesh size: how long the mesh takes to form, a join's convergence, the idle cost, churn, and a
-//! revocation.
+//! The sizes section: for each mesh size, how long the mesh takes to form, a join's convergence, the idle
+//! cost, churn (at one size), and a revocation.
 
 use std::str::FromStr as _;
 use std::time::Instant;
@@ -10,16 +10,38 @@ use netns_tests::convergence::{
     chain_watch, delays, full_mesh, healthy, lists, median_and_worst, watch_change,
 };
 use netns_tests::prelude::*;
-use serde_json::{Value, json};
 
-use crate::churn::churn_loss;
-use crate::cost::cost;
-use crate::{BOUND, Follow, ms};
+use crate::report::Size;
+use crate::{Args, BOUND, Follow, churn, cost, ms};
+
+/// Each of `--sizes`, with churn on 25 nodes when that size is measured, else on the largest.
+pub(crate) fn measure_all(args: &Args) -> anyhow::Result<Vec<Size>> {
+    let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    let churn_at = if args.sizes.contains(&25) {
+        25
+    } else {
+        largest
+    };
+    let mut sizes = Vec::new();
+    for &n in &args.sizes {
+        anyhow::ensure!(
+            (3..=200).contains(&n),
+            "--sizes: {n} nodes cannot be measured; give sizes from 3 to 200"
+        );
+        eprintln!(
+            "== {n} nodes: convergence, cost and revocation; {}",
+            args.follow.describe()
+        );
+        let churn = if n == churn_at { args.churn } else { 0 };
+        sizes.push(measure(n, churn, args.follow)?);
+    }
+    Ok(sizes)
+}
 
 /// A size's run: `n` nodes; nodes 1..n-1 form the mesh, then node n joins (convergence), the mesh idles
 /// (cost), blocks are mined (cost per block), `churn` more nodes join and leave if asked, and seat n is
 /// revoked (revocation).
-pub(crate) fn size_run(n: usize, churn: usize, follow: Follow) -> anyhow::Result<Value> {
+fn measure(n: usize, churn: usize, follow: Follow) -> anyhow::Result<Size> {
     let lan = Lan::new(n + churn);
     let cluster = Cluster::deploy_seats(&lan, n);
     let contract = Address::from_str(&cluster.contract)?;
@@ -59,19 +81,8 @@ pub(crate) fn size_run(n: usize, churn: usize, follow: Follow) -> anyhow::Result
         ms(hs_worst),
         ms(hs_median)
     );
-    let mut out = json!({
-        "nodes": n,
-        "startSecs": started.as_secs_f64(),
-        "formedSecs": formed.as_secs_f64(),
-        "listedMs": ms(listed_worst),
-        "listedMedianMs": ms(listed_median),
-        "convergenceMs": ms(hs_worst),
-        "handshakeMedianMs": ms(hs_median),
-    });
-    out["cost"] = cost(&lan, &agents)?;
-    if churn > 0 {
-        out["churn"] = churn_loss(&lan, &cluster, &agents, n + 1, churn, follow);
-    }
+    let cost = cost::measure(&lan, &agents)?;
+    let churn = (churn > 0).then(|| churn::loss(&lan, &cluster, &agents, n + 1, churn, follow));
 
     // Revocation of seat n: when has each other node dropped it?
     let dropped = |p: &[Peer]| !lists(p, token);
@@ -88,7 +99,17 @@ pub(crate) fn size_run(n: usize, churn: usize, follow: Follow) -> anyhow::Result
         ms(dropped_worst),
         ms(dropped_median)
     );
-    out["revocationMs"] = json!(ms(dropped_worst));
-    out["revocationMedianMs"] = json!(ms(dropped_median));
-    Ok(out)
+    Ok(Size {
+        nodes: n,
+        start_secs: started.as_secs_f64(),
+        formed_secs: formed.as_secs_f64(),
+        listed_ms: ms(listed_worst),
+        listed_median_ms: ms(listed_median),
+        convergence_ms: ms(hs_worst),
+        handshake_median_ms: ms(hs_median),
+        cost,
+        churn,
+        revocation_ms: ms(dropped_worst),
+        revocation_median_ms: ms(dropped_median),
+    })
 }

@@ -1,95 +1,99 @@
-//! The table printed at the end of a run.
+//! The table printed at the end of a run, from its [`Report`].
 
-use serde_json::Value;
+use crate::report::{Report, Run};
+use crate::tunnel::{BARE, MESH};
 
-use crate::offloads::OFFLOAD_VARIANTS;
+/// The implementations in the throughput and latency sections, in the table's order.
+const IMPLEMENTATIONS: [&str; 5] = [MESH, "gotatun", "boringtun-cli", "wireguard-go", BARE];
 
-/// The implementations' keys in the throughput and latency sections, in the table's order.
-const IMPLEMENTATIONS: [&str; 5] = ["mesh", "gotatun", "boringtun-cli", "wireguard-go", "bare"];
+/// `x` to `digits` decimals, or `-` when it was not measured (or is no number: a rate over no time).
+pub(crate) fn fixed(x: Option<f64>, digits: usize) -> String {
+    x.filter(|x| x.is_finite())
+        .map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// A count, or `-` when it was not measured.
+pub(crate) fn count(x: Option<u64>) -> String {
+    x.map_or("-".into(), |x| x.to_string())
+}
 
 /// Prints what the report holds; a section that was not run is left out.
-pub(crate) fn print_table(r: &Value) {
-    let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+pub(crate) fn print_table(r: &Report) {
     println!(
         "\n=== dstack-mesh benchmark ({} CPUs, kernel {}) ===",
-        r["machine"]["cpus"],
-        r["machine"]["kernel"].as_str().unwrap_or("?"),
+        r.machine.cpus, r.machine.kernel,
     );
-    if r.get("throughput").is_some() || r.get("latency").is_some() {
+    if r.throughput.is_some() || r.latency.is_some() {
         print_compared(r);
     }
-    if let Some(o) = r.get("offloads") {
+    let mesh = |streams| {
+        r.throughput
+            .as_ref()
+            .and_then(|t| t.streams(streams).runs.get(MESH))
+    };
+    if let Some(o) = &r.offloads {
         println!(
             "\nThe mesh with offloads turned off (Gbit/s, retransmits, CPU send / recv; 1 stream, then 4)"
         );
-        let mut rows: Vec<(&str, [&Value; 2])> = OFFLOAD_VARIANTS
-            .iter()
-            .map(|(name, _)| (*name, [&o[*name]["streams1"], &o[*name]["streams4"]]))
-            .collect();
-        if let Some(t) = r.get("throughput") {
-            rows.push((
-                "all offloads (mesh above)",
-                [&t["streams1"]["mesh"], &t["streams4"]["mesh"]],
-            ));
+        let mut rows: Vec<(&str, [Option<&Run>; 2])> =
+            o.0.iter()
+                .map(|(name, runs)| (*name, [Some(&runs.streams1), Some(&runs.streams4)]))
+                .collect();
+        if r.throughput.is_some() {
+            rows.push(("all offloads (mesh above)", [mesh(1), mesh(4)]));
         }
-        let pct = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.0}"));
         for (name, runs) in rows {
             let mut row = format!("{name:<28}");
             for run in runs {
                 row += &format!(
                     " {:>7} {:>8} {:>10}",
-                    f(&run["gbps"]),
-                    run["retransmits"]
-                        .as_u64()
-                        .map_or("-".into(), |x| x.to_string()),
+                    fixed(run.map(|r| r.gbps), 2),
+                    count(run.map(|r| r.retransmits)),
                     format!(
                         "{} / {}",
-                        pct(&run["cpuSenderPct"]),
-                        pct(&run["cpuReceiverPct"])
+                        fixed(run.and_then(|r| r.cpu_sender_pct), 0),
+                        fixed(run.and_then(|r| r.cpu_receiver_pct), 0)
                     )
                 );
             }
             println!("{row}");
         }
     }
-    if let Some(relay) = r.get("relay") {
+    if let Some(relay) = &r.relay {
         // Shares of the direct path's figures, when those were measured too.
-        let direct = |s: &str| {
-            let relayed = relay[format!("{s}Gbps")].as_f64()?;
-            let direct = r.get("throughput")?[s]["mesh"]["gbps"].as_f64()?;
-            Some(format!(" ({:.0}% of direct)", 100.0 * relayed / direct))
+        let direct = |streams, relayed: f64| {
+            mesh(streams).map_or(String::new(), |direct| {
+                format!(" ({:.0}% of direct)", 100.0 * relayed / direct.gbps)
+            })
         };
         let direct_added = r
-            .get("latency")
-            .and_then(|l| l["mesh"]["addedMs"].as_f64())
-            .map_or(String::new(), |a| format!("; direct +{a:.3}"));
+            .latency
+            .as_ref()
+            .and_then(|l| l.get(MESH))
+            .map_or(String::new(), |m| format!("; direct +{:.3}", m.added_ms));
         println!(
             "\nThe relay (UDP blocked; through nginx as the gateway): {} Gbit/s with 1 stream{}, {} with 4{}; RTT {} ms (+{} over the bare link{direct_added})",
-            f(&relay["streams1Gbps"]),
-            direct("streams1").unwrap_or_default(),
-            f(&relay["streams4Gbps"]),
-            direct("streams4").unwrap_or_default(),
-            f(&relay["rttMs"]),
-            f(&relay["addedMs"]),
+            fixed(Some(relay.streams1_gbps), 2),
+            direct(1, relay.streams1_gbps),
+            fixed(Some(relay.streams4_gbps), 2),
+            direct(4, relay.streams4_gbps),
+            fixed(Some(relay.rtt_ms), 2),
+            fixed(Some(relay.added_ms), 2),
         );
     }
-    if let Some(fo) = r.get("failover") {
+    if let Some(fo) = &r.failover {
         println!(
             "\nFailover (3 nodes, the leader's node cut off, leader timeout {} s): seat 2 leads on-chain after {:.0} ms ({:.0} ms beyond the timeout); both agents report it after {:.0} ms",
-            fo["leaderTimeoutSecs"],
-            fo["onChainMs"].as_f64().unwrap_or(0.0),
-            fo["beyondTimeoutMs"].as_f64().unwrap_or(0.0),
-            fo["reportedMs"].as_f64().unwrap_or(0.0)
+            fo.leader_timeout_secs, fo.on_chain_ms, fo.beyond_timeout_ms, fo.reported_ms
         );
     }
-    let Some(sizes) = r.get("sizes") else {
+    let Some(sizes) = &r.sizes else {
         return;
     };
     println!(
         "\nSizes ({}): from the block that holds a change to the last node's API showing it",
-        r["sizesFollow"].as_str().unwrap_or("?")
+        r.sizes_follow
     );
-    let num = |v: &Value, digits: usize| v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"));
     println!(
         "{:<6} {:>9} {:>17} {:>11} {:>14} {:>14} {:>6} {:>11} {:>10} {:>9}",
         "nodes",
@@ -107,50 +111,48 @@ pub(crate) fn print_table(r: &Value) {
         "{:<6} {:>9} {:>17} {:>11} {:>14} {:>14} {:>6} {:>11} {:>10} {:>9}",
         "", "worst", "median / worst", "worst", "mean / max", "mean / max", "", "idle", "anvil", ""
     );
-    for s in sizes.as_array().into_iter().flatten() {
-        let c = &s["cost"];
-        let mib = |v: &Value| {
-            v.as_f64()
-                .map_or("-".into(), |x| format!("{:.1}", x / 1024.0))
-        };
+    let num = |x: f64, digits| fixed(Some(x), digits);
+    for s in sizes {
+        let c = &s.cost;
+        let mib = |kib: f64| num(kib / 1024.0, 1);
         println!(
             "{:<6} {:>9} {:>17} {:>11} {:>14} {:>14} {:>6} {:>11} {:>10} {:>9}",
-            s["nodes"],
-            num(&s["listedMs"], 0),
+            s.nodes,
+            num(s.listed_ms, 0),
             format!(
                 "{} / {}",
-                num(&s["handshakeMedianMs"], 0),
-                num(&s["convergenceMs"], 0)
+                num(s.handshake_median_ms, 0),
+                num(s.convergence_ms, 0)
             ),
-            num(&s["revocationMs"], 0),
+            num(s.revocation_ms, 0),
             format!(
                 "{} / {}",
-                num(&c["cpuPercentMean"], 2),
-                num(&c["cpuPercentMax"], 2)
+                num(c.cpu_percent_mean, 2),
+                num(c.cpu_percent_max, 2)
             ),
-            format!("{} / {}", mib(&c["rssKiBMean"]), mib(&c["rssKiBMax"])),
-            num(&c["loadAverage"], 1),
-            num(&c["anvilRequestsPerSecondIdle"], 1),
-            num(&c["anvilRequestsPerBlock"], 0),
-            num(&s["formedSecs"], 1),
+            format!("{} / {}", mib(c.rss_kib_mean), mib(c.rss_kib_max)),
+            num(c.load_average, 1),
+            num(c.anvil_requests_per_second_idle, 1),
+            num(c.anvil_requests_per_block, 0),
+            num(s.formed_secs, 1),
         );
     }
-    for s in sizes.as_array().into_iter().flatten() {
-        if let Some(c) = s.get("churn") {
+    for s in sizes {
+        if let Some(c) = &s.churn {
             println!(
                 "churn at {} nodes: {} nodes joined and left; ping between two steady nodes {}/{} ({}% loss)",
-                s["nodes"],
-                c["nodes"],
-                c["pingsReceived"],
-                c["pingsSent"],
-                num(&c["lossPercent"], 2)
+                s.nodes,
+                c.nodes,
+                c.pings_received,
+                c.pings_sent,
+                num(c.loss_percent, 2)
             );
         }
     }
     if let Some(a) = sizes
-        .as_array()
-        .and_then(|s| s.first())
-        .and_then(|s| s["cost"]["agentRequestsPerBlock"].as_f64())
+        .first()
+        .map(|s| s.cost.agent_requests_per_block)
+        .filter(|a| a.is_finite())
     {
         println!("chain requests per new block, by one agent's own counters: {a:.2}");
     }
@@ -158,19 +160,13 @@ pub(crate) fn print_table(r: &Value) {
 
 /// The throughput and latency table: one row per implementation, 1 and 4 streams side by side, then the
 /// RTT; the mesh's ratios; and a second table with each run's context switches and drops.
-fn print_compared(r: &Value) {
-    let num = |v: &Value, digits: usize| v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"));
-    let t = r.get("throughput");
-    let l = r.get("latency");
-    let run = |name: &str, s: u32| t.map_or(&Value::Null, |t| &t[format!("streams{s}")][name]);
-    if let Some(v) = r.get("versions").and_then(Value::as_object) {
-        let versions: Vec<String> = v
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("?")))
-            .collect();
-        println!("\nReferences: {}", versions.join("; "));
+fn print_compared(r: &Report) {
+    let t = r.throughput.as_ref();
+    let run = |name: &str, streams| t.and_then(|t| t.streams(streams).runs.get(name));
+    if let Some(versions) = &r.versions {
+        println!("\nReferences: {versions}");
     }
-    let secs = t.map_or("-".into(), |t| t["seconds"].to_string());
+    let secs = t.map_or("-".into(), |t| t.seconds.to_string());
     println!(
         "\nThroughput, iperf3 TCP, {secs} s a run (CPU: the WireGuard process on the sending / receiving node, % of one core); ping RTT"
     );
@@ -188,50 +184,43 @@ fn print_compared(r: &Value) {
             let v = run(name, s);
             let cpu = format!(
                 "{} / {}",
-                num(&v["cpuSenderPct"], 0),
-                num(&v["cpuReceiverPct"], 0)
+                fixed(v.and_then(|v| v.cpu_sender_pct), 0),
+                fixed(v.and_then(|v| v.cpu_receiver_pct), 0)
             );
             row += &format!(
                 " {:>7} {:>8} {:>14}",
-                num(&v["gbps"], 2),
-                v["retransmits"]
-                    .as_u64()
-                    .map_or("-".into(), |x| x.to_string()),
+                fixed(v.map(|v| v.gbps), 2),
+                count(v.map(|v| v.retransmits)),
                 cpu
             );
         }
-        let rtt = l.map_or(&Value::Null, |l| &l[name]);
-        for (rtt_key, added_key) in [("rttMs", "addedMs"), ("busyRttMs", "busyAddedMs")] {
+        let rtt = r.latency.as_ref().and_then(|l| l.get(name));
+        for (rtt, added) in [
+            (rtt.map(|r| r.rtt_ms), rtt.map(|r| r.added_ms)),
+            (rtt.map(|r| r.busy_rtt_ms), rtt.map(|r| r.busy_added_ms)),
+        ] {
             let added = match name {
-                "bare" => String::new(),
-                _ => rtt[added_key]
-                    .as_f64()
-                    .map_or(String::new(), |a| format!(" (+{a:.3})")),
+                BARE => String::new(),
+                _ => added.map_or(String::new(), |a| format!(" (+{a:.3})")),
             };
-            row += &format!(" {:>18}", format!("{}{added}", num(&rtt[rtt_key], 3)));
+            row += &format!(" {:>18}", format!("{}{added}", fixed(rtt, 3)));
         }
         println!("{row}");
     }
     let Some(t) = t else {
         return;
     };
-    let ratio = |key: &str, s: u32| {
-        let v = &t[format!("streams{s}")];
-        let best = v["bestPeer"]
-            .as_str()
-            .filter(|_| key == "meshOverBest")
-            .map_or(String::new(), |b| format!(" ({b})"));
-        format!("{}{best}", num(&v[key], 2))
-    };
     println!(
-        "mesh / best peer: {} with 1 stream, {} with 4",
-        ratio("meshOverBest", 1),
-        ratio("meshOverBest", 4)
+        "mesh / best peer: {} ({}) with 1 stream, {} ({}) with 4",
+        fixed(Some(t.streams1.mesh_over_best), 2),
+        t.streams1.best_peer,
+        fixed(Some(t.streams4.mesh_over_best), 2),
+        t.streams4.best_peer,
     );
     println!(
         "mesh / bare:      {} with 1 stream, {} with 4",
-        ratio("meshOverBare", 1),
-        ratio("meshOverBare", 4)
+        fixed(Some(t.streams1.mesh_over_bare), 2),
+        fixed(Some(t.streams4.mesh_over_bare), 2)
     );
     println!(
         "\nPer run: context switches of the WireGuard process (send / recv); drops on both sides, of the TUN interfaces and of UDP receive buffers"
@@ -242,8 +231,7 @@ fn print_compared(r: &Value) {
         "",
         format!(" {:>19} {:>8} {:>10}", "ctx send / recv", "TUN", "UDP").repeat(2)
     );
-    let count = |v: &Value| v.as_u64().map_or("-".into(), |x| x.to_string());
-    for name in IMPLEMENTATIONS.into_iter().filter(|&n| n != "bare") {
+    for name in IMPLEMENTATIONS.into_iter().filter(|&n| n != BARE) {
         let mut row = format!("{name:<14}");
         for s in [1, 4] {
             let v = run(name, s);
@@ -251,11 +239,11 @@ fn print_compared(r: &Value) {
                 " {:>19} {:>8} {:>10}",
                 format!(
                     "{} / {}",
-                    count(&v["ctxSwitchesSender"]),
-                    count(&v["ctxSwitchesReceiver"])
+                    count(v.and_then(|v| v.ctx_switches_sender)),
+                    count(v.and_then(|v| v.ctx_switches_receiver))
                 ),
-                count(&v["tunDrops"]),
-                count(&v["udpRcvbufErrors"])
+                count(v.and_then(|v| v.tun_drops)),
+                count(v.and_then(|v| v.udp_rcvbuf_errors))
             );
         }
         println!("{row}");

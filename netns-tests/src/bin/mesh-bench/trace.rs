@@ -7,28 +7,19 @@ use alloy::primitives::Address;
 use mesh_api::Peer;
 use netns_tests::convergence::{chain_watch, full_mesh, healthy, watch_change};
 use netns_tests::prelude::*;
-use serde_json::{Value, json};
 
+use crate::report::{NodeTrace, Stages, Stat, Trace};
+use crate::table::fixed;
 use crate::{BOUND, Follow, ms};
 
 /// The agents' log filter in the trace: their default, with mesh_wg's handshake events at debug.
 const TRACE_FILTER: &str = "warn,boringtun::noise::timers=off,p2p_agent=info,mesh_chain=info,mesh_wg=debug,mesh_api=info,dstack_guest=info,unix_socket=info";
 
-/// The stages of a join as each existing node goes through them, by the line its log has for each (the
-/// first after the block; for the newcomer's key where the line names a peer).
-const STAGES: [(&str, &str, bool); 5] = [
-    ("chain", "peer records changed", false),
-    ("added", "peer added", true),
-    ("initiated", "handshake initiation at once", true),
-    ("session", "handshake response received", true),
-    ("answered", "handshake initiation received", true),
-];
-
 /// One join at `n` nodes, traced: the block that holds the newcomer's record, and for every other node
 /// when it read the block, added the peer, sent its first initiation, got a session (by its own initiation's
 /// response, or by answering the newcomer's), and showed the handshake on its API; the initiations the
 /// newcomer dropped because they came before it knew the sender, and WireGuard's retries.
-pub(crate) fn trace_join(n: usize, follow: Follow) -> anyhow::Result<Value> {
+pub(crate) fn join(n: usize, follow: Follow) -> anyhow::Result<Trace> {
     let lan = Lan::new(n);
     let cluster = Cluster::deploy_seats(&lan, n);
     let contract = Address::from_str(&cluster.contract)?;
@@ -58,23 +49,26 @@ pub(crate) fn trace_join(n: usize, follow: Follow) -> anyhow::Result<Value> {
     let mut rows = Vec::new();
     for (a, api) in agents.iter().zip(&times[0]) {
         let log = std::fs::read_to_string(&a.log)?;
-        let mut row = serde_json::Map::new();
-        row.insert("node".into(), json!(a.index));
-        for (name, text, keyed) in STAGES {
-            let at = log_lines(&log, block_wall - 1.0)
+        // The first line after the block; for the newcomer's key where the line names a peer.
+        let first = |text: &str, keyed: bool| {
+            log_lines(&log, block_wall - 1.0)
                 .find(|(_, l)| l.contains(text) && (!keyed || l.contains(key)))
-                .map(|(t, _)| since(t));
-            row.insert(name.into(), json!(at));
-        }
-        let retries = log_lines(&log, block_wall)
-            .filter(|(_, l)| l.contains("initiation from WireGuard's timers") && l.contains(key))
-            .count();
-        row.insert("timerRetries".into(), json!(retries));
-        row.insert(
-            "api".into(),
-            json!(ms(api.saturating_duration_since(block))),
-        );
-        rows.push(Value::Object(row));
+                .map(|(t, _)| since(t))
+        };
+        rows.push(NodeTrace {
+            node: a.index,
+            chain: first("peer records changed", false),
+            added: first("peer added", true),
+            initiated: first("handshake initiation at once", true),
+            session: first("handshake response received", true),
+            answered: first("handshake initiation received", true),
+            timer_retries: log_lines(&log, block_wall)
+                .filter(|(_, l)| {
+                    l.contains("initiation from WireGuard's timers") && l.contains(key)
+                })
+                .count(),
+            api: ms(api.saturating_duration_since(block)),
+        });
     }
     let log = std::fs::read_to_string(&newcomer.log)?;
     let dropped: Vec<f64> = log_lines(&log, block_wall - 1.0)
@@ -92,69 +86,54 @@ pub(crate) fn trace_join(n: usize, follow: Follow) -> anyhow::Result<Value> {
         .filter(|(_, l)| l.contains("initiation from WireGuard's timers"))
         .count();
 
-    let stat = |name: &str| -> Value {
-        let mut v: Vec<f64> = rows.iter().filter_map(|r| r[name].as_f64()).collect();
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-        };
-        json!({ "nodes": v.len(), "medianMs": at(0.5), "p90Ms": at(0.9), "maxMs": at(1.0) })
+    let stat = |stage: fn(&NodeTrace) -> Option<f64>| Stat::of(rows.iter().map(stage));
+    let stages = Stages {
+        chain: stat(|r| r.chain),
+        added: stat(|r| r.added),
+        initiated: stat(|r| r.initiated),
+        session: stat(|r| r.session),
+        answered: stat(|r| r.answered),
+        api: stat(|r| Some(r.api)),
     };
-    let stages: serde_json::Map<String, Value> = STAGES
-        .iter()
-        .map(|(name, _, _)| *name)
-        .chain(["api"])
-        .map(|name| (name.to_owned(), stat(name)))
-        .collect();
-    let retries: usize = rows
-        .iter()
-        .filter_map(|r| r["timerRetries"].as_u64())
-        .sum::<u64>() as usize;
+    let retries: usize = rows.iter().map(|r| r.timer_retries).sum();
     eprintln!(
         "   trace of node {n}'s join (ms after the block that holds its record; over the {} other nodes):",
         n - 1
     );
     eprintln!(
         "     the newcomer's registration receipt: {}",
-        registered.map_or("-".into(), |t| format!("{t:.0}"))
+        fixed(registered, 0)
     );
-    for (name, s) in &stages {
+    for (name, s) in stages.named() {
         eprintln!(
             "     {name:<10} median {:>6} p90 {:>6} max {:>6}  ({} nodes)",
-            s["medianMs"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.0}")),
-            s["p90Ms"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.0}")),
-            s["maxMs"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.0}")),
-            s["nodes"]
+            fixed(s.median_ms, 0),
+            fixed(s.p90_ms, 0),
+            fixed(s.max_ms, 0),
+            s.nodes
         );
     }
     eprintln!(
         "     the newcomer added its {} peers from {} to {} ms; dropped {} initiations from keys it did not know yet (the last at {} ms); WireGuard retries: {retries} by the others, {newcomer_retries} by the newcomer",
         added.len(),
-        added.first().map_or("-".into(), |t| format!("{t:.0}")),
-        added.last().map_or("-".into(), |t| format!("{t:.0}")),
+        fixed(added.first().copied(), 0),
+        fixed(added.last().copied(), 0),
         dropped.len(),
-        dropped.last().map_or("-".into(), |t| format!("{t:.0}")),
+        fixed(dropped.last().copied(), 0),
     );
-    Ok(json!({
-        "nodes": n,
-        "follow": follow.describe(),
-        "registrationReceiptMs": registered,
-        "stages": stages,
-        "newcomerPeersAdded": added.len(),
-        "newcomerFirstAddMs": added.first(),
-        "newcomerLastAddMs": added.last(),
-        "initiationsDroppedByNewcomer": dropped.len(),
-        "timerRetriesByOthers": retries,
-        "timerRetriesByNewcomer": newcomer_retries,
-        "perNode": rows,
-    }))
+    Ok(Trace {
+        nodes: n,
+        follow: follow.describe(),
+        registration_receipt_ms: registered,
+        stages,
+        newcomer_peers_added: added.len(),
+        newcomer_first_add_ms: added.first().copied(),
+        newcomer_last_add_ms: added.last().copied(),
+        initiations_dropped_by_newcomer: dropped.len(),
+        timer_retries_by_others: retries,
+        timer_retries_by_newcomer: newcomer_retries,
+        per_node: rows,
+    })
 }
 
 /// The lines of an agent's text log at or after `from` (unix seconds), with their time.

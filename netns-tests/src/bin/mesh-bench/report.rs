@@ -1,0 +1,322 @@
+//! What a run measured: the table is printed from it, and it is written to `--json` once, at the end.
+//!
+//! The JSON's keys are read by people comparing runs (and quoted in the README), so a field's name here is
+//! its key in camelCase and does not change with the code around it.
+
+use std::fmt;
+
+use serde::ser::SerializeMap as _;
+use serde::{Serialize, Serializer};
+
+/// Every section that was run; the others are left out of the JSON.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Report {
+    pub(crate) machine: Machine,
+    /// How the agents of the sizes and trace sections follow the chain, in words.
+    pub(crate) sizes_follow: &'static str,
+    /// Each reference's `--version` line, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) versions: Option<Named<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) latency: Option<Named<Rtt>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) throughput: Option<Throughput>,
+    /// By variant ([`crate::offloads::VARIANTS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) offloads: Option<Named<ByStreams>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) relay: Option<Relay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failover: Option<Failover>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sizes: Option<Vec<Size>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trace: Option<Trace>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) cpus: usize,
+    pub(crate) kernel: String,
+}
+
+impl Machine {
+    pub(crate) fn this() -> Self {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            kernel: kernel.trim().to_owned(),
+        }
+    }
+}
+
+/// Values by name, in the order they were measured: a JSON object whose keys are data (implementations,
+/// offload variants, references), not fields.
+#[derive(Debug)]
+pub(crate) struct Named<T>(pub(crate) Vec<(&'static str, T)>);
+
+impl<T> Named<T> {
+    pub(crate) fn get(&self, name: &str) -> Option<&T> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+/// `name: value; name: value`.
+impl<T: fmt::Display> fmt::Display for Named<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{name}: {value}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Serialize> Serialize for Named<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// One iperf3 run through one implementation, and what it cost the WireGuard process and interface on
+/// each side (none for the bare link, which has no sides).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Run {
+    /// The receiver's rate.
+    pub(crate) gbps: f64,
+    /// The sender's TCP retransmissions.
+    pub(crate) retransmits: u64,
+    /// % of one core over the run's wall time.
+    pub(crate) cpu_sender_pct: Option<f64>,
+    pub(crate) cpu_receiver_pct: Option<f64>,
+    pub(crate) ctx_switches_sender: Option<u64>,
+    pub(crate) ctx_switches_receiver: Option<u64>,
+    /// Both TUN interfaces' drops.
+    pub(crate) tun_drops: Option<u64>,
+    pub(crate) tun_drops_sender: Option<u64>,
+    pub(crate) tun_drops_receiver: Option<u64>,
+    /// Datagrams both namespaces' UDP lost to a full receive buffer.
+    pub(crate) udp_rcvbuf_errors: Option<u64>,
+}
+
+/// The runs with 1 and with 4 streams.
+#[derive(Debug, Serialize)]
+pub(crate) struct ByStreams {
+    pub(crate) streams1: Run,
+    pub(crate) streams4: Run,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Throughput {
+    /// Per run.
+    pub(crate) seconds: u32,
+    pub(crate) streams1: Streams,
+    pub(crate) streams4: Streams,
+}
+
+impl Throughput {
+    pub(crate) fn streams(&self, streams: u32) -> &Streams {
+        if streams == 1 {
+            &self.streams1
+        } else {
+            &self.streams4
+        }
+    }
+}
+
+/// One stream count's runs through every implementation, and the mesh's rate over the others'.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Streams {
+    /// By implementation, in the table's order; their keys sit beside the ratios'.
+    #[serde(flatten)]
+    pub(crate) runs: Named<Run>,
+    /// The fastest reference.
+    pub(crate) best_peer: &'static str,
+    pub(crate) mesh_over_best: f64,
+    pub(crate) mesh_over_bare: f64,
+}
+
+/// The average ping RTT through one implementation, and what it adds over the bare link's (0 for the bare
+/// link): with pings 20 ms apart (idle CPUs), and 0.5 ms apart (busy).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Rtt {
+    pub(crate) rtt_ms: f64,
+    pub(crate) added_ms: f64,
+    pub(crate) busy_rtt_ms: f64,
+    pub(crate) busy_added_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Relay {
+    pub(crate) rtt_ms: f64,
+    pub(crate) bare_rtt_ms: f64,
+    pub(crate) added_ms: f64,
+    pub(crate) streams1_gbps: f64,
+    pub(crate) streams1_retransmits: u64,
+    pub(crate) streams4_gbps: f64,
+    pub(crate) streams4_retransmits: u64,
+}
+
+/// Times from the leader's cut.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Failover {
+    pub(crate) leader_timeout_secs: u64,
+    pub(crate) on_chain_ms: f64,
+    pub(crate) reported_ms: f64,
+    pub(crate) beyond_timeout_ms: f64,
+}
+
+/// One mesh size. The times in ms are from the block that holds the change to the nodes' APIs showing it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Size {
+    pub(crate) nodes: usize,
+    /// Until every agent but the newcomer was up.
+    pub(crate) start_secs: f64,
+    /// Then until they formed a full mesh.
+    pub(crate) formed_secs: f64,
+    /// The newcomer listed by the last node.
+    pub(crate) listed_ms: f64,
+    pub(crate) listed_median_ms: f64,
+    /// The newcomer handshaken by the last node.
+    pub(crate) convergence_ms: f64,
+    pub(crate) handshake_median_ms: f64,
+    pub(crate) cost: Cost,
+    /// At one size only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) churn: Option<Churn>,
+    /// The newcomer's seat dropped by the last node.
+    pub(crate) revocation_ms: f64,
+    pub(crate) revocation_median_ms: f64,
+}
+
+/// Per agent, the mean and the worst over the agents.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Cost {
+    pub(crate) peers: usize,
+    pub(crate) cpu_percent_mean: f64,
+    pub(crate) cpu_percent_max: f64,
+    #[serde(rename = "rssKiBMean")]
+    pub(crate) rss_kib_mean: f64,
+    #[serde(rename = "rssKiBMax")]
+    pub(crate) rss_kib_max: f64,
+    pub(crate) load_average: f64,
+    pub(crate) anvil_requests_per_second_idle: f64,
+    /// Beyond the idle rate, not counting the mining itself.
+    pub(crate) anvil_requests_per_block: f64,
+    /// Agent 1's own chain requests, less its head polls.
+    pub(crate) agent_requests_per_block: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Churn {
+    /// That joined and left.
+    pub(crate) nodes: usize,
+    pub(crate) joined_secs: f64,
+    pub(crate) left_secs: f64,
+    /// Between two steady nodes, meanwhile.
+    pub(crate) pings_sent: u32,
+    pub(crate) pings_received: u32,
+    pub(crate) loss_percent: f64,
+}
+
+/// One join, traced through every node's log; times in ms from the block that holds the newcomer's record.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Trace {
+    pub(crate) nodes: usize,
+    pub(crate) follow: &'static str,
+    pub(crate) registration_receipt_ms: Option<f64>,
+    pub(crate) stages: Stages,
+    pub(crate) newcomer_peers_added: usize,
+    pub(crate) newcomer_first_add_ms: Option<f64>,
+    pub(crate) newcomer_last_add_ms: Option<f64>,
+    pub(crate) initiations_dropped_by_newcomer: usize,
+    pub(crate) timer_retries_by_others: usize,
+    pub(crate) timer_retries_by_newcomer: usize,
+    pub(crate) per_node: Vec<NodeTrace>,
+}
+
+/// Each stage over the nodes that reached it.
+#[derive(Debug, Serialize)]
+pub(crate) struct Stages {
+    pub(crate) chain: Stat,
+    pub(crate) added: Stat,
+    pub(crate) initiated: Stat,
+    pub(crate) session: Stat,
+    pub(crate) answered: Stat,
+    pub(crate) api: Stat,
+}
+
+impl Stages {
+    /// In the order a join goes through them.
+    pub(crate) fn named(&self) -> [(&'static str, &Stat); 6] {
+        [
+            ("chain", &self.chain),
+            ("added", &self.added),
+            ("initiated", &self.initiated),
+            ("session", &self.session),
+            ("answered", &self.answered),
+            ("api", &self.api),
+        ]
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Stat {
+    pub(crate) nodes: usize,
+    pub(crate) median_ms: Option<f64>,
+    pub(crate) p90_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+}
+
+impl Stat {
+    /// Over the nodes that have a time.
+    pub(crate) fn of(times: impl Iterator<Item = Option<f64>>) -> Self {
+        let mut v: Vec<f64> = times.flatten().collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        Self {
+            nodes: v.len(),
+            median_ms: at(0.5),
+            p90_ms: at(0.9),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// When one node reached each stage of the join (none: not seen in its log).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NodeTrace {
+    pub(crate) node: usize,
+    /// It read the block.
+    pub(crate) chain: Option<f64>,
+    /// It added the newcomer to its device.
+    pub(crate) added: Option<f64>,
+    /// It sent its first initiation.
+    pub(crate) initiated: Option<f64>,
+    /// Its initiation was answered: a session.
+    pub(crate) session: Option<f64>,
+    /// It answered the newcomer's initiation: a session.
+    pub(crate) answered: Option<f64>,
+    pub(crate) timer_retries: usize,
+    /// Its API showed the handshake.
+    pub(crate) api: f64,
+}
