@@ -26,9 +26,9 @@
 //!     block;
 //!   - how long the mesh took to form.
 //! - Churn loss (on 25 nodes): ping loss between two steady nodes while 10 other nodes join and leave.
-//! - Trace: one join at `--trace-nodes` (50), through every node's log: when each read the block, added
-//!   the peer, initiated, got a session, and showed it on its API; initiations the newcomer dropped, and
-//!   WireGuard's retries.
+//! - Trace: one join at `--trace-nodes` (50), through every node's JSON log, by the `event` its lines name:
+//!   when each read the block, added the peer, initiated, got a session, and showed it on its API;
+//!   initiations the newcomer dropped, and WireGuard's retries.
 //!
 //! `--sections` picks some of them (`throughput,latency,offloads,relay,failover,sizes,trace`, all by
 //! default).

@@ -1,7 +1,7 @@
-//! The trace: one join followed through every node's log.
+//! The trace: one join followed through every node's JSON log, by the events its lines name.
 
 use std::str::FromStr as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use alloy::primitives::Address;
 use mesh_api::Peer;
@@ -15,6 +15,42 @@ use crate::{BOUND, Follow, ms};
 /// The agents' log filter in the trace: their default, with mesh_wg's handshake events at debug.
 const TRACE_FILTER: &str = "warn,boringtun::noise::timers=off,p2p_agent=info,mesh_chain=info,mesh_wg=debug,mesh_api=info,dstack_guest=info,unix_socket=info";
 
+/// The events read, by the `event` field their crates log them with.
+mod event {
+    /// mesh_chain's follower read blocks that changed the peer records.
+    pub(super) const RECORDS_CHANGED: &str = "records.changed";
+    /// mesh_chain: this node's own record is on-chain (with its receipt).
+    pub(super) const RECORD_REGISTERED: &str = "record.registered";
+    /// mesh_wg's device has a new peer.
+    pub(super) const PEER_ADDED: &str = "peer.added";
+    /// mesh_wg sent an initiation at once, for a new peer, endpoint or relay stream.
+    pub(super) const HANDSHAKE_INITIATED: &str = "handshake.initiated";
+    /// mesh_wg's initiation was answered: a session.
+    pub(super) const HANDSHAKE_COMPLETED: &str = "handshake.completed";
+    /// mesh_wg answered a peer's initiation: a session.
+    pub(super) const HANDSHAKE_ANSWERED: &str = "handshake.answered";
+    /// WireGuard's timers sent an initiation (a retry after REKEY_TIMEOUT, or a rekey).
+    pub(super) const INITIATED_BY_TIMERS: &str = "handshake.initiated_by_timers";
+    /// mesh_wg dropped an initiation from a key that is not its peer (yet).
+    pub(super) const UNKNOWN_PEER: &str = "handshake.unknown_peer";
+}
+
+/// How long before the block an event still counts towards the join: the block's time is when the
+/// harness, reading the chain every 10 ms, first saw it.
+const BEFORE_BLOCK: Duration = Duration::from_secs(1);
+
+/// How long before the block the newcomer's registration receipt is looked for: the newcomer may read its
+/// receipt before the harness sees the block.
+const RECEIPT_BEFORE_BLOCK: Duration = Duration::from_secs(60);
+
+/// One event of an agent's log, in ms from the block (negative before it).
+struct Seen {
+    ms: f64,
+    event: String,
+    /// The key the event names, as it prints (`peer`).
+    peer: Option<String>,
+}
+
 /// One join at `n` nodes, traced: the block that holds the newcomer's record, and for every other node
 /// when it read the block, added the peer, sent its first initiation, got a session (by its own initiation's
 /// response, or by answering the newcomer's), and showed the handshake on its API; the initiations the
@@ -25,6 +61,7 @@ pub(crate) fn join(n: usize, follow: Follow) -> anyhow::Result<Trace> {
     let contract = Address::from_str(&cluster.contract)?;
     let config = |i| AgentConfig {
         log_filter: Some(TRACE_FILTER.to_owned()),
+        json_log: true,
         ..follow.config(i)
     };
     let agents = start_agents_as(&cluster, 1..n, config, 300);
@@ -40,50 +77,68 @@ pub(crate) fn join(n: usize, follow: Follow) -> anyhow::Result<Trace> {
     })
     .map_err(|e| anyhow::anyhow!("node {n}'s join was not applied: {e}"))?;
     let block = watch.join().expect("chain watch");
-    let block_wall = unix_secs(std::time::SystemTime::now()) - block.elapsed().as_secs_f64();
+    let block_at = SystemTime::now() - block.elapsed();
     std::thread::sleep(Duration::from_secs(1));
+    // As the agents log a key (`peer = ?key`).
     let key = format!("{:?}", newcomer.key());
-    let key = key.trim_end_matches('…');
 
-    let since = |t: f64| (t - block_wall) * 1000.0;
+    // An agent's events from `before` the block on.
+    let seen = |a: &Agent<'_>, before: Duration| -> Vec<Seen> {
+        a.log_events()
+            .into_iter()
+            .filter(|e| e.at + before >= block_at)
+            .map(|e| Seen {
+                ms: match e.at.duration_since(block_at) {
+                    Ok(after) => ms(after),
+                    Err(before) => -ms(before.duration()),
+                },
+                peer: e.str_field("peer").map(str::to_owned),
+                event: e.event,
+            })
+            .collect()
+    };
     let mut rows = Vec::new();
     for (a, api) in agents.iter().zip(&times[0]) {
-        let log = std::fs::read_to_string(&a.log)?;
-        // The first line after the block; for the newcomer's key where the line names a peer.
-        let first = |text: &str, keyed: bool| {
-            log_lines(&log, block_wall - 1.0)
-                .find(|(_, l)| l.contains(text) && (!keyed || l.contains(key)))
-                .map(|(t, _)| since(t))
+        let events = seen(a, BEFORE_BLOCK);
+        let of_newcomer = |e: &Seen| e.peer.as_deref() == Some(key.as_str());
+        // The first of `event`; for the newcomer where it names a peer.
+        let first = |event: &str, keyed: bool| {
+            events
+                .iter()
+                .find(|e| e.event == event && (!keyed || of_newcomer(e)))
+                .map(|e| e.ms)
         };
         rows.push(NodeTrace {
             node: a.index,
-            chain: first("peer records changed", false),
-            added: first("peer added", true),
-            initiated: first("handshake initiation at once", true),
-            session: first("handshake response received", true),
-            answered: first("handshake initiation received", true),
-            timer_retries: log_lines(&log, block_wall)
-                .filter(|(_, l)| {
-                    l.contains("initiation from WireGuard's timers") && l.contains(key)
-                })
+            chain: first(event::RECORDS_CHANGED, false),
+            added: first(event::PEER_ADDED, true),
+            initiated: first(event::HANDSHAKE_INITIATED, true),
+            session: first(event::HANDSHAKE_COMPLETED, true),
+            answered: first(event::HANDSHAKE_ANSWERED, true),
+            timer_retries: events
+                .iter()
+                .filter(|e| e.ms >= 0.0 && e.event == event::INITIATED_BY_TIMERS && of_newcomer(e))
                 .count(),
             api: ms(api.saturating_duration_since(block)),
         });
     }
-    let log = std::fs::read_to_string(&newcomer.log)?;
-    let dropped: Vec<f64> = log_lines(&log, block_wall - 1.0)
-        .filter(|(_, l)| l.contains("not a peer (yet)"))
-        .map(|(t, _)| since(t))
-        .collect();
-    let added: Vec<f64> = log_lines(&log, block_wall - 1.0)
-        .filter(|(_, l)| l.contains("peer added"))
-        .map(|(t, _)| since(t))
-        .collect();
-    let registered = log_lines(&log, block_wall - 60.0)
-        .find(|(_, l)| l.contains("registered peer record"))
-        .map(|(t, _)| since(t));
-    let newcomer_retries = log_lines(&log, block_wall)
-        .filter(|(_, l)| l.contains("initiation from WireGuard's timers"))
+    let events = seen(&newcomer, RECEIPT_BEFORE_BLOCK);
+    let near = |event: &str| -> Vec<f64> {
+        events
+            .iter()
+            .filter(|e| e.ms >= -ms(BEFORE_BLOCK) && e.event == event)
+            .map(|e| e.ms)
+            .collect()
+    };
+    let dropped = near(event::UNKNOWN_PEER);
+    let added = near(event::PEER_ADDED);
+    let registered = events
+        .iter()
+        .find(|e| e.event == event::RECORD_REGISTERED)
+        .map(|e| e.ms);
+    let newcomer_retries = events
+        .iter()
+        .filter(|e| e.ms >= 0.0 && e.event == event::INITIATED_BY_TIMERS)
         .count();
 
     let stat = |stage: fn(&NodeTrace) -> Option<f64>| Stat::of(rows.iter().map(stage));
@@ -134,35 +189,4 @@ pub(crate) fn join(n: usize, follow: Follow) -> anyhow::Result<Trace> {
         timer_retries_by_newcomer: newcomer_retries,
         per_node: rows,
     })
-}
-
-/// The lines of an agent's text log at or after `from` (unix seconds), with their time.
-fn log_lines(log: &str, from: f64) -> impl Iterator<Item = (f64, &str)> {
-    log.lines()
-        .filter_map(|l| Some((rfc3339_secs(l.split_whitespace().next()?)?, l)))
-        .filter(move |(t, _)| *t >= from)
-}
-
-fn unix_secs(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// A log line's RFC 3339 timestamp (the agent logs in UTC) as unix seconds.
-fn rfc3339_secs(s: &str) -> Option<f64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(t.unix_timestamp_nanos() as f64 / 1e9)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The trace reads the agents' log timestamps as unix seconds, to the microsecond.
-    #[test]
-    fn log_timestamps_are_read_as_unix_seconds() {
-        let t = rfc3339_secs("2026-11-23T06:54:56.179762Z").expect("a timestamp");
-        assert!((t - 1_795_416_896.179_762).abs() < 1e-5, "{t}");
-        assert_eq!(rfc3339_secs("INFO"), None);
-    }
 }
