@@ -1,7 +1,8 @@
 //! What a run measured: the table is printed from it, and it is written to `--json` once, at the end.
 //!
-//! The JSON's keys are read by people comparing runs (and quoted in the README), so a field's name here is
-//! its key in camelCase and does not change with the code around it.
+//! A run's file is compared with earlier runs' files, so the keys stay as they were: a field's key is its
+//! name in camelCase unless it says otherwise (`rssKiBMean`), and a section not run is left out rather than
+//! written as null.
 
 use std::fmt;
 
