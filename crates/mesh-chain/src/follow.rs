@@ -11,6 +11,8 @@
 //!
 //! A full read that fails, for whatever reason (an RPC error, one missing event, pruned logs), never stops
 //! the follower: it is retried with backoff while the events go on being polled.
+//!
+//! [`Follower`] only reads; what it read does to the view is decided in [`apply`], without I/O.
 
 #![deny(clippy::arithmetic_side_effects)]
 
@@ -26,12 +28,15 @@ use alloy::{
 };
 use tracing::{debug, info, instrument, warn};
 
+pub mod apply;
+
 use crate::backoff::Backoff;
 use crate::contract::{self, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT};
 use crate::error::ChainError;
 use crate::heads::Head;
 use crate::membership::{Pins, Rejected};
 use crate::view::{ChainView, Seat};
+use apply::{Blocks, Changes, ListingApply, Logged, Need, RangeApply};
 
 /// Records asked for per `getPeersPage` call.
 const PAGE_SIZE: u64 = 100;
@@ -127,24 +132,6 @@ pub struct FullRead {
     pub complete: bool,
 }
 
-/// The leader a `leaderTokenId` or event names: 0 is none, and so is an id no seat can have.
-fn leader_of(token: U256) -> Option<u64> {
-    u64::try_from(token).ok().filter(|t| *t != 0)
-}
-
-/// The term an event carries, kept as `held` (and logged) if it does not fit a u64 or goes back: a term
-/// that went back would let two leaders fence with one number. Only a reorg (at too few confirmations)
-/// or a lying RPC can do that.
-fn term_of(term: U256, held: u64) -> u64 {
-    match u64::try_from(term) {
-        Ok(t) if t >= held => t,
-        _ => {
-            warn!(%term, held, "the leader's term went back or out of range (a reorg, or a lying RPC); keeping the higher one. On chains that reorg, use --confirmations");
-            held
-        }
-    }
-}
-
 /// Follows one cluster contract through one RPC.
 pub struct Follower {
     provider: DynProvider,
@@ -173,6 +160,23 @@ fn rpc(what: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> 
 
 fn call(what: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainError {
     move |e| ChainError::from_call(what, e)
+}
+
+/// The logs a poll asks for: every event of the cluster and its election that the view follows.
+fn events_filter(view: &ChainView, from: u64, to: u64) -> Filter {
+    Filter::new()
+        .address(vec![view.contract, view.election])
+        .event_signature(vec![
+            DstackClusterNFT::InstanceBound::SIGNATURE_HASH,
+            DstackClusterNFT::InstanceUnbound::SIGNATURE_HASH,
+            DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
+            DstackClusterNFT::PeerCleared::SIGNATURE_HASH,
+            DstackClusterElection::LeaderElected::SIGNATURE_HASH,
+            DstackClusterElection::LeaderReplaced::SIGNATURE_HASH,
+            DstackClusterElection::LeaderCleared::SIGNATURE_HASH,
+        ])
+        .from_block(from)
+        .to_block(to)
 }
 
 /// The RPC says something that cannot be true of a cluster contract.
@@ -427,9 +431,8 @@ impl Follower {
     }
 
     /// Reads every record at the confirmed head, fetching the registration event of each record that is
-    /// new or changed, and applies the result if it is complete or the node had nothing yet. A record whose
-    /// event cannot be had (an RPC error, a missing or pruned log) makes the read incomplete; one whose
-    /// event lies (another seat's, another record's, not authentic) is skipped and the seat kept as known.
+    /// new or changed, and applies the result if it is complete or the node had nothing yet
+    /// ([`apply::ListingApply`] decides).
     ///
     /// # Errors
     /// [`ChainError`] when the head or the record list cannot be read; the view is left as it was.
@@ -454,125 +457,41 @@ impl Follower {
             .call()
             .await
             .map_err(call("leaderTerm"))?;
-        let mut next = self.view.clone();
-        next.leader = leader_of(leader);
-        next.leader_term = term_of(term, self.view.leader_term);
-        next.records.clear();
-        let mut complete = true;
+        let mut apply = ListingApply::new(&self.view, leader, term);
         for p in &peers {
-            let Ok(token) = u64::try_from(p.tokenId) else {
-                warn!(token = %p.tokenId, "skipping a listed record whose seat id is out of range");
-                continue;
-            };
-            let held = self.view.records.get(&token).cloned();
-            let keep_held = |next: &mut ChainView| {
-                if let Some(held) = &held {
-                    next.records.insert(token, held.clone());
-                }
-            };
-            let bound = next.bindings.get(&token).is_some_and(|b| {
-                b.node == p.node
-                    && b.evidence_hash == p.evidenceHash
-                    && b.bound_block == p.boundBlock
-            });
-            if !bound {
+            let mut need = apply.list(p);
+            if need == Need::BindingEvent {
                 self.count();
-                match contract::binding_event(&c, p).await {
-                    Ok(Some(binding)) => {
-                        if let Err(rejected) = next.bind(token, binding) {
-                            self.reject(&rejected, p.nonce);
-                            keep_held(&mut next);
-                            continue;
-                        }
-                    }
-                    Ok(None) => {
-                        complete = false;
-                        warn!(
-                            token,
-                            block = p.boundBlock,
-                            "no binding event for a listed seat (pruned logs, or a lying RPC); keeping what was known of the seat"
-                        );
-                        keep_held(&mut next);
-                        continue;
-                    }
-                    Err(e) => {
-                        complete = false;
-                        debug!(token, error = %e, "cannot fetch a binding event");
-                        keep_held(&mut next);
-                        continue;
-                    }
-                }
+                need = apply.binding_event(p, contract::binding_event(&c, p).await);
             }
-            if let Some(held) = &held
-                && held.nonce == p.nonce
-                && next.bindings.get(&token).is_some_and(|b| b.node == p.node)
-            {
-                next.records.insert(token, held.clone());
-                continue;
-            }
-            self.count();
-            let event = match contract::registration_event(&c, p).await {
-                Ok(Some(event)) => event,
-                Ok(None) => {
-                    complete = false;
-                    warn!(
-                        token,
-                        nonce = p.nonce,
-                        block = p.registeredBlock,
-                        "no registration event for a listed record (pruned logs, or a lying RPC); keeping what was known of the seat"
-                    );
-                    keep_held(&mut next);
-                    continue;
-                }
-                Err(e) => {
-                    complete = false;
-                    debug!(token, error = %e, "cannot fetch a registration event");
-                    keep_held(&mut next);
-                    continue;
-                }
-            };
-            if let Err(why) = contract::event_matches_record(&event, p) {
-                warn!(token, reason = %why, "skipping a listed record whose event does not match it");
-                keep_held(&mut next);
-                continue;
-            }
-            let reg =
-                match contract::registration_from_event(&event, next.chain_id(), next.contract) {
-                    Ok(reg) => reg,
-                    Err(e) => {
-                        warn!(token, %e, "skipping a record whose event is malformed");
-                        keep_held(&mut next);
-                        continue;
-                    }
-                };
-            let nonce = reg.nonce;
-            if let Err(rejected) = next.offer(token, reg) {
-                self.reject(&rejected, nonce);
-                keep_held(&mut next);
+            if need == Need::RegistrationEvent {
+                self.count();
+                apply.registration_event(p, contract::registration_event(&c, p).await);
             }
         }
-        let fresh = self.view.last_block_hash == B256::ZERO;
-        let changed = next.records != self.view.records
-            || next.bindings != self.view.bindings
-            || next.leader != self.view.leader
-            || next.leader_term != self.view.leader_term;
+        let read = apply.finish(target, hash);
+        for r in &read.rejected {
+            self.reject(&r.why, r.nonce);
+        }
+        let changed = Changes::between(&self.view, &read.view).any();
         debug!(
             block = target,
-            peers = next.records.len(),
+            peers = read.view.records.len(),
             changed,
-            complete,
+            complete = read.complete,
             "full read"
         );
-        if !complete && !fresh {
+        if !read.applies {
             return Ok(FullRead {
                 changed: false,
-                complete,
+                complete: read.complete,
             });
         }
-        next.last_block = target;
-        next.last_block_hash = hash;
-        self.view = next;
-        Ok(FullRead { changed, complete })
+        self.view = read.view;
+        Ok(FullRead {
+            changed,
+            complete: read.complete,
+        })
     }
 
     /// Applies the contract's events since the last processed block, at most [`MAX_LOG_RANGE`] blocks at a
@@ -595,10 +514,7 @@ impl Follower {
     ) -> Result<(bool, bool), ChainError> {
         let target = self.confirmed_head(head).await?;
         let last = self.view.last_block;
-        if let Some(h) = head
-            && self.config.confirmations == 0
-            && h.number == last
-            && h.hash != self.view.last_block_hash
+        if head.is_some_and(|h| apply::head_replaces_last(&self.view, h, self.config.confirmations))
         {
             warn!(
                 block = last,
@@ -614,134 +530,51 @@ impl Follower {
             .ok_or_else(|| implausible(format!("block number {last} cannot advance")))?;
         let to = target.min(last.saturating_add(MAX_LOG_RANGE));
         let (hash, parent) = self.header(to).await?;
-        let last_hash = if to == from {
+        let parent = if to == from {
             parent
         } else {
             self.header(last).await?.0
         };
-        if last_hash != self.view.last_block_hash {
-            // Events from the blocks that were replaced may be missing or stale: a full read sorts it out,
-            // and until then the new chain's events go on being applied.
-            warn!(
-                block = last,
-                "the chain reorganised below the last processed block; a full read is due"
-            );
+        let mut apply = RangeApply::new(
+            &self.view,
+            Blocks {
+                from,
+                to,
+                hash,
+                parent,
+            },
+        );
+        // Requested before the logs are read, so that a failing eth_getLogs does not put it off.
+        if !apply.doubts().is_empty() {
             self.schedule.request(now);
         }
         self.count();
-        let filter = Filter::new()
-            .address(vec![self.view.contract, self.view.election])
-            .event_signature(vec![
-                DstackClusterNFT::InstanceBound::SIGNATURE_HASH,
-                DstackClusterNFT::InstanceUnbound::SIGNATURE_HASH,
-                DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
-                DstackClusterNFT::PeerCleared::SIGNATURE_HASH,
-                DstackClusterElection::LeaderElected::SIGNATURE_HASH,
-                DstackClusterElection::LeaderReplaced::SIGNATURE_HASH,
-                DstackClusterElection::LeaderCleared::SIGNATURE_HASH,
-            ])
-            .from_block(from)
-            .to_block(to);
         let logs = self
             .provider
-            .get_logs(&filter)
+            .get_logs(&events_filter(&self.view, from, to))
             .await
             .map_err(rpc("eth_getLogs"))?;
-        let mut next = self.view.clone();
         for log in &logs {
-            if log.removed {
-                warn!("a log was removed by a reorg; a full read is due");
-                self.schedule.request(now);
-                continue;
-            }
-            if log.address() == next.election {
-                if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderElected>() {
-                    next.leader = leader_of(e.inner.data.tokenId);
-                    next.leader_term = term_of(e.inner.data.term, next.leader_term);
-                } else if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderReplaced>() {
-                    next.leader = leader_of(e.inner.data.newTokenId);
-                    next.leader_term = term_of(e.inner.data.term, next.leader_term);
-                } else if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderCleared>() {
-                    next.leader = None;
-                    next.leader_term = term_of(e.inner.data.term, next.leader_term);
-                }
-            } else if log.address() != next.contract {
-                // The filter named two addresses: an RPC that answers with others is not to be believed.
-                warn!(address = %log.address(), "skipping a log from an address this node did not ask for");
-            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::InstanceBound>() {
-                let Ok(token) = u64::try_from(e.inner.data.tokenId) else {
-                    warn!(token = %e.inner.data.tokenId, "skipping an event whose seat id is out of range");
-                    continue;
-                };
-                let block = log.block_number.unwrap_or(to);
-                if let Err(rejected) =
-                    next.bind(token, contract::binding_from_event(&e.inner.data, block))
-                {
-                    warn!(token, reason = %rejected, "skipping a binding event");
-                }
-            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::InstanceUnbound>()
-                && let Ok(token) = u64::try_from(e.inner.data.tokenId)
-            {
-                if next
-                    .bindings
-                    .get(&token)
-                    .is_some_and(|b| b.instance_id == e.inner.data.instanceId)
-                {
-                    next.bindings.remove(&token);
-                    next.records.remove(&token);
-                }
-            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerRegistered>() {
-                let Ok(token) = u64::try_from(e.inner.data.tokenId) else {
-                    warn!(token = %e.inner.data.tokenId, "skipping an event whose seat id is out of range");
-                    continue;
-                };
-                if !next.bindings.contains_key(&token) {
-                    // Bound before this node's last full read, while the seat had no record: fetch it now.
-                    match self.fetch_binding(token, to).await {
-                        Ok(Some(binding)) => {
-                            if let Err(rejected) = next.bind(token, binding) {
-                                warn!(token, reason = %rejected, "skipping a binding");
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(err) => {
-                            debug!(token, error = %err, "cannot fetch a seat's binding; a full read is due");
-                            self.schedule.request(now);
-                        }
-                    }
-                }
-                match contract::registration_from_event(
-                    &e.inner.data,
-                    next.chain_id(),
-                    next.contract,
-                ) {
-                    Ok(reg) => {
-                        let nonce = reg.nonce;
-                        if let Err(rejected) = next.offer(token, reg) {
-                            self.reject(&rejected, nonce);
-                        }
-                    }
-                    Err(err) => warn!(token, %err, "skipping a malformed registration event"),
-                }
-            } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerCleared>()
-                && let Ok(token) = u64::try_from(e.inner.data.tokenId)
-            {
-                next.records.remove(&token);
-            }
+            let log = Logged::decode(log, self.view.contract, self.view.election);
+            let binding = match apply.binding_wanted(&log) {
+                Some(token) => Some(self.fetch_binding(token, to).await),
+                None => None,
+            };
+            apply.apply(&log, binding);
         }
-        let leader_changed =
-            next.leader != self.view.leader || next.leader_term != self.view.leader_term;
-        if leader_changed {
-            info!(from, to, leader = ?next.leader, term = next.leader_term, "the leader changed");
+        let applied = apply.finish();
+        if !applied.doubts.is_empty() {
+            self.schedule.request(now);
         }
-        let changed = next.records != self.view.records
-            || next.bindings != self.view.bindings
-            || leader_changed;
-        next.last_block = to;
-        next.last_block_hash = hash;
-        let records_changed = next.records != self.view.records;
-        self.view = next;
-        if records_changed {
+        for r in &applied.rejected {
+            self.reject(&r.why, r.nonce);
+        }
+        let changes = Changes::between(&self.view, &applied.view);
+        if changes.leader {
+            info!(from, to, leader = ?applied.view.leader, term = applied.view.leader_term, "the leader changed");
+        }
+        self.view = applied.view;
+        if changes.records {
             info!(
                 event = "records.changed",
                 from,
@@ -750,7 +583,7 @@ impl Follower {
                 "peer records changed"
             );
         }
-        Ok((changed, to == target))
+        Ok((changes.any(), to == target))
     }
 
     /// Seat `token`'s binding at block `block`, from the seat (`getPeer`) and its `InstanceBound` event; none

@@ -9,7 +9,8 @@
 //! - [`node_key`]: this node's key, made in the CVM, which signs its records, its binding and its ballots.
 //! - [`membership`]: which records are believed, and which of those are peers to configure (pure).
 //! - [`view`]: what a node believes of the chain, kept in its state file.
-//! - [`follow`]: following the contract: paged full reads and events per block range, reorg-aware.
+//! - [`follow`]: following the contract: paged full reads and events per block range, reorg-aware; what
+//!   they do to the view is decided without I/O in [`follow::apply`].
 //! - [`heads`]: what wakes the follower: new heads by WebSocket subscription, or a polling timer.
 //! - [`rpc`]: connections to the RPC, over HTTP or WebSocket.
 //! - [`registration`]: getting this node's record on-chain.
