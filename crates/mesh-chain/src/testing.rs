@@ -1,9 +1,16 @@
 //! Fixtures for tests of what uses the chain view (feature `testing`). The view only ever holds records
 //! that passed `membership::authenticate`, so these stand for believed records without a real proof.
 
-use alloy::primitives::{Address, B256, B512, FixedBytes, U256};
+use alloy::primitives::{Address, B256, B512, Bytes, FixedBytes, U256, keccak256};
+use dstack_guest::DstackProof;
+use dstack_guest::chain::{app_message, compressed, kms_message, sign_dstack_message};
+use dstack_guest::client::{DerivedKey, GetKeyReply};
+use k256::ecdsa::SigningKey;
 
-use crate::record::SignedRegistration;
+use crate::contract::{self, DstackClusterNFT};
+use crate::membership::{Pins, Prefix};
+use crate::record::{self, SignedRegistration};
+use crate::view::ChainView;
 
 /// Seat `token`'s record at `nonce`, for `instance_id`, with the WireGuard key of 32 bytes `wg_key` (none
 /// when 0) at `192.0.2.<token>:51820`, and no gateway URL; the proof is all zero.
@@ -35,5 +42,154 @@ pub fn believed_record(
         record_signature: FixedBytes::ZERO,
         chain_id: 1,
         contract: Address::ZERO,
+    }
+}
+
+/// A cluster of fixed test keys: a KMS root, an app key it issued, and node keys of one repeated byte each.
+/// Unlike [`believed_record`], what it signs verifies against [`Cluster::pins`], so that what decides on
+/// records (the view, the follower's events and listings) can be tested with real proofs and real forgeries.
+pub struct Cluster {
+    kms: SigningKey,
+    app: SigningKey,
+    pub app_id: Address,
+    pub contract: Address,
+    pub election: Address,
+    pub chain_id: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        let key = |b: u8| SigningKey::from_slice(&[b; 32]).expect("a valid secp256k1 scalar");
+        Self {
+            kms: key(0x11),
+            app: key(0x22),
+            app_id: Address::repeat_byte(0xab),
+            contract: Address::repeat_byte(0xc0),
+            election: Address::repeat_byte(0xe1),
+            chain_id: 31337,
+        }
+    }
+
+    /// The anchors a node of this cluster pins: its KMS root, its app id, its chain and the prefix 10.0.1.0/24.
+    pub fn pins(&self) -> Pins {
+        Pins {
+            kms_root: Address::from_public_key(self.kms.verifying_key()),
+            app_ids: vec![self.app_id],
+            chain_id: self.chain_id,
+            prefix: Prefix::new([10, 0, 1, 0].into(), 24).expect("a valid prefix"),
+        }
+    }
+
+    /// What a node of this cluster knows before its first read.
+    pub fn view(&self) -> ChainView {
+        ChainView {
+            election: self.election,
+            ..ChainView::new(self.contract, self.pins())
+        }
+    }
+
+    /// Node key `node` (a nonzero byte): the key of one CVM, which alone signs for the seat bound to it.
+    pub fn node_key(node: u8) -> SigningKey {
+        SigningKey::from_slice(&[node; 32]).expect("a nonzero byte makes a valid scalar")
+    }
+
+    /// The address of node key `node`.
+    pub fn node(node: u8) -> Address {
+        record::node_address(&Self::node_key(node))
+    }
+
+    /// The instance serving seat `token`.
+    pub fn instance(token: u64) -> String {
+        format!("{token:040x}")
+    }
+
+    /// Seat `token`'s binding to node `node`, as its `InstanceBound` event carries it: the evidence is made up,
+    /// and its hash is right.
+    pub fn bound(token: u64, node: u8) -> DstackClusterNFT::InstanceBound {
+        let evidence = Bytes::from(format!("quote of seat {token} on node {node}").into_bytes());
+        DstackClusterNFT::InstanceBound {
+            tokenId: U256::from(token),
+            instanceId: Self::instance(token),
+            node: Self::node(node),
+            evidenceHash: keccak256(&evidence),
+            evidence,
+        }
+    }
+
+    /// Seat `token`'s record at `nonce`, signed by node `node` with a proof from this cluster's app key naming
+    /// the seat's instance and the node.
+    pub fn record(&self, token: u64, node: u8, nonce: u64) -> SignedRegistration {
+        let key = Self::node_key(node);
+        let instance = Self::instance(token);
+        let purpose = record::purpose(&instance, record::node_address(&key));
+        let derived = SigningKey::from_slice(&[0x77; 32]).expect("a valid secp256k1 scalar");
+        let derived_key = compressed(derived.verifying_key());
+        let sign = |key: &SigningKey, message: &[u8]| {
+            sign_dstack_message(key, message).expect("k256 signs any digest")
+        };
+        let reply = GetKeyReply::new(
+            DerivedKey::from_bytes([0x77; 32]),
+            sign(&self.app, &app_message(&purpose, &derived_key)),
+            sign(
+                &self.kms,
+                &kms_message(self.app_id, &compressed(self.app.verifying_key())),
+            ),
+        );
+        let proof = DstackProof::from_get_key(&reply, self.app_id, &purpose)
+            .expect("the app key signed the derived key");
+        let peer_record = record::PeerRecord {
+            tokenId: U256::from(token),
+            instanceId: instance,
+            wgPublicKey: B256::repeat_byte(u8::try_from(token % 255).unwrap_or(0).max(1)),
+            endpoint: format!("192.0.2.{}:{}", token % 256, 51820 + nonce % 1000),
+            gatewayUrl: String::new(),
+            nonce,
+        };
+        SignedRegistration::sign(peer_record, proof, &key, self.chain_id, self.contract)
+            .expect("the proof names the node that signs")
+    }
+
+    /// The `PeerRegistered` event that registered `reg`.
+    pub fn registered(reg: &SignedRegistration) -> DstackClusterNFT::PeerRegistered {
+        let (input, proof, signature) = contract::register_peer_args(reg);
+        DstackClusterNFT::PeerRegistered {
+            tokenId: input.tokenId,
+            instanceId: reg.instance_id.clone(),
+            wgPublicKey: input.wgPublicKey,
+            endpoint: input.endpoint,
+            gatewayUrl: input.gatewayUrl,
+            nonce: input.nonce,
+            proof,
+            recordSignature: signature,
+        }
+    }
+
+    /// Seat `token` as `getPeersPage` lists it: its record `reg` registered at block `registered`, bound to
+    /// what `bound` carries at block `bound_block`.
+    pub fn listed(
+        reg: &SignedRegistration,
+        registered: u64,
+        bound: &DstackClusterNFT::InstanceBound,
+        bound_block: u64,
+    ) -> DstackClusterNFT::Peer {
+        DstackClusterNFT::Peer {
+            tokenId: reg.token_id,
+            instanceId: reg.instance_id.clone(),
+            wgPublicKey: reg.wg_public_key,
+            endpoint: reg.endpoint.clone(),
+            gatewayUrl: reg.gateway_url.clone(),
+            nonce: reg.nonce,
+            registeredBlock: registered,
+            overlayAddress: 0,
+            node: bound.node,
+            evidenceHash: bound.evidenceHash,
+            boundBlock: bound_block,
+        }
     }
 }
