@@ -462,11 +462,11 @@ impl Follower {
             let mut need = apply.list(p);
             if need == Need::BindingEvent {
                 self.count();
-                need = apply.binding_event(p, contract::binding_event(&c, p).await);
+                need = apply.binding_event(p, contract::binding_event(&c, p).await.into());
             }
             if need == Need::RegistrationEvent {
                 self.count();
-                apply.registration_event(p, contract::registration_event(&c, p).await);
+                apply.registration_event(p, contract::registration_event(&c, p).await.into());
             }
         }
         let read = apply.finish(target, hash);
@@ -557,7 +557,7 @@ impl Follower {
         for log in &logs {
             let log = Logged::decode(log, self.view.contract, self.view.election);
             let binding = match apply.binding_wanted(&log) {
-                Some(token) => Some(self.fetch_binding(token, to).await),
+                Some(token) => Some(self.fetch_binding(token, to).await.into()),
                 None => None,
             };
             apply.apply(&log, binding);

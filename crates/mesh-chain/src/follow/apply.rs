@@ -36,7 +36,8 @@ pub struct Logged {
 pub enum Event {
     InstanceBound(DstackClusterNFT::InstanceBound),
     InstanceUnbound(DstackClusterNFT::InstanceUnbound),
-    PeerRegistered(DstackClusterNFT::PeerRegistered),
+    /// Boxed: it carries a whole proof, several times the size of the others.
+    PeerRegistered(Box<DstackClusterNFT::PeerRegistered>),
     PeerCleared(DstackClusterNFT::PeerCleared),
     LeaderElected(DstackClusterElection::LeaderElected),
     LeaderReplaced(DstackClusterElection::LeaderReplaced),
@@ -68,7 +69,7 @@ impl Logged {
         } else if let Ok(e) = log.log_decode::<DstackClusterNFT::InstanceUnbound>() {
             Event::InstanceUnbound(e.inner.data)
         } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerRegistered>() {
-            Event::PeerRegistered(e.inner.data)
+            Event::PeerRegistered(Box::new(e.inner.data))
         } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerCleared>() {
             Event::PeerCleared(e.inner.data)
         } else {
@@ -82,8 +83,25 @@ impl Logged {
     }
 }
 
-/// What one extra read (of a binding, or of an event) found: none when there is none to find.
-pub type Read<T> = Result<Option<T>, ChainError>;
+/// What one extra read (of a binding, or of an event) found.
+#[derive(Debug)]
+pub enum Read<T> {
+    Found(T),
+    /// There is none: the seat is unbound, or the log is pruned (or the RPC hides it).
+    Missing,
+    /// The read failed.
+    Failed(ChainError),
+}
+
+impl<T> From<Result<Option<T>, ChainError>> for Read<T> {
+    fn from(read: Result<Option<T>, ChainError>) -> Self {
+        match read {
+            Ok(Some(found)) => Read::Found(found),
+            Ok(None) => Read::Missing,
+            Err(e) => Read::Failed(e),
+        }
+    }
+}
 
 /// The blocks a poll read the logs of, `from..=to`, and the hashes the RPC gave for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,13 +296,13 @@ impl RangeApply {
                 };
                 if !next.bindings.contains_key(&token) {
                     match binding {
-                        Some(Ok(Some(binding))) => {
+                        Some(Read::Found(binding)) => {
                             if let Err(rejected) = next.bind(token, binding) {
                                 warn!(token, reason = %rejected, "skipping a binding");
                             }
                         }
-                        Some(Ok(None)) | None => {}
-                        Some(Err(err)) => {
+                        Some(Read::Missing) | None => {}
+                        Some(Read::Failed(err)) => {
                             debug!(token, error = %err, "cannot fetch a seat's binding; a full read is due");
                             self.doubts.push(Doubt::UnknownBinding { token });
                         }
@@ -450,7 +468,7 @@ impl ListingApply {
             return Need::Nothing;
         };
         match read {
-            Ok(Some(binding)) => {
+            Read::Found(binding) => {
                 if let Err(why) = self.next.bind(token, binding) {
                     self.rejected.push(Rejection {
                         why,
@@ -461,7 +479,7 @@ impl ListingApply {
                 }
                 self.after_binding(p, token)
             }
-            Ok(None) => {
+            Read::Missing => {
                 self.complete = false;
                 warn!(
                     token,
@@ -471,7 +489,7 @@ impl ListingApply {
                 self.keep_held(token);
                 Need::Nothing
             }
-            Err(e) => {
+            Read::Failed(e) => {
                 self.complete = false;
                 debug!(token, error = %e, "cannot fetch a binding event");
                 self.keep_held(token);
@@ -505,8 +523,8 @@ impl ListingApply {
             return;
         };
         let event = match read {
-            Ok(Some(event)) => event,
-            Ok(None) => {
+            Read::Found(event) => event,
+            Read::Missing => {
                 self.complete = false;
                 warn!(
                     token,
@@ -517,7 +535,7 @@ impl ListingApply {
                 self.keep_held(token);
                 return;
             }
-            Err(e) => {
+            Read::Failed(e) => {
                 self.complete = false;
                 debug!(token, error = %e, "cannot fetch a registration event");
                 self.keep_held(token);
@@ -635,7 +653,7 @@ mod tests {
     }
 
     fn registered(reg: &SignedRegistration) -> Logged {
-        log(Event::PeerRegistered(Cluster::registered(reg)))
+        log(Event::PeerRegistered(Box::new(Cluster::registered(reg))))
     }
 
     fn bound(token: u64, node: u8) -> Logged {
@@ -729,7 +747,7 @@ mod tests {
         let logs = [
             registered(&reg),
             log(Event::InstanceBound(binding)),
-            log(Event::PeerRegistered(registration)),
+            log(Event::PeerRegistered(Box::new(registration))),
             log(Event::PeerCleared(clear)),
         ];
         let apply = RangeApply::new(&view, next_blocks(&view));
@@ -771,7 +789,7 @@ mod tests {
         let out = poll(
             &view,
             &[
-                log(Event::PeerRegistered(tampered)),
+                log(Event::PeerRegistered(Box::new(tampered))),
                 registered(&elsewhere.record(4, 0x44, 1)),
             ],
         );
@@ -846,10 +864,10 @@ mod tests {
         let mut asked = Vec::new();
         let out = apply_logs(&view, next_blocks(&view), &[registered(&reg)], |token| {
             asked.push(token);
-            Ok(Some(contract::binding_from_event(
+            Read::Found(contract::binding_from_event(
                 &Cluster::bound(token, 0x33),
                 4,
-            )))
+            ))
         });
         assert_eq!(asked, vec![3]);
         assert_eq!(out.view.records.get(&3), Some(&reg));
@@ -864,13 +882,13 @@ mod tests {
         let view = view_at_10(&[]);
         let logs = [registered(&CLUSTER.record(3, 0x33, 1))];
         let out = apply_logs(&view, next_blocks(&view), &logs, |number| {
-            Err(ChainError::MissingBlock { number })
+            Read::Failed(ChainError::MissingBlock { number })
         });
         assert_eq!(out.doubts, vec![Doubt::UnknownBinding { token: 3 }]);
         assert_eq!(out.rejected[0].why, Rejected::Unbound { token_id: 3 });
         assert!(out.view.records.is_empty());
 
-        let out = apply_logs(&view, next_blocks(&view), &logs, |_| Ok(None));
+        let out = apply_logs(&view, next_blocks(&view), &logs, |_| Read::Missing);
         assert!(out.doubts.is_empty());
         assert_eq!(out.rejected[0].why, Rejected::Unbound { token_id: 3 });
     }
@@ -926,7 +944,7 @@ mod tests {
             &out.view,
             blocks,
             &[unbound(4, Cluster::instance(4)), registered(&four)],
-            |_| Ok(None),
+            |_| Read::Missing,
         );
         assert!(out.view.records.is_empty() && !out.view.bindings.contains_key(&4));
         assert_eq!(out.view.high_water, [(3, 1), (4, 1)].into());
@@ -1022,7 +1040,7 @@ mod tests {
             Logged {
                 removed: false,
                 block: Some(11),
-                event: Event::PeerRegistered(registration.clone())
+                event: Event::PeerRegistered(Box::new(registration.clone()))
             }
         );
         assert_eq!(decode(c.election).event, Event::Other);
@@ -1066,20 +1084,23 @@ mod tests {
     /// Answers binding events as the chain has them: each listed seat bound to the node the listing names.
     fn binding_events(p: &DstackClusterNFT::Peer) -> Read<Binding> {
         let token = u64::try_from(p.tokenId).unwrap();
-        let node = (1..=u8::MAX)
+        let node = (1..=0x7f)
             .find(|n| Cluster::node(*n) == p.node)
             .expect("a test node");
-        Ok(Some(contract::binding_from_event(
+        Read::Found(contract::binding_from_event(
             &Cluster::bound(token, node),
             p.boundBlock,
-        )))
+        ))
     }
 
     /// Answers registration events with `events`, whatever the listing says.
     fn registration_events(
         events: &[DstackClusterNFT::PeerRegistered],
     ) -> impl FnMut(&DstackClusterNFT::Peer) -> Read<DstackClusterNFT::PeerRegistered> {
-        |p| Ok(events.iter().find(|e| e.tokenId == p.tokenId).cloned())
+        |p| match events.iter().find(|e| e.tokenId == p.tokenId) {
+            Some(e) => Read::Found(e.clone()),
+            None => Read::Missing,
+        }
     }
 
     fn no_event_read(p: &DstackClusterNFT::Peer) -> Read<DstackClusterNFT::PeerRegistered> {
@@ -1207,19 +1228,19 @@ mod tests {
         let three = CLUSTER.record(3, 0x33, 1);
         let listed = listing(&[(&three, 0x33)], 0, 0);
         let failing = |p: &DstackClusterNFT::Peer| -> Read<DstackClusterNFT::PeerRegistered> {
-            Err(ChainError::MissingBlock {
+            Read::Failed(ChainError::MissingBlock {
                 number: p.registeredBlock,
             })
         };
         let view = view_at_10(&[(3, 0x33)]);
         for read in [
             apply_listing(&view, &listed, binding_events, failing),
-            apply_listing(&view, &listed, binding_events, |_| Ok(None)),
-            apply_listing(&view_at_10(&[]), &listed, |_| Ok(None), no_event_read),
+            apply_listing(&view, &listed, binding_events, |_| Read::Missing),
+            apply_listing(&view_at_10(&[]), &listed, |_| Read::Missing, no_event_read),
         ] {
             assert!(!read.complete && !read.applies, "{read:?}");
         }
-        let read = apply_listing(&CLUSTER.view(), &listed, |_| Ok(None), no_event_read);
+        let read = apply_listing(&CLUSTER.view(), &listed, |_| Read::Missing, no_event_read);
         assert!(!read.complete && read.applies);
         assert!(read.view.records.is_empty());
     }
@@ -1253,9 +1274,11 @@ mod tests {
             &view,
             &listed,
             |p| {
-                let mut binding = binding_events(p)?.unwrap();
+                let Read::Found(mut binding) = binding_events(p) else {
+                    unreachable!("every listed seat is bound")
+                };
                 binding.evidence = Bytes::from_static(b"another quote");
-                Ok(Some(binding))
+                Read::Found(binding)
             },
             no_event_read,
         );
@@ -1334,8 +1357,8 @@ mod properties {
     impl Step {
         fn logged(self) -> Logged {
             let event = match self {
-                Step::Register { seat, node, nonce } => Event::PeerRegistered(Cluster::registered(
-                    &RECORDS[&(seat, self::node(seat, node), nonce)],
+                Step::Register { seat, node, nonce } => Event::PeerRegistered(Box::new(
+                    Cluster::registered(&RECORDS[&(seat, self::node(seat, node), nonce)]),
                 )),
                 Step::Clear { seat } => Event::PeerCleared(DstackClusterNFT::PeerCleared {
                     tokenId: U256::from(seat),
@@ -1426,7 +1449,7 @@ mod properties {
             hash: hash(to),
             parent: view.last_block_hash,
         };
-        apply_logs(view, blocks, logs, |_| Ok(None))
+        apply_logs(view, blocks, logs, |_| Read::Missing)
     }
 
     fn seat_of(p: &DstackClusterNFT::Peer) -> (u64, u8) {
@@ -1441,16 +1464,16 @@ mod properties {
     /// The seat's binding event, as the chain has it.
     fn honest_binding(p: &DstackClusterNFT::Peer) -> Read<Binding> {
         let (seat, node) = seat_of(p);
-        Ok(Some(contract::binding_from_event(
+        Read::Found(contract::binding_from_event(
             &Cluster::bound(seat, node),
             p.boundBlock,
-        )))
+        ))
     }
 
     /// The record's registration event, as the chain has it.
     fn honest_event(p: &DstackClusterNFT::Peer) -> Read<DstackClusterNFT::PeerRegistered> {
         let (seat, node) = seat_of(p);
-        Ok(Some(Cluster::registered(&RECORDS[&(seat, node, p.nonce)])))
+        Read::Found(Cluster::registered(&RECORDS[&(seat, node, p.nonce)]))
     }
 
     /// A listing at block 50 of seats with their node (0 or 1) and record nonce.
