@@ -295,21 +295,6 @@ fn leader_of(
     }
 }
 
-/// A change that applications care about: who is there, at which key, and how to reach them.
-pub fn peer_set_changed(old: &[Peer], new: &[Peer]) -> bool {
-    let key = |p: &Peer| {
-        (
-            p.token_id,
-            p.wg_public_key,
-            p.endpoint.clone(),
-            p.connection,
-            p.address.clone(),
-            p.leader,
-        )
-    };
-    old.len() != new.len() || old.iter().zip(new).any(|(a, b)| key(a) != key(b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,9 +660,9 @@ mod tests {
         let mut b = a.clone();
         b[0].rx_bytes += 100;
         b[0].latest_handshake = Some(1);
-        assert!(!peer_set_changed(&a, &b));
+        assert!(!mesh_api::peers_changed(&a, &b));
         b[1].address = None;
-        assert!(peer_set_changed(&a, &b));
-        assert!(peer_set_changed(&a, &a[1..]));
+        assert!(mesh_api::peers_changed(&a, &b));
+        assert!(mesh_api::peers_changed(&a, &a[1..]));
     }
 }

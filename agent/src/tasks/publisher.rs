@@ -81,7 +81,7 @@ impl Publisher {
                 self.started.elapsed(),
                 SystemTime::now(),
             );
-            let changed = snapshot::peer_set_changed(&published, &snapshot.peers);
+            let changed = mesh_api::peers_changed(&published, &snapshot.peers);
             if changed {
                 published.clone_from(&snapshot.peers);
             }

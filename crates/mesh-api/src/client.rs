@@ -291,7 +291,8 @@ impl Client {
 
     /// Follows the peer list and the leader for as long as it is polled, reconnecting with backoff when
     /// the agent goes away (a restart). `on_peers` gets the addresses (as [`Client::peer_addresses`]) at
-    /// first and whenever they change; `on_leader` gets the leader at first and whenever what an application
+    /// first and whenever the list changes as [`crate::Peer::change_key`] defines it (a peer's path or
+    /// health too: the `--on-change` hook's definition); `on_leader` gets the leader at first and whenever what an application
     /// acts on changes ([`Leader::key`]): its seat, address and reachability, whether this node leads and
     /// why not, the term, whether it is confirmed, this node's health. A reconnection that finds nothing
     /// changed calls neither.
@@ -303,7 +304,7 @@ impl Client {
         mut on_peers: impl FnMut(&[String]),
         mut on_leader: impl FnMut(&Leader),
     ) -> Result<std::convert::Infallible, ClientError> {
-        let mut peers: Option<Vec<String>> = None;
+        let mut peers: Option<Vec<Peer>> = None;
         let mut leader = None;
         let mut wait = RECONNECT_FIRST;
         loop {
@@ -313,10 +314,12 @@ impl Client {
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(Event::Peers(list)) => {
-                                let now = addresses(&list);
-                                if peers.as_ref() != Some(&now) {
-                                    on_peers(&now);
-                                    peers = Some(now);
+                                if peers
+                                    .as_deref()
+                                    .is_none_or(|p| crate::peers_changed(p, &list))
+                                {
+                                    on_peers(&addresses(&list));
+                                    peers = Some(list);
                                 }
                             }
                             Ok(Event::Leader(l)) => {

@@ -75,7 +75,7 @@ pub fn assess(status: &Status, peers: &[Peer]) -> Health {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -100,7 +100,7 @@ mod tests {
         }
     }
 
-    fn peer(token: u64, connection: ConnectionKind, handshake: Option<u64>) -> Peer {
+    pub(crate) fn peer(token: u64, connection: ConnectionKind, handshake: Option<u64>) -> Peer {
         Peer {
             token_id: token,
             instance_id: format!("inst-{token}"),

@@ -122,30 +122,26 @@ fn peers_event(snapshot: &Snapshot) -> Vec<(&'static str, String, String)> {
     vec![("peers", data.clone(), data)]
 }
 
-/// What applications act on: who is there and how to reach them, and who leads. Counters and handshake
-/// times move every second and are no event here.
+/// What applications act on: the peer list as [`crate::Peer::change_key`] defines a change of it (the same
+/// definition the `--on-change` hook follows), and who leads. Counters and handshake times move every
+/// second and are no event here.
 fn app_events(snapshot: &Snapshot) -> Vec<(&'static str, String, String)> {
-    let peers: Vec<_> = snapshot
-        .peers
-        .iter()
-        .map(|p| {
-            (
-                p.token_id,
-                p.wg_public_key,
-                &p.address,
-                p.connection,
-                p.path,
-                p.healthy,
-                p.leader,
-            )
-        })
-        .collect();
     let l = &snapshot.leader;
     // The age and what is left of the lease move all the time: no event for those alone.
     vec![
-        ("peers", to_json(&peers), to_json(&snapshot.peers)),
+        (
+            "peers",
+            peers_key(&snapshot.peers),
+            to_json(&snapshot.peers),
+        ),
         ("leader", format!("{:?}", l.key()), to_json(l)),
     ]
+}
+
+/// What decides whether `/v1/events` sends a `peers` event: the list's [`crate::Peer::change_key`]s.
+fn peers_key(peers: &[crate::Peer]) -> String {
+    let keys: Vec<_> = peers.iter().map(crate::Peer::change_key).collect();
+    format!("{keys:?}")
 }
 
 /// Server-sent events: each kind's current value first, then one event whenever what decides a change of
@@ -373,4 +369,51 @@ async fn accept(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::tests::peer;
+    use crate::{ConnectionKind, Path, peers_changed};
+
+    /// One sequence of changes, each applied to the list before: the `--on-change` hook (which follows
+    /// [`peers_changed`]) and `/v1/events` fire on exactly the same ones, and on nothing else.
+    #[test]
+    fn the_hook_and_the_event_fire_on_the_same_changes() {
+        let start = vec![peer(2, ConnectionKind::Wireguard, Some(10))];
+        type Change = fn(&mut Vec<crate::Peer>);
+        let steps: Vec<(&str, bool, Change)> = vec![
+            ("a join", true, |p| {
+                p.push(peer(3, ConnectionKind::Wireguard, Some(10)))
+            }),
+            ("counters and a handshake", false, |p| {
+                p[0].rx_bytes += 1_000;
+                p[0].latest_handshake = Some(20);
+            }),
+            ("a roam", true, |p| {
+                p[1].endpoint = Some("192.0.2.9:51820".into())
+            }),
+            ("a path flip to the relay", true, |p| {
+                p[1].path = Some(Path::Relay)
+            }),
+            ("a health change", true, |p| p[1].healthy = false),
+            ("a leader change", true, |p| p[0].leader = true),
+            ("a revocation", true, |p| {
+                p.pop();
+            }),
+            ("nothing", false, |_| {}),
+        ];
+        let mut list = start;
+        let mut last_key = peers_key(&list);
+        for (what, expected, change) in steps {
+            let before = list.clone();
+            change(&mut list);
+            let hook = peers_changed(&before, &list);
+            let key = peers_key(&list);
+            let event = key != last_key;
+            last_key = key;
+            assert_eq!((hook, event), (expected, expected), "{what}: (hook, event)");
+        }
+    }
 }

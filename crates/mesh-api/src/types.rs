@@ -86,6 +86,35 @@ pub struct Peer {
     pub attestation: Option<Attestation>,
 }
 
+impl Peer {
+    /// What applications see as a change of this peer: who it is (seat, instance, key), where and how it
+    /// is reached (endpoint, address, connection, path), whether it is healthy, and whether it leads; not
+    /// its counters or handshake time, which move all the time. The one definition, shared by the
+    /// `--on-change` hook, `/v1/events`, [`crate::Client::monitor`] and the SDKs.
+    pub fn change_key(&self) -> impl PartialEq + std::fmt::Debug + use<> {
+        (
+            (self.token_id, self.instance_id.clone(), self.wg_public_key),
+            (
+                self.endpoint.clone(),
+                self.address.clone(),
+                self.connection,
+                self.path,
+            ),
+            (self.healthy, self.leader),
+        )
+    }
+}
+
+/// Whether the peer list changed as applications see it: a peer came or went, or one's
+/// [`Peer::change_key`] changed.
+pub fn peers_changed(old: &[Peer], new: &[Peer]) -> bool {
+    old.len() != new.len()
+        || old
+            .iter()
+            .zip(new)
+            .any(|(a, b)| a.change_key() != b.change_key())
+}
+
 /// What a seat's evidence (its TDX quote and RTMR3 event log, from its on-chain binding) came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -236,3 +236,16 @@ def test_health_before_any_report_and_without_a_check() -> None:
 def test_bad_health_names_the_field(raw: Any, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         Health.from_json(raw)
+
+
+def test_a_change_is_what_the_agent_calls_one() -> None:
+    """The agent's definition (its hook and ``/v1/events`` follow it): counters and handshake times are
+    no change; a path flip, a health change, a roam or leadership is, even with the same address."""
+    base = Peer.from_json(peer_json(2))
+    same = Peer.from_json({**peer_json(2), "rxBytes": 10_000, "latestHandshake": 1})
+    assert same.change_key() == base.change_key()
+    changes = [("path", "relay"), ("healthy", False), ("endpoint", "192.0.2.9:51820"), ("leader", True)]
+    for field, value in changes:
+        changed = Peer.from_json({**peer_json(2), field: value})
+        assert changed.address == base.address
+        assert changed.change_key() != base.change_key(), field

@@ -256,7 +256,9 @@ class DStackP2PSDK:
         change.
 
         The list is what :meth:`get_peers` returns, or ``list[Peer]`` as :meth:`peers` does with
-        ``detailed=True`` (then a change of any field, traffic counters included, is a change).
+        ``detailed=True``. A change is what :meth:`Peer.change_key` says, the agent's own definition (its
+        ``--on-change`` hook follows it too): a peer joining or leaving, or one's key, endpoint, address,
+        connection, path, health or leadership changing; never traffic counters or handshake times alone.
         ``on_leader`` gets a :class:`Leader` first and then whenever what an application acts on changes:
         ``token_id``, ``address``, ``reachable``, ``is_self``, ``term``, ``state``, ``healthy`` or
         ``reason`` (so it hears at once that this node's lease ended), not when only ``age_ms`` or

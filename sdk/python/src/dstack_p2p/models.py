@@ -135,6 +135,22 @@ class Peer:
     #: Whether this peer is the cluster's elected leader.
     leader: bool
 
+    def change_key(self) -> tuple[object, ...]:
+        """What applications see as a change of this peer: who it is, where and how it is reached, whether
+        it is healthy and whether it leads; not its counters or handshake time. The agent's definition
+        (``Peer::change_key`` in ``mesh-api``), which its ``--on-change`` hook and ``/v1/events`` follow."""
+        return (
+            self.token_id,
+            self.instance_id,
+            self.wg_public_key,
+            self.endpoint,
+            self.address,
+            self.connection,
+            self.path,
+            self.healthy,
+            self.leader,
+        )
+
     @classmethod
     def from_json(cls, value: object) -> Peer:
         f = _Fields(value, "peer")
