@@ -69,7 +69,7 @@ async fn daemon(
     let agent = AgentFacts {
         mode: args.mode.into(),
         contract,
-        rpc_url: rpc.to_string(),
+        rpc: rpc.clone(),
         lease: Timing::for_timeout(Duration::from_secs(args.leader_timeout)).lease,
     };
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));

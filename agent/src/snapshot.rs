@@ -13,6 +13,7 @@ use mesh_api::{
     Peer, RefusedPeer, Snapshot, Status,
 };
 use mesh_chain::membership::Member;
+use mesh_chain::redact::RedactedUrl;
 use mesh_wg::{Key, PathKind, PeerStatus, handshake_is_fresh};
 
 use crate::attestation::Attested;
@@ -36,8 +37,8 @@ pub struct NodeFacts {
 pub struct AgentFacts {
     pub mode: Mode,
     pub contract: Address,
-    /// With its credentials redacted.
-    pub rpc_url: String,
+    /// The RPC, shown with its credentials redacted, and scrubbed from the errors shown.
+    pub rpc: RedactedUrl,
     /// The leader's lease ([`crate::lease::Timing::lease`]): how long a confirmation of the leader lasts.
     pub lease: Duration,
 }
@@ -176,7 +177,13 @@ pub fn render(
             gateway_url: node.gateway_url.clone(),
             registered: reg.registered,
             registration_error: (!reg.registered)
-                .then(|| chain.seat_error.clone().or_else(|| reg.error.clone()))
+                .then(|| {
+                    chain
+                        .seat_error
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .or_else(|| reg.error.as_ref().map(|f| f.render(&agent.rpc)))
+                })
                 .flatten(),
             attestation: token
                 .and_then(|t| chain.attestations.get(&t))
@@ -185,7 +192,7 @@ pub fn render(
         chain: ChainStatus {
             contract: agent.contract,
             chain_id: view.map(|v| v.chain_id()),
-            rpc_url: agent.rpc_url.clone(),
+            rpc_url: agent.rpc.to_string(),
             head: chain.head,
             last_processed_block: view.map(|v| v.last_block),
             lag: chain
@@ -194,7 +201,11 @@ pub fn render(
                 .map(|(h, v)| h.saturating_sub(v.last_block)),
             from_cache: chain.from_cache,
             subscribed: chain.subscribed,
-            last_error: chain.error.clone().or_else(|| reg.error.clone()),
+            last_error: chain
+                .error
+                .as_ref()
+                .or(reg.error.as_ref())
+                .map(|f| f.render(&agent.rpc)),
         },
         uptime_secs: uptime.as_secs(),
         peers_configured: peers.len(),
@@ -299,14 +310,14 @@ fn leader_of(
 mod tests {
     use super::*;
     use crate::desired::tests::{own, record, view};
-    use crate::state::{DeviceInfo, SeatState};
+    use crate::state::{DeviceInfo, Fault, FaultError, SeatProblem, SeatState};
     use std::sync::Arc;
 
     fn agent() -> AgentFacts {
         AgentFacts {
             mode: Mode::Wireguard,
             contract: Address::repeat_byte(1),
-            rpc_url: "https://***@rpc.example/".into(),
+            rpc: RedactedUrl::new(&"https://user:secret@rpc.example/".parse().unwrap()),
             lease: Duration::from_secs(5),
         }
     }
@@ -538,17 +549,30 @@ mod tests {
         );
     }
 
+    fn no_funds() -> Fault {
+        Fault::new(
+            "registering this node's record",
+            FaultError::NoFundedSender {
+                node: Address::repeat_byte(9),
+            },
+        )
+    }
+
     /// The registrar's reason is the node's registration error only while it is not registered.
     #[test]
     fn the_registration_error_is_shown_while_unregistered() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let (chain, mut reg, mesh) = states(now);
-        reg.error = Some("no seat".into());
+        reg.error = Some(no_funds());
         let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
         assert_eq!(s.status.node.registration_error, None, "registered");
         reg.registered = false;
         let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
-        assert_eq!(s.status.node.registration_error.as_deref(), Some("no seat"));
+        let shown = s.status.node.registration_error.unwrap();
+        assert!(
+            shown.starts_with("registering this node's record: no funded sender"),
+            "{shown}"
+        );
     }
 
     /// Why the node has no seat stays in its status between the chain task's lookups of the seat, however
@@ -559,17 +583,14 @@ mod tests {
         let (mut chain, mut reg, mesh) = states(now);
         reg.registered = false;
         chain.error = None;
-        chain.seat_error = Some("no seat of cluster 0x… is bound: meshctl mint …".into());
+        chain.seat_error = Some(SeatProblem::Inactive { token: 3 });
+        let shown = Some("seat 3 of this instance is deactivated: it has no record until its holder runs `meshctl activate --token 3`".to_owned());
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert_eq!(s.status.node.registration_error, shown);
+        reg.error = Some(no_funds());
         let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
         assert_eq!(
-            s.status.node.registration_error.as_deref(),
-            chain.seat_error.as_deref()
-        );
-        reg.error = Some("an older registration failure".into());
-        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
-        assert_eq!(
-            s.status.node.registration_error.as_deref(),
-            chain.seat_error.as_deref(),
+            s.status.node.registration_error, shown,
             "the seat comes first: nothing can be registered without one"
         );
     }
@@ -642,13 +663,29 @@ mod tests {
             ),
             (3, 1, 3, 7, 5)
         );
-        // The chain's error is shown before the registrar's.
-        reg.error = Some("no funds".into());
+        // The chain's error is shown before the registrar's, with its causes and no credentials.
+        reg.error = Some(no_funds());
         let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
-        assert_eq!(s.status.chain.last_error.as_deref(), Some("no funds"));
-        chain.error = Some("RPC down".into());
+        assert!(
+            s.status
+                .chain
+                .last_error
+                .unwrap()
+                .contains("no funded sender")
+        );
+        chain.error = Some(Fault::new(
+            "following the chain",
+            FaultError::FullRead(
+                "the full read failed (https://user:secret@rpc.example/ refused)".into(),
+            ),
+        ));
         let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
-        assert_eq!(s.status.chain.last_error.as_deref(), Some("RPC down"));
+        assert_eq!(
+            s.status.chain.last_error.as_deref(),
+            Some(
+                "following the chain: the full read failed (https://***:***@rpc.example/ refused); following events meanwhile"
+            )
+        );
     }
 
     /// Counters and handshake ages are not a change for applications; a new address or key is.

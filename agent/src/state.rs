@@ -3,11 +3,17 @@
 //! [`LeaderState`]. Data flows one way: chain → registrar, chain → mesh, chain and mesh → leader, and all
 //! four → publisher.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use alloy::primitives::Address;
+use mesh_chain::election::ElectionError;
+use mesh_chain::error::ChainError;
 use mesh_chain::membership::Member;
+use mesh_chain::redact::RedactedUrl;
+use mesh_chain::registration::RegistrationError;
 use mesh_chain::view::ChainView;
 use mesh_wg::{Key, PeerStatus};
 
@@ -59,10 +65,10 @@ pub struct ChainState {
     pub head: Option<u64>,
     pub seat: SeatState,
     /// Why following the chain fails now; already logged.
-    pub error: Option<String>,
+    pub error: Option<Fault>,
     /// Why this node has no active seat, with what to run; already logged. Kept apart from `error`, which
     /// every read of the chain sets anew, while the seat is looked up only every few seconds.
-    pub seat_error: Option<String>,
+    pub seat_error: Option<SeatProblem>,
     /// JSON-RPC requests made to follow the chain.
     pub requests: u64,
     /// Of those, polls of the chain's head.
@@ -78,7 +84,7 @@ pub struct RegState {
     /// The node's record on-chain is the one it wants, and its peers believe it.
     pub registered: bool,
     /// Why registering fails now; already logged.
-    pub error: Option<String>,
+    pub error: Option<Fault>,
     pub registrations: u64,
     pub rpc_errors: u64,
 }
@@ -118,7 +124,7 @@ pub struct LeaderState {
     pub answering: BTreeMap<u64, bool>,
     pub counters: mesh_api::ElectionCounters,
     /// Why the last ballot or read failed; already logged.
-    pub error: Option<String>,
+    pub error: Option<Fault>,
     /// Whether this node leads, and until when ([`crate::lease`]).
     pub claim: crate::lease::Claim,
     /// This node's health, as the claim was decided on it.
@@ -126,4 +132,93 @@ pub struct LeaderState {
     /// When the seat named leader last answered this node as leading under the view's term: when the
     /// ping it answered was sent.
     pub leader_confirmed_at: Option<Instant>,
+}
+
+/// Why a task fails now: what it was doing, and the typed error with its causes. The publisher renders it
+/// for the API ([`Fault::render`]); `Arc`s keep the states cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub doing: Cow<'static, str>,
+    pub error: FaultError,
+}
+
+/// The errors a task's state carries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FaultError {
+    #[error(transparent)]
+    Chain(Arc<ChainError>),
+    #[error(transparent)]
+    Registration(Arc<RegistrationError>),
+    #[error(transparent)]
+    Election(Arc<ElectionError>),
+    #[error("the RPC did not answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The follower's own account of its failing full reads (it keeps reading events meanwhile).
+    #[error("{0}; following events meanwhile")]
+    FullRead(String),
+    #[error(
+        "no funded sender: fund this node's address with `meshctl fund {node} --amount 0.01`, or give the agent --tx-key-file; meanwhile the signed registration is on the agent's stdout for `meshctl relay -`"
+    )]
+    NoFundedSender { node: Address },
+}
+
+impl From<ChainError> for FaultError {
+    fn from(e: ChainError) -> Self {
+        Self::Chain(Arc::new(e))
+    }
+}
+
+impl From<RegistrationError> for FaultError {
+    fn from(e: RegistrationError) -> Self {
+        Self::Registration(Arc::new(e))
+    }
+}
+
+impl From<ElectionError> for FaultError {
+    fn from(e: ElectionError) -> Self {
+        Self::Election(Arc::new(e))
+    }
+}
+
+impl Fault {
+    pub fn new(doing: impl Into<Cow<'static, str>>, error: impl Into<FaultError>) -> Self {
+        Self {
+            doing: doing.into(),
+            error: error.into(),
+        }
+    }
+
+    /// What the API and the log show: what was being done, and the whole cause chain, with the RPC's
+    /// credentials scrubbed (an RPC error may quote its URL).
+    pub fn render(&self, rpc: &RedactedUrl) -> String {
+        rpc.scrub(&format!(
+            "{}: {}",
+            self.doing,
+            crate::causes::Causes(&self.error)
+        ))
+    }
+}
+
+/// Two faults are the same failure when they read the same: a retry that fails alike is not news.
+impl PartialEq for Fault {
+    fn eq(&self, other: &Self) -> bool {
+        self.doing == other.doing && self.error.to_string() == other.error.to_string()
+    }
+}
+
+impl Eq for Fault {}
+
+/// Why this node has no active seat, with what to run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeatProblem {
+    #[error(
+        "seat {token} of this instance is deactivated: it has no record until its holder runs `meshctl activate --token {token}`"
+    )]
+    Inactive { token: u64 },
+    /// No seat is bound to this instance: the message says how to bind one.
+    #[error("{}", RegistrationError::NoSeat { contract: *contract, instance_id: instance_id.clone() })]
+    NotBound {
+        contract: Address,
+        instance_id: String,
+    },
 }

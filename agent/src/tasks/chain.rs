@@ -1,6 +1,7 @@
 //! The chain task: follows the cluster contract (or, until the RPC answers, serves the cached view), finds
 //! this node's seat, keeps the state file, and publishes [`ChainState`].
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,6 @@ use mesh_chain::backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::{Head, Wake, Wakeups};
 use mesh_chain::redact::RedactedUrl;
-use mesh_chain::registration::RegistrationError;
 use mesh_chain::view::{ChainView, Seat};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::attestor::Attestor;
 use crate::attestation::{self, Attestations, Attested};
 use crate::cache;
-use crate::state::{ChainState, SeatState};
+use crate::state::{ChainState, Fault, FaultError, SeatProblem, SeatState};
 
 /// How often an instance without a seat in the view asks the contract for one.
 const SEAT_LOOKUP_EVERY: Duration = Duration::from_secs(5);
@@ -133,10 +133,9 @@ impl ChainTask {
                 None => return Ok(()),
                 Some(Ok(())) => {}
                 // Every step leaves the follower as it was or moved on whole: dropping one midway is safe.
-                Some(Err(_)) => running.rpc_failed(
-                    "following the chain",
-                    format!("the RPC did not answer within {STEP_TIMEOUT:?}"),
-                ),
+                Some(Err(_)) => {
+                    running.rpc_failed("following the chain", FaultError::NoAnswer(STEP_TIMEOUT));
+                }
             }
             running.state.subscribed = wakeups.subscribed();
             wakeups.poll_at_least_every(running.leads().then_some(running.task.renew));
@@ -168,13 +167,9 @@ impl Running {
         self.find_seat(head.is_some()).await;
     }
 
-    fn report(&mut self, what: &str, e: impl std::fmt::Display) {
-        super::report(&mut self.state.error, &self.task.rpc, what, e);
-    }
-
-    fn rpc_failed(&mut self, what: &str, e: impl std::fmt::Display) {
+    fn rpc_failed(&mut self, doing: impl Into<Cow<'static, str>>, e: impl Into<FaultError>) {
         self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
-        self.report(what, e);
+        super::show_fault(&mut self.state.error, &self.task.rpc, Fault::new(doing, e));
     }
 
     fn count(&mut self) {
@@ -254,11 +249,11 @@ impl Running {
                 self.save();
             }
             Err(e) => {
-                let what = format!(
+                let doing = format!(
                     "cannot follow cluster {} via {}",
                     self.task.contract, self.task.rpc
                 );
-                self.rpc_failed(&what, e);
+                self.rpc_failed(doing, e);
                 self.next_connect = Instant::now() + self.connect.next_delay();
             }
         }
@@ -289,9 +284,10 @@ impl Running {
                 }
                 // The follower logged it; the state shows it until a full read succeeds.
                 self.state.error = failing.map(|e| {
-                    self.task.rpc.scrub(&format!(
-                        "the full read failed ({e}); following events meanwhile"
-                    ))
+                    Fault::new(
+                        "following the chain",
+                        FaultError::FullRead(format!("the full read failed ({e})")),
+                    )
                 });
                 if tick.changed {
                     self.save();
@@ -341,29 +337,28 @@ impl Running {
                         "this node's seat is deactivated: leaving the mesh"
                     );
                 }
-                let text = format!(
-                    "seat {token} of this instance is deactivated: it has no record until its holder runs `meshctl activate --token {token}`"
-                );
-                self.report_seat(text);
+                self.report_seat(SeatProblem::Inactive { token });
             }
             Ok(Seat::None) => {
                 self.state.seat = SeatState::None;
                 if let SeatState::Active(t) = before {
                     warn!(token = t, "this node's seat is gone: leaving the mesh");
                 }
-                let text = RegistrationError::NoSeat {
+                self.report_seat(SeatProblem::NotBound {
                     contract: self.task.contract,
                     instance_id: self.task.instance_id.clone(),
-                }
-                .to_string();
-                self.report_seat(text);
+                });
             }
             Err(e) => self.rpc_failed("looking up this node's seat", e),
         }
     }
 
-    fn report_seat(&mut self, text: String) {
-        super::show_error(&mut self.state.seat_error, text);
+    /// Logged once per problem: the seat is looked up again every few seconds.
+    fn report_seat(&mut self, problem: SeatProblem) {
+        if self.state.seat_error.as_ref() != Some(&problem) {
+            warn!("{problem}");
+        }
+        self.state.seat_error = Some(problem);
     }
 }
 

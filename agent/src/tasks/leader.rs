@@ -36,7 +36,7 @@ use crate::election::{self, Facts, Sighting};
 use crate::heartbeat::{self, Heartbeat, Kind, View};
 use crate::identity::NodeIdentity;
 use crate::lease::{self, Claim, Timing};
-use crate::state::{ChainState, LeaderState, MeshState};
+use crate::state::{ChainState, Fault, LeaderState, MeshState};
 
 /// After a ballot that was mined, how long an election is not called again while the view catches up.
 const AFTER_ELECTING: Duration = Duration::from_secs(10);
@@ -787,24 +787,21 @@ impl Running {
                 let delay = self.backoff.next_delay();
                 self.quiet_until = Some(Instant::now() + delay);
                 self.state.counters.failures = self.state.counters.failures.saturating_add(1);
-                let text = match &e {
-                    ElectionError::Chain(c) => self.task.rpc.scrub(&c.to_string()),
-                    other => other.to_string(),
-                };
-                warn!(%ballot, error = %text, retry_in = ?delay, "the ballot failed");
-                self.state.error = Some(format!("{ballot} failed: {text}"));
+                let fault = Fault::new(format!("{ballot} failed"), e);
+                warn!(%ballot, error = %fault.render(&self.task.rpc), retry_in = ?delay, "the ballot failed");
+                self.state.error = Some(fault);
             }
         }
     }
 
     /// A read failed: shown in the state and logged at debug level only, since the chain task already
     /// warns when the RPC is down; a ballot's failure is what this task warns of.
-    fn failed(&mut self, what: &str, e: impl std::fmt::Display) {
+    fn failed(&mut self, doing: &'static str, e: ChainError) {
         self.cluster = None;
         let delay = self.backoff.next_delay();
         self.quiet_until = Some(Instant::now() + delay);
-        let text = format!("{what}: {}", self.task.rpc.scrub(&e.to_string()));
-        debug!(error = %text, retry_in = ?delay, "the election client failed");
-        self.state.error = Some(text);
+        let fault = Fault::new(doing, e);
+        debug!(error = %fault.render(&self.task.rpc), retry_in = ?delay, "the election client failed");
+        self.state.error = Some(fault);
     }
 }

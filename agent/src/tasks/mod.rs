@@ -19,16 +19,13 @@ pub mod registrar;
 use mesh_chain::redact::RedactedUrl;
 use tracing::warn;
 
-/// Makes `text` what a task's state shows as failing now. It is logged only when it changes, so a failure
-/// that repeats on every poll is logged once.
-fn show_error(slot: &mut Option<String>, text: String) {
-    if slot.as_deref() != Some(&text) {
-        warn!("{text}");
-    }
-    *slot = Some(text);
-}
+use crate::state::Fault;
 
-/// [`show_error`] for `what` failing with `e`, with the RPC's credentials scrubbed from it.
-fn report(slot: &mut Option<String>, rpc: &RedactedUrl, what: &str, e: impl std::fmt::Display) {
-    show_error(slot, format!("{what}: {}", rpc.scrub(&e.to_string())));
+/// Makes `fault` what a task's state shows as failing now. It is logged only when it reads differently,
+/// so a failure that repeats on every poll is logged once.
+fn show_fault(slot: &mut Option<Fault>, rpc: &RedactedUrl, fault: Fault) {
+    if slot.as_ref() != Some(&fault) {
+        warn!("{}", fault.render(rpc));
+    }
+    *slot = Some(fault);
 }

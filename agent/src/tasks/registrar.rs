@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::identity::NodeIdentity;
-use crate::state::{ChainState, RegState, SeatState};
+use crate::state::{ChainState, Fault, FaultError, RegState, SeatState};
 
 /// After a registration that landed: soon, to see that peers believe it.
 const AFTER_REGISTERING: Duration = Duration::from_secs(2);
@@ -179,8 +179,9 @@ impl Running {
             Ok(Outcome::NeedsRelay(reg)) => {
                 self.state.registered = false;
                 let node = self.task.identity.node.address();
-                self.state.error = Some(format!(
-                    "no funded sender for the registration: fund this node's address with `meshctl fund {node} --amount 0.01`, or give the agent --tx-key-file; meanwhile the signed registration is on the agent's stdout for `meshctl relay -`"
+                self.state.error = Some(Fault::new(
+                    "registering this node's record",
+                    FaultError::NoFundedSender { node },
                 ));
                 if self.relay_printed_for != Some(reg.nonce) {
                     self.relay_printed_for = Some(reg.nonce);
@@ -203,7 +204,7 @@ impl Running {
         }
     }
 
-    fn report(&mut self, what: &str, e: impl std::fmt::Display) {
-        super::report(&mut self.state.error, &self.task.rpc, what, e);
+    fn report(&mut self, doing: &'static str, e: impl Into<FaultError>) {
+        super::show_fault(&mut self.state.error, &self.task.rpc, Fault::new(doing, e));
     }
 }
