@@ -6,10 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use alloy::primitives::Address;
-use mesh_attest::{
-    Allowed, Evidence, Expected, Policy, QuoteCollateralV3, Refusal, TcbStatus, Trust, Verdict,
-    VerdictCache, report_data,
-};
+use mesh_attest::seat::Seat;
+use mesh_attest::{Evidence, QuoteCollateralV3, Refusal, TcbStatus, Trust, Verdict, VerdictCache};
 use mesh_chain::view::{Binding, ChainView};
 
 /// Verdicts kept: one per seat of a large cluster, and a few evidences more.
@@ -108,32 +106,14 @@ impl Checker {
     ) -> Result<Verdict, Refusal> {
         let evidence =
             Evidence::decode(&b.evidence).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        let instance_id: [u8; 20] = alloy::hex::decode(&b.instance_id)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| {
-                Refusal::Malformed(format!(
-                    "the seat's instance id {:?} is not 20 bytes",
-                    b.instance_id
-                ))
-            })?;
-        // The policy names one app: the evidence's own, when the cluster allows it (else the first allowed,
-        // so that the refusal names a mismatch).
-        let claimed = mesh_attest::replay::claims(&evidence.events)
-            .ok()
-            .map(|c| c.app_id)
-            .filter(|a| apps.contains(&Address::from(*a)));
-        let app = claimed
-            .or_else(|| apps.first().map(|a| a.0.0))
-            .unwrap_or_default();
-        let mut policy = Policy::new(app);
-        policy.compose_hashes = Allowed::Any;
-        policy.os = Allowed::Any;
-        policy.tcb_statuses = self.tcb_statuses.clone();
-        let expected = Expected {
-            instance_id,
-            report_data: report_data(chain_id, contract, b.node),
+        let seat = Seat {
+            instance_id: &b.instance_id,
+            node: b.node,
+            chain_id,
+            contract,
+            apps,
         };
+        let (policy, expected) = seat.requirements(&evidence, self.tcb_statuses.clone())?;
         self.cache
             .verify(&evidence, &expected, &policy, &self.trust, collateral, now)
     }
@@ -197,6 +177,7 @@ mod tests {
     use super::*;
     use alloy::primitives::{Bytes, keccak256};
     use mesh_attest::RuntimeEvent;
+    use mesh_attest::report_data;
     use tdx_mock::{CollateralOptions, MockPki, TdInput};
 
     const NOW: u64 = 1_760_000_000;

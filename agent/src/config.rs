@@ -183,16 +183,8 @@ pub struct RunArgs {
         conflicts_with = "no_relay"
     )]
     pub relay_ca_file: Option<PathBuf>,
-    /// Where the chain view (no secrets) and, unless --node-key-file says otherwise, the node's sealed keys are
-    /// kept between runs: on the CVM's own volume.
-    #[arg(
-        long,
-        env = "DSTACK_MESH_STATE_DIR",
-        default_value = "/var/lib/p2p-agent"
-    )]
-    pub state_dir: PathBuf,
     #[command(flatten)]
-    pub node_key_file: NodeKeyFile,
+    pub state: StateArgs,
     /// What peers' attestation evidence is verified under: a peer is configured only when its quote passes.
     #[command(flatten)]
     pub trust: mesh_attest::cli::TrustArgs,
@@ -432,9 +424,19 @@ pub fn tx_signer(
     )?)
 }
 
-/// Where the node's sealed keys are.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct NodeKeyFile {
+/// Where the agent keeps what it must not lose between runs: `--state-dir`, and the node's sealed keys in
+/// it unless `--node-key-file` says otherwise. Shared by the daemon and the one-shot commands, which must
+/// open the same keys.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArgs {
+    /// Where the chain view (no secrets) and, unless --node-key-file says otherwise, the node's sealed keys
+    /// are kept between runs: on the CVM's own volume.
+    #[arg(
+        long = "state-dir",
+        env = "DSTACK_MESH_STATE_DIR",
+        default_value = "/var/lib/p2p-agent"
+    )]
+    pub dir: PathBuf,
     /// The node's sealed keys (its node key and WireGuard keys, made in this CVM). Default: node-keys.sealed in
     /// the state directory. Keep it on the CVM's own volume: losing it means new keys, which the seat's holder
     /// binds again.
@@ -443,15 +445,15 @@ pub struct NodeKeyFile {
         env = "DSTACK_MESH_NODE_KEY_FILE",
         value_name = "PATH"
     )]
-    pub path: Option<PathBuf>,
+    pub node_key_file: Option<PathBuf>,
 }
 
-impl NodeKeyFile {
-    /// The file: the one given, else the default in `state_dir`.
-    pub fn resolve(&self, state_dir: &std::path::Path) -> PathBuf {
-        self.path
+impl StateArgs {
+    /// The node's key file: the one given, else the default in the state directory.
+    pub fn key_file(&self) -> PathBuf {
+        self.node_key_file
             .clone()
-            .unwrap_or_else(|| state_dir.join(crate::keystore::FILE_NAME))
+            .unwrap_or_else(|| self.dir.join(crate::keystore::FILE_NAME))
     }
 }
 

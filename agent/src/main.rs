@@ -8,19 +8,11 @@ use p2p_agent::commands::{identity, register, wait};
 use p2p_agent::config::{self, RunArgs};
 use tokio_util::sync::CancellationToken;
 
-/// The version and the commit built from (set by `build.rs`).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("DSTACK_MESH_COMMIT"),
-    ")"
-);
-
 /// dstack-mesh agent: proves this CVM's WireGuard key on-chain and keeps its mesh in step.
 ///
 /// Without a subcommand it runs the daemon: `p2p-agent --mode wireguard --contract 0x… --rpc-url …`.
 #[derive(Debug, Parser)]
-#[command(version = VERSION, about, args_conflicts_with_subcommands = true)]
+#[command(version = build_commit::version!(), about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

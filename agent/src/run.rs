@@ -194,7 +194,7 @@ async fn member(
     let Some(identity) = cancel
         .run_until_cancelled(load_identity(
             &client,
-            &args.node_key_file.resolve(&args.state_dir),
+            &args.state.key_file(),
             args.wg_key_epoch,
         ))
         .await
@@ -254,7 +254,7 @@ fn attestor(
     }
     let collateral = match args
         .trust
-        .collateral(Some(&args.state_dir.join("collateral")))?
+        .collateral(Some(&args.state.dir.join("collateral")))?
     {
         CollateralSource::Pccs(p) => CollateralSource::Pccs(p.with_timeout(PCCS_TIMEOUT)),
         pinned => pinned,
@@ -272,7 +272,7 @@ fn attestor(
 /// stops the agent unless `--repin` says to start afresh: starting afresh trusts the RPC's chain id and
 /// prefix anew and forgets the nonces seen, which is what a lying RPC would want.
 fn load_state(args: &RunArgs, contract: Address) -> anyhow::Result<Option<cache::Saved>> {
-    match cache::load(&args.state_dir) {
+    match cache::load(&args.state.dir) {
         Ok(Some(s)) if s.view.contract == contract => Ok(Some(s)),
         Ok(Some(s)) => {
             warn!(cached = %s.view.contract, %contract, "the state file is for another cluster; ignoring it");
@@ -285,7 +285,7 @@ fn load_state(args: &RunArgs, contract: Address) -> anyhow::Result<Option<cache:
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!(
             "the state file in {} cannot be used, and it pins the chain id, the mesh prefix and each seat's nonce high-water mark, so the agent does not start afresh by itself: restore the file (or its .last-good copy), or start once with --repin to trust the RPC's values again",
-            args.state_dir.display()
+            args.state.dir.display()
         ))),
     }
 }
@@ -341,7 +341,7 @@ impl Tasks {
             },
             poll,
             subscribe: args.subscription_url(),
-            state_dir: args.state_dir.clone(),
+            state_dir: args.state.dir.clone(),
             instance_id: identity.instance_id().to_owned(),
             renew: timing.renew,
             node_span: tracing::Span::current(),

@@ -3,24 +3,17 @@
 //! naming the seat's instance and an allowed app, its report data committing to this chain, cluster and node,
 //! and the cluster's allowlists of compose hashes and OS images.
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::B256;
 use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use mesh_attest::cli::TrustArgs;
-use mesh_attest::{Allowed, Evidence, Expected, Policy, Verdict};
+use mesh_attest::{Evidence, Verdict};
 use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::error::ChainError;
 
 use crate::cluster;
 
-/// What the evidence must prove: the seat's instance and node, in this cluster, for one of `apps`.
-pub(crate) struct Seat<'a> {
-    pub instance_id: &'a str,
-    pub node: Address,
-    pub chain_id: u64,
-    pub contract: Address,
-    pub apps: &'a [Address],
-}
+pub(crate) use mesh_attest::seat::Seat;
 
 /// The verdict on `evidence` for `seat`, or why it is refused (the refusal's kind in parentheses).
 ///
@@ -42,27 +35,9 @@ pub(crate) async fn check(
         .for_quote(&evidence.quote, now)
         .await
         .context("no collateral for the quote's platform")?;
-    // The policy names one app: the evidence's own when the cluster allows it, so that a refusal says what
-    // is wrong rather than naming an app mismatch.
-    let claimed = mesh_attest::replay::claims(&evidence.events)
-        .ok()
-        .map(|c| Address::from(c.app_id))
-        .filter(|a| seat.apps.contains(a));
-    let app = claimed
-        .or_else(|| seat.apps.first().copied())
-        .unwrap_or_default();
-    let mut policy = Policy::new(app.into_array());
-    policy.compose_hashes = Allowed::Any;
-    policy.os = Allowed::Any;
-    policy.tcb_statuses = trust.tcb_statuses();
-    let instance = alloy::hex::decode(seat.instance_id.trim_start_matches("0x"))
-        .ok()
-        .and_then(|v| <[u8; 20]>::try_from(v).ok())
-        .with_context(|| format!("{:?} is not a 20-byte instance id", seat.instance_id))?;
-    let expected = Expected {
-        instance_id: instance,
-        report_data: mesh_attest::report_data(seat.chain_id, seat.contract, seat.node),
-    };
+    let (policy, expected) = seat
+        .requirements(&evidence, trust.tcb_statuses())
+        .map_err(|r| anyhow::anyhow!("{r} ({})", r.kind()))?;
     let verdict = mesh_attest::verify(
         &evidence,
         &expected,

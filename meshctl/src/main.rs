@@ -15,21 +15,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cli_env::Alias;
 
-/// The version and the commit built from (set by `build.rs`).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("DSTACK_MESH_COMMIT"),
-    ")"
-);
-
 /// Operate a dstack-mesh cluster: node status, and the cluster owner's and the node operator's tools.
 ///
 /// Every command that touches the chain takes --contract (DSTACK_MESH_CONTRACT) and --rpc-url
 /// (DSTACK_MESH_RPC_URL). Commands that send transactions sign with --private-key-file or the
 /// DSTACK_MESH_PRIVATE_KEY environment variable; never put a key on the command line.
 #[derive(Debug, Parser)]
-#[command(version = VERSION, about, long_about = None)]
+#[command(version = build_commit::version!(), about, long_about = None)]
 struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]

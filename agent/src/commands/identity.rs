@@ -18,16 +18,8 @@ pub struct IdentityArgs {
     #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
     pub dstack_endpoint: Option<String>,
 
-    /// The agent's state directory, where the node's sealed keys are (made there if they are not yet).
-    #[arg(
-        long,
-        env = "DSTACK_MESH_STATE_DIR",
-        default_value = "/var/lib/p2p-agent"
-    )]
-    pub state_dir: PathBuf,
-
     #[command(flatten)]
-    pub node_key_file: crate::config::NodeKeyFile,
+    pub state: crate::config::StateArgs,
 
     /// Trusted KMS root address; without it the chain is reported but not verified.
     #[arg(long, env = "DSTACK_MESH_KMS_ROOT")]
@@ -111,7 +103,7 @@ async fn evidence(
 pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     let client = DstackClient::discover(args.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
-    let key_file = args.node_key_file.resolve(&args.state_dir);
+    let key_file = args.state.key_file();
     let identity = crate::identity::NodeIdentity::load(&client, &key_file, 0)
         .await
         .context("cannot establish this node's identity")?;

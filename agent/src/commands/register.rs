@@ -23,15 +23,8 @@ pub struct RegisterArgs {
     /// WireGuard key rotation epoch: each epoch is another random key, kept with the node key.
     #[arg(long, env = "DSTACK_MESH_WG_KEY_EPOCH", default_value_t = 0)]
     pub wg_key_epoch: u32,
-    /// The agent's state directory, where the node's sealed keys are unless --node-key-file says otherwise.
-    #[arg(
-        long,
-        env = "DSTACK_MESH_STATE_DIR",
-        default_value = "/var/lib/p2p-agent"
-    )]
-    pub state_dir: std::path::PathBuf,
     #[command(flatten)]
-    pub node_key_file: crate::config::NodeKeyFile,
+    pub state: crate::config::StateArgs,
     /// A file with a funded private key that pays for the transaction when the node's address has no
     /// funds (a key in the environment is refused).
     #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE", value_name = "PATH")]
@@ -48,13 +41,10 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let rpc = mesh_chain::redact::RedactedUrl::new(&args.endpoints.rpc_url);
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
-    let identity = crate::identity::NodeIdentity::load(
-        &client,
-        &args.node_key_file.resolve(&args.state_dir),
-        args.wg_key_epoch,
-    )
-    .await
-    .context("cannot establish this node's identity")?;
+    let identity =
+        crate::identity::NodeIdentity::load(&client, &args.state.key_file(), args.wg_key_epoch)
+            .await
+            .context("cannot establish this node's identity")?;
     let cluster = Cluster::connect(args.endpoints.rpc_url.clone(), args.contract)
         .await
         .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))

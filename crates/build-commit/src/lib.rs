@@ -7,6 +7,20 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The version and the commit, for clap's `#[command(version = build_commit::version!())]`: expanded in
+/// the binary's crate, whose build script ran [`emit`].
+#[macro_export]
+macro_rules! version {
+    () => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("DSTACK_MESH_COMMIT"),
+            ")"
+        )
+    };
+}
+
 /// The variable, at build time and in the binary.
 pub const VARIABLE: &str = "DSTACK_MESH_COMMIT";
 

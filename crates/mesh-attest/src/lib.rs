@@ -20,6 +20,7 @@ pub mod collateral;
 pub mod evidence;
 pub mod policy;
 pub mod replay;
+pub mod seat;
 mod time_fmt;
 pub mod verify;
 
