@@ -19,10 +19,13 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cluster::{CMD_TIMEOUT, Cluster, account_key, write_secret};
+use crate::cluster::{Cluster, account_key, overlay_ip, write_secret};
 use crate::lan::{WG_PORT, lan_ip, rpc_url, ws_url};
 use crate::netns::NetNs;
-use crate::process::{ChildGuard, clean_env, run_command_timeout, tail, text, workspace_bin};
+use crate::ping::ping;
+use crate::process::{
+    CMD_TIMEOUT, ChildGuard, clean_env, run_command_timeout, tail, text, workspace_bin,
+};
 use crate::wait::wait_until;
 use crate::wg::{DumpPeer, parse_dump};
 
@@ -736,6 +739,43 @@ pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[Key]) {
         Duration::from_millis(200),
         || agents.iter().all(|a| a.sees_all_healthy(agents, keys)),
         || format!("{}\n{}", statuses(agents), tails(agents)),
+    );
+}
+
+/// Node `from` pings seat `to`'s overlay address 3 times, 200 ms apart; returns the replies received.
+pub fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
+    ping(
+        agents[0].cluster.lan().node(from),
+        overlay_ip(to as u64),
+        3,
+        Duration::from_millis(200),
+    )
+    .1
+}
+
+/// Node `from` reaches seat `to` over the overlay (3 of 3 pings); panics with every status and log tail.
+pub fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
+    let got = replies(agents, from, to);
+    assert_eq!(
+        got,
+        3,
+        "node {from} -> node {to} ({}) over the overlay: {got} of 3 replies\n{}\n{}",
+        overlay_ip(to as u64),
+        statuses(agents),
+        tails(agents)
+    );
+}
+
+/// Node `from` cannot reach seat `to` over the overlay (0 of 3 pings).
+pub fn assert_no_pings(agents: &[Agent<'_>], from: usize, to: usize) {
+    let got = replies(agents, from, to);
+    assert_eq!(
+        got,
+        0,
+        "node {from} must not reach node {to} ({}) over the overlay, yet {got} of 3 replies came\n{}\n{}",
+        overlay_ip(to as u64),
+        statuses(agents),
+        tails(agents)
     );
 }
 

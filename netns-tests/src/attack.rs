@@ -15,8 +15,9 @@ use mesh_chain::record::{NodeBinding, SignedRegistration};
 use p2p_agent::identity::NodeIdentity;
 use serde_json::Value;
 
+use crate::cluster::{Cluster, account_key};
+use crate::lan::rpc_url;
 use crate::netns::{NetNs, in_netns};
-use crate::prelude::{Cluster, account_key, rpc_url};
 
 /// The chain id of every test chain (anvil's).
 pub const CHAIN_ID: u64 = 31337;

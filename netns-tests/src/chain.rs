@@ -1,40 +1,8 @@
 //! A real anvil for tests, from the npm toolchain that `scripts/bootstrap` installs.
 
-use std::path::PathBuf;
-
 use alloy::node_bindings::{Anvil, AnvilInstance};
 
-/// anvil from `ANVIL`, else `node_modules/.bin/anvil` at the workspace root.
-///
-/// # Panics
-/// When neither exists, with the command that installs it.
-pub fn anvil_path() -> PathBuf {
-    npm_tool("ANVIL", "anvil")
-}
-
-/// cast from `CAST`, else `node_modules/.bin/cast` at the workspace root.
-///
-/// # Panics
-/// When neither exists, with the command that installs it.
-pub fn cast_path() -> PathBuf {
-    npm_tool("CAST", "cast")
-}
-
-/// A Foundry tool from the environment variable `var`, else from the npm toolchain of `scripts/bootstrap`.
-fn npm_tool(var: &str, name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(var) {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../node_modules/.bin")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{name} not found at {}: run scripts/bootstrap (or set {var})",
-        p.display()
-    );
-    p
-}
+use crate::process::{anvil_path, cast_path};
 
 /// A fresh chain on a free loopback port; the process is killed (by its handle) when dropped.
 ///

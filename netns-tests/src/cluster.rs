@@ -16,7 +16,9 @@ use mesh_wg::Key;
 use serde_json::Value;
 
 use crate::lan::{Lan, rpc_url};
-use crate::process::{ChildGuard, clean_env, json_of, run_command_timeout, tail, workspace_bin};
+use crate::process::{
+    CMD_TIMEOUT, ChildGuard, clean_env, json_of, run_command_timeout, tail, workspace_bin,
+};
 use crate::wait::wait_until;
 
 /// The app id of every test cluster.
@@ -31,9 +33,6 @@ pub const ANVIL_KEYS: [&str; 5] = [
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
 ];
-
-/// How long a `meshctl` or `p2p-agent` one-shot command may take.
-pub(crate) const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The overlay address of seat `token`.
 pub fn overlay_ip(token: u64) -> Ipv4Addr {

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cluster::CMD_TIMEOUT;
 use crate::netns::{NetNs, link};
 use crate::ping::{ping_counts, ping_output};
 use crate::process::{
-    ChildGuard, clean_env, json_of, require_root, run_command_timeout, tail, workspace_bin,
+    CMD_TIMEOUT, ChildGuard, anvil_path, cast_path, clean_env, json_of, require_root,
+    run_command_timeout, tail, workspace_bin,
 };
 use crate::wait::wait_until;
 
@@ -247,9 +247,7 @@ impl Lan {
     fn start_anvil(&mut self) {
         let log = File::create(&self.anvil_log).expect("anvil log");
         let mut cmd = self.switch.command(&[
-            crate::chain::anvil_path()
-                .to_str()
-                .expect("utf-8 anvil path"),
+            anvil_path().to_str().expect("utf-8 anvil path"),
             "--host",
             &SWITCH_IP.to_string(),
             "--port",
@@ -287,7 +285,7 @@ impl Lan {
     /// returns the result; panics with the output unless it succeeds. For anvil's controls, such as
     /// `evm_setAutomine`.
     pub fn anvil_rpc(&self, method: &str, params: &[&str]) -> Value {
-        let cast = crate::chain::cast_path();
+        let cast = cast_path();
         let mut cmd = self.switch.command(&[
             cast.to_str().expect("utf-8 path"),
             "rpc",

@@ -1,20 +1,24 @@
 //! The shared test harness of dstack-mesh: what the integration tests, the network-namespace scenarios
 //! (`tests/`) and the benchmark (`mesh-bench`) start and tear down. A scenario imports [`prelude`].
 //!
-//! The system in namespaces, each piece borrowing the one before, so teardown runs in order:
+//! The system in namespaces, each piece borrowing the one before, so teardown runs in order; a module uses
+//! only those before it and those below:
 //! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it.
 //! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
-//! - [`agent`]: the real `p2p-agent` daemon in a node's namespace.
+//! - [`agent`]: the real `p2p-agent` daemon in a node's namespace, and what a scenario asks of several: a
+//!   full mesh, pings over the overlay.
 //! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
 //! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
-//! - [`ping`] and [`wait`]: reachability, and bounded waits; [`steps`]: a scenario's progress.
 //! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.
 //! - [`leadership`]: who claims to lead, sampled from every agent at once.
+//! - [`attack`]: what the attacker does in the scenarios, against a cluster's chain.
 //!
 //! Below them:
-//! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries.
+//! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries and Foundry's.
 //! - [`netns`]: namespaces and veth pairs; [`wg`]: WireGuard devices in them (ours and `wireguard-go`).
-//! - [`perf`]: throughput and latency, for the benchmark.
+//! - [`ping`]: reachability between namespaces; [`wait`]: bounded waits; [`steps`]: a scenario's progress.
+//! - [`perf`]: throughput and latency, for the benchmark; [`transfer`]: a bulk TCP transfer checked byte by
+//!   byte.
 //!
 //! In containers: [`container`], docker networks, containers and compose projects, removed on drop.
 //!
@@ -23,7 +27,6 @@
 //! - [`api`]: the agent's real API server, serving a fixture snapshot; [`meshctl`]: the CLI against anvil.
 //! - [`rpc_proxy`]: a JSON-RPC proxy in front of anvil that tests make fail or lie; [`tcp_relay`]: a TCP
 //!   relay they cut and restore (a WebSocket that drops).
-//! - [`attack`]: what the attacker does in the scenarios.
 //! - [`unique_name`]: names unique per run, that fit an interface name.
 
 pub mod agent;

@@ -1,4 +1,4 @@
-//! Reachability between namespaces and mesh nodes: bounded pings, in the foreground or the background.
+//! Reachability between namespaces: bounded pings, in the foreground or the background.
 
 use std::net::Ipv4Addr;
 use std::process::Output;
@@ -7,8 +7,6 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::agent::{Agent, statuses, tails};
-use crate::cluster::overlay_ip;
 use crate::netns::NetNs;
 use crate::process::{ChildGuard, text};
 
@@ -118,41 +116,4 @@ impl BackgroundPing {
         let counts = ping_counts(&out);
         (counts.0, counts.1, format!("{}: {}", self.what, text(&out)))
     }
-}
-
-/// Node `from` pings seat `to`'s overlay address 3 times, 200 ms apart; returns the replies received.
-pub fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
-    ping(
-        agents[0].cluster.lan().node(from),
-        overlay_ip(to as u64),
-        3,
-        Duration::from_millis(200),
-    )
-    .1
-}
-
-/// Node `from` reaches seat `to` over the overlay (3 of 3 pings); panics with every status and log tail.
-pub fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
-    let got = replies(agents, from, to);
-    assert_eq!(
-        got,
-        3,
-        "node {from} -> node {to} ({}) over the overlay: {got} of 3 replies\n{}\n{}",
-        overlay_ip(to as u64),
-        statuses(agents),
-        tails(agents)
-    );
-}
-
-/// Node `from` cannot reach seat `to` over the overlay (0 of 3 pings).
-pub fn assert_no_pings(agents: &[Agent<'_>], from: usize, to: usize) {
-    let got = replies(agents, from, to);
-    assert_eq!(
-        got,
-        0,
-        "node {from} must not reach node {to} ({}) over the overlay, yet {got} of 3 replies came\n{}\n{}",
-        overlay_ip(to as u64),
-        statuses(agents),
-        tails(agents)
-    );
 }

@@ -1,5 +1,6 @@
 //! Processes for tests: bounded command runs, children killed by their PID when their guard drops, the
-//! workspace's own binaries, and what the tests read back from them (log tails, JSON output).
+//! workspace's own binaries and Foundry's (anvil, cast), and what the tests read back from them (log tails,
+//! JSON output).
 
 use std::fs::File;
 use std::io::{Read, Seek as _, SeekFrom};
@@ -12,6 +13,9 @@ use mesh_wg::NEEDS_NET_ADMIN;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+
+/// How long a one-shot command (`meshctl`, `p2p-agent identity`, `cast rpc`) may take.
+pub(crate) const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Fails the test (never skips) unless we can create namespaces and TUN devices and the
 /// needed tools exist.
@@ -222,6 +226,38 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// anvil from `ANVIL`, else `node_modules/.bin/anvil` at the workspace root.
+///
+/// # Panics
+/// When neither exists, with the command that installs it.
+pub fn anvil_path() -> PathBuf {
+    npm_tool("ANVIL", "anvil")
+}
+
+/// cast from `CAST`, else `node_modules/.bin/cast` at the workspace root.
+///
+/// # Panics
+/// When neither exists, with the command that installs it.
+pub fn cast_path() -> PathBuf {
+    npm_tool("CAST", "cast")
+}
+
+/// A Foundry tool from the environment variable `var`, else from the npm toolchain of `scripts/bootstrap`.
+fn npm_tool(var: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../node_modules/.bin")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{name} not found at {}: run scripts/bootstrap (or set {var})",
+        p.display()
+    );
+    p
 }
 
 /// An environment with nothing from ours but `PATH` and logging settings, so a stray `PRIVATE_KEY`,
