@@ -1,5 +1,6 @@
-//! The real `p2p-agent` daemon in a node's namespace ([`Agent`]), started with the harness's flags and read
-//! back through `meshctl status`, `wg show` and its log.
+//! The real `p2p-agent` daemon in a node's namespace ([`Agent`]), started by [`AgentBuilder`] with the
+//! harness's flags and read back through `meshctl status`, `wg show` and its log; and what a test asks of
+//! several agents (a full mesh, pings over the overlay, no warnings).
 //!
 //! The agent, `meshctl` and the simulator are the workspace's own binaries in `target/debug` (or
 //! `target/release` for the release benchmark), which `cargo test -p netns-tests` does not build: build them
@@ -169,18 +170,18 @@ pub struct Agent<'a> {
 }
 
 impl<'a> Agent<'a> {
-    /// Starts node `i`'s agent with the standard flags plus `extra`.
-    pub fn start(cluster: &'a Cluster<'a>, i: usize, extra: &[&str]) -> Self {
-        Self::start_with(cluster, i, AgentConfig::lan(i), extra)
+    /// How node agents of `cluster` start: node i's [`AgentConfig::lan`] and the standard flags, unless the
+    /// test says otherwise (see [`AgentBuilder`]).
+    pub fn builder(cluster: &'a Cluster<'a>) -> AgentBuilder<'a> {
+        AgentBuilder {
+            cluster,
+            config: Box::new(AgentConfig::lan),
+            flags: Vec::new(),
+            ready_within: 60,
+        }
     }
 
-    /// Starts node `i`'s agent with `config` instead of its LAN defaults, plus `extra` flags.
-    pub fn start_with(
-        cluster: &'a Cluster<'a>,
-        i: usize,
-        config: AgentConfig,
-        extra: &[&str],
-    ) -> Self {
+    fn launch(cluster: &'a Cluster<'a>, i: usize, config: AgentConfig, extra: Vec<String>) -> Self {
         assert!((1..=cluster.sims.len()).contains(&i), "no node {i}");
         let dir = tempfile::Builder::new()
             .prefix(&format!("dm-agent{i}-"))
@@ -212,14 +213,13 @@ impl<'a> Agent<'a> {
         self.cluster.lan().node(self.index)
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    fn spawn(&mut self, extra: Vec<String>) {
         assert!(
             self.child.is_none(),
             "agent {} is already running",
             self.index
         );
         let bin = workspace_bin("p2p-agent");
-        self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
         let sim = &self.cluster.sims[self.index - 1];
         let mut cmd = self.ns().command(&[bin.to_str().expect("utf-8 path")]);
         clean_env(&mut cmd)
@@ -242,7 +242,7 @@ impl<'a> Agent<'a> {
             .arg("--tx-key-file")
             .arg(&self.tx_key)
             .args(self.cluster.trust_args())
-            .args(extra);
+            .args(&extra);
         if let Some(endpoint) = self.config.endpoint {
             cmd.args(["--endpoint", &endpoint.to_string()]);
         }
@@ -271,6 +271,7 @@ impl<'a> Agent<'a> {
         self.child = Some(cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start {} in {}: {e}", bin.display(), self.ns().name)
         }));
+        self.extra = extra;
         self.started = Instant::now();
     }
 
@@ -576,7 +577,7 @@ impl<'a> Agent<'a> {
     /// changed) and the standard flags plus `extra`.
     pub fn restart(&mut self, extra: &[&str]) {
         self.stop();
-        self.spawn(extra);
+        self.spawn(extra.iter().map(|f| (*f).to_owned()).collect());
     }
 
     /// The flags the daemon was last started with beyond the standard ones.
@@ -643,67 +644,62 @@ fn block_on<T>(read: impl std::future::Future<Output = T>) -> T {
         .block_on(read)
 }
 
-/// Starts the agents of `nodes` (standard flags) and waits (bounded, 60 s each) until each is ready.
-pub fn start_agents<'a>(
+/// How a test starts the agents of a cluster ([`Agent::builder`]): each with its node's config and the
+/// standard flags, plus what the test changes. One agent starts with [`AgentBuilder::start`]; several with
+/// [`AgentBuilder::start_all`] (ready) or [`AgentBuilder::mesh`] (meshed).
+pub struct AgentBuilder<'a> {
     cluster: &'a Cluster<'a>,
-    nodes: impl IntoIterator<Item = usize>,
-) -> Vec<Agent<'a>> {
-    start_agents_with(cluster, nodes, &[])
-}
-
-/// [`start_agents`] with `extra` flags for every agent.
-pub fn start_agents_with<'a>(
-    cluster: &'a Cluster<'a>,
-    nodes: impl IntoIterator<Item = usize>,
-    extra: &[&str],
-) -> Vec<Agent<'a>> {
-    let mut agents: Vec<Agent<'a>> = nodes
-        .into_iter()
-        .map(|i| Agent::start(cluster, i, extra))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(60);
-    }
-    agents
-}
-
-/// Starts the agents of `nodes`, each with `config(i)` instead of its LAN defaults, and waits until each is
-/// ready, for at most `ready_within` seconds each.
-pub fn start_agents_as<'a>(
-    cluster: &'a Cluster<'a>,
-    nodes: impl IntoIterator<Item = usize>,
-    config: impl Fn(usize) -> AgentConfig,
+    /// Shared with the thread that starts a newcomer while others are watched
+    /// ([`crate::convergence::watch_change`]).
+    config: Box<dyn Fn(usize) -> AgentConfig + Send + Sync + 'a>,
+    flags: Vec<String>,
     ready_within: u64,
-) -> Vec<Agent<'a>> {
-    let mut agents: Vec<Agent<'a>> = nodes
-        .into_iter()
-        .map(|i| Agent::start_with(cluster, i, config(i), &[]))
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(ready_within);
+}
+
+impl<'a> AgentBuilder<'a> {
+    /// Node i's agent runs with `config(i)` instead of [`AgentConfig::lan`]`(i)`.
+    pub fn config(mut self, config: impl Fn(usize) -> AgentConfig + Send + Sync + 'a) -> Self {
+        self.config = Box::new(config);
+        self
     }
-    agents
-}
 
-/// [`start_agents`], then waits until they form a full mesh ([`wait_full_mesh`]); returns them with their
-/// WireGuard keys (`keys[j]` is `agents[j]`'s).
-pub fn start_mesh<'a>(
-    cluster: &'a Cluster<'a>,
-    nodes: impl IntoIterator<Item = usize>,
-) -> (Vec<Agent<'a>>, Vec<Key>) {
-    start_mesh_with(cluster, nodes, &[])
-}
+    /// Flags beyond the standard ones, after any given before.
+    pub fn flags(mut self, flags: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        self.flags
+            .extend(flags.into_iter().map(|f| f.as_ref().to_owned()));
+        self
+    }
 
-/// [`start_mesh`] with `extra` flags for every agent.
-pub fn start_mesh_with<'a>(
-    cluster: &'a Cluster<'a>,
-    nodes: impl IntoIterator<Item = usize>,
-    extra: &[&str],
-) -> (Vec<Agent<'a>>, Vec<Key>) {
-    let agents = start_agents_with(cluster, nodes, extra);
-    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
-    wait_full_mesh(&agents, &keys);
-    (agents, keys)
+    /// How long (in seconds) [`AgentBuilder::start_all`] and [`AgentBuilder::mesh`] wait for each agent to
+    /// be ready: 60 unless set.
+    pub fn ready_within(mut self, secs: u64) -> Self {
+        self.ready_within = secs;
+        self
+    }
+
+    /// Starts node `i`'s agent, without waiting for it to be ready.
+    pub fn start(&self, i: usize) -> Agent<'a> {
+        Agent::launch(self.cluster, i, (self.config)(i), self.flags.clone())
+    }
+
+    /// Starts the agents of `nodes`, then waits until each is ready (`p2p-agent wait`).
+    pub fn start_all(&self, nodes: impl IntoIterator<Item = usize>) -> Vec<Agent<'a>> {
+        // Every agent starts before the first is waited for, so that their start-ups overlap.
+        let mut agents: Vec<Agent<'a>> = nodes.into_iter().map(|i| self.start(i)).collect();
+        for a in &mut agents {
+            a.wait_ready(self.ready_within);
+        }
+        agents
+    }
+
+    /// [`AgentBuilder::start_all`], then waits until they form a full mesh ([`wait_full_mesh`]); returns
+    /// them with their WireGuard keys (`keys[j]` is `agents[j]`'s).
+    pub fn mesh(&self, nodes: impl IntoIterator<Item = usize>) -> (Vec<Agent<'a>>, Vec<Key>) {
+        let agents = self.start_all(nodes);
+        let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
+        wait_full_mesh(&agents, &keys);
+        (agents, keys)
+    }
 }
 
 /// Every agent's log tail, for failure messages.

@@ -5,8 +5,8 @@
 //! only those before it and those below:
 //! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it.
 //! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
-//! - [`agent`]: the real `p2p-agent` daemon in a node's namespace, and what a scenario asks of several: a
-//!   full mesh, pings over the overlay.
+//! - [`agent`]: the real `p2p-agent` daemon in a node's namespace, started by one builder
+//!   ([`agent::AgentBuilder`]), and what a scenario asks of several: a full mesh, pings over the overlay.
 //! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
 //! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
 //! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.

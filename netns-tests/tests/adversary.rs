@@ -117,17 +117,17 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
     let cluster = Cluster::deploy_seats(&lan, 3);
     let contract = Address::from_str(&cluster.contract).expect("contract address");
     let proxy = RpcProxy::start_in(lan.node(1), &rpc_url());
-    let via_proxy = AgentConfig {
+    let via_proxy = |i| AgentConfig {
         rpc_url: proxy.url().to_owned(),
-        ..AgentConfig::lan(1)
+        ..AgentConfig::lan(i)
     };
-    let mut agents = vec![Agent::start_with(
-        &cluster,
-        1,
-        via_proxy,
-        &["--full-read-secs", "2"],
-    )];
-    agents.extend((2..=3).map(|i| Agent::start(&cluster, i, &[])));
+    let mut agents = vec![
+        Agent::builder(&cluster)
+            .config(via_proxy)
+            .flags(["--full-read-secs", "2"])
+            .start(1),
+    ];
+    agents.extend((2..=3).map(|i| Agent::builder(&cluster).start(i)));
     for a in &mut agents {
         a.wait_ready(60);
     }
@@ -276,7 +276,7 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
     proxy.fail_for("outage", Duration::from_secs(4), |_: &Request<'_>| true);
     proxy.fail("no full reads", |r| r.calls(getPeersPageCall::SELECTOR));
     cluster.mint(4);
-    agents.push(Agent::start(&cluster, 4, &[]));
+    agents.push(Agent::builder(&cluster).start(4));
     agents[3].wait_ready(60);
     let key4 = agents[3].key();
     assert_eq!(cluster.onchain_key(4), Some(key4));

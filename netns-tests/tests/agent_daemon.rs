@@ -19,6 +19,11 @@ use netns_tests::{
 struct AgentProcess(Child);
 
 /// Starts `p2p-agent --mode tls` for `node` with its state and API socket in `dir`, logging to `dir/agent.log`.
+//
+// Not the harness's `AgentBuilder`, which starts a seat of a `Cluster` in its node's namespace (root, a
+// `dstack-simulator` per node, `meshctl`): this agent runs here without root, on the in-process anvil and
+// instances; it is killed rather than stopped, comes back as a new process on the same state directory,
+// may exit on its own (a bad state file), and its log holds only its own lines (one test reads each as JSON).
 fn start_tls_agent(
     dir: &std::path::Path,
     rpc: &str,

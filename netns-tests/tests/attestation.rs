@@ -40,7 +40,7 @@ fn seats_whose_evidence_names_another_instance_or_node_are_refused_by_every_agen
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, SEATS);
     let contract = Address::from_str(&cluster.contract).expect("contract address");
-    let (agents, keys) = start_mesh(&cluster, 1..=SEATS);
+    let (agents, keys) = Agent::builder(&cluster).mesh(1..=SEATS);
     for a in &agents {
         let (status, peers) = a.status();
         let own = status.node.attestation.expect("its own attestation");

@@ -27,7 +27,7 @@ fn a_node_without_rpc_runs_from_its_cache_and_catches_up() {
     let steps = Steps::new("control_plane_down");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, FIRST);
-    let (mut agents, mut keys) = start_mesh(&cluster, 1..=FIRST);
+    let (mut agents, mut keys) = Agent::builder(&cluster).mesh(1..=FIRST);
     steps.step("3-node mesh healthy");
 
     let rpc_route = format!("{SWITCH_IP}/32");
@@ -50,7 +50,7 @@ fn a_node_without_rpc_runs_from_its_cache_and_catches_up() {
 
     // The cluster changes while node 3 cannot see it.
     cluster.mint(4);
-    agents.push(Agent::start(&cluster, 4, &[]));
+    agents.push(Agent::builder(&cluster).start(4));
     agents[3].wait_ready(60);
     keys.push(agents[3].key());
     wait_until(

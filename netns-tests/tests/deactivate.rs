@@ -24,7 +24,7 @@ fn a_deactivated_seat_leaves_the_mesh_and_returns_when_activated() {
     let steps = Steps::new("deactivate");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let (mut agents, keys) = start_mesh(&cluster, 1..=NODES);
+    let (mut agents, keys) = Agent::builder(&cluster).mesh(1..=NODES);
     steps.step("3-node mesh healthy");
 
     // Seat 3's holder is account 3.

@@ -84,7 +84,9 @@ fn a_cut_off_leader_is_voted_out_and_the_counter_loses_no_acknowledged_write() {
     }
     steps.step("LAN up, cluster deployed, 3 seats, every node's address funded");
     let timeout = LEADER_TIMEOUT.as_secs().to_string();
-    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", &timeout]);
+    let (agents, _) = Agent::builder(&cluster)
+        .flags(["--leader-timeout", &timeout])
+        .mesh(1..=NODES);
     wait_until(
         "every agent to report seat 1, the lowest, as leader",
         Duration::from_secs(30),

@@ -60,10 +60,14 @@ fn unreachable_and_tls_nodes_are_offered_by_their_gateway_url() {
     for route in &blocked {
         lan.node(3).ip(&["route", "add", "blackhole", route]);
     }
-    let mut agents: Vec<Agent<'_>> = (1..=3)
-        .map(|i| Agent::start(&cluster, i, &GATEWAY))
-        .collect();
-    agents.push(Agent::start_with(&cluster, 4, AgentConfig::tls(), &GATEWAY));
+    let behind_gateway = Agent::builder(&cluster).flags(GATEWAY);
+    let mut agents: Vec<Agent<'_>> = (1..=3).map(|i| behind_gateway.start(i)).collect();
+    agents.push(
+        Agent::builder(&cluster)
+            .config(|_| AgentConfig::tls())
+            .flags(GATEWAY)
+            .start(4),
+    );
     for a in agents.iter_mut().filter(|a| a.index != 3) {
         a.wait_ready(60);
     }

@@ -68,7 +68,7 @@ fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, SEATS);
     let contract = Address::from_str(&cluster.contract).expect("contract address");
-    let (mut agents, mut keys) = start_mesh(&cluster, 1..=SEATS);
+    let (mut agents, mut keys) = Agent::builder(&cluster).mesh(1..=SEATS);
     steps.step("3-node mesh healthy");
 
     // Node 3's current record, exactly as registered, from its event: the replay to come.

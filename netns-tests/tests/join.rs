@@ -40,7 +40,7 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
         cluster.contract
     ));
 
-    let mut agents = start_agents(&cluster, 1..=FIRST);
+    let mut agents = Agent::builder(&cluster).start_all(1..=FIRST);
     steps.step("agents 1-3 ready");
     let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
@@ -57,7 +57,7 @@ fn a_fourth_node_joins_without_disturbing_the_others() {
         join.elapsed(),
         minted["receipt"]
     ));
-    agents.push(Agent::start(&cluster, 4, &[]));
+    agents.push(Agent::builder(&cluster).start(4));
     let took = agents[3].wait_ready(60);
     let key4 = agents[3].key();
     steps.step(&format!("agent 4 ready ({took:.2?}), key {key4}"));

@@ -74,10 +74,10 @@ fn mesh_led_by_seat_1<'a>(
     let timeout = LEADER_TIMEOUT.as_secs().to_string();
     let mut agents: Vec<Agent<'a>> = (1..=NODES)
         .map(|i| {
-            let mut extra = vec!["--leader-timeout".to_owned(), timeout.clone()];
-            extra.extend(flags(i));
-            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            Agent::start(cluster, i, &extra)
+            Agent::builder(cluster)
+                .flags(["--leader-timeout", timeout.as_str()])
+                .flags(flags(i))
+                .start(i)
         })
         .collect();
     for a in &mut agents {
@@ -479,10 +479,8 @@ fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, NODES - 1);
     let timeout = LEADER_TIMEOUT.as_secs().to_string();
-    let flags = ["--leader-timeout", timeout.as_str()];
-    let mut agents: Vec<Agent<'_>> = (1..NODES)
-        .map(|i| Agent::start(&cluster, i, &flags))
-        .collect();
+    let with_timeout = Agent::builder(&cluster).flags(["--leader-timeout", timeout.as_str()]);
+    let mut agents: Vec<Agent<'_>> = (1..NODES).map(|i| with_timeout.start(i)).collect();
     for a in &mut agents {
         a.wait_ready(60);
     }
@@ -493,7 +491,7 @@ fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
         || says_it_leads(&agents[0]),
         || statuses(&agents),
     );
-    let mut late = Agent::start(&cluster, NODES, &flags);
+    let mut late = with_timeout.start(NODES);
     std::thread::sleep(LEADER_TIMEOUT + Duration::from_secs(1));
     steps.step("seat 1 leads; node 3 has run for longer than the leader timeout without a seat");
 

@@ -44,7 +44,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     ));
 
     let mut agents: Vec<Agent<'_>> = (1..=NODES)
-        .map(|i| Agent::start(&cluster, i, &[]))
+        .map(|i| Agent::builder(&cluster).start(i))
         .collect();
     for a in &mut agents {
         let took = a.wait_ready(60);

@@ -43,13 +43,13 @@ fn a_node_behind_nat_meshes_by_keepalive_and_roaming() {
     steps.step("LAN up with node 3 behind a masquerading router; cluster deployed");
 
     let mut agents: Vec<Agent<'_>> = (1..BEHIND)
-        .map(|i| Agent::start(&cluster, i, &[]))
+        .map(|i| Agent::builder(&cluster).start(i))
         .collect();
-    let behind = AgentConfig {
+    let behind = |i| AgentConfig {
         endpoint: None,
-        ..AgentConfig::lan(BEHIND)
+        ..AgentConfig::lan(i)
     };
-    agents.push(Agent::start_with(&cluster, BEHIND, behind, &[]));
+    agents.push(Agent::builder(&cluster).config(behind).start(BEHIND));
     for a in &mut agents {
         a.wait_ready(60);
     }

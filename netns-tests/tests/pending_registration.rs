@@ -60,11 +60,11 @@ fn a_pending_registration_holds_up_neither_following_nor_shutdown() {
     let steps = Steps::new("pending_registration");
     let lan = Lan::new(3);
     let cluster = Cluster::deploy(&lan);
-    let (_agents, keys) = start_mesh(&cluster, 1..=2);
+    let (_agents, keys) = Agent::builder(&cluster).mesh(1..=2);
     steps.step("nodes 1 and 2 meshed; seat 3 minted, node 3 not started");
 
     lan.anvil_rpc("evm_setAutomine", &["false"]);
-    let mut node3 = Agent::start(&cluster, 3, &[]);
+    let mut node3 = Agent::builder(&cluster).start(3);
     wait_for_pending_registration(&lan, &node3);
     wait_until(
         "node 3 to follow the chain to seats 1 and 2 and put them on its interface",

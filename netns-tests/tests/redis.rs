@@ -122,7 +122,9 @@ fn the_replica_set_follows_the_leader_across_a_failover() {
     let steps = Steps::new("redis");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", LEADER_TIMEOUT]);
+    let (agents, _) = Agent::builder(&cluster)
+        .flags(["--leader-timeout", LEADER_TIMEOUT])
+        .mesh(1..=NODES);
     steps.step("mesh up");
 
     let data = tempfile::tempdir().expect("temp dir");
@@ -290,7 +292,9 @@ fn two_redis_masters_never_run_at_once_when_the_leader_loses_its_rpc() {
     let steps = Steps::new("redis/rpc-cut");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let (agents, _) = start_mesh_with(&cluster, 1..=NODES, &["--leader-timeout", LEADER_TIMEOUT]);
+    let (agents, _) = Agent::builder(&cluster)
+        .flags(["--leader-timeout", LEADER_TIMEOUT])
+        .mesh(1..=NODES);
     let data = tempfile::tempdir().expect("temp dir");
     let (_servers, mut followers) = redis_on_every_node(&lan, &agents, data.path());
     steps.step("mesh up; seat 1's Redis is the primary, the others its replicas");

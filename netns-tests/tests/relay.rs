@@ -36,13 +36,10 @@ fn start<'a>(
 ) -> Vec<Agent<'a>> {
     (1..=NODES)
         .map(|i| {
-            let mut flags = gateway.agent_flags();
-            flags.extend(["--wg-backend".to_owned(), backends[i - 1].to_owned()]);
-            Agent::start(
-                cluster,
-                i,
-                &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
+            Agent::builder(cluster)
+                .flags(gateway.agent_flags())
+                .flags(["--wg-backend", backends[i - 1]])
+                .start(i)
         })
         .collect()
 }

@@ -45,7 +45,7 @@ fn a_restarted_agent_keeps_its_key_and_sends_no_transaction() {
     let steps = Steps::new("restart");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let (mut agents, keys) = start_mesh(&cluster, 1..=NODES);
+    let (mut agents, keys) = Agent::builder(&cluster).mesh(1..=NODES);
     steps.step("3-node mesh healthy");
 
     // The first start registered once: that is the transaction a restart must not repeat.

@@ -46,7 +46,7 @@ fn a_revoked_seat_is_removed_everywhere_and_cut_off() {
         "LAN up, cluster {} deployed, 3 seats minted",
         cluster.contract
     ));
-    let (mut agents, keys) = start_mesh(&cluster, 1..=NODES);
+    let (mut agents, keys) = Agent::builder(&cluster).mesh(1..=NODES);
     for (from, to) in [(3, 1), (3, 2), (1, 2), (2, 1)] {
         assert_eq!(
             replies(&agents, from, to),

@@ -40,7 +40,7 @@ fn peers_follow_a_key_rotation_and_an_endpoint_move_without_loss_elsewhere() {
     let steps = Steps::new("rotate_and_move");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
-    let (mut agents, mut keys) = start_mesh(&cluster, 1..=NODES);
+    let (mut agents, mut keys) = Agent::builder(&cluster).mesh(1..=NODES);
     steps.step("4-node mesh healthy");
 
     let bg = BackgroundPing::start(lan.node(1), overlay_ip(2), PINGS, INTERVAL);

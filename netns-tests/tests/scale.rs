@@ -44,7 +44,10 @@ fn fifty_nodes_apply_a_join_and_a_revocation_within_3_s_over_websocket() {
         "LAN of {NODES} (static neighbours), cluster {contract}, {NODES} seats minted"
     ));
 
-    let mut agents = start_agents_as(&cluster, 1..NODES, AgentConfig::lan_ws, 120);
+    let over_ws = Agent::builder(&cluster)
+        .config(AgentConfig::lan_ws)
+        .ready_within(120);
+    let mut agents = over_ws.start_all(1..NODES);
     steps.step(&format!(
         "{} agents ready, following {}",
         NODES - 1,
@@ -67,7 +70,7 @@ fn fifty_nodes_apply_a_join_and_a_revocation_within_3_s_over_websocket() {
         &others,
         BOUND,
         &[("lists it", &listed), ("handshaken", &handshaken)],
-        || Agent::start_with(&cluster, NODES, AgentConfig::lan_ws(NODES), &[]),
+        || over_ws.start(NODES),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", tails(&agents)));
     let block = on_chain.join().expect("chain watch");

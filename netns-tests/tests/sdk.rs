@@ -46,7 +46,7 @@ fn the_sdk_registers_lists_and_follows_a_real_agent() {
     let steps = Steps::new("sdk");
     let lan = Lan::new(3);
     let cluster = Cluster::deploy_seats(&lan, 2);
-    let (mut agents, _) = start_mesh(&cluster, 1..=2);
+    let (mut agents, _) = Agent::builder(&cluster).mesh(1..=2);
     steps.step("two nodes up; node 3 has an instance and no seat");
 
     let (ok, out, text) = run_script(
@@ -100,7 +100,7 @@ fn the_sdk_registers_lists_and_follows_a_real_agent() {
     );
     steps.step("monitor_peers delivered the current list");
 
-    let mut third = Agent::start(&cluster, 3, &[]);
+    let mut third = Agent::builder(&cluster).start(3);
     let (ok, out, text) = run_script(
         lan.node(3),
         &live("register_and_list.py"),

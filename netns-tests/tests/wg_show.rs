@@ -61,7 +61,7 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
         "LAN up, cluster {} deployed, 3 seats minted",
         cluster.contract
     ));
-    let (agents, keys) = start_mesh(&cluster, 1..=NODES);
+    let (agents, keys) = Agent::builder(&cluster).mesh(1..=NODES);
     for from in 1..=NODES {
         for to in (1..=NODES).filter(|&to| to != from) {
             let got = ping(

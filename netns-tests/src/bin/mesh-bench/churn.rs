@@ -29,6 +29,7 @@ pub(crate) fn loss<'a>(
     let pair: Vec<&Agent<'_>> = steady.iter().filter(|a| a.index <= 2).collect();
     let tokens: Vec<u64> = (first..first + count).map(|i| i as u64).collect();
     let adopted = |p: &[Peer]| tokens.iter().all(|&t| healthy(p, t));
+    let joining = Agent::builder(cluster).config(|i| follow.config(i));
     let (joiners, _) = watch_change(
         &pair,
         BOUND,
@@ -37,7 +38,7 @@ pub(crate) fn loss<'a>(
             (first..first + count)
                 .map(|i| {
                     cluster.mint(i);
-                    Agent::start_with(cluster, i, follow.config(i), &[])
+                    joining.start(i)
                 })
                 .collect::<Vec<_>>()
         },

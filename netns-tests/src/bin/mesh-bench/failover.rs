@@ -22,7 +22,9 @@ pub(crate) fn failover(timeout: u64) -> Failover {
     let lan = Lan::new(3);
     let cluster = Cluster::deploy(&lan);
     let flag = timeout.to_string();
-    let (agents, _) = start_mesh_with(&cluster, 1..=3, &["--leader-timeout", &flag]);
+    let (agents, _) = Agent::builder(&cluster)
+        .flags(["--leader-timeout", &flag])
+        .mesh(1..=3);
     let leads = |a: &Agent<'_>, seat: u64| a.leader().ok().and_then(|l| l.token_id) == Some(seat);
     wait_until(
         "every agent to report seat 1 as leader",

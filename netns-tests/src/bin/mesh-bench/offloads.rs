@@ -22,7 +22,7 @@ pub(crate) fn offloads(args: &Args) -> Named<ByStreams> {
         let cluster = Cluster::deploy_seats(&lan, 2);
         let mut all = vec!["--wg-backend", "userspace"];
         all.extend(flags);
-        let (agents, _keys) = start_mesh_with(&cluster, 1..=2, &all);
+        let (agents, _keys) = Agent::builder(&cluster).flags(all).mesh(1..=2);
         let mut tunnel = tunnels(&lan, &agents, &[]).remove(0);
         tunnel.name = name;
         let runs = ByStreams {

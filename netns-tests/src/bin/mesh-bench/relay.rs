@@ -14,10 +14,10 @@ pub(crate) fn relay(args: &Args) -> Relay {
     let cluster = Cluster::deploy_seats(&lan, 2);
     let gateway = Gateway::for_cluster(&cluster, WG_PORT);
     let _block = UdpBlock::on(&lan);
-    let mut flags = gateway.agent_flags();
-    flags.extend(["--wg-backend".to_owned(), "userspace".to_owned()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let agents: Vec<Agent<'_>> = (1..=2).map(|i| Agent::start(&cluster, i, &flags)).collect();
+    let relayed = Agent::builder(&cluster)
+        .flags(gateway.agent_flags())
+        .flags(["--wg-backend", "userspace"]);
+    let agents: Vec<Agent<'_>> = (1..=2).map(|i| relayed.start(i)).collect();
     wait_until(
         "both agents to reach each other over the relay",
         Duration::from_secs(90),

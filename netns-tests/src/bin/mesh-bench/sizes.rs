@@ -46,7 +46,10 @@ fn measure(n: usize, churn: usize, follow: Follow) -> anyhow::Result<Size> {
     let cluster = Cluster::deploy_seats(&lan, n);
     let contract = Address::from_str(&cluster.contract)?;
     let ready = Instant::now();
-    let mut agents = start_agents_as(&cluster, 1..n, |i| follow.config(i), 300);
+    let following = Agent::builder(&cluster)
+        .config(|i| follow.config(i))
+        .ready_within(300);
+    let mut agents = following.start_all(1..n);
     let started = ready.elapsed();
     let t0 = Instant::now();
     let all: Vec<&Agent<'_>> = agents.iter().collect();
@@ -67,7 +70,7 @@ fn measure(n: usize, churn: usize, follow: Follow) -> anyhow::Result<Size> {
         &all,
         BOUND,
         &[("lists it", &listed), ("handshaken", &handshaken)],
-        || Agent::start_with(&cluster, n, follow.config(n), &[]),
+        || following.start(n),
     )
     .map_err(|e| anyhow::anyhow!("node {n}'s join was not applied: {e}"))?;
     let block = watch.join().expect("chain watch");

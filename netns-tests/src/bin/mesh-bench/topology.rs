@@ -23,7 +23,9 @@ pub(crate) fn measure(
     let cluster = Cluster::deploy_seats(&lan, 2);
     // The agent's own data path, whatever the kernel offers (`auto` would take a kernel module): it is
     // what is compared, and its CPU is then the agent process's.
-    let (agents, _keys) = start_mesh_with(&cluster, 1..=2, &["--wg-backend", "userspace"]);
+    let (agents, _keys) = Agent::builder(&cluster)
+        .flags(["--wg-backend", "userspace"])
+        .mesh(1..=2);
     let pairs: Vec<(&str, WireguardGo, WireguardGo)> = references
         .iter()
         .enumerate()

@@ -64,7 +64,8 @@ pub(crate) fn join(n: usize, follow: Follow) -> anyhow::Result<Trace> {
         json_log: true,
         ..follow.config(i)
     };
-    let agents = start_agents_as(&cluster, 1..n, config, 300);
+    let traced = Agent::builder(&cluster).config(config).ready_within(300);
+    let agents = traced.start_all(1..n);
     let all: Vec<&Agent<'_>> = agents.iter().collect();
     full_mesh(&all, BOUND)
         .map_err(|e| anyhow::anyhow!("the mesh of {} did not form: {e}", n - 1))?;
@@ -73,7 +74,7 @@ pub(crate) fn join(n: usize, follow: Follow) -> anyhow::Result<Trace> {
     let handshaken = |p: &[Peer]| healthy(p, token);
     let watch = chain_watch(&lan, contract, token, true, BOUND);
     let (newcomer, times) = watch_change(&all, BOUND, &[("handshaken", &handshaken)], || {
-        Agent::start_with(&cluster, n, config(n), &[])
+        traced.start(n)
     })
     .map_err(|e| anyhow::anyhow!("node {n}'s join was not applied: {e}"))?;
     let block = watch.join().expect("chain watch");
