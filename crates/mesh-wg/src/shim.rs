@@ -14,6 +14,8 @@ use std::time::Instant;
 use mesh_relay::{Dialer, Inbound, Link, RelayTarget};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::path::{Observed, Step, TrialState};
 use crate::redial::Redial;
@@ -49,6 +51,8 @@ pub(crate) struct Shim {
     inbound: mpsc::Sender<Inbound>,
     bridges: Mutex<HashMap<u64, Bridge>>,
     pub(crate) peers: Mutex<HashMap<Key, ShimPeer>>,
+    /// Dials under way; they stop with the shim.
+    dials: Mutex<JoinSet<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -66,6 +70,7 @@ impl Shim {
             inbound,
             bridges: Mutex::default(),
             peers: Mutex::default(),
+            dials: Mutex::default(),
         });
         let me = Arc::clone(&shim);
         let task = Task::spawn("relay-bridges", tracing::info_span!("shim"), async move {
@@ -221,37 +226,45 @@ impl Shim {
         }
     }
 
+    /// Dials `target` for `key` in the background. The dial holds the shim weakly: the shim owns it, and
+    /// a shim that is dropped meanwhile aborts it rather than being kept alive by it.
     fn dial(self: &Arc<Self>, key: Key, target: RelayTarget) {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let result = me.dialer.dial(&target, me.inbound.clone()).await;
-            let link = match result {
-                Ok(link) => match me.bridge(&link).await {
-                    Ok(_) => Some(link),
+        let (me, dialer, inbound) = (Arc::downgrade(self), self.dialer.clone(), self.inbound());
+        let mut dials = lock(&self.dials);
+        while dials.try_join_next().is_some() {}
+        dials.spawn(
+            async move {
+                let result = dialer.dial(&target, inbound).await;
+                let Some(me) = me.upgrade() else { return };
+                let link = match result {
+                    Ok(link) => match me.bridge(&link).await {
+                        Ok(_) => Some(link),
+                        Err(e) => {
+                            tracing::warn!(peer = ?key, error = %e, "cannot open a relay bridge");
+                            None
+                        }
+                    },
                     Err(e) => {
-                        tracing::warn!(peer = ?key, error = %e, "cannot open a relay bridge");
+                        tracing::warn!(peer = ?key, relay = %target, error = %e, "could not reach the peer's relay");
                         None
                     }
-                },
-                Err(e) => {
-                    tracing::warn!(peer = ?key, relay = %target, error = %e, "could not reach the peer's relay");
-                    None
-                }
-            };
-            let mut peers = lock(&me.peers);
-            let Some(p) = peers.get_mut(&key) else { return };
-            match link {
-                Some(link) if p.relay == target => {
-                    tracing::info!(peer = ?key, relay = %target, link = link.id(), "relay stream up");
-                    p.dialled = Some(link.id());
-                    p.dial.finished(true, Instant::now());
-                }
-                Some(_) => p.dial.abandoned(),
-                None => {
-                    p.dial.finished(false, Instant::now());
+                };
+                let mut peers = lock(&me.peers);
+                let Some(p) = peers.get_mut(&key) else { return };
+                match link {
+                    Some(link) if p.relay == target => {
+                        tracing::info!(peer = ?key, relay = %target, link = link.id(), "relay stream up");
+                        p.dialled = Some(link.id());
+                        p.dial.finished(true, Instant::now());
+                    }
+                    Some(_) => p.dial.abandoned(),
+                    None => {
+                        p.dial.finished(false, Instant::now());
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     /// Closes bridges whose stream has ended.

@@ -1,21 +1,17 @@
-//! Owned background tasks: every spawned future has a named handle that aborts it on drop.
+//! The device's loops as owned tasks ([`owned_task::Task`]) that log how they ended under their name.
 
 use std::future::Future;
 
-use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::Error;
 
-/// A spawned task that is aborted when the handle is dropped.
+/// A loop of the device, aborted when the handle is dropped.
 ///
-/// INVARIANT: no task of this module is spawned without one of these, so dropping the owner
-/// (the `Device`) stops every loop it started.
+/// INVARIANT: every task of this crate has an owner (this, an [`owned_task::Task`] or a `JoinSet`), so
+/// dropping the `Device` stops every loop it started, and every dial and bridge they started.
 #[derive(Debug)]
-pub(crate) struct Task {
-    name: &'static str,
-    handle: Option<JoinHandle<()>>,
-}
+pub(crate) struct Task(owned_task::Task<()>);
 
 impl Task {
     /// Spawns `fut` on the current tokio runtime; an `Err` it returns is logged with the task name.
@@ -23,7 +19,8 @@ impl Task {
     where
         F: Future<Output = Result<(), Error>> + Send + 'static,
     {
-        let handle = tokio::spawn(
+        Self(owned_task::Task::spawn(
+            name,
             async move {
                 match fut.await {
                     Ok(()) => tracing::debug!(task = name, "task finished"),
@@ -31,30 +28,16 @@ impl Task {
                 }
             }
             .instrument(span),
-        );
-        Self {
-            name,
-            handle: Some(handle),
-        }
+        ))
     }
 
     /// Aborts the task and waits until its future has been dropped (so it released what it held).
-    pub(crate) async fn stop(mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.abort();
-            if let Err(err) = handle.await
-                && err.is_panic()
-            {
-                tracing::error!(task = self.name, "task panicked");
-            }
-        }
-    }
-}
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.abort();
+    pub(crate) async fn stop(self) {
+        let name = self.0.name();
+        if let Err(err) = self.0.stop().await
+            && err.is_panic()
+        {
+            tracing::error!(task = name, "task panicked");
         }
     }
 }

@@ -151,9 +151,9 @@ mod tests {
         }
     }
 
-    async fn serve_fixed(path: &Path) -> tokio::task::JoinHandle<Result<(), Error>> {
+    async fn serve_fixed(path: &Path) -> owned_task::Task<Result<(), Error>> {
         let socket = claim(path, "wg0").await.unwrap();
-        tokio::spawn(serve(socket, Arc::new(Fixed)))
+        owned_task::Task::spawn("uapi", serve(socket, Arc::new(Fixed)))
     }
 
     /// A request line over the limit is refused as soon as it passes the limit, not once it has all been
@@ -162,7 +162,7 @@ mod tests {
     async fn an_overlong_line_is_refused_before_it_is_read_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wg0.sock");
-        let server = serve_fixed(&path).await;
+        let _server = serve_fixed(&path).await;
         let mut client = UnixStream::connect(&path).await.unwrap();
         let (mut read, mut write) = client.split();
         let flood = async {
@@ -194,7 +194,6 @@ mod tests {
         let mut reply = String::new();
         again.read_to_string(&mut reply).await.unwrap_or_default();
         assert!(reply.starts_with("listen_port=51820"), "{reply:?}");
-        server.abort();
     }
 
     /// The socket is created owner-only, and never chmodded afterwards: inotify sees its creation and no

@@ -128,7 +128,7 @@ impl Device {
         let (relay, relay_rx) = match config.relay_dialer {
             Some(dialer) => {
                 let (inbound, rx) = mpsc::channel(RELAY_INBOUND);
-                (Some(RelayDialing { dialer, inbound }), Some(rx))
+                (Some(RelayDialing::new(dialer, inbound)), Some(rx))
             }
             None => (None, None),
         };
