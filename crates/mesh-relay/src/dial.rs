@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 
 use crate::Metrics;
 use crate::link::{Direction, Inbound, Link, pump};
-use crate::server::log_end;
+use crate::server::OpenStream;
 use crate::target::RelayTarget;
 use crate::upgrade::{self, UpgradeError};
 
@@ -145,16 +145,17 @@ impl Dialer {
         let (link, queue) = Link::new(Direction::Dialled);
         let (idle, metrics) = (self.idle, Arc::clone(&self.metrics));
         metrics.dialled.fetch_add(1, Ordering::Relaxed);
-        metrics.open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenStream::new(Arc::clone(&metrics));
         let span = tracing::debug_span!("relay_stream", to = %target, link = link.id());
-        tokio::spawn(
+        let pumping = owned_task::Task::spawn(
+            "relay-stream",
             async move {
-                let end = pump(stream, queue, None, inbound, idle, Arc::clone(&metrics)).await;
-                metrics.open.fetch_sub(1, Ordering::Relaxed);
-                log_end(&end);
+                open.ended(pump(stream, queue, None, inbound, idle, metrics).await);
             }
             .instrument(span),
         );
+        // A dialled stream is there for whoever holds its link: it stops when the last one goes.
+        link.own(pumping);
         Ok(link)
     }
 

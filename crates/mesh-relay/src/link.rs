@@ -3,7 +3,7 @@
 //! in idle time.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +31,7 @@ pub enum Direction {
 
 /// The sending end of one relay stream. Cheap to clone; the stream closes when its last clone is dropped
 /// (so a stream whose datagrams nobody keeps a link for, such as one from a stranger, closes at once) or
-/// when the stream fails.
+/// when the stream fails. A dialled stream's pump is owned by its link, and aborted with the last clone.
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<LinkInner>,
@@ -42,6 +42,8 @@ struct LinkInner {
     direction: Direction,
     tx: mpsc::Sender<Bytes>,
     state: Arc<QueueState>,
+    /// The pump of a dialled stream, which has nobody else to own it.
+    pump: OnceLock<owned_task::Task<()>>,
 }
 
 /// What the sending and the receiving ends share; the receiver must not hold the sender, or the queue
@@ -81,6 +83,7 @@ impl Link {
                 direction,
                 tx,
                 state: Arc::clone(&state),
+                pump: OnceLock::new(),
             }),
         };
         let receiver = LinkReceiver {
@@ -89,6 +92,12 @@ impl Link {
             link: Arc::downgrade(&link.inner),
         };
         (link, receiver)
+    }
+
+    /// Keeps `pump` until the last clone of this link is dropped. The pump holds the link only weakly, so
+    /// this makes no cycle.
+    pub(crate) fn own(&self, pump: owned_task::Task<()>) {
+        let _ = self.inner.pump.set(pump);
     }
 
     /// Unique within the process.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -46,6 +47,8 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_streams));
+    // Every stream's task; returning drops the set, which ends them all.
+    let mut streams = JoinSet::new();
     loop {
         let (stream, from) = tokio::select! {
             () = cancel.cancelled() => return,
@@ -59,10 +62,11 @@ pub async fn serve(
                 }
             },
         };
+        while streams.try_join_next().is_some() {}
         let slot = Arc::clone(&slots).try_acquire_owned().ok();
-        let (inbound, metrics, cancel) = (inbound.clone(), Arc::clone(&metrics), cancel.clone());
+        let (inbound, metrics) = (inbound.clone(), Arc::clone(&metrics));
         let span = tracing::debug_span!("relay_stream", %from);
-        tokio::spawn(
+        streams.spawn(
             async move {
                 let Some(_slot) = slot else {
                     metrics.refused.fetch_add(1, Ordering::Relaxed);
@@ -73,10 +77,7 @@ pub async fn serve(
                     refuse(stream, 503, "too many relay streams").await;
                     return;
                 };
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    () = accept(stream, inbound, limits, metrics) => {}
-                }
+                accept(stream, inbound, limits, metrics).await;
             }
             .instrument(span),
         );
@@ -127,23 +128,39 @@ async fn accept(
     }
     let (link, queue) = Link::new(Direction::Accepted);
     metrics.accepted.fetch_add(1, Ordering::Relaxed);
-    metrics.open.fetch_add(1, Ordering::Relaxed);
+    let open = OpenStream::new(Arc::clone(&metrics));
     tracing::debug!(link = link.id(), "relay stream accepted");
-    let end = pump(
-        stream,
-        queue,
-        Some(link),
-        inbound,
-        limits.idle,
-        Arc::clone(&metrics),
-    )
-    .await;
-    metrics.open.fetch_sub(1, Ordering::Relaxed);
-    log_end(&end);
+    open.ended(pump(stream, queue, Some(link), inbound, limits.idle, metrics).await);
+}
+
+/// A stream counted as open until its pump ends, or is dropped with the task that owns it (the endpoint
+/// stopping, or a dialled stream's last link going); logs why it ended.
+pub(crate) struct OpenStream {
+    metrics: Arc<Metrics>,
+    end: Option<StreamEnd>,
+}
+
+impl OpenStream {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.open.fetch_add(1, Ordering::Relaxed);
+        Self { metrics, end: None }
+    }
+
+    /// The pump returned `end`.
+    pub(crate) fn ended(mut self, end: StreamEnd) {
+        self.end = Some(end);
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+        log_end(self.end.as_ref().unwrap_or(&StreamEnd::Dropped));
+    }
 }
 
 /// A malformed frame is the other side's fault and worth a warning; the rest is the ordinary end of a stream.
-pub(crate) fn log_end(end: &StreamEnd) {
+fn log_end(end: &StreamEnd) {
     match end {
         StreamEnd::Malformed(_) => tracing::warn!(reason = %end, "closed a relay stream"),
         _ => tracing::debug!(reason = %end, "relay stream ended"),

@@ -5,22 +5,18 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mesh_relay::{Inbound, Limits, Metrics, frame, serve, upgrade};
+use owned_task::Task;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The endpoint under test; it stops when this is dropped.
 struct Endpoint {
     addr: std::net::SocketAddr,
     inbound: mpsc::Receiver<Inbound>,
     metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
+    _serving: Task<()>,
 }
 
 async fn endpoint(limits: Limits) -> Endpoint {
@@ -28,19 +24,21 @@ async fn endpoint(limits: Limits) -> Endpoint {
     let addr = listener.local_addr().unwrap();
     let (tx, inbound) = mpsc::channel(16);
     let metrics = Arc::new(Metrics::default());
-    let cancel = CancellationToken::new();
-    tokio::spawn(serve(
-        listener,
-        tx,
-        limits,
-        Arc::clone(&metrics),
-        cancel.clone(),
-    ));
+    let serving = Task::spawn(
+        "relay-endpoint",
+        serve(
+            listener,
+            tx,
+            limits,
+            Arc::clone(&metrics),
+            CancellationToken::new(),
+        ),
+    );
     Endpoint {
         addr,
         inbound,
         metrics,
-        cancel,
+        _serving: serving,
     }
 }
 
