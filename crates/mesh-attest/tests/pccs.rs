@@ -15,9 +15,9 @@ use mesh_attest::collateral::{
     CollateralSource, Pccs, PinnedCollateral, RETRY_AFTER_FAILURE, quote_platform,
 };
 use mesh_attest::{CollateralError, QuoteCollateralV3, Trust, verify_quote};
+use owned_task::Task;
 use tdx_mock::{CollateralOptions, MockPki, TdInput};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const SEED: [u8; 32] = [0x7c; 32];
 const NOW: u64 = 1_760_000_000;
@@ -96,11 +96,11 @@ fn answer(state: &Mutex<FakePccs>, path_and_query: &str) -> Response<Full<Bytes>
     builder.body(Full::new(Bytes::from(body))).unwrap()
 }
 
-/// A PCCS on a loopback port; aborting the handle takes it down (the port then refuses).
-async fn serve(state: Arc<Mutex<FakePccs>>) -> (SocketAddr, JoinHandle<()>) {
+/// A PCCS on a loopback port; stopping the task takes it down (the port then refuses).
+async fn serve(state: Arc<Mutex<FakePccs>>) -> (SocketAddr, Task<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
+    let task = Task::spawn("fake-pccs", async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -205,8 +205,7 @@ async fn scenario() {
     );
 
     // Then it is down altogether...
-    server.abort();
-    let _ = server.await;
+    let _ = server.stop().await;
 
     // ...and then the error names the FMSPC and when it expired.
     let after = source.for_quote(&quote, NOW + 31 * DAY).await;
@@ -257,8 +256,7 @@ async fn scenario() {
     let rolled = back.for_platform(platform, NOW + 45 * DAY).await.unwrap();
     assert_eq!(*rolled, second);
 
-    server.abort();
-    let _ = server.await;
+    let _ = server.stop().await;
 }
 
 #[tokio::test]

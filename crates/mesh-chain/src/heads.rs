@@ -14,9 +14,9 @@ use alloy::{
     rpc::types::Header,
     transports::{TransportErrorKind, http::reqwest::Url},
 };
+use owned_task::Task;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument as _, info, warn};
+use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::error::ChainError;
@@ -223,7 +223,7 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A subscription being made, in its own task: the caller's work between calls to [`Wakeups::next`] (a long
 /// read, an attestation pass) neither stalls it nor counts against its time limit.
-type Subscribing = AbortOnDropHandle<Result<Heads, ChainError>>;
+type Subscribing = Task<Result<Heads, ChainError>>;
 
 /// The follower's wake-ups: heads from a subscription at `url` while there is one, else the timer.
 pub struct Wakeups {
@@ -329,9 +329,7 @@ impl Wakeups {
                 }),
             }
         };
-        self.subscribing = Some(AbortOnDropHandle::new(tokio::spawn(
-            making.in_current_span(),
-        )));
+        self.subscribing = Some(Task::spawn("subscribe-new-heads", making));
     }
 
     fn made(&mut self, made: Result<Heads, ChainError>) {
@@ -387,13 +385,15 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio_tungstenite::tungstenite::Message;
 
-    /// A WebSocket JSON-RPC endpoint that grants every `eth_subscribe` and announces nothing.
-    async fn granting_subscriptions() -> Url {
+    /// A WebSocket JSON-RPC endpoint that grants every `eth_subscribe` and announces nothing; it serves
+    /// until the task is dropped.
+    async fn granting_subscriptions() -> (Url, Task<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
+        let serving = Task::spawn("granting-subscriptions", async move {
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
                         return;
                     };
@@ -407,7 +407,7 @@ mod tests {
                 });
             }
         });
-        url.parse().unwrap()
+        (url.parse().unwrap(), serving)
     }
 
     /// The follower reads and checks between wake-ups, for seconds at a time when many seats come in at
@@ -415,10 +415,8 @@ mod tests {
     /// the follower spent elsewhere.
     #[tokio::test]
     async fn a_subscription_is_made_while_the_follower_is_busy_elsewhere() {
-        let mut wakeups = Wakeups::new(
-            Duration::from_secs(60),
-            Some(granting_subscriptions().await),
-        );
+        let (url, _endpoint) = granting_subscriptions().await;
+        let mut wakeups = Wakeups::new(Duration::from_secs(60), Some(url));
         wakeups.subscribe_timeout = Duration::from_millis(300);
         let _ = tokio::time::timeout(Duration::from_millis(20), wakeups.next()).await;
         // Busy elsewhere, for longer than a subscription may take to be made.

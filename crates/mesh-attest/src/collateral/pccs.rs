@@ -436,7 +436,7 @@ async fn http_get(url: &Url, tls: Option<&TlsConnector>) -> Result<Response, Str
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP handshake: {e}"))?;
-    let driver = tokio::spawn(connection);
+    let driver = owned_task::Task::spawn("pccs-connection", connection);
     let mut path = url.path().to_owned();
     if let Some(query) = url.query() {
         path.push('?');
@@ -475,8 +475,7 @@ async fn http_get(url: &Url, tls: Option<&TlsConnector>) -> Result<Response, Str
         })
     }
     .await;
-    drop(sender);
-    driver.abort();
+    drop((sender, driver));
     result
 }
 
