@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use owned_task::Task;
 
 use crate::events::Event;
 use crate::signal::HealthSignal;
@@ -275,14 +276,15 @@ impl Client {
     /// As [`get`], for the request.
     pub async fn events(&self) -> Result<EventStream, ClientError> {
         let what = "GET /v1/events".to_owned();
-        let body = tokio::time::timeout(Duration::from_secs(10), open(&self.api, "/v1/events"))
+        let answer = tokio::time::timeout(Duration::from_secs(10), open(&self.api, "/v1/events"))
             .await
             .map_err(|_| ClientError::Timeout {
                 api: self.api.clone(),
                 what: what.clone(),
             })??;
         Ok(EventStream {
-            body,
+            body: answer.body,
+            _connection: answer.connection,
             parser: crate::events::EventParser::default(),
             ready: std::collections::VecDeque::new(),
             what,
@@ -355,6 +357,8 @@ fn addresses(peers: &[Peer]) -> Vec<String> {
 /// `/v1/events` as it arrives.
 pub struct EventStream {
     body: hyper::body::Incoming,
+    /// Drives the connection the body arrives on; dropping the stream closes it.
+    _connection: Task<()>,
     parser: crate::events::EventParser,
     ready: std::collections::VecDeque<Result<Event, crate::events::BadEvent>>,
     what: String,
@@ -458,8 +462,28 @@ async fn connect(api: &ApiAddr) -> Result<Stream, ClientError> {
     }
 }
 
+/// A successful answer's body, unread, and the task that drives its connection: the body arrives for as
+/// long as both are kept.
+struct Answer {
+    body: hyper::body::Incoming,
+    connection: Task<()>,
+}
+
+impl Answer {
+    /// The whole body, read on the connection kept until then.
+    async fn whole(self) -> Result<Bytes, hyper::Error> {
+        let Self { body, connection } = self;
+        let whole = body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes);
+        drop(connection);
+        whole
+    }
+}
+
 /// Sends `GET path` and returns the body of a successful answer, unread.
-async fn open(api: &ApiAddr, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+async fn open(api: &ApiAddr, path: &str) -> Result<Answer, ClientError> {
     send(api, Method::Get, path, Bytes::new()).await
 }
 
@@ -485,7 +509,7 @@ async fn send(
     method: Method,
     path: &str,
     body: Bytes,
-) -> Result<hyper::body::Incoming, ClientError> {
+) -> Result<Answer, ClientError> {
     let builder = match method {
         Method::Get => Request::get(path),
         Method::Post => Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json"),
@@ -500,7 +524,7 @@ async fn send(
         Stream::Tcp(s) => handshake(s).await,
     }
     .map_err(|e| malformed(e.to_string()))?;
-    tokio::spawn(conn);
+    let connection = Task::spawn("api-connection", conn);
     let req = builder
         .header(hyper::header::HOST, "p2p-agent")
         .body(Full::new(body))
@@ -511,7 +535,10 @@ async fn send(
         .map_err(|e| malformed(e.to_string()))?;
     let status = resp.status();
     if status.is_success() {
-        return Ok(resp.into_body());
+        return Ok(Answer {
+            body: resp.into_body(),
+            connection,
+        });
     }
     let body = resp
         .into_body()
@@ -545,9 +572,8 @@ async fn exchange(
     let whole = async {
         send(api, method, path, body)
             .await?
-            .collect()
+            .whole()
             .await
-            .map(http_body_util::Collected::to_bytes)
             .map_err(|e| ClientError::Malformed {
                 what: what.clone(),
                 detail: e.to_string(),
