@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tx_key = config::tx_signer(cli.run.tx_key_file.as_deref())?;
             let cancel = CancellationToken::new();
             let on_signal = cancel.clone();
-            tokio::spawn(async move {
+            let _signals = owned_task::Task::spawn("signals", async move {
                 wait_for_signal().await;
                 on_signal.cancel();
             });

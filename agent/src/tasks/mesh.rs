@@ -15,9 +15,10 @@ use mesh_api::RelayCounters;
 use mesh_chain::membership::{InvalidRecord, Own};
 use mesh_chain::view::ChainView;
 use mesh_wg::{BackendChoice, DeviceConfig, Key, MeshDevice, PeerTable, PrivateKey};
+use owned_task::Task;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, info, warn};
+use tracing::{info, warn};
 
 use crate::desired;
 use crate::state::{ChainState, DeviceInfo, MeshState, SeatState};
@@ -61,8 +62,8 @@ pub struct Relay {
     pub dialer: mesh_relay::Dialer,
     pub metrics: Arc<mesh_relay::Metrics>,
     pub limits: mesh_relay::Limits,
-    /// Stops the endpoint when the interface goes.
-    pub serving: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The endpoint while the interface is up; it stops with it.
+    pub serving: Option<Task<()>>,
 }
 
 impl Relay {
@@ -77,26 +78,27 @@ impl Relay {
                 "serving the relay on {addr}/tcp; pass another --relay-port (the same on every node) or --no-relay"
             )
         })?;
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(
+        let task = Task::spawn(
+            "relay-endpoint",
             mesh_relay::serve(
                 listener,
                 inbound,
                 self.limits,
                 Arc::clone(&self.metrics),
-                cancel.clone(),
-            )
-            .in_current_span(),
+                // Stopped by dropping the task, which ends its streams too: no token to cancel.
+                CancellationToken::new(),
+            ),
         );
         info!(port = self.port, "relay endpoint up");
-        self.serving = Some((cancel, task));
+        self.serving = Some(task);
         Ok(())
     }
 
+    /// Stops the endpoint and waits until its port and streams are closed, so that the next interface
+    /// can bind the port again.
     async fn stop(&mut self) {
-        if let Some((cancel, task)) = self.serving.take() {
-            cancel.cancel();
-            let _ = task.await;
+        if let Some(task) = self.serving.take() {
+            let _ = task.stop().await;
         }
     }
 }
@@ -492,7 +494,7 @@ mod tests {
         let (chain_tx, chain_rx) = watch::channel(ChainState::default());
         let (out, mut rx) = watch::channel(MeshState::default());
         let cancel = CancellationToken::new();
-        let running = tokio::spawn(task(&memory).run(chain_rx, out, cancel.clone()));
+        let running = Task::spawn("mesh", task(&memory).run(chain_rx, out, cancel.clone()));
 
         // No seat known: peers from the view are offered, but there is no interface to put them on.
         chain_tx.send_replace(chain(&[record(2, 0x22, "")], SeatState::Unknown));
@@ -553,7 +555,7 @@ mod tests {
         ));
         let (out, mut rx) = watch::channel(MeshState::default());
         let cancel = CancellationToken::new();
-        let running = tokio::spawn(task(&memory).run(chain_rx, out, cancel.clone()));
+        let running = Task::spawn("mesh", task(&memory).run(chain_rx, out, cancel.clone()));
         until(&mut rx, |s| s.device.is_some()).await;
         // A newer view that still holds it: worked out again, but the reason is the same.
         chain_tx.send_replace(chain(
@@ -584,7 +586,7 @@ mod tests {
             refresh: Duration::from_secs(3600),
             relay_port: None,
         };
-        let running = tokio::spawn(t.run(chain_rx, out, cancel.clone()));
+        let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
         let s = until(&mut rx, |s| s.members.len() == 1).await;
         assert!(s.device.is_none());
         cancel.cancel();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mesh_api::{CheckSignal, Leader, Peer, Snapshot};
 use mesh_chain::membership::Member;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, warn};
 
@@ -62,7 +63,10 @@ impl Publisher {
         let mut leadership: Option<String> = None;
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Hooks still running; they stop with the publisher.
+        let mut running = JoinSet::new();
         loop {
+            while running.try_join_next().is_some() {}
             let chain = inputs.chain.borrow_and_update().clone();
             let reg = inputs.reg.borrow_and_update().clone();
             let mesh = inputs.mesh.borrow_and_update().clone();
@@ -94,10 +98,10 @@ impl Publisher {
             let wake = snapshot.leader.changes_at(now);
             api.send_replace(snapshot);
             if changed {
-                self.hooks.run(&published, &mesh.members);
+                self.hooks.run(&published, &mesh.members, &mut running);
             }
             if leader_changed {
-                self.hooks.leader_changed(&served);
+                self.hooks.leader_changed(&served, &mut running);
             }
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
@@ -121,11 +125,17 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Runs `cmd` with `input` in the background, bounded by `limit`; a failure is logged as `what`.
-fn spawn_hook(cmd: &str, input: Vec<u8>, limit: Duration, what: &'static str) {
+/// Runs `cmd` with `input` in `running`, bounded by `limit`; a failure is logged as `what`.
+fn spawn_hook(
+    running: &mut JoinSet<()>,
+    cmd: &str,
+    input: Vec<u8>,
+    limit: Duration,
+    what: &'static str,
+) {
     let cmd = cmd.to_owned();
-    // Owned by nobody on purpose: a slow hook must not hold up the snapshot; it is bounded instead.
-    tokio::spawn(
+    // In the background: a slow hook must not hold up the snapshot; it is bounded instead.
+    running.spawn(
         async move {
             if let Err(e) = hooks::run(&cmd, &input, limit).await {
                 warn!(hook = %cmd, error = %e, "the {what} hook failed");
@@ -140,17 +150,17 @@ impl Hooks {
         self.timeout.max(Duration::from_secs(1))
     }
 
-    fn leader_changed(&self, leader: &Leader) {
+    fn leader_changed(&self, leader: &Leader, running: &mut JoinSet<()>) {
         let Some(cmd) = &self.on_leader_change else {
             return;
         };
         match serde_json::to_vec(leader) {
-            Ok(json) => spawn_hook(cmd, json, self.limit(), "on-leader-change"),
+            Ok(json) => spawn_hook(running, cmd, json, self.limit(), "on-leader-change"),
             Err(e) => warn!(error = %e, "cannot encode the leader for the hook"),
         }
     }
 
-    fn run(&self, peers: &[Peer], members: &[Member]) {
+    fn run(&self, peers: &[Peer], members: &[Member], running: &mut JoinSet<()>) {
         if let Some(path) = &self.hosts_file
             && let Err(e) = hooks::write_hosts(path, members, &self.hosts_suffix)
         {
@@ -158,7 +168,7 @@ impl Hooks {
         }
         if let Some(cmd) = &self.on_change {
             match serde_json::to_vec(peers) {
-                Ok(json) => spawn_hook(cmd, json, self.limit(), "on-change"),
+                Ok(json) => spawn_hook(running, cmd, json, self.limit(), "on-change"),
                 Err(e) => warn!(error = %e, "cannot encode the peer list for the hook"),
             }
         }
