@@ -8,6 +8,7 @@ use mesh_api::{
     Path as PeerPath, Peer, RefusedPeer, RelayCounters, Snapshot, Status,
 };
 use mesh_wg::Key;
+use owned_task::Task;
 use tokio::sync::watch;
 use unix_socket::UnixSocket;
 
@@ -157,7 +158,7 @@ pub struct FixtureApi {
     pub socket: PathBuf,
     pub publish: watch::Sender<Snapshot>,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<Task<()>>,
 }
 
 impl FixtureApi {
@@ -170,15 +171,11 @@ impl FixtureApi {
         let socket = dir.path().join("api.sock");
         let bound = UnixSocket::bind(&socket).await.expect("bind API socket");
         let (publish, rx) = watch::channel(snapshot);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(mesh_api::serve(bound, mesh_api::Routes::Api, rx, async {
-            let _ = stopped.await;
-        }));
         Self {
             socket,
             publish,
             _dir: dir,
-            stop: Some(stop),
+            server: Some(serve(bound, rx)),
         }
     }
 
@@ -190,37 +187,26 @@ impl FixtureApi {
     /// same socket again, as the agent does when it comes back.
     ///
     /// # Panics
-    /// When the socket cannot be bound again within 5 s.
+    /// When the socket cannot be bound again.
     pub async fn restart(&mut self, snapshot: Snapshot) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        // Once stopped, the old server has closed its connections (their streams end) and given the
+        // socket up.
+        if let Some(server) = self.server.take() {
+            let _ = server.stop().await;
         }
         let (publish, rx) = watch::channel(snapshot);
-        // Dropping the old sender ends the streams the old server was sending.
         self.publish = publish;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        let bound = loop {
-            match UnixSocket::bind(&self.socket).await {
-                Ok(bound) => break bound,
-                // The old server may still hold the socket for a moment.
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot bind the API socket again: {e}"),
-            }
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(mesh_api::serve(bound, mesh_api::Routes::Api, rx, async {
-            let _ = stopped.await;
-        }));
-        self.stop = Some(stop);
+        let bound = UnixSocket::bind(&self.socket)
+            .await
+            .expect("bind the API socket again");
+        self.server = Some(serve(bound, rx));
     }
 }
 
-impl Drop for FixtureApi {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+/// The whole API on `bound`, until the task is dropped.
+fn serve(bound: UnixSocket, rx: watch::Receiver<Snapshot>) -> Task<()> {
+    Task::spawn(
+        "fixture-api",
+        mesh_api::serve(bound, mesh_api::Routes::Api, rx, std::future::pending()),
+    )
 }

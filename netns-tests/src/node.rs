@@ -12,6 +12,7 @@ use dstack_simulator::{
     server::{UnixSocket, serve},
 };
 use mesh_chain::record::{NodeBinding, PeerRecord, SignedRegistration};
+use owned_task::Task;
 
 /// The test cluster's KMS root private key (a throwaway, never a real key).
 pub const KMS_ROOT_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
@@ -90,15 +91,7 @@ pub struct SimulatedInstance {
     pub app_id: Address,
     pub kms_root: Address,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for SimulatedInstance {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    _server: Task<()>,
 }
 
 impl SimulatedInstance {
@@ -118,12 +111,9 @@ impl SimulatedInstance {
         let unix = UnixSocket::bind(&socket)
             .await
             .expect("bind simulator socket");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            serve(Arc::new(platform), &unix, None, async {
-                let _ = stopped.await;
-            })
-            .await;
+        // Dropping the task stops the server, and with it the socket (removed with its file).
+        let server = Task::spawn("simulator", async move {
+            serve(Arc::new(platform), &unix, None, std::future::pending()).await;
         });
         Self {
             client: DstackClient::new(Endpoint::Unix(socket.clone())),
@@ -132,7 +122,7 @@ impl SimulatedInstance {
             app_id,
             kms_root,
             _dir: dir,
-            stop: Some(stop),
+            _server: server,
         }
     }
 

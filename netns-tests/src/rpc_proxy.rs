@@ -202,6 +202,8 @@ async fn serve(
     let port = listener.local_addr().expect("proxy address").port();
     let _ = bound.send(port);
     let client = reqwest::Client::new();
+    // The connections; returning drops the set, which closes them.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -210,8 +212,9 @@ async fn serve(
             },
             _ = &mut stopped => return,
         };
+        while connections.try_join_next().is_some() {}
         let (client, upstream, rules) = (client.clone(), upstream.clone(), rules.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
                 let (client, upstream, rules) = (client.clone(), upstream.clone(), rules.clone());
                 async move {

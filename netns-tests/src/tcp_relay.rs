@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use owned_task::Task;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 
 #[derive(Default)]
 struct Shared {
     /// Connections are refused (accepted and closed at once) while set.
     cut: AtomicBool,
-    /// The relayed connections, closed by [`TcpRelay::cut`].
-    open: Mutex<Vec<AbortHandle>>,
+    /// The relayed connections, closed by [`TcpRelay::cut`] (which drops them).
+    open: Mutex<Vec<Task<()>>>,
 }
 
 /// The relay; it stops when dropped, closing every connection.
@@ -90,7 +90,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
         {
-            conn.abort();
+            drop(conn);
         }
     }
 }
@@ -101,14 +101,14 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, shared: &Shared) {
             drop(inbound);
             continue;
         }
-        let conn = tokio::spawn(async move {
+        let conn = Task::spawn("relayed-connection", async move {
             if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             }
         });
         let mut open = shared.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.retain(|c| !c.is_finished());
-        open.push(conn.abort_handle());
+        open.push(conn);
     }
 }
 

@@ -171,7 +171,7 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
 
     let (calls_tx, mut calls) = tokio::sync::mpsc::unbounded_channel::<String>();
     let leader_calls = calls_tx.clone();
-    let monitor = tokio::spawn({
+    let _monitor = owned_task::Task::spawn("monitor", {
         let client = client.clone();
         async move {
             client
@@ -204,7 +204,6 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
         after.contains("10.0.1.4"),
         "after the restart, the first callback is the change, not the unchanged list again: {after}"
     );
-    monitor.abort();
 }
 
 /// Metrics are Prometheus text with the peer gauges and the counters.

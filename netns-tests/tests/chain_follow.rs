@@ -713,7 +713,7 @@ async fn a_reorg_announced_by_a_new_head_is_sorted_out_at_once() {
 async fn a_websocket_that_never_answers_holds_no_poll_up() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", silent.local_addr().unwrap());
-    let held = tokio::spawn(async move {
+    let _held = owned_task::Task::spawn("silent-websocket", async move {
         let mut open = Vec::new();
         while let Ok((conn, _)) = silent.accept().await {
             open.push(conn);
@@ -733,5 +733,4 @@ async fn a_websocket_that_never_answers_holds_no_poll_up() {
         started.elapsed()
     );
     assert!(!wakeups.subscribed());
-    held.abort();
 }
