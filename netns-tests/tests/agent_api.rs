@@ -206,6 +206,61 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
     );
 }
 
+/// Event streams are bounded: with `MAX_STREAMS` open, one more of either kind is answered 503 with the
+/// limit and what to do instead, while the other routes still answer; a client that goes away makes room.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_streams_past_the_bound_are_refused_until_one_closes() {
+    let snapshot = example_snapshot(1_000_000);
+    let server = FixtureApi::start(snapshot.clone()).await;
+    let client = Client::new(server.path());
+    let mut open = Vec::new();
+    for _ in 0..mesh_api::MAX_STREAMS {
+        let mut events = client.events().await.expect("a stream within the bound");
+        let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+        assert!(matches!(first, Ok(Some(Ok(Event::Peers(_))))), "{first:?}");
+        open.push(events);
+    }
+
+    for path in ["/v1/events", "/v1/peers/watch"] {
+        let err = mesh_api::get::<serde_json::Value>(server.path(), path)
+            .await
+            .unwrap_err();
+        let ClientError::Http {
+            status, message, ..
+        } = &err
+        else {
+            panic!("{path}: not an HTTP refusal: {err}");
+        };
+        assert_eq!(status.as_u16(), 503, "{path}: {err}");
+        assert!(
+            message.contains(&format!("{} event streams are open", mesh_api::MAX_STREAMS)),
+            "{path}: the limit is named: {message}"
+        );
+        assert!(
+            message.contains("close one") && message.contains("GET /v1/peers"),
+            "{path}: what to do is said: {message}"
+        );
+    }
+    let peers: Vec<Peer> = mesh_api::get(server.path(), "/v1/peers").await.unwrap();
+    assert_eq!(peers, snapshot.peers, "the other routes still answer");
+
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut events = loop {
+        match client.events().await {
+            Ok(events) => break events,
+            Err(ClientError::Http { status, .. })
+                if status.as_u16() == 503 && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the closed stream's slot is not given back within 5 s: {e}"),
+        }
+    };
+    let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    assert!(matches!(first, Ok(Some(Ok(Event::Peers(_))))), "{first:?}");
+}
+
 /// Metrics are Prometheus text with the peer gauges and the counters.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {

@@ -36,6 +36,6 @@ pub use client::{ApiAddr, ApiArgs, Client, ClientError, EventStream, get, get_te
 pub use events::Event;
 pub use health::{Health, assess};
 pub use metrics::metrics;
-pub use server::{Listener, Routes, Source, serve};
+pub use server::{Listener, MAX_STREAMS, Routes, Source, serve};
 pub use signal::{AppReport, CheckKind, CheckSignal, HealthSignal};
 pub use types::*;

@@ -3,19 +3,20 @@
 //! TCP address ([`Listener`]), the whole API or the metrics alone ([`Routes`]).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::debug;
 use unix_socket::UnixSocket;
@@ -27,6 +28,13 @@ use crate::types::Snapshot;
 
 /// The largest `POST /v1/health` body read.
 const MAX_BODY: usize = 4096;
+
+/// Event streams (`/v1/events`, `/v1/peers/watch`) one listener serves at once; one more is answered 503.
+/// Each holds a connection and a buffer for as long as the client stays, so a client that opens them
+/// without end (a bug, or a stranger on `--api-listen`) must not take the agent's memory and descriptors.
+/// Each listener has a bound of its own: a flood on `--api-listen` leaves the socket's applications their
+/// streams.
+pub const MAX_STREAMS: usize = 64;
 
 /// What a server serves: the snapshot the agent publishes, and where the application's health reports
 /// go (none: `POST /v1/health` is refused, and `/v1/health` shows no report).
@@ -145,40 +153,73 @@ fn peers_key(peers: &[crate::Peer]) -> String {
 }
 
 /// Server-sent events: each kind's current value first, then one event whenever what decides a change of
-/// it changes.
-fn watch(mut rx: watch::Receiver<Snapshot>, events: Events) -> Response<Body> {
-    let (tx, chan) = tokio::sync::mpsc::channel::<Bytes>(4);
-    // Owned by the connection: it ends when the client goes away (send fails) or the agent stops
-    // (the watch sender is dropped), so it needs no handle.
-    tokio::spawn(async move {
-        let mut last: Vec<String> = Vec::new();
-        loop {
-            let now = events(&rx.borrow_and_update().as_of(Instant::now()));
-            for (i, (name, key, data)) in now.iter().enumerate() {
-                if last.get(i) == Some(key) {
-                    continue;
-                }
-                let frame = Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
-                if tx.send(frame).await.is_err() {
-                    return;
-                }
-            }
-            last = now.into_iter().map(|(_, key, _)| key).collect();
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
+/// it changes; 503 when [`MAX_STREAMS`] are open already.
+///
+/// No task is spawned per client: the body is a stream that hyper polls while it writes it, holding the
+/// receiver and the client's slot, and dropping both when the client goes away or the agent stops (the
+/// watch sender dropped).
+fn watch(rx: watch::Receiver<Snapshot>, events: Events, slots: &Arc<Semaphore>) -> Response<Body> {
+    let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{MAX_STREAMS} event streams are open on this listener, the most it serves at once: close one, or retry later; an application that only needs the current state can GET /v1/peers and /v1/leader instead"
+            ),
+        );
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
+    let watching = Watching {
+        rx,
+        events,
+        last: Vec::new(),
+        first: true,
+        _slot: slot,
+    };
+    let frames = futures::stream::unfold(watching, |mut s| async move {
+        let frame = s.next().await?;
+        Some((Ok::<_, Infallible>(Frame::data(frame)), s))
     });
-    let frames =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(chan), |b| {
-            Ok::<_, Infallible>(Frame::data(b))
-        });
     let mut r = Response::new(StreamBody::new(frames).boxed());
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+/// One client's event stream.
+struct Watching {
+    rx: watch::Receiver<Snapshot>,
+    events: Events,
+    /// What decided each kind's last event.
+    last: Vec<String>,
+    first: bool,
+    /// Released when hyper drops the body.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Watching {
+    /// The events of the next render that changed something; none once the agent has stopped.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if !std::mem::take(&mut self.first) && self.rx.changed().await.is_err() {
+                return None;
+            }
+            let now = (self.events)(&self.rx.borrow_and_update().as_of(Instant::now()));
+            let mut frame = String::new();
+            for (i, (name, key, data)) in now.iter().enumerate() {
+                if self.last.get(i) != Some(key) {
+                    frame.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+                }
+            }
+            self.last = now.into_iter().map(|(_, key, _)| key).collect();
+            if !frame.is_empty() {
+                return Some(Bytes::from(frame));
+            }
+        }
+    }
 }
 
 /// 200 when healthy, 503 with the reasons otherwise: what a compose `healthcheck` or a probe wants.
@@ -195,6 +236,7 @@ async fn handle(
     source: Source,
     routes: Routes,
     peer: Peer,
+    streams: Arc<Semaphore>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let now = Instant::now();
@@ -220,10 +262,10 @@ async fn handle(
         ),
         (Routes::Api, "/v1/status") => json(&snapshot.status),
         (Routes::Api, "/v1/peers") => json(&snapshot.peers),
-        (Routes::Api, "/v1/peers/watch") => watch(rx, peers_event),
+        (Routes::Api, "/v1/peers/watch") => watch(rx, peers_event, &streams),
         (Routes::Api, "/v1/peers/refused") => json(&snapshot.refused),
         (Routes::Api, "/v1/leader") => json(&snapshot.leader),
-        (Routes::Api, "/v1/events") => watch(rx, app_events),
+        (Routes::Api, "/v1/events") => watch(rx, app_events, &streams),
         (Routes::Api, "/healthz") => healthz(&snapshot),
         (Routes::Api, other) => error(
             StatusCode::NOT_FOUND,
@@ -296,19 +338,22 @@ async fn health(
     }
 }
 
-/// Serves one connection in `connections`; dropping the set aborts it.
+/// Serves one connection in `connections`; dropping the set aborts it. `streams` holds a permit per open
+/// event stream of the listener, of [`MAX_STREAMS`].
 fn spawn_connection<S>(
     connections: &mut JoinSet<()>,
     stream: S,
     source: &Source,
     routes: Routes,
+    streams: &Arc<Semaphore>,
     peer: Peer,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let source = source.clone();
+    let (source, streams) = (source.clone(), Arc::clone(streams));
     connections.spawn(async move {
-        let service = service_fn(move |req| handle(source.clone(), routes, peer, req));
+        let service =
+            service_fn(move |req| handle(source.clone(), routes, peer, Arc::clone(&streams), req));
         if let Err(e) = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
             .await
@@ -329,10 +374,11 @@ pub async fn serve(
     let source = source.into();
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
+    let streams = Arc::new(Semaphore::new(MAX_STREAMS));
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = accept(&listener, &mut connections, &source, routes) => accepted,
+            accepted = accept(&listener, &mut connections, &source, routes, &streams) => accepted,
         };
         if let Err(e) = accepted {
             debug!(%e, "API accept failed");
@@ -348,6 +394,7 @@ async fn accept(
     connections: &mut JoinSet<()>,
     source: &Source,
     routes: Routes,
+    streams: &Arc<Semaphore>,
 ) -> std::io::Result<()> {
     match listener {
         Listener::Unix(socket) => {
@@ -356,6 +403,7 @@ async fn accept(
                 socket.accept().await?,
                 source,
                 routes,
+                streams,
                 Peer::Local,
             );
         }
@@ -365,7 +413,7 @@ async fn accept(
                 true => Peer::Local,
                 false => Peer::Remote,
             };
-            spawn_connection(connections, stream, source, routes, peer);
+            spawn_connection(connections, stream, source, routes, streams, peer);
         }
     }
     Ok(())
