@@ -9,6 +9,8 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use anyhow::Context as _;
 use clap::Args;
 use dstack_guest::{DstackClient, ProofError};
+use mesh_chain::node_key::NodeKey;
+use mesh_chain::record::NodeBinding;
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -141,47 +143,15 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     // With a binding to print, stdout carries only the binding, so it can go straight to a file.
     let binding = match (args.bind_token, args.bind_holder, args.contract) {
         (Some(token), Some(holder), Some(contract)) => {
-            let chain_id = match (args.chain_id, &args.rpc_url) {
-                (Some(id), _) => id,
-                (None, Some(url)) => {
-                    use alloy::providers::{Provider as _, ProviderBuilder};
-                    ProviderBuilder::new()
-                        .connect_http(url.clone())
-                        .get_chain_id()
-                        .await
-                        .context("reading the chain id from --rpc-url")?
-                }
-                (None, None) => anyhow::bail!(
-                    "--bind-token needs the chain the cluster is on: pass --chain-id or --rpc-url"
-                ),
-            };
-            let report_data = mesh_attest::report_data(chain_id, contract, node.address());
-            let evidence = evidence(&client, &report_data)
-                .await
-                .context("the binding needs this instance's TDX quote")?;
-            Some(
-                node.bind(
-                    U256::from(token),
-                    holder,
-                    Bytes::from(evidence.encode()),
-                    chain_id,
-                    contract,
-                )
-                .context("signing the binding")?,
-            )
+            let chain_id = chain_id(args.chain_id, args.rpc_url.as_ref()).await?;
+            Some(bind(&client, node, token, holder, chain_id, contract).await?)
         }
         _ => None,
     };
-    // The binding's evidence claims what any quote of this instance does.
-    let claimed = match &binding {
-        Some(b) => mesh_attest::Evidence::decode(&b.evidence).map_err(anyhow::Error::from),
-        None => evidence(&client, &[0; 64]).await,
-    }
-    .and_then(|e| e.claimed_measurements().map_err(anyhow::Error::msg));
-    match claimed {
+    match claimed_measurements(&client, binding.as_ref()).await {
         Ok((compose, os)) => {
-            report.compose_hash = Some(B256::from(compose));
-            report.os_measurement = Some(B256::from(os));
+            report.compose_hash = Some(compose);
+            report.os_measurement = Some(os);
         }
         Err(e) => report.measurements_error = Some(format!("{e:#}")),
     }
@@ -197,30 +167,7 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&report).context("cannot encode the report")?
         )?;
     } else {
-        let chain = match (&report.chain_verified, &report.chain_error) {
-            (None, _) => "not checked (pass --kms-root)".to_owned(),
-            (Some(true), _) if report.app_id_pinned => "verified".to_owned(),
-            (Some(true), _) => "verified (app id not pinned: pass --app-id)".to_owned(),
-            (Some(false), Some(e)) => format!("FAILED: {e}"),
-            (Some(false), None) => "FAILED".to_owned(),
-        };
-        let shown = |v: Option<B256>| match (v, &report.measurements_error) {
-            (Some(v), _) => v.to_string(),
-            (None, Some(e)) => format!("unknown ({e})"),
-            (None, None) => "unknown".to_owned(),
-        };
-        writeln!(
-            report_out,
-            "instance id:     {}\napp id:          {} ({})\nnode:            {}\nkey file:        {}\nKMS signer:      {}\nchain:           {chain}\ncompose hash:    {}\nOS image:        {}",
-            report.instance_id,
-            report.app_id,
-            report.app_name,
-            report.node,
-            report.key_file.display(),
-            report.kms_signer,
-            shown(report.compose_hash),
-            shown(report.os_measurement),
-        )?;
+        writeln!(report_out, "{}", report.text())?;
     }
     if let Some(binding) = binding {
         println!(
@@ -237,4 +184,93 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The chain the binding is for: `--chain-id`, else the chain `--rpc-url` is on.
+async fn chain_id(
+    given: Option<u64>,
+    rpc_url: Option<&alloy::transports::http::reqwest::Url>,
+) -> anyhow::Result<u64> {
+    use alloy::providers::{Provider as _, ProviderBuilder};
+    match (given, rpc_url) {
+        (Some(id), _) => Ok(id),
+        (None, Some(url)) => ProviderBuilder::new()
+            .connect_http(url.clone())
+            .get_chain_id()
+            .await
+            .context("reading the chain id from --rpc-url"),
+        (None, None) => {
+            anyhow::bail!(
+                "--bind-token needs the chain the cluster is on: pass --chain-id or --rpc-url"
+            )
+        }
+    }
+}
+
+/// The node's binding to seat `token`, with this instance's TDX quote committing to the chain, the
+/// contract and the node key.
+async fn bind(
+    client: &DstackClient,
+    node: &NodeKey,
+    token: u64,
+    holder: Address,
+    chain_id: u64,
+    contract: Address,
+) -> anyhow::Result<NodeBinding> {
+    let report_data = mesh_attest::report_data(chain_id, contract, node.address());
+    let evidence = evidence(client, &report_data)
+        .await
+        .context("the binding needs this instance's TDX quote")?;
+    node.bind(
+        U256::from(token),
+        holder,
+        Bytes::from(evidence.encode()),
+        chain_id,
+        contract,
+    )
+    .context("signing the binding")
+}
+
+/// The compose hash and OS image this instance's quotes claim: the binding's own when there is one.
+async fn claimed_measurements(
+    client: &DstackClient,
+    binding: Option<&NodeBinding>,
+) -> anyhow::Result<(B256, B256)> {
+    let evidence = match binding {
+        Some(b) => mesh_attest::Evidence::decode(&b.evidence)?,
+        None => evidence(client, &[0; 64]).await?,
+    };
+    let (compose, os) = evidence
+        .claimed_measurements()
+        .map_err(anyhow::Error::msg)?;
+    Ok((B256::from(compose), B256::from(os)))
+}
+
+impl Identity {
+    /// The report for people.
+    fn text(&self) -> String {
+        let chain = match (&self.chain_verified, &self.chain_error) {
+            (None, _) => "not checked (pass --kms-root)".to_owned(),
+            (Some(true), _) if self.app_id_pinned => "verified".to_owned(),
+            (Some(true), _) => "verified (app id not pinned: pass --app-id)".to_owned(),
+            (Some(false), Some(e)) => format!("FAILED: {e}"),
+            (Some(false), None) => "FAILED".to_owned(),
+        };
+        let shown = |v: Option<B256>| match (v, &self.measurements_error) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(e)) => format!("unknown ({e})"),
+            (None, None) => "unknown".to_owned(),
+        };
+        format!(
+            "instance id:     {}\napp id:          {} ({})\nnode:            {}\nkey file:        {}\nKMS signer:      {}\nchain:           {chain}\ncompose hash:    {}\nOS image:        {}",
+            self.instance_id,
+            self.app_id,
+            self.app_name,
+            self.node,
+            self.key_file.display(),
+            self.kms_signer,
+            shown(self.compose_hash),
+            shown(self.os_measurement),
+        )
+    }
 }
