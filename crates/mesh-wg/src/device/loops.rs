@@ -3,18 +3,17 @@
 
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::TunnResult;
-use mesh_relay::{Dialer, Inbound};
+use mesh_relay::Inbound;
 use quinn_udp::RecvMeta;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tracing::Instrument as _;
 
 use super::batch::segments;
 use super::outbound::{Outbound, send};
+use super::relay_dialing::dial_if_needed;
 use super::shared::{Received, Shared};
 use super::tun::{BATCH, TunReader};
 use super::{BUF_LEN, TIMER_TICK};
@@ -182,53 +181,4 @@ pub(super) async fn relay_loop(
         rx.flush(&shared.tun, &shared.socket()).await;
     }
     Ok(())
-}
-
-/// What the device needs to dial relays: the dialler, where dialled streams' datagrams go, and the
-/// dials under way, which the device owns so that they stop with it.
-pub(crate) struct RelayDialing {
-    pub(super) dialer: Dialer,
-    pub(super) inbound: mpsc::Sender<Inbound>,
-    pub(super) dials: Mutex<JoinSet<()>>,
-}
-
-impl RelayDialing {
-    pub(super) fn new(dialer: Dialer, inbound: mpsc::Sender<Inbound>) -> Self {
-        Self {
-            dialer,
-            inbound,
-            dials: Mutex::default(),
-        }
-    }
-}
-
-fn dial_if_needed(relay: &RelayDialing, peer: &Arc<Peer>) {
-    let Some(target) = peer.relay_to_dial(Instant::now()) else {
-        return;
-    };
-    let (dialer, inbound, peer) = (
-        relay.dialer.clone(),
-        relay.inbound.clone(),
-        Arc::clone(peer),
-    );
-    let mut dials = relay.dials.lock().unwrap_or_else(PoisonError::into_inner);
-    while dials.try_join_next().is_some() {}
-    dials.spawn(
-        async move {
-            match dialer.dial(&target, inbound).await {
-                Ok(link) => {
-                    tracing::info!(peer = ?peer.public_key, relay = %target, link = link.id(), "relay stream up");
-                    peer.dialled(&target, Some(link));
-                }
-                Err(err) => {
-                    let failures = peer.dialled(&target, None);
-                    // The first failure and then every tenth: a peer whose gateway is down would fill the log.
-                    if failures == 1 || failures % 10 == 0 {
-                        tracing::warn!(peer = ?peer.public_key, relay = %target, failures, error = %err, "could not reach the peer's relay");
-                    }
-                }
-            }
-        }
-        .in_current_span(),
-    );
 }

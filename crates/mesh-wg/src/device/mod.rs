@@ -5,6 +5,7 @@
 mod batch;
 mod loops;
 mod outbound;
+mod relay_dialing;
 mod shared;
 mod tun;
 mod udp;
@@ -28,8 +29,9 @@ use super::peer::NoiseKeys;
 use super::task::Task;
 use super::uapi::PeerUpdate;
 use super::{Error, uapi_server};
-use loops::{RelayDialing, relay_loop, timer_loop, tun_loop, udp_loop};
+use loops::{relay_loop, timer_loop, tun_loop, udp_loop};
 use mesh_relay::Inbound;
+use relay_dialing::RelayDialing;
 use shared::{Shared, State};
 use wg_key::Key;
 

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::BUF_LEN;
 use super::batch::data_peer_index;
-use super::loops::RelayDialing;
 use super::outbound::send;
+use super::relay_dialing::RelayDialing;
 use super::tun::TunWriter;
 use super::udp::Udp;
 use crate::allowed_ips::AllowedIps;
