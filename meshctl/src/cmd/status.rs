@@ -99,9 +99,25 @@ pub(crate) fn bytes(n: u64) -> String {
 }
 
 fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: bool) -> String {
+    let mut s = render_node(status, verbose);
+    s.push_str(&render_leader(leader));
+    s.push_str(&format!(
+        "peers: {} configured, {} healthy, {} refused\n\n",
+        status.peers_configured, status.peers_healthy, status.peers_refused
+    ));
+    s.push_str(&render_peers(peers, now, verbose));
+    s
+}
+
+/// "-" for what is not known.
+fn opt(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+/// This node: its interface, seat, chain, errors and attestation.
+fn render_node(status: &Status, verbose: bool) -> String {
     let n = &status.node;
     let c = &status.chain;
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut s = String::new();
     let mode = match (&status.mode, &status.backend) {
         (mesh_api::Mode::Wireguard, Some(b)) => format!("wireguard ({b})"),
@@ -155,6 +171,12 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
         )),
         None => {}
     }
+    s
+}
+
+/// Who leads, and why this node does not when it is named.
+fn render_leader(leader: &Leader) -> String {
+    let mut s = String::new();
     let term = leader
         .term
         .map(|t| format!(", term {t}"))
@@ -188,10 +210,12 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     if !leader.healthy {
         s.push_str("# this node is unhealthy (GET /v1/health says why): it will not lead\n");
     }
-    s.push_str(&format!(
-        "peers: {} configured, {} healthy, {} refused\n\n",
-        status.peers_configured, status.peers_healthy, status.peers_refused
-    ));
+    s
+}
+
+/// The peers' table.
+fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
+    let mut s = String::new();
     if peers.is_empty() {
         s.push_str("no peers\n");
         return s;
