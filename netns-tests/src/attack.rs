@@ -15,6 +15,7 @@ use mesh_chain::record::{NodeBinding, SignedRegistration};
 use p2p_agent::identity::NodeIdentity;
 use serde_json::Value;
 
+use crate::chain::mined;
 use crate::cluster::{Cluster, account_key};
 use crate::lan::rpc_url;
 use crate::netns::{NetNs, in_netns};
@@ -185,12 +186,6 @@ pub fn own_evidence(cluster: &Cluster<'_>, i: usize, contract: Address, node: Ad
 pub fn mint_with(switch: &NetNs, contract: Address, holder: Address, binding: &NodeBinding) {
     let arg = mesh_chain::contract::binding_arg(binding);
     on_chain(switch, contract, async move |c| {
-        c.mintNodeAccess(holder, arg)
-            .send()
-            .await
-            .expect("send mintNodeAccess")
-            .get_receipt()
-            .await
-            .expect("mintNodeAccess receipt");
+        mined(c.mintNodeAccess(holder, arg)).await;
     });
 }

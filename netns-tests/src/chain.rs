@@ -1,6 +1,11 @@
-//! A real anvil for tests, from the npm toolchain that `scripts/bootstrap` installs.
+//! A real anvil for tests, from the npm toolchain that `scripts/bootstrap` installs, and transactions to it
+//! waited for until mined.
 
+use alloy::contract::SolCallBuilder;
 use alloy::node_bindings::{Anvil, AnvilInstance};
+use alloy::providers::{DynProvider, Provider};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::sol_types::SolCall;
 
 use crate::process::{anvil_path, cast_path};
 
@@ -13,8 +18,8 @@ pub fn anvil() -> AnvilInstance {
 }
 
 /// A provider that signs with anvil's development account `i`.
-pub fn wallet(anvil: &AnvilInstance, i: usize) -> alloy::providers::DynProvider {
-    use alloy::providers::{Provider, ProviderBuilder};
+pub fn wallet(anvil: &AnvilInstance, i: usize) -> DynProvider {
+    use alloy::providers::ProviderBuilder;
     let signer: alloy::signers::local::PrivateKeySigner = anvil.keys()[i].clone().into();
     ProviderBuilder::new()
         .wallet(alloy::network::EthereumWallet::from(signer))
@@ -24,7 +29,7 @@ pub fn wallet(anvil: &AnvilInstance, i: usize) -> alloy::providers::DynProvider 
 
 /// The cluster contract as the tests hold it: sending as its owner, anvil account 0.
 pub type TestCluster =
-    mesh_chain::contract::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>;
+    mesh_chain::contract::DstackClusterNFT::DstackClusterNFTInstance<DynProvider>;
 
 /// Deploys a cluster owned by anvil account 0 that pins `kms_root` and the test app (`node::APP_ID`), with
 /// prefix 10.0.1.0/24 and room for 50 active seats, and allows the image the in-process instances run
@@ -53,20 +58,8 @@ pub async fn deploy_cluster(
         // The cluster's own provider: it keeps account 0's nonces.
         cluster.provider().clone(),
     );
-    auth.setComposeHash(compose, true)
-        .send()
-        .await
-        .expect("send setComposeHash")
-        .get_receipt()
-        .await
-        .expect("setComposeHash receipt");
-    auth.setOsMeasurement(os, true)
-        .send()
-        .await
-        .expect("send setOsMeasurement")
-        .get_receipt()
-        .await
-        .expect("setOsMeasurement receipt");
+    mined(auth.setComposeHash(compose, true)).await;
+    mined(auth.setOsMeasurement(os, true)).await;
     cluster
 }
 
@@ -80,7 +73,6 @@ pub async fn mint(
     to: alloy::primitives::Address,
     node: Option<&crate::node::SimulatedInstance>,
 ) {
-    use alloy::providers::Provider as _;
     let binding = match node {
         Some(node) => {
             let next: u64 = cluster
@@ -96,14 +88,34 @@ pub async fn mint(
         }
         None => mesh_chain::contract::no_binding(),
     };
-    cluster
-        .mintNodeAccess(to, binding)
-        .send()
+    mined(cluster.mintNodeAccess(to, binding)).await;
+}
+
+/// Sends `call` and waits until it is mined; its receipt.
+///
+/// # Panics
+/// When it cannot be sent (a call that would revert fails its gas estimate) or no receipt comes, naming
+/// the function.
+pub async fn mined<P: Provider, C: SolCall>(call: SolCallBuilder<P, C>) -> TransactionReceipt {
+    call.send()
         .await
-        .expect("send mintNodeAccess")
+        .unwrap_or_else(|e| panic!("send {}: {e}", C::SIGNATURE))
         .get_receipt()
         .await
-        .expect("mintNodeAccess receipt");
+        .unwrap_or_else(|e| panic!("{}'s receipt: {e}", C::SIGNATURE))
+}
+
+/// Sends `tx` from `from`'s wallet and waits until it is mined; its receipt.
+///
+/// # Panics
+/// When it cannot be sent or no receipt comes.
+pub async fn mined_tx(from: &DynProvider, tx: TransactionRequest) -> TransactionReceipt {
+    from.send_transaction(tx)
+        .await
+        .unwrap_or_else(|e| panic!("send a transaction: {e}"))
+        .get_receipt()
+        .await
+        .unwrap_or_else(|e| panic!("the transaction's receipt: {e}"))
 }
 
 /// The chain's latest block number (`cast block-number`), or `None` while it does not answer.

@@ -11,7 +11,7 @@ use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{B256, U256};
 use mesh_api::{self, ConnectionKind, Peer, Status};
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster, mint},
+    chain::{TestCluster, anvil, deploy_cluster, mined, mint},
     node::SimulatedInstance,
 };
 
@@ -338,13 +338,7 @@ async fn joins_and_revocations_arrive_while_full_reads_fail() {
     }
     late.register(&anvil, *c.address(), "192.0.2.3:51820", "", 2)
         .await;
-    c.revoke(U256::from(1))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(c.revoke(U256::from(1))).await;
     let (status, peers) = wait_until(
         dir.path(),
         "the join and the revocation, by events",

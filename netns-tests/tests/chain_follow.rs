@@ -8,12 +8,10 @@
 use std::time::{Duration, Instant};
 
 use alloy::{
-    network::EthereumWallet,
     node_bindings::AnvilInstance,
     primitives::{Address, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::Filter,
-    signers::local::PrivateKeySigner,
     sol_types::{SolCall, SolEvent},
 };
 use mesh_chain::{
@@ -24,7 +22,7 @@ use mesh_chain::{
     membership::{self, InvalidRecord, Own},
 };
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster, mint},
+    chain::{TestCluster, anvil, deploy_cluster, mined_tx, mint, wallet},
     node::{APP_ID, SimulatedInstance},
     rpc_proxy::{RpcProxy, logs_mut},
     tcp_relay::TcpRelay,
@@ -253,18 +251,8 @@ async fn tick_for(f: &mut Follower, duration: Duration) -> usize {
 /// Mines one block with no cluster event and counts the requests the next poll makes.
 async fn requests_for_one_block(anvil: &AnvilInstance, f: &mut Follower) -> u64 {
     let before = f.requests;
-    let signer: PrivateKeySigner = anvil.keys()[9].clone().into();
-    let from9 = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer))
-        .connect_http(anvil.endpoint_url());
     let tx = alloy::rpc::types::TransactionRequest::default().to(anvil.addresses()[8]);
-    from9
-        .send_transaction(tx)
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined_tx(&wallet(anvil, 9), tx).await;
     f.poll(Instant::now()).await.unwrap();
     f.requests - before
 }

@@ -20,7 +20,7 @@ use mesh_chain::{
     registration::{Cluster, Desired, Outcome, RegistrationError},
 };
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster, mint},
+    chain::{TestCluster, anvil, deploy_cluster, mined, mined_tx, mint},
     node::SimulatedInstance,
 };
 use p2p_agent::identity::NodeIdentity;
@@ -148,14 +148,7 @@ async fn identity_prints_a_binding_the_contract_accepts() {
     let claims = mesh_attest::replay::claims(&evidence.events).unwrap();
     assert_eq!(alloy::hex::encode(claims.instance_id), node.instance_id);
     let as_holder = TestCluster::new(*c.address(), provider(&anvil, 1));
-    as_holder
-        .bindInstance(U256::from(1), chain::binding_arg(&binding))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(as_holder.bindInstance(U256::from(1), chain::binding_arg(&binding))).await;
     let bound = c
         .tokenOfInstance(node.instance_id.clone())
         .call()
@@ -252,13 +245,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
         panic!("expected a registration to relay: {outcome:?}")
     };
     let (r, p, s) = chain::register_peer_args(&reg);
-    c.registerPeer(r, p, s)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap(); // relayed by the owner
+    mined(c.registerPeer(r, p, s)).await; // relayed by the owner
     assert_eq!(
         c.getPeer(U256::from(1)).call().await.unwrap().endpoint,
         "192.0.2.2:51820"
@@ -268,13 +255,7 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
     let fund = TransactionRequest::default()
         .with_to(derived)
         .with_value(parse_ether("0.01").unwrap());
-    provider(&anvil, 0)
-        .send_transaction(fund)
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined_tx(&provider(&anvil, 0), fund).await;
     let outcome = register(&cluster, &identity, "192.0.2.22:51820", None, &pins)
         .await
         .unwrap();
@@ -295,13 +276,7 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
     let c = deploy(&anvil, node.kms_root).await;
     mint(&c, anvil.addresses()[3], Some(&node)).await;
     // The seat was bound under the node's KMS; the owner then pins another root.
-    c.setKmsRoot(other_root)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(c.setKmsRoot(other_root)).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let identity = node.identity(0).await;
     let block = provider(&anvil, 0).get_block_number().await.unwrap();
@@ -454,14 +429,11 @@ async fn a_lost_key_store_needs_a_rebind_which_the_agent_explains() {
     let binding = node
         .binding(1, holder, anvil.chain_id(), *c.address())
         .await;
-    TestCluster::new(*c.address(), provider(&anvil, 1))
-        .bindInstance(U256::from(1), chain::binding_arg(&binding))
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    mined(
+        TestCluster::new(*c.address(), provider(&anvil, 1))
+            .bindInstance(U256::from(1), chain::binding_arg(&binding)),
+    )
+    .await;
     let outcome = register(&cluster, &after, "192.0.2.1:51820", Some(&tx_key), &pins)
         .await
         .unwrap();

@@ -3,6 +3,7 @@
 //! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test meshctl_cli` (anvil comes from `scripts/bootstrap`, or set ANVIL).
 
 use alloy::primitives::{Address, B256};
+use netns_tests::chain::{mined_tx, wallet};
 use netns_tests::meshctl::{APP_ID, Instance, Meshctl, anvil};
 
 /// deploy → mint → bind → config → revoke, each visible on-chain through `config show`.
@@ -336,21 +337,10 @@ fn app_auth_check_judges_a_boot() {
 
 /// Deploys raw init code from anvil account 9 and returns the new contract's address.
 async fn deploy_bytecode(anvil: &alloy::node_bindings::AnvilInstance, code: &str) -> Address {
-    use alloy::network::{EthereumWallet, TransactionBuilder};
-    use alloy::providers::{Provider, ProviderBuilder};
-    let signer: alloy::signers::local::PrivateKeySigner = anvil.keys()[9].clone().into();
-    let provider = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer))
-        .connect_http(anvil.endpoint_url());
+    use alloy::network::TransactionBuilder;
     let tx = alloy::rpc::types::TransactionRequest::default()
         .with_deploy_code(alloy::hex::decode(code).unwrap());
-    let receipt = provider
-        .send_transaction(tx)
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    let receipt = mined_tx(&wallet(anvil, 9), tx).await;
     receipt.contract_address.expect("a contract was created")
 }
 
