@@ -27,6 +27,7 @@ use crate::ping::ping;
 use crate::process::{
     CMD_TIMEOUT, ChildGuard, clean_env, run_command_timeout, tail, text, workspace_bin,
 };
+use crate::runtime::block_on;
 use crate::wait::wait_until;
 use crate::wg::{DumpPeer, parse_dump};
 
@@ -408,6 +409,14 @@ impl<'a> Agent<'a> {
             .map_err(|e| format!("node {}: {e}", self.index))
     }
 
+    /// `GET /v1/health`: the node's health as this agent judges it (the application's report and its own
+    /// check).
+    pub fn health(&self) -> mesh_api::HealthSignal {
+        block_on(mesh_api::get(self.api_socket.as_path(), "/v1/health")).unwrap_or_else(|e| {
+            panic!("reading node {}'s health: {e}\n{}", self.index, self.tail())
+        })
+    }
+
     /// `POST /v1/health`: reports the application's health to the agent, as the SDK's `set_healthy` does.
     pub fn set_healthy(&self, healthy: bool, reason: Option<&str>) -> mesh_api::HealthSignal {
         block_on(
@@ -633,15 +642,6 @@ impl Drop for Agent<'_> {
         // A crashed or killed daemon leaves its UAPI socket in the shared directory; the name is ours.
         let _ = std::fs::remove_file(self.uapi_socket());
     }
-}
-
-/// Runs one read of an agent's API from this (synchronous) test thread.
-fn block_on<T>(read: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(read)
 }
 
 /// How a test starts the agents of a cluster ([`Agent::builder`]): each with its node's config and the

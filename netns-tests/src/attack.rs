@@ -19,6 +19,7 @@ use crate::chain::mined;
 use crate::cluster::{Cluster, account_key};
 use crate::lan::rpc_url;
 use crate::netns::{NetNs, in_netns};
+use crate::runtime::block_on;
 
 /// The chain id of every test chain (anvil's).
 pub const CHAIN_ID: u64 = 31337;
@@ -31,34 +32,26 @@ pub fn on_chain<T: Send>(
     f: impl AsyncFnOnce(DstackClusterNFT::DstackClusterNFTInstance<DynProvider>) -> T + Send,
 ) -> T {
     in_netns(switch, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let signer = PrivateKeySigner::from_str(&account_key(0)).expect("owner key");
-                let provider = ProviderBuilder::new()
-                    .wallet(signer)
-                    .connect_http(rpc_url().parse().expect("rpc url"))
-                    .erased();
-                f(DstackClusterNFT::new(contract, provider)).await
-            })
+        block_on(async {
+            let signer = PrivateKeySigner::from_str(&account_key(0)).expect("owner key");
+            let provider = ProviderBuilder::new()
+                .wallet(signer)
+                .connect_http(rpc_url().parse().expect("rpc url"))
+                .erased();
+            f(DstackClusterNFT::new(contract, provider)).await
+        })
     })
 }
 
 /// Node `i`'s dstack identity at WireGuard key `epoch`, read from its simulator.
 pub fn node_identity(cluster: &Cluster<'_>, i: usize, epoch: u32) -> NodeIdentity {
     let client = DstackClient::new(Endpoint::Unix(cluster.sims[i - 1].socket.clone()));
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(NodeIdentity::load(
-            &client,
-            &cluster.sims[i - 1].key_file,
-            epoch,
-        ))
-        .expect("identity from the simulator")
+    block_on(NodeIdentity::load(
+        &client,
+        &cluster.sims[i - 1].key_file,
+        epoch,
+    ))
+    .expect("identity from the simulator")
 }
 
 /// What a sibling instance `attacker` can make for another instance's seat with its own dstack socket: its own
@@ -70,32 +63,28 @@ pub fn sibling_node_key(
     victim_instance: &str,
 ) -> mesh_chain::node_key::NodeKey {
     let client = DstackClient::new(Endpoint::Unix(cluster.sims[attacker - 1].socket.clone()));
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let own = node_identity_async(&client, cluster, attacker).await;
-            let mut info = client.info().await.expect("Info");
-            info.instance_id = victim_instance.to_owned();
-            let seal = client
-                .get_key(
-                    p2p_agent::keystore::SEAL_KEY_PATH,
-                    p2p_agent::keystore::SEAL_KEY_PURPOSE,
-                )
-                .await
-                .expect("GetKey");
-            let keys = p2p_agent::keystore::open_or_create(
-                &cluster.sims[attacker - 1].key_file,
-                &p2p_agent::keystore::SealKey::from_bytes(*seal.key.expose_secret()),
-                own.instance_id(),
-                0,
+    block_on(async {
+        let own = node_identity_async(&client, cluster, attacker).await;
+        let mut info = client.info().await.expect("Info");
+        info.instance_id = victim_instance.to_owned();
+        let seal = client
+            .get_key(
+                p2p_agent::keystore::SEAL_KEY_PATH,
+                p2p_agent::keystore::SEAL_KEY_PURPOSE,
             )
-            .expect("the attacker's own keys");
-            mesh_chain::node_key::NodeKey::load(&client, &info, keys.node_key())
-                .await
-                .expect("a chain naming the victim's instance")
-        })
+            .await
+            .expect("GetKey");
+        let keys = p2p_agent::keystore::open_or_create(
+            &cluster.sims[attacker - 1].key_file,
+            &p2p_agent::keystore::SealKey::from_bytes(*seal.key.expose_secret()),
+            own.instance_id(),
+            0,
+        )
+        .expect("the attacker's own keys");
+        mesh_chain::node_key::NodeKey::load(&client, &info, keys.node_key())
+            .await
+            .expect("a chain naming the victim's instance")
+    })
 }
 
 async fn node_identity_async(
@@ -166,19 +155,15 @@ pub fn registration_logs(switch: &NetNs, contract: Address, token: Option<u64>) 
 /// at `contract`, with its event log.
 pub fn own_evidence(cluster: &Cluster<'_>, i: usize, contract: Address, node: Address) -> Bytes {
     let client = DstackClient::new(Endpoint::Unix(cluster.sims[i - 1].socket.clone()));
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let quote = client
-                .get_quote(&mesh_attest::report_data(CHAIN_ID, contract, node))
-                .await
-                .expect("GetQuote");
-            let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
-                .expect("the simulator's evidence");
-            Bytes::from(evidence.encode())
-        })
+    block_on(async {
+        let quote = client
+            .get_quote(&mesh_attest::report_data(CHAIN_ID, contract, node))
+            .await
+            .expect("GetQuote");
+        let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
+            .expect("the simulator's evidence");
+        Bytes::from(evidence.encode())
+    })
 }
 
 /// Mints the next seat to `holder` with `binding`, straight to the contract as the owner (`meshctl mint`

@@ -17,6 +17,7 @@
 //! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries and Foundry's.
 //! - [`netns`]: namespaces and veth pairs; [`wg`]: WireGuard devices in them (ours and `wireguard-go`).
 //! - [`ping`]: reachability between namespaces; [`wait`]: bounded waits; [`steps`]: a scenario's progress.
+//! - [`runtime`]: async code run from a test's synchronous thread.
 //! - [`perf`]: throughput and latency, for the benchmark; [`transfer`]: a bulk TCP transfer checked byte by
 //!   byte.
 //!
@@ -48,6 +49,7 @@ pub mod ping;
 pub mod prelude;
 pub mod process;
 pub mod rpc_proxy;
+pub mod runtime;
 pub mod steps;
 pub mod tcp_relay;
 pub mod transfer;

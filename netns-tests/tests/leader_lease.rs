@@ -441,8 +441,7 @@ fn a_leader_whose_health_check_fails_steps_down_and_is_replaced() {
         || agents[0].tail(),
     );
     let stepped_down = marked.elapsed();
-    let health: mesh_api::HealthSignal =
-        block_on(mesh_api::get(agents[0].api_socket(), "/v1/health")).expect("GET /v1/health");
+    let health = agents[0].health();
     assert!(!health.healthy);
     assert!(
         health.reasons.iter().any(|r| r.contains("--health-cmd")),
@@ -518,12 +517,4 @@ fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
     );
     assert!(says_it_leads(&agents[0]), "{}", statuses(&agents));
     steps.step("node 3 joined and cast no ballot; seat 1 still leads");
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(f)
 }
