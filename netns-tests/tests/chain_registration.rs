@@ -37,6 +37,19 @@ async fn deploy(anvil: &AnvilInstance, kms_root: Address) -> TestCluster {
     deploy_cluster(anvil, kms_root).await
 }
 
+/// A fresh chain, instance `name`, and a cluster for its KMS root whose seat 1 is minted to anvil account
+/// `holder`, bound to the instance.
+async fn seat_1_bound(
+    name: &str,
+    holder: usize,
+) -> (AnvilInstance, SimulatedInstance, TestCluster) {
+    let anvil = anvil();
+    let node = SimulatedInstance::start(name).await;
+    let c = deploy(&anvil, node.kms_root).await;
+    mint(&c, anvil.addresses()[holder], Some(&node)).await;
+    (anvil, node, c)
+}
+
 /// The registration client for the cluster at `contract` via `url`, and the pins it checks records against
 /// (the contract's own, as for a one-shot registration).
 async fn connect(url: alloy::transports::http::reqwest::Url, contract: Address) -> (Cluster, Pins) {
@@ -167,10 +180,7 @@ async fn identity_prints_a_binding_the_contract_accepts() {
 /// the next rotation epoch registers a new key with the next nonce.
 #[tokio::test(flavor = "multi_thread")]
 async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
-    let anvil = anvil();
-    let node = SimulatedInstance::start("node-1").await;
-    let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[1], Some(&node)).await;
+    let (anvil, node, c) = seat_1_bound("node-1", 1).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let tx_key = signer(&anvil, 1);
 
@@ -231,10 +241,7 @@ async fn registers_once_keeps_its_key_across_restarts_and_rotates_by_epoch() {
 /// funded, the agent pays for itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_pays() {
-    let anvil = anvil();
-    let node = SimulatedInstance::start("node-2").await;
-    let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[2], Some(&node)).await;
+    let (anvil, node, c) = seat_1_bound("node-2", 2).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let identity = node.identity(0).await;
 
@@ -268,13 +275,10 @@ async fn without_funds_it_hands_out_a_relayable_registration_and_with_funds_it_p
 /// A cluster pinned to another KMS root would revert; the agent says why and sends nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proof_the_cluster_would_reject_is_not_sent() {
-    let anvil = anvil();
-    let node = SimulatedInstance::start("node-3").await;
+    let (anvil, node, c) = seat_1_bound("node-3", 3).await;
     let other_root: Address = "0x000000000000000000000000000000000000dEaD"
         .parse()
         .unwrap();
-    let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[3], Some(&node)).await;
     // The seat was bound under the node's KMS; the owner then pins another root.
     mined(c.setKmsRoot(other_root)).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
@@ -307,10 +311,7 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
 /// not up to date: the node registers again with the next nonce and says why. Its new record is believed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stored_record_peers_would_not_believe_is_registered_again() {
-    let anvil = anvil();
-    let node = SimulatedInstance::start("node-1").await;
-    let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[1], Some(&node)).await;
+    let (anvil, node, c) = seat_1_bound("node-1", 1).await;
     let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     let (cluster, pins) = connect(proxy.url().parse().unwrap(), *c.address()).await;
     let identity = node.identity(0).await;
@@ -353,10 +354,7 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
 async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
     use alloy::sol_types::SolCall;
     use mesh_chain::contract::DstackClusterNFT::seatInfoCall;
-    let anvil = anvil();
-    let node = SimulatedInstance::start("node-1").await;
-    let c = deploy(&anvil, node.kms_root).await;
-    mint(&c, anvil.addresses()[1], Some(&node)).await;
+    let (anvil, node, c) = seat_1_bound("node-1", 1).await;
     let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     proxy.rewrite("nonce at u64::MAX", |req, response| {
         if !req.calls(seatInfoCall::SELECTOR) {
@@ -394,11 +392,8 @@ async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
 /// next nonce, and the old key can no longer sign for the seat.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_key_store_needs_a_rebind_which_the_agent_explains() {
-    let anvil = anvil();
-    let node = SimulatedInstance::start("node-1").await;
-    let c = deploy(&anvil, node.kms_root).await;
+    let (anvil, node, c) = seat_1_bound("node-1", 1).await;
     let holder = anvil.addresses()[1];
-    mint(&c, holder, Some(&node)).await;
     let (cluster, pins) = connect(anvil.endpoint_url(), *c.address()).await;
     let tx_key = signer(&anvil, 1);
     let before = node.identity(0).await;
