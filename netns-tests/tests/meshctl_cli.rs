@@ -2,19 +2,34 @@
 //!
 //! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test meshctl_cli` (anvil comes from `scripts/bootstrap`, or set ANVIL).
 
-use alloy::primitives::{Address, B256};
+use alloy::node_bindings::AnvilInstance;
+use alloy::primitives::{Address, B256, address};
 use netns_tests::chain::{mined_tx, wallet};
-use netns_tests::meshctl::{APP_ID, Instance, Meshctl, anvil};
+use netns_tests::meshctl::{APP_ID, Instance, Meshctl, Run, anvil};
+
+/// A KMS root no instance here derives its keys from: for clusters whose seats no instance binds.
+const UNUSED_KMS_ROOT: Address = address!("000000000000000000000000000000000000dEaD");
+
+/// An instance, and meshctl with a cluster deployed for its KMS root whose seat 1 is bound to it
+/// ([`Meshctl::deploy_with_seat`]); the cluster's address.
+async fn seat_1_bound(anvil: &AnvilInstance) -> (Instance, Meshctl<'_>, Address) {
+    let node = Instance::start("node-1").await;
+    let mut m = Meshctl::new(anvil);
+    let contract = m.deploy_with_seat(&node).await;
+    (node, m, contract)
+}
+
+/// `meshctl bind --token 1 --binding <binding>`, sent by seat 1's holder (account 1).
+fn bind_seat_1(m: &Meshctl<'_>, binding: &str) -> Run {
+    m.run(Some(1), &["bind", "--token", "1", "--binding", binding])
+}
 
 /// deploy → mint → bind → config → revoke, each visible on-chain through `config show`.
 #[test]
 fn owner_lifecycle_changes_the_chain() {
     let anvil = anvil();
     let mut m = Meshctl::new(&anvil);
-    let root: Address = "0x000000000000000000000000000000000000dEaD"
-        .parse()
-        .unwrap();
-    let contract = m.deploy(root);
+    let contract = m.deploy(UNUSED_KMS_ROOT);
 
     let holder = m.address(1).to_string();
     let minted = m
@@ -46,7 +61,7 @@ fn owner_lifecycle_changes_the_chain() {
     let config = m.run(None, &["config", "show", "--json"]).ok().json();
     let address = |v: &serde_json::Value| v.as_str().unwrap().parse::<Address>().unwrap();
     assert_eq!(address(&config["contract"]), contract);
-    assert_eq!(address(&config["kmsRoot"]), root);
+    assert_eq!(address(&config["kmsRoot"]), UNUSED_KMS_ROOT);
     assert_eq!(config["maxNodes"], "5");
     assert_eq!(config["productionMode"], true);
     assert_eq!(config["baseDomains"][0], "phala.network");
@@ -118,18 +133,7 @@ async fn holder_binds_with_the_nodes_binding() {
     let dir = tempfile::tempdir().unwrap();
     let forged_file = dir.path().join("forged.json");
     std::fs::write(&forged_file, serde_json::to_string(&forged).unwrap()).unwrap();
-    let out = m
-        .run(
-            Some(1),
-            &[
-                "bind",
-                "--token",
-                "1",
-                "--binding",
-                forged_file.to_str().unwrap(),
-            ],
-        )
-        .failed();
+    let out = bind_seat_1(&m, forged_file.to_str().unwrap()).failed();
     out.stderr_says(&format!(
         "the evidence is from instance 0x{} but the seat is bound to instance 0x{}",
         other.instance_id, node.instance_id
@@ -177,9 +181,7 @@ async fn holder_binds_with_the_nodes_binding() {
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_registration_is_listed_with_a_verified_proof() {
     let anvil = anvil();
-    let node = Instance::start("node-1").await;
-    let mut m = Meshctl::new(&anvil);
-    let contract = m.deploy_with_seat(&node).await;
+    let (node, m, contract) = seat_1_bound(&anvil).await;
 
     let reg = node
         .sign(
@@ -258,11 +260,7 @@ fn fund_sends_eth() {
 fn leader_election_through_the_cli() {
     let anvil = anvil();
     let mut m = Meshctl::new(&anvil);
-    m.deploy(
-        "0x000000000000000000000000000000000000dEaD"
-            .parse()
-            .unwrap(),
-    );
+    m.deploy(UNUSED_KMS_ROOT);
     for i in 1..=3 {
         m.run(Some(0), &["mint", "--to", &m.address(i).to_string()])
             .ok();
@@ -294,11 +292,7 @@ fn leader_election_through_the_cli() {
 fn app_auth_check_judges_a_boot() {
     let anvil = anvil();
     let mut m = Meshctl::new(&anvil);
-    m.deploy(
-        "0x000000000000000000000000000000000000dEaD"
-            .parse()
-            .unwrap(),
-    );
+    m.deploy(UNUSED_KMS_ROOT);
     let compose = "ea549f02e1a25fabd1cb788380e033ec5461b2ffe4328d753642cf035452e48b";
     let dir = tempfile::tempdir().unwrap();
     let boot = dir.path().join("boot.json");
@@ -336,7 +330,7 @@ fn app_auth_check_judges_a_boot() {
 }
 
 /// Deploys raw init code from anvil account 9 and returns the new contract's address.
-async fn deploy_bytecode(anvil: &alloy::node_bindings::AnvilInstance, code: &str) -> Address {
+async fn deploy_bytecode(anvil: &AnvilInstance, code: &str) -> Address {
     use alloy::network::TransactionBuilder;
     let tx = alloy::rpc::types::TransactionRequest::default()
         .with_deploy_code(alloy::hex::decode(code).unwrap());
@@ -357,7 +351,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
             &[
                 "deploy",
                 "--kms-root",
-                "0x000000000000000000000000000000000000dEaD",
+                &UNUSED_KMS_ROOT.to_string(),
                 "--app-id",
                 APP_ID,
             ],
@@ -381,11 +375,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     out.stderr_says("is not a DstackClusterNFT cluster");
 
     // A revert, decoded with its hint.
-    m.deploy(
-        "0x000000000000000000000000000000000000dEaD"
-            .parse()
-            .unwrap(),
-    );
+    m.deploy(UNUSED_KMS_ROOT);
     let out = m
         .run(Some(4), &["mint", "--to", &m.address(4).to_string()])
         .failed();
@@ -400,31 +390,9 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.json");
     std::fs::write(&garbage, "{\"instance_id\": \"node-1\"}").unwrap();
-    let out = m
-        .run(
-            Some(1),
-            &[
-                "bind",
-                "--token",
-                "1",
-                "--binding",
-                garbage.to_str().unwrap(),
-            ],
-        )
-        .failed();
+    let out = bind_seat_1(&m, garbage.to_str().unwrap()).failed();
     out.stderr_says("the binding is not what `p2p-agent identity --bind-token` prints");
-    let out = m
-        .run(
-            Some(1),
-            &[
-                "bind",
-                "--token",
-                "1",
-                "--binding",
-                "/nonexistent/binding.json",
-            ],
-        )
-        .failed();
+    let out = bind_seat_1(&m, "/nonexistent/binding.json").failed();
     out.stderr_says("/nonexistent/binding.json");
 }
 
@@ -433,9 +401,7 @@ async fn errors_are_clear_and_fail_the_exit_code() {
 #[tokio::test(flavor = "multi_thread")]
 async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
     let anvil = anvil();
-    let node = Instance::start("node-1").await;
-    let mut m = Meshctl::new(&anvil);
-    let contract = m.deploy_with_seat(&node).await;
+    let (node, m, contract) = seat_1_bound(&anvil).await;
     node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
         .await;
     m.run(None, &["peers"]).ok();
@@ -471,11 +437,7 @@ async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
 fn older_environment_names_still_work_and_conflicts_are_refused() {
     let anvil = anvil();
     let mut m = Meshctl::new(&anvil);
-    let contract = m.deploy(
-        "0x000000000000000000000000000000000000dEaD"
-            .parse()
-            .unwrap(),
-    );
+    let contract = m.deploy(UNUSED_KMS_ROOT);
     let key = alloy::hex::encode(anvil.keys()[0].to_bytes());
     let older = Meshctl::new(&anvil);
     // Everything under the older names only: the RPC, the cluster and the signer.
