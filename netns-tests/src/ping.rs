@@ -25,6 +25,22 @@ pub fn ping(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> (u32, u
     counts
 }
 
+/// Pings `ip` from `ns` five times, 0.2 s apart, each reply awaited up to 5 s (30 s for the whole), and
+/// asserts all five replies came; `path` names where the pings went, in the failure with ping's output.
+#[track_caller]
+pub fn assert_five_replies(ns: &NetNs, ip: Ipv4Addr, path: &str) {
+    let out = ns.exec(
+        &["ping", "-c", "5", "-i", "0.2", "-W", "5", &ip.to_string()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        ping_counts(&out),
+        (5, 5),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// `ping` to `ip`, `count` times `interval` apart, each reply awaited up to 1 s, printing only its summary.
 fn ping_command(ip: Ipv4Addr, count: u32, interval: Duration) -> Vec<String> {
     let count = count.to_string();

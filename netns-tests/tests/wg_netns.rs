@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mesh_wg::{DeviceConfig, Error, Offload, PeerConfig};
 use netns_tests::netns::*;
-use netns_tests::ping::ping_counts;
+use netns_tests::ping::{assert_five_replies, ping_counts};
 use netns_tests::process::*;
 use netns_tests::transfer::tcp_transfer;
 use netns_tests::wait::wait_until;
@@ -70,16 +70,7 @@ fn pair_pings_updates_in_place_and_removes() {
     dev_a.set_peer(peer_config(dev_b.public_key, b_ep, "10.0.1.2/32"));
     dev_b.set_peer(peer_config(dev_a.public_key, a_ep, "10.0.1.1/32"));
 
-    let out = ns_a.exec(
-        &["ping", "-c", "5", "-i", "0.2", "-W", "5", "10.0.1.2"],
-        Duration::from_secs(30),
-    );
-    assert_eq!(
-        ping_counts(&out),
-        (5, 5),
-        "ping over the overlay: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_five_replies(&ns_a, B_OVERLAY, "ping over the overlay");
 
     // The real `wg` reads our UAPI: our public key, the peer with a handshake and traffic.
     let dump = ns_a.exec_ok(&["wg", "show", &dev_a.ifname, "dump"]);
@@ -166,27 +157,22 @@ fn pair_pings_updates_in_place_and_removes() {
     // `wg set … remove` and `wg syncconf` (which re-sends the unchanged peer B and drops the
     // extra one) go through the UAPI in place: B's session survives, traffic keeps flowing.
     let k3 = test_key(9).public_key().to_string();
-    ns_a.exec_ok(&[
-        "wg",
-        "set",
-        &dev_a.ifname,
-        "peer",
-        &k3,
-        "allowed-ips",
-        "10.0.1.3/32",
-    ]);
+    let add_k3 = || {
+        ns_a.exec_ok(&[
+            "wg",
+            "set",
+            &dev_a.ifname,
+            "peer",
+            &k3,
+            "allowed-ips",
+            "10.0.1.3/32",
+        ])
+    };
+    add_k3();
     assert_eq!(dev_a.peers().len(), 2, "wg set added a peer");
     ns_a.exec_ok(&["wg", "set", &dev_a.ifname, "peer", &k3, "remove"]);
     assert_eq!(dev_a.peers().len(), 1, "wg set remove removed it");
-    ns_a.exec_ok(&[
-        "wg",
-        "set",
-        &dev_a.ifname,
-        "peer",
-        &k3,
-        "allowed-ips",
-        "10.0.1.3/32",
-    ]);
+    add_k3();
     let conf = tempfile::NamedTempFile::new().expect("temp conf");
     std::fs::write(
         conf.path(),
