@@ -404,12 +404,11 @@ fn recover_eip712(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Cluster;
     use alloy::primitives::address;
     use dstack_guest::chain::{
-        app_message, compressed, kms_message, public_key_from_xy, sign_dstack_message,
-        uncompressed_xy,
+        app_message, compressed, public_key_from_xy, sign_dstack_message, uncompressed_xy,
     };
-    use dstack_guest::client::{DerivedKey, GetKeyReply};
 
     // dstack simulator fixture A (Aug 2025), reference §2.7: an app id and KMS root these tests do not use.
     const A_APP_ID: Address = address!("ea549f02e1a25fabd1cb788380e033ec5461b2ff");
@@ -419,71 +418,44 @@ mod tests {
         SigningKey::from_slice(&bytes).unwrap()
     }
 
-    /// A test cluster: a KMS root and an app key it issued.
-    struct Cluster {
-        kms: SigningKey,
-        app: SigningKey,
-        app_id: Address,
-    }
-
     const INSTANCE: &str = "1111111111111111111111111111111111111111";
     const OTHER_INSTANCE: &str = "2222222222222222222222222222222222222222";
-    const CONTRACT: Address = address!("00000000000000000000000000000000c0ffee00");
-    /// A node key, and the derived key GetKey returns beside the chain (unused by the mesh).
-    const NODE: [u8; 32] = [0x33; 32];
-    const DERIVED: [u8; 32] = [0x77; 32];
+    /// The node key most tests sign with (as [`Cluster::node_key`]).
+    const NODE: u8 = 0x33;
 
-    impl Cluster {
-        fn new() -> Self {
-            Self {
-                kms: sk([0x11; 32]),
-                app: sk([0x22; 32]),
-                app_id: address!("abababababababababababababababababababab"),
-            }
-        }
+    /// Seat 7's record for `instance` ([`record`]) with `proof`, signed by node key `node` in `c`'s domain.
+    fn sign(
+        c: &Cluster,
+        node: u8,
+        instance: &str,
+        proof: DstackProof,
+    ) -> Result<SignedRegistration, RecordError> {
+        let key = Cluster::node_key(node);
+        SignedRegistration::sign(record(instance), proof, &key, c.chain_id, c.contract)
+    }
 
-        fn kms_root(&self) -> Address {
-            Address::from_public_key(self.kms.verifying_key())
-        }
+    /// Node key `node`'s registration of seat 7 for `instance`, with the chain `c`'s app gives for that
+    /// instance and node.
+    fn registration(c: &Cluster, node: u8, instance: &str) -> SignedRegistration {
+        let proof = c.proof(&purpose(instance, Cluster::node(node)));
+        sign(c, node, instance, proof).unwrap()
+    }
 
-        /// What any instance of the app gets from GetKey under `purpose`.
-        fn proof(&self, purpose: &str) -> DstackProof {
-            let d = sk(DERIVED);
-            let sig0 = sign_dstack_message(
-                &self.app,
-                &app_message(purpose, &compressed(d.verifying_key())),
-            )
-            .unwrap();
-            let sig1 = sign_dstack_message(
-                &self.kms,
-                &kms_message(self.app_id, &compressed(self.app.verifying_key())),
-            )
-            .unwrap();
-            let reply = GetKeyReply::new(DerivedKey::from_bytes(DERIVED), sig0, sig1);
-            DstackProof::from_get_key(&reply, self.app_id, purpose).unwrap()
-        }
-
-        fn registration(&self, node: [u8; 32], instance: &str) -> SignedRegistration {
-            let key = sk(node);
-            let proof = self.proof(&purpose(instance, node_address(&key)));
-            SignedRegistration::sign(record(instance), proof, &key, 31337, CONTRACT).unwrap()
-        }
-
-        fn binding(&self, node: [u8; 32], instance: &str, holder: Address) -> NodeBinding {
-            let key = sk(node);
-            let proof = self.proof(&purpose(instance, node_address(&key)));
-            NodeBinding::sign(
-                U256::from(7),
-                instance.into(),
-                holder,
-                proof,
-                Bytes::from_static(b"evidence"),
-                &key,
-                31337,
-                CONTRACT,
-            )
-            .unwrap()
-        }
+    /// Node key `node`'s binding to seat 7 of `c` for `instance`, held by `holder`.
+    fn binding(c: &Cluster, node: u8, instance: &str, holder: Address) -> NodeBinding {
+        let key = Cluster::node_key(node);
+        let proof = c.proof(&purpose(instance, Cluster::node(node)));
+        NodeBinding::sign(
+            U256::from(7),
+            instance.into(),
+            holder,
+            proof,
+            Bytes::from_static(b"evidence"),
+            &key,
+            c.chain_id,
+            c.contract,
+        )
+        .unwrap()
     }
 
     fn record(instance: &str) -> PeerRecord {
@@ -501,6 +473,15 @@ mod tests {
         reg.record_signature = sign_eip712(key, reg.signing_hash()).unwrap();
     }
 
+    /// Signs `proof`'s derived key under its purpose with `app_key` in place of the app key that signed it.
+    fn app_sign(proof: &mut DstackProof, app_key: &SigningKey) {
+        let derived = public_key_from_xy("d", &proof.derived_public_key).unwrap();
+        proof.app_signature =
+            sign_dstack_message(app_key, &app_message(&proof.purpose, &compressed(&derived)))
+                .unwrap()
+                .into();
+    }
+
     /// The sol! structs hash the exact type strings the contract uses.
     #[test]
     fn eip712_type_strings_are_the_contracts() {
@@ -513,7 +494,7 @@ mod tests {
     fn binding_verifies_only_as_signed() {
         let c = Cluster::new();
         let holder = Address::repeat_byte(0x0a);
-        let good = c.binding(NODE, INSTANCE, holder);
+        let good = binding(&c, NODE, INSTANCE, holder);
         let back: NodeBinding =
             serde_json::from_str(&serde_json::to_string(&good).unwrap()).unwrap();
         assert_eq!(
@@ -560,12 +541,12 @@ mod tests {
     #[test]
     fn honest_registration_verifies_after_json_round_trip() {
         let c = Cluster::new();
-        let reg = c.registration(NODE, INSTANCE);
+        let reg = registration(&c, NODE, INSTANCE);
         let json = serde_json::to_string(&reg).unwrap();
         assert!(json.contains("\"record_signature\":\"0x"), "{json}");
         let back: SignedRegistration = serde_json::from_str(&json).unwrap();
         assert_eq!(back, reg);
-        let node = node_address(&sk(NODE));
+        let node = Cluster::node(NODE);
         let v =
             verify_registration(&back, c.kms_root(), &[c.app_id], INSTANCE, Some(node)).unwrap();
         assert_eq!(v.node, node);
@@ -579,20 +560,20 @@ mod tests {
     #[test]
     fn a_siblings_record_is_refused_against_the_binding() {
         let c = Cluster::new();
-        let bound = node_address(&sk(NODE));
-        let sibling = c.registration([0x55; 32], INSTANCE);
+        let bound = Cluster::node(NODE);
+        let sibling = registration(&c, 0x55, INSTANCE);
         let err = verify_registration(&sibling, c.kms_root(), &[c.app_id], INSTANCE, Some(bound))
             .unwrap_err();
         assert_eq!(
             err,
             RecordError::RecordSignatureMismatch {
                 node: bound,
-                recovered: node_address(&sk([0x55; 32])),
+                recovered: Cluster::node(0x55),
             }
         );
 
-        let mut borrowed = c.registration(NODE, INSTANCE);
-        resign(&mut borrowed, &sk([0x55; 32]));
+        let mut borrowed = registration(&c, NODE, INSTANCE);
+        resign(&mut borrowed, &Cluster::node_key(0x55));
         let err =
             verify_registration(&borrowed, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert!(
@@ -605,7 +586,7 @@ mod tests {
     #[test]
     fn wrong_kms_root_is_rejected() {
         let c = Cluster::new();
-        let reg = c.registration(NODE, INSTANCE);
+        let reg = registration(&c, NODE, INSTANCE);
         let err = verify_registration(&reg, A_KMS_ROOT, &[c.app_id], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
@@ -620,7 +601,7 @@ mod tests {
     #[test]
     fn disallowed_app_id_is_rejected() {
         let c = Cluster::new();
-        let reg = c.registration(NODE, INSTANCE);
+        let reg = registration(&c, NODE, INSTANCE);
         let err = verify_registration(&reg, c.kms_root(), &[A_APP_ID], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
@@ -632,7 +613,7 @@ mod tests {
     #[test]
     fn swapped_app_id_breaks_kms_signature() {
         let c = Cluster::new();
-        let mut reg = c.registration(NODE, INSTANCE);
+        let mut reg = registration(&c, NODE, INSTANCE);
         reg.proof.app_id = A_APP_ID;
         let err = verify_registration(&reg, c.kms_root(), &[A_APP_ID], INSTANCE, None).unwrap_err();
         assert!(
@@ -645,20 +626,14 @@ mod tests {
     #[test]
     fn app_signature_by_another_key_is_rejected() {
         let c = Cluster::new();
-        let mut reg = c.registration(NODE, INSTANCE);
+        let mut reg = registration(&c, NODE, INSTANCE);
         let impostor = sk([0x44; 32]);
-        let derived = public_key_from_xy("d", &reg.proof.derived_public_key).unwrap();
-        reg.proof.app_signature = sign_dstack_message(
-            &impostor,
-            &app_message(&reg.proof.purpose, &compressed(&derived)),
-        )
-        .unwrap()
-        .into();
+        app_sign(&mut reg.proof, &impostor);
         let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
             RecordError::Chain(ProofError::AppSignatureMismatch {
-                app_key_address: Address::from_public_key(c.app.verifying_key()),
+                app_key_address: c.app_key_address(),
                 recovered: Address::from_public_key(impostor.verifying_key()),
             })
         );
@@ -668,16 +643,10 @@ mod tests {
     #[test]
     fn impostor_app_key_fails_at_kms() {
         let c = Cluster::new();
-        let mut reg = c.registration(NODE, INSTANCE);
+        let mut reg = registration(&c, NODE, INSTANCE);
         let impostor = sk([0x44; 32]);
-        let derived = public_key_from_xy("d", &reg.proof.derived_public_key).unwrap();
         reg.proof.app_public_key = uncompressed_xy(impostor.verifying_key());
-        reg.proof.app_signature = sign_dstack_message(
-            &impostor,
-            &app_message(&reg.proof.purpose, &compressed(&derived)),
-        )
-        .unwrap()
-        .into();
+        app_sign(&mut reg.proof, &impostor);
         let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert!(
             matches!(err, RecordError::Chain(ProofError::KmsRootMismatch { .. })),
@@ -689,26 +658,19 @@ mod tests {
     #[test]
     fn proof_for_another_instance_is_rejected() {
         let c = Cluster::new();
-        let other = c.registration(NODE, OTHER_INSTANCE);
-        let err = SignedRegistration::sign(
-            record(INSTANCE),
-            other.proof.clone(),
-            &sk(NODE),
-            31337,
-            CONTRACT,
-        )
-        .unwrap_err();
+        let other = registration(&c, NODE, OTHER_INSTANCE);
+        let err = sign(&c, NODE, INSTANCE, other.proof.clone()).unwrap_err();
         assert!(matches!(err, RecordError::PurposeMismatch { .. }), "{err}");
 
-        let mut forged = c.registration(NODE, INSTANCE);
+        let mut forged = registration(&c, NODE, INSTANCE);
         forged.proof = other.proof.clone();
         let err =
             verify_registration(&forged, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert_eq!(
             err,
             RecordError::PurposeMismatch {
-                expected: purpose(INSTANCE, node_address(&sk(NODE))),
-                actual: purpose(OTHER_INSTANCE, node_address(&sk(NODE)))
+                expected: purpose(INSTANCE, Cluster::node(NODE)),
+                actual: purpose(OTHER_INSTANCE, Cluster::node(NODE))
             }
         );
         let err =
@@ -723,7 +685,7 @@ mod tests {
     #[test]
     fn tampered_record_is_rejected() {
         let c = Cluster::new();
-        let mut reg = c.registration(NODE, INSTANCE);
+        let mut reg = registration(&c, NODE, INSTANCE);
         reg.endpoint = "198.51.100.1:51820".into();
         let err = verify_registration(&reg, c.kms_root(), &[c.app_id], INSTANCE, None).unwrap_err();
         assert!(
@@ -736,15 +698,8 @@ mod tests {
     #[test]
     fn signing_with_the_wrong_key_is_refused() {
         let c = Cluster::new();
-        let reg = c.registration(NODE, INSTANCE);
-        let err = SignedRegistration::sign(
-            record(INSTANCE),
-            reg.proof,
-            &sk([0x66; 32]),
-            31337,
-            CONTRACT,
-        )
-        .unwrap_err();
+        let reg = registration(&c, NODE, INSTANCE);
+        let err = sign(&c, 0x66, INSTANCE, reg.proof).unwrap_err();
         assert!(matches!(err, RecordError::PurposeMismatch { .. }), "{err}");
     }
 

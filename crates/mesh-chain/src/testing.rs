@@ -76,10 +76,20 @@ impl Cluster {
         }
     }
 
+    /// The address of the KMS root key.
+    pub fn kms_root(&self) -> Address {
+        Address::from_public_key(self.kms.verifying_key())
+    }
+
+    /// The address of the app key the KMS issued.
+    pub fn app_key_address(&self) -> Address {
+        Address::from_public_key(self.app.verifying_key())
+    }
+
     /// The anchors a node of this cluster pins: its KMS root, its app id, its chain and the prefix 10.0.1.0/24.
     pub fn pins(&self) -> Pins {
         Pins {
-            kms_root: Address::from_public_key(self.kms.verifying_key()),
+            kms_root: self.kms_root(),
             app_ids: vec![self.app_id],
             chain_id: self.chain_id,
             prefix: Prefix::new([10, 0, 1, 0].into(), 24).expect("a valid prefix"),
@@ -122,12 +132,9 @@ impl Cluster {
         }
     }
 
-    /// Seat `token`'s record at `nonce`, signed by node `node` with a proof from this cluster's app key naming
-    /// the seat's instance and the node.
-    pub fn record(&self, token: u64, node: u8, nonce: u64) -> SignedRegistration {
-        let key = Self::node_key(node);
-        let instance = Self::instance(token);
-        let purpose = record::purpose(&instance, record::node_address(&key));
+    /// What any instance of this cluster's app gets from GetKey under `purpose`: the chain from the KMS root
+    /// through the app key to a derived key (the same for every purpose; the mesh does not use it).
+    pub fn proof(&self, purpose: &str) -> DstackProof {
         let derived = SigningKey::from_slice(&[0x77; 32]).expect("a valid secp256k1 scalar");
         let derived_key = compressed(derived.verifying_key());
         let sign = |key: &SigningKey, message: &[u8]| {
@@ -135,14 +142,22 @@ impl Cluster {
         };
         let reply = GetKeyReply::new(
             DerivedKey::from_bytes([0x77; 32]),
-            sign(&self.app, &app_message(&purpose, &derived_key)),
+            sign(&self.app, &app_message(purpose, &derived_key)),
             sign(
                 &self.kms,
                 &kms_message(self.app_id, &compressed(self.app.verifying_key())),
             ),
         );
-        let proof = DstackProof::from_get_key(&reply, self.app_id, &purpose)
-            .expect("the app key signed the derived key");
+        DstackProof::from_get_key(&reply, self.app_id, purpose)
+            .expect("the app key signed the derived key")
+    }
+
+    /// Seat `token`'s record at `nonce`, signed by node `node` with a proof from this cluster's app key naming
+    /// the seat's instance and the node.
+    pub fn record(&self, token: u64, node: u8, nonce: u64) -> SignedRegistration {
+        let key = Self::node_key(node);
+        let instance = Self::instance(token);
+        let proof = self.proof(&record::purpose(&instance, record::node_address(&key)));
         let peer_record = record::PeerRecord {
             tokenId: U256::from(token),
             instanceId: instance,
