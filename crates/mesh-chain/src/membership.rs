@@ -511,6 +511,16 @@ mod tests {
         }
     }
 
+    /// The seats of `records` that node `own` takes for peers in 10.0.1.0/24, and why it leaves out the
+    /// others.
+    fn peers_of(
+        records: &BTreeMap<u64, SignedRegistration>,
+        own: Own<'_>,
+    ) -> (Vec<u64>, Vec<InvalidRecord>) {
+        let (valid, invalid) = members(records, own, prefix([10, 0, 1, 0], 24));
+        (valid.iter().map(|m| m.token_id).collect(), invalid)
+    }
+
     /// Two seats claiming one key: neither is configured, each with a reason, and the others go on.
     #[test]
     fn two_seats_with_one_key_are_both_left_out() {
@@ -520,15 +530,8 @@ mod tests {
             (4, record(4, 1, 0x77, "i4")),
         ]
         .into();
-        let (valid, invalid) = members(
-            &records,
-            own(Some(1), Some(0x11)),
-            prefix([10, 0, 1, 0], 24),
-        );
-        assert_eq!(
-            valid.iter().map(|m| m.token_id).collect::<Vec<_>>(),
-            vec![2]
-        );
+        let (peers, invalid) = peers_of(&records, own(Some(1), Some(0x11)));
+        assert_eq!(peers, vec![2]);
         assert_eq!(
             invalid,
             vec![
@@ -554,15 +557,8 @@ mod tests {
             (6, record(6, 1, 0x11, "impostor")), // this node's key under another seat
         ]
         .into();
-        let (valid, invalid) = members(
-            &records,
-            own(Some(1), Some(0x11)),
-            prefix([10, 0, 1, 0], 24),
-        );
-        assert_eq!(
-            valid.iter().map(|m| m.token_id).collect::<Vec<_>>(),
-            vec![2]
-        );
+        let (peers, invalid) = peers_of(&records, own(Some(1), Some(0x11)));
+        assert_eq!(peers, vec![2]);
         assert_eq!(
             invalid,
             vec![
@@ -571,10 +567,7 @@ mod tests {
             ]
         );
         // Before the node knows its seat, its own record is still not a peer.
-        let (valid, _) = members(&records, own(None, Some(0x11)), prefix([10, 0, 1, 0], 24));
-        assert_eq!(
-            valid.iter().map(|m| m.token_id).collect::<Vec<_>>(),
-            vec![2]
-        );
+        let (peers, _) = peers_of(&records, own(None, Some(0x11)));
+        assert_eq!(peers, vec![2]);
     }
 }

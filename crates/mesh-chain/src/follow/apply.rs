@@ -644,6 +644,16 @@ mod tests {
         }
     }
 
+    /// Blocks 13 to 14: the two after [`next_blocks`], on the same chain.
+    fn blocks_13_to_14() -> Blocks {
+        Blocks {
+            from: 13,
+            to: 14,
+            hash: hash(14),
+            parent: hash(12),
+        }
+    }
+
     fn log(event: Event) -> Logged {
         Logged {
             removed: false,
@@ -818,15 +828,9 @@ mod tests {
             tokenId: U256::from(3),
             reason: 1,
         }));
-        let blocks = Blocks {
-            from: 13,
-            to: 14,
-            hash: hash(14),
-            parent: hash(12),
-        };
         let out = apply_logs(
             &moved,
-            blocks,
+            blocks_13_to_14(),
             &[registered(&old), clear, registered(&new)],
             no_binding_read,
         );
@@ -934,15 +938,9 @@ mod tests {
         assert_eq!(out.view.bindings[&3].node, Cluster::node(0x35));
         assert_eq!(out.view.bindings[&3].bound_block, 11, "the log's block");
 
-        let blocks = Blocks {
-            from: 13,
-            to: 14,
-            hash: hash(14),
-            parent: hash(12),
-        };
         let out = apply_logs(
             &out.view,
-            blocks,
+            blocks_13_to_14(),
             &[unbound(4, Cluster::instance(4)), registered(&four)],
             |_| Read::Missing,
         );
