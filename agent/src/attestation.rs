@@ -176,8 +176,8 @@ pub fn attested(
 mod tests {
     use super::*;
     use alloy::primitives::{Bytes, keccak256};
-    use mesh_attest::RuntimeEvent;
     use mesh_attest::report_data;
+    use mesh_attest::testing::boot_log;
     use tdx_mock::{CollateralOptions, MockPki, TdInput};
 
     const NOW: u64 = 1_760_000_000;
@@ -189,18 +189,6 @@ mod tests {
     const NODE_A: Address = Address::repeat_byte(0x0a);
     const NODE_B: Address = Address::repeat_byte(0x0b);
 
-    fn boot_log(instance: [u8; 20]) -> Vec<RuntimeEvent> {
-        vec![
-            RuntimeEvent::new("system-preparing", Vec::new()),
-            RuntimeEvent::new("app-id", APP),
-            RuntimeEvent::new("compose-hash", [0xc0; 32]),
-            RuntimeEvent::new("instance-id", instance),
-            RuntimeEvent::new("boot-mr-done", Vec::new()),
-            RuntimeEvent::new("key-provider", br#"{"name":"kms","id":"00"}"#.to_vec()),
-            RuntimeEvent::new("system-ready", Vec::new()),
-        ]
-    }
-
     /// The evidence instance `instance` publishes after quoting for `node`, as the binding of `seat_instance`.
     fn binding(
         pki: &MockPki,
@@ -208,7 +196,7 @@ mod tests {
         node: Address,
         seat_instance: [u8; 20],
     ) -> Binding {
-        let events = boot_log(instance);
+        let events = boot_log(APP, [0xc0; 32], instance);
         let rtmr3 = mesh_attest::replay::replay_rtmr3(&events).unwrap();
         let quote = pki.quote(&TdInput::new(
             [1; 48],

@@ -3,15 +3,14 @@
 //! evidence hash and collateral), for `N` distinct seats under one mock PKI. Prints figures; asserts nothing.
 //!
 //! ```sh
-//! cargo run --release -p mesh-attest --example verify_cost -- 100
+//! cargo run --release -p mesh-attest --features testing --example verify_cost -- 100
 //! ```
 
 use std::time::{Duration, Instant};
 
 use alloy_primitives::Address;
-use mesh_attest::{
-    Allowed, Evidence, Expected, Policy, RuntimeEvent, Trust, VerdictCache, report_data,
-};
+use mesh_attest::testing::boot_log;
+use mesh_attest::{Allowed, Evidence, Expected, Policy, Trust, VerdictCache, report_data};
 use tdx_mock::{CollateralOptions, MockPki, TdInput};
 
 const NOW: u64 = 1_760_000_000;
@@ -20,15 +19,7 @@ const APP: [u8; 20] = [0xa1; 20];
 fn evidence(pki: &MockPki, seat: u32) -> (Evidence, Expected) {
     let mut instance = [0u8; 20];
     instance[..4].copy_from_slice(&seat.to_be_bytes());
-    let events = vec![
-        RuntimeEvent::new("system-preparing", Vec::new()),
-        RuntimeEvent::new("app-id", APP),
-        RuntimeEvent::new("compose-hash", [0xc0; 32]),
-        RuntimeEvent::new("instance-id", instance),
-        RuntimeEvent::new("boot-mr-done", Vec::new()),
-        RuntimeEvent::new("key-provider", br#"{"name":"kms","id":"00"}"#.to_vec()),
-        RuntimeEvent::new("system-ready", Vec::new()),
-    ];
+    let events = boot_log(APP, [0xc0; 32], instance);
     let rtmr3 = mesh_attest::replay::replay_rtmr3(&events).expect("replay");
     let node = Address::from_word(alloy_primitives::B256::left_padding_from(
         &seat.to_be_bytes(),

@@ -21,6 +21,8 @@ pub mod evidence;
 pub mod policy;
 pub mod replay;
 pub mod seat;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod time_fmt;
 pub mod verify;
 
