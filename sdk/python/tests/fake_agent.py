@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -403,6 +403,16 @@ async def _main(path: str, registration_error: str | None) -> None:
         await asyncio.Event().wait()
     finally:
         await agent.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
+    """Runs ``coro`` (a monitor, say) as a task while the ``async with`` body runs, and cancels it after."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
 
 
 def wait_for(cond: Callable[[], bool]) -> Awaitable[None]:

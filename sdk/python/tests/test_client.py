@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from dstack_p2p import (
     Reconnected,
     RegistrationError,
 )
-from fake_agent import CONTRACT, FakeAgent, ThreadedAgent, leader_json, peer_json, wait_for
+from fake_agent import CONTRACT, FakeAgent, ThreadedAgent, leader_json, peer_json, running, wait_for
 
 NO_SEAT = (
     f"no seat of cluster {CONTRACT} is bound to this instance (ab12cd34). The cluster owner mints one "
@@ -263,8 +265,7 @@ class Recorder:
 async def test_monitor_delivers_the_current_list_then_changes(agent: FakeAgent) -> None:
     rec = Recorder()
     async with DStackP2PSDK(CONTRACT, api=agent.api) as sdk:
-        task = asyncio.create_task(sdk.monitor_peers(rec.peers, on_leader=rec.leader))
-        try:
+        async with running(sdk.monitor_peers(rec.peers, on_leader=rec.leader)):
             await rec.wait(2)
             assert rec.calls == [("peers", ["10.0.1.2", "10.0.1.3"]), ("leader", 2)]
             agent.set_peers([peer_json(2), peer_json(3), peer_json(4)])
@@ -282,8 +283,6 @@ async def test_monitor_delivers_the_current_list_then_changes(agent: FakeAgent) 
             agent.set_peers([peer_json(4)])
             await rec.wait(6)
             assert rec.calls[5:] == [("peers", ["10.0.1.4"])]
-        finally:
-            task.cancel()
     assert agent.requests[0] == "/v1/status"
 
 
@@ -294,10 +293,7 @@ async def test_monitor_reconnects_after_a_restart_without_a_spurious_call(
     caplog.set_level(logging.INFO, logger="dstack_p2p")
     rec = Recorder()
     async with DStackP2PSDK(api=agent.api) as sdk:
-        task = asyncio.create_task(
-            sdk.monitor_peers(rec.peers, on_leader=rec.leader, on_reconnect=rec.reconnect)
-        )
-        try:
+        async with running(sdk.monitor_peers(rec.peers, on_leader=rec.leader, on_reconnect=rec.reconnect)):
             await rec.wait(2)
             await agent.restart(down=0.3, graceful=graceful)
             await rec.wait(3)
@@ -312,8 +308,6 @@ async def test_monitor_reconnects_after_a_restart_without_a_spurious_call(
             await rec.wait(4)
             assert rec.calls[3:] == [("peers", ["10.0.1.3"])]
             assert agent.events_connections == 2
-        finally:
-            task.cancel()
     messages = [r.getMessage() for r in caplog.records if r.name == "dstack_p2p"]
     assert any(m.startswith("lost the event stream of the dstack-mesh agent at") for m in messages)
     assert any(m.startswith("reconnected to the dstack-mesh agent") for m in messages)
@@ -322,8 +316,7 @@ async def test_monitor_reconnects_after_a_restart_without_a_spurious_call(
 async def test_monitor_delivers_a_change_made_while_disconnected(agent: FakeAgent) -> None:
     rec = Recorder()
     async with DStackP2PSDK(api=agent.api) as sdk:
-        task = asyncio.create_task(sdk.monitor_peers(rec.peers, detailed=True))
-        try:
+        async with running(sdk.monitor_peers(rec.peers, detailed=True)):
             await rec.wait(1)
             first = rec.calls[0][1]
             assert all(isinstance(p, Peer) for p in first) and [p.token_id for p in first] == [2, 3]
@@ -334,23 +327,18 @@ async def test_monitor_delivers_a_change_made_while_disconnected(agent: FakeAgen
             await rec.wait(2)
             assert [p.address for p in rec.calls[1][1]] == ["https://gw/2", "10.0.1.3"]
             assert rec.calls[1][1][0].connection == "tls-gateway"
-        finally:
-            task.cancel()
 
 
 async def test_monitor_ignores_unknown_events_and_comments_and_split_chunks(agent: FakeAgent) -> None:
     agent.split_events = True
     rec = Recorder()
     async with DStackP2PSDK(api=agent.api) as sdk:
-        task = asyncio.create_task(sdk.monitor_peers(rec.peers))
-        try:
+        async with running(sdk.monitor_peers(rec.peers)):
             await rec.wait(1)
             agent.push(b': keep-alive\n\nevent: metrics\r\ndata: {"x": 1}\r\n\r\n')
             agent.push(b"event: peers\r\ndata: [\r\ndata: ]\r\n\r\n")
             await rec.wait(2)
             assert rec.calls == [("peers", ["10.0.1.2", "10.0.1.3"]), ("peers", [])]
-        finally:
-            task.cancel()
 
 
 async def test_monitor_async_callback_and_monitor_leader(agent: FakeAgent) -> None:
@@ -361,16 +349,13 @@ async def test_monitor_async_callback_and_monitor_leader(agent: FakeAgent) -> No
         got.append(leader.token_id)
 
     async with DStackP2PSDK(api=agent.api) as sdk:
-        task = asyncio.create_task(sdk.monitor_leader(on_leader))
-        try:
+        async with running(sdk.monitor_leader(on_leader)):
             await asyncio.wait_for(wait_for(lambda: got == [2]), 5)
             # Peer changes do not reach a leader-only monitor.
             agent.set_peers([])
             agent.set_leader(leader_json(None))
             await asyncio.wait_for(wait_for(lambda: len(got) == 2), 5)
             assert got == [2, None]
-        finally:
-            task.cancel()
 
 
 async def test_callback_exception_propagates_and_closes_the_stream(agent: FakeAgent) -> None:
@@ -442,66 +427,64 @@ def test_one_sdk_across_event_loops(sock_dir: str) -> None:
 # --- the leader's lease and term ---------------------------------------------------------------------
 
 
-async def test_on_leader_hears_the_lease_end_and_every_new_term_but_not_the_clock(agent: FakeAgent) -> None:
+@contextlib.asynccontextmanager
+async def leader_calls(agent: FakeAgent) -> AsyncIterator[list[Leader]]:
+    """Watches the leader of a node that leads as seat 1 in term 3: yields what a leader monitor is called
+    with (its first call already in), as it goes on being called while the ``async with`` body runs."""
     agent.leader = leader_json(1, is_self=True, term=3)
     got: list[Leader] = []
     async with DStackP2PSDK(api=agent.api) as sdk:
-        task = asyncio.create_task(sdk.monitor_leader(got.append))
-        try:
+        async with running(sdk.monitor_leader(got.append)):
             await asyncio.wait_for(wait_for(lambda: len(got) == 1), 5)
-            assert got[0].is_self and got[0].term == 3 and got[0].lease_ms == 2100
+            yield got
 
-            def then(change: dict[str, Any], count: int) -> Any:
-                agent.set_leader({**agent.leader, **change})
-                return asyncio.wait_for(wait_for(lambda: len(got) == count), 5)
 
-            # The age and what is left of the lease move all the time: no call.
-            agent.set_leader({**agent.leader, "ageMs": 900, "leaseMs": 1600})
-            agent.set_leader({**agent.leader, "ageMs": 1300, "leaseMs": 1200})
-            # The lease runs out: the same seat, no longer this node's to act on.
-            reason = "the chain view is 2.6 s old, older than the 2.5 s lease"
-            await then({"isSelf": False, "leaseMs": None, "state": "stale", "reason": reason}, 2)
-            assert not got[1].is_self and got[1].state == "stale" and got[1].reason == reason
-            assert got[1].token_id == 1 and got[1].term == 3
-            # Confirmed again, as a follower would be, but still not leading: the state alone is a change.
-            await then({"state": "current", "ageMs": 20}, 3)
-            # Leading again under the same term.
-            await then({"isSelf": True, "leaseMs": 2400, "reason": None}, 4)
-            assert got[3].is_self and got[3].term == 3
-            # Unhealthy: it steps down.
-            await then({"isSelf": False, "healthy": False, "leaseMs": None, "reason": "unhealthy: redis"}, 5)
-            assert not got[4].healthy
-            # A new term with the same seat (cleared, then elected again).
-            await then({"term": 5, "isSelf": True, "healthy": True, "reason": None, "leaseMs": 2000}, 6)
-            assert got[5].term == 5
-            await asyncio.sleep(0.1)
-            assert len(got) == 6
-        finally:
-            task.cancel()
+async def test_on_leader_hears_the_lease_end_and_every_new_term_but_not_the_clock(agent: FakeAgent) -> None:
+    async with leader_calls(agent) as got:
+        assert got[0].is_self and got[0].term == 3 and got[0].lease_ms == 2100
+
+        def then(change: dict[str, Any], count: int) -> Any:
+            agent.set_leader({**agent.leader, **change})
+            return asyncio.wait_for(wait_for(lambda: len(got) == count), 5)
+
+        # The age and what is left of the lease move all the time: no call.
+        agent.set_leader({**agent.leader, "ageMs": 900, "leaseMs": 1600})
+        agent.set_leader({**agent.leader, "ageMs": 1300, "leaseMs": 1200})
+        # The lease runs out: the same seat, no longer this node's to act on.
+        reason = "the chain view is 2.6 s old, older than the 2.5 s lease"
+        await then({"isSelf": False, "leaseMs": None, "state": "stale", "reason": reason}, 2)
+        assert not got[1].is_self and got[1].state == "stale" and got[1].reason == reason
+        assert got[1].token_id == 1 and got[1].term == 3
+        # Confirmed again, as a follower would be, but still not leading: the state alone is a change.
+        await then({"state": "current", "ageMs": 20}, 3)
+        # Leading again under the same term.
+        await then({"isSelf": True, "leaseMs": 2400, "reason": None}, 4)
+        assert got[3].is_self and got[3].term == 3
+        # Unhealthy: it steps down.
+        await then({"isSelf": False, "healthy": False, "leaseMs": None, "reason": "unhealthy: redis"}, 5)
+        assert not got[4].healthy
+        # A new term with the same seat (cleared, then elected again).
+        await then({"term": 5, "isSelf": True, "healthy": True, "reason": None, "leaseMs": 2000}, 6)
+        assert got[5].term == 5
+        await asyncio.sleep(0.1)
+        assert len(got) == 6
 
 
 async def test_on_leader_after_a_reconnection_only_for_what_changed(agent: FakeAgent) -> None:
-    agent.leader = leader_json(1, is_self=True, term=3)
-    got: list[Leader] = []
-    async with DStackP2PSDK(api=agent.api) as sdk:
-        task = asyncio.create_task(sdk.monitor_leader(got.append))
-        try:
-            await asyncio.wait_for(wait_for(lambda: len(got) == 1), 5)
-            # Back with only the clock moved: nothing to report.
-            await agent.stop()
-            agent.leader = {**agent.leader, "ageMs": 5, "leaseMs": 2490}
-            await agent.start()
-            await asyncio.wait_for(wait_for(lambda: agent.events_connections == 2), 5)
-            await asyncio.sleep(0.1)
-            assert len(got) == 1
-            # Back with the lease lost meanwhile: one call.
-            await agent.stop()
-            agent.leader = {**agent.leader, "isSelf": False, "leaseMs": None, "state": "unknown"}
-            await agent.start()
-            await asyncio.wait_for(wait_for(lambda: len(got) == 2), 5)
-            assert not got[1].is_self and got[1].state == "unknown"
-        finally:
-            task.cancel()
+    async with leader_calls(agent) as got:
+        # Back with only the clock moved: nothing to report.
+        await agent.stop()
+        agent.leader = {**agent.leader, "ageMs": 5, "leaseMs": 2490}
+        await agent.start()
+        await asyncio.wait_for(wait_for(lambda: agent.events_connections == 2), 5)
+        await asyncio.sleep(0.1)
+        assert len(got) == 1
+        # Back with the lease lost meanwhile: one call.
+        await agent.stop()
+        agent.leader = {**agent.leader, "isSelf": False, "leaseMs": None, "state": "unknown"}
+        await agent.start()
+        await asyncio.wait_for(wait_for(lambda: len(got) == 2), 5)
+        assert not got[1].is_self and got[1].state == "unknown"
 
 
 # --- health ------------------------------------------------------------------------------------------
