@@ -62,6 +62,14 @@ fn votes_and_elections(agent: &Agent<'_>) -> usize {
         .count()
 }
 
+/// Whether `agent` logged a ballot against seat 2.
+fn voted_against_seat_2(agent: &Agent<'_>) -> bool {
+    agent
+        .log_lines("casting a ballot")
+        .iter()
+        .any(|l| l.contains("castVote against seat 2"))
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -381,10 +389,7 @@ fn an_unhealthy_leader_is_replaced_and_votes_again_only_once_healthy() {
             "one vote does not replace seat 2"
         );
         assert!(
-            agents[2]
-                .log_lines("casting a ballot")
-                .iter()
-                .any(|l| l.contains("castVote against seat 2")),
+            voted_against_seat_2(&agents[2]),
             "node 3 votes against the silent seat 2:\n{}",
             agents[2].tail()
         );
@@ -401,10 +406,7 @@ fn an_unhealthy_leader_is_replaced_and_votes_again_only_once_healthy() {
             || tails(agents),
         );
         assert!(
-            agents[0]
-                .log_lines("casting a ballot")
-                .iter()
-                .any(|l| l.contains("castVote against seat 2")),
+            voted_against_seat_2(&agents[0]),
             "node 1 voted once healthy:\n{}",
             agents[0].tail()
         );

@@ -305,13 +305,13 @@ fn app_auth_check_judges_a_boot() {
         .to_string(),
     )
     .unwrap();
-    let refused = m
-        .run(
+    let check = || {
+        m.run(
             None,
             &["app-auth", "check", boot.to_str().unwrap(), "--json"],
         )
-        .failed()
-        .json();
+    };
+    let refused = check().failed().json();
     assert_eq!(refused["isAllowed"], false);
     assert_eq!(refused["reason"], "Compose hash not allowed");
     m.run(
@@ -319,13 +319,7 @@ fn app_auth_check_judges_a_boot() {
         &["app-auth", "allow-compose", &format!("0x{compose}")],
     )
     .ok();
-    let allowed = m
-        .run(
-            None,
-            &["app-auth", "check", boot.to_str().unwrap(), "--json"],
-        )
-        .ok()
-        .json();
+    let allowed = check().ok().json();
     assert_eq!(allowed["isAllowed"], true);
 }
 
