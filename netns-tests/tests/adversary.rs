@@ -215,23 +215,37 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
         other_peers,
         other_logs,
     );
-    std::thread::sleep(Duration::from_secs(5)); // many polls and two full reads
+    // Many polls and at least one full read: as long as that takes on a busy machine, never with the
+    // peers changed meanwhile.
+    let refusals = |agent: &Agent<'_>| {
+        agent
+            .warnings()
+            .iter()
+            .filter(|w| w.contains("refusing a record"))
+            .count()
+    };
+    wait_until(
+        "node 1 to refuse cluster B's records, polled and fully read",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            assert_eq!(
+                view(&agents[0]),
+                before,
+                "node 1's peers changed under cluster B's records"
+            );
+            refusals(&agents[0]) >= 2
+        },
+        || agents[0].tail(),
+    );
+    std::thread::sleep(Duration::from_secs(3)); // more polls, and the full read's retry
     agents[0].assert_running();
     assert_eq!(
         view(&agents[0]),
         before,
         "node 1's peers changed under cluster B's records"
     );
-    let refusals = agents[0]
-        .warnings()
-        .iter()
-        .filter(|w| w.contains("refusing a record"))
-        .count();
-    assert!(
-        refusals >= 2,
-        "node 1 logged {refusals} refusals:\n{}",
-        agents[0].tail()
-    );
+    let refusals = refusals(&agents[0]);
     assert_pings(&agents, 1, 2);
     steps.step(&format!(
         "cluster B's records served as this cluster's (seat 2 at nonce 1000, redirected to node 4; a seat 4): node 1 refused them ({refusals} warnings) and kept its peers"
