@@ -31,18 +31,9 @@ const RTMR0: [u8; 48] = [0x20; 48];
 const RTMR1: [u8; 48] = [0x21; 48];
 const RTMR2: [u8; 48] = [0x22; 48];
 
-/// dstack's boot sequence into RTMR3 (dstack-util's `system_setup`), in its order.
+/// dstack's boot sequence into RTMR3, with this test's KMS as key provider.
 fn boot_log(app: [u8; 20], compose: [u8; 32], instance: [u8; 20]) -> Vec<RuntimeEvent> {
-    let key_provider = format!(r#"{{"name":"kms","id":"{}"}}"#, hex::encode(KMS_ID));
-    vec![
-        RuntimeEvent::new("system-preparing", Vec::new()),
-        RuntimeEvent::new("app-id", app),
-        RuntimeEvent::new("compose-hash", compose),
-        RuntimeEvent::new("instance-id", instance),
-        RuntimeEvent::new("boot-mr-done", Vec::new()),
-        RuntimeEvent::new("key-provider", key_provider.into_bytes()),
-        RuntimeEvent::new("system-ready", Vec::new()),
-    ]
+    mesh_attest::testing::boot_log_from_kms(app, compose, instance, &KMS_ID)
 }
 
 fn node_report_data(node: Address) -> [u8; 64] {
