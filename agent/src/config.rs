@@ -268,6 +268,30 @@ pub struct RunArgs {
     /// Turn off the userspace WireGuard's UDP GSO and GRO: runs of datagrams in one send and one receive.
     #[arg(long, env = "DSTACK_MESH_NO_UDP_OFFLOAD")]
     pub no_udp_offload: bool,
+    /// The mesh interface's MTU. WireGuard adds 60 bytes to each packet over IPv4 (80 over IPv6), and its
+    /// datagrams may not be fragmented: on a path that carries fewer than 1,500 bytes (a tunnel, PPPoE, some
+    /// clouds) give the path's MTU minus 60 or less, on every node (say 1200 on a 1,280-byte path). The agent
+    /// logs a warning, naming this flag, when it finds a peer's path too small for the MTU.
+    #[arg(long, env = "DSTACK_MESH_MTU", default_value_t = mesh_wg::DEFAULT_MTU, value_parser = clap::value_parser!(u16).range(576..=9000))]
+    pub mtu: u16,
+    /// A STUN server (HOST:PORT) that the userspace WireGuard asks, from its own UDP socket, which public
+    /// address and port its NAT maps it to, so that a peer behind another NAT can punch a direct path to it
+    /// instead of using the relay. Repeatable (or comma-separated); two on different addresses also tell
+    /// whether the NAT maps each destination apart (symmetric), where punching cannot work.
+    #[arg(
+        long = "stun-server",
+        env = "DSTACK_MESH_STUN_SERVERS",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_STUN_SERVERS.map(String::from),
+        value_parser = parse_stun_server,
+        conflicts_with = "no_stun"
+    )]
+    pub stun_servers: Vec<String>,
+    /// Ask no STUN server (for a node with no way out to one): it then publishes only its interfaces'
+    /// addresses and the address peers that reach it directly see.
+    #[arg(long, env = "DSTACK_MESH_NO_STUN")]
+    pub no_stun: bool,
     /// Run this shell command after each peer-set change, with the peer list as JSON on stdin and a
     /// cleaned environment (no keys or RPC credentials).
     #[arg(long, env = "DSTACK_MESH_ON_CHANGE")]
@@ -305,6 +329,25 @@ pub struct RunArgs {
     pub hosts_suffix: String,
 }
 
+/// The STUN servers asked unless told otherwise: two operators, on different addresses, so that the NAT's
+/// mapping behaviour can be told.
+pub const DEFAULT_STUN_SERVERS: [&str; 2] = ["stun.l.google.com:19302", "stun.cloudflare.com:3478"];
+
+/// `--stun-server`: a host (name or IPv4 address) and a port.
+fn parse_stun_server(raw: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "{raw:?} is not HOST:PORT: give a STUN server such as stun.example.com:3478 or 192.0.2.1:3478"
+        )
+    };
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains(['/', ' ']) || port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad());
+    }
+    Ok(raw.to_owned())
+}
+
 /// `--api-socket-mode`: octal permission bits, such as 0660 or 660.
 fn parse_socket_mode(raw: &str) -> Result<u32, String> {
     let digits = raw.strip_prefix("0o").unwrap_or(raw);
@@ -317,6 +360,15 @@ fn parse_socket_mode(raw: &str) -> Result<u32, String> {
 }
 
 impl RunArgs {
+    /// The STUN servers to ask: none with `--no-stun`.
+    pub fn stun_servers(&self) -> Vec<String> {
+        if self.no_stun {
+            Vec::new()
+        } else {
+            self.stun_servers.clone()
+        }
+    }
+
     /// This node's gateway URL: given whole, or built from the base domain and port.
     pub fn gateway_url(&self, instance_id: &str) -> Option<String> {
         match (&self.gateway_url, &self.gateway_domain, self.gateway_port) {
@@ -472,6 +524,52 @@ mod tests {
             assert!(err.contains("--tx-key-file"), "{err}");
             assert!(!err.contains(KEY), "the error shows the key: {err}");
         }
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn flags(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        use clap::Parser as _;
+        Flags::try_parse_from(std::iter::once("p2p-agent").chain(args.iter().copied()))
+            .map(|f| f.run)
+    }
+
+    #[test]
+    fn stun_servers_default_to_two_operators_and_can_be_replaced_or_turned_off() {
+        assert_eq!(flags(&[]).unwrap().stun_servers(), DEFAULT_STUN_SERVERS);
+        let mine = flags(&[
+            "--stun-server",
+            "192.0.2.1:3478",
+            "--stun-server",
+            "stun.example.com:3479",
+        ]);
+        assert_eq!(
+            mine.unwrap().stun_servers(),
+            ["192.0.2.1:3478", "stun.example.com:3479"]
+        );
+        assert!(flags(&["--no-stun"]).unwrap().stun_servers().is_empty());
+    }
+
+    #[test]
+    fn conflicting_or_malformed_stun_and_mtu_flags_are_refused_with_what_to_give() {
+        let both = flags(&["--no-stun", "--stun-server", "192.0.2.1:3478"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("--no-stun") && both.contains("--stun-server"),
+            "{both}"
+        );
+        for bad in ["192.0.2.1", "stun.example.com:0", ":3478", "host:port"] {
+            let err = flags(&["--stun-server", bad]).unwrap_err().to_string();
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+        let err = flags(&["--mtu", "500"]).unwrap_err().to_string();
+        assert!(err.contains("576"), "{err}");
+        assert_eq!(flags(&["--mtu", "1200"]).unwrap().mtu, 1200);
     }
 
     #[test]

@@ -377,6 +377,8 @@ impl Tasks {
                     tun: !args.no_tun_offload,
                     udp: !args.no_udp_offload,
                 },
+                mtu: args.mtu,
+                stun_servers: args.stun_servers(),
                 relay: relay_port
                     .zip(relay)
                     .map(|(port, (dialer, metrics))| Relay {

@@ -91,9 +91,13 @@ fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> 
         connection,
         path: stat.map(|s| match s.path {
             PathKind::Direct => Path::Direct,
+            PathKind::Punched => Path::Punched,
             PathKind::Relay => Path::Relay,
         }),
         relay_url: stat.and_then(|s| s.relay.as_ref()).map(ToString::to_string),
+        path_reason: stat.and_then(|s| s.punch.relay_reason.clone()),
+        candidates: stat.map_or_else(Vec::new, |s| candidates(&s.punch.candidates)),
+        punch_attempts: stat.map_or(0, |s| s.punch.attempts),
         address,
         healthy,
         latest_handshake: handshake
@@ -103,6 +107,41 @@ fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> 
         tx_bytes: stat.map_or(0, |s| s.tx_bytes),
         leader: false,
         attestation: None,
+    }
+}
+
+/// Candidates as the API shows them.
+fn candidates(list: &[mesh_wg::Candidate]) -> Vec<mesh_api::Candidate> {
+    list.iter()
+        .map(|c| mesh_api::Candidate {
+            address: c.addr.to_string(),
+            source: c.source.as_str().to_owned(),
+        })
+        .collect()
+}
+
+/// What the device knows of its NAT, as the API shows it.
+fn nat(status: &mesh_wg::NatStatus) -> mesh_api::Nat {
+    let r = &status.report;
+    mesh_api::Nat {
+        mapping: r.mapping.as_str().to_owned(),
+        mapped: r.mapped.iter().map(ToString::to_string).collect(),
+        servers: r
+            .servers
+            .iter()
+            .map(|s| mesh_api::StunServer {
+                server: s.server.to_string(),
+                mapped: s.mapped.map(|m| m.to_string()),
+                rtt_ms: s
+                    .rtt
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect(),
+        candidates: candidates(&status.candidates),
+        checked_at: r
+            .checked_at
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
     }
 }
 
@@ -211,6 +250,7 @@ pub fn render(
         peers_configured: peers.len(),
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
         peers_refused: refused.len(),
+        nat: mesh.nat.as_ref().map(nat),
     };
     let leader = Leader {
         clock: clock_of(agent.lease, chain, election, leader_seat, token),
@@ -347,6 +387,15 @@ mod tests {
                     } else {
                         PathKind::Direct
                     },
+                    punch: mesh_wg::PunchStatus {
+                        candidates: vec![mesh_wg::Candidate {
+                            addr: format!("203.0.113.{k}:41000").parse().unwrap(),
+                            source: mesh_wg::CandidateSource::Stun,
+                        }],
+                        attempts: u64::from(k == 0x22) * 3,
+                        relay_reason: (k == 0x22).then(|| "no answer over UDP".to_owned()),
+                        ..mesh_wg::PunchStatus::default()
+                    },
                     allowed_ips: Vec::new(),
                     last_handshake: Some(now - Duration::from_secs(age)),
                     rx_bytes: u64::from(k),
@@ -380,6 +429,22 @@ mod tests {
             invalid_records: 2,
             reconciles: 3,
             relay: mesh_api::RelayCounters::default(),
+            nat: Some(mesh_wg::NatStatus {
+                report: mesh_wg::NatReport {
+                    mapping: mesh_wg::Mapping::EndpointIndependent,
+                    mapped: vec!["203.0.113.1:40000".parse().unwrap()],
+                    servers: vec![mesh_wg::StunResult {
+                        server: "192.0.2.9:3478".parse().unwrap(),
+                        mapped: Some("203.0.113.1:40000".parse().unwrap()),
+                        rtt: Some(Duration::from_millis(12)),
+                    }],
+                    checked_at: Some(now),
+                },
+                candidates: vec![mesh_wg::Candidate {
+                    addr: "203.0.113.1:40000".parse().unwrap(),
+                    source: mesh_wg::CandidateSource::Stun,
+                }],
+            }),
         };
         (chain, reg, mesh)
     }
@@ -637,6 +702,27 @@ mod tests {
             ],
             "a relayed peer is still reached at its overlay IP, and says so"
         );
+        let relayed = &s.peers[0];
+        assert_eq!(relayed.path_reason.as_deref(), Some("no answer over UDP"));
+        assert_eq!(relayed.punch_attempts, 3);
+        assert_eq!(
+            relayed.candidates,
+            [mesh_api::Candidate {
+                address: "203.0.113.34:41000".into(),
+                source: "stun".into()
+            }],
+            "the candidates punching tries"
+        );
+        assert_eq!(
+            s.peers[1].path_reason, None,
+            "a direct peer needs no reason"
+        );
+        let nat = s.status.nat.as_ref().expect("the device's NAT");
+        assert_eq!(nat.mapping, "endpoint-independent");
+        assert_eq!(nat.mapped, ["203.0.113.1:40000"]);
+        assert_eq!(nat.servers[0].rtt_ms, Some(12));
+        assert_eq!(nat.candidates[0].source, "stun");
+        assert_eq!(nat.checked_at, Some(1_000_000));
         assert_eq!((s.status.peers_configured, s.status.peers_healthy), (3, 1));
     }
 

@@ -113,6 +113,8 @@ pub struct MeshState {
     pub reconciles: u64,
     /// The relay's streams and the datagrams dropped for strangers' keys.
     pub relay: mesh_api::RelayCounters,
+    /// What the userspace device knows of its NAT; `None` on the kernel's WireGuard or without an interface.
+    pub nat: Option<mesh_wg::NatStatus>,
 }
 
 /// The leader task's state.

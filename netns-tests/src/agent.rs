@@ -244,6 +244,14 @@ impl<'a> Agent<'a> {
             .arg(&self.tx_key)
             .args(self.cluster.trust_args())
             .args(&extra);
+        if !extra
+            .iter()
+            .any(|f| f == "--stun-server" || f == "--no-stun")
+        {
+            // The agent's default STUN servers are on the internet, which tests never reach: a test that wants
+            // STUN gives its own servers.
+            cmd.arg("--no-stun");
+        }
         if let Some(endpoint) = self.config.endpoint {
             cmd.args(["--endpoint", &endpoint.to_string()]);
         }

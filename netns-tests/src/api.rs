@@ -4,8 +4,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use mesh_api::{
-    self, Attestation, ChainStatus, ConnectionKind, Counters, ElectionCounters, Leader, Mode, Node,
-    Path as PeerPath, Peer, RefusedPeer, RelayCounters, Snapshot, Status,
+    self, Attestation, Candidate, ChainStatus, ConnectionKind, Counters, ElectionCounters, Leader,
+    Mode, Nat, Node, Path as PeerPath, Peer, RefusedPeer, RelayCounters, Snapshot, Status,
+    StunServer,
 };
 use mesh_wg::Key;
 use owned_task::Task;
@@ -34,7 +35,8 @@ fn verified() -> Attestation {
 /// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen; and a seat
 /// refused for its evidence.
 pub fn example_snapshot(now: u64) -> Snapshot {
-    let peer = |token: u64, connection, handshake: Option<u64>, rx, tx| Peer {
+    let peer = |token: u64, connection, handshake: Option<u64>, rx, tx| {
+        Peer {
         token_id: token,
         instance_id: format!("{token:040x}"),
         overlay_ip: Ipv4Addr::new(10, 0, 1, token as u8),
@@ -49,6 +51,18 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             PeerPath::Direct
         }),
         relay_url: (token == 3).then(|| format!("https://{token:040x}-51820.dstack.example")),
+        path_reason: (token == 3).then(|| {
+            "no handshake answer over UDP; no answer over UDP from 1 candidate(s) in 2 attempt(s); trying again with backoff".into()
+        }),
+        candidates: if token == 3 {
+            vec![Candidate {
+                address: "203.0.113.3:40003".into(),
+                source: "stun".into(),
+            }]
+        } else {
+            Vec::new()
+        },
+        punch_attempts: if token == 3 { 2 } else { 0 },
         address: match connection {
             ConnectionKind::Wireguard => Some(format!("10.0.1.{token}")),
             ConnectionKind::TlsGateway => Some(format!("https://{token:040x}-8080.dstack.example")),
@@ -60,6 +74,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         tx_bytes: tx,
         leader: token == 2,
         attestation: Some(verified()),
+    }
     };
     let peers = vec![
         peer(
@@ -110,6 +125,27 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             peers_configured: 3,
             peers_healthy: 1,
             peers_refused: 1,
+            nat: Some(Nat {
+                mapping: "endpoint-independent".into(),
+                mapped: vec!["203.0.113.1:40001".into()],
+                servers: vec![
+                    StunServer {
+                        server: "198.51.100.250:3478".into(),
+                        mapped: Some("203.0.113.1:40001".into()),
+                        rtt_ms: Some(3),
+                    },
+                    StunServer {
+                        server: "198.51.100.251:3478".into(),
+                        mapped: None,
+                        rtt_ms: None,
+                    },
+                ],
+                candidates: vec![Candidate {
+                    address: "203.0.113.1:40001".into(),
+                    source: "stun".into(),
+                }],
+                checked_at: Some(now - 5),
+            }),
         },
         peers,
         // Seat 5's binding carries seat 1's quote under another node key.

@@ -286,6 +286,9 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         "dstack_mesh_relay_streams_open 1",
         "dstack_mesh_relay_tx_bytes_total 1480",
         "dstack_mesh_unknown_peer_datagrams_relay_total 2",
+        "dstack_mesh_peer_punch_attempts_total{token_id=\"3\"} 2",
+        "dstack_mesh_nat_mapping{mapping=\"endpoint-independent\"} 1",
+        "dstack_mesh_nat_candidates 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -132,6 +132,8 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
                 ("DSTACK_MESH_CONTRACT", cluster.contract.clone()),
                 ("DSTACK_MESH_RPC_URL", rpc.clone()),
                 ("DSTACK_MESH_ENDPOINT", format!("{ip}:51820")),
+                // The default STUN servers are on the internet, which the test never reaches.
+                ("DSTACK_MESH_NO_STUN", "true".to_owned()),
                 // Published on loopback only: the test's traffic stays on its network.
                 ("DSTACK_MESH_WG_PUBLISH", format!("127.0.0.1:{}", 52000 + i)),
                 (

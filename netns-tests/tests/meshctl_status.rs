@@ -100,6 +100,18 @@ async fn status_shows_the_node_and_one_row_per_peer() {
             && text.contains(&format!("relay https://{:040x}-51820.dstack.example", 3)),
         "a relayed peer shows its path and relay URL: {text}"
     );
+    assert!(
+        text.contains(
+            "why relayed: no handshake answer over UDP; no answer over UDP from 1 candidate(s)"
+        ) && text.contains("candidates 203.0.113.3:40003 (stun)  attempts 2"),
+        "a relayed peer says why it is not punched, and what was tried: {text}"
+    );
+    assert!(
+        text.contains(
+            "nat mapping endpoint-independent  public 203.0.113.1:40001  (1 of 2 STUN servers answered)"
+        ),
+        "this node's NAT as STUN showed it: {text}"
+    );
     let never = row("4 ");
     assert!(
         never.contains("never") && !never.contains("1970"),

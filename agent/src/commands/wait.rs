@@ -127,6 +127,7 @@ mod tests {
             peers_configured: 0,
             peers_healthy: 0,
             peers_refused: 0,
+            nat: None,
         }
     }
 
@@ -141,6 +142,9 @@ mod tests {
             connection,
             path: None,
             relay_url: None,
+            path_reason: None,
+            candidates: Vec::new(),
+            punch_attempts: 0,
             address: None,
             healthy: connection == ConnectionKind::Wireguard,
             latest_handshake: None,

@@ -42,6 +42,11 @@ pub trait Interfaces: Send {
     fn relay_counters(&self, _table: &Self::Table) -> RelayCounters {
         RelayCounters::default()
     }
+
+    /// What the interface knows of the NAT in front of it.
+    fn nat(&self, _table: &Self::Table) -> Option<mesh_wg::NatStatus> {
+        None
+    }
 }
 
 /// Real WireGuard interfaces.
@@ -52,6 +57,10 @@ pub struct WireGuard {
     pub backend: BackendChoice,
     /// The userspace device's kernel offloads.
     pub offload: mesh_wg::Offload,
+    /// The interface's MTU.
+    pub mtu: u16,
+    /// STUN servers (`host:port`) the userspace device learns its public mapping from.
+    pub stun_servers: Vec<String>,
     /// The relay, unless turned off.
     pub relay: Option<Relay>,
 }
@@ -119,6 +128,8 @@ impl Interfaces for WireGuard {
         );
         config.listen_port = self.listen_port;
         config.offload = self.offload;
+        config.mtu = self.mtu;
+        config.stun_servers.clone_from(&self.stun_servers);
         config.relay_dialer = self.relay.as_ref().map(|r| r.dialer.clone());
         let device = MeshDevice::create(config, self.backend)
             .await
@@ -146,6 +157,10 @@ impl Interfaces for WireGuard {
             .shutdown()
             .await
             .with_context(|| format!("removing the interface {name}"))
+    }
+
+    fn nat(&self, device: &MeshDevice) -> Option<mesh_wg::NatStatus> {
+        device.nat()
     }
 
     fn relay_counters(&self, device: &MeshDevice) -> RelayCounters {
@@ -338,6 +353,7 @@ impl<I: Interfaces> Running<I> {
         }
         if let Some(interfaces) = &self.task.interfaces {
             self.state.relay = interfaces.relay_counters(table);
+            self.state.nat = interfaces.nat(table);
         }
         let stats: BTreeMap<Key, _> = table
             .peers()
@@ -363,6 +379,7 @@ impl<I: Interfaces> Running<I> {
         };
         self.state.device = None;
         self.state.stats = Arc::default();
+        self.state.nat = None;
         match interfaces.remove(table).await {
             Ok(()) => info!(interface = %info.ifname, "removed the interface"),
             Err(e) => {

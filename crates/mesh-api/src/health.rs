@@ -97,6 +97,7 @@ pub(crate) mod tests {
             peers_configured: 0,
             peers_healthy: 0,
             peers_refused: 0,
+            nat: None,
         }
     }
 
@@ -111,6 +112,9 @@ pub(crate) mod tests {
             connection,
             path: None,
             relay_url: None,
+            path_reason: None,
+            candidates: Vec::new(),
+            punch_attempts: 0,
             address: None,
             healthy: connection == ConnectionKind::Wireguard,
             latest_handshake: handshake,

@@ -44,6 +44,12 @@ const PER_PEER: &[Metric<Peer>] = &[
         "Bytes sent to each peer.",
         |p| p.tx_bytes,
     ),
+    m(
+        "dstack_mesh_peer_punch_attempts_total",
+        "counter",
+        "Hole-punching attempts toward each peer (while it is relayed).",
+        |p| p.punch_attempts,
+    ),
 ];
 
 /// One sample for the node.
@@ -313,8 +319,29 @@ pub fn metrics(s: &Snapshot) -> String {
     metric(
         "dstack_mesh_peer_path",
         "gauge",
-        "Which way each WireGuard peer's datagrams go (direct or relay), and its relay URL.",
+        "Which way each WireGuard peer's datagrams go (direct, punched or relay), and its relay URL.",
         paths,
+    );
+    // One sample, labelled with what the STUN servers showed; none without the userspace device.
+    metric(
+        "dstack_mesh_nat_mapping",
+        "gauge",
+        "How the NAT in front of this node maps its WireGuard socket, as STUN servers show it.",
+        s.status
+            .nat
+            .iter()
+            .map(|n| (format!("{{mapping=\"{}\"}}", n.mapping), 1))
+            .collect(),
+    );
+    metric(
+        "dstack_mesh_nat_candidates",
+        "gauge",
+        "Addresses this node publishes to its peers for a direct path.",
+        s.status
+            .nat
+            .iter()
+            .map(|n| (String::new(), n.candidates.len() as u64))
+            .collect(),
     );
     out
 }

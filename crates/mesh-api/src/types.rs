@@ -27,8 +27,10 @@ pub enum ConnectionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Path {
-    /// Over UDP to its endpoint.
+    /// Over UDP to its endpoint (registered, or learnt from its datagrams).
     Direct,
+    /// Over UDP, through holes punched in both sides' NATs at a candidate address the peer published.
+    Punched,
     /// Through its relay, over the dstack gateway's TLS, because UDP does not get through.
     Relay,
 }
@@ -37,9 +39,46 @@ impl Path {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Direct => "direct",
+            Self::Punched => "punched",
             Self::Relay => "relay",
         }
     }
+}
+
+/// An address a node may be reached at directly, and where it was learnt: `local` (an interface's),
+/// `stun` (what a STUN server saw) or `observed` (what a peer saw).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    pub address: String,
+    pub source: String,
+}
+
+/// What this node knows of the NAT in front of it (`GET /v1/status`'s `nat`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nat {
+    /// How the NAT maps the WireGuard socket: `endpoint-independent`, `address-dependent`,
+    /// `address-and-port-dependent` (symmetric), `endpoint-dependent` (one of the two), `none`, or `unknown`.
+    pub mapping: String,
+    /// The public addresses STUN servers saw.
+    pub mapped: Vec<String>,
+    /// Each STUN server asked in the latest round.
+    pub servers: Vec<StunServer>,
+    /// What this node publishes to its peers.
+    pub candidates: Vec<Candidate>,
+    /// Unix seconds of the latest round.
+    pub checked_at: Option<u64>,
+}
+
+/// One STUN server's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StunServer {
+    pub server: String,
+    /// Absent when it did not answer.
+    pub mapped: Option<String>,
+    pub rtt_ms: Option<u64>,
 }
 
 /// The agent's mode.
@@ -70,6 +109,15 @@ pub struct Peer {
     /// Where its relay is reached, worked out from its gateway URL; absent when it has none.
     #[serde(default)]
     pub relay_url: Option<String>,
+    /// While relayed: why, and why hole punching has not brought it over UDP.
+    #[serde(default)]
+    pub path_reason: Option<String>,
+    /// The addresses it published for a direct path, which punching tries.
+    #[serde(default)]
+    pub candidates: Vec<Candidate>,
+    /// Hole-punching attempts toward it so far.
+    #[serde(default)]
+    pub punch_attempts: u64,
     /// What to connect to: the overlay IP over WireGuard, else the gateway URL.
     pub address: Option<String>,
     pub healthy: bool,
@@ -384,6 +432,9 @@ pub struct Status {
     /// Seats with a record whose evidence this node refused (`/v1/peers/refused`).
     #[serde(default)]
     pub peers_refused: usize,
+    /// The NAT in front of this node and its candidates; absent without the userspace device.
+    #[serde(default)]
+    pub nat: Option<Nat>,
 }
 
 /// Counters for `/metrics`.

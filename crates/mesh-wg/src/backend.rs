@@ -114,6 +114,14 @@ impl MeshDevice {
         }
     }
 
+    /// What the device knows of its NAT: only the userspace device asks STUN servers and punches holes.
+    pub fn nat(&self) -> Option<super::config::NatStatus> {
+        match self {
+            Self::Userspace(d) => Some(d.nat()),
+            Self::Kernel(_) => None,
+        }
+    }
+
     /// Where this node's relay endpoint hands the datagrams it accepts; `None` when the device was created
     /// without a relay dialler.
     pub fn relay_inbound(&self) -> Option<tokio::sync::mpsc::Sender<mesh_relay::Inbound>> {

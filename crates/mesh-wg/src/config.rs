@@ -7,6 +7,8 @@ use std::time::SystemTime;
 use ipnetwork::Ipv4Network;
 
 use super::Error;
+use crate::candidates::Candidate;
+use crate::nat::{Mapping, NatReport};
 use crate::path::PathKind;
 use mesh_relay::RelayTarget;
 use wg_key::{Key, PrivateKey};
@@ -39,6 +41,9 @@ pub struct DeviceConfig {
     pub relay_dialer: Option<mesh_relay::Dialer>,
     /// The kernel offloads the userspace device asks for; both unless set.
     pub offload: Offload,
+    /// STUN servers (`host:port`) the userspace device asks for its public mapping; none: it publishes only
+    /// its interfaces' addresses and what peers see of it.
+    pub stun_servers: Vec<String>,
 }
 
 /// The kernel offloads of the userspace device. Each is used only where the kernel has it; turning one off
@@ -80,6 +85,7 @@ impl DeviceConfig {
             uapi_dir: PathBuf::from(DEFAULT_UAPI_DIR),
             relay_dialer: None,
             offload: Offload::default(),
+            stun_servers: Vec::new(),
         }
     }
 
@@ -158,6 +164,8 @@ pub struct PeerStatus {
     pub relay: Option<RelayTarget>,
     /// Which path its datagrams take now.
     pub path: PathKind,
+    /// Hole punching toward it (userspace device only).
+    pub punch: PunchStatus,
     /// Prefixes routed to this peer.
     pub allowed_ips: Vec<Ipv4Network>,
     /// Wall-clock time of the last completed handshake; `None` = never.
@@ -168,6 +176,30 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Persistent keepalive interval in seconds, if on.
     pub persistent_keepalive: Option<u16>,
+}
+
+/// What the userspace device knows of its NAT.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NatStatus {
+    /// The latest round of STUN requests: each server's answer, and the mapping they show.
+    pub report: NatReport,
+    /// The addresses it publishes to its peers.
+    pub candidates: Vec<Candidate>,
+}
+
+/// What a peer has published of its candidates, and how punching toward it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PunchStatus {
+    /// The addresses the peer published, to try.
+    pub candidates: Vec<Candidate>,
+    /// The peer's NAT mapping, as it published it.
+    pub mapping: Mapping,
+    /// Punching attempts toward it so far.
+    pub attempts: u64,
+    /// Candidate messages from it that did not parse.
+    pub malformed: u64,
+    /// While on the relay: why the pair got there, and why it is not punched.
+    pub relay_reason: Option<String>,
 }
 
 #[cfg(test)]

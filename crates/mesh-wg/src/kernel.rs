@@ -25,7 +25,7 @@ use defguard_wireguard_rs::{
 };
 use ipnetwork::Ipv4Network;
 
-use super::config::{DeviceConfig, PeerConfig, PeerStatus};
+use super::config::{DeviceConfig, PeerConfig, PeerStatus, PunchStatus};
 use super::error::Error;
 use crate::netlink::Netlink;
 use crate::path::PathKind;
@@ -34,6 +34,9 @@ use crate::shim::{Action, Shim};
 use crate::task::Task;
 use mesh_relay::Inbound;
 use wg_key::Key;
+
+/// Why a relayed peer stays relayed on this backend.
+const KERNEL_RELAY_REASON: &str = "UDP did not get through; hole punching needs the agent's own WireGuard socket (--wg-backend userspace), so this backend stays on the relay";
 
 /// How often relayed peers' paths are looked at.
 const CONTROL_TICK: Duration = Duration::from_millis(500);
@@ -310,6 +313,10 @@ impl KernelDevice {
                         PathKind::Relay
                     } else {
                         PathKind::Direct
+                    },
+                    punch: PunchStatus {
+                        relay_reason: relayed.then(|| KERNEL_RELAY_REASON.to_owned()),
+                        ..PunchStatus::default()
                     },
                     allowed_ips: p
                         .allowed_ips

@@ -12,6 +12,9 @@
 //! - `shim`: the relay for it: a local UDP bridge per relay stream, and the paths of relayed peers.
 //! - `peer`: one peer's `Tunn`, endpoint (roaming), relay streams, keepalive and counters.
 //! - `path`: which way a peer's datagrams go, direct or through its relay, and when to move ([`PathState`]).
+//! - `stun`: STUN Binding requests from the WireGuard socket and their answers; `nat`: the NAT's mapping as
+//!   STUN servers show it, and which pairs can punch; `candidates`: the addresses a node may be reached at,
+//!   and the message peers exchange them in through the tunnel; `punch`: hole punching toward one peer.
 //! - `allowed_ips`: longest-prefix cryptokey routing table.
 //! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
 //! - `uapi`: sans-IO `get`/`set` text rendering and parsing.
@@ -22,33 +25,41 @@
 
 mod allowed_ips;
 mod backend;
+mod candidates;
 mod config;
 mod device;
 mod error;
 mod kernel;
+mod nat;
 mod netlink;
 mod path;
 mod peer;
 mod plan;
+mod punch;
 mod redial;
 mod shim;
+mod stun;
 mod task;
 mod uapi;
 mod uapi_server;
 
 pub use backend::{BackendChoice, MeshDevice, kernel_module_present};
+pub use candidates::{Candidate, Source as CandidateSource};
 pub use config::{
-    DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, Offload, PeerConfig, PeerStatus,
-    validate_ifname,
+    DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, NatStatus, Offload, PeerConfig,
+    PeerStatus, PunchStatus, validate_ifname,
 };
 pub use device::Device;
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
 pub use mesh_relay::RelayTarget;
+pub use nat::{Mapping, NatReport};
 pub use path::{
     DATA_UNANSWERED, DIRECT_QUIET, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState,
     TRIAL, TRIAL_EVERY,
 };
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
+pub use punch::WINDOW as PUNCH_WINDOW;
+pub use stun::ServerResult as StunResult;
 pub use wg_key::{Key, KeyParseError, PresharedKey, PrivateKey};

@@ -11,8 +11,12 @@
 //!   arriving over UDP proves the round trip, and the peer moves back at once; the other side moves when our
 //!   data then arrives over UDP.
 //!
+//! - A peer with no UDP address at all (none registered, none learnt) and a relay goes to the relay at once:
+//!   there is nothing to try directly. Hole punching ([`crate::punch`]) may bring it back over UDP.
+//!
 //! A move changes only where datagrams are sent: the keys, the session and the overlay address stay, and
-//! datagrams are taken from both paths at all times.
+//! datagrams are taken from both paths at all times. A move back to UDP that hole punching brought about is
+//! reported as [`PathKind::Punched`].
 
 use std::time::{Duration, Instant};
 
@@ -25,10 +29,12 @@ pub const DIRECT_QUIET: Duration = Duration::from_secs(3);
 /// How often a relayed peer's direct path is tried.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The two paths.
+/// The paths: over UDP, to an address the peer registered or roamed from (`Direct`) or to one that hole
+/// punching opened (`Punched`); or through the peer's relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PathKind {
     Direct,
+    Punched,
     Relay,
 }
 
@@ -36,8 +42,14 @@ impl PathKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Direct => "direct",
+            Self::Punched => "punched",
             Self::Relay => "relay",
         }
+    }
+
+    /// Whether datagrams go over UDP.
+    pub fn is_udp(self) -> bool {
+        self != Self::Relay
     }
 }
 
@@ -85,6 +97,8 @@ pub struct PathState {
     /// The first data message sent over UDP since the last direct receipt.
     data_unanswered: Option<Instant>,
     last_probe: Option<Instant>,
+    /// Why the last move was made.
+    reason: &'static str,
 }
 
 /// A move from one path to the other, and why.
@@ -103,6 +117,7 @@ impl PathState {
             init_unanswered: None,
             data_unanswered: None,
             last_probe: None,
+            reason: "a new peer starts direct",
         }
     }
 
@@ -110,12 +125,25 @@ impl PathState {
         self.on
     }
 
+    /// Why the peer is on its path: the reason of the last move.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+
+    /// The move to UDP just made was hole punching's doing.
+    pub(crate) fn punched(&mut self) {
+        if self.on.is_udp() {
+            self.on = PathKind::Punched;
+        }
+    }
+
     fn go(&mut self, to: PathKind, now: Instant, reason: &'static str) -> Option<Move> {
-        if self.on == to {
+        if self.on.is_udp() == to.is_udp() {
             return None;
         }
         self.on = to;
         self.since = now;
+        self.reason = reason;
         self.init_unanswered = None;
         self.data_unanswered = None;
         Some(Move { to, reason })
@@ -160,7 +188,7 @@ impl PathState {
             .is_none_or(|t| now.saturating_duration_since(t) >= DIRECT_QUIET);
         let settled = now.saturating_duration_since(self.since) >= DIRECT_QUIET;
         match (self.on, message) {
-            (PathKind::Direct, Message::Data | Message::Keepalive) if quiet && settled => self.go(
+            (on, Message::Data | Message::Keepalive) if on.is_udp() && quiet && settled => self.go(
                 PathKind::Relay,
                 now,
                 "the peer relays to us and is silent over UDP",
@@ -169,10 +197,14 @@ impl PathState {
         }
     }
 
-    /// The timer's check: whether to leave the direct path (only when a relay is there to go to).
-    pub fn tick(&mut self, now: Instant, relay_available: bool) -> Option<Move> {
-        if self.on != PathKind::Direct || !relay_available {
+    /// The timer's check: whether to leave UDP (only when a relay is there to go to). `has_address`: the peer
+    /// has a UDP address to send to at all.
+    pub fn tick(&mut self, now: Instant, relay_available: bool, has_address: bool) -> Option<Move> {
+        if !self.on.is_udp() || !relay_available {
             return None;
+        }
+        if !has_address {
+            return self.go(PathKind::Relay, now, "no UDP address is known for the peer");
         }
         let over = |since: Option<Instant>, bound| {
             since.is_some_and(|t| now.saturating_duration_since(t) >= bound)
@@ -207,6 +239,9 @@ impl PathState {
 
     /// The relay went away (the peer's record lost its gateway URL): back to direct.
     pub fn relay_gone(&mut self, now: Instant) -> Option<Move> {
+        if self.on.is_udp() {
+            return None;
+        }
         self.go(PathKind::Direct, now, "the peer has no relay")
     }
 }
@@ -345,12 +380,47 @@ mod tests {
         let t0 = Instant::now();
         let mut p = PathState::new(t0);
         p.sent_direct(Message::Initiation, t0);
-        assert_eq!(p.tick(at(t0, 4_900), true), None);
+        assert_eq!(p.tick(at(t0, 4_900), true, true), None);
         // Retries do not restart the clock.
         p.sent_direct(Message::Initiation, at(t0, 4_950));
-        let m = p.tick(at(t0, 5_000), true).expect("a move");
+        let m = p.tick(at(t0, 5_000), true, true).expect("a move");
         assert_eq!(m.to, PathKind::Relay);
         assert_eq!(p.on(), PathKind::Relay);
+    }
+
+    #[test]
+    fn a_peer_with_no_udp_address_goes_to_its_relay_at_once() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        assert_eq!(p.tick(t0, false, false), None, "no relay: nowhere to go");
+        let m = p.tick(t0, true, false).expect("a move");
+        assert_eq!(m.to, PathKind::Relay);
+        assert_eq!(p.reason(), "no UDP address is known for the peer");
+    }
+
+    #[test]
+    fn a_punched_peer_is_on_udp_and_leaves_it_as_a_direct_one_does() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0);
+        p.tick(t0, true, false);
+        assert_eq!(
+            p.received_direct(Message::Response, at(t0, 1_000))
+                .map(|m| m.to),
+            Some(PathKind::Direct)
+        );
+        p.punched();
+        assert_eq!(p.on(), PathKind::Punched);
+        assert_eq!(
+            p.received_direct(Message::Data, at(t0, 1_100)),
+            None,
+            "already on UDP"
+        );
+        p.sent_direct(Message::Data, at(t0, 2_000));
+        assert_eq!(
+            p.tick(at(t0, 17_000), true, true).map(|m| m.to),
+            Some(PathKind::Relay),
+            "unanswered data moves it to the relay"
+        );
     }
 
     #[test]
@@ -358,7 +428,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = PathState::new(t0);
         p.sent_direct(Message::Initiation, t0);
-        assert_eq!(p.tick(at(t0, 60_000), false), None);
+        assert_eq!(p.tick(at(t0, 60_000), false, true), None);
         assert_eq!(p.on(), PathKind::Direct);
     }
 
@@ -370,7 +440,7 @@ mod tests {
         assert_eq!(p.received_direct(Message::Response, at(t0, 20)), None);
         p.sent_direct(Message::Data, at(t0, 1_000));
         assert_eq!(p.received_direct(Message::Keepalive, at(t0, 11_000)), None);
-        assert_eq!(p.tick(at(t0, 30_000), true), None);
+        assert_eq!(p.tick(at(t0, 30_000), true, true), None);
     }
 
     #[test]
@@ -380,14 +450,17 @@ mod tests {
         p.received_direct(Message::Response, t0);
         p.sent_direct(Message::Keepalive, at(t0, 1_000));
         assert_eq!(
-            p.tick(at(t0, 60_000), true),
+            p.tick(at(t0, 60_000), true, true),
             None,
             "an idle peer is not dead"
         );
         p.sent_direct(Message::Data, at(t0, 60_000));
         p.sent_direct(Message::Data, at(t0, 70_000));
-        assert_eq!(p.tick(at(t0, 74_999), true), None);
-        assert_eq!(p.tick(at(t0, 75_000), true).unwrap().to, PathKind::Relay);
+        assert_eq!(p.tick(at(t0, 74_999), true, true), None);
+        assert_eq!(
+            p.tick(at(t0, 75_000), true, true).unwrap().to,
+            PathKind::Relay
+        );
     }
 
     #[test]
@@ -395,7 +468,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = PathState::new(t0);
         p.sent_direct(Message::Initiation, t0);
-        p.tick(at(t0, 5_000), true);
+        p.tick(at(t0, 5_000), true, true);
         assert!(
             !p.probe_due(at(t0, 5_000), None),
             "no session yet: nothing to probe for"
@@ -427,7 +500,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = PathState::new(t0);
         p.sent_direct(Message::Initiation, t0);
-        p.tick(at(t0, 5_000), true);
+        p.tick(at(t0, 5_000), true, true);
         assert_eq!(
             p.received_direct(Message::Data, at(t0, 8_000)).unwrap().to,
             PathKind::Direct
@@ -451,7 +524,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = PathState::new(t0);
         p.sent_direct(Message::Initiation, t0);
-        p.tick(at(t0, 5_000), true);
+        p.tick(at(t0, 5_000), true, true);
         p.received_direct(Message::Response, at(t0, 20_000));
         // The peer has not heard from us directly yet and still relays; we wait for it.
         assert_eq!(p.received_relayed(Message::Data, at(t0, 21_000)), None);

@@ -1,8 +1,9 @@
 //! One peer: its boringtun `Tunn` plus the state boringtun does not keep for us (endpoint,
 //! keepalive, byte counters, wall-clock handshake time), and its two paths: the UDP endpoint and the relay
-//! streams, with the [`PathState`] that picks between them.
+//! streams, with the [`PathState`] that picks between them and the [`Punch`] that tries to bring a relayed
+//! peer back over UDP.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,8 +13,10 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use ipnetwork::Ipv4Network;
 
-use super::config::PeerStatus;
+use super::config::{PeerStatus, PunchStatus};
+use crate::candidates::{self, Kind};
 use crate::path::{Message, Move, PathKind, PathState};
+use crate::punch::{self, OwnCandidates, Punch};
 use crate::redial::Redial;
 use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
@@ -38,6 +41,8 @@ impl Via {
 
 /// WireGuard's REKEY_AFTER_TIME: a session younger than this needs no new handshake.
 const REKEY_AFTER: Duration = Duration::from_secs(120);
+/// WireGuard's REJECT_AFTER_TIME: a session older than this carries nothing.
+const REJECT_AFTER: Duration = Duration::from_secs(180);
 
 const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESP: u8 = 2;
@@ -55,6 +60,9 @@ pub(crate) struct Peer {
 struct PeerInner {
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
+    /// The endpoint as configured (the peer's record), whatever it roamed to since: reaching the peer there
+    /// is a direct path, not a punched one.
+    configured: Option<SocketAddr>,
     keepalive: Option<u16>,
     preshared_key: Option<PresharedKey>,
     /// When we last sent anything to the peer; `None` makes a persistent keepalive due now.
@@ -74,6 +82,22 @@ struct PeerInner {
     kick: bool,
     /// WireGuard has given up on the handshake (REKEY_ATTEMPT_TIME) and not started another: logged once.
     expired: bool,
+    /// The peer's overlay address (its /32 allowed IP), where candidate messages go.
+    overlay_ip: Option<Ipv4Addr>,
+    /// Hole punching toward the peer.
+    punch: Punch,
+    /// The latest handshake initiation sent, and when: an attempt sends copies of it to candidates.
+    last_init: Option<(Instant, Vec<u8>)>,
+    /// Candidate messages from the peer that did not parse.
+    malformed: u64,
+}
+
+/// What every peer's tick needs of the device: this node's candidates and its place on the overlay.
+pub(crate) struct TickContext {
+    pub(crate) own: std::sync::Arc<OwnCandidates>,
+    /// This node's overlay address, the source of its candidate messages.
+    pub(crate) address: Ipv4Addr,
+    pub(crate) overlay: ipnetwork::Ipv4Network,
 }
 
 /// What the noise layer needs to (re)build a `Tunn`.
@@ -95,6 +119,7 @@ impl Peer {
             inner: Mutex::new(PeerInner {
                 tunn: new_tunn(public_key, index, keys, preshared_key.as_ref()),
                 endpoint: None,
+                configured: None,
                 keepalive: None,
                 preshared_key,
                 last_tx: None,
@@ -108,6 +133,10 @@ impl Peer {
                 dial: Redial::default(),
                 kick: false,
                 expired: false,
+                overlay_ip: None,
+                punch: Punch::default(),
+                last_init: None,
+                malformed: 0,
             }),
         }
     }
@@ -122,10 +151,16 @@ impl Peer {
     /// sides initiate as they add each other, and whichever initiation arrives first makes the session.
     pub(crate) fn set_endpoint(&self, endpoint: SocketAddr) {
         let mut g = self.lock();
+        g.configured = Some(endpoint);
         if g.endpoint != Some(endpoint) {
             g.endpoint = Some(endpoint);
             g.kick = true;
         }
+    }
+
+    /// Sets the peer's overlay address, where candidate messages go; `None` when it has no /32.
+    pub(crate) fn set_overlay_ip(&self, ip: Option<Ipv4Addr>) {
+        self.lock().overlay_ip = ip;
     }
 
     /// Sets where the peer's relay is. A changed relay drops the stream to the old one.
@@ -231,12 +266,13 @@ impl Peer {
     /// interval can change without rebuilding the `Tunn`), then the path: whether to leave the direct
     /// path, and the probe of a relayed peer's direct path. Returns the datagrams to send; timer traffic is
     /// a few packets a second, so it is copied out.
-    pub(crate) fn tick(&self, dst: &mut [u8]) -> Vec<(Via, Vec<u8>)> {
+    pub(crate) fn tick(&self, dst: &mut [u8], ctx: &TickContext) -> Vec<(Via, Vec<u8>)> {
         let mut sends = Vec::new();
         let now = Instant::now();
         let mut g = self.lock();
         let relay_available = g.relay.is_some() || g.live_relay().is_some();
-        if let Some(m) = g.path.tick(now, relay_available) {
+        let has_address = g.endpoint.is_some();
+        if let Some(m) = g.path.tick(now, relay_available, has_address) {
             log_move(&self.public_key, m, g.relay.as_ref());
         }
         let handshake_at = g
@@ -263,6 +299,7 @@ impl Peer {
             g.note_tx_bytes(init, &via, now);
             sends.push((via, init.to_vec()));
         }
+        g.punch_tick(&self.public_key, now, handshake_at, ctx, dst, &mut sends);
         if let Some(send) = g.timers(&self.public_key, dst) {
             sends.push(send);
         }
@@ -332,6 +369,11 @@ impl Session<'_> {
         res
     }
 
+    /// Takes a candidate message the peer sent through the tunnel; returns where it sees this node.
+    pub(crate) fn candidates_received(&mut self, payload: &[u8]) -> Option<std::net::SocketAddrV4> {
+        self.g.candidates_received(self.key, payload)
+    }
+
     /// The next packet queued behind a handshake (the "call again with an empty datagram" flush), for
     /// [`Session::via`].
     pub(crate) fn flush_queued<'a>(&mut self, dst: &'a mut [u8]) -> TunnResult<'a> {
@@ -373,6 +415,9 @@ fn log_move(peer: &Key, m: Move, relay: Option<&RelayTarget>) {
             tracing::info!(peer = ?peer, relay = ?relay.map(ToString::to_string), reason = m.reason, "path: relay")
         }
         PathKind::Direct => tracing::info!(peer = ?peer, reason = m.reason, "path: direct"),
+        PathKind::Punched => {
+            tracing::info!(event = "path.punched", peer = ?peer, reason = m.reason, "path: punched (UDP through the holes punched in both NATs)")
+        }
     }
 }
 
@@ -443,14 +488,39 @@ impl PeerInner {
 }
 
 impl Peer {
-    pub(crate) fn status(&self, allowed_ips: Vec<Ipv4Network>) -> PeerStatus {
+    /// The peer's status; `own_mapping` is this node's NAT mapping, which says whether punching is tried.
+    pub(crate) fn status(
+        &self,
+        allowed_ips: Vec<Ipv4Network>,
+        own_mapping: crate::nat::Mapping,
+    ) -> PeerStatus {
         let mut g = self.lock();
         g.refresh_handshake();
+        let (candidates, mapping) = g.punch.theirs();
+        let relay_reason = (g.path.on() == PathKind::Relay).then(|| {
+            let session = g
+                .tunn
+                .time_since_last_handshake()
+                .is_some_and(|since| since < REJECT_AFTER);
+            format!(
+                "{}; {}",
+                g.path.reason(),
+                g.punch.relay_reason(session, own_mapping, g.endpoint)
+            )
+        });
+        let punch = PunchStatus {
+            candidates: candidates.to_vec(),
+            mapping,
+            attempts: g.punch.attempts(),
+            malformed: g.malformed,
+            relay_reason,
+        };
         PeerStatus {
             public_key: self.public_key,
             endpoint: g.endpoint,
             relay: g.relay.clone(),
             path: g.path.on(),
+            punch,
             allowed_ips,
             last_handshake: g.last_handshake,
             rx_bytes: g.rx_bytes,
@@ -484,10 +554,106 @@ impl PeerInner {
                 message.and_then(|m| self.path.received_relayed(m, now))
             }
         };
+        let moved = moved.map(|mut m| {
+            // Punching brought the peer back over UDP at an address of its own telling, not its record's.
+            if m.to.is_udp() && self.punch.moved_to_udp(now) && self.endpoint != self.configured {
+                self.path.punched();
+                m.to = PathKind::Punched;
+            }
+            m
+        });
         if let Some(m) = moved {
             log_move(key, m, self.relay.as_ref());
         }
         moved_endpoint || moved.is_some()
+    }
+
+    /// Runs the peer's hole punching ([`Punch::tick`]): the candidate message it asks for goes through the
+    /// tunnel on the current path, and the attempt's initiation to each target over UDP.
+    fn punch_tick(
+        &mut self,
+        key: &Key,
+        now: Instant,
+        handshake_at: Option<Instant>,
+        ctx: &TickContext,
+        dst: &mut [u8],
+        sends: &mut Vec<(Via, Vec<u8>)>,
+    ) {
+        let session = handshake_at.is_some_and(|t| now.saturating_duration_since(t) < REJECT_AFTER)
+            && self.overlay_ip.is_some();
+        let tick = punch::Tick {
+            now,
+            on_relay: self.path.on() == PathKind::Relay,
+            session,
+            ours: &ctx.own,
+            endpoint: self.endpoint,
+            overlay: ctx.overlay,
+        };
+        let actions = self.punch.tick(&tick);
+        if let (Some(kind), Some(peer_ip), Some(via)) =
+            (actions.message, self.overlay_ip, self.via())
+        {
+            let observed = match (self.path.on().is_udp(), self.endpoint) {
+                (true, Some(SocketAddr::V4(e))) => Some(e),
+                _ => None,
+            };
+            let message = candidates::Message {
+                kind,
+                mapping: ctx.own.mapping,
+                observed,
+                candidates: ctx.own.candidates.clone(),
+            };
+            let packet = candidates::wrap(ctx.address, peer_ip, &message.encode());
+            if let TunnResult::WriteToNetwork(out) = self.tunn.encapsulate(&packet, dst) {
+                let out = out.to_vec();
+                if kind == Kind::Call {
+                    tracing::debug!(event = "punch.call", peer = ?key, candidates = message.candidates.len(), "punching: calling the peer through the tunnel");
+                }
+                self.note_tx_bytes(&out, &via, now);
+                sends.push((via, out));
+            }
+        }
+        if actions.send_to.is_empty() {
+            return;
+        }
+        let young = self
+            .last_init
+            .as_ref()
+            .filter(|(at, _)| {
+                let age = now.saturating_duration_since(*at);
+                age < punch::WINDOW && !(actions.fresh_initiation && age >= Duration::from_secs(1))
+            })
+            .map(|(_, init)| init.clone());
+        let init = match young {
+            Some(init) => init,
+            None => match self.tunn.format_handshake_initiation(dst, true) {
+                TunnResult::WriteToNetwork(init) => init.to_vec(),
+                _ => return,
+            },
+        };
+        tracing::debug!(event = "punch.send", peer = ?key, targets = ?actions.send_to, "punching: a handshake initiation to each candidate");
+        for addr in actions.send_to {
+            let via = Via::Udp(SocketAddr::V4(addr));
+            self.note_tx_bytes(&init, &via, now);
+            sends.push((via, init.clone()));
+        }
+    }
+
+    /// A candidate message from the peer; returns the address it says it sees this node at, if any.
+    fn candidates_received(&mut self, key: &Key, payload: &[u8]) -> Option<std::net::SocketAddrV4> {
+        match candidates::Message::decode(payload) {
+            Ok(msg) => {
+                tracing::debug!(event = "punch.candidates", peer = ?key, kind = ?msg.kind, mapping = %msg.mapping, candidates = ?msg.candidates, "the peer's candidates");
+                let observed = msg.observed;
+                self.punch.received(msg);
+                observed
+            }
+            Err(e) => {
+                self.malformed += 1;
+                tracing::debug!(peer = ?key, error = %e, "a malformed candidate message from the peer; dropped");
+                None
+            }
+        }
     }
 }
 
@@ -495,6 +661,11 @@ impl PeerInner {
     fn note_tx_bytes(&mut self, out: &[u8], via: &Via, now: Instant) {
         self.last_tx = Some(now);
         self.tx_bytes += out.len() as u64;
+        if out.first() == Some(&MSG_HANDSHAKE_INIT)
+            && self.last_init.as_ref().is_none_or(|(_, last)| last != out)
+        {
+            self.last_init = Some((now, out.to_vec()));
+        }
         if let (Via::Udp(_), Some(message)) = (via, Message::of(out)) {
             self.path.sent_direct(message, now);
         }

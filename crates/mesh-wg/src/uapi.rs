@@ -312,6 +312,7 @@ mod tests {
                         endpoint: Some("192.0.2.2:51821".parse().unwrap()),
                         relay: None,
                         path: crate::PathKind::Direct,
+                        punch: crate::config::PunchStatus::default(),
                         allowed_ips: vec!["10.0.1.2/32".parse().unwrap()],
                         last_handshake: Some(
                             SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123),
@@ -328,6 +329,7 @@ mod tests {
                         endpoint: None,
                         relay: None,
                         path: crate::PathKind::Direct,
+                        punch: crate::config::PunchStatus::default(),
                         allowed_ips: vec![],
                         last_handshake: None,
                         rx_bytes: 0,

@@ -137,6 +137,9 @@ fn render_node(status: &Status, verbose: bool) -> String {
         opt(n.endpoint.clone()),
         if n.registered { "yes" } else { "no" }
     ));
+    if let Some(nat) = &status.nat {
+        s.push_str(&render_nat(nat, verbose));
+    }
     let lag = match (c.head, c.last_processed_block, c.lag) {
         (Some(h), Some(l), Some(lag)) => format!("block {l} of {h} (lag {lag})"),
         (_, Some(l), _) => format!("block {l} (head unknown)"),
@@ -170,6 +173,40 @@ fn render_node(status: &Status, verbose: bool) -> String {
             opt(a.reason.clone())
         )),
         None => {}
+    }
+    s
+}
+
+/// The NAT in front of this node as STUN showed it, and (verbose) what the node publishes.
+fn render_nat(nat: &mesh_api::Nat, verbose: bool) -> String {
+    let answered = nat.servers.iter().filter(|s| s.mapped.is_some()).count();
+    let mapped = if nat.mapped.is_empty() {
+        "-".to_owned()
+    } else {
+        nat.mapped.join(", ")
+    };
+    let mut s = if nat.servers.is_empty() {
+        format!("nat mapping {} (STUN off)", nat.mapping)
+    } else {
+        format!(
+            "nat mapping {}  public {mapped}  ({answered} of {} STUN servers answered)",
+            nat.mapping,
+            nat.servers.len()
+        )
+    };
+    s.push_str(&format!(
+        "  candidates {}
+",
+        nat.candidates.len()
+    ));
+    if verbose {
+        for c in &nat.candidates {
+            s.push_str(&format!(
+                "        candidate {} ({})
+",
+                c.address, c.source
+            ));
+        }
     }
     s
 }
@@ -221,7 +258,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
         return s;
     }
     s.push_str(&format!(
-        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:<9} {:>10} {:>10}\n",
+        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:>10} {:>10}\n",
         "TOKEN",
         "INSTANCE",
         "OVERLAY",
@@ -242,7 +279,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
             ConnectionKind::Unreachable => "unreachable",
         };
         s.push_str(&format!(
-            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<7} {:<10} {:<9} {:>10} {:>10}\n",
+            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:>10} {:>10}\n",
             p.token_id,
             short(&p.instance_id, 12, verbose),
             p.overlay_ip,
@@ -272,6 +309,23 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
             && let Some(url) = &p.relay_url
         {
             s.push_str(&format!("        relay {url}\n"));
+        }
+        if let Some(why) = &p.path_reason {
+            s.push_str(&format!("        why relayed: {why}\n"));
+        }
+        if verbose || p.path == Some(mesh_api::Path::Relay) {
+            let tried: Vec<String> = p
+                .candidates
+                .iter()
+                .map(|c| format!("{} ({})", c.address, c.source))
+                .collect();
+            if !tried.is_empty() {
+                s.push_str(&format!(
+                    "        candidates {}  attempts {}\n",
+                    tried.join(", "),
+                    p.punch_attempts
+                ));
+            }
         }
     }
     s

@@ -31,10 +31,22 @@ def test_peer_every_field_and_unknown_ones_ignored() -> None:
     )
 
 
+def test_a_punched_peer_and_a_relayed_one_with_its_reason() -> None:
+    punched = Peer.from_json(peer_json(2, path="punched"))
+    assert punched.path == "punched" and punched.path_reason is None
+    why = "no UDP address is known for the peer; the peer has published no address to try"
+    relayed = Peer.from_json(peer_json(3, path="relay", pathReason=why))
+    assert relayed.path_reason == why
+    assert relayed.change_key() == Peer.from_json(peer_json(3, path="relay", pathReason="other")).change_key(), (
+        "the reason is no change of the peer"
+    )
+
+
 def test_peer_nulls_and_fields_of_older_agents() -> None:
     raw = peer_json(5, address=None, wgPublicKey=None, endpoint=None, path=None, latestHandshake=None)
     for newer in ("leader", "path", "relayUrl"):
         del raw[newer]
+    raw.pop("pathReason", None)
     p = Peer.from_json(raw)
     assert (p.address, p.wg_public_key, p.endpoint, p.path, p.relay_url, p.latest_handshake) == (None,) * 6
     assert p.leader is False and p.healthy is False and p.connection == "unreachable"

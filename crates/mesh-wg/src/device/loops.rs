@@ -122,7 +122,7 @@ pub(super) async fn udp_loop(shared: Arc<Shared>) -> Result<(), Error> {
                     let from = Via::Udp(canonical(m.addr));
                     shared.receive(&from, &buf[..m.len], segments(0..m.len, m.stride), &mut rx);
                 }
-                rx.flush(&shared.tun, &sock).await;
+                rx.flush(&shared, &sock).await;
             }
             Err(err) => {
                 tracing::debug!(error = %err, "UDP receive failed");
@@ -149,8 +149,9 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
             last_reset = Instant::now();
         }
         let sock = shared.socket();
+        let ctx = shared.tick_context();
         for peer in peers {
-            for (to, out) in peer.tick(&mut dst) {
+            for (to, out) in peer.tick(&mut dst, &ctx) {
                 send(&sock, &out, &to).await;
             }
             if let Some(relay) = &shared.relay {
@@ -178,7 +179,7 @@ pub(super) async fn relay_loop(
                 inbound.try_recv().ok()
             };
         }
-        rx.flush(&shared.tun, &shared.socket()).await;
+        rx.flush(&shared, &shared.socket()).await;
     }
     Ok(())
 }

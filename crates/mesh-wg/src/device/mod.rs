@@ -3,6 +3,7 @@
 //! the API ([`shared`]).
 
 mod batch;
+mod discovery;
 mod loops;
 mod outbound;
 mod relay_dialing;
@@ -13,6 +14,7 @@ mod udp;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,12 +25,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::instrument;
 
 use super::allowed_ips::AllowedIps;
-use super::config::{DeviceConfig, PeerConfig, PeerStatus};
+use super::config::{DeviceConfig, NatStatus, PeerConfig, PeerStatus};
 use super::netlink::Netlink;
 use super::peer::NoiseKeys;
 use super::task::Task;
 use super::uapi::PeerUpdate;
 use super::{Error, uapi_server};
+use discovery::{ANSWERS, discovery_loop};
 use loops::{relay_loop, timer_loop, tun_loop, udp_loop};
 use mesh_relay::Inbound;
 use relay_dialing::RelayDialing;
@@ -134,6 +137,14 @@ impl Device {
             }
             None => (None, None),
         };
+        let (stun_answers, answers_rx) = mpsc::channel(ANSWERS);
+        let overlay =
+            ipnetwork::Ipv4Network::new(config.address, config.prefix_len).map_err(|_| {
+                Error::InvalidConfig {
+                    what: "overlay prefix",
+                    value: format!("{}/{}", config.address, config.prefix_len),
+                }
+            })?;
         let shared = Arc::new(Shared {
             ifname: ifname.clone(),
             tun,
@@ -154,6 +165,10 @@ impl Device {
             udp_offload: config.offload.udp,
             unknown_udp: 0.into(),
             unknown_relay: 0.into(),
+            address: config.address,
+            overlay,
+            stun_answers,
+            discovered: Mutex::default(),
         });
         let span = || tracing::info_span!("wg", ifname = %ifname);
         let mut tasks = vec![
@@ -161,6 +176,11 @@ impl Device {
             Task::spawn("udp-to-tun", span(), udp_loop(shared.clone())),
             Task::spawn("timers", span(), timer_loop(shared.clone())),
             Task::spawn("uapi", span(), uapi_server::serve(uapi, shared.clone())),
+            Task::spawn(
+                "discovery",
+                span(),
+                discovery_loop(shared.clone(), config.stun_servers.clone(), answers_rx),
+            ),
         ];
         if let Some(rx) = relay_rx {
             tasks.push(Task::spawn(
@@ -241,6 +261,14 @@ impl Device {
             self.shared.unknown_udp.load(Relaxed),
             self.shared.unknown_relay.load(Relaxed),
         )
+    }
+
+    /// What the device knows of its NAT, and the candidates it publishes to its peers.
+    pub fn nat(&self) -> NatStatus {
+        self.shared.discovered(|d| NatStatus {
+            report: d.report.clone(),
+            candidates: d.own.candidates.clone(),
+        })
     }
 
     /// Removes the peer and its allowed IPs. Returns whether it existed.

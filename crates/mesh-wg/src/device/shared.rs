@@ -3,28 +3,30 @@
 //! `set` changes the peers.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
+use ipnetwork::Ipv4Network;
 use nix::sys::socket::{setsockopt, sockopt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::BUF_LEN;
 use super::batch::data_peer_index;
+use super::discovery::Discovered;
 use super::outbound::send;
 use super::relay_dialing::RelayDialing;
 use super::tun::TunWriter;
 use super::udp::Udp;
 use crate::allowed_ips::AllowedIps;
-use crate::peer::{NoiseKeys, Peer, Via};
+use crate::peer::{NoiseKeys, Peer, TickContext, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
-use crate::{Error, uapi_server};
+use crate::{Error, candidates, uapi_server};
 use wg_key::{Key, PrivateKey};
 
 /// State shared by the loops, the UAPI server and the API.
@@ -42,6 +44,13 @@ pub(crate) struct Shared {
     pub(super) udp_offload: bool,
     /// How to reach peers' relays; `None` keeps every peer direct.
     pub(super) relay: Option<RelayDialing>,
+    /// This node's overlay address (candidate messages come from and go to overlay addresses) and network.
+    pub(super) address: Ipv4Addr,
+    pub(super) overlay: Ipv4Network,
+    /// STUN answers that came to the WireGuard socket, for the discovery loop.
+    pub(super) stun_answers: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    /// What the device knows of its own reachability, and the candidates it publishes.
+    pub(super) discovered: Mutex<Discovered>,
 }
 
 pub(super) struct State {
@@ -60,6 +69,8 @@ pub(super) struct State {
 
 enum Route {
     Peer(Arc<Peer>),
+    /// A STUN message: an answer to the discovery loop's request.
+    Stun,
     /// A cookie reply: we are under load and the sender must prove its address.
     Reply(Vec<u8>),
     /// For no peer of ours: a stranger's traffic, counted.
@@ -77,6 +88,8 @@ pub(super) struct Received {
     scratch: Vec<u8>,
     ranges: Vec<Range<usize>>,
     peers: Vec<Option<Arc<Peer>>>,
+    /// Where peers said, in their candidate messages, they see this node.
+    pub(super) observed: Vec<(Key, SocketAddrV4)>,
 }
 
 impl Received {
@@ -87,14 +100,19 @@ impl Received {
             scratch: vec![0; BUF_LEN],
             ranges: Vec::new(),
             peers: Vec::new(),
+            observed: Vec::new(),
         }
     }
 
-    /// Writes the packets to the TUN and sends the answers.
-    pub(super) async fn flush(&mut self, tun: &tun_rs::AsyncDevice, sock: &Udp) {
-        self.tun.flush(tun).await;
+    /// Writes the packets to the TUN, sends the answers, and takes note of what peers see.
+    pub(super) async fn flush(&mut self, shared: &Shared, sock: &Udp) {
+        self.tun.flush(&shared.tun).await;
         for (via, datagram) in self.replies.drain(..) {
             send(sock, &datagram, &via).await;
+        }
+        if !self.observed.is_empty() {
+            shared.observed(&self.observed);
+            self.observed.clear();
         }
     }
 }
@@ -120,6 +138,15 @@ impl Shared {
 
     pub(super) fn socket(&self) -> Arc<Udp> {
         self.udp.borrow().clone()
+    }
+
+    /// What every peer's tick needs of the device.
+    pub(super) fn tick_context(&self) -> TickContext {
+        TickContext {
+            own: self.own_candidates(),
+            address: self.address,
+            overlay: self.overlay,
+        }
     }
 
     /// Which peer each packet read from the TUN goes to, under one read of the state: by its destination
@@ -186,6 +213,15 @@ impl Shared {
                     tracing::trace!(?from, "datagram for no known peer");
                     None
                 }
+                Route::Stun => {
+                    if let Via::Udp(addr) = from {
+                        // A full queue drops it, as the network might have: the round retransmits.
+                        let _ = self
+                            .stun_answers
+                            .try_send((*addr, buf[range.clone()].to_vec()));
+                    }
+                    None
+                }
                 Route::Drop => None,
             };
             rx.ranges.push(range);
@@ -209,10 +245,15 @@ impl Shared {
                 match session.decapsulate(from, datagram, rx.tun.slot(datagram.len())) {
                     TunnResult::WriteToTunnelV4(packet, src) => {
                         let len = packet.len();
-                        if st.allowed_ips.lookup(src) == Some(&peer.public_key) {
-                            rx.tun.commit(len);
-                        } else {
+                        if st.allowed_ips.lookup(src) != Some(&peer.public_key) {
                             tracing::debug!(peer = ?peer.public_key, %src, "inner source not in the peer's allowed IPs; dropped");
+                        } else if let Some(payload) = candidates::unwrap(packet, self.address) {
+                            // The peer's candidates are the device's business, not the TUN's.
+                            if let Some(seen) = session.candidates_received(payload) {
+                                rx.observed.push((peer.public_key, seen));
+                            }
+                        } else {
+                            rx.tun.commit(len);
                         }
                     }
                     TunnResult::WriteToNetwork(answer) => {
@@ -239,12 +280,13 @@ impl Shared {
     }
 
     pub(crate) fn peer_snapshots(&self) -> Vec<PeerSnapshot> {
+        let own_mapping = self.own_candidates().mapping;
         let st = self.read();
         let mut out: Vec<PeerSnapshot> = st
             .peers
             .values()
             .map(|peer| PeerSnapshot {
-                status: peer.status(st.allowed_ips.prefixes_of(&peer.public_key)),
+                status: peer.status(st.allowed_ips.prefixes_of(&peer.public_key), own_mapping),
                 preshared_key: peer.preshared_key(),
             })
             .collect();
@@ -340,6 +382,9 @@ impl State {
                 .get(&index)
                 .map_or(Route::Unknown, |p| Route::Peer(p.clone()));
         }
+        if matches!(from, Via::Udp(_)) && crate::stun::is_stun(datagram) {
+            return Route::Stun;
+        }
         let mut cookie = [0u8; 64];
         let packet = match self.keys.rate_limiter.verify_packet(
             Some(from.source_ip()),
@@ -432,6 +477,7 @@ impl State {
         }
         if update.replace_allowed_ips {
             self.allowed_ips.remove_value(&key);
+            peer.set_overlay_ip(None);
         }
         for net in &update.allowed_ips {
             if let Some(prev) = self.allowed_ips.insert(*net, key)
@@ -439,6 +485,9 @@ impl State {
             {
                 tracing::info!(%net, from = ?prev, to = ?peer.public_key, "allowed IP moved");
             }
+        }
+        if let Some(host) = update.allowed_ips.iter().find(|n| n.prefix() == 32) {
+            peer.set_overlay_ip(Some(host.ip()));
         }
         if let Some(keepalive) = update.persistent_keepalive {
             peer.set_keepalive(keepalive);

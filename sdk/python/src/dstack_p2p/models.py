@@ -123,7 +123,8 @@ class Peer:
     gateway_url: str | None
     #: ``"wireguard"``, ``"tls-gateway"`` or ``"unreachable"``.
     connection: str
-    #: ``"direct"`` or ``"relay"`` for a WireGuard peer, ``None`` for a peer with no tunnel.
+    #: ``"direct"``, ``"punched"`` (UDP through holes punched in both NATs) or ``"relay"`` for a WireGuard
+    #: peer, ``None`` for a peer with no tunnel.
     path: str | None
     relay_url: str | None
     address: str | None
@@ -134,6 +135,8 @@ class Peer:
     tx_bytes: int
     #: Whether this peer is the cluster's elected leader.
     leader: bool
+    #: While relayed: why, and why hole punching has not brought it over UDP (``None`` otherwise).
+    path_reason: str | None = None
 
     def change_key(self) -> tuple[object, ...]:
         """What applications see as a change of this peer: who it is, where and how it is reached, whether
@@ -170,6 +173,7 @@ class Peer:
             rx_bytes=f.integer("rxBytes"),
             tx_bytes=f.integer("txBytes"),
             leader=f.flag("leader", default=False),
+            path_reason=f.opt_text("pathReason"),
         )
 
 

@@ -1,0 +1,544 @@
+//! Hole punching toward one peer, and the candidate messages exchanged with it. Pure: the device's timer
+//! runs [`Punch::tick`] and does what it returns.
+//!
+//! While a pair is on the relay with a live session (so that a message gets through), each side in turn
+//! starts an **attempt**: it sends a *call* with its own candidates through the tunnel and, at once, one
+//! WireGuard handshake initiation to every candidate of the peer's, repeated on a schedule over
+//! [`WINDOW`] (the same bytes each time: the first copy through makes the handshake, later ones are
+//! replays WireGuard drops). The peer, on the call, starts its own attempt toward the caller's
+//! candidates, so both NATs see outgoing datagrams to each other within a round trip over the relay, and
+//! the first initiation through an opened mapping is answered over UDP. The path then moves to UDP by the
+//! rules of [`crate::path`] (an answer over UDP proves the round trip) and is reported `punched`; the relay
+//! stays up and takes over again when UDP stops answering.
+//!
+//! An attempt that gets no answer is tried again after a backoff (10 s, doubling to 60 s), or at once
+//! when the peer calls or its candidates change. A pair whose NATs both map per destination is not tried
+//! ([`crate::nat::can_punch`]). Candidates are checked before use ([`crate::candidates::usable`]).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+
+use crate::candidates::{Candidate, Kind, MAX_CANDIDATES, Message, usable};
+use crate::nat::{Mapping, can_punch};
+
+/// When the initiation is sent to every target, after an attempt starts: often at first, while the other
+/// side's call is on its way, then less.
+const SEND_AT_MS: [u64; 7] = [0, 150, 400, 800, 1_500, 2_500, 4_000];
+/// How long an attempt waits for an answer over UDP: WireGuard's REKEY_TIMEOUT, after which its own retry
+/// goes through the relay with a new initiation.
+pub const WINDOW: Duration = Duration::from_secs(5);
+/// The least time between two attempts, however often the peer calls.
+const MIN_GAP: Duration = Duration::from_secs(5);
+/// The first backoff after an attempt that got no answer; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The least time between two updates (answers included) to one peer.
+const UPDATE_GAP: Duration = Duration::from_secs(1);
+/// A move to UDP this soon after an attempt ended still counts as punched: the last copies' answers.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// This node's side: what it publishes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct OwnCandidates {
+    /// Bumped whenever `candidates` or `mapping` change.
+    pub version: u64,
+    pub candidates: Vec<Candidate>,
+    pub mapping: Mapping,
+    /// This node's interface addresses: a peer's candidate there would be this node.
+    pub own_ips: Vec<Ipv4Addr>,
+}
+
+/// Why a pair is on the relay rather than punched, for the peer's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RelayReason {
+    /// No session through the relay yet, so no message gets through to coordinate.
+    NoSession,
+    /// The peer has published no candidate, and has no endpoint.
+    NoCandidates,
+    /// Not tried: the NATs cannot be punched through (the reason says why).
+    Skipped {
+        reason: &'static str,
+        ours: Mapping,
+        theirs: Mapping,
+    },
+    /// An attempt is under way to this many addresses.
+    Punching { targets: usize },
+    /// The latest attempt got no answer from this many addresses.
+    NoAnswer { tried: usize, attempts: u64 },
+    /// Waiting to try: the peer's candidates are known, and the next attempt is due by the backoff.
+    Waiting,
+}
+
+impl std::fmt::Display for RelayReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoSession => f.write_str("no session through the relay yet"),
+            Self::NoCandidates => f.write_str(
+                "the peer has published no address to try (no STUN answer, no local address, no endpoint)",
+            ),
+            Self::Skipped {
+                reason,
+                ours,
+                theirs,
+            } => write!(f, "{reason} (this node: {ours}, the peer: {theirs})"),
+            Self::Punching { targets } => write!(f, "punching: trying {targets} candidate(s)"),
+            Self::NoAnswer { tried, attempts } => write!(
+                f,
+                "no answer over UDP from {tried} candidate(s) in {attempts} attempt(s); trying again with backoff"
+            ),
+            Self::Waiting => f.write_str("the next punching attempt is due"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Theirs {
+    candidates: Vec<Candidate>,
+    mapping: Mapping,
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    started: Instant,
+    step: usize,
+    targets: Vec<SocketAddrV4>,
+}
+
+/// The situation at a tick.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tick<'a> {
+    pub(crate) now: Instant,
+    /// The peer's datagrams go through the relay.
+    pub(crate) on_relay: bool,
+    /// A session is up: a message gets through.
+    pub(crate) session: bool,
+    pub(crate) ours: &'a OwnCandidates,
+    /// The peer's UDP endpoint (registered, or where it roamed): one more address to try.
+    pub(crate) endpoint: Option<SocketAddr>,
+    pub(crate) overlay: Ipv4Network,
+}
+
+/// What to do at a tick.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Actions {
+    /// A candidate message to send the peer through the tunnel.
+    pub(crate) message: Option<Kind>,
+    /// Send the attempt's initiation to each of these over UDP.
+    pub(crate) send_to: Vec<SocketAddrV4>,
+    /// The attempt starts: make a fresh initiation for it.
+    pub(crate) fresh_initiation: bool,
+}
+
+/// One peer's punching state.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Punch {
+    theirs: Option<Theirs>,
+    attempt: Option<Attempt>,
+    last_start: Option<Instant>,
+    last_end: Option<Instant>,
+    not_before: Option<Instant>,
+    failures: u32,
+    attempts: u64,
+    last_tried: usize,
+    /// The peer called: attempt as soon as allowed.
+    called: bool,
+    /// The peer called: it is owed our candidates.
+    answer: bool,
+    sent_version: Option<u64>,
+    last_message: Option<Instant>,
+}
+
+impl Punch {
+    /// The peer's candidates, as it last published them.
+    pub(crate) fn theirs(&self) -> (&[Candidate], Mapping) {
+        self.theirs
+            .as_ref()
+            .map_or((&[], Mapping::Unknown), |t| (&t.candidates, t.mapping))
+    }
+
+    pub(crate) fn attempts(&self) -> u64 {
+        self.attempts
+    }
+
+    /// A candidate message from the peer.
+    pub(crate) fn received(&mut self, msg: Message) {
+        let mut candidates = msg.candidates;
+        candidates.truncate(MAX_CANDIDATES);
+        let changed = self
+            .theirs
+            .as_ref()
+            .is_none_or(|t| t.candidates != candidates || t.mapping != msg.mapping);
+        self.theirs = Some(Theirs {
+            candidates,
+            mapping: msg.mapping,
+        });
+        if msg.kind == Kind::Call {
+            self.called = true;
+            self.answer = true;
+        }
+        if changed {
+            // New addresses are worth trying at once, whatever failed before.
+            self.failures = 0;
+            self.not_before = None;
+        }
+    }
+
+    /// The addresses an attempt sends to now.
+    fn targets(&self, t: &Tick<'_>) -> Vec<SocketAddrV4> {
+        let (candidates, _) = self.theirs();
+        let endpoint = match t.endpoint {
+            Some(SocketAddr::V4(e)) => Some(e),
+            _ => None,
+        };
+        let mut out: Vec<SocketAddrV4> = Vec::new();
+        for addr in candidates.iter().map(|c| c.addr).chain(endpoint) {
+            if usable(addr, t.overlay, &t.ours.own_ips) && !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        out.truncate(MAX_CANDIDATES + 1);
+        out
+    }
+
+    fn feasible(&self, ours: Mapping) -> Result<(), &'static str> {
+        can_punch(ours, self.theirs().1)
+    }
+
+    pub(crate) fn tick(&mut self, t: &Tick<'_>) -> Actions {
+        let mut out = Actions::default();
+        let now = t.now;
+        if !t.on_relay || !t.session || self.feasible(t.ours.mapping).is_err() {
+            self.end_attempt(now, false);
+            self.called = false;
+        } else {
+            let due = self.called || self.not_before.is_none_or(|n| now >= n);
+            let gap_ok = self
+                .last_start
+                .is_none_or(|s| now.saturating_duration_since(s) >= MIN_GAP);
+            if self.attempt.is_none() && due && gap_ok {
+                self.attempt = Some(Attempt {
+                    started: now,
+                    step: 0,
+                    targets: Vec::new(),
+                });
+                self.last_start = Some(now);
+                self.attempts += 1;
+                self.called = false;
+                out.message = Some(Kind::Call);
+                out.fresh_initiation = true;
+            }
+            let targets = self.targets(t);
+            if let Some(a) = self.attempt.as_mut() {
+                for addr in targets {
+                    if !a.targets.contains(&addr) {
+                        a.targets.push(addr);
+                    }
+                }
+                let mut send = false;
+                while a.step < SEND_AT_MS.len()
+                    && now >= a.started + Duration::from_millis(SEND_AT_MS[a.step])
+                {
+                    a.step += 1;
+                    send = true;
+                }
+                if send {
+                    out.send_to.clone_from(&a.targets);
+                }
+                if now.saturating_duration_since(a.started) >= WINDOW {
+                    self.end_attempt(now, true);
+                }
+            }
+        }
+        if out.message.is_none() && t.session {
+            let spaced = self
+                .last_message
+                .is_none_or(|m| now.saturating_duration_since(m) >= UPDATE_GAP);
+            let news = self.sent_version != Some(t.ours.version) && !t.ours.candidates.is_empty();
+            if spaced && (self.answer || news) {
+                out.message = Some(Kind::Update);
+            }
+        }
+        if out.message.is_some() {
+            self.answer = false;
+            self.sent_version = Some(t.ours.version);
+            self.last_message = Some(now);
+        }
+        out
+    }
+
+    /// Ends the attempt under way, if any; `failed` when it ran its window without an answer.
+    fn end_attempt(&mut self, now: Instant, failed: bool) {
+        let Some(a) = self.attempt.take() else {
+            return;
+        };
+        self.last_end = Some(now);
+        if failed {
+            self.last_tried = a.targets.len();
+            self.failures = self.failures.saturating_add(1);
+            let backoff = BACKOFF
+                .saturating_mul(1 << (self.failures - 1).min(6))
+                .min(BACKOFF_MAX);
+            self.not_before = Some(now + backoff);
+        }
+    }
+
+    /// The path moved to UDP at `now`; returns whether punching did it (an attempt under way, or just over).
+    pub(crate) fn moved_to_udp(&mut self, now: Instant) -> bool {
+        let punching = self.attempt.is_some()
+            || self
+                .last_end
+                .is_some_and(|e| now.saturating_duration_since(e) <= GRACE);
+        self.attempt = None;
+        self.failures = 0;
+        self.not_before = None;
+        punching
+    }
+
+    /// Why the pair is still relayed (call only while it is).
+    pub(crate) fn relay_reason(
+        &self,
+        session: bool,
+        ours: Mapping,
+        endpoint: Option<SocketAddr>,
+    ) -> RelayReason {
+        let (candidates, theirs) = self.theirs();
+        if !session {
+            return RelayReason::NoSession;
+        }
+        if let Err(reason) = self.feasible(ours) {
+            return RelayReason::Skipped {
+                reason,
+                ours,
+                theirs,
+            };
+        }
+        if let Some(a) = &self.attempt {
+            return RelayReason::Punching {
+                targets: a.targets.len(),
+            };
+        }
+        if candidates.is_empty() && endpoint.is_none() {
+            return RelayReason::NoCandidates;
+        }
+        if self.failures > 0 {
+            return RelayReason::NoAnswer {
+                tried: self.last_tried,
+                attempts: self.attempts,
+            };
+        }
+        RelayReason::Waiting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candidates::Source;
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    fn own(mapping: Mapping) -> OwnCandidates {
+        OwnCandidates {
+            version: 1,
+            candidates: vec![Candidate {
+                addr: "198.51.100.1:40000".parse().unwrap(),
+                source: Source::Stun,
+            }],
+            mapping,
+            own_ips: vec!["10.0.2.100".parse().unwrap()],
+        }
+    }
+
+    fn call(kind: Kind, mapping: Mapping, addrs: &[&str]) -> Message {
+        Message {
+            kind,
+            mapping,
+            observed: None,
+            candidates: addrs
+                .iter()
+                .map(|a| Candidate {
+                    addr: a.parse().unwrap(),
+                    source: Source::Stun,
+                })
+                .collect(),
+        }
+    }
+
+    fn tick<'a>(now: Instant, ours: &'a OwnCandidates, on_relay: bool) -> Tick<'a> {
+        Tick {
+            now,
+            on_relay,
+            session: true,
+            ours,
+            endpoint: None,
+            overlay: "10.0.1.0/24".parse().unwrap(),
+        }
+    }
+
+    /// On the relay with a session, an attempt starts at once with a call, and the initiation goes to every
+    /// usable candidate on the schedule until the window ends; then it waits out the backoff.
+    #[test]
+    fn an_attempt_calls_sends_on_the_schedule_and_backs_off_without_an_answer() {
+        let t0 = Instant::now();
+        let ours = own(Mapping::EndpointIndependent);
+        let mut p = Punch::default();
+        p.received(call(
+            Kind::Update,
+            Mapping::EndpointIndependent,
+            &["198.51.100.2:41000", "10.0.2.100:51820", "10.0.1.9:51820"],
+        ));
+        let first = p.tick(&tick(t0, &ours, true));
+        assert_eq!(first.message, Some(Kind::Call));
+        assert!(first.fresh_initiation);
+        assert_eq!(
+            first.send_to,
+            ["198.51.100.2:41000".parse::<SocketAddrV4>().unwrap()],
+            "our own address and an overlay address are never tried"
+        );
+        assert_eq!(p.tick(&tick(ms(t0, 100), &ours, true)), Actions::default());
+        assert_eq!(p.tick(&tick(ms(t0, 150), &ours, true)).send_to.len(), 1);
+        let sends = (200..=5_000)
+            .step_by(50)
+            .filter(|&t| !p.tick(&tick(ms(t0, t), &ours, true)).send_to.is_empty())
+            .count();
+        assert_eq!(sends, 5, "seven sends in all over the window");
+        assert_eq!(
+            p.relay_reason(true, ours.mapping, None),
+            RelayReason::NoAnswer {
+                tried: 1,
+                attempts: 1
+            }
+        );
+        assert_eq!(
+            p.tick(&tick(ms(t0, 14_999), &ours, true)),
+            Actions::default(),
+            "10 s of backoff"
+        );
+        assert_eq!(
+            p.tick(&tick(ms(t0, 15_000), &ours, true)).message,
+            Some(Kind::Call)
+        );
+    }
+
+    /// A call from the peer starts an attempt at once, backoff or not (but never twice in 5 s), and is
+    /// answered with our candidates.
+    #[test]
+    fn a_call_from_the_peer_starts_an_attempt_and_is_answered() {
+        let t0 = Instant::now();
+        let ours = own(Mapping::EndpointIndependent);
+        let mut p = Punch::default();
+        p.tick(&tick(t0, &ours, true));
+        for t in (100..=5_000).step_by(100) {
+            p.tick(&tick(ms(t0, t), &ours, true));
+        }
+        // Failed once: backoff until 15 s. The peer calls at 6 s.
+        p.received(call(
+            Kind::Call,
+            Mapping::EndpointIndependent,
+            &["198.51.100.2:41000"],
+        ));
+        let a = p.tick(&tick(ms(t0, 6_000), &ours, true));
+        assert_eq!(
+            a.message,
+            Some(Kind::Call),
+            "the attempt's own call answers"
+        );
+        assert_eq!(a.send_to.len(), 1);
+        // Another call 1 s later: answered, but no new attempt within 5 s of the last.
+        for t in (6_100..=11_000).step_by(100) {
+            p.tick(&tick(ms(t0, t), &ours, true));
+        }
+        p.received(call(
+            Kind::Call,
+            Mapping::EndpointIndependent,
+            &["198.51.100.2:41000"],
+        ));
+        let b = p.tick(&tick(ms(t0, 11_100), &ours, true));
+        assert_eq!(b.message, Some(Kind::Call), "5 s after the last start");
+    }
+
+    /// Updates go out when our candidates change, at most one a second, whatever the path.
+    #[test]
+    fn our_new_candidates_are_sent_once_per_change() {
+        let t0 = Instant::now();
+        let mut ours = own(Mapping::EndpointIndependent);
+        let mut p = Punch::default();
+        assert_eq!(p.tick(&tick(t0, &ours, false)).message, Some(Kind::Update));
+        assert_eq!(p.tick(&tick(ms(t0, 2_000), &ours, false)).message, None);
+        ours.version = 2;
+        assert_eq!(
+            p.tick(&tick(ms(t0, 2_500), &ours, false)).message,
+            Some(Kind::Update)
+        );
+        ours.version = 3;
+        assert_eq!(
+            p.tick(&tick(ms(t0, 2_900), &ours, false)).message,
+            None,
+            "one a second"
+        );
+        assert_eq!(
+            p.tick(&tick(ms(t0, 3_500), &ours, false)).message,
+            Some(Kind::Update)
+        );
+        ours.version = 4;
+        let no_session = Tick {
+            session: false,
+            ..tick(ms(t0, 9_000), &ours, true)
+        };
+        assert_eq!(
+            p.tick(&no_session),
+            Actions::default(),
+            "nothing gets through"
+        );
+    }
+
+    /// Two symmetric NATs are never tried; the reason says so.
+    #[test]
+    fn a_pair_of_symmetric_nats_is_skipped() {
+        let t0 = Instant::now();
+        let ours = own(Mapping::AddressAndPortDependent);
+        let mut p = Punch::default();
+        p.received(call(
+            Kind::Call,
+            Mapping::EndpointDependent,
+            &["198.51.100.2:41000"],
+        ));
+        let a = p.tick(&tick(t0, &ours, true));
+        assert!(a.send_to.is_empty());
+        assert_eq!(a.message, Some(Kind::Update), "the call is still answered");
+        assert!(matches!(
+            p.relay_reason(true, ours.mapping, None),
+            RelayReason::Skipped { .. }
+        ));
+    }
+
+    /// A move to UDP during an attempt, or just after, is a punch; later it is not.
+    #[test]
+    fn a_move_to_udp_counts_as_punched_during_an_attempt_and_just_after() {
+        let t0 = Instant::now();
+        let ours = own(Mapping::EndpointIndependent);
+        let mut p = Punch::default();
+        p.received(call(
+            Kind::Update,
+            Mapping::EndpointIndependent,
+            &["198.51.100.2:41000"],
+        ));
+        p.tick(&tick(t0, &ours, true));
+        assert!(p.moved_to_udp(ms(t0, 300)));
+        let mut q = Punch::default();
+        q.tick(&tick(t0, &ours, true));
+        for t in (100..=5_000).step_by(100) {
+            q.tick(&tick(ms(t0, t), &ours, true));
+        }
+        assert!(q.moved_to_udp(ms(t0, 6_000)), "within the grace");
+        assert!(!Punch::default().moved_to_udp(t0), "no attempt at all");
+        assert_eq!(
+            Punch::default().relay_reason(true, Mapping::Unknown, None),
+            RelayReason::NoCandidates
+        );
+    }
+}
