@@ -30,6 +30,7 @@ use super::error::Error;
 use crate::netlink::Netlink;
 use crate::path::PathKind;
 use crate::plan::handshake_is_fresh;
+use crate::pmtu::PathCheck;
 use crate::shim::{Action, Shim};
 use crate::task::Task;
 use mesh_relay::Inbound;
@@ -201,6 +202,13 @@ impl KernelDevice {
             shim,
         });
         let mut device = Self { inner, shim_tasks };
+        let path_check = PathCheck::new(Netlink::open(&device.inner.ifname)?, config.mtu);
+        let inner = Arc::clone(&device.inner);
+        device.shim_tasks.push(Task::spawn(
+            "path-mtu",
+            tracing::info_span!("wg", ifname = %device.inner.ifname),
+            crate::pmtu::run(path_check, move || inner.endpoints()),
+        ));
         if device.inner.shim.is_some() {
             let inner = Arc::clone(&device.inner);
             device.shim_tasks.push(Task::spawn(
@@ -376,6 +384,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     fn api(&self) -> DriverRef<'_> {
         DriverRef(lock(&self.driver))
+    }
+
+    /// Each peer's UDP endpoint, for the path MTU check.
+    fn endpoints(&self) -> Vec<(Key, SocketAddr)> {
+        self.read_peers()
+            .into_iter()
+            .filter_map(|p| Some((Key::from_bytes(p.public_key.as_array()), p.endpoint?)))
+            .collect()
     }
 
     fn read_peers(&self) -> Vec<Peer> {

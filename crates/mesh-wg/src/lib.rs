@@ -19,7 +19,8 @@
 //! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
 //! - `uapi`: sans-IO `get`/`set` text rendering and parsing.
 //! - `uapi_server`: the unix socket at `/var/run/wireguard/<ifname>.sock`.
-//! - `netlink`: MTU, address and link state over rtnetlink.
+//! - `netlink`: MTU, address and link state over rtnetlink, and what the kernel knows of a path's MTU.
+//! - `pmtu`: whether each peer's path carries the tunnel's datagrams whole; a warning with the `--mtu` that fits.
 //! - `task`: owned task handles that abort on drop.
 //! - `error`: the module's [`Error`].
 
@@ -35,6 +36,7 @@ mod netlink;
 mod path;
 mod peer;
 mod plan;
+mod pmtu;
 mod punch;
 mod redial;
 mod shim;

@@ -9,6 +9,14 @@ use rtnetlink::{Handle, LinkUnspec};
 use super::Error;
 use super::task::Task;
 
+/// What the kernel knows of a path's MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PathMtu {
+    pub(crate) mtu: u32,
+    /// Learnt from an ICMP "fragmentation needed" (a route exception), rather than the interface's MTU.
+    pub(crate) from_icmp: bool,
+}
+
 /// A netlink route socket bound to the network namespace it was opened in.
 ///
 /// The socket stays in that namespace for its whole life, so teardown works from any thread.
@@ -102,6 +110,62 @@ impl Netlink {
             .await
             .map_err(self.err("RTM_SETLINK up"))?;
         Ok(())
+    }
+
+    /// What the kernel knows of the path to `dst`: the MTU it learnt for it (from an ICMP "fragmentation
+    /// needed", cached on the route), else the MTU of the interface it leaves by; `None` with no route.
+    pub(crate) async fn path_mtu(&self, dst: Ipv4Addr) -> Result<Option<PathMtu>, Error> {
+        use rtnetlink::packet_route::link::LinkAttribute;
+        use rtnetlink::packet_route::route::{RouteAttribute, RouteMetric};
+        let request = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut routes = self.handle.route().get(request).execute();
+        let route = match routes.try_next().await {
+            Ok(Some(route)) => route,
+            Ok(None) => return Ok(None),
+            Err(err)
+                if is_errno(&err, Errno::ENETUNREACH) || is_errno(&err, Errno::EHOSTUNREACH) =>
+            {
+                return Ok(None);
+            }
+            Err(err) => return Err(self.err(format!("RTM_GETROUTE {dst}"))(err)),
+        };
+        let mut oif = None;
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Metrics(metrics) => {
+                    if let Some(mtu) = metrics.iter().find_map(|m| match m {
+                        RouteMetric::Mtu(mtu) => Some(*mtu),
+                        _ => None,
+                    }) {
+                        return Ok(Some(PathMtu {
+                            mtu,
+                            from_icmp: true,
+                        }));
+                    }
+                }
+                RouteAttribute::Oif(index) => oif = Some(*index),
+                _ => {}
+            }
+        }
+        let Some(index) = oif else {
+            return Ok(None);
+        };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links
+            .try_next()
+            .await
+            .map_err(self.err(format!("RTM_GETLINK {index}")))?;
+        Ok(link.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(PathMtu {
+                    mtu: *mtu,
+                    from_icmp: false,
+                }),
+                _ => None,
+            })
+        }))
     }
 
     /// Deletes the link; a link that is already gone is not an error.

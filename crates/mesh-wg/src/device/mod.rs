@@ -28,6 +28,7 @@ use super::allowed_ips::AllowedIps;
 use super::config::{DeviceConfig, NatStatus, PeerConfig, PeerStatus};
 use super::netlink::Netlink;
 use super::peer::NoiseKeys;
+use super::pmtu::PathCheck;
 use super::task::Task;
 use super::uapi::PeerUpdate;
 use super::{Error, uapi_server};
@@ -181,6 +182,13 @@ impl Device {
                 span(),
                 discovery_loop(shared.clone(), config.stun_servers.clone(), answers_rx),
             ),
+            Task::spawn("path-mtu", span(), {
+                let shared = shared.clone();
+                crate::pmtu::run(
+                    PathCheck::new(Netlink::open(&ifname)?, config.mtu),
+                    move || shared.udp_endpoints(),
+                )
+            }),
         ];
         if let Some(rx) = relay_rx {
             tasks.push(Task::spawn(

@@ -294,6 +294,15 @@ impl Shared {
         out
     }
 
+    /// The endpoint of each peer whose datagrams go over UDP.
+    pub(super) fn udp_endpoints(&self) -> Vec<(Key, SocketAddr)> {
+        self.peer_snapshots()
+            .into_iter()
+            .filter(|p| p.status.path.is_udp())
+            .filter_map(|p| Some((p.status.public_key, p.status.endpoint?)))
+            .collect()
+    }
+
     /// What `get=1` shows.
     pub(crate) fn snapshot(&self) -> DeviceSnapshot {
         let peers = self.peer_snapshots();
