@@ -449,6 +449,13 @@ impl<'a> Agent<'a> {
             .collect()
     }
 
+    /// When the agent first logged a text line containing `needle` (every run of it so far).
+    pub fn first_logged(&self, needle: &str) -> Option<SystemTime> {
+        self.log_lines(needle)
+            .iter()
+            .find_map(|l| rfc3339(l.split_whitespace().next()?))
+    }
+
     /// The lines of its JSON log that name an event (every run of it so far, with
     /// [`AgentConfig::json_log`]; none otherwise).
     pub fn log_events(&self) -> Vec<LogEvent> {

@@ -1,5 +1,6 @@
-//! A LAN of node namespaces behind a bridge, with anvil on it ([`Lan`]), optionally with one node behind a
-//! NAT router. Everything is addressed from inside the namespaces; nothing is created in the root namespace.
+//! A LAN of node namespaces behind a bridge, with anvil on it ([`Lan`]); each node on the bridge itself, or
+//! behind a NAT router or slirp4netns ([`Uplink`]). Everything is addressed from inside the namespaces;
+//! nothing is created in the root namespace.
 //!
 //! Teardown is by guards, in borrow order: an [`crate::agent::Agent`] borrows its
 //! [`crate::cluster::Cluster`], which borrows its [`Lan`], so agents stop before simulators, and simulators
@@ -19,6 +20,7 @@ use crate::process::{
     CMD_TIMEOUT, ChildGuard, anvil_path, cast_path, clean_env, json_of, require_root,
     run_command_timeout, tail, workspace_bin,
 };
+use crate::uplink::{Front, SlirpHost, Uplink, router};
 use crate::wait::wait_until;
 
 /// The switch's address on the LAN, where anvil listens.
@@ -26,15 +28,6 @@ pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 
 /// anvil's port on the switch.
 pub const RPC_PORT: u16 = 8545;
-
-/// The NAT router's address on the LAN, which the node behind it is masqueraded to.
-pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
-
-/// The router's side of the private network behind the NAT.
-pub const PRIVATE_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
-
-/// The address of the node behind the NAT, on the private network.
-pub const PRIVATE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
 
 /// The port every agent's WireGuard listens on (each in its own namespace).
 pub const WG_PORT: u16 = 51820;
@@ -66,39 +59,43 @@ pub fn lan_ip(i: usize) -> Ipv4Addr {
 }
 
 /// A switch namespace with a bridge and anvil on it at [`SWITCH_IP`], and node namespaces 1..=n, each
-/// joined to the bridge by a veth with [`lan_ip`]`(i)/24`.
+/// joined to the bridge by a veth with [`lan_ip`]`(i)/24`, or behind a namespace that is, at that address
+/// ([`Lan::with_uplinks`]): a NAT router, or a host running slirp4netns.
 ///
-/// With [`Lan::with_nat`], one node sits behind a router namespace instead: the router is on the bridge at
-/// [`ROUTER_IP`] and masquerades the node's private network ([`PRIVATE_IP`]/24) to it.
-///
-/// Dropping it stops anvil and deletes the namespaces, which takes their veths and bridge with them.
+/// Dropping it stops anvil and slirp4netns and deletes the namespaces, which takes their veths and bridge
+/// with them.
 pub struct Lan {
     anvil: Option<ChildGuard>,
     anvil_log: PathBuf,
     /// Node namespaces; `nodes[i - 1]` is node i.
     pub nodes: Vec<NetNs>,
     pub switch: NetNs,
-    /// The NAT router, with [`Lan::with_nat`].
-    pub router: Option<NetNs>,
+    /// What stands in front of each node (`fronts[i - 1]`); `None` for a node on the switch.
+    pub fronts: Vec<Option<Front>>,
     _dir: tempfile::TempDir,
 }
 
 impl Lan {
     /// Builds the LAN and waits (bounded) until anvil answers and every node reaches the switch.
     pub fn new(n: usize) -> Self {
-        Self::build(n, None)
+        Self::with_uplinks(&vec![Uplink::Switch; n])
     }
 
-    /// Like [`Lan::new`], but node `behind` reaches the LAN only through a masquerading NAT router.
+    /// Like [`Lan::new`], but node `behind` reaches the LAN only through a masquerading (port-restricted)
+    /// NAT router at its public address.
     pub fn with_nat(n: usize, behind: usize) -> Self {
         assert!(
             (1..=n).contains(&behind),
             "no node {behind} to put behind the NAT"
         );
-        Self::build(n, Some(behind))
+        let mut uplinks = vec![Uplink::Switch; n];
+        uplinks[behind - 1] = Uplink::nat(crate::uplink::NatKind::PortRestricted);
+        Self::with_uplinks(&uplinks)
     }
 
-    fn build(n: usize, nat: Option<usize>) -> Self {
+    /// A LAN of `uplinks.len()` nodes, node i behind `uplinks[i - 1]`.
+    pub fn with_uplinks(uplinks: &[Uplink]) -> Self {
+        let n = uplinks.len();
         assert!((1..=250).contains(&n), "1..=250 nodes fit the LAN");
         let dir = tempfile::Builder::new()
             .prefix("dm-lan")
@@ -113,26 +110,36 @@ impl Lan {
             anvil_log: dir.path().join("anvil.log"),
             nodes: Vec::new(),
             switch,
-            router: None,
+            fronts: Vec::new(),
             _dir: dir,
         };
-        for i in 1..=n {
+        for (i, uplink) in (1..=n).zip(uplinks) {
             let node = NetNs::new(&format!("n{i}"));
-            if nat == Some(i) {
-                lan.router = Some(lan.nat_router(i, &node));
-                lan.nodes.push(node);
-                continue;
-            }
             let port = format!("p{i}");
-            link(&node, "eth0", &lan.switch, &port);
-            lan.switch
-                .ip(&["link", "set", &port, "master", "br0", "up"]);
-            node.ip(&["addr", "add", &format!("{}/24", lan_ip(i)), "dev", "eth0"]);
-            node.ip(&["link", "set", "eth0", "up"]);
+            let front = match *uplink {
+                Uplink::Switch => {
+                    link(&node, "eth0", &lan.switch, &port);
+                    lan.switch
+                        .ip(&["link", "set", &port, "master", "br0", "up"]);
+                    node.ip(&["addr", "add", &format!("{}/24", lan_ip(i)), "dev", "eth0"]);
+                    node.ip(&["link", "set", "eth0", "up"]);
+                    None
+                }
+                Uplink::Nat { kind, mtu } => Some(Front::Router(router(
+                    i,
+                    &node,
+                    &lan.switch,
+                    &port,
+                    kind,
+                    mtu,
+                ))),
+                Uplink::Slirp => Some(Front::Slirp(SlirpHost::new(i, &node, &lan.switch, &port))),
+            };
             lan.nodes.push(node);
+            lan.fronts.push(front);
         }
         if n >= STATIC_NEIGHBOURS_FROM {
-            lan.add_static_neighbours(nat);
+            lan.add_static_neighbours();
         }
         lan.start_anvil();
         for (i, node) in lan.nodes.iter().enumerate() {
@@ -151,17 +158,12 @@ impl Lan {
         lan
     }
 
-    /// Every address on the bridge as a permanent neighbour entry in every namespace on it: the switch, the
-    /// NAT router if any, and each node not behind it (see [`STATIC_NEIGHBOURS_FROM`]).
-    fn add_static_neighbours(&self, nat: Option<usize>) {
+    /// Every address on the bridge as a permanent neighbour entry in every namespace on it: the switch, and
+    /// each node or the namespace in front of it (see [`STATIC_NEIGHBOURS_FROM`]).
+    fn add_static_neighbours(&self) {
         let mut on_bridge: Vec<(&NetNs, &str, Ipv4Addr)> = vec![(&self.switch, "br0", SWITCH_IP)];
-        if let Some(router) = &self.router {
-            on_bridge.push((router, "eth0", ROUTER_IP));
-        }
-        for (i, node) in (1..).zip(&self.nodes) {
-            if nat != Some(i) {
-                on_bridge.push((node, "eth0", lan_ip(i)));
-            }
+        for (i, (node, front)) in (1..).zip(self.nodes.iter().zip(&self.fronts)) {
+            on_bridge.push((front.as_ref().map_or(node, Front::ns), "eth0", lan_ip(i)));
         }
         let macs: Vec<(Ipv4Addr, String)> = on_bridge
             .iter()
@@ -187,47 +189,6 @@ impl Lan {
             std::fs::write(&file, batch).expect("neighbour batch file");
             ns.ip(&["-batch", file.to_str().expect("utf-8 temp path")]);
         }
-    }
-
-    /// The router namespace for node `i`: on the bridge at [`ROUTER_IP`], forwarding and masquerading
-    /// the node's private network, which is the node's only way out.
-    fn nat_router(&self, i: usize, node: &NetNs) -> NetNs {
-        let router = NetNs::new("rt");
-        let port = format!("p{i}");
-        link(&router, "eth0", &self.switch, &port);
-        self.switch
-            .ip(&["link", "set", &port, "master", "br0", "up"]);
-        router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"]);
-        router.ip(&["link", "set", "eth0", "up"]);
-        link(node, "eth0", &router, "lan0");
-        router.ip(&["addr", "add", &format!("{PRIVATE_GW}/24"), "dev", "lan0"]);
-        router.ip(&["link", "set", "lan0", "up"]);
-        node.ip(&["addr", "add", &format!("{PRIVATE_IP}/24"), "dev", "eth0"]);
-        node.ip(&["link", "set", "eth0", "up"]);
-        node.ip(&["route", "add", "default", "via", &PRIVATE_GW.to_string()]);
-        router.exec_ok(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-        router.exec_ok(&["nft", "add", "table", "ip", "nat"]);
-        router.exec_ok(&[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "nat",
-            "postrouting",
-            "{ type nat hook postrouting priority srcnat; policy accept; }",
-        ]);
-        router.exec_ok(&[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "nat",
-            "postrouting",
-            "oifname",
-            "eth0",
-            "masquerade",
-        ]);
-        router
     }
 
     /// JSON-RPC requests anvil has served so far, over HTTP and WebSocket: it logs each one's method.
@@ -279,6 +240,15 @@ impl Lan {
     /// Node `i` (1-based).
     pub fn node(&self, i: usize) -> &NetNs {
         &self.nodes[i - 1]
+    }
+
+    /// Restarts the slirp4netns in front of node `i`: a NAT that restarts and maps the node anew.
+    pub fn restart_slirp(&self, i: usize) {
+        let node = &self.nodes[i - 1];
+        match &self.fronts[i - 1] {
+            Some(Front::Slirp(host)) => host.restart(node),
+            _ => panic!("node {i} is not behind slirp4netns"),
+        }
     }
 
     /// Calls anvil's JSON-RPC `method` with `params` (each a JSON value, as `cast rpc` takes them) and
@@ -394,9 +364,11 @@ impl Drop for Cut<'_> {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        // anvil first (the guard's SIGTERM reaches the node wrapper, which forwards it); NetNs's drop kills
-        // whatever is left in the switch by PID, then the namespaces go with their links.
+        // anvil first (the guard's SIGTERM reaches the node wrapper, which forwards it), then what stands in
+        // front of the nodes; NetNs's drop kills whatever is left in the switch by PID, then the namespaces
+        // go with their links.
         self.anvil.take();
+        self.fronts.clear();
     }
 }
 

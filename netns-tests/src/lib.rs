@@ -3,7 +3,8 @@
 //!
 //! The system in namespaces, each piece borrowing the one before, so teardown runs in order; a module uses
 //! only those before it and those below:
-//! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it.
+//! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it; each node on the bridge, or behind
+//!   what [`uplink`] builds: a NAT router of one of four kinds, or slirp4netns; and coturn as a STUN server.
 //! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
 //! - [`agent`]: the real `p2p-agent` daemon in a node's namespace, started by one builder
 //!   ([`agent::AgentBuilder`]), and what a scenario asks of several: a full mesh, pings over the overlay.
@@ -14,6 +15,7 @@
 //! - [`attack`]: what the attacker does in the scenarios, against a cluster's chain.
 //!
 //! Below them:
+//! - [`uplink`]: what stands between a node and the switch (NAT routers, slirp4netns), and coturn.
 //! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries and Foundry's.
 //! - [`netns`]: namespaces and veth pairs; [`wg`]: WireGuard devices in them (ours and `wireguard-go`).
 //! - [`ping`]: reachability between namespaces; [`wait`]: bounded waits; [`steps`]: a scenario's progress.
@@ -53,6 +55,7 @@ pub mod runtime;
 pub mod steps;
 pub mod tcp_relay;
 pub mod transfer;
+pub mod uplink;
 pub mod wait;
 pub mod wg;
 

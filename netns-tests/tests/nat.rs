@@ -1,5 +1,5 @@
 //! A node behind a NAT it cannot see out of still meshes. Node 3 sits on a private network behind a router
-//! namespace that masquerades it to the LAN ([`ROUTER_IP`]); nodes 1 and 2 have no route to it. Node 3
+//! namespace that masquerades it to the LAN (at its public address, [`lan_ip`]`(3)`); nodes 1 and 2 have no route to it. Node 3
 //! registers no endpoint (it cannot know its public one); it keeps its mappings open with persistent
 //! keepalive, and nodes 1 and 2 learn its public address from its authenticated packets (WireGuard
 //! roaming). The test checks that every pair pings both ways, that nodes 1 and 2 reach node 3 at the
@@ -68,7 +68,7 @@ fn a_node_behind_nat_meshes_by_keepalive_and_roaming() {
         .find(|p| p["tokenId"].as_u64() == Some(3))
         .expect("seat 3's record");
     assert_eq!(record3["endpoint"].as_str(), Some(""), "{record3}");
-    let public = format!("{ROUTER_IP}:");
+    let public = format!("{}:", lan_ip(BEHIND));
     for a in &agents[..2] {
         let seen = endpoint_of_node_3(a, &keys[2]);
         assert!(

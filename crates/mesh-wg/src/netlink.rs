@@ -9,6 +9,54 @@ use rtnetlink::{Handle, LinkUnspec};
 use super::Error;
 use super::task::Task;
 
+/// Messages about this namespace's links, IPv4 addresses and routes as they change (rtnetlink's multicast
+/// groups): a sign that the node's way out, and so its NAT mapping, may have changed.
+pub(crate) struct NetworkChanges {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    _connection: Task,
+}
+
+impl NetworkChanges {
+    /// Subscribes, in the calling thread's network namespace.
+    pub(crate) fn watch(ifname: &str) -> Result<Self, Error> {
+        use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK};
+        use rtnetlink::sys::AsyncSocket as _;
+        let socket_error = |source| Error::NetlinkSocket {
+            ifname: ifname.to_owned(),
+            source,
+        };
+        let (mut connection, _handle, messages) =
+            rtnetlink::new_connection().map_err(socket_error)?;
+        let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
+            .map_err(socket_error)?;
+        let connection = Task::spawn(
+            "netlink-changes",
+            tracing::debug_span!("netlink", ifname),
+            async move {
+                connection.await;
+                Ok(())
+            },
+        );
+        Ok(Self {
+            messages,
+            _connection: connection,
+        })
+    }
+
+    /// The next change; `None` once the socket is gone.
+    pub(crate) async fn next(&mut self) -> Option<()> {
+        use futures::StreamExt as _;
+        self.messages.next().await.map(|_| ())
+    }
+}
+
 /// What the kernel knows of a path's MTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PathMtu {

@@ -412,9 +412,11 @@ fn authenticates(datagram: &[u8], res: &TunnResult<'_>) -> bool {
 fn log_move(peer: &Key, m: Move, relay: Option<&RelayTarget>) {
     match m.to {
         PathKind::Relay => {
-            tracing::info!(peer = ?peer, relay = ?relay.map(ToString::to_string), reason = m.reason, "path: relay")
+            tracing::info!(event = "path.relay", peer = ?peer, relay = ?relay.map(ToString::to_string), reason = m.reason, "path: relay")
         }
-        PathKind::Direct => tracing::info!(peer = ?peer, reason = m.reason, "path: direct"),
+        PathKind::Direct => {
+            tracing::info!(event = "path.direct", peer = ?peer, reason = m.reason, "path: direct")
+        }
         PathKind::Punched => {
             tracing::info!(event = "path.punched", peer = ?peer, reason = m.reason, "path: punched (UDP through the holes punched in both NATs)")
         }

@@ -48,6 +48,8 @@ pub(crate) struct OwnCandidates {
     pub mapping: Mapping,
     /// This node's interface addresses: a peer's candidate there would be this node.
     pub own_ips: Vec<Ipv4Addr>,
+    /// The first round of discovery is over: the mapping is as known as it will be.
+    pub settled: bool,
 }
 
 /// Why a pair is on the relay rather than punched, for the peer's status.
@@ -63,8 +65,8 @@ pub(crate) enum RelayReason {
         ours: Mapping,
         theirs: Mapping,
     },
-    /// An attempt is under way to this many addresses.
-    Punching { targets: usize },
+    /// An attempt is under way to this many addresses; `failed` attempts before it got no answer.
+    Punching { targets: usize, failed: u32 },
     /// The latest attempt got no answer from this many addresses.
     NoAnswer { tried: usize, attempts: u64 },
     /// Waiting to try: the peer's candidates are known, and the next attempt is due by the backoff.
@@ -83,7 +85,13 @@ impl std::fmt::Display for RelayReason {
                 ours,
                 theirs,
             } => write!(f, "{reason} (this node: {ours}, the peer: {theirs})"),
-            Self::Punching { targets } => write!(f, "punching: trying {targets} candidate(s)"),
+            Self::Punching { targets, failed: 0 } => {
+                write!(f, "punching: trying {targets} candidate(s)")
+            }
+            Self::Punching { targets, failed } => write!(
+                f,
+                "punching: trying {targets} candidate(s) again, after {failed} attempt(s) with no answer over UDP"
+            ),
             Self::NoAnswer { tried, attempts } => write!(
                 f,
                 "no answer over UDP from {tried} candidate(s) in {attempts} attempt(s); trying again with backoff"
@@ -213,7 +221,11 @@ impl Punch {
             self.end_attempt(now, false);
             self.called = false;
         } else {
-            let due = self.called || self.not_before.is_none_or(|n| now >= n);
+            // Until the peer's candidates are in, there is nothing to send to and no telling whether its NAT
+            // can be punched: the updates both sides send at the session's start bring them.
+            let due = t.ours.settled
+                && (self.called
+                    || (self.theirs.is_some() && self.not_before.is_none_or(|n| now >= n)));
             let gap_ok = self
                 .last_start
                 .is_none_or(|s| now.saturating_duration_since(s) >= MIN_GAP);
@@ -317,6 +329,7 @@ impl Punch {
         if let Some(a) = &self.attempt {
             return RelayReason::Punching {
                 targets: a.targets.len(),
+                failed: self.failures,
             };
         }
         if candidates.is_empty() && endpoint.is_none() {
@@ -350,6 +363,7 @@ mod tests {
             }],
             mapping,
             own_ips: vec!["10.0.2.100".parse().unwrap()],
+            settled: true,
         }
     }
 
@@ -431,8 +445,17 @@ mod tests {
         let t0 = Instant::now();
         let ours = own(Mapping::EndpointIndependent);
         let mut p = Punch::default();
-        p.tick(&tick(t0, &ours, true));
-        for t in (100..=5_000).step_by(100) {
+        assert_eq!(
+            p.tick(&tick(t0, &ours, true)).message,
+            Some(Kind::Update),
+            "no attempt before the peer's candidates are known: ours go first"
+        );
+        p.received(call(
+            Kind::Update,
+            Mapping::EndpointIndependent,
+            &["198.51.100.2:41000"],
+        ));
+        for t in (100..=5_100).step_by(100) {
             p.tick(&tick(ms(t0, t), &ours, true));
         }
         // Failed once: backoff until 15 s. The peer calls at 6 s.
@@ -530,6 +553,7 @@ mod tests {
         p.tick(&tick(t0, &ours, true));
         assert!(p.moved_to_udp(ms(t0, 300)));
         let mut q = Punch::default();
+        q.received(call(Kind::Update, Mapping::EndpointIndependent, &[]));
         q.tick(&tick(t0, &ours, true));
         for t in (100..=5_000).step_by(100) {
             q.tick(&tick(ms(t0, t), &ours, true));

@@ -1,7 +1,9 @@
 //! What the device learns of its own reachability, and the candidates it publishes from it: the addresses of
 //! its interfaces, the public address and port STUN servers see its WireGuard socket come from (a round of
-//! requests every [`ROUND_EVERY`], sent from that socket, their answers handed over by the receive loop), and
-//! the addresses peers that reach it directly say they see ([`Discovered::observe`]).
+//! requests every [`ROUND_EVERY`], and soon after the namespace's links, addresses or routes change, sent from
+//! that socket, their answers handed over by the receive loop), and the addresses peers that reach it directly
+//! say they see ([`Discovered::observe`]). A NAT that restarts takes the node's interface down and up with it
+//! (slirp4netns does), so the new mapping is known, and published, within a second.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -16,6 +18,7 @@ use super::shared::Shared;
 use crate::Error;
 use crate::candidates::{Candidate, MAX_CANDIDATES, Source};
 use crate::nat::NatReport;
+use crate::netlink::NetworkChanges;
 use crate::peer::Via;
 use crate::punch::OwnCandidates;
 use crate::stun::{Round, ServerResult};
@@ -30,6 +33,11 @@ const OBSERVED_FOR: Duration = Duration::from_secs(120);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// STUN answers waiting for the discovery loop.
 pub(super) const ANSWERS: usize = 64;
+/// How long the network must be quiet after a change before a round starts: a link that comes back brings
+/// its address and routes in a burst.
+const SETTLE: Duration = Duration::from_millis(300);
+/// The least time between two rounds, however often the network changes.
+const ROUND_GAP: Duration = Duration::from_secs(2);
 
 /// What the device knows of its own reachability.
 #[derive(Debug, Default)]
@@ -37,6 +45,8 @@ pub(crate) struct Discovered {
     pub(crate) report: NatReport,
     locals: Vec<SocketAddrV4>,
     observed: HashMap<Key, (SocketAddrV4, Instant)>,
+    /// A round has ended.
+    settled: bool,
     pub(crate) own: Arc<OwnCandidates>,
 }
 
@@ -45,6 +55,7 @@ impl Discovered {
     fn set(&mut self, report: NatReport, locals: Vec<SocketAddrV4>, now: Instant) -> bool {
         self.report = report;
         self.locals = locals;
+        self.settled = true;
         self.recompute(now)
     }
 
@@ -83,7 +94,11 @@ impl Discovered {
             }
         }
         let mapping = self.report.mapping;
-        if candidates == self.own.candidates && mapping == self.own.mapping {
+        let settled = self.settled;
+        if candidates == self.own.candidates
+            && mapping == self.own.mapping
+            && settled == self.own.settled
+        {
             return false;
         }
         self.own = Arc::new(OwnCandidates {
@@ -91,6 +106,7 @@ impl Discovered {
             candidates,
             mapping,
             own_ips: self.locals.iter().map(|l| *l.ip()).collect(),
+            settled,
         });
         true
     }
@@ -179,6 +195,7 @@ pub(super) async fn discovery_loop(
     shared: Arc<Shared>,
     servers: Vec<String>,
     mut answers: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    mut changes: NetworkChanges,
 ) -> Result<(), Error> {
     let mut warned = HashSet::new();
     let mut unanswered_warned = false;
@@ -213,7 +230,9 @@ pub(super) async fn discovery_loop(
             let own = shared.own_candidates();
             tracing::info!(event = "nat.discovered", %mapping, ?mapped, answered, servers = resolved.len(), ?rtt, candidates = ?own.candidates.iter().map(|c| format!("{} ({})", c.addr, c.source.as_str())).collect::<Vec<_>>(), "this node's candidates");
         }
-        // Sleep until the next round; answers that come late belong to no round.
+        // Until the next round: its time, or a change of the network once it has settled (and not sooner
+        // than ROUND_GAP). Answers that come meanwhile belong to no round.
+        let round_ended = tokio::time::Instant::now();
         let next = tokio::time::sleep(ROUND_EVERY);
         tokio::pin!(next);
         loop {
@@ -222,6 +241,16 @@ pub(super) async fn discovery_loop(
                 answer = answers.recv() => if answer.is_none() {
                     return Ok(());
                 },
+                change = changes.next() => {
+                    if change.is_none() {
+                        // No more news of the network: the timer alone, then.
+                        std::future::pending::<()>().await;
+                    }
+                    let soonest = (round_ended + ROUND_GAP).max(tokio::time::Instant::now() + SETTLE);
+                    let deadline = next.deadline();
+                    next.as_mut().reset(soonest.min(deadline));
+                    tracing::debug!(event = "nat.network_changed", "the network changed: discovering again");
+                }
             }
         }
     }

@@ -26,7 +26,7 @@ use tracing::instrument;
 
 use super::allowed_ips::AllowedIps;
 use super::config::{DeviceConfig, NatStatus, PeerConfig, PeerStatus};
-use super::netlink::Netlink;
+use super::netlink::{Netlink, NetworkChanges};
 use super::peer::NoiseKeys;
 use super::pmtu::PathCheck;
 use super::task::Task;
@@ -180,7 +180,12 @@ impl Device {
             Task::spawn(
                 "discovery",
                 span(),
-                discovery_loop(shared.clone(), config.stun_servers.clone(), answers_rx),
+                discovery_loop(
+                    shared.clone(),
+                    config.stun_servers.clone(),
+                    answers_rx,
+                    NetworkChanges::watch(&ifname)?,
+                ),
             ),
             Task::spawn("path-mtu", span(), {
                 let shared = shared.clone();
