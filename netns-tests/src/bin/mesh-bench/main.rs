@@ -13,6 +13,9 @@
 //! - Added latency: ping RTT through the mesh and each reference, minus the bare link's, with pings 20 ms
 //!   apart (idle CPUs, whose wake-ups dominate on a VM) and 0.5 ms apart (busy CPUs).
 //! - The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
+//! - NAT traversal: two agents behind slirp4netns with coturn for STUN: the time until they punch a direct
+//!   path, throughput and RTT punched, relayed, on a plain LAN, and through slirp4netns with no tunnel; and
+//!   how long a NAT that restarts cuts them off.
 //! - Failover: how long until a cut-off leader is replaced on-chain, and reported by the others.
 //! - Sizes (3, 10, 25, 50 and 100 nodes by default; the agents follow anvil's WebSocket at their defaults,
 //!   or poll it over HTTP every 200 ms with `--follow poll`). For each size N, from the agents' event
@@ -30,7 +33,7 @@
 //!   when each read the block, added the peer, initiated, got a session, and showed it on its API;
 //!   initiations the newcomer dropped, and WireGuard's retries.
 //!
-//! `--sections` picks some of them (`throughput,latency,offloads,relay,failover,sizes,trace`, all by
+//! `--sections` picks some of them (`throughput,latency,offloads,relay,nat,failover,sizes,trace`, all by
 //! default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
@@ -45,7 +48,7 @@
 //!
 //! Layout:
 //! - one module per section: `throughput` and `latency` (on the LAN of `topology`), `offloads`, `relay`,
-//!   `failover`, `sizes` (with `cost` and `churn`) and `trace`;
+//!   `nat`, `failover`, `sizes` (with `cost` and `churn`) and `trace`;
 //! - `tunnel`: one implementation between two nodes, measured with what a run costs its WireGuard sides;
 //!   `references`: the WireGuards the mesh is compared with;
 //! - `report`: what a run measured, typed, written once as the JSON; `table`: what is printed from it.
@@ -54,6 +57,7 @@ mod churn;
 mod cost;
 mod failover;
 mod latency;
+mod nat;
 mod offloads;
 mod references;
 mod relay;
@@ -110,7 +114,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,offloads,relay,failover,sizes,trace"
+        default_value = "throughput,latency,offloads,relay,nat,failover,sizes,trace"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -140,6 +144,8 @@ enum Section {
     Offloads,
     /// Throughput and RTT over the relay.
     Relay,
+    /// Hole punching behind slirp4netns: time to direct; throughput and RTT of each way.
+    Nat,
     /// Leader failover.
     Failover,
     /// Convergence, revocation and cost for each `--sizes`; churn on 25 nodes.
@@ -197,6 +203,9 @@ fn main() -> anyhow::Result<()> {
     if on(Section::Relay) {
         tools.extend(["ss", "iperf3", "nginx", "nft"]);
     }
+    if on(Section::Nat) {
+        tools.extend(["ss", "iperf3", "nginx", "nft", "slirp4netns", "turnserver"]);
+    }
     if on(Section::Failover) {
         tools.push("nft");
     }
@@ -231,6 +240,12 @@ fn main() -> anyhow::Result<()> {
     if on(Section::Relay) {
         eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");
         report.relay = Some(relay::relay(&args));
+    }
+    if on(Section::Nat) {
+        eprintln!(
+            "== NAT traversal (2 agents behind slirp4netns, coturn for STUN, nginx as the gateway)"
+        );
+        report.nat = Some(nat::nat(&args));
     }
     if on(Section::Failover) {
         eprintln!(

@@ -28,6 +28,7 @@ pub(crate) struct Report {
     pub(crate) offloads: Option<Named<ByStreams>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) relay: Option<Relay>,
+    pub(crate) nat: Option<Nat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) failover: Option<Failover>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -165,6 +166,36 @@ pub(crate) struct Relay {
     pub(crate) streams1_retransmits: u64,
     pub(crate) streams4_gbps: f64,
     pub(crate) streams4_retransmits: u64,
+}
+
+/// NAT traversal between two nodes behind slirp4netns.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Nat {
+    /// From the agents' start to the last of them on the relay, then punched (from their logs).
+    pub(crate) relayed_after_ms: f64,
+    pub(crate) punched_after_ms: f64,
+    /// From node 1's NAT restarting to node 2 reaching it again, and the pings meanwhile (20 ms apart).
+    pub(crate) remap_recovered_ms: f64,
+    pub(crate) remap_pings_sent: u32,
+    pub(crate) remap_pings_lost: u32,
+    pub(crate) punched: NatWay,
+    /// UDP between the hosts dropped: through the relay.
+    pub(crate) relayed: NatWay,
+    /// The same pair of agents on a plain LAN, no NAT.
+    pub(crate) direct: NatWay,
+    /// TCP through slirp4netns to the other host, no tunnel.
+    pub(crate) slirp: NatWay,
+}
+
+/// One way between the two nodes.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NatWay {
+    pub(crate) rtt_ms: f64,
+    pub(crate) streams1_gbps: f64,
+    pub(crate) streams4_gbps: f64,
+    pub(crate) streams1_retransmits: u64,
 }
 
 /// Times from the leader's cut.

@@ -81,6 +81,34 @@ pub(crate) fn print_table(r: &Report) {
             fixed(Some(relay.added_ms), 2),
         );
     }
+    if let Some(nat) = &r.nat {
+        println!(
+            "\nNAT traversal (2 nodes behind slirp4netns): punched {:.0} ms after the agents started (relayed from {:.0} ms); \
+             a NAT restart cut them off for {:.0} ms ({} of {} pings 20 ms apart lost)",
+            nat.punched_after_ms,
+            nat.relayed_after_ms,
+            nat.remap_recovered_ms,
+            nat.remap_pings_lost,
+            nat.remap_pings_sent
+        );
+        println!(
+            "{:<40} {:>9} {:>9} {:>9}",
+            "between the two nodes", "1 stream", "4 streams", "RTT ms"
+        );
+        for (name, way) in [
+            ("punched (through both NATs)", &nat.punched),
+            ("relayed (UDP dropped; nginx as gateway)", &nat.relayed),
+            ("plain direct (no NAT, same agents)", &nat.direct),
+            ("slirp4netns alone (TCP, no tunnel)", &nat.slirp),
+        ] {
+            println!(
+                "{name:<40} {:>9} {:>9} {:>9}",
+                fixed(Some(way.streams1_gbps), 2),
+                fixed(Some(way.streams4_gbps), 2),
+                fixed(Some(way.rtt_ms), 3)
+            );
+        }
+    }
     if let Some(fo) = &r.failover {
         println!(
             "\nFailover (3 nodes, the leader's node cut off, leader timeout {} s): seat 2 leads on-chain after {:.0} ms ({:.0} ms beyond the timeout); both agents report it after {:.0} ms",
