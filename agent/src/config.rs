@@ -253,7 +253,9 @@ pub struct RunArgs {
     /// WireGuard key rotation epoch: each epoch is another random key, kept with the node key.
     #[arg(long, env = "DSTACK_MESH_WG_KEY_EPOCH", default_value_t = 0)]
     pub wg_key_epoch: u32,
-    /// WireGuard implementation.
+    /// WireGuard implementation. `auto` takes the kernel's where it has the module, except for a node with no
+    /// --endpoint: one behind a NAT gets a direct path to others only by hole punching, which needs the
+    /// agent's own WireGuard socket, so it takes the userspace one.
     #[arg(
         long,
         env = "DSTACK_MESH_WG_BACKEND",
@@ -360,6 +362,15 @@ fn parse_socket_mode(raw: &str) -> Result<u32, String> {
 }
 
 impl RunArgs {
+    /// The WireGuard backend: `--wg-backend`, with `auto` meaning userspace for a node with no endpoint, which
+    /// only the userspace device's hole punching gives a direct path behind a NAT.
+    pub fn backend(&self) -> BackendChoice {
+        match (self.wg_backend, self.endpoint) {
+            (BackendArg::Auto, None) => BackendChoice::Userspace,
+            (backend, _) => backend.into(),
+        }
+    }
+
     /// The STUN servers to ask: none with `--no-stun`.
     pub fn stun_servers(&self) -> Vec<String> {
         if self.no_stun {
@@ -552,6 +563,23 @@ mod tests {
             ["192.0.2.1:3478", "stun.example.com:3479"]
         );
         assert!(flags(&["--no-stun"]).unwrap().stun_servers().is_empty());
+    }
+
+    #[test]
+    fn auto_takes_the_userspace_device_for_a_node_without_an_endpoint() {
+        assert_eq!(flags(&[]).unwrap().backend(), BackendChoice::Userspace);
+        assert_eq!(
+            flags(&["--endpoint", "203.0.113.5:51820"])
+                .unwrap()
+                .backend(),
+            BackendChoice::Auto,
+            "a reachable node keeps the kernel's where it has the module"
+        );
+        assert_eq!(
+            flags(&["--wg-backend", "kernel"]).unwrap().backend(),
+            BackendChoice::Kernel,
+            "asked for, kept"
+        );
     }
 
     #[test]

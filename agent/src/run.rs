@@ -367,12 +367,17 @@ impl Tasks {
             recheck: Duration::from_secs(args.full_read_secs),
         };
         let relay_port = (wireguard && !args.no_relay).then_some(args.relay_port);
+        if wireguard && args.backend() != mesh_wg::BackendChoice::from(args.wg_backend) {
+            info!(
+                "no --endpoint: this node takes the userspace WireGuard, whose own socket can punch through NATs to peers (give --wg-backend kernel for the kernel's)"
+            );
+        }
         let mesh = MeshTask {
             interfaces: wireguard.then(|| WireGuard {
                 ifname: args.interface.clone(),
                 listen_port: args.listen_port,
                 private_key: identity.wg_private_key().clone(),
-                backend: args.wg_backend.into(),
+                backend: args.backend(),
                 offload: mesh_wg::Offload {
                     tun: !args.no_tun_offload,
                     udp: !args.no_udp_offload,

@@ -717,6 +717,47 @@ impl<'a> AgentBuilder<'a> {
     }
 }
 
+/// What `a` says of its path to seat `to`: the path and, while relayed, why.
+pub fn path_to(a: &Agent<'_>, to: usize) -> Option<(mesh_api::Path, Option<String>)> {
+    let p = a.peer(to as u64)?;
+    Some((p.path?, p.path_reason))
+}
+
+/// Whether every agent sees every other one healthy on `path`.
+pub fn all_healthy_on(agents: &[Agent<'_>], path: mesh_api::Path) -> bool {
+    agents.iter().all(|a| {
+        let Ok(status) = a.try_status() else {
+            return false; // Not serving yet.
+        };
+        let peers: Vec<Peer> = serde_json::from_value(status["peers"].clone()).unwrap_or_default();
+        agents.iter().filter(|b| b.index != a.index).all(|b| {
+            peers
+                .iter()
+                .any(|p| p.token_id == b.index as u64 && p.healthy && p.path == Some(path))
+        })
+    })
+}
+
+/// Every ordered pair's path and health, and why a relayed one is, for failure messages.
+pub fn path_table(agents: &[Agent<'_>]) -> String {
+    let mut out = String::new();
+    for a in agents {
+        for b in agents.iter().filter(|b| b.index != a.index) {
+            let seen = match a.peer(b.index as u64) {
+                Some(p) => format!(
+                    "{:?}, {}{}",
+                    p.path,
+                    if p.healthy { "healthy" } else { "not healthy" },
+                    p.path_reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                ),
+                None => "absent".to_owned(),
+            };
+            out.push_str(&format!("{} -> {}: {seen}\n", a.index, b.index));
+        }
+    }
+    out
+}
+
 /// Every agent's log tail, for failure messages.
 pub fn tails(agents: &[Agent<'_>]) -> String {
     agents

@@ -172,6 +172,7 @@ fn nat_rules(kind: NatKind, public: Ipv4Addr, private: Ipv4Addr) -> String {
     let p = NODE_PORT;
     let fixed = format!("ip saddr {private} udp sport {p}");
     let mut set = "";
+    let mut forward = String::new();
     let mut prerouting = vec![format!("iifname eth0 tcp dport {p} dnat to {private}:{p}")];
     let mut postrouting = Vec::new();
     match kind {
@@ -181,12 +182,13 @@ fn nat_rules(kind: NatKind, public: Ipv4Addr, private: Ipv4Addr) -> String {
         }
         NatKind::AddressRestricted => {
             set = "set contacted { type ipv4_addr; flags timeout; timeout 120s; };";
-            postrouting.push(format!(
-                "{fixed} update @contacted {{ ip daddr }} snat to {public}:{p}"
-            ));
+            postrouting.push(format!("{fixed} snat to {public}:{p}"));
             prerouting.push(format!(
                 "iifname eth0 udp dport {p} ip saddr @contacted dnat to {private}:{p}"
             ));
+            // In the forward chain, which sees every packet (the nat chains see only a connection's first),
+            // so that traffic keeps an address in the set as a NAT's filter stays open while used.
+            forward = format!("{fixed} update @contacted {{ ip daddr }}");
         }
         NatKind::PortRestricted => {}
         NatKind::Symmetric => postrouting.push("oifname eth0 masquerade random".to_owned()),
@@ -195,8 +197,10 @@ fn nat_rules(kind: NatKind, public: Ipv4Addr, private: Ipv4Addr) -> String {
     format!(
         "add table ip nat {{ {set} \
            chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; {}; }}; \
-           chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; {}; }}; }}; \
-         add table ip filter {{ chain input {{ type filter hook input priority filter; policy accept; \
+           chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; {}; }}; \
+           chain forward {{ type filter hook forward priority filter; policy accept; {forward}; }}; }}; \
+         add table ip filter {{ \
+           chain input {{ type filter hook input priority filter; policy accept; \
              iifname eth0 ct state established,related accept; iifname eth0 icmp type echo-request accept; \
              iifname eth0 drop; }}; }}",
         prerouting.join("; "),
@@ -375,6 +379,15 @@ impl StunServer {
                 "--simple-log",
                 "--log-file",
                 log.to_str().expect("utf-8 temp path"),
+                // Its own files, not /var/run/turnserver.pid and /var/lib/turn/turndb, which every coturn on
+                // the machine would share.
+                "--pidfile",
+                dir.path()
+                    .join("turnserver.pid")
+                    .to_str()
+                    .expect("utf-8 temp path"),
+                "--userdb",
+                dir.path().join("turndb").to_str().expect("utf-8 temp path"),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

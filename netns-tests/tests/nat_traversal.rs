@@ -40,28 +40,6 @@ fn behind_nat(i: usize) -> AgentConfig {
     }
 }
 
-/// What `a` says of its path to seat `to`: the path, and why it is relayed.
-fn path(a: &Agent<'_>, to: usize) -> Option<(Path, Option<String>)> {
-    let p = a.peer(to as u64)?;
-    Some((p.path?, p.path_reason))
-}
-
-/// Every ordered pair's path, for failure messages.
-fn paths(agents: &[Agent<'_>]) -> String {
-    let mut out = String::new();
-    for a in agents {
-        for b in agents.iter().filter(|b| b.index != a.index) {
-            out.push_str(&format!(
-                "{} -> {}: {:?}\n",
-                a.index,
-                b.index,
-                path(a, b.index)
-            ));
-        }
-    }
-    out
-}
-
 /// A node-wide relay counter from the agent's metrics.
 fn relay_bytes(a: &Agent<'_>) -> u64 {
     [
@@ -101,14 +79,14 @@ fn two_nodes_behind_slirp_punch_a_direct_path_and_use_the_relay_only_until_then(
         Duration::from_secs(60),
         Duration::from_millis(50),
         || {
-            [path(&agents[0], 2), path(&agents[1], 1)]
+            [path_to(&agents[0], 2), path_to(&agents[1], 1)]
                 .iter()
                 .all(|p| matches!(p, Some((Path::Punched, _))))
         },
         || {
             format!(
                 "{}{}\n{}",
-                paths(&agents),
+                path_table(&agents),
                 tails(&agents),
                 gateway.log_tail()
             )
@@ -217,15 +195,20 @@ fn two_nodes_behind_slirp_punch_a_direct_path_and_use_the_relay_only_until_then(
         || {
             let fresh = agents[0].peer(2).is_some_and(|p| p.healthy)
                 && agents[1].peer(1).is_some_and(|p| p.healthy);
-            let udp = matches!(path(&agents[1], 1), Some((Path::Punched | Path::Direct, _)))
-                && matches!(path(&agents[0], 2), Some((Path::Punched | Path::Direct, _)));
+            let udp = matches!(
+                path_to(&agents[1], 1),
+                Some((Path::Punched | Path::Direct, _))
+            ) && matches!(
+                path_to(&agents[0], 2),
+                Some((Path::Punched | Path::Direct, _))
+            );
             let reached = replies(&agents, 2, 1) == 3;
             if fresh && reached && recovered.is_none() {
-                recovered = Some((remapped.elapsed(), path(&agents[1], 1)));
+                recovered = Some((remapped.elapsed(), path_to(&agents[1], 1)));
             }
             fresh && udp && reached
         },
-        || format!("{}{}", paths(&agents), tails(&agents)),
+        || format!("{}{}", path_table(&agents), tails(&agents)),
     );
     let direct_again = remapped.elapsed();
     let (sent, received, _) = ping.interrupt();
@@ -291,7 +274,7 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
         } else {
             Path::Relay
         };
-        [path(&agents[a - 1], b), path(&agents[b - 1], a)]
+        [path_to(&agents[a - 1], b), path_to(&agents[b - 1], a)]
             .iter()
             .all(|p| p.as_ref().is_some_and(|(path, _)| *path == want))
             && agents[a - 1].peer(b as u64).is_some_and(|p| p.healthy)
@@ -301,7 +284,7 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
         Duration::from_secs(90),
         Duration::from_millis(250),
         || pairs.iter().all(|&(a, b)| settled(a, b)),
-        || format!("{}{}", paths(&agents), tails(&agents)),
+        || format!("{}{}", path_table(&agents), tails(&agents)),
     );
     println!(
         "the matrix settled {:.2?} after the agents were ready",
@@ -320,7 +303,7 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
                 .flat_map(|a| (1..=kinds.len()).map(move |b| (a, b)))
                 .find(|&(a, b)| a != b && kind(a) == ka && kind(b) == kb)
                 .expect("two nodes of each kind");
-            let seen = path(&agents[a - 1], b).map_or("absent", |(p, _)| p.as_str());
+            let seen = path_to(&agents[a - 1], b).map_or("absent", |(p, _)| p.as_str());
             table.push_str(&format!(" {seen} |"));
         }
         table.push('\n');
@@ -333,12 +316,12 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
             kind(a).as_str(),
             b,
             kind(b).as_str(),
-            paths(&agents)
+            path_table(&agents)
         );
         if expected_to_punch(kind(a), kind(b)) {
             continue;
         }
-        let (_, why) = path(&agents[a - 1], b).expect("a path");
+        let (_, why) = path_to(&agents[a - 1], b).expect("a path");
         let why = why.unwrap_or_default();
         let both_symmetric = kind(a) == NatKind::Symmetric && kind(b) == NatKind::Symmetric;
         if both_symmetric {

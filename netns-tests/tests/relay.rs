@@ -44,40 +44,6 @@ fn start<'a>(
         .collect()
 }
 
-/// Whether every agent sees every other seat healthy on `path`.
-fn all_on(agents: &[Agent<'_>], path: Path) -> bool {
-    agents.iter().all(|a| {
-        let Ok(status) = a.try_status() else {
-            return false; // Not serving yet.
-        };
-        let peers: Vec<mesh_api::Peer> =
-            serde_json::from_value(status["peers"].clone()).unwrap_or_default();
-        (1..=NODES as u64)
-            .filter(|&t| t != a.index as u64)
-            .all(|t| {
-                peers
-                    .iter()
-                    .any(|p| p.token_id == t && p.healthy && p.path == Some(path))
-            })
-    })
-}
-
-fn paths(agents: &[Agent<'_>]) -> String {
-    agents
-        .iter()
-        .map(|a| {
-            let seen: Vec<String> = (1..=NODES as u64)
-                .filter(|&t| t != a.index as u64)
-                .map(|t| match a.peer(t) {
-                    Some(p) => format!("{t}:{:?}/{}", p.path, p.healthy),
-                    None => format!("{t}:absent"),
-                })
-                .collect();
-            format!("node {}: {}\n", a.index, seen.join(" "))
-        })
-        .collect()
-}
-
 /// Waits up to `bound` until every pair is on `path`; returns how long it took.
 fn until_all_on(agents: &[Agent<'_>], path: Path, bound: Duration, gateway: &Gateway) -> Duration {
     let start = Instant::now();
@@ -85,8 +51,15 @@ fn until_all_on(agents: &[Agent<'_>], path: Path, bound: Duration, gateway: &Gat
         &format!("every pair to be on {path:?}"),
         bound,
         Duration::from_millis(200),
-        || all_on(agents, path),
-        || format!("{}{}\n{}", paths(agents), tails(agents), gateway.log_tail()),
+        || all_healthy_on(agents, path),
+        || {
+            format!(
+                "{}{}\n{}",
+                path_table(agents),
+                tails(agents),
+                gateway.log_tail()
+            )
+        },
     );
     start.elapsed()
 }

@@ -18,6 +18,7 @@
 //! datagrams are taken from both paths at all times. A move back to UDP that hole punching brought about is
 //! reported as [`PathKind::Punched`].
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long an initiation sent over UDP may go unanswered.
@@ -56,6 +57,17 @@ impl PathKind {
 impl std::fmt::Display for PathKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Which UDP path a relayed peer came back on, sending to `endpoint`: its registered one (`configured`) is a
+/// direct path; any other address it came from is a hole punched through the NATs on the way, by one side's
+/// punching or both sides' ([`crate::punch`]).
+pub(crate) fn udp_path(endpoint: Option<SocketAddr>, configured: Option<SocketAddr>) -> PathKind {
+    if endpoint.is_some() && endpoint == configured {
+        PathKind::Direct
+    } else {
+        PathKind::Punched
     }
 }
 
@@ -420,6 +432,22 @@ mod tests {
             p.tick(at(t0, 17_000), true, true).map(|m| m.to),
             Some(PathKind::Relay),
             "unanswered data moves it to the relay"
+        );
+    }
+
+    #[test]
+    fn back_on_udp_at_the_registered_endpoint_is_direct_and_anywhere_else_punched() {
+        let registered: SocketAddr = "198.51.100.2:51820".parse().unwrap();
+        let mapped: SocketAddr = "198.51.100.2:40123".parse().unwrap();
+        assert_eq!(
+            udp_path(Some(registered), Some(registered)),
+            PathKind::Direct
+        );
+        assert_eq!(udp_path(Some(mapped), Some(registered)), PathKind::Punched);
+        assert_eq!(
+            udp_path(Some(mapped), None),
+            PathKind::Punched,
+            "no record endpoint"
         );
     }
 

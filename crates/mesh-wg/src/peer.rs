@@ -15,7 +15,7 @@ use ipnetwork::Ipv4Network;
 
 use super::config::{PeerStatus, PunchStatus};
 use crate::candidates::{self, Kind};
-use crate::path::{Message, Move, PathKind, PathState};
+use crate::path::{Message, Move, PathKind, PathState, udp_path};
 use crate::punch::{self, OwnCandidates, Punch};
 use crate::redial::Redial;
 use mesh_relay::{Link, RelayTarget};
@@ -557,10 +557,12 @@ impl PeerInner {
             }
         };
         let moved = moved.map(|mut m| {
-            // Punching brought the peer back over UDP at an address of its own telling, not its record's.
-            if m.to.is_udp() && self.punch.moved_to_udp(now) && self.endpoint != self.configured {
-                self.path.punched();
-                m.to = PathKind::Punched;
+            if m.to.is_udp() {
+                self.punch.moved_to_udp();
+                m.to = udp_path(self.endpoint, self.configured);
+                if m.to == PathKind::Punched {
+                    self.path.punched();
+                }
             }
             m
         });
@@ -618,12 +620,17 @@ impl PeerInner {
         if actions.send_to.is_empty() {
             return;
         }
+        // The initiation in flight, copied to every target: only one no handshake has answered yet (the peer
+        // drops a copy of an answered one as a replay), and at an attempt's start only one just sent.
         let young = self
             .last_init
             .as_ref()
             .filter(|(at, _)| {
                 let age = now.saturating_duration_since(*at);
-                age < punch::WINDOW && !(actions.fresh_initiation && age >= Duration::from_secs(1))
+                let unanswered = handshake_at.is_none_or(|h| *at > h);
+                unanswered
+                    && age < punch::WINDOW
+                    && !(actions.fresh_initiation && age >= Duration::from_secs(1))
             })
             .map(|(_, init)| init.clone());
         let init = match young {
@@ -652,7 +659,12 @@ impl PeerInner {
             }
             Err(e) => {
                 self.malformed += 1;
-                tracing::debug!(peer = ?key, error = %e, "a malformed candidate message from the peer; dropped");
+                // Once per peer: a peer that sends one sends them all (another version of the agent, say).
+                if self.malformed == 1 {
+                    tracing::warn!(peer = ?key, error = %e, "a candidate message from this peer does not parse; dropped, so no hole is punched toward it (the relay still carries it). Does it run another version of the agent?");
+                } else {
+                    tracing::debug!(peer = ?key, error = %e, "a malformed candidate message from the peer; dropped");
+                }
                 None
             }
         }

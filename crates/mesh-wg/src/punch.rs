@@ -36,8 +36,9 @@ const BACKOFF: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// The least time between two updates (answers included) to one peer.
 const UPDATE_GAP: Duration = Duration::from_secs(1);
-/// A move to UDP this soon after an attempt ended still counts as punched: the last copies' answers.
-const GRACE: Duration = Duration::from_secs(2);
+/// Candidates are sent again this long after the last message even when nothing changed: a message in the
+/// tunnel is a datagram, and may be lost.
+const REFRESH: Duration = Duration::from_secs(120);
 
 /// This node's side: what it publishes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,20 +175,33 @@ impl Punch {
     pub(crate) fn received(&mut self, msg: Message) {
         let mut candidates = msg.candidates;
         candidates.truncate(MAX_CANDIDATES);
-        let changed = self
-            .theirs
-            .as_ref()
-            .is_none_or(|t| t.candidates != candidates || t.mapping != msg.mapping);
+        let ips = |list: &[Candidate]| {
+            let mut ips: Vec<Ipv4Addr> = list.iter().map(|c| *c.addr.ip()).collect();
+            ips.sort();
+            ips.dedup();
+            ips
+        };
+        // New addresses are worth trying at once; new ports of a NAT that maps each destination apart are
+        // not (they change with every STUN round, and none of them is what this node will see).
+        let changed = match &self.theirs {
+            None => true,
+            Some(t) if t.mapping != msg.mapping => true,
+            Some(t) if msg.mapping.depends_on_destination() => {
+                ips(&t.candidates) != ips(&candidates)
+            }
+            Some(t) => t.candidates != candidates,
+        };
         self.theirs = Some(Theirs {
             candidates,
             mapping: msg.mapping,
         });
         if msg.kind == Kind::Call {
-            self.called = true;
             self.answer = true;
+            // A call while our own attempt is under way is the peer's answer to it: both are punching at
+            // once already, and taking it as a new call would keep the two bouncing calls off each other.
+            self.called |= self.attempt.is_none();
         }
         if changed {
-            // New addresses are worth trying at once, whatever failed before.
             self.failures = 0;
             self.not_before = None;
         }
@@ -268,7 +282,10 @@ impl Punch {
                 .last_message
                 .is_none_or(|m| now.saturating_duration_since(m) >= UPDATE_GAP);
             let news = self.sent_version != Some(t.ours.version) && !t.ours.candidates.is_empty();
-            if spaced && (self.answer || news) {
+            let stale = self
+                .last_message
+                .is_some_and(|m| now.saturating_duration_since(m) >= REFRESH);
+            if spaced && (self.answer || news || stale) {
                 out.message = Some(Kind::Update);
             }
         }
@@ -296,16 +313,11 @@ impl Punch {
         }
     }
 
-    /// The path moved to UDP at `now`; returns whether punching did it (an attempt under way, or just over).
-    pub(crate) fn moved_to_udp(&mut self, now: Instant) -> bool {
-        let punching = self.attempt.is_some()
-            || self
-                .last_end
-                .is_some_and(|e| now.saturating_duration_since(e) <= GRACE);
+    /// The path moved to UDP: nothing more to try, and a fresh start should it come back to the relay.
+    pub(crate) fn moved_to_udp(&mut self) {
         self.attempt = None;
         self.failures = 0;
         self.not_before = None;
-        punching
     }
 
     /// Why the pair is still relayed (call only while it is).
@@ -507,6 +519,12 @@ mod tests {
             p.tick(&tick(ms(t0, 3_500), &ours, false)).message,
             Some(Kind::Update)
         );
+        assert_eq!(p.tick(&tick(ms(t0, 123_499), &ours, false)).message, None);
+        assert_eq!(
+            p.tick(&tick(ms(t0, 123_500), &ours, false)).message,
+            Some(Kind::Update),
+            "sent again after two minutes, in case the last was lost"
+        );
         ours.version = 4;
         let no_session = Tick {
             session: false,
@@ -516,6 +534,50 @@ mod tests {
             p.tick(&no_session),
             Actions::default(),
             "nothing gets through"
+        );
+    }
+
+    /// A symmetric peer's new ports (every STUN round brings some) leave the backoff alone; a new address, or
+    /// an endpoint-independent peer's new port, does not.
+    #[test]
+    fn only_news_worth_trying_cuts_the_backoff_short() {
+        let t0 = Instant::now();
+        let ours = own(Mapping::EndpointIndependent);
+        let fail_once = |p: &mut Punch| {
+            for t in (0..=5_000).step_by(100) {
+                p.tick(&tick(ms(t0, t), &ours, true));
+            }
+            assert!(matches!(
+                p.relay_reason(true, ours.mapping, None),
+                RelayReason::NoAnswer { .. }
+            ));
+        };
+        let symmetric = Mapping::AddressAndPortDependent;
+        let mut p = Punch::default();
+        p.received(call(Kind::Update, symmetric, &["198.51.100.7:19313"]));
+        fail_once(&mut p);
+        p.received(call(Kind::Update, symmetric, &["198.51.100.7:47087"]));
+        assert!(
+            matches!(
+                p.relay_reason(true, ours.mapping, None),
+                RelayReason::NoAnswer { .. }
+            ),
+            "new ports of a symmetric NAT are no news"
+        );
+        p.received(call(Kind::Update, symmetric, &["198.51.100.77:47087"]));
+        assert_eq!(
+            p.relay_reason(true, ours.mapping, None),
+            RelayReason::Waiting
+        );
+        let mut q = Punch::default();
+        let cone = Mapping::EndpointIndependent;
+        q.received(call(Kind::Update, cone, &["198.51.100.7:19313"]));
+        fail_once(&mut q);
+        q.received(call(Kind::Update, cone, &["198.51.100.7:47087"]));
+        assert_eq!(
+            q.relay_reason(true, ours.mapping, None),
+            RelayReason::Waiting,
+            "a cone's new port is its new mapping"
         );
     }
 
@@ -539,9 +601,10 @@ mod tests {
         ));
     }
 
-    /// A move to UDP during an attempt, or just after, is a punch; later it is not.
+    /// A call that answers our own attempt starts none: the two are punching at once already. One that
+    /// comes between attempts starts one at once.
     #[test]
-    fn a_move_to_udp_counts_as_punched_during_an_attempt_and_just_after() {
+    fn a_call_during_our_attempt_is_its_answer_and_starts_no_other() {
         let t0 = Instant::now();
         let ours = own(Mapping::EndpointIndependent);
         let mut p = Punch::default();
@@ -550,16 +613,37 @@ mod tests {
             Mapping::EndpointIndependent,
             &["198.51.100.2:41000"],
         ));
-        p.tick(&tick(t0, &ours, true));
-        assert!(p.moved_to_udp(ms(t0, 300)));
-        let mut q = Punch::default();
-        q.received(call(Kind::Update, Mapping::EndpointIndependent, &[]));
-        q.tick(&tick(t0, &ours, true));
-        for t in (100..=5_000).step_by(100) {
-            q.tick(&tick(ms(t0, t), &ours, true));
-        }
-        assert!(q.moved_to_udp(ms(t0, 6_000)), "within the grace");
-        assert!(!Punch::default().moved_to_udp(t0), "no attempt at all");
+        assert_eq!(p.tick(&tick(t0, &ours, true)).message, Some(Kind::Call));
+        p.received(call(
+            Kind::Call,
+            Mapping::EndpointIndependent,
+            &["198.51.100.2:41000"],
+        ));
+        let messages: Vec<(u64, Kind)> = (50..=9_900)
+            .step_by(50)
+            .filter_map(|t| Some((t, p.tick(&tick(ms(t0, t), &ours, true)).message?)))
+            .collect();
+        assert_eq!(
+            messages,
+            [(1_000, Kind::Update)],
+            "answered (a second after our call), and no new attempt: the backoff holds"
+        );
+        p.received(call(
+            Kind::Call,
+            Mapping::EndpointIndependent,
+            &["198.51.100.2:41000"],
+        ));
+        assert_eq!(
+            p.tick(&tick(ms(t0, 9_950), &ours, true)).message,
+            Some(Kind::Call),
+            "a call between attempts starts one"
+        );
+        p.moved_to_udp();
+        assert_eq!(
+            p.relay_reason(true, ours.mapping, None),
+            RelayReason::Waiting,
+            "back on UDP: the failures are forgotten"
+        );
         assert_eq!(
             Punch::default().relay_reason(true, Mapping::Unknown, None),
             RelayReason::NoCandidates

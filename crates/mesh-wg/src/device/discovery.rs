@@ -27,8 +27,9 @@ use wg_key::Key;
 /// How often the STUN servers are asked again: often enough that a NAT that remaps is noticed well within
 /// a minute, rarely enough to cost nothing (two small datagrams per server).
 pub(super) const ROUND_EVERY: Duration = Duration::from_secs(30);
-/// How long a peer's word on where it sees this node counts.
-const OBSERVED_FOR: Duration = Duration::from_secs(120);
+/// How long a peer's word on where it sees this node counts: peers say it again every two minutes at least
+/// (with their candidates), so only a peer that went away lets it lapse.
+const OBSERVED_FOR: Duration = Duration::from_secs(300);
 /// How long a STUN server's name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// STUN answers waiting for the discovery loop.

@@ -29,19 +29,14 @@ fn way(args: &Args, lan: &Lan, server: &NetNs, addr: &str, ping: std::net::Ipv4A
     }
 }
 
-/// Waits until node `a` and node `b` see each other on `want`, healthy.
+/// Waits until both agents see each other healthy on `want`.
 fn until_on(agents: &[Agent<'_>], want: Path) {
     wait_until(
         &format!("both agents to be on {want:?}"),
         BOUND,
         Duration::from_millis(50),
-        || {
-            agents.iter().all(|a| {
-                a.peer(3 - a.index as u64)
-                    .is_some_and(|p| p.healthy && p.path == Some(want))
-            })
-        },
-        || tails(agents),
+        || all_healthy_on(agents, want),
+        || format!("{}{}", path_table(agents), tails(agents)),
     );
 }
 

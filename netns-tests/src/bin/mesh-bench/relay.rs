@@ -22,15 +22,8 @@ pub(crate) fn relay(args: &Args) -> Relay {
         "both agents to reach each other over the relay",
         Duration::from_secs(90),
         Duration::from_millis(250),
-        || {
-            agents.iter().all(|a| {
-                let other = 3 - a.index as u64;
-                a.try_status().is_ok()
-                    && a.peer(other)
-                        .is_some_and(|p| p.healthy && p.path == Some(mesh_api::Path::Relay))
-            })
-        },
-        || tails(&agents),
+        || all_healthy_on(&agents, mesh_api::Path::Relay),
+        || format!("{}{}", path_table(&agents), tails(&agents)),
     );
     let every = Duration::from_millis(20);
     ping_avg_ms(lan.node(1), overlay_ip(2), 5, every);
