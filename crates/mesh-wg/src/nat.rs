@@ -187,43 +187,44 @@ mod tests {
         classify(results, &[LOCAL.parse().unwrap()])
     }
 
+    /// Three servers, two of them on one address: what each pattern of answers says of the mapping.
     #[test]
-    fn the_same_mapping_from_every_server_is_endpoint_independent() {
-        let r = [
-            result("192.0.2.1:3478", Some("203.0.113.5:40000")),
-            result("192.0.2.2:3478", Some("203.0.113.5:40000")),
-            result("192.0.2.1:3479", Some("203.0.113.5:40000")),
+    fn the_mapping_is_told_from_which_servers_saw_the_same_port() {
+        let (a, a_alt, b) = ("192.0.2.1:3478", "192.0.2.1:3479", "192.0.2.2:3478");
+        let cases = [
+            (
+                "one port for all",
+                [40000, 40000, 40000],
+                Mapping::EndpointIndependent,
+            ),
+            (
+                "a new port for another port of one server: symmetric",
+                [40000, 40001, 40002],
+                Mapping::AddressAndPortDependent,
+            ),
+            (
+                "one port per server address",
+                [40000, 40000, 40002],
+                Mapping::AddressDependent,
+            ),
         ];
-        assert_eq!(classified(&r), Mapping::EndpointIndependent);
-    }
-
-    #[test]
-    fn a_new_port_for_another_port_of_one_server_is_symmetric() {
-        let r = [
-            result("192.0.2.1:3478", Some("203.0.113.5:40000")),
-            result("192.0.2.1:3479", Some("203.0.113.5:40001")),
-            result("192.0.2.2:3478", Some("203.0.113.5:40002")),
+        for (what, ports, want) in cases {
+            let r: Vec<ServerResult> = [a, a_alt, b]
+                .iter()
+                .zip(ports)
+                .map(|(server, port)| result(server, Some(&format!("203.0.113.5:{port}"))))
+                .collect();
+            assert_eq!(classified(&r), want, "{what}");
+        }
+        let two_addresses = [
+            result(a, Some("203.0.113.5:40000")),
+            result(b, Some("203.0.113.5:40002")),
         ];
-        assert_eq!(classified(&r), Mapping::AddressAndPortDependent);
-    }
-
-    #[test]
-    fn one_mapping_per_server_address_is_address_dependent() {
-        let r = [
-            result("192.0.2.1:3478", Some("203.0.113.5:40000")),
-            result("192.0.2.1:3479", Some("203.0.113.5:40000")),
-            result("192.0.2.2:3478", Some("203.0.113.5:40002")),
-        ];
-        assert_eq!(classified(&r), Mapping::AddressDependent);
-    }
-
-    #[test]
-    fn different_mappings_from_servers_on_different_addresses_only_are_endpoint_dependent() {
-        let r = [
-            result("192.0.2.1:3478", Some("203.0.113.5:40000")),
-            result("192.0.2.2:3478", Some("203.0.113.5:40002")),
-        ];
-        assert_eq!(classified(&r), Mapping::EndpointDependent);
+        assert_eq!(
+            classified(&two_addresses),
+            Mapping::EndpointDependent,
+            "servers on two addresses only cannot tell which dependent kind"
+        );
     }
 
     #[test]

@@ -36,17 +36,9 @@ impl NetworkChanges {
             .socket_mut()
             .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
             .map_err(socket_error)?;
-        let connection = Task::spawn(
-            "netlink-changes",
-            tracing::debug_span!("netlink", ifname),
-            async move {
-                connection.await;
-                Ok(())
-            },
-        );
         Ok(Self {
             messages,
-            _connection: connection,
+            _connection: drive("netlink-changes", ifname, connection),
         })
     }
 
@@ -55,6 +47,18 @@ impl NetworkChanges {
         use futures::StreamExt as _;
         self.messages.next().await.map(|_| ())
     }
+}
+
+/// The task that drives a netlink socket's `connection` for as long as its owner keeps the task.
+fn drive(
+    name: &'static str,
+    ifname: &str,
+    connection: rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
+) -> Task {
+    Task::spawn(name, tracing::debug_span!("netlink", ifname), async move {
+        connection.await;
+        Ok(())
+    })
 }
 
 /// What the kernel knows of a path's MTU.
@@ -86,14 +90,7 @@ impl Netlink {
                 ifname: ifname.to_owned(),
                 source,
             })?;
-        let connection = Task::spawn(
-            "netlink",
-            tracing::debug_span!("netlink", ifname),
-            async move {
-                connection.await;
-                Ok(())
-            },
-        );
+        let connection = drive("netlink", ifname, connection);
         Ok(Self {
             ifname: ifname.to_owned(),
             handle,

@@ -13,20 +13,44 @@ use netns_tests::uplink::{StunServer, Uplink};
 use crate::report::{Nat, NatWay};
 use crate::{Args, BOUND, ms};
 
-/// A way between nodes 1 and 2: 1 and 4 TCP streams to `addr` (an address of `server`), and the RTT to
-/// `ping` from node 1.
-fn way(args: &Args, lan: &Lan, server: &NetNs, addr: &str, ping: std::net::Ipv4Addr) -> NatWay {
+/// A way between nodes 1 and 2, called `name` in the output: 1 and 4 TCP streams to `addr` (an address of
+/// `server`), and the RTT to `ping` from node 1.
+fn way(
+    args: &Args,
+    lan: &Lan,
+    name: &str,
+    server: &NetNs,
+    addr: std::net::Ipv4Addr,
+    ping: std::net::Ipv4Addr,
+) -> NatWay {
     let every = Duration::from_millis(20);
     ping_avg_ms(lan.node(1), ping, 5, every);
     let rtt_ms = ping_avg_ms(lan.node(1), ping, 100, every);
-    let run = |streams| iperf3(lan.node(1), server, addr, streams, args.seconds);
+    let run = |streams| {
+        iperf3(
+            lan.node(1),
+            server,
+            &addr.to_string(),
+            streams,
+            args.seconds,
+        )
+    };
     let (one, four) = (run(1), run(4));
+    eprintln!(
+        "   {name}: {:.2} Gbit/s (1 stream), {:.2} (4), RTT {rtt_ms:.3} ms",
+        one.gbps, four.gbps
+    );
     NatWay {
         rtt_ms,
         streams1_gbps: one.gbps,
         streams4_gbps: four.gbps,
         streams1_retransmits: one.retransmits,
     }
+}
+
+/// Through the tunnel from node 1 to node 2.
+fn tunnel(args: &Args, lan: &Lan, name: &str) -> NatWay {
+    way(args, lan, name, lan.node(2), overlay_ip(2), overlay_ip(2))
 }
 
 /// Waits until both agents see each other healthy on `want`.
@@ -77,31 +101,11 @@ fn behind_slirp(args: &Args) -> Nat {
         ms(punched),
         ms(relayed)
     );
-    let punched_way = way(
-        args,
-        &lan,
-        lan.node(2),
-        &overlay_ip(2).to_string(),
-        overlay_ip(2),
-    );
-    eprintln!(
-        "   punched: {:.2} Gbit/s (1 stream), {:.2} (4), RTT {:.3} ms",
-        punched_way.streams1_gbps, punched_way.streams4_gbps, punched_way.rtt_ms
-    );
+    let punched_way = tunnel(args, &lan, "punched");
 
     let block = UdpBlock::on(&lan);
     until_on(&agents, Path::Relay);
-    let relayed_way = way(
-        args,
-        &lan,
-        lan.node(2),
-        &overlay_ip(2).to_string(),
-        overlay_ip(2),
-    );
-    eprintln!(
-        "   relayed: {:.2} Gbit/s (1 stream), {:.2} (4), RTT {:.3} ms",
-        relayed_way.streams1_gbps, relayed_way.streams4_gbps, relayed_way.rtt_ms
-    );
+    let relayed_way = tunnel(args, &lan, "relayed");
     drop(block);
     until_on(&agents, Path::Punched);
 
@@ -126,10 +130,13 @@ fn behind_slirp(args: &Args) -> Nat {
 
     // Through slirp4netns itself, no tunnel: node 1 to node 2's host.
     let host2 = lan.fronts[1].as_ref().expect("node 2's host").ns();
-    let slirp_way = way(args, &lan, host2, &lan_ip(2).to_string(), lan_ip(2));
-    eprintln!(
-        "   slirp4netns alone (TCP to the other host): {:.2} Gbit/s (1 stream), {:.2} (4), RTT {:.3} ms",
-        slirp_way.streams1_gbps, slirp_way.streams4_gbps, slirp_way.rtt_ms
+    let slirp_way = way(
+        args,
+        &lan,
+        "slirp4netns alone (TCP to the other host)",
+        host2,
+        lan_ip(2),
+        lan_ip(2),
     );
     Nat {
         relayed_after_ms: ms(relayed),
@@ -151,18 +158,7 @@ fn plain(args: &Args) -> NatWay {
     let (_agents, _) = Agent::builder(&cluster)
         .flags(["--wg-backend", "userspace"])
         .mesh(1..=2);
-    let direct = way(
-        args,
-        &lan,
-        lan.node(2),
-        &overlay_ip(2).to_string(),
-        overlay_ip(2),
-    );
-    eprintln!(
-        "   plain direct (no NAT): {:.2} Gbit/s (1 stream), {:.2} (4), RTT {:.3} ms",
-        direct.streams1_gbps, direct.streams4_gbps, direct.rtt_ms
-    );
-    direct
+    tunnel(args, &lan, "plain direct (no NAT)")
 }
 
 /// Whether node `from` reaches seat `to` over the overlay now (one ping, 200 ms).
