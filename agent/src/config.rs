@@ -162,9 +162,18 @@ pub struct RunArgs {
     /// The gateway's base domain; the URL is https://<instance_id>-<gateway-port>.<domain>.
     #[arg(long, env = "DSTACK_MESH_GATEWAY_DOMAIN", requires = "gateway_port")]
     pub gateway_domain: Option<String>,
-    /// The port the gateway URL forwards to (with --gateway-domain).
+    /// The port the gateway URL forwards to (with --gateway-domain, or with dstack's DSTACK_GATEWAY_DOMAIN,
+    /// where it defaults to --relay-port).
     #[arg(long, env = "DSTACK_MESH_GATEWAY_PORT")]
     pub gateway_port: Option<u16>,
+    /// The gateway's base domain as the platform sets it (Phala Cloud's pre-launch script does): the gateway
+    /// URL is built from it when neither --gateway-url nor --gateway-domain is given.
+    #[arg(long, env = "DSTACK_GATEWAY_DOMAIN", value_name = "DOMAIN")]
+    pub dstack_gateway_domain: Option<String>,
+    /// The app id as the platform sets it (Phala Cloud's pre-launch script does): when given, it must be the
+    /// app id dstack's guest agent reports, or the agent stops.
+    #[arg(long, env = "DSTACK_APP_ID", value_name = "APP_ID")]
+    pub dstack_app_id: Option<String>,
     /// TCP port of this node's relay endpoint, which carries WireGuard for peers whose UDP cannot get
     /// through, behind the dstack gateway's TLS. Peers find it by putting this port into the node's gateway
     /// URL, so every node of a cluster uses the same one.
@@ -351,6 +360,43 @@ fn parse_stun_server(raw: &str) -> Result<String, String> {
 }
 
 /// `--api-socket-mode`: octal permission bits, such as 0660 or 660.
+/// dstack's own WireGuard interface to its gateway, made by the guest OS (`wg0` before 2025's releases).
+const DSTACK_INTERFACE: &str = "dstack-wg0";
+
+/// The UDP port of dstack's own WireGuard, which the guest's firewall opens to the gateway alone.
+const DSTACK_WG_PORT: u16 = 9182;
+
+/// A gateway base domain: a host name, with the gateway's port after it when that is not 443.
+fn check_domain(domain: &str) -> anyhow::Result<()> {
+    let (host, port) = domain.rsplit_once(':').unwrap_or((domain, ""));
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let host_ok = host.len() <= 253 && host.contains('.') && host.split('.').all(label_ok);
+    let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !host_ok || !port_ok {
+        anyhow::bail!(
+            "{domain:?} is not a gateway base domain: give the host name alone, like dstack-pha-prod7.phala.network (with :port when the gateway is not on 443), no scheme and no path"
+        );
+    }
+    Ok(())
+}
+
+/// An app id as dstack writes it: 40 hex digits, with or without 0x.
+pub fn parse_app_id(raw: &str) -> anyhow::Result<Address> {
+    let hex = raw.trim();
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    if hex.len() != 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        anyhow::bail!("{raw:?} is not an app id: dstack's are 40 hex digits");
+    }
+    hex.parse()
+        .map_err(|e| anyhow::anyhow!("{raw:?} is not an app id: {e}"))
+}
+
 fn parse_socket_mode(raw: &str) -> Result<u32, String> {
     let digits = raw.strip_prefix("0o").unwrap_or(raw);
     match u32::from_str_radix(digits, 8) {
@@ -380,12 +426,20 @@ impl RunArgs {
         }
     }
 
-    /// This node's gateway URL: given whole, or built from the base domain and port.
+    /// This node's gateway URL: given whole, or built from the base domain and port. dstack's
+    /// `DSTACK_GATEWAY_DOMAIN` counts only when no flag names the gateway; its port is then the relay's unless
+    /// `--gateway-port` says otherwise, so that on Phala the relay works with no variable of ours.
     pub fn gateway_url(&self, instance_id: &str) -> Option<String> {
+        let relay = (self.mode == ModeArg::Wireguard && !self.no_relay).then_some(self.relay_port);
         match (&self.gateway_url, &self.gateway_domain, self.gateway_port) {
             (Some(url), _, _) => Some(url.clone()),
             (None, Some(domain), Some(port)) => {
                 Some(format!("https://{instance_id}-{port}.{domain}"))
+            }
+            (None, None, port) => {
+                let domain = self.dstack_gateway_domain.as_deref()?.trim();
+                let port = port.or(relay)?;
+                (!domain.is_empty()).then(|| format!("https://{instance_id}-{port}.{domain}"))
             }
             _ => None,
         }
@@ -402,6 +456,16 @@ impl RunArgs {
         )?;
         if self.mode == ModeArg::Wireguard {
             mesh_wg::validate_ifname(&self.interface).context("--interface")?;
+            if self.interface == DSTACK_INTERFACE {
+                anyhow::bail!(
+                    "--interface {DSTACK_INTERFACE} is the name of dstack's own WireGuard interface to its gateway, which the guest OS creates: give the mesh another name (the default is dmesh0)"
+                );
+            }
+            if self.listen_port == DSTACK_WG_PORT {
+                anyhow::bail!(
+                    "--listen-port {DSTACK_WG_PORT} is the UDP port of dstack's own WireGuard to its gateway ({DSTACK_INTERFACE}), whose firewall drops everything but the gateway there: give the mesh another port (the default is 51820)"
+                );
+            }
             if self.listen_port == crate::heartbeat::PORT {
                 anyhow::bail!(
                     "--listen-port {} is the UDP port of the leader's heartbeats on the overlay address; give WireGuard another port",
@@ -409,10 +473,15 @@ impl RunArgs {
                 );
             }
         }
-        if self.mode == ModeArg::Tls && self.gateway_url.is_none() && self.gateway_domain.is_none()
-        {
+        if let Some(domain) = &self.dstack_gateway_domain {
+            check_domain(domain).context("DSTACK_GATEWAY_DOMAIN")?;
+        }
+        if let Some(app) = &self.dstack_app_id {
+            parse_app_id(app).context("DSTACK_APP_ID")?;
+        }
+        if self.mode == ModeArg::Tls && self.gateway_url("0").is_none() {
             anyhow::bail!(
-                "--mode tls needs this node's gateway URL: pass --gateway-url, or --gateway-domain with --gateway-port"
+                "--mode tls needs this node's gateway URL: pass --gateway-url, or --gateway-domain with --gateway-port (or --gateway-port beside the platform's DSTACK_GATEWAY_DOMAIN)"
             );
         }
         // Checked here rather than by clap, whose error would quote the URL and any key in it.
@@ -547,6 +616,115 @@ mod tests {
         use clap::Parser as _;
         Flags::try_parse_from(std::iter::once("p2p-agent").chain(args.iter().copied()))
             .map(|f| f.run)
+    }
+
+    const CONTRACT: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+    const INSTANCE: &str = "7987d1133bc8ddfaf8639dbde4bb4d4d2f9152d0";
+
+    fn validated(args: &[&str]) -> Result<RunArgs, String> {
+        let args: Vec<&str> = ["--contract", CONTRACT]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        let parsed = flags(&args).map_err(|e| e.to_string())?;
+        parsed.validate().map_err(|e| format!("{e:#}"))?;
+        Ok(parsed)
+    }
+
+    #[test]
+    fn the_platforms_gateway_domain_makes_the_gateway_url_with_the_relay_port_unless_told_otherwise()
+     {
+        let phala = ["--dstack-gateway-domain", "dstack-pha-prod7.phala.network"];
+        let url = |extra: &[&str]| {
+            let args: Vec<&str> = phala.iter().chain(extra).copied().collect();
+            validated(&args).unwrap().gateway_url(INSTANCE)
+        };
+        assert_eq!(
+            url(&[]).as_deref(),
+            Some(
+                "https://7987d1133bc8ddfaf8639dbde4bb4d4d2f9152d0-51820.dstack-pha-prod7.phala.network"
+            ),
+            "the relay's port: peers reach the relay with no variable of ours"
+        );
+        assert_eq!(
+            url(&["--relay-port", "443"]).unwrap(),
+            format!("https://{INSTANCE}-443.dstack-pha-prod7.phala.network")
+        );
+        assert_eq!(
+            url(&["--gateway-port", "8080"]).unwrap(),
+            format!("https://{INSTANCE}-8080.dstack-pha-prod7.phala.network")
+        );
+        assert_eq!(
+            url(&["--no-relay"]),
+            None,
+            "no relay and no port: nothing to point at"
+        );
+        assert_eq!(
+            url(&[
+                "--gateway-domain",
+                "mine.example.com",
+                "--gateway-port",
+                "9000"
+            ])
+            .unwrap(),
+            format!("https://{INSTANCE}-9000.mine.example.com"),
+            "our own flags win over the platform's variable"
+        );
+        assert_eq!(
+            url(&["--gateway-url", "https://x-1.example.com"]).as_deref(),
+            Some("https://x-1.example.com")
+        );
+        assert_eq!(validated(&[]).unwrap().gateway_url(INSTANCE), None);
+        // In tls mode the port is the application's: the platform's domain alone is not enough.
+        let tls = validated(&["--mode", "tls", phala[0], phala[1]]).unwrap_err();
+        assert!(tls.contains("--gateway-port"), "{tls}");
+        validated(&[
+            "--mode",
+            "tls",
+            phala[0],
+            phala[1],
+            "--gateway-port",
+            "8080",
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn dstacks_own_interface_port_and_malformed_platform_variables_are_refused() {
+        let err = validated(&["--interface", "dstack-wg0"]).unwrap_err();
+        assert!(
+            err.contains("dstack's own WireGuard") && err.contains("dmesh0"),
+            "{err}"
+        );
+        let err = validated(&["--listen-port", "9182"]).unwrap_err();
+        assert!(err.contains("9182") && err.contains("51820"), "{err}");
+        for bad in [
+            "https://dstack-pha-prod7.phala.network",
+            "dstack-pha-prod7.phala.network/x",
+            "localhost",
+            "bad-.example.com",
+            "example.com:0",
+        ] {
+            let err = validated(&["--dstack-gateway-domain", bad]).unwrap_err();
+            assert!(
+                err.contains("DSTACK_GATEWAY_DOMAIN") && err.contains("host name"),
+                "{bad}: {err}"
+            );
+        }
+        validated(&["--dstack-gateway-domain", "gw.example.com:8443"]).unwrap();
+        for bad in ["0x1234", "zz87d1133bc8ddfaf8639dbde4bb4d4d2f9152d0", ""] {
+            let err = validated(&["--dstack-app-id", bad]).unwrap_err();
+            assert!(
+                err.contains("DSTACK_APP_ID") && err.contains("40 hex"),
+                "{bad:?}: {err}"
+            );
+        }
+        let app = validated(&["--dstack-app-id", INSTANCE]).unwrap();
+        assert_eq!(
+            parse_app_id(app.dstack_app_id.as_deref().unwrap()).unwrap(),
+            parse_app_id(&format!("0x{INSTANCE}")).unwrap()
+        );
     }
 
     #[test]

@@ -202,6 +202,15 @@ async fn member(
         return Ok(());
     };
     let identity = identity?;
+    if let Some(raw) = &args.dstack_app_id {
+        let platform = crate::config::parse_app_id(raw).context("DSTACK_APP_ID")?;
+        if platform != identity.node.app_id {
+            anyhow::bail!(
+                "DSTACK_APP_ID says this is app {platform}, but dstack's guest agent reports app {}: the variable belongs to another deployment (copied from another app's settings?); correct it, or unset it",
+                identity.node.app_id
+            );
+        }
+    }
     let identity = Arc::new(identity);
     tracing::Span::current().record("instance", identity.instance_id());
     info!(instance = %identity.instance_id(), app = %identity.node.app_id, node = %identity.node.address(), wg_key = %identity.wg_public_key(), "identity from dstack and the key store");

@@ -28,8 +28,11 @@ use netns_tests::prelude::*;
 use netns_tests::unique_name;
 
 const NODES: usize = 3;
-/// Where `deploy/docker-compose.yml` serves the API in the shared namespace.
-const API: &str = "http://127.0.0.1:8000";
+/// The API's port, moved off the file's default 8000 (vLLM's too) by its one variable, so that the test shows
+/// the agent, `mesh-ready` and the app all following it.
+const API_PORT: &str = "8100";
+/// Where `deploy/docker-compose.yml` serves the API in the shared namespace, with [`API_PORT`].
+const API: &str = "http://127.0.0.1:8100";
 
 /// The workspace's file `rel`.
 fn workspace_file(rel: &str) -> PathBuf {
@@ -134,6 +137,7 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
                 ("DSTACK_MESH_ENDPOINT", format!("{ip}:51820")),
                 // The default STUN servers are on the internet, which the test never reaches.
                 ("DSTACK_MESH_NO_STUN", "true".to_owned()),
+                ("DSTACK_MESH_API_PORT", API_PORT.to_owned()),
                 // Published on loopback only: the test's traffic stays on its network.
                 ("DSTACK_MESH_WG_PUBLISH", format!("127.0.0.1:{}", 52000 + i)),
                 (

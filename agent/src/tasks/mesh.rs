@@ -293,7 +293,7 @@ impl<I: Interfaces> Running<I> {
         if let (Some(token), None) = (chain.seat.token(), &self.device)
             && let Some(interfaces) = self.task.interfaces.as_mut()
         {
-            let prefix = view.prefix();
+            let prefix = view.prefix().outside_dstack()?;
             let address = prefix
                 .address(token)
                 .with_context(|| format!("seat {token} does not fit the mesh prefix {prefix}"))?;

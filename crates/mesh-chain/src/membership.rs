@@ -103,6 +103,45 @@ impl Prefix {
     }
 }
 
+/// dstack's own WireGuard network, between its gateway and each CVM (`dstack-wg0`, 10.0.0.0/24 in the
+/// gateway's sample configuration and Phala's): a mesh prefix that overlaps it would send some seats'
+/// traffic into the gateway's tunnel, or the gateway's into the mesh.
+pub const DSTACK_GATEWAY_NET: Prefix = Prefix {
+    network: Ipv4Addr::new(10, 0, 0, 0),
+    len: 24,
+};
+
+/// A mesh prefix that overlaps [`DSTACK_GATEWAY_NET`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the mesh prefix {prefix} overlaps {DSTACK_GATEWAY_NET}, the network of dstack's own WireGuard interface (dstack-wg0) between the gateway and each CVM: deploy the cluster with a prefix outside it, such as the default 10.0.1.0/24"
+)]
+pub struct OverlapsDstack {
+    pub prefix: Prefix,
+}
+
+impl Prefix {
+    /// Whether the two prefixes share an address: one holds the other's network.
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        let shorter = self.len.min(other.len);
+        let mask = u32::MAX
+            .checked_shl(32u32.saturating_sub(u32::from(shorter)))
+            .unwrap_or(0);
+        u32::from(self.network) & mask == u32::from(other.network) & mask
+    }
+
+    /// The prefix, unless it overlaps dstack's gateway network.
+    ///
+    /// # Errors
+    /// [`OverlapsDstack`] naming the clash and the way out.
+    pub fn outside_dstack(self) -> Result<Self, OverlapsDstack> {
+        if self.overlaps(&DSTACK_GATEWAY_NET) {
+            return Err(OverlapsDstack { prefix: self });
+        }
+        Ok(self)
+    }
+}
+
 impl TryFrom<PrefixParts> for Prefix {
     type Error = PrefixError;
     fn try_from(p: PrefixParts) -> Result<Self, PrefixError> {
@@ -429,6 +468,36 @@ mod tests {
         assert!(bad.is_err(), "a state file cannot smuggle in a bad prefix");
         let good: Prefix = serde_json::from_str(r#"{"network":"10.0.1.0","len":24}"#).unwrap();
         assert_eq!(good, prefix([10, 0, 1, 0], 24));
+    }
+
+    /// A prefix that shares any address with dstack's gateway network is refused, whichever holds the
+    /// other; a neighbour of it is not.
+    #[test]
+    fn prefixes_overlapping_dstacks_gateway_network_are_refused() {
+        for (network, len) in [
+            ([10, 0, 0, 0], 24),
+            ([10, 0, 0, 128], 25),
+            ([10, 0, 0, 0], 16),
+            ([10, 0, 0, 0], 8),
+            ([10, 0, 0, 252], 30),
+        ] {
+            let p = prefix(network, len);
+            let err = p.outside_dstack().unwrap_err();
+            assert!(
+                err.to_string().contains("dstack-wg0") && err.to_string().contains("10.0.1.0/24"),
+                "{p}: {err}"
+            );
+        }
+        for (network, len) in [
+            ([10, 0, 1, 0], 24),
+            ([10, 1, 0, 0], 16),
+            ([10, 0, 1, 0], 30),
+            ([192, 168, 0, 0], 16),
+            ([11, 0, 0, 0], 8),
+        ] {
+            let p = prefix(network, len);
+            assert_eq!(p.outside_dstack(), Ok(p), "{p}");
+        }
     }
 
     fn record(token: u64, nonce: u64, key: u8, instance: &str) -> SignedRegistration {

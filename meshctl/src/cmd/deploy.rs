@@ -55,6 +55,10 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             args.prefix
         );
     }
+    mesh_chain::membership::Prefix::new(args.prefix.network(), args.prefix.prefix())
+        .map_err(anyhow::Error::from)
+        .and_then(|p| Ok(p.outside_dstack()?))
+        .with_context(|| format!("--prefix {}", args.prefix))?;
     let signer = args.signer.signer()?;
     let owner = args.owner.unwrap_or(signer.address());
     let provider = cluster::writer(&args.chain, signer).await?;
