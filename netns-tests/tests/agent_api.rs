@@ -261,12 +261,31 @@ async fn event_streams_past_the_bound_are_refused_until_one_closes() {
     assert!(matches!(first, Ok(Some(Ok(Event::Peers(_))))), "{first:?}");
 }
 
-/// Metrics are Prometheus text with the peer gauges and the counters.
+/// Metrics are Prometheus text with the peer gauges and the counters: per peer under the WireGuard exporters'
+/// names and labels, drops by reason, and the names before 0.2 still served, marked deprecated.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
     let snapshot = example_snapshot(1_000_000);
     let text = mesh_api::metrics(&snapshot);
+    let wg = |token: u8| {
+        format!(
+            "device=\"dmesh0\",public_key=\"{}\",token_id=\"{token}\"",
+            netns_tests::api::example_key(token)
+        )
+    };
     for line in [
+        "dstack_mesh_registered 1",
+        &format!("wireguard_latest_handshake_seconds{{{}}} 999988", wg(2)),
+        &format!("wireguard_latest_handshake_seconds{{{}}} 0", wg(4)),
+        &format!("wireguard_peer_receive_bytes_total{{{}}} 5242880", wg(2)),
+        "# TYPE wireguard_peer_transmit_bytes_total counter",
+        &format!(
+            "dstack_mesh_peer_path{{{},path=\"direct\",relay_url=\"\"}} 1",
+            wg(2)
+        ),
+        "dstack_mesh_dropped_datagrams_total{reason=\"unknown_peer\",transport=\"relay\"} 2",
+        "dstack_mesh_registration_failing 0",
+        "# HELP dstack_mesh_peer_rx_bytes_total Deprecated, removed in 0.3: use wireguard_peer_receive_bytes_total.",
         "dstack_mesh_peers_configured 3",
         "dstack_mesh_peers_healthy 1",
         "dstack_mesh_peer_latest_handshake_seconds{token_id=\"2\"} 999988",
@@ -278,15 +297,15 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         "dstack_mesh_chain_head_polls_total 40",
         "dstack_mesh_chain_lag_blocks 2",
         "# TYPE dstack_mesh_rpc_errors_total counter",
-        "dstack_mesh_peer_path{token_id=\"2\",path=\"direct\",relay_url=\"\"} 1",
         &format!(
-            "dstack_mesh_peer_path{{token_id=\"3\",path=\"relay\",relay_url=\"https://{:040x}-51820.dstack.example\"}} 1",
+            "dstack_mesh_peer_path{{{},path=\"relay\",relay_url=\"https://{:040x}-51820.dstack.example\"}} 1",
+            wg(3),
             3
         ),
         "dstack_mesh_relay_streams_open 1",
         "dstack_mesh_relay_tx_bytes_total 1480",
         "dstack_mesh_unknown_peer_datagrams_relay_total 2",
-        "dstack_mesh_peer_punch_attempts_total{token_id=\"3\"} 2",
+        &format!("dstack_mesh_peer_punch_attempts_total{{{}}} 2", wg(3)),
         "dstack_mesh_nat_mapping{mapping=\"endpoint-independent\"} 1",
         "dstack_mesh_nat_candidates 1",
     ] {

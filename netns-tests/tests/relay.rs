@@ -173,9 +173,11 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     assert!(closed, "the endpoint closes a stream no member answers on");
     let counted = || {
         agents[0].metrics().lines().any(|l| {
-            l.strip_prefix("dstack_mesh_unknown_peer_datagrams_relay_total ")
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|v| v >= 1)
+            l.strip_prefix(
+                "dstack_mesh_dropped_datagrams_total{reason=\"unknown_peer\",transport=\"relay\"} ",
+            )
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|v| v >= 1)
         })
     };
     // The counters are published with the interface's state, at the agent's refresh.

@@ -24,31 +24,56 @@ const fn m<T>(
     }
 }
 
-/// One sample per peer, labelled with its seat.
+/// One sample per peer, under the names and labels the WireGuard exporters share
+/// (`prometheus_wireguard_exporter`, `mdlayher/wireguard_exporter`): `device` and `public_key`, with the seat
+/// beside them, so that their dashboards and alerts work on a mesh node as they are.
 const PER_PEER: &[Metric<Peer>] = &[
     m(
-        "dstack_mesh_peer_latest_handshake_seconds",
-        "gauge",
-        "Unix time of each peer's latest handshake (0: never).",
-        |p| p.latest_handshake.unwrap_or(0),
-    ),
-    m(
-        "dstack_mesh_peer_rx_bytes_total",
+        "wireguard_peer_receive_bytes_total",
         "counter",
         "Bytes received from each peer.",
         |p| p.rx_bytes,
     ),
     m(
-        "dstack_mesh_peer_tx_bytes_total",
+        "wireguard_peer_transmit_bytes_total",
         "counter",
         "Bytes sent to each peer.",
         |p| p.tx_bytes,
+    ),
+    m(
+        "wireguard_latest_handshake_seconds",
+        "gauge",
+        "Unix time of each peer's latest handshake (0: never).",
+        |p| p.latest_handshake.unwrap_or(0),
     ),
     m(
         "dstack_mesh_peer_punch_attempts_total",
         "counter",
         "Hole-punching attempts toward each peer (while it is relayed).",
         |p| p.punch_attempts,
+    ),
+];
+
+/// The names the per-peer series had before 0.2, labelled with the seat alone: served until 0.3, so that
+/// dashboards and alerts have a release to move.
+const DEPRECATED_PER_PEER: &[Metric<Peer>] = &[
+    m(
+        "dstack_mesh_peer_latest_handshake_seconds",
+        "gauge",
+        "Deprecated, removed in 0.3: use wireguard_latest_handshake_seconds.",
+        |p| p.latest_handshake.unwrap_or(0),
+    ),
+    m(
+        "dstack_mesh_peer_rx_bytes_total",
+        "counter",
+        "Deprecated, removed in 0.3: use wireguard_peer_receive_bytes_total.",
+        |p| p.rx_bytes,
+    ),
+    m(
+        "dstack_mesh_peer_tx_bytes_total",
+        "counter",
+        "Deprecated, removed in 0.3: use wireguard_peer_transmit_bytes_total.",
+        |p| p.tx_bytes,
     ),
 ];
 
@@ -219,14 +244,26 @@ const NODE: &[Metric<Snapshot>] = &[
     m(
         "dstack_mesh_unknown_peer_datagrams_udp_total",
         "counter",
-        "Datagrams over UDP for no peer of this node (keys that are not members), dropped.",
+        "Deprecated, removed in 0.3: use dstack_mesh_dropped_datagrams_total{reason=\"unknown_peer\",transport=\"udp\"}.",
         |s| s.counters.relay.unknown_udp,
     ),
     m(
         "dstack_mesh_unknown_peer_datagrams_relay_total",
         "counter",
-        "Datagrams through the relay for no peer of this node (keys that are not members), dropped.",
+        "Deprecated, removed in 0.3: use dstack_mesh_dropped_datagrams_total{reason=\"unknown_peer\",transport=\"relay\"}.",
         |s| s.counters.relay.unknown_relay,
+    ),
+    m(
+        "dstack_mesh_registered",
+        "gauge",
+        "1 once this node's record is on-chain as it wants it.",
+        |s| u64::from(s.status.node.registered),
+    ),
+    m(
+        "dstack_mesh_registration_failing",
+        "gauge",
+        "1 while this node cannot register (no seat bound to it, no funded sender, a reverting call): the API's registrationError says why.",
+        |s| u64::from(s.status.node.registration_error.is_some()),
     ),
     m(
         "dstack_mesh_chain_lag_blocks",
@@ -255,7 +292,24 @@ pub fn metrics(s: &Snapshot) -> String {
     for x in NODE {
         metric(x.name, x.kind, x.help, one((x.sample)(s)));
     }
+    let device = s.status.node.interface.as_deref().unwrap_or("");
+    let peer_labels = |p: &Peer| {
+        format!(
+            "device=\"{}\",public_key=\"{}\",token_id=\"{}\"",
+            escape(device),
+            p.wg_public_key.map(|k| k.to_string()).unwrap_or_default(),
+            p.token_id
+        )
+    };
     for x in PER_PEER {
+        let samples = s
+            .peers
+            .iter()
+            .map(|p| (format!("{{{}}}", peer_labels(p)), (x.sample)(p)))
+            .collect();
+        metric(x.name, x.kind, x.help, samples);
+    }
+    for x in DEPRECATED_PER_PEER {
         let samples = s
             .peers
             .iter()
@@ -263,6 +317,22 @@ pub fn metrics(s: &Snapshot) -> String {
             .collect();
         metric(x.name, x.kind, x.help, samples);
     }
+    // Tailscale's way: one counter, the cause in a label.
+    metric(
+        "dstack_mesh_dropped_datagrams_total",
+        "counter",
+        "Datagrams dropped, by reason (unknown_peer: from a key that is no member) and by the transport they came on (udp, relay).",
+        vec![
+            (
+                "{reason=\"unknown_peer\",transport=\"udp\"}".to_owned(),
+                s.counters.relay.unknown_udp,
+            ),
+            (
+                "{reason=\"unknown_peer\",transport=\"relay\"}".to_owned(),
+                s.counters.relay.unknown_relay,
+            ),
+        ],
+    );
     let paths = s
         .peers
         .iter()
@@ -270,10 +340,10 @@ pub fn metrics(s: &Snapshot) -> String {
             let path = p.path?;
             let relay = p.relay_url.as_deref().unwrap_or("");
             let labels = format!(
-                "{{token_id=\"{}\",path=\"{}\",relay_url=\"{}\"}}",
-                p.token_id,
+                "{{{},path=\"{}\",relay_url=\"{}\"}}",
+                peer_labels(p),
                 path.as_str(),
-                relay.replace('\\', "\\\\").replace('"', "\\\"")
+                escape(relay)
             );
             Some((labels, 1))
         })
@@ -344,4 +414,12 @@ pub fn metrics(s: &Snapshot) -> String {
             .collect(),
     );
     out
+}
+
+/// A label value as the exposition format quotes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
