@@ -1,4 +1,4 @@
-//! Applications on the mesh: the Python SDK's scripts and the examples (`examples/`: the counter,
+//! Applications on the mesh: the SDKs' scripts (Python and Node.js), the browser tests and the examples (`examples/`: the counter,
 //! hello-p2p, the Redis recipe), run in a node's namespace against its agent's API, and HTTP to them.
 
 use std::fs::OpenOptions;
@@ -40,13 +40,43 @@ pub fn python() -> PathBuf {
     python
 }
 
-/// `python <script> <args>` (the script relative to the repository) in `ns`, with nothing of this
-/// process's environment but `PATH`, and the agent's API at `api` (`DSTACK_MESH_API`).
+/// Node.js, for the TypeScript SDK's scripts and the browser tests: `DSTACK_MESH_NODE`, else `node` on
+/// `PATH`. Fails, naming what to install, when it is missing or older than 20 (the SDK's floor).
+pub fn node() -> PathBuf {
+    let node =
+        std::env::var_os("DSTACK_MESH_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let mut cmd = std::process::Command::new(&node);
+    cmd.arg("--version");
+    let out = run_command_timeout(cmd, "node --version", Duration::from_secs(30));
+    let version = String::from_utf8_lossy(&out.stdout);
+    let major = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    assert!(
+        out.status.success() && major.is_some_and(|m| m >= 20),
+        "{} is not Node.js 20 or newer ({}): install Node.js 20+, or set DSTACK_MESH_NODE to it\n{}",
+        node.display(),
+        version.trim(),
+        text(&out)
+    );
+    node
+}
+
+/// `<interpreter> <script> <args>` (the script relative to the repository; Python for `.py`, Node.js for
+/// `.mjs` and `.js`) in `ns`, with nothing of this process's environment but `PATH`, and the agent's API at
+/// `api` (`DSTACK_MESH_API`).
 fn script_command(ns: &NetNs, script: &str, args: &[&str], api: &Path) -> std::process::Command {
-    let python = python();
+    let interpreter = match Path::new(script).extension().and_then(|e| e.to_str()) {
+        Some("py") => python(),
+        Some("mjs" | "js") => node(),
+        _ => panic!("{script}: no interpreter for it; scripts are .py (Python) or .mjs (Node.js)"),
+    };
     let path = repo_root().join(script);
     let mut cmd = ns.command(&[
-        python.to_str().expect("utf-8 path"),
+        interpreter.to_str().expect("utf-8 path"),
         path.to_str().expect("utf-8 path"),
     ]);
     clean_env(&mut cmd)
@@ -56,7 +86,7 @@ fn script_command(ns: &NetNs, script: &str, args: &[&str], api: &Path) -> std::p
     cmd
 }
 
-/// One Python program in a node's namespace, its output in a log file; stopped (by PID) on drop.
+/// One program (Python, or Node.js for a `.mjs` script) in a node's namespace, its output in a log file; stopped (by PID) on drop.
 pub struct App {
     what: String,
     child: ChildGuard,
@@ -65,8 +95,8 @@ pub struct App {
 }
 
 impl App {
-    /// Starts `python <script> <args>` (the script relative to the repository) in `ns`, with the agent's
-    /// API at `api` (`DSTACK_MESH_API`) and `env`.
+    /// Starts `python <script> <args>` (or `node`, for a `.mjs` script; the script relative to the
+    /// repository) in `ns`, with the agent's API at `api` (`DSTACK_MESH_API`) and `env`.
     pub fn start(
         ns: &NetNs,
         script: &str,
@@ -154,7 +184,7 @@ impl App {
     }
 }
 
-/// Runs `python <script> <args>` in `ns` to completion (bounded) and returns its exit success and the JSON
+/// Runs `python <script> <args>` (or `node`, for a `.mjs` script) in `ns` to completion (bounded) and returns its exit success and the JSON
 /// objects it printed, one per line.
 pub fn run_script(
     ns: &NetNs,

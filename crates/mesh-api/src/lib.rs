@@ -28,6 +28,7 @@ pub mod client;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod page;
 pub mod server;
 pub mod signal;
 pub mod types;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -222,6 +225,23 @@ impl Watching {
     }
 }
 
+/// The read-only status page, under a policy that lets it run its own script and reach this origin alone.
+fn status_page() -> Response<Body> {
+    let mut r = full(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        crate::page::STATUS_PAGE,
+    );
+    if let Ok(csp) = HeaderValue::from_str(&crate::page::CONTENT_SECURITY_POLICY) {
+        r.headers_mut().insert(CONTENT_SECURITY_POLICY, csp);
+    }
+    r.headers_mut()
+        .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 /// 200 when healthy, 503 with the reasons otherwise: what a compose `healthcheck` or a probe wants.
 fn healthz(snapshot: &Snapshot) -> Response<Body> {
     let health = assess(&snapshot.status, &snapshot.peers);
@@ -267,10 +287,11 @@ async fn handle(
         (Routes::Api, "/v1/leader") => json(&snapshot.leader),
         (Routes::Api, "/v1/events") => watch(rx, app_events, &streams),
         (Routes::Api, "/healthz") => healthz(&snapshot),
+        (Routes::Api, "/") => status_page(),
         (Routes::Api, other) => error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no such path {other}: try /v1/status, /v1/peers, /v1/peers/refused, /v1/leader, /v1/events, /v1/health, /v1/peers/watch, /healthz or /metrics"
+                "no such path {other}: try / (the status page), /v1/status, /v1/peers, /v1/peers/refused, /v1/leader, /v1/events, /v1/health, /v1/peers/watch, /healthz or /metrics"
             ),
         ),
         (Routes::Metrics, other) => error(
