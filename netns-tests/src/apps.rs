@@ -179,6 +179,23 @@ impl App {
             .collect()
     }
 
+    /// The peer lists an SDK's `monitor` script has printed so far (its `{"kind": "peers", "peers": [...]}`
+    /// lines), in order.
+    pub fn peer_lists(&self) -> Vec<Vec<String>> {
+        self.json_lines()
+            .iter()
+            .filter(|v| v["kind"] == "peers")
+            .map(|v| {
+                v["peers"]
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .map(|p| p.as_str().expect("an address").to_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
     pub fn tail(&self) -> String {
         format!("--- {} output ---\n{}", self.what, tail(&self.log, 6000))
     }

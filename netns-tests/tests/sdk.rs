@@ -22,23 +22,6 @@ fn live(script: &str) -> String {
     format!("sdk/python/tests/live/{script}")
 }
 
-/// The `peers` lists `monitor.py` has printed so far.
-fn peer_lists(monitor: &App) -> Vec<Vec<String>> {
-    monitor
-        .json_lines()
-        .iter()
-        .filter(|v| v["kind"] == "peers")
-        .map(|v| {
-            v["peers"]
-                .as_array()
-                .expect("a list")
-                .iter()
-                .map(|p| p.as_str().expect("an address").to_owned())
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn the_sdk_registers_lists_and_follows_a_real_agent() {
     require_mesh_prerequisites();
@@ -93,7 +76,7 @@ fn the_sdk_registers_lists_and_follows_a_real_agent() {
     );
     monitor.wait_for("\"kind\": \"peers\"", Duration::from_secs(30));
     assert_eq!(
-        peer_lists(&monitor).first(),
+        monitor.peer_lists().first(),
         Some(&vec!["10.0.1.2".to_owned()]),
         "the current list first\n{}",
         monitor.tail()
@@ -139,7 +122,8 @@ fn the_sdk_registers_lists_and_follows_a_real_agent() {
         Duration::from_secs(30),
         Duration::from_millis(200),
         || {
-            peer_lists(&monitor)
+            monitor
+                .peer_lists()
                 .last()
                 .is_some_and(|l| l.contains(&"10.0.1.3".to_owned()))
         },
@@ -147,7 +131,7 @@ fn the_sdk_registers_lists_and_follows_a_real_agent() {
     );
     steps.step("monitor_peers saw the join");
 
-    let before = peer_lists(&monitor).len();
+    let before = monitor.peer_lists().len();
     agents[0].restart(&[]);
     agents[0].wait_ready(60);
     wait_until(
@@ -168,13 +152,14 @@ fn the_sdk_registers_lists_and_follows_a_real_agent() {
         Duration::from_secs(30),
         Duration::from_millis(200),
         || {
-            peer_lists(&monitor)
+            monitor
+                .peer_lists()
                 .last()
                 .is_some_and(|l| l == &vec!["10.0.1.2".to_owned()])
         },
         || monitor.tail(),
     );
-    let lists = peer_lists(&monitor);
+    let lists = monitor.peer_lists();
     assert_eq!(
         lists.len(),
         before + 1,
