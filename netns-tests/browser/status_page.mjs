@@ -1,5 +1,5 @@
 // Drives the agent's status page in Debian's headless Chromium, through playwright-core, for the status_page
-// scenario (netns-tests/tests/status_page.rs), which runs it inside a node's namespace.
+// scenario (netns-tests/tests/scenarios/status_page.rs), which runs it inside a node's namespace.
 //
 //   node status_page.mjs --url http://127.0.0.1:8000/ --seats 1,2,3 --gone 3 --screenshot out.png [--timeout 90]
 //

@@ -1,6 +1,6 @@
 // What the live scripts share: printing one JSON object per line, and the SDK's log on stderr.
 //
-// The namespace scenario (netns-tests/tests/sdk_typescript.rs) runs these with `node`, with the agent's API in
+// The namespace scenario (netns-tests/tests/scenarios/sdk_typescript.rs) runs these with `node`, with the agent's API in
 // DSTACK_MESH_API, against the SDK built in ../../dist (`npm ci && npm run build` in sdk/typescript).
 
 /** One JSON object on one line of stdout, at once, so the harness sees it as it happens. */

@@ -1,0 +1,250 @@
+//! A seat whose evidence does not prove its instance is never configured. In a running mesh of nodes 1 to 3
+//! (node 2 is the attacker, a sibling instance of the same app; nodes 4 and 5 are instances with no agent),
+//! node 2 gets seats onto the chain that the contract accepts, because the contract cannot check a quote:
+//! - **a sibling's evidence**: seat 4 bound to node 4's instance, but with node 2's own node key (its GetKey
+//!   chain names node 4's instance, which dstack's per-app GetKey allows) and node 2's own genuine quote;
+//! - **stolen evidence**: seat 5 bound to node 5's instance with node 2's node key and node 5's genuine
+//!   evidence, as published in its binding.
+//!
+//! This is what every agent sees when the seat's holder colludes with a sibling, or when a lying RPC serves
+//! such a binding. Node 2 registers a record for each seat, signed by its node key; the contract accepts both.
+//! Every agent, node 2's own included, must refuse both seats with the named reason (`instance-mismatch`,
+//! `report-data-mismatch`), list them in `/v1/peers/refused` and the metric, configure neither key, and the
+//! tunnel between nodes 1 and 3 must not drop a ping meanwhile. `meshctl mint` refuses both bindings before
+//! sending anything, and `meshctl peers` names both seats as refused.
+//!
+//! Run as root, after building the binaries it runs (this crate's tests do not build them):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test scenarios attestation:: -- --nocapture
+//! ```
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use mesh_chain::record::{NodeBinding, PeerRecord};
+use netns_tests::attack::{CHAIN_ID, mint_with, own_evidence, send_registration, sibling_node_key};
+use netns_tests::prelude::*;
+use netns_tests::wg::test_key;
+
+const NODES: usize = 5;
+const SEATS: usize = 3;
+const ATTACKER: usize = 2;
+
+#[test]
+fn seats_whose_evidence_names_another_instance_or_node_are_refused_by_every_agent() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("attestation");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy_seats(&lan, SEATS);
+    let contract = Address::from_str(&cluster.contract).expect("contract address");
+    let (agents, keys) = Agent::builder(&cluster).mesh(1..=SEATS);
+    for a in &agents {
+        let (status, peers) = a.status();
+        let own = status.node.attestation.expect("its own attestation");
+        assert!(own.verified, "node {}'s own evidence: {own:?}", a.index);
+        assert!(
+            peers.iter().all(|p| p
+                .attestation
+                .as_ref()
+                .is_some_and(|x| x.verified && x.tcb_status.as_deref() == Some("UpToDate"))),
+            "every peer of node {} is attested: {peers:?}",
+            a.index
+        );
+    }
+    steps.step("3-node mesh healthy, every seat attested (UpToDate)");
+
+    std::thread::scope(|scope| {
+        // Nodes 1 and 3 keep talking throughout.
+        let pinger =
+            scope.spawn(|| ping(lan.node(1), overlay_ip(3), 150, Duration::from_millis(100)));
+
+        let sibling_key = sibling_node_key(&cluster, ATTACKER, &cluster.sims[3].instance_id);
+        let node = sibling_key.address();
+        let holder = Address::from_str(&account_address(4)).expect("holder");
+        // Seat 4: node 2's own quote, for node 2's node key, offered as node 4's instance's.
+        let siblings = sibling_key
+            .bind(
+                U256::from(4),
+                holder,
+                own_evidence(&cluster, ATTACKER, contract, node),
+                CHAIN_ID,
+                contract,
+            )
+            .expect("the sibling signs the binding");
+        // Seat 5: node 5's genuine evidence (made for its own node key) under node 2's node key.
+        let honest_binding = cluster.binding_file(5, 5, &account_address(5));
+        let honest: NodeBinding =
+            serde_json::from_slice(&std::fs::read(&honest_binding).expect("node 5's binding"))
+                .expect("binding JSON");
+        let stolen = sibling_node_key(&cluster, ATTACKER, &cluster.sims[4].instance_id)
+            .bind(
+                U256::from(5),
+                Address::from_str(&account_address(5)).expect("holder"),
+                honest.evidence.clone(),
+                CHAIN_ID,
+                contract,
+            )
+            .expect("the sibling signs the binding");
+        for (what, binding, seat, kind) in [
+            ("a sibling's evidence", &siblings, 4u64, "instance-mismatch"),
+            ("stolen evidence", &stolen, 5, "report-data-mismatch"),
+        ] {
+            let holder = account_address(seat as usize);
+            let file = cluster.dir().join(format!("forged-binding-{seat}.json"));
+            std::fs::write(&file, serde_json::to_vec(binding).expect("JSON")).expect("write");
+            let out = cluster.meshctl_output(
+                0,
+                &[
+                    "mint",
+                    "--to",
+                    &holder,
+                    "--binding",
+                    file.to_str().expect("utf-8"),
+                ],
+            );
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && said.contains(kind),
+                "meshctl mint must refuse {what} as {kind}: {said}"
+            );
+            steps.step(&format!(
+                "meshctl mint refuses {what} ({kind}), sends nothing"
+            ));
+            mint_with(
+                &lan.switch,
+                contract,
+                Address::from_str(&holder).expect("holder"),
+                binding,
+            );
+        }
+        steps.step("the owner's contract accepts both bindings: it stores the evidence hash, it cannot verify a quote");
+
+        for seat in [4u64, 5] {
+            let record = PeerRecord {
+                tokenId: U256::from(seat),
+                instanceId: cluster.sims[seat as usize - 1].instance_id.clone(),
+                wgPublicKey: B256::from(*test_key(60 + seat as u8).public_key().as_bytes()),
+                endpoint: format!("{}:{WG_PORT}", lan_ip(ATTACKER)),
+                gatewayUrl: String::new(),
+                nonce: 1,
+            };
+            let signed = sibling_node_key(&cluster, ATTACKER, &record.instanceId)
+                .sign(record, CHAIN_ID, contract)
+                .expect("the sibling signs the record");
+            let (error, _, _) = send_registration(&lan.switch, contract, &signed);
+            assert!(
+                error.starts_with("no revert"),
+                "seat {seat}'s record: {error}"
+            );
+        }
+        steps.step("node 2 registered records for seats 4 and 5, signed by its node key: the contract accepts them");
+
+        let want = [(4u64, "instance-mismatch"), (5, "report-data-mismatch")];
+        wait_until(
+            "every agent to refuse seats 4 and 5",
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || {
+                agents.iter().all(|a| {
+                    let refused: Vec<(u64, String)> = a
+                        .refused()
+                        .into_iter()
+                        .map(|r| (r.token_id, r.kind))
+                        .collect();
+                    want.iter()
+                        .all(|(t, k)| refused.contains(&(*t, (*k).to_owned())))
+                })
+            },
+            || {
+                agents
+                    .iter()
+                    .map(|a| format!("node {}: {:?}\n", a.index, a.refused()))
+                    .collect::<String>()
+                    + &tails(&agents)
+            },
+        );
+        for a in &agents {
+            let (status, peers) = a.status();
+            assert_eq!(status.peers_refused, 2, "node {}", a.index);
+            assert!(
+                peers.iter().all(|p| p.token_id <= SEATS as u64),
+                "node {} configured a refused seat: {peers:?}",
+                a.index
+            );
+            let interface = a.wg_peer_keys();
+            for seat in [4u8, 5] {
+                assert!(
+                    !interface.contains(&test_key(60 + seat).public_key()),
+                    "node {} put seat {seat}'s key on its interface",
+                    a.index
+                );
+            }
+            let metrics = a.metrics();
+            for (_, kind) in want {
+                assert!(
+                    metrics.contains(&format!("dstack_mesh_peers_refused{{reason=\"{kind}\"}} 1")),
+                    "node {}'s metric counts the {kind} refusal:\n{metrics}",
+                    a.index
+                );
+            }
+        }
+        steps.step("every agent refuses seat 4 (instance-mismatch) and seat 5 (report-data-mismatch), in its API and its metric, and configures neither");
+
+        // `meshctl peers` checks each seat's evidence as the agents do, and fails naming both.
+        let out = cluster.meshctl_output(0, &["peers"]);
+        assert!(
+            !out.status.success(),
+            "meshctl peers must fail on refused seats"
+        );
+        let listed: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("meshctl peers --json");
+        for p in listed["peers"].as_array().expect("peers") {
+            let seat = p["tokenId"].as_u64().expect("tokenId");
+            let error = p["attestationError"].as_str().unwrap_or_default();
+            match want.iter().find(|(t, _)| *t == seat) {
+                Some((_, kind)) => assert!(
+                    p["attested"] == false && error.contains(&format!("({kind})")),
+                    "meshctl peers on seat {seat}: {p}"
+                ),
+                None => assert!(
+                    p["attested"] == true && p["tcbStatus"] == "UpToDate",
+                    "meshctl peers on seat {seat}: {p}"
+                ),
+            }
+        }
+        steps.step("meshctl peers shows seats 1-3 attested (UpToDate), and fails naming seats 4 and 5 with their reasons");
+
+        let (sent, received) = pinger.join().expect("pinger");
+        assert_eq!(
+            received, sent,
+            "node 1 lost pings to node 3 during the attack"
+        );
+        steps.step(&format!(
+            "node 1 -> node 3: {received}/{sent} pings answered throughout"
+        ));
+    });
+    wait_full_mesh(&agents, &keys);
+    assert_no_unexpected_warnings(&agents);
+}
+
+/// The agents warn of each refusal, once; nothing else.
+fn assert_no_unexpected_warnings(agents: &[Agent<'_>]) {
+    for a in agents {
+        let other: Vec<String> = a
+            .warnings()
+            .into_iter()
+            .filter(|w| !w.contains("refused this seat's attestation"))
+            .collect();
+        assert!(other.is_empty(), "node {} warned: {other:#?}", a.index);
+        let refusals = a.log_lines("refused this seat's attestation");
+        assert_eq!(
+            refusals.len(),
+            2,
+            "node {} warns once per refused seat: {refusals:#?}",
+            a.index
+        );
+    }
+}

@@ -1,0 +1,724 @@
+//! Following the contract on a real anvil: the full read, events per block, removals, local re-verification
+//! of every record, an RPC load per block that does not grow with the number of peers, and an RPC that
+//! lies: it replays old records, disagrees with the pins, or fails reads for a while. And new heads by
+//! WebSocket subscription: read at once, a drop that falls back to polling, and a reorg.
+//!
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios chain_follow:: -- --nocapture`.
+
+use std::time::{Duration, Instant};
+
+use alloy::{
+    node_bindings::AnvilInstance,
+    primitives::{Address, U256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::Filter,
+    sol_types::{SolCall, SolEvent},
+};
+use mesh_chain::{
+    contract::DstackClusterNFT,
+    error::ChainError,
+    follow::{Anchors, FollowConfig, Follower},
+    heads::{Wake, Wakeups},
+    membership::{self, InvalidRecord, Own},
+};
+use netns_tests::{
+    chain::{TestCluster, anvil, deploy_cluster, mined_tx, mint, wallet},
+    node::{APP_ID, SimulatedInstance},
+    rpc_proxy::{RpcProxy, logs_mut},
+    tcp_relay::TcpRelay,
+};
+
+type Contract = TestCluster;
+
+const CONFIG: FollowConfig = FollowConfig {
+    confirmations: 0,
+    full_read_every: Duration::from_secs(60),
+};
+
+/// Mints a seat for `node` and registers its record with `endpoint`.
+async fn join(anvil: &AnvilInstance, c: &Contract, node: &SimulatedInstance, endpoint: &str) {
+    mint(c, anvil.addresses()[1], Some(node)).await;
+    node.register(anvil, *c.address(), endpoint, "", 2).await;
+}
+
+fn reader(url: &str) -> DynProvider {
+    ProviderBuilder::new()
+        .connect_http(url.parse().unwrap())
+        .erased()
+}
+
+async fn follow(url: &str, contract: Address) -> Follower {
+    Follower::start(reader(url), contract, CONFIG, None, &Anchors::default())
+        .await
+        .unwrap()
+}
+
+fn nobody() -> Own<'static> {
+    Own {
+        token_id: None,
+        instance_id: "",
+        wg_public_key: None,
+    }
+}
+
+async fn send(call: alloy::contract::CallBuilder<&DynProvider, impl alloy::contract::CallDecoder>) {
+    call.send().await.unwrap().get_receipt().await.unwrap();
+}
+
+/// The follower sees joins and revocations block by block, and every record it keeps verifies locally.
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_joins_and_revocations_and_verifies_every_record() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    assert_eq!(f.view().records.len(), 1);
+    let pins = &f.view().pins;
+    assert_eq!(
+        (pins.kms_root, pins.app_ids.clone(), pins.chain_id),
+        (a.kms_root, vec![APP_ID.parse().unwrap()], anvil.chain_id()),
+        "pinned from the RPC and the contract"
+    );
+    assert_eq!(pins.prefix.to_string(), "10.0.1.0/24");
+
+    join(&anvil, &c, &b, "192.0.2.2:51820").await;
+    assert!(
+        f.poll(Instant::now()).await.unwrap(),
+        "the join is a change"
+    );
+    assert!(
+        !f.poll(Instant::now()).await.unwrap(),
+        "nothing new, no change"
+    );
+    let v = f.view();
+    let own = Own {
+        token_id: Some(1),
+        instance_id: &a.instance_id,
+        wg_public_key: None,
+    };
+    let (members, invalid) = membership::members(&v.records, own, v.prefix());
+    assert!(invalid.is_empty(), "{invalid:?}");
+    assert_eq!(members.len(), 1, "itself excluded");
+    assert_eq!(members[0].overlay_ip.to_string(), "10.0.1.2");
+    assert_eq!(members[0].endpoint.unwrap().to_string(), "192.0.2.2:51820");
+
+    send(c.revoke(U256::from(2))).await;
+    assert!(
+        f.poll(Instant::now()).await.unwrap(),
+        "the revocation is a change"
+    );
+    assert_eq!(
+        f.view().records.keys().copied().collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(
+        f.view().high_water.get(&2),
+        Some(&1),
+        "the revoked seat's mark stays"
+    );
+
+    // A full read agrees with what the events built.
+    let before = f.view().clone();
+    let read = f.full_read().await.unwrap();
+    assert!(!read.changed && read.complete, "{read:?}");
+    assert_eq!(f.view().records, before.records);
+}
+
+/// Records that are believed but unusable are skipped with a reason; records that do not verify against
+/// the pins are not believed at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_failing_local_checks_are_skipped() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    join(&anvil, &c, &b, "node-b.example:51820").await; // the contract allows names; agents need an IP
+    let f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let v = f.view();
+    let (members, invalid) = membership::members(&v.records, nobody(), v.prefix());
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        invalid,
+        vec![InvalidRecord::Endpoint {
+            token_id: 2,
+            endpoint: "node-b.example:51820".into()
+        }]
+    );
+
+    // A node that pins another KMS root (say, the RPC or the contract owner lied) believes nobody.
+    let anchors = Anchors {
+        flags: Some((Address::repeat_byte(0xee), v.pins.app_ids.clone())),
+        repin: false,
+    };
+    let f = Follower::start(
+        reader(anvil.endpoint().as_str()),
+        *c.address(),
+        CONFIG,
+        None,
+        &anchors,
+    )
+    .await
+    .unwrap();
+    assert!(f.view().records.is_empty());
+    assert_eq!(f.rejected, 2, "both records refused");
+    assert!(
+        f.view().high_water.is_empty(),
+        "unbelieved records raise no mark"
+    );
+}
+
+/// The requests a poll makes for one new block are the same with 2 peers and with 6.
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_load_per_block_does_not_grow_with_peers() {
+    let anvil = anvil();
+    let nodes = [
+        SimulatedInstance::start("p1").await,
+        SimulatedInstance::start("p2").await,
+        SimulatedInstance::start("p3").await,
+        SimulatedInstance::start("p4").await,
+        SimulatedInstance::start("p5").await,
+        SimulatedInstance::start("p6").await,
+    ];
+    let c = deploy_cluster(&anvil, nodes[0].kms_root).await;
+    for (i, n) in nodes.iter().take(2).enumerate() {
+        join(&anvil, &c, n, &format!("192.0.2.{}:51820", i + 1)).await;
+    }
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let with_two = requests_for_one_block(&anvil, &mut f).await;
+    for (i, n) in nodes.iter().enumerate().skip(2) {
+        join(&anvil, &c, n, &format!("192.0.2.{}:51820", i + 1)).await;
+    }
+    f.poll(Instant::now()).await.unwrap();
+    assert_eq!(f.view().records.len(), 6);
+    let with_six = requests_for_one_block(&anvil, &mut f).await;
+    assert_eq!(
+        with_two, with_six,
+        "requests per block: {with_two} with 2 peers, {with_six} with 6"
+    );
+    assert!(with_two <= 3, "{with_two} requests for one block");
+}
+
+/// Head polls are counted apart from what blocks cost, so the load per block can be read off the counters: a
+/// poll with no new block is one request, a head poll; a poll that finds a block is one head poll and the
+/// block's own requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn head_polls_are_counted_apart_from_what_blocks_cost() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("h1").await;
+    let c = deploy_cluster(&anvil, node.kms_root).await;
+    join(&anvil, &c, &node, "192.0.2.1:51820").await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    f.poll(Instant::now()).await.unwrap();
+    let (requests, polls) = (f.requests, f.head_polls);
+    for _ in 0..3 {
+        f.poll(Instant::now()).await.unwrap();
+    }
+    assert_eq!(
+        (f.requests - requests, f.head_polls - polls),
+        (3, 3),
+        "polls with no new block make head polls only"
+    );
+    let polls = f.head_polls;
+    let block = requests_for_one_block(&anvil, &mut f).await;
+    assert_eq!(f.head_polls - polls, 1, "one head poll found the block");
+    assert!(
+        block >= 2,
+        "the block's own requests come beside its head poll: {block} in all"
+    );
+}
+
+/// Ticks every 100 ms for `duration`; returns how many ticks reported a failed full read.
+async fn tick_for(f: &mut Follower, duration: Duration) -> usize {
+    let started = Instant::now();
+    let mut errors = 0;
+    while started.elapsed() < duration {
+        errors += usize::from(
+            f.tick(Instant::now())
+                .await
+                .unwrap()
+                .full_read_error
+                .is_some(),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    errors
+}
+
+/// Mines one block with no cluster event and counts the requests the next poll makes.
+async fn requests_for_one_block(anvil: &AnvilInstance, f: &mut Follower) -> u64 {
+    let before = f.requests;
+    let tx = alloy::rpc::types::TransactionRequest::default().to(anvil.addresses()[8]);
+    mined_tx(&wallet(anvil, 9), tx).await;
+    f.poll(Instant::now()).await.unwrap();
+    f.requests - before
+}
+
+/// Seat `token`'s `PeerRegistered` logs as anvil serves them, oldest first.
+async fn registration_logs(
+    anvil: &AnvilInstance,
+    c: &Contract,
+    token: u64,
+) -> Vec<serde_json::Value> {
+    let filter = Filter::new()
+        .address(*c.address())
+        .event_signature(DstackClusterNFT::PeerRegistered::SIGNATURE_HASH)
+        .topic1(U256::from(token))
+        .from_block(0);
+    reader(anvil.endpoint().as_str())
+        .get_logs(&filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| serde_json::to_value(l).unwrap())
+        .collect()
+}
+
+/// An RPC that replays a seat's old registration, in polls and in full reads, after the seat moved on and
+/// after it was revoked, and across a restart from the state file: the old record never comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lying_rpc_cannot_roll_a_seat_back() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    join(&anvil, &c, &b, "192.0.2.2:51820").await;
+    let old_peer = c.getPeer(U256::from(2)).call().await.unwrap();
+    b.register(&anvil, *c.address(), "192.0.2.22:51820", "", 2)
+        .await; // seat 2 moves: nonce 2
+    let old_log = registration_logs(&anvil, &c, 2).await.remove(0);
+
+    let proxy = RpcProxy::start(anvil.endpoint().as_str());
+    let mut f = follow(proxy.url(), *c.address()).await;
+    assert_eq!(f.view().records[&2].nonce, 2);
+
+    // Polls: the old event, replayed in a later block.
+    let replay = old_log.clone();
+    proxy.rewrite("replay in polls", move |req, response| {
+        if req.method == "eth_getLogs" && !req.gets_one_seats_logs() {
+            let mut log = replay.clone();
+            log["blockNumber"] = req.params[0]["toBlock"].clone();
+            if let Some(logs) = logs_mut(response) {
+                logs.push(log);
+            }
+        }
+    });
+    // Full reads: the old record listed as the seat's current one.
+    let listed = old_peer.clone();
+    proxy.rewrite("replay in full reads", move |req, response| {
+        if !req.calls(DstackClusterNFT::getPeersPageCall::SELECTOR) {
+            return;
+        }
+        let Some(hex) = response["result"].as_str() else {
+            return;
+        };
+        let bytes = alloy::hex::decode(hex).unwrap();
+        let mut page = DstackClusterNFT::getPeersPageCall::abi_decode_returns(&bytes).unwrap();
+        page.page.retain(|p| p.tokenId != U256::from(2));
+        page.page.push(listed.clone());
+        let encoded = DstackClusterNFT::getPeersPageCall::abi_encode_returns(&page);
+        response["result"] = format!("0x{}", alloy::hex::encode(encoded)).into();
+    });
+
+    mine(&anvil).await;
+    f.poll(Instant::now()).await.unwrap();
+    assert_eq!(f.view().records[&2].nonce, 2, "a replayed event");
+    f.full_read().await.unwrap();
+    assert_eq!(f.view().records[&2].nonce, 2, "a replayed listing");
+    assert!(f.rejected >= 2, "{} rejections", f.rejected);
+
+    send(c.revoke(U256::from(2))).await;
+    f.poll(Instant::now()).await.unwrap();
+    assert!(!f.view().records.contains_key(&2), "revoked");
+    mine(&anvil).await;
+    f.poll(Instant::now()).await.unwrap();
+    f.full_read().await.unwrap();
+    assert!(
+        !f.view().records.contains_key(&2),
+        "the revoked seat's old record stays out"
+    );
+
+    // A restart from the state file keeps the marks.
+    let dir = tempfile::tempdir().unwrap();
+    p2p_agent::cache::save(dir.path(), f.view(), &[]).unwrap();
+    let cached = p2p_agent::cache::load(dir.path()).unwrap().unwrap().view;
+    let mut restarted = Follower::start(
+        reader(proxy.url()),
+        *c.address(),
+        CONFIG,
+        Some(cached),
+        &Anchors::default(),
+    )
+    .await
+    .unwrap();
+    restarted.full_read().await.unwrap();
+    mine(&anvil).await;
+    restarted.poll(Instant::now()).await.unwrap();
+    assert!(
+        !restarted.view().records.contains_key(&2),
+        "after a restart too"
+    );
+    assert!(
+        restarted.view().records.contains_key(&1),
+        "the honest seat stays"
+    );
+}
+
+async fn mine(anvil: &AnvilInstance) {
+    let p = reader(anvil.endpoint().as_str());
+    let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
+}
+
+/// An RPC on another chain, or a contract with another prefix, than the node pinned at its first start is
+/// refused with both values and the flag that overrides; --repin takes the new values.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rpc_must_agree_with_the_pinned_chain_id_and_prefix() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let f = follow(anvil.endpoint().as_str(), *c.address()).await;
+
+    let mut other_chain = f.view().clone();
+    other_chain.pins.chain_id = 1;
+    let url = anvil.endpoint();
+    let start = async |cached, repin| {
+        let anchors = Anchors { flags: None, repin };
+        Follower::start(
+            reader(url.as_str()),
+            *c.address(),
+            CONFIG,
+            Some(cached),
+            &anchors,
+        )
+        .await
+    };
+    let err = start(other_chain.clone(), false).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            ChainError::PinMismatch {
+                what: "chain id",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    for want in ["chain id 31337", "chain id 1 ", "--repin"] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+
+    let mut other_prefix = f.view().clone();
+    other_prefix.pins.prefix = membership::Prefix::new("10.9.0.0".parse().unwrap(), 16).unwrap();
+    let err = start(other_prefix, false).await.err().unwrap();
+    assert!(
+        err.to_string().contains("mesh prefix 10.0.1.0/24")
+            && err.to_string().contains("10.9.0.0/16"),
+        "{err}"
+    );
+
+    let repinned = start(other_chain, true).await.unwrap();
+    assert_eq!(repinned.view().pins.chain_id, anvil.chain_id());
+    assert_eq!(repinned.view().records.len(), 1);
+}
+
+/// While full reads fail (the record list, or one record's event), the follower backs off from them and
+/// goes on polling: a join and a revocation made meanwhile arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_full_read_never_freezes_the_follower() {
+    let anvil = anvil();
+    let nodes = [
+        SimulatedInstance::start("a").await,
+        SimulatedInstance::start("b").await,
+        SimulatedInstance::start("c").await,
+    ];
+    let c = deploy_cluster(&anvil, nodes[0].kms_root).await;
+    join(&anvil, &c, &nodes[0], "192.0.2.1:51820").await;
+    join(&anvil, &c, &nodes[1], "192.0.2.2:51820").await;
+    let proxy = RpcProxy::start(anvil.endpoint().as_str());
+    let config = FollowConfig {
+        confirmations: 0,
+        full_read_every: Duration::from_secs(1),
+    };
+    let mut f = Follower::start(
+        reader(proxy.url()),
+        *c.address(),
+        config,
+        None,
+        &Anchors::default(),
+    )
+    .await
+    .unwrap();
+
+    // The record list fails: full reads are retried with backoff, not on every tick.
+    proxy.fail("getPeersPage", |r| {
+        r.calls(DstackClusterNFT::getPeersPageCall::SELECTOR)
+    });
+    let errors = tick_for(&mut f, Duration::from_secs(4)).await;
+    assert!(
+        (1..=4).contains(&errors),
+        "{errors} failed full reads in 4 s with ticks every 100 ms"
+    );
+    assert!(proxy.hits("getPeersPage") >= 1);
+    proxy.remove("getPeersPage");
+
+    // One record's event fails: a node restarted from its cache, whose first full read needs seat 2's new
+    // event, still follows seat 2's move by events.
+    let cached = f.view().clone();
+    nodes[1]
+        .register(&anvil, *c.address(), "192.0.2.22:51820", "", 2)
+        .await;
+    proxy.fail("one seat's logs", |r| r.gets_one_seats_logs());
+    let mut restarted = Follower::start(
+        reader(proxy.url()),
+        *c.address(),
+        config,
+        Some(cached),
+        &Anchors::default(),
+    )
+    .await
+    .unwrap();
+    let errors = tick_for(&mut restarted, Duration::from_secs(2)).await;
+    assert!(
+        errors >= 1 && proxy.hits("one seat's logs") >= 1,
+        "the full read was incomplete"
+    );
+    assert_eq!(
+        restarted.view().records[&2].endpoint,
+        "192.0.2.22:51820",
+        "followed by events"
+    );
+    proxy.remove("one seat's logs");
+
+    // Now with every full read failing for good: a join and a revocation still arrive by events.
+    proxy.fail("all full reads", |r| {
+        r.calls(DstackClusterNFT::getPeersPageCall::SELECTOR)
+    });
+    join(&anvil, &c, &nodes[2], "192.0.2.3:51820").await;
+    send(c.revoke(U256::from(1))).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        f.tick(Instant::now()).await.unwrap();
+        let seats: Vec<u64> = f.view().records.keys().copied().collect();
+        if seats == vec![2, 3] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the join and the revocation did not arrive: {seats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits up to `within` for wake-ups, ticking the follower at each (at the announced head, or polling),
+/// until `done`; returns the wake-ups that came.
+async fn wake_until(
+    f: &mut Follower,
+    wakeups: &mut Wakeups,
+    within: Duration,
+    done: impl Fn(&Follower, &Wakeups) -> bool,
+) -> Vec<Wake> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while !done(f, wakeups) {
+        let left = within.saturating_sub(started.elapsed());
+        let wake = tokio::time::timeout(left, wakeups.next())
+            .await
+            .unwrap_or_else(|_| panic!("not done within {within:?}; woken by {seen:?}"));
+        let head = match wake {
+            Wake::Head(h) => Some(h),
+            Wake::Timer => None,
+        };
+        f.tick_at(Instant::now(), head.as_ref()).await.unwrap();
+        seen.push(wake);
+    }
+    seen
+}
+
+fn subscribing(url: &str, poll: Duration) -> Wakeups {
+    Wakeups::new(poll, Some(url.parse().unwrap()))
+}
+
+/// Lets `wakeups` run (its timer's wake-ups are dropped) until its subscription is made, for at most 5 s.
+async fn until_subscribed(wakeups: &mut Wakeups) {
+    let started = Instant::now();
+    while !wakeups.subscribed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no subscription within 5 s"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), wakeups.next()).await;
+    }
+}
+
+/// Over a subscription each block wakes the follower, which reads its events up to the announced head
+/// without polling for it: a join is applied at its block, with no head poll at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn announced_heads_are_read_at_once_without_polling() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
+    until_subscribed(&mut wakeups).await;
+    let polls = f.head_polls;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let joined = Instant::now();
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&1)
+    })
+    .await;
+    assert!(
+        woken.iter().all(|w| matches!(w, Wake::Head(_))),
+        "heads woke it, not the 60 s timer: {woken:?}"
+    );
+    assert_eq!(f.head_polls, polls, "the head was announced, not polled");
+    assert!(
+        joined.elapsed() < Duration::from_secs(1),
+        "applied {:?} after the join's receipt",
+        joined.elapsed()
+    );
+}
+
+/// The subscription's socket drops and stays down: the follower falls back to polling at the configured
+/// interval and still sees a join; when the socket is back it subscribes again and heads wake it as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_subscription_falls_back_to_polling_and_resumes() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    let relay = TcpRelay::start(([127, 0, 0, 1], anvil.port()).into());
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let mut wakeups = subscribing(&relay.url("ws"), Duration::from_millis(200));
+    until_subscribed(&mut wakeups).await;
+
+    relay.cut();
+    // The client redials once, 1 s after the drop, before it gives the subscription up.
+    wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |_, w| {
+        !w.subscribed()
+    })
+    .await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&1)
+    })
+    .await;
+    assert!(
+        woken.iter().all(|w| *w == Wake::Timer),
+        "polling found the join: {woken:?}"
+    );
+
+    relay.restore();
+    wake_until(&mut f, &mut wakeups, Duration::from_secs(20), |_, w| {
+        w.subscribed()
+    })
+    .await;
+    let polls = f.head_polls;
+    join(&anvil, &c, &b, "192.0.2.2:51820").await;
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&2)
+    })
+    .await;
+    assert!(
+        woken.iter().any(|w| matches!(w, Wake::Head(_))),
+        "a head announced the second join: {woken:?}"
+    );
+    assert!(
+        f.head_polls - polls <= woken.iter().filter(|w| **w == Wake::Timer).count() as u64,
+        "heads were not polled for"
+    );
+}
+
+/// A reorg replaces the block with a join by one at the same height with another: the head that announces
+/// it makes a full read at once, so the replaced join is gone and the new one is there, without waiting
+/// for a later block.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reorg_announced_by_a_new_head_is_sorted_out_at_once() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    mint(&c, anvil.addresses()[1], Some(&a)).await;
+    mint(&c, anvil.addresses()[1], Some(&b)).await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
+    until_subscribed(&mut wakeups).await;
+    let p = reader(anvil.endpoint().as_str());
+    let snapshot: U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+
+    a.register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)
+        .await;
+    wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&1)
+    })
+    .await;
+    let replaced = f.view().last_block;
+
+    let reverted: bool = p
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .unwrap();
+    assert!(reverted);
+    b.register(&anvil, *c.address(), "192.0.2.2:51820", "", 2)
+        .await;
+    assert_eq!(
+        p.get_block_number().await.unwrap(),
+        replaced,
+        "the new block is at the replaced one's height"
+    );
+    let woken = wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().records.contains_key(&2)
+    })
+    .await;
+    assert!(
+        woken.iter().all(|w| matches!(w, Wake::Head(_))),
+        "{woken:?}"
+    );
+    assert!(
+        !f.view().records.contains_key(&1),
+        "the replaced join is gone"
+    );
+    let hash = p
+        .get_block_by_number(replaced.into())
+        .await
+        .unwrap()
+        .unwrap()
+        .header
+        .hash;
+    assert_eq!(f.view().last_block_hash, hash, "on the new chain");
+}
+
+/// A subscription URL whose server accepts connections and never answers holds no poll up: the timer
+/// wakes the follower at its interval while the subscription is being tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_that_never_answers_holds_no_poll_up() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", silent.local_addr().unwrap());
+    let _held = owned_task::Task::spawn("silent-websocket", async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let mut wakeups = subscribing(&url, Duration::from_millis(100));
+    let started = Instant::now();
+    for _ in 0..5 {
+        let wake = tokio::time::timeout(Duration::from_secs(2), wakeups.next())
+            .await
+            .expect("the timer woke the follower while the subscription hung");
+        assert_eq!(wake, Wake::Timer);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "five polls 100 ms apart took {:?}",
+        started.elapsed()
+    );
+    assert!(!wakeups.subscribed());
+}

@@ -1,0 +1,520 @@
+//! One leader at a time: the leader's lease, whole-system. Three nodes with `--leader-timeout 5` (a lease
+//! of 2.5 s); every agent's `/v1/leader` is sampled every 100 ms, as an application acting on `isSelf`
+//! would read it, and no sample may show two agents that say they lead.
+//!
+//! - The leader's whole node is frozen (every process in its namespace stopped, as a hung VM whose kernel
+//!   still answers), the others vote it out, and it is resumed: it never claims beside the new leader.
+//! - The same, resumed without its RPC: it never claims again.
+//! - The leader loses its RPC while its overlay works: it stops claiming within the lease, before anyone
+//!   else leads, and is voted out.
+//! - The leader's application reports itself unhealthy: it steps down at once and is voted out; while
+//!   unhealthy it casts no ballot, and once healthy again it votes (and leads) again.
+//! - The leader's `--health-cmd` fails: the same, from the agent's own check.
+//! - A node that ran without a seat for longer than the timeout joins: it casts no ballot against the leader
+//!   that answers it (the silence counts from when it could first hear).
+//!
+//! Run as root, after building the binaries it runs:
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test scenarios leader_lease:: -- --nocapture
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use netns_tests::prelude::*;
+use p2p_agent::lease::Timing;
+
+const NODES: usize = 3;
+const LEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// What a failover may take beyond the timeout and the lease: heartbeats, the ballots' blocks, polls.
+const SLACK: Duration = Duration::from_secs(15);
+
+fn timing() -> Timing {
+    Timing::for_timeout(LEADER_TIMEOUT)
+}
+
+fn sockets(agents: &[Agent<'_>]) -> Vec<PathBuf> {
+    agents.iter().map(|a| a.api_socket().to_owned()).collect()
+}
+
+/// The seat the contract names leader, read on-chain.
+fn on_chain(cluster: &Cluster<'_>) -> Option<u64> {
+    cluster.meshctl(0, &["leader", "show"])["leaderTokenId"].as_u64()
+}
+
+fn says_it_leads(agent: &Agent<'_>) -> bool {
+    agent.leader().is_ok_and(|l| l.is_self)
+}
+
+fn sees_leader(agent: &Agent<'_>, seat: u64) -> bool {
+    agent.leader().is_ok_and(|l| l.token_id == Some(seat))
+}
+
+/// The ballots of a kind this node cast: `castVote` or `electLeader` lines of its log.
+fn votes_and_elections(agent: &Agent<'_>) -> usize {
+    agent
+        .log_lines("casting a ballot")
+        .iter()
+        .filter(|l| l.contains("castVote") || l.contains("electLeader"))
+        .count()
+}
+
+/// Whether `agent` logged a ballot against seat 2.
+fn voted_against_seat_2(agent: &Agent<'_>) -> bool {
+    agent
+        .log_lines("casting a ballot")
+        .iter()
+        .any(|l| l.contains("castVote against seat 2"))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Waits until seat 1 leads and every agent sees it, with `extra` flags for agent i from `flags(i)`.
+fn mesh_led_by_seat_1<'a>(
+    cluster: &'a Cluster<'a>,
+    flags: impl Fn(usize) -> Vec<String>,
+) -> Vec<Agent<'a>> {
+    let timeout = LEADER_TIMEOUT.as_secs().to_string();
+    let mut agents: Vec<Agent<'a>> = (1..=NODES)
+        .map(|i| {
+            Agent::builder(cluster)
+                .flags(["--leader-timeout", timeout.as_str()])
+                .flags(flags(i))
+                .start(i)
+        })
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(60);
+    }
+    let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
+    wait_full_mesh(&agents, &keys);
+    wait_until(
+        "seat 1 to lead, and every agent to see it",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || says_it_leads(&agents[0]) && agents.iter().all(|a| sees_leader(a, 1)),
+        || format!("{}\n{}", statuses(&agents), tails(&agents)),
+    );
+    agents
+}
+
+/// What the scenarios that sample the leader start from: a fresh mesh of three led by seat 1 under its lease,
+/// and every agent's `/v1/leader` sampled from then on; `scenario` goes on from there.
+fn from_seat_1_leading(
+    name: &'static str,
+    scenario: impl FnOnce(&Steps, &Lan, &Cluster<'_>, &[Agent<'_>], LeaderSampler),
+) {
+    require_mesh_prerequisites();
+    let steps = Steps::new(name);
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let agents = mesh_led_by_seat_1(&cluster, |_| Vec::new());
+    steps.step("mesh up, seat 1 leads under its lease");
+    let sampler = LeaderSampler::start(sockets(&agents), SAMPLE_EVERY);
+    scenario(&steps, &lan, &cluster, &agents, sampler);
+}
+
+/// Waits up to `within`, looking every `every`, until node 1 no longer says it leads.
+fn wait_node_1_steps_down(agents: &[Agent<'_>], within: Duration, every: Duration) {
+    wait_until(
+        "node 1 to stop saying it leads",
+        within,
+        every,
+        || !says_it_leads(&agents[0]),
+        || agents[0].tail(),
+    );
+}
+
+/// Waits up to `within` until node 2 says it leads (`what` says how it comes to), showing every agent's
+/// status and log if it never does.
+fn wait_node_2_leads(agents: &[Agent<'_>], what: &str, within: Duration) {
+    wait_until(
+        what,
+        within,
+        Duration::from_millis(100),
+        || says_it_leads(&agents[1]),
+        || format!("{}\n{}", statuses(agents), tails(agents)),
+    );
+}
+
+/// Freezes node 1 (the leader) and waits until node 2 leads; returns the frozen processes and when the
+/// freeze began.
+fn freeze_until_replaced(lan: &Lan, agents: &[Agent<'_>]) -> (netns_tests::netns::Frozen, Instant) {
+    let frozen = lan.node(1).freeze();
+    let froze = Instant::now();
+    wait_until(
+        "node 2 to lead",
+        LEADER_TIMEOUT + SLACK,
+        Duration::from_millis(100),
+        || says_it_leads(&agents[1]),
+        || statuses(&agents[1..]),
+    );
+    (frozen, froze)
+}
+
+/// Asserts no sample shows two agents that say they lead.
+fn assert_one_leader_at_a_time(samples: &Samples, start: Instant) {
+    let two = samples.with_two_leaders();
+    assert!(
+        two.is_empty(),
+        "{} of {} samples show two leaders:\n{}",
+        two.len(),
+        samples.0.len(),
+        samples.story(start)
+    );
+}
+
+#[test]
+fn a_frozen_leader_that_resumes_never_claims_beside_the_new_one() {
+    from_seat_1_leading("lease/freeze", |steps, lan, cluster, agents, sampler| {
+        let (frozen, froze) = freeze_until_replaced(lan, agents);
+        let led = Instant::now();
+        assert_eq!(on_chain(cluster), Some(2), "seat 2 leads on-chain");
+        // Frozen on after the failover, as a VM that hangs for a while.
+        std::thread::sleep(Duration::from_millis(1500));
+        let frozen_count = frozen.pids().len();
+        frozen.resume();
+        let resumed = Instant::now();
+        steps.step(&format!(
+            "node 1 frozen ({} processes stopped); seat 2 leads {:.1} s after the freeze; node 1 resumed {:.1} s later",
+            frozen_count,
+            secs(led - froze),
+            secs(resumed - led)
+        ));
+        wait_until(
+            "node 1 to see seat 2 as leader",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || sees_leader(&agents[0], 2),
+            || agents[0].tail(),
+        );
+        let caught_up = Instant::now();
+        std::thread::sleep(
+            (resumed + Duration::from_secs(10)).saturating_duration_since(Instant::now()),
+        );
+        let samples = sampler.stop();
+
+        assert_one_leader_at_a_time(&samples, froze);
+        let after = samples.answers(1, resumed);
+        assert!(
+            !after.is_empty(),
+            "node 1 answered after it resumed:\n{}",
+            samples.story(froze)
+        );
+        assert!(
+            after.iter().all(|l| !l.is_self),
+            "node 1 claimed after it resumed:\n{}",
+            samples.story(froze)
+        );
+        let first = &after[0];
+        println!(
+            "lease/freeze: node 1's last claim {:.2} s after the freeze; seat 2 leads {:.2} s after it; node 1 resumed {:.2} s after that, first answered {{isSelf: {}, state: {}, ageMs: {:?}}}, and saw seat 2 {:.3} s after resuming; {} samples, 0 with two leaders",
+            secs(
+                samples
+                    .last_claim(1, resumed)
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(froze))
+            ),
+            secs(led - froze),
+            secs(resumed - led),
+            first.is_self,
+            first.state.as_str(),
+            first.age_ms,
+            secs(caught_up - resumed),
+            samples.0.len()
+        );
+    });
+}
+
+#[test]
+fn a_frozen_leader_that_resumes_without_its_rpc_never_claims_again() {
+    from_seat_1_leading(
+        "lease/freeze-no-rpc",
+        |steps, lan, _cluster, agents, sampler| {
+            let (frozen, froze) = freeze_until_replaced(lan, agents);
+            let _cut = lan.cut_rpc(1);
+            frozen.resume();
+            let resumed = Instant::now();
+            steps.step("seat 2 leads; node 1 resumed with its RPC blocked");
+            std::thread::sleep(Duration::from_secs(10));
+            let samples = sampler.stop();
+
+            assert_one_leader_at_a_time(&samples, froze);
+            let after = samples.answers(1, resumed);
+            assert!(
+                after.len() >= 50,
+                "node 1 answered after it resumed: {} samples",
+                after.len()
+            );
+            assert!(
+                after.iter().all(|l| !l.is_self),
+                "node 1 claimed after it resumed without its RPC:\n{}",
+                samples.story(froze)
+            );
+            let last = after.last().expect("answers");
+            assert_eq!(
+                last.state,
+                mesh_api::Freshness::Stale,
+                "node 1 says its view of the leader is stale: {last:?}"
+            );
+            assert!(
+                last.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("has confirmed this node's view within")),
+                "node 1 says why it does not lead: {last:?}"
+            );
+            println!(
+                "lease/freeze-no-rpc: {} answers from node 1 over 10 s after it resumed, none claiming; the last: state {}, age {:.1} s, reason: {}",
+                after.len(),
+                last.state.as_str(),
+                last.age_ms.unwrap_or(0) as f64 / 1000.0,
+                last.reason.as_deref().unwrap_or("")
+            );
+        },
+    );
+}
+
+#[test]
+fn a_leader_that_loses_its_rpc_stops_claiming_within_the_lease_before_anyone_else_leads() {
+    from_seat_1_leading("lease/rpc-cut", |steps, lan, _cluster, agents, sampler| {
+        std::thread::sleep(Duration::from_millis(500));
+        let cut = lan.cut_rpc(1);
+        let cut_at = Instant::now();
+        steps.step("node 1's RPC blocked; its overlay works");
+        wait_node_2_leads(
+            agents,
+            "node 2 to lead",
+            LEADER_TIMEOUT + timing().lease + SLACK,
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let samples = sampler.stop();
+        assert_one_leader_at_a_time(&samples, cut_at);
+
+        let last = samples
+            .last_claim(1, Instant::now())
+            .expect("node 1 claimed before the cut");
+        let stepped_down = last.saturating_duration_since(cut_at);
+        // Its last confirming read began before the cut, so the lease ends within a lease of it; a sample
+        // is taken when asked and answered up to 80 ms later.
+        assert!(
+            stepped_down <= timing().lease + Duration::from_millis(100),
+            "node 1 claimed {:.2} s after losing its RPC, beyond the {:.1} s lease:\n{}",
+            secs(stepped_down),
+            secs(timing().lease),
+            samples.story(cut_at)
+        );
+        let first = samples.first_claim(2, cut_at).expect("node 2 claimed");
+        assert!(
+            first > last,
+            "node 2 claimed before node 1 stopped:\n{}",
+            samples.story(cut_at)
+        );
+        assert!(
+            agents[0]
+                .log_lines("this node stops reporting itself leader")
+                .iter()
+                .any(|l| l.contains("has confirmed this node's view within")),
+            "node 1 logs why it stepped down:\n{}",
+            agents[0].tail()
+        );
+        println!(
+            "lease/rpc-cut: node 1's last claim {:.2} s after its RPC was cut (lease {:.1} s); node 2's first {:.2} s after the cut, {:.2} s after node 1 stopped; 0 of {} samples with two leaders",
+            secs(stepped_down),
+            secs(timing().lease),
+            secs(first - cut_at),
+            secs(first - last),
+            samples.0.len()
+        );
+
+        cut.restore();
+        wait_until(
+            "node 1 to see seat 2 as leader once its RPC is back",
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || sees_leader(&agents[0], 2),
+            || agents[0].tail(),
+        );
+        steps.step("node 1's RPC back: it follows seat 2");
+    });
+}
+
+#[test]
+fn an_unhealthy_leader_is_replaced_and_votes_again_only_once_healthy() {
+    from_seat_1_leading("lease/health", |steps, lan, cluster, agents, sampler| {
+        let start = Instant::now();
+        let health = agents[0].set_healthy(false, Some("the test's database is down"));
+        assert!(!health.healthy, "{health:?}");
+        let reported = Instant::now();
+        wait_node_1_steps_down(agents, Duration::from_secs(2), Duration::from_millis(20));
+        let stepped_down = reported.elapsed();
+        let leader = agents[0].leader().expect("node 1's leader");
+        assert!(!leader.healthy, "node 1 shows itself unhealthy: {leader:?}");
+        assert!(
+            leader
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("the test's database is down")),
+            "node 1 says why: {leader:?}"
+        );
+        wait_node_2_leads(
+            agents,
+            "the others to vote seat 1 out, and node 2 to lead",
+            LEADER_TIMEOUT + SLACK,
+        );
+        let replaced = reported.elapsed();
+        steps.step(&format!(
+            "node 1 unhealthy: it stopped leading after {:.0} ms; seat 2 leads {:.1} s after the report",
+            stepped_down.as_millis(),
+            secs(replaced)
+        ));
+
+        // With node 2 frozen, a ballot would be due from node 1 too; unhealthy, it casts none, and node 3's
+        // vote alone is one short.
+        let ballots = votes_and_elections(&agents[0]);
+        let frozen = lan.node(2).freeze();
+        std::thread::sleep(LEADER_TIMEOUT + Duration::from_secs(3));
+        assert_eq!(
+            votes_and_elections(&agents[0]),
+            ballots,
+            "node 1 voted while unhealthy:\n{}",
+            agents[0].tail()
+        );
+        assert_eq!(
+            on_chain(cluster),
+            Some(2),
+            "one vote does not replace seat 2"
+        );
+        assert!(
+            voted_against_seat_2(&agents[2]),
+            "node 3 votes against the silent seat 2:\n{}",
+            agents[2].tail()
+        );
+        steps.step(
+            "node 2 frozen: node 3 votes against it, node 1 (unhealthy) does not, seat 2 stays",
+        );
+
+        agents[0].set_healthy(true, None);
+        wait_until(
+            "node 1, healthy again, to vote seat 2 out and lead",
+            LEADER_TIMEOUT + SLACK,
+            Duration::from_millis(100),
+            || says_it_leads(&agents[0]),
+            || tails(agents),
+        );
+        assert!(
+            voted_against_seat_2(&agents[0]),
+            "node 1 voted once healthy:\n{}",
+            agents[0].tail()
+        );
+        assert_eq!(on_chain(cluster), Some(1));
+        frozen.resume();
+        let samples = sampler.stop();
+        assert_one_leader_at_a_time(&samples, start);
+        println!(
+            "lease/health: node 1 stopped leading {} ms after reporting unhealthy; seat 2 led {:.1} s after the report; node 1 cast no ballot while unhealthy, and led again once healthy; 0 of {} samples with two leaders",
+            stepped_down.as_millis(),
+            secs(replaced),
+            samples.0.len()
+        );
+    });
+}
+
+#[test]
+fn a_leader_whose_health_check_fails_steps_down_and_is_replaced() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("lease/health-cmd");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let down = dir.path().join("down");
+    let check = format!("test ! -e {}", down.display());
+    let agents = mesh_led_by_seat_1(&cluster, |i| match i {
+        1 => vec![
+            "--health-cmd".into(),
+            check.clone(),
+            "--health-interval-ms".into(),
+            "300".into(),
+        ],
+        _ => Vec::new(),
+    });
+    steps.step("mesh up, seat 1 leads; node 1 checks its service with --health-cmd");
+
+    std::fs::write(&down, b"").expect("mark the service down");
+    let marked = Instant::now();
+    wait_node_1_steps_down(&agents, Duration::from_secs(3), Duration::from_millis(50));
+    let stepped_down = marked.elapsed();
+    let health = agents[0].health();
+    assert!(!health.healthy);
+    assert!(
+        health.reasons.iter().any(|r| r.contains("--health-cmd")),
+        "{health:?}"
+    );
+    assert!(agents[0].metrics().contains("dstack_mesh_healthy 0"));
+    wait_node_2_leads(&agents, "node 2 to lead", LEADER_TIMEOUT + SLACK);
+    steps.step(&format!(
+        "the check fails: node 1 stopped leading after {:.0} ms (two failed checks 300 ms apart); seat 2 leads {:.1} s after",
+        stepped_down.as_millis(),
+        secs(marked.elapsed())
+    ));
+    std::fs::remove_file(&down).expect("mark the service up");
+    wait_until(
+        "node 1 to be healthy again",
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        || agents[0].leader().is_ok_and(|l| l.healthy),
+        || agents[0].tail(),
+    );
+    steps.step("the check passes again: node 1 is healthy");
+}
+
+#[test]
+fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("lease/late-join");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy_seats(&lan, NODES - 1);
+    let timeout = LEADER_TIMEOUT.as_secs().to_string();
+    let with_timeout = Agent::builder(&cluster).flags(["--leader-timeout", timeout.as_str()]);
+    let mut agents: Vec<Agent<'_>> = (1..NODES).map(|i| with_timeout.start(i)).collect();
+    for a in &mut agents {
+        a.wait_ready(60);
+    }
+    wait_until(
+        "seat 1 to lead",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || says_it_leads(&agents[0]),
+        || statuses(&agents),
+    );
+    let mut late = with_timeout.start(NODES);
+    std::thread::sleep(LEADER_TIMEOUT + Duration::from_secs(1));
+    steps.step("seat 1 leads; node 3 has run for longer than the leader timeout without a seat");
+
+    cluster.mint(NODES);
+    late.wait_ready(60);
+    wait_until(
+        "node 3 to see seat 1 lead, fresh",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            late.leader()
+                .is_ok_and(|l| l.token_id == Some(1) && l.state == mesh_api::Freshness::Current)
+        },
+        || late.tail(),
+    );
+    // A ballot from a silence counted since the agent started would be cast within a heartbeat or two of
+    // registering; three seconds is several of them.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        votes_and_elections(&late),
+        0,
+        "node 3 voted against a leader it had only just begun to hear:\n{}",
+        late.tail()
+    );
+    assert!(says_it_leads(&agents[0]), "{}", statuses(&agents));
+    steps.step("node 3 joined and cast no ballot; seat 1 still leads");
+}

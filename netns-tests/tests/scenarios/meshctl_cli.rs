@@ -1,0 +1,498 @@
+//! meshctl against a real anvil: each command's effect on-chain, its --json shape, and its errors.
+//!
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios meshctl_cli:: -- --nocapture` (anvil comes from `scripts/bootstrap`, or set ANVIL).
+
+use alloy::node_bindings::AnvilInstance;
+use alloy::primitives::{Address, B256, address};
+use netns_tests::chain::{mined_tx, wallet};
+use netns_tests::meshctl::{APP_ID, Instance, Meshctl, Run, anvil};
+
+/// A KMS root no instance here derives its keys from: for clusters whose seats no instance binds.
+const UNUSED_KMS_ROOT: Address = address!("000000000000000000000000000000000000dEaD");
+
+/// An instance, and meshctl with a cluster deployed for its KMS root whose seat 1 is bound to it
+/// ([`Meshctl::deploy_with_seat`]); the cluster's address.
+async fn seat_1_bound(anvil: &AnvilInstance) -> (Instance, Meshctl<'_>, Address) {
+    let node = Instance::start("node-1").await;
+    let mut m = Meshctl::new(anvil);
+    let contract = m.deploy_with_seat(&node).await;
+    (node, m, contract)
+}
+
+/// `meshctl bind --token 1 --binding <binding>`, sent by seat 1's holder (account 1).
+fn bind_seat_1(m: &Meshctl<'_>, binding: &str) -> Run {
+    m.run(Some(1), &["bind", "--token", "1", "--binding", binding])
+}
+
+/// deploy → mint → bind → config → revoke, each visible on-chain through `config show`.
+#[test]
+fn owner_lifecycle_changes_the_chain() {
+    let anvil = anvil();
+    let mut m = Meshctl::new(&anvil);
+    let contract = m.deploy(UNUSED_KMS_ROOT);
+
+    let holder = m.address(1).to_string();
+    let minted = m
+        .run(Some(0), &["mint", "--to", &holder, "--json"])
+        .ok()
+        .json();
+    assert_eq!(minted["tokenId"], 1);
+    assert_eq!(minted["overlayIp"], "10.0.1.1");
+    assert!(minted["receipt"]["tx"].as_str().unwrap().starts_with("0x"));
+
+    // A seat is bound only with a binding the instance made: there is no way to name an instance alone.
+    let refused = m.run(Some(1), &["bind", "--token", "1", "--json"]).failed();
+    assert!(refused.stderr.contains("--binding"), "{}", refused.stderr);
+
+    m.run(
+        Some(0),
+        &[
+            "config",
+            "set",
+            "--max-nodes",
+            "5",
+            "--production",
+            "true",
+            "--add-base-domain",
+            "phala.network",
+        ],
+    )
+    .ok();
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    let address = |v: &serde_json::Value| v.as_str().unwrap().parse::<Address>().unwrap();
+    assert_eq!(address(&config["contract"]), contract);
+    assert_eq!(address(&config["kmsRoot"]), UNUSED_KMS_ROOT);
+    assert_eq!(config["maxNodes"], "5");
+    assert_eq!(config["productionMode"], true);
+    assert_eq!(config["baseDomains"][0], "phala.network");
+    assert_eq!(config["activeSeats"], "1");
+    assert_eq!(config["prefix"], "10.0.1.0/24");
+
+    // The holder takes the seat out and brings it back.
+    let out = m
+        .run(Some(1), &["deactivate", "--token", "1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(out["active"], false);
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(
+        config["activeSeats"], "0",
+        "a deactivated seat does not count"
+    );
+    m.run(Some(1), &["activate", "--token", "1"]).ok();
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(config["activeSeats"], "1");
+
+    let refused = m.run(Some(0), &["revoke", "--token", "1"]).failed();
+    assert!(refused.stderr.contains("pass --yes"), "{}", refused.stderr);
+    m.run(Some(0), &["revoke", "--token", "1", "--yes"]).ok();
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(config["activeSeats"], "0");
+    let next = m
+        .run(Some(0), &["mint", "--to", &holder, "--json"])
+        .ok()
+        .json();
+    assert_eq!(next["tokenId"], 2, "ids are never reissued");
+}
+
+/// A holder binds its seat with the node's binding; it works for that seat and holder only, each mismatch
+/// refused before anything is sent; a binding whose evidence names another instance is refused too.
+#[tokio::test(flavor = "multi_thread")]
+async fn holder_binds_with_the_nodes_binding() {
+    let anvil = anvil();
+    let node = Instance::start("node-1").await;
+    let mut m = Meshctl::new(&anvil);
+    m.deploy(node.kms_root);
+    m.run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .ok();
+    m.run(Some(0), &["mint", "--to", &m.address(2).to_string()])
+        .ok();
+    let file = m.binding_file(&node, 1, m.address(1)).await;
+    let file = file.to_str().unwrap();
+
+    // On another seat, the binding is refused before anything is sent.
+    let out = m
+        .run(Some(2), &["bind", "--token", "2", "--binding", file])
+        .failed();
+    out.stderr_says("the binding is for seat 1, not seat 2");
+    // Sent by someone who does not hold the seat, the contract refuses it.
+    let out = m
+        .run(Some(2), &["bind", "--token", "1", "--binding", file])
+        .failed();
+    out.stderr_says("does not hold seat 1");
+
+    // Its evidence swapped for another instance's genuine evidence: refused off-chain, as agents would
+    // refuse it, naming both instances.
+    let other = Instance::start("node-2").await;
+    let mut forged: mesh_chain::record::NodeBinding =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    forged.evidence = other
+        .binding(1, m.address(1), anvil.chain_id(), m.contract.unwrap())
+        .await
+        .evidence;
+    let dir = tempfile::tempdir().unwrap();
+    let forged_file = dir.path().join("forged.json");
+    std::fs::write(&forged_file, serde_json::to_string(&forged).unwrap()).unwrap();
+    let out = bind_seat_1(&m, forged_file.to_str().unwrap()).failed();
+    out.stderr_says(&format!(
+        "the evidence is from instance 0x{} but the seat is bound to instance 0x{}",
+        other.instance_id, node.instance_id
+    ));
+    out.stderr_says("(instance-mismatch)");
+
+    let bound = m
+        .run(
+            Some(1),
+            &["bind", "--token", "1", "--binding", file, "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(bound["instanceId"], node.instance_id);
+    assert_eq!(
+        bound["node"].as_str().unwrap().to_lowercase(),
+        node.identity(0)
+            .await
+            .node
+            .address()
+            .to_string()
+            .to_lowercase()
+    );
+
+    // A binding made for another holder cannot come with a mint to someone else.
+    m.run(Some(0), &["config", "set", "--public-minting", "true"])
+        .ok();
+    let for_holder_1 = m.binding_file(&other, 3, m.address(1)).await;
+    let out = m
+        .run(
+            Some(3),
+            &[
+                "mint",
+                "--to",
+                &m.address(3).to_string(),
+                "--binding",
+                for_holder_1.to_str().unwrap(),
+            ],
+        )
+        .failed();
+    out.stderr_says("holds it (or will receive it)");
+}
+
+/// A registration signed by a simulated instance is relayed, then listed by `peers` with its proof verified.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_registration_is_listed_with_a_verified_proof() {
+    let anvil = anvil();
+    let (node, m, contract) = seat_1_bound(&anvil).await;
+
+    let reg = node
+        .sign(
+            1,
+            B256::repeat_byte(7),
+            "192.0.2.10:51820",
+            1,
+            anvil.chain_id(),
+            contract,
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registration.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&reg).unwrap()).unwrap();
+
+    // A forged copy (endpoint changed after signing) is refused before anything is sent.
+    let mut forged = serde_json::to_value(&reg).unwrap();
+    forged["endpoint"] = "203.0.113.66:51820".into();
+    let forged_file = dir.path().join("forged.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let refused = m
+        .run(Some(2), &["relay", forged_file.to_str().unwrap()])
+        .failed();
+    assert!(
+        refused.stderr.contains("does not verify"),
+        "{}",
+        refused.stderr
+    );
+
+    let relayed = m
+        .run(Some(2), &["relay", file.to_str().unwrap(), "--json"])
+        .ok()
+        .json();
+    assert_eq!(relayed["tokenId"], 1);
+
+    let peers = m.run(None, &["peers", "--json"]).ok().json();
+    let p = &peers["peers"][0];
+    assert_eq!(p["tokenId"], 1);
+    assert_eq!(p["instanceId"], node.instance_id);
+    assert_eq!(p["overlayIp"], "10.0.1.1");
+    assert_eq!(p["endpoint"], "192.0.2.10:51820");
+    assert_eq!(
+        p["wgPublicKey"],
+        "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
+    );
+    assert_eq!(p["proofVerified"], true, "{peers}");
+    let text = m.run(None, &["peers"]).ok().stdout;
+    assert!(text.contains("10.0.1.1") && text.contains(" ok "), "{text}");
+
+    // The same registration again is a replay: the contract's reason comes back in words.
+    let replay = m.run(Some(2), &["relay", file.to_str().unwrap()]).failed();
+    assert!(
+        replay
+            .stderr
+            .contains("nonce 1 is not above seat 1's last nonce 1"),
+        "{}",
+        replay.stderr
+    );
+}
+
+/// `fund` moves ETH and reports the new balance.
+#[test]
+fn fund_sends_eth() {
+    let anvil = anvil();
+    let m = Meshctl::new(&anvil);
+    let to = "0x9087e5b4fa2b87c53a10f6459f7ff84f590bba0c";
+    let out = m
+        .run(Some(0), &["fund", to, "--amount", "0.25", "--json"])
+        .ok()
+        .json();
+    assert_eq!(out["balanceEth"], "0.250000000000000000");
+}
+
+/// Leader election through the CLI: elect, vote, and the state `leader show` reports.
+#[test]
+fn leader_election_through_the_cli() {
+    let anvil = anvil();
+    let mut m = Meshctl::new(&anvil);
+    m.deploy(UNUSED_KMS_ROOT);
+    for i in 1..=3 {
+        m.run(Some(0), &["mint", "--to", &m.address(i).to_string()])
+            .ok();
+    }
+    m.run(Some(3), &["leader", "elect", "--token", "3"]).ok();
+    let shown = m.run(None, &["leader", "show", "--json"]).ok().json();
+    assert_eq!(shown["leaderTokenId"], 1);
+    assert_eq!(shown["threshold"], 2);
+    m.run(
+        Some(2),
+        &["leader", "vote", "--token", "2", "--against", "1"],
+    )
+    .ok();
+    m.run(
+        Some(3),
+        &["leader", "vote", "--token", "3", "--against", "1"],
+    )
+    .ok();
+    let shown = m.run(None, &["leader", "show", "--json"]).ok().json();
+    assert_eq!(
+        shown["leaderTokenId"], 2,
+        "two of three votes replace seat 1: {shown}"
+    );
+    assert_eq!(shown["seats"][0]["votesAgainst"], 2);
+}
+
+/// Boots are judged as dstack's KMS would: allowed once the compose hash is, refused with the reason before.
+#[test]
+fn app_auth_check_judges_a_boot() {
+    let anvil = anvil();
+    let mut m = Meshctl::new(&anvil);
+    m.deploy(UNUSED_KMS_ROOT);
+    let compose = "ea549f02e1a25fabd1cb788380e033ec5461b2ffe4328d753642cf035452e48b";
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot.json");
+    std::fs::write(
+        &boot,
+        serde_json::json!({
+            "appId": APP_ID, "composeHash": compose, "instanceId": "59df8036b824b0aac54f8998b9e1fb2a0cfc5d3a",
+            "deviceId": "00", "mrAggregated": "", "mrSystem": "", "osImageHash": "", "tcbStatus": "UpToDate", "advisoryIds": []
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let check = || {
+        m.run(
+            None,
+            &["app-auth", "check", boot.to_str().unwrap(), "--json"],
+        )
+    };
+    let refused = check().failed().json();
+    assert_eq!(refused["isAllowed"], false);
+    assert_eq!(refused["reason"], "Compose hash not allowed");
+    m.run(
+        Some(0),
+        &["app-auth", "allow-compose", &format!("0x{compose}")],
+    )
+    .ok();
+    let allowed = check().ok().json();
+    assert_eq!(allowed["isAllowed"], true);
+}
+
+/// Deploys raw init code from anvil account 9 and returns the new contract's address.
+async fn deploy_bytecode(anvil: &AnvilInstance, code: &str) -> Address {
+    use alloy::network::TransactionBuilder;
+    let tx = alloy::rpc::types::TransactionRequest::default()
+        .with_deploy_code(alloy::hex::decode(code).unwrap());
+    let receipt = mined_tx(&wallet(anvil, 9), tx).await;
+    receipt.contract_address.expect("a contract was created")
+}
+
+/// Errors name what is wrong and what to do; exit codes are non-zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_clear_and_fail_the_exit_code() {
+    let anvil = anvil();
+    let mut m = Meshctl::new(&anvil);
+
+    // No signer.
+    let out = m
+        .run(
+            None,
+            &[
+                "deploy",
+                "--kms-root",
+                &UNUSED_KMS_ROOT.to_string(),
+                "--app-id",
+                APP_ID,
+            ],
+        )
+        .failed();
+    out.stderr_says("needs a signer");
+
+    // An address with no code, detected before sending.
+    m.contract = Some(m.address(5));
+    let out = m
+        .run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .failed();
+    out.stderr_says("no contract at");
+
+    // A contract that is not a cluster, detected before sending: it answers 42 to every call.
+    let other = deploy_bytecode(&anvil, "0x600a600c600039600a6000f3602a60005260206000f3").await;
+    m.contract = Some(other);
+    let out = m
+        .run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .failed();
+    out.stderr_says("is not a DstackClusterNFT cluster");
+
+    // A revert, decoded with its hint.
+    m.deploy(UNUSED_KMS_ROOT);
+    let out = m
+        .run(Some(4), &["mint", "--to", &m.address(4).to_string()])
+        .failed();
+    out.stderr_says("may not mint");
+    assert!(
+        out.stderr.contains("public-minting"),
+        "hint: {}",
+        out.stderr
+    );
+    m.run(Some(0), &["mint", "--to", &m.address(1).to_string()])
+        .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{\"instance_id\": \"node-1\"}").unwrap();
+    let out = bind_seat_1(&m, garbage.to_str().unwrap()).failed();
+    out.stderr_says("the binding is not what `p2p-agent identity --bind-token` prints");
+    let out = bind_seat_1(&m, "/nonexistent/binding.json").failed();
+    out.stderr_says("/nonexistent/binding.json");
+}
+
+/// A seat whose record does not verify off-chain (here an RPC serves its event with the record signature
+/// re-encoded, as a contract that accepted both encodings stored it) makes `peers` fail, naming the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
+    let anvil = anvil();
+    let (node, m, contract) = seat_1_bound(&anvil).await;
+    node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
+        .await;
+    m.run(None, &["peers"]).ok();
+
+    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    netns_tests::rpc_proxy::reencode_record_signatures(&proxy, "re-encode", |_| true);
+    let out = m.run_via(proxy.url(), None, &["peers"]).failed();
+    for want in [
+        "FAILED",
+        "v must be 27 or 28",
+        "fix: every agent refuses seat 1's record",
+        "p2p-agent register",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} in:\n{}", out.stdout);
+    }
+    let json = m
+        .run_via(proxy.url(), None, &["peers", "--json"])
+        .failed()
+        .json();
+    assert_eq!(json["peers"][0]["proofVerified"], false);
+    assert!(
+        json["peers"][0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("next nonce")
+    );
+}
+
+/// The older variable names (`RPC_URL`, `CLUSTER_CONTRACT`, `PRIVATE_KEY`, …) still work; set beside their
+/// `DSTACK_MESH_*` name with another value, they are refused before anything is sent, naming both and not
+/// the values.
+#[test]
+fn older_environment_names_still_work_and_conflicts_are_refused() {
+    let anvil = anvil();
+    let mut m = Meshctl::new(&anvil);
+    let contract = m.deploy(UNUSED_KMS_ROOT);
+    let key = alloy::hex::encode(anvil.keys()[0].to_bytes());
+    let older = Meshctl::new(&anvil);
+    // Everything under the older names only: the RPC, the cluster and the signer.
+    let out = older
+        .run_with(
+            &anvil.endpoint(),
+            None,
+            &["mint", "--to", &m.address(1).to_string(), "--json"],
+            &[
+                ("DSTACK_MESH_RPC_URL", None),
+                ("RPC_URL", Some(&anvil.endpoint())),
+                ("CLUSTER_CONTRACT", Some(&contract.to_string())),
+                ("PRIVATE_KEY", Some(&key)),
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(out["tokenId"].as_u64(), Some(1), "{out}");
+
+    // Two names of one variable that disagree.
+    m.contract = Some(contract);
+    let out = m
+        .run_with(
+            &anvil.endpoint(),
+            Some(0),
+            &["mint", "--to", &m.address(2).to_string()],
+            &[("PRIVATE_KEY", Some("0x0123-a-secret"))],
+        )
+        .failed();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("PRIVATE_KEY and DSTACK_MESH_PRIVATE_KEY are both set")
+            && !out.stderr.contains("a-secret"),
+        "{}",
+        out.stderr
+    );
+    let config = m.run(None, &["config", "show", "--json"]).ok().json();
+    assert_eq!(config["lastTokenId"], "1", "nothing was minted: {config}");
+}
+
+/// `--version` says which code runs: the version and the commit both binaries were built from.
+#[test]
+fn both_binaries_name_the_commit_they_were_built_from() {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git, to read the commit under test");
+    assert!(out.status.success(), "git rev-parse failed: {out:?}");
+    let head = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    for bin in ["p2p-agent", "meshctl"] {
+        let out = std::process::Command::new(netns_tests::process::workspace_bin(bin))
+            .arg("--version")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            shown.trim(),
+            format!("{bin} {} (commit {head})", env!("CARGO_PKG_VERSION")),
+            "{bin} --version"
+        );
+    }
+}

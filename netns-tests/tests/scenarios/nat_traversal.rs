@@ -1,0 +1,415 @@
+//! Direct paths between nodes behind NATs, by STUN and hole punching, with the relay as the fallback; and the
+//! tunnel's MTU on a path that carries less than Ethernet.
+//!
+//! Real NATs, real servers: each node sits behind slirp4netns (the user-mode NAT of QEMU, which dstack's CVMs
+//! sit behind) or an nftables router of one of four kinds, on "hosts" joined by the switch's bridge, the
+//! "internet"; coturn answers STUN there, and nginx stands in for the dstack gateway. No node registers an
+//! endpoint: none knows its public address.
+//!
+//! 1. Two nodes behind slirp4netns meet on the relay, punch through, and end up `punched`, the relay used only
+//!    until then; when one NAT restarts (a new mapping), the pair gets a direct path back, or keeps its
+//!    session on the relay meanwhile.
+//! 2. Eight nodes, two behind each kind of NAT: every pair the measured matrix says can punch ends up
+//!    `punched`, and the others stay on the relay, each saying why (the two symmetric NATs are not even
+//!    tried).
+//! 3. A node behind a link of 1,280 bytes: a bulk transfer stalls at the default MTU and the agent's log says
+//!    why and what to do; with `--mtu 1200` it completes.
+//!
+//! Run as root, after building the binaries it runs (this crate's tests do not build them):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test scenarios nat_traversal:: -- --nocapture
+//! ```
+//!
+//! Needs what `tests/scenarios/relay.rs` needs, plus `slirp4netns` and `turnserver` (coturn).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use mesh_api::Path;
+use netns_tests::prelude::*;
+use netns_tests::uplink::{NatKind, StunServer, Uplink, expected_to_punch};
+
+const RELAY_PORT: u16 = 51820;
+
+/// Nodes that know no public address of their own: they register none.
+fn behind_nat(i: usize) -> AgentConfig {
+    AgentConfig {
+        endpoint: None,
+        ..AgentConfig::lan(i)
+    }
+}
+
+/// A node-wide relay counter from the agent's metrics.
+fn relay_bytes(a: &Agent<'_>) -> u64 {
+    [
+        "dstack_mesh_relay_tx_bytes_total ",
+        "dstack_mesh_relay_rx_bytes_total ",
+    ]
+    .iter()
+    .map(|name| {
+        a.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
+}
+
+#[test]
+fn two_nodes_behind_slirp_punch_a_direct_path_and_use_the_relay_only_until_then() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["nft", "nginx", "slirp4netns", "turnserver"]);
+    let steps = Steps::new("slirp");
+    let lan = Lan::with_uplinks(&[Uplink::Slirp, Uplink::Slirp]);
+    let stun = StunServer::start(&lan.switch, "br0");
+    let cluster = Cluster::deploy(&lan);
+    let gateway = Gateway::for_cluster(&cluster, RELAY_PORT);
+    steps
+        .step("two nodes behind slirp4netns, coturn and the gateway on the internet; agents start");
+
+    let started = SystemTime::now();
+    let builder = Agent::builder(&cluster)
+        .config(behind_nat)
+        .flags(gateway.agent_flags())
+        .flags(stun.agent_flags());
+    let mut agents = builder.start_all(1..=2);
+    wait_until(
+        "nodes 1 and 2 to punch a direct path to each other",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            [path_to(&agents[0], 2), path_to(&agents[1], 1)]
+                .iter()
+                .all(|p| matches!(p, Some((Path::Punched, _))))
+        },
+        || {
+            format!(
+                "{}{}\n{}",
+                path_table(&agents),
+                tails(&agents),
+                gateway.log_tail()
+            )
+        },
+    );
+    // From each agent's log: it met the other on the relay first (neither knows the other's address until
+    // they talk), and punched after.
+    let since = |t: SystemTime| t.duration_since(started).unwrap_or_default();
+    for a in &agents {
+        let relayed = a
+            .first_logged("path.relay")
+            .unwrap_or_else(|| panic!("node {} never used the relay\n{}", a.index, a.tail()));
+        let punched = a.first_logged("path.punched").expect("punched");
+        assert!(relayed <= punched, "node {}: relay, then punched", a.index);
+        println!(
+            "node {}: on the relay {:.2?} after the agents started, punched {:.2?} after (the relay carried {:.2?})",
+            a.index,
+            since(relayed),
+            since(punched),
+            punched.duration_since(relayed).unwrap_or_default()
+        );
+    }
+    let punched_at = agents
+        .iter()
+        .filter_map(|a| a.first_logged("path.punched"))
+        .map(since)
+        .max()
+        .expect("both punched");
+    assert_pings(&agents, 1, 2);
+    assert_pings(&agents, 2, 1);
+
+    let (status, peers) = agents[0].status();
+    let nat = status.nat.expect("node 1's NAT");
+    assert_eq!(
+        nat.mapping, "endpoint-independent",
+        "slirp4netns maps a socket to one host port for every destination: {nat:?}"
+    );
+    let public = nat.mapped.first().expect("a public mapping");
+    assert!(
+        public.starts_with(&format!("{}:", lan_ip(1))) && !public.ends_with(":51820"),
+        "node 1 is seen at its host's address, on a port slirp4netns chose: {public}"
+    );
+    let two = peers.iter().find(|p| p.token_id == 2).expect("seat 2");
+    assert!(
+        two.candidates
+            .iter()
+            .any(|c| c.source == "stun" && c.address.starts_with(&format!("{}:", lan_ip(2)))),
+        "node 2 published its STUN mapping: {:?}",
+        two.candidates
+    );
+    assert!(
+        two.endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with(&format!("{}:", lan_ip(2)))),
+        "node 1 reaches node 2 at node 2's public mapping: {:?}",
+        two.endpoint
+    );
+    let shown = agents[0].ns().exec_ok(&[
+        &workspace_bin("meshctl").display().to_string(),
+        "status",
+        "--api-socket",
+        &agents[0].api_socket.display().to_string(),
+    ]);
+    assert!(
+        shown.contains(" punched ") && shown.contains("nat mapping endpoint-independent"),
+        "meshctl status shows the punched path and the NAT:\n{shown}"
+    );
+    steps.step(&format!(
+        "punched {punched_at:.2?} after the agents started; node 1 is seen at {public}"
+    ));
+
+    // Once punched, the relay carries nothing more: 100 pings each way go over UDP.
+    let before: Vec<u64> = agents.iter().map(relay_bytes).collect();
+    for (from, to) in [(1, 2), (2, 1)] {
+        let (sent, got) = ping(
+            lan.node(from),
+            overlay_ip(to),
+            100,
+            Duration::from_millis(10),
+        );
+        assert_eq!(got, sent, "node {from} -> {to} over the punched path");
+    }
+    let after: Vec<u64> = agents.iter().map(relay_bytes).collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            a - b < 2_000,
+            "node {}'s relay carried {} bytes during 200 pings over the punched path",
+            i + 1,
+            a - b
+        );
+    }
+    steps.step("the relay carried nothing while 200 pings crossed the punched path");
+    // The restart below cuts node 1's connections too, the RPC's among them, which it rightly warns of.
+    assert_no_warnings(&agents);
+
+    // The NAT in front of node 1 restarts: node 1's sockets get new host ports.
+    let ping = BackgroundPing::start(lan.node(2), overlay_ip(1), 600, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_secs(1));
+    let remapped = Instant::now();
+    lan.restart_slirp(1);
+    let mut recovered = None;
+    wait_until(
+        "the pair to get a working path back after node 1's NAT restarted",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let fresh = agents[0].peer(2).is_some_and(|p| p.healthy)
+                && agents[1].peer(1).is_some_and(|p| p.healthy);
+            let udp = matches!(
+                path_to(&agents[1], 1),
+                Some((Path::Punched | Path::Direct, _))
+            ) && matches!(
+                path_to(&agents[0], 2),
+                Some((Path::Punched | Path::Direct, _))
+            );
+            let reached = replies(&agents, 2, 1) == 3;
+            if fresh && reached && recovered.is_none() {
+                recovered = Some((remapped.elapsed(), path_to(&agents[1], 1)));
+            }
+            fresh && udp && reached
+        },
+        || format!("{}{}", path_table(&agents), tails(&agents)),
+    );
+    let direct_again = remapped.elapsed();
+    let (sent, received, _) = ping.interrupt();
+    println!(
+        "node 1's NAT restarted: reached again after {:?} on {:?}, direct again after {direct_again:.2?}; \
+         pings from node 2 meanwhile: {sent} sent, {} lost",
+        recovered.as_ref().map(|r| r.0),
+        recovered.as_ref().and_then(|r| r.1.as_ref().map(|p| p.0)),
+        sent - received
+    );
+    let mut now_public = Vec::new();
+    wait_until(
+        "node 1 to learn its new mapping",
+        Duration::from_secs(40),
+        Duration::from_millis(200),
+        || {
+            now_public = agents[0]
+                .status()
+                .0
+                .nat
+                .map(|n| n.mapped)
+                .unwrap_or_default();
+            !now_public.is_empty() && !now_public.contains(public)
+        },
+        || agents[0].tail(),
+    );
+    let learnt = remapped.elapsed();
+    steps.step(&format!(
+        "node 1 remapped from {public} to {now_public:?} (learnt after {learnt:.2?}): direct again after \
+         {direct_again:.2?}, the same tunnel throughout"
+    ));
+    for a in &mut agents {
+        a.stop();
+    }
+}
+
+#[test]
+fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["nft", "nginx", "turnserver"]);
+    let steps = Steps::new("nat-matrix");
+    let kinds: Vec<NatKind> = NatKind::ALL.iter().flat_map(|&k| [k, k]).collect();
+    let uplinks: Vec<Uplink> = kinds.iter().map(|&k| Uplink::nat(k)).collect();
+    let lan = Lan::with_uplinks(&uplinks);
+    let stun = StunServer::start(&lan.switch, "br0");
+    let cluster = Cluster::deploy(&lan);
+    let gateway = Gateway::for_cluster(&cluster, RELAY_PORT);
+    steps.step("eight nodes, two behind each kind of NAT; agents start");
+
+    let agents = Agent::builder(&cluster)
+        .config(behind_nat)
+        .flags(gateway.agent_flags())
+        .flags(stun.agent_flags())
+        .start_all(1..=kinds.len());
+    let kind = |i: usize| kinds[i - 1];
+    let pairs: Vec<(usize, usize)> = (1..=kinds.len())
+        .flat_map(|a| (a + 1..=kinds.len()).map(move |b| (a, b)))
+        .collect();
+    let started = Instant::now();
+    let settled = |a: usize, b: usize| {
+        let want = if expected_to_punch(kind(a), kind(b)) {
+            Path::Punched
+        } else {
+            Path::Relay
+        };
+        [path_to(&agents[a - 1], b), path_to(&agents[b - 1], a)]
+            .iter()
+            .all(|p| p.as_ref().is_some_and(|(path, _)| *path == want))
+            && agents[a - 1].peer(b as u64).is_some_and(|p| p.healthy)
+    };
+    wait_until(
+        "every pair that can punch to be punched, and every other on the relay",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || pairs.iter().all(|&(a, b)| settled(a, b)),
+        || format!("{}{}", path_table(&agents), tails(&agents)),
+    );
+    println!(
+        "the matrix settled {:.2?} after the agents were ready",
+        started.elapsed()
+    );
+    // Long enough for a pair that should not punch to have tried (and for one that did to have wobbled).
+    std::thread::sleep(Duration::from_secs(12));
+    // What was seen, kind against kind: one pair of nodes for each cell.
+    let mut table = String::from(
+        "| | full-cone | address-restricted | port-restricted | symmetric |\n|---|---|---|---|---|\n",
+    );
+    for ka in NatKind::ALL {
+        table.push_str(&format!("| {} |", ka.as_str()));
+        for kb in NatKind::ALL {
+            let (a, b) = (1..=kinds.len())
+                .flat_map(|a| (1..=kinds.len()).map(move |b| (a, b)))
+                .find(|&(a, b)| a != b && kind(a) == ka && kind(b) == kb)
+                .expect("two nodes of each kind");
+            let seen = path_to(&agents[a - 1], b).map_or("absent", |(p, _)| p.as_str());
+            table.push_str(&format!(" {seen} |"));
+        }
+        table.push('\n');
+    }
+    for &(a, b) in &pairs {
+        assert!(
+            settled(a, b),
+            "{} ({}) and {} ({}) moved off what the matrix says\n{}",
+            a,
+            kind(a).as_str(),
+            b,
+            kind(b).as_str(),
+            path_table(&agents)
+        );
+        if expected_to_punch(kind(a), kind(b)) {
+            continue;
+        }
+        let (_, why) = path_to(&agents[a - 1], b).expect("a path");
+        let why = why.unwrap_or_default();
+        let both_symmetric = kind(a) == NatKind::Symmetric && kind(b) == NatKind::Symmetric;
+        if both_symmetric {
+            assert!(
+                why.contains("symmetric") && why.contains("no candidate can work"),
+                "two symmetric NATs are not tried, and the reason says so: {why}"
+            );
+            assert_eq!(
+                agents[a - 1].peer(b as u64).map(|p| p.punch_attempts),
+                Some(0),
+                "not even tried"
+            );
+        } else {
+            assert!(
+                why.contains("with no answer over UDP") || why.contains("no answer over UDP from"),
+                "a pair that cannot punch says it was tried without an answer: {why}"
+            );
+        }
+    }
+    for &(a, b) in &[(1, 8), (3, 5), (7, 8), (5, 6)] {
+        assert_pings(&agents, a, b);
+    }
+    println!("{table}");
+    steps.step(
+        "every pair where the measured matrix says punched is punched; the rest relay and say why",
+    );
+    assert_no_warnings(&agents);
+}
+
+#[test]
+fn a_path_smaller_than_the_tunnel_is_named_in_the_log_and_a_smaller_mtu_carries_bulk_data() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["nft"]);
+    let steps = Steps::new("mtu");
+    let lan = Lan::with_uplinks(&[
+        Uplink::Switch,
+        Uplink::Nat {
+            kind: NatKind::FullCone,
+            mtu: 1280,
+        },
+    ]);
+    let cluster = Cluster::deploy(&lan);
+    // Node 2's full cone keeps its WireGuard port: it registers its public address as any forwarded host.
+    let builder = Agent::builder(&cluster);
+    let (mut agents, _) = builder.mesh(1..=2);
+    steps.step("node 2 behind a link of 1,280 bytes; the mesh is up at the default MTU (1420)");
+
+    let stalled = netns_tests::transfer::tcp_transfer_within(
+        lan.node(1),
+        lan.node(2),
+        overlay_ip(2),
+        4 << 20,
+        Duration::from_secs(8),
+    );
+    let why = stalled.expect_err("full-size packets cannot cross a 1,280-byte link with DF set");
+    println!("at MTU 1420: {why}");
+    wait_until(
+        "node 1 to log that the path to node 2 is too small, and what to do",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            agents[0].warnings().iter().any(|w| {
+                w.contains("carries at most 1280 bytes")
+                    && w.contains("--mtu 1220")
+                    && w.contains("ICMP")
+            })
+        },
+        || agents[0].tail(),
+    );
+    let line = agents[0]
+        .warnings()
+        .into_iter()
+        .find(|w| w.contains("--mtu 1220"))
+        .expect("the warning");
+    steps.step(&format!("node 1 says: {line}"));
+
+    for a in &mut agents {
+        a.restart(&["--mtu", "1200"]);
+    }
+    for a in &mut agents {
+        a.wait_ready(60);
+    }
+    let took =
+        netns_tests::transfer::tcp_transfer(lan.node(1), lan.node(2), overlay_ip(2), 16 << 20);
+    steps.step(&format!(
+        "with --mtu 1200: 16 MiB crossed intact in {took:.2?}"
+    ));
+    for a in &mut agents {
+        a.stop();
+    }
+}

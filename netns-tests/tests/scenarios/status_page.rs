@@ -1,0 +1,164 @@
+//! The agent's status page (`GET /`) in a real headless Chromium (Debian's), driven by playwright-core from
+//! `netns-tests/browser/status_page.mjs` inside node 1's namespace: the page lists every seat and names the
+//! leader and its term as the API does, read from the DOM; the owner revokes seat 3 and its row leaves the
+//! table without a reload (one navigation in all); and the page is served as HTML under a policy that lets
+//! it load nothing from elsewhere. The screenshot it saves is the one the README shows.
+//!
+//! Run as root, after building the binaries it runs and `scripts/bootstrap` (chromium, playwright-core):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test scenarios status_page:: -- --nocapture
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use netns_tests::prelude::*;
+use netns_tests::process::require_root;
+use serde_json::Value;
+
+const NODES: usize = 3;
+const API: &str = "127.0.0.1:8000";
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The seats of the table's rows, in order.
+fn seats(stage: &Value) -> Vec<String> {
+    stage["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["seat"].as_str().expect("a seat").to_owned())
+        .collect()
+}
+
+/// The text of the cells of seat `seat`'s row.
+fn row(stage: &Value, seat: &str) -> Vec<String> {
+    stage["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["seat"] == seat)
+        .unwrap_or_else(|| panic!("no row for seat {seat}: {stage}"))["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .map(|c| c.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn stage(page: &App, name: &str) -> Value {
+    page.json_lines()
+        .into_iter()
+        .find(|v| v["stage"] == name)
+        .unwrap_or_else(|| panic!("no {name} stage\n{}", page.tail()))
+}
+
+#[test]
+fn the_status_page_shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_without_a_reload() {
+    require_mesh_prerequisites();
+    require_root(&["chromium", "curl"]);
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (scripts/bootstrap does), or set CHROMIUM"
+    );
+    let steps = Steps::new("status_page");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy_seats(&lan, NODES);
+    let (agents, _) = Agent::builder(&cluster)
+        .flags(["--api-listen", API])
+        .mesh(1..=NODES);
+    wait_until(
+        "a node to hold the leader's lease",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || agents.iter().any(|a| a.leader().is_ok_and(|l| l.is_self)),
+        || tails(&agents),
+    );
+    steps.step("three nodes meshed, one leading; each serves its API on loopback");
+
+    let headers = lan
+        .node(1)
+        .exec_ok(&[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("http://{API}/"),
+        ])
+        .to_ascii_lowercase();
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(headers.contains("content-type: text/html"), "{headers}");
+    assert!(
+        headers.contains("content-security-policy: default-src 'none'; script-src 'sha256-"),
+        "{headers}"
+    );
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let shot_arg = shot.to_str().expect("utf-8 path").to_owned();
+    let url = format!("http://{API}/");
+    let mut page = App::start(
+        lan.node(1),
+        "netns-tests/browser/status_page.mjs",
+        &[
+            "--url",
+            &url,
+            "--seats",
+            "1,2,3",
+            "--gone",
+            "3",
+            "--screenshot",
+            &shot_arg,
+            "--timeout",
+            &BROWSER_TIMEOUT.as_secs().to_string(),
+        ],
+        agents[0].api_socket(),
+        &[],
+    );
+    page.wait_for("\"stage\":\"loaded\"", BROWSER_TIMEOUT);
+    let loaded = stage(&page, "loaded");
+    assert_eq!(seats(&loaded), ["1", "2", "3"], "{loaded}");
+    let leader = agents[0].leader().expect("node 1's leader");
+    assert_eq!(
+        loaded["leader"]["seat"],
+        leader.token_id.expect("a leader").to_string(),
+        "the page names the leader the API names: {loaded}"
+    );
+    assert_eq!(
+        loaded["leader"]["term"],
+        leader.term.expect("a term").to_string(),
+        "{loaded}"
+    );
+    assert_eq!(row(&loaded, "1")[2], "this node", "{loaded}");
+    for seat in ["2", "3"] {
+        let cells = row(&loaded, seat);
+        assert_eq!(cells[1], format!("10.0.1.{seat}"), "{loaded}");
+        assert_eq!(
+            (cells[2].as_str(), cells[3].as_str()),
+            ("up", "direct"),
+            "{loaded}"
+        );
+    }
+    steps.step(&format!(
+        "the page in Chromium lists seats 1 to 3, up and direct, and names seat {} leader at term {}, as the API does",
+        loaded["leader"]["seat"].as_str().unwrap_or("?"),
+        loaded["leader"]["term"].as_str().unwrap_or("?")
+    ));
+
+    cluster.meshctl(0, &["revoke", "--token", "3", "--yes"]);
+    page.wait_for("\"stage\":\"gone\"", BROWSER_TIMEOUT);
+    let gone = stage(&page, "gone");
+    assert_eq!(seats(&gone), ["1", "2"], "{gone}");
+    assert_eq!(gone["navigations"], 1, "the page was reloaded: {gone}");
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    steps.step(&format!(
+        "seat 3 revoked: its row left the page with no reload; screenshot at {}",
+        shot.display()
+    ));
+}
