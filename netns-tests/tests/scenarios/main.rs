@@ -30,6 +30,7 @@ mod meshctl_status;
 mod nat;
 mod nat_traversal;
 mod pending_registration;
+mod postgres;
 mod prometheus;
 mod redis;
 mod relay;

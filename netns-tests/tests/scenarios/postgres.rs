@@ -1,0 +1,565 @@
+//! The PostgreSQL recipe (`examples/postgres`): each node runs Debian's PostgreSQL under
+//! `follow_leader.py`, which makes the on-chain leader's server the primary, under the leader's term, and
+//! the others its replicas over the mesh, with synchronous replication (`ANY 1`).
+//!
+//! One failover, made as hard as it gets for the new leader: seat 2's replica is held back (node 1's
+//! replication traffic to it dropped) while writes go on, so only seat 3 holds the newest acknowledged
+//! ones. Then seat 1's node is cut off the LAN. Seat 2 leads under a new term, catches up from seat 3
+//! before it promotes, and seat 3 follows it: every write acknowledged before the cut is on the new
+//! primary. When seat 1's node comes back, its old primary rejoins as a replica of seat 2 (`pg_rewind`).
+//! Every server's role and term is sampled every 100 ms throughout: never two writable primaries under
+//! the same term, and the old primary stops before the new one takes writes.
+//!
+//! Run as root, after building the binaries it runs and `scripts/bootstrap` (postgresql, the SDK in
+//! `.toolchain/venv`):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test scenarios postgres:: -- --nocapture
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use netns_tests::prelude::*;
+use netns_tests::process::{require_root, run_timeout};
+
+const NODES: usize = 3;
+const LEADER_TIMEOUT: &str = "5";
+const PG_PORT: &str = "5432";
+/// The replication role's password, set on every node as the recipe asks (`allowed_envs`).
+const PASSWORD: &str = "scenario-replication-secret";
+
+/// Node `i`'s PostgreSQL: its data directory and unix socket directory (the file system is shared by the
+/// namespaces, so each server needs a socket directory of its own).
+struct Server {
+    data: PathBuf,
+    socket: PathBuf,
+}
+
+/// Each node's server, stopped (immediately, by the postmaster's PID) when dropped: the sidecar stops its
+/// own on SIGTERM, but not when the test kills it after 3 s, or when it never got to start one.
+struct Servers {
+    nodes: Vec<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl Servers {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // PostgreSQL runs as postgres: it must reach its directories under the test's.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let nodes = (1..=NODES)
+            .map(|i| {
+                let base = dir.path().join(format!("n{i}"));
+                let socket = base.join("sock");
+                std::fs::create_dir_all(&socket).expect("node dir");
+                let out = run_timeout(
+                    &["chown", "-R", "postgres:postgres", path(&base)],
+                    Duration::from_secs(10),
+                );
+                assert!(out.status.success(), "chown to postgres: {out:?}");
+                Server {
+                    data: base.join("data"),
+                    socket,
+                }
+            })
+            .collect();
+        Self { nodes, _dir: dir }
+    }
+
+    fn node(&self, i: usize) -> &Server {
+        &self.nodes[i - 1]
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for s in &self.nodes {
+            let pid = std::fs::read_to_string(s.data.join("postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+            if let Some(pid) = pid {
+                // SIGQUIT: PostgreSQL's immediate shutdown, which ends its children too.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGQUIT,
+                );
+            }
+        }
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `psql -c <sql>` on the server's unix socket as postgres (peer authentication): the last row's fields,
+/// or psql's error. The socket works whatever the node's network, so a cut-off node is still asked.
+fn psql(server: &Server, sql: &str, timeout: Duration) -> Result<Vec<String>, String> {
+    let out = run_timeout(
+        &[
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            path(&server.socket),
+            "-p",
+            PG_PORT,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ],
+        timeout,
+    );
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .split('|')
+            .map(str::to_owned)
+            .collect())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// A server's role as a sample sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Role {
+    /// Takes writes, under `dstack_mesh.term` (none: not set).
+    Primary(Option<u64>),
+    /// In recovery, streaming from `upstream` (none: not streaming).
+    Replica(Option<String>),
+    /// Stopped, starting, or not answering.
+    Down,
+}
+
+fn role(server: &Server) -> Role {
+    let sql = "SELECT pg_is_in_recovery(), coalesce(current_setting('dstack_mesh.term', true), ''), \
+               coalesce((SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming'), '')";
+    match psql(server, sql, Duration::from_secs(5)) {
+        Ok(row) if row.len() == 3 && row[0] == "f" => Role::Primary(row[1].parse().ok()),
+        Ok(row) if row.len() == 3 && row[0] == "t" => {
+            Role::Replica(Some(row[2].clone()).filter(|h| !h.is_empty()))
+        }
+        _ => Role::Down,
+    }
+}
+
+fn roles(servers: &Servers) -> String {
+    (1..=NODES)
+        .map(|i| format!("node {i}: {:?}", role(servers.node(i))))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn is_replica_of(servers: &Servers, i: usize, host: &str) -> bool {
+    role(servers.node(i)) == Role::Replica(Some(host.to_owned()))
+}
+
+/// The rows of table `acked` on node `i`'s server.
+fn rows(servers: &Servers, i: usize) -> Result<Vec<u64>, String> {
+    let out = psql(
+        servers.node(i),
+        "SELECT coalesce(string_agg(n::text, ',' ORDER BY n), '') FROM acked",
+        Duration::from_secs(10),
+    )?;
+    Ok(out
+        .first()
+        .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default())
+}
+
+/// Every server's role asked every `every` until stopped: (when, role) per node.
+struct RoleSampler {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<(Instant, Role)>>>,
+}
+
+impl RoleSampler {
+    fn start(servers: &Servers, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = servers
+            .nodes
+            .iter()
+            .map(|s| {
+                let server = Server {
+                    data: s.data.clone(),
+                    socket: s.socket.clone(),
+                };
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    // Bounded by the stop flag, which the test sets once the old primary has rejoined.
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = Instant::now();
+                        seen.push((at, role(&server)));
+                        std::thread::sleep(every.saturating_sub(at.elapsed()));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    fn stop(self) -> Vec<Vec<(Instant, Role)>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a role sampler panicked"))
+            .collect()
+    }
+}
+
+/// Pairs of samples of two nodes, within 100 ms of each other, both writable under the same term.
+fn same_term_primaries(samples: &[Vec<(Instant, Role)>]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, mine) in samples.iter().enumerate() {
+        for (at, role) in mine {
+            let Role::Primary(term) = role else { continue };
+            for (j, theirs) in samples.iter().enumerate().skip(i + 1) {
+                let near = theirs.iter().find(|(t, r)| {
+                    *r == Role::Primary(*term)
+                        && t.max(at).duration_since(*t.min(at)) <= Duration::from_millis(100)
+                });
+                if let Some((t, _)) = near {
+                    found.push(format!(
+                        "node {} and node {} both writable under term {term:?}, at {at:?} and {t:?}",
+                        i + 1,
+                        j + 1
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Inserts 1, 2, 3, … into node 1's table `acked`, one transaction each, until stopped; returns the
+/// numbers whose COMMIT returned (with synchronous replication: flushed on a replica too).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl Writer {
+    fn start(servers: &Servers, i: usize) -> Self {
+        let server = Server {
+            data: servers.node(i).data.clone(),
+            socket: servers.node(i).socket.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            // Bounded by the stop flag and by a count.
+            for n in 1..=100_000u64 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let sql = format!("INSERT INTO acked VALUES ({n})");
+                match psql(&server, &sql, Duration::from_secs(60)) {
+                    Ok(_) => acked.push(n),
+                    // The server stopped, or is gone: nothing more is acknowledged.
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            acked
+        });
+        Self { stop, thread }
+    }
+
+    fn is_running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    fn stop(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the writer panicked")
+    }
+}
+
+/// Node `into`'s overlay traffic from node `from`'s PostgreSQL dropped, in `into`'s namespace: its
+/// replica falls behind while the other replica acknowledges the writes.
+struct HeldBack<'a> {
+    ns: &'a NetNs,
+}
+
+impl<'a> HeldBack<'a> {
+    fn new(lan: &'a Lan, into: usize, from: usize) -> Self {
+        let ns = lan.node(into);
+        ns.exec_ok(&[
+            "nft",
+            &format!(
+                "add table inet dm_pg_lag {{ chain input {{ type filter hook input priority 0; \
+                 ip saddr 10.0.1.{from} tcp sport {PG_PORT} drop; }}; }}"
+            ),
+        ]);
+        Self { ns }
+    }
+}
+
+impl Drop for HeldBack<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.exec(
+            &["nft", "delete", "table", "inet", "dm_pg_lag"],
+            Duration::from_secs(10),
+        );
+    }
+}
+
+/// Fails, saying what to install, unless Debian's PostgreSQL server programs are there (the client, `psql`,
+/// comes without them).
+fn require_postgres_server() {
+    let found = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|v| v.path().join("bin/pg_ctl").is_file() && v.path().join("bin/pg_rewind").is_file());
+    assert!(
+        found,
+        "the PostgreSQL scenario needs Debian's server (pg_ctl, initdb, pg_rewind under \
+         /usr/lib/postgresql/N/bin): apt-get install -y postgresql (or run scripts/bootstrap)"
+    );
+}
+
+#[test]
+fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
+    require_mesh_prerequisites();
+    require_root(&["nft", "runuser", "psql"]);
+    require_postgres_server();
+    python();
+    let steps = Steps::new("postgres");
+    let lan = Lan::new(NODES);
+    let cluster = Cluster::deploy(&lan);
+    let (agents, _) = Agent::builder(&cluster)
+        .flags(["--leader-timeout", LEADER_TIMEOUT])
+        .mesh(1..=NODES);
+    steps.step("mesh up");
+
+    let servers = Servers::new();
+    let mut sidecars: Vec<App> = (1..=NODES)
+        .map(|i| {
+            let s = servers.node(i);
+            App::start(
+                lan.node(i),
+                "examples/postgres/follow_leader.py",
+                &[
+                    "--data-dir",
+                    path(&s.data),
+                    "--socket-dir",
+                    path(&s.socket),
+                    "--port",
+                    PG_PORT,
+                ],
+                agents[i - 1].api_socket(),
+                &[("PG_REPLICATION_PASSWORD", PASSWORD)],
+            )
+        })
+        .collect();
+    let tails_of = |sidecars: &[App]| {
+        sidecars
+            .iter()
+            .map(App::tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    wait_until(
+        "seat 1's PostgreSQL to be the primary and 2's and 3's its streaming replicas",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            matches!(role(servers.node(1)), Role::Primary(Some(_)))
+                && is_replica_of(&servers, 2, "10.0.1.1")
+                && is_replica_of(&servers, 3, "10.0.1.1")
+        },
+        || {
+            format!(
+                "{}\n{}\n{}",
+                roles(&servers),
+                tails_of(&sidecars),
+                tails(&agents)
+            )
+        },
+    );
+    let Role::Primary(Some(first_term)) = role(servers.node(1)) else {
+        unreachable!("checked just above")
+    };
+    psql(
+        servers.node(1),
+        "CREATE TABLE acked (n bigint PRIMARY KEY)",
+        Duration::from_secs(30),
+    )
+    .expect("the table is created on the primary");
+    steps.step(&format!(
+        "seat 1's PostgreSQL is the primary under term {first_term}, 2 and 3 stream from it over the mesh"
+    ));
+
+    let held_back = HeldBack::new(&lan, 2, 1);
+    let writer = Writer::start(&servers, 1);
+    let sampler = RoleSampler::start(&servers, Duration::from_millis(100));
+    // Until seat 3 holds writes that seat 2 lacks: the new leader must then catch up before it promotes.
+    wait_until(
+        "seat 3 to hold acknowledged writes that seat 2's held-back replica lacks",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let (Ok(on_3), Ok(on_2)) = (rows(&servers, 3), rows(&servers, 2)) else {
+                return false;
+            };
+            on_3.len() >= on_2.len() + 20
+        },
+        || format!("{}\n{}", roles(&servers), tails_of(&sidecars)),
+    );
+    assert!(writer.is_running(), "the writer stopped early");
+    let lag = rows(&servers, 3)
+        .expect("seat 3 answers")
+        .len()
+        .saturating_sub(rows(&servers, 2).expect("seat 2 answers").len());
+    steps.step(&format!("seat 2's replica is {lag} writes behind seat 3's"));
+
+    let cut = lan.cut_off(1);
+    let cut_at = Instant::now();
+    steps.step("node 1 cut off the LAN");
+    wait_until(
+        "seat 2's PostgreSQL to be the primary under a newer term and seat 3's its replica",
+        Duration::from_secs(120),
+        Duration::from_millis(300),
+        || {
+            matches!(role(servers.node(2)), Role::Primary(Some(t)) if t > first_term)
+                && is_replica_of(&servers, 3, "10.0.1.2")
+        },
+        || {
+            format!(
+                "{}\n{}\n{}",
+                roles(&servers),
+                tails_of(&sidecars),
+                tails(&agents)
+            )
+        },
+    );
+    let failed_over = cut_at.elapsed();
+    let Role::Primary(Some(second_term)) = role(servers.node(2)) else {
+        unreachable!("checked just above")
+    };
+    let acked = writer.stop();
+    let on_new_primary = rows(&servers, 2).expect("the new primary answers");
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|n| on_new_primary.binary_search(n).is_err())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are not on the new primary: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)]
+    );
+    steps.step(&format!(
+        "seat 2 is the primary under term {second_term} {:.1} s after the cut; all {} acknowledged writes are on it",
+        failed_over.as_secs_f64(),
+        acked.len()
+    ));
+
+    drop(held_back);
+    cut.restore();
+    let restored_at = Instant::now();
+    wait_until(
+        "node 1's old primary to rejoin as a replica streaming from seat 2",
+        Duration::from_secs(120),
+        Duration::from_millis(300),
+        || is_replica_of(&servers, 1, "10.0.1.2"),
+        || {
+            format!(
+                "{}\n{}\n{}",
+                roles(&servers),
+                tails_of(&sidecars),
+                tails(&agents)
+            )
+        },
+    );
+    let rejoined = restored_at.elapsed();
+    let samples = sampler.stop();
+    psql(
+        servers.node(2),
+        "INSERT INTO acked VALUES (0)",
+        Duration::from_secs(30),
+    )
+    .expect("the new primary takes writes");
+    wait_until(
+        "the new primary's write to reach both replicas",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            [1, 3]
+                .iter()
+                .all(|&i| rows(&servers, i).is_ok_and(|r| r.first() == Some(&0)))
+        },
+        || roles(&servers),
+    );
+    steps.step(&format!(
+        "node 1 rejoined as seat 2's replica {:.1} s after it came back; a write on seat 2 reached both",
+        rejoined.as_secs_f64()
+    ));
+
+    let overlaps = same_term_primaries(&samples);
+    assert!(
+        overlaps.is_empty(),
+        "two writable primaries under the same term:\n{}\n{}",
+        overlaps.join("\n"),
+        tails_of(&sidecars)
+    );
+    let old_stopped = samples[0]
+        .iter()
+        .rev()
+        .find(|(at, r)| *at >= cut_at && matches!(r, Role::Primary(_)))
+        .map_or(Duration::ZERO, |(at, _)| at.duration_since(cut_at));
+    let new_writable = samples[1]
+        .iter()
+        .find(|(at, r)| *at >= cut_at && matches!(r, Role::Primary(_)))
+        .map(|(at, _)| at.duration_since(cut_at))
+        .expect("seat 2's primary was sampled");
+    assert!(
+        old_stopped < new_writable,
+        "node 1's primary was still writable {:.2} s after the cut, after seat 2's took writes ({:.2} s)",
+        old_stopped.as_secs_f64(),
+        new_writable.as_secs_f64()
+    );
+    let total: usize = samples.iter().map(Vec::len).sum();
+    println!(
+        "postgres: {} acknowledged writes, seat 2 {lag} behind; node 1's primary last writable {:.2} s after \
+         the cut, seat 2's writable after {:.2} s (term {first_term} -> {second_term}); node 1 rejoined {:.1} s \
+         after it came back; 0 of {total} samples with two writable primaries under one term",
+        acked.len(),
+        old_stopped.as_secs_f64(),
+        new_writable.as_secs_f64(),
+        rejoined.as_secs_f64()
+    );
+    for s in &mut sidecars {
+        s.assert_running();
+    }
+    steps.step("never two writable primaries under one term; the old primary stopped first");
+}
