@@ -401,6 +401,10 @@ class Refused(PgError):
     """Going on would destroy data the sidecar cannot vouch for; an operator must look."""
 
 
+class NotYet(PgError):
+    """The other server is not ready for what this one needs of it; asking again later will do."""
+
+
 @dataclass
 class Ran:
     rc: int
@@ -693,6 +697,11 @@ class Postgres:
         if row != ["t"]:
             raise PgError(f"pg_promote did not finish within 60 s (PostgreSQL at {self.where}: {self.log_tail()})")
         self.install(PRIMARY, None, term)
+        # pg_rewind learns a source's timeline from its control file, which a promotion updates only at its
+        # first checkpoint, requested but not waited for. Until then an old primary rewound against this
+        # server finds "no rewind required", starts on the old timeline past the fork, and can never stream
+        # (Patroni checkpoints after promoting for the same reason).
+        await self.sql("CHECKPOINT", timeout=120)
 
     async def ensure_roles(self, password: str) -> None:
         """The replication role (created with its SCRAM verifier, never the password) and what pg_rewind and
@@ -713,7 +722,22 @@ class Postgres:
         if r.rc != 0:
             raise PgError(f"initdb {self.data}: {_one_line(r.err)}")
 
+    #: The timeline of the server's last checkpoint, and the newest it has a history file of.
+    CHECKPOINT_TIMELINE_SQL = (
+        "SELECT (SELECT timeline_id FROM pg_control_checkpoint()), "
+        "coalesce((SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() "
+        "WHERE name ~ '^[0-9A-F]{8}\\.history$'), 1)"
+    )
+
     async def rewind(self, addr: Addr) -> None:
+        # A source promoted but not yet checkpointed would look to pg_rewind as if it were on the old timeline
+        # (see promote): such a rewind does nothing and the server could then never stream. A source that
+        # promoted with an older sidecar, or whose checkpoint failed, is waited for.
+        checkpointed, newest = (int(v) for v in await self.sql(self.CHECKPOINT_TIMELINE_SQL, addr=addr, timeout=6))
+        if checkpointed < newest:
+            raise NotYet(f"the server at {addr[0]}:{addr[1]} is on timeline {newest} but its last checkpoint is on "
+                         f"timeline {checkpointed}: pg_rewind would find nothing to rewind; waiting for its "
+                         f"checkpoint")
         r = await self.run("pg_rewind", f"--target-pgdata={self.data}",
                            f"--source-server={self.conninfo(addr, 'postgres')}", timeout=self.copy_timeout)
         if r.rc != 0:
@@ -956,7 +980,7 @@ class PostgresFollower:
             if not copied:
                 try:
                     await pg.rewind(addr)
-                except Refused:
+                except (Refused, NotYet):
                     raise
                 except PgError as e:
                     log.warning("%s, but %s: copying it afresh with pg_basebackup instead", action.why, e)

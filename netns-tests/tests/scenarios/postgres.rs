@@ -174,6 +174,21 @@ fn roles(servers: &Servers) -> String {
         .join("; ")
 }
 
+/// The end of each server's log (`follow_leader.py` starts PostgreSQL with `-l <data>.log`): why a
+/// replica stopped streaming is there, not in the sidecar's output.
+fn server_logs(servers: &Servers) -> String {
+    (1..=NODES)
+        .map(|i| {
+            let log = servers.node(i).data.with_extension("log");
+            let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n  ");
+            format!("node {i}'s PostgreSQL log ({}):\n  {tail}", log.display())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn is_replica_of(servers: &Servers, i: usize, host: &str) -> bool {
     role(servers.node(i)) == Role::Replica(Some(host.to_owned()))
 }
@@ -494,8 +509,9 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
         || is_replica_of(&servers, 1, "10.0.1.2"),
         || {
             format!(
-                "{}\n{}\n{}",
+                "{}\n{}\n{}\n{}",
                 roles(&servers),
+                server_logs(&servers),
                 tails_of(&sidecars),
                 tails(&agents)
             )
@@ -518,7 +534,14 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
                 .iter()
                 .all(|&i| rows(&servers, i).is_ok_and(|r| r.first() == Some(&0)))
         },
-        || roles(&servers),
+        || {
+            format!(
+                "{}\n{}\n{}",
+                roles(&servers),
+                server_logs(&servers),
+                tails_of(&sidecars)
+            )
+        },
     );
     steps.step(&format!(
         "node 1 rejoined as seat 2's replica {:.1} s after it came back; a write on seat 2 reached both",
