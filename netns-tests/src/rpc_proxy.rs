@@ -63,6 +63,8 @@ struct Rules {
     rewrite: Vec<(String, Rewriter)>,
     /// How often each named rule fired.
     hits: std::collections::BTreeMap<String, usize>,
+    /// Every JSON-RPC request that came, by method (each of a batch counts): the load as the RPC sees it.
+    requests: std::collections::BTreeMap<String, usize>,
 }
 
 impl Rules {
@@ -177,6 +179,11 @@ impl RpcProxy {
     pub fn hits(&self, name: &str) -> usize {
         self.rules().hits.get(name).copied().unwrap_or(0)
     }
+
+    /// The JSON-RPC requests that came so far, by method.
+    pub fn requests(&self) -> std::collections::BTreeMap<String, usize> {
+        self.rules().requests.clone()
+    }
 }
 
 impl Drop for RpcProxy {
@@ -274,6 +281,7 @@ async fn answer_one(
     };
     {
         let mut rules = rules.lock().unwrap_or_else(PoisonError::into_inner);
+        *rules.requests.entry(req.method.to_owned()).or_default() += 1;
         let now = Instant::now();
         rules.fail.retain(|r| r.until.is_none_or(|t| t > now));
         if let Some(name) = rules
@@ -312,6 +320,17 @@ async fn answer_one(
         rewrite(&req, &mut response);
     }
     response
+}
+
+/// Makes a block's logs bloom (in an `eth_getBlockByNumber` answer) claim every log: a lie that a proxy
+/// injecting logs into polls tells too, since a poll does not ask for the logs of a block whose bloom holds
+/// nothing of the cluster's.
+pub fn bloom_claims_every_log(req: &Request<'_>, response: &mut Value) {
+    if req.method == "eth_getBlockByNumber"
+        && let Some(block) = response["result"].as_object_mut()
+    {
+        block.insert("logsBloom".into(), format!("0x{}", "ff".repeat(256)).into());
+    }
 }
 
 /// Rewrites a `PeerRegistered` log (as JSON-RPC returns it) with `edit`, keeping it well-formed; logs of

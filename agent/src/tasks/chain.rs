@@ -124,11 +124,11 @@ impl ChainTask {
             let Some(wake) = cancel.run_until_cancelled(wakeups.next()).await else {
                 return Ok(());
             };
-            let head = match wake {
-                Wake::Head(h) => Some(h),
-                Wake::Timer => None,
+            let heads = match wake {
+                Wake::Heads(heads) => heads,
+                Wake::Timer => Vec::new(),
             };
-            let step = tokio::time::timeout(STEP_TIMEOUT, running.step(head.as_ref()));
+            let step = tokio::time::timeout(STEP_TIMEOUT, running.step(&heads));
             match cancel.run_until_cancelled(step).await {
                 None => return Ok(()),
                 Some(Ok(())) => {}
@@ -139,7 +139,7 @@ impl ChainTask {
             }
             running.state.subscribed = wakeups.subscribed();
             wakeups.poll_at_least_every(running.leads().then_some(running.task.renew));
-            if head.is_none()
+            if heads.is_empty()
                 && let Some(latest) = running.follower.as_ref().and_then(Follower::latest_head)
             {
                 wakeups.polled(latest);
@@ -158,13 +158,13 @@ impl Running {
         own.is_some() && self.state.view.as_deref().and_then(|v| v.leader) == own
     }
 
-    async fn step(&mut self, head: Option<&Head>) {
+    async fn step(&mut self, heads: &[Head]) {
         match self.follower.is_some() {
-            true => self.follow(head).await,
+            true => self.follow(heads).await,
             false => self.start_following().await,
         }
         self.count();
-        self.find_seat(head.is_some()).await;
+        self.find_seat(!heads.is_empty()).await;
     }
 
     fn rpc_failed(&mut self, doing: impl Into<Cow<'static, str>>, e: impl Into<FaultError>) {
@@ -259,12 +259,12 @@ impl Running {
         }
     }
 
-    async fn follow(&mut self, head: Option<&Head>) {
+    async fn follow(&mut self, heads: &[Head]) {
         let Some(f) = self.follower.as_mut() else {
             return;
         };
         let began = Instant::now();
-        match f.tick_at(began, head).await {
+        match f.tick_at(began, heads).await {
             Ok(tick) => {
                 if tick.confirmed {
                     self.state.confirmed_at = Some(began);

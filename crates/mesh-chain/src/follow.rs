@@ -2,8 +2,10 @@
 //! events block by block, so that the RPC load per block does not grow with the number of peers.
 //!
 //! Per poll with new blocks: `eth_blockNumber`, the header of the newest confirmed block (its hash, and its
-//! parent's to detect a reorg), and one `eth_getLogs` for the range. A reorg below the last processed block,
-//! or a log marked removed, makes a full read due.
+//! parent's to detect a reorg), and one `eth_getLogs` for the range, unless the block's logs bloom shows that
+//! it holds nothing of the cluster's. With a new-heads subscription the heads bring the hashes and blooms,
+//! so a block with nothing for the cluster costs no request at all, and one with events one `eth_getLogs`.
+//! A reorg below the last processed block, or a log marked removed, makes a full read due.
 //!
 //! The view keeps only believed records ([`crate::membership::authenticate`] and
 //! [`crate::membership::admit`]), each with its registration event's proof, and every seat's nonce
@@ -16,12 +18,12 @@
 
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use alloy::{
     eips::BlockNumberOrTag,
-    primitives::{Address, B256, U256},
+    primitives::{Address, B256, Bloom, U256},
     providers::{DynProvider, Provider},
     rpc::types::Filter,
     sol_types::SolEvent,
@@ -40,6 +42,10 @@ use apply::{Blocks, Changes, ListingApply, Logged, Need, RangeApply};
 
 /// Records asked for per `getPeersPage` call.
 const PAGE_SIZE: u64 = 100;
+
+/// How many announced heads the follower keeps beyond its last processed block, for ranges it has not read
+/// yet (a chain with confirmations, or a follower that fell behind); older ones are read from the RPC.
+const ANNOUNCED_KEPT: usize = 256;
 
 /// The widest block range one `eth_getLogs` asks for; a node that fell behind catches up over several
 /// polls rather than with one request that providers refuse.
@@ -149,7 +155,12 @@ pub struct Follower {
     pub head_polls: u64,
     /// Records refused because they were not authentic or were older than what was known.
     pub rejected: u64,
+    /// Ranges whose `eth_getLogs` was not asked because their logs bloom holds nothing of the cluster's.
+    pub log_reads_skipped: u64,
     latest_head: Option<u64>,
+    /// Heads a subscription announced from the last processed block on, by number: their hashes and
+    /// blooms stand in for header reads and empty log reads.
+    announced: BTreeMap<u64, Head>,
     /// The cluster's app-auth contract (its allowlists of compose hashes and OS images), once asked for.
     app_auth: Option<Address>,
 }
@@ -259,7 +270,9 @@ impl Follower {
             requests: 5,
             head_polls: 0,
             rejected: 0,
+            log_reads_skipped: 0,
             latest_head: None,
+            announced: BTreeMap::new(),
             app_auth: None,
         };
         match cached {
@@ -300,15 +313,18 @@ impl Follower {
     /// # Errors
     /// When polling fails; a failed full read is reported in [`Tick::full_read_error`] instead.
     pub async fn tick(&mut self, now: Instant) -> Result<Tick, ChainError> {
-        self.tick_at(now, None).await
+        self.tick_at(now, &[]).await
     }
 
-    /// [`Follower::tick`] for a `head` that a subscription announced: the events up to it are read
-    /// without polling for the head first.
+    /// [`Follower::tick`] for heads that a subscription `announced` (oldest first): the events up to the
+    /// newest are read without polling for the head first, and only for blocks whose bloom may hold them.
+    /// With none announced, as [`Follower::tick`].
     ///
     /// # Errors
     /// As [`Follower::tick`].
-    pub async fn tick_at(&mut self, now: Instant, head: Option<&Head>) -> Result<Tick, ChainError> {
+    pub async fn tick_at(&mut self, now: Instant, announced: &[Head]) -> Result<Tick, ChainError> {
+        self.remember(announced);
+        let head = announced.last();
         let mut tick = Tick::default();
         if self.full_read_if_due(now, &mut tick).await {
             tick.confirmed = true;
@@ -349,6 +365,24 @@ impl Follower {
         false
     }
 
+    /// Keeps the `announced` heads above the last processed block (a head at a height already kept replaces
+    /// it: a reorg), at most [`ANNOUNCED_KEPT`] of them.
+    fn remember(&mut self, announced: &[Head]) {
+        for head in announced {
+            self.announced.insert(head.number, *head);
+        }
+        self.forget_announced();
+    }
+
+    fn forget_announced(&mut self) {
+        self.announced = self
+            .announced
+            .split_off(&self.view.last_block.saturating_add(1));
+        while self.announced.len() > ANNOUNCED_KEPT {
+            self.announced.pop_first();
+        }
+    }
+
     /// The newest head this follower has heard of, by a poll or from a subscription.
     pub fn latest_head(&self) -> Option<u64> {
         self.latest_head
@@ -372,7 +406,8 @@ impl Follower {
         Ok(head.saturating_sub(self.config.confirmations))
     }
 
-    async fn header(&mut self, number: u64) -> Result<(B256, B256), ChainError> {
+    /// Block `number`'s hash, its parent's, and its logs bloom.
+    async fn header(&mut self, number: u64) -> Result<(B256, B256, Bloom), ChainError> {
         self.count();
         let block = self
             .provider
@@ -380,7 +415,11 @@ impl Follower {
             .await
             .map_err(rpc("eth_getBlockByNumber"))?
             .ok_or(ChainError::MissingBlock { number })?;
-        Ok((block.header.hash, block.header.parent_hash))
+        Ok((
+            block.header.hash,
+            block.header.parent_hash,
+            block.header.logs_bloom,
+        ))
     }
 
     fn count(&mut self) {
@@ -439,7 +478,7 @@ impl Follower {
     #[instrument(skip_all)]
     pub async fn full_read(&mut self) -> Result<FullRead, ChainError> {
         let target = self.confirmed_head(None).await?;
-        let (hash, _) = self.header(target).await?;
+        let (hash, _, _) = self.header(target).await?;
         let peers = self.read_records(target).await?;
         let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
         let e = DstackClusterElection::new(self.view.election, self.provider.clone());
@@ -529,11 +568,18 @@ impl Follower {
             .checked_add(1)
             .ok_or_else(|| implausible(format!("block number {last} cannot advance")))?;
         let to = target.min(last.saturating_add(MAX_LOG_RANGE));
-        let (hash, parent) = self.header(to).await?;
-        let parent = if to == from {
-            parent
-        } else {
-            self.header(last).await?.0
+        // The range's hashes and bloom from announced heads, else from the RPC: a header per end, and a
+        // bloom only for a range of one block (one header's bloom covers no more).
+        let (hash, parent, bloom) = match apply::announced_range(&self.announced, from, to) {
+            Some(r) => (r.hash, r.parent, Some(r.bloom)),
+            None => {
+                let (hash, parent, bloom) = self.header(to).await?;
+                if to == from {
+                    (hash, parent, Some(bloom))
+                } else {
+                    (hash, self.header(last).await?.0, None)
+                }
+            }
         };
         let mut apply = RangeApply::new(
             &self.view,
@@ -548,12 +594,17 @@ impl Follower {
         if !apply.doubts().is_empty() {
             self.schedule.request(now);
         }
-        self.count();
-        let logs = self
-            .provider
-            .get_logs(&events_filter(&self.view, from, to))
-            .await
-            .map_err(rpc("eth_getLogs"))?;
+        let cluster = [self.view.contract, self.view.election];
+        let logs = if bloom.is_some_and(|b| !apply::may_hold_events(&b, &cluster)) {
+            self.log_reads_skipped = self.log_reads_skipped.saturating_add(1);
+            Vec::new()
+        } else {
+            self.count();
+            self.provider
+                .get_logs(&events_filter(&self.view, from, to))
+                .await
+                .map_err(rpc("eth_getLogs"))?
+        };
         for log in &logs {
             let log = Logged::decode(log, self.view.contract, self.view.election);
             let binding = match apply.binding_wanted(&log) {
@@ -574,6 +625,7 @@ impl Follower {
             info!(from, to, leader = ?applied.view.leader, term = applied.view.leader_term, "the leader changed");
         }
         self.view = applied.view;
+        self.forget_announced();
         if changes.records {
             info!(
                 event = "records.changed",

@@ -1,14 +1,16 @@
 //! What wakes the follower: new heads by WebSocket subscription while there is one, and a timer that polls.
 //!
-//! A subscription only says when to look: every head still goes through the follower's log reads and
-//! reorg checks, as a poll would. While it is up, the timer is a slow safety net ([`SAFETY_POLL`]); when
+//! A subscription says when to look, and what each block is: its hash, its parent's and the bloom of its
+//! logs, from which the follower takes a range's hashes and skips `eth_getLogs` for blocks that cannot hold
+//! the cluster's events, so that a block with nothing for the cluster costs no request. Every head still
+//! goes through the follower's reorg checks, as a poll would. While it is up, the timer is a slow safety net ([`SAFETY_POLL`]); when
 //! it drops, the timer polls at the configured interval, and the subscription is tried again with backoff.
 //! A subscription that stays open but falls silent while the chain moves on is dropped and renewed.
 
 use std::time::{Duration, Instant};
 
 use alloy::{
-    primitives::B256,
+    primitives::{B256, Bloom},
     providers::{Provider as _, ProviderBuilder, RootProvider},
     pubsub::Subscription,
     rpc::types::Header,
@@ -36,6 +38,20 @@ const STALL_BLOCKS: u64 = 2;
 pub struct Head {
     pub number: u64,
     pub hash: B256,
+    pub parent_hash: B256,
+    /// The bloom of every log of the block: an address absent from it emitted nothing there.
+    pub logs_bloom: Bloom,
+}
+
+impl From<&Header> for Head {
+    fn from(h: &Header) -> Self {
+        Self {
+            number: h.number,
+            hash: h.hash,
+            parent_hash: h.parent_hash,
+            logs_bloom: h.logs_bloom,
+        }
+    }
 }
 
 /// A `newHeads` subscription on its own WebSocket. It redials once at most before it gives up, so that a
@@ -65,36 +81,36 @@ impl Heads {
         })
     }
 
-    /// The newest head announced since the last call, waiting for one; `None` once the subscription is
-    /// gone. Heads that queued up meanwhile are skipped: one read up to the newest covers them.
-    pub async fn next(&mut self) -> Option<Head> {
-        let mut newest = loop {
+    /// Every head announced since the last call, oldest first, waiting for one; `None` once the
+    /// subscription is gone. One read up to the newest covers them all; the earlier ones give their blocks'
+    /// hashes and blooms. Heads the channel dropped (it lagged) leave a gap, which the follower reads from
+    /// the RPC.
+    pub async fn next(&mut self) -> Option<Vec<Head>> {
+        let first = loop {
             match self.sub.recv().await {
                 Ok(h) => break h,
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return None,
             }
         };
+        let mut heads = vec![Head::from(&first)];
         loop {
             match self.sub.try_recv() {
-                Ok(h) => newest = h,
+                Ok(h) => heads.push(Head::from(&h)),
                 Err(TryRecvError::Lagged(_)) => continue,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Closed) => return None,
             }
         }
-        Some(Head {
-            number: newest.number,
-            hash: newest.hash,
-        })
+        Some(heads)
     }
 }
 
 /// Why the follower was woken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wake {
-    /// The subscription announced a head.
-    Head(Head),
+    /// The subscription announced heads: every one since the last wake-up, oldest first, never none.
+    Heads(Vec<Head>),
     /// The timer: poll.
     Timer,
 }
@@ -268,10 +284,12 @@ impl Wakeups {
             let timer = tokio::time::Instant::from_std(self.pace.next_timer());
             let (heads, subscribing) = (&mut self.heads, &mut self.subscribing);
             tokio::select! {
-                head = next_head(heads) => match head {
-                    Some(h) => {
-                        self.pace.head_announced(h.number, Instant::now());
-                        return Wake::Head(h);
+                announced = next_heads(heads) => match announced {
+                    Some(heads) => {
+                        if let Some(newest) = heads.last() {
+                            self.pace.head_announced(newest.number, Instant::now());
+                        }
+                        return Wake::Heads(heads);
                     }
                     None => {
                         warn!(url = %self.shown(), every = ?self.pace.poll, "the new-heads subscription dropped; polling until it is back");
@@ -351,8 +369,8 @@ impl Wakeups {
     }
 }
 
-/// The next head of a subscription; never, without one.
-async fn next_head(heads: &mut Option<Heads>) -> Option<Head> {
+/// The next heads of a subscription; never, without one.
+async fn next_heads(heads: &mut Option<Heads>) -> Option<Vec<Head>> {
     match heads {
         Some(h) => h.next().await,
         None => std::future::pending().await,

@@ -28,13 +28,15 @@ use netns_tests::attack::{
     CHAIN_ID, node_identity, on_chain, registration_logs, send_registration,
 };
 use netns_tests::prelude::*;
-use netns_tests::rpc_proxy::{Request, RpcProxy, logs_mut};
+use netns_tests::rpc_proxy::{Request, RpcProxy, bloom_claims_every_log, logs_mut};
 use serde_json::Value;
 
 const NODES: usize = 4;
 
-/// Appends `logs` to every range poll of `eth_getLogs`, as if they were `contract`'s and new.
+/// Appends `logs` to every range poll of `eth_getLogs`, as if they were `contract`'s and new, with every
+/// block's bloom claiming them so that each poll asks.
 fn inject_in_polls(proxy: &RpcProxy, name: &str, contract: Address, logs: Vec<Value>) {
+    proxy.rewrite(name, bloom_claims_every_log);
     proxy.rewrite(name, move |req, response| {
         if req.method != "eth_getLogs" || req.gets_one_seats_logs() {
             return;

@@ -24,7 +24,7 @@ use mesh_chain::{
 use netns_tests::{
     chain::{TestCluster, anvil, deploy_cluster, mined_tx, mint, wallet},
     node::{APP_ID, SimulatedInstance},
-    rpc_proxy::{RpcProxy, logs_mut},
+    rpc_proxy::{RpcProxy, bloom_claims_every_log, logs_mut},
     tcp_relay::TcpRelay,
 };
 
@@ -307,6 +307,9 @@ async fn a_lying_rpc_cannot_roll_a_seat_back() {
             }
         }
     });
+    // Every block's bloom claims the cluster's logs: a bloom that says nothing of the cluster spares the
+    // poll its eth_getLogs, and with it the replay.
+    proxy.rewrite("blooms that let the replay in", bloom_claims_every_log);
     // Full reads: the old record listed as the seat's current one.
     let listed = old_peer.clone();
     proxy.rewrite("replay in full reads", move |req, response| {
@@ -531,11 +534,11 @@ async fn wake_until(
         let wake = tokio::time::timeout(left, wakeups.next())
             .await
             .unwrap_or_else(|_| panic!("not done within {within:?}; woken by {seen:?}"));
-        let head = match wake {
-            Wake::Head(h) => Some(h),
-            Wake::Timer => None,
+        let heads = match &wake {
+            Wake::Heads(heads) => heads.as_slice(),
+            Wake::Timer => &[],
         };
-        f.tick_at(Instant::now(), head.as_ref()).await.unwrap();
+        f.tick_at(Instant::now(), heads).await.unwrap();
         seen.push(wake);
     }
     seen
@@ -575,7 +578,7 @@ async fn announced_heads_are_read_at_once_without_polling() {
     })
     .await;
     assert!(
-        woken.iter().all(|w| matches!(w, Wake::Head(_))),
+        woken.iter().all(|w| matches!(w, Wake::Heads(_))),
         "heads woke it, not the 60 s timer: {woken:?}"
     );
     assert_eq!(f.head_polls, polls, "the head was announced, not polled");
@@ -584,6 +587,129 @@ async fn announced_heads_are_read_at_once_without_polling() {
         "applied {:?} after the join's receipt",
         joined.elapsed()
     );
+}
+
+/// Every request the RPC saw so far, of any method.
+fn seen(proxy: &RpcProxy) -> usize {
+    proxy.requests().values().sum()
+}
+
+/// How many more `method` requests the RPC saw in `after` than in `before`.
+fn more(
+    before: &std::collections::BTreeMap<String, usize>,
+    after: &std::collections::BTreeMap<String, usize>,
+    method: &str,
+) -> usize {
+    after.get(method).copied().unwrap_or(0) - before.get(method).copied().unwrap_or(0)
+}
+
+/// Over a subscription, a block with nothing for the cluster costs the RPC no request at all: the heads
+/// bring each block's hashes and logs bloom. A join's blocks cost their log reads and are applied at once;
+/// idle blocks after it cost nothing again. Counted by the RPC itself (a proxy in front of anvil that the
+/// follower reads through), over 20 idle blocks each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_blocks_cost_the_rpc_no_request_over_a_subscription() {
+    const IDLE: u64 = 20;
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    let proxy = RpcProxy::start(anvil.endpoint().as_str());
+    let mut f = follow(proxy.url(), *c.address()).await;
+    let mut wakeups = subscribing(&anvil.ws_endpoint(), Duration::from_secs(60));
+    until_subscribed(&mut wakeups).await;
+    let head = reader(anvil.endpoint().as_str())
+        .get_block_number()
+        .await
+        .unwrap();
+    wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+        f.view().last_block >= head
+    })
+    .await;
+
+    for round in ["before a join", "after it"] {
+        let (before, from) = (seen(&proxy), f.view().last_block);
+        let mut woken = Vec::new();
+        // One block at a time, as a chain makes them: the subscription's channel holds only so many.
+        for i in 1..=IDLE {
+            mine(&anvil).await;
+            woken.extend(
+                wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+                    f.view().last_block >= from + i
+                })
+                .await,
+            );
+        }
+        let idle = seen(&proxy) - before;
+        println!(
+            "{IDLE} idle blocks {round}: {idle} requests at the RPC, {} wake-ups",
+            woken.len()
+        );
+        assert!(
+            woken.iter().all(|w| matches!(w, Wake::Heads(_))),
+            "{woken:?}"
+        );
+        assert_eq!(idle, 0, "requests for idle blocks: {:?}", proxy.requests());
+        if round == "after it" {
+            break;
+        }
+        let before = proxy.requests();
+        join(&anvil, &c, &a, "192.0.2.1:51820").await;
+        let joined = Instant::now();
+        wake_until(&mut f, &mut wakeups, Duration::from_secs(5), |f, _| {
+            f.view().records.contains_key(&1)
+        })
+        .await;
+        let after = proxy.requests();
+        println!(
+            "a join (mint, binding, registration): applied {:?} after its receipt, {} eth_getLogs, {:?} in all",
+            joined.elapsed(),
+            more(&before, &after, "eth_getLogs"),
+            after
+        );
+        assert!(
+            more(&before, &after, "eth_getLogs") >= 1,
+            "the join's logs were read"
+        );
+        assert_eq!(
+            more(&before, &after, "eth_blockNumber"),
+            0,
+            "no head was polled"
+        );
+        assert_eq!(
+            more(&before, &after, "eth_getBlockByNumber"),
+            0,
+            "the heads gave the hashes"
+        );
+    }
+}
+
+/// Without a subscription, polling a block with nothing for the cluster costs its head poll and its header,
+/// whose logs bloom spares the `eth_getLogs`; a block with the cluster's event is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_skips_the_log_read_of_a_block_whose_bloom_holds_nothing_of_the_cluster() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    let proxy = RpcProxy::start(anvil.endpoint().as_str());
+    let mut f = follow(proxy.url(), *c.address()).await;
+    f.tick(Instant::now()).await.unwrap();
+
+    let before = proxy.requests();
+    mine(&anvil).await;
+    f.tick(Instant::now()).await.unwrap();
+    let after = proxy.requests();
+    assert_eq!(more(&before, &after, "eth_getLogs"), 0, "{after:?}");
+    assert_eq!(more(&before, &after, "eth_blockNumber"), 1);
+    assert_eq!(more(&before, &after, "eth_getBlockByNumber"), 1);
+    assert_eq!(f.log_reads_skipped, 1);
+
+    // One block with the cluster's event: the mint (one transaction, one block).
+    mint(&c, anvil.addresses()[1], Some(&a)).await;
+    let before = proxy.requests();
+    f.tick(Instant::now()).await.unwrap();
+    let after = proxy.requests();
+    assert_eq!(more(&before, &after, "eth_getLogs"), 1, "{after:?}");
+    assert_eq!(f.log_reads_skipped, 1);
 }
 
 /// The subscription's socket drops and stays down: the follower falls back to polling at the configured
@@ -627,7 +753,7 @@ async fn a_dropped_subscription_falls_back_to_polling_and_resumes() {
     })
     .await;
     assert!(
-        woken.iter().any(|w| matches!(w, Wake::Head(_))),
+        woken.iter().any(|w| matches!(w, Wake::Heads(_))),
         "a head announced the second join: {woken:?}"
     );
     assert!(
@@ -678,7 +804,7 @@ async fn a_reorg_announced_by_a_new_head_is_sorted_out_at_once() {
     })
     .await;
     assert!(
-        woken.iter().all(|w| matches!(w, Wake::Head(_))),
+        woken.iter().all(|w| matches!(w, Wake::Heads(_))),
         "{woken:?}"
     );
     assert!(

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, B256, Bloom, BloomInput, U256};
 use tracing::{debug, warn};
 
 use crate::contract::{self, DstackClusterElection, DstackClusterNFT};
@@ -195,6 +195,58 @@ fn seat(token: U256) -> Option<u64> {
 /// 0 confirmations the last processed block is the head, so a reorg shows here before the next block comes.
 pub fn head_replaces_last(view: &ChainView, head: &Head, confirmations: u64) -> bool {
     confirmations == 0 && head.number == view.last_block && head.hash != view.last_block_hash
+}
+
+/// What announced heads tell of a range of blocks: enough to apply it without asking the RPC for headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncedRange {
+    /// The hash of the range's last block.
+    pub hash: B256,
+    /// The hash its first block names as its parent: what the view's last block must be.
+    pub parent: B256,
+    /// Every block's logs bloom, together.
+    pub bloom: Bloom,
+}
+
+/// Blocks `from..=to` from `announced` heads (by number): when every block of the range was announced and
+/// each names the one before as its parent. None when one is missing (the subscription's channel lagged, or
+/// a poll went past the heads) or the run does not link (a reorg among them): the caller asks the RPC then.
+pub fn announced_range(
+    announced: &BTreeMap<u64, Head>,
+    from: u64,
+    to: u64,
+) -> Option<AnnouncedRange> {
+    if from > to {
+        return None;
+    }
+    let first = announced.get(&from)?;
+    let mut bloom = first.logs_bloom;
+    let mut previous = first;
+    // An empty range when `to == from`, which BTreeMap::range refuses to be given.
+    let rest = match from.checked_add(1) {
+        Some(next) if next <= to => announced.range(next..=to),
+        _ => announced.range(from..from),
+    };
+    for (number, head) in rest {
+        if Some(*number) != previous.number.checked_add(1) || head.parent_hash != previous.hash {
+            return None;
+        }
+        bloom.accrue_bloom(&head.logs_bloom);
+        previous = head;
+    }
+    (previous.number == to).then_some(AnnouncedRange {
+        hash: previous.hash,
+        parent: first.parent_hash,
+        bloom,
+    })
+}
+
+/// Whether blocks whose logs have `bloom` may hold an event from one of `addresses`. A bloom may say yes
+/// wrongly, never no: when it says no, `eth_getLogs` would return nothing, and is not asked.
+pub fn may_hold_events(bloom: &Bloom, addresses: &[Address]) -> bool {
+    addresses
+        .iter()
+        .any(|a| bloom.contains_input(BloomInput::Raw(a.as_slice())))
 }
 
 /// A polled range being applied to a copy of the view, log by log, in the order the chain has them.
@@ -999,21 +1051,93 @@ mod tests {
     fn a_head_at_the_last_block_with_another_hash_replaces_it_at_zero_confirmations() {
         let view = view_at_10(&[]);
         let other = Head {
-            number: 10,
             hash: keccak256(b"another block 10"),
+            ..announced(10, Bloom::ZERO)
         };
         assert!(head_replaces_last(&view, &other, 0));
         assert!(!head_replaces_last(&view, &other, 2));
-        let same = Head {
-            number: 10,
-            hash: hash(10),
-        };
-        assert!(!head_replaces_last(&view, &same, 0));
-        let next = Head {
-            number: 11,
-            hash: hash(11),
-        };
-        assert!(!head_replaces_last(&view, &next, 0));
+        assert!(!head_replaces_last(&view, &announced(10, Bloom::ZERO), 0));
+        assert!(!head_replaces_last(&view, &announced(11, Bloom::ZERO), 0));
+    }
+
+    /// Head `n` of the chain whose block hashes are `hash(n)`, with `bloom`.
+    fn announced(n: u64, bloom: Bloom) -> Head {
+        Head {
+            number: n,
+            hash: hash(n),
+            parent_hash: hash(n.saturating_sub(1)),
+            logs_bloom: bloom,
+        }
+    }
+
+    fn heads(heads: impl IntoIterator<Item = Head>) -> BTreeMap<u64, Head> {
+        heads.into_iter().map(|h| (h.number, h)).collect()
+    }
+
+    /// The test cluster's contract and election: what a poll reads the logs of.
+    fn cluster() -> [Address; 2] {
+        let view = CLUSTER.view();
+        [view.contract, view.election]
+    }
+
+    fn bloom_of(addresses: &[Address]) -> Bloom {
+        let mut bloom = Bloom::ZERO;
+        for a in addresses {
+            bloom.accrue(BloomInput::Raw(a.as_slice()));
+        }
+        bloom
+    }
+
+    /// A run of announced heads gives the range's last hash, its first parent, and every block's bloom
+    /// together: the cluster's event in any block of it shows.
+    #[test]
+    fn announced_heads_that_link_give_a_range_without_the_rpc() {
+        let [contract, _] = cluster();
+        let event = bloom_of(&[contract]);
+        let run = heads([
+            announced(11, Bloom::ZERO),
+            announced(12, event),
+            announced(13, Bloom::ZERO),
+        ]);
+        let r = announced_range(&run, 11, 13).expect("the run links");
+        assert_eq!((r.hash, r.parent), (hash(13), hash(10)));
+        assert!(may_hold_events(&r.bloom, &cluster()));
+        let quiet = announced_range(&run, 13, 13).expect("one block");
+        assert!(!may_hold_events(&quiet.bloom, &cluster()));
+        assert_eq!(
+            announced_range(&run, 11, 11).map(|r| r.hash),
+            Some(hash(11))
+        );
+    }
+
+    /// A block missing from the run, one that names another parent (a reorg among the heads), or a range
+    /// past the newest head: the RPC is asked instead.
+    #[test]
+    fn a_gap_or_a_fork_among_the_heads_gives_no_range() {
+        let gap = heads([announced(11, Bloom::ZERO), announced(13, Bloom::ZERO)]);
+        assert_eq!(announced_range(&gap, 11, 13), None);
+        let forked = heads([
+            announced(11, Bloom::ZERO),
+            Head {
+                parent_hash: keccak256(b"another block 11"),
+                ..announced(12, Bloom::ZERO)
+            },
+        ]);
+        assert_eq!(announced_range(&forked, 11, 12), None);
+        let short = heads([announced(11, Bloom::ZERO)]);
+        assert_eq!(announced_range(&short, 11, 12), None);
+        assert_eq!(announced_range(&short, 12, 11), None);
+        assert_eq!(announced_range(&BTreeMap::new(), 11, 11), None);
+    }
+
+    /// Another contract's logs leave the cluster's blocks skippable; the election's do not.
+    #[test]
+    fn only_the_cluster_and_its_election_in_a_bloom_make_logs_worth_reading() {
+        let [_, election] = cluster();
+        let other = Address::repeat_byte(0x77);
+        assert!(!may_hold_events(&bloom_of(&[other]), &cluster()));
+        assert!(may_hold_events(&bloom_of(&[other, election]), &cluster()));
+        assert!(!may_hold_events(&Bloom::ZERO, &cluster()));
     }
 
     fn rpc_log(address: Address, data: alloy::primitives::LogData) -> alloy::rpc::types::Log {
