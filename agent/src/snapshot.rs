@@ -240,6 +240,7 @@ pub fn render(
                 .map(|(h, v)| h.saturating_sub(v.last_block)),
             from_cache: chain.from_cache,
             subscribed: chain.subscribed,
+            prefix: view.map(|v| v.prefix().to_string()),
             last_error: chain
                 .error
                 .as_ref()

@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, account_key, overlay_ip, write_secret};
+use crate::cluster::{Cluster, account_key, write_secret};
 use crate::lan::{WG_PORT, lan_ip, rpc_url, ws_url};
 use crate::netns::NetNs;
 use crate::ping::ping;
@@ -157,6 +157,8 @@ pub struct Agent<'a> {
     pub cluster: &'a Cluster<'a>,
     /// The node (1-based).
     pub index: usize,
+    /// Its seat: the node's number unless the cluster's layout says otherwise.
+    pub token: u64,
     pub ifname: String,
     pub api_socket: PathBuf,
     pub state_dir: PathBuf,
@@ -195,6 +197,7 @@ impl<'a> Agent<'a> {
         let mut agent = Self {
             cluster,
             index: i,
+            token: cluster.token_of(i),
             ifname: crate::unique_name(&format!("dm{i}")),
             api_socket: dir.path().join("api.sock"),
             state_dir,
@@ -536,7 +539,7 @@ impl<'a> Agent<'a> {
         };
         agents.iter().filter(|b| b.index != self.index).all(|b| {
             peers.iter().any(|p| {
-                p.token_id == b.index as u64
+                p.token_id == b.token
                     && p.connection == ConnectionKind::Wireguard
                     && p.healthy
                     && p.wg_public_key == Some(keys[b.index - 1])
@@ -733,7 +736,7 @@ pub fn all_healthy_on(agents: &[Agent<'_>], path: mesh_api::Path) -> bool {
         agents.iter().filter(|b| b.index != a.index).all(|b| {
             peers
                 .iter()
-                .any(|p| p.token_id == b.index as u64 && p.healthy && p.path == Some(path))
+                .any(|p| p.token_id == b.token && p.healthy && p.path == Some(path))
         })
     })
 }
@@ -743,7 +746,7 @@ pub fn path_table(agents: &[Agent<'_>]) -> String {
     let mut out = String::new();
     for a in agents {
         for b in agents.iter().filter(|b| b.index != a.index) {
-            let seen = match a.peer(b.index as u64) {
+            let seen = match a.peer(b.token) {
                 Some(p) => format!(
                     "{:?}, {}{}",
                     p.path,
@@ -798,7 +801,7 @@ pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[Key]) {
 pub fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
     ping(
         agents[0].cluster.lan().node(from),
-        overlay_ip(to as u64),
+        agents[0].cluster.overlay_of(to),
         3,
         Duration::from_millis(200),
     )
@@ -812,7 +815,7 @@ pub fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
         got,
         3,
         "node {from} -> node {to} ({}) over the overlay: {got} of 3 replies\n{}\n{}",
-        overlay_ip(to as u64),
+        agents[0].cluster.overlay_of(to),
         statuses(agents),
         tails(agents)
     );
@@ -825,7 +828,7 @@ pub fn assert_no_pings(agents: &[Agent<'_>], from: usize, to: usize) {
         got,
         0,
         "node {from} must not reach node {to} ({}) over the overlay, yet {got} of 3 replies came\n{}\n{}",
-        overlay_ip(to as u64),
+        agents[0].cluster.overlay_of(to),
         statuses(agents),
         tails(agents)
     );

@@ -119,6 +119,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 lag: Some(2),
                 from_cache: false,
                 subscribed: false,
+                prefix: Some("10.0.1.0/24".into()),
                 last_error: None,
             },
             uptime_secs: 3600,

@@ -27,6 +27,24 @@ pub fn wallet(anvil: &AnvilInstance, i: usize) -> DynProvider {
         .erased()
 }
 
+/// A provider at `rpc_url` that signs with the hex private key `key`, for a chain that mines each
+/// transaction at once (anvil's automine). alloy waits 7 s between receipt polls for an RPC that is not on
+/// loopback, which the namespaces' 10.x RPC is not: hundreds of transactions would take an hour.
+///
+/// # Panics
+/// When `rpc_url` or `key` does not parse.
+pub fn signing_provider(rpc_url: &str, key: &str) -> DynProvider {
+    use alloy::providers::ProviderBuilder;
+    use alloy::rpc::client::RpcClient;
+    let signer: alloy::signers::local::PrivateKeySigner = key.parse().expect("a hex private key");
+    let client = RpcClient::new_http(rpc_url.parse().expect("the RPC URL"))
+        .with_poll_interval(std::time::Duration::from_millis(20));
+    ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(signer))
+        .connect_client(client)
+        .erased()
+}
+
 /// The cluster contract as the tests hold it: sending as its owner, anvil account 0.
 pub type TestCluster =
     mesh_chain::contract::DstackClusterNFT::DstackClusterNFTInstance<DynProvider>;

@@ -34,7 +34,8 @@ pub const ANVIL_KEYS: [&str; 5] = [
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
 ];
 
-/// The overlay address of seat `token`.
+/// The overlay address of seat `token` in the default prefix, 10.0.1.0/24 (see [`Cluster::overlay_of`] for
+/// a cluster deployed with another).
 pub fn overlay_ip(token: u64) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 1, u8::try_from(token).expect("token id fits a byte"))
 }
@@ -57,6 +58,39 @@ pub fn account_address(i: usize) -> String {
         .expect("account key parses")
         .address()
         .to_string()
+}
+
+/// The default prefix of test clusters, as `meshctl deploy` has it.
+pub const DEFAULT_PREFIX: &str = "10.0.1.0/24";
+
+/// Where a cluster's seats are: its mesh prefix, and the seat each node gets (`tokens[i - 1]` is node i's).
+/// Seats between them are minted unbound and deactivated, so that only the nodes' seats are active.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub prefix: &'static str,
+    pub tokens: Vec<u64>,
+}
+
+impl Layout {
+    /// Seat i for node i, in 10.0.1.0/24.
+    pub fn default_for(nodes: usize) -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX,
+            tokens: (1..=nodes as u64).collect(),
+        }
+    }
+
+    fn prefix(&self) -> mesh_chain::membership::Prefix {
+        let (network, len) = self
+            .prefix
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{} is not network/length", self.prefix));
+        mesh_chain::membership::Prefix::new(
+            network.parse().expect("the prefix's network"),
+            len.parse().expect("the prefix's length"),
+        )
+        .expect("a prefix the contract accepts")
+    }
 }
 
 /// One simulated CVM of the cluster.
@@ -87,6 +121,9 @@ pub struct Cluster<'a> {
     pub tdx_collateral: PathBuf,
     /// The (compose hash, OS measurement) pairs the nodes run.
     images: Vec<(String, String)>,
+    /// Node i's seat is `tokens[i - 1]`.
+    tokens: Vec<u64>,
+    prefix: mesh_chain::membership::Prefix,
     dir: tempfile::TempDir,
 }
 
@@ -99,7 +136,33 @@ impl<'a> Cluster<'a> {
     /// Like [`Cluster::deploy`], but mints only seats `1..=seats`: nodes above that have a simulator (an
     /// instance) and no seat until [`Cluster::mint`] gives them one.
     pub fn deploy_seats(lan: &'a Lan, seats: usize) -> Self {
-        Self::start(Some(lan), rpc_url(), lan.nodes.len(), seats)
+        let layout = Layout::default_for(lan.nodes.len());
+        Self::start(Some(lan), rpc_url(), lan.nodes.len(), seats, &layout)
+    }
+
+    /// Like [`Cluster::deploy`], with the prefix and the nodes' seats of `layout`.
+    pub fn deploy_layout(lan: &'a Lan, layout: &Layout) -> Self {
+        assert_eq!(layout.tokens.len(), lan.nodes.len(), "one seat per node");
+        Self::start(
+            Some(lan),
+            rpc_url(),
+            lan.nodes.len(),
+            lan.nodes.len(),
+            layout,
+        )
+    }
+
+    /// Node `i`'s seat.
+    pub fn token_of(&self, i: usize) -> u64 {
+        self.tokens[i - 1]
+    }
+
+    /// The overlay address of node `i`'s seat in this cluster's prefix.
+    pub fn overlay_of(&self, i: usize) -> Ipv4Addr {
+        let token = self.token_of(i);
+        self.prefix
+            .address(token)
+            .unwrap_or_else(|| panic!("seat {token} is outside the prefix"))
     }
 
     /// The lan this cluster's chain is on.
@@ -116,7 +179,13 @@ impl<'a> Cluster<'a> {
         &self.rpc_url
     }
 
-    fn start(lan: Option<&'a Lan>, rpc_url: String, nodes: usize, seats: usize) -> Self {
+    fn start(
+        lan: Option<&'a Lan>,
+        rpc_url: String,
+        nodes: usize,
+        seats: usize,
+        layout: &Layout,
+    ) -> Self {
         assert!(seats <= nodes, "{seats} seats for {nodes} nodes");
         let simulator = workspace_bin("dstack-simulator");
         let dir = tempfile::Builder::new()
@@ -187,6 +256,8 @@ impl<'a> Cluster<'a> {
             tdx_root_ca,
             tdx_collateral,
             images: Vec::new(),
+            tokens: layout.tokens.clone(),
+            prefix: layout.prefix(),
             dir,
         };
         let mut kms_roots = Vec::new();
@@ -237,7 +308,7 @@ impl<'a> Cluster<'a> {
                 "--app-id",
                 &format!("0x{APP_ID}"),
                 "--prefix",
-                "10.0.1.0/24",
+                layout.prefix,
                 "--max-nodes",
                 &cluster.sims.len().max(10).to_string(),
             ],
@@ -252,23 +323,64 @@ impl<'a> Cluster<'a> {
             cluster.meshctl(0, &["fund", &account_address(i), "--amount", "10"]);
         }
         for i in 1..=seats {
+            cluster.mint_inactive_below(cluster.token_of(i));
             cluster.mint(i);
         }
         cluster
+    }
+
+    /// Mints unbound seats to account 0, deactivating each, until the next seat is `token`: the seats below
+    /// those the layout gives nodes. Sent from this process (from inside the switch's namespace, where the
+    /// chain is), not by `meshctl`: a /16 cluster's test mints hundreds.
+    fn mint_inactive_below(&self, token: u64) {
+        let (rpc, contract, switch) = (
+            self.rpc_url.clone(),
+            self.contract.clone(),
+            self.lan.map(|l| l.switch.name.clone()),
+        );
+        let minting = std::thread::spawn(move || {
+            if let Some(ns) = switch {
+                crate::netns::enter(&ns);
+            }
+            crate::runtime::block_on(async move {
+                let holder = PrivateKeySigner::from_str(&account_key(0))
+                    .expect("account 0's key")
+                    .address();
+                let provider = crate::chain::signing_provider(&rpc, &account_key(0));
+                let c = mesh_chain::contract::DstackClusterNFT::new(
+                    contract.parse().expect("the contract address"),
+                    provider,
+                );
+                let last = || async { c.lastTokenId().call().await.expect("lastTokenId") };
+                // Bounded: one seat more each time, up to `token`.
+                while last().await.to::<u64>().saturating_add(1) < token {
+                    crate::chain::mined(
+                        c.mintNodeAccess(holder, mesh_chain::contract::no_binding()),
+                    )
+                    .await;
+                    crate::chain::mined(c.deactivate(last().await)).await;
+                }
+            });
+        });
+        minting
+            .join()
+            .expect("minting the seats below the nodes' panicked");
     }
 
     /// A cluster of `nodes` simulated instances and no seat yet, on the chain at `rpc_url`, which this process
     /// reaches (anvil in a container, say): `meshctl` runs here rather than in a namespace. The agents run
     /// elsewhere (in containers) with keys of their own, so their seats are minted and bound from there.
     pub fn deploy_at(rpc_url: String, nodes: usize) -> Cluster<'static> {
-        Cluster::start(None, rpc_url, nodes, 0)
+        Cluster::start(None, rpc_url, nodes, 0, &Layout::default_for(nodes))
     }
 
-    /// Mints seat `i` to anvil account `i`, bound to node `i` with the binding `p2p-agent identity` prints in
-    /// it (seats are minted in order, so it must become token `i`).
+    /// Mints node `i`'s seat (token `i` unless the layout says otherwise) to anvil account `i`, bound to node
+    /// `i` with the binding `p2p-agent identity` prints in it (seats are minted in order, so it must be the
+    /// next token).
     pub fn mint(&self, i: usize) -> Value {
         assert!(i <= self.sims.len(), "no node for seat {i}");
-        let binding = self.binding_file(i, i as u64, &account_address(i));
+        let token = self.token_of(i);
+        let binding = self.binding_file(i, token, &account_address(i));
         let minted = self.meshctl(
             0,
             &[
@@ -281,8 +393,8 @@ impl<'a> Cluster<'a> {
         );
         assert_eq!(
             minted["tokenId"].as_u64(),
-            Some(i as u64),
-            "seat {i} must be token {i}: {minted}"
+            Some(token),
+            "node {i}'s seat must be token {token}: {minted}"
         );
         minted
     }

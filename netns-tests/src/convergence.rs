@@ -161,7 +161,7 @@ pub fn watch_change<T: Send>(
 /// # Errors
 /// The agents that did not within `bound`.
 pub fn full_mesh(agents: &[&Agent<'_>], bound: Duration) -> Result<(), String> {
-    let seats: Vec<u64> = agents.iter().map(|a| a.index as u64).collect();
+    let seats: Vec<u64> = agents.iter().map(|a| a.token).collect();
     let all = |peers: &[Peer]| {
         let healthy_peers = seats.iter().filter(|t| healthy(peers, **t)).count();
         healthy_peers + 1 >= seats.len()

@@ -413,6 +413,10 @@ pub struct ChainStatus {
     /// New heads come by WebSocket subscription now; otherwise the agent polls.
     #[serde(default)]
     pub subscribed: bool,
+    /// The cluster's mesh prefix (`10.0.1.0/24`, `10.1.0.0/16`, …): seat N's overlay address is its N-th
+    /// host address. Absent until the chain (or the state file) has been read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     pub last_error: Option<String>,
 }
 

@@ -29,6 +29,7 @@ mod meshctl_cli;
 mod meshctl_status;
 mod nat;
 mod nat_traversal;
+mod overlay16;
 mod pending_registration;
 mod postgres;
 mod prometheus;
