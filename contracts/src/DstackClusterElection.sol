@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+
 /// @notice What the election reads of its cluster: which seats are active and who may act for them.
 interface IClusterSeats {
     function activeSeats() external view returns (uint256);
-    function lastTokenId() external view returns (uint256);
     /// @notice Whether seat `tokenId` is minted and not deactivated.
     function isActiveSeat(uint256 tokenId) external view returns (bool);
     /// @notice Whether `account` may act for seat `tokenId`: its holder (or whoever the holder authorised),
@@ -17,6 +18,8 @@ interface IClusterSeats {
 /// `election()` returns. It lives apart so that the cluster contract keeps room under EIP-170 for what binds a
 /// seat to its instance. With n active seats and f = ⌊(n−1)/2⌋, f+1 no-confidence votes replace the leader by
 /// the lowest-id active seat that is itself under the threshold. `leaderTerm` grows by one at every change.
+/// @dev No call loops over the seats ever minted: the cluster reports each seat that becomes active or stops
+/// being active, and the election keeps them in a bitmap whose lowest seats it finds in a few reads.
 contract DstackClusterElection {
     IClusterSeats public immutable cluster;
 
@@ -26,6 +29,13 @@ contract DstackClusterElection {
     uint256 public leaderTerm;
     mapping(uint256 voterTokenId => uint256 targetTokenId) public voteOf;
     mapping(uint256 targetTokenId => uint256) public votesAgainst;
+
+    /// @dev The active seats in three levels: bit b of `_activeInWord[w]` is seat 256·w + b; bit (w mod 256) of
+    /// `_wordsInGroup[w / 256]` says that word w has a seat, and bit g of `_groupsInUse` that group g has one.
+    /// That holds 2^24 ids, the capacity of the widest prefix the cluster takes (a /8).
+    uint256 private _groupsInUse;
+    mapping(uint256 group => uint256) private _wordsInGroup;
+    mapping(uint256 word => uint256) private _activeInWord;
 
     event LeaderElected(uint256 indexed tokenId, uint256 term);
     event VoteCast(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
@@ -88,11 +98,18 @@ contract DstackClusterElection {
         return n == 0 ? 1 : (n - 1) / 2 + 1;
     }
 
+    /// @notice The cluster tells the election that seat `tokenId` became active (minted, or activated again).
+    function seatJoined(uint256 tokenId) external {
+        if (msg.sender != address(cluster)) revert LeaderOnlyCluster(msg.sender);
+        _markActive(tokenId, true);
+    }
+
     /// @notice The cluster tells the election that seat `tokenId` stopped being active (deactivated or
     /// revoked), after counting it out: its vote goes, and so does its leadership; one fewer active seat
     /// lowers the threshold, which may unseat the leader.
     function seatLeft(uint256 tokenId) external {
         if (msg.sender != address(cluster)) revert LeaderOnlyCluster(msg.sender);
+        _markActive(tokenId, false);
         uint256 previous = voteOf[tokenId];
         if (previous != 0) _withdrawVote(tokenId, previous);
         if (leaderTokenId == tokenId) {
@@ -122,14 +139,52 @@ contract DstackClusterElection {
         emit LeaderReplaced(leader, next, votes, _setLeader(next));
     }
 
-    /// @dev Bounded by the prefix capacity (254 seats in a /24).
+    /// @dev Reads at most three seats: each active seat has one vote, and the threshold is more than half of
+    /// them, so no more than two seats can be at it.
     function _lowestEligible() private view returns (uint256) {
         uint256 threshold = voteThreshold();
-        uint256 last = cluster.lastTokenId();
-        for (uint256 id = 1; id <= last; ++id) {
-            if (votesAgainst[id] < threshold && cluster.isActiveSeat(id)) return id;
+        for (uint256 id = _nextActive(1); id != 0; id = _nextActive(id + 1)) {
+            if (votesAgainst[id] < threshold) return id;
         }
         return 0;
+    }
+
+    function _markActive(uint256 tokenId, bool active) private {
+        uint256 word = tokenId >> 8;
+        uint256 group = word >> 8;
+        uint256 before = _activeInWord[word];
+        uint256 bit = 1 << (tokenId & 255);
+        uint256 updated = active ? before | bit : before & ~bit;
+        _activeInWord[word] = updated;
+        if ((before == 0) == (updated == 0)) return;
+        uint256 words = _wordsInGroup[group];
+        uint256 wordBit = 1 << (word & 255);
+        uint256 wordsUpdated = updated != 0 ? words | wordBit : words & ~wordBit;
+        _wordsInGroup[group] = wordsUpdated;
+        if ((words == 0) == (wordsUpdated == 0)) return;
+        _groupsInUse = wordsUpdated != 0 ? _groupsInUse | (1 << group) : _groupsInUse & ~(1 << group);
+    }
+
+    /// @dev The lowest active seat id at or above `from`, or 0. A shift by 256 gives 0, which ends each level.
+    function _nextActive(uint256 from) private view returns (uint256) {
+        if (from >> 24 != 0) return 0;
+        uint256 word = from >> 8;
+        uint256 seats = _activeInWord[word] & (type(uint256).max << (from & 255));
+        if (seats != 0) return (word << 8) | _lowestBit(seats);
+        uint256 group = word >> 8;
+        uint256 words = _wordsInGroup[group] & (type(uint256).max << ((word & 255) + 1));
+        if (words == 0) {
+            uint256 groups = _groupsInUse & (type(uint256).max << (group + 1));
+            if (groups == 0) return 0;
+            group = _lowestBit(groups);
+            words = _wordsInGroup[group];
+        }
+        word = (group << 8) | _lowestBit(words);
+        return (word << 8) | _lowestBit(_activeInWord[word]);
+    }
+
+    function _lowestBit(uint256 x) private pure returns (uint256) {
+        return Math.log2(x & (~x + 1));
     }
 
     function _requireVoter(uint256 tokenId) private view {

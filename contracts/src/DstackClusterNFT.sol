@@ -362,6 +362,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         if (activeSeats >= maxNodes) revert ClusterMaxNodesReached(maxNodes);
         seat.active = true;
         ++activeSeats;
+        election.seatJoined(tokenId);
         emit SeatActivated(tokenId);
     }
 
@@ -626,6 +627,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         if (from == address(0)) {
             _seats[tokenId].active = true;
             ++activeSeats;
+            election.seatJoined(tokenId);
             emit SeatMinted(tokenId, to, network + uint32(tokenId));
         } else if (to == address(0)) {
             Seat storage seat = _seats[tokenId];

@@ -191,6 +191,9 @@ contract LeaderTest is ClusterFixture {
         vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderOnlyCluster.selector, _holder(1)));
         election.seatLeft(1);
         assertEq(election.leaderTokenId(), 1, "nobody but the cluster unseats a leader by saying it left");
+        vm.prank(OWNER);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderOnlyCluster.selector, OWNER));
+        election.seatJoined(5);
     }
 
     function test_WhoMayActForASeat() public {

@@ -54,6 +54,33 @@ contract PagingTest is ClusterFixture {
         assertEq(seen, want, "every record listed");
     }
 
+    event log_named_uint(string key, uint256 val);
+
+    /// @notice The agents read 500 records per call (mesh-chain's PAGE_SIZE), chosen from this figure: a page,
+    /// each record with an endpoint, a gateway URL and its binding's hashes, must stay far under what RPCs allow
+    /// an eth_call (geth's default cap is 50M gas). 100 records are measured and the cost per record scaled to
+    /// 500 (the page's own overhead is a few thousand gas). Run with -vv for the figures.
+    function test_APageOfOneHundredRecordsFitsAnRpcsCallGasCap() public {
+        vm.prank(OWNER);
+        cluster.setMaxNodes(100);
+        for (uint256 i = 1; i <= 100; ++i) {
+            bytes memory id = bytes("0000000000000000000000000000000000000000");
+            id[39] = bytes1(uint8(48 + i % 10));
+            id[38] = bytes1(uint8(48 + (i / 10) % 10));
+            id[37] = bytes1(uint8(48 + i / 100));
+            uint256 seat = _mint(HOLDER_A, string(id));
+            _register(seat, _nodeKey(string(id)), string(id), keccak256(abi.encode(i)), 1);
+        }
+        uint256 before = gasleft();
+        (DstackClusterNFT.Peer[] memory page, uint256 total) = cluster.getPeersPage(0, 100);
+        uint256 used = before - gasleft();
+        assertEq(page.length, 100, "a full page");
+        assertEq(total, 100, "every record counted");
+        emit log_named_uint("getPeersPage(0, 100) gas, 100 records", used);
+        emit log_named_uint("gas per record", used / 100);
+        assertTrue(used * 5 < 10_000_000, "a page of 500 records would cost over a fifth of geth's eth_call cap");
+    }
+
     function test_PagesListEveryRecordOnce() public {
         uint256[] memory ids = _seats(7);
         for (uint256 size = 1; size <= 8; ++size) {
