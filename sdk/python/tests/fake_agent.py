@@ -50,6 +50,7 @@ def status_json() -> dict[str, Any]:
             "lastProcessedBlock": 118,
             "lag": 2,
             "fromCache": False,
+            "prefix": "10.0.1.0/24",
             "lastError": None,
         },
         "uptimeSecs": 12,

@@ -97,6 +97,19 @@ def test_status_nested_and_nulls() -> None:
     assert s.chain.head is None and s.chain.last_error == "connection refused" and s.chain.chain_id == 31337
 
 
+def test_chain_prefix_and_an_agent_that_has_not_read_it() -> None:
+    raw = status_json()
+    raw["chain"]["prefix"] = "10.1.0.0/16"
+    assert Status.from_json(raw).chain.prefix == "10.1.0.0/16"
+    del raw["chain"]["prefix"]
+    assert Status.from_json(raw).chain.prefix is None
+    raw["chain"]["prefix"] = None
+    assert Status.from_json(raw).chain.prefix is None
+    raw["chain"]["prefix"] = 24
+    with pytest.raises(ProtocolError, match="status.chain has 'prefix' = 24, of the wrong type"):
+        Status.from_json(raw)
+
+
 def test_status_of_an_agent_without_registration_error() -> None:
     raw = status_json()
     del raw["node"]["registrationError"]

@@ -50,4 +50,5 @@ export {
   type LeaderState,
 } from "./models.js";
 export { BACKOFF_MAX, BACKOFF_START, type Logger } from "./monitor.js";
+export { overlayAddress, seatOf } from "./overlay.js";
 export { VERSION } from "./version.js";

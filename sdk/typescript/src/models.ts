@@ -4,8 +4,9 @@
  * Parsing ignores fields it does not know, because the API grows; a field this SDK needs that is missing or
  * of the wrong type throws {@link ProtocolError} rather than surfacing later as `undefined` in the caller's
  * code. Fields the agent added after its first release (`leader`, `registrationError`, `path`, `relayUrl`,
- * `pathReason`, and the leader's `term`, `state`, `ageMs`, `leaseMs`, `healthy` and `reason`) fall back to
- * their "nothing to report" value when absent. Absent values are `null`, as the API sends them.
+ * `pathReason`, the chain's `prefix`, and the leader's `term`, `state`, `ageMs`, `leaseMs`, `healthy` and
+ * `reason`) fall back to their "nothing to report" value when absent. Absent values are `null`, as the API
+ * sends them.
  */
 
 import { ProtocolError } from "./errors.js";
@@ -443,6 +444,9 @@ export class NodeInfo {
   }
 }
 
+/** What `ChainInfo`'s constructor takes: `prefix` is optional, so code written before it still compiles. */
+type ChainInfoInit = Omit<FieldsOf<ChainInfo>, "prefix"> & Partial<Pick<FieldsOf<ChainInfo>, "prefix">>;
+
 /** Where the agent is with the chain (`status.chain`). */
 export class ChainInfo {
   /** The cluster contract, checksummed. */
@@ -456,9 +460,14 @@ export class ChainInfo {
   readonly fromCache!: boolean;
   /** The RPC's error while it is failing, else `null`. */
   readonly lastError!: string | null;
+  /**
+   * The cluster's mesh prefix (`"10.0.1.0/24"`): seat N's overlay address is its N-th host address
+   * (`overlayAddress`). `null` until the agent has read the chain, and from an agent older than this field.
+   */
+  readonly prefix!: string | null;
 
-  constructor(fields: FieldsOf<ChainInfo>) {
-    Object.assign(this, fields);
+  constructor(fields: ChainInfoInit) {
+    Object.assign(this, { prefix: null }, fields);
     Object.freeze(this);
   }
 
@@ -473,6 +482,7 @@ export class ChainInfo {
       lag: f.optInteger("lag"),
       fromCache: f.flag("fromCache", false),
       lastError: f.optText("lastError"),
+      prefix: f.optText("prefix"),
     });
   }
 }

@@ -47,6 +47,7 @@ export function statusJson(): JsonObject & { node: JsonObject; chain: JsonObject
       lastProcessedBlock: 118,
       lag: 2,
       fromCache: false,
+      prefix: "10.0.1.0/24",
       lastError: null,
     },
     uptimeSecs: 12,

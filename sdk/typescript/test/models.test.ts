@@ -5,6 +5,7 @@ import { test } from "node:test";
 
 import {
   AppHealth,
+  ChainInfo,
   Health,
   HealthCheck,
   Leader,
@@ -146,6 +147,24 @@ test("the status, nested, with its nulls", () => {
   assert.equal(s.chain.head, null);
   assert.equal(s.chain.lastError, "connection refused");
   assert.equal(s.chain.chainId, 31337);
+});
+
+test("the chain's prefix, and an agent that has not read it", () => {
+  const raw = statusJson();
+  raw.chain["prefix"] = "10.1.0.0/16";
+  assert.equal(Status.fromJSON(raw).chain.prefix, "10.1.0.0/16");
+  delete raw.chain["prefix"];
+  assert.equal(Status.fromJSON(raw).chain.prefix, null);
+  raw.chain["prefix"] = null;
+  assert.equal(Status.fromJSON(raw).chain.prefix, null);
+  raw.chain["prefix"] = 24;
+  assert.throws(() => Status.fromJSON(raw), {
+    name: "ProtocolError",
+    message: /the agent's status\.chain has "prefix" = 24, of the wrong type/,
+  });
+  // Built without it, as code written before the field does, it is null.
+  const { prefix: _, ...older } = ChainInfo.fromJSON(statusJson().chain);
+  assert.equal(new ChainInfo(older).prefix, null);
 });
 
 test("the status of an agent without registrationError", () => {

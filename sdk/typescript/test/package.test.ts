@@ -26,6 +26,8 @@ test("the package imports by its name, and its version is package.json's", () =>
     "RegistrationError",
     "Leader",
     "Peer",
+    "overlayAddress",
+    "seatOf",
   ]) {
     assert.equal(typeof (sdk as Record<string, unknown>)[name], "function", name);
   }

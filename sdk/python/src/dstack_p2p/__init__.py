@@ -33,6 +33,7 @@ from .models import (
     Reconnected,
     Status,
 )
+from .overlay import overlay_address, seat_of
 from .sync import DStackP2P
 
 #: The blocking client under a name that says so.
@@ -65,4 +66,6 @@ __all__ = [
     "RegistrationError",
     "Status",
     "__version__",
+    "overlay_address",
+    "seat_of",
 ]

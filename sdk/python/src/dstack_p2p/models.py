@@ -3,8 +3,8 @@
 Parsing ignores fields it does not know, because the API grows; a field this SDK needs that is missing or of
 the wrong type raises :class:`~dstack_p2p.errors.ProtocolError` rather than surfacing later as a
 ``KeyError`` in the caller's code. Fields the agent added after its first release (``leader``,
-``registrationError``, ``path``, ``relayUrl``, and the leader's ``term``, ``state``, ``ageMs``, ``leaseMs``,
-``healthy`` and ``reason``) fall back to their "nothing to report" value when absent.
+``registrationError``, ``path``, ``relayUrl``, the chain's ``prefix``, and the leader's ``term``, ``state``,
+``ageMs``, ``leaseMs``, ``healthy`` and ``reason``) fall back to their "nothing to report" value when absent.
 """
 
 from __future__ import annotations
@@ -373,6 +373,10 @@ class ChainInfo:
     from_cache: bool
     #: The RPC's error while it is failing, else ``None``.
     last_error: str | None
+    #: The cluster's mesh prefix (``"10.0.1.0/24"``): seat N's overlay address is its N-th host address
+    #: (:func:`~dstack_p2p.overlay.overlay_address`). ``None`` until the agent has read the chain, and from
+    #: an agent older than this field. Last, with a default, so positional construction still works.
+    prefix: str | None = None
 
     @classmethod
     def from_json(cls, value: object) -> ChainInfo:
@@ -386,6 +390,7 @@ class ChainInfo:
             lag=f.opt_integer("lag"),
             from_cache=f.flag("fromCache", default=False),
             last_error=f.opt_text("lastError"),
+            prefix=f.opt_text("prefix"),
         )
 
 
