@@ -91,9 +91,17 @@ contract ElectionSeatsTest is ClusterFixture {
         emit log_named_uint("electLeader gas, 1,000 seats minted", elect1000);
         emit log_named_uint("castVote that replaces the leader, 10 seats minted", replace10);
         emit log_named_uint("castVote that replaces the leader, 1,000 seats minted", replace1000);
-        // The seats' ids sit in other words of the bitmap at 1,000, which costs the same reads.
-        assertTrue(elect1000 <= elect10 + 2_000, "electLeader grows with the seats ever minted");
-        assertTrue(replace1000 <= replace10 + 2_000, "a replacing vote grows with the seats ever minted");
+        // Both measured cold, as a transaction finds them. At 1,000 the three seats sit in the bitmap's fourth
+        // word, not its first: one more level and one more word read, two cold reads of 2,100 gas.
+        assertTrue(elect1000 <= elect10 + 5_000, "electLeader grows with the seats ever minted");
+        assertTrue(replace1000 <= replace10 + 5_000, "a replacing vote grows with the seats ever minted");
+    }
+
+    /// Storage cold, as a transaction of its own finds it, whether or not forge runs each call as one
+    /// (`--gas-report` does; plain `forge test` runs the whole test as one transaction).
+    function _cool() internal {
+        vm.cool(address(cluster));
+        vm.cool(address(election));
     }
 
     function _holder(uint256 i) internal pure returns (address) {
@@ -113,6 +121,7 @@ contract ElectionSeatsTest is ClusterFixture {
                 cluster.deactivate(i);
             }
         }
+        _cool();
         vm.prank(_holder(n));
         uint256 before = gasleft();
         election.electLeader(n);
@@ -120,6 +129,7 @@ contract ElectionSeatsTest is ClusterFixture {
         assertEq(election.leaderTokenId(), n - 2, "the lowest active seat leads");
         vm.prank(_holder(n - 1));
         election.castVote(n - 1, n - 2);
+        _cool();
         vm.prank(_holder(n));
         before = gasleft();
         election.castVote(n, n - 2);

@@ -26,6 +26,8 @@ interface Vm {
     function deal(address account, uint256 newBalance) external;
     function chainId(uint256 newChainId) external;
     function roll(uint256 newHeight) external;
+    /// Marks every storage slot of `target` cold, as it is at the start of a transaction or an eth_call.
+    function cool(address target) external;
     function assume(bool condition) external pure;
     function expectRevert() external;
     function expectRevert(bytes4 revertData) external;
