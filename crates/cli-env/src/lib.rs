@@ -6,13 +6,18 @@
 //! Both names set to different values is a [`Conflict`]: which one the user meant cannot be known.
 //!
 //! An empty variable counts as unset ([`empty`]): compose files write `NAME: ${NAME:-}` for an optional
-//! setting, which sets it to the empty string, and clap would otherwise parse that as a value.
+//! setting, which sets it to the empty string, and clap would otherwise parse that as a value. That holds for
+//! dstack's own variables too (`DSTACK_GATEWAY_DOMAIN`, `DSTACK_APP_ID`), which the compose file passes on the
+//! same way and which are empty wherever the platform does not set them.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
 
 /// The prefix of every variable.
 pub const PREFIX: &str = "DSTACK_MESH_";
+
+/// The prefix of the variables dstack's platform sets, some of which the binaries read.
+pub const PLATFORM_PREFIX: &str = "DSTACK_";
 
 /// An older name still read for a variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +86,7 @@ pub fn plan(
 }
 
 /// The variables of `vars` that [`parse`] unsets because they are empty: ours (the prefix, or an alias's
-/// older name). Pure, so it is tested without touching the environment.
+/// older name) and dstack's. Pure, so it is tested without touching the environment.
 pub fn empty(
     aliases: &[Alias],
     vars: impl IntoIterator<Item = (OsString, OsString)>,
@@ -89,9 +94,9 @@ pub fn empty(
     vars.into_iter()
         .filter(|(name, value)| {
             value.is_empty()
-                && name
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(PREFIX) || aliases.iter().any(|a| a.older == n))
+                && name.to_str().is_some_and(|n| {
+                    n.starts_with(PLATFORM_PREFIX) || aliases.iter().any(|a| a.older == n)
+                })
         })
         .map(|(name, _)| name)
         .collect()
@@ -161,13 +166,19 @@ mod tests {
             ("DSTACK_MESH_RPC_URL", "http://x"),
             ("RPC_URL", ""),
             ("HOME", ""),
+            // What deploy/docker-compose.yml passes on where the platform sets neither.
+            ("DSTACK_GATEWAY_DOMAIN", ""),
+            ("DSTACK_APP_ID", ""),
+            ("DSTACK_APP_DOMAIN", "app.example.com"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         assert_eq!(
             empty(ALIASES, vars),
             vec![
                 OsString::from("DSTACK_MESH_GATEWAY_DOMAIN"),
-                OsString::from("RPC_URL")
+                OsString::from("RPC_URL"),
+                OsString::from("DSTACK_GATEWAY_DOMAIN"),
+                OsString::from("DSTACK_APP_ID"),
             ]
         );
     }
