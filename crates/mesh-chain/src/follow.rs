@@ -583,17 +583,15 @@ impl Follower {
                 }
             }
         };
-        let mut apply = RangeApply::new(
-            &self.view,
-            Blocks {
-                from,
-                to,
-                hash,
-                parent,
-            },
-        );
+        let blocks = Blocks {
+            from,
+            to,
+            hash,
+            parent,
+        };
         // Requested before the logs are read, so that a failing eth_getLogs does not put it off.
-        if !apply.doubts().is_empty() {
+        let reorganised = apply::reorganised(&self.view, &blocks);
+        if reorganised {
             self.schedule.request(now);
         }
         let cluster = [self.view.contract, self.view.election];
@@ -607,6 +605,19 @@ impl Follower {
                 .await
                 .map_err(rpc("eth_getLogs"))?
         };
+        // Most blocks: nothing of the cluster's, so nothing to apply, check or compare.
+        if logs.is_empty() {
+            if reorganised {
+                warn!(
+                    block = last,
+                    "the chain reorganised below the last processed block; a full read is due"
+                );
+            }
+            apply::move_on(&mut self.view, &blocks);
+            self.forget_announced();
+            return Ok((false, to == target));
+        }
+        let mut apply = RangeApply::new(&self.view, blocks);
         for log in &logs {
             let log = Logged::decode(log, self.view.contract, self.view.election);
             let binding = match apply.binding_wanted(&log) {
