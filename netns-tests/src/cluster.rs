@@ -152,6 +152,40 @@ impl<'a> Cluster<'a> {
         )
     }
 
+    /// Like [`Cluster::deploy_layout`], but mints no seat: the nodes' seats are minted later ([`Cluster::mint`]),
+    /// after others minted from this process (a benchmark's simulated members).
+    pub fn deploy_unminted(lan: &'a Lan, layout: &Layout) -> Self {
+        assert_eq!(layout.tokens.len(), lan.nodes.len(), "one seat per node");
+        Self::start(Some(lan), rpc_url(), lan.nodes.len(), 0, layout)
+    }
+
+    /// What a `dstack-simulator` of this cluster serves, for an instance called `name` simulated in this
+    /// process ([`crate::node::SimulatedInstance::start_with`]): the cluster's KMS root and mock PKI, the test
+    /// app, and so the nodes' image.
+    ///
+    /// # Panics
+    /// When the cluster's key files cannot be read.
+    pub fn instance_config(&self, name: &str) -> dstack_simulator::platform::SimulatorConfig {
+        let read = |file: &str| {
+            std::fs::read_to_string(self.dir.path().join(file))
+                .unwrap_or_else(|e| panic!("cannot read the cluster's {file}: {e}"))
+        };
+        let seed: [u8; 32] = alloy::hex::decode(read("mock-pki.seed").trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .expect("the mock PKI seed is 32 bytes of hex");
+        dstack_simulator::platform::SimulatorConfig {
+            keys: dstack_simulator::platform::KeySource::Cluster {
+                root: dstack_simulator::keys::KmsRootKey::from_hex(&read("kms-root.key"))
+                    .expect("the cluster's KMS root key"),
+                app_id: Some(APP_ID.parse().expect("the app id")),
+            },
+            instance: dstack_simulator::platform::InstanceChoice::Name(name.to_owned()),
+            app_name: None,
+            mock_pki: Some(std::sync::Arc::new(tdx_mock::MockPki::from_seed(seed))),
+        }
+    }
+
     /// Node `i`'s seat.
     pub fn token_of(&self, i: usize) -> u64 {
         self.tokens[i - 1]
@@ -299,6 +333,15 @@ impl<'a> Cluster<'a> {
         );
         cluster.kms_root = kms_roots.remove(0);
 
+        // Room for every node's seat, and for the seats minted below them.
+        let max_nodes = layout
+            .tokens
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(cluster.sims.len() as u64)
+            .max(10);
         let deployed = cluster.meshctl(
             0,
             &[
@@ -310,7 +353,7 @@ impl<'a> Cluster<'a> {
                 "--prefix",
                 layout.prefix,
                 "--max-nodes",
-                &cluster.sims.len().max(10).to_string(),
+                &max_nodes.to_string(),
             ],
         );
         cluster.contract = deployed["contract"]

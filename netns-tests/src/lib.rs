@@ -30,6 +30,8 @@
 //! - [`api`]: the agent's real API server, serving a fixture snapshot; [`meshctl`]: the CLI against anvil.
 //! - [`rpc_proxy`]: a JSON-RPC proxy in front of anvil that tests make fail or lie; [`tcp_relay`]: a TCP
 //!   relay they cut and restore (a WebSocket that drops).
+//! - [`swarm`]: simulated WireGuard peers, a boringtun `Tunn` and a UDP socket each, for the benchmark of
+//!   one agent facing a thousand.
 //! - [`unique_name`]: names unique per run, that fit an interface name.
 
 pub mod agent;
@@ -53,6 +55,7 @@ pub mod process;
 pub mod rpc_proxy;
 pub mod runtime;
 pub mod steps;
+pub mod swarm;
 pub mod tcp_relay;
 pub mod transfer;
 pub mod uplink;

@@ -100,10 +100,19 @@ impl SimulatedInstance {
     /// # Panics
     /// When the socket cannot be bound.
     pub async fn start(name: &str) -> Self {
-        let platform = Platform::new(config(name)).expect("simulated platform");
-        let kms_root = KmsRootKey::from_hex(KMS_ROOT_KEY)
-            .expect("root key")
-            .address();
+        Self::start_with(config(name)).await
+    }
+
+    /// Starts the instance `config` describes: of another cluster's app, such as a [`crate::cluster::Cluster`]'s
+    /// ([`crate::cluster::Cluster::instance_config`]). Call inside a tokio runtime.
+    ///
+    /// # Panics
+    /// When the platform cannot be built, or the socket bound.
+    pub async fn start_with(config: SimulatorConfig) -> Self {
+        let platform = Platform::new(config).expect("simulated platform");
+        let kms_root = platform
+            .kms_root()
+            .expect("a cluster's instance has a KMS root");
         let instance_id = platform.instance_id_hex();
         let app_id = platform.app_id();
         let dir = tempfile::tempdir().expect("temp dir");
