@@ -43,31 +43,15 @@ pub(crate) fn measure(lan: &Lan, agents: &[Agent<'_>]) -> anyhow::Result<Cost> {
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let rss_f: Vec<f64> = rss.iter().map(|r| *r as f64).collect();
 
-    let counters = |a: &Agent<'_>| -> anyhow::Result<(u64, u64)> {
-        let text = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(mesh_api::get_text(&a.api_socket, "/metrics"))?;
-        let counter = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("no {name} in /metrics"))
-        };
-        Ok((
-            counter("dstack_mesh_chain_requests_total")?,
-            counter("dstack_mesh_chain_head_polls_total")?,
-        ))
-    };
     let blocks = 10u64;
-    let (req0, polls0) = counters(&agents[0])?;
+    let (req0, polls0) = chain_counters(&agents[0])?;
     let (rpc2, t2) = (lan.rpc_requests(), Instant::now());
     for _ in 0..blocks {
         mine(lan);
         std::thread::sleep(Duration::from_secs(1));
     }
     let (rpc3, t3) = (lan.rpc_requests(), Instant::now());
-    let (req1, polls1) = counters(&agents[0])?;
+    let (req1, polls1) = chain_counters(&agents[0])?;
     // Beyond the idle rate, and not counting the evm_mine calls themselves.
     let at_anvil = ((rpc3 - rpc2) as f64 - blocks as f64 - idle_rate * (t3 - t2).as_secs_f64())
         / blocks as f64;
@@ -92,8 +76,26 @@ pub(crate) fn measure(lan: &Lan, agents: &[Agent<'_>]) -> anyhow::Result<Cost> {
     })
 }
 
+/// Agent `a`'s own count of its chain requests, and of those its head polls, from its `/metrics`.
+pub(crate) fn chain_counters(a: &Agent<'_>) -> anyhow::Result<(u64, u64)> {
+    let text = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(mesh_api::get_text(&a.api_socket, "/metrics"))?;
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {name} in /metrics"))
+    };
+    Ok((
+        counter("dstack_mesh_chain_requests_total")?,
+        counter("dstack_mesh_chain_head_polls_total")?,
+    ))
+}
+
 /// One empty block, mined by anvil on request (`evm_mine`).
-fn mine(lan: &Lan) {
+pub(crate) fn mine(lan: &Lan) {
     in_netns(&lan.switch, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -111,7 +113,7 @@ fn mine(lan: &Lan) {
     });
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -33,8 +33,14 @@
 //!   when each read the block, added the peer, initiated, got a session, and showed it on its API;
 //!   initiations the newcomer dropped, and WireGuard's retries.
 //!
-//! `--sections` picks some of them (`throughput,latency,offloads,relay,nat,failover,sizes,trace`, all by
-//! default).
+//! - Thousand (`--thousand`, 1,000 seats on a /16): one real agent joins a cluster whose other members are
+//!   simulated in this process, each with the agent's own follower, membership and plan code on anvil's
+//!   WebSocket and a boringtun peer on a UDP socket: a full read's cost, RPC requests per idle block and
+//!   per join, block to each member's applied view (median, p99, worst), the join storm of handshakes
+//!   toward the newcomer (cookies, retries), and the agent's RSS, idle CPU and time to handshake with all.
+//!
+//! `--sections` picks some of them (`throughput,latency,offloads,relay,nat,failover,sizes,trace,thousand`,
+//! all by default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
 //! boringtun-cli into `target/peers`), or:
@@ -48,7 +54,8 @@
 //!
 //! Layout:
 //! - one module per section: `throughput` and `latency` (on the LAN of `topology`), `offloads`, `relay`,
-//!   `nat`, `failover`, `sizes` (with `cost` and `churn`) and `trace`;
+//!   `nat`, `failover`, `sizes` (with `cost` and `churn`), `trace` and `thousand` (with its simulated
+//!   `members` and their `followers`);
 //! - `tunnel`: one implementation between two nodes, measured with what a run costs its WireGuard sides;
 //!   `references`: the WireGuards the mesh is compared with;
 //! - `report`: what a run measured, typed, written once as the JSON; `table`: what is printed from it.
@@ -64,6 +71,7 @@ mod relay;
 mod report;
 mod sizes;
 mod table;
+mod thousand;
 mod throughput;
 mod topology;
 mod trace;
@@ -100,6 +108,9 @@ struct Args {
     /// The mesh size whose join the trace section follows through every node's log.
     #[arg(long, default_value_t = 50)]
     trace_nodes: usize,
+    /// The seats of the thousand section: one agent and this many less one simulated members.
+    #[arg(long, default_value_t = 1000)]
+    thousand: usize,
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
@@ -114,7 +125,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,offloads,relay,nat,failover,sizes,trace"
+        default_value = "throughput,latency,offloads,relay,nat,failover,sizes,trace,thousand"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -152,6 +163,8 @@ enum Section {
     Sizes,
     /// One join at `--trace-nodes`, traced through every node's log.
     Trace,
+    /// One agent joining a cluster of `--thousand` seats whose other members are simulated in-process.
+    Thousand,
 }
 
 /// How the agents of the sizes section follow the chain, for `--follow`.
@@ -264,6 +277,13 @@ fn main() -> anyhow::Result<()> {
             args.follow.describe()
         );
         report.trace = Some(trace::join(args.trace_nodes, args.follow)?);
+    }
+    if on(Section::Thousand) {
+        eprintln!(
+            "== {} seats on a /16: one agent, and simulated members in this process",
+            args.thousand
+        );
+        report.thousand = Some(thousand::measure(args.thousand)?);
     }
 
     table::print_table(&report);

@@ -35,6 +35,8 @@ pub(crate) struct Report {
     pub(crate) sizes: Option<Vec<Size>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trace: Option<Trace>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) thousand: Option<Thousand>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -312,10 +314,22 @@ pub(crate) struct Stat {
     pub(crate) nodes: usize,
     pub(crate) median_ms: Option<f64>,
     pub(crate) p90_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
     pub(crate) max_ms: Option<f64>,
 }
 
 impl Stat {
+    /// `worst W ms (median M, p99 P)`, for a progress line.
+    pub(crate) fn brief(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        format!(
+            "worst {} ms (median {}, p99 {})",
+            ms(self.max_ms),
+            ms(self.median_ms),
+            ms(self.p99_ms)
+        )
+    }
+
     /// Over the nodes that have a time.
     pub(crate) fn of(times: impl Iterator<Item = Option<f64>>) -> Self {
         let mut v: Vec<f64> = times.flatten().collect();
@@ -328,6 +342,7 @@ impl Stat {
             nodes: v.len(),
             median_ms: at(0.5),
             p90_ms: at(0.9),
+            p99_ms: at(0.99),
             max_ms: at(1.0),
         }
     }
@@ -351,4 +366,59 @@ pub(crate) struct NodeTrace {
     pub(crate) timer_retries: usize,
     /// Its API showed the handshake.
     pub(crate) api: f64,
+}
+
+/// A cluster of a thousand seats: one agent joining simulated members; times in ms from the block that
+/// holds the agent's record, unless in seconds.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Thousand {
+    pub(crate) nodes: usize,
+    /// Minting, binding and registering the simulated members, one after another.
+    pub(crate) register_secs: f64,
+    /// A follower's first full read, every proof checked, and a later one that finds nothing new.
+    pub(crate) first_full_read_ms: f64,
+    pub(crate) first_full_read_requests: u64,
+    pub(crate) full_read_ms: f64,
+    pub(crate) full_read_requests: u64,
+    /// Until every follower had confirmed its cached view and followed heads.
+    pub(crate) followers_start_secs: f64,
+    /// At anvil, with every follower idle: by time (their safety polls), and per empty block beyond that.
+    pub(crate) idle_anvil_requests_per_second: f64,
+    pub(crate) idle_anvil_requests_per_block: f64,
+    /// The followers' own count per empty block, less their head polls, and the CPU each spent on it.
+    pub(crate) idle_requests_per_follower_per_block: f64,
+    pub(crate) idle_cpu_ms_per_member_per_block: f64,
+    /// Per follower, for the newcomer's join: over the blocks of its seat's mint (until every follower
+    /// held the binding), and over those from its agent's start until every peer had a handshake.
+    pub(crate) mint_requests_per_follower: f64,
+    pub(crate) mint_blocks: u64,
+    pub(crate) bound_by_all: bool,
+    pub(crate) join_requests_per_follower: f64,
+    pub(crate) join_blocks: u64,
+    /// From the block (its first announcement, to a member or to the bench's own watch) to each member
+    /// hearing of it, and to each member's plan holding the newcomer.
+    pub(crate) heard: Stat,
+    pub(crate) applied: Stat,
+    pub(crate) applied_by_all: bool,
+    /// The bench process's CPU over the join (every member's follower, plan and simulated peer), per member.
+    pub(crate) cpu_ms_per_member: f64,
+    /// Members following heads by subscription at the end, and ticks that failed over the run.
+    pub(crate) subscribed_at_end: usize,
+    pub(crate) tick_errors: u64,
+    /// From the block to each simulated peer's session with the newcomer.
+    pub(crate) handshake: Stat,
+    pub(crate) handshaken_by_all: bool,
+    /// What the newcomer answered the storm with, beyond responses, and what the peers sent again.
+    pub(crate) cookie_replies: u64,
+    pub(crate) retried_initiations: u64,
+    /// The newcomer's initiations that members' peers dropped before their member had read its record.
+    pub(crate) unknown_initiations: u64,
+    /// From the agent's start until its API listed every peer, and had a handshake with each.
+    pub(crate) agent_listed_secs: Option<f64>,
+    pub(crate) agent_handshaken_secs: Option<f64>,
+    #[serde(rename = "agentRssKiB")]
+    pub(crate) agent_rss_kib: u64,
+    pub(crate) agent_cpu_percent_idle: f64,
+    pub(crate) agent_requests_per_block: f64,
 }

@@ -1,6 +1,6 @@
 //! The table printed at the end of a run, from its [`Report`].
 
-use crate::report::{Report, Run};
+use crate::report::{Report, Run, Stat, Thousand};
 use crate::tunnel::{BARE, MESH};
 
 /// The implementations in the throughput and latency sections, in the table's order.
@@ -114,6 +114,9 @@ pub(crate) fn print_table(r: &Report) {
             "\nFailover (3 nodes, the leader's node cut off, leader timeout {} s): seat 2 leads on-chain after {:.0} ms ({:.0} ms beyond the timeout); both agents report it after {:.0} ms",
             fo.leader_timeout_secs, fo.on_chain_ms, fo.beyond_timeout_ms, fo.reported_ms
         );
+    }
+    if let Some(t) = &r.thousand {
+        print_thousand(t);
     }
     let Some(sizes) = &r.sizes else {
         return;
@@ -276,4 +279,56 @@ fn print_compared(r: &Report) {
         }
         println!("{row}");
     }
+}
+
+/// The thousand section: one agent joining simulated members, each with the agent's control plane.
+fn print_thousand(t: &Thousand) {
+    let others = t.nodes - 1;
+    println!(
+        "\n{} seats on a /16: one agent joining {others} simulated members (the agent's follower, membership and plan code each, on anvil's WebSocket; a boringtun peer each)",
+        t.nodes
+    );
+    let stat = |s: &Stat| {
+        format!(
+            "{} of {others}: median {} ms, p99 {} ms, worst {} ms",
+            s.nodes,
+            fixed(s.median_ms, 0),
+            fixed(s.p99_ms, 0),
+            fixed(s.max_ms, 0)
+        )
+    };
+    println!("block to its announcement:   {}", stat(&t.heard));
+    println!("block to applied view:       {}", stat(&t.applied));
+    println!("block to handshake (storm):  {}", stat(&t.handshake));
+    println!(
+        "the storm:                   {} cookie replies, {} retried initiations",
+        t.cookie_replies, t.retried_initiations
+    );
+    println!(
+        "RPC requests, idle:          {:.3} per member per block ({:.3} ms of CPU); at anvil {:.1} per block and {:.1}/s by time (safety polls)",
+        t.idle_requests_per_follower_per_block,
+        t.idle_cpu_ms_per_member_per_block,
+        t.idle_anvil_requests_per_block,
+        t.idle_anvil_requests_per_second
+    );
+    println!(
+        "RPC requests, a join:        {:.2} per member over the mint's {} block(s), {:.2} over the {} block(s) of the agent's start",
+        t.mint_requests_per_follower, t.mint_blocks, t.join_requests_per_follower, t.join_blocks
+    );
+    println!(
+        "the members' CPU:            {:.2} ms each for the join (follower, plan and simulated peer); {} of {others} subscribed at the end; {} ticks failed",
+        t.cpu_ms_per_member, t.subscribed_at_end, t.tick_errors
+    );
+    println!(
+        "a full read of {others} records: first {:.0} ms ({} requests, every proof checked), later {:.0} ms ({} requests)",
+        t.first_full_read_ms, t.first_full_read_requests, t.full_read_ms, t.full_read_requests
+    );
+    println!(
+        "the agent with {others} peers:  all listed {} s and handshaken {} s after its start; RSS {:.1} MiB; idle CPU {:.2}%; {:.2} chain requests per block",
+        fixed(t.agent_listed_secs, 1),
+        fixed(t.agent_handshaken_secs, 1),
+        t.agent_rss_kib as f64 / 1024.0,
+        t.agent_cpu_percent_idle,
+        t.agent_requests_per_block
+    );
 }

@@ -1,0 +1,243 @@
+//! The other members' control planes: the agent's own follower, membership and plan code for each member,
+//! many in this process, each on anvil's WebSocket as an agent at its defaults follows it (new heads by
+//! subscription, a safety poll), with no data plane: a plan is applied to a table in memory, and a member
+//! that has applied the newcomer has its simulated WireGuard peer in the swarm initiate toward it.
+//!
+//! Left out of what an agent does per change: attesting the newcomer's quote, writing the state file and
+//! serving the API (each costs the node, not the others, and would be a thousand times on these two cores).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use alloy::primitives::Address;
+use alloy::transports::http::reqwest::Url;
+use mesh_chain::follow::{Anchors, FollowConfig, Follower};
+use mesh_chain::heads::{Wake, Wakeups};
+use mesh_chain::membership::Own;
+use mesh_chain::view::ChainView;
+use mesh_wg::{MemoryTable, PeerTable as _};
+use netns_tests::swarm::Swarm;
+use p2p_agent::state::SeatState;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::members::Member;
+
+/// The agent's defaults: `--confirmations 0`, `--poll-interval-ms 2000`. The full read is an hour apart
+/// rather than a minute: a thousand full reads a minute on the bench's one anvil would be what it measures
+/// (the cost of one is measured on its own).
+const CONFIG: FollowConfig = FollowConfig {
+    confirmations: 0,
+    full_read_every: Duration::from_secs(3600),
+};
+const POLL: Duration = Duration::from_secs(2);
+
+/// How many followers start at once: each opens two WebSockets and confirms its view with a full read.
+const STARTING_AT_ONCE: usize = 16;
+
+/// What one follower did, as the bench reads it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Seen {
+    /// It confirmed its view (its first full read) and follows heads.
+    pub(crate) ready: bool,
+    /// When its view first held the watched seat's binding (its mint's block), and when its plan first
+    /// held the seat (its record's block).
+    pub(crate) bound: Option<Instant>,
+    pub(crate) applied: Option<Instant>,
+    /// When the wake-up that led to `applied` came: the head's arrival, for a member woken by one.
+    pub(crate) heard: Option<Instant>,
+    /// Whether it follows heads by subscription now (else it polls, as the agent does when one drops).
+    pub(crate) subscribed: bool,
+    /// Its chain requests so far, and of those its head polls ([`Follower::requests`]).
+    pub(crate) requests: u64,
+    pub(crate) head_polls: u64,
+    /// Why it stopped, if it did.
+    pub(crate) failed: Option<String>,
+    /// Ticks that failed (each retried at the next wake-up, as the agent does), and the last one's error.
+    pub(crate) tick_errors: u64,
+    pub(crate) last_error: Option<String>,
+}
+
+/// The followers, one task each; dropping it stops them.
+pub(crate) struct Fleet {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    watched: Arc<std::sync::atomic::AtomicU64>,
+    _tasks: JoinSet<()>,
+}
+
+impl Fleet {
+    /// Starts a follower per member, each from `view` (as from its state file) and following `ws`. Call
+    /// on a runtime inside the namespace of the chain.
+    pub(crate) fn start(
+        members: &[Member],
+        view: &ChainView,
+        contract: Address,
+        ws: &Url,
+        swarm: &Arc<Swarm>,
+    ) -> Self {
+        let seen = Arc::new(Mutex::new(vec![Seen::default(); members.len()]));
+        let watched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let starting = Arc::new(Semaphore::new(STARTING_AT_ONCE));
+        let mut tasks = JoinSet::new();
+        for (index, member) in members.iter().enumerate() {
+            let one = One {
+                index,
+                member: member.clone(),
+                contract,
+                ws: ws.clone(),
+                seen: seen.clone(),
+                watched: watched.clone(),
+                swarm: swarm.clone(),
+            };
+            let (view, starting) = (view.clone(), starting.clone());
+            tasks.spawn(async move {
+                if let Err(e) = one.run(view, &starting).await {
+                    one.update(|s| s.failed = Some(format!("{e:#}")));
+                }
+            });
+        }
+        Self {
+            seen,
+            watched,
+            _tasks: tasks,
+        }
+    }
+
+    /// From now on, each follower notes when its plan first holds seat `token`, and has its peer in the
+    /// swarm initiate toward it then.
+    pub(crate) fn watch(&self, token: u64) {
+        self.watched
+            .store(token, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// One follower.
+struct One {
+    index: usize,
+    member: Member,
+    contract: Address,
+    ws: Url,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    watched: Arc<std::sync::atomic::AtomicU64>,
+    swarm: Arc<Swarm>,
+}
+
+impl One {
+    fn update(&self, f: impl FnOnce(&mut Seen)) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut seen[self.index]);
+    }
+
+    /// As the agent's chain task does it (`tasks::chain`), less the attestation and the state file: start
+    /// from the cached view, then a tick per wake-up, and the plan for every change.
+    async fn run(&self, view: ChainView, starting: &Semaphore) -> anyhow::Result<()> {
+        let table = MemoryTable::default();
+        let (mut follower, mut wakeups) = {
+            let _permit = starting.acquire().await?;
+            let provider = mesh_chain::rpc::reader(&self.ws).await?;
+            let mut follower = Follower::start(
+                provider,
+                self.contract,
+                CONFIG,
+                Some(view),
+                &Anchors::default(),
+            )
+            .await?;
+            let wakeups = Wakeups::new(POLL, Some(self.ws.clone()));
+            follower.tick(Instant::now()).await?;
+            self.apply(&follower, &table);
+            (follower, wakeups)
+        };
+        self.update(|s| s.ready = true);
+        loop {
+            let heads = match wakeups.next().await {
+                Wake::Heads(heads) => heads,
+                Wake::Timer => Vec::new(),
+            };
+            let woke = Instant::now();
+            let tick = follower.tick_at(woke, &heads).await;
+            self.note_binding(&follower);
+            match tick {
+                Ok(tick) if tick.changed => {
+                    self.apply(&follower, &table);
+                    self.update(|s| {
+                        if s.applied.is_some() {
+                            s.heard.get_or_insert(woke);
+                        }
+                    });
+                }
+                Ok(_) => {}
+                // As the agent: reported, and the next wake-up tries again.
+                Err(e) => {
+                    let e = e.to_string();
+                    self.update(|s| {
+                        s.tick_errors += 1;
+                        s.last_error = Some(e);
+                    });
+                }
+            }
+            if heads.is_empty()
+                && let Some(latest) = follower.latest_head()
+            {
+                wakeups.polled(latest);
+            }
+            let (requests, head_polls) = (follower.requests, follower.head_polls);
+            let subscribed = wakeups.subscribed();
+            self.update(|s| {
+                (s.requests, s.head_polls, s.subscribed) = (requests, head_polls, subscribed);
+            });
+        }
+    }
+
+    fn note_binding(&self, follower: &Follower) {
+        let watched = self.watched.load(std::sync::atomic::Ordering::SeqCst);
+        if follower.view().bindings.contains_key(&watched) {
+            let now = Instant::now();
+            self.update(|s| {
+                s.bound.get_or_insert(now);
+            });
+        }
+    }
+
+    /// The agent's decisions for a new view: who the members are, what the interface should hold, the plan
+    /// from what it holds, applied. The watched seat, once planned, is noted and initiated toward.
+    fn apply(&self, follower: &Follower, table: &MemoryTable) {
+        let own = Own {
+            token_id: Some(self.member.token),
+            instance_id: &self.member.instance_id,
+            wg_public_key: Some(self.member.wg_key),
+        };
+        let (members, _) =
+            p2p_agent::desired::members(follower.view(), SeatState::Active(self.member.token), own);
+        let want = p2p_agent::desired::peer_configs(&members, None);
+        let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
+        let failed = mesh_wg::apply(table, &changes);
+        debug_assert!(failed.is_empty(), "a table in memory refuses nothing");
+        let watched = self.watched.load(std::sync::atomic::Ordering::SeqCst);
+        let Some(newcomer) = members.iter().find(|m| m.token_id == watched) else {
+            return;
+        };
+        let (Some(key), Some(endpoint)) = (newcomer.wg_public_key, newcomer.endpoint) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut first = false;
+        self.update(|s| {
+            first = s.applied.is_none();
+            s.applied.get_or_insert(now);
+        });
+        if first {
+            self.swarm.initiate(self.index, *key.as_bytes(), endpoint);
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The thousand section: a cluster of `--thousand` seats (1,000) on a /16, measured on two cores without
+//! running a thousand agents. One real agent (node 1, the last seat) joins a cluster whose other members
+//! each are, in this process:
+//! - a simulated CVM whose seat is minted, bound and registered as an agent's would be ([`members`]);
+//! - the agent's follower, membership and plan code on anvil's WebSocket ([`followers`]);
+//! - a simulated WireGuard peer, a boringtun `Tunn` on its own UDP socket ([`netns_tests::swarm`]), which
+//!   initiates toward the newcomer as soon as its member's plan holds it: the join storm.
+//!
+//! It reports what a full read of the cluster costs, the RPC requests per idle block and per join, the time
+//! from the newcomer's block to each member's applied view (median, p99, worst), how the newcomer absorbs
+//! the storm (cookie replies, retried initiations, time to each handshake), and what the agent with 999
+//! peers costs (RSS, idle CPU, time to configure and handshake with all of them).
+
+mod followers;
+mod members;
+
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider as _;
+use anyhow::Context as _;
+use mesh_chain::contract::DstackClusterNFT;
+use mesh_chain::follow::{Anchors, FollowConfig, Follower};
+use mesh_chain::heads::Heads;
+use netns_tests::cluster::Layout;
+use netns_tests::lan::{SWITCH_IP, rpc_url, ws_url};
+use netns_tests::perf::{clock_ticks, cpu_ticks};
+use netns_tests::prelude::*;
+use netns_tests::swarm::Swarm;
+
+use crate::cost::{chain_counters, mine, rss_kib};
+use crate::report::{Stat, Thousand};
+use crate::{BOUND, ms};
+
+/// The first port of the swarm's peers, on the switch's address.
+const SWARM_PORTS: u16 = 20_000;
+
+/// Blocks mined for the idle measurements, one a second.
+const IDLE_BLOCKS: u64 = 10;
+
+/// Measures a cluster of `nodes` seats: `nodes - 1` simulated members and one agent.
+pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
+    anyhow::ensure!(
+        (3..=10_000).contains(&nodes),
+        "--thousand: {nodes} seats cannot be measured; give 3 to 10000"
+    );
+    let others = nodes - 1;
+    let lan = Lan::new(1);
+    let layout = Layout {
+        prefix: "10.1.0.0/16",
+        tokens: vec![nodes as u64],
+    };
+    let cluster = Cluster::deploy_unminted(&lan, &layout);
+    let contract = Address::from_str(&cluster.contract)?;
+    let rt = switch_runtime(&lan.switch.name)?;
+
+    eprintln!("   {others} members: simulated CVMs, each minted, bound and registered in turn");
+    let t = Instant::now();
+    let swarm = Arc::new(run_on(&rt, Swarm::bind(SWITCH_IP, SWARM_PORTS, others))?);
+    let configs = (1..=others)
+        .map(|i| cluster.instance_config(&format!("member-{i}")))
+        .collect();
+    let peers = swarm.peers();
+    let members = run_on(&rt, async move {
+        members::register_all(configs, &peers, contract).await
+    })?;
+    let register_secs = t.elapsed().as_secs_f64();
+    eprintln!("   {others} members registered in {register_secs:.0} s");
+
+    // What a full read costs at this size: the first, which checks every record's proof, and a later one,
+    // which finds nothing new.
+    let (view, first_read, later_read) = run_on(&rt, async move {
+        let reader = mesh_chain::rpc::reader(&rpc_url().parse()?).await?;
+        let t = Instant::now();
+        let config = FollowConfig {
+            confirmations: 0,
+            full_read_every: Duration::from_secs(3600),
+        };
+        let mut f = Follower::start(reader, contract, config, None, &Anchors::default()).await?;
+        let first = (t.elapsed(), f.requests);
+        let (t, before) = (Instant::now(), f.requests);
+        f.full_read().await?;
+        let later = (t.elapsed(), f.requests - before);
+        anyhow::Ok((f.view().clone(), first, later))
+    })?;
+    anyhow::ensure!(
+        view.records.len() == others,
+        "the first full read believed {} records of {others}",
+        view.records.len()
+    );
+    eprintln!(
+        "   a full read of {others} records: the first {:.0} ms ({} requests, every proof checked), a later one {:.0} ms ({} requests)",
+        ms(first_read.0),
+        first_read.1,
+        ms(later_read.0),
+        later_read.1
+    );
+
+    eprintln!(
+        "   {others} followers: the agent's follower, membership and plan code, on anvil's WebSocket"
+    );
+    let t = Instant::now();
+    let ws: alloy::transports::http::reqwest::Url = ws_url().parse()?;
+    let fleet = {
+        let _entered = rt.enter();
+        followers::Fleet::start(&members, &view, contract, &ws, &swarm)
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let seen = fleet.seen();
+        if let Some(failed) = seen.iter().find_map(|s| s.failed.as_ref()) {
+            anyhow::bail!("a follower stopped: {failed}");
+        }
+        let ready = seen.iter().filter(|s| s.ready).count();
+        if ready == others {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {ready} of {others} followers were following after 900 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let followers_secs = t.elapsed().as_secs_f64();
+    eprintln!("   followers following {followers_secs:.0} s after they started");
+
+    let idle = idle_requests(&lan, &fleet);
+    eprintln!(
+        "   idle: anvil {:.1} requests/s without blocks (the followers' safety polls), {:.1} per block beyond that; each follower {:.3} per block, and {:.3} ms of CPU",
+        idle.anvil_per_second,
+        idle.anvil_per_block,
+        idle.follower_per_block,
+        idle.cpu_ms_per_member_per_block
+    );
+
+    // The newcomer's seat is minted and bound: one block with its binding.
+    let token = nodes as u64;
+    fleet.watch(token);
+    let url: alloy::transports::http::reqwest::Url = rpc_url().parse()?;
+    let reader = run_on(&rt, async move { mesh_chain::rpc::reader(&url).await })?;
+    let head = || {
+        let reader = reader.clone();
+        run_on(&rt, async move { reader.get_block_number().await })
+    };
+    let (before, block0) = (follower_requests(&fleet), head()?);
+    cluster.mint(1);
+    let bound_by_all = wait_for(BOUND, || fleet.seen().iter().all(|s| s.bound.is_some()));
+    std::thread::sleep(Duration::from_secs(1));
+    let mint = Window {
+        requests: (follower_requests(&fleet) - before) as f64 / others as f64,
+        blocks: head()? - block0,
+    };
+
+    // Its agent starts, configures its peers, registers: the block every member reacts to.
+    let (before, block0) = (follower_requests(&fleet), head()?);
+    let cpu0 = cpu_ticks(std::process::id());
+    let block = rt.spawn(record_block(contract, token));
+    let started = Instant::now();
+    let agent = Agent::builder(&cluster)
+        .config(AgentConfig::lan_ws)
+        .ready_within(600)
+        .start(1);
+    let block = rt
+        .block_on(block)
+        .expect("the block watch panicked")
+        .context("the newcomer's record never came in a block")?;
+    let applied_by_all = wait_for(BOUND, || fleet.seen().iter().all(|s| s.applied.is_some()));
+    let handshaken_by_all = wait_for(BOUND, || {
+        swarm.stats().iter().all(|s| s.handshake_at.is_some())
+    });
+    let cpu = cpu_ticks(std::process::id()) - cpu0;
+    let (listed, handshaken) = agent_progress(&agent, others, started);
+    std::thread::sleep(Duration::from_secs(1));
+    let join = Window {
+        requests: (follower_requests(&fleet) - before) as f64 / others as f64,
+        blocks: head()? - block0,
+    };
+    // The bench's process: every member's follower, plan and simulated peer, and the block watch.
+    let cpu_ms_per_member = cpu as f64 / clock_ticks() * 1000.0 / others as f64;
+    let seen = fleet.seen();
+    let subscribed = seen.iter().filter(|s| s.subscribed).count();
+    let tick_errors: u64 = seen.iter().map(|s| s.tick_errors).sum();
+    let storm = swarm.stats();
+    // The block's moment: when the first of its announcements arrived, at a member or at the watch. anvil
+    // announces a block to a thousand subscriptions one after another, so the last hears it later: a
+    // delay a node pays at a busy RPC, measured here rather than hidden.
+    let block = seen
+        .iter()
+        .filter_map(|s| s.heard)
+        .fold(block, Instant::min);
+    let after = |at: Option<Instant>| at.map(|a| ms(a.saturating_duration_since(block)));
+    let heard = Stat::of(seen.iter().map(|s| after(s.heard)));
+    let applied = Stat::of(seen.iter().map(|s| after(s.applied)));
+    let handshake = Stat::of(storm.iter().map(|s| after(s.handshake_at)));
+    let cookie_replies: u64 = storm.iter().map(|s| u64::from(s.cookie_replies)).sum();
+    let unknown: u64 = storm.iter().map(|s| u64::from(s.unknown_initiations)).sum();
+    let retries: u64 = storm
+        .iter()
+        .map(|s| u64::from(s.initiations_sent.saturating_sub(1)))
+        .sum();
+    eprintln!(
+        "   join: applied by {} of {others} members after its block, {}, {cpu_ms_per_member:.2} ms of CPU each; per member {:.2} requests for the mint ({} blocks), {:.2} for the agent's start ({} blocks); {subscribed} members subscribed, {tick_errors} ticks failed",
+        applied.nodes,
+        applied.brief(),
+        mint.requests,
+        mint.blocks,
+        join.requests,
+        join.blocks,
+    );
+    eprintln!(
+        "   heard: the block announced to each member after the first, {}",
+        heard.brief()
+    );
+    eprintln!(
+        "   storm: {} of {others} peers handshaken with the newcomer after its block, {}; {cookie_replies} cookie replies, {retries} retried initiations; {unknown} of the newcomer's initiations dropped before its peers knew it",
+        handshake.nodes,
+        handshake.brief()
+    );
+
+    let cost = agent_cost(&lan, &agent)?;
+    eprintln!(
+        "   the agent with {others} peers: listed them {:.1} s and handshaken with all {:.1} s after it started; RSS {:.1} MiB, idle CPU {:.2}%, {:.2} chain requests per block",
+        listed.unwrap_or(f64::NAN),
+        handshaken.unwrap_or(f64::NAN),
+        cost.rss_kib as f64 / 1024.0,
+        cost.cpu_percent,
+        cost.requests_per_block
+    );
+    drop(fleet);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(Thousand {
+        nodes,
+        register_secs,
+        first_full_read_ms: ms(first_read.0),
+        first_full_read_requests: first_read.1,
+        full_read_ms: ms(later_read.0),
+        full_read_requests: later_read.1,
+        followers_start_secs: followers_secs,
+        idle_anvil_requests_per_second: idle.anvil_per_second,
+        idle_anvil_requests_per_block: idle.anvil_per_block,
+        idle_requests_per_follower_per_block: idle.follower_per_block,
+        idle_cpu_ms_per_member_per_block: idle.cpu_ms_per_member_per_block,
+        mint_requests_per_follower: mint.requests,
+        mint_blocks: mint.blocks,
+        bound_by_all,
+        join_requests_per_follower: join.requests,
+        join_blocks: join.blocks,
+        heard,
+        applied,
+        applied_by_all,
+        cpu_ms_per_member,
+        subscribed_at_end: subscribed,
+        tick_errors,
+        handshake,
+        handshaken_by_all,
+        cookie_replies,
+        retried_initiations: retries,
+        unknown_initiations: unknown,
+        agent_listed_secs: listed,
+        agent_handshaken_secs: handshaken,
+        agent_rss_kib: cost.rss_kib,
+        agent_cpu_percent_idle: cost.cpu_percent,
+        agent_requests_per_block: cost.requests_per_block,
+    })
+}
+
+/// A runtime whose threads all live in the namespace `ns` (where anvil and the swarm's addresses are): every
+/// socket its tasks open is there. Work goes to it with `spawn`, never `block_on` on the caller's thread.
+fn switch_runtime(ns: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    let ns = ns.to_owned();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || netns_tests::netns::enter(&ns))
+        .build()?)
+}
+
+/// Runs `f` on one of `rt`'s threads, and waits for it here.
+fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: impl Future<Output = T> + Send + 'static,
+) -> T {
+    rt.block_on(rt.spawn(f)).expect("the task panicked")
+}
+
+/// Whether `done` came true within `bound`, looking every 50 ms.
+fn wait_for(bound: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// When the first head whose block holds seat `token`'s record was announced on a subscription of its own:
+/// the moment the members' subscriptions announced it too.
+async fn record_block(contract: Address, token: u64) -> anyhow::Result<Instant> {
+    let mut heads = Heads::subscribe(&ws_url().parse()?).await?;
+    let reader = mesh_chain::rpc::reader(&rpc_url().parse()?).await?;
+    let cluster = DstackClusterNFT::new(contract, reader);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+    loop {
+        let announced = tokio::time::timeout_at(deadline, heads.next())
+            .await
+            .context("no head")?
+            .context("the subscription dropped")?;
+        let at = Instant::now();
+        for head in announced {
+            let peer = cluster
+                .getPeer(U256::from(token))
+                .block(head.number.into())
+                .call()
+                .await?;
+            if peer.nonce > 0 && !peer.wgPublicKey.is_zero() {
+                return Ok(at);
+            }
+        }
+    }
+}
+
+/// The followers' chain requests so far, less their head polls (the safety poll's, by time, not by block).
+fn follower_requests(fleet: &followers::Fleet) -> u64 {
+    fleet.seen().iter().map(|s| s.requests - s.head_polls).sum()
+}
+
+/// The followers' requests over some blocks, per follower.
+struct Window {
+    requests: f64,
+    blocks: u64,
+}
+
+struct Idle {
+    anvil_per_second: f64,
+    anvil_per_block: f64,
+    follower_per_block: f64,
+    /// The bench process's CPU per empty block, per member: what following one costs a node.
+    cpu_ms_per_member_per_block: f64,
+}
+
+/// The requests reaching anvil over 15 s without blocks, then over [`IDLE_BLOCKS`] empty blocks beyond that
+/// rate; and the followers' own count per block, less their head polls (the safety poll's, by time).
+fn idle_requests(lan: &Lan, fleet: &followers::Fleet) -> Idle {
+    let (rpc0, t0) = (lan.rpc_requests(), Instant::now());
+    std::thread::sleep(mesh_chain::heads::SAFETY_POLL);
+    let (rpc1, t1) = (lan.rpc_requests(), Instant::now());
+    let per_second = (rpc1 - rpc0) as f64 / (t1 - t0).as_secs_f64();
+    let before = follower_requests(fleet);
+    let cpu0 = cpu_ticks(std::process::id());
+    let (rpc2, t2) = (lan.rpc_requests(), Instant::now());
+    for _ in 0..IDLE_BLOCKS {
+        mine(lan);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (rpc3, t3) = (lan.rpc_requests(), Instant::now());
+    let cpu = cpu_ticks(std::process::id()) - cpu0;
+    let followers = fleet.seen().len().max(1) as f64;
+    Idle {
+        anvil_per_second: per_second,
+        anvil_per_block: ((rpc3 - rpc2) as f64
+            - IDLE_BLOCKS as f64
+            - per_second * (t3 - t2).as_secs_f64())
+            / IDLE_BLOCKS as f64,
+        follower_per_block: (follower_requests(fleet) - before) as f64
+            / IDLE_BLOCKS as f64
+            / followers,
+        cpu_ms_per_member_per_block: cpu as f64 / clock_ticks() * 1000.0
+            / IDLE_BLOCKS as f64
+            / followers,
+    }
+}
+
+/// Seconds from `started` until the agent's API listed `peers` peers, and until it had a handshake with
+/// each; none when that did not happen within [`BOUND`].
+fn agent_progress(agent: &Agent<'_>, peers: usize, started: Instant) -> (Option<f64>, Option<f64>) {
+    let (mut listed, mut handshaken) = (None, None);
+    let deadline = Instant::now() + BOUND;
+    while handshaken.is_none() && Instant::now() < deadline {
+        if let Ok(status) = agent.try_status() {
+            let list = status["peers"].as_array().map_or(&[][..], Vec::as_slice);
+            let at = started.elapsed().as_secs_f64();
+            if list.len() >= peers {
+                listed.get_or_insert(at);
+            }
+            let healthy = list
+                .iter()
+                .filter(|p| p["healthy"].as_bool() == Some(true))
+                .count();
+            if healthy >= peers {
+                handshaken = Some(at);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    (listed, handshaken)
+}
+
+struct AgentCost {
+    rss_kib: u64,
+    cpu_percent: f64,
+    requests_per_block: f64,
+}
+
+/// The agent's RSS and CPU over 15 s idle, and its own chain requests over [`IDLE_BLOCKS`] empty blocks.
+fn agent_cost(lan: &Lan, agent: &Agent<'_>) -> anyhow::Result<AgentCost> {
+    let pid = agent.pid().context("the agent has exited")?;
+    std::thread::sleep(Duration::from_secs(5));
+    let (c0, t0) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(mesh_chain::heads::SAFETY_POLL);
+    let (c1, t1) = (cpu_ticks(pid), Instant::now());
+    let cpu_percent = (c1 - c0) as f64 / clock_ticks() / (t1 - t0).as_secs_f64() * 100.0;
+    let rss_kib = rss_kib(pid)?;
+    let (req0, polls0) = chain_counters(agent)?;
+    for _ in 0..IDLE_BLOCKS {
+        mine(lan);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (req1, polls1) = chain_counters(agent)?;
+    Ok(AgentCost {
+        rss_kib,
+        cpu_percent,
+        requests_per_block: ((req1 - req0) - (polls1 - polls0)) as f64 / IDLE_BLOCKS as f64,
+    })
+}
