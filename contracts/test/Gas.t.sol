@@ -94,6 +94,18 @@ abstract contract GasMeasure is ClusterFixture {
         }
     }
 
+    /// Instance `i`'s id: 40 lowercase hex characters, as dstack's are.
+    function _instanceId(uint256 i) internal pure returns (string memory) {
+        bytes memory h = abi.encodePacked(bytes20(keccak256(abi.encode("instance", i))));
+        bytes16 digits = "0123456789abcdef";
+        bytes memory out = new bytes(40);
+        for (uint256 k = 0; k < 20; ++k) {
+            out[2 * k] = digits[uint8(h[k]) >> 4];
+            out[2 * k + 1] = digits[uint8(h[k]) & 15];
+        }
+        return string(out);
+    }
+
     /// A WireGuard node's record: key and endpoint, no gateway URL.
     function _wireGuardRecord(bytes32 key, uint64 nonce)
         internal
@@ -206,9 +218,7 @@ contract GasOfRebindingTest is GasMeasure {
 
 /// @notice The gas of reading every record when many seats were minted over the cluster's life but few are
 /// active (mint-then-deactivate is cheap when public minting is on). Run with -vv.
-contract FullReadGasTest is ClusterFixture {
-    event log_named_uint(string key, uint256 val);
-
+contract FullReadGasTest is GasMeasure {
     uint256 internal constant EVER_MINTED = 1000;
     uint256 internal constant ACTIVE = 50;
 
@@ -229,17 +239,6 @@ contract FullReadGasTest is ClusterFixture {
         }
     }
 
-    function _instanceId(uint256 i) internal pure returns (string memory) {
-        bytes memory h = abi.encodePacked(bytes20(keccak256(abi.encode("instance", i))));
-        bytes16 digits = "0123456789abcdef";
-        bytes memory out = new bytes(40);
-        for (uint256 k = 0; k < 20; ++k) {
-            out[2 * k] = digits[uint8(h[k]) >> 4];
-            out[2 * k + 1] = digits[uint8(h[k]) & 15];
-        }
-        return string(out);
-    }
-
     function test_GasOfAFullRead() public {
         assertEq(cluster.activeSeats(), ACTIVE, "active seats");
         uint256 before = gasleft();
@@ -257,5 +256,90 @@ contract FullReadGasTest is ClusterFixture {
         uint256 used = before - gasleft();
         assertEq(first.length + second.length, total, "two pages hold every record");
         emit log_named_uint("getPeersPage(0, 25) + getPeersPage(25, 25), same cluster", used);
+    }
+}
+
+/// @notice Every transaction of a seat's life costs the same with 1,000 seats minted, bound and registered before
+/// it as with 10: none loops over the seats or records there are. Storage is cooled before each call, as a
+/// transaction of its own finds it. Run with -vv for the figures; the election's own worst case is in
+/// ElectionSeats.t.sol.
+contract GasAtScaleTest is GasMeasure {
+    string[8] internal steps = [
+        "mintNodeAccess (unbound)",
+        "bindInstance",
+        "registerPeer, first record",
+        "registerPeer, the same fields again",
+        "deactivate",
+        "activate",
+        "transferFrom (record cleared)",
+        "revoke"
+    ];
+
+    function _holder(uint256 i) internal pure returns (address) {
+        return address(uint160(0x1000 + i));
+    }
+
+    function _cool() internal {
+        vm.cool(address(cluster));
+        vm.cool(address(election));
+        vm.cool(address(appAuth));
+    }
+
+    /// One call from `from`, cold, in execution gas (the intrinsic gas taken off where forge made it a
+    /// transaction of its own); a revert fails the test with the step's name.
+    function _take(uint256 step, address from, bytes memory data) internal returns (uint256 used) {
+        _cool();
+        bool isolated = _isolated();
+        vm.prank(from);
+        uint256 before = gasleft();
+        (bool ok,) = address(cluster).call(data);
+        used = before - gasleft();
+        assertTrue(ok, string.concat(steps[step], " reverted"));
+        if (isolated) used -= _intrinsic(data);
+    }
+
+    /// A /16 cluster with `n` seats minted, bound and registered; then a new seat's life, call by call.
+    function _lifeAfter(uint256 n) internal returns (uint256[8] memory gas) {
+        address[] memory appIds = new address[](1);
+        appIds[0] = APP_ID;
+        cluster = _keepElection(new DstackClusterNFT(OWNER, KMS_ROOT, appIds, 0x0a010000, 16, 2000));
+        noop = new Noop();
+        for (uint256 i = 1; i <= n; ++i) {
+            string memory other = _instanceId(i);
+            _mint(_holder(i), other);
+            _register(i, _nodeKey(other), other, keccak256(abi.encode("wg", i)), 1);
+        }
+        seat = n + 1;
+        string memory instance = _instanceId(seat);
+        uint256 key = _nodeKey(instance);
+        DstackClusterNFT.NodeBinding memory none;
+        gas[0] = _take(0, OWNER, abi.encodeCall(cluster.mintNodeAccess, (HOLDER_B, none)));
+        gas[1] =
+            _take(1, HOLDER_B, abi.encodeCall(cluster.bindInstance, (seat, _binding(seat, key, instance, HOLDER_B))));
+        for (uint64 nonce = 1; nonce <= 2; ++nonce) {
+            DstackClusterNFT.PeerRecordInput memory r = _wireGuardRecord(WG_KEY_B, nonce);
+            bytes memory data =
+                abi.encodeCall(cluster.registerPeer, (r, _proof(key, instance), _signRecord(key, r, instance)));
+            gas[1 + nonce] = _take(1 + nonce, HOLDER_B, data);
+        }
+        gas[4] = _take(4, HOLDER_B, abi.encodeCall(cluster.deactivate, (seat)));
+        gas[5] = _take(5, HOLDER_B, abi.encodeCall(cluster.activate, (seat)));
+        gas[6] = _take(
+            6, HOLDER_B, abi.encodeWithSignature("transferFrom(address,address,uint256)", HOLDER_B, HOLDER_A, seat)
+        );
+        gas[7] = _take(7, OWNER, abi.encodeCall(cluster.revoke, (seat)));
+        assertEq(cluster.activeSeats(), n, "the new seat's life ends with the seats it started with");
+    }
+
+    function test_EveryTransactionCostsTheSameAt1000SeatsAsAt10() public {
+        uint256[8] memory at10 = _lifeAfter(10);
+        uint256[8] memory at1000 = _lifeAfter(1000);
+        for (uint256 i = 0; i < steps.length; ++i) {
+            emit log_named_uint(string.concat(steps[i], ", 10 seats before it"), at10[i]);
+            emit log_named_uint(string.concat(steps[i], ", 1,000 seats before it"), at1000[i]);
+            // The seat's place in the election's bitmap is a word and a group further on at 1,000: a few cold
+            // reads, never a loop.
+            assertTrue(at1000[i] <= at10[i] + 5_000, string.concat(steps[i], " grows with the seats before it"));
+        }
     }
 }
