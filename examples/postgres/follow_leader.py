@@ -49,6 +49,9 @@ GENERATED = "dstack_mesh.conf"
 BEGIN = "# --- dstack-mesh: follow_leader.py's settings, rewritten before every start ---"
 END = "# --- end of dstack-mesh settings ---"
 PASSWORD_ENV = "PG_REPLICATION_PASSWORD"
+# Stands for the cluster's overlay in pg_hba.conf: a cluster may be deployed with any prefix (10.1.0.0/16 for
+# more than 254 seats), and only the agent knows which.
+PREFIX_MARK = "@MESH_PREFIX@"
 
 Addr = tuple[str, int]
 
@@ -436,6 +439,8 @@ class Postgres:
         self.app_name = app_name
         self.timeout = timeout
         self.copy_timeout = copy_timeout
+        #: The cluster's mesh prefix, put in for PREFIX_MARK in pg_hba.conf; None until the agent reports it.
+        self.mesh_prefix: str | None = None
         self.where = f"{data_dir} (port {port})"
         self._ids: tuple[int, int] | None = None
         self._run_kw: dict[str, Any] = {}
@@ -474,6 +479,19 @@ class Postgres:
         self._own(tmp, mode)
         os.replace(tmp, path)
 
+    def hba_text(self) -> str:
+        """The --hba file with the cluster's prefix put in, or NotYet while it is unknown: a server started
+        with no overlay in pg_hba.conf would refuse every replica, and one started with a guessed prefix could
+        admit addresses outside the mesh."""
+        text = self.hba.read_text()
+        if PREFIX_MARK not in text:
+            return text
+        if self.mesh_prefix is None:
+            raise NotYet(f"{self.hba} admits the cluster's overlay ({PREFIX_MARK}), and the agent has not reported "
+                         f"the cluster's mesh prefix yet (its status gives chain.prefix once it has read the "
+                         f"chain or its state file)")
+        return text.replace(PREFIX_MARK, self.mesh_prefix)
+
     def write_pgpass(self, password: str) -> None:
         self._write(self.pgpass, pgpass_line(self.user, password))
 
@@ -503,6 +521,7 @@ class Postgres:
         """Writes this node's settings into the data directory: dstack_mesh.conf, the include lines at the
         end of postgresql.conf, pg_hba.conf, and standby.signal for a replica. pg_basebackup and pg_rewind
         copy the source's files, so this runs after them and before every start and re-point."""
+        hba = self.hba_text()
         state = {"role": role, "upstream": list(upstream) if upstream else None, "term": term}
         k = self.sync_standbys
         lines = [
@@ -527,7 +546,7 @@ class Postgres:
             text = text[:text.index(BEGIN)].rstrip("\n") + "\n"
         text += f"{BEGIN}\ninclude {conf_quote(str(self.conf))}\ninclude {conf_quote(GENERATED)}\n{END}\n"
         self._write(main, text)
-        self._write(self.data / "pg_hba.conf", self.hba.read_text())
+        self._write(self.data / "pg_hba.conf", hba)
         if role == REPLICA and not (self.data / "standby.signal").exists():
             self._write(self.data / "standby.signal", "")
 
@@ -1086,6 +1105,16 @@ async def monitor(sdk: Any, callback: Callable[[Any], None]) -> None:
         delay = min(delay * 2, 10.0)
 
 
+def overlay_addr(leader: Any, port: int) -> Addr:
+    """Where the leader's PostgreSQL listens: its overlay address as the agent gives it. Not one made up from
+    the seat number: that holds only for the default prefix, and with no record of the leader's node that the
+    agent believes there is no tunnel to it anyway."""
+    if leader.overlay_ip is None:
+        raise NotYet(f"node {leader.token_id} leads, but the agent names no overlay address for it (it holds no "
+                     f"record of that seat it believes: see `meshctl status`)")
+    return leader.overlay_ip, port
+
+
 def build(args: argparse.Namespace, password: str) -> Postgres:
     """The Postgres control from the options, or ValueError naming what is wrong."""
     data = Path(args.data_dir).absolute()
@@ -1124,7 +1153,7 @@ async def amain(args: argparse.Namespace) -> int:
     leader_port = args.leader_port or args.port
 
     def leader_addr(leader: Any) -> Addr:
-        return leader.overlay_ip or f"10.0.1.{leader.token_id}", leader_port
+        return overlay_addr(leader, leader_port)
 
     async def members() -> list[tuple[int, Addr]]:
         return [(p.token_id, (p.overlay_ip, leader_port)) for p in await sdk.peers()]
@@ -1135,12 +1164,26 @@ async def amain(args: argparse.Namespace) -> int:
             pg.app_name = f"node{token}"
         return token
 
+    async def learn_prefix() -> None:
+        # The follower runs meanwhile, so that a primary left from before is still stopped without a lease.
+        delay = 0.5
+        while pg.mesh_prefix is None:
+            try:
+                pg.mesh_prefix = (await sdk.status()).chain.prefix
+            except Exception as e:  # the agent not up yet
+                log.debug("could not read the cluster's mesh prefix from the agent: %s", e)
+            if pg.mesh_prefix is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        log.info("the cluster's mesh prefix is %s: pg_hba.conf admits it", pg.mesh_prefix)
+
     follower = PostgresFollower(pg, leader_addr, password, members=members, renew=sdk.leader, whoami=whoami,
                                 check_interval=args.check_interval, rejoin_timeout=args.rejoin_timeout,
                                 sync_standbys=args.sync_standbys, bootstrap_term=args.bootstrap_term)
     log.info("following the mesh leader for PostgreSQL at %s (%s, ANY %d synchronous standby)", pg.where,
              pg.bindir, args.sync_standbys)
     tasks = [asyncio.create_task(follower.run()), asyncio.create_task(monitor(sdk, follower.on_leader))]
+    prefix_task = asyncio.create_task(learn_prefix())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1152,9 +1195,9 @@ async def amain(args: argparse.Namespace) -> int:
                 raise t.exception()  # type: ignore[misc]
         return 0
     finally:
-        for t in tasks:
+        for t in (*tasks, prefix_task):
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, prefix_task, return_exceptions=True)
         # Nothing fences a server whose sidecar is gone: stop it with the sidecar.
         if pg.has_data():
             try:
@@ -1225,7 +1268,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", default=str(HERE / "postgresql.conf"),
                    help="the settings every node includes (default: postgresql.conf beside this script)")
     p.add_argument("--hba", default=str(HERE / "pg_hba.conf"),
-                   help="the pg_hba.conf copied into the data directory (default: the one beside this script)")
+                   help=f"the pg_hba.conf copied into the data directory, {PREFIX_MARK} in it replaced with the "
+                        f"cluster's mesh prefix as the agent reports it (default: the one beside this script)")
     p.add_argument("--replication-user", type=_identifier, default="replicator",
                    help="the role replicas log in as (default replicator; pg_hba.conf names it too)")
     p.add_argument("--sync-standbys", type=_nonneg(int), default=1,

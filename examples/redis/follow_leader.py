@@ -58,6 +58,13 @@ MASTER = _Master()
 ANY_REPLICA = _AnyReplica()
 
 
+def overlay_addr(leader: Any, port: int) -> tuple[str, int] | None:
+    """Where the leader's Redis listens: its overlay address as the agent gives it, or None without one. Not
+    one made up from the seat number: that holds only for the default prefix, and with no record of the
+    leader's node that the agent believes there is no tunnel to it anyway."""
+    return (leader.overlay_ip, port) if leader.overlay_ip else None
+
+
 class RedisUnavailable(Exception):
     """Redis did not answer or refused the command; worth retrying."""
 
@@ -180,7 +187,7 @@ class LeaderFollower:
     node's own seat is not taken for another seat to follow.
     """
 
-    def __init__(self, redis: Any, leader_addr: Callable[[Any], tuple[str, int]], *,
+    def __init__(self, redis: Any, leader_addr: Callable[[Any], tuple[str, int] | None], *,
                  check_interval: float = 10.0, backoff_max: float = 10.0,
                  renew: Callable[[], Awaitable[Any]] | None = None,
                  whoami: Callable[[], Awaitable[int | None]] | None = None) -> None:
@@ -258,7 +265,9 @@ class LeaderFollower:
             return MASTER
         if (leader.token_id is not None and getattr(leader, "state", "current") == "current"
                 and not leader.is_self and not self._is_this_node(leader)):
-            return self.leader_addr(leader)
+            addr = self.leader_addr(leader)
+            if addr is not None:
+                return addr
         return ANY_REPLICA
 
     async def _sleep(self, seconds: float) -> None:
@@ -278,6 +287,9 @@ class LeaderFollower:
             return self._not_master_because(leader, asyncio.get_running_loop().time()) or "?"
         if self._is_this_node(leader):
             return f"this node is the seat named leader but does not lead ({leader.reason or 'no reason'})"
+        if getattr(leader, "state", "current") == "current":
+            return (f"node {leader.token_id} leads, but the agent names no overlay address for it (it holds no "
+                    f"record of that seat it believes: see `meshctl status`)")
         return f"node {leader.token_id} leads, but this node's view of it is {getattr(leader, 'state', '?')}"
 
     async def _apply(self, leader: Any, want: Any) -> None:
@@ -500,8 +512,8 @@ async def amain(args: argparse.Namespace) -> int:
                   else RedisPy(args.redis_host, args.redis_port, password))
     leader_port = args.leader_port or args.redis_port
 
-    def leader_addr(leader: Any) -> tuple[str, int]:
-        return leader.overlay_ip or f"10.0.1.{leader.token_id}", leader_port
+    def leader_addr(leader: Any) -> tuple[str, int] | None:
+        return overlay_addr(leader, leader_port)
 
     async def whoami() -> int | None:
         return (await sdk.status()).node.token_id

@@ -44,7 +44,9 @@ class FakeAgent:
                      "listenPort": 51820, "endpoint": None, "gatewayUrl": None, "registered": True,
                      "registrationError": None},
             "chain": {"contract": CONTRACT, "chainId": 31337, "rpcUrl": "http://127.0.0.1:8545", "head": 10,
-                      "lastProcessedBlock": 10, "lag": 0, "fromCache": False, "lastError": None},
+                      "lastProcessedBlock": 10, "lag": 0, "fromCache": False, "lastError": None,
+                      # Loopback stands in for the overlay: node N is 127.0.1.N.
+                      "prefix": "127.0.0.0/8"},
             "uptimeSecs": 1, "peersConfigured": len(self.tokens) - 1, "peersHealthy": len(self.tokens) - 1,
         }
 

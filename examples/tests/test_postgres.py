@@ -4,7 +4,7 @@ The decisions (what to do given this node's server, the leader, the term and the
 pure functions, checked here over every combination of a small domain against the rules that make a
 failover safe. The rest runs real PostgreSQL servers (Debian's, as the user postgres when the tests run as
 root) on loopback: each "node" listens on its own 127.0.1.N, standing in for its overlay address 10.0.1.N,
-so that the recipe's pg_hba.conf is used with only the overlay's prefix swapped for 127.0.0.0/8. Those
+so that the recipe's pg_hba.conf is used as it is, 127.0.0.0/8 standing in for the cluster's prefix. Those
 tests fail, saying what to install, when PostgreSQL is missing.
 """
 from __future__ import annotations
@@ -42,6 +42,8 @@ from pg_follow_leader import (  # noqa: E402
 )
 
 PASSWORD = "correct horse battery staple"
+# Loopback stands in for the cluster's overlay: the nodes listen on 127.0.1.N.
+LOOPBACK_PREFIX = "127.0.0.0/8"
 A1, A2, A3 = ("10.0.1.1", 5432), ("10.0.1.2", 5432), ("10.0.1.3", 5432)
 
 
@@ -545,6 +547,7 @@ class Node:
         self.pg = fl.Postgres(self.data, bindir=bindir, port=port, socket_dir=self.run_dir, password=PASSWORD,
                               listen_addresses=self.host, hba=hba, run_as=RUN_AS, app_name=f"node{token}",
                               copy_timeout=120)
+        self.pg.mesh_prefix = LOOPBACK_PREFIX
 
     async def sql(self, query: str) -> list[str]:
         return await self.pg.sql(query)
@@ -582,14 +585,39 @@ def root() -> Iterator[Path]:
 
 
 @pytest.fixture
-def hba(root: Path) -> Path:
-    """The recipe's pg_hba.conf, the overlay 10.0.1.0/24 swapped for loopback."""
-    text = (EXAMPLES / "postgres" / "pg_hba.conf").read_text()
-    assert "10.0.1.0/24" in text
-    path = root / "pg_hba.conf"
-    path.write_text(text.replace("10.0.1.0/24", "127.0.0.0/8"))
-    path.chmod(0o644)
-    return path
+def hba() -> Path:
+    """The recipe's own pg_hba.conf: each node's sidecar puts in the prefix its agent reports."""
+    return EXAMPLES / "postgres" / "pg_hba.conf"
+
+
+def test_pg_hba_admits_the_clusters_prefix_whatever_it_is(root: Path, hba: Path) -> None:
+    pg = fl.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
+                     hba=hba, run_as=RUN_AS)
+    (root / "data").mkdir()
+    pg.mesh_prefix = "10.1.0.0/16"
+    pg.install(fl.REPLICA, ("10.1.1.44", 5432), None)
+    rules = [line.split() for line in (root / "data" / "pg_hba.conf").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert ["host", "replication", "replicator", "10.1.0.0/16", "scram-sha-256"] in rules
+    assert ["host", "all", "all", "10.1.0.0/16", "scram-sha-256"] in rules
+    # Nothing else from the mesh, and no rule left naming the default prefix or the mark.
+    assert not [r for r in rules if r[0] == "host" and r[3].startswith("10.") and r[3] != "10.1.0.0/16"]
+    assert fl.PREFIX_MARK not in (root / "data" / "pg_hba.conf").read_text()
+
+
+def test_no_server_is_set_up_before_the_agent_reports_the_prefix(root: Path, hba: Path) -> None:
+    pg = fl.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
+                     hba=hba, run_as=RUN_AS)
+    (root / "data").mkdir()
+    with pytest.raises(fl.NotYet, match=r"chain\.prefix"):
+        pg.install(fl.PRIMARY, None, 1)
+    assert list((root / "data").iterdir()) == [], "install wrote files before it could write pg_hba.conf"
+
+
+def test_a_leader_is_followed_at_the_overlay_address_the_agent_gives() -> None:
+    assert fl.overlay_addr(FakeLeader(300, "i300", "10.1.1.44", "10.1.1.44", False), 5432) == ("10.1.1.44", 5432)
+    with pytest.raises(fl.NotYet, match="no overlay address"):
+        fl.overlay_addr(FakeLeader(300, "i300", None, None, False), 5432)
 
 
 @pytest_asyncio.fixture

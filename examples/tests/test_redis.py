@@ -23,7 +23,8 @@ if not shutil.which("redis-server"):
 
 import redis.asyncio as aioredis  # noqa: E402
 from fakes import FakeLeader, FakeSDK  # noqa: E402
-from follow_leader import PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy  # noqa: E402
+from follow_leader import (PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy,  # noqa: E402
+                           overlay_addr)
 
 pytestmark = pytest.mark.asyncio
 
@@ -255,6 +256,21 @@ async def test_a_leader_replaced_by_another_seat_replicates_it(redises: dict[int
         f.on_leader(leader(2, 1, term=2))
         await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)), timeout=1.0)
         await eventually(lambda: _true(f.applied_token == 2))
+
+
+async def test_a_leader_the_agent_gives_no_overlay_address_is_not_followed(redises: dict[int, Redis],
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    r = redises[1]
+    async with Follower(r, lambda lead: overlay_addr(lead, redises[2].port), check_interval=10) as f:
+        f.on_leader(leader(1, 1, term=1))
+        await eventually(lambda: is_role(r, ("master", None, None)))
+        # Seat 300 of a /16 leads, and this node's agent believes no record of it: no address to follow.
+        with caplog.at_level(logging.WARNING):
+            f.on_leader(FakeLeader(300, "instance-300", None, None, False, term=2))
+            await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        assert any("names no overlay address" in m for m in caplog.messages), caplog.messages
+        f.on_leader(FakeLeader(300, "instance-300", "127.0.0.1", "127.0.0.1", False, term=2))
+        await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)), timeout=1.0)
 
 
 async def test_a_master_with_an_unsure_view_of_another_leader_is_demoted_not_pointed_at_it(
