@@ -110,6 +110,19 @@ def test_chain_prefix_and_an_agent_that_has_not_read_it() -> None:
         Status.from_json(raw)
 
 
+def test_chain_subscribed_and_an_agent_older_than_it() -> None:
+    raw = status_json()
+    raw["chain"]["subscribed"] = True
+    assert Status.from_json(raw).chain.subscribed is True
+    raw["chain"]["subscribed"] = False
+    assert Status.from_json(raw).chain.subscribed is False
+    del raw["chain"]["subscribed"]
+    assert Status.from_json(raw).chain.subscribed is False
+    raw["chain"]["subscribed"] = "yes"
+    with pytest.raises(ProtocolError, match="status.chain has 'subscribed' = 'yes', of the wrong type"):
+        Status.from_json(raw)
+
+
 def test_status_of_an_agent_without_registration_error() -> None:
     raw = status_json()
     del raw["node"]["registrationError"]

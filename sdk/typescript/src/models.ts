@@ -444,8 +444,12 @@ export class NodeInfo {
   }
 }
 
-/** What `ChainInfo`'s constructor takes: `prefix` is optional, so code written before it still compiles. */
-type ChainInfoInit = Omit<FieldsOf<ChainInfo>, "prefix"> & Partial<Pick<FieldsOf<ChainInfo>, "prefix">>;
+/**
+ * What `ChainInfo`'s constructor takes: `prefix` and `subscribed` are optional, so code written before them
+ * still compiles.
+ */
+type ChainInfoInit = Omit<FieldsOf<ChainInfo>, "prefix" | "subscribed"> &
+  Partial<Pick<FieldsOf<ChainInfo>, "prefix" | "subscribed">>;
 
 /** Where the agent is with the chain (`status.chain`). */
 export class ChainInfo {
@@ -465,9 +469,14 @@ export class ChainInfo {
    * (`overlayAddress`). `null` until the agent has read the chain, and from an agent older than this field.
    */
   readonly prefix!: string | null;
+  /**
+   * New heads come to the agent by WebSocket subscription now (a change reaches it as its block does);
+   * `false` while it polls, and from an agent older than this field.
+   */
+  readonly subscribed!: boolean;
 
   constructor(fields: ChainInfoInit) {
-    Object.assign(this, { prefix: null }, fields);
+    Object.assign(this, { prefix: null, subscribed: false }, fields);
     Object.freeze(this);
   }
 
@@ -483,6 +492,7 @@ export class ChainInfo {
       fromCache: f.flag("fromCache", false),
       lastError: f.optText("lastError"),
       prefix: f.optText("prefix"),
+      subscribed: f.flag("subscribed", false),
     });
   }
 }

@@ -167,6 +167,23 @@ test("the chain's prefix, and an agent that has not read it", () => {
   assert.equal(new ChainInfo(older).prefix, null);
 });
 
+test("whether the agent follows new heads by subscription, and an agent older than the field", () => {
+  const raw = statusJson();
+  raw.chain["subscribed"] = true;
+  assert.equal(Status.fromJSON(raw).chain.subscribed, true);
+  raw.chain["subscribed"] = false;
+  assert.equal(Status.fromJSON(raw).chain.subscribed, false);
+  delete raw.chain["subscribed"];
+  assert.equal(Status.fromJSON(raw).chain.subscribed, false);
+  raw.chain["subscribed"] = "yes";
+  assert.throws(() => Status.fromJSON(raw), {
+    name: "ProtocolError",
+    message: /the agent's status\.chain has "subscribed" = "yes", of the wrong type/,
+  });
+  const { subscribed: _, ...older } = ChainInfo.fromJSON(statusJson().chain);
+  assert.equal(new ChainInfo(older).subscribed, false);
+});
+
 test("the status of an agent without registrationError", () => {
   const raw = statusJson();
   delete raw.node["registrationError"];

@@ -377,6 +377,9 @@ class ChainInfo:
     #: (:func:`~dstack_p2p.overlay.overlay_address`). ``None`` until the agent has read the chain, and from
     #: an agent older than this field. Last, with a default, so positional construction still works.
     prefix: str | None = None
+    #: New heads come to the agent by WebSocket subscription now (a change reaches it as its block does);
+    #: ``False`` while it polls, and from an agent older than this field.
+    subscribed: bool = False
 
     @classmethod
     def from_json(cls, value: object) -> ChainInfo:
@@ -391,6 +394,7 @@ class ChainInfo:
             from_cache=f.flag("fromCache", default=False),
             last_error=f.opt_text("lastError"),
             prefix=f.opt_text("prefix"),
+            subscribed=f.flag("subscribed", default=False),
         )
 
 
