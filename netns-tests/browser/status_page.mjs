@@ -47,6 +47,7 @@ const read = () => ({
   },
   live: document.getElementById("live").textContent,
   chainHead: document.getElementById("chain-head").textContent,
+  chainPrefix: document.getElementById("chain-prefix").textContent,
 });
 
 let browser;

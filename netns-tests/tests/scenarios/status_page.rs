@@ -136,6 +136,10 @@ fn the_status_page_shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_withou
         "{loaded}"
     );
     assert_eq!(row(&loaded, "1")[2], "this node", "{loaded}");
+    assert_eq!(
+        loaded["chainPrefix"], DEFAULT_PREFIX,
+        "the page names the cluster's mesh prefix: {loaded}"
+    );
     for seat in ["2", "3"] {
         let cells = row(&loaded, seat);
         assert_eq!(cells[1], format!("10.0.1.{seat}"), "{loaded}");
