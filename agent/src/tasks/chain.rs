@@ -80,6 +80,8 @@ struct Running {
     connect: Backoff,
     next_connect: Instant,
     last_seat_lookup: Option<Instant>,
+    /// The follower's view changed since the state file was last written.
+    unsaved: bool,
 }
 
 impl ChainTask {
@@ -104,6 +106,7 @@ impl ChainTask {
             connect: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             next_connect: Instant::now(),
             last_seat_lookup: None,
+            unsaved: false,
             task: self,
         };
         if let Some(view) = cached {
@@ -147,6 +150,9 @@ impl ChainTask {
             let seat = running.state.seat.token();
             record_seat(&running.task.node_span, &mut recorded, seat);
             out.send_replace(running.state.clone());
+            // After the new view is out: the mesh applies it while the file is written and synced, which
+            // at fifty peers, with every agent of a machine syncing at once, took longer than the rest.
+            running.save_if_changed();
         }
     }
 }
@@ -181,15 +187,17 @@ impl Running {
     }
 
     /// Saves the view as read (every record, attested or not: a verdict can change with the collateral
-    /// and the allowlists) with the allowlist answers.
-    fn save(&self) {
-        if let Some(f) = &self.follower
-            && let Err(e) = cache::save(
-                &self.task.state_dir,
-                f.view(),
-                &self.task.attestor.allowlists(),
-            )
-        {
+    /// and the allowlists) with the allowlist answers, if it changed since the last save.
+    fn save_if_changed(&mut self) {
+        let Some(f) = self.follower.as_ref().filter(|_| self.unsaved) else {
+            return;
+        };
+        self.unsaved = false;
+        if let Err(e) = cache::save(
+            &self.task.state_dir,
+            f.view(),
+            &self.task.attestor.allowlists(),
+        ) {
             warn!(error = %crate::causes::Causes(&e), "cannot save the state file");
         }
     }
@@ -246,7 +254,7 @@ impl Running {
                 self.state.confirmed_at = read_whole.then_some(began);
                 self.state.error = None;
                 self.connect.reset();
-                self.save();
+                self.unsaved = true;
             }
             Err(e) => {
                 let doing = format!(
@@ -276,8 +284,17 @@ impl Running {
                 let moved = self.state.view.as_deref().is_none_or(|v| {
                     v.last_block != view.last_block || v.last_block_hash != view.last_block_hash
                 });
-                if moved || tick.changed || self.task.attestor.due() {
+                // The seats' evidence is checked again when the records or bindings changed, or the
+                // re-check is due: a block that moved nothing else keeps the verdicts, since a pass decodes
+                // every seat's evidence and replays its log, at every block and on every node.
+                if tick.changed || self.task.attestor.due() {
                     self.publish(&view, moved || tick.changed).await;
+                } else if moved {
+                    self.state.view = Some(Arc::new(attestation::admitted(
+                        &view,
+                        &self.state.attestations,
+                        &self.task.instance_id,
+                    )));
                 }
                 if tick.full_read_error.is_some() {
                     self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
@@ -289,9 +306,7 @@ impl Running {
                         FaultError::FullRead(format!("the full read failed ({e})")),
                     )
                 });
-                if tick.changed {
-                    self.save();
-                }
+                self.unsaved |= tick.changed;
             }
             Err(e) => self.rpc_failed("following the chain", e),
         }
