@@ -260,6 +260,7 @@ pub fn render(
     Snapshot {
         status,
         peers,
+        peers_known: mesh.known,
         refused,
         leader,
         check: check.cloned(),
@@ -426,6 +427,7 @@ mod tests {
                 backend: "userspace",
             }),
             members: Arc::new(members),
+            known: true,
             stats: Arc::new([stat(0x22, 5), stat(0x33, 600), stat(0x44, 600)].into()),
             invalid_records: 2,
             reconciles: 3,

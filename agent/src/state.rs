@@ -105,6 +105,9 @@ pub struct MeshState {
     pub device: Option<DeviceInfo>,
     /// The peers this node offers applications: every believed, usable record but its own.
     pub members: Arc<Vec<Member>>,
+    /// `members` comes from a view of the chain and their tunnels have settled (`tasks::mesh::settled`):
+    /// before, the list is not known, rather than empty or every peer unreachable.
+    pub known: bool,
     /// The interface's peers, with their handshakes and counters.
     pub stats: Arc<BTreeMap<Key, PeerStatus>>,
     /// Believed records that are not usable peers (see `mesh_chain::membership::InvalidRecord`).

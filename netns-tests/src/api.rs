@@ -149,6 +149,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             }),
         },
         peers,
+        peers_known: true,
         // Seat 5's binding carries seat 1's quote under another node key.
         refused: vec![RefusedPeer {
             token_id: 5,

@@ -202,6 +202,17 @@ const AWAIT_REFRESH: Duration = Duration::from_millis(50);
 /// How long a new peer's first handshake is awaited that closely: two of WireGuard's 5 s retries.
 const AWAIT_FOR: Duration = Duration::from_secs(12);
 
+/// How long the first members' tunnels have to come up before the list is published anyway: the time a
+/// handshake gets before the relay is tried.
+const SETTLE_FOR: Duration = Duration::from_secs(5);
+
+/// Whether the peer list a (re)started node publishes first is settled: each tunnel has had its first
+/// handshake, or `by` has passed. Before, a peer whose session is only being made again would be shown
+/// unreachable, and an application that reconnected to a restarted agent told that every peer had left.
+fn settled(awaiting: &BTreeMap<Key, Instant>, by: Instant, now: Instant) -> bool {
+    awaiting.is_empty() || now >= by
+}
+
 /// When to read the device next: soon while a peer that came within [`AWAIT_FOR`] has had no handshake
 /// (`awaiting` holds when each such peer was first seen without one), else after `refresh`.
 fn next_refresh(awaiting: &BTreeMap<Key, Instant>, now: Instant, refresh: Duration) -> Duration {
@@ -238,6 +249,9 @@ struct Running<I: Interfaces> {
     invalid: BTreeMap<u64, String>,
     /// Peers on the device with no handshake yet, since when ([`next_refresh`]).
     awaiting: BTreeMap<Key, Instant>,
+    /// When the first members' tunnels count as settled whatever their handshakes ([`settled`]); set with
+    /// the first view.
+    settle_by: Option<Instant>,
     state: MeshState,
 }
 
@@ -258,6 +272,7 @@ impl<I: Interfaces> MeshTask<I> {
             members_of: None,
             invalid: BTreeMap::new(),
             awaiting: BTreeMap::new(),
+            settle_by: None,
             state: MeshState::default(),
         };
         let result = loop {
@@ -303,6 +318,11 @@ impl<I: Interfaces> Running<I> {
             self.device = Some((table, info));
         }
         self.reconcile();
+        if !self.state.known
+            && let Some(by) = self.settle_by
+        {
+            self.state.known = settled(&self.awaiting, by, Instant::now());
+        }
         Ok(())
     }
 
@@ -321,6 +341,8 @@ impl<I: Interfaces> Running<I> {
         let (members, invalid) = desired::members(view, seat, own);
         self.note_invalid(invalid);
         self.state.members = Arc::new(members);
+        self.settle_by
+            .get_or_insert_with(|| Instant::now() + SETTLE_FOR);
         self.members_of = Some((Arc::clone(view), seat));
     }
 
@@ -399,6 +421,27 @@ mod tests {
     /// The device is read every 50 ms while a peer added less than 12 s ago has no handshake, so that the
     /// API shows its tunnel up within 50 ms of the handshake; otherwise, and for a peer absent for longer,
     /// at the usual refresh.
+    #[test]
+    fn the_first_list_is_settled_once_every_tunnel_has_handshaken_or_its_time_is_up() {
+        let t0 = Instant::now();
+        let by = t0 + SETTLE_FOR;
+        let mut awaiting = BTreeMap::new();
+        assert!(settled(&awaiting, by, t0), "no tunnel to wait for");
+        awaiting.insert(Key::from_bytes([1; 32]), t0);
+        assert!(
+            !settled(&awaiting, by, t0),
+            "a first handshake still to come"
+        );
+        assert!(
+            !settled(&awaiting, by, by - Duration::from_millis(1)),
+            "within its time"
+        );
+        assert!(
+            settled(&awaiting, by, by),
+            "a peer that is down holds nothing up"
+        );
+    }
+
     #[test]
     fn a_new_peers_first_handshake_is_watched_closely_for_a_while() {
         let t0 = Instant::now();

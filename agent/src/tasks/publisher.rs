@@ -85,7 +85,9 @@ impl Publisher {
                 self.started.elapsed(),
                 SystemTime::now(),
             );
-            let changed = mesh_api::peers_changed(&published, &snapshot.peers);
+            // Not while the list is not known yet: the hook sees what the event streams send.
+            let changed =
+                snapshot.peers_known && mesh_api::peers_changed(&published, &snapshot.peers);
             if changed {
                 published.clone_from(&snapshot.peers);
             }

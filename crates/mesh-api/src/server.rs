@@ -210,7 +210,11 @@ impl Watching {
             if !std::mem::take(&mut self.first) && self.rx.changed().await.is_err() {
                 return None;
             }
-            let now = (self.events)(&self.rx.borrow_and_update().as_of(Instant::now()));
+            let snapshot = self.rx.borrow_and_update().as_of(Instant::now());
+            if !snapshot.peers_known {
+                continue;
+            }
+            let now = (self.events)(&snapshot);
             let mut frame = String::new();
             for (i, (name, key, data)) in now.iter().enumerate() {
                 if self.last.get(i) != Some(key) {

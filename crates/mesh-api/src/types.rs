@@ -506,6 +506,11 @@ pub struct RelayCounters {
 pub struct Snapshot {
     pub status: Status,
     pub peers: Vec<Peer>,
+    /// Whether `peers` is known: it comes from a view of the chain (read, or from the state file), and the
+    /// tunnels a (re)started node makes again have had their first handshake (or their time). Until then the
+    /// event streams send nothing, so that a client that reconnects to a restarted agent is not told that
+    /// every peer left.
+    pub peers_known: bool,
     /// Seats refused for their evidence.
     pub refused: Vec<RefusedPeer>,
     pub leader: Leader,

@@ -206,6 +206,68 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
     );
 }
 
+/// An agent that has just restarted does not know its peers until it has a view of the chain (from the
+/// RPC or its state file): its event streams say nothing of them meanwhile, rather than that every peer left,
+/// and a monitor that reconnects calls back nothing for a list that then turns out unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_that_does_not_know_its_peers_yet_tells_a_monitor_nothing() {
+    let snapshot = example_snapshot(1_000_000);
+    let mut server = FixtureApi::start(snapshot.clone()).await;
+    let client = Client::new(server.path());
+    let (calls_tx, mut calls) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+    let _monitor = owned_task::Task::spawn("monitor", {
+        let client = client.clone();
+        async move {
+            client
+                .monitor(move |peers| calls_tx.send(peers.to_vec()).unwrap(), |_| {})
+                .await
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), calls.recv())
+        .await
+        .expect("the current list within 10 s")
+        .unwrap();
+    assert!(!first.is_empty(), "{first:?}");
+
+    let unknown = mesh_api::Snapshot {
+        peers: Vec::new(),
+        peers_known: false,
+        ..snapshot.clone()
+    };
+    server.restart(unknown.clone()).await;
+    let mut events = client.events().await.expect("the restarted agent's stream");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), events.next())
+            .await
+            .is_err(),
+        "an event before the agent knows its peers"
+    );
+    assert!(
+        calls.try_recv().is_err(),
+        "the monitor was called back while the peers were unknown"
+    );
+    server.publish.send(snapshot.clone()).unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("the peers once known")
+            .expect("the stream stays open")
+            .unwrap(),
+        Event::Peers(snapshot.peers.clone())
+    );
+    let mut moved = snapshot.clone();
+    moved.peers[2].address = Some("10.0.1.4".into());
+    server.publish.send(moved).unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), calls.recv())
+        .await
+        .expect("a callback within 10 s")
+        .unwrap();
+    assert!(
+        after.contains(&"10.0.1.4".to_owned()),
+        "the first callback after the restart is the change, with no empty list before it: {after:?}"
+    );
+}
+
 /// Event streams are bounded: with `MAX_STREAMS` open, one more of either kind is answered 503 with the
 /// limit and what to do instead, while the other routes still answer; a client that goes away makes room.
 #[tokio::test(flavor = "multi_thread")]
