@@ -74,6 +74,13 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+async def within(seconds: float, aw: Awaitable[Any]) -> Any:
+    """`aw`, or TimeoutError after `seconds`. Not asyncio.wait_for: before Python 3.12 (Debian's is 3.11) it can
+    swallow a cancellation that comes just as `aw` completes, and a follower that is cancelled must stop."""
+    async with asyncio.timeout(seconds):
+        return await aw
+
+
 @dataclass(frozen=True, order=True)
 class Position:
     """How far a server's WAL goes: the newest timeline it knows of, then the location on it. A newer
@@ -562,7 +569,7 @@ class Postgres:
             raise PgError(f"cannot run {cmd[0]}: {e}") from e
         limit = timeout or self.timeout
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=limit)
+            out, err = await within(limit, proc.communicate())
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -1033,7 +1040,7 @@ class PostgresFollower:
         asked_at, events = loop.time(), self._events
         left = float("inf") if self._lease_until is None else self._lease_until - asked_at
         try:
-            leader = await asyncio.wait_for(self.renew(), timeout=min(max(left, 0.5), 5.0))
+            leader = await within(min(max(left, 0.5), 5.0), self.renew())
         except Exception as e:
             if self.serving:
                 log.warning("could not renew this node's lease with the agent (%s); PostgreSQL stays the "
@@ -1054,7 +1061,7 @@ class PostgresFollower:
     async def _sleep(self, seconds: float) -> None:
         # A leader change cuts any wait short, a retry's backoff included.
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+            await within(max(seconds, 0.0), self._wake.wait())
         except TimeoutError:
             pass
         self._wake.clear()

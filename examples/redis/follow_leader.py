@@ -40,6 +40,13 @@ log = logging.getLogger("follow-leader")
 PLACEHOLDER = ("127.0.0.1", 1)
 
 
+async def within(seconds: float, aw: Awaitable[Any]) -> Any:
+    """`aw`, or TimeoutError after `seconds`. Not asyncio.wait_for: before Python 3.12 (Debian's is 3.11) it can
+    swallow a cancellation that comes just as `aw` completes, and a follower that is cancelled must stop."""
+    async with asyncio.timeout(seconds):
+        return await aw
+
+
 class _Master:
     """The decision "be the master" (REPLICAOF NO ONE)."""
 
@@ -138,7 +145,7 @@ class RedisCli:
         except OSError as e:
             raise RedisUnavailable(f"cannot run {self.binary}: {e}") from e
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=10)
+            out, err = await within(10, proc.communicate())
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -273,7 +280,7 @@ class LeaderFollower:
     async def _sleep(self, seconds: float) -> None:
         # A leader change cuts any wait short, a retry's backoff included.
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+            await within(max(seconds, 0.0), self._wake.wait())
         except TimeoutError:
             pass
         self._wake.clear()
@@ -354,7 +361,7 @@ class LeaderFollower:
         # The lease counts from before the question: the agent's answer is at least that old.
         asked_at, events = loop.time(), self._events
         try:
-            leader = await asyncio.wait_for(self.renew(), timeout=max(self._lease_left(asked_at), 0.5))
+            leader = await within(max(self._lease_left(asked_at), 0.5), self.renew())
         except Exception as e:
             log.warning("could not renew this node's lease with the agent (%s); Redis stays the master "
                         "for what is left of the lease, %.1f s", e, max(self._lease_left(asked_at), 0.0))
@@ -440,7 +447,7 @@ class HealthReporter:
         """One PING: whether this node is healthy now, and why not."""
         try:
             # Bounded by the interval: a Redis that hangs is as unfit to lead as one that is down.
-            await asyncio.wait_for(self.redis.ping(), timeout=self.interval)
+            await within(self.interval, self.redis.ping())
         except (RedisUnavailable, TimeoutError) as e:
             self.failed += 1
             why = str(e) or f"no answer within {self.interval:g} s"

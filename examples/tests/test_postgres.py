@@ -269,6 +269,19 @@ def follower(pg: Any = None, **kw: Any) -> Any:
     return fl.PostgresFollower(pg, lambda lead: (lead.overlay_ip, 5432), PASSWORD, **kw)
 
 
+@pytest.mark.asyncio
+async def test_a_follower_cancelled_as_a_leader_event_wakes_it_stops() -> None:
+    # asyncio.wait_for in Python 3.11 returned instead of raising when the wait ended as the task was
+    # cancelled: the follower went on, and a sidecar told to stop never did (the tests hung in teardown).
+    f = follower()
+    asleep = asyncio.create_task(f._sleep(30))
+    await asyncio.sleep(0.05)
+    f.on_leader(leader(2, 1))
+    asleep.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(asleep), 2)
+
+
 def test_intents_from_what_the_agent_says(caplog: pytest.LogCaptureFixture) -> None:
     f = follower()
     assert f.intent(fl._NoLeaderYet(), 0) == Idle("the agent has not said who leads yet")
