@@ -40,6 +40,20 @@ class FakeLeader:
     reason: str | None = None
 
 
+async def assert_stops_when_cancelled_as_woken(follower: Any, event: Any) -> None:
+    """A follower asleep, woken by a leader event as it is cancelled, stops. asyncio.wait_for in Python 3.11
+    returned instead of raising then: the follower went on, and a sidecar told to stop never did."""
+    asleep = asyncio.create_task(follower._sleep(30))
+    await asyncio.sleep(0.05)
+    follower.on_leader(event)
+    asleep.cancel()
+    try:
+        await asyncio.wait_for(asyncio.shield(asleep), 2)
+    except asyncio.CancelledError:
+        return
+    raise AssertionError("the follower went on after it was cancelled")
+
+
 async def _call(cb: Callable[..., Any], *args: Any) -> None:
     result = cb(*args)
     if inspect.isawaitable(result):

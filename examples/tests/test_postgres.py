@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from agent_stub import FakeAgent
-from fakes import FakeLeader
+from fakes import FakeLeader, assert_stops_when_cancelled_as_woken
 from procs import EXAMPLES, free_port, spawn
 
 # Loaded under a name of its own: the Redis recipe's sidecar is also follow_leader.py, on the import path.
@@ -271,15 +271,7 @@ def follower(pg: Any = None, **kw: Any) -> Any:
 
 @pytest.mark.asyncio
 async def test_a_follower_cancelled_as_a_leader_event_wakes_it_stops() -> None:
-    # asyncio.wait_for in Python 3.11 returned instead of raising when the wait ended as the task was
-    # cancelled: the follower went on, and a sidecar told to stop never did (the tests hung in teardown).
-    f = follower()
-    asleep = asyncio.create_task(f._sleep(30))
-    await asyncio.sleep(0.05)
-    f.on_leader(leader(2, 1))
-    asleep.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(asleep), 2)
+    await assert_stops_when_cancelled_as_woken(follower(), leader(2, 1))
 
 
 def test_intents_from_what_the_agent_says(caplog: pytest.LogCaptureFixture) -> None:

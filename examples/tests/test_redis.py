@@ -22,7 +22,7 @@ if not shutil.which("redis-server"):
     raise RuntimeError("redis-server is not installed: apt-get install redis-server (scripts/bootstrap does)")
 
 import redis.asyncio as aioredis  # noqa: E402
-from fakes import FakeLeader, FakeSDK  # noqa: E402
+from fakes import FakeLeader, FakeSDK, assert_stops_when_cancelled_as_woken  # noqa: E402
 from follow_leader import (PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy,  # noqa: E402
                            overlay_addr)
 
@@ -259,15 +259,7 @@ async def test_a_leader_replaced_by_another_seat_replicates_it(redises: dict[int
 
 
 async def test_a_follower_cancelled_as_a_leader_event_wakes_it_stops() -> None:
-    # asyncio.wait_for in Python 3.11 returned instead of raising when the wait ended as the task was
-    # cancelled: the follower went on, and a sidecar told to stop never did.
-    f = LeaderFollower(object(), lambda lead: None)
-    asleep = asyncio.create_task(f._sleep(30))
-    await asyncio.sleep(0.05)
-    f.on_leader(leader(2, 1))
-    asleep.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(asleep), 2)
+    await assert_stops_when_cancelled_as_woken(LeaderFollower(object(), lambda lead: None), leader(2, 1))
 
 
 async def test_a_leader_the_agent_gives_no_overlay_address_is_not_followed(redises: dict[int, Redis],
