@@ -229,6 +229,32 @@ impl Project {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A one-off `service` container running `args` to its end; its stdout, which must be all of it.
+    ///
+    /// Not `docker-compose run` attached: docker-compose 1.29 attaches after starting the container and
+    /// can lose the start of the output, or all of it, and still exit 0 (seen under load: a binding that
+    /// began mid-line). Started detached, the container's whole output is in its log, read once it has
+    /// exited; `-T` keeps stderr out of stdout.
+    pub fn run_to_end(&self, service: &str, args: &[&str]) -> String {
+        let name = format!("{}-{service}-run", self.name);
+        let mut all = vec!["run", "-d", "-T", "--name", name.as_str(), service];
+        all.extend_from_slice(args);
+        self.compose(&all);
+        let status = docker_output(&["wait", &name]);
+        let out = docker_output(&["logs", &name]);
+        let _ = docker_output(&["rm", "-f", &name]);
+        let code = String::from_utf8_lossy(&status.stdout).trim().to_owned();
+        assert!(
+            status.status.success() && code == "0" && out.status.success(),
+            "docker-compose -p {} run {service} {} exited with {code:?}: {}\n{}",
+            self.name,
+            args.join(" "),
+            text(&status),
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// The container of `service`.
     pub fn container(&self, service: &str) -> String {
         let id = self.compose(&["ps", "-q", service]);

@@ -174,32 +174,20 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
         project.compose(&["up", "-d", "net"]);
         let token = i.to_string();
         let holder = account_address(i);
-        let identity = [
-            "run",
-            "--rm",
-            "-T",
+        let binding = project.run_to_end(
             "mesh",
-            "identity",
-            "--bind-token",
-            &token,
-            "--bind-holder",
-            &holder,
-            "--contract",
-            &cluster.contract,
-            "--chain-id",
-            "31337",
-        ];
-        // docker-compose 1.29's `run` can exit 0 having lost the container's output when it attaches late
-        // (seen once in 20 runs on a loaded machine). `identity` reuses the key in the state volume, so
-        // asking again gives the same binding; an empty answer three times is a real failure.
-        let binding = (0..3)
-            .map(|_| project.compose(&identity))
-            .find(|out| !out.is_empty())
-            .unwrap_or_else(|| {
-                panic!(
-                    "`docker-compose run mesh identity` printed nothing three times for node {i}"
-                )
-            });
+            &[
+                "identity",
+                "--bind-token",
+                &token,
+                "--bind-holder",
+                &holder,
+                "--contract",
+                &cluster.contract,
+                "--chain-id",
+                "31337",
+            ],
+        );
         let file = std::env::temp_dir().join(format!("{run}-binding-{i}.json"));
         std::fs::write(&file, &binding).expect("write the binding");
         let bound = cluster.meshctl(
