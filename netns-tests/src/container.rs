@@ -233,7 +233,7 @@ impl Project {
     ///
     /// Not `docker-compose run` attached: docker-compose 1.29 attaches after starting the container and
     /// can lose the start of the output, or all of it, and still exit 0 (seen under load: a binding that
-    /// began mid-line). Started detached, the container's whole output is in its log, read once it has
+    /// began mid-number). Started detached, the container's whole output is in its log, read once it has
     /// exited; `-T` keeps stderr out of stdout.
     pub fn run_to_end(&self, service: &str, args: &[&str]) -> String {
         let name = format!("{}-{service}-run", self.name);

@@ -418,9 +418,6 @@ mod tests {
     use mesh_wg::MemoryTable;
     use std::sync::Mutex;
 
-    /// The device is read every 50 ms while a peer added less than 12 s ago has no handshake, so that the
-    /// API shows its tunnel up within 50 ms of the handshake; otherwise, and for a peer absent for longer,
-    /// at the usual refresh.
     #[test]
     fn the_first_list_is_settled_once_every_tunnel_has_handshaken_or_its_time_is_up() {
         let t0 = Instant::now();
@@ -442,6 +439,9 @@ mod tests {
         );
     }
 
+    /// The device is read every 50 ms while a peer added less than 12 s ago has no handshake, so that the
+    /// API shows its tunnel up within 50 ms of the handshake; otherwise, and for a peer absent for longer,
+    /// at the usual refresh.
     #[test]
     fn a_new_peers_first_handshake_is_watched_closely_for_a_while() {
         let t0 = Instant::now();
