@@ -210,12 +210,17 @@ impl Running {
             return;
         }
         log_changes(&self.state.attestations, &attestations);
+        self.state.attestations = Arc::new(attestations);
+        self.admit(view);
+    }
+
+    /// The view the mesh gets: `view` with the seats the current verdicts admit.
+    fn admit(&mut self, view: &ChainView) {
         self.state.view = Some(Arc::new(attestation::admitted(
             view,
-            &attestations,
+            &self.state.attestations,
             &self.task.instance_id,
         )));
-        self.state.attestations = Arc::new(attestations);
     }
 
     async fn start_following(&mut self) {
@@ -290,11 +295,7 @@ impl Running {
                 if tick.changed || self.task.attestor.due() {
                     self.publish(&view, moved || tick.changed).await;
                 } else if moved {
-                    self.state.view = Some(Arc::new(attestation::admitted(
-                        &view,
-                        &self.state.attestations,
-                        &self.task.instance_id,
-                    )));
+                    self.admit(&view);
                 }
                 if tick.full_read_error.is_some() {
                     self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
