@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import base64
 import hashlib
 import hmac
@@ -79,6 +80,15 @@ async def within(seconds: float, aw: Awaitable[Any]) -> Any:
     swallow a cancellation that comes just as `aw` completes, and a follower that is cancelled must stop."""
     async with asyncio.timeout(seconds):
         return await aw
+
+
+def kill(proc: asyncio.subprocess.Process) -> None:
+    """Kills `proc` unless it has ended. asyncio's kill() raises ProcessLookupError once the process has exited
+    and its pipes have closed, which can come while its output is still being read: raised in an
+    `except CancelledError`, it replaced the cancellation, and a follower cancelled as `pg_ctl start` returned
+    went on running."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 @dataclass(frozen=True, order=True)
@@ -571,11 +581,11 @@ class Postgres:
         try:
             out, err = await within(limit, proc.communicate())
         except TimeoutError:
-            proc.kill()
+            kill(proc)
             await proc.wait()
             raise PgError(f"{program} {args[0] if args else ''} took over {limit:g} s") from None
         except asyncio.CancelledError:
-            proc.kill()
+            kill(proc)
             raise
         return Ran(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 

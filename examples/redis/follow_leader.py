@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -45,6 +46,15 @@ async def within(seconds: float, aw: Awaitable[Any]) -> Any:
     swallow a cancellation that comes just as `aw` completes, and a follower that is cancelled must stop."""
     async with asyncio.timeout(seconds):
         return await aw
+
+
+def kill(proc: asyncio.subprocess.Process) -> None:
+    """Kills `proc` unless it has ended. asyncio's kill() raises ProcessLookupError once the process has exited
+    and its pipes have closed, which can come while its output is still being read: raised in an
+    `except CancelledError`, it would replace the cancellation (the PostgreSQL recipe's follower, cancelled as
+    `pg_ctl start` returned, went on running)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 class _Master:
@@ -147,12 +157,12 @@ class RedisCli:
         try:
             out, err = await within(10, proc.communicate())
         except TimeoutError:
-            proc.kill()
+            kill(proc)
             await proc.wait()
             raise RedisUnavailable(f"{self.binary} {' '.join(args)} took over 10 s") from None
         except asyncio.CancelledError:
             # A caller's own timeout (the health PING's): no redis-cli left behind.
-            proc.kill()
+            kill(proc)
             raise
         lines = out.decode(errors="replace").splitlines()
         # redis-cli exits 0 on an error reply and prints it; a failed connection exits 1.

@@ -9,8 +9,10 @@ import asyncio
 import inspect
 from dataclasses import dataclass
 from types import SimpleNamespace
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 
 @dataclass
@@ -52,6 +54,41 @@ async def assert_stops_when_cancelled_as_woken(follower: Any, event: Any) -> Non
     except asyncio.CancelledError:
         return
     raise AssertionError("the follower went on after it was cancelled")
+
+
+class EndedProcess:
+    """A program that has exited, its pipes closed, while its output is still being read: asyncio's kill()
+    raises ProcessLookupError then, as it did when a follower was cancelled as `pg_ctl start` returned."""
+
+    returncode = 0
+
+    async def communicate(self) -> tuple[bytes, bytes]:
+        await asyncio.Event().wait()
+        raise AssertionError("never set")
+
+    def kill(self) -> None:
+        raise ProcessLookupError()
+
+    async def wait(self) -> int:
+        return 0
+
+
+def programs_end_as_they_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every program the recipe runs from now on is an [`EndedProcess`]."""
+    async def spawn(*args: Any, **kw: Any) -> EndedProcess:
+        return EndedProcess()
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+
+
+async def assert_cancellation_comes_out(run: Callable[[], Awaitable[Any]]) -> None:
+    """`run()`, cancelled while its program ends, raises the cancellation, not the kill's ProcessLookupError
+    (an OSError, which a follower's loop takes for a failed program and goes on)."""
+    task = asyncio.ensure_future(run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def _call(cb: Callable[..., Any], *args: Any) -> None:

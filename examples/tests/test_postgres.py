@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from agent_stub import FakeAgent
-from fakes import FakeLeader, assert_stops_when_cancelled_as_woken
+from fakes import (FakeLeader, assert_cancellation_comes_out, assert_stops_when_cancelled_as_woken,
+                   programs_end_as_they_are_read)
 from procs import EXAMPLES, free_port, spawn
 
 # Loaded under a name of its own: the Redis recipe's sidecar is also follow_leader.py, on the import path.
@@ -272,6 +273,17 @@ def follower(pg: Any = None, **kw: Any) -> Any:
 @pytest.mark.asyncio
 async def test_a_follower_cancelled_as_a_leader_event_wakes_it_stops() -> None:
     await assert_stops_when_cancelled_as_woken(follower(), leader(2, 1))
+
+
+@pytest.mark.asyncio
+async def test_a_program_that_ends_as_it_is_cancelled_or_times_out_is_not_an_os_error(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = fl.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
+                     run_as=RUN_AS)
+    programs_end_as_they_are_read(monkeypatch)
+    await assert_cancellation_comes_out(lambda: pg.run("pg_ctl", "start"))
+    with pytest.raises(fl.PgError, match="pg_ctl status took over 0.05 s"):
+        await pg.run("pg_ctl", "status", timeout=0.05)
 
 
 def test_intents_from_what_the_agent_says(caplog: pytest.LogCaptureFixture) -> None:

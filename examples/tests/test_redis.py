@@ -22,7 +22,8 @@ if not shutil.which("redis-server"):
     raise RuntimeError("redis-server is not installed: apt-get install redis-server (scripts/bootstrap does)")
 
 import redis.asyncio as aioredis  # noqa: E402
-from fakes import FakeLeader, FakeSDK, assert_stops_when_cancelled_as_woken  # noqa: E402
+from fakes import (FakeLeader, FakeSDK, assert_cancellation_comes_out,  # noqa: E402
+                   assert_stops_when_cancelled_as_woken, programs_end_as_they_are_read)
 from follow_leader import (PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy,  # noqa: E402
                            overlay_addr)
 
@@ -260,6 +261,11 @@ async def test_a_leader_replaced_by_another_seat_replicates_it(redises: dict[int
 
 async def test_a_follower_cancelled_as_a_leader_event_wakes_it_stops() -> None:
     await assert_stops_when_cancelled_as_woken(LeaderFollower(object(), lambda lead: None), leader(2, 1))
+
+
+async def test_redis_cli_cancelled_as_it_ends_raises_the_cancellation(monkeypatch: pytest.MonkeyPatch) -> None:
+    programs_end_as_they_are_read(monkeypatch)
+    await assert_cancellation_comes_out(RedisCli("redis-cli", "127.0.0.1", 1).ping)
 
 
 async def test_a_leader_the_agent_gives_no_overlay_address_is_not_followed(redises: dict[int, Redis],
