@@ -241,6 +241,12 @@ pub struct RunArgs {
     /// often; when the subscription drops, polling at this interval takes over until it is back.
     #[arg(long, env = "DSTACK_MESH_POLL_INTERVAL_MS", default_value_t = 2000)]
     pub poll_interval_ms: u64,
+    /// How long a peer may go without sending anything before it is shown unhealthy, in milliseconds
+    /// (600-120000). A silent peer is probed through its tunnel from a third of this on, so a live one is
+    /// heard in time; a dead, frozen or cut-off one is unhealthy at most this long after it last answered,
+    /// and healthy again as soon as it answers. A UDP path that goes dark for as long is left for the relay.
+    #[arg(long, env = "DSTACK_MESH_PEER_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(600..=120_000))]
+    pub peer_timeout_ms: u64,
     /// How long the cluster's leader may go without a fit heartbeat over the mesh before this node casts
     /// its seat's no-confidence vote against it, in seconds. The leader's lease is half of it: a leader that
     /// cannot read the chain, or hear a majority, or is unhealthy stops reporting itself leader within that.
@@ -526,6 +532,13 @@ impl RunArgs {
             every,
             timeout: every,
         })
+    }
+
+    /// How long a peer may be silent and be shown healthy (`--peer-timeout-ms`).
+    pub fn liveness(&self) -> mesh_wg::Liveness {
+        mesh_wg::Liveness {
+            timeout: std::time::Duration::from_millis(self.peer_timeout_ms),
+        }
     }
 
     /// Where new heads are followed by subscription: --rpc-ws-url, else a WebSocket --rpc-url.

@@ -71,6 +71,7 @@ async fn daemon(
         contract,
         rpc: rpc.clone(),
         lease: Timing::for_timeout(Duration::from_secs(args.leader_timeout)).lease,
+        liveness: args.liveness(),
     };
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));
     // The application reports its health to the API, which may come before the tasks.
@@ -393,6 +394,7 @@ impl Tasks {
                 },
                 mtu: args.mtu,
                 stun_servers: args.stun_servers(),
+                liveness: args.liveness(),
                 relay: relay_port
                     .zip(relay)
                     .map(|(port, (dialer, metrics))| Relay {

@@ -1,11 +1,12 @@
 //! What the API serves, rendered from what the tasks publish. Pure, so it is tested without any of them.
 //!
-//! A peer is **healthy** while its latest handshake is fresh (`mesh_wg::FRESH_HANDSHAKE`); it is then
-//! offered as `wireguard` at its overlay address, else as `tls-gateway` at its gateway URL if it has one,
-//! else `unreachable`.
+//! A peer is **healthy** while it has been heard from within the peer timeout (`--peer-timeout-ms`,
+//! [`mesh_wg::Liveness`]): anything it sent that authenticated, its answers to the device's probes
+//! included. It is then offered as `wireguard` at its overlay address, else as `tls-gateway` at its gateway
+//! URL if it has one, else `unreachable`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use alloy::primitives::Address;
 use mesh_api::{
@@ -14,7 +15,7 @@ use mesh_api::{
 };
 use mesh_chain::membership::Member;
 use mesh_chain::redact::RedactedUrl;
-use mesh_wg::{Key, PathKind, PeerStatus, handshake_is_fresh};
+use mesh_wg::{Key, Liveness, PathKind, PeerStatus};
 
 use crate::attestation::Attested;
 use crate::lease::Claim;
@@ -41,6 +42,30 @@ pub struct AgentFacts {
     pub rpc: RedactedUrl,
     /// The leader's lease ([`crate::lease::Timing::lease`]): how long a confirmation of the leader lasts.
     pub lease: Duration,
+    /// How long a peer may be silent and be shown healthy.
+    pub liveness: Liveness,
+}
+
+/// When a snapshot is rendered: on the wall clock for what is shown as a date, and on the monotonic clock
+/// for what is judged by age (a peer's silence).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub wall: SystemTime,
+    pub mono: Instant,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    /// `at` on the wall clock, as far as this clock can tell.
+    fn wall_of(&self, at: Instant) -> SystemTime {
+        self.wall - self.mono.saturating_duration_since(at)
+    }
 }
 
 /// The snapshot before anything is known: the agent serves it while it waits for dstack.
@@ -56,15 +81,21 @@ pub fn initial(agent: &AgentFacts) -> Snapshot {
             check: None,
         },
         Duration::ZERO,
-        SystemTime::now(),
+        Clock::now(),
     )
 }
 
 /// One peer as applications see it.
-fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> Peer {
+fn peer(
+    member: &Member,
+    stats: &BTreeMap<Key, PeerStatus>,
+    liveness: &Liveness,
+    now: Clock,
+) -> Peer {
     let stat = member.wg_public_key.and_then(|k| stats.get(&k));
     let handshake = stat.and_then(|s| s.last_handshake);
-    let healthy = handshake_is_fresh(handshake, now);
+    let heard = stat.and_then(|s| s.last_heard);
+    let healthy = liveness.alive(heard, now.mono);
     let connection = if healthy {
         ConnectionKind::Wireguard
     } else if member.gateway_url.is_some() {
@@ -102,6 +133,9 @@ fn peer(member: &Member, stats: &BTreeMap<Key, PeerStatus>, now: SystemTime) -> 
         healthy,
         latest_handshake: handshake
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        last_heard: heard
+            .and_then(|t| now.wall_of(t).duration_since(SystemTime::UNIX_EPOCH).ok())
             .map(|d| d.as_secs()),
         rx_bytes: stat.map_or(0, |s| s.rx_bytes),
         tx_bytes: stat.map_or(0, |s| s.tx_bytes),
@@ -156,13 +190,23 @@ pub struct Published<'a> {
     pub check: Option<&'a CheckSignal>,
 }
 
+/// When a peer shown healthy now will be shown unhealthy unless it is heard from again: the publisher
+/// renders again then, so that the API and event streams say so at once.
+pub fn health_changes_at(mesh: &MeshState, liveness: &Liveness, now: Instant) -> Option<Instant> {
+    mesh.stats
+        .values()
+        .filter_map(|s| liveness.dies_at(s.last_heard))
+        .filter(|t| *t > now)
+        .min()
+}
+
 /// The snapshot of everything the tasks published, at `now`, `uptime` after start.
 pub fn render(
     agent: &AgentFacts,
     node: &NodeFacts,
     tasks: Published<'_>,
     uptime: Duration,
-    now: SystemTime,
+    now: Clock,
 ) -> Snapshot {
     let Published {
         chain,
@@ -179,7 +223,7 @@ pub fn render(
         .map(|m| Peer {
             leader: Some(m.token_id) == leader_seat,
             attestation: chain.attestations.get(&m.token_id).map(Attested::to_api),
-            ..peer(m, &mesh.stats, now)
+            ..peer(m, &mesh.stats, &agent.liveness, now)
         })
         .collect();
     let token = chain.seat.token();
@@ -361,11 +405,23 @@ mod tests {
             contract: Address::repeat_byte(1),
             rpc: RedactedUrl::new(&"https://user:secret@rpc.example/".parse().unwrap()),
             lease: Duration::from_secs(5),
+            liveness: Liveness::default(),
         }
     }
 
-    /// Three members: seat 2 with a fresh handshake, seat 3 stale but with a gateway URL, seat 4 stale with
-    /// none. Node 1, registered, with an interface.
+    /// The monotonic "now" of these tests: an hour ahead, so that ages can be taken from it.
+    fn mono() -> Instant {
+        static MONO: std::sync::LazyLock<Instant> =
+            std::sync::LazyLock::new(|| Instant::now() + Duration::from_secs(3600));
+        *MONO
+    }
+
+    fn clock(wall: SystemTime) -> Clock {
+        Clock { wall, mono: mono() }
+    }
+
+    /// Three members: seat 2 heard from a second ago (its handshake 5 s ago), seats 3 and 4 silent for ten
+    /// minutes, 3 with a gateway URL, 4 with none. Node 1, registered, with an interface.
     fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
         let v = view(&[
             record(2, 0x22, ""),
@@ -373,7 +429,7 @@ mod tests {
             record(4, 0x44, ""),
         ]);
         let (members, _) = crate::desired::members(&v, SeatState::Active(1), own(Some(1)));
-        let stat = |k: u8, age: u64| {
+        let stat = |k: u8, age: u64, heard: u64| {
             (
                 Key::from_bytes([k; 32]),
                 PeerStatus {
@@ -400,6 +456,7 @@ mod tests {
                     },
                     allowed_ips: Vec::new(),
                     last_handshake: Some(now - Duration::from_secs(age)),
+                    last_heard: Some(mono() - Duration::from_secs(heard)),
                     rx_bytes: u64::from(k),
                     tx_bytes: 1,
                     persistent_keepalive: Some(25),
@@ -428,7 +485,7 @@ mod tests {
             }),
             members: Arc::new(members),
             known: true,
-            stats: Arc::new([stat(0x22, 5), stat(0x33, 600), stat(0x44, 600)].into()),
+            stats: Arc::new([stat(0x22, 5, 1), stat(0x33, 600, 600), stat(0x44, 600, 600)].into()),
             invalid_records: 2,
             reconciles: 3,
             relay: mesh_api::RelayCounters::default(),
@@ -479,7 +536,7 @@ mod tests {
             leader: election,
             check: None,
         };
-        render(&agent(), &NodeFacts::default(), tasks, uptime, now)
+        render(&agent(), &NodeFacts::default(), tasks, uptime, clock(now))
     }
 
     fn with_leader(chain: &ChainState, seat: Option<u64>) -> ChainState {
@@ -727,6 +784,50 @@ mod tests {
         assert_eq!(nat.candidates[0].source, "stun");
         assert_eq!(nat.checked_at, Some(1_000_000));
         assert_eq!((s.status.peers_configured, s.status.peers_healthy), (3, 1));
+    }
+
+    /// A peer is healthy while it was heard from within the peer timeout, whatever its session: one whose
+    /// handshake is seconds old but that has been silent for the timeout is not (it died, froze or was cut
+    /// off since), and one heard again is healthy at once. The publisher wakes when the next one dies.
+    #[test]
+    fn a_peer_is_healthy_only_while_it_was_heard_within_the_peer_timeout() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (chain, reg, mut mesh) = states(now);
+        let heard = |mesh: &mut MeshState, ms: u64| {
+            let mut stats = (*mesh.stats).clone();
+            let two = stats.get_mut(&Key::from_bytes([0x22; 32])).unwrap();
+            two.last_heard = Some(mono() - Duration::from_millis(ms));
+            mesh.stats = Arc::new(stats);
+        };
+        let two = |mesh: &MeshState| {
+            let s = snapshot(&chain, &reg, mesh, Duration::ZERO, now);
+            let p = s.peers.into_iter().find(|p| p.token_id == 2).unwrap();
+            (p.healthy, p.connection, p.address, p.last_heard)
+        };
+        heard(&mut mesh, 2_999);
+        assert_eq!(
+            two(&mesh),
+            (
+                true,
+                ConnectionKind::Wireguard,
+                Some("10.0.1.2".into()),
+                Some(999_997)
+            )
+        );
+        assert_eq!(
+            health_changes_at(&mesh, &Liveness::default(), mono()),
+            Some(mono() + Duration::from_millis(1)),
+            "the publisher renders again as seat 2 dies"
+        );
+        heard(&mut mesh, 3_000);
+        assert_eq!(
+            two(&mesh),
+            (false, ConnectionKind::Unreachable, None, Some(999_997)),
+            "silent for the timeout, though its handshake is 5 s old"
+        );
+        assert_eq!(health_changes_at(&mesh, &Liveness::default(), mono()), None);
+        heard(&mut mesh, 0);
+        assert!(two(&mesh).0, "heard again: healthy at once");
     }
 
     /// The status and counters gather what each task published.

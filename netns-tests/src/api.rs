@@ -70,6 +70,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         },
         healthy: connection == ConnectionKind::Wireguard,
         latest_handshake: handshake,
+        last_heard: handshake.map(|h| h + 1),
         rx_bytes: rx,
         tx_bytes: tx,
         leader: token == 2,

@@ -148,6 +148,7 @@ mod tests {
             address: None,
             healthy: connection == ConnectionKind::Wireguard,
             latest_handshake: None,
+            last_heard: None,
             rx_bytes: 0,
             tx_bytes: 0,
             leader: false,

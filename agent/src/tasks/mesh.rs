@@ -61,6 +61,8 @@ pub struct WireGuard {
     pub mtu: u16,
     /// STUN servers (`host:port`) the userspace device learns its public mapping from.
     pub stun_servers: Vec<String>,
+    /// How long a peer may be silent and count as alive: the device probes silent peers to know.
+    pub liveness: mesh_wg::Liveness,
     /// The relay, unless turned off.
     pub relay: Option<Relay>,
 }
@@ -130,6 +132,7 @@ impl Interfaces for WireGuard {
         config.offload = self.offload;
         config.mtu = self.mtu;
         config.stun_servers.clone_from(&self.stun_servers);
+        config.liveness = self.liveness;
         config.relay_dialer = self.relay.as_ref().map(|r| r.dialer.clone());
         let device = MeshDevice::create(config, self.backend)
             .await

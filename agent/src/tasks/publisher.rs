@@ -1,10 +1,11 @@
 //! The publisher: renders what the other tasks publish into the snapshot the API serves
 //! ([`crate::snapshot`]), and tells the rest of the CVM when the peer set or the leadership changes
-//! ([`crate::hooks`]). It renders again when the leader's lease or its confirmation runs out, so that
-//! event streams and hooks hear of that as of any other change.
+//! ([`crate::hooks`]). It renders again when the leader's lease or its confirmation runs out, and when a
+//! peer's silence reaches the peer timeout, so that event streams and hooks hear of that as of any other
+//! change.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mesh_api::{CheckSignal, Leader, Peer, Snapshot};
 use mesh_chain::membership::Member;
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, warn};
 
 use crate::hooks;
-use crate::snapshot::{self, AgentFacts, NodeFacts};
+use crate::snapshot::{self, AgentFacts, Clock, NodeFacts};
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
 
 /// How often the snapshot is rendered while nothing is published: uptime and handshake ages move on.
@@ -83,7 +84,7 @@ impl Publisher {
                     check: check.as_ref(),
                 },
                 self.started.elapsed(),
-                SystemTime::now(),
+                Clock::now(),
             );
             // Not while the list is not known yet: the hook sees what the event streams send.
             let changed =
@@ -97,7 +98,13 @@ impl Publisher {
             // Not at the first render, which only says that nothing is known yet.
             let leader_changed = leadership.as_ref().is_some_and(|k| *k != key);
             leadership = Some(key);
-            let wake = snapshot.leader.changes_at(now);
+            let wake = [
+                snapshot.leader.changes_at(now),
+                snapshot::health_changes_at(&mesh, &self.agent.liveness, now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             api.send_replace(snapshot);
             if changed {
                 self.hooks.run(&published, &mesh.members, &mut running);

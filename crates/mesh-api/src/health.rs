@@ -53,10 +53,12 @@ pub fn assess(status: &Status, peers: &[Peer]) -> Health {
         .iter()
         .filter(|p| p.connection == ConnectionKind::Unreachable)
     {
-        let tunnel = match (status.mode, p.latest_handshake) {
+        let tunnel = match (status.mode, p.last_heard) {
             (Mode::Tls, _) => "this node runs no tunnel",
-            (Mode::Wireguard, None | Some(0)) => "its tunnel has never had a handshake",
-            (Mode::Wireguard, Some(_)) => "its tunnel's last handshake is stale",
+            (Mode::Wireguard, None | Some(0)) => "nothing has come from it over its tunnel",
+            (Mode::Wireguard, Some(_)) => {
+                "it has stopped answering over its tunnel (silent for longer than the peer timeout)"
+            }
         };
         reasons.push(format!(
             "seat {} ({}) is unreachable: {tunnel}, and it registered no gateway URL",
@@ -118,6 +120,7 @@ pub(crate) mod tests {
             address: None,
             healthy: connection == ConnectionKind::Wireguard,
             latest_handshake: handshake,
+            last_heard: handshake,
             rx_bytes: 0,
             tx_bytes: 0,
             leader: false,
@@ -154,8 +157,11 @@ pub(crate) mod tests {
         assert_eq!(h.unreachable, vec![3, 4]);
         assert_eq!(h.peers_reachable, 1);
         assert_eq!(h.reasons.len(), 2, "{:?}", h.reasons);
-        assert!(h.reasons[0].contains("seat 4 (10.0.1.4)") && h.reasons[0].contains("stale"));
-        assert!(h.reasons[1].contains("seat 3") && h.reasons[1].contains("never"));
+        assert!(
+            h.reasons[0].contains("seat 4 (10.0.1.4)")
+                && h.reasons[0].contains("stopped answering")
+        );
+        assert!(h.reasons[1].contains("seat 3") && h.reasons[1].contains("nothing has come"));
     }
 
     #[test]

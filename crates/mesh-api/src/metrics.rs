@@ -47,6 +47,18 @@ const PER_PEER: &[Metric<Peer>] = &[
         |p| p.latest_handshake.unwrap_or(0),
     ),
     m(
+        "dstack_mesh_peer_healthy",
+        "gauge",
+        "1 while each peer answers (heard from within the agent's peer timeout), else 0.",
+        |p| u64::from(p.healthy),
+    ),
+    m(
+        "dstack_mesh_peer_last_heard_seconds",
+        "gauge",
+        "Unix time each peer was last heard from: anything it sent, answers to probes included (0: never).",
+        |p| p.last_heard.unwrap_or(0),
+    ),
+    m(
         "dstack_mesh_peer_punch_attempts_total",
         "counter",
         "Hole-punching attempts toward each peer (while it is relayed).",

@@ -120,9 +120,14 @@ pub struct Peer {
     pub punch_attempts: u64,
     /// What to connect to: the overlay IP over WireGuard, else the gateway URL.
     pub address: Option<String>,
+    /// It answers now: it sent something (data, a keepalive, an answer to a probe) within the agent's
+    /// peer timeout (`--peer-timeout-ms`).
     pub healthy: bool,
     /// Unix seconds of the latest handshake; absent when there has been none.
     pub latest_handshake: Option<u64>,
+    /// Unix seconds of the last time it was heard from; absent when never.
+    #[serde(default)]
+    pub last_heard: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     /// It is the cluster's leader.

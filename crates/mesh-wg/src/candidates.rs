@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnetwork::Ipv4Network;
 
+use crate::ipv4;
 use crate::nat::Mapping;
 
 /// The overlay UDP port of candidate messages, on every node (heartbeats use 51871).
@@ -27,7 +28,6 @@ const MAGIC: [u8; 4] = *b"DMCD";
 const VERSION: u8 = 1;
 const HEADER: usize = 14;
 const ENTRY: usize = 7;
-const IPV4_HEADER: usize = 20;
 const UDP_HEADER: usize = 8;
 
 /// Where a candidate comes from.
@@ -211,48 +211,20 @@ impl Message {
 /// An IPv4 UDP packet from `src`:[`PORT`] to `dst`:[`PORT`] carrying `payload`, for the tunnel. Its UDP
 /// checksum is zero (optional over IPv4; WireGuard authenticates the whole packet anyway).
 pub(crate) fn wrap(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let udp_len = UDP_HEADER + payload.len();
-    let total = u16::try_from(IPV4_HEADER + udp_len).expect("a candidate message is small");
-    let mut p = Vec::with_capacity(usize::from(total));
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]); // id, DF, TTL 64, UDP, checksum (below)
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let checksum = ipv4_checksum(&p[..IPV4_HEADER]);
-    p[10..12].copy_from_slice(&checksum.to_be_bytes());
-    p.extend_from_slice(&PORT.to_be_bytes());
-    p.extend_from_slice(&PORT.to_be_bytes());
-    p.extend_from_slice(&u16::try_from(udp_len).expect("small").to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
-    p
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks_exact(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).expect("folded into 16 bits")
+    let udp_len = u16::try_from(UDP_HEADER + payload.len()).expect("a candidate message is small");
+    let mut udp = Vec::with_capacity(usize::from(udp_len));
+    udp.extend_from_slice(&PORT.to_be_bytes());
+    udp.extend_from_slice(&PORT.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    ipv4::packet(src, dst, ipv4::UDP, &udp)
 }
 
 /// The payload of a decrypted packet when it is a candidate datagram for `own` (UDP from [`PORT`] to
 /// `own`:[`PORT`], unfragmented); `None` for every other packet, which goes to the TUN as it is.
 pub(crate) fn unwrap(packet: &[u8], own: Ipv4Addr) -> Option<&[u8]> {
-    if packet.len() < IPV4_HEADER + UDP_HEADER || packet[0] >> 4 != 4 || packet[9] != 17 {
-        return None;
-    }
-    let ihl = usize::from(packet[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    let fragmented = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
-    if ihl < IPV4_HEADER || fragmented || total > packet.len() || packet[16..20] != own.octets() {
-        return None;
-    }
-    let udp = packet.get(ihl..total)?;
+    let (_, udp) = ipv4::payload_for(packet, own, ipv4::UDP)?;
     let ports = (
         u16::from_be_bytes([*udp.first()?, *udp.get(1)?]),
         u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]),
@@ -344,7 +316,7 @@ mod tests {
         let payload = sample().encode();
         let packet = wrap("10.0.1.1".parse().unwrap(), own, &payload);
         assert_eq!(
-            ipv4_checksum(&packet[..20]),
+            ipv4::checksum(&packet[..20]),
             0,
             "a valid header sums to zero"
         );

@@ -2,12 +2,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use ipnetwork::Ipv4Network;
 
 use super::Error;
 use crate::candidates::Candidate;
+use crate::liveness::Liveness;
 use crate::nat::{Mapping, NatReport};
 use crate::path::PathKind;
 use mesh_relay::RelayTarget;
@@ -44,6 +45,9 @@ pub struct DeviceConfig {
     /// STUN servers (`host:port`) the userspace device asks for its public mapping; none: it publishes only
     /// its interfaces' addresses and what peers see of it.
     pub stun_servers: Vec<String>,
+    /// How long a peer may be silent and still count as alive; the device probes silent peers to know
+    /// ([`crate::liveness`]), and leaves a UDP path that has not answered for as long.
+    pub liveness: Liveness,
 }
 
 /// The kernel offloads of the userspace device. Each is used only where the kernel has it; turning one off
@@ -86,6 +90,7 @@ impl DeviceConfig {
             relay_dialer: None,
             offload: Offload::default(),
             stun_servers: Vec::new(),
+            liveness: Liveness::default(),
         }
     }
 
@@ -99,6 +104,13 @@ impl DeviceConfig {
             return Err(Error::InvalidConfig {
                 what: "prefix length (0-32)",
                 value: self.prefix_len.to_string(),
+            });
+        }
+        let timeout = self.liveness.timeout;
+        if !(crate::liveness::MIN_TIMEOUT..=crate::liveness::MAX_TIMEOUT).contains(&timeout) {
+            return Err(Error::InvalidConfig {
+                what: "peer timeout (0.6-120 s)",
+                value: format!("{timeout:?}"),
             });
         }
         if self.mtu < 576 {
@@ -170,6 +182,9 @@ pub struct PeerStatus {
     pub allowed_ips: Vec<Ipv4Network>,
     /// Wall-clock time of the last completed handshake; `None` = never.
     pub last_handshake: Option<SystemTime>,
+    /// When the peer last sent anything that authenticated (a handshake, data, a keepalive, the answer to
+    /// a probe), on the monotonic clock: whether it is alive ([`crate::Liveness`]). `None` = never.
+    pub last_heard: Option<Instant>,
     /// Bytes of authenticated WireGuard datagrams received from the peer.
     pub rx_bytes: u64,
     /// Bytes of WireGuard datagrams sent to the peer.

@@ -125,6 +125,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The kernel backend's liveness probes could not be sent or received: without them its peers are
+    /// known alive only while they send data.
+    #[error(
+        "the liveness probes of {ifname:?}: {syscall} failed: {source} (they need CAP_NET_RAW, which root and docker's default capabilities have)"
+    )]
+    Probe {
+        /// The interface.
+        ifname: String,
+        /// The failing call.
+        syscall: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// Creating, binding or serving the UAPI unix socket failed.
     #[error("UAPI socket {path}: {syscall} failed: {source}")]
     Uapi {

@@ -11,6 +11,8 @@
 //! - `redial`: when to dial a peer's relay again (one attempt at a time, with backoff).
 //! - `shim`: the relay for it: a local UDP bridge per relay stream, and the paths of relayed peers.
 //! - `peer`: one peer's `Tunn`, endpoint (roaming), relay streams, keepalive and counters.
+//! - `liveness`: whether a peer answers now, and when to probe it; `probe`: the probe on the wire (an ICMP
+//!   echo through the tunnel); `ipv4`: the packets the device makes itself.
 //! - `path`: which way a peer's datagrams go, direct or through its relay, and when to move ([`PathState`]).
 //! - `stun`: STUN Binding requests from the WireGuard socket and their answers; `nat`: the NAT's mapping as
 //!   STUN servers show it, and which pairs can punch; `candidates`: the addresses a node may be reached at,
@@ -30,13 +32,16 @@ mod candidates;
 mod config;
 mod device;
 mod error;
+mod ipv4;
 mod kernel;
+mod liveness;
 mod nat;
 mod netlink;
 mod path;
 mod peer;
 mod plan;
 mod pmtu;
+mod probe;
 mod punch;
 mod redial;
 mod shim;
@@ -55,13 +60,17 @@ pub use device::Device;
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
+pub use liveness::{
+    DEFAULT_TIMEOUT as DEFAULT_PEER_TIMEOUT, Liveness, MAX_TIMEOUT as MAX_PEER_TIMEOUT,
+    MIN_TIMEOUT as MIN_PEER_TIMEOUT,
+};
 pub use mesh_relay::RelayTarget;
 pub use nat::{Mapping, NatReport};
 pub use path::{
-    DATA_UNANSWERED, DIRECT_QUIET, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState,
-    TRIAL, TRIAL_EVERY,
+    DIRECT_QUIET, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState, TRIAL, TRIAL_EVERY,
 };
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
+pub use probe::answer as answer_probe;
 pub use punch::WINDOW as PUNCH_WINDOW;
 pub use stun::ServerResult as StunResult;
 pub use wg_key::{Key, KeyParseError, PresharedKey, PrivateKey};

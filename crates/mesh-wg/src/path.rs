@@ -2,9 +2,10 @@
 //! without a network. After Tailscale's DERP-to-direct upgrade, with WireGuard's own messages as the probes:
 //!
 //! - A peer starts direct. When a handshake initiation sent over UDP is not answered within
-//!   [`HANDSHAKE_UNANSWERED`] (WireGuard's REKEY_TIMEOUT, after which it would send the next one), or data sent
-//!   over UDP is not answered within [`DATA_UNANSWERED`] (WireGuard's KEEPALIVE + REKEY_TIMEOUT: a live peer
-//!   answers any data with at least a keepalive in 10 s), the peer moves to its relay.
+//!   [`HANDSHAKE_UNANSWERED`] (WireGuard's REKEY_TIMEOUT, after which it would send the next one), or nothing
+//!   has come over UDP for the peer timeout (`silence`, [`crate::Liveness`]) while data went out (a silent
+//!   peer is probed within a third of it, and a live one answers its probes), the peer moves to its relay:
+//!   a path that went dark is left as soon as the peer counts as dead on it.
 //! - A peer that relays to us has given up on the direct path; when we have heard nothing from it directly
 //!   for [`DIRECT_QUIET`], we follow.
 //! - While on the relay, a handshake initiation goes out over UDP every [`PROBE_INTERVAL`]. Its response
@@ -21,10 +22,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::liveness::Liveness;
+
 /// How long an initiation sent over UDP may go unanswered.
 pub const HANDSHAKE_UNANSWERED: Duration = Duration::from_secs(5);
-/// How long data sent over UDP may go unanswered.
-pub const DATA_UNANSWERED: Duration = Duration::from_secs(15);
 /// How long a peer that relays to us must have been silent on the direct path before we relay too.
 pub const DIRECT_QUIET: Duration = Duration::from_secs(3);
 /// How often a relayed peer's direct path is tried.
@@ -102,6 +103,8 @@ impl Message {
 pub struct PathState {
     on: PathKind,
     since: Instant,
+    /// How long UDP may carry nothing from the peer, with data sent to it meanwhile, before it is left.
+    liveness: Liveness,
     /// The last authenticated datagram from the peer over UDP.
     direct_rx: Option<Instant>,
     /// The first initiation sent over UDP since the last direct receipt.
@@ -121,10 +124,11 @@ pub struct Move {
 }
 
 impl PathState {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Instant, liveness: Liveness) -> Self {
         Self {
             on: PathKind::Direct,
             since: now,
+            liveness,
             direct_rx: None,
             init_unanswered: None,
             data_unanswered: None,
@@ -224,8 +228,16 @@ impl PathState {
         if over(self.init_unanswered, HANDSHAKE_UNANSWERED) {
             return self.go(PathKind::Relay, now, "no handshake answer over UDP");
         }
-        if over(self.data_unanswered, DATA_UNANSWERED) {
-            return self.go(PathKind::Relay, now, "no answer to data over UDP");
+        // Silent since the last datagram over UDP; but data that went out long after it (an idle pair) is
+        // given the time a probe would have had, so that it is not taken as unanswered at once.
+        let silent_since = self.data_unanswered.map(|first| {
+            let asked = first
+                .checked_sub(self.liveness.probed_within())
+                .unwrap_or(first);
+            self.direct_rx.map_or(first, |rx| rx.max(asked))
+        });
+        if over(silent_since, self.liveness.timeout) {
+            return self.go(PathKind::Relay, now, "no answer over UDP");
         }
         None
     }
@@ -273,6 +285,8 @@ pub(crate) struct Observed {
     pub(crate) on_bridge: bool,
     /// Whether a handshake completed within WireGuard's REJECT_AFTER_TIME.
     pub(crate) handshake_fresh: bool,
+    /// Whether the session's peer has not been heard for the peer timeout ([`crate::liveness`]).
+    pub(crate) silent: bool,
     pub(crate) rx_bytes: u64,
     /// Whether our own stream to the peer's relay is up (its bridge can be the endpoint).
     pub(crate) relay_ready: bool,
@@ -296,7 +310,8 @@ pub(crate) enum Step {
 
 /// The path of a peer on a WireGuard the agent only configures. Its endpoint says the path: on a relay
 /// bridge it is relayed, else direct. The agent moves it to the relay when no handshake is fresh
-/// [`HANDSHAKE_UNANSWERED`] after it went direct, and, while relayed with a live session, tries the direct
+/// [`HANDSHAKE_UNANSWERED`] after it went direct, or its session's peer has not been heard for the peer
+/// timeout (the direct path went dark), and, while relayed with a live session, tries the direct
 /// path every [`TRIAL_EVERY`]: the endpoint goes direct with a keepalive, and comes back to the bridge unless
 /// something arrives within [`TRIAL`] while the endpoint stays direct (WireGuard would have roamed back to a
 /// bridge had it come through the relay). An idle peer therefore stays relayed.
@@ -351,10 +366,9 @@ impl TrialState {
             }
             return Step::Stay;
         }
-        if o.relay_available
-            && !o.handshake_fresh
-            && o.now.saturating_duration_since(self.direct_since) >= HANDSHAKE_UNANSWERED
-        {
+        let no_handshake = !o.handshake_fresh
+            && o.now.saturating_duration_since(self.direct_since) >= HANDSHAKE_UNANSWERED;
+        if o.relay_available && (no_handshake || o.silent) {
             if !o.relay_ready {
                 return Step::Dial;
             }
@@ -390,7 +404,7 @@ mod tests {
     #[test]
     fn an_unanswered_handshake_moves_the_peer_to_its_relay_after_the_bound() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.sent_direct(Message::Initiation, t0);
         assert_eq!(p.tick(at(t0, 4_900), true, true), None);
         // Retries do not restart the clock.
@@ -403,7 +417,7 @@ mod tests {
     #[test]
     fn a_peer_with_no_udp_address_goes_to_its_relay_at_once() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         assert_eq!(p.tick(t0, false, false), None, "no relay: nowhere to go");
         let m = p.tick(t0, true, false).expect("a move");
         assert_eq!(m.to, PathKind::Relay);
@@ -413,7 +427,7 @@ mod tests {
     #[test]
     fn a_punched_peer_is_on_udp_and_leaves_it_as_a_direct_one_does() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.tick(t0, true, false);
         assert_eq!(
             p.received_direct(Message::Response, at(t0, 1_000))
@@ -454,7 +468,7 @@ mod tests {
     #[test]
     fn without_a_relay_the_peer_stays_direct() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.sent_direct(Message::Initiation, t0);
         assert_eq!(p.tick(at(t0, 60_000), false, true), None);
         assert_eq!(p.on(), PathKind::Direct);
@@ -463,7 +477,7 @@ mod tests {
     #[test]
     fn an_answer_in_time_keeps_the_peer_direct() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.sent_direct(Message::Initiation, t0);
         assert_eq!(p.received_direct(Message::Response, at(t0, 20)), None);
         p.sent_direct(Message::Data, at(t0, 1_000));
@@ -471,10 +485,30 @@ mod tests {
         assert_eq!(p.tick(at(t0, 30_000), true, true), None);
     }
 
+    /// A path that went dark is left at the peer timeout after it last carried anything, as the probes that
+    /// went unanswered show; the peer counts as dead at that very moment.
     #[test]
-    fn data_unanswered_for_the_bound_moves_the_peer_and_keepalives_ask_for_nothing() {
+    fn a_path_that_goes_dark_is_left_at_the_peer_timeout_after_its_last_answer() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
+        p.received_direct(Message::Data, at(t0, 10_000));
+        // The probes of the silence: from a third of the timeout on.
+        for probe in [11_000, 11_500, 12_000, 12_500] {
+            p.sent_direct(Message::Data, at(t0, probe));
+            assert_eq!(p.tick(at(t0, probe), true, true), None);
+        }
+        assert_eq!(p.tick(at(t0, 12_999), true, true), None);
+        let m = p.tick(at(t0, 13_000), true, true).expect("a move");
+        assert_eq!(m.to, PathKind::Relay);
+        assert_eq!(m.reason, "no answer over UDP");
+    }
+
+    /// Keepalives ask for nothing, so an idle pair stays; data after a long idle time gets the time a probe
+    /// would have had before it counts as unanswered.
+    #[test]
+    fn an_idle_path_stays_and_its_first_data_gets_a_probes_time() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0, Liveness::default());
         p.received_direct(Message::Response, t0);
         p.sent_direct(Message::Keepalive, at(t0, 1_000));
         assert_eq!(
@@ -483,18 +517,33 @@ mod tests {
             "an idle peer is not dead"
         );
         p.sent_direct(Message::Data, at(t0, 60_000));
-        p.sent_direct(Message::Data, at(t0, 70_000));
-        assert_eq!(p.tick(at(t0, 74_999), true, true), None);
+        assert_eq!(p.tick(at(t0, 61_649), true, true), None);
         assert_eq!(
-            p.tick(at(t0, 75_000), true, true).unwrap().to,
+            p.tick(at(t0, 61_650), true, true).unwrap().to,
             PathKind::Relay
         );
+    }
+
+    /// A peer that answers one-way data only when probed (it has nothing to send) stays on UDP.
+    #[test]
+    fn a_peer_that_answers_its_probes_keeps_its_path_under_one_way_traffic() {
+        let t0 = Instant::now();
+        let mut p = PathState::new(t0, Liveness::default());
+        p.received_direct(Message::Response, t0);
+        for ms in (10..20_000).step_by(10) {
+            p.sent_direct(Message::Data, at(t0, ms));
+            // The second side's probes start 1.35 s into a silence; answered 50 ms later.
+            if ms % 1_400 == 0 {
+                p.received_direct(Message::Data, at(t0, ms + 50));
+            }
+            assert_eq!(p.tick(at(t0, ms), true, true), None, "at {ms} ms");
+        }
     }
 
     #[test]
     fn a_relayed_peer_is_probed_and_moves_back_on_a_response_over_udp() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.sent_direct(Message::Initiation, t0);
         p.tick(at(t0, 5_000), true, true);
         assert!(
@@ -526,7 +575,7 @@ mod tests {
     #[test]
     fn the_responder_moves_back_when_the_peers_data_arrives_over_udp() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.sent_direct(Message::Initiation, t0);
         p.tick(at(t0, 5_000), true, true);
         assert_eq!(
@@ -538,7 +587,7 @@ mod tests {
     #[test]
     fn a_peer_that_relays_to_us_is_followed_once_it_is_quiet_over_udp() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.received_direct(Message::Data, at(t0, 10_000));
         // Packets still in flight on the relay just after the peer moved back are no reason to leave.
         assert_eq!(p.received_relayed(Message::Data, at(t0, 10_500)), None);
@@ -550,7 +599,7 @@ mod tests {
     #[test]
     fn a_peer_just_moved_direct_does_not_bounce_back_on_stragglers() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0);
+        let mut p = PathState::new(t0, Liveness::default());
         p.sent_direct(Message::Initiation, t0);
         p.tick(at(t0, 5_000), true, true);
         p.received_direct(Message::Response, at(t0, 20_000));
@@ -564,6 +613,7 @@ mod tests {
             now: at(t0, ms),
             on_bridge: false,
             handshake_fresh: false,
+            silent: false,
             rx_bytes: 0,
             relay_ready: false,
             relay_available: true,
@@ -592,6 +642,21 @@ mod tests {
             ..observed(t0, 60_000)
         };
         assert_eq!(k.step(&none), Step::Stay, "no relay, nowhere to go");
+    }
+
+    /// A kernel peer whose session is up but which has gone silent (the path went dark) is relayed at once:
+    /// the silence is already the peer timeout long.
+    #[test]
+    fn a_silent_kernel_peer_is_relayed_though_its_session_is_fresh() {
+        let t0 = Instant::now();
+        let mut k = TrialState::new(t0);
+        let silent = Observed {
+            handshake_fresh: true,
+            silent: true,
+            relay_ready: true,
+            ..observed(t0, 60_000)
+        };
+        assert_eq!(k.step(&silent), Step::ToRelay);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use ipnetwork::Ipv4Network;
 
 use super::config::{PeerStatus, PunchStatus};
 use crate::candidates::{self, Kind};
+use crate::liveness::{self, Liveness, Prober};
 use crate::path::{Message, Move, PathKind, PathState, udp_path};
+use crate::probe;
 use crate::punch::{self, OwnCandidates, Punch};
 use crate::redial::Redial;
 use mesh_relay::{Link, RelayTarget};
@@ -88,13 +90,24 @@ struct PeerInner {
     punch: Punch,
     /// The latest handshake initiation sent, and when: an attempt sends copies of it to candidates.
     last_init: Option<(Instant, Vec<u8>)>,
+    /// When the peer's last handshake message (an initiation it sent, or the response to ours) arrived:
+    /// stamped as it arrives, unlike boringtun's handshake time, which its timers stamp up to a tick later.
+    handshake_rx: Option<Instant>,
+    /// When the peer last sent anything that authenticated ([`crate::liveness`]).
+    last_heard: Option<Instant>,
+    prober: Prober,
+    probe_seq: u16,
     /// Candidate messages from the peer that did not parse.
     malformed: u64,
 }
 
-/// What every peer's tick needs of the device: this node's candidates and its place on the overlay.
+/// What every peer's tick needs of the device: this node's candidates, its place on the overlay, and how
+/// peers are asked whether they answer.
 pub(crate) struct TickContext {
     pub(crate) own: std::sync::Arc<OwnCandidates>,
+    /// This node's public key: of a pair, the lower key probes first.
+    pub(crate) own_key: Key,
+    pub(crate) liveness: Liveness,
     /// This node's overlay address, the source of its candidate messages.
     pub(crate) address: Ipv4Addr,
     pub(crate) overlay: ipnetwork::Ipv4Network,
@@ -112,6 +125,7 @@ impl Peer {
         index: u32,
         keys: &NoiseKeys,
         preshared_key: Option<PresharedKey>,
+        liveness: Liveness,
     ) -> Self {
         Self {
             public_key,
@@ -129,13 +143,17 @@ impl Peer {
                 relay: None,
                 relay_out: None,
                 relay_in: None,
-                path: PathState::new(Instant::now()),
+                path: PathState::new(Instant::now(), liveness),
                 dial: Redial::default(),
                 kick: false,
                 expired: false,
                 overlay_ip: None,
                 punch: Punch::default(),
                 last_init: None,
+                handshake_rx: None,
+                last_heard: None,
+                prober: Prober::default(),
+                probe_seq: 0,
                 malformed: 0,
             }),
         }
@@ -300,6 +318,7 @@ impl Peer {
             sends.push((via, init.to_vec()));
         }
         g.punch_tick(&self.public_key, now, handshake_at, ctx, dst, &mut sends);
+        g.probe_tick(&self.public_key, now, handshake_at, ctx, dst, &mut sends);
         if let Some(send) = g.timers(&self.public_key, dst) {
             sends.push(send);
         }
@@ -372,6 +391,25 @@ impl Session<'_> {
     /// Takes a candidate message the peer sent through the tunnel; returns where it sees this node.
     pub(crate) fn candidates_received(&mut self, payload: &[u8]) -> Option<std::net::SocketAddrV4> {
         self.g.candidates_received(self.key, payload)
+    }
+
+    /// Answers the peer's liveness probe `seq` from `own` into `dst`, for [`Session::via`] (the answer was
+    /// taken note of as soon as the datagram authenticated).
+    pub(crate) fn answer_probe<'a>(
+        &mut self,
+        own: Ipv4Addr,
+        seq: u16,
+        dst: &'a mut [u8],
+    ) -> Option<&'a [u8]> {
+        let peer = self.g.overlay_ip?;
+        let via = self.via.clone()?;
+        match self.g.tunn.encapsulate(&probe::reply(own, peer, seq), dst) {
+            TunnResult::WriteToNetwork(out) => {
+                self.g.note_tx_bytes(out, &via, self.now);
+                Some(out)
+            }
+            _ => None,
+        }
     }
 
     /// The next packet queued behind a handshake (the "call again with an empty datagram" flush), for
@@ -525,6 +563,7 @@ impl Peer {
             punch,
             allowed_ips,
             last_handshake: g.last_handshake,
+            last_heard: g.last_heard,
             rx_bytes: g.rx_bytes,
             tx_bytes: g.tx_bytes,
             persistent_keepalive: g.keepalive,
@@ -538,6 +577,15 @@ impl PeerInner {
         self.rx_bytes += datagram.len() as u64;
         let mut moved_endpoint = false;
         let message = Message::of(datagram);
+        if matches!(message, Some(Message::Initiation | Message::Response)) {
+            self.handshake_rx = Some(now);
+        }
+        // An answer: a response to our initiation, or anything on a session (which the peer has only once
+        // our answer reached it). Its own initiation is a question; a peer that can send but not hear us
+        // sends nothing else.
+        if message != Some(Message::Initiation) {
+            self.last_heard = Some(now);
+        }
         let moved = match from {
             Via::Udp(addr) => {
                 if self.endpoint != Some(*addr) {
@@ -626,11 +674,7 @@ impl PeerInner {
             .last_init
             .as_ref()
             .filter(|(at, _)| {
-                let age = now.saturating_duration_since(*at);
-                let unanswered = handshake_at.is_none_or(|h| *at > h);
-                unanswered
-                    && age < punch::WINDOW
-                    && !(actions.fresh_initiation && age >= Duration::from_secs(1))
+                punch::copy_initiation(*at, self.handshake_rx, now, actions.fresh_initiation)
             })
             .map(|(_, init)| init.clone());
         let init = match young {
@@ -645,6 +689,49 @@ impl PeerInner {
             let via = Via::Udp(SocketAddr::V4(addr));
             self.note_tx_bytes(&init, &via, now);
             sends.push((via, init.clone()));
+        }
+    }
+
+    /// Asks the peer whether it is still there, when [`Prober::due`] says so: a probe through the tunnel on
+    /// the current path, which it answers ([`crate::probe`]); and once its silence reaches the timeout, a new
+    /// handshake ([`Prober::handshake_due`]).
+    fn probe_tick(
+        &mut self,
+        key: &Key,
+        now: Instant,
+        handshake_at: Option<Instant>,
+        ctx: &TickContext,
+        dst: &mut [u8],
+        sends: &mut Vec<(Via, Vec<u8>)>,
+    ) {
+        let (Some(peer_ip), Some(via)) = (self.overlay_ip, self.via()) else {
+            return;
+        };
+        let situation = liveness::Situation {
+            now,
+            last_heard: self.last_heard,
+            session: handshake_at.is_some_and(|t| now.saturating_duration_since(t) < REJECT_AFTER),
+            first: liveness::probes_first(ctx.own_key.as_bytes(), key.as_bytes()),
+        };
+        if self.prober.handshake_due(&ctx.liveness, situation)
+            && let TunnResult::WriteToNetwork(init) =
+                self.tunn.format_handshake_initiation(dst, false)
+        {
+            tracing::debug!(event = "handshake.initiated", peer = ?key, ?via, "handshake initiation: the peer has not answered for the peer timeout, and may have lost the session");
+            let init = init.to_vec();
+            self.note_tx_bytes(&init, &via, now);
+            sends.push((via.clone(), init));
+        }
+        if !self.prober.due(&ctx.liveness, situation) {
+            return;
+        }
+        self.probe_seq = self.probe_seq.wrapping_add(1);
+        let packet = probe::request(ctx.address, peer_ip, self.probe_seq);
+        if let TunnResult::WriteToNetwork(out) = self.tunn.encapsulate(&packet, dst) {
+            tracing::trace!(event = "probe.sent", peer = ?key, seq = self.probe_seq, "asking the peer whether it is there");
+            let out = out.to_vec();
+            self.note_tx_bytes(&out, &via, now);
+            sends.push((via, out));
         }
     }
 

@@ -185,6 +185,13 @@ impl MemoryTable {
             p.last_handshake = Some(at);
         }
     }
+
+    /// Records that `key` was heard from at `at`, as if it had answered a probe.
+    pub fn heard(&self, key: &Key, at: std::time::Instant) {
+        if let Some(p) = self.lock().get_mut(key) {
+            p.last_heard = Some(at);
+        }
+    }
 }
 
 impl PeerTable for MemoryTable {
@@ -202,6 +209,7 @@ impl PeerTable for MemoryTable {
             punch: crate::config::PunchStatus::default(),
             allowed_ips: Vec::new(),
             last_handshake: None,
+            last_heard: None,
             rx_bytes: 0,
             tx_bytes: 0,
             persistent_keepalive: None,
@@ -256,6 +264,7 @@ mod tests {
             allowed_ips: d.allowed_ips.clone(),
             persistent_keepalive: d.persistent_keepalive,
             last_handshake: handshake_age.map(|a| now() - Duration::from_secs(a)),
+            last_heard: None,
             rx_bytes: 0,
             tx_bytes: 0,
         }

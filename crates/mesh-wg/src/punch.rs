@@ -357,10 +357,49 @@ impl Punch {
     }
 }
 
+/// Whether the initiation sent at `sent` may be copied to an attempt's targets at `now`, rather than a new
+/// one made: only the one in flight, which no handshake message from the peer has answered yet (the peer
+/// drops a copy of one it has answered as a replay: boringtun's `WrongTai64nTimestamp`), within the
+/// attempt's [`WINDOW`], and at an attempt's start (`fresh`) only one just sent.
+///
+/// `handshake_rx` must be when the peer's last handshake message arrived, stamped as it arrived: boringtun's
+/// own handshake time is stamped by its timers, up to a tick before an initiation it answered, which then
+/// looked unanswered.
+pub(crate) fn copy_initiation(
+    sent: Instant,
+    handshake_rx: Option<Instant>,
+    now: Instant,
+    fresh: bool,
+) -> bool {
+    let age = now.saturating_duration_since(sent);
+    let unanswered = handshake_rx.is_none_or(|h| sent > h);
+    unanswered && age < WINDOW && !(fresh && age >= Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::candidates::Source;
+
+    /// An initiation answered 50 ms after it went out is never copied again, however soon; one in flight is
+    /// copied within its window, and at an attempt's start only if it was just sent.
+    #[test]
+    fn only_an_unanswered_initiation_in_flight_is_copied() {
+        let t0 = Instant::now();
+        let answered = Some(ms(t0, 50));
+        assert!(!copy_initiation(t0, answered, ms(t0, 60), false));
+        assert!(copy_initiation(ms(t0, 60), answered, ms(t0, 200), false));
+        assert!(copy_initiation(t0, None, ms(t0, 4_999), false));
+        assert!(
+            !copy_initiation(t0, None, ms(t0, 5_000), false),
+            "past its window"
+        );
+        assert!(copy_initiation(t0, None, ms(t0, 999), true));
+        assert!(
+            !copy_initiation(t0, None, ms(t0, 1_000), true),
+            "an attempt starts with a new one"
+        );
+    }
 
     fn ms(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)

@@ -186,6 +186,7 @@ impl Shim {
         key: &Key,
         endpoint: Option<SocketAddr>,
         handshake_fresh: bool,
+        silent: bool,
         rx_bytes: u64,
     ) -> Action {
         let bridge = self.dialled_bridge(key);
@@ -199,6 +200,7 @@ impl Shim {
             now,
             on_bridge,
             handshake_fresh,
+            silent,
             rx_bytes,
             relay_ready: bridge.is_some(),
             relay_available: true,

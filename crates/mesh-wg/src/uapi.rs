@@ -317,6 +317,7 @@ mod tests {
                         last_handshake: Some(
                             SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123),
                         ),
+                        last_heard: None,
                         rx_bytes: 92,
                         tx_bytes: 148,
                         persistent_keepalive: Some(25),
@@ -332,6 +333,7 @@ mod tests {
                         punch: crate::config::PunchStatus::default(),
                         allowed_ips: vec![],
                         last_handshake: None,
+                        last_heard: None,
                         rx_bytes: 0,
                         tx_bytes: 0,
                         persistent_keepalive: None,

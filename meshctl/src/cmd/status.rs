@@ -66,9 +66,9 @@ fn short(s: &str, n: usize, verbose: bool) -> String {
     }
 }
 
-/// "never" for no handshake (a zero timestamp is "never", not 1970), else an age such as "42s ago".
-pub(crate) fn age(handshake: Option<u64>, now: u64) -> String {
-    match handshake {
+/// "never" for no time (a zero timestamp is "never", not 1970), else an age such as "42s ago".
+pub(crate) fn age(at: Option<u64>, now: u64) -> String {
+    match at {
         None | Some(0) => "never".into(),
         Some(t) => {
             let s = now.saturating_sub(t);
@@ -258,7 +258,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
         return s;
     }
     s.push_str(&format!(
-        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:>10} {:>10}\n",
+        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:<9} {:>10} {:>10}\n",
         "TOKEN",
         "INSTANCE",
         "OVERLAY",
@@ -267,6 +267,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
         "CONNECTION",
         "PATH",
         "ATTESTED",
+        "HEARD",
         "HANDSHAKE",
         "RX",
         "TX"
@@ -279,7 +280,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
             ConnectionKind::Unreachable => "unreachable",
         };
         s.push_str(&format!(
-            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:>10} {:>10}\n",
+            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:<9} {:>10} {:>10}\n",
             p.token_id,
             short(&p.instance_id, 12, verbose),
             p.overlay_ip,
@@ -296,6 +297,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
                 .as_ref()
                 .and_then(|a| a.tcb_status.as_deref())
                 .unwrap_or("-"),
+            age(p.last_heard, now),
             age(p.latest_handshake, now),
             bytes(p.rx_bytes),
             bytes(p.tx_bytes),

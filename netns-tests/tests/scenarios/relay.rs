@@ -151,7 +151,9 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     steps.step("UDP blocked again, with pings running: every pair falls back to the relay");
     let block = UdpBlock::on(&lan);
     let pings = ping_all(&agents, 600, Duration::from_millis(100));
-    let bound = mesh_wg::DATA_UNANSWERED + Duration::from_secs(15);
+    // The peer timeout after the last answer over UDP (a silent path is probed from a third of it on),
+    // plus dialling the relay.
+    let bound = mesh_wg::DEFAULT_PEER_TIMEOUT + Duration::from_secs(5);
     let took = until_all_on(&agents, Path::Relay, bound, &gateway);
     println!("every pair on the relay {took:?} after UDP was blocked");
     for p in pings {

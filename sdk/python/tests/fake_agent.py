@@ -83,6 +83,7 @@ def peer_json(
         "address": address,
         "healthy": address is not None,
         "latestHandshake": 1763856000,
+        "lastHeard": 1763856001,
         "rxBytes": 123,
         "txBytes": 456,
         "leader": leader,

@@ -28,6 +28,7 @@ def test_peer_every_field_and_unknown_ones_ignored() -> None:
         rx_bytes=123,
         tx_bytes=456,
         leader=True,
+        last_heard=1763856001,
     )
 
 
@@ -42,13 +43,23 @@ def test_a_punched_peer_and_a_relayed_one_with_its_reason() -> None:
     )
 
 
+def test_when_a_peer_was_last_heard_from() -> None:
+    assert Peer.from_json(peer_json(2, lastHeard=1763856001)).last_heard == 1763856001
+    assert Peer.from_json(peer_json(2, lastHeard=None)).last_heard is None
+    assert Peer.from_json(peer_json(2, lastHeard=1)).change_key() == Peer.from_json(
+        peer_json(2, lastHeard=2)
+    ).change_key(), "its time is no change of the peer"
+
+
 def test_peer_nulls_and_fields_of_older_agents() -> None:
     raw = peer_json(5, address=None, wgPublicKey=None, endpoint=None, path=None, latestHandshake=None)
     for newer in ("leader", "path", "relayUrl"):
         del raw[newer]
     raw.pop("pathReason", None)
+    raw.pop("lastHeard", None)
     p = Peer.from_json(raw)
     assert (p.address, p.wg_public_key, p.endpoint, p.path, p.relay_url, p.latest_handshake) == (None,) * 6
+    assert p.last_heard is None
     assert p.leader is False and p.healthy is False and p.connection == "unreachable"
 
 

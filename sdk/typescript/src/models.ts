@@ -158,6 +158,10 @@ export class Peer {
   readonly path!: string | null;
   readonly relayUrl!: string | null;
   readonly address!: string | null;
+  /**
+   * Whether it answers now: it sent something (data, a keepalive, an answer to the agent's probe) within the
+   * agent's peer timeout (3 s unless `--peer-timeout-ms` says otherwise).
+   */
   readonly healthy!: boolean;
   /** Unix seconds of the latest WireGuard handshake, `null` when there has been none. */
   readonly latestHandshake!: number | null;
@@ -167,9 +171,16 @@ export class Peer {
   readonly leader!: boolean;
   /** While relayed: why, and why hole punching has not brought it over UDP (`null` otherwise). */
   readonly pathReason!: string | null;
+  /** Unix seconds of the last time the peer was heard from, `null` when never (or from an older agent). */
+  readonly lastHeard!: number | null;
 
-  constructor(fields: Omit<FieldsOf<Peer>, "pathReason"> & { readonly pathReason?: string | null }) {
-    Object.assign(this, { pathReason: null }, fields);
+  constructor(
+    fields: Omit<FieldsOf<Peer>, "pathReason" | "lastHeard"> & {
+      readonly pathReason?: string | null;
+      readonly lastHeard?: number | null;
+    },
+  ) {
+    Object.assign(this, { pathReason: null, lastHeard: null }, fields);
     Object.freeze(this);
   }
 
@@ -212,6 +223,7 @@ export class Peer {
       txBytes: f.integer("txBytes"),
       leader: f.flag("leader", false),
       pathReason: f.optText("pathReason"),
+      lastHeard: f.optInteger("lastHeard"),
     });
   }
 }

@@ -88,6 +88,7 @@ export function peerJson(tokenId: number, opts: { address?: string | null } & Js
     address,
     healthy: address !== null,
     latestHandshake: 1763856000,
+    lastHeard: 1763856001,
     rxBytes: 123,
     txBytes: 456,
     leader: false,

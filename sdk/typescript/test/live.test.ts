@@ -77,9 +77,9 @@ test("register_and_list prints the registration, the peers and the leader", () =
         registered: true,
         peers: ["10.0.1.2", "https://gw/3"],
         detailed: [
-          { tokenId: 2, address: "10.0.1.2", connection: "wireguard", leader: false },
-          { tokenId: 3, address: "https://gw/3", connection: "tls-gateway", leader: false },
-          { tokenId: 4, address: null, connection: "unreachable", leader: false },
+          { tokenId: 2, address: "10.0.1.2", connection: "wireguard", healthy: true, leader: false },
+          { tokenId: 3, address: "https://gw/3", connection: "tls-gateway", healthy: true, leader: false },
+          { tokenId: 4, address: null, connection: "unreachable", healthy: false, leader: false },
         ],
         leader: {
           tokenId: 2,
@@ -167,6 +167,7 @@ test("monitor prints the peers and the leader, their changes, and a reconnection
       tokenId: 2,
       address: "10.0.1.2",
       connection: "wireguard",
+      healthy: true,
       leader: false,
     });
     assert.deepEqual(leader, {

@@ -41,6 +41,7 @@ test("a peer's every field, and unknown ones ignored", () => {
       address: "10.0.1.2",
       healthy: true,
       latestHandshake: 1763856000,
+      lastHeard: 1763856001,
       rxBytes: 123,
       txBytes: 456,
       leader: true,
@@ -62,6 +63,15 @@ test("a punched peer, and a relayed one with its reason, which is no change", ()
   );
 });
 
+test("when a peer was last heard from, which is no change", () => {
+  assert.equal(Peer.fromJSON(peerJson(2, { lastHeard: 1763856001 })).lastHeard, 1763856001);
+  assert.equal(Peer.fromJSON(peerJson(2, { lastHeard: null })).lastHeard, null);
+  assert.equal(
+    Peer.fromJSON(peerJson(2, { lastHeard: 1 })).changeKey(),
+    Peer.fromJSON(peerJson(2, { lastHeard: 2 })).changeKey(),
+  );
+});
+
 test("a peer's nulls, and the fields older agents leave out", () => {
   const raw = without(
     peerJson(5, { address: null, wgPublicKey: null, endpoint: null, path: null, latestHandshake: null }),
@@ -69,6 +79,7 @@ test("a peer's nulls, and the fields older agents leave out", () => {
     "path",
     "relayUrl",
     "pathReason",
+    "lastHeard",
   );
   const p = Peer.fromJSON(raw);
   assert.deepEqual(
@@ -78,6 +89,7 @@ test("a peer's nulls, and the fields older agents leave out", () => {
   assert.equal(p.leader, false);
   assert.equal(p.healthy, false);
   assert.equal(p.connection, "unreachable");
+  assert.equal(p.lastHeard, null);
 });
 
 test("peers in token order, and addresses without nulls", () => {

@@ -160,6 +160,7 @@ impl Device {
                 by_index: HashMap::new(),
                 allowed_ips: AllowedIps::default(),
                 next_index: 1,
+                liveness: config.liveness,
             }),
             udp: udp_tx,
             relay,

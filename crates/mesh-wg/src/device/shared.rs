@@ -26,7 +26,7 @@ use super::udp::Udp;
 use crate::allowed_ips::AllowedIps;
 use crate::peer::{NoiseKeys, Peer, TickContext, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
-use crate::{Error, candidates, uapi_server};
+use crate::{Error, candidates, probe, uapi_server};
 use wg_key::{Key, PrivateKey};
 
 /// State shared by the loops, the UAPI server and the API.
@@ -65,6 +65,8 @@ pub(super) struct State {
     pub(super) by_index: HashMap<u32, Arc<Peer>>,
     pub(super) allowed_ips: AllowedIps<Key>,
     pub(super) next_index: u32,
+    /// How long a peer may be silent and count as alive; a UDP path silent for as long is left.
+    pub(super) liveness: crate::Liveness,
 }
 
 enum Route {
@@ -142,8 +144,14 @@ impl Shared {
 
     /// What every peer's tick needs of the device.
     pub(super) fn tick_context(&self) -> TickContext {
+        let (own_key, liveness) = {
+            let st = self.read();
+            (Key::from_bytes(st.public_key.to_bytes()), st.liveness)
+        };
         TickContext {
             own: self.own_candidates(),
+            own_key,
+            liveness,
             address: self.address,
             overlay: self.overlay,
         }
@@ -251,6 +259,16 @@ impl Shared {
                             // The peer's candidates are the device's business, not the TUN's.
                             if let Some(seen) = session.candidates_received(payload) {
                                 rx.observed.push((peer.public_key, seen));
+                            }
+                        } else if let Some(echo) = probe::parse(packet, self.address) {
+                            // A probe is answered here, at once; an answer was taken note of when it
+                            // authenticated. Neither is a program's business.
+                            if let probe::Echo::Request { seq, .. } = echo
+                                && let Some(answer) =
+                                    session.answer_probe(self.address, seq, &mut rx.scratch)
+                                && let Some(via) = session.via()
+                            {
+                                rx.replies.push((via.clone(), answer.to_vec()));
                             }
                         } else {
                             rx.tun.commit(len);
@@ -469,7 +487,7 @@ impl State {
             None => {
                 let index = self.allocate_index();
                 let psk = update.preshared_key.clone().flatten();
-                let peer = Arc::new(Peer::new(key, index, &self.keys, psk));
+                let peer = Arc::new(Peer::new(key, index, &self.keys, psk, self.liveness));
                 self.peers.insert(key, peer.clone());
                 self.by_index.insert(index, peer.clone());
                 tracing::info!(event = "peer.added", peer = ?peer.public_key, "peer added");

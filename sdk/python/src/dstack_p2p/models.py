@@ -128,6 +128,8 @@ class Peer:
     path: str | None
     relay_url: str | None
     address: str | None
+    #: Whether it answers now: it sent something (data, a keepalive, an answer to the agent's probe) within
+    #: the agent's peer timeout (3 s unless ``--peer-timeout-ms`` says otherwise).
     healthy: bool
     #: Unix seconds of the latest WireGuard handshake, ``None`` when there has been none.
     latest_handshake: int | None
@@ -137,6 +139,8 @@ class Peer:
     leader: bool
     #: While relayed: why, and why hole punching has not brought it over UDP (``None`` otherwise).
     path_reason: str | None = None
+    #: Unix seconds of the last time the peer was heard from, ``None`` when never (or from an older agent).
+    last_heard: int | None = None
 
     def change_key(self) -> tuple[object, ...]:
         """What applications see as a change of this peer: who it is, where and how it is reached, whether
@@ -174,6 +178,7 @@ class Peer:
             tx_bytes=f.integer("txBytes"),
             leader=f.flag("leader", default=False),
             path_reason=f.opt_text("pathReason"),
+            last_heard=f.opt_integer("lastHeard"),
         )
 
 

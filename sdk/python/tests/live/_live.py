@@ -47,6 +47,7 @@ def peer_json(peer: Peer) -> dict[str, Any]:
         "tokenId": peer.token_id,
         "address": peer.address,
         "connection": peer.connection,
+        "healthy": peer.healthy,
         "leader": peer.leader,
     }
 

@@ -5,7 +5,7 @@
 
 Lines: {"t", "kind": "peers", "peers": [addresses]} on each change of the address list (with --detailed,
 on each change of any peer field, traffic counters included, with "detailed": [{tokenId, address,
-connection, leader}] too), {"t", "kind": "leader", "tokenId", "isSelf", "address", "term", "state",
+connection, healthy, leader}] too), {"t", "kind": "leader", "tokenId", "isSelf", "address", "term", "state",
 "healthy", "reason"} on each change of the leader (its lease and term included), and
 {"kind": "reconnected", "t", "attempts", "downSecs", "reason"} from the SDK's on_reconnect hook. The SDK's
 log records (the stream lost, back) go to stderr. Exits 0 after N seconds; on an error, prints

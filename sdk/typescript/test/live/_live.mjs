@@ -25,7 +25,13 @@ export function leaderJson(leader) {
 }
 
 export function peerJson(peer) {
-  return { tokenId: peer.tokenId, address: peer.address, connection: peer.connection, leader: peer.leader };
+  return {
+    tokenId: peer.tokenId,
+    address: peer.address,
+    connection: peer.connection,
+    healthy: peer.healthy,
+    leader: peer.leader,
+  };
 }
 
 /** The SDK's log records (lost stream, reconnected) on stderr, beside the harness's own logs. */

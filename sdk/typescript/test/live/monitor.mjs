@@ -4,7 +4,7 @@
 //     DSTACK_MESH_API=/path/api.sock node monitor.mjs [--seconds N] [--contract 0x...] [--detailed]
 //
 // Lines: {"t", "kind": "peers", "peers": [addresses]} on each change of the peer list (with --detailed,
-// "detailed": [{tokenId, address, connection, leader}] too), {"t", "kind": "leader", "tokenId", "isSelf",
+// "detailed": [{tokenId, address, connection, healthy, leader}] too), {"t", "kind": "leader", "tokenId", "isSelf",
 // "address", "term", "state", "healthy", "reason"} on each change of the leader (its lease and term
 // included), and {"kind": "reconnected", "t", "attempts", "downSecs", "reason"} from the SDK's onReconnect
 // hook. The SDK's log records (the stream lost, back) go to stderr. Exits 0 after N seconds; on an error,

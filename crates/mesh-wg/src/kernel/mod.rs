@@ -9,14 +9,17 @@
 //! through its per-peer calls.
 //!
 //! Relayed peers go through the [`crate::shim`]: a task reads the peers every [`CONTROL_TICK`] and moves each
-//! between its direct endpoint and its relay bridge.
+//! between its direct endpoint and its relay bridge. Whether each peer answers is probed from a raw socket
+//! on the interface ([`liveness`]).
+
+mod liveness;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use defguard_wireguard_rs::{
@@ -77,6 +80,9 @@ struct Inner {
     /// Each peer as last set, to set it again with another endpoint.
     configs: Mutex<HashMap<Key, PeerConfig>>,
     shim: Option<Arc<Shim>>,
+    /// When each peer was last heard ([`liveness`]).
+    heard: Arc<liveness::Heard>,
+    liveness: crate::Liveness,
 }
 
 impl std::fmt::Debug for KernelDevice {
@@ -200,6 +206,8 @@ impl KernelDevice {
             listen_port,
             configs: Mutex::default(),
             shim,
+            heard: Arc::default(),
+            liveness: config.liveness,
         });
         let mut device = Self { inner, shim_tasks };
         let path_check = PathCheck::new(Netlink::open(&device.inner.ifname)?, config.mtu);
@@ -208,6 +216,18 @@ impl KernelDevice {
             "path-mtu",
             tracing::info_span!("wg", ifname = %device.inner.ifname),
             crate::pmtu::run(path_check, move || inner.endpoints()),
+        ));
+        let inner = Arc::clone(&device.inner);
+        device.shim_tasks.push(Task::spawn(
+            "liveness-probes",
+            tracing::info_span!("wg", ifname = %device.inner.ifname),
+            liveness::run(
+                device.inner.ifname.clone(),
+                device.inner.public_key,
+                device.inner.liveness,
+                Arc::clone(&device.inner.heard),
+                move || inner.overlay_ips(),
+            ),
         ));
         if device.inner.shim.is_some() {
             let inner = Arc::clone(&device.inner);
@@ -302,13 +322,21 @@ impl KernelDevice {
     /// its path.
     pub fn peers(&self) -> Vec<PeerStatus> {
         let shim = self.inner.shim.as_ref();
-        let mut peers: Vec<PeerStatus> = self
-            .inner
-            .read_peers()
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let read = self.inner.read_peers();
+        self.inner.heard.retain(|k| {
+            read.iter()
+                .any(|p| p.public_key.as_array() == *k.as_bytes())
+        });
+        let mut peers: Vec<PeerStatus> = read
             .into_iter()
             .map(|p| {
                 let key = Key::from_bytes(p.public_key.as_array());
                 let relayed = shim.is_some_and(|s| s.is_bridge(p.endpoint));
+                // The kernel reports "never" as the epoch.
+                let last_handshake = p.last_handshake.filter(|t| *t != SystemTime::UNIX_EPOCH);
+                let session = handshake_is_fresh(last_handshake, wall);
+                let last_heard = self.inner.heard.read(key, p.rx_bytes, session, now);
                 PeerStatus {
                     public_key: key,
                     endpoint: if relayed {
@@ -334,10 +362,8 @@ impl KernelDevice {
                             IpAddr::V6(_) => None,
                         })
                         .collect(),
-                    // The kernel reports "never" as the epoch.
-                    last_handshake: p
-                        .last_handshake
-                        .filter(|t| *t != std::time::SystemTime::UNIX_EPOCH),
+                    last_handshake,
+                    last_heard,
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     persistent_keepalive: p.persistent_keepalive_interval.filter(|k| *k != 0),
@@ -386,6 +412,17 @@ impl Inner {
         DriverRef(lock(&self.driver))
     }
 
+    /// Each peer's overlay address (its /32), for the probes.
+    fn overlay_ips(&self) -> Vec<(Key, std::net::Ipv4Addr)> {
+        lock(&self.configs)
+            .iter()
+            .filter_map(|(key, c)| {
+                let host = c.allowed_ips.iter().find(|n| n.prefix() == 32)?;
+                Some((*key, host.ip()))
+            })
+            .collect()
+    }
+
     /// Each peer's UDP endpoint, for the path MTU check.
     fn endpoints(&self) -> Vec<(Key, SocketAddr)> {
         self.read_peers()
@@ -428,16 +465,15 @@ impl Inner {
     fn control(&self) {
         let Some(shim) = &self.shim else { return };
         shim.sweep();
-        let now = SystemTime::now();
+        let (now, wall) = (Instant::now(), SystemTime::now());
         for p in self.read_peers() {
             let key = Key::from_bytes(p.public_key.as_array());
             let handshake = p.last_handshake.filter(|t| *t != SystemTime::UNIX_EPOCH);
-            let action = shim.step(
-                &key,
-                p.endpoint,
-                handshake_is_fresh(handshake, now),
-                p.rx_bytes,
-            );
+            let fresh = handshake_is_fresh(handshake, wall);
+            let heard = self.heard.read(key, p.rx_bytes, fresh, now);
+            // A session whose peer has not been heard for the timeout: the path went dark.
+            let silent = fresh && !self.liveness.alive(heard, now);
+            let action = shim.step(&key, p.endpoint, fresh, silent, p.rx_bytes);
             let Some(config) = lock(&self.configs).get(&key).cloned() else {
                 continue;
             };
