@@ -454,9 +454,15 @@ impl<'a> Agent<'a> {
 
     /// When the agent first logged a text line containing `needle` (every run of it so far).
     pub fn first_logged(&self, needle: &str) -> Option<SystemTime> {
+        self.first_logged_since(needle, SystemTime::UNIX_EPOCH)
+    }
+
+    /// When the agent first logged a text line containing `needle` at or after `since`.
+    pub fn first_logged_since(&self, needle: &str, since: SystemTime) -> Option<SystemTime> {
         self.log_lines(needle)
             .iter()
-            .find_map(|l| rfc3339(l.split_whitespace().next()?))
+            .filter_map(|l| rfc3339(l.split_whitespace().next()?))
+            .find(|t| *t >= since)
     }
 
     /// The lines of its JSON log that name an event (every run of it so far, with
@@ -598,6 +604,29 @@ impl<'a> Agent<'a> {
             self.tail()
         );
         t.elapsed()
+    }
+
+    /// Kills the daemon outright (SIGKILL, by PID), as a crash would, and reaps it: nothing of it runs its
+    /// shutdown, so its UAPI socket stays behind until [`Agent::start_again`] (or the drop) replaces it.
+    pub fn kill(&mut self) {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("agent {} is not running", self.index));
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    /// Starts the daemon again, as it was last started, after [`Agent::kill`].
+    pub fn start_again(&mut self) {
+        let extra = self.extra.clone();
+        self.spawn(extra);
+    }
+
+    /// `GET /v1/peers`: the peers as this agent shows them to applications, or why it cannot be read.
+    pub fn peers(&self) -> Result<Vec<Peer>, String> {
+        block_on(mesh_api::get(self.api_socket.as_path(), "/v1/peers"))
+            .map_err(|e| format!("node {}: {e}", self.index))
     }
 
     /// Stops the daemon (see [`Agent::stop`]) and starts it again with its [`Agent::config`] (which may have

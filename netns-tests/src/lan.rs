@@ -242,6 +242,18 @@ impl Lan {
         &self.nodes[i - 1]
     }
 
+    /// Forgets every connection node `i`'s NAT router tracks (`conntrack -F`), as a router that restarted
+    /// or expired its state would: its mappings are made anew by the next datagram out.
+    pub fn flush_nat(&self, i: usize) {
+        require_root(&["conntrack"]);
+        match &self.fronts[i - 1] {
+            Some(Front::Router(router)) => {
+                router.exec_ok(&["conntrack", "-F"]);
+            }
+            _ => panic!("node {i} is not behind a NAT router"),
+        }
+    }
+
     /// Restarts the slirp4netns in front of node `i`: a NAT that restarts and maps the node anew.
     pub fn restart_slirp(&self, i: usize) {
         let node = &self.nodes[i - 1];
@@ -313,6 +325,45 @@ impl Lan {
 
 impl Cut<'_> {
     pub fn restore(self) {}
+}
+
+/// Every UDP datagram to or from node `i` dropped by nftables in its own namespace, its WireGuard's
+/// included, while TCP (the RPC, the gateway) gets through; dropping it (or [`UdpDrop::restore`]) lets UDP
+/// through again.
+pub struct UdpDrop<'a> {
+    ns: &'a NetNs,
+    table: String,
+}
+
+impl Lan {
+    /// Drops node `i`'s UDP (see [`UdpDrop`]).
+    pub fn drop_udp(&self, i: usize) -> UdpDrop<'_> {
+        require_root(&["nft"]);
+        let ns = self.node(i);
+        let table = format!("dm_udp_{i}");
+        ns.exec_ok(&[
+            "nft",
+            &format!(
+                "add table inet {table} {{ \
+                 chain input {{ type filter hook input priority 0; meta l4proto udp drop; }}; \
+                 chain output {{ type filter hook output priority 0; meta l4proto udp drop; }}; }}"
+            ),
+        ]);
+        UdpDrop { ns, table }
+    }
+}
+
+impl UdpDrop<'_> {
+    pub fn restore(self) {}
+}
+
+impl Drop for UdpDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.exec(
+            &["nft", "delete", "table", "inet", &self.table],
+            Duration::from_secs(5),
+        );
+    }
 }
 
 /// Node `i`'s way to the RPC (anvil on the switch) blocked by nftables in its own namespace, while the

@@ -2,27 +2,19 @@
 //! what the lease scenarios judge, as an application acting on `isSelf` would see it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mesh_api::Leader;
 
-/// How long one agent may take to answer a sample: a frozen agent never does.
-const ANSWER_WITHIN: Duration = Duration::from_millis(80);
+use crate::sampler::Sampler;
 
 /// Every agent's `/v1/leader` at one moment: `None` for an agent that did not answer in time.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub at: Instant,
-    pub leaders: Vec<Option<Leader>>,
-}
+pub type Sample = crate::sampler::Sample<Leader>;
 
 impl Sample {
     /// The nodes (1-based) that say they lead.
     pub fn claimants(&self) -> Vec<usize> {
-        self.leaders
+        self.answers
             .iter()
             .enumerate()
             .filter(|(_, l)| l.as_ref().is_some_and(|l| l.is_self))
@@ -32,68 +24,17 @@ impl Sample {
 }
 
 /// Asks every agent's API for `/v1/leader` at once, every `every`, on a thread of its own, until stopped.
-pub struct LeaderSampler {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Sample>>>,
-}
+pub struct LeaderSampler(Sampler<Leader>);
 
 impl LeaderSampler {
     /// Starts sampling the agents at `sockets` (node i's at `sockets[i - 1]`).
     pub fn start(sockets: Vec<PathBuf>, every: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let mut samples = Vec::new();
-                let mut tick = tokio::time::interval(every);
-                // Bounded by the stop flag, which the guard sets on drop.
-                while !flag.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    let at = Instant::now();
-                    let asks = sockets.iter().map(|s| async move {
-                        tokio::time::timeout(
-                            ANSWER_WITHIN,
-                            mesh_api::get(s.as_path(), "/v1/leader"),
-                        )
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                    });
-                    let leaders = futures::future::join_all(asks).await;
-                    samples.push(Sample { at, leaders });
-                }
-                samples
-            })
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
+        Self(Sampler::start(sockets, "/v1/leader", every))
     }
 
     /// Stops sampling and returns what was seen.
-    pub fn stop(mut self) -> Samples {
-        self.stop.store(true, Ordering::Relaxed);
-        let samples = self
-            .thread
-            .take()
-            .expect("stopped once")
-            .join()
-            .expect("the sampler thread panicked");
-        Samples(samples)
-    }
-}
-
-impl Drop for LeaderSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) -> Samples {
+        Samples(self.0.stop())
     }
 }
 
@@ -115,7 +56,7 @@ impl Samples {
     /// What node `i` (1-based) answered at or after `from`, leaving out the samples it did not answer.
     pub fn answers(&self, i: usize, from: Instant) -> Vec<Leader> {
         self.since(from)
-            .filter_map(|s| s.leaders.get(i - 1).cloned().flatten())
+            .filter_map(|s| s.answers.get(i - 1).cloned().flatten())
             .collect()
     }
 
@@ -141,7 +82,7 @@ impl Samples {
         let mut last = None;
         for s in &self.0 {
             let line: Vec<String> = s
-                .leaders
+                .answers
                 .iter()
                 .enumerate()
                 .map(|(i, l)| match l {

@@ -11,7 +11,8 @@
 //! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
 //! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
 //! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.
-//! - [`leadership`]: who claims to lead, sampled from every agent at once.
+//! - [`leadership`]: who claims to lead, and [`liveness`]: which peers each agent says are healthy, both
+//!   sampled from every agent at once.
 //! - [`attack`]: what the attacker does in the scenarios, against a cluster's chain.
 //!
 //! Below them:
@@ -19,7 +20,8 @@
 //! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries and Foundry's.
 //! - [`netns`]: namespaces and veth pairs; [`wg`]: WireGuard devices in them (ours and `wireguard-go`).
 //! - [`ping`]: reachability between namespaces; [`wait`]: bounded waits; [`steps`]: a scenario's progress.
-//! - [`runtime`]: async code run from a test's synchronous thread.
+//! - [`runtime`]: async code run from a test's synchronous thread; [`sampler`]: one path of every agent's
+//!   API, asked of all at once every few milliseconds.
 //! - [`perf`]: throughput and latency, for the benchmark; [`transfer`]: a bulk TCP transfer checked byte by
 //!   byte.
 //!
@@ -45,6 +47,7 @@ pub mod convergence;
 pub mod gateway;
 pub mod lan;
 pub mod leadership;
+pub mod liveness;
 pub mod meshctl;
 pub mod netns;
 pub mod node;
@@ -54,6 +57,7 @@ pub mod prelude;
 pub mod process;
 pub mod rpc_proxy;
 pub mod runtime;
+pub mod sampler;
 pub mod steps;
 pub mod swarm;
 pub mod tcp_relay;

@@ -6,6 +6,7 @@ pub use crate::cluster::*;
 pub use crate::gateway::{Gateway, TEST_DOMAIN, UdpBlock, relay_routes};
 pub use crate::lan::*;
 pub use crate::leadership::{LeaderSampler, Samples};
+pub use crate::liveness::{Health, HealthSampler};
 pub use crate::netns::NetNs;
 pub use crate::ping::*;
 pub use crate::process::{tail, workspace_bin};

@@ -78,6 +78,9 @@ pub struct PeerStats {
     pub responses_sent: u32,
     /// Transport packets received and authenticated, keepalives included.
     pub data_received: u64,
+    /// The node's liveness probes this peer answered ([`mesh_wg::answer_probe`]), as a WireGuard peer's
+    /// kernel does.
+    pub probes_answered: u64,
     /// Initiations from a node this peer was not told of, dropped unanswered, as WireGuard drops them
     /// from a key that is not one of its peers'.
     pub unknown_initiations: u32,
@@ -368,6 +371,7 @@ impl SimulatedPeer {
         let tunn = &mut self.remotes[i].tunn;
         let mut result = tunn.decapsulate(Some(from.ip()), datagram, &mut self.out);
         let accepted = !matches!(result, TunnResult::Err(_));
+        let mut probe_answer = None;
         loop {
             match result {
                 TunnResult::WriteToNetwork(packet) => {
@@ -377,15 +381,21 @@ impl SimulatedPeer {
                     lock(&self.stats).errors += 1;
                     break;
                 }
-                // What arrived was an IP packet for a tunnel the swarm does not have: counted as data
-                // by the caller, and dropped.
-                TunnResult::Done
-                | TunnResult::WriteToTunnelV4(..)
-                | TunnResult::WriteToTunnelV6(..) => {
+                // An IP packet: the node's probe is answered, as a peer's kernel would; anything else is
+                // for a tunnel the swarm does not have, counted as data by the caller, and dropped.
+                TunnResult::WriteToTunnelV4(packet, _) => {
+                    probe_answer = mesh_wg::answer_probe(packet);
                     break;
                 }
+                TunnResult::Done | TunnResult::WriteToTunnelV6(..) => break,
             }
             result = tunn.decapsulate(None, &[], &mut self.out);
+        }
+        if let Some(answer) = probe_answer
+            && let TunnResult::WriteToNetwork(packet) = tunn.encapsulate(&answer, &mut self.out)
+            && send(&self.socket, &self.stats, packet, from).await
+        {
+            lock(&self.stats).probes_answered += 1;
         }
         accepted
     }

@@ -24,6 +24,7 @@ mod fallback;
 mod forgery;
 mod join;
 mod leader_lease;
+mod liveness;
 mod mesh;
 mod meshctl_cli;
 mod meshctl_status;

@@ -413,3 +413,196 @@ fn a_path_smaller_than_the_tunnel_is_named_in_the_log_and_a_smaller_mtu_carries_
         a.stop();
     }
 }
+
+/// Whether both nodes of a pair show each other on `path` and healthy.
+fn pair_on(agents: &[Agent<'_>], path: Path) -> bool {
+    [(0, 2), (1, 1)].iter().all(|&(i, seat)| {
+        agents[i]
+            .peers()
+            .ok()
+            .and_then(|ps| ps.into_iter().find(|p| p.token_id == seat))
+            .is_some_and(|p| p.healthy && p.path == Some(path))
+    })
+}
+
+/// The samples between `from` and `to` in which a node showed its peer `punched` and healthy (seconds after
+/// `from`, node): while the punched path is dark, that is a lie.
+fn punched_and_healthy(health: &Health, from: Instant, to: Instant) -> Vec<(f64, usize)> {
+    health
+        .0
+        .iter()
+        .filter(|s| s.at >= from && s.at < to)
+        .flat_map(|s| {
+            (1..=2).filter_map(move |i| {
+                let peer = 3 - i as u64;
+                let peers = s.answers[i - 1].as_ref()?;
+                let p = peers.iter().find(|p| p.token_id == peer)?;
+                (p.healthy && p.path == Some(Path::Punched))
+                    .then(|| ((s.at - from).as_secs_f64(), i))
+            })
+        })
+        .collect()
+}
+
+/// A punched pair (full cone ↔ symmetric) whose path goes dark: the symmetric NAT forgets its mappings, then
+/// UDP between the sites is blocked. Each side hears nothing from the other within a third of the peer
+/// timeout and probes; with nothing back by the timeout it shows the peer unhealthy and moves to the relay,
+/// and never shows the dark punched path healthy after that. Unblocked, the pair punches again. Then the
+/// symmetric side's agent is restarted 20 times: each time the pair punches within 2 s of meeting on the
+/// relay (a first attempt that copied an initiation already answered over the relay used to be dropped by
+/// the peer as a replay, and the next came 15 s later).
+#[test]
+fn a_punched_path_that_goes_dark_is_left_for_the_relay_within_the_peer_timeout() {
+    require_mesh_prerequisites();
+    netns_tests::process::require_root(&["nft", "nginx", "turnserver", "conntrack"]);
+    let steps = Steps::new("nat-dark");
+    let lan = Lan::with_uplinks(&[
+        Uplink::nat(NatKind::FullCone),
+        Uplink::nat(NatKind::Symmetric),
+    ]);
+    let stun = StunServer::start(&lan.switch, "br0");
+    let cluster = Cluster::deploy(&lan);
+    let gateway = Gateway::for_cluster(&cluster, RELAY_PORT);
+    let mut agents = Agent::builder(&cluster)
+        .config(behind_nat)
+        .flags(gateway.agent_flags())
+        .flags(stun.agent_flags())
+        .start_all(1..=2);
+    let punched = |agents: &[Agent<'_>], what: &str, within: Duration| {
+        wait_until(
+            what,
+            within,
+            Duration::from_millis(50),
+            || pair_on(agents, Path::Punched),
+            || format!("{}{}", path_table(agents), tails(agents)),
+        );
+    };
+    punched(&agents, "the pair to punch", Duration::from_secs(60));
+    steps.step("node 1 behind a full cone, node 2 behind a symmetric NAT: punched");
+    let timeout = mesh_wg::DEFAULT_PEER_TIMEOUT;
+    let sockets: Vec<_> = agents.iter().map(|a| a.api_socket().to_owned()).collect();
+    let sampler = HealthSampler::start(sockets, Duration::from_millis(100));
+
+    // The symmetric NAT forgets: node 2's next datagram out gets a new port, which node 1 learns by roaming
+    // as soon as it authenticates; a probe brings one within a third of the timeout of silence.
+    let ping = BackgroundPing::start(lan.node(1), overlay_ip(2), 100, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_secs(2));
+    let flushed = Instant::now();
+    lan.flush_nat(2);
+    let answering_again = wait_for_replies(&agents, 1, 2);
+    let healed = flushed.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let (sent, received, _) = ping.interrupt();
+    let flush_lost = sent - received;
+    steps.step(&format!(
+        "node 2's NAT forgot its mappings: pings through again within {healed:.2?} (3 pings 200 ms apart), \
+         {flush_lost} of {sent} pings 100 ms apart lost; {}",
+        path_table(&agents).trim().replace('\n', "; ")
+    ));
+
+    // UDP between the sites blocked: the relay within the timeout, with pings lost only meanwhile.
+    let ping = BackgroundPing::start(lan.node(1), overlay_ip(2), 150, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_secs(2));
+    let blocked = Instant::now();
+    let block = UdpBlock::on(&lan);
+    wait_until(
+        "the pair to move to the relay",
+        timeout + Duration::from_secs(10),
+        Duration::from_millis(50),
+        || pair_on(&agents, Path::Relay),
+        || format!("{}{}", path_table(&agents), tails(&agents)),
+    );
+    let to_relay = blocked.elapsed();
+    std::thread::sleep(Duration::from_secs(4));
+    let (sent, received, _) = ping.interrupt();
+    let block_lost = sent - received;
+    let unblocked = Instant::now();
+    block.off();
+    punched(
+        &agents,
+        "the pair to punch again once UDP gets through",
+        Duration::from_secs(60),
+    );
+    let punched_again = unblocked.elapsed();
+    let health = sampler.stop();
+    steps.step(&format!(
+        "UDP blocked: on the relay {to_relay:.2?} after, {block_lost} of {sent} pings lost; unblocked: punched again {punched_again:.2?} after"
+    ));
+
+    // Within the timeout of the block the last answer is recent: after it, never.
+    let told_from = blocked + timeout + Duration::from_millis(250);
+    let lies = punched_and_healthy(&health, told_from, unblocked);
+    assert!(
+        lies.is_empty(),
+        "a dark punched path shown healthy after the peer timeout (s after the timeout, node): {lies:?}"
+    );
+    let told = punched_and_healthy(&health, blocked, told_from);
+    println!(
+        "nat-dark: the dark punched path was still shown healthy in {} of the samples in the timeout after the block",
+        told.len()
+    );
+    assert!(
+        to_relay <= timeout + Duration::from_secs(3),
+        "on the relay only {to_relay:?} after UDP was blocked (the peer timeout is {timeout:?}, plus the relay's dial)"
+    );
+    assert!(
+        answering_again,
+        "the pair did not carry pings again after the NAT forgot its mappings\n{}",
+        tails(&agents)
+    );
+    assert!(
+        flush_lost <= 15,
+        "{flush_lost} pings (100 ms apart) lost after the NAT forgot its mappings"
+    );
+    assert!(
+        block_lost <= 45,
+        "{block_lost} pings (100 ms apart) lost while the pair moved to the relay"
+    );
+
+    // The punch again and again: node 2's agent restarts, and the pair meets on the relay and punches.
+    let mut times = Vec::new();
+    for run in 1..=20 {
+        let since = SystemTime::now();
+        let flags = agents[1].extra_flags().to_vec();
+        agents[1].restart(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+        punched(
+            &agents,
+            &format!("run {run}: the pair to punch after node 2's agent restarted"),
+            Duration::from_secs(30),
+        );
+        let relayed = agents[1]
+            .first_logged_since("path.relay", since)
+            .unwrap_or_else(|| {
+                panic!(
+                    "run {run}: node 2 met node 1 on the relay first\n{}",
+                    agents[1].tail()
+                )
+            });
+        let punched_at = agents[1]
+            .first_logged_since("path.punched", since)
+            .expect("punched");
+        times.push(punched_at.duration_since(relayed).unwrap_or_default());
+    }
+    let mut sorted = times.clone();
+    sorted.sort();
+    println!(
+        "nat-dark: 20 punches after a restart, from the relay to punched: median {:.2?}, worst {:.2?}; all: {times:.2?}",
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    assert!(
+        sorted[sorted.len() - 1] <= Duration::from_secs(2),
+        "a punch took longer than 2 s: {times:.2?}"
+    );
+}
+
+/// Whether node `from` gets pings through to node `to` again within the peer timeout.
+fn wait_for_replies(agents: &[Agent<'_>], from: usize, to: usize) -> bool {
+    let deadline = Instant::now() + mesh_wg::DEFAULT_PEER_TIMEOUT;
+    while Instant::now() < deadline {
+        if replies(agents, from, to) > 0 {
+            return true;
+        }
+    }
+    false
+}

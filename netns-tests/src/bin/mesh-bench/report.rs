@@ -420,5 +420,7 @@ pub(crate) struct Thousand {
     #[serde(rename = "agentRssKiB")]
     pub(crate) agent_rss_kib: u64,
     pub(crate) agent_cpu_percent_idle: f64,
+    /// The agent's liveness probes its idle peers answered, a second.
+    pub(crate) agent_probes_per_second_idle: f64,
     pub(crate) agent_requests_per_block: f64,
 }

@@ -324,11 +324,12 @@ fn print_thousand(t: &Thousand) {
         t.first_full_read_ms, t.first_full_read_requests, t.full_read_ms, t.full_read_requests
     );
     println!(
-        "the agent with {others} peers:  all listed {} s and handshaken {} s after its start; RSS {:.1} MiB; idle CPU {:.2}%; {:.2} chain requests per block",
+        "the agent with {others} peers:  all listed {} s and handshaken {} s after its start; RSS {:.1} MiB; idle CPU {:.2}% with {:.0} liveness probes a second answered; {:.2} chain requests per block",
         fixed(t.agent_listed_secs, 1),
         fixed(t.agent_handshaken_secs, 1),
         t.agent_rss_kib as f64 / 1024.0,
         t.agent_cpu_percent_idle,
+        t.agent_probes_per_second_idle,
         t.agent_requests_per_block
     );
 }

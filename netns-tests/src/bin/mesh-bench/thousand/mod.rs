@@ -219,13 +219,14 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         handshake.brief()
     );
 
-    let cost = agent_cost(&lan, &agent)?;
+    let cost = agent_cost(&lan, &agent, &swarm)?;
     eprintln!(
-        "   the agent with {others} peers: listed them {:.1} s and handshaken with all {:.1} s after it started; RSS {:.1} MiB, idle CPU {:.2}%, {:.2} chain requests per block",
+        "   the agent with {others} peers: listed them {:.1} s and handshaken with all {:.1} s after it started; RSS {:.1} MiB, idle CPU {:.2}% ({:.0} liveness probes a second answered, each a datagram out and one back), {:.2} chain requests per block",
         listed.unwrap_or(f64::NAN),
         handshaken.unwrap_or(f64::NAN),
         cost.rss_kib as f64 / 1024.0,
         cost.cpu_percent,
+        cost.probes_per_second,
         cost.requests_per_block
     );
     drop(fleet);
@@ -262,6 +263,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         agent_handshaken_secs: handshaken,
         agent_rss_kib: cost.rss_kib,
         agent_cpu_percent_idle: cost.cpu_percent,
+        agent_probes_per_second_idle: cost.probes_per_second,
         agent_requests_per_block: cost.requests_per_block,
     })
 }
@@ -404,17 +406,23 @@ fn agent_progress(agent: &Agent<'_>, peers: usize, started: Instant) -> (Option<
 struct AgentCost {
     rss_kib: u64,
     cpu_percent: f64,
+    /// The agent's liveness probes the swarm answered, a second: what keeping 999 idle peers' health
+    /// true costs in datagrams.
+    probes_per_second: f64,
     requests_per_block: f64,
 }
 
-/// The agent's RSS and CPU over 15 s idle, and its own chain requests over [`IDLE_BLOCKS`] empty blocks.
-fn agent_cost(lan: &Lan, agent: &Agent<'_>) -> anyhow::Result<AgentCost> {
+/// The agent's RSS and CPU over 15 s idle, with the liveness probes it sent meanwhile, and its own chain
+/// requests over [`IDLE_BLOCKS`] empty blocks.
+fn agent_cost(lan: &Lan, agent: &Agent<'_>, swarm: &Swarm) -> anyhow::Result<AgentCost> {
     let pid = agent.pid().context("the agent has exited")?;
     std::thread::sleep(Duration::from_secs(5));
-    let (c0, t0) = (cpu_ticks(pid), Instant::now());
+    let probes = || swarm.stats().iter().map(|s| s.probes_answered).sum::<u64>();
+    let (c0, p0, t0) = (cpu_ticks(pid), probes(), Instant::now());
     std::thread::sleep(mesh_chain::heads::SAFETY_POLL);
-    let (c1, t1) = (cpu_ticks(pid), Instant::now());
+    let (c1, p1, t1) = (cpu_ticks(pid), probes(), Instant::now());
     let cpu_percent = (c1 - c0) as f64 / clock_ticks() / (t1 - t0).as_secs_f64() * 100.0;
+    let probes_per_second = (p1 - p0) as f64 / (t1 - t0).as_secs_f64();
     let rss_kib = rss_kib(pid)?;
     let (req0, polls0) = chain_counters(agent)?;
     for _ in 0..IDLE_BLOCKS {
@@ -425,6 +433,7 @@ fn agent_cost(lan: &Lan, agent: &Agent<'_>) -> anyhow::Result<AgentCost> {
     Ok(AgentCost {
         rss_kib,
         cpu_percent,
+        probes_per_second,
         requests_per_block: ((req1 - req0) - (polls1 - polls0)) as f64 / IDLE_BLOCKS as f64,
     })
 }
