@@ -245,7 +245,7 @@ pub struct RunArgs {
     /// (600-120000). A silent peer is probed through its tunnel from a third of this on, so a live one is
     /// heard in time; a dead, frozen or cut-off one is unhealthy at most this long after it last answered,
     /// and healthy again as soon as it answers. A UDP path that goes dark for as long is left for the relay.
-    #[arg(long, env = "DSTACK_MESH_PEER_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(600..=120_000))]
+    #[arg(long, env = "DSTACK_MESH_PEER_TIMEOUT_MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(600..=120_000))]
     pub peer_timeout_ms: u64,
     /// How long the cluster's leader may go without a fit heartbeat over the mesh before this node casts
     /// its seat's no-confidence vote against it, in seconds. The leader's lease is half of it: a leader that
@@ -472,10 +472,10 @@ impl RunArgs {
                     "--listen-port {DSTACK_WG_PORT} is the UDP port of dstack's own WireGuard to its gateway ({DSTACK_INTERFACE}), whose firewall drops everything but the gateway there: give the mesh another port (the default is 51820)"
                 );
             }
-            if self.listen_port == crate::heartbeat::PORT {
+            if self.listen_port == crate::leadership::heartbeat::PORT {
                 anyhow::bail!(
                     "--listen-port {} is the UDP port of the leader's heartbeats on the overlay address; give WireGuard another port",
-                    crate::heartbeat::PORT
+                    crate::leadership::heartbeat::PORT
                 );
             }
         }

@@ -16,13 +16,13 @@
 //! peer counts as dead it is asked every third of the timeout, so that it is alive again about as soon as it
 //! answers.
 //!
-//! Bounds, with the default timeout of 3 s: a peer is dead at most 3 s after the last thing it sent (so at
-//! most 3 s after it died, froze or was cut off), and alive again as soon as its first answer arrives.
+//! Bounds, with the default timeout of 2.5 s: a peer is dead at most 2.5 s after the last thing it sent (so
+//! at most 2.5 s after it died, froze or was cut off), and alive again as soon as its first answer arrives.
 
 use std::time::{Duration, Instant};
 
 /// The default [`Liveness::timeout`].
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2500);
 /// The shortest timeout that makes sense: a probe's round trip under load must fit in a sixth of it.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(600);
 /// The longest: a session with no traffic at all expires after WireGuard's 180 s, after which nothing is
@@ -149,6 +149,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The numbers below are for a 3 s timeout.
+    const THREE: Liveness = Liveness {
+        timeout: Duration::from_secs(3),
+    };
+
     fn ms(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
     }
@@ -164,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_peer_is_alive_until_the_timeout_after_it_was_last_heard() {
-        let l = Liveness::default();
+        let l = THREE;
         let t0 = Instant::now();
         assert!(!l.alive(None, t0), "never heard");
         assert!(l.alive(Some(t0), ms(t0, 2_999)));
@@ -183,7 +188,7 @@ mod tests {
     /// four probes go out before the peer counts as dead; the second side starts later.
     #[test]
     fn a_silent_peer_is_probed_after_a_third_of_the_timeout_then_every_sixth() {
-        let l = Liveness::default();
+        let l = THREE;
         let t0 = Instant::now();
         let mut p = Prober::default();
         let sent: Vec<u64> = (0..3_000)
@@ -202,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_dead_peer_is_asked_every_third_of_the_timeout() {
-        let l = Liveness::default();
+        let l = THREE;
         let t0 = Instant::now();
         let mut p = Prober::default();
         assert!(p.due(&l, situation(ms(t0, 3_000), Some(t0), true)));
@@ -212,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_new_handshake_is_asked_for_once_when_a_silence_reaches_the_timeout() {
-        let l = Liveness::default();
+        let l = THREE;
         let t0 = Instant::now();
         let mut p = Prober::default();
         let heard = Some(t0);
@@ -232,7 +237,7 @@ mod tests {
 
     #[test]
     fn nothing_is_probed_without_a_session() {
-        let l = Liveness::default();
+        let l = THREE;
         let t0 = Instant::now();
         let mut p = Prober::default();
         let s = Situation {
@@ -244,7 +249,7 @@ mod tests {
 
     #[test]
     fn an_answer_starts_a_new_silence_whose_first_probe_comes_after_a_third() {
-        let l = Liveness::default();
+        let l = THREE;
         let t0 = Instant::now();
         let mut p = Prober::default();
         assert!(p.due(&l, situation(ms(t0, 1_000), Some(t0), true)));
@@ -257,7 +262,7 @@ mod tests {
     /// What one side of a pair sees when the other answers each of its probes after `rtt`, loses those
     /// listed in `lost`, and sends nothing of its own: whether it ever counts the peer dead.
     fn flaps(rtt: u64, lost: &[usize], first: bool) -> bool {
-        let l = Liveness::default();
+        let l = THREE;
         let t0 = Instant::now();
         let mut p = Prober::default();
         let mut last_heard = Some(t0);
@@ -303,7 +308,7 @@ mod tests {
         /// was; and never before.
         #[test]
         fn a_silent_peer_dies_at_the_timeout(heard_ms in 0u64..10_000, now_ms in 0u64..20_000) {
-            let l = Liveness::default();
+            let l = THREE;
             let t0 = Instant::now();
             let alive = l.alive(Some(ms(t0, heard_ms)), ms(t0, now_ms));
             prop_assert_eq!(alive, now_ms < heard_ms + 3_000);

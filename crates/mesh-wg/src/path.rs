@@ -383,6 +383,11 @@ impl TrialState {
 mod tests {
     use super::*;
 
+    /// The numbers below are for a 3 s peer timeout.
+    const THREE: Liveness = Liveness {
+        timeout: Duration::from_secs(3),
+    };
+
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
     }
@@ -404,7 +409,7 @@ mod tests {
     #[test]
     fn an_unanswered_handshake_moves_the_peer_to_its_relay_after_the_bound() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.sent_direct(Message::Initiation, t0);
         assert_eq!(p.tick(at(t0, 4_900), true, true), None);
         // Retries do not restart the clock.
@@ -417,7 +422,7 @@ mod tests {
     #[test]
     fn a_peer_with_no_udp_address_goes_to_its_relay_at_once() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         assert_eq!(p.tick(t0, false, false), None, "no relay: nowhere to go");
         let m = p.tick(t0, true, false).expect("a move");
         assert_eq!(m.to, PathKind::Relay);
@@ -427,7 +432,7 @@ mod tests {
     #[test]
     fn a_punched_peer_is_on_udp_and_leaves_it_as_a_direct_one_does() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.tick(t0, true, false);
         assert_eq!(
             p.received_direct(Message::Response, at(t0, 1_000))
@@ -468,7 +473,7 @@ mod tests {
     #[test]
     fn without_a_relay_the_peer_stays_direct() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.sent_direct(Message::Initiation, t0);
         assert_eq!(p.tick(at(t0, 60_000), false, true), None);
         assert_eq!(p.on(), PathKind::Direct);
@@ -477,7 +482,7 @@ mod tests {
     #[test]
     fn an_answer_in_time_keeps_the_peer_direct() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.sent_direct(Message::Initiation, t0);
         assert_eq!(p.received_direct(Message::Response, at(t0, 20)), None);
         p.sent_direct(Message::Data, at(t0, 1_000));
@@ -490,7 +495,7 @@ mod tests {
     #[test]
     fn a_path_that_goes_dark_is_left_at_the_peer_timeout_after_its_last_answer() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.received_direct(Message::Data, at(t0, 10_000));
         // The probes of the silence: from a third of the timeout on.
         for probe in [11_000, 11_500, 12_000, 12_500] {
@@ -508,7 +513,7 @@ mod tests {
     #[test]
     fn an_idle_path_stays_and_its_first_data_gets_a_probes_time() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.received_direct(Message::Response, t0);
         p.sent_direct(Message::Keepalive, at(t0, 1_000));
         assert_eq!(
@@ -528,7 +533,7 @@ mod tests {
     #[test]
     fn a_peer_that_answers_its_probes_keeps_its_path_under_one_way_traffic() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.received_direct(Message::Response, t0);
         for ms in (10..20_000).step_by(10) {
             p.sent_direct(Message::Data, at(t0, ms));
@@ -543,7 +548,7 @@ mod tests {
     #[test]
     fn a_relayed_peer_is_probed_and_moves_back_on_a_response_over_udp() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.sent_direct(Message::Initiation, t0);
         p.tick(at(t0, 5_000), true, true);
         assert!(
@@ -575,7 +580,7 @@ mod tests {
     #[test]
     fn the_responder_moves_back_when_the_peers_data_arrives_over_udp() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.sent_direct(Message::Initiation, t0);
         p.tick(at(t0, 5_000), true, true);
         assert_eq!(
@@ -587,7 +592,7 @@ mod tests {
     #[test]
     fn a_peer_that_relays_to_us_is_followed_once_it_is_quiet_over_udp() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.received_direct(Message::Data, at(t0, 10_000));
         // Packets still in flight on the relay just after the peer moved back are no reason to leave.
         assert_eq!(p.received_relayed(Message::Data, at(t0, 10_500)), None);
@@ -599,7 +604,7 @@ mod tests {
     #[test]
     fn a_peer_just_moved_direct_does_not_bounce_back_on_stragglers() {
         let t0 = Instant::now();
-        let mut p = PathState::new(t0, Liveness::default());
+        let mut p = PathState::new(t0, THREE);
         p.sent_direct(Message::Initiation, t0);
         p.tick(at(t0, 5_000), true, true);
         p.received_direct(Message::Response, at(t0, 20_000));

@@ -1,4 +1,4 @@
-//! What the agents say of a peer's health is true within the peer timeout (3 s): three nodes, every agent's
+//! What the agents say of a peer's health is true within the peer timeout (2.5 s): three nodes, every agent's
 //! `/v1/peers` sampled every 100 ms, and the Python SDK's `monitor_peers` on node 1.
 //!
 //! - Node 2's agent is killed (SIGKILL): nodes 1 and 3 show seat 2 unhealthy within the timeout, and so

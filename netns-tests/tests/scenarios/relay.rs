@@ -230,4 +230,35 @@ fn the_kernel_paths_shim_carries_wireguard_go_over_the_relay_and_back_to_direct(
         assert!(lost <= 5, "the move to direct lost {lost} packets: {text}");
     }
     assert_no_warnings(&agents);
+
+    // No traffic now but the agents' own: wireguard-go tells the agent nothing per datagram, so its nodes'
+    // peers stay healthy only through the probes they send from a raw socket on the interface.
+    steps.step("idle for three peer timeouts: every peer stays healthy, wireguard-go's included");
+    let timeout = mesh_wg::DEFAULT_PEER_TIMEOUT;
+    let sockets: Vec<_> = agents.iter().map(|a| a.api_socket().to_owned()).collect();
+    let sampler = HealthSampler::start(sockets, Duration::from_millis(200));
+    let idle_from = Instant::now();
+    std::thread::sleep(timeout * 3);
+    let idle_to = Instant::now();
+    let mut agents = agents;
+    agents[1].kill();
+    let killed = Instant::now();
+    std::thread::sleep(timeout + Duration::from_secs(2));
+    let health = sampler.stop();
+    let flaps = health.unhealthy(&[1, 2, 3], &[1, 2, 3], idle_from, idle_to);
+    assert!(
+        flaps.is_empty(),
+        "idle peers shown unhealthy (s, node, seat): {flaps:?}"
+    );
+    let dead = health
+        .all_said(&[1, 3], 2, false, killed)
+        .expect("seat 2 shown unhealthy after its agent (and its wireguard-go) was killed");
+    println!(
+        "idle {:.0} s with no peer unhealthy; seat 2 unhealthy at node 1 (wireguard-go) and node 3 {dead:.2?} after its kill",
+        (idle_to - idle_from).as_secs_f64()
+    );
+    assert!(
+        dead <= timeout + Duration::from_millis(600),
+        "seat 2 shown unhealthy only {dead:?} after its kill (the kernel backend reads its peers every 0.5 s)"
+    );
 }

@@ -160,7 +160,7 @@ export class Peer {
   readonly address!: string | null;
   /**
    * Whether it answers now: it sent something (data, a keepalive, an answer to the agent's probe) within the
-   * agent's peer timeout (3 s unless `--peer-timeout-ms` says otherwise).
+   * agent's peer timeout (2.5 s unless `--peer-timeout-ms` says otherwise).
    */
   readonly healthy!: boolean;
   /** Unix seconds of the latest WireGuard handshake, `null` when there has been none. */
@@ -245,14 +245,18 @@ export function addresses(peers: readonly Peer[]): string[] {
 
 type LeaderInit = Omit<
   FieldsOf<Leader>,
-  "elected" | "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason"
+  "elected" | "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat"
 > &
-  Partial<Pick<FieldsOf<Leader>, "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason">>;
+  Partial<
+    Pick<FieldsOf<Leader>, "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat">
+  >;
 
 /**
  * The cluster's elected leader as this node sees it (`GET /v1/leader`).
  *
- * `tokenId` is `null` when no leader is elected. `address` is what to connect to (this node's own overlay
+ * `tokenId` is `null` when no leader is elected, and when the seat elected is one whose evidence this node
+ * refuses: then `refusedSeat` names it and `reason` says why (its node will be voted out; there is no leader
+ * to follow meanwhile). `address` is what to connect to (this node's own overlay
  * IP when it leads); `reachable` is whether this node hears the leader over the mesh, `null` when it is this
  * node or unknown.
  *
@@ -289,11 +293,21 @@ export class Leader {
   readonly leaseMs!: number | null;
   readonly healthy!: boolean;
   readonly reason!: string | null;
+  /** The seat the contract names leader when this node refuses its evidence, else `null`. */
+  readonly refusedSeat!: number | null;
 
   constructor(fields: LeaderInit) {
     Object.assign(
       this,
-      { term: null, state: LEADER_UNKNOWN, ageMs: null, leaseMs: null, healthy: true, reason: null },
+      {
+        term: null,
+        state: LEADER_UNKNOWN,
+        ageMs: null,
+        leaseMs: null,
+        healthy: true,
+        reason: null,
+        refusedSeat: null,
+      },
       fields,
     );
     Object.freeze(this);
@@ -320,6 +334,7 @@ export class Leader {
       leaseMs: f.optInteger("leaseMs"),
       healthy: f.flag("healthy", true),
       reason: f.optText("reason"),
+      refusedSeat: f.optInteger("refusedSeat"),
     });
   }
 }
@@ -334,6 +349,7 @@ export class Leader {
 export function leaderKey(leader: Leader): string {
   return JSON.stringify([
     leader.tokenId,
+    leader.refusedSeat,
     leader.address,
     leader.reachable,
     leader.isSelf,

@@ -235,7 +235,9 @@ mod tests {
         let heard = Heard::default();
         let key = Key::from_bytes([1; 32]);
         let t0 = Instant::now();
-        let l = Liveness::default();
+        let l = Liveness {
+            timeout: Duration::from_secs(3),
+        };
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         assert_eq!(heard.probe_due(key, &l, at(0), true), None, "never read");
         heard.read(key, 148, false, t0);

@@ -129,7 +129,7 @@ class Peer:
     relay_url: str | None
     address: str | None
     #: Whether it answers now: it sent something (data, a keepalive, an answer to the agent's probe) within
-    #: the agent's peer timeout (3 s unless ``--peer-timeout-ms`` says otherwise).
+    #: the agent's peer timeout (2.5 s unless ``--peer-timeout-ms`` says otherwise).
     healthy: bool
     #: Unix seconds of the latest WireGuard handshake, ``None`` when there has been none.
     latest_handshake: int | None
@@ -201,7 +201,9 @@ def addresses(peers: list[Peer]) -> list[str]:
 class Leader:
     """The cluster's elected leader as this node sees it (``GET /v1/leader``).
 
-    ``token_id`` is ``None`` when no leader is elected. ``address`` is what to connect to (this node's own
+    ``token_id`` is ``None`` when no leader is elected, and when the seat elected is one whose evidence this
+    node refuses: then ``refused_seat`` names it and ``reason`` says why (its node will be voted out; there
+    is no leader to follow meanwhile). ``address`` is what to connect to (this node's own
     overlay IP when it leads); ``reachable`` is whether this node hears the leader over the mesh, ``None``
     when it is this node or unknown.
 
@@ -239,6 +241,8 @@ class Leader:
     lease_ms: int | None = None
     healthy: bool = True
     reason: str | None = None
+    #: The seat the contract names leader when this node refuses its evidence, else ``None``.
+    refused_seat: int | None = None
 
     @property
     def elected(self) -> bool:
@@ -261,6 +265,7 @@ class Leader:
             lease_ms=f.opt_integer("leaseMs"),
             healthy=f.flag("healthy", default=True),
             reason=f.opt_text("reason"),
+            refused_seat=f.opt_integer("refusedSeat"),
         )
 
 
