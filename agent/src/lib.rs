@@ -6,9 +6,9 @@
 //! - [`identity`] and [`keystore`]: this node: its instance, and its node and WireGuard keys, made in the CVM
 //!   and sealed on its volume.
 //! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
-//! - [`desired`], [`election`], [`lease`] and [`snapshot`]: the decisions, pure: this node's peers, its
-//!   part in the leader election, when it may say it leads, and what the API serves.
-//! - [`heartbeat`]: the leader's heartbeats over the mesh, their wire format and what each means.
+//! - [`desired`] and [`snapshot`]: decisions, pure: this node's peers, and what the API serves.
+//! - [`leadership`]: this node's part in the cluster's leadership as a sans-IO machine (its heartbeats,
+//!   ballots and lease), which the leader task drives.
 //! - [`cache`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
 //! - [`causes`]: an error with its whole chain of causes, for logs and the API.
 //! - [`hooks`]: the `--on-change` command and the hosts file.
@@ -20,12 +20,10 @@ pub mod causes;
 pub mod commands;
 pub mod config;
 pub mod desired;
-pub mod election;
-pub mod heartbeat;
 pub mod hooks;
 pub mod identity;
 pub mod keystore;
-pub mod lease;
+pub mod leadership;
 pub mod run;
 pub mod snapshot;
 pub mod state;

@@ -26,7 +26,7 @@ use crate::cache;
 use crate::causes::Causes;
 use crate::config::{ModeArg, RunArgs};
 use crate::identity::NodeIdentity;
-use crate::lease::Timing;
+use crate::leadership::lease::Timing;
 use crate::snapshot::{self, AgentFacts, NodeFacts};
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
 use crate::tasks::attestor::Attestor;

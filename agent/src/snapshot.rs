@@ -18,7 +18,7 @@ use mesh_chain::redact::RedactedUrl;
 use mesh_wg::{Key, Liveness, PathKind, PeerStatus};
 
 use crate::attestation::Attested;
-use crate::lease::Claim;
+use crate::leadership::lease::Claim;
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
 
 /// What the snapshot says of this node that no task learns: fixed once the node's identity is known.
@@ -40,7 +40,7 @@ pub struct AgentFacts {
     pub contract: Address,
     /// The RPC, shown with its credentials redacted, and scrubbed from the errors shown.
     pub rpc: RedactedUrl,
-    /// The leader's lease ([`crate::lease::Timing::lease`]): how long a confirmation of the leader lasts.
+    /// The leader's lease ([`crate::leadership::lease::Timing::lease`]): how long a confirmation of the leader lasts.
     pub lease: Duration,
     /// How long a peer may be silent and be shown healthy.
     pub liveness: Liveness,
@@ -297,9 +297,16 @@ pub fn render(
         peers_refused: refused.len(),
         nat: mesh.nat.as_ref().map(nat),
     };
+    let refused_kind = |seat: u64| match chain.attestations.get(&seat) {
+        Some(Attested::Refused { kind, .. }) => Some(*kind),
+        _ => None,
+    };
     let leader = Leader {
         clock: clock_of(agent.lease, chain, election, leader_seat, token),
-        ..leader_of(leader_seat, token, view, &peers, election, &status.node)
+        ..match leader_seat.and_then(|s| Some((s, refused_kind(s)?))) {
+            Some((seat, kind)) => refused_leader(seat, kind, token, view, election),
+            None => leader_of(leader_seat, token, view, &peers, election, &status.node),
+        }
     };
     Snapshot {
         status,
@@ -342,8 +349,33 @@ fn clock_of(
     }
 }
 
+/// The leader the contract names when this node refuses its evidence (this node's own included): no leader
+/// for applications, the seat named apart, and why.
+fn refused_leader(
+    seat: u64,
+    kind: &str,
+    own: Option<u64>,
+    view: Option<&mesh_chain::view::ChainView>,
+    election: &LeaderState,
+) -> Leader {
+    let whose = if own == Some(seat) {
+        "this node's own evidence is refused by its peers"
+    } else {
+        "this node refuses its evidence, and votes it out"
+    };
+    Leader {
+        refused_seat: Some(seat),
+        term: view.map(|v| v.leader_term),
+        healthy: election.health.healthy,
+        reason: Some(format!(
+            "the contract names seat {seat} leader, but {whose} ({kind}): no leader to follow until another is elected"
+        )),
+        ..Leader::default()
+    }
+}
+
 /// The leader as applications see it: reached like any peer, or this node itself, which leads only under
-/// its lease ([`crate::lease`]).
+/// its lease ([`crate::leadership::lease`]).
 fn leader_of(
     seat: Option<u64>,
     own: Option<u64>,
@@ -399,13 +431,18 @@ mod tests {
     use crate::state::{DeviceInfo, Fault, FaultError, SeatProblem, SeatState};
     use std::sync::Arc;
 
+    /// The numbers below are for a 3 s peer timeout.
+    const THREE: Liveness = Liveness {
+        timeout: Duration::from_secs(3),
+    };
+
     fn agent() -> AgentFacts {
         AgentFacts {
             mode: Mode::Wireguard,
             contract: Address::repeat_byte(1),
             rpc: RedactedUrl::new(&"https://user:secret@rpc.example/".parse().unwrap()),
             lease: Duration::from_secs(5),
-            liveness: Liveness::default(),
+            liveness: THREE,
         }
     }
 
@@ -559,6 +596,40 @@ mod tests {
         rendered(chain, reg, mesh, election, Duration::ZERO, now)
     }
 
+    /// A leader whose evidence this node refuses is no leader for its applications: no seat to follow, the
+    /// seat named apart with why, and the metric says so; this node's own refused seat alike.
+    #[test]
+    fn a_refused_leader_is_no_leader_here_and_is_named_apart() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (chain, reg, mesh) = states(now);
+        for seat in [5, 1] {
+            let mut refused = (*chain.attestations).clone();
+            refused.insert(
+                seat,
+                Attested::Refused {
+                    kind: "os-not-allowed",
+                    reason: "the OS image is not allowed".into(),
+                },
+            );
+            let chain = ChainState {
+                attestations: Arc::new(refused),
+                ..with_leader(&chain, Some(seat))
+            };
+            let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+            assert_eq!(
+                (s.leader.token_id, s.leader.refused_seat, s.leader.is_self),
+                (None, Some(seat), false)
+            );
+            let why = s.leader.reason.as_deref().unwrap_or_default();
+            assert!(why.contains("os-not-allowed"), "{why}");
+            assert!(s.peers.iter().all(|p| !p.leader));
+            assert!(
+                mesh_api::metrics(&s).contains("dstack_mesh_leader_refused 1"),
+                "the metric"
+            );
+        }
+    }
+
     /// The leader is flagged among the peers and served with how to reach it and whether it answers.
     #[test]
     fn the_leader_is_reached_like_a_peer_and_flagged() {
@@ -626,7 +697,10 @@ mod tests {
         );
 
         let declines = LeaderState {
-            claim: Claim::Declines(crate::lease::Declined::NoQuorum { have: 0, need: 1 }),
+            claim: Claim::Declines(crate::leadership::lease::Declined::NoQuorum {
+                have: 0,
+                need: 1,
+            }),
             ..LeaderState::default()
         };
         let s = with_election(&chain, &reg, &mesh, &declines, now);
@@ -815,7 +889,7 @@ mod tests {
             )
         );
         assert_eq!(
-            health_changes_at(&mesh, &Liveness::default(), mono()),
+            health_changes_at(&mesh, &THREE, mono()),
             Some(mono() + Duration::from_millis(1)),
             "the publisher renders again as seat 2 dies"
         );
@@ -825,7 +899,7 @@ mod tests {
             (false, ConnectionKind::Unreachable, None, Some(999_997)),
             "silent for the timeout, though its handshake is 5 s old"
         );
-        assert_eq!(health_changes_at(&mesh, &Liveness::default(), mono()), None);
+        assert_eq!(health_changes_at(&mesh, &THREE, mono()), None);
         heard(&mut mesh, 0);
         assert!(two(&mesh).0, "heard again: healthy at once");
     }

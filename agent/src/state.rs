@@ -130,8 +130,8 @@ pub struct LeaderState {
     pub counters: mesh_api::ElectionCounters,
     /// Why the last ballot or read failed; already logged.
     pub error: Option<Fault>,
-    /// Whether this node leads, and until when ([`crate::lease`]).
-    pub claim: crate::lease::Claim,
+    /// Whether this node leads, and until when ([`crate::leadership::lease`]).
+    pub claim: crate::leadership::lease::Claim,
     /// This node's health, as the claim was decided on it.
     pub health: mesh_api::HealthSignal,
     /// When the seat named leader last answered this node as leading under the view's term: when the

@@ -69,14 +69,18 @@ pub const DEFAULT_PREFIX: &str = "10.0.1.0/24";
 pub struct Layout {
     pub prefix: &'static str,
     pub tokens: Vec<u64>,
+    /// Nodes that run another release of the app (node i → its app name): the same app id, another
+    /// `app-compose.json`, so another compose hash, which the cluster allows beside the first.
+    pub releases: Vec<(usize, &'static str)>,
 }
 
 impl Layout {
-    /// Seat i for node i, in 10.0.1.0/24.
+    /// Seat i for node i, in 10.0.1.0/24, all on one release.
     pub fn default_for(nodes: usize) -> Self {
         Self {
             prefix: DEFAULT_PREFIX,
             tokens: (1..=nodes as u64).collect(),
+            releases: Vec::new(),
         }
     }
 
@@ -253,6 +257,13 @@ impl<'a> Cluster<'a> {
                 .arg("--kms-root-key-file")
                 .arg(&root_key)
                 .args(["--app-id", APP_ID, "--instance-name", &format!("node-{i}")])
+                .args(
+                    layout
+                        .releases
+                        .iter()
+                        .filter(|(node, _)| *node == i)
+                        .flat_map(|(_, name)| ["--app-name", name]),
+                )
                 .arg("--mock-pki-seed-file")
                 .arg(&pki_seed)
                 .arg("--socket")

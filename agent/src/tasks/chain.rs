@@ -46,7 +46,7 @@ pub struct ChainTask {
     pub state_dir: PathBuf,
     pub instance_id: String,
     /// While the view names this node leader, the chain is read at least this often: the lease is renewed
-    /// only by reads ([`crate::lease::Timing::renew`]).
+    /// only by reads ([`crate::leadership::lease::Timing::renew`]).
     pub renew: Duration,
     /// The daemon's root span: the seat is recorded on it as soon as it is known, so every log line after
     /// that (the registrar's included) carries it.

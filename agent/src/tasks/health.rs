@@ -1,7 +1,7 @@
 //! The health check: `--health-url` or `--health-cmd`, run every `--health-interval-ms`, published as a
 //! [`CheckSignal`]. With the application's own reports (`POST /v1/health`) it makes the node's health
 //! ([`mesh_api::HealthSignal`]), which the leader task leads on: an unhealthy node steps down and is voted
-//! out ([`crate::lease`], [`crate::election`]).
+//! out ([`crate::leadership::lease`], [`crate::leadership::election`]).
 //!
 //! One failure is not enough to step down ([`FAILURES`]): a check that times out once under load must not
 //! move the cluster's leader. One success is enough to be healthy again.

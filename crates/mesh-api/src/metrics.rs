@@ -184,13 +184,19 @@ const NODE: &[Metric<Snapshot>] = &[
     m(
         "dstack_mesh_leader_token_id",
         "gauge",
-        "The leader's seat, 0 while there is none.",
+        "The leader's seat, 0 while there is none or this node refuses it.",
         |s| s.leader.token_id.unwrap_or(0),
+    ),
+    m(
+        "dstack_mesh_leader_refused",
+        "gauge",
+        "1 while the contract names leader a seat whose evidence this node refuses.",
+        |s| u64::from(s.leader.refused_seat.is_some()),
     ),
     m(
         "dstack_mesh_votes_cast_total",
         "counter",
-        "No-confidence votes this node cast against an unreachable leader.",
+        "No-confidence votes this node cast against an unreachable or refused leader.",
         |s| s.counters.election.votes_cast,
     ),
     m(
@@ -210,6 +216,12 @@ const NODE: &[Metric<Snapshot>] = &[
         "counter",
         "Votes, withdrawals and elections that failed.",
         |s| s.counters.election.failures,
+    ),
+    m(
+        "dstack_mesh_ballots_held_total",
+        "counter",
+        "Ballots due that this node held back, having sent one less than a leader timeout before.",
+        |s| s.counters.election.ballots_held,
     ),
     m(
         "dstack_mesh_relay_streams_open",

@@ -210,8 +210,13 @@ pub struct RefusedPeer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Leader {
-    /// Absent while no leader is elected.
+    /// Absent while no leader is elected, and while the seat elected is one this node refuses
+    /// (`refusedSeat`): an application follows only a leader its node accepts.
     pub token_id: Option<u64>,
+    /// The seat the contract names leader when this node refuses its evidence: no leader for
+    /// applications here, and this node votes it out at once; `reason` says why.
+    #[serde(default)]
+    pub refused_seat: Option<u64>,
     /// Absent when no believed record names the leader's instance.
     pub instance_id: Option<String>,
     pub overlay_ip: Option<Ipv4Addr>,
@@ -239,7 +244,7 @@ pub struct Leader {
     /// never leads.
     #[serde(default = "yes")]
     pub healthy: bool,
-    /// When this node is the seat named leader but does not lead: why.
+    /// When this node is the seat named leader but does not lead, or the seat named is refused: why.
     #[serde(default)]
     pub reason: Option<String>,
     /// What the time-dependent fields are worked out from when the answer is served; never sent.
@@ -256,6 +261,7 @@ impl Default for Leader {
     fn default() -> Self {
         Self {
             token_id: None,
+            refused_seat: None,
             instance_id: None,
             overlay_ip: None,
             address: None,
@@ -364,6 +370,7 @@ impl Leader {
         (
             (
                 self.token_id,
+                self.refused_seat,
                 self.address.clone(),
                 self.reachable,
                 self.is_self,
@@ -484,6 +491,10 @@ pub struct ElectionCounters {
     /// Heartbeats refused: malformed, or not from the overlay address of a member.
     #[serde(default)]
     pub heartbeats_refused: u64,
+    /// Ballots due that this node held back because it had sent one less than a leader timeout before
+    /// (at most one per timeout): more than a few means the decisions loop, which is a bug.
+    #[serde(default)]
+    pub ballots_held: u64,
 }
 
 /// The relay's counters.

@@ -224,6 +224,10 @@ fn render_leader(leader: &Leader) -> String {
         (state, None) => format!("  [{}]", state.as_str()),
     };
     s.push_str(&match (leader.token_id, leader.is_self, leader.reachable) {
+        (None, ..) if leader.refused_seat.is_some() => format!(
+            "leader REFUSED: seat {} is named, but this node refuses its evidence{term}\n",
+            leader.refused_seat.unwrap_or(0)
+        ),
         (None, ..) => format!("leader none elected{term}{freshness}\n"),
         (Some(t), true, _) => format!(
             "leader seat {t} (this node{term}, lease {:.1} s left)\n",
@@ -239,10 +243,12 @@ fn render_leader(leader: &Leader) -> String {
             }
         ),
     });
-    if let Some(why) = &leader.reason {
-        s.push_str(&format!(
+    match (&leader.reason, leader.refused_seat) {
+        (Some(why), Some(_)) => s.push_str(&format!("# {why}\n")),
+        (Some(why), None) => s.push_str(&format!(
             "# this node is named leader but does not lead: {why}\n"
-        ));
+        )),
+        (None, _) => {}
     }
     if !leader.healthy {
         s.push_str("# this node is unhealthy (GET /v1/health says why): it will not lead\n");
@@ -391,6 +397,39 @@ mod tests {
             text.contains("the evidence names another instance"),
             "{text}"
         );
+    }
+
+    /// A leader this node refuses is shown as refused, with why; none elected as none; one that does not
+    /// answer says so.
+    #[test]
+    fn the_leader_line_says_refused_none_or_not_answering() {
+        let refused = Leader {
+            refused_seat: Some(1),
+            term: Some(4),
+            reason: Some(
+                "the contract names seat 1 leader, but this node refuses its evidence".into(),
+            ),
+            ..Leader::default()
+        };
+        let text = render_leader(&refused);
+        assert!(
+            text.starts_with(
+                "leader REFUSED: seat 1 is named, but this node refuses its evidence, term 4"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# the contract names seat 1 leader"),
+            "{text}"
+        );
+        assert!(render_leader(&Leader::default()).starts_with("leader none elected"));
+        let silent = Leader {
+            token_id: Some(2),
+            reachable: Some(false),
+            address: Some("10.0.1.2".into()),
+            ..Leader::default()
+        };
+        assert!(render_leader(&silent).contains("NOT answering"));
     }
 
     /// Transfer is shown in binary units.

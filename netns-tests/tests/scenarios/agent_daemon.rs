@@ -595,7 +595,7 @@ fn rpc_urls_that_cannot_work_are_refused_without_quoting_them() {
 /// kinds of health check at once.
 #[test]
 fn leadership_settings_that_cannot_work_are_refused() {
-    let port = p2p_agent::heartbeat::PORT.to_string();
+    let port = p2p_agent::leadership::heartbeat::PORT.to_string();
     for (args, says) in [
         (vec!["--listen-port", port.as_str()], "--listen-port"),
         (

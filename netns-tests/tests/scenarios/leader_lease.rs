@@ -12,6 +12,8 @@
 //! - The leader's `--health-cmd` fails: the same, from the agent's own check.
 //! - A node that ran without a seat for longer than the timeout joins: it casts no ballot against the leader
 //!   that answers it (the silence counts from when it could first hear).
+//! - The release only the leader runs is disallowed: every agent refuses seat 1, the others replace it at once
+//!   with one ballot each, and nobody votes again.
 //!
 //! Run as root, after building the binaries it runs:
 //!
@@ -24,7 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use netns_tests::prelude::*;
-use p2p_agent::lease::Timing;
+use p2p_agent::leadership::lease::Timing;
 
 const NODES: usize = 3;
 const LEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -517,4 +519,127 @@ fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
     );
     assert!(says_it_leads(&agents[0]), "{}", statuses(&agents));
     steps.step("node 3 joined and cast no ballot; seat 1 still leads");
+}
+
+/// The ballots an agent's node has had mined: its votes, withdrawals and elections, from its metrics.
+fn mined_ballots(agent: &Agent<'_>) -> u64 {
+    let metrics = agent.metrics();
+    [
+        "dstack_mesh_votes_cast_total ",
+        "dstack_mesh_votes_withdrawn_total ",
+        "dstack_mesh_elections_total ",
+    ]
+    .iter()
+    .map(|name| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("node {} has no {name}", agent.index))
+    })
+    .sum()
+}
+
+/// The owner disallows the release that only the leader's node runs (its compose hash). Every agent refuses
+/// seat 1 at its next allowlist read; nodes 2 and 3 vote against it at once, one ballot each, which is all
+/// one replacement needs, and seat 2, attested, leads. Node 1 casts nothing and never says it leads once it
+/// knows it is refused; nodes 2 and 3 never report the refused seat as their leader; no sample shows two
+/// leaders; and over four more leader timeouts nobody casts another ballot.
+#[test]
+fn a_leader_on_a_disallowed_release_is_replaced_at_once_with_one_ballot_per_voter() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("lease/refused");
+    let lan = Lan::new(NODES);
+    let layout = Layout {
+        releases: vec![(1, "dstack-mesh-next")],
+        ..Layout::default_for(NODES)
+    };
+    let cluster = Cluster::deploy_layout(&lan, &layout);
+    let release = cluster.identity(1)["compose_hash"]
+        .as_str()
+        .expect("node 1's compose hash")
+        .to_owned();
+    // The allowlists are read every --full-read-secs: 2 s here, so that the refusal comes soon.
+    let agents = mesh_led_by_seat_1(&cluster, |_| vec!["--full-read-secs".into(), "2".into()]);
+    steps.step("mesh up; seat 1, the only node on release `dstack-mesh-next`, leads");
+    let before: Vec<u64> = agents.iter().map(mined_ballots).collect();
+    let term = agents[1]
+        .leader()
+        .expect("node 2's leader")
+        .term
+        .expect("a term");
+    let sampler = LeaderSampler::start(sockets(&agents), SAMPLE_EVERY);
+
+    let disallowed = Instant::now();
+    cluster.meshctl(
+        0,
+        &[
+            "app-auth",
+            "disallow-compose",
+            &release,
+            "--contract",
+            &cluster.contract,
+        ],
+    );
+    wait_until(
+        "every agent to refuse seat 1",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            agents[1..]
+                .iter()
+                .all(|a| a.refused().iter().any(|r| r.token_id == 1))
+                && agents[0]
+                    .status()
+                    .0
+                    .node
+                    .attestation
+                    .is_some_and(|a| !a.verified)
+        },
+        || tails(&agents),
+    );
+    let refused = disallowed.elapsed();
+    wait_node_2_leads(&agents, "seat 2 to lead", LEADER_TIMEOUT + SLACK);
+    let replaced = disallowed.elapsed();
+    assert_eq!(on_chain(&cluster), Some(2));
+    std::thread::sleep(LEADER_TIMEOUT * 4);
+    let samples = sampler.stop();
+    let after: Vec<u64> = agents.iter().map(mined_ballots).collect();
+    let cast: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let term_now = agents[1]
+        .leader()
+        .expect("node 2's leader")
+        .term
+        .expect("a term");
+    println!(
+        "lease/refused: every agent refused seat 1 {:.2} s after its release was disallowed; seat 2 led {:.2} s after; ballots mined since, nodes 1–3: {cast:?}; term {term} → {term_now}; {} samples, 0 with two leaders",
+        secs(refused),
+        secs(replaced),
+        samples.0.len()
+    );
+    assert_one_leader_at_a_time(&samples, disallowed);
+    assert_eq!(
+        cast,
+        [0, 1, 1],
+        "one vote from each of nodes 2 and 3, nothing from node 1, and no more over 4 timeouts\n{}",
+        tails(&agents)
+    );
+    assert_eq!(term_now, term + 1, "one replacement");
+    let refused_by_all = disallowed + refused;
+    for i in 1..=NODES {
+        let wrong: Vec<_> = samples
+            .answers(i, refused_by_all)
+            .into_iter()
+            .filter(|l| l.token_id == Some(1))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "node {i} reported the refused seat 1 as its leader: {wrong:?}"
+        );
+    }
+    assert!(
+        agents[1..]
+            .iter()
+            .all(|a| a.refused().iter().all(|r| r.token_id != 2)),
+        "the new leader is a seat every agent attests"
+    );
 }

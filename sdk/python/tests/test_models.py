@@ -192,6 +192,14 @@ def test_leader_named_but_not_leading_says_why() -> None:
     assert Leader.from_json(leader_json(1, state="unknown", ageMs=None)).age_ms is None
 
 
+def test_a_refused_leader_is_no_leader_and_named_apart() -> None:
+    why = "the contract names seat 1 leader, but this node refuses its evidence, and votes it out (os-not-allowed)"
+    lead = Leader.from_json(leader_json(None, refusedSeat=1, reason=why, term=4))
+    assert (lead.token_id, lead.elected, lead.refused_seat, lead.term) == (None, False, 1, 4)
+    assert lead.reason == why
+    assert Leader.from_json(leader_json(2)).refused_seat is None
+
+
 def test_leader_of_an_agent_without_leases() -> None:
     raw = leader_json(1, is_self=True)
     for newer in LEADER_LEASE_FIELDS:

@@ -262,6 +262,15 @@ test("a leader named but not leading says why", () => {
   assert.equal(Leader.fromJSON(leaderJson(1, { state: "unknown", ageMs: null })).ageMs, null);
 });
 
+test("a refused leader is no leader, and named apart", () => {
+  const why =
+    "the contract names seat 1 leader, but this node refuses its evidence, and votes it out (os-not-allowed)";
+  const lead = Leader.fromJSON(leaderJson(null, { refusedSeat: 1, reason: why, term: 4 }));
+  assert.deepEqual([lead.tokenId, lead.elected, lead.refusedSeat, lead.term], [null, false, 1, 4]);
+  assert.equal(lead.reason, why);
+  assert.equal(Leader.fromJSON(leaderJson(2)).refusedSeat, null);
+});
+
 test("the leader of an agent without leases", () => {
   const lead = Leader.fromJSON(without(leaderJson(1, { isSelf: true }), ...LEADER_LEASE_FIELDS));
   assert.ok(lead.isSelf);
@@ -334,6 +343,7 @@ test("the leader key leaves out only the clock", () => {
     { reason: "x" },
     { reachable: false },
     { address: "h" },
+    { refusedSeat: 2 },
   ]) {
     assert.notEqual(
       leaderKey(Leader.fromJSON({ ...leaderJson(1, { isSelf: true, term: 3 }), ...change })),

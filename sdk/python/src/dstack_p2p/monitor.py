@@ -69,6 +69,7 @@ def leader_key(leader: Leader) -> tuple[object, ...]:
     """
     return (
         leader.token_id,
+        leader.refused_seat,
         leader.address,
         leader.reachable,
         leader.is_self,

@@ -51,6 +51,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     let layout = Layout {
         prefix: "10.1.0.0/16",
         tokens: vec![nodes as u64],
+        releases: Vec::new(),
     };
     let cluster = Cluster::deploy_unminted(&lan, &layout);
     let contract = Address::from_str(&cluster.contract)?;

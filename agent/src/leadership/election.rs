@@ -1,16 +1,26 @@
 //! What this node does in the cluster's leader election, decided from what it knows: pure, so every rule is
 //! a unit test. The leader task ([`crate::tasks::leader`]) does the probing and the transactions.
 //!
-//! - With no leader, the lowest registered seat calls `electLeader`; the next seats do so too if that one
-//!   has not after one more timeout each, so a dead lowest node does not leave the cluster leaderless.
-//! - A leader this node has not reached over the mesh for the timeout gets this node's no-confidence vote.
-//!   The contract replaces the leader once f+1 of the n active seats vote so.
+//! Only a seat this node attests takes part: it votes against, elects, and counts as leader only seats whose
+//! evidence it accepts, and a node whose own evidence is refused casts nothing.
+//!
+//! - With no leader, the lowest attested seat calls `electLeader`; the next seats do so too if that one has
+//!   not after one more timeout each, so a dead lowest node does not leave the cluster leaderless.
+//! - A leader this node has not reached over the mesh for the timeout gets this node's no-confidence vote;
+//!   one whose seat this node refuses gets it at once, as if it had been silent all along. The contract
+//!   replaces the leader once f+1 of the n active seats vote so.
 //! - The vote is withdrawn once its target answers again, whether or not it still leads, so a node that
-//!   came back is eligible again. A vote against a replaced leader that is still silent stands, even when
-//!   this node leads now: it keeps the dead seat from being chosen again at the next replacement.
+//!   came back is eligible again. A vote against a seat that is still silent, or still refused, stands, even
+//!   when this node leads now: it keeps that seat from being chosen again at the next replacement. A vote
+//!   against a refused seat is never moved to another: moving it would make the refused seat eligible again,
+//!   and two seats could be traded for each other at every replacement.
 //! - An unhealthy node neither elects nor votes until it is healthy again; it may still withdraw.
 //!
-//! What counts as an answer is a fit heartbeat ([`crate::heartbeat::answers`]): a leader that cannot lead
+//! No ballot is undone by this node's next decision on the same facts (a property test holds [`decide`] to
+//! it), and the leader task sends at most one ballot per timeout whatever [`decide`] says, counting those it
+//! holds back.
+//!
+//! What counts as an answer is a fit heartbeat ([`super::heartbeat::answers`]): a leader that cannot lead
 //! (its view of the chain is stale, it is unhealthy) is as silent as one that is gone.
 
 use std::collections::BTreeMap;
@@ -23,7 +33,7 @@ use mesh_chain::election::Ballot;
 pub struct Sighting {
     /// When this node began watching it: an unanswered seat gets the whole timeout from here.
     pub since: Instant,
-    /// The last time it answered: a fit heartbeat over the mesh ([`crate::heartbeat::answers`]).
+    /// The last time it answered: a fit heartbeat over the mesh ([`super::heartbeat::answers`]).
     pub last_seen: Option<Instant>,
 }
 
@@ -51,12 +61,16 @@ impl Sighting {
 pub struct Facts<'a> {
     /// This node's seat, while it is a registered member; it takes no part otherwise.
     pub own: Option<u64>,
+    /// This node's own evidence passes, as its peers judge it: a refused node takes no part.
+    pub own_attested: bool,
     /// The leader the contract names.
     pub leader: Option<u64>,
     /// When the contract was last seen naming no leader, while it names none.
     pub leaderless_since: Option<Instant>,
-    /// The seats with a record, in order.
-    pub registered: &'a [u64],
+    /// The seats with a record whose evidence this node accepts, in order.
+    pub attested: &'a [u64],
+    /// The seats with a record whose evidence this node refuses.
+    pub refused: &'a [u64],
     /// The seat this node's vote is against.
     pub vote: Option<u64>,
     pub sightings: &'a BTreeMap<u64, Sighting>,
@@ -69,14 +83,14 @@ pub struct Facts<'a> {
 /// Why a ballot is cast: it goes into the log with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
-    /// No leader, and this node is the `rank`-th lowest registered seat (0 first), waited for its turn.
+    /// No leader, and this node is the `rank`-th lowest attested seat (0 first), waited for its turn.
     NoLeader { rank: usize, waited: Duration },
     /// The leader has not answered over the mesh for this long.
     Unreachable { seat: u64, silent: Duration },
+    /// The leader's seat is one this node refuses: its evidence does not pass.
+    Refused { seat: u64 },
     /// The seat voted against answers again.
     Answers { seat: u64 },
-    /// The vote's target is no longer a member.
-    Gone { seat: u64 },
 }
 
 impl std::fmt::Display for Reason {
@@ -84,11 +98,11 @@ impl std::fmt::Display for Reason {
         match self {
             Self::NoLeader { rank: 0, .. } => write!(
                 f,
-                "the cluster has no leader, and this node holds the lowest registered seat"
+                "the cluster has no leader, and this node holds the lowest attested seat"
             ),
             Self::NoLeader { rank, waited } => write!(
                 f,
-                "the cluster has had no leader for {}s, and the {rank} lower registered seat(s) have not elected one",
+                "the cluster has had no leader for {}s, and the {rank} lower attested seat(s) have not elected one",
                 waited.as_secs()
             ),
             Self::Unreachable { seat, silent } => write!(
@@ -96,19 +110,20 @@ impl std::fmt::Display for Reason {
                 "leader seat {seat} has not answered over the mesh as a leader that can lead (a fit heartbeat) for {}s",
                 silent.as_secs()
             ),
+            Self::Refused { seat } => write!(
+                f,
+                "leader seat {seat}'s evidence is refused by this node, which cannot follow it (see /v1/peers/refused)"
+            ),
             Self::Answers { seat } => write!(f, "seat {seat} answers over the mesh again"),
-            Self::Gone { seat } => write!(f, "seat {seat} no longer has a record"),
         }
     }
 }
 
 /// The one ballot this node should cast now, if any.
 pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
-    let own = facts.own?;
-    if let Some(target) = facts.vote {
-        if !facts.registered.contains(&target) {
-            return Some((Ballot::Withdraw, Reason::Gone { seat: target }));
-        }
+    let own = facts.own.filter(|_| facts.own_attested)?;
+    let refused = |seat: u64| facts.refused.contains(&seat);
+    if let Some(target) = facts.vote.filter(|t| !refused(*t)) {
         let answers = facts
             .sightings
             .get(&target)
@@ -122,7 +137,7 @@ pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
     }
     match facts.leader {
         None => {
-            let rank = facts.registered.iter().position(|s| *s == own)?;
+            let rank = facts.attested.iter().position(|s| *s == own)?;
             let waited = facts
                 .now
                 .saturating_duration_since(facts.leaderless_since.unwrap_or(facts.now));
@@ -133,8 +148,14 @@ pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
         }
         Some(leader) if leader == own => None,
         Some(leader) => {
-            if facts.vote == Some(leader) {
+            if facts.vote == Some(leader) || facts.vote.is_some_and(refused) {
                 return None;
+            }
+            if refused(leader) {
+                return Some((
+                    Ballot::Vote { target: leader },
+                    Reason::Refused { seat: leader },
+                ));
             }
             let silent = facts.sightings.get(&leader)?.silent_for(facts.now);
             (silent >= facts.timeout).then_some((
@@ -180,13 +201,17 @@ pub fn to_watch(own: Option<u64>, leader: Option<u64>, vote: Option<u64>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
 
     struct World {
         start: Instant,
         sightings: BTreeMap<u64, Sighting>,
-        registered: Vec<u64>,
+        attested: Vec<u64>,
+        refused: Vec<u64>,
+        own_attested: bool,
+        healthy: bool,
     }
 
     impl World {
@@ -194,7 +219,10 @@ mod tests {
             Self {
                 start: Instant::now(),
                 sightings: BTreeMap::new(),
-                registered: vec![1, 2, 3],
+                attested: vec![1, 2, 3],
+                refused: Vec::new(),
+                own_attested: true,
+                healthy: true,
             }
         }
 
@@ -212,6 +240,29 @@ mod tests {
             self
         }
 
+        /// Seat `seat`'s evidence is refused by this node.
+        fn refuse(mut self, seat: u64) -> Self {
+            self.attested.retain(|s| *s != seat);
+            self.refused.push(seat);
+            self
+        }
+
+        fn facts(&self, own: u64, leader: Option<u64>, vote: Option<u64>, now: u64) -> Facts<'_> {
+            Facts {
+                own: Some(own),
+                own_attested: self.own_attested,
+                leader,
+                leaderless_since: leader.is_none().then_some(self.start),
+                attested: &self.attested,
+                refused: &self.refused,
+                vote,
+                sightings: &self.sightings,
+                healthy: self.healthy,
+                timeout: TIMEOUT,
+                now: self.at(now),
+            }
+        }
+
         fn decide(
             &self,
             own: u64,
@@ -219,17 +270,7 @@ mod tests {
             vote: Option<u64>,
             now: u64,
         ) -> Option<(Ballot, Reason)> {
-            decide(&Facts {
-                own: Some(own),
-                leader,
-                leaderless_since: leader.is_none().then_some(self.start),
-                registered: &self.registered,
-                vote,
-                sightings: &self.sightings,
-                healthy: true,
-                timeout: TIMEOUT,
-                now: self.at(now),
-            })
+            decide(&self.facts(own, leader, vote, now))
         }
     }
 
@@ -295,24 +336,31 @@ mod tests {
         );
     }
 
+    /// A seat without a record cannot answer: a vote against it stands (withdrawing it made the next
+    /// decision cast it again, a ballot each way at every heartbeat).
     #[test]
-    fn a_vote_against_a_seat_without_a_record_is_withdrawn() {
+    fn a_vote_against_a_seat_without_a_record_stands() {
         let mut w = World::new().watch(3, None);
-        w.registered = vec![1, 2];
-        assert_eq!(
-            w.decide(2, Some(1), Some(3), 100),
-            Some((Ballot::Withdraw, Reason::Gone { seat: 3 }))
-        );
+        w.attested = vec![1, 2];
+        assert_eq!(w.decide(2, Some(1), Some(3), 100), None);
     }
 
     #[test]
-    fn with_no_leader_the_lowest_registered_seat_elects_at_once() {
+    fn with_no_leader_the_lowest_attested_seat_elects_at_once() {
         let w = World::new();
         assert!(matches!(
             w.decide(1, None, None, 0),
             Some((Ballot::Elect, Reason::NoLeader { rank: 0, .. }))
         ));
         assert_eq!(w.decide(2, None, None, 0), None, "seat 2 waits its turn");
+        let w = World::new().refuse(1);
+        assert!(
+            matches!(
+                w.decide(2, None, None, 0),
+                Some((Ballot::Elect, Reason::NoLeader { rank: 0, .. }))
+            ),
+            "a refused seat 1 does not hold seat 2 up"
+        );
     }
 
     #[test]
@@ -331,45 +379,62 @@ mod tests {
     fn a_node_without_a_registered_seat_takes_no_part() {
         let w = World::new().watch(1, None);
         assert_eq!(w.decide(4, None, None, 1000), None, "not registered");
-        let none = decide(&Facts {
-            own: None,
-            leader: Some(1),
-            leaderless_since: None,
-            registered: &w.registered,
-            vote: None,
-            sightings: &w.sightings,
-            healthy: true,
-            timeout: TIMEOUT,
-            now: w.at(1000),
-        });
-        assert_eq!(none, None, "no seat");
+        let mut none = w.facts(2, Some(1), None, 1000);
+        none.own = None;
+        assert_eq!(decide(&none), None, "no seat");
     }
 
     #[test]
     fn an_unhealthy_node_neither_elects_nor_votes_but_still_withdraws() {
-        let w = World::new().watch(1, None).watch(3, Some(100));
-        let facts = |leader: Option<u64>, vote: Option<u64>| Facts {
-            own: Some(2),
-            leader,
-            leaderless_since: Some(w.start),
-            registered: &w.registered,
-            vote,
-            sightings: &w.sightings,
-            healthy: false,
-            timeout: TIMEOUT,
-            now: w.at(101),
-        };
+        let mut w = World::new().watch(1, None).watch(3, Some(100));
+        w.healthy = false;
         assert_eq!(
-            decide(&facts(Some(1), None)),
+            w.decide(2, Some(1), None, 101),
             None,
             "no vote against a silent leader"
         );
-        assert_eq!(decide(&facts(None, None)), None, "no election");
+        assert_eq!(w.decide(2, None, None, 101), None, "no election");
         assert_eq!(
-            decide(&facts(Some(1), Some(3))),
+            w.decide(2, Some(1), Some(3), 101),
             Some((Ballot::Withdraw, Reason::Answers { seat: 3 })),
             "a vote against a seat that answers again is still withdrawn"
         );
+    }
+
+    /// A leader whose evidence this node refuses is voted against at once, as if silent all along, and the
+    /// vote stands while it is refused, even should a stale sighting say it answered.
+    #[test]
+    fn a_refused_leader_gets_the_vote_at_once_and_keeps_it() {
+        let w = World::new().refuse(1).watch(1, Some(0));
+        assert_eq!(
+            w.decide(2, Some(1), None, 0),
+            Some((Ballot::Vote { target: 1 }, Reason::Refused { seat: 1 }))
+        );
+        assert_eq!(w.decide(2, Some(1), Some(1), 0), None);
+        assert_eq!(
+            w.decide(2, Some(2), Some(1), 1),
+            None,
+            "replaced: it stands"
+        );
+    }
+
+    /// Moving a vote off a refused seat would make it eligible again: the next replacement could choose it,
+    /// and two refused seats be traded at every replacement.
+    #[test]
+    fn a_vote_against_a_refused_seat_is_never_moved() {
+        let w = World::new().refuse(1).refuse(2).watch(2, None);
+        assert_eq!(w.decide(3, Some(2), Some(1), 1000), None);
+    }
+
+    /// A node whose own evidence is refused casts nothing at all: it can reach no one, and its seat is not
+    /// one the others follow.
+    #[test]
+    fn a_refused_node_casts_no_ballot() {
+        let mut w = World::new().watch(1, None).watch(3, Some(100));
+        w.own_attested = false;
+        assert_eq!(w.decide(2, Some(1), None, 1000), None);
+        assert_eq!(w.decide(1, None, None, 1000), None);
+        assert_eq!(w.decide(2, Some(1), Some(3), 101), None);
     }
 
     #[test]
@@ -407,5 +472,71 @@ mod tests {
         s.seen(w.at(10));
         s.seen(w.at(5));
         assert_eq!(s.silent_for(w.at(12)), Duration::from_secs(2));
+    }
+
+    /// Whether `next` undoes `first`: a withdrawal of the vote just cast, or a vote just withdrawn cast again.
+    fn undoes(first: Ballot, vote_before: Option<u64>, next: Ballot) -> bool {
+        match (first, next) {
+            (Ballot::Vote { .. }, Ballot::Withdraw) => true,
+            (Ballot::Withdraw, Ballot::Vote { target }) => vote_before == Some(target),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        /// Whatever the facts, a ballot is never undone by the decision made on the same facts once it has
+        /// landed: the node would otherwise vote in a loop, a mined ballot (and gas) each way.
+        #[test]
+        fn no_ballot_is_undone_by_the_next_decision_on_the_same_facts(
+            own in 1u64..6,
+            leader in proptest::option::of(1u64..6),
+            vote in proptest::option::of(1u64..6),
+            refused in proptest::collection::btree_set(1u64..6, 0..3),
+            recorded in proptest::collection::btree_set(1u64..6, 0..6),
+            seen in proptest::collection::btree_map(1u64..6, proptest::option::of(0u64..200), 0..6),
+            own_attested: bool,
+            healthy: bool,
+            now in 0u64..200,
+        ) {
+            let start = Instant::now();
+            let sightings: BTreeMap<u64, Sighting> = seen
+                .iter()
+                .map(|(seat, at)| {
+                    let mut s = Sighting::new(start);
+                    if let Some(t) = at {
+                        s.seen(start + Duration::from_secs(*t));
+                    }
+                    (*seat, s)
+                })
+                .collect();
+            let attested: Vec<u64> = recorded.iter().copied().filter(|s| !refused.contains(s)).collect();
+            let refused: Vec<u64> = refused.into_iter().collect();
+            let facts = |vote: Option<u64>| Facts {
+                own: Some(own),
+                own_attested,
+                leader,
+                leaderless_since: leader.is_none().then_some(start),
+                attested: &attested,
+                refused: &refused,
+                vote,
+                sightings: &sightings,
+                healthy,
+                timeout: TIMEOUT,
+                now: start + Duration::from_secs(now),
+            };
+            if let Some((first, _)) = decide(&facts(vote)) {
+                let landed = match first {
+                    Ballot::Vote { target } => Some(target),
+                    Ballot::Withdraw => None,
+                    Ballot::Elect => vote,
+                };
+                if let Some((next, why)) = decide(&facts(landed)) {
+                    prop_assert!(
+                        !undoes(first, vote, next),
+                        "{first} then {next} ({why}) on the same facts"
+                    );
+                }
+            }
+        }
     }
 }

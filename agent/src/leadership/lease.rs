@@ -9,16 +9,27 @@
 //!    ([`mesh_chain::follow::Tick::confirmed`]). A node that cannot read the chain stops claiming.
 //! 2. **A majority confirms it**: of the n registered seats, ⌈(n−1)/2⌉ others answered a heartbeat it sent
 //!    less than a lease ago, confirming it as their leader under its term and holding no vote against it
-//!    ([`crate::heartbeat`]). Such a seat took that heartbeat as an answer from its leader, so it cannot
+//!    ([`super::heartbeat`]). Such a seat took that heartbeat as an answer from its leader, so it cannot
 //!    vote against it for a whole `--leader-timeout` after; the at most ⌊(n−1)/2⌋ = f others are short of
 //!    the f+1 votes a replacement needs. A leader cut off from the rest stops claiming.
 //! 3. **It is healthy**: the application's report and the agent's check ([`mesh_api::signal`]).
+//! 4. **Its own evidence passes**, as its peers judge it: a seat they refuse is not one they follow.
+//! 5. **It has confirmed no other leader for a lease**, nor started less than a lease ago: a node that
+//!    answered another seat's heartbeat as its leader's keeps from leading, and from confirming a third,
+//!    until that confirmation has run out ([`super::heartbeat::supports`]).
 //!
 //! The lease is half the leader timeout. A seat votes against its leader only after hearing no fit answer
 //! from it for a whole timeout on its own clock, and its ballot must then be mined. So with clocks that
 //! drift apart by at most a rate ρ, the lease ends before any vote can replace the leader as long as
 //! `lease · (1 + ρ) < timeout · (1 − ρ)`, which holds for ρ < 1/3; monotonic clocks in practice drift by
 //! well under 0.1 %. The ballots' blocks only add margin. The README's leader section states this.
+//!
+//! A leader can also change without any silence: a person revokes or deactivates its seat, or the owner
+//! disallows its image and every node refuses it and votes at once. Rule 5 covers those: the old leader's
+//! claim rests on a majority that confirmed it within a lease, the new one's on a majority that confirms it
+//! now, and a seat in both confirms the new one only once its confirmation of the old one has run out. So
+//! two leases never overlap, whatever moved the leader; a node that restarts has forgotten what it
+//! confirmed, so it confirms nothing, and claims nothing, for a lease after it starts.
 //!
 //! Every instant here is monotonic (`Instant`, Linux's `CLOCK_MONOTONIC`), so a node that was frozen finds
 //! its lease as old as the freeze made it. In a TDX guest the TSC is under the TDX module's control, so a
@@ -77,6 +88,11 @@ pub struct Facts<'a> {
     pub confirmed_at: Option<Instant>,
     /// Why this node is unhealthy, if it is.
     pub unhealthy: Option<&'a str>,
+    /// Why its peers refuse this node's own evidence (the refusal's kind), if they do.
+    pub refused: Option<&'a str>,
+    /// Until when this node has promised not to lead: a lease after it last confirmed another seat as
+    /// leader, or after it started.
+    pub promised_until: Option<Instant>,
     /// When this node's health changes by itself (the application's report lapses).
     pub health_lapses_at: Option<Instant>,
     /// For each seat: when this node sent the latest heartbeat that the seat answered confirming it as
@@ -117,6 +133,10 @@ pub enum Declined {
     Stale { lease: Duration },
     /// The application or the agent's check says so.
     Unhealthy(String),
+    /// Its peers refuse its evidence (the refusal's kind).
+    Refused(String),
+    /// It confirmed another seat as leader less than a lease ago, or started less than a lease ago.
+    Promised,
     /// Too few other seats confirmed this node as leader within the lease.
     NoQuorum { have: usize, need: usize },
 }
@@ -134,6 +154,13 @@ impl std::fmt::Display for Declined {
                 lease.as_secs_f64()
             ),
             Self::Unhealthy(why) => write!(f, "unhealthy: {why}"),
+            Self::Refused(kind) => write!(
+                f,
+                "its peers refuse this node's evidence ({kind}): see `attestation` in /v1/status"
+            ),
+            Self::Promised => f.write_str(
+                "this node confirmed another seat as leader, or started, less than a lease ago, and leads once that has run out",
+            ),
             Self::NoQuorum { have, need } => write!(
                 f,
                 "only {have} of the {need} other seats needed confirmed this node as leader over the mesh within the lease"
@@ -155,6 +182,12 @@ pub fn claim(f: &Facts<'_>) -> Claim {
     };
     if let Some(why) = f.unhealthy {
         return Claim::Declines(Declined::Unhealthy(why.to_owned()));
+    }
+    if let Some(kind) = f.refused {
+        return Claim::Declines(Declined::Refused(kind.to_owned()));
+    }
+    if f.promised_until.is_some_and(|t| f.now < t) {
+        return Claim::Declines(Declined::Promised);
     }
     let Some(confirmed) = f.confirmed_at else {
         return Claim::Declines(Declined::Unconfirmed);
@@ -190,9 +223,10 @@ pub fn claim(f: &Facts<'_>) -> Claim {
     Claim::Leads { until }
 }
 
-/// Whether this node could lead now, as its heartbeats tell the others: healthy, and its view of the chain
-/// confirmed within the lease if it is the seat named leader, or within [`FOLLOWER_FRESH`] if not. A leader
-/// that is not fit gets no answer that counts, so the others vote it out after the timeout.
+/// Whether this node could lead now, as its heartbeats tell the others: healthy, its own evidence passing,
+/// and its view of the chain confirmed within the lease if it is the seat named leader, or within
+/// [`FOLLOWER_FRESH`] if not. A leader that is not fit gets no answer that counts, so the others vote it out
+/// after the timeout.
 pub fn fit(f: &Facts<'_>) -> bool {
     let named = f.own.is_some() && f.own == f.leader;
     let fresh_for = match named {
@@ -200,6 +234,7 @@ pub fn fit(f: &Facts<'_>) -> bool {
         false => f.timing.lease.max(FOLLOWER_FRESH),
     };
     f.unhealthy.is_none()
+        && f.refused.is_none()
         && f.confirmed_at
             .is_some_and(|t| f.now.saturating_duration_since(t) < fresh_for)
 }
@@ -249,6 +284,8 @@ mod tests {
                 registered: &self.registered,
                 confirmed_at: confirmed_ms.map(|ms| self.at(ms)),
                 unhealthy: None,
+                refused: None,
+                promised_until: None,
                 health_lapses_at: None,
                 support: &self.support,
                 timing: Timing::for_timeout(TIMEOUT),
@@ -384,6 +421,31 @@ mod tests {
             Claim::Declines(Declined::Unhealthy("postgres is down".into()))
         );
         assert!(!fit(&f));
+    }
+
+    #[test]
+    fn a_refused_leader_declines_and_is_not_fit() {
+        let w = World::new(3).confirmed_by(2, 1_000);
+        let mut f = w.facts(1, 1, Some(1_000), 1_500);
+        f.refused = Some("os-not-allowed");
+        assert_eq!(
+            claim(&f),
+            Claim::Declines(Declined::Refused("os-not-allowed".into()))
+        );
+        assert!(!fit(&f));
+    }
+
+    /// A node that confirmed another leader, or started, less than a lease ago does not lead yet, however
+    /// well confirmed; it stays fit, so that nobody votes it out meanwhile.
+    #[test]
+    fn a_node_promised_to_another_leads_only_once_the_promise_runs_out() {
+        let w = World::new(3).confirmed_by(2, 1_000);
+        let mut f = w.facts(1, 1, Some(1_000), 1_500);
+        f.promised_until = Some(w.at(2_000));
+        assert_eq!(claim(&f), Claim::Declines(Declined::Promised));
+        assert!(fit(&f));
+        f.now = w.at(2_000);
+        assert!(matches!(claim(&f), Claim::Leads { .. }));
     }
 
     #[test]

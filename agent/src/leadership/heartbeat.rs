@@ -6,14 +6,14 @@
 //!   node pings the leader and the target of its vote.
 //! - Every ping is answered by a **pong** that echoes its nonce.
 //! - Each says of its sender: its seat, the leader and term its view names, whether it is **fit** to lead
-//!   (healthy, its view of the chain confirmed: [`crate::lease::fit`]) and whether it **leads** now. A
+//!   (healthy, its view of the chain confirmed: [`super::lease::fit`]) and whether it **leads** now. A
 //!   pong also says whether its sender **supports** the pinger: it took the ping as a fit answer from the
 //!   leader it knows under the same term, and holds no vote against it.
 //!
 //! A node hears its leader only in a fit message that names that seat leader under the term it knows;
 //! from any other seat it watches (its vote's target), in any fit message. Silence, or answers that are
-//! not fit, for `--leader-timeout` bring its vote ([`crate::election`]). A leader counts the supporting
-//! pongs towards its lease ([`crate::lease`]).
+//! not fit, for `--leader-timeout` bring its vote ([`super::election`]). A leader counts the supporting
+//! pongs towards its lease ([`super::lease`]).
 //!
 //! Wire format, 36 bytes, big-endian: `"DMHB"`, version 1, kind (1 ping, 2 pong), flags (bit 0 fit, 1
 //! leads, 2 supports: pongs only), a zero byte, then the sender's seat, the leader its view names (0:
@@ -50,7 +50,7 @@ pub struct Heartbeat {
     pub leader: Option<u64>,
     /// The term of that view.
     pub term: u64,
-    /// The sender could lead now ([`crate::lease::fit`]).
+    /// The sender could lead now ([`super::lease::fit`]).
     pub fit: bool,
     /// The sender leads now, under its lease.
     pub leads: bool,
@@ -174,13 +174,35 @@ pub fn answers(hb: &Heartbeat, view: View) -> bool {
     }
 }
 
+/// What this node has promised: to confirm no leader but `seat` (0: none) before `until`, the end of its
+/// last confirmation of `seat` or a lease after it started ([`super::lease`], rule 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promise {
+    pub seat: u64,
+    pub until: std::time::Instant,
+}
+
+impl Promise {
+    /// Whether it still binds this node at `now` against confirming `seat`.
+    pub fn forbids(&self, seat: u64, now: std::time::Instant) -> bool {
+        self.seat != seat && now < self.until
+    }
+}
+
 /// Whether this node, with `view` and a vote (cast, or being cast) against `voting_against`, confirms
-/// the sender of `ping` as its leader.
-pub fn supports(ping: &Heartbeat, view: View, voting_against: &[u64]) -> bool {
+/// the sender of `ping` as its leader at `now`, bound by its `promise`.
+pub fn supports(
+    ping: &Heartbeat,
+    view: View,
+    voting_against: &[u64],
+    promise: Promise,
+    now: std::time::Instant,
+) -> bool {
     ping.kind == Kind::Ping
         && view.leader == Some(ping.seat)
         && answers(ping, view)
         && !voting_against.contains(&ping.seat)
+        && !promise.forbids(ping.seat, now)
 }
 
 /// Whether `pong`, answering a ping this node sent as `own` under `term`, confirms this node as leader.
@@ -292,6 +314,13 @@ mod tests {
             leader: Some(1),
             term: 5,
         };
+        let now = std::time::Instant::now();
+        let free = Promise {
+            seat: 0,
+            until: now,
+        };
+        let supports =
+            |hb: &Heartbeat, view, against: &[u64]| supports(hb, view, against, free, now);
         assert!(supports(&ping(1, 1, 5), view, &[]));
         assert!(!supports(&ping(1, 1, 5), view, &[1]), "a vote against it");
         assert!(
@@ -314,6 +343,26 @@ mod tests {
             ),
             "an unfit leader is no answer"
         );
+    }
+
+    /// A node that confirmed seat 2 until a moment confirms no other leader before it, and seat 2 itself
+    /// still; after it, any.
+    #[test]
+    fn a_node_confirms_no_new_leader_until_its_last_confirmation_has_run_out() {
+        let view = View {
+            leader: Some(1),
+            term: 6,
+        };
+        let now = std::time::Instant::now();
+        let until = now + std::time::Duration::from_secs(1);
+        let promise = Promise { seat: 2, until };
+        assert!(!super::supports(&ping(1, 1, 6), view, &[], promise, now));
+        assert!(super::supports(&ping(1, 1, 6), view, &[], promise, until));
+        let view2 = View {
+            leader: Some(2),
+            term: 6,
+        };
+        assert!(super::supports(&ping(2, 2, 6), view2, &[], promise, now));
     }
 
     #[test]

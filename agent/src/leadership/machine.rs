@@ -1,0 +1,735 @@
+//! This node's part in the cluster's leadership as a sans-IO machine, after boringtun's `Tunn`: what it
+//! knows comes in through `handle_*(now, …)`, what it wants done goes out through `poll_*`, and it never
+//! reads a clock, a socket or the chain itself. The leader task ([`crate::tasks::leader`]) drives it; the
+//! tests drive several of them on a virtual clock over an in-memory network and chain ([`super::sim`]).
+//!
+//! - **Heartbeats** ([`super::heartbeat`]) go out at every [`Machine::handle_tick`]: the seat named leader
+//!   pings every other registered seat, the others ping the leader and their vote's target, and every ping
+//!   is answered.
+//! - **The lease** ([`super::lease`]): whether this node leads is worked out again after every input.
+//! - **Ballots** ([`super::election`] decides): at most one chain job at a time (connect, read the vote,
+//!   cast), and at most one ballot per `--leader-timeout` whatever the decision says: a safety net against a
+//!   loop, whose holds are counted.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use mesh_api::{AppReport, CheckSignal, HealthSignal};
+use mesh_chain::backoff::Backoff;
+use mesh_chain::election::{Ballot, Cast, ElectionError};
+use mesh_chain::error::ChainError;
+use mesh_chain::redact::RedactedUrl;
+use tracing::{debug, info, warn};
+
+use super::election::{self, Sighting};
+use super::heartbeat::{self, Heartbeat, Kind, Promise, View};
+use super::lease::{self, Claim, Timing};
+use crate::state::{Fault, LeaderState};
+
+/// After a ballot that was mined, how long an election is not called again while the view catches up.
+const AFTER_ELECTING: Duration = Duration::from_secs(10);
+
+/// A watched seat that has not answered for this many heartbeats is shown unreachable.
+const UNREACHABLE_AFTER: u32 = 3;
+
+/// What the machine knows of the chain: the chain task's state, as leadership needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// This node's seat, while the view holds its record.
+    pub own: Option<u64>,
+    /// Why this node's own evidence is refused (the refusal's kind), as its peers judge it.
+    pub own_refused: Option<String>,
+    /// The seat the contract names leader, and the term.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The seats with a record, in order: those this node accepts, and its own.
+    pub registered: Vec<u64>,
+    /// The seats with a record whose evidence this node refuses.
+    pub refused: Vec<u64>,
+    /// The overlay address of each registered seat, this node's own included.
+    pub addresses: BTreeMap<u64, Ipv4Addr>,
+    /// When the last read that confirmed the view began; none while it is only the state file's.
+    pub confirmed_at: Option<Instant>,
+    /// The view came from the state file: the RPC has not answered since start.
+    pub from_cache: bool,
+}
+
+impl Chain {
+    fn view(&self) -> View {
+        View {
+            leader: self.leader,
+            term: self.term,
+        }
+    }
+
+    /// When the view was confirmed by a read, not only by the state file.
+    fn confirmed(&self) -> Option<Instant> {
+        self.confirmed_at.filter(|_| !self.from_cache)
+    }
+}
+
+/// A datagram for the heartbeat socket to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub bytes: [u8; heartbeat::LEN],
+}
+
+/// Work on the chain, which the driver does beside the machine and reports with [`Machine::handle_job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Connect the election client.
+    Connect,
+    /// Read this seat's vote.
+    ReadVote { seat: u64 },
+    /// Send this seat's ballot.
+    Cast { seat: u64, ballot: Ballot },
+}
+
+/// How a [`Job`] ended.
+#[derive(Debug)]
+pub enum JobDone {
+    Connected(Result<(), ChainError>),
+    VoteRead(Result<Option<u64>, ChainError>),
+    Cast(Ballot, Result<Cast, ElectionError>),
+    /// The job ended without an answer (it panicked, or was cancelled).
+    Lost,
+}
+
+/// The heartbeat socket the machine wants: bound to this node's overlay address on the mesh interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketWant {
+    pub addr: Ipv4Addr,
+    pub ifname: String,
+}
+
+/// What the machine is set up with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub timing: Timing,
+    /// The RPC, to scrub from the errors it logs.
+    pub rpc: RedactedUrl,
+    /// Heartbeats over the mesh: off in TLS mode, where there is no mesh.
+    pub heartbeats: bool,
+    /// Votes and elections: off in TLS mode and with `--no-failover`.
+    pub ballots: bool,
+}
+
+/// This node's part in the cluster's leadership.
+pub struct Machine {
+    config: Config,
+    state: LeaderState,
+    chain: Chain,
+    app: Option<AppReport>,
+    check: Option<CheckSignal>,
+    /// The mesh interface's name, while there is one.
+    device: Option<String>,
+    /// The heartbeat socket is bound where [`Machine::wanted_socket`] says.
+    hearing: bool,
+    connected: bool,
+    /// The vote is read from the chain before the first ballot, and again after a failed one.
+    vote_known: bool,
+    /// A chain job is under way.
+    job_running: bool,
+    sightings: BTreeMap<u64, Sighting>,
+    /// When each watched seat last answered a ping of this node's (any answer), and since when it has been
+    /// pinged: what `reachable` shows.
+    last_pong: BTreeMap<u64, Instant>,
+    pinged_since: BTreeMap<u64, Instant>,
+    leaderless_since: Option<Instant>,
+    /// No ballot before this: a backoff after failures, or a pause after an election.
+    quiet_until: Option<Instant>,
+    backoff: Backoff,
+    /// The ballot being cast, while one is.
+    casting: Option<Ballot>,
+    /// When the last ballot was sent, for the one-per-timeout bound, and the ballot that bound holds back.
+    last_ballot: Option<Instant>,
+    held: Option<Ballot>,
+    /// Pings sent within the lease: nonce → (to whom, when).
+    sent: BTreeMap<u32, (u64, Instant)>,
+    next_nonce: u32,
+    /// What the confirmations below are for: they count only under the view they were given in.
+    view: View,
+    /// Seats that confirmed this node as leader: when the ping they answered so was sent.
+    support: BTreeMap<u64, Instant>,
+    /// The leader this node last confirmed, and until when that binds it ([`heartbeat::Promise`]).
+    promise: Promise,
+    transmits: VecDeque<Transmit>,
+    jobs: VecDeque<Job>,
+}
+
+impl Machine {
+    /// A machine that starts at `now`, its nonces from `seed` (answers to an earlier run's pings must not
+    /// match this run's). It confirms nothing, and claims nothing, for a lease: it may have confirmed another
+    /// leader just before it started.
+    pub fn new(config: Config, now: Instant, seed: u32) -> Self {
+        Self {
+            state: LeaderState::default(),
+            chain: Chain::default(),
+            app: None,
+            check: None,
+            device: None,
+            hearing: false,
+            connected: false,
+            vote_known: false,
+            job_running: false,
+            sightings: BTreeMap::new(),
+            last_pong: BTreeMap::new(),
+            pinged_since: BTreeMap::new(),
+            leaderless_since: None,
+            quiet_until: None,
+            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)),
+            casting: None,
+            last_ballot: None,
+            held: None,
+            sent: BTreeMap::new(),
+            next_nonce: seed,
+            view: View {
+                leader: None,
+                term: 0,
+            },
+            support: BTreeMap::new(),
+            promise: Promise {
+                seat: 0,
+                until: now + config.timing.lease,
+            },
+            config,
+            transmits: VecDeque::new(),
+            jobs: VecDeque::new(),
+        }
+    }
+
+    /// What the leader task publishes.
+    pub fn state(&self) -> &LeaderState {
+        &self.state
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next chain job to start.
+    pub fn poll_job(&mut self) -> Option<Job> {
+        self.jobs.pop_front()
+    }
+
+    /// Where the heartbeat socket should be bound now, if anywhere.
+    pub fn wanted_socket(&self) -> Option<SocketWant> {
+        if !self.config.heartbeats {
+            return None;
+        }
+        let own = self.chain.own?;
+        Some(SocketWant {
+            addr: *self.chain.addresses.get(&own)?,
+            ifname: self.device.clone()?,
+        })
+    }
+
+    /// When the verdict may change by itself: the claim or the view's confirmation runs out, the
+    /// application's health report lapses, or this node's promise ends. The driver calls
+    /// [`Machine::handle_timeout`] then (heartbeats come from [`Machine::handle_tick`] besides).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        [
+            self.state.claim.until(),
+            self.chain
+                .confirmed_at
+                .map(|t| t + self.config.timing.lease),
+            self.app.as_ref().and_then(|r| r.expires_at),
+            Some(self.promise.until),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
+    }
+
+    /// A new state of the chain task: a new view, or the same one confirmed.
+    pub fn handle_chain(&mut self, now: Instant, chain: Chain) {
+        self.chain = chain;
+        self.settle(now, true);
+    }
+
+    /// The mesh interface, by name, or none.
+    pub fn handle_device(&mut self, now: Instant, ifname: Option<String>) {
+        self.device = ifname;
+        self.settle(now, false);
+    }
+
+    /// Whether the heartbeat socket is bound as [`Machine::wanted_socket`] says.
+    pub fn handle_socket(&mut self, now: Instant, bound: bool) {
+        self.hearing = bound;
+        self.settle(now, false);
+    }
+
+    /// The application's last health report, and the agent's own check.
+    pub fn handle_health(
+        &mut self,
+        now: Instant,
+        app: Option<AppReport>,
+        check: Option<CheckSignal>,
+    ) {
+        self.app = app;
+        self.check = check;
+        self.settle(now, false);
+    }
+
+    /// A deadline from [`Machine::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.settle(now, false);
+    }
+
+    /// One heartbeat: pings out, stale bookkeeping dropped, and this node's ballot decided.
+    pub fn handle_tick(&mut self, now: Instant) {
+        self.follow_view(now);
+        let registered = self.chain.registered.clone();
+        let lease = self.config.timing.lease;
+        self.sent
+            .retain(|_, (_, t)| now.saturating_duration_since(*t) < lease);
+        self.support.retain(|seat, _| registered.contains(seat));
+        let own = self.own();
+        let watched =
+            election::silence_counted(own, self.hearing, self.view.leader, self.state.vote);
+        self.sightings.retain(|seat, _| watched.contains(seat));
+        for seat in &watched {
+            self.sightings
+                .entry(*seat)
+                .or_insert_with(|| Sighting::new(now));
+        }
+        if let Some(own) = own {
+            let targets = self.targets(own);
+            self.pinged_since.retain(|s, _| targets.contains(s));
+            self.last_pong.retain(|s, _| targets.contains(s));
+            for seat in &targets {
+                self.pinged_since.entry(*seat).or_insert(now);
+            }
+            if self.config.heartbeats && self.hearing {
+                self.ping(own, &targets, now);
+            }
+        } else {
+            self.pinged_since.clear();
+            self.last_pong.clear();
+        }
+        self.settle(now, true);
+    }
+
+    /// A datagram on the heartbeat socket: answered if a ping, taken in if a pong.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
+        if self.chain.registered.is_empty() {
+            // No view of the chain yet: nothing to judge a heartbeat by.
+            return;
+        }
+        self.follow_view(now);
+        let hb = match Heartbeat::decode(bytes) {
+            Ok(hb) => hb,
+            Err(why) => {
+                self.refuse(from, &format!("malformed: {why}"));
+                return self.settle(now, false);
+            }
+        };
+        let expected = self
+            .chain
+            .addresses
+            .get(&hb.seat)
+            .filter(|_| self.chain.registered.contains(&hb.seat));
+        if expected.map(|ip| std::net::IpAddr::V4(*ip)) != Some(from.ip()) {
+            self.refuse(
+                from,
+                &format!(
+                    "it names seat {}, whose overlay address it does not come from",
+                    hb.seat
+                ),
+            );
+            return self.settle(now, false);
+        }
+        if heartbeat::answers(&hb, self.view)
+            && let Some(s) = self.sightings.get_mut(&hb.seat)
+        {
+            s.seen(now);
+        }
+        match hb.kind {
+            Kind::Ping => self.answer(&hb, from, now),
+            Kind::Pong => self.take_pong(&hb, now),
+        }
+        self.settle(now, false);
+    }
+
+    /// A chain job ended.
+    pub fn handle_job(&mut self, now: Instant, done: JobDone) {
+        self.job_running = false;
+        match done {
+            JobDone::Connected(Ok(())) => self.connected = true,
+            JobDone::Connected(Err(e)) => self.failed(now, "connecting the election client", e),
+            JobDone::VoteRead(Ok(vote)) => {
+                self.state.vote = vote;
+                self.vote_known = true;
+            }
+            JobDone::VoteRead(Err(e)) => self.failed(now, "reading this seat's vote", e),
+            JobDone::Cast(ballot, result) => {
+                self.casting = None;
+                self.cast_done(now, ballot, result);
+            }
+            JobDone::Lost => {
+                warn!("a leader job ended abnormally");
+                self.casting = None;
+                self.vote_known = false;
+            }
+        }
+        self.settle(now, true);
+    }
+
+    /// This node's seat, while it has a record.
+    fn own(&self) -> Option<u64> {
+        self.chain.own
+    }
+
+    fn health(&self, now: Instant) -> HealthSignal {
+        HealthSignal::of(self.app.as_ref(), self.check.as_ref(), now)
+    }
+
+    /// After any input: the view followed, the ballot decided (`ballots`: on the inputs that bring news to
+    /// decide on), and the claim worked out.
+    fn settle(&mut self, now: Instant, ballots: bool) {
+        self.follow_view(now);
+        if ballots {
+            self.decide_ballot(now);
+        }
+        self.decide_claim(now);
+    }
+
+    /// The facts the lease is decided on.
+    fn lease_facts<'a>(&'a self, health: &'a HealthSignal, now: Instant) -> lease::Facts<'a> {
+        lease::Facts {
+            own: self.own(),
+            leader: self.chain.leader,
+            registered: &self.chain.registered,
+            confirmed_at: self.chain.confirmed(),
+            unhealthy: (!health.healthy).then(|| health.reasons.first().map_or("", String::as_str)),
+            refused: self.chain.own_refused.as_deref(),
+            promised_until: Some(self.promise.until),
+            health_lapses_at: HealthSignal::lapses_at(self.app.as_ref(), now),
+            support: &self.support,
+            timing: self.config.timing,
+            now,
+        }
+    }
+
+    /// Works out whether this node leads now, logging a change.
+    fn decide_claim(&mut self, now: Instant) {
+        let health = self.health(now);
+        let claim = lease::claim(&self.lease_facts(&health, now));
+        let was = &self.state.claim;
+        match (was, &claim) {
+            (Claim::Leads { .. }, Claim::Leads { .. }) => {}
+            (_, Claim::Leads { .. }) => info!(
+                seat = ?self.own(),
+                term = self.view.term,
+                "this node leads, under its lease"
+            ),
+            (Claim::Leads { .. }, Claim::Declines(why)) => {
+                self.state.counters.stepdowns = self.state.counters.stepdowns.saturating_add(1);
+                let view_age = self
+                    .chain
+                    .confirmed_at
+                    .map(|t| now.saturating_duration_since(t));
+                // Info, not a warning: what caused it (the RPC down, the health check failing, the mesh
+                // cut) is warned of where it is seen; this is the cluster doing the right thing about it.
+                info!(reason = %why, ?view_age, "this node stops reporting itself leader");
+            }
+            (Claim::Leads { .. }, Claim::NotNamed) => info!(
+                leader = ?self.view.leader,
+                term = self.view.term,
+                "this node no longer leads: the contract names another"
+            ),
+            (_, Claim::Declines(why)) if !matches!(was, Claim::Declines(_)) => {
+                info!(reason = %why, "the contract names this node leader, but it does not lead yet");
+            }
+            _ => {}
+        }
+        self.state.claim = claim;
+        self.state.health = health;
+        // Answered lately; or not, once asked for long enough; unknown before that.
+        let window = self.config.timing.heartbeat * UNREACHABLE_AFTER;
+        self.state.answering = self
+            .pinged_since
+            .iter()
+            .filter_map(|(seat, since)| {
+                let answered = self
+                    .last_pong
+                    .get(seat)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window);
+                let asked_long_enough = now.saturating_duration_since(*since) >= window;
+                (answered || asked_long_enough).then_some((*seat, answered))
+            })
+            .collect();
+    }
+
+    /// Confirmations count only under the view they were given in: a new leader or term starts afresh.
+    fn follow_view(&mut self, now: Instant) {
+        let view = self.chain.view();
+        if view == self.view {
+            return;
+        }
+        debug!(?view, was = ?self.view, "the leader or its term changed");
+        self.view = view;
+        self.support.clear();
+        self.state.leader_confirmed_at = None;
+        match view.leader {
+            Some(_) => self.leaderless_since = None,
+            None => {
+                self.leaderless_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// The seats this node pings: every other registered seat if the contract names it leader, else the
+    /// leader and its vote's target.
+    fn targets(&self, own: u64) -> Vec<u64> {
+        match self.view.leader == Some(own) {
+            true => self
+                .chain
+                .registered
+                .iter()
+                .copied()
+                .filter(|s| *s != own)
+                .collect(),
+            false => election::to_watch(Some(own), self.view.leader, self.state.vote),
+        }
+    }
+
+    /// What this node says of itself in a heartbeat.
+    fn me(&self, own: u64, now: Instant) -> Heartbeat {
+        let health = self.health(now);
+        let facts = self.lease_facts(&health, now);
+        Heartbeat {
+            kind: Kind::Ping,
+            seat: own,
+            leader: self.view.leader,
+            term: self.view.term,
+            fit: lease::fit(&facts),
+            leads: matches!(lease::claim(&facts), Claim::Leads { .. }),
+            supports: false,
+            nonce: 0,
+        }
+    }
+
+    fn ping(&mut self, own: u64, targets: &[u64], now: Instant) {
+        let me = self.me(own, now);
+        for seat in targets {
+            // A refused seat, or one without a record: no tunnel carries a heartbeat to it.
+            let Some(ip) = self.chain.addresses.get(seat) else {
+                continue;
+            };
+            let nonce = self.next_nonce;
+            self.next_nonce = self.next_nonce.wrapping_add(1);
+            let ping = Heartbeat { nonce, ..me };
+            self.sent.insert(nonce, (*seat, now));
+            self.transmits.push_back(Transmit {
+                to: SocketAddr::V4(SocketAddrV4::new(*ip, heartbeat::PORT)),
+                bytes: ping.encode(),
+            });
+        }
+    }
+
+    fn refuse(&mut self, from: SocketAddr, why: &str) {
+        let c = &mut self.state.counters;
+        c.heartbeats_refused = c.heartbeats_refused.saturating_add(1);
+        debug!(%from, reason = why, "refusing a heartbeat");
+    }
+
+    fn answer(&mut self, ping: &Heartbeat, from: SocketAddr, now: Instant) {
+        let Some(own) = self.own() else { return };
+        let voting_against: Vec<u64> = self
+            .state
+            .vote
+            .into_iter()
+            .chain(match self.casting {
+                Some(Ballot::Vote { target }) => Some(target),
+                _ => None,
+            })
+            .collect();
+        let supports = heartbeat::supports(ping, self.view, &voting_against, self.promise, now);
+        if supports {
+            // The sender may count this answer until a lease after its ping went out, which was before
+            // now: promising a lease from now covers it.
+            self.promise = Promise {
+                seat: ping.seat,
+                until: now + self.config.timing.lease,
+            };
+        }
+        let pong = Heartbeat {
+            kind: Kind::Pong,
+            supports,
+            nonce: ping.nonce,
+            ..self.me(own, now)
+        };
+        self.transmits.push_back(Transmit {
+            to: from,
+            bytes: pong.encode(),
+        });
+    }
+
+    fn take_pong(&mut self, pong: &Heartbeat, now: Instant) {
+        let Some((to, sent_at)) = self.sent.get(&pong.nonce).copied() else {
+            return;
+        };
+        if to != pong.seat {
+            return;
+        }
+        let latest = |t: &mut Instant| *t = (*t).max(sent_at);
+        self.last_pong
+            .entry(pong.seat)
+            .and_modify(|t| *t = (*t).max(now))
+            .or_insert(now);
+        if let Some(own) = self.own().filter(|o| self.view.leader == Some(*o)) {
+            if heartbeat::confirms(pong, own, self.view.term) {
+                self.support
+                    .entry(pong.seat)
+                    .and_modify(latest)
+                    .or_insert(sent_at);
+            } else if self.support.get(&pong.seat).is_some_and(|t| *t <= sent_at) {
+                // A newer answer that no longer confirms this node outweighs an older one that did.
+                self.support.remove(&pong.seat);
+            }
+        }
+        if self.view.leader == Some(pong.seat)
+            && pong.leads
+            && pong.leader == Some(pong.seat)
+            && pong.term == self.view.term
+        {
+            let confirmed = self.state.leader_confirmed_at.get_or_insert(sent_at);
+            latest(confirmed);
+        }
+    }
+
+    /// Decides this node's ballot, and asks for the chain work it needs.
+    fn decide_ballot(&mut self, now: Instant) {
+        let Some(own) = self.own() else { return };
+        if !self.config.ballots || self.chain.from_cache || self.job_running {
+            return;
+        }
+        let quiet = self.quiet_until.is_some_and(|t| now < t);
+        if !self.connected {
+            if !quiet {
+                self.start(Job::Connect);
+            }
+            return;
+        }
+        if !self.vote_known {
+            if !quiet {
+                self.start(Job::ReadVote { seat: own });
+            }
+            return;
+        }
+        let attested: Vec<u64> = self
+            .chain
+            .registered
+            .iter()
+            .copied()
+            .filter(|s| !(*s == own && self.chain.own_refused.is_some()))
+            .collect();
+        let facts = election::Facts {
+            own: Some(own),
+            own_attested: self.chain.own_refused.is_none(),
+            leader: self.view.leader,
+            leaderless_since: self.leaderless_since,
+            attested: &attested,
+            refused: &self.chain.refused,
+            vote: self.state.vote,
+            sightings: &self.sightings,
+            healthy: self.health(now).healthy,
+            timeout: self.config.timing.timeout,
+            now,
+        };
+        let Some((ballot, reason)) = election::decide(&facts) else {
+            self.held = None;
+            return;
+        };
+        if quiet {
+            debug!(%ballot, %reason, "a ballot is due, but waiting out the pause after the last one");
+            return;
+        }
+        let bound = self.config.timing.timeout;
+        // Whatever the decision says, at most one ballot per timeout: a loop of them (each mined, each
+        // costing gas) is a bug, and this bounds it.
+        if let Some(last) = self
+            .last_ballot
+            .filter(|t| now.saturating_duration_since(*t) < bound)
+        {
+            if self.held != Some(ballot) {
+                self.held = Some(ballot);
+                let c = &mut self.state.counters;
+                c.ballots_held = c.ballots_held.saturating_add(1);
+                warn!(%ballot, %reason, last_ago = ?now.saturating_duration_since(last), "a ballot is due, but this node sent one less than a leader timeout ago: held back (one per timeout at most)");
+            }
+            return;
+        }
+        self.held = None;
+        info!(seat = own, %ballot, %reason, "casting a ballot");
+        self.casting = Some(ballot);
+        self.last_ballot = Some(now);
+        self.start(Job::Cast { seat: own, ballot });
+    }
+
+    fn start(&mut self, job: Job) {
+        self.job_running = true;
+        self.jobs.push_back(job);
+    }
+
+    fn cast_done(&mut self, now: Instant, ballot: Ballot, result: Result<Cast, ElectionError>) {
+        match result {
+            Ok(_) => {
+                // Cluster::cast logged it, with the transaction and the sender.
+                self.backoff.reset();
+                self.state.error = None;
+                let counters = &mut self.state.counters;
+                match ballot {
+                    Ballot::Elect => {
+                        counters.elections = counters.elections.saturating_add(1);
+                        self.quiet_until = Some(now + AFTER_ELECTING);
+                    }
+                    Ballot::Vote { target } => {
+                        counters.votes_cast = counters.votes_cast.saturating_add(1);
+                        self.state.vote = Some(target);
+                        self.quiet_until = None;
+                    }
+                    Ballot::Withdraw => {
+                        counters.votes_withdrawn = counters.votes_withdrawn.saturating_add(1);
+                        self.state.vote = None;
+                        self.quiet_until = None;
+                    }
+                }
+            }
+            Err(ElectionError::Chain(ChainError::Reverted(revert)))
+                if ballot == Ballot::Elect && revert.name == "LeaderAlreadyElected" =>
+            {
+                // Another node's election landed first: the question is settled, nothing failed.
+                self.vote_known = false;
+                info!("another node elected a leader first: {revert}");
+            }
+            Err(e) => {
+                // What the chain holds may differ from what was believed (another node elected first, the
+                // vote went with a cleared record): read it again before the next ballot.
+                self.vote_known = false;
+                let delay = self.backoff.next_delay();
+                self.quiet_until = Some(now + delay);
+                self.state.counters.failures = self.state.counters.failures.saturating_add(1);
+                let fault = Fault::new(format!("{ballot} failed"), e);
+                warn!(%ballot, error = %fault.render(&self.config.rpc), retry_in = ?delay, "the ballot failed");
+                self.state.error = Some(fault);
+            }
+        }
+    }
+
+    /// A read failed: shown in the state and logged at debug level only, since the chain task already
+    /// warns when the RPC is down; a ballot's failure is what this machine warns of.
+    fn failed(&mut self, now: Instant, doing: &'static str, e: ChainError) {
+        self.connected = false;
+        let delay = self.backoff.next_delay();
+        self.quiet_until = Some(now + delay);
+        let fault = Fault::new(doing, e);
+        debug!(error = %fault.render(&self.config.rpc), retry_in = ?delay, "the election client failed");
+        self.state.error = Some(fault);
+    }
+}
