@@ -87,14 +87,19 @@ fn a_cut_off_leader_is_voted_out_and_the_counter_loses_no_acknowledged_write() {
     let (agents, _) = Agent::builder(&cluster)
         .flags(["--leader-timeout", &timeout])
         .mesh(1..=NODES);
+    // Elected is not yet leading: node 1 leads once its lease holds (a majority's confirmations, and a lease
+    // after the agents started), and the counter acknowledges writes only then.
     wait_until(
-        "every agent to report seat 1, the lowest, as leader",
+        "every agent to report seat 1, the lowest, as leader, and node 1 to lead under its lease",
         Duration::from_secs(30),
         Duration::from_millis(200),
-        || agents.iter().all(|a| leader_seen_by(a) == Some(1)),
+        || {
+            agents.iter().all(|a| leader_seen_by(a) == Some(1))
+                && agents[0].leader().is_ok_and(|l| l.is_self)
+        },
         || format!("{}\n{}", statuses(&agents), tails(&agents)),
     );
-    steps.step("mesh up; seat 1 elected by its own node");
+    steps.step("mesh up; seat 1 elected by its own node, and leading");
 
     let mut counters: Vec<App> = (1..=NODES)
         .map(|i| {
