@@ -704,8 +704,11 @@ impl Machine {
             Err(ElectionError::Chain(ChainError::Reverted(revert)))
                 if ballot == Ballot::Elect && revert.name == "LeaderAlreadyElected" =>
             {
-                // Another node's election landed first: the question is settled, nothing failed.
+                // Another node's election landed first: the question is settled, nothing failed. As after
+                // an election of its own, the view is given time to show the leader: read before that,
+                // it still shows none, and the same ballot would be due again at once.
                 self.vote_known = false;
+                self.quiet_until = Some(now + AFTER_ELECTING);
                 info!("another node elected a leader first: {revert}");
             }
             Err(e) => {

@@ -581,6 +581,83 @@ fn a_frozen_leader_is_replaced_and_never_claims_beside_its_successor_when_it_res
     assert_eq!(sim.contract.leader, Some(2));
 }
 
+/// The same, resumed without its RPC: its view is never confirmed again, so it never claims again.
+#[test]
+fn a_frozen_leader_resumed_without_its_rpc_never_claims_again() {
+    let mut sim = led_by_seat_1(3);
+    sim.run_until(10.0);
+    sim.node(1).frozen = true;
+    let (_, at) = sim.until_new_leader(1, 30.0).expect("a new leader");
+    sim.node(1).rpc_cut = true;
+    sim.node(1).frozen = false;
+    let resumed = sim.now;
+    sim.run_until(at + 30.0);
+    assert_eq!(sim.overlap(), None);
+    let claimed_after = sim.nodes[0]
+        .claims
+        .iter()
+        .chain(sim.nodes[0].claiming.as_ref())
+        .any(|(_, end)| *end > resumed);
+    assert!(
+        !claimed_after,
+        "seat 1 claimed after it resumed without its RPC"
+    );
+}
+
+/// A node that ran without a seat for longer than the timeout gets one: it counts the leader's silence from
+/// when it could first hear it, so it casts no ballot against a leader that answers it.
+#[test]
+fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
+    let mut sim = Sim::new(3, calm(), 11);
+    sim.contract.active.remove(&3);
+    sim.until_someone_leads(30.0).expect("a leader");
+    sim.run_until(20.0);
+    sim.contract.active.insert(3);
+    sim.run_until(60.0);
+    assert_eq!(sim.ballots_of(3), 0, "{:?}", sim.contract.mined);
+    assert_eq!(sim.claimant(), Some(1));
+    assert_eq!(sim.overlap(), None);
+}
+
+/// Another node's election lands in the block before seat 1's own: seat 1's `electLeader` reverts with
+/// `LeaderAlreadyElected`, while its view of the chain still shows no leader. It waits for the view to catch
+/// up rather than finding the same ballot due again at once (which the one-ballot-per-timeout rule would
+/// hold back, and log as a loop).
+#[test]
+fn a_node_whose_election_lost_the_race_waits_for_its_view_and_casts_nothing_more() {
+    let mut sim = Sim::new(3, calm(), 5);
+    let deadline = sim.at(10.0);
+    while sim.pending.is_empty() {
+        assert!(sim.now < deadline, "seat 1 never elected");
+        sim.step();
+    }
+    assert!(
+        sim.pending
+            .iter()
+            .all(|p| p.seat == 1 && p.ballot == Ballot::Elect),
+        "only seat 1 elects at first"
+    );
+    // As if another node's electLeader was mined first, in the same block: seat 1 last read the chain
+    // before it, and reads it again only after its own ballot's revert.
+    while sim.now + STEP < sim.next_block {
+        sim.step();
+    }
+    sim.contract.set_leader(Some(1));
+    let (seat, _) = sim.until_someone_leads(30.0).expect("a leader");
+    assert_eq!(seat, 1);
+    sim.run_until(30.0);
+    assert!(sim.contract.mined.is_empty(), "{:?}", sim.contract.mined);
+    assert_eq!(sim.overlap(), None);
+    for n in &sim.nodes {
+        assert_eq!(
+            n.machine.state().counters.ballots_held,
+            0,
+            "seat {}: no ballot was due again",
+            n.seat
+        );
+    }
+}
+
 /// The leader's RPC is cut while the mesh works: it stops claiming within the lease (its view is no longer
 /// confirmed), says so in its heartbeats, and is replaced after the timeout.
 #[test]
