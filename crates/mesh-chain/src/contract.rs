@@ -439,4 +439,110 @@ mod tests {
     fn ipv4_reads_big_endian() {
         assert_eq!(ipv4(0x0a00_0103), Ipv4Addr::new(10, 0, 1, 3));
     }
+
+    /// A provider on a mocked RPC that gives `answers` in order, one per request.
+    mod mocked {
+        use alloy::primitives::Bytes;
+        use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+        use alloy::sol_types::SolCall;
+        use alloy::transports::mock::Asserter;
+
+        pub(super) fn rpc(answers: &[Result<Bytes, &'static str>]) -> (DynProvider, Asserter) {
+            let asserter = Asserter::new();
+            for a in answers {
+                match a {
+                    Ok(bytes) => asserter.push_success(bytes),
+                    Err(message) => asserter.push_failure_msg(*message),
+                }
+            }
+            let provider = ProviderBuilder::new()
+                .connect_mocked_client(asserter.clone())
+                .erased();
+            (provider, asserter)
+        }
+
+        /// The answer of an `eth_call` of `C` that returns `value`.
+        pub(super) fn returns<C: SolCall>(value: &C::Return) -> Bytes {
+            Bytes::from(C::abi_encode_returns(value))
+        }
+    }
+
+    const CLUSTER: Address = Address::repeat_byte(0xc1);
+
+    /// `check_cluster` against an RPC that fails, finds no code, or answers unlike a cluster: each refused
+    /// with what went wrong, before anything is sent.
+    #[tokio::test]
+    async fn an_address_the_rpc_cannot_show_to_be_a_cluster_is_refused_saying_why() {
+        use alloy::primitives::Bytes;
+        let code = || Ok(Bytes::from_static(&[0x60, 0x80]));
+
+        let (p, _) = mocked::rpc(&[Err("connection reset")]);
+        let err = check_cluster(&p, CLUSTER).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::Rpc {
+                    what: "eth_getCode",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let (p, _) = mocked::rpc(&[Ok(Bytes::new())]);
+        let err = check_cluster(&p, CLUSTER).await.unwrap_err();
+        assert!(
+            matches!(err, ChainError::NoCode { address } if address == CLUSTER),
+            "{err}"
+        );
+
+        let other =
+            mocked::returns::<DstackClusterNFT::PURPOSE_PREFIXCall>(&"another-app:".to_owned());
+        let (p, _) = mocked::rpc(&[code(), Ok(other)]);
+        let err = check_cluster(&p, CLUSTER).await.unwrap_err().to_string();
+        assert!(
+            err.contains("not a DstackClusterNFT") && err.contains("\"another-app:\""),
+            "{err}"
+        );
+
+        // A lying or broken RPC: bytes that decode as no string at all.
+        let (p, _) = mocked::rpc(&[code(), Ok(Bytes::from_static(&[0xde, 0xad]))]);
+        let err = check_cluster(&p, CLUSTER).await.unwrap_err().to_string();
+        assert!(err.contains("PURPOSE_PREFIX() failed"), "{err}");
+
+        let ours =
+            mocked::returns::<DstackClusterNFT::PURPOSE_PREFIXCall>(&PURPOSE_PREFIX.to_owned());
+        let (p, rpc) = mocked::rpc(&[code(), Ok(ours)]);
+        check_cluster(&p, CLUSTER).await.unwrap();
+        assert!(rpc.read_q().is_empty());
+    }
+
+    /// What no cluster can answer (a prefix of 40 bits, no election contract) is called implausible, not
+    /// taken; a reverted read names the call.
+    #[tokio::test]
+    async fn answers_no_cluster_could_give_are_refused_as_implausible() {
+        let bad_prefix = mocked::returns::<DstackClusterNFT::meshPrefixCall>(
+            &DstackClusterNFT::meshPrefixReturn {
+                _0: u32::from_be_bytes([10, 0, 1, 0]),
+                _1: 40,
+            },
+        );
+        let (p, _) = mocked::rpc(&[Ok(bad_prefix)]);
+        let err = mesh_prefix(&DstackClusterNFT::new(CLUSTER, &p))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChainError::Implausible { .. }), "{err}");
+
+        let none = mocked::returns::<DstackClusterNFT::electionCall>(&Address::ZERO);
+        let (p, _) = mocked::rpc(&[Ok(none)]);
+        let err = election_of(&p, CLUSTER).await.unwrap_err().to_string();
+        assert!(err.contains("names no election contract"), "{err}");
+
+        let (p, _) = mocked::rpc(&[Err("execution reverted")]);
+        let err = trust_anchors(&DstackClusterNFT::new(CLUSTER, &p))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kmsRoot"), "{err}");
+    }
 }

@@ -36,7 +36,7 @@ use crate::backoff::Backoff;
 use crate::contract::{self, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT};
 use crate::error::ChainError;
 use crate::heads::Head;
-use crate::membership::{Pins, Rejected};
+use crate::membership::{Pins, Prefix, Rejected};
 use crate::view::{ChainView, Seat};
 use apply::{Blocks, Changes, ListingApply, Logged, Need, RangeApply};
 
@@ -219,29 +219,11 @@ impl Follower {
         let prefix = contract::mesh_prefix(&c).await?;
         let election = contract::election_of(&provider, contract).await?;
         let cached = cached.filter(|v| v.contract == contract && !anchors.repin);
-        if let Some(v) = &cached {
-            if v.pins.chain_id != chain_id {
-                return Err(ChainError::PinMismatch {
-                    what: "chain id",
-                    pinned: v.pins.chain_id.to_string(),
-                    rpc: chain_id.to_string(),
-                });
-            }
-            // A cluster makes its election once, at deployment: another one now is the RPC's invention.
-            if v.election != Address::ZERO && v.election != election {
-                return Err(ChainError::PinMismatch {
-                    what: "election contract",
-                    pinned: v.election.to_string(),
-                    rpc: election.to_string(),
-                });
-            }
-            if v.pins.prefix != prefix {
-                return Err(ChainError::PinMismatch {
-                    what: "mesh prefix",
-                    pinned: v.pins.prefix.to_string(),
-                    rpc: prefix.to_string(),
-                });
-            }
+        if let Some(mismatch) = cached
+            .as_ref()
+            .and_then(|v| pin_mismatch(v, chain_id, election, prefix))
+        {
+            return Err(mismatch);
         }
         let (kms_root, app_ids) = match (&anchors.flags, &cached) {
             (Some((root, apps)), _) => (*root, apps.clone()),
@@ -739,6 +721,36 @@ impl Follower {
     }
 }
 
+/// What the RPC says of the cluster now (its chain id, election contract and mesh prefix) against what this
+/// node pinned at its first start, from the state file: the first value that differs, as the error that
+/// refuses the RPC naming both values (unless the operator restarts with `--repin`), or `None`.
+fn pin_mismatch(
+    pinned: &ChainView,
+    chain_id: u64,
+    election: Address,
+    prefix: Prefix,
+) -> Option<ChainError> {
+    let mismatch = |what, pinned: &dyn std::fmt::Display, rpc: &dyn std::fmt::Display| {
+        Some(ChainError::PinMismatch {
+            what,
+            pinned: pinned.to_string(),
+            rpc: rpc.to_string(),
+        })
+    };
+    if pinned.pins.chain_id != chain_id {
+        return mismatch("chain id", &pinned.pins.chain_id, &chain_id);
+    }
+    // A cluster makes its election once, at deployment: another one now is the RPC's invention. A state
+    // file written before there was an election holds zero, and the RPC's is taken.
+    if pinned.election != Address::ZERO && pinned.election != election {
+        return mismatch("election contract", &pinned.election, &election);
+    }
+    if pinned.pins.prefix != prefix {
+        return mismatch("mesh prefix", &pinned.pins.prefix, &prefix);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -762,5 +774,119 @@ mod tests {
         assert!(!sched.due(s(62)) && sched.due(s(63)), "back to every 60 s");
         sched.request(s(10));
         assert!(sched.due(s(10)), "a reorg makes one due at once");
+    }
+
+    fn pinned() -> ChainView {
+        ChainView {
+            election: Address::repeat_byte(0xe1),
+            ..ChainView::new(
+                Address::repeat_byte(0xc1),
+                Pins {
+                    kms_root: Address::repeat_byte(0x01),
+                    app_ids: vec![Address::repeat_byte(0xa1)],
+                    chain_id: 31337,
+                    prefix: Prefix::new("10.0.1.0".parse().unwrap(), 24).unwrap(),
+                },
+            )
+        }
+    }
+
+    fn refusal(e: ChainError) -> (&'static str, String, String) {
+        match e {
+            ChainError::PinMismatch { what, pinned, rpc } => (what, pinned, rpc),
+            other => panic!("not a pin mismatch: {other}"),
+        }
+    }
+
+    /// An RPC that agrees with every pin passes; one that names another chain, another election contract
+    /// or another prefix is refused with both values, the chain id first.
+    #[test]
+    fn an_rpc_that_disagrees_with_a_pin_is_refused_naming_both_values() {
+        let v = pinned();
+        let (chain, election, prefix) = (v.pins.chain_id, v.election, v.pins.prefix);
+        let other_prefix = Prefix::new("10.9.0.0".parse().unwrap(), 16).unwrap();
+        let other_election = Address::repeat_byte(0xe2);
+        assert!(pin_mismatch(&v, chain, election, prefix).is_none());
+
+        let (what, pinned, rpc) = refusal(pin_mismatch(&v, 1, election, prefix).unwrap());
+        assert_eq!(
+            (what, pinned.as_str(), rpc.as_str()),
+            ("chain id", "31337", "1")
+        );
+        let (what, pinned, rpc) = refusal(pin_mismatch(&v, chain, other_election, prefix).unwrap());
+        assert_eq!(what, "election contract");
+        assert_eq!(
+            (pinned, rpc),
+            (election.to_string(), other_election.to_string())
+        );
+        let (what, pinned, rpc) = refusal(pin_mismatch(&v, chain, election, other_prefix).unwrap());
+        assert_eq!(
+            (what, pinned.as_str(), rpc.as_str()),
+            ("mesh prefix", "10.0.1.0/24", "10.9.0.0/16")
+        );
+        let (what, ..) = refusal(pin_mismatch(&v, 1, other_election, other_prefix).unwrap());
+        assert_eq!(what, "chain id", "the first difference is named");
+
+        let message = pin_mismatch(&v, 1, election, prefix).unwrap().to_string();
+        assert!(message.contains("--repin"), "{message}");
+    }
+
+    /// A state file written before clusters had an election holds none: the RPC's is taken, not refused.
+    #[test]
+    fn a_state_file_from_before_the_election_takes_the_rpcs() {
+        let v = ChainView {
+            election: Address::ZERO,
+            ..pinned()
+        };
+        assert!(pin_mismatch(&v, 31337, Address::repeat_byte(0xe9), v.pins.prefix).is_none());
+    }
+
+    /// `Follower::start` on an RPC that answers like the cluster but on another chain: refused before it
+    /// reads any record, as the state file pinned chain 31337. The RPC is a mock that answers in order.
+    #[tokio::test]
+    async fn start_refuses_an_rpc_on_another_chain_before_reading_a_record() {
+        use alloy::primitives::{Bytes, U64};
+        use alloy::providers::{Provider, ProviderBuilder};
+        use alloy::sol_types::SolCall;
+        use alloy::transports::mock::Asserter;
+
+        let v = pinned();
+        let rpc = Asserter::new();
+        rpc.push_success(&Bytes::from_static(&[0x60, 0x80])); // eth_getCode: code is there
+        let purpose = DstackClusterNFT::PURPOSE_PREFIXCall::abi_encode_returns(
+            &crate::record::PURPOSE_PREFIX.to_owned(),
+        );
+        rpc.push_success(&Bytes::from(purpose));
+        rpc.push_success(&U64::from(1)); // eth_chainId: not the pinned 31337
+        let prefix = DstackClusterNFT::meshPrefixCall::abi_encode_returns(
+            &DstackClusterNFT::meshPrefixReturn {
+                _0: u32::from_be_bytes([10, 0, 1, 0]),
+                _1: 24,
+            },
+        );
+        rpc.push_success(&Bytes::from(prefix));
+        let election = DstackClusterNFT::electionCall::abi_encode_returns(&v.election);
+        rpc.push_success(&Bytes::from(election));
+
+        let provider = ProviderBuilder::new()
+            .connect_mocked_client(rpc.clone())
+            .erased();
+        let config = FollowConfig {
+            confirmations: 0,
+            full_read_every: Duration::from_secs(60),
+        };
+        let err = Follower::start(provider, v.contract, config, Some(v), &Anchors::default())
+            .await
+            .err()
+            .expect("refused");
+        let (what, pinned, rpc_says) = refusal(err);
+        assert_eq!(
+            (what, pinned.as_str(), rpc_says.as_str()),
+            ("chain id", "31337", "1")
+        );
+        assert!(
+            rpc.read_q().is_empty(),
+            "it asked what it was expected to, no more and no less"
+        );
     }
 }
