@@ -62,12 +62,17 @@ fn from_git(dir: &Path) -> Option<String> {
         .map(str::to_owned)
         .chain(branch)
     {
+        // Only files that exist: cargo takes a missing one as changed, and would run the script, and build
+        // the binary again, at every build. (A branch's ref that gets packed disappears, which is a change,
+        // and then packed-refs exists to be watched.)
         if let Some(path) = git(&[
             "rev-parse",
             "--path-format=absolute",
             "--git-path",
             &watched,
-        ]) {
+        ])
+        .filter(|p| Path::new(p).exists())
+        {
             println!("cargo:rerun-if-changed={path}");
         }
     }

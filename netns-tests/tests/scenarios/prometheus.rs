@@ -4,12 +4,7 @@
 //! Grafana would, returns series; and a few of them say what the mesh is (six direct paths, six healthy
 //! peers, one node holding the lease).
 //!
-//! Run as root, after building the binaries it runs:
-//!
-//! ```sh
-//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
-//! cargo test -p netns-tests --test scenarios prometheus:: -- --nocapture
-//! ```
+//! Read from the mesh the `observers` scenario deploys, which runs it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -20,8 +15,8 @@ use netns_tests::prelude::*;
 use netns_tests::process::{ChildGuard, require_root};
 use serde_json::Value;
 
-const NODES: usize = 3;
-const METRICS_PORT: u16 = 9464;
+/// Where every agent serves `/metrics`: the observers' mesh runs them with `--metrics-listen` on it.
+pub(crate) const METRICS_PORT: u16 = 9464;
 /// Prometheus inside the switch's namespace, which reaches every node's LAN address.
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
@@ -117,7 +112,7 @@ impl<'a> Prometheus<'a> {
                             .as_str()
                             .map(str::to_owned)
                     })
-                    .is_some_and(|n| n == NODES.to_string())
+                    .is_some_and(|n| n == targets.len().to_string())
             },
             || prometheus.log(),
         );
@@ -157,10 +152,14 @@ fn value(series: &Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-#[test]
-fn every_dashboard_expression_returns_series_from_a_real_prometheus_scraping_three_agents() {
-    require_mesh_prerequisites();
-    let steps = Steps::new("prometheus");
+/// Every expression of the dashboard returns series from a Prometheus scraping the agents, which serve
+/// `/metrics` on [`METRICS_PORT`] of their LAN address, one of them leading.
+pub(crate) fn every_dashboard_expression_returns_series(
+    steps: &Steps,
+    lan: &Lan,
+    agents: &[Agent<'_>],
+) {
+    let nodes = agents.len();
     let dashboard = dashboard();
     let exprs = expressions(&dashboard);
     assert!(
@@ -168,25 +167,12 @@ fn every_dashboard_expression_returns_series_from_a_real_prometheus_scraping_thr
         "the dashboard has {} expressions",
         exprs.len()
     );
-    let lan = Lan::new(NODES);
-    let cluster = Cluster::deploy_seats(&lan, NODES);
-    let (agents, _) = Agent::builder(&cluster)
-        .flags(["--metrics-listen", &format!("0.0.0.0:{METRICS_PORT}")])
-        .mesh(1..=NODES);
-    wait_until(
-        "a node to hold the leader's lease",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || agents.iter().any(|a| a.leader().is_ok_and(|l| l.is_self)),
-        || tails(&agents),
-    );
-    steps.step("three agents meshed, one leading, each serving /metrics on its LAN address");
 
-    let targets: Vec<String> = (1..=NODES)
+    let targets: Vec<String> = (1..=nodes)
         .map(|i| format!("{}:{METRICS_PORT}", lan_ip(i)))
         .collect();
     let prometheus = Prometheus::start(&lan.switch, &targets);
-    steps.step("Prometheus scrapes all three");
+    steps.step("Prometheus scrapes every agent");
 
     // Each expression gets as long as a busy machine needs for its windows to hold two scrapes.
     let mut empty = Vec::new();
@@ -221,14 +207,16 @@ fn every_dashboard_expression_returns_series_from_a_real_prometheus_scraping_thr
         .expect("the node variable's query");
     assert_eq!(
         instances["data"].as_array().map(Vec::len),
-        Some(NODES),
+        Some(nodes),
         "the node variable lists each agent: {instances}"
     );
     steps.step(&format!(
-        "all {} expressions of the dashboard return series, and its node variable lists the three agents",
+        "all {} expressions of the dashboard return series, and its node variable lists the {nodes} agents",
         exprs.len()
     ));
 
+    // Every node sees every other, over a direct path on the LAN.
+    let pairs = (nodes * (nodes - 1)) as f64;
     let sum = |expr: &str| {
         prometheus
             .query(expr)
@@ -239,7 +227,7 @@ fn every_dashboard_expression_returns_series_from_a_real_prometheus_scraping_thr
     };
     assert_eq!(
         sum("sum(dstack_mesh_peers_healthy)"),
-        6.0,
+        pairs,
         "every node sees both others healthy"
     );
     let by_path = prometheus
@@ -247,7 +235,7 @@ fn every_dashboard_expression_returns_series_from_a_real_prometheus_scraping_thr
         .expect("paths");
     assert_eq!(by_path.len(), 1, "one path on a LAN: {by_path:?}");
     assert_eq!(by_path[0]["metric"]["path"], "direct", "{by_path:?}");
-    assert_eq!(value(&by_path[0]), 6.0, "{by_path:?}");
+    assert_eq!(value(&by_path[0]), pairs, "{by_path:?}");
     assert_eq!(
         sum("sum(dstack_mesh_is_leader)"),
         1.0,
@@ -257,5 +245,7 @@ fn every_dashboard_expression_returns_series_from_a_real_prometheus_scraping_thr
         sum("max(dstack_mesh_leader_term)") >= 1.0,
         "a term was counted"
     );
-    steps.step("six direct paths, six healthy peers and one leaseholder, as the mesh is");
+    steps.step(&format!(
+        "{pairs} direct paths, {pairs} healthy peers and one leaseholder, as the mesh is"
+    ));
 }

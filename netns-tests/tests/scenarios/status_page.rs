@@ -4,12 +4,8 @@
 //! table without a reload (one navigation in all); and the page is served as HTML under a policy that lets
 //! it load nothing from elsewhere. The screenshot it saves is the one the README shows.
 //!
-//! Run as root, after building the binaries it runs and `scripts/bootstrap` (chromium, playwright-core):
-//!
-//! ```sh
-//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
-//! cargo test -p netns-tests --test scenarios status_page:: -- --nocapture
-//! ```
+//! Read from the mesh the `observers` scenario deploys, which runs it last (it revokes seat 3). Needs
+//! `scripts/bootstrap`'s chromium and playwright-core.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,8 +14,8 @@ use netns_tests::prelude::*;
 use netns_tests::process::require_root;
 use serde_json::Value;
 
-const NODES: usize = 3;
-const API: &str = "127.0.0.1:8000";
+/// Where every agent serves its API and the page: the observers' mesh runs them with `--api-listen` on it.
+pub(crate) const API: &str = "127.0.0.1:8000";
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The seats of the table's rows, in order.
@@ -54,30 +50,28 @@ fn stage(page: &App, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no {name} stage\n{}", page.tail()))
 }
 
-#[test]
-fn the_status_page_shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_without_a_reload() {
-    require_mesh_prerequisites();
+/// The headless browser this page is read in, or why it cannot be: call before deploying anything.
+pub(crate) fn require_chromium() {
     require_root(&["chromium", "curl"]);
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: install Debian's chromium (scripts/bootstrap does), or set CHROMIUM"
+        std::path::Path::new(&chromium()).exists(),
+        "{} is missing: install Debian's chromium (scripts/bootstrap does), or set CHROMIUM",
+        chromium()
     );
-    let steps = Steps::new("status_page");
-    let lan = Lan::new(NODES);
-    let cluster = Cluster::deploy_seats(&lan, NODES);
-    let (agents, _) = Agent::builder(&cluster)
-        .flags(["--api-listen", API])
-        .mesh(1..=NODES);
-    wait_until(
-        "a node to hold the leader's lease",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || agents.iter().any(|a| a.leader().is_ok_and(|l| l.is_self)),
-        || tails(&agents),
-    );
-    steps.step("three nodes meshed, one leading; each serves its API on loopback");
+}
 
+fn chromium() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// Node 1's page lists seats 1 to 3 and names the leader as the API does; seat 3, revoked (the last thing
+/// done to this mesh), leaves it without a reload.
+pub(crate) fn shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_without_a_reload(
+    steps: &Steps,
+    lan: &Lan,
+    cluster: &Cluster<'_>,
+    agents: &[Agent<'_>],
+) {
     let headers = lan
         .node(1)
         .exec_ok(&[

@@ -4,22 +4,13 @@
 //! 198.51.100.x:51820, allowed ips 10.0.1.x/32 and keepalive 25; and plain `wg show <if>` prints a
 //! "latest handshake:" and a "transfer:" line for each peer.
 //!
-//! Run as root, after building the binaries it runs (this crate's tests do not build them):
-//!
-//! ```sh
-//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
-//! cargo test -p netns-tests --test scenarios wg_show:: -- --nocapture
-//! ```
-//!
-//! Needs what `tests/scenarios/mesh.rs` needs (root, /dev/net/tun, iproute2, iputils-ping, wireguard-tools, anvil).
-//! `DSTACK_MESH_TEST_LOGS=<dir>` keeps the agents' logs.
+//! Read from the mesh the `observers` scenario deploys, which runs it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netns_tests::prelude::*;
 
-const NODES: usize = 3;
 /// How old a handshake may be and still count as recent.
 const RECENT: Duration = Duration::from_secs(180);
 
@@ -51,19 +42,16 @@ fn peer_blocks(text: &str) -> BTreeMap<String, Vec<String>> {
 }
 
 /// Every node's interface, as `wg show` sees it, matches the mesh the agents and the chain report.
-#[test]
-fn wg_show_reports_every_peer_with_handshake_and_transfer() {
-    require_mesh_prerequisites();
-    let steps = Steps::new("wg_show");
-    let lan = Lan::new(NODES);
-    let cluster = Cluster::deploy(&lan);
-    steps.step(&format!(
-        "LAN up, cluster {} deployed, 3 seats minted",
-        cluster.contract
-    ));
-    let (agents, keys) = Agent::builder(&cluster).mesh(1..=NODES);
-    for from in 1..=NODES {
-        for to in (1..=NODES).filter(|&to| to != from) {
+pub(crate) fn every_peer_is_listed_with_handshake_and_transfer(
+    steps: &Steps,
+    lan: &Lan,
+    cluster: &Cluster<'_>,
+    agents: &[Agent<'_>],
+    keys: &[Key],
+) {
+    let nodes = agents.len();
+    for from in 1..=nodes {
+        for to in (1..=nodes).filter(|&to| to != from) {
             let got = ping(
                 lan.node(from),
                 overlay_ip(to as u64),
@@ -74,8 +62,8 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
                 got,
                 (3, 3),
                 "node {from} -> node {to} over the overlay\n{}\n{}",
-                statuses(&agents),
-                tails(&agents)
+                statuses(agents),
+                tails(agents)
             );
         }
     }
@@ -97,14 +85,14 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
             )
         })
         .collect();
-    let want_onchain: BTreeMap<u64, Key> = (1..=NODES).map(|j| (j as u64, keys[j - 1])).collect();
+    let want_onchain: BTreeMap<u64, Key> = (1..=nodes).map(|j| (j as u64, keys[j - 1])).collect();
     assert_eq!(
         onchain, want_onchain,
         "meshctl peers vs the agents' own keys"
     );
 
     let now = unix_now();
-    for a in &agents {
+    for a in agents {
         let i = a.index;
         let (iface, dump) = a.wg_dump();
         let raw = a.wg_dump_text();
@@ -146,7 +134,7 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
             dumped, want,
             "node {i}: wg dump peers must be exactly the other two nodes' keys: {raw}"
         );
-        assert_eq!(dump.len(), NODES - 1, "node {i}: duplicate peers in {raw}");
+        assert_eq!(dump.len(), nodes - 1, "node {i}: duplicate peers in {raw}");
 
         for (&j, key) in &others {
             let p = dump
@@ -208,9 +196,4 @@ fn wg_show_reports_every_peer_with_handshake_and_transfer() {
             .collect();
         steps.step(&format!("node {i}'s wg show: {}", seen.join("; ")));
     }
-
-    drop(agents);
-    drop(cluster);
-    drop(lan);
-    steps.step("torn down");
 }

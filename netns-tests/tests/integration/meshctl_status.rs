@@ -1,6 +1,6 @@
 //! `meshctl status` against the agent's real API server answering from a fixture.
 //!
-//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios meshctl_status:: -- --nocapture`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test integration meshctl_status:: -- --nocapture`.
 
 use std::process::Command;
 use std::time::SystemTime;

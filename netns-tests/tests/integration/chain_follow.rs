@@ -3,7 +3,7 @@
 //! lies: it replays old records, disagrees with the pins, or fails reads for a while. And new heads by
 //! WebSocket subscription: read at once, a drop that falls back to polling, and a reorg.
 //!
-//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios chain_follow:: -- --nocapture`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test integration chain_follow:: -- --nocapture`.
 
 use std::time::{Duration, Instant};
 
@@ -376,10 +376,11 @@ async fn mine(anvil: &AnvilInstance) {
     let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
 }
 
-/// An RPC on another chain, or a contract with another prefix, than the node pinned at its first start is
-/// refused with both values and the flag that overrides; --repin takes the new values.
+/// An RPC on another chain than the node pinned at its first start is refused with both values and the flag
+/// that overrides; --repin takes the new values. (Which pins are checked, and how each refusal reads, is
+/// tested on `mesh_chain::follow`'s pure check and against a mocked RPC.)
 #[tokio::test(flavor = "multi_thread")]
-async fn the_rpc_must_agree_with_the_pinned_chain_id_and_prefix() {
+async fn the_rpc_must_agree_with_the_pinned_chain_id_unless_repinned() {
     let anvil = anvil();
     let a = SimulatedInstance::start("a").await;
     let c = deploy_cluster(&anvil, a.kms_root).await;
@@ -415,15 +416,6 @@ async fn the_rpc_must_agree_with_the_pinned_chain_id_and_prefix() {
     for want in ["chain id 31337", "chain id 1 ", "--repin"] {
         assert!(text.contains(want), "{want:?} in {text}");
     }
-
-    let mut other_prefix = f.view().clone();
-    other_prefix.pins.prefix = membership::Prefix::new("10.9.0.0".parse().unwrap(), 16).unwrap();
-    let err = start(other_prefix, false).await.err().unwrap();
-    assert!(
-        err.to_string().contains("mesh prefix 10.0.1.0/24")
-            && err.to_string().contains("10.9.0.0/16"),
-        "{err}"
-    );
 
     let repinned = start(other_chain, true).await.unwrap();
     assert_eq!(repinned.view().pins.chain_id, anvil.chain_id());

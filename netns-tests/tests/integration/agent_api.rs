@@ -1,6 +1,6 @@
 //! The local API over its unix socket: JSON shapes, the peer-change stream and the metrics.
 //!
-//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios agent_api:: -- --nocapture`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test integration agent_api:: -- --nocapture`.
 
 use std::time::Duration;
 

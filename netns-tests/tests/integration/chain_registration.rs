@@ -2,7 +2,7 @@
 //! once, keeps its key across restarts, rotates it by epoch, hands its record to a relay when it cannot pay,
 //! and refuses to send a proof the cluster would reject.
 //!
-//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios chain_registration:: -- --nocapture` (anvil comes from `scripts/bootstrap`).
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test integration chain_registration:: -- --nocapture` (anvil comes from `scripts/bootstrap`).
 
 use alloy::{
     network::TransactionBuilder,

@@ -2,7 +2,7 @@
 //! it registers its gateway URL only, lists peers by gateway URL, and comes back from its state cache when
 //! the RPC is gone. The WireGuard mode is tested in namespaces (`netns-tests`).
 //!
-//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios agent_daemon:: -- --nocapture`.
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test integration agent_daemon:: -- --nocapture`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

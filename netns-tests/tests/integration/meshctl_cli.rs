@@ -1,6 +1,6 @@
 //! meshctl against a real anvil: each command's effect on-chain, its --json shape, and its errors.
 //!
-//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test scenarios meshctl_cli:: -- --nocapture` (anvil comes from `scripts/bootstrap`, or set ANVIL).
+//! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test integration meshctl_cli:: -- --nocapture` (anvil comes from `scripts/bootstrap`, or set ANVIL).
 
 use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{Address, B256, address};
