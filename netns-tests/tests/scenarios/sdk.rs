@@ -75,6 +75,15 @@ fn require_node_and_the_built_sdk() {
     );
 }
 
+/// The end of every monitor's output, for a wait that timed out.
+fn monitor_tails(monitors: &[App]) -> String {
+    monitors
+        .iter()
+        .map(App::tail)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `sdk`'s `register_and_list` script on an agent's node, against that agent: what it printed.
 fn register_and_list(sdk: &Sdk, lan: &Lan, cluster: &Cluster<'_>, agent: &Agent<'_>) -> Value {
     let (ok, mut out, text) = run_script(
@@ -219,13 +228,7 @@ fn both_sdks_register_list_and_follow_a_real_agent() {
                 .iter()
                 .all(|m| last_is(m, &|l| l.contains(&"10.0.1.3".to_owned())))
         },
-        || {
-            monitors
-                .iter()
-                .map(App::tail)
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        || monitor_tails(&monitors),
     );
     steps.step("each monitor saw the join");
 
@@ -241,13 +244,7 @@ fn both_sdks_register_list_and_follow_a_real_agent() {
                 .iter()
                 .all(|m| m.json_lines().iter().any(|v| v["kind"] == "reconnected"))
         },
-        || {
-            monitors
-                .iter()
-                .map(App::tail)
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        || monitor_tails(&monitors),
     );
     cluster.meshctl(0, &["revoke", "--token", "3", "--yes"]);
     wait_until(
@@ -259,13 +256,7 @@ fn both_sdks_register_list_and_follow_a_real_agent() {
                 .iter()
                 .all(|m| last_is(m, &|l| l == &vec!["10.0.1.2".to_owned()]))
         },
-        || {
-            monitors
-                .iter()
-                .map(App::tail)
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
+        || monitor_tails(&monitors),
     );
     for ((sdk, monitor), before) in BOTH.iter().zip(&monitors).zip(before) {
         let lists = monitor.peer_lists();
