@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use dstack_guest::DstackClient;
 use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
 use mesh_attest::collateral::CollateralSource;
-use mesh_chain::backoff::Backoff;
+use backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig};
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::Desired;

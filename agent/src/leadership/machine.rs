@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use mesh_api::{AppReport, CheckSignal, HealthSignal};
-use mesh_chain::backoff::Backoff;
+use backoff::Backoff;
 use mesh_chain::election::{Ballot, Cast, ElectionError};
 use mesh_chain::error::ChainError;
 use mesh_chain::redact::RedactedUrl;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 use alloy::transports::http::reqwest::Url;
-use mesh_chain::backoff::Backoff;
+use backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::{Head, Wake, Wakeups};
 use mesh_chain::redact::RedactedUrl;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest::Url;
-use mesh_chain::backoff::Backoff;
+use backoff::Backoff;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::{Cluster, Desired, Outcome};
 use tokio::sync::watch;

@@ -308,11 +308,11 @@ impl Client {
     ) -> Result<std::convert::Infallible, ClientError> {
         let mut peers: Option<Vec<Peer>> = None;
         let mut leader = None;
-        let mut wait = RECONNECT_FIRST;
+        let mut reconnect = backoff::Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
         loop {
             match self.events().await {
                 Ok(mut stream) => {
-                    wait = RECONNECT_FIRST;
+                    reconnect.reset();
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(Event::Peers(list)) => {
@@ -340,11 +340,10 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, ?wait, "cannot open the event stream; retrying")
+                    tracing::debug!(error = %e, "cannot open the event stream; retrying")
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(RECONNECT_MAX);
+            tokio::time::sleep(reconnect.next_delay()).await;
         }
     }
 }

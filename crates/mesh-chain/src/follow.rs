@@ -32,7 +32,7 @@ use tracing::{debug, info, instrument, warn};
 
 pub mod apply;
 
-use crate::backoff::Backoff;
+use backoff::Backoff;
 use crate::contract::{self, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT};
 use crate::error::ChainError;
 use crate::heads::Head;

@@ -20,7 +20,7 @@ use owned_task::Task;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
+use backoff::Backoff;
 use crate::error::ChainError;
 use crate::redact::RedactedUrl;
 use crate::rpc;

@@ -16,10 +16,8 @@
 //! - [`registration`]: getting this node's record on-chain.
 //! - [`election`]: the node's part in the leader election: its seat's vote, electing, voting, withdrawing.
 //! - [`tx_key`]: the key that pays for transactions.
-//! - [`backoff`]: exponential backoff for what is retried.
 //! - [`redact`]: RPC URLs with their credentials hidden, for logs, errors and the API.
 
-pub mod backoff;
 pub mod contract;
 pub mod election;
 pub mod error;

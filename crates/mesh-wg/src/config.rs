@@ -7,10 +7,10 @@ use std::time::{Instant, SystemTime};
 use ipnetwork::Ipv4Network;
 
 use super::Error;
-use crate::candidates::Candidate;
-use crate::liveness::Liveness;
-use crate::nat::{Mapping, NatReport};
-use crate::path::PathKind;
+use mesh_path::candidates::Candidate;
+use mesh_path::liveness::Liveness;
+use mesh_path::nat::{Mapping, NatReport};
+use mesh_path::path::PathKind;
 use mesh_relay::RelayTarget;
 use wg_key::{Key, PrivateKey};
 
@@ -46,7 +46,7 @@ pub struct DeviceConfig {
     /// its interfaces' addresses and what peers see of it.
     pub stun_servers: Vec<String>,
     /// How long a peer may be silent and still count as alive; the device probes silent peers to know
-    /// ([`crate::liveness`]), and leaves a UDP path that has not answered for as long.
+    /// ([`mesh_path::liveness`]), and leaves a UDP path that has not answered for as long.
     pub liveness: Liveness,
 }
 
@@ -107,7 +107,7 @@ impl DeviceConfig {
             });
         }
         let timeout = self.liveness.timeout;
-        if !(crate::liveness::MIN_TIMEOUT..=crate::liveness::MAX_TIMEOUT).contains(&timeout) {
+        if !(mesh_path::liveness::MIN_TIMEOUT..=mesh_path::liveness::MAX_TIMEOUT).contains(&timeout) {
             return Err(Error::InvalidConfig {
                 what: "peer timeout (0.6-120 s)",
                 value: format!("{timeout:?}"),

@@ -8,15 +8,10 @@
 //! - `backend`: [`MeshDevice`], the userspace device or the kernel's, chosen by [`BackendChoice`].
 //! - `device`: [`Device`] — TUN + UDP + loops, peer API, shutdown.
 //! - `kernel`: [`KernelDevice`], the kernel module (or a `wireguard-go` standing in) through defguard_wireguard_rs.
-//! - `redial`: when to dial a peer's relay again (one attempt at a time, with backoff).
 //! - `shim`: the relay for it: a local UDP bridge per relay stream, and the paths of relayed peers.
 //! - `peer`: one peer's `Tunn`, endpoint (roaming), relay streams, keepalive and counters.
-//! - `liveness`: whether a peer answers now, and when to probe it; `probe`: the probe on the wire (an ICMP
-//!   echo through the tunnel); `ipv4`: the packets the device makes itself.
-//! - `path`: which way a peer's datagrams go, direct or through its relay, and when to move ([`PathState`]).
-//! - `stun`: STUN Binding requests from the WireGuard socket and their answers; `nat`: the NAT's mapping as
-//!   STUN servers show it, and which pairs can punch; `candidates`: the addresses a node may be reached at,
-//!   and the message peers exchange them in through the tunnel; `punch`: hole punching toward one peer.
+//! - `probe`: the liveness probe on the wire (an ICMP echo through the tunnel), which `mesh-path`'s
+//!   `liveness` says when to send.
 //! - `allowed_ips`: longest-prefix cryptokey routing table.
 //! - `config`: [`DeviceConfig`], [`PeerConfig`], [`PeerStatus`], interface-name rules.
 //! - `uapi`: sans-IO `get`/`set` text rendering and parsing.
@@ -28,30 +23,21 @@
 
 mod allowed_ips;
 mod backend;
-mod candidates;
 mod config;
 mod device;
 mod error;
-mod ipv4;
 mod kernel;
-mod liveness;
-mod nat;
 mod netlink;
-mod path;
 mod peer;
 mod plan;
 mod pmtu;
 mod probe;
-mod punch;
-mod redial;
 mod shim;
-mod stun;
 mod task;
 mod uapi;
 mod uapi_server;
 
 pub use backend::{BackendChoice, MeshDevice, kernel_module_present};
-pub use candidates::{Candidate, Source as CandidateSource};
 pub use config::{
     DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, NatStatus, Offload, PeerConfig,
     PeerStatus, PunchStatus, validate_ifname,
@@ -60,17 +46,13 @@ pub use device::Device;
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
-pub use liveness::{
-    DEFAULT_TIMEOUT as DEFAULT_PEER_TIMEOUT, Liveness, MAX_TIMEOUT as MAX_PEER_TIMEOUT,
-    MIN_TIMEOUT as MIN_PEER_TIMEOUT,
-};
 pub use mesh_relay::RelayTarget;
-pub use nat::{Mapping, NatReport};
-pub use path::{
-    DIRECT_QUIET, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState, TRIAL, TRIAL_EVERY,
-};
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
 pub use probe::answer as answer_probe;
-pub use punch::WINDOW as PUNCH_WINDOW;
-pub use stun::ServerResult as StunResult;
+// How a peer is reached is decided in mesh-path; what the device reports of it is in its terms.
+pub use mesh_path::{
+    Candidate, CandidateSource, DEFAULT_PEER_TIMEOUT, DIRECT_QUIET, HANDSHAKE_UNANSWERED, Liveness,
+    MAX_PEER_TIMEOUT, MIN_PEER_TIMEOUT, Mapping, NatReport, PROBE_INTERVAL, PUNCH_WINDOW, PathKind,
+    PathState, StunResult, TRIAL, TRIAL_EVERY,
+};
 pub use wg_key::{Key, KeyParseError, PresharedKey, PrivateKey};

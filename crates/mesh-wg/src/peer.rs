@@ -14,12 +14,12 @@ use boringtun::x25519;
 use ipnetwork::Ipv4Network;
 
 use super::config::{PeerStatus, PunchStatus};
-use crate::candidates::{self, Kind};
-use crate::liveness::{self, Liveness, Prober};
-use crate::path::{Message, Move, PathKind, PathState, udp_path};
+use mesh_path::candidates::{self, Kind};
+use mesh_path::liveness::{self, Liveness, Prober};
+use mesh_path::path::{Message, Move, PathKind, PathState, udp_path};
 use crate::probe;
-use crate::punch::{self, OwnCandidates, Punch};
-use crate::redial::Redial;
+use mesh_path::punch::{self, OwnCandidates, Punch};
+use mesh_path::redial::Redial;
 use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
 
@@ -93,7 +93,7 @@ struct PeerInner {
     /// When the peer's last handshake message (an initiation it sent, or the response to ours) arrived:
     /// stamped as it arrives, unlike boringtun's handshake time, which its timers stamp up to a tick later.
     handshake_rx: Option<Instant>,
-    /// When the peer last sent anything that authenticated ([`crate::liveness`]).
+    /// When the peer last sent anything that authenticated ([`mesh_path::liveness`]).
     last_heard: Option<Instant>,
     prober: Prober,
     probe_seq: u16,
@@ -532,7 +532,7 @@ impl Peer {
     pub(crate) fn status(
         &self,
         allowed_ips: Vec<Ipv4Network>,
-        own_mapping: crate::nat::Mapping,
+        own_mapping: mesh_path::nat::Mapping,
     ) -> PeerStatus {
         let mut g = self.lock();
         g.refresh_handshake();

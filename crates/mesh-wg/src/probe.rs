@@ -1,4 +1,4 @@
-//! The liveness probe on the wire ([`crate::liveness`]): an ICMP echo request from this node's overlay
+//! The liveness probe on the wire ([`mesh_path::liveness`]): an ICMP echo request from this node's overlay
 //! address to a peer's, carried through the tunnel like any packet, and its reply. Any WireGuard peer's
 //! kernel answers a request; this project's userspace device answers a probe itself, without a round trip
 //! through its TUN, and takes the replies to its own probes out before the TUN. An echo that is not a probe
@@ -9,7 +9,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::ipv4;
+use mesh_path::ipv4;
 
 /// The echo identifier of probes ("DM").
 pub(crate) const ID: u16 = 0x444d;

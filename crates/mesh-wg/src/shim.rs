@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use crate::path::{Observed, Step, TrialState};
-use crate::redial::Redial;
+use mesh_path::path::{Observed, Step, TrialState};
+use mesh_path::redial::Redial;
 use crate::task::Task;
 use wg_key::Key;
 

@@ -16,12 +16,12 @@ use tokio::sync::mpsc;
 use super::outbound::send;
 use super::shared::Shared;
 use crate::Error;
-use crate::candidates::{Candidate, MAX_CANDIDATES, Source};
-use crate::nat::NatReport;
+use mesh_path::candidates::{Candidate, MAX_CANDIDATES, Source};
+use mesh_path::nat::NatReport;
 use crate::netlink::NetworkChanges;
 use crate::peer::Via;
-use crate::punch::OwnCandidates;
-use crate::stun::{Round, ServerResult};
+use mesh_path::punch::OwnCandidates;
+use mesh_path::stun::{Round, ServerResult};
 use wg_key::Key;
 
 /// How often the STUN servers are asked again: often enough that a NAT that remaps is noticed well within
@@ -215,7 +215,7 @@ pub(super) async fn discovery_loop(
             round(&shared, &resolved, &mut answers).await
         };
         let local_addrs: Vec<SocketAddr> = locals.iter().map(|l| SocketAddr::V4(*l)).collect();
-        let report = NatReport::new(results, &local_addrs);
+        let report = NatReport::new(results, &local_addrs, std::time::SystemTime::now());
         let answered = report.servers.iter().filter(|s| s.mapped.is_some()).count();
         if !resolved.is_empty() && answered == 0 {
             if !unanswered_warned {
@@ -284,7 +284,7 @@ impl Shared {
 
 /// A peer's word on where it sees this node is taken only for a unicast address outside the overlay.
 fn usable_observation(addr: SocketAddrV4, overlay: Ipv4Network) -> bool {
-    crate::candidates::usable(addr, overlay, &[]) && *addr.ip() != Ipv4Addr::BROADCAST
+    mesh_path::candidates::usable(addr, overlay, &[]) && *addr.ip() != Ipv4Addr::BROADCAST
 }
 
 #[cfg(test)]
@@ -295,7 +295,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn report(mapped: &[&str], mapping: crate::nat::Mapping) -> NatReport {
+    fn report(mapped: &[&str], mapping: mesh_path::nat::Mapping) -> NatReport {
         NatReport {
             mapping,
             mapped: mapped.iter().map(|m| m.parse().unwrap()).collect(),
@@ -307,7 +307,7 @@ mod tests {
     /// does not.
     #[test]
     fn candidates_come_from_interfaces_stun_and_peers_and_change_only_when_they_do() {
-        use crate::nat::Mapping;
+        use mesh_path::nat::Mapping;
         let t0 = Instant::now();
         let mut d = Discovered::default();
         let locals = vec![v4("10.0.2.100:51820")];

@@ -26,7 +26,8 @@ use super::udp::Udp;
 use crate::allowed_ips::AllowedIps;
 use crate::peer::{NoiseKeys, Peer, TickContext, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
-use crate::{Error, candidates, probe, uapi_server};
+use crate::{Error, probe, uapi_server};
+use mesh_path::candidates;
 use wg_key::{Key, PrivateKey};
 
 /// State shared by the loops, the UAPI server and the API.
@@ -409,7 +410,7 @@ impl State {
                 .get(&index)
                 .map_or(Route::Unknown, |p| Route::Peer(p.clone()));
         }
-        if matches!(from, Via::Udp(_)) && crate::stun::is_stun(datagram) {
+        if matches!(from, Via::Udp(_)) && mesh_path::stun::is_stun(datagram) {
             return Route::Stun;
         }
         let mut cookie = [0u8; 64];

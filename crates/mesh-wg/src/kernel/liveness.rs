@@ -1,4 +1,4 @@
-//! Whether peers answer, on a WireGuard the agent only configures ([`crate::liveness`]). Such a WireGuard
+//! Whether peers answer, on a WireGuard the agent only configures ([`mesh_path::liveness`]). Such a WireGuard
 //! tells no one when a datagram arrives, so a peer counts as heard when its received bytes have grown since
 //! the last read, or when it answers a probe: an ICMP echo request sent from a raw socket bound to the
 //! interface, which the kernel routes through the tunnel like any packet. The peer's kernel, or this
@@ -14,9 +14,10 @@ use nix::sys::socket::{
 };
 use tokio::net::UdpSocket;
 
-use crate::liveness::{self, Liveness, Prober};
+use mesh_path::liveness::{self, Liveness, Prober};
 use crate::probe::{self, Echo};
-use crate::{Error, ipv4};
+use crate::Error;
+use mesh_path::ipv4;
 use wg_key::Key;
 
 /// How often the prober looks at the peers, as the userspace device's timer does.
@@ -159,7 +160,7 @@ impl Icmp {
 }
 
 /// Probes the peers `targets` gives (each key with its overlay address), every [`TICK`], as
-/// [`crate::liveness`] says, and takes note in `heard` of every probe and answer that arrives. Runs until
+/// [`mesh_path::liveness`] says, and takes note in `heard` of every probe and answer that arrives. Runs until
 /// dropped.
 pub(crate) async fn run(
     ifname: String,

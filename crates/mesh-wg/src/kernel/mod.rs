@@ -31,7 +31,7 @@ use ipnetwork::Ipv4Network;
 use super::config::{DeviceConfig, PeerConfig, PeerStatus, PunchStatus};
 use super::error::Error;
 use crate::netlink::Netlink;
-use crate::path::PathKind;
+use mesh_path::path::PathKind;
 use crate::plan::handshake_is_fresh;
 use crate::pmtu::PathCheck;
 use crate::shim::{Action, Shim};

@@ -10,7 +10,7 @@
 //! and stays relayed.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::stun::ServerResult;
 
@@ -54,7 +54,7 @@ impl Mapping {
     }
 
     /// The byte it travels as in candidate messages.
-    pub(crate) fn to_wire(self) -> u8 {
+    pub fn to_wire(self) -> u8 {
         match self {
             Self::Unknown => 0,
             Self::NoNat => 1,
@@ -65,7 +65,7 @@ impl Mapping {
         }
     }
 
-    pub(crate) fn from_wire(b: u8) -> Option<Self> {
+    pub fn from_wire(b: u8) -> Option<Self> {
         Some(match b {
             0 => Self::Unknown,
             1 => Self::NoNat,
@@ -93,13 +93,13 @@ pub struct NatReport {
     /// Each server asked, and its answer.
     pub servers: Vec<ServerResult>,
     /// When the round ended.
-    pub checked_at: Option<std::time::SystemTime>,
+    pub checked_at: Option<SystemTime>,
 }
 
 impl NatReport {
-    /// The report of a round whose `results` came in, for a socket bound at `local` (its interface addresses
-    /// with the listen port).
-    pub fn new(results: Vec<ServerResult>, local: &[SocketAddr]) -> Self {
+    /// The report of a round whose `results` came in by `checked_at`, for a socket bound at `local` (its
+    /// interface addresses with the listen port).
+    pub fn new(results: Vec<ServerResult>, local: &[SocketAddr], checked_at: SystemTime) -> Self {
         let mut mapped: Vec<SocketAddr> = Vec::new();
         for m in results.iter().filter_map(|r| r.mapped) {
             if !mapped.contains(&m) {
@@ -110,7 +110,7 @@ impl NatReport {
             mapping: classify(&results, local),
             mapped,
             servers: results,
-            checked_at: Some(std::time::SystemTime::now()),
+            checked_at: Some(checked_at),
         }
     }
 
@@ -121,7 +121,7 @@ impl NatReport {
 }
 
 /// The mapping behaviour the `results` show, for a socket whose own addresses are `local`.
-pub(crate) fn classify(results: &[ServerResult], local: &[SocketAddr]) -> Mapping {
+pub fn classify(results: &[ServerResult], local: &[SocketAddr]) -> Mapping {
     let answered: Vec<(SocketAddr, SocketAddr)> = results
         .iter()
         .filter_map(|r| Some((r.server, r.mapped?)))
@@ -160,7 +160,7 @@ pub(crate) fn classify(results: &[ServerResult], local: &[SocketAddr]) -> Mappin
 /// # Errors
 /// When both map per destination: each side's packets come from a port the other cannot know, and neither
 /// side's filter opens for them.
-pub(crate) fn can_punch(ours: Mapping, theirs: Mapping) -> Result<(), &'static str> {
+pub fn can_punch(ours: Mapping, theirs: Mapping) -> Result<(), &'static str> {
     if ours.depends_on_destination() && theirs.depends_on_destination() {
         return Err(
             "both nodes' NATs map each destination to a new port (symmetric): no candidate can work",
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(classified(&[]), Mapping::Unknown);
         let public = [result("192.0.2.1:3478", Some(LOCAL))];
         assert_eq!(classified(&public), Mapping::NoNat);
-        let report = NatReport::new(one.to_vec(), &[]);
+        let report = NatReport::new(one.to_vec(), &[], SystemTime::UNIX_EPOCH);
         assert_eq!(report.mapped, ["203.0.113.5:40000".parse().unwrap()]);
     }
 

@@ -26,14 +26,14 @@ const RETRANSMITS: [Duration; 3] = [
     Duration::from_millis(1500),
 ];
 /// How long a round waits for answers.
-pub(crate) const ROUND_TIMEOUT: Duration = Duration::from_secs(3);
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether a datagram that came to the WireGuard socket is a STUN message rather than WireGuard's.
 /// WireGuard's first four bytes are a type of 1 to 4 and three zero bytes; a STUN message starts with
 /// two zero bits, a length that is a multiple of 4 and matches the datagram, and the magic cookie. A
 /// Binding response's first byte is 1, as an initiation's is, so the second to fourth bytes decide:
 /// STUN's message type and length are never all zero there.
-pub(crate) fn is_stun(datagram: &[u8]) -> bool {
+pub fn is_stun(datagram: &[u8]) -> bool {
     datagram.len() >= 20
         && datagram[0] & 0xc0 == 0
         && datagram[4..8] == MAGIC_COOKIE
@@ -43,7 +43,7 @@ pub(crate) fn is_stun(datagram: &[u8]) -> bool {
 
 /// A Binding request (with a FINGERPRINT, so servers and middleboxes can tell it from other protocols)
 /// and its transaction id.
-pub(crate) fn binding_request() -> (TransactionId, Vec<u8>) {
+pub fn binding_request() -> (TransactionId, Vec<u8>) {
     let mut msg = Message::builder_request(BINDING, MessageWriteVec::new());
     let transaction = msg.transaction_id();
     msg.add_fingerprint()
@@ -53,7 +53,7 @@ pub(crate) fn binding_request() -> (TransactionId, Vec<u8>) {
 
 /// Why a datagram that looked like STUN gives no mapped address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum StunError {
+pub enum StunError {
     #[error("not a STUN message: {0}")]
     Parse(String),
     #[error("a STUN message, but not a Binding success response")]
@@ -63,7 +63,7 @@ pub(crate) enum StunError {
 }
 
 /// The transaction and the mapped address of a Binding success response.
-pub(crate) fn mapped_address(datagram: &[u8]) -> Result<(TransactionId, SocketAddr), StunError> {
+pub fn mapped_address(datagram: &[u8]) -> Result<(TransactionId, SocketAddr), StunError> {
     let msg = Message::from_bytes(datagram).map_err(|e| StunError::Parse(e.to_string()))?;
     if !msg.has_class(MessageClass::Success) || !msg.has_method(BINDING) {
         return Err(StunError::NotBindingSuccess);
@@ -98,13 +98,13 @@ struct Pending {
 }
 
 /// One round: a Binding request to each server, retransmitted until it is answered or the round times out.
-pub(crate) struct Round {
+pub struct Round {
     started: Instant,
     pending: Vec<Pending>,
 }
 
 impl Round {
-    pub(crate) fn new(servers: &[SocketAddr], now: Instant) -> Self {
+    pub fn new(servers: &[SocketAddr], now: Instant) -> Self {
         let pending = servers
             .iter()
             .map(|&server| {
@@ -125,7 +125,7 @@ impl Round {
     }
 
     /// The requests due at `now`, each to send once.
-    pub(crate) fn due(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    pub fn due(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
         let elapsed = now.saturating_duration_since(self.started);
         let mut out = Vec::new();
         for p in self.pending.iter_mut().filter(|p| p.answer.is_none()) {
@@ -140,7 +140,7 @@ impl Round {
     }
 
     /// When [`Round::due`] has something next, or the round ends.
-    pub(crate) fn next_wake(&self) -> Instant {
+    pub fn next_wake(&self) -> Instant {
         self.pending
             .iter()
             .filter(|p| p.answer.is_none() && p.sent < RETRANSMITS.len())
@@ -152,7 +152,7 @@ impl Round {
 
     /// Takes a datagram that came `from`; returns whether it answered one of this round's requests. An answer
     /// counts only from the server it was asked of, for the transaction asked.
-    pub(crate) fn receive(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) -> bool {
+    pub fn receive(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) -> bool {
         let Ok((transaction, mapped)) = mapped_address(datagram) else {
             return false;
         };
@@ -168,12 +168,12 @@ impl Round {
     }
 
     /// Whether every server has answered, or the round has timed out.
-    pub(crate) fn is_done(&self, now: Instant) -> bool {
+    pub fn is_done(&self, now: Instant) -> bool {
         self.pending.iter().all(|p| p.answer.is_some())
             || now.saturating_duration_since(self.started) >= ROUND_TIMEOUT
     }
 
-    pub(crate) fn results(&self) -> Vec<ServerResult> {
+    pub fn results(&self) -> Vec<ServerResult> {
         self.pending
             .iter()
             .map(|p| ServerResult {
@@ -186,11 +186,11 @@ impl Round {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+pub mod tests {
     use super::*;
 
     /// A server's Binding success response to `request`, saying it came from `mapped`.
-    pub(crate) fn answer(request: &[u8], mapped: SocketAddr) -> Vec<u8> {
+    pub fn answer(request: &[u8], mapped: SocketAddr) -> Vec<u8> {
         let req = Message::from_bytes(request).expect("a request");
         let mut resp = Message::builder_success(&req, MessageWriteVec::new());
         resp.add_attribute(&XorMappedAddress::new(mapped, req.transaction_id()))

@@ -3,12 +3,12 @@
 
 use std::net::Ipv4Addr;
 
-pub(crate) const HEADER: usize = 20;
-pub(crate) const UDP: u8 = 17;
-pub(crate) const ICMP: u8 = 1;
+pub const HEADER: usize = 20;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
 
 /// RFC 1071's checksum of `data` (an odd length padded with a zero byte).
-pub(crate) fn checksum(data: &[u8]) -> u16 {
+pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
@@ -21,7 +21,7 @@ pub(crate) fn checksum(data: &[u8]) -> u16 {
 
 /// A packet of `protocol` from `src` to `dst` carrying `payload`: an unfragmented IPv4 header (DF, TTL 64,
 /// its checksum set) followed by the payload.
-pub(crate) fn packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+pub fn packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
     let total = u16::try_from(HEADER + payload.len()).expect("the device's own packets are small");
     let mut p = Vec::with_capacity(usize::from(total));
     p.extend_from_slice(&[0x45, 0]);
@@ -37,7 +37,7 @@ pub(crate) fn packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8])
 
 /// The source and payload of an unfragmented IPv4 packet of `protocol` addressed to `own`; `None` for any
 /// other packet.
-pub(crate) fn payload_for(packet: &[u8], own: Ipv4Addr, protocol: u8) -> Option<(Ipv4Addr, &[u8])> {
+pub fn payload_for(packet: &[u8], own: Ipv4Addr, protocol: u8) -> Option<(Ipv4Addr, &[u8])> {
     if packet.len() < HEADER || packet[0] >> 4 != 4 || packet[9] != protocol {
         return None;
     }

@@ -20,9 +20,9 @@ use crate::ipv4;
 use crate::nat::Mapping;
 
 /// The overlay UDP port of candidate messages, on every node (heartbeats use 51871).
-pub(crate) const PORT: u16 = 51872;
+pub const PORT: u16 = 51872;
 /// The most candidates a node publishes, and takes from a peer.
-pub(crate) const MAX_CANDIDATES: usize = 8;
+pub const MAX_CANDIDATES: usize = 8;
 
 const MAGIC: [u8; 4] = *b"DMCD";
 const VERSION: u8 = 1;
@@ -77,7 +77,7 @@ pub struct Candidate {
 
 /// What the message asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// The sender is punching now: try its candidates at once, and answer with yours.
     Call,
     /// The sender's candidates, for later.
@@ -86,7 +86,7 @@ pub(crate) enum Kind {
 
 /// One candidate message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Message {
+pub struct Message {
     pub kind: Kind,
     /// The sender's NAT mapping.
     pub mapping: Mapping,
@@ -97,7 +97,7 @@ pub(crate) struct Message {
 
 /// Why a datagram on [`PORT`] is not a candidate message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Malformed {
+pub enum Malformed {
     #[error("{0} bytes, shorter than the {HEADER}-byte header")]
     Short(usize),
     #[error("it does not start with DMCD")]
@@ -135,7 +135,7 @@ fn get_addr(b: &[u8]) -> SocketAddrV4 {
 
 impl Message {
     /// The message's bytes; candidates beyond [`MAX_CANDIDATES`] are left out.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let candidates = &self.candidates[..self.candidates.len().min(MAX_CANDIDATES)];
         let mut out = Vec::with_capacity(HEADER + ENTRY * candidates.len());
         out.extend_from_slice(&MAGIC);
@@ -158,7 +158,7 @@ impl Message {
     ///
     /// # Errors
     /// [`Malformed`], saying what is wrong.
-    pub(crate) fn decode(b: &[u8]) -> Result<Self, Malformed> {
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
         if b.len() < HEADER {
             return Err(Malformed::Short(b.len()));
         }
@@ -210,7 +210,7 @@ impl Message {
 
 /// An IPv4 UDP packet from `src`:[`PORT`] to `dst`:[`PORT`] carrying `payload`, for the tunnel. Its UDP
 /// checksum is zero (optional over IPv4; WireGuard authenticates the whole packet anyway).
-pub(crate) fn wrap(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+pub fn wrap(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let udp_len = u16::try_from(UDP_HEADER + payload.len()).expect("a candidate message is small");
     let mut udp = Vec::with_capacity(usize::from(udp_len));
     udp.extend_from_slice(&PORT.to_be_bytes());
@@ -223,7 +223,7 @@ pub(crate) fn wrap(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
 
 /// The payload of a decrypted packet when it is a candidate datagram for `own` (UDP from [`PORT`] to
 /// `own`:[`PORT`], unfragmented); `None` for every other packet, which goes to the TUN as it is.
-pub(crate) fn unwrap(packet: &[u8], own: Ipv4Addr) -> Option<&[u8]> {
+pub fn unwrap(packet: &[u8], own: Ipv4Addr) -> Option<&[u8]> {
     let (_, udp) = ipv4::payload_for(packet, own, ipv4::UDP)?;
     let ports = (
         u16::from_be_bytes([*udp.first()?, *udp.get(1)?]),
@@ -238,7 +238,7 @@ pub(crate) fn unwrap(packet: &[u8], own: Ipv4Addr) -> Option<&[u8]> {
 /// Whether a peer's candidate is worth a datagram: a unicast IPv4 address outside the overlay (a datagram
 /// to an overlay address would loop back into the tunnel) that is none of this node's own addresses (nodes
 /// behind slirp all have 10.0.2.100: a "peer" there is this node).
-pub(crate) fn usable(addr: SocketAddrV4, overlay: Ipv4Network, own_ips: &[Ipv4Addr]) -> bool {
+pub fn usable(addr: SocketAddrV4, overlay: Ipv4Network, own_ips: &[Ipv4Addr]) -> bool {
     let ip = *addr.ip();
     addr.port() != 0
         && !ip.is_unspecified()

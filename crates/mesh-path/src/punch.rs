@@ -18,6 +18,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use backoff::Backoff;
 use ipnetwork::Ipv4Network;
 
 use crate::candidates::{Candidate, Kind, MAX_CANDIDATES, Message, usable};
@@ -42,7 +43,7 @@ const REFRESH: Duration = Duration::from_secs(120);
 
 /// This node's side: what it publishes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct OwnCandidates {
+pub struct OwnCandidates {
     /// Bumped whenever `candidates` or `mapping` change.
     pub version: u64,
     pub candidates: Vec<Candidate>,
@@ -55,7 +56,7 @@ pub(crate) struct OwnCandidates {
 
 /// Why a pair is on the relay rather than punched, for the peer's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RelayReason {
+pub enum RelayReason {
     /// No session through the relay yet, so no message gets through to coordinate.
     NoSession,
     /// The peer has published no candidate, and has no endpoint.
@@ -117,38 +118,39 @@ struct Attempt {
 
 /// The situation at a tick.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Tick<'a> {
-    pub(crate) now: Instant,
+pub struct Tick<'a> {
+    pub now: Instant,
     /// The peer's datagrams go through the relay.
-    pub(crate) on_relay: bool,
+    pub on_relay: bool,
     /// A session is up: a message gets through.
-    pub(crate) session: bool,
-    pub(crate) ours: &'a OwnCandidates,
+    pub session: bool,
+    pub ours: &'a OwnCandidates,
     /// The peer's UDP endpoint (registered, or where it roamed): one more address to try.
-    pub(crate) endpoint: Option<SocketAddr>,
-    pub(crate) overlay: Ipv4Network,
+    pub endpoint: Option<SocketAddr>,
+    pub overlay: Ipv4Network,
 }
 
 /// What to do at a tick.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Actions {
+pub struct Actions {
     /// A candidate message to send the peer through the tunnel.
-    pub(crate) message: Option<Kind>,
+    pub message: Option<Kind>,
     /// Send the attempt's initiation to each of these over UDP.
-    pub(crate) send_to: Vec<SocketAddrV4>,
+    pub send_to: Vec<SocketAddrV4>,
     /// The attempt starts: make a fresh initiation for it.
-    pub(crate) fresh_initiation: bool,
+    pub fresh_initiation: bool,
 }
 
 /// One peer's punching state.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Punch {
+#[derive(Debug, Clone)]
+pub struct Punch {
     theirs: Option<Theirs>,
     attempt: Option<Attempt>,
     last_start: Option<Instant>,
     last_end: Option<Instant>,
     not_before: Option<Instant>,
-    failures: u32,
+    /// Attempts in a row that got no answer, and how long to wait after the latest.
+    backoff: Backoff,
     attempts: u64,
     last_tried: usize,
     /// The peer called: attempt as soon as allowed.
@@ -159,20 +161,39 @@ pub(crate) struct Punch {
     last_message: Option<Instant>,
 }
 
+impl Default for Punch {
+    fn default() -> Self {
+        Self {
+            theirs: None,
+            attempt: None,
+            last_start: None,
+            last_end: None,
+            not_before: None,
+            backoff: Backoff::new(BACKOFF, BACKOFF_MAX),
+            attempts: 0,
+            last_tried: 0,
+            called: false,
+            answer: false,
+            sent_version: None,
+            last_message: None,
+        }
+    }
+}
+
 impl Punch {
     /// The peer's candidates, as it last published them.
-    pub(crate) fn theirs(&self) -> (&[Candidate], Mapping) {
+    pub fn theirs(&self) -> (&[Candidate], Mapping) {
         self.theirs
             .as_ref()
             .map_or((&[], Mapping::Unknown), |t| (&t.candidates, t.mapping))
     }
 
-    pub(crate) fn attempts(&self) -> u64 {
+    pub fn attempts(&self) -> u64 {
         self.attempts
     }
 
     /// A candidate message from the peer.
-    pub(crate) fn received(&mut self, msg: Message) {
+    pub fn received(&mut self, msg: Message) {
         let mut candidates = msg.candidates;
         candidates.truncate(MAX_CANDIDATES);
         let ips = |list: &[Candidate]| {
@@ -202,7 +223,7 @@ impl Punch {
             self.called |= self.attempt.is_none();
         }
         if changed {
-            self.failures = 0;
+            self.backoff.reset();
             self.not_before = None;
         }
     }
@@ -228,7 +249,7 @@ impl Punch {
         can_punch(ours, self.theirs().1)
     }
 
-    pub(crate) fn tick(&mut self, t: &Tick<'_>) -> Actions {
+    pub fn tick(&mut self, t: &Tick<'_>) -> Actions {
         let mut out = Actions::default();
         let now = t.now;
         if !t.on_relay || !t.session || self.feasible(t.ours.mapping).is_err() {
@@ -305,23 +326,19 @@ impl Punch {
         self.last_end = Some(now);
         if failed {
             self.last_tried = a.targets.len();
-            self.failures = self.failures.saturating_add(1);
-            let backoff = BACKOFF
-                .saturating_mul(1 << (self.failures - 1).min(6))
-                .min(BACKOFF_MAX);
-            self.not_before = Some(now + backoff);
+            self.not_before = Some(now + self.backoff.next_delay());
         }
     }
 
     /// The path moved to UDP: nothing more to try, and a fresh start should it come back to the relay.
-    pub(crate) fn moved_to_udp(&mut self) {
+    pub fn moved_to_udp(&mut self) {
         self.attempt = None;
-        self.failures = 0;
+        self.backoff.reset();
         self.not_before = None;
     }
 
     /// Why the pair is still relayed (call only while it is).
-    pub(crate) fn relay_reason(
+    pub fn relay_reason(
         &self,
         session: bool,
         ours: Mapping,
@@ -341,13 +358,13 @@ impl Punch {
         if let Some(a) = &self.attempt {
             return RelayReason::Punching {
                 targets: a.targets.len(),
-                failed: self.failures,
+                failed: self.backoff.failures(),
             };
         }
         if candidates.is_empty() && endpoint.is_none() {
             return RelayReason::NoCandidates;
         }
-        if self.failures > 0 {
+        if self.backoff.failures() > 0 {
             return RelayReason::NoAnswer {
                 tried: self.last_tried,
                 attempts: self.attempts,
@@ -365,7 +382,7 @@ impl Punch {
 /// `handshake_rx` must be when the peer's last handshake message arrived, stamped as it arrived: boringtun's
 /// own handshake time is stamped by its timers, up to a tick before an initiation it answered, which then
 /// looked unanswered.
-pub(crate) fn copy_initiation(
+pub fn copy_initiation(
     sent: Instant,
     handshake_rx: Option<Instant>,
     now: Instant,

@@ -3,18 +3,31 @@
 
 use std::time::{Duration, Instant};
 
+use backoff::Backoff;
+
+const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
-pub(crate) struct Redial {
+#[derive(Debug)]
+pub struct Redial {
     in_progress: bool,
-    failures: u32,
+    backoff: Backoff,
     not_before: Option<Instant>,
+}
+
+impl Default for Redial {
+    fn default() -> Self {
+        Self {
+            in_progress: false,
+            backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_MAX),
+            not_before: None,
+        }
+    }
 }
 
 impl Redial {
     /// Starts an attempt if none is running and the backoff has passed; whether it did.
-    pub(crate) fn start(&mut self, now: Instant) -> bool {
+    pub fn start(&mut self, now: Instant) -> bool {
         if self.in_progress || self.not_before.is_some_and(|t| now < t) {
             return false;
         }
@@ -23,21 +36,19 @@ impl Redial {
     }
 
     /// The attempt ended with the stream up (`ok`) or not, at `now`; returns the failures in a row.
-    pub(crate) fn finished(&mut self, ok: bool, now: Instant) -> u32 {
+    pub fn finished(&mut self, ok: bool, now: Instant) -> u32 {
         self.in_progress = false;
         if ok {
-            self.failures = 0;
+            self.backoff.reset();
             self.not_before = None;
         } else {
-            self.failures = self.failures.saturating_add(1);
-            let backoff = Duration::from_secs(1u64 << self.failures.min(5)).min(BACKOFF_MAX);
-            self.not_before = Some(now + backoff);
+            self.not_before = Some(now + self.backoff.next_delay());
         }
-        self.failures
+        self.backoff.failures()
     }
 
     /// The attempt ended but its target is no longer wanted: neither success nor failure.
-    pub(crate) fn abandoned(&mut self) {
+    pub fn abandoned(&mut self) {
         self.in_progress = false;
     }
 }

@@ -5,7 +5,7 @@
 //! handshake message, data, a keepalive, or the answer to a probe. A WireGuard session says nothing of that
 //! (it is valid for 180 s whether or not the peer is still there), and an idle peer sends nothing for 25 s,
 //! so the device asks: once a peer with a session has been silent for a third of the timeout, it sends a
-//! **probe**, an ICMP echo request to the peer's overlay address through the tunnel ([`crate::probe`]), and
+//! **probe**, an ICMP echo request to the peer's overlay address through the tunnel (`mesh-wg`'s `probe`), and
 //! again every sixth of the timeout while no answer comes. Four probes go out before the timeout, so a
 //! lost one or two are not taken for a death; a peer that is under load answers its data anyway.
 //!
@@ -79,13 +79,13 @@ impl Liveness {
 }
 
 /// Which side of a pair probes first: the one whose public key sorts lower. Both sides work it out alike.
-pub(crate) fn probes_first(own: &[u8; 32], peer: &[u8; 32]) -> bool {
+pub fn probes_first(own: &[u8; 32], peer: &[u8; 32]) -> bool {
     own < peer
 }
 
 /// When one peer was last probed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Prober {
+pub struct Prober {
     last_probe: Option<Instant>,
     /// A new handshake was asked for in this silence ([`Prober::handshake_due`]).
     handshake_asked: bool,
@@ -93,20 +93,20 @@ pub(crate) struct Prober {
 
 /// What [`Prober::due`] decides on.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Situation {
-    pub(crate) now: Instant,
+pub struct Situation {
+    pub now: Instant,
     /// When the peer last sent anything that authenticated.
-    pub(crate) last_heard: Option<Instant>,
+    pub last_heard: Option<Instant>,
     /// A session is up: a probe can be sent, and answered. Without one WireGuard's own handshake is the
     /// question, and its response the answer.
-    pub(crate) session: bool,
+    pub session: bool,
     /// This side probes first ([`probes_first`]).
-    pub(crate) first: bool,
+    pub first: bool,
 }
 
 impl Prober {
     /// Whether to send a probe now; records it when so.
-    pub(crate) fn due(&mut self, liveness: &Liveness, s: Situation) -> bool {
+    pub fn due(&mut self, liveness: &Liveness, s: Situation) -> bool {
         if !s.session {
             return false;
         }
@@ -135,7 +135,7 @@ impl Prober {
     /// Whether to start a new handshake now: once in a silence, when it reaches the timeout with a session
     /// up. The peer may have lost the session (its agent restarted) and be unable to ask for one itself (it
     /// knows no address of ours yet, behind a NAT); WireGuard would ask only after 15 s of unanswered data.
-    pub(crate) fn handshake_due(&mut self, liveness: &Liveness, s: Situation) -> bool {
+    pub fn handshake_due(&mut self, liveness: &Liveness, s: Situation) -> bool {
         if !s.session || liveness.alive(s.last_heard, s.now) {
             self.handshake_asked = false;
             return false;

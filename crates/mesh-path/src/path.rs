@@ -3,7 +3,7 @@
 //!
 //! - A peer starts direct. When a handshake initiation sent over UDP is not answered within
 //!   [`HANDSHAKE_UNANSWERED`] (WireGuard's REKEY_TIMEOUT, after which it would send the next one), or nothing
-//!   has come over UDP for the peer timeout (`silence`, [`crate::Liveness`]) while data went out (a silent
+//!   has come over UDP for the peer timeout (`silence`, [`crate::liveness::Liveness`]) while data went out (a silent
 //!   peer is probed within a third of it, and a live one answers its probes), the peer moves to its relay:
 //!   a path that went dark is left as soon as the peer counts as dead on it.
 //! - A peer that relays to us has given up on the direct path; when we have heard nothing from it directly
@@ -64,7 +64,7 @@ impl std::fmt::Display for PathKind {
 /// Which UDP path a relayed peer came back on, sending to `endpoint`: its registered one (`configured`) is a
 /// direct path; any other address it came from is a hole punched through the NATs on the way, by one side's
 /// punching or both sides' ([`crate::punch`]).
-pub(crate) fn udp_path(endpoint: Option<SocketAddr>, configured: Option<SocketAddr>) -> PathKind {
+pub fn udp_path(endpoint: Option<SocketAddr>, configured: Option<SocketAddr>) -> PathKind {
     if endpoint.is_some() && endpoint == configured {
         PathKind::Direct
     } else {
@@ -147,7 +147,7 @@ impl PathState {
     }
 
     /// The move to UDP just made was hole punching's doing.
-    pub(crate) fn punched(&mut self) {
+    pub fn punched(&mut self) {
         if self.on.is_udp() {
             self.on = PathKind::Punched;
         }
@@ -278,27 +278,27 @@ pub const TRIAL_EVERY: Duration = Duration::from_secs(30);
 /// What the agent sees of a peer on a WireGuard it does not run itself (the kernel's, or `wireguard-go`
 /// standing in for it): no per-datagram events, only the peer's endpoint, handshake and counters.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Observed {
-    pub(crate) now: Instant,
+pub struct Observed {
+    pub now: Instant,
     /// Whether the endpoint is one of the agent's relay bridges: the WireGuard roams there when the peer's
     /// datagrams come through the relay, and away again when they come directly.
-    pub(crate) on_bridge: bool,
+    pub on_bridge: bool,
     /// Whether a handshake completed within WireGuard's REJECT_AFTER_TIME.
-    pub(crate) handshake_fresh: bool,
+    pub handshake_fresh: bool,
     /// Whether the session's peer has not been heard for the peer timeout ([`crate::liveness`]).
-    pub(crate) silent: bool,
-    pub(crate) rx_bytes: u64,
+    pub silent: bool,
+    pub rx_bytes: u64,
     /// Whether our own stream to the peer's relay is up (its bridge can be the endpoint).
-    pub(crate) relay_ready: bool,
+    pub relay_ready: bool,
     /// Whether the peer has a relay at all.
-    pub(crate) relay_available: bool,
+    pub relay_available: bool,
     /// Whether the peer's direct endpoint is known.
-    pub(crate) direct_known: bool,
+    pub direct_known: bool,
 }
 
 /// What to do to such a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
+pub enum Step {
     Stay,
     /// Open our stream to the peer's relay.
     Dial,
@@ -316,14 +316,14 @@ pub(crate) enum Step {
 /// something arrives within [`TRIAL`] while the endpoint stays direct (WireGuard would have roamed back to a
 /// bridge had it come through the relay). An idle peer therefore stays relayed.
 #[derive(Debug, Clone)]
-pub(crate) struct TrialState {
+pub struct TrialState {
     direct_since: Instant,
     trial: Option<(Instant, u64)>,
     last_trial: Option<Instant>,
 }
 
 impl TrialState {
-    pub(crate) fn new(now: Instant) -> Self {
+    pub fn new(now: Instant) -> Self {
         Self {
             direct_since: now,
             trial: None,
@@ -331,7 +331,7 @@ impl TrialState {
         }
     }
 
-    pub(crate) fn step(&mut self, o: &Observed) -> Step {
+    pub fn step(&mut self, o: &Observed) -> Step {
         if let Some((started, rx0)) = self.trial {
             if o.on_bridge {
                 // The peer's datagrams came through the relay: it does not hear us directly.
