@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::process::{clean_env, run_command_timeout, text};
+use crate::run::process::{clean_env, run_command_timeout, text};
 
 /// The mesh image `scripts/image --local` assembles.
 pub const MESH_IMAGE: &str = "dstack-mesh:local";

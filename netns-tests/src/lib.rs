@@ -1,70 +1,29 @@
 //! The shared test harness of dstack-mesh: what the integration tests, the network-namespace scenarios
 //! (`tests/`) and the benchmark (`mesh-bench`) start and tear down. A scenario imports [`prelude`].
 //!
-//! The system in namespaces, each piece borrowing the one before, so teardown runs in order; a module uses
-//! only those before it and those below:
-//! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it; each node on the bridge, or behind
-//!   what [`uplink`] builds: a NAT router of one of four kinds, or slirp4netns; and coturn as a STUN server.
-//! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
-//! - [`agent`]: the real `p2p-agent` daemon in a node's namespace, started by one builder
-//!   ([`agent::AgentBuilder`]), and what a scenario asks of several: a full mesh, pings over the overlay.
-//! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
-//! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
-//! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.
-//! - [`leadership`]: who claims to lead, and [`liveness`]: which peers each agent says are healthy, both
-//!   sampled from every agent at once.
-//! - [`attack`]: what the attacker does in the scenarios, against a cluster's chain.
+//! Its folders, from the top down; a module uses only those in its own folder before it, and the folders
+//! below its own:
+//! - [`system`]: the system in namespaces, each piece borrowing the one before so that teardown runs in
+//!   order: the LAN, the cluster on it, the agents, the gateway, the applications, and what is observed of
+//!   them (convergence, leadership, liveness) or done to them (attack).
+//! - [`in_process`]: pieces that need no namespace: anvil, a simulated dstack instance, the agent's API
+//!   server, `meshctl`, a lying RPC proxy, a TCP relay to cut, and a swarm of simulated WireGuard peers.
+//! - [`measure`]: throughput and latency for the benchmark, and bulk transfers checked byte by byte.
+//! - [`net`]: what the namespaces are made of: namespaces and veth pairs, what stands between a node and
+//!   the switch (NAT routers, slirp4netns, coturn), WireGuard devices, and pings.
+//! - [`run`]: bounded command runs and children killed by PID, bounded waits, a scenario's steps, and async
+//!   code run from a test's thread.
 //!
-//! Below them:
-//! - [`uplink`]: what stands between a node and the switch (NAT routers, slirp4netns), and coturn.
-//! - [`process`]: bounded command runs, children killed by PID, the workspace's binaries and Foundry's.
-//! - [`netns`]: namespaces and veth pairs; [`wg`]: WireGuard devices in them (ours and `wireguard-go`).
-//! - [`ping`]: reachability between namespaces; [`wait`]: bounded waits; [`steps`]: a scenario's progress.
-//! - [`runtime`]: async code run from a test's synchronous thread; [`sampler`]: one path of every agent's
-//!   API, asked of all at once every few milliseconds.
-//! - [`perf`]: throughput and latency, for the benchmark; [`transfer`]: a bulk TCP transfer checked byte by
-//!   byte.
-//!
-//! In containers: [`container`], docker networks, containers and compose projects, removed on drop.
-//!
-//! In-process pieces, for tests that need no namespace:
-//! - [`chain`]: a real anvil on a free loopback port; [`node`]: a simulated dstack instance.
-//! - [`api`]: the agent's real API server, serving a fixture snapshot; [`meshctl`]: the CLI against anvil.
-//! - [`rpc_proxy`]: a JSON-RPC proxy in front of anvil that tests make fail or lie; [`tcp_relay`]: a TCP
-//!   relay they cut and restore (a WebSocket that drops).
-//! - [`swarm`]: simulated WireGuard peers, a boringtun `Tunn` and a UDP socket each, for the benchmark of
-//!   one agent facing a thousand.
-//! - [`unique_name`]: names unique per run, that fit an interface name.
+//! Beside them: [`container`] (docker networks, containers and compose projects, removed on drop) and
+//! [`unique_name`] (names unique per run, that fit an interface name).
 
-pub mod agent;
-pub mod api;
-pub mod apps;
-pub mod attack;
-pub mod chain;
-pub mod cluster;
 pub mod container;
-pub mod convergence;
-pub mod gateway;
-pub mod lan;
-pub mod leadership;
-pub mod liveness;
-pub mod meshctl;
-pub mod netns;
-pub mod node;
-pub mod perf;
-pub mod ping;
+pub mod in_process;
+pub mod measure;
+pub mod net;
 pub mod prelude;
-pub mod process;
-pub mod rpc_proxy;
-pub mod runtime;
-pub mod sampler;
-pub mod steps;
-pub mod swarm;
-pub mod tcp_relay;
-pub mod transfer;
-pub mod uplink;
-pub mod wait;
-pub mod wg;
+pub mod run;
+pub mod system;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

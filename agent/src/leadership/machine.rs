@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use mesh_api::{AppReport, CheckSignal, HealthSignal};
 use backoff::Backoff;
+use mesh_api::{AppReport, CheckSignal, HealthSignal};
 use mesh_chain::election::{Ballot, Cast, ElectionError};
 use mesh_chain::error::ChainError;
 use mesh_chain::redact::RedactedUrl;

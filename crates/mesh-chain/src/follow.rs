@@ -32,13 +32,13 @@ use tracing::{debug, info, instrument, warn};
 
 pub mod apply;
 
-use backoff::Backoff;
 use crate::contract::{self, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT};
 use crate::error::ChainError;
 use crate::heads::Head;
 use crate::membership::{Pins, Prefix, Rejected};
 use crate::view::{ChainView, Seat};
 use apply::{Blocks, Changes, ListingApply, Logged, Need, RangeApply};
+use backoff::Backoff;
 
 /// Records asked for per `getPeersPage` call: about 9.4M gas of an eth_call at 37,500 gas a record read cold
 /// (measured by the contract test `test_APageOfOneHundredRecordsFitsAnRpcsCallGasCap`), under a fifth of geth's

@@ -20,10 +20,10 @@ use owned_task::Task;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{info, warn};
 
-use backoff::Backoff;
 use crate::error::ChainError;
 use crate::redact::RedactedUrl;
 use crate::rpc;
+use backoff::Backoff;
 
 /// While subscribed, how often the timer still polls: for a subscription that went quiet without closing,
 /// and for whatever else runs on the follower's ticks.

@@ -12,6 +12,7 @@
 //! - [`nat`]: the NAT's mapping as STUN servers show it, and which pairs can punch.
 //! - [`candidates`]: the addresses a node may be reached at, and the message peers exchange them in.
 //! - [`punch`]: hole punching toward one peer.
+//! - [`reachability`]: what a node knows of its own reachability, and the candidates it publishes.
 //!
 //! The backoff that punching and the relay's redial share (with the chain follower, the leader and the
 //! SDK's client) is the `backoff` crate's.
@@ -25,6 +26,7 @@ pub mod liveness;
 pub mod nat;
 pub mod path;
 pub mod punch;
+pub mod reachability;
 pub mod redial;
 pub mod stun;
 

@@ -6,11 +6,12 @@ use std::time::{Instant, SystemTime};
 
 use ipnetwork::Ipv4Network;
 
-use super::Error;
 use mesh_path::candidates::Candidate;
 use mesh_path::liveness::Liveness;
 use mesh_path::nat::{Mapping, NatReport};
 use mesh_path::path::PathKind;
+
+use super::Error;
 use mesh_relay::RelayTarget;
 use wg_key::{Key, PrivateKey};
 
@@ -107,7 +108,8 @@ impl DeviceConfig {
             });
         }
         let timeout = self.liveness.timeout;
-        if !(mesh_path::liveness::MIN_TIMEOUT..=mesh_path::liveness::MAX_TIMEOUT).contains(&timeout) {
+        if !(mesh_path::liveness::MIN_TIMEOUT..=mesh_path::liveness::MAX_TIMEOUT).contains(&timeout)
+        {
             return Err(Error::InvalidConfig {
                 what: "peer timeout (0.6-120 s)",
                 value: format!("{timeout:?}"),

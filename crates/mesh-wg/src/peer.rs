@@ -13,13 +13,14 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use ipnetwork::Ipv4Network;
 
-use super::config::{PeerStatus, PunchStatus};
 use mesh_path::candidates::{self, Kind};
 use mesh_path::liveness::{self, Liveness, Prober};
 use mesh_path::path::{Message, Move, PathKind, PathState, udp_path};
-use crate::probe;
 use mesh_path::punch::{self, OwnCandidates, Punch};
 use mesh_path::redial::Redial;
+
+use super::config::{PeerStatus, PunchStatus};
+use crate::probe;
 use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
 

@@ -7,9 +7,8 @@
 //! ICMP (RFC 792): type 8 (request) or 0 (reply), code 0, the checksum, the identifier [`ID`], a sequence
 //! number, and the payload `"dstack-mesh probe"`.
 
-use std::net::Ipv4Addr;
-
 use mesh_path::ipv4;
+use std::net::Ipv4Addr;
 
 /// The echo identifier of probes ("DM").
 pub(crate) const ID: u16 = 0x444d;

@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 
 use mesh_path::path::{Observed, Step, TrialState};
 use mesh_path::redial::Redial;
+
 use crate::task::Task;
 use wg_key::Key;
 

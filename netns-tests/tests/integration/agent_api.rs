@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mesh_api::{Client, ClientError, Event, Leader, Mode, Peer, Status};
-use netns_tests::api::{FixtureApi, example_snapshot};
+use netns_tests::in_process::api::{FixtureApi, example_snapshot};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Status and peers round-trip through the socket as the snapshot that was published.
@@ -332,7 +332,7 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
     let wg = |token: u8| {
         format!(
             "device=\"dmesh0\",public_key=\"{}\",token_id=\"{token}\"",
-            netns_tests::api::example_key(token)
+            netns_tests::in_process::api::example_key(token)
         )
     };
     for line in [

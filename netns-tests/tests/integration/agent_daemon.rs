@@ -11,8 +11,8 @@ use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{B256, U256};
 use mesh_api::{self, ConnectionKind, Peer, Status};
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster, mined, mint},
-    node::SimulatedInstance,
+    in_process::chain::{TestCluster, anvil, deploy_cluster, mined, mint},
+    in_process::node::SimulatedInstance,
 };
 
 /// The agent process, killed by its PID when dropped.
@@ -59,7 +59,7 @@ fn start_tls_agent_with(
         .open(dir.join("agent.log"))
         .unwrap();
     AgentProcess(
-        Command::new(netns_tests::process::workspace_bin("p2p-agent"))
+        Command::new(netns_tests::run::process::workspace_bin("p2p-agent"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env.iter().copied())
@@ -74,7 +74,7 @@ fn start_tls_agent_with(
             .args(["--state-dir", dir.join("state").to_str().unwrap()])
             .arg("--node-key-file")
             .arg(node.key_file())
-            .args(netns_tests::node::trust_args(dir))
+            .args(netns_tests::in_process::node::trust_args(dir))
             .args([
                 "--api-socket",
                 dir.join("api.sock").to_str().unwrap(),
@@ -305,7 +305,7 @@ async fn joins_and_revocations_arrive_while_full_reads_fail() {
     first
         .register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)
         .await;
-    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    let proxy = netns_tests::in_process::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     let dir = tempfile::tempdir().unwrap();
     let key = alloy::hex::encode(anvil.keys()[3].to_bytes());
     let key_file = dir.path().join("tx.key");
@@ -358,7 +358,7 @@ async fn a_missing_dstack_socket_is_logged_with_its_path_and_the_hint() {
     let socket = dir.path().join("no-such-dstack.sock");
     let log = dir.path().join("agent.log");
     let _agent = AgentProcess(
-        Command::new(netns_tests::process::workspace_bin("p2p-agent"))
+        Command::new(netns_tests::run::process::workspace_bin("p2p-agent"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .args([
@@ -379,7 +379,7 @@ async fn a_missing_dstack_socket_is_logged_with_its_path_and_the_hint() {
             .arg(dir.path().join("state"))
             .arg("--api-socket")
             .arg(dir.path().join("api.sock"))
-            .args(netns_tests::node::trust_args(dir.path()))
+            .args(netns_tests::in_process::node::trust_args(dir.path()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -417,7 +417,7 @@ fn a_transaction_key_in_the_environment_is_refused() {
     let state = dir.path().to_str().unwrap();
     for name in ["DSTACK_MESH_PRIVATE_KEY", "PRIVATE_KEY"] {
         for command in [None, Some("register")] {
-            let mut cmd = Command::new(netns_tests::process::workspace_bin("p2p-agent"));
+            let mut cmd = Command::new(netns_tests::run::process::workspace_bin("p2p-agent"));
             cmd.env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env(name, KEY)
@@ -426,7 +426,7 @@ fn a_transaction_key_in_the_environment_is_refused() {
                 .args(["--rpc-url", "http://127.0.0.1:9", "--state-dir", state]);
             let what = format!("p2p-agent {} with {name}", command.unwrap_or("(daemon)"));
             let out =
-                netns_tests::process::run_command_timeout(cmd, &what, Duration::from_secs(20));
+                netns_tests::run::process::run_command_timeout(cmd, &what, Duration::from_secs(20));
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{what} started:\n{stderr}");
             assert!(
@@ -453,7 +453,7 @@ async fn secrets_stay_out_of_hooks_the_api_and_the_log() {
     other
         .register(&anvil, *c.address(), "192.0.2.1:51820", "", 2)
         .await;
-    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    let proxy = netns_tests::in_process::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     const PASSWORD: &str = "hunter2hunter2";
     const API_KEY: &str = "0123456789abcdef0123456789abcdef";
     let rpc = format!(
@@ -535,7 +535,7 @@ async fn secrets_stay_out_of_hooks_the_api_and_the_log() {
 /// Runs the daemon with a contract and `args`, which it must refuse before anything starts; returns what it
 /// said.
 fn refused(args: &[&str]) -> String {
-    let out = Command::new(netns_tests::process::workspace_bin("p2p-agent"))
+    let out = Command::new(netns_tests::run::process::workspace_bin("p2p-agent"))
         .env_clear()
         .args(["--contract", "0x0000000000000000000000000000000000000001"])
         .args(args)
@@ -694,7 +694,7 @@ async fn the_api_is_served_on_loopback_tcp_with_health_and_json_logs() {
         ),
         ("meshctl", vec!["status", "--check"]),
     ] {
-        let out = Command::new(netns_tests::process::workspace_bin(bin))
+        let out = Command::new(netns_tests::run::process::workspace_bin(bin))
             .env_clear()
             .env("DSTACK_MESH_API_LISTEN", api.to_string())
             .args(&args)

@@ -22,10 +22,10 @@ use mesh_chain::{
     membership::{self, InvalidRecord, Own},
 };
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster, mined_tx, mint, wallet},
-    node::{APP_ID, SimulatedInstance},
-    rpc_proxy::{RpcProxy, bloom_claims_every_log, logs_mut},
-    tcp_relay::TcpRelay,
+    in_process::chain::{TestCluster, anvil, deploy_cluster, mined_tx, mint, wallet},
+    in_process::node::{APP_ID, SimulatedInstance},
+    in_process::rpc_proxy::{RpcProxy, bloom_claims_every_log, logs_mut},
+    in_process::tcp_relay::TcpRelay,
 };
 
 type Contract = TestCluster;

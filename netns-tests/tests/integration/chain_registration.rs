@@ -20,8 +20,8 @@ use mesh_chain::{
     registration::{Cluster, Desired, Outcome, RegistrationError},
 };
 use netns_tests::{
-    chain::{TestCluster, anvil, deploy_cluster, mined, mined_tx, mint},
-    node::SimulatedInstance,
+    in_process::chain::{TestCluster, anvil, deploy_cluster, mined, mined_tx, mint},
+    in_process::node::SimulatedInstance,
 };
 use p2p_agent::identity::NodeIdentity;
 
@@ -30,7 +30,7 @@ fn signer(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
 }
 
 fn provider(anvil: &AnvilInstance, i: usize) -> DynProvider {
-    netns_tests::chain::wallet(anvil, i)
+    netns_tests::in_process::chain::wallet(anvil, i)
 }
 
 async fn deploy(anvil: &AnvilInstance, kms_root: Address) -> TestCluster {
@@ -117,7 +117,7 @@ async fn identity_prints_a_binding_the_contract_accepts() {
     let c = deploy(&anvil, node.kms_root).await;
     let holder = anvil.addresses()[1];
     mint(&c, holder, None).await;
-    let out = std::process::Command::new(netns_tests::process::workspace_bin("p2p-agent"))
+    let out = std::process::Command::new(netns_tests::run::process::workspace_bin("p2p-agent"))
         .env_clear()
         .args(["identity", "--dstack-endpoint"])
         .arg(&node.socket)
@@ -312,7 +312,7 @@ async fn a_proof_the_cluster_would_reject_is_not_sent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stored_record_peers_would_not_believe_is_registered_again() {
     let (anvil, node, c) = seat_1_bound("node-1", 1).await;
-    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    let proxy = netns_tests::in_process::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     let (cluster, pins) = connect(proxy.url().parse().unwrap(), *c.address()).await;
     let identity = node.identity(0).await;
     let want = desired(&identity, "192.0.2.1:51820");
@@ -322,9 +322,11 @@ async fn a_stored_record_peers_would_not_believe_is_registered_again() {
         .await
         .unwrap();
 
-    netns_tests::rpc_proxy::reencode_record_signatures(&proxy, "re-encode nonce 1", |nonce| {
-        nonce == 1
-    });
+    netns_tests::in_process::rpc_proxy::reencode_record_signatures(
+        &proxy,
+        "re-encode nonce 1",
+        |nonce| nonce == 1,
+    );
     let outcome = cluster
         .register(&identity.node, &want, Some(&tx_key), &pins)
         .await
@@ -355,7 +357,7 @@ async fn a_seat_nonce_at_its_maximum_is_a_clear_error() {
     use alloy::sol_types::SolCall;
     use mesh_chain::contract::DstackClusterNFT::seatInfoCall;
     let (anvil, node, c) = seat_1_bound("node-1", 1).await;
-    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    let proxy = netns_tests::in_process::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
     proxy.rewrite("nonce at u64::MAX", |req, response| {
         if !req.calls(seatInfoCall::SELECTOR) {
             return;

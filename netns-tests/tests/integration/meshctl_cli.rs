@@ -4,8 +4,8 @@
 
 use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{Address, B256, address};
-use netns_tests::chain::{mined_tx, wallet};
-use netns_tests::meshctl::{APP_ID, Instance, Meshctl, Run, anvil};
+use netns_tests::in_process::chain::{mined_tx, wallet};
+use netns_tests::in_process::meshctl::{APP_ID, Instance, Meshctl, Run, anvil};
 
 /// A KMS root no instance here derives its keys from: for clusters whose seats no instance binds.
 const UNUSED_KMS_ROOT: Address = address!("000000000000000000000000000000000000dEaD");
@@ -400,8 +400,8 @@ async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
         .await;
     m.run(None, &["peers"]).ok();
 
-    let proxy = netns_tests::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
-    netns_tests::rpc_proxy::reencode_record_signatures(&proxy, "re-encode", |_| true);
+    let proxy = netns_tests::in_process::rpc_proxy::RpcProxy::start(anvil.endpoint().as_str());
+    netns_tests::in_process::rpc_proxy::reencode_record_signatures(&proxy, "re-encode", |_| true);
     let out = m.run_via(proxy.url(), None, &["peers"]).failed();
     for want in [
         "FAILED",
@@ -484,7 +484,7 @@ fn both_binaries_name_the_commit_they_were_built_from() {
     assert!(out.status.success(), "git rev-parse failed: {out:?}");
     let head = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     for bin in ["p2p-agent", "meshctl"] {
-        let out = std::process::Command::new(netns_tests::process::workspace_bin(bin))
+        let out = std::process::Command::new(netns_tests::run::process::workspace_bin(bin))
             .arg("--version")
             .output()
             .unwrap();

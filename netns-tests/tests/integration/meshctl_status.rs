@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::SystemTime;
 
-use netns_tests::api::{FixtureApi, example_key, example_snapshot};
+use netns_tests::in_process::api::{FixtureApi, example_key, example_snapshot};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -16,7 +16,7 @@ fn now() -> u64 {
 
 async fn meshctl(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        Command::new(netns_tests::process::workspace_bin("meshctl"))
+        Command::new(netns_tests::run::process::workspace_bin("meshctl"))
             .args(args)
             .output()
             .unwrap()

@@ -24,11 +24,11 @@ use alloy::primitives::{Address, U256};
 use alloy::sol_types::SolCall as _;
 use mesh_chain::contract::DstackClusterNFT::{Peer, getPeersPageCall};
 use mesh_chain::record::PeerRecord;
-use netns_tests::attack::{
+use netns_tests::in_process::rpc_proxy::{Request, RpcProxy, bloom_claims_every_log, logs_mut};
+use netns_tests::prelude::*;
+use netns_tests::system::attack::{
     CHAIN_ID, node_identity, on_chain, registration_logs, send_registration,
 };
-use netns_tests::prelude::*;
-use netns_tests::rpc_proxy::{Request, RpcProxy, bloom_claims_every_log, logs_mut};
 use serde_json::Value;
 
 const NODES: usize = 4;

@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use mesh_chain::record::{NodeBinding, PeerRecord};
-use netns_tests::attack::{CHAIN_ID, mint_with, own_evidence, send_registration, sibling_node_key};
+use netns_tests::net::wg::test_key;
 use netns_tests::prelude::*;
-use netns_tests::wg::test_key;
+use netns_tests::system::attack::{
+    CHAIN_ID, mint_with, own_evidence, send_registration, sibling_node_key,
+};
 
 const NODES: usize = 5;
 const SEATS: usize = 3;

@@ -19,11 +19,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_api::{ConnectionKind, Peer};
-use netns_tests::chain::block_number;
 use netns_tests::container::{
     ANVIL_IMAGE, APP_IMAGE, Container, MESH_IMAGE, Network, Project, docker, docker_output,
     require_container_runtime,
 };
+use netns_tests::in_process::chain::block_number;
 use netns_tests::prelude::*;
 use netns_tests::unique_name;
 

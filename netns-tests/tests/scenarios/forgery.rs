@@ -31,11 +31,11 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256, U256};
 use dstack_guest::chain as proof;
 use mesh_chain::record::{PeerRecord, SignedRegistration};
-use netns_tests::attack::{
+use netns_tests::net::wg::{Reference, WireguardGo, parse_dump, test_key};
+use netns_tests::prelude::*;
+use netns_tests::system::attack::{
     CHAIN_ID, current_registration, node_identity, on_chain, send_registration, sibling_node_key,
 };
-use netns_tests::prelude::*;
-use netns_tests::wg::{Reference, WireguardGo, parse_dump, test_key};
 
 const NODES: usize = 4;
 const SEATS: usize = 3;
@@ -63,7 +63,7 @@ fn view(a: &Agent<'_>) -> NodeView {
 #[test]
 fn forged_registrations_revert_and_unknown_keys_get_no_handshake() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["wireguard-go"]);
+    netns_tests::run::process::require_root(&["wireguard-go"]);
     let steps = Steps::new("forgery");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy_seats(&lan, SEATS);

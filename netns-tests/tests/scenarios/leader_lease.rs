@@ -122,7 +122,10 @@ fn wait_node_2_leads(agents: &[Agent<'_>], what: &str, within: Duration) {
 
 /// Freezes node 1 (the leader) and waits until node 2 leads; returns the frozen processes and when the
 /// freeze began.
-fn freeze_until_replaced(lan: &Lan, agents: &[Agent<'_>]) -> (netns_tests::netns::Frozen, Instant) {
+fn freeze_until_replaced(
+    lan: &Lan,
+    agents: &[Agent<'_>],
+) -> (netns_tests::net::netns::Frozen, Instant) {
     let frozen = lan.node(1).freeze();
     let froze = Instant::now();
     wait_until(

@@ -18,9 +18,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use netns_tests::perf::iperf3;
+use netns_tests::measure::perf::iperf3;
 use netns_tests::prelude::*;
-use netns_tests::process::require_root;
+use netns_tests::run::process::require_root;
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// The peer timeout, and what a sample adds to it: the sampling period and an answer's time.

@@ -190,7 +190,7 @@ fn three_nodes_form_a_mesh_and_survive_a_key_rotation() {
     drop(agents);
     drop(cluster);
     drop(lan);
-    let left = netns_tests::process::run_ok(&["ip", "netns", "list"]);
+    let left = netns_tests::run::process::run_ok(&["ip", "netns", "list"]);
     for name in &ns_names {
         assert!(
             !left

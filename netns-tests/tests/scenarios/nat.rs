@@ -36,7 +36,7 @@ fn endpoint_of_node_3(a: &Agent<'_>, key: &Key) -> Option<String> {
 #[test]
 fn a_node_behind_nat_meshes_by_keepalive_and_roaming() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["nft"]);
+    netns_tests::run::process::require_root(&["nft"]);
     let steps = Steps::new("nat");
     let lan = Lan::with_nat(NODES, BEHIND);
     let cluster = Cluster::deploy(&lan);

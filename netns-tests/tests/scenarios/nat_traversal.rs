@@ -27,8 +27,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use mesh_api::Path;
+use netns_tests::net::uplink::{NatKind, StunServer, Uplink, expected_to_punch};
 use netns_tests::prelude::*;
-use netns_tests::uplink::{NatKind, StunServer, Uplink, expected_to_punch};
 
 const RELAY_PORT: u16 = 51820;
 
@@ -59,7 +59,7 @@ fn relay_bytes(a: &Agent<'_>) -> u64 {
 #[test]
 fn two_nodes_behind_slirp_punch_a_direct_path_and_use_the_relay_only_until_then() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["nft", "nginx", "slirp4netns", "turnserver"]);
+    netns_tests::run::process::require_root(&["nft", "nginx", "slirp4netns", "turnserver"]);
     let steps = Steps::new("slirp");
     let lan = Lan::with_uplinks(&[Uplink::Slirp, Uplink::Slirp]);
     let stun = StunServer::start(&lan.switch, "br0");
@@ -248,7 +248,7 @@ fn two_nodes_behind_slirp_punch_a_direct_path_and_use_the_relay_only_until_then(
 #[test]
 fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["nft", "nginx", "turnserver"]);
+    netns_tests::run::process::require_root(&["nft", "nginx", "turnserver"]);
     let steps = Steps::new("nat-matrix");
     let kinds: Vec<NatKind> = NatKind::ALL.iter().flat_map(|&k| [k, k]).collect();
     let uplinks: Vec<Uplink> = kinds.iter().map(|&k| Uplink::nat(k)).collect();
@@ -354,7 +354,7 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
 #[test]
 fn a_path_smaller_than_the_tunnel_is_named_in_the_log_and_a_smaller_mtu_carries_bulk_data() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["nft"]);
+    netns_tests::run::process::require_root(&["nft"]);
     let steps = Steps::new("mtu");
     let lan = Lan::with_uplinks(&[
         Uplink::Switch,
@@ -369,7 +369,7 @@ fn a_path_smaller_than_the_tunnel_is_named_in_the_log_and_a_smaller_mtu_carries_
     let (mut agents, _) = builder.mesh(1..=2);
     steps.step("node 2 behind a link of 1,280 bytes; the mesh is up at the default MTU (1420)");
 
-    let stalled = netns_tests::transfer::tcp_transfer_within(
+    let stalled = netns_tests::measure::transfer::tcp_transfer_within(
         lan.node(1),
         lan.node(2),
         overlay_ip(2),
@@ -404,8 +404,12 @@ fn a_path_smaller_than_the_tunnel_is_named_in_the_log_and_a_smaller_mtu_carries_
     for a in &mut agents {
         a.wait_ready(60);
     }
-    let took =
-        netns_tests::transfer::tcp_transfer(lan.node(1), lan.node(2), overlay_ip(2), 16 << 20);
+    let took = netns_tests::measure::transfer::tcp_transfer(
+        lan.node(1),
+        lan.node(2),
+        overlay_ip(2),
+        16 << 20,
+    );
     steps.step(&format!(
         "with --mtu 1200: 16 MiB crossed intact in {took:.2?}"
     ));
@@ -454,7 +458,7 @@ fn punched_and_healthy(health: &Health, from: Instant, to: Instant) -> Vec<(f64,
 #[test]
 fn a_punched_path_that_goes_dark_is_left_for_the_relay_within_the_peer_timeout() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["nft", "nginx", "turnserver", "conntrack"]);
+    netns_tests::run::process::require_root(&["nft", "nginx", "turnserver", "conntrack"]);
     let steps = Steps::new("nat-dark");
     let lan = Lan::with_uplinks(&[
         Uplink::nat(NatKind::FullCone),

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use netns_tests::prelude::*;
-use netns_tests::process::require_root;
+use netns_tests::run::process::require_root;
 
 use super::{prometheus, status_page, wg_show};
 

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netns_tests::prelude::*;
-use netns_tests::process::{require_root, run_timeout};
+use netns_tests::run::process::{require_root, run_timeout};
 
 const NODES: usize = 3;
 const LEADER_TIMEOUT: &str = "5";

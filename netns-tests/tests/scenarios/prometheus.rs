@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use alloy::transports::http::reqwest::Url;
 use netns_tests::prelude::*;
-use netns_tests::process::{ChildGuard, require_root};
+use netns_tests::run::process::{ChildGuard, require_root};
 use serde_json::Value;
 
 /// Where every agent serves `/metrics`: the observers' mesh runs them with `--metrics-listen` on it.

@@ -70,7 +70,7 @@ fn redis_on_every_node(
     lan: &Lan,
     agents: &[Agent<'_>],
     dir: &std::path::Path,
-) -> (Vec<netns_tests::process::ChildGuard>, Vec<App>) {
+) -> (Vec<netns_tests::run::process::ChildGuard>, Vec<App>) {
     let mut servers = Vec::new();
     let mut followers = Vec::new();
     for i in 1..=NODES {
@@ -117,7 +117,7 @@ fn redis_on_every_node(
 #[test]
 fn the_replica_set_follows_the_leader_across_a_failover() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["redis-server", "redis-cli"]);
+    netns_tests::run::process::require_root(&["redis-server", "redis-cli"]);
     python();
     let steps = Steps::new("redis");
     let lan = Lan::new(NODES);
@@ -199,7 +199,7 @@ impl RoleSampler {
                 let ns = lan.node(i).name.clone();
                 let stop = Arc::clone(&stop);
                 std::thread::spawn(move || {
-                    netns_tests::netns::enter(&ns);
+                    netns_tests::net::netns::enter(&ns);
                     let mut seen = Vec::new();
                     let mut conn: Option<std::net::TcpStream> = None;
                     // Bounded by the stop flag, which the test sets once the failover is done.
@@ -287,7 +287,7 @@ fn two_masters(samples: &[Roles]) -> Vec<String> {
 #[test]
 fn two_redis_masters_never_run_at_once_when_the_leader_loses_its_rpc() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["redis-server", "redis-cli"]);
+    netns_tests::run::process::require_root(&["redis-server", "redis-cli"]);
     python();
     let steps = Steps::new("redis/rpc-cut");
     let lan = Lan::new(NODES);

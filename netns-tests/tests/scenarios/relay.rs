@@ -92,7 +92,7 @@ fn ping_all(agents: &[Agent<'_>], count: u32, interval: Duration) -> Vec<Backgro
 #[test]
 fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["nft", "nginx"]);
+    netns_tests::run::process::require_root(&["nft", "nginx"]);
     let steps = Steps::new("relay");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
@@ -197,7 +197,7 @@ fn the_mesh_forms_over_the_relay_and_moves_to_direct_and_back_as_udp_allows() {
 #[test]
 fn the_kernel_paths_shim_carries_wireguard_go_over_the_relay_and_back_to_direct() {
     require_mesh_prerequisites();
-    netns_tests::process::require_root(&["nft", "nginx", "wireguard-go"]);
+    netns_tests::run::process::require_root(&["nft", "nginx", "wireguard-go"]);
     let steps = Steps::new("relay-shim");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::Address;
 use mesh_api::Peer;
-use netns_tests::convergence::{
+use netns_tests::prelude::*;
+use netns_tests::system::convergence::{
     chain_watch, delays, full_mesh, healthy, lists, median_and_worst, watch_change,
 };
-use netns_tests::prelude::*;
 
 const NODES: usize = 50;
 

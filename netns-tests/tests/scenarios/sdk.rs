@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
-use netns_tests::apps::{node, repo_root};
 use netns_tests::prelude::*;
+use netns_tests::system::apps::{node, repo_root};
 use serde_json::Value;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);

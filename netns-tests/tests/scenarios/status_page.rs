@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use netns_tests::prelude::*;
-use netns_tests::process::require_root;
+use netns_tests::run::process::require_root;
 use serde_json::Value;
 
 /// Where every agent serves its API and the page: the observers' mesh runs them with `--api-listen` on it.

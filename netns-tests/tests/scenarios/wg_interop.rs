@@ -6,11 +6,11 @@
 
 use std::net::Ipv4Addr;
 
-use netns_tests::netns::*;
-use netns_tests::ping::assert_five_replies;
-use netns_tests::process::*;
-use netns_tests::transfer::tcp_transfer;
-use netns_tests::wg::*;
+use netns_tests::measure::transfer::tcp_transfer;
+use netns_tests::net::netns::*;
+use netns_tests::net::ping::assert_five_replies;
+use netns_tests::net::wg::*;
+use netns_tests::run::process::*;
 
 /// wireguard-go initiates (B→A), then we initiate after its session exists (A→B); both sides
 /// report a handshake.

@@ -7,12 +7,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use mesh_wg::{DeviceConfig, Error, Offload, PeerConfig};
-use netns_tests::netns::*;
-use netns_tests::ping::{assert_five_replies, ping_counts};
-use netns_tests::process::*;
-use netns_tests::transfer::tcp_transfer;
-use netns_tests::wait::wait_until;
-use netns_tests::wg::*;
+use netns_tests::measure::transfer::tcp_transfer;
+use netns_tests::net::netns::*;
+use netns_tests::net::ping::{assert_five_replies, ping_counts};
+use netns_tests::net::wg::*;
+use netns_tests::run::process::*;
+use netns_tests::run::wait::wait_until;
 
 const A_OVERLAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 const B_OVERLAY: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);

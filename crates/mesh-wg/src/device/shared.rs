@@ -16,9 +16,11 @@ use ipnetwork::Ipv4Network;
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::sync::{mpsc, watch};
 
+use mesh_path::candidates;
+use mesh_path::reachability::Reachability;
+
 use super::BUF_LEN;
 use super::batch::data_peer_index;
-use super::discovery::Discovered;
 use super::outbound::send;
 use super::relay_dialing::RelayDialing;
 use super::tun::TunWriter;
@@ -27,7 +29,6 @@ use crate::allowed_ips::AllowedIps;
 use crate::peer::{NoiseKeys, Peer, TickContext, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
 use crate::{Error, probe, uapi_server};
-use mesh_path::candidates;
 use wg_key::{Key, PrivateKey};
 
 /// State shared by the loops, the UAPI server and the API.
@@ -51,7 +52,7 @@ pub(crate) struct Shared {
     /// STUN answers that came to the WireGuard socket, for the discovery loop.
     pub(super) stun_answers: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     /// What the device knows of its own reachability, and the candidates it publishes.
-    pub(super) discovered: Mutex<Discovered>,
+    pub(super) discovered: Mutex<Reachability>,
 }
 
 pub(super) struct State {

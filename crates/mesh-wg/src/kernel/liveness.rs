@@ -14,10 +14,11 @@ use nix::sys::socket::{
 };
 use tokio::net::UdpSocket;
 
-use mesh_path::liveness::{self, Liveness, Prober};
-use crate::probe::{self, Echo};
-use crate::Error;
 use mesh_path::ipv4;
+use mesh_path::liveness::{self, Liveness, Prober};
+
+use crate::Error;
+use crate::probe::{self, Echo};
 use wg_key::Key;
 
 /// How often the prober looks at the peers, as the userspace device's timer does.

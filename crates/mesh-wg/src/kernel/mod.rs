@@ -28,10 +28,11 @@ use defguard_wireguard_rs::{
 };
 use ipnetwork::Ipv4Network;
 
+use mesh_path::path::PathKind;
+
 use super::config::{DeviceConfig, PeerConfig, PeerStatus, PunchStatus};
 use super::error::Error;
 use crate::netlink::Netlink;
-use mesh_path::path::PathKind;
 use crate::plan::handshake_is_fresh;
 use crate::pmtu::PathCheck;
 use crate::shim::{Action, Shim};

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use mesh_api::Peer;
-use netns_tests::convergence::{healthy, watch_change};
 use netns_tests::prelude::*;
+use netns_tests::system::convergence::{healthy, watch_change};
 
 use crate::report::Churn;
 use crate::{BOUND, Follow};

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use alloy::providers::{Provider, ProviderBuilder};
 use anyhow::Context as _;
-use netns_tests::netns::in_netns;
-use netns_tests::perf::{clock_ticks, cpu_ticks};
+use netns_tests::measure::perf::{clock_ticks, cpu_ticks};
+use netns_tests::net::netns::in_netns;
 use netns_tests::prelude::*;
 
 use crate::report::Cost;

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use netns_tests::perf::ping_avg_ms;
+use netns_tests::measure::perf::ping_avg_ms;
 
+use crate::report::BARE;
 use crate::report::{Named, Rtt};
-use crate::tunnel::{BARE, Tunnel};
+use crate::tunnel::Tunnel;
 
 /// The average of 200 pings 20 ms apart, then of 2,000 pings 0.5 ms apart, through each of `tunnels`, and
 /// what each adds over the bare link's.

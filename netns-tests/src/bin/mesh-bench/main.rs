@@ -83,7 +83,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use netns_tests::prelude::*;
-use netns_tests::process::require_root;
+use netns_tests::run::process::require_root;
 
 use crate::report::{Machine, Named, Report};
 

@@ -6,9 +6,9 @@
 use std::time::{Duration, SystemTime};
 
 use mesh_api::Path;
-use netns_tests::perf::{iperf3, ping_avg_ms};
+use netns_tests::measure::perf::{iperf3, ping_avg_ms};
+use netns_tests::net::uplink::{StunServer, Uplink};
 use netns_tests::prelude::*;
-use netns_tests::uplink::{StunServer, Uplink};
 
 use crate::report::{Nat, NatWay};
 use crate::{Args, BOUND, ms};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use netns_tests::wg::Reference;
+use netns_tests::net::wg::Reference;
 
 use crate::Args;
 

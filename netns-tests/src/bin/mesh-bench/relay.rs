@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netns_tests::perf::{iperf3, ping_avg_ms};
+use netns_tests::measure::perf::{iperf3, ping_avg_ms};
 use netns_tests::prelude::*;
 
 use crate::Args;

@@ -9,6 +9,10 @@ use std::fmt;
 use serde::ser::SerializeMap as _;
 use serde::{Serialize, Serializer};
 
+/// The names of the mesh's tunnel and of the bare link's in a report, beside the references'.
+pub(crate) const MESH: &str = "mesh";
+pub(crate) const BARE: &str = "bare";
+
 /// Every section that was run; the others are left out of the JSON.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use alloy::primitives::Address;
 use mesh_api::Peer;
-use netns_tests::convergence::{
+use netns_tests::prelude::*;
+use netns_tests::system::convergence::{
     chain_watch, delays, full_mesh, healthy, lists, median_and_worst, watch_change,
 };
-use netns_tests::prelude::*;
 
 use crate::report::Size;
 use crate::{Args, BOUND, Follow, churn, cost, ms};

@@ -1,7 +1,6 @@
 //! The table printed at the end of a run, from its [`Report`].
 
-use crate::report::{Report, Run, Stat, Thousand};
-use crate::tunnel::{BARE, MESH};
+use crate::report::{BARE, MESH, Report, Run, Stat, Thousand};
 
 /// The implementations in the throughput and latency sections, in the table's order.
 const IMPLEMENTATIONS: [&str; 5] = [MESH, "gotatun", "boringtun-cli", "wireguard-go", BARE];

@@ -1,8 +1,9 @@
 //! Throughput: iperf3 through the mesh, each reference and the bare link.
 
 use crate::Args;
+use crate::report::{BARE, MESH};
 use crate::report::{Named, Streams, Throughput};
-use crate::tunnel::{BARE, MESH, Tunnel};
+use crate::tunnel::Tunnel;
 
 /// iperf3 through each of `tunnels` with 1 and 4 streams, and the mesh's rate over the best
 /// reference's and over the bare link's.

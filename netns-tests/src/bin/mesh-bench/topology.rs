@@ -4,11 +4,12 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use netns_tests::net::wg::{Reference, WireguardGo, test_key};
 use netns_tests::prelude::*;
-use netns_tests::wg::{Reference, WireguardGo, test_key};
 
+use crate::report::{BARE, MESH};
 use crate::report::{Named, Rtt, Throughput};
-use crate::tunnel::{BARE, MESH, Side, Tunnel};
+use crate::tunnel::{Side, Tunnel};
 use crate::{Args, latency, throughput};
 
 /// Latency (`with_latency`), then throughput (`with_throughput`), through the mesh, each of `references`

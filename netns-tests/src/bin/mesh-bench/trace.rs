@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use alloy::primitives::Address;
 use mesh_api::Peer;
-use netns_tests::convergence::{chain_watch, full_mesh, healthy, watch_change};
 use netns_tests::prelude::*;
+use netns_tests::system::convergence::{chain_watch, full_mesh, healthy, watch_change};
 
 use crate::report::{NodeTrace, Stages, Stat, Trace};
 use crate::table::fixed;

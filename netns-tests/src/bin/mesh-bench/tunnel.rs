@@ -3,17 +3,14 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use netns_tests::perf::{
+use netns_tests::measure::perf::{
     clock_ticks, cpu_ticks, ctx_switches, iperf3_observed, link_dropped, udp_rcvbuf_errors,
 };
 use netns_tests::prelude::*;
 
 use crate::report::Run;
-use crate::table::count;
 
-/// The names of the mesh's tunnel and of the bare link's, beside the references'.
-pub(crate) const MESH: &str = "mesh";
-pub(crate) const BARE: &str = "bare";
+use crate::table::count;
 
 /// One node's end of a tunnel: the WireGuard process (the agent for the mesh) and its interface.
 pub(crate) struct Side<'a> {

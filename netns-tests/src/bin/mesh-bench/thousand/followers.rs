@@ -16,7 +16,7 @@ use mesh_chain::heads::{Wake, Wakeups};
 use mesh_chain::membership::Own;
 use mesh_chain::view::ChainView;
 use mesh_wg::{MemoryTable, PeerTable as _};
-use netns_tests::swarm::Swarm;
+use netns_tests::in_process::swarm::Swarm;
 use p2p_agent::state::SeatState;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

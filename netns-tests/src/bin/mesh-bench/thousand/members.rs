@@ -11,11 +11,11 @@ use dstack_simulator::platform::SimulatorConfig;
 use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::registration::{self, Desired, Outcome};
 use mesh_wg::Key;
-use netns_tests::chain::{mint, signing_provider};
-use netns_tests::cluster::account_key;
-use netns_tests::lan::rpc_url;
-use netns_tests::node::SimulatedInstance;
-use netns_tests::swarm::SwarmPeer;
+use netns_tests::in_process::chain::{mint, signing_provider};
+use netns_tests::in_process::node::SimulatedInstance;
+use netns_tests::in_process::swarm::SwarmPeer;
+use netns_tests::system::cluster::account_key;
+use netns_tests::system::lan::rpc_url;
 
 /// One member: its seat, its instance, and the WireGuard key its record holds.
 #[derive(Debug, Clone)]

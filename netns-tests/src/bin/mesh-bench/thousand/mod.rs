@@ -3,7 +3,7 @@
 //! each are, in this process:
 //! - a simulated CVM whose seat is minted, bound and registered as an agent's would be ([`members`]);
 //! - the agent's follower, membership and plan code on anvil's WebSocket ([`followers`]);
-//! - a simulated WireGuard peer, a boringtun `Tunn` on its own UDP socket ([`netns_tests::swarm`]), which
+//! - a simulated WireGuard peer, a boringtun `Tunn` on its own UDP socket ([`netns_tests::in_process::swarm`]), which
 //!   initiates toward the newcomer as soon as its member's plan holds it: the join storm.
 //!
 //! It reports what a full read of the cluster costs, the RPC requests per idle block and per join, the time
@@ -24,11 +24,11 @@ use anyhow::Context as _;
 use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::Heads;
-use netns_tests::cluster::Layout;
-use netns_tests::lan::{SWITCH_IP, rpc_url, ws_url};
-use netns_tests::perf::{clock_ticks, cpu_ticks};
+use netns_tests::in_process::swarm::Swarm;
+use netns_tests::measure::perf::{clock_ticks, cpu_ticks};
 use netns_tests::prelude::*;
-use netns_tests::swarm::Swarm;
+use netns_tests::system::cluster::Layout;
+use netns_tests::system::lan::{SWITCH_IP, rpc_url, ws_url};
 
 use crate::cost::{chain_counters, mine, rss_kib};
 use crate::report::{Stat, Thousand};
@@ -276,7 +276,7 @@ fn switch_runtime(ns: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .on_thread_start(move || netns_tests::netns::enter(&ns))
+        .on_thread_start(move || netns_tests::net::netns::enter(&ns))
         .build()?)
 }
 

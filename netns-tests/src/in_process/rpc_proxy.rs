@@ -15,7 +15,7 @@ use hyper::{Request as HttpRequest, Response, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::netns::NetNs;
+use crate::net::netns::NetNs;
 
 /// One JSON-RPC request as the proxy sees it.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +106,7 @@ impl RpcProxy {
         let shared = rules.clone();
         let thread = std::thread::spawn(move || {
             if let Some(name) = netns {
-                crate::netns::enter(&name);
+                crate::net::netns::enter(&name);
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,4 +1,4 @@
-//! `meshctl` run against an in-process anvil ([`crate::chain`]) with a chosen signer and only
+//! `meshctl` run against an in-process anvil ([`crate::in_process::chain`]) with a chosen signer and only
 //! `DSTACK_MESH_*` variables, for the CLI's tests that need no namespace.
 
 use std::process::Command;
@@ -7,9 +7,9 @@ use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::Address;
 use serde_json::Value;
 
-pub use crate::chain::anvil;
-pub use crate::node::{APP_ID, SimulatedInstance as Instance};
-use crate::process::workspace_bin;
+pub use crate::in_process::chain::anvil;
+pub use crate::in_process::node::{APP_ID, SimulatedInstance as Instance};
+use crate::run::process::workspace_bin;
 
 /// The result of one meshctl run.
 pub struct Run {
@@ -62,7 +62,7 @@ impl Run {
 pub struct Meshctl<'a> {
     pub anvil: &'a AnvilInstance,
     pub contract: Option<Address>,
-    /// The in-process instances' mock root CA and collateral ([`crate::node::trust_args`]), which `mint` and
+    /// The in-process instances' mock root CA and collateral ([`crate::in_process::node::trust_args`]), which `mint` and
     /// `bind` verify bindings under.
     trust: Vec<String>,
     _trust_dir: tempfile::TempDir,
@@ -75,7 +75,7 @@ impl<'a> Meshctl<'a> {
         Self {
             anvil,
             contract: None,
-            trust: crate::node::trust_args(dir.path()),
+            trust: crate::in_process::node::trust_args(dir.path()),
             _trust_dir: dir,
         }
     }
@@ -161,7 +161,7 @@ impl<'a> Meshctl<'a> {
             .expect("address");
         self.contract = Some(address);
         // The owner allows the image the instances run, as for a new release.
-        let (compose, os) = crate::node::image();
+        let (compose, os) = crate::in_process::node::image();
         self.run(
             Some(0),
             &["app-auth", "allow-compose", &compose.to_string()],

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mesh_api::Peer;
 
-use crate::sampler::{Sample, Sampler};
+use crate::system::sampler::{Sample, Sampler};
 
 /// Samples every agent's `/v1/peers`.
 pub struct HealthSampler(Sampler<Vec<Peer>>);

@@ -4,9 +4,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::netns::NetNs;
-use crate::ping::{ping_counts, ping_output};
-use crate::wait::wait_until;
+use crate::net::netns::NetNs;
+use crate::net::ping::{ping_counts, ping_output};
+use crate::run::wait::wait_until;
 
 /// One iperf3 run, from its client's JSON report (`-J`).
 #[derive(Clone, Copy, Debug, PartialEq)]

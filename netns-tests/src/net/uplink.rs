@@ -26,10 +26,9 @@ use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::lan::lan_ip;
-use crate::netns::{NetNs, link};
-use crate::process::{ChildGuard, require_root, tail};
-use crate::wait::wait_until;
+use crate::net::netns::{NetNs, link};
+use crate::run::process::{ChildGuard, require_root, tail};
+use crate::run::wait::wait_until;
 
 /// The node's WireGuard and relay port, which routers forward.
 const NODE_PORT: u16 = 51820;
@@ -108,6 +107,16 @@ impl Front {
             Self::Slirp(host) => &host.ns,
         }
     }
+}
+
+/// Node `i`'s address on the LAN (1-based).
+pub fn lan_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        198,
+        51,
+        100,
+        u8::try_from(i).expect("node index fits a byte"),
+    )
 }
 
 /// Node `i`'s address on its private network behind a router.

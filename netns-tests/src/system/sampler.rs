@@ -1,6 +1,6 @@
 //! One path of every agent's API, asked of all of them at once and again every few milliseconds, on a
 //! thread of its own ([`Sampler`]): what an application polling the agents would have seen, moment by
-//! moment. [`crate::leadership`] samples `/v1/leader`, [`crate::liveness`] `/v1/peers`.
+//! moment. [`crate::system::leadership`] samples `/v1/leader`, [`crate::system::liveness`] `/v1/peers`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -12,9 +12,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use mesh_wg::{Device, DeviceConfig, Error, Key, PeerConfig, PeerStatus, PrivateKey};
 
-use crate::netns::{NetNs, enter, unique};
-use crate::process::{ChildGuard, run_ok};
-use crate::wait::wait_until;
+use crate::net::netns::{NetNs, enter, unique};
+use crate::run::process::{ChildGuard, run_ok};
+use crate::run::wait::wait_until;
 
 /// How long any single device command may take before the test fails.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,11 +19,12 @@ use mesh_relay::{Dialer, RelayTarget};
 use mesh_wg::Key;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-use crate::cluster::Cluster;
-use crate::lan::{Lan, SWITCH_IP, lan_ip};
-use crate::netns::{NetNs, in_netns};
-use crate::process::{ChildGuard, require_root, tail};
-use crate::wait::wait_until;
+use crate::net::netns::{NetNs, in_netns};
+use crate::net::uplink::lan_ip;
+use crate::run::process::{ChildGuard, require_root, tail};
+use crate::run::wait::wait_until;
+use crate::system::cluster::Cluster;
+use crate::system::lan::{Lan, SWITCH_IP};
 
 /// The gateway's base domain in tests.
 pub const TEST_DOMAIN: &str = "mesh.test";

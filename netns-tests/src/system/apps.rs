@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::netns::NetNs;
-use crate::process::{ChildGuard, clean_env, require_root, run_command_timeout, tail, text};
+use crate::net::netns::NetNs;
+use crate::run::process::{ChildGuard, clean_env, require_root, run_command_timeout, tail, text};
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {

@@ -103,8 +103,8 @@ impl SimulatedInstance {
         Self::start_with(config(name)).await
     }
 
-    /// Starts the instance `config` describes: of another cluster's app, such as a [`crate::cluster::Cluster`]'s
-    /// ([`crate::cluster::Cluster::instance_config`]). Call inside a tokio runtime.
+    /// Starts the instance `config` describes: of another cluster's app, such as a [`crate::system::cluster::Cluster`]'s
+    /// ([`crate::system::cluster::Cluster::instance_config`]). Call inside a tokio runtime.
     ///
     /// # Panics
     /// When the platform cannot be built, or the socket bound.

@@ -2,8 +2,8 @@
 //! behind a NAT router or slirp4netns ([`Uplink`]). Everything is addressed from inside the namespaces;
 //! nothing is created in the root namespace.
 //!
-//! Teardown is by guards, in borrow order: an [`crate::agent::Agent`] borrows its
-//! [`crate::cluster::Cluster`], which borrows its [`Lan`], so agents stop before simulators, and simulators
+//! Teardown is by guards, in borrow order: an [`crate::system::agent::Agent`] borrows its
+//! [`crate::system::cluster::Cluster`], which borrows its [`Lan`], so agents stop before simulators, and simulators
 //! and anvil before the namespaces go.
 
 use std::fs::File;
@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::netns::{NetNs, link};
-use crate::ping::{ping_counts, ping_output};
-use crate::process::{
+use crate::net::netns::{NetNs, link};
+use crate::net::ping::{ping_counts, ping_output};
+use crate::net::uplink::{Front, SlirpHost, Uplink, lan_ip, router};
+use crate::run::process::{
     CMD_TIMEOUT, ChildGuard, anvil_path, cast_path, clean_env, json_of, require_root,
     run_command_timeout, tail, workspace_bin,
 };
-use crate::uplink::{Front, SlirpHost, Uplink, router};
-use crate::wait::wait_until;
+use crate::run::wait::wait_until;
 
 /// The switch's address on the LAN, where anvil listens.
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
@@ -46,16 +46,6 @@ pub fn rpc_url() -> String {
 /// anvil's WebSocket, at the same address.
 pub fn ws_url() -> String {
     format!("ws://{SWITCH_IP}:{RPC_PORT}")
-}
-
-/// Node `i`'s address on the LAN (1-based).
-pub fn lan_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(
-        198,
-        51,
-        100,
-        u8::try_from(i).expect("node index fits a byte"),
-    )
 }
 
 /// A switch namespace with a bridge and anvil on it at [`SWITCH_IP`], and node namespaces 1..=n, each
@@ -89,7 +79,7 @@ impl Lan {
             "no node {behind} to put behind the NAT"
         );
         let mut uplinks = vec![Uplink::Switch; n];
-        uplinks[behind - 1] = Uplink::nat(crate::uplink::NatKind::PortRestricted);
+        uplinks[behind - 1] = Uplink::nat(crate::net::uplink::NatKind::PortRestricted);
         Self::with_uplinks(&uplinks)
     }
 

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use mesh_api::Leader;
 
-use crate::sampler::Sampler;
+use crate::system::sampler::Sampler;
 
 /// Every agent's `/v1/leader` at one moment: `None` for an agent that did not answer in time.
-pub type Sample = crate::sampler::Sample<Leader>;
+pub type Sample = crate::system::sampler::Sample<Leader>;
 
 impl Sample {
     /// The nodes (1-based) that say they lead.

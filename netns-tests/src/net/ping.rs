@@ -7,8 +7,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::netns::NetNs;
-use crate::process::{ChildGuard, text};
+use crate::net::netns::NetNs;
+use crate::run::process::{ChildGuard, text};
 
 /// Pings `ip` from `ns` `count` times, `interval` apart (each reply awaited up to 1 s); returns
 /// (sent, received). A ping that prints no summary (say, no route) counts as (0, 0).

@@ -11,7 +11,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::process::{ChildGuard, run_ok, run_timeout};
+use crate::run::process::{ChildGuard, run_ok, run_timeout};
 
 /// A name unique to this process and call, at most 15 bytes (the UAPI socket directory is shared by all
 /// namespaces): `wgt<pid><tag><n>`.

@@ -15,11 +15,11 @@ use mesh_chain::record::{NodeBinding, SignedRegistration};
 use p2p_agent::identity::NodeIdentity;
 use serde_json::Value;
 
-use crate::chain::mined;
-use crate::cluster::{Cluster, account_key};
-use crate::lan::rpc_url;
-use crate::netns::{NetNs, in_netns};
-use crate::runtime::block_on;
+use crate::in_process::chain::mined;
+use crate::net::netns::{NetNs, in_netns};
+use crate::run::runtime::block_on;
+use crate::system::cluster::{Cluster, account_key};
+use crate::system::lan::rpc_url;
 
 /// The chain id of every test chain (anvil's).
 pub const CHAIN_ID: u64 = 31337;

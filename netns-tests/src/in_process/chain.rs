@@ -7,7 +7,7 @@ use alloy::providers::{DynProvider, Provider};
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::sol_types::SolCall;
 
-use crate::process::{anvil_path, cast_path};
+use crate::run::process::{anvil_path, cast_path};
 
 /// A fresh chain on a free loopback port; the process is killed (by its handle) when dropped.
 ///
@@ -51,7 +51,7 @@ pub type TestCluster =
 
 /// Deploys a cluster owned by anvil account 0 that pins `kms_root` and the test app (`node::APP_ID`), with
 /// prefix 10.0.1.0/24 and room for 50 active seats, and allows the image the in-process instances run
-/// ([`crate::node::image`]).
+/// ([`crate::in_process::node::image`]).
 ///
 /// # Panics
 /// When the deployment fails.
@@ -63,14 +63,14 @@ pub async fn deploy_cluster(
         wallet(anvil, 0),
         anvil.addresses()[0],
         kms_root,
-        vec![crate::node::APP_ID.parse().expect("app id")],
+        vec![crate::in_process::node::APP_ID.parse().expect("app id")],
         0x0a00_0100,
         24,
         alloy::primitives::U256::from(50),
     )
     .await
     .expect("deploy the cluster");
-    let (compose, os) = crate::node::image();
+    let (compose, os) = crate::in_process::node::image();
     let auth = mesh_chain::contract::DstackClusterAppAuth::new(
         cluster.appAuth().call().await.expect("appAuth"),
         // The cluster's own provider: it keeps account 0's nonces.
@@ -89,7 +89,7 @@ pub async fn deploy_cluster(
 pub async fn mint(
     cluster: &TestCluster,
     to: alloy::primitives::Address,
-    node: Option<&crate::node::SimulatedInstance>,
+    node: Option<&crate::in_process::node::SimulatedInstance>,
 ) {
     let binding = match node {
         Some(node) => {
@@ -139,8 +139,8 @@ pub async fn mined_tx(from: &DynProvider, tx: TransactionRequest) -> Transaction
 /// The chain's latest block number (`cast block-number`), or `None` while it does not answer.
 pub fn block_number(rpc_url: &str) -> Option<u64> {
     let mut cmd = std::process::Command::new(cast_path());
-    crate::process::clean_env(&mut cmd).args(["block-number", "--rpc-url", rpc_url]);
-    let out = crate::process::run_command_timeout(
+    crate::run::process::clean_env(&mut cmd).args(["block-number", "--rpc-url", rpc_url]);
+    let out = crate::run::process::run_command_timeout(
         cmd,
         "cast block-number",
         std::time::Duration::from_secs(30),

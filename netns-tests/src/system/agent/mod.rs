@@ -1,6 +1,7 @@
-//! The real `p2p-agent` daemon in a node's namespace ([`Agent`]), started by [`AgentBuilder`] with the
-//! harness's flags and read back through `meshctl status`, `wg show` and its log; and what a test asks of
-//! several agents (a full mesh, pings over the overlay, no warnings).
+//! The real `p2p-agent` daemon in a node's namespace ([`Agent`]): its process, started by [`AgentBuilder`]
+//! with the harness's flags, stopped, killed and restarted. What a test reads of it (its API, `meshctl
+//! status`, `wg show`, its log) is in `reads`; what a test asks of several agents (a full mesh, pings over
+//! the overlay, no warnings) in `fleet`.
 //!
 //! The agent, `meshctl` and the simulator are the workspace's own binaries in `target/debug` (or
 //! `target/release` for the release benchmark), which `cargo test -p netns-tests` does not build: build them
@@ -11,25 +12,23 @@ use std::io::Write as _;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use mesh_api::{ConnectionKind, Peer, Status};
 use mesh_wg::Key;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::Deserialize;
-use serde_json::Value;
 
-use crate::cluster::{Cluster, account_key, write_secret};
-use crate::lan::{WG_PORT, lan_ip, rpc_url, ws_url};
-use crate::netns::NetNs;
-use crate::ping::ping;
-use crate::process::{
-    CMD_TIMEOUT, ChildGuard, clean_env, run_command_timeout, tail, text, workspace_bin,
-};
-use crate::runtime::block_on;
-use crate::wait::wait_until;
-use crate::wg::{DumpPeer, parse_dump};
+use crate::net::netns::NetNs;
+use crate::net::uplink::lan_ip;
+use crate::run::process::{ChildGuard, clean_env, text, workspace_bin};
+use crate::system::cluster::{Cluster, account_key, write_secret};
+use crate::system::lan::{WG_PORT, rpc_url, ws_url};
+
+mod fleet;
+mod reads;
+
+pub use fleet::*;
+pub use reads::LogEvent;
 
 /// The log targets of the agent's own crates, as they appear after a level and any span prefix.
 const OWN_TARGETS: [&str; 6] = [
@@ -103,50 +102,6 @@ impl AgentConfig {
             json_log: false,
         }
     }
-}
-
-/// One line of an agent's JSON log ([`AgentConfig::json_log`]) that names what happened in its `event`
-/// field.
-#[derive(Debug, Clone)]
-pub struct LogEvent {
-    /// When the agent logged it.
-    pub at: SystemTime,
-    /// What happened: `peer.added`, `handshake.initiated`, … (the agent's crates name them where they log).
-    pub event: String,
-    /// The line's other fields (its message, the event's own fields, `target`, `spans`).
-    pub fields: serde_json::Map<String, Value>,
-}
-
-impl LogEvent {
-    /// Field `name` when it is a string: `peer` is a key as it prints (`abcdefgh…`).
-    pub fn str_field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).and_then(Value::as_str)
-    }
-
-    /// A JSON log line, as `tracing_subscriber` writes it with the event's fields at the top level; `None`
-    /// for the harness's own lines (text) and the lines that name no event.
-    fn parse(line: &str) -> Option<Self> {
-        #[derive(Deserialize)]
-        struct Line {
-            timestamp: String,
-            event: Option<String>,
-            #[serde(flatten)]
-            fields: serde_json::Map<String, Value>,
-        }
-        let line: Line = serde_json::from_str(line).ok()?;
-        Some(Self {
-            at: rfc3339(&line.timestamp)?,
-            event: line.event?,
-            fields: line.fields,
-        })
-    }
-}
-
-/// An RFC 3339 timestamp (the agent logs in UTC, to the microsecond).
-fn rfc3339(s: &str) -> Option<SystemTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(SystemTime::from)
 }
 
 /// The real `p2p-agent` daemon (`--mode wireguard` unless its [`AgentConfig`] says otherwise) for node `i`, in node i's namespace, with its own
@@ -287,32 +242,6 @@ impl<'a> Agent<'a> {
         self.started = Instant::now();
     }
 
-    /// The last few KB of this agent's log, for failure messages.
-    pub fn tail(&self) -> String {
-        format!(
-            "--- agent {} ({}, {}) log tail ---\n{}",
-            self.index,
-            self.ifname,
-            self.ns().name,
-            tail(&self.log, 6000)
-        )
-    }
-
-    /// The agent's own WARN lines and every ERROR line of its log (every run of it so far). boringtun's
-    /// warnings are left out: it warns of every handshake retransmission, which a mesh starting up has.
-    pub fn warnings(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            // The agent's own targets, after any span prefix (` WARN register{…}: mesh_chain::…`).
-            .filter(|l| {
-                (l.contains(" WARN ") && OWN_TARGETS.iter().any(|t| l.contains(t)))
-                    || l.contains(" ERROR ")
-            })
-            .map(str::to_owned)
-            .collect()
-    }
-
     /// Panics (with the log tail) if the daemon has exited.
     pub fn assert_running(&mut self) {
         let child = self.child.as_mut().expect("agent was started");
@@ -377,195 +306,9 @@ impl<'a> Agent<'a> {
         t.elapsed()
     }
 
-    /// `meshctl status --json` as raw JSON, or why it failed.
-    pub fn try_status(&self) -> Result<Value, String> {
-        let bin = workspace_bin("meshctl");
-        let mut cmd = self
-            .ns()
-            .command(&[bin.to_str().expect("utf-8 path"), "status", "--json"]);
-        clean_env(&mut cmd)
-            .arg("--api-socket")
-            .arg(&self.api_socket);
-        let out = run_command_timeout(cmd, "meshctl status", CMD_TIMEOUT);
-        if !out.status.success() {
-            return Err(format!(
-                "meshctl status (node {}): {}",
-                self.index,
-                text(&out)
-            ));
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("meshctl status printed no JSON ({e}): {}", text(&out)))
-    }
-
-    /// The agent's `/metrics`, read on its API socket.
-    pub fn metrics(&self) -> String {
-        block_on(mesh_api::get_text(self.api_socket.as_path(), "/metrics")).unwrap_or_else(|e| {
-            panic!(
-                "reading node {}'s metrics: {e}\n{}",
-                self.index,
-                self.tail()
-            )
-        })
-    }
-
-    /// Where its API is served.
-    pub fn api_socket(&self) -> &std::path::Path {
-        &self.api_socket
-    }
-
-    /// `GET /v1/leader`: the leader as this agent sees it, or why it cannot be read.
-    pub fn leader(&self) -> Result<mesh_api::Leader, String> {
-        block_on(mesh_api::get(self.api_socket.as_path(), "/v1/leader"))
-            .map_err(|e| format!("node {}: {e}", self.index))
-    }
-
-    /// `GET /v1/health`: the node's health as this agent judges it (the application's report and its own
-    /// check).
-    pub fn health(&self) -> mesh_api::HealthSignal {
-        block_on(mesh_api::get(self.api_socket.as_path(), "/v1/health")).unwrap_or_else(|e| {
-            panic!("reading node {}'s health: {e}\n{}", self.index, self.tail())
-        })
-    }
-
-    /// `POST /v1/health`: reports the application's health to the agent, as the SDK's `set_healthy` does.
-    pub fn set_healthy(&self, healthy: bool, reason: Option<&str>) -> mesh_api::HealthSignal {
-        block_on(
-            mesh_api::Client::new(self.api_socket.as_path()).set_healthy(healthy, reason, None),
-        )
-        .unwrap_or_else(|e| {
-            panic!(
-                "reporting node {}'s health: {e}\n{}",
-                self.index,
-                self.tail()
-            )
-        })
-    }
-
-    /// The lines of its log that contain `needle`.
-    pub fn log_lines(&self, needle: &str) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// When the agent first logged a text line containing `needle` (every run of it so far).
-    pub fn first_logged(&self, needle: &str) -> Option<SystemTime> {
-        self.first_logged_since(needle, SystemTime::UNIX_EPOCH)
-    }
-
-    /// When the agent first logged a text line containing `needle` at or after `since`.
-    pub fn first_logged_since(&self, needle: &str, since: SystemTime) -> Option<SystemTime> {
-        self.log_lines(needle)
-            .iter()
-            .filter_map(|l| rfc3339(l.split_whitespace().next()?))
-            .find(|t| *t >= since)
-    }
-
-    /// The lines of its JSON log that name an event (every run of it so far, with
-    /// [`AgentConfig::json_log`]; none otherwise).
-    pub fn log_events(&self) -> Vec<LogEvent> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(LogEvent::parse)
-            .collect()
-    }
-
-    /// `meshctl status --json`, typed: this node's status and its peers.
-    pub fn status(&self) -> (Status, Vec<Peer>) {
-        let v = self
-            .try_status()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.tail()));
-        let status = serde_json::from_value(v["status"].clone())
-            .unwrap_or_else(|e| panic!("meshctl status: unexpected status ({e}): {v}"));
-        let peers = serde_json::from_value(v["peers"].clone())
-            .unwrap_or_else(|e| panic!("meshctl status: unexpected peers ({e}): {v}"));
-        (status, peers)
-    }
-
-    /// The seats this node refused for their attestation (`GET /v1/peers/refused`).
-    pub fn refused(&self) -> Vec<mesh_api::RefusedPeer> {
-        block_on(mesh_api::get(
-            self.api_socket.as_path(),
-            "/v1/peers/refused",
-        ))
-        .unwrap_or_else(|e| {
-            panic!(
-                "reading node {}'s refused seats: {e}\n{}",
-                self.index,
-                self.tail()
-            )
-        })
-    }
-
-    /// This node's peer `token` as its agent reports it.
-    pub fn peer(&self, token: u64) -> Option<Peer> {
-        self.status().1.into_iter().find(|p| p.token_id == token)
-    }
-
-    /// Whether this node reports seat `token` over WireGuard, healthy, with `key` (false too when
-    /// `meshctl status` fails).
-    pub fn sees_healthy(&self, token: u64, key: &Key) -> bool {
-        self.try_status().is_ok()
-            && self.peer(token).is_some_and(|p| {
-                p.connection == ConnectionKind::Wireguard
-                    && p.healthy
-                    && p.wg_public_key.as_ref() == Some(key)
-            })
-    }
-
-    /// This node's WireGuard public key as its agent reports it.
-    pub fn key(&self) -> Key {
-        self.status().0.node.wg_public_key.unwrap_or_else(|| {
-            panic!(
-                "node {} reports no WireGuard key\n{}",
-                self.index,
-                self.tail()
-            )
-        })
-    }
-
-    /// The peer keys configured on this node's interface, read with `wg show dump` through its UAPI.
-    pub fn wg_peer_keys(&self) -> std::collections::BTreeSet<Key> {
-        self.wg_dump().1.into_iter().map(|p| p.public_key).collect()
-    }
-
-    /// Whether this node reports every other agent of `agents` healthy over WireGuard with its key in
-    /// `keys` (`keys[j - 1]` is node j's), with one `meshctl status`.
-    pub fn sees_all_healthy(&self, agents: &[Agent<'_>], keys: &[Key]) -> bool {
-        let Ok(v) = self.try_status() else {
-            return false;
-        };
-        let Ok(peers) = serde_json::from_value::<Vec<Peer>>(v["peers"].clone()) else {
-            return false;
-        };
-        agents.iter().filter(|b| b.index != self.index).all(|b| {
-            peers.iter().any(|p| {
-                p.token_id == b.token
-                    && p.connection == ConnectionKind::Wireguard
-                    && p.healthy
-                    && p.wg_public_key == Some(keys[b.index - 1])
-            })
-        })
-    }
-
     /// The daemon's PID, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
-    }
-
-    /// `wg show <ifname> dump` in the node's namespace (through the agent's UAPI socket), raw.
-    pub fn wg_dump_text(&self) -> String {
-        self.ns().exec_ok(&["wg", "show", &self.ifname, "dump"])
-    }
-
-    /// `wg show <ifname> dump`, parsed: the interface fields, then one entry per peer.
-    pub fn wg_dump(&self) -> (Vec<String>, Vec<DumpPeer>) {
-        parse_dump(&self.wg_dump_text())
     }
 
     /// Stops the daemon with SIGTERM and requires a clean exit (status 0 within a bounded time, the
@@ -623,12 +366,6 @@ impl<'a> Agent<'a> {
         self.spawn(extra);
     }
 
-    /// `GET /v1/peers`: the peers as this agent shows them to applications, or why it cannot be read.
-    pub fn peers(&self) -> Result<Vec<Peer>, String> {
-        block_on(mesh_api::get(self.api_socket.as_path(), "/v1/peers"))
-            .map_err(|e| format!("node {}: {e}", self.index))
-    }
-
     /// Stops the daemon (see [`Agent::stop`]) and starts it again with its [`Agent::config`] (which may have
     /// changed) and the standard flags plus `extra`.
     pub fn restart(&mut self, extra: &[&str]) {
@@ -644,10 +381,6 @@ impl<'a> Agent<'a> {
     /// How long the current daemon process has been running.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
-    }
-
-    pub fn uapi_socket(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/wireguard/{}.sock", self.ifname))
     }
 
     /// SIGTERM, then a bounded wait; SIGKILL by PID if it does not exit (then `Err`).
@@ -697,7 +430,7 @@ impl Drop for Agent<'_> {
 pub struct AgentBuilder<'a> {
     cluster: &'a Cluster<'a>,
     /// Shared with the thread that starts a newcomer while others are watched
-    /// ([`crate::convergence::watch_change`]).
+    /// ([`crate::system::convergence::watch_change`]).
     config: Box<dyn Fn(usize) -> AgentConfig + Send + Sync + 'a>,
     flags: Vec<String>,
     ready_within: u64,
@@ -746,161 +479,5 @@ impl<'a> AgentBuilder<'a> {
         let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
         wait_full_mesh(&agents, &keys);
         (agents, keys)
-    }
-}
-
-/// What `a` says of its path to seat `to`: the path and, while relayed, why.
-pub fn path_to(a: &Agent<'_>, to: usize) -> Option<(mesh_api::Path, Option<String>)> {
-    let p = a.peer(to as u64)?;
-    Some((p.path?, p.path_reason))
-}
-
-/// Whether every agent sees every other one healthy on `path`.
-pub fn all_healthy_on(agents: &[Agent<'_>], path: mesh_api::Path) -> bool {
-    agents.iter().all(|a| {
-        let Ok(status) = a.try_status() else {
-            return false; // Not serving yet.
-        };
-        let peers: Vec<Peer> = serde_json::from_value(status["peers"].clone()).unwrap_or_default();
-        agents.iter().filter(|b| b.index != a.index).all(|b| {
-            peers
-                .iter()
-                .any(|p| p.token_id == b.token && p.healthy && p.path == Some(path))
-        })
-    })
-}
-
-/// Every ordered pair's path and health, and why a relayed one is, for failure messages.
-pub fn path_table(agents: &[Agent<'_>]) -> String {
-    let mut out = String::new();
-    for a in agents {
-        for b in agents.iter().filter(|b| b.index != a.index) {
-            let seen = match a.peer(b.token) {
-                Some(p) => format!(
-                    "{:?}, {}{}",
-                    p.path,
-                    if p.healthy { "healthy" } else { "not healthy" },
-                    p.path_reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                ),
-                None => "absent".to_owned(),
-            };
-            out.push_str(&format!("{} -> {}: {seen}\n", a.index, b.index));
-        }
-    }
-    out
-}
-
-/// Every agent's log tail, for failure messages.
-pub fn tails(agents: &[Agent<'_>]) -> String {
-    agents
-        .iter()
-        .map(Agent::tail)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Every agent's `meshctl status --json` (or why it failed), for failure messages.
-pub fn statuses(agents: &[Agent<'_>]) -> String {
-    agents
-        .iter()
-        .map(|a| {
-            let s = a.try_status().map(|v| v.to_string()).unwrap_or_else(|e| e);
-            format!("--- meshctl status, node {} ---\n{s}", a.index)
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Waits (60 s) until every agent reports every other one healthy over WireGuard with the key in `keys`
-/// (`keys[j - 1]` is node j's).
-pub fn wait_full_mesh(agents: &[Agent<'_>], keys: &[Key]) {
-    wait_until(
-        &format!(
-            "nodes {:?} to report each other healthy over WireGuard",
-            agents.iter().map(|a| a.index).collect::<Vec<_>>()
-        ),
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || agents.iter().all(|a| a.sees_all_healthy(agents, keys)),
-        || format!("{}\n{}", statuses(agents), tails(agents)),
-    );
-}
-
-/// Node `from` pings seat `to`'s overlay address 3 times, 200 ms apart; returns the replies received.
-pub fn replies(agents: &[Agent<'_>], from: usize, to: usize) -> u32 {
-    ping(
-        agents[0].cluster.lan().node(from),
-        agents[0].cluster.overlay_of(to),
-        3,
-        Duration::from_millis(200),
-    )
-    .1
-}
-
-/// Node `from` reaches seat `to` over the overlay (3 of 3 pings); panics with every status and log tail.
-pub fn assert_pings(agents: &[Agent<'_>], from: usize, to: usize) {
-    let got = replies(agents, from, to);
-    assert_eq!(
-        got,
-        3,
-        "node {from} -> node {to} ({}) over the overlay: {got} of 3 replies\n{}\n{}",
-        agents[0].cluster.overlay_of(to),
-        statuses(agents),
-        tails(agents)
-    );
-}
-
-/// Node `from` cannot reach seat `to` over the overlay (0 of 3 pings).
-pub fn assert_no_pings(agents: &[Agent<'_>], from: usize, to: usize) {
-    let got = replies(agents, from, to);
-    assert_eq!(
-        got,
-        0,
-        "node {from} must not reach node {to} ({}) over the overlay, yet {got} of 3 replies came\n{}\n{}",
-        agents[0].cluster.overlay_of(to),
-        statuses(agents),
-        tails(agents)
-    );
-}
-
-/// Panics listing them if any agent logged a warning or an error (see [`Agent::warnings`]): a clean run
-/// has nothing to warn about.
-pub fn assert_no_warnings(agents: &[Agent<'_>]) {
-    let warnings: Vec<String> = agents
-        .iter()
-        .flat_map(|a| {
-            a.warnings()
-                .into_iter()
-                .map(move |w| format!("agent {}: {w}", a.index))
-        })
-        .collect();
-    assert!(
-        warnings.is_empty(),
-        "the agents logged warnings or errors:\n{}",
-        warnings.join("\n")
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A JSON line with an event is read with its time (to the microsecond) and its fields; the harness's
-    /// own text lines and lines that name no event are skipped.
-    #[test]
-    fn log_events_are_read_from_json_lines() {
-        let line = r#"{"timestamp":"2026-11-23T06:54:56.179762Z","level":"DEBUG","message":"peer added","event":"peer.added","peer":"abcdefgh…","target":"mesh_wg::device::shared"}"#;
-        let e = LogEvent::parse(line).expect("an event");
-        assert_eq!(e.event, "peer.added");
-        assert_eq!(e.str_field("peer"), Some("abcdefgh…"));
-        let unix =
-            e.at.duration_since(SystemTime::UNIX_EPOCH)
-                .expect("after 1970")
-                .as_secs_f64();
-        assert!((unix - 1_795_416_896.179_762).abs() < 1e-5, "{unix}");
-        let no_event =
-            r#"{"timestamp":"2026-11-23T06:54:56.179762Z","message":"peer records changed"}"#;
-        assert!(LogEvent::parse(no_event).is_none());
-        assert!(LogEvent::parse("=== test: starting agent 1 with …").is_none());
     }
 }

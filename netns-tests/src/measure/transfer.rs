@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::netns::{NetNs, in_netns};
+use crate::net::netns::{NetNs, in_netns};
 
 /// The port the receiving end listens on.
 const PORT: u16 = 5301;

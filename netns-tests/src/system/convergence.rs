@@ -10,8 +10,8 @@ use alloy::providers::{Provider as _, ProviderBuilder};
 use mesh_api::{Client, ConnectionKind, Event, Peer};
 use mesh_chain::contract::DstackClusterNFT;
 
-use crate::agent::Agent;
-use crate::lan::{Lan, rpc_url};
+use crate::system::agent::Agent;
+use crate::system::lan::{Lan, rpc_url};
 
 /// How often the chain is read while waiting for a change to land there.
 const CHAIN_POLL: Duration = Duration::from_millis(10);

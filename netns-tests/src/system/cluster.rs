@@ -15,11 +15,11 @@ use alloy::signers::local::PrivateKeySigner;
 use mesh_wg::Key;
 use serde_json::Value;
 
-use crate::lan::{Lan, rpc_url};
-use crate::process::{
+use crate::run::process::{
     CMD_TIMEOUT, ChildGuard, clean_env, json_of, run_command_timeout, tail, workspace_bin,
 };
-use crate::wait::wait_until;
+use crate::run::wait::wait_until;
+use crate::system::lan::{Lan, rpc_url};
 
 /// The app id of every test cluster.
 pub const APP_ID: &str = "00112233445566778899aabbccddeeff00112233";
@@ -164,7 +164,7 @@ impl<'a> Cluster<'a> {
     }
 
     /// What a `dstack-simulator` of this cluster serves, for an instance called `name` simulated in this
-    /// process ([`crate::node::SimulatedInstance::start_with`]): the cluster's KMS root and mock PKI, the test
+    /// process ([`crate::in_process::node::SimulatedInstance::start_with`]): the cluster's KMS root and mock PKI, the test
     /// app, and so the nodes' image.
     ///
     /// # Panics
@@ -394,13 +394,13 @@ impl<'a> Cluster<'a> {
         );
         let minting = std::thread::spawn(move || {
             if let Some(ns) = switch {
-                crate::netns::enter(&ns);
+                crate::net::netns::enter(&ns);
             }
-            crate::runtime::block_on(async move {
+            crate::run::runtime::block_on(async move {
                 let holder = PrivateKeySigner::from_str(&account_key(0))
                     .expect("account 0's key")
                     .address();
-                let provider = crate::chain::signing_provider(&rpc, &account_key(0));
+                let provider = crate::in_process::chain::signing_provider(&rpc, &account_key(0));
                 let c = mesh_chain::contract::DstackClusterNFT::new(
                     contract.parse().expect("the contract address"),
                     provider,
@@ -408,11 +408,11 @@ impl<'a> Cluster<'a> {
                 let last = || async { c.lastTokenId().call().await.expect("lastTokenId") };
                 // Bounded: one seat more each time, up to `token`.
                 while last().await.to::<u64>().saturating_add(1) < token {
-                    crate::chain::mined(
+                    crate::in_process::chain::mined(
                         c.mintNodeAccess(holder, mesh_chain::contract::no_binding()),
                     )
                     .await;
-                    crate::chain::mined(c.deactivate(last().await)).await;
+                    crate::in_process::chain::mined(c.deactivate(last().await)).await;
                 }
             });
         });

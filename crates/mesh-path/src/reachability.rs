@@ -1,0 +1,171 @@
+//! What a node knows of its own reachability, and the candidates it publishes from it: the addresses of its
+//! interfaces, the public address and port STUN servers see its WireGuard socket come from, and the
+//! addresses peers that reach it directly say they see ([`Reachability::observe`]). The device's discovery
+//! loop (in `mesh-wg`) asks the servers and the interfaces and hands the answers here.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wg_key::Key;
+
+use crate::candidates::{Candidate, MAX_CANDIDATES, Source};
+use crate::nat::NatReport;
+use crate::punch::OwnCandidates;
+
+/// How long a peer's word on where it sees this node counts: peers say it again every two minutes at least
+/// (with their candidates), so only a peer that went away lets it lapse.
+pub const OBSERVED_FOR: Duration = Duration::from_secs(300);
+
+/// What the node knows of its own reachability, and the candidates it publishes from it.
+#[derive(Debug, Default)]
+pub struct Reachability {
+    pub report: NatReport,
+    locals: Vec<SocketAddrV4>,
+    observed: HashMap<Key, (SocketAddrV4, Instant)>,
+    /// A round has ended.
+    settled: bool,
+    pub own: Arc<OwnCandidates>,
+}
+
+impl Reachability {
+    /// A round's outcome and the interfaces' addresses; returns whether the candidates changed.
+    pub fn set(&mut self, report: NatReport, locals: Vec<SocketAddrV4>, now: Instant) -> bool {
+        self.report = report;
+        self.locals = locals;
+        self.settled = true;
+        self.recompute(now)
+    }
+
+    /// `peer` sees this node's datagrams come from `addr`; returns whether the candidates changed.
+    pub fn observe(&mut self, peer: Key, addr: SocketAddrV4, now: Instant) -> bool {
+        let known = self.observed.get(&peer).is_some_and(|(a, _)| *a == addr);
+        self.observed.insert(peer, (addr, now));
+        !known && self.recompute(now)
+    }
+
+    /// The candidates from what is known: the interfaces' addresses, then what STUN saw, then what peers
+    /// saw (when the mapping is the same for every destination; otherwise a peer's view is of no use to
+    /// another).
+    fn recompute(&mut self, now: Instant) -> bool {
+        self.observed
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < OBSERVED_FOR);
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut add = |addr: SocketAddrV4, source| {
+            if !candidates.iter().any(|c| c.addr == addr) && candidates.len() < MAX_CANDIDATES {
+                candidates.push(Candidate { addr, source });
+            }
+        };
+        for l in &self.locals {
+            add(*l, Source::Local);
+        }
+        for m in &self.report.mapped {
+            if let SocketAddr::V4(m) = m {
+                add(*m, Source::Stun);
+            }
+        }
+        if !self.report.mapping.depends_on_destination() {
+            let mut seen: Vec<SocketAddrV4> = self.observed.values().map(|(a, _)| *a).collect();
+            seen.sort();
+            for o in seen {
+                add(o, Source::Observed);
+            }
+        }
+        let mapping = self.report.mapping;
+        let settled = self.settled;
+        if candidates == self.own.candidates
+            && mapping == self.own.mapping
+            && settled == self.own.settled
+        {
+            return false;
+        }
+        self.own = Arc::new(OwnCandidates {
+            version: self.own.version + 1,
+            candidates,
+            mapping,
+            own_ips: self.locals.iter().map(|l| *l.ip()).collect(),
+            settled,
+        });
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn v4(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn report(mapped: &[&str], mapping: crate::nat::Mapping) -> NatReport {
+        NatReport {
+            mapping,
+            mapped: mapped.iter().map(|m| m.parse().unwrap()).collect(),
+            ..NatReport::default()
+        }
+    }
+
+    /// Local addresses first, then STUN's, then what peers see; a change bumps the version, the same again
+    /// does not.
+    #[test]
+    fn candidates_come_from_interfaces_stun_and_peers_and_change_only_when_they_do() {
+        use crate::nat::Mapping;
+        let t0 = Instant::now();
+        let mut d = Reachability::default();
+        let locals = vec![v4("10.0.2.100:51820")];
+        assert!(d.set(
+            report(&["198.51.100.1:40000"], Mapping::EndpointIndependent),
+            locals.clone(),
+            t0
+        ));
+        assert_eq!(d.own.version, 1);
+        assert!(!d.set(
+            report(&["198.51.100.1:40000"], Mapping::EndpointIndependent),
+            locals.clone(),
+            t0
+        ));
+        assert!(
+            !d.observe(Key::from_bytes([1; 32]), v4("198.51.100.1:40000"), t0),
+            "what STUN saw already"
+        );
+        assert!(d.observe(Key::from_bytes([2; 32]), v4("198.51.100.1:41000"), t0));
+        let sources: Vec<_> = d
+            .own
+            .candidates
+            .iter()
+            .map(|c| (c.addr, c.source))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (v4("10.0.2.100:51820"), Source::Local),
+                (v4("198.51.100.1:40000"), Source::Stun),
+                (v4("198.51.100.1:41000"), Source::Observed),
+            ]
+        );
+        assert_eq!(d.own.own_ips, [Ipv4Addr::new(10, 0, 2, 100)]);
+        assert_eq!(d.own.version, 2);
+        // A symmetric NAT: what one peer sees is no use to another.
+        assert!(d.set(
+            report(&["198.51.100.1:40000"], Mapping::AddressAndPortDependent),
+            locals,
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(
+            d.own
+                .candidates
+                .iter()
+                .all(|c| c.source != Source::Observed)
+        );
+        // Peers' words expire.
+        let mut e = Reachability::default();
+        e.observe(Key::from_bytes([2; 32]), v4("198.51.100.1:41000"), t0);
+        assert_eq!(e.own.candidates.len(), 1);
+        e.set(NatReport::default(), Vec::new(), t0 + OBSERVED_FOR);
+        assert!(e.own.candidates.is_empty());
+    }
+}

@@ -1,0 +1,24 @@
+//! The system in namespaces, each piece borrowing the one before, so teardown runs in order; a module uses
+//! only those before it here, and the folders below (`in_process`, `measure`, `net`, `run`):
+//! - [`lan`]: a LAN of node namespaces behind a bridge, with anvil on it; each node on the bridge, or behind
+//!   what [`crate::net::uplink`] builds: a NAT router of one of four kinds, or slirp4netns; and coturn.
+//! - [`cluster`]: a cluster deployed there, with one `dstack-simulator` per node, and `meshctl`.
+//! - [`agent`]: the real `p2p-agent` daemon in a node's namespace, started by one builder
+//!   ([`agent::AgentBuilder`]), what it reads of it, and what a scenario asks of several.
+//! - [`gateway`]: a stand-in for the dstack gateway (nginx terminating TLS, routing by SNI) for the relay.
+//! - [`apps`]: applications on the mesh, the SDK's scripts and the examples, and HTTP to them.
+//! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.
+//! - [`sampler`]: one path of every agent's API, asked of all at once every few milliseconds; with it,
+//!   [`leadership`]: who claims to lead, and [`liveness`]: which peers each agent says are healthy.
+//! - [`attack`]: what the attacker does in the scenarios, against a cluster's chain.
+
+pub mod agent;
+pub mod apps;
+pub mod attack;
+pub mod cluster;
+pub mod convergence;
+pub mod gateway;
+pub mod lan;
+pub mod leadership;
+pub mod liveness;
+pub mod sampler;
