@@ -518,20 +518,16 @@ impl RunArgs {
         Ok(contract)
     }
 
-    /// The health check to run, if any.
-    pub fn health_check(&self) -> Option<crate::tasks::health::HealthCheck> {
-        use crate::tasks::health::{Check, HealthCheck};
-        let check = match (&self.health_url, &self.health_cmd) {
-            (Some(url), _) => Check::Url(url.clone()),
-            (None, Some(cmd)) => Check::Command(cmd.clone()),
-            (None, None) => return None,
-        };
-        let every = std::time::Duration::from_millis(self.health_interval_ms);
-        Some(HealthCheck {
-            check,
-            every,
-            timeout: every,
-        })
+    /// How often the chain is polled (`--poll-interval-ms`, 50 ms at least).
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms.max(50))
+    }
+
+    /// The lease, heartbeat and election times that `--leader-timeout` makes.
+    pub fn leader_timing(&self) -> crate::leadership::lease::Timing {
+        crate::leadership::lease::Timing::for_timeout(std::time::Duration::from_secs(
+            self.leader_timeout,
+        ))
     }
 
     /// How long a peer may be silent and be shown healthy (`--peer-timeout-ms`).

@@ -3,7 +3,7 @@
 //! `mesh-api`); this one has what is the agent's own:
 //!
 //! - [`config`]: the daemon's flags.
-//! - [`identity`] and [`keystore`]: this node: its instance, and its node and WireGuard keys, made in the CVM
+//! - [`node`] and [`keystore`]: this node: its instance, and its node and WireGuard keys, made in the CVM
 //!   and sealed on its volume.
 //! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
 //! - [`desired`] and [`snapshot`]: decisions, pure: this node's peers, and what the API serves.
@@ -21,9 +21,9 @@ pub mod commands;
 pub mod config;
 pub mod desired;
 pub mod hooks;
-pub mod identity;
 pub mod keystore;
 pub mod leadership;
+pub mod node;
 pub mod run;
 pub mod snapshot;
 pub mod state;

@@ -2,7 +2,7 @@
 //! ([`crate::tasks`]) under one cancellation token until it fires or a task fails, and joins them all.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
@@ -11,9 +11,7 @@ use backoff::Backoff;
 use dstack_guest::DstackClient;
 use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
 use mesh_attest::collateral::CollateralSource;
-use mesh_chain::follow::{Anchors, FollowConfig};
 use mesh_chain::redact::RedactedUrl;
-use mesh_chain::registration::Desired;
 use mesh_chain::view::ChainView;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,16 +23,16 @@ use crate::attestation::Checker;
 use crate::cache;
 use crate::causes::Causes;
 use crate::config::{ModeArg, RunArgs};
-use crate::identity::NodeIdentity;
-use crate::leadership::lease::Timing;
-use crate::snapshot::{self, AgentFacts, NodeFacts};
+use crate::node::NodeIdentity;
+use crate::snapshot::{self, AgentFacts};
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
-use crate::tasks::attestor::Attestor;
+use crate::tasks::Shared;
 use crate::tasks::chain::ChainTask;
+use crate::tasks::chain::attest::Attestor;
 use crate::tasks::health::HealthCheck;
 use crate::tasks::leader::{self, LeaderTask};
-use crate::tasks::mesh::{MeshTask, Relay, WireGuard};
-use crate::tasks::publisher::{Hooks, Inputs, Publisher};
+use crate::tasks::mesh::{MeshTask, RelayParts, WireGuard};
+use crate::tasks::publisher::{Inputs, Publisher};
 use crate::tasks::registrar::Registrar;
 
 /// Runs the daemon until `cancel` fires.
@@ -70,7 +68,7 @@ async fn daemon(
         mode: args.mode.into(),
         contract,
         rpc: rpc.clone(),
-        lease: Timing::for_timeout(Duration::from_secs(args.leader_timeout)).lease,
+        lease: args.leader_timing().lease,
         liveness: args.liveness(),
     };
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));
@@ -173,8 +171,6 @@ fn relay_dialer(args: &RunArgs) -> anyhow::Result<Option<RelayParts>> {
     Ok(Some((dialer, metrics)))
 }
 
-type RelayParts = (mesh_relay::Dialer, Arc<mesh_relay::Metrics>);
-
 /// Waits for dstack to say who this node is, then runs the tasks.
 #[allow(clippy::too_many_arguments)] // The daemon's parts, passed once from `daemon`.
 async fn member(
@@ -216,9 +212,13 @@ async fn member(
     tracing::Span::current().record("instance", identity.instance_id());
     info!(instance = %identity.instance_id(), app = %identity.node.app_id, node = %identity.node.address(), wg_key = %identity.wg_public_key(), "identity from dstack and the key store");
     let cached = saved.map(|s| s.view);
-    let tasks = Tasks::new(
-        args, contract, rpc, agent, identity, tx_key, relay, attestor,
-    );
+    let shared = Shared {
+        contract,
+        rpc,
+        identity,
+        tx_key,
+    };
+    let tasks = Tasks::new(&args, &shared, agent, relay, attestor);
     tasks.run(cached, api, cancel).await
 }
 
@@ -235,7 +235,7 @@ async fn load_identity(
         let delay = backoff.next_delay();
         match NodeIdentity::load(client, key_file, epoch).await {
             Ok(identity) => return Ok(identity),
-            Err(e @ crate::identity::IdentityError::KeyStore(_)) => {
+            Err(e @ crate::node::IdentityError::KeyStore(_)) => {
                 return Err(e).context("cannot open this node's keys");
             }
             Err(e) => {
@@ -312,132 +312,21 @@ struct Tasks {
 }
 
 impl Tasks {
-    #[allow(clippy::too_many_arguments)] // The daemon's parts, passed once from `member`.
+    /// Each task as the flags set it.
     fn new(
-        args: RunArgs,
-        contract: Address,
-        rpc: RedactedUrl,
+        args: &RunArgs,
+        shared: &Shared,
         agent: AgentFacts,
-        identity: Arc<NodeIdentity>,
-        tx_key: Option<PrivateKeySigner>,
         relay: Option<RelayParts>,
         attestor: Attestor,
     ) -> Self {
-        let wireguard = args.mode == ModeArg::Wireguard;
-        let gateway_url = args.gateway_url(identity.instance_id());
-        let wg_public_key = wireguard.then(|| identity.wg_public_key());
-        let desired = Desired {
-            wg_public_key,
-            endpoint: match (wireguard, args.endpoint) {
-                (true, Some(e)) => e.to_string(),
-                _ => String::new(),
-            },
-            gateway_url: gateway_url.clone().unwrap_or_default(),
-        };
-        let poll = Duration::from_millis(args.poll_interval_ms.max(50));
-        let timing = Timing::for_timeout(Duration::from_secs(args.leader_timeout));
-        let health = args.health_check();
-        let chain = ChainTask {
-            contract,
-            rpc_url: args.endpoints.rpc_url.clone(),
-            rpc: rpc.clone(),
-            follow: FollowConfig {
-                confirmations: args.confirmations,
-                full_read_every: Duration::from_secs(args.full_read_secs.max(1)),
-            },
-            anchors: Anchors {
-                flags: args.kms_root.map(|root| (root, args.app_ids.clone())),
-                repin: args.repin,
-            },
-            poll,
-            subscribe: args.subscription_url(),
-            state_dir: args.state.dir.clone(),
-            instance_id: identity.instance_id().to_owned(),
-            renew: timing.renew,
-            node_span: tracing::Span::current(),
-            attestor,
-        };
-        let leader = LeaderTask {
-            contract,
-            rpc_url: args.endpoints.rpc_url.clone(),
-            rpc: rpc.clone(),
-            identity: Arc::clone(&identity),
-            tx_key: tx_key.clone(),
-            timing,
-            heartbeats: wireguard,
-            ballots: wireguard && !args.no_failover,
-        };
-        let registrar = Registrar {
-            contract,
-            rpc_url: args.endpoints.rpc_url.clone(),
-            rpc,
-            identity: Arc::clone(&identity),
-            desired,
-            tx_key,
-            recheck: Duration::from_secs(args.full_read_secs),
-        };
-        let relay_port = (wireguard && !args.no_relay).then_some(args.relay_port);
-        if wireguard && args.backend() != mesh_wg::BackendChoice::from(args.wg_backend) {
-            info!(
-                "no --endpoint: this node takes the userspace WireGuard, whose own socket can punch through NATs to peers (give --wg-backend kernel for the kernel's)"
-            );
-        }
-        let mesh = MeshTask {
-            interfaces: wireguard.then(|| WireGuard {
-                ifname: args.interface.clone(),
-                listen_port: args.listen_port,
-                private_key: identity.wg_private_key().clone(),
-                backend: args.backend(),
-                offload: mesh_wg::Offload {
-                    tun: !args.no_tun_offload,
-                    udp: !args.no_udp_offload,
-                },
-                mtu: args.mtu,
-                stun_servers: args.stun_servers(),
-                liveness: args.liveness(),
-                relay: relay_port
-                    .zip(relay)
-                    .map(|(port, (dialer, metrics))| Relay {
-                        port,
-                        dialer,
-                        metrics,
-                        limits: mesh_relay::Limits::default(),
-                        serving: None,
-                    }),
-            }),
-            instance_id: identity.instance_id().to_owned(),
-            wg_public_key,
-            // Handshakes are read off the device this often, whatever the chain's poll: a new peer's health
-            // reaches the API within this of its handshake.
-            refresh: poll.min(crate::tasks::mesh::REFRESH_AT_MOST),
-            relay_port,
-        };
-        let publisher = Publisher {
-            node: NodeFacts {
-                instance_id: identity.instance_id().to_owned(),
-                app_id: identity.node.app_id,
-                wg_public_key,
-                endpoint: args.endpoint.map(|e| e.to_string()),
-                gateway_url,
-            },
-            agent,
-            started: Instant::now(),
-
-            hooks: Hooks {
-                on_change: args.on_change,
-                on_leader_change: args.on_leader_change,
-                timeout: Duration::from_secs(args.hook_timeout_secs),
-                hosts_file: args.hosts_file,
-                hosts_suffix: args.hosts_suffix,
-            },
-        };
         Self {
-            chain,
-            registrar,
-            mesh,
-            leader,
-            publisher,
-            health,
+            chain: ChainTask::from_args(args, shared, attestor),
+            registrar: Registrar::from_args(args, shared),
+            mesh: MeshTask::from_args(args, shared, relay),
+            leader: LeaderTask::from_args(args, shared),
+            publisher: Publisher::from_args(args, shared, agent),
+            health: HealthCheck::from_args(args),
         }
     }
 

@@ -106,7 +106,7 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     let client = DstackClient::discover(args.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
     let key_file = args.state.key_file();
-    let identity = crate::identity::NodeIdentity::load(&client, &key_file, 0)
+    let identity = crate::node::NodeIdentity::load(&client, &key_file, 0)
         .await
         .context("cannot establish this node's identity")?;
     let node = &identity.node;

@@ -42,7 +42,7 @@ pub async fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
     let identity =
-        crate::identity::NodeIdentity::load(&client, &args.state.key_file(), args.wg_key_epoch)
+        crate::node::NodeIdentity::load(&client, &args.state.key_file(), args.wg_key_epoch)
             .await
             .context("cannot establish this node's identity")?;
     let cluster = Cluster::connect(args.endpoints.rpc_url.clone(), args.contract)

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::RunArgs;
+
 /// Failed checks in a row that make the node unhealthy.
 pub const FAILURES: u32 = 2;
 
@@ -33,6 +35,24 @@ pub struct HealthCheck {
     pub every: Duration,
     /// How long one check may take before it counts as failed.
     pub timeout: Duration,
+}
+
+impl HealthCheck {
+    /// The check `--health-url` or `--health-cmd` asks for, every `--health-interval-ms`; none without
+    /// either.
+    pub fn from_args(args: &RunArgs) -> Option<Self> {
+        let check = match (&args.health_url, &args.health_cmd) {
+            (Some(url), _) => Check::Url(url.clone()),
+            (None, Some(cmd)) => Check::Command(cmd.clone()),
+            (None, None) => return None,
+        };
+        let every = Duration::from_millis(args.health_interval_ms);
+        Some(Self {
+            check,
+            every,
+            timeout: every,
+        })
+    }
 }
 
 /// Whether `failures` checks in a row have failed enough: the pure rule.

@@ -20,11 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::attestation::Attested;
-use crate::identity::NodeIdentity;
+use crate::config::{ModeArg, RunArgs};
 use crate::leadership::heartbeat;
 use crate::leadership::lease::Timing;
 use crate::leadership::machine::{self, Chain, Job, JobDone, Machine, SocketWant};
+use crate::node::NodeIdentity;
 use crate::state::{ChainState, LeaderState, MeshState};
+use crate::tasks::Shared;
 
 /// What the leader task needs to know.
 pub struct LeaderTask {
@@ -39,6 +41,23 @@ pub struct LeaderTask {
     pub heartbeats: bool,
     /// Votes and elections: off in TLS mode and with `--no-failover`.
     pub ballots: bool,
+}
+
+impl LeaderTask {
+    /// The leader task: heartbeats in WireGuard mode, and ballots too unless `--no-failover`.
+    pub fn from_args(args: &RunArgs, shared: &Shared) -> Self {
+        let wireguard = args.mode == ModeArg::Wireguard;
+        Self {
+            contract: shared.contract,
+            rpc_url: args.endpoints.rpc_url.clone(),
+            rpc: shared.rpc.clone(),
+            identity: Arc::clone(&shared.identity),
+            tx_key: shared.tx_key.clone(),
+            timing: args.leader_timing(),
+            heartbeats: wireguard,
+            ballots: wireguard && !args.no_failover,
+        }
+    }
 }
 
 /// What the leader task reads.

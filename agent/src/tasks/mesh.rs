@@ -20,8 +20,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::{ModeArg, RunArgs};
 use crate::desired;
 use crate::state::{ChainState, DeviceInfo, MeshState, SeatState};
+use crate::tasks::Shared;
 
 /// Where the mesh task gets its interface from.
 pub trait Interfaces: Send {
@@ -240,6 +242,54 @@ pub struct MeshTask<I> {
     pub refresh: Duration,
     /// The port peers' relays are on; `None` with relays off.
     pub relay_port: Option<u16>,
+}
+
+/// The relay's dialler, and the counters it shares with the relay's endpoint.
+pub type RelayParts = (mesh_relay::Dialer, Arc<mesh_relay::Metrics>);
+
+impl MeshTask<WireGuard> {
+    /// The mesh task: an interface in WireGuard mode (none in TLS mode), with the relay on
+    /// `--relay-port` unless `--no-relay`, dialling peers' relays with `relay`.
+    pub fn from_args(args: &RunArgs, shared: &Shared, relay: Option<RelayParts>) -> Self {
+        let wireguard = args.mode == ModeArg::Wireguard;
+        let identity = &shared.identity;
+        let relay_port = (wireguard && !args.no_relay).then_some(args.relay_port);
+        if wireguard && args.backend() != BackendChoice::from(args.wg_backend) {
+            info!(
+                "no --endpoint: this node takes the userspace WireGuard, whose own socket can punch through NATs to peers (give --wg-backend kernel for the kernel's)"
+            );
+        }
+        Self {
+            interfaces: wireguard.then(|| WireGuard {
+                ifname: args.interface.clone(),
+                listen_port: args.listen_port,
+                private_key: identity.wg_private_key().clone(),
+                backend: args.backend(),
+                offload: mesh_wg::Offload {
+                    tun: !args.no_tun_offload,
+                    udp: !args.no_udp_offload,
+                },
+                mtu: args.mtu,
+                stun_servers: args.stun_servers(),
+                liveness: args.liveness(),
+                relay: relay_port
+                    .zip(relay)
+                    .map(|(port, (dialer, metrics))| Relay {
+                        port,
+                        dialer,
+                        metrics,
+                        limits: mesh_relay::Limits::default(),
+                        serving: None,
+                    }),
+            }),
+            instance_id: identity.instance_id().to_owned(),
+            wg_public_key: wireguard.then(|| identity.wg_public_key()),
+            // Handshakes are read off the device this often, whatever the chain's poll: a new peer's health
+            // reaches the API within this of its handshake.
+            refresh: args.poll_interval().min(REFRESH_AT_MOST),
+            relay_port,
+        }
+    }
 }
 
 struct Running<I: Interfaces> {

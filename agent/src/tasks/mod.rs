@@ -2,13 +2,17 @@
 //! the tasks after it; all run under one cancellation token ([`crate::run`]).
 //!
 //! ```text
-//! chain ──ChainState──┬──> registrar ──RegState────────────┐
-//!                     ├──> mesh ──────MeshState──┬─────────┼──> publisher ──Snapshot──> API, hooks
-//!                     ├──────────────────────────┴> leader ─┤ LeaderState
-//!                     └─────────────────────────────────────┘
+//! chain ──ChainState──┬──> registrar ──RegState──────────────┐
+//!                     ├──> mesh ──────MeshState──┬───────────┼──> publisher ──Snapshot──> API, hooks
+//!                     │                          ▼           │
+//!                     ├─────────────────────> leader ────────┤ LeaderState
+//! health ─────────────┼────CheckSignal──────>                │
+//! API POST /v1/health ┴────AppReport────────>                │
+//!                     └──────────────────────────────────────┘
 //! ```
+//!
+//! Each task builds its own settings from the daemon's flags (`from_args`), given what they share ([`Shared`]).
 
-pub mod attestor;
 pub mod chain;
 pub mod health;
 pub mod leader;
@@ -16,10 +20,25 @@ pub mod mesh;
 pub mod publisher;
 pub mod registrar;
 
+use std::sync::Arc;
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
 use mesh_chain::redact::RedactedUrl;
 use tracing::warn;
 
+use crate::node::NodeIdentity;
+
 use crate::state::Fault;
+
+/// What every task is built from besides the flags: the cluster, the RPC as logs may show it, who this node
+/// is, and the key that pays for its transactions.
+pub struct Shared {
+    pub contract: Address,
+    pub rpc: RedactedUrl,
+    pub identity: Arc<NodeIdentity>,
+    pub tx_key: Option<PrivateKeySigner>,
+}
 
 /// Makes `fault` what a task's state shows as failing now. It is logged only when it reads differently,
 /// so a failure that repeats on every poll is logged once.

@@ -14,9 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, warn};
 
+use crate::config::{ModeArg, RunArgs};
 use crate::hooks;
 use crate::snapshot::{self, AgentFacts, Clock, NodeFacts};
 use crate::state::{ChainState, LeaderState, MeshState, RegState};
+use crate::tasks::Shared;
 
 /// How often the snapshot is rendered while nothing is published: uptime and handshake ages move on.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -38,6 +40,32 @@ pub struct Publisher {
     pub node: NodeFacts,
     pub started: Instant,
     pub hooks: Hooks,
+}
+
+impl Publisher {
+    /// The publisher, showing `agent`'s settings, with the hooks and hosts file the flags name.
+    pub fn from_args(args: &RunArgs, shared: &Shared, agent: AgentFacts) -> Self {
+        let wireguard = args.mode == ModeArg::Wireguard;
+        let identity = &shared.identity;
+        Self {
+            node: NodeFacts {
+                instance_id: identity.instance_id().to_owned(),
+                app_id: identity.node.app_id,
+                wg_public_key: wireguard.then(|| identity.wg_public_key()),
+                endpoint: args.endpoint.map(|e| e.to_string()),
+                gateway_url: args.gateway_url(identity.instance_id()),
+            },
+            agent,
+            started: Instant::now(),
+            hooks: Hooks {
+                on_change: args.on_change.clone(),
+                on_leader_change: args.on_leader_change.clone(),
+                timeout: Duration::from_secs(args.hook_timeout_secs),
+                hosts_file: args.hosts_file.clone(),
+                hosts_suffix: args.hosts_suffix.clone(),
+            },
+        }
+    }
 }
 
 /// What the tasks before the publisher send it.

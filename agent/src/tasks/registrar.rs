@@ -17,8 +17,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::identity::NodeIdentity;
+use crate::config::{ModeArg, RunArgs};
+use crate::node::NodeIdentity;
 use crate::state::{ChainState, Fault, FaultError, RegState, SeatState};
+use crate::tasks::Shared;
 
 /// After a registration that landed: soon, to see that peers believe it.
 const AFTER_REGISTERING: Duration = Duration::from_secs(2);
@@ -37,6 +39,32 @@ pub struct Registrar {
     pub tx_key: Option<PrivateKeySigner>,
     /// How long an up-to-date record goes unchecked.
     pub recheck: Duration,
+}
+
+impl Registrar {
+    /// The registrar: the record it keeps names this node's WireGuard key and `--endpoint` in
+    /// WireGuard mode (neither in TLS mode), and its gateway URL.
+    pub fn from_args(args: &RunArgs, shared: &Shared) -> Self {
+        let wireguard = args.mode == ModeArg::Wireguard;
+        let identity = &shared.identity;
+        let desired = Desired {
+            wg_public_key: wireguard.then(|| identity.wg_public_key()),
+            endpoint: match (wireguard, args.endpoint) {
+                (true, Some(e)) => e.to_string(),
+                _ => String::new(),
+            },
+            gateway_url: args.gateway_url(identity.instance_id()).unwrap_or_default(),
+        };
+        Self {
+            contract: shared.contract,
+            rpc_url: args.endpoints.rpc_url.clone(),
+            rpc: shared.rpc.clone(),
+            identity: Arc::clone(identity),
+            desired,
+            tx_key: shared.tx_key.clone(),
+            recheck: Duration::from_secs(args.full_read_secs),
+        }
+    }
 }
 
 /// What the registrar acts on, of all the chain task publishes: a change of it is worth a check now.

@@ -145,8 +145,8 @@ impl SimulatedInstance {
     ///
     /// # Panics
     /// When the simulator does not answer or the key file does not open.
-    pub async fn identity(&self, wg_epoch: u32) -> p2p_agent::identity::NodeIdentity {
-        p2p_agent::identity::NodeIdentity::load(&self.client, &self.key_file(), wg_epoch)
+    pub async fn identity(&self, wg_epoch: u32) -> p2p_agent::node::NodeIdentity {
+        p2p_agent::node::NodeIdentity::load(&self.client, &self.key_file(), wg_epoch)
             .await
             .expect("identity")
     }

@@ -12,7 +12,7 @@ use alloy::sol_types::SolEvent as _;
 use dstack_guest::{DstackClient, Endpoint};
 use mesh_chain::contract::{self as chain, DstackClusterNFT};
 use mesh_chain::record::{NodeBinding, SignedRegistration};
-use p2p_agent::identity::NodeIdentity;
+use p2p_agent::node::NodeIdentity;
 use serde_json::Value;
 
 use crate::in_process::chain::mined;

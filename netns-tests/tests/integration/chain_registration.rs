@@ -23,7 +23,7 @@ use netns_tests::{
     in_process::chain::{TestCluster, anvil, deploy_cluster, mined, mined_tx, mint},
     in_process::node::SimulatedInstance,
 };
-use p2p_agent::identity::NodeIdentity;
+use p2p_agent::node::NodeIdentity;
 
 fn signer(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
     anvil.keys()[i].clone().into()

@@ -1,6 +1,8 @@
 //! The chain task: follows the cluster contract (or, until the RPC answers, serves the cached view), finds
 //! this node's seat, keeps the state file, and publishes [`ChainState`].
 
+pub mod attest;
+
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +19,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::attestor::Attestor;
+use self::attest::Attestor;
 use crate::attestation::{self, Attestations, Attested};
 use crate::cache;
+use crate::config::RunArgs;
 use crate::state::{ChainState, Fault, FaultError, SeatProblem, SeatState};
+use crate::tasks::Shared;
 
 /// How often an instance without a seat in the view asks the contract for one.
 const SEAT_LOOKUP_EVERY: Duration = Duration::from_secs(5);
@@ -53,6 +57,32 @@ pub struct ChainTask {
     pub node_span: tracing::Span,
     /// Decides which seats' records are configured.
     pub attestor: Attestor,
+}
+
+impl ChainTask {
+    /// The chain task, checking seats' evidence with `attestor`.
+    pub fn from_args(args: &RunArgs, shared: &Shared, attestor: Attestor) -> Self {
+        Self {
+            contract: shared.contract,
+            rpc_url: args.endpoints.rpc_url.clone(),
+            rpc: shared.rpc.clone(),
+            follow: FollowConfig {
+                confirmations: args.confirmations,
+                full_read_every: Duration::from_secs(args.full_read_secs.max(1)),
+            },
+            anchors: Anchors {
+                flags: args.kms_root.map(|root| (root, args.app_ids.clone())),
+                repin: args.repin,
+            },
+            poll: args.poll_interval(),
+            subscribe: args.subscription_url(),
+            state_dir: args.state.dir.clone(),
+            instance_id: shared.identity.instance_id().to_owned(),
+            renew: args.leader_timing().renew,
+            node_span: tracing::Span::current(),
+            attestor,
+        }
+    }
 }
 
 /// Records `seat` on `span` when it is new.
