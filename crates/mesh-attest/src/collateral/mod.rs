@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::time_fmt::{fmt_unix, parse_rfc3339};
 
 mod pccs;
-pub use pccs::{Pccs, RETRY_AFTER_FAILURE};
+pub use pccs::{HttpError, Pccs, PccsError, RETRY_AFTER_FAILURE};
 
 const DAY: u64 = 24 * 60 * 60;
 
@@ -178,7 +178,7 @@ pub enum CollateralError {
     #[error("the quote does not name its platform: {0}")]
     Quote(String),
     #[error("the PCCS URL `{url}` is not usable: {reason}")]
-    PccsUrl { url: String, reason: String },
+    PccsUrl { url: String, reason: PccsError },
     #[error(
         "the PCCS answered with collateral for FMSPC {} when asked for {}",
         hex::encode(got),
@@ -195,7 +195,7 @@ pub enum CollateralError {
     )]
     Unavailable {
         fmspc: [u8; 6],
-        reason: String,
+        reason: PccsError,
         expired_at: Option<u64>,
     },
     #[error("the collateral cache directory {path} cannot be used: {reason}")]
