@@ -149,9 +149,9 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     match claimed_measurements(&client, binding.as_ref()).await {
-        Ok((compose, os)) => {
-            report.compose_hash = Some(compose);
-            report.os_measurement = Some(os);
+        Ok(claimed) => {
+            report.compose_hash = Some(B256::from(claimed.compose_hash));
+            report.os_measurement = Some(B256::from(claimed.os_measurement));
         }
         Err(e) => report.measurements_error = Some(format!("{e:#}")),
     }
@@ -235,15 +235,12 @@ async fn bind(
 async fn claimed_measurements(
     client: &DstackClient,
     binding: Option<&NodeBinding>,
-) -> anyhow::Result<(B256, B256)> {
+) -> anyhow::Result<mesh_attest::ClaimedMeasurements> {
     let evidence = match binding {
         Some(b) => mesh_attest::Evidence::decode(&b.evidence)?,
         None => evidence(client, &[0; 64]).await?,
     };
-    let (compose, os) = evidence
-        .claimed_measurements()
-        .map_err(anyhow::Error::msg)?;
-    Ok((B256::from(compose), B256::from(os)))
+    Ok(mesh_attest::claimed_measurements(&evidence)?)
 }
 
 impl Identity {

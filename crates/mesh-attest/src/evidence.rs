@@ -286,24 +286,6 @@ impl Evidence {
     pub fn hash(&self) -> [u8; 32] {
         keccak256(self.encode()).0
     }
-
-    /// The compose hash and OS measurement this evidence claims, read without verifying anything: what a
-    /// cluster owner allowlists for a new image, never what a peer is judged by.
-    ///
-    /// # Errors
-    /// What cannot be read: the quote, or the event log's claims.
-    pub fn claimed_measurements(&self) -> Result<([u8; 32], [u8; 32]), String> {
-        let quote =
-            dcap_qvl::quote::Quote::parse(&self.quote).map_err(|e| format!("the quote: {e}"))?;
-        let td = quote
-            .report
-            .as_td10()
-            .ok_or("the quote is not a TDX quote")?;
-        let os = crate::policy::os_measurement(&td.mr_td, &td.rt_mr0, &td.rt_mr1, &td.rt_mr2);
-        let claims =
-            crate::replay::claims(&self.events).map_err(|e| format!("the event log: {e}"))?;
-        Ok((claims.compose_hash, os))
-    }
 }
 
 /// The `report_data` a node's quote commits to: `keccak256(abi.encodePacked("dstack-mesh/node/v1",

@@ -8,6 +8,7 @@
 //! - [`evidence`]: the evidence and its on-chain bytes;
 //! - [`replay`]: the RTMR3 replay and the claims it proves;
 //! - [`policy`]: what a cluster allows;
+//! - [`measurements`]: what evidence claims to run, read unverified, for the owner's allowlists;
 //! - [`verify`](mod@verify): the checks, in order, and the refusals;
 //! - [`collateral`]: Intel's collateral per FMSPC, pinned from a file or fetched from a PCCS;
 //! - [`cache`]: verdicts by evidence hash and collateral, so each evidence is checked once per
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod cli;
 pub mod collateral;
 pub mod evidence;
+pub mod measurements;
 pub mod policy;
 pub mod replay;
 pub mod seat;
@@ -30,6 +32,7 @@ pub use cache::{VerdictCache, VerdictKey};
 pub use collateral::{CollateralError, CollateralId, CollateralInfo};
 pub use dcap_qvl::QuoteCollateralV3;
 pub use evidence::{Evidence, EvidenceError, RuntimeEvent, report_data};
+pub use measurements::{ClaimedMeasurements, MeasurementsError, claimed_measurements};
 pub use policy::{Allowed, KeyProviderRule, Policy, PolicyError, TcbStatus, os_measurement};
 pub use replay::{Claims, KeyProvider, ReplayError};
 pub use verify::{Expected, QuoteFacts, Refusal, Trust, TrustError, Verdict, verify, verify_quote};

@@ -11,7 +11,7 @@ use der::Decode as _;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 
-use crate::collateral::CollateralInfo;
+use crate::collateral::{CollateralError, CollateralInfo};
 use crate::evidence::Evidence;
 use crate::policy::{KeyProviderRule, Policy, TcbStatus, os_measurement};
 use crate::replay::{self, KeyProvider, ReplayError};
@@ -275,6 +275,18 @@ impl Refusal {
     }
 }
 
+/// No collateral for a quote. A quote that names no platform (truncated, altered, not TDX) is the
+/// node's to fix, so it is refused as `malformed`: a `collateral` refusal would send the operator to a
+/// PCCS that has nothing to do with it.
+impl From<CollateralError> for Refusal {
+    fn from(error: CollateralError) -> Self {
+        match error {
+            CollateralError::Quote(reason) => Self::Malformed(reason.to_string()),
+            other => Self::BadCollateral(other.to_string()),
+        }
+    }
+}
+
 /// TUD bits of the TD attributes: DEBUG (bit 0) and the profiling bits (4 to 6) that expose the TD as
 /// much as debug does.
 const TUD_DEBUG_MASK: u8 = 0x71;
@@ -452,7 +464,18 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    use tdx_mock::{MockPki, TdInput};
+
     use super::*;
+    use crate::collateral::quote_platform;
+
+    /// A quote the mock PKI signs, as a node's guest agent returns it.
+    fn genuine_quote() -> Vec<u8> {
+        MockPki::from_seed([0x3a; 32]).quote(&TdInput::new([1; 48], [[2; 48]; 4], [3; 64]))
+    }
+
+    /// Where a v4 quote's auth-data length sits: after the 48-byte header and the 584-byte TD report.
+    const AUTH_DATA_LEN_AT: usize = 48 + 584;
 
     #[test]
     fn kinds_are_stable_and_distinct() {
@@ -588,5 +611,70 @@ mod tests {
             let got = verify_quote(quote, &Trust::intel(), &collateral, false, 0);
             assert!(matches!(got, Err(Refusal::Malformed(_))), "{got:?}");
         }
+    }
+
+    /// Whatever is wrong with the quote itself (cut short, a length field that points past the end,
+    /// noise, an SGX header, no PCK certificate to name its platform), it is refused as `malformed`,
+    /// and the refusal says nothing about collateral or a PCCS.
+    #[test]
+    fn a_quote_that_names_no_platform_is_malformed_not_a_collateral_problem() {
+        let genuine = genuine_quote();
+        assert!(
+            quote_platform(&genuine).is_ok(),
+            "the genuine quote names its platform"
+        );
+
+        let truncated = genuine[..genuine.len() / 2].to_vec();
+        let mut absurd_length = genuine.clone();
+        absurd_length[AUTH_DATA_LEN_AT..AUTH_DATA_LEN_AT + 4]
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let random: Vec<u8> = (0..genuine.len())
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()[0]
+            })
+            .collect();
+        let mut sgx_header = genuine.clone();
+        sgx_header[4..8].copy_from_slice(&0u32.to_le_bytes());
+        // The PCK chain is certification data of type 5, its u16 type and u32 length just before the
+        // PEM; any other type carries no certificate.
+        let pem_at = genuine
+            .windows(10)
+            .position(|w| w == b"-----BEGIN")
+            .expect("the mock quote carries its PCK chain");
+        let mut no_pck_chain = genuine.clone();
+        no_pck_chain[pem_at - 6..pem_at - 4].copy_from_slice(&3u16.to_le_bytes());
+
+        for (what, quote) in [
+            ("truncated", truncated),
+            ("auth-data length 0xFFFFFFFF", absurd_length),
+            ("random bytes", random),
+            ("an SGX header", sgx_header),
+            ("no PCK certificate chain", no_pck_chain),
+        ] {
+            let error = quote_platform(&quote).expect_err(what);
+            assert!(
+                matches!(error, CollateralError::Quote(_)),
+                "{what}: {error:?}"
+            );
+            let refusal = Refusal::from(error);
+            assert_eq!(refusal.kind(), "malformed", "{what}: {refusal}");
+            let text = refusal.to_string().to_lowercase();
+            assert!(
+                !text.contains("collateral") && !text.contains("pccs"),
+                "{what}: {refusal}"
+            );
+        }
+    }
+
+    #[test]
+    fn collateral_that_cannot_be_had_is_still_a_collateral_refusal() {
+        let none = CollateralError::NoneForFmspc { fmspc: [0; 6] };
+        let refusal = Refusal::from(none.clone());
+        assert_eq!(refusal, Refusal::BadCollateral(none.to_string()));
+        assert_eq!(refusal.kind(), "collateral");
     }
 }

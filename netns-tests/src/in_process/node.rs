@@ -64,10 +64,11 @@ pub fn image() -> (B256, B256) {
     let bytes = alloy::hex::decode(&quote.quote).expect("hex quote");
     let evidence = mesh_attest::Evidence::from_dstack(&bytes, &quote.event_log)
         .expect("the simulator's evidence");
-    let (compose, os) = evidence
-        .claimed_measurements()
-        .expect("claimed measurements");
-    (B256::from(compose), B256::from(os))
+    let claimed = mesh_attest::claimed_measurements(&evidence).expect("claimed measurements");
+    (
+        B256::from(claimed.compose_hash),
+        B256::from(claimed.os_measurement),
+    )
 }
 
 /// The configuration of the instance called `name` of the test cluster's app.

@@ -130,7 +130,8 @@ impl Attestor {
         out
     }
 
-    /// The collateral for the binding's quote.
+    /// The collateral for the binding's quote. A quote that names no platform is refused as `malformed`, not
+    /// `collateral` ([`Refusal`]'s `From<CollateralError>`).
     async fn collateral_for(
         &self,
         binding: &Binding,
@@ -141,7 +142,7 @@ impl Attestor {
         self.collateral
             .for_quote(&evidence.quote, now)
             .await
-            .map_err(|e| Refusal::BadCollateral(e.to_string()))
+            .map_err(Refusal::from)
     }
 
     /// The allowlists' answer for the verdict's compose hash and OS image: as read within the refresh
@@ -209,5 +210,86 @@ impl Attestor {
                 ),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use alloy::primitives::{Address, Bytes, keccak256};
+    use mesh_attest::collateral::PinnedCollateral;
+    use mesh_attest::testing::boot_log;
+    use mesh_attest::{TcbStatus, Trust};
+    use tdx_mock::{MockPki, TdInput};
+
+    use super::*;
+    use crate::desired::tests::{record, view};
+
+    /// Seat `token`'s binding, its evidence made of `quote` and a boot log.
+    fn binding(token: u8, quote: Vec<u8>) -> Binding {
+        let instance = [token; 20];
+        let evidence = Bytes::from(
+            Evidence {
+                quote,
+                events: boot_log([0xa1; 20], [0xc0; 32], instance),
+            }
+            .encode(),
+        );
+        Binding {
+            instance_id: alloy::hex::encode(instance),
+            node: Address::repeat_byte(token),
+            evidence_hash: keccak256(&evidence),
+            bound_block: 1,
+            evidence,
+        }
+    }
+
+    /// A seat whose quote is cut short is refused as `malformed`, naming the quote, not as `collateral`
+    /// (which would send the operator to the PCCS); a genuine quote with no collateral for its platform is
+    /// still a `collateral` refusal.
+    #[tokio::test]
+    async fn a_truncated_quote_is_refused_as_malformed_and_missing_collateral_as_collateral() {
+        let pki = MockPki::from_seed([0x3b; 32]);
+        let genuine = pki.quote(&TdInput::new([1; 48], [[2; 48]; 4], [3; 64]));
+        let truncated = genuine[..genuine.len() / 2].to_vec();
+        let mut chain = view(&[record(1, 1, ""), record(2, 2, "")]);
+        chain.bindings.insert(1, binding(1, truncated));
+        chain.bindings.insert(2, binding(2, genuine));
+        let mut attestor = Attestor::new(
+            Checker::new(
+                Trust::from_der(pki.root_ca_der()).unwrap(),
+                BTreeSet::from([TcbStatus::UpToDate]),
+            ),
+            CollateralSource::Pinned(PinnedCollateral::default()),
+            Duration::from_secs(60),
+            Vec::new(),
+            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
+        );
+
+        let got = attestor.pass(&chain, None).await;
+
+        match &got[&1] {
+            Attested::Refused { kind, reason } => {
+                assert_eq!(*kind, "malformed", "{reason}");
+                assert!(reason.contains("the quote cannot be parsed"), "{reason}");
+                assert!(
+                    !reason.contains("collateral") && !reason.contains("PCCS"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            matches!(
+                &got[&2],
+                Attested::Refused {
+                    kind: "collateral",
+                    ..
+                }
+            ),
+            "{:?}",
+            got[&2]
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::time_fmt::{fmt_unix, parse_rfc3339};
 
 mod pccs;
-pub use pccs::{Pccs, RETRY_AFTER_FAILURE};
+pub use pccs::{HttpError, Pccs, PccsError, RETRY_AFTER_FAILURE};
 
 const DAY: u64 = 24 * 60 * 60;
 
@@ -152,15 +152,33 @@ pub struct Platform {
 /// their chain: certification data type 5).
 ///
 /// # Errors
-/// [`CollateralError::Quote`] when the quote or its certificate cannot be read.
+/// [`CollateralError::Quote`] when the quote is not a readable TDX quote or its certificate names no
+/// platform.
 pub fn quote_platform(quote: &[u8]) -> Result<Platform, CollateralError> {
     let parsed =
-        dcap_qvl::quote::Quote::parse(quote).map_err(|e| CollateralError::Quote(e.to_string()))?;
-    let fmspc = dcap_qvl::intel::quote_fmspc(&parsed)
-        .map_err(|e| CollateralError::Quote(format!("{e:#}")))?;
-    let ca =
-        dcap_qvl::intel::quote_ca(&parsed).map_err(|e| CollateralError::Quote(format!("{e:#}")))?;
+        dcap_qvl::quote::Quote::parse(quote).map_err(|e| QuoteError::Parse(format!("{e:#}")))?;
+    // Before any PCCS is asked: only TDX collateral is fetched, so an SGX quote's would be wrong.
+    if parsed.report.as_td10().is_none() {
+        return Err(QuoteError::NotTdx.into());
+    }
+    let fmspc =
+        dcap_qvl::intel::quote_fmspc(&parsed).map_err(|e| QuoteError::Fmspc(format!("{e:#}")))?;
+    let ca = dcap_qvl::intel::quote_ca(&parsed).map_err(|e| QuoteError::PckCa(format!("{e:#}")))?;
     Ok(Platform { fmspc, ca })
+}
+
+/// Why a quote names no platform: it is not one the node's guest agent made. dcap-qvl's errors are
+/// anyhow's, so their text is kept.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    #[error("the quote cannot be parsed: {0}")]
+    Parse(String),
+    #[error("the quote is an SGX quote, not a TDX one")]
+    NotTdx,
+    #[error("the quote's PCK certificate names no FMSPC: {0}")]
+    Fmspc(String),
+    #[error("the quote's PCK certificate names no issuing CA: {0}")]
+    PckCa(String),
 }
 
 /// Why no collateral could be had.
@@ -176,9 +194,9 @@ pub enum CollateralError {
     )]
     NoneForFmspc { fmspc: [u8; 6] },
     #[error("the quote does not name its platform: {0}")]
-    Quote(String),
+    Quote(QuoteError),
     #[error("the PCCS URL `{url}` is not usable: {reason}")]
-    PccsUrl { url: String, reason: String },
+    PccsUrl { url: String, reason: PccsError },
     #[error(
         "the PCCS answered with collateral for FMSPC {} when asked for {}",
         hex::encode(got),
@@ -195,11 +213,19 @@ pub enum CollateralError {
     )]
     Unavailable {
         fmspc: [u8; 6],
-        reason: String,
+        reason: PccsError,
         expired_at: Option<u64>,
     },
     #[error("the collateral cache directory {path} cannot be used: {reason}")]
     CacheDir { path: PathBuf, reason: String },
+}
+
+// By hand, not `#[from]`: that would also make it the source, and a report of the chain would say it
+// twice.
+impl From<QuoteError> for CollateralError {
+    fn from(error: QuoteError) -> Self {
+        Self::Quote(error)
+    }
 }
 
 fn read_collateral_json(json: &str) -> Result<Vec<QuoteCollateralV3>, String> {

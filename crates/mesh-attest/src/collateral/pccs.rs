@@ -22,6 +22,93 @@ use crate::time_fmt::fmt_unix;
 /// A PCCS answer is a few kilobytes; anything near this is not one.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// Why a PCCS cannot be asked, or gave no collateral. Foreign errors (rustls, hyper, I/O) are kept as
+/// their text, so that this stays `Clone` and `Eq` like [`CollateralError`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PccsError {
+    #[error("{0}")]
+    Url(url::ParseError),
+    #[error("it has no host")]
+    NoHost,
+    #[error("scheme `{0}` is neither http nor https")]
+    Scheme(String),
+    #[error(
+        "no system root certificates to check its https certificate: install the system's CA \
+         certificates, or name an http:// PCCS (Intel signs the collateral itself)"
+    )]
+    NoSystemRoots,
+    #[error("the TLS configuration cannot be made: {0}")]
+    TlsConfig(String),
+    #[error("{url}: {reason}")]
+    RequestUrl {
+        url: String,
+        reason: url::ParseError,
+    },
+    #[error("GET {url}: {failure}")]
+    Get { url: String, failure: HttpError },
+    #[error("GET {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("the answer has no {name} header")]
+    MissingHeader { name: &'static str },
+    #[error("the {name} header has bad percent-encoding at byte {at}")]
+    HeaderEncoding { name: &'static str, at: usize },
+    #[error("the {name} header is not UTF-8")]
+    HeaderNotUtf8 { name: &'static str },
+    #[error("the {field} answer is not JSON: {reason}")]
+    NotJson { field: &'static str, reason: String },
+    #[error("the answer has no `{field}`")]
+    MissingField { field: &'static str },
+    #[error("`signature` is not a string")]
+    SignatureNotString,
+    #[error("`signature` is not hex")]
+    SignatureNotHex,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The last fetch failed less than [`RETRY_AFTER_FAILURE`] ago, so the PCCS was not asked.
+    #[error("{last} (not asked again for {RETRY_AFTER_FAILURE} s)")]
+    RecentFailure { last: Box<PccsError> },
+}
+
+/// Why one GET got no answer. It knows nothing of a PCCS: [`PccsError::Get`] names the URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("no host")]
+    NoHost,
+    #[error("no port")]
+    NoPort,
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("server name: {0}")]
+    ServerName(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("HTTP handshake: {0}")]
+    Handshake(String),
+    #[error("the request cannot be made: {0}")]
+    BuildRequest(String),
+    #[error("request: {0}")]
+    Request(String),
+    #[error("body: {0}")]
+    Body(String),
+}
+
+/// Why a cached collateral file was skipped, or not written: only logged, since the PCCS replaces it.
+#[derive(Debug, thiserror::Error)]
+enum CacheFileError {
+    #[error("it cannot be read: {0}")]
+    Read(std::io::Error),
+    #[error("it is not collateral JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("{0}")]
+    Collateral(CollateralError),
+    #[error("the collateral cannot be encoded: {0}")]
+    Encode(serde_json::Error),
+    #[error("it cannot be written: {0}")]
+    Write(std::io::Error),
+    #[error("the task writing it failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
 struct Cached {
     collateral: Arc<QuoteCollateralV3>,
     info: CollateralInfo,
@@ -36,7 +123,7 @@ pub struct Pccs {
     tls: Option<TlsConnector>,
     cache: Mutex<HashMap<[u8; 6], Cached>>,
     /// The last failed fetch per FMSPC: when, and why.
-    failures: Mutex<HashMap<[u8; 6], (u64, String)>>,
+    failures: Mutex<HashMap<[u8; 6], (u64, PccsError)>>,
 }
 
 /// After a failed fetch, the PCCS is not asked again for this long (seconds): every peer's check
@@ -52,7 +139,7 @@ impl Pccs {
     /// [`CollateralError::PccsUrl`] for a URL it cannot use (or no system roots for `https`), and
     /// [`CollateralError::CacheDir`] for a directory it cannot create or list.
     pub fn new(url: &str, cache_dir: Option<PathBuf>) -> Result<Self, CollateralError> {
-        let bad = |reason: String| CollateralError::PccsUrl {
+        let bad = |reason: PccsError| CollateralError::PccsUrl {
             url: url.to_owned(),
             reason,
         };
@@ -61,14 +148,14 @@ impl Pccs {
             .strip_suffix("/sgx/certification/v4")
             .or_else(|| trimmed.strip_suffix("/tdx/certification/v4"))
             .unwrap_or(trimmed);
-        let base = Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
+        let base = Url::parse(trimmed).map_err(|e| bad(PccsError::Url(e)))?;
         if base.host_str().is_none() {
-            return Err(bad("it has no host".into()));
+            return Err(bad(PccsError::NoHost));
         }
         let tls = match base.scheme() {
             "http" => None,
             "https" => Some(tls_connector().map_err(bad)?),
-            other => return Err(bad(format!("scheme `{other}` is neither http nor https"))),
+            other => return Err(bad(PccsError::Scheme(other.to_owned()))),
         };
         let pccs = Self {
             base,
@@ -120,13 +207,13 @@ impl Pccs {
             .filter(|(at, _)| now >= *at && now - *at < RETRY_AFTER_FAILURE)
             .map(|(_, reason)| reason.clone());
         let fetched = match recent_failure {
-            Some(reason) => Err(format!(
-                "{reason} (not asked again for {RETRY_AFTER_FAILURE} s)"
-            )),
+            Some(last) => Err(PccsError::RecentFailure {
+                last: Box::new(last),
+            }),
             None => {
                 let fetched = match tokio::time::timeout(self.timeout, self.fetch(platform)).await {
                     Ok(result) => result,
-                    Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+                    Err(_) => Err(PccsError::Timeout(self.timeout)),
                 };
                 let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
                 match &fetched {
@@ -206,6 +293,7 @@ impl Pccs {
         let Some(dir) = &self.cache_dir else {
             return Ok(());
         };
+        // I/O errors are neither `Clone` nor `Eq`, which `CollateralError` is: their text is kept.
         let fail = |e: std::io::Error| CollateralError::CacheDir {
             path: dir.clone(),
             reason: e.to_string(),
@@ -219,14 +307,14 @@ impl Pccs {
             }
             // A bad file is skipped, not fatal: the PCCS replaces it at the next fetch.
             let loaded = std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
+                .map_err(CacheFileError::Read)
                 .and_then(|json| {
-                    serde_json::from_str::<QuoteCollateralV3>(&json).map_err(|e| e.to_string())
+                    serde_json::from_str::<QuoteCollateralV3>(&json).map_err(CacheFileError::Json)
                 })
                 .and_then(|c| {
                     CollateralInfo::of(&c)
                         .map(|info| (c, info))
-                        .map_err(|e| e.to_string())
+                        .map_err(CacheFileError::Collateral)
                 });
             match loaded {
                 Ok((collateral, info)) => {
@@ -252,7 +340,7 @@ impl Pccs {
     }
 
     /// The four requests dcap-qvl's own client makes, over our HTTP client.
-    async fn fetch(&self, platform: Platform) -> Result<QuoteCollateralV3, String> {
+    async fn fetch(&self, platform: Platform) -> Result<QuoteCollateralV3, PccsError> {
         let fmspc = hex::encode_upper(platform.fmspc);
         let ca = platform.ca.as_id_str();
 
@@ -291,17 +379,26 @@ impl Pccs {
         })
     }
 
-    async fn get(&self, path_and_query: &str) -> Result<Response, String> {
+    async fn get(&self, path_and_query: &str) -> Result<Response, PccsError> {
         let url = format!(
             "{}/{path_and_query}",
             self.base.as_str().trim_end_matches('/')
         );
-        let url = Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
-        let response = http_get(&url, self.tls.as_ref())
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+        let url = Url::parse(&url).map_err(|reason| PccsError::RequestUrl { url, reason })?;
+        let response = match http_get(&url, self.tls.as_ref()).await {
+            Ok(response) => response,
+            Err(failure) => {
+                return Err(PccsError::Get {
+                    url: url.into(),
+                    failure,
+                });
+            }
+        };
         if !(200..300).contains(&response.status) {
-            return Err(format!("GET {url}: HTTP {}", response.status));
+            return Err(PccsError::Status {
+                url: url.into(),
+                status: response.status,
+            });
         }
         Ok(response)
     }
@@ -318,17 +415,18 @@ fn der_or_hex(body: Vec<u8>) -> Vec<u8> {
 }
 
 /// `{"<field>": {...}, "signature": "<hex>"}`, keeping the exact bytes Intel signed.
-fn signed_json(body: &[u8], field: &str) -> Result<(String, Vec<u8>), String> {
+fn signed_json(body: &[u8], field: &'static str) -> Result<(String, Vec<u8>), PccsError> {
     let object: HashMap<String, Box<RawValue>> =
-        serde_json::from_slice(body).map_err(|e| format!("the {field} answer is not JSON: {e}"))?;
-    let signed = object
-        .get(field)
-        .ok_or_else(|| format!("the answer has no `{field}`"))?;
+        serde_json::from_slice(body).map_err(|e| PccsError::NotJson {
+            field,
+            reason: e.to_string(),
+        })?;
+    let signed = object.get(field).ok_or(PccsError::MissingField { field })?;
     let signature: String = object
         .get("signature")
-        .ok_or("the answer has no `signature`")
-        .and_then(|s| serde_json::from_str(s.get()).map_err(|_| "`signature` is not a string"))?;
-    let signature = hex::decode(signature).map_err(|_| "`signature` is not hex".to_owned())?;
+        .ok_or(PccsError::MissingField { field: "signature" })
+        .and_then(|s| serde_json::from_str(s.get()).map_err(|_| PccsError::SignatureNotString))?;
+    let signature = hex::decode(signature).map_err(|_| PccsError::SignatureNotHex)?;
     Ok((signed.get().to_owned(), signature))
 }
 
@@ -336,8 +434,8 @@ async fn write_atomically(
     dir: &Path,
     fmspc: &[u8; 6],
     collateral: &QuoteCollateralV3,
-) -> Result<(), String> {
-    let json = serde_json::to_vec(collateral).map_err(|e| e.to_string())?;
+) -> Result<(), CacheFileError> {
+    let json = serde_json::to_vec(collateral).map_err(CacheFileError::Encode)?;
     let path = dir.join(format!("{}.json", hex::encode(fmspc)));
     let tmp = dir.join(format!(
         ".{}.json.tmp-{}",
@@ -352,8 +450,8 @@ async fn write_atomically(
         std::fs::rename(&tmp, &path)
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(CacheFileError::Task)?
+    .map_err(CacheFileError::Write)
 }
 
 struct Response {
@@ -364,16 +462,17 @@ struct Response {
 
 impl Response {
     /// A header, percent-decoded: PCCSes send the PEM chains URL-encoded.
-    fn header(&self, name: &str) -> Result<String, String> {
+    fn header(&self, name: &'static str) -> Result<String, PccsError> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| percent_decode(v))
-            .ok_or_else(|| format!("the answer has no {name} header"))?
+            .map(|(_, v)| percent_decode(name, v))
+            .ok_or(PccsError::MissingHeader { name })?
     }
 }
 
-fn percent_decode(text: &str) -> Result<String, String> {
+/// The value `text` of header `name`, percent-decoded.
+fn percent_decode(name: &'static str, text: &str) -> Result<String, PccsError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -383,7 +482,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding at byte {i}"))?;
+                .ok_or(PccsError::HeaderEncoding { name, at: i })?;
             out.push(pair);
             i += 3;
         } else {
@@ -391,20 +490,20 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the header is not UTF-8".to_owned())
+    String::from_utf8(out).map_err(|_| PccsError::HeaderNotUtf8 { name })
 }
 
-fn tls_connector() -> Result<TlsConnector, String> {
+fn tls_connector() -> Result<TlsConnector, PccsError> {
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(loaded.certs);
     if added == 0 {
-        return Err("no system root certificates for https".into());
+        return Err(PccsError::NoSystemRoots);
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PccsError::TlsConfig(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
@@ -414,28 +513,28 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One GET on a fresh connection. A PCCS is asked four times a month per FMSPC: no pool is needed.
-async fn http_get(url: &Url, tls: Option<&TlsConnector>) -> Result<Response, String> {
-    let host = url.host_str().ok_or("no host")?;
+async fn http_get(url: &Url, tls: Option<&TlsConnector>) -> Result<Response, HttpError> {
+    let host = url.host_str().ok_or(HttpError::NoHost)?;
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port_or_known_default().ok_or("no port")?;
+    let port = url.port_or_known_default().ok_or(HttpError::NoPort)?;
     let tcp = TcpStream::connect((bare_host, port))
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| HttpError::Connect(e.to_string()))?;
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
         Some(tls) => {
             let name = rustls_pki_types::ServerName::try_from(bare_host.to_owned())
-                .map_err(|e| format!("server name: {e}"))?;
+                .map_err(|e| HttpError::ServerName(e.to_string()))?;
             Box::new(
                 tls.connect(name, tcp)
                     .await
-                    .map_err(|e| format!("TLS: {e}"))?,
+                    .map_err(|e| HttpError::Tls(e.to_string()))?,
             )
         }
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(|e| HttpError::Handshake(e.to_string()))?;
     let driver = owned_task::Task::spawn("pccs-connection", connection);
     let mut path = url.path().to_owned();
     if let Some(query) = url.query() {
@@ -450,12 +549,12 @@ async fn http_get(url: &Url, tls: Option<&TlsConnector>) -> Result<Response, Str
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, "mesh-attest")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| HttpError::BuildRequest(e.to_string()))?;
     let result = async {
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| HttpError::Request(e.to_string()))?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -465,7 +564,7 @@ async fn http_get(url: &Url, tls: Option<&TlsConnector>) -> Result<Response, Str
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("body: {e}"))?
+            .map_err(|e| HttpError::Body(e.to_string()))?
             .to_bytes()
             .to_vec();
         Ok(Response {
@@ -485,12 +584,23 @@ mod tests {
 
     #[test]
     fn percent_decoding_reads_pem_headers() {
+        const NAME: &str = "TCB-Info-Issuer-Chain";
         assert_eq!(
-            percent_decode("-----BEGIN%20CERTIFICATE-----%0AMIIB%2B%2F%3D"),
+            percent_decode(NAME, "-----BEGIN%20CERTIFICATE-----%0AMIIB%2B%2F%3D"),
             Ok("-----BEGIN CERTIFICATE-----\nMIIB+/=".to_owned())
         );
-        assert!(percent_decode("%2").is_err());
-        assert!(percent_decode("%zz").is_err());
+        assert_eq!(
+            percent_decode(NAME, "ab%2"),
+            Err(PccsError::HeaderEncoding { name: NAME, at: 2 })
+        );
+        assert_eq!(
+            percent_decode(NAME, "%zz"),
+            Err(PccsError::HeaderEncoding { name: NAME, at: 0 })
+        );
+        assert_eq!(
+            percent_decode(NAME, "%ff"),
+            Err(PccsError::HeaderNotUtf8 { name: NAME })
+        );
     }
 
     #[test]
@@ -511,8 +621,29 @@ mod tests {
             signed_json(body, "tcbInfo"),
             Ok((r#"{"b":1,"a":[2, 3]}"#.to_owned(), vec![0x0a, 0x0b]))
         );
-        assert!(signed_json(br#"{"signature":"00"}"#, "tcbInfo").is_err());
-        assert!(signed_json(br#"{"tcbInfo":{},"signature":"zz"}"#, "tcbInfo").is_err());
+        assert_eq!(
+            signed_json(br#"{"signature":"00"}"#, "tcbInfo"),
+            Err(PccsError::MissingField { field: "tcbInfo" })
+        );
+        assert_eq!(
+            signed_json(br#"{"tcbInfo":{}}"#, "tcbInfo"),
+            Err(PccsError::MissingField { field: "signature" })
+        );
+        assert_eq!(
+            signed_json(br#"{"tcbInfo":{},"signature":7}"#, "tcbInfo"),
+            Err(PccsError::SignatureNotString)
+        );
+        assert_eq!(
+            signed_json(br#"{"tcbInfo":{},"signature":"zz"}"#, "tcbInfo"),
+            Err(PccsError::SignatureNotHex)
+        );
+        assert!(matches!(
+            signed_json(b"<html>", "tcbInfo"),
+            Err(PccsError::NotJson {
+                field: "tcbInfo",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -526,11 +657,17 @@ mod tests {
         assert_eq!(p.base.as_str(), "http://127.0.0.1:8081/");
         assert!(matches!(
             Pccs::new("ftp://x", None),
-            Err(CollateralError::PccsUrl { .. })
+            Err(CollateralError::PccsUrl {
+                reason: PccsError::Scheme(_),
+                ..
+            })
         ));
         assert!(matches!(
             Pccs::new("not a url", None),
-            Err(CollateralError::PccsUrl { .. })
+            Err(CollateralError::PccsUrl {
+                reason: PccsError::Url(_),
+                ..
+            })
         ));
     }
 }
