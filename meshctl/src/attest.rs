@@ -34,7 +34,11 @@ pub(crate) async fn check(
         .collateral(None)?
         .for_quote(&evidence.quote, now)
         .await
-        .context("no collateral for the quote's platform")?;
+        .map_err(|e| {
+            // A quote that does not parse is the node's to fix, not the collateral's.
+            let r = mesh_attest::Refusal::from(e);
+            anyhow::anyhow!("{r} ({})", r.kind())
+        })?;
     let (policy, expected) = seat
         .requirements(&evidence, trust.tcb_statuses())
         .map_err(|r| anyhow::anyhow!("{r} ({})", r.kind()))?;
