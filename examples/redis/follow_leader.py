@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Point this node's Redis at the mesh's leader: the master on the leader's node, replicas elsewhere.
 
-The cluster contract elects the leader and the mesh agents fail it over; this sidecar turns what this
-node's agent says into Redis commands, demoting first so that two Redis masters never coexist:
+The cluster contract elects the leader and the mesh agents fail it over; this sidecar turns what the SDK's
+`dstack_p2p.follow_leader` makes of this node's agent into Redis commands, demoting first so that two Redis
+masters never coexist:
 
-* this node leads (is_self)      -> REPLICAOF NO ONE           (promote: keep the data, take writes), but only
-                                    under a term no older than the highest this sidecar has seen
-* node N leads, view current     -> REPLICAOF 10.0.1.N <port>  (follow it over the mesh)
-* anything else, Redis a master  -> REPLICAOF 127.0.0.1 1      (demote at once: a replica of nothing takes
-                                    no writes until a leader is known)
+* promoted (this node leads)     -> REPLICAOF NO ONE           (keep the data, take writes); the SDK promotes
+                                    only under a term no older than the highest it has seen
+* follow node N (view current)   -> REPLICAOF 10.0.1.N <port>  (replicate it over the mesh)
+* demoted                        -> REPLICAOF 127.0.0.1 1      (at once: a replica of nothing takes no
+                                    writes until a leader is known)
 
-`is_self` holds only under the agent's lease, so "anything else" covers a lease that ran out, a stale or
-unknown view, an unhealthy node, and another seat leading. While Redis is the master the sidecar also
-renews the lease from the agent (GET /v1/leader) and demotes Redis when the last lease it heard of runs
-out without renewal: an agent that died or a lost event stream must not leave a master behind.
+`is_self` holds only under the agent's lease, so a demotion comes with a lease that ran out, a stale or
+unknown view, an unhealthy node, and another seat leading. While this node leads the SDK also renews the
+lease from the agent (GET /v1/leader) and demotes it when the last lease it heard of runs out without
+renewal: an agent that died or a lost event stream must not leave a master behind.
 
 Every --check-interval it reads ROLE and applies again if Redis drifted (Redis restarted and forgot its
 runtime REPLICAOF, or someone changed it), and demotes a master that should not be one.
@@ -31,6 +32,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+from dstack_p2p import DStackP2PSDK, follow_leader, why_not_leading
 
 log = logging.getLogger("follow-leader")
 
@@ -196,134 +199,78 @@ def parse_role(reply: list[Any]) -> tuple[str, tuple[str, int] | None]:
 
 
 class LeaderFollower:
-    """Applies the latest leader to Redis; `on_leader` is the SDK callback, `run` the worker.
+    """Applies what `dstack_p2p.follow_leader` says to Redis: `on_promote`, `on_demote` and `on_follow` are its
+    callbacks (they only note what Redis should be), `run` the worker that makes Redis so and keeps it so.
 
-    `renew`, when given, reads the leader again (the SDK's `leader`): while Redis is the master the worker
-    calls it within each lease, so that the lease is renewed although the event stream only speaks on
-    changes. `whoami` reads this node's seat (from the SDK's `status`), so that a lapsed lease of this
-    node's own seat is not taken for another seat to follow.
+    The helper decides: it promotes under a term no older than any seen, demotes when the lease ends (renewing
+    it while this node leads, and standing down when the agent stops answering), and names the leader to
+    follow once this node's view of it is current. A replica whose view turns unsure hears nothing and stays
+    the replica it is: it takes no writes either way.
     """
 
     def __init__(self, redis: Any, leader_addr: Callable[[Any], tuple[str, int] | None], *,
-                 check_interval: float = 10.0, backoff_max: float = 10.0,
-                 renew: Callable[[], Awaitable[Any]] | None = None,
-                 whoami: Callable[[], Awaitable[int | None]] | None = None) -> None:
+                 check_interval: float = 10.0, backoff_max: float = 10.0) -> None:
         self.redis = redis
         self.leader_addr = leader_addr
         self.check_interval = check_interval
         self.backoff_max = backoff_max
-        self.renew = renew
-        self.whoami = whoami
         #: What Redis last accepted: MASTER, or the (host, port) it replicates; None until the first.
         self.applied: Any = None
         #: The leader whose command Redis last accepted (None after a demotion to PLACEHOLDER).
         self.applied_token: int | None = None
-        #: The highest fencing term any leader event carried: Redis is promoted under no older one.
-        self.highest_term: int | None = None
-        #: This node's seat, once known.
-        self.node_token: int | None = None
+        #: The term Redis was last made the master under.
+        self.term: int | None = None
+        # What Redis should be (MASTER, a (host, port) to replicate, or ANY_REPLICA), the view that said so,
+        # and why it is not the master, for the log. Before the agent has said anything, a Redis left a master
+        # from before is demoted all the same.
+        self._want: Any = ANY_REPLICA
         self._leader: Any = None
-        # Until when (loop time) the last is_self this sidecar heard of holds, by its lease_ms.
-        self._lease_until: float | None = None
+        self._why = "the agent has not said who leads yet"
         self._wake = asyncio.Event()
-        self._events = 0  # leader events so far: a renewal answered after one is older than it
         self._next_check = 0.0  # when (loop time) ROLE is read next
-        self._warned: set[str] = set()
 
-    def on_leader(self, leader: Any) -> None:
-        self._events += 1
-        self._take(leader, asyncio.get_running_loop().time())
+    def on_promote(self, leader: Any) -> None:
+        self._set(leader, MASTER, "")
+
+    def on_demote(self, leader: Any) -> None:
+        self._set(leader, ANY_REPLICA, why_not_leading(leader))
+
+    def on_follow(self, leader: Any) -> None:
+        addr = self.leader_addr(leader)
+        if addr is not None:
+            self._set(leader, addr, "")
+        else:
+            self._set(leader, ANY_REPLICA, f"node {leader.token_id} leads, but the agent names no overlay address "
+                                           f"for it (it holds no record of that seat it believes: see `meshctl "
+                                           f"status`)")
+
+    def _set(self, leader: Any, want: Any, why: str) -> None:
+        self._leader, self._want, self._why = leader, want, why
         self._wake.set()
 
-    def _take(self, leader: Any, heard_at: float) -> None:
-        self._leader = leader
-        term = getattr(leader, "term", None)
-        if isinstance(term, int) and (self.highest_term is None or term > self.highest_term):
-            self.highest_term = term
-        lease_ms = getattr(leader, "lease_ms", None)
-        if leader.is_self and isinstance(lease_ms, int):
-            self._lease_until = heard_at + lease_ms / 1000
-        else:
-            self._lease_until = None
-
-    def _not_master_because(self, leader: Any, now: float) -> str | None:
-        """Why this node's Redis may not be the master now; None when it should be."""
-        if not leader.is_self:
-            return "this node does not lead"
-        if self._lease_until is not None and now >= self._lease_until:
-            return ("the agent's last word that this node leads is older than its lease, and no renewal "
-                    "came")
-        term = getattr(leader, "term", None)
-        if term is None:
-            why = ("the agent says this node leads but gives no term (an agent older than this sidecar?): "
-                   "without a term a promotion cannot be fenced")
-            self._warn_once("no-term", f"{why}; Redis stays a replica")
-            return why
-        if self.highest_term is not None and term < self.highest_term:
-            why = f"the agent says this node leads under term {term}, older than term {self.highest_term}"
-            self._warn_once(f"old-term-{term}", f"{why} already seen: not promoting")
-            return why
-        return None
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s", message)
-
-    def _is_this_node(self, leader: Any) -> bool:
-        # The agent gives a reason exactly when this node is the seat named leader but does not lead.
-        if leader.token_id is not None and leader.token_id == self.node_token:
-            return True
-        return getattr(leader, "reason", None) is not None
-
-    def decide(self, leader: Any, now: float) -> Any:
-        """MASTER, a (host, port) to replicate, or ANY_REPLICA."""
-        if self._not_master_because(leader, now) is None:
-            return MASTER
-        if (leader.token_id is not None and getattr(leader, "state", "current") == "current"
-                and not leader.is_self and not self._is_this_node(leader)):
-            addr = self.leader_addr(leader)
-            if addr is not None:
-                return addr
-        return ANY_REPLICA
-
     async def _sleep(self, seconds: float) -> None:
-        # A leader change cuts any wait short, a retry's backoff included.
+        # A new decision cuts any wait short, a retry's backoff included.
         try:
             await within(max(seconds, 0.0), self._wake.wait())
         except TimeoutError:
             pass
         self._wake.clear()
 
-    def _why_not(self, leader: Any) -> str:
-        if isinstance(leader, _NoLeaderYet):
-            return "the agent has not said who leads yet"
-        if leader.token_id is None:
-            return "the cluster has no leader"
-        if leader.is_self:
-            return self._not_master_because(leader, asyncio.get_running_loop().time()) or "?"
-        if self._is_this_node(leader):
-            return f"this node is the seat named leader but does not lead ({leader.reason or 'no reason'})"
-        if getattr(leader, "state", "current") == "current":
-            return (f"node {leader.token_id} leads, but the agent names no overlay address for it (it holds no "
-                    f"record of that seat it believes: see `meshctl status`)")
-        return f"node {leader.token_id} leads, but this node's view of it is {getattr(leader, 'state', '?')}"
-
     async def _apply(self, leader: Any, want: Any) -> None:
         if want is MASTER:
             await self.redis.replicaof(None)
             log.info("node %s (this node) leads under term %s: REPLICAOF NO ONE, Redis at %s is the master",
                      leader.token_id, leader.term, self.redis.where)
-            self.applied, self.applied_token = MASTER, leader.token_id
+            self.applied, self.applied_token, self.term = MASTER, leader.token_id, leader.term
         elif want is ANY_REPLICA:
             await self.redis.replicaof(PLACEHOLDER)
             log.warning("%s: REPLICAOF %s %d, Redis at %s takes no writes until a leader is known",
-                        self._why_not(leader), *PLACEHOLDER, self.redis.where)
+                        self._why, *PLACEHOLDER, self.redis.where)
             self.applied, self.applied_token = PLACEHOLDER, None
         else:
             await self.redis.replicaof(want)
             log.info("node %s leads (term %s): REPLICAOF %s %d, Redis at %s replicates it",
-                     leader.token_id, getattr(leader, "term", None), want[0], want[1], self.redis.where)
+                     leader.token_id, leader.term, want[0], want[1], self.redis.where)
             self.applied, self.applied_token = want, leader.token_id
 
     async def _converge(self, leader: Any, want: Any, *, check: bool) -> None:
@@ -354,7 +301,7 @@ class LeaderFollower:
                     self.applied = following
                 return
             log.warning("Redis at %s is a %s though this node does not lead (%s); demoting it",
-                        self.redis.where, role, self._why_not(leader))
+                        self.redis.where, role, self._why)
         else:
             if role == "replica" and following == want:
                 return
@@ -363,50 +310,15 @@ class LeaderFollower:
                         want[0], want[1], leader.token_id)
         await self._apply(leader, want)
 
-    async def _renew(self) -> None:
-        """Reads the leader again while Redis is the master, so that its lease is known to hold."""
-        if self.renew is None:
-            return
-        loop = asyncio.get_running_loop()
-        # The lease counts from before the question: the agent's answer is at least that old.
-        asked_at, events = loop.time(), self._events
-        try:
-            leader = await within(max(self._lease_left(asked_at), 0.5), self.renew())
-        except Exception as e:
-            log.warning("could not renew this node's lease with the agent (%s); Redis stays the master "
-                        "for what is left of the lease, %.1f s", e, max(self._lease_left(asked_at), 0.0))
-            return
-        if self._events == events:
-            # Not after an event that came meanwhile: the answer may predate it (a lease that just ended).
-            self._take(leader, asked_at)
-
-    def _lease_left(self, now: float) -> float:
-        return float("inf") if self._lease_until is None else self._lease_until - now
-
-    async def _learn_seat(self) -> None:
-        if self.node_token is not None or self.whoami is None:
-            return
-        try:
-            self.node_token = await self.whoami()
-        except Exception as e:
-            log.debug("could not read this node's seat from the agent: %s", e)
-
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         delay = 0.5
         while True:
-            # Before the agent has said anything, a Redis left a master from before is demoted all the same.
-            leader = self._leader or _NoLeaderYet()
-            if self.applied is MASTER or leader.is_self:
-                await self._renew()
-                leader = self._leader or leader
-            if leader.token_id is not None and not leader.is_self:
-                await self._learn_seat()
-            now = loop.time()
-            want = self.decide(leader, now)
-            check = now >= self._next_check
+            # Cleared before reading what to do: a decision made while Redis is at it is seen next round.
+            self._wake.clear()
+            check = loop.time() >= self._next_check
             try:
-                await self._converge(leader, want, check=check)
+                await self._converge(self._leader, self._want, check=check)
             except RedisUnavailable as e:
                 log.warning("Redis at %s: %s; retrying in %.1f s", self.redis.where, e, delay)
                 await self._sleep(delay)
@@ -415,25 +327,7 @@ class LeaderFollower:
             delay = 0.5
             if check:
                 self._next_check = loop.time() + self.check_interval
-            wait = self._next_check - loop.time()
-            if self.applied is MASTER:
-                # Renew at a third of what is left, so that two answers can be lost before the lease ends.
-                wait = min(wait, max(self._lease_left(loop.time()) / 3, 0.05))
-            elif leader.is_self:
-                # Said to lead, but not the master: its lease ran out unrenewed, say while the agent
-                # restarted, whose stream then repeats nothing already said. Ask again soon.
-                wait = min(wait, 1.0)
-            await self._sleep(wait)
-
-
-class _NoLeaderYet:
-    """What the worker goes by before the agent has said anything."""
-
-    token_id = None
-    is_self = False
-    term = None
-    state = "unknown"
-    reason = None
+            await self._sleep(self._next_check - loop.time())
 
 
 class HealthReporter:
@@ -503,22 +397,7 @@ class HealthReporter:
             await asyncio.sleep(self.interval)
 
 
-async def monitor(sdk: Any, callback: Callable[[Any], None]) -> None:
-    delay = 1.0
-    while True:
-        try:
-            await sdk.monitor_leader(callback)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the agent not up yet, or restarting: keep trying; Redis is demoted meanwhile
-            log.warning("following the mesh leader failed (%s); retrying in %.0f s", e, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
-
-
 async def amain(args: argparse.Namespace) -> int:
-    from dstack_p2p import DStackP2PSDK  # here, so tests need not install it
-
     password = os.environ.get("REDIS_PASSWORD") or None
     try:
         sdk = DStackP2PSDK(api=args.api)
@@ -532,14 +411,12 @@ async def amain(args: argparse.Namespace) -> int:
     def leader_addr(leader: Any) -> tuple[str, int] | None:
         return overlay_addr(leader, leader_port)
 
-    async def whoami() -> int | None:
-        return (await sdk.status()).node.token_id
-
-    follower = LeaderFollower(redis, leader_addr, check_interval=args.check_interval, renew=sdk.leader,
-                              whoami=whoami)
+    follower = LeaderFollower(redis, leader_addr, check_interval=args.check_interval)
     log.info("following the mesh leader for Redis at %s (via %s)%s", redis.where,
              args.redis_cli or "redis-py", ", reporting its health" if args.report_health else "")
-    tasks = [asyncio.create_task(follower.run()), asyncio.create_task(monitor(sdk, follower.on_leader))]
+    tasks = [asyncio.create_task(follower.run()),
+             asyncio.create_task(follow_leader(follower.on_promote, follower.on_demote,
+                                               on_follow=follower.on_follow, sdk=sdk))]
     if args.report_health:
         tasks.append(asyncio.create_task(HealthReporter(redis, sdk).run()))
     stop = asyncio.Event()

@@ -40,14 +40,62 @@ class FakeLeader:
     lease_ms: int | None = None
     healthy: bool = True
     reason: str | None = None
+    refused_seat: int | None = None
+
+
+class AgentViews:
+    """One node's agent as `dstack_p2p.follow_leader` reads it, saying what the test says: `say(view)` is a
+    leader event; GET /v1/leader answers `renew()` when given, else the last view said; the status names
+    seat `seat` (and fails without one, as an agent that cannot be asked)."""
+
+    def __init__(self, seat: int | None = None, renew: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self.seat = seat
+        self.renew = renew
+        self.said: list[Any] = []
+        self._listeners: list[Callable[[Any], Any]] = []
+
+    def say(self, view: Any) -> None:
+        self.said.append(view)
+        for listener in list(self._listeners):
+            listener(view)
+
+    async def monitor_leader(self, callback: Callable[[Any], Any]) -> None:
+        self._listeners.append(callback)
+        try:
+            # As the agent does: the current view first, then the changes.
+            if self.said:
+                callback(self.said[-1])
+            await asyncio.Event().wait()
+        finally:
+            self._listeners.remove(callback)
+
+    async def leader(self) -> Any:
+        if self.renew is not None:
+            return await self.renew()
+        if not self.said:
+            raise ConnectionRefusedError("the agent has said nothing yet")
+        return self.said[-1]
+
+    async def status(self) -> Any:
+        if self.seat is None:
+            raise ConnectionRefusedError("no status here")
+        return SimpleNamespace(node=SimpleNamespace(token_id=self.seat))
+
+
+def following(follower: Any, views: AgentViews) -> asyncio.Task[Any]:
+    """`dstack_p2p.follow_leader` calling `follower`'s callbacks as `views` says, as the sidecar runs it."""
+    from dstack_p2p import follow_leader
+
+    return asyncio.create_task(follow_leader(follower.on_promote, follower.on_demote, on_follow=follower.on_follow,
+                                             sdk=views))
 
 
 async def assert_stops_when_cancelled_as_woken(follower: Any, event: Any) -> None:
-    """A follower asleep, woken by a leader event as it is cancelled, stops. asyncio.wait_for in Python 3.11
+    """A follower asleep, woken by a decision as it is cancelled, stops. asyncio.wait_for in Python 3.11
     returned instead of raising then: the follower went on, and a sidecar told to stop never did."""
     asleep = asyncio.create_task(follower._sleep(30))
     await asyncio.sleep(0.05)
-    follower.on_leader(event)
+    follower.on_demote(event)
     asleep.cancel()
     try:
         await asyncio.wait_for(asyncio.shield(asleep), 2)

@@ -26,18 +26,23 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from agent_stub import FakeAgent
-from fakes import (FakeLeader, assert_cancellation_comes_out, assert_stops_when_cancelled_as_woken,
-                   programs_end_as_they_are_read)
+from fakes import (AgentViews, FakeLeader, assert_cancellation_comes_out, assert_stops_when_cancelled_as_woken,
+                   following, programs_end_as_they_are_read)
 from procs import EXAMPLES, free_port, spawn
 
-# Loaded under a name of its own: the Redis recipe's sidecar is also follow_leader.py, on the import path.
+# The sidecar's modules, found beside it as when it runs; last on the path, since the Redis recipe's sidecar
+# is also follow_leader.py, and loaded under a name of its own.
+sys.path.append(str(EXAMPLES / "postgres"))
 _spec = importlib.util.spec_from_file_location("pg_follow_leader", EXAMPLES / "postgres" / "follow_leader.py")
 assert _spec and _spec.loader
 fl = importlib.util.module_from_spec(_spec)
 sys.modules["pg_follow_leader"] = fl
 _spec.loader.exec_module(fl)
 
-from pg_follow_leader import (  # noqa: E402
+import decisions  # noqa: E402
+import follower as worker  # noqa: E402
+import server  # noqa: E402
+from decisions import (  # noqa: E402
     BASEBACKUP, DESTRUCTIVE, INITDB, NONE, NOTHING, PRIMARY, PROMOTE, REPLICA, REPOINT, REWIND, START_PRIMARY,
     START_REPLICA, STOP, STOP_FOR_REWIND, WAIT, WRITABLE, Follow, Idle, Lead, Local, PeerState, Position,
 )
@@ -114,7 +119,7 @@ def check_rules(intent: Any, local: Local, action: Any, *, leader: PeerState | N
         # Promoting (or restarting a primary of an older term) needs enough answers that one of them holds
         # every acknowledged write, none of them further than this node, and no other primary up.
         assert peers is not None
-        assert heard(local, peers) >= fl.quorum(members, k), (local, peers, action)
+        assert heard(local, peers) >= decisions.quorum(members, k), (local, peers, action)
         assert all(local.position >= p.position for p in peers if p.answered and p.position)
         assert not any(p.answered and p.primary for p in peers)
     if kind == PROMOTE:
@@ -148,22 +153,22 @@ def test_the_decisions_keep_the_rules_over_every_combination() -> None:
     count = 0
     for local in locals_():
         for intent in (Idle("the lease ran out"),):
-            check_rules(intent, local, fl.decide(intent, local))
+            check_rules(intent, local, decisions.decide(intent, local))
             count += 1
         for intent in (Follow(2, A2, 5), Follow(2, A2, None)):
             for leader in LEADER_SERVERS:
-                check_rules(intent, local, fl.decide(intent, local, leader=leader), leader=leader)
+                check_rules(intent, local, decisions.decide(intent, local, leader=leader), leader=leader)
                 count += 1
         for term, peers, k, bootstrap in itertools.product((5,), PEER_SETS, (0, 1, 2), (1, 5)):
             intent = Lead(term)
-            action = fl.decide(intent, local, peers=peers, members=3, sync_standbys=k, bootstrap_term=bootstrap)
+            action = decisions.decide(intent, local, peers=peers, members=3, sync_standbys=k, bootstrap_term=bootstrap)
             check_rules(intent, local, action, peers=peers, members=3, k=k, bootstrap=bootstrap)
             count += 1
     assert count > 40_000
 
 
 def decide(intent: Any, local: Local, **kw: Any) -> tuple[str, Any]:
-    a = fl.decide(intent, local, **kw)
+    a = decisions.decide(intent, local, **kw)
     return a.kind, a.addr
 
 
@@ -240,7 +245,7 @@ def test_decisions_case_by_case(intent: Any, local: Local, kw: dict[str, Any], e
     (1, 1, 1), (2, 1, 1), (3, 1, 2), (3, 2, 1), (5, 1, 4), (5, 2, 3), (5, 4, 1), (3, 0, 1), (3, 5, 1),
 ])
 def test_the_quorum_intersects_every_acknowledged_write(members: int, k: int, need: int) -> None:
-    assert fl.quorum(members, k) == need
+    assert decisions.quorum(members, k) == need
     if k == 0:
         return
     # Brute force: the old primary p and any k of the others hold a write; every `need` of the others that
@@ -267,7 +272,7 @@ def leader(token: int | None, me: int, term: int | None = 1, **view: Any) -> Fak
 
 
 def follower(pg: Any = None, **kw: Any) -> Any:
-    return fl.PostgresFollower(pg, lambda lead: (lead.overlay_ip, 5432), PASSWORD, **kw)
+    return worker.PostgresFollower(pg, lambda lead: (lead.overlay_ip, 5432), PASSWORD, **kw)
 
 
 @pytest.mark.asyncio
@@ -278,39 +283,61 @@ async def test_a_follower_cancelled_as_a_leader_event_wakes_it_stops() -> None:
 @pytest.mark.asyncio
 async def test_a_program_that_ends_as_it_is_cancelled_or_times_out_is_not_an_os_error(
         root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pg = fl.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
+    pg = server.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
                      run_as=RUN_AS)
     programs_end_as_they_are_read(monkeypatch)
     await assert_cancellation_comes_out(lambda: pg.run("pg_ctl", "start"))
-    with pytest.raises(fl.PgError, match="pg_ctl status took over 0.05 s"):
+    with pytest.raises(server.PgError, match="pg_ctl status took over 0.05 s"):
         await pg.run("pg_ctl", "status", timeout=0.05)
 
 
-def test_intents_from_what_the_agent_says(caplog: pytest.LogCaptureFixture) -> None:
+def test_intents_from_what_the_helper_says() -> None:
     f = follower()
-    assert f.intent(fl._NoLeaderYet(), 0) == Idle("the agent has not said who leads yet")
-    f._take(leader(1, 1, term=3, lease_ms=2000), 10.0)
-    assert f.intent(f._leader, 11.0) == Lead(3)
-    # The lease heard of at 10.0 for 2 s: over at 12.0 without a renewal.
-    assert isinstance(f.intent(f._leader, 12.0), Idle)
-    f._take(leader(2, 1, term=4), 13.0)
-    assert f.intent(f._leader, 13.0) == Follow(2, ("10.0.1.2", 5432), 4)
-    assert isinstance(f.intent(leader(2, 1, term=4, state="stale"), 13.0), Idle)
-    assert isinstance(f.intent(leader(None, 1, term=5), 13.0), Idle)
-    # Said to lead under term 3 after term 4 was seen: no.
-    f._take(leader(1, 1, term=3), 14.0)
-    assert f.intent(f._leader, 14.0) == Idle("the agent says this node leads under term 3, older than term 4")
-    assert any("older than term 4 already seen: not promoting" in m for m in caplog.messages)
-    # No term at all: cannot be fenced.
-    f._take(leader(1, 1, term=None), 15.0)
-    assert isinstance(f.intent(f._leader, 15.0), Idle)
-    assert any("gives no term" in m for m in caplog.messages)
-    # This node's own seat, named but not leading (the agent says why): never followed.
-    f._take(leader(1, 1, term=5, is_self=False, reason="unhealthy: x"), 16.0)
-    assert isinstance(f.intent(f._leader, 16.0), Idle)
-    f.node_token = 1
-    f._take(leader(1, 1, term=5, is_self=False), 17.0)
-    assert isinstance(f.intent(f._leader, 17.0), Idle)
+    assert f.intent() == Idle("the agent has not said who leads yet")
+    f.on_promote(leader(1, 1, term=3))
+    assert f.intent() == Lead(3)
+    f.on_demote(leader(2, 1, term=4))
+    f.on_follow(leader(2, 1, term=4))
+    assert f.intent() == Follow(2, ("10.0.1.2", 5432), 4)
+    f.on_demote(leader(1, 1, term=5, is_self=False, reason="unhealthy: x"))
+    assert f.intent() == Idle("this node is the seat named leader but does not lead (unhealthy: x)")
+    f.on_demote(leader(None, 1, term=6))
+    assert f.intent() == Idle("the cluster has no leader")
+    # A leader the agent names no address for: the worker's step says so, and retries.
+    bare = worker.PostgresFollower(None, lambda lead: fl.overlay_addr(lead, 5432), PASSWORD)
+    bare.on_follow(FakeLeader(300, "instance-300", None, None, False, term=7))
+    with pytest.raises(server.NotYet, match="no overlay address"):
+        bare.intent()
+
+
+@pytest.mark.asyncio
+async def test_the_helper_fences_the_intents_by_the_term(caplog: pytest.LogCaptureFixture) -> None:
+    f = follower()
+    agent = AgentViews(seat=1)
+    helper = following(f, agent)
+    try:
+        agent.say(leader(1, 1, term=3))
+        await eventually(lambda: _true(f.intent() == Lead(3)), 2, "led under term 3")
+        agent.say(leader(2, 1, term=4))
+        await eventually(lambda: _true(f.intent() == Follow(2, ("10.0.1.2", 5432), 4)), 2, "following seat 2")
+        # Said to lead under term 3 after term 4 was seen: no.
+        agent.say(leader(1, 1, term=3))
+        await asyncio.sleep(0.1)
+        assert f.intent() == Follow(2, ("10.0.1.2", 5432), 4)
+        assert any("older than term 4 already seen: not promoting" in m for m in caplog.messages)
+        # No term at all: cannot be fenced.
+        agent.say(leader(1, 1, term=None))
+        await asyncio.sleep(0.1)
+        assert f.intent() == Follow(2, ("10.0.1.2", 5432), 4)
+        assert any("gives no term" in m for m in caplog.messages)
+        agent.say(leader(1, 1, term=5))
+        await eventually(lambda: _true(f.intent() == Lead(5)), 2, "led under term 5")
+        # Named, current, not leading, no reason given: this node's own seat, never followed.
+        agent.say(leader(1, 1, term=5, is_self=False))
+        await eventually(lambda: _true(isinstance(f.intent(), Idle)), 2, "standing by")
+    finally:
+        helper.cancel()
+        await asyncio.gather(helper, return_exceptions=True)
 
 
 class SlowPeersPg:
@@ -350,11 +377,45 @@ async def test_a_leader_whose_peers_answer_slower_than_its_lease_renews_it_and_p
     async def whoami() -> int:
         return 1
 
-    f = follower(pg, members=members, renew=renew, whoami=whoami)
-    f.on_leader(leader(1, 1, term=2, lease_ms=200))
-    action = await f.step()
+    f = follower(pg, members=members, whoami=whoami)
+    agent = AgentViews(seat=1, renew=renew)
+    helper = following(f, agent)
+    try:
+        agent.say(leader(1, 1, term=2, lease_ms=200))
+        await eventually(lambda: _true(f.intent() == Lead(2)), 2, "led under term 2")
+        action = await f.step()
+    finally:
+        helper.cancel()
+        await asyncio.gather(helper, return_exceptions=True)
     assert action.kind == PROMOTE, action
     assert pg.promoted == 2, "the lease ran out while the peers were asked, and was not renewed before promoting"
+
+
+@pytest.mark.asyncio
+async def test_a_leader_whose_lease_runs_out_while_its_peers_are_asked_does_not_promote() -> None:
+    pg = SlowPeersPg(answer_after=0.5)
+
+    async def members() -> list[tuple[int, tuple[str, int]]]:
+        return [(1, A1), (2, A2), (3, A3)]
+
+    async def gone() -> FakeLeader:
+        raise ConnectionRefusedError("the agent is gone")
+
+    async def whoami() -> int:
+        return 1
+
+    f = follower(pg, members=members, whoami=whoami)
+    agent = AgentViews(seat=1, renew=gone)
+    helper = following(f, agent)
+    try:
+        agent.say(leader(1, 1, term=2, lease_ms=200))
+        await eventually(lambda: _true(f.intent() == Lead(2)), 2, "led under term 2")
+        action = await f.step()
+    finally:
+        helper.cancel()
+        await asyncio.gather(helper, return_exceptions=True)
+    assert action.kind == PROMOTE and pg.promoted is None, "promoted after its lease ran out"
+    assert isinstance(f.intent(), Idle)
 
 
 class RewindingPg:
@@ -389,7 +450,7 @@ class RewindingPg:
 def stand_in_postgres(root: Path, answers: dict[str, list[str]], ran: list[tuple[str, ...]]) -> Any:
     """A real `Postgres` whose queries get `answers` (by their first words) and whose programs only record
     that they ran."""
-    pg = fl.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
+    pg = server.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
                      run_as=RUN_AS)
 
     async def sql(query: str, **kw: Any) -> list[str]:
@@ -397,7 +458,7 @@ def stand_in_postgres(root: Path, answers: dict[str, list[str]], ran: list[tuple
 
     async def run(program: str, *args: str, **kw: Any) -> Any:
         ran.append((program, *args))
-        return fl.Ran(0, "", "")
+        return server.Ran(0, "", "")
 
     pg.sql, pg.run = sql, run
     return pg
@@ -408,12 +469,12 @@ async def test_a_rewind_waits_for_a_promoted_source_to_checkpoint_its_new_timeli
     # The source promoted to timeline 2 but its control file still says 1: pg_rewind would report "no
     # rewind required" and the old primary would start on timeline 1, past the fork, never to stream.
     ran: list[tuple[str, ...]] = []
-    pg = stand_in_postgres(root, {fl.Postgres.CHECKPOINT_TIMELINE_SQL: ["1", "2"]}, ran)
-    with pytest.raises(fl.NotYet, match="on timeline 2 but its last checkpoint is on timeline 1"):
+    pg = stand_in_postgres(root, {server.Postgres.CHECKPOINT_TIMELINE_SQL: ["1", "2"]}, ran)
+    with pytest.raises(server.NotYet, match="on timeline 2 but its last checkpoint is on timeline 1"):
         await pg.rewind(A2)
     assert ran == [], "pg_rewind ran against a source that had not checkpointed its promotion"
 
-    pg = stand_in_postgres(root, {fl.Postgres.CHECKPOINT_TIMELINE_SQL: ["2", "2"]}, ran)
+    pg = stand_in_postgres(root, {server.Postgres.CHECKPOINT_TIMELINE_SQL: ["2", "2"]}, ran)
     await pg.rewind(A2)
     assert [r[0] for r in ran] == ["pg_rewind"]
 
@@ -439,21 +500,21 @@ async def test_a_promotion_checkpoints_before_anyone_rewinds_against_it(root: Pa
 @pytest.mark.asyncio
 async def test_an_old_primary_waits_for_its_leader_instead_of_copying_it_afresh() -> None:
     async def not_yet(addr: Any) -> None:
-        raise fl.NotYet("not checkpointed yet")
+        raise server.NotYet("not checkpointed yet")
 
     pg = RewindingPg(not_yet)
     f = follower(pg)
-    f.on_leader(leader(2, 1, term=2))
-    with pytest.raises(fl.NotYet):
+    f.on_follow(leader(2, 1, term=2))
+    with pytest.raises(server.NotYet):
         await f.step()
     assert pg.copied_from is None and not pg.started, "a source not ready yet is not a failed rewind"
 
     async def fails(addr: Any) -> None:
-        raise fl.PgError("pg_rewind: could not find common ancestor")
+        raise server.PgError("pg_rewind: could not find common ancestor")
 
     pg = RewindingPg(fails)
     f = follower(pg)
-    f.on_leader(leader(2, 1, term=2))
+    f.on_follow(leader(2, 1, term=2))
     await f.step()
     assert pg.copied_from == A2 and pg.started, "a rewind that fails falls back to a fresh copy"
 
@@ -463,17 +524,17 @@ async def test_an_old_primary_waits_for_its_leader_instead_of_copying_it_afresh(
 
 def test_lsn_and_positions() -> None:
     for text in ("0/0", "0/4024AA0", "1/0", "FFFFFFFF/FFFFFFFF"):
-        assert fl.format_lsn(fl.parse_lsn(text)) == text
-    assert fl.parse_lsn("1/0") == 1 << 32
+        assert decisions.format_lsn(decisions.parse_lsn(text)) == text
+    assert decisions.parse_lsn("1/0") == 1 << 32
     assert Position(2, 1) > Position(1, 10**9) > Position(1, 5)
     with pytest.raises(ValueError):
-        fl.parse_lsn("4024AA0")
+        decisions.parse_lsn("4024AA0")
 
 
 def test_quoting_and_password_files() -> None:
-    assert fl.conf_quote("it's a \\ path") == "'it''s a \\\\ path'"
-    assert fl.conninfo_quote("it's") == "'it\\'s'"
-    assert fl.pgpass_line("replicator", "a:b\\c") == "*:*:*:replicator:a\\:b\\\\c\n"
+    assert server.conf_quote("it's a \\ path") == "'it''s a \\\\ path'"
+    assert server.conninfo_quote("it's") == "'it\\'s'"
+    assert server.pgpass_line("replicator", "a:b\\c") == "*:*:*:replicator:a\\:b\\\\c\n"
     assert fl.check_password("s3cret!") == "s3cret!"
     for bad, words in ((None, "is not set"), ("", "is not set"), ("pässword", "printable ASCII"),
                        ("two\nlines", "printable ASCII")):
@@ -489,7 +550,7 @@ def test_scram_verifier_matches_rfc_7677() -> None:
     import hmac
 
     salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
-    v = fl.scram_verifier("pencil", salt)
+    v = server.scram_verifier("pencil", salt)
     assert v.startswith("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$")
     server_key = base64.b64decode(v.rsplit(":", 1)[1])
     auth = (b"n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
@@ -500,11 +561,11 @@ def test_scram_verifier_matches_rfc_7677() -> None:
 
 
 def test_controldata_is_parsed() -> None:
-    c = fl.parse_controldata("Database system identifier:           7711899932746272379\n"
+    c = server.parse_controldata("Database system identifier:           7711899932746272379\n"
                              "Latest checkpoint location:           0/4026450\n"
                              "Latest checkpoint's TimeLineID:       2\n")
     assert c["Database system identifier"] == "7711899932746272379"
-    assert fl.parse_lsn(c["Latest checkpoint location"]) == 0x4026450
+    assert decisions.parse_lsn(c["Latest checkpoint location"]) == 0x4026450
 
 
 def test_bad_options_are_refused_with_what_to_do(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -538,7 +599,7 @@ def test_bad_options_are_refused_with_what_to_do(capsys: pytest.CaptureFixture[s
 @pytest.fixture(scope="session")
 def bindir() -> Path:
     try:
-        return fl.find_bindir()
+        return server.find_bindir()
     except ValueError as e:
         pytest.fail(f"{e} (scripts/bootstrap installs it)")
 
@@ -561,7 +622,7 @@ class Node:
                 shutil.chown(d, RUN_AS, RUN_AS)
         self.data = home / "data"
         self.port = port
-        self.pg = fl.Postgres(self.data, bindir=bindir, port=port, socket_dir=self.run_dir, password=PASSWORD,
+        self.pg = server.Postgres(self.data, bindir=bindir, port=port, socket_dir=self.run_dir, password=PASSWORD,
                               listen_addresses=self.host, hba=hba, run_as=RUN_AS, app_name=f"node{token}",
                               copy_timeout=120)
         self.pg.mesh_prefix = LOOPBACK_PREFIX
@@ -574,14 +635,14 @@ class Node:
         try:
             row = await self.sql("SELECT NOT pg_is_in_recovery(), "
                                  "coalesce(current_setting('dstack_mesh.term', true), '')")
-        except fl.PgError:
+        except server.PgError:
             return None
         return row[0] == "t", row[1]
 
     async def streams_from(self, other: Node) -> bool:
         try:
             row = await self.sql("SELECT status, sender_host FROM pg_stat_wal_receiver")
-        except fl.PgError:
+        except server.PgError:
             return False
         return row == ["streaming", other.host]
 
@@ -608,32 +669,32 @@ def hba() -> Path:
 
 
 def test_pg_hba_admits_the_clusters_prefix_whatever_it_is(root: Path, hba: Path) -> None:
-    pg = fl.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
+    pg = server.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
                      hba=hba, run_as=RUN_AS)
     (root / "data").mkdir()
     pg.mesh_prefix = "10.1.0.0/16"
-    pg.install(fl.REPLICA, ("10.1.1.44", 5432), None)
+    pg.install(decisions.REPLICA, ("10.1.1.44", 5432), None)
     rules = [line.split() for line in (root / "data" / "pg_hba.conf").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert ["host", "replication", "replicator", "10.1.0.0/16", "scram-sha-256"] in rules
     assert ["host", "all", "all", "10.1.0.0/16", "scram-sha-256"] in rules
     # Nothing else from the mesh, and no rule left naming the default prefix or the mark.
     assert not [r for r in rules if r[0] == "host" and r[3].startswith("10.") and r[3] != "10.1.0.0/16"]
-    assert fl.PREFIX_MARK not in (root / "data" / "pg_hba.conf").read_text()
+    assert server.PREFIX_MARK not in (root / "data" / "pg_hba.conf").read_text()
 
 
 def test_no_server_is_set_up_before_the_agent_reports_the_prefix(root: Path, hba: Path) -> None:
-    pg = fl.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
+    pg = server.Postgres(root / "data", bindir=Path("/nonexistent"), port=5432, socket_dir=root, password=PASSWORD,
                      hba=hba, run_as=RUN_AS)
     (root / "data").mkdir()
-    with pytest.raises(fl.NotYet, match=r"chain\.prefix"):
-        pg.install(fl.PRIMARY, None, 1)
+    with pytest.raises(server.NotYet, match=r"chain\.prefix"):
+        pg.install(decisions.PRIMARY, None, 1)
     assert list((root / "data").iterdir()) == [], "install wrote files before it could write pg_hba.conf"
 
 
 def test_a_leader_is_followed_at_the_overlay_address_the_agent_gives() -> None:
     assert fl.overlay_addr(FakeLeader(300, "i300", "10.1.1.44", "10.1.1.44", False), 5432) == ("10.1.1.44", 5432)
-    with pytest.raises(fl.NotYet, match="no overlay address"):
+    with pytest.raises(server.NotYet, match="no overlay address"):
         fl.overlay_addr(FakeLeader(300, "i300", None, None, False), 5432)
 
 
@@ -662,9 +723,11 @@ async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str 
 
 
 class Running:
-    """A PostgresFollower for a node, its worker running until stopped."""
+    """A PostgresFollower for a node, its worker running until stopped, and dstack_p2p.follow_leader calling it
+    as `say` has the node's agent say (`renew`: what GET /v1/leader answers, as AgentViews takes it)."""
 
-    def __init__(self, node: Node, members: list[Node], **kw: Any) -> None:
+    def __init__(self, node: Node, members: list[Node], *, renew: Callable[[], Any] | None = None,
+                 **kw: Any) -> None:
         async def all_members() -> list[tuple[int, tuple[str, int]]]:
             return [(m.token, m.addr) for m in members]
 
@@ -673,13 +736,16 @@ class Running:
 
         kw.setdefault("check_interval", 0.3)
         kw.setdefault("rejoin_timeout", 8.0)
-        self.f = fl.PostgresFollower(node.pg, lambda lead: (f"127.0.1.{lead.token_id}", node.port), PASSWORD,
-                                     members=all_members, whoami=whoami, backoff_max=1.0, **kw)
-        self.task = asyncio.create_task(self.f.run())
+        self.f = worker.PostgresFollower(node.pg, lambda lead: (f"127.0.1.{lead.token_id}", node.port), PASSWORD,
+                                         members=all_members, whoami=whoami, backoff_max=1.0, **kw)
+        self.agent = AgentViews(node.token, renew)
+        self.say = self.agent.say
+        self.tasks = [asyncio.create_task(self.f.run()), following(self.f, self.agent)]
 
     async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class RoleSampler:
@@ -723,7 +789,7 @@ async def test_bootstrap_then_failover_to_a_lagging_replica_loses_no_acknowledge
     f = {t: Running(n, members) for t, n in cluster.items()}
     try:
         for t, r in f.items():
-            r.f.on_leader(leader(1, t, term=1))
+            r.say(leader(1, t, term=1))
 
         async def bootstrapped() -> bool:
             return (await n1.role() == (True, "1") and await n2.streams_from(n1) and await n3.streams_from(n1))
@@ -753,7 +819,7 @@ async def test_bootstrap_then_failover_to_a_lagging_replica_loses_no_acknowledge
         # Node 1's lease ends: its primary is stopped at once.
         sampler = RoleSampler(cluster)
         t0 = time.monotonic()
-        f[1].f.on_leader(leader(1, 1, term=1, is_self=False, state="stale", reason="the lease ran out"))
+        f[1].say(leader(1, 1, term=1, is_self=False, state="stale", reason="the lease ran out"))
         await eventually(lambda: _stopped(n1), 5, "node 1's primary stopped")
         fenced = time.monotonic() - t0
         assert fenced < 3, f"node 1 stopped {fenced:.1f} s after its lease ended"
@@ -761,7 +827,7 @@ async def test_bootstrap_then_failover_to_a_lagging_replica_loses_no_acknowledge
         # Seat 2 is elected under term 2; nodes 2 and 3 come back (their sidecars restarted).
         f[2], f[3] = Running(n2, members), Running(n3, members)
         for t, r in f.items():
-            r.f.on_leader(leader(2, t, term=2))
+            r.say(leader(2, t, term=2))
 
         # Node 1 holds a row past the fork, so it streams from node 2 only once rewound: a replica that has
         # gone past the fork may show 'streaming' for a moment before the startup process refuses the timeline.
@@ -811,7 +877,7 @@ async def single(cluster: dict[int, Node]) -> Any:
 @pytest.mark.asyncio
 async def test_a_primary_whose_lease_ends_stops_and_its_waiting_commit_is_not_acknowledged(single: Any) -> None:
     n1, r = single
-    r.f.on_leader(leader(1, 1, term=1))
+    r.say(leader(1, 1, term=1))
     await eventually(lambda: _role_is(n1, (True, "1")), 60, "node 1 the primary under term 1")
     await n1.sql("SET synchronous_commit = local; CREATE TABLE t (id int)")
     # No replica: ANY 1 holds this COMMIT until the server stops; the client must not see it succeed.
@@ -819,13 +885,13 @@ async def test_a_primary_whose_lease_ends_stops_and_its_waiting_commit_is_not_ac
                                             "postgres", "-c", "INSERT INTO t VALUES (1)", timeout=30))
     await asyncio.sleep(1.0)
     assert not waiting.done(), "the COMMIT returned without a synchronous standby"
-    r.f.on_leader(leader(1, 1, term=1, is_self=False, reason="the lease ran out"))
+    r.say(leader(1, 1, term=1, is_self=False, reason="the lease ran out"))
     ran = await asyncio.wait_for(waiting, 10)
     assert ran.rc != 0, "a COMMIT no replica acknowledged was reported a success"
     assert "might not have been replicated" in ran.err
     await eventually(lambda: _stopped(n1), 5, "node 1 stopped")
     # Back under the same term (a lapse of the lease): the same leadership, so the primary starts again.
-    r.f.on_leader(leader(1, 1, term=1))
+    r.say(leader(1, 1, term=1))
     await eventually(lambda: _role_is(n1, (True, "1")), 30, "node 1 the primary again under term 1")
     assert r.f.last_action.kind == START_PRIMARY
 
@@ -833,17 +899,17 @@ async def test_a_primary_whose_lease_ends_stops_and_its_waiting_commit_is_not_ac
 @pytest.mark.asyncio
 async def test_the_primary_runs_only_under_the_newest_term_it_was_given(single: Any) -> None:
     n1, r = single
-    r.f.on_leader(leader(1, 1, term=1))
+    r.say(leader(1, 1, term=1))
     await eventually(lambda: _role_is(n1, (True, "1")), 60, "node 1 the primary under term 1")
     # Re-elected under term 3 (the agent missed term 2): stopped, checked, started again under term 3.
-    r.f.on_leader(leader(1, 1, term=3))
+    r.say(leader(1, 1, term=3))
     await eventually(lambda: _role_is(n1, (True, "3")), 30, "node 1 the primary under term 3")
     # An agent that says term 2 after term 3: stopped, not made a primary of term 2.
-    r.f.on_leader(leader(1, 1, term=2))
+    r.say(leader(1, 1, term=2))
     await eventually(lambda: _stopped(n1), 5, "node 1 stopped")
     await asyncio.sleep(1.0)
     assert await _stopped(n1)
-    r.f.on_leader(leader(1, 1, term=4))
+    r.say(leader(1, 1, term=4))
     await eventually(lambda: _role_is(n1, (True, "4")), 30, "node 1 the primary under term 4")
 
 
@@ -860,7 +926,7 @@ async def test_a_primary_whose_lease_is_not_renewed_stops(cluster: dict[int, Nod
     r = Running(n1, [n1], renew=renew)
     try:
         answers.append(leader(1, 1, term=1, lease_ms=1500))
-        r.f.on_leader(leader(1, 1, term=1, lease_ms=1500))
+        r.say(leader(1, 1, term=1, lease_ms=1500))
         await eventually(lambda: _role_is(n1, (True, "1")), 60, "node 1 the primary")
         await asyncio.sleep(2.0)  # renewed again and again
         assert await _role_is(n1, (True, "1"))
@@ -877,7 +943,7 @@ async def test_no_new_database_after_the_first_term(cluster: dict[int, Node],
     n1 = cluster[1]
     r = Running(n1, list(cluster.values()))
     try:
-        r.f.on_leader(leader(1, 1, term=2))
+        r.say(leader(1, 1, term=2))
         await eventually(lambda: _true(any("no empty one is made" in m for m in caplog.messages)), 15,
                          "the sidecar saying why it makes no database")
         assert not n1.pg.has_data()

@@ -22,8 +22,8 @@ if not shutil.which("redis-server"):
     raise RuntimeError("redis-server is not installed: apt-get install redis-server (scripts/bootstrap does)")
 
 import redis.asyncio as aioredis  # noqa: E402
-from fakes import (FakeLeader, FakeSDK, assert_cancellation_comes_out,  # noqa: E402
-                   assert_stops_when_cancelled_as_woken, programs_end_as_they_are_read)
+from fakes import (AgentViews, FakeLeader, FakeSDK, assert_cancellation_comes_out,  # noqa: E402
+                   assert_stops_when_cancelled_as_woken, following, programs_end_as_they_are_read)
 from follow_leader import (PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy,  # noqa: E402
                            overlay_addr)
 
@@ -110,10 +110,12 @@ async def test_follows_the_leader_and_fails_over(redises: dict[int, Redis], back
         return "127.0.0.1", redises[lead.token_id].port
 
     followers = {t: LeaderFollower(control(t), leader_addr, check_interval=0.2, backoff_max=0.5) for t in (1, 2)}
+    agents = {t: AgentViews(seat=t) for t in followers}
     tasks = [asyncio.create_task(f.run()) for f in followers.values()]
+    tasks += [following(f, agents[t]) for t, f in followers.items()]
     try:
-        for t, f in followers.items():
-            f.on_leader(leader(1, t))
+        for t in followers:
+            agents[t].say(leader(1, t))
 
         async def replicates(t: int, of: int) -> bool:
             r = await role(redises[t])
@@ -130,8 +132,8 @@ async def test_follows_the_leader_and_fails_over(redises: dict[int, Redis], back
 
             # Failover: node 2 leads now, under the next term. Its Redis keeps the data and takes writes;
             # node 1 follows it.
-            for t, f in followers.items():
-                f.on_leader(leader(2, t, term=2))
+            for t in followers:
+                agents[t].say(leader(2, t, term=2))
             # Both, together: for a moment node 1 may follow node 2 while node 2 still follows node 1.
             async def failed_over() -> bool:
                 return await replicates(1, 2) and (await role(redises[2]))[0] == "master"
@@ -164,9 +166,10 @@ async def test_waits_for_redis_and_repairs_drift() -> None:
     master.start()
     follower = LeaderFollower(RedisPy("127.0.0.1", late.port), lambda lead: ("127.0.0.1", master.port),
                               check_interval=0.2, backoff_max=0.3)
-    task = asyncio.create_task(follower.run())
+    agent = AgentViews(seat=2)
+    tasks = [asyncio.create_task(follower.run()), following(follower, agent)]
     try:
-        follower.on_leader(leader(1, 2))
+        agent.say(leader(1, 2))
         await asyncio.sleep(0.5)  # a few refused attempts, backing off
         assert follower.applied_token is None
         late.start()
@@ -184,8 +187,9 @@ async def test_waits_for_redis_and_repairs_drift() -> None:
             await c.aclose()
         await eventually(follows)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await follower.redis.close()
         master.stop()
         late.stop()
@@ -195,24 +199,31 @@ async def test_waits_for_redis_and_repairs_drift() -> None:
 
 
 class Follower:
-    """One LeaderFollower on a real Redis, its worker running; `roles` reads ROLE as (role, host, port)."""
+    """One LeaderFollower on a real Redis, node 1's, its worker running and dstack_p2p.follow_leader calling
+    it as `say` has the agent say (`seat` and `renew` as AgentViews takes them)."""
 
-    def __init__(self, redis: Redis, addr: Callable[[Any], tuple[str, int]] | None = None, **kw: Any) -> None:
+    def __init__(self, redis: Redis, addr: Callable[[Any], tuple[str, int]] | None = None, *, seat: int | None = None,
+                 renew: Callable[[], Any] | None = None, **kw: Any) -> None:
         self.redis = redis
         kw.setdefault("check_interval", 0.2)
         kw.setdefault("backoff_max", 0.3)
         self.f = LeaderFollower(RedisPy("127.0.0.1", redis.port), addr or (lambda lead: ("127.0.0.1", 1)), **kw)
-        self.task: asyncio.Task[None] | None = None
+        self.agent = AgentViews(seat, renew)
+        self.say = self.agent.say
+        self.tasks: list[asyncio.Task[Any]] = []
 
-    async def __aenter__(self) -> LeaderFollower:
-        self.task = asyncio.create_task(self.f.run())
-        return self.f
+    async def __aenter__(self) -> Follower:
+        self.tasks = [asyncio.create_task(self.f.run()), following(self.f, self.agent)]
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.task
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        for t in self.tasks:
+            t.cancel()
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.f.redis.close()
+        for r in results:
+            if not isinstance(r, asyncio.CancelledError):
+                raise AssertionError(f"a task ended before it was cancelled: {r!r}")
 
 
 async def role_of(r: Redis) -> tuple[str, str | None, int | None]:
@@ -229,20 +240,20 @@ PLACEHELD = ("slave", *PLACEHOLDER)
 
 async def test_a_leader_whose_lease_ends_demotes_to_the_placeholder(redises: dict[int, Redis]) -> None:
     r = redises[1]
-    async with Follower(r, check_interval=10) as f:
-        f.on_leader(leader(1, 1, term=3))
+    async with Follower(r, check_interval=10) as node:
+        node.say(leader(1, 1, term=3))
         await eventually(lambda: is_role(r, ("master", None, None)))
         # The contract still names seat 1, but its lease ran out: no other leader to follow.
-        f.on_leader(leader(1, 1, term=3, is_self=False, state="stale", reason="the lease ran out"))
+        node.say(leader(1, 1, term=3, is_self=False, state="stale", reason="the lease ran out"))
         # Well within the check interval: the event itself demotes it.
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
-        await eventually(lambda: _true(f.applied == PLACEHOLDER and f.applied_token is None))
+        await eventually(lambda: _true(node.f.applied == PLACEHOLDER and node.f.applied_token is None))
 
         # Back under the same term after a brief lapse: promoted again.
-        f.on_leader(leader(1, 1, term=3))
+        node.say(leader(1, 1, term=3))
         await eventually(lambda: is_role(r, ("master", None, None)), timeout=1.0)
         # The lead cleared: nobody leads, and this node does not either.
-        f.on_leader(leader(None, 1, term=4))
+        node.say(leader(None, 1, term=4))
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
 
 
@@ -251,12 +262,12 @@ async def test_a_leader_replaced_by_another_seat_replicates_it(redises: dict[int
         return "127.0.0.1", redises[lead.token_id].port
 
     r = redises[1]
-    async with Follower(r, addr, check_interval=10) as f:
-        f.on_leader(leader(1, 1, term=1))
+    async with Follower(r, addr, check_interval=10) as node:
+        node.say(leader(1, 1, term=1))
         await eventually(lambda: is_role(r, ("master", None, None)))
-        f.on_leader(leader(2, 1, term=2))
+        node.say(leader(2, 1, term=2))
         await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)), timeout=1.0)
-        await eventually(lambda: _true(f.applied_token == 2))
+        await eventually(lambda: _true(node.f.applied_token == 2))
 
 
 async def test_a_follower_cancelled_as_a_leader_event_wakes_it_stops() -> None:
@@ -271,32 +282,32 @@ async def test_redis_cli_cancelled_as_it_ends_raises_the_cancellation(monkeypatc
 async def test_a_leader_the_agent_gives_no_overlay_address_is_not_followed(redises: dict[int, Redis],
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     r = redises[1]
-    async with Follower(r, lambda lead: overlay_addr(lead, redises[2].port), check_interval=10) as f:
-        f.on_leader(leader(1, 1, term=1))
+    async with Follower(r, lambda lead: overlay_addr(lead, redises[2].port), check_interval=10) as node:
+        node.say(leader(1, 1, term=1))
         await eventually(lambda: is_role(r, ("master", None, None)))
         # Seat 300 of a /16 leads, and this node's agent believes no record of it: no address to follow.
         with caplog.at_level(logging.WARNING):
-            f.on_leader(FakeLeader(300, "instance-300", None, None, False, term=2))
+            node.say(FakeLeader(300, "instance-300", None, None, False, term=2))
             await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
         assert any("names no overlay address" in m for m in caplog.messages), caplog.messages
-        f.on_leader(FakeLeader(300, "instance-300", "127.0.0.1", "127.0.0.1", False, term=2))
+        node.say(FakeLeader(300, "instance-300", "127.0.0.1", "127.0.0.1", False, term=2))
         await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)), timeout=1.0)
 
 
 async def test_a_master_with_an_unsure_view_of_another_leader_is_demoted_not_pointed_at_it(
         redises: dict[int, Redis]) -> None:
     r = redises[1]
-    async with Follower(r, lambda lead: ("127.0.0.1", redises[2].port), check_interval=10) as f:
-        f.on_leader(leader(1, 1, term=1))
+    async with Follower(r, lambda lead: ("127.0.0.1", redises[2].port), check_interval=10) as node:
+        node.say(leader(1, 1, term=1))
         await eventually(lambda: is_role(r, ("master", None, None)))
         # Seat 2 named, but this node's view is stale: it may be a deposed master by now.
-        f.on_leader(leader(2, 1, term=2, state="stale"))
+        node.say(leader(2, 1, term=2, state="stale"))
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
         # Confirmed: follow it.
-        f.on_leader(leader(2, 1, term=2))
+        node.say(leader(2, 1, term=2))
         await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)), timeout=1.0)
         # A replica whose view turns stale stays the replica it is: it takes no writes either way.
-        f.on_leader(leader(2, 1, term=2, state="unknown"))
+        node.say(leader(2, 1, term=2, state="unknown"))
         await asyncio.sleep(0.3)
         assert await role_of(r) == ("slave", "127.0.0.1", redises[2].port)
 
@@ -305,23 +316,23 @@ async def test_no_promotion_under_an_older_term_and_promotion_under_a_newer_one(
         redises: dict[int, Redis], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="follow-leader")
     r = redises[1]
-    async with Follower(r, lambda lead: ("127.0.0.1", redises[2].port), check_interval=0.2) as f:
-        f.on_leader(leader(2, 1, term=5))
+    async with Follower(r, lambda lead: ("127.0.0.1", redises[2].port), check_interval=0.2) as node:
+        node.say(leader(2, 1, term=5))
         await eventually(lambda: is_role(r, ("slave", "127.0.0.1", redises[2].port)))
         # An agent that says this node leads under term 4, after term 5 was seen: not a promotion.
-        f.on_leader(leader(1, 1, term=4))
+        node.say(leader(1, 1, term=4))
         await asyncio.sleep(0.5)
         assert await role_of(r) == ("slave", "127.0.0.1", redises[2].port)
         assert any("older than term 5 already seen: not promoting" in m for m in caplog.messages)
         # A leader without a term (an agent older than terms) cannot be fenced either.
-        f.on_leader(leader(1, 1, term=None))  # type: ignore[arg-type]
+        node.say(leader(1, 1, term=None))  # type: ignore[arg-type]
         await asyncio.sleep(0.3)
         assert (await role_of(r))[0] == "slave"
         assert any("gives no term" in m for m in caplog.messages)
         # Term 6, newer than any seen: promoted, and the log names the term.
-        f.on_leader(leader(1, 1, term=6))
+        node.say(leader(1, 1, term=6))
         await eventually(lambda: is_role(r, ("master", None, None)), timeout=1.0)
-        assert f.highest_term == 6
+        assert node.f.term == 6
         assert any("leads under term 6: REPLICAOF NO ONE" in m for m in caplog.messages)
 
 
@@ -330,9 +341,9 @@ async def test_the_role_check_demotes_a_stray_master(redises: dict[int, Redis]) 
     # Redis starts as a master (no replicaof in its configuration); before the agent has said a word,
     # it is demoted.
     assert await role_of(r) == ("master", None, None)
-    async with Follower(r, check_interval=0.2) as f:
+    async with Follower(r, check_interval=0.2) as node:
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
-        f.on_leader(leader(None, 1, term=0))
+        node.say(leader(None, 1, term=0))
         c = r.client()
         try:
             # Someone (or a restart that dropped the runtime REPLICAOF) made it a master again.
@@ -352,16 +363,17 @@ async def test_a_master_whose_lease_is_not_renewed_demotes_itself(redises: dict[
             raise ConnectionRefusedError("the agent is gone")
         return answers[0]
 
-    async with Follower(r, check_interval=10, renew=renew) as f:
+    async with Follower(r, check_interval=10, seat=1, renew=renew) as node:
         # The agent answers, renewing a 400 ms lease again and again: Redis stays the master.
         answers.append(leader(1, 1, term=2, lease_ms=400))
-        f.on_leader(leader(1, 1, term=2, lease_ms=400))
+        node.say(leader(1, 1, term=2, lease_ms=400))
         await eventually(lambda: is_role(r, ("master", None, None)))
         await asyncio.sleep(1.0)
         assert await role_of(r) == ("master", None, None)
         # The agent stops answering and no event comes (its stream is lost): the lease runs out.
         answers.clear()
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+        assert node.f.applied_token is None
         # The agent is back, leading under the same term; its stream repeats nothing (the SDK calls back
         # only on a change), so the sidecar asks: promoted again.
         answers.append(leader(1, 1, term=2, lease_ms=400))
@@ -372,45 +384,41 @@ async def test_a_renewal_older_than_an_event_is_not_taken(redises: dict[int, Red
     r = redises[1]
     asked = asyncio.Event()
     answer = asyncio.Event()
-    follower: LeaderFollower | None = None
 
     async def renew() -> Any:
         asked.set()
         await answer.wait()
         # Served before the lease ended, answered after the event that says so.
-        return leader(1, 1, term=2, lease_ms=5000)
+        return leader(1, 1, term=2, lease_ms=2400)
 
-    async with Follower(r, check_interval=10, renew=renew) as f:
-        follower = f
-        f.on_leader(leader(1, 1, term=2, lease_ms=5000))
-        await asyncio.wait_for(asked.wait(), 2)
-        answer.set()
+    async with Follower(r, check_interval=10, seat=1, renew=renew) as node:
+        node.say(leader(1, 1, term=2, lease_ms=2400))
         await eventually(lambda: is_role(r, ("master", None, None)))
+        await asyncio.wait_for(asked.wait(), 2)
         asked.clear()
+        answer.set()
+        await asyncio.sleep(0.1)
         answer.clear()
-        await asyncio.wait_for(asked.wait(), 5)
-        f.on_leader(leader(1, 1, term=2, is_self=False, reason="unhealthy: redis"))
+        await asyncio.wait_for(asked.wait(), 2)
+        node.say(leader(1, 1, term=2, is_self=False, reason="unhealthy: redis"))
         answer.set()
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
         await asyncio.sleep(0.3)
         assert await role_of(r) == PLACEHELD
-    assert follower is not None and not follower._leader.is_self
+        assert node.f.applied_token is None
 
 
 async def test_this_nodes_own_seat_is_never_followed(redises: dict[int, Redis]) -> None:
     r = redises[1]
 
-    async def whoami() -> int:
-        return 1
-
     # Its own address, as the follower would be pointed at were seat 1 taken for another.
-    async with Follower(r, lambda lead: ("127.0.0.1", r.port), check_interval=10, whoami=whoami) as f:
-        f.on_leader(leader(1, 1, term=2))
+    async with Follower(r, lambda lead: ("127.0.0.1", r.port), check_interval=10, seat=1) as node:
+        node.say(leader(1, 1, term=2))
         await eventually(lambda: is_role(r, ("master", None, None)))
         # Named, current, not leading, and (unlike the agent) no reason given: the seat tells.
-        f.on_leader(leader(1, 1, term=2, is_self=False))
+        node.say(leader(1, 1, term=2, is_self=False))
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
-        assert f.node_token == 1
+        assert node.f.applied_token is None
 
 
 async def test_health_reports_follow_redis_pings(redises: dict[int, Redis]) -> None:
@@ -474,9 +482,9 @@ async def test_a_restarted_sidecar_leaves_a_replica_its_master(redises: dict[int
         await c.execute_command("REPLICAOF", "127.0.0.1", str(master.port))
     finally:
         await c.aclose()
-    async with Follower(r, check_interval=10) as f:
+    async with Follower(r, check_interval=10) as node:
         # Seat 2 leads, but this node's view is not confirmed yet: nothing to change on a replica.
-        f.on_leader(leader(2, 1, term=2, state="unknown"))
+        node.say(leader(2, 1, term=2, state="unknown"))
         await asyncio.sleep(0.4)
         assert await role_of(r) == ("slave", "127.0.0.1", master.port)
-        assert f.applied == ("127.0.0.1", master.port)
+        assert node.f.applied == ("127.0.0.1", master.port)

@@ -580,7 +580,8 @@ export class DStackP2PSDK {
  * The caller's logger, its missing levels filled in from the default. Called as its methods, not copied
  * off it, so that a logger whose methods live on its prototype (a class instance) keeps its `this`.
  */
-function toLogger(given: Partial<Logger> | null | undefined): Logger {
+/** `given` with the default logger's methods for those it lacks; `null`: silent. */
+export function toLogger(given: Partial<Logger> | null | undefined): Logger {
   if (given === null) return SILENT_LOGGER;
   if (given === undefined) return DEFAULT_LOGGER;
   return {

@@ -28,6 +28,22 @@ export {
 } from "./errors.js";
 export { SSEDecoder, iterEvents, type ServerSentEvent } from "./events.js";
 export {
+  DEMOTE,
+  FOLLOW,
+  INITIAL_FOLLOW_STATE,
+  LEASE_LAPSED,
+  PROMOTE,
+  decideFollow,
+  followKey,
+  followLeader,
+  whyNotLeading,
+  type FollowAction,
+  type FollowKind,
+  type FollowLeaderOptions,
+  type FollowState,
+  type LeaderSource,
+} from "./follow.js";
+export {
   AppHealth,
   CONNECTION_TLS_GATEWAY,
   CONNECTION_UNREACHABLE,

@@ -28,6 +28,9 @@ test("the package imports by its name, and its version is package.json's", () =>
     "Peer",
     "overlayAddress",
     "seatOf",
+    "followLeader",
+    "decideFollow",
+    "whyNotLeading",
   ]) {
     assert.equal(typeof (sdk as Record<string, unknown>)[name], "function", name);
   }

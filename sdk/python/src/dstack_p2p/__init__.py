@@ -5,6 +5,7 @@
     peers = await sdk.get_peers()
 
 :class:`DStackP2PSDK` is the async client; :class:`DStackP2P` (``dstack_p2p.sync``) the blocking one.
+:func:`follow_leader` runs a service as the leader says: promoted, demoted, following (``dstack_p2p.follow``).
 """
 
 from ._version import __version__
@@ -18,6 +19,7 @@ from .errors import (
     ProtocolError,
     RegistrationError,
 )
+from .follow import FollowAction, FollowState, follow_leader, why_not_leading
 from .models import (
     LEADER_CURRENT,
     LEADER_STALE,
@@ -56,6 +58,8 @@ __all__ = [
     "DStackP2PError",
     "DStackP2PSDK",
     "DStackP2PSync",
+    "FollowAction",
+    "FollowState",
     "Health",
     "HealthCheck",
     "Leader",
@@ -66,6 +70,8 @@ __all__ = [
     "RegistrationError",
     "Status",
     "__version__",
+    "follow_leader",
     "overlay_address",
     "seat_of",
+    "why_not_leading",
 ]
