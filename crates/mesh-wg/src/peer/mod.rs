@@ -19,10 +19,14 @@ use mesh_path::path::{Message, Move, PathKind, PathState, udp_path};
 use mesh_path::punch::{self, OwnCandidates, Punch};
 use mesh_path::redial::Redial;
 
-use super::config::{PeerStatus, PunchStatus};
+use crate::config::{PeerStatus, PunchStatus};
 use crate::probe;
 use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
+
+mod session;
+
+pub(crate) use session::Session;
 
 /// Where a datagram goes to, or came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,19 +272,6 @@ impl Peer {
         );
     }
 
-    /// Locks the peer for a run of packets: one lock, one clock reading and one handshake-time refresh for
-    /// the whole run rather than per packet.
-    pub(crate) fn session(&self) -> Session<'_> {
-        let g = self.lock();
-        let via = g.via();
-        Session {
-            key: &self.public_key,
-            g,
-            via,
-            now: Instant::now(),
-            authenticated: false,
-        }
-    }
     /// Runs boringtun's timers, then our persistent keepalive (kept outside boringtun so the
     /// interval can change without rebuilding the `Tunn`), then the path: whether to leave the direct
     /// path, and the probe of a relayed peer's direct path. Returns the datagrams to send; timer traffic is
@@ -324,127 +315,6 @@ impl Peer {
             sends.push(send);
         }
         sends
-    }
-}
-
-/// A peer locked for a run of packets ([`Peer::session`]). Dropping it releases the peer.
-pub(crate) struct Session<'a> {
-    key: &'a Key,
-    g: MutexGuard<'a, PeerInner>,
-    /// Where the run's datagrams go: read once, and again only when a datagram moves the peer.
-    via: Option<Via>,
-    now: Instant,
-    authenticated: bool,
-}
-
-impl Session<'_> {
-    /// Where datagrams to the peer go now; `None` while it has no endpoint.
-    pub(crate) fn via(&self) -> Option<&Via> {
-        self.via.as_ref()
-    }
-
-    /// Encrypts an IP packet from the TUN into `dst`, which must hold the packet and 32 bytes more, and 148 at
-    /// least. The datagram goes to [`Session::via`].
-    pub(crate) fn encapsulate<'a>(&mut self, packet: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
-        let res = self.g.tunn.encapsulate(packet, dst);
-        if let (TunnResult::WriteToNetwork(out), Some(via)) = (&res, &self.via) {
-            self.g.note_tx_bytes(out, via, self.now);
-        }
-        res
-    }
-
-    /// Decrypts a datagram that came `from` into `dst` (at least as long as the datagram). When it
-    /// authenticates (handshake or data), a UDP source becomes the endpoint (WireGuard roaming) and a relay
-    /// stream becomes the way back through the relay; either informs the path. An answer it produces goes
-    /// back the way the datagram came.
-    pub(crate) fn decapsulate<'a>(
-        &mut self,
-        from: &Via,
-        datagram: &[u8],
-        dst: &'a mut [u8],
-    ) -> TunnResult<'a> {
-        let res = self
-            .g
-            .tunn
-            .decapsulate(Some(from.source_ip()), datagram, dst);
-        if authenticates(datagram, &res) {
-            match datagram.first() {
-                Some(&MSG_HANDSHAKE_INIT) => {
-                    tracing::debug!(event = "handshake.answered", peer = ?self.key, ?from, "handshake initiation received; answered");
-                }
-                Some(&MSG_HANDSHAKE_RESP) => {
-                    tracing::debug!(event = "handshake.completed", peer = ?self.key, ?from, "handshake response received; session up");
-                }
-                _ => {}
-            }
-            self.authenticated = true;
-            if self.g.received(self.key, from, datagram, self.now) {
-                self.via = self.g.via();
-            }
-        }
-        if let TunnResult::WriteToNetwork(out) = &res {
-            // Answers go back the way the datagram came: a handshake response proves that path.
-            self.g.note_tx_bytes(out, from, self.now);
-        }
-        res
-    }
-
-    /// Takes a candidate message the peer sent through the tunnel; returns where it sees this node.
-    pub(crate) fn candidates_received(&mut self, payload: &[u8]) -> Option<std::net::SocketAddrV4> {
-        self.g.candidates_received(self.key, payload)
-    }
-
-    /// Answers the peer's liveness probe `seq` from `own` into `dst`, for [`Session::via`] (the answer was
-    /// taken note of as soon as the datagram authenticated).
-    pub(crate) fn answer_probe<'a>(
-        &mut self,
-        own: Ipv4Addr,
-        seq: u16,
-        dst: &'a mut [u8],
-    ) -> Option<&'a [u8]> {
-        let peer = self.g.overlay_ip?;
-        let via = self.via.clone()?;
-        match self.g.tunn.encapsulate(&probe::reply(own, peer, seq), dst) {
-            TunnResult::WriteToNetwork(out) => {
-                self.g.note_tx_bytes(out, &via, self.now);
-                Some(out)
-            }
-            _ => None,
-        }
-    }
-
-    /// The next packet queued behind a handshake (the "call again with an empty datagram" flush), for
-    /// [`Session::via`].
-    pub(crate) fn flush_queued<'a>(&mut self, dst: &'a mut [u8]) -> TunnResult<'a> {
-        let res = self.g.tunn.decapsulate(None, &[], dst);
-        if let (TunnResult::WriteToNetwork(out), Some(via)) = (&res, &self.via) {
-            self.g.note_tx_bytes(out, via, self.now);
-        }
-        res
-    }
-}
-
-impl Drop for Session<'_> {
-    fn drop(&mut self) {
-        if self.authenticated {
-            self.g.refresh_handshake();
-        }
-    }
-}
-
-/// Whether boringtun's answer to `datagram` shows that the peer sent it: decrypted data or a keepalive, or a
-/// handshake message it answered with the next step (not a cookie reply under load).
-fn authenticates(datagram: &[u8], res: &TunnResult<'_>) -> bool {
-    match (datagram.first().copied(), res) {
-        (Some(MSG_DATA), TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..)) => true,
-        (Some(MSG_DATA), TunnResult::Done) => true, // keepalive
-        (Some(MSG_HANDSHAKE_INIT), TunnResult::WriteToNetwork(out)) => {
-            out.first() == Some(&MSG_HANDSHAKE_RESP)
-        }
-        (Some(MSG_HANDSHAKE_RESP), TunnResult::WriteToNetwork(out)) => {
-            out.first() == Some(&MSG_DATA)
-        }
-        _ => false,
     }
 }
 
@@ -813,76 +683,4 @@ fn new_tunn(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys(seed: u8) -> NoiseKeys {
-        let secret = x25519::StaticSecret::from([seed; 32]);
-        let public = x25519::PublicKey::from(&secret);
-        NoiseKeys {
-            rate_limiter: Arc::new(RateLimiter::new(&public, 100)),
-            secret,
-        }
-    }
-
-    fn public(keys: &NoiseKeys) -> Key {
-        Key::from_bytes(x25519::PublicKey::from(&keys.secret).to_bytes())
-    }
-
-    /// An initiation that traffic starts between two timer ticks, and that is answered before the next,
-    /// counts as answered: boringtun stamps the handshake with its last tick, before the initiation went
-    /// out, and a punching attempt that took that stamp copied the answered initiation, a replay the peer
-    /// dropped, and waited 15 s for the next.
-    #[test]
-    fn an_initiation_answered_between_timer_ticks_is_not_copied_again() {
-        let (ka, kb) = (keys(1), keys(2));
-        let a = Peer::new(public(&kb), 1, &ka, None, Liveness::default());
-        let b = Peer::new(public(&ka), 2, &kb, None, Liveness::default());
-        let (at_a, at_b): (SocketAddr, SocketAddr) = (
-            "192.0.2.1:51820".parse().unwrap(),
-            "192.0.2.2:51820".parse().unwrap(),
-        );
-        let ctx = TickContext {
-            own: Arc::default(),
-            own_key: public(&ka),
-            liveness: Liveness::default(),
-            address: Ipv4Addr::new(10, 0, 1, 1),
-            overlay: "10.0.1.0/24".parse().unwrap(),
-        };
-        let mut buf = vec![0u8; 2048];
-        // A's timers run; then, before the next tick, the peer gets an address and traffic starts a
-        // handshake.
-        assert!(a.tick(&mut buf, &ctx).is_empty(), "nothing to send yet");
-        std::thread::sleep(Duration::from_millis(30));
-        a.set_endpoint(at_b);
-        let init = match a.session().encapsulate(&[0x45; 40], &mut buf) {
-            TunnResult::WriteToNetwork(init) => init.to_vec(),
-            other => panic!("traffic starts a handshake: {other:?}"),
-        };
-        let mut out = vec![0u8; 2048];
-        let response = match b.session().decapsulate(&Via::Udp(at_a), &init, &mut out) {
-            TunnResult::WriteToNetwork(r) => r.to_vec(),
-            other => panic!("B answers the initiation: {other:?}"),
-        };
-        let now = Instant::now();
-        let _ = a
-            .session()
-            .decapsulate(&Via::Udp(at_b), &response, &mut out);
-        let g = a.lock();
-        let stamped_by_boringtun = g
-            .tunn
-            .time_since_last_handshake()
-            .and_then(|since| Instant::now().checked_sub(since))
-            .expect("a session");
-        let sent = g.last_init.as_ref().expect("an initiation").0;
-        assert!(
-            stamped_by_boringtun < sent,
-            "boringtun's stamp is its last tick's, before the initiation (the race this guards against)"
-        );
-        assert_eq!(
-            g.initiation_to_copy(now, false),
-            None,
-            "answered: not copied"
-        );
-    }
-}
+mod tests;

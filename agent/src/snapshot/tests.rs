@@ -1,0 +1,537 @@
+use super::*;
+use crate::desired::tests::{own, record, view};
+use crate::state::{DeviceInfo, Fault, FaultError, SeatProblem, SeatState};
+use std::sync::Arc;
+
+/// The numbers below are for a 3 s peer timeout.
+const THREE: Liveness = Liveness {
+    timeout: Duration::from_secs(3),
+};
+
+fn agent() -> AgentFacts {
+    AgentFacts {
+        mode: Mode::Wireguard,
+        contract: Address::repeat_byte(1),
+        rpc: RedactedUrl::new(&"https://user:secret@rpc.example/".parse().unwrap()),
+        lease: Duration::from_secs(5),
+        liveness: THREE,
+    }
+}
+
+/// The monotonic "now" of these tests: an hour ahead, so that ages can be taken from it.
+fn mono() -> Instant {
+    static MONO: std::sync::LazyLock<Instant> =
+        std::sync::LazyLock::new(|| Instant::now() + Duration::from_secs(3600));
+    *MONO
+}
+
+fn clock(wall: SystemTime) -> Clock {
+    Clock { wall, mono: mono() }
+}
+
+/// Three members: seat 2 heard from a second ago (its handshake 5 s ago), seats 3 and 4 silent for ten
+/// minutes, 3 with a gateway URL, 4 with none. Node 1, registered, with an interface.
+fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
+    let v = view(&[
+        record(2, 0x22, ""),
+        record(3, 0x33, "https://three.example"),
+        record(4, 0x44, ""),
+    ]);
+    let (members, _) = crate::desired::members(&v, SeatState::Active(1), own(Some(1)));
+    let stat = |k: u8, age: u64, heard: u64| {
+        (
+            Key::from_bytes([k; 32]),
+            PeerStatus {
+                public_key: Key::from_bytes([k; 32]),
+                endpoint: Some(format!("198.51.100.{k}:9").parse().unwrap()),
+                // Seat 2 is relayed.
+                relay: (k == 0x22).then(|| mesh_wg::RelayTarget {
+                    host: "two-51820.example".into(),
+                    port: 443,
+                }),
+                path: if k == 0x22 {
+                    PathKind::Relay
+                } else {
+                    PathKind::Direct
+                },
+                punch: mesh_wg::PunchStatus {
+                    candidates: vec![mesh_wg::Candidate {
+                        addr: format!("203.0.113.{k}:41000").parse().unwrap(),
+                        source: mesh_wg::CandidateSource::Stun,
+                    }],
+                    attempts: u64::from(k == 0x22) * 3,
+                    relay_reason: (k == 0x22).then(|| "no answer over UDP".to_owned()),
+                    ..mesh_wg::PunchStatus::default()
+                },
+                allowed_ips: Vec::new(),
+                last_handshake: Some(now - Duration::from_secs(age)),
+                last_heard: Some(mono() - Duration::from_secs(heard)),
+                rx_bytes: u64::from(k),
+                tx_bytes: 1,
+                persistent_keepalive: Some(25),
+            },
+        )
+    };
+    let chain = ChainState {
+        view: Some(Arc::new(v)),
+        head: Some(10),
+        seat: SeatState::Active(1),
+        requests: 7,
+        head_polls: 5,
+        rejected: 1,
+        ..ChainState::default()
+    };
+    let reg = RegState {
+        registered: true,
+        registrations: 1,
+        ..RegState::default()
+    };
+    let mesh = MeshState {
+        device: Some(DeviceInfo {
+            ifname: "dm0".into(),
+            listen_port: 51820,
+            backend: "userspace",
+        }),
+        members: Arc::new(members),
+        known: true,
+        stats: Arc::new([stat(0x22, 5, 1), stat(0x33, 600, 600), stat(0x44, 600, 600)].into()),
+        invalid_records: 2,
+        reconciles: 3,
+        relay: mesh_api::RelayCounters::default(),
+        nat: Some(mesh_wg::NatStatus {
+            report: mesh_wg::NatReport {
+                mapping: mesh_wg::Mapping::EndpointIndependent,
+                mapped: vec!["203.0.113.1:40000".parse().unwrap()],
+                servers: vec![mesh_wg::StunResult {
+                    server: "192.0.2.9:3478".parse().unwrap(),
+                    mapped: Some("203.0.113.1:40000".parse().unwrap()),
+                    rtt: Some(Duration::from_millis(12)),
+                }],
+                checked_at: Some(now),
+            },
+            candidates: vec![mesh_wg::Candidate {
+                addr: "203.0.113.1:40000".parse().unwrap(),
+                source: mesh_wg::CandidateSource::Stun,
+            }],
+        }),
+    };
+    (chain, reg, mesh)
+}
+
+/// The snapshot of these states, `uptime` after start, at `now`.
+fn snapshot(
+    chain: &ChainState,
+    reg: &RegState,
+    mesh: &MeshState,
+    uptime: Duration,
+    now: SystemTime,
+) -> Snapshot {
+    rendered(chain, reg, mesh, &LeaderState::default(), uptime, now)
+}
+
+/// The snapshot of these states, with `election` as the leader task's.
+fn rendered(
+    chain: &ChainState,
+    reg: &RegState,
+    mesh: &MeshState,
+    election: &LeaderState,
+    uptime: Duration,
+    now: SystemTime,
+) -> Snapshot {
+    let tasks = Published {
+        chain,
+        reg,
+        mesh,
+        leader: election,
+        check: None,
+    };
+    render(&agent(), &NodeFacts::default(), tasks, uptime, clock(now))
+}
+
+fn with_leader(chain: &ChainState, seat: Option<u64>) -> ChainState {
+    let mut view = chain.view.as_deref().unwrap().clone();
+    view.leader = seat;
+    ChainState {
+        view: Some(Arc::new(view)),
+        ..chain.clone()
+    }
+}
+
+/// The snapshot of these states with this leader state.
+fn with_election(
+    chain: &ChainState,
+    reg: &RegState,
+    mesh: &MeshState,
+    election: &LeaderState,
+    now: SystemTime,
+) -> Snapshot {
+    rendered(chain, reg, mesh, election, Duration::ZERO, now)
+}
+
+/// A leader whose evidence this node refuses is no leader for its applications: no seat to follow, the
+/// seat named apart with why, and the metric says so; this node's own refused seat alike.
+#[test]
+fn a_refused_leader_is_no_leader_here_and_is_named_apart() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, reg, mesh) = states(now);
+    for seat in [5, 1] {
+        let mut refused = (*chain.attestations).clone();
+        refused.insert(
+            seat,
+            Attested::Refused {
+                kind: "os-not-allowed",
+                reason: "the OS image is not allowed".into(),
+            },
+        );
+        let chain = ChainState {
+            attestations: Arc::new(refused),
+            ..with_leader(&chain, Some(seat))
+        };
+        let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+        assert_eq!(
+            (s.leader.token_id, s.leader.refused_seat, s.leader.is_self),
+            (None, Some(seat), false)
+        );
+        let why = s.leader.reason.as_deref().unwrap_or_default();
+        assert!(why.contains("os-not-allowed"), "{why}");
+        assert!(s.peers.iter().all(|p| !p.leader));
+        assert!(
+            mesh_api::metrics(&s).contains("dstack_mesh_leader_refused 1"),
+            "the metric"
+        );
+    }
+}
+
+/// The leader is flagged among the peers and served with how to reach it and whether it answers.
+#[test]
+fn the_leader_is_reached_like_a_peer_and_flagged() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, reg, mesh) = states(now);
+    let election = LeaderState {
+        answering: [(2, true)].into(),
+        ..LeaderState::default()
+    };
+    let chain = with_leader(&chain, Some(2));
+    let s = with_election(&chain, &reg, &mesh, &election, now);
+    let flags: Vec<_> = s.peers.iter().map(|p| (p.token_id, p.leader)).collect();
+    assert_eq!(flags, [(2, true), (3, false), (4, false)]);
+    assert_eq!(s.leader.token_id, Some(2));
+    assert_eq!(s.leader.address.as_deref(), Some("10.0.1.2"));
+    assert_eq!(s.leader.overlay_ip, Some("10.0.1.2".parse().unwrap()));
+    assert!(!s.leader.is_self);
+    assert_eq!(s.leader.reachable, Some(true));
+    assert!(s.leader.instance_id.is_some(), "from its record");
+    assert_eq!(s.leader.term, Some(0));
+
+    let chain = with_leader(&chain, None);
+    let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    assert_eq!(s.leader.token_id, None);
+    assert_eq!(s.leader.address, None);
+    assert!(!s.leader.is_self);
+}
+
+/// The seat named leader says it leads only under its lease, and says why not otherwise; the answer is
+/// worked out again when served, so a lease that ran out meanwhile is no claim.
+#[test]
+fn this_node_leads_only_under_its_lease() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let t0 = std::time::Instant::now();
+    let (chain, reg, mesh) = states(now);
+    let mut chain = with_leader(&chain, Some(1));
+    chain.confirmed_at = Some(t0);
+    let named = with_election(&chain, &reg, &mesh, &LeaderState::default(), now);
+    assert!(!named.leader.is_self, "named, but no claim decided");
+
+    let leads = LeaderState {
+        claim: Claim::Leads {
+            until: t0 + Duration::from_secs(3),
+        },
+        ..LeaderState::default()
+    };
+    let s = with_election(&chain, &reg, &mesh, &leads, now);
+    assert!(s.leader.is_self, "seat 1 is this node, under its lease");
+    assert_eq!(s.leader.address.as_deref(), Some("10.0.1.1"));
+    assert_eq!(s.leader.reachable, None);
+    assert!(s.peers.iter().all(|p| !p.leader));
+    let served = s.leader.as_of(t0 + Duration::from_millis(1_000));
+    assert!(served.is_self);
+    assert_eq!(served.lease_ms, Some(2_000));
+    assert_eq!(served.age_ms, Some(1_000));
+    assert_eq!(served.state, mesh_api::Freshness::Current);
+    let late = s.leader.as_of(t0 + Duration::from_secs(6));
+    assert!(!late.is_self, "served after the lease ran out");
+    assert_eq!(late.state, mesh_api::Freshness::Stale);
+    assert!(
+        late.reason
+            .as_deref()
+            .unwrap()
+            .contains("the lease ran out")
+    );
+
+    let declines = LeaderState {
+        claim: Claim::Declines(crate::leadership::lease::Declined::NoQuorum { have: 0, need: 1 }),
+        ..LeaderState::default()
+    };
+    let s = with_election(&chain, &reg, &mesh, &declines, now);
+    assert!(!s.leader.is_self);
+    assert_eq!(
+        s.leader.reason.as_deref(),
+        Some(
+            "only 0 of the 1 other seats needed confirmed this node as leader over the mesh within the lease"
+        )
+    );
+}
+
+/// A follower's knowledge of the leader is current while its reads, or the leader's own answers,
+/// confirm it; from the state file it is unknown.
+#[test]
+fn a_followers_view_of_the_leader_is_confirmed_by_reads_or_by_the_leader() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let t0 = std::time::Instant::now();
+    let (chain, reg, mesh) = states(now);
+    let mut chain = with_leader(&chain, Some(2));
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let state = |chain: &ChainState, election: &LeaderState, ms: u64| {
+        with_election(chain, &reg, &mesh, election, now)
+            .leader
+            .as_of(at(ms))
+            .state
+    };
+    let none = LeaderState::default();
+    assert_eq!(state(&chain, &none, 0), mesh_api::Freshness::Unknown);
+    chain.confirmed_at = Some(at(0));
+    assert_eq!(state(&chain, &none, 4_999), mesh_api::Freshness::Current);
+    assert_eq!(state(&chain, &none, 5_000), mesh_api::Freshness::Stale);
+    let answered = LeaderState {
+        leader_confirmed_at: Some(at(4_000)),
+        ..LeaderState::default()
+    };
+    assert_eq!(
+        state(&chain, &answered, 8_999),
+        mesh_api::Freshness::Current
+    );
+    chain.from_cache = true;
+    assert_eq!(
+        state(&chain, &answered, 1_000),
+        mesh_api::Freshness::Unknown
+    );
+}
+
+fn no_funds() -> Fault {
+    Fault::new(
+        "registering this node's record",
+        FaultError::NoFundedSender {
+            node: Address::repeat_byte(9),
+        },
+    )
+}
+
+/// The registrar's reason is the node's registration error only while it is not registered.
+#[test]
+fn the_registration_error_is_shown_while_unregistered() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, mut reg, mesh) = states(now);
+    reg.error = Some(no_funds());
+    let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    assert_eq!(s.status.node.registration_error, None, "registered");
+    reg.registered = false;
+    let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    let shown = s.status.node.registration_error.unwrap();
+    assert!(
+        shown.starts_with("registering this node's record: no funded sender"),
+        "{shown}"
+    );
+}
+
+/// Why the node has no seat stays in its status between the chain task's lookups of the seat, however
+/// many reads of the chain come in between (each sets the chain's own error anew).
+#[test]
+fn having_no_seat_is_the_registration_error_until_a_seat_is_found() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (mut chain, mut reg, mesh) = states(now);
+    reg.registered = false;
+    chain.error = None;
+    chain.seat_error = Some(SeatProblem::Inactive { token: 3 });
+    let shown = Some("seat 3 of this instance is deactivated: it has no record until its holder runs `meshctl activate --token 3`".to_owned());
+    let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    assert_eq!(s.status.node.registration_error, shown);
+    reg.error = Some(no_funds());
+    let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    assert_eq!(
+        s.status.node.registration_error, shown,
+        "the seat comes first: nothing can be registered without one"
+    );
+}
+
+/// Each peer is offered the best way it can be reached, with its live endpoint and counters.
+#[test]
+fn peers_are_offered_by_how_they_can_be_reached() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, reg, mesh) = states(now);
+    let s = snapshot(&chain, &reg, &mesh, Duration::from_secs(9), now);
+    let kinds: Vec<_> = s
+        .peers
+        .iter()
+        .map(|p| (p.token_id, p.connection, p.address.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (2, ConnectionKind::Wireguard, Some("10.0.1.2".into())),
+            (
+                3,
+                ConnectionKind::TlsGateway,
+                Some("https://three.example".into())
+            ),
+            (4, ConnectionKind::Unreachable, None),
+        ]
+    );
+    assert_eq!(
+        s.peers[0].endpoint.as_deref(),
+        Some("198.51.100.34:9"),
+        "the live endpoint"
+    );
+    let paths: Vec<_> = s
+        .peers
+        .iter()
+        .map(|p| (p.path, p.relay_url.as_deref()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (Some(Path::Relay), Some("https://two-51820.example")),
+            (Some(Path::Direct), None),
+            (Some(Path::Direct), None),
+        ],
+        "a relayed peer is still reached at its overlay IP, and says so"
+    );
+    let relayed = &s.peers[0];
+    assert_eq!(relayed.path_reason.as_deref(), Some("no answer over UDP"));
+    assert_eq!(relayed.punch_attempts, 3);
+    assert_eq!(
+        relayed.candidates,
+        [mesh_api::Candidate {
+            address: "203.0.113.34:41000".into(),
+            source: "stun".into()
+        }],
+        "the candidates punching tries"
+    );
+    assert_eq!(
+        s.peers[1].path_reason, None,
+        "a direct peer needs no reason"
+    );
+    let nat = s.status.nat.as_ref().expect("the device's NAT");
+    assert_eq!(nat.mapping, "endpoint-independent");
+    assert_eq!(nat.mapped, ["203.0.113.1:40000"]);
+    assert_eq!(nat.servers[0].rtt_ms, Some(12));
+    assert_eq!(nat.candidates[0].source, "stun");
+    assert_eq!(nat.checked_at, Some(1_000_000));
+    assert_eq!((s.status.peers_configured, s.status.peers_healthy), (3, 1));
+}
+
+/// A peer is healthy while it was heard from within the peer timeout, whatever its session: one whose
+/// handshake is seconds old but that has been silent for the timeout is not (it died, froze or was cut
+/// off since), and one heard again is healthy at once. The publisher wakes when the next one dies.
+#[test]
+fn a_peer_is_healthy_only_while_it_was_heard_within_the_peer_timeout() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, reg, mut mesh) = states(now);
+    let heard = |mesh: &mut MeshState, ms: u64| {
+        let mut stats = (*mesh.stats).clone();
+        let two = stats.get_mut(&Key::from_bytes([0x22; 32])).unwrap();
+        two.last_heard = Some(mono() - Duration::from_millis(ms));
+        mesh.stats = Arc::new(stats);
+    };
+    let two = |mesh: &MeshState| {
+        let s = snapshot(&chain, &reg, mesh, Duration::ZERO, now);
+        let p = s.peers.into_iter().find(|p| p.token_id == 2).unwrap();
+        (p.healthy, p.connection, p.address, p.last_heard)
+    };
+    heard(&mut mesh, 2_999);
+    assert_eq!(
+        two(&mesh),
+        (
+            true,
+            ConnectionKind::Wireguard,
+            Some("10.0.1.2".into()),
+            Some(999_997)
+        )
+    );
+    assert_eq!(
+        health_changes_at(&mesh, &THREE, mono()),
+        Some(mono() + Duration::from_millis(1)),
+        "the publisher renders again as seat 2 dies"
+    );
+    heard(&mut mesh, 3_000);
+    assert_eq!(
+        two(&mesh),
+        (false, ConnectionKind::Unreachable, None, Some(999_997)),
+        "silent for the timeout, though its handshake is 5 s old"
+    );
+    assert_eq!(health_changes_at(&mesh, &THREE, mono()), None);
+    heard(&mut mesh, 0);
+    assert!(two(&mesh).0, "heard again: healthy at once");
+}
+
+/// The status and counters gather what each task published.
+#[test]
+fn status_and_counters_gather_every_task() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (mut chain, mut reg, mesh) = states(now);
+    let s = snapshot(&chain, &reg, &mesh, Duration::from_secs(9), now);
+    assert_eq!(s.status.node.token_id, Some(1));
+    assert_eq!(s.status.node.overlay_ip, Some("10.0.1.1".parse().unwrap()));
+    assert_eq!(s.status.node.interface.as_deref(), Some("dm0"));
+    assert_eq!(s.status.backend.as_deref(), Some("userspace"));
+    assert!(s.status.node.registered);
+    assert_eq!(s.status.chain.lag, Some(10), "the view is at block 0");
+    assert_eq!(s.status.uptime_secs, 9);
+    assert_eq!(
+        (
+            s.counters.reconciles,
+            s.counters.registrations,
+            s.counters.invalid_records,
+            s.counters.chain_requests,
+            s.counters.chain_head_polls
+        ),
+        (3, 1, 3, 7, 5)
+    );
+    // The chain's error is shown before the registrar's, with its causes and no credentials.
+    reg.error = Some(no_funds());
+    let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    assert!(
+        s.status
+            .chain
+            .last_error
+            .unwrap()
+            .contains("no funded sender")
+    );
+    chain.error = Some(Fault::new(
+        "following the chain",
+        FaultError::FullRead(
+            "the full read failed (https://user:secret@rpc.example/ refused)".into(),
+        ),
+    ));
+    let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    assert_eq!(
+        s.status.chain.last_error.as_deref(),
+        Some(
+            "following the chain: the full read failed (https://***:***@rpc.example/ refused); following events meanwhile"
+        )
+    );
+}
+
+/// Counters and handshake ages are not a change for applications; a new address or key is.
+#[test]
+fn only_what_applications_use_is_a_change() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, reg, mesh) = states(now);
+    let a = snapshot(&chain, &reg, &mesh, Duration::ZERO, now).peers;
+    let mut b = a.clone();
+    b[0].rx_bytes += 100;
+    b[0].latest_handshake = Some(1);
+    assert!(!mesh_api::peers_changed(&a, &b));
+    b[1].address = None;
+    assert!(mesh_api::peers_changed(&a, &b));
+    assert!(mesh_api::peers_changed(&a, &a[1..]));
+}

@@ -1,0 +1,776 @@
+use std::sync::LazyLock;
+
+use alloy::primitives::{Bytes, keccak256};
+use alloy::sol_types::SolEvent;
+
+use super::*;
+use crate::record::RecordError;
+use crate::testing::Cluster;
+
+static CLUSTER: LazyLock<Cluster> = LazyLock::new(Cluster::new);
+
+/// A block hash of block `n` on the chain as it is.
+fn hash(n: u64) -> B256 {
+    keccak256(n.to_be_bytes())
+}
+
+/// A node of the cluster that has processed block 10, where each of `seats` (seat, node) is bound.
+fn view_at_10(seats: &[(u64, u8)]) -> ChainView {
+    let mut view = CLUSTER.view();
+    for &(token, node) in seats {
+        view.bind(
+            token,
+            contract::binding_from_event(&Cluster::bound(token, node), 5),
+        )
+        .unwrap();
+    }
+    view.last_block = 10;
+    view.last_block_hash = hash(10);
+    view
+}
+
+/// Blocks 11 to 12, on the chain the view followed.
+fn next_blocks(view: &ChainView) -> Blocks {
+    Blocks {
+        from: 11,
+        to: 12,
+        hash: hash(12),
+        parent: view.last_block_hash,
+    }
+}
+
+/// Blocks 13 to 14: the two after [`next_blocks`], on the same chain.
+fn blocks_13_to_14() -> Blocks {
+    Blocks {
+        from: 13,
+        to: 14,
+        hash: hash(14),
+        parent: hash(12),
+    }
+}
+
+fn log(event: Event) -> Logged {
+    Logged {
+        removed: false,
+        block: Some(11),
+        event,
+    }
+}
+
+fn registered(reg: &SignedRegistration) -> Logged {
+    log(Event::PeerRegistered(Box::new(Cluster::registered(reg))))
+}
+
+fn bound(token: u64, node: u8) -> Logged {
+    log(Event::InstanceBound(Cluster::bound(token, node)))
+}
+
+/// For polls that must not need a binding read.
+fn no_binding_read(token: u64) -> Read<Binding> {
+    panic!("seat {token}'s binding was read, but the view had it")
+}
+
+fn poll(view: &ChainView, logs: &[Logged]) -> Applied {
+    apply_logs(view, next_blocks(view), logs, no_binding_read)
+}
+
+fn is_proof_rejection(r: &Rejection, token: u64) -> bool {
+    matches!(&r.why, Rejected::Proof { token_id, .. } if *token_id == token)
+}
+
+/// The honest case: a bound seat's record is believed, and the view moves to the range's last block.
+#[test]
+fn a_bound_seats_record_is_believed_and_the_view_moves_to_the_ranges_end() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let reg = CLUSTER.record(3, 0x33, 1);
+    let out = poll(&view, &[registered(&reg)]);
+    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.high_water.get(&3), Some(&1));
+    assert_eq!(
+        (out.view.last_block, out.view.last_block_hash),
+        (12, hash(12))
+    );
+    assert!(out.rejected.is_empty() && out.doubts.is_empty(), "{out:?}");
+    assert!(Changes::between(&view, &out.view).records);
+}
+
+/// The chain no longer has the last processed block (the range's parent hash differs): a full read is
+/// due, and the new chain's events are applied meanwhile, as the best there is.
+#[test]
+fn a_parent_hash_that_no_longer_matches_is_a_reorg_and_the_range_is_still_applied() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let reg = CLUSTER.record(3, 0x33, 1);
+    let blocks = Blocks {
+        parent: keccak256(b"another block 10"),
+        ..next_blocks(&view)
+    };
+    let apply = RangeApply::new(&view, blocks);
+    assert_eq!(
+        apply.doubts(),
+        &[Doubt::Reorg],
+        "known before any log is read"
+    );
+    let out = apply_logs(&view, blocks, &[registered(&reg)], no_binding_read);
+    assert_eq!(out.doubts, vec![Doubt::Reorg]);
+    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.last_block_hash, hash(12));
+}
+
+/// A range without logs, moved over in place, ends where applying it would: at the range's last block,
+/// with nothing else changed, and the same doubt about a reorg.
+#[test]
+fn a_range_without_logs_moves_the_view_on_as_applying_it_would() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let reorged = Blocks {
+        parent: keccak256(b"another block 10"),
+        ..next_blocks(&view)
+    };
+    for blocks in [next_blocks(&view), reorged] {
+        let applied = apply_logs(&view, blocks, &[], no_binding_read);
+        let mut moved = view.clone();
+        move_on(&mut moved, &blocks);
+        assert_eq!(moved, applied.view);
+        assert_eq!(
+            reorganised(&view, &blocks),
+            applied.doubts == [Doubt::Reorg],
+            "{blocks:?}"
+        );
+    }
+    assert!(!reorganised(&view, &next_blocks(&view)));
+    assert!(reorganised(&view, &reorged));
+}
+
+/// A log the RPC marks removed is not applied, even an authentic one, and makes a full read due; nor is
+/// a binding read for it.
+#[test]
+fn a_removed_log_is_skipped_and_makes_a_full_read_due() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let mut removed = registered(&CLUSTER.record(4, 0x44, 1));
+    removed.removed = true;
+    let apply = RangeApply::new(&view, next_blocks(&view));
+    assert_eq!(apply.binding_wanted(&removed), None);
+    let mut unbinding = log(Event::InstanceUnbound(DstackClusterNFT::InstanceUnbound {
+        tokenId: U256::from(3),
+        instanceId: Cluster::instance(3),
+    }));
+    unbinding.removed = true;
+    let out = poll(&view, &[removed, unbinding]);
+    assert_eq!(out.doubts, vec![Doubt::RemovedLog, Doubt::RemovedLog]);
+    assert!(out.view.records.is_empty() && out.view.bindings.contains_key(&3));
+    assert!(!Changes::between(&view, &out.view).any());
+}
+
+/// The contract has no seat id beyond a u64: events naming one are skipped, and the rest goes on.
+#[test]
+fn events_whose_seat_id_is_out_of_range_are_skipped() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let reg = CLUSTER.record(3, 0x33, 1);
+    let mut binding = Cluster::bound(3, 0x33);
+    binding.tokenId = U256::MAX;
+    let mut registration = Cluster::registered(&reg);
+    registration.tokenId = U256::MAX;
+    let clear = DstackClusterNFT::PeerCleared {
+        tokenId: U256::MAX,
+        reason: 0,
+    };
+    let logs = [
+        registered(&reg),
+        log(Event::InstanceBound(binding)),
+        log(Event::PeerRegistered(Box::new(registration))),
+        log(Event::PeerCleared(clear)),
+    ];
+    let apply = RangeApply::new(&view, next_blocks(&view));
+    assert_eq!(apply.binding_wanted(&logs[2]), None);
+    let out = poll(&view, &logs);
+    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.bindings, view.bindings);
+    assert!(out.rejected.is_empty());
+}
+
+/// A sibling instance's node, with a genuine chain naming the seat's instance, signs a record for the
+/// seat: it is not the bound node, so the record is refused.
+#[test]
+fn a_record_signed_by_another_node_than_the_bound_one_is_refused() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let forged = CLUSTER.record(3, 0x55, 1);
+    let out = poll(&view, &[registered(&forged)]);
+    assert!(out.view.records.is_empty());
+    assert_eq!(out.rejected.len(), 1);
+    assert!(
+        matches!(
+            &out.rejected[0].why,
+            Rejected::Proof { token_id: 3, source: RecordError::RecordSignatureMismatch { node, .. } }
+                if *node == Cluster::node(0x33)
+        ),
+        "{:?}",
+        out.rejected
+    );
+}
+
+/// A record changed after it was signed (here its endpoint), or signed for another cluster, is refused.
+#[test]
+fn a_tampered_record_or_one_for_another_cluster_is_refused() {
+    let view = view_at_10(&[(3, 0x33), (4, 0x44)]);
+    let mut tampered = Cluster::registered(&CLUSTER.record(3, 0x33, 1));
+    tampered.endpoint = "203.0.113.9:51820".into();
+    let mut elsewhere = Cluster::new();
+    elsewhere.contract = Address::repeat_byte(0xc1);
+    let out = poll(
+        &view,
+        &[
+            log(Event::PeerRegistered(Box::new(tampered))),
+            registered(&elsewhere.record(4, 0x44, 1)),
+        ],
+    );
+    assert!(out.view.records.is_empty());
+    assert!(
+        is_proof_rejection(&out.rejected[0], 3),
+        "{:?}",
+        out.rejected
+    );
+    // Read as this cluster's, its signature is over another domain: it does not verify.
+    assert!(
+        is_proof_rejection(&out.rejected[1], 4),
+        "{:?}",
+        out.rejected
+    );
+}
+
+/// An RPC replays a seat's older registration, then its last one after the seat was cleared: neither comes
+/// back, and each refusal carries its nonce.
+#[test]
+fn a_replayed_registration_is_refused_even_after_a_clear() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let (old, new) = (CLUSTER.record(3, 0x33, 1), CLUSTER.record(3, 0x33, 2));
+    let moved = poll(&view, &[registered(&old), registered(&new)]).view;
+    let clear = log(Event::PeerCleared(DstackClusterNFT::PeerCleared {
+        tokenId: U256::from(3),
+        reason: 1,
+    }));
+    let out = apply_logs(
+        &moved,
+        blocks_13_to_14(),
+        &[registered(&old), clear, registered(&new)],
+        no_binding_read,
+    );
+    assert!(out.view.records.is_empty(), "{:?}", out.view.records);
+    assert_eq!(out.view.high_water.get(&3), Some(&2));
+    assert_eq!(
+        out.rejected,
+        vec![
+            Rejection {
+                why: Rejected::Rollback {
+                    token_id: 3,
+                    nonce: 1,
+                    high_water: 2
+                },
+                nonce: 1
+            },
+            Rejection {
+                why: Rejected::Rollback {
+                    token_id: 3,
+                    nonce: 2,
+                    high_water: 2
+                },
+                nonce: 2
+            },
+        ]
+    );
+}
+
+/// A seat bound before the node's last full read, while it had no record, is not in the view: its first
+/// registration reads the binding, at the range's last block, and is then believed.
+#[test]
+fn a_registration_of_a_seat_the_view_has_no_binding_of_reads_the_binding() {
+    let view = view_at_10(&[]);
+    let reg = CLUSTER.record(3, 0x33, 1);
+    let mut asked = Vec::new();
+    let out = apply_logs(&view, next_blocks(&view), &[registered(&reg)], |token| {
+        asked.push(token);
+        Read::Found(contract::binding_from_event(
+            &Cluster::bound(token, 0x33),
+            4,
+        ))
+    });
+    assert_eq!(asked, vec![3]);
+    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.bindings[&3].node, Cluster::node(0x33));
+    assert!(out.doubts.is_empty());
+}
+
+/// When that binding cannot be read, the record cannot be believed (no key may sign for an unbound
+/// seat) and a full read is due to sort it out; when the seat turns out unbound, it is merely refused.
+#[test]
+fn a_binding_that_cannot_be_read_makes_a_full_read_due() {
+    let view = view_at_10(&[]);
+    let logs = [registered(&CLUSTER.record(3, 0x33, 1))];
+    let out = apply_logs(&view, next_blocks(&view), &logs, |number| {
+        Read::Failed(ChainError::MissingBlock { number })
+    });
+    assert_eq!(out.doubts, vec![Doubt::UnknownBinding { token: 3 }]);
+    assert_eq!(out.rejected[0].why, Rejected::Unbound { token_id: 3 });
+    assert!(out.view.records.is_empty());
+
+    let out = apply_logs(&view, next_blocks(&view), &logs, |_| Read::Missing);
+    assert!(out.doubts.is_empty());
+    assert_eq!(out.rejected[0].why, Rejected::Unbound { token_id: 3 });
+}
+
+/// A binding event whose evidence does not hash to the hash it names is skipped: the seat keeps its
+/// binding and its record.
+#[test]
+fn a_binding_event_with_the_wrong_evidence_is_skipped() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let reg = CLUSTER.record(3, 0x33, 1);
+    let mut forged = Cluster::bound(3, 0x55);
+    forged.evidence = Bytes::from_static(b"another quote");
+    let out = poll(
+        &view,
+        &[registered(&reg), log(Event::InstanceBound(forged))],
+    );
+    assert_eq!(out.view.bindings, view.bindings);
+    assert_eq!(out.view.records.get(&3), Some(&reg));
+}
+
+/// Rebinding a seat to another node drops its record; unbinding it drops both. The high-water mark
+/// stays, so the old node's record cannot come back; an unbinding of another instance changes nothing.
+#[test]
+fn rebinding_or_unbinding_a_seat_drops_its_record_but_not_its_high_water_mark() {
+    let view = view_at_10(&[(3, 0x33), (4, 0x44)]);
+    let (three, four) = (CLUSTER.record(3, 0x33, 1), CLUSTER.record(4, 0x44, 1));
+    let unbound = |token: u64, instance: String| {
+        log(Event::InstanceUnbound(DstackClusterNFT::InstanceUnbound {
+            tokenId: U256::from(token),
+            instanceId: instance,
+        }))
+    };
+    let out = poll(
+        &view,
+        &[
+            registered(&three),
+            registered(&four),
+            bound(3, 0x35),
+            unbound(4, "another instance".into()),
+        ],
+    );
+    assert_eq!(out.view.records.keys().collect::<Vec<_>>(), vec![&4]);
+    assert_eq!(out.view.bindings[&3].node, Cluster::node(0x35));
+    assert_eq!(out.view.bindings[&3].bound_block, 11, "the log's block");
+
+    let out = apply_logs(
+        &out.view,
+        blocks_13_to_14(),
+        &[unbound(4, Cluster::instance(4)), registered(&four)],
+        |_| Read::Missing,
+    );
+    assert!(out.view.records.is_empty() && !out.view.bindings.contains_key(&4));
+    assert_eq!(out.view.high_water, [(3, 1), (4, 1)].into());
+}
+
+/// The filter names the cluster and its election: a log from elsewhere is skipped, whatever it says.
+#[test]
+fn a_log_from_an_address_not_asked_for_is_skipped() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let out = poll(&view, &[log(Event::Foreign(Address::repeat_byte(9)))]);
+    assert!(!Changes::between(&view, &out.view).any());
+}
+
+/// The leader follows the election's events, in order; its term never goes back, nor past a u64.
+#[test]
+fn the_leader_follows_the_election_and_its_term_never_goes_back() {
+    let view = view_at_10(&[]);
+    let elected = |token: u64, term: U256| {
+        log(Event::LeaderElected(DstackClusterElection::LeaderElected {
+            tokenId: U256::from(token),
+            term,
+        }))
+    };
+    let out = poll(&view, &[elected(3, U256::from(5))]);
+    assert_eq!((out.view.leader, out.view.leader_term), (Some(3), 5));
+    assert!(Changes::between(&view, &out.view).leader);
+
+    let replaced = log(Event::LeaderReplaced(
+        DstackClusterElection::LeaderReplaced {
+            oldTokenId: U256::from(3),
+            newTokenId: U256::from(4),
+            votes: U256::from(2),
+            term: U256::from(4),
+        },
+    ));
+    let out = poll(&out.view, &[replaced, elected(0, U256::MAX)]);
+    assert_eq!(
+        (out.view.leader, out.view.leader_term),
+        (None, 5),
+        "seat 0 is no leader, and terms 4 and 2^256-1 are not taken"
+    );
+
+    let cleared = log(Event::LeaderCleared(DstackClusterElection::LeaderCleared {
+        oldTokenId: U256::from(4),
+        term: U256::from(6),
+    }));
+    let out = poll(&view_at_10(&[]), &[elected(3, U256::from(5)), cleared]);
+    assert_eq!((out.view.leader, out.view.leader_term), (None, 6));
+}
+
+/// At 0 confirmations the last processed block is the head: a head announced at its height with another
+/// hash replaces it. With confirmations, or at another height, it does not.
+#[test]
+fn a_head_at_the_last_block_with_another_hash_replaces_it_at_zero_confirmations() {
+    let view = view_at_10(&[]);
+    let other = Head {
+        hash: keccak256(b"another block 10"),
+        ..announced(10, Bloom::ZERO)
+    };
+    assert!(head_replaces_last(&view, &other, 0));
+    assert!(!head_replaces_last(&view, &other, 2));
+    assert!(!head_replaces_last(&view, &announced(10, Bloom::ZERO), 0));
+    assert!(!head_replaces_last(&view, &announced(11, Bloom::ZERO), 0));
+}
+
+/// Head `n` of the chain whose block hashes are `hash(n)`, with `bloom`.
+fn announced(n: u64, bloom: Bloom) -> Head {
+    Head {
+        number: n,
+        hash: hash(n),
+        parent_hash: hash(n.saturating_sub(1)),
+        logs_bloom: bloom,
+    }
+}
+
+fn heads(heads: impl IntoIterator<Item = Head>) -> BTreeMap<u64, Head> {
+    heads.into_iter().map(|h| (h.number, h)).collect()
+}
+
+/// The test cluster's contract and election: what a poll reads the logs of.
+fn cluster() -> [Address; 2] {
+    let view = CLUSTER.view();
+    [view.contract, view.election]
+}
+
+fn bloom_of(addresses: &[Address]) -> Bloom {
+    let mut bloom = Bloom::ZERO;
+    for a in addresses {
+        bloom.accrue(BloomInput::Raw(a.as_slice()));
+    }
+    bloom
+}
+
+/// A run of announced heads gives the range's last hash, its first parent, and every block's bloom
+/// together: the cluster's event in any block of it shows.
+#[test]
+fn announced_heads_that_link_give_a_range_without_the_rpc() {
+    let [contract, _] = cluster();
+    let event = bloom_of(&[contract]);
+    let run = heads([
+        announced(11, Bloom::ZERO),
+        announced(12, event),
+        announced(13, Bloom::ZERO),
+    ]);
+    let r = announced_range(&run, 11, 13).expect("the run links");
+    assert_eq!((r.hash, r.parent), (hash(13), hash(10)));
+    assert!(may_hold_events(&r.bloom, &cluster()));
+    let quiet = announced_range(&run, 13, 13).expect("one block");
+    assert!(!may_hold_events(&quiet.bloom, &cluster()));
+    assert_eq!(
+        announced_range(&run, 11, 11).map(|r| r.hash),
+        Some(hash(11))
+    );
+}
+
+/// A block missing from the run, one that names another parent (a reorg among the heads), or a range
+/// past the newest head: the RPC is asked instead.
+#[test]
+fn a_gap_or_a_fork_among_the_heads_gives_no_range() {
+    let gap = heads([announced(11, Bloom::ZERO), announced(13, Bloom::ZERO)]);
+    assert_eq!(announced_range(&gap, 11, 13), None);
+    let forked = heads([
+        announced(11, Bloom::ZERO),
+        Head {
+            parent_hash: keccak256(b"another block 11"),
+            ..announced(12, Bloom::ZERO)
+        },
+    ]);
+    assert_eq!(announced_range(&forked, 11, 12), None);
+    let short = heads([announced(11, Bloom::ZERO)]);
+    assert_eq!(announced_range(&short, 11, 12), None);
+    assert_eq!(announced_range(&short, 12, 11), None);
+    assert_eq!(announced_range(&BTreeMap::new(), 11, 11), None);
+}
+
+/// Another contract's logs leave the cluster's blocks skippable; the election's do not.
+#[test]
+fn only_the_cluster_and_its_election_in_a_bloom_make_logs_worth_reading() {
+    let [_, election] = cluster();
+    let other = Address::repeat_byte(0x77);
+    assert!(!may_hold_events(&bloom_of(&[other]), &cluster()));
+    assert!(may_hold_events(&bloom_of(&[other, election]), &cluster()));
+    assert!(!may_hold_events(&Bloom::ZERO, &cluster()));
+}
+
+fn rpc_log(address: Address, data: alloy::primitives::LogData) -> alloy::rpc::types::Log {
+    alloy::rpc::types::Log {
+        inner: alloy::primitives::Log { address, data },
+        block_number: Some(11),
+        ..Default::default()
+    }
+}
+
+/// Logs are read as the address they come from allows: the cluster's events only from the cluster, the
+/// leader's only from the election, and anything from another address is foreign.
+#[test]
+fn logs_are_decoded_as_their_address_allows() {
+    let c = &*CLUSTER;
+    let registration = Cluster::registered(&c.record(3, 0x33, 1));
+    let data = registration.encode_log_data();
+    let decode = |address| Logged::decode(&rpc_log(address, data.clone()), c.contract, c.election);
+    assert_eq!(
+        decode(c.contract),
+        Logged {
+            removed: false,
+            block: Some(11),
+            event: Event::PeerRegistered(Box::new(registration.clone()))
+        }
+    );
+    assert_eq!(decode(c.election).event, Event::Other);
+    let stranger = Address::repeat_byte(9);
+    assert_eq!(decode(stranger).event, Event::Foreign(stranger));
+
+    let elected = DstackClusterElection::LeaderElected {
+        tokenId: U256::from(3),
+        term: U256::from(1),
+    };
+    let log = rpc_log(c.election, elected.encode_log_data());
+    assert_eq!(
+        Logged::decode(&log, c.contract, c.election).event,
+        Event::LeaderElected(elected.clone())
+    );
+    let log = rpc_log(c.contract, elected.encode_log_data());
+    assert_eq!(
+        Logged::decode(&log, c.contract, c.election).event,
+        Event::Other
+    );
+}
+
+/// A full read's listing of `records`, each registered at block 9 and bound (as [`Cluster::bound`]
+/// with the record's node) at block 5, at block 20, with seat `leader` leading in `term`.
+fn listing(records: &[(&SignedRegistration, u8)], leader: u64, term: u64) -> Listing {
+    Listing {
+        block: 20,
+        hash: hash(20),
+        peers: records
+            .iter()
+            .map(|(reg, node)| {
+                let token = u64::try_from(reg.token_id).unwrap();
+                Cluster::listed(reg, 9, &Cluster::bound(token, *node), 5)
+            })
+            .collect(),
+        leader: U256::from(leader),
+        term: U256::from(term),
+    }
+}
+
+/// Answers binding events as the chain has them: each listed seat bound to the node the listing names.
+fn binding_events(p: &DstackClusterNFT::Peer) -> Read<Binding> {
+    let token = u64::try_from(p.tokenId).unwrap();
+    let node = (1..=0x7f)
+        .find(|n| Cluster::node(*n) == p.node)
+        .expect("a test node");
+    Read::Found(contract::binding_from_event(
+        &Cluster::bound(token, node),
+        p.boundBlock,
+    ))
+}
+
+/// Answers registration events with `events`, whatever the listing says.
+fn registration_events(
+    events: &[DstackClusterNFT::PeerRegistered],
+) -> impl FnMut(&DstackClusterNFT::Peer) -> Read<DstackClusterNFT::PeerRegistered> {
+    |p| match events.iter().find(|e| e.tokenId == p.tokenId) {
+        Some(e) => Read::Found(e.clone()),
+        None => Read::Missing,
+    }
+}
+
+fn no_event_read(p: &DstackClusterNFT::Peer) -> Read<DstackClusterNFT::PeerRegistered> {
+    panic!("seat {}'s event was read, but the node holds it", p.tokenId)
+}
+
+/// A node with nothing believes every authentic listed record, takes the leader, and moves to the
+/// listing's block.
+#[test]
+fn a_first_full_read_believes_every_authentic_listed_record() {
+    let fresh = CLUSTER.view();
+    let (three, four) = (CLUSTER.record(3, 0x33, 2), CLUSTER.record(4, 0x44, 1));
+    let events = [Cluster::registered(&three), Cluster::registered(&four)];
+    let read = apply_listing(
+        &fresh,
+        &listing(&[(&three, 0x33), (&four, 0x44)], 4, 7),
+        binding_events,
+        registration_events(&events),
+    );
+    assert!(read.complete && read.applies && read.rejected.is_empty());
+    assert_eq!(read.view.records, [(3, three), (4, four)].into());
+    assert_eq!(read.view.high_water, [(3, 2), (4, 1)].into());
+    assert_eq!((read.view.leader, read.view.leader_term), (Some(4), 7));
+    assert_eq!(
+        (read.view.last_block, read.view.last_block_hash),
+        (20, hash(20))
+    );
+}
+
+/// A record the node believes, listed again with the same nonce and node, is kept without any read: a
+/// full read of an unchanged chain costs no events.
+#[test]
+fn a_believed_record_listed_again_is_kept_without_reading_its_events() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let three = CLUSTER.record(3, 0x33, 2);
+    let view = poll(&view, &[registered(&three)]).view;
+    let read = apply_listing(
+        &view,
+        &listing(&[(&three, 0x33)], 0, 0),
+        |p| panic!("seat {}'s binding was read, but the view has it", p.tokenId),
+        no_event_read,
+    );
+    assert!(read.complete && read.applies);
+    assert_eq!(read.view.records, view.records);
+    assert!(!Changes::between(&view, &read.view).any());
+}
+
+/// The RPC answers a listed record with an event that is not its own (another nonce, another endpoint):
+/// the record is skipped and what was known of the seat kept. The read is complete all the same: the
+/// lie is known, there is nothing to wait for.
+#[test]
+fn an_event_that_does_not_match_the_listed_record_keeps_what_was_known() {
+    let view = view_at_10(&[(3, 0x33), (4, 0x44)]);
+    let (three, four) = (CLUSTER.record(3, 0x33, 1), CLUSTER.record(4, 0x44, 1));
+    let view = poll(&view, &[registered(&three), registered(&four)]).view;
+    let (three2, four2) = (CLUSTER.record(3, 0x33, 2), CLUSTER.record(4, 0x44, 2));
+    let mut other_endpoint = Cluster::registered(&four2);
+    other_endpoint.endpoint = "203.0.113.9:51820".into();
+    let events = [Cluster::registered(&three), other_endpoint];
+    let read = apply_listing(
+        &view,
+        &listing(&[(&three2, 0x33), (&four2, 0x44)], 0, 0),
+        binding_events,
+        registration_events(&events),
+    );
+    assert!(read.complete && read.applies && read.rejected.is_empty());
+    assert_eq!(read.view.records, view.records);
+}
+
+/// A listed record whose event is not signed by the seat's bound node is refused, and the seat keeps
+/// what was known of it; the other seats go on.
+#[test]
+fn a_listed_record_not_signed_by_the_bound_node_is_refused() {
+    let view = view_at_10(&[(3, 0x33), (4, 0x44)]);
+    let three = CLUSTER.record(3, 0x33, 1);
+    let view = poll(&view, &[registered(&three)]).view;
+    let forged = CLUSTER.record(3, 0x55, 2);
+    let four = CLUSTER.record(4, 0x44, 1);
+    let events = [Cluster::registered(&forged), Cluster::registered(&four)];
+    // The listing names the bound node, as the seat does; only the record's signature is another's.
+    let listed = listing(&[(&forged, 0x33), (&four, 0x44)], 0, 0);
+    let read = apply_listing(&view, &listed, binding_events, registration_events(&events));
+    assert!(read.complete && read.applies);
+    assert_eq!(read.view.records, [(3, three), (4, four)].into());
+    assert_eq!(read.rejected.len(), 1);
+    assert!(
+        is_proof_rejection(&read.rejected[0], 3),
+        "{:?}",
+        read.rejected
+    );
+    assert_eq!(read.rejected[0].nonce, 2);
+}
+
+/// An RPC lists a seat's older record, with its genuine event: it is refused, and the newer one kept.
+#[test]
+fn a_listed_record_older_than_the_believed_one_is_refused() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let (old, new) = (CLUSTER.record(3, 0x33, 1), CLUSTER.record(3, 0x33, 2));
+    let view = poll(&view, &[registered(&old), registered(&new)]).view;
+    let events = [Cluster::registered(&old)];
+    let read = apply_listing(
+        &view,
+        &listing(&[(&old, 0x33)], 0, 0),
+        binding_events,
+        registration_events(&events),
+    );
+    assert_eq!(read.view.records.get(&3), Some(&new));
+    assert_eq!(
+        read.rejected,
+        vec![Rejection {
+            why: Rejected::Rollback {
+                token_id: 3,
+                nonce: 1,
+                high_water: 2
+            },
+            nonce: 1
+        }]
+    );
+}
+
+/// A listed record whose events cannot be had (an RPC error, a pruned log) makes the read incomplete:
+/// the node keeps its own view, unless it had none, when the partial one is better than nothing.
+#[test]
+fn a_read_missing_an_event_is_incomplete_and_applies_only_to_a_node_with_nothing() {
+    let three = CLUSTER.record(3, 0x33, 1);
+    let listed = listing(&[(&three, 0x33)], 0, 0);
+    let failing = |p: &DstackClusterNFT::Peer| -> Read<DstackClusterNFT::PeerRegistered> {
+        Read::Failed(ChainError::MissingBlock {
+            number: p.registeredBlock,
+        })
+    };
+    let view = view_at_10(&[(3, 0x33)]);
+    for read in [
+        apply_listing(&view, &listed, binding_events, failing),
+        apply_listing(&view, &listed, binding_events, |_| Read::Missing),
+        apply_listing(&view_at_10(&[]), &listed, |_| Read::Missing, no_event_read),
+    ] {
+        assert!(!read.complete && !read.applies, "{read:?}");
+    }
+    let read = apply_listing(&CLUSTER.view(), &listed, |_| Read::Missing, no_event_read);
+    assert!(!read.complete && read.applies);
+    assert!(read.view.records.is_empty());
+}
+
+/// A seat the listing no longer names loses its record but not its high-water mark; one whose seat id
+/// does not fit a u64 is skipped.
+#[test]
+fn a_seat_no_longer_listed_loses_its_record_but_not_its_high_water_mark() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let three = CLUSTER.record(3, 0x33, 1);
+    let view = poll(&view, &[registered(&three)]).view;
+    let mut listed = listing(&[(&three, 0x33)], 0, 0);
+    listed.peers[0].tokenId = U256::MAX;
+    let read = apply_listing(&view, &listed, binding_events, no_event_read);
+    assert!(read.complete && read.applies);
+    assert!(read.view.records.is_empty());
+    assert_eq!(read.view.high_water.get(&3), Some(&1));
+    assert!(Changes::between(&view, &read.view).records);
+}
+
+/// A listed seat's binding event whose evidence does not hash to the hash it names is refused: the seat
+/// keeps its binding and its record.
+#[test]
+fn a_listed_binding_with_the_wrong_evidence_is_refused() {
+    let view = view_at_10(&[(3, 0x33)]);
+    let three = CLUSTER.record(3, 0x33, 1);
+    let view = poll(&view, &[registered(&three)]).view;
+    let rebound = CLUSTER.record(3, 0x35, 2);
+    let listed = listing(&[(&rebound, 0x35)], 0, 0);
+    let read = apply_listing(
+        &view,
+        &listed,
+        |p| {
+            let Read::Found(mut binding) = binding_events(p) else {
+                unreachable!("every listed seat is bound")
+            };
+            binding.evidence = Bytes::from_static(b"another quote");
+            Read::Found(binding)
+        },
+        no_event_read,
+    );
+    assert_eq!(read.view.bindings, view.bindings);
+    assert_eq!(read.view.records, view.records);
+    assert_eq!(read.rejected[0].why, Rejected::Evidence { token_id: 3 });
+}
