@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::Address;
 use mesh_chain::election::ElectionError;
 use mesh_chain::error::ChainError;
+use mesh_chain::follow::FullReadError;
 use mesh_chain::membership::Member;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::RegistrationError;
@@ -160,7 +161,7 @@ pub enum FaultError {
     NoAnswer(Duration),
     /// The follower's own account of its failing full reads (it keeps reading events meanwhile).
     #[error("{0}; following events meanwhile")]
-    FullRead(String),
+    FullRead(FullReadError),
     #[error(
         "no funded sender: fund this node's address with `meshctl fund {node} --amount 0.01`, or give the agent --tx-key-file; meanwhile the signed registration is on the agent's stdout for `meshctl relay -`"
     )]

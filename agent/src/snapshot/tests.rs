@@ -1,6 +1,8 @@
 use super::*;
 use crate::desired::tests::{own, record, view};
 use crate::state::{DeviceInfo, Fault, FaultError, SeatProblem, SeatState};
+use mesh_chain::error::ChainError;
+use mesh_chain::follow::FullReadError;
 use std::sync::Arc;
 
 /// The numbers below are for a 3 s peer timeout.
@@ -508,15 +510,15 @@ fn status_and_counters_gather_every_task() {
     );
     chain.error = Some(Fault::new(
         "following the chain",
-        FaultError::FullRead(
-            "the full read failed (https://user:secret@rpc.example/ refused)".into(),
-        ),
+        FaultError::FullRead(FullReadError::Read(Arc::new(ChainError::Implausible {
+            detail: "https://user:secret@rpc.example/ refused".into(),
+        }))),
     ));
     let s = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
     assert_eq!(
         s.status.chain.last_error.as_deref(),
         Some(
-            "following the chain: the full read failed (https://***:***@rpc.example/ refused); following events meanwhile"
+            "following the chain: the full read failed (the RPC's answer cannot be true of a cluster contract: https://***:***@rpc.example/ refused); following events meanwhile"
         )
     );
 }

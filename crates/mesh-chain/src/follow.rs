@@ -19,6 +19,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::{
@@ -83,7 +84,18 @@ pub struct Tick {
     pub confirmed: bool,
     /// A full read was due and failed (or could not fetch every record); it is retried with backoff while
     /// events are polled. [`Follower::full_read_failing`] keeps saying so until one succeeds.
-    pub full_read_error: Option<String>,
+    pub full_read_error: Option<FullReadError>,
+}
+
+/// Why a full read did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FullReadError {
+    /// A read failed: the RPC did not answer, or answered with what cannot be used.
+    #[error("the full read failed ({0})")]
+    Read(Arc<ChainError>),
+    /// Every read answered, but a changed record's event was not among them.
+    #[error("the full read could not fetch every changed record's event")]
+    Incomplete,
 }
 
 /// When full reads happen: every `every` after one that completes; after a failure sooner, backing off,
@@ -147,7 +159,7 @@ pub struct Follower {
     view: ChainView,
     schedule: FullReadSchedule,
     /// Why the last full read failed, until one succeeds.
-    full_read_failing: Option<String>,
+    full_read_failing: Option<FullReadError>,
     /// Rejections already logged, so each is logged once.
     logged: BTreeSet<(u64, u64)>,
     /// RPC requests made, for the benchmark of RPC load per block.
@@ -287,8 +299,8 @@ impl Follower {
     }
 
     /// Why full reads fail, while they do (events are followed meanwhile).
-    pub fn full_read_failing(&self) -> Option<&str> {
-        self.full_read_failing.as_deref()
+    pub fn full_read_failing(&self) -> Option<&FullReadError> {
+        self.full_read_failing.as_ref()
     }
 
     /// One step: the full read when one is due (backing off after failures), then the events since the last
@@ -338,9 +350,9 @@ impl Follower {
                     self.full_read_failing = None;
                     return true;
                 }
-                "the full read could not fetch every changed record's event".to_owned()
+                FullReadError::Incomplete
             }
-            Err(e) => e.to_string(),
+            Err(e) => FullReadError::Read(Arc::new(e)),
         };
         self.schedule.failed(now);
         warn!(error = %error, "the full read failed; following events meanwhile, and retrying it with backoff");

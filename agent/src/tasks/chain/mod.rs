@@ -313,7 +313,7 @@ impl Running {
                     self.state.confirmed_at = Some(began);
                 }
                 let view = f.view().clone();
-                let failing = f.full_read_failing().map(str::to_owned);
+                let failing = f.full_read_failing().cloned();
                 self.state.head = view.last_block.checked_add(self.task.follow.confirmations);
                 // A new view only when it moved: the tasks after this one redo their work for a new one.
                 let moved = self.state.view.as_deref().is_none_or(|v| {
@@ -331,12 +331,8 @@ impl Running {
                     self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
                 }
                 // The follower logged it; the state shows it until a full read succeeds.
-                self.state.error = failing.map(|e| {
-                    Fault::new(
-                        "following the chain",
-                        FaultError::FullRead(format!("the full read failed ({e})")),
-                    )
-                });
+                self.state.error =
+                    failing.map(|e| Fault::new("following the chain", FaultError::FullRead(e)));
                 self.unsaved |= tick.changed;
             }
             Err(e) => self.rpc_failed("following the chain", e),
