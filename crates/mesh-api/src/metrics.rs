@@ -305,48 +305,17 @@ const NODE: &[Metric<Snapshot>] = &[
 
 /// Renders the Prometheus text exposition of a snapshot.
 pub fn metrics(s: &Snapshot) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in samples {
-            out.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    let one = |v: u64| vec![(String::new(), v)];
+    let mut out = Exposition::default();
     for x in NODE {
-        metric(x.name, x.kind, x.help, one((x.sample)(s)));
+        out.metric(x.name, x.kind, x.help, [(String::new(), (x.sample)(s))]);
     }
-    let device = s.status.node.interface.as_deref().unwrap_or("");
-    let peer_labels = |p: &Peer| {
-        format!(
-            "device=\"{}\",public_key=\"{}\",token_id=\"{}\"",
-            escape(device),
-            p.wg_public_key.map(|k| k.to_string()).unwrap_or_default(),
-            p.token_id
-        )
-    };
-    for x in PER_PEER {
-        let samples = s
-            .peers
-            .iter()
-            .map(|p| (format!("{{{}}}", peer_labels(p)), (x.sample)(p)))
-            .collect();
-        metric(x.name, x.kind, x.help, samples);
-    }
-    for x in DEPRECATED_PER_PEER {
-        let samples = s
-            .peers
-            .iter()
-            .map(|p| (format!("{{token_id=\"{}\"}}", p.token_id), (x.sample)(p)))
-            .collect();
-        metric(x.name, x.kind, x.help, samples);
-    }
+    per_peer(&mut out, s);
     // Tailscale's way: one counter, the cause in a label.
-    metric(
+    out.metric(
         "dstack_mesh_dropped_datagrams_total",
         "counter",
         "Datagrams dropped, by reason (unknown_peer: from a key that is no member) and by the transport they came on (udp, relay).",
-        vec![
+        [
             (
                 "{reason=\"unknown_peer\",transport=\"udp\"}".to_owned(),
                 s.counters.relay.unknown_udp,
@@ -357,87 +326,132 @@ pub fn metrics(s: &Snapshot) -> String {
             ),
         ],
     );
-    let paths = s
-        .peers
-        .iter()
-        .filter_map(|p| {
-            let path = p.path?;
-            let relay = p.relay_url.as_deref().unwrap_or("");
-            let labels = format!(
-                "{{{},path=\"{}\",relay_url=\"{}\"}}",
-                peer_labels(p),
-                path.as_str(),
-                escape(relay)
-            );
-            Some((labels, 1))
-        })
-        .collect();
-    // In seconds, as Prometheus counts time; absent rather than 0 when there is nothing to measure.
-    for (name, help, ms) in [
-        (
-            "dstack_mesh_leader_view_age_seconds",
-            "How long ago what this node knows of the leader was confirmed (absent: never).",
-            s.leader.age_ms,
-        ),
-        (
-            "dstack_mesh_leader_lease_seconds",
-            "While this node leads: how much longer its lease holds at most.",
-            s.leader.lease_ms,
-        ),
-    ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        if let Some(ms) = ms {
-            out.push_str(&format!("{name} {}.{:03}\n", ms / 1000, ms % 1000));
+    out.seconds(
+        "dstack_mesh_leader_view_age_seconds",
+        "How long ago what this node knows of the leader was confirmed (absent: never).",
+        s.leader.age_ms,
+    );
+    out.seconds(
+        "dstack_mesh_leader_lease_seconds",
+        "While this node leads: how much longer its lease holds at most.",
+        s.leader.lease_ms,
+    );
+    labelled(&mut out, s);
+    out.0
+}
+
+/// The text exposition as it is written.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// A metric with its help, its type and one sample per label set.
+    fn metric(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (String, u64)>,
+    ) {
+        self.0
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            self.0.push_str(&format!("{name}{labels} {v}\n"));
         }
     }
-    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in samples {
-            out.push_str(&format!("{name}{labels} {v}\n"));
+
+    /// A gauge in seconds, as Prometheus counts time, from milliseconds; absent rather than 0 when there is
+    /// nothing to measure.
+    fn seconds(&mut self, name: &str, help: &str, ms: Option<u64>) {
+        self.0
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        if let Some(ms) = ms {
+            self.0
+                .push_str(&format!("{name} {}.{:03}\n", ms / 1000, ms % 1000));
         }
-    };
+    }
+}
+
+/// The labels that name a peer: the interface, its key and its seat.
+fn peer_labels(s: &Snapshot, p: &Peer) -> String {
+    let device = s.status.node.interface.as_deref().unwrap_or("");
+    format!(
+        "device=\"{}\",public_key=\"{}\",token_id=\"{}\"",
+        escape(device),
+        p.wg_public_key.map(|k| k.to_string()).unwrap_or_default(),
+        p.token_id
+    )
+}
+
+/// One sample per peer of each per-peer metric, and of the deprecated ones (labelled by seat only).
+fn per_peer(out: &mut Exposition, s: &Snapshot) {
+    for x in PER_PEER {
+        let samples = s
+            .peers
+            .iter()
+            .map(|p| (format!("{{{}}}", peer_labels(s, p)), (x.sample)(p)));
+        out.metric(x.name, x.kind, x.help, samples);
+    }
+    for x in DEPRECATED_PER_PEER {
+        let samples = s
+            .peers
+            .iter()
+            .map(|p| (format!("{{token_id=\"{}\"}}", p.token_id), (x.sample)(p)));
+        out.metric(x.name, x.kind, x.help, samples);
+    }
+}
+
+/// The metrics whose labels say what a thing is: refusals by reason, each peer's path, the NAT's mapping.
+fn labelled(out: &mut Exposition, s: &Snapshot) {
     // One sample per reason that has refusals now; a reason with none has no sample, and Prometheus ends its series.
     let mut refused = std::collections::BTreeMap::<&str, u64>::new();
     for r in &s.refused {
         *refused.entry(r.kind.as_str()).or_default() += 1;
     }
-    metric(
+    out.metric(
         "dstack_mesh_peers_refused",
         "gauge",
         "Seats with a record that this node does not configure because their attestation evidence was refused, by reason.",
         refused
             .into_iter()
-            .map(|(kind, n)| (format!("{{reason=\"{kind}\"}}"), n))
-            .collect(),
+            .map(|(kind, n)| (format!("{{reason=\"{kind}\"}}"), n)),
     );
-    metric(
+    let paths = s.peers.iter().filter_map(|p| {
+        let path = p.path?;
+        let relay = p.relay_url.as_deref().unwrap_or("");
+        let labels = format!(
+            "{{{},path=\"{}\",relay_url=\"{}\"}}",
+            peer_labels(s, p),
+            path.as_str(),
+            escape(relay)
+        );
+        Some((labels, 1))
+    });
+    out.metric(
         "dstack_mesh_peer_path",
         "gauge",
         "Which way each WireGuard peer's datagrams go (direct, punched or relay), and its relay URL.",
         paths,
     );
     // One sample, labelled with what the STUN servers showed; none without the userspace device.
-    metric(
+    out.metric(
         "dstack_mesh_nat_mapping",
         "gauge",
         "How the NAT in front of this node maps its WireGuard socket, as STUN servers show it.",
         s.status
             .nat
             .iter()
-            .map(|n| (format!("{{mapping=\"{}\"}}", n.mapping), 1))
-            .collect(),
+            .map(|n| (format!("{{mapping=\"{}\"}}", n.mapping), 1)),
     );
-    metric(
+    out.metric(
         "dstack_mesh_nat_candidates",
         "gauge",
         "Addresses this node publishes to its peers for a direct path.",
         s.status
             .nat
             .iter()
-            .map(|n| (String::new(), n.candidates.len() as u64))
-            .collect(),
+            .map(|n| (String::new(), n.candidates.len() as u64)),
     );
-    out
 }
 
 /// A label value as the exposition format quotes it.
