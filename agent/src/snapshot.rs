@@ -227,70 +227,13 @@ pub fn render(
         })
         .collect();
     let token = chain.seat.token();
-    let refused: Vec<RefusedPeer> = chain
-        .attestations
-        .iter()
-        .filter(|(t, _)| Some(**t) != token)
-        .filter_map(|(t, a)| match a {
-            Attested::Refused { kind, reason } => Some(RefusedPeer {
-                token_id: *t,
-                instance_id: view
-                    .and_then(|v| v.bindings.get(t))
-                    .map(|b| b.instance_id.clone())
-                    .unwrap_or_default(),
-                kind: (*kind).to_owned(),
-                reason: reason.clone(),
-            }),
-            Attested::Verified(_) => None,
-        })
-        .collect();
+    let refused = refused_peers(chain, token);
     let status = Status {
         version: env!("CARGO_PKG_VERSION").into(),
         mode: agent.mode,
         backend: mesh.device.as_ref().map(|d| d.backend.to_owned()),
-        node: Node {
-            instance_id: node.instance_id.clone(),
-            app_id: node.app_id,
-            token_id: token,
-            overlay_ip: token.zip(view).and_then(|(t, v)| v.prefix().address(t)),
-            wg_public_key: node.wg_public_key,
-            interface: mesh.device.as_ref().map(|d| d.ifname.clone()),
-            listen_port: mesh.device.as_ref().map(|d| d.listen_port),
-            endpoint: node.endpoint.clone(),
-            gateway_url: node.gateway_url.clone(),
-            registered: reg.registered,
-            registration_error: (!reg.registered)
-                .then(|| {
-                    chain
-                        .seat_error
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .or_else(|| reg.error.as_ref().map(|f| f.render(&agent.rpc)))
-                })
-                .flatten(),
-            attestation: token
-                .and_then(|t| chain.attestations.get(&t))
-                .map(Attested::to_api),
-        },
-        chain: ChainStatus {
-            contract: agent.contract,
-            chain_id: view.map(|v| v.chain_id()),
-            rpc_url: agent.rpc.to_string(),
-            head: chain.head,
-            last_processed_block: view.map(|v| v.last_block),
-            lag: chain
-                .head
-                .zip(view)
-                .map(|(h, v)| h.saturating_sub(v.last_block)),
-            from_cache: chain.from_cache,
-            subscribed: chain.subscribed,
-            prefix: view.map(|v| v.prefix().to_string()),
-            last_error: chain
-                .error
-                .as_ref()
-                .or(reg.error.as_ref())
-                .map(|f| f.render(&agent.rpc)),
-        },
+        node: node_status(agent, node, chain, reg, mesh),
+        chain: chain_status(agent, chain, reg),
         uptime_secs: uptime.as_secs(),
         peers_configured: peers.len(),
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
@@ -325,6 +268,88 @@ pub fn render(
             relay: mesh.relay.clone(),
             election: election.counters.clone(),
         },
+    }
+}
+
+/// The seats whose evidence this node refused, but its own (which [`Node::attestation`] shows).
+fn refused_peers(chain: &ChainState, token: Option<u64>) -> Vec<RefusedPeer> {
+    let view = chain.view.as_deref();
+    chain
+        .attestations
+        .iter()
+        .filter(|(t, _)| Some(**t) != token)
+        .filter_map(|(t, a)| match a {
+            Attested::Refused { kind, reason } => Some(RefusedPeer {
+                token_id: *t,
+                instance_id: view
+                    .and_then(|v| v.bindings.get(t))
+                    .map(|b| b.instance_id.clone())
+                    .unwrap_or_default(),
+                kind: (*kind).to_owned(),
+                reason: reason.clone(),
+            }),
+            Attested::Verified(_) => None,
+        })
+        .collect()
+}
+
+/// This node as the status shows it: who it is, its seat and address, its interface, and its registration.
+fn node_status(
+    agent: &AgentFacts,
+    node: &NodeFacts,
+    chain: &ChainState,
+    reg: &RegState,
+    mesh: &MeshState,
+) -> Node {
+    let view = chain.view.as_deref();
+    let token = chain.seat.token();
+    Node {
+        instance_id: node.instance_id.clone(),
+        app_id: node.app_id,
+        token_id: token,
+        overlay_ip: token.zip(view).and_then(|(t, v)| v.prefix().address(t)),
+        wg_public_key: node.wg_public_key,
+        interface: mesh.device.as_ref().map(|d| d.ifname.clone()),
+        listen_port: mesh.device.as_ref().map(|d| d.listen_port),
+        endpoint: node.endpoint.clone(),
+        gateway_url: node.gateway_url.clone(),
+        registered: reg.registered,
+        registration_error: (!reg.registered)
+            .then(|| {
+                chain
+                    .seat_error
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .or_else(|| reg.error.as_ref().map(|f| f.render(&agent.rpc)))
+            })
+            .flatten(),
+        attestation: token
+            .and_then(|t| chain.attestations.get(&t))
+            .map(Attested::to_api),
+    }
+}
+
+/// The chain as this node follows it: the contract, how far it has read, and what fails.
+fn chain_status(agent: &AgentFacts, chain: &ChainState, reg: &RegState) -> ChainStatus {
+    let view = chain.view.as_deref();
+    ChainStatus {
+        contract: agent.contract,
+        chain_id: view.map(|v| v.chain_id()),
+        rpc_url: agent.rpc.to_string(),
+        head: chain.head,
+        last_processed_block: view.map(|v| v.last_block),
+        lag: chain
+            .head
+            .zip(view)
+            .map(|(h, v)| h.saturating_sub(v.last_block)),
+        from_cache: chain.from_cache,
+        subscribed: chain.subscribed,
+        prefix: view.map(|v| v.prefix().to_string()),
+        last_error: chain
+            .error
+            .as_ref()
+            .or(reg.error.as_ref())
+            .map(|f| f.render(&agent.rpc)),
     }
 }
 
