@@ -1,5 +1,5 @@
 """What the PostgreSQL recipe's sidecar knows of this node's server and the others', and what it decides:
-pure functions, checked exhaustively by examples/tests/test_postgres.py.
+pure functions, checked exhaustively by examples/tests/test_postgres_decisions.py.
 
 An intent (lead under a term, follow a seat, or stand by) comes from the leader helper of the SDK
 (`dstack_p2p.follow_leader`); `decide` turns it and what was observed into the one next step.

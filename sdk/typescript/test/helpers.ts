@@ -3,10 +3,15 @@
 import { join } from "node:path";
 
 import { DStackP2PSDK, type DStackP2PSDKOptions } from "../dist/index.js";
-import { FakeAgent, sockDir } from "./fake-agent.js";
+import { FakeAgent, type JsonObject, sockDir } from "./fake-agent.js";
 
 export type Kind = "unix socket" | "loopback TCP";
 export const KINDS: readonly Kind[] = ["unix socket", "loopback TCP"];
+
+/** This node as the agent's status gives it: a test changes its fields in place. */
+export function node(agent: FakeAgent): JsonObject {
+  return agent.status.node;
+}
 
 /** Runs `body` with a started stand-in agent, and stops it (and removes its directory) after. */
 export async function withAgent<T>(
