@@ -139,7 +139,7 @@ pub struct RunArgs {
     )]
     pub mode: ModeArg,
     /// The cluster contract: the cluster's identity.
-    #[arg(long, env = "DSTACK_MESH_CONTRACT")]
+    #[arg(value_parser = parse_address, long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Option<Address>,
     #[command(flatten)]
     pub endpoints: Endpoints,
@@ -214,10 +214,11 @@ pub struct RunArgs {
     #[arg(long, env = "DSTACK_MESH_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Pin this KMS root instead of reading it from the contract at first start.
-    #[arg(long, env = "DSTACK_MESH_KMS_ROOT", requires = "app_ids")]
+    #[arg(value_parser = parse_address, long, env = "DSTACK_MESH_KMS_ROOT", requires = "app_ids")]
     pub kms_root: Option<Address>,
     /// Pin these app ids (with --kms-root).
     #[arg(
+        value_parser = parse_address,
         long = "app-id",
         env = "DSTACK_MESH_APP_IDS",
         value_delimiter = ',',
@@ -394,13 +395,14 @@ fn check_domain(domain: &str) -> anyhow::Result<()> {
 
 /// An app id as dstack writes it: 40 hex digits, with or without 0x.
 pub fn parse_app_id(raw: &str) -> anyhow::Result<Address> {
-    let hex = raw.trim();
-    let hex = hex.strip_prefix("0x").unwrap_or(hex);
-    if hex.len() != 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        anyhow::bail!("{raw:?} is not an app id: dstack's are 40 hex digits");
-    }
-    hex.parse()
-        .map_err(|e| anyhow::anyhow!("{raw:?} is not an app id: {e}"))
+    cli_env::address(raw)
+        .map(Address::from)
+        .map_err(|e| anyhow::anyhow!("not an app id (dstack's are 40 hex digits): {e}"))
+}
+
+/// An address flag's value, named as every binary names a mistyped one ([`cli_env::address`]).
+fn parse_address(raw: &str) -> Result<Address, String> {
+    cli_env::address(raw).map(Address::from)
 }
 
 fn parse_socket_mode(raw: &str) -> Result<u32, String> {

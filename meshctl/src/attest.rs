@@ -7,13 +7,31 @@ use alloy::primitives::B256;
 use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use mesh_attest::cli::TrustArgs;
-use mesh_attest::{Evidence, Verdict};
+use mesh_attest::{Evidence, Refusal, Verdict};
 use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::error::ChainError;
 
 use crate::cluster;
 
 pub(crate) use mesh_attest::seat::Seat;
+
+/// Why evidence is refused, with the refusal's kind in parentheses, as `meshctl` reports it. Kept typed in the
+/// error so that a caller can tell a refusal of the evidence from one of `meshctl`'s own trust settings
+/// ([`Refusal::depends_on_trust`]).
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) Refusal);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0, self.0.kind())
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(r: Refusal) -> anyhow::Error {
+    anyhow::Error::new(Refused(r))
+}
 
 /// The verdict on `evidence` for `seat`, or why it is refused (the refusal's kind in parentheses).
 ///
@@ -34,14 +52,11 @@ pub(crate) async fn check(
         .collateral(None)?
         .for_quote(&evidence.quote, now)
         .await
-        .map_err(|e| {
-            // A quote that does not parse is the node's to fix, not the collateral's.
-            let r = mesh_attest::Refusal::from(e);
-            anyhow::anyhow!("{r} ({})", r.kind())
-        })?;
+        // A quote that does not parse is the node's to fix, not the collateral's.
+        .map_err(|e| refused(Refusal::from(e)))?;
     let (policy, expected) = seat
         .requirements(&evidence, trust.tcb_statuses())
-        .map_err(|r| anyhow::anyhow!("{r} ({})", r.kind()))?;
+        .map_err(refused)?;
     let verdict = mesh_attest::verify(
         &evidence,
         &expected,
@@ -50,7 +65,7 @@ pub(crate) async fn check(
         &collateral,
         now,
     )
-    .map_err(|r| anyhow::anyhow!("{r} ({})", r.kind()))?;
+    .map_err(refused)?;
     let auth = cluster::app_auth(c).await?;
     let compose = B256::from(verdict.compose_hash);
     let os = B256::from(verdict.os_measurement);

@@ -37,8 +37,13 @@ pub(crate) struct ClusterOpts {
     #[command(flatten)]
     pub(crate) chain: ChainOpts,
     /// The cluster contract's address: the cluster's identity.
-    #[arg(long, env = "DSTACK_MESH_CONTRACT")]
+    #[arg(value_parser = crate::cluster::address, long, env = "DSTACK_MESH_CONTRACT")]
     pub(crate) contract: Address,
+}
+
+/// An address flag's value, named as every binary names a mistyped one ([`cli_env::address`]).
+pub(crate) fn address(raw: &str) -> Result<Address, String> {
+    cli_env::address(raw).map(Address::from)
 }
 
 /// The signer's key, when no key file is given.

@@ -9,6 +9,9 @@
 //! setting, which sets it to the empty string, and clap would otherwise parse that as a value. That holds for
 //! dstack's own variables too (`DSTACK_GATEWAY_DOMAIN`, `DSTACK_APP_ID`), which the compose file passes on the
 //! same way and which are empty wherever the platform does not set them.
+//!
+//! The values that several binaries' flags take are read here too, so that a mistyped one is named the same
+//! way everywhere: [`address`].
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -154,6 +157,38 @@ pub fn help(aliases: &[Alias]) -> String {
     text
 }
 
+/// An Ethereum address as a flag or variable gives it: `0x` and 40 hex digits (the `0x` may be left out). The
+/// error says what is wrong with the value in a user's terms (how many digits it has, which character is not
+/// hex), where a hex decoder would say "odd number of digits".
+///
+/// # Errors
+/// A value that is not an address.
+pub fn address(raw: &str) -> Result<[u8; 20], String> {
+    let trimmed = raw.trim();
+    let hex = trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+        .unwrap_or(trimmed);
+    if let Some(bad) = hex.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{raw:?} is not an address: {bad:?} is not a hex digit (an address is 0x and 40 hex digits)"
+        ));
+    }
+    if hex.len() != 40 {
+        return Err(format!(
+            "{raw:?} is not an address: it has {} hex digits, and an address has 40 (0x and 40 hex digits); a digit \
+             lost or added in copying?",
+            hex.len()
+        ));
+    }
+    let mut out = [0u8; 20];
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        let digits = std::str::from_utf8(pair).map_err(|_| format!("{raw:?} is not an address"))?;
+        *byte = u8::from_str_radix(digits, 16).map_err(|_| format!("{raw:?} is not an address"))?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +300,20 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.lines().count(), 1 + ALIASES.len());
+    }
+
+    #[test]
+    fn an_address_is_read_with_or_without_0x_and_a_short_one_is_named_by_its_length() {
+        let full = "0x00000000000000000000000000000000000000aB";
+        assert_eq!(address(full).unwrap()[19], 0xab);
+        assert_eq!(address(&full[2..]).unwrap(), address(full).unwrap());
+        let short = address(&full[..41]).unwrap_err();
+        assert!(
+            short.contains("it has 39 hex digits, and an address has 40"),
+            "{short}"
+        );
+        let bad = address("0x00000000000000000000000000000000000000zz").unwrap_err();
+        assert!(bad.contains("'z' is not a hex digit"), "{bad}");
+        assert!(!address("").unwrap_err().contains("odd number"));
     }
 }

@@ -265,6 +265,22 @@ impl Refusal {
         }
     }
 
+    /// Whether the refusal depends on what the checker trusts, not only on the evidence and the chain: its
+    /// collateral, its root CA and the TCB statuses it allows. Another checker (an agent with a PCCS, where
+    /// `meshctl` had none) may decide otherwise.
+    pub fn depends_on_trust(&self) -> bool {
+        matches!(
+            self,
+            Self::BadCollateral(_)
+                | Self::CollateralNotYetValid { .. }
+                | Self::CollateralExpired { .. }
+                | Self::CollateralMismatch { .. }
+                | Self::BadSignature(_)
+                | Self::TcbLevelUnknown(_)
+                | Self::TcbStatus { .. }
+        )
+    }
+
     /// Whether the refusal depends on the time of the check, so that the same evidence and
     /// collateral may pass later (or earlier): such refusals are not cached.
     pub fn depends_on_time(&self) -> bool {
@@ -570,6 +586,26 @@ mod tests {
             status: TcbStatus::OutOfDate,
         };
         assert!(old.to_string().contains("the owner accepts OutOfDate"));
+    }
+
+    #[test]
+    fn refusals_of_the_checkers_trust_are_told_from_refusals_of_the_evidence() {
+        assert!(Refusal::BadCollateral(String::new()).depends_on_trust());
+        assert!(Refusal::BadSignature(String::new()).depends_on_trust());
+        assert!(
+            Refusal::TcbStatus {
+                status: TcbStatus::OutOfDate
+            }
+            .depends_on_trust()
+        );
+        assert!(!Refusal::Malformed(String::new()).depends_on_trust());
+        assert!(!Refusal::Debug.depends_on_trust());
+        assert!(
+            !Refusal::OsNotAllowed {
+                measurement: [0; 32]
+            }
+            .depends_on_trust()
+        );
     }
 
     #[test]

@@ -48,13 +48,13 @@ struct SetArgs {
     #[arg(long, value_name = "DOMAIN")]
     remove_base_domain: Vec<String>,
     /// Allow instances of this dstack app id to register.
-    #[arg(long, value_name = "APP_ID")]
+    #[arg(value_parser = crate::cluster::address, long, value_name = "APP_ID")]
     allow_app_id: Vec<Address>,
     /// Stop allowing a dstack app id.
-    #[arg(long, value_name = "APP_ID")]
+    #[arg(value_parser = crate::cluster::address, long, value_name = "APP_ID")]
     disallow_app_id: Vec<Address>,
     /// Re-pin the dstack KMS root.
-    #[arg(long, value_name = "ADDRESS")]
+    #[arg(value_parser = crate::cluster::address, long, value_name = "ADDRESS")]
     kms_root: Option<Address>,
 }
 

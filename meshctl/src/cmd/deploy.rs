@@ -19,10 +19,10 @@ pub(crate) struct Args {
     #[command(flatten)]
     signer: SignerOpts,
     /// The address of the dstack KMS root key that every member's proof must lead to.
-    #[arg(long, env = "DSTACK_MESH_KMS_ROOT")]
+    #[arg(value_parser = crate::cluster::address, long, env = "DSTACK_MESH_KMS_ROOT")]
     kms_root: Address,
     /// A dstack app id whose instances may join; repeat for several.
-    #[arg(
+    #[arg(value_parser = crate::cluster::address,
         long = "app-id",
         env = "DSTACK_MESH_APP_IDS",
         value_delimiter = ',',
@@ -36,7 +36,7 @@ pub(crate) struct Args {
     #[arg(long, env = "DSTACK_MESH_MAX_NODES", default_value_t = 100)]
     max_nodes: u64,
     /// The cluster owner; defaults to the signer.
-    #[arg(long, env = "DSTACK_MESH_CLUSTER_OWNER")]
+    #[arg(value_parser = crate::cluster::address, long, env = "DSTACK_MESH_CLUSTER_OWNER")]
     owner: Option<Address>,
 }
 

@@ -21,6 +21,7 @@ pub(crate) struct Args {
     #[command(flatten)]
     signer: SignerOpts,
     /// The address to fund.
+    #[arg(value_parser = crate::cluster::address)]
     address: Address,
     /// How much ETH to send.
     #[arg(long, value_name = "ETH")]

@@ -37,12 +37,26 @@ pub(crate) struct Args {
 
 /// What to do about a seat whose evidence does not pass: agents do not configure it until its holder binds
 /// the seat with evidence that does.
-fn attestation_fix(token: u64) -> String {
+fn attestation_fix(token: u64, trust_dependent: bool) -> String {
+    if trust_dependent {
+        return format!(
+            "this is meshctl's own check, under its own trust settings, and the agents may decide otherwise \
+             (each agent's verdict is in `meshctl status` on its node, or its /v1/peers/refused): give meshctl \
+             the collateral the agents use, --pccs-url URL (the agents' --pccs-url) or --tdx-collateral-file FILE, \
+             and --tdx-root-ca FILE only with a test PKI, then check seat {token} again"
+        );
+    }
     format!(
-        "every agent refuses seat {token}, so the node is out of the mesh: fix what the reason names (the \
-         cluster's allowlists with `meshctl app-auth`, the collateral, or the node), or bind the seat again with \
-         its node's binding (`p2p-agent identity --bind-token {token}` in the instance, then `meshctl bind`)"
+        "every agent that checks seat {token} refuses it for this too, so the node is out of the mesh: fix what \
+         the reason names (the cluster's allowlists with `meshctl app-auth`, or the node), or bind the seat again \
+         with its node's binding (`p2p-agent identity --bind-token {token}` in the instance, then `meshctl bind`)"
     )
+}
+
+/// Why `meshctl`'s check of a seat's evidence failed, and whether it turned on `meshctl`'s own trust settings.
+struct NotAttested {
+    reason: String,
+    trust_dependent: bool,
 }
 
 /// Seat `p`'s binding evidence, checked as the agents check it: its TCB status, or why it is refused.
@@ -52,11 +66,20 @@ async fn attest(
     p: &DstackClusterNFT::Peer,
     chain_id: u64,
     app_ids: &[alloy::primitives::Address],
-) -> Result<String, String> {
+) -> Result<String, NotAttested> {
+    let plain = |reason: String| NotAttested {
+        reason,
+        trust_dependent: false,
+    };
     let binding = chain::binding_event(c, p)
         .await
-        .map_err(|e| format!("reading its InstanceBound event: {e}"))?
-        .ok_or_else(|| format!("no InstanceBound event in block {} (unbound)", p.boundBlock))?;
+        .map_err(|e| plain(format!("reading its InstanceBound event: {e}")))?
+        .ok_or_else(|| {
+            plain(format!(
+                "no InstanceBound event in block {} (unbound)",
+                p.boundBlock
+            ))
+        })?;
     let seat = crate::attest::Seat {
         instance_id: &binding.instance_id,
         node: binding.node,
@@ -67,7 +90,12 @@ async fn attest(
     crate::attest::check(c, trust, &binding.evidence, &seat)
         .await
         .map(|v| v.tcb_status.as_str().to_owned())
-        .map_err(|e| format!("{e:#}"))
+        .map_err(|e| NotAttested {
+            trust_dependent: e
+                .downcast_ref::<crate::attest::Refused>()
+                .is_some_and(|r| r.0.depends_on_trust()),
+            reason: format!("{e:#}"),
+        })
 }
 
 /// A record's proof, re-checked against the contract's own KMS root and app ids.
@@ -144,8 +172,8 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             "proofError": verdict.err(),
             "attested": attested.is_ok(),
             "tcbStatus": attested.as_ref().ok(),
-            "attestationError": attested.as_ref().err(),
-            "attestationFix": attested.is_err().then(|| attestation_fix(token)),
+            "attestationError": attested.as_ref().err().map(|e| &e.reason),
+            "attestationFix": attested.as_ref().err().map(|e| attestation_fix(token, e.trust_dependent)),
         }));
     }
     let verbose = args.verbose;
@@ -224,7 +252,7 @@ fn table(rows: &[Value], verbose: bool) -> String {
         }
         if let Some(e) = r["attestationError"].as_str() {
             s.push_str(&format!(
-                "       seat {} is refused by every agent: {e}\n       fix: {}\n",
+                "       seat {} does not pass meshctl's check: {e}\n       fix: {}\n",
                 r["tokenId"],
                 r["attestationFix"].as_str().unwrap_or_default()
             ));

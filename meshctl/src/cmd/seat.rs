@@ -25,7 +25,7 @@ pub(crate) struct MintArgs {
     #[command(flatten)]
     write: Write,
     /// Who receives the seat.
-    #[arg(long)]
+    #[arg(value_parser = crate::cluster::address, long)]
     to: Address,
     /// Bind the seat at mint to the node whose binding this is: what `p2p-agent identity --bind-token <next
     /// seat id> --bind-holder <--to>` printed in that instance (a file, or - for stdin). Verified before

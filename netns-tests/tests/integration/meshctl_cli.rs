@@ -388,6 +388,25 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     out.stderr_says("the binding is not what `p2p-agent identity --bind-token` prints");
     let out = bind_seat_1(&m, "/nonexistent/binding.json").failed();
     out.stderr_says("/nonexistent/binding.json");
+
+    // An address a digit short is named by its length, not by the hex decoder's "odd number of digits".
+    let short = &m.address(1).to_string()[..41];
+    let out = m.run(Some(0), &["mint", "--to", short]).failed();
+    out.stderr_says("it has 39 hex digits, and an address has 40");
+    assert!(!out.stderr.contains("odd number"), "{}", out.stderr);
+
+    // An RPC that nothing answers at: each cause once, a hint, and the key in its URL never shown.
+    let key = "0123456789abcdef0123456789abcdef";
+    let dead = format!("http://127.0.0.1:9/v3/{key}");
+    let out = m.run_via(&dead, None, &["peers"]).failed();
+    out.stderr_says("hint: nothing answered at the RPC URL: check --rpc-url");
+    assert_eq!(
+        out.stderr.matches("error sending request").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(key), "{}", out.stderr);
 }
 
 /// A seat whose record does not verify off-chain (here an RPC serves its event with the record signature
@@ -422,6 +441,51 @@ async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
             .unwrap()
             .contains("next nonce")
     );
+}
+
+/// Without collateral, `peers` says its own check failed and how to give it the agents' trust settings; it
+/// does not say that every agent refuses the seat, which only meshctl's settings decided.
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_without_collateral_blames_its_own_check_and_names_the_trust_flags() {
+    let anvil = anvil();
+    let (node, m, contract) = seat_1_bound(&anvil).await;
+    node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
+        .await;
+    let p = &m.run(None, &["peers", "--json"]).ok().json()["peers"][0];
+    assert!(p["attestationFix"].is_null(), "{p}");
+
+    // A PCCS that refuses every connection, on loopback, in place of the pinned collateral.
+    let no_collateral = [
+        ("DSTACK_MESH_TDX_COLLATERAL_FILE", None),
+        ("DSTACK_MESH_PCCS_URL", Some("http://127.0.0.1:9")),
+    ];
+    let out = m
+        .run_with(
+            &anvil.endpoint(),
+            None,
+            &["peers", "--json"],
+            &no_collateral,
+        )
+        .failed();
+    let p = &out.json()["peers"][0];
+    let error = p["attestationError"].as_str().unwrap_or_default();
+    let fix = p["attestationFix"].as_str().unwrap_or_default();
+    assert!(error.contains("(collateral)"), "{p}");
+    for want in [
+        "meshctl's own check",
+        "--pccs-url",
+        "--tdx-collateral-file",
+        "--tdx-root-ca",
+    ] {
+        assert!(fix.contains(want), "{want:?} in {fix}");
+    }
+    assert!(!fix.contains("every agent"), "{fix}");
+    let text = m
+        .run_with(&anvil.endpoint(), None, &["peers"], &no_collateral)
+        .failed()
+        .stdout;
+    assert!(text.contains("does not pass meshctl's check"), "{text}");
+    assert!(!text.contains("refused by every agent"), "{text}");
 }
 
 /// The older variable names (`RPC_URL`, `CLUSTER_CONTRACT`, `PRIVATE_KEY`, …) still work; set beside their
