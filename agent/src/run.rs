@@ -70,6 +70,8 @@ async fn daemon(
         rpc: rpc.clone(),
         lease: args.leader_timing().lease,
         liveness: args.liveness(),
+        commit: env!("DSTACK_MESH_COMMIT"),
+        started_at: std::time::SystemTime::now(),
     };
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));
     // The application reports its health to the API, which may come before the tasks.

@@ -44,6 +44,10 @@ pub struct AgentFacts {
     pub lease: Duration,
     /// How long a peer may be silent and be shown healthy.
     pub liveness: Liveness,
+    /// The commit the agent was built from.
+    pub commit: &'static str,
+    /// When the agent started, on the wall clock.
+    pub started_at: std::time::SystemTime,
 }
 
 /// When a snapshot is rendered: on the wall clock for what is shown as a date, and on the monotonic clock
@@ -230,6 +234,12 @@ pub fn render(
     let refused = refused_peers(chain, token);
     let status = Status {
         version: env!("CARGO_PKG_VERSION").into(),
+        commit: Some(agent.commit.to_owned()),
+        started_at: agent
+            .started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs()),
         mode: agent.mode,
         backend: mesh.device.as_ref().map(|d| d.backend.to_owned()),
         node: node_status(agent, node, chain, reg, mesh),

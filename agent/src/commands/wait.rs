@@ -115,6 +115,8 @@ mod tests {
     fn status(registered: bool) -> Status {
         Status {
             version: "0".into(),
+            commit: None,
+            started_at: None,
             mode: Mode::Wireguard,
             backend: None,
             node: Node {

@@ -17,6 +17,8 @@ fn agent() -> AgentFacts {
         rpc: RedactedUrl::new(&"https://user:secret@rpc.example/".parse().unwrap()),
         lease: Duration::from_secs(5),
         liveness: THREE,
+        commit: "0123456789ab",
+        started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
     }
 }
 
@@ -488,6 +490,8 @@ fn status_and_counters_gather_every_task() {
     assert!(s.status.node.registered);
     assert_eq!(s.status.chain.lag, Some(10), "the view is at block 0");
     assert_eq!(s.status.uptime_secs, 9);
+    assert_eq!(s.status.started_at, Some(1_795_000_000));
+    assert_eq!(s.status.commit.as_deref(), Some("0123456789ab"));
     assert_eq!(
         (
             s.counters.reconciles,

@@ -122,8 +122,8 @@ pub unsafe fn adopt_older_names(aliases: &[Alias]) -> Result<(), Conflict> {
     Ok(())
 }
 
-/// Parses the command line into `P`, after [`adopt_older_names`], with [`help`] at the end of `--help` (each
-/// subcommand's too). Like clap's own parsing, it exits on an error: status 2 for a [`Conflict`].
+/// Parses the command line into `P`, after [`adopt_older_names`], with [`help`] at the end of `--help` (and a
+/// line pointing to it at the end of each subcommand's). Like clap's own parsing, it exits on an error: status 2 for a [`Conflict`].
 ///
 /// # Safety
 /// As [`adopt_older_names`]: no other thread may exist yet.
@@ -138,10 +138,15 @@ pub unsafe fn parse<P: clap::Parser>(aliases: &[Alias]) -> P {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    let help = help(aliases);
-    let matches = P::command()
-        .after_long_help(help.clone())
-        .mut_subcommands(|s| s.after_long_help(help.clone()))
+    let command = P::command();
+    // The table of older names once, under the binary's own `--help`; a subcommand's help points there.
+    let pointer = format!(
+        "Environment: every flag can be set with a {PREFIX}* variable, shown with it; `{} --help` lists the older names still read.",
+        command.get_name()
+    );
+    let matches = command
+        .after_long_help(help(aliases))
+        .mut_subcommands(|s| s.after_long_help(pointer.clone()))
         .get_matches();
     P::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

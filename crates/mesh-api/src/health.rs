@@ -86,6 +86,8 @@ pub(crate) mod tests {
     fn status(registered: bool, token: Option<u64>) -> Status {
         Status {
             version: "0".into(),
+            commit: None,
+            started_at: None,
             mode: Mode::Wireguard,
             backend: Some("userspace".into()),
             node: Node {

@@ -306,6 +306,26 @@ const NODE: &[Metric<Snapshot>] = &[
 /// Renders the Prometheus text exposition of a snapshot.
 pub fn metrics(s: &Snapshot) -> String {
     let mut out = Exposition::default();
+    // As Prometheus's own exporters: the build as labels on a constant 1, and the start as the standard name.
+    out.metric(
+        "dstack_mesh_build_info",
+        "gauge",
+        "The agent's version and the commit it was built from, as labels; always 1.",
+        [(
+            format!(
+                "{{version=\"{}\",commit=\"{}\"}}",
+                escape(&s.status.version),
+                escape(s.status.commit.as_deref().unwrap_or("unknown"))
+            ),
+            1,
+        )],
+    );
+    out.metric(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+        s.status.started_at.map(|t| (String::new(), t)),
+    );
     for x in NODE {
         out.metric(x.name, x.kind, x.help, [(String::new(), (x.sample)(s))]);
     }

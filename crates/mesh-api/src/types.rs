@@ -437,6 +437,12 @@ pub struct ChainStatus {
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub version: String,
+    /// The commit the agent was built from (as its `--version` names it); absent from an older agent.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Unix seconds of the agent's start; absent from an older agent.
+    #[serde(default)]
+    pub started_at: Option<u64>,
     pub mode: Mode,
     /// `userspace` or `kernel`; absent in TLS mode.
     pub backend: Option<String>,

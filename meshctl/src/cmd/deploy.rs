@@ -29,7 +29,11 @@ pub(crate) struct Args {
         required = true
     )]
     app_ids: Vec<Address>,
-    /// The mesh prefix; seat N gets network + N.
+    /// The mesh prefix, from /8 to /30: seat N's overlay address is network + N, so a /24 holds seats 1 to 254
+    /// and a /16 seats 1 to 65,534. Seat ids count up and are never reused, revoked seats' included, and the
+    /// prefix is fixed when the cluster is deployed: once the ids reach the prefix's last address, no seat can be
+    /// minted, and only a new cluster with a wider prefix (10.1.0.0/16, say) grows further. It must not overlap
+    /// dstack's gateway network.
     #[arg(long, env = "DSTACK_MESH_PREFIX", default_value = "10.0.1.0/24")]
     prefix: Ipv4Network,
     /// The most seats that may be active at once.

@@ -91,6 +91,8 @@ pub fn example_snapshot(now: u64) -> Snapshot {
     Snapshot {
         status: Status {
             version: "0.1.0".into(),
+            commit: Some("0123456789ab".into()),
+            started_at: Some(1_795_000_000),
             mode: Mode::Wireguard,
             backend: Some("userspace".into()),
             node: Node {

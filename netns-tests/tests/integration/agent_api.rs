@@ -336,6 +336,8 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         )
     };
     for line in [
+        "dstack_mesh_build_info{version=\"0.1.0\",commit=\"0123456789ab\"} 1",
+        "process_start_time_seconds 1795000000",
         "dstack_mesh_registered 1",
         &format!("wireguard_latest_handshake_seconds{{{}}} 999988", wg(2)),
         &format!("wireguard_latest_handshake_seconds{{{}}} 0", wg(4)),

@@ -498,6 +498,16 @@ fn older_environment_names_still_work_and_conflicts_are_refused() {
     let contract = m.deploy(UNUSED_KMS_ROOT);
     let key = alloy::hex::encode(anvil.keys()[0].to_bytes());
     let older = Meshctl::new(&anvil);
+    // The older names are listed once, under meshctl's own --help; a subcommand's help points there.
+    let top = m.run(None, &["--help"]).ok().stdout;
+    assert!(top.contains("These older names are still read"), "{top}");
+    let sub = m.run(None, &["peers", "--help"]).ok().stdout;
+    assert!(!sub.contains("These older names are still read"), "{sub}");
+    assert!(
+        sub.contains("`meshctl --help` lists the older names"),
+        "{sub}"
+    );
+
     // Everything under the older names only: the RPC, the cluster and the signer.
     let out = older
         .run_with(
