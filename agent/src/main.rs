@@ -87,17 +87,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// boringtun logs WireGuard's expected timer events (a retried handshake every 5 s, giving up on an absent
+/// peer) as warnings and errors, naming no peer; mesh_wg logs them at debug instead, with the peer. They stay
+/// off under a RUST_LOG that does not name boringtun, so that `RUST_LOG=info` does not bring them back.
+const BORINGTUN_TIMERS_OFF: &str = "boringtun::noise::timers=off";
+
+/// The log filter: `rust_log` (RUST_LOG) when set, else the agent's own events (registrations, peers added
+/// and removed) and others' warnings; boringtun's timer logs off unless RUST_LOG names boringtun.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let directives = match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(user) if user.contains("boringtun") => user.to_owned(),
+        Some(user) => format!("{user},{BORINGTUN_TIMERS_OFF}"),
+        None => format!(
+            "warn,{BORINGTUN_TIMERS_OFF},p2p_agent=info,mesh_chain=info,mesh_wg=info,mesh_api=info,dstack_guest=info,unix_socket=info"
+        ),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG={directives:?} is not a log filter ({e}); using the default");
+        tracing_subscriber::EnvFilter::new(format!("warn,{BORINGTUN_TIMERS_OFF}"))
+    })
+}
+
 fn init_logging(format: LogFormat) {
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            // The agent's own events (registrations, peers added and removed) by default, others' warnings.
-            // boringtun logs WireGuard's expected timer events (a retried handshake, giving up on an absent
-            // peer) as warnings and errors; mesh_wg logs them at debug instead.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "warn,boringtun::noise::timers=off,p2p_agent=info,mesh_chain=info,mesh_wg=info,mesh_api=info,dstack_guest=info,unix_socket=info"
-                    .into()
-            }),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs
@@ -153,5 +166,20 @@ async fn wait_for_signal() {
             tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boringtuns_timer_logs_stay_off_unless_rust_log_names_boringtun() {
+        for user in [None, Some("info"), Some("debug,p2p_agent=trace")] {
+            let f = log_filter(user).to_string();
+            assert!(f.contains(BORINGTUN_TIMERS_OFF), "{user:?}: {f}");
+        }
+        let asked = log_filter(Some("boringtun=debug")).to_string();
+        assert!(!asked.contains(BORINGTUN_TIMERS_OFF), "{asked}");
     }
 }
