@@ -293,11 +293,12 @@ impl Client {
 
     /// Follows the peer list and the leader for as long as it is polled, reconnecting with backoff when
     /// the agent goes away (a restart). `on_peers` gets the addresses (as [`Client::peer_addresses`]) at
-    /// first and whenever the list changes as [`crate::Peer::change_key`] defines it (a peer's path or
-    /// health too: the `--on-change` hook's definition); `on_leader` gets the leader at first and whenever what an application
-    /// acts on changes ([`Leader::key`]): its seat, address and reachability, whether this node leads and
-    /// why not, the term, whether it is confirmed, this node's health. A reconnection that finds nothing
-    /// changed calls neither.
+    /// first and whenever that list of addresses changes (a change of a peer's health or path alone
+    /// changes no address; [`Client::events`] has every change [`crate::Peer::change_key`] defines).
+    /// `on_leader` gets the leader at first and whenever what an application acts on changes
+    /// ([`Leader::key`]): its seat, address and reachability, whether this node leads and why not, the
+    /// term, whether it is confirmed, this node's health. A reconnection that finds nothing changed calls
+    /// neither.
     ///
     /// # Errors
     /// Only an event this version cannot read: an agent of another version.
@@ -306,7 +307,7 @@ impl Client {
         mut on_peers: impl FnMut(&[String]),
         mut on_leader: impl FnMut(&Leader),
     ) -> Result<std::convert::Infallible, ClientError> {
-        let mut peers: Option<Vec<Peer>> = None;
+        let mut peers: Option<Vec<String>> = None;
         let mut leader = None;
         let mut reconnect = backoff::Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
         loop {
@@ -316,12 +317,12 @@ impl Client {
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(Event::Peers(list)) => {
-                                if peers
-                                    .as_deref()
-                                    .is_none_or(|p| crate::peers_changed(p, &list))
-                                {
-                                    on_peers(&addresses(&list));
-                                    peers = Some(list);
+                                // The addresses are what is called back: a change of a peer's health or
+                                // path that leaves them as they were is no news to this callback.
+                                let now = addresses(&list);
+                                if peers.as_ref() != Some(&now) {
+                                    on_peers(&now);
+                                    peers = Some(now);
                                 }
                             }
                             Ok(Event::Leader(l)) => {

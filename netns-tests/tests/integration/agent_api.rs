@@ -195,6 +195,12 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
     assert!(call().await.starts_with("peers [\"10.0.1.2\""));
     assert_eq!(call().await, "leader Some(3)");
     server.restart(new_leader.clone()).await;
+    // A peer's health alone changes no address: the address list is not called back again.
+    let mut sick = new_leader.clone();
+    sick.peers[0].healthy = !sick.peers[0].healthy;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.publish.send(sick).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut joined = new_leader.clone();
     joined.peers[2].address = Some("10.0.1.4".into());
     tokio::time::sleep(Duration::from_secs(1)).await;
