@@ -151,11 +151,16 @@ pub fn allowlisted(
     Ok(())
 }
 
+/// The kind of a seat with a record and no binding read ([`unbound`]).
+pub const UNBOUND: &str = "unbound";
+/// The kind of a seat whose image the allowlists could not yet be read for.
+pub const ALLOWLIST_UNREAD: &str = "allowlist-unread";
+
 /// The attestation of a seat with a record and no binding this node has read: its record is not believed
 /// ([`mesh_chain::view::Rejected::Unbound`]), so this only shows up for a view from an old state file.
 pub fn unbound() -> Attested {
     Attested::Refused {
-        kind: "unbound",
+        kind: UNBOUND,
         reason: "the seat has no binding with evidence: its holder binds the instance with `p2p-agent identity --bind-token` and `meshctl bind --binding`".into(),
     }
 }
@@ -175,6 +180,16 @@ pub fn attested(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/metrics` shows a sample for each kind mesh-api knows: every kind the agent gives must be one.
+    #[test]
+    fn every_kind_of_refusal_the_agent_gives_is_one_the_api_lists() {
+        let given: Vec<&str> = mesh_attest::Refusal::KINDS
+            .into_iter()
+            .chain([UNBOUND, ALLOWLIST_UNREAD])
+            .collect();
+        assert_eq!(given, mesh_api::REFUSAL_KINDS);
+    }
     use alloy::primitives::{Bytes, keccak256};
     use mesh_attest::report_data;
     use mesh_attest::testing::boot_log;

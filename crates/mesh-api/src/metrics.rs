@@ -423,8 +423,9 @@ fn per_peer(out: &mut Exposition, s: &Snapshot) {
 
 /// The metrics whose labels say what a thing is: refusals by reason, each peer's path, the NAT's mapping.
 fn labelled(out: &mut Exposition, s: &Snapshot) {
-    // One sample per reason that has refusals now; a reason with none has no sample, and Prometheus ends its series.
-    let mut refused = std::collections::BTreeMap::<&str, u64>::new();
+    // One sample per reason, at 0 when no seat is refused for it: a sum over reasons is then 0, not empty.
+    let mut refused: std::collections::BTreeMap<&str, u64> =
+        crate::REFUSAL_KINDS.iter().map(|k| (*k, 0)).collect();
     for r in &s.refused {
         *refused.entry(r.kind.as_str()).or_default() += 1;
     }

@@ -168,6 +168,30 @@ pub fn peers_changed(old: &[Peer], new: &[Peer]) -> bool {
             .any(|(a, b)| a.change_key() != b.change_key())
 }
 
+/// Every [`RefusedPeer::kind`] an agent gives: the attestation's refusals, and `unbound` (a record with no
+/// binding read) and `allowlist-unread` (the allowlists not yet read). `/metrics` shows each, at 0 when no
+/// seat is refused for it, so that a sum over them is 0 rather than empty.
+pub const REFUSAL_KINDS: [&str; 18] = [
+    "malformed",
+    "collateral",
+    "collateral-not-yet-valid",
+    "collateral-expired",
+    "collateral-mismatch",
+    "signature",
+    "debug",
+    "tcb-status",
+    "tcb-unknown",
+    "os-not-allowed",
+    "event-log",
+    "app-mismatch",
+    "compose-not-allowed",
+    "key-provider",
+    "instance-mismatch",
+    "report-data-mismatch",
+    "unbound",
+    "allowlist-unread",
+];
+
 /// What a seat's evidence (its TDX quote and RTMR3 event log, from its on-chain binding) came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -344,6 +344,9 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
     for line in [
         "dstack_mesh_build_info{version=\"0.1.0\",commit=\"0123456789ab\"} 1",
         "process_start_time_seconds 1795000000",
+        // Every reason has a sample, at 0 when no seat is refused for it.
+        "dstack_mesh_peers_refused{reason=\"report-data-mismatch\"} 1",
+        "dstack_mesh_peers_refused{reason=\"malformed\"} 0",
         "dstack_mesh_registered 1",
         &format!("wireguard_latest_handshake_seconds{{{}}} 999988", wg(2)),
         &format!("wireguard_latest_handshake_seconds{{{}}} 0", wg(4)),

@@ -196,14 +196,14 @@ impl Attestor {
             }
             (None, Some(k)) => Ok(k.allowed),
             (Some(Err(e)), None) => Err(Attested::Refused {
-                kind: "allowlist-unread",
+                kind: attestation::ALLOWLIST_UNREAD,
                 reason: format!(
                     "the cluster's allowlists could not be read for compose hash {} and OS image {}: {e}",
                     key.0, key.1
                 ),
             }),
             (None, None) => Err(Attested::Refused {
-                kind: "allowlist-unread",
+                kind: attestation::ALLOWLIST_UNREAD,
                 reason: format!(
                     "the cluster's allowlists for compose hash {} and OS image {} are not known until the RPC answers",
                     key.0, key.1
