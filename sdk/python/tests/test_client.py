@@ -286,6 +286,38 @@ async def test_monitor_delivers_the_current_list_then_changes(agent: FakeAgent) 
     assert agent.requests[0] == "/v1/status"
 
 
+@pytest.mark.parametrize("detailed", [False, True], ids=["addresses", "detailed"])
+async def test_monitor_address_list_is_not_repeated_when_only_health_changes(
+    agent: FakeAgent, detailed: bool
+) -> None:
+    """Issue 41: a peer's health changing leaves the address list as it was, so the address-list callback
+    is not called with the same list again; a detailed callback is, as the peer did change."""
+    rec = Recorder()
+    async with DStackP2PSDK(api=agent.api) as sdk:
+        async with running(sdk.monitor_peers(rec.peers, detailed=detailed)):  # type: ignore[call-overload]
+            await rec.wait(1)
+            # Same addresses, one peer now unhealthy; then an address changes. Events arrive in order, so
+            # once the third is delivered the second has been handled.
+            agent.set_peers([peer_json(2), peer_json(3, healthy=False)])
+            agent.set_peers([peer_json(2, address="https://gw/2"), peer_json(3, healthy=False)])
+            if detailed:
+                await rec.wait(3)
+                assert [[p.healthy for p in value] for _, value in rec.calls] == [
+                    [True, True],
+                    [True, False],
+                    [True, False],
+                ]
+                assert [p.address for p in rec.calls[2][1]] == ["https://gw/2", "10.0.1.3"]
+            else:
+                await rec.wait(2)
+                assert rec.calls == [
+                    ("peers", ["10.0.1.2", "10.0.1.3"]),
+                    ("peers", ["https://gw/2", "10.0.1.3"]),
+                ]
+            await asyncio.sleep(0.1)
+            assert len(rec.calls) == (3 if detailed else 2)
+
+
 @pytest.mark.parametrize("graceful", [True, False], ids=["stream-ended", "connection-cut"])
 async def test_monitor_reconnects_after_a_restart_without_a_spurious_call(
     agent: FakeAgent, graceful: bool, caplog: pytest.LogCaptureFixture

@@ -309,10 +309,12 @@ export class DStackP2PSDK {
   /**
    * Follows the peer list until `signal` aborts: `callback` gets the current list first, then each change.
    *
-   * The list is what {@link getPeers} returns, or `Peer[]` as {@link peers} does with `detailed: true`. A
-   * change is what {@link Peer.changeKey} says, the agent's own definition (its `--on-change` hook follows it
-   * too): a peer joining or leaving, or one's key, endpoint, address, connection, path, health or
-   * leadership changing; never traffic counters or handshake times alone. `onLeader` gets a {@link Leader}
+   * The list is what {@link getPeers} returns, and `callback` is called again only when that list of
+   * addresses differs from the last one it got: a peer's health, path or leadership changing with the same
+   * addresses calls nothing. With `detailed: true` it gets `Peer[]` as {@link peers} does, on each change
+   * {@link Peer.changeKey} says, the agent's own definition (its `--on-change` hook follows it too): a peer
+   * joining or leaving, or one's key, endpoint, address, connection, path, health or leadership changing;
+   * never traffic counters or handshake times alone. `onLeader` gets a {@link Leader}
    * first and then whenever what an application acts on changes: `tokenId`, `address`, `reachable`,
    * `isSelf`, `term`, `state`, `healthy` or `reason` (so it hears at once that this node's lease ended), not
    * when only `ageMs` or `leaseMs` moved. Callbacks may be plain or async functions; what they throw (or

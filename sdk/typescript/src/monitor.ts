@@ -180,10 +180,13 @@ export async function follow(
           const event = next.value;
           if (event.event === "peers" && onPeers !== null) {
             const peers = peersFromJSON(data(event));
-            const key = JSON.stringify(peers.map((p) => p.changeKey()));
+            const value = o.detailed ? peers : addresses(peers);
+            // Detailed: any change of a peer (Peer.changeKey). Address list: only a change of the list
+            // itself, so a health or path change never repeats the same list.
+            const key = JSON.stringify(o.detailed ? peers.map((p) => p.changeKey()) : value);
             if (key !== lastPeers) {
               lastPeers = key;
-              await onPeers(o.detailed ? peers : addresses(peers));
+              await onPeers(value);
             }
           } else if (event.event === "leader" && o.onLeader !== null) {
             const leader = Leader.fromJSON(data(event));

@@ -45,6 +45,53 @@ describe("monitorPeers", () => {
       assert.equal(agent.requests[0], "/v1/status");
     }));
 
+  for (const detailed of [false, true]) {
+    test(`does not repeat the same address list when only health changes (detailed: ${detailed})`, () =>
+      withAgent("unix socket", (agent) =>
+        withSdk({ api: agent.api }, async (sdk) => {
+          // Issue 41: a peer's health changing leaves the address list as it was, so the address-list
+          // callback is not called with the same list again; a detailed callback is, as the peer changed.
+          const rec = new Recorder();
+          await running(
+            (signal) =>
+              detailed
+                ? sdk.monitorPeers(rec.peers, { detailed: true, signal })
+                : sdk.monitorPeers(rec.peers, { signal }),
+            async () => {
+              await rec.wait(1);
+              // Same addresses, one peer now unhealthy; then an address changes. Events arrive in order,
+              // so once the third is delivered the second has been handled.
+              agent.setPeers([peerJson(2), peerJson(3, { healthy: false })]);
+              agent.setPeers([peerJson(2, { address: "https://gw/2" }), peerJson(3, { healthy: false })]);
+              if (detailed) {
+                await rec.wait(3);
+                assert.deepEqual(
+                  rec.calls.map(([, value]) => (value as Peer[]).map((p) => p.healthy)),
+                  [
+                    [true, true],
+                    [true, false],
+                    [true, false],
+                  ],
+                );
+                assert.deepEqual(
+                  (rec.calls[2]?.[1] as Peer[]).map((p) => p.address),
+                  ["https://gw/2", "10.0.1.3"],
+                );
+              } else {
+                await rec.wait(2);
+                assert.deepEqual(rec.calls, [
+                  ["peers", ["10.0.1.2", "10.0.1.3"]],
+                  ["peers", ["https://gw/2", "10.0.1.3"]],
+                ]);
+              }
+              await delay(100);
+              assert.equal(rec.calls.length, detailed ? 3 : 2);
+            },
+          );
+        }),
+      ));
+  }
+
   test("delivers a change made while disconnected, detailed", () =>
     withAgent("unix socket", (agent) =>
       withSdk({ api: agent.api }, async (sdk) => {

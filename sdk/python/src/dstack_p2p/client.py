@@ -255,8 +255,10 @@ class DStackP2PSDK:
         """Follows the peer list until cancelled: ``callback`` gets the current list first, then each
         change.
 
-        The list is what :meth:`get_peers` returns, or ``list[Peer]`` as :meth:`peers` does with
-        ``detailed=True``. A change is what :meth:`Peer.change_key` says, the agent's own definition (its
+        The list is what :meth:`get_peers` returns, and ``callback`` is called again only when that list
+        of addresses differs from the last one it got: a peer's health, path or leadership changing with
+        the same addresses calls nothing. With ``detailed=True`` it gets ``list[Peer]`` as :meth:`peers`
+        does, on each change :meth:`Peer.change_key` says, the agent's own definition (its
         ``--on-change`` hook follows it too): a peer joining or leaving, or one's key, endpoint, address,
         connection, path, health or leadership changing; never traffic counters or handshake times alone.
         ``on_leader`` gets a :class:`Leader` first and then whenever what an application acts on changes:

@@ -155,10 +155,14 @@ async def follow(
                     # Outside the try: a callback's exception is not a lost stream.
                     if event.event == "peers" and on_peers is not None:
                         peers = peers_from_json(_data(event))
-                        key = tuple(p.change_key() for p in peers)
+                        value: list[Peer] | list[str] = peers if detailed else addresses(peers)
+                        # Detailed: any change of a peer (Peer.change_key). Address list: only a change
+                        # of the list itself, so a health or path change never repeats the same list.
+                        key: Any = (
+                            tuple(p.change_key() for p in peers) if detailed else tuple(addresses(peers))
+                        )
                         if last_peers is _NOTHING or key != last_peers:
                             last_peers = key
-                            value: list[Peer] | list[str] = peers if detailed else addresses(peers)
                             await call(on_peers, value)
                     elif event.event == "leader" and on_leader is not None:
                         leader = Leader.from_json(_data(event))

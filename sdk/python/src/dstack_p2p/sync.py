@@ -136,7 +136,8 @@ class DStackP2P:
         on_reconnect: Callable[[Reconnected], object] | None = None,
         duration: float | None = None,
     ) -> None:
-        """Blocks, calling ``callback`` with the current peers and then each change, as
+        """Blocks, calling ``callback`` with the current peers and then each change (of the address list,
+        or with ``detailed=True`` of any peer), as
         :meth:`DStackP2PSDK.monitor_peers` does. Returns after ``duration`` seconds if given; otherwise runs
         until a callback raises (the exception propagates) or the process is interrupted."""
         self._run(
