@@ -5,7 +5,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use alloy::primitives::{Address, B256};
 use anyhow::{Context, bail};
-use mesh_chain::contract::IAppAuth;
+use mesh_chain::contract::{DstackClusterNFT, IAppAuth};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -46,6 +46,9 @@ struct HashArgs {
     write: Write,
     /// 32 bytes as hex.
     value: B256,
+    /// Disallow it even when seats in the mesh run it: every agent then refuses them within a minute.
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,9 +139,9 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             (format!("compose hash {} allowed", a.value), r)
         }
         Action::DisallowCompose(a) => {
-            let c =
-                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
-                    .await?;
+            let cluster = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            refuse_unless_no_seat_runs(&cluster, Measurement::Compose, a.value, a.yes).await?;
+            let c = cluster::app_auth(&cluster).await?;
             let r = cluster::send("setComposeHash", c.setComposeHash(a.value, false)).await?;
             (format!("compose hash {} no longer allowed", a.value), r)
         }
@@ -164,9 +167,9 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
             (format!("OS measurement {} allowed", a.value), r)
         }
         Action::DisallowOs(a) => {
-            let c =
-                cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)
-                    .await?;
+            let cluster = cluster::open_write(&a.write.cluster, &a.write.signer).await?;
+            refuse_unless_no_seat_runs(&cluster, Measurement::Os, a.value, a.yes).await?;
+            let c = cluster::app_auth(&cluster).await?;
             let r = cluster::send("setOsMeasurement", c.setOsMeasurement(a.value, false)).await?;
             (format!("OS measurement {} no longer allowed", a.value), r)
         }
@@ -191,6 +194,83 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         || json!({ "set": what, "receipt": tx_json(&receipt) }),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Which of a seat's claimed measurements an allowlist change is about.
+#[derive(Debug, Clone, Copy)]
+enum Measurement {
+    Compose,
+    Os,
+}
+
+/// The seats with a record whose binding evidence claims `value` as its `which`: the seats that every agent
+/// refuses once `value` is disallowed. A seat whose evidence cannot be read is left out: agents refuse it
+/// already.
+async fn seats_running(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    which: Measurement,
+    value: B256,
+) -> anyhow::Result<Vec<u64>> {
+    let mut peers = c
+        .getPeers()
+        .call()
+        .await
+        .context("reading the seats, to see which run what is disallowed")?;
+    peers.sort_by_key(|p| p.tokenId);
+    let mut running = Vec::new();
+    for p in &peers {
+        let Ok(Some(binding)) = mesh_chain::contract::binding_event(c, p).await else {
+            continue;
+        };
+        let Ok(evidence) = mesh_attest::Evidence::decode(&binding.evidence) else {
+            continue;
+        };
+        let Ok(m) = mesh_attest::claimed_measurements(&evidence) else {
+            continue;
+        };
+        let claimed = match which {
+            Measurement::Compose => m.compose_hash,
+            Measurement::Os => m.os_measurement,
+        };
+        if B256::from(claimed) == value {
+            running.push(u64::try_from(p.tokenId).unwrap_or(u64::MAX));
+        }
+    }
+    Ok(running)
+}
+
+/// Refuses to disallow what seats in the mesh run, unless `yes`: disallowing the old image before every
+/// node is rebound on the new one drops them all.
+async fn refuse_unless_no_seat_runs(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    which: Measurement,
+    value: B256,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let running = seats_running(c, which, value).await?;
+    if running.is_empty() {
+        return Ok(());
+    }
+    let what = match which {
+        Measurement::Compose => "compose hash",
+        Measurement::Os => "OS image",
+    };
+    let seats = running
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if yes {
+        eprintln!(
+            "warning: seat(s) {seats} run {what} {value}: every agent refuses them within a minute (--yes)"
+        );
+        return Ok(());
+    }
+    bail!(
+        "seat(s) {seats} run {what} {value}, and every agent would refuse them within a minute of this change: \
+         move them to an allowed image first (allow the new one, roll the nodes, bind each seat again with its new \
+         binding), then disallow this one; or pass --yes to disallow it now"
+    )
 }
 
 async fn check(a: CheckArgs, out: &Output) -> anyhow::Result<ExitCode> {

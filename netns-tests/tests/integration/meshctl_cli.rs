@@ -443,6 +443,43 @@ async fn peers_fails_on_a_record_agents_refuse_and_names_the_fix() {
     );
 }
 
+/// Disallowing the compose hash or OS image a seat in the mesh runs is refused, naming the seat, unless
+/// `--yes`; what no seat runs is disallowed at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn disallowing_what_a_seat_runs_needs_yes() {
+    let anvil = anvil();
+    let (node, m, contract) = seat_1_bound(&anvil).await;
+    node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
+        .await;
+    let (compose, os) = netns_tests::in_process::node::image();
+    let out = m
+        .run(
+            Some(0),
+            &["app-auth", "disallow-compose", &compose.to_string()],
+        )
+        .failed();
+    out.stderr_says("seat(s) 1 run compose hash");
+    out.stderr_says("or pass --yes");
+    let out = m
+        .run(Some(0), &["app-auth", "disallow-os", &os.to_string()])
+        .failed();
+    out.stderr_says("seat(s) 1 run OS image");
+    let unused = format!("0x{}", "ab".repeat(32));
+    m.run(Some(0), &["app-auth", "disallow-compose", &unused])
+        .ok();
+    let out = m
+        .run(
+            Some(0),
+            &["app-auth", "disallow-os", &os.to_string(), "--yes"],
+        )
+        .ok();
+    assert!(
+        out.stderr.contains("every agent refuses them"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// Without collateral, `peers` says its own check failed and how to give it the agents' trust settings; it
 /// does not say that every agent refuses the seat, which only meshctl's settings decided.
 #[tokio::test(flavor = "multi_thread")]
