@@ -19,7 +19,7 @@ makes of this node's agent into:
 unknown view, an unhealthy node and another seat leading. While this node leads the SDK also renews the
 lease from the agent (GET /v1/leader) and demotes it when the last lease it heard of runs out without
 renewal. The term a primary runs under is the server setting dstack_mesh.term, set before it becomes
-writable; applications fence their writes with it (see the README).
+writable; applications fence their writes with it (see README.md beside this file).
 
 The sidecar is this file and the modules beside it: decisions.py (what to do, pure), server.py (PostgreSQL
 through its programs) and follower.py (the worker).

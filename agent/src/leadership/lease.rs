@@ -22,7 +22,7 @@
 //! from it for a whole timeout on its own clock, and its ballot must then be mined. So with clocks that
 //! drift apart by at most a rate ρ, the lease ends before any vote can replace the leader as long as
 //! `lease · (1 + ρ) < timeout · (1 − ρ)`, which holds for ρ < 1/3; monotonic clocks in practice drift by
-//! well under 0.1 %. The ballots' blocks only add margin. The README's leader section states this.
+//! well under 0.1 %. The ballots' blocks only add margin. docs/applications.md states this (the lease).
 //!
 //! A leader can also change without any silence: a person revokes or deactivates its seat, or the owner
 //! disallows its image and every node refuses it and votes at once. Rule 5 covers those: the old leader's
@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(t.lease, Duration::from_secs(5));
         assert_eq!(t.heartbeat, Duration::from_secs(1));
         assert_eq!(t.renew, Duration::from_millis(1250));
-        // lease · (1 + ρ) < timeout · (1 − ρ) at the README's ρ = 1 %, and up to ρ just under 1/3.
+        // lease · (1 + ρ) < timeout · (1 − ρ) at a clock-rate error ρ of 1 %, and up to ρ just under 1/3.
         let (lease, timeout) = (t.lease.as_secs_f64(), t.timeout.as_secs_f64());
         assert!(lease * 1.01 < timeout * 0.99);
         assert!(lease * (1.0 + 0.33) < timeout * (1.0 - 0.33));

@@ -350,7 +350,7 @@ pub async fn election_of<P: Provider>(
         .map_err(|e| ChainError::NotCluster {
             address: cluster,
             detail: format!(
-                "election() failed ({e}): a cluster deployed before the election had its own contract? Redeploy it (see the README's upgrade notes)"
+                "election() failed ({e}): a cluster deployed before the election had its own contract? Redeploy it (see docs/operating.md, upgrade notes)"
             ),
         })?;
     if election == Address::ZERO {
@@ -376,7 +376,7 @@ pub async fn app_auth_of<P: Provider>(
         .map_err(|e| ChainError::NotCluster {
             address: cluster,
             detail: format!(
-                "appAuth() failed ({e}): a cluster deployed before node binding? Redeploy it (see the README's upgrade notes)"
+                "appAuth() failed ({e}): a cluster deployed before node binding? Redeploy it (see docs/operating.md, upgrade notes)"
             ),
         })?;
     if app_auth == Address::ZERO {

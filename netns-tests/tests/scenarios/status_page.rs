@@ -2,7 +2,7 @@
 //! `netns-tests/browser/status_page.mjs` inside node 1's namespace: the page lists every seat and names the
 //! leader and its term as the API does, read from the DOM; the owner revokes seat 3 and its row leaves the
 //! table without a reload (one navigation in all); and the page is served as HTML under a policy that lets
-//! it load nothing from elsewhere. The screenshot it saves is the one the README shows.
+//! it load nothing from elsewhere. The screenshot it saves is the one docs/api.md shows.
 //!
 //! Read from the mesh the `observers` scenario deploys, which runs it last (it revokes seat 3). Needs
 //! `scripts/bootstrap`'s chromium and playwright-core.
