@@ -6,7 +6,9 @@
 // It prints one JSON line per stage, read from the page's DOM:
 //   {"stage":"loaded", "rows":[...], "leader":{"seat","term","state"}, "live", "navigations"}
 //     once a row shows for every seat of --seats, the leader is named and the event stream is live;
-//   {"stage":"gone", "seat", "rows", "navigations", "screenshot"}
+//   {"stage":"filtered", "rows", "summary"}
+//     with "10.0.1.2" typed into the filter (this node's row always shows), read before the filter is cleared;
+//   {"stage":"gone", "seat", "rows", "navigations", "screenshot", "events"}
 //     once the row of --gone has left the table (the test revokes that seat after "loaded"), with the count of
 //     navigations, which stays 1: the page changed without a reload.
 // Any failure prints {"stage":"error","message"} and exits 1.
@@ -48,6 +50,8 @@ const read = () => ({
   live: document.getElementById("live").textContent,
   chainHead: document.getElementById("chain-head").textContent,
   chainPrefix: document.getElementById("chain-prefix").textContent,
+  summary: document.getElementById("cluster-summary").textContent,
+  events: [...document.querySelectorAll("#events li")].map((li) => li.lastChild.textContent),
 });
 
 let browser;
@@ -92,6 +96,11 @@ try {
   );
   if (problems.length) throw new Error(problems.join("; "));
   emit({ stage: "loaded", ...(await page.evaluate(read)), navigations });
+
+  await page.fill("#filter", "10.0.1.2");
+  await page.waitForFunction(() => document.querySelectorAll("#peers tbody tr").length === 2, null, { timeout, polling: 100 });
+  emit({ stage: "filtered", ...(await page.evaluate(read)) });
+  await page.fill("#filter", "");
 
   await page.waitForFunction(
     (gone) => ![...document.querySelectorAll("#peers tbody tr")].some((r) => r.dataset.seat === gone),

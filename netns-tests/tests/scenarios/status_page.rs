@@ -143,6 +143,14 @@ pub(crate) fn shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_without_a_r
             "{loaded}"
         );
     }
+    assert_eq!(loaded["summary"], "3 seats, 2 of 2 peers up", "{loaded}");
+    page.wait_for("\"stage\":\"filtered\"", BROWSER_TIMEOUT);
+    let filtered = stage(&page, "filtered");
+    assert_eq!(
+        seats(&filtered),
+        ["1", "2"],
+        "a filter of 10.0.1.2 keeps this node and seat 2: {filtered}"
+    );
     steps.step(&format!(
         "the page in Chromium lists seats 1 to 3, up and direct, and names seat {} leader at term {}, as the API does",
         loaded["leader"]["seat"].as_str().unwrap_or("?"),
@@ -154,6 +162,11 @@ pub(crate) fn shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_without_a_r
     let gone = stage(&page, "gone");
     assert_eq!(seats(&gone), ["1", "2"], "{gone}");
     assert_eq!(gone["navigations"], 1, "the page was reloaded: {gone}");
+    let events = gone["events"].as_array().expect("events");
+    assert!(
+        events.iter().any(|e| e == "seat 3 left"),
+        "the event feed says seat 3 left: {gone}"
+    );
     assert!(shot.exists(), "no screenshot at {}", shot.display());
     steps.step(&format!(
         "seat 3 revoked: its row left the page with no reload; screenshot at {}",
