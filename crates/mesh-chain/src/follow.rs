@@ -78,6 +78,10 @@ pub struct FollowConfig {
 pub struct Tick {
     /// The believed records, or the leader, changed.
     pub changed: bool,
+    /// The cluster's app auth changed an allowlist (a compose hash or an OS image allowed or disallowed),
+    /// once the follower has been asked about them ([`Follower::allowlisted`]): what was read of them is
+    /// stale now.
+    pub allowlists_changed: bool,
     /// The view now holds everything up to a head that this tick asked the RPC for (`eth_blockNumber`):
     /// it is confirmed as of the tick's start, since the RPC answered with the chain as it was then or
     /// later. A head a subscription announced confirms nothing, as it may have waited on the socket.
@@ -177,6 +181,8 @@ pub struct Follower {
     announced: BTreeMap<u64, Head>,
     /// The cluster's app-auth contract (its allowlists of compose hashes and OS images), once asked for.
     app_auth: Option<Address>,
+    /// An allowlist changed in a range read since the last tick.
+    allowlists_changed: bool,
 }
 
 fn rpc(what: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
@@ -187,11 +193,14 @@ fn call(what: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainError
     move |e| ChainError::from_call(what, e)
 }
 
-/// The logs a poll asks for: every event of the cluster and its election that the view follows.
-fn events_filter(view: &ChainView, from: u64, to: u64) -> Filter {
+/// The logs a poll asks for: every event of the cluster and its election that the view follows, and the
+/// allowlist changes of its app auth once that is known (`app_auth`).
+fn events_filter(view: &ChainView, app_auth: Option<Address>, from: u64, to: u64) -> Filter {
     Filter::new()
-        .address(vec![view.contract, view.election])
+        .address(watched(view, app_auth))
         .event_signature(vec![
+            DstackClusterAppAuth::ComposeHashUpdated::SIGNATURE_HASH,
+            DstackClusterAppAuth::OsMeasurementUpdated::SIGNATURE_HASH,
             DstackClusterNFT::InstanceBound::SIGNATURE_HASH,
             DstackClusterNFT::InstanceUnbound::SIGNATURE_HASH,
             DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
@@ -202,6 +211,13 @@ fn events_filter(view: &ChainView, from: u64, to: u64) -> Filter {
         ])
         .from_block(from)
         .to_block(to)
+}
+
+/// The contracts whose logs a poll reads: the cluster, its election, and its app auth once known.
+fn watched(view: &ChainView, app_auth: Option<Address>) -> Vec<Address> {
+    let mut addresses = vec![view.contract, view.election];
+    addresses.extend(app_auth);
+    addresses
 }
 
 /// The RPC says something that cannot be true of a cluster contract.
@@ -270,6 +286,7 @@ impl Follower {
             latest_head: None,
             announced: BTreeMap::new(),
             app_auth: None,
+            allowlists_changed: false,
         };
         match cached {
             Some(mut v) => {
@@ -329,6 +346,8 @@ impl Follower {
         let (changed, reached) = self.poll_to(now, head).await?;
         tick.changed |= changed;
         tick.confirmed = reached && head.is_none();
+        // A range a full read skips has its allowlist changes read at the next refresh of the answers.
+        tick.allowlists_changed = std::mem::take(&mut self.allowlists_changed);
         // A reorg the poll saw is sorted out now, not at the next tick, which a subscription may not
         // bring for a while.
         if tick.full_read_error.is_none() {
@@ -588,17 +607,28 @@ impl Follower {
         if reorganised {
             self.schedule.request(now);
         }
-        let cluster = [self.view.contract, self.view.election];
+        let cluster = watched(&self.view, self.app_auth);
         let logs = if bloom.is_some_and(|b| !apply::may_hold_events(&b, &cluster)) {
             self.log_reads_skipped = self.log_reads_skipped.saturating_add(1);
             Vec::new()
         } else {
             self.count();
             self.provider
-                .get_logs(&events_filter(&self.view, from, to))
+                .get_logs(&events_filter(&self.view, self.app_auth, from, to))
                 .await
                 .map_err(rpc("eth_getLogs"))?
         };
+        // The app auth's logs say only that an allowlist moved: what it allows now is read again when asked.
+        let (allowlist_logs, logs): (Vec<_>, Vec<_>) = logs
+            .into_iter()
+            .partition(|l| self.app_auth.is_some_and(|a| l.address() == a));
+        if !allowlist_logs.is_empty() {
+            info!(
+                event = "allowlists.changed",
+                from, to, "the cluster's app auth changed its allowlists"
+            );
+            self.allowlists_changed = true;
+        }
         // Most blocks: nothing of the cluster's, so nothing to apply, check or compare.
         if logs.is_empty() {
             if reorganised {

@@ -316,6 +316,8 @@ fn a_leader_on_a_disallowed_release_is_replaced_at_once_with_one_ballot_per_vote
             &release,
             "--contract",
             &cluster.contract,
+            // Seat 1 runs it: the point is that every agent refuses it.
+            "--yes",
         ],
     );
     wait_until(

@@ -75,6 +75,14 @@ impl Attestor {
         self.last_pass.is_none_or(|t| t.elapsed() >= self.refresh)
     }
 
+    /// The cluster's allowlists changed on-chain: every answer is read again, at a pass that is due now.
+    pub fn allowlists_changed(&mut self) {
+        for answer in self.allowlists.values_mut() {
+            answer.read_at = None;
+        }
+        self.last_pass = None;
+    }
+
     /// The allowlist answers, for the state file.
     pub fn allowlists(&self) -> Vec<Allowlisted> {
         self.allowlists.values().map(|a| a.allowed).collect()

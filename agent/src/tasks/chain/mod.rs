@@ -319,6 +319,11 @@ impl Running {
                 let moved = self.state.view.as_deref().is_none_or(|v| {
                     v.last_block != view.last_block || v.last_block_hash != view.last_block_hash
                 });
+                // An allowlist moved: the seats are judged again at once, on answers read anew, so that an
+                // image allowed (or disallowed) takes effect at its block rather than at the next re-check.
+                if tick.allowlists_changed {
+                    self.task.attestor.allowlists_changed();
+                }
                 // The seats' evidence is checked again when the records or bindings changed, or the
                 // re-check is due: a block that moved nothing else keeps the verdicts, since a pass decodes
                 // every seat's evidence and replays its log, at every block and on every node.

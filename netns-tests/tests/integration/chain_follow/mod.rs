@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use alloy::{
     node_bindings::AnvilInstance,
-    primitives::{Address, U256},
+    primitives::{Address, B256, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
     rpc::types::Filter,
     sol_types::{SolCall, SolEvent},
@@ -65,6 +65,43 @@ fn nobody() -> Own<'static> {
 
 async fn send(call: alloy::contract::CallBuilder<&DynProvider, impl alloy::contract::CallDecoder>) {
     call.send().await.unwrap().get_receipt().await.unwrap();
+}
+
+/// Once the follower has been asked about the allowlists, a change of one (an image allowed or disallowed)
+/// is reported at the tick that reads its block, so that the agent judges the seats again at once; a block
+/// without one reports none.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowlist_change_is_reported_at_its_block() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let (compose, os) = netns_tests::in_process::node::image();
+    assert_eq!(f.allowlisted(compose, os).await.unwrap(), (true, true));
+    let auth = mesh_chain::contract::DstackClusterAppAuth::new(
+        c.appAuth().call().await.unwrap(),
+        c.provider().clone(),
+    );
+
+    mine(&anvil).await;
+    let quiet = f.tick(Instant::now()).await.unwrap();
+    assert!(
+        !quiet.allowlists_changed,
+        "a block with no allowlist change"
+    );
+
+    send(auth.setOsMeasurement(os, false)).await;
+    let tick = f.tick(Instant::now()).await.unwrap();
+    assert!(tick.allowlists_changed, "the OS image disallowed");
+    assert_eq!(f.allowlisted(compose, os).await.unwrap(), (true, false));
+
+    send(auth.setComposeHash(B256::repeat_byte(9), true)).await;
+    assert!(
+        f.tick(Instant::now()).await.unwrap().allowlists_changed,
+        "another compose hash allowed"
+    );
+    assert!(!f.tick(Instant::now()).await.unwrap().allowlists_changed);
 }
 
 /// The follower sees joins and revocations block by block, and every record it keeps verifies locally.
