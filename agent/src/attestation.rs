@@ -181,14 +181,13 @@ pub fn attested(
 mod tests {
     use super::*;
 
-    /// `/metrics` shows a sample for each kind mesh-api knows: every kind the agent gives must be one.
+    /// `/metrics` shows a sample for each kind mesh-api lists: the kinds the agent adds to the
+    /// attestation's (whose own are checked in mesh-attest) must be among them.
     #[test]
-    fn every_kind_of_refusal_the_agent_gives_is_one_the_api_lists() {
-        let given: Vec<&str> = mesh_attest::Refusal::KINDS
-            .into_iter()
-            .chain([UNBOUND, ALLOWLIST_UNREAD])
-            .collect();
-        assert_eq!(given, mesh_api::REFUSAL_KINDS);
+    fn the_kinds_of_refusal_the_agent_adds_are_ones_the_api_lists() {
+        for kind in [UNBOUND, ALLOWLIST_UNREAD] {
+            assert!(mesh_api::REFUSAL_KINDS.contains(&kind), "{kind}");
+        }
     }
     use alloy::primitives::{Bytes, keccak256};
     use mesh_attest::report_data;

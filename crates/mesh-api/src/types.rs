@@ -168,8 +168,8 @@ pub fn peers_changed(old: &[Peer], new: &[Peer]) -> bool {
             .any(|(a, b)| a.change_key() != b.change_key())
 }
 
-/// Every [`RefusedPeer::kind`] an agent gives: the attestation's refusals, and `unbound` (a record with no
-/// binding read) and `allowlist-unread` (the allowlists not yet read). `/metrics` shows each, at 0 when no
+/// Every [`RefusedPeer::kind`] an agent gives: the attestation's refusals (mesh-attest's tests check each is
+/// here), and `unbound` (a record with no binding read) and `allowlist-unread` (the allowlists not yet read). `/metrics` shows each, at 0 when no
 /// seat is refused for it, so that a sum over them is 0 rather than empty.
 pub const REFUSAL_KINDS: [&str; 18] = [
     "malformed",
