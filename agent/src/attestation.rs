@@ -161,7 +161,7 @@ pub const ALLOWLIST_UNREAD: &str = "allowlist-unread";
 pub fn unbound() -> Attested {
     Attested::Refused {
         kind: UNBOUND,
-        reason: "the seat has no binding with evidence: its holder binds the instance with `p2p-agent identity --bind-token` and `meshctl bind --binding`".into(),
+        reason: "the seat has no binding with evidence: its holder binds the instance with `meshctl bind --instance`".into(),
     }
 }
 

@@ -266,6 +266,15 @@ pub struct RunArgs {
     /// give the agent a transaction key: one in the environment is refused.
     #[arg(long, env = "DSTACK_MESH_TX_KEY_FILE")]
     pub tx_key_file: Option<PathBuf>,
+    /// Whom this node asks for a seat while it has none: the address that will hold it. Default: the
+    /// cluster's owner. The node asks on-chain (paid like a registration), with its binding, which only this
+    /// holder can use; the holder then runs `meshctl bind --instance <this instance>`.
+    #[arg(long, env = "DSTACK_MESH_HOLDER", value_parser = parse_address, value_name = "ADDRESS")]
+    pub holder: Option<Address>,
+    /// Do not ask for a seat on-chain while this node has none: its holder binds it with the binding
+    /// `p2p-agent identity --bind-holder` prints in the instance.
+    #[arg(long, env = "DSTACK_MESH_NO_SEAT_REQUEST", conflicts_with = "holder")]
+    pub no_seat_request: bool,
     /// WireGuard key rotation epoch: each epoch is another random key, kept with the node key.
     #[arg(long, env = "DSTACK_MESH_WG_KEY_EPOCH", default_value_t = 0)]
     pub wg_key_epoch: u32,

@@ -36,7 +36,7 @@ const NONCE_LEN: usize = 12;
 const MAX_EPOCHS: usize = 4096;
 
 /// What to do next when the keys cannot be had, in the words every error ends with.
-const LOST_KEYS_HINT: &str = "if the keys are lost for good, move the file away: the agent makes new ones, and the seat's holder binds the seat to them again (`p2p-agent identity --bind-token <seat> --bind-holder <holder>` in this instance, then `meshctl bind --token <seat> --binding FILE`)";
+const LOST_KEYS_HINT: &str = "if the keys are lost for good, move the file away: the agent makes new ones, and the seat's holder binds the seat to them again (the agent asks for it on-chain: `meshctl bind --instance <this instance> --token <seat>`)";
 
 /// Why the node's keys could not be had.
 #[derive(Debug, thiserror::Error)]

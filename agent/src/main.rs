@@ -39,7 +39,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show this CVM's identity: instance id, app id, the node key's address (made and sealed in the state
-    /// directory on first use), and whether dstack's signature chain for it verifies; with --bind-token, print
+    /// directory on first use), and whether dstack's signature chain for it verifies; with --bind-holder, print
     /// the binding (with this instance's TDX quote) that `meshctl bind` sends. Never prints private keys.
     Identity(identity::IdentityArgs),
     /// Register this node's peer record for its seat once, if the on-chain one differs: WireGuard key

@@ -110,3 +110,43 @@ impl NodeIdentity {
         &self.wg_private_key
     }
 }
+
+/// Why this node's binding could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindingError {
+    #[error("dstack GetQuote failed: {0}")]
+    Quote(#[source] DstackError),
+    #[error("dstack's quote and event log do not make evidence: {0}")]
+    Evidence(#[source] mesh_attest::EvidenceError),
+    #[error("signing the binding failed: {0}")]
+    Sign(#[source] mesh_chain::record::RecordError),
+}
+
+/// This node's binding for `holder` on cluster `contract` of chain `chain_id`: its node key's consent, with
+/// this instance's TDX quote, whose report data commits to the chain, the contract and the node key.
+///
+/// # Errors
+/// [`BindingError`]: dstack gives no quote, or one that does not make evidence.
+pub async fn binding(
+    client: &DstackClient,
+    node: &NodeKey,
+    holder: alloy::primitives::Address,
+    chain_id: u64,
+    contract: alloy::primitives::Address,
+) -> Result<mesh_chain::record::NodeBinding, BindingError> {
+    let report_data = mesh_attest::report_data(chain_id, contract, node.address());
+    let quote = client
+        .get_quote(&report_data)
+        .await
+        .map_err(BindingError::Quote)?;
+    let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
+        .map_err(BindingError::Evidence)?;
+    node.bind(
+        holder,
+        alloy::primitives::Bytes::from(evidence.encode()),
+        chain_id,
+        contract,
+    )
+    .map_err(BindingError::Sign)
+}

@@ -219,6 +219,7 @@ async fn member(
         rpc,
         identity,
         tx_key,
+        dstack: client,
     };
     let tasks = Tasks::new(&args, &shared, agent, relay, attestor);
     tasks.run(cached, api, cancel).await

@@ -329,13 +329,17 @@ fn node_status(
                 chain
                     .seat_error
                     .as_ref()
-                    .map(ToString::to_string)
+                    .map(|p| p.explain(reg.seat_request.as_ref()))
                     .or_else(|| reg.error.as_ref().map(|f| f.render(&agent.rpc)))
             })
             .flatten(),
         attestation: token
             .and_then(|t| chain.attestations.get(&t))
             .map(Attested::to_api),
+        seat_request: reg.seat_request.map(|r| mesh_api::SeatRequest {
+            holder: r.holder,
+            on_chain: r.on_chain,
+        }),
     }
 }
 

@@ -88,6 +88,16 @@ pub struct RegState {
     pub error: Option<Fault>,
     pub registrations: u64,
     pub rpc_errors: u64,
+    /// This node's request for a seat, while it has none (or its seat is bound to another node key).
+    pub seat_request: Option<SeatRequest>,
+}
+
+/// Whom this node asked for a seat, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeatRequest {
+    pub holder: Address,
+    /// On-chain (`requestBinding`); otherwise on the agent's stdout, for a relay.
+    pub on_chain: bool,
 }
 
 /// The interface, as the mesh task created it.
@@ -166,6 +176,12 @@ pub enum FaultError {
         "no funded sender: fund this node's address with `meshctl fund {node} --amount 0.01`, or give the agent --tx-key-file; meanwhile the signed registration is on the agent's stdout for `meshctl relay -`"
     )]
     NoFundedSender { node: Address },
+    #[error(
+        "no funded sender to ask for a seat on-chain: fund this node's address with `meshctl fund {node} --amount 0.01`, or give the agent --tx-key-file; meanwhile its binding for {holder} is on the agent's stdout, for `meshctl bind --binding FILE`"
+    )]
+    NoFundedRequester { node: Address, holder: Address },
+    #[error(transparent)]
+    Binding(Arc<crate::node::BindingError>),
 }
 
 impl From<ChainError> for FaultError {
@@ -177,6 +193,12 @@ impl From<ChainError> for FaultError {
 impl From<RegistrationError> for FaultError {
     fn from(e: RegistrationError) -> Self {
         Self::Registration(Arc::new(e))
+    }
+}
+
+impl From<crate::node::BindingError> for FaultError {
+    fn from(e: crate::node::BindingError) -> Self {
+        Self::Binding(Arc::new(e))
     }
 }
 
@@ -227,4 +249,35 @@ pub enum SeatProblem {
         contract: Address,
         instance_id: String,
     },
+}
+
+impl SeatProblem {
+    /// The problem as the status says it, given whom the node asked for a seat: then the holder's one
+    /// command, rather than every way to bind.
+    pub fn explain(&self, request: Option<&SeatRequest>) -> String {
+        match (self, request) {
+            (
+                SeatProblem::NotBound {
+                    contract,
+                    instance_id,
+                },
+                Some(SeatRequest {
+                    holder,
+                    on_chain: true,
+                }),
+            ) => format!(
+                "no seat is bound to this instance yet: it asked {holder} for one on-chain; the holder runs `meshctl bind --contract {contract} --instance {instance_id}` (with --allow-os if peers do not allow its OS image yet)"
+            ),
+            (
+                SeatProblem::NotBound { instance_id, .. },
+                Some(SeatRequest {
+                    holder,
+                    on_chain: false,
+                }),
+            ) => format!(
+                "no seat is bound to this instance ({instance_id}) yet, and it has no funds to ask on-chain: its binding for {holder} is on the agent's stdout, for `meshctl bind --binding FILE`; or fund this node's address (`meshctl fund`) and it asks by itself"
+            ),
+            _ => self.to_string(),
+        }
+    }
 }

@@ -51,7 +51,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     ///   RTMR3 event log, which names the instance, the app and the compose hash. The contract keeps its hash;
     ///   the event carries it for agents to verify (signature chain to Intel's root, TCB, OS and compose
     ///   allowlists, replay); `meshctl bind` checks that its event log names the instance and the app.
-    /// - `consent`: the node key's EIP-712 signature over BindConsent(tokenId, instanceId, node, holder).
+    /// - `consent`: the node key's EIP-712 signature over BindConsent(instanceId, node, holder).
     struct NodeBinding {
         string instanceId;
         address node;
@@ -120,9 +120,11 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)"
     );
 
-    /// @notice What a node key signs to let the holder of `tokenId` bind the seat to it.
+    /// @notice What a node key signs to let `holder` bind one of its seats to it. It names no seat: the seat is
+    /// the one the holder binds, or mints, with it, so nobody guesses the next seat id, and the node finds its
+    /// seat by its instance id.
     bytes32 public constant BIND_CONSENT_TYPEHASH =
-        keccak256("BindConsent(uint256 tokenId,string instanceId,address node,address holder)");
+        keccak256("BindConsent(string instanceId,address node,address holder)");
 
     // ------------------------------------------------------------------ state
 
@@ -143,6 +145,12 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     mapping(uint256 tokenId => Seat) private _seats;
     mapping(bytes32 instanceHash => uint256 tokenId) private _tokenOfInstance;
     mapping(bytes32 wgPublicKey => uint256 tokenId) private _tokenOfWgKey;
+
+    /// @notice The holder a seatless node asked to bind it (see requestBinding), until a seat is bound to it.
+    mapping(address node => address holder) public bindingRequestedOf;
+    /// @notice The block of the latest BindingRequested event; each event names the one before, so the requests
+    /// can be walked back from here without scanning the chain's logs.
+    uint64 public lastBindingRequestBlock;
 
     address[] private _appIds;
 
@@ -177,6 +185,15 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     /// @notice Carries the binding's evidence, so that every agent can verify it without trusting its RPC.
     event InstanceBound(uint256 indexed tokenId, string instanceId, address node, bytes32 evidenceHash, bytes evidence);
     event InstanceUnbound(uint256 indexed tokenId, string instanceId);
+    /// @notice A seatless node asks `holder` to bind a seat to it, with everything a binding needs. `previousBlock`
+    /// is the block of the request before this one (this block's own when it was in the same block).
+    event BindingRequested(
+        bytes32 indexed instanceHash,
+        address indexed node,
+        address indexed holder,
+        uint64 previousBlock,
+        NodeBinding binding
+    );
     event SeatDeactivated(uint256 indexed tokenId);
     event SeatActivated(uint256 indexed tokenId);
     event SeatRevoked(uint256 indexed tokenId);
@@ -227,6 +244,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     error ClusterWithdrawFailed(address to, uint256 amount);
     error ClusterBindNeedsEvidence(string instanceId);
     error ClusterBindConsentInvalid(address node, address recovered);
+    error ClusterInvalidHolder();
 
     error RegistryStaleNonce(uint256 tokenId, uint64 lastNonce, uint64 nonce);
     error RegistryEmptyRecord(uint256 tokenId);
@@ -287,7 +305,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     // ------------------------------------------------------------------ seats
 
     /// @notice Mints the next seat to `to`, binding it with `binding` (see bindInstance) unless its instance id is
-    /// empty. The consent is for the seat being minted (`lastTokenId + 1`) and holder `to`.
+    /// empty. The consent is for holder `to`.
     /// @dev Requirements: the caller is the owner (free), or public minting is on and `msg.value == mintPrice`;
     /// fewer than `maxNodes` seats are active; the next id still fits the prefix.
     function mintNodeAccess(address to, NodeBinding calldata binding) external payable returns (uint256 tokenId) {
@@ -321,15 +339,34 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         _bind(tokenId, holder, binding);
     }
 
-    /// @notice The EIP-712 digest a node key signs to consent to `holder` binding `tokenId` to it.
-    function bindConsentDigest(uint256 tokenId, string calldata instanceId, address node, address holder)
-        public
-        view
-        returns (bytes32)
-    {
-        return _hashTypedDataV4(
-            keccak256(abi.encode(BIND_CONSENT_TYPEHASH, tokenId, keccak256(bytes(instanceId)), node, holder))
-        );
+    /// @notice A node that has no seat asks `holder` for one: the event carries its binding, for the holder to
+    /// verify and send (`meshctl bind --instance`), so nobody needs a shell in the CVM to carry it out. Anyone
+    /// may send it (the node key pays for itself, or a funded key relays it); only the node key's consent makes
+    /// it valid, and only the holder it names can use it.
+    /// @dev Requirements: the instance id is 40 lowercase hex characters, and bound to no seat or to a seat whose
+    /// node key is another (the instance lost its volume, and asks to be bound again); the evidence is not empty; the chain verifies under the purpose naming the instance and the node, from an allowed app;
+    /// the node consented to `holder`.
+    function requestBinding(address holder, NodeBinding calldata binding) external {
+        if (holder == address(0)) revert ClusterInvalidHolder();
+        string calldata instanceId = binding.instanceId;
+        if (!RecordFormat.isInstanceId(instanceId)) revert ClusterInvalidInstanceId(instanceId);
+        bytes32 h = keccak256(bytes(instanceId));
+        uint256 bound = _tokenOfInstance[h];
+        // A bound instance asks again only with a new node key, after losing its volume: a rebind.
+        if (bound != 0 && _seats[bound].node == binding.node) revert ClusterInstanceAlreadyBound(instanceId, bound);
+        if (binding.evidence.length == 0) revert ClusterBindNeedsEvidence(instanceId);
+        _checkDstackChain(binding.proof, instanceId, binding.node);
+        _checkConsent(holder, binding);
+        bindingRequestedOf[binding.node] = holder;
+        uint64 previous = lastBindingRequestBlock;
+        lastBindingRequestBlock = uint64(block.number);
+        emit BindingRequested(h, binding.node, holder, previous, binding);
+    }
+
+    /// @notice The EIP-712 digest a node key signs to consent to `holder` binding a seat to it.
+    function bindConsentDigest(string calldata instanceId, address node, address holder) public view returns (bytes32) {
+        return
+            _hashTypedDataV4(keccak256(abi.encode(BIND_CONSENT_TYPEHASH, keccak256(bytes(instanceId)), node, holder)));
     }
 
     /// @notice Lets seat `tokenId` serve another app: its next record may come from any allowed app, which it
@@ -662,10 +699,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         Seat storage seat = _seats[tokenId];
         uint32 app = _checkDstackChain(binding.proof, instanceId, node);
         _checkSeatApp(tokenId, seat, binding.proof.appId, app);
-        address signer = _recover(
-            bindConsentDigest(tokenId, instanceId, node, holder), binding.consent, DstackChain.V_ETHEREUM, "consent"
-        );
-        if (signer != node) revert ClusterBindConsentInvalid(node, signer);
+        _checkConsent(holder, binding);
+        delete bindingRequestedOf[node];
 
         string memory previous = seat.instanceId;
         if (bytes(previous).length != 0) {
@@ -685,6 +720,16 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         seat.boundBlock = uint64(block.number);
         seat.evidenceHash = evidenceHash;
         emit InstanceBound(tokenId, instanceId, node, evidenceHash, binding.evidence);
+    }
+
+    function _checkConsent(address holder, NodeBinding calldata binding) private view {
+        address signer = _recover(
+            bindConsentDigest(binding.instanceId, binding.node, holder),
+            binding.consent,
+            DstackChain.V_ETHEREUM,
+            "consent"
+        );
+        if (signer != binding.node) revert ClusterBindConsentInvalid(binding.node, signer);
     }
 
     function _clearRecord(uint256 tokenId, ClearReason reason) private {

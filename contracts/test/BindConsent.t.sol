@@ -6,11 +6,12 @@ import {ClusterFixture} from "./utils/ClusterFixture.sol";
 import {vm} from "./utils/Vm.sol";
 
 /// @notice Instance ids are public. Whoever binds a seat, the cluster's owner included, binds it to an instance's
-/// node only with that node's consent to this seat and this holder, so nobody can take another operator's node
+/// node only with that node's consent to this holder, so nobody can take another operator's node
 /// onto their own seat ahead of the owner.
 contract BindConsentTest is ClusterFixture {
     uint256 internal seatA;
     address internal constant ATTACKER = address(0xBAD);
+    string internal constant INSTANCE_C = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
 
     function setUp() public {
         cluster = _deploy();
@@ -28,13 +29,11 @@ contract BindConsentTest is ClusterFixture {
     function test_ConsentDigestIsTheEip712OfBindConsent() public view {
         address node = vm.addr(DERIVED_KEY_A);
         assertEq(
-            cluster.bindConsentDigest(seatA, INSTANCE_A, node, HOLDER_A),
-            _consentDigest(seatA, INSTANCE_A, node, HOLDER_A),
-            "digest"
+            cluster.bindConsentDigest(INSTANCE_A, node, HOLDER_A), _consentDigest(INSTANCE_A, node, HOLDER_A), "digest"
         );
         assertEq(
             cluster.BIND_CONSENT_TYPEHASH(),
-            keccak256("BindConsent(uint256 tokenId,string instanceId,address node,address holder)"),
+            keccak256("BindConsent(string instanceId,address node,address holder)"),
             "typehash"
         );
     }
@@ -46,13 +45,13 @@ contract BindConsentTest is ClusterFixture {
         vm.prank(OWNER);
         uint256 attackerSeat = cluster.mintNodeAccess(ATTACKER, none);
         address nodeB = vm.addr(DERIVED_KEY_B);
-        DstackClusterNFT.NodeBinding memory b = _binding(attackerSeat, DERIVED_KEY_B, INSTANCE_B, ATTACKER);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_B, INSTANCE_B, ATTACKER);
         b.consent = "";
         vm.prank(ATTACKER);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistryMalformedSignature.selector, "consent"));
         cluster.bindInstance(attackerSeat, b);
         // The attacker signs the consent with a key of its own.
-        b.consent = _sign(OTHER_KEY, cluster.bindConsentDigest(attackerSeat, INSTANCE_B, nodeB, ATTACKER));
+        b.consent = _sign(OTHER_KEY, cluster.bindConsentDigest(INSTANCE_B, nodeB, ATTACKER));
         vm.prank(ATTACKER);
         vm.expectRevert(
             abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, nodeB, vm.addr(OTHER_KEY))
@@ -63,30 +62,43 @@ contract BindConsentTest is ClusterFixture {
         assertEq(cluster.tokenOfInstance(INSTANCE_B), victim, "the owner bound the victim's seat");
     }
 
-    function test_RevertIf_ConsentWasGivenForAnotherHolderOrSeat() public {
+    function test_RevertIf_ConsentWasGivenForAnotherHolder() public {
         DstackClusterNFT.NodeBinding memory none = _noBinding();
         vm.prank(OWNER);
         uint256 attackerSeat = cluster.mintNodeAccess(ATTACKER, none);
         address node = vm.addr(DERIVED_KEY_B);
-        // Consent for HOLDER_A's seat, replayed by the attacker on theirs.
-        DstackClusterNFT.NodeBinding memory b = _binding(seatA, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
-        address recovered = _recovered(cluster.bindConsentDigest(attackerSeat, INSTANCE_B, node, ATTACKER), b.consent);
-        assertTrue(recovered != node, "another seat's consent recovers someone else");
+        // Consent for HOLDER_A, replayed by the attacker on its own seat.
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        address recovered = _recovered(cluster.bindConsentDigest(INSTANCE_B, node, ATTACKER), b.consent);
+        assertTrue(recovered != node, "another holder's consent recovers someone else");
         vm.prank(ATTACKER);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, node, recovered));
         cluster.bindInstance(attackerSeat, b);
-        // Consent for the right seat but another holder.
-        b = _binding(attackerSeat, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
-        recovered = _recovered(cluster.bindConsentDigest(attackerSeat, INSTANCE_B, node, ATTACKER), b.consent);
-        vm.prank(ATTACKER);
+        // And at mint.
+        vm.prank(OWNER);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, node, recovered));
-        cluster.bindInstance(attackerSeat, b);
+        cluster.mintNodeAccess(ATTACKER, b);
         assertEq(cluster.tokenOfInstance(INSTANCE_B), 0, "still unbound");
+    }
+
+    /// A consent names the holder, not a seat: two mints with bindings made at the same time both land, whatever
+    /// ids they get, and the holder binds whichever of its seats it chooses.
+    function test_ConsentNamesNoSeatSoConcurrentMintsBothBind() public {
+        DstackClusterNFT.NodeBinding memory forB = _binding(DERIVED_KEY_B, INSTANCE_B, HOLDER_B);
+        DstackClusterNFT.NodeBinding memory forC = _binding(OTHER_KEY, INSTANCE_C, HOLDER_A);
+        // Both were made when the next id was the same; the second lands on the id after.
+        vm.prank(OWNER);
+        uint256 first = cluster.mintNodeAccess(HOLDER_A, forC);
+        vm.prank(OWNER);
+        uint256 second = cluster.mintNodeAccess(HOLDER_B, forB);
+        assertEq(second, first + 1, "consecutive seats");
+        assertEq(cluster.tokenOfInstance(INSTANCE_C), first, "C bound to the first");
+        assertEq(cluster.tokenOfInstance(INSTANCE_B), second, "B bound to the second");
     }
 
     function test_RevertIf_ConsentIsSignedByAnotherInstance() public {
         // Instance A's genuine binding, offered for instance B: its chain names instance A.
-        DstackClusterNFT.NodeBinding memory b = _binding(seatA, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
         b.instanceId = INSTANCE_B;
         address node = vm.addr(DERIVED_KEY_A);
         vm.prank(HOLDER_A);
@@ -101,7 +113,7 @@ contract BindConsentTest is ClusterFixture {
     }
 
     function test_RevertIf_ConsentSignatureReEncoded() public {
-        DstackClusterNFT.NodeBinding memory b = _binding(seatA, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
         bytes memory genuine = bytes.concat(b.consent);
         b.consent[64] = bytes1(uint8(b.consent[64]) - 27);
         vm.prank(HOLDER_A);
@@ -120,8 +132,8 @@ contract BindConsentTest is ClusterFixture {
         cluster.setPublicMinting(true);
         uint256 next = cluster.lastTokenId() + 1;
         address nodeB = vm.addr(DERIVED_KEY_B);
-        DstackClusterNFT.NodeBinding memory b = _binding(next, DERIVED_KEY_B, INSTANCE_B, ATTACKER);
-        b.consent = _sign(OTHER_KEY, cluster.bindConsentDigest(next, INSTANCE_B, nodeB, ATTACKER));
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_B, INSTANCE_B, ATTACKER);
+        b.consent = _sign(OTHER_KEY, cluster.bindConsentDigest(INSTANCE_B, nodeB, ATTACKER));
         vm.prank(ATTACKER);
         vm.expectRevert(
             abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, nodeB, vm.addr(OTHER_KEY))
@@ -129,7 +141,7 @@ contract BindConsentTest is ClusterFixture {
         cluster.mintNodeAccess(ATTACKER, b);
         assertEq(cluster.lastTokenId(), next - 1, "nothing minted");
 
-        b = _binding(next, DERIVED_KEY_B, INSTANCE_B, ATTACKER); // the node consents to this minter
+        b = _binding(DERIVED_KEY_B, INSTANCE_B, ATTACKER); // the node consents to this minter
         vm.prank(ATTACKER);
         uint256 bought = cluster.mintNodeAccess(ATTACKER, b);
         assertEq(bought, next, "the consented seat");
@@ -142,7 +154,7 @@ contract BindConsentTest is ClusterFixture {
         DstackClusterNFT.NodeBinding memory none = _noBinding();
         vm.prank(OWNER);
         uint256 ownSeat = cluster.mintNodeAccess(OWNER, none);
-        DstackClusterNFT.NodeBinding memory b = _binding(ownSeat, DERIVED_KEY_B, INSTANCE_B, OWNER);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_B, INSTANCE_B, OWNER);
         bytes memory consent = b.consent;
         b.consent = "";
         vm.prank(OWNER);

@@ -35,7 +35,7 @@ abstract contract GasMeasure is ClusterFixture {
         cluster = _deploy();
         seat = _mint(HOLDER_A, "");
         noop = new Noop();
-        DstackClusterNFT.NodeBinding memory b = _binding(seat, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
         b.evidence = _quote();
         vm.prank(HOLDER_A);
         cluster.bindInstance(seat, b);
@@ -175,12 +175,33 @@ contract GasOfBindingTest is GasMeasure {
     }
 
     function test_GasOfBindingWithA5KbQuote() public {
-        DstackClusterNFT.NodeBinding memory b = _binding(seat, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
         b.evidence = _quote();
         uint256 used = _measureBind(b);
         emit log_named_uint("bindInstance, first binding, 5,000-byte evidence", used);
         assertEq(cluster.getPeer(seat).evidenceHash, keccak256(b.evidence), "the quote's hash is kept");
         assertTrue(used <= 300_000, "a binding with a 5 KB quote within 300k gas");
+    }
+}
+
+/// @notice A seatless node's request for a seat, with a quote-sized (5,000-byte) evidence the event carries.
+contract GasOfBindingRequestTest is GasMeasure {
+    function setUp() public {
+        cluster = _deploy();
+        noop = new Noop();
+    }
+
+    function test_GasOfABindingRequestWithA5KbQuote() public {
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        b.evidence = _quote();
+        bool isolated = _isolated();
+        uint256 before = gasleft();
+        cluster.requestBinding(HOLDER_A, b);
+        uint256 used = before - gasleft();
+        if (isolated) used -= _intrinsic(abi.encodeCall(cluster.requestBinding, (HOLDER_A, b)));
+        emit log_named_uint("requestBinding, first request, 5,000-byte evidence", used);
+        assertEq(cluster.bindingRequestedOf(b.node), HOLDER_A, "pending");
+        assertTrue(used <= 300_000, "a request with a 5 KB quote within 300k gas");
     }
 }
 
@@ -206,7 +227,7 @@ contract GasOfRebindingTest is GasMeasure {
     }
 
     function test_GasOfRebindingAfterALostVolume() public {
-        DstackClusterNFT.NodeBinding memory b = _binding(seat, OTHER_KEY, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(OTHER_KEY, INSTANCE_A, HOLDER_A);
         b.evidence = _quote();
         b.evidence[0] = 0xff; // another quote
         uint256 used = _measureBind(b);
@@ -314,8 +335,7 @@ contract GasAtScaleTest is GasMeasure {
         uint256 key = _nodeKey(instance);
         DstackClusterNFT.NodeBinding memory none;
         gas[0] = _take(0, OWNER, abi.encodeCall(cluster.mintNodeAccess, (HOLDER_B, none)));
-        gas[1] =
-            _take(1, HOLDER_B, abi.encodeCall(cluster.bindInstance, (seat, _binding(seat, key, instance, HOLDER_B))));
+        gas[1] = _take(1, HOLDER_B, abi.encodeCall(cluster.bindInstance, (seat, _binding(key, instance, HOLDER_B))));
         for (uint64 nonce = 1; nonce <= 2; ++nonce) {
             DstackClusterNFT.PeerRecordInput memory r = _wireGuardRecord(WG_KEY_B, nonce);
             bytes memory data =

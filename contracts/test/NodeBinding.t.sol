@@ -113,7 +113,7 @@ contract NodeBindingTest is ClusterFixture {
         // Literal block numbers: via-IR may re-read NUMBER after a roll instead of keeping a copy.
         uint256 bindBlock = 1000;
         vm.roll(bindBlock);
-        DstackClusterNFT.NodeBinding memory b = _binding(seat, KEY_C, INSTANCE_C, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         b.evidence = bytes("a TDX quote, with its certification data and RTMR3 event log");
         bytes32 evidenceHash = keccak256(b.evidence);
 
@@ -160,7 +160,7 @@ contract NodeBindingTest is ClusterFixture {
 
     function test_MintingBoundEmitsTheEvidence() public {
         uint256 next = cluster.lastTokenId() + 1;
-        DstackClusterNFT.NodeBinding memory b = _binding(next, KEY_C, INSTANCE_C, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         bytes32 evidenceHash = keccak256(b.evidence);
         vm.prank(OWNER);
         vm.expectEmit();
@@ -174,14 +174,14 @@ contract NodeBindingTest is ClusterFixture {
 
     function test_RevertIf_TheBindingHasNoEvidence() public {
         uint256 seat = _mint(HOLDER_A, "");
-        DstackClusterNFT.NodeBinding memory b = _binding(seat, KEY_C, INSTANCE_C, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         b.evidence = "";
         vm.prank(HOLDER_A);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindNeedsEvidence.selector, INSTANCE_C));
         cluster.bindInstance(seat, b);
 
         uint256 next = cluster.lastTokenId() + 1;
-        b = _binding(next, KEY_C, INSTANCE_C, HOLDER_B);
+        b = _binding(KEY_C, INSTANCE_C, HOLDER_B);
         b.evidence = "";
         vm.prank(OWNER);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindNeedsEvidence.selector, INSTANCE_C));
@@ -190,18 +190,17 @@ contract NodeBindingTest is ClusterFixture {
         assertEq(cluster.tokenOfInstance(INSTANCE_C), 0, "nothing bound");
     }
 
-    function test_RevertIf_TheConsentIsForAnotherSeatHolderNodeOrInstance() public {
+    function test_RevertIf_TheConsentIsForAnotherHolderNodeOrInstance() public {
         uint256 seat = _mint(HOLDER_A, "");
-        bytes32 right = cluster.bindConsentDigest(seat, INSTANCE_C, nodeC, HOLDER_A);
-        bytes[5] memory wrong = [
-            _consent(KEY_C, seatB, INSTANCE_C, nodeC, HOLDER_A), // another seat
-            _consent(KEY_C, seat, INSTANCE_C, nodeC, HOLDER_B), // another holder
-            _consent(KEY_C, seat, INSTANCE_C, nodeB, HOLDER_A), // another node
-            _consent(KEY_C, seat, INSTANCE_A, nodeC, HOLDER_A), // another instance
-            _consent(DERIVED_KEY_B, seat, INSTANCE_C, nodeC, HOLDER_A) // signed by another key
+        bytes32 right = cluster.bindConsentDigest(INSTANCE_C, nodeC, HOLDER_A);
+        bytes[4] memory wrong = [
+            _consent(KEY_C, INSTANCE_C, nodeC, HOLDER_B), // another holder
+            _consent(KEY_C, INSTANCE_C, nodeB, HOLDER_A), // another node
+            _consent(KEY_C, INSTANCE_A, nodeC, HOLDER_A), // another instance
+            _consent(DERIVED_KEY_B, INSTANCE_C, nodeC, HOLDER_A) // signed by another key
         ];
         for (uint256 i = 0; i < wrong.length; ++i) {
-            DstackClusterNFT.NodeBinding memory b = _binding(seat, KEY_C, INSTANCE_C, HOLDER_A);
+            DstackClusterNFT.NodeBinding memory b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
             b.consent = wrong[i];
             address recovered = _recovered(right, wrong[i]);
             assertTrue(recovered != nodeC, "a wrong consent recovers someone else");
@@ -213,8 +212,8 @@ contract NodeBindingTest is ClusterFixture {
         }
         assertEq(cluster.tokenOfInstance(INSTANCE_C), 0, "nothing bound");
         // The right consent binds.
-        DstackClusterNFT.NodeBinding memory good = _binding(seat, KEY_C, INSTANCE_C, HOLDER_A);
-        good.consent = _consent(KEY_C, seat, INSTANCE_C, nodeC, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory good = _binding(KEY_C, INSTANCE_C, HOLDER_A);
+        good.consent = _consent(KEY_C, INSTANCE_C, nodeC, HOLDER_A);
         vm.prank(HOLDER_A);
         cluster.bindInstance(seat, good);
         assertEq(cluster.tokenOfInstance(INSTANCE_C), seat, "bound");
@@ -223,7 +222,7 @@ contract NodeBindingTest is ClusterFixture {
     function test_RevertIf_TheBindingsChainNamesAnotherNode() public {
         uint256 seat = _mint(HOLDER_A, "");
         // C's node consents, but the app vouched for B's node.
-        DstackClusterNFT.NodeBinding memory b = _binding(seat, KEY_C, INSTANCE_C, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         b.proof = _proof(DERIVED_KEY_B, INSTANCE_C);
         vm.prank(HOLDER_A);
         vm.expectRevert(
@@ -235,7 +234,7 @@ contract NodeBindingTest is ClusterFixture {
         );
         cluster.bindInstance(seat, b);
         // And the converse: B's node consents to a binding whose chain vouches for C's node.
-        b = _binding(seat, DERIVED_KEY_B, INSTANCE_C, HOLDER_A);
+        b = _binding(DERIVED_KEY_B, INSTANCE_C, HOLDER_A);
         b.proof = _proof(KEY_C, INSTANCE_C);
         vm.prank(HOLDER_A);
         vm.expectRevert(
@@ -253,30 +252,30 @@ contract NodeBindingTest is ClusterFixture {
     function test_RevertIf_TheOwnerMintsBoundWithoutAValidBinding() public {
         uint256 next = cluster.lastTokenId() + 1;
 
-        DstackClusterNFT.NodeBinding memory b = _binding(next, KEY_C, INSTANCE_C, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         b.consent = "";
         _expectOwnerMintReverts(
             b, abi.encodeWithSelector(DstackClusterNFT.RegistryMalformedSignature.selector, "consent")
         );
 
-        b = _binding(next, KEY_C, INSTANCE_C, HOLDER_A);
+        b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         b.evidence = "";
         _expectOwnerMintReverts(
             b, abi.encodeWithSelector(DstackClusterNFT.ClusterBindNeedsEvidence.selector, INSTANCE_C)
         );
 
-        b = _binding(next, KEY_C, INSTANCE_C, HOLDER_A);
+        b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         DstackClusterNFT.DstackProof memory noChain;
         b.proof = noChain;
         _expectOwnerMintReverts(b, abi.encodeWithSelector(DstackClusterNFT.RegistryInvalidKeyLength.selector, 0));
 
-        b = _binding(next, KEY_C, INSTANCE_C, HOLDER_A);
+        b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         b.proof.appId = address(0x1234);
         _expectOwnerMintReverts(
             b, abi.encodeWithSelector(DstackClusterNFT.RegistryAppIdNotAllowed.selector, address(0x1234))
         );
 
-        b = _binding(next, KEY_C, INSTANCE_C, HOLDER_A);
+        b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         b.node = nodeB; // not the node the chain names, nor the consent's signer
         _expectOwnerMintReverts(
             b,
@@ -287,8 +286,8 @@ contract NodeBindingTest is ClusterFixture {
             )
         );
 
-        b = _binding(next, KEY_C, INSTANCE_C, OWNER); // the node consented to the owner holding it, not HOLDER_A
-        address recovered = _recovered(cluster.bindConsentDigest(next, INSTANCE_C, nodeC, HOLDER_A), b.consent);
+        b = _binding(KEY_C, INSTANCE_C, OWNER); // the node consented to the owner holding it, not HOLDER_A
+        address recovered = _recovered(cluster.bindConsentDigest(INSTANCE_C, nodeC, HOLDER_A), b.consent);
         _expectOwnerMintReverts(
             b, abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, nodeC, recovered)
         );
@@ -296,7 +295,7 @@ contract NodeBindingTest is ClusterFixture {
         assertEq(cluster.lastTokenId(), next - 1, "nothing minted");
         assertEq(cluster.tokenOfInstance(INSTANCE_C), 0, "nothing bound");
 
-        b = _binding(next, KEY_C, INSTANCE_C, HOLDER_A);
+        b = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         vm.prank(OWNER);
         cluster.mintNodeAccess(HOLDER_A, b);
         assertEq(cluster.tokenOfInstance(INSTANCE_C), next, "the valid binding mints bound");
@@ -308,7 +307,7 @@ contract NodeBindingTest is ClusterFixture {
     function test_RebindingTheSameInstanceToANewNodeAfterALostVolume() public {
         _register(seatA, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 5);
         address newNode = vm.addr(NEW_KEY_A);
-        DstackClusterNFT.NodeBinding memory b = _binding(seatA, NEW_KEY_A, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(NEW_KEY_A, INSTANCE_A, HOLDER_A);
 
         vm.recordLogs();
         vm.prank(HOLDER_A);
@@ -378,7 +377,7 @@ contract NodeBindingTest is ClusterFixture {
     function test_ATransferKeepsTheBindingAndTheNewHolderNeedsItsOwnConsent() public {
         address newHolder = address(0xA2A);
         DstackClusterNFT.Peer memory before = cluster.getPeer(seatA);
-        DstackClusterNFT.NodeBinding memory forOld = _binding(seatA, NEW_KEY_A, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory forOld = _binding(NEW_KEY_A, INSTANCE_A, HOLDER_A);
         vm.prank(HOLDER_A);
         cluster.transferFrom(HOLDER_A, newHolder, seatA);
         DstackClusterNFT.Peer memory peer = cluster.getPeer(seatA);
@@ -388,7 +387,7 @@ contract NodeBindingTest is ClusterFixture {
         assertEq(cluster.tokenOfInstance(INSTANCE_A), seatA, "instance kept");
 
         address newNode = vm.addr(NEW_KEY_A);
-        address recovered = _recovered(cluster.bindConsentDigest(seatA, INSTANCE_A, newNode, newHolder), forOld.consent);
+        address recovered = _recovered(cluster.bindConsentDigest(INSTANCE_A, newNode, newHolder), forOld.consent);
         vm.prank(newHolder);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, newNode, recovered));
         cluster.bindInstance(seatA, forOld);
@@ -406,12 +405,12 @@ contract NodeBindingTest is ClusterFixture {
         uint256 seat = _mint(HOLDER_A, "");
         vm.prank(HOLDER_A);
         cluster.approve(operator, seat);
-        DstackClusterNFT.NodeBinding memory toOperator = _binding(seat, KEY_C, INSTANCE_C, operator);
-        address recovered = _recovered(cluster.bindConsentDigest(seat, INSTANCE_C, nodeC, HOLDER_A), toOperator.consent);
+        DstackClusterNFT.NodeBinding memory toOperator = _binding(KEY_C, INSTANCE_C, operator);
+        address recovered = _recovered(cluster.bindConsentDigest(INSTANCE_C, nodeC, HOLDER_A), toOperator.consent);
         vm.prank(operator);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterBindConsentInvalid.selector, nodeC, recovered));
         cluster.bindInstance(seat, toOperator);
-        DstackClusterNFT.NodeBinding memory toHolder = _binding(seat, KEY_C, INSTANCE_C, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory toHolder = _binding(KEY_C, INSTANCE_C, HOLDER_A);
         vm.prank(operator);
         cluster.bindInstance(seat, toHolder);
         assertEq(cluster.getPeer(seat).node, nodeC, "bound by the operator");
@@ -511,11 +510,11 @@ contract NodeBindingTest is ClusterFixture {
     }
 
     /// `key`'s EIP-712 signature over BindConsent(tokenId, instanceId, node, holder), computed independently.
-    function _consent(uint256 key, uint256 tokenId, string memory instanceId, address node, address holder)
+    function _consent(uint256 key, string memory instanceId, address node, address holder)
         internal
         view
         returns (bytes memory)
     {
-        return _sign(key, _consentDigest(tokenId, instanceId, node, holder));
+        return _sign(key, _consentDigest(instanceId, node, holder));
     }
 }

@@ -23,7 +23,7 @@ contract SeatAppTest is TwoAppFixture {
     }
 
     function _bindForApp(uint256 appKey, address appId, uint256 nodeKey, string memory instanceId) internal {
-        DstackClusterNFT.NodeBinding memory b = _appBinding(appKey, appId, seat, nodeKey, instanceId, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _appBinding(appKey, appId, nodeKey, instanceId, HOLDER_A);
         vm.prank(HOLDER_A);
         cluster.bindInstance(seat, b);
     }
@@ -51,7 +51,7 @@ contract SeatAppTest is TwoAppFixture {
     }
 
     function test_RevertIf_AnotherAppsInstanceRebindsTheSeat() public {
-        DstackClusterNFT.NodeBinding memory b = _appBinding(APP_2_KEY, APP_2, seat, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _appBinding(APP_2_KEY, APP_2, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
         vm.prank(HOLDER_A);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.RegistrySeatAppMismatch.selector, seat, APP_1, APP_2));
         cluster.bindInstance(seat, b);

@@ -127,7 +127,7 @@ contract SeatsTest is ClusterFixture {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
         uint256 b = _mint(HOLDER_B, "");
         // Even with a node of its own, consenting for seat b: the instance is another seat's.
-        DstackClusterNFT.NodeBinding memory binding = _binding(b, DERIVED_KEY_B, INSTANCE_A, HOLDER_B);
+        DstackClusterNFT.NodeBinding memory binding = _binding(DERIVED_KEY_B, INSTANCE_A, HOLDER_B);
         vm.prank(HOLDER_B);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInstanceAlreadyBound.selector, INSTANCE_A, a));
         cluster.bindInstance(b, binding);
@@ -141,7 +141,7 @@ contract SeatsTest is ClusterFixture {
             ["59DF8036B824B0AAC54F8998B9E1FB2A0CFC5D3A", "0x59df8036b824b0aac54f8998b9e1fb2a0cfc5d", "59df"];
         for (uint256 i = 0; i < bad.length; ++i) {
             // Otherwise genuine: the chain names the id as given, the node consented to it.
-            DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_A, bad[i], HOLDER_A);
+            DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, bad[i], HOLDER_A);
             vm.prank(HOLDER_A);
             vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInvalidInstanceId.selector, bad[i]));
             cluster.bindInstance(a, b);
@@ -151,7 +151,7 @@ contract SeatsTest is ClusterFixture {
     function test_RevertIf_RebindBySomeoneWhoDoesNotHoldTheSeat() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
         // A binding the node consented to for HOLDER_A, sent by others.
-        DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
         vm.prank(HOLDER_B);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterNotSeatHolder.selector, a, HOLDER_B));
         cluster.bindInstance(a, b);
@@ -165,7 +165,7 @@ contract SeatsTest is ClusterFixture {
         uint256 a = _mint(HOLDER_A, "");
         vm.prank(HOLDER_A);
         cluster.deactivate(a);
-        DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
         vm.prank(HOLDER_A);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterSeatInactive.selector, a));
         cluster.bindInstance(a, b);
@@ -174,7 +174,7 @@ contract SeatsTest is ClusterFixture {
     function test_RebindClearsRecord() public {
         uint256 a = _mint(HOLDER_A, INSTANCE_A);
         _register(a, DERIVED_KEY_A, INSTANCE_A, WG_KEY_A, 1);
-        DstackClusterNFT.NodeBinding memory b = _binding(a, DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
+        DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_B, INSTANCE_B, HOLDER_A);
         vm.prank(HOLDER_A);
         vm.expectEmit();
         emit DstackClusterNFT.PeerCleared(a, DstackClusterNFT.ClearReason.Rebound);

@@ -43,6 +43,22 @@ pub(crate) async fn check(
     evidence: &[u8],
     seat: &Seat<'_>,
 ) -> anyhow::Result<Verdict> {
+    let verdict = verify_quote(trust, evidence, seat).await?;
+    let listed = Listed::read(c, &verdict).await?;
+    listed.require()?;
+    Ok(verdict)
+}
+
+/// The verdict on `evidence` for `seat` without the cluster's allowlists: the quote, its collateral and TCB
+/// status, its RTMR3 log and its report data.
+///
+/// # Errors
+/// The refusal (its kind in parentheses), or no collateral for the quote's platform.
+pub(crate) async fn verify_quote(
+    trust: &TrustArgs,
+    evidence: &[u8],
+    seat: &Seat<'_>,
+) -> anyhow::Result<Verdict> {
     let evidence = Evidence::decode(evidence)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -57,7 +73,7 @@ pub(crate) async fn check(
     let (policy, expected) = seat
         .requirements(&evidence, trust.tcb_statuses())
         .map_err(refused)?;
-    let verdict = mesh_attest::verify(
+    mesh_attest::verify(
         &evidence,
         &expected,
         &policy,
@@ -65,30 +81,63 @@ pub(crate) async fn check(
         &collateral,
         now,
     )
-    .map_err(refused)?;
-    let auth = cluster::app_auth(c).await?;
-    let compose = B256::from(verdict.compose_hash);
-    let os = B256::from(verdict.os_measurement);
-    let read = |what: &'static str| move |e| ChainError::from_call(what, e);
-    if !auth
-        .isComposeHashAllowed(compose)
-        .call()
-        .await
-        .map_err(read("isComposeHashAllowed"))?
-    {
-        bail!(
-            "the cluster does not allow its compose hash {compose}: allow it with `meshctl app-auth allow-compose {compose}` (compose-not-allowed)"
-        );
+    .map_err(refused)
+}
+
+/// What a verified quote measures, and whether the cluster allows each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listed {
+    pub(crate) compose: B256,
+    pub(crate) compose_allowed: bool,
+    pub(crate) os: B256,
+    pub(crate) os_allowed: bool,
+}
+
+impl Listed {
+    /// Reads the cluster's allowlists for `verdict`'s compose hash and OS image.
+    ///
+    /// # Errors
+    /// When the app auth cannot be read.
+    pub(crate) async fn read(
+        c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+        verdict: &Verdict,
+    ) -> anyhow::Result<Self> {
+        let auth = cluster::app_auth(c).await?;
+        let compose = B256::from(verdict.compose_hash);
+        let os = B256::from(verdict.os_measurement);
+        let read = |what: &'static str| move |e| ChainError::from_call(what, e);
+        Ok(Self {
+            compose,
+            compose_allowed: auth
+                .isComposeHashAllowed(compose)
+                .call()
+                .await
+                .map_err(read("isComposeHashAllowed"))?,
+            os,
+            os_allowed: auth
+                .isOsAllowed(os)
+                .call()
+                .await
+                .map_err(read("isOsAllowed"))?,
+        })
     }
-    if !auth
-        .isOsAllowed(os)
-        .call()
-        .await
-        .map_err(read("isOsAllowed"))?
-    {
-        bail!(
-            "the cluster does not allow its OS image {os}: allow it with `meshctl app-auth allow-os {os}` (os-not-allowed)"
-        );
+
+    /// Both allowed, or what to run.
+    ///
+    /// # Errors
+    /// The first that is not allowed, with the command that allows it.
+    pub(crate) fn require(&self) -> anyhow::Result<()> {
+        let Self { compose, os, .. } = self;
+        if !self.compose_allowed {
+            bail!(
+                "the cluster does not allow its compose hash {compose}: allow it with `meshctl app-auth allow-compose {compose}` (compose-not-allowed)"
+            );
+        }
+        if !self.os_allowed {
+            bail!(
+                "the cluster does not allow its OS image {os}: allow it with `meshctl app-auth allow-os {os}`, or bind with --allow-os (os-not-allowed)"
+            );
+        }
+        Ok(())
     }
-    Ok(verdict)
 }

@@ -6,6 +6,7 @@
 //! - `cmd/*`: one module per subcommand.
 
 mod attest;
+mod binding;
 mod cluster;
 mod cmd;
 mod output;
@@ -38,9 +39,12 @@ enum Command {
     Deploy(cmd::deploy::Args),
     /// Mint the next seat, optionally bound to a dstack instance.
     Mint(cmd::seat::MintArgs),
-    /// Bind a seat to a dstack instance id, or rebind it (clears the seat's peer record); a holder other
-    /// than the owner passes the instance's consent.
+    /// Give a node a seat: find its request on-chain (--instance) or read its binding (--binding), verify it
+    /// as every agent will, and mint a seat bound to it, or bind (or rebind) seat --token to it.
     Bind(cmd::seat::BindArgs),
+    /// List the seats nodes asked for while they had none, newest first, each verified, with the command
+    /// that binds it.
+    Requests(cmd::requests::Args),
     /// Revoke (burn) a seat; its id and overlay address are never reissued. Owner only.
     Revoke(cmd::seat::RevokeArgs),
     /// Take a seat out of the mesh; it stops counting towards max nodes.
@@ -100,6 +104,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Deploy(a) => cmd::deploy::run(a, &out).await,
         Command::Mint(a) => cmd::seat::mint(a, &out).await,
         Command::Bind(a) => cmd::seat::bind(a, &out).await,
+        Command::Requests(a) => cmd::requests::run(a, &out).await,
         Command::Revoke(a) => cmd::seat::revoke(a, &out).await,
         Command::Deactivate(a) => cmd::seat::set_active(a, false, &out).await,
         Command::Activate(a) => cmd::seat::set_active(a, true, &out).await,

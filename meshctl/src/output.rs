@@ -45,7 +45,7 @@ impl Output {
 
 /// The causes of `e`, each once: an error that quotes its source in its own message (as the RPC's and
 /// reqwest's do) is not followed by that source again. URLs are shown without their credentials.
-fn causes(e: &anyhow::Error) -> Vec<String> {
+pub(crate) fn causes(e: &anyhow::Error) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for cause in e.chain() {
         let text = scrub_urls(&cause.to_string());

@@ -1,15 +1,15 @@
 //! `p2p-agent identity`: what this instance is (dstack's Info), its node key's address and whether dstack's
-//! chain for it verifies; and, with `--bind-token`, the binding its seat's holder sends to bind the seat to it.
+//! chain for it verifies; and, with `--bind-holder`, the binding a holder sends to bind a seat to it (what a
+//! seatless agent also asks for on-chain by itself).
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::primitives::{Address, B256};
 use anyhow::Context as _;
 use clap::Args;
 use dstack_guest::{DstackClient, ProofError};
-use mesh_chain::node_key::NodeKey;
 use mesh_chain::record::NodeBinding;
 use serde::Serialize;
 
@@ -36,26 +36,23 @@ pub struct IdentityArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Print this node's binding to seat N, held by --bind-holder, as JSON on stdout for `meshctl bind
-    /// --binding` (or `meshctl mint --binding`, with N the next seat's id); the identity report then goes to
-    /// stderr. It carries this instance's TDX quote, whose report data commits to the chain, the contract and
-    /// the node key. Needs --bind-holder and --contract, and --chain-id or --rpc-url.
-    #[arg(long, value_name = "N", requires_all = ["bind_holder", "contract"])]
-    pub bind_token: Option<u64>,
-
-    /// The address that holds (or will hold) the seat (with --bind-token).
-    #[arg(long, value_name = "ADDRESS", requires = "bind_token")]
+    /// Print this node's binding for the holder ADDRESS as JSON on stdout, for `meshctl bind --binding` or
+    /// `meshctl mint --binding`: it names no seat, so the holder binds one of its seats with it, or the
+    /// owner mints one. The identity report then goes to stderr. It carries this instance's TDX quote, whose
+    /// report data commits to the chain, the contract and the node key. Needs --contract, and --chain-id or
+    /// --rpc-url. (A running agent without a seat asks for one on-chain by itself: see `--holder`.)
+    #[arg(long, value_name = "ADDRESS", requires = "contract")]
     pub bind_holder: Option<Address>,
 
-    /// The cluster contract the binding is for (with --bind-token).
+    /// The cluster contract the binding is for (with --bind-holder).
     #[arg(long, env = "DSTACK_MESH_CONTRACT")]
     pub contract: Option<Address>,
 
-    /// The chain id the binding is for (with --bind-token); read from --rpc-url when not given.
+    /// The chain id the binding is for (with --bind-holder); read from --rpc-url when not given.
     #[arg(long, conflicts_with = "rpc_url")]
     pub chain_id: Option<u64>,
 
-    /// A JSON-RPC URL to read the chain id from (with --bind-token).
+    /// A JSON-RPC URL to read the chain id from (with --bind-holder).
     #[arg(long)]
     pub rpc_url: Option<alloy::transports::http::reqwest::Url>,
 }
@@ -141,10 +138,13 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     };
 
     // With a binding to print, stdout carries only the binding, so it can go straight to a file.
-    let binding = match (args.bind_token, args.bind_holder, args.contract) {
-        (Some(token), Some(holder), Some(contract)) => {
+    let binding = match (args.bind_holder, args.contract) {
+        (Some(holder), Some(contract)) => {
             let chain_id = chain_id(args.chain_id, args.rpc_url.as_ref()).await?;
-            Some(bind(&client, node, token, holder, chain_id, contract).await?)
+            let binding = crate::node::binding(&client, node, holder, chain_id, contract)
+                .await
+                .context("making this node's binding")?;
+            Some(binding)
         }
         _ => None,
     };
@@ -175,8 +175,13 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&binding).context("cannot encode the binding")?
         );
         eprintln!(
-            "binding of seat {} (holder {}) of cluster {} on chain {} to node {}: pass it to `meshctl bind --binding FILE`",
-            binding.token_id, binding.holder, binding.contract, binding.chain_id, binding.node
+            "binding of instance {} (node {}) for holder {} of cluster {} on chain {}: pass it to `meshctl bind --binding FILE --token N`, or `meshctl mint --binding FILE --to {}`",
+            binding.instance_id,
+            binding.node,
+            binding.holder,
+            binding.contract,
+            binding.chain_id,
+            binding.holder
         );
     }
     Ok(if report.chain_verified == Some(false) {
@@ -201,34 +206,10 @@ async fn chain_id(
             .context("reading the chain id from --rpc-url"),
         (None, None) => {
             anyhow::bail!(
-                "--bind-token needs the chain the cluster is on: pass --chain-id or --rpc-url"
+                "--bind-holder needs the chain the cluster is on: pass --chain-id or --rpc-url"
             )
         }
     }
-}
-
-/// The node's binding to seat `token`, with this instance's TDX quote committing to the chain, the
-/// contract and the node key.
-async fn bind(
-    client: &DstackClient,
-    node: &NodeKey,
-    token: u64,
-    holder: Address,
-    chain_id: u64,
-    contract: Address,
-) -> anyhow::Result<NodeBinding> {
-    let report_data = mesh_attest::report_data(chain_id, contract, node.address());
-    let evidence = evidence(client, &report_data)
-        .await
-        .context("the binding needs this instance's TDX quote")?;
-    node.bind(
-        U256::from(token),
-        holder,
-        Bytes::from(evidence.encode()),
-        chain_id,
-        contract,
-    )
-    .context("signing the binding")
 }
 
 /// The compose hash and OS image this instance's quotes claim: the binding's own when there is one.

@@ -10,9 +10,14 @@ use mesh_api::{ApiArgs, ConnectionKind, Mode, Peer, Status};
 pub struct WaitArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// Give up after this many seconds.
+    /// Give up after this many seconds of having a seat and not being ready. The time before this node has a
+    /// seat does not count: a node's first boot waits for its holder to bind it (`meshctl bind --instance`),
+    /// however long that takes, saying so every 30 s.
     #[arg(long, env = "DSTACK_MESH_WAIT_TIMEOUT_SECS", default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Give up after this many seconds without a seat, too. 0 means never.
+    #[arg(long, env = "DSTACK_MESH_WAIT_SEAT_TIMEOUT_SECS", default_value_t = 0)]
+    pub seat_timeout_secs: u64,
     /// What counts as reaching a peer.
     #[arg(
         long,
@@ -32,9 +37,36 @@ pub enum Accept {
     Gateway,
 }
 
+/// Why a node is not ready yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// No seat is bound to it yet: its holder has to act, so the timeout does not run.
+    ForSeat(String),
+    /// It has a seat, and waits for its record or its peers.
+    ForMesh(String),
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::ForSeat(why) | Waiting::ForMesh(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Whether the node is ready: registered, and reaching at least one peer as `accept` allows (or having none
 /// to reach). `Ok` says what it found, `Err` what it waits for.
-pub fn readiness(status: &Status, peers: &[Peer], accept: Accept) -> Result<String, String> {
+pub fn readiness(status: &Status, peers: &[Peer], accept: Accept) -> Result<String, Waiting> {
+    if status.node.token_id.is_none() && !status.node.registered {
+        return Err(Waiting::ForSeat(match &status.node.registration_error {
+            Some(e) => format!("this node has no seat yet: {e}"),
+            None => "this node has no seat yet".into(),
+        }));
+    }
+    mesh_readiness(status, peers, accept).map_err(Waiting::ForMesh)
+}
+
+fn mesh_readiness(status: &Status, peers: &[Peer], accept: Accept) -> Result<String, String> {
     if !status.node.registered {
         return Err(match &status.chain.last_error {
             Some(e) => format!("this node's record is not on-chain yet: {e}"),
@@ -80,10 +112,14 @@ pub fn readiness(status: &Status, peers: &[Peer], accept: Accept) -> Result<Stri
 /// # Errors
 /// None: not being ready in time is the failure exit code.
 pub async fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
+    use tokio::time::{Duration, Instant};
     let api = args.api.addr();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let started = Instant::now();
+    let mut deadline = started + timeout;
     let mut last = String::from("the agent API never answered");
-    while tokio::time::Instant::now() < deadline {
+    let mut said: Option<(String, Instant)> = None;
+    while Instant::now() < deadline {
         let answer = match mesh_api::get::<Status>(&api, "/v1/status").await {
             Ok(s) => mesh_api::get::<Vec<Peer>>(&api, "/v1/peers")
                 .await
@@ -95,14 +131,36 @@ pub async fn run(args: WaitArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("{ready}");
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(Err(waiting)) => last = waiting,
+            Ok(Err(Waiting::ForSeat(why))) => {
+                let now = Instant::now();
+                let seat_deadline = (args.seat_timeout_secs > 0)
+                    .then(|| started + Duration::from_secs(args.seat_timeout_secs));
+                if seat_deadline.is_some_and(|d| now >= d) {
+                    eprintln!("no seat after {} s: {why}", args.seat_timeout_secs);
+                    return Ok(ExitCode::FAILURE);
+                }
+                // The holder has to act: the time to be ready starts once the seat is there.
+                deadline = now + timeout;
+                let repeat = said
+                    .as_ref()
+                    .is_none_or(|(text, at)| *text != why || now.duration_since(*at) >= SAY_EVERY);
+                if repeat {
+                    eprintln!("waiting: {why}");
+                    said = Some((why.clone(), now));
+                }
+                last = why;
+            }
+            Ok(Err(Waiting::ForMesh(why))) => last = why,
             Err(e) => last = e.to_string(),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("not ready after {} s: {last}", args.timeout_secs);
     Ok(ExitCode::FAILURE)
 }
+
+/// How often a wait for a seat says again what it waits for.
+const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
@@ -158,6 +216,24 @@ mod tests {
         }
     }
 
+    /// A node with no seat waits for its holder, which the timeout does not count; one with a seat waits
+    /// for the mesh.
+    #[test]
+    fn a_seatless_node_waits_for_its_seat_and_says_why() {
+        let mut seatless = status(false);
+        seatless.node.token_id = None;
+        seatless.node.registration_error =
+            Some("it asked 0xab for one on-chain; the holder runs `meshctl bind`".into());
+        match readiness(&seatless, &[], Accept::Tunnel) {
+            Err(Waiting::ForSeat(why)) => assert!(why.contains("meshctl bind"), "{why}"),
+            other => panic!("a seatless node waits for its seat: {other:?}"),
+        }
+        assert!(matches!(
+            readiness(&status(false), &[], Accept::Tunnel),
+            Err(Waiting::ForMesh(_))
+        ));
+    }
+
     #[test]
     fn an_unregistered_node_is_never_ready() {
         let peers = [peer(2, ConnectionKind::Wireguard)];
@@ -172,7 +248,9 @@ mod tests {
             peer(2, ConnectionKind::TlsGateway),
             peer(3, ConnectionKind::TlsGateway),
         ];
-        let err = readiness(&status(true), &peers, Accept::Tunnel).unwrap_err();
+        let err = readiness(&status(true), &peers, Accept::Tunnel)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--accept gateway"), "{err}");
         let ok = readiness(&status(true), &peers, Accept::Gateway).unwrap();
         assert!(ok.contains("2 by gateway URL"), "{ok}");
@@ -194,7 +272,9 @@ mod tests {
     fn nothing_reachable_is_not_ready_either_way() {
         let peers = [peer(2, ConnectionKind::Unreachable)];
         assert!(readiness(&status(true), &peers, Accept::Tunnel).is_err());
-        let err = readiness(&status(true), &peers, Accept::Gateway).unwrap_err();
+        let err = readiness(&status(true), &peers, Accept::Gateway)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("none of 1 peers"), "{err}");
     }
 }

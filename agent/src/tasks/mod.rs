@@ -32,12 +32,13 @@ use crate::node::NodeIdentity;
 use crate::state::Fault;
 
 /// What every task is built from besides the flags: the cluster, the RPC as logs may show it, who this node
-/// is, and the key that pays for its transactions.
+/// is, the key that pays for its transactions, and dstack (for the quote of a seatless node's request).
 pub struct Shared {
     pub contract: Address,
     pub rpc: RedactedUrl,
     pub identity: Arc<NodeIdentity>,
     pub tx_key: Option<PrivateKeySigner>,
+    pub dstack: dstack_guest::DstackClient,
 }
 
 /// Makes `fault` what a task's state shows as failing now. It is logged only when it reads differently,

@@ -1,4 +1,6 @@
-//! The registrar: keeps this node's record on-chain the one it wants, and publishes [`RegState`].
+//! The registrar: keeps this node's record on-chain the one it wants, and publishes [`RegState`]. While the
+//! node has no seat (or its seat is bound to a key it lost), it asks for one on-chain instead, once per
+//! holder: the holder binds it with `meshctl bind --instance`, and the chain task finds the seat.
 //!
 //! A registration can wait minutes for its receipt; it is awaited here and nowhere else, so the chain task
 //! keeps following (revocations included) and a shutdown interrupts it at once.
@@ -10,16 +12,18 @@ use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest::Url;
 use backoff::Backoff;
+use mesh_chain::binding::Requested;
 use mesh_chain::redact::RedactedUrl;
-use mesh_chain::registration::{Cluster, Desired, Outcome};
+use mesh_chain::registration::{Cluster, Desired, Outcome, RegistrationError};
+use mesh_chain::view::ChainView;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{ModeArg, RunArgs};
 use crate::node::NodeIdentity;
-use crate::state::{ChainState, Fault, FaultError, RegState, SeatState};
+use crate::state::{ChainState, Fault, FaultError, RegState, SeatRequest, SeatState};
 use crate::tasks::Shared;
 
 /// After a registration that landed: soon, to see that peers believe it.
@@ -28,6 +32,8 @@ const AFTER_REGISTERING: Duration = Duration::from_secs(2);
 const AFTER_FAILING: Duration = Duration::from_secs(3);
 /// The shortest pause between checks of a record that is up to date (a full read also shows a cleared one).
 const MIN_RECHECK: Duration = Duration::from_secs(10);
+/// How often a node that asked for a seat checks that its request still stands (a binding clears it).
+const REQUEST_RECHECK: Duration = Duration::from_secs(30);
 
 /// What the registrar needs to know.
 pub struct Registrar {
@@ -39,6 +45,15 @@ pub struct Registrar {
     pub tx_key: Option<PrivateKeySigner>,
     /// How long an up-to-date record goes unchecked.
     pub recheck: Duration,
+    /// Whom to ask for a seat (`--holder`; the cluster's owner when `None`), unless asking is off.
+    pub ask: Option<Ask>,
+}
+
+/// Asking for a seat while the node has none.
+pub struct Ask {
+    pub holder: Option<Address>,
+    /// For the quote in the binding.
+    pub dstack: dstack_guest::DstackClient,
 }
 
 impl Registrar {
@@ -63,6 +78,10 @@ impl Registrar {
             desired,
             tx_key: shared.tx_key.clone(),
             recheck: Duration::from_secs(args.full_read_secs),
+            ask: (!args.no_seat_request).then(|| Ask {
+                holder: args.holder,
+                dstack: shared.dstack.clone(),
+            }),
         }
     }
 }
@@ -91,6 +110,10 @@ struct Running {
     /// otherwise make the node pay for one on every check.
     rereg: Backoff,
     relay_printed_for: Option<u64>,
+    /// This node's binding, made once per holder (a quote is slow).
+    binding: Option<mesh_chain::record::NodeBinding>,
+    /// Paces requests that fail: each one that reaches the chain costs gas.
+    ask_backoff: Backoff,
 }
 
 impl Registrar {
@@ -110,6 +133,8 @@ impl Registrar {
             cluster: None,
             rereg: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600)),
             relay_printed_for: None,
+            binding: None,
+            ask_backoff: Backoff::new(AFTER_FAILING, Duration::from_secs(600)),
         };
         let mut last: Option<Trigger> = None;
         let mut due = Instant::now();
@@ -145,17 +170,22 @@ impl Registrar {
 impl Running {
     /// One check; returns when the next is due.
     async fn step(&mut self, chain: &ChainState) -> Duration {
+        let Some(view) = chain.view.as_deref() else {
+            return AFTER_FAILING;
+        };
         let token = match chain.seat {
             SeatState::Active(t) => t,
-            // The chain task reported why; there is nothing to register until a seat is active.
+            // The chain task reported why; a node with no seat asks for one.
+            SeatState::None if !chain.from_cache => {
+                self.state.registered = false;
+                self.relay_printed_for = None;
+                return self.ask_for_seat(view, None).await;
+            }
             SeatState::None | SeatState::Inactive(_) | SeatState::Unknown => {
                 self.state.registered = false;
                 self.relay_printed_for = None;
                 return AFTER_FAILING;
             }
-        };
-        let Some(view) = chain.view.as_deref() else {
-            return AFTER_FAILING;
         };
         if chain.from_cache {
             // No RPC yet: the cached record is the best knowledge of whether peers have the right one.
@@ -165,16 +195,11 @@ impl Running {
                 .is_some_and(|r| self.task.desired.matches(r));
             return AFTER_FAILING;
         }
-        let cluster = match &self.cluster {
-            Some(c) => c,
-            None => match Cluster::connect(self.task.rpc_url.clone(), self.task.contract).await {
-                Ok(c) => self.cluster.insert(c),
-                Err(e) => {
-                    self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
-                    self.report("connecting the registration client", e);
-                    return AFTER_FAILING;
-                }
-            },
+        if !self.connect().await {
+            return AFTER_FAILING;
+        }
+        let Some(cluster) = self.cluster.as_ref() else {
+            return AFTER_FAILING;
         };
         let outcome = cluster
             .register(
@@ -188,6 +213,7 @@ impl Running {
             Ok(Outcome::UpToDate { .. }) => {
                 self.state.registered = true;
                 self.state.error = None;
+                self.state.seat_request = None;
                 self.rereg.reset();
                 self.task.recheck.max(MIN_RECHECK)
             }
@@ -198,6 +224,7 @@ impl Running {
                 // Cluster::register logged it, with the sender and, for a replacement, the reason.
                 self.state.registered = true;
                 self.state.error = None;
+                self.state.seat_request = None;
                 self.state.registrations = self.state.registrations.saturating_add(1);
                 match replaced_unbelievable {
                     Some(_) => self.rereg.next_delay(),
@@ -224,12 +251,146 @@ impl Running {
                 }
                 AFTER_FAILING
             }
+            Err(RegistrationError::BoundToAnotherNode { holder, .. })
+                if self.task.ask.is_some() =>
+            {
+                // The seat's holder rebinds it to this node's new key with the request.
+                self.state.registered = false;
+                self.ask_for_seat(view, Some(holder)).await
+            }
             Err(e) => {
                 self.state.registered = false;
                 self.report("registration failed", e);
                 AFTER_FAILING
             }
         }
+    }
+
+    /// Connects the registration client, once; whether it is connected.
+    async fn connect(&mut self) -> bool {
+        if self.cluster.is_none() {
+            match Cluster::connect(self.task.rpc_url.clone(), self.task.contract).await {
+                Ok(c) => self.cluster = Some(c),
+                Err(e) => {
+                    self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
+                    self.report("connecting the registration client", e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Asks `holder` (else `--holder`, else the cluster's owner) for a seat, unless this node's request to
+    /// that holder stands already: on-chain from a funded sender, or on stdout for a relay.
+    async fn ask_for_seat(&mut self, view: &ChainView, holder: Option<Address>) -> Duration {
+        let Some(ask) = &self.task.ask else {
+            return AFTER_FAILING;
+        };
+        let (configured, dstack) = (ask.holder, ask.dstack.clone());
+        let identity = Arc::clone(&self.task.identity);
+        let node = &identity.node;
+        if !self.connect().await {
+            return AFTER_FAILING;
+        }
+        let Some(cluster) = self.cluster.as_ref() else {
+            return AFTER_FAILING;
+        };
+        let holder = match holder.or(configured) {
+            Some(h) => h,
+            None => match cluster.owner().await {
+                Ok(owner) => owner,
+                Err(e) => {
+                    self.report("reading the cluster's owner, whom to ask for a seat", e);
+                    return AFTER_FAILING;
+                }
+            },
+        };
+        match cluster.requested_holder(node.address()).await {
+            Ok(Some(h)) if h == holder => {
+                self.state.seat_request = Some(SeatRequest {
+                    holder,
+                    on_chain: true,
+                });
+                self.state.error = None;
+                self.ask_backoff.reset();
+                return REQUEST_RECHECK;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.report("reading this node's request for a seat", e);
+                return AFTER_FAILING;
+            }
+        }
+        let binding = match self.binding.take() {
+            Some(b) if b.holder == holder => b,
+            _ => {
+                let made = crate::node::binding(
+                    &dstack,
+                    node,
+                    holder,
+                    view.pins.chain_id,
+                    self.task.contract,
+                )
+                .await;
+                match made {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.report("making this node's binding, to ask for a seat", e);
+                        return self.ask_backoff.next_delay();
+                    }
+                }
+            }
+        };
+        let Some(cluster) = self.cluster.as_ref() else {
+            return AFTER_FAILING;
+        };
+        let sent = cluster
+            .request_binding(node, &binding, self.task.tx_key.as_ref())
+            .await;
+        let printed = self.state.seat_request
+            == Some(SeatRequest {
+                holder,
+                on_chain: false,
+            });
+        let next = match sent {
+            Ok(Requested::Sent { .. }) => {
+                info!(%holder, instance = %node.instance_id, "asked for a seat on-chain: the holder runs `meshctl bind --instance {}`", node.instance_id);
+                self.state.seat_request = Some(SeatRequest {
+                    holder,
+                    on_chain: true,
+                });
+                self.state.error = None;
+                self.ask_backoff.reset();
+                REQUEST_RECHECK
+            }
+            Ok(Requested::NeedsRelay) => {
+                if !printed {
+                    match serde_json::to_string(&binding) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => error!(error = %e, "cannot encode the binding"),
+                    }
+                }
+                self.state.seat_request = Some(SeatRequest {
+                    holder,
+                    on_chain: false,
+                });
+                self.report(
+                    "asking for a seat",
+                    FaultError::NoFundedRequester {
+                        node: node.address(),
+                        holder,
+                    },
+                );
+                AFTER_FAILING
+            }
+            Err(e) => {
+                self.report("asking for a seat on-chain", e);
+                self.ask_backoff.next_delay()
+            }
+        };
+        self.binding = Some(binding);
+        next
     }
 
     fn report(&mut self, doing: &'static str, e: impl Into<FaultError>) {

@@ -75,14 +75,14 @@ abstract contract ClusterFixture is Assertions {
     function _mint(address to, string memory instanceId) internal returns (uint256 tokenId) {
         DstackClusterNFT.NodeBinding memory b;
         if (bytes(instanceId).length != 0) {
-            b = _binding(cluster.lastTokenId() + 1, _nodeKey(instanceId), instanceId, to);
+            b = _binding(_nodeKey(instanceId), instanceId, to);
         }
         vm.prank(OWNER);
         tokenId = cluster.mintNodeAccess(to, b);
     }
 
-    /// @notice A binding of seat `tokenId` to `instanceId` and node key `nodeKey`, consented to for `holder`.
-    function _binding(uint256 tokenId, uint256 nodeKey, string memory instanceId, address holder)
+    /// @notice A binding to `instanceId` and node key `nodeKey`, consented to for `holder`.
+    function _binding(uint256 nodeKey, string memory instanceId, address holder)
         internal
         returns (DstackClusterNFT.NodeBinding memory b)
     {
@@ -90,7 +90,7 @@ abstract contract ClusterFixture is Assertions {
         b.node = vm.addr(nodeKey);
         b.proof = _proof(nodeKey, instanceId);
         b.evidence = _evidence(instanceId, b.node);
-        b.consent = _consentSignature(tokenId, nodeKey, instanceId, holder);
+        b.consent = _consentSignature(nodeKey, instanceId, holder);
     }
 
     /// @dev dstack encodes v as the bare recovery id, 0 or 1.
@@ -214,17 +214,12 @@ abstract contract ClusterFixture is Assertions {
         cluster.registerPeer(r, p, sig);
     }
 
-    /// @notice The EIP-712 digest of BindConsent(tokenId, instanceId, node, holder) under this cluster's domain,
+    /// @notice The EIP-712 digest of BindConsent(instanceId, node, holder) under this cluster's domain,
     /// computed here independently of the contract.
-    function _consentDigest(uint256 tokenId, string memory instanceId, address node, address holder)
-        internal
-        view
-        returns (bytes32)
-    {
+    function _consentDigest(string memory instanceId, address node, address holder) internal view returns (bytes32) {
         bytes32 structHash = keccak256(
             abi.encode(
-                keccak256("BindConsent(uint256 tokenId,string instanceId,address node,address holder)"),
-                tokenId,
+                keccak256("BindConsent(string instanceId,address node,address holder)"),
                 keccak256(bytes(instanceId)),
                 node,
                 holder
@@ -260,17 +255,17 @@ abstract contract ClusterFixture is Assertions {
     }
 
     /// @notice The node key's consent, as its agent signs it.
-    function _consentSignature(uint256 tokenId, uint256 nodeKey, string memory instanceId, address holder)
+    function _consentSignature(uint256 nodeKey, string memory instanceId, address holder)
         internal
         view
         returns (bytes memory)
     {
-        return _sign(nodeKey, _consentDigest(tokenId, instanceId, vm.addr(nodeKey), holder));
+        return _sign(nodeKey, _consentDigest(instanceId, vm.addr(nodeKey), holder));
     }
 
     /// @notice The holder binds its seat to an instance's node key, with the node's consent.
     function _bindWithConsent(address holder, uint256 tokenId, uint256 nodeKey, string memory instanceId) internal {
-        DstackClusterNFT.NodeBinding memory b = _binding(tokenId, nodeKey, instanceId, holder);
+        DstackClusterNFT.NodeBinding memory b = _binding(nodeKey, instanceId, holder);
         vm.prank(holder);
         cluster.bindInstance(tokenId, b);
     }
@@ -313,21 +308,17 @@ abstract contract TwoAppFixture is ClusterFixture {
         p.appId = appId;
     }
 
-    /// @notice A binding of seat `tokenId` to `instanceId` and node key `nodeKey`, vouched for by an instance of
+    /// @notice A binding to `instanceId` and node key `nodeKey`, vouched for by an instance of
     /// `appId` and consented to for `holder`.
-    function _appBinding(
-        uint256 appKey,
-        address appId,
-        uint256 tokenId,
-        uint256 nodeKey,
-        string memory instanceId,
-        address holder
-    ) internal returns (DstackClusterNFT.NodeBinding memory b) {
+    function _appBinding(uint256 appKey, address appId, uint256 nodeKey, string memory instanceId, address holder)
+        internal
+        returns (DstackClusterNFT.NodeBinding memory b)
+    {
         b.instanceId = instanceId;
         b.node = vm.addr(nodeKey);
         b.proof = _appProof(appKey, appId, nodeKey, instanceId);
         b.evidence = _evidence(instanceId, b.node);
-        b.consent = _consentSignature(tokenId, nodeKey, instanceId, holder);
+        b.consent = _consentSignature(nodeKey, instanceId, holder);
     }
 
     function _registerForApp(

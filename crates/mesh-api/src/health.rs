@@ -29,7 +29,7 @@ pub fn assess(status: &Status, peers: &[Peer]) -> Health {
     if !node.registered {
         let why = match node.token_id {
             None => format!(
-                "no seat is bound to this instance ({}) yet: its holder binds one to this node with `meshctl bind --binding` (or the owner mints one with `meshctl mint --binding`), from what `p2p-agent identity --bind-token` prints here",
+                "no seat is bound to this instance ({}) yet: it asks for one on-chain, and the holder binds it with `meshctl bind --instance <this instance>`",
                 node.instance_id
             ),
             Some(t) => format!("this node's record for seat {t} is not on-chain yet"),

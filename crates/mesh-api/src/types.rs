@@ -431,6 +431,19 @@ pub struct Node {
     /// This node's own binding as its peers verify it; absent until its seat is bound and read.
     #[serde(default)]
     pub attestation: Option<Attestation>,
+    /// Whom this node asked for a seat, while it has none (or its seat is bound to a key it lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seat_request: Option<SeatRequest>,
+}
+
+/// A seatless node's request for a seat: the holder runs `meshctl bind --instance <instance>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeatRequest {
+    /// Who may bind a seat to this node with the request.
+    pub holder: Address,
+    /// The request is on-chain; otherwise the binding is on the agent's stdout, for a relay (no funds).
+    pub on_chain: bool,
 }
 
 /// Where the agent is with the chain.

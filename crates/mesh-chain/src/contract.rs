@@ -140,6 +140,75 @@ fn proof_arg(p: &dstack_guest::DstackProof) -> DstackClusterNFT::DstackProof {
     }
 }
 
+/// `b`, when it is `len` bytes long as the contract requires of `field`.
+fn fixed_len(field: &'static str, b: &Bytes, len: usize) -> Result<Vec<u8>, RecordShapeError> {
+    if b.len() == len {
+        Ok(b.to_vec())
+    } else {
+        Err(RecordShapeError {
+            field,
+            len: b.len(),
+            expected: len,
+        })
+    }
+}
+
+/// dstack's chain as the contract's `DstackProof` (an event's, or a call's) carries it.
+///
+/// # Errors
+/// [`RecordShapeError`] when a key or signature has the wrong length.
+pub fn proof_from_arg(
+    p: &DstackClusterNFT::DstackProof,
+) -> Result<dstack_guest::DstackProof, RecordShapeError> {
+    Ok(dstack_guest::DstackProof {
+        derived_public_key: alloy::primitives::B512::from_slice(&fixed_len(
+            "derivedPublicKey",
+            &p.derivedPublicKey,
+            64,
+        )?),
+        app_public_key: alloy::primitives::B512::from_slice(&fixed_len(
+            "appPublicKey",
+            &p.appPublicKey,
+            64,
+        )?),
+        app_signature: alloy::primitives::FixedBytes::from_slice(&fixed_len(
+            "appSignature",
+            &p.appSignature,
+            65,
+        )?),
+        kms_signature: alloy::primitives::FixedBytes::from_slice(&fixed_len(
+            "kmsSignature",
+            &p.kmsSignature,
+            65,
+        )?),
+        app_id: p.appId,
+        purpose: p.purpose.clone(),
+    })
+}
+
+/// The binding a `BindingRequested` event carries, for the chain and cluster the event is from.
+///
+/// # Errors
+/// [`RecordShapeError`] when a key or signature in it has the wrong length (the contract refuses such a
+/// request, so this means the RPC lies).
+pub fn binding_from_request(
+    event: &DstackClusterNFT::BindingRequested,
+    chain_id: u64,
+    contract: Address,
+) -> Result<NodeBinding, RecordShapeError> {
+    let b = &event.binding;
+    Ok(NodeBinding {
+        instance_id: b.instanceId.clone(),
+        node: b.node,
+        holder: event.holder,
+        proof: proof_from_arg(&b.proof)?,
+        evidence: b.evidence.clone(),
+        consent: alloy::primitives::FixedBytes::from_slice(&fixed_len("consent", &b.consent, 65)?),
+        chain_id,
+        contract,
+    })
+}
+
 /// Rebuilds the signed registration that a `PeerRegistered` event carries, so that it can be re-verified
 /// with [`record::verify_registration`] against a KMS root the reader pins, without trusting the RPC.
 ///
@@ -151,18 +220,6 @@ pub fn registration_from_event(
     chain_id: u64,
     contract: Address,
 ) -> Result<SignedRegistration, RecordShapeError> {
-    let p = &event.proof;
-    let fixed = |field: &'static str, b: &Bytes, len: usize| -> Result<Vec<u8>, RecordShapeError> {
-        if b.len() == len {
-            Ok(b.to_vec())
-        } else {
-            Err(RecordShapeError {
-                field,
-                len: b.len(),
-                expected: len,
-            })
-        }
-    };
     Ok(SignedRegistration {
         token_id: event.tokenId,
         instance_id: event.instanceId.clone(),
@@ -170,31 +227,8 @@ pub fn registration_from_event(
         endpoint: event.endpoint.clone(),
         gateway_url: event.gatewayUrl.clone(),
         nonce: event.nonce,
-        proof: dstack_guest::DstackProof {
-            derived_public_key: alloy::primitives::B512::from_slice(&fixed(
-                "derivedPublicKey",
-                &p.derivedPublicKey,
-                64,
-            )?),
-            app_public_key: alloy::primitives::B512::from_slice(&fixed(
-                "appPublicKey",
-                &p.appPublicKey,
-                64,
-            )?),
-            app_signature: alloy::primitives::FixedBytes::from_slice(&fixed(
-                "appSignature",
-                &p.appSignature,
-                65,
-            )?),
-            kms_signature: alloy::primitives::FixedBytes::from_slice(&fixed(
-                "kmsSignature",
-                &p.kmsSignature,
-                65,
-            )?),
-            app_id: p.appId,
-            purpose: p.purpose.clone(),
-        },
-        record_signature: alloy::primitives::FixedBytes::from_slice(&fixed(
+        proof: proof_from_arg(&event.proof)?,
+        record_signature: alloy::primitives::FixedBytes::from_slice(&fixed_len(
             "recordSignature",
             &event.recordSignature,
             65,

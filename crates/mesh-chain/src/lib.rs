@@ -14,10 +14,12 @@
 //! - [`heads`]: what wakes the follower: new heads by WebSocket subscription, or a polling timer.
 //! - [`rpc`]: connections to the RPC, over HTTP or WebSocket.
 //! - [`registration`]: getting this node's record on-chain.
+//! - [`binding`]: a seat for a node without one: its request on-chain, and the holder's walk over them.
 //! - [`election`]: the node's part in the leader election: its seat's vote, electing, voting, withdrawing.
 //! - [`tx_key`]: the key that pays for transactions.
 //! - [`redact`]: RPC URLs with their credentials hidden, for logs, errors and the API.
 
+pub mod binding;
 pub mod contract;
 pub mod election;
 pub mod error;

@@ -8,7 +8,7 @@
 //! the chain, whose purpose names the node.
 
 use alloy::primitives::Bytes;
-use alloy_primitives::{Address, U256};
+use alloy_primitives::Address;
 use dstack_guest::{DstackClient, DstackError, DstackProof, Info, ProofError};
 use k256::ecdsa::SigningKey;
 
@@ -102,21 +102,19 @@ impl NodeKey {
         SignedRegistration::sign(record, self.proof.clone(), &self.key, chain_id, contract)
     }
 
-    /// This node's binding to seat `token_id` of the cluster at `contract`, held by `holder`, with this
-    /// instance's `evidence`.
+    /// This node's binding to a seat of the cluster at `contract` that `holder` holds or will be minted, with
+    /// this instance's `evidence`.
     ///
     /// # Errors
     /// [`RecordError`] when the proof does not name this node (never, for a key loaded here).
     pub fn bind(
         &self,
-        token_id: U256,
         holder: Address,
         evidence: Bytes,
         chain_id: u64,
         contract: Address,
     ) -> Result<NodeBinding, RecordError> {
         NodeBinding::sign(
-            token_id,
             self.instance_id.clone(),
             holder,
             self.proof.clone(),

@@ -48,8 +48,7 @@ pub const EIP712_VERSION: &str = "1";
 pub const PEER_RECORD_TYPE: &str = "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)";
 
 /// The EIP-712 type string of [`BindConsent`], as the contract hashes it.
-pub const BIND_CONSENT_TYPE: &str =
-    "BindConsent(uint256 tokenId,string instanceId,address node,address holder)";
+pub const BIND_CONSENT_TYPE: &str = "BindConsent(string instanceId,address node,address holder)";
 
 alloy::sol! {
     /// What a peer publishes about itself; signed by its node key under EIP-712.
@@ -63,11 +62,11 @@ alloy::sol! {
         uint64 nonce;
     }
 
-    /// A node key's consent to the holder of a seat binding that seat to it; signed by the node key under
-    /// EIP-712, so that nobody binds a seat to a key they do not hold, or another operator's node to their seat.
+    /// A node key's consent to a holder binding one of its seats to it; signed by the node key under EIP-712,
+    /// so that nobody binds a seat to a key they do not hold, or another operator's node to their seat. It names
+    /// no seat: the holder binds, or mints, the one it chooses, and the node finds it by its instance id.
     #[derive(Debug, PartialEq, Eq)]
     struct BindConsent {
-        uint256 tokenId;
         string instanceId;
         address node;
         address holder;
@@ -137,17 +136,16 @@ pub struct SignedRegistration {
     pub contract: Address,
 }
 
-/// What binds a seat to an instance's node key: what `p2p-agent identity --bind-token` prints in the instance
-/// and `meshctl bind --binding` / `meshctl mint --binding` send, after verifying it.
+/// What binds a seat to an instance's node key: what a seatless agent requests on-chain (or prints), and
+/// `p2p-agent identity --bind-holder` prints in the instance; `meshctl bind` and `meshctl mint` send it, after
+/// verifying it. It names no seat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeBinding {
-    /// The seat the node agrees to be bound to.
-    pub token_id: U256,
     /// 40 lowercase hex digits from Info.
     pub instance_id: String,
     /// The node key's address.
     pub node: Address,
-    /// Who holds the seat.
+    /// Who may bind a seat to the node: the seat's holder, or whoever a new seat is minted to.
     pub holder: Address,
     /// dstack's chain under the purpose naming the instance and the node.
     pub proof: DstackProof,
@@ -166,7 +164,6 @@ impl NodeBinding {
     /// The EIP-712 digest the node key signs.
     pub fn signing_hash(&self) -> B256 {
         BindConsent {
-            tokenId: self.token_id,
             instanceId: self.instance_id.clone(),
             node: self.node,
             holder: self.holder,
@@ -272,14 +269,12 @@ impl SignedRegistration {
 }
 
 impl NodeBinding {
-    /// The node key's binding of seat `token_id` for `holder`, with `proof` (which must name the instance and
-    /// this node) and the instance's `evidence`.
+    /// The node key's binding for `holder`, with `proof` (which must name the instance and this node) and the
+    /// instance's `evidence`.
     ///
     /// # Errors
     /// [`RecordError::PurposeMismatch`] when `proof` does not name the instance and this node key.
-    #[allow(clippy::too_many_arguments)]
     pub fn sign(
-        token_id: U256,
         instance_id: String,
         holder: Address,
         proof: DstackProof,
@@ -291,7 +286,6 @@ impl NodeBinding {
         let node = node_address(key);
         check_purpose(&proof, &instance_id, node)?;
         let mut binding = Self {
-            token_id,
             instance_id,
             node,
             holder,
@@ -358,8 +352,7 @@ pub fn verify_registration(
 
 /// Checks a binding as the contract does: its proof names the instance and the node and verifies, and the node
 /// key signed the consent under the binding's domain. It does not verify the evidence (`mesh_attest` does).
-/// Callers compare `binding.chain_id`, `binding.contract`, the seat and the holder with what they are about to
-/// send.
+/// Callers compare `binding.chain_id`, `binding.contract` and the holder with what they are about to send.
 ///
 /// # Errors
 /// The [`RecordError`] of the first check that fails.

@@ -88,14 +88,14 @@ pub enum Outcome {
 #[non_exhaustive]
 pub enum RegistrationError {
     #[error(
-        "no seat of cluster {contract} is bound to this instance ({instance_id}). Its holder binds a seat to this instance's node key with the binding this instance prints:\n    p2p-agent identity --bind-token <token id> --bind-holder <holder address> --contract {contract} --rpc-url <rpc> > binding.json\nthen, where the holder's key is:\n    meshctl bind --contract {contract} --token <token id> --binding binding.json\n(or the owner mints a seat with it: `meshctl mint --contract {contract} --to <holder address> --binding binding.json`, with --bind-token set to the next token id)"
+        "no seat of cluster {contract} is bound to this instance ({instance_id}). A running agent asks for one on-chain by itself (from --holder, by default the cluster's owner); the holder then runs:\n    meshctl bind --contract {contract} --instance {instance_id}\nWithout funds to ask, the agent prints its binding on stdout instead; or make one in the instance:\n    p2p-agent identity --bind-holder <holder address> --contract {contract} --rpc-url <rpc> > binding.json\nthen, where the holder's key is, `meshctl bind --contract {contract} --binding binding.json` mints a seat with it (or binds seat N with --token N)"
     )]
     NoSeat {
         contract: Address,
         instance_id: String,
     },
     #[error(
-        "seat {token_id} is bound to node key {bound}, but this instance's node key is {node}: this instance lost its key store (a new volume makes a new key) or the seat was bound from another copy of it. Its holder ({holder}) re-binds the seat to this node with the binding this instance prints:\n    p2p-agent identity --bind-token {token_id} --bind-holder {holder} --contract <contract> --rpc-url <rpc> > binding.json\n    meshctl bind --token {token_id} --binding binding.json"
+        "seat {token_id} is bound to node key {bound}, but this instance's node key is {node}: this instance lost its key store (a new volume makes a new key) or the seat was bound from another copy of it. The agent asks the holder ({holder}) on-chain to bind the seat to this node again; the holder runs `meshctl bind --instance <this instance> --token {token_id}`"
     )]
     BoundToAnotherNode {
         token_id: U256,

@@ -62,7 +62,7 @@ fn describe(e: &E) -> Revert {
         E::ClusterSeatNotBound(x) => revert(
             "ClusterSeatNotBound",
             format!("{} has no bound instance", seat(&x.tokenId)),
-            Some(format!("its holder binds it to an instance's node key: `meshctl bind --token {} --binding FILE`, where FILE is what `p2p-agent identity --bind-token {}` printed in the instance", x.tokenId, x.tokenId)),
+            Some(format!("its holder binds it to a node that asked for a seat: `meshctl bind --token {} --instance <instance id>`", x.tokenId)),
         ),
         E::ClusterSeatInactive(x) => revert(
             "ClusterSeatInactive",
@@ -81,6 +81,11 @@ fn describe(e: &E) -> Revert {
             "ClusterInstanceAlreadyBound",
             format!("instance {} is already bound to {}", x.instanceId, seat(&x.tokenId)),
             Some("an instance can hold one seat; unbind it there first (rebind or deactivate that seat)".into()),
+        ),
+        E::ClusterInvalidHolder(_) => revert(
+            "ClusterInvalidHolder",
+            "a request for a seat names no holder".into(),
+            Some("the node asks its --holder, or the cluster's owner when that is empty".into()),
         ),
         E::ClusterInvalidInstanceId(x) => revert(
             "ClusterInvalidInstanceId",
@@ -208,12 +213,12 @@ fn describe(e: &E) -> Revert {
         E::ClusterBindNeedsEvidence(x) => revert(
             "ClusterBindNeedsEvidence",
             format!("the binding of instance {} carries no attestation evidence", x.instanceId),
-            Some("use the binding `p2p-agent identity --bind-token` prints in the instance: it carries the instance's TDX quote".into()),
+            Some("use the binding the node asked with (`meshctl bind --instance`), or the one `p2p-agent identity --bind-holder` prints in the instance: it carries the instance's TDX quote".into()),
         ),
         E::ClusterBindConsentInvalid(x) => revert(
             "ClusterBindConsentInvalid",
             format!("the binding's consent signature recovers {}, not its node key {}", x.recovered, x.node),
-            Some("the binding was made for another seat, holder, contract or chain: make it again with `p2p-agent identity --bind-token <seat> --bind-holder <holder>`".into()),
+            Some("the binding was made for another holder, contract or chain: the node asks the holder its --holder names (by default the cluster's owner), or make one with `p2p-agent identity --bind-holder <holder>`".into()),
         ),
         E::RegistryWireGuardKeyInUse(x) => revert(
             "RegistryWireGuardKeyInUse",
@@ -308,7 +313,7 @@ mod tests {
         assert_eq!(
             r.hint.as_deref(),
             Some(
-                "its holder binds it to an instance's node key: `meshctl bind --token 3 --binding FILE`, where FILE is what `p2p-agent identity --bind-token 3` printed in the instance"
+                "its holder binds it to a node that asked for a seat: `meshctl bind --token 3 --instance <instance id>`"
             )
         );
     }

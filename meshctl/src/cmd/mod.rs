@@ -7,6 +7,7 @@ pub(crate) mod fund;
 pub(crate) mod leader;
 pub(crate) mod peers;
 pub(crate) mod relay;
+pub(crate) mod requests;
 pub(crate) mod seat;
 pub(crate) mod status;
 

@@ -49,7 +49,7 @@ fn attestation_fix(token: u64, trust_dependent: bool) -> String {
     format!(
         "every agent that checks seat {token} refuses it for this too, so the node is out of the mesh: fix what \
          the reason names (the cluster's allowlists with `meshctl app-auth`, or the node), or bind the seat again \
-         with its node's binding (`p2p-agent identity --bind-token {token}` in the instance, then `meshctl bind`)"
+         with its node's binding (`meshctl bind --token {token} --instance <its instance>`, once its agent asks again)"
     )
 }
 

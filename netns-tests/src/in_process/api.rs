@@ -110,6 +110,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 registered: true,
                 registration_error: None,
                 attestation: Some(verified()),
+                seat_request: None,
             },
             chain: ChainStatus {
                 contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -93,15 +93,8 @@ pub async fn mint(
 ) {
     let binding = match node {
         Some(node) => {
-            let next: u64 = cluster
-                .lastTokenId()
-                .call()
-                .await
-                .expect("lastTokenId")
-                .to::<u64>()
-                + 1;
             let chain_id = cluster.provider().get_chain_id().await.expect("chain id");
-            let b = node.binding(next, to, chain_id, *cluster.address()).await;
+            let b = node.binding(to, chain_id, *cluster.address()).await;
             mesh_chain::contract::binding_arg(&b)
         }
         None => mesh_chain::contract::no_binding(),

@@ -176,7 +176,7 @@ impl<'a> Meshctl<'a> {
     /// to `node`'s instance.
     pub async fn deploy_with_seat(&mut self, node: &Instance) -> Address {
         let contract = self.deploy(node.kms_root);
-        let binding = self.binding_file(node, 1, self.address(1)).await;
+        let binding = self.binding_file(node, self.address(1)).await;
         self.run(
             Some(0),
             &[
@@ -191,18 +191,11 @@ impl<'a> Meshctl<'a> {
         contract
     }
 
-    /// `node`'s binding to seat `token` of this cluster for `holder`, in a file for `--binding` (removed when
+    /// `node`'s binding to a seat of this cluster for `holder`, in a file for `--binding` (removed when
     /// dropped).
-    pub async fn binding_file(
-        &self,
-        node: &Instance,
-        token: u64,
-        holder: Address,
-    ) -> tempfile::TempPath {
+    pub async fn binding_file(&self, node: &Instance, holder: Address) -> tempfile::TempPath {
         let contract = self.contract.expect("deploy first");
-        let binding = node
-            .binding(token, holder, self.anvil.chain_id(), contract)
-            .await;
+        let binding = node.binding(holder, self.anvil.chain_id(), contract).await;
         let file = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(
             file.path(),

@@ -152,18 +152,12 @@ impl SimulatedInstance {
             .expect("identity")
     }
 
-    /// This instance's binding to seat `token_id` for `holder`, as `p2p-agent identity --bind-token` makes it:
+    /// This instance's binding for `holder`, as `p2p-agent identity --bind-holder` makes it:
     /// its node key, dstack's chain, its quote (report data for this chain, contract and node) and its consent.
     ///
     /// # Panics
     /// When the simulator does not answer.
-    pub async fn binding(
-        &self,
-        token_id: u64,
-        holder: Address,
-        chain_id: u64,
-        contract: Address,
-    ) -> NodeBinding {
+    pub async fn binding(&self, holder: Address, chain_id: u64, contract: Address) -> NodeBinding {
         let identity = self.identity(0).await;
         let node = &identity.node;
         let quote = self
@@ -177,14 +171,8 @@ impl SimulatedInstance {
             .expect("GetQuote");
         let evidence =
             mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log).expect("evidence");
-        node.bind(
-            U256::from(token_id),
-            holder,
-            evidence.encode().into(),
-            chain_id,
-            contract,
-        )
-        .expect("bind")
+        node.bind(holder, evidence.encode().into(), chain_id, contract)
+            .expect("bind")
     }
 
     /// Registers this instance's record for its seat as the agent would: its WireGuard key, `endpoint` and

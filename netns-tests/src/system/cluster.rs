@@ -434,7 +434,7 @@ impl<'a> Cluster<'a> {
     pub fn mint(&self, i: usize) -> Value {
         assert!(i <= self.sims.len(), "no node for seat {i}");
         let token = self.token_of(i);
-        let binding = self.binding_file(i, token, &account_address(i));
+        let binding = self.binding_file(i, &account_address(i));
         let minted = self.meshctl(
             0,
             &[
@@ -453,14 +453,14 @@ impl<'a> Cluster<'a> {
         minted
     }
 
-    /// The binding of node `i` to seat `token` for `holder`, as `p2p-agent identity --bind-token` prints it in
-    /// the node (its key file, its simulator), in a file for `meshctl --binding`.
-    pub fn binding_file(&self, i: usize, token: u64, holder: &str) -> PathBuf {
-        self.binding_file_at(&self.contract, i, token, holder)
+    /// The binding of node `i` for `holder`, as `p2p-agent identity --bind-holder` prints it in the node (its
+    /// key file, its simulator), in a file for `meshctl --binding`.
+    pub fn binding_file(&self, i: usize, holder: &str) -> PathBuf {
+        self.binding_file_at(&self.contract, i, holder)
     }
 
     /// Like [`Cluster::binding_file`], for the cluster at `contract` (another one on the same chain).
-    pub fn binding_file_at(&self, contract: &str, i: usize, token: u64, holder: &str) -> PathBuf {
+    pub fn binding_file_at(&self, contract: &str, i: usize, holder: &str) -> PathBuf {
         let sim = &self.sims[i - 1];
         let mut cmd = Command::new(workspace_bin("p2p-agent"));
         clean_env(&mut cmd)
@@ -468,19 +468,19 @@ impl<'a> Cluster<'a> {
             .arg(&sim.socket)
             .arg("--node-key-file")
             .arg(&sim.key_file)
-            .args(["--bind-token", &token.to_string(), "--bind-holder", holder])
+            .args(["--bind-holder", holder])
             // Every test chain is anvil, chain id 31337 (the node need not reach the RPC to bind).
             .args(["--contract", contract, "--chain-id", "31337"]);
-        let out = run_command_timeout(cmd, "p2p-agent identity --bind-token", CMD_TIMEOUT);
+        let out = run_command_timeout(cmd, "p2p-agent identity --bind-holder", CMD_TIMEOUT);
         assert!(
             out.status.success(),
-            "p2p-agent identity --bind-token {token} (node {i}) failed: {}",
+            "p2p-agent identity --bind-holder {holder} (node {i}) failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let file = self
             .dir
             .path()
-            .join(format!("binding-{contract}-{i}-seat-{token}.json"));
+            .join(format!("binding-{contract}-{i}-for-{holder}.json"));
         std::fs::write(&file, &out.stdout).expect("write the binding");
         file
     }

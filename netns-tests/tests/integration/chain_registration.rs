@@ -94,21 +94,22 @@ async fn unbound_instance_is_told_the_commands_to_run() {
     let text = err.to_string();
     assert!(
         text.contains(&format!(
-            "p2p-agent identity --bind-token <token id> --bind-holder <holder address> --contract {}",
-            c.address()
+            "meshctl bind --contract {} --instance {}",
+            c.address(),
+            identity.instance_id()
         )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "meshctl bind --contract {} --token <token id> --binding binding.json",
+            "p2p-agent identity --bind-holder <holder address> --contract {}",
             c.address()
         )),
         "{text}"
     );
 }
 
-/// `p2p-agent identity --bind-token` prints a binding that the contract accepts from the seat's holder, whose
+/// `p2p-agent identity --bind-holder` prints a binding that the contract accepts from the seat's holder, whose
 /// node is the one the agent then signs with (the same key file), and whose evidence commits to it.
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_prints_a_binding_the_contract_accepts() {
@@ -123,7 +124,7 @@ async fn identity_prints_a_binding_the_contract_accepts() {
         .arg(&node.socket)
         .arg("--node-key-file")
         .arg(node.key_file())
-        .args(["--bind-token", "1", "--bind-holder", &holder.to_string()])
+        .args(["--bind-holder", &holder.to_string()])
         .args(["--contract", &c.address().to_string()])
         .args(["--rpc-url", anvil.endpoint().as_str()])
         .output()
@@ -143,14 +144,12 @@ async fn identity_prints_a_binding_the_contract_accepts() {
         });
     assert_eq!(
         (
-            binding.token_id,
             binding.holder,
             binding.contract,
             binding.chain_id,
             binding.node,
         ),
         (
-            U256::from(1),
             holder,
             *c.address(),
             anvil.chain_id(),
@@ -417,15 +416,12 @@ async fn a_lost_key_store_needs_a_rebind_which_the_agent_explains() {
     let text = err.to_string();
     for want in [
         "lost its key store",
-        "p2p-agent identity --bind-token 1 --bind-holder",
-        "meshctl bind --token 1 --binding binding.json",
+        "meshctl bind --instance <this instance> --token 1",
     ] {
         assert!(text.contains(want), "{want:?} in: {text}");
     }
 
-    let binding = node
-        .binding(1, holder, anvil.chain_id(), *c.address())
-        .await;
+    let binding = node.binding(holder, anvil.chain_id(), *c.address()).await;
     mined(
         TestCluster::new(*c.address(), provider(&anvil, 1))
             .bindInstance(U256::from(1), chain::binding_arg(&binding)),

@@ -40,9 +40,20 @@ fn owner_lifecycle_changes_the_chain() {
     assert_eq!(minted["overlayIp"], "10.0.1.1");
     assert!(minted["receipt"]["tx"].as_str().unwrap().starts_with("0x"));
 
-    // A seat is bound only with a binding the instance made: there is no way to name an instance alone.
+    // A seat is bound only with what the instance made, its request on-chain or its binding: naming a seat
+    // alone is refused, and so is an instance that asked for nothing.
     let refused = m.run(Some(1), &["bind", "--token", "1", "--json"]).failed();
-    assert!(refused.stderr.contains("--binding"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--instance"), "{}", refused.stderr);
+    let refused = m
+        .run(
+            Some(1),
+            &["bind", "--token", "1", "--instance", &"ab".repeat(20)],
+        )
+        .failed();
+    refused.stderr_says(&format!(
+        "no request for a seat from instance {} among the newest 256",
+        "ab".repeat(20)
+    ));
 
     m.run(
         Some(0),
@@ -107,14 +118,14 @@ async fn holder_binds_with_the_nodes_binding() {
         .ok();
     m.run(Some(0), &["mint", "--to", &m.address(2).to_string()])
         .ok();
-    let file = m.binding_file(&node, 1, m.address(1)).await;
+    let file = m.binding_file(&node, m.address(1)).await;
     let file = file.to_str().unwrap();
 
-    // On another seat, the binding is refused before anything is sent.
+    // On another holder's seat, the binding is refused before anything is sent.
     let out = m
         .run(Some(2), &["bind", "--token", "2", "--binding", file])
         .failed();
-    out.stderr_says("the binding is for seat 1, not seat 2");
+    out.stderr_says(&format!("but {} holds seat 2", m.address(2)));
     // Sent by someone who does not hold the seat, the contract refuses it.
     let out = m
         .run(Some(2), &["bind", "--token", "1", "--binding", file])
@@ -127,7 +138,7 @@ async fn holder_binds_with_the_nodes_binding() {
     let mut forged: mesh_chain::record::NodeBinding =
         serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     forged.evidence = other
-        .binding(1, m.address(1), anvil.chain_id(), m.contract.unwrap())
+        .binding(m.address(1), anvil.chain_id(), m.contract.unwrap())
         .await
         .evidence;
     let dir = tempfile::tempdir().unwrap();
@@ -161,7 +172,7 @@ async fn holder_binds_with_the_nodes_binding() {
     // A binding made for another holder cannot come with a mint to someone else.
     m.run(Some(0), &["config", "set", "--public-minting", "true"])
         .ok();
-    let for_holder_1 = m.binding_file(&other, 3, m.address(1)).await;
+    let for_holder_1 = m.binding_file(&other, m.address(1)).await;
     let out = m
         .run(
             Some(3),
@@ -174,7 +185,112 @@ async fn holder_binds_with_the_nodes_binding() {
             ],
         )
         .failed();
-    out.stderr_says("holds it (or will receive it)");
+    out.stderr_says(&format!("but the seat goes to {}", m.address(3)));
+}
+
+/// A seatless node asks for a seat on-chain, as its agent does; the owner lists the request, sees that its OS
+/// image is not allowed yet, and binds it by its instance id alone, allowing the image the verified quote
+/// measures: a seat minted at whatever id comes next. No binding is carried by hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_asks_for_a_seat_and_the_owner_binds_it_by_instance() {
+    let anvil = anvil();
+    let node = Instance::start("node-1").await;
+    let mut m = Meshctl::new(&anvil);
+    let contract = m.deploy(node.kms_root);
+    let (_, os) = netns_tests::in_process::node::image();
+    // As before a first boot: the OS image a VM of this size measures is not known yet.
+    m.run(Some(0), &["app-auth", "disallow-os", &os.to_string()])
+        .ok();
+    // Someone else takes seat 1 meanwhile: the request names no seat, so nothing breaks.
+    m.run(Some(0), &["mint", "--to", &m.address(3).to_string()])
+        .ok();
+
+    let owner = m.address(0);
+    let binding = node.binding(owner, anvil.chain_id(), contract).await;
+    let cluster = mesh_chain::registration::Cluster::connect(anvil.endpoint_url(), contract)
+        .await
+        .unwrap();
+    let identity = node.identity(0).await;
+    let payer: alloy::signers::local::PrivateKeySigner = anvil.keys()[2].clone().into();
+    let sent = cluster
+        .request_binding(&identity.node, &binding, Some(&payer))
+        .await
+        .unwrap();
+    assert!(
+        matches!(sent, mesh_chain::binding::Requested::Sent { from, .. } if from == payer.address()),
+        "{sent:?}"
+    );
+    assert_eq!(
+        cluster
+            .requested_holder(identity.node.address())
+            .await
+            .unwrap(),
+        Some(owner)
+    );
+
+    let listed = m.run(None, &["requests", "--json"]).ok().json();
+    let request = &listed["requests"][0];
+    assert_eq!(request["instanceId"], node.instance_id, "{listed}");
+    assert_eq!(request["verified"], true, "{listed}");
+    assert_eq!(request["osAllowed"], false, "{listed}");
+    assert_eq!(request["composeAllowed"], true, "{listed}");
+    let text = m.run(None, &["requests"]).ok();
+    assert!(
+        text.stdout.contains(&format!(
+            "meshctl bind --instance {} --allow-os",
+            node.instance_id
+        )),
+        "{}",
+        text.stdout
+    );
+
+    // Without --allow-os, nothing is sent, and the refusal names the flag.
+    let out = m
+        .run(Some(0), &["bind", "--instance", &node.instance_id])
+        .failed();
+    out.stderr_says(&format!("does not allow its OS image {os}"))
+        .stderr_says("--allow-os");
+    let bound = m
+        .run(
+            Some(0),
+            &[
+                "bind",
+                "--instance",
+                &node.instance_id,
+                "--allow-os",
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(
+        bound["tokenId"], 2,
+        "the next seat, whatever it is: {bound}"
+    );
+    assert_eq!(bound["instanceId"], node.instance_id);
+    let seat = mesh_chain::contract::DstackClusterNFT::new(contract, wallet(&anvil, 0))
+        .tokenOfInstance(node.instance_id.clone())
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(seat, alloy::primitives::U256::from(2));
+    assert_eq!(
+        cluster
+            .requested_holder(identity.node.address())
+            .await
+            .unwrap(),
+        None,
+        "a binding ends the request"
+    );
+    let listed = m.run(None, &["requests", "--json"]).ok().json();
+    assert_eq!(
+        listed["requests"],
+        serde_json::json!([]),
+        "nothing pending: {listed}"
+    );
+    let all = m.run(None, &["requests", "--all", "--json"]).ok().json();
+    assert_eq!(all["requests"][0]["boundTo"], 2, "{all}");
+    assert_eq!(all["requests"][0]["osAllowed"], true, "{all}");
 }
 
 /// A registration signed by a simulated instance is relayed, then listed by `peers` with its proof verified.
@@ -385,7 +501,9 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     let garbage = dir.path().join("garbage.json");
     std::fs::write(&garbage, "{\"instance_id\": \"node-1\"}").unwrap();
     let out = bind_seat_1(&m, garbage.to_str().unwrap()).failed();
-    out.stderr_says("the binding is not what `p2p-agent identity --bind-token` prints");
+    out.stderr_says(
+        "the binding is not what a seatless agent or `p2p-agent identity --bind-holder` prints",
+    );
     let out = bind_seat_1(&m, "/nonexistent/binding.json").failed();
     out.stderr_says("/nonexistent/binding.json");
 

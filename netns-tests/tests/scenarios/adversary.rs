@@ -164,12 +164,7 @@ fn a_lying_rpc_cannot_add_forged_peers_undo_a_revocation_or_stop_the_follower() 
             "0x00000000000000000000000000000000000000b0",
         ];
         let binding = (seat == 2 || seat == 4).then(|| {
-            cluster.binding_file_at(
-                &other,
-                seat,
-                seat as u64,
-                "0x00000000000000000000000000000000000000b0",
-            )
+            cluster.binding_file_at(&other, seat, "0x00000000000000000000000000000000000000b0")
         });
         if let Some(b) = &binding {
             args.extend(["--binding", b.to_str().expect("utf-8 path")]);

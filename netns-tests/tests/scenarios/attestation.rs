@@ -69,7 +69,6 @@ fn seats_whose_evidence_names_another_instance_or_node_are_refused_by_every_agen
         // Seat 4: node 2's own quote, for node 2's node key, offered as node 4's instance's.
         let siblings = sibling_key
             .bind(
-                U256::from(4),
                 holder,
                 own_evidence(&cluster, ATTACKER, contract, node),
                 CHAIN_ID,
@@ -77,13 +76,12 @@ fn seats_whose_evidence_names_another_instance_or_node_are_refused_by_every_agen
             )
             .expect("the sibling signs the binding");
         // Seat 5: node 5's genuine evidence (made for its own node key) under node 2's node key.
-        let honest_binding = cluster.binding_file(5, 5, &account_address(5));
+        let honest_binding = cluster.binding_file(5, &account_address(5));
         let honest: NodeBinding =
             serde_json::from_slice(&std::fs::read(&honest_binding).expect("node 5's binding"))
                 .expect("binding JSON");
         let stolen = sibling_node_key(&cluster, ATTACKER, &cluster.sims[4].instance_id)
             .bind(
-                U256::from(5),
                 Address::from_str(&account_address(5)).expect("holder"),
                 honest.evidence.clone(),
                 CHAIN_ID,

@@ -4,6 +4,10 @@
 //! creates). anvil runs in a container on that network; the mesh image is the one `scripts/image --local`
 //! assembles from the release builds.
 //!
+//! No node has a seat at first, and nobody opens a shell in a node: each asks for a seat on-chain once the
+//! operator funds the address its log names, and the owner binds it with `meshctl bind --instance`, while
+//! `mesh-ready` holds the app back on the same first boot.
+//!
 //! It shows that every app (uid 999, as Postgres runs) reads its peers on the loopback API and pings the
 //! others' overlay addresses; that the healthcheck turns healthy; that stopping one agent makes the others
 //! report it unreachable; and that starting it again heals the mesh with no new transaction.
@@ -67,6 +71,33 @@ fn seats_with(project: &Project, connection: ConnectionKind) -> Vec<u64> {
     seats
 }
 
+/// The node address node `project`'s agent logs at start, as an operator reads it in the platform's logs.
+fn wait_for_node_address(project: &Project) -> String {
+    let mut found = None;
+    wait_until(
+        "the agent to log its node address",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            found = node_address_in(&project.logs());
+            found.is_some()
+        },
+        || project.logs(),
+    );
+    found.expect("found")
+}
+
+/// The `node` field of the agent's first JSON log line that has one.
+fn node_address_in(logs: &str) -> Option<String> {
+    const KEY: &str = "\"node\":\"";
+    logs.lines().find_map(|line| {
+        let at = line.find(KEY)? + KEY.len();
+        let address = line.get(at..at + 42)?;
+        (address.starts_with("0x") && address[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| address.to_owned())
+    })
+}
+
 fn others(i: usize) -> Vec<u64> {
     (1..=NODES as u64).filter(|t| *t != i as u64).collect()
 }
@@ -114,11 +145,8 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
         || anvil.logs(),
     );
     let cluster = Cluster::deploy_at(rpc.clone(), NODES);
-    for i in 1..=NODES {
-        cluster.meshctl(0, &["mint", "--to", &account_address(i)]);
-    }
     steps.step(&format!(
-        "cluster {} deployed, seats 1..={NODES} minted to their holders, unbound",
+        "cluster {} deployed, no seat minted: each node asks for its own",
         cluster.contract
     ));
 
@@ -166,54 +194,50 @@ fn the_compose_sidecar_meshes_three_nodes_and_heals_after_a_restart() {
             )
         })
         .collect();
-    for (i, project) in projects.iter().enumerate() {
-        let i = i + 1;
-        // As an operator would: the agent's image makes its node key in the node's state volume and prints
-        // the binding; the seat's holder sends it. The node then pays for its registrations from its own
-        // address: no key in the compose file.
-        project.compose(&["up", "-d", "net"]);
-        let token = i.to_string();
-        let holder = account_address(i);
-        let binding = project.run_to_end(
-            "mesh",
-            &[
-                "identity",
-                "--bind-token",
-                &token,
-                "--bind-holder",
-                &holder,
-                "--contract",
-                &cluster.contract,
-                "--chain-id",
-                "31337",
-            ],
-        );
-        let file = std::env::temp_dir().join(format!("{run}-binding-{i}.json"));
-        std::fs::write(&file, &binding).expect("write the binding");
-        let bound = cluster.meshctl(
-            i,
-            &[
-                "bind",
-                "--token",
-                &i.to_string(),
-                "--binding",
-                file.to_str().expect("utf-8 path"),
-            ],
-        );
-        let _ = std::fs::remove_file(&file);
-        let node = bound["node"]
-            .as_str()
-            .unwrap_or_else(|| panic!("meshctl bind printed no node: {bound}"));
-        cluster.meshctl(0, &["fund", node, "--amount", "1"]);
-        steps.step(&format!(
-            "node {i}: seat bound to its node key {node}, funded"
-        ));
-    }
-    for (i, project) in projects.iter().enumerate() {
-        // `up` returns once mesh-ready has exited 0 and the app has started.
-        project.compose(&["up", "-d"]);
-        steps.step(&format!("node {} up: mesh-ready passed", i + 1));
-    }
+    // As on Phala Cloud, with no shell in any CVM: each project comes up whole at once. Its agent has no seat,
+    // says its node address in its log, and `mesh-ready` holds the app back, past its 300 s timeout if need
+    // be. The operator funds the node from the log, the agent asks for a seat on-chain, and the owner binds it
+    // by its instance id alone; the same boot then goes on to start the app.
+    std::thread::scope(|scope| {
+        let ups: Vec<_> = projects
+            .iter()
+            .map(|project| scope.spawn(move || project.compose(&["up", "-d"])))
+            .collect();
+        for (i, project) in projects.iter().enumerate() {
+            let i = i + 1;
+            let node = wait_for_node_address(project);
+            cluster.meshctl(0, &["fund", &node, "--amount", "1"]);
+            let instance = cluster.sims[i - 1].instance_id.clone();
+            wait_until(
+                &format!("node {i}'s request for a seat to be on-chain"),
+                Duration::from_secs(60),
+                Duration::from_millis(500),
+                || {
+                    cluster.meshctl(0, &["requests", "--json"])["requests"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["instanceId"] == instance))
+                },
+                || project.logs(),
+            );
+            let bound = cluster.meshctl(0, &["bind", "--instance", &instance]);
+            assert_eq!(
+                bound["tokenId"].as_u64(),
+                Some(i as u64),
+                "node {i} gets the next seat: {bound}"
+            );
+            steps.step(&format!(
+                "node {i}: funded {node} from its log, its request bound as seat {i}"
+            ));
+        }
+        for (i, up) in ups.into_iter().enumerate() {
+            // `up` returns once mesh-ready has exited 0 and the app has started.
+            up.join().expect("docker-compose up");
+            steps.step(&format!(
+                "node {} up: mesh-ready passed on its first boot",
+                i + 1
+            ));
+        }
+    });
 
     let everyone = || {
         projects

@@ -38,6 +38,7 @@ mod revoke;
 mod rotate_and_move;
 mod scale;
 mod sdk;
+mod seat_request;
 mod status_page;
 mod wg_interop;
 mod wg_netns;

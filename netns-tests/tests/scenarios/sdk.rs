@@ -206,7 +206,7 @@ fn both_sdks_register_list_and_follow_a_real_agent() {
             v["message"]
                 .as_str()
                 .unwrap_or_default()
-                .contains("meshctl mint"),
+                .contains("meshctl bind --contract"),
             "{}: the agent's reason, with the command to run: {v}",
             sdk.name
         );

@@ -177,7 +177,7 @@ export class DStackP2PSDK {
    * Returns false if `timeout` seconds pass while the agent is still trying without reporting an error
    * (e.g. waiting for a transaction to be mined). Throws {@link RegistrationError} with the agent's own
    * text as soon as it reports why it cannot register: no seat bound to this instance (the text carries the
-   * `meshctl mint` command for the cluster owner), no funded sender, or the chain's RPC failing. Throws
+   * `meshctl bind --instance` command for the holder), no funded sender, or the chain's RPC failing. Throws
    * {@link ConfigMismatch} if the agent serves another contract or mode, and {@link AgentUnreachable} if the
    * agent cannot be reached at first (once it has answered, a restart of the agent during the wait is
    * waited out).

@@ -76,8 +76,8 @@ export class ConfigMismatch extends DStackP2PError {
 /**
  * The agent reports that it cannot register this node; `reason` is its text, verbatim.
  *
- * The text says what to do: with no seat bound to this instance it includes the `meshctl mint` command for
- * the cluster owner; with no funded sender, which account to fund. `source` is `"registration"` for the
+ * The text says what to do: with no seat bound to this instance it includes the `meshctl bind --instance` command for
+ * the holder; with no funded sender, which account to fund. `source` is `"registration"` for the
  * agent's registration error, `"chain"` when the chain's RPC is failing (`reason` is then the RPC's error,
  * and the message says so).
  */

@@ -36,12 +36,11 @@ fn registration(c: &Cluster, node: u8, instance: &str) -> SignedRegistration {
     sign(c, node, instance, proof).unwrap()
 }
 
-/// Node key `node`'s binding to seat 7 of `c` for `instance`, held by `holder`.
+/// Node key `node`'s binding to a seat of `c` for `instance`, held by `holder`.
 fn binding(c: &Cluster, node: u8, instance: &str, holder: Address) -> NodeBinding {
     let key = Cluster::node_key(node);
     let proof = c.proof(&purpose(instance, Cluster::node(node)));
     NodeBinding::sign(
-        U256::from(7),
         instance.into(),
         holder,
         proof,

@@ -11,7 +11,7 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_wg::Key;
@@ -255,9 +255,9 @@ impl<'a> Agent<'a> {
         }
     }
 
-    /// `p2p-agent wait` against this agent's API; panics with the log tail unless it exits 0.
-    pub fn wait_ready(&mut self, timeout_secs: u64) -> Duration {
-        let t = Instant::now();
+    /// Starts `p2p-agent wait` against this agent's API, as a compose file's `mesh-ready` runs it, without
+    /// waiting for it: the guard stops it when dropped.
+    pub fn start_wait(&self, timeout_secs: u64) -> ChildGuard {
         let bin = workspace_bin("p2p-agent");
         let mut cmd = self
             .ns()
@@ -270,27 +270,19 @@ impl<'a> Agent<'a> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let what = format!("p2p-agent wait (node {})", self.index);
-        let mut waiter = ChildGuard::new(
+        ChildGuard::new(
             what.clone(),
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("cannot start {what}: {e}")),
-        );
-        // `wait` prints a line or two, so its pipes cannot fill; if the daemon dies meanwhile, say so at once
-        // rather than after the timeout (dropping the waiter stops it).
-        let deadline = Instant::now() + Duration::from_secs(timeout_secs + 15);
-        loop {
-            self.assert_running();
-            if waiter.has_exited() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} did not exit within {timeout_secs} s + 15 s\n{}",
-                self.tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = waiter.wait_output(Duration::from_secs(5));
+        )
+    }
+
+    /// `p2p-agent wait` against this agent's API; panics with the log tail unless it exits 0.
+    pub fn wait_ready(&mut self, timeout_secs: u64) -> Duration {
+        let t = Instant::now();
+        let what = format!("p2p-agent wait (node {})", self.index);
+        let waiter = self.start_wait(timeout_secs);
+        let out = self.outlive(waiter, Duration::from_secs(timeout_secs + 15));
         if !out.status.success() {
             let status = self
                 .try_status()
@@ -304,6 +296,28 @@ impl<'a> Agent<'a> {
         }
         self.assert_running();
         t.elapsed()
+    }
+
+    /// Waits for `waiter` (a `p2p-agent wait` of this agent) to exit within `within`, and returns what it
+    /// printed; panics with the log tail if the daemon dies meanwhile, or the waiter outlasts `within`.
+    pub fn outlive(&mut self, mut waiter: ChildGuard, within: Duration) -> Output {
+        // `wait` prints a line or two every 30 s at most, so its pipes cannot fill; if the daemon dies
+        // meanwhile, say so at once rather than after the timeout (dropping the waiter stops it).
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            if waiter.has_exited() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "p2p-agent wait (node {}) did not exit within {within:?}\n{}",
+                self.index,
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        waiter.wait_output(Duration::from_secs(5))
     }
 
     /// The daemon's PID, while it runs.

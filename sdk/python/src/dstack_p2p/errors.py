@@ -54,7 +54,7 @@ class ConfigMismatch(DStackP2PError):
 class RegistrationError(DStackP2PError):
     """The agent reports that it cannot register this node; ``reason`` is its text, verbatim.
 
-    The text says what to do: with no seat bound to this instance it includes the ``meshctl mint`` command
+    The text says what to do: with no seat bound to this instance it includes the ``meshctl bind --instance`` command
     for the cluster owner; with no funded sender, which account to fund. ``source`` is ``"registration"``
     for the agent's registration error, ``"chain"`` when the chain's RPC is failing (``reason`` is then
     the RPC's error, and the message says so).

@@ -1,0 +1,116 @@
+//! A node boots with no seat and joins with no shell and no restart: its agent asks the cluster's owner for a
+//! seat on-chain, `mesh-ready` (`p2p-agent wait`) waits past its timeout saying why, the owner binds it with
+//! `meshctl bind --instance` alone, and the same agent process takes the seat, registers and meshes.
+//!
+//! Run as root, after building the binaries it runs (this crate's tests do not build them):
+//!
+//! ```sh
+//! cargo build -p p2p-agent -p meshctl -p dstack-simulator
+//! cargo test -p netns-tests --test scenarios seat_request:: -- --nocapture
+//! ```
+//!
+//! Needs what `tests/scenarios/mesh.rs` needs (root, /dev/net/tun, iproute2, iputils-ping, wireguard-tools, anvil).
+
+use std::time::{Duration, Instant};
+
+use netns_tests::prelude::*;
+
+/// `mesh-ready`'s timeout here: far shorter than the wait for the owner, which it must outlast.
+const WAIT_TIMEOUT_SECS: u64 = 3;
+
+#[test]
+fn a_seatless_node_asks_waits_and_joins_once_bound() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("seat_request");
+    let lan = Lan::new(2);
+    let cluster = Cluster::deploy_seats(&lan, 1);
+    steps.step(&format!(
+        "cluster {} deployed, seat 1 minted and bound to node 1; node 2 has none",
+        cluster.contract
+    ));
+    let builder = Agent::builder(&cluster);
+    let mut one = builder.start(1);
+    one.wait_ready(60);
+    let mut two = builder.start(2);
+    let instance = cluster.sims[1].instance_id.clone();
+
+    wait_until(
+        "node 2 to report its request for a seat on-chain",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            two.try_status()
+                .is_ok_and(|s| s["status"]["node"]["seatRequest"]["onChain"] == true)
+        },
+        || two.tail(),
+    );
+    let status = two.try_status().expect("status");
+    let why = status["status"]["node"]["registrationError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let command = format!(
+        "meshctl bind --contract {} --instance {instance}",
+        status["status"]["chain"]["contract"]
+            .as_str()
+            .unwrap_or_default()
+    );
+    assert!(
+        why.to_lowercase().contains(&command.to_lowercase()),
+        "the status names the holder's command {command:?}: {why}"
+    );
+    assert!(
+        status["status"]["node"]["tokenId"].is_null(),
+        "no seat yet: {status}"
+    );
+    steps.step(&format!("node 2 asked for a seat: {why}"));
+
+    // mesh-ready, as the compose file runs it: it must outlast its own timeout while the seat is missing.
+    let mut ready = two.start_wait(WAIT_TIMEOUT_SECS);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(WAIT_TIMEOUT_SECS * 3));
+    assert!(
+        !ready.has_exited(),
+        "p2p-agent wait gave up after {:?} though the node only waits for its holder",
+        started.elapsed()
+    );
+    steps.step(&format!(
+        "p2p-agent wait --timeout-secs {WAIT_TIMEOUT_SECS} still waiting after {:?}",
+        started.elapsed()
+    ));
+
+    let listed = cluster.meshctl(0, &["requests", "--json"]);
+    assert_eq!(
+        listed["requests"][0]["instanceId"], instance,
+        "meshctl requests lists node 2: {listed}"
+    );
+    assert_eq!(listed["requests"][0]["verified"], true, "{listed}");
+    let bound = cluster.meshctl(0, &["bind", "--instance", &instance]);
+    let token = bound["tokenId"].as_u64().expect("a seat was minted");
+    assert_eq!(token, 2, "{bound}");
+    steps.step(&format!(
+        "the owner bound it: seat {token}, {}",
+        bound["receipt"]
+    ));
+
+    let out = two.outlive(ready, Duration::from_secs(60));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "p2p-agent wait failed: {said}");
+    assert!(
+        said.contains("waiting: this node has no seat yet") && said.contains("ready: seat 2"),
+        "it said why it waited, then that it was ready: {said}"
+    );
+    steps.step("mesh-ready passed once the seat was bound, with no restart");
+
+    let (k1, k2) = (one.key(), two.key());
+    wait_until(
+        "nodes 1 and 2 to see each other healthy over WireGuard",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || one.sees_healthy(2, &k2) && two.sees_healthy(1, &k1),
+        || format!("{}\n{}", one.tail(), two.tail()),
+    );
+    let agents = [one, two];
+    assert_pings(&agents, 2, 1);
+    steps.step("node 2 meshed with node 1: 2 -> 1 pings");
+}
