@@ -121,6 +121,24 @@ pub enum BindingError {
     Evidence(#[source] mesh_attest::EvidenceError),
     #[error("signing the binding failed: {0}")]
     Sign(#[source] mesh_chain::record::RecordError),
+    #[error("this node's quote names no image: {0}")]
+    Measurements(#[source] mesh_attest::MeasurementsError),
+}
+
+/// The compose hash and OS image this node runs now, as a fresh quote of it claims them.
+///
+/// # Errors
+/// [`BindingError`]: dstack gives no quote, or one whose image cannot be read.
+pub async fn running_image(
+    client: &DstackClient,
+) -> Result<mesh_attest::ClaimedMeasurements, BindingError> {
+    let quote = client
+        .get_quote(&[0; 64])
+        .await
+        .map_err(BindingError::Quote)?;
+    let evidence = mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log)
+        .map_err(BindingError::Evidence)?;
+    mesh_attest::claimed_measurements(&evidence).map_err(BindingError::Measurements)
 }
 
 /// This node's binding for `holder` on cluster `contract` of chain `chain_id`: its node key's consent, with

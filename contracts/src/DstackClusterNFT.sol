@@ -343,17 +343,15 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     /// verify and send (`meshctl bind --instance`), so nobody needs a shell in the CVM to carry it out. Anyone
     /// may send it (the node key pays for itself, or a funded key relays it); only the node key's consent makes
     /// it valid, and only the holder it names can use it.
-    /// @dev Requirements: the instance id is 40 lowercase hex characters, and bound to no seat or to a seat whose
-    /// node key is another (the instance lost its volume, and asks to be bound again); the evidence is not empty; the chain verifies under the purpose naming the instance and the node, from an allowed app;
+    /// A bound instance asks too, for its seat's holder to rebind it: with a new node key after it lost its
+    /// volume, or with a quote of the image it was upgraded to.
+    /// @dev Requirements: the instance id is 40 lowercase hex characters; the evidence is not empty; the chain verifies under the purpose naming the instance and the node, from an allowed app;
     /// the node consented to `holder`.
     function requestBinding(address holder, NodeBinding calldata binding) external {
         if (holder == address(0)) revert ClusterInvalidHolder();
         string calldata instanceId = binding.instanceId;
         if (!RecordFormat.isInstanceId(instanceId)) revert ClusterInvalidInstanceId(instanceId);
         bytes32 h = keccak256(bytes(instanceId));
-        uint256 bound = _tokenOfInstance[h];
-        // A bound instance asks again only with a new node key, after losing its volume: a rebind.
-        if (bound != 0 && _seats[bound].node == binding.node) revert ClusterInstanceAlreadyBound(instanceId, bound);
         if (binding.evidence.length == 0) revert ClusterBindNeedsEvidence(instanceId);
         _checkDstackChain(binding.proof, instanceId, binding.node);
         _checkConsent(holder, binding);

@@ -77,11 +77,17 @@ contract BindingRequestTest is ClusterFixture {
         cluster.requestBinding(HOLDER_A, b);
     }
 
-    function test_RevertIf_TheInstanceIsBoundToThisNodeAlready() public {
+    /// An upgraded instance keeps its node key; it asks for a rebind with a quote of its new image.
+    function test_ABoundNodeAsksForARebindWithAFreshQuote() public {
         uint256 seat = _mint(HOLDER_A, INSTANCE_A);
         DstackClusterNFT.NodeBinding memory b = _binding(DERIVED_KEY_A, INSTANCE_A, HOLDER_A);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInstanceAlreadyBound.selector, INSTANCE_A, seat));
+        b.evidence = abi.encode("a quote of the new image", INSTANCE_A);
         cluster.requestBinding(HOLDER_A, b);
+        assertEq(cluster.bindingRequestedOf(b.node), HOLDER_A, "pending");
+        vm.prank(HOLDER_A);
+        cluster.bindInstance(seat, b);
+        assertEq(cluster.getPeer(seat).evidenceHash, keccak256(b.evidence), "the seat keeps the fresh quote");
+        assertEq(cluster.bindingRequestedOf(b.node), address(0), "answered");
     }
 
     /// An instance that lost its volume has a new node key; it asks for its seat again, and the holder rebinds.

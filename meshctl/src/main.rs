@@ -55,6 +55,8 @@ enum Command {
     ResetSeatApp(cmd::seat::TokenArgs),
     /// Show the cluster's configuration, or change it (owner only).
     Config(cmd::config::Args),
+    /// Move the cluster's ownership in two steps (offer, accept), to a multisig for instance.
+    Owner(cmd::owner::Args),
     /// Manage the compose-hash and device allowlists that dstack's KMS consults, or check a boot.
     AppAuth(cmd::app_auth::Args),
     /// List the on-chain peer records, and whether each one's proof verifies off-chain.
@@ -105,6 +107,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Mint(a) => cmd::seat::mint(a, &out).await,
         Command::Bind(a) => cmd::seat::bind(a, &out).await,
         Command::Requests(a) => cmd::requests::run(a, &out).await,
+        Command::Owner(a) => cmd::owner::run(a, &out).await,
         Command::Revoke(a) => cmd::seat::revoke(a, &out).await,
         Command::Deactivate(a) => cmd::seat::set_active(a, false, &out).await,
         Command::Activate(a) => cmd::seat::set_active(a, true, &out).await,

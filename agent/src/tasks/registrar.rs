@@ -114,6 +114,8 @@ struct Running {
     binding: Option<mesh_chain::record::NodeBinding>,
     /// Paces requests that fail: each one that reaches the chain costs gas.
     ask_backoff: Backoff,
+    /// The image this node runs, from a fresh quote, read once (an upgrade restarts the agent).
+    running_image: Option<mesh_attest::ClaimedMeasurements>,
 }
 
 impl Registrar {
@@ -135,6 +137,7 @@ impl Registrar {
             relay_printed_for: None,
             binding: None,
             ask_backoff: Backoff::new(AFTER_FAILING, Duration::from_secs(600)),
+            running_image: None,
         };
         let mut last: Option<Trigger> = None;
         let mut due = Instant::now();
@@ -213,9 +216,14 @@ impl Running {
             Ok(Outcome::UpToDate { .. }) => {
                 self.state.registered = true;
                 self.state.error = None;
-                self.state.seat_request = None;
                 self.rereg.reset();
-                self.task.recheck.max(MIN_RECHECK)
+                match self.check_image(view, token).await {
+                    Some(next) => next,
+                    None => {
+                        self.state.seat_request = None;
+                        self.task.recheck.max(MIN_RECHECK)
+                    }
+                }
             }
             Ok(Outcome::Registered {
                 replaced_unbelievable,
@@ -279,6 +287,43 @@ impl Running {
             }
         }
         true
+    }
+
+    /// Asks the seat's holder for a rebind when the seat's binding is a quote of another image than this node
+    /// runs now (it was upgraded in place): peers judge the seat by the bound quote, so the owner could not
+    /// disallow the old image without refusing this node. `None` when there is nothing to ask.
+    async fn check_image(&mut self, view: &ChainView, token: u64) -> Option<Duration> {
+        let ask = self.task.ask.as_ref()?;
+        let bound = view.bindings.get(&token)?;
+        let bound = mesh_attest::Evidence::decode(&bound.evidence)
+            .ok()
+            .and_then(|e| mesh_attest::claimed_measurements(&e).ok())?;
+        if self.running_image.is_none() {
+            match crate::node::running_image(&ask.dstack).await {
+                Ok(m) => self.running_image = Some(m),
+                Err(e) => {
+                    warn!(error = %crate::causes::Causes(&e), "cannot read the image this node runs, to compare it with its seat's binding");
+                    return None;
+                }
+            }
+        }
+        if self.running_image? == bound {
+            return None;
+        }
+        if !self.connect().await {
+            return None;
+        }
+        let holder = match self.cluster.as_ref()?.holder_of(token).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.report("reading the seat's holder, to ask for a rebind", e);
+                return None;
+            }
+        };
+        if self.state.seat_request.is_none() {
+            info!(seat = token, %holder, "this node runs another image than the quote its seat was bound with (an upgrade): asking the holder to rebind it, with `meshctl bind --instance {} --token {token}`", self.task.identity.instance_id());
+        }
+        Some(self.ask_for_seat(view, Some(holder)).await)
     }
 
     /// Asks `holder` (else `--holder`, else the cluster's owner) for a seat, unless this node's request to

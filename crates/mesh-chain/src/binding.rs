@@ -42,6 +42,18 @@ impl Cluster {
         Ok((!holder.is_zero()).then_some(holder))
     }
 
+    /// Who holds seat `token`: whom its node asks for a rebind.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the contract cannot be read (a burned seat reverts).
+    pub async fn holder_of(&self, token: u64) -> Result<Address, ChainError> {
+        DstackClusterNFT::new(self.address(), self.reader())
+            .ownerOf(alloy::primitives::U256::from(token))
+            .call()
+            .await
+            .map_err(|e| ChainError::from_call("ownerOf", e))
+    }
+
     /// The cluster's owner: whom a node asks for a seat when it is told no holder.
     ///
     /// # Errors

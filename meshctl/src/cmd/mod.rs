@@ -5,6 +5,7 @@ pub(crate) mod config;
 pub(crate) mod deploy;
 pub(crate) mod fund;
 pub(crate) mod leader;
+pub(crate) mod owner;
 pub(crate) mod peers;
 pub(crate) mod relay;
 pub(crate) mod requests;

@@ -19,7 +19,7 @@ pub(crate) struct Args {
     /// Show only the requests to this holder.
     #[arg(long, value_parser = crate::cluster::address, value_name = "ADDRESS")]
     holder: Option<Address>,
-    /// Show requests from seats' instances too (bound since, to this node key or another).
+    /// Show the requests answered since, or replaced by a later one, too.
     #[arg(long)]
     all: bool,
     /// How many of the newest requests to look through.
@@ -43,16 +43,27 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let c = cluster::open_read(&args.cluster).await?;
     let (requests, unreadable) = binding_requests(&c, args.limit).await?;
     let mut shown = Vec::new();
+    let mut newest_of_node = std::collections::BTreeSet::new();
     for request in requests {
         if args.holder.is_some_and(|h| h != request.binding.holder) {
             continue;
         }
+        // Newest first: a node's older requests were answered or replaced.
+        let newest = newest_of_node.insert(request.binding.node);
+        if !newest && !args.all {
+            continue;
+        }
         let judged = judge(&c, request, &args.trust).await?;
-        // A request is pending while its instance is unbound, or bound to another node key (a rebind).
-        let pending = match judged.bound {
-            None => true,
-            Some(token) => bound_node(&c, token).await? != judged.request.binding.node,
-        };
+        // Pending until a seat is bound to its node (the contract clears it then), and not replaced by a
+        // request to another holder.
+        let b = &judged.request.binding;
+        let pending = c
+            .bindingRequestedOf(b.node)
+            .call()
+            .await
+            .map_err(|e| mesh_chain::error::ChainError::from_call("bindingRequestedOf", e))?
+            == b.holder
+            && newest;
         if pending || args.all {
             shown.push(judged);
         }
@@ -84,17 +95,6 @@ async fn judge(
         request,
         verdict,
     })
-}
-
-async fn bound_node(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
-    token: u64,
-) -> anyhow::Result<Address> {
-    Ok(c.getPeer(alloy::primitives::U256::from(token))
-        .call()
-        .await
-        .map_err(|e| mesh_chain::error::ChainError::from_call("getPeer", e))?
-        .node)
 }
 
 fn allowed(value: B256, allowed: bool) -> String {

@@ -118,7 +118,9 @@ pub struct Cluster<'a> {
     pub kms_root: String,
     /// `sims[i - 1]` is node i's.
     pub sims: Vec<SimNode>,
-    guards: Vec<ChildGuard>,
+    /// The simulators, node i's at i - 1; behind a lock so that a node can be upgraded while agents borrow
+    /// the cluster.
+    guards: std::sync::Mutex<Vec<ChildGuard>>,
     /// The mock PKI's root CA (PEM) and collateral, as the first simulator wrote them: what every agent
     /// verifies its peers' quotes under.
     pub tdx_root_ca: PathBuf,
@@ -217,6 +219,44 @@ impl<'a> Cluster<'a> {
         &self.rpc_url
     }
 
+    /// Upgrades node `i` in place to `release` (an app-compose name, and so another compose hash): its
+    /// simulator restarts with the same instance, volume and keys, as a CVM does on `phala deploy --cvm-id`.
+    /// Stop its agent first. Returns the new image's compose hash, for the owner to allow.
+    pub fn upgrade(&self, i: usize, release: &str) -> String {
+        let sim = &self.sims[i - 1];
+        let mut guards = self.guards.lock().expect("not poisoned");
+        // The old simulator stops (by its PID) before the new one takes the socket.
+        guards[i - 1].stop();
+        let _ = std::fs::remove_file(&sim.socket);
+        guards[i - 1] = spawn_simulator(
+            self.dir.path(),
+            i,
+            Some(release),
+            &sim.socket,
+            &sim.log,
+            None,
+        );
+        let guard = &mut guards[i - 1];
+        wait_until(
+            &format!(
+                "dstack-simulator node-{i} to serve {} again",
+                sim.socket.display()
+            ),
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                guard.assert_running();
+                sim.socket.exists()
+            },
+            || tail(&sim.log, 2000),
+        );
+        let id = self.identity(i);
+        id["compose_hash"]
+            .as_str()
+            .unwrap_or_else(|| panic!("p2p-agent identity has no compose_hash: {id}"))
+            .to_owned()
+    }
+
     fn start(
         lan: Option<&'a Lan>,
         rpc_url: String,
@@ -225,7 +265,6 @@ impl<'a> Cluster<'a> {
         layout: &Layout,
     ) -> Self {
         assert!(seats <= nodes, "{seats} seats for {nodes} nodes");
-        let simulator = workspace_bin("dstack-simulator");
         let dir = tempfile::Builder::new()
             .prefix("dm-cluster")
             .tempdir()
@@ -251,36 +290,20 @@ impl<'a> Cluster<'a> {
         for i in 1..=nodes {
             let socket = dir.path().join(format!("node-{i}.sock"));
             let log = dir.path().join(format!("node-{i}.sim.log"));
-            let logf = File::create(&log).expect("simulator log");
-            let mut cmd = Command::new(&simulator);
-            clean_env(&mut cmd)
-                .arg("--kms-root-key-file")
-                .arg(&root_key)
-                .args(["--app-id", APP_ID, "--instance-name", &format!("node-{i}")])
-                .args(
-                    layout
-                        .releases
-                        .iter()
-                        .filter(|(node, _)| *node == i)
-                        .flat_map(|(_, name)| ["--app-name", name]),
-                )
-                .arg("--mock-pki-seed-file")
-                .arg(&pki_seed)
-                .arg("--socket")
-                .arg(&socket)
-                .stdin(Stdio::null())
-                .stdout(logf.try_clone().expect("dup log"))
-                .stderr(logf);
-            if i == 1 {
-                cmd.arg("--write-tdx-root-ca")
-                    .arg(&tdx_root_ca)
-                    .arg("--write-collateral")
-                    .arg(&tdx_collateral);
-            }
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", simulator.display()));
-            guards.push(ChildGuard::new(format!("dstack-simulator node-{i}"), child));
+            let release = layout
+                .releases
+                .iter()
+                .find(|(node, _)| *node == i)
+                .map(|(_, name)| *name);
+            let writes = (i == 1).then_some((tdx_root_ca.as_path(), tdx_collateral.as_path()));
+            guards.push(spawn_simulator(
+                dir.path(),
+                i,
+                release,
+                &socket,
+                &log,
+                writes,
+            ));
             sims.push(SimNode {
                 socket,
                 instance_id: String::new(),
@@ -297,7 +320,7 @@ impl<'a> Cluster<'a> {
             contract: String::new(),
             kms_root: String::new(),
             sims,
-            guards,
+            guards: std::sync::Mutex::new(guards),
             tdx_root_ca,
             tdx_collateral,
             images: Vec::new(),
@@ -309,7 +332,8 @@ impl<'a> Cluster<'a> {
         let mut images = Vec::new();
         for i in 1..=cluster.sims.len() {
             let sim = &cluster.sims[i - 1];
-            let guard = &mut cluster.guards[i - 1];
+            let mut guards = cluster.guards.lock().expect("not poisoned");
+            let guard = &mut guards[i - 1];
             wait_until(
                 &format!(
                     "dstack-simulator node-{i} to serve {}",
@@ -579,7 +603,7 @@ impl<'a> Cluster<'a> {
 impl Drop for Cluster<'_> {
     fn drop(&mut self) {
         // Simulators stop (by PID) before their temp dir goes.
-        self.guards.clear();
+        self.guards.lock().map(|mut g| g.clear()).ok();
     }
 }
 
@@ -596,4 +620,45 @@ pub(crate) fn write_secret(path: &Path, contents: &str) {
         .open(path)
         .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     writeln!(f, "{contents}").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Starts node `i`'s dstack simulator in the cluster's directory `dir` (its KMS root and mock PKI), on
+/// `release` (another app-compose name) if given; the first also writes the PKI's root and collateral.
+fn spawn_simulator(
+    dir: &Path,
+    i: usize,
+    release: Option<&str>,
+    socket: &Path,
+    log: &Path,
+    writes: Option<(&Path, &Path)>,
+) -> ChildGuard {
+    let simulator = workspace_bin("dstack-simulator");
+    let logf = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("simulator log");
+    let mut cmd = Command::new(&simulator);
+    clean_env(&mut cmd)
+        .arg("--kms-root-key-file")
+        .arg(dir.join("kms-root.key"))
+        .args(["--app-id", APP_ID, "--instance-name", &format!("node-{i}")])
+        .args(release.into_iter().flat_map(|name| ["--app-name", name]))
+        .arg("--mock-pki-seed-file")
+        .arg(dir.join("mock-pki.seed"))
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("dup log"))
+        .stderr(logf);
+    if let Some((root_ca, collateral)) = writes {
+        cmd.arg("--write-tdx-root-ca")
+            .arg(root_ca)
+            .arg("--write-collateral")
+            .arg(collateral);
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", simulator.display()));
+    ChildGuard::new(format!("dstack-simulator node-{i}"), child)
 }

@@ -14,3 +14,4 @@ mod chain_follow;
 mod chain_registration;
 mod meshctl_cli;
 mod meshctl_status;
+mod runbook;

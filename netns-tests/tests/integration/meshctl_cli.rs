@@ -293,6 +293,70 @@ async fn a_node_asks_for_a_seat_and_the_owner_binds_it_by_instance() {
     assert_eq!(all["requests"][0]["osAllowed"], true, "{all}");
 }
 
+/// The ownership moves in two steps: an offer changes nothing until the new owner accepts; only the owner
+/// offers, only the one offered accepts, and a multisig gets the exact call to send.
+#[test]
+fn ownership_moves_only_when_the_new_owner_accepts() {
+    let anvil = anvil();
+    let mut m = Meshctl::new(&anvil);
+    let contract = m.deploy(UNUSED_KMS_ROOT);
+    let (owner, next) = (m.address(0), m.address(4));
+    let show = |m: &Meshctl<'_>| m.run(None, &["owner", "show", "--json"]).ok().json();
+    assert_eq!(show(&m)["pendingOwner"], serde_json::Value::Null);
+
+    m.run(Some(1), &["owner", "transfer", &next.to_string()])
+        .failed()
+        .stderr_says(&format!("{owner} owns the cluster, not the signer"));
+    let out = m.run(None, &["owner", "accept", "--calldata"]).failed();
+    out.stderr_says("offered to nobody");
+
+    m.run(Some(0), &["owner", "transfer", &next.to_string()])
+        .ok();
+    let shown = show(&m);
+    let addr = |v: &serde_json::Value| v.as_str().unwrap().parse::<Address>().unwrap();
+    assert_eq!(addr(&shown["owner"]), owner, "an offer changes nothing yet");
+    assert_eq!(addr(&shown["pendingOwner"]), next);
+    // The owner still rules the app auth meanwhile.
+    m.run(
+        Some(0),
+        &[
+            "app-auth",
+            "allow-compose",
+            &format!("0x{}", "ab".repeat(32)),
+        ],
+    )
+    .ok();
+
+    // What a multisig sends: acceptOwnership() on the cluster, from the pending owner.
+    let call = m
+        .run(None, &["owner", "accept", "--calldata", "--json"])
+        .ok()
+        .json();
+    assert_eq!(addr(&call["to"]), contract);
+    assert_eq!(addr(&call["from"]), next);
+    assert_eq!(call["data"], "0x79ba5097", "acceptOwnership()'s selector");
+
+    m.run(Some(1), &["owner", "accept"])
+        .failed()
+        .stderr_says(&format!("offered to {next}, not to the signer"));
+    m.run(Some(4), &["owner", "accept"]).ok();
+    let shown = show(&m);
+    assert_eq!(addr(&shown["owner"]), next);
+    assert_eq!(shown["pendingOwner"], serde_json::Value::Null);
+    // The old owner no longer rules; the new one does, the app auth included.
+    m.run(Some(0), &["mint", "--to", &owner.to_string()])
+        .failed();
+    m.run(
+        Some(4),
+        &[
+            "app-auth",
+            "allow-compose",
+            &format!("0x{}", "cd".repeat(32)),
+        ],
+    )
+    .ok();
+}
+
 /// A registration signed by a simulated instance is relayed, then listed by `peers` with its proof verified.
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_registration_is_listed_with_a_verified_proof() {

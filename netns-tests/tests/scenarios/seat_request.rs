@@ -114,3 +114,84 @@ fn a_seatless_node_asks_waits_and_joins_once_bound() {
     assert_pings(&agents, 2, 1);
     steps.step("node 2 meshed with node 1: 2 -> 1 pings");
 }
+
+/// A node upgraded in place keeps its seat, but its seat's binding is a quote of the old image, which peers
+/// judge it by. Its agent sees that and asks the seat's holder for a rebind on-chain; the holder rebinds it
+/// by instance id, and peers then judge the node on the image it runs: the old one can be retired.
+#[test]
+fn an_upgraded_node_asks_for_a_rebind_on_its_new_image() {
+    require_mesh_prerequisites();
+    let steps = Steps::new("seat_request/upgrade");
+    let lan = Lan::new(2);
+    let cluster = Cluster::deploy_seats(&lan, 2);
+    let (mut agents, keys) = Agent::builder(&cluster).mesh(1..=2);
+    let old = cluster.identity(2)["compose_hash"]
+        .as_str()
+        .expect("compose hash")
+        .to_owned();
+    steps.step(&format!("two nodes meshed on compose hash {old}"));
+
+    agents[1].stop();
+    let new = cluster.upgrade(2, "dstack-mesh-next");
+    assert_ne!(new, old, "another release, another compose hash");
+    cluster.meshctl(0, &["app-auth", "allow-compose", &new]);
+    let builder = Agent::builder(&cluster);
+    agents[1] = builder.start(2);
+    agents[1].wait_ready(60);
+    steps.step(&format!(
+        "node 2 upgraded in place to {new}, allowed, and back with its seat"
+    ));
+
+    let two = &agents[1];
+    wait_until(
+        "node 2 to ask its holder for a rebind on-chain",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            two.try_status()
+                .is_ok_and(|s| s["status"]["node"]["seatRequest"]["onChain"] == true)
+        },
+        || two.tail(),
+    );
+    let instance = cluster.sims[1].instance_id.clone();
+    let listed = cluster.meshctl(0, &["requests", "--json"]);
+    assert_eq!(listed["requests"][0]["instanceId"], instance, "{listed}");
+    assert_eq!(listed["requests"][0]["boundTo"], 2, "{listed}");
+    assert_eq!(
+        listed["requests"][0]["composeHash"], new,
+        "a quote of the new image: {listed}"
+    );
+    // Seat 2 is account 2's: the holder rebinds it.
+    let rebound = cluster.meshctl(2, &["bind", "--instance", &instance, "--token", "2"]);
+    assert_eq!(rebound["recordCleared"], true, "{rebound}");
+    steps.step("the holder rebound seat 2 with the request's fresh quote");
+
+    wait_until(
+        "node 1 to judge node 2 on its new image, over a healthy tunnel",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            agents[0].peers().is_ok_and(|peers| {
+                peers.iter().any(|p| {
+                    p.token_id == 2
+                        && p.healthy
+                        && p.attestation
+                            .as_ref()
+                            .and_then(|a| a.compose_hash.as_deref())
+                            == Some(new.as_str())
+                })
+            })
+        },
+        || format!("{}\n{}", agents[0].tail(), agents[1].tail()),
+    );
+    assert!(
+        agents[1].sees_healthy(1, &keys[0]),
+        "node 2 still sees node 1"
+    );
+    let status = agents[1].try_status().expect("status");
+    assert!(
+        status["status"]["node"]["seatRequest"].is_null(),
+        "the request is answered: {status}"
+    );
+    steps.step("node 1 judges node 2 on the new image; node 2's request is answered");
+}
