@@ -277,6 +277,8 @@ pub fn render(
             chain_head_polls: chain.head_polls,
             relay: mesh.relay.clone(),
             election: election.counters.clone(),
+            chain_polls: chain.poll_latency.clone(),
+            reconcile: mesh.reconcile_latency.clone(),
         },
     }
 }

@@ -72,6 +72,8 @@ pub struct ChainState {
     pub seat_error: Option<SeatProblem>,
     /// JSON-RPC requests made to follow the chain.
     pub requests: u64,
+    /// How long each poll of the chain took.
+    pub poll_latency: mesh_api::latency::Latency,
     /// Of those, polls of the chain's head.
     pub head_polls: u64,
     /// Records refused: not authentic, or older than what was known.
@@ -125,6 +127,8 @@ pub struct MeshState {
     pub invalid_records: u64,
     /// Plans that changed the interface.
     pub reconciles: u64,
+    /// How long each of those took to apply.
+    pub reconcile_latency: mesh_api::latency::Latency,
     /// The relay's streams and the datagrams dropped for strangers' keys.
     pub relay: mesh_api::RelayCounters,
     /// What the userspace device knows of its NAT; `None` on the kernel's WireGuard or without an interface.

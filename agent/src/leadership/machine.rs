@@ -678,6 +678,10 @@ impl Machine {
     }
 
     fn cast_done(&mut self, now: Instant, ballot: Ballot, result: Result<Cast, ElectionError>) {
+        if let Some(sent) = self.last_ballot {
+            let took = now.saturating_duration_since(sent);
+            self.state.counters.ballots.observe(took);
+        }
         match result {
             Ok(_) => {
                 // Cluster::cast logged it, with the transaction and the sender.

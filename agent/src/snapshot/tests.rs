@@ -101,6 +101,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
         stats: Arc::new([stat(0x22, 5, 1), stat(0x33, 600, 600), stat(0x44, 600, 600)].into()),
         invalid_records: 2,
         reconciles: 3,
+        reconcile_latency: mesh_api::latency::Latency::default(),
         relay: mesh_api::RelayCounters::default(),
         nat: Some(mesh_wg::NatStatus {
             report: mesh_wg::NatReport {

@@ -421,9 +421,11 @@ impl<I: Interfaces> Running<I> {
             for change in &changes {
                 info!(%change, "reconcile");
             }
+            let began = Instant::now();
             for (change, error) in mesh_wg::apply(table, &changes) {
                 warn!(%change, %error, "could not apply a change");
             }
+            self.state.reconcile_latency.observe(began.elapsed());
             self.state.reconciles = self.state.reconciles.saturating_add(1);
         }
         if let Some(interfaces) = &self.task.interfaces {
@@ -627,6 +629,7 @@ mod tests {
         );
         assert_eq!(s.stats.len(), 2, "the interface's peers are published");
         assert_eq!(s.reconciles, 1);
+        assert_eq!(s.reconcile_latency.count, 1, "its time is measured");
 
         // Seat 2 is revoked: its peer goes.
         chain_tx.send_replace(chain(&[record(3, 0x33, "")], SeatState::Active(5)));

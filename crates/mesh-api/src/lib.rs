@@ -18,7 +18,7 @@
 //!
 //! - [`types`]: what the API serves (serde types only);
 //! - [`health`]: whether the node is a working member, for `/healthz` and `meshctl status --check`;
-//! - [`metrics`]: the Prometheus rendering;
+//! - [`metrics`]: the Prometheus rendering, with [`latency`]'s histograms;
 //! - [`signal`]: the application's health signal, which leadership depends on;
 //! - [`server`]: serving a [`Snapshot`] the agent publishes;
 //! - [`client`]: reading it: [`Client`] for applications;
@@ -27,6 +27,7 @@
 pub mod client;
 pub mod events;
 pub mod health;
+pub mod latency;
 pub mod metrics;
 pub mod page;
 pub mod server;

@@ -357,6 +357,25 @@ pub fn metrics(s: &Snapshot) -> String {
         s.leader.lease_ms,
     );
     labelled(&mut out, s);
+    for (name, help, latency) in [
+        (
+            "dstack_mesh_chain_poll_duration_seconds",
+            "How long each poll of the chain took: its head, and the logs of new blocks.",
+            &s.counters.chain_polls,
+        ),
+        (
+            "dstack_mesh_reconcile_duration_seconds",
+            "How long each change of the interface took, from the plan to the device having it.",
+            &s.counters.reconcile,
+        ),
+        (
+            "dstack_mesh_ballot_duration_seconds",
+            "How long each ballot of this node took, from sending it to its receipt.",
+            &s.counters.election.ballots,
+        ),
+    ] {
+        out.histogram(name, help, latency);
+    }
     out.0
 }
 
@@ -378,6 +397,23 @@ impl Exposition {
         for (labels, v) in samples {
             self.0.push_str(&format!("{name}{labels} {v}\n"));
         }
+    }
+
+    /// A histogram in seconds: its cumulative buckets, its sum and its count.
+    fn histogram(&mut self, name: &str, help: &str, latency: &crate::latency::Latency) {
+        self.0
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (le, n) in latency.cumulative() {
+            self.0
+                .push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
+        }
+        let micros = latency.sum_micros;
+        self.0.push_str(&format!(
+            "{name}_sum {}.{:06}\n{name}_count {}\n",
+            micros / 1_000_000,
+            micros % 1_000_000,
+            latency.count
+        ));
     }
 
     /// A gauge in seconds, as Prometheus counts time, from milliseconds; absent rather than 0 when there is

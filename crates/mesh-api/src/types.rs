@@ -203,6 +203,10 @@ pub struct Attestation {
     /// The compose hash its RTMR3 log names, 0x-hex; absent when refused.
     #[serde(default)]
     pub compose_hash: Option<String>,
+    /// Until when (Unix seconds) the collateral it was verified under holds; after that, fresh collateral
+    /// decides again. Absent when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collateral_until: Option<u64>,
     /// When refused: what failed, as one word (see [`RefusedPeer::kind`]).
     #[serde(default)]
     pub kind: Option<String>,
@@ -515,6 +519,12 @@ pub struct Counters {
     pub relay: RelayCounters,
     #[serde(default)]
     pub election: ElectionCounters,
+    /// How long each poll of the chain took: its head, and the logs of new blocks.
+    #[serde(default)]
+    pub chain_polls: crate::latency::Latency,
+    /// How long each change of the interface took, from the plan to the device having it.
+    #[serde(default)]
+    pub reconcile: crate::latency::Latency,
 }
 
 /// This node's part in the leader election.
@@ -538,6 +548,9 @@ pub struct ElectionCounters {
     /// (at most one per timeout): more than a few means the decisions loop, which is a bug.
     #[serde(default)]
     pub ballots_held: u64,
+    /// How long each ballot took, from sending it to its receipt (or its failure).
+    #[serde(default)]
+    pub ballots: crate::latency::Latency,
 }
 
 /// The relay's counters.

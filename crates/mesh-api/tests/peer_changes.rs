@@ -45,6 +45,7 @@ fn base() -> Peer {
             verified: true,
             tcb_status: Some("UpToDate".into()),
             compose_hash: Some(format!("0x{}", "ab".repeat(32))),
+            collateral_until: None,
             kind: None,
             reason: None,
         }),

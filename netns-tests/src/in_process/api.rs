@@ -27,6 +27,7 @@ fn verified() -> Attestation {
         verified: true,
         tcb_status: Some("UpToDate".into()),
         compose_hash: Some(format!("0x{}", "c0".repeat(32))),
+        collateral_until: Some(1_795_600_000),
         kind: None,
         reason: None,
     }
@@ -190,9 +191,20 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 votes_withdrawn: 1,
                 ..ElectionCounters::default()
             },
+            chain_polls: latency(&[3, 40]),
+            reconcile: latency(&[120]),
         },
         check: None,
     }
+}
+
+/// Durations of `ms` milliseconds, observed.
+fn latency(ms: &[u64]) -> mesh_api::latency::Latency {
+    let mut l = mesh_api::latency::Latency::default();
+    for &ms in ms {
+        l.observe(std::time::Duration::from_millis(ms));
+    }
+    l
 }
 
 /// The real API server on a socket in a temp dir, serving whatever is sent on `publish`; stops on drop.

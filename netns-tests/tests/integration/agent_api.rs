@@ -381,6 +381,18 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         &format!("dstack_mesh_peer_punch_attempts_total{{{}}} 2", wg(3)),
         "dstack_mesh_nat_mapping{mapping=\"endpoint-independent\"} 1",
         "dstack_mesh_nat_candidates 1",
+        // Latencies as Prometheus histograms: cumulative buckets in seconds, the sum, the count.
+        "# TYPE dstack_mesh_chain_poll_duration_seconds histogram",
+        "dstack_mesh_chain_poll_duration_seconds_bucket{le=\"0.001\"} 0",
+        "dstack_mesh_chain_poll_duration_seconds_bucket{le=\"0.005\"} 1",
+        "dstack_mesh_chain_poll_duration_seconds_bucket{le=\"0.050\"} 2",
+        "dstack_mesh_chain_poll_duration_seconds_bucket{le=\"+Inf\"} 2",
+        "dstack_mesh_chain_poll_duration_seconds_sum 0.043000",
+        "dstack_mesh_chain_poll_duration_seconds_count 2",
+        "dstack_mesh_reconcile_duration_seconds_bucket{le=\"0.100\"} 0",
+        "dstack_mesh_reconcile_duration_seconds_bucket{le=\"0.250\"} 1",
+        "dstack_mesh_ballot_duration_seconds_bucket{le=\"+Inf\"} 0",
+        "dstack_mesh_ballot_duration_seconds_count 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -167,26 +167,30 @@ fn an_upgraded_node_asks_for_a_rebind_on_its_new_image() {
     steps.step("the holder rebound seat 2 with the request's fresh quote");
 
     wait_until(
-        "node 1 to judge node 2 on its new image, over a healthy tunnel",
+        "node 1 to judge node 2 on its new image, over a healthy tunnel both ways",
         Duration::from_secs(60),
         Duration::from_millis(250),
         || {
-            agents[0].peers().is_ok_and(|peers| {
-                peers.iter().any(|p| {
-                    p.token_id == 2
-                        && p.healthy
-                        && p.attestation
-                            .as_ref()
-                            .and_then(|a| a.compose_hash.as_deref())
-                            == Some(new.as_str())
+            agents[1].sees_healthy(1, &keys[0])
+                && agents[0].peers().is_ok_and(|peers| {
+                    peers.iter().any(|p| {
+                        p.token_id == 2
+                            && p.healthy
+                            && p.attestation
+                                .as_ref()
+                                .and_then(|a| a.compose_hash.as_deref())
+                                == Some(new.as_str())
+                    })
                 })
-            })
         },
-        || format!("{}\n{}", agents[0].tail(), agents[1].tail()),
-    );
-    assert!(
-        agents[1].sees_healthy(1, &keys[0]),
-        "node 2 still sees node 1"
+        || {
+            format!(
+                "{:?}\n{}\n{}",
+                agents[0].peers(),
+                agents[0].tail(),
+                agents[1].tail()
+            )
+        },
     );
     let status = agents[1].try_status().expect("status");
     assert!(

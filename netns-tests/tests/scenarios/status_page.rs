@@ -142,6 +142,12 @@ pub(crate) fn shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_without_a_r
             ("up", "direct"),
             "{loaded}"
         );
+        // Until when the collateral its quote was verified under holds: a day, YYYY-MM-DD.
+        let until = cells[8].as_bytes();
+        assert!(
+            until.len() == 10 && until[4] == b'-' && until[7] == b'-',
+            "seat {seat}'s collateral date: {loaded}"
+        );
     }
     assert_eq!(loaded["summary"], "3 seats, 2 of 2 peers up", "{loaded}");
     page.wait_for("\"stage\":\"filtered\"", BROWSER_TIMEOUT);

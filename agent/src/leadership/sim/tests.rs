@@ -38,6 +38,13 @@ fn a_cluster_elects_its_lowest_seat_which_leads_alone() {
         "one election: {:?}",
         sim.contract.mined
     );
+    // The election's time, from deciding it to its receipt: at least the simulated RPC's, and within a tick.
+    let ballots = &sim.nodes[0].machine.state().counters.ballots;
+    assert_eq!(ballots.count, 1, "{ballots:?}");
+    assert!(
+        (20_000..2_000_000).contains(&ballots.sum_micros),
+        "{ballots:?}"
+    );
 }
 
 /// The leader's node is frozen (its process stopped: nothing in, nothing out, its clock running on); the

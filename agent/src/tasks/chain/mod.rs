@@ -307,7 +307,9 @@ impl Running {
             return;
         };
         let began = Instant::now();
-        match f.tick_at(began, heads).await {
+        let ticked = f.tick_at(began, heads).await;
+        self.state.poll_latency.observe(began.elapsed());
+        match ticked {
             Ok(tick) => {
                 if tick.confirmed {
                     self.state.confirmed_at = Some(began);
