@@ -80,6 +80,7 @@ impl From<ViewV1> for ChainView {
             last_block_hash: v.last_block_hash,
             records: v.records,
             bindings: std::collections::BTreeMap::new(),
+            holders: std::collections::BTreeMap::new(),
             high_water,
             leader: None,
             leader_term: 0,
@@ -287,6 +288,7 @@ mod tests {
             last_block: 42,
             last_block_hash: B256::repeat_byte(4),
             records: BTreeMap::new(),
+            holders: BTreeMap::new(),
             bindings: [(
                 3,
                 mesh_chain::view::Binding {

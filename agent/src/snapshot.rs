@@ -145,6 +145,7 @@ fn peer(
         tx_bytes: stat.map_or(0, |s| s.tx_bytes),
         leader: false,
         attestation: None,
+        holder: None,
     }
 }
 
@@ -227,6 +228,7 @@ pub fn render(
         .map(|m| Peer {
             leader: Some(m.token_id) == leader_seat,
             attestation: chain.attestations.get(&m.token_id).map(Attested::to_api),
+            holder: view.and_then(|v| v.holders.get(&m.token_id)).copied(),
             ..peer(m, &mesh.stats, &agent.liveness, now)
         })
         .collect();

@@ -82,6 +82,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         address node; // the seat's bound node key; zero while unbound
         bytes32 evidenceHash; // keccak256 of the binding's evidence
         uint64 boundBlock; // block of the binding, whose InstanceBound event carries the evidence
+        address holder; // who holds the seat (ownerOf), for operators' views
     }
 
     /// @notice Why a seat's peer record was cleared.
@@ -878,7 +879,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
             overlayAddress: network + uint32(tokenId),
             node: seat.node,
             evidenceHash: seat.evidenceHash,
-            boundBlock: seat.boundBlock
+            boundBlock: seat.boundBlock,
+            holder: _ownerOf(tokenId)
         });
     }
 

@@ -213,6 +213,7 @@ mod tests {
             tx_bytes: 0,
             leader: false,
             attestation: None,
+            holder: None,
         }
     }
 

@@ -393,6 +393,13 @@ impl<I: Interfaces> Running<I> {
         };
         let (members, invalid) = desired::members(view, seat, own);
         self.note_invalid(invalid);
+        // The device logs a peer by its key (its only name in WireGuard); naming each key by its seat makes
+        // every such line, the device's included, say which seat it is about.
+        wg_key::names::set(
+            members
+                .iter()
+                .filter_map(|m| m.wg_public_key.map(|k| (k, format!("seat {}", m.token_id)))),
+        );
         self.state.members = Arc::new(members);
         self.settle_by
             .get_or_insert_with(|| Instant::now() + SETTLE_FOR);

@@ -127,6 +127,7 @@ pub(crate) mod tests {
             tx_bytes: 0,
             leader: false,
             attestation: None,
+            holder: None,
         }
     }
 

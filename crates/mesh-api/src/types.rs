@@ -137,6 +137,10 @@ pub struct Peer {
     /// `/v1/peers/refused`). Absent only from an agent older than attestation.
     #[serde(default)]
     pub attestation: Option<Attestation>,
+    /// Who holds its seat, as this node last read it (every full read, and at each transfer); absent until
+    /// read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Address>,
 }
 
 impl Peer {

@@ -49,6 +49,7 @@ fn base() -> Peer {
             kind: None,
             reason: None,
         }),
+        holder: None,
     }
 }
 

@@ -451,6 +451,7 @@ mod tests {
             node: Address::ZERO,
             evidenceHash: alloy::primitives::B256::ZERO,
             boundBlock: 8,
+            holder: Address::ZERO,
         };
         (peer, event)
     }

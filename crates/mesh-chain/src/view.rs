@@ -28,6 +28,10 @@ pub struct ChainView {
     /// records, and the evidence that ties that key to the instance's CVM.
     #[serde(default)]
     pub bindings: BTreeMap<u64, Binding>,
+    /// Each listed seat's holder, as the last full read listed it and `Transfer` events since moved it: for
+    /// operators' views only, never for who is a peer.
+    #[serde(default)]
+    pub holders: BTreeMap<u64, Address>,
     /// Per seat, the highest nonce of a record ever believed. It outlives the record (a clear, a full read
     /// that no longer lists the seat, a restart), so an old record can never come back.
     pub high_water: BTreeMap<u64, u64>,
@@ -52,6 +56,7 @@ impl ChainView {
             last_block_hash: B256::ZERO,
             records: BTreeMap::new(),
             bindings: BTreeMap::new(),
+            holders: BTreeMap::new(),
             high_water: BTreeMap::new(),
             leader: None,
             leader_term: 0,

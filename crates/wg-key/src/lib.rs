@@ -2,6 +2,8 @@
 //! and [`PrivateKey`], which never prints. The contract, the interface, the API and the tests all use these
 //! two, never bare bytes.
 
+pub mod names;
+
 use std::fmt;
 
 use base64::Engine as _;
@@ -108,10 +110,14 @@ impl fmt::Display for Key {
     }
 }
 
+/// A prefix of the key, and its name in logs when it has one ([`names`]).
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let full = BASE64.encode(self.0);
-        write!(f, "{}…", &full[..8])
+        match names::of(&self.0) {
+            Some(name) => write!(f, "{}…({name})", &full[..8]),
+            None => write!(f, "{}…", &full[..8]),
+        }
     }
 }
 
@@ -178,6 +184,24 @@ mod tests {
         assert_eq!(text.parse::<Key>(), Ok(key));
         assert!("not a key".parse::<Key>().is_err());
         assert!(BASE64.encode([1u8; 31]).parse::<Key>().is_err(), "31 bytes");
+    }
+
+    /// A key the agent named prints its name in `Debug`, as log lines show it, until the names change; its
+    /// `Display`, which WireGuard's tools and the API read, never does.
+    #[test]
+    fn a_named_key_shows_its_name_in_debug_until_renamed() {
+        let (named, other) = (Key::from_bytes([0x31; 32]), Key::from_bytes([0x32; 32]));
+        let prefix = &named.to_string()[..8];
+        names::set([(named, "seat 3".to_owned())]);
+        assert_eq!(format!("{named:?}"), format!("{prefix}…(seat 3)"));
+        assert!(!format!("{other:?}").contains("seat"));
+        assert_eq!(named.to_string().len(), 44, "Display stays the bare key");
+        names::set([(other, "seat 4".to_owned())]);
+        assert_eq!(
+            format!("{named:?}"),
+            format!("{prefix}…"),
+            "left out: nameless again"
+        );
     }
 
     /// In JSON a key is its base64 string, and anything else is refused with the reason.

@@ -76,6 +76,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         tx_bytes: tx,
         leader: token == 2,
         attestation: Some(verified()),
+        holder: Some(alloy::primitives::Address::repeat_byte(token as u8)),
     }
     };
     let peers = vec![

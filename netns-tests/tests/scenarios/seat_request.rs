@@ -110,6 +110,12 @@ fn a_seatless_node_asks_waits_and_joins_once_bound() {
         || one.sees_healthy(2, &k2) && two.sees_healthy(1, &k1),
         || format!("{}\n{}", one.tail(), two.tail()),
     );
+    // The device knows node 1 by its key alone; its log lines about it name the seat too.
+    let added = two.log_lines("peer added");
+    assert!(
+        added.iter().any(|l| l.contains("(seat 1)")),
+        "node 2's device names seat 1 when it adds it: {added:?}"
+    );
     let agents = [one, two];
     assert_pings(&agents, 2, 1);
     steps.step("node 2 meshed with node 1: 2 -> 1 pings");

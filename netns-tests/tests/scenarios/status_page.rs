@@ -142,6 +142,19 @@ pub(crate) fn shows_the_mesh_and_the_leader_and_drops_a_revoked_seat_without_a_r
             ("up", "direct"),
             "{loaded}"
         );
+        // Its holder, shortened: seat N is held by anvil account N in these clusters.
+        assert!(
+            account_address(seat.parse().expect("a seat number"))
+                .to_lowercase()
+                .starts_with(
+                    cells[11]
+                        .trim_end_matches('\u{2026}')
+                        .to_lowercase()
+                        .as_str()
+                )
+                && cells[11].len() > 4,
+            "seat {seat}'s holder: {loaded}"
+        );
         // Until when the collateral its quote was verified under holds: a day, YYYY-MM-DD.
         let until = cells[8].as_bytes();
         assert!(

@@ -39,6 +39,8 @@ pub enum Event {
     /// Boxed: it carries a whole proof, several times the size of the others.
     PeerRegistered(Box<DstackClusterNFT::PeerRegistered>),
     PeerCleared(DstackClusterNFT::PeerCleared),
+    /// A seat minted, moved or burned (ERC721's `Transfer`).
+    Transfer(DstackClusterNFT::Transfer),
     LeaderElected(DstackClusterElection::LeaderElected),
     LeaderReplaced(DstackClusterElection::LeaderReplaced),
     LeaderCleared(DstackClusterElection::LeaderCleared),
@@ -72,6 +74,8 @@ impl Logged {
             Event::PeerRegistered(Box::new(e.inner.data))
         } else if let Ok(e) = log.log_decode::<DstackClusterNFT::PeerCleared>() {
             Event::PeerCleared(e.inner.data)
+        } else if let Ok(e) = log.log_decode::<DstackClusterNFT::Transfer>() {
+            Event::Transfer(e.inner.data)
         } else {
             Event::Other
         };
@@ -386,6 +390,14 @@ impl RangeApply {
                     next.records.remove(&token);
                 }
             }
+            Event::Transfer(e) => {
+                if let Some(token) = seat(e.tokenId) {
+                    match e.to.is_zero() {
+                        true => next.holders.remove(&token),
+                        false => next.holders.insert(token, e.to),
+                    };
+                }
+            }
             Event::Other => {}
         }
     }
@@ -493,6 +505,8 @@ impl ListingApply {
     pub fn new(view: &ChainView, leader: U256, term: U256) -> Self {
         let mut next = view.clone();
         let held = std::mem::take(&mut next.records);
+        // The listing names the holder of every seat it lists; no other seat's holder is kept.
+        next.holders.clear();
         next.leader = leader_of(leader);
         next.leader_term = term_of(term, view.leader_term);
         Self {
@@ -517,6 +531,7 @@ impl ListingApply {
             warn!(token = %p.tokenId, "skipping a listed record whose seat id is out of range");
             return Need::Nothing;
         };
+        self.next.holders.insert(token, p.holder);
         let bound = self.next.bindings.get(&token).is_some_and(|b| {
             b.node == p.node && b.evidence_hash == p.evidenceHash && b.bound_block == p.boundBlock
         });

@@ -618,6 +618,38 @@ fn a_first_full_read_believes_every_authentic_listed_record() {
     );
 }
 
+/// The holders are the listing's, then move with each `Transfer`; a burn forgets the seat's.
+#[test]
+fn holders_come_from_the_listing_and_follow_transfers() {
+    let fresh = CLUSTER.view();
+    let (three, four) = (CLUSTER.record(3, 0x33, 2), CLUSTER.record(4, 0x44, 1));
+    let events = [Cluster::registered(&three), Cluster::registered(&four)];
+    let read = apply_listing(
+        &fresh,
+        &listing(&[(&three, 0x33), (&four, 0x44)], 4, 7),
+        binding_events,
+        registration_events(&events),
+    );
+    let holder = |t: u64| Cluster::holder_of(U256::from(t));
+    assert_eq!(read.view.holders, [(3, holder(3)), (4, holder(4))].into());
+
+    let buyer = Address::repeat_byte(0xb0);
+    let transfer = |token: u64, to: Address| {
+        log(Event::Transfer(DstackClusterNFT::Transfer {
+            from: holder(token),
+            to,
+            tokenId: U256::from(token),
+        }))
+    };
+    let moved = apply_logs(
+        &read.view,
+        next_blocks(&read.view),
+        &[transfer(3, buyer), transfer(4, Address::ZERO)],
+        no_binding_read,
+    );
+    assert_eq!(moved.view.holders, [(3, buyer)].into(), "3 sold, 4 burned");
+}
+
 /// A record the node believes, listed again with the same nonce and node, is kept without any read: a
 /// full read of an unchanged chain costs no events.
 #[test]
