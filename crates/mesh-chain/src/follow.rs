@@ -183,6 +183,8 @@ pub struct Follower {
     app_auth: Option<Address>,
     /// An allowlist changed in a range read since the last tick.
     allowlists_changed: bool,
+    /// The holders `getPeer` named while the range being applied read seats' bindings.
+    holders_read: BTreeMap<u64, Address>,
 }
 
 fn rpc(what: &'static str) -> impl FnOnce(alloy::transports::TransportError) -> ChainError {
@@ -288,6 +290,7 @@ impl Follower {
             announced: BTreeMap::new(),
             app_auth: None,
             allowlists_changed: false,
+            holders_read: BTreeMap::new(),
         };
         match cached {
             Some(mut v) => {
@@ -643,6 +646,7 @@ impl Follower {
             return Ok((false, to == target));
         }
         let mut apply = RangeApply::new(&self.view, blocks);
+        self.holders_read.clear();
         for log in &logs {
             let log = Logged::decode(log, self.view.contract, self.view.election);
             let binding = match apply.binding_wanted(&log) {
@@ -663,10 +667,11 @@ impl Follower {
             info!(from, to, leader = ?applied.view.leader, term = applied.view.leader_term, "the leader changed");
         }
         self.view = applied.view;
+        // The holders of the seats whose bindings this range read come with them, at no extra read.
+        self.view
+            .holders
+            .extend(std::mem::take(&mut self.holders_read));
         self.forget_announced();
-        if changes.records {
-            self.fill_holders(to).await;
-        }
         if changes.records {
             info!(
                 event = "records.changed",
@@ -677,37 +682,6 @@ impl Follower {
             );
         }
         Ok((changes.any(), to == target))
-    }
-
-    /// Reads the holder of each seat with a record whose holder the view lacks: one that registered after the
-    /// last full read listed the seats with records, and was minted before this node followed its
-    /// `Transfer`. For operators' views only: a read that fails is left to the next full read.
-    async fn fill_holders(&mut self, block: u64) {
-        let missing: Vec<u64> = self
-            .view
-            .records
-            .keys()
-            .filter(|t| !self.view.holders.contains_key(t))
-            .copied()
-            .collect();
-        let c = DstackClusterNFT::new(self.view.contract, self.provider.clone());
-        for token in missing {
-            self.count();
-            match c
-                .ownerOf(U256::from(token))
-                .block(block.into())
-                .call()
-                .await
-            {
-                Ok(holder) => {
-                    self.view.holders.insert(token, holder);
-                }
-                Err(e) => {
-                    debug!(token, error = %e, "cannot read a seat's holder; the next full read lists it");
-                    return;
-                }
-            }
-        }
     }
 
     /// Seat `token`'s binding at block `block`, from the seat (`getPeer`) and its `InstanceBound` event; none
@@ -725,6 +699,7 @@ impl Follower {
             .call()
             .await
             .map_err(call("getPeer"))?;
+        self.holders_read.insert(token, peer.holder);
         if peer.node.is_zero() {
             return Ok(None);
         }
