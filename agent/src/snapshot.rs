@@ -10,9 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use alloy::primitives::Address;
 use mesh_api::{
-    ChainStatus, CheckSignal, ConnectionKind, Counters, Leader, LeaderClock, Mode, Node, Path,
-    Peer, RefusedPeer, Snapshot, Status,
+    BallotKind, BallotReport, ChainStatus, CheckSignal, ConnectionKind, Counters, Leader,
+    LeaderClock, Mode, Node, Path, Peer, RefusedPeer, Snapshot, Status,
 };
+use mesh_chain::election::Ballot;
 use mesh_chain::membership::Member;
 use mesh_chain::redact::RedactedUrl;
 use mesh_wg::{Key, Liveness, PathKind, PeerStatus};
@@ -251,6 +252,7 @@ pub fn render(
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
         peers_refused: refused.len(),
         nat: mesh.nat.as_ref().map(nat),
+        election: election_of(election, now),
     };
     let refused_kind = |seat: u64| match chain.attestations.get(&seat) {
         Some(Attested::Refused { kind, .. }) => Some(*kind),
@@ -389,6 +391,31 @@ fn clock_of(
         lease,
         confirmed_at: read.max(by_leader),
         claim_until: election.claim.until(),
+    }
+}
+
+/// This node's vote and last ballot, its time on the wall clock.
+fn election_of(election: &LeaderState, now: Clock) -> mesh_api::Election {
+    mesh_api::Election {
+        vote: election.vote,
+        last_ballot: election.last_ballot.as_ref().map(|b| {
+            let (kind, seat) = match b.ballot {
+                Ballot::Elect => (BallotKind::Elect, None),
+                Ballot::Vote { target } => (BallotKind::Vote, Some(target)),
+                Ballot::Withdraw => (BallotKind::Withdraw, b.withdrawn),
+            };
+            BallotReport {
+                kind,
+                seat,
+                reason: b.reason.clone(),
+                outcome: b.outcome,
+                error: b.error.clone(),
+                sent_at: now
+                    .wall_of(b.sent)
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            }
+        }),
     }
 }
 

@@ -152,6 +152,21 @@ pub struct LeaderState {
     /// When the seat named leader last answered this node as leading under the view's term: when the
     /// ping it answered was sent.
     pub leader_confirmed_at: Option<Instant>,
+    /// The last ballot this node sent, and what came of it.
+    pub last_ballot: Option<BallotLog>,
+}
+
+/// A ballot this node sent, as the API reports it ([`mesh_api::BallotReport`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BallotLog {
+    pub ballot: mesh_chain::election::Ballot,
+    /// The seat of the vote a withdrawal takes back.
+    pub withdrawn: Option<u64>,
+    pub reason: String,
+    pub sent: Instant,
+    pub outcome: mesh_api::BallotOutcome,
+    /// Why it failed, scrubbed of the RPC's credentials.
+    pub error: Option<String>,
 }
 
 /// Why a task fails now: what it was doing, and the typed error with its causes. The publisher renders it

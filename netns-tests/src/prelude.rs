@@ -7,7 +7,7 @@ pub use crate::run::process::{tail, workspace_bin};
 pub use crate::run::steps::Steps;
 pub use crate::run::wait::wait_until;
 pub use crate::system::agent::*;
-pub use crate::system::apps::{App, http, python, run_script};
+pub use crate::system::apps::{App, http, python, require_chromium, run_script};
 pub use crate::system::cluster::*;
 pub use crate::system::gateway::{Gateway, TEST_DOMAIN, UdpBlock, relay_routes};
 pub use crate::system::lan::*;

@@ -188,6 +188,7 @@ mod tests {
             peers_healthy: 0,
             peers_refused: 0,
             nat: None,
+            election: Default::default(),
         }
     }
 

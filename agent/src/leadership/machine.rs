@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use backoff::Backoff;
-use mesh_api::{AppReport, CheckSignal, HealthSignal};
+use mesh_api::{AppReport, BallotOutcome, CheckSignal, HealthSignal};
 use mesh_chain::election::{Ballot, Cast, ElectionError};
 use mesh_chain::error::ChainError;
 use mesh_chain::redact::RedactedUrl;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::election::{self, Sighting};
 use super::heartbeat::{self, Heartbeat, Kind, Promise, View};
 use super::lease::{self, Claim, Timing};
-use crate::state::{Fault, LeaderState};
+use crate::state::{BallotLog, Fault, LeaderState};
 
 /// After a ballot that was mined, how long an election is not called again while the view catches up.
 const AFTER_ELECTING: Duration = Duration::from_secs(10);
@@ -667,6 +667,14 @@ impl Machine {
         }
         self.held = None;
         info!(seat = own, %ballot, %reason, "casting a ballot");
+        self.state.last_ballot = Some(BallotLog {
+            ballot,
+            withdrawn: self.state.vote.filter(|_| ballot == Ballot::Withdraw),
+            reason: reason.to_string(),
+            sent: now,
+            outcome: BallotOutcome::Pending,
+            error: None,
+        });
         self.casting = Some(ballot);
         self.last_ballot = Some(now);
         self.start(Job::Cast { seat: own, ballot });
@@ -685,6 +693,7 @@ impl Machine {
         match result {
             Ok(_) => {
                 // Cluster::cast logged it, with the transaction and the sender.
+                self.ballot_came_to(BallotOutcome::Mined, None);
                 self.backoff.reset();
                 self.state.error = None;
                 let counters = &mut self.state.counters;
@@ -713,6 +722,7 @@ impl Machine {
                 // it still shows none, and the same ballot would be due again at once.
                 self.vote_known = false;
                 self.quiet_until = Some(now + AFTER_ELECTING);
+                self.ballot_came_to(BallotOutcome::Preempted, None);
                 info!("another node elected a leader first: {revert}");
             }
             Err(e) => {
@@ -723,9 +733,18 @@ impl Machine {
                 self.quiet_until = Some(now + delay);
                 self.state.counters.failures = self.state.counters.failures.saturating_add(1);
                 let fault = Fault::new(format!("{ballot} failed"), e);
-                warn!(%ballot, error = %fault.render(&self.config.rpc), retry_in = ?delay, "the ballot failed");
+                let error = fault.render(&self.config.rpc);
+                warn!(%ballot, %error, retry_in = ?delay, "the ballot failed");
+                self.ballot_came_to(BallotOutcome::Failed, Some(error));
                 self.state.error = Some(fault);
             }
+        }
+    }
+
+    fn ballot_came_to(&mut self, outcome: BallotOutcome, error: Option<String>) {
+        if let Some(log) = &mut self.state.last_ballot {
+            log.outcome = outcome;
+            log.error = error;
         }
     }
 

@@ -542,3 +542,42 @@ fn only_what_applications_use_is_a_change() {
     assert!(mesh_api::peers_changed(&a, &b));
     assert!(mesh_api::peers_changed(&a, &a[1..]));
 }
+
+/// `/v1/status` shows this node's vote and its last ballot: a withdrawal names the seat of the vote it
+/// takes back, and the time it was sent is on the wall clock.
+#[test]
+fn the_status_shows_the_vote_and_the_last_ballot_with_its_time() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, reg, mesh) = states(now);
+    let election = LeaderState {
+        vote: None,
+        last_ballot: Some(crate::state::BallotLog {
+            ballot: Ballot::Withdraw,
+            withdrawn: Some(2),
+            reason: "seat 2 answers again".into(),
+            sent: mono() - Duration::from_secs(7),
+            outcome: mesh_api::BallotOutcome::Mined,
+            error: None,
+        }),
+        ..LeaderState::default()
+    };
+    let s = with_election(&chain, &reg, &mesh, &election, now);
+    assert_eq!(
+        serde_json::to_value(&s.status.election).unwrap(),
+        serde_json::json!({
+            "vote": null,
+            "lastBallot": {
+                "kind": "withdraw",
+                "seat": 2,
+                "reason": "seat 2 answers again",
+                "outcome": "mined",
+                "sentAt": 999_993,
+            }
+        })
+    );
+    let none = snapshot(&chain, &reg, &mesh, Duration::ZERO, now);
+    assert_eq!(
+        serde_json::to_value(&none.status.election).unwrap(),
+        serde_json::json!({ "vote": null })
+    );
+}

@@ -102,6 +102,7 @@ pub(crate) mod tests {
             peers_healthy: 0,
             peers_refused: 0,
             nat: None,
+            election: Default::default(),
         }
     }
 

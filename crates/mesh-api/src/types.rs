@@ -502,6 +502,65 @@ pub struct Status {
     /// The NAT in front of this node and its candidates; absent without the userspace device.
     #[serde(default)]
     pub nat: Option<Nat>,
+    /// This node's part in the leader election: its vote, and its last ballot.
+    #[serde(default)]
+    pub election: Election,
+}
+
+/// This node's part in the leader election, as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Election {
+    /// The seat this node's no-confidence vote stands against, as last read from the chain or cast.
+    #[serde(default)]
+    pub vote: Option<u64>,
+    /// The last ballot this node sent, and what came of it; absent before its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ballot: Option<BallotReport>,
+}
+
+/// One ballot this node sent: what, why, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BallotReport {
+    pub kind: BallotKind,
+    /// The seat a vote is cast against, or the seat of the vote withdrawn.
+    #[serde(default)]
+    pub seat: Option<u64>,
+    /// Why this node decided on it, in the agent's words.
+    pub reason: String,
+    pub outcome: BallotOutcome,
+    /// Why it failed, with the RPC's credentials scrubbed; absent unless it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Unix seconds at which it was sent.
+    pub sent_at: u64,
+}
+
+/// A ballot's kind, as the contract's functions are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BallotKind {
+    /// `electLeader`: there was no leader.
+    Elect,
+    /// `castVote`: no confidence in the seat named.
+    Vote,
+    /// `withdrawVote`: the seat voted against answers again.
+    Withdraw,
+}
+
+/// What came of a ballot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BallotOutcome {
+    /// Sent; no receipt yet.
+    Pending,
+    /// Mined.
+    Mined,
+    /// Another node's election landed first: nothing failed, the question was settled.
+    Preempted,
+    /// Reverted, or not sent (no funds, the RPC): `error` says why.
+    Failed,
 }
 
 /// Counters for `/metrics`.

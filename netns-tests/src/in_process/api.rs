@@ -4,9 +4,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use mesh_api::{
-    self, Attestation, Candidate, ChainStatus, ConnectionKind, Counters, ElectionCounters, Leader,
-    Mode, Nat, Node, Path as PeerPath, Peer, RefusedPeer, RelayCounters, Snapshot, Status,
-    StunServer,
+    self, Attestation, Candidate, ChainStatus, ConnectionKind, Counters, Election,
+    ElectionCounters, Leader, Mode, Nat, Node, Path as PeerPath, Peer, RefusedPeer, RelayCounters,
+    Snapshot, Status, StunServer,
 };
 use mesh_wg::Key;
 use owned_task::Task;
@@ -153,6 +153,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 }],
                 checked_at: Some(now - 5),
             }),
+            election: Election::default(),
         },
         peers,
         peers_known: true,
@@ -236,6 +237,27 @@ impl FixtureApi {
 
     pub fn path(&self) -> &Path {
         &self.socket
+    }
+
+    /// The same API on `listener` too, as `--api-listen` serves it (the status page included), until the
+    /// task is dropped. Call inside a tokio runtime.
+    ///
+    /// # Panics
+    /// When the listener cannot be handed to tokio.
+    pub fn also_on(&self, listener: std::net::TcpListener) -> Task<()> {
+        listener
+            .set_nonblocking(true)
+            .expect("a nonblocking listener");
+        let tcp = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        Task::spawn(
+            "fixture-api-tcp",
+            mesh_api::serve(
+                tcp,
+                mesh_api::Routes::Api,
+                self.publish.subscribe(),
+                std::future::pending(),
+            ),
+        )
     }
 
     /// Stops serving, as an agent that exits does (its event streams end), and serves `snapshot` on the

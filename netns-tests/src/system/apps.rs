@@ -65,6 +65,17 @@ pub fn node() -> PathBuf {
     node
 }
 
+/// The headless browser the status page is read in (Debian's Chromium, or `CHROMIUM`), or why it cannot
+/// be: call before deploying anything.
+pub fn require_chromium() {
+    require_root(&["chromium", "curl"]);
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (scripts/bootstrap does), or set CHROMIUM"
+    );
+}
+
 /// `<interpreter> <script> <args>` (the script relative to the repository; Python for `.py`, Node.js for
 /// `.mjs` and `.js`) in `ns`, with nothing of this process's environment but `PATH`, and the agent's API at
 /// `api` (`DSTACK_MESH_API`).

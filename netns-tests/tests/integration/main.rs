@@ -15,3 +15,4 @@ mod chain_registration;
 mod meshctl_cli;
 mod meshctl_status;
 mod runbook;
+mod status_feed;

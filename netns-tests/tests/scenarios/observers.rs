@@ -26,7 +26,7 @@ const NODES: usize = 3;
 fn wg_show_prometheus_and_the_status_page_each_see_the_mesh_as_it_is() {
     require_mesh_prerequisites();
     require_root(&["prometheus", "curl"]);
-    status_page::require_chromium();
+    require_chromium();
     let steps = Steps::new("observers");
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);

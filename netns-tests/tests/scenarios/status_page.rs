@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use netns_tests::prelude::*;
-use netns_tests::run::process::require_root;
 use serde_json::Value;
 
 /// Where every agent serves its API and the page: the observers' mesh runs them with `--api-listen` on it.
@@ -48,20 +47,6 @@ fn stage(page: &App, name: &str) -> Value {
         .into_iter()
         .find(|v| v["stage"] == name)
         .unwrap_or_else(|| panic!("no {name} stage\n{}", page.tail()))
-}
-
-/// The headless browser this page is read in, or why it cannot be: call before deploying anything.
-pub(crate) fn require_chromium() {
-    require_root(&["chromium", "curl"]);
-    assert!(
-        std::path::Path::new(&chromium()).exists(),
-        "{} is missing: install Debian's chromium (scripts/bootstrap does), or set CHROMIUM",
-        chromium()
-    );
-}
-
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
 
 /// Node 1's page lists seats 1 to 3 and names the leader as the API does; seat 3, revoked (the last thing

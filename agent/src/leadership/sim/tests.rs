@@ -1,6 +1,7 @@
 //! The properties of the leadership, each a story on the simulated cluster, and one checked over random
 //! histories.
 
+use mesh_api::BallotOutcome;
 use proptest::prelude::*;
 
 use super::*;
@@ -135,6 +136,12 @@ fn a_node_whose_election_lost_the_race_waits_for_its_view_and_casts_nothing_more
     sim.contract.set_leader(Some(1));
     let (seat, _) = sim.until_someone_leads(30.0).expect("a leader");
     assert_eq!(seat, 1);
+    let lost = sim.nodes[0].machine.state().last_ballot.clone();
+    assert_eq!(
+        lost.map(|b| (b.ballot, b.outcome)),
+        Some((Ballot::Elect, BallotOutcome::Preempted)),
+        "the API shows the race lost, not failed"
+    );
     sim.run_until(30.0);
     assert!(sim.contract.mined.is_empty(), "{:?}", sim.contract.mined);
     assert_eq!(sim.overlap(), None);
@@ -418,4 +425,65 @@ proptest! {
             }
         }
     }
+}
+
+/// What the API shows of this node's last ballot follows it from sending to its result: seat 1's election,
+/// which reverts (every seat left the contract's active set meanwhile), shows failed with the revert and why
+/// it was due; once the seats are back, its next one shows mined.
+#[test]
+fn the_last_ballot_shows_why_it_was_sent_and_what_came_of_it() {
+    let mut sim = Sim::new(3, calm(), 7);
+    let deadline = sim.at(10.0);
+    while sim.pending.is_empty() {
+        assert!(sim.now < deadline, "seat 1 never elected");
+        sim.step();
+    }
+    let sent = sim.nodes[0]
+        .machine
+        .state()
+        .last_ballot
+        .clone()
+        .expect("a ballot");
+    assert_eq!(
+        (sent.ballot, sent.outcome),
+        (Ballot::Elect, BallotOutcome::Pending)
+    );
+    let active = std::mem::take(&mut sim.contract.active);
+    let failed = loop {
+        assert!(sim.now < deadline, "seat 1's election never came back");
+        sim.step();
+        let last = sim.nodes[0]
+            .machine
+            .state()
+            .last_ballot
+            .clone()
+            .expect("a ballot");
+        if last.outcome != BallotOutcome::Pending {
+            break last;
+        }
+    };
+    assert_eq!(failed.outcome, BallotOutcome::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("electLeader failed") && e.contains("LeaderNoEligibleSeat")),
+        "{failed:?}"
+    );
+    assert!(failed.reason.contains("no leader"), "{failed:?}");
+
+    sim.contract.active = active;
+    let (seat, _) = sim.until_someone_leads(60.0).expect("a leader");
+    assert_eq!(seat, 1);
+    let mined = sim.nodes[0]
+        .machine
+        .state()
+        .last_ballot
+        .clone()
+        .expect("a ballot");
+    assert_eq!(
+        (mined.ballot, mined.outcome, mined.error),
+        (Ballot::Elect, BallotOutcome::Mined, None)
+    );
+    assert!(mined.sent > failed.sent, "a new ballot, not the failed one");
 }
