@@ -107,6 +107,25 @@ pub struct SimNode {
     pub key_file: PathBuf,
 }
 
+impl SimNode {
+    /// Waits (bounded) until node `i`'s simulator, run by `guard`, serves its socket.
+    fn wait_serving(&self, i: usize, guard: &mut ChildGuard) {
+        wait_until(
+            &format!(
+                "dstack-simulator node-{i} to serve {}",
+                self.socket.display()
+            ),
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                guard.assert_running();
+                self.socket.exists()
+            },
+            || tail(&self.log, 2000),
+        );
+    }
+}
+
 /// A cluster on the LAN's chain (or any chain, [`Cluster::deploy_at`]): a fresh KMS root key, one
 /// `dstack-simulator` per node (all of [`APP_ID`]), the contract deployed by account 0 with `meshctl
 /// deploy`, and seat i minted to account i and bound to node i's instance.
@@ -236,20 +255,8 @@ impl<'a> Cluster<'a> {
             &sim.log,
             None,
         );
-        let guard = &mut guards[i - 1];
-        wait_until(
-            &format!(
-                "dstack-simulator node-{i} to serve {} again",
-                sim.socket.display()
-            ),
-            Duration::from_secs(20),
-            Duration::from_millis(50),
-            || {
-                guard.assert_running();
-                sim.socket.exists()
-            },
-            || tail(&sim.log, 2000),
-        );
+        sim.wait_serving(i, &mut guards[i - 1]);
+        drop(guards);
         let id = self.identity(i);
         id["compose_hash"]
             .as_str()
@@ -332,21 +339,7 @@ impl<'a> Cluster<'a> {
         let mut images = Vec::new();
         for i in 1..=cluster.sims.len() {
             let sim = &cluster.sims[i - 1];
-            let mut guards = cluster.guards.lock().expect("not poisoned");
-            let guard = &mut guards[i - 1];
-            wait_until(
-                &format!(
-                    "dstack-simulator node-{i} to serve {}",
-                    sim.socket.display()
-                ),
-                Duration::from_secs(20),
-                Duration::from_millis(50),
-                || {
-                    guard.assert_running();
-                    sim.socket.exists()
-                },
-                || tail(&sim.log, 2000),
-            );
+            sim.wait_serving(i, &mut cluster.guards.lock().expect("not poisoned")[i - 1]);
             let id = cluster.identity(i);
             let field = |k: &str| {
                 id[k]
