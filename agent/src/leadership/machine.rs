@@ -53,6 +53,8 @@ pub struct Chain {
     pub confirmed_at: Option<Instant>,
     /// The view came from the state file: the RPC has not answered since start.
     pub from_cache: bool,
+    /// The last block the view has read.
+    pub block: u64,
 }
 
 impl Chain {
@@ -143,6 +145,9 @@ pub struct Machine {
     backoff: Backoff,
     /// The ballot being cast, while one is.
     casting: Option<Ballot>,
+    /// The block this node's last ballot was mined in: no ballot is decided on a view older than that,
+    /// which cannot show what the ballot did.
+    ballot_block: Option<u64>,
     /// When the last ballot was sent, for the one-per-timeout bound, and the ballot that bound holds back.
     last_ballot: Option<Instant>,
     held: Option<Ballot>,
@@ -181,6 +186,7 @@ impl Machine {
             quiet_until: None,
             backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(60)),
             casting: None,
+            ballot_block: None,
             last_ballot: None,
             held: None,
             sent: BTreeMap::new(),
@@ -622,6 +628,9 @@ impl Machine {
             }
             return;
         }
+        if self.ballot_block.is_some_and(|b| self.chain.block < b) {
+            return;
+        }
         let attested: Vec<u64> = self
             .chain
             .registered
@@ -691,9 +700,10 @@ impl Machine {
             self.state.counters.ballots.observe(took);
         }
         match result {
-            Ok(_) => {
+            Ok(cast) => {
                 // Cluster::cast logged it, with the transaction and the sender.
                 self.ballot_came_to(BallotOutcome::Mined, None);
+                self.ballot_block = Some(cast.block);
                 self.backoff.reset();
                 self.state.error = None;
                 let counters = &mut self.state.counters;

@@ -293,6 +293,7 @@ fn chain_of(state: &ChainState) -> Chain {
         addresses,
         confirmed_at: state.confirmed_at,
         from_cache: state.from_cache,
+        block: view.last_block,
     }
 }
 

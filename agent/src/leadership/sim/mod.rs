@@ -58,6 +58,8 @@ struct Contract {
     refused: BTreeSet<u64>,
     /// Ballots mined, with who sent them and when.
     mined: Vec<(Instant, u64, Ballot)>,
+    /// The newest block mined.
+    block: u64,
 }
 
 fn revert(name: &str) -> ElectionError {
@@ -136,6 +138,9 @@ struct Node {
     frozen: bool,
     /// Its RPC does not answer: no reads, and its jobs fail.
     rpc_cut: bool,
+    /// Its reads answer this view (confirmed anew each time), however the chain moves on: a chain task
+    /// that lags far behind.
+    stale: Option<Chain>,
     /// Cut off the network: nothing from or to it gets through.
     cut_off: bool,
     app: Option<AppReport>,
@@ -199,6 +204,7 @@ impl Sim {
                     machine,
                     frozen: false,
                     rpc_cut: false,
+                    stale: None,
                     cut_off: false,
                     app: None,
                     next_tick: t0 + offset,
@@ -265,6 +271,7 @@ impl Sim {
             refused: c.refused.iter().copied().filter(|s| *s != seat).collect(),
             confirmed_at: Some(self.now),
             from_cache: false,
+            block: c.block,
         }
     }
 
@@ -290,13 +297,15 @@ impl Sim {
 
     fn mine(&mut self) {
         let now = self.now;
+        self.contract.block += 1;
+        let block = self.contract.block;
         for p in std::mem::take(&mut self.pending) {
             let result = self
                 .contract
                 .apply(p.seat, p.ballot)
                 .map(|()| Cast {
                     tx: Default::default(),
-                    block: 0,
+                    block,
                     from: Default::default(),
                 })
                 .map_err(revert);
@@ -316,7 +325,13 @@ impl Sim {
         if now >= self.nodes[i].next_read {
             self.nodes[i].next_read = now + timing().renew;
             if !self.nodes[i].rpc_cut {
-                let chain = self.read(i);
+                let chain = match &self.nodes[i].stale {
+                    Some(view) => Chain {
+                        confirmed_at: Some(now),
+                        ..view.clone()
+                    },
+                    None => self.read(i),
+                };
                 self.nodes[i].reads.push_back((now + RPC_LATENCY, chain));
             }
         }
