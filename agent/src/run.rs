@@ -63,7 +63,7 @@ async fn daemon(
     let contract = args.validate()?;
     let relay = relay_dialer(&args)?;
     let listeners = bind_api(&args).await?;
-    let rpc = RedactedUrl::new(&args.endpoints.rpc_url);
+    let rpc = RedactedUrl::new(args.endpoints.rpc_url());
     let agent = AgentFacts {
         mode: args.mode.into(),
         contract,
@@ -217,6 +217,7 @@ async fn member(
     let shared = Shared {
         contract,
         rpc,
+        rpcs: args.endpoints.rpcs()?,
         identity,
         tx_key,
         dstack: client,

@@ -370,6 +370,29 @@ fn chain_status(agent: &AgentFacts, chain: &ChainState, reg: &RegState) -> Chain
             .as_ref()
             .or(reg.error.as_ref())
             .map(|f| f.render(&agent.rpc)),
+        verification: verification(&chain.rpcs),
+    }
+}
+
+/// The providers' record, as the API shows it.
+fn verification(report: &mesh_chain::quorum::QuorumReport) -> mesh_api::Verification {
+    mesh_api::Verification {
+        verified: report.verified(),
+        quorum: report.quorum,
+        providers: report
+            .providers
+            .iter()
+            .map(|p| mesh_api::Provider {
+                url: p.url.clone(),
+                agreed: p.agreed,
+                dissented: p.dissented,
+                failed: p.failed,
+                dissenting: p.dissenting,
+                last_dissent: p.last_dissent.clone(),
+            })
+            .collect(),
+        splits: report.splits,
+        last_split: report.last_split.clone(),
     }
 }
 

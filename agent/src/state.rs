@@ -79,6 +79,8 @@ pub struct ChainState {
     /// Records refused: not authentic, or older than what was known.
     pub rejected: u64,
     pub rpc_errors: u64,
+    /// What each provider answered, against the quorum's answers (one provider: unverified).
+    pub rpcs: mesh_chain::quorum::QuorumReport,
 }
 
 /// The registrar's state.

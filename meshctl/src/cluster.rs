@@ -22,13 +22,45 @@ use serde_json::{Value, json};
 /// Where the chain is.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ChainOpts {
-    /// The chain's JSON-RPC URL, http(s):// or ws(s)://.
+    /// The chain's JSON-RPC URL, http(s):// or ws(s)://. Give several providers (repeat the flag, or
+    /// separate URLs with commas) to take only what a quorum of them answer alike (--rpc-quorum);
+    /// transactions go through the first.
     #[arg(
-        long,
+        long = "rpc-url",
         env = "DSTACK_MESH_RPC_URL",
+        value_name = "URL",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8545"
     )]
-    pub(crate) rpc_url: alloy::transports::http::reqwest::Url,
+    pub(crate) rpc_urls: Vec<alloy::transports::http::reqwest::Url>,
+    /// With several --rpc-url providers, how many must answer a read alike: more than half of them (the
+    /// default), up to all.
+    #[arg(long, env = "DSTACK_MESH_RPC_QUORUM", value_name = "N")]
+    pub(crate) rpc_quorum: Option<usize>,
+}
+
+impl ChainOpts {
+    /// The first provider: it sends transactions.
+    pub(crate) fn rpc_url(&self) -> &alloy::transports::http::reqwest::Url {
+        self.rpc_urls
+            .first()
+            .expect("clap gives --rpc-url a default and parses no empty list")
+    }
+
+    /// The providers, for messages: their URLs with credentials hidden.
+    pub(crate) fn shown(&self) -> String {
+        match self.rpcs() {
+            Ok(r) => r.shown(),
+            Err(_) => RedactedUrl::new(self.rpc_url()).to_string(),
+        }
+    }
+
+    fn rpcs(&self) -> anyhow::Result<mesh_chain::rpc::Rpcs> {
+        Ok(mesh_chain::rpc::Rpcs::new(
+            self.rpc_urls.clone(),
+            self.rpc_quorum,
+        )?)
+    }
 }
 
 /// Which cluster.
@@ -86,18 +118,20 @@ pub(crate) async fn require_chain(
     Ok(())
 }
 
-/// A connection to the chain, over HTTP or WebSocket as the URL says.
+/// A connection to the first provider, over HTTP or WebSocket as the URL says.
 async fn client(opts: &ChainOpts) -> anyhow::Result<alloy::rpc::client::RpcClient> {
-    mesh_chain::rpc::client(&opts.rpc_url)
+    mesh_chain::rpc::client(opts.rpc_url())
         .await
-        .with_context(|| format!("connecting to {}", RedactedUrl::new(&opts.rpc_url)))
+        .with_context(|| format!("connecting to {}", RedactedUrl::new(opts.rpc_url())))
 }
 
-/// A read-only connection to the chain.
+/// A read-only connection to the chain: through every provider, a quorum of which must agree, when several
+/// are given.
 pub(crate) async fn reader(opts: &ChainOpts) -> anyhow::Result<DynProvider> {
-    Ok(ProviderBuilder::new()
-        .connect_client(client(opts).await?)
-        .erased())
+    opts.rpcs()?
+        .reader()
+        .await
+        .with_context(|| format!("connecting to {}", opts.shown()))
 }
 
 /// A signing connection to the chain.
@@ -122,12 +156,7 @@ pub(crate) async fn open(
 ) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
     chain::check_cluster(&provider, opts.contract)
         .await
-        .with_context(|| {
-            format!(
-                "checking the cluster contract via {}",
-                RedactedUrl::new(&opts.chain.rpc_url)
-            )
-        })?;
+        .with_context(|| format!("checking the cluster contract via {}", opts.chain.shown()))?;
     Ok(DstackClusterNFT::new(opts.contract, provider))
 }
 

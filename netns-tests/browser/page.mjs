@@ -67,6 +67,7 @@ export const read = () => {
     live: t("live"),
     chainHead: t("chain-head"),
     chainPrefix: t("chain-prefix"),
+    chainVerified: t("chain-verified"),
     summary: t("cluster-summary"),
     events: [...document.querySelectorAll("#events li")].map((li) => li.lastChild.textContent),
   };

@@ -49,7 +49,7 @@ impl LeaderTask {
         let wireguard = args.mode == ModeArg::Wireguard;
         Self {
             contract: shared.contract,
-            rpc_url: args.endpoints.rpc_url.clone(),
+            rpc_url: args.endpoints.rpc_url().clone(),
             rpc: shared.rpc.clone(),
             identity: Arc::clone(&shared.identity),
             tx_key: shared.tx_key.clone(),

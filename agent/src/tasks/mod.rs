@@ -36,6 +36,8 @@ use crate::state::Fault;
 pub struct Shared {
     pub contract: Address,
     pub rpc: RedactedUrl,
+    /// The providers; the first is `rpc`.
+    pub rpcs: mesh_chain::rpc::Rpcs,
     pub identity: Arc<NodeIdentity>,
     pub tx_key: Option<PrivateKeySigner>,
     pub dstack: dstack_guest::DstackClient,

@@ -72,7 +72,7 @@ impl Registrar {
         };
         Self {
             contract: shared.contract,
-            rpc_url: args.endpoints.rpc_url.clone(),
+            rpc_url: args.endpoints.rpc_url().clone(),
             rpc: shared.rpc.clone(),
             identity: Arc::clone(identity),
             desired,

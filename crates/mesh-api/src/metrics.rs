@@ -500,6 +500,37 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
             .iter()
             .map(|n| (format!("{{mapping=\"{}\"}}", n.mapping), 1)),
     );
+    let v = &s.status.chain.verification;
+    out.metric(
+        "dstack_mesh_chain_verified",
+        "gauge",
+        "1 when every read of the chain this node acts on must be answered alike by a quorum of several providers, 0 with one provider (unverified).",
+        [(String::new(), u64::from(v.verified))],
+    );
+    out.metric(
+        "dstack_mesh_rpc_answers_total",
+        "counter",
+        "Each provider's answers: among the quorum's (agreed), unlike it and ignored (dissented), or none (failed).",
+        v.providers.iter().flat_map(|p| {
+            [
+                ("agreed", p.agreed),
+                ("dissented", p.dissented),
+                ("failed", p.failed),
+            ]
+            .map(|(outcome, n)| {
+                (
+                    format!("{{provider=\"{}\",outcome=\"{outcome}\"}}", escape(&p.url)),
+                    n,
+                )
+            })
+        }),
+    );
+    out.metric(
+        "dstack_mesh_rpc_splits_total",
+        "counter",
+        "Reads no answer of which reached the providers' quorum; the view stayed as it was.",
+        [(String::new(), v.splits)],
+    );
     out.metric(
         "dstack_mesh_nat_candidates",
         "gauge",

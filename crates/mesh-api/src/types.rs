@@ -475,6 +475,43 @@ pub struct ChainStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     pub last_error: Option<String>,
+    /// Whom the view rests on: one provider (unverified), or a quorum of several, each with its record.
+    #[serde(default)]
+    pub verification: Verification,
+}
+
+/// Whether what this node believes of the chain is checked by more than one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// More than one provider must answer each read alike: a lying one is outvoted, or stops the view.
+    /// False with one provider: the view is what it says.
+    pub verified: bool,
+    /// How many providers must answer alike.
+    pub quorum: usize,
+    pub providers: Vec<Provider>,
+    /// Reads no answer of which reached the quorum; the view stayed as it was.
+    pub splits: u64,
+    /// The last of those, naming who answered what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_split: Option<String>,
+}
+
+/// One JSON-RPC provider, as the quorum judges its answers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provider {
+    /// Its URL, credentials hidden.
+    pub url: String,
+    /// Answers among the quorum's, answers unlike it (ignored), and requests it did not answer.
+    pub agreed: u64,
+    pub dissented: u64,
+    pub failed: u64,
+    /// Its last answer was unlike the quorum's.
+    pub dissenting: bool,
+    /// The method of its last answer unlike the quorum's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dissent: Option<String>,
 }
 
 /// `GET /v1/status`.

@@ -176,6 +176,9 @@ pub struct Follower {
     /// Ranges whose `eth_getLogs` was not asked because their logs bloom holds nothing of the cluster's.
     pub log_reads_skipped: u64,
     latest_head: Option<u64>,
+    /// The newest confirmed block the RPC gave (with several providers, one a quorum of them has reached):
+    /// reads of the present are made at it, so that every provider is asked about the same block.
+    confirmed: Option<u64>,
     /// Heads a subscription announced from the last processed block on, by number: their hashes and
     /// blooms stand in for header reads and empty log reads.
     announced: BTreeMap<u64, Head>,
@@ -287,6 +290,7 @@ impl Follower {
             rejected: 0,
             log_reads_skipped: 0,
             latest_head: None,
+            confirmed: None,
             announced: BTreeMap::new(),
             app_auth: None,
             allowlists_changed: false,
@@ -422,7 +426,9 @@ impl Follower {
             }
         };
         self.latest_head = Some(self.latest_head.unwrap_or(0).max(head));
-        Ok(head.saturating_sub(self.config.confirmations))
+        let confirmed = head.saturating_sub(self.config.confirmations);
+        self.confirmed = Some(self.confirmed.unwrap_or(0).max(confirmed));
+        Ok(confirmed)
     }
 
     /// Block `number`'s hash, its parent's, and its logs bloom.
@@ -727,18 +733,27 @@ impl Follower {
         };
         let auth = DstackClusterAppAuth::new(address, self.provider.clone());
         self.count();
+        let at = self.present();
         let compose = auth
             .isComposeHashAllowed(compose_hash)
+            .block(at)
             .call()
             .await
             .map_err(call("isComposeHashAllowed"))?;
         self.count();
         let os = auth
             .isOsAllowed(os_measurement)
+            .block(at)
             .call()
             .await
             .map_err(call("isOsAllowed"))?;
         Ok((compose, os))
+    }
+
+    /// The block that reads of the present are made at: the newest confirmed one, once the head was read.
+    fn present(&self) -> alloy::eips::BlockId {
+        self.confirmed
+            .map_or(alloy::eips::BlockId::latest(), alloy::eips::BlockId::number)
     }
 
     /// The seat bound to `instance_id`, if any.
@@ -748,8 +763,10 @@ impl Follower {
     pub async fn seat_of(&mut self, instance_id: &str) -> Result<Seat, ChainError> {
         self.count();
         let cluster = DstackClusterNFT::new(self.view.contract, self.provider.clone());
+        let at = self.present();
         let token: U256 = cluster
             .tokenOfInstance(instance_id.to_owned())
+            .block(at)
             .call()
             .await
             .map_err(call("tokenOfInstance"))?;
@@ -759,6 +776,7 @@ impl Follower {
         self.count();
         let info = cluster
             .seatInfo(token)
+            .block(at)
             .call()
             .await
             .map_err(call("seatInfo"))?;

@@ -12,7 +12,8 @@
 //! - [`follow`]: following the contract: paged full reads and events per block range, reorg-aware; what
 //!   they do to the view is decided without I/O in [`follow::apply`].
 //! - [`heads`]: what wakes the follower: new heads by WebSocket subscription, or a polling timer.
-//! - [`rpc`]: connections to the RPC, over HTTP or WebSocket.
+//! - [`rpc`]: connections to the RPC, over HTTP or WebSocket, and the set of providers a quorum reads.
+//! - [`quorum`]: reads that one provider cannot bend: each sent to every provider, taken where a quorum agree.
 //! - [`registration`]: getting this node's record on-chain.
 //! - [`binding`]: a seat for a node without one: its request on-chain, and the holder's walk over them.
 //! - [`election`]: the node's part in the leader election: its seat's vote, electing, voting, withdrawing.
@@ -27,6 +28,7 @@ pub mod follow;
 pub mod heads;
 pub mod membership;
 pub mod node_key;
+pub mod quorum;
 pub mod record;
 pub mod redact;
 pub mod registration;

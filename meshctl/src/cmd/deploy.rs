@@ -77,12 +77,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     )
     .await
     .map_err(|e| ChainError::from_call("deploy", e))
-    .with_context(|| {
-        format!(
-            "deploying the cluster contract via {}",
-            mesh_chain::redact::RedactedUrl::new(&args.chain.rpc_url)
-        )
-    })?;
+    .with_context(|| format!("deploying the cluster contract via {}", args.chain.shown()))?;
     let address = *cluster.address();
     out.emit(
         || {

@@ -41,7 +41,9 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         .with_context(|| {
             format!(
                 "sending {} ETH to {} via {}",
-                args.amount, args.address, args.chain.rpc_url
+                args.amount,
+                args.address,
+                args.chain.shown()
             )
         })?
         .get_receipt()

@@ -155,6 +155,7 @@ fn render_node(status: &Status, verbose: bool) -> String {
             ""
         }
     ));
+    s.push_str(&render_verification(&c.verification));
     if let Some(e) = &c.last_error {
         s.push_str(&format!("# chain: {e}\n"));
     }
@@ -178,6 +179,35 @@ fn render_node(status: &Status, verbose: bool) -> String {
 }
 
 /// The NAT in front of this node as STUN showed it, and (verbose) what the node publishes.
+/// Whom the view rests on: one provider, unverified, or a quorum, with any provider answering otherwise.
+fn render_verification(v: &mesh_api::Verification) -> String {
+    if !v.verified {
+        return "rpc: one provider, unverified (give several --rpc-url for a quorum)\n".into();
+    }
+    let mut s = format!(
+        "rpc: {} of {} providers must agree",
+        v.quorum,
+        v.providers.len()
+    );
+    if v.splits > 0 {
+        s.push_str(&format!(", {} reads without a quorum", v.splits));
+    }
+    s.push('\n');
+    for p in v.providers.iter().filter(|p| p.dissenting) {
+        s.push_str(&format!(
+            "# rpc: {} answers unlike the others ({} of {} answers, last {}): it is outvoted; check it\n",
+            p.url,
+            p.dissented,
+            p.agreed + p.dissented,
+            p.last_dissent.as_deref().unwrap_or("?")
+        ));
+    }
+    if let Some(split) = &v.last_split {
+        s.push_str(&format!("# rpc: last read without a quorum: {split}\n"));
+    }
+    s
+}
+
 fn render_nat(nat: &mesh_api::Nat, verbose: bool) -> String {
     let answered = nat.servers.iter().filter(|s| s.mapped.is_some()).count();
     let mapped = if nat.mapped.is_empty() {

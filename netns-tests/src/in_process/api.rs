@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use mesh_api::{
     self, Attestation, Candidate, ChainStatus, ConnectionKind, Counters, Election,
-    ElectionCounters, Leader, Mode, Nat, Node, Path as PeerPath, Peer, RefusedPeer, RelayCounters,
-    Snapshot, Status, StunServer,
+    ElectionCounters, Leader, Mode, Nat, Node, Path as PeerPath, Peer, Provider, RefusedPeer,
+    RelayCounters, Snapshot, Status, StunServer, Verification,
 };
 use mesh_wg::Key;
 use owned_task::Task;
@@ -127,6 +127,24 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 subscribed: false,
                 prefix: Some("10.0.1.0/24".into()),
                 last_error: None,
+                // Three providers, two of which must agree; the third answered a range's logs otherwise.
+                verification: Verification {
+                    verified: true,
+                    quorum: 2,
+                    providers: ["a", "b", "c"]
+                        .iter()
+                        .map(|p| Provider {
+                            url: format!("https://{p}.rpc.example/"),
+                            agreed: if *p == "c" { 90 } else { 100 },
+                            dissented: if *p == "c" { 10 } else { 0 },
+                            failed: 0,
+                            dissenting: *p == "c",
+                            last_dissent: (*p == "c").then(|| "eth_getLogs".into()),
+                        })
+                        .collect(),
+                    splits: 0,
+                    last_split: None,
+                },
             },
             uptime_secs: 3600,
             peers_configured: 3,

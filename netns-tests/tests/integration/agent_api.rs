@@ -381,6 +381,12 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         &format!("dstack_mesh_peer_punch_attempts_total{{{}}} 2", wg(3)),
         "dstack_mesh_nat_mapping{mapping=\"endpoint-independent\"} 1",
         "dstack_mesh_nat_candidates 1",
+        // Three providers, two of which must agree; the third answered otherwise 10 times.
+        "dstack_mesh_chain_verified 1",
+        "# TYPE dstack_mesh_rpc_answers_total counter",
+        "dstack_mesh_rpc_answers_total{provider=\"https://c.rpc.example/\",outcome=\"dissented\"} 10",
+        "dstack_mesh_rpc_answers_total{provider=\"https://a.rpc.example/\",outcome=\"agreed\"} 100",
+        "dstack_mesh_rpc_splits_total 0",
         // Latencies as Prometheus histograms: cumulative buckets in seconds, the sum, the count.
         "# TYPE dstack_mesh_chain_poll_duration_seconds histogram",
         "dstack_mesh_chain_poll_duration_seconds_bucket{le=\"0.001\"} 0",

@@ -51,6 +51,11 @@ async fn status_shows_the_node_and_one_row_per_peer() {
     );
     assert!(text.contains("block 120 of 122 (lag 2)"), "{text}");
     assert!(
+        text.contains("rpc: 2 of 3 providers must agree\n")
+            && text.contains("# rpc: https://c.rpc.example/ answers unlike the others (10 of 100 answers, last eth_getLogs)"),
+        "the quorum, and the provider outvoted: {text}"
+    );
+    assert!(
         text.contains("leader seat 2 at 10.0.1.2, term 3  answering  [unknown]"),
         "the leader, where it is, its term, whether it answers and whether it is confirmed: {text}"
     );

@@ -1,7 +1,8 @@
 //! The status page's event feed in Debian's headless Chromium (driven by `netns-tests/browser/status_feed.mjs`,
 //! with playwright-core): what the agent's snapshot gains shows in the feed in words, without a reload and
 //! once each — a seat refused and a seat no longer refused, this node's own evidence refused and passing
-//! again, this node's vote against the leader and its failed withdrawal with the error. The real API
+//! again, this node's vote against the leader and its failed withdrawal with the error, an RPC outvoted and
+//! one agreeing again, and a read without a quorum. The real API
 //! server serves a fixture snapshot, on loopback in a namespace the test makes.
 //!
 //! Needs root, `scripts/bootstrap`'s chromium and playwright-core, and Node.js.
@@ -23,6 +24,10 @@ const OWN_REFUSED: &str =
 const VOTED: &str = "this node voted against seat 2: the leader, seat 2, has not answered for 9 s";
 const WITHDRAWAL_FAILED: &str = "this node withdrew its vote against seat 2 \u{2013} failed: withdrawVote failed: the RPC did not answer";
 const OWN_PASSES: &str = "this node's evidence passes again";
+const B_OUTVOTED: &str =
+    "the RPC https://b.rpc.example/ answers unlike the others (eth_call): outvoted";
+const C_AGREES: &str = "the RPC https://c.rpc.example/ answers like the others again";
+const NO_QUORUM: &str = "no quorum: the RPCs disagree on eth_getLogs";
 
 fn ballot(
     kind: BallotKind,
@@ -68,6 +73,20 @@ fn refusals_and_a_vote(s: &mut Snapshot, now: u64) {
     ));
 }
 
+/// Provider b is outvoted on an eth_call, c agrees again, and a range's logs got no quorum.
+fn an_rpc_outvoted_and_a_split(s: &mut Snapshot) {
+    let v = &mut s.status.chain.verification;
+    for p in &mut v.providers {
+        p.dissenting = p.url.contains("//b.");
+        if p.dissenting {
+            p.dissented += 1;
+            p.last_dissent = Some("eth_call".into());
+        }
+    }
+    v.splits += 1;
+    v.last_split = Some("the RPCs disagree on eth_getLogs: https://a.rpc.example/ answered one way, https://b.rpc.example/ otherwise, https://c.rpc.example/ did not answer; 2 must answer alike".into());
+}
+
 /// This node's evidence passes again; its withdrawal of the vote failed.
 fn a_failed_withdrawal(s: &mut Snapshot, now: u64, passing: Attestation) {
     s.status.node.attestation = Some(passing);
@@ -111,6 +130,9 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         VOTED,
         WITHDRAWAL_FAILED,
         OWN_PASSES,
+        B_OUTVOTED,
+        C_AGREES,
+        NO_QUORUM,
     ];
     let mut args = vec!["--url", url.as_str(), "--timeout", "90"];
     for e in &expected {
@@ -130,6 +152,10 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         "{loaded}"
     );
     assert_eq!(loaded["leader"]["vote"], "none", "{loaded}");
+    assert_eq!(
+        loaded["chainVerified"], "2 of 3 RPCs must agree; outvoted: https://c.rpc.example/",
+        "{loaded}"
+    );
 
     api.publish.send_modify(|s| refusals_and_a_vote(s, now));
     let first = [REFUSED_6, NO_LONGER_5, OWN_REFUSED, VOTED];
@@ -149,8 +175,10 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         },
         || page.tail(),
     );
-    api.publish
-        .send_modify(|s| a_failed_withdrawal(s, now, passing.clone()));
+    api.publish.send_modify(|s| {
+        a_failed_withdrawal(s, now, passing.clone());
+        an_rpc_outvoted_and_a_split(s);
+    });
     page.wait_for("\"stage\":\"seen\"", BROWSER_TIMEOUT);
 
     let seen = stage(&page, "seen");
@@ -164,6 +192,10 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
     }
     assert_eq!(seen["navigations"], 1, "the page was reloaded: {seen}");
     assert_eq!(seen["leader"]["vote"], "against seat 2", "{seen}");
+    assert_eq!(
+        seen["chainVerified"], "2 of 3 RPCs must agree; outvoted: https://b.rpc.example/",
+        "{seen}"
+    );
     let card = seen["leader"]["ballot"].as_str().unwrap_or_default();
     assert!(
         card.starts_with(WITHDRAWAL_FAILED),

@@ -36,6 +36,7 @@ mod relay;
 mod restart;
 mod revoke;
 mod rotate_and_move;
+mod rpc_quorum;
 mod scale;
 mod sdk;
 mod seat_request;

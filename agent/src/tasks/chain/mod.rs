@@ -14,6 +14,7 @@ use backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::{Head, Wake, Wakeups};
 use mesh_chain::redact::RedactedUrl;
+use mesh_chain::rpc::Rpcs;
 use mesh_chain::view::{ChainView, Seat};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the chain task needs to know.
 pub struct ChainTask {
     pub contract: Address,
-    pub rpc_url: Url,
+    /// The providers the follower reads through (a quorum of them, when several).
+    pub rpcs: Rpcs,
     pub rpc: RedactedUrl,
     pub follow: FollowConfig,
     pub anchors: Anchors,
@@ -64,7 +66,7 @@ impl ChainTask {
     pub fn from_args(args: &RunArgs, shared: &Shared, attestor: Attestor) -> Self {
         Self {
             contract: shared.contract,
-            rpc_url: args.endpoints.rpc_url.clone(),
+            rpcs: shared.rpcs.clone(),
             rpc: shared.rpc.clone(),
             follow: FollowConfig {
                 confirmations: args.confirmations,
@@ -146,6 +148,7 @@ impl ChainTask {
             info!("serving the chain view from the state file until the RPC answers");
             running.publish(&view, true).await;
         }
+        running.state.rpcs = running.task.rpcs.watch().report();
         let mut recorded = None;
         record_seat(
             &running.task.node_span,
@@ -171,6 +174,7 @@ impl ChainTask {
                 }
             }
             running.state.subscribed = wakeups.subscribed();
+            running.state.rpcs = running.task.rpcs.watch().report();
             wakeups.poll_at_least_every(running.leads().then_some(running.task.renew));
             if heads.is_empty()
                 && let Some(latest) = running.follower.as_ref().and_then(Follower::latest_head)
@@ -260,7 +264,7 @@ impl Running {
         let cached = self.state.view.as_deref().cloned();
         let read_whole = cached.is_none();
         let began = Instant::now();
-        let started = match mesh_chain::rpc::reader(&self.task.rpc_url).await {
+        let started = match self.task.rpcs.reader().await {
             Ok(provider) => {
                 Follower::start(
                     provider,

@@ -31,6 +31,7 @@ use netns_tests::{
 type Contract = TestCluster;
 
 mod heads;
+mod quorum;
 
 const CONFIG: FollowConfig = FollowConfig {
     confirmations: 0,
@@ -41,6 +42,22 @@ const CONFIG: FollowConfig = FollowConfig {
 async fn join(anvil: &AnvilInstance, c: &Contract, node: &SimulatedInstance, endpoint: &str) {
     mint(c, anvil.addresses()[1], Some(node)).await;
     node.register(anvil, *c.address(), endpoint, "", 2).await;
+}
+
+/// Two seats on a fresh anvil: instances a and b joined as seats 1 and 2, at 192.0.2.1 and .2.
+async fn two_seats() -> (
+    AnvilInstance,
+    SimulatedInstance,
+    SimulatedInstance,
+    Contract,
+) {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let b = SimulatedInstance::start("b").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    join(&anvil, &c, &b, "192.0.2.2:51820").await;
+    (anvil, a, b, c)
 }
 
 fn reader(url: &str) -> DynProvider {
@@ -320,12 +337,7 @@ async fn registration_logs(
 /// after it was revoked, and across a restart from the state file: the old record never comes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lying_rpc_cannot_roll_a_seat_back() {
-    let anvil = anvil();
-    let a = SimulatedInstance::start("a").await;
-    let b = SimulatedInstance::start("b").await;
-    let c = deploy_cluster(&anvil, a.kms_root).await;
-    join(&anvil, &c, &a, "192.0.2.1:51820").await;
-    join(&anvil, &c, &b, "192.0.2.2:51820").await;
+    let (anvil, _a, b, c) = two_seats().await;
     let old_peer = c.getPeer(U256::from(2)).call().await.unwrap();
     b.register(&anvil, *c.address(), "192.0.2.22:51820", "", 2)
         .await; // seat 2 moves: nonce 2
