@@ -11,6 +11,11 @@ interface IClusterSeats {
     /// @notice Whether `account` may act for seat `tokenId`: its holder (or whoever the holder authorised),
     /// or its bound node while the seat has a record.
     function canActFor(uint256 tokenId, address account) external view returns (bool);
+    /// @notice The block of seat `tokenId`'s binding, which names that binding; 0 while the seat is unbound.
+    function boundBlockOf(uint256 tokenId) external view returns (uint64);
+    /// @notice Releases seat `tokenId`'s binding made at `boundBlock`, which enough members disputed: its
+    /// instance is free for another seat, and this seat may not claim it again. Only the election calls it.
+    function releaseBinding(uint256 tokenId, uint64 boundBlock) external;
 }
 
 /// @title DstackClusterElection: the leader election of one dstack-mesh cluster.
@@ -29,6 +34,10 @@ contract DstackClusterElection {
     uint256 public leaderTerm;
     mapping(uint256 voterTokenId => uint256 targetTokenId) public voteOf;
     mapping(uint256 targetTokenId => uint256) public votesAgainst;
+    /// @notice Disputes of a seat's binding (named by its block): who disputed it, and how many did.
+    mapping(uint256 targetTokenId => mapping(uint64 boundBlock => mapping(uint256 voterTokenId => bool))) public
+        disputedBy;
+    mapping(uint256 targetTokenId => mapping(uint64 boundBlock => uint256)) public disputesAgainst;
 
     /// @dev The active seats in three levels: bit b of `_activeInWord[w]` is seat 256·w + b; bit (w mod 256) of
     /// `_wordsInGroup[w / 256]` says that word w has a seat, and bit g of `_groupsInUse` that group g has one.
@@ -42,6 +51,10 @@ contract DstackClusterElection {
     event VoteWithdrawn(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
     event LeaderReplaced(uint256 indexed oldTokenId, uint256 indexed newTokenId, uint256 votes, uint256 term);
     event LeaderCleared(uint256 indexed oldTokenId, uint256 term);
+    event BindingDisputed(
+        uint256 indexed voterTokenId, uint256 indexed targetTokenId, uint64 boundBlock, uint256 disputes
+    );
+    event BindingReleased(uint256 indexed targetTokenId, uint64 boundBlock, uint256 disputes);
 
     error LeaderAlreadyElected(uint256 tokenId);
     error LeaderNoEligibleSeat();
@@ -50,6 +63,7 @@ contract DstackClusterElection {
     error LeaderNotSeatAgent(uint256 tokenId, address caller);
     error LeaderSeatInactive(uint256 tokenId);
     error LeaderOnlyCluster(address caller);
+    error DisputeSeatNotBound(uint256 tokenId);
 
     constructor(IClusterSeats cluster_) {
         cluster = cluster_;
@@ -90,6 +104,29 @@ contract DstackClusterElection {
         uint256 previous = voteOf[voterTokenId];
         if (previous == 0) revert LeaderNoVote(voterTokenId);
         _withdrawVote(voterTokenId, previous);
+    }
+
+    /// @notice Seat `voterTokenId` disputes seat `targetTokenId`'s binding: its evidence does not show the
+    /// instance it claims (a quote of another instance or node, or no quote at all), which every agent checks and
+    /// the contract cannot. A binding disputed by f + 1 active seats, as many as vote a leader out, is released:
+    /// its instance is free for the seat that genuinely runs it, with no owner's hand, and the disputed seat may
+    /// not claim that instance again. Agents dispute only for what a quote itself shows, never for what time or
+    /// policy changes (collateral, TCB status, allowlists). The seat's holder or its node may dispute; either
+    /// way it is the seat's one voice per binding.
+    function disputeBinding(uint256 voterTokenId, uint256 targetTokenId) external {
+        _requireActiveVoter(voterTokenId);
+        if (voterTokenId == targetTokenId) revert LeaderCannotVoteForSelf(voterTokenId);
+        uint64 boundBlock = cluster.boundBlockOf(targetTokenId);
+        if (boundBlock == 0) revert DisputeSeatNotBound(targetTokenId);
+        mapping(uint256 => bool) storage voters = disputedBy[targetTokenId][boundBlock];
+        if (voters[voterTokenId]) return;
+        voters[voterTokenId] = true;
+        uint256 disputes = ++disputesAgainst[targetTokenId][boundBlock];
+        emit BindingDisputed(voterTokenId, targetTokenId, boundBlock, disputes);
+        if (disputes >= voteThreshold()) {
+            emit BindingReleased(targetTokenId, boundBlock, disputes);
+            cluster.releaseBinding(targetTokenId, boundBlock);
+        }
     }
 
     /// @notice f + 1 for the current number of active seats.

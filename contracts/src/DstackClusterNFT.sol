@@ -90,7 +90,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         Rebound,
         Transferred,
         Deactivated,
-        Revoked
+        Revoked,
+        Disputed
     }
 
     struct Seat {
@@ -145,6 +146,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
 
     mapping(uint256 tokenId => Seat) private _seats;
     mapping(bytes32 instanceHash => uint256 tokenId) private _tokenOfInstance;
+    /// @dev Seat and instance pairs whose binding the members disputed away: keccak256(tokenId, instanceHash).
+    mapping(bytes32 claim => bool) private _disputedClaim;
     mapping(bytes32 wgPublicKey => uint256 tokenId) private _tokenOfWgKey;
 
     /// @notice The holder a seatless node asked to bind it (see requestBinding), until a seat is bound to it.
@@ -246,6 +249,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     error ClusterBindNeedsEvidence(string instanceId);
     error ClusterBindConsentInvalid(address node, address recovered);
     error ClusterInvalidHolder();
+    error ClusterClaimDisputed(string instanceId, uint256 tokenId);
+    error ClusterOnlyElection(address caller);
 
     error RegistryStaleNonce(uint256 tokenId, uint64 lastNonce, uint64 nonce);
     error RegistryEmptyRecord(uint256 tokenId);
@@ -523,6 +528,29 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         return (holder, seat.active, seat.instanceId, seat.nonce, seat.registeredBlock, _appOf(seat));
     }
 
+    /// @inheritdoc IClusterSeats
+    function boundBlockOf(uint256 tokenId) external view returns (uint64) {
+        return _seats[tokenId].boundBlock;
+    }
+
+    /// @inheritdoc IClusterSeats
+    function releaseBinding(uint256 tokenId, uint64 boundBlock) external {
+        if (msg.sender != address(election)) revert ClusterOnlyElection(msg.sender);
+        Seat storage seat = _seats[tokenId];
+        // Rebound since the disputes began: those were of another binding.
+        if (seat.boundBlock != boundBlock) return;
+        string memory instanceId = seat.instanceId;
+        bytes32 h = keccak256(bytes(instanceId));
+        _clearRecord(tokenId, ClearReason.Disputed);
+        _disputedClaim[keccak256(abi.encode(tokenId, h))] = true;
+        if (_tokenOfInstance[h] == tokenId) delete _tokenOfInstance[h];
+        delete seat.instanceId;
+        delete seat.node;
+        delete seat.boundBlock;
+        delete seat.evidenceHash;
+        emit InstanceUnbound(tokenId, instanceId);
+    }
+
     /// @notice The seat bound to `instanceId`, or 0.
     function tokenOfInstance(string calldata instanceId) external view returns (uint256) {
         return _tokenOfInstance[keccak256(bytes(instanceId))];
@@ -693,6 +721,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         bytes32 h = keccak256(bytes(instanceId));
         uint256 bound = _tokenOfInstance[h];
         if (bound != 0 && bound != tokenId) revert ClusterInstanceAlreadyBound(instanceId, bound);
+        if (_disputedClaim[keccak256(abi.encode(tokenId, h))]) revert ClusterClaimDisputed(instanceId, tokenId);
         if (binding.evidence.length == 0) revert ClusterBindNeedsEvidence(instanceId);
         address node = binding.node;
         Seat storage seat = _seats[tokenId];

@@ -35,6 +35,12 @@ contract StandInCluster is IClusterSeats {
     function canActFor(uint256, address) external pure returns (bool) {
         return true;
     }
+
+    function boundBlockOf(uint256) external pure returns (uint64) {
+        return 0;
+    }
+
+    function releaseBinding(uint256, uint64) external pure {}
 }
 
 /// @notice The election finds the lowest eligible seat among the active ones at any id, across the words and

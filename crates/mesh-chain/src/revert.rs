@@ -80,7 +80,17 @@ fn describe(e: &E) -> Revert {
         E::ClusterInstanceAlreadyBound(x) => revert(
             "ClusterInstanceAlreadyBound",
             format!("instance {} is already bound to {}", x.instanceId, seat(&x.tokenId)),
-            Some("an instance can hold one seat; unbind it there first (rebind or deactivate that seat)".into()),
+            Some("an instance can hold one seat; unbind it there first (rebind or deactivate that seat). A binding whose quote does not show that instance is released once f + 1 seats dispute it (DstackClusterElection.disputeBinding)".into()),
+        ),
+        E::ClusterClaimDisputed(x) => revert(
+            "ClusterClaimDisputed",
+            format!("{}'s binding to instance {} was disputed away by the cluster's members", seat(&x.tokenId), x.instanceId),
+            Some("that seat may not claim that instance again: bind it to an instance whose quote shows it runs there, or bind the instance to another seat".into()),
+        ),
+        E::ClusterOnlyElection(x) => revert(
+            "ClusterOnlyElection",
+            format!("{} is not the cluster's election: only the election releases a disputed binding", x.caller),
+            None,
         ),
         E::ClusterInvalidHolder(_) => revert(
             "ClusterInvalidHolder",
@@ -285,6 +295,11 @@ fn describe_election(e: &ElectionE) -> Revert {
                 "its holder activates it with `meshctl activate --token {}`",
                 x.tokenId
             )),
+        ),
+        ElectionE::DisputeSeatNotBound(x) => revert(
+            "DisputeSeatNotBound",
+            format!("{} is bound to no instance: there is no binding to dispute", seat(&x.tokenId)),
+            None,
         ),
         ElectionE::LeaderOnlyCluster(x) => revert(
             "LeaderOnlyCluster",
