@@ -67,6 +67,9 @@ enum Command {
     Relay(cmd::relay::Args),
     /// Show the leader and the votes, or elect, vote and withdraw a vote.
     Leader(cmd::leader::Args),
+    /// Dispute, from one of your seats, another seat's binding whose quote does not show what it claims
+    /// (another instance, app or node): f + 1 disputes release it and free the instance it claims.
+    Dispute(cmd::dispute::Args),
 }
 
 /// The older names of meshctl's environment variables, still read (see `cli_env`).
@@ -118,6 +121,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Fund(a) => cmd::fund::run(a, &out).await,
         Command::Relay(a) => cmd::relay::run(a, &out).await,
         Command::Leader(a) => cmd::leader::run(a, &out).await,
+        Command::Dispute(a) => cmd::dispute::run(a, &out).await,
     };
     match result {
         Ok(code) => code,

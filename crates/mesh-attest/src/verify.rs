@@ -281,6 +281,21 @@ impl Refusal {
         )
     }
 
+    /// Whether the evidence itself shows that the binding claims what is not its own: it is no quote, or a
+    /// quote whose event log or report data names another instance, app or node. Nothing the checker
+    /// trusts, no time and no policy changes that, so the cluster's members may dispute the binding
+    /// (`DstackClusterElection.disputeBinding`), which frees the instance it claims.
+    pub fn shows_false_claim(&self) -> bool {
+        matches!(
+            self,
+            Self::Malformed(_)
+                | Self::EventLog(_)
+                | Self::AppMismatch { .. }
+                | Self::InstanceMismatch { .. }
+                | Self::ReportDataMismatch { .. }
+        )
+    }
+
     /// Whether the refusal depends on the time of the check, so that the same evidence and
     /// collateral may pass later (or earlier): such refusals are not cached.
     pub fn depends_on_time(&self) -> bool {
@@ -537,6 +552,29 @@ mod tests {
         ];
         let kinds: std::collections::BTreeSet<_> = all.iter().map(Refusal::kind).collect();
         assert_eq!(kinds.len(), all.len());
+        // A false claim is never one that trust, time or policy could turn: a dispute on it is final.
+        let false_claims: Vec<_> = all
+            .iter()
+            .filter(|r| r.shows_false_claim())
+            .map(Refusal::kind)
+            .collect();
+        assert_eq!(
+            false_claims,
+            [
+                "malformed",
+                "event-log",
+                "app-mismatch",
+                "instance-mismatch",
+                "report-data-mismatch"
+            ]
+        );
+        for r in all.iter().filter(|r| r.shows_false_claim()) {
+            assert!(
+                !r.depends_on_trust() && !r.depends_on_time(),
+                "{}",
+                r.kind()
+            );
+        }
         for kind in &kinds {
             assert!(
                 mesh_api::REFUSAL_KINDS.contains(kind),

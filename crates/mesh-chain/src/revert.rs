@@ -298,7 +298,10 @@ fn describe_election(e: &ElectionE) -> Revert {
         ),
         ElectionE::DisputeSeatNotBound(x) => revert(
             "DisputeSeatNotBound",
-            format!("{} is bound to no instance: there is no binding to dispute", seat(&x.tokenId)),
+            format!(
+                "{} is bound to no instance: there is no binding to dispute",
+                seat(&x.tokenId)
+            ),
             None,
         ),
         ElectionE::LeaderOnlyCluster(x) => revert(

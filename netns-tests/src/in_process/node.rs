@@ -175,6 +175,56 @@ impl SimulatedInstance {
             .expect("bind")
     }
 
+    /// What this instance, a sibling of `victim`'s app, can make to claim `victim`'s instance id for a seat:
+    /// its own node key, with a genuine chain from the app whose purpose names `victim` (dstack's GetKey is per
+    /// app), and its own genuine quote, whose event log names this instance. The contract takes it; every
+    /// agent refuses it as `instance-mismatch`.
+    ///
+    /// # Panics
+    /// When the simulator does not answer.
+    pub async fn sibling_binding(
+        &self,
+        victim: &str,
+        holder: Address,
+        chain_id: u64,
+        contract: Address,
+    ) -> NodeBinding {
+        let own = self.identity(0).await;
+        let mut info = self.client.info().await.expect("Info");
+        info.instance_id = victim.to_owned();
+        let seal = self
+            .client
+            .get_key(
+                p2p_agent::keystore::SEAL_KEY_PATH,
+                p2p_agent::keystore::SEAL_KEY_PURPOSE,
+            )
+            .await
+            .expect("GetKey");
+        let keys = p2p_agent::keystore::open_or_create(
+            &self.key_file(),
+            &p2p_agent::keystore::SealKey::from_bytes(*seal.key.expose_secret()),
+            own.instance_id(),
+            0,
+        )
+        .expect("its own keys");
+        let node = mesh_chain::node_key::NodeKey::load(&self.client, &info, keys.node_key())
+            .await
+            .expect("a chain naming the victim's instance");
+        let quote = self
+            .client
+            .get_quote(&mesh_attest::report_data(
+                chain_id,
+                contract,
+                node.address(),
+            ))
+            .await
+            .expect("GetQuote");
+        let evidence =
+            mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log).expect("evidence");
+        node.bind(holder, evidence.encode().into(), chain_id, contract)
+            .expect("bind")
+    }
+
     /// Registers this instance's record for its seat as the agent would: its WireGuard key, `endpoint` and
     /// `gateway_url`, paid by anvil account `payer` (not the owner's: the owner's provider caches its nonce).
     ///

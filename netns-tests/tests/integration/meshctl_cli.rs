@@ -789,3 +789,87 @@ fn both_binaries_name_the_commit_they_were_built_from() {
         );
     }
 }
+
+/// Seat 3's holder claims instance D's id with a sibling's (B's) chain and quote, which the contract cannot
+/// tell from D's own; the owner's mint of D's genuine binding then fails. `meshctl dispute` checks the quote
+/// first: it refuses to dispute seat 2's genuine binding, and from seats 1 and 2 (two of three, the threshold)
+/// releases seat 3's. D's binding then lands, with no owner's revocation, and seat 3 may not claim D again.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_seats_of_three_release_a_squatted_instance_with_meshctl_dispute() {
+    use alloy::primitives::U256;
+    use mesh_chain::contract::{DstackClusterNFT, binding_arg};
+
+    let anvil = anvil();
+    let (_a, m, contract) = seat_1_bound(&anvil).await;
+    let b = Instance::start("node-2").await;
+    let d = Instance::start("node-4").await;
+    let file_b = m.binding_file(&b, m.address(2)).await;
+    let mint = |to: usize, binding: Option<&std::path::Path>| {
+        let to = m.address(to).to_string();
+        let mut args = vec!["mint".to_owned(), "--to".into(), to];
+        if let Some(b) = binding {
+            args.extend(["--binding".into(), b.display().to_string()]);
+        }
+        m.run(
+            Some(0),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    mint(2, Some(&file_b)).ok();
+    mint(3, None).ok();
+    let forged = b
+        .sibling_binding(&d.instance_id, m.address(3), anvil.chain_id(), contract)
+        .await;
+    let holder_3 = DstackClusterNFT::new(contract, wallet(&anvil, 3));
+    netns_tests::in_process::chain::mined(
+        holder_3.bindInstance(U256::from(3), binding_arg(&forged)),
+    )
+    .await;
+    let file_d = m.binding_file(&d, m.address(4)).await;
+    mint(4, Some(&file_d))
+        .failed()
+        .stderr_says("is already bound to seat 3");
+
+    m.run(Some(1), &["dispute", "--token", "1", "--against", "2"])
+        .failed()
+        .stderr_says("its binding is genuine");
+    let first = m
+        .run(
+            Some(1),
+            &["dispute", "--token", "1", "--against", "3", "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(
+        (
+            &first["released"],
+            &first["disputes"],
+            &first["threshold"],
+            &first["refusal"]
+        ),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!("instance-mismatch")
+        ),
+        "{first}"
+    );
+    let second = m
+        .run(
+            Some(2),
+            &["dispute", "--token", "2", "--against", "3", "--json"],
+        )
+        .ok()
+        .json();
+    assert_eq!(second["released"], true, "{second}");
+
+    let again = holder_3
+        .bindInstance(U256::from(3), binding_arg(&forged))
+        .call()
+        .await
+        .map_err(|e| mesh_chain::error::ChainError::from_call("bindInstance", e).to_string())
+        .unwrap_err();
+    assert!(again.contains("ClusterClaimDisputed"), "{again}");
+    mint(4, Some(&file_d)).ok();
+}
