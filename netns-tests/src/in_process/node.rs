@@ -159,7 +159,18 @@ impl SimulatedInstance {
     /// When the simulator does not answer.
     pub async fn binding(&self, holder: Address, chain_id: u64, contract: Address) -> NodeBinding {
         let identity = self.identity(0).await;
-        let node = &identity.node;
+        self.bind_with(&identity.node, holder, chain_id, contract)
+            .await
+    }
+
+    /// A binding of `node` for `holder`, with this instance's own quote committing to `node`.
+    async fn bind_with(
+        &self,
+        node: &mesh_chain::node_key::NodeKey,
+        holder: Address,
+        chain_id: u64,
+        contract: Address,
+    ) -> NodeBinding {
         let quote = self
             .client
             .get_quote(&mesh_attest::report_data(
@@ -189,40 +200,8 @@ impl SimulatedInstance {
         chain_id: u64,
         contract: Address,
     ) -> NodeBinding {
-        let own = self.identity(0).await;
-        let mut info = self.client.info().await.expect("Info");
-        info.instance_id = victim.to_owned();
-        let seal = self
-            .client
-            .get_key(
-                p2p_agent::keystore::SEAL_KEY_PATH,
-                p2p_agent::keystore::SEAL_KEY_PURPOSE,
-            )
-            .await
-            .expect("GetKey");
-        let keys = p2p_agent::keystore::open_or_create(
-            &self.key_file(),
-            &p2p_agent::keystore::SealKey::from_bytes(*seal.key.expose_secret()),
-            own.instance_id(),
-            0,
-        )
-        .expect("its own keys");
-        let node = mesh_chain::node_key::NodeKey::load(&self.client, &info, keys.node_key())
-            .await
-            .expect("a chain naming the victim's instance");
-        let quote = self
-            .client
-            .get_quote(&mesh_attest::report_data(
-                chain_id,
-                contract,
-                node.address(),
-            ))
-            .await
-            .expect("GetQuote");
-        let evidence =
-            mesh_attest::Evidence::from_dstack(&quote.quote, &quote.event_log).expect("evidence");
-        node.bind(holder, evidence.encode().into(), chain_id, contract)
-            .expect("bind")
+        let node = sibling_node_key(&self.client, &self.key_file(), victim).await;
+        self.bind_with(&node, holder, chain_id, contract).await
     }
 
     /// Registers this instance's record for its seat as the agent would: its WireGuard key, `endpoint` and
@@ -282,4 +261,39 @@ impl SimulatedInstance {
             .sign(record, chain_id, contract)
             .expect("sign")
     }
+}
+
+/// What the instance behind `client` (its keys in `key_file`) can make for another instance's seat: its own
+/// node key, with a genuine chain from the app (GetKey) whose purpose names `victim` and that key. dstack's
+/// GetKey is per app, so nothing stops a sibling from asking for that purpose.
+///
+/// # Panics
+/// When the simulator does not answer, or the key file does not open.
+pub async fn sibling_node_key(
+    client: &DstackClient,
+    key_file: &std::path::Path,
+    victim: &str,
+) -> mesh_chain::node_key::NodeKey {
+    let own = p2p_agent::node::NodeIdentity::load(client, key_file, 0)
+        .await
+        .expect("its own identity");
+    let mut info = client.info().await.expect("Info");
+    info.instance_id = victim.to_owned();
+    let seal = client
+        .get_key(
+            p2p_agent::keystore::SEAL_KEY_PATH,
+            p2p_agent::keystore::SEAL_KEY_PURPOSE,
+        )
+        .await
+        .expect("GetKey");
+    let keys = p2p_agent::keystore::open_or_create(
+        key_file,
+        &p2p_agent::keystore::SealKey::from_bytes(*seal.key.expose_secret()),
+        own.instance_id(),
+        0,
+    )
+    .expect("its own keys");
+    mesh_chain::node_key::NodeKey::load(client, &info, keys.node_key())
+        .await
+        .expect("a chain naming the victim's instance")
 }

@@ -63,38 +63,11 @@ pub fn sibling_node_key(
     victim_instance: &str,
 ) -> mesh_chain::node_key::NodeKey {
     let client = DstackClient::new(Endpoint::Unix(cluster.sims[attacker - 1].socket.clone()));
-    block_on(async {
-        let own = node_identity_async(&client, cluster, attacker).await;
-        let mut info = client.info().await.expect("Info");
-        info.instance_id = victim_instance.to_owned();
-        let seal = client
-            .get_key(
-                p2p_agent::keystore::SEAL_KEY_PATH,
-                p2p_agent::keystore::SEAL_KEY_PURPOSE,
-            )
-            .await
-            .expect("GetKey");
-        let keys = p2p_agent::keystore::open_or_create(
-            &cluster.sims[attacker - 1].key_file,
-            &p2p_agent::keystore::SealKey::from_bytes(*seal.key.expose_secret()),
-            own.instance_id(),
-            0,
-        )
-        .expect("the attacker's own keys");
-        mesh_chain::node_key::NodeKey::load(&client, &info, keys.node_key())
-            .await
-            .expect("a chain naming the victim's instance")
-    })
-}
-
-async fn node_identity_async(
-    client: &DstackClient,
-    cluster: &Cluster<'_>,
-    i: usize,
-) -> NodeIdentity {
-    NodeIdentity::load(client, &cluster.sims[i - 1].key_file, 0)
-        .await
-        .expect("identity from the simulator")
+    block_on(crate::in_process::node::sibling_node_key(
+        &client,
+        &cluster.sims[attacker - 1].key_file,
+        victim_instance,
+    ))
 }
 
 /// Sends `reg` with `registerPeer` to `contract`; returns the contract error's name (or what happened

@@ -13,6 +13,17 @@ fn calm() -> Weather {
     }
 }
 
+/// Three nodes, stepped until seat 1's election is sent and not yet mined.
+fn electing(seed: u64) -> Sim {
+    let mut sim = Sim::new(3, calm(), seed);
+    let deadline = sim.at(10.0);
+    while sim.pending.is_empty() {
+        assert!(sim.now < deadline, "seat 1 never elected");
+        sim.step();
+    }
+    sim
+}
+
 /// Three nodes elect seat 1, which leads under its lease once a majority confirms it (and its first lease,
 /// after its start, has run).
 fn led_by_seat_1(n: u64) -> Sim {
@@ -116,12 +127,7 @@ fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
 /// hold back, and log as a loop).
 #[test]
 fn a_node_whose_election_lost_the_race_waits_for_its_view_and_casts_nothing_more() {
-    let mut sim = Sim::new(3, calm(), 5);
-    let deadline = sim.at(10.0);
-    while sim.pending.is_empty() {
-        assert!(sim.now < deadline, "seat 1 never elected");
-        sim.step();
-    }
+    let mut sim = electing(5);
     assert!(
         sim.pending
             .iter()
@@ -161,12 +167,7 @@ fn a_node_whose_election_lost_the_race_waits_for_its_view_and_casts_nothing_more
 /// CI: fifty agents on two cores, one of them 12 s behind its own election.)
 #[test]
 fn a_node_whose_view_lags_its_own_election_waits_for_it_and_casts_nothing_more() {
-    let mut sim = Sim::new(3, calm(), 5);
-    let deadline = sim.at(10.0);
-    while sim.pending.is_empty() {
-        assert!(sim.now < deadline, "seat 1 never elected");
-        sim.step();
-    }
+    let mut sim = electing(5);
     let before = sim.read(0);
     let first = sim.nodes[0]
         .machine
@@ -476,12 +477,8 @@ proptest! {
 /// it was due; once the seats are back, its next one shows mined.
 #[test]
 fn the_last_ballot_shows_why_it_was_sent_and_what_came_of_it() {
-    let mut sim = Sim::new(3, calm(), 7);
+    let mut sim = electing(7);
     let deadline = sim.at(10.0);
-    while sim.pending.is_empty() {
-        assert!(sim.now < deadline, "seat 1 never elected");
-        sim.step();
-    }
     let sent = sim.nodes[0]
         .machine
         .state()
