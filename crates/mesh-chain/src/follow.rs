@@ -427,7 +427,9 @@ impl Follower {
         };
         self.latest_head = Some(self.latest_head.unwrap_or(0).max(head));
         let confirmed = head.saturating_sub(self.config.confirmations);
-        self.confirmed = Some(self.confirmed.unwrap_or(0).max(confirmed));
+        // The head as it is now, even lower than before: a chain that went back (a reorg to a shorter
+        // branch, a reset devnet) has no state at the old height to read.
+        self.confirmed = Some(confirmed);
         Ok(confirmed)
     }
 

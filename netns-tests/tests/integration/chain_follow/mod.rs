@@ -121,6 +121,35 @@ async fn an_allowlist_change_is_reported_at_its_block() {
     assert!(!f.tick(Instant::now()).await.unwrap().allowlists_changed);
 }
 
+/// Reads of the present are made at the newest confirmed head, as the RPC gives it now: after the chain went
+/// back (here anvil reverts to a snapshot five blocks lower), the allowlists are read at the lower head, not
+/// at a height the chain no longer has.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_present_is_read_at_the_head_even_after_the_chain_went_back() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let p = reader(anvil.endpoint().as_str());
+    let snapshot: U256 = p.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    for _ in 0..5 {
+        mine(&anvil).await;
+    }
+    f.poll(Instant::now()).await.unwrap();
+    let _: bool = p
+        .raw_request("evm_revert".into(), (snapshot,))
+        .await
+        .unwrap();
+    let _ = f.tick(Instant::now()).await;
+    let (compose, os) = netns_tests::in_process::node::image();
+    assert_eq!(
+        f.allowlisted(compose, os).await.unwrap(),
+        (true, true),
+        "read at the head the chain has now"
+    );
+}
+
 /// The follower sees joins and revocations block by block, and every record it keeps verifies locally.
 #[tokio::test(flavor = "multi_thread")]
 async fn follows_joins_and_revocations_and_verifies_every_record() {
