@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use alloy::rpc::json_rpc::{RequestPacket, Response, ResponsePacket, ResponsePayload};
 use alloy::transports::{BoxTransport, TransportError, TransportErrorKind, TransportFut};
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use self::agree::{Answer, Decision};
 use crate::redact::RedactedUrl;
@@ -307,15 +307,21 @@ impl Quorum {
                 }
             }
         };
+        let text = split.to_string();
         let mut report = self.watch.lock();
         report.splits = report.splits.saturating_add(1);
-        report.last_split = Some(split.to_string());
+        // Providers that keep disagreeing do so at every poll: warned of once, until the split changes.
+        let again = report.last_split.as_deref() == Some(text.as_str());
+        report.last_split = Some(text);
         for &i in failed {
             let p = &mut report.providers[i];
             p.failed = p.failed.saturating_add(1);
         }
         drop(report);
-        warn!(%split, "no quorum");
+        match again {
+            true => debug!(%split, "no quorum, as before"),
+            false => warn!(%split, "no quorum"),
+        }
         TransportErrorKind::custom(split)
     }
 }
@@ -483,6 +489,44 @@ mod tests {
             (report.providers[1].agreed, report.providers[2].agreed),
             (1, 1)
         );
+    }
+
+    /// Captures what is logged at warn level while the test runs (on this thread).
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Warnings {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_split_that_repeats_is_warned_of_once() {
+        let warnings = Warnings::default();
+        let sink = warnings.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || sink.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (provider, watch, [a, b, c]) = three();
+        for _ in 0..3 {
+            a.push_success(&"0x01");
+            b.push_success(&"0x02");
+            c.push_success(&"0x03");
+            provider
+                .raw_request::<_, String>("eth_call".into(), ())
+                .await
+                .unwrap_err();
+        }
+        assert_eq!(watch.report().splits, 3);
+        let logged = String::from_utf8(warnings.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(logged.matches("no quorum").count(), 1, "{logged}");
     }
 
     #[tokio::test]
