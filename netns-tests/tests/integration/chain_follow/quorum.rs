@@ -231,22 +231,19 @@ async fn each_provider_is_asked_what_one_provider_would_be() {
     ];
     let rpcs = rpcs(&[&proxies[0], &proxies[1], &proxies[2]]);
     let mut f = follow(&rpcs, *c.address()).await;
-    let before: Vec<usize> = proxies
-        .iter()
-        .map(|p| p.requests().values().sum())
-        .collect();
+    // The first read's late answers land in the background: count from after they did.
+    let before = settled_counts(&proxies).await;
     let counted = f.requests;
     for _ in 0..10 {
         mine(&anvil).await;
         f.poll(Instant::now()).await.unwrap();
     }
     let follower = f.requests - counted;
-    // The late answers are heard out in the background: give them a moment to land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let asked: Vec<u64> = proxies
-        .iter()
+    let asked: Vec<u64> = settled_counts(&proxies)
+        .await
+        .into_iter()
         .zip(before)
-        .map(|(p, before)| (p.requests().values().sum::<usize>() - before) as u64)
+        .map(|(after, before)| (after - before) as u64)
         .collect();
     // A head is taken once two providers gave theirs: the third's request may be cancelled before it is
     // sent. Everything else goes to all three.
@@ -261,4 +258,25 @@ async fn each_provider_is_asked_what_one_provider_would_be() {
         follower as f64 / 10.0,
         asked.iter().sum::<u64>() as f64 / 10.0
     );
+}
+
+/// The requests each proxy has seen, once no more came in for a while (late answers are heard out in the
+/// background after a read returns), or after two seconds at most.
+async fn settled_counts(proxies: &[RpcProxy]) -> Vec<usize> {
+    let count = || -> Vec<usize> {
+        proxies
+            .iter()
+            .map(|p| p.requests().values().sum())
+            .collect()
+    };
+    let mut last = count();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
