@@ -55,7 +55,7 @@ impl Attested {
     }
 }
 
-/// Each seat's attestation, for the seats with a record.
+/// Each seat's attestation, for the seats with a record or a binding.
 pub type Attestations = BTreeMap<u64, Attested>;
 
 /// `view` with only the records this node may configure: those of attested seats, and this node's own (it

@@ -6,7 +6,8 @@
 //! - [`node`] and [`keystore`]: this node: its instance, and its node and WireGuard keys, made in the CVM
 //!   and sealed on its volume.
 //! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
-//! - [`desired`] and [`snapshot`]: decisions, pure: this node's peers, and what the API serves.
+//! - [`desired`], [`disputes`] and [`snapshot`]: decisions, pure: this node's peers, the bindings it
+//!   disputes, and what the API serves.
 //! - [`leadership`]: this node's part in the cluster's leadership as a sans-IO machine (its heartbeats,
 //!   ballots and lease), which the leader task drives.
 //! - [`cache`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
@@ -20,6 +21,7 @@ pub mod causes;
 pub mod commands;
 pub mod config;
 pub mod desired;
+pub mod disputes;
 pub mod hooks;
 pub mod keystore;
 pub mod leadership;

@@ -29,6 +29,7 @@ use crate::state::{ChainState, LeaderState, MeshState, RegState};
 use crate::tasks::Shared;
 use crate::tasks::chain::ChainTask;
 use crate::tasks::chain::attest::Attestor;
+use crate::tasks::disputer::Disputer;
 use crate::tasks::health::HealthCheck;
 use crate::tasks::leader::{self, LeaderTask};
 use crate::tasks::mesh::{MeshTask, RelayParts, WireGuard};
@@ -310,6 +311,7 @@ struct Tasks {
     registrar: Registrar,
     mesh: MeshTask<WireGuard>,
     leader: LeaderTask,
+    disputer: Disputer,
     publisher: Publisher,
     /// `--health-url`, `--health-cmd`.
     health: Option<HealthCheck>,
@@ -329,6 +331,7 @@ impl Tasks {
             registrar: Registrar::from_args(args, shared),
             mesh: MeshTask::from_args(args, shared, relay),
             leader: LeaderTask::from_args(args, shared),
+            disputer: Disputer::from_args(args, shared),
             publisher: Publisher::from_args(args, shared, agent),
             health: HealthCheck::from_args(args),
         }
@@ -386,6 +389,12 @@ impl Tasks {
             self.leader
                 .run(leader_inputs, leader_tx, c)
                 .instrument(info_span!("leader")),
+        );
+        let c = cancel.clone();
+        set.spawn(
+            self.disputer
+                .run(chain_rx.clone(), c)
+                .instrument(info_span!("disputer")),
         );
         let c = cancel.clone();
         set.spawn(

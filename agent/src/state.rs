@@ -53,7 +53,8 @@ pub struct ChainState {
     /// What this node believes of the chain: from the RPC, or from the state file until the RPC answers.
     /// Only attested seats' records are in it, and this node's own.
     pub view: Option<Arc<ChainView>>,
-    /// Each seat with a record, attested or refused (this node's own included, as its peers judge it).
+    /// Each seat with a record or a binding, attested or refused (this node's own included, as its peers
+    /// judge it).
     pub attestations: Arc<crate::attestation::Attestations>,
     /// The view came from the state file: the RPC has not answered since start.
     pub from_cache: bool,

@@ -64,6 +64,7 @@ contract DstackClusterElection {
     error LeaderSeatInactive(uint256 tokenId);
     error LeaderOnlyCluster(address caller);
     error DisputeSeatNotBound(uint256 tokenId);
+    error DisputeBindingChanged(uint256 tokenId, uint64 disputed, uint64 current);
 
     constructor(IClusterSeats cluster_) {
         cluster = cluster_;
@@ -112,12 +113,14 @@ contract DstackClusterElection {
     /// its instance is free for the seat that genuinely runs it, with no owner's hand, and the disputed seat may
     /// not claim that instance again. Agents dispute only for what a quote itself shows, never for what time or
     /// policy changes (collateral, TCB status, allowlists). The seat's holder or its node may dispute; either
-    /// way it is the seat's one voice per binding.
-    function disputeBinding(uint256 voterTokenId, uint256 targetTokenId) external {
+    /// way it is the seat's one voice per binding. `boundBlock` names the binding the voter checked: a seat
+    /// rebound since (by its holder, perhaps genuinely this time) is not disputed for what its old binding showed.
+    function disputeBinding(uint256 voterTokenId, uint256 targetTokenId, uint64 boundBlock) external {
         _requireActiveVoter(voterTokenId);
         if (voterTokenId == targetTokenId) revert LeaderCannotVoteForSelf(voterTokenId);
-        uint64 boundBlock = cluster.boundBlockOf(targetTokenId);
-        if (boundBlock == 0) revert DisputeSeatNotBound(targetTokenId);
+        uint64 current = cluster.boundBlockOf(targetTokenId);
+        if (current == 0) revert DisputeSeatNotBound(targetTokenId);
+        if (current != boundBlock) revert DisputeBindingChanged(targetTokenId, boundBlock, current);
         mapping(uint256 => bool) storage voters = disputedBy[targetTokenId][boundBlock];
         if (voters[voterTokenId]) return;
         voters[voterTokenId] = true;

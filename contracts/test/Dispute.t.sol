@@ -32,8 +32,9 @@ contract DisputeTest is ClusterFixture {
     }
 
     function _dispute(address holder, uint256 voter, uint256 target) internal {
+        uint64 boundBlock = cluster.boundBlockOf(target);
         vm.prank(holder);
-        election.disputeBinding(voter, target);
+        election.disputeBinding(voter, target, boundBlock);
     }
 
     function test_ASquattedInstanceIsReleasedByAMajorityAndTheGenuineNodeIsBound() public {
@@ -93,16 +94,26 @@ contract DisputeTest is ClusterFixture {
     function test_RevertIf_ASeatDisputesItselfAnUnboundSeatOrOneItDoesNotActFor() public {
         vm.prank(HOLDER_S);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderCannotVoteForSelf.selector, seatS));
-        election.disputeBinding(seatS, seatS);
+        election.disputeBinding(seatS, seatS, 50);
 
         uint256 unbound = _mint(HOLDER_B, "");
         vm.prank(HOLDER_A);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.DisputeSeatNotBound.selector, unbound));
-        election.disputeBinding(seatA, unbound);
+        election.disputeBinding(seatA, unbound, 50);
 
         vm.prank(HOLDER_S);
         vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.LeaderNotSeatAgent.selector, seatA, HOLDER_S));
-        election.disputeBinding(seatA, seatS);
+        election.disputeBinding(seatA, seatS, 50);
+    }
+
+    /// A dispute names the binding its voter checked: after a rebind, it does not count against the new one.
+    function test_RevertIf_TheDisputedBindingWasReplaced() public {
+        vm.roll(60);
+        _bindWithConsent(HOLDER_S, seatS, KEY_S ^ 1, INSTANCE_D);
+        vm.prank(HOLDER_A);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterElection.DisputeBindingChanged.selector, seatS, 50, 60));
+        election.disputeBinding(seatA, seatS, 50);
+        assertEq(election.disputesAgainst(seatS, 60), 0, "nothing counted against the new binding");
     }
 
     function test_RevertIf_AnyoneButTheElectionReleasesABinding() public {
@@ -116,7 +127,7 @@ contract DisputeTest is ClusterFixture {
         _dispute(HOLDER_A, seatA, seatS);
         vm.prank(HOLDER_B);
         uint256 before = gasleft();
-        election.disputeBinding(seatB, seatS);
+        election.disputeBinding(seatB, seatS, 50);
         uint256 used = before - gasleft();
         emit log_named_uint("disputeBinding, releasing", used);
         assertTrue(used < 150_000, "a dispute stays cheap");

@@ -68,7 +68,7 @@ enum Command {
     /// Show the leader and the votes, or elect, vote and withdraw a vote.
     Leader(cmd::leader::Args),
     /// Dispute, from one of your seats, another seat's binding whose quote does not show what it claims
-    /// (another instance, app or node): f + 1 disputes release it and free the instance it claims.
+    /// (another instance or node): f + 1 disputes release it and free the instance it claims.
     Dispute(cmd::dispute::Args),
 }
 

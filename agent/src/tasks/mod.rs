@@ -6,6 +6,7 @@
 //!                     ├──> mesh ──────MeshState──┬───────────┼──> publisher ──Snapshot──> API, hooks
 //!                     │                          ▼           │
 //!                     ├─────────────────────> leader ────────┤ LeaderState
+//!                     ├──> disputer (sends disputes of false bindings; publishes nothing)
 //! health ─────────────┼────CheckSignal──────>                │
 //! API POST /v1/health ┴────AppReport────────>                │
 //!                     └──────────────────────────────────────┘
@@ -14,6 +15,7 @@
 //! Each task builds its own settings from the daemon's flags (`from_args`), given what they share ([`Shared`]).
 
 pub mod chain;
+pub mod disputer;
 pub mod health;
 pub mod leader;
 pub mod mesh;

@@ -282,19 +282,24 @@ impl Refusal {
     }
 
     /// Whether the evidence itself shows that the binding claims what is not its own: it is no quote, or a
-    /// quote whose event log or report data names another instance, app or node. Nothing the checker
+    /// quote whose event log or report data names another instance or node. Nothing the checker
     /// trusts, no time and no policy changes that, so the cluster's members may dispute the binding
     /// (`DstackClusterElection.disputeBinding`), which frees the instance it claims.
     pub fn shows_false_claim(&self) -> bool {
-        matches!(
-            self,
-            Self::Malformed(_)
-                | Self::EventLog(_)
-                | Self::AppMismatch { .. }
-                | Self::InstanceMismatch { .. }
-                | Self::ReportDataMismatch { .. }
-        )
+        Self::FALSE_CLAIM_KINDS.contains(&self.kind())
     }
+
+    /// The [`kind`](Self::kind)s of the refusals that [show a false claim](Self::shows_false_claim), for
+    /// those that keep only the kind. A bad signature is not one: dcap-qvl reports broken collateral in the same
+    /// words, and a dispute must never follow from what a PCCS serves. Nor is `app-mismatch`: it compares the
+    /// quote's app with the apps the owner allows now, and an app the owner stops allowing must not cost its
+    /// seats their bindings.
+    pub const FALSE_CLAIM_KINDS: [&'static str; 4] = [
+        "malformed",
+        "event-log",
+        "instance-mismatch",
+        "report-data-mismatch",
+    ];
 
     /// Whether the refusal depends on the time of the check, so that the same evidence and
     /// collateral may pass later (or earlier): such refusals are not cached.
@@ -563,7 +568,6 @@ mod tests {
             [
                 "malformed",
                 "event-log",
-                "app-mismatch",
                 "instance-mismatch",
                 "report-data-mismatch"
             ]

@@ -38,10 +38,11 @@ impl std::fmt::Display for Ballot {
 #[non_exhaustive]
 pub enum ElectionError {
     #[error(
-        "no funded sender for {ballot}: fund this node's address ({node}) with `meshctl fund {node} --amount 0.01`, or give the agent a --tx-key-file that holds seat {seat}"
+        "no funded sender for {action}: fund this node's address ({node}) with `meshctl fund {node} --amount 0.01`, or give the agent a --tx-key-file that holds seat {seat}"
     )]
     NoSender {
-        ballot: Ballot,
+        /// The call that was not sent (a ballot, a dispute), in words.
+        action: String,
         node: Address,
         seat: u64,
     },
@@ -87,7 +88,7 @@ impl Cluster {
     ) -> Result<Cast, ElectionError> {
         let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
             return Err(ElectionError::NoSender {
-                ballot,
+                action: ballot.to_string(),
                 node: node.address(),
                 seat,
             });
@@ -105,6 +106,45 @@ impl Cluster {
         };
         let block = receipt.block_number.unwrap_or_default();
         info!(tx = %receipt.transaction_hash, block, %from, "ballot mined");
+        Ok(Cast {
+            tx: receipt.transaction_hash,
+            block,
+            from,
+        })
+    }
+}
+
+impl Cluster {
+    /// Seat `voter` disputes seat `target`'s binding of block `bound_block` (whose quote does not show what
+    /// it claims), from the node's address when it has funds, else from `tx_key`, and waits for it to be
+    /// mined. A dispute this seat already counted is mined and changes nothing.
+    ///
+    /// # Errors
+    /// [`ElectionError`]: no funded sender, a revert in words (the seat was bound again since, or unbound), or
+    /// an RPC error.
+    #[instrument(skip_all, fields(seat = voter, target, bound_block))]
+    pub async fn dispute(
+        &self,
+        node: &NodeKey,
+        tx_key: Option<&PrivateKeySigner>,
+        voter: u64,
+        target: u64,
+        bound_block: u64,
+    ) -> Result<Cast, ElectionError> {
+        let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
+            return Err(ElectionError::NoSender {
+                action: format!("disputeBinding against seat {target}"),
+                node: node.address(),
+                seat: voter,
+            });
+        };
+        let from = sender.address();
+        let writer = self.writer(sender);
+        let c = DstackClusterElection::new(self.election(), &writer);
+        let call = c.disputeBinding(U256::from(voter), U256::from(target), bound_block);
+        let receipt = confirm("disputeBinding", call.send().await).await?;
+        let block = receipt.block_number.unwrap_or_default();
+        info!(tx = %receipt.transaction_hash, block, %from, "dispute mined");
         Ok(Cast {
             tx: receipt.transaction_hash,
             block,

@@ -296,6 +296,16 @@ fn describe_election(e: &ElectionE) -> Revert {
                 x.tokenId
             )),
         ),
+        ElectionE::DisputeBindingChanged(x) => revert(
+            "DisputeBindingChanged",
+            format!(
+                "{} was bound again at block {} since the binding of block {} was checked: that binding is gone",
+                seat(&x.tokenId),
+                x.current,
+                x.disputed
+            ),
+            Some("check the seat's new binding; dispute it only if its quote does not show what it claims".into()),
+        ),
         ElectionE::DisputeSeatNotBound(x) => revert(
             "DisputeSeatNotBound",
             format!(

@@ -1,5 +1,5 @@
 //! `meshctl dispute`: one of your seats disputes another seat's binding whose quote does not show what the
-//! binding claims (another instance, app or node, or no quote at all). f + 1 of the active seats release it
+//! binding claims (another instance or node, or no quote at all). f + 1 of the active seats release it
 //! (`DstackClusterElection.disputeBinding`), which frees the instance it claims for the seat that genuinely
 //! runs it. The quote is checked first, as every agent checks it: a genuine binding, or one refused only for
 //! what trust, time or policy can change, is not disputed.
@@ -80,7 +80,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let e = cluster::election(&c).await?;
     let receipt = cluster::send(
         "disputeBinding",
-        e.disputeBinding(U256::from(args.token), U256::from(against)),
+        e.disputeBinding(U256::from(args.token), U256::from(against), p.boundBlock),
     )
     .await?;
     let released = c

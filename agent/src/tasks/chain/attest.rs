@@ -88,8 +88,10 @@ impl Attestor {
         self.allowlists.values().map(|a| a.allowed).collect()
     }
 
-    /// Every seat with a record in `view`, attested or refused. The allowlists are read through `follower`;
-    /// without one (the RPC has not answered yet), the answers kept from before serve.
+    /// Every seat with a record or a binding in `view`, attested or refused: a bound seat with no record is
+    /// checked too, so that a binding whose quote shows another instance is disputed
+    /// ([`crate::disputes`]) before it ever registers. The allowlists are read through `follower`; without
+    /// one (the RPC has not answered yet), the answers kept from before serve.
     pub async fn pass(
         &mut self,
         view: &ChainView,
@@ -99,7 +101,13 @@ impl Attestor {
         let began = Instant::now();
         let mut out = Attestations::new();
         let mut cold = 0usize;
-        for token in view.records.keys() {
+        let seats: std::collections::BTreeSet<u64> = view
+            .records
+            .keys()
+            .chain(view.bindings.keys())
+            .copied()
+            .collect();
+        for token in &seats {
             let Some(binding) = view.bindings.get(token) else {
                 out.insert(*token, attestation::unbound());
                 continue;
