@@ -10,6 +10,8 @@ use mesh_attest::seat::Seat;
 use mesh_attest::{Evidence, QuoteCollateralV3, Refusal, TcbStatus, Trust, Verdict, VerdictCache};
 use mesh_chain::view::{Binding, ChainView};
 
+use crate::tcb_stages::{Stage, Standing};
+
 /// Verdicts kept: one per seat of a large cluster, and a few evidences more.
 const CACHE_CAPACITY: usize = 4096;
 
@@ -17,12 +19,35 @@ const CACHE_CAPACITY: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attested {
     Verified(Box<Verdict>),
-    Refused { kind: &'static str, reason: String },
+    /// Verified, but its platform is below the cluster's TCB policy: warned, or no longer admitted. A dropped
+    /// one is [`Attested::Refused`] as [`TCB_POLICY`].
+    BelowPolicy {
+        verdict: Box<Verdict>,
+        standing: Standing,
+    },
+    Refused {
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 impl Attested {
     pub fn is_verified(&self) -> bool {
         matches!(self, Self::Verified(_))
+    }
+
+    /// Whether its record goes to the mesh, given whether it did before: a seat no longer admitted stays only
+    /// where it was configured.
+    pub fn admits(&self, before: bool) -> bool {
+        match self {
+            Self::Verified(_) => true,
+            Self::BelowPolicy { standing, .. } => match standing.stage {
+                Stage::Warned => true,
+                Stage::NotAdmitted => before,
+                Stage::Dropped => false,
+            },
+            Self::Refused { .. } => false,
+        }
     }
 
     fn refused(refusal: &Refusal) -> Self {
@@ -35,13 +60,12 @@ impl Attested {
     /// As the API shows it.
     pub fn to_api(&self) -> mesh_api::Attestation {
         match self {
-            Self::Verified(v) => mesh_api::Attestation {
-                verified: true,
-                tcb_status: Some(v.tcb_status.as_str().to_owned()),
-                compose_hash: Some(format!("0x{}", alloy::hex::encode(v.compose_hash))),
-                collateral_until: Some(v.collateral_next_update),
-                kind: None,
-                reason: None,
+            Self::Verified(v) => verified_api(v),
+            Self::BelowPolicy { verdict, standing } => mesh_api::Attestation {
+                reason: Some(standing.shortfall.clone()),
+                tcb_stage: Some(standing.stage.as_str().to_owned()),
+                tcb_stage_until: standing.until,
+                ..verified_api(verdict)
             },
             Self::Refused { kind, reason } => mesh_api::Attestation {
                 verified: false,
@@ -50,8 +74,23 @@ impl Attested {
                 collateral_until: None,
                 kind: Some((*kind).to_owned()),
                 reason: Some(reason.clone()),
+                tcb_stage: None,
+                tcb_stage_until: None,
             },
         }
+    }
+}
+
+fn verified_api(v: &Verdict) -> mesh_api::Attestation {
+    mesh_api::Attestation {
+        verified: true,
+        tcb_status: Some(v.tcb_status.as_str().to_owned()),
+        compose_hash: Some(format!("0x{}", alloy::hex::encode(v.compose_hash))),
+        collateral_until: Some(v.collateral_next_update),
+        kind: None,
+        reason: None,
+        tcb_stage: None,
+        tcb_stage_until: None,
     }
 }
 
@@ -60,10 +99,20 @@ pub type Attestations = BTreeMap<u64, Attested>;
 
 /// `view` with only the records this node may configure: those of attested seats, and this node's own (it
 /// does not configure itself, and must keep seeing its seat whatever its peers make of it).
-pub fn admitted(view: &ChainView, attestations: &Attestations, own_instance: &str) -> ChainView {
+///
+/// A seat no longer admitted under the cluster's TCB policy stays only if `before` (the view admitted last
+/// time) had it: the nodes that configured it keep its sessions, and no other node (a new one, one restarted)
+/// adds it.
+pub fn admitted(
+    view: &ChainView,
+    attestations: &Attestations,
+    own_instance: &str,
+    before: Option<&ChainView>,
+) -> ChainView {
     let mut admitted = view.clone();
     admitted.records.retain(|token, r| {
-        r.instance_id == own_instance || attestations.get(token).is_some_and(Attested::is_verified)
+        let had = before.is_some_and(|b| b.records.contains_key(token));
+        r.instance_id == own_instance || attestations.get(token).is_some_and(|a| a.admits(had))
     });
     admitted
 }
@@ -83,6 +132,11 @@ impl Checker {
             tcb_statuses,
             cache: VerdictCache::new(CACHE_CAPACITY),
         }
+    }
+
+    /// The TCB statuses the flags accept.
+    pub fn tcb_statuses(&self) -> &BTreeSet<TcbStatus> {
+        &self.tcb_statuses
     }
 
     /// Verdicts cached: it grows by one for each evidence verified anew.
@@ -106,6 +160,26 @@ impl Checker {
         collateral: &QuoteCollateralV3,
         now: u64,
     ) -> Result<Verdict, Refusal> {
+        let statuses = self.tcb_statuses.clone();
+        self.check_with(b, apps, chain_id, contract, collateral, now, statuses)
+    }
+
+    /// [`Checker::check`], accepting the TCB statuses `statuses` rather than the flags': all but Revoked
+    /// under an on-chain TCB policy, which judges the status after.
+    ///
+    /// # Errors
+    /// The [`Refusal`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_with(
+        &mut self,
+        b: &Binding,
+        apps: &[Address],
+        chain_id: u64,
+        contract: Address,
+        collateral: &QuoteCollateralV3,
+        now: u64,
+        statuses: BTreeSet<TcbStatus>,
+    ) -> Result<Verdict, Refusal> {
         let evidence =
             Evidence::decode(&b.evidence).map_err(|e| Refusal::Malformed(e.to_string()))?;
         let seat = Seat {
@@ -115,7 +189,7 @@ impl Checker {
             contract,
             apps,
         };
-        let (policy, expected) = seat.requirements(&evidence, self.tcb_statuses.clone())?;
+        let (policy, expected) = seat.requirements(&evidence, statuses)?;
         self.cache
             .verify(&evidence, &expected, &policy, &self.trust, collateral, now)
     }
@@ -157,6 +231,27 @@ pub fn allowlisted(
 pub const UNBOUND: &str = "unbound";
 /// The kind of a seat whose image the allowlists could not yet be read for.
 pub const ALLOWLIST_UNREAD: &str = "allowlist-unread";
+/// The kind of a seat dropped for its platform: below the cluster's TCB policy past the grace and drop
+/// periods.
+pub const TCB_POLICY: &str = "tcb-policy";
+
+/// Verdict `v` under the TCB policy, whose judgement gave `standing` (none: it meets the policy).
+pub fn under_tcb_policy(v: Box<Verdict>, standing: Option<Standing>) -> Attested {
+    match standing {
+        None => Attested::Verified(v),
+        Some(s) if s.stage == Stage::Dropped => Attested::Refused {
+            kind: TCB_POLICY,
+            reason: format!(
+                "{}; below the cluster's TCB policy since {} (Unix seconds), past its grace and drop periods",
+                s.shortfall, s.since
+            ),
+        },
+        Some(standing) => Attested::BelowPolicy {
+            verdict: v,
+            standing,
+        },
+    }
+}
 
 /// The attestation of a seat with a record and no binding this node has read: its record is not believed
 /// ([`mesh_chain::view::Rejected::Unbound`]), so this only shows up for a view from an old state file.
@@ -187,7 +282,7 @@ mod tests {
     /// attestation's (whose own are checked in mesh-attest) must be among them.
     #[test]
     fn the_kinds_of_refusal_the_agent_adds_are_ones_the_api_lists() {
-        for kind in [UNBOUND, ALLOWLIST_UNREAD] {
+        for kind in [UNBOUND, ALLOWLIST_UNREAD, TCB_POLICY] {
             assert!(mesh_api::REFUSAL_KINDS.contains(&kind), "{kind}");
         }
     }
@@ -337,8 +432,89 @@ mod tests {
             (2, unbound()),
             (3, unbound()),
         ]);
-        let admitted = admitted(&view, &attestations, &own);
+        let admitted = admitted(&view, &attestations, &own, None);
         assert_eq!(admitted.records.keys().copied().collect::<Vec<_>>(), [1, 3]);
         assert_eq!(admitted.last_block, view.last_block);
+    }
+
+    /// Under an on-chain TCB policy, an OutOfDate platform verifies (every status but Revoked does), and the
+    /// policy's stages decide: warned, it is admitted everywhere; not admitted, only where it was before (no
+    /// node adds it); dropped, it is refused as `tcb-policy`, naming the shortfall.
+    #[test]
+    fn a_platform_below_the_tcb_policy_is_admitted_then_kept_only_where_it_was_then_dropped() {
+        use crate::tcb_stages::Staging;
+        use mesh_attest::tcb::TcbPolicy;
+
+        let (pki, mut checker, _) = world();
+        let out_of_date = pki.collateral(&CollateralOptions {
+            tcb_status: tdx_mock::TcbStatus::OutOfDate,
+            ..CollateralOptions::valid_from(NOW - 86_400, 30)
+        });
+        let apps = [Address::from(APP)];
+        let b = binding(&pki, A, NODE_A, A);
+        let flags = checker.check(&b, &apps, CHAIN, CONTRACT, &out_of_date, NOW);
+        assert_eq!(
+            kind(&flags),
+            "tcb-status",
+            "without a policy, the flags refuse it at once"
+        );
+        let all: BTreeSet<TcbStatus> = TcbStatus::ALL
+            .into_iter()
+            .filter(|s| *s != TcbStatus::Revoked)
+            .collect();
+        let v = checker
+            .check_with(&b, &apps, CHAIN, CONTRACT, &out_of_date, NOW, all)
+            .expect("every status but Revoked verifies");
+        let policy = TcbPolicy::from_chain(1, 0, 600, 3600, []).unwrap();
+        let mut staging = Staging::default();
+        let mut at = |now: u64| {
+            let standing = staging.observe(1, v.evidence_hash, policy.judge(&v, 17), &policy, now);
+            under_tcb_policy(Box::new(v.clone()), standing)
+        };
+        let view = crate::desired::tests::view(&[crate::desired::tests::record(1, 1, "")]);
+        let had_it = view.clone();
+        let mut without = view.clone();
+        without.records.clear();
+        let seats = |a: Attested, before: &ChainView| {
+            let attestations = Attestations::from([(1, a)]);
+            admitted(&view, &attestations, "own", Some(before))
+                .records
+                .len()
+        };
+
+        let warned = at(NOW);
+        assert!(
+            matches!(&warned, Attested::BelowPolicy { standing, .. } if standing.stage == Stage::Warned && standing.until == Some(NOW + 600)),
+            "{warned:?}"
+        );
+        assert_eq!(warned.to_api().tcb_stage.as_deref(), Some("warned"));
+        assert_eq!(
+            (seats(warned.clone(), &had_it), seats(warned, &without)),
+            (1, 1)
+        );
+
+        let not_admitted = at(NOW + 600);
+        assert_eq!(
+            not_admitted.to_api().tcb_stage_until,
+            Some(NOW + 600 + 3600)
+        );
+        assert_eq!(
+            (
+                seats(not_admitted.clone(), &had_it),
+                seats(not_admitted, &without)
+            ),
+            (1, 0),
+            "kept where it was, added nowhere"
+        );
+
+        let dropped = at(NOW + 4200);
+        match &dropped {
+            Attested::Refused { kind, reason } => {
+                assert_eq!(*kind, TCB_POLICY);
+                assert!(reason.contains("OutOfDate"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(seats(dropped, &had_it), 0);
     }
 }

@@ -6,8 +6,8 @@
 //! - [`node`] and [`keystore`]: this node: its instance, and its node and WireGuard keys, made in the CVM
 //!   and sealed on its volume.
 //! - [`run`]: the daemon, a set of [`tasks`] passing [`state`] one way under one cancellation token.
-//! - [`desired`], [`disputes`] and [`snapshot`]: decisions, pure: this node's peers, the bindings it
-//!   disputes, and what the API serves.
+//! - [`desired`], [`disputes`], [`tcb_stages`] and [`snapshot`]: decisions, pure: this node's peers, the
+//!   bindings it disputes, the stages of a peer below the cluster's TCB policy, and what the API serves.
 //! - [`leadership`]: this node's part in the cluster's leadership as a sans-IO machine (its heartbeats,
 //!   ballots and lease), which the leader task drives.
 //! - [`cache`]: the chain view kept in `--state-dir`, so a restart without the RPC brings the mesh up.
@@ -30,3 +30,4 @@ pub mod run;
 pub mod snapshot;
 pub mod state;
 pub mod tasks;
+pub mod tcb_stages;

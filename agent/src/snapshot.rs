@@ -304,7 +304,7 @@ fn refused_peers(chain: &ChainState, token: Option<u64>) -> Vec<RefusedPeer> {
                 kind: (*kind).to_owned(),
                 reason: reason.clone(),
             }),
-            Attested::Verified(_) => None,
+            Attested::Verified(_) | Attested::BelowPolicy { .. } => None,
         })
         .collect()
 }

@@ -33,12 +33,34 @@ contract DstackClusterAppAuth is IAppAuth {
     bool public requireAllowedDevice;
     bool public requireBoundInstance;
 
+    /// @notice The TCB statuses whose platforms the cluster accepts, one bit each from bit 0: UpToDate (always
+    /// set), SWHardeningNeeded, ConfigurationNeeded, ConfigurationAndSWHardeningNeeded, OutOfDate,
+    /// OutOfDateConfigurationNeeded, TDRelaunchAdvised, TDRelaunchAdvisedConfigurationNeeded. 0 while the owner
+    /// has set no TCB policy, when each agent goes by its own `--allow-tcb-status` flags. Revoked is never
+    /// accepted.
+    uint8 public tcbStatuses;
+    /// @notice The lowest TCB evaluation data number (Intel's count of TCB recoveries) whose collateral a verdict
+    /// may rest on; 0 for any.
+    uint32 public minTcbEvaluationDataNumber;
+    /// @notice How long a peer that falls below the policy stays admitted, warned, before it is admitted no more.
+    uint32 public tcbGraceSeconds;
+    /// @notice How long after that it is dropped.
+    uint32 public tcbDropSeconds;
+    /// @dev The advisory ids (`INTEL-SA-…`) a platform below UpToDate may be affected by and still be accepted,
+    /// and each one's place in the list, plus one.
+    string[] private _tcbAdvisories;
+    mapping(bytes32 advisory => uint256) private _tcbAdvisoryPlace;
+
     event ComposeHashUpdated(bytes32 indexed composeHash, bool allowed);
     event DeviceUpdated(bytes32 indexed deviceId, bool allowed);
     event OsMeasurementUpdated(bytes32 indexed osMeasurement, bool allowed);
     event AppAuthPolicyUpdated(bool requireAllowedDevice, bool requireBoundInstance);
+    event TcbPolicyUpdated(uint8 statuses, uint32 minEvaluationDataNumber, uint32 graceSeconds, uint32 dropSeconds);
+    event TcbAdvisoryUpdated(string advisoryId, bool allowed);
 
     error AppAuthNotClusterOwner(address caller);
+    error AppAuthTcbStatusesWithoutUpToDate(uint8 statuses);
+    error AppAuthInvalidAdvisoryId(string advisoryId);
 
     constructor(IClusterInstances cluster_) {
         cluster = cluster_;
@@ -74,6 +96,63 @@ contract DstackClusterAppAuth is IAppAuth {
         requireAllowedDevice = requireAllowedDevice_;
         requireBoundInstance = requireBoundInstance_;
         emit AppAuthPolicyUpdated(requireAllowedDevice_, requireBoundInstance_);
+    }
+
+    /// @notice Sets the cluster's TCB policy, which every agent applies to its peers' quotes: the accepted
+    /// `statuses` (a bit per status as `tcbStatuses` has them, UpToDate's included; 0 hands the choice back to
+    /// each agent's flags), the lowest TCB evaluation data number, and the stages of a peer that falls below it:
+    /// warned for `graceSeconds`, then no longer admitted for `dropSeconds`, then dropped.
+    function setTcbPolicy(uint8 statuses, uint32 minEvaluationDataNumber, uint32 graceSeconds, uint32 dropSeconds)
+        external
+        onlyClusterOwner
+    {
+        if (statuses != 0 && statuses & 1 == 0) revert AppAuthTcbStatusesWithoutUpToDate(statuses);
+        tcbStatuses = statuses;
+        minTcbEvaluationDataNumber = minEvaluationDataNumber;
+        tcbGraceSeconds = graceSeconds;
+        tcbDropSeconds = dropSeconds;
+        emit TcbPolicyUpdated(statuses, minEvaluationDataNumber, graceSeconds, dropSeconds);
+    }
+
+    /// @notice Accepts (or no longer accepts) platforms affected by Intel advisory `advisoryId` (`INTEL-SA-00837`,
+    /// say) whose status the policy accepts below UpToDate.
+    function setTcbAdvisory(string calldata advisoryId, bool allowed) external onlyClusterOwner {
+        bytes calldata b = bytes(advisoryId);
+        if (b.length == 0 || b.length > 32) revert AppAuthInvalidAdvisoryId(advisoryId);
+        for (uint256 i = 0; i < b.length; ++i) {
+            bytes1 c = b[i];
+            if (!((c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == "-")) {
+                revert AppAuthInvalidAdvisoryId(advisoryId);
+            }
+        }
+        bytes32 key = keccak256(b);
+        uint256 place = _tcbAdvisoryPlace[key];
+        if (allowed && place == 0) {
+            _tcbAdvisories.push(advisoryId);
+            _tcbAdvisoryPlace[key] = _tcbAdvisories.length;
+        } else if (!allowed && place != 0) {
+            string memory last = _tcbAdvisories[_tcbAdvisories.length - 1];
+            _tcbAdvisories[place - 1] = last;
+            _tcbAdvisoryPlace[keccak256(bytes(last))] = place;
+            _tcbAdvisories.pop();
+            delete _tcbAdvisoryPlace[key];
+        }
+        emit TcbAdvisoryUpdated(advisoryId, allowed);
+    }
+
+    /// @notice The whole TCB policy in one read, for agents.
+    function tcbPolicy()
+        external
+        view
+        returns (
+            uint8 statuses,
+            uint32 minEvaluationDataNumber,
+            uint32 graceSeconds,
+            uint32 dropSeconds,
+            string[] memory advisoryIds
+        )
+    {
+        return (tcbStatuses, minTcbEvaluationDataNumber, tcbGraceSeconds, tcbDropSeconds, _tcbAdvisories);
     }
 
     /// @inheritdoc IAppAuth

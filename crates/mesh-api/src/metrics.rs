@@ -473,6 +473,23 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
             .into_iter()
             .map(|(kind, n)| (format!("{{reason=\"{kind}\"}}"), n)),
     );
+    let mut below: std::collections::BTreeMap<&str, u64> =
+        [("warned", 0), ("not-admitted", 0)].into_iter().collect();
+    for stage in s
+        .peers
+        .iter()
+        .filter_map(|p| p.attestation.as_ref()?.tcb_stage.as_deref())
+    {
+        *below.entry(stage).or_default() += 1;
+    }
+    out.metric(
+        "dstack_mesh_peers_below_tcb_policy",
+        "gauge",
+        "Configured peers whose platform is below the cluster's TCB policy, by stage: warned (admitted), or not-admitted (kept only where configured before). Dropped ones are refused as tcb-policy.",
+        below
+            .into_iter()
+            .map(|(stage, n)| (format!("{{stage=\"{stage}\"}}"), n)),
+    );
     let paths = s.peers.iter().filter_map(|p| {
         let path = p.path?;
         let relay = p.relay_url.as_deref().unwrap_or("");

@@ -173,9 +173,10 @@ pub fn peers_changed(old: &[Peer], new: &[Peer]) -> bool {
 }
 
 /// Every [`RefusedPeer::kind`] an agent gives: the attestation's refusals (mesh-attest's tests check each is
-/// here), and `unbound` (a record with no binding read) and `allowlist-unread` (the allowlists not yet read). `/metrics` shows each, at 0 when no
-/// seat is refused for it, so that a sum over them is 0 rather than empty.
-pub const REFUSAL_KINDS: [&str; 18] = [
+/// here), `unbound` (a record with no binding read), `allowlist-unread` (the allowlists not yet read) and
+/// `tcb-policy` (below the cluster's TCB policy past its grace and drop periods). `/metrics` shows each, at 0
+/// when no seat is refused for it, so that a sum over them is 0 rather than empty.
+pub const REFUSAL_KINDS: [&str; 19] = [
     "malformed",
     "collateral",
     "collateral-not-yet-valid",
@@ -194,6 +195,7 @@ pub const REFUSAL_KINDS: [&str; 18] = [
     "report-data-mismatch",
     "unbound",
     "allowlist-unread",
+    "tcb-policy",
 ];
 
 /// What a seat's evidence (its TDX quote and RTMR3 event log, from its on-chain binding) came to.
@@ -214,9 +216,16 @@ pub struct Attestation {
     /// When refused: what failed, as one word (see [`RefusedPeer::kind`]).
     #[serde(default)]
     pub kind: Option<String>,
-    /// When refused: why, and what to do.
+    /// When refused: why, and what to do. When below the cluster's TCB policy: how it falls short.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Verified, but below the cluster's TCB policy: `warned` (admitted), or `not-admitted` (kept only by the
+    /// nodes that had it). Once dropped, the seat is refused as `tcb-policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcb_stage: Option<String>,
+    /// When the next stage begins (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcb_stage_until: Option<u64>,
 }
 
 /// `GET /v1/peers/refused`: a seat with a record that this node does not configure because its evidence was

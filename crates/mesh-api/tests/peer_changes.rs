@@ -48,6 +48,8 @@ fn base() -> Peer {
             collateral_until: None,
             kind: None,
             reason: None,
+            tcb_stage: None,
+            tcb_stage_until: None,
         }),
         holder: None,
     }

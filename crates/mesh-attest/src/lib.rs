@@ -8,6 +8,7 @@
 //! - [`evidence`]: the evidence and its on-chain bytes;
 //! - [`replay`]: the RTMR3 replay and the claims it proves;
 //! - [`policy`]: what a cluster allows;
+//! - [`tcb`]: the owner's on-chain TCB policy, and whether a verdict meets it;
 //! - [`measurements`]: what evidence claims to run, read unverified, for the owner's allowlists;
 //! - [`verify`](mod@verify): the checks, in order, and the refusals;
 //! - [`collateral`]: Intel's collateral per FMSPC, pinned from a file or fetched from a PCCS;
@@ -23,6 +24,7 @@ pub mod measurements;
 pub mod policy;
 pub mod replay;
 pub mod seat;
+pub mod tcb;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod time_fmt;

@@ -419,6 +419,28 @@ fn expired_collateral_is_refused_as_such() {
     );
 }
 
+/// The TCB info's evaluation data number is read from the collateral, for the cluster's TCB policy; the one
+/// Intel signed, so a PCCS serving another number serves another TCB info.
+#[test]
+fn the_collateral_names_its_tcb_evaluation_data_number() {
+    let world = World::new();
+    let later = world.pki.collateral(&CollateralOptions {
+        tcb_evaluation_data_number: 19,
+        ..CollateralOptions::valid_from(NOW, 30)
+    });
+    let info = mesh_attest::CollateralInfo::of(&later).unwrap();
+    assert_eq!(info.tcb_evaluation_data_number, 19);
+    let got = verify(
+        &world.good(),
+        &seat(),
+        &world.policy,
+        &world.trust,
+        &later,
+        NOW,
+    );
+    assert!(got.is_ok(), "{got:?}");
+}
+
 #[test]
 fn the_collateral_window_is_exactly_the_one_dcap_qvl_enforces() {
     // If ours were wider, dcap-qvl would refuse at the edges with an opaque error (a signature
@@ -610,6 +632,7 @@ fn the_verdict_cache_verifies_again_under_new_collateral() {
         issue_date: NOW + DAY,
         next_update: NOW + 31 * DAY,
         tcb_status: tdx_mock::TcbStatus::Revoked,
+        ..CollateralOptions::valid_from(NOW, 30)
     });
     let later = cache.verify(
         &evidence,

@@ -78,9 +78,9 @@ pub struct FollowConfig {
 pub struct Tick {
     /// The believed records, or the leader, changed.
     pub changed: bool,
-    /// The cluster's app auth changed an allowlist (a compose hash or an OS image allowed or disallowed),
-    /// once the follower has been asked about them ([`Follower::allowlisted`]): what was read of them is
-    /// stale now.
+    /// The cluster's app auth changed an allowlist (a compose hash or an OS image allowed or disallowed) or
+    /// its TCB policy, once the follower has been asked about them ([`Follower::allowlisted`],
+    /// [`Follower::tcb_policy`]): what was read of them is stale now.
     pub allowlists_changed: bool,
     /// The view now holds everything up to a head that this tick asked the RPC for (`eth_blockNumber`):
     /// it is confirmed as of the tick's start, since the RPC answered with the chain as it was then or
@@ -199,13 +199,15 @@ fn call(what: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainError
 }
 
 /// The logs a poll asks for: every event of the cluster and its election that the view follows, and the
-/// allowlist changes of its app auth once that is known (`app_auth`).
+/// allowlist and TCB policy changes of its app auth once that is known (`app_auth`).
 fn events_filter(view: &ChainView, app_auth: Option<Address>, from: u64, to: u64) -> Filter {
     Filter::new()
         .address(watched(view, app_auth))
         .event_signature(vec![
             DstackClusterAppAuth::ComposeHashUpdated::SIGNATURE_HASH,
             DstackClusterAppAuth::OsMeasurementUpdated::SIGNATURE_HASH,
+            DstackClusterAppAuth::TcbPolicyUpdated::SIGNATURE_HASH,
+            DstackClusterAppAuth::TcbAdvisoryUpdated::SIGNATURE_HASH,
             DstackClusterNFT::InstanceBound::SIGNATURE_HASH,
             DstackClusterNFT::InstanceUnbound::SIGNATURE_HASH,
             DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,
@@ -752,6 +754,37 @@ impl Follower {
         Ok((compose, os))
     }
 
+    /// The cluster's TCB policy (`DstackClusterAppAuth.tcbPolicy`), read at the present block: `None` while the
+    /// owner has set none.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the read fails.
+    pub async fn tcb_policy(&mut self) -> Result<Option<TcbPolicyRead>, ChainError> {
+        let address = match self.app_auth {
+            Some(a) => a,
+            None => {
+                self.count();
+                let a = contract::app_auth_of(&self.provider, self.view.contract).await?;
+                *self.app_auth.insert(a)
+            }
+        };
+        let auth = DstackClusterAppAuth::new(address, self.provider.clone());
+        self.count();
+        let p = auth
+            .tcbPolicy()
+            .block(self.present())
+            .call()
+            .await
+            .map_err(call("tcbPolicy"))?;
+        Ok((p.statuses != 0).then_some(TcbPolicyRead {
+            statuses: p.statuses,
+            min_evaluation_data_number: p.minEvaluationDataNumber,
+            grace_secs: p.graceSeconds,
+            drop_secs: p.dropSeconds,
+            advisories: p.advisoryIds,
+        }))
+    }
+
     /// The block that reads of the present are made at: the newest confirmed one, once the head was read.
     fn present(&self) -> alloy::eips::BlockId {
         self.confirmed
@@ -825,3 +858,14 @@ fn pin_mismatch(
 
 #[cfg(test)]
 mod tests;
+
+/// The cluster's TCB policy as its app auth returns it (`mesh_attest::tcb::TcbPolicy::from_chain` reads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcbPolicyRead {
+    /// One bit per accepted TCB status, UpToDate's bit 0 included.
+    pub statuses: u8,
+    pub min_evaluation_data_number: u32,
+    pub grace_secs: u32,
+    pub drop_secs: u32,
+    pub advisories: Vec<String>,
+}

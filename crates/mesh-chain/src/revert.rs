@@ -30,13 +30,7 @@ pub fn explain_revert(error: &alloy::contract::Error) -> Option<Revert> {
     Some(match (decoded, election()) {
         (Some(e), _) => describe(&e),
         (None, Some(e)) => describe_election(&e),
-        (None, None) if let Some(AppAuthE::AppAuthNotClusterOwner(x)) = app_auth => revert(
-            "AppAuthNotClusterOwner",
-            format!("{} is not the cluster owner", x.caller),
-            Some(
-                "the app-auth allowlists are the cluster owner's: sign with the owner's key".into(),
-            ),
-        ),
+        (None, None) if let Some(e) = app_auth => describe_app_auth(&e),
         (None, None) => Revert {
             name: "unknown".into(),
             message: format!(
@@ -320,6 +314,40 @@ fn describe_election(e: &ElectionE) -> Revert {
                 "{} is not the cluster: only the cluster tells the election a seat left",
                 x.caller
             ),
+            None,
+        ),
+    }
+}
+
+fn describe_app_auth(e: &AppAuthE) -> Revert {
+    match e {
+        AppAuthE::AppAuthNotClusterOwner(x) => revert(
+            "AppAuthNotClusterOwner",
+            format!("{} is not the cluster owner", x.caller),
+            Some(
+                "the app-auth allowlists and the TCB policy are the cluster owner's: sign with the owner's key"
+                    .into(),
+            ),
+        ),
+        AppAuthE::AppAuthTcbStatusesWithoutUpToDate(x) => revert(
+            "AppAuthTcbStatusesWithoutUpToDate",
+            format!(
+                "TCB status mask {:#010b} leaves out UpToDate (bit 0)",
+                x.statuses
+            ),
+            Some("a TCB policy always accepts UpToDate: set bit 0, or 0 for no policy".into()),
+        ),
+        AppAuthE::AppAuthInvalidAdvisoryId(x) => revert(
+            "AppAuthInvalidAdvisoryId",
+            format!(
+                "{:?} is not an advisory id: 1 to 32 capital letters, digits and dashes",
+                x.advisoryId
+            ),
+            Some("write it as Intel's TCB info does, e.g. INTEL-SA-00837".into()),
+        ),
+        AppAuthE::StringsInsufficientHexLength(_) => revert(
+            "StringsInsufficientHexLength",
+            "the app auth could not write an instance id as hex".into(),
             None,
         ),
     }

@@ -78,6 +78,8 @@ pub struct CollateralOptions {
     /// What the TCB Info says of the TCB level this PKI's platform (and a [`crate::TdInput::new`] TD)
     /// is at.
     pub tcb_status: TcbStatus,
+    /// The TCB Info's `tcbEvaluationDataNumber`: Intel raises it at each TCB recovery.
+    pub tcb_evaluation_data_number: u32,
 }
 
 impl CollateralOptions {
@@ -87,6 +89,7 @@ impl CollateralOptions {
             issue_date: now.saturating_sub(SECS_PER_DAY),
             next_update: now.saturating_add(days.saturating_mul(SECS_PER_DAY)),
             tcb_status: TcbStatus::UpToDate,
+            tcb_evaluation_data_number: platform::TCB_EVALUATION_DATA_NUMBER,
         }
     }
 }
@@ -94,7 +97,12 @@ impl CollateralOptions {
 pub(crate) fn build(pki: &Hierarchy, opts: &CollateralOptions) -> QuoteCollateralV3 {
     let issue_date = rfc3339(opts.issue_date);
     let next_update = rfc3339(opts.next_update);
-    let tcb_info = tcb_info_json(&issue_date, &next_update, opts.tcb_status);
+    let tcb_info = tcb_info_json(
+        &issue_date,
+        &next_update,
+        opts.tcb_status,
+        opts.tcb_evaluation_data_number,
+    );
     let qe_identity = qe_identity_json(&issue_date, &next_update);
 
     // rcgen refuses a CRL whose nextUpdate is not after its thisUpdate; nudging it keeps an inverted
@@ -222,7 +230,12 @@ fn tdx_module() -> TdxModuleJson {
 /// Two TCB levels: the platform's own, with the status asked for, and a floor (all SVNs zero) that is
 /// `OutOfDate`, so a TD with an older TEE TCB SVN than the platform's still matches a level, as on real
 /// hardware running an old TDX module. The module identity likewise calls an older module SVN `OutOfDate`.
-fn tcb_info_json(issue_date: &str, next_update: &str, status: TcbStatus) -> String {
+fn tcb_info_json(
+    issue_date: &str,
+    next_update: &str,
+    status: TcbStatus,
+    evaluation: u32,
+) -> String {
     let floor_date = rfc3339(CERT_NOT_BEFORE);
     let tcb_info = TcbInfoJson {
         id: "TDX",
@@ -232,7 +245,7 @@ fn tcb_info_json(issue_date: &str, next_update: &str, status: TcbStatus) -> Stri
         fmspc: hex::encode_upper(platform::FMSPC),
         pce_id: hex::encode_upper(platform::PCE_ID),
         tcb_type: 0,
-        tcb_evaluation_data_number: platform::TCB_EVALUATION_DATA_NUMBER,
+        tcb_evaluation_data_number: evaluation,
         tdx_module: tdx_module(),
         tdx_module_identities: vec![TdxModuleIdentityJson {
             id: format!("TDX_{:02X}", platform::TDX_MODULE_MAJOR_VERSION),
@@ -355,6 +368,7 @@ mod tests {
             "2024-01-01T00:00:00Z",
             "2024-02-01T00:00:00Z",
             TcbStatus::SwHardeningNeeded,
+            21,
         ))
         .unwrap();
         assert_eq!(tcb_info.id, "TDX");

@@ -90,7 +90,7 @@ fn collateral_is_accepted_only_inside_its_window() {
     let inverted = pki.collateral(&CollateralOptions {
         issue_date: NOW,
         next_update: NOW - DAY,
-        tcb_status: TcbStatus::UpToDate,
+        ..CollateralOptions::valid_from(NOW, 30)
     });
     for now in [NOW - DAY, NOW, NOW + DAY] {
         assert!(verify(&pki, &quote, &inverted, now).is_err());

@@ -1,5 +1,5 @@
 //! `meshctl app-auth`: the cluster's app-auth contract: the allowlists dstack's KMS consults through
-//! `isAppAllowed`, the OS images agents accept, and a dry run of a boot.
+//! `isAppAllowed`, the OS images agents accept, the TCB policy ([`crate::cmd::tcb`]), and a dry run of a boot.
 
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
@@ -35,6 +35,8 @@ enum Action {
     DisallowOs(HashArgs),
     /// Choose what a boot must also satisfy.
     Policy(PolicyArgs),
+    /// The cluster's TCB policy, which every agent applies to its peers' quotes.
+    Tcb(crate::cmd::tcb::Args),
     /// Evaluate a boot as dstack's KMS would: a JSON boot info (dstack's webhook body) from a file or stdin.
     /// Exits 0 when the boot is allowed and 1 when it is refused.
     Check(CheckArgs),
@@ -131,6 +133,7 @@ fn boot_info(b: &BootInfo) -> anyhow::Result<IAppAuth::AppBootInfo> {
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let (what, receipt) = match args.action {
         Action::Check(a) => return check(a, out).await,
+        Action::Tcb(a) => return crate::cmd::tcb::run(a, out).await,
         Action::AllowCompose(a) => {
             let c =
                 cluster::app_auth(&cluster::open_write(&a.write.cluster, &a.write.signer).await?)

@@ -12,6 +12,7 @@ pub(crate) mod relay;
 pub(crate) mod requests;
 pub(crate) mod seat;
 pub(crate) mod status;
+pub(crate) mod tcb;
 
 /// The text of `path`, or of stdin for `-`: what an agent printed for the operator to pass on.
 pub(crate) fn read_input(path: &std::path::Path, what: &str) -> anyhow::Result<String> {

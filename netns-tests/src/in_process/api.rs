@@ -30,6 +30,8 @@ fn verified() -> Attestation {
         collateral_until: Some(1_795_600_000),
         kind: None,
         reason: None,
+        tcb_stage: None,
+        tcb_stage_until: None,
     }
 }
 

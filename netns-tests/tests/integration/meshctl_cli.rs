@@ -873,3 +873,91 @@ async fn two_seats_of_three_release_a_squatted_instance_with_meshctl_dispute() {
     assert!(again.contains("ClusterClaimDisputed"), "{again}");
     mint(4, Some(&file_d)).ok();
 }
+
+/// The owner sets the cluster's TCB policy with `meshctl app-auth tcb`, and reads it back as agents will: the
+/// statuses (UpToDate always), the evaluation data number, the advisories, the grace and drop periods. A
+/// revoked status, a malformed advisory and anyone but the owner are refused, and clearing hands the choice
+/// back to each agent's flags.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_sets_the_tcb_policy_and_reads_it_back() {
+    let anvil = anvil();
+    let (_node, m, _contract) = seat_1_bound(&anvil).await;
+    let none = m
+        .run(None, &["app-auth", "tcb", "show", "--json"])
+        .ok()
+        .json();
+    assert_eq!(none["policy"], serde_json::Value::Null, "{none}");
+
+    m.run(
+        Some(0),
+        &[
+            "app-auth",
+            "tcb",
+            "set",
+            "--status",
+            "SWHardeningNeeded,OutOfDate",
+            "--min-evaluation-data-number",
+            "18",
+            "--grace",
+            "1h",
+            "--drop",
+            "2d",
+        ],
+    )
+    .ok();
+    m.run(
+        Some(0),
+        &["app-auth", "tcb", "allow-advisory", "INTEL-SA-00837"],
+    )
+    .ok();
+    m.run(
+        Some(0),
+        &["app-auth", "tcb", "allow-advisory", "INTEL-SA-00615"],
+    )
+    .ok();
+    m.run(
+        Some(0),
+        &["app-auth", "tcb", "disallow-advisory", "INTEL-SA-00837"],
+    )
+    .ok();
+    let set = m
+        .run(None, &["app-auth", "tcb", "show", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        set["policy"],
+        serde_json::json!({
+            "statuses": ["UpToDate", "SWHardeningNeeded", "OutOfDate"],
+            "minEvaluationDataNumber": 18,
+            "advisories": ["INTEL-SA-00615"],
+            "graceSecs": 3600,
+            "dropSecs": 172800,
+        }),
+        "{set}"
+    );
+
+    m.run(
+        Some(0),
+        &[
+            "app-auth", "tcb", "set", "--status", "Revoked", "--grace", "0", "--drop", "0",
+        ],
+    )
+    .failed()
+    .stderr_says("never accepted");
+    m.run(Some(0), &["app-auth", "tcb", "allow-advisory", "intel sa"])
+        .failed()
+        .stderr_says("AppAuthInvalidAdvisoryId");
+    m.run(
+        Some(1),
+        &["app-auth", "tcb", "set", "--grace", "0", "--drop", "0"],
+    )
+    .failed()
+    .stderr_says("AppAuthNotClusterOwner");
+
+    m.run(Some(0), &["app-auth", "tcb", "clear"]).ok();
+    let cleared = m
+        .run(None, &["app-auth", "tcb", "show", "--json"])
+        .ok()
+        .json();
+    assert_eq!(cleared["policy"], serde_json::Value::Null, "{cleared}");
+}

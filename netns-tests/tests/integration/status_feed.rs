@@ -62,6 +62,8 @@ fn refusals_and_a_vote(s: &mut Snapshot, now: u64) {
         collateral_until: None,
         kind: Some("tcb-status".into()),
         reason: Some("TCB status OutOfDate is not accepted".into()),
+        tcb_stage: None,
+        tcb_stage_until: None,
     });
     s.status.election.vote = Some(2);
     s.status.election.last_ballot = Some(ballot(

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::B256;
 use mesh_attest::collateral::CollateralSource;
-use mesh_attest::{Evidence, QuoteCollateralV3, Refusal, Verdict};
+use mesh_attest::tcb::TcbPolicy;
+use mesh_attest::{CollateralInfo, Evidence, QuoteCollateralV3, Refusal, Verdict};
 use mesh_chain::follow::Follower;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::view::{Binding, ChainView};
 use tracing::{info, warn};
 
 use crate::attestation::{self, Allowlisted, Attestations, Attested, Checker};
+use crate::tcb_stages::Staging;
 
 /// One allowlist answer, and when it was read (none: from the state file, to be read again).
 #[derive(Clone, Copy)]
@@ -23,11 +25,21 @@ struct Answer {
     read_at: Option<Instant>,
 }
 
+/// The cluster's TCB policy as last read (none: the owner set none, and the flags' statuses apply), and when.
+struct PolicyAnswer {
+    policy: Option<TcbPolicy>,
+    read_at: Option<Instant>,
+}
+
 /// What the pass keeps between runs.
 pub struct Attestor {
     checker: Checker,
     collateral: CollateralSource,
     allowlists: BTreeMap<(B256, B256), Answer>,
+    /// None until first read: until then each agent's flags decide, as with no policy.
+    tcb: Option<PolicyAnswer>,
+    /// Since when each seat below the TCB policy has been.
+    staging: Staging,
     /// Allowlist answers older than this are read again, and a pass runs at least this often, so that
     /// fresh collateral (a revoked TCB) and allowlist changes take effect without a new record.
     refresh: Duration,
@@ -64,23 +76,89 @@ impl Attestor {
                     ((a.compose_hash, a.os_measurement), answer)
                 })
                 .collect(),
+            tcb: None,
+            staging: Staging::default(),
             refresh,
             last_pass: None,
             rpc,
         }
     }
 
-    /// Whether a pass is due although the view did not change.
+    /// Whether a pass is due although the view did not change: every refresh interval, and when a seat below
+    /// the TCB policy changes stage.
     pub fn due(&self) -> bool {
-        self.last_pass.is_none_or(|t| t.elapsed() >= self.refresh)
+        let stage_changes = self
+            .policy()
+            .and_then(|p| self.staging.next_change(p, unix_now()))
+            .is_some_and(|at| unix_now() >= at);
+        stage_changes || self.last_pass.is_none_or(|t| t.elapsed() >= self.refresh)
     }
 
-    /// The cluster's allowlists changed on-chain: every answer is read again, at a pass that is due now.
+    /// The cluster's allowlists or TCB policy changed on-chain: every answer is read again, at a pass that is
+    /// due now.
     pub fn allowlists_changed(&mut self) {
         for answer in self.allowlists.values_mut() {
             answer.read_at = None;
         }
+        if let Some(t) = self.tcb.as_mut() {
+            t.read_at = None;
+        }
         self.last_pass = None;
+    }
+
+    fn policy(&self) -> Option<&TcbPolicy> {
+        self.tcb.as_ref().and_then(|t| t.policy.as_ref())
+    }
+
+    /// Reads the TCB policy again when the last read is older than the refresh interval; on failure, the one
+    /// read before serves.
+    async fn read_policy(&mut self, follower: Option<&mut Follower>) {
+        if self
+            .tcb
+            .as_ref()
+            .is_some_and(|t| t.read_at.is_some_and(|at| at.elapsed() < self.refresh))
+        {
+            return;
+        }
+        let Some(f) = follower else {
+            return;
+        };
+        match f.tcb_policy().await {
+            Ok(read) => {
+                let policy = read.and_then(|r| {
+                    TcbPolicy::from_chain(
+                        r.statuses,
+                        r.min_evaluation_data_number,
+                        r.grace_secs,
+                        r.drop_secs,
+                        r.advisories,
+                    )
+                });
+                if self.tcb.as_ref().is_none_or(|t| t.policy != policy) {
+                    match &policy {
+                        Some(p) => info!(
+                            statuses = ?p.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                            min_evaluation_data_number = p.min_evaluation_data_number,
+                            advisories = ?p.advisories,
+                            grace_secs = p.grace.as_secs(),
+                            drop_secs = p.drop.as_secs(),
+                            "read the cluster's TCB policy"
+                        ),
+                        None => info!(
+                            "the cluster sets no TCB policy: this agent's --allow-tcb-status flags decide"
+                        ),
+                    }
+                }
+                self.tcb = Some(PolicyAnswer {
+                    policy,
+                    read_at: Some(Instant::now()),
+                });
+            }
+            Err(e) => {
+                let error = self.rpc.scrub(&e.to_string());
+                warn!(%error, "cannot read the cluster's TCB policy; keeping the one read before");
+            }
+        }
     }
 
     /// The allowlist answers, for the state file.
@@ -99,6 +177,15 @@ impl Attestor {
     ) -> Attestations {
         let now = unix_now();
         let began = Instant::now();
+        self.read_policy(follower.as_deref_mut()).await;
+        let policy = self.policy().cloned();
+        // Under an on-chain policy every status but Revoked verifies, and the policy judges it after.
+        let statuses = policy.as_ref().map(|_| {
+            mesh_attest::TcbStatus::ALL
+                .into_iter()
+                .filter(|s| *s != mesh_attest::TcbStatus::Revoked)
+                .collect::<std::collections::BTreeSet<_>>()
+        });
         let mut out = Attestations::new();
         let mut cold = 0usize;
         let seats: std::collections::BTreeSet<u64> = view
@@ -113,15 +200,24 @@ impl Attestor {
                 continue;
             };
             let cached = self.checker.cached_len();
+            let mut evaluation = 0;
             let verdict = match self.collateral_for(binding, now).await {
-                Ok(collateral) => self.checker.check(
-                    binding,
-                    &view.pins.app_ids,
-                    view.chain_id(),
-                    view.contract,
-                    &collateral,
-                    now,
-                ),
+                Ok(collateral) => {
+                    evaluation =
+                        CollateralInfo::of(&collateral).map_or(0, |i| i.tcb_evaluation_data_number);
+                    let statuses = statuses
+                        .clone()
+                        .unwrap_or_else(|| self.checker.tcb_statuses().clone());
+                    self.checker.check_with(
+                        binding,
+                        &view.pins.app_ids,
+                        view.chain_id(),
+                        view.contract,
+                        &collateral,
+                        now,
+                        statuses,
+                    )
+                }
                 Err(refusal) => Err(refusal),
             };
             cold += usize::from(self.checker.cached_len() != cached);
@@ -132,8 +228,24 @@ impl Attestor {
                 },
                 Err(r) => attestation::attested(Err(r), true, true),
             };
+            let attested = match (attested, &policy) {
+                (Attested::Verified(v), Some(p)) => {
+                    let judged = p.judge(&v, evaluation);
+                    let standing = self
+                        .staging
+                        .observe(*token, v.evidence_hash, judged, p, now);
+                    attestation::under_tcb_policy(v, standing)
+                }
+                (other, _) => other,
+            };
             out.insert(*token, attested);
         }
+        // A seat gone, or bound to other evidence, starts afresh if it ever falls below again.
+        self.staging.retain(|seat, evidence| {
+            view.bindings
+                .get(&seat)
+                .is_some_and(|b| b.evidence_hash.0 == *evidence)
+        });
         if cold > 0 {
             info!(
                 seats = out.len(),

@@ -254,6 +254,7 @@ impl Running {
             view,
             &self.state.attestations,
             &self.task.instance_id,
+            self.state.view.as_deref(),
         )));
     }
 
@@ -434,6 +435,21 @@ fn log_changes(before: &Attestations, now: &Attestations) {
             Attested::Verified(v) => {
                 if !was.is_some_and(Attested::is_verified) {
                     info!(seat = token, tcb_status = %v.tcb_status, compose_hash = %alloy::hex::encode(v.compose_hash), "seat attested");
+                }
+            }
+            Attested::BelowPolicy { verdict, standing } => {
+                let same_stage = matches!(was, Some(Attested::BelowPolicy { standing: s, .. }) if s.stage == standing.stage);
+                if !same_stage {
+                    warn!(
+                        seat = token,
+                        event = "tcb.stage",
+                        stage = standing.stage.as_str(),
+                        tcb_status = %verdict.tcb_status,
+                        since = standing.since,
+                        until = standing.until,
+                        shortfall = %standing.shortfall,
+                        "this seat's platform is below the cluster's TCB policy"
+                    );
                 }
             }
         }

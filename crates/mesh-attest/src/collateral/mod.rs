@@ -35,6 +35,9 @@ pub struct CollateralInfo {
     /// The platform family its TCB info is for.
     pub fmspc: [u8; 6],
     pub tcb_info_issue_date: u64,
+    /// The TCB info's evaluation data number: Intel raises it at each TCB recovery, and a cluster's TCB policy
+    /// may ask for a minimum (0 when the TCB info has none).
+    pub tcb_evaluation_data_number: u32,
     /// The latest issue date of its parts (TCB info, QE identity, both CRLs): valid from here.
     pub issue_date: u64,
     /// The last second at which all its parts are valid, as dcap-qvl checks them: the earliest
@@ -55,6 +58,8 @@ impl CollateralInfo {
             next_update: String,
             #[serde(default)]
             fmspc: Option<String>,
+            #[serde(default)]
+            tcb_evaluation_data_number: u32,
         }
         fn dated(part: &'static str, json: &str) -> Result<(Dated, u64, u64), CollateralError> {
             let fail = |reason: String| CollateralError::Parse { part, reason };
@@ -108,6 +113,7 @@ impl CollateralInfo {
         Ok(Self {
             fmspc,
             tcb_info_issue_date: tcb_issue,
+            tcb_evaluation_data_number: tcb.tcb_evaluation_data_number,
             issue_date,
             next_update,
         })

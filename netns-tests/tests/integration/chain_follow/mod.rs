@@ -121,6 +121,45 @@ async fn an_allowlist_change_is_reported_at_its_block() {
     assert!(!f.tick(Instant::now()).await.unwrap().allowlists_changed);
 }
 
+/// The TCB policy is read from the app auth (none until the owner sets one), and a change of it or of its
+/// advisories is reported at its block, as an allowlist change is, so that the agent judges the seats again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tcb_policy_is_read_and_its_changes_reported_at_their_block() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    assert_eq!(f.tcb_policy().await.unwrap(), None, "no policy set");
+    let auth = mesh_chain::contract::DstackClusterAppAuth::new(
+        c.appAuth().call().await.unwrap(),
+        c.provider().clone(),
+    );
+
+    send(auth.setTcbPolicy(0b11, 18, 600, 3600)).await;
+    assert!(
+        f.tick(Instant::now()).await.unwrap().allowlists_changed,
+        "the policy set"
+    );
+    send(auth.setTcbAdvisory("INTEL-SA-00837".into(), true)).await;
+    assert!(
+        f.tick(Instant::now()).await.unwrap().allowlists_changed,
+        "an advisory accepted"
+    );
+    assert_eq!(
+        f.tcb_policy().await.unwrap(),
+        Some(mesh_chain::follow::TcbPolicyRead {
+            statuses: 0b11,
+            min_evaluation_data_number: 18,
+            grace_secs: 600,
+            drop_secs: 3600,
+            advisories: vec!["INTEL-SA-00837".into()],
+        })
+    );
+    mine(&anvil).await;
+    assert!(!f.tick(Instant::now()).await.unwrap().allowlists_changed);
+}
+
 /// Reads of the present are made at the newest confirmed head, as the RPC gives it now: after the chain went
 /// back (here anvil reverts to a snapshot five blocks lower), the allowlists are read at the lower head, not
 /// at a height the chain no longer has.
