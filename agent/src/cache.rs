@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::attestation::Allowlisted;
+use crate::tcb_stages::BelowSince;
 use mesh_chain::membership::{Pins, Prefix};
 use mesh_chain::view::ChainView;
 
@@ -32,6 +33,10 @@ struct StateFile {
     /// attestation.)
     #[serde(default)]
     allowlists: Vec<Allowlisted>,
+    /// Since when each seat below the cluster's TCB policy has been, so that a restart does not give it its
+    /// grace again. (Absent from files of agents before the TCB policy.)
+    #[serde(default)]
+    tcb_below: Vec<BelowSince>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +124,8 @@ pub struct Saved {
     /// The cluster's allowlist answers, so that a restart with the RPC down still admits the peers they
     /// admitted.
     pub allowlists: Vec<Allowlisted>,
+    /// Since when each seat below the cluster's TCB policy has been.
+    pub tcb_below: Vec<BelowSince>,
 }
 
 /// The copy that a save replaced: the file as it was one save before, to fall back to when the file itself
@@ -203,6 +210,7 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
             Ok(Some(Saved {
                 view: file.view,
                 allowlists: file.allowlists,
+                tcb_below: file.tcb_below,
             }))
         }
         1 => {
@@ -211,6 +219,7 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
             Ok(Some(Saved {
                 view: file.view.into(),
                 allowlists: Vec::new(),
+                tcb_below: Vec::new(),
             }))
         }
         other => Err(format(format!(
@@ -219,12 +228,17 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
     }
 }
 
-/// Saves the view and the allowlist answers atomically: the text is written whole and synced to a
+/// Saves the view, the allowlist answers and the TCB stages' starts atomically: the text is written whole and synced to a
 /// temporary file, the file it replaces becomes the last good copy, and the new one is renamed into place.
 ///
 /// # Errors
 /// [`StateError::Io`] naming the path.
-pub fn save(dir: &Path, view: &ChainView, allowlists: &[Allowlisted]) -> Result<(), StateError> {
+pub fn save(
+    dir: &Path,
+    view: &ChainView,
+    allowlists: &[Allowlisted],
+    tcb_below: &[BelowSince],
+) -> Result<(), StateError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |action, path: &Path, source| StateError::Io {
@@ -239,6 +253,7 @@ pub fn save(dir: &Path, view: &ChainView, allowlists: &[Allowlisted]) -> Result<
         version: VERSION,
         view: view.clone(),
         allowlists: allowlists.to_vec(),
+        tcb_below: tcb_below.to_vec(),
     })
     .map_err(|e| StateError::Format {
         path: path.clone(),
@@ -323,7 +338,7 @@ mod tests {
         v.records
             .insert(7, serde_json::from_value(sample_registration()).unwrap());
         v.high_water.insert(7, 1);
-        save(dir.path(), &v, &[]).unwrap();
+        save(dir.path(), &v, &[], &[]).unwrap();
         let back = load(dir.path()).unwrap().unwrap().view;
         assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(
@@ -348,11 +363,37 @@ mod tests {
         );
     }
 
+    /// When each seat fell below the TCB policy comes back after a restart, so that its grace does not start
+    /// over; a file without it (an older agent's) reads as none below.
+    #[test]
+    fn the_tcb_stages_starts_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let below = [crate::tcb_stages::BelowSince {
+            seat: 3,
+            evidence_hash: alloy::primitives::B256::repeat_byte(7),
+            since: 1_760_000_000,
+        }];
+        save(dir.path(), &view(), &[], &below).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().tcb_below, below);
+        save(dir.path(), &view(), &[], &[]).unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"tcbBelow\": []") || text.contains("\"tcb_below\": []"),
+            "{text}"
+        );
+        let older: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut older = older.as_object().unwrap().clone();
+        older.retain(|k, _| k != "tcbBelow" && k != "tcb_below");
+        std::fs::write(&path, serde_json::to_vec(&older).unwrap()).unwrap();
+        assert!(load(dir.path()).unwrap().unwrap().tcb_below.is_empty());
+    }
+
     /// A state file cannot carry a prefix that no contract accepts.
     #[test]
     fn a_state_file_with_an_invalid_prefix_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &view(), &[]).unwrap();
+        save(dir.path(), &view(), &[], &[]).unwrap();
         let path = dir.path().join(FILE_NAME);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("\"10.0.1.0\"", "\"10.0.1.9\"")).unwrap();
@@ -378,7 +419,7 @@ mod tests {
     fn saves_and_loads_the_view_privately() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
-        save(dir.path(), &view(), &[]).unwrap();
+        save(dir.path(), &view(), &[], &[]).unwrap();
         assert_eq!(load(dir.path()).unwrap().map(|s| s.view), Some(view()));
         let mode = std::fs::metadata(dir.path().join(FILE_NAME))
             .unwrap()
@@ -419,14 +460,14 @@ mod tests {
             b"\x8f\x00\xffrandom",
         ] {
             let dir = tempfile::tempdir().unwrap();
-            save(dir.path(), &older, &[]).unwrap();
-            save(dir.path(), &newer, &[]).unwrap();
+            save(dir.path(), &older, &[], &[]).unwrap();
+            save(dir.path(), &newer, &[], &[]).unwrap();
             damage(&dir.path().join(FILE_NAME), damaged);
             let loaded = load(dir.path()).unwrap().expect("the last good copy");
             assert_eq!(loaded.view, older, "falls back to the copy one save back");
             assert_eq!(std::fs::read(damaged_path(dir.path())).unwrap(), damaged);
             assert!(!dir.path().join(FILE_NAME).exists());
-            save(dir.path(), &newer, &[]).unwrap();
+            save(dir.path(), &newer, &[], &[]).unwrap();
             assert_eq!(load(dir.path()).unwrap().unwrap().view, newer);
             let copy = read(&last_good_path(dir.path())).unwrap().unwrap();
             assert_eq!(copy.view, older, "the damaged file never became the copy");
@@ -437,8 +478,8 @@ mod tests {
     #[test]
     fn a_missing_file_with_a_last_good_copy_uses_the_copy() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &view(), &[]).unwrap();
-        save(dir.path(), &view(), &[]).unwrap();
+        save(dir.path(), &view(), &[], &[]).unwrap();
+        save(dir.path(), &view(), &[], &[]).unwrap();
         std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().view, view());
     }

@@ -280,7 +280,8 @@ fn attestor(
         Duration::from_secs(args.full_read_secs.max(1)),
         saved.map(|s| s.allowlists.clone()).unwrap_or_default(),
         rpc.clone(),
-    ))
+    )
+    .with_tcb_below(saved.map_or(&[], |s| s.tcb_below.as_slice())))
 }
 
 /// What the state file kept, if it is this cluster's. A file that cannot be used, with no good copy,

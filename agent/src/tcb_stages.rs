@@ -55,14 +55,54 @@ pub fn stage_at(since: u64, now: u64, policy: &TcbPolicy) -> (Stage, Option<u64>
     }
 }
 
+/// Since when seat `seat`'s evidence (of hash `evidence_hash`) has been below the policy: what the state file
+/// keeps, so that a restart does not give a peer its grace again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BelowSince {
+    pub seat: u64,
+    pub evidence_hash: alloy::primitives::B256,
+    pub since: u64,
+}
+
 /// Since when each seat's evidence has been below the policy, as this node saw it. A new binding (other
 /// evidence) starts afresh; evidence that meets the policy again is forgotten.
 #[derive(Debug, Clone, Default)]
 pub struct Staging {
     below: BTreeMap<(u64, [u8; 32]), u64>,
+    /// Changed since [`Staging::take_changed`] last said so.
+    changed: bool,
 }
 
 impl Staging {
+    /// From what the state file kept.
+    pub fn from_saved(saved: &[BelowSince]) -> Self {
+        Self {
+            below: saved
+                .iter()
+                .map(|b| ((b.seat, b.evidence_hash.0), b.since))
+                .collect(),
+            changed: false,
+        }
+    }
+
+    /// What the state file keeps.
+    pub fn saved(&self) -> Vec<BelowSince> {
+        self.below
+            .iter()
+            .map(|((seat, evidence), since)| BelowSince {
+                seat: *seat,
+                evidence_hash: (*evidence).into(),
+                since: *since,
+            })
+            .collect()
+    }
+
+    /// Whether a seat fell below or came back since the last call: the state file is due.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
     /// Takes seat `seat`'s judgement under `policy` at `now`, for its evidence of hash `evidence`: its
     /// standing when below.
     pub fn observe(
@@ -76,12 +116,15 @@ impl Staging {
         let key = (seat, evidence);
         let shortfall = match judged {
             Ok(()) => {
-                self.below.remove(&key);
+                self.changed |= self.below.remove(&key).is_some();
                 return None;
             }
             Err(s) => s,
         };
-        let since = *self.below.entry(key).or_insert(now);
+        let since = *self.below.entry(key).or_insert_with(|| {
+            self.changed = true;
+            now
+        });
         let (stage, until) = stage_at(since, now, policy);
         Some(Standing {
             stage,
@@ -94,8 +137,10 @@ impl Staging {
     /// Forgets every seat's evidence but those `keep` names: the seats of the current view, with their
     /// current evidence.
     pub fn retain(&mut self, keep: impl Fn(u64, &[u8; 32]) -> bool) {
+        let before = self.below.len();
         self.below
             .retain(|(seat, evidence), _| keep(*seat, evidence));
+        self.changed |= self.below.len() != before;
     }
 
     /// The next time a seat below the policy changes stage, after `now`.
@@ -160,6 +205,23 @@ mod tests {
             (Stage::NotAdmitted, 1000, Some(1120))
         );
         assert_eq!(s.next_change(&p, 1070), Some(1120));
+    }
+
+    #[test]
+    fn a_restart_keeps_when_a_peer_fell_below() {
+        let p = policy(60, 60);
+        let mut s = Staging::default();
+        s.observe(3, [1; 32], BELOW, &p, 1000);
+        assert!(s.take_changed(), "a seat fell below: the state file is due");
+        s.observe(3, [1; 32], BELOW, &p, 1010);
+        assert!(!s.take_changed(), "nothing new");
+        let mut restarted = Staging::from_saved(&s.saved());
+        let after = restarted.observe(3, [1; 32], BELOW, &p, 1070).unwrap();
+        assert_eq!(
+            (after.stage, after.since),
+            (Stage::NotAdmitted, 1000),
+            "no second grace"
+        );
     }
 
     #[test]

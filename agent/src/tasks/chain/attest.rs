@@ -16,7 +16,7 @@ use mesh_chain::view::{Binding, ChainView};
 use tracing::{info, warn};
 
 use crate::attestation::{self, Allowlisted, Attestations, Attested, Checker};
-use crate::tcb_stages::Staging;
+use crate::tcb_stages::{BelowSince, Staging};
 
 /// One allowlist answer, and when it was read (none: from the state file, to be read again).
 #[derive(Clone, Copy)]
@@ -55,7 +55,8 @@ fn unix_now() -> u64 {
 }
 
 impl Attestor {
-    /// Starts from the allowlist answers the state file kept.
+    /// Starts from the allowlist answers the state file kept (and, with [`Attestor::with_tcb_below`], from
+    /// when each seat below the TCB policy fell below).
     pub fn new(
         checker: Checker,
         collateral: CollateralSource,
@@ -82,6 +83,22 @@ impl Attestor {
             last_pass: None,
             rpc,
         }
+    }
+
+    /// Starts the TCB stages from what the state file kept.
+    pub fn with_tcb_below(mut self, saved: &[BelowSince]) -> Self {
+        self.staging = Staging::from_saved(saved);
+        self
+    }
+
+    /// When each seat below the TCB policy fell below, for the state file.
+    pub fn tcb_below(&self) -> Vec<BelowSince> {
+        self.staging.saved()
+    }
+
+    /// Whether a seat fell below the TCB policy or came back since the last call: the state file is due.
+    pub fn tcb_below_changed(&mut self) -> bool {
+        self.staging.take_changed()
     }
 
     /// Whether a pass is due although the view did not change: every refresh interval, and when a seat below

@@ -231,6 +231,7 @@ impl Running {
             &self.task.state_dir,
             f.view(),
             &self.task.attestor.allowlists(),
+            &self.task.attestor.tcb_below(),
         ) {
             warn!(error = %crate::causes::Causes(&e), "cannot save the state file");
         }
@@ -240,6 +241,9 @@ impl Running {
     /// or a verdict changed (the tasks after this one redo their work for a new view).
     async fn publish(&mut self, view: &ChainView, moved: bool) {
         let attestations = self.task.attestor.pass(view, self.follower.as_mut()).await;
+        if self.task.attestor.tcb_below_changed() {
+            self.unsaved = true;
+        }
         if !moved && attestations == *self.state.attestations {
             return;
         }
