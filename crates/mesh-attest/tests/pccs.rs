@@ -2,128 +2,25 @@
 //! memory and on disk, refreshed when due, served from the cache while the PCCS is down, and a named
 //! error once the cached one has expired.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use mesh_attest::collateral::{
     CollateralSource, Pccs, PinnedCollateral, RETRY_AFTER_FAILURE, quote_platform,
 };
 use mesh_attest::{CollateralError, QuoteCollateralV3, Trust, verify_quote};
-use owned_task::Task;
+use tdx_mock::pccs::MockPccs;
 use tdx_mock::{CollateralOptions, MockPki, TdInput};
-use tokio::net::TcpListener;
 
 const SEED: [u8; 32] = [0x7c; 32];
 const NOW: u64 = 1_760_000_000;
 const DAY: u64 = 86_400;
 
-struct FakePccs {
-    collateral: QuoteCollateralV3,
-    fmspc: String,
-    requests: Vec<String>,
-    /// Answer every request with HTTP 503.
-    fail: bool,
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Answers the four requests of a PCCS (Intel's v4 API) with one collateral.
-fn answer(state: &Mutex<FakePccs>, path_and_query: &str) -> Response<Full<Bytes>> {
-    let mut state = state.lock().unwrap();
-    state.requests.push(path_and_query.to_owned());
-    if state.fail {
-        return Response::builder()
-            .status(503)
-            .body(Full::new(Bytes::from_static(b"down for maintenance")))
-            .unwrap();
-    }
-    let c = state.collateral.clone();
-    let ok = || Response::builder().status(200);
-    let (builder, body) = match path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""))
-    {
-        ("/sgx/certification/v4/pckcrl", query) if query.contains("encoding=der") => (
-            ok().header(
-                "SGX-PCK-CRL-Issuer-Chain",
-                percent_encode(&c.pck_crl_issuer_chain),
-            ),
-            c.pck_crl.clone(),
-        ),
-        ("/tdx/certification/v4/tcb", query) if query == format!("fmspc={}", state.fmspc) => (
-            ok().header(
-                "TCB-Info-Issuer-Chain",
-                percent_encode(&c.tcb_info_issuer_chain),
-            ),
-            format!(
-                r#"{{"tcbInfo":{},"signature":"{}"}}"#,
-                c.tcb_info,
-                hex::encode(&c.tcb_info_signature)
-            )
-            .into_bytes(),
-        ),
-        ("/tdx/certification/v4/qe/identity", _) => (
-            ok().header(
-                "SGX-Enclave-Identity-Issuer-Chain",
-                percent_encode(&c.qe_identity_issuer_chain),
-            ),
-            format!(
-                r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
-                c.qe_identity,
-                hex::encode(&c.qe_identity_signature)
-            )
-            .into_bytes(),
-        ),
-        ("/sgx/certification/v4/rootcacrl", _) => (ok(), hex::encode(&c.root_ca_crl).into_bytes()),
-        _ => (Response::builder().status(404), b"not found".to_vec()),
-    };
-    builder.body(Full::new(Bytes::from(body))).unwrap()
-}
-
-/// A PCCS on a loopback port; stopping the task takes it down (the port then refuses).
-async fn serve(state: Arc<Mutex<FakePccs>>) -> (SocketAddr, Task<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = Task::spawn("fake-pccs", async move {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let state = Arc::clone(&state);
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default();
-                let response = answer(&state, &path);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            connections.spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
+/// A mock PCCS on a loopback port.
+fn mock_pccs(collateral: QuoteCollateralV3) -> MockPccs {
+    MockPccs::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        collateral,
+    )
 }
 
 fn quote(pki: &MockPki) -> Vec<u8> {
@@ -142,15 +39,9 @@ async fn scenario() {
     let trust = Trust::from_der(pki.root_ca_der()).unwrap();
     let quote = quote(&pki);
     let first = pki.collateral(&CollateralOptions::valid_from(NOW, 30));
-    let state = Arc::new(Mutex::new(FakePccs {
-        collateral: first.clone(),
-        fmspc: hex::encode_upper(pki.fmspc()),
-        requests: Vec::new(),
-        fail: false,
-    }));
-    let (addr, server) = serve(Arc::clone(&state)).await;
+    let server = mock_pccs(first.clone());
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("http://{addr}/sgx/certification/v4");
+    let url = format!("{}/sgx/certification/v4", server.url());
 
     let platform = quote_platform(&quote).unwrap();
     assert_eq!(platform.fmspc, pki.fmspc());
@@ -164,8 +55,8 @@ async fn scenario() {
     let got = source.for_quote(&quote, NOW).await.unwrap();
     assert_eq!(*got, first);
     verify_quote(&quote, &trust, &got, false, NOW).expect("fetched collateral verifies");
-    let fetched = state.lock().unwrap().requests.len();
-    assert_eq!(fetched, 4, "{:?}", state.lock().unwrap().requests);
+    let fetched = server.requests().len();
+    assert_eq!(fetched, 4, "{:?}", server.requests());
 
     // Written to the cache directory atomically: the file, and no temporary left behind.
     let files: Vec<String> = std::fs::read_dir(dir.path())
@@ -177,14 +68,14 @@ async fn scenario() {
     // Served from memory while fresh.
     let again = source.for_quote(&quote, NOW + 10 * DAY).await.unwrap();
     assert_eq!(*again, first);
-    assert_eq!(state.lock().unwrap().requests.len(), fetched);
+    assert_eq!(server.requests().len(), fetched);
 
     // The PCCS fails. Refresh is due after three quarters of the window, but the cached
     // collateral is served until it expires, and the PCCS is not asked at every check.
-    state.lock().unwrap().fail = true;
+    server.set_failing(true);
     let due = NOW + 25 * DAY;
     assert_eq!(*source.for_quote(&quote, due).await.unwrap(), first);
-    let asked = state.lock().unwrap().requests.len();
+    let asked = server.requests().len();
     assert_eq!(
         asked,
         fetched + 1,
@@ -192,20 +83,16 @@ async fn scenario() {
     );
     assert_eq!(*source.for_quote(&quote, due + 60).await.unwrap(), first);
     assert_eq!(
-        state.lock().unwrap().requests.len(),
+        server.requests().len(),
         asked,
         "not asked again within RETRY_AFTER_FAILURE"
     );
     let retry = due + RETRY_AFTER_FAILURE;
     assert_eq!(*source.for_quote(&quote, retry).await.unwrap(), first);
-    assert_eq!(
-        state.lock().unwrap().requests.len(),
-        asked + 1,
-        "asked again after it"
-    );
+    assert_eq!(server.requests().len(), asked + 1, "asked again after it");
 
     // Then it is down altogether...
-    let _ = server.stop().await;
+    drop(server);
 
     // ...and then the error names the FMSPC and when it expired.
     let after = source.for_quote(&quote, NOW + 31 * DAY).await;
@@ -239,10 +126,8 @@ async fn scenario() {
 
     // The PCCS is back with newer collateral: a due refresh takes it, in memory and on disk.
     let second = pki.collateral(&CollateralOptions::valid_from(NOW + 20 * DAY, 30));
-    state.lock().unwrap().collateral = second.clone();
-    state.lock().unwrap().fail = false;
-    let (addr, server) = serve(Arc::clone(&state)).await;
-    let back = Pccs::new(&format!("http://{addr}"), Some(dir.path().to_owned()))
+    let server = mock_pccs(second.clone());
+    let back = Pccs::new(&server.url(), Some(dir.path().to_owned()))
         .unwrap()
         .with_timeout(Duration::from_secs(5));
     let refreshed = back.for_platform(platform, NOW + 25 * DAY).await.unwrap();
@@ -252,19 +137,16 @@ async fn scenario() {
     assert_eq!(*on_disk.cached(&pki.fmspc()).unwrap().0, second);
 
     // A stale PCCS serving the older collateral again does not roll the newer one back.
-    state.lock().unwrap().collateral = first.clone();
+    server.publish(first.clone());
     let rolled = back.for_platform(platform, NOW + 45 * DAY).await.unwrap();
     assert_eq!(*rolled, second);
-
-    let _ = server.stop().await;
 }
 
 #[tokio::test]
 async fn nothing_cached_and_no_pccs_is_a_named_error() {
     let pki = MockPki::from_seed(SEED);
     // Bind then drop, so the port is (very likely) closed.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();

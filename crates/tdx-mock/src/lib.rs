@@ -23,6 +23,8 @@
 //! this root vouches for, so never trust a mock root outside tests and simulations.
 
 mod collateral;
+#[cfg(feature = "pccs")]
+pub mod pccs;
 mod pki;
 mod platform;
 mod quote;

@@ -144,6 +144,9 @@ pub struct Cluster<'a> {
     /// verifies its peers' quotes under.
     pub tdx_root_ca: PathBuf,
     pub tdx_collateral: PathBuf,
+    /// Where agents started from now on fetch collateral, instead of the pinned file
+    /// ([`Cluster::fetch_collateral_from`]).
+    pccs_url: std::sync::Mutex<Option<String>>,
     /// The (compose hash, OS measurement) pairs the nodes run.
     images: Vec<(String, String)>,
     /// Node i's seat is `tokens[i - 1]`.
@@ -330,6 +333,7 @@ impl<'a> Cluster<'a> {
             guards: std::sync::Mutex::new(guards),
             tdx_root_ca,
             tdx_collateral,
+            pccs_url: std::sync::Mutex::new(None),
             images: Vec::new(),
             tokens: layout.tokens.clone(),
             prefix: layout.prefix(),
@@ -514,15 +518,42 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    /// The agent flags that make it verify quotes under this cluster's mock PKI.
+    /// The agent flags that make it verify quotes under this cluster's mock PKI, with the pinned collateral
+    /// or from the PCCS set by [`Cluster::fetch_collateral_from`].
     pub fn trust_args(&self) -> Vec<String> {
         let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-        vec![
-            "--tdx-root-ca".into(),
-            path(&self.tdx_root_ca),
-            "--tdx-collateral-file".into(),
-            path(&self.tdx_collateral),
-        ]
+        let collateral = match self
+            .pccs_url
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            Some(url) => ["--pccs-url".into(), url],
+            None => ["--tdx-collateral-file".into(), path(&self.tdx_collateral)],
+        };
+        let mut args = vec!["--tdx-root-ca".into(), path(&self.tdx_root_ca)];
+        args.extend(collateral);
+        args
+    }
+
+    /// Agents started from now on fetch collateral from the PCCS at `url` (a mock one the test publishes
+    /// to), not the pinned file.
+    pub fn fetch_collateral_from(&self, url: &str) {
+        *self
+            .pccs_url
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(url.to_owned());
+    }
+
+    /// The mock PKI every simulator of this cluster signs under, for a test to make collateral with.
+    pub fn mock_pki(&self) -> tdx_mock::MockPki {
+        let seed =
+            std::fs::read_to_string(self.dir().join("mock-pki.seed")).expect("mock-pki.seed");
+        let bytes: [u8; 32] = alloy::hex::decode(seed.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .expect("32 bytes of hex in mock-pki.seed");
+        tdx_mock::MockPki::from_seed(bytes)
     }
 
     /// `p2p-agent identity --json` for node `i`'s simulator.

@@ -41,6 +41,7 @@ mod scale;
 mod sdk;
 mod seat_request;
 mod status_page;
+mod tcb_policy;
 mod wg_interop;
 mod wg_netns;
 mod wg_show;
