@@ -2,7 +2,7 @@
 //! with playwright-core): what the agent's snapshot gains shows in the feed in words, without a reload and
 //! once each — a seat refused and a seat no longer refused, this node's own evidence refused and passing
 //! again, this node's vote against the leader and its failed withdrawal with the error, an RPC outvoted and
-//! one agreeing again, and a read without a quorum. The real API
+//! one agreeing again, a read without a quorum, and a peer below the cluster's TCB policy. The real API
 //! server serves a fixture snapshot, on loopback in a namespace the test makes.
 //!
 //! Needs root, `scripts/bootstrap`'s chromium and playwright-core, and Node.js.
@@ -28,6 +28,8 @@ const B_OUTVOTED: &str =
     "the RPC https://b.rpc.example/ answers unlike the others (eth_call): outvoted";
 const C_AGREES: &str = "the RPC https://c.rpc.example/ answers like the others again";
 const NO_QUORUM: &str = "no quorum: the RPCs disagree on eth_getLogs";
+const BELOW_TCB: &str =
+    "seat 4 is below the TCB policy: warned \u{2013} the platform's TCB status is OutOfDate";
 
 fn ballot(
     kind: BallotKind,
@@ -89,6 +91,22 @@ fn an_rpc_outvoted_and_a_split(s: &mut Snapshot) {
     v.last_split = Some("the RPCs disagree on eth_getLogs: https://a.rpc.example/ answered one way, https://b.rpc.example/ otherwise, https://c.rpc.example/ did not answer; 2 must answer alike".into());
 }
 
+/// Seat 4's platform falls below the cluster's TCB policy: warned, a stage that ends in ten minutes.
+fn a_peer_below_the_tcb_policy(s: &mut Snapshot, now: u64, passing: &Attestation) {
+    let p = s
+        .peers
+        .iter_mut()
+        .find(|p| p.token_id == 4)
+        .expect("the fixture's seat 4");
+    p.attestation = Some(Attestation {
+        tcb_status: Some("OutOfDate".into()),
+        reason: Some("the platform's TCB status is OutOfDate, which the cluster's TCB policy does not accept".into()),
+        tcb_stage: Some("warned".into()),
+        tcb_stage_until: Some(now + 600),
+        ..passing.clone()
+    });
+}
+
 /// This node's evidence passes again; its withdrawal of the vote failed.
 fn a_failed_withdrawal(s: &mut Snapshot, now: u64, passing: Attestation) {
     s.status.node.attestation = Some(passing);
@@ -135,6 +153,7 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         B_OUTVOTED,
         C_AGREES,
         NO_QUORUM,
+        BELOW_TCB,
     ];
     let mut args = vec!["--url", url.as_str(), "--timeout", "90"];
     for e in &expected {
@@ -178,6 +197,7 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         || page.tail(),
     );
     api.publish.send_modify(|s| {
+        a_peer_below_the_tcb_policy(s, now, &passing);
         a_failed_withdrawal(s, now, passing.clone());
         an_rpc_outvoted_and_a_split(s);
     });
