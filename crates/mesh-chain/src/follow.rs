@@ -727,15 +727,7 @@ impl Follower {
         compose_hash: B256,
         os_measurement: B256,
     ) -> Result<(bool, bool), ChainError> {
-        let address = match self.app_auth {
-            Some(a) => a,
-            None => {
-                self.count();
-                let a = contract::app_auth_of(&self.provider, self.view.contract).await?;
-                *self.app_auth.insert(a)
-            }
-        };
-        let auth = DstackClusterAppAuth::new(address, self.provider.clone());
+        let auth = self.app_auth().await?;
         self.count();
         let at = self.present();
         let compose = auth
@@ -760,15 +752,7 @@ impl Follower {
     /// # Errors
     /// [`ChainError`] when the read fails.
     pub async fn tcb_policy(&mut self) -> Result<Option<TcbPolicyRead>, ChainError> {
-        let address = match self.app_auth {
-            Some(a) => a,
-            None => {
-                self.count();
-                let a = contract::app_auth_of(&self.provider, self.view.contract).await?;
-                *self.app_auth.insert(a)
-            }
-        };
-        let auth = DstackClusterAppAuth::new(address, self.provider.clone());
+        let auth = self.app_auth().await?;
         self.count();
         let p = auth
             .tcbPolicy()
@@ -783,6 +767,21 @@ impl Follower {
             drop_secs: p.dropSeconds,
             advisories: p.advisoryIds,
         }))
+    }
+
+    /// The cluster's app auth, looked up once: from then on its logs are followed with the cluster's.
+    async fn app_auth(
+        &mut self,
+    ) -> Result<DstackClusterAppAuth::DstackClusterAppAuthInstance<DynProvider>, ChainError> {
+        let address = match self.app_auth {
+            Some(a) => a,
+            None => {
+                self.count();
+                let a = contract::app_auth_of(&self.provider, self.view.contract).await?;
+                *self.app_auth.insert(a)
+            }
+        };
+        Ok(DstackClusterAppAuth::new(address, self.provider.clone()))
     }
 
     /// The block that reads of the present are made at: the newest confirmed one, once the head was read.
