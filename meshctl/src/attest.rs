@@ -1,5 +1,6 @@
 //! A seat's attestation evidence checked as every agent checks it, for `mint`, `bind` and `peers`: the quote
-//! under the trusted root and collateral with an allowed TCB status, its RTMR3 log replayed to the quote and
+//! under the trusted root and collateral with a TCB status the cluster's TCB policy accepts (or, with none,
+//! `--allow-tcb-status`), its RTMR3 log replayed to the quote and
 //! naming the seat's instance and an allowed app, its report data committing to this chain, cluster and node,
 //! and the cluster's allowlists of compose hashes and OS images.
 
@@ -7,7 +8,8 @@ use alloy::primitives::B256;
 use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use mesh_attest::cli::TrustArgs;
-use mesh_attest::{Evidence, Refusal, Verdict};
+use mesh_attest::tcb::TcbPolicy;
+use mesh_attest::{Evidence, Refusal, TcbStatus, Verdict};
 use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::error::ChainError;
 
@@ -43,10 +45,49 @@ pub(crate) async fn check(
     evidence: &[u8],
     seat: &Seat<'_>,
 ) -> anyhow::Result<Verdict> {
-    let verdict = verify_quote(trust, evidence, seat).await?;
+    let verdict = match tcb_policy(c).await? {
+        None => verify_quote(trust, evidence, seat).await?,
+        // Under the cluster's TCB policy every status but Revoked verifies, and the policy judges it, as
+        // agents do.
+        Some(policy) => {
+            let all = TcbStatus::ALL
+                .into_iter()
+                .filter(|s| *s != TcbStatus::Revoked)
+                .collect();
+            let (verdict, evaluation) = verify_quote_with(trust, evidence, seat, all).await?;
+            if let Err(shortfall) = policy.judge(&verdict, evaluation) {
+                bail!(
+                    "{shortfall}; agents admit such a node for the policy's grace period only, and then drop it (tcb-policy)"
+                );
+            }
+            verdict
+        }
+    };
     let listed = Listed::read(c, &verdict).await?;
     listed.require()?;
     Ok(verdict)
+}
+
+/// The cluster's TCB policy, if its owner set one.
+///
+/// # Errors
+/// When the app auth cannot be read.
+async fn tcb_policy(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+) -> anyhow::Result<Option<TcbPolicy>> {
+    let p = cluster::app_auth(c)
+        .await?
+        .tcbPolicy()
+        .call()
+        .await
+        .map_err(|e| ChainError::from_call("tcbPolicy", e))?;
+    Ok(TcbPolicy::from_chain(
+        p.statuses,
+        p.minEvaluationDataNumber,
+        p.graceSeconds,
+        p.dropSeconds,
+        p.advisoryIds,
+    ))
 }
 
 /// The verdict on `evidence` for `seat` without the cluster's allowlists: the quote, its collateral and TCB
@@ -59,6 +100,24 @@ pub(crate) async fn verify_quote(
     evidence: &[u8],
     seat: &Seat<'_>,
 ) -> anyhow::Result<Verdict> {
+    Ok(
+        verify_quote_with(trust, evidence, seat, trust.tcb_statuses())
+            .await?
+            .0,
+    )
+}
+
+/// [`verify_quote`] accepting the TCB statuses `statuses`, with the TCB evaluation data number of the
+/// collateral it was verified under.
+///
+/// # Errors
+/// The refusal (its kind in parentheses), or no collateral for the quote's platform.
+async fn verify_quote_with(
+    trust: &TrustArgs,
+    evidence: &[u8],
+    seat: &Seat<'_>,
+    statuses: std::collections::BTreeSet<TcbStatus>,
+) -> anyhow::Result<(Verdict, u32)> {
     let evidence = Evidence::decode(evidence)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,10 +129,10 @@ pub(crate) async fn verify_quote(
         .await
         // A quote that does not parse is the node's to fix, not the collateral's.
         .map_err(|e| refused(Refusal::from(e)))?;
-    let (policy, expected) = seat
-        .requirements(&evidence, trust.tcb_statuses())
-        .map_err(refused)?;
-    mesh_attest::verify(
+    let (policy, expected) = seat.requirements(&evidence, statuses).map_err(refused)?;
+    let evaluation =
+        mesh_attest::CollateralInfo::of(&collateral).map_or(0, |i| i.tcb_evaluation_data_number);
+    let verdict = mesh_attest::verify(
         &evidence,
         &expected,
         &policy,
@@ -81,7 +140,8 @@ pub(crate) async fn verify_quote(
         &collateral,
         now,
     )
-    .map_err(refused)
+    .map_err(refused)?;
+    Ok((verdict, evaluation))
 }
 
 /// What a verified quote measures, and whether the cluster allows each.

@@ -875,13 +875,15 @@ async fn two_seats_of_three_release_a_squatted_instance_with_meshctl_dispute() {
 }
 
 /// The owner sets the cluster's TCB policy with `meshctl app-auth tcb`, and reads it back as agents will: the
-/// statuses (UpToDate always), the evaluation data number, the advisories, the grace and drop periods. A
-/// revoked status, a malformed advisory and anyone but the owner are refused, and clearing hands the choice
-/// back to each agent's flags.
+/// statuses (UpToDate always), the evaluation data number, the advisories, the grace and drop periods; and
+/// `meshctl peers` judges the seats under it. A revoked status, a malformed advisory and anyone but the owner
+/// are refused, and clearing hands the choice back to each agent's flags.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_owner_sets_the_tcb_policy_and_reads_it_back() {
     let anvil = anvil();
-    let (_node, m, _contract) = seat_1_bound(&anvil).await;
+    let (node, m, contract) = seat_1_bound(&anvil).await;
+    node.register(&anvil, contract, "192.0.2.1:51820", "", 2)
+        .await;
     let none = m
         .run(None, &["app-auth", "tcb", "show", "--json"])
         .ok()
@@ -935,6 +937,15 @@ async fn the_owner_sets_the_tcb_policy_and_reads_it_back() {
         }),
         "{set}"
     );
+    // meshctl judges a seat under the policy as agents do: the mock's collateral is of evaluation 17.
+    let peers = m.run(None, &["peers", "--json"]).failed().json();
+    let error = peers["peers"][0]["attestationError"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("evaluation data number is 17") && error.contains("(tcb-policy)"),
+        "{peers}"
+    );
 
     m.run(
         Some(0),
@@ -960,4 +971,5 @@ async fn the_owner_sets_the_tcb_policy_and_reads_it_back() {
         .ok()
         .json();
     assert_eq!(cleared["policy"], serde_json::Value::Null, "{cleared}");
+    m.run(None, &["peers"]).ok();
 }
