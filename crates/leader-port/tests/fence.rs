@@ -1,0 +1,176 @@
+//! The leader port on loopback: two "nodes" run a service that answers with its name (at 127.0.0.2 and
+//! 127.0.0.3, standing in for overlay addresses), and the port forwards to whichever the leader is. A
+//! connection reaches the leader of its term; a new term closes it and new ones reach the new leader; a lease
+//! that runs out closes it with no change published; with no current leader a connection is closed at once.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use leader_port::{Ports, Stats, serve};
+use mesh_api::{Leader, LeaderClock};
+use owned_task::Task;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A service at `ip` (any port) that answers each read with `name: ` and what it read; it stops with its task.
+async fn service(ip: Ipv4Addr, name: &'static str) -> (SocketAddr, Task<()>) {
+    service_on(ip, 0, name).await
+}
+
+fn leader(seat: u64, term: u64, lease: Duration) -> Leader {
+    Leader {
+        token_id: Some(seat),
+        overlay_ip: Some(Ipv4Addr::new(127, 0, 0, seat as u8)),
+        is_self: false,
+        term: Some(term),
+        clock: LeaderClock {
+            lease,
+            confirmed_at: Some(Instant::now()),
+            claim_until: None,
+        },
+        ..Leader::default()
+    }
+}
+
+/// Sends `line` and reads the answer; `None` when the port closed the connection instead.
+async fn ask(s: &mut TcpStream, line: &str) -> Option<String> {
+    s.write_all(line.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => None,
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(_) => panic!("no answer and no close within 5 s"),
+    }
+}
+
+/// Waits for the port to close `s`: a read that ends.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
+    // Both services on one port number, as on a real cluster.
+    let (two, _two) = service(Ipv4Addr::new(127, 0, 0, 2), "seat 2").await;
+    let (three, _three) = service_on(Ipv4Addr::new(127, 0, 0, 3), two.port(), "seat 3").await;
+    let ports = Ports {
+        port: two.port(),
+        local: three,
+    };
+    let (tx, rx) = watch::channel(leader(2, 7, Duration::from_secs(60)));
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = port.local_addr().unwrap();
+    let stats = Stats::default();
+    let cancel = CancellationToken::new();
+    let served = Task::spawn(
+        "leader-port",
+        serve(vec![port], ports, rx, stats.clone(), cancel.clone()),
+    );
+
+    let mut first = TcpStream::connect(at).await.unwrap();
+    assert_eq!(
+        ask(&mut first, "hello").await.as_deref(),
+        Some("seat 2: hello")
+    );
+
+    // A failover: seat 3 leads under term 8. The old connection is closed; a new one reaches seat 3.
+    tx.send(leader(3, 8, Duration::from_secs(60))).unwrap();
+    assert!(
+        closed(&mut first).await,
+        "the term-7 connection outlived its term"
+    );
+    let mut second = TcpStream::connect(at).await.unwrap();
+    assert_eq!(
+        ask(&mut second, "again").await.as_deref(),
+        Some("seat 3: again")
+    );
+
+    // The lease runs out with nothing published: the fence closes the connection all the same, and a new
+    // connection is refused.
+    tx.send(leader(3, 8, Duration::from_millis(300))).unwrap();
+    assert!(closed(&mut second).await, "a connection outlived its lease");
+    let mut third = TcpStream::connect(at).await.unwrap();
+    assert_eq!(
+        ask(&mut third, "anyone?").await,
+        None,
+        "no current leader, no forward"
+    );
+
+    // No leader at all: refused too.
+    tx.send(Leader::default()).unwrap();
+    let mut fourth = TcpStream::connect(at).await.unwrap();
+    assert_eq!(ask(&mut fourth, "anyone?").await, None);
+
+    let s = stats.snapshot();
+    assert_eq!(
+        (s.by_term[&7].opened, s.by_term[&7].fenced),
+        (1, 1),
+        "{s:?}"
+    );
+    assert_eq!(
+        (s.by_term[&8].opened, s.by_term[&8].fenced),
+        (1, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.refused.get("not-current"), Some(&1), "{s:?}");
+    assert_eq!(s.refused.get("no-leader"), Some(&1), "{s:?}");
+    assert_eq!(s.open, 0, "{s:?}");
+    cancel.cancel();
+    served.await.unwrap();
+}
+
+/// When this node leads, the port forwards to its own service.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_forwards_to_its_own_service() {
+    let (local, _local) = service(Ipv4Addr::LOCALHOST, "this node").await;
+    let ports = Ports { port: 1, local };
+    let mut me = leader(1, 3, Duration::from_secs(60));
+    me.is_self = true;
+    me.clock.claim_until = Some(Instant::now() + Duration::from_secs(60));
+    let (_tx, rx) = watch::channel(me);
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = port.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let served = Task::spawn(
+        "leader-port",
+        serve(vec![port], ports, rx, Stats::default(), cancel.clone()),
+    );
+    let mut s = TcpStream::connect(at).await.unwrap();
+    assert_eq!(ask(&mut s, "hi").await.as_deref(), Some("this node: hi"));
+    cancel.cancel();
+    served.await.unwrap();
+}
+
+/// A service at `ip`:`port` that answers each read with `name: ` and what it read; it stops with its task.
+async fn service_on(ip: Ipv4Addr, port: u16, name: &'static str) -> (SocketAddr, Task<()>) {
+    let listener = TcpListener::bind((ip, port)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = Task::spawn("service", async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            connections.spawn(async move {
+                let mut buf = [0u8; 256];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let reply = format!("{name}: {}", String::from_utf8_lossy(&buf[..n]));
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
