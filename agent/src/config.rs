@@ -241,6 +241,29 @@ pub struct RunArgs {
     /// Serve `/metrics` alone on this TCP address, for a scraper outside the CVM.
     #[arg(long, env = "DSTACK_MESH_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Listen on LISTEN, on 127.0.0.1 and on this node's overlay address, and forward each connection to the
+    /// current leader's service: TARGET (LISTEN if not given) on the leader's overlay address, or on
+    /// 127.0.0.1 when this node leads. Fenced by the term: a connection is refused at once while no leader
+    /// holds a current lease, and closed when the term changes. Repeatable, e.g. 5432:5433 beside a
+    /// PostgreSQL listening on 5433.
+    #[arg(
+        long = "leader-port",
+        env = "DSTACK_MESH_LEADER_PORT",
+        value_name = "LISTEN[:TARGET]",
+        value_delimiter = ',',
+        value_parser = parse_forward
+    )]
+    pub leader_ports: Vec<Forward>,
+    /// As --leader-port, but spread over the healthy members that do not lead (read replicas), fewest open
+    /// connections first; to the leader, under its fence, while there are none. Repeatable.
+    #[arg(
+        long = "replica-port",
+        env = "DSTACK_MESH_REPLICA_PORT",
+        value_name = "LISTEN[:TARGET]",
+        value_delimiter = ',',
+        value_parser = parse_forward
+    )]
+    pub replica_ports: Vec<Forward>,
     /// Pin this KMS root instead of reading it from the contract at first start.
     #[arg(value_parser = parse_address, long, env = "DSTACK_MESH_KMS_ROOT", requires = "app_ids")]
     pub kms_root: Option<Address>,
@@ -403,6 +426,24 @@ fn parse_stun_server(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+/// `--leader-port`, `--replica-port`: where clients connect, and the service's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub listen: u16,
+    pub target: u16,
+}
+
+fn parse_forward(raw: &str) -> Result<Forward, String> {
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|&p| p > 0);
+    let (listen, target) = raw.split_once(':').unwrap_or((raw, raw));
+    match (port(listen), port(target)) {
+        (Some(listen), Some(target)) => Ok(Forward { listen, target }),
+        _ => Err(format!(
+            "{raw:?} is not LISTEN[:TARGET]: give the port clients connect to, and the service's port when it differs, such as 5432:5433 (ports 1 to 65535)"
+        )),
+    }
+}
+
 /// `--api-socket-mode`: octal permission bits, such as 0660 or 660.
 /// dstack's own WireGuard interface to its gateway, made by the guest OS (`wg0` before 2025's releases).
 const DSTACK_INTERFACE: &str = "dstack-wg0";
@@ -518,6 +559,7 @@ impl RunArgs {
                 );
             }
         }
+        self.check_forwards()?;
         if let Some(domain) = &self.dstack_gateway_domain {
             check_domain(domain).context("DSTACK_GATEWAY_DOMAIN")?;
         }
@@ -561,6 +603,41 @@ impl RunArgs {
             }
         }
         Ok(contract)
+    }
+
+    /// `--leader-port` and `--replica-port`: they need the overlay, listen on a port each, and never forward to
+    /// themselves.
+    fn check_forwards(&self) -> anyhow::Result<()> {
+        let all = self
+            .leader_ports
+            .iter()
+            .map(|f| ("--leader-port", f))
+            .chain(self.replica_ports.iter().map(|f| ("--replica-port", f)));
+        let mut seen = std::collections::BTreeMap::new();
+        for (flag, f) in all {
+            if self.mode == ModeArg::Tls {
+                anyhow::bail!(
+                    "{flag} {} needs the overlay (--mode wireguard): in TLS mode peers have no overlay address to forward to",
+                    f.listen
+                );
+            }
+            if f.listen == f.target {
+                anyhow::bail!(
+                    "{flag} {}: when this node leads it forwards to 127.0.0.1:{}, which is the port itself; run the service on another port and give it as the target, such as {flag} {}:{}",
+                    f.listen,
+                    f.target,
+                    f.listen,
+                    f.listen.wrapping_add(1).max(1)
+                );
+            }
+            if let Some(other) = seen.insert(f.listen, flag) {
+                anyhow::bail!(
+                    "{flag} {} conflicts with {other}, which listens on the same port: give each its own",
+                    f.listen
+                );
+            }
+        }
+        Ok(())
     }
 
     /// How often the chain is polled (`--poll-interval-ms`, 50 ms at least).

@@ -33,6 +33,7 @@ use crate::tasks::disputer::Disputer;
 use crate::tasks::health::HealthCheck;
 use crate::tasks::leader::{self, LeaderTask};
 use crate::tasks::mesh::{MeshTask, RelayParts, WireGuard};
+use crate::tasks::ports::ForwardedPorts;
 use crate::tasks::publisher::{Inputs, Publisher};
 use crate::tasks::registrar::Registrar;
 
@@ -313,6 +314,7 @@ struct Tasks {
     mesh: MeshTask<WireGuard>,
     leader: LeaderTask,
     disputer: Disputer,
+    ports: ForwardedPorts,
     publisher: Publisher,
     /// `--health-url`, `--health-cmd`.
     health: Option<HealthCheck>,
@@ -327,13 +329,17 @@ impl Tasks {
         relay: Option<RelayParts>,
         attestor: Attestor,
     ) -> Self {
+        let ports = ForwardedPorts::from_args(args);
+        let mut publisher = Publisher::from_args(args, shared, agent);
+        publisher.ports.clone_from(&ports.stats);
         Self {
             chain: ChainTask::from_args(args, shared, attestor),
             registrar: Registrar::from_args(args, shared),
             mesh: MeshTask::from_args(args, shared, relay),
             leader: LeaderTask::from_args(args, shared),
             disputer: Disputer::from_args(args, shared),
-            publisher: Publisher::from_args(args, shared, agent),
+            ports,
+            publisher,
             health: HealthCheck::from_args(args),
         }
     }
@@ -403,6 +409,14 @@ impl Tasks {
                 .run(chain_rx, mesh_tx, c)
                 .instrument(info_span!("mesh")),
         );
+        if !self.ports.is_empty() {
+            let c = cancel.clone();
+            set.spawn(
+                self.ports
+                    .run(api.subscribe(), c)
+                    .instrument(info_span!("ports")),
+            );
+        }
         let c = cancel.clone();
         set.spawn(
             self.publisher

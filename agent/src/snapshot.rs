@@ -253,6 +253,7 @@ pub fn render(
         peers_refused: refused.len(),
         nat: mesh.nat.as_ref().map(nat),
         election: election_of(election, now),
+        ports: Vec::new(),
     };
     let refused_kind = |seat: u64| match chain.attestations.get(&seat) {
         Some(Attested::Refused { kind, .. }) => Some(*kind),

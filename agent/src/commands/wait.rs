@@ -189,6 +189,7 @@ mod tests {
             peers_refused: 0,
             nat: None,
             election: Default::default(),
+            ports: Vec::new(),
         }
     }
 

@@ -188,3 +188,47 @@ fn an_empty_or_absent_key_variable_is_not_a_key() {
     assert!(refuse_key_in_environment(|_| None).is_ok());
     assert!(refuse_key_in_environment(|_| Some("".into())).is_ok());
 }
+
+#[test]
+fn a_leader_port_names_where_clients_connect_and_the_service_port() {
+    let args = validated(&["--leader-port", "5432:5433", "--leader-port", "6380:6379"]).unwrap();
+    assert_eq!(
+        args.leader_ports,
+        [
+            Forward {
+                listen: 5432,
+                target: 5433
+            },
+            Forward {
+                listen: 6380,
+                target: 6379
+            }
+        ]
+    );
+    let err = validated(&["--leader-port", "5432:x"]).unwrap_err();
+    assert!(err.contains("is not LISTEN[:TARGET]"), "{err}");
+    let err = validated(&["--leader-port", "0"]).unwrap_err();
+    assert!(err.contains("is not LISTEN[:TARGET]"), "{err}");
+}
+
+#[test]
+fn a_forwarded_port_that_would_reach_itself_or_another_is_refused() {
+    let err = validated(&["--leader-port", "5432"]).unwrap_err();
+    assert!(
+        err.contains("which is the port itself") && err.contains("--leader-port 5432:5433"),
+        "{err}"
+    );
+    let err =
+        validated(&["--leader-port", "5432:5433", "--replica-port", "5432:5434"]).unwrap_err();
+    assert!(err.contains("conflicts with --leader-port"), "{err}");
+    let err = validated(&[
+        "--mode",
+        "tls",
+        "--gateway-url",
+        "https://x.example.com",
+        "--leader-port",
+        "5432:5433",
+    ])
+    .unwrap_err();
+    assert!(err.contains("needs the overlay"), "{err}");
+}

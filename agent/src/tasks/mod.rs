@@ -10,6 +10,7 @@
 //! health ─────────────┼────CheckSignal──────>                │
 //! API POST /v1/health ┴────AppReport────────>                │
 //!                     └──────────────────────────────────────┘
+//! Snapshot ──> ports (--leader-port, --replica-port: forward to the leader's or a replica's service)
 //! ```
 //!
 //! Each task builds its own settings from the daemon's flags (`from_args`), given what they share ([`Shared`]).
@@ -19,6 +20,7 @@ pub mod disputer;
 pub mod health;
 pub mod leader;
 pub mod mesh;
+pub mod ports;
 pub mod publisher;
 pub mod registrar;
 

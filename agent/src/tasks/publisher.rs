@@ -40,6 +40,8 @@ pub struct Publisher {
     pub node: NodeFacts,
     pub started: Instant,
     pub hooks: Hooks,
+    /// The forwarded ports' counters, shown in the status.
+    pub ports: Vec<leader_port::Stats>,
 }
 
 impl Publisher {
@@ -57,6 +59,7 @@ impl Publisher {
             },
             agent,
             started: Instant::now(),
+            ports: Vec::new(),
             hooks: Hooks {
                 on_change: args.on_change.clone(),
                 on_leader_change: args.on_leader_change.clone(),
@@ -101,7 +104,7 @@ impl Publisher {
             let mesh = inputs.mesh.borrow_and_update().clone();
             let leader = inputs.leader.borrow_and_update().clone();
             let check = inputs.check.borrow_and_update().clone();
-            let snapshot = snapshot::render(
+            let mut snapshot = snapshot::render(
                 &self.agent,
                 &self.node,
                 snapshot::Published {
@@ -114,6 +117,11 @@ impl Publisher {
                 self.started.elapsed(),
                 Clock::now(),
             );
+            snapshot.status.ports = self
+                .ports
+                .iter()
+                .map(leader_port::Stats::snapshot)
+                .collect();
             // Not while the list is not known yet: the hook sees what the event streams send.
             let changed =
                 snapshot.peers_known && mesh_api::peers_changed(&published, &snapshot.peers);

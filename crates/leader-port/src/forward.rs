@@ -1,124 +1,220 @@
-//! The leader port's I/O: it accepts on its listeners, routes each connection by the [`gate`], and copies
+//! A forwarded port's I/O: it accepts on its listeners, routes each connection by the [`gate`], and copies
 //! bytes both ways until either side closes or the route stops holding, which it checks at every change of
-//! the leader and every [`RECHECK`] (a lease runs out without any change being published).
+//! the view and every [`RECHECK`] (a lease runs out without any change being published).
 
 use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use mesh_api::Leader;
-use tokio::io::AsyncWriteExt as _;
+use mesh_api::{ForwardCounts, ForwardedPort, PortRole, RouteCounts};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::gate::{self, Ports, Refusal, Route};
+use crate::gate::{self, Ports, Refusal, Route, View};
 
-/// How often an open connection checks that its route still holds, besides at each change of the leader.
+/// How often an open connection checks that its route still holds, besides at each change of the view.
 pub const RECHECK: Duration = Duration::from_millis(200);
 
-/// How long a connection to the leader's service may take before the client's connection is closed.
+/// How long a connection to the service may take before the client's connection is closed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What happened to the connections of one term.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TermStats {
-    /// Connections forwarded under the term.
-    pub opened: u64,
-    /// Of those, the ones closed by the fence: the term, the lease or this node's role changed.
-    pub fenced: u64,
-    /// Of those, the ones whose leader's service did not accept them.
-    pub unreachable: u64,
-    /// Bytes from clients to the service, and back, of connections that ended.
-    pub bytes_to_leader: u64,
-    pub bytes_from_leader: u64,
+/// The terms a leader port's status keeps, newest first; older ones stay in the total.
+pub const TERMS_KEPT: usize = 16;
+
+/// Each direction's copy buffer: big enough that a bulk transfer is not cut into small writes.
+const BUFFER: usize = 64 * 1024;
+
+/// One forwarded port: what it does and where it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    pub role: PortRole,
+    /// The port clients connect to.
+    pub listen: u16,
+    pub ports: Ports,
 }
 
-/// The port's counters, shared with whoever reports them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortStats {
-    pub by_term: BTreeMap<u64, TermStats>,
-    pub refused: BTreeMap<&'static str, u64>,
-    /// Connections open now.
-    pub open: u64,
-}
+/// The counters of a running port, shared with whoever reports them.
+#[derive(Debug, Clone)]
+pub struct Stats(Arc<Mutex<Counters>>);
 
-/// The counters of a running port.
-#[derive(Debug, Clone, Default)]
-pub struct Stats(Arc<Mutex<PortStats>>);
+#[derive(Debug)]
+struct Counters {
+    report: ForwardedPort,
+    /// Per route: the term's (leader) or the seat's (replica).
+    routes: BTreeMap<(Option<u64>, u64), ForwardCounts>,
+    open_by_seat: BTreeMap<u64, u64>,
+    turn: u64,
+}
 
 impl Stats {
-    pub fn snapshot(&self) -> PortStats {
-        self.lock().clone()
+    pub fn new(port: &Port) -> Self {
+        Self(Arc::new(Mutex::new(Counters {
+            report: ForwardedPort {
+                role: port.role,
+                listen: port.listen,
+                target: port.ports.port,
+                bound: Vec::new(),
+                open: 0,
+                total: ForwardCounts::default(),
+                refused: BTreeMap::new(),
+                routes: Vec::new(),
+            },
+            routes: BTreeMap::new(),
+            open_by_seat: BTreeMap::new(),
+            turn: 0,
+        })))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PortStats> {
+    /// The port as `/v1/status` shows it.
+    pub fn snapshot(&self) -> ForwardedPort {
+        let c = self.lock();
+        let mut report = c.report.clone();
+        report.routes = c
+            .routes
+            .iter()
+            .rev()
+            .map(|(&(term, seat), &counts)| RouteCounts { term, seat, counts })
+            .collect();
+        report
+    }
+
+    /// Records where the port listens now.
+    pub fn set_bound(&self, bound: Vec<SocketAddr>) {
+        self.lock().report.bound = bound;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn term(&self, term: u64, f: impl FnOnce(&mut TermStats)) {
-        f(self.lock().by_term.entry(term).or_default());
+    fn count(&self, route: Route, f: impl Fn(&mut ForwardCounts)) {
+        let mut c = self.lock();
+        f(&mut c.report.total);
+        f(c.routes.entry((route.term, route.seat)).or_default());
+        // A leader port keeps its latest terms; a replica port has one route per member.
+        while c.routes.len() > TERMS_KEPT {
+            c.routes.pop_first();
+        }
+    }
+
+    fn opened(&self, route: Route) {
+        self.count(route, |t| t.opened += 1);
+        let mut c = self.lock();
+        c.report.open += 1;
+        *c.open_by_seat.entry(route.seat).or_default() += 1;
+    }
+
+    fn closed(&self, route: Route) {
+        let mut c = self.lock();
+        c.report.open = c.report.open.saturating_sub(1);
+        if let Some(n) = c.open_by_seat.get_mut(&route.seat) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.open_by_seat.remove(&route.seat);
+            }
+        }
+    }
+
+    fn refused(&self, refusal: Refusal) {
+        *self
+            .lock()
+            .report
+            .refused
+            .entry(refusal.as_str().to_owned())
+            .or_default() += 1;
+    }
+
+    /// The route for a connection arriving now, with the load and turn it is spread by.
+    fn route(&self, port: &Port, view: &View) -> Result<Route, Refusal> {
+        let mut c = self.lock();
+        c.turn = c.turn.wrapping_add(1);
+        gate::route(port.role, view, &port.ports, &c.open_by_seat, c.turn)
     }
 }
 
-/// Serves the leader port on `listeners` until `cancel` fires: each connection goes where [`gate::route`]
-/// says as of its arrival, and ends when [`gate::holds`] no longer does.
+/// Serves `port` on `listeners` until `cancel` fires: [`accept`] on each, and [`forward`] what they accept.
 pub async fn serve(
     listeners: Vec<TcpListener>,
-    ports: Ports,
-    leader: watch::Receiver<Leader>,
+    port: Port,
+    view: watch::Receiver<View>,
     stats: Stats,
     cancel: CancellationToken,
 ) {
+    let (tx, rx) = mpsc::channel(64);
     let mut accepting = JoinSet::new();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<TcpStream>(64);
     for listener in listeners {
-        let tx = tx.clone();
-        let cancel = cancel.clone();
-        accepting.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                match accepted {
-                    Ok((stream, _)) => {
-                        if tx.send(stream).await.is_err() {
-                            return;
-                        }
-                    }
-                    // A client that reset before it was accepted, or a full file table: the next accept
-                    // is tried after a breath.
-                    Err(e) => {
-                        debug!(error = %e, "the leader port could not accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
+        accepting.spawn(accept(listener, tx.clone(), cancel.clone()));
     }
     drop(tx);
+    forward(rx, port, view, stats, cancel).await;
+}
+
+/// Accepts connections on `listener` and hands them to `to` until `cancel` fires or `to` closes.
+pub async fn accept(listener: TcpListener, to: mpsc::Sender<TcpStream>, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                if to.send(stream).await.is_err() {
+                    return;
+                }
+            }
+            // A client that reset before it was accepted, or a full file table: the next accept is tried
+            // after a breath.
+            Err(e) => {
+                debug!(error = %e, "a forwarded port could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Routes each connection from `accepted` as of its arrival, and carries it while [`gate::holds`] does.
+pub async fn forward(
+    mut accepted: mpsc::Receiver<TcpStream>,
+    port: Port,
+    view: watch::Receiver<View>,
+    stats: Stats,
+    cancel: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
             () = cancel.cancelled() => return,
-            Some(stream) = rx.recv() => stream,
+            Some(stream) = accepted.recv() => stream,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             else => return,
         };
-        let now = leader.borrow().as_of(Instant::now());
-        match gate::route(&now, &ports) {
-            Err(refusal) => refuse(stream, refusal, &stats).await,
+        let now = as_of_now(&view.borrow());
+        match stats.route(&port, &now) {
+            Err(refusal) => {
+                stats.refused(refusal);
+                debug!(
+                    port = port.listen,
+                    reason = refusal.as_str(),
+                    "refused a connection"
+                );
+                refuse(stream).await;
+            }
             Ok(route) => {
-                stats.term(route.term, |t| t.opened += 1);
-                stats.lock().open += 1;
+                stats.opened(route);
                 connections.spawn(carry(
                     stream,
                     route,
-                    ports,
-                    leader.clone(),
+                    port,
+                    view.clone(),
                     stats.clone(),
                     cancel.clone(),
                 ));
@@ -127,70 +223,115 @@ pub async fn serve(
     }
 }
 
+fn as_of_now(view: &View) -> View {
+    View {
+        leader: view.leader.as_of(Instant::now()),
+        members: view.members.clone(),
+    }
+}
+
 /// Closes `stream` at once: never sent to a guess.
-async fn refuse(mut stream: TcpStream, refusal: Refusal, stats: &Stats) {
-    *stats.lock().refused.entry(refusal.as_str()).or_default() += 1;
-    debug!(
-        reason = refusal.as_str(),
-        "refused a leader-port connection"
-    );
+async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
 /// Carries one connection along `route` until either side closes, the route stops holding, or `cancel`.
 async fn carry(
-    mut client: TcpStream,
+    client: TcpStream,
     route: Route,
-    ports: Ports,
-    mut leader: watch::Receiver<Leader>,
+    port: Port,
+    mut view: watch::Receiver<View>,
     stats: Stats,
     cancel: CancellationToken,
 ) {
-    let mut upstream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(route.to)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                debug!(to = %route.to, error = %e, "the leader's service refused the connection");
-                stats.term(route.term, |t| t.unreachable += 1);
-                stats.lock().open -= 1;
-                return;
-            }
-            Err(_) => {
-                debug!(to = %route.to, "the leader's service did not answer in time");
-                stats.term(route.term, |t| t.unreachable += 1);
-                stats.lock().open -= 1;
-                return;
-            }
-        };
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(route.to)).await {
+        Ok(Ok(s)) => s,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {CONNECT_TIMEOUT:?}"),
+            };
+            debug!(to = %route.to, error = %why, "the service did not accept the connection");
+            stats.count(route, |t| t.unreachable += 1);
+            stats.closed(route);
+            return;
+        }
+    };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
+    let to_service = Arc::new(AtomicU64::new(0));
+    let from_service = Arc::new(AtomicU64::new(0));
+    let mut client = Counted(client, Arc::clone(&to_service));
+    let mut upstream = Counted(upstream, Arc::clone(&from_service));
+    let flush = || {
+        let (to, from) = (
+            to_service.swap(0, Ordering::Relaxed),
+            from_service.swap(0, Ordering::Relaxed),
+        );
+        if to + from > 0 {
+            stats.count(route, |t| {
+                t.bytes_to_service += to;
+                t.bytes_from_service += from;
+            });
+        }
+    };
     let fenced = async {
         let mut tick = tokio::time::interval(RECHECK);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                changed = leader.changed() => if changed.is_err() { return },
+                changed = view.changed() => if changed.is_err() { return },
             }
-            let now = leader.borrow_and_update().as_of(Instant::now());
-            if !gate::holds(route, &now, &ports) {
+            flush();
+            let now = as_of_now(&view.borrow_and_update());
+            if !gate::holds(port.role, route, &now, &port.ports) {
                 return;
             }
         }
     };
-    let copied = tokio::select! {
-        () = cancel.cancelled() => None,
+    tokio::select! {
+        () = cancel.cancelled() => {}
         () = fenced => {
-            info!(term = route.term, to = %route.to, "closed a leader-port connection: the leader changed, or its lease ran out");
-            stats.term(route.term, |t| t.fenced += 1);
-            None
+            info!(port = port.listen, role = port.role.as_str(), term = route.term, seat = route.seat, to = %route.to, "closed a forwarded connection: its route no longer holds");
+            stats.count(route, |t| t.fenced += 1);
         }
-        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => copied.ok(),
-    };
-    if let Some((to, from)) = copied {
-        stats.term(route.term, |t| {
-            t.bytes_to_leader += to;
-            t.bytes_from_leader += from;
-        });
+        _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER) => {}
     }
-    stats.lock().open -= 1;
+    flush();
+    stats.closed(route);
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted(TcpStream, Arc<AtomicU64>);
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.0).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.1.fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

@@ -1,18 +1,26 @@
-//! Where a connection to the leader port goes, decided from the leader as this node's API shows it
-//! ([`mesh_api::Leader`]), and whether a connection already open may go on. Pure.
+//! Where a connection to a forwarded port goes, decided from what this node's API shows (a [`View`] of its
+//! snapshot), and whether a connection already open may go on. Pure.
 //!
-//! The fence: a connection is opened only while this node sees a leader whose lease is current, and it lives
-//! only as long as the route it was opened on holds. A new term, a lease that lapses, or this node starting or
-//! ceasing to lead ends it, so no client goes on writing to a demoted primary.
+//! The fence: a leader-port connection is opened only while this node sees a leader whose lease is current,
+//! and it lives only as long as the route it was opened on holds. A new term, a lease that lapses, or this
+//! node starting or ceasing to lead ends it, so no client goes on writing to a demoted primary.
+//!
+//! A replica port spreads its connections over the healthy members that do not lead, fewest open first; a
+//! connection ends when its member leaves the list or stops answering. With no such member it reaches the
+//! leader, as libpq's `prefer-standby` does, under the leader's fence.
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use mesh_api::{Freshness, Leader};
+use mesh_api::{Freshness, Leader, PortRole, Snapshot};
 
-/// Where a connection opened now goes: the leader's service, under `term`.
+/// Where a connection opened now goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    pub term: u64,
+    /// The leader's term it is fenced by; `None` for a replica, which no term fences.
+    pub term: Option<u64>,
+    /// The seat it reaches.
+    pub seat: u64,
     pub to: SocketAddr,
 }
 
@@ -28,32 +36,137 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Its name in `/v1/status` and the metrics, one of [`mesh_api::forwarded::REFUSALS`].
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoLeader => "no-leader",
-            Self::NotCurrent => "not-current",
-            Self::NoAddress => "no-address",
-        }
+        mesh_api::forwarded::REFUSALS[self as usize]
     }
-
-    pub const ALL: [Self; 3] = [Self::NoLeader, Self::NotCurrent, Self::NoAddress];
 }
 
-/// Where the leader port forwards: `port` on the leader's overlay address, or `local` when this node leads.
+/// Where a forwarded port sends: `port` on a member's overlay address, or `local` on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
     pub port: u16,
     pub local: SocketAddr,
 }
 
-/// The route a connection opened now takes, or why there is none.
+/// One member a replica port may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub seat: u64,
+    pub overlay_ip: Ipv4Addr,
+    /// This node: reached on its own service.
+    pub is_self: bool,
+    /// It answers now (a peer), or its health check passes (this node).
+    pub healthy: bool,
+}
+
+/// What the ports decide from: the leader, and the members, as this node's API shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    pub leader: Leader,
+    pub members: Vec<Member>,
+}
+
+impl View {
+    /// The view of a snapshot: its leader, its peers, and this node once it has a seat and an address.
+    pub fn of(snapshot: &Snapshot) -> Self {
+        let mut members: Vec<Member> = snapshot
+            .peers
+            .iter()
+            .map(|p| Member {
+                seat: p.token_id,
+                overlay_ip: p.overlay_ip,
+                is_self: false,
+                healthy: p.healthy,
+            })
+            .collect();
+        let node = &snapshot.status.node;
+        if let (Some(seat), Some(overlay_ip)) = (node.token_id, node.overlay_ip) {
+            members.push(Member {
+                seat,
+                overlay_ip,
+                is_self: true,
+                healthy: snapshot.check.as_ref().is_none_or(|c| c.healthy),
+            });
+        }
+        Self {
+            leader: snapshot.leader.clone(),
+            members,
+        }
+    }
+}
+
+/// The route a connection opened now takes, or why there is none. `open` counts the connections open now
+/// per seat, and `turn` breaks ties among the least loaded, so that a replica port spreads evenly.
 ///
 /// # Errors
 /// The [`Refusal`].
-pub fn route(leader: &Leader, ports: &Ports) -> Result<Route, Refusal> {
-    if leader.token_id.is_none() {
-        return Err(Refusal::NoLeader);
+pub fn route(
+    role: PortRole,
+    view: &View,
+    ports: &Ports,
+    open: &BTreeMap<u64, u64>,
+    turn: u64,
+) -> Result<Route, Refusal> {
+    match role {
+        PortRole::Leader => leader_route(&view.leader, ports),
+        PortRole::Replica => {
+            let replicas = replicas(view);
+            let least = replicas
+                .iter()
+                .map(|m| open.get(&m.seat).copied().unwrap_or(0))
+                .min();
+            let fewest: Vec<&Member> = replicas
+                .iter()
+                .filter(|m| Some(open.get(&m.seat).copied().unwrap_or(0)) == least)
+                .collect();
+            match fewest.len() {
+                0 => leader_route(&view.leader, ports),
+                n => Ok(member_route(fewest[(turn % n as u64) as usize], ports)),
+            }
+        }
     }
+}
+
+/// Whether a connection opened on `opened` may go on now that the view is `view`.
+pub fn holds(role: PortRole, opened: Route, view: &View, ports: &Ports) -> bool {
+    if role == PortRole::Leader || opened.term.is_some() {
+        return leader_route(&view.leader, ports) == Ok(opened);
+    }
+    view.members
+        .iter()
+        .any(|m| m.healthy && member_route(m, ports) == opened)
+}
+
+/// The healthy members that do not lead, by seat.
+fn replicas(view: &View) -> Vec<Member> {
+    let leader = view.leader.token_id;
+    let mut replicas: Vec<Member> = view
+        .members
+        .iter()
+        .filter(|m| m.healthy && Some(m.seat) != leader)
+        .copied()
+        .collect();
+    replicas.sort_by_key(|m| m.seat);
+    replicas
+}
+
+fn member_route(m: &Member, ports: &Ports) -> Route {
+    Route {
+        term: None,
+        seat: m.seat,
+        to: if m.is_self {
+            ports.local
+        } else {
+            SocketAddr::new(IpAddr::V4(m.overlay_ip), ports.port)
+        },
+    }
+}
+
+fn leader_route(leader: &Leader, ports: &Ports) -> Result<Route, Refusal> {
+    let Some(seat) = leader.token_id else {
+        return Err(Refusal::NoLeader);
+    };
     let Some(term) = leader.term else {
         return Err(Refusal::NotCurrent);
     };
@@ -62,26 +175,21 @@ pub fn route(leader: &Leader, ports: &Ports) -> Result<Route, Refusal> {
     }
     if leader.is_self {
         return Ok(Route {
-            term,
+            term: Some(term),
+            seat,
             to: ports.local,
         });
     }
     let ip = leader.overlay_ip.ok_or(Refusal::NoAddress)?;
     Ok(Route {
-        term,
+        term: Some(term),
+        seat,
         to: SocketAddr::new(IpAddr::V4(ip), ports.port),
     })
 }
 
-/// Whether a connection opened on `opened` may go on now that the leader is `leader`.
-pub fn holds(opened: Route, leader: &Leader, ports: &Ports) -> bool {
-    route(leader, ports) == Ok(opened)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
 
     const PORTS: Ports = Ports {
@@ -100,19 +208,41 @@ mod tests {
         }
     }
 
+    fn view(leader: Leader) -> View {
+        View {
+            leader,
+            members: Vec::new(),
+        }
+    }
+
+    fn lead(v: &View) -> Result<Route, Refusal> {
+        route(PortRole::Leader, v, &PORTS, &BTreeMap::new(), 0)
+    }
+
+    fn member(seat: u64, is_self: bool, healthy: bool) -> Member {
+        Member {
+            seat,
+            overlay_ip: Ipv4Addr::new(10, 0, 1, seat as u8),
+            is_self,
+            healthy,
+        }
+    }
+
     #[test]
     fn a_follower_forwards_to_the_leaders_overlay_address_and_the_leader_to_its_own_service() {
         assert_eq!(
-            route(&leader(2, 7, false, Freshness::Current), &PORTS),
+            lead(&view(leader(2, 7, false, Freshness::Current))),
             Ok(Route {
-                term: 7,
+                term: Some(7),
+                seat: 2,
                 to: "10.0.1.2:5432".parse().unwrap()
             })
         );
         assert_eq!(
-            route(&leader(2, 7, true, Freshness::Current), &PORTS),
+            lead(&view(leader(2, 7, true, Freshness::Current))),
             Ok(Route {
-                term: 7,
+                term: Some(7),
+                seat: 2,
                 to: PORTS.local
             })
         );
@@ -120,47 +250,119 @@ mod tests {
 
     #[test]
     fn without_a_current_leader_nothing_is_forwarded() {
-        assert_eq!(route(&Leader::default(), &PORTS), Err(Refusal::NoLeader));
+        assert_eq!(lead(&View::default()), Err(Refusal::NoLeader));
         for stale in [Freshness::Stale, Freshness::Unknown] {
             assert_eq!(
-                route(&leader(2, 7, false, stale), &PORTS),
+                lead(&view(leader(2, 7, false, stale))),
                 Err(Refusal::NotCurrent)
             );
         }
         let mut no_term = leader(2, 7, false, Freshness::Current);
         no_term.term = None;
-        assert_eq!(route(&no_term, &PORTS), Err(Refusal::NotCurrent));
+        assert_eq!(lead(&view(no_term)), Err(Refusal::NotCurrent));
         let mut no_ip = leader(2, 7, false, Freshness::Current);
         no_ip.overlay_ip = None;
-        assert_eq!(route(&no_ip, &PORTS), Err(Refusal::NoAddress));
+        assert_eq!(lead(&view(no_ip)), Err(Refusal::NoAddress));
     }
 
     #[test]
     fn a_connection_ends_with_its_term_its_lease_or_its_leaders_role() {
-        let opened = route(&leader(2, 7, false, Freshness::Current), &PORTS).unwrap();
-        assert!(holds(
-            opened,
-            &leader(2, 7, false, Freshness::Current),
-            &PORTS
-        ));
-        assert!(!holds(
-            opened,
-            &leader(3, 8, false, Freshness::Current),
-            &PORTS
-        ));
+        let holds_at = |opened, l| holds(PortRole::Leader, opened, &view(l), &PORTS);
+        let opened = lead(&view(leader(2, 7, false, Freshness::Current))).unwrap();
+        assert!(holds_at(opened, leader(2, 7, false, Freshness::Current)));
+        assert!(!holds_at(opened, leader(3, 8, false, Freshness::Current)));
         assert!(
-            !holds(opened, &leader(2, 8, false, Freshness::Current), &PORTS),
+            !holds_at(opened, leader(2, 8, false, Freshness::Current)),
             "re-elected: a new term, a new fence"
         );
-        assert!(!holds(
-            opened,
-            &leader(2, 7, false, Freshness::Stale),
-            &PORTS
-        ));
-        let own = route(&leader(1, 7, true, Freshness::Current), &PORTS).unwrap();
+        assert!(!holds_at(opened, leader(2, 7, false, Freshness::Stale)));
+        let own = lead(&view(leader(1, 7, true, Freshness::Current))).unwrap();
         assert!(
-            !holds(own, &leader(1, 7, false, Freshness::Current), &PORTS),
+            !holds_at(own, leader(1, 7, false, Freshness::Current)),
             "this node stepped down"
         );
+    }
+
+    #[test]
+    fn a_replica_port_spreads_over_the_healthy_members_that_do_not_lead() {
+        let v = View {
+            leader: leader(1, 7, false, Freshness::Current),
+            members: vec![
+                member(1, false, true),
+                member(2, false, true),
+                member(3, true, true),
+                member(4, false, false),
+            ],
+        };
+        let reached = |open: &BTreeMap<u64, u64>, turn| {
+            route(PortRole::Replica, &v, &PORTS, open, turn).map(|r| (r.seat, r.to, r.term))
+        };
+        let none = BTreeMap::new();
+        assert_eq!(
+            reached(&none, 0),
+            Ok((2, "10.0.1.2:5432".parse().unwrap(), None))
+        );
+        assert_eq!(
+            reached(&none, 1),
+            Ok((3, PORTS.local, None)),
+            "this node's own service, when it does not lead"
+        );
+        assert_eq!(
+            reached(&BTreeMap::from([(2, 1)]), 0).map(|r| r.0),
+            Ok(3),
+            "fewest open first"
+        );
+        for turn in 0..10 {
+            let seat = reached(&none, turn).unwrap().0;
+            assert!(
+                seat == 2 || seat == 3,
+                "never the leader (1) nor an unhealthy member (4): {seat}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replica_port_with_no_replica_reaches_the_leader_under_its_fence() {
+        let v = View {
+            leader: leader(1, 7, false, Freshness::Current),
+            members: vec![member(1, false, true), member(2, false, false)],
+        };
+        let r = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), 0).unwrap();
+        assert_eq!((r.seat, r.term), (1, Some(7)));
+        let next = View {
+            leader: leader(2, 8, false, Freshness::Current),
+            ..v.clone()
+        };
+        assert!(
+            !holds(PortRole::Replica, r, &next, &PORTS),
+            "a new term ends it"
+        );
+        let none = View {
+            leader: Leader::default(),
+            members: vec![member(2, false, false)],
+        };
+        assert_eq!(
+            route(PortRole::Replica, &none, &PORTS, &BTreeMap::new(), 0),
+            Err(Refusal::NoLeader)
+        );
+    }
+
+    #[test]
+    fn a_replica_connection_ends_when_its_member_leaves_or_stops_answering() {
+        let mut v = View {
+            leader: leader(1, 7, false, Freshness::Current),
+            members: vec![member(2, false, true)],
+        };
+        let r = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), 0).unwrap();
+        assert!(holds(PortRole::Replica, r, &v, &PORTS));
+        v.leader = leader(2, 8, false, Freshness::Current);
+        assert!(
+            holds(PortRole::Replica, r, &v, &PORTS),
+            "a replica that now leads still serves reads"
+        );
+        v.members[0].healthy = false;
+        assert!(!holds(PortRole::Replica, r, &v, &PORTS));
+        v.members.clear();
+        assert!(!holds(PortRole::Replica, r, &v, &PORTS));
     }
 }

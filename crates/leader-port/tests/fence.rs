@@ -6,8 +6,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use leader_port::{Ports, Stats, serve};
-use mesh_api::{Leader, LeaderClock};
+use leader_port::{Member, Port, Ports, Stats, View, serve};
+use mesh_api::{Leader, LeaderClock, PortRole};
 use owned_task::Task;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +19,14 @@ async fn service(ip: Ipv4Addr, name: &'static str) -> (SocketAddr, Task<()>) {
     service_on(ip, 0, name).await
 }
 
-fn leader(seat: u64, term: u64, lease: Duration) -> Leader {
+fn leader(seat: u64, term: u64, lease: Duration) -> View {
+    View {
+        leader: lead(seat, term, lease),
+        members: Vec::new(),
+    }
+}
+
+fn lead(seat: u64, term: u64, lease: Duration) -> Leader {
     Leader {
         token_id: Some(seat),
         overlay_ip: Some(Ipv4Addr::new(127, 0, 0, seat as u8)),
@@ -59,18 +66,15 @@ async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
     // Both services on one port number, as on a real cluster.
     let (two, _two) = service(Ipv4Addr::new(127, 0, 0, 2), "seat 2").await;
     let (three, _three) = service_on(Ipv4Addr::new(127, 0, 0, 3), two.port(), "seat 3").await;
-    let ports = Ports {
-        port: two.port(),
-        local: three,
-    };
+    let port = leader_port(two.port(), three);
     let (tx, rx) = watch::channel(leader(2, 7, Duration::from_secs(60)));
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = port.local_addr().unwrap();
-    let stats = Stats::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let stats = Stats::new(&port);
     let cancel = CancellationToken::new();
     let served = Task::spawn(
         "leader-port",
-        serve(vec![port], ports, rx, stats.clone(), cancel.clone()),
+        serve(vec![listener], port, rx, stats.clone(), cancel.clone()),
     );
 
     let mut first = TcpStream::connect(at).await.unwrap();
@@ -103,21 +107,24 @@ async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
     );
 
     // No leader at all: refused too.
-    tx.send(Leader::default()).unwrap();
+    tx.send(View::default()).unwrap();
     let mut fourth = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut fourth, "anyone?").await, None);
 
     let s = stats.snapshot();
-    assert_eq!(
-        (s.by_term[&7].opened, s.by_term[&7].fenced),
-        (1, 1),
-        "{s:?}"
-    );
-    assert_eq!(
-        (s.by_term[&8].opened, s.by_term[&8].fenced),
-        (1, 1),
-        "{s:?}"
-    );
+    let term = |t: u64| {
+        let r = s.routes.iter().find(|r| r.term == Some(t)).unwrap();
+        (
+            r.seat,
+            r.counts.opened,
+            r.counts.fenced,
+            r.counts.bytes_to_service > 0,
+            r.counts.bytes_from_service > 0,
+        )
+    };
+    assert_eq!(term(7), (2, 1, 1, true, true), "{s:?}");
+    assert_eq!(term(8), (3, 1, 1, true, true), "{s:?}");
+    assert_eq!(s.routes[0].term, Some(8), "newest first: {s:?}");
     assert_eq!(s.refused.get("not-current"), Some(&1), "{s:?}");
     assert_eq!(s.refused.get("no-leader"), Some(&1), "{s:?}");
     assert_eq!(s.open, 0, "{s:?}");
@@ -129,20 +136,101 @@ async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_forwards_to_its_own_service() {
     let (local, _local) = service(Ipv4Addr::LOCALHOST, "this node").await;
-    let ports = Ports { port: 1, local };
+    let port = leader_port(1, local);
     let mut me = leader(1, 3, Duration::from_secs(60));
-    me.is_self = true;
-    me.clock.claim_until = Some(Instant::now() + Duration::from_secs(60));
+    me.leader.is_self = true;
+    me.leader.clock.claim_until = Some(Instant::now() + Duration::from_secs(60));
     let (_tx, rx) = watch::channel(me);
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = port.local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
     let served = Task::spawn(
         "leader-port",
-        serve(vec![port], ports, rx, Stats::default(), cancel.clone()),
+        serve(vec![listener], port, rx, Stats::new(&port), cancel.clone()),
     );
     let mut s = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut s, "hi").await.as_deref(), Some("this node: hi"));
+    cancel.cancel();
+    served.await.unwrap();
+}
+
+fn leader_port(port: u16, local: SocketAddr) -> Port {
+    Port {
+        role: PortRole::Leader,
+        listen: 0,
+        ports: Ports { port, local },
+    }
+}
+
+/// A replica port spreads its connections over the members that do not lead, and closes one whose member
+/// stops answering; with none left it reaches the leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_port_spreads_over_the_healthy_members_that_do_not_lead() {
+    let (two, _two) = service(Ipv4Addr::new(127, 0, 0, 2), "seat 2").await;
+    let (_three, _three_task) = service_on(Ipv4Addr::new(127, 0, 0, 3), two.port(), "seat 3").await;
+    let (_four, _four_task) = service_on(Ipv4Addr::new(127, 0, 0, 4), two.port(), "seat 4").await;
+    let member = |seat: u8, healthy| Member {
+        seat: u64::from(seat),
+        overlay_ip: Ipv4Addr::new(127, 0, 0, seat),
+        is_self: false,
+        healthy,
+    };
+    let mut view = leader(2, 7, Duration::from_secs(60));
+    view.members = vec![member(2, true), member(3, true), member(4, true)];
+    let port = Port {
+        role: PortRole::Replica,
+        listen: 0,
+        ports: Ports {
+            port: two.port(),
+            local: two,
+        },
+    };
+    let (tx, rx) = watch::channel(view.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let stats = Stats::new(&port);
+    let cancel = CancellationToken::new();
+    let served = Task::spawn(
+        "replica-port",
+        serve(vec![listener], port, rx, stats.clone(), cancel.clone()),
+    );
+    let mut open = Vec::new();
+    let mut reached = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(at).await.unwrap();
+        reached.push(ask(&mut s, "read").await.unwrap());
+        open.push(s);
+    }
+    reached.sort();
+    assert_eq!(
+        reached,
+        [
+            "seat 3: read",
+            "seat 3: read",
+            "seat 4: read",
+            "seat 4: read"
+        ],
+        "two each, never the leader"
+    );
+
+    // Seat 3 stops answering: its connections close, and new ones go to seat 4.
+    view.members[1].healthy = false;
+    tx.send(view.clone()).unwrap();
+    let mut closed_count = 0;
+    for s in &mut open {
+        if ask(s, "still?").await.is_none() {
+            closed_count += 1;
+        }
+    }
+    assert_eq!(closed_count, 2, "the two connections to seat 3");
+    let mut s = TcpStream::connect(at).await.unwrap();
+    assert_eq!(ask(&mut s, "read").await.as_deref(), Some("seat 4: read"));
+
+    // No replica left: the leader serves.
+    view.members[2].healthy = false;
+    tx.send(view).unwrap();
+    let mut s = TcpStream::connect(at).await.unwrap();
+    assert_eq!(ask(&mut s, "read").await.as_deref(), Some("seat 2: read"));
     cancel.cancel();
     served.await.unwrap();
 }

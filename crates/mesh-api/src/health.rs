@@ -103,6 +103,7 @@ pub(crate) mod tests {
             peers_refused: 0,
             nat: None,
             election: Default::default(),
+            ports: Vec::new(),
         }
     }
 

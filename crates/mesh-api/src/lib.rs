@@ -26,6 +26,7 @@
 
 pub mod client;
 pub mod events;
+pub mod forwarded;
 pub mod health;
 pub mod latency;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub mod types;
 
 pub use client::{ApiAddr, ApiArgs, Client, ClientError, EventStream, get, get_text, post};
 pub use events::Event;
+pub use forwarded::{ForwardCounts, ForwardedPort, PortRole, RouteCounts};
 pub use health::{Health, assess};
 pub use metrics::metrics;
 pub use server::{Listener, MAX_STREAMS, Routes, Source, serve};

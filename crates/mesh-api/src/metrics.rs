@@ -357,6 +357,7 @@ pub fn metrics(s: &Snapshot) -> String {
         s.leader.lease_ms,
     );
     labelled(&mut out, s);
+    forwarded(&mut out, s);
     for (name, help, latency) in [
         (
             "dstack_mesh_chain_poll_duration_seconds",
@@ -377,6 +378,61 @@ pub fn metrics(s: &Snapshot) -> String {
         out.histogram(name, help, latency);
     }
     out.0
+}
+
+/// The forwarded ports (`--leader-port`, `--replica-port`), labelled by role and listening port; every
+/// refusal reason has a sample, 0 included, so that a sum is 0 rather than empty.
+fn forwarded(out: &mut Exposition, s: &Snapshot) {
+    let labels =
+        |p: &crate::ForwardedPort| format!("role=\"{}\",port=\"{}\"", p.role.as_str(), p.listen);
+    let ports = &s.status.ports;
+    out.metric(
+        "dstack_mesh_forwarded_connections_total",
+        "counter",
+        "Connections a forwarded port carried (opened), and of those the ones closed because their route stopped holding (fenced: a new term, a lapsed lease, a replica gone) or whose service did not accept them (unreachable).",
+        ports.iter().flat_map(|p| {
+            let l = labels(p);
+            [
+                ("opened", p.total.opened),
+                ("fenced", p.total.fenced),
+                ("unreachable", p.total.unreachable),
+            ]
+            .map(|(outcome, n)| (format!("{{{l},outcome=\"{outcome}\"}}"), n))
+        }),
+    );
+    out.metric(
+        "dstack_mesh_forwarded_refused_total",
+        "counter",
+        "Connections a forwarded port closed at once, by reason (no-leader, not-current, no-address).",
+        ports.iter().flat_map(|p| {
+            let l = labels(p);
+            crate::forwarded::REFUSALS.map(|reason| {
+                (
+                    format!("{{{l},reason=\"{reason}\"}}"),
+                    p.refused.get(reason).copied().unwrap_or(0),
+                )
+            })
+        }),
+    );
+    out.metric(
+        "dstack_mesh_forwarded_bytes_total",
+        "counter",
+        "Bytes a forwarded port carried, to the service and from it.",
+        ports.iter().flat_map(|p| {
+            let l = labels(p);
+            [
+                ("to_service", p.total.bytes_to_service),
+                ("from_service", p.total.bytes_from_service),
+            ]
+            .map(|(d, n)| (format!("{{{l},direction=\"{d}\"}}"), n))
+        }),
+    );
+    out.metric(
+        "dstack_mesh_forwarded_open_connections",
+        "gauge",
+        "Connections a forwarded port carries now.",
+        ports.iter().map(|p| (format!("{{{}}}", labels(p)), p.open)),
+    );
 }
 
 /// The text exposition as it is written.

@@ -551,6 +551,9 @@ pub struct Status {
     /// This node's part in the leader election: its vote, and its last ballot.
     #[serde(default)]
     pub election: Election,
+    /// The ports this node forwards to the leader or the replicas (`--leader-port`, `--replica-port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::forwarded::ForwardedPort>,
 }
 
 /// This node's part in the leader election, as `/v1/status` shows it.

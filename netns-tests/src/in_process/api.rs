@@ -174,6 +174,29 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 checked_at: Some(now - 5),
             }),
             election: Election::default(),
+            ports: vec![mesh_api::ForwardedPort {
+                role: mesh_api::PortRole::Leader,
+                listen: 5432,
+                target: 5433,
+                bound: vec!["127.0.0.1:5432".parse().unwrap(), "10.0.1.1:5432".parse().unwrap()],
+                open: 1,
+                total: mesh_api::ForwardCounts {
+                    opened: 5,
+                    fenced: 2,
+                    unreachable: 1,
+                    bytes_to_service: 4096,
+                    bytes_from_service: 65536,
+                },
+                refused: [("not-current".to_owned(), 3)].into(),
+                routes: vec![mesh_api::RouteCounts {
+                    term: Some(8),
+                    seat: 2,
+                    counts: mesh_api::ForwardCounts {
+                        opened: 3,
+                        ..Default::default()
+                    },
+                }],
+            }],
         },
         peers,
         peers_known: true,

@@ -376,6 +376,12 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
             3
         ),
         "dstack_mesh_relay_streams_open 1",
+        // The forwarded ports: every refusal reason has a sample.
+        "dstack_mesh_forwarded_connections_total{role=\"leader\",port=\"5432\",outcome=\"fenced\"} 2",
+        "dstack_mesh_forwarded_refused_total{role=\"leader\",port=\"5432\",reason=\"not-current\"} 3",
+        "dstack_mesh_forwarded_refused_total{role=\"leader\",port=\"5432\",reason=\"no-leader\"} 0",
+        "dstack_mesh_forwarded_bytes_total{role=\"leader\",port=\"5432\",direction=\"from_service\"} 65536",
+        "dstack_mesh_forwarded_open_connections{role=\"leader\",port=\"5432\"} 1",
         "dstack_mesh_relay_tx_bytes_total 1480",
         "dstack_mesh_unknown_peer_datagrams_relay_total 2",
         &format!("dstack_mesh_peer_punch_attempts_total{{{}}} 2", wg(3)),
