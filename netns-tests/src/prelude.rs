@@ -13,4 +13,5 @@ pub use crate::system::gateway::{Gateway, TEST_DOMAIN, UdpBlock, relay_routes};
 pub use crate::system::lan::*;
 pub use crate::system::leadership::{LeaderSampler, Samples};
 pub use crate::system::liveness::{Health, HealthSampler};
+pub use crate::system::term_echo::{LineClient, TermEcho, reaches};
 pub use mesh_wg::Key;

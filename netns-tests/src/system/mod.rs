@@ -10,6 +10,7 @@
 //! - [`convergence`]: when the chain holds a change, and when each agent's API shows it.
 //! - [`sampler`]: one path of every agent's API, asked of all at once every few milliseconds; with it,
 //!   [`leadership`]: who claims to lead, and [`liveness`]: which peers each agent says are healthy.
+//! - [`term_echo`]: a TCP service that says which seat and term it answers under, for the forwarded ports.
 //! - [`attack`]: what the attacker does in the scenarios, against a cluster's chain.
 
 pub mod agent;
@@ -22,3 +23,4 @@ pub mod lan;
 pub mod leadership;
 pub mod liveness;
 pub mod sampler;
+pub mod term_echo;

@@ -22,6 +22,7 @@ mod fallback;
 mod forgery;
 mod join;
 mod leader_lease;
+mod leader_port;
 mod liveness;
 mod mesh;
 mod nat;
