@@ -1,6 +1,9 @@
 //! The PostgreSQL recipe (`examples/postgres`): each node runs Debian's PostgreSQL under
 //! `follow_leader.py`, which makes the on-chain leader's server the primary, under the leader's term, and
-//! the others its replicas over the mesh, with synchronous replication (`ANY 1`).
+//! the others its replicas over the mesh, with synchronous replication (`ANY 1`). Clients write through
+//! the agents' leader port (`--leader-port 5432:5433`, the servers on 5433), as an application would: one on
+//! the leader's node, one on seat 3's, each a new connection per write, each write returning the term and
+//! the timeline it was committed under.
 //!
 //! One failover, made as hard as it gets for the new leader: seat 2's replica is held back (node 1's
 //! replication traffic to it dropped) while writes go on, so only seat 3 holds the newest acknowledged
@@ -8,7 +11,10 @@
 //! before it promotes, and seat 3 follows it: every write acknowledged before the cut is on the new
 //! primary. When seat 1's node comes back, its old primary rejoins as a replica of seat 2 (`pg_rewind`).
 //! Every server's role and term is sampled every 100 ms throughout: never two writable primaries under
-//! the same term, and the old primary stops before the new one takes writes.
+//! the same term, and the old primary stops before the new one takes writes. Through the port: every
+//! acknowledged write is on the new primary under the term and timeline it was acknowledged with, no write
+//! is acknowledged under the old term after one under the new, and the client on the old leader's node
+//! reaches the new primary once its node is back. Prints how long the port reached no primary.
 //!
 //! Run as root, after building the binaries it runs and `scripts/bootstrap` (postgresql, the SDK in
 //! `.toolchain/venv`):
@@ -28,7 +34,11 @@ use netns_tests::run::process::{require_root, run_timeout};
 
 const NODES: usize = 3;
 const LEADER_TIMEOUT: &str = "5";
-const PG_PORT: &str = "5432";
+/// Where each server listens; applications use the leader port.
+const PG_PORT: &str = "5433";
+const LEADER_PORT: &str = "5432:5433";
+/// The application's role, which writes through the leader port (TCP, SCRAM).
+const APP_PASSWORD: &str = "scenario-app-secret";
 /// The replication role's password, set on every node as the recipe asks (`allowed_envs`).
 const PASSWORD: &str = "scenario-replication-secret";
 
@@ -272,48 +282,179 @@ fn same_term_primaries(samples: &[Vec<(Instant, Role)>]) -> Vec<String> {
     found
 }
 
-/// Inserts 1, 2, 3, … into node 1's table `acked`, one transaction each, until stopped; returns the
-/// numbers whose COMMIT returned (with synchronous replication: flushed on a replica too).
+/// One write a client saw acknowledged: its number, the term and timeline it says it was committed under,
+/// and when its COMMIT returned.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    n: u64,
+    term: u64,
+    timeline: u64,
+    at: Instant,
+}
+
+/// Inserts `base + 1`, `base + 2`, … into table `acked` through the leader port on 127.0.0.1 of one node's
+/// namespace, a new connection and one transaction each, until stopped; returns the writes whose COMMIT
+/// returned (with synchronous replication: flushed on a replica too).
 struct Writer {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u64>>,
+    acked: Arc<std::sync::Mutex<Vec<Ack>>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Writer {
-    fn start(servers: &Servers, i: usize) -> Self {
-        let server = Server {
-            data: servers.node(i).data.clone(),
-            socket: servers.node(i).socket.clone(),
-        };
+    fn start(ns: &NetNs, base: u64) -> Self {
+        let name = ns.name.clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, out) = (Arc::clone(&stop), Arc::clone(&acked));
         let thread = std::thread::spawn(move || {
-            let mut acked = Vec::new();
             // Bounded by the stop flag and by a count.
-            for n in 1..=100_000u64 {
+            for n in base + 1..=base + 100_000 {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
-                let sql = format!("INSERT INTO acked VALUES ({n})");
-                match psql(&server, &sql, Duration::from_secs(60)) {
-                    Ok(_) => acked.push(n),
-                    // The server stopped, or is gone: nothing more is acknowledged.
+                // The term the server says it is primary under, and the timeline its WAL is written on.
+                let sql = format!(
+                    "INSERT INTO acked SELECT {n}, current_setting('dstack_mesh.term')::bigint, \
+                     ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
+                     RETURNING term, timeline"
+                );
+                match app_sql(&name, &sql, Duration::from_secs(60)) {
+                    Ok(row) => out.lock().unwrap().push(Ack {
+                        n,
+                        term: row[0].parse().expect("a term"),
+                        timeline: row[1].parse().expect("a timeline"),
+                        at: Instant::now(),
+                    }),
+                    // No primary reachable through the port, or the server stopped: nothing acknowledged.
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
-            acked
         });
-        Self { stop, thread }
+        Self {
+            stop,
+            acked,
+            thread,
+        }
     }
 
     fn is_running(&self) -> bool {
         !self.thread.is_finished()
     }
 
-    fn stop(self) -> Vec<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the writer panicked")
+    fn acked(&self) -> Vec<Ack> {
+        self.acked.lock().unwrap().clone()
     }
+
+    fn stop(self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the writer panicked");
+        Arc::into_inner(self.acked)
+            .expect("the writer's thread ended")
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// `psql -c <sql>` as the application's role, through the leader port on 127.0.0.1 of namespace `ns`: the
+/// last row's fields, or psql's error.
+fn app_sql(ns: &str, sql: &str, timeout: Duration) -> Result<Vec<String>, String> {
+    let password = format!("PGPASSWORD={APP_PASSWORD}");
+    let out = run_timeout(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "env",
+            &password,
+            "PGCONNECT_TIMEOUT=10",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5432",
+            "-U",
+            "app",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ],
+        timeout,
+    );
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .split('|')
+            .map(str::to_owned)
+            .collect())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Every row of `acked` on node `i`'s server: number, term, timeline.
+fn stored(servers: &Servers, i: usize) -> Result<Vec<(u64, u64, u64)>, String> {
+    let out = psql(
+        servers.node(i),
+        "SELECT coalesce(string_agg(n || ':' || term || ':' || timeline, ',' ORDER BY n), '') FROM acked",
+        Duration::from_secs(10),
+    )?;
+    Ok(out
+        .first()
+        .map(|s| {
+            s.split(',')
+                .filter_map(|r| {
+                    let mut f = r.split(':').map(|x| x.parse::<u64>().ok());
+                    Some((f.next()??, f.next()??, f.next()??))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The acknowledged writes that `rows` lacks, or holds under another term or timeline.
+fn not_on(acked: &[Ack], rows: &[(u64, u64, u64)]) -> Vec<Ack> {
+    acked
+        .iter()
+        .filter(|a| {
+            rows.binary_search_by_key(&a.n, |r| r.0)
+                .map_or(true, |i| (rows[i].1, rows[i].2) != (a.term, a.timeline))
+        })
+        .copied()
+        .collect()
+}
+
+/// Writes acknowledged under an older term (or timeline) after one under a newer: a demoted primary took
+/// them.
+fn acked_after_newer(acks: &[Ack]) -> Vec<String> {
+    let mut by_time: Vec<&Ack> = acks.iter().collect();
+    by_time.sort_by_key(|a| a.at);
+    let mut newest = (0, 0);
+    let mut found = Vec::new();
+    for a in by_time {
+        if (a.term, a.timeline) < newest {
+            found.push(format!(
+                "write {} acknowledged under term {} timeline {} after one under term {} timeline {}",
+                a.n, a.term, a.timeline, newest.0, newest.1
+            ));
+        }
+        newest = newest.max((a.term, a.timeline));
+    }
+    found
 }
 
 /// Node `into`'s overlay traffic from node `from`'s PostgreSQL dropped, in `into`'s namespace: its
@@ -370,9 +511,14 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
     let lan = Lan::new(NODES);
     let cluster = Cluster::deploy(&lan);
     let (agents, _) = Agent::builder(&cluster)
-        .flags(["--leader-timeout", LEADER_TIMEOUT])
+        .flags([
+            "--leader-timeout",
+            LEADER_TIMEOUT,
+            "--leader-port",
+            LEADER_PORT,
+        ])
         .mesh(1..=NODES);
-    steps.step("mesh up");
+    steps.step("mesh up, every agent forwarding 5432 to the leader's 5433");
 
     let servers = Servers::new();
     let mut sidecars: Vec<App> = (1..=NODES)
@@ -424,16 +570,21 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
     };
     psql(
         servers.node(1),
-        "CREATE TABLE acked (n bigint PRIMARY KEY)",
+        &format!(
+            "CREATE TABLE acked (n bigint PRIMARY KEY, term bigint NOT NULL, timeline int NOT NULL); \
+             CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'; GRANT SELECT, INSERT ON acked TO app"
+        ),
         Duration::from_secs(30),
     )
-    .expect("the table is created on the primary");
+    .expect("the table and the application's role are created on the primary");
     steps.step(&format!(
         "seat 1's PostgreSQL is the primary under term {first_term}, 2 and 3 stream from it over the mesh"
     ));
 
     let held_back = HeldBack::new(&lan, 2, 1);
-    let writer = Writer::start(&servers, 1);
+    // One client on a follower's node, one on the leader's: both through their node's leader port.
+    let via_3 = Writer::start(lan.node(3), 0);
+    let via_1 = Writer::start(lan.node(1), 1_000_000);
     let sampler = RoleSampler::start(&servers, Duration::from_millis(100));
     // Until seat 3 holds writes that seat 2 lacks: the new leader must then catch up before it promotes.
     wait_until(
@@ -448,7 +599,14 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
         },
         || format!("{}\n{}", roles(&servers), tails_of(&sidecars)),
     );
-    assert!(writer.is_running(), "the writer stopped early");
+    assert!(
+        via_3.is_running() && via_1.is_running(),
+        "a writer stopped early"
+    );
+    assert!(
+        !via_3.acked().is_empty() && !via_1.acked().is_empty(),
+        "both clients' writes are acknowledged through the leader port"
+    );
     let lag = rows(&servers, 3)
         .expect("seat 3 answers")
         .len()
@@ -479,23 +637,38 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
     let Role::Primary(Some(second_term)) = role(servers.node(2)) else {
         unreachable!("checked just above")
     };
-    let acked = writer.stop();
-    let on_new_primary = rows(&servers, 2).expect("the new primary answers");
-    let lost: Vec<u64> = acked
+    // Node 3's client reaches the new primary through its port.
+    wait_until(
+        "node 3's client to have a write acknowledged under the new term through its leader port",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || via_3.acked().iter().any(|a| a.term == second_term),
+        || format!("{}\n{}", roles(&servers), tails(&agents)),
+    );
+    let through_3 = via_3.stop();
+    let before_cut = through_3.iter().rev().find(|a| a.at < cut_at).copied();
+    let first_new = through_3
         .iter()
+        .find(|a| a.term == second_term)
         .copied()
-        .filter(|n| on_new_primary.binary_search(n).is_err())
-        .collect();
+        .expect("checked just above");
+    let dark = first_new.at.duration_since(cut_at);
+    let acked: Vec<Ack> = through_3.iter().chain(&via_1.acked()).copied().collect();
+    let lost = not_on(
+        &acked,
+        &stored(&servers, 2).expect("the new primary answers"),
+    );
     assert!(
         lost.is_empty(),
-        "{} of {} acknowledged writes are not on the new primary: {:?}",
+        "{} of {} acknowledged writes are not on the new primary as acknowledged: {:?}",
         lost.len(),
         acked.len(),
         &lost[..lost.len().min(20)]
     );
     steps.step(&format!(
-        "seat 2 is the primary under term {second_term} {:.1} s after the cut; all {} acknowledged writes are on it",
+        "seat 2 is the primary under term {second_term} {:.1} s after the cut; node 3's port reached it {:.1} s after the cut; all {} acknowledged writes are on it under the term and timeline they were acknowledged with",
         failed_over.as_secs_f64(),
+        dark.as_secs_f64(),
         acked.len()
     ));
 
@@ -518,10 +691,52 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
         },
     );
     let rejoined = restored_at.elapsed();
+    // The client on the old leader's node: its port now reaches seat 2.
+    wait_until(
+        "node 1's client to have a write acknowledged under the new term through its leader port",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || via_1.acked().iter().any(|a| a.term == second_term),
+        || format!("{}\n{}", roles(&servers), tails(&agents)),
+    );
+    let through_1 = via_1.stop();
+    let all: Vec<Ack> = through_3.iter().chain(&through_1).copied().collect();
+    let lost = not_on(&all, &stored(&servers, 2).expect("the new primary answers"));
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes not on the primary: {lost:?}"
+    );
+    let late = acked_after_newer(&all);
+    assert!(
+        late.is_empty(),
+        "writes acknowledged by a demoted primary:\n{}",
+        late.join("\n")
+    );
+    let timelines: std::collections::BTreeSet<(u64, u64)> =
+        all.iter().map(|a| (a.term, a.timeline)).collect();
+    assert!(
+        timelines
+            .iter()
+            .all(|&(t, _)| t == first_term || t == second_term)
+            && timelines
+                .iter()
+                .filter(|&&(t, _)| t == second_term)
+                .all(|&(_, tl)| {
+                    timelines
+                        .iter()
+                        .filter(|&&(t, _)| t == first_term)
+                        .all(|&(_, old)| tl > old)
+                }),
+        "the new term's writes are on a newer timeline than the old term's: {timelines:?}"
+    );
+    steps.step(&format!(
+        "node 1's client reaches seat 2 through its own port once back; {} writes acknowledged through the ports, none under an older term or timeline after a newer",
+        all.len()
+    ));
     let samples = sampler.stop();
     psql(
         servers.node(2),
-        "INSERT INTO acked VALUES (0)",
+        "INSERT INTO acked VALUES (0, 0, 0)",
         Duration::from_secs(30),
     )
     .expect("the new primary takes writes");
@@ -573,12 +788,16 @@ fn postgres_follows_the_leader_without_losing_an_acknowledged_write() {
     );
     let total: usize = samples.iter().map(Vec::len).sum();
     println!(
-        "postgres: {} acknowledged writes, seat 2 {lag} behind; node 1's primary last writable {:.2} s after \
-         the cut, seat 2's writable after {:.2} s (term {first_term} -> {second_term}); node 1 rejoined {:.1} s \
-         after it came back; 0 of {total} samples with two writable primaries under one term",
-        acked.len(),
+        "postgres: {} acknowledged writes through the leader port, 0 lost, 0 acknowledged by a demoted primary; \
+         seat 2 {lag} behind; node 1's primary last writable {:.2} s after the cut, seat 2's writable after \
+         {:.2} s (term {first_term} -> {second_term}); through node 3's port: last write before the cut {:.2} s \
+         before it, first on the new primary {:.2} s after it; node 1 rejoined {:.1} s after it came back; \
+         0 of {total} samples with two writable primaries under one term",
+        all.len(),
         old_stopped.as_secs_f64(),
         new_writable.as_secs_f64(),
+        before_cut.map_or(f64::NAN, |a| cut_at.duration_since(a.at).as_secs_f64()),
+        dark.as_secs_f64(),
         rejoined.as_secs_f64()
     );
     for s in &mut sidecars {
