@@ -39,18 +39,50 @@ pub fn iperf3_observed<T>(
     server_addr: &str,
     streams: u32,
     secs: u32,
+    observe: impl FnMut() -> T,
+) -> (Iperf3, T, T) {
+    let at = (server_addr, 5201);
+    iperf3_via_observed(client, server, at, at, streams, secs, observe)
+}
+
+/// [`iperf3`] with the server listening on `listen` (address, port) and the client connecting to
+/// `connect`, which forwards to it (a proxy, a forwarded port).
+pub fn iperf3_via(
+    client: &NetNs,
+    server: &NetNs,
+    listen: (&str, u16),
+    connect: (&str, u16),
+    streams: u32,
+    secs: u32,
+) -> Iperf3 {
+    iperf3_via_observed(client, server, listen, connect, streams, secs, || ()).0
+}
+
+fn iperf3_via_observed<T>(
+    client: &NetNs,
+    server: &NetNs,
+    (listen_addr, listen_port): (&str, u16),
+    (connect_addr, connect_port): (&str, u16),
+    streams: u32,
+    secs: u32,
     mut observe: impl FnMut() -> T,
 ) -> (Iperf3, T, T) {
-    let _server = server.spawn(&["iperf3", "-s", "-1", "-B", server_addr]);
+    let listen_port_arg = listen_port.to_string();
+    let _server = server.spawn(&[
+        "iperf3",
+        "-s",
+        "-1",
+        "-B",
+        listen_addr,
+        "-p",
+        &listen_port_arg,
+    ]);
+    let listening = format!("{listen_addr}:{listen_port}");
     wait_until(
-        &format!("iperf3 to listen on {server_addr}:5201 in {}", server.name),
+        &format!("iperf3 to listen on {listening} in {}", server.name),
         Duration::from_secs(10),
         Duration::from_millis(50),
-        || {
-            server
-                .exec_ok(&["ss", "-ltnH"])
-                .contains(&format!("{server_addr}:5201"))
-        },
+        || server.exec_ok(&["ss", "-ltnH"]).contains(&listening),
         String::new,
     );
     let before = observe();
@@ -58,7 +90,9 @@ pub fn iperf3_observed<T>(
         &[
             "iperf3",
             "-c",
-            server_addr,
+            connect_addr,
+            "-p",
+            &connect_port.to_string(),
             "-t",
             &secs.to_string(),
             "-P",
@@ -71,7 +105,7 @@ pub fn iperf3_observed<T>(
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "iperf3 -c {server_addr} from {} failed: {text}{}",
+        "iperf3 -c {connect_addr} -p {connect_port} from {} failed: {text}{}",
         client.name,
         String::from_utf8_lossy(&out.stderr)
     );

@@ -76,15 +76,19 @@ fn own_term(api: &std::path::Path) -> String {
 
 fn echo(s: TcpStream, seat: u64, term: &str, stop: &AtomicBool) {
     let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    // Each answer in one segment, at once: round trips are measured through it.
+    let _ = s.set_nodelay(true);
     let mut out = s.try_clone().expect("clone");
     let mut lines = BufReader::new(s);
     let mut line = String::new();
     while !stop.load(Ordering::Relaxed) {
-        line.clear();
+        // A read that times out keeps what it read of a line: the rest comes with the next.
         match lines.read_line(&mut line) {
             Ok(0) => return,
             Ok(_) => {
-                if writeln!(out, "seat {seat} term {term}: {}", line.trim_end()).is_err() {
+                let answer = format!("seat {seat} term {term}: {}\n", line.trim_end());
+                line.clear();
+                if out.write_all(answer.as_bytes()).is_err() {
                     return;
                 }
             }
@@ -115,6 +119,7 @@ impl LineClient {
             TcpStream::connect_timeout(&to, Duration::from_secs(5))
         })?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
         Ok(Self {
             out: s.try_clone()?,
             lines: BufReader::new(s),
@@ -124,7 +129,7 @@ impl LineClient {
     /// Sends `line` and reads the answer; `None` when the connection was closed instead (or no answer came
     /// within 10 s).
     pub fn ask(&mut self, line: &str) -> Option<String> {
-        writeln!(self.out, "{line}").ok()?;
+        self.out.write_all(format!("{line}\n").as_bytes()).ok()?;
         let mut answer = String::new();
         match self.lines.read_line(&mut answer) {
             Ok(0) | Err(_) => None,

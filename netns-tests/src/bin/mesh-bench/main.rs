@@ -17,6 +17,9 @@
 //!   path, throughput and RTT punched, relayed, on a plain LAN, and through slirp4netns with no tunnel; and
 //!   how long a NAT that restarts cuts them off.
 //! - Failover: how long until a cut-off leader is replaced on-chain, and reported by the others.
+//! - The leader port: round trips (mean, p99) and one iperf3 stream to the leader's service, directly and
+//!   through `--leader-port`, from a follower over the mesh and on the leader itself, with the CPU of the
+//!   agent that forwards.
 //! - Sizes (3, 10, 25, 50 and 100 nodes by default; the agents follow anvil's WebSocket at their defaults,
 //!   or poll it over HTTP every 200 ms with `--follow poll`). For each size N, from the agents' event
 //!   streams (so that watching them costs nothing between changes):
@@ -39,7 +42,7 @@
 //!   per join, block to each member's applied view (median, p99, worst), the join storm of handshakes
 //!   toward the newcomer (cookies, retries), and the agent's RSS, idle CPU and time to handshake with all.
 //!
-//! `--sections` picks some of them (`throughput,latency,offloads,relay,nat,failover,sizes,trace,thousand`,
+//! `--sections` picks some of them (`throughput,latency,offloads,relay,nat,failover,leader-port,sizes,trace,thousand`,
 //! all by default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
@@ -64,6 +67,7 @@ mod churn;
 mod cost;
 mod failover;
 mod latency;
+mod leader_port;
 mod nat;
 mod offloads;
 mod references;
@@ -125,7 +129,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,offloads,relay,nat,failover,sizes,trace,thousand"
+        default_value = "throughput,latency,offloads,relay,nat,failover,leader-port,sizes,trace,thousand"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -159,6 +163,8 @@ enum Section {
     Nat,
     /// Leader failover.
     Failover,
+    /// The leader port against a direct connection.
+    LeaderPort,
     /// Convergence, revocation and cost for each `--sizes`; churn on 25 nodes.
     Sizes,
     /// One join at `--trace-nodes`, traced through every node's log.
@@ -222,6 +228,9 @@ fn main() -> anyhow::Result<()> {
     if on(Section::Failover) {
         tools.push("nft");
     }
+    if on(Section::LeaderPort) {
+        tools.extend(["ss", "iperf3"]);
+    }
     require_root(&tools);
     for bin in ["p2p-agent", "meshctl", "dstack-simulator"] {
         workspace_bin(bin);
@@ -266,6 +275,10 @@ fn main() -> anyhow::Result<()> {
             args.leader_timeout
         );
         report.failover = Some(failover::failover(args.leader_timeout));
+    }
+    if on(Section::LeaderPort) {
+        eprintln!("== the leader port against a direct connection (2 agents, seat 1 leading)");
+        report.leader_port = Some(leader_port::leader_port(&args));
     }
     if on(Section::Sizes) {
         report.sizes = Some(sizes::measure_all(&args)?);

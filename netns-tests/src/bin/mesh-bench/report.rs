@@ -36,6 +36,8 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) failover: Option<Failover>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) leader_port: Option<LeaderPort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sizes: Option<Vec<Size>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trace: Option<Trace>,
@@ -212,6 +214,31 @@ pub(crate) struct Failover {
     pub(crate) on_chain_ms: f64,
     pub(crate) reported_ms: f64,
     pub(crate) beyond_timeout_ms: f64,
+}
+
+/// The leader port against a direct connection to the leader's service.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LeaderPort {
+    /// From a follower's node: directly over the mesh, and through its port (which forwards over the mesh).
+    pub(crate) follower: PortWay,
+    /// On the leader's node: to its service on loopback, and through its own port.
+    pub(crate) leader: PortWay,
+}
+
+/// One way to the leader's service: round trips of one line on one connection (µs), one iperf3 stream, and
+/// the CPU of the agent that forwards, over the run through the port.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PortWay {
+    pub(crate) direct_rtt_us: f64,
+    pub(crate) port_rtt_us: f64,
+    pub(crate) added_rtt_us: f64,
+    pub(crate) direct_p99_us: f64,
+    pub(crate) port_p99_us: f64,
+    pub(crate) direct_gbps: f64,
+    pub(crate) port_gbps: f64,
+    pub(crate) agent_cpu_percent: f64,
 }
 
 /// One mesh size. The times in ms are from the block that holds the change to the nodes' APIs showing it.

@@ -114,6 +114,28 @@ pub(crate) fn print_table(r: &Report) {
             fo.leader_timeout_secs, fo.on_chain_ms, fo.beyond_timeout_ms, fo.reported_ms
         );
     }
+    if let Some(lp) = &r.leader_port {
+        println!(
+            "\nThe leader port (--leader-port) against a direct connection to the leader's service:"
+        );
+        for (what, w) in [
+            ("from a follower", &lp.follower),
+            ("on the leader", &lp.leader),
+        ] {
+            println!(
+                "  {what}: round trip {:.0} µs direct, {:.0} through the port (+{:.0} µs; p99 {:.0} / {:.0}); 1 stream {:.2} Gbit/s direct, {:.2} through the port ({:.0}%), the forwarding agent at {:.0}% of a core",
+                w.direct_rtt_us,
+                w.port_rtt_us,
+                w.added_rtt_us,
+                w.direct_p99_us,
+                w.port_p99_us,
+                w.direct_gbps,
+                w.port_gbps,
+                100.0 * w.port_gbps / w.direct_gbps,
+                w.agent_cpu_percent
+            );
+        }
+    }
     if let Some(t) = &r.thousand {
         print_thousand(t);
     }
