@@ -69,6 +69,8 @@ export const read = () => {
     chainPrefix: t("chain-prefix"),
     chainVerified: t("chain-verified"),
     summary: t("cluster-summary"),
+    ports: document.getElementById("ports-section").hidden ? []
+      : [...document.querySelectorAll("#ports tbody tr")].map((r) => [...r.cells].map((c) => c.textContent)),
     events: [...document.querySelectorAll("#events li")].map((li) => li.lastChild.textContent),
   };
 };

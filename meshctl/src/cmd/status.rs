@@ -105,7 +105,53 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
         "peers: {} configured, {} healthy, {} refused\n\n",
         status.peers_configured, status.peers_healthy, status.peers_refused
     ));
+    s.push_str(&render_ports(&status.ports));
     s.push_str(&render_peers(peers, now, verbose));
+    s
+}
+
+/// The forwarded ports (`--leader-port`, `--replica-port`): where each listens, and what became of its
+/// connections; a blank line after them.
+fn render_ports(ports: &[mesh_api::ForwardedPort]) -> String {
+    let mut s = String::new();
+    for p in ports {
+        let refused: Vec<String> = p
+            .refused
+            .iter()
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        let latest = p.routes.first().map_or_else(
+            || "none yet".to_owned(),
+            |r| match r.term {
+                Some(t) => format!("term {t}, seat {}", r.seat),
+                None => format!("seat {}", r.seat),
+            },
+        );
+        s.push_str(&format!(
+            "{} port {} -> {} {}: {} open, {} forwarded ({} fenced, {} unreachable), refused {}; {} to, {} from; latest {latest}\n",
+            p.role.as_str(),
+            p.listen,
+            p.role.as_str(),
+            p.target,
+            p.open,
+            p.total.opened,
+            p.total.fenced,
+            p.total.unreachable,
+            if refused.is_empty() { "none".to_owned() } else { refused.join(", ") },
+            bytes(p.total.bytes_to_service),
+            bytes(p.total.bytes_from_service),
+        ));
+        if p.bound.is_empty() {
+            s.push_str(&format!(
+                "# {} port {}: not listening\n",
+                p.role.as_str(),
+                p.listen
+            ));
+        }
+    }
+    if !s.is_empty() {
+        s.push('\n');
+    }
     s
 }
 
@@ -463,6 +509,35 @@ mod tests {
     }
 
     /// Transfer is shown in binary units.
+    #[test]
+    fn a_forwarded_port_says_what_became_of_its_connections() {
+        assert_eq!(render_ports(&[]), "");
+        let port = mesh_api::ForwardedPort {
+            role: mesh_api::PortRole::Leader,
+            listen: 5432,
+            target: 5433,
+            bound: vec!["127.0.0.1:5432".parse().unwrap()],
+            open: 1,
+            total: mesh_api::ForwardCounts {
+                opened: 5,
+                fenced: 2,
+                unreachable: 1,
+                bytes_to_service: 4096,
+                bytes_from_service: 10,
+            },
+            refused: [("not-current".to_owned(), 3)].into(),
+            routes: vec![mesh_api::RouteCounts {
+                term: Some(8),
+                seat: 2,
+                counts: mesh_api::ForwardCounts::default(),
+            }],
+        };
+        assert_eq!(
+            render_ports(std::slice::from_ref(&port)),
+            "leader port 5432 -> leader 5433: 1 open, 5 forwarded (2 fenced, 1 unreachable), refused 3 not-current; 4.0 KiB to, 10 B from; latest term 8, seat 2\n\n"
+        );
+    }
+
     #[test]
     fn bytes_use_binary_units() {
         assert_eq!(bytes(0), "0 B");

@@ -2,8 +2,8 @@
 //! with playwright-core): what the agent's snapshot gains shows in the feed in words, without a reload and
 //! once each — a seat refused and a seat no longer refused, this node's own evidence refused and passing
 //! again, this node's vote against the leader and its failed withdrawal with the error, an RPC outvoted and
-//! one agreeing again, a read without a quorum, and a peer below the cluster's TCB policy. The real API
-//! server serves a fixture snapshot, on loopback in a namespace the test makes.
+//! one agreeing again, a read without a quorum, and a peer below the cluster's TCB policy; and the forwarded
+//! ports' table. The real API server serves a fixture snapshot, on loopback in a namespace the test makes.
 //!
 //! Needs root, `scripts/bootstrap`'s chromium and playwright-core, and Node.js.
 
@@ -173,6 +173,24 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         "{loaded}"
     );
     assert_eq!(loaded["leader"]["vote"], "none", "{loaded}");
+    // The forwarded port of the fixture: where it listens, its counts, refusals, bytes and latest route.
+    assert_eq!(
+        loaded["ports"],
+        serde_json::json!([[
+            "5432",
+            "the leader on 5433",
+            "127.0.0.1:5432, 10.0.1.1:5432",
+            "1",
+            "5",
+            "2",
+            "1",
+            "3 not-current",
+            "4.0 KiB",
+            "64.0 KiB",
+            "term 8, seat 2"
+        ]]),
+        "{loaded}"
+    );
     assert_eq!(
         loaded["chainVerified"], "2 of 3 RPCs must agree; outvoted: https://c.rpc.example/",
         "{loaded}"
