@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::net::netns::NetNs;
-use crate::net::ping::{ping_counts, ping_output};
+use crate::net::ping::{ping_counts, ping_output, rtt_avg_ms};
 use crate::run::wait::wait_until;
 
 /// One iperf3 run, from its client's JSON report (`-J`).
@@ -126,6 +126,76 @@ fn iperf3_via_observed<T>(
     (run, before, after)
 }
 
+/// One iperf3 UDP run at a target rate, from both ends' JSON report.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Iperf3Udp {
+    /// What the client sent, and what the server received, in Gbit/s.
+    pub sent_gbps: f64,
+    pub received_gbps: f64,
+    /// Datagrams lost on the way, in percent of those sent.
+    pub lost_percent: f64,
+}
+
+/// UDP from `client` to `server_addr` (an address of `server`) with iperf3: one stream of `len`-byte
+/// datagrams at `mbps` Mbit/s for `secs` seconds.
+pub fn iperf3_udp(
+    client: &NetNs,
+    server: &NetNs,
+    server_addr: &str,
+    mbps: u64,
+    len: usize,
+    secs: u32,
+) -> Iperf3Udp {
+    let _server = server.spawn(&["iperf3", "-s", "-1", "-B", server_addr]);
+    wait_until(
+        &format!("iperf3 to listen on {server_addr}:5201 in {}", server.name),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            server
+                .exec_ok(&["ss", "-ltnH"])
+                .contains(&format!("{server_addr}:5201"))
+        },
+        String::new,
+    );
+    let out = client.exec(
+        &[
+            "iperf3",
+            "-c",
+            server_addr,
+            "-u",
+            "-b",
+            &format!("{mbps}M"),
+            "-l",
+            &len.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ],
+        Duration::from_secs(u64::from(secs) + 30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf3 -u -c {server_addr} from {} failed: {text}{}",
+        client.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("iperf3 printed no JSON ({e}): {text}"));
+    let end = &report["end"];
+    let field = |sum: &str, name: &str| {
+        end[sum][name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no end.{sum}.{name} in iperf3's report: {text}"))
+    };
+    Iperf3Udp {
+        sent_gbps: field("sum_sent", "bits_per_second") / 1e9,
+        received_gbps: field("sum_received", "bits_per_second") / 1e9,
+        lost_percent: field("sum_received", "lost_percent"),
+    }
+}
+
 /// The average round-trip time in milliseconds of `count` pings from `ns` to `ip`, `interval` apart
 /// (from ping's `rtt min/avg/max/mdev` line); panics if any reply is lost.
 pub fn ping_avg_ms(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> f64 {
@@ -137,11 +207,7 @@ pub fn ping_avg_ms(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> 
         "ping {ip} from {} lost replies: {text}",
         ns.name
     );
-    text.lines()
-        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
-        .and_then(|rest| rest.split('/').nth(1))
-        .and_then(|avg| avg.parse().ok())
-        .unwrap_or_else(|| panic!("no rtt line in ping's output: {text}"))
+    rtt_avg_ms(&text).unwrap_or_else(|| panic!("no rtt line in ping's output: {text}"))
 }
 
 /// The CPU time a process has used so far, all its threads, user and system (`/proc/<pid>/stat` fields 14

@@ -68,6 +68,16 @@ pub(crate) fn ping_output(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Durati
     ns.exec(&args, interval * count + Duration::from_secs(10))
 }
 
+/// The average round-trip time in milliseconds from ping's `rtt min/avg/max/mdev` line; `None` without one
+/// (no reply came).
+pub fn rtt_avg_ms(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .and_then(|rest| rest.split('/').nth(1))
+        .and_then(|avg| avg.parse().ok())
+}
+
 /// (sent, received) from ping's summary line; (0, 0) without one.
 pub fn ping_counts(out: &Output) -> (u32, u32) {
     let text = String::from_utf8_lossy(&out.stdout);

@@ -2,15 +2,21 @@
 
 use std::time::Duration;
 
-use netns_tests::measure::perf::ping_avg_ms;
+use netns_tests::measure::perf::{iperf3_observed, ping_avg_ms};
+use netns_tests::net::ping::{BackgroundPing, rtt_avg_ms};
 
 use crate::report::BARE;
 use crate::report::{Named, Rtt};
 use crate::tunnel::Tunnel;
 
-/// The average of 200 pings 20 ms apart, then of 2,000 pings 0.5 ms apart, through each of `tunnels`, and
-/// what each adds over the bare link's.
-pub(crate) fn latency(tunnels: &[Tunnel<'_>]) -> Named<Rtt> {
+/// Pings under load: this many, [`LOADED_EVERY`] apart, while one iperf3 stream runs through the tunnel.
+const LOADED_PINGS: u32 = 300;
+const LOADED_EVERY: Duration = Duration::from_millis(10);
+
+/// The average of 200 pings 20 ms apart, then of 2,000 pings 0.5 ms apart, then of [`LOADED_PINGS`] while one
+/// iperf3 stream runs for `secs` (at least 5) through the same tunnel, through each of `tunnels`, and what
+/// each adds over the bare link's.
+pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32) -> Named<Rtt> {
     // Warm up sessions and caches first.
     for p in tunnels {
         ping_avg_ms(p.client, p.addr, 5, Duration::from_millis(20));
@@ -40,18 +46,74 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>]) -> Named<Rtt> {
     };
     let (idle, idle_bare) = rtts(Duration::from_millis(20), 200);
     let (busy, busy_bare) = rtts(Duration::from_micros(500), 2000);
+    let loaded: Vec<(f64, u32, u32)> = tunnels.iter().map(|p| loaded(p, secs)).collect();
+    eprintln!(
+        "   RTT under one iperf3 stream: {}",
+        tunnels
+            .iter()
+            .zip(&loaded)
+            .map(|(p, (rtt, sent, got))| format!(
+                "{} {rtt:.3} ms ({} of {sent} lost)",
+                p.name,
+                sent - got
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let loaded_bare = tunnels
+        .iter()
+        .zip(&loaded)
+        .find(|(p, _)| p.name == BARE)
+        .map(|(_, l)| l.0)
+        .expect("the bare link is measured");
     Named(
         idle.into_iter()
             .zip(busy)
-            .map(|((name, rtt), (_, busy))| {
+            .zip(loaded)
+            .map(|(((name, rtt), (_, busy)), (loaded, sent, got))| {
                 let rtt = Rtt {
                     rtt_ms: rtt,
                     added_ms: rtt - idle_bare,
                     busy_rtt_ms: busy,
                     busy_added_ms: busy - busy_bare,
+                    loaded_rtt_ms: loaded,
+                    loaded_added_ms: loaded - loaded_bare,
+                    loaded_lost: sent - got,
                 };
                 (name, rtt)
             })
             .collect(),
     )
+}
+
+/// The average RTT of [`LOADED_PINGS`] through `p` while one iperf3 stream runs through it, with the pings
+/// sent and answered: what a commit's round trip meets while a bulk transfer shares the tunnel.
+fn loaded(p: &Tunnel<'_>, secs: u32) -> (f64, u32, u32) {
+    let mut ping = None;
+    let (_, _, pinged) = iperf3_observed(
+        p.client,
+        p.server,
+        &p.addr.to_string(),
+        1,
+        secs.max(5),
+        || {
+            // Started as the stream starts, and read once it has ended: the pings take 3 s of its 5 or more.
+            match ping.take() {
+                None => {
+                    ping = Some(BackgroundPing::start(
+                        p.client,
+                        p.addr,
+                        LOADED_PINGS,
+                        LOADED_EVERY,
+                    ));
+                    None
+                }
+                Some(running) => Some(running.finish()),
+            }
+        },
+    );
+    let (sent, got, output) = pinged.expect("the ping is read once the stream ends");
+    let rtt =
+        rtt_avg_ms(&output).unwrap_or_else(|| panic!("no ping answered under load: {output}"));
+    (rtt, sent, got)
 }

@@ -11,7 +11,10 @@
 //! - Offloads: the mesh's throughput with its TUN offload, its UDP GSO/GRO, or both turned off, each on a
 //!   fresh pair of nodes: what each offload is worth, in the same run.
 //! - Added latency: ping RTT through the mesh and each reference, minus the bare link's, with pings 20 ms
-//!   apart (idle CPUs, whose wake-ups dominate on a VM) and 0.5 ms apart (busy CPUs).
+//!   apart (idle CPUs, whose wake-ups dominate on a VM), 0.5 ms apart (busy CPUs), and 10 ms apart while one
+//!   iperf3 stream runs through the same tunnel (under load).
+//! - UDP: the highest rate of one iperf3 UDP stream (1,372-byte datagrams) that arrives with under 1 % loss,
+//!   through the mesh, each reference and the bare link, and the mesh's over its TCP rate.
 //! - The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
 //! - NAT traversal: two agents behind slirp4netns with coturn for STUN: the time until they punch a direct
 //!   path, throughput and RTT punched, relayed, on a plain LAN, and through slirp4netns with no tunnel; and
@@ -42,7 +45,7 @@
 //!   per join, block to each member's applied view (median, p99, worst), the join storm of handshakes
 //!   toward the newcomer (cookies, retries), and the agent's RSS, idle CPU and time to handshake with all.
 //!
-//! `--sections` picks some of them (`throughput,latency,offloads,relay,nat,failover,leader-port,sizes,trace,thousand`,
+//! `--sections` picks some of them (`throughput,latency,udp,offloads,relay,nat,failover,leader-port,sizes,trace,thousand`,
 //! all by default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
@@ -80,6 +83,7 @@ mod throughput;
 mod topology;
 mod trace;
 mod tunnel;
+mod udp;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -129,7 +133,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,offloads,relay,nat,failover,leader-port,sizes,trace,thousand"
+        default_value = "throughput,latency,udp,offloads,relay,nat,failover,leader-port,sizes,trace,thousand"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -153,8 +157,10 @@ struct Args {
 enum Section {
     /// iperf3 through the mesh, each reference and the bare link.
     Throughput,
-    /// Ping RTT through the same.
+    /// Ping RTT through the same: idle, busy, and under one iperf3 stream.
     Latency,
+    /// The highest iperf3 UDP rate carried with under 1 % loss through the same.
+    Udp,
     /// Throughput through the mesh with each kernel offload turned off in turn: what each is worth.
     Offloads,
     /// Throughput and RTT over the relay.
@@ -206,7 +212,7 @@ const BOUND: Duration = Duration::from_secs(120);
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let on = |section| args.sections.contains(&section);
-    let compared = on(Section::Throughput) || on(Section::Latency);
+    let compared = on(Section::Throughput) || on(Section::Latency) || on(Section::Udp);
     let references = if compared {
         references::installed(&args)?
     } else {
@@ -248,11 +254,14 @@ fn main() -> anyhow::Result<()> {
         let versions = Named(references.iter().map(|r| (r.name(), r.version())).collect());
         eprintln!("   references: {versions}");
         report.versions = Some(versions);
-        (report.latency, report.throughput) = topology::measure(
+        (report.latency, report.throughput, report.udp) = topology::measure(
             &args,
             &references,
-            on(Section::Latency),
-            on(Section::Throughput),
+            &topology::Compared {
+                latency: on(Section::Latency),
+                throughput: on(Section::Throughput),
+                udp: on(Section::Udp),
+            },
         );
     }
     if on(Section::Offloads) {

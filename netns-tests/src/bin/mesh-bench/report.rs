@@ -27,6 +27,8 @@ pub(crate) struct Report {
     pub(crate) latency: Option<Named<Rtt>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) throughput: Option<Throughput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) udp: Option<Udp>,
     /// By variant ([`crate::offloads::VARIANTS`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) offloads: Option<Named<ByStreams>>,
@@ -162,6 +164,11 @@ pub(crate) struct Rtt {
     pub(crate) added_ms: f64,
     pub(crate) busy_rtt_ms: f64,
     pub(crate) busy_added_ms: f64,
+    /// While one iperf3 stream runs through the same tunnel: the average, over the bare link's under the same
+    /// load, and the pings lost.
+    pub(crate) loaded_rtt_ms: f64,
+    pub(crate) loaded_added_ms: f64,
+    pub(crate) loaded_lost: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,6 +221,32 @@ pub(crate) struct Failover {
     pub(crate) on_chain_ms: f64,
     pub(crate) reported_ms: f64,
     pub(crate) beyond_timeout_ms: f64,
+}
+
+/// UDP through each implementation: the highest rate carried with under `max_loss_percent` lost.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Udp {
+    pub(crate) datagram_bytes: usize,
+    pub(crate) max_loss_percent: f64,
+    pub(crate) runs: Named<UdpRun>,
+    /// The mesh's UDP rate over its TCP rate with one stream, when both were measured.
+    pub(crate) mesh_over_tcp: Option<f64>,
+    pub(crate) best_peer: Option<&'static str>,
+    pub(crate) mesh_over_best: Option<f64>,
+    pub(crate) mesh_over_bare: f64,
+}
+
+/// One implementation's highest carried UDP rate.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UdpRun {
+    /// The rate asked of iperf3, and what arrived, in Gbit/s, with the loss.
+    pub(crate) target_gbps: f64,
+    pub(crate) received_gbps: f64,
+    pub(crate) lost_percent: f64,
+    /// iperf3's sender (one thread) could send no faster: the figure is the tool's, not the tunnel's.
+    pub(crate) sender_bound: bool,
 }
 
 /// The leader port against a direct connection to the leader's service.

@@ -25,6 +25,9 @@ pub(crate) fn print_table(r: &Report) {
     if r.throughput.is_some() || r.latency.is_some() {
         print_compared(r);
     }
+    if let Some(u) = &r.udp {
+        print_udp(u);
+    }
     let mesh = |streams| {
         r.throughput
             .as_ref()
@@ -220,15 +223,16 @@ fn print_compared(r: &Report) {
     }
     let secs = t.map_or("-".into(), |t| t.seconds.to_string());
     println!(
-        "\nThroughput, iperf3 TCP, {secs} s a run (CPU: the WireGuard process on the sending / receiving node, % of one core); ping RTT"
+        "\nThroughput, iperf3 TCP, {secs} s a run (CPU: the WireGuard process on the sending / receiving node, % of one core); ping RTT in ms: idle (20 ms apart), busy (0.5 ms apart) and loaded (10 ms apart, while one iperf3 stream runs through the same tunnel), each with what it adds over the bare link's"
     );
     println!("{:<14} {:-^31} {:-^31}", "", " 1 stream ", " 4 streams ");
     println!(
-        "{:<14}{} {:>18} {:>18}",
+        "{:<14}{} {:>18} {:>18} {:>18}",
         "",
         format!(" {:>7} {:>8} {:>14}", "Gbit/s", "retrans", "CPU send/recv").repeat(2),
         "RTT idle (added)",
-        "RTT busy (added)"
+        "RTT busy (added)",
+        "RTT loaded (added)"
     );
     for name in IMPLEMENTATIONS {
         let mut row = format!("{name:<14}");
@@ -250,10 +254,11 @@ fn print_compared(r: &Report) {
         for (rtt, added) in [
             (rtt.map(|r| r.rtt_ms), rtt.map(|r| r.added_ms)),
             (rtt.map(|r| r.busy_rtt_ms), rtt.map(|r| r.busy_added_ms)),
+            (rtt.map(|r| r.loaded_rtt_ms), rtt.map(|r| r.loaded_added_ms)),
         ] {
             let added = match name {
                 BARE => String::new(),
-                _ => added.map_or(String::new(), |a| format!(" (+{a:.3})")),
+                _ => added.map_or(String::new(), |a| format!(" ({a:+.3})")),
             };
             row += &format!(" {:>18}", format!("{}{added}", fixed(rtt, 3)));
         }
@@ -352,5 +357,30 @@ fn print_thousand(t: &Thousand) {
         t.agent_cpu_percent_idle,
         t.agent_probes_per_second_idle,
         t.agent_requests_per_block
+    );
+}
+
+/// The UDP section: each implementation's highest carried rate, and the mesh's ratios.
+fn print_udp(u: &crate::report::Udp) {
+    println!(
+        "\nUDP, iperf3, one stream of {}-byte datagrams: the highest rate that arrives with under {} % lost (Gbit/s; * where iperf3's one sending thread could go no faster)",
+        u.datagram_bytes, u.max_loss_percent
+    );
+    for name in IMPLEMENTATIONS {
+        if let Some(run) = u.runs.get(name) {
+            println!(
+                "{name:<14} {:>7}{} ({:.2} % lost)",
+                fixed(Some(run.received_gbps), 2),
+                if run.sender_bound { "*" } else { " " },
+                run.lost_percent
+            );
+        }
+    }
+    println!(
+        "mesh UDP / mesh TCP (1 stream): {}; mesh / best peer: {} ({}); mesh / bare: {}",
+        fixed(u.mesh_over_tcp, 2),
+        fixed(u.mesh_over_best, 2),
+        u.best_peer.unwrap_or("-"),
+        fixed(Some(u.mesh_over_bare), 2)
     );
 }

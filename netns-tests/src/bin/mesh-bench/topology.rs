@@ -8,18 +8,24 @@ use netns_tests::net::wg::{Reference, WireguardGo, test_key};
 use netns_tests::prelude::*;
 
 use crate::report::{BARE, MESH};
-use crate::report::{Named, Rtt, Throughput};
+use crate::report::{Named, Rtt, Throughput, Udp};
 use crate::tunnel::{Side, Tunnel};
-use crate::{Args, latency, throughput};
+use crate::{Args, latency, throughput, udp};
 
-/// Latency (`with_latency`), then throughput (`with_throughput`), through the mesh, each of `references`
-/// and the bare link.
+/// What the throughput, latency and UDP sections measure on one topology.
+pub(crate) struct Compared {
+    pub(crate) latency: bool,
+    pub(crate) throughput: bool,
+    pub(crate) udp: bool,
+}
+
+/// Latency, then TCP throughput, then UDP, as `compared` asks, through the mesh, each of `references` and
+/// the bare link.
 pub(crate) fn measure(
     args: &Args,
     references: &[Reference],
-    with_latency: bool,
-    with_throughput: bool,
-) -> (Option<Named<Rtt>>, Option<Throughput>) {
+    compared: &Compared,
+) -> (Option<Named<Rtt>>, Option<Throughput>, Option<Udp>) {
     let lan = Lan::new(2 + 2 * references.len());
     let cluster = Cluster::deploy_seats(&lan, 2);
     // The agent's own data path, whatever the kernel offers (`auto` would take a kernel module): it is
@@ -37,9 +43,18 @@ pub(crate) fn measure(
         .collect();
     let tunnels = tunnels(&lan, &agents, &pairs);
     // Latency first, while every tunnel has only carried pings.
-    let rtts = with_latency.then(|| latency::latency(&tunnels));
-    let rates = with_throughput.then(|| throughput::throughput(args, &tunnels));
-    (rtts, rates)
+    let rtts = compared
+        .latency
+        .then(|| latency::latency(&tunnels, args.seconds));
+    let rates = compared
+        .throughput
+        .then(|| throughput::throughput(args, &tunnels));
+    let mesh_tcp = rates
+        .as_ref()
+        .and_then(|t| t.streams1.runs.get(MESH))
+        .map(|r| r.gbps);
+    let udp = compared.udp.then(|| udp::udp(&tunnels, mesh_tcp));
+    (rtts, rates, udp)
 }
 
 /// The implementations in the table's order (mesh, the references, bare), on the throughput and latency
