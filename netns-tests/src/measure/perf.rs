@@ -320,3 +320,75 @@ pub fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
             )
         })
 }
+
+/// `perf stat` on running processes: system calls entered, context switches and CPU migrations of every
+/// thread of each, counted from [`PerfStat::start`] to [`PerfStat::stop`]. What a measured run cost the
+/// processes in work the kernel sees, e.g. divided by the round trips it carried.
+pub struct PerfStat {
+    guard: crate::run::process::ChildGuard,
+}
+
+/// What [`PerfStat`] counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerfCounts {
+    pub syscalls: u64,
+    pub context_switches: u64,
+    pub migrations: u64,
+}
+
+impl PerfStat {
+    /// Starts counting for `pids` (all their threads).
+    ///
+    /// # Panics
+    /// When `perf` cannot be started.
+    pub fn start(pids: &[u32]) -> Self {
+        let pids = pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = std::process::Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                "raw_syscalls:sys_enter,context-switches,cpu-migrations",
+                "-p",
+                &pids,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting perf stat (Debian's linux-perf): {e}"));
+        let guard = crate::run::process::ChildGuard::new(format!("perf stat -p {pids}"), child);
+        // perf attaches to the threads before it counts: give it that moment.
+        std::thread::sleep(Duration::from_millis(200));
+        Self { guard }
+    }
+
+    /// Stops counting (SIGINT, on which perf prints its counts) and reads them.
+    ///
+    /// # Panics
+    /// When perf printed no counts.
+    pub fn stop(self) -> PerfCounts {
+        let pid = i32::try_from(self.guard.pid()).expect("pid fits i32");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let out = self.guard.wait_output(Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&out.stderr);
+        let count = |event: &str| {
+            text.lines()
+                .find(|l| l.split(',').nth(2) == Some(event))
+                .and_then(|l| l.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("perf stat printed no count of {event}: {text}"))
+        };
+        PerfCounts {
+            syscalls: count("raw_syscalls:sys_enter"),
+            context_switches: count("context-switches"),
+            migrations: count("cpu-migrations"),
+        }
+    }
+}

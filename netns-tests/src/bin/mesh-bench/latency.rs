@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netns_tests::measure::perf::{iperf3_observed, ping_avg_ms};
+use netns_tests::measure::perf::{PerfStat, iperf3_observed, ping_avg_ms};
 use netns_tests::net::ping::{BackgroundPing, rtt_avg_ms};
 
 use crate::report::BARE;
@@ -46,6 +46,19 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32) -> Named<Rtt> {
     };
     let (idle, idle_bare) = rtts(Duration::from_millis(20), 200);
     let (busy, busy_bare) = rtts(Duration::from_micros(500), 2000);
+    let work: Vec<Option<(f64, f64)>> = tunnels.iter().map(work_per_round_trip).collect();
+    eprintln!(
+        "   per round trip, both WireGuard sides (busy pings, perf stat): {}",
+        tunnels
+            .iter()
+            .zip(&work)
+            .filter_map(|(p, w)| w.map(|(sys, cs)| format!(
+                "{} {sys:.1} system calls, {cs:.1} context switches",
+                p.name
+            )))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     let loaded: Vec<(f64, u32, u32)> = tunnels.iter().map(|p| loaded(p, secs)).collect();
     eprintln!(
         "   RTT under one iperf3 stream: {}",
@@ -70,7 +83,8 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32) -> Named<Rtt> {
         idle.into_iter()
             .zip(busy)
             .zip(loaded)
-            .map(|(((name, rtt), (_, busy)), (loaded, sent, got))| {
+            .zip(work)
+            .map(|((((name, rtt), (_, busy)), (loaded, sent, got)), work)| {
                 let rtt = Rtt {
                     rtt_ms: rtt,
                     added_ms: rtt - idle_bare,
@@ -79,6 +93,8 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32) -> Named<Rtt> {
                     loaded_rtt_ms: loaded,
                     loaded_added_ms: loaded - loaded_bare,
                     loaded_lost: sent - got,
+                    syscalls_per_round_trip: work.map(|w| w.0),
+                    switches_per_round_trip: work.map(|w| w.1),
                 };
                 (name, rtt)
             })
@@ -116,4 +132,20 @@ fn loaded(p: &Tunnel<'_>, secs: u32) -> (f64, u32, u32) {
     let rtt =
         rtt_avg_ms(&output).unwrap_or_else(|| panic!("no ping answered under load: {output}"));
     (rtt, sent, got)
+}
+
+/// Round trips timed by [`work_per_round_trip`].
+const COUNTED_PINGS: u32 = 2000;
+
+/// The system calls and context switches of both WireGuard sides of `p` per round trip, over
+/// [`COUNTED_PINGS`] pings 0.5 ms apart (`perf stat`; the agents' other work in that second counts too, and
+/// is small); `None` for the bare link.
+fn work_per_round_trip(p: &Tunnel<'_>) -> Option<(f64, f64)> {
+    let sides = p.sides.as_ref()?;
+    let pids: Vec<u32> = sides.iter().map(|s| s.pid).collect();
+    let perf = PerfStat::start(&pids);
+    ping_avg_ms(p.client, p.addr, COUNTED_PINGS, Duration::from_micros(500));
+    let counts = perf.stop();
+    let per = |n: u64| n as f64 / f64::from(COUNTED_PINGS);
+    Some((per(counts.syscalls), per(counts.context_switches)))
 }

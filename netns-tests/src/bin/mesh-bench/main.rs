@@ -12,7 +12,8 @@
 //!   fresh pair of nodes: what each offload is worth, in the same run.
 //! - Added latency: ping RTT through the mesh and each reference, minus the bare link's, with pings 20 ms
 //!   apart (idle CPUs, whose wake-ups dominate on a VM), 0.5 ms apart (busy CPUs), and 10 ms apart while one
-//!   iperf3 stream runs through the same tunnel (under load).
+//!   iperf3 stream runs through the same tunnel (under load); and, with `perf stat`, the system calls and
+//!   context switches of both WireGuard sides per busy round trip: where the time goes.
 //! - UDP: the highest rate of one iperf3 UDP stream (1,372-byte datagrams) that arrives with under 1 % loss,
 //!   through the mesh, each reference and the bare link, and the mesh's over its TCP rate.
 //! - The relay: throughput and RTT between two agents whose UDP is blocked, through nginx as the gateway.
@@ -221,6 +222,9 @@ fn main() -> anyhow::Result<()> {
     let mut tools = Vec::new();
     if compared {
         tools.extend(["ss", "iperf3", "wireguard-go"]);
+    }
+    if on(Section::Latency) {
+        tools.push("perf");
     }
     if on(Section::Offloads) {
         tools.extend(["ss", "iperf3"]);

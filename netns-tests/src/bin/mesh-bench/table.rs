@@ -264,6 +264,24 @@ fn print_compared(r: &Report) {
         }
         println!("{row}");
     }
+    if let Some(l) = &r.latency {
+        let work: Vec<String> = IMPLEMENTATIONS
+            .iter()
+            .filter_map(|name| {
+                let rtt = l.get(name)?;
+                Some(format!(
+                    "{name} {} / {}",
+                    fixed(rtt.syscalls_per_round_trip, 1),
+                    fixed(rtt.switches_per_round_trip, 1)
+                ))
+            })
+            .filter(|w| !w.ends_with("- / -"))
+            .collect();
+        println!(
+            "per busy round trip, both sides' system calls / context switches (perf stat): {}",
+            work.join(", ")
+        );
+    }
     let Some(t) = t else {
         return;
     };
