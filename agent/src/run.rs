@@ -42,9 +42,12 @@ use crate::tasks::registrar::Registrar;
 /// # Errors
 /// Settings that cannot work, an API socket that cannot be bound, or a task that needs the operator (an
 /// interface that cannot be created). The chain and dstack being unreachable are retried, not errors.
+/// `commit` is the one the binary was built from, which the status shows (the binary's build script stamps it,
+/// so that a new commit recompiles the binary alone).
 pub async fn run(
     args: RunArgs,
     tx_key: Option<PrivateKeySigner>,
+    commit: &'static str,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     // The root of every span: its fields are recorded once known (the instance from dstack, the token once
@@ -54,12 +57,13 @@ pub async fn run(
         instance = tracing::field::Empty,
         token = tracing::field::Empty
     );
-    daemon(args, tx_key, cancel).instrument(node).await
+    daemon(args, tx_key, commit, cancel).instrument(node).await
 }
 
 async fn daemon(
     args: RunArgs,
     tx_key: Option<PrivateKeySigner>,
+    commit: &'static str,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let contract = args.validate()?;
@@ -72,7 +76,7 @@ async fn daemon(
         rpc: rpc.clone(),
         lease: args.leader_timing().lease,
         liveness: args.liveness(),
-        commit: env!("DSTACK_MESH_COMMIT"),
+        commit,
         started_at: std::time::SystemTime::now(),
     };
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));

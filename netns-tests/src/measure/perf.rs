@@ -168,6 +168,9 @@ pub fn iperf3_udp(
             &format!("{mbps}M"),
             "-l",
             &len.to_string(),
+            // Socket buffers big enough that iperf3's own receive socket is not where datagrams are lost.
+            "-w",
+            "4M",
             "-t",
             &secs.to_string(),
             "-J",
@@ -329,8 +332,10 @@ pub struct PerfStat {
 }
 
 /// What [`PerfStat`] counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PerfCounts {
+    /// CPU time of all the threads, in microseconds (`task-clock`).
+    pub cpu_us: f64,
     pub syscalls: u64,
     pub context_switches: u64,
     pub migrations: u64,
@@ -352,7 +357,7 @@ impl PerfStat {
                 "stat",
                 "-x,",
                 "-e",
-                "raw_syscalls:sys_enter,context-switches,cpu-migrations",
+                "raw_syscalls:sys_enter,context-switches,cpu-migrations,task-clock",
                 "-p",
                 &pids,
             ])
@@ -378,17 +383,74 @@ impl PerfStat {
         );
         let out = self.guard.wait_output(Duration::from_secs(10));
         let text = String::from_utf8_lossy(&out.stderr);
-        let count = |event: &str| {
+        let value = |event: &str| -> f64 {
             text.lines()
                 .find(|l| l.split(',').nth(2) == Some(event))
                 .and_then(|l| l.split(',').next())
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("perf stat printed no count of {event}: {text}"))
         };
+        let count = |event: &str| value(event) as u64;
         PerfCounts {
+            // perf prints task-clock in milliseconds.
+            cpu_us: value("task-clock") * 1000.0,
             syscalls: count("raw_syscalls:sys_enter"),
             context_switches: count("context-switches"),
             migrations: count("cpu-migrations"),
         }
+    }
+}
+
+/// `perf record -g` on running processes (all their threads), into a file for `perf report -i`.
+pub struct PerfRecord {
+    guard: crate::run::process::ChildGuard,
+    out: std::path::PathBuf,
+}
+
+impl PerfRecord {
+    /// Starts sampling `pids` at 4,999 Hz with call graphs, into `out`.
+    ///
+    /// # Panics
+    /// When `perf` cannot be started.
+    pub fn start(pids: &[u32], out: &std::path::Path) -> Self {
+        let pids = pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", "4999", "-g", "-p", &pids, "-o"])
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting perf record (Debian's linux-perf): {e}"));
+        let guard = crate::run::process::ChildGuard::new(format!("perf record -p {pids}"), child);
+        std::thread::sleep(Duration::from_millis(200));
+        Self {
+            guard,
+            out: out.to_owned(),
+        }
+    }
+
+    /// Stops sampling (SIGINT, on which perf writes the file and exits with the signal's status).
+    ///
+    /// # Panics
+    /// When perf wrote no samples.
+    pub fn stop(self) {
+        let pid = i32::try_from(self.guard.pid()).expect("pid fits i32");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let done = self.guard.wait_output(Duration::from_secs(30));
+        let written = std::fs::metadata(&self.out).map_or(0, |m| m.len());
+        assert!(
+            written > 0,
+            "perf record wrote nothing to {} ({}): {}",
+            self.out.display(),
+            done.status,
+            String::from_utf8_lossy(&done.stderr)
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Added latency: ping RTT through the mesh and each reference, minus the bare link's.
 
+use std::path::Path;
 use std::time::Duration;
 
-use netns_tests::measure::perf::{PerfStat, iperf3_observed, ping_avg_ms};
+use netns_tests::measure::perf::{PerfRecord, PerfStat, iperf3_observed, ping_avg_ms};
 use netns_tests::net::ping::{BackgroundPing, rtt_avg_ms};
 
 use crate::report::BARE;
@@ -16,7 +17,7 @@ const LOADED_EVERY: Duration = Duration::from_millis(10);
 /// The average of 200 pings 20 ms apart, then of 2,000 pings 0.5 ms apart, then of [`LOADED_PINGS`] while one
 /// iperf3 stream runs for `secs` (at least 5) through the same tunnel, through each of `tunnels`, and what
 /// each adds over the bare link's.
-pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32) -> Named<Rtt> {
+pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32, record: Option<&Path>) -> Named<Rtt> {
     // Warm up sessions and caches first.
     for p in tunnels {
         ping_avg_ms(p.client, p.addr, 5, Duration::from_millis(20));
@@ -46,15 +47,18 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32) -> Named<Rtt> {
     };
     let (idle, idle_bare) = rtts(Duration::from_millis(20), 200);
     let (busy, busy_bare) = rtts(Duration::from_micros(500), 2000);
-    let work: Vec<Option<(f64, f64)>> = tunnels.iter().map(work_per_round_trip).collect();
+    let work: Vec<Option<Work>> = tunnels
+        .iter()
+        .map(|p| work_per_round_trip(p, record))
+        .collect();
     eprintln!(
         "   per round trip, both WireGuard sides (busy pings, perf stat): {}",
         tunnels
             .iter()
             .zip(&work)
-            .filter_map(|(p, w)| w.map(|(sys, cs)| format!(
-                "{} {sys:.1} system calls, {cs:.1} context switches",
-                p.name
+            .filter_map(|(p, w)| w.map(|w| format!(
+                "{} {:.1} µs of CPU, {:.1} system calls, {:.1} context switches",
+                p.name, w.cpu_us, w.syscalls, w.switches
             )))
             .collect::<Vec<_>>()
             .join("; ")
@@ -93,8 +97,9 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32) -> Named<Rtt> {
                     loaded_rtt_ms: loaded,
                     loaded_added_ms: loaded - loaded_bare,
                     loaded_lost: sent - got,
-                    syscalls_per_round_trip: work.map(|w| w.0),
-                    switches_per_round_trip: work.map(|w| w.1),
+                    cpu_us_per_round_trip: work.map(|w| w.cpu_us),
+                    syscalls_per_round_trip: work.map(|w| w.syscalls),
+                    switches_per_round_trip: work.map(|w| w.switches),
                 };
                 (name, rtt)
             })
@@ -137,15 +142,34 @@ fn loaded(p: &Tunnel<'_>, secs: u32) -> (f64, u32, u32) {
 /// Round trips timed by [`work_per_round_trip`].
 const COUNTED_PINGS: u32 = 2000;
 
-/// The system calls and context switches of both WireGuard sides of `p` per round trip, over
+/// What both WireGuard sides of a tunnel did per round trip.
+#[derive(Clone, Copy)]
+struct Work {
+    cpu_us: f64,
+    syscalls: f64,
+    switches: f64,
+}
+
+/// The CPU time, system calls and context switches of both WireGuard sides of `p` per round trip, over
 /// [`COUNTED_PINGS`] pings 0.5 ms apart (`perf stat`; the agents' other work in that second counts too, and
 /// is small); `None` for the bare link.
-fn work_per_round_trip(p: &Tunnel<'_>) -> Option<(f64, f64)> {
+fn work_per_round_trip(p: &Tunnel<'_>, record: Option<&Path>) -> Option<Work> {
     let sides = p.sides.as_ref()?;
     let pids: Vec<u32> = sides.iter().map(|s| s.pid).collect();
+    let recording = record.map(|dir| {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        PerfRecord::start(&pids, &dir.join(format!("{}.data", p.name)))
+    });
     let perf = PerfStat::start(&pids);
     ping_avg_ms(p.client, p.addr, COUNTED_PINGS, Duration::from_micros(500));
     let counts = perf.stop();
-    let per = |n: u64| n as f64 / f64::from(COUNTED_PINGS);
-    Some((per(counts.syscalls), per(counts.context_switches)))
+    if let Some(r) = recording {
+        r.stop();
+    }
+    let per = |n: f64| n / f64::from(COUNTED_PINGS);
+    Some(Work {
+        cpu_us: per(counts.cpu_us),
+        syscalls: per(counts.syscalls as f64),
+        switches: per(counts.context_switches as f64),
+    })
 }

@@ -117,6 +117,11 @@ struct Args {
     /// The mesh size whose join the trace section follows through every node's log.
     #[arg(long, default_value_t = 50)]
     trace_nodes: usize,
+    /// Also record both WireGuard sides of each implementation with `perf record -g` during the latency
+    /// section's counted busy pings, into `<DIR>/<name>.data` (read with `perf report -i`): where a round
+    /// trip's CPU time goes.
+    #[arg(long, value_name = "DIR")]
+    perf_record: Option<PathBuf>,
     /// The seats of the thousand section: one agent and this many less one simulated members.
     #[arg(long, default_value_t = 1000)]
     thousand: usize,

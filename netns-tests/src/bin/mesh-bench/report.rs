@@ -169,8 +169,9 @@ pub(crate) struct Rtt {
     pub(crate) loaded_rtt_ms: f64,
     pub(crate) loaded_added_ms: f64,
     pub(crate) loaded_lost: u32,
-    /// System calls and context switches of both WireGuard sides per round trip, busy (`perf stat`); absent
-    /// for the bare link.
+    /// CPU time (µs), system calls and context switches of both WireGuard sides per round trip, busy (`perf
+    /// stat`); absent for the bare link.
+    pub(crate) cpu_us_per_round_trip: Option<f64>,
     pub(crate) syscalls_per_round_trip: Option<f64>,
     pub(crate) switches_per_round_trip: Option<f64>,
 }

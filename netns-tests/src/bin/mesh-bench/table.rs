@@ -270,15 +270,16 @@ fn print_compared(r: &Report) {
             .filter_map(|name| {
                 let rtt = l.get(name)?;
                 Some(format!(
-                    "{name} {} / {}",
+                    "{name} {} / {} / {}",
+                    fixed(rtt.cpu_us_per_round_trip, 1),
                     fixed(rtt.syscalls_per_round_trip, 1),
                     fixed(rtt.switches_per_round_trip, 1)
                 ))
             })
-            .filter(|w| !w.ends_with("- / -"))
+            .filter(|w| !w.ends_with("- / - / -"))
             .collect();
         println!(
-            "per busy round trip, both sides' system calls / context switches (perf stat): {}",
+            "per busy round trip, both sides' CPU µs / system calls / context switches (perf stat): {}",
             work.join(", ")
         );
     }

@@ -45,7 +45,7 @@ pub(crate) fn measure(
     // Latency first, while every tunnel has only carried pings.
     let rtts = compared
         .latency
-        .then(|| latency::latency(&tunnels, args.seconds));
+        .then(|| latency::latency(&tunnels, args.seconds, args.perf_record.as_deref()));
     let rates = compared
         .throughput
         .then(|| throughput::throughput(args, &tunnels));

@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 wait_for_signal().await;
                 on_signal.cancel();
             });
-            p2p_agent::run::run(cli.run, tx_key, cancel).await?;
+            p2p_agent::run::run(cli.run, tx_key, env!("DSTACK_MESH_COMMIT"), cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Identity(args)) => identity::run(args).await,
