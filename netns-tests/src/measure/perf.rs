@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::net::netns::NetNs;
 use crate::net::ping::{ping_counts, ping_output, rtt_avg_ms};
+use crate::run::process::ChildGuard;
 use crate::run::wait::wait_until;
 
 /// One iperf3 run, from its client's JSON report (`-J`).
@@ -67,24 +68,7 @@ fn iperf3_via_observed<T>(
     secs: u32,
     mut observe: impl FnMut() -> T,
 ) -> (Iperf3, T, T) {
-    let listen_port_arg = listen_port.to_string();
-    let _server = server.spawn(&[
-        "iperf3",
-        "-s",
-        "-1",
-        "-B",
-        listen_addr,
-        "-p",
-        &listen_port_arg,
-    ]);
-    let listening = format!("{listen_addr}:{listen_port}");
-    wait_until(
-        &format!("iperf3 to listen on {listening} in {}", server.name),
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || server.exec_ok(&["ss", "-ltnH"]).contains(&listening),
-        String::new,
-    );
+    let _server = iperf3_server(server, listen_addr, listen_port);
     let before = observe();
     let out = client.exec(
         &[
@@ -102,15 +86,13 @@ fn iperf3_via_observed<T>(
         Duration::from_secs(u64::from(secs) + 30),
     );
     let after = observe();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "iperf3 -c {connect_addr} -p {connect_port} from {} failed: {text}{}",
-        client.name,
-        String::from_utf8_lossy(&out.stderr)
+    let (report, text) = iperf3_report(
+        &out,
+        &format!(
+            "iperf3 -c {connect_addr} -p {connect_port} from {}",
+            client.name
+        ),
     );
-    let report: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("iperf3 printed no JSON ({e}): {text}"));
     let end = &report["end"];
     let run = Iperf3 {
         gbps: end["sum_received"]["bits_per_second"]
@@ -124,6 +106,34 @@ fn iperf3_via_observed<T>(
             .unwrap_or_else(|| panic!("no end.sum_sent.retransmits in iperf3's report: {text}")),
     };
     (run, before, after)
+}
+
+/// Starts a one-test iperf3 server in `server` on `addr`:`port`, once it listens.
+fn iperf3_server(server: &NetNs, addr: &str, port: u16) -> ChildGuard {
+    let guard = server.spawn(&["iperf3", "-s", "-1", "-B", addr, "-p", &port.to_string()]);
+    let listening = format!("{addr}:{port}");
+    wait_until(
+        &format!("iperf3 to listen on {listening} in {}", server.name),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || server.exec_ok(&["ss", "-ltnH"]).contains(&listening),
+        String::new,
+    );
+    guard
+}
+
+/// iperf3's JSON report (`-J`) of a client run `what`, and its text for messages; fails with both streams
+/// when the run failed.
+fn iperf3_report(out: &std::process::Output, what: &str) -> (serde_json::Value, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("iperf3 printed no JSON ({e}): {text}"));
+    (report, text)
 }
 
 /// One iperf3 UDP run at a target rate, from both ends' JSON report.
@@ -146,18 +156,7 @@ pub fn iperf3_udp(
     len: usize,
     secs: u32,
 ) -> Iperf3Udp {
-    let _server = server.spawn(&["iperf3", "-s", "-1", "-B", server_addr]);
-    wait_until(
-        &format!("iperf3 to listen on {server_addr}:5201 in {}", server.name),
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            server
-                .exec_ok(&["ss", "-ltnH"])
-                .contains(&format!("{server_addr}:5201"))
-        },
-        String::new,
-    );
+    let _server = iperf3_server(server, server_addr, 5201);
     let out = client.exec(
         &[
             "iperf3",
@@ -177,15 +176,10 @@ pub fn iperf3_udp(
         ],
         Duration::from_secs(u64::from(secs) + 30),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "iperf3 -u -c {server_addr} from {} failed: {text}{}",
-        client.name,
-        String::from_utf8_lossy(&out.stderr)
+    let (report, text) = iperf3_report(
+        &out,
+        &format!("iperf3 -u -c {server_addr} from {}", client.name),
     );
-    let report: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("iperf3 printed no JSON ({e}): {text}"));
     let end = &report["end"];
     let field = |sum: &str, name: &str| {
         end[sum][name]
@@ -328,7 +322,7 @@ pub fn udp_rcvbuf_errors(ns: &NetNs) -> u64 {
 /// thread of each, counted from [`PerfStat::start`] to [`PerfStat::stop`]. What a measured run cost the
 /// processes in work the kernel sees, e.g. divided by the round trips it carried.
 pub struct PerfStat {
-    guard: crate::run::process::ChildGuard,
+    guard: ChildGuard,
 }
 
 /// What [`PerfStat`] counted.
@@ -365,7 +359,7 @@ impl PerfStat {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting perf stat (Debian's linux-perf): {e}"));
-        let guard = crate::run::process::ChildGuard::new(format!("perf stat -p {pids}"), child);
+        let guard = ChildGuard::new(format!("perf stat -p {pids}"), child);
         // perf attaches to the threads before it counts: give it that moment.
         std::thread::sleep(Duration::from_millis(200));
         Self { guard }
@@ -403,7 +397,7 @@ impl PerfStat {
 
 /// `perf record -g` on running processes (all their threads), into a file for `perf report -i`.
 pub struct PerfRecord {
-    guard: crate::run::process::ChildGuard,
+    guard: ChildGuard,
     out: std::path::PathBuf,
 }
 
@@ -425,7 +419,7 @@ impl PerfRecord {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting perf record (Debian's linux-perf): {e}"));
-        let guard = crate::run::process::ChildGuard::new(format!("perf record -p {pids}"), child);
+        let guard = ChildGuard::new(format!("perf record -p {pids}"), child);
         std::thread::sleep(Duration::from_millis(200));
         Self {
             guard,

@@ -106,6 +106,19 @@ impl Drop for Servers {
     }
 }
 
+/// psql printing rows as `a|b|c` lines, with no startup file, stopping at the first error.
+const PSQL: [&str; 9] = [
+    "psql",
+    "-X",
+    "-A",
+    "-t",
+    "-q",
+    "-F",
+    "|",
+    "-v",
+    "ON_ERROR_STOP=1",
+];
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -115,30 +128,27 @@ fn path(p: &Path) -> &str {
 fn psql(server: &Server, sql: &str, timeout: Duration) -> Result<Vec<String>, String> {
     let out = run_timeout(
         &[
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-F",
-            "|",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            path(&server.socket),
-            "-p",
-            PG_PORT,
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ],
+            &["runuser", "-u", "postgres", "--"][..],
+            &PSQL,
+            &[
+                "-h",
+                path(&server.socket),
+                "-p",
+                PG_PORT,
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ],
+        ]
+        .concat(),
         timeout,
     );
+    last_row(&out)
+}
+
+/// The fields of the last row psql printed (`-A -t -F |`), or its error.
+fn last_row(out: &std::process::Output) -> Result<Vec<String>, String> {
     if out.status.success() {
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text
@@ -362,48 +372,33 @@ fn app_sql(ns: &str, sql: &str, timeout: Duration) -> Result<Vec<String>, String
     let password = format!("PGPASSWORD={APP_PASSWORD}");
     let out = run_timeout(
         &[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "env",
-            &password,
-            "PGCONNECT_TIMEOUT=10",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-F",
-            "|",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "5432",
-            "-U",
-            "app",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "env",
+                &password,
+                "PGCONNECT_TIMEOUT=10",
+            ][..],
+            &PSQL,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "5432",
+                "-U",
+                "app",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ],
+        ]
+        .concat(),
         timeout,
     );
-    if out.status.success() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or("")
-            .split('|')
-            .map(str::to_owned)
-            .collect())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
+    last_row(&out)
 }
 
 /// Every row of `acked` on node `i`'s server: number, term, timeline.
