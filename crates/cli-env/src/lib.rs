@@ -129,6 +129,27 @@ pub unsafe fn adopt_older_names(aliases: &[Alias]) -> Result<(), Conflict> {
 /// As [`adopt_older_names`]: no other thread may exist yet.
 #[allow(unsafe_code)]
 pub unsafe fn parse<P: clap::Parser>(aliases: &[Alias]) -> P {
+    // SAFETY: passed on to the caller.
+    unsafe { parse_command(aliases, P::command) }
+}
+
+/// [`parse`], with `version` as `--version` prints it: for a binary whose library defines the command, and
+/// whose own crate alone is rebuilt when the version (a commit) changes.
+///
+/// # Safety
+/// As [`adopt_older_names`]: no other thread may exist yet.
+#[allow(unsafe_code)]
+pub unsafe fn parse_versioned<P: clap::Parser>(aliases: &[Alias], version: &'static str) -> P {
+    // SAFETY: passed on to the caller.
+    unsafe { parse_command(aliases, || P::command().version(version)) }
+}
+
+/// `command` is built only once the environment is settled: clap reads each flag's variable as it builds it.
+#[allow(unsafe_code)]
+unsafe fn parse_command<P: clap::FromArgMatches>(
+    aliases: &[Alias],
+    command: impl FnOnce() -> clap::Command,
+) -> P {
     for name in empty(aliases, std::env::vars_os()) {
         // SAFETY: the caller guarantees that this process has no other thread.
         unsafe { std::env::remove_var(name) };
@@ -138,7 +159,7 @@ pub unsafe fn parse<P: clap::Parser>(aliases: &[Alias]) -> P {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    let command = P::command();
+    let command = command();
     // The table of older names once, under the binary's own `--help`; a subcommand's help points there.
     let pointer = format!(
         "Environment: every flag can be set with a {PREFIX}* variable, shown with it; `{} --help` lists the older names still read.",

@@ -1,4 +1,6 @@
-//! `meshctl`: the operator CLI of a dstack-mesh cluster.
+//! `meshctl`: the operator CLI of a dstack-mesh cluster. This is its library, package `meshctl-lib`; the
+//! binary (`meshctl/bin`, package `meshctl`) only stamps the commit into `--version` and calls [`main`], so
+//! that a new commit recompiles that small crate alone.
 //!
 //! Layout:
 //! - `cluster`: connecting to the chain and the contract, signing, sending and reporting transactions;
@@ -22,7 +24,7 @@ use cli_env::Alias;
 /// (DSTACK_MESH_RPC_URL). Commands that send transactions sign with --private-key-file or the
 /// DSTACK_MESH_PRIVATE_KEY environment variable; never put a key on the command line.
 #[derive(Debug, Parser)]
-#[command(version = build_commit::version!(), about, long_about = None)]
+#[command(name = "meshctl", about, long_about = None)]
 struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -86,10 +88,14 @@ const ENV_ALIASES: &[Alias] = &[
     Alias::new("DSTACK_MESH_API_SOCKET", "P2P_AGENT_API_SOCKET"),
 ];
 
+/// Runs meshctl with the command line and environment; `version` is what `--version` prints.
+///
+/// # Safety
+/// It changes the environment (the older variable names): call it first in `main`, before any other thread.
 #[allow(unsafe_code)]
-fn main() -> ExitCode {
-    // SAFETY: first in `main`, before the runtime or any other thread exists.
-    let cli: Cli = unsafe { cli_env::parse(ENV_ALIASES) };
+pub unsafe fn main(version: &'static str) -> ExitCode {
+    // SAFETY: passed on to the caller.
+    let cli: Cli = unsafe { cli_env::parse_versioned(ENV_ALIASES, version) };
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
