@@ -92,6 +92,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A packet thread could not be started (the process is at its thread limit, or out of memory).
+    #[error("cannot start the device's {name} thread: {source}")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// A netlink request (link, address) failed.
     #[error("netlink {op} on {ifname:?} failed: {source}")]
     Netlink {

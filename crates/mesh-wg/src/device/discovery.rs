@@ -21,6 +21,7 @@ use mesh_path::stun::{Round, ServerResult};
 
 use super::outbound::send;
 use super::shared::Shared;
+use super::udp::WhenFull;
 use crate::Error;
 use crate::netlink::NetworkChanges;
 use crate::peer::Via;
@@ -97,7 +98,7 @@ async fn round(
         let now = Instant::now();
         let sock = shared.socket();
         for (to, request) in round.due(now) {
-            send(&sock, &request, &Via::Udp(to)).await;
+            send(&sock, &request, &Via::Udp(to), WhenFull::Drop);
         }
         if round.is_done(now) {
             return round.results();

@@ -1,13 +1,15 @@
-//! The device's three loops: TUN→UDP (encapsulate), UDP→TUN (decapsulate, handshakes), and boringtun's
-//! timers.
+//! The device's loops: TUN→UDP (encapsulate) and UDP→TUN (decapsulate, handshakes), each on a thread of its
+//! own ([`super::threads`]); boringtun's timers and relayed datagrams, as tasks.
 
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::TunnResult;
 use mesh_relay::Inbound;
+use nix::poll::PollFlags;
 use quinn_udp::RecvMeta;
 use tokio::sync::mpsc;
 
@@ -15,7 +17,9 @@ use super::batch::segments;
 use super::outbound::{Outbound, send};
 use super::relay_dialing::dial_if_needed;
 use super::shared::{Received, Shared};
+use super::threads::{Stop, Waker, wait};
 use super::tun::{BATCH, TunReader};
+use super::udp::WhenFull;
 use super::{BUF_LEN, TIMER_TICK};
 use crate::Error;
 use crate::peer::{Peer, Session, Via};
@@ -36,40 +40,103 @@ pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// TUN → UDP: a batch of packets read from the TUN, routed under one read of the state, encrypted per run
-/// of packets for one peer under one lock of it, and sent in GSO runs.
-pub(super) async fn tun_loop(shared: Arc<Shared>) -> Result<(), Error> {
-    let mut reader = TunReader::new();
-    let mut out = Outbound::new();
-    let mut peers = Vec::with_capacity(BATCH);
-    loop {
-        reader
-            .read(&shared.tun)
-            .await
-            .map_err(|source| Error::Tun {
-                ifname: shared.ifname.clone(),
-                syscall: "read",
-                source,
-            })?;
+/// The TUN→UDP side's buffers: the TUN batch, the peer of each packet, and the datagrams to send.
+///
+/// Both packet threads take turns with it, under one lock that keeps packets sent in the order they were
+/// read: the TUN→UDP thread when the TUN wakes it, and the UDP→TUN thread just after it wrote to the TUN.
+/// What the UDP→TUN thread writes often has its answer queued on the TUN before the write returns (an ICMP
+/// echo reply, a TCP acknowledgement: the kernel makes them inside the write), and sending it there and then
+/// saves a wake-up of the other thread on every such round trip.
+pub(super) struct Outgoing {
+    reader: TunReader,
+    out: Outbound,
+    peers: Vec<Option<Arc<Peer>>>,
+}
+
+impl Outgoing {
+    pub(super) fn new() -> Self {
+        Self {
+            reader: TunReader::new(),
+            out: Outbound::new(),
+            peers: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Reads what the TUN holds now ([`TunReader::try_read`]), routes it under one read of the state,
+    /// encrypts each run of packets for one peer under one lock of it, and sends the datagrams in GSO runs.
+    /// Returns the packets read (0: the TUN had none).
+    fn pump(&mut self, shared: &Shared, drain: bool) -> Result<usize, Error> {
+        let read = self
+            .reader
+            .try_read(&shared.tun, drain)
+            .map_err(|source| tun_error(shared, "read", source))?;
+        if read == 0 {
+            return Ok(0);
+        }
         let sock = shared.socket();
+        let out = &mut self.out;
         out.begin(&sock);
-        shared.route_packets(reader.packets(), &mut peers);
-        let mut packets = reader.packets().zip(&peers).peekable();
+        shared.route_packets(self.reader.packets(), &mut self.peers);
+        let mut packets = self.reader.packets().zip(&self.peers).peekable();
         while let Some((packet, peer)) = packets.next() {
             let Some(peer) = peer else { continue };
             let mut session = peer.session();
-            encapsulate(&mut session, packet, &mut out);
+            encapsulate(&mut session, packet, out);
             while let Some((packet, _)) =
                 packets.next_if(|(_, p)| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
             {
-                encapsulate(&mut session, packet, &mut out);
+                encapsulate(&mut session, packet, out);
             }
             if session.via().is_none() {
                 tracing::debug!(peer = ?peer.public_key, "peer has no endpoint; packets queued or dropped");
             }
         }
-        out.send(&sock).await;
+        out.send(&sock);
+        Ok(read)
     }
+
+    /// Takes a turn if the other thread is not taking one: after the UDP→TUN thread wrote to the TUN.
+    fn pump_if_free(outgoing: &Mutex<Self>, shared: &Shared) {
+        if let Ok(mut outgoing) = outgoing.try_lock()
+            && let Err(err) = outgoing.pump(shared, false)
+        {
+            // The TUN→UDP thread meets the same error at its next read and ends the device's loop there.
+            tracing::debug!(error = %err, "TUN read after a write failed");
+        }
+    }
+}
+
+fn tun_error(shared: &Shared, syscall: &'static str, source: std::io::Error) -> Error {
+    Error::Tun {
+        ifname: shared.ifname.clone(),
+        syscall,
+        source,
+    }
+}
+
+/// TUN → UDP: waits for the TUN and sends what it holds ([`Outgoing::pump`]). A packet that ends a wait is
+/// sent on its own: an idle TUN has nothing behind it, and a read to find that out would only delay it (a
+/// round trip's request, a commit's acknowledgement). Packets already queued are read on, up to a batch, as
+/// a busy flow's are. Runs until `stop` is set.
+pub(super) fn tun_loop(
+    shared: &Shared,
+    outgoing: &Mutex<Outgoing>,
+    waker: &Waker,
+    stop: &Stop,
+) -> Result<(), Error> {
+    let mut drain = false;
+    while !stop.is_set() {
+        let read = outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pump(shared, drain)?;
+        drain = read > 0;
+        if !drain {
+            TunReader::wait(&shared.tun, waker)
+                .map_err(|source| tun_error(shared, "poll", source))?;
+        }
+    }
+    Ok(())
 }
 
 fn encapsulate(session: &mut Session<'_>, packet: &[u8], out: &mut Outbound) {
@@ -90,46 +157,62 @@ fn encapsulate(session: &mut Session<'_>, packet: &[u8], out: &mut Outbound) {
 }
 
 /// UDP → TUN: a batch of messages (each a run of datagrams from one source, coalesced by the kernel), decrypted
-/// into one TUN batch that tun-rs coalesces per flow.
-pub(super) async fn udp_loop(shared: Arc<Shared>) -> Result<(), Error> {
+/// into one TUN batch that tun-rs coalesces per flow; then sends what the write made the TUN answer at once
+/// ([`Outgoing`]). Reads from the socket in use, and from a new one once `waker` rings for it; runs until
+/// `stop` is set.
+pub(super) fn udp_loop(
+    shared: &Shared,
+    outgoing: &Mutex<Outgoing>,
+    waker: &Waker,
+    stop: &Stop,
+) -> Result<(), Error> {
     let mut socket_rx = shared.udp.subscribe();
     // One allocation for every message's buffer: large enough to be mapped lazily, so only what arrives
     // becomes resident.
     let mut arena = vec![0u8; RECV_MESSAGES * RECV_BUF];
     let mut meta = vec![RecvMeta::default(); RECV_MESSAGES];
     let mut rx = Received::new();
-    loop {
-        let sock = socket_rx.borrow_and_update().clone();
+    let mut sock = socket_rx.borrow_and_update().clone();
+    while !stop.is_set() {
+        if socket_rx.has_changed().unwrap_or(false) {
+            sock = socket_rx.borrow_and_update().clone();
+        }
         let received = {
             let mut slices: Vec<IoSliceMut<'_>> =
                 arena.chunks_mut(RECV_BUF).map(IoSliceMut::new).collect();
-            tokio::select! {
-                r = sock.recv(&mut slices, &mut meta) => r,
-                changed = socket_rx.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            }
+            sock.try_recv(&mut slices, &mut meta)
         };
         match received {
             Ok(n) => {
                 for (buf, m) in arena.chunks(RECV_BUF).zip(&meta).take(n) {
                     if rx.tun.free() < m.len.div_ceil(m.stride.max(1)) {
-                        rx.tun.flush(&shared.tun).await;
+                        rx.tun.flush(&shared.tun);
                     }
                     let from = Via::Udp(canonical(m.addr));
                     shared.receive(&from, &buf[..m.len], segments(0..m.len, m.stride), &mut rx);
                 }
-                rx.flush(&shared, &sock).await;
+                if rx.flush(shared, &sock, WhenFull::Wait) > 0 {
+                    Outgoing::pump_if_free(outgoing, shared);
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                wait(sock.as_fd(), PollFlags::POLLIN, Some(waker), None).map_err(|source| {
+                    Error::Udp {
+                        ifname: shared.ifname.clone(),
+                        port: sock.local_addr().map_or(0, |a| a.port()),
+                        syscall: "poll",
+                        source,
+                    }
+                })?;
             }
             Err(err) => {
+                // An ICMP error queued on the socket, for one; the next read goes on.
                 tracing::debug!(error = %err, "UDP receive failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
+    Ok(())
 }
 
 pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
@@ -152,7 +235,7 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
         let ctx = shared.tick_context();
         for peer in peers {
             for (to, out) in peer.tick(&mut dst, &ctx) {
-                send(&sock, &out, &to).await;
+                send(&sock, &out, &to, WhenFull::Drop);
             }
             if let Some(relay) = &shared.relay {
                 dial_if_needed(relay, &peer);
@@ -179,7 +262,7 @@ pub(super) async fn relay_loop(
                 inbound.try_recv().ok()
             };
         }
-        rx.flush(&shared, &shared.socket()).await;
+        rx.flush(&shared, &shared.socket(), WhenFull::Drop);
     }
     Ok(())
 }

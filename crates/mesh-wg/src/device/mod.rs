@@ -1,6 +1,6 @@
-//! The userspace device: a TUN, a UDP socket and one boringtun `Tunn` per peer, driven by three
-//! tokio loops (TUN→UDP, UDP→TUN, timers; [`loops`]) over the state they share with the UAPI server and
-//! the API ([`shared`]).
+//! The userspace device: a TUN, a UDP socket and one boringtun `Tunn` per peer, driven by two packet
+//! threads (TUN→UDP, UDP→TUN; [`threads`]) and tokio tasks for the timers, relays, discovery and the UAPI
+//! ([`loops`]), over the state they share with the UAPI server and the API ([`shared`]).
 
 mod batch;
 mod discovery;
@@ -8,6 +8,7 @@ mod loops;
 mod outbound;
 mod relay_dialing;
 mod shared;
+mod threads;
 mod tun;
 mod udp;
 
@@ -33,10 +34,11 @@ use super::task::Task;
 use super::uapi::PeerUpdate;
 use super::{Error, uapi_server};
 use discovery::{ANSWERS, discovery_loop};
-use loops::{relay_loop, timer_loop, tun_loop, udp_loop};
+use loops::{Outgoing, relay_loop, timer_loop, tun_loop, udp_loop};
 use mesh_relay::Inbound;
 use relay_dialing::RelayDialing;
 use shared::{Shared, State};
+use threads::{PacketThreads, Stop, Waker};
 use wg_key::Key;
 
 /// How often boringtun's timers run (it wants 100-250 ms).
@@ -57,6 +59,9 @@ fn handshake_rate_limit(prefix_len: u8) -> u64 {
         .unwrap_or(u64::MAX);
     seats.saturating_mul(4).max(HANDSHAKE_RATE_LIMIT_MIN)
 }
+/// A packet thread's body ([`loops::tun_loop`], [`loops::udp_loop`]).
+type PacketLoop = fn(&Shared, &Mutex<Outgoing>, &Waker, &Stop) -> Result<(), Error>;
+
 /// The largest IP packet.
 const MAX_PACKET: usize = 65_535;
 /// Largest IP packet plus WireGuard overhead, with room to spare.
@@ -66,14 +71,15 @@ const RELAY_INBOUND: usize = 1024;
 
 /// A running userspace WireGuard interface.
 ///
-/// Dropping it aborts every loop (the TUN then disappears when its file descriptor closes) and
-/// removes the UAPI socket; [`Device::shutdown`] does the same and waits for it.
+/// Dropping it stops every loop and thread (the TUN then disappears when its file descriptor closes)
+/// and removes the UAPI socket; [`Device::shutdown`] does the same and waits for it.
 pub struct Device {
     shared: Arc<Shared>,
     netlink: Netlink,
     link_index: u32,
     uapi_path: PathBuf,
     tasks: Vec<Task>,
+    threads: PacketThreads,
 }
 
 impl Device {
@@ -131,6 +137,12 @@ impl Device {
             secret,
         };
         let (udp_tx, _) = watch::channel(Arc::new(udp));
+        let waker = |name: &'static str| {
+            Waker::new()
+                .map(Arc::new)
+                .map_err(|source| Error::Thread { name, source })
+        };
+        let (tun_waker, udp_waker) = (waker("tun-to-udp")?, waker("udp-to-tun")?);
         let (relay, relay_rx) = match config.relay_dialer {
             Some(dialer) => {
                 let (inbound, rx) = mpsc::channel(RELAY_INBOUND);
@@ -163,6 +175,7 @@ impl Device {
                 liveness: config.liveness,
             }),
             udp: udp_tx,
+            udp_waker: udp_waker.clone(),
             relay,
             udp_offload: config.offload.udp,
             unknown_udp: 0.into(),
@@ -173,9 +186,20 @@ impl Device {
             discovered: Mutex::default(),
         });
         let span = || tracing::info_span!("wg", ifname = %ifname);
+        let stop = Arc::new(Stop::default());
+        let mut threads = PacketThreads::new(stop.clone());
+        let outgoing = Arc::new(Mutex::new(Outgoing::new()));
+        for (name, waker, run) in [
+            ("tun-to-udp", tun_waker, tun_loop as PacketLoop),
+            ("udp-to-tun", udp_waker, udp_loop),
+        ] {
+            let (shared, outgoing, stop) = (shared.clone(), outgoing.clone(), stop.clone());
+            let thread_waker = waker.clone();
+            threads.spawn(name, span(), waker, move || {
+                run(&shared, &outgoing, &thread_waker, &stop)
+            })?;
+        }
         let mut tasks = vec![
-            Task::spawn("tun-to-udp", span(), tun_loop(shared.clone())),
-            Task::spawn("udp-to-tun", span(), udp_loop(shared.clone())),
             Task::spawn("timers", span(), timer_loop(shared.clone())),
             Task::spawn("uapi", span(), uapi_server::serve(uapi, shared.clone())),
             Task::spawn(
@@ -211,6 +235,7 @@ impl Device {
             link_index,
             uapi_path,
             tasks,
+            threads,
         })
     }
 
@@ -309,6 +334,8 @@ impl Device {
         for task in std::mem::take(&mut self.tasks) {
             task.stop().await;
         }
+        // Each thread is woken from its wait and ends within one batch.
+        self.threads.stop();
         // Deleting the link while we still hold the TUN fd is fine; closing the fd (when `self`
         // drops) would delete the non-persistent TUN as well.
         // The UAPI task is stopped, so its socket is gone.
@@ -318,7 +345,7 @@ impl Device {
     }
 }
 
-fn create_tun(ifname: &str, offload: bool) -> Result<tun_rs::AsyncDevice, Error> {
+fn create_tun(ifname: &str, offload: bool) -> Result<tun_rs::SyncDevice, Error> {
     tun::open(offload, || {
         tun_rs::DeviceBuilder::new()
             .name(ifname)

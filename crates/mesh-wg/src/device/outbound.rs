@@ -5,7 +5,7 @@
 use super::MAX_PACKET;
 use super::batch::Runs;
 use super::tun::BATCH;
-use super::udp::Udp;
+use super::udp::{Udp, WhenFull};
 use crate::peer::Via;
 
 /// What WireGuard adds to a packet: the 16-byte data header and the 16-byte tag.
@@ -47,22 +47,20 @@ impl Outbound {
         self.runs.push(to, len);
     }
 
-    /// Sends the batch and empties it.
-    pub(crate) async fn send(&mut self, sock: &Udp) {
+    /// Sends the batch and empties it, waiting for room in the socket's buffer (on the TUN→UDP thread).
+    pub(crate) fn send(&mut self, sock: &Udp) {
         for run in self.runs.drain() {
             match &run.to {
                 Via::Udp(addr) => {
                     let addr = *addr;
-                    if let Err(err) = sock
-                        .send_run(&self.buf[run.bytes.clone()], run.stride, addr)
-                        .await
-                    {
+                    let datagrams = &self.buf[run.bytes.clone()];
+                    if let Err(err) = sock.send_run(datagrams, run.stride, addr, WhenFull::Wait) {
                         tracing::debug!(to = %addr, error = %err, datagrams = run.segments, "UDP send failed");
                     }
                 }
                 Via::Relay(_) => {
                     for datagram in run.datagrams() {
-                        send(sock, &self.buf[datagram], &run.to).await;
+                        send(sock, &self.buf[datagram], &run.to, WhenFull::Wait);
                     }
                 }
             }
@@ -71,10 +69,10 @@ impl Outbound {
 }
 
 /// Sends one datagram over UDP or onto a relay stream (where a full queue drops it, as UDP would).
-pub(crate) async fn send(sock: &Udp, datagram: &[u8], to: &Via) {
+pub(crate) fn send(sock: &Udp, datagram: &[u8], to: &Via, when_full: WhenFull) {
     match to {
         Via::Udp(addr) => {
-            if let Err(err) = sock.send_to(datagram, *addr).await {
+            if let Err(err) = sock.send_to(datagram, *addr, when_full) {
                 tracing::debug!(to = %addr, error = %err, "UDP send failed");
             }
         }

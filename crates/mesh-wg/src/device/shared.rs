@@ -23,8 +23,9 @@ use super::BUF_LEN;
 use super::batch::data_peer_index;
 use super::outbound::send;
 use super::relay_dialing::RelayDialing;
+use super::threads::Waker;
 use super::tun::TunWriter;
-use super::udp::Udp;
+use super::udp::{Udp, WhenFull};
 use crate::allowed_ips::AllowedIps;
 use crate::peer::{NoiseKeys, Peer, TickContext, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
@@ -34,10 +35,12 @@ use wg_key::{Key, PrivateKey};
 /// State shared by the loops, the UAPI server and the API.
 pub(crate) struct Shared {
     pub(crate) ifname: String,
-    pub(super) tun: tun_rs::AsyncDevice,
+    pub(super) tun: tun_rs::SyncDevice,
     pub(super) state: RwLock<State>,
     /// The current UDP socket; replaced when the listen port changes.
     pub(super) udp: watch::Sender<Arc<Udp>>,
+    /// Wakes the UDP→TUN thread to read from the new socket when it is replaced.
+    pub(super) udp_waker: Arc<Waker>,
     /// Datagrams that no peer of ours could be found for, by the path they came on: strangers' traffic,
     /// dropped as WireGuard drops it.
     pub(super) unknown_udp: AtomicU64,
@@ -108,16 +111,18 @@ impl Received {
         }
     }
 
-    /// Writes the packets to the TUN, sends the answers, and takes note of what peers see.
-    pub(super) async fn flush(&mut self, shared: &Shared, sock: &Udp) {
-        self.tun.flush(&shared.tun).await;
+    /// Writes the packets to the TUN, sends the answers, and takes note of what peers see. Returns the
+    /// packets written to the TUN.
+    pub(super) fn flush(&mut self, shared: &Shared, sock: &Udp, when_full: WhenFull) -> usize {
+        let written = self.tun.flush(&shared.tun);
         for (via, datagram) in self.replies.drain(..) {
-            send(sock, &datagram, &via).await;
+            send(sock, &datagram, &via, when_full);
         }
         if !self.observed.is_empty() {
             shared.observed(&self.observed);
             self.observed.clear();
         }
+        written
     }
 }
 
@@ -363,6 +368,7 @@ impl Shared {
             st.listen_port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
             tracing::info!(listen_port = st.listen_port, "rebound UDP socket");
             self.udp.send_replace(Arc::new(sock));
+            self.udp_waker.wake();
         }
         let own = Key::from_bytes(st.public_key.to_bytes());
         if req.replace_peers {

@@ -2,12 +2,18 @@
 //! read hands over a TCP super-packet of up to 64 KiB (TSO), which tun-rs splits into MTU-size packets with
 //! their checksums; a write coalesces a batch's packets of one flow back into one super-packet (GRO). Every
 //! read and write carries the 10-byte virtio-net header while offload is on.
+//!
+//! The descriptor is non-blocking and not registered with tokio: the TUN→UDP thread waits on it with
+//! `poll(2)` ([`super::threads`]).
 
 use std::io;
+use std::os::fd::AsFd;
 
-use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use nix::poll::PollFlags;
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::MAX_PACKET;
+use super::threads::{Waker, wait};
 
 /// Free bytes in front of every packet written: tun-rs puts the virtio-net header there.
 const HEADROOM: usize = 16;
@@ -17,22 +23,26 @@ pub(crate) const BATCH: usize = IDEAL_BATCH_SIZE;
 /// a batch reads another only while this many buffers are free, so a read never loses one for want of room.
 const ROOM_FOR_SPLIT: usize = 64;
 
-/// Opens the TUN, with offload when `offload` asks for it and the kernel has it (`TUNSETOFFLOAD` with TSO).
+/// Opens the TUN, non-blocking, with offload when `offload` asks for it and the kernel has it
+/// (`TUNSETOFFLOAD` with TSO).
 pub(crate) fn open(
     offload: bool,
     builder: impl Fn() -> tun_rs::DeviceBuilder,
-) -> io::Result<AsyncDevice> {
-    if !offload {
-        return builder().build_async();
-    }
-    match builder().offload(true).build_async() {
-        Ok(tun) => Ok(tun),
-        Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => {
-            tracing::warn!(error = %err, "the kernel refused TUN offload; one packet per read and write");
-            builder().build_async()
+) -> io::Result<SyncDevice> {
+    let tun = if offload {
+        match builder().offload(true).build_sync() {
+            Ok(tun) => tun,
+            Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => {
+                tracing::warn!(error = %err, "the kernel refused TUN offload; one packet per read and write");
+                builder().build_sync()?
+            }
+            Err(err) => return Err(err),
         }
-        Err(err) => Err(err),
-    }
+    } else {
+        builder().build_sync()?
+    };
+    tun.set_nonblocking(true)?;
+    Ok(tun)
 }
 
 /// An error that loses one read's packet rather than the device: tun-rs reports a super-packet it cannot
@@ -62,37 +72,35 @@ impl TunReader {
         }
     }
 
-    /// Waits for packets and takes what the TUN holds, up to a batch. A super-packet that cannot be split
-    /// is dropped (logged) as a full queue would drop it.
-    pub(crate) async fn read(&mut self, tun: &AsyncDevice) -> io::Result<usize> {
+    /// Takes what the TUN holds now, without waiting: one read, and with `drain` more reads up to a batch;
+    /// 0 when nothing is queued. A super-packet that cannot be split is dropped (logged) as a full queue
+    /// would drop it.
+    pub(crate) fn try_read(&mut self, tun: &SyncDevice, drain: bool) -> io::Result<usize> {
         self.len = 0;
         let mut bufs: Vec<&mut [u8]> = self.arena.chunks_mut(MAX_PACKET).collect();
-        while self.len == 0 {
-            match tun
-                .recv_multiple(&mut self.raw, &mut bufs, &mut self.sizes, 0)
-                .await
-            {
-                Ok(n) => self.len = n,
-                Err(err) if packet_error(&err) => {
-                    tracing::debug!(error = %err, "TUN packet dropped");
-                }
-                Err(err) => return Err(err),
-            }
-        }
         // Without offload a read is one packet, so the batch can be filled to the last buffer.
         let room = if tun.tcp_gso() { ROOM_FOR_SPLIT } else { 1 };
         while BATCH - self.len >= room {
             let n = self.len;
-            match tun.try_recv_multiple(&mut self.raw, &mut bufs[n..], &mut self.sizes[n..], 0) {
+            match tun.recv_multiple(&mut self.raw, &mut bufs[n..], &mut self.sizes[n..], 0) {
                 Ok(k) => self.len += k,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if packet_error(&err) => {
                     tracing::debug!(error = %err, "TUN packet dropped");
+                    continue;
                 }
                 Err(err) => return Err(err),
             }
+            if !drain {
+                break;
+            }
         }
         Ok(self.len)
+    }
+
+    /// Waits until the TUN has a packet, or `waker` rings.
+    pub(crate) fn wait(tun: &SyncDevice, waker: &Waker) -> io::Result<()> {
+        wait(tun.as_fd(), PollFlags::POLLIN, Some(waker), None).map(drop)
     }
 
     /// The packets of the last read, in order.
@@ -150,19 +158,18 @@ impl TunWriter {
         self.len += 1;
     }
 
-    /// Writes the packets collected. A failed write loses its packets, as a full queue would; it is logged,
-    /// not fatal.
-    pub(crate) async fn flush(&mut self, tun: &AsyncDevice) {
-        if self.len == 0 {
-            return;
+    /// Writes the packets collected, and says how many. A failed write loses its packets, as a full queue
+    /// would; it is logged, not fatal. (A TUN write does not wait: the kernel takes the packet or drops it.)
+    pub(crate) fn flush(&mut self, tun: &SyncDevice) -> usize {
+        let written = self.len;
+        if written == 0 {
+            return 0;
         }
-        if let Err(err) = tun
-            .send_multiple(&mut self.gro, &mut self.bufs[..self.len], HEADROOM)
-            .await
-        {
+        if let Err(err) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.len], HEADROOM) {
             tracing::debug!(error = %err, packets = self.len, "TUN write failed");
         }
         self.len = 0;
+        written
     }
 }
 

@@ -1,18 +1,36 @@
 //! The device's UDP socket with the kernel's offloads (through quinn-udp): `recvmmsg` with UDP GRO, which
 //! hands over a run of datagrams from one source in one buffer, and `sendmsg` with UDP GSO, which sends a run
 //! of equal-size datagrams to one destination in one call.
+//!
+//! The socket is non-blocking and not registered with tokio: the UDP→TUN thread waits on it with `poll(2)`
+//! ([`super::threads`]), and every sender either waits for room on its own thread or drops the datagram.
 
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
+use nix::poll::PollFlags;
 use nix::sys::socket::{setsockopt, sockopt};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use super::SOCKET_BUFFER_BYTES;
+use super::threads::{Woken, wait};
 use crate::Error;
+
+/// What a sender does when the socket's buffer is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Wait for room, up to [`FULL_WAIT`]: the packet threads, whose waiting slows the flow as TCP expects.
+    Wait,
+    /// Drop the datagram, as a full queue would: tasks on the runtime (timers, discovery, relays), which must
+    /// not block a worker. WireGuard's timers send again.
+    Drop,
+}
+
+/// The longest a packet thread waits for room in the socket's buffer before it drops the datagram: a buffer
+/// of [`SOCKET_BUFFER_BYTES`] drains in well under this at any rate the link carries.
+const FULL_WAIT: Duration = Duration::from_millis(100);
 
 /// The socket and quinn-udp's state for it. Once UDP GRO is on, every receive must go through
 /// [`Udp::recv`]: a plain `recv_from` would take a coalesced run as one datagram.
@@ -61,9 +79,8 @@ impl Udp {
             setsockopt(&sock, sockopt::UdpGroSegment, &false)
                 .map_err(|e| err("setsockopt UDP_GRO")(e.into()))?;
         }
-        let socket = UdpSocket::from_std(sock).map_err(err("register with tokio"))?;
         Ok(Self {
-            socket,
+            socket: sock,
             state,
             gso: offload,
         })
@@ -83,32 +100,26 @@ impl Udp {
         }
     }
 
-    /// Waits for datagrams and reads as many messages as `bufs` has room for. `meta[i]` says where
-    /// `bufs[i]`'s came from, its length, and its stride: the size of each datagram in a coalesced run.
-    pub(crate) async fn recv(
+    /// Reads as many messages as `bufs` has room for, without waiting (`WouldBlock` when none is queued).
+    /// `meta[i]` says where `bufs[i]`'s came from, its length, and its stride: the size of each datagram in a
+    /// coalesced run.
+    pub(crate) fn try_recv(
         &self,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        loop {
-            self.socket.readable().await?;
-            match self.socket.try_io(Interest::READABLE, || {
-                self.state.recv((&self.socket).into(), bufs, meta)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return result,
-            }
-        }
+        self.state.recv((&self.socket).into(), bufs, meta)
     }
 
     /// Sends `contents`, datagrams of `stride` bytes back to back (the last may be shorter), to `to` in one
     /// call. The kernel's errors other than a full buffer are quinn-udp's to log (once a minute); like a
     /// lost datagram, WireGuard's retries and TCP cover them.
-    pub(crate) async fn send_run(
+    pub(crate) fn send_run(
         &self,
         contents: &[u8],
         stride: usize,
         to: SocketAddr,
+        when_full: WhenFull,
     ) -> io::Result<()> {
         let transmit = Transmit {
             destination: to,
@@ -117,15 +128,30 @@ impl Udp {
             segment_size: (contents.len() > stride).then_some(stride),
             src_ip: None,
         };
-        self.socket
-            .async_io(Interest::WRITABLE, || {
-                self.state.send((&self.socket).into(), &transmit)
-            })
-            .await
+        let deadline = Instant::now() + FULL_WAIT;
+        loop {
+            match self.state.send((&self.socket).into(), &transmit) {
+                Err(err)
+                    if err.kind() == io::ErrorKind::WouldBlock && when_full == WhenFull::Wait =>
+                {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if wait(self.as_fd(), PollFlags::POLLOUT, None, Some(left))? == Woken::TimedOut
+                    {
+                        return Err(err);
+                    }
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Sends one datagram.
-    pub(crate) async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
-        self.send_run(datagram, datagram.len(), to).await
+    pub(crate) fn send_to(
+        &self,
+        datagram: &[u8],
+        to: SocketAddr,
+        when_full: WhenFull,
+    ) -> io::Result<()> {
+        self.send_run(datagram, datagram.len(), to, when_full)
     }
 }

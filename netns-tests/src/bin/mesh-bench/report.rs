@@ -234,6 +234,16 @@ pub(crate) struct Failover {
 pub(crate) struct Udp {
     pub(crate) datagram_bytes: usize,
     pub(crate) max_loss_percent: f64,
+    /// From iperf3 (one datagram per system call), and from a sender that hands the kernel up to 64 KiB of
+    /// datagrams per call (UDP GSO, as QUIC stacks send).
+    pub(crate) iperf3: UdpRuns,
+    pub(crate) gso: UdpRuns,
+}
+
+/// Each implementation's highest carried UDP rate from one sender, and the mesh's ratios.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UdpRuns {
     pub(crate) runs: Named<UdpRun>,
     /// The mesh's UDP rate over its TCP rate with one stream, when both were measured.
     pub(crate) mesh_over_tcp: Option<f64>,
@@ -246,11 +256,11 @@ pub(crate) struct Udp {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct UdpRun {
-    /// The rate asked of iperf3, and what arrived, in Gbit/s, with the loss.
+    /// The rate asked of the sender, and what arrived, in Gbit/s, with the loss.
     pub(crate) target_gbps: f64,
     pub(crate) received_gbps: f64,
     pub(crate) lost_percent: f64,
-    /// iperf3's sender (one thread) could send no faster: the figure is the tool's, not the tunnel's.
+    /// The sender could send no faster: the figure is the tool's, not the tunnel's.
     pub(crate) sender_bound: bool,
 }
 

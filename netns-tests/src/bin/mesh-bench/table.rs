@@ -379,12 +379,24 @@ fn print_thousand(t: &Thousand) {
     );
 }
 
-/// The UDP section: each implementation's highest carried rate, and the mesh's ratios.
+/// The UDP section: each implementation's highest carried rate from each sender, and the mesh's ratios.
 fn print_udp(u: &crate::report::Udp) {
-    println!(
-        "\nUDP, iperf3, one stream of {}-byte datagrams: the highest rate that arrives with under {} % lost (Gbit/s; * where iperf3's one sending thread could go no faster)",
-        u.datagram_bytes, u.max_loss_percent
-    );
+    for (sender, runs) in [
+        ("iperf3 (a datagram per system call)", &u.iperf3),
+        (
+            "a GSO sender (up to 64 KiB of datagrams per system call)",
+            &u.gso,
+        ),
+    ] {
+        println!(
+            "\nUDP from {sender}, one stream of {}-byte datagrams: the highest rate that arrives with under {} % lost (Gbit/s; * where the sender could go no faster)",
+            u.datagram_bytes, u.max_loss_percent
+        );
+        print_udp_runs(runs);
+    }
+}
+
+fn print_udp_runs(u: &crate::report::UdpRuns) {
     for name in IMPLEMENTATIONS {
         if let Some(run) = u.runs.get(name) {
             println!(

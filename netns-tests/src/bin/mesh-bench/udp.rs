@@ -1,10 +1,14 @@
-//! UDP through the tunnel: the highest rate of one iperf3 UDP stream that arrives with under 1 % loss,
-//! through the mesh, each reference and the bare link.
+//! UDP through the tunnel: the highest rate of one UDP stream that arrives with under 1 % loss, through the
+//! mesh, each reference and the bare link, from two senders: iperf3 (a datagram per system call, as most
+//! applications send) and a GSO sender (up to 64 KiB of datagrams per call, as QUIC stacks send).
 
-use netns_tests::measure::perf::{Iperf3Udp, iperf3_udp};
+use std::time::Duration;
+
+use netns_tests::measure::perf::iperf3_udp;
+use netns_tests::measure::udp_gso::udp_gso;
 
 use crate::report::{BARE, MESH};
-use crate::report::{Named, Udp, UdpRun};
+use crate::report::{Named, Udp, UdpRun, UdpRuns};
 use crate::tunnel::Tunnel;
 
 /// The loss a rate may have and count as carried.
@@ -13,28 +17,93 @@ const MAX_LOSS_PERCENT: f64 = 1.0;
 /// so that no implementation fragments them.
 const DATAGRAM: usize = 1372;
 /// The first rate tried, and the bound: a rate is doubled until it loses, then bisected this many times.
-const START_MBPS: u64 = 100;
+const START_MBPS: u64 = 200;
 const MAX_MBPS: u64 = 40_000;
 const BISECTIONS: u32 = 4;
 /// Each probe's length: long enough for queues to fill, short enough for ~10 probes per implementation.
 const PROBE_SECS: u32 = 2;
 
-/// The highest carried rate through each of `tunnels`, and the mesh's over its TCP rate (`mesh_tcp_gbps`,
-/// one stream) and over the best reference's.
+/// The two senders.
+#[derive(Clone, Copy)]
+enum Sender {
+    Iperf3,
+    Gso,
+}
+
+impl Sender {
+    fn name(self) -> &'static str {
+        match self {
+            Sender::Iperf3 => "iperf3",
+            Sender::Gso => "GSO sender",
+        }
+    }
+}
+
+/// What one probe sent and what arrived.
+#[derive(Clone, Copy)]
+struct Probe {
+    sent_gbps: f64,
+    received_gbps: f64,
+    lost_percent: f64,
+}
+
+impl Sender {
+    fn probe(self, p: &Tunnel<'_>, mbps: u64) -> Probe {
+        match self {
+            Sender::Iperf3 => {
+                let r = iperf3_udp(
+                    p.client,
+                    p.server,
+                    &p.addr.to_string(),
+                    mbps,
+                    DATAGRAM,
+                    PROBE_SECS,
+                );
+                Probe {
+                    sent_gbps: r.sent_gbps,
+                    received_gbps: r.received_gbps,
+                    lost_percent: r.lost_percent,
+                }
+            }
+            Sender::Gso => {
+                let secs = Duration::from_secs(PROBE_SECS.into());
+                let r = udp_gso(p.client, p.server, p.addr, mbps, DATAGRAM, secs);
+                Probe {
+                    sent_gbps: r.sent_gbps,
+                    received_gbps: r.received_gbps,
+                    lost_percent: r.lost_percent,
+                }
+            }
+        }
+    }
+}
+
+/// The highest carried rate through each of `tunnels` from each sender, and the mesh's over its TCP rate
+/// (`mesh_tcp_gbps`, one stream) and over the best reference's.
 pub(crate) fn udp(tunnels: &[Tunnel<'_>], mesh_tcp_gbps: Option<f64>) -> Udp {
+    Udp {
+        datagram_bytes: DATAGRAM,
+        max_loss_percent: MAX_LOSS_PERCENT,
+        iperf3: runs(Sender::Iperf3, tunnels, mesh_tcp_gbps),
+        gso: runs(Sender::Gso, tunnels, mesh_tcp_gbps),
+    }
+}
+
+fn runs(sender: Sender, tunnels: &[Tunnel<'_>], mesh_tcp_gbps: Option<f64>) -> UdpRuns {
     let runs = Named(
         tunnels
             .iter()
             .map(|p| {
-                let run = highest(p);
+                let run = highest(sender, p);
                 eprintln!(
-                    "   UDP {}: {:.2} Gbit/s with {:.2} % lost (target {:.2}{})",
+                    "   UDP from the {} {}: {:.2} Gbit/s with {:.2} % lost (target {:.2}{})",
+                    sender.name(),
                     p.name,
                     run.received_gbps,
                     run.lost_percent,
                     run.target_gbps,
                     if run.sender_bound {
-                        ", iperf3's sender could send no faster"
+                        ", the sender could send no faster"
                     } else {
                         ""
                     }
@@ -49,9 +118,7 @@ pub(crate) fn udp(tunnels: &[Tunnel<'_>], mesh_tcp_gbps: Option<f64>) -> Udp {
         .map(|p| p.name)
         .filter(|&n| n != MESH && n != BARE)
         .max_by(|a, b| gbps(a).total_cmp(&gbps(b)));
-    Udp {
-        datagram_bytes: DATAGRAM,
-        max_loss_percent: MAX_LOSS_PERCENT,
+    UdpRuns {
         mesh_over_tcp: mesh_tcp_gbps.map(|tcp| gbps(MESH) / tcp),
         mesh_over_best: best.map(|b| gbps(MESH) / gbps(b)),
         best_peer: best,
@@ -62,19 +129,10 @@ pub(crate) fn udp(tunnels: &[Tunnel<'_>], mesh_tcp_gbps: Option<f64>) -> Udp {
 
 /// Doubles the target rate from [`START_MBPS`] until more than [`MAX_LOSS_PERCENT`] is lost (or the sender
 /// cannot keep up), then bisects between the last rate carried and the first lost.
-fn highest(p: &Tunnel<'_>) -> UdpRun {
-    let probe = |mbps| {
-        iperf3_udp(
-            p.client,
-            p.server,
-            &p.addr.to_string(),
-            mbps,
-            DATAGRAM,
-            PROBE_SECS,
-        )
-    };
-    let carried = |r: &Iperf3Udp| r.lost_percent <= MAX_LOSS_PERCENT;
-    let mut best: Option<(u64, Iperf3Udp)> = None;
+fn highest(sender: Sender, p: &Tunnel<'_>) -> UdpRun {
+    let probe = |mbps| sender.probe(p, mbps);
+    let carried = |r: &Probe| r.lost_percent <= MAX_LOSS_PERCENT;
+    let mut best: Option<(u64, Probe)> = None;
     let mut lost_at = None;
     let mut mbps = START_MBPS;
     while mbps <= MAX_MBPS {

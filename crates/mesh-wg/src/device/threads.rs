@@ -1,0 +1,232 @@
+//! The two packet loops run on threads of their own, not as tasks of the agent's tokio runtime. A packet's way
+//! through the device is then one wake-up of the thread that waits on its descriptor, as in boringtun-cli and
+//! the kernel's own WireGuard: no scheduler between the descriptor and the loop, no hand-off to another
+//! worker, and no span entered and left at every poll. On this machine that took the mesh's added round trip
+//! below boringtun-cli's (see `docs/benchmarks.md`).
+//!
+//! The TUN and the UDP socket are therefore never registered with tokio: a thread waits on its descriptor
+//! with `poll(2)`, beside an eventfd that wakes it to stop or to take a new socket.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::Error;
+
+/// Wakes one packet thread from its wait: to stop, or to look again at what it reads from.
+pub(crate) struct Waker {
+    fd: EventFd,
+}
+
+impl Waker {
+    pub(crate) fn new() -> io::Result<Self> {
+        let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        Ok(Self { fd })
+    }
+
+    pub(crate) fn wake(&self) {
+        // Fails only when the counter would overflow, which leaves it readable anyway.
+        let _ = self.fd.write(1);
+    }
+
+    /// Takes the wake-ups so far, so that the next wait blocks again.
+    fn clear(&self) {
+        let _ = self.fd.read();
+    }
+}
+
+/// What a wait ended on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// The descriptor is ready (or in error, which the next call on it reports).
+    Ready,
+    /// The thread's [`Waker`] rang.
+    Waker,
+    /// Nothing happened within the timeout.
+    TimedOut,
+}
+
+/// Waits until `fd` is ready for `events`, `waker` rings, or `timeout` passes (`None`: no limit).
+pub(crate) fn wait(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    waker: Option<&Waker>,
+    timeout: Option<Duration>,
+) -> io::Result<Woken> {
+    let timeout = timeout.map_or(PollTimeout::NONE, |t| {
+        PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX)
+    });
+    let mut fds = vec![PollFd::new(fd, events)];
+    if let Some(waker) = waker {
+        fds.push(PollFd::new(waker.fd.as_fd(), PollFlags::POLLIN));
+    }
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Ok(Woken::TimedOut),
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let rang = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+    if fds.get(1).is_some_and(rang) {
+        if let Some(waker) = waker {
+            waker.clear();
+        }
+        return Ok(Woken::Waker);
+    }
+    Ok(Woken::Ready)
+}
+
+/// Whether the device is stopping, seen by every packet thread.
+#[derive(Default)]
+pub(crate) struct Stop(AtomicBool);
+
+impl Stop {
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The device's packet threads: stopped and joined when this is dropped, so that dropping the `Device`
+/// closes the TUN as it did when every loop was a task.
+pub(crate) struct PacketThreads {
+    stop: Arc<Stop>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl PacketThreads {
+    pub(crate) fn new(stop: Arc<Stop>) -> Self {
+        Self {
+            stop,
+            wakers: Vec::new(),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Starts `run` on a thread named `name`, inside `span`. An `Err` it returns is logged with the name, as
+    /// a task's is.
+    pub(crate) fn spawn(
+        &mut self,
+        name: &'static str,
+        span: tracing::Span,
+        waker: Arc<Waker>,
+        run: impl FnOnce() -> Result<(), Error> + Send + 'static,
+    ) -> Result<(), Error> {
+        let handle = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _entered = span.entered();
+                match run() {
+                    Ok(()) => tracing::debug!(thread = name, "packet thread finished"),
+                    Err(err) => {
+                        tracing::error!(thread = name, error = %err, "packet thread failed")
+                    }
+                }
+            })
+            .map_err(|source| Error::Thread { name, source })?;
+        self.wakers.push(waker);
+        self.threads.push((name, handle));
+        Ok(())
+    }
+
+    /// Tells every thread to stop, wakes it, and waits until it has.
+    pub(crate) fn stop(&mut self) {
+        self.stop.set();
+        for waker in &self.wakers {
+            waker.wake();
+        }
+        for (name, handle) in self.threads.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!(thread = name, "packet thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for PacketThreads {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn a_wait_ends_when_the_descriptor_is_ready() {
+        let (a, b) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        let waker = Waker::new().unwrap();
+        b.send_to(b"x", a.local_addr().unwrap()).unwrap();
+        let woken = wait(a.as_fd(), PollFlags::POLLIN, Some(&waker), None).unwrap();
+        assert_eq!(woken, Woken::Ready);
+    }
+
+    #[test]
+    fn a_waker_ends_a_wait_once_and_the_next_wait_blocks_again() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let waker = Waker::new().unwrap();
+        waker.wake();
+        waker.wake();
+        let woken = wait(a.as_fd(), PollFlags::POLLIN, Some(&waker), None).unwrap();
+        assert_eq!(woken, Woken::Waker);
+        let again = wait(
+            a.as_fd(),
+            PollFlags::POLLIN,
+            Some(&waker),
+            Some(Duration::from_millis(20)),
+        );
+        assert_eq!(
+            again.unwrap(),
+            Woken::TimedOut,
+            "both wake-ups were taken by the first wait"
+        );
+    }
+
+    #[test]
+    fn stopping_wakes_a_thread_blocked_in_its_wait_and_joins_it() {
+        let stop = Arc::new(Stop::default());
+        let mut threads = PacketThreads::new(stop.clone());
+        let waker = Arc::new(Waker::new().unwrap());
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (seen_stop, thread_waker) = (stop.clone(), waker.clone());
+        let woken = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = woken.clone();
+        threads
+            .spawn("test-packets", tracing::Span::none(), waker, move || {
+                while !seen_stop.is_set() {
+                    let w = wait(socket.as_fd(), PollFlags::POLLIN, Some(&thread_waker), None);
+                    record.lock().unwrap().push(w.unwrap());
+                }
+                Ok(())
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        threads.stop();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "joined at once, not after a timeout"
+        );
+        assert_eq!(*woken.lock().unwrap(), vec![Woken::Waker]);
+    }
+}
