@@ -296,6 +296,39 @@ fn a_new_peer_is_handshaken_at_once_without_traffic() {
     );
 }
 
+/// `wg set <if> listen-port N` rebinds the device's socket while the tunnel is up, and the packet thread,
+/// asleep on the old socket, reads from the new one at once: the peer reaches it there with its next packet.
+#[test]
+fn a_new_listen_port_carries_the_tunnel_at_once() {
+    require_root(&[]);
+    let (ns_a, ns_b) = (NetNs::new("a"), NetNs::new("b"));
+    let (dev_a, dev_b) = peered_pair(&ns_a, &ns_b, |b| b);
+    assert_five_replies(&ns_a, B_OVERLAY, "ping before the rebind");
+
+    let new_port = if dev_a.listen_port == 51_999 {
+        51_998
+    } else {
+        51_999
+    };
+    ns_a.exec_ok(&[
+        "wg",
+        "set",
+        &dev_a.ifname,
+        "listen-port",
+        &new_port.to_string(),
+    ]);
+    let shown = ns_a.exec_ok(&["wg", "show", &dev_a.ifname, "listen-port"]);
+    assert_eq!(
+        shown.trim(),
+        new_port.to_string(),
+        "the device says its new port"
+    );
+    let a_new = sa(&format!("192.0.2.1:{new_port}"));
+    dev_b.set_peer(peer_config(dev_a.public_key, a_new, "10.0.1.1/32"));
+    assert_five_replies(&ns_b, A_OVERLAY, "ping to the new port, from the peer");
+    assert_five_replies(&ns_a, B_OVERLAY, "ping from the rebound device");
+}
+
 /// A name taken by a link in the namespace, or by a live UAPI socket of a device in another
 /// namespace, is reported as in use.
 #[test]

@@ -1,11 +1,12 @@
-//! The userspace device: a TUN, a UDP socket and one boringtun `Tunn` per peer, driven by two packet
-//! threads (TUN→UDP, UDP→TUN; [`threads`]) and tokio tasks for the timers, relays, discovery and the UAPI
-//! ([`loops`]), over the state they share with the UAPI server and the API ([`shared`]).
+//! The userspace device: a TUN, a UDP socket and one boringtun `Tunn` per peer, driven by a packet thread
+//! (UDP→TUN and TUN→UDP; [`packets`], [`threads`]) and tokio tasks for the timers, relays, discovery and the
+//! UAPI ([`loops`]), over the state they share with the UAPI server and the API ([`shared`]).
 
 mod batch;
 mod discovery;
 mod loops;
 mod outbound;
+mod packets;
 mod relay_dialing;
 mod shared;
 mod threads;
@@ -34,7 +35,7 @@ use super::task::Task;
 use super::uapi::PeerUpdate;
 use super::{Error, uapi_server};
 use discovery::{ANSWERS, discovery_loop};
-use loops::{Outgoing, relay_loop, timer_loop, tun_loop, udp_loop};
+use loops::{relay_loop, timer_loop};
 use mesh_relay::Inbound;
 use relay_dialing::RelayDialing;
 use shared::{Shared, State};
@@ -59,8 +60,8 @@ fn handshake_rate_limit(prefix_len: u8) -> u64 {
         .unwrap_or(u64::MAX);
     seats.saturating_mul(4).max(HANDSHAKE_RATE_LIMIT_MIN)
 }
-/// A packet thread's body ([`loops::tun_loop`], [`loops::udp_loop`]).
-type PacketLoop = fn(&Shared, &Mutex<Outgoing>, &Waker, &Stop) -> Result<(), Error>;
+/// The packet thread's name, as `top -H` and `perf` show it.
+const PACKET_THREAD: &str = "wg-packets";
 
 /// The largest IP packet.
 const MAX_PACKET: usize = 65_535;
@@ -137,12 +138,10 @@ impl Device {
             secret,
         };
         let (udp_tx, _) = watch::channel(Arc::new(udp));
-        let waker = |name: &'static str| {
-            Waker::new()
-                .map(Arc::new)
-                .map_err(|source| Error::Thread { name, source })
-        };
-        let (tun_waker, udp_waker) = (waker("tun-to-udp")?, waker("udp-to-tun")?);
+        let packets_waker = Waker::new().map(Arc::new).map_err(|source| Error::Thread {
+            name: PACKET_THREAD,
+            source,
+        })?;
         let (relay, relay_rx) = match config.relay_dialer {
             Some(dialer) => {
                 let (inbound, rx) = mpsc::channel(RELAY_INBOUND);
@@ -175,7 +174,7 @@ impl Device {
                 liveness: config.liveness,
             }),
             udp: udp_tx,
-            udp_waker: udp_waker.clone(),
+            packets_waker: packets_waker.clone(),
             relay,
             udp_offload: config.offload.udp,
             unknown_udp: 0.into(),
@@ -188,15 +187,10 @@ impl Device {
         let span = || tracing::info_span!("wg", ifname = %ifname);
         let stop = Arc::new(Stop::default());
         let mut threads = PacketThreads::new(stop.clone());
-        let outgoing = Arc::new(Mutex::new(Outgoing::new()));
-        for (name, waker, run) in [
-            ("tun-to-udp", tun_waker, tun_loop as PacketLoop),
-            ("udp-to-tun", udp_waker, udp_loop),
-        ] {
-            let (shared, outgoing, stop) = (shared.clone(), outgoing.clone(), stop.clone());
-            let thread_waker = waker.clone();
-            threads.spawn(name, span(), waker, move || {
-                run(&shared, &outgoing, &thread_waker, &stop)
+        {
+            let (shared, stop, waker) = (shared.clone(), stop.clone(), packets_waker.clone());
+            threads.spawn(PACKET_THREAD, span(), packets_waker, move || {
+                packets::packet_loop(&shared, &waker, &stop)
             })?;
         }
         let mut tasks = vec![

@@ -39,8 +39,8 @@ pub(crate) struct Shared {
     pub(super) state: RwLock<State>,
     /// The current UDP socket; replaced when the listen port changes.
     pub(super) udp: watch::Sender<Arc<Udp>>,
-    /// Wakes the UDP→TUN thread to read from the new socket when it is replaced.
-    pub(super) udp_waker: Arc<Waker>,
+    /// Wakes the packet thread to read from the new socket when it is replaced.
+    pub(super) packets_waker: Arc<Waker>,
     /// Datagrams that no peer of ours could be found for, by the path they came on: strangers' traffic,
     /// dropped as WireGuard drops it.
     pub(super) unknown_udp: AtomicU64,
@@ -111,10 +111,9 @@ impl Received {
         }
     }
 
-    /// Writes the packets to the TUN, sends the answers, and takes note of what peers see. Returns the
-    /// packets written to the TUN.
-    pub(super) fn flush(&mut self, shared: &Shared, sock: &Udp, when_full: WhenFull) -> usize {
-        let written = self.tun.flush(&shared.tun);
+    /// Writes the packets to the TUN, sends the answers, and takes note of what peers see.
+    pub(super) fn flush(&mut self, shared: &Shared, sock: &Udp, when_full: WhenFull) {
+        self.tun.flush(&shared.tun);
         for (via, datagram) in self.replies.drain(..) {
             send(sock, &datagram, &via, when_full);
         }
@@ -122,7 +121,6 @@ impl Received {
             shared.observed(&self.observed);
             self.observed.clear();
         }
-        written
     }
 }
 
@@ -368,7 +366,7 @@ impl Shared {
             st.listen_port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
             tracing::info!(listen_port = st.listen_port, "rebound UDP socket");
             self.udp.send_replace(Arc::new(sock));
-            self.udp_waker.wake();
+            self.packets_waker.wake();
         }
         let own = Key::from_bytes(st.public_key.to_bytes());
         if req.replace_peers {

@@ -1,11 +1,10 @@
-//! The two packet loops run on threads of their own, not as tasks of the agent's tokio runtime. A packet's way
-//! through the device is then one wake-up of the thread that waits on its descriptor, as in boringtun-cli and
-//! the kernel's own WireGuard: no scheduler between the descriptor and the loop, no hand-off to another
-//! worker, and no span entered and left at every poll. On this machine that took the mesh's added round trip
-//! below boringtun-cli's (see `docs/benchmarks.md`).
+//! The packet loop runs on a thread of its own, not as a task of the agent's tokio runtime. A packet's way
+//! through the device is then one wake-up of the thread that waits on its descriptors, as in boringtun-cli:
+//! no scheduler between the descriptor and the loop, no hand-off between workers, and no span entered and
+//! left at every poll (`docs/benchmarks.md` has what it saved).
 //!
-//! The TUN and the UDP socket are therefore never registered with tokio: a thread waits on its descriptor
-//! with `poll(2)`, beside an eventfd that wakes it to stop or to take a new socket.
+//! The TUN and the UDP socket are therefore never registered with tokio: the thread waits on them with
+//! `poll(2)`, beside an eventfd that wakes it to stop or to take a new socket.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -20,7 +19,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::Error;
 
-/// Wakes one packet thread from its wait: to stop, or to look again at what it reads from.
+/// Wakes a packet thread from its wait: to stop, or to look again at what it reads from.
 pub(crate) struct Waker {
     fd: EventFd,
 }
@@ -36,16 +35,21 @@ impl Waker {
         let _ = self.fd.write(1);
     }
 
-    /// Takes the wake-ups so far, so that the next wait blocks again.
-    fn clear(&self) {
+    /// Takes the wake-ups so far, so that the next wait blocks again (a no-op when there were none).
+    pub(crate) fn clear(&self) {
         let _ = self.fd.read();
+    }
+
+    /// The eventfd, to wait on beside other descriptors.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
 /// What a wait ended on.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Woken {
-    /// The descriptor is ready (or in error, which the next call on it reports).
+    /// A descriptor is ready (or in error, which the next call on it reports).
     Ready,
     /// The thread's [`Waker`] rang.
     Waker,
@@ -53,9 +57,9 @@ pub(crate) enum Woken {
     TimedOut,
 }
 
-/// Waits until `fd` is ready for `events`, `waker` rings, or `timeout` passes (`None`: no limit).
+/// Waits until one of `fds` is ready for `events`, `waker` rings, or `timeout` passes (`None`: no limit).
 pub(crate) fn wait(
-    fd: BorrowedFd<'_>,
+    fds: &[BorrowedFd<'_>],
     events: PollFlags,
     waker: Option<&Waker>,
     timeout: Option<Duration>,
@@ -63,7 +67,8 @@ pub(crate) fn wait(
     let timeout = timeout.map_or(PollTimeout::NONE, |t| {
         PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX)
     });
-    let mut fds = vec![PollFd::new(fd, events)];
+    let mut fds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, events)).collect();
+    let waker_at = fds.len();
     if let Some(waker) = waker {
         fds.push(PollFd::new(waker.fd.as_fd(), PollFlags::POLLIN));
     }
@@ -76,7 +81,7 @@ pub(crate) fn wait(
         }
     }
     let rang = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-    if fds.get(1).is_some_and(rang) {
+    if fds.get(waker_at).is_some_and(rang) {
         if let Some(waker) = waker {
             waker.clear();
         }
@@ -177,7 +182,18 @@ mod tests {
         );
         let waker = Waker::new().unwrap();
         b.send_to(b"x", a.local_addr().unwrap()).unwrap();
-        let woken = wait(a.as_fd(), PollFlags::POLLIN, Some(&waker), None).unwrap();
+        let woken = wait(&[a.as_fd()], PollFlags::POLLIN, Some(&waker), None).unwrap();
+        assert_eq!(woken, Woken::Ready);
+    }
+
+    #[test]
+    fn a_wait_on_two_descriptors_ends_when_either_is_ready() {
+        let (a, b) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        a.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        let woken = wait(&[a.as_fd(), b.as_fd()], PollFlags::POLLIN, None, None).unwrap();
         assert_eq!(woken, Woken::Ready);
     }
 
@@ -187,10 +203,10 @@ mod tests {
         let waker = Waker::new().unwrap();
         waker.wake();
         waker.wake();
-        let woken = wait(a.as_fd(), PollFlags::POLLIN, Some(&waker), None).unwrap();
+        let woken = wait(&[a.as_fd()], PollFlags::POLLIN, Some(&waker), None).unwrap();
         assert_eq!(woken, Woken::Waker);
         let again = wait(
-            a.as_fd(),
+            &[a.as_fd()],
             PollFlags::POLLIN,
             Some(&waker),
             Some(Duration::from_millis(20)),
@@ -214,7 +230,12 @@ mod tests {
         threads
             .spawn("test-packets", tracing::Span::none(), waker, move || {
                 while !seen_stop.is_set() {
-                    let w = wait(socket.as_fd(), PollFlags::POLLIN, Some(&thread_waker), None);
+                    let w = wait(
+                        &[socket.as_fd()],
+                        PollFlags::POLLIN,
+                        Some(&thread_waker),
+                        None,
+                    );
                     record.lock().unwrap().push(w.unwrap());
                 }
                 Ok(())

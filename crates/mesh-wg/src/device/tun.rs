@@ -3,17 +3,14 @@
 //! their checksums; a write coalesces a batch's packets of one flow back into one super-packet (GRO). Every
 //! read and write carries the 10-byte virtio-net header while offload is on.
 //!
-//! The descriptor is non-blocking and not registered with tokio: the TUN→UDP thread waits on it with
-//! `poll(2)` ([`super::threads`]).
+//! The descriptor is non-blocking and not registered with tokio: the packet thread waits on it with
+//! `poll(2)` ([`super::packets`]).
 
 use std::io;
-use std::os::fd::AsFd;
 
-use nix::poll::PollFlags;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::MAX_PACKET;
-use super::threads::{Waker, wait};
 
 /// Free bytes in front of every packet written: tun-rs puts the virtio-net header there.
 const HEADROOM: usize = 16;
@@ -98,11 +95,6 @@ impl TunReader {
         Ok(self.len)
     }
 
-    /// Waits until the TUN has a packet, or `waker` rings.
-    pub(crate) fn wait(tun: &SyncDevice, waker: &Waker) -> io::Result<()> {
-        wait(tun.as_fd(), PollFlags::POLLIN, Some(waker), None).map(drop)
-    }
-
     /// The packets of the last read, in order.
     pub(crate) fn packets(&self) -> impl Iterator<Item = &[u8]> {
         self.arena
@@ -158,18 +150,16 @@ impl TunWriter {
         self.len += 1;
     }
 
-    /// Writes the packets collected, and says how many. A failed write loses its packets, as a full queue
-    /// would; it is logged, not fatal. (A TUN write does not wait: the kernel takes the packet or drops it.)
-    pub(crate) fn flush(&mut self, tun: &SyncDevice) -> usize {
-        let written = self.len;
-        if written == 0 {
-            return 0;
+    /// Writes the packets collected. A failed write loses its packets, as a full queue would; it is logged,
+    /// not fatal. (A TUN write does not wait: the kernel takes the packet or drops it.)
+    pub(crate) fn flush(&mut self, tun: &SyncDevice) {
+        if self.len == 0 {
+            return;
         }
         if let Err(err) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.len], HEADROOM) {
             tracing::debug!(error = %err, packets = self.len, "TUN write failed");
         }
         self.len = 0;
-        written
     }
 }
 

@@ -2,8 +2,8 @@
 //! hands over a run of datagrams from one source in one buffer, and `sendmsg` with UDP GSO, which sends a run
 //! of equal-size datagrams to one destination in one call.
 //!
-//! The socket is non-blocking and not registered with tokio: the UDP→TUN thread waits on it with `poll(2)`
-//! ([`super::threads`]), and every sender either waits for room on its own thread or drops the datagram.
+//! The socket is non-blocking and not registered with tokio: the packet thread waits on it with `poll(2)`
+//! ([`super::packets`]), and every sender either waits for room (the packet thread) or drops the datagram.
 
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -21,14 +21,14 @@ use crate::Error;
 /// What a sender does when the socket's buffer is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WhenFull {
-    /// Wait for room, up to [`FULL_WAIT`]: the packet threads, whose waiting slows the flow as TCP expects.
+    /// Wait for room, up to [`FULL_WAIT`]: the packet thread, whose waiting slows the flow as TCP expects.
     Wait,
     /// Drop the datagram, as a full queue would: tasks on the runtime (timers, discovery, relays), which must
     /// not block a worker. WireGuard's timers send again.
     Drop,
 }
 
-/// The longest a packet thread waits for room in the socket's buffer before it drops the datagram: a buffer
+/// The longest the packet thread waits for room in the socket's buffer before it drops the datagram: a buffer
 /// of [`SOCKET_BUFFER_BYTES`] drains in well under this at any rate the link carries.
 const FULL_WAIT: Duration = Duration::from_millis(100);
 
@@ -135,7 +135,8 @@ impl Udp {
                     if err.kind() == io::ErrorKind::WouldBlock && when_full == WhenFull::Wait =>
                 {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if wait(self.as_fd(), PollFlags::POLLOUT, None, Some(left))? == Woken::TimedOut
+                    if wait(&[self.as_fd()], PollFlags::POLLOUT, None, Some(left))?
+                        == Woken::TimedOut
                     {
                         return Err(err);
                     }
