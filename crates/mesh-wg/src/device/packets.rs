@@ -5,8 +5,8 @@
 //! One thread for both directions, as in boringtun-cli's event loop: what a write to the TUN makes the kernel
 //! answer at once (an ICMP echo reply, a TCP acknowledgement, made inside the write) is read and sent by the
 //! same thread straight after, with no wake-up of another thread, which on a virtual machine costs an
-//! interrupt between CPUs. Measured on this machine, two threads (one a direction) added 0.03–0.05 ms to a busy
-//! round trip and carried no more (`docs/benchmarks.md`).
+//! interrupt between CPUs. Measured on this machine, two threads (one a direction) added 0.05–0.07 ms to a busy
+//! round trip against one, and carried no more (`docs/benchmarks.md`).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
