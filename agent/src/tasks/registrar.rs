@@ -13,6 +13,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest::Url;
 use backoff::Backoff;
 use mesh_chain::binding::Requested;
+use mesh_chain::budget;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::{Cluster, Desired, Outcome, RegistrationError};
 use mesh_chain::view::ChainView;
@@ -32,6 +33,8 @@ const AFTER_REGISTERING: Duration = Duration::from_secs(2);
 const AFTER_FAILING: Duration = Duration::from_secs(3);
 /// The shortest pause between checks of a record that is up to date (a full read also shows a cleared one).
 const MIN_RECHECK: Duration = Duration::from_secs(10);
+/// Reads one check of an up-to-date record makes (the seat's owner and binding, the chain id, the record).
+const RECHECK_REQUESTS: u64 = 4;
 /// How often a node that asked for a seat checks that its request still stands (a binding clears it).
 const REQUEST_RECHECK: Duration = Duration::from_secs(30);
 
@@ -221,7 +224,13 @@ impl Running {
                     Some(next) => next,
                     None => {
                         self.state.seat_request = None;
-                        self.task.recheck.max(MIN_RECHECK)
+                        // A change to the record comes with the view at its block; this is the safety net,
+                        // held to the cluster's budget.
+                        budget::recheck_period(
+                            self.task.recheck.max(MIN_RECHECK),
+                            view.records.len(),
+                            RECHECK_REQUESTS,
+                        )
                     }
                 }
             }

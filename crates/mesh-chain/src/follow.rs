@@ -33,6 +33,7 @@ use tracing::{debug, info, instrument, warn};
 
 pub mod apply;
 
+use crate::budget::{self, PAGE_SIZE};
 use crate::contract::{self, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT};
 use crate::error::ChainError;
 use crate::heads::Head;
@@ -40,11 +41,6 @@ use crate::membership::{Pins, Prefix, Rejected};
 use crate::view::{ChainView, Seat};
 use apply::{Blocks, Changes, ListingApply, Logged, Need, RangeApply};
 use backoff::Backoff;
-
-/// Records asked for per `getPeersPage` call: about 9.4M gas of an eth_call at 37,500 gas a record read cold
-/// (measured by the contract test `test_APageOfOneHundredRecordsFitsAnRpcsCallGasCap`), under a fifth of geth's
-/// default 50M cap, so a full read of 1,000 seats takes four calls.
-const PAGE_SIZE: u64 = 250;
 
 /// How many announced heads the follower keeps beyond its last processed block, for ranges it has not read
 /// yet (a chain with confirmations, or a follower that fell behind); older ones are read from the RPC.
@@ -102,8 +98,9 @@ pub enum FullReadError {
     Incomplete,
 }
 
-/// When full reads happen: every `every` after one that completes; after a failure sooner, backing off,
-/// while polling goes on; and at once when a reorg makes one due (unless backing off).
+/// When full reads happen: every `every` after one that completes, or longer in a cluster large enough that
+/// its nodes' reads together would pass the budget ([`budget::full_read_period`]); after a failure sooner,
+/// backing off, while polling goes on; and at once when a reorg makes one due (unless backing off).
 #[derive(Debug, Clone)]
 pub struct FullReadSchedule {
     every: Duration,
@@ -127,10 +124,12 @@ impl FullReadSchedule {
         now >= self.next
     }
 
-    pub fn succeeded(&mut self, now: Instant) {
+    /// A full read that found a cluster of `nodes` completed at `now`.
+    pub fn succeeded(&mut self, now: Instant, nodes: usize) {
         self.failing = false;
         self.backoff.reset();
-        self.next = now.checked_add(self.every).unwrap_or(now);
+        let every = budget::full_read_period(self.every, nodes);
+        self.next = now.checked_add(every).unwrap_or(now);
     }
 
     pub fn failed(&mut self, now: Instant) {
@@ -311,7 +310,8 @@ impl Follower {
             None => {
                 let read = follower.full_read().await?;
                 if read.complete {
-                    follower.schedule.succeeded(now);
+                    let nodes = follower.view.records.len();
+                    follower.schedule.succeeded(now, nodes);
                 } else {
                     follower.schedule.failed(now);
                 }
@@ -375,7 +375,7 @@ impl Follower {
             Ok(read) => {
                 tick.changed |= read.changed;
                 if read.complete {
-                    self.schedule.succeeded(now);
+                    self.schedule.succeeded(now, self.view.records.len());
                     self.full_read_failing = None;
                     return true;
                 }

@@ -20,6 +20,7 @@ use owned_task::Task;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{info, warn};
 
+use crate::budget;
 use crate::error::ChainError;
 use crate::redact::RedactedUrl;
 use crate::rpc;
@@ -129,6 +130,10 @@ pub struct Pace {
     /// While set, the timer polls at least this often whatever the subscription: a leader renews its lease
     /// with polls, since an announced head confirms nothing ([`crate::follow::Tick::confirmed`]).
     at_least_every: Option<Duration>,
+    /// The cluster's nodes, whose safety polls together are held to a budget ([`budget::safety_poll_period`]).
+    nodes: usize,
+    /// The timer has polled since the last head came: a silence is looked into once, not at every period.
+    silence_polled: bool,
 }
 
 impl Pace {
@@ -142,7 +147,14 @@ impl Pace {
             resubscribe: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             last_head: None,
             at_least_every: None,
+            nodes: 1,
+            silence_polled: false,
         }
+    }
+
+    /// The follower's cluster has `nodes` nodes now.
+    pub fn cluster_of(&mut self, nodes: usize) {
+        self.nodes = nodes;
     }
 
     /// How long the timer waits between polls now.
@@ -153,12 +165,20 @@ impl Pace {
         }
     }
 
-    /// The period without [`Pace::poll_at_least_every`]: what a subscription's silence is measured in.
+    /// The period without [`Pace::poll_at_least_every`]: while subscribed, the safety net's, stretched in a
+    /// large cluster so that its nodes' polls together stay within the budget.
     fn base_period(&self) -> Duration {
         match self.subscribed {
-            true => self.poll.max(SAFETY_POLL),
+            true => budget::safety_poll_period(self.silence(), self.nodes),
             false => self.poll,
         }
+    }
+
+    /// How long a subscription may go without a head before the timer looks at the chain: a chain that
+    /// moves on while it is silent shows it stalled ([`Pace::polled`]). A busy follower takes heads later
+    /// than they come, so a shorter silence proves nothing.
+    fn silence(&self) -> Duration {
+        self.poll.max(SAFETY_POLL)
     }
 
     /// Polls at least every `cap` from now on (`None`: as usual). Turning it on polls at once.
@@ -176,8 +196,22 @@ impl Pace {
         self.subscribed
     }
 
+    /// When the timer fires next: the period after the last poll, or sooner once a head is a
+    /// [`Pace::silence`] old, where the period is longer than that (a large cluster) and the silence has not
+    /// been looked into yet. So a subscription that stalls on a chain that moves is found as soon as in a
+    /// small cluster, while a quiet chain costs one poll per silence, not one every period.
     pub fn next_timer(&self) -> Instant {
-        self.next_timer
+        match self.last_head {
+            Some((_, at))
+                if self.subscribed
+                    && !self.silence_polled
+                    && self.base_period() > self.silence() =>
+            {
+                self.next_timer
+                    .min(at.checked_add(self.silence()).unwrap_or(at))
+            }
+            _ => self.next_timer,
+        }
     }
 
     /// Whether a subscription should be tried now.
@@ -185,8 +219,11 @@ impl Pace {
         !self.subscribed && self.next_subscribe.is_some_and(|t| now >= t)
     }
 
-    /// The timer fired: the next one is a period away.
+    /// The timer fired: the next one is a period away, and a silence so far has been looked into.
     pub fn timer_fired(&mut self, now: Instant) {
+        if self.last_head.is_some() {
+            self.silence_polled = true;
+        }
         self.next_timer = now.checked_add(self.period()).unwrap_or(now);
     }
 
@@ -194,6 +231,7 @@ impl Pace {
         self.subscribed = true;
         self.resubscribe.reset();
         self.last_head = None;
+        self.silence_polled = false;
         // A poll already due (the first one, say) is not put off.
         self.next_timer = self
             .next_timer
@@ -211,6 +249,7 @@ impl Pace {
 
     pub fn head_announced(&mut self, number: u64, now: Instant) {
         self.last_head = Some((number, now));
+        self.silence_polled = false;
     }
 
     /// A timer's poll found the chain at `head`: returns whether that shows the subscription stalled,
@@ -224,10 +263,11 @@ impl Pace {
         match self.last_head {
             Some((announced, at)) => {
                 head >= announced.saturating_add(STALL_BLOCKS)
-                    && now.saturating_duration_since(at) >= self.base_period()
+                    && now.saturating_duration_since(at) >= self.silence()
             }
             None => {
                 self.last_head = Some((head, now));
+                self.silence_polled = false;
                 false
             }
         }
@@ -268,6 +308,11 @@ impl Wakeups {
     /// Whether heads are being followed by subscription now.
     pub fn subscribed(&self) -> bool {
         self.heads.is_some()
+    }
+
+    /// See [`Pace::cluster_of`].
+    pub fn cluster_of(&mut self, nodes: usize) {
+        self.pace.cluster_of(nodes);
     }
 
     /// See [`Pace::poll_at_least_every`].
@@ -551,6 +596,70 @@ mod tests {
             at(t0, 2_000) + SAFETY_POLL,
             "back to the safety net"
         );
+    }
+
+    /// In a cluster of a thousand, a subscribed node polls as a safety net every 500 s, so that the cluster's
+    /// polls together are 2 a second, not 66.7; but a silence of 15 s after a head is still looked into, once:
+    /// a subscription that stalls while the chain moves on is found as soon as in a small cluster, and a quiet
+    /// chain costs one poll per silence.
+    #[test]
+    fn a_large_cluster_polls_seldom_but_looks_into_each_silence_once() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        pace.cluster_of(1000);
+        pace.subscribe_succeeded(t0);
+        assert_eq!(pace.period(), Duration::from_secs(500));
+        pace.timer_fired(t0);
+        assert_eq!(pace.next_timer(), t0 + Duration::from_secs(500));
+
+        // Heads every 2 s push the silence check on; no poll while they come.
+        for n in 0..10u64 {
+            pace.head_announced(100 + n, at(t0, 2_000 * n));
+        }
+        let last = at(t0, 18_000);
+        assert_eq!(
+            pace.next_timer(),
+            last + SAFETY_POLL,
+            "15 s after the last head"
+        );
+        pace.timer_fired(last + SAFETY_POLL);
+        assert!(
+            pace.polled(111, last + SAFETY_POLL),
+            "the chain moved on two blocks in the silence: stalled"
+        );
+
+        // A quiet chain: the silence is looked into once, then the period holds until the next head.
+        let mut quiet = Pace::new(Duration::from_secs(2), true, t0);
+        quiet.cluster_of(1000);
+        quiet.subscribe_succeeded(t0);
+        quiet.timer_fired(t0);
+        quiet.head_announced(7, at(t0, 1_000));
+        assert_eq!(quiet.next_timer(), at(t0, 16_000));
+        quiet.timer_fired(at(t0, 16_000));
+        assert!(!quiet.polled(7, at(t0, 16_000)), "the chain did not move");
+        assert_eq!(
+            quiet.next_timer(),
+            at(t0, 16_000) + Duration::from_secs(500)
+        );
+        quiet.head_announced(8, at(t0, 100_000));
+        assert_eq!(
+            quiet.next_timer(),
+            at(t0, 115_000),
+            "a new head, a new silence to look into"
+        );
+    }
+
+    /// A small cluster keeps the 15 s safety net and no extra poll for a silence: the period covers it.
+    #[test]
+    fn a_small_cluster_polls_every_safety_period_and_no_more() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        pace.cluster_of(10);
+        pace.subscribe_succeeded(t0);
+        pace.timer_fired(t0);
+        pace.head_announced(5, at(t0, 3_000));
+        assert_eq!(pace.period(), SAFETY_POLL);
+        assert_eq!(pace.next_timer(), t0 + SAFETY_POLL);
     }
 
     /// A subscription that never announced anything is measured from the first poll after it was made.

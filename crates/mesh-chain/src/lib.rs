@@ -12,6 +12,8 @@
 //! - [`follow`]: following the contract: paged full reads and events per block range, reorg-aware; what
 //!   they do to the view is decided without I/O in [`follow::apply`].
 //! - [`heads`]: what wakes the follower: new heads by WebSocket subscription, or a polling timer.
+//! - [`budget`]: how often a node polls and reads every record as a safety net, so that the cluster's nodes
+//!   together ask their provider a few requests a second whatever the cluster's size (pure).
 //! - [`rpc`]: connections to the RPC, over HTTP or WebSocket, and the set of providers a quorum reads.
 //! - [`quorum`]: reads that one provider cannot bend: each sent to every provider, taken where a quorum agree.
 //! - [`registration`]: getting this node's record on-chain.
@@ -21,6 +23,7 @@
 //! - [`redact`]: RPC URLs with their credentials hidden, for logs, errors and the API.
 
 pub mod binding;
+pub mod budget;
 pub mod contract;
 pub mod election;
 pub mod error;

@@ -10,6 +10,7 @@ use alloy::primitives::B256;
 use mesh_attest::collateral::CollateralSource;
 use mesh_attest::tcb::TcbPolicy;
 use mesh_attest::{CollateralInfo, Evidence, QuoteCollateralV3, Refusal, Verdict};
+use mesh_chain::budget;
 use mesh_chain::follow::Follower;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::view::{Binding, ChainView};
@@ -40,9 +41,12 @@ pub struct Attestor {
     tcb: Option<PolicyAnswer>,
     /// Since when each seat below the TCB policy has been.
     staging: Staging,
-    /// Allowlist answers older than this are read again, and a pass runs at least this often, so that
-    /// fresh collateral (a revoked TCB) and allowlist changes take effect without a new record.
+    /// A pass runs at least this often, so that fresh collateral (a revoked TCB) takes effect without a new
+    /// record; allowlist answers and the TCB policy older than this are read again, or older than the
+    /// cluster's budget allows ([`Attestor::reread_after`]).
     refresh: Duration,
+    /// The cluster's nodes, as of the last pass.
+    nodes: usize,
     last_pass: Option<Instant>,
     /// Scrubs the RPC's credentials from read errors.
     rpc: RedactedUrl,
@@ -80,6 +84,7 @@ impl Attestor {
             tcb: None,
             staging: Staging::default(),
             refresh,
+            nodes: 1,
             last_pass: None,
             rpc,
         }
@@ -123,6 +128,16 @@ impl Attestor {
         self.last_pass = None;
     }
 
+    /// How old an allowlist answer or the TCB policy may be before it is read again: `refresh`, stretched
+    /// in a large cluster so that the nodes' rereads together stay within [`budget::RECHECKS_PER_SECOND`].
+    /// A change on-chain does not wait for it: the follower reports it at its block
+    /// ([`Attestor::allowlists_changed`]); this is the safety net for an event missed.
+    fn reread_after(&self) -> Duration {
+        // Two calls per allowlist answer (the compose hash, the OS image), and the policy's.
+        let requests = 2 * self.allowlists.len().max(1) as u64 + 2;
+        budget::recheck_period(self.refresh, self.nodes, requests)
+    }
+
     fn policy(&self) -> Option<&TcbPolicy> {
         self.tcb.as_ref().and_then(|t| t.policy.as_ref())
     }
@@ -130,11 +145,10 @@ impl Attestor {
     /// Reads the TCB policy again when the last read is older than the refresh interval; on failure, the one
     /// read before serves.
     async fn read_policy(&mut self, follower: Option<&mut Follower>) {
-        if self
-            .tcb
-            .as_ref()
-            .is_some_and(|t| t.read_at.is_some_and(|at| at.elapsed() < self.refresh))
-        {
+        if self.tcb.as_ref().is_some_and(|t| {
+            t.read_at
+                .is_some_and(|at| at.elapsed() < self.reread_after())
+        }) {
             return;
         }
         let Some(f) = follower else {
@@ -194,6 +208,7 @@ impl Attestor {
     ) -> Attestations {
         let now = unix_now();
         let began = Instant::now();
+        self.nodes = view.records.len();
         self.read_policy(follower.as_deref_mut()).await;
         let policy = self.policy().cloned();
         // Under an on-chain policy every status but Revoked verifies, and the policy judges it after.
@@ -303,7 +318,7 @@ impl Attestor {
         );
         let known = self.allowlists.get(&key).copied();
         if let Some(a) = known
-            && a.read_at.is_some_and(|t| t.elapsed() < self.refresh)
+            && a.read_at.is_some_and(|t| t.elapsed() < self.reread_after())
         {
             return Ok(a.allowed);
         }
@@ -436,5 +451,35 @@ mod tests {
             "{:?}",
             got[&2]
         );
+    }
+
+    /// In a small cluster an allowlist answer is read again after `--full-read-secs`; at a thousand nodes,
+    /// with one answer (two calls) and the policy (two), after 4,000 s, so that the nodes' rereads together
+    /// are one request a second. The pass itself still runs every `--full-read-secs`.
+    #[test]
+    fn allowlists_are_read_again_less_often_in_a_large_cluster() {
+        let pki = MockPki::from_seed([0x3c; 32]);
+        let refresh = Duration::from_secs(60);
+        let mut attestor = Attestor::new(
+            Checker::new(
+                Trust::from_der(pki.root_ca_der()).unwrap(),
+                BTreeSet::from([TcbStatus::UpToDate]),
+            ),
+            CollateralSource::Pinned(PinnedCollateral::default()),
+            refresh,
+            vec![Allowlisted {
+                compose_hash: B256::repeat_byte(1),
+                os_measurement: B256::repeat_byte(2),
+                compose_allowed: true,
+                os_allowed: true,
+            }],
+            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
+        );
+        attestor.nodes = 10;
+        assert_eq!(attestor.reread_after(), refresh);
+        attestor.nodes = 1000;
+        assert_eq!(attestor.reread_after(), Duration::from_secs(4000));
+        attestor.last_pass = Some(Instant::now() - refresh);
+        assert!(attestor.due(), "a pass still runs every refresh");
     }
 }

@@ -176,6 +176,9 @@ impl ChainTask {
             running.state.subscribed = wakeups.subscribed();
             running.state.rpcs = running.task.rpcs.watch().report();
             wakeups.poll_at_least_every(running.leads().then_some(running.task.renew));
+            if let Some(follower) = &running.follower {
+                wakeups.cluster_of(follower.view().records.len());
+            }
             if heads.is_empty()
                 && let Some(latest) = running.follower.as_ref().and_then(Follower::latest_head)
             {

@@ -15,10 +15,27 @@ fn full_reads_back_off_after_failures() {
     assert!(!sched.due(s(2)) && sched.due(s(3)), "then 2 s later");
     sched.request(s(2));
     assert!(!sched.due(s(2)), "a reorg does not cut a backoff short");
-    sched.succeeded(s(3));
+    sched.succeeded(s(3), 3);
     assert!(!sched.due(s(62)) && sched.due(s(63)), "back to every 60 s");
     sched.request(s(10));
     assert!(sched.due(s(10)), "a reorg makes one due at once");
+}
+
+/// In a cluster of a thousand, a node reads every record about once an hour, not once a minute: the
+/// cluster's full reads together stay within the budget; a reorg still makes one due at once.
+#[test]
+fn a_large_cluster_reads_every_record_less_often() {
+    let t0 = Instant::now();
+    let mut sched = FullReadSchedule::new(Duration::from_secs(60), t0);
+    sched.succeeded(t0, 1000);
+    let every = budget::full_read_period(Duration::from_secs(60), 1000);
+    assert_eq!(every, Duration::from_secs(4000));
+    assert!(!sched.due(t0 + every - Duration::from_secs(1)) && sched.due(t0 + every));
+    sched.request(t0 + Duration::from_secs(10));
+    assert!(
+        sched.due(t0 + Duration::from_secs(10)),
+        "a reorg makes one due at once"
+    );
 }
 
 fn pinned() -> ChainView {

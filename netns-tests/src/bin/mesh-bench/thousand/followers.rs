@@ -186,6 +186,7 @@ impl One {
                     });
                 }
             }
+            wakeups.cluster_of(follower.view().records.len());
             if heads.is_empty()
                 && let Some(latest) = follower.latest_head()
             {

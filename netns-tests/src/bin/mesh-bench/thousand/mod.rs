@@ -339,6 +339,10 @@ struct Window {
     blocks: u64,
 }
 
+/// How long the idle rate is counted: a safety poll every 500 s at a thousand members makes 2 a second, so
+/// 30 s holds about 60 of them.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+
 struct Idle {
     anvil_per_second: f64,
     anvil_per_block: f64,
@@ -347,11 +351,15 @@ struct Idle {
     cpu_ms_per_member_per_block: f64,
 }
 
-/// The requests reaching anvil over 15 s without blocks, then over [`IDLE_BLOCKS`] empty blocks beyond that
-/// rate; and the followers' own count per block, less their head polls (the safety poll's, by time).
+/// The requests reaching anvil over [`IDLE_WINDOW`] without blocks (once the members' one poll into the
+/// silence has landed), then over [`IDLE_BLOCKS`] empty blocks beyond that rate; and the followers' own count
+/// per block, less their head polls (the safety poll's, by time).
 fn idle_requests(lan: &Lan, fleet: &followers::Fleet) -> Idle {
+    // Each member looks into the silence after the last block once, a poll 15 s after it
+    // (`mesh_chain::heads::Pace`): those land first, and the window counts what goes on after.
+    std::thread::sleep(mesh_chain::heads::SAFETY_POLL + Duration::from_secs(2));
     let (rpc0, t0) = (lan.rpc_requests(), Instant::now());
-    std::thread::sleep(mesh_chain::heads::SAFETY_POLL);
+    std::thread::sleep(IDLE_WINDOW);
     let (rpc1, t1) = (lan.rpc_requests(), Instant::now());
     let per_second = (rpc1 - rpc0) as f64 / (t1 - t0).as_secs_f64();
     let before = follower_requests(fleet);
