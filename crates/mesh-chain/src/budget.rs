@@ -6,14 +6,16 @@
 //! and the TCB policy again, and checks its own record. At fixed periods those costs grow with the cluster:
 //! at a thousand nodes, a poll every 15 s and a full read a minute came to 66.6 and 133 requests a second at
 //! the provider the nodes share, and the minute's rechecks to about 67 more. So each period stretches with
-//! the number of nodes, to hold what all of them spend together to [`POLLS_PER_SECOND`],
-//! [`FULL_READ_REQUESTS_PER_SECOND`] and [`RECHECKS_PER_SECOND`]: 5 requests a second in all, whatever the
-//! size. A small cluster keeps the configured periods: up to 30 nodes for the poll, and up to 24 for a
-//! minute's full read.
+//! the number of nodes, to hold what all of them spend together, at the default periods, to
+//! [`POLLS_PER_SECOND`], [`FULL_READ_REQUESTS_PER_SECOND`] and [`RECHECKS_PER_SECOND`]: 5 requests a second
+//! in all, whatever the size. A small cluster keeps the configured periods: up to 30 nodes for the poll, and
+//! up to 24 for a minute's full read. A period configured shorter than the default is stretched in the same
+//! proportion (an operator who asks for reads ten times as often gets them, at ten times the cost); one
+//! configured longer is kept where it is longer than the budget's.
 //!
 //! What the longer periods give up is bounded elsewhere: a subscription that falls silent on a chain that
-//! moves is still found within [`crate::heads::SAFETY_POLL`] of its last head ([`crate::heads::Pace`]), and a
-//! full read is still made at once when a reorg or a removed log calls for one.
+//! moves is still found within [`SAFETY_POLL`] of its last head (the follower's `heads::Pace`), and a full
+//! read is still made at once when a reorg or a removed log calls for one.
 
 use std::time::Duration;
 
@@ -32,12 +34,25 @@ pub const FULL_READ_REQUESTS_PER_SECOND: f64 = 2.0;
 /// again, a node's own record checked), a second.
 pub const RECHECKS_PER_SECOND: f64 = 1.0;
 
-/// How often one of `nodes` repeats something that costs `requests`: `floor`, or longer where all the
-/// nodes' together would pass `per_second`.
-fn stretched(floor: Duration, nodes: usize, requests: u64, per_second: f64) -> Duration {
-    floor.max(Duration::from_secs_f64(
-        nodes as f64 * requests as f64 / per_second,
-    ))
+/// While subscribed, how often a node of a small cluster still polls: for a subscription that went quiet
+/// without closing, and for whatever else runs on the follower's ticks.
+pub const SAFETY_POLL: Duration = Duration::from_secs(15);
+
+/// The full read's and the rechecks' default period (the agent's `--full-read-secs`).
+pub const DEFAULT_FULL_READ: Duration = Duration::from_secs(60);
+
+/// How often one of `nodes` repeats something that costs `requests`, configured every `floor` where the
+/// default is `default`: `floor` times how far all the nodes together would pass `per_second` at the
+/// default (at least once), and never shorter than `floor`.
+fn stretched(
+    floor: Duration,
+    default: Duration,
+    nodes: usize,
+    requests: u64,
+    per_second: f64,
+) -> Duration {
+    let factor = (nodes as f64 * requests as f64 / per_second / default.as_secs_f64()).max(1.0);
+    floor.max(floor.min(default).mul_f64(factor))
 }
 
 /// Requests one full read of a cluster of `records` makes when nothing changed: a page per [`PAGE_SIZE`]
@@ -50,7 +65,7 @@ pub fn full_read_requests(records: usize) -> u64 {
 /// How often one of `nodes` polls as a safety net: `floor`, or longer where the cluster's polls together
 /// would pass [`POLLS_PER_SECOND`].
 pub fn safety_poll_period(floor: Duration, nodes: usize) -> Duration {
-    stretched(floor, nodes, 1, POLLS_PER_SECOND)
+    stretched(floor, SAFETY_POLL, nodes, 1, POLLS_PER_SECOND)
 }
 
 /// How often one of `nodes` reads every record: `floor` (`--full-read-secs`), or longer where the
@@ -58,6 +73,7 @@ pub fn safety_poll_period(floor: Duration, nodes: usize) -> Duration {
 pub fn full_read_period(floor: Duration, nodes: usize) -> Duration {
     stretched(
         floor,
+        DEFAULT_FULL_READ,
         nodes,
         full_read_requests(nodes),
         FULL_READ_REQUESTS_PER_SECOND,
@@ -68,7 +84,13 @@ pub fn full_read_period(floor: Duration, nodes: usize) -> Duration {
 /// allowlists read again, its own record checked): `floor`, or longer where the cluster's rechecks together
 /// would pass [`RECHECKS_PER_SECOND`].
 pub fn recheck_period(floor: Duration, nodes: usize, requests: u64) -> Duration {
-    stretched(floor, nodes, requests, RECHECKS_PER_SECOND)
+    stretched(
+        floor,
+        DEFAULT_FULL_READ,
+        nodes,
+        requests,
+        RECHECKS_PER_SECOND,
+    )
 }
 
 #[cfg(test)]
@@ -143,6 +165,26 @@ mod tests {
             full_read_period(two_hours, 1000),
             two_hours,
             "a floor above the budget's period is kept"
+        );
+    }
+
+    /// An operator's shorter period holds in a small cluster, and stretches in proportion in a large one;
+    /// a longer one is kept.
+    #[test]
+    fn a_configured_period_is_kept_small_and_stretched_in_proportion_large() {
+        let second = Duration::from_secs(1);
+        assert_eq!(full_read_period(second, 2), second);
+        let large = full_read_period(second, 1000).as_secs_f64();
+        let default = full_read_period(MINUTE, 1000).as_secs_f64();
+        assert!(
+            (large * 60.0 - default).abs() < 1e-6,
+            "{large} s against {default} s"
+        );
+        let day = Duration::from_secs(86_400);
+        assert_eq!(full_read_period(day, 1000), day);
+        assert_eq!(
+            safety_poll_period(Duration::from_secs(60), 10),
+            Duration::from_secs(60)
         );
     }
 

@@ -26,9 +26,8 @@ use crate::redact::RedactedUrl;
 use crate::rpc;
 use backoff::Backoff;
 
-/// While subscribed, how often the timer still polls: for a subscription that went quiet without closing,
-/// and for whatever else runs on the follower's ticks.
-pub const SAFETY_POLL: Duration = Duration::from_secs(15);
+/// While subscribed, how often the timer still polls in a small cluster ([`budget::SAFETY_POLL`]).
+pub const SAFETY_POLL: Duration = budget::SAFETY_POLL;
 
 /// How far a poll may find the chain ahead of the last announced head before the subscription counts as
 /// stalled: one block may be in flight on the socket when the poll reads the head.
@@ -134,6 +133,9 @@ pub struct Pace {
     nodes: usize,
     /// The timer has polled since the last head came: a silence is looked into once, not at every period.
     silence_polled: bool,
+    /// Where a stretched period falls this time ([`Pace::timer_fired`]), from a generator seeded apart in
+    /// every node.
+    spread: u64,
 }
 
 impl Pace {
@@ -149,6 +151,7 @@ impl Pace {
             at_least_every: None,
             nodes: 1,
             silence_polled: false,
+            spread: seed(),
         }
     }
 
@@ -220,11 +223,29 @@ impl Pace {
     }
 
     /// The timer fired: the next one is a period away, and a silence so far has been looked into.
+    ///
+    /// A period stretched for a large cluster falls anywhere from half of it to one and a half, so that the
+    /// nodes' polls spread out over time instead of reaching the provider together: every node looks into
+    /// the same silence after the same block, and would otherwise stay in step from then on.
     pub fn timer_fired(&mut self, now: Instant) {
         if self.last_head.is_some() {
             self.silence_polled = true;
         }
-        self.next_timer = now.checked_add(self.period()).unwrap_or(now);
+        let mut period = self.period();
+        if self.at_least_every.is_none() && self.subscribed && period > self.silence() {
+            period = period.mul_f64(0.5 + self.next_fraction());
+        }
+        self.next_timer = now.checked_add(period).unwrap_or(now);
+    }
+
+    /// A fraction in [0, 1) (xorshift64*: enough to spread polls, not for anything secret).
+    fn next_fraction(&mut self) -> f64 {
+        let mut x = self.spread;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.spread = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn subscribe_succeeded(&mut self, now: Instant) {
@@ -272,6 +293,15 @@ impl Pace {
             }
         }
     }
+}
+
+/// A seed that differs from one process and one `Pace` to the next, never 0 (xorshift's fixed point).
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        | 1
 }
 
 /// How long a subscription may take to be made (the WebSocket opened, `eth_subscribe` answered).
@@ -610,7 +640,11 @@ mod tests {
         pace.subscribe_succeeded(t0);
         assert_eq!(pace.period(), Duration::from_secs(500));
         pace.timer_fired(t0);
-        assert_eq!(pace.next_timer(), t0 + Duration::from_secs(500));
+        let next = pace.next_timer() - t0;
+        assert!(
+            (250..750).contains(&next.as_secs()),
+            "half to one and a half periods: {next:?}"
+        );
 
         // Heads every 2 s push the silence check on; no poll while they come.
         for n in 0..10u64 {
@@ -637,15 +671,54 @@ mod tests {
         assert_eq!(quiet.next_timer(), at(t0, 16_000));
         quiet.timer_fired(at(t0, 16_000));
         assert!(!quiet.polled(7, at(t0, 16_000)), "the chain did not move");
-        assert_eq!(
-            quiet.next_timer(),
-            at(t0, 16_000) + Duration::from_secs(500)
+        let next = quiet.next_timer() - at(t0, 16_000);
+        assert!(
+            (250..750).contains(&next.as_secs()),
+            "then the stretched period: {next:?}"
         );
         quiet.head_announced(8, at(t0, 100_000));
         assert_eq!(
             quiet.next_timer(),
             at(t0, 115_000),
             "a new head, a new silence to look into"
+        );
+    }
+
+    /// The nodes of a large cluster that looked into the same silence at the same moment do not poll in step
+    /// from then on: each stretched period falls between half and one and a half of it, averaging it.
+    #[test]
+    fn stretched_periods_spread_the_nodes_polls_over_time() {
+        let t0 = Instant::now();
+        let nexts: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+                pace.cluster_of(1000);
+                pace.subscribe_succeeded(t0);
+                pace.timer_fired(t0);
+                pace.next_timer() - t0
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = nexts.iter().collect();
+        assert!(distinct.len() > 190, "{} distinct of 200", distinct.len());
+        assert!(nexts.iter().all(|d| (250..750).contains(&d.as_secs())));
+        let mean = nexts.iter().map(Duration::as_secs_f64).sum::<f64>() / nexts.len() as f64;
+        assert!((450.0..550.0).contains(&mean), "mean {mean}");
+
+        let mut one = Pace::new(Duration::from_secs(2), true, t0);
+        one.cluster_of(1000);
+        one.subscribe_succeeded(t0);
+        let mut at_ = t0;
+        let mut total = Duration::ZERO;
+        for _ in 0..400 {
+            one.timer_fired(at_);
+            let step = one.next_timer() - at_;
+            total += step;
+            at_ += step;
+        }
+        let mean = total.as_secs_f64() / 400.0;
+        assert!(
+            (470.0..530.0).contains(&mean),
+            "one node's mean period {mean}"
         );
     }
 
