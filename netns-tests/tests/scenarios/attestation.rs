@@ -251,7 +251,8 @@ fn seats_whose_evidence_names_another_instance_or_node_are_refused_by_every_agen
     assert_no_unexpected_warnings(&agents);
 }
 
-/// The agents warn of each refusal, once; nothing else.
+/// The agents warn of each refusal of a forged seat once at most (an agent that read a binding and its
+/// release in one range never saw it bound); nothing else.
 fn assert_no_unexpected_warnings(agents: &[Agent<'_>]) {
     for a in agents {
         let other: Vec<String> = a
@@ -261,10 +262,15 @@ fn assert_no_unexpected_warnings(agents: &[Agent<'_>]) {
             .collect();
         assert!(other.is_empty(), "node {} warned: {other:#?}", a.index);
         let refusals = a.log_lines("refused this seat's attestation");
-        assert_eq!(
-            refusals.len(),
-            2,
-            "node {} warns once per refused seat: {refusals:#?}",
+        let of = |seat: u64| {
+            refusals
+                .iter()
+                .filter(|l| l.contains(&format!("seat={seat} ")))
+                .count()
+        };
+        assert!(
+            of(4) <= 1 && of(5) <= 1 && of(4) + of(5) == refusals.len(),
+            "node {} warns once at most per forged seat, and of no other: {refusals:#?}",
             a.index
         );
     }
