@@ -12,6 +12,13 @@ use crate::error::ChainError;
 use crate::node_key::NodeKey;
 use crate::registration::{Cluster, confirm};
 
+/// Gas given to a dispute beyond its estimate. The estimate is made against the chain as it is; when the
+/// other seats' disputes land in between, this one may be the one that reaches the threshold and releases
+/// the binding (the record cleared, the instance freed, the claim marked), which the estimate did not count.
+/// Without it such a dispute ran out of gas and waited 30 s for its retry (scenario `attestation`, once in
+/// three CI runs).
+const DISPUTE_GAS_HEADROOM: u64 = 150_000;
+
 /// What a node asks of the election for its seat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ballot {
@@ -142,7 +149,15 @@ impl Cluster {
         let writer = self.writer(sender);
         let c = DstackClusterElection::new(self.election(), &writer);
         let call = c.disputeBinding(U256::from(voter), U256::from(target), bound_block);
-        let receipt = confirm("disputeBinding", call.send().await).await?;
+        let sent = match call.estimate_gas().await {
+            Ok(gas) => {
+                call.gas(gas.saturating_add(DISPUTE_GAS_HEADROOM))
+                    .send()
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let receipt = confirm("disputeBinding", sent).await?;
         let block = receipt.block_number.unwrap_or_default();
         info!(tx = %receipt.transaction_hash, block, %from, "dispute mined");
         Ok(Cast {
