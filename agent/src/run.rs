@@ -67,7 +67,7 @@ async fn daemon(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let contract = args.validate()?;
-    let relay = relay_dialer(&args)?;
+    let relay = relay_parts(&args)?;
     let listeners = bind_api(&args).await?;
     let rpc = RedactedUrl::new(args.endpoints.rpc_url());
     let agent = AgentFacts {
@@ -163,9 +163,9 @@ fn group_id(group: &str) -> anyhow::Result<u32> {
     }
 }
 
-/// The relay's dialler and counters, unless relays are off or this node has no tunnel. Made at start so a
-/// bad CA file stops the agent at once.
-fn relay_dialer(args: &RunArgs) -> anyhow::Result<Option<RelayParts>> {
+/// The relay's dialler, counters and port, unless relays are off or this node has no tunnel. Made at
+/// start so that a bad CA file or a taken port stops the agent at once.
+fn relay_parts(args: &RunArgs) -> anyhow::Result<Option<RelayParts>> {
     if args.mode != ModeArg::Wireguard || args.no_relay {
         return Ok(None);
     }
@@ -176,7 +176,12 @@ fn relay_dialer(args: &RunArgs) -> anyhow::Result<Option<RelayParts>> {
         Arc::clone(&metrics),
     )
     .context("setting up the relay's TLS (--relay-ca-file)")?;
-    Ok(Some((dialer, metrics)))
+    let reserved = RelayParts::reserve(args.relay_port)?;
+    Ok(Some(RelayParts {
+        dialer,
+        metrics,
+        reserved,
+    }))
 }
 
 /// Waits for dstack to say who this node is, then runs the tasks.

@@ -75,6 +75,8 @@ pub struct Relay {
     pub dialer: mesh_relay::Dialer,
     pub metrics: Arc<mesh_relay::Metrics>,
     pub limits: mesh_relay::Limits,
+    /// The relay's port, held from the agent's start: see [`RelayParts::reserve`].
+    pub reserved: std::net::TcpListener,
     /// The endpoint while the interface is up; it stops with it.
     pub serving: Option<Task<()>>,
 }
@@ -85,12 +87,8 @@ impl Relay {
         let inbound = device
             .relay_inbound()
             .context("the interface was created without its relay")?;
-        let addr = std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port));
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!(
-                "serving the relay on {addr}/tcp; pass another --relay-port (the same on every node) or --no-relay"
-            )
-        })?;
+        let listener = accepting(&self.reserved)
+            .with_context(|| format!("serving the relay on port {}/tcp", self.port))?;
         let task = Task::spawn(
             "relay-endpoint",
             mesh_relay::serve(
@@ -107,8 +105,8 @@ impl Relay {
         Ok(())
     }
 
-    /// Stops the endpoint and waits until its port and streams are closed, so that the next interface
-    /// can bind the port again.
+    /// Stops the endpoint and waits until its streams are closed. The port stays held for the next
+    /// interface; a peer that dials meanwhile waits in the backlog.
     async fn stop(&mut self) {
         if let Some(task) = self.serving.take() {
             let _ = task.stop().await;
@@ -244,8 +242,34 @@ pub struct MeshTask<I> {
     pub relay_port: Option<u16>,
 }
 
-/// The relay's dialler, and the counters it shares with the relay's endpoint.
-pub type RelayParts = (mesh_relay::Dialer, Arc<mesh_relay::Metrics>);
+/// The relay's dialler, the counters it shares with the relay's endpoint, and the endpoint's port.
+pub struct RelayParts {
+    pub dialer: mesh_relay::Dialer,
+    pub metrics: Arc<mesh_relay::Metrics>,
+    pub reserved: std::net::TcpListener,
+}
+
+impl RelayParts {
+    /// Binds the relay's port on every address now, for the agent's whole life. Bound only once the
+    /// interface came up, the port could already be the ephemeral source port of this node's own RPC or
+    /// relay connections (Linux picks them from 32768-60999, which holds 51820), and the agent would stop.
+    pub fn reserve(port: u16) -> anyhow::Result<std::net::TcpListener> {
+        let addr = std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        // std sets SO_REUSEADDR, so a restarted agent binds over its last life's closing streams.
+        std::net::TcpListener::bind(addr).with_context(|| {
+            format!(
+                "serving the relay on {addr}/tcp; pass another --relay-port (the same on every node) or --no-relay"
+            )
+        })
+    }
+}
+
+/// A listener that accepts on the held port for one interface's life; dropping it leaves the port held.
+fn accepting(reserved: &std::net::TcpListener) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = reserved.try_clone()?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
 
 impl MeshTask<WireGuard> {
     /// The mesh task: an interface in WireGuard mode (none in TLS mode), with the relay on
@@ -272,15 +296,14 @@ impl MeshTask<WireGuard> {
                 mtu: args.mtu,
                 stun_servers: args.stun_servers(),
                 liveness: args.liveness(),
-                relay: relay_port
-                    .zip(relay)
-                    .map(|(port, (dialer, metrics))| Relay {
-                        port,
-                        dialer,
-                        metrics,
-                        limits: mesh_relay::Limits::default(),
-                        serving: None,
-                    }),
+                relay: relay_port.zip(relay).map(|(port, parts)| Relay {
+                    port,
+                    dialer: parts.dialer,
+                    metrics: parts.metrics,
+                    limits: mesh_relay::Limits::default(),
+                    reserved: parts.reserved,
+                    serving: None,
+                }),
             }),
             instance_id: identity.instance_id().to_owned(),
             wg_public_key: wireguard.then(|| identity.wg_public_key()),
@@ -479,6 +502,30 @@ mod tests {
     use crate::desired::tests::{record, view};
     use mesh_wg::MemoryTable;
     use std::sync::Mutex;
+
+    #[test]
+    fn the_relay_port_is_held_from_the_start_and_serves_one_interface_after_another() {
+        let reserved = RelayParts::reserve(0).expect("a free port");
+        let port = reserved.local_addr().unwrap().port();
+        let taken = std::net::TcpListener::bind(("127.0.0.1", port))
+            .expect_err("no other socket can take the held port, not even one bound to loopback");
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            drop(accepting(&reserved).expect("the first interface's endpoint"));
+            let next = accepting(&reserved).expect("the next interface's endpoint");
+            let dialled = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            let (dialled, accepted) = tokio::join!(dialled, next.accept());
+            assert!(
+                dialled.is_ok() && accepted.is_ok(),
+                "{dialled:?} {accepted:?}"
+            );
+        });
+    }
 
     #[test]
     fn the_first_list_is_settled_once_every_tunnel_has_handshaken_or_its_time_is_up() {

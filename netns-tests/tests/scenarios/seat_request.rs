@@ -65,6 +65,14 @@ fn a_seatless_node_asks_waits_and_joins_once_bound() {
     );
     steps.step(&format!("node 2 asked for a seat: {why}"));
 
+    // The relay's port is the agent's from its start: bound only with the interface, it could already be
+    // the ephemeral source port of the agent's own RPC connections, and the agent would stop.
+    let listening = two.ns().exec_ok(&["ss", "-ltnH"]);
+    assert!(
+        listening.contains(":51820 "),
+        "node 2 holds its relay port before it has a seat: {listening}"
+    );
+
     // mesh-ready, as the compose file runs it: it must outlast its own timeout while the seat is missing.
     let mut ready = two.start_wait(WAIT_TIMEOUT_SECS);
     let started = Instant::now();
