@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use alloy::primitives::B256;
-use mesh_attest::collateral::CollateralSource;
+use alloy::primitives::{Address, B256};
+use mesh_attest::collateral::{CollateralSource, Platform, quote_platform};
 use mesh_attest::tcb::TcbPolicy;
-use mesh_attest::{CollateralInfo, Evidence, QuoteCollateralV3, Refusal, Verdict};
+use mesh_attest::{CollateralInfo, Evidence, QuoteCollateralV3, Refusal, TcbStatus, Verdict};
 use mesh_chain::budget;
 use mesh_chain::follow::Follower;
 use mesh_chain::redact::RedactedUrl;
@@ -32,9 +32,55 @@ struct PolicyAnswer {
     read_at: Option<Instant>,
 }
 
+/// A seat's verdict as a pass reached it, with everything it was reached on: while the seat's binding, the
+/// collateral for its platform and the accepted TCB statuses stay as they were, the next pass takes it
+/// as it is, without decoding the evidence, so that a change in one seat costs the verification of that
+/// seat only.
+struct Checked {
+    evidence_hash: B256,
+    instance_id: String,
+    node: Address,
+    /// The cluster the evidence must commit to: its app ids, chain id and contract.
+    apps: Vec<Address>,
+    chain: (u64, Address),
+    platform: Platform,
+    collateral: Arc<QuoteCollateralV3>,
+    statuses: std::collections::BTreeSet<TcbStatus>,
+    verdict: Result<Verdict, Refusal>,
+    /// The collateral's TCB evaluation data number, which the cluster's TCB policy judges.
+    evaluation: u32,
+}
+
+impl Checked {
+    /// Whether this verdict still answers for `binding` in `view`'s cluster under `collateral` and
+    /// `statuses` at `now`: a verdict lapses when its collateral's next update is past, as in the checker's
+    /// cache.
+    fn answers(
+        &self,
+        binding: &Binding,
+        view: &ChainView,
+        collateral: &Arc<QuoteCollateralV3>,
+        statuses: &std::collections::BTreeSet<TcbStatus>,
+        now: u64,
+    ) -> bool {
+        self.evidence_hash == binding.evidence_hash
+            && self.instance_id == binding.instance_id
+            && self.node == binding.node
+            && self.apps == view.pins.app_ids
+            && self.chain == (view.chain_id(), view.contract)
+            && Arc::ptr_eq(&self.collateral, collateral)
+            && self.statuses == *statuses
+            && !matches!(&self.verdict, Ok(v) if now > v.collateral_next_update)
+    }
+}
+
 /// What the pass keeps between runs.
 pub struct Attestor {
     checker: Checker,
+    /// Each seat's last verdict, while it answers ([`Checked::answers`]).
+    checked: BTreeMap<u64, Checked>,
+    /// Evidence decoded and checked anew (not answered from `checked`), since the start.
+    checked_anew: u64,
     collateral: CollateralSource,
     allowlists: BTreeMap<(B256, B256), Answer>,
     /// None until first read: until then each agent's flags decide, as with no policy.
@@ -70,6 +116,8 @@ impl Attestor {
     ) -> Self {
         Self {
             checker,
+            checked: BTreeMap::new(),
+            checked_anew: 0,
             collateral,
             allowlists: saved
                 .into_iter()
@@ -232,26 +280,9 @@ impl Attestor {
                 continue;
             };
             let cached = self.checker.cached_len();
-            let mut evaluation = 0;
-            let verdict = match self.collateral_for(binding, now).await {
-                Ok(collateral) => {
-                    evaluation =
-                        CollateralInfo::of(&collateral).map_or(0, |i| i.tcb_evaluation_data_number);
-                    let statuses = statuses
-                        .clone()
-                        .unwrap_or_else(|| self.checker.tcb_statuses().clone());
-                    self.checker.check_with(
-                        binding,
-                        &view.pins.app_ids,
-                        view.chain_id(),
-                        view.contract,
-                        &collateral,
-                        now,
-                        statuses,
-                    )
-                }
-                Err(refusal) => Err(refusal),
-            };
+            let (verdict, evaluation) = self
+                .verdict_for(*token, binding, view, statuses.as_ref(), now)
+                .await;
             cold += usize::from(self.checker.cached_len() != cached);
             let attested = match verdict {
                 Ok(v) => match self.allowed(&v, follower.as_deref_mut()).await {
@@ -272,6 +303,7 @@ impl Attestor {
             };
             out.insert(*token, attested);
         }
+        self.checked.retain(|seat, _| seats.contains(seat));
         // A seat gone, or bound to other evidence, starts afresh if it ever falls below again.
         self.staging.retain(|seat, evidence| {
             view.bindings
@@ -290,19 +322,78 @@ impl Attestor {
         out
     }
 
-    /// The collateral for the binding's quote. A quote that names no platform is refused as `malformed`, not
-    /// `collateral` ([`Refusal`]'s `From<CollateralError>`).
-    async fn collateral_for(
-        &self,
+    /// Seat `token`'s verdict on `binding`, with its collateral's TCB evaluation data number: the last pass's
+    /// while it answers, else checked anew. `statuses` are the TCB statuses accepted under an on-chain
+    /// policy (none: the flags').
+    async fn verdict_for(
+        &mut self,
+        token: u64,
         binding: &Binding,
+        view: &ChainView,
+        statuses: Option<&std::collections::BTreeSet<TcbStatus>>,
         now: u64,
-    ) -> Result<Arc<QuoteCollateralV3>, Refusal> {
-        let evidence =
-            Evidence::decode(&binding.evidence).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        self.collateral
-            .for_quote(&evidence.quote, now)
-            .await
-            .map_err(Refusal::from)
+    ) -> (Result<Verdict, Refusal>, u32) {
+        let statuses = statuses
+            .unwrap_or_else(|| self.checker.tcb_statuses())
+            .clone();
+        if let Some(last) = self.checked.get(&token)
+            && let Ok(collateral) = self.collateral.for_platform(last.platform, now).await
+            && last.answers(binding, view, &collateral, &statuses, now)
+        {
+            return (last.verdict.clone(), last.evaluation);
+        }
+        self.checked.remove(&token);
+        self.checked_anew += 1;
+        // A quote that names no platform is refused as `malformed`, not `collateral` (`Refusal`'s
+        // `From<CollateralError>`).
+        let platform = match Evidence::decode(&binding.evidence) {
+            Ok(evidence) => quote_platform(&evidence.quote).map_err(Refusal::from),
+            Err(e) => Err(Refusal::Malformed(e.to_string())),
+        };
+        let platform = match platform {
+            Ok(p) => p,
+            Err(refusal) => return (Err(refusal), 0),
+        };
+        let collateral = match self.collateral.for_platform(platform, now).await {
+            Ok(c) => c,
+            // Not kept: the PCCS may answer at the next pass.
+            Err(e) => return (Err(Refusal::from(e)), 0),
+        };
+        let evaluation =
+            CollateralInfo::of(&collateral).map_or(0, |i| i.tcb_evaluation_data_number);
+        let verdict = self.checker.check_with(
+            binding,
+            &view.pins.app_ids,
+            view.chain_id(),
+            view.contract,
+            &collateral,
+            now,
+            statuses.clone(),
+        );
+        if !verdict.as_ref().is_err_and(Refusal::depends_on_time) {
+            self.checked.insert(
+                token,
+                Checked {
+                    evidence_hash: binding.evidence_hash,
+                    instance_id: binding.instance_id.clone(),
+                    node: binding.node,
+                    apps: view.pins.app_ids.clone(),
+                    chain: (view.chain_id(), view.contract),
+                    platform,
+                    collateral,
+                    statuses,
+                    verdict: verdict.clone(),
+                    evaluation,
+                },
+            );
+        }
+        (verdict, evaluation)
+    }
+
+    /// Evidence decoded and checked anew since the start: a pass over seats whose bindings and collateral
+    /// did not change adds nothing.
+    pub fn checked_anew(&self) -> u64 {
+        self.checked_anew
     }
 
     /// The allowlists' answer for the verdict's compose hash and OS image: as read within the refresh
@@ -381,7 +472,7 @@ mod tests {
     use mesh_attest::collateral::PinnedCollateral;
     use mesh_attest::testing::boot_log;
     use mesh_attest::{TcbStatus, Trust};
-    use tdx_mock::{MockPki, TdInput};
+    use tdx_mock::{CollateralOptions, MockPki, TdInput};
 
     use super::*;
     use crate::desired::tests::{record, view};
@@ -451,6 +542,149 @@ mod tests {
             "{:?}",
             got[&2]
         );
+    }
+
+    /// Seat `token`'s binding as its instance publishes it in `chain`'s cluster, from boot number `boot`
+    /// (each boot quotes anew: other evidence for the same seat).
+    fn genuine(pki: &MockPki, chain: &ChainView, token: u8, boot: u8) -> Binding {
+        let instance = [token; 20];
+        let node = Address::repeat_byte(token);
+        let events = boot_log(chain.pins.app_ids[0].0.0, [0xc0; 32], instance);
+        let rtmr3 = mesh_attest::replay::replay_rtmr3(&events).unwrap();
+        let quote = pki.quote(&TdInput::new(
+            [boot; 48],
+            [[2; 48], [3; 48], [4; 48], rtmr3],
+            mesh_attest::report_data(chain.chain_id(), chain.contract, node),
+        ));
+        let evidence = Bytes::from(Evidence { quote, events }.encode());
+        Binding {
+            instance_id: alloy::hex::encode(instance),
+            node,
+            evidence_hash: keccak256(&evidence),
+            bound_block: 1,
+            evidence,
+        }
+    }
+
+    /// A pass takes an unchanged seat's verdict from the last pass without decoding its evidence, so a
+    /// change in one seat of a thousand costs that seat's check alone: a new seat and a seat bound to new
+    /// evidence are checked anew, the others are not.
+    #[tokio::test]
+    async fn a_pass_checks_anew_only_the_seats_whose_binding_changed() {
+        let pki = MockPki::from_seed([0x3d; 32]);
+        let mut pinned = PinnedCollateral::default();
+        pinned
+            .insert(pki.collateral(&CollateralOptions::valid_from(unix_now() - 86_400, 30)))
+            .unwrap();
+        let mut chain = view(&[record(1, 1, ""), record(2, 2, ""), record(3, 3, "")]);
+        chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
+        for token in 1..=3 {
+            let b = genuine(&pki, &chain, token, 1);
+            chain.bindings.insert(token.into(), b);
+        }
+        let mut attestor = Attestor::new(
+            Checker::new(
+                Trust::from_der(pki.root_ca_der()).unwrap(),
+                BTreeSet::from([TcbStatus::UpToDate]),
+            ),
+            CollateralSource::Pinned(pinned),
+            Duration::from_secs(60),
+            Vec::new(),
+            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
+        );
+        let verified = |a: &Attestor| {
+            a.checked
+                .iter()
+                .filter(|(_, c)| c.verdict.is_ok())
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+        };
+
+        let first = attestor.pass(&chain, None).await;
+        assert_eq!(verified(&attestor), [1, 2, 3], "{first:?}");
+        assert_eq!(attestor.checked_anew(), 3, "every seat is checked once");
+
+        let again = attestor.pass(&chain, None).await;
+        assert_eq!(again, first, "the same verdicts");
+        assert_eq!(attestor.checked_anew(), 3, "and no evidence decoded again");
+
+        chain.records.insert(4, record(4, 4, ""));
+        let new_seat = genuine(&pki, &chain, 4, 1);
+        chain.bindings.insert(4, new_seat);
+        let rebound = genuine(&pki, &chain, 2, 2);
+        chain.bindings.insert(2, rebound);
+        attestor.pass(&chain, None).await;
+        assert_eq!(verified(&attestor), [1, 2, 3, 4]);
+        assert_eq!(
+            attestor.checked_anew(),
+            5,
+            "the new seat and the rebound one only"
+        );
+        assert_eq!(
+            attestor.checked[&2].evidence_hash, chain.bindings[&2].evidence_hash,
+            "the rebound seat's verdict is on its new evidence"
+        );
+
+        chain.records.remove(&3);
+        chain.bindings.remove(&3);
+        attestor.pass(&chain, None).await;
+        assert!(
+            !attestor.checked.contains_key(&3),
+            "a seat gone is forgotten"
+        );
+    }
+
+    /// A kept verdict answers only for the same binding, cluster, collateral (the same fetch, not equal
+    /// content) and accepted statuses, and only until its collateral's next update.
+    #[tokio::test]
+    async fn a_kept_verdict_lapses_with_new_collateral_other_statuses_or_its_collaterals_next_update()
+     {
+        let pki = MockPki::from_seed([0x3e; 32]);
+        let mut pinned = PinnedCollateral::default();
+        pinned
+            .insert(pki.collateral(&CollateralOptions::valid_from(unix_now() - 86_400, 30)))
+            .unwrap();
+        let mut chain = view(&[record(1, 1, "")]);
+        chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
+        let b = genuine(&pki, &chain, 1, 1);
+        chain.bindings.insert(1, b);
+        let statuses = BTreeSet::from([TcbStatus::UpToDate]);
+        let mut attestor = Attestor::new(
+            Checker::new(
+                Trust::from_der(pki.root_ca_der()).unwrap(),
+                statuses.clone(),
+            ),
+            CollateralSource::Pinned(pinned),
+            Duration::from_secs(60),
+            Vec::new(),
+            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
+        );
+        attestor.pass(&chain, None).await;
+        let kept = &attestor.checked[&1];
+        let binding = &chain.bindings[&1];
+        let until = kept.verdict.as_ref().unwrap().collateral_next_update;
+        let same = Arc::clone(&kept.collateral);
+        let now = unix_now();
+
+        assert!(kept.answers(binding, &chain, &same, &statuses, now));
+        assert!(kept.answers(binding, &chain, &same, &statuses, until));
+        assert!(
+            !kept.answers(binding, &chain, &same, &statuses, until + 1),
+            "past the collateral's next update"
+        );
+        let refetched = Arc::new((*same).clone());
+        assert!(
+            !kept.answers(binding, &chain, &refetched, &statuses, now),
+            "collateral fetched again"
+        );
+        let wider = BTreeSet::from([TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded]);
+        assert!(!kept.answers(binding, &chain, &same, &wider, now));
+        let mut other_node = binding.clone();
+        other_node.node = Address::repeat_byte(0x77);
+        assert!(!kept.answers(&other_node, &chain, &same, &statuses, now));
+        let mut other_cluster = chain.clone();
+        other_cluster.contract = Address::repeat_byte(0x78);
+        assert!(!kept.answers(binding, &other_cluster, &same, &statuses, now));
     }
 
     /// In a small cluster an allowlist answer is read again after `--full-read-secs`; at a thousand nodes,

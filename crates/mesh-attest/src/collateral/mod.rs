@@ -328,7 +328,20 @@ impl CollateralSource {
         quote: &[u8],
         now: u64,
     ) -> Result<Arc<QuoteCollateralV3>, CollateralError> {
-        let platform = quote_platform(quote)?;
+        self.for_platform(quote_platform(quote)?, now).await
+    }
+
+    /// The collateral for `platform`: the same `Arc` until new collateral is pinned or fetched, so that
+    /// a verdict reached on it can be kept while it is.
+    ///
+    /// # Errors
+    /// [`CollateralError`]: nothing is pinned for the platform, or the PCCS is unreachable and nothing
+    /// valid is cached.
+    pub async fn for_platform(
+        &self,
+        platform: Platform,
+        now: u64,
+    ) -> Result<Arc<QuoteCollateralV3>, CollateralError> {
         match self {
             Self::Pinned(pinned) => {
                 pinned
