@@ -118,6 +118,7 @@ pub fn admitted(
 }
 
 /// What this node trusts evidence under, and the verdicts it reached.
+#[derive(Clone)]
 pub struct Checker {
     trust: Trust,
     tcb_statuses: BTreeSet<TcbStatus>,

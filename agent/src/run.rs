@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use backoff::Backoff;
 use dstack_guest::DstackClient;
 use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
-use mesh_attest::collateral::CollateralSource;
+
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::view::ChainView;
 use tokio::sync::watch;
@@ -277,13 +277,9 @@ fn attestor(
         // Asked for by flag, so not a warning; said at start so that nobody runs it so unawares.
         info!(root = ?args.trust.tdx_root_ca, "verifying quotes under this root CA, not Intel's: for tests and simulations only, since whoever holds its key can attest anything");
     }
-    let collateral = match args
+    let collateral = args
         .trust
-        .collateral(Some(&args.state.dir.join("collateral")))?
-    {
-        CollateralSource::Pccs(p) => CollateralSource::Pccs(p.with_timeout(PCCS_TIMEOUT)),
-        pinned => pinned,
-    };
+        .collateral(Some(&args.state.dir.join("collateral")), Some(PCCS_TIMEOUT))?;
     Ok(Attestor::new(
         Checker::new(trust, args.trust.tcb_statuses()),
         collateral,

@@ -124,7 +124,7 @@ async fn verify_quote_with(
         .context("the clock is before 1970")?
         .as_secs();
     let collateral = trust
-        .collateral(None)?
+        .collateral(None, None)?
         .for_quote(&evidence.quote, now)
         .await
         // A quote that does not parse is the node's to fix, not the collateral's.

@@ -45,12 +45,14 @@ impl VerdictKey {
     }
 }
 
+#[derive(Clone)]
 struct Entry {
     result: Result<Verdict, Refusal>,
     last_used: u64,
 }
 
 /// A bounded map of verdicts (passes and refusals); the least recently used goes first.
+#[derive(Clone)]
 pub struct VerdictCache {
     capacity: usize,
     entries: HashMap<VerdictKey, Entry>,

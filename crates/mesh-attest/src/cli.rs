@@ -88,17 +88,26 @@ impl TrustArgs {
         statuses
     }
 
-    /// Where collateral comes from: the pinned file, else the PCCS, caching in `cache_dir` when given.
+    /// Where collateral comes from: the pinned file, else the PCCS, caching in `cache_dir` when given and
+    /// giving up on an answer after `timeout` when given.
     ///
     /// # Errors
     /// [`TrustArgsError`] when the file cannot be read, or the URL or the cache directory not used.
-    pub fn collateral(&self, cache_dir: Option<&Path>) -> Result<CollateralSource, TrustArgsError> {
+    pub fn collateral(
+        &self,
+        cache_dir: Option<&Path>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<CollateralSource, TrustArgsError> {
         match &self.tdx_collateral_file {
             Some(path) => PinnedCollateral::load(path)
                 .map(CollateralSource::Pinned)
                 .map_err(TrustArgsError::Collateral),
             None => Pccs::new(&self.pccs_url, cache_dir.map(Path::to_owned))
-                .map(CollateralSource::Pccs)
+                .map(|p| match timeout {
+                    Some(t) => p.with_timeout(t),
+                    None => p,
+                })
+                .map(|p| CollateralSource::Pccs(std::sync::Arc::new(p)))
                 .map_err(TrustArgsError::Pccs),
         }
     }

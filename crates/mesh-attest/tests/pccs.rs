@@ -49,7 +49,7 @@ async fn scenario() {
     let pccs = Pccs::new(&url, Some(dir.path().to_owned()))
         .unwrap()
         .with_timeout(Duration::from_secs(5));
-    let source = CollateralSource::Pccs(pccs);
+    let source = CollateralSource::Pccs(std::sync::Arc::new(pccs));
 
     // Fetched once, with the signed JSON kept byte for byte: it verifies.
     let got = source.for_quote(&quote, NOW).await.unwrap();
@@ -153,7 +153,7 @@ async fn nothing_cached_and_no_pccs_is_a_named_error() {
     let pccs = Pccs::new(&format!("http://{addr}"), None)
         .unwrap()
         .with_timeout(Duration::from_secs(5));
-    let got = CollateralSource::Pccs(pccs)
+    let got = CollateralSource::Pccs(std::sync::Arc::new(pccs))
         .for_quote(&quote(&pki), NOW)
         .await;
     match got {

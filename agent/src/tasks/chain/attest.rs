@@ -27,6 +27,7 @@ struct Answer {
 }
 
 /// The cluster's TCB policy as last read (none: the owner set none, and the flags' statuses apply), and when.
+#[derive(Clone)]
 struct PolicyAnswer {
     policy: Option<TcbPolicy>,
     read_at: Option<Instant>,
@@ -36,6 +37,7 @@ struct PolicyAnswer {
 /// collateral for its platform and the accepted TCB statuses stay as they were, the next pass takes it
 /// as it is, without decoding the evidence, so that a change in one seat costs the verification of that
 /// seat only.
+#[derive(Clone)]
 struct Checked {
     evidence_hash: B256,
     instance_id: String,
@@ -74,7 +76,9 @@ impl Checked {
     }
 }
 
-/// What the pass keeps between runs.
+/// What the pass keeps between runs. A copy goes on from where this one is, as another node that had
+/// checked the same seats would.
+#[derive(Clone)]
 pub struct Attestor {
     checker: Checker,
     /// Each seat's last verdict, while it answers ([`Checked::answers`]).

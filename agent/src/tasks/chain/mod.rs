@@ -338,9 +338,9 @@ impl Running {
                 if tick.allowlists_changed {
                     self.task.attestor.allowlists_changed();
                 }
-                // The seats' evidence is checked again when the records or bindings changed, or the
-                // re-check is due: a block that moved nothing else keeps the verdicts, since a pass decodes
-                // every seat's evidence and replays its log, at every block and on every node.
+                // The seats are judged again when the records or bindings changed, or the re-check is due:
+                // a block that moved nothing else keeps the verdicts. A pass checks anew only the seats
+                // whose binding or collateral changed, but it still looks at every seat.
                 if tick.changed || self.task.attestor.due() {
                     self.publish(&view, moved || tick.changed).await;
                 } else if moved {

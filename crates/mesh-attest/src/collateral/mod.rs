@@ -309,12 +309,11 @@ impl PinnedCollateral {
     }
 }
 
-/// Where the agent gets collateral.
-// One per agent: its size does not matter, and boxing would only add a pointer to follow.
-#[allow(clippy::large_enum_variant)]
+/// Where the agent gets collateral. A copy shares the PCCS client and what it has fetched.
+#[derive(Clone)]
 pub enum CollateralSource {
     Pinned(PinnedCollateral),
-    Pccs(Pccs),
+    Pccs(Arc<Pccs>),
 }
 
 impl CollateralSource {

@@ -502,4 +502,24 @@ pub(crate) struct Thousand {
     /// The agent's liveness probes its idle peers answered, a second.
     pub(crate) agent_probes_per_second_idle: f64,
     pub(crate) agent_requests_per_block: f64,
+    pub(crate) attestation: ThousandAttestation,
+}
+
+/// Judging the members' evidence as the agent does ([`p2p_agent::tasks::chain::attest::Attestor`]).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ThousandAttestation {
+    /// One attestor's first pass over every member's seat, each quote verified; and the members verified.
+    pub(crate) first_pass_ms: f64,
+    pub(crate) first_pass_ms_per_seat: f64,
+    pub(crate) verified: usize,
+    /// A later pass over the same seats: every verdict kept.
+    pub(crate) kept_pass_ms: f64,
+    pub(crate) kept_pass_us_per_seat: f64,
+    /// At the join, each member's pass that admitted the newcomer (ms), and the evidence each checked anew.
+    pub(crate) admitting_pass_ms: Stat,
+    pub(crate) checked_anew_per_member: f64,
+    /// The agent's own first pass over its peers, from its log.
+    pub(crate) agent_first_pass_ms: Option<f64>,
+    pub(crate) agent_first_pass_seats: Option<u64>,
 }

@@ -368,6 +368,20 @@ fn print_thousand(t: &Thousand) {
         "a full read of {others} records: first {:.0} ms ({} requests, every proof checked), later {:.0} ms ({} requests)",
         t.first_full_read_ms, t.first_full_read_requests, t.full_read_ms, t.full_read_requests
     );
+    let a = &t.attestation;
+    println!(
+        "attestation:                 a first pass over {others} seats {:.0} ms ({:.3} ms a seat, {} verified), a later one {:.1} ms ({:.1} µs a seat); at the join each member's pass took median {} ms, p99 {} ms, checking {:.2} quotes anew; the agent's first pass over {} peers {} ms",
+        a.first_pass_ms,
+        a.first_pass_ms_per_seat,
+        a.verified,
+        a.kept_pass_ms,
+        a.kept_pass_us_per_seat,
+        fixed(a.admitting_pass_ms.median_ms, 2),
+        fixed(a.admitting_pass_ms.p99_ms, 2),
+        a.checked_anew_per_member,
+        a.agent_first_pass_seats.unwrap_or(0),
+        fixed(a.agent_first_pass_ms, 0)
+    );
     println!(
         "the agent with {others} peers:  all listed {} s and handshaken {} s after its start; RSS {:.1} MiB; idle CPU {:.2}% with {:.0} liveness probes a second answered; {:.2} chain requests per block",
         fixed(t.agent_listed_secs, 1),

@@ -3,8 +3,13 @@
 //! subscription, a safety poll), with no data plane: a plan is applied to a table in memory, and a member
 //! that has applied the newcomer has its simulated WireGuard peer in the swarm initiate toward it.
 //!
-//! Left out of what an agent does per change: attesting the newcomer's quote, writing the state file and
-//! serving the API (each costs the node, not the others, and would be a thousand times on these two cores).
+//! Each member judges the seats' evidence as the agent does ([`Attestor::pass`], then only the admitted
+//! seats planned), from a copy of an attestor that has checked every seat already: a member that has run
+//! for a while. So a join costs each member the newcomer's evidence checked anew and every other seat's
+//! verdict kept, as at a real node; the cold pass over every seat is measured once, beside the fleet.
+//!
+//! Left out of what an agent does per change: writing the state file and serving the API (each costs the
+//! node, not the others, and would be a thousand times on these two cores).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +22,9 @@ use mesh_chain::membership::Own;
 use mesh_chain::view::ChainView;
 use mesh_wg::{MemoryTable, PeerTable as _};
 use netns_tests::in_process::swarm::Swarm;
+use p2p_agent::attestation;
 use p2p_agent::state::SeatState;
+use p2p_agent::tasks::chain::attest::Attestor;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -44,6 +51,9 @@ pub(crate) struct Seen {
     /// held the seat (its record's block).
     pub(crate) bound: Option<Instant>,
     pub(crate) applied: Option<Instant>,
+    /// The attestation pass of the change that admitted the watched seat, and evidence checked anew in it.
+    pub(crate) admitting_pass: Option<Duration>,
+    pub(crate) admitting_checked_anew: u64,
     /// When the wake-up that led to `applied` came: the head's arrival, for a member woken by one.
     pub(crate) heard: Option<Instant>,
     /// Whether it follows heads by subscription now (else it polls, as the agent does when one drops).
@@ -66,11 +76,12 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    /// Starts a follower per member, each from `view` (as from its state file) and following `ws`. Call
-    /// on a runtime inside the namespace of the chain.
+    /// Starts a follower per member, each from `view` (as from its state file) and a copy of `attestor`,
+    /// and following `ws`. Call on a runtime inside the namespace of the chain.
     pub(crate) fn start(
         members: &[Member],
         view: &ChainView,
+        attestor: &Attestor,
         contract: Address,
         ws: &Url,
         swarm: &Arc<Swarm>,
@@ -89,9 +100,9 @@ impl Fleet {
                 watched: watched.clone(),
                 swarm: swarm.clone(),
             };
-            let (view, starting) = (view.clone(), starting.clone());
+            let (view, starting, attestor) = (view.clone(), starting.clone(), attestor.clone());
             tasks.spawn(async move {
-                if let Err(e) = one.run(view, &starting).await {
+                if let Err(e) = one.run(view, attestor, &starting).await {
                     one.update(|s| s.failed = Some(format!("{e:#}")));
                 }
             });
@@ -138,10 +149,16 @@ impl One {
         f(&mut seen[self.index]);
     }
 
-    /// As the agent's chain task does it (`tasks::chain`), less the attestation and the state file: start
-    /// from the cached view, then a tick per wake-up, and the plan for every change.
-    async fn run(&self, view: ChainView, starting: &Semaphore) -> anyhow::Result<()> {
+    /// As the agent's chain task does it (`tasks::chain`), less the state file: start from the cached view,
+    /// then a tick per wake-up, and the attestation pass and the plan for every change.
+    async fn run(
+        &self,
+        view: ChainView,
+        mut attestor: Attestor,
+        starting: &Semaphore,
+    ) -> anyhow::Result<()> {
         let table = MemoryTable::default();
+        let mut admitted = None;
         let (mut follower, mut wakeups) = {
             let _permit = starting.acquire().await?;
             let provider = mesh_chain::rpc::reader(&self.ws).await?;
@@ -155,7 +172,8 @@ impl One {
             .await?;
             let wakeups = Wakeups::new(POLL, Some(self.ws.clone()));
             follower.tick(Instant::now()).await?;
-            self.apply(&follower, &table);
+            let pass = admit(&mut attestor, &mut follower, &mut admitted, &self.member).await;
+            self.apply(admitted.as_ref(), &table, pass);
             (follower, wakeups)
         };
         self.update(|s| s.ready = true);
@@ -168,8 +186,10 @@ impl One {
             let tick = follower.tick_at(woke, &heads).await;
             self.note_binding(&follower);
             match tick {
-                Ok(tick) if tick.changed => {
-                    self.apply(&follower, &table);
+                Ok(tick) if tick.changed || attestor.due() => {
+                    let pass =
+                        admit(&mut attestor, &mut follower, &mut admitted, &self.member).await;
+                    self.apply(admitted.as_ref(), &table, pass);
                     self.update(|s| {
                         if s.applied.is_some() {
                             s.heard.get_or_insert(woke);
@@ -210,16 +230,20 @@ impl One {
         }
     }
 
-    /// The agent's decisions for a new view: who the members are, what the interface should hold, the plan
-    /// from what it holds, applied. The watched seat, once planned, is noted and initiated toward.
-    fn apply(&self, follower: &Follower, table: &MemoryTable) {
+    /// The agent's decisions for a new admitted view: who the members are, what the interface should hold,
+    /// the plan from what it holds, applied. The watched seat, once planned, is noted (with `pass`, the
+    /// attestation pass that admitted it) and initiated toward.
+    fn apply(&self, admitted: Option<&ChainView>, table: &MemoryTable, pass: Pass) {
+        let Some(view) = admitted else {
+            return;
+        };
         let own = Own {
             token_id: Some(self.member.token),
             instance_id: &self.member.instance_id,
             wg_public_key: Some(self.member.wg_key),
         };
         let (members, _) =
-            p2p_agent::desired::members(follower.view(), SeatState::Active(self.member.token), own);
+            p2p_agent::desired::members(view, SeatState::Active(self.member.token), own);
         let want = p2p_agent::desired::peer_configs(&members, None);
         let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
         let failed = mesh_wg::apply(table, &changes);
@@ -236,9 +260,44 @@ impl One {
         self.update(|s| {
             first = s.applied.is_none();
             s.applied.get_or_insert(now);
+            if first {
+                s.admitting_pass = Some(pass.took);
+                s.admitting_checked_anew = pass.checked_anew;
+            }
         });
         if first {
             self.swarm.initiate(self.index, *key.as_bytes(), endpoint);
         }
+    }
+}
+
+/// One attestation pass: how long it took, and the evidence it checked anew.
+#[derive(Clone, Copy)]
+struct Pass {
+    took: Duration,
+    checked_anew: u64,
+}
+
+/// The agent's attestation pass over the follower's view, and the view it admits (`admitted`, which the
+/// next pass starts from, as the agent's does).
+async fn admit(
+    attestor: &mut Attestor,
+    follower: &mut Follower,
+    admitted: &mut Option<ChainView>,
+    member: &Member,
+) -> Pass {
+    let began = Instant::now();
+    let before = attestor.checked_anew();
+    let view = follower.view().clone();
+    let attestations = attestor.pass(&view, Some(follower)).await;
+    *admitted = Some(attestation::admitted(
+        &view,
+        &attestations,
+        &member.instance_id,
+        admitted.as_ref(),
+    ));
+    Pass {
+        took: began.elapsed(),
+        checked_anew: attestor.checked_anew() - before,
     }
 }

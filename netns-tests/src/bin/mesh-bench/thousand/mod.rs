@@ -21,17 +21,21 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, U256};
 use alloy::providers::Provider as _;
 use anyhow::Context as _;
+use mesh_attest::cli::TrustArgs;
 use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::Heads;
+use mesh_chain::redact::RedactedUrl;
 use netns_tests::in_process::swarm::Swarm;
 use netns_tests::measure::perf::{clock_ticks, cpu_ticks};
 use netns_tests::prelude::*;
 use netns_tests::system::cluster::Layout;
 use netns_tests::system::lan::{SWITCH_IP, rpc_url, ws_url};
+use p2p_agent::attestation::Checker;
+use p2p_agent::tasks::chain::attest::Attestor;
 
 use crate::cost::{chain_counters, mine, rss_kib};
-use crate::report::{Stat, Thousand};
+use crate::report::{Stat, Thousand, ThousandAttestation};
 use crate::{BOUND, ms};
 
 /// The first port of the swarm's peers, on the switch's address.
@@ -71,8 +75,22 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     eprintln!("   {others} members registered in {register_secs:.0} s");
 
     // What a full read costs at this size: the first, which checks every record's proof, and a later one,
-    // which finds nothing new.
-    let (view, first_read, later_read) = run_on(&rt, async move {
+    // which finds nothing new. Then what judging every seat's evidence costs an agent, as it does it: the
+    // first pass verifies each quote, a later one finds every verdict kept.
+    let trust = TrustArgs {
+        tdx_root_ca: Some(cluster.tdx_root_ca.clone()),
+        tdx_collateral_file: Some(cluster.tdx_collateral.clone()),
+        pccs_url: String::new(),
+        allow_tcb_status: Vec::new(),
+    };
+    let attestor = Attestor::new(
+        Checker::new(trust.trust()?, trust.tcb_statuses()),
+        trust.collateral(None, None)?,
+        Duration::from_secs(60),
+        Vec::new(),
+        RedactedUrl::new(&rpc_url().parse()?),
+    );
+    let (view, first_read, later_read, attestor, passes) = run_on(&rt, async move {
         let reader = mesh_chain::rpc::reader(&rpc_url().parse()?).await?;
         let t = Instant::now();
         let config = FollowConfig {
@@ -84,7 +102,28 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         let (t, before) = (Instant::now(), f.requests);
         f.full_read().await?;
         let later = (t.elapsed(), f.requests - before);
-        anyhow::Ok((f.view().clone(), first, later))
+        let view = f.view().clone();
+        let mut attestor = attestor;
+        let t = Instant::now();
+        let verdicts = attestor.pass(&view, Some(&mut f)).await;
+        let cold = t.elapsed();
+        let checked = attestor.checked_anew();
+        let t = Instant::now();
+        let again = attestor.pass(&view, Some(&mut f)).await;
+        let kept = t.elapsed();
+        anyhow::ensure!(
+            again == verdicts && attestor.checked_anew() == checked,
+            "a second pass over the same seats checked {} anew",
+            attestor.checked_anew() - checked
+        );
+        let admitted = verdicts.values().filter(|a| a.is_verified()).count();
+        anyhow::Ok((
+            view,
+            first,
+            later,
+            attestor,
+            (cold, kept, checked, admitted),
+        ))
     })?;
     anyhow::ensure!(
         view.records.len() == others,
@@ -98,6 +137,19 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         ms(later_read.0),
         later_read.1
     );
+    let (cold, kept, checked, verified) = passes;
+    anyhow::ensure!(
+        verified == others,
+        "only {verified} of {others} members' evidence verified"
+    );
+    let per_seat = |d: Duration| d.as_secs_f64() * 1000.0 / checked.max(1) as f64;
+    eprintln!(
+        "   attestation: the first pass over {others} seats {:.0} ms ({:.3} ms a seat, {checked} quotes verified), a later one {:.1} ms ({:.1} µs a seat, every verdict kept)",
+        ms(cold),
+        per_seat(cold),
+        ms(kept),
+        per_seat(kept) * 1000.0
+    );
 
     eprintln!(
         "   {others} followers: the agent's follower, membership and plan code, on anvil's WebSocket"
@@ -106,7 +158,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     let ws: alloy::transports::http::reqwest::Url = ws_url().parse()?;
     let fleet = {
         let _entered = rt.enter();
-        followers::Fleet::start(&members, &view, contract, &ws, &swarm)
+        followers::Fleet::start(&members, &view, &attestor, contract, &ws, &swarm)
     };
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
@@ -220,6 +272,19 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         handshake.brief()
     );
 
+    let admitting = Stat::of(
+        seen.iter()
+            .map(|s| s.admitting_pass.map(|d| d.as_secs_f64() * 1000.0)),
+    );
+    let checked_anew: u64 = seen.iter().map(|s| s.admitting_checked_anew).sum();
+    let agent_first_pass = agent_first_pass(&agent);
+    eprintln!(
+        "   attestation at the join: each member's pass that admitted the newcomer: {}; {checked_anew} quotes checked anew in all ({:.2} a member); the agent's first pass over its {} peers {:.0} ms",
+        admitting.brief(),
+        checked_anew as f64 / others as f64,
+        agent_first_pass.map_or(0, |p| p.1),
+        agent_first_pass.map_or(f64::NAN, |p| p.0)
+    );
     let cost = agent_cost(&lan, &agent, &swarm)?;
     eprintln!(
         "   the agent with {others} peers: listed them {:.1} s and handshaken with all {:.1} s after it started; RSS {:.1} MiB, idle CPU {:.2}% ({:.0} liveness probes a second answered, each a datagram out and one back), {:.2} chain requests per block",
@@ -266,7 +331,36 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         agent_cpu_percent_idle: cost.cpu_percent,
         agent_probes_per_second_idle: cost.probes_per_second,
         agent_requests_per_block: cost.requests_per_block,
+        attestation: ThousandAttestation {
+            first_pass_ms: ms(cold),
+            first_pass_ms_per_seat: per_seat(cold),
+            verified,
+            kept_pass_ms: ms(kept),
+            kept_pass_us_per_seat: per_seat(kept) * 1000.0,
+            admitting_pass_ms: admitting,
+            checked_anew_per_member: checked_anew as f64 / others as f64,
+            agent_first_pass_ms: agent_first_pass.map(|p| p.0),
+            agent_first_pass_seats: agent_first_pass.map(|p| p.1),
+        },
     })
+}
+
+/// The agent's first attestation pass that verified quotes, from its log: how long it took, and the seats
+/// it judged.
+fn agent_first_pass(agent: &Agent<'_>) -> Option<(f64, u64)> {
+    let line = agent
+        .log_lines("checked the seats' attestation evidence")
+        .into_iter()
+        .next()?;
+    let field = |name: &str| -> Option<u64> {
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("elapsed_ms")? as f64, field("seats")?))
 }
 
 /// A runtime whose threads all live in the namespace `ns` (where anvil and the swarm's addresses are): every
