@@ -136,6 +136,8 @@ pub struct Pace {
     /// Where a stretched period falls this time ([`Pace::timer_fired`]), from a generator seeded apart in
     /// every node.
     spread: u64,
+    /// A stretched period has been drawn: the first one falls anywhere within it.
+    phased: bool,
 }
 
 impl Pace {
@@ -152,6 +154,7 @@ impl Pace {
             nodes: 1,
             silence_polled: false,
             spread: seed(),
+            phased: false,
         }
     }
 
@@ -224,16 +227,23 @@ impl Pace {
 
     /// The timer fired: the next one is a period away, and a silence so far has been looked into.
     ///
-    /// A period stretched for a large cluster falls anywhere from half of it to one and a half, so that the
-    /// nodes' polls spread out over time instead of reaching the provider together: every node looks into
-    /// the same silence after the same block, and would otherwise stay in step from then on.
+    /// A period stretched for a large cluster is drawn so that the nodes' polls spread out over time
+    /// instead of reaching the provider together: the first anywhere within it, since the nodes of a
+    /// cluster often start together, and each later one from half of it to one and a half. A poll that
+    /// looked into a silence, before the period was up, leaves the schedule as it was: every node looks
+    /// into the same silence after the same block, and would otherwise poll in step from then on.
     pub fn timer_fired(&mut self, now: Instant) {
         if self.last_head.is_some() {
             self.silence_polled = true;
         }
+        if now < self.next_timer {
+            return;
+        }
         let mut period = self.period();
         if self.at_least_every.is_none() && self.subscribed && period > self.silence() {
-            period = period.mul_f64(0.5 + self.next_fraction());
+            let from = if self.phased { 0.5 } else { 0.0 };
+            self.phased = true;
+            period = period.mul_f64(from + self.next_fraction());
         }
         self.next_timer = now.checked_add(period).unwrap_or(now);
     }
@@ -642,8 +652,8 @@ mod tests {
         pace.timer_fired(t0);
         let next = pace.next_timer() - t0;
         assert!(
-            (250..750).contains(&next.as_secs()),
-            "half to one and a half periods: {next:?}"
+            next < Duration::from_secs(500),
+            "the first anywhere within a period: {next:?}"
         );
 
         // Heads every 2 s push the silence check on; no poll while they come.
@@ -662,26 +672,57 @@ mod tests {
             "the chain moved on two blocks in the silence: stalled"
         );
 
-        // A quiet chain: the silence is looked into once, then the period holds until the next head.
+        // A quiet chain: the silence is looked into once, then the safety poll comes when it was due.
         let mut quiet = Pace::new(Duration::from_secs(2), true, t0);
         quiet.cluster_of(1000);
         quiet.subscribe_succeeded(t0);
         quiet.timer_fired(t0);
-        quiet.head_announced(7, at(t0, 1_000));
-        assert_eq!(quiet.next_timer(), at(t0, 16_000));
-        quiet.timer_fired(at(t0, 16_000));
-        assert!(!quiet.polled(7, at(t0, 16_000)), "the chain did not move");
-        let next = quiet.next_timer() - at(t0, 16_000);
-        assert!(
-            (250..750).contains(&next.as_secs()),
-            "then the stretched period: {next:?}"
-        );
-        quiet.head_announced(8, at(t0, 100_000));
+        quiet.timer_fired(quiet.next_timer());
+        let t1 = quiet.next_timer() - Duration::from_secs(200);
+        let scheduled = quiet.next_timer();
+        quiet.head_announced(7, t1);
+        assert_eq!(quiet.next_timer(), t1 + SAFETY_POLL);
+        quiet.timer_fired(t1 + SAFETY_POLL);
+        assert!(!quiet.polled(7, t1 + SAFETY_POLL), "the chain did not move");
         assert_eq!(
             quiet.next_timer(),
-            at(t0, 115_000),
+            scheduled,
+            "then the safety poll as it was scheduled"
+        );
+        quiet.head_announced(8, t1 + Duration::from_secs(100));
+        assert_eq!(
+            quiet.next_timer(),
+            t1 + Duration::from_secs(115),
             "a new head, a new silence to look into"
         );
+    }
+
+    /// The nodes of a large cluster that start together poll as the cluster's budget says from the start:
+    /// each one's first stretched period falls anywhere within it, so that they do not all wait half a
+    /// period and then poll within one.
+    #[test]
+    fn nodes_that_start_together_spread_their_first_polls_over_one_period() {
+        let t0 = Instant::now();
+        let firsts: Vec<f64> = (0..400)
+            .map(|_| {
+                let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+                pace.cluster_of(1000);
+                pace.subscribe_succeeded(t0);
+                pace.timer_fired(t0);
+                (pace.next_timer() - t0).as_secs_f64()
+            })
+            .collect();
+        assert!(firsts.iter().all(|s| (0.0..500.0).contains(s)));
+        let within = |from: f64, to: f64| firsts.iter().filter(|s| (from..to).contains(*s)).count();
+        for quarter in 0..4 {
+            let from = f64::from(quarter) * 125.0;
+            let n = within(from, from + 125.0);
+            assert!(
+                (60..140).contains(&n),
+                "{n} of 400 first polls in {from}..{} s",
+                from + 125.0
+            );
+        }
     }
 
     /// The nodes of a large cluster that looked into the same silence at the same moment do not poll in step
@@ -695,7 +736,9 @@ mod tests {
                 pace.cluster_of(1000);
                 pace.subscribe_succeeded(t0);
                 pace.timer_fired(t0);
-                pace.next_timer() - t0
+                let first = pace.next_timer();
+                pace.timer_fired(first);
+                pace.next_timer() - first
             })
             .collect();
         let distinct: std::collections::BTreeSet<_> = nexts.iter().collect();
