@@ -104,12 +104,12 @@ pub type Attestations = BTreeMap<u64, Attested>;
 /// time) had it: the nodes that configured it keep its sessions, and no other node (a new one, one restarted)
 /// adds it.
 pub fn admitted(
-    view: &ChainView,
+    view: ChainView,
     attestations: &Attestations,
     own_instance: &str,
     before: Option<&ChainView>,
 ) -> ChainView {
-    let mut admitted = view.clone();
+    let mut admitted = view;
     admitted.records.retain(|token, r| {
         let had = before.is_some_and(|b| b.records.contains_key(token));
         r.instance_id == own_instance || attestations.get(token).is_some_and(|a| a.admits(had))
@@ -433,7 +433,7 @@ mod tests {
             (2, unbound()),
             (3, unbound()),
         ]);
-        let admitted = admitted(&view, &attestations, &own, None);
+        let admitted = admitted(view.clone(), &attestations, &own, None);
         assert_eq!(admitted.records.keys().copied().collect::<Vec<_>>(), [1, 3]);
         assert_eq!(admitted.last_block, view.last_block);
     }
@@ -478,7 +478,7 @@ mod tests {
         without.records.clear();
         let seats = |a: Attested, before: &ChainView| {
             let attestations = Attestations::from([(1, a)]);
-            admitted(&view, &attestations, "own", Some(before))
+            admitted(view.clone(), &attestations, "own", Some(before))
                 .records
                 .len()
         };

@@ -146,7 +146,7 @@ impl ChainTask {
                 running.state.seat = SeatState::Active(token);
             }
             info!("serving the chain view from the state file until the RPC answers");
-            running.publish(&view, true).await;
+            running.publish(view, true).await;
         }
         running.state.rpcs = running.task.rpcs.watch().report();
         let mut recorded = None;
@@ -242,8 +242,8 @@ impl Running {
 
     /// Attests the seats of `view` and publishes what this node may configure of it: when the view `moved`,
     /// or a verdict changed (the tasks after this one redo their work for a new view).
-    async fn publish(&mut self, view: &ChainView, moved: bool) {
-        let attestations = self.task.attestor.pass(view, self.follower.as_mut()).await;
+    async fn publish(&mut self, view: ChainView, moved: bool) {
+        let attestations = self.task.attestor.pass(&view, self.follower.as_mut()).await;
         if self.task.attestor.tcb_below_changed() {
             self.unsaved = true;
         }
@@ -256,7 +256,7 @@ impl Running {
     }
 
     /// The view the mesh gets: `view` with the seats the current verdicts admit.
-    fn admit(&mut self, view: &ChainView) {
+    fn admit(&mut self, view: ChainView) {
         self.state.view = Some(Arc::new(attestation::admitted(
             view,
             &self.state.attestations,
@@ -294,7 +294,7 @@ impl Running {
                 );
                 let view = f.view().clone();
                 self.follower = Some(f);
-                self.publish(&view, true).await;
+                self.publish(view, true).await;
                 self.state.from_cache = false;
                 // A follower that took up the state file's view has read nothing yet: its first tick
                 // confirms it.
@@ -326,25 +326,30 @@ impl Running {
                 if tick.confirmed {
                     self.state.confirmed_at = Some(began);
                 }
-                let view = f.view().clone();
                 let failing = f.full_read_failing().cloned();
-                self.state.head = view.last_block.checked_add(self.task.follow.confirmations);
+                let (block, hash) = (f.view().last_block, f.view().last_block_hash);
+                self.state.head = block.checked_add(self.task.follow.confirmations);
                 // A new view only when it moved: the tasks after this one redo their work for a new one.
-                let moved = self.state.view.as_deref().is_none_or(|v| {
-                    v.last_block != view.last_block || v.last_block_hash != view.last_block_hash
-                });
+                // Copied only then, since a thousand records at every block add up.
+                let moved = self
+                    .state
+                    .view
+                    .as_deref()
+                    .is_none_or(|v| v.last_block != block || v.last_block_hash != hash);
                 // An allowlist moved: the seats are judged again at once, on answers read anew, so that an
                 // image allowed (or disallowed) takes effect at its block rather than at the next re-check.
                 if tick.allowlists_changed {
                     self.task.attestor.allowlists_changed();
                 }
+                let judged = tick.changed || self.task.attestor.due();
+                let view = (judged || moved).then(|| f.view().clone());
                 // The seats are judged again when the records or bindings changed, or the re-check is due:
                 // a block that moved nothing else keeps the verdicts. A pass checks anew only the seats
                 // whose binding or collateral changed, but it still looks at every seat.
-                if tick.changed || self.task.attestor.due() {
-                    self.publish(&view, moved || tick.changed).await;
-                } else if moved {
-                    self.admit(&view);
+                match view {
+                    Some(view) if judged => self.publish(view, moved || tick.changed).await,
+                    Some(view) => self.admit(view),
+                    None => {}
                 }
                 if tick.full_read_error.is_some() {
                     self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);

@@ -516,7 +516,9 @@ pub(crate) struct ThousandAttestation {
     /// A later pass over the same seats: every verdict kept.
     pub(crate) kept_pass_ms: f64,
     pub(crate) kept_pass_us_per_seat: f64,
-    /// At the join, each member's pass that admitted the newcomer (ms), and the evidence each checked anew.
+    /// At the join, each member's pass that checked the newcomer's binding (its mint's block), the one that
+    /// admitted its record (ms), and the evidence each member checked anew in the two.
+    pub(crate) binding_pass_ms: Stat,
     pub(crate) admitting_pass_ms: Stat,
     pub(crate) checked_anew_per_member: f64,
     /// The agent's own first pass over its peers, from its log.

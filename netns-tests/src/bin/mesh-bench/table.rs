@@ -370,12 +370,14 @@ fn print_thousand(t: &Thousand) {
     );
     let a = &t.attestation;
     println!(
-        "attestation:                 a first pass over {others} seats {:.0} ms ({:.3} ms a seat, {} verified), a later one {:.1} ms ({:.1} µs a seat); at the join each member's pass took median {} ms, p99 {} ms, checking {:.2} quotes anew; the agent's first pass over {} peers {} ms",
+        "attestation:                 a first pass over {others} seats {:.0} ms ({:.3} ms a seat, {} verified), a later one {:.1} ms ({:.1} µs a seat); at the join each member's pass on the newcomer's binding took median {} ms, p99 {} ms, and on its record median {} ms, p99 {} ms, checking {:.2} quotes anew in all; the agent's first pass over {} peers {} ms",
         a.first_pass_ms,
         a.first_pass_ms_per_seat,
         a.verified,
         a.kept_pass_ms,
         a.kept_pass_us_per_seat,
+        fixed(a.binding_pass_ms.median_ms, 2),
+        fixed(a.binding_pass_ms.p99_ms, 2),
         fixed(a.admitting_pass_ms.median_ms, 2),
         fixed(a.admitting_pass_ms.p99_ms, 2),
         a.checked_anew_per_member,

@@ -51,7 +51,10 @@ pub(crate) struct Seen {
     /// held the seat (its record's block).
     pub(crate) bound: Option<Instant>,
     pub(crate) applied: Option<Instant>,
-    /// The attestation pass of the change that admitted the watched seat, and evidence checked anew in it.
+    /// The attestation pass of the change that brought the watched seat's binding (its quote checked), and
+    /// of the one that admitted its record; and the evidence each checked anew.
+    pub(crate) binding_pass: Option<Duration>,
+    pub(crate) binding_checked_anew: u64,
     pub(crate) admitting_pass: Option<Duration>,
     pub(crate) admitting_checked_anew: u64,
     /// When the wake-up that led to `applied` came: the head's arrival, for a member woken by one.
@@ -189,6 +192,15 @@ impl One {
                 Ok(tick) if tick.changed || attestor.due() => {
                     let pass =
                         admit(&mut attestor, &mut follower, &mut admitted, &self.member).await;
+                    let watched = self.watched.load(std::sync::atomic::Ordering::SeqCst);
+                    if follower.view().bindings.contains_key(&watched) {
+                        self.update(|s| {
+                            if s.binding_pass.is_none() {
+                                s.binding_pass = Some(pass.took);
+                                s.binding_checked_anew = pass.checked_anew;
+                            }
+                        });
+                    }
                     self.apply(admitted.as_ref(), &table, pass);
                     self.update(|s| {
                         if s.applied.is_some() {
@@ -291,7 +303,7 @@ async fn admit(
     let view = follower.view().clone();
     let attestations = attestor.pass(&view, Some(follower)).await;
     *admitted = Some(attestation::admitted(
-        &view,
+        view,
         &attestations,
         &member.instance_id,
         admitted.as_ref(),

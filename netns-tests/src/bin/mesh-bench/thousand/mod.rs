@@ -272,14 +272,17 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         handshake.brief()
     );
 
-    let admitting = Stat::of(
-        seen.iter()
-            .map(|s| s.admitting_pass.map(|d| d.as_secs_f64() * 1000.0)),
-    );
-    let checked_anew: u64 = seen.iter().map(|s| s.admitting_checked_anew).sum();
+    let pass_ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let binding_pass = Stat::of(seen.iter().map(|s| pass_ms(s.binding_pass)));
+    let admitting = Stat::of(seen.iter().map(|s| pass_ms(s.admitting_pass)));
+    let checked_anew: u64 = seen
+        .iter()
+        .map(|s| s.binding_checked_anew + s.admitting_checked_anew)
+        .sum();
     let agent_first_pass = agent_first_pass(&agent);
     eprintln!(
-        "   attestation at the join: each member's pass that admitted the newcomer: {}; {checked_anew} quotes checked anew in all ({:.2} a member); the agent's first pass over its {} peers {:.0} ms",
+        "   attestation at the join: each member's pass that checked the newcomer's binding: {}; the one that admitted its record: {}; {checked_anew} quotes checked anew in the two ({:.2} a member); the agent's first pass over its {} peers {:.0} ms",
+        binding_pass.brief(),
         admitting.brief(),
         checked_anew as f64 / others as f64,
         agent_first_pass.map_or(0, |p| p.1),
@@ -337,6 +340,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
             verified,
             kept_pass_ms: ms(kept),
             kept_pass_us_per_seat: per_seat(kept) * 1000.0,
+            binding_pass_ms: binding_pass,
             admitting_pass_ms: admitting,
             checked_anew_per_member: checked_anew as f64 / others as f64,
             agent_first_pass_ms: agent_first_pass.map(|p| p.0),
