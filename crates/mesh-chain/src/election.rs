@@ -10,7 +10,7 @@ use tracing::{info, instrument};
 use crate::contract::DstackClusterElection;
 use crate::error::ChainError;
 use crate::node_key::NodeKey;
-use crate::registration::{Cluster, confirm};
+use crate::registration::{Cluster, confirm, send_over_estimate};
 
 /// Gas given to a dispute beyond its estimate. The estimate is made against the chain as it is; when the
 /// other seats' disputes land in between, this one may be the one that reaches the threshold and releases
@@ -149,14 +149,7 @@ impl Cluster {
         let writer = self.writer(sender);
         let c = DstackClusterElection::new(self.election(), &writer);
         let call = c.disputeBinding(U256::from(voter), U256::from(target), bound_block);
-        let sent = match call.estimate_gas().await {
-            Ok(gas) => {
-                call.gas(gas.saturating_add(DISPUTE_GAS_HEADROOM))
-                    .send()
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let sent = send_over_estimate(call, DISPUTE_GAS_HEADROOM).await;
         let receipt = confirm("disputeBinding", sent).await?;
         let block = receipt.block_number.unwrap_or_default();
         info!(tx = %receipt.transaction_hash, block, %from, "dispute mined");

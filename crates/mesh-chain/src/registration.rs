@@ -339,14 +339,7 @@ impl Cluster {
         let (r, p, s) = contract::register_peer_args(&reg);
         let c = DstackClusterNFT::new(self.contract, &writer);
         let call = c.registerPeer(r, p, s);
-        let sent = match call.estimate_gas().await {
-            Ok(gas) => {
-                call.gas(gas.saturating_add(REGISTER_GAS_HEADROOM))
-                    .send()
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let sent = send_over_estimate(call, REGISTER_GAS_HEADROOM).await;
         let receipt = confirm("registerPeer", sent).await?;
         let block = receipt.block_number.unwrap_or_default();
         info!(event = "record.registered", token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
@@ -393,6 +386,23 @@ impl Cluster {
         writer.client().set_poll_interval(RECEIPT_POLL);
         writer
     }
+}
+
+/// Sends `call` with `headroom` gas over its estimate, for a call that may spend more than the estimate
+/// saw (a storage slot another transaction fills first, a release it triggers).
+pub(crate) async fn send_over_estimate<P, D>(
+    call: alloy::contract::CallBuilder<P, D>,
+    headroom: u64,
+) -> Result<
+    alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
+    alloy::contract::Error,
+>
+where
+    P: Provider,
+    D: alloy::contract::CallDecoder,
+{
+    let gas = call.estimate_gas().await?;
+    call.gas(gas.saturating_add(headroom)).send().await
 }
 
 /// Waits for the receipt of a sent transaction, a revert decoded into words.
