@@ -41,10 +41,11 @@
 //!   initiations the newcomer dropped, and WireGuard's retries.
 //!
 //! - Thousand (`--thousand`, 1,000 seats on a /16): one real agent joins a cluster whose other members are
-//!   simulated in this process, each with the agent's own follower, membership and plan code on anvil's
-//!   WebSocket and a boringtun peer on a UDP socket: a full read's cost, RPC requests per idle block and
-//!   per join, block to each member's applied view (median, p99, worst), the join storm of handshakes
-//!   toward the newcomer (cookies, retries), and the agent's RSS, idle CPU and time to handshake with all.
+//!   simulated in this process, each with the agent's own follower, membership, attestation and plan code
+//!   on anvil's WebSocket and a boringtun peer on a UDP socket: a full read's cost, RPC requests per idle
+//!   block and per join, block to each member's applied view (median, p99, worst), the join storm of
+//!   handshakes toward the newcomer (cookies, retries), what verifying quotes costs (cold, kept, at the
+//!   join), and the agent's RSS, idle CPU and time to handshake with all.
 //!
 //! `--sections` picks some of them (`throughput,latency,udp,offloads,relay,nat,failover,leader-port,sizes,trace,thousand`,
 //! all by default).

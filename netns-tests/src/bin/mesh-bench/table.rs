@@ -330,7 +330,7 @@ fn print_compared(r: &Report) {
 fn print_thousand(t: &Thousand) {
     let others = t.nodes - 1;
     println!(
-        "\n{} seats on a /16: one agent joining {others} simulated members (the agent's follower, membership and plan code each, on anvil's WebSocket; a boringtun peer each)",
+        "\n{} seats on a /16: one agent joining {others} simulated members (the agent's follower, membership, attestation and plan code each, on anvil's WebSocket; a boringtun peer each)",
         t.nodes
     );
     let stat = |s: &Stat| {

@@ -2,7 +2,7 @@
 //! running a thousand agents. One real agent (node 1, the last seat) joins a cluster whose other members
 //! each are, in this process:
 //! - a simulated CVM whose seat is minted, bound and registered as an agent's would be ([`members`]);
-//! - the agent's follower, membership and plan code on anvil's WebSocket ([`followers`]);
+//! - the agent's follower, membership, attestation and plan code on anvil's WebSocket ([`followers`]);
 //! - a simulated WireGuard peer, a boringtun `Tunn` on its own UDP socket ([`netns_tests::in_process::swarm`]), which
 //!   initiates toward the newcomer as soon as its member's plan holds it: the join storm.
 //!
@@ -152,7 +152,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     );
 
     eprintln!(
-        "   {others} followers: the agent's follower, membership and plan code, on anvil's WebSocket"
+        "   {others} followers: the agent's follower, membership, attestation and plan code, on anvil's WebSocket"
     );
     let t = Instant::now();
     let ws: alloy::transports::http::reqwest::Url = ws_url().parse()?;
