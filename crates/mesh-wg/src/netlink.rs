@@ -157,6 +157,23 @@ impl Netlink {
         Ok(())
     }
 
+    /// Caps the segments of the link's super-packets (`gso_max_segs`), so that the kernel segments a larger
+    /// one itself.
+    pub(crate) async fn cap_segments(&self, index: u32, max: u32) -> Result<(), Error> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .append_extra_attribute(
+                        rtnetlink::packet_route::link::LinkAttribute::GsoMaxSegs(max),
+                    )
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(self.err(format!("RTM_SETLINK gso_max_segs {max}")))
+    }
+
     /// What the kernel knows of the path to `dst`: the MTU it learnt for it (from an ICMP "fragmentation
     /// needed", cached on the route), else the MTU of the interface it leaves by; `None` with no route.
     pub(crate) async fn path_mtu(&self, dst: Ipv4Addr) -> Result<Option<PathMtu>, Error> {

@@ -82,6 +82,77 @@ pub fn udp_gso(
     })
 }
 
+/// Sends, `repeats` times with `gap` between, one `sendmsg` per size in `runs`, back to back: a run of `n`
+/// datagrams of `len` bytes in one UDP GSO send, which reaches a TUN with UDP offload as one super-packet
+/// of `n` segments (Linux sends at most 128). Returns the datagrams sent and those that arrived.
+///
+/// # Panics
+/// When a socket cannot be set up, or a send fails with anything but a full device queue.
+pub fn udp_gso_bursts(
+    client: &NetNs,
+    server: &NetNs,
+    server_addr: Ipv4Addr,
+    runs: &[usize],
+    len: usize,
+    repeats: usize,
+    gap: Duration,
+) -> (u64, u64) {
+    let done = AtomicBool::new(false);
+    let (port_tx, port_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            enter(&server.name);
+            receive(server_addr, &port_tx, &done)
+        });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the UDP receiver bound its socket");
+        let to = SocketAddr::from((server_addr, port));
+        let sent = s
+            .spawn(move || {
+                enter(&client.name);
+                send_bursts(to, runs, len, repeats, gap)
+            })
+            .join()
+            .expect("the UDP sender panicked");
+        std::thread::sleep(DRAIN);
+        done.store(true, Ordering::Release);
+        (sent, receiver.join().expect("the UDP receiver panicked"))
+    })
+}
+
+fn send_bursts(to: SocketAddr, runs: &[usize], len: usize, repeats: usize, gap: Duration) -> u64 {
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
+    let (sock, _) = socket(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    let largest = runs.iter().copied().max().unwrap_or(1);
+    let payload = vec![0x5a; largest * len];
+    let segment = u16::try_from(len).expect("a datagram under 64 KiB");
+    let SocketAddr::V4(v4) = to else {
+        panic!("an IPv4 destination: {to}")
+    };
+    let dest = SockaddrIn::from(v4);
+    let mut sent = 0u64;
+    for _ in 0..repeats {
+        for &n in runs {
+            let iov = [std::io::IoSlice::new(&payload[..n * len])];
+            let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+            match sendmsg(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&dest),
+            ) {
+                Ok(_) => sent += n as u64,
+                Err(nix::errno::Errno::ENOBUFS) => {}
+                Err(e) => panic!("UDP GSO send of {n} datagrams to {to}: {e}"),
+            }
+        }
+        std::thread::sleep(gap);
+    }
+    sent
+}
+
 fn socket(bind: SocketAddr) -> (UdpSocket, UdpSocketState) {
     let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
     // The *Force variants pass rmem_max/wmem_max (as root); the capped ones are the fallback.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mesh_wg::{DeviceConfig, Error, Offload, PeerConfig};
 use netns_tests::measure::transfer::tcp_transfer;
+use netns_tests::measure::udp_gso::udp_gso_bursts;
 use netns_tests::net::netns::*;
 use netns_tests::net::ping::{assert_five_replies, ping_counts};
 use netns_tests::net::wg::*;
@@ -268,6 +269,34 @@ fn bulk_tcp_is_intact_between_offloading_and_plain_devices() {
     assert!(
         a.tx_bytes > BYTES && b.tx_bytes > BYTES,
         "both devices carried both streams: {a:?} {b:?}"
+    );
+}
+
+/// UDP that an application sends in GSO runs of up to 128 datagrams (Linux's most), each reaching the TUN
+/// as one super-packet, crosses the tunnel whole when it comes right behind a smaller one: the device never
+/// reads a super-packet into a batch without room to split it.
+#[test]
+fn udp_super_packets_of_up_to_128_datagrams_cross_whole_behind_smaller_ones() {
+    require_root(&[]);
+    let (ns_a, ns_b) = (NetNs::new("a"), NetNs::new("b"));
+    let (_dev_a, _dev_b) = peered_pair(&ns_a, &ns_b, |c| c);
+    assert_five_replies(&ns_a, B_OVERLAY, "A to B before the bursts");
+
+    let (sent, received) = udp_gso_bursts(
+        &ns_a,
+        &ns_b,
+        B_OVERLAY,
+        &[20, 20, 120],
+        200,
+        300,
+        Duration::from_millis(5),
+    );
+    assert!(sent > 0, "nothing sent");
+    assert_eq!(
+        received,
+        sent,
+        "{} of {sent} datagrams lost in super-packets of 20 and 120 back to back",
+        sent.saturating_sub(received)
     );
 }
 

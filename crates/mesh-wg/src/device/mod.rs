@@ -127,6 +127,13 @@ impl Device {
         netlink
             .configure(link_index, config.mtu, config.address, config.prefix_len)
             .await?;
+        if tun.tcp_gso()
+            && let Err(e) = netlink
+                .cap_segments(link_index, tun::MAX_SEGMENTS as u32)
+                .await
+        {
+            tracing::warn!(error = %e, max = tun::MAX_SEGMENTS, "the kernel would not cap the interface's super-packets at this many segments: a larger one (a UDP GSO send of small datagrams) is lost when the batch it is read into cannot split it");
+        }
         let udp = udp::Udp::bind(&ifname, config.listen_port, 0, config.offload.udp)?;
         let listen_port = udp.local_addr().map(|a| a.port()).unwrap_or_default();
 

@@ -16,9 +16,14 @@ use super::MAX_PACKET;
 const HEADROOM: usize = 16;
 /// Packets per batch (wireguard-go's `IdealBatchSize`).
 pub(crate) const BATCH: usize = IDEAL_BATCH_SIZE;
-/// A super-packet splits into at most this many packets at MTU 1420 (64 KiB / 1,368-byte segments is 48);
-/// a batch reads another only while this many buffers are free, so a read never loses one for want of room.
-const ROOM_FOR_SPLIT: usize = 64;
+/// The most segments the kernel puts in one super-packet for the interface (its `gso_max_segs`, set at
+/// creation): TCP at MTU 1420 sends 48 (64 KiB / 1,368-byte segments), but a UDP GSO send of small
+/// datagrams can be up to 128, and a smaller TCP segment size more. The kernel segments a larger one itself
+/// before the TUN.
+pub(crate) const MAX_SEGMENTS: usize = 64;
+/// A batch reads another super-packet only while this many buffers are free, so that a read never loses one
+/// for want of room to split it: tun-rs reads the packet before it splits it, and drops it when it cannot.
+const ROOM_FOR_SPLIT: usize = MAX_SEGMENTS;
 
 /// Opens the TUN, non-blocking, with offload when `offload` asks for it and the kernel has it
 /// (`TUNSETOFFLOAD` with TSO).
