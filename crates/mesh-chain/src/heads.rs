@@ -638,6 +638,15 @@ mod tests {
         );
     }
 
+    /// A node of a cluster of `nodes`, subscribed at `t0`, whose first poll (at once) has fired.
+    fn subscribed_in(nodes: usize, t0: Instant) -> Pace {
+        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
+        pace.cluster_of(nodes);
+        pace.subscribe_succeeded(t0);
+        pace.timer_fired(t0);
+        pace
+    }
+
     /// In a cluster of a thousand, a subscribed node polls as a safety net every 500 s, so that the cluster's
     /// polls together are 2 a second, not 66.7; but a silence of 15 s after a head is still looked into, once:
     /// a subscription that stalls while the chain moves on is found as soon as in a small cluster, and a quiet
@@ -673,10 +682,7 @@ mod tests {
         );
 
         // A quiet chain: the silence is looked into once, then the safety poll comes when it was due.
-        let mut quiet = Pace::new(Duration::from_secs(2), true, t0);
-        quiet.cluster_of(1000);
-        quiet.subscribe_succeeded(t0);
-        quiet.timer_fired(t0);
+        let mut quiet = subscribed_in(1000, t0);
         quiet.timer_fired(quiet.next_timer());
         let t1 = quiet.next_timer() - Duration::from_secs(200);
         let scheduled = quiet.next_timer();
@@ -705,10 +711,7 @@ mod tests {
         let t0 = Instant::now();
         let firsts: Vec<f64> = (0..400)
             .map(|_| {
-                let mut pace = Pace::new(Duration::from_secs(2), true, t0);
-                pace.cluster_of(1000);
-                pace.subscribe_succeeded(t0);
-                pace.timer_fired(t0);
+                let pace = subscribed_in(1000, t0);
                 (pace.next_timer() - t0).as_secs_f64()
             })
             .collect();
@@ -732,10 +735,7 @@ mod tests {
         let t0 = Instant::now();
         let nexts: Vec<Duration> = (0..200)
             .map(|_| {
-                let mut pace = Pace::new(Duration::from_secs(2), true, t0);
-                pace.cluster_of(1000);
-                pace.subscribe_succeeded(t0);
-                pace.timer_fired(t0);
+                let mut pace = subscribed_in(1000, t0);
                 let first = pace.next_timer();
                 pace.timer_fired(first);
                 pace.next_timer() - first
@@ -769,10 +769,7 @@ mod tests {
     #[test]
     fn a_small_cluster_polls_every_safety_period_and_no_more() {
         let t0 = Instant::now();
-        let mut pace = Pace::new(Duration::from_secs(2), true, t0);
-        pace.cluster_of(10);
-        pace.subscribe_succeeded(t0);
-        pace.timer_fired(t0);
+        let mut pace = subscribed_in(10, t0);
         pace.head_announced(5, at(t0, 3_000));
         assert_eq!(pace.period(), SAFETY_POLL);
         assert_eq!(pace.next_timer(), t0 + SAFETY_POLL);

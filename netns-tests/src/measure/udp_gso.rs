@@ -46,40 +46,21 @@ pub fn udp_gso(
     len: usize,
     duration: Duration,
 ) -> UdpRate {
-    let done = AtomicBool::new(false);
-    let (port_tx, port_rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        let receiver = s.spawn(|| {
-            enter(&server.name);
-            receive(server_addr, &port_tx, &done)
+    let ((sent, elapsed, segments_per_send), received) =
+        sent_and_received(client, server, server_addr, |to| {
+            send(to, mbps, len, duration)
         });
-        let port = port_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("the UDP receiver bound its socket");
-        let to = SocketAddr::from((server_addr, port));
-        let (sent, elapsed, segments_per_send) = s
-            .spawn(move || {
-                enter(&client.name);
-                send(to, mbps, len, duration)
-            })
-            .join()
-            .expect("the UDP sender panicked");
-        std::thread::sleep(DRAIN);
-        done.store(true, Ordering::Release);
-        let received = receiver.join().expect("the UDP receiver panicked");
-        let gbps =
-            |datagrams: u64| (datagrams * len as u64 * 8) as f64 / elapsed.as_secs_f64() / 1e9;
-        UdpRate {
-            sent_gbps: gbps(sent),
-            received_gbps: gbps(received.min(sent)),
-            lost_percent: if sent == 0 {
-                100.0
-            } else {
-                100.0 * sent.saturating_sub(received) as f64 / sent as f64
-            },
-            segments_per_send,
-        }
-    })
+    let gbps = |datagrams: u64| (datagrams * len as u64 * 8) as f64 / elapsed.as_secs_f64() / 1e9;
+    UdpRate {
+        sent_gbps: gbps(sent),
+        received_gbps: gbps(received.min(sent)),
+        lost_percent: if sent == 0 {
+            100.0
+        } else {
+            100.0 * sent.saturating_sub(received) as f64 / sent as f64
+        },
+        segments_per_send,
+    }
 }
 
 /// Sends, `repeats` times with `gap` between, one `sendmsg` per size in `runs`, back to back: a run of `n`
@@ -97,6 +78,19 @@ pub fn udp_gso_bursts(
     repeats: usize,
     gap: Duration,
 ) -> (u64, u64) {
+    sent_and_received(client, server, server_addr, |to| {
+        send_bursts(to, runs, len, repeats, gap)
+    })
+}
+
+/// Runs `send` in `client` toward a receiver on `server_addr` in `server`, and returns what it returned with
+/// the datagrams that arrived, counted until a moment after it returned.
+fn sent_and_received<T: Send>(
+    client: &NetNs,
+    server: &NetNs,
+    server_addr: Ipv4Addr,
+    send: impl FnOnce(SocketAddr) -> T + Send,
+) -> (T, u64) {
     let done = AtomicBool::new(false);
     let (port_tx, port_rx) = mpsc::channel();
     std::thread::scope(|s| {
@@ -111,7 +105,7 @@ pub fn udp_gso_bursts(
         let sent = s
             .spawn(move || {
                 enter(&client.name);
-                send_bursts(to, runs, len, repeats, gap)
+                send(to)
             })
             .join()
             .expect("the UDP sender panicked");

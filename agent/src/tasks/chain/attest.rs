@@ -484,20 +484,47 @@ mod tests {
     /// Seat `token`'s binding, its evidence made of `quote` and a boot log.
     fn binding(token: u8, quote: Vec<u8>) -> Binding {
         let instance = [token; 20];
-        let evidence = Bytes::from(
-            Evidence {
-                quote,
-                events: boot_log([0xa1; 20], [0xc0; 32], instance),
-            }
-            .encode(),
-        );
+        let events = boot_log([0xa1; 20], [0xc0; 32], instance);
+        bound(
+            instance,
+            Address::repeat_byte(token),
+            Evidence { quote, events },
+        )
+    }
+
+    /// The binding of `instance` to `node` with `evidence`.
+    fn bound(instance: [u8; 20], node: Address, evidence: Evidence) -> Binding {
+        let evidence = Bytes::from(evidence.encode());
         Binding {
             instance_id: alloy::hex::encode(instance),
-            node: Address::repeat_byte(token),
+            node,
             evidence_hash: keccak256(&evidence),
             bound_block: 1,
             evidence,
         }
+    }
+
+    /// An attestor trusting `pki` (UpToDate only), with `collateral`, checking again every minute.
+    fn attestor(pki: &MockPki, collateral: PinnedCollateral) -> Attestor {
+        Attestor::new(
+            Checker::new(
+                Trust::from_der(pki.root_ca_der()).unwrap(),
+                BTreeSet::from([TcbStatus::UpToDate]),
+            ),
+            CollateralSource::Pinned(collateral),
+            Duration::from_secs(60),
+            Vec::new(),
+            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
+        )
+    }
+
+    /// `pki`'s collateral, valid from yesterday for 30 days.
+    fn pinned_now(pki: &MockPki) -> PinnedCollateral {
+        let mut pinned = PinnedCollateral::default();
+        pinned
+            .insert(pki.collateral(&CollateralOptions::valid_from(unix_now() - 86_400, 30)))
+            .unwrap();
+        pinned
     }
 
     /// A seat whose quote is cut short is refused as `malformed`, naming the quote, not as `collateral`
@@ -511,16 +538,7 @@ mod tests {
         let mut chain = view(&[record(1, 1, ""), record(2, 2, "")]);
         chain.bindings.insert(1, binding(1, truncated));
         chain.bindings.insert(2, binding(2, genuine));
-        let mut attestor = Attestor::new(
-            Checker::new(
-                Trust::from_der(pki.root_ca_der()).unwrap(),
-                BTreeSet::from([TcbStatus::UpToDate]),
-            ),
-            CollateralSource::Pinned(PinnedCollateral::default()),
-            Duration::from_secs(60),
-            Vec::new(),
-            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
-        );
+        let mut attestor = attestor(&pki, PinnedCollateral::default());
 
         let got = attestor.pass(&chain, None).await;
 
@@ -560,14 +578,7 @@ mod tests {
             [[2; 48], [3; 48], [4; 48], rtmr3],
             mesh_attest::report_data(chain.chain_id(), chain.contract, node),
         ));
-        let evidence = Bytes::from(Evidence { quote, events }.encode());
-        Binding {
-            instance_id: alloy::hex::encode(instance),
-            node,
-            evidence_hash: keccak256(&evidence),
-            bound_block: 1,
-            evidence,
-        }
+        bound(instance, node, Evidence { quote, events })
     }
 
     /// A pass takes an unchanged seat's verdict from the last pass without decoding its evidence, so a
@@ -576,26 +587,13 @@ mod tests {
     #[tokio::test]
     async fn a_pass_checks_anew_only_the_seats_whose_binding_changed() {
         let pki = MockPki::from_seed([0x3d; 32]);
-        let mut pinned = PinnedCollateral::default();
-        pinned
-            .insert(pki.collateral(&CollateralOptions::valid_from(unix_now() - 86_400, 30)))
-            .unwrap();
         let mut chain = view(&[record(1, 1, ""), record(2, 2, ""), record(3, 3, "")]);
         chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
         for token in 1..=3 {
             let b = genuine(&pki, &chain, token, 1);
             chain.bindings.insert(token.into(), b);
         }
-        let mut attestor = Attestor::new(
-            Checker::new(
-                Trust::from_der(pki.root_ca_der()).unwrap(),
-                BTreeSet::from([TcbStatus::UpToDate]),
-            ),
-            CollateralSource::Pinned(pinned),
-            Duration::from_secs(60),
-            Vec::new(),
-            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
-        );
+        let mut attestor = attestor(&pki, pinned_now(&pki));
         let verified = |a: &Attestor| {
             a.checked
                 .iter()
@@ -644,25 +642,12 @@ mod tests {
     async fn a_kept_verdict_lapses_with_new_collateral_other_statuses_or_its_collaterals_next_update()
      {
         let pki = MockPki::from_seed([0x3e; 32]);
-        let mut pinned = PinnedCollateral::default();
-        pinned
-            .insert(pki.collateral(&CollateralOptions::valid_from(unix_now() - 86_400, 30)))
-            .unwrap();
         let mut chain = view(&[record(1, 1, "")]);
         chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
         let b = genuine(&pki, &chain, 1, 1);
         chain.bindings.insert(1, b);
         let statuses = BTreeSet::from([TcbStatus::UpToDate]);
-        let mut attestor = Attestor::new(
-            Checker::new(
-                Trust::from_der(pki.root_ca_der()).unwrap(),
-                statuses.clone(),
-            ),
-            CollateralSource::Pinned(pinned),
-            Duration::from_secs(60),
-            Vec::new(),
-            RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
-        );
+        let mut attestor = attestor(&pki, pinned_now(&pki));
         attestor.pass(&chain, None).await;
         let kept = &attestor.checked[&1];
         let binding = &chain.bindings[&1];
