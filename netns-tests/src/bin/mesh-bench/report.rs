@@ -479,6 +479,9 @@ pub(crate) struct Thousand {
     /// hearing of it, and to each member's plan holding the newcomer.
     pub(crate) heard: Stat,
     pub(crate) applied: Stat,
+    /// From each member hearing of the block to its plan holding the newcomer: its own read, attestation
+    /// and plan, and its wait for the two cores it shares with the others.
+    pub(crate) heard_to_applied: Stat,
     pub(crate) applied_by_all: bool,
     /// The bench process's CPU over the join (every member's follower, plan and simulated peer), per member.
     pub(crate) cpu_ms_per_member: f64,

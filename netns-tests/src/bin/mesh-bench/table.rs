@@ -344,6 +344,10 @@ fn print_thousand(t: &Thousand) {
     };
     println!("block to its announcement:   {}", stat(&t.heard));
     println!("block to applied view:       {}", stat(&t.applied));
+    println!(
+        "announcement to applied view: {}",
+        stat(&t.heard_to_applied)
+    );
     println!("block to handshake (storm):  {}", stat(&t.handshake));
     println!(
         "the storm:                   {} cookie replies, {} retried initiations",

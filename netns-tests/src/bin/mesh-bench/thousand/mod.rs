@@ -245,6 +245,10 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         .fold(block, Instant::min);
     let after = |at: Option<Instant>| at.map(|a| ms(a.saturating_duration_since(block)));
     let heard = Stat::of(seen.iter().map(|s| after(s.heard)));
+    let heard_to_applied = Stat::of(seen.iter().map(|s| match (s.heard, s.applied) {
+        (Some(heard), Some(applied)) => Some(ms(applied.saturating_duration_since(heard))),
+        _ => None,
+    }));
     let applied = Stat::of(seen.iter().map(|s| after(s.applied)));
     let handshake = Stat::of(storm.iter().map(|s| after(s.handshake_at)));
     let cookie_replies: u64 = storm.iter().map(|s| u64::from(s.cookie_replies)).sum();
@@ -263,8 +267,9 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         join.blocks,
     );
     eprintln!(
-        "   heard: the block announced to each member after the first, {}",
-        heard.brief()
+        "   heard: the block announced to each member after the first, {}; from there to its applied view, {}",
+        heard.brief(),
+        heard_to_applied.brief()
     );
     eprintln!(
         "   storm: {} of {others} peers handshaken with the newcomer after its block, {}; {cookie_replies} cookie replies, {retries} retried initiations; {unknown} of the newcomer's initiations dropped before its peers knew it",
@@ -318,6 +323,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         join_requests_per_follower: join.requests,
         join_blocks: join.blocks,
         heard,
+        heard_to_applied,
         applied,
         applied_by_all,
         cpu_ms_per_member,
