@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use backoff::Backoff;
 use dstack_guest::DstackClient;
 use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
-
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::view::ChainView;
 use tokio::sync::watch;
