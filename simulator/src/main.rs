@@ -112,6 +112,28 @@ struct Cli {
     /// How long the written collateral is valid, in days.
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     collateral_days: u64,
+
+    /// Also serve a mock PCCS on this address: Intel's v4 collateral API with the mock PKI's collateral, for
+    /// `p2p-agent --pccs-url http://ADDR:PORT`. Its TCB status, and whether it is expired or down, change
+    /// while it runs: `curl -X PUT --data OutOfDate http://ADDR:PORT/mock/tcb-status`, `.../mock/expired`
+    /// and `.../mock/down` take `true` or `false`, `GET .../mock` shows them. For rehearsing the cluster's
+    /// TCB policy (`meshctl app-auth tcb set`) and a failing PCCS; anyone who reaches it can change it.
+    #[arg(long, value_name = "ADDR:PORT", requires = "mock_pki")]
+    serve_pccs: Option<SocketAddr>,
+
+    /// The TCB status the mock PCCS starts with (--serve-pccs).
+    #[arg(long, value_name = "STATUS", default_value = "UpToDate", value_parser = parse_tcb_status, requires = "serve_pccs")]
+    pccs_tcb_status: tdx_mock::TcbStatus,
+}
+
+/// A TCB status as Intel spells it.
+fn parse_tcb_status(raw: &str) -> Result<tdx_mock::TcbStatus, String> {
+    tdx_mock::TcbStatus::parse(raw).ok_or_else(|| {
+        format!(
+            "{raw:?} is no TCB status: give one of {}",
+            tdx_mock::TcbStatus::ALL.map(|s| s.as_str()).join(", ")
+        )
+    })
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -233,6 +255,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let mock_pki = seed.map(|s| Arc::new(tdx_mock::MockPki::from_seed(*s)));
+    // Kept for the server's life: it stops when dropped.
+    let mut _pccs = None;
+    if let (Some(pki), Some(addr)) = (&mock_pki, cli.serve_pccs) {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot serve the mock PCCS on {addr} (--serve-pccs)"))?;
+        let pccs = tdx_mock::pccs::MockPccs::signing(
+            listener,
+            tdx_mock::MockPki::clone(pki),
+            cli.collateral_days,
+            cli.pccs_tcb_status,
+        );
+        info!(url = %pccs.url(), tcb_status = %cli.pccs_tcb_status, "serving a mock PCCS: PUT /mock/tcb-status, /mock/expired or /mock/down changes it");
+        _pccs = Some(pccs);
+    }
     if let Some(pki) = &mock_pki {
         if let Some(path) = &cli.write_tdx_root_ca {
             write_file(path, pki.root_ca_pem().as_bytes())?;

@@ -34,6 +34,20 @@ pub enum TcbStatus {
 }
 
 impl TcbStatus {
+    /// Every status, as Intel spells them.
+    pub const ALL: [Self; 5] = [
+        Self::UpToDate,
+        Self::SwHardeningNeeded,
+        Self::ConfigurationNeeded,
+        Self::OutOfDate,
+        Self::Revoked,
+    ];
+
+    /// The status Intel spells `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UpToDate => "UpToDate",

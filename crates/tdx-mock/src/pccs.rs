@@ -1,6 +1,11 @@
 //! A mock PCCS: Intel's v4 collateral API over plain HTTP, serving what the test last [published](MockPccs::publish),
 //! so that a test can lower a platform's TCB (a microcode advisory, a TCB recovery) while agents run.
 //!
+//! One that signs its own collateral ([`MockPccs::signing`], what `dstack-simulator --serve-pccs` runs) also
+//! answers `PUT /mock/tcb-status` (a status as Intel spells it: the TCB info is signed again with it),
+//! `PUT /mock/expired` and `PUT /mock/down` (`true` or `false`), and `GET /mock`: so that an operator can
+//! rehearse the cluster's TCB policy, or a PCCS that fails, with `curl`.
+//!
 //! It answers the four requests a PCCS client makes (dcap-qvl's, and `mesh-attest`'s): the PCK CRL, the TDX
 //! TCB info for the collateral's FMSPC, the TDX QE identity and the root CA CRL, each with Intel's issuer
 //! chain header. It runs on its own thread with its own runtime, on a listener the test bound (in a network
@@ -21,6 +26,40 @@ struct State {
     collateral: Option<QuoteCollateralV3>,
     requests: Vec<String>,
     fail: bool,
+    /// For a PCCS that signs its own collateral: what it signs with, and what it signs.
+    signer: Option<Signer>,
+}
+
+/// What a signing PCCS serves, as `PUT /mock/...` changes it.
+struct Signer {
+    pki: crate::MockPki,
+    status: crate::TcbStatus,
+    /// How long fresh collateral is valid.
+    days: u64,
+    /// Serve collateral whose next update has passed.
+    expired: bool,
+}
+
+impl Signer {
+    /// Collateral signed now, as the signer's settings say.
+    fn sign(&self) -> QuoteCollateralV3 {
+        const DAY: u64 = 86_400;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let opts = crate::CollateralOptions {
+            tcb_status: self.status,
+            ..match self.expired {
+                true => crate::CollateralOptions {
+                    issue_date: now.saturating_sub(2 * DAY),
+                    next_update: now.saturating_sub(3600),
+                    ..crate::CollateralOptions::valid_from(now, 0)
+                },
+                false => crate::CollateralOptions::valid_from(now, self.days),
+            }
+        };
+        self.pki.collateral(&opts)
+    }
 }
 
 /// A running mock PCCS.
@@ -64,6 +103,28 @@ impl MockPccs {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Serves collateral it signs itself with `pki`, valid for `days` and saying `status`, on `listener`; its
+    /// settings change with `PUT /mock/...` (the module's documentation).
+    ///
+    /// # Panics
+    /// As [`MockPccs::start`].
+    pub fn signing(
+        listener: std::net::TcpListener,
+        pki: crate::MockPki,
+        days: u64,
+        status: crate::TcbStatus,
+    ) -> Self {
+        let signer = Signer {
+            pki,
+            status,
+            days,
+            expired: false,
+        };
+        let pccs = Self::start(listener, signer.sign());
+        pccs.lock().signer = Some(signer);
+        pccs
     }
 
     /// The PCCS's base URL, for `--pccs-url`.
@@ -121,13 +182,28 @@ async fn serve(
         };
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let path = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
-            let response = answer(&state, &path);
-            async move { Ok::<_, Infallible>(response) }
+            let state = Arc::clone(&state);
+            async move {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                let response = match (req.method().clone(), path.starts_with("/mock")) {
+                    (method, true) => {
+                        use http_body_util::BodyExt as _;
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+                            .unwrap_or_default();
+                        control(&state, &method, &path, &body)
+                    }
+                    _ => answer(&state, &path),
+                };
+                Ok::<_, Infallible>(response)
+            }
         });
         connections.spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -147,6 +223,82 @@ fn percent_encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `GET /mock` and `PUT /mock/{tcb-status,expired,down}` on a signing PCCS: what it serves, changed.
+fn control(
+    state: &Mutex<State>,
+    method: &hyper::Method,
+    path: &str,
+    body: &str,
+) -> Response<Full<Bytes>> {
+    let reply = |code: u16, text: String| {
+        Response::builder()
+            .status(code)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(text)))
+            .expect("a response")
+    };
+    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let fail = state.fail;
+    let Some(signer) = state.signer.as_mut() else {
+        return reply(
+            404,
+            "this PCCS serves what its test publishes: it signs nothing\n".into(),
+        );
+    };
+    let flag = |body: &str| match body {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{other:?} is neither true nor false\n")),
+    };
+    match (method.as_str(), path) {
+        ("GET", "/mock") => {
+            return reply(
+                200,
+                format!(
+                    "{{\"tcbStatus\":\"{}\",\"expired\":{},\"down\":{fail}}}\n",
+                    signer.status, signer.expired
+                ),
+            );
+        }
+        ("PUT", "/mock/tcb-status") => match crate::TcbStatus::parse(body) {
+            Some(status) => signer.status = status,
+            None => {
+                return reply(
+                    400,
+                    format!(
+                        "{body:?} is no TCB status: give UpToDate, SWHardeningNeeded, ConfigurationNeeded, OutOfDate or Revoked\n"
+                    ),
+                );
+            }
+        },
+        ("PUT", "/mock/expired") => match flag(body) {
+            Ok(on) => signer.expired = on,
+            Err(e) => return reply(400, e),
+        },
+        ("PUT", "/mock/down") => match flag(body) {
+            Ok(on) => {
+                state.fail = on;
+                return reply(200, format!("down: {on}\n"));
+            }
+            Err(e) => return reply(400, e),
+        },
+        _ => {
+            return reply(
+                404,
+                "GET /mock, or PUT /mock/tcb-status, /mock/expired or /mock/down\n".into(),
+            );
+        }
+    }
+    let signed = signer.sign();
+    let said = format!(
+        "serving {} collateral{}\n",
+        signer.status,
+        if signer.expired { ", expired" } else { "" }
+    );
+    state.collateral = Some(signed);
+    reply(200, said)
 }
 
 /// The FMSPC the TCB info is for, as a PCCS's query names it (upper-case hex).
