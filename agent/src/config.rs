@@ -114,44 +114,21 @@ impl From<BackendArg> for BackendChoice {
 /// Where the agent reaches the chain and dstack: the daemon's and `register`'s flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Endpoints {
-    /// The chain's JSON-RPC URL, http(s):// or ws(s)://. Over ws(s):// new heads are also followed by
-    /// subscription, so that each block is read as soon as it comes. Give several providers (repeat the
-    /// flag, or separate URLs with commas) and the agent acts only on what a quorum of them answer alike
-    /// (--rpc-quorum), polling for heads; transactions go through the first.
-    #[arg(
-        long = "rpc-url",
-        env = "DSTACK_MESH_RPC_URL",
-        value_name = "URL",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub rpc_urls: Vec<alloy::transports::http::reqwest::Url>,
-    /// With several --rpc-url providers, how many must answer a read alike for the agent to act on it:
-    /// more than half of them (the default), up to all.
-    #[arg(long, env = "DSTACK_MESH_RPC_QUORUM", value_name = "N")]
-    pub rpc_quorum: Option<usize>,
+    /// The chain's providers, as `meshctl` takes them too.
+    #[command(flatten)]
+    pub providers: mesh_chain::cli::ProviderArgs,
     /// dstack guest-agent endpoint: a socket path or an http:// simulator URL (default: dstack's sockets).
     #[arg(long, env = "DSTACK_MESH_DSTACK_ENDPOINT")]
     pub dstack_endpoint: Option<String>,
 }
 
 impl Endpoints {
-    /// The first provider: it sends transactions, and names the RPC in messages.
-    pub fn rpc_url(&self) -> &alloy::transports::http::reqwest::Url {
-        self.rpc_urls
-            .first()
-            .expect("clap gives --rpc-url a default and parses no empty list")
-    }
-
-    /// The providers, and the quorum of them that reads need.
+    /// The one handle on the chain's providers.
     ///
     /// # Errors
-    /// A repeated URL, or a quorum that is not more than half of them.
+    /// A repeated URL, one of another scheme, or a quorum that is not more than half of them.
     pub fn rpcs(&self) -> anyhow::Result<mesh_chain::rpc::Rpcs> {
-        Ok(mesh_chain::rpc::Rpcs::new(
-            self.rpc_urls.clone(),
-            self.rpc_quorum,
-        )?)
+        Ok(self.providers.rpcs()?)
     }
 }
 
@@ -572,9 +549,6 @@ impl RunArgs {
             );
         }
         // Checked here rather than by clap, whose error would quote the URL and any key in it.
-        for url in &self.endpoints.rpc_urls {
-            mesh_chain::rpc::Transport::of(url).context("--rpc-url")?;
-        }
         self.endpoints.rpcs()?;
         if let Some(url) = &self.health_url
             && url.scheme() != "http"
@@ -586,13 +560,15 @@ impl RunArgs {
         }
         if let Some(ws) = &self.rpc_ws_url {
             use mesh_chain::rpc::Transport;
+            let Some(single) = self.endpoints.providers.single() else {
+                anyhow::bail!(
+                    "--rpc-ws-url conflicts with several --rpc-url providers: heads a subscription announces come from one provider, so with several the head a quorum agrees on is polled; drop --rpc-ws-url"
+                );
+            };
             match (
                 Transport::of(ws).context("--rpc-ws-url")?,
-                Transport::of(self.endpoints.rpc_url())?,
+                Transport::of(single)?,
             ) {
-                _ if self.endpoints.rpc_urls.len() > 1 => anyhow::bail!(
-                    "--rpc-ws-url conflicts with several --rpc-url providers: heads a subscription announces come from one provider, so with several the head a quorum agrees on is polled; drop --rpc-ws-url"
-                ),
                 (Transport::Http, _) => anyhow::bail!(
                     "--rpc-ws-url is for the subscription to new heads: give the provider's ws:// or wss:// URL (reads stay on --rpc-url)"
                 ),
@@ -663,15 +639,9 @@ impl RunArgs {
     /// with several providers, whose agreed head is polled.
     pub fn subscription_url(&self) -> Option<alloy::transports::http::reqwest::Url> {
         use mesh_chain::rpc::Transport;
-        if self.endpoints.rpc_urls.len() > 1 {
-            return None;
-        }
+        let single = self.endpoints.providers.single()?;
         self.rpc_ws_url.clone().or_else(|| {
-            matches!(
-                Transport::of(self.endpoints.rpc_url()),
-                Ok(Transport::WebSocket)
-            )
-            .then(|| self.endpoints.rpc_url().clone())
+            matches!(Transport::of(single), Ok(Transport::WebSocket)).then(|| single.clone())
         })
     }
 }

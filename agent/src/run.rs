@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use backoff::Backoff;
 use dstack_guest::DstackClient;
 use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
+use mesh_chain::cluster::Cluster;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::view::ChainView;
 use tokio::sync::watch;
@@ -68,7 +69,9 @@ async fn daemon(
     let contract = args.validate()?;
     let relay = relay_parts(&args)?;
     let listeners = bind_api(&args).await?;
-    let rpc = RedactedUrl::new(args.endpoints.rpc_url());
+    // The one handle on the chain, made once: every task reads and sends through it.
+    let cluster = Cluster::new(args.endpoints.rpcs()?, contract);
+    let rpc = cluster.rpcs().redacted();
     let agent = AgentFacts {
         mode: args.mode.into(),
         contract,
@@ -98,7 +101,7 @@ async fn daemon(
         snapshot: api_tx,
         app_health,
     };
-    let result = member(args, contract, rpc, agent, tx_key, relay, reports, &cancel).await;
+    let result = member(args, cluster, rpc, agent, tx_key, relay, reports, &cancel).await;
     api_stop.cancel();
     api.join_all().await;
     result
@@ -187,7 +190,7 @@ fn relay_parts(args: &RunArgs) -> anyhow::Result<Option<RelayParts>> {
 #[allow(clippy::too_many_arguments)] // The daemon's parts, passed once from `daemon`.
 async fn member(
     args: RunArgs,
-    contract: Address,
+    cluster: Cluster,
     rpc: RedactedUrl,
     agent: AgentFacts,
     tx_key: Option<PrivateKeySigner>,
@@ -197,7 +200,7 @@ async fn member(
 ) -> anyhow::Result<()> {
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("choosing the dstack endpoint")?;
-    let saved = load_state(&args, contract)?;
+    let saved = load_state(&args, cluster.address())?;
     let attestor = attestor(&args, &rpc, saved.as_ref())
         .context("setting up the verification of peers' quotes")?;
     let Some(identity) = cancel
@@ -225,9 +228,9 @@ async fn member(
     info!(instance = %identity.instance_id(), app = %identity.node.app_id, node = %identity.node.address(), wg_key = %identity.wg_public_key(), "identity from dstack and the key store");
     let cached = saved.map(|s| s.view);
     let shared = Shared {
-        contract,
+        contract: cluster.address(),
         rpc,
-        rpcs: args.endpoints.rpcs()?,
+        cluster,
         identity,
         tx_key,
         dstack: client,
@@ -341,7 +344,7 @@ impl Tasks {
             registrar: Registrar::from_args(args, shared),
             mesh: MeshTask::from_args(args, shared, relay),
             leader: LeaderTask::from_args(args, shared),
-            disputer: Disputer::from_args(args, shared),
+            disputer: Disputer::from_args(shared),
             ports,
             publisher,
             health: HealthCheck::from_args(args),

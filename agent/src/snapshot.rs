@@ -246,7 +246,7 @@ pub fn render(
         mode: agent.mode,
         backend: mesh.device.as_ref().map(|d| d.backend.to_owned()),
         node: node_status(agent, node, chain, reg, mesh),
-        chain: chain_status(agent, chain, reg),
+        chain: chain_status(agent, chain, reg, now.mono),
         uptime_secs: uptime.as_secs(),
         peers_configured: peers.len(),
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
@@ -291,6 +291,11 @@ pub fn render(
 /// The seats whose evidence this node refused, but its own (which [`Node::attestation`] shows).
 fn refused_peers(chain: &ChainState, token: Option<u64>) -> Vec<RefusedPeer> {
     let view = chain.view.as_deref();
+    let instance = |t: &u64| {
+        view.and_then(|v| v.bindings.get(t))
+            .map(|b| b.instance_id.clone())
+            .unwrap_or_default()
+    };
     chain
         .attestations
         .iter()
@@ -298,13 +303,30 @@ fn refused_peers(chain: &ChainState, token: Option<u64>) -> Vec<RefusedPeer> {
         .filter_map(|(t, a)| match a {
             Attested::Refused { kind, reason } => Some(RefusedPeer {
                 token_id: *t,
-                instance_id: view
-                    .and_then(|v| v.bindings.get(t))
-                    .map(|b| b.instance_id.clone())
-                    .unwrap_or_default(),
+                instance_id: instance(t),
                 kind: (*kind).to_owned(),
                 reason: reason.clone(),
+                stage: None,
+                stage_until: None,
             }),
+            // Not admitted, and not configured before (a node restarted meanwhile, or new): this node does not
+            // reach it, and says why rather than leaving it out of every list.
+            Attested::BelowPolicy { standing, .. }
+                if standing.stage == crate::tcb_stages::Stage::NotAdmitted
+                    && !view.is_some_and(|v| v.records.contains_key(t)) =>
+            {
+                Some(RefusedPeer {
+                    token_id: *t,
+                    instance_id: instance(t),
+                    kind: crate::attestation::TCB_POLICY.to_owned(),
+                    reason: format!(
+                        "{}; not admitted under the cluster's TCB policy: nodes that configured it before keep it, but this one had not (it started, or restarted, after the grace period), so it does not add it until its platform meets the policy again",
+                        standing.shortfall
+                    ),
+                    stage: Some(standing.stage.as_str().to_owned()),
+                    stage_until: standing.until,
+                })
+            }
             Attested::Verified(_) | Attested::BelowPolicy { .. } => None,
         })
         .collect()
@@ -351,7 +373,12 @@ fn node_status(
 }
 
 /// The chain as this node follows it: the contract, how far it has read, and what fails.
-fn chain_status(agent: &AgentFacts, chain: &ChainState, reg: &RegState) -> ChainStatus {
+fn chain_status(
+    agent: &AgentFacts,
+    chain: &ChainState,
+    reg: &RegState,
+    now: Instant,
+) -> ChainStatus {
     let view = chain.view.as_deref();
     ChainStatus {
         contract: agent.contract,
@@ -371,12 +398,12 @@ fn chain_status(agent: &AgentFacts, chain: &ChainState, reg: &RegState) -> Chain
             .as_ref()
             .or(reg.error.as_ref())
             .map(|f| f.render(&agent.rpc)),
-        verification: verification(&chain.rpcs),
+        verification: verification(&chain.rpcs, now),
     }
 }
 
 /// The providers' record, as the API shows it.
-fn verification(report: &mesh_chain::quorum::QuorumReport) -> mesh_api::Verification {
+fn verification(report: &mesh_chain::quorum::QuorumReport, now: Instant) -> mesh_api::Verification {
     mesh_api::Verification {
         verified: report.verified(),
         quorum: report.quorum,
@@ -390,6 +417,11 @@ fn verification(report: &mesh_chain::quorum::QuorumReport) -> mesh_api::Verifica
                 failed: p.failed,
                 dissenting: p.dissenting,
                 last_dissent: p.last_dissent.clone(),
+                dissented_from: p.dissented_from.clone(),
+                failing: p.failing.clone(),
+                failing_secs: p
+                    .failing_since
+                    .map(|t| now.saturating_duration_since(t).as_secs()),
             })
             .collect(),
         splits: report.splits,

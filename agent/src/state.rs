@@ -80,7 +80,8 @@ pub struct ChainState {
     /// Records refused: not authentic, or older than what was known.
     pub rejected: u64,
     pub rpc_errors: u64,
-    /// What each provider answered, against the quorum's answers (one provider: unverified).
+    /// What each provider answered, against the quorum's answers (one provider: unverified). The publisher
+    /// fills it from the providers' live report when it renders.
     pub rpcs: mesh_chain::quorum::QuorumReport,
 }
 

@@ -5,7 +5,6 @@
 //! and the cluster's allowlists of compose hashes and OS images.
 
 use alloy::primitives::B256;
-use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use mesh_attest::cli::TrustArgs;
 use mesh_attest::tcb::TcbPolicy;
@@ -40,7 +39,7 @@ fn refused(r: Refusal) -> anyhow::Error {
 /// # Errors
 /// The refusal, no collateral for the quote's platform, or a failed read of the allowlists.
 pub(crate) async fn check(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     trust: &TrustArgs,
     evidence: &[u8],
     seat: &Seat<'_>,
@@ -73,7 +72,7 @@ pub(crate) async fn check(
 /// # Errors
 /// When the app auth cannot be read.
 async fn tcb_policy(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
 ) -> anyhow::Result<Option<TcbPolicy>> {
     let p = cluster::app_auth(c)
         .await?
@@ -159,7 +158,7 @@ impl Listed {
     /// # Errors
     /// When the app auth cannot be read.
     pub(crate) async fn read(
-        c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+        c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
         verdict: &Verdict,
     ) -> anyhow::Result<Self> {
         let auth = cluster::app_auth(c).await?;

@@ -2,7 +2,6 @@
 //! seatless nodes put on-chain; for `mint`, `bind` and `requests`.
 
 use alloy::primitives::Address;
-use alloy::providers::DynProvider;
 use anyhow::{Context, bail};
 use mesh_chain::binding::binding_requests;
 use mesh_chain::contract::{self as chain, DstackClusterNFT};
@@ -37,7 +36,7 @@ pub(crate) const DEFAULT_LIMIT: usize = 256;
 /// # Errors
 /// No request from the instance among the newest `limit`, or none that verifies (each one's reason).
 pub(crate) async fn find(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     instance: &str,
     limit: usize,
     trust: &mesh_attest::cli::TrustArgs,
@@ -75,7 +74,7 @@ pub(crate) async fn find(
 /// it; and its quote passes as every agent will check it ([`crate::attest::verify_quote`]). The allowlists
 /// are the caller's to check, from the verdict.
 pub(crate) async fn check_binding(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     binding: &NodeBinding,
     holder: Address,
     trust: &mesh_attest::cli::TrustArgs,

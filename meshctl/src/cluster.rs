@@ -5,63 +5,20 @@ use std::path::PathBuf;
 
 use alloy::{
     contract::{CallBuilder, CallDecoder},
-    network::EthereumWallet,
     primitives::Address,
-    providers::{DynProvider, Provider, ProviderBuilder},
-    rpc::types::TransactionReceipt,
+    providers::Provider,
+    rpc::types::{TransactionReceipt, TransactionRequest},
     signers::local::PrivateKeySigner,
 };
-use anyhow::{Context, bail};
+use anyhow::Context;
 use mesh_chain::contract::{
     self as chain, DstackClusterAppAuth, DstackClusterElection, DstackClusterNFT,
 };
-use mesh_chain::error::ChainError;
-use mesh_chain::redact::RedactedUrl;
+use mesh_chain::rpc::Rpcs;
 use serde_json::{Value, json};
 
-/// Where the chain is.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct ChainOpts {
-    /// The chain's JSON-RPC URL, http(s):// or ws(s)://. Give several providers (repeat the flag, or
-    /// separate URLs with commas) to take only what a quorum of them answer alike (--rpc-quorum);
-    /// transactions go through the first.
-    #[arg(
-        long = "rpc-url",
-        env = "DSTACK_MESH_RPC_URL",
-        value_name = "URL",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:8545"
-    )]
-    pub(crate) rpc_urls: Vec<alloy::transports::http::reqwest::Url>,
-    /// With several --rpc-url providers, how many must answer a read alike: more than half of them (the
-    /// default), up to all.
-    #[arg(long, env = "DSTACK_MESH_RPC_QUORUM", value_name = "N")]
-    pub(crate) rpc_quorum: Option<usize>,
-}
-
-impl ChainOpts {
-    /// The first provider: it sends transactions.
-    pub(crate) fn rpc_url(&self) -> &alloy::transports::http::reqwest::Url {
-        self.rpc_urls
-            .first()
-            .expect("clap gives --rpc-url a default and parses no empty list")
-    }
-
-    /// The providers, for messages: their URLs with credentials hidden.
-    pub(crate) fn shown(&self) -> String {
-        match self.rpcs() {
-            Ok(r) => r.shown(),
-            Err(_) => RedactedUrl::new(self.rpc_url()).to_string(),
-        }
-    }
-
-    fn rpcs(&self) -> anyhow::Result<mesh_chain::rpc::Rpcs> {
-        Ok(mesh_chain::rpc::Rpcs::new(
-            self.rpc_urls.clone(),
-            self.rpc_quorum,
-        )?)
-    }
-}
+/// Where the chain is: the providers' flags, which the agent takes too.
+pub(crate) type ChainOpts = mesh_chain::cli::ProviderArgs;
 
 /// Which cluster.
 #[derive(Debug, Clone, clap::Args)]
@@ -118,42 +75,73 @@ pub(crate) async fn require_chain(
     Ok(())
 }
 
-/// A connection to the first provider, over HTTP or WebSocket as the URL says.
-async fn client(opts: &ChainOpts) -> anyhow::Result<alloy::rpc::client::RpcClient> {
-    mesh_chain::rpc::client(opts.rpc_url())
-        .await
-        .with_context(|| format!("connecting to {}", RedactedUrl::new(opts.rpc_url())))
+/// The one handle on the chain's providers, connected once.
+pub(crate) fn rpcs(opts: &ChainOpts) -> anyhow::Result<Rpcs> {
+    Ok(opts.rpcs()?)
 }
 
 /// A read-only connection to the chain: through every provider, a quorum of which must agree, when several
 /// are given.
-pub(crate) async fn reader(opts: &ChainOpts) -> anyhow::Result<DynProvider> {
-    opts.rpcs()?
-        .reader()
-        .await
-        .with_context(|| format!("connecting to {}", opts.shown()))
+pub(crate) fn reader(opts: &ChainOpts) -> anyhow::Result<Chain> {
+    Chain::reading(opts)
 }
 
-/// A signing connection to the chain.
-pub(crate) async fn writer(
-    opts: &ChainOpts,
-    signer: PrivateKeySigner,
-) -> anyhow::Result<DynProvider> {
-    let provider = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(signer))
-        .connect_client(client(opts).await?);
-    // alloy polls receipts every 7 s on non-loopback hosts; a person waiting at a prompt wants less.
-    provider
-        .client()
-        .set_poll_interval(std::time::Duration::from_millis(250));
-    Ok(provider.erased())
+/// `meshctl`'s one handle on the chain: the providers, connected once, and the key that signs when a
+/// command sends. It is the provider of every contract `meshctl` reads or sends to, so that [`send`] finds the
+/// signer in the call. Its reads go through the quorum; a transaction is signed once and sent to every
+/// provider.
+#[derive(Clone)]
+pub(crate) struct Chain {
+    rpcs: Rpcs,
+    signer: Option<PrivateKeySigner>,
+}
+
+impl Chain {
+    /// The providers of `opts`, reading only.
+    pub(crate) fn reading(opts: &ChainOpts) -> anyhow::Result<Self> {
+        Ok(Self {
+            rpcs: rpcs(opts)?,
+            signer: None,
+        })
+    }
+
+    /// The providers of `opts`, sending from `signer`.
+    pub(crate) fn new(opts: &ChainOpts, signer: PrivateKeySigner) -> anyhow::Result<Self> {
+        Ok(Self {
+            rpcs: rpcs(opts)?,
+            signer: Some(signer),
+        })
+    }
+
+    /// Sends `request` from the signer and waits for its receipt, read through the quorum.
+    pub(crate) async fn send_request(
+        &self,
+        what: &'static str,
+        request: TransactionRequest,
+    ) -> anyhow::Result<TransactionReceipt> {
+        let signer = self.signer.as_ref().with_context(|| {
+            format!("{what} is a transaction: this command was given no signer")
+        })?;
+        self.rpcs
+            .send(what, signer, request, 0)
+            .await
+            .map_err(|e| anyhow::anyhow!(self.rpcs.scrub(&format!("{e:#}"))))
+            .with_context(|| format!("{what} via {}", self.rpcs.shown()))
+    }
+}
+
+impl Provider for Chain {
+    fn root(&self) -> &alloy::providers::RootProvider {
+        self.rpcs.reader().root()
+    }
 }
 
 /// The cluster at `opts.contract`, checked to be one before anything is sent.
-pub(crate) async fn open(
+/// The cluster at `opts.contract`, checked to be one before anything is sent.
+pub(crate) async fn open<P: Provider>(
     opts: &ClusterOpts,
-    provider: DynProvider,
-) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
+    provider: P,
+) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<P>> {
     chain::check_cluster(&provider, opts.contract)
         .await
         .with_context(|| format!("checking the cluster contract via {}", opts.chain.shown()))?;
@@ -163,23 +151,23 @@ pub(crate) async fn open(
 /// A read-only cluster.
 pub(crate) async fn open_read(
     opts: &ClusterOpts,
-) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
-    open(opts, reader(&opts.chain).await?).await
+) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<Chain>> {
+    open(opts, reader(&opts.chain)?).await
 }
 
 /// A cluster that `signer` sends to.
 pub(crate) async fn open_write(
     opts: &ClusterOpts,
     signer: &SignerOpts,
-) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<DynProvider>> {
-    open(opts, writer(&opts.chain, signer.signer()?).await?).await
+) -> anyhow::Result<DstackClusterNFT::DstackClusterNFTInstance<Chain>> {
+    open(opts, Chain::new(&opts.chain, signer.signer()?)?).await
 }
 
 /// The app auth of cluster `c` (its compose, device and OS allowlists), through the same provider (and so the
 /// same signer).
-pub(crate) async fn app_auth(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
-) -> anyhow::Result<DstackClusterAppAuth::DstackClusterAppAuthInstance<DynProvider>> {
+pub(crate) async fn app_auth<P: Provider + Clone>(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+) -> anyhow::Result<DstackClusterAppAuth::DstackClusterAppAuthInstance<P>> {
     let address = chain::app_auth_of(c.provider(), *c.address())
         .await
         .context("finding the cluster's app-auth contract")?;
@@ -187,38 +175,25 @@ pub(crate) async fn app_auth(
 }
 
 /// The election of cluster `c`, through the same provider (and so the same signer).
-pub(crate) async fn election(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
-) -> anyhow::Result<DstackClusterElection::DstackClusterElectionInstance<DynProvider>> {
+pub(crate) async fn election<P: Provider + Clone>(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+) -> anyhow::Result<DstackClusterElection::DstackClusterElectionInstance<P>> {
     let address = chain::election_of(c.provider(), *c.address())
         .await
         .context("finding the cluster's election contract")?;
     Ok(DstackClusterElection::new(address, c.provider().clone()))
 }
 
-/// Sends a contract call and waits for its receipt. A revert, whether at gas estimation or on-chain, comes
-/// back as the contract's error in words, with a hint.
-pub(crate) async fn send<D: CallDecoder>(
+/// Sends a contract call from the signer of its provider ([`Chain`]) to every provider, and waits for its
+/// receipt. A revert, whether at gas estimation or on-chain, comes back as the contract's error in words,
+/// with a hint.
+pub(crate) async fn send<P: std::borrow::Borrow<Chain>, D: CallDecoder>(
     what: &'static str,
-    call: CallBuilder<&DynProvider, D>,
+    call: CallBuilder<P, D>,
 ) -> anyhow::Result<TransactionReceipt> {
-    let pending = call
-        .send()
-        .await
-        .map_err(|e| ChainError::from_call(what, e))
-        .with_context(|| what)?;
-    let hash = *pending.tx_hash();
-    let receipt = pending
-        .get_receipt()
-        .await
-        .with_context(|| format!("{what}: waiting for the receipt of {hash}"))?;
-    if !receipt.status() {
-        bail!(
-            "{what}: transaction {hash} reverted in block {}",
-            receipt.block_number.unwrap_or_default()
-        );
-    }
-    Ok(receipt)
+    let chain = call.provider.borrow().clone();
+    let request = call.into_transaction_request();
+    chain.send_request(what, request).await
 }
 
 /// Where a transaction landed.

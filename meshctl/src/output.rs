@@ -59,9 +59,12 @@ pub(crate) fn causes(e: &anyhow::Error) -> Vec<String> {
 
 /// What to do when the RPC did not answer at all: nothing listens there, or no route leads there.
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    use mesh_chain::quorum::Split;
     let unreachable = e.chain().any(|c| {
         c.downcast_ref::<alloy::transports::http::reqwest::Error>()
             .is_some_and(|r| r.is_connect() || r.is_timeout())
+            || c.downcast_ref::<Split>()
+                .is_some_and(|s| matches!(s, Split::Down { .. } | Split::Unanswered { .. }))
     });
     unreachable.then_some(
         "nothing answered at the RPC URL: check --rpc-url (DSTACK_MESH_RPC_URL), and that the node behind it runs \

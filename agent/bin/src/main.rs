@@ -38,6 +38,9 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon, as with no subcommand: the same flags and variables (`p2p-agent run --help` lists
+    /// them).
+    Run(Box<RunArgs>),
     /// Show this CVM's identity: instance id, app id, the node key's address (made and sealed in the state
     /// directory on first use), and whether dstack's signature chain for it verifies; with --bind-holder, print
     /// the binding (with this instance's TDX quote) that `meshctl bind` sends. Never prints private keys.
@@ -62,8 +65,10 @@ fn main() -> ExitCode {
     // SAFETY: first in `main`, before the runtime or any other thread exists.
     let cli: Cli = unsafe { cli_env::parse(config::ENV_ALIASES) };
     init_logging(cli.log_format);
-    if matches!(cli.command, None | Some(Command::Register(_)))
-        && let Err(e) = config::refuse_key_in_environment(|name| std::env::var_os(name))
+    if matches!(
+        cli.command,
+        None | Some(Command::Run(_) | Command::Register(_))
+    ) && let Err(e) = config::refuse_key_in_environment(|name| std::env::var_os(name))
     {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
@@ -128,17 +133,8 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        None => {
-            let tx_key = config::tx_signer(cli.run.tx_key_file.as_deref())?;
-            let cancel = CancellationToken::new();
-            let on_signal = cancel.clone();
-            let _signals = owned_task::Task::spawn("signals", async move {
-                wait_for_signal().await;
-                on_signal.cancel();
-            });
-            p2p_agent::run::run(cli.run, tx_key, env!("DSTACK_MESH_COMMIT"), cancel).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        None => daemon(cli.run).await,
+        Some(Command::Run(args)) => daemon(*args).await,
         Some(Command::Identity(args)) => identity::run(args).await,
         Some(Command::Register(args)) => register::run(args).await,
         Some(Command::Wait(args)) => wait::run(args).await,
@@ -147,6 +143,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The daemon, until SIGINT or SIGTERM.
+async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let tx_key = config::tx_signer(args.tx_key_file.as_deref())?;
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let _signals = owned_task::Task::spawn("signals", async move {
+        wait_for_signal().await;
+        on_signal.cancel();
+    });
+    p2p_agent::run::run(args, tx_key, env!("DSTACK_MESH_COMMIT"), cancel).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGINT or SIGTERM, whichever comes first.

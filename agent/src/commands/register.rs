@@ -36,16 +36,18 @@ pub struct RegisterArgs {
 /// # Errors
 /// dstack or the chain unreachable, no seat, or a record the cluster or peers would reject.
 pub async fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
-    use mesh_chain::registration::{Cluster, Desired, Outcome};
+    use mesh_chain::cluster::Cluster;
+    use mesh_chain::registration::{Desired, Outcome};
     let tx_key = crate::config::tx_signer(args.tx_key_file.as_deref())?;
-    let rpc = mesh_chain::redact::RedactedUrl::new(args.endpoints.rpc_url());
+    let rpcs = args.endpoints.rpcs()?;
+    let rpc = rpcs.redacted();
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("cannot choose a dstack endpoint")?;
     let identity =
         crate::node::NodeIdentity::load(&client, &args.state.key_file(), args.wg_key_epoch)
             .await
             .context("cannot establish this node's identity")?;
-    let cluster = Cluster::connect(args.endpoints.rpc_url().clone(), args.contract)
+    let cluster = Cluster::connect(rpcs, args.contract)
         .await
         .map_err(|e| anyhow::anyhow!(rpc.scrub(&e.to_string())))
         .with_context(|| format!("cannot reach cluster {} via {rpc}", args.contract))?;

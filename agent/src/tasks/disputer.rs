@@ -6,18 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
-use alloy::transports::http::reqwest::Url;
+use mesh_chain::cluster::Cluster;
 use mesh_chain::election::ElectionError;
 use mesh_chain::error::ChainError;
 use mesh_chain::redact::RedactedUrl;
-use mesh_chain::registration::Cluster;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::RunArgs;
 use crate::disputes::{self, Dispute};
 use crate::node::NodeIdentity;
 use crate::state::ChainState;
@@ -28,18 +25,17 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// What the disputer needs to know.
 pub struct Disputer {
-    pub contract: Address,
-    pub rpc_url: Url,
+    /// Where disputes are sent: through every provider.
+    pub cluster: Cluster,
     pub rpc: RedactedUrl,
     pub identity: Arc<NodeIdentity>,
     pub tx_key: Option<PrivateKeySigner>,
 }
 
 impl Disputer {
-    pub fn from_args(args: &RunArgs, shared: &Shared) -> Self {
+    pub fn from_args(shared: &Shared) -> Self {
         Self {
-            contract: shared.contract,
-            rpc_url: args.endpoints.rpc_url().clone(),
+            cluster: shared.cluster.clone(),
             rpc: shared.rpc.clone(),
             identity: Arc::clone(&shared.identity),
             tx_key: shared.tx_key.clone(),
@@ -56,7 +52,6 @@ impl Disputer {
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut sent = Sent::default();
-        let mut cluster: Option<Cluster> = None;
         let mut retry = tokio::time::interval(RETRY_AFTER);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -83,30 +78,22 @@ impl Disputer {
             for d in due {
                 let outcome = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
-                    outcome = self.send(&mut cluster, voter, d) => outcome,
+                    outcome = self.send(voter, d) => outcome,
                 };
                 sent.record(d, outcome, &self.rpc);
             }
         }
     }
 
-    async fn send(
-        &self,
-        cluster: &mut Option<Cluster>,
-        voter: u64,
-        d: Dispute,
-    ) -> Result<u64, ElectionError> {
-        let c = match cluster {
-            Some(c) => c,
-            None => cluster.insert(Cluster::connect(self.rpc_url.clone(), self.contract).await?),
-        };
+    async fn send(&self, voter: u64, d: Dispute) -> Result<u64, ElectionError> {
         info!(
             target_seat = d.target,
             bound_block = d.bound_block,
             kind = d.kind,
             "disputing a binding whose quote does not show what it claims"
         );
-        let cast = c
+        let cast = self
+            .cluster
             .dispute(
                 &self.identity.node,
                 self.tx_key.as_ref(),

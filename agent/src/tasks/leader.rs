@@ -7,12 +7,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
-use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
-use alloy::transports::http::reqwest::Url;
 use mesh_api::{AppReport, CheckSignal};
+use mesh_chain::cluster::Cluster;
 use mesh_chain::redact::RedactedUrl;
-use mesh_chain::registration::Cluster;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -30,8 +28,8 @@ use crate::tasks::Shared;
 
 /// What the leader task needs to know.
 pub struct LeaderTask {
-    pub contract: Address,
-    pub rpc_url: Url,
+    /// Where ballots are read and sent: through every provider.
+    pub cluster: Cluster,
     pub rpc: RedactedUrl,
     pub identity: Arc<NodeIdentity>,
     pub tx_key: Option<PrivateKeySigner>,
@@ -48,8 +46,7 @@ impl LeaderTask {
     pub fn from_args(args: &RunArgs, shared: &Shared) -> Self {
         let wireguard = args.mode == ModeArg::Wireguard;
         Self {
-            contract: shared.contract,
-            rpc_url: args.endpoints.rpc_url().clone(),
+            cluster: shared.cluster.clone(),
             rpc: shared.rpc.clone(),
             identity: Arc::clone(&shared.identity),
             tx_key: shared.tx_key.clone(),
@@ -91,10 +88,9 @@ enum Wake {
     Deadline,
 }
 
-/// The machine's jobs, done with the chain client.
+/// The machine's jobs, done with the chain handle.
 struct Jobs {
-    cluster: Option<Arc<Cluster>>,
-    running: JoinSet<(Option<Arc<Cluster>>, JobDone)>,
+    running: JoinSet<JobDone>,
 }
 
 impl LeaderTask {
@@ -129,7 +125,6 @@ impl LeaderTask {
         let mut socket: Option<Bound> = None;
         let mut bind_warned = false;
         let mut jobs = Jobs {
-            cluster: None,
             running: JoinSet::new(),
         };
         let now = Instant::now();
@@ -207,12 +202,7 @@ impl LeaderTask {
                 Some((bytes, from)) = recv(socket.as_ref()) => Wake::Datagram(bytes, from),
                 Some(done) = jobs.running.join_next(), if !jobs.running.is_empty() => {
                     match done {
-                        Ok((cluster, done)) => {
-                            if let Some(c) = cluster {
-                                jobs.cluster = Some(c);
-                            }
-                            Wake::Job(done)
-                        }
+                        Ok(done) => Wake::Job(done),
                         Err(e) => {
                             warn!(error = %e, "a leader job ended abnormally");
                             Wake::Job(JobDone::Lost)
@@ -226,20 +216,13 @@ impl LeaderTask {
 
     /// Starts `job` beside the loop; its end wakes the loop.
     fn spawn(&self, jobs: &mut Jobs, job: Job) {
-        let cluster = jobs.cluster.clone();
-        let (url, contract) = (self.rpc_url.clone(), self.contract);
+        let cluster = self.cluster.clone();
         let identity = Arc::clone(&self.identity);
         let tx_key = self.tx_key.clone();
         jobs.running.spawn(async move {
-            let cluster = match (job, cluster) {
-                (Job::Connect, _) | (_, None) => match Cluster::connect(url, contract).await {
-                    Ok(c) => Arc::new(c),
-                    Err(e) => return (None, failed(job, e)),
-                },
-                (_, Some(c)) => c,
-            };
-            let done = match job {
-                Job::Connect => JobDone::Connected(Ok(())),
+            match job {
+                // The election contract, read once: the handle is made without I/O.
+                Job::Connect => JobDone::Connected(cluster.election().await.map(|_| ())),
                 Job::ReadVote { seat } => JobDone::VoteRead(cluster.vote_of(seat).await),
                 Job::Cast { seat, ballot } => JobDone::Cast(
                     ballot,
@@ -247,18 +230,8 @@ impl LeaderTask {
                         .cast(&identity.node, tx_key.as_ref(), seat, ballot)
                         .await,
                 ),
-            };
-            (Some(cluster), done)
+            }
         });
-    }
-}
-
-/// A job that could not even connect.
-fn failed(job: Job, e: mesh_chain::error::ChainError) -> JobDone {
-    match job {
-        Job::Connect => JobDone::Connected(Err(e)),
-        Job::ReadVote { .. } => JobDone::VoteRead(Err(e)),
-        Job::Cast { ballot, .. } => JobDone::Cast(ballot, Err(e.into())),
     }
 }
 

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
+use mesh_chain::cluster::Cluster;
 use mesh_chain::redact::RedactedUrl;
 use tracing::warn;
 
@@ -35,13 +36,16 @@ use crate::node::NodeIdentity;
 
 use crate::state::Fault;
 
-/// What every task is built from besides the flags: the cluster, the RPC as logs may show it, who this node
-/// is, the key that pays for its transactions, and dstack (for the quote of a seatless node's request).
+/// What every task is built from besides the flags: the cluster, the RPC providers as logs may show them,
+/// who this node is, the key that pays for its transactions, and dstack (for the quote of a seatless node's
+/// request).
 pub struct Shared {
     pub contract: Address,
+    /// Every provider, credentials hidden: what messages show, and scrub.
     pub rpc: RedactedUrl,
-    /// The providers; the first is `rpc`.
-    pub rpcs: mesh_chain::rpc::Rpcs,
+    /// The one handle on the chain: the cluster through every provider, connected once. Every read and
+    /// transaction of every task goes through it.
+    pub cluster: Cluster,
     pub identity: Arc<NodeIdentity>,
     pub tx_key: Option<PrivateKeySigner>,
     pub dstack: dstack_guest::DstackClient,

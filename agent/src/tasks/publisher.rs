@@ -42,6 +42,9 @@ pub struct Publisher {
     pub hooks: Hooks,
     /// The forwarded ports' counters, shown in the status.
     pub ports: Vec<leader_port::Stats>,
+    /// What each RPC provider does, read live at each render: a provider that hangs is named while the
+    /// chain task still waits on it.
+    pub providers: mesh_chain::quorum::QuorumWatch,
 }
 
 impl Publisher {
@@ -60,6 +63,7 @@ impl Publisher {
             agent,
             started: Instant::now(),
             ports: Vec::new(),
+            providers: shared.cluster.rpcs().watch().clone(),
             hooks: Hooks {
                 on_change: args.on_change.clone(),
                 on_leader_change: args.on_leader_change.clone(),
@@ -99,7 +103,8 @@ impl Publisher {
         let mut running = JoinSet::new();
         loop {
             while running.try_join_next().is_some() {}
-            let chain = inputs.chain.borrow_and_update().clone();
+            let mut chain = inputs.chain.borrow_and_update().clone();
+            chain.rpcs = self.providers.report();
             let reg = inputs.reg.borrow_and_update().clone();
             let mesh = inputs.mesh.borrow_and_update().clone();
             let leader = inputs.leader.borrow_and_update().clone();

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
-use alloy::transports::http::reqwest::Url;
 use backoff::Backoff;
 use mesh_chain::binding::Requested;
 use mesh_chain::budget;
+use mesh_chain::cluster::Cluster;
 use mesh_chain::redact::RedactedUrl;
-use mesh_chain::registration::{Cluster, Desired, Outcome, RegistrationError};
+use mesh_chain::registration::{Desired, Outcome, RegistrationError};
 use mesh_chain::view::ChainView;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -40,8 +40,8 @@ const REQUEST_RECHECK: Duration = Duration::from_secs(30);
 
 /// What the registrar needs to know.
 pub struct Registrar {
-    pub contract: Address,
-    pub rpc_url: Url,
+    /// Where the record, the seat and requests are read and sent: through every provider.
+    pub cluster: Cluster,
     pub rpc: RedactedUrl,
     pub identity: Arc<NodeIdentity>,
     pub desired: Desired,
@@ -74,8 +74,7 @@ impl Registrar {
             gateway_url: args.gateway_url(identity.instance_id()).unwrap_or_default(),
         };
         Self {
-            contract: shared.contract,
-            rpc_url: args.endpoints.rpc_url().clone(),
+            cluster: shared.cluster.clone(),
             rpc: shared.rpc.clone(),
             identity: Arc::clone(identity),
             desired,
@@ -108,7 +107,6 @@ impl Trigger {
 struct Running {
     task: Registrar,
     state: RegState,
-    cluster: Option<Cluster>,
     /// Paces registrations that replaced a stored record peers would not believe: a lying RPC could
     /// otherwise make the node pay for one on every check.
     rereg: Backoff,
@@ -135,7 +133,6 @@ impl Registrar {
         let mut running = Running {
             task: self,
             state: RegState::default(),
-            cluster: None,
             rereg: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600)),
             relay_printed_for: None,
             binding: None,
@@ -201,13 +198,9 @@ impl Running {
                 .is_some_and(|r| self.task.desired.matches(r));
             return AFTER_FAILING;
         }
-        if !self.connect().await {
-            return AFTER_FAILING;
-        }
-        let Some(cluster) = self.cluster.as_ref() else {
-            return AFTER_FAILING;
-        };
-        let outcome = cluster
+        let outcome = self
+            .task
+            .cluster
             .register(
                 &self.task.identity.node,
                 &self.task.desired,
@@ -276,26 +269,18 @@ impl Running {
                 self.ask_for_seat(view, Some(holder)).await
             }
             Err(e) => {
-                self.state.registered = false;
+                // The chain not answering says nothing of the record: what the last answer showed holds, so
+                // that an outage of every provider does not make every node unhealthy at once.
+                let unanswered = matches!(&e, RegistrationError::Chain(c) if c.is_unanswered());
+                if unanswered {
+                    self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
+                } else {
+                    self.state.registered = false;
+                }
                 self.report("registration failed", e);
                 AFTER_FAILING
             }
         }
-    }
-
-    /// Connects the registration client, once; whether it is connected.
-    async fn connect(&mut self) -> bool {
-        if self.cluster.is_none() {
-            match Cluster::connect(self.task.rpc_url.clone(), self.task.contract).await {
-                Ok(c) => self.cluster = Some(c),
-                Err(e) => {
-                    self.state.rpc_errors = self.state.rpc_errors.saturating_add(1);
-                    self.report("connecting the registration client", e);
-                    return false;
-                }
-            }
-        }
-        true
     }
 
     /// Asks the seat's holder for a rebind when the seat's binding is a quote of another image than this node
@@ -319,10 +304,7 @@ impl Running {
         if self.running_image? == bound {
             return None;
         }
-        if !self.connect().await {
-            return None;
-        }
-        let holder = match self.cluster.as_ref()?.holder_of(token).await {
+        let holder = match self.task.cluster.holder_of(token).await {
             Ok(h) => h,
             Err(e) => {
                 self.report("reading the seat's holder, to ask for a rebind", e);
@@ -344,12 +326,7 @@ impl Running {
         let (configured, dstack) = (ask.holder, ask.dstack.clone());
         let identity = Arc::clone(&self.task.identity);
         let node = &identity.node;
-        if !self.connect().await {
-            return AFTER_FAILING;
-        }
-        let Some(cluster) = self.cluster.as_ref() else {
-            return AFTER_FAILING;
-        };
+        let cluster = self.task.cluster.clone();
         let holder = match holder.or(configured) {
             Some(h) => h,
             None => match cluster.owner().await {
@@ -384,7 +361,7 @@ impl Running {
                     node,
                     holder,
                     view.pins.chain_id,
-                    self.task.contract,
+                    cluster.address(),
                 )
                 .await;
                 match made {
@@ -395,9 +372,6 @@ impl Running {
                     }
                 }
             }
-        };
-        let Some(cluster) = self.cluster.as_ref() else {
-            return AFTER_FAILING;
         };
         let sent = cluster
             .request_binding(node, &binding, self.task.tx_key.as_ref())

@@ -65,6 +65,15 @@ pub fn assess(status: &Status, peers: &[Peer]) -> Health {
             p.token_id, p.overlay_ip
         ));
     }
+    // Every other seat refused (a node restarted while its peers' platforms are below the TCB policy, say):
+    // no peer is unreachable, yet it reaches nobody.
+    if node.token_id.is_some() && unreachable.len() == peers.len() && status.peers_refused > 0 {
+        reasons.push(format!(
+            "this node reaches none of the cluster's other seats: {} configured, {} refused (`meshctl status` or /v1/peers/refused says why)",
+            peers.len(),
+            status.peers_refused
+        ));
+    }
     Health {
         healthy: reasons.is_empty(),
         registered: node.registered,
@@ -131,6 +140,26 @@ pub(crate) mod tests {
             attestation: None,
             holder: None,
         }
+    }
+
+    #[test]
+    fn a_seat_that_reaches_none_of_the_others_because_all_are_refused_is_unhealthy() {
+        let mut s = status(true, Some(1));
+        s.peers_refused = 2;
+        let h = assess(&s, &[]);
+        assert!(!h.healthy, "{h:?}");
+        assert!(
+            h.reasons[0]
+                .contains("reaches none of the cluster's other seats: 0 configured, 2 refused"),
+            "{h:?}"
+        );
+        // One peer reached is enough: a refused seat beside it is the refusal's business.
+        let h = assess(&s, &[peer(2, ConnectionKind::Wireguard, Some(10))]);
+        assert!(h.healthy, "{h:?}");
+        // A node with no seat yet is unhealthy for that, not for this.
+        let mut seatless = status(false, None);
+        seatless.peers_refused = 2;
+        assert_eq!(assess(&seatless, &[]).reasons.len(), 1);
     }
 
     #[test]

@@ -531,17 +531,19 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
     );
     let mut below: std::collections::BTreeMap<&str, u64> =
         [("warned", 0), ("not-admitted", 0)].into_iter().collect();
+    // Configured peers, and the not-admitted seats this node never configured (refused, with their stage).
     for stage in s
         .peers
         .iter()
         .filter_map(|p| p.attestation.as_ref()?.tcb_stage.as_deref())
+        .chain(s.refused.iter().filter_map(|r| r.stage.as_deref()))
     {
         *below.entry(stage).or_default() += 1;
     }
     out.metric(
         "dstack_mesh_peers_below_tcb_policy",
         "gauge",
-        "Configured peers whose platform is below the cluster's TCB policy, by stage: warned (admitted), or not-admitted (kept only where configured before). Dropped ones are refused as tcb-policy.",
+        "Seats whose platform is below the cluster's TCB policy, by stage: warned (admitted), or not-admitted (kept only where configured before, else refused as tcb-policy with their stage). Dropped ones are refused as tcb-policy.",
         below
             .into_iter()
             .map(|(stage, n)| (format!("{{stage=\"{stage}\"}}"), n)),
@@ -596,6 +598,17 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
                     n,
                 )
             })
+        }),
+    );
+    out.metric(
+        "dstack_mesh_rpc_provider_up",
+        "gauge",
+        "1 while a provider answers, 0 while it does not (down, refusing, or keeping a request waiting for seconds).",
+        v.providers.iter().map(|p| {
+            (
+                format!("{{provider=\"{}\"}}", escape(&p.url)),
+                u64::from(p.failing.is_none()),
+            )
         }),
     );
     out.metric(

@@ -240,6 +240,12 @@ pub struct RefusedPeer {
     /// metric `dstack_mesh_peers_refused` is labelled with it).
     pub kind: String,
     pub reason: String,
+    /// For a seat below the cluster's TCB policy: its stage (`not-admitted`, kept only where it was
+    /// configured before; a `dropped` one has no stage here, its kind says so), and when the next begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_until: Option<u64>,
 }
 
 /// `GET /v1/leader`: the seat the cluster contract names leader, as this node sees it.
@@ -521,6 +527,17 @@ pub struct Provider {
     /// The method of its last answer unlike the quorum's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dissent: Option<String>,
+    /// Who answered alike that time: the quorum whose answer was taken. Either side may be the one that
+    /// lies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dissented_from: Vec<String>,
+    /// Why it does not answer, while it does not: its last error, or that a request has waited seconds for
+    /// it. Absent while it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
+    /// For how long it has not answered, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_secs: Option<u64>,
 }
 
 /// `GET /v1/status`.

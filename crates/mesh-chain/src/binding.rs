@@ -8,11 +8,11 @@ use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
 use tracing::info;
 
+use crate::cluster::Cluster;
 use crate::contract::{self, DstackClusterNFT};
 use crate::error::ChainError;
 use crate::node_key::NodeKey;
 use crate::record::NodeBinding;
-use crate::registration::{Cluster, confirm};
 
 /// What asking for a seat did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +34,11 @@ impl Cluster {
     /// # Errors
     /// [`ChainError`] when the contract cannot be read.
     pub async fn requested_holder(&self, node: Address) -> Result<Option<Address>, ChainError> {
-        let holder = DstackClusterNFT::new(self.address(), self.reader())
+        let at = self.present().await?;
+        let holder = self
+            .read()
             .bindingRequestedOf(node)
+            .block(at)
             .call()
             .await
             .map_err(|e| ChainError::from_call("bindingRequestedOf", e))?;
@@ -47,8 +50,10 @@ impl Cluster {
     /// # Errors
     /// [`ChainError`] when the contract cannot be read (a burned seat reverts).
     pub async fn holder_of(&self, token: u64) -> Result<Address, ChainError> {
-        DstackClusterNFT::new(self.address(), self.reader())
+        let at = self.present().await?;
+        self.read()
             .ownerOf(alloy::primitives::U256::from(token))
+            .block(at)
             .call()
             .await
             .map_err(|e| ChainError::from_call("ownerOf", e))
@@ -59,8 +64,10 @@ impl Cluster {
     /// # Errors
     /// [`ChainError`] when the contract cannot be read.
     pub async fn owner(&self) -> Result<Address, ChainError> {
-        DstackClusterNFT::new(self.address(), self.reader())
+        let at = self.present().await?;
+        self.read()
             .owner()
+            .block(at)
             .call()
             .await
             .map_err(|e| ChainError::from_call("owner", e))
@@ -78,17 +85,14 @@ impl Cluster {
         binding: &NodeBinding,
         tx_key: Option<&PrivateKeySigner>,
     ) -> Result<Requested, ChainError> {
-        let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
+        let at = self.present().await?;
+        let Some(sender) = self.sender(node.transaction_signer(), tx_key, at).await? else {
             return Ok(Requested::NeedsRelay);
         };
         let from = sender.address();
-        let writer = self.writer(sender);
-        let c = DstackClusterNFT::new(self.address(), &writer);
-        let sent = c
-            .requestBinding(binding.holder, contract::binding_arg(binding))
-            .send()
-            .await;
-        let receipt = confirm("requestBinding", sent).await?;
+        let c = self.read();
+        let call = c.requestBinding(binding.holder, contract::binding_arg(binding));
+        let receipt = self.send("requestBinding", &sender, call, 0).await?;
         let block = receipt.block_number.unwrap_or_default();
         let tx = receipt.transaction_hash;
         info!(event = "binding.requested", holder = %binding.holder, %tx, block, %from, "asked for a seat on-chain");

@@ -46,10 +46,27 @@ pub use bindings::*;
 pub async fn trust_anchors<P: Provider>(
     c: &DstackClusterNFT::DstackClusterNFTInstance<P>,
 ) -> Result<(Address, Vec<Address>), ChainError> {
+    trust_anchors_at(c, alloy::eips::BlockId::latest()).await
+}
+
+/// [`trust_anchors`] as of block `at`.
+///
+/// # Errors
+/// [`ChainError`] when they cannot be read.
+pub async fn trust_anchors_at<P: Provider>(
+    c: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+    at: alloy::eips::BlockId,
+) -> Result<(Address, Vec<Address>), ChainError> {
     let call = |what: &'static str| move |e| ChainError::from_call(what, e);
-    let kms_root = c.kmsRoot().call().await.map_err(call("kmsRoot"))?;
+    let kms_root = c
+        .kmsRoot()
+        .block(at)
+        .call()
+        .await
+        .map_err(call("kmsRoot"))?;
     let app_ids = c
         .allowedAppIds()
+        .block(at)
         .call()
         .await
         .map_err(call("allowedAppIds"))?;

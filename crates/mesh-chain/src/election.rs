@@ -7,10 +7,10 @@ use alloy::primitives::{Address, TxHash, U256};
 use alloy::signers::local::PrivateKeySigner;
 use tracing::{info, instrument};
 
+use crate::cluster::Cluster;
 use crate::contract::DstackClusterElection;
 use crate::error::ChainError;
 use crate::node_key::NodeKey;
-use crate::registration::{Cluster, confirm, send_over_estimate};
 
 /// Gas given to a dispute beyond its estimate. The estimate is made against the chain as it is; when the
 /// other seats' disputes land in between, this one may be the one that reaches the threshold and releases
@@ -18,6 +18,12 @@ use crate::registration::{Cluster, confirm, send_over_estimate};
 /// Without it such a dispute ran out of gas and waited 30 s for its retry (scenario `attestation`, once in
 /// three CI runs).
 const DISPUTE_GAS_HEADROOM: u64 = 150_000;
+
+/// Gas given to a ballot beyond its estimate. Electing walks the seats for the lowest eligible one, and a vote
+/// that reaches the threshold elects the next: seats registered or votes cast between the estimate and the
+/// block make the walk longer than estimated (scenario `scale`: fifty seats registering while the first
+/// elects ran an election out of gas).
+const BALLOT_GAS_HEADROOM: u64 = 60_000;
 
 /// What a node asks of the election for its seat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +77,10 @@ impl Cluster {
     /// # Errors
     /// [`ChainError`] when the read fails.
     pub async fn vote_of(&self, voter: u64) -> Result<Option<u64>, ChainError> {
-        let target = DstackClusterElection::new(self.election(), self.reader())
+        let at = self.present().await?;
+        let target = DstackClusterElection::new(self.election().await?, self.reader())
             .voteOf(U256::from(voter))
+            .block(at)
             .call()
             .await
             .map_err(|e| ChainError::from_call("voteOf", e))?;
@@ -93,7 +101,8 @@ impl Cluster {
         seat: u64,
         ballot: Ballot,
     ) -> Result<Cast, ElectionError> {
-        let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
+        let at = self.present().await?;
+        let Some(sender) = self.sender(node.transaction_signer(), tx_key, at).await? else {
             return Err(ElectionError::NoSender {
                 action: ballot.to_string(),
                 node: node.address(),
@@ -101,15 +110,24 @@ impl Cluster {
             });
         };
         let from = sender.address();
-        let writer = self.writer(sender);
-        let c = DstackClusterElection::new(self.election(), &writer);
+        let c = DstackClusterElection::new(self.election().await?, self.reader());
         let id = U256::from(seat);
         let receipt = match ballot {
-            Ballot::Elect => confirm("electLeader", c.electLeader(id).send().await).await?,
-            Ballot::Vote { target } => {
-                confirm("castVote", c.castVote(id, U256::from(target)).send().await).await?
+            Ballot::Elect => {
+                let call = c.electLeader(id);
+                self.send("electLeader", &sender, call, BALLOT_GAS_HEADROOM)
+                    .await?
             }
-            Ballot::Withdraw => confirm("withdrawVote", c.withdrawVote(id).send().await).await?,
+            Ballot::Vote { target } => {
+                let call = c.castVote(id, U256::from(target));
+                self.send("castVote", &sender, call, BALLOT_GAS_HEADROOM)
+                    .await?
+            }
+            Ballot::Withdraw => {
+                let call = c.withdrawVote(id);
+                self.send("withdrawVote", &sender, call, BALLOT_GAS_HEADROOM)
+                    .await?
+            }
         };
         let block = receipt.block_number.unwrap_or_default();
         info!(tx = %receipt.transaction_hash, block, %from, "ballot mined");
@@ -138,7 +156,8 @@ impl Cluster {
         target: u64,
         bound_block: u64,
     ) -> Result<Cast, ElectionError> {
-        let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
+        let at = self.present().await?;
+        let Some(sender) = self.sender(node.transaction_signer(), tx_key, at).await? else {
             return Err(ElectionError::NoSender {
                 action: format!("disputeBinding against seat {target}"),
                 node: node.address(),
@@ -146,11 +165,11 @@ impl Cluster {
             });
         };
         let from = sender.address();
-        let writer = self.writer(sender);
-        let c = DstackClusterElection::new(self.election(), &writer);
+        let c = DstackClusterElection::new(self.election().await?, self.reader());
         let call = c.disputeBinding(U256::from(voter), U256::from(target), bound_block);
-        let sent = send_over_estimate(call, DISPUTE_GAS_HEADROOM).await;
-        let receipt = confirm("disputeBinding", sent).await?;
+        let receipt = self
+            .send("disputeBinding", &sender, call, DISPUTE_GAS_HEADROOM)
+            .await?;
         let block = receipt.block_number.unwrap_or_default();
         info!(tx = %receipt.transaction_hash, block, %from, "dispute mined");
         Ok(Cast {

@@ -4,7 +4,7 @@
 use alloy::primitives::{Address, TxHash};
 
 /// A URL that names no transport the agent speaks.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "an RPC URL must be http://, https://, ws:// or wss://, not {scheme}://: check --rpc-url and --rpc-ws-url"
 )]
@@ -42,6 +42,14 @@ pub enum ChainError {
         "{what} was mined in transaction {tx} but failed: out of gas, or a revert the estimate did not foresee (the chain moved in between); it is retried"
     )]
     TxFailed { what: &'static str, tx: TxHash },
+    #[error(
+        "{what} was sent to every provider as transaction {tx}, but no quorum of them showed its receipt within {waited:?}: the chain may have halted, or the transaction may be priced too low for it; it is retried"
+    )]
+    NoReceipt {
+        what: &'static str,
+        tx: TxHash,
+        waited: std::time::Duration,
+    },
     #[error("RPC request failed ({what}): {source}")]
     Rpc {
         what: &'static str,
@@ -54,6 +62,20 @@ pub enum ChainError {
         #[source]
         source: alloy::contract::Error,
     },
+}
+
+impl ChainError {
+    /// Whether the chain did not answer, as opposed to answering something: a provider (or a quorum of
+    /// them) down, hanging or split, or a receipt that did not come. What was known before still holds.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(
+            self,
+            Self::Rpc { .. }
+                | Self::NoReceipt { .. }
+                | Self::Call { .. }
+                | Self::MissingBlock { .. }
+        )
+    }
 }
 
 /// A decoded revert: the contract's custom error in words, and what to do about it where that is known.

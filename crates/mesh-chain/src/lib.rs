@@ -14,8 +14,14 @@
 //! - [`heads`]: what wakes the follower: new heads by WebSocket subscription, or a polling timer.
 //! - [`budget`]: how often a node polls and reads every record as a safety net, so that the cluster's nodes
 //!   together ask their provider a few requests a second whatever the cluster's size (pure).
-//! - [`rpc`]: connections to the RPC, over HTTP or WebSocket, and the set of providers a quorum reads.
-//! - [`quorum`]: reads that one provider cannot bend: each sent to every provider, taken where a quorum agree.
+//! - [`rpc`]: connections to the RPC, over HTTP or WebSocket, and the chain's providers ([`rpc::Rpcs`]),
+//!   connected once: the one handle every read and transaction goes through.
+//! - [`quorum`]: the transport over every provider: a read taken where a quorum agree, an estimate as their
+//!   median, a transaction from the first that takes it; which method is which is decided in one place.
+//! - [`tx`]: transactions signed once, sent to every provider, their receipts read through the quorum.
+//! - [`cluster`]: the cluster contract as a node acts on it: the providers and the contract, shared by every
+//!   task.
+//! - [`cli`]: the provider flags the agent and `meshctl` share (feature `cli`).
 //! - [`registration`]: getting this node's record on-chain.
 //! - [`binding`]: a seat for a node without one: its request on-chain, and the holder's walk over them.
 //! - [`election`]: the node's part in the leader election: its seat's vote, electing, voting, withdrawing.
@@ -24,6 +30,9 @@
 
 pub mod binding;
 pub mod budget;
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod cluster;
 pub mod contract;
 pub mod election;
 pub mod error;
@@ -39,5 +48,6 @@ pub mod revert;
 pub mod rpc;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tx;
 pub mod tx_key;
 pub mod view;

@@ -1,29 +1,48 @@
-//! Reads that one provider cannot bend: a JSON-RPC transport over several providers that sends each request
-//! to all of them and answers only with what a quorum of them answered alike ([`agree`] decides which).
+//! Reads that one provider cannot bend, and transactions that one provider cannot stop: a JSON-RPC
+//! transport over several providers that sends each request to all of them. How each method's answers are
+//! taken is decided in one place ([`agree::policy`]):
 //!
-//! The follower reads through it at block numbers (the head it takes is one a quorum has reached), so
-//! honest providers answer alike, and a provider that lies — hides a log, adds one, flips an allowlist
-//! answer — is outvoted and named ([`QuorumReport`]). When no answer reaches the quorum the request fails,
-//! and the follower keeps its last view rather than following either side.
+//! - a read answers only with what a quorum of providers answered alike. The follower reads at block
+//!   numbers, and the other reads at a head a quorum has reached, so honest providers answer alike; a
+//!   provider that lies (hides a log, adds one, flips an allowlist answer) is outvoted and named. When no
+//!   answer reaches the quorum the request fails, and the agent keeps what it had rather than following
+//!   either side;
+//! - a figure each provider estimates for itself (gas, fees) is the median of those a quorum gave;
+//! - a signed transaction goes to every provider, and the first that takes it answers: one provider down,
+//!   hanging or dropping transactions does not hold it up.
 //!
-//! Transactions do not go through it: they are sent through the first provider, as with one.
+//! What each provider did goes to a shared [`QuorumReport`], which names the providers that fail, hang or
+//! answer unlike the others, and who answered otherwise. With one provider the same transport serves it
+//! alone (quorum 1), so that it is named as the others would be; its view is then unverified.
 
 pub mod agree;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use alloy::primitives::{B256, keccak256};
 use alloy::rpc::json_rpc::{RequestPacket, Response, ResponsePacket, ResponsePayload};
 use alloy::transports::{BoxTransport, TransportError, TransportErrorKind, TransportFut};
 use futures::stream::{FuturesUnordered, StreamExt as _};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use self::agree::{Answer, Decision};
+use self::agree::{Answer, Decision, Policy};
 use crate::redact::RedactedUrl;
 
 /// How long the answers that came after the quorum's are waited for, to name a provider that answered
-/// otherwise.
-const LATE_ANSWERS: std::time::Duration = std::time::Duration::from_secs(30);
+/// otherwise. Longer than a provider's own request timeout ([`crate::rpc::REQUEST_TIMEOUT`]), so that a
+/// hanging provider is heard out as failed.
+const LATE_ANSWERS: Duration = Duration::from_secs(30);
+
+/// A provider that has not answered a request this long is shown as not answering, while the request
+/// goes on: a hanging provider is named within seconds, not when its request times out.
+pub const SLOW_AFTER: Duration = Duration::from_secs(3);
+
+/// Once a quorum has given figures, how long the other providers' are waited for, so that the median is
+/// taken over every provider that is up.
+const ESTIMATE_GRACE: Duration = Duration::from_millis(1500);
 
 /// What each provider has done since the agent started, for the API and the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +61,11 @@ impl QuorumReport {
     pub fn verified(&self) -> bool {
         self.quorum >= 2
     }
+
+    /// The providers that do not answer now.
+    pub fn failing(&self) -> impl Iterator<Item = &ProviderReport> {
+        self.providers.iter().filter(|p| p.failing.is_some())
+    }
 }
 
 /// One provider's record.
@@ -49,22 +73,31 @@ impl QuorumReport {
 pub struct ProviderReport {
     /// Its URL, credentials hidden.
     pub url: String,
-    /// Answers that were among the quorum's.
+    /// Answers that were among the quorum's (for a transaction: it took it).
     pub agreed: u64,
     /// Answers unlike the quorum's, ignored.
     pub dissented: u64,
-    /// Requests it did not answer (an error of the transport: down, refused, timed out).
+    /// Requests it did not answer (an error of the transport: down, refused, timed out), and
+    /// transactions it refused that another provider took.
     pub failed: u64,
     /// The method of its last answer unlike the quorum's.
     pub last_dissent: Option<String>,
+    /// Who answered alike that time, the quorum whose answer was taken. Either side may be the one that
+    /// lies: with three providers, two that lie alike outvote the third.
+    pub dissented_from: Vec<String>,
     /// It answered unlike the quorum within the last [`DISSENT_REMEMBERED`]. A provider that lies about
     /// one thing answers everything else alike, so agreeing since does not clear it.
     pub dissenting: bool,
-    last_dissent_at: Option<std::time::Instant>,
+    last_dissent_at: Option<Instant>,
+    /// Why it does not answer, while it does not: its last error (credentials scrubbed), or that a
+    /// request has waited [`SLOW_AFTER`] for it. Cleared by its next answer.
+    pub failing: Option<String>,
+    /// Since when it has not answered.
+    pub failing_since: Option<Instant>,
 }
 
 /// How long a provider's answer unlike the quorum's keeps it shown as dissenting.
-pub const DISSENT_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
+pub const DISSENT_REMEMBERED: Duration = Duration::from_secs(600);
 
 /// The shared, live [`QuorumReport`].
 #[derive(Debug, Clone, Default)]
@@ -106,7 +139,7 @@ impl QuorumWatch {
 #[derive(Debug, thiserror::Error)]
 pub enum Split {
     #[error(
-        "the RPCs disagree on {method}: {groups}; {quorum} must answer alike, so nothing is taken from them (an agent keeps its last agreed view): check the providers, and drop one that lies"
+        "the RPCs disagree on {method}: {groups}; {quorum} must answer alike, so nothing is taken from them (an agent keeps its last agreed view): either side may be the one that lies; check the providers, and drop the one that does"
     )]
     Disagree {
         method: String,
@@ -119,8 +152,17 @@ pub enum Split {
     )]
     Unanswered {
         method: String,
+        /// Each provider that did not answer, with why.
         failed: String,
         quorum: usize,
+    },
+    #[error(
+        "the RPC {provider} did not answer {method}: {why}: check that it is up and reachable from here"
+    )]
+    Down {
+        method: String,
+        provider: String,
+        why: String,
     },
 }
 
@@ -129,21 +171,27 @@ struct Member {
     transport: BoxTransport,
 }
 
+/// What every request of the transport shares.
+struct Shared {
+    members: Vec<Member>,
+    quorum: usize,
+    watch: QuorumWatch,
+}
+
 /// The transport: cheap to clone, as alloy's client needs.
 #[derive(Clone)]
 pub struct Quorum {
-    members: Arc<[Member]>,
-    quorum: usize,
-    watch: QuorumWatch,
-    /// The answers still out once the quorum's was taken, heard out here; aborted with the transport.
-    late: Arc<Mutex<tokio::task::JoinSet<()>>>,
+    shared: Arc<Shared>,
+    /// Each request is heard out here, beyond the answer it gives, to name a provider that answers late
+    /// and otherwise or not at all; aborted with the transport.
+    hearing: Arc<Mutex<tokio::task::JoinSet<()>>>,
 }
 
 impl std::fmt::Debug for Quorum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Quorum")
-            .field("providers", &self.members.len())
-            .field("quorum", &self.quorum)
+            .field("providers", &self.shared.members.len())
+            .field("quorum", &self.shared.quorum)
             .finish_non_exhaustive()
     }
 }
@@ -157,137 +205,326 @@ impl Quorum {
         watch: QuorumWatch,
     ) -> Self {
         Self {
-            members: members
-                .into_iter()
-                .map(|(url, transport)| Member { url, transport })
-                .collect(),
-            quorum,
-            watch,
-            late: Arc::default(),
+            shared: Arc::new(Shared {
+                members: members
+                    .into_iter()
+                    .map(|(url, transport)| Member { url, transport })
+                    .collect(),
+                quorum,
+                watch,
+            }),
+            hearing: Arc::default(),
         }
     }
 
     async fn ask(self, request: RequestPacket) -> Result<ResponsePacket, TransportError> {
-        let method = method_of(&request);
-        let mut pending: FuturesUnordered<_> = self
-            .members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let mut transport = m.transport.clone();
-                let request = request.clone();
-                async move {
-                    use tower::Service as _;
-                    (i, transport.call(request).await)
-                }
-            })
-            .collect();
-        let mut answers: Vec<(usize, Answer)> = Vec::new();
-        let mut packets: Vec<Option<ResponsePacket>> =
-            (0..self.members.len()).map(|_| None).collect();
-        let mut failed: Vec<usize> = Vec::new();
-        while let Some((i, result)) = pending.next().await {
-            match result {
-                Ok(packet) => {
-                    answers.push((i, answer_of(&method, &packet)));
-                    packets[i] = Some(packet);
-                }
-                Err(e) => {
-                    tracing::debug!(provider = %self.members[i].url, %method, error = %self.members[i].url.scrub(&e.to_string()), "an RPC did not answer");
-                    failed.push(i);
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut hearing = self.hearing.lock().unwrap_or_else(PoisonError::into_inner);
+            while hearing.try_join_next().is_some() {}
+            hearing.spawn(hear(Arc::clone(&self.shared), request, reply));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(TransportErrorKind::custom_str("the request was dropped")))
+    }
+}
+
+/// The answer so far of one request, and who gave what.
+struct Hearing {
+    method: String,
+    policy: Policy,
+    /// For a transaction: the hash of its bytes, which a provider that took it must answer.
+    sent: Option<B256>,
+    answers: Vec<(usize, Answer)>,
+    packets: Vec<Option<ResponsePacket>>,
+    outstanding: Vec<bool>,
+    failures: Vec<(usize, String)>,
+    /// The answer taken, once it is: later answers are compared with it.
+    taken: Option<Answer>,
+    /// Who gave the answer taken.
+    majority: Vec<usize>,
+}
+
+/// Sends `request` to every provider, answers `reply` as soon as the policy allows, and hears the rest
+/// out for the report.
+async fn hear(
+    shared: Arc<Shared>,
+    request: RequestPacket,
+    reply: oneshot::Sender<Result<ResponsePacket, TransportError>>,
+) {
+    let policy = match &request {
+        RequestPacket::Single(r) => agree::policy(r.method()),
+        RequestPacket::Batch(_) => Policy::Quorum,
+    };
+    let n = shared.members.len();
+    let mut h = Hearing {
+        method: method_of(&request),
+        policy,
+        sent: (policy == Policy::Broadcast)
+            .then(|| raw_transaction_hash(&request))
+            .flatten(),
+        answers: Vec::new(),
+        packets: (0..n).map(|_| None).collect(),
+        outstanding: vec![true; n],
+        failures: Vec::new(),
+        taken: None,
+        majority: Vec::new(),
+    };
+    let mut pending: FuturesUnordered<_> = shared
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut transport = m.transport.clone();
+            let request = request.clone();
+            async move {
+                use tower::Service as _;
+                (i, transport.call(request).await)
+            }
+        })
+        .collect();
+    let started = tokio::time::Instant::now();
+    let (slow_at, give_up) = (started + SLOW_AFTER, started + LATE_ANSWERS);
+    let mut slow_marked = false;
+    let mut grace: Option<tokio::time::Instant> = None;
+    let mut reply = Some(reply);
+    while !pending.is_empty() {
+        let mut deadline = give_up;
+        if !slow_marked {
+            deadline = deadline.min(slow_at);
+        }
+        if let (Some(g), true) = (grace, reply.is_some()) {
+            deadline = deadline.min(g);
+        }
+        let next = tokio::select! {
+            next = pending.next() => next,
+            () = tokio::time::sleep_until(deadline) => None,
+        };
+        let now = tokio::time::Instant::now();
+        match next {
+            Some((i, result)) => {
+                h.outstanding[i] = false;
+                match result {
+                    Ok(packet) => shared.heard(&mut h, i, packet),
+                    Err(e) => {
+                        let why = shared.members[i].url.scrub(&chain_of(&e));
+                        debug!(provider = %shared.members[i].url, method = %h.method, error = %why, "an RPC did not answer");
+                        shared.failed(i, &why);
+                        h.failures.push((i, why));
+                    }
                 }
             }
-            match agree::decide(&answers, pending.len(), self.quorum) {
-                Decision::Wait => {}
-                Decision::Take { take, dissent } => {
-                    let agreed: Vec<usize> = answers
-                        .iter()
-                        .map(|(i, _)| *i)
-                        .filter(|i| !dissent.contains(i))
-                        .collect();
-                    self.record(&method, &agreed, &dissent, &failed);
-                    let taken = answers
-                        .iter()
-                        .find(|(i, _)| *i == take)
-                        .map(|(_, a)| a.clone());
-                    if let Some(Answer::Keyed(key)) = taken
-                        && !pending.is_empty()
-                    {
-                        // The rest are heard out in the background, so that a provider that lies but
-                        // answers last is still named; the answer does not wait for them.
-                        let this = self.clone();
-                        let mut late = self.late.lock().unwrap_or_else(PoisonError::into_inner);
-                        while late.try_join_next().is_some() {}
-                        late.spawn(async move {
-                            let heard = tokio::time::timeout(LATE_ANSWERS, async {
-                                while let Some((i, result)) = pending.next().await {
-                                    let (agreed, dissent, failed) = match result {
-                                        Ok(p)
-                                            if answer_of(&method, &p)
-                                                == Answer::Keyed(key.clone()) =>
-                                        {
-                                            (vec![i], vec![], vec![])
-                                        }
-                                        Ok(_) => (vec![], vec![i], vec![]),
-                                        Err(_) => (vec![], vec![], vec![i]),
-                                    };
-                                    this.record(&method, &agreed, &dissent, &failed);
-                                }
-                            });
-                            let _ = heard.await;
-                        });
+            None if now >= give_up => break,
+            None => {
+                if !slow_marked && now >= slow_at {
+                    slow_marked = true;
+                    for i in (0..n).filter(|i| h.outstanding[*i]) {
+                        shared.slow(i);
                     }
-                    return packets[take].take().ok_or_else(|| {
-                        TransportErrorKind::custom_str("the quorum's answer is gone")
-                    });
-                }
-                Decision::Split { groups } => {
-                    return Err(self.split(&method, &groups, &failed));
                 }
             }
         }
-        Err(self.split(&method, &[], &failed))
+        let Some(r) = reply.take() else {
+            continue;
+        };
+        let settled = grace.is_some_and(|g| now >= g);
+        match agree::decide_for(h.policy, &h.answers, pending.len(), shared.quorum, settled) {
+            Decision::Wait => {
+                let figures = h
+                    .answers
+                    .iter()
+                    .filter(|(_, a)| matches!(a, Answer::Figure(_)))
+                    .count();
+                if grace.is_none() && figures >= shared.quorum {
+                    grace = Some(now + ESTIMATE_GRACE);
+                }
+                reply = Some(r);
+            }
+            Decision::Take { take, dissent } => {
+                let packet = shared.take(&mut h, take, &dissent);
+                let _ = r.send(packet);
+            }
+            Decision::Split { groups } => {
+                let _ = r.send(Err(shared.split(&h.method, &groups, &h.failures)));
+                return;
+            }
+        }
+    }
+    if let Some(r) = reply {
+        let _ = r.send(Err(shared.split(&h.method, &[], &h.failures)));
+    }
+}
+
+impl Shared {
+    /// An answer of provider `i`: kept for the decision, or, once one is taken, recorded against it.
+    fn heard(&self, h: &mut Hearing, i: usize, packet: ResponsePacket) {
+        let answer = answer_of(h.policy, &h.method, &packet, h.sent);
+        self.answered(i);
+        let Some(taken) = &h.taken else {
+            h.answers.push((i, answer));
+            h.packets[i] = Some(packet);
+            return;
+        };
+        match (h.policy, &answer) {
+            (Policy::Broadcast, _) => self.transaction_answer(i, &answer),
+            (_, Answer::Head(_)) => self.agreed(&[i]),
+            (Policy::Estimate, Answer::Figure(_)) if matches!(taken, Answer::Figure(_)) => {
+                self.agreed(&[i]);
+            }
+            _ if answer == *taken => self.agreed(&[i]),
+            _ => {
+                let from = h.majority.clone();
+                self.dissented(i, &h.method, &from);
+            }
+        }
     }
 
-    fn record(&self, method: &str, agreed: &[usize], dissent: &[usize], failed: &[usize]) {
-        let mut report = self.watch.lock();
-        for &i in agreed {
+    /// Takes provider `take`'s answer, with `dissent` its dissenters, and records every answer in so far.
+    fn take(
+        &self,
+        h: &mut Hearing,
+        take: usize,
+        dissent: &[usize],
+    ) -> Result<ResponsePacket, TransportError> {
+        h.majority = h
+            .answers
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| !dissent.contains(i))
+            .collect();
+        h.taken = h
+            .answers
+            .iter()
+            .find(|(i, _)| *i == take)
+            .map(|(_, a)| a.clone());
+        match h.policy {
+            Policy::Broadcast => {
+                for (i, a) in &h.answers {
+                    self.transaction_answer(*i, a);
+                }
+                // Whoever took it is the majority a late refusal is weighed against.
+                h.majority = vec![take];
+            }
+            Policy::Quorum | Policy::Estimate => {
+                self.agreed(&h.majority);
+                for &i in dissent {
+                    self.dissented(i, &h.method, &h.majority);
+                }
+            }
+        }
+        h.packets[take]
+            .take()
+            .ok_or_else(|| TransportErrorKind::custom_str("the quorum's answer is gone"))
+    }
+
+    /// What a provider's answer to a transaction says of it: it took it, or had it already, or refused.
+    fn transaction_answer(&self, i: usize, answer: &Answer) {
+        match answer {
+            Answer::Accepted => self.agreed(&[i]),
+            Answer::Keyed(refusal) if agree::is_duplicate(refusal) => self.agreed(&[i]),
+            Answer::Keyed(refusal) => {
+                let why = format!("refused a transaction: {refusal}");
+                warn!(provider = %self.members[i].url, %why, "an RPC refused a transaction that is sent to every provider");
+                self.failed(i, &why);
+            }
+            Answer::Head(_) | Answer::Figure(_) => self.agreed(&[i]),
+        }
+    }
+
+    fn report(&self) -> std::sync::MutexGuard<'_, QuorumReport> {
+        self.watch.lock()
+    }
+
+    fn answered(&self, i: usize) {
+        let mut report = self.report();
+        let p = &mut report.providers[i];
+        if p.failing.take().is_some() {
+            debug!(provider = %self.members[i].url, "the RPC answers again");
+        }
+        p.failing_since = None;
+    }
+
+    fn agreed(&self, who: &[usize]) {
+        let mut report = self.report();
+        for &i in who {
             let p = &mut report.providers[i];
             p.agreed = p.agreed.saturating_add(1);
         }
-        for &i in dissent {
-            let p = &mut report.providers[i];
-            p.dissented = p.dissented.saturating_add(1);
-            p.last_dissent = Some(method.to_owned());
-            let now = std::time::Instant::now();
-            let again = p
-                .last_dissent_at
-                .is_some_and(|t| now.duration_since(t) < DISSENT_REMEMBERED);
-            p.last_dissent_at = Some(now);
-            if !again {
-                warn!(provider = %self.members[i].url, method, quorum = self.quorum, "this RPC answered unlike a quorum of the others: its answer is ignored, as is every answer of it that differs");
-            }
-        }
-        for &i in failed {
-            let p = &mut report.providers[i];
-            p.failed = p.failed.saturating_add(1);
+    }
+
+    fn dissented(&self, i: usize, method: &str, from: &[usize]) {
+        let names: Vec<String> = from
+            .iter()
+            .map(|j| self.members[*j].url.to_string())
+            .collect();
+        let mut report = self.report();
+        let p = &mut report.providers[i];
+        p.dissented = p.dissented.saturating_add(1);
+        p.last_dissent = Some(method.to_owned());
+        p.dissented_from.clone_from(&names);
+        let now = Instant::now();
+        let again = p
+            .last_dissent_at
+            .is_some_and(|t| now.duration_since(t) < DISSENT_REMEMBERED);
+        p.last_dissent_at = Some(now);
+        drop(report);
+        if !again {
+            warn!(provider = %self.members[i].url, method, quorum = self.quorum, answered_alike = %names.join(" and "), "this RPC answered unlike the others that answered alike; their answer is taken, as a quorum's. Either side may be the one that lies: if this one is right, the others lie alike");
         }
     }
 
-    fn split(&self, method: &str, groups: &[Vec<usize>], failed: &[usize]) -> TransportError {
+    fn failed(&self, i: usize, why: &str) {
+        let mut report = self.report();
+        let p = &mut report.providers[i];
+        p.failed = p.failed.saturating_add(1);
+        p.failing = Some(why.to_owned());
+        p.failing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Provider `i` has kept a request waiting [`SLOW_AFTER`].
+    fn slow(&self, i: usize) {
+        let mut report = self.report();
+        let p = &mut report.providers[i];
+        if p.failing.is_none() {
+            warn!(provider = %self.members[i].url, "this RPC has not answered a request for {}s", SLOW_AFTER.as_secs());
+        }
+        p.failing = Some(format!("no answer within {} s", SLOW_AFTER.as_secs()));
+        p.failing_since.get_or_insert_with(Instant::now);
+    }
+
+    fn split(
+        &self,
+        method: &str,
+        groups: &[Vec<usize>],
+        failed: &[(usize, String)],
+    ) -> TransportError {
         let name = |g: &[usize]| {
             g.iter()
                 .map(|i| self.members[*i].url.to_string())
                 .collect::<Vec<_>>()
                 .join(" and ")
         };
-        let split = match groups.is_empty() {
-            true => Split::Unanswered {
+        let named_failures = || {
+            failed
+                .iter()
+                .map(|(i, why)| format!("{} ({why})", self.members[*i].url))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // One group alone disagrees with nobody: too few answered.
+        let split = match (groups.len() <= 1, self.members.len(), failed) {
+            (true, 1, [(_, why)]) => Split::Down {
                 method: method.to_owned(),
-                failed: name(failed),
+                provider: self.members[0].url.to_string(),
+                why: why.clone(),
+            },
+            (true, _, _) => Split::Unanswered {
+                method: method.to_owned(),
+                failed: named_failures(),
                 quorum: self.quorum,
             },
-            false => {
+            (false, _, _) => {
                 let mut parts: Vec<String> = groups
                     .iter()
                     .enumerate()
@@ -298,7 +535,7 @@ impl Quorum {
                     })
                     .collect();
                 if !failed.is_empty() {
-                    parts.push(format!("{} did not answer", name(failed)));
+                    parts.push(format!("{} did not answer", named_failures()));
                 }
                 Split::Disagree {
                     method: method.to_owned(),
@@ -307,16 +544,17 @@ impl Quorum {
                 }
             }
         };
+        if let Split::Down { .. } = split {
+            // One provider that does not answer is no split: whoever asked reports its error.
+            debug!(%split, "the RPC did not answer");
+            return TransportErrorKind::custom(split);
+        }
         let text = split.to_string();
-        let mut report = self.watch.lock();
+        let mut report = self.report();
         report.splits = report.splits.saturating_add(1);
         // Providers that keep disagreeing do so at every poll: warned of once, until the split changes.
         let again = report.last_split.as_deref() == Some(text.as_str());
         report.last_split = Some(text);
-        for &i in failed {
-            let p = &mut report.providers[i];
-            p.failed = p.failed.saturating_add(1);
-        }
         drop(report);
         match again {
             true => debug!(%split, "no quorum, as before"),
@@ -340,6 +578,21 @@ impl tower::Service<RequestPacket> for Quorum {
     }
 }
 
+/// An error with its causes, as one line: a transport error's own text rarely says why.
+fn chain_of(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// The method a packet asks, for the report: a batch's methods joined.
 fn method_of(request: &RequestPacket) -> String {
     match request {
@@ -348,17 +601,56 @@ fn method_of(request: &RequestPacket) -> String {
     }
 }
 
-/// A packet's answer as it is compared: a head alone for `eth_blockNumber`, else each response's key in id
-/// order.
-fn answer_of(method: &str, packet: &ResponsePacket) -> Answer {
-    if method == "eth_blockNumber"
-        && let ResponsePacket::Single(Response {
-            payload: ResponsePayload::Success(raw),
-            ..
-        }) = packet
-        && let Ok(n) = serde_json::from_str::<alloy::primitives::U64>(raw.get())
+/// The hash of the transaction an `eth_sendRawTransaction` carries: what a provider that took it answers.
+fn raw_transaction_hash(request: &RequestPacket) -> Option<B256> {
+    let RequestPacket::Single(r) = request else {
+        return None;
+    };
+    let params: Vec<alloy::primitives::Bytes> = serde_json::from_str(r.params()?.get()).ok()?;
+    Some(keccak256(params.first()?))
+}
+
+/// A packet's answer as it is compared under `policy`: a head alone for `eth_blockNumber`, a figure for an
+/// estimate, whether a provider took a transaction (the hash `sent`), else each response's key in id order.
+fn answer_of(policy: Policy, method: &str, packet: &ResponsePacket, sent: Option<B256>) -> Answer {
+    if let ResponsePacket::Single(Response {
+        payload: ResponsePayload::Success(raw),
+        ..
+    }) = packet
     {
-        return Answer::Head(n.to::<u64>());
+        match policy {
+            Policy::Quorum if method == "eth_blockNumber" => {
+                if let Ok(n) = serde_json::from_str::<alloy::primitives::U64>(raw.get()) {
+                    return Answer::Head(n.to::<u64>());
+                }
+            }
+            Policy::Estimate => {
+                if let Ok(f) = serde_json::from_str::<alloy::primitives::U256>(raw.get()) {
+                    return Answer::Figure(f);
+                }
+            }
+            Policy::Broadcast => {
+                return match serde_json::from_str::<B256>(raw.get()) {
+                    Ok(hash) if Some(hash) == sent => Answer::Accepted,
+                    _ => Answer::Keyed(format!(
+                        "answered {}, not the hash of the transaction sent",
+                        raw.get()
+                    )),
+                };
+            }
+            Policy::Quorum => {}
+        }
+    }
+    if let (
+        Policy::Broadcast,
+        ResponsePacket::Single(Response {
+            payload: ResponsePayload::Failure(e),
+            ..
+        }),
+    ) = (policy, packet)
+    {
+        // Refusals are told apart by what they say: a duplicate and a censor both answer an error.
+        return Answer::Keyed(e.message.to_string());
     }
     let responses: Vec<&Response> = match packet {
         ResponsePacket::Single(r) => vec![r],
@@ -394,168 +686,4 @@ fn key_of(method: &str, payload: &ResponsePayload) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use alloy::providers::{Provider as _, ProviderBuilder};
-    use alloy::rpc::client::RpcClient;
-    use alloy::transports::mock::Asserter;
-
-    use super::*;
-
-    /// A provider over three mocked RPCs, and what each of them will answer next.
-    fn three() -> (alloy::providers::DynProvider, QuorumWatch, [Asserter; 3]) {
-        let asserters = [Asserter::new(), Asserter::new(), Asserter::new()];
-        let urls: Vec<RedactedUrl> = [
-            "https://a.example/",
-            "https://b.example/",
-            "https://user:secret@c.example/",
-        ]
-        .iter()
-        .map(|u| RedactedUrl::new(&u.parse().unwrap()))
-        .collect();
-        let watch = QuorumWatch::new(&urls, 2);
-        let members = urls
-            .iter()
-            .zip(&asserters)
-            .map(|(u, a)| (u.clone(), RpcClient::mocked(a.clone()).transport().clone()))
-            .collect();
-        let quorum = Quorum::new(members, 2, watch.clone());
-        let provider = ProviderBuilder::new()
-            .connect_client(RpcClient::new(quorum, false))
-            .erased();
-        (provider, watch, asserters)
-    }
-
-    #[tokio::test]
-    async fn the_answer_two_of_three_give_is_taken_and_the_third_is_reported() {
-        let (provider, watch, [a, b, c]) = three();
-        a.push_success(&"0x01");
-        b.push_success(&"0x01");
-        c.push_success(&"0x00");
-        let answer: String = provider.raw_request("eth_call".into(), ()).await.unwrap();
-        assert_eq!(answer, "0x01");
-        // The third may answer after the quorum is in: it is heard out in the background.
-        for _ in 0..100 {
-            if watch.report().providers[2].dissented > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let report = watch.report();
-        assert!(report.verified());
-        assert_eq!(report.providers[2].dissented, 1, "{report:?}");
-        assert!(report.providers[2].dissenting);
-        assert_eq!(
-            report.providers[2].last_dissent.as_deref(),
-            Some("eth_call")
-        );
-        assert_eq!(report.providers[2].url, "https://***:***@c.example/");
-        assert_eq!(report.splits, 0);
-    }
-
-    #[tokio::test]
-    async fn with_no_two_alike_nothing_is_taken_and_the_error_names_the_providers_without_secrets()
-    {
-        let (provider, watch, [a, b, c]) = three();
-        a.push_success(&"0x01");
-        b.push_success(&"0x02");
-        c.push_success(&"0x03");
-        let err = provider
-            .raw_request::<_, String>("eth_call".into(), ())
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("the RPCs disagree on eth_call"), "{err}");
-        assert!(
-            err.contains("https://a.example/") && err.contains("c.example"),
-            "{err}"
-        );
-        assert!(!err.contains("secret"), "{err}");
-        let report = watch.report();
-        assert_eq!(report.splits, 1);
-        assert!(report.last_split.is_some_and(|s| !s.contains("secret")));
-    }
-
-    #[tokio::test]
-    async fn one_provider_down_leaves_two_that_agree() {
-        let (provider, watch, [a, b, c]) = three();
-        a.push_failure_msg("the provider is down");
-        a.write_q().clear();
-        b.push_success(&"0x07");
-        c.push_success(&"0x07");
-        let answer: String = provider.raw_request("eth_call".into(), ()).await.unwrap();
-        assert_eq!(answer, "0x07");
-        let report = watch.report();
-        assert_eq!(
-            (report.providers[1].agreed, report.providers[2].agreed),
-            (1, 1)
-        );
-    }
-
-    /// Captures what is logged at warn level while the test runs (on this thread).
-    #[derive(Clone, Default)]
-    struct Warnings(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Warnings {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn a_split_that_repeats_is_warned_of_once() {
-        let warnings = Warnings::default();
-        let sink = warnings.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(move || sink.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let (provider, watch, [a, b, c]) = three();
-        for _ in 0..3 {
-            a.push_success(&"0x01");
-            b.push_success(&"0x02");
-            c.push_success(&"0x03");
-            provider
-                .raw_request::<_, String>("eth_call".into(), ())
-                .await
-                .unwrap_err();
-        }
-        assert_eq!(watch.report().splits, 3);
-        let logged = String::from_utf8(warnings.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(logged.matches("no quorum").count(), 1, "{logged}");
-    }
-
-    #[tokio::test]
-    async fn providers_that_do_not_answer_are_named_as_down_not_as_disagreeing() {
-        let (provider, watch, [a, b, c]) = three();
-        for x in [&a, &b] {
-            x.push_failure_msg("down");
-            x.write_q().clear();
-        }
-        c.push_success(&"0x07");
-        let err = provider
-            .raw_request::<_, String>("eth_call".into(), ())
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("too few RPCs answered eth_call for a quorum of 2")
-                && err.contains("https://a.example/ and https://b.example/ did not answer"),
-            "{err}"
-        );
-        assert_eq!(watch.report().splits, 1);
-    }
-
-    #[tokio::test]
-    async fn the_head_taken_is_one_a_quorum_has_reached() {
-        let (provider, _, [a, b, c]) = three();
-        a.push_success(&"0xffffff");
-        b.push_success(&"0x10");
-        c.push_success(&"0x0f");
-        assert_eq!(provider.get_block_number().await.unwrap(), 0x10);
-    }
-}
+mod tests;

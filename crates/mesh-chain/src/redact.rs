@@ -98,6 +98,23 @@ impl RedactedUrl {
         }
     }
 
+    /// Several URLs as one: shown as a list, every one's secrets scrubbed. What messages about a set of
+    /// providers show.
+    pub fn list(urls: &[Url]) -> Self {
+        let each: Vec<Self> = urls.iter().map(Self::new).collect();
+        let mut secrets: Vec<String> = each.iter().flat_map(|r| r.secrets.clone()).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Self {
+            shown: each
+                .iter()
+                .map(|r| r.shown.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            secrets,
+        }
+    }
+
     /// `text` with every secret part of the URL replaced by `***`.
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_owned();
@@ -123,6 +140,26 @@ mod tests {
     }
 
     /// The usual providers' credentials are hidden, wherever in the URL they are; the rest stays readable.
+    #[test]
+    fn a_list_of_providers_shows_each_and_scrubs_every_ones_secrets() {
+        let urls: Vec<Url> = [
+            "https://a.example/v3/0123456789abcdef0123",
+            "https://user:hunter2@b.example/",
+        ]
+        .iter()
+        .map(|u| u.parse().unwrap())
+        .collect();
+        let list = RedactedUrl::list(&urls);
+        assert_eq!(
+            list.to_string(),
+            "https://a.example/v3/***, https://***:***@b.example/"
+        );
+        assert_eq!(
+            list.scrub("a said 0123456789abcdef0123, b said hunter2"),
+            "a said ***, b said ***"
+        );
+    }
+
     #[test]
     fn provider_credentials_are_hidden() {
         for (url, want) in [

@@ -8,34 +8,25 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use alloy::{
-    network::EthereumWallet,
     primitives::{Address, B256, TxHash, U256},
-    providers::{DynProvider, Provider, ProviderBuilder},
-    rpc::client::RpcClient,
+    providers::Provider as _,
     signers::local::PrivateKeySigner,
-    transports::http::reqwest::Url,
 };
 use tracing::{info, instrument, warn};
 
+use crate::cluster::Cluster;
 use crate::contract::{self, DstackClusterNFT};
 use crate::error::ChainError;
 use crate::membership::{self, Pins, Rejected};
 use crate::node_key::NodeKey;
 use crate::record::{self, PeerRecord, RecordError, SignedRegistration};
-use crate::rpc;
 use wg_key::Key;
-
-/// How often to ask for the receipt of a registration.
-const RECEIPT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Gas given to a registration beyond its estimate. The estimate is made against the chain as it is, and
 /// when other seats register in between (a cluster starting up) this one may be the one to open a new slot
 /// of the contract's list of recorded seats (eight per slot): a write from zero, 20,000 gas, where the
 /// estimate saw an update of 2,900. Without it, such registrations ran out of gas at 50 nodes.
 const REGISTER_GAS_HEADROOM: u64 = 25_000;
-
-/// How long to wait for that receipt before reporting the registration as failed (it is retried).
-const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The record this node wants on-chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,51 +112,7 @@ pub enum RegistrationError {
     Chain(#[from] ChainError),
 }
 
-/// The cluster contract and its election, read and written through one RPC client.
-pub struct Cluster {
-    client: RpcClient,
-    contract: Address,
-    election: Address,
-    reader: DynProvider,
-}
-
 impl Cluster {
-    /// Connects and checks that `contract` is a cluster.
-    ///
-    /// # Errors
-    /// [`ChainError`] when the RPC is unreachable or the address holds no cluster.
-    pub async fn connect(rpc_url: Url, contract: Address) -> Result<Self, ChainError> {
-        let client = rpc::client(&rpc_url).await?;
-        let reader = ProviderBuilder::new()
-            .connect_client(client.clone())
-            .erased();
-        contract::check_cluster(&reader, contract).await?;
-        let election = contract::election_of(&reader, contract).await?;
-        Ok(Self {
-            client,
-            contract,
-            election,
-            reader,
-        })
-    }
-
-    pub fn address(&self) -> Address {
-        self.contract
-    }
-
-    /// The cluster's election contract.
-    pub fn election(&self) -> Address {
-        self.election
-    }
-
-    pub(crate) fn reader(&self) -> &DynProvider {
-        &self.reader
-    }
-
-    fn read(&self) -> DstackClusterNFT::DstackClusterNFTInstance<&DynProvider> {
-        DstackClusterNFT::new(self.contract, &self.reader)
-    }
-
     /// The pins a one-shot registration checks records against: the contract's own.
     ///
     /// # Errors
@@ -182,7 +129,7 @@ impl Cluster {
     }
 
     async fn chain_id(&self) -> Result<u64, ChainError> {
-        self.reader
+        self.reader()
             .get_chain_id()
             .await
             .map_err(|source| ChainError::Rpc {
@@ -207,7 +154,7 @@ impl Cluster {
         if let Err(why) = contract::event_matches_record(&event, current) {
             return Ok(Some(why));
         }
-        let reg = match contract::registration_from_event(&event, pins.chain_id, self.contract) {
+        let reg = match contract::registration_from_event(&event, pins.chain_id, self.address()) {
             Ok(reg) => reg,
             Err(e) => return Ok(Some(e.to_string())),
         };
@@ -216,7 +163,7 @@ impl Cluster {
             node: current.node,
         };
         Ok(
-            membership::authenticate(&reg, token_id, pins, self.contract, bound)
+            membership::authenticate(&reg, token_id, pins, self.address(), bound)
                 .err()
                 .map(|e| e.to_string()),
         )
@@ -229,7 +176,7 @@ impl Cluster {
     /// # Errors
     /// [`RegistrationError`]: no seat, an inactive seat, a proof the cluster or the peers would reject, or a
     /// chain error.
-    #[instrument(skip_all, fields(contract = %self.contract, instance = %node.instance_id))]
+    #[instrument(skip_all, fields(contract = %self.address(), instance = %node.instance_id))]
     pub async fn register(
         &self,
         node: &NodeKey,
@@ -239,25 +186,28 @@ impl Cluster {
     ) -> Result<Outcome, RegistrationError> {
         let c = self.read();
         let call = |what: &'static str| move |e| ChainError::from_call(what, e);
+        let at = self.present().await?;
         let token_id = c
             .tokenOfInstance(node.instance_id.clone())
+            .block(at)
             .call()
             .await
             .map_err(call("tokenOfInstance"))?;
         if token_id.is_zero() {
             return Err(RegistrationError::NoSeat {
-                contract: self.contract,
+                contract: self.address(),
                 instance_id: node.instance_id.clone(),
             });
         }
         let seat = c
             .seatInfo(token_id)
+            .block(at)
             .call()
             .await
             .map_err(call("seatInfo"))?;
         if !seat.active {
             return Err(RegistrationError::SeatInactive {
-                contract: self.contract,
+                contract: self.address(),
                 token_id,
             });
         }
@@ -273,7 +223,12 @@ impl Cluster {
             }
             .into());
         }
-        let current = c.getPeer(token_id).call().await.map_err(call("getPeer"))?;
+        let current = c
+            .getPeer(token_id)
+            .block(at)
+            .call()
+            .await
+            .map_err(call("getPeer"))?;
         if current.node != node.address() {
             return Err(RegistrationError::BoundToAnotherNode {
                 token_id,
@@ -309,12 +264,12 @@ impl Cluster {
             nonce,
         };
         let reg = node
-            .sign(record, chain_id, self.contract)
+            .sign(record, chain_id, self.address())
             .map_err(RegistrationError::Sign)?;
 
         // Check against the cluster's own pins first: a KMS-root or app-id mismatch should be a clear message,
         // not a reverted transaction that someone paid for.
-        let (kms_root, app_ids) = contract::trust_anchors(&c).await?;
+        let (kms_root, app_ids) = contract::trust_anchors_at(&c, at).await?;
         record::verify_registration(
             &reg,
             kms_root,
@@ -328,19 +283,22 @@ impl Cluster {
             instance_id: &node.instance_id,
             node: current.node,
         };
-        membership::authenticate(&reg, token, pins, self.contract, bound)
+        membership::authenticate(&reg, token, pins, self.address(), bound)
             .map_err(RegistrationError::PeersWouldReject)?;
 
-        let Some(sender) = self.sender(node.transaction_signer(), tx_key).await? else {
+        let Some(sender) = self.sender(node.transaction_signer(), tx_key, at).await? else {
             return Ok(Outcome::NeedsRelay(Box::new(reg)));
         };
         let from = sender.address();
-        let writer = self.writer(sender);
         let (r, p, s) = contract::register_peer_args(&reg);
-        let c = DstackClusterNFT::new(self.contract, &writer);
-        let call = c.registerPeer(r, p, s);
-        let sent = send_over_estimate(call, REGISTER_GAS_HEADROOM).await;
-        let receipt = confirm("registerPeer", sent).await?;
+        let receipt = self
+            .send(
+                "registerPeer",
+                &sender,
+                c.registerPeer(r, p, s),
+                REGISTER_GAS_HEADROOM,
+            )
+            .await?;
         let block = receipt.block_number.unwrap_or_default();
         info!(event = "record.registered", token_id = %token_id, nonce = reg.nonce, tx = %receipt.transaction_hash, block, %from, "registered peer record");
         Ok(Outcome::Registered {
@@ -351,89 +309,5 @@ impl Cluster {
             from,
             replaced_unbelievable,
         })
-    }
-}
-
-impl Cluster {
-    /// Who sends a transaction of this node: its derived key when that has funds, else `tx_key`, else
-    /// nobody.
-    pub(crate) async fn sender(
-        &self,
-        derived: PrivateKeySigner,
-        tx_key: Option<&PrivateKeySigner>,
-    ) -> Result<Option<PrivateKeySigner>, ChainError> {
-        let balance = self
-            .reader
-            .get_balance(derived.address())
-            .await
-            .map_err(|source| ChainError::Rpc {
-                what: "eth_getBalance",
-                source,
-            })?;
-        Ok(if !balance.is_zero() {
-            Some(derived)
-        } else {
-            tx_key.cloned()
-        })
-    }
-
-    /// A provider that signs with `sender`.
-    pub(crate) fn writer(&self, sender: PrivateKeySigner) -> impl Provider + use<> {
-        let writer = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(sender))
-            .connect_client(self.client.clone());
-        // alloy polls receipts every 7 s on non-loopback hosts; the agent follows nothing while it waits.
-        writer.client().set_poll_interval(RECEIPT_POLL);
-        writer
-    }
-}
-
-/// Sends `call` with `headroom` gas over its estimate, for a call that may spend more than the estimate
-/// saw (a storage slot another transaction fills first, a release it triggers).
-pub(crate) async fn send_over_estimate<P, D>(
-    call: alloy::contract::CallBuilder<P, D>,
-    headroom: u64,
-) -> Result<
-    alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
-    alloy::contract::Error,
->
-where
-    P: Provider,
-    D: alloy::contract::CallDecoder,
-{
-    let gas = call.estimate_gas().await?;
-    call.gas(gas.saturating_add(headroom)).send().await
-}
-
-/// Waits for the receipt of a sent transaction, a revert decoded into words.
-pub(crate) async fn confirm(
-    what: &'static str,
-    sent: Result<
-        alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>,
-        alloy::contract::Error,
-    >,
-) -> Result<alloy::rpc::types::TransactionReceipt, ChainError> {
-    let pending = sent
-        .map_err(|e| ChainError::from_call(what, e))?
-        .with_timeout(Some(RECEIPT_TIMEOUT));
-    let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
-        what,
-        source: pending_error(e),
-    })?;
-    if !receipt.status() {
-        return Err(ChainError::TxFailed {
-            what,
-            tx: receipt.transaction_hash,
-        });
-    }
-    Ok(receipt)
-}
-
-fn pending_error(
-    e: alloy::providers::PendingTransactionError,
-) -> alloy::transports::TransportError {
-    match e {
-        alloy::providers::PendingTransactionError::TransportError(t) => t,
-        other => alloy::transports::TransportErrorKind::custom_str(&other.to_string()),
     }
 }

@@ -1,13 +1,21 @@
-//! Connections to the chain's JSON-RPC: HTTP, or a WebSocket that reconnects by itself; and the set of
-//! providers ([`Rpcs`]) whose reads a quorum must agree on ([`crate::quorum`]).
+//! Connections to the chain's JSON-RPC: HTTP, or a WebSocket that reconnects by itself; and the chain's
+//! providers ([`Rpcs`]), connected once, whose reads a quorum must agree on ([`crate::quorum`]) and to
+//! every one of which each transaction is sent ([`crate::tx`]).
 
 use std::time::Duration;
 
 use alloy::{
+    eips::BlockId,
     providers::{DynProvider, Provider as _, ProviderBuilder},
     rpc::client::{ClientBuilder, RpcClient},
-    transports::{TransportError, http::reqwest::Url, ws::WsConnect},
+    rpc::json_rpc::{RequestPacket, ResponsePacket},
+    transports::{
+        BoxTransport, TransportError, TransportErrorKind, TransportFut, http::Http,
+        http::reqwest::Url, ws::WsConnect,
+    },
 };
+
+use alloy::primitives::Address;
 
 use crate::error::{ChainError, UnknownScheme};
 use crate::quorum::{Quorum, QuorumWatch};
@@ -61,13 +69,128 @@ pub async fn reader(url: &Url) -> Result<DynProvider, ChainError> {
         .erased())
 }
 
-/// The chain's providers: the first sends transactions; the reads a node's trust rests on go to every one,
-/// and count only where `quorum` of them answer alike.
-#[derive(Debug, Clone)]
+/// How long one request to one provider may take before it counts as unanswered. Under the quorum's
+/// wait for late answers, so that a provider that hangs is heard out as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// How long connecting to one provider may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One provider's transport within [`Rpcs`]: HTTP with the timeouts above, or a WebSocket dialled at its
+/// first request (and again after a failed dial), so that a provider down at start holds nothing up.
+fn member(url: &Url, shown: &RedactedUrl) -> Result<BoxTransport, RpcsError> {
+    let scheme = Transport::of(url).map_err(|source| RpcsError::Unusable {
+        shown: shown.to_string(),
+        source,
+    })?;
+    match scheme {
+        Transport::Http => {
+            let client = alloy::transports::http::reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .build()
+                .map_err(|e| RpcsError::Client {
+                    shown: shown.to_string(),
+                    detail: shown.scrub(&e.to_string()),
+                })?;
+            Ok(BoxTransport::new(Http::with_client(client, url.clone())))
+        }
+        Transport::WebSocket => Ok(BoxTransport::new(LazyWebSocket {
+            url: url.clone(),
+            dialled: std::sync::Arc::default(),
+        })),
+    }
+}
+
+/// A WebSocket provider dialled when first asked. Once open, alloy's backend redials it by itself.
+#[derive(Clone)]
+struct LazyWebSocket {
+    url: Url,
+    dialled: std::sync::Arc<tokio::sync::Mutex<Option<BoxTransport>>>,
+}
+
+impl tower::Service<RequestPacket> for LazyWebSocket {
+    type Response = ResponsePacket;
+    type Error = TransportError;
+    type Future = TransportFut<'static>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: RequestPacket) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut transport = {
+                let mut dialled = this.dialled.lock().await;
+                match dialled.as_ref() {
+                    Some(t) => t.clone(),
+                    None => {
+                        let opened =
+                            tokio::time::timeout(CONNECT_TIMEOUT, websocket(&this.url, u32::MAX))
+                                .await
+                                .map_err(|_| {
+                                    TransportErrorKind::custom_str(
+                                        "the WebSocket did not open within 5 s",
+                                    )
+                                })?
+                                .map_err(TransportErrorKind::custom)?;
+                        dialled.insert(opened.transport().clone()).clone()
+                    }
+                }
+            };
+            transport.call(request).await
+        })
+    }
+}
+
+/// What the handle keeps between transactions ([`crate::tx`]).
+#[derive(Debug, Default)]
+pub(crate) struct Sending {
+    /// One transaction is filled, signed and sent at a time.
+    pub(crate) one_at_a_time: tokio::sync::Mutex<()>,
+    pub(crate) chain_id: tokio::sync::OnceCell<u64>,
+    /// The nonces each sender has sent and still waits on: the next is above them, whatever the head says.
+    waiting: std::sync::Mutex<std::collections::BTreeMap<Address, std::collections::BTreeSet<u64>>>,
+}
+
+impl Sending {
+    pub(crate) fn waiting(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<Address, std::collections::BTreeSet<u64>>,
+    > {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The chain's providers, connected once: the one handle every read and transaction of a node (and of
+/// `meshctl`) goes through. Each read goes to every provider and is taken where `quorum` of them answer
+/// alike; each transaction is signed once and sent to every provider ([`crate::tx`]). With one provider
+/// the same holds of it alone, and what it says is unverified. Cheap to clone: the clones share the
+/// connections and the report.
+#[derive(Clone)]
 pub struct Rpcs {
     urls: Vec<Url>,
     quorum: usize,
     watch: QuorumWatch,
+    reader: DynProvider,
+    pub(crate) sending: std::sync::Arc<Sending>,
+}
+
+impl std::fmt::Debug for Rpcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rpcs")
+            .field("providers", &self.shown())
+            .field("quorum", &self.quorum)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A set of providers that cannot be used as given.
@@ -87,23 +210,37 @@ pub enum RpcsError {
     },
     #[error("the RPC URL {shown} is given twice: each provider counts once towards the quorum")]
     Repeated { shown: String },
+    #[error("--rpc-url {shown}: {source}")]
+    Unusable {
+        shown: String,
+        #[source]
+        source: UnknownScheme,
+    },
+    #[error("cannot set up a client for the RPC {shown}: {detail}")]
+    Client { shown: String, detail: String },
 }
 
 impl Rpcs {
-    /// `urls` (at least one, none twice), `quorum` of which must agree: by default more than half.
+    /// `urls` (at least one, none twice), `quorum` of which must agree: by default more than half. Nothing
+    /// is dialled yet: each provider is, at its first request.
     ///
     /// # Errors
-    /// [`RpcsError`] for no URL, a repeated one, or a quorum of half the providers or fewer, or more than all.
+    /// [`RpcsError`] for no URL, a repeated one, one of another scheme, or a quorum of half the providers or
+    /// fewer, or more than all.
     pub fn new(urls: Vec<Url>, quorum: Option<usize>) -> Result<Self, RpcsError> {
         if urls.is_empty() {
             return Err(RpcsError::None);
         }
+        let mut members = Vec::new();
         for (n, u) in urls.iter().enumerate() {
+            let shown = RedactedUrl::new(u);
             if urls[..n].contains(u) {
                 return Err(RpcsError::Repeated {
-                    shown: RedactedUrl::new(u).to_string(),
+                    shown: shown.to_string(),
                 });
             }
+            let transport = member(u, &shown)?;
+            members.push((shown, transport));
         }
         let least = urls.len() / 2 + 1;
         let quorum = quorum.unwrap_or(least);
@@ -114,22 +251,27 @@ impl Rpcs {
                 least,
             });
         }
-        let shown: Vec<RedactedUrl> = urls.iter().map(RedactedUrl::new).collect();
+        let shown: Vec<RedactedUrl> = members.iter().map(|(u, _)| u.clone()).collect();
+        let watch = QuorumWatch::new(&shown, quorum);
+        let transport = Quorum::new(members, quorum, watch.clone());
+        let reader = ProviderBuilder::new()
+            .connect_client(RpcClient::new(transport, false))
+            .erased();
         Ok(Self {
-            watch: QuorumWatch::new(&shown, quorum),
             urls,
             quorum,
+            watch,
+            reader,
+            sending: std::sync::Arc::default(),
         })
     }
 
     /// One provider: its reads are unverified, as before there were several.
-    pub fn one(url: Url) -> Self {
-        Self::new(vec![url], None).expect("one URL is a valid set")
-    }
-
-    /// The provider that sends transactions, and that the agent names in its messages.
-    pub fn primary(&self) -> &Url {
-        &self.urls[0]
+    ///
+    /// # Errors
+    /// [`RpcsError::Unusable`] for a URL that is neither HTTP nor WebSocket.
+    pub fn one(url: Url) -> Result<Self, RpcsError> {
+        Self::new(vec![url], None)
     }
 
     pub fn urls(&self) -> &[Url] {
@@ -158,25 +300,40 @@ impl Rpcs {
         }
     }
 
-    /// A read-only provider: the one provider itself, or a [`Quorum`] over all of them.
+    /// Every provider, as messages show them and scrub their credentials.
+    pub fn redacted(&self) -> RedactedUrl {
+        RedactedUrl::list(&self.urls)
+    }
+
+    /// Scrubs every provider's credentials from `text`.
+    pub fn scrub(&self, text: &str) -> String {
+        self.redacted().scrub(text)
+    }
+
+    /// Reads through every provider, each taken where a quorum answer alike.
+    pub fn reader(&self) -> &DynProvider {
+        &self.reader
+    }
+
+    /// The block that reads of the present are made at: with several providers, the newest that a quorum
+    /// has reached (at "latest" providers a block apart would answer differently, honestly); with one,
+    /// its latest.
     ///
     /// # Errors
-    /// As [`client`], for any of them.
-    pub async fn reader(&self) -> Result<DynProvider, ChainError> {
+    /// [`ChainError::Rpc`] when no quorum answers the head.
+    pub async fn present(&self) -> Result<BlockId, ChainError> {
         if self.urls.len() == 1 {
-            return reader(self.primary()).await;
+            return Ok(BlockId::latest());
         }
-        let mut members = Vec::new();
-        for url in &self.urls {
-            members.push((
-                RedactedUrl::new(url),
-                client(url).await?.transport().clone(),
-            ));
-        }
-        let quorum = Quorum::new(members, self.quorum, self.watch.clone());
-        Ok(ProviderBuilder::new()
-            .connect_client(RpcClient::new(quorum, false))
-            .erased())
+        let head = self
+            .reader
+            .get_block_number()
+            .await
+            .map_err(|source| ChainError::Rpc {
+                what: "eth_blockNumber",
+                source,
+            })?;
+        Ok(BlockId::number(head))
     }
 }
 

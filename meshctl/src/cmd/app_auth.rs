@@ -210,7 +210,7 @@ enum Measurement {
 /// refuses once `value` is disallowed. A seat whose evidence cannot be read is left out: agents refuse it
 /// already.
 async fn seats_running(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     which: Measurement,
     value: B256,
 ) -> anyhow::Result<Vec<u64>> {
@@ -245,7 +245,7 @@ async fn seats_running(
 /// Refuses to disallow what seats in the mesh run, unless `yes`: disallowing the old image before every
 /// node is rebound on the new one drops them all.
 async fn refuse_unless_no_seat_runs(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     which: Measurement,
     value: B256,
     yes: bool,

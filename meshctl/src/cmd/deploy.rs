@@ -6,7 +6,6 @@ use alloy::primitives::{Address, U256};
 use anyhow::{Context, bail};
 use ipnetwork::Ipv4Network;
 use mesh_chain::contract::DstackClusterNFT;
-use mesh_chain::error::ChainError;
 use serde_json::json;
 
 use crate::cluster::{self, ChainOpts, SignerOpts};
@@ -65,20 +64,25 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--prefix {}", args.prefix))?;
     let signer = args.signer.signer()?;
     let owner = args.owner.unwrap_or(signer.address());
-    let provider = cluster::writer(&args.chain, signer).await?;
-    let cluster = DstackClusterNFT::deploy(
-        provider,
+    let signing = cluster::Chain::new(&args.chain, signer)?;
+    let deploy = DstackClusterNFT::deploy_builder(
+        &signing,
         owner,
         args.kms_root,
         args.app_ids.clone(),
         u32::from(args.prefix.network()),
         args.prefix.prefix(),
         U256::from(args.max_nodes),
-    )
-    .await
-    .map_err(|e| ChainError::from_call("deploy", e))
-    .with_context(|| format!("deploying the cluster contract via {}", args.chain.shown()))?;
-    let address = *cluster.address();
+    );
+    let receipt = cluster::send("deploy", deploy)
+        .await
+        .context("deploying the cluster contract")?;
+    let address = receipt.contract_address.with_context(|| {
+        format!(
+            "the deployment {} was mined without a contract address: a lying RPC?",
+            receipt.transaction_hash
+        )
+    })?;
     out.emit(
         || {
             format!(

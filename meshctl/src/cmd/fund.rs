@@ -31,30 +31,15 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let wei = parse_ether(&args.amount)
         .with_context(|| format!("--amount {:?} is not an ETH amount", args.amount))?;
-    let provider = cluster::writer(&args.chain, args.signer.signer()?).await?;
+    let signing = cluster::Chain::new(&args.chain, args.signer.signer()?)?;
     let tx = TransactionRequest::default()
         .with_to(args.address)
         .with_value(wei);
-    let receipt = provider
-        .send_transaction(tx)
+    let receipt = signing
+        .send_request("funding", tx)
         .await
-        .with_context(|| {
-            format!(
-                "sending {} ETH to {} via {}",
-                args.amount,
-                args.address,
-                args.chain.shown()
-            )
-        })?
-        .get_receipt()
-        .await
-        .context("waiting for the funding receipt")?;
-    anyhow::ensure!(
-        receipt.status(),
-        "the funding transaction {} failed",
-        receipt.transaction_hash
-    );
-    let balance = provider
+        .with_context(|| format!("sending {} ETH to {}", args.amount, args.address))?;
+    let balance = signing
         .get_balance(args.address)
         .await
         .context("reading the new balance")?;

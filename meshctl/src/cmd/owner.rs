@@ -63,7 +63,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
 
 /// The owner and the pending owner (zero when none).
 async fn owners(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
 ) -> anyhow::Result<(Address, Address)> {
     let owner = c.owner().call().await.context("reading the owner")?;
     let pending = c
@@ -159,7 +159,7 @@ async fn cancel(write: Write, out: &Output) -> anyhow::Result<ExitCode> {
 
 /// The signer owns the cluster, or an error that says who does.
 async fn require_owner(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     write: &Write,
 ) -> anyhow::Result<()> {
     let (owner, _) = owners(c).await?;

@@ -61,7 +61,7 @@ struct NotAttested {
 
 /// Seat `p`'s binding evidence, checked as the agents check it: its TCB status, or why it is refused.
 async fn attest(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     trust: &mesh_attest::cli::TrustArgs,
     p: &DstackClusterNFT::Peer,
     chain_id: u64,

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use alloy::primitives::{Address, B256};
-use alloy::providers::DynProvider;
 use mesh_chain::binding::{BindingRequest, binding_requests};
 use mesh_chain::contract::DstackClusterNFT;
 use serde_json::json;
@@ -76,7 +75,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
 }
 
 async fn judge(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     request: BindingRequest,
     trust: &mesh_attest::cli::TrustArgs,
 ) -> anyhow::Result<Judged> {

@@ -94,7 +94,7 @@ pub(crate) struct RevokeArgs {
 
 /// Whether `signer` is the cluster's owner, who mints for free.
 async fn sender_is_owner(
-    c: &chain::DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &chain::DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     signer: &SignerOpts,
 ) -> anyhow::Result<bool> {
     let owner = c
@@ -163,7 +163,7 @@ impl Minted {
 
 /// Mints the next seat to `to`, bound with `binding` if there is one; the seat's id is whatever comes next.
 async fn mint_seat(
-    c: &DstackClusterNFT::DstackClusterNFTInstance<alloy::providers::DynProvider>,
+    c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
     signer: &SignerOpts,
     to: Address,
     binding: Option<&NodeBinding>,

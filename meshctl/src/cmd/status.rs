@@ -227,26 +227,43 @@ fn render_node(status: &Status, verbose: bool) -> String {
 /// The NAT in front of this node as STUN showed it, and (verbose) what the node publishes.
 /// Whom the view rests on: one provider, unverified, or a quorum, with any provider answering otherwise.
 fn render_verification(v: &mesh_api::Verification) -> String {
-    if !v.verified {
-        return "rpc: one provider, unverified (give several --rpc-url for a quorum)\n".into();
-    }
-    let mut s = format!(
-        "rpc: {} of {} providers must agree",
-        v.quorum,
-        v.providers.len()
-    );
-    if v.splits > 0 {
-        s.push_str(&format!(", {} reads without a quorum", v.splits));
-    }
-    s.push('\n');
+    let mut s = match v.verified {
+        false => "rpc: one provider, unverified (give several --rpc-url for a quorum)\n".to_owned(),
+        true => {
+            let mut s = format!(
+                "rpc: {} of {} providers must agree",
+                v.quorum,
+                v.providers.len()
+            );
+            if v.splits > 0 {
+                s.push_str(&format!(", {} reads without a quorum", v.splits));
+            }
+            s.push('\n');
+            s
+        }
+    };
     for p in v.providers.iter().filter(|p| p.dissenting) {
+        let others = match p.dissented_from.as_slice() {
+            [] => "the others".to_owned(),
+            names => names.join(" and "),
+        };
         s.push_str(&format!(
-            "# rpc: {} answers unlike the others ({} of {} answers, last {}): it is outvoted; check it\n",
+            "# rpc: {} answers unlike {others}, whose answer is taken ({} of {} answers, last {}): one side lies; if it is {}, the others lie alike\n",
             p.url,
             p.dissented,
             p.agreed + p.dissented,
-            p.last_dissent.as_deref().unwrap_or("?")
+            p.last_dissent.as_deref().unwrap_or("?"),
+            p.url,
         ));
+    }
+    for p in &v.providers {
+        if let Some(why) = &p.failing {
+            let since = p
+                .failing_secs
+                .map(|t| format!(" for {t} s"))
+                .unwrap_or_default();
+            s.push_str(&format!("# rpc: {} does not answer{since}: {why}\n", p.url));
+        }
     }
     if let Some(split) = &v.last_split {
         s.push_str(&format!("# rpc: last read without a quorum: {split}\n"));
@@ -458,6 +475,8 @@ mod tests {
                 instance_id: "ab".repeat(20),
                 kind: "instance-mismatch".into(),
                 reason: "the evidence names another instance".into(),
+                stage: None,
+                stage_until: None,
             }],
             false,
         );

@@ -161,9 +161,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
 async fn app_auth(
     write: &Write,
 ) -> anyhow::Result<
-    mesh_chain::contract::DstackClusterAppAuth::DstackClusterAppAuthInstance<
-        alloy::providers::DynProvider,
-    >,
+    mesh_chain::contract::DstackClusterAppAuth::DstackClusterAppAuthInstance<crate::cluster::Chain>,
 > {
     cluster::app_auth(&cluster::open_write(&write.cluster, &write.signer).await?).await
 }

@@ -142,6 +142,15 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                             failed: 0,
                             dissenting: *p == "c",
                             last_dissent: (*p == "c").then(|| "eth_getLogs".into()),
+                            dissented_from: match *p {
+                                "c" => vec![
+                                    "https://a.rpc.example/".into(),
+                                    "https://b.rpc.example/".into(),
+                                ],
+                                _ => Vec::new(),
+                            },
+                            failing: None,
+                            failing_secs: None,
                         })
                         .collect(),
                     splits: 0,
@@ -206,6 +215,8 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             instance_id: format!("{:040x}", 5),
             kind: "report-data-mismatch".into(),
             reason: "the quote's report data commits to another node key, chain or contract: it was made for another binding".into(),
+            stage: None,
+            stage_until: None,
         }],
         leader: Leader {
             token_id: Some(2),

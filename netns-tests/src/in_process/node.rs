@@ -218,9 +218,12 @@ impl SimulatedInstance {
         payer: usize,
     ) -> mesh_chain::registration::Outcome {
         let identity = self.identity(0).await;
-        let cluster = mesh_chain::registration::Cluster::connect(anvil.endpoint_url(), contract)
-            .await
-            .expect("connect");
+        let cluster = mesh_chain::cluster::Cluster::connect(
+            mesh_chain::rpc::Rpcs::one(anvil.endpoint_url()).expect("anvil's URL"),
+            contract,
+        )
+        .await
+        .expect("connect");
         let desired = mesh_chain::registration::Desired {
             wg_public_key: Some(identity.wg_public_key()),
             endpoint: endpoint.into(),

@@ -590,6 +590,39 @@ fn rpc_urls_that_cannot_work_are_refused_without_quoting_them() {
     }
 }
 
+/// The agent and `meshctl` take the chain's providers with one flag group, worded alike: the same
+/// `--rpc-url` and `--rpc-quorum`, under one heading, with the same variables.
+#[test]
+fn the_agent_and_meshctl_share_one_provider_flag_group() {
+    // The group's lines: from its heading to the next heading.
+    let group = |bin: &str, args: &[&str]| {
+        let out = Command::new(netns_tests::run::process::workspace_bin(bin))
+            .args(args)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = help
+            .lines()
+            .skip_while(|l| *l != "Chain providers:")
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with(' '))
+            .collect();
+        let group = lines.join("\n");
+        assert!(
+            group.contains("--rpc-url <URL>") && group.contains("--rpc-quorum <N>"),
+            "{bin} {args:?} has no provider group with both flags:\n{help}"
+        );
+        group
+    };
+    let agent = group("p2p-agent", &["run", "--help"]);
+    let meshctl = group("meshctl", &["peers", "--help"]);
+    assert_eq!(agent, meshctl, "worded alike");
+    assert!(
+        agent.contains("every transaction is signed once and sent to all of them"),
+        "{agent}"
+    );
+}
+
 /// Settings of the leadership that cannot work are refused before anything starts, naming the flag: a
 /// WireGuard port that is the heartbeats' port, a health URL that is not plain HTTP in the CVM, and both
 /// kinds of health check at once.

@@ -14,10 +14,12 @@ use alloy::{
 };
 use dstack_guest::ProofError;
 use mesh_chain::{
+    cluster::Cluster,
     contract as chain,
     membership::Pins,
     record::RecordError,
-    registration::{Cluster, Desired, Outcome, RegistrationError},
+    registration::{Desired, Outcome, RegistrationError},
+    rpc::Rpcs,
 };
 use netns_tests::{
     in_process::chain::{TestCluster, anvil, deploy_cluster, mined, mined_tx, mint},
@@ -53,7 +55,9 @@ async fn seat_1_bound(
 /// The registration client for the cluster at `contract` via `url`, and the pins it checks records against
 /// (the contract's own, as for a one-shot registration).
 async fn connect(url: alloy::transports::http::reqwest::Url, contract: Address) -> (Cluster, Pins) {
-    let cluster = Cluster::connect(url, contract).await.unwrap();
+    let cluster = Cluster::connect(Rpcs::one(url).unwrap(), contract)
+        .await
+        .unwrap();
     let pins = cluster.contract_pins().await.unwrap();
     (cluster, pins)
 }

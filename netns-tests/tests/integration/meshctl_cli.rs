@@ -207,9 +207,12 @@ async fn a_node_asks_for_a_seat_and_the_owner_binds_it_by_instance() {
 
     let owner = m.address(0);
     let binding = node.binding(owner, anvil.chain_id(), contract).await;
-    let cluster = mesh_chain::registration::Cluster::connect(anvil.endpoint_url(), contract)
-        .await
-        .unwrap();
+    let cluster = mesh_chain::cluster::Cluster::connect(
+        mesh_chain::rpc::Rpcs::one(anvil.endpoint_url()).unwrap(),
+        contract,
+    )
+    .await
+    .unwrap();
     let identity = node.identity(0).await;
     let payer: alloy::signers::local::PrivateKeySigner = anvil.keys()[2].clone().into();
     let sent = cluster

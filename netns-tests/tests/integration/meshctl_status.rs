@@ -52,7 +52,7 @@ async fn status_shows_the_node_and_one_row_per_peer() {
     assert!(text.contains("block 120 of 122 (lag 2)"), "{text}");
     assert!(
         text.contains("rpc: 2 of 3 providers must agree\n")
-            && text.contains("# rpc: https://c.rpc.example/ answers unlike the others (10 of 100 answers, last eth_getLogs)"),
+            && text.contains("# rpc: https://c.rpc.example/ answers unlike https://a.rpc.example/ and https://b.rpc.example/, whose answer is taken (10 of 100 answers, last eth_getLogs): one side lies"),
         "the quorum, and the provider outvoted: {text}"
     );
     assert!(

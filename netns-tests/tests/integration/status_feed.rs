@@ -24,8 +24,8 @@ const OWN_REFUSED: &str =
 const VOTED: &str = "this node voted against seat 2: the leader, seat 2, has not answered for 9 s";
 const WITHDRAWAL_FAILED: &str = "this node withdrew its vote against seat 2 \u{2013} failed: withdrawVote failed: the RPC did not answer";
 const OWN_PASSES: &str = "this node's evidence passes again";
-const B_OUTVOTED: &str =
-    "the RPC https://b.rpc.example/ answers unlike the others (eth_call): outvoted";
+const B_OUTVOTED: &str = "the RPC https://b.rpc.example/ answers unlike https://c.rpc.example/ and https://a.rpc.example/, whose answer is taken (eth_call): one side lies";
+const A_DOWN: &str = "the RPC https://a.rpc.example/ does not answer: connection refused";
 const C_AGREES: &str = "the RPC https://c.rpc.example/ answers like the others again";
 const NO_QUORUM: &str = "no quorum: the RPCs disagree on eth_getLogs";
 const BELOW_TCB: &str =
@@ -55,6 +55,8 @@ fn refusals_and_a_vote(s: &mut Snapshot, now: u64) {
         instance_id: format!("{:040x}", 6),
         kind: "compose-hash-not-allowed".into(),
         reason: "its compose hash is not allowed by the cluster's app".into(),
+        stage: None,
+        stage_until: None,
     }];
     s.status.peers_refused = 1;
     s.status.node.attestation = Some(Attestation {
@@ -77,7 +79,8 @@ fn refusals_and_a_vote(s: &mut Snapshot, now: u64) {
     ));
 }
 
-/// Provider b is outvoted on an eth_call, c agrees again, and a range's logs got no quorum.
+/// Provider b is outvoted on an eth_call by c and a, c agrees again, a does not answer, and a range's logs
+/// got no quorum.
 fn an_rpc_outvoted_and_a_split(s: &mut Snapshot) {
     let v = &mut s.status.chain.verification;
     for p in &mut v.providers {
@@ -85,6 +88,14 @@ fn an_rpc_outvoted_and_a_split(s: &mut Snapshot) {
         if p.dissenting {
             p.dissented += 1;
             p.last_dissent = Some("eth_call".into());
+            p.dissented_from = vec![
+                "https://c.rpc.example/".into(),
+                "https://a.rpc.example/".into(),
+            ];
+        }
+        if p.url.contains("//a.") {
+            p.failing = Some("connection refused".into());
+            p.failing_secs = Some(3);
         }
     }
     v.splits += 1;
@@ -152,6 +163,7 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         OWN_PASSES,
         B_OUTVOTED,
         C_AGREES,
+        A_DOWN,
         NO_QUORUM,
         BELOW_TCB,
     ];
@@ -192,7 +204,8 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
         "{loaded}"
     );
     assert_eq!(
-        loaded["chainVerified"], "2 of 3 RPCs must agree; outvoted: https://c.rpc.example/",
+        loaded["chainVerified"],
+        "2 of 3 RPCs must agree; answering unlike the rest: https://c.rpc.example/",
         "{loaded}"
     );
 
@@ -233,7 +246,8 @@ fn the_feed_tells_refusals_and_ballots_as_they_happen() {
     assert_eq!(seen["navigations"], 1, "the page was reloaded: {seen}");
     assert_eq!(seen["leader"]["vote"], "against seat 2", "{seen}");
     assert_eq!(
-        seen["chainVerified"], "2 of 3 RPCs must agree; outvoted: https://b.rpc.example/",
+        seen["chainVerified"],
+        "2 of 3 RPCs must agree; answering unlike the rest: https://b.rpc.example/; not answering: https://a.rpc.example/",
         "{seen}"
     );
     let card = seen["leader"]["ballot"].as_str().unwrap_or_default();

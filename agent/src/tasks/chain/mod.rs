@@ -66,7 +66,7 @@ impl ChainTask {
     pub fn from_args(args: &RunArgs, shared: &Shared, attestor: Attestor) -> Self {
         Self {
             contract: shared.contract,
-            rpcs: shared.rpcs.clone(),
+            rpcs: shared.cluster.rpcs().clone(),
             rpc: shared.rpc.clone(),
             follow: FollowConfig {
                 confirmations: args.confirmations,
@@ -148,7 +148,6 @@ impl ChainTask {
             info!("serving the chain view from the state file until the RPC answers");
             running.publish(view, true).await;
         }
-        running.state.rpcs = running.task.rpcs.watch().report();
         let mut recorded = None;
         record_seat(
             &running.task.node_span,
@@ -174,7 +173,6 @@ impl ChainTask {
                 }
             }
             running.state.subscribed = wakeups.subscribed();
-            running.state.rpcs = running.task.rpcs.watch().report();
             wakeups.poll_at_least_every(running.leads().then_some(running.task.renew));
             if let Some(follower) = &running.follower {
                 wakeups.cluster_of(follower.view().records.len());
@@ -272,19 +270,14 @@ impl Running {
         let cached = self.state.view.as_deref().cloned();
         let read_whole = cached.is_none();
         let began = Instant::now();
-        let started = match self.task.rpcs.reader().await {
-            Ok(provider) => {
-                Follower::start(
-                    provider,
-                    self.task.contract,
-                    self.task.follow,
-                    cached,
-                    &self.task.anchors,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
+        let started = Follower::start(
+            self.task.rpcs.reader().clone(),
+            self.task.contract,
+            self.task.follow,
+            cached,
+            &self.task.anchors,
+        )
+        .await;
         match started {
             Ok(f) => {
                 info!(

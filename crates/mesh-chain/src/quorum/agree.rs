@@ -5,8 +5,40 @@
 //! reth, say) format a block or a log with different optional fields, and a provider may add its own.
 //! What is compared is what a lie would have to change: a block's hash, its parent, its logs bloom and roots;
 //! every field of every log; a call's returned bytes; a revert's code and data.
+//!
+//! How a method's answers are taken is decided here, for every method at once ([`policy`]): reads a decision
+//! rests on need a quorum alike; a figure each provider estimates for itself (gas, fees) needs a quorum that
+//! the call succeeds, and is their median; a signed transaction goes to every provider, and the first that
+//! takes it answers.
 
+use alloy::primitives::U256;
 use serde_json::Value;
+
+/// How the answers to a method are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// A read that something is decided on: `quorum` providers must answer alike ([`decide`]).
+    Quorum,
+    /// A figure each provider works out for itself, which honest ones give differently (a gas estimate, a
+    /// fee): `quorum` of them must give one (a revert counts only where a quorum reverts alike), and the
+    /// median of those in is taken, so that one provider alone can move it only within the others' range
+    /// ([`decide_estimate`]).
+    Estimate,
+    /// A signed transaction: sent to every provider; the first that takes it, under the hash its bytes
+    /// have, answers, and the others' answers are duplicates ([`decide_broadcast`]).
+    Broadcast,
+}
+
+/// The policy of `method`. Anything not named here is a read a quorum must agree on.
+pub fn policy(method: &str) -> Policy {
+    match method {
+        "eth_sendRawTransaction" => Policy::Broadcast,
+        "eth_estimateGas" | "eth_gasPrice" | "eth_maxPriorityFeePerGas" | "eth_blobBaseFee" => {
+            Policy::Estimate
+        }
+        _ => Policy::Quorum,
+    }
+}
 
 /// One provider's answer, as it is compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +47,10 @@ pub enum Answer {
     Head(u64),
     /// Any other answer, by what it is compared on ([`key`]).
     Keyed(String),
+    /// A figure under [`Policy::Estimate`]: only that a provider gave one is compared.
+    Figure(U256),
+    /// A transaction the provider took, under the hash of the bytes sent ([`Policy::Broadcast`]).
+    Accepted,
 }
 
 /// What to do with the answers in so far.
@@ -41,7 +77,7 @@ pub fn decide(answers: &[(usize, Answer)], outstanding: usize, quorum: usize) ->
         .iter()
         .filter_map(|(i, a)| match a {
             Answer::Head(n) => Some((*i, *n)),
-            Answer::Keyed(_) => None,
+            Answer::Keyed(_) | Answer::Figure(_) | Answer::Accepted => None,
         })
         .collect();
     if !heads.is_empty() {
@@ -85,6 +121,109 @@ pub fn decide(answers: &[(usize, Answer)], outstanding: usize, quorum: usize) ->
     let mut groups: Vec<Vec<usize>> = groups.into_iter().map(|(_, m)| m).collect();
     groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
     Decision::Split { groups }
+}
+
+/// Decides under `policy`: [`decide`], [`decide_estimate`] (`settled` once every answer is in, or the wait
+/// for the slower ones is over) or [`decide_broadcast`].
+pub fn decide_for(
+    policy: Policy,
+    answers: &[(usize, Answer)],
+    outstanding: usize,
+    quorum: usize,
+    settled: bool,
+) -> Decision {
+    match policy {
+        Policy::Quorum => decide(answers, outstanding, quorum),
+        Policy::Estimate => decide_estimate(answers, outstanding, quorum, settled),
+        Policy::Broadcast => decide_broadcast(answers, outstanding),
+    }
+}
+
+/// Figures: taken once `quorum` providers have given one and the rest are in (`outstanding` 0) or no
+/// longer waited for (`settled`); the median of those in, the higher of the middle two, answers. Errors
+/// (a revert the estimate hit) are taken only where `quorum` providers answer alike, as reads are.
+pub fn decide_estimate(
+    answers: &[(usize, Answer)],
+    outstanding: usize,
+    quorum: usize,
+    settled: bool,
+) -> Decision {
+    let mut figures: Vec<(usize, U256)> = answers
+        .iter()
+        .filter_map(|(i, a)| match a {
+            Answer::Figure(f) => Some((*i, *f)),
+            _ => None,
+        })
+        .collect();
+    if figures.len() >= quorum.max(1) {
+        if outstanding > 0 && !settled {
+            return Decision::Wait;
+        }
+        figures.sort_by_key(|(_, f)| *f);
+        let take = figures[figures.len() / 2].0;
+        let dissent = answers
+            .iter()
+            .filter(|(_, a)| !matches!(a, Answer::Figure(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        return Decision::Take { take, dissent };
+    }
+    // Every figure is one answer here: a revert needs a quorum alike against them.
+    let grouped: Vec<(usize, Answer)> = answers
+        .iter()
+        .map(|(i, a)| match a {
+            Answer::Figure(_) => (*i, Answer::Keyed("\0figure".to_owned())),
+            other => (*i, other.clone()),
+        })
+        .collect();
+    decide(&grouped, outstanding, quorum)
+}
+
+/// A transaction: the first provider that took it answers. Until one has, every answer is waited for;
+/// when none took it, the refusal most of them gave answers (the nonce, the funds), so that the sender
+/// hears why.
+pub fn decide_broadcast(answers: &[(usize, Answer)], outstanding: usize) -> Decision {
+    if let Some((take, _)) = answers.iter().find(|(_, a)| *a == Answer::Accepted) {
+        return Decision::Take {
+            take: *take,
+            dissent: Vec::new(),
+        };
+    }
+    if outstanding > 0 {
+        return Decision::Wait;
+    }
+    let mut groups: Vec<(&Answer, Vec<usize>)> = Vec::new();
+    for (i, a) in answers {
+        match groups.iter_mut().find(|(k, _)| *k == a) {
+            Some((_, members)) => members.push(*i),
+            None => groups.push((a, vec![*i])),
+        }
+    }
+    groups.sort_by_key(|(_, m)| std::cmp::Reverse(m.len()));
+    match groups.first() {
+        Some((_, members)) => Decision::Take {
+            take: members[0],
+            dissent: Vec::new(),
+        },
+        None => Decision::Split { groups: Vec::new() },
+    }
+}
+
+/// Whether a provider's refusal of a transaction says that it has it already (it came through another
+/// provider, or was mined): not a refusal at all. Clients word it differently.
+pub fn is_duplicate(refusal: &str) -> bool {
+    let r = refusal.to_ascii_lowercase();
+    [
+        "already known",
+        "known transaction",
+        "alreadyknown",
+        "already imported",
+        "already exists",
+        "already in the mempool",
+        "nonce too low",
+    ]
+    .iter()
+    .any(|d| r.contains(d))
 }
 
 /// The fields of a block that are compared: its identity and what the follower reads of it.
@@ -361,5 +500,125 @@ mod tests {
             error_key(3, Some(&json!("0xdeadbeef"))),
             error_key(3, Some(&json!("0x00")))
         );
+    }
+
+    fn figures(answers: &[(usize, u64)]) -> Vec<(usize, Answer)> {
+        answers
+            .iter()
+            .map(|(i, f)| (*i, Answer::Figure(U256::from(*f))))
+            .collect()
+    }
+
+    #[test]
+    fn every_method_has_one_policy_and_reads_need_a_quorum() {
+        assert_eq!(policy("eth_sendRawTransaction"), Policy::Broadcast);
+        assert_eq!(policy("eth_estimateGas"), Policy::Estimate);
+        assert_eq!(policy("eth_maxPriorityFeePerGas"), Policy::Estimate);
+        for read in [
+            "eth_call",
+            "eth_getLogs",
+            "eth_getTransactionReceipt",
+            "eth_getTransactionCount",
+            "eth_getBalance",
+            "eth_chainId",
+            "eth_someMethodNotYetInvented",
+        ] {
+            assert_eq!(policy(read), Policy::Quorum, "{read}");
+        }
+    }
+
+    #[test]
+    fn an_estimate_is_the_median_of_every_figure_in_so_one_provider_cannot_move_it_alone() {
+        // Two in: wait for the third while the wait lasts.
+        assert_eq!(
+            decide_estimate(&figures(&[(0, 21_000), (2, 9_000_000)]), 1, 2, false),
+            Decision::Wait
+        );
+        // All in: the liar's figure, high or low, is not the median.
+        for lie in [1, 9_000_000] {
+            assert_eq!(
+                decide_estimate(&figures(&[(0, 21_000), (2, lie), (1, 22_000)]), 0, 2, false),
+                Decision::Take {
+                    take: if lie == 1 { 0 } else { 1 },
+                    dissent: vec![]
+                },
+                "lie {lie}"
+            );
+        }
+        // The third no longer waited for: the higher of two.
+        assert_eq!(
+            decide_estimate(&figures(&[(0, 21_000), (2, 30_000)]), 1, 2, true),
+            Decision::Take {
+                take: 2,
+                dissent: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn a_revert_at_estimation_counts_only_where_a_quorum_reverts_alike() {
+        let revert = || Answer::Keyed("error 3 0xdead".to_owned());
+        // One provider says the call reverts, two give figures: the figures win and it is named.
+        let mut answers = figures(&[(0, 21_000), (2, 21_000)]);
+        answers.insert(1, (1, revert()));
+        assert_eq!(
+            decide_estimate(&answers, 0, 2, false),
+            Decision::Take {
+                take: 2,
+                dissent: vec![1]
+            }
+        );
+        // Two revert alike: the revert is the answer.
+        let answers = vec![
+            (0, revert()),
+            (1, Answer::Figure(U256::from(5))),
+            (2, revert()),
+        ];
+        assert_eq!(
+            decide_estimate(&answers, 0, 2, false),
+            Decision::Take {
+                take: 0,
+                dissent: vec![1]
+            }
+        );
+        // One figure and one revert of two needed: nothing to take.
+        let answers = vec![(0, revert()), (1, Answer::Figure(U256::from(5)))];
+        assert!(matches!(
+            decide_estimate(&answers, 0, 2, false),
+            Decision::Split { .. }
+        ));
+    }
+
+    #[test]
+    fn a_transaction_is_answered_by_the_first_provider_that_took_it() {
+        let refused = |r: &str| Answer::Keyed(r.to_owned());
+        assert_eq!(
+            decide_broadcast(&[(1, refused("down")), (2, Answer::Accepted)], 1),
+            Decision::Take {
+                take: 2,
+                dissent: vec![]
+            }
+        );
+        // No provider took it yet: the others are waited for.
+        assert_eq!(
+            decide_broadcast(&[(0, refused("censored"))], 2),
+            Decision::Wait
+        );
+        // None took it: the refusal most gave answers.
+        assert_eq!(
+            decide_broadcast(
+                &[
+                    (0, refused("censored")),
+                    (1, refused("nonce too low")),
+                    (2, refused("nonce too low"))
+                ],
+                0
+            ),
+            Decision::Take {
+                take: 1,
+                dissent: vec![]
+            }
+        );
+        assert_eq!(decide_broadcast(&[], 0), Decision::Split { groups: vec![] });
     }
 }

@@ -67,7 +67,7 @@ async fn bound_log(anvil_url: &str, contract: alloy::primitives::Address) -> ser
 /// A follower through `rpcs`.
 async fn follow(rpcs: &Rpcs, contract: alloy::primitives::Address) -> Follower {
     Follower::start(
-        rpcs.reader().await.unwrap(),
+        rpcs.reader().clone(),
         contract,
         CONFIG,
         None,

@@ -9,7 +9,7 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
 use dstack_simulator::platform::SimulatorConfig;
 use mesh_chain::contract::DstackClusterNFT;
-use mesh_chain::registration::{self, Desired, Outcome};
+use mesh_chain::registration::{Desired, Outcome};
 use mesh_wg::Key;
 use netns_tests::in_process::chain::{mint, signing_provider};
 use netns_tests::in_process::node::SimulatedInstance;
@@ -41,9 +41,12 @@ pub(crate) async fn register_all(
     let cluster = DstackClusterNFT::new(contract, owner);
     // Not the owner: its provider caches the owner's nonce, which these transactions would move.
     let payer: PrivateKeySigner = account_key(1).parse()?;
-    let registrar = registration::Cluster::connect(rpc_url().parse()?, contract)
-        .await
-        .context("connecting the registrations to the chain")?;
+    let registrar = mesh_chain::cluster::Cluster::connect(
+        mesh_chain::rpc::Rpcs::one(rpc_url().parse()?)?,
+        contract,
+    )
+    .await
+    .context("connecting the registrations to the chain")?;
     let pins = registrar.contract_pins().await?;
     let began = Instant::now();
     let mut members = Vec::with_capacity(peers.len());
