@@ -189,6 +189,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     /// @notice Carries the binding's evidence, so that every agent can verify it without trusting its RPC.
     event InstanceBound(uint256 indexed tokenId, string instanceId, address node, bytes32 evidenceHash, bytes evidence);
     event InstanceUnbound(uint256 indexed tokenId, string instanceId);
+    event DisputedClaimCleared(uint256 indexed tokenId, bytes32 instanceHash);
     /// @notice A seatless node asks `holder` to bind a seat to it, with everything a binding needs. `previousBlock`
     /// is the block of the request before this one (this block's own when it was in the same block).
     event BindingRequested(
@@ -412,6 +413,15 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     function revoke(uint256 tokenId) external onlyOwner {
         _burn(tokenId);
         emit SeatRevoked(tokenId);
+    }
+
+    /// @notice The owner lets seat `tokenId` claim `instanceId` again after the members released that claim by
+    /// disputes (`ClusterClaimDisputed`): for a genuine node whose evidence looked forged (a verifier's bug,
+    /// say), once the owner has checked it. Nothing else changes: a binding still needs its evidence.
+    /// `instanceHash` is keccak256 of the instance id, as the claim is kept (`meshctl dispute clear` hashes it).
+    function clearDisputedClaim(uint256 tokenId, bytes32 instanceHash) external onlyOwner {
+        delete _disputedClaim[keccak256(abi.encode(tokenId, instanceHash))];
+        emit DisputedClaimCleared(tokenId, instanceHash);
     }
 
     // ---------------------------------------------------------- peer records

@@ -77,6 +77,29 @@ contract DisputeTest is ClusterFixture {
         _bindWithConsent(HOLDER_S, seatS, KEY_S, "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0");
     }
 
+    function test_TheOwnerClearsAReleasedClaimAndTheSeatBindsItsInstanceAgain() public {
+        _dispute(HOLDER_A, seatA, seatS);
+        _dispute(HOLDER_B, seatB, seatS);
+        vm.prank(HOLDER_S);
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterClaimDisputed.selector, INSTANCE_D, seatS));
+        cluster.bindInstance(seatS, _binding(KEY_S, INSTANCE_D, HOLDER_S));
+
+        vm.expectEmit();
+        emit DstackClusterNFT.DisputedClaimCleared(seatS, keccak256(bytes(INSTANCE_D)));
+        vm.prank(OWNER);
+        cluster.clearDisputedClaim(seatS, keccak256(bytes(INSTANCE_D)));
+        _bindWithConsent(HOLDER_S, seatS, KEY_S, INSTANCE_D);
+        assertEq(cluster.tokenOfInstance(INSTANCE_D), seatS, "bound again");
+    }
+
+    function test_RevertIf_AnyoneButTheOwnerClearsAReleasedClaim() public {
+        _dispute(HOLDER_A, seatA, seatS);
+        _dispute(HOLDER_B, seatB, seatS);
+        vm.prank(HOLDER_S);
+        vm.expectRevert();
+        cluster.clearDisputedClaim(seatS, keccak256(bytes(INSTANCE_D)));
+    }
+
     function test_ASeatDisputesABindingOnceAndAnEarlierBindingsDisputesDoNotCount() public {
         _dispute(HOLDER_A, seatA, seatS);
         _dispute(HOLDER_A, seatA, seatS);

@@ -72,6 +72,9 @@ enum Command {
     /// Dispute, from one of your seats, another seat's binding whose quote does not show what it claims
     /// (another instance or node): f + 1 disputes release it and free the instance it claims.
     Dispute(cmd::dispute::Args),
+    /// As the cluster's owner, let a seat claim an instance again after disputes released that claim
+    /// (`ClusterClaimDisputed`): for a genuine node whose evidence looked forged, once you have checked it.
+    ClearClaim(cmd::dispute::ClearArgs),
 }
 
 /// The older names of meshctl's environment variables, still read (see `cli_env`).
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Relay(a) => cmd::relay::run(a, &out).await,
         Command::Leader(a) => cmd::leader::run(a, &out).await,
         Command::Dispute(a) => cmd::dispute::run(a, &out).await,
+        Command::ClearClaim(a) => cmd::dispute::clear(a, &out).await,
     };
     match result {
         Ok(code) => code,

@@ -79,7 +79,7 @@ fn describe(e: &E) -> Revert {
         E::ClusterClaimDisputed(x) => revert(
             "ClusterClaimDisputed",
             format!("{}'s binding to instance {} was disputed away by the cluster's members", seat(&x.tokenId), x.instanceId),
-            Some("that seat may not claim that instance again: bind it to an instance whose quote shows it runs there, or bind the instance to another seat".into()),
+            Some(format!("that seat may not claim that instance again: bind it to an instance whose quote shows it runs there, or bind the instance to another seat; if the node is genuine (its evidence only looked forged), the cluster's owner lets the seat claim it again with `meshctl clear-claim --token {} --instance {}`", x.tokenId, x.instanceId)),
         ),
         E::ClusterOnlyElection(x) => revert(
             "ClusterOnlyElection",

@@ -32,6 +32,39 @@ pub(crate) struct Args {
     trust: mesh_attest::cli::TrustArgs,
 }
 
+/// `meshctl clear-claim`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ClearArgs {
+    #[command(flatten)]
+    write: Write,
+    /// The seat whose claim was released.
+    #[arg(long)]
+    token: u64,
+    /// The instance id it may claim again.
+    #[arg(long, value_name = "INSTANCE_ID")]
+    instance: String,
+}
+
+/// The owner clears seat `token`'s released claim on `instance`.
+pub(crate) async fn clear(args: ClearArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;
+    let hash = alloy::primitives::keccak256(args.instance.as_bytes());
+    let receipt = cluster::send(
+        "clearDisputedClaim",
+        c.clearDisputedClaim(U256::from(args.token), hash),
+    )
+    .await?;
+    let what = format!(
+        "seat {} may claim instance {} again: its holder binds it with `meshctl bind --instance {} --token {}`",
+        args.token, args.instance, args.instance, args.token
+    );
+    out.emit(
+        || format!("{what}\n  {}\n", tx_text(&receipt)),
+        || json!({ "tokenId": args.token, "instanceId": args.instance, "cleared": true, "receipt": tx_json(&receipt) }),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let against = args.against;
     let c = cluster::open_write(&args.write.cluster, &args.write.signer).await?;

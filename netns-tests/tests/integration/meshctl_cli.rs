@@ -873,8 +873,31 @@ async fn two_seats_of_three_release_a_squatted_instance_with_meshctl_dispute() {
         .await
         .map_err(|e| mesh_chain::error::ChainError::from_call("bindInstance", e).to_string())
         .unwrap_err();
-    assert!(again.contains("ClusterClaimDisputed"), "{again}");
+    assert!(
+        again.contains("ClusterClaimDisputed")
+            && again.contains(&format!(
+                "meshctl clear-claim --token 3 --instance {}",
+                d.instance_id
+            )),
+        "{again}"
+    );
     mint(4, Some(&file_d)).ok();
+
+    // Only the owner lets seat 3 claim D again; then what stops it is D's genuine binding, not the release.
+    let clear = ["clear-claim", "--token", "3", "--instance", &d.instance_id];
+    m.run(Some(3), &clear).failed().stderr_says("OwnableUnauthorizedAccount");
+    let cleared = m
+        .run(Some(0), &[clear.as_slice(), &["--json"]].concat())
+        .ok()
+        .json();
+    assert_eq!(cleared["cleared"], true, "{cleared}");
+    let after = holder_3
+        .bindInstance(U256::from(3), binding_arg(&forged))
+        .call()
+        .await
+        .map_err(|e| mesh_chain::error::ChainError::from_call("bindInstance", e).to_string())
+        .unwrap_err();
+    assert!(after.contains("ClusterInstanceAlreadyBound"), "{after}");
 }
 
 /// The owner sets the cluster's TCB policy with `meshctl app-auth tcb`, and reads it back as agents will: the
