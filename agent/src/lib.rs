@@ -22,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod desired;
 pub mod disputes;
+pub mod faults;
 pub mod hooks;
 pub mod keystore;
 pub mod leadership;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
-use backoff::Backoff;
 use dstack_guest::DstackClient;
 use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
 use mesh_chain::cluster::Cluster;
@@ -208,6 +207,7 @@ async fn member(
             &client,
             &args.state.key_file(),
             args.wg_key_epoch,
+            &api.snapshot,
         ))
         .await
     else {
@@ -239,24 +239,40 @@ async fn member(
     tasks.run(cached, api, cancel).await
 }
 
-/// Reads this node's identity, retrying with backoff while dstack does not answer. A key file that does not
+/// Reads this node's identity, retrying every 2 s while dstack does not answer (a local socket: asking is
+/// cheap, and one that comes up is seen at once); the status names dstack meanwhile. A key file that does not
 /// open is not retried: waiting would not change it, and making new keys in its place would drop the seat's
 /// binding without the operator asking.
 async fn load_identity(
     client: &DstackClient,
     key_file: &std::path::Path,
     epoch: u32,
+    api: &watch::Sender<Snapshot>,
 ) -> anyhow::Result<NodeIdentity> {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    const RETRY: Duration = Duration::from_secs(2);
+    let since = std::time::SystemTime::now();
     loop {
-        let delay = backoff.next_delay();
+        let delay = RETRY;
         match NodeIdentity::load(client, key_file, epoch).await {
             Ok(identity) => return Ok(identity),
             Err(e @ crate::node::IdentityError::KeyStore(_)) => {
                 return Err(e).context("cannot open this node's keys");
             }
             Err(e) => {
-                warn!(error = %Causes(&e), retry_in = ?delay, "reading this node's identity from dstack failed; retrying")
+                warn!(error = %Causes(&e), retry_in = ?delay, "reading this node's identity from dstack failed; retrying");
+                let fault = mesh_api::Fault {
+                    dependency: "dstack".into(),
+                    detail: format!(
+                        "waiting for dstack's guest agent at {}, which this node needs to know who it is: {}",
+                        client.endpoint(),
+                        Causes(&e)
+                    ),
+                    since: since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs()),
+                };
+                api.send_modify(|s| s.status.faults = vec![fault]);
             }
         }
         tokio::time::sleep(delay).await;
@@ -323,6 +339,7 @@ struct Tasks {
     disputer: Disputer,
     ports: ForwardedPorts,
     publisher: Publisher,
+    dstack: crate::tasks::dstack::DstackWatch,
     /// `--health-url`, `--health-cmd`.
     health: Option<HealthCheck>,
 }
@@ -347,6 +364,9 @@ impl Tasks {
             disputer: Disputer::from_args(shared),
             ports,
             publisher,
+            dstack: crate::tasks::dstack::DstackWatch {
+                client: shared.dstack.clone(),
+            },
             health: HealthCheck::from_args(args),
         }
     }
@@ -368,12 +388,14 @@ impl Tasks {
         let (mesh_tx, mesh_rx) = watch::channel(MeshState::default());
         let (leader_tx, leader_rx) = watch::channel(LeaderState::default());
         let (check_tx, check_rx) = watch::channel::<Option<CheckSignal>>(None);
+        let (dstack_tx, dstack_rx) = watch::channel(None);
         let inputs = Inputs {
             chain: chain_rx.clone(),
             reg: reg_rx,
             mesh: mesh_rx.clone(),
             leader: leader_rx,
             check: check_rx.clone(),
+            dstack: dstack_rx,
         };
         let mut set = JoinSet::new();
         if let Some(health) = self.health {
@@ -385,6 +407,12 @@ impl Tasks {
             self.chain
                 .run(cached, chain_tx, c)
                 .instrument(info_span!("chain")),
+        );
+        let c = cancel.clone();
+        set.spawn(
+            self.dstack
+                .run(dstack_tx, c)
+                .instrument(info_span!("dstack")),
         );
         let c = cancel.clone();
         set.spawn(

@@ -84,6 +84,7 @@ pub fn initial(agent: &AgentFacts) -> Snapshot {
             mesh: &MeshState::default(),
             leader: &LeaderState::default(),
             check: None,
+            dstack: None,
         },
         Duration::ZERO,
         Clock::now(),
@@ -194,6 +195,8 @@ pub struct Published<'a> {
     pub leader: &'a LeaderState,
     /// The agent's health check, if it runs one.
     pub check: Option<&'a CheckSignal>,
+    /// dstack's guest agent, while it does not answer.
+    pub dstack: Option<&'a crate::state::Failing>,
 }
 
 /// When a peer shown healthy now will be shown unhealthy unless it is heard from again: the publisher
@@ -220,6 +223,7 @@ pub fn render(
         mesh,
         leader: election,
         check,
+        dstack,
     } = tasks;
     let view = chain.view.as_deref();
     let leader_seat = view.and_then(|v| v.leader);
@@ -254,6 +258,16 @@ pub fn render(
         nat: mesh.nat.as_ref().map(nat),
         election: election_of(election, now),
         ports: Vec::new(),
+        faults: crate::faults::faults(
+            crate::faults::Sources {
+                chain,
+                mesh,
+                dstack,
+                following: chain.error.as_ref().map(|f| f.render(&agent.rpc)),
+            },
+            now.wall,
+            now.mono,
+        ),
     };
     let refused_kind = |seat: u64| match chain.attestations.get(&seat) {
         Some(Attested::Refused { kind, .. }) => Some(*kind),

@@ -83,6 +83,19 @@ pub struct ChainState {
     /// What each provider answered, against the quorum's answers (one provider: unverified). The publisher
     /// fills it from the providers' live report when it renders.
     pub rpcs: mesh_chain::quorum::QuorumReport,
+    /// The chain has stopped making blocks, as far as this node can tell ([`mesh_chain::stall`]).
+    pub stalled: Option<Failing>,
+    /// The PCCS's last fetch failed; the cached collateral serves meanwhile.
+    pub collateral_failing: Option<Failing>,
+    /// The state file could not be written (a full or read-only volume); it is tried again at every step.
+    pub save_failing: Option<Failing>,
+}
+
+/// An outside dependency failing, as a task saw it: since when, and why, in words that name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    pub since: std::time::SystemTime,
+    pub why: String,
 }
 
 /// The registrar's state.

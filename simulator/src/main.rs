@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let pccs = tdx_mock::pccs::MockPccs::signing(
             listener,
             tdx_mock::MockPki::clone(pki),
-            cli.collateral_days,
+            std::time::Duration::from_secs(cli.collateral_days.saturating_mul(86_400)),
             cli.pccs_tcb_status,
         );
         info!(url = %pccs.url(), tcb_status = %cli.pccs_tcb_status, "serving a mock PCCS: PUT /mock/tcb-status, /mock/expired or /mock/down changes it");

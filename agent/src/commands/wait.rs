@@ -190,6 +190,7 @@ mod tests {
             nat: None,
             election: Default::default(),
             ports: Vec::new(),
+            faults: Vec::new(),
         }
     }
 

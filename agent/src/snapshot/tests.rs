@@ -73,6 +73,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
                 rx_bytes: u64::from(k),
                 tx_bytes: 1,
                 persistent_keepalive: Some(25),
+                relay_error: None,
             },
         )
     };
@@ -149,6 +150,7 @@ fn rendered(
         mesh,
         leader: election,
         check: None,
+        dstack: None,
     };
     render(&agent(), &NodeFacts::default(), tasks, uptime, clock(now))
 }

@@ -7,6 +7,7 @@
 //!                     │                          ▼           │
 //!                     ├─────────────────────> leader ────────┤ LeaderState
 //!                     ├──> disputer (sends disputes of false bindings; publishes nothing)
+//! dstack watch (is dstack's guest agent there?) ──Option<Failing>──> publisher
 //! health ─────────────┼────CheckSignal──────>                │
 //! API POST /v1/health ┴────AppReport────────>                │
 //!                     └──────────────────────────────────────┘
@@ -17,6 +18,7 @@
 
 pub mod chain;
 pub mod disputer;
+pub mod dstack;
 pub mod health;
 pub mod leader;
 pub mod mesh;

@@ -82,6 +82,8 @@ pub struct Inputs {
     pub mesh: watch::Receiver<MeshState>,
     pub leader: watch::Receiver<LeaderState>,
     pub check: watch::Receiver<Option<CheckSignal>>,
+    /// dstack's guest agent, while it does not answer ([`crate::tasks::dstack`]).
+    pub dstack: watch::Receiver<Option<crate::state::Failing>>,
 }
 
 impl Publisher {
@@ -109,6 +111,7 @@ impl Publisher {
             let mesh = inputs.mesh.borrow_and_update().clone();
             let leader = inputs.leader.borrow_and_update().clone();
             let check = inputs.check.borrow_and_update().clone();
+            let dstack = inputs.dstack.borrow_and_update().clone();
             let mut snapshot = snapshot::render(
                 &self.agent,
                 &self.node,
@@ -118,6 +121,7 @@ impl Publisher {
                     mesh: &mesh,
                     leader: &leader,
                     check: check.as_ref(),
+                    dstack: dstack.as_ref(),
                 },
                 self.started.elapsed(),
                 Clock::now(),
@@ -162,6 +166,7 @@ impl Publisher {
                 Ok(()) = inputs.mesh.changed() => {}
                 Ok(()) = inputs.leader.changed() => {}
                 Ok(()) = inputs.check.changed() => {}
+                Ok(()) = inputs.dstack.changed() => {}
             }
         }
     }

@@ -113,6 +113,7 @@ pub(crate) mod tests {
             nat: None,
             election: Default::default(),
             ports: Vec::new(),
+            faults: Vec::new(),
         }
     }
 

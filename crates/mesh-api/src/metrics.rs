@@ -611,6 +611,19 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
             )
         }),
     );
+    let mut failing: std::collections::BTreeMap<&str, u64> =
+        crate::FAULT_DEPENDENCIES.iter().map(|d| (*d, 0)).collect();
+    for f in &s.status.faults {
+        *failing.entry(f.dependency.as_str()).or_default() += 1;
+    }
+    out.metric(
+        "dstack_mesh_dependency_failing",
+        "gauge",
+        "Outside dependencies that fail now, by kind (rpc, chain, pccs, dstack, state-dir, relay, stun): how many faults /v1/status names for each, 0 while it works.",
+        failing
+            .into_iter()
+            .map(|(d, n)| (format!("{{dependency=\"{d}\"}}"), n)),
+    );
     out.metric(
         "dstack_mesh_rpc_splits_total",
         "counter",

@@ -571,7 +571,36 @@ pub struct Status {
     /// The ports this node forwards to the leader or the replicas (`--leader-port`, `--replica-port`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<crate::forwarded::ForwardedPort>,
+    /// The outside dependencies that fail now, as this node sees them: an RPC provider, the chain, the
+    /// PCCS, dstack's guest agent, the state directory, a peer's relay, the STUN servers. Empty while
+    /// nothing fails.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
 }
+
+/// An outside dependency that fails now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    /// One of [`FAULT_DEPENDENCIES`].
+    pub dependency: String,
+    /// What fails, in words that name the provider, server, directory or peer, and what goes on meanwhile.
+    pub detail: String,
+    /// Since when, in Unix seconds, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+/// The dependencies a [`Fault`] names: the metric `dstack_mesh_dependency_failing` has a sample for each.
+pub const FAULT_DEPENDENCIES: [&str; 7] = [
+    "rpc",
+    "chain",
+    "pccs",
+    "dstack",
+    "state-dir",
+    "relay",
+    "stun",
+];
 
 /// This node's part in the leader election, as `/v1/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -210,3 +210,48 @@ async fn pinned_collateral_is_picked_by_the_fmspc_in_its_tcb_info() {
         Err(CollateralError::File { .. })
     ));
 }
+
+/// A PCCS that answers with collateral whose validity has ended (a stale mirror) does not replace the valid
+/// one cached: that is served, the PCCS is named as failing until it serves valid collateral again, and a
+/// small cluster asks it again after the shorter wait it was given.
+#[tokio::test]
+async fn expired_collateral_from_the_pccs_is_not_taken_and_names_it_until_it_recovers() {
+    let pki = MockPki::from_seed(SEED);
+    let quote = quote(&pki);
+    let first = pki.collateral(&CollateralOptions::valid_from(NOW, 1));
+    let server = mock_pccs(first.clone());
+    let pccs = std::sync::Arc::new(
+        Pccs::new(&server.url(), None)
+            .unwrap()
+            .with_timeout(Duration::from_secs(5)),
+    );
+    pccs.set_retry_after(Duration::from_secs(5));
+    let source = CollateralSource::Pccs(std::sync::Arc::clone(&pccs));
+    assert_eq!(*source.for_quote(&quote, NOW).await.unwrap(), first);
+    assert!(pccs.failing().is_none());
+
+    // With less than a day left it is due at every check; the PCCS serves what expired an hour ago.
+    let expired = CollateralOptions {
+        issue_date: NOW - 2 * DAY,
+        next_update: NOW - 3600,
+        ..CollateralOptions::valid_from(NOW, 0)
+    };
+    server.publish(pki.collateral(&expired));
+    assert_eq!(*source.for_quote(&quote, NOW + 60).await.unwrap(), first);
+    let (at, why) = pccs.failing().expect("named as failing");
+    assert_eq!(at, NOW + 60);
+    assert!(
+        why.to_string()
+            .starts_with("it served collateral that expired at"),
+        "{why}"
+    );
+
+    // Valid again: asked after the five seconds it was given, and no longer failing.
+    let fresh = pki.collateral(&CollateralOptions::valid_from(NOW + 60, 30));
+    server.publish(fresh.clone());
+    let asked = server.requests().len();
+    assert_eq!(*source.for_quote(&quote, NOW + 62).await.unwrap(), first);
+    assert_eq!(server.requests().len(), asked, "not within five seconds");
+    assert_eq!(*source.for_quote(&quote, NOW + 66).await.unwrap(), fresh);
+    assert!(pccs.failing().is_none(), "recovered");
+}

@@ -18,6 +18,7 @@
 //!   connected once: the one handle every read and transaction goes through.
 //! - [`quorum`]: the transport over every provider: a read taken where a quorum agree, an estimate as their
 //!   median, a transaction from the first that takes it; which method is which is decided in one place.
+//! - [`stall`]: whether the chain has stopped making blocks, from when its head was seen to move (pure).
 //! - [`tx`]: transactions signed once, sent to every provider, their receipts read through the quorum.
 //! - [`cluster`]: the cluster contract as a node acts on it: the providers and the contract, shared by every
 //!   task.
@@ -46,6 +47,7 @@ pub mod redact;
 pub mod registration;
 pub mod revert;
 pub mod rpc;
+pub mod stall;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tx;

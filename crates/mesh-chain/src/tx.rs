@@ -51,6 +51,12 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What a transaction pays for its gas.
+enum Fees {
+    Eip1559 { max_fee: u128, tip: u128 },
+    Legacy { price: u128 },
+}
+
 /// A signed transaction.
 struct Signed {
     raw: Bytes,
@@ -135,11 +141,41 @@ impl Rpcs {
                     })
             })
             .await?;
-        let gas = self
-            .reader()
-            .estimate_gas(request.clone())
-            .await
+        // Asked together: each estimate waits a moment for a slow provider's figure, not one after another.
+        let (gas, fees, nonce) = tokio::join!(
+            self.reader().estimate_gas(request.clone()),
+            self.fees(),
+            self.next_nonce(from, at_least),
+        );
+        let gas = gas
             .map_err(|e| ChainError::from_call(what, alloy::contract::Error::TransportError(e)))?;
+        let nonce = nonce?;
+        let request = match fees? {
+            Fees::Eip1559 { max_fee, tip } => request
+                .with_max_fee_per_gas(max_fee)
+                .with_max_priority_fee_per_gas(tip),
+            Fees::Legacy { price } => request.with_gas_price(price),
+        }
+        .with_chain_id(chain_id)
+        .with_nonce(nonce)
+        .with_gas_limit(gas.saturating_add(headroom));
+        let envelope = request
+            .build(&EthereumWallet::from(signer.clone()))
+            .await
+            .map_err(|e| ChainError::Rpc {
+                what,
+                source: TransportErrorKind::custom_str(&format!("signing the transaction: {e}")),
+            })?;
+        Ok(Signed {
+            hash: *envelope.tx_hash(),
+            raw: envelope.encoded_2718().into(),
+            nonce,
+        })
+    }
+
+    /// The next nonce of `from` (and at least `at_least`): the count a quorum agrees on at the head a quorum
+    /// reached, above every nonce this process still waits on.
+    async fn next_nonce(&self, from: Address, at_least: Option<u64>) -> Result<u64, ChainError> {
         let at = self.present().await?;
         let mined = self
             .reader()
@@ -156,54 +192,33 @@ impl Rpcs {
             .get(&from)
             .and_then(|n| n.last())
             .map(|n| n.saturating_add(1));
-        let nonce = mined
+        Ok(mined
             .max(above_waiting.unwrap_or(0))
-            .max(at_least.unwrap_or(0));
-        let request = self
-            .with_fees(request)
-            .await?
-            .with_chain_id(chain_id)
-            .with_nonce(nonce)
-            .with_gas_limit(gas.saturating_add(headroom));
-        let envelope = request
-            .build(&EthereumWallet::from(signer.clone()))
-            .await
-            .map_err(|e| ChainError::Rpc {
-                what,
-                source: TransportErrorKind::custom_str(&format!("signing the transaction: {e}")),
-            })?;
-        Ok(Signed {
-            hash: *envelope.tx_hash(),
-            raw: envelope.encoded_2718().into(),
-            nonce,
-        })
+            .max(at_least.unwrap_or(0)))
     }
 
-    /// `request` with EIP-1559 fees: twice the gas price the providers quote (room for the base fee to
-    /// double over several blocks) and their priority fee; a chain that quotes no priority fee gets a
-    /// legacy gas price.
-    async fn with_fees(
-        &self,
-        request: TransactionRequest,
-    ) -> Result<TransactionRequest, ChainError> {
-        let price = self
-            .reader()
-            .get_gas_price()
-            .await
-            .map_err(|source| ChainError::Rpc {
-                what: "eth_gasPrice",
-                source,
-            })?;
-        Ok(match self.reader().get_max_priority_fee_per_gas().await {
+    /// EIP-1559 fees: twice the gas price the providers quote (room for the base fee to double over several
+    /// blocks) and their priority fee; a chain that quotes no priority fee gets a legacy gas price.
+    async fn fees(&self) -> Result<Fees, ChainError> {
+        let (price, tip) = tokio::join!(
+            self.reader().get_gas_price(),
+            self.reader().get_max_priority_fee_per_gas()
+        );
+        let price = price.map_err(|source| ChainError::Rpc {
+            what: "eth_gasPrice",
+            source,
+        })?;
+        Ok(match tip {
             Ok(tip) => {
                 let max_fee = price.saturating_mul(2).max(tip);
-                request
-                    .with_max_fee_per_gas(max_fee)
-                    .with_max_priority_fee_per_gas(tip.min(max_fee))
+                Fees::Eip1559 {
+                    max_fee,
+                    tip: tip.min(max_fee),
+                }
             }
             Err(e) => {
                 debug!(error = %e, "no priority fee quoted: a legacy gas price");
-                request.with_gas_price(price)
+                Fees::Legacy { price }
             }
         })
     }

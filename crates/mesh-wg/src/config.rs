@@ -193,6 +193,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Persistent keepalive interval in seconds, if on.
     pub persistent_keepalive: Option<u16>,
+    /// Why the peer's relay could not be dialled, while its last dial failed (userspace device only).
+    pub relay_error: Option<String>,
 }
 
 /// What the userspace device knows of its NAT.

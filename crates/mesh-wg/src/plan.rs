@@ -213,6 +213,7 @@ impl PeerTable for MemoryTable {
             rx_bytes: 0,
             tx_bytes: 0,
             persistent_keepalive: None,
+            relay_error: None,
         });
         if peer.endpoint.is_some() {
             entry.endpoint = peer.endpoint;
@@ -263,6 +264,7 @@ mod tests {
             punch: crate::config::PunchStatus::default(),
             allowed_ips: d.allowed_ips.clone(),
             persistent_keepalive: d.persistent_keepalive,
+            relay_error: None,
             last_handshake: handshake_age.map(|a| now() - Duration::from_secs(a)),
             last_heard: None,
             rx_bytes: 0,

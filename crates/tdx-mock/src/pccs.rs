@@ -34,8 +34,8 @@ struct State {
 struct Signer {
     pki: crate::MockPki,
     status: crate::TcbStatus,
-    /// How long fresh collateral is valid.
-    days: u64,
+    /// How long fresh collateral is valid, in seconds.
+    valid_for: u64,
     /// Serve collateral whose next update has passed.
     expired: bool,
 }
@@ -55,7 +55,11 @@ impl Signer {
                     next_update: now.saturating_sub(3600),
                     ..crate::CollateralOptions::valid_from(now, 0)
                 },
-                false => crate::CollateralOptions::valid_from(now, self.days),
+                false => crate::CollateralOptions {
+                    issue_date: now.saturating_sub(3600),
+                    next_update: now.saturating_add(self.valid_for),
+                    ..crate::CollateralOptions::valid_from(now, 0)
+                },
             }
         };
         self.pki.collateral(&opts)
@@ -105,21 +109,22 @@ impl MockPccs {
         }
     }
 
-    /// Serves collateral it signs itself with `pki`, valid for `days` and saying `status`, on `listener`; its
-    /// settings change with `PUT /mock/...` (the module's documentation).
+    /// Serves collateral it signs itself with `pki`, valid for `valid_for` from its signing and saying
+    /// `status`, on `listener`; its settings change with `PUT /mock/...` (the module's documentation), or
+    /// [`MockPccs::set_tcb_status`] and [`MockPccs::set_expired`].
     ///
     /// # Panics
     /// As [`MockPccs::start`].
     pub fn signing(
         listener: std::net::TcpListener,
         pki: crate::MockPki,
-        days: u64,
+        valid_for: std::time::Duration,
         status: crate::TcbStatus,
     ) -> Self {
         let signer = Signer {
             pki,
             status,
-            days,
+            valid_for: valid_for.as_secs(),
             expired: false,
         };
         let pccs = Self::start(listener, signer.sign());
@@ -140,6 +145,25 @@ impl MockPccs {
     /// Answers every request with HTTP 503 while `fail`.
     pub fn set_failing(&self, fail: bool) {
         self.lock().fail = fail;
+    }
+
+    /// A signing PCCS signs its collateral again with `status`; a publishing one does nothing.
+    pub fn set_tcb_status(&self, status: crate::TcbStatus) {
+        self.resign(|s| s.status = status);
+    }
+
+    /// A signing PCCS serves collateral whose validity has ended while `expired`, fresh collateral after.
+    pub fn set_expired(&self, expired: bool) {
+        self.resign(|s| s.expired = expired);
+    }
+
+    fn resign(&self, change: impl FnOnce(&mut Signer)) {
+        let mut state = self.lock();
+        if let Some(signer) = state.signer.as_mut() {
+            change(signer);
+            let signed = signer.sign();
+            state.collateral = Some(signed);
+        }
     }
 
     /// Every request so far, as path and query.

@@ -100,6 +100,7 @@ pub(crate) fn bytes(n: u64) -> String {
 
 fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: bool) -> String {
     let mut s = render_node(status, verbose);
+    s.push_str(&render_faults(&status.faults, now));
     s.push_str(&render_leader(leader));
     s.push_str(&format!(
         "peers: {} configured, {} healthy, {} refused\n\n",
@@ -107,6 +108,23 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     ));
     s.push_str(&render_ports(&status.ports));
     s.push_str(&render_peers(peers, now, verbose));
+    s
+}
+
+/// The outside dependencies that fail now, each with what it is and for how long; nothing while none does.
+fn render_faults(faults: &[mesh_api::Fault], now: u64) -> String {
+    let mut s = String::new();
+    for f in faults {
+        let since = f
+            .since
+            .map(|t| format!(" (for {})", age(Some(t), now).trim_end_matches(" ago")))
+            .unwrap_or_default();
+        s.push_str(&format!("✗ {}{since}: {}\n", f.dependency, f.detail));
+    }
+    if !s.is_empty() {
+        s.insert_str(0, "failing:\n");
+        s.push('\n');
+    }
     s
 }
 

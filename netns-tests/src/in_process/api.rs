@@ -206,6 +206,12 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                     },
                 }],
             }],
+            // The PCCS gave no collateral a minute ago; the cached collateral serves meanwhile.
+            faults: vec![mesh_api::Fault {
+                dependency: "pccs".into(),
+                detail: "the PCCS gave no collateral (no answer within 10s); the cached collateral serves until it expires".into(),
+                since: Some(now - 60),
+            }],
         },
         peers,
         peers_known: true,

@@ -393,6 +393,11 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         "dstack_mesh_rpc_answers_total{provider=\"https://c.rpc.example/\",outcome=\"dissented\"} 10",
         "dstack_mesh_rpc_answers_total{provider=\"https://a.rpc.example/\",outcome=\"agreed\"} 100",
         "dstack_mesh_rpc_splits_total 0",
+        "dstack_mesh_rpc_provider_up{provider=\"https://c.rpc.example/\"} 1",
+        // The PCCS fails; every other dependency has a sample at 0.
+        "dstack_mesh_dependency_failing{dependency=\"pccs\"} 1",
+        "dstack_mesh_dependency_failing{dependency=\"rpc\"} 0",
+        "dstack_mesh_dependency_failing{dependency=\"state-dir\"} 0",
         // Latencies as Prometheus histograms: cumulative buckets in seconds, the sum, the count.
         "# TYPE dstack_mesh_chain_poll_duration_seconds histogram",
         "dstack_mesh_chain_poll_duration_seconds_bucket{le=\"0.001\"} 0",

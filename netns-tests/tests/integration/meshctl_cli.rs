@@ -885,7 +885,9 @@ async fn two_seats_of_three_release_a_squatted_instance_with_meshctl_dispute() {
 
     // Only the owner lets seat 3 claim D again; then what stops it is D's genuine binding, not the release.
     let clear = ["clear-claim", "--token", "3", "--instance", &d.instance_id];
-    m.run(Some(3), &clear).failed().stderr_says("OwnableUnauthorizedAccount");
+    m.run(Some(3), &clear)
+        .failed()
+        .stderr_says("OwnableUnauthorizedAccount");
     let cleared = m
         .run(Some(0), &[clear.as_slice(), &["--json"]].concat())
         .ok()

@@ -56,6 +56,10 @@ async fn status_shows_the_node_and_one_row_per_peer() {
         "the quorum, and the provider outvoted: {text}"
     );
     assert!(
+        text.contains("failing:\n✗ pccs (for 1m): the PCCS gave no collateral (no answer within 10s); the cached collateral serves until it expires\n"),
+        "the dependencies that fail, and for how long: {text}"
+    );
+    assert!(
         text.contains("leader seat 2 at 10.0.1.2, term 3  answering  [unknown]"),
         "the leader, where it is, its term, whether it answers and whether it is confirmed: {text}"
     );

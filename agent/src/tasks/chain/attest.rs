@@ -102,6 +102,9 @@ pub struct Attestor {
     rpc: RedactedUrl,
 }
 
+/// The shortest wait before a PCCS that failed is asked again.
+const PCCS_RETRY: Duration = Duration::from_secs(4);
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -165,7 +168,27 @@ impl Attestor {
             .policy()
             .and_then(|p| self.staging.next_change(p, unix_now()))
             .is_some_and(|at| unix_now() >= at);
-        stage_changes || self.last_pass.is_none_or(|t| t.elapsed() >= self.refresh)
+        // While the PCCS fails, the pass that asks it again comes as soon as it may be asked.
+        let pccs_retry = self.collateral.failing().is_some()
+            && self
+                .last_pass
+                .is_none_or(|t| t.elapsed() >= self.pccs_retry());
+        stage_changes || pccs_retry || self.last_pass.is_none_or(|t| t.elapsed() >= self.refresh)
+    }
+
+    /// Whether the PCCS's last fetch failed: when, and why (it serves the cached collateral meanwhile, until
+    /// that expires).
+    pub fn collateral_failing(&self) -> Option<(u64, String)> {
+        self.collateral
+            .failing()
+            .map(|(at, why)| (at, why.to_string()))
+    }
+
+    /// How soon a PCCS that failed is asked again: within seconds in a small cluster, so that one back up is
+    /// seen at once, and as seldom as the cluster's budget says in a large one, so that its nodes together ask
+    /// it about once a second.
+    fn pccs_retry(&self) -> Duration {
+        budget::recheck_period(PCCS_RETRY, self.nodes, 1)
     }
 
     /// The cluster's allowlists or TCB policy changed on-chain: every answer is read again, at a pass that is
@@ -261,6 +284,7 @@ impl Attestor {
         let now = unix_now();
         let began = Instant::now();
         self.nodes = view.records.len();
+        self.collateral.set_retry_after(self.pccs_retry());
         self.read_policy(follower.as_deref_mut()).await;
         let policy = self.policy().cloned();
         // Under an on-chain policy every status but Revoked verifies, and the policy judges it after.

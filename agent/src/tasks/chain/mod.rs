@@ -6,7 +6,7 @@ pub mod attest;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::Address;
 use alloy::transports::http::reqwest::Url;
@@ -24,7 +24,7 @@ use self::attest::Attestor;
 use crate::attestation::{self, Attestations, Attested};
 use crate::cache;
 use crate::config::RunArgs;
-use crate::state::{ChainState, Fault, FaultError, SeatProblem, SeatState};
+use crate::state::{ChainState, Failing, Fault, FaultError, SeatProblem, SeatState};
 use crate::tasks::Shared;
 
 /// How often an instance without a seat in the view asks the contract for one.
@@ -114,6 +114,8 @@ struct Running {
     last_seat_lookup: Option<Instant>,
     /// The follower's view changed since the state file was last written.
     unsaved: bool,
+    /// The chain's pace, from when its head was seen to move.
+    heads: mesh_chain::stall::HeadWatch,
 }
 
 impl ChainTask {
@@ -139,6 +141,7 @@ impl ChainTask {
             next_connect: Instant::now(),
             last_seat_lookup: None,
             unsaved: false,
+            heads: mesh_chain::stall::HeadWatch::default(),
             task: self,
         };
         if let Some(view) = cached {
@@ -184,6 +187,7 @@ impl ChainTask {
             }
             let seat = running.state.seat.token();
             record_seat(&running.task.node_span, &mut recorded, seat);
+            running.judge_dependencies();
             out.send_replace(running.state.clone());
             // After the new view is out: the mesh applies it while the file is written and synced, which
             // at fifty peers, with every agent of a machine syncing at once, took longer than the rest.
@@ -221,20 +225,65 @@ impl Running {
         }
     }
 
+    /// What this step showed of the chain's pace and the PCCS: whether the chain has stalled, and whether
+    /// the PCCS's last fetch failed.
+    fn judge_dependencies(&mut self) {
+        let now = Instant::now();
+        if let Some(head) = self.follower.as_ref().and_then(Follower::latest_head) {
+            self.heads.observe(head, now);
+        }
+        self.state.stalled = self.heads.stalled(now).map(|stall| Failing {
+            since: SystemTime::now() - now.saturating_duration_since(stall.since),
+            why: stall.describe(now),
+        });
+        self.state.collateral_failing =
+            self.task
+                .attestor
+                .collateral_failing()
+                .map(|(at, why)| Failing {
+                    since: UNIX_EPOCH + Duration::from_secs(at),
+                    why: format!(
+                        "the PCCS gave no collateral ({why}); the cached collateral serves until it expires"
+                    ),
+                });
+    }
+
     /// Saves the view as read (every record, attested or not: a verdict can change with the collateral
-    /// and the allowlists) with the allowlist answers, if it changed since the last save.
+    /// and the allowlists) with the allowlist answers, if it changed since the last save, or if the last
+    /// save failed: a full or read-only volume is tried again at every step, and named meanwhile.
     fn save_if_changed(&mut self) {
         let Some(f) = self.follower.as_ref().filter(|_| self.unsaved) else {
             return;
         };
-        self.unsaved = false;
-        if let Err(e) = cache::save(
+        match cache::save(
             &self.task.state_dir,
             f.view(),
             &self.task.attestor.allowlists(),
             &self.task.attestor.tcb_below(),
         ) {
-            warn!(error = %crate::causes::Causes(&e), "cannot save the state file");
+            Ok(()) => {
+                if self.state.save_failing.take().is_some() {
+                    info!(dir = %self.task.state_dir.display(), "the state file is written again");
+                }
+                self.unsaved = false;
+            }
+            Err(e) => {
+                let why = format!("cannot save the state file: {}", crate::causes::Causes(&e));
+                if self
+                    .state
+                    .save_failing
+                    .as_ref()
+                    .is_none_or(|f| f.why != why)
+                {
+                    warn!(error = %crate::causes::Causes(&e), "cannot save the state file; trying again at every step, and running on meanwhile (a restart would start from the last file written)");
+                }
+                let since = self
+                    .state
+                    .save_failing
+                    .as_ref()
+                    .map_or_else(SystemTime::now, |f| f.since);
+                self.state.save_failing = Some(Failing { since, why });
+            }
         }
     }
 
@@ -333,6 +382,8 @@ impl Running {
                 // image allowed (or disallowed) takes effect at its block rather than at the next re-check.
                 if tick.allowlists_changed {
                     self.task.attestor.allowlists_changed();
+                    // The state file keeps the answers: this pass reads them anew.
+                    self.unsaved = true;
                 }
                 let judged = tick.changed || self.task.attestor.due();
                 let view = (judged || moved).then(|| f.view().clone());

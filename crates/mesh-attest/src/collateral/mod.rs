@@ -317,6 +317,21 @@ pub enum CollateralSource {
 }
 
 impl CollateralSource {
+    /// Whether the PCCS's last fetch failed: when (Unix seconds) and why. Never for pinned collateral.
+    pub fn failing(&self) -> Option<(u64, PccsError)> {
+        match self {
+            Self::Pinned(_) => None,
+            Self::Pccs(pccs) => pccs.failing(),
+        }
+    }
+
+    /// How long after a failed fetch the PCCS is asked again ([`Pccs::set_retry_after`]).
+    pub fn set_retry_after(&self, after: std::time::Duration) {
+        if let Self::Pccs(pccs) = self {
+            pccs.set_retry_after(after);
+        }
+    }
+
     /// The collateral for the platform `quote` comes from.
     ///
     /// # Errors

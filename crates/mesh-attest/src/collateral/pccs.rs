@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -64,9 +65,16 @@ pub enum PccsError {
     SignatureNotHex,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// The last fetch failed less than [`RETRY_AFTER_FAILURE`] ago, so the PCCS was not asked.
-    #[error("{last} (not asked again for {RETRY_AFTER_FAILURE} s)")]
-    RecentFailure { last: Box<PccsError> },
+    /// The last fetch failed less than [`Pccs::retry_after`] ago, so the PCCS was not asked.
+    #[error("{last} (not asked again for {retry_after} s)")]
+    RecentFailure {
+        last: Box<PccsError>,
+        retry_after: u64,
+    },
+    /// It answered with collateral whose validity had ended: a stale mirror, or a PCCS whose own source
+    /// stopped. It is not taken.
+    #[error("it served collateral that expired at {}", crate::time_fmt::fmt_unix(*next_update))]
+    Expired { next_update: u64 },
 }
 
 /// Why one GET got no answer. It knows nothing of a PCCS: [`PccsError::Get`] names the URL.
@@ -124,10 +132,14 @@ pub struct Pccs {
     cache: Mutex<HashMap<[u8; 6], Cached>>,
     /// The last failed fetch per FMSPC: when, and why.
     failures: Mutex<HashMap<[u8; 6], (u64, PccsError)>>,
+    /// After a failed fetch, the PCCS is not asked again for this long (seconds).
+    retry_after: AtomicU64,
 }
 
-/// After a failed fetch, the PCCS is not asked again for this long (seconds): every peer's check
-/// asks for collateral, and each would otherwise wait out the timeout while the PCCS is down.
+/// After a failed fetch, the PCCS is not asked again for this long (seconds) unless told otherwise
+/// ([`Pccs::set_retry_after`]): every peer's check asks for collateral, and each would otherwise wait out the
+/// timeout while the PCCS is down. The agent asks sooner in a small cluster, so that a PCCS back up is
+/// seen within seconds, and as seldom as this in a large one.
 pub const RETRY_AFTER_FAILURE: u64 = 10 * 60;
 
 impl Pccs {
@@ -164,6 +176,7 @@ impl Pccs {
             tls,
             cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            retry_after: AtomicU64::new(RETRY_AFTER_FAILURE),
         };
         pccs.load_cache_dir()?;
         Ok(pccs)
@@ -173,6 +186,30 @@ impl Pccs {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// How long after a failed fetch the PCCS is asked again: [`RETRY_AFTER_FAILURE`] at most.
+    pub fn set_retry_after(&self, after: Duration) {
+        self.retry_after.store(
+            after.as_secs().clamp(1, RETRY_AFTER_FAILURE),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How long after a failed fetch the PCCS is asked again, in seconds.
+    pub fn retry_after(&self) -> u64 {
+        self.retry_after.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last fetch failed, for some platform: when (Unix seconds), and why. Cleared by the next
+    /// fetch that succeeds.
+    pub fn failing(&self) -> Option<(u64, PccsError)> {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .max_by_key(|(at, _)| *at)
+            .cloned()
     }
 
     /// What is cached for `fmspc`, valid or not.
@@ -199,22 +236,32 @@ impl Pccs {
         {
             return Ok(Arc::clone(collateral));
         }
+        let retry_after = self.retry_after();
         let recent_failure = self
             .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&platform.fmspc)
-            .filter(|(at, _)| now >= *at && now - *at < RETRY_AFTER_FAILURE)
+            .filter(|(at, _)| now >= *at && now - *at < retry_after)
             .map(|(_, reason)| reason.clone());
         let fetched = match recent_failure {
             Some(last) => Err(PccsError::RecentFailure {
                 last: Box::new(last),
+                retry_after,
             }),
             None => {
-                let fetched = match tokio::time::timeout(self.timeout, self.fetch(platform)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(PccsError::Timeout(self.timeout)),
-                };
+                let fetched =
+                    match tokio::time::timeout(self.timeout, self.fetch(platform)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(PccsError::Timeout(self.timeout)),
+                    }
+                    .and_then(|fresh| match CollateralInfo::of(&fresh) {
+                        // Expired already: not taken over what is cached, and counted as a failure.
+                        Ok(info) if !info.is_valid_at(now) => Err(PccsError::Expired {
+                            next_update: info.next_update,
+                        }),
+                        _ => Ok(fresh),
+                    });
                 let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
                 match &fetched {
                     Ok(_) => failures.remove(&platform.fmspc),

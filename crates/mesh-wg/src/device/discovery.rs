@@ -29,6 +29,9 @@ use crate::peer::Via;
 /// How often the STUN servers are asked again: often enough that a NAT that remaps is noticed well within
 /// a minute, rarely enough to cost nothing (two small datagrams per server).
 pub(super) const ROUND_EVERY: Duration = Duration::from_secs(30);
+/// How soon the servers are asked again while none of them answered the last round: a node learns within
+/// seconds that they are back (and its status stops naming them), at the cost of a few datagrams.
+pub(super) const UNANSWERED_AGAIN: Duration = Duration::from_secs(5);
 /// How long a STUN server's name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// STUN answers waiting for the discovery loop.
@@ -143,7 +146,8 @@ pub(super) async fn discovery_loop(
         let local_addrs: Vec<SocketAddr> = locals.iter().map(|l| SocketAddr::V4(*l)).collect();
         let report = NatReport::new(results, &local_addrs, std::time::SystemTime::now());
         let answered = report.servers.iter().filter(|s| s.mapped.is_some()).count();
-        if !resolved.is_empty() && answered == 0 {
+        let unanswered = !resolved.is_empty() && answered == 0;
+        if unanswered {
             if !unanswered_warned {
                 tracing::warn!(servers = ?resolved, "no STUN server answered: this node cannot learn its public mapping, so peers behind NAT reach it only through the relay or by what other peers see (is UDP to the servers blocked?)");
                 unanswered_warned = true;
@@ -160,7 +164,11 @@ pub(super) async fn discovery_loop(
         // Until the next round: its time, or a change of the network once it has settled (and not sooner
         // than ROUND_GAP). Answers that come meanwhile belong to no round.
         let round_ended = tokio::time::Instant::now();
-        let next = tokio::time::sleep(ROUND_EVERY);
+        let next = tokio::time::sleep(if unanswered {
+            UNANSWERED_AGAIN
+        } else {
+            ROUND_EVERY
+        });
         tokio::pin!(next);
         loop {
             tokio::select! {

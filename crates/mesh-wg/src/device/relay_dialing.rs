@@ -44,10 +44,10 @@ pub(super) fn dial_if_needed(relay: &RelayDialing, peer: &Arc<Peer>) {
             match dialer.dial(&target, inbound).await {
                 Ok(link) => {
                     tracing::info!(peer = ?peer.public_key, relay = %target, link = link.id(), "relay stream up");
-                    peer.dialled(&target, Some(link));
+                    peer.dialled(&target, Ok(link));
                 }
                 Err(err) => {
-                    let failures = peer.dialled(&target, None);
+                    let failures = peer.dialled(&target, Err(err.to_string()));
                     // The first failure and then every tenth: a peer whose gateway is down would fill the log.
                     if failures == 1 || failures % 10 == 0 {
                         tracing::warn!(peer = ?peer.public_key, relay = %target, failures, error = %err, "could not reach the peer's relay");

@@ -368,6 +368,7 @@ impl KernelDevice {
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     persistent_keepalive: p.persistent_keepalive_interval.filter(|k| *k != 0),
+                    relay_error: None,
                 }
             })
             .collect();

@@ -81,6 +81,8 @@ struct PeerInner {
     relay: Option<RelayTarget>,
     /// The stream we dialled to the peer's relay.
     relay_out: Option<Link>,
+    /// Why the last dial of the peer's relay failed, until one succeeds.
+    relay_error: Option<String>,
     /// The stream the peer's datagrams last came in on through our relay endpoint.
     relay_in: Option<Link>,
     path: PathState,
@@ -146,6 +148,7 @@ impl Peer {
                 tx_bytes: 0,
                 rx_bytes: 0,
                 relay: None,
+                relay_error: None,
                 relay_out: None,
                 relay_in: None,
                 path: PathState::new(Instant::now(), liveness),
@@ -194,6 +197,7 @@ impl Peer {
         }
         g.relay = relay;
         g.relay_out = None;
+        g.relay_error = None;
         g.dial = Redial::default();
         if g.relay.is_none() && g.live_relay().is_none() {
             let now = Instant::now();
@@ -218,17 +222,21 @@ impl Peer {
     }
 
     /// The outcome of a dial started by [`Peer::relay_to_dial`]. Returns the number of failures in a row.
-    pub(crate) fn dialled(&self, target: &RelayTarget, result: Option<Link>) -> u32 {
+    pub(crate) fn dialled(&self, target: &RelayTarget, result: Result<Link, String>) -> u32 {
         let mut g = self.lock();
         if g.relay.as_ref() != Some(target) {
             // The record changed meanwhile; the next tick dials the new relay.
             g.dial.abandoned();
             return 0;
         }
-        let ok = result.is_some();
-        if let Some(link) = result {
-            g.relay_out = Some(link);
-            g.kick = true;
+        let ok = result.is_ok();
+        match result {
+            Ok(link) => {
+                g.relay_out = Some(link);
+                g.relay_error = None;
+                g.kick = true;
+            }
+            Err(why) => g.relay_error = Some(why),
         }
         g.dial.finished(ok, Instant::now())
     }
@@ -438,6 +446,7 @@ impl Peer {
             rx_bytes: g.rx_bytes,
             tx_bytes: g.tx_bytes,
             persistent_keepalive: g.keepalive,
+            relay_error: g.relay_error.clone(),
         }
     }
 }
