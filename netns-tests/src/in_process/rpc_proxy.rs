@@ -1,10 +1,10 @@
-//! A JSON-RPC proxy that tests put between an agent and anvil, and make lie: refuse chosen requests for a
-//! while, or rewrite what anvil answers. Everything else passes through unchanged.
+//! A JSON-RPC proxy that tests put between an agent and anvil, and make lie or fail: refuse chosen requests
+//! for a while, rewrite what anvil answers, go down (close every connection unanswered), hang (hold each
+//! request), or take transactions and drop them. Everything else passes through unchanged.
 //!
 //! It serves on `127.0.0.1` of the current network namespace ([`RpcProxy::start`]) or of a test's
 //! namespace ([`RpcProxy::start_in`]), on its own thread, and stops when dropped.
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,14 @@ struct FailRule {
 
 #[derive(Default)]
 struct Rules {
+    /// Every connection is closed unanswered: a provider that is down.
+    down: bool,
+    /// Each request is held this long before it is answered (or until the hang is lifted).
+    hang: Option<Duration>,
+    /// `eth_sendRawTransaction` is answered with the transaction's hash and never passed on.
+    drop_transactions: bool,
+    /// Transactions taken and dropped so far.
+    dropped: usize,
     fail: Vec<FailRule>,
     rewrite: Vec<(String, Rewriter)>,
     /// How often each named rule fired.
@@ -168,6 +176,28 @@ impl RpcProxy {
             .push((name.to_owned(), Box::new(rewrite)));
     }
 
+    /// Takes the proxy down (`true`): every connection, new or open, is closed unanswered, as a provider
+    /// that is down or refuses connections; `false` brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.rules().down = down;
+    }
+
+    /// Holds each request `hang` before answering it (a provider that hangs), or answers at once (`None`).
+    /// A request held when the hang is lifted is answered then.
+    pub fn set_hang(&self, hang: Option<Duration>) {
+        self.rules().hang = hang;
+    }
+
+    /// Answers each transaction with its hash and passes none on (`true`): a provider that drops them.
+    pub fn set_drop_transactions(&self, drop: bool) {
+        self.rules().drop_transactions = drop;
+    }
+
+    /// How many transactions it took and dropped.
+    pub fn dropped_transactions(&self) -> usize {
+        self.rules().dropped
+    }
+
     /// Drops the rules called `name`.
     pub fn remove(&self, name: &str) {
         let mut rules = self.rules();
@@ -220,6 +250,10 @@ async fn serve(
             _ = &mut stopped => return,
         };
         while connections.try_join_next().is_some() {}
+        if rules.lock().unwrap_or_else(PoisonError::into_inner).down {
+            drop(stream);
+            continue;
+        }
         let (client, upstream, rules) = (client.clone(), upstream.clone(), rules.clone());
         connections.spawn(async move {
             let service = service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
@@ -231,8 +265,13 @@ async fn serve(
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
+                    held(&rules).await;
+                    // Down: the connection is closed with nothing answered.
+                    if rules.lock().unwrap_or_else(PoisonError::into_inner).down {
+                        return Err("down");
+                    }
                     let reply = answer(&client, &upstream, &rules, &body).await;
-                    Ok::<_, Infallible>(
+                    Ok::<_, &'static str>(
                         Response::builder()
                             .header("content-type", "application/json")
                             .body(Full::new(Bytes::from(reply.to_string())))
@@ -244,6 +283,18 @@ async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Waits while the proxy hangs: the hang's length, or until it is lifted, whichever comes first.
+async fn held(rules: &Mutex<Rules>) {
+    let began = Instant::now();
+    loop {
+        let hang = rules.lock().unwrap_or_else(PoisonError::into_inner).hang;
+        match hang {
+            Some(h) if began.elapsed() < h => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => return,
+        }
     }
 }
 
@@ -284,6 +335,13 @@ async fn answer_one(
         *rules.requests.entry(req.method.to_owned()).or_default() += 1;
         let now = Instant::now();
         rules.fail.retain(|r| r.until.is_none_or(|t| t > now));
+        if rules.drop_transactions && req.method == "eth_sendRawTransaction" {
+            rules.dropped += 1;
+            let raw: Option<alloy::primitives::Bytes> =
+                serde_json::from_value(req.params[0].clone()).ok();
+            let hash = raw.map(|r| alloy::primitives::keccak256(&r));
+            return json!({"jsonrpc": "2.0", "id": request["id"], "result": hash});
+        }
         if let Some(name) = rules
             .fail
             .iter()

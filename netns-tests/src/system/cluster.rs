@@ -267,6 +267,23 @@ impl<'a> Cluster<'a> {
             .to_owned()
     }
 
+    /// Stops node `i`'s simulator (by its PID) and removes its socket: dstack's guest agent gone, as the
+    /// agent sees it. [`Cluster::start_simulator`] brings it back, the same instance.
+    pub fn stop_simulator(&self, i: usize) {
+        let sim = &self.sims[i - 1];
+        let mut guards = self.guards.lock().expect("not poisoned");
+        guards[i - 1].stop();
+        let _ = std::fs::remove_file(&sim.socket);
+    }
+
+    /// Starts node `i`'s simulator again (its default release), and waits until it serves.
+    pub fn start_simulator(&self, i: usize) {
+        let sim = &self.sims[i - 1];
+        let mut guards = self.guards.lock().expect("not poisoned");
+        guards[i - 1] = spawn_simulator(self.dir.path(), i, None, &sim.socket, &sim.log, None);
+        sim.wait_serving(i, &mut guards[i - 1]);
+    }
+
     fn start(
         lan: Option<&'a Lan>,
         rpc_url: String,

@@ -12,12 +12,15 @@
 //!   [`leadership`]: who claims to lead, and [`liveness`]: which peers each agent says are healthy.
 //! - [`term_echo`]: a TCP service that says which seat and term it answers under, for the forwarded ports.
 //! - [`attack`]: what the attacker does in the scenarios, against a cluster's chain.
+//! - [`faults`]: the fault matrix's harness: three RPC providers per node to fail, a tmpfs to fill, and a
+//!   fault's row measured (pings lost, named within, recovered within).
 
 pub mod agent;
 pub mod apps;
 pub mod attack;
 pub mod cluster;
 pub mod convergence;
+pub mod faults;
 pub mod gateway;
 pub mod lan;
 pub mod leadership;

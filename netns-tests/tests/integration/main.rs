@@ -11,6 +11,7 @@
 mod agent_api;
 mod agent_daemon;
 mod chain_follow;
+mod chain_providers;
 mod chain_registration;
 mod meshctl_cli;
 mod meshctl_status;
