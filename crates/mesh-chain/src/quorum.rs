@@ -170,6 +170,21 @@ pub enum Split {
 struct Member {
     url: RedactedUrl,
     transport: BoxTransport,
+    /// Requests sent to it and not answered yet.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A provider that this many requests already wait on is not sent more until some are answered: each holds
+/// a connection, and one that hangs would otherwise gather a connection per request until its timeout.
+const MAX_WAITING: usize = 16;
+
+/// One request counted against a provider until it is answered or dropped.
+struct Waited<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waited<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What every request of the transport shares.
@@ -209,7 +224,11 @@ impl Quorum {
             shared: Arc::new(Shared {
                 members: members
                     .into_iter()
-                    .map(|(url, transport)| Member { url, transport })
+                    .map(|(url, transport)| Member {
+                        url,
+                        transport,
+                        waiting: std::sync::atomic::AtomicUsize::new(0),
+                    })
                     .collect(),
                 quorum,
                 watch,
@@ -279,8 +298,16 @@ async fn hear(
         .map(|(i, m)| {
             let mut transport = m.transport.clone();
             let request = request.clone();
+            let waiting = &m.waiting;
             async move {
+                use std::sync::atomic::Ordering;
                 use tower::Service as _;
+                if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    let full = format!("{MAX_WAITING} requests already wait on it");
+                    return (i, Err(TransportErrorKind::custom_str(&full)));
+                }
+                let _waited = Waited(waiting);
                 (i, transport.call(request).await)
             }
         })

@@ -82,22 +82,25 @@ impl Rpcs {
         let (signed, waiting) = {
             let _one = self.sending.one_at_a_time.lock().await;
             let mut signed = self
-                .sign(what, signer, request.clone(), headroom, None)
+                .sign(what, signer, request.clone(), headroom, Attempt::default())
                 .await?;
             if let Err(e) = self.broadcast(what, &signed.raw).await {
-                // The head the nonce was read at was behind a transaction of this sender: once more, from a
-                // fresh count.
-                if !refused_nonce(&e) {
-                    return Err(e);
-                }
-                debug!(
-                    what,
-                    nonce = signed.nonce,
-                    "the nonce was taken; signing again with the next"
-                );
-                signed = self
-                    .sign(what, signer, request, headroom, Some(signed.nonce + 1))
-                    .await?;
+                // Once more, for the two refusals another signing can answer: a nonce a mined transaction of
+                // this sender took (the head the count was read at was behind it), or one a transaction of its
+                // still waiting holds at a lower price (its own, left behind by a restart or a fee spike).
+                let again = match refused(&e) {
+                    Some(Refused::Nonce) => Attempt {
+                        at_least: Some(signed.nonce + 1),
+                        bump_percent: 0,
+                    },
+                    Some(Refused::Underpriced) => Attempt {
+                        at_least: None,
+                        bump_percent: REPLACEMENT_BUMP_PERCENT,
+                    },
+                    None => return Err(e),
+                };
+                debug!(what, nonce = signed.nonce, ?again, "refused; signing again");
+                signed = self.sign(what, signer, request, headroom, again).await?;
                 self.broadcast(what, &signed.raw).await?;
             }
             self.sending
@@ -124,7 +127,7 @@ impl Rpcs {
         signer: &PrivateKeySigner,
         request: TransactionRequest,
         headroom: u64,
-        at_least: Option<u64>,
+        attempt: Attempt,
     ) -> Result<Signed, ChainError> {
         let from = signer.address();
         let request = request.with_from(from);
@@ -145,16 +148,17 @@ impl Rpcs {
         let (gas, fees, nonce) = tokio::join!(
             self.reader().estimate_gas(request.clone()),
             self.fees(),
-            self.next_nonce(from, at_least),
+            self.next_nonce(from, attempt.at_least),
         );
         let gas = gas
             .map_err(|e| ChainError::from_call(what, alloy::contract::Error::TransportError(e)))?;
         let nonce = nonce?;
+        let bump = |fee: u128| fee.saturating_mul(100 + u128::from(attempt.bump_percent)) / 100;
         let request = match fees? {
             Fees::Eip1559 { max_fee, tip } => request
-                .with_max_fee_per_gas(max_fee)
-                .with_max_priority_fee_per_gas(tip),
-            Fees::Legacy { price } => request.with_gas_price(price),
+                .with_max_fee_per_gas(bump(max_fee))
+                .with_max_priority_fee_per_gas(bump(tip)),
+            Fees::Legacy { price } => request.with_gas_price(bump(price)),
         }
         .with_chain_id(chain_id)
         .with_nonce(nonce)
@@ -287,7 +291,81 @@ impl Rpcs {
     }
 }
 
-/// Whether every provider refused a transaction for its nonce: it was taken by one that is mined.
-fn refused_nonce(e: &ChainError) -> bool {
-    matches!(e, ChainError::Rpc { source: RpcError::ErrorResp(r), .. } if r.message.to_ascii_lowercase().contains("nonce too low"))
+/// How a transaction is signed again after a refusal.
+#[derive(Debug, Clone, Copy, Default)]
+struct Attempt {
+    /// Its nonce at least this.
+    at_least: Option<u64>,
+    /// Its fees this much above the quote.
+    bump_percent: u32,
+}
+
+/// How much above the quote a replacement pays: clients want 10 % more than what it replaces.
+const REPLACEMENT_BUMP_PERCENT: u32 = 30;
+
+/// Why the providers refused a transaction, where signing again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Its nonce was taken by a mined transaction.
+    Nonce,
+    /// A transaction of the sender waiting with its nonce pays more.
+    Underpriced,
+}
+
+fn refused(e: &ChainError) -> Option<Refused> {
+    let ChainError::Rpc {
+        source: RpcError::ErrorResp(r),
+        ..
+    } = e
+    else {
+        return None;
+    };
+    let m = r.message.to_ascii_lowercase();
+    if m.contains("nonce too low") {
+        Some(Refused::Nonce)
+    } else if m.contains("underpriced") {
+        Some(Refused::Underpriced)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(message: &'static str) -> ChainError {
+        ChainError::Rpc {
+            what: "castVote",
+            source: RpcError::ErrorResp(alloy::rpc::json_rpc::ErrorPayload {
+                code: -32000,
+                message: message.into(),
+                data: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_refusal_for_the_nonce_or_the_price_is_signed_again_and_no_other() {
+        assert_eq!(
+            refused(&refusal("nonce too low: next nonce 7")),
+            Some(Refused::Nonce)
+        );
+        assert_eq!(
+            refused(&refusal("replacement transaction underpriced")),
+            Some(Refused::Underpriced)
+        );
+        assert_eq!(
+            refused(&refusal("insufficient funds for gas * price + value")),
+            None
+        );
+        assert_eq!(
+            refused(&ChainError::NoReceipt {
+                what: "castVote",
+                tx: B256::ZERO,
+                waited: RECEIPT_TIMEOUT
+            }),
+            None
+        );
+    }
 }

@@ -7,28 +7,42 @@ use alloy::transports::mock::Asserter;
 use super::*;
 use alloy::primitives::U256;
 
+/// A provider over `transports` (each named by its URL), `quorum` of which must agree, and its report.
+fn over(
+    urls: &[&str],
+    transports: Vec<BoxTransport>,
+    quorum: usize,
+) -> (alloy::providers::DynProvider, QuorumWatch) {
+    let urls: Vec<RedactedUrl> = urls
+        .iter()
+        .map(|u| RedactedUrl::new(&u.parse().unwrap()))
+        .collect();
+    let watch = QuorumWatch::new(&urls, quorum);
+    let members = urls.into_iter().zip(transports).collect();
+    let transport = Quorum::new(members, quorum, watch.clone());
+    let provider = ProviderBuilder::new()
+        .connect_client(RpcClient::new(transport, false))
+        .erased();
+    (provider, watch)
+}
+
+/// A mocked RPC, and what it will answer next.
+fn mocked() -> (BoxTransport, Asserter) {
+    let asserter = Asserter::new();
+    let transport = RpcClient::mocked(asserter.clone()).transport().clone();
+    (transport, asserter)
+}
+
 /// A provider over three mocked RPCs, and what each of them will answer next.
 fn three() -> (alloy::providers::DynProvider, QuorumWatch, [Asserter; 3]) {
-    let asserters = [Asserter::new(), Asserter::new(), Asserter::new()];
-    let urls: Vec<RedactedUrl> = [
+    let [(ta, a), (tb, b), (tc, c)] = [mocked(), mocked(), mocked()];
+    let urls = [
         "https://a.example/",
         "https://b.example/",
         "https://user:secret@c.example/",
-    ]
-    .iter()
-    .map(|u| RedactedUrl::new(&u.parse().unwrap()))
-    .collect();
-    let watch = QuorumWatch::new(&urls, 2);
-    let members = urls
-        .iter()
-        .zip(&asserters)
-        .map(|(u, a)| (u.clone(), RpcClient::mocked(a.clone()).transport().clone()))
-        .collect();
-    let quorum = Quorum::new(members, 2, watch.clone());
-    let provider = ProviderBuilder::new()
-        .connect_client(RpcClient::new(quorum, false))
-        .erased();
-    (provider, watch, asserters)
+    ];
+    let (provider, watch) = over(&urls, vec![ta, tb, tc], 2);
+    (provider, watch, [a, b, c])
 }
 
 #[tokio::test]
@@ -186,32 +200,14 @@ impl tower::Service<RequestPacket> for Hangs {
 
 /// A provider over two mocked RPCs and a third that hangs.
 fn two_and_a_hang() -> (alloy::providers::DynProvider, QuorumWatch, [Asserter; 2]) {
-    let asserters = [Asserter::new(), Asserter::new()];
-    let urls: Vec<RedactedUrl> = [
+    let [(ta, a), (tb, b)] = [mocked(), mocked()];
+    let urls = [
         "https://a.example/",
         "https://b.example/",
         "https://hang.example/",
-    ]
-    .iter()
-    .map(|u| RedactedUrl::new(&u.parse().unwrap()))
-    .collect();
-    let watch = QuorumWatch::new(&urls, 2);
-    let members = vec![
-        (
-            urls[0].clone(),
-            RpcClient::mocked(asserters[0].clone()).transport().clone(),
-        ),
-        (
-            urls[1].clone(),
-            RpcClient::mocked(asserters[1].clone()).transport().clone(),
-        ),
-        (urls[2].clone(), BoxTransport::new(Hangs)),
     ];
-    let quorum = Quorum::new(members, 2, watch.clone());
-    let provider = ProviderBuilder::new()
-        .connect_client(RpcClient::new(quorum, false))
-        .erased();
-    (provider, watch, asserters)
+    let (provider, watch) = over(&urls, vec![ta, tb, BoxTransport::new(Hangs)], 2);
+    (provider, watch, [a, b])
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,17 +257,8 @@ async fn a_dissenter_is_shown_with_the_providers_whose_answer_was_taken_not_as_t
 
 #[tokio::test]
 async fn one_provider_that_is_down_is_named_with_why() {
-    let asserter = Asserter::new();
-    let url = RedactedUrl::new(&"https://user:secret@a.example/".parse().unwrap());
-    let watch = QuorumWatch::new(std::slice::from_ref(&url), 1);
-    let quorum = Quorum::new(
-        vec![(url, RpcClient::mocked(asserter.clone()).transport().clone())],
-        1,
-        watch.clone(),
-    );
-    let provider = ProviderBuilder::new()
-        .connect_client(RpcClient::new(quorum, false))
-        .erased();
+    let (transport, asserter) = mocked();
+    let (provider, watch) = over(&["https://user:secret@a.example/"], vec![transport], 1);
     let err = provider
         .raw_request::<_, String>("eth_call".into(), ())
         .await
@@ -350,4 +337,31 @@ async fn a_transaction_every_provider_refuses_fails_with_the_refusal_most_gave()
         .unwrap_err()
         .to_string();
     assert!(err.contains("insufficient funds"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_hangs_is_sent_no_more_than_sixteen_requests_at_once() {
+    let (provider, watch, [a, b]) = two_and_a_hang();
+    let asks: Vec<_> = (0..MAX_WAITING + 4)
+        .map(|_| {
+            a.push_success(&"0x07");
+            b.push_success(&"0x07");
+            let provider = provider.clone();
+            async move {
+                provider
+                    .raw_request::<_, String>("eth_call".into(), ())
+                    .await
+            }
+        })
+        .collect();
+    for answer in futures::future::join_all(asks).await {
+        assert_eq!(answer.unwrap(), "0x07", "the two others answer every one");
+    }
+    let report = watch.report();
+    let hanging = &report.providers[2];
+    assert_eq!(hanging.failed, 4, "the requests past sixteen: {report:?}");
+    assert_eq!(
+        hanging.failing.as_deref(),
+        Some("16 requests already wait on it")
+    );
 }
