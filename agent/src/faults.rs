@@ -92,7 +92,7 @@ pub fn faults(s: Sources<'_>, wall: SystemTime, mono: Instant) -> Vec<Fault> {
                     servers.len(),
                     names.join(", ")
                 ),
-                nat.report.checked_at.and_then(unix),
+                nat.unanswered_since.and_then(unix),
             ));
         }
     }
@@ -239,6 +239,8 @@ mod tests {
                 ..mesh_wg::NatReport::default()
             },
             candidates: Vec::new(),
+            // Silent since a round before the latest.
+            unanswered_since: mapped.is_none().then(|| at(950)),
         };
         let named = |path, mapped: Option<&str>| {
             let mesh = MeshState {
@@ -272,7 +274,7 @@ mod tests {
             "{}",
             both[0].detail
         );
-        assert_eq!(both[1].since, Some(990));
+        assert_eq!(both[1].since, Some(950), "since the first silent round");
         // Direct, and a STUN server that answered: nothing.
         assert!(named(PathKind::Direct, Some("203.0.113.1:40000")).is_empty());
     }

@@ -119,6 +119,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
                 addr: "203.0.113.1:40000".parse().unwrap(),
                 source: mesh_wg::CandidateSource::Stun,
             }],
+            unanswered_since: None,
         }),
     };
     (chain, reg, mesh)
@@ -582,4 +583,68 @@ fn the_status_shows_the_vote_and_the_last_ballot_with_its_time() {
         serde_json::to_value(&none.status.election).unwrap(),
         serde_json::json!({ "vote": null })
     );
+}
+
+/// A seat below the TCB policy and no longer admitted is kept where it was configured, and shown as a peer;
+/// one this node never configured (it restarted meanwhile) is a refusal with its stage, not left out of
+/// every list.
+#[test]
+fn a_not_admitted_seat_this_node_never_had_is_a_refusal_with_its_stage() {
+    use crate::tcb_stages::{Stage, Standing};
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (mut chain, reg, mesh) = states(now);
+    let verdict = mesh_attest::Verdict {
+        instance_id: [2; 20],
+        app_id: [0; 20],
+        compose_hash: [0; 32],
+        os_measurement: [0; 32],
+        tcb_status: mesh_attest::TcbStatus::OutOfDate,
+        advisory_ids: Vec::new(),
+        fmspc: [0; 6],
+        collateral_next_update: 2_000_000,
+        evidence_hash: [0; 32],
+    };
+    let below = |seat: u64| {
+        (
+            seat,
+            Attested::BelowPolicy {
+                verdict: Box::new(verdict.clone()),
+                standing: Standing {
+                    stage: Stage::NotAdmitted,
+                    since: 999_000,
+                    until: Some(1_000_600),
+                    shortfall: "the platform's TCB status is OutOfDate".into(),
+                },
+            },
+        )
+    };
+    // Seat 2 was configured before (it is in the admitted view); seat 5 was not.
+    chain.attestations = Arc::new([below(2), below(5)].into_iter().collect());
+    let s = rendered(
+        &chain,
+        &reg,
+        &mesh,
+        &LeaderState::default(),
+        Duration::ZERO,
+        now,
+    );
+    assert!(s.peers.iter().any(|p| p.token_id == 2), "kept where it was");
+    assert_eq!(s.refused.len(), 1, "{:?}", s.refused);
+    let r = &s.refused[0];
+    assert_eq!(
+        (
+            r.token_id,
+            r.kind.as_str(),
+            r.stage.as_deref(),
+            r.stage_until
+        ),
+        (5, "tcb-policy", Some("not-admitted"), Some(1_000_600))
+    );
+    assert!(
+        r.reason
+            .starts_with("the platform's TCB status is OutOfDate; not admitted"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(s.status.peers_refused, 1);
 }

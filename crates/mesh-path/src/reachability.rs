@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wg_key::Key;
 
@@ -26,12 +26,22 @@ pub struct Reachability {
     observed: HashMap<Key, (SocketAddrV4, Instant)>,
     /// A round has ended.
     settled: bool,
+    /// When the first of the rounds since which no server answered ended: rounds are frequent, so the
+    /// latest one's time says nothing of how long the servers have been silent.
+    pub unanswered_since: Option<SystemTime>,
     pub own: Arc<OwnCandidates>,
 }
 
 impl Reachability {
     /// A round's outcome and the interfaces' addresses; returns whether the candidates changed.
     pub fn set(&mut self, report: NatReport, locals: Vec<SocketAddrV4>, now: Instant) -> bool {
+        let unanswered =
+            !report.servers.is_empty() && report.servers.iter().all(|s| s.mapped.is_none());
+        self.unanswered_since = if unanswered {
+            self.unanswered_since.or(report.checked_at)
+        } else {
+            None
+        };
         self.report = report;
         self.locals = locals;
         self.settled = true;
@@ -107,6 +117,34 @@ mod tests {
             mapped: mapped.iter().map(|m| m.parse().unwrap()).collect(),
             ..NatReport::default()
         }
+    }
+
+    /// Silent servers are dated from the first round none answered, however many rounds follow; one
+    /// answer clears it.
+    #[test]
+    fn silent_servers_are_dated_from_the_first_unanswered_round() {
+        use crate::stun::ServerResult;
+        let t0 = Instant::now();
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let round = |mapped: Option<&str>, secs| NatReport {
+            servers: vec![ServerResult {
+                server: "192.0.2.1:3478".parse().unwrap(),
+                mapped: mapped.map(|m| m.parse().unwrap()),
+                rtt: None,
+            }],
+            checked_at: Some(at(secs)),
+            ..NatReport::default()
+        };
+        let mut d = Reachability::default();
+        d.set(round(Some("198.51.100.1:40000"), 100), vec![], t0);
+        assert_eq!(d.unanswered_since, None);
+        d.set(round(None, 101), vec![], t0);
+        d.set(round(None, 102), vec![], t0);
+        assert_eq!(d.unanswered_since, Some(at(101)));
+        d.set(round(Some("198.51.100.1:40000"), 103), vec![], t0);
+        assert_eq!(d.unanswered_since, None);
+        d.set(NatReport::default(), vec![], t0);
+        assert_eq!(d.unanswered_since, None, "no servers asked is not silence");
     }
 
     /// Local addresses first, then STUN's, then what peers see; a change bumps the version, the same again

@@ -1,12 +1,14 @@
 //! When to dial a peer's relay: one attempt at a time, and after failures, again only after a backoff that
-//! doubles from 2 s up to 30 s, so a gateway that is down is not hammered.
+//! doubles from 1 s up to 3 s. The relay is dialled only while the pair's UDP does not get through, so the
+//! pair has no path but it: a gateway that is back must carry it again within seconds, not at the end of a
+//! long backoff. What that costs a gateway that is down is one refused connection per relayed peer every 3 s.
 
 use std::time::{Duration, Instant};
 
 use backoff::Backoff;
 
-const BACKOFF_FIRST: Duration = Duration::from_secs(2);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
 #[derive(Debug)]
 pub struct Redial {
@@ -58,24 +60,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_attempt_at_a_time_and_failures_back_off_to_thirty_seconds() {
+    fn one_attempt_at_a_time_and_failures_back_off_to_three_seconds() {
         let t0 = Instant::now();
         let mut r = Redial::default();
         assert!(r.start(t0));
         assert!(!r.start(t0), "one attempt at a time");
         assert_eq!(r.finished(false, t0), 1);
+        assert!(!r.start(t0 + Duration::from_millis(999)));
+        assert!(r.start(t0 + Duration::from_secs(1)));
+        assert_eq!(r.finished(false, t0), 2);
         assert!(!r.start(t0 + Duration::from_millis(1_999)));
         assert!(r.start(t0 + Duration::from_secs(2)));
-        for n in 2..=8 {
+        for n in 3..=20 {
             assert_eq!(r.finished(false, t0), n);
-            r.start(t0 + Duration::from_secs(60));
+            assert!(
+                !r.start(t0 + Duration::from_millis(2_999)),
+                "capped at 3 s, not less"
+            );
+            assert!(
+                r.start(t0 + Duration::from_secs(3)),
+                "capped at 3 s after {n} failures"
+            );
         }
-        r.finished(false, t0);
-        assert!(
-            !r.start(t0 + Duration::from_millis(29_999)),
-            "capped at 30 s"
-        );
-        assert!(r.start(t0 + Duration::from_secs(30)));
         assert_eq!(r.finished(true, t0), 0);
         assert!(r.start(t0), "a success clears the backoff");
         r.abandoned();

@@ -25,8 +25,10 @@ const RETRANSMITS: [Duration; 3] = [
     Duration::from_millis(500),
     Duration::from_millis(1500),
 ];
-/// How long a round waits for answers.
-pub const ROUND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a round waits for answers: the last transmission gets a second, more than a STUN server is worth
+/// waiting for (an answer that late says little of a mapping that punching must use within seconds), and a
+/// node whose servers all stopped answering says so within this and a round's interval.
+pub const ROUND_TIMEOUT: Duration = Duration::from_millis(2_500);
 
 /// Whether a datagram that came to the WireGuard socket is a STUN message rather than WireGuard's.
 /// WireGuard's first four bytes are a type of 1 to 4 and three zero bytes; a STUN message starts with

@@ -204,6 +204,8 @@ pub struct NatStatus {
     pub report: NatReport,
     /// The addresses it publishes to its peers.
     pub candidates: Vec<Candidate>,
+    /// Since when no STUN server has answered, while none does.
+    pub unanswered_since: Option<std::time::SystemTime>,
 }
 
 /// What a peer has published of its candidates, and how punching toward it goes.

@@ -106,8 +106,8 @@ fn the_pccs_down_at_a_refresh_or_a_start_or_serving_expired_collateral_keeps_the
         |s| clear_of(s, "pccs"),
     );
     assert_eq!(row.lost(), 0, "{}", row.line());
-    // The start itself (identity, the chain, the first pass) is in the time to name it.
-    assert!(row.named.is_some_and(|d| d <= WITHIN * 2), "{}", row.line());
+    // From the restart: the agent names it from its first answer.
+    assert!(row.named.is_some_and(|d| d <= WITHIN), "{}", row.line());
     assert!(row.recovered.is_some_and(|d| d <= WITHIN), "{}", row.line());
     wait_full_mesh(&agents, &keys);
     steps.step(
@@ -163,12 +163,8 @@ fn dstack_gone_mid_run_or_at_a_start_is_named_and_waited_for() {
     );
     assert_eq!(row.lost(), 0, "{}", row.line());
     assert!(row.named.is_some_and(|d| d <= WITHIN), "{}", row.line());
-    // Once dstack answers, the agent reads the chain and meshes: more than the fault's end alone.
-    assert!(
-        row.recovered.is_some_and(|d| d <= WITHIN * 3),
-        "{}",
-        row.line()
-    );
+    // Registered and meshed, too, within the bound.
+    assert!(row.recovered.is_some_and(|d| d <= WITHIN), "{}", row.line());
     wait_full_mesh(&agents, &keys);
     steps.step(
         "node 3 started with dstack gone: named while it waited, meshed once dstack was back",
@@ -229,9 +225,9 @@ fn a_full_state_directory_is_named_and_the_mesh_runs_on() {
 }
 
 /// Every STUN server stops answering: the nodes, reached directly, lose nothing, and name the servers at
-/// their next round (every 30 s while they answer); back, they are seen within the retry of 5 s.
+/// their next round (a round a second, each waiting 3 s for answers); back, they are seen at the next round.
 #[test]
-fn every_stun_server_down_is_named_at_the_next_round_and_the_direct_paths_stay() {
+fn every_stun_server_down_is_named_within_seconds_and_the_direct_paths_stay() {
     require_mesh_prerequisites();
     let steps = Steps::new("faults_services/stun");
     let lan = Lan::new(3);
@@ -259,8 +255,7 @@ fn every_stun_server_down_is_named_at_the_next_round_and_the_direct_paths_stay()
         watched: vec![1, 2, 3],
         ping: Some((1, cluster.overlay_of(2))),
         hold: Duration::from_secs(2),
-        // The next round: within 30 s, and the round's own wait for answers.
-        within: Duration::from_secs(45),
+        within: WITHIN * 2,
     }
     .run(
         || {
@@ -283,27 +278,16 @@ fn every_stun_server_down_is_named_at_the_next_round_and_the_direct_paths_stay()
             Duration::from_secs(5),
         );
     }
-    assert_eq!(row.lost(), 0, "{}", row.line());
-    assert!(
-        row.named.is_some_and(|d| d <= Duration::from_secs(40)),
-        "{}",
-        row.line()
-    );
-    assert!(
-        row.recovered
-            .is_some_and(|d| d <= WITHIN + Duration::from_secs(3)),
-        "{}",
-        row.line()
-    );
+    assert_within(&row, WITHIN, &agents);
     steps.step(
-        "every STUN server down: named at the next round, nothing lost, seen back within the retry",
+        "every STUN server down: named within seconds, nothing lost, seen back at the next round",
     );
 }
 
 /// UDP between the nodes blocked, so that every pair goes through the gateway's relay; then the gateway
 /// refuses connections. The pairs need it, so pings are lost while it is down (counted, not bounded); each
-/// agent names the relay of the seat it cannot reach, and the pairs are back on the relay at the next redial
-/// (its backoff doubles from 2 s to 30 s).
+/// agent names the relay of the seat it cannot reach. The outage lasts long enough for the redial's backoff
+/// to reach its cap, and still the pairs are back on the relay within seconds of the gateway's return.
 #[test]
 fn a_gateway_relay_down_while_pairs_need_it_is_named_and_redialled() {
     require_mesh_prerequisites();
@@ -331,8 +315,8 @@ fn a_gateway_relay_down_while_pairs_need_it_is_named_and_redialled() {
         agents: &agents,
         watched: vec![1, 2],
         ping: Some((1, cluster.overlay_of(2))),
-        hold: Duration::from_secs(3),
-        within: Duration::from_secs(40),
+        hold: Duration::from_secs(20),
+        within: WITHIN * 2,
     }
     .run(
         || {
@@ -349,14 +333,10 @@ fn a_gateway_relay_down_while_pairs_need_it_is_named_and_redialled() {
         &["nft", "delete", "table", "inet", "dm_gateway_down"],
         Duration::from_secs(5),
     );
+    assert!(row.named.is_some_and(|d| d <= WITHIN), "{}", row.line());
     assert!(
-        row.named.is_some_and(|d| d <= Duration::from_secs(10)),
-        "{}",
-        row.line()
-    );
-    assert!(
-        row.recovered.is_some_and(|d| d <= Duration::from_secs(35)),
-        "back on the relay within the redial's backoff: {}",
+        row.recovered.is_some_and(|d| d <= WITHIN),
+        "back on the relay within {WITHIN:?} of the gateway's return, after a 20 s outage: {}",
         row.line()
     );
     steps.step(&format!(

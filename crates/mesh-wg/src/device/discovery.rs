@@ -1,9 +1,10 @@
 //! What the device learns of its own reachability, and the candidates it publishes from it: the addresses of
 //! its interfaces, the public address and port STUN servers see its WireGuard socket come from (a round of
-//! requests every [`ROUND_EVERY`], and soon after the namespace's links, addresses or routes change, sent from
-//! that socket, their answers handed over by the receive loop), and the addresses peers that reach it directly
-//! say they see (`mesh_path`'s [`Reachability::observe`]). A NAT that restarts takes the node's interface down and up with it
-//! (slirp4netns does), so the new mapping is known, and published, within a second.
+//! requests every [`ROUND_EVERY`], sent from that socket, their answers handed over by the receive loop; the
+//! servers' names resolved again every [`RESOLVE_EVERY`] and after the namespace's links, addresses or routes
+//! change), and the addresses peers that reach it directly say they see (`mesh_path`'s
+//! [`Reachability::observe`]). A NAT that restarts or remaps is known, and its new mapping published, at the
+//! next round.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -26,21 +27,19 @@ use crate::Error;
 use crate::netlink::NetworkChanges;
 use crate::peer::Via;
 
-/// How often the STUN servers are asked again: often enough that a NAT that remaps is noticed well within
-/// a minute, rarely enough to cost nothing (two small datagrams per server).
-pub(super) const ROUND_EVERY: Duration = Duration::from_secs(30);
-/// How soon the servers are asked again while none of them answered the last round: a node learns within
-/// seconds that they are back (and its status stops naming them), at the cost of a few datagrams.
-pub(super) const UNANSWERED_AGAIN: Duration = Duration::from_secs(5);
+/// How often the STUN servers are asked again. A round costs one small datagram per server (an ICE agent's
+/// keepalives cost as much), and that buys two things: a NAT that remaps is known, and published, within a
+/// second or so, and servers that stop answering are named within this plus a round's timeout (3.5 s), and
+/// servers that answer again are seen as soon.
+pub(super) const ROUND_EVERY: Duration = Duration::from_secs(1);
+/// How often the servers' names are resolved again: not at every round, which would be a DNS query a second.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// How soon names that resolved to nothing are tried again.
+const UNRESOLVED_AGAIN: Duration = Duration::from_secs(5);
 /// How long a STUN server's name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// STUN answers waiting for the discovery loop.
 pub(super) const ANSWERS: usize = 64;
-/// How long the network must be quiet after a change before a round starts: a link that comes back brings
-/// its address and routes in a burst.
-const SETTLE: Duration = Duration::from_millis(300);
-/// The least time between two rounds, however often the network changes.
-const ROUND_GAP: Duration = Duration::from_secs(2);
 
 /// The IPv4 addresses of this namespace's interfaces but the mesh's own, loopback and link-local ones, with
 /// the WireGuard port.
@@ -119,6 +118,29 @@ async fn round(
     }
 }
 
+/// The servers' addresses, resolved again when due.
+struct Resolved {
+    addrs: Vec<SocketAddr>,
+    at: Option<tokio::time::Instant>,
+    warned: HashSet<String>,
+}
+
+impl Resolved {
+    /// The addresses, resolved again first if they are due, or `stale` (the network changed).
+    async fn get(&mut self, servers: &[String], stale: bool) -> &[SocketAddr] {
+        let again = if self.addrs.is_empty() {
+            UNRESOLVED_AGAIN
+        } else {
+            RESOLVE_EVERY
+        };
+        if stale || self.at.is_none_or(|t| t.elapsed() >= again) {
+            self.addrs = resolve(servers, &mut self.warned).await;
+            self.at = Some(tokio::time::Instant::now());
+        }
+        &self.addrs
+    }
+}
+
 /// The discovery loop: a round every [`ROUND_EVERY`] (only the interfaces' addresses without servers), the
 /// candidates recomputed from it, and what changed logged.
 pub(super) async fn discovery_loop(
@@ -127,7 +149,13 @@ pub(super) async fn discovery_loop(
     mut answers: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     mut changes: NetworkChanges,
 ) -> Result<(), Error> {
-    let mut warned = HashSet::new();
+    let mut resolved = Resolved {
+        addrs: Vec::new(),
+        at: None,
+        warned: HashSet::new(),
+    };
+    let mut network_changed = false;
+    let mut network_news = true;
     let mut unanswered_warned = false;
     if servers.is_empty() {
         tracing::info!(
@@ -137,38 +165,36 @@ pub(super) async fn discovery_loop(
     loop {
         let port = shared.read().listen_port;
         let locals = local_addresses(&shared.ifname, shared.overlay, port);
-        let resolved = resolve(&servers, &mut warned).await;
-        let results = if resolved.is_empty() {
+        let addrs = resolved
+            .get(&servers, std::mem::take(&mut network_changed))
+            .await
+            .to_vec();
+        let results = if addrs.is_empty() {
             Vec::new()
         } else {
-            round(&shared, &resolved, &mut answers).await
+            round(&shared, &addrs, &mut answers).await
         };
         let local_addrs: Vec<SocketAddr> = locals.iter().map(|l| SocketAddr::V4(*l)).collect();
         let report = NatReport::new(results, &local_addrs, std::time::SystemTime::now());
         let answered = report.servers.iter().filter(|s| s.mapped.is_some()).count();
-        let unanswered = !resolved.is_empty() && answered == 0;
-        if unanswered {
+        if !addrs.is_empty() && answered == 0 {
             if !unanswered_warned {
-                tracing::warn!(servers = ?resolved, "no STUN server answered: this node cannot learn its public mapping, so peers behind NAT reach it only through the relay or by what other peers see (is UDP to the servers blocked?)");
+                tracing::warn!(servers = ?addrs, "no STUN server answered: this node cannot learn its public mapping, so peers behind NAT reach it only through the relay or by what other peers see (is UDP to the servers blocked?)");
                 unanswered_warned = true;
             }
-        } else {
+        } else if unanswered_warned {
+            tracing::info!(answered, "a STUN server answers again");
             unanswered_warned = false;
         }
         let (mapping, mapped, rtt) = (report.mapping, report.mapped.clone(), report.best_rtt());
         let changed = shared.discovered(|d| d.set(report, locals, Instant::now()));
         if changed {
             let own = shared.own_candidates();
-            tracing::info!(event = "nat.discovered", %mapping, ?mapped, answered, servers = resolved.len(), ?rtt, candidates = ?own.candidates.iter().map(|c| format!("{} ({})", c.addr, c.source.as_str())).collect::<Vec<_>>(), "this node's candidates");
+            tracing::info!(event = "nat.discovered", %mapping, ?mapped, answered, servers = addrs.len(), ?rtt, candidates = ?own.candidates.iter().map(|c| format!("{} ({})", c.addr, c.source.as_str())).collect::<Vec<_>>(), "this node's candidates");
         }
-        // Until the next round: its time, or a change of the network once it has settled (and not sooner
-        // than ROUND_GAP). Answers that come meanwhile belong to no round.
-        let round_ended = tokio::time::Instant::now();
-        let next = tokio::time::sleep(if unanswered {
-            UNANSWERED_AGAIN
-        } else {
-            ROUND_EVERY
-        });
+        // Until the next round; a change of the network meanwhile has the names resolved again for it.
+        // Answers that come meanwhile belong to no round.
+        let next = tokio::time::sleep(ROUND_EVERY);
         tokio::pin!(next);
         loop {
             tokio::select! {
@@ -176,15 +202,14 @@ pub(super) async fn discovery_loop(
                 answer = answers.recv() => if answer.is_none() {
                     return Ok(());
                 },
-                change = changes.next() => {
-                    if change.is_none() {
+                change = changes.next(), if network_news && !network_changed => {
+                    if change.is_some() {
+                        network_changed = true;
+                        tracing::debug!(event = "nat.network_changed", "the network changed: the STUN servers' names are resolved again");
+                    } else {
                         // No more news of the network: the timer alone, then.
-                        std::future::pending::<()>().await;
+                        network_news = false;
                     }
-                    let soonest = (round_ended + ROUND_GAP).max(tokio::time::Instant::now() + SETTLE);
-                    let deadline = next.deadline();
-                    next.as_mut().reset(soonest.min(deadline));
-                    tracing::debug!(event = "nat.network_changed", "the network changed: discovering again");
                 }
             }
         }

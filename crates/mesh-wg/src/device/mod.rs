@@ -308,6 +308,7 @@ impl Device {
         self.shared.discovered(|d| NatStatus {
             report: d.report.clone(),
             candidates: d.own.candidates.clone(),
+            unanswered_since: d.unanswered_since,
         })
     }
 
