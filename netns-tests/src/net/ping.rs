@@ -80,7 +80,11 @@ pub fn rtt_avg_ms(output: &str) -> Option<f64> {
 
 /// (sent, received) from ping's summary line; (0, 0) without one.
 pub fn ping_counts(out: &Output) -> (u32, u32) {
-    let text = String::from_utf8_lossy(&out.stdout);
+    summary_counts(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// (sent, received) from the summary line in ping's output `text`; (0, 0) without one.
+fn summary_counts(text: &str) -> (u32, u32) {
     let Some(line) = text.lines().find(|l| l.contains("packets transmitted")) else {
         return (0, 0);
     };
@@ -96,23 +100,39 @@ pub fn ping_counts(out: &Output) -> (u32, u32) {
     }
 }
 
-/// A ping running in the background (`ping -i <interval> -c <count>`), stopped by its PID if dropped.
+/// A ping running in the background (`ping -O -i <interval> -c <count>`), stopped by its PID if dropped. Its
+/// output goes to a file rather than a pipe (a line per reply would fill a pipe nobody reads), so that
+/// [`BackgroundPing::interrupt`] can tell a reply lost from one still on its way.
 pub struct BackgroundPing {
     what: String,
     count: u32,
     interval: Duration,
+    output: tempfile::NamedTempFile,
     guard: ChildGuard,
 }
 
 impl BackgroundPing {
     pub fn start(ns: &NetNs, ip: Ipv4Addr, count: u32, interval: Duration) -> Self {
-        let args = ping_command(ip, count, interval);
-        let guard = ns.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let output = tempfile::NamedTempFile::new().expect("a file for ping's output");
+        let mut args = ping_command(ip, count, interval);
+        // Every reply on a line, and a line for each request not answered when the next is sent.
+        args.retain(|a| a != "-q");
+        args.insert(1, "-O".to_owned());
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(output.reopen().expect("ping's output file"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ping in {}: {e}", ns.name));
+        let what = format!("ping {ip} from {}", ns.name);
         Self {
-            what: format!("ping {ip} from {}", ns.name),
+            guard: ChildGuard::new(what.clone(), child),
+            what,
             count,
             interval,
-            guard,
+            output,
         }
     }
 
@@ -121,25 +141,99 @@ impl BackgroundPing {
         !self.guard.has_exited()
     }
 
-    /// Stops the ping early (SIGINT, on which ping prints its summary); returns (sent, received) and
-    /// ping's output.
+    /// Stops the ping early (SIGINT); returns (sent, received) and ping's summary. A request still on its way
+    /// when it stopped (sent less than an interval before) counts as neither: only a request that went
+    /// unanswered past the next one and never was answered is lost.
     pub fn interrupt(self) -> (u32, u32, String) {
         let _ = kill(
             Pid::from_raw(i32::try_from(self.guard.pid()).expect("pid fits i32")),
             Signal::SIGINT,
         );
-        let out = self.guard.wait_output(Duration::from_secs(10));
-        let counts = ping_counts(&out);
-        (counts.0, counts.1, format!("{}: {}", self.what, text(&out)))
+        let Self {
+            what,
+            output,
+            guard,
+            ..
+        } = self;
+        let _ = guard.wait_output(Duration::from_secs(10));
+        let text = std::fs::read_to_string(output.path()).unwrap_or_default();
+        let (received, lost) = replies_and_losses(&text);
+        (
+            received + lost,
+            received,
+            format!("{what}: {}", summary(&text)),
+        )
     }
 
     /// Waits for the ping to finish (bounded by its own length plus slack); returns (sent, received) and
-    /// ping's output.
+    /// ping's summary.
     pub fn finish(self) -> (u32, u32, String) {
-        let out = self
-            .guard
-            .wait_output(self.interval * self.count + Duration::from_secs(15));
-        let counts = ping_counts(&out);
-        (counts.0, counts.1, format!("{}: {}", self.what, text(&out)))
+        let Self {
+            what,
+            count,
+            interval,
+            output,
+            guard,
+        } = self;
+        let _ = guard.wait_output(interval * count + Duration::from_secs(15));
+        let text = std::fs::read_to_string(output.path()).unwrap_or_default();
+        let counts = summary_counts(&text);
+        (counts.0, counts.1, format!("{what}: {}", summary(&text)))
+    }
+}
+
+/// The distinct requests answered, and those that went unanswered past the next (`-O`'s "no answer yet")
+/// and were never answered after.
+fn replies_and_losses(text: &str) -> (u32, u32) {
+    use std::collections::BTreeSet;
+    let seq = |line: &str| -> Option<u32> {
+        let rest = &line[line.find("icmp_seq=")? + "icmp_seq=".len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut answered = BTreeSet::new();
+    let mut unanswered = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("no answer yet") {
+            unanswered.extend(seq(line));
+        } else if line.contains(" bytes from ") && !line.contains("(DUP!)") {
+            answered.extend(seq(line));
+        }
+    }
+    let lost = unanswered.difference(&answered).count();
+    (
+        u32::try_from(answered.len()).unwrap_or(u32::MAX),
+        u32::try_from(lost).unwrap_or(u32::MAX),
+    )
+}
+
+/// Ping's summary: from its statistics line on.
+fn summary(text: &str) -> &str {
+    text.find("--- ").map_or(text, |i| &text[i..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_still_on_its_way_is_not_lost_and_one_answered_late_is_not_either() {
+        let out = "PING 10.0.1.2 (10.0.1.2) 56(84) bytes of data.
+64 bytes from 10.0.1.2: icmp_seq=1 ttl=64 time=0.4 ms
+no answer yet for icmp_seq=2
+no answer yet for icmp_seq=3
+64 bytes from 10.0.1.2: icmp_seq=3 ttl=64 time=80 ms
+64 bytes from 10.0.1.2: icmp_seq=4 ttl=64 time=0.3 ms
+64 bytes from 10.0.1.2: icmp_seq=4 ttl=64 time=0.3 ms (DUP!)
+
+--- 10.0.1.2 ping statistics ---
+5 packets transmitted, 3 received, +1 duplicates, 40% packet loss, time 210ms
+";
+        // 2 lost; 5, sent as ping stopped, neither.
+        assert_eq!(replies_and_losses(out), (3, 1));
+        assert_eq!(summary_counts(out), (5, 3));
+        assert!(summary(out).starts_with("--- 10.0.1.2"));
     }
 }
