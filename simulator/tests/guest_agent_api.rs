@@ -342,3 +342,61 @@ async fn mock_pki_quotes_verify_under_the_written_root_and_collateral() {
         "a mock quote must not verify under Intel's root"
     );
 }
+
+/// `--serve-pccs` serves the mock PKI's collateral on Intel's v4 API, and an operator changes its TCB status
+/// with a PUT while it runs, as docs/simulator.md shows with curl.
+#[tokio::test]
+async fn the_mock_pccs_it_serves_takes_a_tcb_status_mid_run() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("root.key");
+    std::fs::write(&root_file, format!("{ROOT_KEY}\n")).unwrap();
+    let seed_file = dir.path().join("pki.seed");
+    std::fs::write(&seed_file, "5e".repeat(32)).unwrap();
+    // A free port: bound, then let go for the simulator.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = cluster_args(root_file.to_str().unwrap(), "node-1");
+    args.extend([
+        "--mock-pki-seed-file",
+        seed_file.to_str().unwrap(),
+        "--serve-pccs",
+        &addr,
+    ]);
+    let _sim = Sim::start(dir.path(), "pccs", &args);
+    let http = |method: &str, path: &str, body: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).expect("the mock PCCS answers");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(
+        http("GET", "/mock", "")
+            .ends_with("{\"tcbStatus\":\"UpToDate\",\"expired\":false,\"down\":false}\n"),
+        "it starts UpToDate"
+    );
+    let said = http("PUT", "/mock/tcb-status", "OutOfDate");
+    assert!(said.ends_with("serving OutOfDate collateral\n"), "{said}");
+    let fmspc = hex::encode_upper(tdx_mock::MockPki::from_seed([0x5e; 32]).fmspc());
+    let tcb = http(
+        "GET",
+        &format!("/tdx/certification/v4/tcb?fmspc={fmspc}"),
+        "",
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(tcb.split_once("\r\n\r\n").map_or("", |(_, b)| b)).unwrap();
+    assert_eq!(
+        body["tcbInfo"]["tcbLevels"][0]["tcbStatus"], "OutOfDate",
+        "the platform's own level, signed again: {body}"
+    );
+}

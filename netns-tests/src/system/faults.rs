@@ -13,7 +13,8 @@ use mesh_api::Status;
 use crate::in_process::rpc_proxy::RpcProxy;
 use crate::net::ping::BackgroundPing;
 use crate::run::wait::wait_until;
-use crate::system::agent::Agent;
+use crate::system::agent::{Agent, AgentConfig};
+use crate::system::cluster::Cluster;
 use crate::system::lan::{Lan, rpc_url};
 
 /// How often the agents' statuses are read while a row is measured.
@@ -59,6 +60,34 @@ impl Providers {
         for node in &self.per_node {
             f(&node[p]);
         }
+    }
+
+    /// The agents of `nodes`, each reading through its three providers, with `flags`, started together and
+    /// waited for until each is ready.
+    pub fn agents<'a>(
+        &self,
+        cluster: &'a Cluster<'a>,
+        nodes: std::ops::RangeInclusive<usize>,
+        flags: &[&str],
+    ) -> Vec<Agent<'a>> {
+        let mut agents: Vec<Agent<'a>> = nodes.map(|i| self.agent(cluster, i, flags)).collect();
+        for a in &mut agents {
+            a.wait_ready(60);
+        }
+        agents
+    }
+
+    /// Node `i`'s agent reading through its three providers, with `flags`, not waited for (a node with no
+    /// seat is never ready until it has one).
+    pub fn agent<'a>(&self, cluster: &'a Cluster<'a>, i: usize, flags: &[&str]) -> Agent<'a> {
+        let rpc = self.urls(i);
+        Agent::builder(cluster)
+            .config(move |n| AgentConfig {
+                rpc_url: rpc.clone(),
+                ..AgentConfig::lan(n)
+            })
+            .flags(flags.iter().copied())
+            .start(i)
     }
 
     /// Provider `p`'s URL as node `i`'s status names it.

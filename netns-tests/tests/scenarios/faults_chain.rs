@@ -30,20 +30,7 @@ fn every_provider_down_for_two_minutes_keeps_the_mesh_and_its_health_and_the_vie
     let lan = Lan::new(4);
     let cluster = Cluster::deploy_seats(&lan, 4);
     let providers = Providers::start(&lan, 3);
-    let mut agents: Vec<Agent<'_>> = (1..=3)
-        .map(|i| {
-            let rpc = providers.urls(i);
-            Agent::builder(&cluster)
-                .config(move |n| AgentConfig {
-                    rpc_url: rpc.clone(),
-                    ..AgentConfig::lan(n)
-                })
-                .start(i)
-        })
-        .collect();
-    for a in &mut agents {
-        a.wait_ready(60);
-    }
+    let agents = providers.agents(&cluster, 1..=3, &[]);
     let keys: Vec<Key> = agents.iter().map(Agent::key).collect();
     wait_full_mesh(&agents, &keys);
     wait_at_rest(&agents);

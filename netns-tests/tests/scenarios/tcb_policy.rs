@@ -5,6 +5,8 @@
 //! - warn within a pass (`attestation.tcbStage` `warned`, `tcbStageUntil` a period later), keep it
 //!   configured, and lose no ping;
 //! - then, at that time, stop admitting it (`not-admitted`) but keep the tunnels it has, still losing no ping;
+//!   a node restarted then had no tunnels, and adds none: it lists both peers in `/v1/peers/refused` as
+//!   `tcb-policy` at stage `not-admitted`, and its `/healthz` says it reaches none of them;
 //! - then, a period later, drop it: refused as `tcb-policy`, its key off the interface.
 //!
 //! Run as root, after building the binaries it runs (this crate's tests do not build them):
@@ -114,7 +116,7 @@ fn a_platform_below_the_tcb_policy_is_warned_then_not_admitted_then_dropped_at_t
             &PERIOD.to_string(),
         ],
     );
-    let (agents, keys) = Agent::builder(&cluster)
+    let (mut agents, keys) = Agent::builder(&cluster)
         .flags(["--full-read-secs", "2"])
         .mesh(1..=NODES);
     for a in &agents {
@@ -186,6 +188,43 @@ fn a_platform_below_the_tcb_policy_is_warned_then_not_admitted_then_dropped_at_t
         steps.step(&format!(
             "at the grace's end (+{late}s) every agent no longer admits its peers, and keeps the tunnels it had"
         ));
+
+        // Node 2 restarts meanwhile (the ping is between 1 and 3): the new process had no tunnels, so it
+        // configures neither peer, and shows both rather than nothing.
+        agents[1].stop();
+        agents[1].start_again();
+        let two = &agents[1];
+        wait_until(
+            "node 2, restarted, to list both peers as refused and not admitted",
+            Duration::from_secs(PERIOD),
+            Duration::from_millis(200),
+            || {
+                two.try_refused().is_ok_and(|refused| {
+                    refused.len() == NODES - 1
+                        && refused.iter().all(|r| {
+                            r.kind == "tcb-policy" && r.stage.as_deref() == Some("not-admitted")
+                        })
+                })
+            },
+            || format!("{:?}\n{}", two.try_refused(), two.tail()),
+        );
+        let (status, peers) = two.status();
+        let health = mesh_api::assess(&status, &peers);
+        assert!(
+            !health.healthy
+                && health
+                    .reasons
+                    .iter()
+                    .any(|r| r.contains("reaches none of the cluster's other seats")),
+            "node 2 says it reaches nobody: {health:?}"
+        );
+        let metrics = two.metrics();
+        assert!(
+            metrics.contains("dstack_mesh_peers_refused{reason=\"tcb-policy\"} 2")
+                && metrics.contains("dstack_mesh_peers_below_tcb_policy{stage=\"not-admitted\"} 2"),
+            "{metrics}"
+        );
+        steps.step("node 2 restarted while its peers were not admitted: both refused with their stage, /healthz unhealthy");
 
         let (sent, received) = pinger.join().expect("pinger");
         assert_eq!(

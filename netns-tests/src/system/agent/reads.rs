@@ -197,17 +197,17 @@ impl Agent<'_> {
 
     /// The seats this node refused for their attestation (`GET /v1/peers/refused`).
     pub fn refused(&self) -> Vec<mesh_api::RefusedPeer> {
+        self.try_refused()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.tail()))
+    }
+
+    /// [`Agent::refused`], or why it could not be read (the agent not serving yet, say).
+    pub fn try_refused(&self) -> Result<Vec<mesh_api::RefusedPeer>, String> {
         block_on(mesh_api::get(
             self.api_socket.as_path(),
             "/v1/peers/refused",
         ))
-        .unwrap_or_else(|e| {
-            panic!(
-                "reading node {}'s refused seats: {e}\n{}",
-                self.index,
-                self.tail()
-            )
-        })
+        .map_err(|e| format!("reading node {}'s refused seats: {e}", self.index))
     }
 
     /// This node's peer `token` as its agent reports it.
