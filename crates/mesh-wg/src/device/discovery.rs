@@ -27,8 +27,8 @@ use crate::Error;
 use crate::netlink::NetworkChanges;
 use crate::peer::Via;
 
-/// How often the STUN servers are asked again. A round costs one small datagram per server (an ICE agent's
-/// keepalives cost as much), and that buys two things: a NAT that remaps is known, and published, within a
+/// How often the STUN servers are asked again. A round costs a 20-byte request per server and its answer,
+/// and that buys two things: a NAT that remaps is known, and published, within a
 /// second or so, and servers that stop answering are named within this plus a round's timeout (3.5 s), and
 /// servers that answer again are seen as soon.
 pub(super) const ROUND_EVERY: Duration = Duration::from_secs(1);
