@@ -274,7 +274,7 @@ pub fn render(
         _ => None,
     };
     let leader = Leader {
-        clock: clock_of(agent.lease, chain, election, leader_seat, token),
+        clock: clock_of(agent, chain, election, leader_seat, token),
         ..match leader_seat.and_then(|s| Some((s, refused_kind(s)?))) {
             Some((seat, kind)) => refused_leader(seat, kind, token, view, election),
             None => leader_of(leader_seat, token, view, &peers, election, &status.node),
@@ -443,23 +443,32 @@ fn verification(report: &mesh_chain::quorum::QuorumReport, now: Instant) -> mesh
     }
 }
 
-/// What the leader's time-dependent fields are worked out from when served ([`Leader::as_of`]): the view
-/// is confirmed by this node's own reads, and for a follower also by the leader itself answering as leader
-/// under the view's term; a view from the state file is confirmed by neither.
+/// What the leader's time-dependent fields are worked out from when served ([`Leader::as_of`]). A node's
+/// own reads confirm the view, which is all the leader itself needs. A follower in WireGuard mode is
+/// current only while the leader itself answers it as leading under the view's term, less than a lease
+/// ago: the chain names a leader, but only its heartbeat says it still holds its lease, and a follower's
+/// leader port must not send sessions to one that does not (frozen, cut off, or handing its term over).
+/// In TLS mode there are no heartbeats, and the reads are all there is. A view from the state file is
+/// confirmed by neither.
 fn clock_of(
-    lease: Duration,
+    agent: &AgentFacts,
     chain: &ChainState,
     election: &LeaderState,
     seat: Option<u64>,
     own: Option<u64>,
 ) -> LeaderClock {
     let read = chain.confirmed_at.filter(|_| !chain.from_cache);
+    let follower = seat.is_some() && seat != own;
     let by_leader = election
         .leader_confirmed_at
-        .filter(|_| seat.is_some() && seat != own && !chain.from_cache);
+        .filter(|_| follower && !chain.from_cache);
+    let confirmed_at = match (follower, agent.mode) {
+        (true, Mode::Wireguard) => by_leader,
+        _ => read.max(by_leader),
+    };
     LeaderClock {
-        lease,
-        confirmed_at: read.max(by_leader),
+        lease: agent.lease,
+        confirmed_at,
         claim_until: election.claim.until(),
     }
 }

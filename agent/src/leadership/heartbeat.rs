@@ -174,6 +174,12 @@ pub fn answers(hb: &Heartbeat, view: View) -> bool {
     }
 }
 
+/// Whether `hb` is the leader of `view` saying, under the view's term, that it does not lead now (unfit, or
+/// without its lease): whatever answer of its said it led before, a follower no longer takes it as leading.
+pub fn disowns(hb: &Heartbeat, view: View) -> bool {
+    view.leader == Some(hb.seat) && hb.leader == Some(hb.seat) && hb.term == view.term && !hb.leads
+}
+
 /// What this node has promised: to confirm no leader but `seat` (0: none) before `until`, the end of its
 /// last confirmation of `seat` or a lease after it started ([`super::lease`], rule 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

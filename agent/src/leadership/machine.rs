@@ -354,6 +354,10 @@ impl Machine {
         {
             s.seen(now);
         }
+        if heartbeat::disowns(&hb, self.view) {
+            // The leader says it does not lead now: nothing this node heard before says it does.
+            self.state.leader_confirmed_at = None;
+        }
         match hb.kind {
             Kind::Ping => self.answer(&hb, from, now),
             Kind::Pong => self.take_pong(&hb, now),

@@ -290,37 +290,81 @@ fn this_node_leads_only_under_its_lease() {
     );
 }
 
-/// A follower's knowledge of the leader is current while its reads, or the leader's own answers,
-/// confirm it; from the state file it is unknown.
+/// A follower's knowledge of the leader is current only while the leader itself answered it as leading
+/// less than a lease ago: its own reads of the chain say who is named, not that the leader still holds its
+/// lease. In TLS mode, with no heartbeats, the reads are what confirms it. From the state file it is unknown.
 #[test]
-fn a_followers_view_of_the_leader_is_confirmed_by_reads_or_by_the_leader() {
+fn a_followers_view_of_the_leader_is_current_while_the_leader_answers_as_leading() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let t0 = std::time::Instant::now();
     let (chain, reg, mesh) = states(now);
     let mut chain = with_leader(&chain, Some(2));
     let at = |ms: u64| t0 + Duration::from_millis(ms);
-    let state = |chain: &ChainState, election: &LeaderState, ms: u64| {
-        with_election(chain, &reg, &mesh, election, now)
-            .leader
-            .as_of(at(ms))
-            .state
+    let state = |agent: &AgentFacts, chain: &ChainState, election: &LeaderState, ms: u64| {
+        let tasks = Published {
+            chain,
+            reg: &reg,
+            mesh: &mesh,
+            leader: election,
+            check: None,
+            dstack: None,
+        };
+        render(
+            agent,
+            &NodeFacts::default(),
+            tasks,
+            Duration::ZERO,
+            clock(now),
+        )
+        .leader
+        .as_of(at(ms))
+        .state
+    };
+    let wireguard = agent();
+    let tls = AgentFacts {
+        mode: Mode::Tls,
+        ..agent()
     };
     let none = LeaderState::default();
-    assert_eq!(state(&chain, &none, 0), mesh_api::Freshness::Unknown);
+    assert_eq!(
+        state(&wireguard, &chain, &none, 0),
+        mesh_api::Freshness::Unknown
+    );
     chain.confirmed_at = Some(at(0));
-    assert_eq!(state(&chain, &none, 4_999), mesh_api::Freshness::Current);
-    assert_eq!(state(&chain, &none, 5_000), mesh_api::Freshness::Stale);
+    assert_eq!(
+        state(&wireguard, &chain, &none, 1),
+        mesh_api::Freshness::Unknown,
+        "a read names the leader; it does not say the leader holds its lease"
+    );
+    assert_eq!(
+        state(&tls, &chain, &none, 4_999),
+        mesh_api::Freshness::Current
+    );
+    assert_eq!(
+        state(&tls, &chain, &none, 5_000),
+        mesh_api::Freshness::Stale
+    );
     let answered = LeaderState {
         leader_confirmed_at: Some(at(4_000)),
         ..LeaderState::default()
     };
     assert_eq!(
-        state(&chain, &answered, 8_999),
+        state(&wireguard, &chain, &answered, 8_999),
         mesh_api::Freshness::Current
+    );
+    assert_eq!(
+        state(&wireguard, &chain, &answered, 9_000),
+        mesh_api::Freshness::Stale,
+        "a lease after the leader's last answer, however fresh the reads"
+    );
+    chain.confirmed_at = Some(at(9_000));
+    assert_eq!(
+        state(&wireguard, &chain, &answered, 9_001),
+        mesh_api::Freshness::Stale
     );
     chain.from_cache = true;
     assert_eq!(
-        state(&chain, &answered, 1_000),
+        state(&wireguard, &chain, &answered, 1_000),
         mesh_api::Freshness::Unknown
     );
 }

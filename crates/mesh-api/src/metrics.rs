@@ -160,7 +160,7 @@ const NODE: &[Metric<Snapshot>] = &[
     m(
         "dstack_mesh_leader_current",
         "gauge",
-        "1 while what this node knows of the leader was confirmed less than a lease ago.",
+        "1 while what this node knows of the leader was confirmed less than a lease ago (on a follower, by the leader answering as leading).",
         |s| u64::from(s.leader.state == crate::types::Freshness::Current),
     ),
     m(

@@ -278,7 +278,7 @@ pub struct Leader {
     /// an older term. Absent before this node has a view of the chain.
     #[serde(default)]
     pub term: Option<u64>,
-    /// Whether what this node knows of the leader was confirmed less than a lease ago.
+    /// Whether what this node knows of the leader was confirmed less than a lease ago ([`Freshness`]).
     #[serde(default)]
     pub state: Freshness,
     /// How long ago that confirmation was, in milliseconds; absent if never.
@@ -329,8 +329,9 @@ impl Default for Leader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Freshness {
-    /// Confirmed less than a lease ago: by this node's own read of the chain, or (for a follower) by the
-    /// leader itself, which answered it as leader under this term.
+    /// Confirmed less than a lease ago: on the leader, by its own read of the chain; on a follower, by the
+    /// leader itself, which answered it as leading under this term (in TLS mode, with no heartbeats, by
+    /// its own read).
     Current,
     /// Confirmed once, but longer ago than a lease: the leader may have changed since.
     Stale,

@@ -4,8 +4,9 @@
 //! - Every node's leader port, on loopback and on its overlay address, reaches the leader's service.
 //! - The replica port reaches the members that do not lead, spread over them.
 //! - The leader's node is cut off the LAN. Its own port refuses connections as soon as its lease lapses; the
-//!   others' connections opened under the old term are closed; once the others elect seat 2, new connections
-//!   reach seat 2's service under the new term. Prints how long node 3's port reached no leader.
+//!   others' ports refuse too, a lease after seat 1 last answered them as leading, before any new term, and
+//!   close the connections they opened to it; once the others elect seat 2, new connections reach seat 2's
+//!   service under the new term. Prints how long node 3's port reached no leader.
 //!
 //! Run as root, after building the binaries it runs:
 //!
@@ -168,14 +169,53 @@ fn the_leader_port_reaches_the_leader_of_the_term_and_only_it() {
         refused_after.as_secs_f64()
     ));
 
-    // Nodes 2 and 3: the connections of term 1 close; new ones reach seat 2 once it leads.
+    // Nodes 2 and 3 no longer hear seat 1 lead: a lease after its last answer (and a heartbeat, for that
+    // answer's ping) they stop forwarding to it, before the others vote it out, and close what they opened.
+    let bound = Duration::from_millis(2_500 + 500 + 1_500);
+    for i in [2, 3] {
+        wait_until(
+            &format!("node {i} to stop taking seat 1 as current"),
+            bound.saturating_sub(cut_at.elapsed()),
+            Duration::from_millis(100),
+            || {
+                agents[i - 1]
+                    .leader()
+                    .is_ok_and(|l| l.state != mesh_api::Freshness::Current)
+            },
+            || format!("{:?}\n{}", agents[i - 1].leader(), agents[i - 1].tail()),
+        );
+    }
+    let stale_after = cut_at.elapsed();
+    assert!(
+        agents[2].leader().is_ok_and(|l| l.token_id == Some(1)),
+        "seat 1 is still the leader named: the followers refuse before any new term"
+    );
+    assert!(reaches(lan.node(3), loopback(LEADER_PORT)).is_none());
+    wait_until(
+        "node 3's status to count a refusal as not-current",
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        || {
+            port_of(&agents[2], PortRole::Leader)
+                .refused
+                .get("not-current")
+                .is_some_and(|&n| n > 0)
+        },
+        || format!("{:?}", port_of(&agents[2], PortRole::Leader)),
+    );
     for (k, c) in held.iter_mut().enumerate() {
         assert!(
-            c.closed_within(Duration::from_secs(30)),
-            "node {}'s connection of term {first_term} outlived its term",
+            c.closed_within(Duration::from_secs(2)),
+            "node {}'s connection to seat 1 outlived seat 1's lease",
             k + 2
         );
     }
+    steps.step(&format!(
+        "nodes 2 and 3 stop forwarding to seat 1 {:.1} s after the cut (its last answer plus the lease), before any new term",
+        stale_after.as_secs_f64()
+    ));
+
+    // New connections reach seat 2 once it leads.
     let answered = std::cell::RefCell::new(None);
     wait_until(
         "node 3's leader port to reach seat 2 under a newer term",

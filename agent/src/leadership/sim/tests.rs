@@ -344,6 +344,55 @@ fn a_partitioned_leader_stops_claiming_and_the_votes_are_withdrawn_once_it_answe
     );
 }
 
+/// Whether seat `follower` takes the leader as holding its lease now: the leader answered it as leading
+/// less than a lease ago (what its leader port forwards on).
+fn takes_leader_as_current(sim: &Sim, follower: u64) -> bool {
+    let node = &sim.nodes[usize::try_from(follower - 1).unwrap()];
+    node.machine
+        .state()
+        .leader_confirmed_at
+        .is_some_and(|t| sim.now.saturating_duration_since(t) < timing().lease)
+}
+
+/// The leader is frozen: its followers stop taking it as current within a lease (and a heartbeat, for the
+/// last answer's ping) of its freeze, whatever their reads of the chain still say, and long before it is
+/// voted out.
+#[test]
+fn a_follower_stops_taking_a_frozen_leader_as_current_within_a_lease() {
+    let mut sim = led_by_seat_1(3);
+    sim.run_until(10.0);
+    assert!(takes_leader_as_current(&sim, 2) && takes_leader_as_current(&sim, 3));
+    sim.node(1).frozen = true;
+    let bound = timing().lease + timing().heartbeat + Duration::from_millis(50);
+    sim.run_until(10.0 + bound.as_secs_f64());
+    assert!(
+        !takes_leader_as_current(&sim, 2) && !takes_leader_as_current(&sim, 3),
+        "the followers still take the frozen leader as current {bound:?} after the freeze"
+    );
+    assert_eq!(sim.contract.leader, Some(1), "not voted out yet");
+}
+
+/// The leader turns unhealthy, which it says in its next heartbeat: its followers stop taking it as current
+/// then, not a lease later.
+#[test]
+fn a_follower_stops_taking_the_leader_as_current_once_it_says_it_does_not_lead() {
+    let mut sim = led_by_seat_1(3);
+    sim.run_until(10.0);
+    assert!(takes_leader_as_current(&sim, 2));
+    sim.set_health(1, false);
+    sim.run_until(10.0 + (timing().heartbeat + Duration::from_millis(50)).as_secs_f64());
+    assert!(
+        !takes_leader_as_current(&sim, 2) && !takes_leader_as_current(&sim, 3),
+        "a heartbeat after the leader stopped leading"
+    );
+    sim.set_health(1, true);
+    sim.run_until(20.0);
+    assert!(
+        takes_leader_as_current(&sim, 2),
+        "current again once it leads again"
+    );
+}
+
 /// What happens to the cluster at a moment of a schedule.
 #[derive(Debug, Clone, Copy)]
 enum Event {
