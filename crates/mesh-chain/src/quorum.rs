@@ -42,7 +42,8 @@ pub const SLOW_AFTER: Duration = Duration::from_secs(3);
 
 /// Once a quorum has given figures, how long the other providers' are waited for, so that the median is
 /// taken over every provider that is up: longer than an honest provider's round trip, short beside a
-/// ballot's deadline when one provider hangs.
+/// ballot's deadline when one provider hangs. As long for the others' word on what one provider has not
+/// seen yet ([`Policy::Pending`]).
 const ESTIMATE_GRACE: Duration = Duration::from_millis(500);
 
 /// What each provider has done since the agent started, for the API and the metrics.
@@ -364,7 +365,10 @@ async fn hear(
                     .iter()
                     .filter(|(_, a)| matches!(a, Answer::Figure(_)))
                     .count();
-                if grace.is_none() && figures >= shared.quorum {
+                let pending_split = h.policy == Policy::Pending
+                    && h.answers.len() >= shared.quorum
+                    && h.answers.iter().any(|(_, a)| *a == agree::not_yet());
+                if grace.is_none() && (figures >= shared.quorum || pending_split) {
                     grace = Some(now + ESTIMATE_GRACE);
                 }
                 reply = Some(r);
@@ -400,6 +404,8 @@ impl Shared {
             (Policy::Estimate, Answer::Figure(_)) if matches!(taken, Answer::Figure(_)) => {
                 self.agreed(&[i]);
             }
+            // "Not yet" was taken: a provider that has it already is ahead, not against.
+            (Policy::Pending, _) if *taken == agree::not_yet() => {}
             _ if answer == *taken => self.agreed(&[i]),
             _ => {
                 let from = h.majority.clone();
@@ -434,7 +440,8 @@ impl Shared {
                 // Whoever took it is the majority a late refusal is weighed against.
                 h.majority = vec![take];
             }
-            Policy::Quorum | Policy::Estimate => {
+            Policy::Pending if h.taken == Some(agree::not_yet()) => {}
+            Policy::Quorum | Policy::Estimate | Policy::Pending => {
                 self.agreed(&h.majority);
                 for &i in dissent {
                     self.dissented(i, &h.method, &h.majority);
@@ -667,7 +674,8 @@ fn answer_of(policy: Policy, method: &str, packet: &ResponsePacket, sent: Option
                     )),
                 };
             }
-            Policy::Quorum => {}
+            Policy::Pending if raw.get().trim() == "null" => return agree::not_yet(),
+            Policy::Quorum | Policy::Pending => {}
         }
     }
     if let (

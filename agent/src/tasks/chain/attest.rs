@@ -103,7 +103,7 @@ pub struct Attestor {
 }
 
 /// The shortest wait before a PCCS that failed is asked again.
-const PCCS_RETRY: Duration = Duration::from_secs(4);
+const PCCS_RETRY: Duration = Duration::from_secs(2);
 
 fn unix_now() -> u64 {
     SystemTime::now()

@@ -27,12 +27,19 @@ pub enum Policy {
     /// A signed transaction: sent to every provider; the first that takes it, under the hash its bytes
     /// have, answers, and the others' answers are duplicates ([`decide_broadcast`]).
     Broadcast,
+    /// A read of what may not be there yet (a transaction's receipt): as [`Policy::Quorum`], but a "not
+    /// yet" (`null`) answers once a quorum has answered without agreeing and the slower ones are no longer
+    /// waited for. The caller asks again; a provider that has not seen a block yet, against one that has,
+    /// holds the answer up no longer than that, rather than until a third that hangs times out
+    /// ([`decide_pending`]).
+    Pending,
 }
 
 /// The policy of `method`. Anything not named here is a read a quorum must agree on.
 pub fn policy(method: &str) -> Policy {
     match method {
         "eth_sendRawTransaction" => Policy::Broadcast,
+        "eth_getTransactionReceipt" | "eth_getTransactionByHash" => Policy::Pending,
         "eth_estimateGas" | "eth_gasPrice" | "eth_maxPriorityFeePerGas" | "eth_blobBaseFee" => {
             Policy::Estimate
         }
@@ -136,6 +143,35 @@ pub fn decide_for(
         Policy::Quorum => decide(answers, outstanding, quorum),
         Policy::Estimate => decide_estimate(answers, outstanding, quorum, settled),
         Policy::Broadcast => decide_broadcast(answers, outstanding),
+        Policy::Pending => decide_pending(answers, outstanding, quorum, settled),
+    }
+}
+
+/// The answer a provider gives for what it does not have (yet).
+pub fn not_yet() -> Answer {
+    Answer::Keyed("null".to_owned())
+}
+
+/// What may not be there yet: as [`decide`]; but while a quorum is not reached, and once `settled` (a
+/// quorum has answered and the rest were waited for a while), a `null` answers: "not yet", which can only
+/// delay the caller, never show it what a quorum did not agree on.
+pub fn decide_pending(
+    answers: &[(usize, Answer)],
+    outstanding: usize,
+    quorum: usize,
+    settled: bool,
+) -> Decision {
+    match decide(answers, outstanding, quorum) {
+        Decision::Wait if settled => {
+            answers
+                .iter()
+                .find(|(_, a)| *a == not_yet())
+                .map_or(Decision::Wait, |(i, _)| Decision::Take {
+                    take: *i,
+                    dissent: Vec::new(),
+                })
+        }
+        decided => decided,
     }
 }
 
@@ -514,10 +550,10 @@ mod tests {
         assert_eq!(policy("eth_sendRawTransaction"), Policy::Broadcast);
         assert_eq!(policy("eth_estimateGas"), Policy::Estimate);
         assert_eq!(policy("eth_maxPriorityFeePerGas"), Policy::Estimate);
+        assert_eq!(policy("eth_getTransactionReceipt"), Policy::Pending);
         for read in [
             "eth_call",
             "eth_getLogs",
-            "eth_getTransactionReceipt",
             "eth_getTransactionCount",
             "eth_getBalance",
             "eth_chainId",
@@ -587,6 +623,36 @@ mod tests {
             decide_estimate(&answers, 0, 2, false),
             Decision::Split { .. }
         ));
+    }
+
+    /// One provider has not seen the block yet (`null`), another has (a receipt), the third hangs: not
+    /// yet, once the slower one is no longer waited for; the receipt itself only where a quorum has it.
+    #[test]
+    fn a_receipt_one_provider_has_not_seen_yet_is_not_yet_rather_than_a_wait_for_a_third() {
+        let receipt = Answer::Keyed("{receipt}".into());
+        let split = [(0, not_yet()), (2, receipt.clone())];
+        assert_eq!(decide_pending(&split, 1, 2, false), Decision::Wait);
+        assert_eq!(
+            decide_pending(&split, 1, 2, true),
+            Decision::Take {
+                take: 0,
+                dissent: vec![]
+            }
+        );
+        let agreed = [(0, receipt.clone()), (2, receipt.clone())];
+        assert_eq!(
+            decide_pending(&agreed, 1, 2, false),
+            Decision::Take {
+                take: 0,
+                dissent: vec![]
+            }
+        );
+        let no_null = [(0, receipt), (2, Answer::Keyed("{another}".into()))];
+        assert_eq!(
+            decide_pending(&no_null, 1, 2, true),
+            Decision::Wait,
+            "two receipts that differ wait for a third: no lie is taken, nor a guess"
+        );
     }
 
     #[test]
