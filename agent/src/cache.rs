@@ -15,6 +15,7 @@ use tracing::warn;
 use crate::attestation::Allowlisted;
 use crate::tcb_stages::BelowSince;
 use mesh_chain::membership::{Pins, Prefix};
+use mesh_chain::pace::BlockPace;
 use mesh_chain::view::ChainView;
 
 /// The state file's name inside the state directory.
@@ -37,6 +38,10 @@ struct StateFile {
     /// grace again. (Absent from files of agents before the TCB policy.)
     #[serde(default)]
     tcb_below: Vec<BelowSince>,
+    /// The chain's pace as last read, which the default leader timeout follows, so that a restart with the
+    /// RPC down leads and follows with the timeout it had. (Absent from files of agents before it.)
+    #[serde(default)]
+    pace: Option<BlockPace>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +131,8 @@ pub struct Saved {
     pub allowlists: Vec<Allowlisted>,
     /// Since when each seat below the cluster's TCB policy has been.
     pub tcb_below: Vec<BelowSince>,
+    /// The chain's pace as last read.
+    pub pace: Option<BlockPace>,
 }
 
 /// The copy that a save replaced: the file as it was one save before, to fall back to when the file itself
@@ -211,6 +218,7 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
                 view: file.view,
                 allowlists: file.allowlists,
                 tcb_below: file.tcb_below,
+                pace: file.pace,
             }))
         }
         1 => {
@@ -220,6 +228,7 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
                 view: file.view.into(),
                 allowlists: Vec::new(),
                 tcb_below: Vec::new(),
+                pace: None,
             }))
         }
         other => Err(format(format!(
@@ -228,7 +237,7 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
     }
 }
 
-/// Saves the view, the allowlist answers and the TCB stages' starts atomically: the text is written whole and synced to a
+/// Saves the view, the allowlist answers, the TCB stages' starts and the chain's pace atomically: the text is written whole and synced to a
 /// temporary file, the file it replaces becomes the last good copy, and the new one is renamed into place.
 ///
 /// # Errors
@@ -238,6 +247,7 @@ pub fn save(
     view: &ChainView,
     allowlists: &[Allowlisted],
     tcb_below: &[BelowSince],
+    pace: Option<BlockPace>,
 ) -> Result<(), StateError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -254,6 +264,7 @@ pub fn save(
         view: view.clone(),
         allowlists: allowlists.to_vec(),
         tcb_below: tcb_below.to_vec(),
+        pace,
     })
     .map_err(|e| StateError::Format {
         path: path.clone(),
@@ -338,7 +349,7 @@ mod tests {
         v.records
             .insert(7, serde_json::from_value(sample_registration()).unwrap());
         v.high_water.insert(7, 1);
-        save(dir.path(), &v, &[], &[]).unwrap();
+        save(dir.path(), &v, &[], &[], None).unwrap();
         let back = load(dir.path()).unwrap().unwrap().view;
         assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(
@@ -373,9 +384,9 @@ mod tests {
             evidence_hash: alloy::primitives::B256::repeat_byte(7),
             since: 1_760_000_000,
         }];
-        save(dir.path(), &view(), &[], &below).unwrap();
+        save(dir.path(), &view(), &[], &below, None).unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().tcb_below, below);
-        save(dir.path(), &view(), &[], &[]).unwrap();
+        save(dir.path(), &view(), &[], &[], None).unwrap();
         let path = dir.path().join(FILE_NAME);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -393,7 +404,7 @@ mod tests {
     #[test]
     fn a_state_file_with_an_invalid_prefix_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &view(), &[], &[]).unwrap();
+        save(dir.path(), &view(), &[], &[], None).unwrap();
         let path = dir.path().join(FILE_NAME);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("\"10.0.1.0\"", "\"10.0.1.9\"")).unwrap();
@@ -419,7 +430,7 @@ mod tests {
     fn saves_and_loads_the_view_privately() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
-        save(dir.path(), &view(), &[], &[]).unwrap();
+        save(dir.path(), &view(), &[], &[], None).unwrap();
         assert_eq!(load(dir.path()).unwrap().map(|s| s.view), Some(view()));
         let mode = std::fs::metadata(dir.path().join(FILE_NAME))
             .unwrap()
@@ -428,6 +439,20 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert!(text.contains("\"version\": 2"), "{text}");
+    }
+
+    /// The chain's pace comes back with the view, and a file written before it loads with none.
+    #[test]
+    fn the_chains_pace_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let pace = BlockPace::Every { secs: 12 };
+        save(dir.path(), &view(), &[], &[], Some(pace)).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().pace, Some(pace));
+        save(dir.path(), &view(), &[], &[], None).unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\"pace\": {"), "{text}");
+        assert_eq!(load(dir.path()).unwrap().unwrap().pace, None);
     }
 
     /// A file of another format is an error that names the file and the version, not a silent reset.
@@ -460,14 +485,14 @@ mod tests {
             b"\x8f\x00\xffrandom",
         ] {
             let dir = tempfile::tempdir().unwrap();
-            save(dir.path(), &older, &[], &[]).unwrap();
-            save(dir.path(), &newer, &[], &[]).unwrap();
+            save(dir.path(), &older, &[], &[], None).unwrap();
+            save(dir.path(), &newer, &[], &[], None).unwrap();
             damage(&dir.path().join(FILE_NAME), damaged);
             let loaded = load(dir.path()).unwrap().expect("the last good copy");
             assert_eq!(loaded.view, older, "falls back to the copy one save back");
             assert_eq!(std::fs::read(damaged_path(dir.path())).unwrap(), damaged);
             assert!(!dir.path().join(FILE_NAME).exists());
-            save(dir.path(), &newer, &[], &[]).unwrap();
+            save(dir.path(), &newer, &[], &[], None).unwrap();
             assert_eq!(load(dir.path()).unwrap().unwrap().view, newer);
             let copy = read(&last_good_path(dir.path())).unwrap().unwrap();
             assert_eq!(copy.view, older, "the damaged file never became the copy");
@@ -478,8 +503,8 @@ mod tests {
     #[test]
     fn a_missing_file_with_a_last_good_copy_uses_the_copy() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &view(), &[], &[]).unwrap();
-        save(dir.path(), &view(), &[], &[]).unwrap();
+        save(dir.path(), &view(), &[], &[], None).unwrap();
+        save(dir.path(), &view(), &[], &[], None).unwrap();
         std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().view, view());
     }

@@ -280,9 +280,10 @@ pub struct RunArgs {
     /// its seat's no-confidence vote against it, in seconds. The leader's lease is half of it: a leader that
     /// cannot read the chain, or hear a majority, or is unhealthy stops reporting itself leader within that.
     /// With no leader, the lowest registered seat elects one at once and each next seat after this long per
-    /// seat below it.
-    #[arg(long, env = "DSTACK_MESH_LEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-    pub leader_timeout: u64,
+    /// seat below it. Default: 10 s, or four blocks on a chain whose blocks are slower than 2.5 s (read from
+    /// its latest blocks at start). Give every node of a cluster the same.
+    #[arg(long, env = "DSTACK_MESH_LEADER_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub leader_timeout: Option<u64>,
     /// Take no part in the leader election: no votes, no elections (the leader is still followed and
     /// served by the API).
     #[arg(long, env = "DSTACK_MESH_NO_FAILOVER")]
@@ -621,11 +622,12 @@ impl RunArgs {
         std::time::Duration::from_millis(self.poll_interval_ms.max(50))
     }
 
-    /// The lease, heartbeat and election times that `--leader-timeout` makes.
-    pub fn leader_timing(&self) -> crate::leadership::lease::Timing {
-        crate::leadership::lease::Timing::for_timeout(std::time::Duration::from_secs(
-            self.leader_timeout,
-        ))
+    /// The lease, heartbeat and election times that `--leader-timeout` makes, if given; without it they
+    /// follow from the chain's pace ([`crate::leadership::lease::Timing::for_pace`]).
+    pub fn leader_timing(&self) -> Option<crate::leadership::lease::Timing> {
+        self.leader_timeout.map(|secs| {
+            crate::leadership::lease::Timing::for_timeout(std::time::Duration::from_secs(secs))
+        })
     }
 
     /// How long a peer may be silent and be shown healthy (`--peer-timeout-ms`).

@@ -75,7 +75,6 @@ async fn daemon(
         mode: args.mode.into(),
         contract,
         rpc: rpc.clone(),
-        lease: args.leader_timing().lease,
         liveness: args.liveness(),
         commit,
         started_at: std::time::SystemTime::now(),
@@ -226,6 +225,7 @@ async fn member(
     let identity = Arc::new(identity);
     tracing::Span::current().record("instance", identity.instance_id());
     info!(instance = %identity.instance_id(), app = %identity.node.app_id, node = %identity.node.address(), wg_key = %identity.wg_public_key(), "identity from dstack and the key store");
+    let cached_pace = saved.as_ref().and_then(|s| s.pace);
     let cached = saved.map(|s| s.view);
     let shared = Shared {
         contract: cluster.address(),
@@ -235,7 +235,8 @@ async fn member(
         tx_key,
         dstack: client,
     };
-    let tasks = Tasks::new(&args, &shared, agent, relay, attestor);
+    let mut tasks = Tasks::new(&args, &shared, agent, relay, attestor);
+    tasks.chain.cached_pace = cached_pace;
     tasks.run(cached, api, cancel).await
 }
 

@@ -41,8 +41,6 @@ pub struct AgentFacts {
     pub contract: Address,
     /// The RPC, shown with its credentials redacted, and scrubbed from the errors shown.
     pub rpc: RedactedUrl,
-    /// The leader's lease ([`crate::leadership::lease::Timing::lease`]): how long a confirmation of the leader lasts.
-    pub lease: Duration,
     /// How long a peer may be silent and be shown healthy.
     pub liveness: Liveness,
     /// The commit the agent was built from.
@@ -275,6 +273,9 @@ pub fn render(
     };
     let leader = Leader {
         clock: clock_of(agent, chain, election, leader_seat, token),
+        timeout_ms: chain
+            .leader_timing
+            .map(|t| u64::try_from(t.timeout.as_millis()).unwrap_or(u64::MAX)),
         ..match leader_seat.and_then(|s| Some((s, refused_kind(s)?))) {
             Some((seat, kind)) => refused_leader(seat, kind, token, view, election),
             None => leader_of(leader_seat, token, view, &peers, election, &status.node),
@@ -467,7 +468,8 @@ fn clock_of(
         _ => read.max(by_leader),
     };
     LeaderClock {
-        lease: agent.lease,
+        // Until the timing is known, nothing is confirmed within it.
+        lease: chain.leader_timing.map_or(Duration::ZERO, |t| t.lease),
         confirmed_at,
         claim_until: election.claim.until(),
     }

@@ -89,6 +89,11 @@ pub struct ChainState {
     pub collateral_failing: Option<Failing>,
     /// The state file could not be written (a full or read-only volume); it is tried again at every step.
     pub save_failing: Option<Failing>,
+    /// The chain's pace, as read at start (or kept in the state file until the RPC answers).
+    pub pace: Option<mesh_chain::pace::BlockPace>,
+    /// The leader's timing: `--leader-timeout`'s, or else the chain's pace's, set once and kept for the
+    /// agent's life (the lease's safety rests on every node keeping its timeout). None until known.
+    pub leader_timing: Option<crate::leadership::lease::Timing>,
 }
 
 /// An outside dependency failing, as a task saw it: since when, and why, in words that name it.

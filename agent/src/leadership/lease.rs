@@ -62,7 +62,23 @@ pub struct Timing {
     pub renew: Duration,
 }
 
+/// The default leader timeout on a chain whose blocks come every 2.5 s or faster, or on demand.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// On a slower chain, the default timeout is this many of its blocks: a ballot cast when it runs out is
+/// mined within a block or two, so a failover takes no more than the timeout and a little.
+pub const TIMEOUT_BLOCKS: u32 = 4;
+
 impl Timing {
+    /// The default timing on a chain of this `pace`: [`DEFAULT_TIMEOUT`], or [`TIMEOUT_BLOCKS`] blocks where
+    /// that is longer.
+    pub fn for_pace(pace: mesh_chain::pace::BlockPace) -> Self {
+        let blocks = pace
+            .block_time()
+            .map_or(Duration::ZERO, |b| b * TIMEOUT_BLOCKS);
+        Self::for_timeout(DEFAULT_TIMEOUT.max(blocks))
+    }
+
     pub fn for_timeout(timeout: Duration) -> Self {
         let lease = timeout / 2;
         Self {
@@ -244,6 +260,34 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn the_default_timeout_is_ten_seconds_or_four_blocks_of_a_slower_chain() {
+        use mesh_chain::pace::BlockPace;
+        let timeout = |pace| Timing::for_pace(pace).timeout.as_secs();
+        assert_eq!(
+            timeout(BlockPace::Every { secs: 1 }),
+            10,
+            "anvil --block-time 1"
+        );
+        assert_eq!(timeout(BlockPace::Every { secs: 2 }), 10, "Base, Optimism");
+        assert_eq!(
+            timeout(BlockPace::Irregular),
+            10,
+            "on demand, or sub-second"
+        );
+        assert_eq!(timeout(BlockPace::Every { secs: 12 }), 48, "Ethereum");
+        let t = Timing::for_pace(BlockPace::Every { secs: 2 });
+        assert_eq!(
+            (t.lease, t.heartbeat, t.renew),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                Duration::from_millis(1_250)
+            ),
+            "the lease and its pace follow from the timeout as before"
+        );
+    }
 
     struct World {
         t0: Instant,

@@ -15,7 +15,6 @@ fn agent() -> AgentFacts {
         mode: Mode::Wireguard,
         contract: Address::repeat_byte(1),
         rpc: RedactedUrl::new(&"https://user:secret@rpc.example/".parse().unwrap()),
-        lease: Duration::from_secs(5),
         liveness: THREE,
         commit: "0123456789ab",
         started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
@@ -84,6 +83,10 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
         requests: 7,
         head_polls: 5,
         rejected: 1,
+        // A 5 s lease.
+        leader_timing: Some(crate::leadership::lease::Timing::for_timeout(
+            Duration::from_secs(10),
+        )),
         ..ChainState::default()
     };
     let reg = RegState {

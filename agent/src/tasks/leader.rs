@@ -33,7 +33,6 @@ pub struct LeaderTask {
     pub rpc: RedactedUrl,
     pub identity: Arc<NodeIdentity>,
     pub tx_key: Option<PrivateKeySigner>,
-    pub timing: Timing,
     /// Heartbeats over the mesh: off in TLS mode, where there is no mesh (such a node leads only a cluster
     /// of one).
     pub heartbeats: bool,
@@ -50,7 +49,6 @@ impl LeaderTask {
             rpc: shared.rpc.clone(),
             identity: Arc::clone(&shared.identity),
             tx_key: shared.tx_key.clone(),
-            timing: args.leader_timing(),
             heartbeats: wireguard,
             ballots: wireguard && !args.no_failover,
         }
@@ -109,14 +107,22 @@ impl LeaderTask {
                 "leader failover is off (--no-failover, or TLS mode): this node will not vote or elect"
             );
         }
-        let mut tick = tokio::time::interval(self.timing.heartbeat);
+        // The timing is the chain task's to settle (the flag, or the chain's pace): nothing is confirmed,
+        // voted or led before it is known, as every node must keep one timeout for the lease to be safe.
+        let Some(timing) = cancel
+            .run_until_cancelled(timing_of(&mut inputs.chain))
+            .await
+        else {
+            return Ok(());
+        };
+        let mut tick = tokio::time::interval(timing.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Answers to an earlier run's pings must not match this run's: start the nonces anywhere.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.subsec_nanos());
         let config = machine::Config {
-            timing: self.timing,
+            timing,
             rpc: self.rpc.clone(),
             heartbeats: self.heartbeats,
             ballots: self.ballots,
@@ -232,6 +238,19 @@ impl LeaderTask {
                 ),
             }
         });
+    }
+}
+
+/// The leader's timing, once the chain task has settled it.
+async fn timing_of(chain: &mut watch::Receiver<ChainState>) -> Timing {
+    loop {
+        if let Some(t) = chain.borrow_and_update().leader_timing {
+            return t;
+        }
+        if chain.changed().await.is_err() {
+            // The chain task is gone: the agent is stopping.
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use crate::{Leader, Peer};
 pub enum Event {
     /// The full peer list.
     Peers(Vec<Peer>),
-    /// The leader.
-    Leader(Leader),
+    /// The leader (boxed: it is the larger by far).
+    Leader(Box<Leader>),
 }
 
 /// An event the client cannot read.
@@ -73,7 +73,11 @@ impl EventParser {
         };
         match name.as_str() {
             "peers" => Some(serde_json::from_str(&data).map(Event::Peers).map_err(bad)),
-            "leader" => Some(serde_json::from_str(&data).map(Event::Leader).map_err(bad)),
+            "leader" => Some(
+                serde_json::from_str(&data)
+                    .map(|l| Event::Leader(Box::new(l)))
+                    .map_err(bad),
+            ),
             _ => None,
         }
     }

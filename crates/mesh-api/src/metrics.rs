@@ -356,6 +356,11 @@ pub fn metrics(s: &Snapshot) -> String {
         "While this node leads: how much longer its lease holds at most.",
         s.leader.lease_ms,
     );
+    out.seconds(
+        "dstack_mesh_leader_timeout_seconds",
+        "The leader timeout this node keeps (--leader-timeout, or the chain's pace's); the lease is half of it.",
+        s.leader.timeout_ms,
+    );
     labelled(&mut out, s);
     forwarded(&mut out, s);
     for (name, help, latency) in [

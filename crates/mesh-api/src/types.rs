@@ -287,6 +287,10 @@ pub struct Leader {
     /// While `isSelf`: how much longer the claim holds at most, in milliseconds.
     #[serde(default)]
     pub lease_ms: Option<u64>,
+    /// The leader timeout this node keeps, in milliseconds (`--leader-timeout`, or the chain's pace's); the
+    /// lease is half of it. Absent until it is known.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
     /// This node's own health signal (the application's report and the agent's check): an unhealthy node
     /// never leads.
     #[serde(default = "yes")]
@@ -318,6 +322,7 @@ impl Default for Leader {
             state: Freshness::Unknown,
             age_ms: None,
             lease_ms: None,
+            timeout_ms: None,
             healthy: true,
             reason: None,
             clock: LeaderClock::default(),

@@ -41,6 +41,7 @@ pub mod follow;
 pub mod heads;
 pub mod membership;
 pub mod node_key;
+pub mod pace;
 pub mod quorum;
 pub mod record;
 pub mod redact;

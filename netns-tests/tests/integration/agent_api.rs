@@ -152,7 +152,10 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
             .unwrap()
     };
     assert_eq!(next().await, Event::Peers(snapshot.peers.clone()));
-    assert_eq!(next().await, Event::Leader(snapshot.leader.clone()));
+    assert_eq!(
+        next().await,
+        Event::Leader(Box::new(snapshot.leader.clone()))
+    );
     let mut counters_moved = snapshot.clone();
     counters_moved.peers[0].rx_bytes += 1000;
     counters_moved.peers[0].latest_handshake = Some(1_000_001);
@@ -165,7 +168,7 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
     server.publish.send(new_leader.clone()).unwrap();
     assert_eq!(
         next().await,
-        Event::Leader(new_leader.leader.clone()),
+        Event::Leader(Box::new(new_leader.leader.clone())),
         "the leader change, and no peers event for counters"
     );
 

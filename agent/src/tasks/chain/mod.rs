@@ -13,6 +13,7 @@ use alloy::transports::http::reqwest::Url;
 use backoff::Backoff;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::{Head, Wake, Wakeups};
+use mesh_chain::pace::BlockPace;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::rpc::Rpcs;
 use mesh_chain::view::{ChainView, Seat};
@@ -24,6 +25,7 @@ use self::attest::Attestor;
 use crate::attestation::{self, Attestations, Attested};
 use crate::cache;
 use crate::config::RunArgs;
+use crate::leadership::lease::Timing;
 use crate::state::{ChainState, Failing, Fault, FaultError, SeatProblem, SeatState};
 use crate::tasks::Shared;
 
@@ -38,6 +40,9 @@ const SEAT_LOOKUP_ON_HEADS: Duration = Duration::from_secs(1);
 /// connection and never answers must not hold the state still.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How soon the chain's pace is read again after a read of it failed.
+const PACE_RETRY: Duration = Duration::from_secs(5);
+
 /// What the chain task needs to know.
 pub struct ChainTask {
     pub contract: Address,
@@ -51,9 +56,10 @@ pub struct ChainTask {
     pub subscribe: Option<Url>,
     pub state_dir: PathBuf,
     pub instance_id: String,
-    /// While the view names this node leader, the chain is read at least this often: the lease is renewed
-    /// only by reads ([`crate::leadership::lease::Timing::renew`]).
-    pub renew: Duration,
+    /// `--leader-timeout`'s timing, if given; else the chain's pace decides it.
+    pub timing_flag: Option<Timing>,
+    /// The chain's pace as the state file kept it.
+    pub cached_pace: Option<BlockPace>,
     /// The daemon's root span: the seat is recorded on it as soon as it is known, so every log line after
     /// that (the registrar's included) carries it.
     pub node_span: tracing::Span,
@@ -80,7 +86,8 @@ impl ChainTask {
             subscribe: args.subscription_url(),
             state_dir: args.state.dir.clone(),
             instance_id: shared.identity.instance_id().to_owned(),
-            renew: args.leader_timing().renew,
+            timing_flag: args.leader_timing(),
+            cached_pace: None,
             node_span: tracing::Span::current(),
             attestor,
         }
@@ -116,6 +123,9 @@ struct Running {
     unsaved: bool,
     /// The chain's pace, from when its head was seen to move.
     heads: mesh_chain::stall::HeadWatch,
+    /// The chain's pace has been read since the start; if not, not before this.
+    pace_read: bool,
+    next_pace_read: Instant,
 }
 
 impl ChainTask {
@@ -131,8 +141,21 @@ impl ChainTask {
     ) -> anyhow::Result<()> {
         let state = ChainState {
             from_cache: cached.is_some(),
+            pace: self.cached_pace,
+            leader_timing: self
+                .timing_flag
+                .or_else(|| self.cached_pace.map(Timing::for_pace)),
             ..ChainState::default()
         };
+        match (self.timing_flag, self.cached_pace, state.leader_timing) {
+            (Some(_), _, Some(t)) => {
+                info!(timeout = ?t.timeout, lease = ?t.lease, "the leader timeout (--leader-timeout)")
+            }
+            (None, Some(pace), Some(t)) => {
+                info!(timeout = ?t.timeout, lease = ?t.lease, %pace, "the leader timeout, from the chain's pace as the state file kept it")
+            }
+            _ => info!("the leader timeout follows the chain's pace, read once the RPC answers"),
+        }
         let mut wakeups = Wakeups::new(self.poll, self.subscribe.clone());
         let mut running = Running {
             state,
@@ -142,6 +165,8 @@ impl ChainTask {
             last_seat_lookup: None,
             unsaved: false,
             heads: mesh_chain::stall::HeadWatch::default(),
+            pace_read: false,
+            next_pace_read: Instant::now(),
             task: self,
         };
         if let Some(view) = cached {
@@ -176,7 +201,8 @@ impl ChainTask {
                 }
             }
             running.state.subscribed = wakeups.subscribed();
-            wakeups.poll_at_least_every(running.leads().then_some(running.task.renew));
+            let renew = running.state.leader_timing.map(|t| t.renew);
+            wakeups.poll_at_least_every(renew.filter(|_| running.leads()));
             if let Some(follower) = &running.follower {
                 wakeups.cluster_of(follower.view().records.len());
             }
@@ -208,8 +234,41 @@ impl Running {
             true => self.follow(heads).await,
             false => self.start_following().await,
         }
+        self.read_pace().await;
         self.count();
         self.find_seat(!heads.is_empty()).await;
+    }
+
+    /// Reads the chain's pace once per run, once the follower has started (the RPC answers): kept in the
+    /// state file for the next start, and the leader's timing unless it is set already.
+    async fn read_pace(&mut self) {
+        if self.pace_read || self.follower.is_none() || Instant::now() < self.next_pace_read {
+            return;
+        }
+        match self.task.rpcs.block_pace().await {
+            Ok(pace) => {
+                self.pace_read = true;
+                if self.state.pace != Some(pace) {
+                    self.state.pace = Some(pace);
+                    self.unsaved = true;
+                }
+                match self.state.leader_timing {
+                    None => {
+                        let t = Timing::for_pace(pace);
+                        info!(timeout = ?t.timeout, lease = ?t.lease, %pace, "the leader timeout, from the chain's pace (--leader-timeout overrides)");
+                        self.state.leader_timing = Some(t);
+                    }
+                    Some(t) if self.task.timing_flag.is_none() && Timing::for_pace(pace) != t => {
+                        info!(timeout = ?t.timeout, %pace, "the chain's pace changed since the state file was written; the leader timeout stays as it is until the agent restarts");
+                    }
+                    Some(_) => {}
+                }
+            }
+            Err(e) => {
+                self.next_pace_read = Instant::now() + PACE_RETRY;
+                tracing::debug!(error = %self.task.rpc.scrub(&e.to_string()), "cannot read the chain's pace yet");
+            }
+        }
     }
 
     fn rpc_failed(&mut self, doing: impl Into<Cow<'static, str>>, e: impl Into<FaultError>) {
@@ -260,6 +319,7 @@ impl Running {
             f.view(),
             &self.task.attestor.allowlists(),
             &self.task.attestor.tcb_below(),
+            self.state.pace,
         ) {
             Ok(()) => {
                 if self.state.save_failing.take().is_some() {

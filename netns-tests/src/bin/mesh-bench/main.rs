@@ -132,8 +132,9 @@ struct Args {
     /// Nodes that join and leave during the churn measurement.
     #[arg(long, default_value_t = 10)]
     churn: usize,
-    /// The agents' --leader-timeout in the failover measurement, in seconds (the agent's default).
-    #[arg(long, default_value_t = 30)]
+    /// The agents' --leader-timeout in the failover measurement, in seconds (the agent's default on a chain
+    /// that makes a block every second, as the bench's anvil does).
+    #[arg(long, default_value_t = 10)]
     leader_timeout: u64,
     /// What to measure, comma-separated (the order given does not matter).
     #[arg(
