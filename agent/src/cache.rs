@@ -94,6 +94,8 @@ impl From<ViewV1> for ChainView {
             high_water,
             leader: None,
             leader_term: 0,
+            term_reason: None,
+            draining: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -329,6 +331,8 @@ mod tests {
             high_water: [(3, 5)].into(),
             leader: Some(2),
             leader_term: 3,
+            term_reason: Some(mesh_chain::view::TermReason::Handoff),
+            draining: [1].into(),
         }
     }
 

@@ -38,6 +38,9 @@ contract DstackClusterElection {
     mapping(uint256 targetTokenId => mapping(uint64 boundBlock => mapping(uint256 voterTokenId => bool))) public
         disputedBy;
     mapping(uint256 targetTokenId => mapping(uint64 boundBlock => uint256)) public disputesAgainst;
+    /// @dev The seats being drained, and each one's place in that list plus one (0: not draining).
+    uint256[] private _drainingSeats;
+    mapping(uint256 tokenId => uint256) private _drainingPlace;
 
     /// @dev The active seats in three levels: bit b of `_activeInWord[w]` is seat 256·w + b; bit (w mod 256) of
     /// `_wordsInGroup[w / 256]` says that word w has a seat, and bit g of `_groupsInUse` that group g has one.
@@ -51,6 +54,8 @@ contract DstackClusterElection {
     event VoteWithdrawn(uint256 indexed voterTokenId, uint256 indexed targetTokenId);
     event LeaderReplaced(uint256 indexed oldTokenId, uint256 indexed newTokenId, uint256 votes, uint256 term);
     event LeaderCleared(uint256 indexed oldTokenId, uint256 term);
+    event LeaderHandedOff(uint256 indexed oldTokenId, uint256 indexed newTokenId, uint256 term);
+    event SeatDraining(uint256 indexed tokenId, bool draining);
     event BindingDisputed(
         uint256 indexed voterTokenId, uint256 indexed targetTokenId, uint64 boundBlock, uint256 disputes
     );
@@ -63,6 +68,8 @@ contract DstackClusterElection {
     error LeaderNotSeatAgent(uint256 tokenId, address caller);
     error LeaderSeatInactive(uint256 tokenId);
     error LeaderOnlyCluster(address caller);
+    error LeaderNotLeader(uint256 tokenId, uint256 leaderTokenId);
+    error LeaderHandOffIneligible(uint256 tokenId);
     error DisputeSeatNotBound(uint256 tokenId);
     error DisputeBindingChanged(uint256 tokenId, uint64 disputed, uint64 current);
 
@@ -97,6 +104,39 @@ contract DstackClusterElection {
         ++votesAgainst[targetTokenId];
         emit VoteCast(voterTokenId, targetTokenId);
         _checkLeader();
+    }
+
+    /// @notice The leader, seat `fromTokenId`, hands its term over to seat `toTokenId`: a planned change (an
+    /// upgrade, a drain) that needs no silence and no votes. The leader's holder or its node may call it. The
+    /// successor must be another active seat, under the no-confidence threshold and not draining. The term
+    /// grows by one, as at every change; the leader's agent stops claiming its lease before it sends this, so
+    /// that the two terms' leases never overlap.
+    function handOff(uint256 fromTokenId, uint256 toTokenId) external {
+        _requireActiveVoter(fromTokenId);
+        if (leaderTokenId != fromTokenId) revert LeaderNotLeader(fromTokenId, leaderTokenId);
+        if (
+            toTokenId == fromTokenId || !cluster.isActiveSeat(toTokenId) || draining(toTokenId)
+                || votesAgainst[toTokenId] >= voteThreshold()
+        ) revert LeaderHandOffIneligible(toTokenId);
+        emit LeaderHandedOff(fromTokenId, toTokenId, _setLeader(toTokenId));
+    }
+
+    /// @notice Marks seat `tokenId` as draining for maintenance (or not): its agent hands off if it leads,
+    /// no leader is handed to, elected or chosen among draining seats while another is eligible, and replicas
+    /// are not read from them. Its holder or its node may set it; a seat that leaves stops draining.
+    function setDraining(uint256 tokenId, bool on) external {
+        _requireVoter(tokenId);
+        _setDraining(tokenId, on);
+    }
+
+    /// @notice Whether seat `tokenId` is draining.
+    function draining(uint256 tokenId) public view returns (bool) {
+        return _drainingPlace[tokenId] != 0;
+    }
+
+    /// @notice Every seat draining now (few: seats are drained one or two at a time), in no order.
+    function drainingSeats() external view returns (uint256[] memory) {
+        return _drainingSeats;
     }
 
     /// @notice Withdraws seat `voterTokenId`'s vote; its holder or its node may.
@@ -150,6 +190,7 @@ contract DstackClusterElection {
     function seatLeft(uint256 tokenId) external {
         if (msg.sender != address(cluster)) revert LeaderOnlyCluster(msg.sender);
         _markActive(tokenId, false);
+        _setDraining(tokenId, false);
         uint256 previous = voteOf[tokenId];
         if (previous != 0) _withdrawVote(tokenId, previous);
         if (leaderTokenId == tokenId) {
@@ -157,6 +198,22 @@ contract DstackClusterElection {
         } else {
             _checkLeader();
         }
+    }
+
+    function _setDraining(uint256 tokenId, bool on) private {
+        uint256 place = _drainingPlace[tokenId];
+        if ((place != 0) == on) return;
+        if (on) {
+            _drainingSeats.push(tokenId);
+            _drainingPlace[tokenId] = _drainingSeats.length;
+        } else {
+            uint256 last = _drainingSeats[_drainingSeats.length - 1];
+            _drainingSeats[place - 1] = last;
+            _drainingPlace[last] = place;
+            _drainingSeats.pop();
+            delete _drainingPlace[tokenId];
+        }
+        emit SeatDraining(tokenId, on);
     }
 
     function _setLeader(uint256 next) private returns (uint256 term) {
@@ -179,14 +236,18 @@ contract DstackClusterElection {
         emit LeaderReplaced(leader, next, votes, _setLeader(next));
     }
 
-    /// @dev Reads at most three seats: each active seat has one vote, and the threshold is more than half of
-    /// them, so no more than two seats can be at it.
+    /// @dev The lowest active seat under the threshold that is not draining, else the lowest under the
+    /// threshold. Each active seat has one vote and the threshold is more than half of them, so no more than
+    /// two seats can be at it: beyond those, only draining seats are passed over.
     function _lowestEligible() private view returns (uint256) {
         uint256 threshold = voteThreshold();
+        uint256 drained;
         for (uint256 id = _nextActive(1); id != 0; id = _nextActive(id + 1)) {
-            if (votesAgainst[id] < threshold) return id;
+            if (votesAgainst[id] >= threshold) continue;
+            if (_drainingPlace[id] == 0) return id;
+            if (drained == 0) drained = id;
         }
-        return 0;
+        return drained;
     }
 
     function _markActive(uint256 tokenId, bool active) private {

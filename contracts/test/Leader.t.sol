@@ -3,30 +3,12 @@ pragma solidity ^0.8.24;
 
 import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
 import {DstackClusterElection} from "../src/DstackClusterElection.sol";
-import {ClusterFixture} from "./utils/ClusterFixture.sol";
+import {LeaderFixture} from "./utils/LeaderFixture.sol";
 import {vm} from "./utils/Vm.sol";
 
 /// @notice Leader election: f = ⌊(n−1)/2⌋, f+1 no-confidence votes replace the leader by the lowest-id
 /// active seat that is itself under the threshold.
-contract LeaderTest is ClusterFixture {
-    function setUp() public {
-        cluster = _deploy();
-    }
-
-    function _holder(uint256 i) internal pure returns (address) {
-        return address(uint160(0x1000 + i));
-    }
-
-    function _seats(uint256 n) internal {
-        for (uint256 i = 1; i <= n; ++i) {
-            _mint(_holder(i), "");
-        }
-    }
-
-    function _vote(uint256 voter, uint256 target) internal {
-        vm.prank(_holder(voter));
-        election.castVote(voter, target);
-    }
+contract LeaderTest is LeaderFixture {
 
     function test_ElectionForOneToSevenSeats() public {
         for (uint256 n = 1; n <= 7; ++n) {

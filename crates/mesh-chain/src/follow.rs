@@ -215,6 +215,8 @@ fn events_filter(view: &ChainView, app_auth: Option<Address>, from: u64, to: u64
             DstackClusterElection::LeaderElected::SIGNATURE_HASH,
             DstackClusterElection::LeaderReplaced::SIGNATURE_HASH,
             DstackClusterElection::LeaderCleared::SIGNATURE_HASH,
+            DstackClusterElection::LeaderHandedOff::SIGNATURE_HASH,
+            DstackClusterElection::SeatDraining::SIGNATURE_HASH,
         ])
         .from_block(from)
         .to_block(to)
@@ -525,7 +527,14 @@ impl Follower {
             .call()
             .await
             .map_err(call("leaderTerm"))?;
-        let mut apply = ListingApply::new(&self.view, leader, term);
+        self.count();
+        let draining = e
+            .drainingSeats()
+            .block(target.into())
+            .call()
+            .await
+            .map_err(call("drainingSeats"))?;
+        let mut apply = ListingApply::new(&self.view, leader, term, &draining);
         for p in &peers {
             let mut need = apply.list(p);
             if need == Need::BindingEvent {

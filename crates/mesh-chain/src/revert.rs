@@ -308,6 +308,27 @@ fn describe_election(e: &ElectionE) -> Revert {
             ),
             None,
         ),
+        ElectionE::LeaderNotLeader(x) => revert(
+            "LeaderNotLeader",
+            if x.leaderTokenId.is_zero() {
+                format!("{} cannot hand off: no seat leads", seat(&x.tokenId))
+            } else {
+                format!(
+                    "{} cannot hand off: {} leads",
+                    seat(&x.tokenId),
+                    seat(&x.leaderTokenId)
+                )
+            },
+            Some("only the leader hands off; see `meshctl leader show`".into()),
+        ),
+        ElectionE::LeaderHandOffIneligible(x) => revert(
+            "LeaderHandOffIneligible",
+            format!(
+                "{} cannot take the lead: it is the leader itself, inactive, draining, or at the no-confidence threshold",
+                seat(&x.tokenId)
+            ),
+            Some("pick another seat with --to, or leave --to out to let the leader choose".into()),
+        ),
         ElectionE::LeaderOnlyCluster(x) => revert(
             "LeaderOnlyCluster",
             format!(

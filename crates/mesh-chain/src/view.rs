@@ -2,7 +2,7 @@
 //! only through [`ChainView::bind`], which takes a seat's binding (its node key and evidence), and
 //! [`ChainView::offer`], which lets in records signed by the seat's bound node and newer than what is known.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use alloy_primitives::{Address, B256, Bytes, keccak256};
 use serde::{Deserialize, Serialize};
@@ -39,10 +39,43 @@ pub struct ChainView {
     /// it is what the RPC says, as every vote and election is settled by the contract itself.
     #[serde(default)]
     pub leader: Option<u64>,
-    /// The contract's `leaderTerm`: one more at every leader change (elected, replaced, cleared), so that
-    /// applications can fence off the writes of an older leader with it. 0 before the first election.
+    /// The contract's `leaderTerm`: one more at every leader change (elected, replaced, cleared, handed
+    /// off), so that applications can fence off the writes of an older leader with it. 0 before the first
+    /// election.
     #[serde(default)]
     pub leader_term: u64,
+    /// How the term began, from the event that began it; none when a full read found it begun (the
+    /// contract keeps no record of why).
+    #[serde(default)]
+    pub term_reason: Option<TermReason>,
+    /// The seats their holders drain for maintenance (`drainingSeats`).
+    #[serde(default)]
+    pub draining: BTreeSet<u64>,
+}
+
+/// How a leader's term began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TermReason {
+    /// `electLeader`, with no leader.
+    Elected,
+    /// The leader handed its term over (`handOff`): a planned change.
+    Handoff,
+    /// f+1 no-confidence votes replaced it: a failover.
+    VotedOut,
+    /// Its seat was deactivated or revoked, and no leader took over.
+    SeatLeft,
+}
+
+impl TermReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Elected => "elected",
+            Self::Handoff => "handoff",
+            Self::VotedOut => "voted-out",
+            Self::SeatLeft => "seat-left",
+        }
+    }
 }
 
 impl ChainView {
@@ -60,6 +93,8 @@ impl ChainView {
             high_water: BTreeMap::new(),
             leader: None,
             leader_term: 0,
+            term_reason: None,
+            draining: BTreeSet::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::error::ChainError;
 use crate::heads::Head;
 use crate::membership::Rejected;
 use crate::record::SignedRegistration;
-use crate::view::{Binding, ChainView};
+use crate::view::{Binding, ChainView, TermReason};
 
 /// One log of a polled range, as far as the follower understands it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub enum Event {
     LeaderElected(DstackClusterElection::LeaderElected),
     LeaderReplaced(DstackClusterElection::LeaderReplaced),
     LeaderCleared(DstackClusterElection::LeaderCleared),
+    LeaderHandedOff(DstackClusterElection::LeaderHandedOff),
+    SeatDraining(DstackClusterElection::SeatDraining),
     /// A log from an address the follower did not ask for.
     Foreign(Address),
     /// A log of the cluster or its election that the follower has no use for.
@@ -61,6 +63,10 @@ impl Logged {
                 Event::LeaderReplaced(e.inner.data)
             } else if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderCleared>() {
                 Event::LeaderCleared(e.inner.data)
+            } else if let Ok(e) = log.log_decode::<DstackClusterElection::LeaderHandedOff>() {
+                Event::LeaderHandedOff(e.inner.data)
+            } else if let Ok(e) = log.log_decode::<DstackClusterElection::SeatDraining>() {
+                Event::SeatDraining(e.inner.data)
             } else {
                 Event::Other
             }
@@ -155,6 +161,8 @@ pub struct Changes {
     pub bindings: bool,
     /// The leader, or its term.
     pub leader: bool,
+    /// The seats draining.
+    pub draining: bool,
 }
 
 impl Changes {
@@ -163,11 +171,12 @@ impl Changes {
             records: before.records != after.records,
             bindings: before.bindings != after.bindings,
             leader: before.leader != after.leader || before.leader_term != after.leader_term,
+            draining: before.draining != after.draining,
         }
     }
 
     pub fn any(&self) -> bool {
-        self.records || self.bindings || self.leader
+        self.records || self.bindings || self.leader || self.draining
     }
 }
 
@@ -186,6 +195,19 @@ fn term_of(term: U256, held: u64) -> u64 {
             warn!(%term, held, "the leader's term went back or out of range (a reorg, or a lying RPC); keeping the higher one. On chains that reorg, use --confirmations");
             held
         }
+    }
+}
+
+impl ChainView {
+    /// A term an event began: its leader, and how it began, unless the term goes back ([`term_of`]).
+    fn new_term(&mut self, leader: Option<u64>, term: U256, reason: TermReason) {
+        let held = self.leader_term;
+        let term = term_of(term, held);
+        if term > held {
+            self.term_reason = Some(reason);
+        }
+        self.leader = leader;
+        self.leader_term = term;
     }
 }
 
@@ -323,16 +345,22 @@ impl RangeApply {
         let next = &mut self.next;
         match &log.event {
             Event::LeaderElected(e) => {
-                next.leader = leader_of(e.tokenId);
-                next.leader_term = term_of(e.term, next.leader_term);
+                next.new_term(leader_of(e.tokenId), e.term, TermReason::Elected);
             }
             Event::LeaderReplaced(e) => {
-                next.leader = leader_of(e.newTokenId);
-                next.leader_term = term_of(e.term, next.leader_term);
+                next.new_term(leader_of(e.newTokenId), e.term, TermReason::VotedOut);
             }
-            Event::LeaderCleared(e) => {
-                next.leader = None;
-                next.leader_term = term_of(e.term, next.leader_term);
+            Event::LeaderCleared(e) => next.new_term(None, e.term, TermReason::SeatLeft),
+            Event::LeaderHandedOff(e) => {
+                next.new_term(leader_of(e.newTokenId), e.term, TermReason::Handoff);
+            }
+            Event::SeatDraining(e) => {
+                if let Some(token) = seat(e.tokenId) {
+                    match e.draining {
+                        true => next.draining.insert(token),
+                        false => next.draining.remove(&token),
+                    };
+                }
             }
             Event::Foreign(address) => {
                 // The filter named two addresses: an RPC that answers with others is not to be believed.
@@ -459,6 +487,8 @@ pub struct Listing {
     pub leader: U256,
     /// `leaderTerm`.
     pub term: U256,
+    /// `drainingSeats`.
+    pub draining: Vec<U256>,
 }
 
 /// What a listed record needs before it is settled.
@@ -501,14 +531,20 @@ pub struct ListingApply {
 }
 
 impl ListingApply {
-    /// Starts applying a listing to `view`, with the election's `leader` and `term` at the listing's block.
-    pub fn new(view: &ChainView, leader: U256, term: U256) -> Self {
+    /// Starts applying a listing to `view`, with the election's `leader`, `term` and `draining` seats at the
+    /// listing's block.
+    pub fn new(view: &ChainView, leader: U256, term: U256, draining: &[U256]) -> Self {
         let mut next = view.clone();
         let held = std::mem::take(&mut next.records);
         // The listing names the holder of every seat it lists; no other seat's holder is kept.
         next.holders.clear();
         next.leader = leader_of(leader);
         next.leader_term = term_of(term, view.leader_term);
+        if next.leader_term != view.leader_term {
+            // Begun since the node last looked, by what it cannot tell.
+            next.term_reason = None;
+        }
+        next.draining = draining.iter().filter_map(|t| seat(*t)).collect();
         Self {
             next,
             held,
@@ -669,7 +705,7 @@ pub fn apply_listing(
         &DstackClusterNFT::Peer,
     ) -> Read<DstackClusterNFT::PeerRegistered>,
 ) -> ListingApplied {
-    let mut apply = ListingApply::new(view, listing.leader, listing.term);
+    let mut apply = ListingApply::new(view, listing.leader, listing.term, &listing.draining);
     for p in &listing.peers {
         let mut need = apply.list(p);
         if need == Need::BindingEvent {

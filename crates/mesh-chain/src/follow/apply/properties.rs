@@ -201,6 +201,7 @@ fn listing(listed: &BTreeMap<u64, (usize, u64)>, leader: u64, term: u64) -> List
             .collect(),
         leader: U256::from(leader),
         term: U256::from(term),
+        draining: Vec::new(),
     }
 }
 

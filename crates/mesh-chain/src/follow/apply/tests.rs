@@ -412,6 +412,91 @@ fn the_leader_follows_the_election_and_its_term_never_goes_back() {
     assert_eq!((out.view.leader, out.view.leader_term), (None, 6));
 }
 
+/// Each term remembers how it began: elected, voted out, handed off or its seat gone. A stale event (a
+/// term that goes back) changes neither the leader's reason nor its term.
+#[test]
+fn each_term_keeps_how_it_began() {
+    let view = view_at_10(&[]);
+    let elected = log(Event::LeaderElected(DstackClusterElection::LeaderElected {
+        tokenId: U256::from(1),
+        term: U256::from(1),
+    }));
+    let handed = |from: u64, to: u64, term: u64| {
+        log(Event::LeaderHandedOff(
+            DstackClusterElection::LeaderHandedOff {
+                oldTokenId: U256::from(from),
+                newTokenId: U256::from(to),
+                term: U256::from(term),
+            },
+        ))
+    };
+    let out = poll(&view, std::slice::from_ref(&elected));
+    assert_eq!(out.view.term_reason, Some(TermReason::Elected));
+    let out = poll(&out.view, &[handed(1, 2, 2)]);
+    assert_eq!(
+        (out.view.leader, out.view.leader_term, out.view.term_reason),
+        (Some(2), 2, Some(TermReason::Handoff))
+    );
+    assert!(Changes::between(&view, &out.view).leader);
+    let stale = poll(&out.view, &[elected]);
+    assert_eq!(
+        (stale.view.leader_term, stale.view.term_reason),
+        (2, Some(TermReason::Handoff)),
+        "an older term's event does not rewrite how this one began"
+    );
+    let cleared = log(Event::LeaderCleared(DstackClusterElection::LeaderCleared {
+        oldTokenId: U256::from(2),
+        term: U256::from(3),
+    }));
+    let out = poll(&out.view, &[cleared]);
+    assert_eq!(
+        (out.view.leader, out.view.term_reason),
+        (None, Some(TermReason::SeatLeft))
+    );
+}
+
+/// A seat marked draining is in the view until it is unmarked; a seat id out of range is skipped.
+#[test]
+fn draining_seats_follow_their_events() {
+    let view = view_at_10(&[]);
+    let draining = |token: U256, on: bool| {
+        log(Event::SeatDraining(DstackClusterElection::SeatDraining {
+            tokenId: token,
+            draining: on,
+        }))
+    };
+    let out = poll(
+        &view,
+        &[
+            draining(U256::from(2), true),
+            draining(U256::from(3), true),
+            draining(U256::MAX, true),
+        ],
+    );
+    assert_eq!(out.view.draining, [2, 3].into());
+    assert!(Changes::between(&view, &out.view).draining);
+    let out = poll(&out.view, &[draining(U256::from(2), false)]);
+    assert_eq!(out.view.draining, [3].into());
+}
+
+/// A full read takes the draining seats as listed, and forgets how a term it did not see begin began.
+#[test]
+fn a_full_read_lists_draining_seats_and_forgets_the_reason_of_an_unseen_term() {
+    let mut view = view_at_10(&[]);
+    view.leader = Some(1);
+    view.leader_term = 1;
+    view.term_reason = Some(TermReason::Elected);
+    view.draining = [4].into();
+    let mut same = listing(&[], 1, 1);
+    same.draining = vec![U256::from(2)];
+    let out = apply_listing(&view, &same, binding_events, no_event_read);
+    assert_eq!(out.view.term_reason, Some(TermReason::Elected));
+    assert_eq!(out.view.draining, [2].into());
+    let out = apply_listing(&view, &listing(&[], 3, 2), binding_events, no_event_read);
+    assert_eq!((out.view.leader, out.view.term_reason), (Some(3), None));
+    assert!(out.view.draining.is_empty());
+}
+
 /// At 0 confirmations the last processed block is the head: a head announced at its height with another
 /// hash replaces it. With confirmations, or at another height, it does not.
 #[test]
@@ -566,6 +651,7 @@ fn listing(records: &[(&SignedRegistration, u8)], leader: u64, term: u64) -> Lis
             .collect(),
         leader: U256::from(leader),
         term: U256::from(term),
+        draining: Vec::new(),
     }
 }
 
