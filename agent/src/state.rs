@@ -176,6 +176,42 @@ pub struct LeaderState {
     pub leader_confirmed_at: Option<Instant>,
     /// The last ballot this node sent, and what came of it.
     pub last_ballot: Option<BallotLog>,
+    /// The hand-off this node is making, while it is.
+    pub handoff: Option<HandOffLog>,
+    /// Why the last hand-off could not be made, once it was given up.
+    pub handoff_error: Option<String>,
+    /// The last hand-off this node made that landed.
+    pub last_handoff: Option<HandedOff>,
+    /// This node is being drained: asked to (SIGTERM, the API), or its seat marked draining on-chain.
+    pub draining: bool,
+    /// The other seats being drained: heard so lately, or marked on-chain.
+    pub draining_peers: std::collections::BTreeSet<u64>,
+}
+
+/// A hand-off under way ([`crate::leadership::machine`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandOffLog {
+    /// The term given up.
+    pub term: u64,
+    /// The successor the transaction names.
+    pub to: u64,
+    /// Why: `asked` or `drain`.
+    pub cause: &'static str,
+    pub since: Instant,
+    /// Why the last attempt failed, scrubbed of the RPC's credentials.
+    pub error: Option<String>,
+}
+
+/// A hand-off that landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOff {
+    /// The term given up.
+    pub term: u64,
+    /// The leader the view named after it.
+    pub to: Option<u64>,
+    pub cause: &'static str,
+    /// From the release to the view showing the new term.
+    pub took: Duration,
 }
 
 /// A ballot this node sent, as the API reports it ([`mesh_api::BallotReport`]).

@@ -15,9 +15,16 @@
 //! not fit, for `--leader-timeout` bring its vote ([`super::election`]). A leader counts the supporting
 //! pongs towards its lease ([`super::lease`]).
 //!
-//! Wire format, 36 bytes, big-endian: `"DMHB"`, version 1, kind (1 ping, 2 pong), flags (bit 0 fit, 1
-//! leads, 2 supports: pongs only), a zero byte, then the sender's seat, the leader its view names (0:
-//! none) and that view's term as u64s, and the nonce as a u32. Anything else is refused.
+//! A leader that hands its term off says it has **released** it: it no longer leads under that term and never
+//! will again, so whoever promised it (rule 5 of [`super::lease`]) is free of that promise at once, and its
+//! successor need not wait a lease for the majority. A node being **drained** says so too, and pings every
+//! seat while it is, so that replica ports leave it out of their rotation.
+//!
+//! Wire format, 36 bytes, big-endian: `"DMHB"`, version, kind (1 ping, 2 pong), flags (bit 0 fit, 1
+//! leads, 2 supports: pongs only; version 2 adds 3 released and 4 draining), a zero byte, then the sender's
+//! seat, the leader its view names (0: none) and that view's term as u64s, and the nonce as a u32. Anything
+//! else is refused. A heartbeat without the version 2 flags is sent as version 1, which agents before
+//! hand-offs read: in a cluster being upgraded they miss only the releases and the drains, and wait a lease.
 
 /// The UDP port heartbeats use on each node's overlay address; the same on every node. Not next to
 /// WireGuard's 51820, where an operator who moves a node's WireGuard would likely put it (WireGuard binds
@@ -28,10 +35,13 @@ pub const PORT: u16 = 51871;
 pub const LEN: usize = 36;
 
 const MAGIC: [u8; 4] = *b"DMHB";
-const VERSION: u8 = 1;
+/// Versions read: 1, and 2 with its flags.
+const VERSION: u8 = 2;
 const FIT: u8 = 1;
 const LEADS: u8 = 2;
 const SUPPORTS: u8 = 4;
+const RELEASED: u8 = 8;
+const DRAINING: u8 = 16;
 
 /// A ping or its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +67,11 @@ pub struct Heartbeat {
     /// A pong's sender confirms the pinger as its leader under `term`: it took the ping as an answer, and
     /// holds no vote against it. Always false in a ping.
     pub supports: bool,
+    /// The sender named itself leader under `term`, does not lead under it now, and never will again: it
+    /// handed it off.
+    pub released: bool,
+    /// The sender is being drained: no replica port sends to it, and no leader is handed to it.
+    pub draining: bool,
     /// A ping's own; a pong's is its ping's.
     pub nonce: u32,
 }
@@ -68,7 +83,7 @@ pub enum Malformed {
     Length(usize),
     #[error("it does not start with DMHB")]
     Magic,
-    #[error("version {0}, not {VERSION}: is the sender another version of the agent?")]
+    #[error("version {0}, not 1 or {VERSION}: is the sender a newer agent?")]
     Version(u8),
     #[error("kind {0} is neither ping (1) nor pong (2)")]
     Kind(u8),
@@ -84,7 +99,11 @@ impl Heartbeat {
     pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
         b[..4].copy_from_slice(&MAGIC);
-        b[4] = VERSION;
+        b[4] = if self.released || self.draining {
+            VERSION
+        } else {
+            1
+        };
         b[5] = match self.kind {
             Kind::Ping => 1,
             Kind::Pong => 2,
@@ -92,7 +111,9 @@ impl Heartbeat {
         let flag = |on: bool, bit: u8| if on { bit } else { 0 };
         b[6] = flag(self.fit, FIT)
             | flag(self.leads, LEADS)
-            | flag(self.supports && self.kind == Kind::Pong, SUPPORTS);
+            | flag(self.supports && self.kind == Kind::Pong, SUPPORTS)
+            | flag(self.released, RELEASED)
+            | flag(self.draining, DRAINING);
         b[8..16].copy_from_slice(&self.seat.to_be_bytes());
         b[16..24].copy_from_slice(&self.leader.unwrap_or(0).to_be_bytes());
         b[24..32].copy_from_slice(&self.term.to_be_bytes());
@@ -111,19 +132,22 @@ impl Heartbeat {
         if b[..4] != MAGIC {
             return Err(Malformed::Magic);
         }
-        if b[4] != VERSION {
-            return Err(Malformed::Version(b[4]));
-        }
+        let since_2 = match b[4] {
+            1 => 0,
+            VERSION => RELEASED | DRAINING,
+            v => return Err(Malformed::Version(v)),
+        };
         let kind = match b[5] {
             1 => Kind::Ping,
             2 => Kind::Pong,
             k => return Err(Malformed::Kind(k)),
         };
         let flags = b[6];
-        let allowed = match kind {
-            Kind::Ping => FIT | LEADS,
-            Kind::Pong => FIT | LEADS | SUPPORTS,
-        };
+        let allowed = since_2
+            | match kind {
+                Kind::Ping => FIT | LEADS,
+                Kind::Pong => FIT | LEADS | SUPPORTS,
+            };
         if flags & !allowed != 0 {
             return Err(Malformed::Flags(flags));
         }
@@ -149,6 +173,8 @@ impl Heartbeat {
             fit: flags & FIT != 0,
             leads: flags & LEADS != 0,
             supports: flags & SUPPORTS != 0,
+            released: flags & RELEASED != 0,
+            draining: flags & DRAINING != 0,
             nonce: u32::from_be_bytes(nonce),
         })
     }
@@ -181,10 +207,11 @@ pub fn disowns(hb: &Heartbeat, view: View) -> bool {
 }
 
 /// What this node has promised: to confirm no leader but `seat` (0: none) before `until`, the end of its
-/// last confirmation of `seat` or a lease after it started ([`super::lease`], rule 5).
+/// last confirmation of `seat` under `term`, or a lease after it started ([`super::lease`], rule 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Promise {
     pub seat: u64,
+    pub term: u64,
     pub until: std::time::Instant,
 }
 
@@ -192,6 +219,13 @@ impl Promise {
     /// Whether it still binds this node at `now` against confirming `seat`.
     pub fn forbids(&self, seat: u64, now: std::time::Instant) -> bool {
         self.seat != seat && now < self.until
+    }
+
+    /// Whether `hb` frees this node of the promise: the seat promised released the very term it was
+    /// confirmed under. A release of an older term (a datagram that lingered) frees nothing: the seat may
+    /// lead again under a newer one, on this node's word.
+    pub fn released_by(&self, hb: &Heartbeat) -> bool {
+        hb.released && hb.seat == self.seat && hb.term == self.term && hb.leader == Some(hb.seat)
     }
 }
 
@@ -229,6 +263,8 @@ mod tests {
             fit: true,
             leads: true,
             supports: false,
+            released: false,
+            draining: false,
             nonce: 7,
         }
     }
@@ -243,9 +279,21 @@ mod tests {
             fit: true,
             leads: false,
             supports: true,
+            released: false,
+            draining: false,
             nonce: 0xdead_beef,
         };
         assert_eq!(Heartbeat::decode(&pong.encode()), Ok(pong));
+        assert_eq!(pong.encode()[4], 1, "read by agents before hand-offs");
+        let farewell = Heartbeat {
+            fit: false,
+            leads: false,
+            released: true,
+            draining: true,
+            ..ping(1, 1, 9)
+        };
+        assert_eq!(Heartbeat::decode(&farewell.encode()), Ok(farewell));
+        assert_eq!(farewell.encode()[4], 2);
         let none = Heartbeat {
             leader: None,
             fit: false,
@@ -268,11 +316,19 @@ mod tests {
             Err(Malformed::Length(37))
         );
         assert_eq!(Heartbeat::decode(&with(0, b'X')), Err(Malformed::Magic));
-        assert_eq!(Heartbeat::decode(&with(4, 2)), Err(Malformed::Version(2)));
+        assert_eq!(Heartbeat::decode(&with(4, 3)), Err(Malformed::Version(3)));
+        assert_eq!(
+            Heartbeat::decode(&with(6, FIT | RELEASED)),
+            Err(Malformed::Flags(FIT | RELEASED)),
+            "version 1 has no releases"
+        );
+        let mut v2 = with(4, 2);
+        v2[6] = FIT | DRAINING;
+        assert!(Heartbeat::decode(&v2).is_ok_and(|hb| hb.draining));
         assert_eq!(Heartbeat::decode(&with(5, 3)), Err(Malformed::Kind(3)));
         assert_eq!(
-            Heartbeat::decode(&with(6, 0x08)),
-            Err(Malformed::Flags(0x08))
+            Heartbeat::decode(&with(6, 0x20)),
+            Err(Malformed::Flags(0x20))
         );
         assert_eq!(
             Heartbeat::decode(&with(6, SUPPORTS)),
@@ -323,6 +379,7 @@ mod tests {
         let now = std::time::Instant::now();
         let free = Promise {
             seat: 0,
+            term: 0,
             until: now,
         };
         let supports =
@@ -361,7 +418,11 @@ mod tests {
         };
         let now = std::time::Instant::now();
         let until = now + std::time::Duration::from_secs(1);
-        let promise = Promise { seat: 2, until };
+        let promise = Promise {
+            seat: 2,
+            term: 5,
+            until,
+        };
         assert!(!super::supports(&ping(1, 1, 6), view, &[], promise, now));
         assert!(super::supports(&ping(1, 1, 6), view, &[], promise, until));
         let view2 = View {
@@ -369,6 +430,33 @@ mod tests {
             term: 6,
         };
         assert!(super::supports(&ping(2, 2, 6), view2, &[], promise, now));
+    }
+
+    /// Only the seat promised, releasing the very term it was confirmed under, frees a node of its
+    /// promise: a lingering release of an older term does not.
+    #[test]
+    fn a_release_frees_a_promise_only_for_the_term_it_was_given_under() {
+        let promise = Promise {
+            seat: 1,
+            term: 5,
+            until: std::time::Instant::now(),
+        };
+        let release = |seat, term| Heartbeat {
+            fit: false,
+            leads: false,
+            released: true,
+            ..ping(seat, seat, term)
+        };
+        assert!(promise.released_by(&release(1, 5)));
+        assert!(!promise.released_by(&release(1, 4)), "an older term");
+        assert!(!promise.released_by(&release(2, 5)), "another seat");
+        assert!(
+            !promise.released_by(&Heartbeat {
+                released: false,
+                ..release(1, 5)
+            }),
+            "no release"
+        );
     }
 
     #[test]

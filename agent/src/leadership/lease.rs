@@ -111,6 +111,8 @@ pub struct Facts<'a> {
     pub promised_until: Option<Instant>,
     /// When this node's health changes by itself (the application's report lapses).
     pub health_lapses_at: Option<Instant>,
+    /// This node released the term its view names: it is handing it off ([`super::heartbeat`]).
+    pub released: bool,
     /// For each seat: when this node sent the latest heartbeat that the seat answered confirming it as
     /// leader under its term.
     pub support: &'a BTreeMap<u64, Instant>,
@@ -155,6 +157,8 @@ pub enum Declined {
     Promised,
     /// Too few other seats confirmed this node as leader within the lease.
     NoQuorum { have: usize, need: usize },
+    /// It released its term to hand it off, and never leads under it again.
+    HandingOff,
 }
 
 impl std::fmt::Display for Declined {
@@ -181,6 +185,9 @@ impl std::fmt::Display for Declined {
                 f,
                 "only {have} of the {need} other seats needed confirmed this node as leader over the mesh within the lease"
             ),
+            Self::HandingOff => f.write_str(
+                "this node is handing its term to another seat, and does not lead under it again",
+            ),
         }
     }
 }
@@ -196,6 +203,9 @@ pub fn claim(f: &Facts<'_>) -> Claim {
     let Some(own) = f.own.filter(|o| f.leader == Some(*o)) else {
         return Claim::NotNamed;
     };
+    if f.released {
+        return Claim::Declines(Declined::HandingOff);
+    }
     if let Some(why) = f.unhealthy {
         return Claim::Declines(Declined::Unhealthy(why.to_owned()));
     }
@@ -249,7 +259,8 @@ pub fn fit(f: &Facts<'_>) -> bool {
         true => f.timing.lease,
         false => f.timing.lease.max(FOLLOWER_FRESH),
     };
-    f.unhealthy.is_none()
+    !(named && f.released)
+        && f.unhealthy.is_none()
         && f.refused.is_none()
         && f.confirmed_at
             .is_some_and(|t| f.now.saturating_duration_since(t) < fresh_for)
@@ -331,6 +342,7 @@ mod tests {
                 refused: None,
                 promised_until: None,
                 health_lapses_at: None,
+                released: false,
                 support: &self.support,
                 timing: Timing::for_timeout(TIMEOUT),
                 now: self.at(now_ms),
@@ -465,6 +477,23 @@ mod tests {
             Claim::Declines(Declined::Unhealthy("postgres is down".into()))
         );
         assert!(!fit(&f));
+    }
+
+    /// A leader that released its term does not lead under it, however confirmed, and says it is not fit,
+    /// so that the others vote it out if its hand-off never lands; once another seat is named, it may be
+    /// fit again.
+    #[test]
+    fn a_leader_that_released_its_term_declines_and_is_not_fit() {
+        let w = World::new(3).confirmed_by(2, 1_000);
+        let mut f = w.facts(1, 1, Some(1_000), 1_500);
+        f.released = true;
+        assert_eq!(claim(&f), Claim::Declines(Declined::HandingOff));
+        assert!(!fit(&f));
+        let follower = w.facts(1, 2, Some(1_000), 1_500);
+        assert!(fit(&Facts {
+            released: true,
+            ..follower
+        }));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   loop, whose holds are counted.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use backoff::Backoff;
@@ -21,6 +21,11 @@ use mesh_chain::election::{Ballot, Cast, ElectionError};
 use mesh_chain::error::ChainError;
 use mesh_chain::redact::RedactedUrl;
 use tracing::{debug, info, warn};
+
+mod beats;
+mod handoff;
+
+pub use handoff::{HandOffCause, HandOffRefused};
 
 use super::election::{self, Sighting};
 use super::heartbeat::{self, Heartbeat, Kind, Promise, View};
@@ -55,6 +60,8 @@ pub struct Chain {
     pub from_cache: bool,
     /// The last block the view has read.
     pub block: u64,
+    /// The seats marked draining on-chain.
+    pub draining: Vec<u64>,
 }
 
 impl Chain {
@@ -87,6 +94,8 @@ pub enum Job {
     ReadVote { seat: u64 },
     /// Send this seat's ballot.
     Cast { seat: u64, ballot: Ballot },
+    /// Hand this seat's term to seat `to`.
+    HandOff { seat: u64, to: u64 },
 }
 
 /// How a [`Job`] ended.
@@ -95,6 +104,7 @@ pub enum JobDone {
     Connected(Result<(), ChainError>),
     VoteRead(Result<Option<u64>, ChainError>),
     Cast(Ballot, Result<Cast, ElectionError>),
+    HandedOff(u64, Result<Cast, ElectionError>),
     /// The job ended without an answer (it panicked, or was cancelled).
     Lost,
 }
@@ -160,6 +170,23 @@ pub struct Machine {
     support: BTreeMap<u64, Instant>,
     /// The leader this node last confirmed, and until when that binds it ([`heartbeat::Promise`]).
     promise: Promise,
+    /// The hand-off under way, and the last term this node released (it never leads under it again).
+    handoff: Option<handoff::HandOff>,
+    released: Option<u64>,
+    /// A term this node lost without releasing it, to say farewell for at the next heartbeat.
+    farewell_due: Option<u64>,
+    /// This node was asked to drain (SIGTERM, the API).
+    drain_asked: bool,
+    /// When a drain last tried to hand off, and under which term.
+    drain_tried: Option<(u64, Instant)>,
+    /// The last term whose hand-off no seat would take.
+    gave_up: Option<u64>,
+    /// When each seat last said it was draining.
+    heard_draining: BTreeMap<u64, Instant>,
+    /// Whether each seat's last heartbeat said it was fit.
+    fit_heard: BTreeMap<u64, bool>,
+    /// Seats to ping now rather than at the next heartbeat: the view changed, a leader began to lead.
+    ping_now: Vec<u64>,
     transmits: VecDeque<Transmit>,
     jobs: VecDeque<Job>,
 }
@@ -198,8 +225,18 @@ impl Machine {
             support: BTreeMap::new(),
             promise: Promise {
                 seat: 0,
+                term: 0,
                 until: now + config.timing.lease,
             },
+            handoff: None,
+            released: None,
+            farewell_due: None,
+            drain_asked: false,
+            drain_tried: None,
+            gave_up: None,
+            heard_draining: BTreeMap::new(),
+            fit_heard: BTreeMap::new(),
+            ping_now: Vec::new(),
             config,
             transmits: VecDeque::new(),
             jobs: VecDeque::new(),
@@ -289,6 +326,9 @@ impl Machine {
     /// One heartbeat: pings out, stale bookkeeping dropped, and this node's ballot decided.
     pub fn handle_tick(&mut self, now: Instant) {
         self.follow_view(now);
+        if let (Some(term), Some(own)) = (self.farewell_due.take(), self.own()) {
+            self.farewell_for(own, term, now);
+        }
         let registered = self.chain.registered.clone();
         let lease = self.config.timing.lease;
         self.sent
@@ -358,6 +398,17 @@ impl Machine {
             // The leader says it does not lead now: nothing this node heard before says it does.
             self.state.leader_confirmed_at = None;
         }
+        if self.promise.released_by(&hb) {
+            debug!(
+                seat = hb.seat,
+                term = hb.term,
+                "the leader this node promised released its term"
+            );
+            self.promise.until = self.promise.until.min(now);
+        }
+        self.heard_drain(hb.seat, hb.draining, now);
+        self.fit_heard.insert(hb.seat, hb.fit);
+        self.catch_up(&hb);
         match hb.kind {
             Kind::Ping => self.answer(&hb, from, now),
             Kind::Pong => self.take_pong(&hb, now),
@@ -380,6 +431,7 @@ impl Machine {
                 self.casting = None;
                 self.cast_done(now, ballot, result);
             }
+            JobDone::HandedOff(to, result) => self.handoff_sent(now, to, result),
             JobDone::Lost => {
                 warn!("a leader job ended abnormally");
                 self.casting = None;
@@ -405,7 +457,23 @@ impl Machine {
         if ballots {
             self.decide_ballot(now);
         }
+        let was_leading = matches!(self.state.claim, Claim::Leads { .. });
         self.decide_claim(now);
+        if let Some(own) = self.own() {
+            if !was_leading && matches!(self.state.claim, Claim::Leads { .. }) {
+                // The followers learn it leads now, not at the next heartbeat.
+                self.ping_now = self.others(own);
+            }
+            let now_due = std::mem::take(&mut self.ping_now);
+            if !now_due.is_empty() && self.config.heartbeats && self.hearing {
+                self.ping(own, &now_due, now);
+            }
+        }
+        if self.drain_handoff(now).is_none() {
+            self.drive_handoff(now);
+        }
+        self.state.draining = self.draining();
+        self.state.draining_peers = self.draining_peers(now);
     }
 
     /// The facts the lease is decided on.
@@ -419,6 +487,7 @@ impl Machine {
             refused: self.chain.own_refused.as_deref(),
             promised_until: Some(self.promise.until),
             health_lapses_at: HealthSignal::lapses_at(self.app.as_ref(), now),
+            released: self.released_now(),
             support: &self.support,
             timing: self.config.timing,
             now,
@@ -482,134 +551,20 @@ impl Machine {
             return;
         }
         debug!(?view, was = ?self.view, "the leader or its term changed");
+        let was = self.view;
         self.view = view;
         self.support.clear();
         self.state.leader_confirmed_at = None;
+        self.handoff_view_changed(now, was);
+        if let Some(own) = self.own() {
+            // A new leader claims, and its followers confirm it, without waiting for the next heartbeat.
+            self.ping_now = self.targets(own);
+        }
         match view.leader {
             Some(_) => self.leaderless_since = None,
             None => {
                 self.leaderless_since.get_or_insert(now);
             }
-        }
-    }
-
-    /// The seats this node pings: every other registered seat if the contract names it leader, else the
-    /// leader and its vote's target.
-    fn targets(&self, own: u64) -> Vec<u64> {
-        match self.view.leader == Some(own) {
-            true => self
-                .chain
-                .registered
-                .iter()
-                .copied()
-                .filter(|s| *s != own)
-                .collect(),
-            false => election::to_watch(Some(own), self.view.leader, self.state.vote),
-        }
-    }
-
-    /// What this node says of itself in a heartbeat.
-    fn me(&self, own: u64, now: Instant) -> Heartbeat {
-        let health = self.health(now);
-        let facts = self.lease_facts(&health, now);
-        Heartbeat {
-            kind: Kind::Ping,
-            seat: own,
-            leader: self.view.leader,
-            term: self.view.term,
-            fit: lease::fit(&facts),
-            leads: matches!(lease::claim(&facts), Claim::Leads { .. }),
-            supports: false,
-            nonce: 0,
-        }
-    }
-
-    fn ping(&mut self, own: u64, targets: &[u64], now: Instant) {
-        let me = self.me(own, now);
-        for seat in targets {
-            // A refused seat, or one without a record: no tunnel carries a heartbeat to it.
-            let Some(ip) = self.chain.addresses.get(seat) else {
-                continue;
-            };
-            let nonce = self.next_nonce;
-            self.next_nonce = self.next_nonce.wrapping_add(1);
-            let ping = Heartbeat { nonce, ..me };
-            self.sent.insert(nonce, (*seat, now));
-            self.transmits.push_back(Transmit {
-                to: SocketAddr::V4(SocketAddrV4::new(*ip, heartbeat::PORT)),
-                bytes: ping.encode(),
-            });
-        }
-    }
-
-    fn refuse(&mut self, from: SocketAddr, why: &str) {
-        let c = &mut self.state.counters;
-        c.heartbeats_refused = c.heartbeats_refused.saturating_add(1);
-        debug!(%from, reason = why, "refusing a heartbeat");
-    }
-
-    fn answer(&mut self, ping: &Heartbeat, from: SocketAddr, now: Instant) {
-        let Some(own) = self.own() else { return };
-        let voting_against: Vec<u64> = self
-            .state
-            .vote
-            .into_iter()
-            .chain(match self.casting {
-                Some(Ballot::Vote { target }) => Some(target),
-                _ => None,
-            })
-            .collect();
-        let supports = heartbeat::supports(ping, self.view, &voting_against, self.promise, now);
-        if supports {
-            // The sender may count this answer until a lease after its ping went out, which was before
-            // now: promising a lease from now covers it.
-            self.promise = Promise {
-                seat: ping.seat,
-                until: now + self.config.timing.lease,
-            };
-        }
-        let pong = Heartbeat {
-            kind: Kind::Pong,
-            supports,
-            nonce: ping.nonce,
-            ..self.me(own, now)
-        };
-        self.transmits.push_back(Transmit {
-            to: from,
-            bytes: pong.encode(),
-        });
-    }
-
-    fn take_pong(&mut self, pong: &Heartbeat, now: Instant) {
-        let Some((to, sent_at)) = self.sent.get(&pong.nonce).copied() else {
-            return;
-        };
-        if to != pong.seat {
-            return;
-        }
-        let latest = |t: &mut Instant| *t = (*t).max(sent_at);
-        self.last_pong
-            .entry(pong.seat)
-            .and_modify(|t| *t = (*t).max(now))
-            .or_insert(now);
-        if let Some(own) = self.own().filter(|o| self.view.leader == Some(*o)) {
-            if heartbeat::confirms(pong, own, self.view.term) {
-                self.support
-                    .entry(pong.seat)
-                    .and_modify(latest)
-                    .or_insert(sent_at);
-            } else if self.support.get(&pong.seat).is_some_and(|t| *t <= sent_at) {
-                // A newer answer that no longer confirms this node outweighs an older one that did.
-                self.support.remove(&pong.seat);
-            }
-        }
-        if self.view.leader == Some(pong.seat)
-            && pong.leads
-            && pong.leader == Some(pong.seat)
-            && pong.term == self.view.term
-        {
-            let confirmed = self.state.leader_confirmed_at.get_or_insert(sent_at);
-            latest(confirmed);
         }
     }
 

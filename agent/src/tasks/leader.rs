@@ -176,6 +176,16 @@ impl LeaderTask {
             if rebind(&mut socket, want.as_ref(), &mut bind_warned) {
                 m.handle_socket(Instant::now(), socket.is_some());
             }
+            // Published before any heartbeat goes out: a leader that releases its term stops saying it
+            // leads before its farewell can free anyone to confirm its successor. Only a change: the
+            // publisher renders a snapshot for each.
+            out.send_if_modified(|published| {
+                let changed = published != m.state();
+                if changed {
+                    published.clone_from(m.state());
+                }
+                changed
+            });
             while let Some(t) = m.poll_transmit() {
                 if let Some(b) = &socket
                     && let Err(e) = b.socket.send_to(&t.bytes, t.to).await
@@ -187,14 +197,6 @@ impl LeaderTask {
             while let Some(job) = m.poll_job() {
                 self.spawn(&mut jobs, job);
             }
-            // Only a change: the publisher renders a snapshot for each.
-            out.send_if_modified(|published| {
-                let changed = published != m.state();
-                if changed {
-                    published.clone_from(m.state());
-                }
-                changed
-            });
             let deadline = m
                 .poll_timeout(Instant::now())
                 .map(tokio::time::Instant::from_std);
@@ -234,6 +236,12 @@ impl LeaderTask {
                     ballot,
                     cluster
                         .cast(&identity.node, tx_key.as_ref(), seat, ballot)
+                        .await,
+                ),
+                Job::HandOff { seat, to } => JobDone::HandedOff(
+                    to,
+                    cluster
+                        .hand_off(&identity.node, tx_key.as_ref(), seat, to)
                         .await,
                 ),
             }
@@ -286,6 +294,7 @@ fn chain_of(state: &ChainState) -> Chain {
         confirmed_at: state.confirmed_at,
         from_cache: state.from_cache,
         block: view.last_block,
+        draining: view.draining.iter().copied().collect(),
     }
 }
 

@@ -101,42 +101,95 @@ impl Cluster {
         seat: u64,
         ballot: Ballot,
     ) -> Result<Cast, ElectionError> {
-        let at = self.present().await?;
-        let Some(sender) = self.sender(node.transaction_signer(), tx_key, at).await? else {
-            return Err(ElectionError::NoSender {
-                action: ballot.to_string(),
-                node: node.address(),
-                seat,
-            });
-        };
-        let from = sender.address();
         let c = DstackClusterElection::new(self.election().await?, self.reader());
         let id = U256::from(seat);
-        let receipt = match ballot {
+        let as_seat = AsSeat { node, tx_key, seat };
+        let action = ballot.to_string();
+        match ballot {
             Ballot::Elect => {
                 let call = c.electLeader(id);
-                self.send("electLeader", &sender, call, BALLOT_GAS_HEADROOM)
-                    .await?
+                self.send_as(as_seat, action, "electLeader", call, BALLOT_GAS_HEADROOM)
+                    .await
             }
             Ballot::Vote { target } => {
                 let call = c.castVote(id, U256::from(target));
-                self.send("castVote", &sender, call, BALLOT_GAS_HEADROOM)
-                    .await?
+                self.send_as(as_seat, action, "castVote", call, BALLOT_GAS_HEADROOM)
+                    .await
             }
             Ballot::Withdraw => {
                 let call = c.withdrawVote(id);
-                self.send("withdrawVote", &sender, call, BALLOT_GAS_HEADROOM)
-                    .await?
+                self.send_as(as_seat, action, "withdrawVote", call, BALLOT_GAS_HEADROOM)
+                    .await
             }
+        }
+    }
+
+    /// The leader, seat `seat`, hands its term to seat `to` (`handOff`), from the node's address when it
+    /// has funds, else from `tx_key`, and waits for it to be mined.
+    ///
+    /// # Errors
+    /// [`ElectionError`]: no funded sender, a revert in words (this seat no longer leads, `to` cannot take
+    /// the lead), or an RPC error.
+    #[instrument(skip_all, fields(seat, to))]
+    pub async fn hand_off(
+        &self,
+        node: &NodeKey,
+        tx_key: Option<&PrivateKeySigner>,
+        seat: u64,
+        to: u64,
+    ) -> Result<Cast, ElectionError> {
+        let c = DstackClusterElection::new(self.election().await?, self.reader());
+        let call = c.handOff(U256::from(seat), U256::from(to));
+        let action = format!("handOff to seat {to}");
+        let as_seat = AsSeat { node, tx_key, seat };
+        self.send_as(as_seat, action, "handOff", call, BALLOT_GAS_HEADROOM)
+            .await
+    }
+
+    /// Sends `call` for seat `seat` from the node's address when it has funds, else from `tx_key`, and
+    /// waits for it to be mined.
+    async fn send_as<P: alloy::providers::Provider, D: alloy::contract::CallDecoder>(
+        &self,
+        who: AsSeat<'_>,
+        action: String,
+        what: &'static str,
+        call: alloy::contract::CallBuilder<P, D>,
+        headroom: u64,
+    ) -> Result<Cast, ElectionError> {
+        let at = self.present().await?;
+        let Some(sender) = self
+            .sender(who.node.transaction_signer(), who.tx_key, at)
+            .await?
+        else {
+            return Err(ElectionError::NoSender {
+                action,
+                node: who.node.address(),
+                seat: who.seat,
+            });
         };
+        let from = sender.address();
+        let receipt = self.send(what, &sender, call, headroom).await?;
         let block = receipt.block_number.unwrap_or_default();
-        info!(tx = %receipt.transaction_hash, block, %from, "ballot mined");
+        let kind = match what {
+            "disputeBinding" => "dispute",
+            "handOff" => "hand-off",
+            _ => "ballot",
+        };
+        info!(tx = %receipt.transaction_hash, block, %from, "{kind} mined");
         Ok(Cast {
             tx: receipt.transaction_hash,
             block,
             from,
         })
     }
+}
+
+/// Whom a transaction is sent for: a seat, by its node or the transaction key.
+#[derive(Clone, Copy)]
+struct AsSeat<'a> {
+    node: &'a NodeKey,
+    tx_key: Option<&'a PrivateKeySigner>,
+    seat: u64,
 }
 
 impl Cluster {
@@ -156,26 +209,21 @@ impl Cluster {
         target: u64,
         bound_block: u64,
     ) -> Result<Cast, ElectionError> {
-        let at = self.present().await?;
-        let Some(sender) = self.sender(node.transaction_signer(), tx_key, at).await? else {
-            return Err(ElectionError::NoSender {
-                action: format!("disputeBinding against seat {target}"),
-                node: node.address(),
-                seat: voter,
-            });
-        };
-        let from = sender.address();
         let c = DstackClusterElection::new(self.election().await?, self.reader());
         let call = c.disputeBinding(U256::from(voter), U256::from(target), bound_block);
-        let receipt = self
-            .send("disputeBinding", &sender, call, DISPUTE_GAS_HEADROOM)
-            .await?;
-        let block = receipt.block_number.unwrap_or_default();
-        info!(tx = %receipt.transaction_hash, block, %from, "dispute mined");
-        Ok(Cast {
-            tx: receipt.transaction_hash,
-            block,
-            from,
-        })
+        let as_seat = AsSeat {
+            node,
+            tx_key,
+            seat: voter,
+        };
+        let action = format!("disputeBinding against seat {target}");
+        self.send_as(
+            as_seat,
+            action,
+            "disputeBinding",
+            call,
+            DISPUTE_GAS_HEADROOM,
+        )
+        .await
     }
 }

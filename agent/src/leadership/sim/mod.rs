@@ -60,6 +60,10 @@ struct Contract {
     mined: Vec<(Instant, u64, Ballot)>,
     /// The newest block mined.
     block: u64,
+    /// Seats marked draining.
+    draining: BTreeSet<u64>,
+    /// Hand-offs mined: when, from and to.
+    handoffs: Vec<(Instant, u64, u64)>,
 }
 
 fn revert(name: &str) -> ElectionError {
@@ -129,6 +133,28 @@ impl Contract {
         }
         Ok(())
     }
+
+    fn hand_off(&mut self, from: u64, to: u64) -> Result<(), &'static str> {
+        if self.leader != Some(from) {
+            return Err("LeaderNotLeader");
+        }
+        if to == from
+            || !self.active.contains(&to)
+            || self.draining.contains(&to)
+            || self.votes_against(to) >= self.threshold()
+        {
+            return Err("LeaderHandOffIneligible");
+        }
+        self.set_leader(Some(to));
+        Ok(())
+    }
+}
+
+/// A transaction sent.
+#[derive(Debug, Clone, Copy)]
+enum Tx {
+    Ballot(Ballot),
+    HandOff { to: u64 },
 }
 
 /// One node: its machine and what stands in its way.
@@ -159,7 +185,7 @@ struct Node {
 struct Pending {
     node: usize,
     seat: u64,
-    ballot: Ballot,
+    tx: Tx,
 }
 
 /// The network's faults, drawn per datagram.
@@ -272,6 +298,7 @@ impl Sim {
             confirmed_at: Some(self.now),
             from_cache: false,
             block: c.block,
+            draining: c.draining.iter().copied().collect(),
         }
     }
 
@@ -300,21 +327,31 @@ impl Sim {
         self.contract.block += 1;
         let block = self.contract.block;
         for p in std::mem::take(&mut self.pending) {
-            let result = self
-                .contract
-                .apply(p.seat, p.ballot)
-                .map(|()| Cast {
-                    tx: Default::default(),
-                    block,
-                    from: Default::default(),
-                })
-                .map_err(revert);
-            if result.is_ok() {
-                self.contract.mined.push((now, p.seat, p.ballot));
-            }
-            let node = &mut self.nodes[p.node];
-            node.results
-                .push_back((now + RPC_LATENCY, JobDone::Cast(p.ballot, result)));
+            let cast = Cast {
+                tx: Default::default(),
+                block,
+                from: Default::default(),
+            };
+            let node = p.node;
+            let done = match p.tx {
+                Tx::Ballot(ballot) => {
+                    let result = self.contract.apply(p.seat, ballot);
+                    if result.is_ok() {
+                        self.contract.mined.push((now, p.seat, ballot));
+                    }
+                    JobDone::Cast(ballot, result.map(|()| cast).map_err(revert))
+                }
+                Tx::HandOff { to } => {
+                    let result = self.contract.hand_off(p.seat, to);
+                    if result.is_ok() {
+                        self.contract.handoffs.push((now, p.seat, to));
+                    }
+                    JobDone::HandedOff(to, result.map(|()| cast).map_err(revert))
+                }
+            };
+            self.nodes[node]
+                .results
+                .push_back((now + RPC_LATENCY, done));
         }
     }
 
@@ -395,6 +432,7 @@ impl Sim {
                     Job::Connect => JobDone::Connected(Err(gone)),
                     Job::ReadVote { .. } => JobDone::VoteRead(Err(gone)),
                     Job::Cast { ballot, .. } => JobDone::Cast(ballot, Err(gone.into())),
+                    Job::HandOff { to, .. } => JobDone::HandedOff(to, Err(gone.into())),
                 };
                 node.results.push_back((now + Duration::from_secs(1), done));
                 continue;
@@ -411,7 +449,12 @@ impl Sim {
                 Job::Cast { seat, ballot } => self.pending.push(Pending {
                     node: i,
                     seat,
-                    ballot,
+                    tx: Tx::Ballot(ballot),
+                }),
+                Job::HandOff { seat, to } => self.pending.push(Pending {
+                    node: i,
+                    seat,
+                    tx: Tx::HandOff { to },
                 }),
             }
         }
