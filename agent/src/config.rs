@@ -288,6 +288,15 @@ pub struct RunArgs {
     /// served by the API).
     #[arg(long, env = "DSTACK_MESH_NO_FAILOVER")]
     pub no_failover: bool,
+    /// On SIGTERM, stop at once. By default the node first drains: replica ports leave it out, and if it
+    /// leads it hands its term to another seat (at most `--stop-grace-secs`), so that a planned restart
+    /// costs the cluster a hand-off of about a block rather than a failover of `--leader-timeout`.
+    #[arg(long, env = "DSTACK_MESH_NO_HANDOFF_ON_STOP")]
+    pub no_handoff_on_stop: bool,
+    /// The longest a SIGTERM waits for the hand-off to land, in seconds; keep it under the time the
+    /// container runtime gives before SIGKILL (docker's default is 10 s). A second SIGTERM stops at once.
+    #[arg(long, env = "DSTACK_MESH_STOP_GRACE_SECS", default_value_t = 8)]
+    pub stop_grace_secs: u64,
     /// How often to re-read every record as a safety net, in seconds.
     #[arg(long, env = "DSTACK_MESH_FULL_READ_SECS", default_value_t = 60)]
     pub full_read_secs: u64,

@@ -8,11 +8,11 @@ use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
 use dstack_guest::DstackClient;
-use mesh_api::{AppReport, CheckSignal, Listener, Routes, Snapshot};
+use mesh_api::{AppReport, CheckSignal, Command, Listener, Routes, Snapshot};
 use mesh_chain::cluster::Cluster;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::view::ChainView;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, info_span, warn};
@@ -36,7 +36,7 @@ use crate::tasks::ports::ForwardedPorts;
 use crate::tasks::publisher::{Inputs, Publisher};
 use crate::tasks::registrar::Registrar;
 
-/// Runs the daemon until `cancel` fires.
+/// Runs the daemon until `cancel` fires, or `stop` does and the node has drained (see [`stop_when_asked`]).
 ///
 /// # Errors
 /// Settings that cannot work, an API socket that cannot be bound, or a task that needs the operator (an
@@ -48,6 +48,7 @@ pub async fn run(
     tx_key: Option<PrivateKeySigner>,
     commit: &'static str,
     cancel: CancellationToken,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     // The root of every span: its fields are recorded once known (the instance from dstack, the token once
     // a seat is found), so each log line after that carries them.
@@ -56,7 +57,35 @@ pub async fn run(
         instance = tracing::field::Empty,
         token = tracing::field::Empty
     );
-    daemon(args, tx_key, commit, cancel).instrument(node).await
+    daemon(args, tx_key, commit, cancel, stop)
+        .instrument(node)
+        .await
+}
+
+/// On `stop` (SIGTERM), drains this node (it hands off if it leads) and waits until it can stop without
+/// costing the cluster a failover, at most `grace`; then cancels everything.
+async fn stop_when_asked(
+    stop: CancellationToken,
+    commands: mpsc::Sender<Command>,
+    grace: Option<Duration>,
+    cancel: CancellationToken,
+) {
+    stop.cancelled().await;
+    if let Some(grace) = grace {
+        let (reply, drained) = tokio::sync::oneshot::channel();
+        if commands.send(Command::Stop { reply }).await.is_ok() {
+            info!(
+                ?grace,
+                "draining before stopping: handing off if this node leads"
+            );
+            tokio::select! {
+                done = drained => if done.is_ok() { info!("drained: stopping") },
+                () = tokio::time::sleep(grace) => warn!(?grace, "the hand-off did not land within --stop-grace-secs: stopping anyway; the others replace this node after the leader timeout"),
+                () = cancel.cancelled() => {}
+            }
+        }
+    }
+    cancel.cancel();
 }
 
 async fn daemon(
@@ -64,6 +93,7 @@ async fn daemon(
     tx_key: Option<PrivateKeySigner>,
     commit: &'static str,
     cancel: CancellationToken,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let contract = args.validate()?;
     let relay = relay_parts(&args)?;
@@ -82,6 +112,12 @@ async fn daemon(
     let (api_tx, api_rx) = watch::channel(snapshot::initial(&agent));
     // The application reports its health to the API, which may come before the tasks.
     let (app_health_tx, app_health) = watch::channel(None);
+    let (commands_tx, commands) = mpsc::channel(8);
+    let grace = (!args.no_handoff_on_stop).then(|| Duration::from_secs(args.stop_grace_secs));
+    let _stopper = owned_task::Task::spawn(
+        "stopper",
+        stop_when_asked(stop.clone(), commands_tx.clone(), grace, cancel.clone()).in_current_span(),
+    );
     // The API outlives the tasks: it answers until they are all joined.
     let api_stop = CancellationToken::new();
     let mut api = JoinSet::new();
@@ -89,6 +125,7 @@ async fn daemon(
         let source = mesh_api::Source {
             snapshot: api_rx.clone(),
             app_health: Some(app_health_tx.clone()),
+            commands: Some(commands_tx.clone()),
         };
         api.spawn(
             mesh_api::serve(listener, routes, source, api_stop.clone().cancelled_owned())
@@ -98,8 +135,12 @@ async fn daemon(
     let reports = Reports {
         snapshot: api_tx,
         app_health,
+        commands,
     };
-    let result = member(args, cluster, rpc, agent, tx_key, relay, reports, &cancel).await;
+    let result = member(
+        args, cluster, rpc, agent, tx_key, relay, reports, &cancel, &stop,
+    )
+    .await;
     api_stop.cancel();
     api.join_all().await;
     result
@@ -109,6 +150,8 @@ async fn daemon(
 struct Reports {
     snapshot: watch::Sender<Snapshot>,
     app_health: watch::Receiver<Option<AppReport>>,
+    /// What applications ask of the leadership (`POST /v1/leader/handoff`, `/v1/drain`), and the stop.
+    commands: mpsc::Receiver<Command>,
 }
 
 /// Binds every place the API is served: the socket (with its mode and group), and the TCP addresses.
@@ -195,20 +238,23 @@ async fn member(
     relay: Option<RelayParts>,
     api: Reports,
     cancel: &CancellationToken,
+    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let client = DstackClient::discover(args.endpoints.dstack_endpoint.as_deref())
         .context("choosing the dstack endpoint")?;
     let saved = load_state(&args, cluster.address())?;
     let attestor = attestor(&args, &rpc, saved.as_ref())
         .context("setting up the verification of peers' quotes")?;
+    // Nothing to drain before there is an identity: a stop then is a stop.
     let Some(identity) = cancel
-        .run_until_cancelled(load_identity(
+        .run_until_cancelled(stop.run_until_cancelled(load_identity(
             &client,
             &args.state.key_file(),
             args.wg_key_epoch,
             &api.snapshot,
-        ))
+        )))
         .await
+        .flatten()
     else {
         return Ok(());
     };
@@ -383,6 +429,7 @@ impl Tasks {
         let Reports {
             snapshot: api,
             app_health,
+            commands,
         } = api;
         let (chain_tx, chain_rx) = watch::channel(ChainState::default());
         let (reg_tx, reg_rx) = watch::channel(RegState::default());
@@ -427,6 +474,7 @@ impl Tasks {
             mesh: mesh_rx.clone(),
             app_health,
             check: check_rx,
+            commands,
         };
         set.spawn(
             self.leader

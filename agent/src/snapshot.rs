@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use alloy::primitives::Address;
 use mesh_api::{
-    BallotKind, BallotReport, ChainStatus, CheckSignal, ConnectionKind, Counters, Leader,
-    LeaderClock, Mode, Node, Path, Peer, RefusedPeer, Snapshot, Status,
+    BallotKind, BallotReport, ChainStatus, CheckSignal, ConnectionKind, Counters, HandingOff,
+    Leader, LeaderClock, Mode, Node, Path, Peer, RefusedPeer, Snapshot, Status,
 };
 use mesh_chain::election::Ballot;
 use mesh_chain::membership::Member;
@@ -144,6 +144,7 @@ fn peer(
         rx_bytes: stat.map_or(0, |s| s.rx_bytes),
         tx_bytes: stat.map_or(0, |s| s.tx_bytes),
         leader: false,
+        draining: false,
         attestation: None,
         holder: None,
     }
@@ -230,6 +231,7 @@ pub fn render(
         .iter()
         .map(|m| Peer {
             leader: Some(m.token_id) == leader_seat,
+            draining: election.draining_peers.contains(&m.token_id),
             attestation: chain.attestations.get(&m.token_id).map(Attested::to_api),
             holder: view.and_then(|v| v.holders.get(&m.token_id)).copied(),
             ..peer(m, &mesh.stats, &agent.liveness, now)
@@ -247,7 +249,10 @@ pub fn render(
             .map(|d| d.as_secs()),
         mode: agent.mode,
         backend: mesh.device.as_ref().map(|d| d.backend.to_owned()),
-        node: node_status(agent, node, chain, reg, mesh),
+        node: Node {
+            draining: election.draining,
+            ..node_status(agent, node, chain, reg, mesh)
+        },
         chain: chain_status(agent, chain, reg, now.mono),
         uptime_secs: uptime.as_secs(),
         peers_configured: peers.len(),
@@ -276,6 +281,25 @@ pub fn render(
         timeout_ms: chain
             .leader_timing
             .map(|t| u64::try_from(t.timeout.as_millis()).unwrap_or(u64::MAX)),
+        term_reason: view
+            .and_then(|v| v.term_reason)
+            .map(|r| r.as_str().to_owned()),
+        handing_off: election.handoff.as_ref().map(|h| HandingOff {
+            term: h.term,
+            to: h.to,
+            cause: h.cause.to_owned(),
+            since_ms: u64::try_from(now.mono.saturating_duration_since(h.since).as_millis())
+                .unwrap_or(u64::MAX),
+            error: h.error.clone(),
+        }),
+        draining: election
+            .draining_peers
+            .iter()
+            .copied()
+            .chain(token.filter(|_| election.draining))
+            .collect::<std::collections::BTreeSet<u64>>()
+            .into_iter()
+            .collect(),
         ..match leader_seat.and_then(|s| Some((s, refused_kind(s)?))) {
             Some((seat, kind)) => refused_leader(seat, kind, token, view, election),
             None => leader_of(leader_seat, token, view, &peers, election, &status.node),
@@ -384,6 +408,7 @@ fn node_status(
             holder: r.holder,
             on_chain: r.on_chain,
         }),
+        draining: false,
     }
 }
 

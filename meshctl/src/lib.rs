@@ -67,8 +67,12 @@ enum Command {
     Fund(cmd::fund::Args),
     /// Submit a signed registration that an agent printed (a file, or - for stdin).
     Relay(cmd::relay::Args),
-    /// Show the leader and the votes, or elect, vote and withdraw a vote.
+    /// Show the leader and the votes, elect, vote and withdraw a vote, or hand the lead to another seat.
     Leader(cmd::leader::Args),
+    /// Drain a seat for maintenance (or --undo): its node hands its term off if it leads, no leader is
+    /// handed to or elected from it while another seat can lead, and replica ports leave it out. Its tunnel
+    /// and its leader port stay up; it stays drained until undone, across restarts.
+    Drain(cmd::drain::Args),
     /// Dispute, from one of your seats, another seat's binding whose quote does not show what it claims
     /// (another instance or node): f + 1 disputes release it and free the instance it claims.
     Dispute(cmd::dispute::Args),
@@ -130,6 +134,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Fund(a) => cmd::fund::run(a, &out).await,
         Command::Relay(a) => cmd::relay::run(a, &out).await,
         Command::Leader(a) => cmd::leader::run(a, &out).await,
+        Command::Drain(a) => cmd::drain::run(a, &out).await,
         Command::Dispute(a) => cmd::dispute::run(a, &out).await,
         Command::ClearClaim(a) => cmd::dispute::clear(a, &out).await,
     };

@@ -149,12 +149,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tx_key = config::tx_signer(args.tx_key_file.as_deref())?;
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
+    let stop = CancellationToken::new();
+    let (on_signal, now) = (stop.clone(), cancel.clone());
+    // The first signal drains the node before it stops; a second stops it at once.
     let _signals = owned_task::Task::spawn("signals", async move {
         wait_for_signal().await;
         on_signal.cancel();
+        wait_for_signal().await;
+        now.cancel();
     });
-    p2p_agent::run::run(args, tx_key, env!("DSTACK_MESH_COMMIT"), cancel).await?;
+    p2p_agent::run::run(args, tx_key, env!("DSTACK_MESH_COMMIT"), cancel, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -210,6 +210,7 @@ mod tests {
             punch_attempts: 0,
             address: None,
             healthy: connection == ConnectionKind::Wireguard,
+            draining: false,
             latest_handshake: None,
             last_heard: None,
             rx_bytes: 0,

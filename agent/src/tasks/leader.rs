@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use alloy::signers::local::PrivateKeySigner;
-use mesh_api::{AppReport, CheckSignal};
+use mesh_api::{AppReport, CheckSignal, Command};
 use mesh_chain::cluster::Cluster;
 use mesh_chain::redact::RedactedUrl;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -21,7 +21,9 @@ use crate::attestation::Attested;
 use crate::config::{ModeArg, RunArgs};
 use crate::leadership::heartbeat;
 use crate::leadership::lease::Timing;
-use crate::leadership::machine::{self, Chain, Job, JobDone, Machine, SocketWant};
+use crate::leadership::machine::{
+    self, Chain, HandOffCause, HandOffRefused, Job, JobDone, Machine, SocketWant,
+};
 use crate::node::NodeIdentity;
 use crate::state::{ChainState, LeaderState, MeshState};
 use crate::tasks::Shared;
@@ -63,6 +65,8 @@ pub struct Inputs {
     pub app_health: watch::Receiver<Option<AppReport>>,
     /// The agent's own health check, if it runs one.
     pub check: watch::Receiver<Option<CheckSignal>>,
+    /// What applications ask (a hand-off, a drain), and the stop.
+    pub commands: mpsc::Receiver<Command>,
 }
 
 /// The heartbeat socket, bound to this node's overlay address on the mesh interface.
@@ -83,6 +87,7 @@ enum Wake {
     Health,
     Datagram(Vec<u8>, SocketAddr),
     Job(JobDone),
+    Command(Command),
     Deadline,
 }
 
@@ -145,6 +150,8 @@ impl LeaderTask {
         let check = inputs.check.borrow_and_update().clone();
         m.handle_health(now, app, check);
         let mut wake = Wake::Chain;
+        // The stop's answer, once this node can stop without costing a failover.
+        let mut stopping: Option<oneshot::Sender<()>> = None;
         loop {
             let now = Instant::now();
             match wake {
@@ -170,7 +177,13 @@ impl LeaderTask {
                 }
                 Wake::Datagram(bytes, from) => m.handle_datagram(now, &bytes, from),
                 Wake::Job(done) => m.handle_job(now, done),
+                Wake::Command(cmd) => command(&mut m, now, cmd, &mut stopping),
                 Wake::Deadline => m.handle_timeout(now),
+            }
+            if m.stop_ready()
+                && let Some(reply) = stopping.take()
+            {
+                let _ = reply.send(());
             }
             let want = m.wanted_socket();
             if rebind(&mut socket, want.as_ref(), &mut bind_warned) {
@@ -208,6 +221,7 @@ impl LeaderTask {
                 Ok(()) = inputs.app_health.changed() => Wake::Health,
                 Ok(()) = inputs.check.changed() => Wake::Health,
                 Some((bytes, from)) = recv(socket.as_ref()) => Wake::Datagram(bytes, from),
+                Some(cmd) = inputs.commands.recv() => Wake::Command(cmd),
                 Some(done) = jobs.running.join_next(), if !jobs.running.is_empty() => {
                     match done {
                         Ok(done) => Wake::Job(done),
@@ -246,6 +260,45 @@ impl LeaderTask {
                 ),
             }
         });
+    }
+}
+
+/// Does what an application asked, and answers it.
+fn command(
+    m: &mut Machine,
+    now: Instant,
+    cmd: Command,
+    stopping: &mut Option<oneshot::Sender<()>>,
+) {
+    match cmd {
+        Command::HandOff { to, reply } => {
+            let r: Result<(u64, u64), HandOffRefused> =
+                m.request_handoff(now, to, HandOffCause::Asked);
+            let _ = reply.send(
+                r.map(|(to, term)| {
+                    format!("this node released term {term} and hands it to seat {to}")
+                })
+                .map_err(|e| e.to_string()),
+            );
+        }
+        Command::Drain { on, reply } => {
+            let handoff = m.set_draining(now, on);
+            let said = match (on, handoff) {
+                (false, _) => Ok("this node is no longer drained".to_owned()),
+                (true, None) => Ok("this node is drained: replica ports leave it out".to_owned()),
+                (true, Some(Ok((to, term)))) => Ok(format!(
+                    "this node is drained: it released term {term} and hands it to seat {to}"
+                )),
+                (true, Some(Err(why))) => Ok(format!(
+                    "this node is drained, but it leads and cannot hand off yet ({why}); it tries again each leader timeout"
+                )),
+            };
+            let _ = reply.send(said);
+        }
+        Command::Stop { reply } => {
+            let _ = m.set_draining(now, true);
+            *stopping = Some(reply);
+        }
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Member {
     pub is_self: bool,
     /// It answers now (a peer), or its health check passes (this node).
     pub healthy: bool,
+    /// It is being drained: new connections go elsewhere, open ones run on.
+    pub draining: bool,
 }
 
 /// What the ports decide from: the leader, and the members, as this node's API shows them.
@@ -78,6 +80,7 @@ impl View {
                 overlay_ip: p.overlay_ip,
                 is_self: false,
                 healthy: p.healthy,
+                draining: p.draining,
             })
             .collect();
         let node = &snapshot.status.node;
@@ -87,6 +90,7 @@ impl View {
                 overlay_ip,
                 is_self: true,
                 healthy: snapshot.check.as_ref().is_none_or(|c| c.healthy),
+                draining: node.draining,
             });
         }
         Self {
@@ -138,13 +142,13 @@ pub fn holds(role: PortRole, opened: Route, view: &View, ports: &Ports) -> bool 
         .any(|m| m.healthy && member_route(m, ports) == opened)
 }
 
-/// The healthy members that do not lead, by seat.
+/// The healthy members that do not lead and are not being drained, by seat.
 fn replicas(view: &View) -> Vec<Member> {
     let leader = view.leader.token_id;
     let mut replicas: Vec<Member> = view
         .members
         .iter()
-        .filter(|m| m.healthy && Some(m.seat) != leader)
+        .filter(|m| m.healthy && !m.draining && Some(m.seat) != leader)
         .copied()
         .collect();
     replicas.sort_by_key(|m| m.seat);
@@ -225,6 +229,7 @@ mod tests {
             overlay_ip: Ipv4Addr::new(10, 0, 1, seat as u8),
             is_self,
             healthy,
+            draining: false,
         }
     }
 
@@ -319,6 +324,39 @@ mod tests {
                 "never the leader (1) nor an unhealthy member (4): {seat}"
             );
         }
+    }
+
+    /// A member being drained takes no new connection; one opened before it drained runs on.
+    #[test]
+    fn a_replica_port_leaves_a_draining_member_out_of_its_rotation() {
+        let drained = Member {
+            draining: true,
+            ..member(2, false, true)
+        };
+        let v = View {
+            leader: leader(1, 7, false, Freshness::Current),
+            members: vec![member(1, false, true), drained, member(3, false, true)],
+        };
+        for turn in 0..4 {
+            let r = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), turn).unwrap();
+            assert_eq!(r.seat, 3, "turn {turn}");
+        }
+        let opened = route(
+            PortRole::Replica,
+            &View {
+                members: vec![member(2, false, true)],
+                ..v.clone()
+            },
+            &PORTS,
+            &BTreeMap::new(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(opened.seat, 2);
+        assert!(
+            holds(PortRole::Replica, opened, &v, &PORTS),
+            "open connections run on"
+        );
     }
 
     #[test]

@@ -174,6 +174,7 @@ async fn a_replica_port_spreads_over_the_healthy_members_that_do_not_lead() {
         overlay_ip: Ipv4Addr::new(127, 0, 0, seat),
         is_self: false,
         healthy,
+        draining: false,
     };
     let mut view = leader(2, 7, Duration::from_secs(60));
     view.members = vec![member(2, true), member(3, true), member(4, true)];

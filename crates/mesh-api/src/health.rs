@@ -138,6 +138,7 @@ pub(crate) mod tests {
             rx_bytes: 0,
             tx_bytes: 0,
             leader: false,
+            draining: false,
             attestation: None,
             holder: None,
         }

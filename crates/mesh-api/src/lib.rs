@@ -40,6 +40,6 @@ pub use events::Event;
 pub use forwarded::{ForwardCounts, ForwardedPort, PortRole, RouteCounts};
 pub use health::{Health, assess};
 pub use metrics::metrics;
-pub use server::{Listener, MAX_STREAMS, Routes, Source, serve};
+pub use server::{Command, Listener, MAX_STREAMS, Routes, Source, serve};
 pub use signal::{AppReport, CheckKind, CheckSignal, HealthSignal};
 pub use types::*;

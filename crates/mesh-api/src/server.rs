@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::debug;
 use unix_socket::UnixSocket;
@@ -45,6 +45,8 @@ pub const MAX_STREAMS: usize = 64;
 pub struct Source {
     pub snapshot: watch::Receiver<Snapshot>,
     pub app_health: Option<watch::Sender<Option<AppReport>>>,
+    /// Where `POST /v1/leader/handoff` and `POST /v1/drain` go (none: they are refused).
+    pub commands: Option<mpsc::Sender<Command>>,
 }
 
 impl From<watch::Receiver<Snapshot>> for Source {
@@ -52,8 +54,47 @@ impl From<watch::Receiver<Snapshot>> for Source {
         Self {
             snapshot,
             app_health: None,
+            commands: None,
         }
     }
+}
+
+/// What an application on this node asks the agent to do, and where the answer goes: what was done, or why
+/// it cannot be.
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /v1/leader/handoff`: this node, leading, gives its term to seat `to` or the best-placed one.
+    HandOff {
+        to: Option<u64>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `POST /v1/drain`: this node is drained (or no longer): it hands off if it leads, and replica ports
+    /// leave it out.
+    Drain {
+        on: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// The agent's own, on SIGTERM: drain, and answer once this node can stop without costing a failover.
+    Stop { reply: oneshot::Sender<()> },
+}
+
+/// The body of `POST /v1/leader/handoff`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandOffBody {
+    to: Option<u64>,
+}
+
+/// The body of `POST /v1/drain`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    #[serde(default = "on")]
+    drain: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 /// Who is on the other end of a connection: on the socket or loopback, a process of this CVM, which may
@@ -268,10 +309,16 @@ async fn handle(
     if routes == Routes::Api && path == "/v1/health" {
         return Ok(health(&source, peer, req, now).await);
     }
+    if routes == Routes::Api
+        && req.method() == Method::POST
+        && matches!(path.as_str(), "/v1/leader/handoff" | "/v1/drain")
+    {
+        return Ok(command(&source, peer, req, &path).await);
+    }
     if req.method() != Method::GET {
         return Ok(error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "the agent API is read-only but for POST /v1/health: use GET",
+            "the agent API is read-only but for POST /v1/health, /v1/leader/handoff and /v1/drain: use GET",
         ));
     }
     let rx = source.snapshot;
@@ -360,6 +407,82 @@ async fn health(
             json(&signal(source))
         }
         Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+/// `POST /v1/leader/handoff` and `POST /v1/drain`: passed to the agent, whose answer is the response.
+async fn command(
+    source: &Source,
+    peer: Peer,
+    req: Request<hyper::body::Incoming>,
+    path: &str,
+) -> Response<Body> {
+    if peer == Peer::Remote {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "POST {path} is taken on the API socket and on loopback only: it moves the cluster's leader"
+            ),
+        );
+    }
+    let Some(tx) = &source.commands else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server takes no commands",
+        );
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+            );
+        }
+    };
+    let parse = |example: &'static str, e: serde_json::Error| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not what {path} takes ({e}): send {example}, or nothing"),
+        )
+    };
+    let empty = body.iter().all(u8::is_ascii_whitespace);
+    let (reply, answer) = oneshot::channel();
+    let cmd = if path == "/v1/drain" {
+        let on = match empty {
+            true => true,
+            false => match serde_json::from_slice::<DrainBody>(&body) {
+                Ok(b) => b.drain,
+                Err(e) => return parse(r#"{"drain": true} or {"drain": false}"#, e),
+            },
+        };
+        Command::Drain { on, reply }
+    } else {
+        let to = match empty {
+            true => None,
+            false => match serde_json::from_slice::<HandOffBody>(&body) {
+                Ok(b) => b.to,
+                Err(e) => return parse(r#"{"to": <seat>}"#, e),
+            },
+        };
+        Command::HandOff { to, reply }
+    };
+    let stopped = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is not running its leadership yet (or is stopping): try again shortly",
+        )
+    };
+    if tx.send(cmd).await.is_err() {
+        return stopped();
+    }
+    match answer.await {
+        Ok(Ok(done)) => json(&serde_json::json!({ "done": done })),
+        Ok(Err(why)) => error(StatusCode::CONFLICT, &why),
+        Err(_) => stopped(),
     }
 }
 

@@ -133,6 +133,10 @@ pub struct Peer {
     /// It is the cluster's leader.
     #[serde(default)]
     pub leader: bool,
+    /// It is being drained (its heartbeats say so, or its seat is marked on-chain): replica ports leave it
+    /// out, and no leader is handed to it.
+    #[serde(default)]
+    pub draining: bool,
     /// Its attestation, as this node verified it: every peer listed here passed (a refused one is in
     /// `/v1/peers/refused`). Absent only from an agent older than attestation.
     #[serde(default)]
@@ -157,7 +161,7 @@ impl Peer {
                 self.connection,
                 self.path,
             ),
-            (self.healthy, self.leader),
+            (self.healthy, self.leader, self.draining),
         )
     }
 }
@@ -298,6 +302,17 @@ pub struct Leader {
     /// When this node is the seat named leader but does not lead, or the seat named is refused: why.
     #[serde(default)]
     pub reason: Option<String>,
+    /// How the term began: `elected`, `handoff` (a planned change: the old leader gave it up before the
+    /// new one began), `voted-out` (a failover) or `seat-left`. Absent when this node did not see it
+    /// begin (it started, or its RPC was down, after).
+    #[serde(default)]
+    pub term_reason: Option<String>,
+    /// While this node hands its term off: to whom, and how it goes.
+    #[serde(default)]
+    pub handing_off: Option<HandingOff>,
+    /// The seats being drained: no replica port sends to them, and no leader is handed to them.
+    #[serde(default)]
+    pub draining: Vec<u64>,
     /// What the time-dependent fields are worked out from when the answer is served; never sent.
     #[serde(skip)]
     pub clock: LeaderClock,
@@ -325,9 +340,30 @@ impl Default for Leader {
             timeout_ms: None,
             healthy: true,
             reason: None,
+            term_reason: None,
+            handing_off: None,
+            draining: Vec::new(),
             clock: LeaderClock::default(),
         }
     }
+}
+
+/// A hand-off this node is making: it released `term` and asked the contract to give the lead to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandingOff {
+    /// The term given up.
+    pub term: u64,
+    /// The successor the transaction names.
+    pub to: u64,
+    /// `asked` (`POST /v1/leader/handoff`, `meshctl`) or `drain` (SIGTERM, `POST /v1/drain`, the seat
+    /// marked draining on-chain).
+    pub cause: String,
+    /// How long ago it began, in milliseconds.
+    pub since_ms: u64,
+    /// Why the last attempt failed, if it did; it is tried again.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Whether what a node knows of the leader is confirmed.
@@ -429,6 +465,11 @@ impl Leader {
                 self.is_self,
             ),
             (self.term, self.state, self.healthy, self.reason.clone()),
+            (
+                self.term_reason.clone(),
+                self.handing_off.as_ref().map(|h| (h.to, h.error.clone())),
+                self.draining.clone(),
+            ),
         )
     }
 }
@@ -463,6 +504,10 @@ pub struct Node {
     /// Whom this node asked for a seat, while it has none (or its seat is bound to a key it lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seat_request: Option<SeatRequest>,
+    /// This node is being drained (SIGTERM, `POST /v1/drain`, or its seat marked draining on-chain): it
+    /// hands off if it leads, and replica ports leave it out.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A seatless node's request for a seat: the holder runs `meshctl bind --instance <instance>`.

@@ -36,6 +36,7 @@ fn base() -> Peer {
         punch_attempts: 0,
         address: Some("10.0.1.2".into()),
         healthy: true,
+        draining: false,
         latest_handshake: Some(1_795_000_000),
         last_heard: Some(1_795_000_001),
         rx_bytes: 1_000,
@@ -138,6 +139,7 @@ fn cases() -> Vec<(&'static str, Peer)> {
         ),
         ("it stopped answering", with(|p| p.healthy = false)),
         ("it became the leader", with(|p| p.leader = true)),
+        ("it is being drained", with(|p| p.draining = true)),
         (
             "nothing reaches it any more",
             with(|p| {

@@ -4,6 +4,7 @@ pub(crate) mod app_auth;
 pub(crate) mod config;
 pub(crate) mod deploy;
 pub(crate) mod dispute;
+pub(crate) mod drain;
 pub(crate) mod fund;
 pub(crate) mod leader;
 pub(crate) mod owner;

@@ -72,6 +72,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
             ConnectionKind::Unreachable => None,
         },
         healthy: connection == ConnectionKind::Wireguard,
+        draining: false,
         latest_handshake: handshake,
         last_heard: handshake.map(|h| h + 1),
         rx_bytes: rx,
@@ -115,6 +116,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
                 registration_error: None,
                 attestation: Some(verified()),
                 seat_request: None,
+                draining: false,
             },
             chain: ChainStatus {
                 contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -173,14 +173,17 @@ export class Peer {
   readonly pathReason!: string | null;
   /** Unix seconds of the last time the peer was heard from, `null` when never (or from an older agent). */
   readonly lastHeard!: number | null;
+  /** Whether it is being drained: replica ports leave it out, and no leader is handed to it. */
+  readonly draining!: boolean;
 
   constructor(
-    fields: Omit<FieldsOf<Peer>, "pathReason" | "lastHeard"> & {
+    fields: Omit<FieldsOf<Peer>, "pathReason" | "lastHeard" | "draining"> & {
       readonly pathReason?: string | null;
       readonly lastHeard?: number | null;
+      readonly draining?: boolean;
     },
   ) {
-    Object.assign(this, { pathReason: null, lastHeard: null }, fields);
+    Object.assign(this, { pathReason: null, lastHeard: null, draining: false }, fields);
     Object.freeze(this);
   }
 
@@ -201,6 +204,7 @@ export class Peer {
       this.path,
       this.healthy,
       this.leader,
+      this.draining,
     ]);
   }
 
@@ -224,6 +228,7 @@ export class Peer {
       leader: f.flag("leader", false),
       pathReason: f.optText("pathReason"),
       lastHeard: f.optInteger("lastHeard"),
+      draining: f.flag("draining", false),
     });
   }
 }
@@ -245,10 +250,13 @@ export function addresses(peers: readonly Peer[]): string[] {
 
 type LeaderInit = Omit<
   FieldsOf<Leader>,
-  "elected" | "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat"
+  "elected" | "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat" | "termReason"
 > &
   Partial<
-    Pick<FieldsOf<Leader>, "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat">
+    Pick<
+      FieldsOf<Leader>,
+      "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat" | "termReason"
+    >
   >;
 
 /**
@@ -295,6 +303,11 @@ export class Leader {
   readonly reason!: string | null;
   /** The seat the contract names leader when this node refuses its evidence, else `null`. */
   readonly refusedSeat!: number | null;
+  /**
+   * How the term began: `"elected"`, `"handoff"` (planned: the old leader gave it up first), `"voted-out"` (a
+   * failover) or `"seat-left"`; `null` when this node did not see it begin.
+   */
+  readonly termReason!: string | null;
 
   constructor(fields: LeaderInit) {
     Object.assign(
@@ -307,6 +320,7 @@ export class Leader {
         healthy: true,
         reason: null,
         refusedSeat: null,
+        termReason: null,
       },
       fields,
     );
@@ -335,6 +349,7 @@ export class Leader {
       healthy: f.flag("healthy", true),
       reason: f.optText("reason"),
       refusedSeat: f.optInteger("refusedSeat"),
+      termReason: f.optText("termReason"),
     });
   }
 }

@@ -89,6 +89,13 @@ class _Fields:
             )
         return value
 
+    def integers(self, key: str) -> list[int]:
+        """A list of integers; an empty one when the field is absent (an older agent)."""
+        value = _present(self._get(key, list, nullable=False, default=[]))
+        if not all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+            raise ProtocolError(f"the agent's {self._what} has {key!r} = {_short(value)}, not a list of integers")
+        return list(value)
+
     def texts(self, key: str) -> list[str]:
         value = _present(self._get(key, list, nullable=False))
         if not all(isinstance(item, str) for item in value):
@@ -141,6 +148,8 @@ class Peer:
     path_reason: str | None = None
     #: Unix seconds of the last time the peer was heard from, ``None`` when never (or from an older agent).
     last_heard: int | None = None
+    #: Whether it is being drained: replica ports leave it out, and no leader is handed to it.
+    draining: bool = False
 
     def change_key(self) -> tuple[object, ...]:
         """What applications see as a change of this peer: who it is, where and how it is reached, whether
@@ -156,6 +165,7 @@ class Peer:
             self.path,
             self.healthy,
             self.leader,
+            self.draining,
         )
 
     @classmethod
@@ -179,6 +189,7 @@ class Peer:
             leader=f.flag("leader", default=False),
             path_reason=f.opt_text("pathReason"),
             last_heard=f.opt_integer("lastHeard"),
+            draining=f.flag("draining", default=False),
         )
 
 
@@ -243,6 +254,11 @@ class Leader:
     reason: str | None = None
     #: The seat the contract names leader when this node refuses its evidence, else ``None``.
     refused_seat: int | None = None
+    #: How the term began: ``"elected"``, ``"handoff"`` (planned: the old leader gave it up first),
+    #: ``"voted-out"`` (a failover) or ``"seat-left"``; ``None`` when this node did not see it begin.
+    term_reason: str | None = None
+    #: The seats being drained.
+    draining: tuple[int, ...] = ()
 
     @property
     def elected(self) -> bool:
@@ -266,6 +282,8 @@ class Leader:
             healthy=f.flag("healthy", default=True),
             reason=f.opt_text("reason"),
             refused_seat=f.opt_integer("refusedSeat"),
+            term_reason=f.opt_text("termReason"),
+            draining=tuple(f.integers("draining")),
         )
 
 
