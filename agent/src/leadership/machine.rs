@@ -175,8 +175,9 @@ pub struct Machine {
     released: Option<u64>,
     /// A term this node lost without releasing it, to say farewell for at the next heartbeat.
     farewell_due: Option<u64>,
-    /// This node was asked to drain (SIGTERM, the API).
+    /// This node was asked to drain (SIGTERM, the API), and to stop (SIGTERM).
     drain_asked: bool,
+    stopping: bool,
     /// When a drain last tried to hand off, and under which term.
     drain_tried: Option<(u64, Instant)>,
     /// The last term whose hand-off no seat would take.
@@ -232,6 +233,7 @@ impl Machine {
             released: None,
             farewell_due: None,
             drain_asked: false,
+            stopping: false,
             drain_tried: None,
             gave_up: None,
             heard_draining: BTreeMap::new(),

@@ -296,7 +296,7 @@ fn command(
             let _ = reply.send(said);
         }
         Command::Stop { reply } => {
-            let _ = m.set_draining(now, true);
+            m.stop(now);
             *stopping = Some(reply);
         }
     }

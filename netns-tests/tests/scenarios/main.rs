@@ -23,6 +23,7 @@ mod faults_chain;
 mod faults_rpc;
 mod faults_services;
 mod forgery;
+mod handoff;
 mod join;
 mod leader_lease;
 mod leader_port;

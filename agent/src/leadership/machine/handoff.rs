@@ -211,6 +211,17 @@ impl Machine {
         started
     }
 
+    /// SIGTERM: drains this node, handing off if it leads. A hand-off that cannot be made (no seat to take
+    /// the lead, the chain out of reach) is given up at once: waiting would not help, and the others vote
+    /// this node out after the timeout as they would have.
+    pub fn stop(&mut self, now: Instant) {
+        self.stopping = true;
+        if let Some(Err(why)) = self.set_draining(now, true) {
+            info!(reason = %why, "stopping without a hand-off");
+            self.gave_up = Some(self.view.term);
+        }
+    }
+
     /// Whether this node may stop now without costing the cluster a failover: it does not lead, or its
     /// hand-off was sent and landed, or none could be made.
     pub fn stop_ready(&self) -> bool {
@@ -251,7 +262,9 @@ impl Machine {
         }
         self.drain_tried = Some((term, now));
         let started = self.request_handoff(now, None, HandOffCause::Drain);
-        if let Err(why) = &started {
+        if let Err(why) = &started
+            && !self.stopping
+        {
             warn!(reason = %why, "this node is drained but still leads: no seat can take the lead yet");
         }
         Some(started)
@@ -365,6 +378,10 @@ impl Machine {
                 // The term went otherwise (a vote, a hand-off sent elsewhere): nothing left to hand.
                 self.abandon(revert.to_string());
             }
+            Err(e) if self.stopping => {
+                let fault = Fault::new(format!("handOff to seat {to} failed"), e);
+                self.abandon(fault.render(&self.config.rpc));
+            }
             Err(e) => {
                 let delay = HANDOFF_RETRY;
                 h.sent = false;
@@ -388,7 +405,12 @@ impl Machine {
                 self.support.clear();
             }
         }
-        warn!(reason = %why, "the hand-off cannot be made: this node takes its term back");
+        match self.stopping {
+            true => info!(reason = %why, "the hand-off cannot be made: stopping without it"),
+            false => {
+                warn!(reason = %why, "the hand-off cannot be made: this node takes its term back")
+            }
+        }
         self.publish_handoff(Some(why));
     }
 

@@ -764,3 +764,26 @@ fn a_handoff_no_seat_takes_is_given_up_and_the_leader_leads_again() {
     assert!(sim.contract.handoffs.is_empty());
     assert_eq!(sim.overlap(), None);
 }
+
+/// A leader stopped (SIGTERM) hands off and may stop once the hand-off landed; one alone, with no seat to
+/// take the lead, may stop at once rather than wait out its grace.
+#[test]
+fn a_stopping_leader_hands_off_or_stops_at_once_when_no_seat_can_lead() {
+    let mut sim = led_by_seat_1(3);
+    sim.run_until(10.0);
+    let now = sim.now;
+    sim.node(1).machine.stop(now);
+    assert!(
+        !sim.node(1).machine.stop_ready(),
+        "its hand-off is under way"
+    );
+    let (seat, _) = sim.until_new_leader(1, 5.0).expect("a new leader");
+    assert_eq!(seat, 2);
+    assert!(sim.node(1).machine.stop_ready());
+
+    let mut alone = led_by_seat_1(1);
+    alone.run_until(5.0);
+    let now = alone.now;
+    alone.node(1).machine.stop(now);
+    assert!(alone.node(1).machine.stop_ready(), "nothing to hand to");
+}
