@@ -10,6 +10,11 @@ masters never coexist:
 * follow node N (view current)   -> REPLICAOF 10.0.1.N <port>  (replicate it over the mesh)
 * demoted                        -> REPLICAOF 127.0.0.1 1      (at once: a replica of nothing takes no
                                     writes until a leader is known)
+* demoted by a hand-off          -> CLIENT PAUSE WRITE, then REPLICAOF 127.0.0.1 1 once every replica has
+                                    acknowledged the master's whole stream (at most HANDOFF_FLUSH seconds):
+                                    the successor promotes only after the hand-off's block, so it holds every
+                                    write the old master took. A clean switchover, not a failover's loss of
+                                    the writes a replica had not received yet.
 
 `is_self` holds only under the agent's lease, so a demotion comes with a lease that ran out, a stale or
 unknown view, an unhealthy node, and another seat leading. While this node leads the SDK also renews the
@@ -42,6 +47,9 @@ log = logging.getLogger("follow-leader")
 # "slave": unlike leaving a master as it is, this cannot make a second master, and unlike pointing it at a
 # leader the view is unsure of, it cannot pull in a deposed master's writes.
 PLACEHOLDER = ("127.0.0.1", 1)
+
+#: The longest a master handing off waits, writes paused, for its replicas to acknowledge its whole stream.
+HANDOFF_FLUSH = 2.0
 
 
 async def within(seconds: float, aw: Awaitable[Any]) -> Any:
@@ -98,6 +106,34 @@ class RedisControl(Protocol):
     async def role(self) -> tuple[str, tuple[str, int] | None]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
+    async def flush_to_replicas(self, timeout: float) -> tuple[int, list[int]]: ...
+    async def unpause(self) -> None: ...
+
+
+async def flush(run: Callable[..., Awaitable[list[Any]]], timeout: float) -> tuple[int, list[int]]:
+    """Pauses writes (for as long as the hand-off may take) and waits, at most `timeout`, until every replica
+    has acknowledged the master's offset; returns the offset and the replicas' acknowledged offsets. `run`
+    sends one command and returns its reply as a flat list."""
+    await run("CLIENT", "PAUSE", str(int((timeout + 1) * 1000)), "WRITE")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await run("ROLE")
+        offset, acked = master_offsets(reply)
+        if all(a >= offset for a in acked) or loop.time() >= deadline:
+            return offset, acked
+        await asyncio.sleep(0.02)
+
+
+def master_offsets(reply: list[Any]) -> tuple[int, list[int]]:
+    """A master's ROLE: its offset and each replica's acknowledged one. redis-py nests the replicas
+    (["master", 9, [["h", "p", "9"], ...]]); redis-cli prints them flat ("master", "9", "h", "p", "9", ...)."""
+    if not reply or reply[0] != "master":
+        raise RedisUnavailable(f"ROLE says {reply[:1]}, not master, while handing off")
+    rest = reply[2:]
+    if rest and isinstance(rest[0], list):
+        rest = [field for replica in rest[0] for field in replica]
+    return int(reply[1]), [int(rest[i + 2]) for i in range(0, len(rest) - 2, 3)]
 
 
 class RedisPy:
@@ -138,6 +174,26 @@ class RedisPy:
 
     async def close(self) -> None:
         await self._r.aclose()
+
+    async def flush_to_replicas(self, timeout: float) -> tuple[int, list[int]]:
+        import redis
+
+        async def run(*args: str) -> list[Any]:
+            try:
+                reply = await self._r.execute_command(*args)
+            except (redis.RedisError, OSError) as e:
+                raise RedisUnavailable(f"{type(e).__name__}: {e}") from e
+            return list(reply) if isinstance(reply, list) else [reply]
+
+        return await flush(run, timeout)
+
+    async def unpause(self) -> None:
+        import redis
+
+        try:
+            await self._r.execute_command("CLIENT", "UNPAUSE")
+        except (redis.RedisError, OSError) as e:
+            raise RedisUnavailable(f"{type(e).__name__}: {e}") from e
 
 
 class RedisCli:
@@ -187,6 +243,12 @@ class RedisCli:
 
     async def close(self) -> None:
         pass
+
+    async def flush_to_replicas(self, timeout: float) -> tuple[int, list[int]]:
+        return await flush(self._run, timeout)
+
+    async def unpause(self) -> None:
+        await self._run("CLIENT", "UNPAUSE")
 
 
 def parse_role(reply: list[Any]) -> tuple[str, tuple[str, int] | None]:
@@ -263,7 +325,16 @@ class LeaderFollower:
                      leader.token_id, leader.term, self.redis.where)
             self.applied, self.applied_token, self.term = MASTER, leader.token_id, leader.term
         elif want is ANY_REPLICA:
+            successor = getattr(leader, "handing_off_to", None)
+            paused = self.applied is MASTER and successor is not None
+            if paused:
+                offset, acked = await self.redis.flush_to_replicas(HANDOFF_FLUSH)
+                log.info("handing off to node %s: writes paused at offset %d, replicas acknowledged %s",
+                         successor, offset, acked)
             await self.redis.replicaof(PLACEHOLDER)
+            if paused:
+                # A replica now: writes are refused (READONLY) rather than held until the pause ends.
+                await self.redis.unpause()
             log.warning("%s: REPLICAOF %s %d, Redis at %s takes no writes until a leader is known",
                         self._why, *PLACEHOLDER, self.redis.where)
             self.applied, self.applied_token = PLACEHOLDER, None

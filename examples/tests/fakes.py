@@ -41,6 +41,8 @@ class FakeLeader:
     healthy: bool = True
     reason: str | None = None
     refused_seat: int | None = None
+    handing_off_to: int | None = None
+    term_reason: str | None = None
 
 
 class AgentViews:

@@ -24,7 +24,7 @@ if not shutil.which("redis-server"):
 import redis.asyncio as aioredis  # noqa: E402
 from fakes import (AgentViews, FakeLeader, FakeSDK, assert_cancellation_comes_out,  # noqa: E402
                    assert_stops_when_cancelled_as_woken, following, programs_end_as_they_are_read)
-from follow_leader import (PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy,  # noqa: E402
+from follow_leader import (MASTER, PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy,  # noqa: E402
                            overlay_addr)
 
 pytestmark = pytest.mark.asyncio
@@ -207,7 +207,8 @@ class Follower:
         self.redis = redis
         kw.setdefault("check_interval", 0.2)
         kw.setdefault("backoff_max", 0.3)
-        self.f = LeaderFollower(RedisPy("127.0.0.1", redis.port), addr or (lambda lead: ("127.0.0.1", 1)), **kw)
+        control = kw.pop("control", None) or RedisPy("127.0.0.1", redis.port)
+        self.f = LeaderFollower(control, addr or (lambda lead: ("127.0.0.1", 1)), **kw)
         self.agent = AgentViews(seat, renew)
         self.say = self.agent.say
         self.tasks: list[asyncio.Task[Any]] = []
@@ -255,6 +256,41 @@ async def test_a_leader_whose_lease_ends_demotes_to_the_placeholder(redises: dic
         # The lead cleared: nobody leads, and this node does not either.
         node.say(leader(None, 1, term=4))
         await eventually(lambda: is_role(r, PLACEHELD), timeout=1.0)
+
+
+@pytest.mark.parametrize("backend", ["redis-py", "redis-cli"])
+async def test_a_master_handing_off_pauses_writes_until_its_replicas_have_its_stream(
+        redises: dict[int, Redis], backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    master, replica = redises[1], redises[2]
+    r = replica.client()
+    await r.execute_command("REPLICAOF", "127.0.0.1", str(master.port))
+    await r.aclose()
+    control = (RedisPy("127.0.0.1", master.port) if backend == "redis-py"
+               else RedisCli("redis-cli", "127.0.0.1", master.port))
+    caplog.set_level(logging.INFO, logger="follow-leader")
+    async with Follower(master, check_interval=10, control=control) as node:
+        node.say(leader(1, 1, term=1))
+        # Made the master by the follower, not only a master from the start.
+        await eventually(lambda: _true(node.f.applied is MASTER and node.f.term == 1))
+        await eventually(lambda: is_role(replica, ("slave", "127.0.0.1", master.port)))
+        c = master.client()
+        for k in range(500):
+            await c.set(f"k{k}", k)
+        await c.aclose()
+        node.say(leader(1, 1, term=1, is_self=False, handing_off_to=2,
+                        reason="this node is handing its term to another seat"))
+        await eventually(lambda: is_role(master, PLACEHELD), timeout=4.0)
+    said = [m for m in caplog.messages if m.startswith("handing off to node 2")]
+    assert said, caplog.messages
+    c = replica.client()
+    assert await c.dbsize() == 500, "the successor holds every write the old master took"
+    await c.aclose()
+    with pytest.raises(Exception, match="read only"):
+        w = master.client()
+        try:
+            await w.set("late", 1)
+        finally:
+            await w.aclose()
 
 
 async def test_a_leader_replaced_by_another_seat_replicates_it(redises: dict[int, Redis]) -> None:

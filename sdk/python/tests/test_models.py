@@ -200,6 +200,18 @@ def test_a_refused_leader_is_no_leader_and_named_apart() -> None:
     assert Leader.from_json(leader_json(2)).refused_seat is None
 
 
+def test_a_leader_handing_off_and_how_its_term_began() -> None:
+    lead = Leader.from_json(
+        leader_json(1, termReason="handoff", draining=[3], handingOff={"term": 4, "to": 2, "cause": "drain",
+                                                                       "sinceMs": 12, "error": None})
+    )
+    assert (lead.term_reason, lead.draining, lead.handing_off_to) == ("handoff", (3,), 2)
+    older = Leader.from_json(leader_json(1))
+    assert (older.term_reason, older.draining, older.handing_off_to) == (None, (), None)
+    with pytest.raises(ProtocolError, match="draining"):
+        Leader.from_json(leader_json(1, draining=["3"]))
+
+
 def test_leader_of_an_agent_without_leases() -> None:
     raw = leader_json(1, is_self=True)
     for newer in LEADER_LEASE_FIELDS:

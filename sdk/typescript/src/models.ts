@@ -250,14 +250,26 @@ export function addresses(peers: readonly Peer[]): string[] {
 
 type LeaderInit = Omit<
   FieldsOf<Leader>,
-  "elected" | "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat" | "termReason"
+  "elected" | "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat" | "termReason" | "handingOffTo"
 > &
   Partial<
     Pick<
       FieldsOf<Leader>,
-      "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat" | "termReason"
+      | "term"
+      | "state"
+      | "ageMs"
+      | "leaseMs"
+      | "healthy"
+      | "reason"
+      | "refusedSeat"
+      | "termReason"
+      | "handingOffTo"
     >
   >;
+
+function handingOffTo(value: Record<string, unknown> | null): number | null {
+  return value === null ? null : new Fields(value, "leader.handingOff").integer("to");
+}
 
 /**
  * The cluster's elected leader as this node sees it (`GET /v1/leader`).
@@ -308,6 +320,11 @@ export class Leader {
    * failover) or `"seat-left"`; `null` when this node did not see it begin.
    */
   readonly termReason!: string | null;
+  /**
+   * While this node hands its term off: the successor's seat. A demotion that comes with it is a clean
+   * switchover: stop taking writes and let the replicas catch up; the successor promotes after the block.
+   */
+  readonly handingOffTo!: number | null;
 
   constructor(fields: LeaderInit) {
     Object.assign(
@@ -321,6 +338,7 @@ export class Leader {
         reason: null,
         refusedSeat: null,
         termReason: null,
+        handingOffTo: null,
       },
       fields,
     );
@@ -350,6 +368,7 @@ export class Leader {
       reason: f.optText("reason"),
       refusedSeat: f.optInteger("refusedSeat"),
       termReason: f.optText("termReason"),
+      handingOffTo: handingOffTo(f.optObject("handingOff")),
     });
   }
 }

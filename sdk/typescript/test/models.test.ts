@@ -271,6 +271,18 @@ test("a refused leader is no leader, and named apart", () => {
   assert.equal(Leader.fromJSON(leaderJson(2)).refusedSeat, null);
 });
 
+test("a leader handing off, and how its term began", () => {
+  const lead = Leader.fromJSON(
+    leaderJson(1, {
+      termReason: "handoff",
+      handingOff: { term: 4, to: 2, cause: "drain", sinceMs: 12, error: null },
+    }),
+  );
+  assert.deepEqual([lead.termReason, lead.handingOffTo], ["handoff", 2]);
+  const older = Leader.fromJSON(leaderJson(1));
+  assert.deepEqual([older.termReason, older.handingOffTo], [null, null]);
+});
+
 test("the leader of an agent without leases", () => {
   const lead = Leader.fromJSON(without(leaderJson(1, { isSelf: true }), ...LEADER_LEASE_FIELDS));
   assert.ok(lead.isSelf);

@@ -259,6 +259,9 @@ class Leader:
     term_reason: str | None = None
     #: The seats being drained.
     draining: tuple[int, ...] = ()
+    #: While this node hands its term off: the successor's seat. A demotion that comes with it is a clean
+    #: switchover: stop taking writes and let the replicas catch up, the successor promotes after the block.
+    handing_off_to: int | None = None
 
     @property
     def elected(self) -> bool:
@@ -284,7 +287,12 @@ class Leader:
             refused_seat=f.opt_integer("refusedSeat"),
             term_reason=f.opt_text("termReason"),
             draining=tuple(f.integers("draining")),
+            handing_off_to=_handing_off_to(f.opt_mapping("handingOff")),
         )
+
+
+def _handing_off_to(value: object | None) -> int | None:
+    return None if value is None else _Fields(value, "leader.handingOff").integer("to")
 
 
 @dataclass(frozen=True)
