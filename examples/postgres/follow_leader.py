@@ -111,8 +111,8 @@ async def amain(args: argparse.Namespace) -> int:
     def leader_addr(leader: Any) -> Addr:
         return overlay_addr(leader, leader_port)
 
-    async def members() -> list[tuple[int, Addr]]:
-        return [(p.token_id, (p.overlay_ip, leader_port)) for p in await sdk.peers()]
+    async def members() -> list[tuple[int, Addr, bool]]:
+        return [(p.token_id, (p.overlay_ip, leader_port), p.draining) for p in await sdk.peers()]
 
     async def whoami() -> int | None:
         token = (await sdk.status()).node.token_id

@@ -33,7 +33,7 @@ class PostgresFollower:
     """
 
     def __init__(self, pg: Any, leader_addr: Callable[[Any], Addr], password: str, *,
-                 members: Callable[[], Awaitable[list[tuple[int, Addr]]]] | None = None,
+                 members: Callable[[], Awaitable[list[tuple[int, Addr] | tuple[int, Addr, bool]]]] | None = None,
                  whoami: Callable[[], Awaitable[int | None]] | None = None,
                  check_interval: float = 2.0, rejoin_timeout: float = 30.0, sync_standbys: int = 1,
                  bootstrap_term: int = 1, backoff_max: float = 10.0, first_word: float = 2.0) -> None:
@@ -112,8 +112,13 @@ class PostgresFollower:
         except Exception as e:
             log.warning("cannot list the cluster's members from the agent: %s", e)
             return None, 1
-        others = [(t, a) for t, a in members if t != self.node_token]
-        peers = await asyncio.gather(*(self.pg.peer(a, t) for t, a in others))
+        others = [m for m in members if m[0] != self.node_token]
+        # A member being drained (its agent stopping: a hand-off) is not asked: its server stops, and once its
+        # agent is gone what is sent to it is dropped, so asking waits out the connect timeout. It still
+        # counts: the answers needed are as many as before, so the writes only it might hold are not passed
+        # over.
+        asked = [(m[0], m[1]) for m in others if not (len(m) > 2 and m[2])]
+        peers = await asyncio.gather(*(self.pg.peer(a, t) for t, a in asked))
         return list(peers), len(others) + 1
 
     async def step(self) -> Action:

@@ -131,6 +131,10 @@ class Ran:
     err: str
 
 
+#: Seconds to connect to another node's server to ask how far it got (libpq takes 2 at least).
+PEER_CONNECT_TIMEOUT = 2
+
+
 class Postgres:
     """One node's PostgreSQL: its data directory, run through pg_ctl & co. as `run_as` (PostgreSQL refuses
     root), each program bounded by a timeout."""
@@ -226,9 +230,9 @@ class Postgres:
             pass
         return {}
 
-    def conninfo(self, addr: Addr, dbname: str | None = None) -> str:
+    def conninfo(self, addr: Addr, dbname: str | None = None, connect_timeout: int = 3) -> str:
         parts = [f"host={conninfo_quote(addr[0])}", f"port={addr[1]}", f"user={conninfo_quote(self.user)}",
-                 f"passfile={conninfo_quote(str(self.pgpass))}", "connect_timeout=3"]
+                 f"passfile={conninfo_quote(str(self.pgpass))}", f"connect_timeout={connect_timeout}"]
         if dbname:
             parts.append(f"dbname={conninfo_quote(dbname)}")
         return " ".join(parts)
@@ -288,11 +292,12 @@ class Postgres:
             raise
         return Ran(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
-    async def sql(self, query: str, *, addr: Addr | None = None, timeout: float = 10.0) -> list[str]:
+    async def sql(self, query: str, *, addr: Addr | None = None, timeout: float = 10.0,
+                  connect_timeout: int = 3) -> list[str]:
         """One row of `query`: locally over the unix socket as the server's superuser, or on `addr` as the
         replication role. Raises PgError with psql's own words."""
         target = (["-h", str(self.socket_dir), "-p", str(self.port), "-d", "postgres"] if addr is None
-                  else [self.conninfo(addr, "postgres")])
+                  else [self.conninfo(addr, "postgres", connect_timeout)])
         r = await self.run("psql", "-X", "-A", "-t", "-q", "-F", "|", "-v", "ON_ERROR_STOP=1", *target,
                            "-c", query, timeout=timeout)
         if r.rc != 0:
@@ -369,7 +374,9 @@ class Postgres:
 
     async def peer(self, addr: Addr, token: int | None = None) -> PeerState:
         try:
-            row = await self.sql(self.POSITION_SQL, addr=addr, timeout=6)
+            # libpq's shortest connect timeout: a node whose agent stopped (a hand-off) drops what is sent to
+            # its overlay address, and a new leader asks every node how far it got before it promotes.
+            row = await self.sql(self.POSITION_SQL, addr=addr, timeout=6, connect_timeout=PEER_CONNECT_TIMEOUT)
             in_recovery, term, position = self._parse_position(row)
         except (PgError, ValueError, IndexError) as e:
             return PeerState(token, addr, False, error=str(e) or type(e).__name__)

@@ -124,6 +124,32 @@ async def test_a_leader_whose_peers_answer_slower_than_its_lease_renews_it_and_p
 
 
 @pytest.mark.asyncio
+async def test_a_new_leader_does_not_ask_a_draining_member_but_still_counts_it() -> None:
+    asked: list[Any] = []
+
+    class Pg(SlowPeersPg):
+        async def peer(self, addr: Any, token: Any = None) -> PeerState:
+            asked.append(token)
+            return await super().peer(addr, token)
+
+    pg = Pg(answer_after=0.0)
+
+    async def members() -> list[Any]:
+        # Seat 1 hands off and is drained; seat 3 answers.
+        return [(1, A1, True), (2, A2, False), (3, A3, False)]
+
+    async def whoami() -> int:
+        return 2
+
+    f = follower(pg, members=members, whoami=whoami)
+    f.node_token = 2
+    peers, count = await f._gather()
+    assert asked == [3], "the draining member is not asked"
+    assert count == 3, "it still counts among the members"
+    assert [p.token for p in peers] == [3]
+
+
+@pytest.mark.asyncio
 async def test_a_leader_whose_lease_runs_out_while_its_peers_are_asked_does_not_promote() -> None:
     pg = SlowPeersPg(answer_after=0.5)
 

@@ -197,13 +197,19 @@ impl Lan {
 
     fn start_anvil(&mut self) {
         let log = File::create(&self.anvil_log).expect("anvil log");
-        let mut cmd = self.switch.command(&[
-            anvil_path().to_str().expect("utf-8 anvil path"),
-            "--host",
-            &SWITCH_IP.to_string(),
-            "--port",
-            &RPC_PORT.to_string(),
-        ]);
+        let mut args = vec![
+            anvil_path().to_str().expect("utf-8 anvil path").to_owned(),
+            "--host".into(),
+            SWITCH_IP.to_string(),
+            "--port".into(),
+            RPC_PORT.to_string(),
+        ];
+        // Blocks at a real chain's pace rather than on demand, for measurements (hand-off and failover).
+        if let Ok(secs) = std::env::var("DSTACK_MESH_TEST_BLOCK_TIME") {
+            args.extend(["--block-time".into(), secs]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = self.switch.command(&args);
         clean_env(&mut cmd)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

@@ -174,7 +174,7 @@ fn a_leader_stopped_with_sigterm_hands_off_and_loses_no_acknowledged_write() {
     );
     let log = agents[0].tail();
     assert!(
-        log.contains("handing this node's term off") && log.contains("hand-off mined"),
+        log.contains("handing this node's term off") && log.contains("the hand-off landed"),
         "node 1 logs its hand-off\n{log}"
     );
     for a in &agents[1..] {
