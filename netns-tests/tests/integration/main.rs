@@ -14,6 +14,7 @@ mod chain_follow;
 mod chain_providers;
 mod chain_registration;
 mod meshctl_cli;
+mod meshctl_leader;
 mod meshctl_status;
 mod runbook;
 mod status_feed;

@@ -438,38 +438,6 @@ fn fund_sends_eth() {
     assert_eq!(out["balanceEth"], "0.250000000000000000");
 }
 
-/// Leader election through the CLI: elect, vote, and the state `leader show` reports.
-#[test]
-fn leader_election_through_the_cli() {
-    let anvil = anvil();
-    let mut m = Meshctl::new(&anvil);
-    m.deploy(UNUSED_KMS_ROOT);
-    for i in 1..=3 {
-        m.run(Some(0), &["mint", "--to", &m.address(i).to_string()])
-            .ok();
-    }
-    m.run(Some(3), &["leader", "elect", "--token", "3"]).ok();
-    let shown = m.run(None, &["leader", "show", "--json"]).ok().json();
-    assert_eq!(shown["leaderTokenId"], 1);
-    assert_eq!(shown["threshold"], 2);
-    m.run(
-        Some(2),
-        &["leader", "vote", "--token", "2", "--against", "1"],
-    )
-    .ok();
-    m.run(
-        Some(3),
-        &["leader", "vote", "--token", "3", "--against", "1"],
-    )
-    .ok();
-    let shown = m.run(None, &["leader", "show", "--json"]).ok().json();
-    assert_eq!(
-        shown["leaderTokenId"], 2,
-        "two of three votes replace seat 1: {shown}"
-    );
-    assert_eq!(shown["seats"][0]["votesAgainst"], 2);
-}
-
 /// Boots are judged as dstack's KMS would: allowed once the compose hash is, refused with the reason before.
 #[test]
 fn app_auth_check_judges_a_boot() {
