@@ -26,6 +26,7 @@
 
 mod failover;
 mod planned;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -514,6 +515,25 @@ fn tails_of(sidecars: &[App]) -> String {
         .join("\n")
 }
 
+/// Node `i`'s sidecar, `follow_leader.py`, on its server and its agent's API.
+fn sidecar(lan: &Lan, servers: &Servers, agent: &Agent<'_>, i: usize) -> App {
+    let s = servers.node(i);
+    App::start(
+        lan.node(i),
+        "examples/postgres/follow_leader.py",
+        &[
+            "--data-dir",
+            path(&s.data),
+            "--socket-dir",
+            path(&s.socket),
+            "--port",
+            PG_PORT,
+        ],
+        agent.api_socket(),
+        &[("PG_REPLICATION_PASSWORD", PASSWORD)],
+    )
+}
+
 /// Three meshed agents started with `flags`, each node's PostgreSQL under the recipe's sidecar, seat 1's
 /// the primary and the others streaming from it, the table `acked` and the application's role made: the
 /// agents, the servers, the sidecars and the primary's term.
@@ -529,23 +549,7 @@ fn primary_on_seat_1<'c>(
     steps.step("mesh up, every agent forwarding 5432 to the leader's 5433");
     let servers = Servers::new();
     let sidecars: Vec<App> = (1..=NODES)
-        .map(|i| {
-            let s = servers.node(i);
-            App::start(
-                lan.node(i),
-                "examples/postgres/follow_leader.py",
-                &[
-                    "--data-dir",
-                    path(&s.data),
-                    "--socket-dir",
-                    path(&s.socket),
-                    "--port",
-                    PG_PORT,
-                ],
-                agents[i - 1].api_socket(),
-                &[("PG_REPLICATION_PASSWORD", PASSWORD)],
-            )
-        })
+        .map(|i| sidecar(lan, &servers, &agents[i - 1], i))
         .collect();
     wait_until(
         "seat 1's PostgreSQL to be the primary and 2's and 3's its streaming replicas",
