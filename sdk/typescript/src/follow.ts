@@ -203,8 +203,12 @@ export interface FollowLeaderOptions {
  * While this node leads it renews the lease by reading the leader again at a third of what is left, and
  * demotes it when the lease runs out with no renewal (the agent stopped, or cannot answer); `onDemote` then
  * gets the last view with `isSelf` false and `reason` {@link LEASE_LAPSED}. An agent that restarts is
- * followed again without a call if nothing changed. Callbacks may be plain or async functions and are awaited
- * one at a time, in order: keep them short (hand long work to a task). What they throw rejects this function.
+ * followed again without a call if nothing changed. A planned change (the leader's agent stopped with SIGTERM,
+ * or asked to hand off) comes as one change of term: `onDemote` on the old leader with `leader.handingOffTo`
+ * naming the successor (a clean switchover: stop taking writes and let the replicas catch up), then
+ * `onPromote` on the successor once the hand-off's block is in, with `leader.termReason` `"handoff"`.
+ * Callbacks may be plain or async functions and are awaited one at a time, in order: keep them short (hand
+ * long work to a task). What they throw rejects this function.
  */
 export async function followLeader(
   onPromote: (leader: Leader) => unknown,

@@ -188,7 +188,11 @@ async def follow_leader(
     While this node leads it renews the lease by reading the leader again at a third of what is left, and
     demotes it when the lease runs out with no renewal (the agent stopped, or cannot answer); ``on_demote``
     then gets the last view with ``is_self`` false and ``reason`` :data:`LEASE_LAPSED`. An agent that
-    restarts is followed again without a call if nothing changed. Callbacks may be plain or coroutine
+    restarts is followed again without a call if nothing changed. A planned change (the leader's agent
+    stopped with SIGTERM, or asked to hand off) comes as one change of term: ``on_demote`` on the old leader
+    with ``leader.handing_off_to`` naming the successor (a clean switchover: stop taking writes and let the
+    replicas catch up), then ``on_promote`` on the successor once the hand-off's block is in, with
+    ``leader.term_reason`` ``"handoff"``. Callbacks may be plain or coroutine
     functions and are awaited one at a time, in order: keep them short (hand long work to a task). What
     they raise propagates out of this function.
 
