@@ -10,6 +10,7 @@
 //! ```
 mod agent_api;
 mod agent_daemon;
+mod api_commands;
 mod chain_follow;
 mod chain_providers;
 mod chain_registration;
