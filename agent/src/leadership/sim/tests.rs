@@ -408,6 +408,13 @@ enum Event {
     /// Every node refuses this seat from the next read on (its image is disallowed), or accepts it again.
     Refuse(u64),
     Accept(u64),
+    /// The seat's node is asked to hand off (it may not lead: then it refuses).
+    HandOff(u64),
+    /// The leader's holder hands the term to this seat on-chain (`meshctl leader handoff --to`).
+    HandOffTo(u64),
+    /// The seat's node is drained (as SIGTERM does), or no longer.
+    Drain(u64),
+    Undrain(u64),
 }
 
 /// An event for a seat; seat 0, half the time, stands for whichever seat leads when it happens.
@@ -423,7 +430,11 @@ fn event(nodes: u64) -> impl Strategy<Value = Event> {
         seat.clone().prop_map(Event::Unhealthy),
         seat.clone().prop_map(Event::Healthy),
         seat.clone().prop_map(Event::Refuse),
-        seat.prop_map(Event::Accept),
+        seat.clone().prop_map(Event::Accept),
+        seat.clone().prop_map(Event::HandOff),
+        seat.clone().prop_map(Event::HandOffTo),
+        seat.clone().prop_map(Event::Drain),
+        seat.prop_map(Event::Undrain),
     ]
 }
 
@@ -442,7 +453,12 @@ impl Sim {
             Event::Healthy(s) => Event::Healthy(seat(s)),
             Event::Refuse(s) => Event::Refuse(seat(s)),
             Event::Accept(s) => Event::Accept(seat(s)),
+            Event::HandOff(s) => Event::HandOff(seat(s)),
+            Event::HandOffTo(s) => Event::HandOffTo(seat(s)),
+            Event::Drain(s) => Event::Drain(seat(s)),
+            Event::Undrain(s) => Event::Undrain(seat(s)),
         };
+        let now = self.now;
         match event {
             Event::Freeze(s) => self.node(s).frozen = true,
             Event::Resume(s) => self.node(s).frozen = false,
@@ -458,6 +474,23 @@ impl Sim {
             Event::Accept(s) => {
                 self.contract.refused.remove(&s);
             }
+            Event::HandOff(s) => {
+                let _ = self
+                    .node(s)
+                    .machine
+                    .request_handoff(now, None, HandOffCause::Asked);
+            }
+            Event::HandOffTo(s) => {
+                if let Some(from) = self.contract.leader {
+                    let _ = self.contract.hand_off(from, s);
+                }
+            }
+            Event::Drain(s) => {
+                let _ = self.node(s).machine.set_draining(now, true);
+            }
+            Event::Undrain(s) => {
+                let _ = self.node(s).machine.set_draining(now, false);
+            }
         }
     }
 }
@@ -465,10 +498,9 @@ impl Sim {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Under any schedule of freezes, RPC cuts, partitions, health reports and refusals, over a network that
-    /// loses and delays datagrams, no two nodes ever claim to lead over overlapping intervals.
-    /// Under any schedule of freezes, RPC cuts, partitions, health reports and refusals, over a network that
-    /// loses and delays datagrams, no two nodes ever claim to lead over overlapping intervals. Events come in
+    /// Under any schedule of freezes, RPC cuts, partitions, health reports, refusals, hand-offs (asked of a
+    /// node, or sent on-chain by a holder) and drains, over a network that loses and delays datagrams, no two
+    /// nodes ever claim to lead over overlapping intervals. Events come in
     /// pairs a little apart (a cut RPC, then a refusal it hides), often aimed at whichever seat leads.
     #[test]
     fn no_two_nodes_ever_claim_to_lead_at_once(
@@ -492,7 +524,8 @@ proptest! {
             .filter(|(_, e)| match e {
                 Event::Freeze(s) | Event::Resume(s) | Event::CutRpc(s) | Event::RestoreRpc(s)
                 | Event::CutOff(s) | Event::Reconnect(s) | Event::Unhealthy(s) | Event::Healthy(s)
-                | Event::Refuse(s) | Event::Accept(s) => *s <= nodes,
+                | Event::Refuse(s) | Event::Accept(s) | Event::HandOff(s) | Event::HandOffTo(s)
+                | Event::Drain(s) | Event::Undrain(s) => *s <= nodes,
             })
             .collect();
         events.sort_by_key(|(at, _)| *at);
