@@ -176,6 +176,18 @@ const NODE: &[Metric<Snapshot>] = &[
         |s| s.counters.election.stepdowns,
     ),
     m(
+        "dstack_mesh_leader_handoffs_total",
+        "counter",
+        "Hand-offs this node made, as the leader, that landed: the term went to another seat without a failover.",
+        |s| s.counters.election.handoffs,
+    ),
+    m(
+        "dstack_mesh_leader_handoffs_given_up_total",
+        "counter",
+        "Hand-offs this node gave up because no seat would take the lead (it led on, or stopped without one).",
+        |s| s.counters.election.handoffs_given_up,
+    ),
+    m(
         "dstack_mesh_heartbeats_refused_total",
         "counter",
         "Leader heartbeats refused: malformed, or not from a member's overlay address.",
@@ -378,6 +390,11 @@ pub fn metrics(s: &Snapshot) -> String {
             "dstack_mesh_ballot_duration_seconds",
             "How long each ballot of this node took, from sending it to its receipt.",
             &s.counters.election.ballots,
+        ),
+        (
+            "dstack_mesh_handoff_duration_seconds",
+            "How long each hand-off of this node took, from releasing its term to its view showing the next.",
+            &s.counters.election.handoff_times,
         ),
     ] {
         out.histogram(name, help, latency);

@@ -538,6 +538,14 @@ pub struct ElectionCounters {
     /// How long each ballot took, from sending it to its receipt (or its failure).
     #[serde(default)]
     pub ballots: crate::latency::Latency,
+    /// Hand-offs this node made that landed, and those given up (no seat would take the lead).
+    #[serde(default)]
+    pub handoffs: u64,
+    #[serde(default)]
+    pub handoffs_given_up: u64,
+    /// How long each landed hand-off took, from releasing the term to the view showing the next.
+    #[serde(default)]
+    pub handoff_times: crate::latency::Latency,
 }
 
 /// The relay's counters.

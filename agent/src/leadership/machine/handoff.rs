@@ -400,6 +400,8 @@ impl Machine {
     fn abandon(&mut self, why: String) {
         if let Some(h) = self.handoff.take() {
             self.gave_up = Some(h.term);
+            let c = &mut self.state.counters;
+            c.handoffs_given_up = c.handoffs_given_up.saturating_add(1);
             if self.released == Some(h.term) {
                 self.released = None;
                 self.support.clear();
@@ -420,6 +422,9 @@ impl Machine {
         if let Some(h) = self.handoff.take_if(|h| self.view.term > h.term) {
             let took = now.saturating_duration_since(h.since);
             info!(to = ?self.view.leader, term = self.view.term, ?took, "the hand-off landed");
+            let c = &mut self.state.counters;
+            c.handoffs = c.handoffs.saturating_add(1);
+            c.handoff_times.observe(took);
             self.state.last_handoff = Some(HandedOff {
                 term: h.term,
                 to: self.view.leader,

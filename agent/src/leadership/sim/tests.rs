@@ -657,6 +657,10 @@ fn a_handoff_moves_the_lead_within_a_block_and_the_leases_never_overlap() {
     let one = sim.node(1).machine.state();
     assert!(one.handoff.is_none());
     assert_eq!(
+        (one.counters.handoffs, one.counters.handoff_times.count),
+        (1, 1)
+    );
+    assert_eq!(
         one.last_handoff.as_ref().map(|h| (h.term, h.to)),
         Some((1, Some(2)))
     );
@@ -791,6 +795,7 @@ fn a_handoff_no_seat_takes_is_given_up_and_the_leader_leads_again() {
         sim.node(1).machine.state().handoff_error.is_some(),
         "why is shown"
     );
+    assert_eq!(sim.node(1).machine.state().counters.handoffs_given_up, 1);
     assert!(sim.node(1).machine.stop_ready(), "nothing more to wait for");
     sim.run_until(30.0);
     assert_eq!((sim.contract.term, sim.claimant()), (1, Some(1)));
