@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use alloy::eips::eip2718::Encodable2718 as _;
 use alloy::network::{EthereumWallet, NetworkTransactionBuilder as _, TransactionBuilder as _};
-use alloy::primitives::{Address, B256, Bytes};
+use alloy::primitives::{Address, B256, Bytes, TxHash};
 use alloy::providers::Provider as _;
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
@@ -100,7 +100,9 @@ impl Rpcs {
                     None => return Err(e),
                 };
                 debug!(what, nonce = signed.nonce, ?again, "refused; signing again");
-                signed = self.sign(what, signer, request, headroom, again).await?;
+                signed = self
+                    .sign(what, signer, request.clone(), headroom, again)
+                    .await?;
                 self.broadcast(what, &signed.raw).await?;
             }
             self.sending
@@ -117,7 +119,36 @@ impl Rpcs {
         };
         let receipt = self.receipt(what, &signed).await;
         drop(waiting);
-        receipt
+        match receipt {
+            Err(ChainError::TxFailed { what, tx }) => {
+                Err(self.why_failed(what, tx, from, request).await)
+            }
+            other => other,
+        }
+    }
+
+    /// Why a transaction mined but failed: the same call made again on the chain as it is now, whose revert
+    /// names what changed in between (another node's transaction took the step first, say), or the failure
+    /// as it was when the call passes now (it ran out of gas) or the RPC does not answer.
+    async fn why_failed(
+        &self,
+        what: &'static str,
+        tx: TxHash,
+        from: Address,
+        request: TransactionRequest,
+    ) -> ChainError {
+        match self.reader().call(request.from(from)).await {
+            Err(e) => {
+                match ChainError::from_call(what, alloy::contract::Error::TransportError(e)) {
+                    ChainError::Reverted(revert) => {
+                        debug!(what, %tx, %revert, "the failed transaction, called again, names its revert");
+                        ChainError::Reverted(revert)
+                    }
+                    _ => ChainError::TxFailed { what, tx },
+                }
+            }
+            Ok(_) => ChainError::TxFailed { what, tx },
+        }
     }
 
     /// Fills `request` (chain id, nonce, gas, fees) and signs it.

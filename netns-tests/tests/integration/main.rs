@@ -13,6 +13,7 @@ mod agent_daemon;
 mod api_commands;
 mod chain_follow;
 mod chain_providers;
+mod chain_races;
 mod chain_registration;
 mod meshctl_cli;
 mod meshctl_leader;
