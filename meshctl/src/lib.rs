@@ -69,9 +69,11 @@ enum Command {
     Relay(cmd::relay::Args),
     /// Show the leader and the votes, elect, vote and withdraw a vote, or hand the lead to another seat.
     Leader(cmd::leader::Args),
-    /// Drain a seat for maintenance (or --undo): its node hands its term off if it leads, no leader is
-    /// handed to or elected from it while another seat can lead, and replica ports leave it out. Its tunnel
-    /// and its leader port stay up; it stays drained until undone, across restarts.
+    /// Drain a seat for maintenance (or --undo): its node hands its term off if it leads (leader ports then
+    /// reach the successor, and the SDKs' follow_leader demotes it and promotes the successor), no leader is
+    /// handed to or elected from it while another seat can lead, and replica ports leave it out; every node's
+    /// API and the SDKs show it `draining`. Its tunnel and its leader port stay up; it stays drained until
+    /// undone, across restarts.
     Drain(cmd::drain::Args),
     /// Dispute, from one of your seats, another seat's binding whose quote does not show what it claims
     /// (another instance or node): f + 1 disputes release it and free the instance it claims.
