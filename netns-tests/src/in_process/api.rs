@@ -35,11 +35,15 @@ fn verified() -> Attestation {
     }
 }
 
-/// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen; and a seat
-/// refused for its evidence.
-pub fn example_snapshot(now: u64) -> Snapshot {
-    let peer = |token: u64, connection, handshake: Option<u64>, rx, tx| {
-        Peer {
+/// Seat `token` as the example node lists it: reached over `connection`, with its handshake and bytes.
+fn example_peer(
+    token: u64,
+    connection: ConnectionKind,
+    handshake: Option<u64>,
+    rx: u64,
+    tx: u64,
+) -> Peer {
+    Peer {
         token_id: token,
         instance_id: format!("{token:040x}"),
         overlay_ip: Ipv4Addr::new(10, 0, 1, token as u8),
@@ -81,7 +85,137 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         attestation: Some(verified()),
         holder: Some(alloy::primitives::Address::repeat_byte(token as u8)),
     }
-    };
+}
+
+/// The example node's status: three peers configured, one healthy, one refused.
+fn example_status(now: u64) -> Status {
+    Status {
+        version: "0.1.0".into(),
+        commit: Some("0123456789ab".into()),
+        started_at: Some(1_795_000_000),
+        mode: Mode::Wireguard,
+        backend: Some("userspace".into()),
+        node: Node {
+            instance_id: format!("{:040x}", 1),
+            app_id: "0x00112233445566778899aabbccddeeff00112233"
+                .parse()
+                .expect("address"),
+            token_id: Some(1),
+            overlay_ip: Some(Ipv4Addr::new(10, 0, 1, 1)),
+            wg_public_key: Some(example_key(1)),
+            interface: Some("dmesh0".into()),
+            listen_port: Some(51820),
+            endpoint: Some("192.0.2.1:51820".into()),
+            gateway_url: None,
+            registered: true,
+            registration_error: None,
+            attestation: Some(verified()),
+            seat_request: None,
+            draining: false,
+        },
+        chain: ChainStatus {
+            contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+                .parse()
+                .expect("address"),
+            chain_id: Some(31337),
+            rpc_url: "http://127.0.0.1:8545".into(),
+            head: Some(122),
+            last_processed_block: Some(120),
+            lag: Some(2),
+            from_cache: false,
+            subscribed: false,
+            prefix: Some("10.0.1.0/24".into()),
+            last_error: None,
+            // Three providers, two of which must agree; the third answered a range's logs otherwise.
+            verification: Verification {
+                verified: true,
+                quorum: 2,
+                providers: ["a", "b", "c"]
+                    .iter()
+                    .map(|p| Provider {
+                        url: format!("https://{p}.rpc.example/"),
+                        agreed: if *p == "c" { 90 } else { 100 },
+                        dissented: if *p == "c" { 10 } else { 0 },
+                        failed: 0,
+                        dissenting: *p == "c",
+                        last_dissent: (*p == "c").then(|| "eth_getLogs".into()),
+                        dissented_from: match *p {
+                            "c" => vec![
+                                "https://a.rpc.example/".into(),
+                                "https://b.rpc.example/".into(),
+                            ],
+                            _ => Vec::new(),
+                        },
+                        failing: None,
+                        failing_secs: None,
+                    })
+                    .collect(),
+                splits: 0,
+                last_split: None,
+            },
+        },
+        uptime_secs: 3600,
+        peers_configured: 3,
+        peers_healthy: 1,
+        peers_refused: 1,
+        nat: Some(Nat {
+            mapping: "endpoint-independent".into(),
+            mapped: vec!["203.0.113.1:40001".into()],
+            servers: vec![
+                StunServer {
+                    server: "198.51.100.250:3478".into(),
+                    mapped: Some("203.0.113.1:40001".into()),
+                    rtt_ms: Some(3),
+                },
+                StunServer {
+                    server: "198.51.100.251:3478".into(),
+                    mapped: None,
+                    rtt_ms: None,
+                },
+            ],
+            candidates: vec![Candidate {
+                address: "203.0.113.1:40001".into(),
+                source: "stun".into(),
+            }],
+            checked_at: Some(now - 5),
+        }),
+        election: Election::default(),
+        ports: vec![mesh_api::ForwardedPort {
+            role: mesh_api::PortRole::Leader,
+            listen: 5432,
+            target: 5433,
+            bound: vec!["127.0.0.1:5432".parse().unwrap(), "10.0.1.1:5432".parse().unwrap()],
+            open: 1,
+            total: mesh_api::ForwardCounts {
+                opened: 5,
+                fenced: 2,
+                unreachable: 1,
+                bytes_to_service: 4096,
+                bytes_from_service: 65536,
+            },
+            refused: [("not-current".to_owned(), 3)].into(),
+            routes: vec![mesh_api::RouteCounts {
+                term: Some(8),
+                seat: 2,
+                counts: mesh_api::ForwardCounts {
+                    opened: 3,
+                    ..Default::default()
+                },
+            }],
+        }],
+        // The PCCS gave no collateral a minute ago; the cached collateral serves meanwhile.
+        faults: vec![mesh_api::Fault {
+            dependency: "pccs".into(),
+            detail: "the PCCS gave no collateral (no answer within 10s); the cached collateral serves until it expires".into(),
+            since: Some(now - 60),
+        }],
+    }
+}
+
+/// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen; and a seat
+/// refused for its evidence.
+pub fn example_snapshot(now: u64) -> Snapshot {
+    let peer = example_peer;
     let peers = vec![
         peer(
             2,
@@ -94,127 +228,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
         peer(4, ConnectionKind::Unreachable, None, 0, 0),
     ];
     Snapshot {
-        status: Status {
-            version: "0.1.0".into(),
-            commit: Some("0123456789ab".into()),
-            started_at: Some(1_795_000_000),
-            mode: Mode::Wireguard,
-            backend: Some("userspace".into()),
-            node: Node {
-                instance_id: format!("{:040x}", 1),
-                app_id: "0x00112233445566778899aabbccddeeff00112233"
-                    .parse()
-                    .expect("address"),
-                token_id: Some(1),
-                overlay_ip: Some(Ipv4Addr::new(10, 0, 1, 1)),
-                wg_public_key: Some(example_key(1)),
-                interface: Some("dmesh0".into()),
-                listen_port: Some(51820),
-                endpoint: Some("192.0.2.1:51820".into()),
-                gateway_url: None,
-                registered: true,
-                registration_error: None,
-                attestation: Some(verified()),
-                seat_request: None,
-                draining: false,
-            },
-            chain: ChainStatus {
-                contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-                    .parse()
-                    .expect("address"),
-                chain_id: Some(31337),
-                rpc_url: "http://127.0.0.1:8545".into(),
-                head: Some(122),
-                last_processed_block: Some(120),
-                lag: Some(2),
-                from_cache: false,
-                subscribed: false,
-                prefix: Some("10.0.1.0/24".into()),
-                last_error: None,
-                // Three providers, two of which must agree; the third answered a range's logs otherwise.
-                verification: Verification {
-                    verified: true,
-                    quorum: 2,
-                    providers: ["a", "b", "c"]
-                        .iter()
-                        .map(|p| Provider {
-                            url: format!("https://{p}.rpc.example/"),
-                            agreed: if *p == "c" { 90 } else { 100 },
-                            dissented: if *p == "c" { 10 } else { 0 },
-                            failed: 0,
-                            dissenting: *p == "c",
-                            last_dissent: (*p == "c").then(|| "eth_getLogs".into()),
-                            dissented_from: match *p {
-                                "c" => vec![
-                                    "https://a.rpc.example/".into(),
-                                    "https://b.rpc.example/".into(),
-                                ],
-                                _ => Vec::new(),
-                            },
-                            failing: None,
-                            failing_secs: None,
-                        })
-                        .collect(),
-                    splits: 0,
-                    last_split: None,
-                },
-            },
-            uptime_secs: 3600,
-            peers_configured: 3,
-            peers_healthy: 1,
-            peers_refused: 1,
-            nat: Some(Nat {
-                mapping: "endpoint-independent".into(),
-                mapped: vec!["203.0.113.1:40001".into()],
-                servers: vec![
-                    StunServer {
-                        server: "198.51.100.250:3478".into(),
-                        mapped: Some("203.0.113.1:40001".into()),
-                        rtt_ms: Some(3),
-                    },
-                    StunServer {
-                        server: "198.51.100.251:3478".into(),
-                        mapped: None,
-                        rtt_ms: None,
-                    },
-                ],
-                candidates: vec![Candidate {
-                    address: "203.0.113.1:40001".into(),
-                    source: "stun".into(),
-                }],
-                checked_at: Some(now - 5),
-            }),
-            election: Election::default(),
-            ports: vec![mesh_api::ForwardedPort {
-                role: mesh_api::PortRole::Leader,
-                listen: 5432,
-                target: 5433,
-                bound: vec!["127.0.0.1:5432".parse().unwrap(), "10.0.1.1:5432".parse().unwrap()],
-                open: 1,
-                total: mesh_api::ForwardCounts {
-                    opened: 5,
-                    fenced: 2,
-                    unreachable: 1,
-                    bytes_to_service: 4096,
-                    bytes_from_service: 65536,
-                },
-                refused: [("not-current".to_owned(), 3)].into(),
-                routes: vec![mesh_api::RouteCounts {
-                    term: Some(8),
-                    seat: 2,
-                    counts: mesh_api::ForwardCounts {
-                        opened: 3,
-                        ..Default::default()
-                    },
-                }],
-            }],
-            // The PCCS gave no collateral a minute ago; the cached collateral serves meanwhile.
-            faults: vec![mesh_api::Fault {
-                dependency: "pccs".into(),
-                detail: "the PCCS gave no collateral (no answer within 10s); the cached collateral serves until it expires".into(),
-                since: Some(now - 60),
-            }],
-        },
+        status: example_status(now),
         peers,
         peers_known: true,
         // Seat 5's binding carries seat 1's quote under another node key.

@@ -28,11 +28,28 @@ pub(crate) fn print_table(r: &Report) {
     if let Some(u) = &r.udp {
         print_udp(u);
     }
-    let mesh = |streams| {
-        r.throughput
-            .as_ref()
-            .and_then(|t| t.streams(streams).runs.get(MESH))
-    };
+    print_offloads(r);
+    print_relay(r);
+    if let Some(nat) = &r.nat {
+        print_nat(nat);
+    }
+    print_leadership(r);
+    if let Some(t) = &r.thousand {
+        print_thousand(t);
+    }
+    print_sizes(r);
+}
+
+/// The throughput of the mesh on the direct path, `streams` at once, if it was measured.
+fn mesh_run(r: &Report, streams: u32) -> Option<&Run> {
+    r.throughput
+        .as_ref()
+        .and_then(|t| t.streams(streams).runs.get(MESH))
+}
+
+/// The mesh with each offload turned off, beside all of them on.
+fn print_offloads(r: &Report) {
+    let mesh = |streams| mesh_run(r, streams);
     if let Some(o) = &r.offloads {
         println!(
             "\nThe mesh with offloads turned off (Gbit/s, retransmits, CPU send / recv; 1 stream, then 4)"
@@ -61,6 +78,11 @@ pub(crate) fn print_table(r: &Report) {
             println!("{row}");
         }
     }
+}
+
+/// The relay's throughput and round trip, against the direct path's.
+fn print_relay(r: &Report) {
+    let mesh = |streams| mesh_run(r, streams);
     if let Some(relay) = &r.relay {
         // Shares of the direct path's figures, when those were measured too.
         let direct = |streams, relayed: f64| {
@@ -83,34 +105,40 @@ pub(crate) fn print_table(r: &Report) {
             fixed(Some(relay.added_ms), 2),
         );
     }
-    if let Some(nat) = &r.nat {
+}
+
+/// NAT traversal: when the path was punched, and each way between the two nodes.
+fn print_nat(nat: &crate::report::Nat) {
+    println!(
+        "\nNAT traversal (2 nodes behind slirp4netns): punched {:.0} ms after the agents started (relayed from {:.0} ms); \
+         a NAT restart cut them off for {:.0} ms ({} of {} pings 20 ms apart lost)",
+        nat.punched_after_ms,
+        nat.relayed_after_ms,
+        nat.remap_recovered_ms,
+        nat.remap_pings_lost,
+        nat.remap_pings_sent
+    );
+    println!(
+        "{:<40} {:>9} {:>9} {:>9}",
+        "between the two nodes", "1 stream", "4 streams", "RTT ms"
+    );
+    for (name, way) in [
+        ("punched (through both NATs)", &nat.punched),
+        ("relayed (UDP dropped; nginx as gateway)", &nat.relayed),
+        ("plain direct (no NAT, same agents)", &nat.direct),
+        ("slirp4netns alone (TCP, no tunnel)", &nat.slirp),
+    ] {
         println!(
-            "\nNAT traversal (2 nodes behind slirp4netns): punched {:.0} ms after the agents started (relayed from {:.0} ms); \
-             a NAT restart cut them off for {:.0} ms ({} of {} pings 20 ms apart lost)",
-            nat.punched_after_ms,
-            nat.relayed_after_ms,
-            nat.remap_recovered_ms,
-            nat.remap_pings_lost,
-            nat.remap_pings_sent
+            "{name:<40} {:>9} {:>9} {:>9}",
+            fixed(Some(way.streams1_gbps), 2),
+            fixed(Some(way.streams4_gbps), 2),
+            fixed(Some(way.rtt_ms), 3)
         );
-        println!(
-            "{:<40} {:>9} {:>9} {:>9}",
-            "between the two nodes", "1 stream", "4 streams", "RTT ms"
-        );
-        for (name, way) in [
-            ("punched (through both NATs)", &nat.punched),
-            ("relayed (UDP dropped; nginx as gateway)", &nat.relayed),
-            ("plain direct (no NAT, same agents)", &nat.direct),
-            ("slirp4netns alone (TCP, no tunnel)", &nat.slirp),
-        ] {
-            println!(
-                "{name:<40} {:>9} {:>9} {:>9}",
-                fixed(Some(way.streams1_gbps), 2),
-                fixed(Some(way.streams4_gbps), 2),
-                fixed(Some(way.rtt_ms), 3)
-            );
-        }
     }
+}
+
+/// The failover and the leader port.
+fn print_leadership(r: &Report) {
     if let Some(fo) = &r.failover {
         println!(
             "\nFailover (3 nodes, the leader's node cut off, leader timeout {} s): seat 2 leads on-chain after {:.0} ms ({:.0} ms beyond the timeout); both agents report it after {:.0} ms",
@@ -139,9 +167,10 @@ pub(crate) fn print_table(r: &Report) {
             );
         }
     }
-    if let Some(t) = &r.thousand {
-        print_thousand(t);
-    }
+}
+
+/// The sizes: how long each change takes to reach every node, and what a node costs, per cluster size.
+fn print_sizes(r: &Report) {
     let Some(sizes) = &r.sizes else {
         return;
     };
