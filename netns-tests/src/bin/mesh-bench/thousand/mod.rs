@@ -74,6 +74,82 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     let register_secs = t.elapsed().as_secs_f64();
     eprintln!("   {others} members registered in {register_secs:.0} s");
 
+    let (view, attestor, reads) = read_and_attest(&rt, &cluster, contract, others)?;
+    eprintln!(
+        "   {others} followers: the agent's follower, membership, attestation and plan code, on anvil's WebSocket"
+    );
+    let t = Instant::now();
+    let ws: alloy::transports::http::reqwest::Url = ws_url().parse()?;
+    let fleet = {
+        let _entered = rt.enter();
+        followers::Fleet::start(&members, &view, &attestor, contract, &ws, &swarm)
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let seen = fleet.seen();
+        if let Some(failed) = seen.iter().find_map(|s| s.failed.as_ref()) {
+            anyhow::bail!("a follower stopped: {failed}");
+        }
+        let ready = seen.iter().filter(|s| s.ready).count();
+        if ready == others {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {ready} of {others} followers were following after 900 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let followers_secs = t.elapsed().as_secs_f64();
+    eprintln!("   followers following {followers_secs:.0} s after they started");
+
+    let idle = idle_requests(&lan, &fleet);
+    eprintln!(
+        "   idle: anvil {:.1} requests/s without blocks (the followers' safety polls), {:.1} per block beyond that; each follower {:.3} per block, and {:.3} ms of CPU",
+        idle.anvil_per_second,
+        idle.anvil_per_block,
+        idle.follower_per_block,
+        idle.cpu_ms_per_member_per_block
+    );
+
+    let joined = join(&rt, &lan, &cluster, &fleet, &swarm, contract, nodes)?;
+    drop(fleet);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(figures(
+        nodes,
+        register_secs,
+        &reads,
+        followers_secs,
+        &idle,
+        joined,
+    ))
+}
+
+/// What a full read costs at this size, and what judging every seat's evidence costs an agent.
+struct Reads {
+    first_read: (Duration, u64),
+    later_read: (Duration, u64),
+    cold: Duration,
+    kept: Duration,
+    checked: u64,
+    verified: usize,
+}
+
+impl Reads {
+    /// Milliseconds per seat checked anew, of a pass that took `d`.
+    fn per_seat(&self, d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0 / self.checked.max(1) as f64
+    }
+}
+
+/// Reads the cluster as a newcomer's follower does, twice, and judges every seat's evidence twice: the
+/// view, the attestor that judged it, and what each cost.
+fn read_and_attest(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster<'_>,
+    contract: Address,
+    others: usize,
+) -> anyhow::Result<(mesh_chain::view::ChainView, Attestor, Reads)> {
     // What a full read costs at this size: the first, which checks every record's proof, and a later one,
     // which finds nothing new. Then what judging every seat's evidence costs an agent, as it does it: the
     // first pass verifies each quote, a later one finds every verdict kept.
@@ -90,7 +166,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         Vec::new(),
         RedactedUrl::new(&rpc_url().parse()?),
     );
-    let (view, first_read, later_read, attestor, passes) = run_on(&rt, async move {
+    let (view, first_read, later_read, attestor, passes) = run_on(rt, async move {
         let reader = mesh_chain::rpc::reader(&rpc_url().parse()?).await?;
         let t = Instant::now();
         let config = FollowConfig {
@@ -138,11 +214,19 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         later_read.1
     );
     let (cold, kept, checked, verified) = passes;
+    let reads = Reads {
+        first_read,
+        later_read,
+        cold,
+        kept,
+        checked,
+        verified,
+    };
     anyhow::ensure!(
         verified == others,
         "only {verified} of {others} members' evidence verified"
     );
-    let per_seat = |d: Duration| d.as_secs_f64() * 1000.0 / checked.max(1) as f64;
+    let per_seat = |d: Duration| reads.per_seat(d);
     eprintln!(
         "   attestation: the first pass over {others} seats {:.0} ms ({:.3} ms a seat, {checked} quotes verified), a later one {:.1} ms ({:.1} µs a seat, every verdict kept)",
         ms(cold),
@@ -151,67 +235,71 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         per_seat(kept) * 1000.0
     );
 
-    eprintln!(
-        "   {others} followers: the agent's follower, membership, attestation and plan code, on anvil's WebSocket"
-    );
-    let t = Instant::now();
-    let ws: alloy::transports::http::reqwest::Url = ws_url().parse()?;
-    let fleet = {
-        let _entered = rt.enter();
-        followers::Fleet::start(&members, &view, &attestor, contract, &ws, &swarm)
-    };
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let seen = fleet.seen();
-        if let Some(failed) = seen.iter().find_map(|s| s.failed.as_ref()) {
-            anyhow::bail!("a follower stopped: {failed}");
-        }
-        let ready = seen.iter().filter(|s| s.ready).count();
-        if ready == others {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {ready} of {others} followers were following after 900 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let followers_secs = t.elapsed().as_secs_f64();
-    eprintln!("   followers following {followers_secs:.0} s after they started");
+    Ok((view, attestor, reads))
+}
 
-    let idle = idle_requests(&lan, &fleet);
-    eprintln!(
-        "   idle: anvil {:.1} requests/s without blocks (the followers' safety polls), {:.1} per block beyond that; each follower {:.3} per block, and {:.3} ms of CPU",
-        idle.anvil_per_second,
-        idle.anvil_per_block,
-        idle.follower_per_block,
-        idle.cpu_ms_per_member_per_block
-    );
+/// What the newcomer's join cost the members and the agent.
+struct Joined {
+    mint: Window,
+    bound_by_all: bool,
+    join: Window,
+    heard: Stat,
+    heard_to_applied: Stat,
+    applied: Stat,
+    applied_by_all: bool,
+    cpu_ms_per_member: f64,
+    subscribed: usize,
+    tick_errors: u64,
+    handshake: Stat,
+    handshaken_by_all: bool,
+    cookie_replies: u64,
+    retries: u64,
+    unknown: u64,
+    listed: Option<f64>,
+    handshaken: Option<f64>,
+    cost: AgentCost,
+    binding_pass: Stat,
+    admitting: Stat,
+    checked_anew: u64,
+    agent_first_pass: Option<(f64, u64)>,
+}
 
+/// The newcomer (seat `nodes`) is minted and bound, then its agent starts and registers: what each step
+/// cost the members, how fast they applied it, and what the agent costs once it meshed with all.
+fn join(
+    rt: &tokio::runtime::Runtime,
+    lan: &Lan,
+    cluster: &Cluster<'_>,
+    fleet: &followers::Fleet,
+    swarm: &Swarm,
+    contract: Address,
+    nodes: usize,
+) -> anyhow::Result<Joined> {
+    let others = nodes - 1;
     // The newcomer's seat is minted and bound: one block with its binding.
     let token = nodes as u64;
     fleet.watch(token);
     let url: alloy::transports::http::reqwest::Url = rpc_url().parse()?;
-    let reader = run_on(&rt, async move { mesh_chain::rpc::reader(&url).await })?;
+    let reader = run_on(rt, async move { mesh_chain::rpc::reader(&url).await })?;
     let head = || {
         let reader = reader.clone();
-        run_on(&rt, async move { reader.get_block_number().await })
+        run_on(rt, async move { reader.get_block_number().await })
     };
-    let (before, block0) = (follower_requests(&fleet), head()?);
+    let (before, block0) = (follower_requests(fleet), head()?);
     cluster.mint(1);
     let bound_by_all = wait_for(BOUND, || fleet.seen().iter().all(|s| s.bound.is_some()));
     std::thread::sleep(Duration::from_secs(1));
     let mint = Window {
-        requests: (follower_requests(&fleet) - before) as f64 / others as f64,
+        requests: (follower_requests(fleet) - before) as f64 / others as f64,
         blocks: head()? - block0,
     };
 
     // Its agent starts, configures its peers, registers: the block every member reacts to.
-    let (before, block0) = (follower_requests(&fleet), head()?);
+    let (before, block0) = (follower_requests(fleet), head()?);
     let cpu0 = cpu_ticks(std::process::id());
     let block = rt.spawn(record_block(contract, token));
     let started = Instant::now();
-    let agent = Agent::builder(&cluster)
+    let agent = Agent::builder(cluster)
         .config(AgentConfig::lan_ws)
         .ready_within(600)
         .start(1);
@@ -227,7 +315,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     let (listed, handshaken) = agent_progress(&agent, others, started);
     std::thread::sleep(Duration::from_secs(1));
     let join = Window {
-        requests: (follower_requests(&fleet) - before) as f64 / others as f64,
+        requests: (follower_requests(fleet) - before) as f64 / others as f64,
         blocks: head()? - block0,
     };
     // The bench's process: every member's follower, plan and simulated peer, and the block watch.
@@ -293,7 +381,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         agent_first_pass.map_or(0, |p| p.1),
         agent_first_pass.map_or(f64::NAN, |p| p.0)
     );
-    let cost = agent_cost(&lan, &agent, &swarm)?;
+    let cost = agent_cost(lan, &agent, swarm)?;
     eprintln!(
         "   the agent with {others} peers: listed them {:.1} s and handshaken with all {:.1} s after it started; RSS {:.1} MiB, idle CPU {:.2}% ({:.0} liveness probes a second answered, each a datagram out and one back), {:.2} chain requests per block",
         listed.unwrap_or(f64::NAN),
@@ -303,9 +391,70 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         cost.probes_per_second,
         cost.requests_per_block
     );
-    drop(fleet);
-    rt.shutdown_timeout(Duration::from_secs(5));
-    Ok(Thousand {
+    Ok(Joined {
+        mint,
+        bound_by_all,
+        join,
+        heard,
+        heard_to_applied,
+        applied,
+        applied_by_all,
+        cpu_ms_per_member,
+        subscribed,
+        tick_errors,
+        handshake,
+        handshaken_by_all,
+        cookie_replies,
+        retries,
+        unknown,
+        listed,
+        handshaken,
+        cost,
+        binding_pass,
+        admitting,
+        checked_anew,
+        agent_first_pass,
+    })
+}
+
+/// The section's figures, from each step's.
+fn figures(
+    nodes: usize,
+    register_secs: f64,
+    reads: &Reads,
+    followers_secs: f64,
+    idle: &Idle,
+    j: Joined,
+) -> Thousand {
+    let others = nodes - 1;
+    let (first_read, later_read) = (reads.first_read, reads.later_read);
+    let (cold, kept, verified) = (reads.cold, reads.kept, reads.verified);
+    let per_seat = |d: Duration| reads.per_seat(d);
+    let Joined {
+        mint,
+        bound_by_all,
+        join,
+        heard,
+        heard_to_applied,
+        applied,
+        applied_by_all,
+        cpu_ms_per_member,
+        subscribed,
+        tick_errors,
+        handshake,
+        handshaken_by_all,
+        cookie_replies,
+        retries,
+        unknown,
+        listed,
+        handshaken,
+        cost,
+        binding_pass,
+        admitting,
+        checked_anew,
+        agent_first_pass,
+    } = j;
+    Thousand {
         nodes,
         register_secs,
         first_full_read_ms: ms(first_read.0),
@@ -352,7 +501,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
             agent_first_pass_ms: agent_first_pass.map(|p| p.0),
             agent_first_pass_seats: agent_first_pass.map(|p| p.1),
         },
-    })
+    }
 }
 
 /// The agent's first attestation pass that verified quotes, from its log: how long it took, and the seats
