@@ -10,6 +10,7 @@ import {DstackChain} from "./DstackChain.sol";
 import {RecordFormat} from "./RecordFormat.sol";
 import {DstackClusterElection, IClusterSeats} from "./DstackClusterElection.sol";
 import {DstackClusterAppAuth, IClusterInstances} from "./DstackClusterAppAuth.sol";
+import {DstackClusterProofs, PURPOSE_PREFIX as PROOF_PURPOSE_PREFIX} from "./DstackClusterProofs.sol";
 
 /// @title DstackClusterNFT: the seats, the peer registry and the dstack app-auth hook of one dstack-mesh cluster.
 /// @notice A seat is an ERC721 token. Token id N owns overlay address `network + N` for good: ids start at 1
@@ -116,7 +117,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
 
     /// @notice The purpose an agent passes to dstack's GetKey to have the app vouch for its node key; the instance
     /// id, ":" and the node's address (40 lowercase hex characters each, without 0x) follow it.
-    string public constant PURPOSE_PREFIX = "dstack-mesh-node:";
+    string public constant PURPOSE_PREFIX = PROOF_PURPOSE_PREFIX;
 
     bytes32 public constant PEER_RECORD_TYPEHASH = keccak256(
         "PeerRecord(uint256 tokenId,string instanceId,bytes32 wgPublicKey,string endpoint,string gatewayUrl,uint64 nonce)"
@@ -182,6 +183,8 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     DstackClusterElection public immutable election;
     /// @notice Which CVMs the cluster trusts, made by this contract's constructor.
     DstackClusterAppAuth public immutable appAuth;
+    /// @notice The stateless checks of proofs and records, made by this contract's constructor.
+    DstackClusterProofs public immutable proofs;
 
     // ----------------------------------------------------------------- events
 
@@ -302,6 +305,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         _recorded.push(RECORDED_PLACEHOLDER);
         election = new DstackClusterElection(this);
         appAuth = new DstackClusterAppAuth(IClusterInstances(address(this)));
+        proofs = new DstackClusterProofs();
         for (uint256 i = 0; i < appIds.length; ++i) {
             _setAppId(appIds[i], true);
         }
@@ -791,21 +795,12 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     }
 
     function _checkRecordFields(PeerRecordInput calldata record) private view {
-        uint256 tokenId = record.tokenId;
-        bool hasKey = record.wgPublicKey != bytes32(0);
-        bool hasEndpoint = bytes(record.endpoint).length != 0;
-        bool hasUrl = bytes(record.gatewayUrl).length != 0;
-        if (!hasKey && !hasUrl) revert RegistryEmptyRecord(tokenId);
-        if (hasEndpoint) {
-            if (!hasKey) revert RegistryEndpointWithoutKey(tokenId);
-            if (!record.endpoint.isEndpoint()) revert RegistryInvalidEndpoint(record.endpoint);
-        }
-        if (hasUrl) {
-            (bool ok, bool https, bytes calldata host) = RecordFormat.parseUrl(record.gatewayUrl);
-            if (!ok) revert RegistryInvalidGatewayUrl(record.gatewayUrl);
-            if (productionMode) {
-                if (!https) revert RegistryGatewayUrlNotHttps(record.gatewayUrl);
-                if (!_isAllowedHost(host)) revert RegistryGatewayDomainNotAllowed(record.gatewayUrl);
+        (bool https, uint256 hostStart, uint256 hostEnd) =
+            proofs.checkRecord(record.tokenId, record.wgPublicKey, record.endpoint, record.gatewayUrl);
+        if (productionMode && bytes(record.gatewayUrl).length != 0) {
+            if (!https) revert RegistryGatewayUrlNotHttps(record.gatewayUrl);
+            if (!_isAllowedHost(bytes(record.gatewayUrl)[hostStart:hostEnd])) {
+                revert RegistryGatewayDomainNotAllowed(record.gatewayUrl);
             }
         }
     }
@@ -816,35 +811,19 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         view
         returns (uint32 app)
     {
-        if (proof.derivedPublicKey.length != DstackChain.PUBLIC_KEY_LENGTH) {
-            revert RegistryInvalidKeyLength(proof.derivedPublicKey.length);
-        }
-        if (proof.appPublicKey.length != DstackChain.PUBLIC_KEY_LENGTH) {
-            revert RegistryInvalidKeyLength(proof.appPublicKey.length);
-        }
-        if (!DstackChain.isOnCurve(proof.derivedPublicKey)) revert RegistryKeyNotOnCurve();
         AppEntry memory entry = _apps[proof.appId];
+        address recovered = proofs.checkChain(
+            proof.derivedPublicKey,
+            proof.appPublicKey,
+            proof.purpose,
+            proof.appSignature,
+            proof.kmsSignature,
+            proof.appId,
+            instanceId,
+            node
+        );
         if (!entry.allowed) revert RegistryAppIdNotAllowed(proof.appId);
         app = entry.number;
-        string memory expected =
-            string.concat(PURPOSE_PREFIX, instanceId, ":", string(DstackChain.toHex(abi.encodePacked(node))));
-        if (keccak256(bytes(proof.purpose)) != keccak256(bytes(expected))) {
-            revert RegistryPurposeMismatch(expected, proof.purpose);
-        }
-        address appKey = DstackChain.toAddress(proof.appPublicKey);
-        address recovered = _recover(
-            DstackChain.appMessageHash(proof.purpose, proof.derivedPublicKey),
-            proof.appSignature,
-            DstackChain.V_DSTACK,
-            "appSignature"
-        );
-        if (recovered != appKey) revert RegistryAppSignatureInvalid(appKey, recovered);
-        recovered = _recover(
-            DstackChain.kmsMessageHash(proof.appId, proof.appPublicKey),
-            proof.kmsSignature,
-            DstackChain.V_DSTACK,
-            "kmsSignature"
-        );
         if (recovered != kmsRoot) revert RegistryKmsSignatureInvalid(kmsRoot, recovered);
     }
 
