@@ -389,17 +389,9 @@ async fn health(
             "this server takes no health reports",
         );
     };
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
-            );
-        }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     match AppReport::from_body(&body, now) {
         Ok(report) => {
@@ -407,6 +399,20 @@ async fn health(
             json(&signal(source))
         }
         Err(why) => error(StatusCode::BAD_REQUEST, &why),
+    }
+}
+
+/// A request's body, at most [`MAX_BODY`] bytes, or the 400 that says why it cannot be read.
+async fn read_body(req: Request<hyper::body::Incoming>) -> Result<Bytes, Response<Body>> {
+    match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+        )),
     }
 }
 
@@ -431,17 +437,9 @@ async fn command(
             "this server takes no commands",
         );
     };
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
-            );
-        }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let parse = |example: &'static str, e: serde_json::Error| {
         error(
