@@ -515,6 +515,28 @@ fn tails_of(sidecars: &[App]) -> String {
         .join("\n")
 }
 
+/// Every write in `acked` is on seat `primary`'s server as acknowledged, and none was acknowledged under a term
+/// after a write of a newer one had been (by a demoted primary).
+fn assert_every_ack_kept(servers: &Servers, primary: usize, acked: &[Ack]) {
+    let lost = not_on(
+        acked,
+        &stored(servers, primary).expect("the primary answers"),
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are not on the primary: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)]
+    );
+    let late = acked_after_newer(acked);
+    assert!(
+        late.is_empty(),
+        "writes acknowledged by a demoted primary:\n{}",
+        late.join("\n")
+    );
+}
+
 /// Node `i`'s sidecar, `follow_leader.py`, on its server and its agent's API.
 fn sidecar(lan: &Lan, servers: &Servers, agent: &Agent<'_>, i: usize) -> App {
     let s = servers.node(i);
