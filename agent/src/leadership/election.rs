@@ -50,6 +50,13 @@ impl Sighting {
         self.last_seen = Some(self.last_seen.map_or(at, |t| t.max(at)));
     }
 
+    /// It answered less than `within` before `now`. A seat only just watched has not: the silence it is
+    /// given before counting is no answer.
+    pub fn answered_within(&self, now: Instant, within: Duration) -> bool {
+        self.last_seen
+            .is_some_and(|t| now.saturating_duration_since(t) < within)
+    }
+
     /// How long it has not answered, as of `now`.
     pub fn silent_for(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_seen.unwrap_or(self.since).max(self.since))
@@ -127,7 +134,7 @@ pub fn decide(facts: &Facts<'_>) -> Option<(Ballot, Reason)> {
         let answers = facts
             .sightings
             .get(&target)
-            .is_some_and(|s| s.silent_for(facts.now) < facts.timeout);
+            .is_some_and(|s| s.answered_within(facts.now, facts.timeout));
         if answers {
             return Some((Ballot::Withdraw, Reason::Answers { seat: target }));
         }
@@ -316,6 +323,15 @@ mod tests {
             w.decide(3, Some(1), Some(1), 101),
             Some((Ballot::Withdraw, Reason::Answers { seat: 1 }))
         );
+    }
+
+    /// After a restart the node reads its vote from the chain and begins watching its target afresh: the
+    /// target has not answered yet, so the vote stands.
+    #[test]
+    fn a_vote_stands_against_a_target_only_just_watched() {
+        let w = World::new().watch(1, None);
+        assert_eq!(w.decide(3, Some(2), Some(1), 0), None);
+        assert_eq!(w.decide(3, Some(1), Some(1), 1), None);
     }
 
     #[test]

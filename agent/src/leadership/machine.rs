@@ -137,8 +137,8 @@ pub struct Machine {
     check: Option<CheckSignal>,
     /// The mesh interface's name, while there is one.
     device: Option<String>,
-    /// The heartbeat socket is bound where [`Machine::wanted_socket`] says.
-    hearing: bool,
+    /// Since when the heartbeat socket has been bound where [`Machine::wanted_socket`] says.
+    hearing: Option<Instant>,
     connected: bool,
     /// The vote is read from the chain before the first ballot, and again after a failed one.
     vote_known: bool,
@@ -203,7 +203,7 @@ impl Machine {
             app: None,
             check: None,
             device: None,
-            hearing: false,
+            hearing: None,
             connected: false,
             vote_known: false,
             job_running: false,
@@ -304,7 +304,7 @@ impl Machine {
 
     /// Whether the heartbeat socket is bound as [`Machine::wanted_socket`] says.
     pub fn handle_socket(&mut self, now: Instant, bound: bool) {
-        self.hearing = bound;
+        self.hearing = bound.then(|| self.hearing.unwrap_or(now));
         self.settle(now, false);
     }
 
@@ -337,13 +337,23 @@ impl Machine {
             .retain(|_, (_, t)| now.saturating_duration_since(*t) < lease);
         self.support.retain(|seat, _| registered.contains(seat));
         let own = self.own();
-        let watched =
-            election::silence_counted(own, self.hearing, self.view.leader, self.state.vote);
+        let watched = election::silence_counted(
+            own,
+            self.hearing.is_some(),
+            self.view.leader,
+            self.state.vote,
+        );
         self.sightings.retain(|seat, _| watched.contains(seat));
+        // A tunnel that has only just come up may not reach anyone yet (UDP blocked, the relay still to
+        // come): silence before its first path could form says nothing about the seat.
+        let first_path = self
+            .hearing
+            .map_or(now, |t| t + mesh_wg::FIRST_PATH_WITHIN)
+            .max(now);
         for seat in &watched {
             self.sightings
                 .entry(*seat)
-                .or_insert_with(|| Sighting::new(now));
+                .or_insert_with(|| Sighting::new(first_path));
         }
         if let Some(own) = own {
             let targets = self.targets(own);
@@ -352,7 +362,7 @@ impl Machine {
             for seat in &targets {
                 self.pinged_since.entry(*seat).or_insert(now);
             }
-            if self.config.heartbeats && self.hearing {
+            if self.config.heartbeats && self.hearing.is_some() {
                 self.ping(own, &targets, now);
             }
         } else {
@@ -467,7 +477,7 @@ impl Machine {
                 self.ping_now = self.others(own);
             }
             let now_due = std::mem::take(&mut self.ping_now);
-            if !now_due.is_empty() && self.config.heartbeats && self.hearing {
+            if !now_due.is_empty() && self.config.heartbeats && self.hearing.is_some() {
                 self.ping(own, &now_due, now);
             }
         }

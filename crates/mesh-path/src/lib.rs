@@ -37,7 +37,8 @@ pub use liveness::{
 };
 pub use nat::{Mapping, NatReport};
 pub use path::{
-    DIRECT_QUIET, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState, TRIAL, TRIAL_EVERY,
+    DIRECT_QUIET, FIRST_PATH_WITHIN, HANDSHAKE_UNANSWERED, PROBE_INTERVAL, PathKind, PathState,
+    TRIAL, TRIAL_EVERY,
 };
 pub use punch::WINDOW as PUNCH_WINDOW;
 pub use stun::ServerResult as StunResult;

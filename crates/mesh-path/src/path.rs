@@ -28,6 +28,12 @@ use crate::liveness::Liveness;
 pub const HANDSHAKE_UNANSWERED: Duration = Duration::from_secs(5);
 /// How long a peer that relays to us must have been silent on the direct path before we relay too.
 pub const DIRECT_QUIET: Duration = Duration::from_secs(3);
+/// The longest a new tunnel takes to reach a peer over the relay when UDP is blocked: its first initiation
+/// goes unanswered for [`HANDSHAKE_UNANSWERED`], the next (WireGuard's REKEY_TIMEOUT later) goes over the
+/// relay, and the peer answers over the relay once its own direct path has been quiet for [`DIRECT_QUIET`].
+/// A seat's silence before then says nothing about the seat.
+pub const FIRST_PATH_WITHIN: Duration =
+    Duration::from_secs(2 * HANDSHAKE_UNANSWERED.as_secs() + DIRECT_QUIET.as_secs());
 /// How often a relayed peer's direct path is tried.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 

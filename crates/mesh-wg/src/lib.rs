@@ -51,8 +51,8 @@ pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake
 pub use probe::answer as answer_probe;
 // How a peer is reached is decided in mesh-path; what the device reports of it is in its terms.
 pub use mesh_path::{
-    Candidate, CandidateSource, DEFAULT_PEER_TIMEOUT, DIRECT_QUIET, HANDSHAKE_UNANSWERED, Liveness,
-    MAX_PEER_TIMEOUT, MIN_PEER_TIMEOUT, Mapping, NatReport, PROBE_INTERVAL, PUNCH_WINDOW, PathKind,
-    PathState, StunResult, TRIAL, TRIAL_EVERY,
+    Candidate, CandidateSource, DEFAULT_PEER_TIMEOUT, DIRECT_QUIET, FIRST_PATH_WITHIN,
+    HANDSHAKE_UNANSWERED, Liveness, MAX_PEER_TIMEOUT, MIN_PEER_TIMEOUT, Mapping, NatReport,
+    PROBE_INTERVAL, PUNCH_WINDOW, PathKind, PathState, StunResult, TRIAL, TRIAL_EVERY,
 };
 pub use wg_key::{Key, KeyParseError, PresharedKey, PrivateKey};

@@ -161,7 +161,7 @@ impl Machine {
 
     /// Farewell for a term this node lost: heartbeats that say it released it.
     pub(super) fn farewell_for(&mut self, own: u64, term: u64, now: Instant) {
-        if !self.config.heartbeats || !self.hearing {
+        if !self.config.heartbeats || self.hearing.is_none() {
             return;
         }
         let bye = Heartbeat {

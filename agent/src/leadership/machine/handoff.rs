@@ -204,7 +204,7 @@ impl Machine {
         if let Some(own) = self.own().filter(|_| on) {
             // Every seat learns of it now, not at the next heartbeat.
             let all = self.others(own);
-            if self.config.heartbeats && self.hearing {
+            if self.config.heartbeats && self.hearing.is_some() {
                 self.ping(own, &all, now);
             }
         }
@@ -307,7 +307,7 @@ impl Machine {
 
     /// Heartbeats that say this node released its term, to every seat.
     pub(super) fn farewell(&mut self, own: u64, now: Instant) {
-        if self.config.heartbeats && self.hearing {
+        if self.config.heartbeats && self.hearing.is_some() {
             let all = self.others(own);
             self.ping(own, &all, now);
         }

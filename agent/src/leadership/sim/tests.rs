@@ -68,7 +68,8 @@ fn a_cluster_elects_its_lowest_seat_which_leads_alone() {
 #[test]
 fn a_frozen_leader_is_replaced_and_never_claims_beside_its_successor_when_it_resumes() {
     let mut sim = led_by_seat_1(3);
-    sim.run_until(10.0);
+    // Past the window its first path is given ([`mesh_wg::FIRST_PATH_WITHIN`]): from here, the timeout alone.
+    sim.run_until(20.0);
     let frozen_at = sim.now;
     sim.node(1).frozen = true;
     let (seat, at) = sim.until_new_leader(1, 30.0).expect("a new leader");
@@ -118,6 +119,24 @@ fn a_node_that_joins_late_casts_no_ballot_against_a_leader_that_answers_it() {
     sim.until_someone_leads(30.0).expect("a leader");
     sim.run_until(20.0);
     sim.contract.active.insert(3);
+    sim.run_until(60.0);
+    assert_eq!(sim.ballots_of(3), 0, "{:?}", sim.contract.mined);
+    assert_eq!(sim.claimant(), Some(1));
+    assert_eq!(sim.overlap(), None);
+}
+
+/// Seat 3's tunnel reaches no one for longer than the timeout after it comes up (UDP is blocked and its
+/// path goes to the relay), yet less than the window a first path is given: it casts no ballot against the
+/// leader that answers once the path is there, and would have cast one had the timeout alone counted.
+#[test]
+fn a_node_whose_first_path_is_slow_casts_no_ballot_against_a_leader_that_answers_it() {
+    let mut sim = Sim::new(3, calm(), 13);
+    sim.node(3).cut_off = true;
+    sim.until_someone_leads(30.0).expect("a leader");
+    let slow = TIMEOUT + Duration::from_secs(3);
+    assert!(slow < mesh_wg::FIRST_PATH_WITHIN);
+    sim.run_until(slow.as_secs_f64());
+    sim.node(3).cut_off = false;
     sim.run_until(60.0);
     assert_eq!(sim.ballots_of(3), 0, "{:?}", sim.contract.mined);
     assert_eq!(sim.claimant(), Some(1));
