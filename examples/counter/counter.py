@@ -43,6 +43,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from dstack_p2p import AgentUnreachable, DStackP2PSDK, RegistrationError
 
 from counter_node import HEALTH_INTERVAL, HEALTH_TTL, CounterNode
 
@@ -85,8 +86,6 @@ async def register(sdk: Any, timeout: float) -> bool:
 
     Raises RegistrationError (and the SDK's other errors) as the SDK does; returns False on timeout.
     """
-    from dstack_p2p import AgentUnreachable
-
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -100,8 +99,6 @@ async def register(sdk: Any, timeout: float) -> bool:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    from dstack_p2p import DStackP2PSDK, RegistrationError  # here, so tests need not install it
-
     host, port = args.listen
     try:
         sdk = DStackP2PSDK(contract=args.contract, api=args.api)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from dstack_p2p import Backoff
 
 from ballots import Ballot, ballot_of, majority, mesh_term
 from http_json import int_field, json_response, peer_json, read_json, unavailable
@@ -168,17 +168,18 @@ class CounterNode:
     # ---- following the SDK
 
     async def _monitor(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, 10.0)
         while True:
             try:
                 await self.sdk.monitor_peers(self._on_peers, on_leader=self._on_leader, detailed=True)
-                log.warning("the SDK's peer monitor stopped; restarting it")
+                why = "the SDK's peer monitor stopped"
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("peer monitor failed (%s); retrying in %.0f s", e, delay)
+                why = f"peer monitor failed ({e})"
+            delay = backoff.next()
+            log.warning("%s; restarting it in %.1f s", why, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
     def _on_peers(self, peers: list[Any]) -> None:
         before = None if self.peers is None else sorted(p.token_id for p in self.peers)
@@ -242,17 +243,16 @@ class CounterNode:
     # ---- leading
 
     async def _lead(self, me: int, term: int) -> None:
-        attempt = 0
+        # Jittered: two nodes that both believe they lead (an agent without terms) must not keep
+        # out-bidding each other's round in lockstep.
+        backoff = Backoff(0.4, 2.0)
         try:
             while True:
                 self._deposed.clear()
                 if not await self._sync(me, term):
-                    attempt += 1
-                    # Jittered: two nodes that both believe they lead (an agent without terms) must not
-                    # keep out-bidding each other's round in lockstep.
-                    await asyncio.sleep(min(0.2 * 2 ** min(attempt, 4), 2.0) * random.uniform(0.5, 1.0))
+                    await asyncio.sleep(backoff.next())
                     continue
-                attempt = 0
+                backoff.reset()
                 self._serving = True
                 self._ready.set()
                 await self._deposed.wait()

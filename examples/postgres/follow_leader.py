@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dstack_p2p import DStackP2PSDK, follow_leader
+from dstack_p2p import Backoff, DStackP2PSDK, follow_leader
 
 from decisions import Addr
 from follower import PostgresFollower
@@ -122,15 +122,14 @@ async def amain(args: argparse.Namespace) -> int:
 
     async def learn_prefix() -> None:
         # The follower runs meanwhile, so that a primary left from before is still stopped without a lease.
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while pg.mesh_prefix is None:
             try:
                 pg.mesh_prefix = (await sdk.status()).chain.prefix
             except Exception as e:  # the agent not up yet
                 log.debug("could not read the cluster's mesh prefix from the agent: %s", e)
             if pg.mesh_prefix is None:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await asyncio.sleep(backoff.next())
         log.info("the cluster's mesh prefix is %s: pg_hba.conf admits it", pg.mesh_prefix)
 
     follower = PostgresFollower(pg, leader_addr, password, members=members, whoami=whoami,

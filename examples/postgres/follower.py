@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from dstack_p2p import why_not_leading
+from dstack_p2p import Backoff, why_not_leading
 
 from decisions import (BASEBACKUP, DESTRUCTIVE, INITDB, NOTHING, PRIMARY, PROMOTE, REPLICA, REPOINT, START_PRIMARY,
                        START_REPLICA, STOP, STOP_FOR_REWIND, WAIT, Action, Addr, Follow, Idle, Intent, Lead, Local,
@@ -235,7 +235,7 @@ class PostgresFollower:
             # A moment for the helper's first word, so that a primary left running from before (this sidecar
             # restarted) is not stopped needlessly.
             await self._sleep(self.first_word)
-        delay = 0.5
+        backoff = Backoff(0.5, self.backoff_max)
         while True:
             try:
                 action = await self.step()
@@ -244,11 +244,11 @@ class PostgresFollower:
                 await self._sleep(self.backoff_max)
                 continue
             except (PgError, OSError) as e:
+                delay = backoff.next()
                 log.warning("PostgreSQL at %s: %s; retrying in %.1f s", self.pg.where, e, delay)
                 await self._sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
-            delay = 0.5
+            backoff.reset()
             if action.kind == NOTHING:
                 wait = self.check_interval
             elif action.kind == WAIT:

@@ -38,7 +38,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from dstack_p2p import DStackP2PSDK, follow_leader, why_not_leading
+from dstack_p2p import Backoff, DStackP2PSDK, follow_leader, why_not_leading
 
 log = logging.getLogger("follow-leader")
 
@@ -383,7 +383,7 @@ class LeaderFollower:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        delay = 0.5
+        backoff = Backoff(0.5, self.backoff_max)
         while True:
             # Cleared before reading what to do: a decision made while Redis is at it is seen next round.
             self._wake.clear()
@@ -391,11 +391,11 @@ class LeaderFollower:
             try:
                 await self._converge(self._leader, self._want, check=check)
             except RedisUnavailable as e:
+                delay = backoff.next()
                 log.warning("Redis at %s: %s; retrying in %.1f s", self.redis.where, e, delay)
                 await self._sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
-            delay = 0.5
+            backoff.reset()
             if check:
                 self._next_check = loop.time() + self.check_interval
             await self._sleep(self._next_check - loop.time())

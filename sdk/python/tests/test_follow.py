@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from dstack_p2p import DStackP2PSDK, FollowAction, FollowState, Leader, follow_leader
+from dstack_p2p import (
+    AgentUnreachable,
+    Backoff,
+    DStackP2PSDK,
+    FollowAction,
+    FollowState,
+    Leader,
+    ProtocolError,
+    follow_leader,
+)
 from dstack_p2p.follow import DEMOTE, FOLLOW, LEASE_LAPSED, PROMOTE, decide
 from fake_agent import FakeAgent, leader_json
 
@@ -358,6 +367,62 @@ async def test_an_agent_not_up_yet_is_waited_for(sock_dir: str, caplog: pytest.L
             await agent.stop()
     assert calls.got == [(DEMOTE, 2, 2, False), (FOLLOW, 2, 2, False)]
     assert any(m.startswith("following the leader at") and "retrying" in m for m in caplog.messages)
+
+
+class RecordingBackoff(Backoff):
+    """A Backoff without jitter that keeps every delay it gave and when it was reset."""
+
+    def __init__(self, start: float, cap: float) -> None:
+        super().__init__(start, cap, rand=lambda: 1.0)
+        self.given: list[float | str] = []
+
+    def next(self) -> float:
+        delay = super().next()
+        self.given.append(delay)
+        return delay
+
+    def reset(self) -> None:
+        super().reset()
+        self.given.append("reset")
+
+
+async def test_retries_back_off_and_start_again_once_the_agent_was_followed() -> None:
+    class Agent:
+        """Cannot be followed twice; then followed (one view) until the stream fails; then never again."""
+
+        def __init__(self) -> None:
+            self.attempts: list[float] = []
+
+        async def monitor_leader(self, callback: Callable[[Leader], object]) -> None:
+            self.attempts.append(asyncio.get_running_loop().time())
+            if len(self.attempts) == 3:
+                callback(view(2, 2))
+                raise ProtocolError("the agent's 'leader' event is not JSON")
+            raise AgentUnreachable("connection refused")
+
+        async def leader(self) -> Leader:
+            raise AgentUnreachable("connection refused")
+
+        async def status(self) -> Any:
+            raise AgentUnreachable("connection refused")
+
+    fake = Agent()
+    backoff = RecordingBackoff(0.02, 0.08)
+    calls = Calls()
+    async with following(calls, sdk=fake, backoff=backoff):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(fake.attempts) < 7:
+            assert loop.time() < deadline, fake.attempts
+            await asyncio.sleep(0.01)
+    # Doubling while the agent cannot be followed, from the start again after it was: 2 failures, then the
+    # stream that carried a view, then 4 failures up to the cap.
+    assert backoff.given[:7] == [0.02, 0.04, "reset", 0.02, 0.04, 0.08, 0.08]
+    gaps = [b - a for a, b in zip(fake.attempts, fake.attempts[1:])]
+    # The loop waited those delays (a timer fires no earlier than asked, give or take the clock's grain).
+    for gap, delay in zip(gaps, [0.02, 0.04, 0.02, 0.04, 0.08, 0.08]):
+        assert gap >= delay - 0.005, (gaps, backoff.given)
+    assert calls.got == [(DEMOTE, 2, 2, False), (FOLLOW, 2, 2, False)]
 
 
 async def test_what_a_callback_raises_comes_out(agent: FakeAgent) -> None:

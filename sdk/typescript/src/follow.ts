@@ -8,6 +8,7 @@
  * or its stream lost), since nothing else would say so. The port of `dstack_p2p.follow` (Python).
  */
 
+import { Backoff } from "./backoff.js";
 import { DStackP2PSDK, toLogger } from "./client.js";
 import { LEADER_CURRENT, Leader } from "./models.js";
 import { type Logger, sleep } from "./monitor.js";
@@ -24,7 +25,10 @@ export type FollowKind = typeof PROMOTE | typeof DEMOTE | typeof FOLLOW;
  * nothing it said before, so a lease that holds again is only heard of by asking.
  */
 const POLL = 1.0;
-/** Seconds before following the agent again when it cannot be followed at all, doubling up to RETRY_MAX. */
+/**
+ * Seconds before following the agent again when it cannot be followed at all, doubling up to RETRY_MAX (the
+ * default {@link Backoff} of {@link followLeader}).
+ */
 const RETRY_START = 1.0;
 const RETRY_MAX = 10.0;
 /** The longest one request to the agent (a renewal, this node's seat) is waited for, in seconds. */
@@ -187,6 +191,11 @@ export interface FollowLeaderOptions {
    * `console.warn` by default, `null` silences it.
    */
   readonly logger?: Partial<Logger> | null;
+  /**
+   * Spaces the attempts to follow the agent while it cannot be followed at all (not up yet, a reply it could
+   * not read); `new Backoff(1, 10)` unless given. Once following, the SDK reconnects by itself.
+   */
+  readonly backoff?: Backoff;
 }
 
 /**
@@ -311,6 +320,7 @@ class Following {
   private readonly log: Logger;
   private readonly stopping = new AbortController();
   private readonly where: string;
+  private readonly backoff: Backoff;
 
   constructor(
     private readonly sdk: LeaderSource,
@@ -320,6 +330,7 @@ class Following {
     this.log = toLogger(options.logger);
     const endpoint = (sdk as { endpoint?: { describe(): string } }).endpoint;
     this.where = endpoint !== undefined ? endpoint.describe() : "the agent";
+    this.backoff = options.backoff ?? new Backoff(RETRY_START, RETRY_MAX);
   }
 
   private readonly hear = (leader: Leader): void => {
@@ -355,20 +366,27 @@ class Following {
    */
   private async watch(): Promise<void> {
     const signal = this.stopping.signal;
-    let delay = RETRY_START;
     while (!signal.aborted) {
+      const heard = this.heard;
+      let failure: { error: unknown } | null = null;
       try {
         await this.sdk.monitorLeader(this.hear, { signal });
-      } catch (e) {
+      } catch (error) {
         if (signal.aborted) return;
-        this.log.warn(`following the leader at ${this.where} failed (${message(e)}); retrying in ${delay} s`);
+        failure = { error };
+      }
+      // Followed for a while: a new failure, not the same one still going on.
+      if (this.heard !== heard) this.backoff.reset();
+      const delay = this.backoff.next();
+      if (failure !== null) {
+        const [why, wait] = [message(failure.error), delay.toFixed(1)];
+        this.log.warn(`following the leader at ${this.where} failed (${why}); retrying in ${wait} s`);
       }
       try {
         await sleep(delay, signal);
       } catch {
         return;
       }
-      delay = Math.min(delay * 2, RETRY_MAX);
     }
   }
 

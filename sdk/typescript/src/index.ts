@@ -6,6 +6,7 @@
  *     const peers = await sdk.getPeers();
  */
 
+export { BACKOFF_MAX, BACKOFF_START, Backoff } from "./backoff.js";
 export {
   DStackP2PSDK,
   MAX_HEALTH_REASON,
@@ -65,6 +66,6 @@ export {
   peersFromJSON,
   type LeaderState,
 } from "./models.js";
-export { BACKOFF_MAX, BACKOFF_START, type Logger } from "./monitor.js";
+export { type Logger } from "./monitor.js";
 export { overlayAddress, seatOf } from "./overlay.js";
 export { VERSION } from "./version.js";

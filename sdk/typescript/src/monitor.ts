@@ -3,14 +3,11 @@
  * back after the agent restarts without telling the caller about changes that did not happen.
  */
 
+import { Backoff } from "./backoff.js";
 import { AgentError, AgentUnreachable, ProtocolError } from "./errors.js";
 import type { ServerSentEvent } from "./events.js";
 import { Leader, type Peer, Reconnected, addresses, leaderKey, peersFromJSON } from "./models.js";
 import { show } from "./show.js";
-
-/** Reconnection delays: from BACKOFF_START seconds, doubling up to BACKOFF_MAX, with jitter. */
-export const BACKOFF_START = 0.2;
-export const BACKOFF_MAX = 5.0;
 
 /**
  * Where the SDK reports what callers cannot see otherwise: a WARNING when the event stream is lost, an
@@ -30,31 +27,6 @@ export const DEFAULT_LOGGER: Logger = {
 };
 
 export const SILENT_LOGGER: Logger = { warn: () => {}, info: () => {}, debug: () => {} };
-
-/**
- * Exponential delays with "equal jitter": half the delay fixed, half random, so that many clients that
- * lost the same agent do not come back in step, and none retries at once.
- */
-export class Backoff {
-  private failures = 0;
-
-  constructor(
-    private readonly start: number = BACKOFF_START,
-    private readonly cap: number = BACKOFF_MAX,
-    private readonly rand: () => number = Math.random,
-  ) {}
-
-  /** The next delay, in seconds. */
-  next(): number {
-    const delay = Math.min(this.cap, this.start * 2 ** this.failures);
-    this.failures = Math.min(this.failures + 1, 32);
-    return delay / 2 + (this.rand() * delay) / 2;
-  }
-
-  reset(): void {
-    this.failures = 0;
-  }
-}
 
 /** An open event stream: its events, and how to close it. */
 export interface EventStream {

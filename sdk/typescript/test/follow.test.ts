@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
+  AgentUnreachable,
+  Backoff,
   DEMOTE,
   DStackP2PSDK,
   FOLLOW,
@@ -18,6 +20,7 @@ import {
   Leader,
   type LeaderSource,
   PROMOTE,
+  ProtocolError,
   decideFollow,
   followLeader,
   whyNotLeading,
@@ -294,7 +297,10 @@ class Calls {
   }
 }
 
-function following(calls: Calls, options: { api?: string; sdk?: LeaderSource; logged?: string[] }) {
+function following(
+  calls: Calls,
+  options: { api?: string; sdk?: LeaderSource; logged?: string[]; backoff?: Backoff },
+) {
   const logged = options.logged ?? [];
   return (signal: AbortSignal) =>
     followLeader(calls.make(PROMOTE), calls.make(DEMOTE), {
@@ -302,6 +308,7 @@ function following(calls: Calls, options: { api?: string; sdk?: LeaderSource; lo
       ...(options.sdk !== undefined ? { sdk: options.sdk } : { api: options.api ?? null }),
       signal,
       logger: { warn: (m) => logged.push(`WARNING ${m}`), info: () => {}, debug: () => {} },
+      ...(options.backoff !== undefined ? { backoff: options.backoff } : {}),
     });
 }
 
@@ -427,6 +434,56 @@ describe("followLeader", () => {
       const retried = (m: string) => m.startsWith("WARNING following the leader at") && m.includes("retry");
       assert.ok(logged.some(retried), JSON.stringify(logged));
     }));
+
+  test("retries back off, and start again once the agent was followed", async () => {
+    // Cannot be followed twice; then followed (one view) until the stream fails; then never again.
+    const attempts: number[] = [];
+    const fake: LeaderSource = {
+      monitorLeader: async (callback) => {
+        attempts.push(performance.now() / 1000);
+        if (attempts.length === 3) {
+          callback(view(2, 2));
+          throw new ProtocolError(`the agent's "leader" event is not JSON`);
+        }
+        throw new AgentUnreachable("connection refused", { address: "the agent" });
+      },
+      leader: async () => {
+        throw new AgentUnreachable("connection refused", { address: "the agent" });
+      },
+      status: async () => {
+        throw new AgentUnreachable("connection refused", { address: "the agent" });
+      },
+    };
+    const given: (number | "reset")[] = [];
+    // Without jitter, keeping every delay it gives and when it was reset.
+    const backoff = new (class extends Backoff {
+      override next(): number {
+        const d = super.next();
+        given.push(d);
+        return d;
+      }
+      override reset(): void {
+        super.reset();
+        given.push("reset");
+      }
+    })(0.02, 0.08, () => 1);
+    const calls = new Calls();
+    await running(following(calls, { sdk: fake, backoff }), async () => {
+      await waitFor(() => attempts.length >= 7, "7 attempts", 5000);
+    });
+    // Doubling while the agent cannot be followed, from the start again after it was: 2 failures, then the
+    // stream that carried a view, then 4 failures up to the cap.
+    assert.deepEqual(given.slice(0, 7), [0.02, 0.04, "reset", 0.02, 0.04, 0.08, 0.08]);
+    // The loop waited those delays (a timer fires no earlier than asked, give or take the clock's grain).
+    [0.02, 0.04, 0.02, 0.04, 0.08, 0.08].forEach((d, i) => {
+      const gap = attempts[i + 1]! - attempts[i]!;
+      assert.ok(gap >= d - 0.005, `attempt ${i + 2} came ${gap} s after the one before, not ${d}`);
+    });
+    assert.deepEqual(calls.got, [
+      [DEMOTE, 2, 2, false],
+      [FOLLOW, 2, 2, false],
+    ]);
+  });
 
   test("what a callback throws rejects it", () =>
     withAgent("unix socket", async (agent) => {

@@ -6,9 +6,11 @@
 
 :class:`DStackP2PSDK` is the async client; :class:`DStackP2P` (``dstack_p2p.sync``) the blocking one.
 :func:`follow_leader` runs a service as the leader says: promoted, demoted, following (``dstack_p2p.follow``).
+:class:`Backoff` is the retry delay the SDK waits with, for applications' own retries too.
 """
 
 from ._version import __version__
+from .backoff import Backoff
 from .client import DStackP2PSDK
 from .endpoint import DEFAULT_SOCKET, DEFAULT_URL, ENV_VAR
 from .errors import (
@@ -52,6 +54,7 @@ __all__ = [
     "AgentError",
     "AgentUnreachable",
     "AppHealth",
+    "Backoff",
     "ChainInfo",
     "ConfigMismatch",
     "DStackP2P",

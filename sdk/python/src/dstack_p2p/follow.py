@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
+from .backoff import Backoff
 from .client import DStackP2PSDK
 from .models import LEADER_CURRENT, Leader
 from .monitor import call
@@ -32,7 +33,8 @@ FOLLOW = "follow"
 #: Seconds between two reads of the leader after a lease ran out unrenewed: the agent's event stream repeats
 #: nothing it said before, so a lease that holds again is only heard of by asking.
 POLL = 1.0
-#: Seconds before following the agent again when it cannot be followed at all, doubling up to RETRY_MAX.
+#: Seconds before following the agent again when it cannot be followed at all, doubling up to RETRY_MAX (the
+#: default :class:`Backoff` of :func:`follow_leader`).
 RETRY_START = 1.0
 RETRY_MAX = 10.0
 #: The longest one request to the agent (a renewal, this node's seat) is waited for.
@@ -174,6 +176,7 @@ async def follow_leader(
     on_follow: Callable[[Leader], object] | None = None,
     sdk: LeaderSource | None = None,
     api: str | os.PathLike[str] | None = None,
+    backoff: Backoff | None = None,
 ) -> NoReturn:
     """Follows the leader as a role until cancelled: ``on_promote(leader)`` when this node becomes the leader
     of a term (``leader.term`` is the term to fence its writes with), ``on_demote(leader)`` when it stops
@@ -197,7 +200,9 @@ async def follow_leader(
     they raise propagates out of this function.
 
     ``sdk`` is the SDK to use (its ``monitor_leader``, ``leader`` and ``status``); without it one is made
-    for ``api`` (as :class:`DStackP2PSDK` finds it) and closed on the way out.
+    for ``api`` (as :class:`DStackP2PSDK` finds it) and closed on the way out. ``backoff`` spaces the attempts
+    to follow the agent while it cannot be followed at all (not up yet, a reply it could not read);
+    ``Backoff(RETRY_START, RETRY_MAX)`` unless given. Once following, the SDK reconnects by itself.
     """
     if sdk is not None and api is not None:
         raise ValueError("give sdk or api, not both: api is where a new SDK would look for the agent")
@@ -205,7 +210,8 @@ async def follow_leader(
     source = own if own is not None else sdk
     assert source is not None
     try:
-        await _Following(source, on_promote, on_demote, on_follow).run()
+        retry = backoff if backoff is not None else Backoff(RETRY_START, RETRY_MAX)
+        await _Following(source, on_promote, on_demote, on_follow, retry).run()
     finally:
         if own is not None:
             await own.aclose()
@@ -221,8 +227,10 @@ class _Following:
         on_promote: Callable[[Leader], object],
         on_demote: Callable[[Leader], object],
         on_follow: Callable[[Leader], object] | None,
+        backoff: Backoff,
     ) -> None:
         self.sdk = sdk
+        self.backoff = backoff
         self.callbacks = {PROMOTE: on_promote, DEMOTE: on_demote, FOLLOW: on_follow}
         self.state = FollowState()
         #: The agent's latest word, as it said it.
@@ -270,18 +278,24 @@ class _Following:
     async def _watch(self) -> NoReturn:
         """The agent's events into the queue. The SDK reconnects by itself once connected; this retries
         what it does not (the agent not up yet, a reply it could not read)."""
-        delay = RETRY_START
         while True:
+            heard = self._heard
+            failure: Exception | None = None
             try:
                 await self.sdk.monitor_leader(self._hear)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                failure = e
+            if self._heard != heard:
+                # It was followed for a while: a new failure, not the same one still going on.
+                self.backoff.reset()
+            delay = self.backoff.next()
+            if failure is not None:
                 log.warning(
-                    "following the leader at %s failed (%s); retrying in %.0f s", self._where, e, delay
+                    "following the leader at %s failed (%s); retrying in %.1f s", self._where, failure, delay
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
 
     def _wait(self, now: float) -> float | None:
         if self.state.leading is not None and self.lease_until is not None:

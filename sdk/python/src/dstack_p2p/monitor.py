@@ -7,11 +7,11 @@ import asyncio
 import inspect
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, NoReturn
 
+from .backoff import Backoff
 from .errors import AgentError, AgentUnreachable, ProtocolError
 from .events import ServerSentEvent
 from .models import Leader, Peer, Reconnected, addresses, peers_from_json
@@ -19,38 +19,10 @@ from .models import Leader, Peer, Reconnected, addresses, peers_from_json
 #: The SDK's logger: a WARNING when the event stream is lost, an INFO when it is back.
 log = logging.getLogger("dstack_p2p")
 
-#: Reconnection delays: from BACKOFF_START seconds, doubling up to BACKOFF_MAX, with jitter.
-BACKOFF_START = 0.2
-BACKOFF_MAX = 5.0
-
 Callback = Callable[[Any], object]
 EventStream = Callable[[], AbstractAsyncContextManager[AsyncIterator[ServerSentEvent]]]
 
 _NOTHING: Any = object()
-
-
-class Backoff:
-    """Exponential delays with "equal jitter": half the delay fixed, half random, so that many clients
-    that lost the same agent do not come back in step, and none retries at once."""
-
-    def __init__(
-        self,
-        start: float = BACKOFF_START,
-        cap: float = BACKOFF_MAX,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        self._start = start
-        self._cap = cap
-        self._rand = rand
-        self._failures = 0
-
-    def next(self) -> float:
-        delay: float = min(self._cap, self._start * 2.0**self._failures)
-        self._failures = min(self._failures + 1, 32)
-        return delay / 2 + self._rand() * delay / 2
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 async def call(callback: Callback, value: object) -> None:
