@@ -4,20 +4,39 @@ loopback, so the examples' command lines run against the real dstack_p2p SDK.
 Overlay IPs are in 127.0.1.0/24 rather than 10.0.1.0/24: on Linux the whole 127/8 is loopback, so each
 "node" gets its own address on this machine and the examples connect to their peers' overlay IPs as
 they would on the mesh, without a packet leaving the host.
+
+Every answer is a copy of what the agent's own types serve (sdk/fixtures/snapshot.json, written by
+crates/mesh-api/tests/snapshot.rs and shared with the SDKs' stand-ins), adjusted to this node: a field the
+agent renames or adds shows here too.
 """
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+SNAPSHOT_FILE = Path(__file__).resolve().parents[2] / "sdk" / "fixtures" / "snapshot.json"
+SNAPSHOT: dict[str, Any] = json.loads(SNAPSHOT_FILE.read_text())
+CONTRACT: str = SNAPSHOT["status"]["chain"]["contract"]
+
+
+def snapshot(name: str) -> Any:
+    """A copy of one body of the fixture (`status`, `peers`, `leader`, `leaderSelf`, `leaderUnknown`, ...)."""
+    return copy.deepcopy(SNAPSHOT[name])
 
 
 def overlay_ip(token: int) -> str:
     return f"127.0.1.{token}"
+
+
+def seat(body: dict[str, Any], token: int) -> dict[str, Any]:
+    """`body` of the fixture made about seat `token` (who it is, where it is reached) of this loopback mesh."""
+    body.update(tokenId=token, instanceId=f"inst{token}", overlayIp=overlay_ip(token), address=overlay_ip(token))
+    return body
 
 
 class FakeAgent:
@@ -37,41 +56,39 @@ class FakeAgent:
         self._streams: set[asyncio.Queue[bytes | None]] = set()
 
     def status(self) -> dict[str, Any]:
-        return {
-            "version": "0.1.0", "mode": "wireguard", "backend": "userspace",
-            "node": {"instanceId": f"inst{self.token}", "appId": "0x" + "11" * 20, "tokenId": self.token,
-                     "overlayIp": overlay_ip(self.token), "wgPublicKey": None, "interface": "dsm0",
-                     "listenPort": 51820, "endpoint": None, "gatewayUrl": None, "registered": True,
-                     "registrationError": None},
-            "chain": {"contract": CONTRACT, "chainId": 31337, "rpcUrl": "http://127.0.0.1:8545", "head": 10,
-                      "lastProcessedBlock": 10, "lag": 0, "fromCache": False, "lastError": None,
-                      # Loopback stands in for the overlay: node N is 127.0.1.N.
-                      "prefix": "127.0.0.0/8"},
-            "uptimeSecs": 1, "peersConfigured": len(self.tokens) - 1, "peersHealthy": len(self.tokens) - 1,
-        }
+        status: dict[str, Any] = snapshot("status")
+        status["node"].update(instanceId=f"inst{self.token}", tokenId=self.token, overlayIp=overlay_ip(self.token),
+                              endpoint=None)
+        others = len(self.tokens) - 1
+        # Loopback stands in for the overlay: node N is 127.0.1.N.
+        status["chain"]["prefix"] = "127.0.0.0/8"
+        status.update(peersConfigured=others, peersHealthy=others)
+        return status
 
     def peers(self) -> list[dict[str, Any]]:
-        return [{
-            "tokenId": t, "instanceId": f"inst{t}", "overlayIp": overlay_ip(t), "wgPublicKey": None,
-            "endpoint": None, "gatewayUrl": None, "connection": "wireguard", "path": "direct", "relayUrl": None,
-            "address": overlay_ip(t), "healthy": True, "latestHandshake": None, "rxBytes": 0, "txBytes": 0,
-            "leader": t == self.leader_token,
-        } for t in self.tokens if t != self.token]
+        # Seat 2 of the fixture (over its tunnel, directly, healthy) as every other seat.
+        peers = []
+        for t in self.tokens:
+            if t != self.token:
+                peer = seat(snapshot("peers")[0], t)
+                peer.update(endpoint=None, candidates=[], leader=t == self.leader_token)
+                peers.append(peer)
+        return peers
 
     def leader(self) -> dict[str, Any]:
         t = self.leader_token
-        view = {"term": self.term, "state": "current", "ageMs": 50, "leaseMs": None, "healthy": self.healthy(),
-                "reason": None}
         if t is None:
-            return {"tokenId": None, "instanceId": None, "overlayIp": None, "address": None,
-                    "isSelf": False, "reachable": None, **view}
-        is_self = t == self.token and self.lease and self.healthy()
-        if is_self:
-            view["leaseMs"] = 2000
-        elif t == self.token:
-            view["reason"] = self.reason or "unhealthy: the application reports itself unhealthy"
-        return {"tokenId": t, "instanceId": f"inst{t}", "overlayIp": overlay_ip(t), "address": overlay_ip(t),
-                "isSelf": is_self, "reachable": None if t == self.token else True, **view}
+            lead = snapshot("leaderUnknown")
+        else:
+            is_self = t == self.token and self.lease and self.healthy()
+            # Seat 2 as node 1 sees it, or as it sees itself, holding the lease.
+            lead = seat(snapshot("leaderSelf" if is_self else "leader"), t)
+            lead.update(isSelf=is_self, reachable=None if t == self.token else True,
+                        leaseMs=2000 if is_self else None)
+            if t == self.token and not is_self:
+                lead["reason"] = self.reason or "unhealthy: the application reports itself unhealthy"
+        lead.update(term=self.term, state="current", ageMs=50, healthy=self.healthy())
+        return lead
 
     def healthy(self) -> bool:
         # The last report, without its ttl: these tests never outlive one.

@@ -6,16 +6,13 @@
 //! definitions against it, so the three cannot drift apart. After a change of the definition, write the
 //! file anew with `DSTACK_MESH_WRITE_FIXTURES=1 cargo test -p mesh-api --test peer_changes`.
 
+mod support;
+
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use mesh_api::{Attestation, Candidate, ConnectionKind, Path, Peer};
 use serde_json::json;
 use wg_key::Key;
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sdk/fixtures/peer_changes.json")
-}
 
 fn base() -> Peer {
     Peer {
@@ -172,20 +169,7 @@ fn rendered() -> serde_json::Value {
 
 #[test]
 fn the_sdks_fixture_holds_every_case_of_the_rust_definition() {
-    let want = rendered();
-    if std::env::var_os("DSTACK_MESH_WRITE_FIXTURES").is_some() {
-        let text = serde_json::to_string_pretty(&want).expect("JSON") + "\n";
-        std::fs::write(fixture(), text).expect("writing the fixture");
-    }
-    let text = std::fs::read_to_string(fixture()).expect("sdk/fixtures/peer_changes.json");
-    // Compared as JSON values: the order of an object's keys depends on serde_json's features, which the
-    // workspace's other crates decide.
-    let have: serde_json::Value = serde_json::from_str(&text).expect("the fixture is JSON");
-    assert!(
-        have == want,
-        "sdk/fixtures/peer_changes.json is not what Peer::change_key makes of its cases: write it anew with \
-         DSTACK_MESH_WRITE_FIXTURES=1 cargo test -p mesh-api --test peer_changes, and check the SDKs' tests"
-    );
+    support::check_fixture("peer_changes.json", "peer_changes", &rendered());
 }
 
 #[test]

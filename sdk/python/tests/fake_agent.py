@@ -13,81 +13,59 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: What the agent's API serves: ``GET /v1/status``, ``/v1/peers`` and ``/v1/leader`` of node 1 of a three-seat
+#: cluster that seat 2 leads, and other views of the leader. Written from the agent's own types by
+#: crates/mesh-api/tests/snapshot.rs, and shared with the TypeScript SDK's and the examples' stand-ins: every
+#: body this agent serves is a copy of it, adjusted, so that a field the agent renames or adds shows here.
+SNAPSHOT_FILE = Path(__file__).resolve().parents[2] / "fixtures" / "snapshot.json"
+SNAPSHOT: dict[str, Any] = json.loads(SNAPSHOT_FILE.read_text())
+
+#: The fixture's contract as a user gives it, checksummed; the agent serves it in lower case.
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+assert SNAPSHOT["status"]["chain"]["contract"] == CONTRACT.lower(), SNAPSHOT_FILE
+
+
+def snapshot(name: str) -> Any:
+    """A copy of one body of the fixture (``status``, ``peers``, ``leader``, ``leaderSelf``,
+    ``leaderHandingOff``, ``leaderUnknown``), to change at will."""
+    return copy.deepcopy(SNAPSHOT[name])
 
 
 def status_json() -> dict[str, Any]:
-    return {
-        "version": "0.1.0",
-        "mode": "wireguard",
-        "backend": "userspace",
-        "node": {
-            "instanceId": "ab12cd34",
-            "appId": "0x" + "11" * 20,
-            "tokenId": 1,
-            "overlayIp": "10.0.1.1",
-            "wgPublicKey": "a" * 43 + "=",
-            "interface": "dsm0",
-            "listenPort": 51820,
-            "endpoint": "192.0.2.1:51820",
-            "gatewayUrl": None,
-            "registered": True,
-            "registrationError": None,
-        },
-        "chain": {
-            "contract": CONTRACT,
-            "chainId": 31337,
-            "rpcUrl": "http://127.0.0.1:8545",
-            "head": 120,
-            "lastProcessedBlock": 118,
-            "lag": 2,
-            "fromCache": False,
-            "prefix": "10.0.1.0/24",
-            "lastError": None,
-        },
-        "uptimeSecs": 12,
-        "peersConfigured": 2,
-        "peersHealthy": 2,
-    }
+    """Node 1's status: seat 1, registered, following the chain."""
+    return dict(snapshot("status"))
+
+
+def _seat(body: dict[str, Any], token_id: int) -> dict[str, Any]:
+    """``body`` (about seat 2) made about seat ``token_id``: who it is and where it is reached."""
+    ip = f"10.0.1.{token_id}"
+    body.update(tokenId=token_id, instanceId=f"inst{token_id}", overlayIp=ip, address=ip)
+    return body
 
 
 def peer_json(
     token_id: int, *, address: str | None = "", leader: bool = False, **extra: Any
 ) -> dict[str, Any]:
-    """A peer over its tunnel; ``address=None`` makes it unreachable, a URL puts it behind its gateway."""
-    ip = f"10.0.1.{token_id}"
-    if address == "":
-        address, connection = ip, "wireguard"
-    elif address is None:
-        connection = "unreachable"
-    else:
-        connection = "tls-gateway"
-    peer: dict[str, Any] = {
-        "tokenId": token_id,
-        "instanceId": f"inst{token_id}",
-        "overlayIp": ip,
-        "wgPublicKey": "b" * 43 + "=",
-        "endpoint": f"192.0.2.{token_id}:51820",
-        "gatewayUrl": None,
-        "connection": connection,
-        "path": "direct",
-        "relayUrl": None,
-        "address": address,
-        "healthy": address is not None,
-        "latestHandshake": 1763856000,
-        "lastHeard": 1763856001,
-        "rxBytes": 123,
-        "txBytes": 456,
-        "leader": leader,
-    }
+    """A peer over its tunnel, directly; ``address=None`` makes it unreachable, a URL puts it behind its
+    gateway; ``extra`` overrides any field. Seat 2 of the fixture, moved to seat ``token_id``."""
+    peer = _seat(snapshot("peers")[0], token_id)
+    endpoint = f"192.0.2.{token_id}:51820"
+    peer.update(endpoint=endpoint, candidates=[{**c, "address": endpoint} for c in peer["candidates"]])
+    if address is None:
+        peer.update(address=None, connection="unreachable", healthy=False)
+    elif address != "":
+        peer.update(address=address, connection="tls-gateway")
+    peer["leader"] = leader
     peer.update(extra)
     return peer
 
@@ -99,32 +77,12 @@ def leader_json(
     with no leader), ``extra`` overrides any field."""
     lead: dict[str, Any]
     if token_id is None:
-        lead = {
-            "tokenId": None,
-            "instanceId": None,
-            "overlayIp": None,
-            "address": None,
-            "isSelf": False,
-            "reachable": None,
-        }
+        # No leader elected; the view current all the same, as after a leader left.
+        lead = snapshot("leaderUnknown")
+        lead.update(state="current", ageMs=SNAPSHOT["leader"]["ageMs"])
     else:
-        ip = f"10.0.1.{token_id}"
-        lead = {
-            "tokenId": token_id,
-            "instanceId": f"inst{token_id}",
-            "overlayIp": ip,
-            "address": ip,
-            "isSelf": is_self,
-            "reachable": None if is_self else True,
-        }
-    lead.update(
-        term=term if term is not None else (token_id or 0),
-        state="current",
-        ageMs=412,
-        leaseMs=2100 if is_self else None,
-        healthy=True,
-        reason=None,
-    )
+        lead = _seat(snapshot("leaderSelf" if is_self else "leader"), token_id)
+    lead["term"] = term if term is not None else (token_id or 0)
     lead.update(extra)
     return lead
 

@@ -154,13 +154,16 @@ async def test_contract_mismatch(agent: FakeAgent) -> None:
             with pytest.raises(ConfigMismatch) as info:
                 await asyncio.wait_for(call(), 5)
             message = str(info.value)
-            assert CONTRACT in message and wrong in message
+            served = agent.status["chain"]["contract"]
+            assert served in message and wrong in message
             assert "another cluster" in message and "DSTACK_MESH_CONTRACT" in message
-            assert (info.value.field, info.value.expected, info.value.actual) == ("contract", wrong, CONTRACT)
+            assert (info.value.field, info.value.expected, info.value.actual) == ("contract", wrong, served)
 
 
 async def test_contract_compared_case_insensitively_and_checked_once(agent: FakeAgent) -> None:
-    async with DStackP2PSDK(CONTRACT.lower(), "wireguard", api=agent.api) as sdk:
+    # Checksummed, as users give it; the agent serves it in lower case.
+    assert agent.status["chain"]["contract"] == CONTRACT.lower() != CONTRACT
+    async with DStackP2PSDK(CONTRACT, "wireguard", api=agent.api) as sdk:
         await sdk.get_peers()
         await sdk.leader()
         await sdk.get_peers()

@@ -6,7 +6,7 @@ import pytest
 
 from dstack_p2p import AppHealth, Health, HealthCheck, Leader, Peer, ProtocolError, Status
 from dstack_p2p.models import addresses, peers_from_json
-from fake_agent import LEADER_LEASE_FIELDS, leader_json, peer_json, status_json
+from fake_agent import LEADER_LEASE_FIELDS, leader_json, peer_json, snapshot, status_json
 
 
 def test_peer_every_field_and_unknown_ones_ignored() -> None:
@@ -16,7 +16,7 @@ def test_peer_every_field_and_unknown_ones_ignored() -> None:
         token_id=2,
         instance_id="inst2",
         overlay_ip="10.0.1.2",
-        wg_public_key="b" * 43 + "=",
+        wg_public_key="Ii" * 21 + "I=",
         endpoint="192.0.2.2:51820",
         gateway_url=None,
         connection="wireguard",
@@ -104,7 +104,7 @@ def test_status_nested_and_nulls() -> None:
     assert s.node.token_id is None and s.node.overlay_ip is None and not s.node.registered
     assert s.node.registration_error == "no seat\n  meshctl mint"
     assert s.node.listen_port == 51820 and s.node.interface == "dsm0"
-    assert s.chain.contract == "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    assert s.chain.contract == "0x5fbdb2315678afecb367f032d93f642f64180aa3"
     assert s.chain.head is None and s.chain.last_error == "connection refused" and s.chain.chain_id == 31337
 
 
@@ -163,6 +163,7 @@ def test_leader() -> None:
         lease_ms=None,
         healthy=True,
         reason=None,
+        term_reason="elected",
     )
     me = Leader.from_json(leader_json(1, is_self=True))
     assert me.is_self and me.reachable is None and me.elected and me.lease_ms == 2100 and me.term == 1
@@ -201,12 +202,15 @@ def test_a_refused_leader_is_no_leader_and_named_apart() -> None:
 
 
 def test_a_leader_handing_off_and_how_its_term_began() -> None:
-    lead = Leader.from_json(
-        leader_json(1, termReason="handoff", draining=[3], handingOff={"term": 4, "to": 2, "cause": "drain",
-                                                                       "sinceMs": 12, "error": None})
-    )
-    assert (lead.term_reason, lead.draining, lead.handing_off_to) == ("handoff", (3,), 2)
-    older = Leader.from_json(leader_json(1))
+    # Seat 2, draining, hands term 2 off to seat 3.
+    raw = snapshot("leaderHandingOff")
+    lead = Leader.from_json(raw)
+    assert (lead.term_reason, lead.draining, lead.handing_off_to) == ("elected", (2,), 3)
+    after = Leader.from_json(leader_json(3, is_self=True, term=3, termReason="handoff"))
+    assert (after.term_reason, after.draining, after.handing_off_to) == ("handoff", (), None)
+    for newer in ("termReason", "draining", "handingOff"):
+        del raw[newer]
+    older = Leader.from_json(raw)
     assert (older.term_reason, older.draining, older.handing_off_to) == (None, (), None)
     with pytest.raises(ProtocolError, match="draining"):
         Leader.from_json(leader_json(1, draining=["3"]))

@@ -9,7 +9,7 @@
  *     DSTACK_MESH_API=/tmp/agent.sock node test/live/register_and_list.mjs --contract 0x5FbDB2315678afecb367f032d93F642f64180aa3
  */
 
-import { mkdtempSync, rmSync, unlinkSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, unlinkSync } from "node:fs";
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -19,81 +19,60 @@ import { fileURLToPath } from "node:url";
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type JsonObject = { [key: string]: Json };
 
+/**
+ * What the agent's API serves: `GET /v1/status`, `/v1/peers` and `/v1/leader` of node 1 of a three-seat
+ * cluster that seat 2 leads, and other views of the leader. Written from the agent's own types by
+ * crates/mesh-api/tests/snapshot.rs, and shared with the Python SDK's and the examples' stand-ins: every body
+ * this agent serves is a copy of it, adjusted, so that a field the agent renames or adds shows here.
+ */
+// From test/ and from dist-test/ alike: both are in sdk/typescript.
+export const SNAPSHOT_FILE = fileURLToPath(new URL("../../fixtures/snapshot.json", import.meta.url));
+const SNAPSHOT = JSON.parse(readFileSync(SNAPSHOT_FILE, "utf8")) as JsonObject;
+
+/** The fixture's bodies, by name. */
+export type SnapshotBody =
+  | "status"
+  | "peers"
+  | "leader"
+  | "leaderSelf"
+  | "leaderHandingOff"
+  | "leaderUnknown";
+
+/** A copy of one body of the fixture, to change at will. */
+export function snapshot<T extends Json = JsonObject>(name: SnapshotBody): T {
+  return structuredClone(SNAPSHOT[name]) as T;
+}
+
+/** The fixture's contract as a user gives it, checksummed; the agent serves it in lower case. */
 export const CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 
+/** Node 1's status: seat 1, registered, following the chain. */
 export function statusJson(): JsonObject & { node: JsonObject; chain: JsonObject } {
-  return {
-    version: "0.1.0",
-    mode: "wireguard",
-    backend: "userspace",
-    node: {
-      instanceId: "ab12cd34",
-      appId: "0x" + "11".repeat(20),
-      tokenId: 1,
-      overlayIp: "10.0.1.1",
-      wgPublicKey: "a".repeat(43) + "=",
-      interface: "dsm0",
-      listenPort: 51820,
-      endpoint: "192.0.2.1:51820",
-      gatewayUrl: null,
-      registered: true,
-      registrationError: null,
-    },
-    chain: {
-      contract: CONTRACT,
-      chainId: 31337,
-      rpcUrl: "http://127.0.0.1:8545",
-      head: 120,
-      lastProcessedBlock: 118,
-      lag: 2,
-      fromCache: false,
-      prefix: "10.0.1.0/24",
-      lastError: null,
-    },
-    uptimeSecs: 12,
-    peersConfigured: 2,
-    peersHealthy: 2,
-  };
+  return snapshot("status");
+}
+
+/** `body` (about seat 2) made about seat `tokenId`: who it is and where it is reached. */
+function seat(body: JsonObject, tokenId: number): JsonObject {
+  const ip = `10.0.1.${tokenId}`;
+  return { ...body, tokenId, instanceId: `inst${tokenId}`, overlayIp: ip, address: ip };
 }
 
 /**
- * A peer over its tunnel; `address: null` makes it unreachable, a URL puts it behind its gateway; `extra`
- * overrides any field.
+ * A peer over its tunnel, directly; `address: null` makes it unreachable, a URL puts it behind its gateway;
+ * `extra` overrides any field. Seat 2 of the fixture, moved to seat `tokenId`.
  */
 export function peerJson(tokenId: number, opts: { address?: string | null } & JsonObject = {}): JsonObject {
-  const { address: given, ...extra } = opts;
-  const ip = `10.0.1.${tokenId}`;
-  let address: string | null;
-  let connection: string;
-  if (given === undefined) {
-    address = ip;
-    connection = "wireguard";
-  } else if (given === null) {
-    address = null;
-    connection = "unreachable";
-  } else {
-    address = given;
-    connection = "tls-gateway";
-  }
-  return {
-    tokenId,
-    instanceId: `inst${tokenId}`,
-    overlayIp: ip,
-    wgPublicKey: "b".repeat(43) + "=",
-    endpoint: `192.0.2.${tokenId}:51820`,
-    gatewayUrl: null,
-    connection,
-    path: "direct",
-    relayUrl: null,
-    address,
-    healthy: address !== null,
-    latestHandshake: 1763856000,
-    lastHeard: 1763856001,
-    rxBytes: 123,
-    txBytes: 456,
-    leader: false,
-    ...extra,
-  };
+  const { address, ...extra } = opts;
+  const peer = seat(snapshot<JsonObject[]>("peers")[0]!, tokenId);
+  const endpoint = `192.0.2.${tokenId}:51820`;
+  const candidates = (peer["candidates"] as JsonObject[]).map((c) => ({ ...c, address: endpoint }));
+  const reached: JsonObject =
+    address === undefined
+      ? {}
+      : address === null
+        ? { address: null, connection: "unreachable", healthy: false }
+        : { address, connection: "tls-gateway" };
+  return { ...peer, endpoint, candidates, ...reached, leader: false, ...extra };
 }
 
 /**
@@ -107,25 +86,10 @@ export function leaderJson(
   const { isSelf = false, term, ...extra } = opts;
   const lead: JsonObject =
     tokenId === null
-      ? { tokenId: null, instanceId: null, overlayIp: null, address: null, isSelf: false, reachable: null }
-      : {
-          tokenId,
-          instanceId: `inst${tokenId}`,
-          overlayIp: `10.0.1.${tokenId}`,
-          address: `10.0.1.${tokenId}`,
-          isSelf,
-          reachable: isSelf ? null : true,
-        };
-  return {
-    ...lead,
-    term: term !== undefined ? term : (tokenId ?? 0),
-    state: "current",
-    ageMs: 412,
-    leaseMs: isSelf ? 2100 : null,
-    healthy: true,
-    reason: null,
-    ...extra,
-  };
+      ? // No leader elected; the view current all the same, as after a leader left.
+        { ...snapshot("leaderUnknown"), state: "current", ageMs: snapshot("leader")["ageMs"] ?? null }
+      : { ...seat(snapshot(isSelf ? "leaderSelf" : "leader"), tokenId), isSelf };
+  return { ...lead, term: term !== undefined ? term : (tokenId ?? 0), ...extra };
 }
 
 /** The fields of `/v1/leader` an agent older than leases and terms does not send. */

@@ -133,7 +133,8 @@ test("mismatch prints ConfigMismatch naming both contracts, and fails when the c
     assert.equal(r.lines.length, 1);
     assert.equal(r.lines[0]?.["error_type"], "ConfigMismatch");
     const message = String(r.lines[0]?.["message"]);
-    assert.ok(message.includes(other) && message.includes(CONTRACT), message);
+    // The agent's contract, as it serves it: in lower case.
+    assert.ok(message.includes(other) && message.includes(CONTRACT.toLowerCase()), message);
 
     r = await run("mismatch.mjs", ["--contract", CONTRACT], agent.api);
     assert.equal(r.code, 1);

@@ -16,7 +16,14 @@ import {
   leaderKey,
   peersFromJSON,
 } from "../dist/index.js";
-import { type JsonObject, LEADER_LEASE_FIELDS, leaderJson, peerJson, statusJson } from "./fake-agent.js";
+import {
+  type JsonObject,
+  LEADER_LEASE_FIELDS,
+  leaderJson,
+  peerJson,
+  snapshot,
+  statusJson,
+} from "./fake-agent.js";
 
 function without(obj: JsonObject, ...keys: string[]): JsonObject {
   const copy = { ...obj };
@@ -32,7 +39,7 @@ test("a peer's every field, and unknown ones ignored", () => {
       tokenId: 2,
       instanceId: "inst2",
       overlayIp: "10.0.1.2",
-      wgPublicKey: "b".repeat(43) + "=",
+      wgPublicKey: "Ii".repeat(21) + "I=",
       endpoint: "192.0.2.2:51820",
       gatewayUrl: null,
       connection: "wireguard",
@@ -155,7 +162,7 @@ test("the status, nested, with its nulls", () => {
   assert.equal(s.node.registrationError, "no seat\n  meshctl mint");
   assert.equal(s.node.listenPort, 51820);
   assert.equal(s.node.interface, "dsm0");
-  assert.equal(s.chain.contract, "0x5FbDB2315678afecb367f032d93F642f64180aa3");
+  assert.equal(s.chain.contract, "0x5fbdb2315678afecb367f032d93f642f64180aa3");
   assert.equal(s.chain.head, null);
   assert.equal(s.chain.lastError, "connection refused");
   assert.equal(s.chain.chainId, 31337);
@@ -230,6 +237,7 @@ test("the leader", () => {
       leaseMs: null,
       healthy: true,
       reason: null,
+      termReason: "elected",
     }),
   );
   const me = Leader.fromJSON(leaderJson(1, { isSelf: true }));
@@ -272,14 +280,13 @@ test("a refused leader is no leader, and named apart", () => {
 });
 
 test("a leader handing off, and how its term began", () => {
-  const lead = Leader.fromJSON(
-    leaderJson(1, {
-      termReason: "handoff",
-      handingOff: { term: 4, to: 2, cause: "drain", sinceMs: 12, error: null },
-    }),
-  );
-  assert.deepEqual([lead.termReason, lead.handingOffTo], ["handoff", 2]);
-  const older = Leader.fromJSON(leaderJson(1));
+  // Seat 2, draining, hands term 2 off to seat 3.
+  const raw = snapshot("leaderHandingOff");
+  const lead = Leader.fromJSON(raw);
+  assert.deepEqual([lead.termReason, lead.handingOffTo], ["elected", 3]);
+  const after = Leader.fromJSON(leaderJson(3, { isSelf: true, term: 3, termReason: "handoff" }));
+  assert.deepEqual([after.termReason, after.handingOffTo], ["handoff", null]);
+  const older = Leader.fromJSON(without(raw, "termReason", "draining", "handingOff"));
   assert.deepEqual([older.termReason, older.handingOffTo], [null, null]);
 });
 
