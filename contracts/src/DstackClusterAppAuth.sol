@@ -5,6 +5,7 @@ import {IERC165} from "@openzeppelin/contracts/utils/introspection/IERC165.sol";
 import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
 
 import {IAppAuth} from "./IAppAuth.sol";
+import {RecordFormat} from "./RecordFormat.sol";
 
 /// @notice What the app-auth contract reads of its cluster.
 interface IClusterInstances {
@@ -22,8 +23,10 @@ interface IClusterInstances {
 ///  - the compose hashes and devices that dstack's KMS may release the app's keys to, through `isAppAllowed`
 ///    (register this address as the app's auth contract);
 ///  - the OS images (keccak256(MRTD ‖ RTMR0 ‖ RTMR1 ‖ RTMR2) of a TDX quote) whose nodes the cluster accepts,
-///    for agents to check a peer's quote against, as the compose hashes. It lives apart so that the cluster contract keeps room
-/// under EIP-170.
+///    for agents to check a peer's quote against, as the compose hashes;
+///  - the TCB policy agents apply to those quotes;
+///  - the base domains a peer's gateway URL must be under in production mode, which the cluster asks here.
+/// It lives apart so that the cluster contract keeps room under EIP-170.
 contract DstackClusterAppAuth is IAppAuth {
     IClusterInstances public immutable cluster;
 
@@ -50,6 +53,9 @@ contract DstackClusterAppAuth is IAppAuth {
     /// and each one's place in the list, plus one.
     string[] private _tcbAdvisories;
     mapping(bytes32 advisory => uint256) private _tcbAdvisoryPlace;
+    /// @dev The base domains, and each one's place in the list, plus one.
+    string[] private _baseDomains;
+    mapping(bytes32 domainHash => uint256) private _baseDomainPlace;
 
     event ComposeHashUpdated(bytes32 indexed composeHash, bool allowed);
     event DeviceUpdated(bytes32 indexed deviceId, bool allowed);
@@ -57,10 +63,14 @@ contract DstackClusterAppAuth is IAppAuth {
     event AppAuthPolicyUpdated(bool requireAllowedDevice, bool requireBoundInstance);
     event TcbPolicyUpdated(uint8 statuses, uint32 minEvaluationDataNumber, uint32 graceSeconds, uint32 dropSeconds);
     event TcbAdvisoryUpdated(string advisoryId, bool allowed);
+    event BaseDomainAdded(string domain);
+    event BaseDomainRemoved(string domain);
 
     error AppAuthNotClusterOwner(address caller);
     error AppAuthTcbStatusesWithoutUpToDate(uint8 statuses);
     error AppAuthInvalidAdvisoryId(string advisoryId);
+    error AppAuthInvalidDomain(string domain);
+    error AppAuthUnknownDomain(string domain);
 
     constructor(IClusterInstances cluster_) {
         cluster = cluster_;
@@ -138,6 +148,42 @@ contract DstackClusterAppAuth is IAppAuth {
             delete _tcbAdvisoryPlace[key];
         }
         emit TcbAdvisoryUpdated(advisoryId, allowed);
+    }
+
+    /// @notice Allows gateway URLs under `domain` in production mode. Lowercase DNS names only.
+    function addBaseDomain(string calldata domain) external onlyClusterOwner {
+        if (!RecordFormat.isDomain(domain)) revert AppAuthInvalidDomain(domain);
+        bytes32 h = keccak256(bytes(domain));
+        if (_baseDomainPlace[h] != 0) return;
+        _baseDomains.push(domain);
+        _baseDomainPlace[h] = _baseDomains.length;
+        emit BaseDomainAdded(domain);
+    }
+
+    function removeBaseDomain(string calldata domain) external onlyClusterOwner {
+        bytes32 h = keccak256(bytes(domain));
+        uint256 place = _baseDomainPlace[h];
+        if (place == 0) revert AppAuthUnknownDomain(domain);
+        string memory last = _baseDomains[_baseDomains.length - 1];
+        _baseDomains[place - 1] = last;
+        _baseDomainPlace[keccak256(bytes(last))] = place;
+        _baseDomains.pop();
+        delete _baseDomainPlace[h];
+        emit BaseDomainRemoved(domain);
+    }
+
+    function baseDomains() external view returns (string[] memory) {
+        return _baseDomains;
+    }
+
+    /// @notice Whether a gateway URL's `host` is under one of the base domains: what the cluster requires of a
+    /// record in production mode.
+    function isGatewayHostAllowed(bytes calldata host) external view returns (bool) {
+        uint256 n = _baseDomains.length;
+        for (uint256 i = 0; i < n; ++i) {
+            if (RecordFormat.isUnderDomain(host, bytes(_baseDomains[i]))) return true;
+        }
+        return false;
     }
 
     /// @notice The whole TCB policy in one read, for agents.

@@ -2,14 +2,13 @@
 pragma solidity ^0.8.24;
 
 import {ERC721} from "@openzeppelin/contracts/token/ERC721/ERC721.sol";
-import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
-import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 
 import {DstackChain} from "./DstackChain.sol";
 import {RecordFormat} from "./RecordFormat.sol";
 import {DstackClusterElection, IClusterSeats} from "./DstackClusterElection.sol";
 import {DstackClusterAppAuth, IClusterInstances} from "./DstackClusterAppAuth.sol";
+import {DstackClusterSettings} from "./DstackClusterSettings.sol";
 import {DstackClusterProofs, PURPOSE_PREFIX as PROOF_PURPOSE_PREFIX} from "./DstackClusterProofs.sol";
 
 /// @title DstackClusterNFT: the seats, the peer registry and the dstack app-auth hook of one dstack-mesh cluster.
@@ -28,7 +27,7 @@ import {DstackClusterProofs, PURPOSE_PREFIX as PROOF_PURPOSE_PREFIX} from "./Dst
 /// The contract address is the cluster's identity. Its leader election and its app auth (the allowlists of compose
 /// hashes, devices and OS images, and dstack's isAppAllowed hook) are contracts of their own, made here at
 /// deployment (see `election` and `appAuth`).
-contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
+contract DstackClusterNFT is ERC721, DstackClusterSettings, EIP712, IClusterSeats {
     using RecordFormat for string;
 
     // ------------------------------------------------------------------ types
@@ -135,13 +134,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     uint32 public immutable network;
     uint8 public immutable prefixLength;
 
-    address public kmsRoot;
-    uint256 public maxNodes;
-    bool public publicMinting;
-    uint256 public mintPrice;
-    /// @notice In production mode gateway URLs must be https under an allowed base domain.
-    bool public productionMode;
-
     uint256 public lastTokenId;
     uint256 public activeSeats;
 
@@ -157,17 +149,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     /// can be walked back from here without scanning the chain's logs.
     uint64 public lastBindingRequestBlock;
 
-    address[] private _appIds;
-
-    /// @dev Whether an app id is allowed, and its number: every app id ever allowed gets one for good (from 1),
-    /// so that a seat names its app in 4 bytes. One slot, so a registration reads both at once.
-    struct AppEntry {
-        bool allowed;
-        uint32 number;
-    }
-
-    mapping(address appId => AppEntry) private _apps;
-    address[] private _appOfNumber;
 
     /// @dev The token ids of the seats that have a record, so reading them all costs what the records cost,
     /// not what every seat ever minted does. Position 0 holds a non-zero placeholder, so positions start at 1
@@ -175,9 +156,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     /// would cost a registration 20k gas.
     uint32[] private _recorded;
     uint32 private constant RECORDED_PLACEHOLDER = type(uint32).max;
-
-    string[] private _baseDomains;
-    mapping(bytes32 domainHash => bool) private _isBaseDomain;
 
     /// @notice The cluster's leader election, made by this contract's constructor.
     DstackClusterElection public immutable election;
@@ -222,21 +200,10 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     /// @notice The owner let a seat serve another app: its next registration may come from any allowed app.
     event SeatAppReset(uint256 indexed tokenId, address previousAppId);
 
-    event MaxNodesUpdated(uint256 maxNodes);
-    event PublicMintingUpdated(bool enabled);
-    event MintPriceUpdated(uint256 price);
-    event KmsRootUpdated(address indexed previousRoot, address indexed newRoot);
-    event AppIdUpdated(address indexed appId, bool allowed);
-    event ProductionModeUpdated(bool enabled);
-    event BaseDomainAdded(string domain);
-    event BaseDomainRemoved(string domain);
-    event Withdrawn(address indexed to, uint256 amount);
 
     // ----------------------------------------------------------------- errors
 
     error ClusterInvalidPrefix(uint32 network, uint8 prefixLength);
-    error ClusterInvalidKmsRoot();
-    error ClusterInvalidAppId();
     error ClusterMaxNodesReached(uint256 maxNodes);
     error ClusterPrefixExhausted(uint256 tokenId, uint256 capacity);
     error ClusterWrongPayment(uint256 expected, uint256 sent);
@@ -247,9 +214,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     error ClusterSeatNotBound(uint256 tokenId);
     error ClusterInvalidInstanceId(string instanceId);
     error ClusterInstanceAlreadyBound(string instanceId, uint256 tokenId);
-    error ClusterInvalidDomain(string domain);
-    error ClusterUnknownDomain(string domain);
-    error ClusterWithdrawFailed(address to, uint256 amount);
     error ClusterBindNeedsEvidence(string instanceId);
     error ClusterBindConsentInvalid(address node, address recovered);
     error ClusterInvalidHolder();
@@ -293,24 +257,20 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         uint32 network_,
         uint8 prefixLength_,
         uint256 maxNodes_
-    ) ERC721("dstack-mesh cluster seat", "DMESH") Ownable(initialOwner) EIP712("DstackClusterNFT", "1") {
+    )
+        ERC721("dstack-mesh cluster seat", "DMESH")
+        DstackClusterSettings(initialOwner, kmsRoot_, appIds, maxNodes_)
+        EIP712("DstackClusterNFT", "1")
+    {
         // /31 and /32 have no host address left once the network and broadcast addresses are excluded.
         if (prefixLength_ < 8 || prefixLength_ > 30) revert ClusterInvalidPrefix(network_, prefixLength_);
         if (network_ & uint32(_hostMask(prefixLength_)) != 0) revert ClusterInvalidPrefix(network_, prefixLength_);
-        if (kmsRoot_ == address(0)) revert ClusterInvalidKmsRoot();
         network = network_;
         prefixLength = prefixLength_;
-        kmsRoot = kmsRoot_;
-        maxNodes = maxNodes_;
         _recorded.push(RECORDED_PLACEHOLDER);
         election = new DstackClusterElection(this);
         appAuth = new DstackClusterAppAuth(IClusterInstances(address(this)));
         proofs = new DstackClusterProofs();
-        for (uint256 i = 0; i < appIds.length; ++i) {
-            _setAppId(appIds[i], true);
-        }
-        emit KmsRootUpdated(address(0), kmsRoot_);
-        emit MaxNodesUpdated(maxNodes_);
     }
 
     // ------------------------------------------------------------------ seats
@@ -597,85 +557,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
         }
     }
 
-    function isAllowedAppId(address appId) external view returns (bool) {
-        return _apps[appId].allowed;
-    }
-
-    function allowedAppIds() external view returns (address[] memory) {
-        return _appIds;
-    }
-
-    function baseDomains() external view returns (string[] memory) {
-        return _baseDomains;
-    }
-
-    // ------------------------------------------------------------ owner config
-
-    function setMaxNodes(uint256 maxNodes_) external onlyOwner {
-        maxNodes = maxNodes_;
-        emit MaxNodesUpdated(maxNodes_);
-    }
-
-    function setPublicMinting(bool enabled) external onlyOwner {
-        publicMinting = enabled;
-        emit PublicMintingUpdated(enabled);
-    }
-
-    function setMintPrice(uint256 price) external onlyOwner {
-        mintPrice = price;
-        emit MintPriceUpdated(price);
-    }
-
-    /// @notice Re-pins the KMS root. Records proven under the old root stay until they are re-registered;
-    /// agents re-verify records against the root they pin.
-    function setKmsRoot(address newRoot) external onlyOwner {
-        if (newRoot == address(0)) revert ClusterInvalidKmsRoot();
-        emit KmsRootUpdated(kmsRoot, newRoot);
-        kmsRoot = newRoot;
-    }
-
-    function setAppId(address appId, bool allowed) external onlyOwner {
-        _setAppId(appId, allowed);
-    }
-
-    function setProductionMode(bool enabled) external onlyOwner {
-        productionMode = enabled;
-        emit ProductionModeUpdated(enabled);
-    }
-
-    /// @notice Allows gateway URLs under `domain` in production mode. Lowercase DNS names only.
-    function addBaseDomain(string calldata domain) external onlyOwner {
-        if (!RecordFormat.isDomain(domain)) revert ClusterInvalidDomain(domain);
-        bytes32 h = keccak256(bytes(domain));
-        if (_isBaseDomain[h]) return;
-        _isBaseDomain[h] = true;
-        _baseDomains.push(domain);
-        emit BaseDomainAdded(domain);
-    }
-
-    function removeBaseDomain(string calldata domain) external onlyOwner {
-        bytes32 h = keccak256(bytes(domain));
-        if (!_isBaseDomain[h]) revert ClusterUnknownDomain(domain);
-        delete _isBaseDomain[h];
-        uint256 n = _baseDomains.length;
-        for (uint256 i = 0; i < n; ++i) {
-            if (keccak256(bytes(_baseDomains[i])) == h) {
-                _baseDomains[i] = _baseDomains[n - 1];
-                _baseDomains.pop();
-                break;
-            }
-        }
-        emit BaseDomainRemoved(domain);
-    }
-
-    /// @notice Sends what public minting collected to `to`.
-    function withdraw(address payable to) external onlyOwner {
-        uint256 amount = address(this).balance;
-        emit Withdrawn(to, amount);
-        (bool ok,) = to.call{value: amount}("");
-        if (!ok) revert ClusterWithdrawFailed(to, amount);
-    }
-
     // ------------------------------------------------------- for the election
 
     /// @inheritdoc IClusterSeats
@@ -799,7 +680,7 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
             proofs.checkRecord(record.tokenId, record.wgPublicKey, record.endpoint, record.gatewayUrl);
         if (productionMode && bytes(record.gatewayUrl).length != 0) {
             if (!https) revert RegistryGatewayUrlNotHttps(record.gatewayUrl);
-            if (!_isAllowedHost(bytes(record.gatewayUrl)[hostStart:hostEnd])) {
+            if (!appAuth.isGatewayHostAllowed(bytes(record.gatewayUrl)[hostStart:hostEnd])) {
                 revert RegistryGatewayDomainNotAllowed(record.gatewayUrl);
             }
         }
@@ -845,38 +726,6 @@ contract DstackClusterNFT is ERC721, Ownable2Step, EIP712, IClusterSeats {
     function _appOf(Seat storage seat) private view returns (address) {
         uint32 n = seat.appNumber;
         return n == 0 ? address(0) : _appOfNumber[n - 1];
-    }
-
-    function _isAllowedHost(bytes calldata host) private view returns (bool) {
-        uint256 n = _baseDomains.length;
-        for (uint256 i = 0; i < n; ++i) {
-            if (RecordFormat.isUnderDomain(host, bytes(_baseDomains[i]))) return true;
-        }
-        return false;
-    }
-
-    function _setAppId(address appId, bool allowed) private {
-        if (appId == address(0)) revert ClusterInvalidAppId();
-        AppEntry storage entry = _apps[appId];
-        if (entry.allowed == allowed) return;
-        entry.allowed = allowed;
-        if (allowed) {
-            if (entry.number == 0) {
-                _appOfNumber.push(appId);
-                entry.number = uint32(_appOfNumber.length);
-            }
-            _appIds.push(appId);
-        } else {
-            uint256 n = _appIds.length;
-            for (uint256 i = 0; i < n; ++i) {
-                if (_appIds[i] == appId) {
-                    _appIds[i] = _appIds[n - 1];
-                    _appIds.pop();
-                    break;
-                }
-            }
-        }
-        emit AppIdUpdated(appId, allowed);
     }
 
     function _requireHolder(uint256 tokenId) private view returns (address holder) {

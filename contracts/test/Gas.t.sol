@@ -134,6 +134,19 @@ contract GasOfFirstRecordTest is GasMeasure {
             "registerPeer, first record with a 77-byte gateway URL", _measure(_record(seat, WG_KEY_A, 1))
         );
     }
+
+    /// In production mode the gateway URL's host is checked against the base domains, which the app auth keeps.
+    function test_GasOfFirstRecordWithGatewayUrlInProduction() public {
+        vm.startPrank(OWNER);
+        cluster.setProductionMode(true);
+        cluster.appAuth().addBaseDomain("example.org");
+        cluster.appAuth().addBaseDomain("phala.network");
+        vm.stopPrank();
+        emit log_named_uint(
+            "registerPeer, first record with a gateway URL, production mode, second of two domains",
+            _measure(_record(seat, WG_KEY_A, 1))
+        );
+    }
 }
 
 /// @notice A seat's later records, after its first WireGuard record.

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
+import {DstackClusterAppAuth} from "../src/DstackClusterAppAuth.sol";
 import {ClusterFixture} from "./utils/ClusterFixture.sol";
 import {vm} from "./utils/Vm.sol";
 
@@ -14,8 +15,8 @@ contract GatewayUrlTest is ClusterFixture {
         cluster = _deploy();
         seat = _mint(HOLDER_A, INSTANCE_A);
         vm.startPrank(OWNER);
-        cluster.addBaseDomain("phala.network");
-        cluster.addBaseDomain("dstack.org");
+        cluster.appAuth().addBaseDomain("phala.network");
+        cluster.appAuth().addBaseDomain("dstack.org");
         vm.stopPrank();
     }
 
@@ -90,21 +91,46 @@ contract GatewayUrlTest is ClusterFixture {
     function test_RemovedDomainNoLongerAllowed() public {
         vm.startPrank(OWNER);
         cluster.setProductionMode(true);
-        cluster.removeBaseDomain("phala.network");
+        cluster.appAuth().removeBaseDomain("phala.network");
         vm.stopPrank();
         _expectRejected("https://a.phala.network", DstackClusterNFT.RegistryGatewayDomainNotAllowed.selector);
         _expectAccepted("https://a.dstack.org");
     }
 
     function test_RevertIf_BaseDomainMalformed() public {
+        DstackClusterAppAuth auth = cluster.appAuth();
         vm.startPrank(OWNER);
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInvalidDomain.selector, ".phala.network"));
-        cluster.addBaseDomain(".phala.network");
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInvalidDomain.selector, "Phala.network"));
-        cluster.addBaseDomain("Phala.network");
-        vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterUnknownDomain.selector, "nope.org"));
-        cluster.removeBaseDomain("nope.org");
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterAppAuth.AppAuthInvalidDomain.selector, ".phala.network"));
+        auth.addBaseDomain(".phala.network");
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterAppAuth.AppAuthInvalidDomain.selector, "Phala.network"));
+        auth.addBaseDomain("Phala.network");
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterAppAuth.AppAuthUnknownDomain.selector, "nope.org"));
+        auth.removeBaseDomain("nope.org");
         vm.stopPrank();
+    }
+
+    function test_RevertIf_BaseDomainSetByNonOwner() public {
+        DstackClusterAppAuth auth = cluster.appAuth();
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterAppAuth.AppAuthNotClusterOwner.selector, address(this)));
+        auth.addBaseDomain("evil.org");
+        vm.expectRevert(abi.encodeWithSelector(DstackClusterAppAuth.AppAuthNotClusterOwner.selector, address(this)));
+        auth.removeBaseDomain("phala.network");
+        assertEq(auth.baseDomains().length, 2, "the domains are unchanged");
+    }
+
+    /// Removing a domain from the middle of the list keeps the others, each findable and removable.
+    function test_RemovingOneDomainKeepsTheOthers() public {
+        vm.startPrank(OWNER);
+        cluster.appAuth().addBaseDomain("example.com");
+        cluster.appAuth().removeBaseDomain("phala.network");
+        cluster.appAuth().removeBaseDomain("example.com");
+        cluster.appAuth().addBaseDomain("phala.network");
+        cluster.appAuth().addBaseDomain("phala.network");
+        vm.stopPrank();
+        string[] memory left = cluster.appAuth().baseDomains();
+        assertEq(left.length, 2, "two domains");
+        assertEq(left[0], "dstack.org", "the last moved into the removed one's place");
+        assertEq(left[1], "phala.network", "added again once");
     }
 
     /// In production, a host is accepted exactly when it equals an allowed domain or ends with "." + domain.

@@ -2,6 +2,8 @@
 pragma solidity ^0.8.24;
 
 import {DstackClusterNFT} from "../src/DstackClusterNFT.sol";
+import {DstackClusterAppAuth} from "../src/DstackClusterAppAuth.sol";
+import {DstackClusterSettings} from "../src/DstackClusterSettings.sol";
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {IERC721Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
 import {ClusterFixture} from "./utils/ClusterFixture.sol";
@@ -108,7 +110,7 @@ contract SeatsTest is ClusterFixture {
         new DstackClusterNFT(OWNER, KMS_ROOT, appIds, 0x0a000101, 24, 1); // host bits set
         vm.expectRevert(abi.encodeWithSelector(DstackClusterNFT.ClusterInvalidPrefix.selector, NETWORK, 31));
         new DstackClusterNFT(OWNER, KMS_ROOT, appIds, NETWORK, 31, 1);
-        vm.expectRevert(DstackClusterNFT.ClusterInvalidKmsRoot.selector);
+        vm.expectRevert(DstackClusterSettings.ClusterInvalidKmsRoot.selector);
         new DstackClusterNFT(OWNER, address(0), appIds, NETWORK, 24, 1);
     }
 
@@ -237,34 +239,34 @@ contract SeatsTest is ClusterFixture {
     function test_OwnerConfigurationEmitsEvents() public {
         vm.startPrank(OWNER);
         vm.expectEmit();
-        emit DstackClusterNFT.MaxNodesUpdated(5);
+        emit DstackClusterSettings.MaxNodesUpdated(5);
         cluster.setMaxNodes(5);
         vm.expectEmit();
-        emit DstackClusterNFT.PublicMintingUpdated(true);
+        emit DstackClusterSettings.PublicMintingUpdated(true);
         cluster.setPublicMinting(true);
         vm.expectEmit();
-        emit DstackClusterNFT.MintPriceUpdated(7);
+        emit DstackClusterSettings.MintPriceUpdated(7);
         cluster.setMintPrice(7);
         vm.expectEmit();
-        emit DstackClusterNFT.KmsRootUpdated(KMS_ROOT, address(0x999));
+        emit DstackClusterSettings.KmsRootUpdated(KMS_ROOT, address(0x999));
         cluster.setKmsRoot(address(0x999));
         vm.expectEmit();
-        emit DstackClusterNFT.AppIdUpdated(address(0x777), true);
+        emit DstackClusterSettings.AppIdUpdated(address(0x777), true);
         cluster.setAppId(address(0x777), true);
         vm.expectEmit();
-        emit DstackClusterNFT.ProductionModeUpdated(true);
+        emit DstackClusterSettings.ProductionModeUpdated(true);
         cluster.setProductionMode(true);
         vm.expectEmit();
-        emit DstackClusterNFT.BaseDomainAdded("phala.network");
-        cluster.addBaseDomain("phala.network");
+        emit DstackClusterAppAuth.BaseDomainAdded("phala.network");
+        cluster.appAuth().addBaseDomain("phala.network");
         vm.expectEmit();
-        emit DstackClusterNFT.BaseDomainRemoved("phala.network");
-        cluster.removeBaseDomain("phala.network");
+        emit DstackClusterAppAuth.BaseDomainRemoved("phala.network");
+        cluster.appAuth().removeBaseDomain("phala.network");
         vm.stopPrank();
         assertEq(cluster.maxNodes(), 5, "max nodes");
         assertEq(cluster.kmsRoot(), address(0x999), "kms root");
         assertEq(cluster.allowedAppIds().length, 2, "two app ids");
-        assertEq(cluster.baseDomains().length, 0, "domain removed");
+        assertEq(cluster.appAuth().baseDomains().length, 0, "domain removed");
     }
 
     function test_RevertIf_ConfigByNonOwner() public {

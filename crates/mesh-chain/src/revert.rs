@@ -123,14 +123,6 @@ fn describe(e: &E) -> Revert {
         ),
         E::ClusterInvalidKmsRoot(_) => revert("ClusterInvalidKmsRoot", "the KMS root must not be zero".into(), None),
         E::ClusterInvalidAppId(_) => revert("ClusterInvalidAppId", "an app id must not be zero".into(), None),
-        E::ClusterInvalidDomain(x) => revert(
-            "ClusterInvalidDomain",
-            format!("{:?} is not a lowercase DNS name", x.domain),
-            None,
-        ),
-        E::ClusterUnknownDomain(x) => {
-            revert("ClusterUnknownDomain", format!("{:?} is not an allowed base domain", x.domain), None)
-        }
         E::ClusterWithdrawFailed(x) => revert(
             "ClusterWithdrawFailed",
             format!("sending {} wei to {} failed", x.amount, x.to),
@@ -365,6 +357,16 @@ fn describe_app_auth(e: &AppAuthE) -> Revert {
                 x.advisoryId
             ),
             Some("write it as Intel's TCB info does, e.g. INTEL-SA-00837".into()),
+        ),
+        AppAuthE::AppAuthInvalidDomain(x) => revert(
+            "AppAuthInvalidDomain",
+            format!("{:?} is not a lowercase DNS name", x.domain),
+            Some("give the domain alone, lowercase, without a scheme or a leading dot: phala.network".into()),
+        ),
+        AppAuthE::AppAuthUnknownDomain(x) => revert(
+            "AppAuthUnknownDomain",
+            format!("{:?} is not an allowed base domain", x.domain),
+            Some("`meshctl config show` lists them".into()),
         ),
         AppAuthE::StringsInsufficientHexLength(_) => revert(
             "StringsInsufficientHexLength",

@@ -87,7 +87,7 @@ async fn show(opts: ClusterOpts, out: &Output) -> anyhow::Result<ExitCode> {
         "publicMinting": c.publicMinting().call().await.context(read)?,
         "mintPriceEth": format_ether(c.mintPrice().call().await.context(read)?),
         "productionMode": c.productionMode().call().await.context(read)?,
-        "baseDomains": c.baseDomains().call().await.context(read)?,
+        "baseDomains": app_auth.baseDomains().call().await.context(read)?,
         "appAuth": *app_auth.address(),
         "requireAllowedDevice": app_auth.requireAllowedDevice().call().await.context(read)?,
         "requireBoundInstance": app_auth.requireBoundInstance().call().await.context(read)?,
@@ -156,12 +156,20 @@ async fn apply(a: SetArgs, out: &Output) -> anyhow::Result<ExitCode> {
         let r = cluster::send("setProductionMode", c.setProductionMode(on)).await?;
         note(format!("production mode = {on}"), &r);
     }
+    let domains = !(a.add_base_domain.is_empty() && a.remove_base_domain.is_empty());
+    // The gateway domains live in the cluster's app auth, with the rest of what it accepts of a node.
+    let auth = match domains {
+        true => Some(crate::cluster::app_auth(&c).await?),
+        false => None,
+    };
     for d in &a.add_base_domain {
-        let r = cluster::send("addBaseDomain", c.addBaseDomain(d.clone())).await?;
+        let auth = auth.as_ref().context("the app auth was read")?;
+        let r = cluster::send("addBaseDomain", auth.addBaseDomain(d.clone())).await?;
         note(format!("base domain added: {d}"), &r);
     }
     for d in &a.remove_base_domain {
-        let r = cluster::send("removeBaseDomain", c.removeBaseDomain(d.clone())).await?;
+        let auth = auth.as_ref().context("the app auth was read")?;
+        let r = cluster::send("removeBaseDomain", auth.removeBaseDomain(d.clone())).await?;
         note(format!("base domain removed: {d}"), &r);
     }
     for id in &a.allow_app_id {

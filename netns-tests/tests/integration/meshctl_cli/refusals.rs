@@ -71,6 +71,16 @@ async fn errors_are_clear_and_fail_the_exit_code() {
     let out = bind_seat_1(&m, "/nonexistent/binding.json").failed();
     out.stderr_says("/nonexistent/binding.json");
 
+    // A revert of the app auth (where the gateway domains live) is decoded too, with its hint.
+    let out = m
+        .run(
+            Some(0),
+            &["config", "set", "--remove-base-domain", "nope.org"],
+        )
+        .failed();
+    out.stderr_says("\"nope.org\" is not an allowed base domain");
+    out.stderr_says("meshctl config show");
+
     // An address a digit short is named by its length, not by the hex decoder's "odd number of digits".
     let short = &m.address(1).to_string()[..41];
     let out = m.run(Some(0), &["mint", "--to", short]).failed();
