@@ -192,9 +192,15 @@ fn leader_self() -> Leader {
     }
 }
 
-/// Seat 2 draining (SIGTERM): it released term 2 and asked the contract to give the lead to seat 3.
+/// Seat 2 draining (SIGTERM): it released term 2 and asked the contract to give the lead to seat 3. Its
+/// lease ended when it released the term, before the transaction: it no longer says it leads.
 fn leader_handing_off() -> Leader {
     Leader {
+        is_self: false,
+        lease_ms: None,
+        reason: Some(
+            "this node is handing its term to another seat, and does not lead under it again".into(),
+        ),
         handing_off: Some(HandingOff {
             term: 2,
             to: 3,

@@ -120,6 +120,13 @@ class Fields {
     if (!value.every(isString)) throw this.wrong(key, value, "not a list of strings");
     return [...value];
   }
+
+  /** A list of integers; `fallback` when an older agent leaves it out. */
+  integers(key: string, fallback: number[]): number[] {
+    const value = this.typed(key, Array.isArray, false, fallback) as unknown[];
+    if (!value.every(isInteger)) throw this.wrong(key, value, "not a list of integers");
+    return [...value] as number[];
+  }
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -250,7 +257,17 @@ export function addresses(peers: readonly Peer[]): string[] {
 
 type LeaderInit = Omit<
   FieldsOf<Leader>,
-  "elected" | "term" | "state" | "ageMs" | "leaseMs" | "healthy" | "reason" | "refusedSeat" | "termReason" | "handingOffTo"
+  | "elected"
+  | "term"
+  | "state"
+  | "ageMs"
+  | "leaseMs"
+  | "healthy"
+  | "reason"
+  | "refusedSeat"
+  | "termReason"
+  | "draining"
+  | "handingOffTo"
 > &
   Partial<
     Pick<
@@ -263,6 +280,7 @@ type LeaderInit = Omit<
       | "reason"
       | "refusedSeat"
       | "termReason"
+      | "draining"
       | "handingOffTo"
     >
   >;
@@ -320,6 +338,8 @@ export class Leader {
    * failover) or `"seat-left"`; `null` when this node did not see it begin.
    */
   readonly termReason!: string | null;
+  /** The seats being drained (`meshctl drain`, or SIGTERM): no leader is handed to or elected from them. */
+  readonly draining!: readonly number[];
   /**
    * While this node hands its term off: the successor's seat. A demotion that comes with it is a clean
    * switchover: stop taking writes and let the replicas catch up; the successor promotes after the block.
@@ -338,6 +358,7 @@ export class Leader {
         reason: null,
         refusedSeat: null,
         termReason: null,
+        draining: [],
         handingOffTo: null,
       },
       fields,
@@ -368,6 +389,7 @@ export class Leader {
       reason: f.optText("reason"),
       refusedSeat: f.optInteger("refusedSeat"),
       termReason: f.optText("termReason"),
+      draining: Object.freeze(f.integers("draining", [])),
       handingOffTo: handingOffTo(f.optObject("handingOff")),
     });
   }

@@ -283,11 +283,12 @@ test("a leader handing off, and how its term began", () => {
   // Seat 2, draining, hands term 2 off to seat 3.
   const raw = snapshot("leaderHandingOff");
   const lead = Leader.fromJSON(raw);
-  assert.deepEqual([lead.termReason, lead.handingOffTo], ["elected", 3]);
+  assert.deepEqual([lead.termReason, lead.draining, lead.handingOffTo], ["elected", [2], 3]);
   const after = Leader.fromJSON(leaderJson(3, { isSelf: true, term: 3, termReason: "handoff" }));
-  assert.deepEqual([after.termReason, after.handingOffTo], ["handoff", null]);
+  assert.deepEqual([after.termReason, after.draining, after.handingOffTo], ["handoff", [], null]);
   const older = Leader.fromJSON(without(raw, "termReason", "draining", "handingOff"));
-  assert.deepEqual([older.termReason, older.handingOffTo], [null, null]);
+  assert.deepEqual([older.termReason, older.draining, older.handingOffTo], [null, [], null]);
+  assert.throws(() => Leader.fromJSON(leaderJson(1, { draining: ["3"] })), /draining/);
 });
 
 test("the leader of an agent without leases", () => {
