@@ -42,7 +42,8 @@ pub struct Port {
     pub ports: Ports,
 }
 
-/// The counters of a running port, shared with whoever reports them.
+/// The counters of a running port, shared with whoever reports them. They decide nothing: what routes a
+/// connection is [`Load`], which the routing task alone holds.
 #[derive(Debug, Clone)]
 pub struct Stats(Arc<Mutex<Counters>>);
 
@@ -51,8 +52,35 @@ struct Counters {
     report: ForwardedPort,
     /// Per route: the term's (leader) or the seat's (replica).
     routes: BTreeMap<(Option<u64>, u64), ForwardCounts>,
+}
+
+/// What a replica port spreads its connections by: how many are open to each seat, and a turn that breaks
+/// ties. [`forward`] holds it; each connection's task hands its route back when it ends.
+#[derive(Debug, Default)]
+struct Load {
     open_by_seat: BTreeMap<u64, u64>,
     turn: u64,
+}
+
+impl Load {
+    /// The route for a connection arriving now.
+    fn route(&mut self, port: &Port, view: &View) -> Result<Route, Refusal> {
+        self.turn = self.turn.wrapping_add(1);
+        gate::route(port.role, view, &port.ports, &self.open_by_seat, self.turn)
+    }
+
+    fn opened(&mut self, route: Route) {
+        *self.open_by_seat.entry(route.seat).or_default() += 1;
+    }
+
+    fn closed(&mut self, route: Route) {
+        if let Some(n) = self.open_by_seat.get_mut(&route.seat) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.open_by_seat.remove(&route.seat);
+            }
+        }
+    }
 }
 
 impl Stats {
@@ -69,8 +97,6 @@ impl Stats {
                 routes: Vec::new(),
             },
             routes: BTreeMap::new(),
-            open_by_seat: BTreeMap::new(),
-            turn: 0,
         })))
     }
 
@@ -108,20 +134,12 @@ impl Stats {
 
     fn opened(&self, route: Route) {
         self.count(route, |t| t.opened += 1);
-        let mut c = self.lock();
-        c.report.open += 1;
-        *c.open_by_seat.entry(route.seat).or_default() += 1;
+        self.lock().report.open += 1;
     }
 
-    fn closed(&self, route: Route) {
+    fn closed(&self) {
         let mut c = self.lock();
         c.report.open = c.report.open.saturating_sub(1);
-        if let Some(n) = c.open_by_seat.get_mut(&route.seat) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.open_by_seat.remove(&route.seat);
-            }
-        }
     }
 
     fn refused(&self, refusal: Refusal) {
@@ -131,13 +149,6 @@ impl Stats {
             .refused
             .entry(refusal.as_str().to_owned())
             .or_default() += 1;
-    }
-
-    /// The route for a connection arriving now, with the load and turn it is spread by.
-    fn route(&self, port: &Port, view: &View) -> Result<Route, Refusal> {
-        let mut c = self.lock();
-        c.turn = c.turn.wrapping_add(1);
-        gate::route(port.role, view, &port.ports, &c.open_by_seat, c.turn)
     }
 }
 
@@ -190,15 +201,21 @@ pub async fn forward(
     cancel: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    let mut load = Load::default();
     loop {
         let stream = tokio::select! {
             () = cancel.cancelled() => return,
             Some(stream) = accepted.recv() => stream,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Ok(route) = ended {
+                    load.closed(route);
+                }
+                continue;
+            }
             else => return,
         };
         let now = as_of_now(&view.borrow());
-        match stats.route(&port, &now) {
+        match load.route(&port, &now) {
             Err(refusal) => {
                 stats.refused(refusal);
                 debug!(
@@ -209,6 +226,7 @@ pub async fn forward(
                 refuse(stream).await;
             }
             Ok(route) => {
+                load.opened(route);
                 stats.opened(route);
                 connections.spawn(carry(
                     stream,
@@ -235,7 +253,8 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// Carries one connection along `route` until either side closes, the route stops holding, or `cancel`.
+/// Carries one connection along `route` until either side closes, the route stops holding, or `cancel`;
+/// then gives the route back, for [`Load`].
 async fn carry(
     client: TcpStream,
     route: Route,
@@ -243,7 +262,7 @@ async fn carry(
     mut view: watch::Receiver<View>,
     stats: Stats,
     cancel: CancellationToken,
-) {
+) -> Route {
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(route.to)).await {
         Ok(Ok(s)) => s,
         failed => {
@@ -253,8 +272,8 @@ async fn carry(
             };
             debug!(to = %route.to, error = %why, "the service did not accept the connection");
             stats.count(route, |t| t.unreachable += 1);
-            stats.closed(route);
-            return;
+            stats.closed();
+            return route;
         }
     };
     let _ = client.set_nodelay(true);
@@ -298,7 +317,8 @@ async fn carry(
         _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER) => {}
     }
     flush();
-    stats.closed(route);
+    stats.closed();
+    route
 }
 
 /// A stream that counts the bytes read from it.

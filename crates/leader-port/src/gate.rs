@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+pub use mesh_api::forwarded::Refusal;
 use mesh_api::{Freshness, Leader, PortRole, Snapshot};
 
 /// Where a connection opened now goes.
@@ -22,24 +23,6 @@ pub struct Route {
     /// The seat it reaches.
     pub seat: u64,
     pub to: SocketAddr,
-}
-
-/// Why a connection is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Refusal {
-    /// No seat is leader (or the one named is refused by this node).
-    NoLeader,
-    /// A leader is named, but not confirmed within a lease: it may have changed.
-    NotCurrent,
-    /// The leader's record gives no overlay address this node can reach it on.
-    NoAddress,
-}
-
-impl Refusal {
-    /// Its name in `/v1/status` and the metrics, one of [`mesh_api::forwarded::REFUSALS`].
-    pub fn as_str(self) -> &'static str {
-        mesh_api::forwarded::REFUSALS[self as usize]
-    }
 }
 
 /// Where a forwarded port sends: `port` on a member's overlay address, or `local` on this node.

@@ -227,7 +227,20 @@ async fn a_replica_port_spreads_over_the_healthy_members_that_do_not_lead() {
     let mut s = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut s, "read").await.as_deref(), Some("seat 4: read"));
 
+    // Seat 3 answers again. The connections it lost no longer count against it: seat 4 has three open and
+    // seat 3 none, so the next three all go to seat 3.
+    view.members[1].healthy = true;
+    tx.send(view.clone()).unwrap();
+    let mut back = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(at).await.unwrap();
+        assert_eq!(ask(&mut s, "read").await.as_deref(), Some("seat 3: read"));
+        back.push(s);
+    }
+    assert_eq!(stats.snapshot().open, 6);
+
     // No replica left: the leader serves.
+    view.members[1].healthy = false;
     view.members[2].healthy = false;
     tx.send(view).unwrap();
     let mut s = TcpStream::connect(at).await.unwrap();

@@ -6,9 +6,30 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// Why a forwarded port closes a connection at once: no seat leads, the leader's lease is not current, or
-/// its record gives no address.
-pub const REFUSALS: [&str; 3] = ["no-leader", "not-current", "no-address"];
+/// Why a forwarded port closes a connection at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// No seat is leader (or the one named is refused by this node).
+    NoLeader,
+    /// A leader is named, but not confirmed within a lease: it may have changed.
+    NotCurrent,
+    /// The leader's record gives no overlay address this node can reach it on.
+    NoAddress,
+}
+
+impl Refusal {
+    /// Every refusal, in the order the metrics list them.
+    pub const ALL: [Self; 3] = [Self::NoLeader, Self::NotCurrent, Self::NoAddress];
+
+    /// Its name in `/v1/status` ([`ForwardedPort::refused`]) and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoLeader => "no-leader",
+            Self::NotCurrent => "not-current",
+            Self::NoAddress => "no-address",
+        }
+    }
+}
 
 /// Where a forwarded port sends its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,4 +99,16 @@ pub struct ForwardedPort {
     pub refused: BTreeMap<String, u64>,
     /// Per route, newest first: the latest terms (the leader port), or each member reached (a replica port).
     pub routes: Vec<RouteCounts>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_a_name_of_its_own() {
+        let names: std::collections::BTreeSet<_> = Refusal::ALL.map(Refusal::as_str).into();
+        assert_eq!(names.len(), Refusal::ALL.len());
+        assert_eq!(Refusal::NotCurrent.as_str(), "not-current");
+    }
 }

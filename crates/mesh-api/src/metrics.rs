@@ -428,7 +428,8 @@ fn forwarded(out: &mut Exposition, s: &Snapshot) {
         "Connections a forwarded port closed at once, by reason (no-leader, not-current, no-address).",
         ports.iter().flat_map(|p| {
             let l = labels(p);
-            crate::forwarded::REFUSALS.map(|reason| {
+            crate::forwarded::Refusal::ALL.map(|r| {
+                let reason = r.as_str();
                 (
                     format!("{{{l},reason=\"{reason}\"}}"),
                     p.refused.get(reason).copied().unwrap_or(0),

@@ -199,7 +199,8 @@ fn leader_handing_off() -> Leader {
         is_self: false,
         lease_ms: None,
         reason: Some(
-            "this node is handing its term to another seat, and does not lead under it again".into(),
+            "this node is handing its term to another seat, and does not lead under it again"
+                .into(),
         ),
         handing_off: Some(HandingOff {
             term: 2,

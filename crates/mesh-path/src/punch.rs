@@ -147,7 +147,6 @@ pub struct Punch {
     theirs: Option<Theirs>,
     attempt: Option<Attempt>,
     last_start: Option<Instant>,
-    last_end: Option<Instant>,
     not_before: Option<Instant>,
     /// Attempts in a row that got no answer, and how long to wait after the latest.
     backoff: Backoff,
@@ -167,7 +166,6 @@ impl Default for Punch {
             theirs: None,
             attempt: None,
             last_start: None,
-            last_end: None,
             not_before: None,
             backoff: Backoff::new(BACKOFF, BACKOFF_MAX),
             attempts: 0,
@@ -323,7 +321,6 @@ impl Punch {
         let Some(a) = self.attempt.take() else {
             return;
         };
-        self.last_end = Some(now);
         if failed {
             self.last_tried = a.targets.len();
             self.not_before = Some(now + self.backoff.next_delay());
