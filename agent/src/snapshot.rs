@@ -19,8 +19,9 @@ use mesh_chain::redact::RedactedUrl;
 use mesh_wg::{Key, Liveness, PathKind, PeerStatus};
 
 use crate::attestation::Attested;
-use crate::leadership::lease::Claim;
-use crate::state::{ChainState, LeaderState, MeshState, RegState};
+use crate::leadership::lease::{Claim, Timing};
+use crate::leadership::state::LeaderState;
+use crate::state::{ChainState, MeshState, RegState};
 
 /// What the snapshot says of this node that no task learns: fixed once the node's identity is known.
 #[derive(Debug, Clone, Default)]
@@ -259,7 +260,7 @@ pub fn render(
         peers_healthy: peers.iter().filter(|p| p.healthy).count(),
         peers_refused: refused.len(),
         nat: mesh.nat.as_ref().map(nat),
-        election: election_of(election, now),
+        election: election_of(election, now, &agent.rpc),
         ports: Vec::new(),
         faults: crate::faults::faults(
             crate::faults::Sources {
@@ -279,8 +280,8 @@ pub fn render(
     let leader = Leader {
         clock: clock_of(agent, chain, election, leader_seat, token),
         timeout_ms: chain
-            .leader_timing
-            .map(|t| u64::try_from(t.timeout.as_millis()).unwrap_or(u64::MAX)),
+            .leader_timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         term_reason: view
             .and_then(|v| v.term_reason)
             .map(|r| r.as_str().to_owned()),
@@ -290,7 +291,7 @@ pub fn render(
             cause: h.cause.to_owned(),
             since_ms: u64::try_from(now.mono.saturating_duration_since(h.since).as_millis())
                 .unwrap_or(u64::MAX),
-            error: h.error.clone(),
+            error: h.error.as_ref().map(|f| f.render(&agent.rpc)),
         }),
         draining: election
             .draining_peers
@@ -494,14 +495,16 @@ fn clock_of(
     };
     LeaderClock {
         // Until the timing is known, nothing is confirmed within it.
-        lease: chain.leader_timing.map_or(Duration::ZERO, |t| t.lease),
+        lease: chain
+            .leader_timeout
+            .map_or(Duration::ZERO, |t| Timing::for_timeout(t).lease),
         confirmed_at,
         claim_until: election.claim.until(),
     }
 }
 
 /// This node's vote and last ballot, its time on the wall clock.
-fn election_of(election: &LeaderState, now: Clock) -> mesh_api::Election {
+fn election_of(election: &LeaderState, now: Clock, rpc: &RedactedUrl) -> mesh_api::Election {
     mesh_api::Election {
         vote: election.vote,
         last_ballot: election.last_ballot.as_ref().map(|b| {
@@ -515,7 +518,7 @@ fn election_of(election: &LeaderState, now: Clock) -> mesh_api::Election {
                 seat,
                 reason: b.reason.clone(),
                 outcome: b.outcome,
-                error: b.error.clone(),
+                error: b.error.as_ref().map(|f| f.render(rpc)),
                 sent_at: now
                     .wall_of(b.sent)
                     .duration_since(SystemTime::UNIX_EPOCH)

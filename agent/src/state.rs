@@ -1,7 +1,8 @@
 //! What the agent's tasks publish, each on its own `watch` channel, for the tasks after it: the chain task's
-//! [`ChainState`], the registrar's [`RegState`], the mesh task's [`MeshState`] and the leader task's
-//! [`LeaderState`]. Data flows one way: chain → registrar, chain → mesh, chain and mesh → leader, and all
-//! four → publisher.
+//! [`ChainState`], the registrar's [`RegState`] and the mesh task's [`MeshState`]; the leader task's is its
+//! machine's ([`crate::leadership::state::LeaderState`]). Data flows one way: chain → registrar, chain →
+//! mesh, chain and mesh → leader, and all four → publisher. Why a task fails is a [`Fault`], which the
+//! publisher renders.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -91,9 +92,9 @@ pub struct ChainState {
     pub save_failing: Option<Failing>,
     /// The chain's pace, as read at start (or kept in the state file until the RPC answers).
     pub pace: Option<mesh_chain::pace::BlockPace>,
-    /// The leader's timing: `--leader-timeout`'s, or else the chain's pace's, set once and kept for the
-    /// agent's life (the lease's safety rests on every node keeping its timeout). None until known.
-    pub leader_timing: Option<crate::leadership::lease::Timing>,
+    /// The leader timeout: `--leader-timeout`, or else the chain's pace's, set once and kept for the agent's
+    /// life (the lease's safety rests on every node keeping its timeout). None until known.
+    pub leader_timeout: Option<Duration>,
 }
 
 /// An outside dependency failing, as a task saw it: since when, and why, in words that name it.
@@ -155,76 +156,6 @@ pub struct MeshState {
     pub relay: mesh_api::RelayCounters,
     /// What the userspace device knows of its NAT; `None` on the kernel's WireGuard or without an interface.
     pub nat: Option<mesh_wg::NatStatus>,
-}
-
-/// The leader task's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LeaderState {
-    /// The seat this node's vote is against, as last read or cast.
-    pub vote: Option<u64>,
-    /// Whether each watched seat (the leader, the vote's target) answered a recent heartbeat.
-    pub answering: BTreeMap<u64, bool>,
-    pub counters: mesh_api::ElectionCounters,
-    /// Why the last ballot or read failed; already logged.
-    pub error: Option<Fault>,
-    /// Whether this node leads, and until when ([`crate::leadership::lease`]).
-    pub claim: crate::leadership::lease::Claim,
-    /// This node's health, as the claim was decided on it.
-    pub health: mesh_api::HealthSignal,
-    /// When the seat named leader last answered this node as leading under the view's term: when the
-    /// ping it answered was sent.
-    pub leader_confirmed_at: Option<Instant>,
-    /// The last ballot this node sent, and what came of it.
-    pub last_ballot: Option<BallotLog>,
-    /// The hand-off this node is making, while it is.
-    pub handoff: Option<HandOffLog>,
-    /// Why the last hand-off could not be made, once it was given up.
-    pub handoff_error: Option<String>,
-    /// The last hand-off this node made that landed.
-    pub last_handoff: Option<HandedOff>,
-    /// This node is being drained: asked to (SIGTERM, the API), or its seat marked draining on-chain.
-    pub draining: bool,
-    /// The other seats being drained: heard so lately, or marked on-chain.
-    pub draining_peers: std::collections::BTreeSet<u64>,
-}
-
-/// A hand-off under way ([`crate::leadership::machine`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandOffLog {
-    /// The term given up.
-    pub term: u64,
-    /// The successor the transaction names.
-    pub to: u64,
-    /// Why: `asked` or `drain`.
-    pub cause: &'static str,
-    pub since: Instant,
-    /// Why the last attempt failed, scrubbed of the RPC's credentials.
-    pub error: Option<String>,
-}
-
-/// A hand-off that landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandedOff {
-    /// The term given up.
-    pub term: u64,
-    /// The leader the view named after it.
-    pub to: Option<u64>,
-    pub cause: &'static str,
-    /// From the release to the view showing the new term.
-    pub took: Duration,
-}
-
-/// A ballot this node sent, as the API reports it ([`mesh_api::BallotReport`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BallotLog {
-    pub ballot: mesh_chain::election::Ballot,
-    /// The seat of the vote a withdrawal takes back.
-    pub withdrawn: Option<u64>,
-    pub reason: String,
-    pub sent: Instant,
-    pub outcome: mesh_api::BallotOutcome,
-    /// Why it failed, scrubbed of the RPC's credentials.
-    pub error: Option<String>,
 }
 
 /// Why a task fails now: what it was doing, and the typed error with its causes. The publisher renders it

@@ -19,8 +19,7 @@ use backoff::Backoff;
 use mesh_api::{AppReport, BallotOutcome, CheckSignal, HealthSignal};
 use mesh_chain::election::{Ballot, Cast, ElectionError};
 use mesh_chain::error::ChainError;
-use mesh_chain::redact::RedactedUrl;
-use tracing::{debug, info, warn};
+use tracing::{Level, debug, info, warn};
 
 mod beats;
 mod handoff;
@@ -30,7 +29,8 @@ pub use handoff::{HandOffCause, HandOffRefused};
 use super::election::{self, Sighting};
 use super::heartbeat::{self, Heartbeat, Kind, Promise, View};
 use super::lease::{self, Claim, Timing};
-use crate::state::{BallotLog, Fault, LeaderState};
+use super::state::{BallotLog, LeaderState};
+use crate::state::Fault;
 
 /// After a ballot that was mined, how long an election is not called again while the view catches up.
 const AFTER_ELECTING: Duration = Duration::from_secs(10);
@@ -120,8 +120,6 @@ pub struct SocketWant {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub timing: Timing,
-    /// The RPC, to scrub from the errors it logs.
-    pub rpc: RedactedUrl,
     /// Heartbeats over the mesh: off in TLS mode, where there is no mesh.
     pub heartbeats: bool,
     /// Votes and elections: off in TLS mode and with `--no-failover`.
@@ -190,6 +188,8 @@ pub struct Machine {
     ping_now: Vec<u64>,
     transmits: VecDeque<Transmit>,
     jobs: VecDeque<Job>,
+    /// Failures to log: the driver renders them, since only it knows the RPC's credentials to scrub.
+    faults: VecDeque<(Level, Fault)>,
 }
 
 impl Machine {
@@ -242,6 +242,7 @@ impl Machine {
             config,
             transmits: VecDeque::new(),
             jobs: VecDeque::new(),
+            faults: VecDeque::new(),
         }
     }
 
@@ -258,6 +259,11 @@ impl Machine {
     /// The next chain job to start.
     pub fn poll_job(&mut self) -> Option<Job> {
         self.jobs.pop_front()
+    }
+
+    /// The next failure to log, and how loudly.
+    pub fn poll_fault(&mut self) -> Option<(Level, Fault)> {
+        self.faults.pop_front()
     }
 
     /// Where the heartbeat socket should be bound now, if anywhere.
@@ -713,16 +719,21 @@ impl Machine {
                 let delay = self.backoff.next_delay();
                 self.quiet_until = Some(now + delay);
                 self.state.counters.failures = self.state.counters.failures.saturating_add(1);
-                let fault = Fault::new(format!("{ballot} failed"), e);
-                let error = fault.render(&self.config.rpc);
-                warn!(%ballot, %error, retry_in = ?delay, "the ballot failed");
-                self.ballot_came_to(BallotOutcome::Failed, Some(error));
+                let fault = Fault::new(
+                    format!(
+                        "{ballot} failed; deciding again in {:.1} s",
+                        delay.as_secs_f64()
+                    ),
+                    e,
+                );
+                self.faults.push_back((Level::WARN, fault.clone()));
+                self.ballot_came_to(BallotOutcome::Failed, Some(fault.clone()));
                 self.state.error = Some(fault);
             }
         }
     }
 
-    fn ballot_came_to(&mut self, outcome: BallotOutcome, error: Option<String>) {
+    fn ballot_came_to(&mut self, outcome: BallotOutcome, error: Option<Fault>) {
         if let Some(log) = &mut self.state.last_ballot {
             log.outcome = outcome;
             log.error = error;
@@ -736,7 +747,7 @@ impl Machine {
         let delay = self.backoff.next_delay();
         self.quiet_until = Some(now + delay);
         let fault = Fault::new(doing, e);
-        debug!(error = %fault.render(&self.config.rpc), retry_in = ?delay, "the election client failed");
+        self.faults.push_back((Level::DEBUG, fault.clone()));
         self.state.error = Some(fault);
     }
 }

@@ -6,6 +6,7 @@
 //! - [`election`]: which ballot this node casts: elect, vote against the leader, withdraw.
 //! - [`lease`]: when this node may say it leads (`isSelf`), and what it tells the others of itself.
 //! - [`machine`]: all of it as one sans-IO state machine: `handle_*` in, `poll_*` out.
+//! - [`state`]: what the machine publishes.
 
 pub mod election;
 pub mod heartbeat;
@@ -13,3 +14,4 @@ pub mod lease;
 pub mod machine;
 #[cfg(test)]
 mod sim;
+pub mod state;

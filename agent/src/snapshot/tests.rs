@@ -84,9 +84,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
         head_polls: 5,
         rejected: 1,
         // A 5 s lease.
-        leader_timing: Some(crate::leadership::lease::Timing::for_timeout(
-            Duration::from_secs(10),
-        )),
+        leader_timeout: Some(Duration::from_secs(10)),
         ..ChainState::default()
     };
     let reg = RegState {
@@ -601,7 +599,7 @@ fn the_status_shows_the_vote_and_the_last_ballot_with_its_time() {
     let (chain, reg, mesh) = states(now);
     let election = LeaderState {
         vote: None,
-        last_ballot: Some(crate::state::BallotLog {
+        last_ballot: Some(crate::leadership::state::BallotLog {
             ballot: Ballot::Withdraw,
             withdrawn: Some(2),
             reason: "seat 2 answers again".into(),

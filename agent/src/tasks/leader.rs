@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Level, debug, info, warn};
 
 use crate::attestation::Attested;
 use crate::config::{ModeArg, RunArgs};
@@ -24,8 +24,9 @@ use crate::leadership::lease::Timing;
 use crate::leadership::machine::{
     self, Chain, HandOffCause, HandOffRefused, Job, JobDone, Machine, SocketWant,
 };
+use crate::leadership::state::LeaderState;
 use crate::node::NodeIdentity;
-use crate::state::{ChainState, LeaderState, MeshState};
+use crate::state::{ChainState, MeshState};
 use crate::tasks::Shared;
 
 /// What the leader task needs to know.
@@ -128,7 +129,6 @@ impl LeaderTask {
             .map_or(1, |d| d.subsec_nanos());
         let config = machine::Config {
             timing,
-            rpc: self.rpc.clone(),
             heartbeats: self.heartbeats,
             ballots: self.ballots,
         };
@@ -209,6 +209,14 @@ impl LeaderTask {
             }
             while let Some(job) = m.poll_job() {
                 self.spawn(&mut jobs, job);
+            }
+            while let Some((level, fault)) = m.poll_fault() {
+                let error = fault.render(&self.rpc);
+                match level {
+                    Level::WARN => warn!("{error}"),
+                    Level::INFO => info!("{error}"),
+                    _ => debug!("{error}"),
+                }
             }
             let deadline = m
                 .poll_timeout(Instant::now())
@@ -305,8 +313,8 @@ fn command(
 /// The leader's timing, once the chain task has settled it.
 async fn timing_of(chain: &mut watch::Receiver<ChainState>) -> Timing {
     loop {
-        if let Some(t) = chain.borrow_and_update().leader_timing {
-            return t;
+        if let Some(t) = chain.borrow_and_update().leader_timeout {
+            return Timing::for_timeout(t);
         }
         if chain.changed().await.is_err() {
             // The chain task is gone: the agent is stopping.

@@ -16,8 +16,9 @@ use tracing::{Instrument as _, warn};
 
 use crate::config::{ModeArg, RunArgs};
 use crate::hooks;
+use crate::leadership::state::LeaderState;
 use crate::snapshot::{self, AgentFacts, Clock, NodeFacts};
-use crate::state::{ChainState, LeaderState, MeshState, RegState};
+use crate::state::{ChainState, MeshState, RegState};
 use crate::tasks::Shared;
 
 /// How often the snapshot is rendered while nothing is published: uptime and handshake ages move on.

@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use mesh_chain::election::{Cast, ElectionError};
 use mesh_chain::error::ChainError;
-use tracing::{info, warn};
+use tracing::{Level, info, warn};
 
 use super::{Job, Machine};
-use crate::state::{Fault, HandOffLog, HandedOff};
+use crate::leadership::state::{HandOffLog, HandedOff};
+use crate::state::Fault;
 
 /// How long after a failed hand-off transaction (the RPC, no funds) it is sent again: the others vote this
 /// node out a timeout after it released its term, so there is no time for a long backoff.
@@ -367,29 +368,43 @@ impl Machine {
                             h.to = next;
                             h.sent = false;
                         }
-                        self.publish_handoff(Some(revert.to_string()));
+                        let refused = Fault::new(
+                            format!("seat {to} cannot take the lead; trying seat {next}"),
+                            ElectionError::Chain(ChainError::Reverted(revert)),
+                        );
+                        self.publish_handoff(Some(refused));
                     }
-                    Err(why) => self.abandon(format!("{revert}; {why}")),
+                    Err(why) => self.abandon(Fault::new(
+                        why.to_string(),
+                        ElectionError::Chain(ChainError::Reverted(revert)),
+                    )),
                 }
             }
             Err(ElectionError::Chain(ChainError::Reverted(revert)))
                 if revert.name == "LeaderNotLeader" =>
             {
                 // The term went otherwise (a vote, a hand-off sent elsewhere): nothing left to hand.
-                self.abandon(revert.to_string());
+                self.abandon(Fault::new(
+                    "the term went otherwise",
+                    ElectionError::Chain(ChainError::Reverted(revert)),
+                ));
             }
             Err(e) if self.stopping => {
-                let fault = Fault::new(format!("handOff to seat {to} failed"), e);
-                self.abandon(fault.render(&self.config.rpc));
+                self.abandon(Fault::new(format!("handOff to seat {to} failed"), e));
             }
             Err(e) => {
                 let delay = HANDOFF_RETRY;
                 h.sent = false;
                 h.retry_at = Some(now + delay);
-                let fault = Fault::new(format!("handOff to seat {to} failed"), e);
-                let error = fault.render(&self.config.rpc);
-                warn!(%error, retry_in = ?delay, "the hand-off failed; sending it again");
-                self.publish_handoff(Some(error));
+                let fault = Fault::new(
+                    format!(
+                        "handOff to seat {to} failed; sending it again in {:.1} s",
+                        delay.as_secs_f64()
+                    ),
+                    e,
+                );
+                self.faults.push_back((Level::WARN, fault.clone()));
+                self.publish_handoff(Some(fault));
             }
         }
     }
@@ -397,7 +412,7 @@ impl Machine {
     /// No seat takes the term: this node takes it back. Safe because it forgets every confirmation given
     /// before the release: a seat that confirms it again is bound by that promise anew, so none can have
     /// confirmed a successor meanwhile.
-    fn abandon(&mut self, why: String) {
+    fn abandon(&mut self, why: Fault) {
         if let Some(h) = self.handoff.take() {
             self.gave_up = Some(h.term);
             let c = &mut self.state.counters;
@@ -407,12 +422,15 @@ impl Machine {
                 self.support.clear();
             }
         }
-        match self.stopping {
-            true => info!(reason = %why, "the hand-off cannot be made: stopping without it"),
-            false => {
-                warn!(reason = %why, "the hand-off cannot be made: this node takes its term back")
-            }
-        }
+        let (level, then) = match self.stopping {
+            true => (Level::INFO, "stopping without it"),
+            false => (Level::WARN, "this node takes its term back"),
+        };
+        let logged = Fault::new(
+            format!("the hand-off cannot be made, {then}: {}", why.doing),
+            why.error.clone(),
+        );
+        self.faults.push_back((level, logged));
         self.publish_handoff(Some(why));
     }
 
@@ -442,7 +460,7 @@ impl Machine {
         }
     }
 
-    fn publish_handoff(&mut self, error: Option<String>) {
+    fn publish_handoff(&mut self, error: Option<Fault>) {
         self.state.handoff = self.handoff.as_ref().map(|h| HandOffLog {
             term: h.term,
             to: h.to,

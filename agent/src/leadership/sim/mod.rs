@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use mesh_api::AppReport;
 use mesh_chain::election::{Ballot, Cast, ElectionError};
 use mesh_chain::error::{ChainError, Revert};
-use mesh_chain::redact::RedactedUrl;
 
 use super::heartbeat;
 use super::lease::{Claim, Timing};
@@ -179,6 +178,8 @@ struct Node {
     /// What it claimed: closed intervals, and the one open now.
     claims: Vec<(Instant, Instant)>,
     claiming: Option<(Instant, Instant)>,
+    /// The failures it gave its driver to log, and how loudly.
+    logged: Vec<(tracing::Level, crate::state::Fault)>,
 }
 
 /// A ballot sent, waiting for its block.
@@ -214,7 +215,6 @@ impl Sim {
         let t0 = Instant::now();
         let config = Config {
             timing: timing(),
-            rpc: RedactedUrl::new(&"http://rpc.test/".parse().expect("a URL")),
             heartbeats: true,
             ballots: true,
         };
@@ -240,6 +240,7 @@ impl Sim {
                     reads: VecDeque::new(),
                     claims: Vec::new(),
                     claiming: None,
+                    logged: Vec::new(),
                 }
             })
             .collect();
@@ -421,6 +422,9 @@ impl Sim {
                     .map_or(now + delay, |(t, _, _)| (*t).max(now + delay));
                 dest.inbox.push_back((at, from, t.bytes));
             }
+        }
+        while let Some(fault) = self.nodes[i].machine.poll_fault() {
+            self.nodes[i].logged.push(fault);
         }
         while let Some(job) = self.nodes[i].machine.poll_job() {
             let node = &mut self.nodes[i];

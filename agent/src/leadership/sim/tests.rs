@@ -2,6 +2,7 @@
 //! histories.
 
 use mesh_api::BallotOutcome;
+use mesh_chain::redact::RedactedUrl;
 use proptest::prelude::*;
 
 use super::*;
@@ -611,11 +612,21 @@ fn the_last_ballot_shows_why_it_was_sent_and_what_came_of_it() {
     assert!(
         failed
             .error
-            .as_deref()
+            .as_ref()
+            .map(|f| f.render(&RedactedUrl::new(&"http://rpc.test/".parse().expect("a URL"))))
             .is_some_and(|e| e.contains("electLeader failed") && e.contains("LeaderNoEligibleSeat")),
         "{failed:?}"
     );
     assert!(failed.reason.contains("no leader"), "{failed:?}");
+    assert!(
+        sim.nodes[0]
+            .logged
+            .iter()
+            .any(|(level, f)| *level == tracing::Level::WARN
+                && f.doing.starts_with("electLeader failed")),
+        "the failure is given to the driver to log, as a warning: {:?}",
+        sim.nodes[0].logged
+    );
 
     sim.contract.active = active;
     let (seat, _) = sim.until_someone_leads(60.0).expect("a leader");

@@ -142,12 +142,14 @@ impl ChainTask {
         let state = ChainState {
             from_cache: cached.is_some(),
             pace: self.cached_pace,
-            leader_timing: self
+            leader_timeout: self
                 .timing_flag
-                .or_else(|| self.cached_pace.map(Timing::for_pace)),
+                .or_else(|| self.cached_pace.map(Timing::for_pace))
+                .map(|t| t.timeout),
             ..ChainState::default()
         };
-        match (self.timing_flag, self.cached_pace, state.leader_timing) {
+        let timing = state.leader_timeout.map(Timing::for_timeout);
+        match (self.timing_flag, self.cached_pace, timing) {
             (Some(_), _, Some(t)) => {
                 info!(timeout = ?t.timeout, lease = ?t.lease, "the leader timeout (--leader-timeout)")
             }
@@ -201,7 +203,10 @@ impl ChainTask {
                 }
             }
             running.state.subscribed = wakeups.subscribed();
-            let renew = running.state.leader_timing.map(|t| t.renew);
+            let renew = running
+                .state
+                .leader_timeout
+                .map(|t| Timing::for_timeout(t).renew);
             wakeups.poll_at_least_every(renew.filter(|_| running.leads()));
             if let Some(follower) = &running.follower {
                 wakeups.cluster_of(follower.view().records.len());
@@ -252,14 +257,17 @@ impl Running {
                     self.state.pace = Some(pace);
                     self.unsaved = true;
                 }
-                match self.state.leader_timing {
+                match self.state.leader_timeout {
                     None => {
                         let t = Timing::for_pace(pace);
                         info!(timeout = ?t.timeout, lease = ?t.lease, %pace, "the leader timeout, from the chain's pace (--leader-timeout overrides)");
-                        self.state.leader_timing = Some(t);
+                        self.state.leader_timeout = Some(t.timeout);
                     }
-                    Some(t) if self.task.timing_flag.is_none() && Timing::for_pace(pace) != t => {
-                        info!(timeout = ?t.timeout, %pace, "the chain's pace changed since the state file was written; the leader timeout stays as it is until the agent restarts");
+                    Some(t)
+                        if self.task.timing_flag.is_none()
+                            && Timing::for_pace(pace).timeout != t =>
+                    {
+                        info!(timeout = ?t, %pace, "the chain's pace changed since the state file was written; the leader timeout stays as it is until the agent restarts");
                     }
                     Some(_) => {}
                 }
