@@ -126,6 +126,28 @@ pub struct Config {
     pub ballots: bool,
 }
 
+/// How far this node's election client has got: a ballot is decided only on the vote read since it last
+/// connected, and since the last ballot that failed or lost a race (what the chain holds may differ from
+/// what was believed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not connected to the election contract: connect first.
+    Disconnected,
+    /// Connected; this seat's vote is to be read.
+    Connected,
+    /// Connected, and the vote read: ballots may be decided.
+    VoteKnown,
+}
+
+impl Phase {
+    /// The vote read may no longer be what the chain holds: read it again before the next ballot.
+    fn forget_vote(&mut self) {
+        if *self == Self::VoteKnown {
+            *self = Self::Connected;
+        }
+    }
+}
+
 /// This node's part in the cluster's leadership.
 pub struct Machine {
     config: Config,
@@ -137,9 +159,7 @@ pub struct Machine {
     device: Option<String>,
     /// Since when the heartbeat socket has been bound where [`Machine::wanted_socket`] says.
     hearing: Option<Instant>,
-    connected: bool,
-    /// The vote is read from the chain before the first ballot, and again after a failed one.
-    vote_known: bool,
+    phase: Phase,
     /// A chain job is under way.
     job_running: bool,
     sightings: BTreeMap<u64, Sighting>,
@@ -204,8 +224,7 @@ impl Machine {
             check: None,
             device: None,
             hearing: None,
-            connected: false,
-            vote_known: false,
+            phase: Phase::Disconnected,
             job_running: false,
             sightings: BTreeMap::new(),
             last_pong: BTreeMap::new(),
@@ -438,11 +457,11 @@ impl Machine {
     pub fn handle_job(&mut self, now: Instant, done: JobDone) {
         self.job_running = false;
         match done {
-            JobDone::Connected(Ok(())) => self.connected = true,
+            JobDone::Connected(Ok(())) => self.phase = Phase::Connected,
             JobDone::Connected(Err(e)) => self.failed(now, "connecting the election client", e),
             JobDone::VoteRead(Ok(vote)) => {
                 self.state.vote = vote;
-                self.vote_known = true;
+                self.phase = Phase::VoteKnown;
             }
             JobDone::VoteRead(Err(e)) => self.failed(now, "reading this seat's vote", e),
             JobDone::Cast(ballot, result) => {
@@ -453,7 +472,7 @@ impl Machine {
             JobDone::Lost => {
                 warn!("a leader job ended abnormally");
                 self.casting = None;
-                self.vote_known = false;
+                self.phase.forget_vote();
             }
         }
         self.settle(now, true);
@@ -593,15 +612,14 @@ impl Machine {
             return;
         }
         let quiet = self.quiet_until.is_some_and(|t| now < t);
-        if !self.connected {
+        let needed = match self.phase {
+            Phase::Disconnected => Some(Job::Connect),
+            Phase::Connected => Some(Job::ReadVote { seat: own }),
+            Phase::VoteKnown => None,
+        };
+        if let Some(job) = needed {
             if !quiet {
-                self.start(Job::Connect);
-            }
-            return;
-        }
-        if !self.vote_known {
-            if !quiet {
-                self.start(Job::ReadVote { seat: own });
+                self.start(job);
             }
             return;
         }
@@ -707,7 +725,7 @@ impl Machine {
                 // Another node's election landed first: the question is settled, nothing failed. As after
                 // an election of its own, the view is given time to show the leader: read before that,
                 // it still shows none, and the same ballot would be due again at once.
-                self.vote_known = false;
+                self.phase.forget_vote();
                 self.quiet_until = Some(now + AFTER_ELECTING);
                 self.ballot_came_to(BallotOutcome::Preempted, None);
                 info!("another node elected a leader first: {revert}");
@@ -715,7 +733,7 @@ impl Machine {
             Err(e) => {
                 // What the chain holds may differ from what was believed (another node elected first, the
                 // vote went with a cleared record): read it again before the next ballot.
-                self.vote_known = false;
+                self.phase.forget_vote();
                 let delay = self.backoff.next_delay();
                 self.quiet_until = Some(now + delay);
                 self.state.counters.failures = self.state.counters.failures.saturating_add(1);
@@ -743,7 +761,7 @@ impl Machine {
     /// A read failed: shown in the state and logged at debug level only, since the chain task already
     /// warns when the RPC is down; a ballot's failure is what this machine warns of.
     fn failed(&mut self, now: Instant, doing: &'static str, e: ChainError) {
-        self.connected = false;
+        self.phase = Phase::Disconnected;
         let delay = self.backoff.next_delay();
         self.quiet_until = Some(now + delay);
         let fault = Fault::new(doing, e);
