@@ -27,6 +27,7 @@ pub mod hooks;
 pub mod keystore;
 pub mod leadership;
 pub mod node;
+pub mod registration;
 pub mod run;
 pub mod snapshot;
 pub mod state;

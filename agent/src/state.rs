@@ -105,7 +105,7 @@ pub struct Failing {
 }
 
 /// The registrar's state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegState {
     /// The node's record on-chain is the one it wants, and its peers believe it.
     pub registered: bool,

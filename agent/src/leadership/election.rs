@@ -57,9 +57,10 @@ impl Sighting {
             .is_some_and(|t| now.saturating_duration_since(t) < within)
     }
 
-    /// How long it has not answered, as of `now`.
+    /// How long it has not answered, as of `now`: since its last answer, or, never heard, since watching
+    /// began (which may be set ahead, to give a new tunnel's first path its time).
     pub fn silent_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.last_seen.unwrap_or(self.since).max(self.since))
+        now.saturating_duration_since(self.last_seen.unwrap_or(self.since))
     }
 }
 
@@ -479,6 +480,17 @@ mod tests {
             "no heartbeat socket yet"
         );
         assert_eq!(silence_counted(Some(3), true, Some(1), Some(2)), vec![1, 2]);
+    }
+
+    /// The window a new tunnel's first path is given protects a seat never heard; one that answered is
+    /// silent from its last answer.
+    #[test]
+    fn a_seat_that_answered_is_silent_from_its_answer_even_within_the_first_path_window() {
+        let w = World::new();
+        let mut s = Sighting::new(w.at(13));
+        assert_eq!(s.silent_for(w.at(12)), Duration::ZERO);
+        s.seen(w.at(2));
+        assert_eq!(s.silent_for(w.at(12)), Duration::from_secs(10));
     }
 
     #[test]

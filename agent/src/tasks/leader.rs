@@ -27,7 +27,7 @@ use crate::leadership::machine::{
 use crate::leadership::state::LeaderState;
 use crate::node::NodeIdentity;
 use crate::state::{ChainState, MeshState};
-use crate::tasks::Shared;
+use crate::tasks::{Shared, sleep_until};
 
 /// What the leader task needs to know.
 pub struct LeaderTask {
@@ -415,13 +415,6 @@ async fn recv(socket: Option<&Bound>) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = [0u8; heartbeat::LEN + 1];
     let (n, from) = b.socket.recv_from(&mut buf).await.ok()?;
     Some((buf[..n].to_vec(), from))
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Binds the heartbeat socket to `addr` on `ifname` only: a datagram that claims an overlay source but

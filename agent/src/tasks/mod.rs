@@ -53,6 +53,14 @@ pub struct Shared {
     pub dstack: dstack_guest::DstackClient,
 }
 
+/// Sleeps until `deadline`, or for ever without one: a machine's next deadline, for its driver.
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Makes `fault` what a task's state shows as failing now. It is logged only when it reads differently,
 /// so a failure that repeats on every poll is logged once.
 fn show_fault(slot: &mut Option<Fault>, rpc: &RedactedUrl, fault: Fault) {

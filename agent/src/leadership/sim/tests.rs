@@ -69,8 +69,7 @@ fn a_cluster_elects_its_lowest_seat_which_leads_alone() {
 #[test]
 fn a_frozen_leader_is_replaced_and_never_claims_beside_its_successor_when_it_resumes() {
     let mut sim = led_by_seat_1(3);
-    // Past the window its first path is given ([`mesh_wg::FIRST_PATH_WITHIN`]): from here, the timeout alone.
-    sim.run_until(20.0);
+    sim.run_until(10.0);
     let frozen_at = sim.now;
     sim.node(1).frozen = true;
     let (seat, at) = sim.until_new_leader(1, 30.0).expect("a new leader");
