@@ -4,6 +4,7 @@ pragma solidity ^0.8.24;
 import {IERC165} from "@openzeppelin/contracts/utils/introspection/IERC165.sol";
 import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
 
+import {DstackClusterGrants} from "./DstackClusterGrants.sol";
 import {IAppAuth} from "./IAppAuth.sol";
 import {RecordFormat} from "./RecordFormat.sol";
 
@@ -25,9 +26,10 @@ interface IClusterInstances {
 ///  - the OS images (keccak256(MRTD ‖ RTMR0 ‖ RTMR1 ‖ RTMR2) of a TDX quote) whose nodes the cluster accepts,
 ///    for agents to check a peer's quote against, as the compose hashes;
 ///  - the TCB policy agents apply to those quotes;
-///  - the base domains a peer's gateway URL must be under in production mode, which the cluster asks here.
+///  - the base domains a peer's gateway URL must be under in production mode, which the cluster asks here;
+///  - who may reach whom: tags and grants between seats (DstackClusterGrants).
 /// It lives apart so that the cluster contract keeps room under EIP-170.
-contract DstackClusterAppAuth is IAppAuth {
+contract DstackClusterAppAuth is IAppAuth, DstackClusterGrants {
     IClusterInstances public immutable cluster;
 
     mapping(bytes32 composeHash => bool) public isComposeHashAllowed;
@@ -77,8 +79,12 @@ contract DstackClusterAppAuth is IAppAuth {
     }
 
     modifier onlyClusterOwner() {
-        if (msg.sender != cluster.owner()) revert AppAuthNotClusterOwner(msg.sender);
+        _requireClusterOwner();
         _;
+    }
+
+    function _requireClusterOwner() internal view override {
+        if (msg.sender != cluster.owner()) revert AppAuthNotClusterOwner(msg.sender);
     }
 
     function setComposeHash(bytes32 composeHash, bool allowed) external onlyClusterOwner {

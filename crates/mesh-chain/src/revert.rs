@@ -368,6 +368,29 @@ fn describe_app_auth(e: &AppAuthE) -> Revert {
             format!("{:?} is not an allowed base domain", x.domain),
             Some("`meshctl config show` lists them".into()),
         ),
+        AppAuthE::PolicyTooManyTags(x) => revert(
+            "PolicyTooManyTags",
+            format!("{} tags, more than the 32 a policy names", x.count),
+            Some("merge tags, or tag apps rather than seats".into()),
+        ),
+        AppAuthE::PolicyInvalidTagName(x) => revert(
+            "PolicyInvalidTagName",
+            format!("{:?} is not a tag name: 1 to 32 lowercase letters, digits and dashes", x.name),
+            None,
+        ),
+        AppAuthE::PolicyTooManyGrants(x) => revert(
+            "PolicyTooManyGrants",
+            format!("{} grants, more than the 256 a policy holds", x.count),
+            Some("merge grants of the same tags into port ranges".into()),
+        ),
+        AppAuthE::PolicyInvalidGrant(x) => revert(
+            "PolicyInvalidGrant",
+            format!(
+                "grant {} names no tag on a side, a protocol other than tcp or udp, or ports that run backwards (or there is no grant {0})",
+                x.index
+            ),
+            Some("`meshctl policy show` lists the grants, from 0".into()),
+        ),
         AppAuthE::StringsInsufficientHexLength(_) => revert(
             "StringsInsufficientHexLength",
             "the app auth could not write an instance id as hex".into(),
