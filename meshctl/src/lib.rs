@@ -75,6 +75,8 @@ enum Command {
     /// API and the SDKs show it `draining`. Its tunnel and its leader port stay up; it stays drained until
     /// undone, across restarts.
     Drain(cmd::drain::Args),
+    /// Who may reach whom: tags on seats and apps, grants between tags, and which rule decides a flow.
+    Policy(cmd::policy::Args),
     /// Dispute, from one of your seats, another seat's binding whose quote does not show what it claims
     /// (another instance or node): f + 1 disputes release it and free the instance it claims.
     Dispute(cmd::dispute::Args),
@@ -137,6 +139,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Relay(a) => cmd::relay::run(a, &out).await,
         Command::Leader(a) => cmd::leader::run(a, &out).await,
         Command::Drain(a) => cmd::drain::run(a, &out).await,
+        Command::Policy(a) => cmd::policy::run(a, &out).await,
         Command::Dispute(a) => cmd::dispute::run(a, &out).await,
         Command::ClearClaim(a) => cmd::dispute::clear(a, &out).await,
     };

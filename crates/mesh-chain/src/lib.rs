@@ -26,6 +26,7 @@
 //! - [`registration`]: getting this node's record on-chain.
 //! - [`binding`]: a seat for a node without one: its request on-chain, and the holder's walk over them.
 //! - [`election`]: the node's part in the leader election: its seat's vote, electing, voting, withdrawing.
+//! - [`policy`]: who may reach whom, as the cluster's app auth holds it.
 //! - [`tx_key`]: the key that pays for transactions.
 //! - [`redact`]: RPC URLs with their credentials hidden, for logs, errors and the API.
 
@@ -42,6 +43,7 @@ pub mod heads;
 pub mod membership;
 pub mod node_key;
 pub mod pace;
+pub mod policy;
 pub mod quorum;
 pub mod record;
 pub mod redact;

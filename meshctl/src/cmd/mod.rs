@@ -9,6 +9,7 @@ pub(crate) mod fund;
 pub(crate) mod leader;
 pub(crate) mod owner;
 pub(crate) mod peers;
+pub(crate) mod policy;
 pub(crate) mod relay;
 pub(crate) mod requests;
 pub(crate) mod seat;

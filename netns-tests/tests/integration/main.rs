@@ -17,6 +17,7 @@ mod chain_races;
 mod chain_registration;
 mod meshctl_cli;
 mod meshctl_leader;
+mod meshctl_policy;
 mod meshctl_status;
 mod runbook;
 mod status_feed;
