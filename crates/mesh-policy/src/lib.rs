@@ -5,7 +5,10 @@
 //! With no policy in force every seat reaches every port of every other, as without one. In force, a flow
 //! from seat A to port P of seat B passes when a grant's `from` shares a tag with A's, its `to` one with
 //! B's, its protocol matches and P is in its range. What always passes (ICMP, the agents' own probes and
-//! heartbeats, replies of an allowed flow) is the enforcer's to let through: it is not a grant.
+//! heartbeats, replies of an allowed flow) is the enforcer's to let through: it is not a grant. The
+//! receiving side's [`filter`] does that for one peer.
+
+pub mod filter;
 
 use std::ops::RangeInclusive;
 
