@@ -92,6 +92,8 @@ pub struct ChainState {
     pub save_failing: Option<Failing>,
     /// The chain's pace, as read at start (or kept in the state file until the RPC answers).
     pub pace: Option<mesh_chain::pace::BlockPace>,
+    /// The cluster's grants between seats (who may reach whom), as last read; none until first read.
+    pub grants: Option<Arc<mesh_chain::policy::ClusterPolicy>>,
     /// The leader timeout: `--leader-timeout`, or else the chain's pace's, set once and kept for the agent's
     /// life (the lease's safety rests on every node keeping its timeout). None until known.
     pub leader_timeout: Option<Duration>,

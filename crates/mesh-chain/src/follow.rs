@@ -77,8 +77,8 @@ pub struct FollowConfig {
 pub struct Tick {
     /// The believed records, or the leader, changed.
     pub changed: bool,
-    /// The cluster's app auth changed an allowlist (a compose hash or an OS image allowed or disallowed) or
-    /// its TCB policy, once the follower has been asked about them ([`Follower::allowlisted`],
+    /// The cluster's app auth changed an allowlist (a compose hash or an OS image allowed or disallowed), its
+    /// TCB policy or its grants between seats, once the follower has been asked about them ([`Follower::allowlisted`],
     /// [`Follower::tcb_policy`]): what was read of them is stale now.
     pub allowlists_changed: bool,
     /// The view now holds everything up to a head that this tick asked the RPC for (`eth_blockNumber`):
@@ -210,6 +210,7 @@ fn events_filter(view: &ChainView, app_auth: Option<Address>, from: u64, to: u64
             DstackClusterAppAuth::OsMeasurementUpdated::SIGNATURE_HASH,
             DstackClusterAppAuth::TcbPolicyUpdated::SIGNATURE_HASH,
             DstackClusterAppAuth::TcbAdvisoryUpdated::SIGNATURE_HASH,
+            DstackClusterAppAuth::PolicyUpdated::SIGNATURE_HASH,
             DstackClusterNFT::InstanceBound::SIGNATURE_HASH,
             DstackClusterNFT::InstanceUnbound::SIGNATURE_HASH,
             DstackClusterNFT::PeerRegistered::SIGNATURE_HASH,

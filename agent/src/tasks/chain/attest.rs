@@ -12,6 +12,7 @@ use mesh_attest::tcb::TcbPolicy;
 use mesh_attest::{CollateralInfo, Evidence, QuoteCollateralV3, Refusal, TcbStatus, Verdict};
 use mesh_chain::budget;
 use mesh_chain::follow::Follower;
+use mesh_chain::policy::ClusterPolicy;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::view::{Binding, ChainView};
 use tracing::{info, warn};
@@ -89,6 +90,8 @@ pub struct Attestor {
     allowlists: BTreeMap<(B256, B256), Answer>,
     /// None until first read: until then each agent's flags decide, as with no policy.
     tcb: Option<PolicyAnswer>,
+    /// The cluster's grants between seats as last read, and when; none until first read.
+    grants: Option<(Arc<ClusterPolicy>, Option<Instant>)>,
     /// Since when each seat below the TCB policy has been.
     staging: Staging,
     /// A pass runs at least this often, so that fresh collateral (a revoked TCB) takes effect without a new
@@ -137,6 +140,7 @@ impl Attestor {
                 })
                 .collect(),
             tcb: None,
+            grants: None,
             staging: Staging::default(),
             refresh,
             nodes: 1,
@@ -200,6 +204,9 @@ impl Attestor {
         if let Some(t) = self.tcb.as_mut() {
             t.read_at = None;
         }
+        if let Some((_, read_at)) = self.grants.as_mut() {
+            *read_at = None;
+        }
         self.last_pass = None;
     }
 
@@ -208,9 +215,45 @@ impl Attestor {
     /// A change on-chain does not wait for it: the follower reports it at its block
     /// ([`Attestor::allowlists_changed`]); this is the safety net for an event missed.
     fn reread_after(&self) -> Duration {
-        // Two calls per allowlist answer (the compose hash, the OS image), and the policy's.
-        let requests = 2 * self.allowlists.len().max(1) as u64 + 2;
+        // Two calls per allowlist answer (the compose hash, the OS image), the TCB policy's and the grants'.
+        let requests = 2 * self.allowlists.len().max(1) as u64 + 3;
         budget::recheck_period(self.refresh, self.nodes, requests)
+    }
+
+    /// The cluster's grants between seats, once read.
+    pub fn grants(&self) -> Option<Arc<ClusterPolicy>> {
+        self.grants.as_ref().map(|(p, _)| Arc::clone(p))
+    }
+
+    /// Reads the grants again when they were never read, an app-auth event said they may have changed, or
+    /// the last read is older than the refresh interval; on failure, the ones read before serve.
+    async fn read_grants(&mut self, follower: Option<&mut Follower>) {
+        let fresh = self.grants.as_ref().is_some_and(|(_, read_at)| {
+            read_at.is_some_and(|at| at.elapsed() < self.reread_after())
+        });
+        let Some(f) = follower.filter(|_| !fresh) else {
+            return;
+        };
+        match f.grants().await {
+            Ok(read) => {
+                if self.grants.as_ref().is_none_or(|(p, _)| **p != read) {
+                    let rules = &read.rules;
+                    info!(
+                        enforced = rules.enforced,
+                        version = rules.version,
+                        grants = rules.grants.len(),
+                        tagged_seats = read.seat_tags.len(),
+                        tagged_apps = read.app_tags.len(),
+                        "read the cluster's grants between seats"
+                    );
+                }
+                self.grants = Some((Arc::new(read), Some(Instant::now())));
+            }
+            Err(e) => {
+                let error = self.rpc.scrub(&e.to_string());
+                warn!(%error, "cannot read the cluster's grants between seats; keeping the ones read before");
+            }
+        }
     }
 
     fn policy(&self) -> Option<&TcbPolicy> {
@@ -286,6 +329,7 @@ impl Attestor {
         self.nodes = view.records.len();
         self.collateral.set_retry_after(self.pccs_retry());
         self.read_policy(follower.as_deref_mut()).await;
+        self.read_grants(follower.as_deref_mut()).await;
         let policy = self.policy().cloned();
         // Under an on-chain policy every status but Revoked verifies, and the policy judges it after.
         let statuses = policy.as_ref().map(|_| {
@@ -725,7 +769,7 @@ mod tests {
         attestor.nodes = 10;
         assert_eq!(attestor.reread_after(), refresh);
         attestor.nodes = 1000;
-        assert_eq!(attestor.reread_after(), Duration::from_secs(4000));
+        assert_eq!(attestor.reread_after(), Duration::from_secs(5000));
         attestor.last_pass = Some(Instant::now() - refresh);
         assert!(attestor.due(), "a pass still runs every refresh");
     }

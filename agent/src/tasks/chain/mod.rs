@@ -359,6 +359,7 @@ impl Running {
     /// or a verdict changed (the tasks after this one redo their work for a new view).
     async fn publish(&mut self, view: ChainView, moved: bool) {
         let attestations = self.task.attestor.pass(&view, self.follower.as_mut()).await;
+        self.state.grants = self.task.attestor.grants();
         if self.task.attestor.tcb_below_changed() {
             self.unsaved = true;
         }

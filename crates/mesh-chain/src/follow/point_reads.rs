@@ -1,5 +1,5 @@
 //! Reads the follower makes on demand, beside following the chain: the allowlists of the cluster's app auth
-//! that a peer's image must be on, its TCB policy, and the seat an instance holds.
+//! that a peer's image must be on, its TCB policy, its grants between seats, and the seat an instance holds.
 
 use super::*;
 
@@ -54,6 +54,16 @@ impl Follower {
             drop_secs: p.dropSeconds,
             advisories: p.advisoryIds,
         }))
+    }
+
+    /// The cluster's grants between seats (`DstackClusterGrants.policy`), read at the present block.
+    ///
+    /// # Errors
+    /// [`ChainError`] when the read fails or returns what the contract could never hold.
+    pub async fn grants(&mut self) -> Result<crate::policy::ClusterPolicy, ChainError> {
+        let auth = self.app_auth().await?;
+        self.count();
+        crate::policy::read(&auth, self.present()).await
     }
 
     /// The cluster's app auth, looked up once: from then on its logs are followed with the cluster's.

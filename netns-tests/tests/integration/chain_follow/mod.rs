@@ -160,6 +160,60 @@ async fn the_tcb_policy_is_read_and_its_changes_reported_at_their_block() {
     assert!(!f.tick(Instant::now()).await.unwrap().allowlists_changed);
 }
 
+/// The grants between seats are read from the app auth in one call (none in force until the owner sets
+/// them), and a change of them is reported at its block, so that the agent reads them again there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grants_are_read_and_their_changes_reported_at_their_block() {
+    let anvil = anvil();
+    let a = SimulatedInstance::start("a").await;
+    let c = deploy_cluster(&anvil, a.kms_root).await;
+    join(&anvil, &c, &a, "192.0.2.1:51820").await;
+    let mut f = follow(anvil.endpoint().as_str(), *c.address()).await;
+    let none = f.grants().await.unwrap();
+    assert!(
+        !none.rules.enforced && none.rules.grants.is_empty(),
+        "{none:?}"
+    );
+    let auth = mesh_chain::contract::DstackClusterAppAuth::new(
+        c.appAuth().call().await.unwrap(),
+        c.provider().clone(),
+    );
+    send(auth.setSeatTags(alloy::primitives::U256::from(1), 0b01)).await;
+    assert!(
+        f.tick(Instant::now()).await.unwrap().allowlists_changed,
+        "a seat tagged"
+    );
+    let grant = mesh_chain::contract::DstackClusterGrants::Grant {
+        from: 0b10,
+        to: 0b01,
+        protocol: 6,
+        firstPort: 5432,
+        lastPort: 5432,
+    };
+    send(auth.setGrants(vec![grant], true)).await;
+    assert!(
+        f.tick(Instant::now()).await.unwrap().allowlists_changed,
+        "the grants set"
+    );
+    let read = f.grants().await.unwrap();
+    assert!(read.rules.enforced);
+    assert_eq!(read.rules.version, 2);
+    assert_eq!(read.tags_of(1, None), 0b01);
+    assert_eq!(
+        read.rules
+            .decide(
+                0b10,
+                read.tags_of(1, None),
+                mesh_policy::Protocol::Tcp,
+                5432
+            )
+            .why,
+        mesh_policy::Why::Grant(0)
+    );
+    mine(&anvil).await;
+    assert!(!f.tick(Instant::now()).await.unwrap().allowlists_changed);
+}
+
 /// Reads of the present are made at the newest confirmed head, as the RPC gives it now: after the chain went
 /// back (here anvil reverts to a snapshot five blocks lower), the allowlists are read at the lower head, not
 /// at a height the chain no longer has.
