@@ -476,15 +476,7 @@ impl Machine {
         read: Result<Option<Address>, ChainError>,
     ) {
         match read {
-            Ok(Some(h)) if h == holder => {
-                self.state.seat_request = Some(SeatRequest {
-                    holder,
-                    on_chain: true,
-                });
-                self.state.error = None;
-                self.ask_backoff.reset();
-                self.finish(now, REQUEST_RECHECK);
-            }
+            Ok(Some(h)) if h == holder => self.request_stands(now, holder),
             Ok(_) => match (&self.binding, &self.chain.pins) {
                 (Some(b), _) if b.holder == holder => self.send_request(now, holder),
                 (_, Some(pins)) => {
@@ -501,6 +493,17 @@ impl Machine {
                 self.finish(now, AFTER_FAILING);
             }
         }
+    }
+
+    /// This node's request to `holder` is on-chain: only checked again, at [`REQUEST_RECHECK`].
+    fn request_stands(&mut self, now: Instant, holder: Address) {
+        self.state.seat_request = Some(SeatRequest {
+            holder,
+            on_chain: true,
+        });
+        self.state.error = None;
+        self.ask_backoff.reset();
+        self.finish(now, REQUEST_RECHECK);
     }
 
     fn send_request(&mut self, now: Instant, holder: Address) {
@@ -524,13 +527,7 @@ impl Machine {
         match sent {
             Ok(Requested::Sent { .. }) => {
                 info!(%holder, instance = %self.config.instance_id, "asked for a seat on-chain: the holder runs `meshctl bind --instance {}`", self.config.instance_id);
-                self.state.seat_request = Some(SeatRequest {
-                    holder,
-                    on_chain: true,
-                });
-                self.state.error = None;
-                self.ask_backoff.reset();
-                self.finish(now, REQUEST_RECHECK);
+                self.request_stands(now, holder);
             }
             Ok(Requested::NeedsRelay) => {
                 if let Some(binding) = self.binding.clone().filter(|_| !printed) {
