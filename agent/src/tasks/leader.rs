@@ -385,8 +385,7 @@ fn rebind(socket: &mut Option<Bound>, want: Option<&SocketWant>, warned: &mut bo
             });
             true
         }
-        // The address may not be on the interface yet: the next input tries again.
-        Err(e) if e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL) => {
+        Err(e) if not_yet(&e) => {
             debug!(addr = %want.addr, error = %e, "cannot bind the heartbeat socket yet");
             had
         }
@@ -404,6 +403,16 @@ fn rebind(socket: &mut Option<Bound>, want: Option<&SocketWant>, warned: &mut bo
             had
         }
     }
+}
+
+/// Whether a bind failed only because the interface (`ENODEV`, while the device is created or made
+/// again) or its address (`EADDRNOTAVAIL`) is not there yet: the next input tries again, and nothing is
+/// wrong to warn about.
+fn not_yet(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EADDRNOTAVAIL | nix::libc::ENODEV)
+    )
 }
 
 /// The next datagram on the heartbeat socket; never, without one.
@@ -435,4 +444,27 @@ fn bind(addr: Ipv4Addr, ifname: &str) -> std::io::Result<UdpSocket> {
         &SockaddrIn::from(SocketAddrV4::new(addr, heartbeat::PORT)),
     )?;
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interface_or_address_is_waited_for_and_a_port_in_use_is_not() {
+        let errno = std::io::Error::from_raw_os_error;
+        assert!(not_yet(&errno(nix::libc::ENODEV)));
+        assert!(not_yet(&errno(nix::libc::EADDRNOTAVAIL)));
+        assert!(!not_yet(&errno(nix::libc::EADDRINUSE)));
+        assert!(!not_yet(&errno(nix::libc::EACCES)));
+    }
+
+    #[test]
+    fn binding_on_an_interface_that_is_not_there_is_not_yet_an_error() {
+        let e = bind(Ipv4Addr::LOCALHOST, "dm-absent0").expect_err("no such interface");
+        assert!(
+            not_yet(&e),
+            "binding on a missing interface must be waited for, got {e}"
+        );
+    }
 }
