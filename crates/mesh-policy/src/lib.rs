@@ -114,15 +114,26 @@ pub struct Reach {
 }
 
 impl Reach {
-    /// Whether `port` over `protocol` is in reach.
+    /// Every port of every protocol: what a peer reaches with no policy in force.
+    pub fn everything() -> Self {
+        Self {
+            all: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `port` over `protocol` is in reach. The ranges are merged and in order ([`Policy::reach`]), so
+    /// a binary search finds the one that could hold it: the device asks this of every packet.
     pub fn allows(&self, protocol: Protocol, port: u16) -> bool {
-        self.all
-            || match protocol {
-                Protocol::Tcp => &self.tcp,
-                Protocol::Udp => &self.udp,
-            }
-            .iter()
-            .any(|r| r.contains(&port))
+        if self.all {
+            return true;
+        }
+        let ranges = match protocol {
+            Protocol::Tcp => &self.tcp,
+            Protocol::Udp => &self.udp,
+        };
+        let after = ranges.partition_point(|r| *r.start() <= port);
+        after > 0 && ranges[after - 1].contains(&port)
     }
 }
 
@@ -154,10 +165,7 @@ impl Policy {
     /// Every port a seat tagged `from` may reach on a seat tagged `to`.
     pub fn reach(&self, from: u32, to: u32) -> Reach {
         if !self.enforced {
-            return Reach {
-                all: true,
-                ..Reach::default()
-            };
+            return Reach::everything();
         }
         let ranges = |protocol: Protocol| {
             merged(
