@@ -2,8 +2,9 @@
 //! Pure, so it is tested without a chain or an interface.
 
 use mesh_chain::membership::{self, InvalidRecord, Member, Own};
+use mesh_chain::policy::ClusterPolicy;
 use mesh_chain::view::ChainView;
-use mesh_wg::{Ipv4Network, PeerConfig, RelayTarget};
+use mesh_wg::{Ipv4Network, PeerConfig, Reach, RelayTarget};
 
 use crate::state::SeatState;
 
@@ -24,9 +25,46 @@ pub fn members(
     membership::members(&view.records, own, view.prefix())
 }
 
+/// The grants between seats as they bear on this node: the cluster's policy, and this node's own tags (its
+/// seat's and its app's).
+#[derive(Debug, Clone, Copy)]
+pub struct Grants<'a> {
+    pub policy: &'a ClusterPolicy,
+    pub own_tags: u32,
+}
+
+impl<'a> Grants<'a> {
+    /// The grants for the node of seat `seat` (none yet: untagged), whose app is `app`.
+    pub fn for_node(
+        policy: &'a ClusterPolicy,
+        seat: Option<u64>,
+        app: Option<alloy::primitives::Address>,
+    ) -> Self {
+        let own_tags = seat.map_or(0, |seat| policy.tags_of(seat, app));
+        Self { policy, own_tags }
+    }
+
+    /// The ports `member` may reach on this node.
+    pub fn reach_here(&self, member: &Member) -> Reach {
+        let theirs = self.policy.tags_of(member.token_id, Some(member.app_id));
+        self.policy.rules.reach(theirs, self.own_tags)
+    }
+
+    /// The ports this node may reach on `member`.
+    pub fn reach_there(&self, member: &Member) -> Reach {
+        let theirs = self.policy.tags_of(member.token_id, Some(member.app_id));
+        self.policy.rules.reach(self.own_tags, theirs)
+    }
+}
+
 /// What the interface should hold for `members`: each one with a WireGuard key, at its overlay address, with
-/// its relay on `relay_port` when relays are on and its gateway URL is a dstack gateway name.
-pub fn peer_configs(members: &[Member], relay_port: Option<u16>) -> Vec<PeerConfig> {
+/// its relay on `relay_port` when relays are on and its gateway URL is a dstack gateway name, and reaching
+/// here what `grants` allow it (everything before the grants are read, as with no policy).
+pub fn peer_configs(
+    members: &[Member],
+    relay_port: Option<u16>,
+    grants: Option<Grants<'_>>,
+) -> Vec<PeerConfig> {
     members
         .iter()
         .filter_map(|m| {
@@ -38,6 +76,7 @@ pub fn peer_configs(members: &[Member], relay_port: Option<u16>) -> Vec<PeerConf
                 ],
                 persistent_keepalive: Some(KEEPALIVE_SECS),
                 relay: relay_port.and_then(|port| relay_of(m, port)),
+                reach: grants.map_or_else(Reach::everything, |g| g.reach_here(m)),
             })
         })
         .collect()
@@ -113,13 +152,78 @@ pub(crate) mod tests {
         let v = view(&[record(2, 0x22, ""), record(3, 0, "https://x.example")]);
         let (m, _) = members(&v, SeatState::Active(1), own(Some(1)));
         assert_eq!(m.len(), 2, "the TLS node is a member");
-        let peers = peer_configs(&m, None);
+        let peers = peer_configs(&m, None, None);
         assert_eq!(peers.len(), 1, "but no WireGuard peer");
         assert_eq!(peers[0].public_key, Key::from_bytes([0x22; 32]));
         assert_eq!(peers[0].allowed_ips[0].to_string(), "10.0.1.2/32");
         assert_eq!(peers[0].persistent_keepalive, Some(KEEPALIVE_SECS));
         assert_eq!(peers[0].endpoint.unwrap().to_string(), "192.0.2.2:51820");
         assert_eq!(peers[0].relay, None, "relays off");
+        assert_eq!(peers[0].reach, Reach::everything(), "no grants read yet");
+    }
+
+    /// With a policy in force, each peer reaches here what the grants from its tags (its seat's and its
+    /// app's) to this node's allow, and nothing when none does; this node's reach there is the other way.
+    #[test]
+    fn each_peer_reaches_here_what_the_grants_between_their_tags_allow() {
+        use mesh_policy::{Grant, Policy, Protocol};
+        const WEB: u32 = 1;
+        const DB: u32 = 2;
+        let web_app = Address::repeat_byte(0xa1);
+        let mut web = record(2, 0x22, "");
+        web.proof.app_id = web_app;
+        let v = view(&[web, record(3, 0x33, "")]);
+        let (m, _) = members(&v, SeatState::Active(1), own(Some(1)));
+        let policy = ClusterPolicy {
+            rules: Policy {
+                enforced: true,
+                version: 3,
+                tag_names: vec!["web".into(), "db".into()],
+                grants: vec![Grant {
+                    from: WEB,
+                    to: DB,
+                    protocol: Some(Protocol::Tcp),
+                    ports: 5432..=5432,
+                }],
+            },
+            // Seat 2 is web by its app, seat 3 by its seat alone is neither; this node (seat 1) is db.
+            seat_tags: [(1, DB)].into(),
+            app_tags: [(web_app, WEB)].into(),
+        };
+        let grants = Grants::for_node(&policy, Some(1), None);
+        assert_eq!(grants.own_tags, DB);
+        let reach: Vec<Reach> = peer_configs(&m, None, Some(grants))
+            .into_iter()
+            .map(|p| p.reach)
+            .collect();
+        let postgres = Reach {
+            all: false,
+            tcp: vec![5432..=5432],
+            udp: Vec::new(),
+        };
+        assert_eq!(reach[0], postgres, "the web seat reaches Postgres here");
+        assert_eq!(
+            reach[1],
+            Reach::default(),
+            "an untagged seat reaches nothing"
+        );
+        assert_eq!(
+            grants.reach_there(&m[0]),
+            Reach::default(),
+            "no grant from db to web"
+        );
+        let unenforced = ClusterPolicy {
+            rules: Policy {
+                enforced: false,
+                ..policy.rules.clone()
+            },
+            ..policy.clone()
+        };
+        let all = peer_configs(&m, None, Some(Grants::for_node(&unenforced, Some(1), None)));
+        assert!(
+            all.iter().all(|p| p.reach == Reach::everything()),
+            "a policy not in force"
+        );
     }
 
     /// With relays on, a peer whose gateway URL is a dstack gateway name gets its relay on the relay port;
@@ -132,7 +236,7 @@ pub(crate) mod tests {
             record(4, 0x44, ""),
         ]);
         let (m, _) = members(&v, SeatState::Active(1), own(Some(1)));
-        let relays: Vec<Option<String>> = peer_configs(&m, Some(51820))
+        let relays: Vec<Option<String>> = peer_configs(&m, Some(51820), None)
             .into_iter()
             .map(|p| p.relay.map(|r| r.to_string()))
             .collect();

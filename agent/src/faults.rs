@@ -211,6 +211,7 @@ mod tests {
             endpoint: None,
             gateway_url: Some(format!("https://{:040x}-8080.mesh.test", 3)),
             nonce: 1,
+            app_id: alloy::primitives::Address::ZERO,
         };
         let relay =
             mesh_relay::relay_target(&format!("https://{:040x}-8080.mesh.test", 3), 51820).unwrap();
@@ -227,6 +228,8 @@ mod tests {
             tx_bytes: 0,
             persistent_keepalive: None,
             relay_error: Some("connection refused".into()),
+            reach: mesh_wg::Reach::everything(),
+            policy_dropped: mesh_wg::DropCounts::default(),
         };
         let servers = |mapped: Option<&str>| mesh_wg::NatStatus {
             report: mesh_wg::NatReport {

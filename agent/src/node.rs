@@ -100,6 +100,11 @@ impl NodeIdentity {
         &self.node.instance_id
     }
 
+    /// The app this instance runs, as dstack names it.
+    pub fn app_id(&self) -> alloy::primitives::Address {
+        self.node.app_id
+    }
+
     /// The WireGuard public key.
     pub fn wg_public_key(&self) -> Key {
         self.wg_private_key.public_key()

@@ -148,6 +148,7 @@ fn peer(
         draining: false,
         attestation: None,
         holder: None,
+        policy: None,
     }
 }
 
@@ -227,10 +228,16 @@ pub fn render(
     } = tasks;
     let view = chain.view.as_deref();
     let leader_seat = view.and_then(|v| v.leader);
+    let token = chain.seat.token();
+    let grants = chain
+        .grants
+        .as_deref()
+        .map(|g| crate::desired::Grants::for_node(g, token, Some(node.app_id)));
     let peers: Vec<Peer> = mesh
         .members
         .iter()
         .map(|m| Peer {
+            policy: policy::peer(grants, m, m.wg_public_key.and_then(|k| mesh.stats.get(&k))),
             leader: Some(m.token_id) == leader_seat,
             draining: election.draining_peers.contains(&m.token_id),
             attestation: chain.attestations.get(&m.token_id).map(Attested::to_api),
@@ -238,7 +245,6 @@ pub fn render(
             ..peer(m, &mesh.stats, &agent.liveness, now)
         })
         .collect();
-    let token = chain.seat.token();
     let refused = refused_peers(chain, token);
     let status = Status {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -272,6 +278,7 @@ pub fn render(
             now.wall,
             now.mono,
         ),
+        policy: policy::status(grants, &mesh.policy_dropped),
     };
     let refused_kind = |seat: u64| match chain.attestations.get(&seat) {
         Some(Attested::Refused { kind, .. }) => Some(*kind),
@@ -602,6 +609,8 @@ fn leader_of(
         ..known
     }
 }
+
+mod policy;
 
 #[cfg(test)]
 mod tests;

@@ -191,6 +191,7 @@ mod tests {
             election: Default::default(),
             ports: Vec::new(),
             faults: Vec::new(),
+            policy: None,
         }
     }
 
@@ -218,6 +219,7 @@ mod tests {
             leader: false,
             attestation: None,
             holder: None,
+            policy: None,
         }
     }
 

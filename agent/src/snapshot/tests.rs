@@ -73,6 +73,8 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
                 tx_bytes: 1,
                 persistent_keepalive: Some(25),
                 relay_error: None,
+                reach: mesh_wg::Reach::everything(),
+                policy_dropped: mesh_wg::DropCounts::default(),
             },
         )
     };
@@ -122,6 +124,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
             }],
             unanswered_since: None,
         }),
+        policy_dropped: mesh_wg::DropCounts::default(),
     };
     (chain, reg, mesh)
 }
@@ -692,4 +695,89 @@ fn a_not_admitted_seat_this_node_never_had_is_a_refusal_with_its_stage() {
         r.reason
     );
     assert_eq!(s.status.peers_refused, 1);
+}
+
+/// With a policy in force, the status names it, this node's tags and what it dropped here, and each peer
+/// says what it reaches here (as the interface enforces it), what this node reaches there, and its drops.
+/// Not in force, the status says so and no peer carries a policy.
+#[test]
+fn the_policy_in_force_is_shown_with_each_peers_reach_and_drops() {
+    use mesh_policy::{Grant, Policy, Protocol};
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (chain, reg, mut mesh) = states(now);
+    let (web, db) = (1, 2);
+    let policy = mesh_chain::policy::ClusterPolicy {
+        rules: Policy {
+            enforced: true,
+            version: 7,
+            tag_names: vec!["web".into(), "db".into()],
+            grants: vec![Grant {
+                from: web,
+                to: db,
+                protocol: Some(Protocol::Tcp),
+                ports: 5432..=5432,
+            }],
+        },
+        seat_tags: [(1, db), (2, web)].into(),
+        app_tags: Default::default(),
+    };
+    let postgres = mesh_wg::Reach {
+        all: false,
+        tcp: vec![5432..=5432],
+        udp: Vec::new(),
+    };
+    let mut stats = (*mesh.stats).clone();
+    for (key, stat) in &mut stats {
+        stat.reach = if *key == Key::from_bytes([0x22; 32]) {
+            postgres.clone()
+        } else {
+            mesh_wg::Reach::default()
+        };
+    }
+    let two = stats.get_mut(&Key::from_bytes([0x22; 32])).unwrap();
+    two.policy_dropped.no_grant = 4;
+    mesh.stats = Arc::new(stats);
+    mesh.policy_dropped.no_grant = 6;
+    mesh.policy_dropped.protocol = 1;
+    let enforced = ChainState {
+        grants: Some(Arc::new(policy.clone())),
+        ..chain.clone()
+    };
+    let s = snapshot(&enforced, &reg, &mesh, Duration::ZERO, now);
+    let status = s.status.policy.expect("the policy is shown once read");
+    assert!(status.enforced);
+    assert_eq!((status.version, status.grants), (7, 1));
+    assert_eq!(status.own_tags, ["db"]);
+    assert_eq!((status.dropped.no_grant, status.dropped.protocol), (6, 1));
+    let peer = |seat: u64| s.peers.iter().find(|p| p.token_id == seat).unwrap();
+    let two = peer(2).policy.as_ref().expect("a policy between us");
+    assert_eq!(two.reaches_here.tcp, ["5432"]);
+    assert!(two.reaches_here.udp.is_empty());
+    assert!(
+        two.reachable_there.tcp.is_empty(),
+        "no grant from db to web"
+    );
+    assert_eq!(two.dropped.no_grant, 4);
+    let three = peer(3).policy.as_ref().unwrap();
+    assert!(
+        three.reaches_here.tcp.is_empty(),
+        "an untagged seat reaches nothing here"
+    );
+
+    let relaxed = ChainState {
+        grants: Some(Arc::new(mesh_chain::policy::ClusterPolicy {
+            rules: Policy {
+                enforced: false,
+                ..policy.rules.clone()
+            },
+            ..policy
+        })),
+        ..chain
+    };
+    let s = snapshot(&relaxed, &reg, &mesh, Duration::ZERO, now);
+    assert!(!s.status.policy.expect("read").enforced);
+    assert!(
+        s.peers.iter().all(|p| p.policy.is_none()),
+        "no policy in force"
+    );
 }

@@ -10,11 +10,13 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use alloy::primitives::Address;
 use anyhow::Context as _;
 use mesh_api::RelayCounters;
 use mesh_chain::membership::{InvalidRecord, Own};
+use mesh_chain::policy::ClusterPolicy;
 use mesh_chain::view::ChainView;
-use mesh_wg::{BackendChoice, DeviceConfig, Key, MeshDevice, PeerTable, PrivateKey};
+use mesh_wg::{BackendChoice, DeviceConfig, DropCounts, Key, MeshDevice, PeerTable, PrivateKey};
 use owned_task::Task;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,10 @@ use crate::config::{ModeArg, RunArgs};
 use crate::desired;
 use crate::state::{ChainState, DeviceInfo, MeshState, SeatState};
 use crate::tasks::Shared;
+
+mod policy_log;
+
+use policy_log::PolicyLog;
 
 /// Where the mesh task gets its interface from.
 pub trait Interfaces: Send {
@@ -48,6 +54,11 @@ pub trait Interfaces: Send {
     /// What the interface knows of the NAT in front of it.
     fn nat(&self, _table: &Self::Table) -> Option<mesh_wg::NatStatus> {
         None
+    }
+
+    /// Peers' packets the grants between seats dropped on the interface since it was made, by why.
+    fn policy_dropped(&self, _table: &Self::Table) -> DropCounts {
+        DropCounts::default()
     }
 }
 
@@ -133,6 +144,9 @@ impl Interfaces for WireGuard {
         config.mtu = self.mtu;
         config.stun_servers.clone_from(&self.stun_servers);
         config.liveness = self.liveness;
+        // The leader's heartbeats pass whatever the grants between seats say: without them no seat could
+        // lead or follow.
+        config.policy_exempt_udp = vec![crate::leadership::heartbeat::PORT];
         config.relay_dialer = self.relay.as_ref().map(|r| r.dialer.clone());
         let device = MeshDevice::create(config, self.backend)
             .await
@@ -164,6 +178,10 @@ impl Interfaces for WireGuard {
 
     fn nat(&self, device: &MeshDevice) -> Option<mesh_wg::NatStatus> {
         device.nat()
+    }
+
+    fn policy_dropped(&self, device: &MeshDevice) -> DropCounts {
+        device.policy_dropped()
     }
 
     fn relay_counters(&self, device: &MeshDevice) -> RelayCounters {
@@ -233,6 +251,8 @@ pub struct MeshTask<I> {
     /// `None` in TLS mode: the node has no interface, but its peers are still worked out.
     pub interfaces: Option<I>,
     pub instance_id: String,
+    /// The app this node runs: the grants between seats may tag it.
+    pub app_id: Address,
     /// Absent in TLS mode.
     pub wg_public_key: Option<Key>,
     /// How often the device is read and reconciled besides on chain changes: handshakes, counters,
@@ -306,6 +326,7 @@ impl MeshTask<WireGuard> {
                 }),
             }),
             instance_id: identity.instance_id().to_owned(),
+            app_id: identity.app_id(),
             wg_public_key: wireguard.then(|| identity.wg_public_key()),
             // Handshakes are read off the device this often, whatever the chain's poll: a new peer's health
             // reaches the API within this of its handshake.
@@ -328,6 +349,10 @@ struct Running<I: Interfaces> {
     /// When the first members' tunnels count as settled whatever their handshakes ([`settled`]); set with
     /// the first view.
     settle_by: Option<Instant>,
+    /// The grants between seats as last read, and this node's seat: what each peer may reach here.
+    grants: Option<(Arc<ClusterPolicy>, Option<u64>)>,
+    /// What was last logged of the policy: its version, and its drops with when.
+    policy_logged: PolicyLog,
     state: MeshState,
 }
 
@@ -349,6 +374,8 @@ impl<I: Interfaces> MeshTask<I> {
             invalid: BTreeMap::new(),
             awaiting: BTreeMap::new(),
             settle_by: None,
+            grants: None,
+            policy_logged: PolicyLog::default(),
             state: MeshState::default(),
         };
         let result = loop {
@@ -381,6 +408,10 @@ impl<I: Interfaces> Running<I> {
             self.leave().await;
         }
         self.update_members(view, chain.seat);
+        self.grants = chain
+            .grants
+            .as_ref()
+            .map(|g| (Arc::clone(g), chain.seat.token()));
         if let (Some(token), None) = (chain.seat.token(), &self.device)
             && let Some(interfaces) = self.task.interfaces.as_mut()
         {
@@ -445,7 +476,11 @@ impl<I: Interfaces> Running<I> {
             self.state.stats = Arc::default();
             return;
         };
-        let want = desired::peer_configs(&self.state.members, self.task.relay_port);
+        let grants = self
+            .grants
+            .as_ref()
+            .map(|(policy, seat)| desired::Grants::for_node(policy, *seat, Some(self.task.app_id)));
+        let want = desired::peer_configs(&self.state.members, self.task.relay_port, grants);
         let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
         if !changes.is_empty() {
             for change in &changes {
@@ -461,6 +496,12 @@ impl<I: Interfaces> Running<I> {
         if let Some(interfaces) = &self.task.interfaces {
             self.state.relay = interfaces.relay_counters(table);
             self.state.nat = interfaces.nat(table);
+            self.state.policy_dropped = interfaces.policy_dropped(table);
+            self.policy_logged.note(
+                self.grants.as_ref().map(|(p, _)| &**p),
+                self.state.policy_dropped,
+                Instant::now(),
+            );
         }
         let stats: BTreeMap<Key, _> = table
             .peers()
@@ -497,269 +538,4 @@ impl<I: Interfaces> Running<I> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::desired::tests::{record, view};
-    use mesh_wg::MemoryTable;
-    use std::sync::Mutex;
-
-    #[test]
-    fn the_relay_port_is_held_from_the_start_and_serves_one_interface_after_another() {
-        let reserved = RelayParts::reserve(0).expect("a free port");
-        let port = reserved.local_addr().unwrap().port();
-        let taken = std::net::TcpListener::bind(("127.0.0.1", port))
-            .expect_err("no other socket can take the held port, not even one bound to loopback");
-        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
-
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            drop(accepting(&reserved).expect("the first interface's endpoint"));
-            let next = accepting(&reserved).expect("the next interface's endpoint");
-            let dialled = tokio::net::TcpStream::connect(("127.0.0.1", port));
-            let (dialled, accepted) = tokio::join!(dialled, next.accept());
-            assert!(
-                dialled.is_ok() && accepted.is_ok(),
-                "{dialled:?} {accepted:?}"
-            );
-        });
-    }
-
-    #[test]
-    fn the_first_list_is_settled_once_every_tunnel_has_handshaken_or_its_time_is_up() {
-        let t0 = Instant::now();
-        let by = t0 + SETTLE_FOR;
-        let mut awaiting = BTreeMap::new();
-        assert!(settled(&awaiting, by, t0), "no tunnel to wait for");
-        awaiting.insert(Key::from_bytes([1; 32]), t0);
-        assert!(
-            !settled(&awaiting, by, t0),
-            "a first handshake still to come"
-        );
-        assert!(
-            !settled(&awaiting, by, by - Duration::from_millis(1)),
-            "within its time"
-        );
-        assert!(
-            settled(&awaiting, by, by),
-            "a peer that is down holds nothing up"
-        );
-    }
-
-    /// The device is read every 50 ms while a peer added less than 12 s ago has no handshake, so that the
-    /// API shows its tunnel up within 50 ms of the handshake; otherwise, and for a peer absent for longer,
-    /// at the usual refresh.
-    #[test]
-    fn a_new_peers_first_handshake_is_watched_closely_for_a_while() {
-        let t0 = Instant::now();
-        let refresh = Duration::from_millis(500);
-        let mut awaiting = BTreeMap::new();
-        assert_eq!(
-            next_refresh(&awaiting, t0, refresh),
-            refresh,
-            "nothing awaited"
-        );
-        awaiting.insert(Key::from_bytes([1; 32]), t0);
-        assert_eq!(next_refresh(&awaiting, t0, refresh), AWAIT_REFRESH);
-        assert_eq!(
-            next_refresh(&awaiting, t0 + Duration::from_secs(11), refresh),
-            AWAIT_REFRESH
-        );
-        assert_eq!(
-            next_refresh(&awaiting, t0 + AWAIT_FOR, refresh),
-            refresh,
-            "an absent peer is not watched for ever"
-        );
-        assert_eq!(
-            next_refresh(&awaiting, t0, Duration::from_millis(20)),
-            Duration::from_millis(20),
-            "never slower than asked"
-        );
-    }
-
-    /// Interfaces in memory: what was created and removed, and the table of the current one.
-    #[derive(Default, Clone)]
-    struct Memory {
-        log: Arc<Mutex<Vec<String>>>,
-        table: Arc<Mutex<Option<Arc<MemoryTable>>>>,
-    }
-
-    impl Memory {
-        fn log(&self) -> Vec<String> {
-            self.log.lock().unwrap().clone()
-        }
-        fn keys(&self) -> Vec<Key> {
-            let table = self.table.lock().unwrap().clone().expect("an interface");
-            table.peers().into_iter().map(|p| p.public_key).collect()
-        }
-    }
-
-    impl Interfaces for Memory {
-        type Table = Arc<MemoryTable>;
-
-        async fn create(
-            &mut self,
-            address: Ipv4Addr,
-            prefix_len: u8,
-        ) -> anyhow::Result<(Arc<MemoryTable>, DeviceInfo)> {
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("create {address}/{prefix_len}"));
-            let table = Arc::new(MemoryTable::default());
-            *self.table.lock().unwrap() = Some(Arc::clone(&table));
-            let info = DeviceInfo {
-                ifname: "mem0".into(),
-                listen_port: 1,
-                backend: "memory",
-            };
-            Ok((table, info))
-        }
-
-        async fn remove(&mut self, _: Arc<MemoryTable>) -> anyhow::Result<()> {
-            self.log.lock().unwrap().push("remove".into());
-            *self.table.lock().unwrap() = None;
-            Ok(())
-        }
-    }
-
-    fn chain(records: &[mesh_chain::record::SignedRegistration], seat: SeatState) -> ChainState {
-        ChainState {
-            view: Some(Arc::new(view(records))),
-            seat,
-            ..ChainState::default()
-        }
-    }
-
-    fn task(memory: &Memory) -> MeshTask<Memory> {
-        MeshTask {
-            interfaces: Some(memory.clone()),
-            instance_id: "own".into(),
-            wg_public_key: Some(Key::from_bytes([0xee; 32])),
-            refresh: Duration::from_secs(3600),
-            relay_port: None,
-        }
-    }
-
-    /// Waits until the task has published a state `ok` accepts, for at most 5 s.
-    async fn until(
-        rx: &mut watch::Receiver<MeshState>,
-        ok: impl Fn(&MeshState) -> bool,
-    ) -> MeshState {
-        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| ok(s)))
-            .await
-            .expect("the mesh task published in time")
-            .expect("the mesh task is running")
-            .clone()
-    }
-
-    /// The interface comes up with the seat's address, holds every member with a key, follows the records
-    /// as they change, goes when the seat goes, and is removed at shutdown.
-    #[tokio::test]
-    async fn the_interface_follows_the_seat_and_the_records() {
-        let memory = Memory::default();
-        let (chain_tx, chain_rx) = watch::channel(ChainState::default());
-        let (out, mut rx) = watch::channel(MeshState::default());
-        let cancel = CancellationToken::new();
-        let running = Task::spawn("mesh", task(&memory).run(chain_rx, out, cancel.clone()));
-
-        // No seat known: peers from the view are offered, but there is no interface to put them on.
-        chain_tx.send_replace(chain(&[record(2, 0x22, "")], SeatState::Unknown));
-        let s = until(&mut rx, |s| s.members.len() == 1).await;
-        assert!(s.device.is_none());
-        assert!(memory.log().is_empty());
-
-        chain_tx.send_replace(chain(
-            &[record(2, 0x22, ""), record(3, 0x33, "")],
-            SeatState::Active(5),
-        ));
-        let s = until(&mut rx, |s| s.device.is_some() && s.members.len() == 2).await;
-        assert_eq!(memory.log(), ["create 10.0.1.5/24"]);
-        assert_eq!(
-            memory.keys(),
-            [Key::from_bytes([0x22; 32]), Key::from_bytes([0x33; 32])]
-        );
-        assert_eq!(s.stats.len(), 2, "the interface's peers are published");
-        assert_eq!(s.reconciles, 1);
-        assert_eq!(s.reconcile_latency.count, 1, "its time is measured");
-
-        // Seat 2 is revoked: its peer goes.
-        chain_tx.send_replace(chain(&[record(3, 0x33, "")], SeatState::Active(5)));
-        until(&mut rx, |s| s.members.len() == 1).await;
-        assert_eq!(memory.keys(), [Key::from_bytes([0x33; 32])]);
-
-        // This node's seat is revoked: no members, no interface.
-        chain_tx.send_replace(chain(&[record(3, 0x33, "")], SeatState::None));
-        let s = until(&mut rx, |s| s.device.is_none()).await;
-        assert!(s.members.is_empty() && s.stats.is_empty());
-        assert_eq!(memory.log(), ["create 10.0.1.5/24", "remove"]);
-
-        // A seat again: the interface comes back.
-        chain_tx.send_replace(chain(&[record(3, 0x33, "")], SeatState::Active(6)));
-        until(&mut rx, |s| s.device.is_some()).await;
-        cancel.cancel();
-        running.await.unwrap().unwrap();
-        assert_eq!(
-            memory.log(),
-            [
-                "create 10.0.1.5/24",
-                "remove",
-                "create 10.0.1.6/24",
-                "remove"
-            ],
-            "removed at shutdown"
-        );
-    }
-
-    /// A record that fails local checks is counted once, not on every pass.
-    #[tokio::test]
-    async fn a_record_that_fails_local_checks_is_counted_once() {
-        let memory = Memory::default();
-        let mut bad = record(3, 0x33, "");
-        bad.endpoint = "not-an-endpoint".into();
-        let (chain_tx, chain_rx) = watch::channel(chain(
-            &[record(2, 0x22, ""), bad.clone()],
-            SeatState::Active(1),
-        ));
-        let (out, mut rx) = watch::channel(MeshState::default());
-        let cancel = CancellationToken::new();
-        let running = Task::spawn("mesh", task(&memory).run(chain_rx, out, cancel.clone()));
-        until(&mut rx, |s| s.device.is_some()).await;
-        // A newer view that still holds it: worked out again, but the reason is the same.
-        chain_tx.send_replace(chain(
-            &[record(2, 0x22, ""), bad, record(4, 0x44, "")],
-            SeatState::Active(1),
-        ));
-        let s = until(&mut rx, |s| s.members.len() == 2).await;
-        assert_eq!(s.invalid_records, 1);
-        assert_eq!(
-            memory.keys(),
-            [Key::from_bytes([0x22; 32]), Key::from_bytes([0x44; 32])]
-        );
-        cancel.cancel();
-        running.await.unwrap().unwrap();
-    }
-
-    /// In TLS mode there is never an interface, but the members are worked out.
-    #[tokio::test]
-    async fn a_tls_node_has_members_but_no_interface() {
-        let (_chain_tx, chain_rx) =
-            watch::channel(chain(&[record(2, 0x22, "")], SeatState::Active(1)));
-        let (out, mut rx) = watch::channel(MeshState::default());
-        let cancel = CancellationToken::new();
-        let t = MeshTask::<Memory> {
-            interfaces: None,
-            instance_id: "own".into(),
-            wg_public_key: None,
-            refresh: Duration::from_secs(3600),
-            relay_port: None,
-        };
-        let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
-        let s = until(&mut rx, |s| s.members.len() == 1).await;
-        assert!(s.device.is_none());
-        cancel.cancel();
-        running.await.unwrap().unwrap();
-    }
-}
+mod tests;

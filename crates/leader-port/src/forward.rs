@@ -244,7 +244,7 @@ pub async fn forward(
 fn as_of_now(view: &View) -> View {
     View {
         leader: view.leader.as_of(Instant::now()),
-        members: view.members.clone(),
+        ..view.clone()
     }
 }
 

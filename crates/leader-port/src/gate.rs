@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 
 pub use mesh_api::forwarded::Refusal;
 use mesh_api::{Freshness, Leader, PortRole, Snapshot};
@@ -50,9 +51,19 @@ pub struct Member {
 pub struct View {
     pub leader: Leader,
     pub members: Vec<Member>,
+    /// The TCP ports this node may reach on each seat, by the grants between seats; a seat not listed
+    /// (no policy in force) may be reached on any.
+    pub granted: BTreeMap<u64, Vec<RangeInclusive<u16>>>,
 }
 
 impl View {
+    /// Whether the grants let this node reach `port` on `seat`.
+    fn grants(&self, seat: u64, port: u16) -> bool {
+        self.granted
+            .get(&seat)
+            .is_none_or(|ranges| ranges.iter().any(|r| r.contains(&port)))
+    }
+
     /// The view of a snapshot: its leader, its peers, and this node once it has a seat and an address.
     pub fn of(snapshot: &Snapshot) -> Self {
         let mut members: Vec<Member> = snapshot
@@ -76,9 +87,15 @@ impl View {
                 draining: node.draining,
             });
         }
+        let granted = snapshot
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.token_id, p.policy.as_ref()?.reachable_there.tcp_ranges())))
+            .collect();
         Self {
             leader: snapshot.leader.clone(),
             members,
+            granted,
         }
     }
 }
@@ -96,9 +113,9 @@ pub fn route(
     turn: u64,
 ) -> Result<Route, Refusal> {
     match role {
-        PortRole::Leader => leader_route(&view.leader, ports),
+        PortRole::Leader => leader_route(view, ports),
         PortRole::Replica => {
-            let replicas = replicas(view);
+            let replicas = replicas(view, ports);
             let least = replicas
                 .iter()
                 .map(|m| open.get(&m.seat).copied().unwrap_or(0))
@@ -108,7 +125,7 @@ pub fn route(
                 .filter(|m| Some(open.get(&m.seat).copied().unwrap_or(0)) == least)
                 .collect();
             match fewest.len() {
-                0 => leader_route(&view.leader, ports),
+                0 => leader_route(view, ports),
                 n => Ok(member_route(fewest[(turn % n as u64) as usize], ports)),
             }
         }
@@ -118,20 +135,23 @@ pub fn route(
 /// Whether a connection opened on `opened` may go on now that the view is `view`.
 pub fn holds(role: PortRole, opened: Route, view: &View, ports: &Ports) -> bool {
     if role == PortRole::Leader || opened.term.is_some() {
-        return leader_route(&view.leader, ports) == Ok(opened);
+        return leader_route(view, ports) == Ok(opened);
     }
-    view.members
-        .iter()
-        .any(|m| m.healthy && member_route(m, ports) == opened)
+    view.members.iter().any(|m| {
+        m.healthy
+            && (m.is_self || view.grants(m.seat, ports.port))
+            && member_route(m, ports) == opened
+    })
 }
 
-/// The healthy members that do not lead and are not being drained, by seat.
-fn replicas(view: &View) -> Vec<Member> {
+/// The healthy members that do not lead, are not being drained and may be reached on the port, by seat.
+fn replicas(view: &View, ports: &Ports) -> Vec<Member> {
     let leader = view.leader.token_id;
     let mut replicas: Vec<Member> = view
         .members
         .iter()
         .filter(|m| m.healthy && !m.draining && Some(m.seat) != leader)
+        .filter(|m| m.is_self || view.grants(m.seat, ports.port))
         .copied()
         .collect();
     replicas.sort_by_key(|m| m.seat);
@@ -150,7 +170,8 @@ fn member_route(m: &Member, ports: &Ports) -> Route {
     }
 }
 
-fn leader_route(leader: &Leader, ports: &Ports) -> Result<Route, Refusal> {
+fn leader_route(view: &View, ports: &Ports) -> Result<Route, Refusal> {
+    let leader = &view.leader;
     let Some(seat) = leader.token_id else {
         return Err(Refusal::NoLeader);
     };
@@ -168,6 +189,9 @@ fn leader_route(leader: &Leader, ports: &Ports) -> Result<Route, Refusal> {
         });
     }
     let ip = leader.overlay_ip.ok_or(Refusal::NoAddress)?;
+    if !view.grants(seat, ports.port) {
+        return Err(Refusal::NotGranted);
+    }
     Ok(Route {
         term: Some(term),
         seat,
@@ -198,7 +222,7 @@ mod tests {
     fn view(leader: Leader) -> View {
         View {
             leader,
-            members: Vec::new(),
+            ..View::default()
         }
     }
 
@@ -281,6 +305,7 @@ mod tests {
                 member(3, true, true),
                 member(4, false, false),
             ],
+            ..View::default()
         };
         let reached = |open: &BTreeMap<u64, u64>, turn| {
             route(PortRole::Replica, &v, &PORTS, open, turn).map(|r| (r.seat, r.to, r.term))
@@ -319,6 +344,7 @@ mod tests {
         let v = View {
             leader: leader(1, 7, false, Freshness::Current),
             members: vec![member(1, false, true), drained, member(3, false, true)],
+            ..View::default()
         };
         for turn in 0..4 {
             let r = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), turn).unwrap();
@@ -347,6 +373,7 @@ mod tests {
         let v = View {
             leader: leader(1, 7, false, Freshness::Current),
             members: vec![member(1, false, true), member(2, false, false)],
+            ..View::default()
         };
         let r = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), 0).unwrap();
         assert_eq!((r.seat, r.term), (1, Some(7)));
@@ -361,6 +388,7 @@ mod tests {
         let none = View {
             leader: Leader::default(),
             members: vec![member(2, false, false)],
+            ..View::default()
         };
         assert_eq!(
             route(PortRole::Replica, &none, &PORTS, &BTreeMap::new(), 0),
@@ -373,6 +401,7 @@ mod tests {
         let mut v = View {
             leader: leader(1, 7, false, Freshness::Current),
             members: vec![member(2, false, true)],
+            ..View::default()
         };
         let r = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), 0).unwrap();
         assert!(holds(PortRole::Replica, r, &v, &PORTS));
@@ -385,5 +414,39 @@ mod tests {
         assert!(!holds(PortRole::Replica, r, &v, &PORTS));
         v.members.clear();
         assert!(!holds(PortRole::Replica, r, &v, &PORTS));
+    }
+
+    /// A port the grants do not let this node reach on the leader is refused at once, as not-granted,
+    /// rather than sent to be dropped; a replica port leaves out the members it may not reach, and a grant
+    /// taken away ends the connections opened under it.
+    #[test]
+    fn a_port_the_grants_do_not_allow_is_refused_at_once_and_skipped_among_replicas() {
+        let mut v = View {
+            leader: leader(1, 7, false, Freshness::Current),
+            members: vec![
+                member(1, false, true),
+                member(2, false, true),
+                member(3, false, true),
+            ],
+            granted: BTreeMap::from([(1, vec![22..=22]), (2, vec![5000..=6000]), (3, Vec::new())]),
+        };
+        assert_eq!(lead(&v), Err(Refusal::NotGranted));
+        for turn in 0..4 {
+            let r = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), turn).unwrap();
+            assert_eq!(r.seat, 2, "seat 3 may not be reached on 5432: turn {turn}");
+        }
+        let opened = route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), 0).unwrap();
+        v.granted.insert(2, Vec::new());
+        assert!(
+            !holds(PortRole::Replica, opened, &v, &PORTS),
+            "its grant was taken away"
+        );
+        assert_eq!(
+            route(PortRole::Replica, &v, &PORTS, &BTreeMap::new(), 0),
+            Err(Refusal::NotGranted),
+            "no replica is granted, nor the leader"
+        );
+        v.granted.clear();
+        assert_eq!(lead(&v).map(|r| r.seat), Ok(1), "no policy in force");
     }
 }

@@ -22,7 +22,7 @@ async fn service(ip: Ipv4Addr, name: &'static str) -> (SocketAddr, Task<()>) {
 fn leader(seat: u64, term: u64, lease: Duration) -> View {
     View {
         leader: lead(seat, term, lease),
-        members: Vec::new(),
+        ..View::default()
     }
 }
 
@@ -150,6 +150,45 @@ async fn the_leader_forwards_to_its_own_service() {
     );
     let mut s = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut s, "hi").await.as_deref(), Some("this node: hi"));
+    cancel.cancel();
+    served.await.unwrap();
+}
+
+/// A leader whose port the grants between seats do not let this node reach: the connection is closed at
+/// once and counted as not-granted, not left to wait out a connect timeout; a connection opened under a
+/// grant ends when the grant is taken away.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_not_granted_on_the_leader_is_refused_at_once_and_a_grant_taken_away_ends_its_connections()
+ {
+    let (two, _two) = service(Ipv4Addr::new(127, 0, 0, 2), "seat 2").await;
+    let port = leader_port(two.port(), two);
+    let mut granted = leader(2, 7, Duration::from_secs(60));
+    granted.granted.insert(2, vec![two.port()..=two.port()]);
+    let (tx, rx) = watch::channel(granted.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let stats = Stats::new(&port);
+    let cancel = CancellationToken::new();
+    let served = Task::spawn(
+        "leader-port",
+        serve(vec![listener], port, rx, stats.clone(), cancel.clone()),
+    );
+    let mut open = TcpStream::connect(at).await.unwrap();
+    assert_eq!(ask(&mut open, "hi").await.as_deref(), Some("seat 2: hi"));
+
+    granted.granted.insert(2, Vec::new());
+    tx.send(granted).unwrap();
+    assert!(closed(&mut open).await, "the grant was taken away");
+    let began = Instant::now();
+    let mut refused = TcpStream::connect(at).await.unwrap();
+    assert!(closed(&mut refused).await, "not granted: closed");
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "closed at once, not after a connect timeout: {:?}",
+        began.elapsed()
+    );
+    let s = stats.snapshot();
+    assert_eq!(s.refused.get("not-granted"), Some(&1), "{s:?}");
     cancel.cancel();
     served.await.unwrap();
 }

@@ -15,11 +15,19 @@ pub enum Refusal {
     NotCurrent,
     /// The leader's record gives no overlay address this node can reach it on.
     NoAddress,
+    /// The grants between seats do not let this node reach the port on the seat it would go to: the seat
+    /// would drop it, and the client would wait out its connect timeout.
+    NotGranted,
 }
 
 impl Refusal {
     /// Every refusal, in the order the metrics list them.
-    pub const ALL: [Self; 3] = [Self::NoLeader, Self::NotCurrent, Self::NoAddress];
+    pub const ALL: [Self; 4] = [
+        Self::NoLeader,
+        Self::NotCurrent,
+        Self::NoAddress,
+        Self::NotGranted,
+    ];
 
     /// Its name in `/v1/status` ([`ForwardedPort::refused`]) and the metrics.
     pub fn as_str(self) -> &'static str {
@@ -27,6 +35,7 @@ impl Refusal {
             Self::NoLeader => "no-leader",
             Self::NotCurrent => "not-current",
             Self::NoAddress => "no-address",
+            Self::NotGranted => "not-granted",
         }
     }
 }

@@ -92,7 +92,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::types::{ChainStatus, Node};
 
-    fn status(registered: bool, token: Option<u64>) -> Status {
+    pub(crate) fn status(registered: bool, token: Option<u64>) -> Status {
         Status {
             version: "0".into(),
             commit: None,
@@ -114,6 +114,7 @@ pub(crate) mod tests {
             election: Default::default(),
             ports: Vec::new(),
             faults: Vec::new(),
+            policy: None,
         }
     }
 
@@ -141,6 +142,7 @@ pub(crate) mod tests {
             draining: false,
             attestation: None,
             holder: None,
+            policy: None,
         }
     }
 

@@ -425,7 +425,7 @@ fn forwarded(out: &mut Exposition, s: &Snapshot) {
     out.metric(
         "dstack_mesh_forwarded_refused_total",
         "counter",
-        "Connections a forwarded port closed at once, by reason (no-leader, not-current, no-address).",
+        "Connections a forwarded port closed at once, by reason (no-leader, not-current, no-address, not-granted).",
         ports.iter().flat_map(|p| {
             let l = labels(p);
             crate::forwarded::Refusal::ALL.map(|r| {
@@ -653,6 +653,7 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
         "Reads no answer of which reached the providers' quorum; the view stayed as it was.",
         [(String::new(), v.splits)],
     );
+    policy(out, s);
     out.metric(
         "dstack_mesh_nat_candidates",
         "gauge",
@@ -664,10 +665,86 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
     );
 }
 
+/// The grants between seats: whether in force and at which version, and what they dropped here by rule;
+/// every rule has a sample once the policy is read, 0 included, so that a rate over them is 0, not empty.
+fn policy(out: &mut Exposition, s: &Snapshot) {
+    let p = s.status.policy.as_ref();
+    out.metric(
+        "dstack_mesh_policy_enforced",
+        "gauge",
+        "1 while the cluster's grants between seats are in force (a peer reaches only what a grant allows it), 0 while not; absent until read.",
+        p.map(|p| (String::new(), u64::from(p.enforced))),
+    );
+    out.metric(
+        "dstack_mesh_policy_version",
+        "gauge",
+        "The version of the grants between seats this node enforces (one more at every change on-chain).",
+        p.map(|p| (String::new(), p.version)),
+    );
+    out.metric(
+        "dstack_mesh_policy_dropped_total",
+        "counter",
+        "Peers' packets the grants between seats dropped on arrival, by rule: no-grant (no grant lets the peer reach that port), protocol (neither ICMP, TCP nor UDP), malformed.",
+        p.into_iter().flat_map(|p| {
+            p.dropped
+                .by_rule()
+                .map(|(rule, n)| (format!("{{rule=\"{rule}\"}}"), n))
+        }),
+    );
+}
+
 /// A label value as the exposition format quotes it.
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The policy's samples appear once it is read, with every rule counted, 0 included.
+    #[test]
+    fn the_policy_drops_are_counted_by_rule() {
+        let mut s = Snapshot {
+            status: crate::health::tests::status(true, Some(1)),
+            peers: Vec::new(),
+            peers_known: true,
+            refused: Vec::new(),
+            leader: crate::Leader::default(),
+            counters: crate::Counters::default(),
+            check: None,
+        };
+        let none = metrics(&s);
+        assert!(
+            !none.contains("dstack_mesh_policy_dropped_total{"),
+            "{none}"
+        );
+        s.status.policy = Some(crate::PolicyStatus {
+            enforced: true,
+            version: 4,
+            grants: 2,
+            own_tags: vec!["db".into()],
+            dropped: crate::PolicyDrops {
+                no_grant: 9,
+                protocol: 0,
+                malformed: 1,
+            },
+        });
+        let text = metrics(&s);
+        for line in [
+            "dstack_mesh_policy_enforced 1",
+            "dstack_mesh_policy_version 4",
+            "dstack_mesh_policy_dropped_total{rule=\"no-grant\"} 9",
+            "dstack_mesh_policy_dropped_total{rule=\"protocol\"} 0",
+            "dstack_mesh_policy_dropped_total{rule=\"malformed\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
 }

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use wg_key::Key;
 
 mod leader;
+mod policy;
 
 pub use leader::*;
+pub use policy::*;
 
 /// Where the agent serves its API unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/p2p-agent/api.sock";
@@ -149,6 +151,9 @@ pub struct Peer {
     /// read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<Address>,
+    /// What the grants between seats let pass between it and this node; absent while no policy is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PeerPolicy>,
 }
 
 impl Peer {
@@ -405,6 +410,10 @@ pub struct Status {
     /// nothing fails.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// The grants between seats, as last read from the chain, and what they dropped here; absent until
+    /// read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStatus>,
 }
 
 /// An outside dependency that fails now.

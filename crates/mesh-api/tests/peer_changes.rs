@@ -50,6 +50,7 @@ fn base() -> Peer {
             tcb_stage_until: None,
         }),
         holder: None,
+        policy: None,
     }
 }
 

@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use alloy_primitives::Address;
 use mesh_api::{
     Attestation, BallotKind, BallotOutcome, BallotReport, Candidate, ChainStatus, ConnectionKind,
-    Election, Freshness, HandingOff, Leader, Mode, Nat, Node, Path, Peer, Provider, Status,
-    StunServer, Verification,
+    Election, Freshness, HandingOff, Leader, Mode, Nat, Node, Path, Peer, PeerPolicy, PolicyDrops,
+    PolicyStatus, Ports, Provider, Status, StunServer, Verification,
 };
 use serde_json::json;
 use wg_key::Key;
@@ -48,7 +48,8 @@ fn attestation() -> Attestation {
     }
 }
 
-/// Node 1, as its `GET /v1/status` shows it: registered, following the chain, nothing failing.
+/// Node 1, as its `GET /v1/status` shows it: registered, following the chain, nothing failing, under grants
+/// between seats in force.
 fn status() -> Status {
     let contract: Address = CONTRACT.parse().expect("an address");
     Status {
@@ -127,6 +128,43 @@ fn status() -> Status {
         },
         ports: Vec::new(),
         faults: Vec::new(),
+        policy: Some(PolicyStatus {
+            enforced: true,
+            version: 3,
+            grants: 2,
+            own_tags: vec!["web".into()],
+            dropped: no_grant(7),
+        }),
+    }
+}
+
+/// Packets dropped for want of a grant, `n` of them, and none for another reason.
+fn no_grant(n: u64) -> PolicyDrops {
+    PolicyDrops {
+        no_grant: n,
+        ..PolicyDrops::default()
+    }
+}
+
+fn ports(tcp: &[&str], udp: &[&str]) -> Ports {
+    let owned = |ps: &[&str]| ps.iter().map(|p| (*p).to_owned()).collect();
+    Ports {
+        tcp: owned(tcp),
+        udp: owned(udp),
+    }
+}
+
+/// What the grants (policy version 3, in force) let pass between node 1 (tagged `web`) and seat `seat`:
+/// seat 2 may open flows to node 1's TCP port 8080, and node 1 to seat 2's TCP ports 5432 and 6000 to 6010
+/// and UDP port 53; 7 of seat 2's packets were dropped here. No grant names seat 3 either way.
+fn peer_policy(seat: u8) -> PeerPolicy {
+    match seat {
+        2 => PeerPolicy {
+            reaches_here: ports(&["8080"], &[]),
+            reachable_there: ports(&["5432", "6000-6010"], &["53"]),
+            dropped: no_grant(7),
+        },
+        _ => PeerPolicy::default(),
     }
 }
 
@@ -158,6 +196,7 @@ fn peer(seat: u8, leader: bool) -> Peer {
         leader,
         attestation: Some(attestation()),
         holder: None,
+        policy: Some(peer_policy(seat)),
     }
 }
 

@@ -286,6 +286,8 @@ pub struct Member {
     pub endpoint: Option<SocketAddr>,
     pub gateway_url: Option<String>,
     pub nonce: u64,
+    /// The app its record's proof was issued to: the grants between seats tag seats by it.
+    pub app_id: alloy_primitives::Address,
 }
 
 /// Why a believed record is not configured.
@@ -364,6 +366,7 @@ pub fn member(reg: &SignedRegistration, prefix: Prefix) -> Result<Member, Invali
         endpoint,
         gateway_url,
         nonce: reg.nonce,
+        app_id: reg.proof.app_id,
     })
 }
 

@@ -131,6 +131,14 @@ impl MeshDevice {
         }
     }
 
+    /// Peers' packets the grants between seats dropped, by why, since the device was made.
+    pub fn policy_dropped(&self) -> mesh_policy::filter::DropCounts {
+        match self {
+            Self::Userspace(d) => d.policy_dropped(),
+            Self::Kernel(d) => d.policy_dropped(),
+        }
+    }
+
     /// Removes the interface.
     ///
     /// # Errors

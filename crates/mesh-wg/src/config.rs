@@ -10,6 +10,8 @@ use mesh_path::candidates::Candidate;
 use mesh_path::liveness::Liveness;
 use mesh_path::nat::{Mapping, NatReport};
 use mesh_path::path::PathKind;
+use mesh_policy::Reach;
+use mesh_policy::filter::DropCounts;
 
 use super::Error;
 use mesh_relay::RelayTarget;
@@ -49,6 +51,9 @@ pub struct DeviceConfig {
     /// How long a peer may be silent and still count as alive; the device probes silent peers to know
     /// ([`mesh_path::liveness`]), and leaves a UDP path that has not answered for as long.
     pub liveness: Liveness,
+    /// UDP ports whose datagrams pass whatever the grants between seats say, to or from them: the agents'
+    /// own (the leader's heartbeats). ICMP always passes too.
+    pub policy_exempt_udp: Vec<u16>,
 }
 
 /// The kernel offloads of the userspace device. Each is used only where the kernel has it; turning one off
@@ -92,6 +97,7 @@ impl DeviceConfig {
             offload: Offload::default(),
             stun_servers: Vec::new(),
             liveness: Liveness::default(),
+            policy_exempt_udp: Vec::new(),
         }
     }
 
@@ -165,6 +171,9 @@ pub struct PeerConfig {
     pub persistent_keepalive: Option<u16>,
     /// The peer's relay, used when its UDP cannot get through; `None` keeps it direct only.
     pub relay: Option<RelayTarget>,
+    /// What the peer may reach here, by the grants between seats: flows it opens to anything else are
+    /// dropped as they arrive, replies to this node's own flows pass ([`mesh_policy::filter`]).
+    pub reach: Reach,
 }
 
 /// Observed state of one peer.
@@ -195,6 +204,10 @@ pub struct PeerStatus {
     pub persistent_keepalive: Option<u16>,
     /// Why the peer's relay could not be dialled, while its last dial failed (userspace device only).
     pub relay_error: Option<String>,
+    /// What the peer may reach here, as in force on the interface.
+    pub reach: Reach,
+    /// The peer's packets the policy dropped, by why.
+    pub policy_dropped: DropCounts,
 }
 
 /// What the userspace device knows of its NAT.

@@ -70,6 +70,17 @@ pub enum Error {
         "wireguard-go for {ifname:?}: {detail}; install it (Debian: apt-get install wireguard-go) or choose another backend"
     )]
     WireguardGo { ifname: String, detail: String },
+    /// The grants between seats could not be put in force on a kernel backend's interface (with nftables):
+    /// the peers' traffic is judged as it was before the change.
+    #[error(
+        "cannot enforce the grants between seats on {ifname:?}: {detail}; this backend enforces them with nftables: install it (Debian: apt-get install nftables) and run with CAP_NET_ADMIN, or use the userspace backend"
+    )]
+    Policy {
+        /// The interface.
+        ifname: String,
+        /// What failed: nft missing, or what it said.
+        detail: String,
+    },
     /// The process may not create a TUN device.
     #[error("cannot create TUN device {ifname:?}: {NEEDS_NET_ADMIN} ({syscall}: {source})")]
     TunUnavailable {

@@ -46,6 +46,8 @@ pub use device::Device;
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
+pub use mesh_policy::Reach;
+pub use mesh_policy::filter::DropCounts;
 pub use mesh_relay::RelayTarget;
 pub use plan::{Change, FRESH_HANDSHAKE, MemoryTable, PeerTable, apply, handshake_is_fresh, plan};
 pub use probe::answer as answer_probe;

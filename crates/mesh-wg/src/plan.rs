@@ -108,7 +108,12 @@ pub fn plan(want: &[PeerConfig], has: &[PeerStatus], now: SystemTime) -> Vec<Cha
         let keepalive_changed =
             keepalive(current.persistent_keepalive) != keepalive(wanted.persistent_keepalive);
         let relay_changed = current.relay != wanted.relay;
-        if endpoint.is_some() || allowed_now != allowed_wanted || keepalive_changed || relay_changed
+        let reach_changed = current.reach != wanted.reach;
+        if endpoint.is_some()
+            || allowed_now != allowed_wanted
+            || keepalive_changed
+            || relay_changed
+            || reach_changed
         {
             changes.push(Change::Update(PeerConfig {
                 endpoint,
@@ -214,11 +219,14 @@ impl PeerTable for MemoryTable {
             tx_bytes: 0,
             persistent_keepalive: None,
             relay_error: None,
+            reach: crate::Reach::everything(),
+            policy_dropped: crate::DropCounts::default(),
         });
         if peer.endpoint.is_some() {
             entry.endpoint = peer.endpoint;
         }
         entry.relay = peer.relay;
+        entry.reach = peer.reach;
         entry.allowed_ips = peer.allowed_ips;
         entry.persistent_keepalive = keepalive(peer.persistent_keepalive);
         Ok(())
@@ -252,6 +260,7 @@ mod tests {
             allowed_ips: vec![Ipv4Network::new(Ipv4Addr::new(10, 0, 1, ip), 32).unwrap()],
             persistent_keepalive: Some(25),
             relay: None,
+            reach: crate::Reach::everything(),
         }
     }
 
@@ -269,7 +278,33 @@ mod tests {
             last_heard: None,
             rx_bytes: 0,
             tx_bytes: 0,
+            reach: d.reach.clone(),
+            policy_dropped: crate::DropCounts::default(),
         }
+    }
+
+    /// A peer whose reach here changes (a grant added or taken away) is set again in place, even with a
+    /// live session; the same reach is no change.
+    #[test]
+    fn a_changed_reach_is_an_update_in_place() {
+        let a = want(1, 1, 51820);
+        let has = [applied(&a, Some(5))];
+        assert!(plan(std::slice::from_ref(&a), &has, now()).is_empty());
+        let b = PeerConfig {
+            reach: crate::Reach {
+                all: false,
+                tcp: vec![5432..=5432],
+                udp: Vec::new(),
+            },
+            ..a.clone()
+        };
+        assert_eq!(
+            plan(std::slice::from_ref(&b), &has, now()),
+            vec![Change::Update(PeerConfig {
+                endpoint: None,
+                ..b.clone()
+            })]
+        );
     }
 
     /// A peer whose relay appears, changes or goes is set again in place, even with a live session; an

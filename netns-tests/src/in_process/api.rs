@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use mesh_api::{
     self, Attestation, Candidate, ChainStatus, ConnectionKind, Counters, Election,
-    ElectionCounters, Leader, Mode, Nat, Node, Path as PeerPath, Peer, Provider, RefusedPeer,
-    RelayCounters, Snapshot, Status, StunServer, Verification,
+    ElectionCounters, Leader, Mode, Nat, Node, Path as PeerPath, Peer, PeerPolicy, PolicyDrops,
+    PolicyStatus, Ports, Provider, RefusedPeer, RelayCounters, Snapshot, Status, StunServer,
+    Verification,
 };
 use mesh_wg::Key;
 use owned_task::Task;
@@ -84,6 +85,37 @@ fn example_peer(
         leader: token == 2,
         attestation: Some(verified()),
         holder: Some(alloy::primitives::Address::repeat_byte(token as u8)),
+        policy: Some(example_peer_policy(token)),
+    }
+}
+
+/// Packets dropped for want of a grant, `n` of them, and none for another reason.
+fn no_grant(n: u64) -> PolicyDrops {
+    PolicyDrops {
+        no_grant: n,
+        ..PolicyDrops::default()
+    }
+}
+
+fn ports(tcp: &[&str], udp: &[&str]) -> Ports {
+    let owned = |ps: &[&str]| ps.iter().map(|p| (*p).to_owned()).collect();
+    Ports {
+        tcp: owned(tcp),
+        udp: owned(udp),
+    }
+}
+
+/// What the grants (policy version 3, in force) let pass between the example node (tagged `web`) and seat
+/// `token`: seat 2 may open flows to the node's TCP port 8080, and the node to seat 2's TCP ports 5432 and
+/// 6000 to 6010 and UDP port 53; 7 of seat 2's packets were dropped here. No grant names the other seats.
+fn example_peer_policy(token: u64) -> PeerPolicy {
+    match token {
+        2 => PeerPolicy {
+            reaches_here: ports(&["8080"], &[]),
+            reachable_there: ports(&["5432", "6000-6010"], &["53"]),
+            dropped: no_grant(7),
+        },
+        _ => PeerPolicy::default(),
     }
 }
 
@@ -209,11 +241,19 @@ fn example_status(now: u64) -> Status {
             detail: "the PCCS gave no collateral (no answer within 10s); the cached collateral serves until it expires".into(),
             since: Some(now - 60),
         }],
+        // Two grants in force; seat 2 tried ports no grant opens to it.
+        policy: Some(PolicyStatus {
+            enforced: true,
+            version: 3,
+            grants: 2,
+            own_tags: vec!["web".into()],
+            dropped: no_grant(7),
+        }),
     }
 }
 
 /// A node with three peers: one healthy over WireGuard, one on its gateway URL, one never seen; and a seat
-/// refused for its evidence.
+/// refused for its evidence; two grants between seats in force.
 pub fn example_snapshot(now: u64) -> Snapshot {
     let peer = example_peer;
     let peers = vec![

@@ -225,6 +225,7 @@ pub fn peer_config(key: Key, endpoint: SocketAddr, allowed: &str) -> PeerConfig 
         allowed_ips: vec![allowed.parse().expect("allowed ip")],
         persistent_keepalive: None,
         relay: None,
+        reach: mesh_wg::Reach::everything(),
     }
 }
 

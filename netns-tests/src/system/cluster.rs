@@ -72,6 +72,9 @@ pub struct Layout {
     /// Nodes that run another release of the app (node i → its app name): the same app id, another
     /// `app-compose.json`, so another compose hash, which the cluster allows beside the first.
     pub releases: Vec<(usize, &'static str)>,
+    /// Nodes that run another app than [`APP_ID`] (node i → its app id, 40 hex digits): the cluster allows
+    /// every app its nodes run.
+    pub apps: Vec<(usize, &'static str)>,
 }
 
 impl Layout {
@@ -81,7 +84,27 @@ impl Layout {
             prefix: DEFAULT_PREFIX,
             tokens: (1..=nodes as u64).collect(),
             releases: Vec::new(),
+            apps: Vec::new(),
         }
+    }
+
+    /// The app node `i` runs.
+    fn app_of(&self, i: usize) -> &'static str {
+        self.apps
+            .iter()
+            .find(|(node, _)| *node == i)
+            .map_or(APP_ID, |(_, app)| *app)
+    }
+
+    /// Every app the nodes run, [`APP_ID`] first.
+    fn app_ids(&self) -> Vec<&'static str> {
+        let mut apps = vec![APP_ID];
+        for (_, app) in &self.apps {
+            if !apps.contains(app) {
+                apps.push(app);
+            }
+        }
+        apps
     }
 
     fn prefix(&self) -> mesh_chain::membership::Prefix {
@@ -99,6 +122,8 @@ impl Layout {
 
 /// One simulated CVM of the cluster.
 pub struct SimNode {
+    /// The app it runs, 40 hex digits.
+    pub app_id: &'static str,
     pub socket: PathBuf,
     pub instance_id: String,
     pub log: PathBuf,
@@ -253,6 +278,7 @@ impl<'a> Cluster<'a> {
         guards[i - 1] = spawn_simulator(
             self.dir.path(),
             i,
+            sim.app_id,
             Some(release),
             &sim.socket,
             &sim.log,
@@ -280,7 +306,15 @@ impl<'a> Cluster<'a> {
     pub fn start_simulator(&self, i: usize) {
         let sim = &self.sims[i - 1];
         let mut guards = self.guards.lock().expect("not poisoned");
-        guards[i - 1] = spawn_simulator(self.dir.path(), i, None, &sim.socket, &sim.log, None);
+        guards[i - 1] = spawn_simulator(
+            self.dir.path(),
+            i,
+            sim.app_id,
+            None,
+            &sim.socket,
+            &sim.log,
+            None,
+        );
         sim.wait_serving(i, &mut guards[i - 1]);
     }
 
@@ -326,12 +360,14 @@ impl<'a> Cluster<'a> {
             guards.push(spawn_simulator(
                 dir.path(),
                 i,
+                layout.app_of(i),
                 release,
                 &socket,
                 &log,
                 writes,
             ));
             sims.push(SimNode {
+                app_id: layout.app_of(i),
                 socket,
                 instance_id: String::new(),
                 log,
@@ -398,7 +434,12 @@ impl<'a> Cluster<'a> {
                 "--kms-root",
                 &cluster.kms_root.clone(),
                 "--app-id",
-                &format!("0x{APP_ID}"),
+                &layout
+                    .app_ids()
+                    .iter()
+                    .map(|a| format!("0x{a}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 "--prefix",
                 layout.prefix,
                 "--max-nodes",
@@ -668,6 +709,7 @@ pub(crate) fn write_secret(path: &Path, contents: &str) {
 fn spawn_simulator(
     dir: &Path,
     i: usize,
+    app_id: &str,
     release: Option<&str>,
     socket: &Path,
     log: &Path,
@@ -683,7 +725,7 @@ fn spawn_simulator(
     clean_env(&mut cmd)
         .arg("--kms-root-key-file")
         .arg(dir.join("kms-root.key"))
-        .args(["--app-id", APP_ID, "--instance-name", &format!("node-{i}")])
+        .args(["--app-id", app_id, "--instance-name", &format!("node-{i}")])
         .args(release.into_iter().flat_map(|name| ["--app-name", name]))
         .arg("--mock-pki-seed-file")
         .arg(dir.join("mock-pki.seed"))

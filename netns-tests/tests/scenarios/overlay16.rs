@@ -32,6 +32,7 @@ fn seats_above_255_mesh_in_a_16_overlay_at_the_nth_host_address() {
             prefix: "10.1.0.0/16",
             tokens: SEATS.iter().map(|(t, _)| *t).collect(),
             releases: Vec::new(),
+            apps: Vec::new(),
         },
     );
     steps.step("cluster on 10.1.0.0/16 with seats 1, 256 and 300 bound, 297 others inactive");

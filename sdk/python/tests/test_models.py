@@ -4,7 +4,18 @@ from typing import Any
 
 import pytest
 
-from dstack_p2p import AppHealth, Health, HealthCheck, Leader, Peer, ProtocolError, Status
+from dstack_p2p import (
+    AppHealth,
+    Health,
+    HealthCheck,
+    Leader,
+    Peer,
+    PeerPolicy,
+    PolicyDrops,
+    Ports,
+    ProtocolError,
+    Status,
+)
 from dstack_p2p.models import addresses, peers_from_json
 from fake_agent import LEADER_LEASE_FIELDS, leader_json, peer_json, snapshot, status_json
 
@@ -29,6 +40,11 @@ def test_peer_every_field_and_unknown_ones_ignored() -> None:
         tx_bytes=456,
         leader=True,
         last_heard=1763856001,
+        policy=PeerPolicy(
+            reaches_here=Ports(tcp=("8080",)),
+            reachable_there=Ports(tcp=("5432", "6000-6010"), udp=("53",)),
+            dropped=PolicyDrops(no_grant=7),
+        ),
     )
 
 

@@ -66,6 +66,7 @@ export {
   peersFromJSON,
   type LeaderState,
 } from "./models.js";
+export { PROTOCOLS, PeerPolicy, PolicyDrops, PolicyStatus, Ports, type Protocol } from "./policy.js";
 export { type Logger } from "./monitor.js";
 export { overlayAddress, seatOf } from "./overlay.js";
 export { VERSION } from "./version.js";

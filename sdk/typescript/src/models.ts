@@ -4,12 +4,14 @@
  * Parsing ignores fields it does not know, because the API grows; a field this SDK needs that is missing or
  * of the wrong type throws {@link ProtocolError} rather than surfacing later as `undefined` in the caller's
  * code. Fields the agent added after its first release (`leader`, `registrationError`, `path`, `relayUrl`,
- * `pathReason`, the chain's `prefix`, and the leader's `term`, `state`, `ageMs`, `leaseMs`, `healthy` and
- * `reason`) fall back to their "nothing to report" value when absent. Absent values are `null`, as the API
- * sends them.
+ * `pathReason`, the chain's `prefix`, the leader's `term`, `state`, `ageMs`, `leaseMs`, `healthy` and
+ * `reason`, and the `policy` of the status and of each peer) fall back to their "nothing to report" value
+ * when absent. Absent values are `null`, as the API sends them.
  */
 
 import { ProtocolError } from "./errors.js";
+import { Fields, type FieldsOf } from "./fields.js";
+import { PeerPolicy, PolicyStatus, type Protocol, checkPort } from "./policy.js";
 import { show } from "./show.js";
 
 /** `Peer.connection` values: over the tunnel, over the peer's TLS-gateway URL, or neither. */
@@ -26,122 +28,6 @@ export const LEADER_STALE = "stale";
 export const LEADER_UNKNOWN = "unknown";
 export const LEADER_STATES = [LEADER_CURRENT, LEADER_STALE, LEADER_UNKNOWN] as const;
 export type LeaderState = (typeof LEADER_STATES)[number];
-
-/** The data fields of a model class: what its constructor takes. */
-type FieldsOf<T> = {
-  readonly [K in keyof T as T[K] extends (...args: never[]) => unknown ? never : K]: T[K];
-};
-
-const ABSENT: unique symbol = Symbol("absent");
-
-/** Reads one JSON object's fields by type, naming the object and field in its errors. */
-class Fields {
-  private readonly obj: Record<string, unknown>;
-
-  constructor(
-    value: unknown,
-    private readonly what: string,
-  ) {
-    if (!isObject(value)) {
-      throw new ProtocolError(`the agent's ${what} is not a JSON object: ${show(value)}`);
-    }
-    this.obj = value;
-  }
-
-  private get(key: string, fallback: unknown = ABSENT): unknown {
-    const value = Object.hasOwn(this.obj, key) ? this.obj[key] : ABSENT;
-    if (value !== ABSENT) return value;
-    if (fallback === ABSENT) {
-      throw new ProtocolError(
-        `the agent's ${this.what} has no field "${key}": is the agent older than this SDK?`,
-      );
-    }
-    return fallback;
-  }
-
-  private wrong(key: string, value: unknown, what = "of the wrong type"): ProtocolError {
-    return new ProtocolError(`the agent's ${this.what} has "${key}" = ${show(value)}, ${what}`);
-  }
-
-  private typed<T>(
-    key: string,
-    check: (v: unknown) => v is T,
-    nullable: boolean,
-    fallback?: unknown,
-  ): T | null {
-    const value = this.get(key, fallback === undefined ? ABSENT : fallback);
-    if (value === null && nullable) return null;
-    if (!check(value)) throw this.wrong(key, value);
-    return value;
-  }
-
-  text(key: string): string {
-    return this.typed(key, isString, false) as string;
-  }
-
-  optText(key: string): string | null {
-    return this.typed(key, isString, true, null);
-  }
-
-  integer(key: string): number {
-    return this.typed(key, isInteger, false) as number;
-  }
-
-  optInteger(key: string): number | null {
-    return this.typed(key, isInteger, true, null);
-  }
-
-  flag(key: string, fallback?: boolean): boolean {
-    return this.typed(key, isBoolean, false, fallback) as boolean;
-  }
-
-  optFlag(key: string): boolean | null {
-    return this.typed(key, isBoolean, true, null);
-  }
-
-  object(key: string): Record<string, unknown> {
-    return this.typed(key, isObject, false) as Record<string, unknown>;
-  }
-
-  optObject(key: string): Record<string, unknown> | null {
-    return this.typed(key, isObject, true, null);
-  }
-
-  choice<const C extends readonly string[]>(key: string, values: C, fallback?: C[number]): C[number] {
-    const value = this.typed(key, isString, false, fallback) as string;
-    if (!values.includes(value)) {
-      throw this.wrong(key, value, `not one of ${values.join(", ")}: is the agent newer than this SDK?`);
-    }
-    return value;
-  }
-
-  texts(key: string): string[] {
-    const value = this.typed(key, Array.isArray, false) as unknown[];
-    if (!value.every(isString)) throw this.wrong(key, value, "not a list of strings");
-    return [...value];
-  }
-
-  /** A list of integers; `fallback` when an older agent leaves it out. */
-  integers(key: string, fallback: number[]): number[] {
-    const value = this.typed(key, Array.isArray, false, fallback) as unknown[];
-    if (!value.every(isInteger)) throw this.wrong(key, value, "not a list of integers");
-    return [...value] as number[];
-  }
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-function isString(v: unknown): v is string {
-  return typeof v === "string";
-}
-function isBoolean(v: unknown): v is boolean {
-  return typeof v === "boolean";
-}
-// JSON has one number type; 3.0 parses as 3, so only a fractional value or a non-number is refused.
-function isInteger(v: unknown): v is number {
-  return typeof v === "number" && Number.isInteger(v);
-}
 
 /**
  * One peer of this node, as `GET /v1/peers` lists it.
@@ -182,16 +68,35 @@ export class Peer {
   readonly lastHeard!: number | null;
   /** Whether it is being drained: replica ports leave it out, and no leader is handed to it. */
   readonly draining!: boolean;
+  /**
+   * What the grants between seats let pass between it and this node; `null` while no policy is in force
+   * (every seat reaches every port), and from an agent older than grants.
+   */
+  readonly policy!: PeerPolicy | null;
 
   constructor(
-    fields: Omit<FieldsOf<Peer>, "pathReason" | "lastHeard" | "draining"> & {
+    fields: Omit<FieldsOf<Peer>, "pathReason" | "lastHeard" | "draining" | "policy"> & {
       readonly pathReason?: string | null;
       readonly lastHeard?: number | null;
       readonly draining?: boolean;
+      readonly policy?: PeerPolicy | null;
     },
   ) {
-    Object.assign(this, { pathReason: null, lastHeard: null, draining: false }, fields);
+    Object.assign(this, { pathReason: null, lastHeard: null, draining: false, policy: null }, fields);
     Object.freeze(this);
+  }
+
+  /**
+   * Whether this node may open a flow to `port` (`"tcp"` or `"udp"`) on this peer, by the grants between
+   * seats: true for every port while no policy is in force. The peer enforces it: a flow it does not allow
+   * is dropped there, unanswered. (ICMP always passes.) Throws as {@link Ports.allows} does.
+   */
+  mayReach(port: number, protocol: Protocol = "tcp"): boolean {
+    if (this.policy === null) {
+      checkPort(port, protocol);
+      return true;
+    }
+    return this.policy.reachableThere.allows(port, protocol);
   }
 
   /**
@@ -236,8 +141,13 @@ export class Peer {
       pathReason: f.optText("pathReason"),
       lastHeard: f.optInteger("lastHeard"),
       draining: f.flag("draining", false),
+      policy: optional(PeerPolicy.fromJSON, f.optObject("policy")),
     });
   }
+}
+
+function optional<T>(parse: (value: unknown) => T, value: Record<string, unknown> | null): T | null {
+  return value === null ? null : parse(value);
 }
 
 /** Parses `GET /v1/peers` (or a `peers` event's data), kept in tokenId order. */
@@ -593,9 +503,14 @@ export class Status {
   readonly uptimeSecs!: number;
   readonly peersConfigured!: number;
   readonly peersHealthy!: number;
+  /**
+   * The grants between seats as this node last read them, and what they dropped here; `null` until read,
+   * and from an agent older than grants.
+   */
+  readonly policy!: PolicyStatus | null;
 
-  constructor(fields: FieldsOf<Status>) {
-    Object.assign(this, fields);
+  constructor(fields: Omit<FieldsOf<Status>, "policy"> & { readonly policy?: PolicyStatus | null }) {
+    Object.assign(this, { policy: null }, fields);
     Object.freeze(this);
   }
 
@@ -610,6 +525,7 @@ export class Status {
       uptimeSecs: f.integer("uptimeSecs"),
       peersConfigured: f.integer("peersConfigured"),
       peersHealthy: f.integer("peersHealthy"),
+      policy: optional(PolicyStatus.fromJSON, f.optObject("policy")),
     });
   }
 }

@@ -10,6 +10,9 @@ import {
   HealthCheck,
   Leader,
   Peer,
+  PeerPolicy,
+  PolicyDrops,
+  Ports,
   ProtocolError,
   Status,
   addresses,
@@ -52,6 +55,11 @@ test("a peer's every field, and unknown ones ignored", () => {
       rxBytes: 123,
       txBytes: 456,
       leader: true,
+      policy: new PeerPolicy({
+        reachesHere: new Ports({ tcp: ["8080"] }),
+        reachableThere: new Ports({ tcp: ["5432", "6000-6010"], udp: ["53"] }),
+        dropped: new PolicyDrops({ noGrant: 7 }),
+      }),
     }),
   );
   assert.ok(Object.isFrozen(Peer.fromJSON(raw)));

@@ -179,6 +179,7 @@ impl Device {
                 allowed_ips: AllowedIps::default(),
                 next_index: 1,
                 liveness: config.liveness,
+                policy_exempt_udp: config.policy_exempt_udp.clone(),
             }),
             udp: udp_tx,
             packets_waker: packets_waker.clone(),
@@ -186,6 +187,7 @@ impl Device {
             udp_offload: config.offload.udp,
             unknown_udp: 0.into(),
             unknown_relay: 0.into(),
+            policy_dropped: Default::default(),
             address: config.address,
             overlay,
             stun_answers,
@@ -283,6 +285,7 @@ impl Device {
         st.upsert_peer(&update);
         if let Some(p) = st.peers.get(&update.public_key) {
             p.set_relay(peer.relay);
+            p.set_reach(peer.reach);
         }
         Ok(())
     }
@@ -291,6 +294,11 @@ impl Device {
     /// without a relay dialler.
     pub fn relay_inbound(&self) -> Option<mpsc::Sender<Inbound>> {
         self.shared.relay.as_ref().map(|r| r.inbound.clone())
+    }
+
+    /// Peers' packets the grants between seats dropped, by why, since the device was made.
+    pub fn policy_dropped(&self) -> mesh_policy::filter::DropCounts {
+        self.shared.policy_dropped()
     }
 
     /// Datagrams dropped because no peer of this device matched them (strangers' traffic): over UDP, and

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use mesh_path::candidates;
 use mesh_path::reachability::Reachability;
+use mesh_policy::filter::{Admit, DropCounts, Dropped};
 
 use super::BUF_LEN;
 use super::batch::data_peer_index;
@@ -45,6 +46,9 @@ pub(crate) struct Shared {
     /// dropped as WireGuard drops it.
     pub(super) unknown_udp: AtomicU64,
     pub(super) unknown_relay: AtomicU64,
+    /// Peers' packets the grants between seats dropped, by why ([`Dropped::ALL`]'s order): the device's
+    /// own count, which outlives a removed peer's.
+    pub(super) policy_dropped: [AtomicU64; 3],
     /// Whether the UDP socket uses GSO and GRO (kept for a rebind).
     pub(super) udp_offload: bool,
     /// How to reach peers' relays; `None` keeps every peer direct.
@@ -72,6 +76,8 @@ pub(super) struct State {
     pub(super) next_index: u32,
     /// How long a peer may be silent and count as alive; a UDP path silent for as long is left.
     pub(super) liveness: crate::Liveness,
+    /// UDP ports the policy always passes ([`crate::DeviceConfig::policy_exempt_udp`]).
+    pub(super) policy_exempt_udp: Vec<u16>,
 }
 
 enum Route {
@@ -275,6 +281,9 @@ impl Shared {
                             {
                                 rx.replies.push((via.clone(), answer.to_vec()));
                             }
+                        } else if let Admit::Drop(why) = session.admit(packet) {
+                            self.policy_dropped[why.index()].fetch_add(1, Ordering::Relaxed);
+                            tracing::trace!(peer = ?peer.public_key, rule = why.as_str(), "packet dropped by the policy");
                         } else {
                             rx.tun.commit(len);
                         }
@@ -300,6 +309,18 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Peers' packets the policy dropped, by why, since the device was made.
+    pub(super) fn policy_dropped(&self) -> DropCounts {
+        let mut counts = DropCounts::default();
+        for why in Dropped::ALL {
+            counts.add_n(
+                why,
+                self.policy_dropped[why.index()].load(Ordering::Relaxed),
+            );
+        }
+        counts
     }
 
     pub(crate) fn peer_snapshots(&self) -> Vec<PeerSnapshot> {
@@ -493,7 +514,14 @@ impl State {
             None => {
                 let index = self.allocate_index();
                 let psk = update.preshared_key.clone().flatten();
-                let peer = Arc::new(Peer::new(key, index, &self.keys, psk, self.liveness));
+                let peer = Arc::new(Peer::new(
+                    key,
+                    index,
+                    &self.keys,
+                    psk,
+                    self.liveness,
+                    &self.policy_exempt_udp,
+                ));
                 self.peers.insert(key, peer.clone());
                 self.by_index.insert(index, peer.clone());
                 tracing::info!(event = "peer.added", peer = ?peer.public_key, "peer added");

@@ -11,8 +11,11 @@
 //! Relayed peers go through the [`crate::shim`]: a task reads the peers every [`CONTROL_TICK`] and moves each
 //! between its direct endpoint and its relay bridge. Whether each peer answers is probed from a raw socket
 //! on the interface ([`liveness`]).
+//!
+//! What each peer may reach here (the grants between seats) is enforced with nftables ([`policy`]).
 
 mod liveness;
+mod policy;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +32,8 @@ use defguard_wireguard_rs::{
 use ipnetwork::Ipv4Network;
 
 use mesh_path::path::PathKind;
+use mesh_policy::Reach;
+use mesh_policy::filter::DropCounts;
 
 use super::config::{DeviceConfig, PeerConfig, PeerStatus, PunchStatus};
 use super::error::Error;
@@ -47,6 +52,8 @@ const KERNEL_RELAY_REASON: &str = "UDP did not get through; hole punching needs 
 const CONTROL_TICK: Duration = Duration::from_millis(500);
 /// How long `wireguard-go` may take to open its UAPI socket.
 const WIREGUARD_GO_START: Duration = Duration::from_secs(5);
+/// The `PATH` of the programs the backend runs (`wireguard-go`, `nft`): the system's, not the agent's.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Which WireGuard is behind the interface.
 enum Driver {
@@ -84,6 +91,8 @@ struct Inner {
     /// When each peer was last heard ([`liveness`]).
     heard: Arc<liveness::Heard>,
     liveness: crate::Liveness,
+    /// The nftables table of what each peer may reach here.
+    policy: Mutex<policy::Enforcer>,
 }
 
 impl std::fmt::Debug for KernelDevice {
@@ -202,6 +211,7 @@ impl KernelDevice {
         tracing::info!(%ifname, listen_port, wireguard_go, "WireGuard interface up");
         let inner = Arc::new(Inner {
             driver: Mutex::new(driver),
+            policy: Mutex::new(policy::Enforcer::new(&ifname, &config.policy_exempt_udp)),
             ifname,
             public_key: config.private_key.public_key(),
             listen_port,
@@ -277,7 +287,8 @@ impl KernelDevice {
     /// endpoint is kept for the next direct trial.
     ///
     /// # Errors
-    /// [`Error::PeerIsSelf`] or [`Error::Kernel`].
+    /// [`Error::PeerIsSelf`] or [`Error::Kernel`]; [`Error::Policy`] when the peer is set but what it may
+    /// reach cannot be enforced (the rules stay as they were; the next call tries again).
     pub fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {
         if peer.public_key == self.inner.public_key {
             return Err(Error::PeerIsSelf {
@@ -299,7 +310,7 @@ impl KernelDevice {
         }
         self.inner.configure(&peer, endpoint, None)?;
         lock(&self.inner.configs).insert(peer.public_key, peer);
-        Ok(())
+        self.inner.enforce()
     }
 
     /// Removes the peer. Returns whether it existed.
@@ -316,7 +327,15 @@ impl KernelDevice {
         {
             tracing::warn!(ifname = %self.inner.ifname, peer = ?public_key, error = %e, "cannot remove peer");
         }
+        if let Err(e) = self.inner.enforce() {
+            tracing::warn!(error = %e, "the removed peer's rules stay");
+        }
         had
+    }
+
+    /// Peers' packets the grants between seats dropped, by why, since the device was made.
+    pub fn policy_dropped(&self) -> DropCounts {
+        lock(&self.inner.policy).total()
     }
 
     /// Every peer's state, as the WireGuard reports it. A relayed peer is shown at its direct endpoint, with
@@ -325,6 +344,8 @@ impl KernelDevice {
         let shim = self.inner.shim.as_ref();
         let (now, wall) = (Instant::now(), SystemTime::now());
         let read = self.inner.read_peers();
+        let configs = lock(&self.inner.configs).clone();
+        let dropped = lock(&self.inner.policy).per_peer();
         self.inner.heard.retain(|k| {
             read.iter()
                 .any(|p| p.public_key.as_array() == *k.as_bytes())
@@ -369,6 +390,14 @@ impl KernelDevice {
                     tx_bytes: p.tx_bytes,
                     persistent_keepalive: p.persistent_keepalive_interval.filter(|k| *k != 0),
                     relay_error: None,
+                    reach: configs
+                        .get(&key)
+                        .map_or_else(Reach::everything, |c| c.reach.clone()),
+                    policy_dropped: configs
+                        .get(&key)
+                        .and_then(policy::PeerRules::of)
+                        .and_then(|r| dropped.get(&r.address).copied())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -384,6 +413,7 @@ impl KernelDevice {
         for task in std::mem::take(&mut self.shim_tasks) {
             task.stop().await;
         }
+        lock(&self.inner.policy).remove();
         let ifname = self.inner.ifname.clone();
         let mut driver = lock(&self.inner.driver);
         match &mut *driver {
@@ -398,6 +428,9 @@ impl KernelDevice {
 
 impl Drop for KernelDevice {
     fn drop(&mut self) {
+        // Rules left behind would judge whatever next takes the interface's name; `shutdown` has already
+        // deleted them if called.
+        lock(&self.inner.policy).remove();
         // A wireguard-go the agent started never outlives it; `shutdown` has already stopped it if called.
         if let Driver::WireguardGo { child, .. } = &mut *lock(&self.inner.driver) {
             stop_child(child, &self.inner.ifname);
@@ -412,6 +445,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     fn api(&self) -> DriverRef<'_> {
         DriverRef(lock(&self.driver))
+    }
+
+    /// Puts what each peer may reach in force, as the peers are now set.
+    fn enforce(&self) -> Result<(), Error> {
+        let configs = lock(&self.configs);
+        let peers: Vec<policy::PeerRules<'_>> =
+            configs.values().filter_map(policy::PeerRules::of).collect();
+        lock(&self.policy).apply(&peers)
     }
 
     /// Each peer's overlay address (its /32), for the probes.
@@ -535,10 +576,7 @@ async fn start_wireguard_go(ifname: &str) -> Result<Child, Error> {
     command
         .args(["-f", ifname])
         .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
+        .env("PATH", SYSTEM_PATH)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

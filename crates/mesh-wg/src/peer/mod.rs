@@ -18,6 +18,8 @@ use mesh_path::liveness::{self, Liveness, Prober};
 use mesh_path::path::{Message, Move, PathKind, PathState, udp_path};
 use mesh_path::punch::{self, OwnCandidates, Punch};
 use mesh_path::redial::Redial;
+use mesh_policy::Reach;
+use mesh_policy::filter::{Admit, DropCounts, Filter};
 
 use crate::config::{PeerStatus, PunchStatus};
 use crate::probe;
@@ -106,6 +108,10 @@ struct PeerInner {
     probe_seq: u16,
     /// Candidate messages from the peer that did not parse.
     malformed: u64,
+    /// What of the peer's decrypted packets reaches the interface, by the grants between seats.
+    filter: Filter,
+    /// The peer's packets the filter dropped, by why.
+    dropped: DropCounts,
 }
 
 /// What every peer's tick needs of the device: this node's candidates, its place on the overlay, and how
@@ -133,6 +139,7 @@ impl Peer {
         keys: &NoiseKeys,
         preshared_key: Option<PresharedKey>,
         liveness: Liveness,
+        exempt_udp: &[u16],
     ) -> Self {
         Self {
             public_key,
@@ -163,6 +170,8 @@ impl Peer {
                 prober: Prober::default(),
                 probe_seq: 0,
                 malformed: 0,
+                filter: Filter::new(Reach::everything(), exempt_udp.to_vec()),
+                dropped: DropCounts::default(),
             }),
         }
     }
@@ -187,6 +196,14 @@ impl Peer {
     /// Sets the peer's overlay address, where candidate messages go; `None` when it has no /32.
     pub(crate) fn set_overlay_ip(&self, ip: Option<Ipv4Addr>) {
         self.lock().overlay_ip = ip;
+    }
+
+    /// Sets what the peer may reach here. The flows this node opened stay, so their replies still pass.
+    pub(crate) fn set_reach(&self, reach: Reach) {
+        let mut g = self.lock();
+        if *g.filter.reach() != reach {
+            g.filter.set_reach(reach);
+        }
     }
 
     /// Sets where the peer's relay is. A changed relay drops the stream to the old one.
@@ -447,6 +464,8 @@ impl Peer {
             tx_bytes: g.tx_bytes,
             persistent_keepalive: g.keepalive,
             relay_error: g.relay_error.clone(),
+            reach: g.filter.reach().clone(),
+            policy_dropped: g.dropped,
         }
     }
 }

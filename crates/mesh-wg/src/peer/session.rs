@@ -37,6 +37,8 @@ impl Session<'_> {
     /// Encrypts an IP packet from the TUN into `dst`, which must hold the packet and 32 bytes more, and 148 at
     /// least. The datagram goes to [`Session::via`].
     pub(crate) fn encapsulate<'a>(&mut self, packet: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
+        // Remembered before it leaves, so that the peer's reply finds its flow.
+        self.g.filter.outbound(packet, self.now);
         let res = self.g.tunn.encapsulate(packet, dst);
         if let (TunnResult::WriteToNetwork(out), Some(via)) = (&res, &self.via) {
             self.g.note_tx_bytes(out, via, self.now);
@@ -78,6 +80,16 @@ impl Session<'_> {
             self.g.note_tx_bytes(out, from, self.now);
         }
         res
+    }
+
+    /// Whether a packet the peer sent, decrypted, may reach the interface by the grants between seats; a
+    /// drop is counted here.
+    pub(crate) fn admit(&mut self, packet: &[u8]) -> Admit {
+        let admit = self.g.filter.inbound(packet, self.now);
+        if let Admit::Drop(why) = admit {
+            self.g.dropped.add(why);
+        }
+        admit
     }
 
     /// Takes a candidate message the peer sent through the tunnel; returns where it sees this node.

@@ -20,8 +20,8 @@ fn public(keys: &NoiseKeys) -> Key {
 #[test]
 fn an_initiation_answered_between_timer_ticks_is_not_copied_again() {
     let (ka, kb) = (keys(1), keys(2));
-    let a = Peer::new(public(&kb), 1, &ka, None, Liveness::default());
-    let b = Peer::new(public(&ka), 2, &kb, None, Liveness::default());
+    let a = Peer::new(public(&kb), 1, &ka, None, Liveness::default(), &[]);
+    let b = Peer::new(public(&ka), 2, &kb, None, Liveness::default(), &[]);
     let (at_a, at_b): (SocketAddr, SocketAddr) = (
         "192.0.2.1:51820".parse().unwrap(),
         "192.0.2.2:51820".parse().unwrap(),
@@ -73,8 +73,8 @@ fn an_initiation_answered_between_timer_ticks_is_not_copied_again() {
 /// Two peers with a session between them, A having sent B its first packet: A's initiation answered.
 fn a_session() -> (Peer, Peer, SocketAddr, SocketAddr) {
     let (ka, kb) = (keys(3), keys(4));
-    let a = Peer::new(public(&kb), 1, &ka, None, Liveness::default());
-    let b = Peer::new(public(&ka), 2, &kb, None, Liveness::default());
+    let a = Peer::new(public(&kb), 1, &ka, None, Liveness::default(), &[]);
+    let b = Peer::new(public(&ka), 2, &kb, None, Liveness::default(), &[]);
     let (at_a, at_b): (SocketAddr, SocketAddr) = (
         "192.0.2.1:51820".parse().unwrap(),
         "192.0.2.2:51820".parse().unwrap(),
@@ -153,5 +153,56 @@ fn a_burst_reordered_by_more_than_a_thousand_datagrams_is_received_whole() {
             TunnResult::WriteToTunnelV4(..)
         ),
         "a replay is refused"
+    );
+}
+
+/// A TCP packet from `source` to `destination`, with its ports.
+fn tcp(source: u16, destination: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[10, 0, 1, 2]);
+    p[16..20].copy_from_slice(&[10, 0, 1, 1]);
+    p[20..22].copy_from_slice(&source.to_be_bytes());
+    p[22..24].copy_from_slice(&destination.to_be_bytes());
+    p
+}
+
+/// A peer granted only 5432 here reaches nothing else, the replies to a flow this node opened to it pass,
+/// and what was dropped shows in its status with its reach.
+#[test]
+fn a_peer_reaches_only_its_granted_ports_and_replies_to_our_flows() {
+    let (a, _b, _, _) = a_session();
+    let reach = Reach {
+        all: false,
+        tcp: vec![5432..=5432],
+        udp: Vec::new(),
+    };
+    a.set_reach(reach.clone());
+    let mut buf = vec![0u8; 2048];
+    let mut s = a.session();
+    assert_eq!(s.admit(&tcp(40000, 5432)), Admit::Pass, "the granted port");
+    assert_eq!(
+        s.admit(&tcp(40000, 22)),
+        Admit::Drop(mesh_policy::filter::Dropped::NoGrant),
+        "a port no grant names"
+    );
+    // This node opens a flow to the peer's port 22: its replies come back from 22.
+    assert!(matches!(
+        s.encapsulate(&tcp(41000, 22), &mut buf),
+        TunnResult::WriteToNetwork(_)
+    ));
+    assert_eq!(s.admit(&tcp(22, 41000)), Admit::Pass, "a reply to our flow");
+    drop(s);
+    let status = a.status(Vec::new(), mesh_path::nat::Mapping::default());
+    assert_eq!(status.reach, reach);
+    assert_eq!(
+        (
+            status.policy_dropped.no_grant,
+            status.policy_dropped.total()
+        ),
+        (1, 1)
     );
 }

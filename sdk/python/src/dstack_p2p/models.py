@@ -4,12 +4,14 @@ Parsing ignores fields it does not know, because the API grows; a field this SDK
 the wrong type raises :class:`~dstack_p2p.errors.ProtocolError` rather than surfacing later as a
 ``KeyError`` in the caller's code. Fields the agent added after its first release (``leader``,
 ``registrationError``, ``path``, ``relayUrl``, the chain's ``prefix``, and the leader's ``term``, ``state``,
-``ageMs``, ``leaseMs``, ``healthy`` and ``reason``) fall back to their "nothing to report" value when absent.
+``ageMs``, ``leaseMs``, ``healthy`` and ``reason``, and the ``policy`` of the status and of each peer) fall
+back to their "nothing to report" value when absent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,8 +64,8 @@ class _Fields:
     def opt_text(self, key: str) -> str | None:
         return self._get(key, str, nullable=True, default=None)
 
-    def integer(self, key: str) -> int:
-        return _present(self._get(key, int, nullable=False))
+    def integer(self, key: str, default: object = _MISSING) -> int:
+        return _present(self._get(key, int, nullable=False, default=default))
 
     def opt_integer(self, key: str) -> int | None:
         return self._get(key, int, nullable=True, default=None)
@@ -96,8 +98,8 @@ class _Fields:
             raise ProtocolError(f"the agent's {self._what} has {key!r} = {_short(value)}, not a list of integers")
         return list(value)
 
-    def texts(self, key: str) -> list[str]:
-        value = _present(self._get(key, list, nullable=False))
+    def texts(self, key: str, default: object = _MISSING) -> list[str]:
+        value = _present(self._get(key, list, nullable=False, default=default))
         if not all(isinstance(item, str) for item in value):
             raise ProtocolError(f"the agent's {self._what} has {key!r} = {_short(value)}, not a list of strings")
         return list(value)
@@ -112,6 +114,114 @@ def _present(value: T | None) -> T:
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: The protocols a grant between seats names ports of (:attr:`Ports.tcp`, :attr:`Ports.udp`).
+PROTOCOLS = ("tcp", "udp")
+
+#: ``"5432"`` or ``"8000-8080"``.
+_PORT_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", re.ASCII)
+
+
+def _check_port(port: int, protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: a grant names ports of tcp or udp only")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port {port!r}: a port is an integer from 0 to 65535")
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Destination ports by protocol, each a port (``"5432"``) or a range (``"8000-8080"``), as the agent
+    writes them."""
+
+    tcp: tuple[str, ...] = ()
+    udp: tuple[str, ...] = ()
+
+    def allows(self, port: int, protocol: str = "tcp") -> bool:
+        """Whether ``port`` of ``protocol`` (``"tcp"`` or ``"udp"``) is one of these; an entry that is
+        neither a port nor a range is left out."""
+        _check_port(port, protocol)
+        for entry in self.tcp if protocol == "tcp" else self.udp:
+            match = _PORT_RANGE.fullmatch(entry)
+            if match is not None and int(match[1]) <= port <= int(match[2] or match[1]):
+                return True
+        return False
+
+    @classmethod
+    def from_json(cls, value: object, what: str) -> Ports:
+        f = _Fields(value, what)
+        return cls(tcp=tuple(f.texts("tcp", default=[])), udp=tuple(f.texts("udp", default=[])))
+
+
+@dataclass(frozen=True)
+class PolicyDrops:
+    """Packets the policy dropped here, by why: no grant lets the peer reach the port (``no_grant``), a
+    protocol no grant can name (``protocol``: neither ICMP, TCP nor UDP), or too short to judge
+    (``malformed``)."""
+
+    no_grant: int = 0
+    protocol: int = 0
+    malformed: int = 0
+
+    @classmethod
+    def from_json(cls, value: object | None, what: str) -> PolicyDrops:
+        if value is None:
+            return cls()
+        f = _Fields(value, what)
+        return cls(
+            no_grant=f.integer("noGrant", default=0),
+            protocol=f.integer("protocol", default=0),
+            malformed=f.integer("malformed", default=0),
+        )
+
+
+@dataclass(frozen=True)
+class PeerPolicy:
+    """What the grants between seats let pass between this node and one peer (``Peer.policy``)."""
+
+    #: The ports the peer may open flows to on this node, as in force on this node's interface.
+    reaches_here: Ports
+    #: The ports this node may open flows to on the peer, by the grants (the peer enforces them).
+    reachable_there: Ports
+    #: The peer's packets dropped here since the agent started.
+    dropped: PolicyDrops = PolicyDrops()
+
+    @classmethod
+    def from_json(cls, value: object) -> PeerPolicy:
+        f = _Fields(value, "peer.policy")
+        return cls(
+            reaches_here=Ports.from_json(f.mapping("reachesHere"), "peer.policy.reachesHere"),
+            reachable_there=Ports.from_json(f.mapping("reachableThere"), "peer.policy.reachableThere"),
+            dropped=PolicyDrops.from_json(f.opt_mapping("dropped"), "peer.policy.dropped"),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """The cluster's grants between seats, as this node last read them from the chain (``status.policy``)."""
+
+    #: In force: a peer reaches only what a grant allows it. Not in force: every seat reaches every port.
+    enforced: bool
+    #: The contract's policy version: one more at every change.
+    version: int
+    #: How many grants it holds.
+    grants: int
+    #: This node's tags (its seat's and its app's), by name.
+    own_tags: tuple[str, ...] = ()
+    #: Peers' packets dropped here since the agent started.
+    dropped: PolicyDrops = PolicyDrops()
+
+    @classmethod
+    def from_json(cls, value: object) -> PolicyStatus:
+        f = _Fields(value, "status.policy")
+        return cls(
+            enforced=f.flag("enforced"),
+            version=f.integer("version"),
+            grants=f.integer("grants"),
+            own_tags=tuple(f.texts("ownTags", default=[])),
+            dropped=PolicyDrops.from_json(f.opt_mapping("dropped"), "status.policy.dropped"),
+        )
 
 
 @dataclass(frozen=True)
@@ -150,6 +260,18 @@ class Peer:
     last_heard: int | None = None
     #: Whether it is being drained: replica ports leave it out, and no leader is handed to it.
     draining: bool = False
+    #: What the grants between seats let pass between it and this node; ``None`` while no policy is in force
+    #: (every seat reaches every port), and from an agent older than grants.
+    policy: PeerPolicy | None = None
+
+    def may_reach(self, port: int, protocol: str = "tcp") -> bool:
+        """Whether this node may open a flow to ``port`` (``"tcp"`` or ``"udp"``) on this peer, by the
+        grants between seats: true for every port while no policy is in force. The peer enforces it: a flow
+        it does not allow is dropped there, unanswered. (ICMP always passes.)"""
+        if self.policy is None:
+            _check_port(port, protocol)
+            return True
+        return self.policy.reachable_there.allows(port, protocol)
 
     def change_key(self) -> tuple[object, ...]:
         """What applications see as a change of this peer: who it is, where and how it is reached, whether
@@ -190,7 +312,12 @@ class Peer:
             path_reason=f.opt_text("pathReason"),
             last_heard=f.opt_integer("lastHeard"),
             draining=f.flag("draining", default=False),
+            policy=_opt(PeerPolicy.from_json, f.opt_mapping("policy")),
         )
+
+
+def _opt(parse: Callable[[object], T], value: object | None) -> T | None:
+    return None if value is None else parse(value)
 
 
 def peers_from_json(value: object) -> list[Peer]:
@@ -448,6 +575,9 @@ class Status:
     uptime_secs: int
     peers_configured: int
     peers_healthy: int
+    #: The grants between seats as this node last read them, and what they dropped here; ``None`` until
+    #: read, and from an agent older than grants.
+    policy: PolicyStatus | None = None
 
     @classmethod
     def from_json(cls, value: object) -> Status:
@@ -461,6 +591,7 @@ class Status:
             uptime_secs=f.integer("uptimeSecs"),
             peers_configured=f.integer("peersConfigured"),
             peers_healthy=f.integer("peersHealthy"),
+            policy=_opt(PolicyStatus.from_json, f.opt_mapping("policy")),
         )
 
 

@@ -256,7 +256,7 @@ impl One {
         };
         let (members, _) =
             p2p_agent::desired::members(view, SeatState::Active(self.member.token), own);
-        let want = p2p_agent::desired::peer_configs(&members, None);
+        let want = p2p_agent::desired::peer_configs(&members, None, None);
         let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
         let failed = mesh_wg::apply(table, &changes);
         debug_assert!(failed.is_empty(), "a table in memory refuses nothing");

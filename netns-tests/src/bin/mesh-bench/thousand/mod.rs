@@ -56,6 +56,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         prefix: "10.1.0.0/16",
         tokens: vec![nodes as u64],
         releases: Vec::new(),
+        apps: Vec::new(),
     };
     let cluster = Cluster::deploy_unminted(&lan, &layout);
     let contract = Address::from_str(&cluster.contract)?;
