@@ -10,6 +10,7 @@
 //!   the best of the references, not only the slowest.
 //! - Offloads: the mesh's throughput with its TUN offload, its UDP GSO/GRO, or both turned off, each on a
 //!   fresh pair of nodes: what each offload is worth, in the same run.
+//! - Policy: throughput and RTT with 100 grants between seats in force, against none, on one pair.
 //! - Added latency: ping RTT through the mesh and each reference, minus the bare link's, with pings 20 ms
 //!   apart (idle CPUs, whose wake-ups dominate on a VM), 0.5 ms apart (busy CPUs), and 10 ms apart while one
 //!   iperf3 stream runs through the same tunnel (under load); and, with `perf stat`, the system calls and
@@ -47,7 +48,7 @@
 //!   handshakes toward the newcomer (cookies, retries), what verifying quotes costs (cold, kept, at the
 //!   join), and the agent's RSS, idle CPU and time to handshake with all.
 //!
-//! `--sections` picks some of them (`throughput,latency,udp,offloads,relay,nat,failover,leader-port,sizes,trace,thousand`,
+//! `--sections` picks some of them (`throughput,latency,udp,offloads,policy,relay,nat,failover,leader-port,sizes,trace,thousand`,
 //! all by default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
@@ -75,6 +76,7 @@ mod latency;
 mod leader_port;
 mod nat;
 mod offloads;
+mod policy;
 mod references;
 mod relay;
 mod report;
@@ -141,7 +143,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,udp,offloads,relay,nat,failover,leader-port,sizes,trace,thousand"
+        default_value = "throughput,latency,udp,offloads,policy,relay,nat,failover,leader-port,sizes,trace,thousand"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -171,6 +173,8 @@ enum Section {
     Udp,
     /// Throughput through the mesh with each kernel offload turned off in turn: what each is worth.
     Offloads,
+    /// Throughput and RTT with 100 grants between seats in force, against none.
+    Policy,
     /// Throughput and RTT over the relay.
     Relay,
     /// Hole punching behind slirp4netns: time to direct; throughput and RTT of each way.
@@ -233,7 +237,7 @@ fn main() -> anyhow::Result<()> {
     if on(Section::Latency) {
         tools.push("perf");
     }
-    if on(Section::Offloads) {
+    if on(Section::Offloads) || on(Section::Policy) {
         tools.extend(["ss", "iperf3"]);
     }
     if on(Section::Relay) {
@@ -278,6 +282,13 @@ fn main() -> anyhow::Result<()> {
     if on(Section::Offloads) {
         eprintln!("== the mesh with its offloads turned off in turn (2 agents)");
         report.offloads = Some(offloads::offloads(&args));
+    }
+    if on(Section::Policy) {
+        eprintln!(
+            "== grants between seats: {} rules in force against none (2 agents)",
+            policy::RULES
+        );
+        report.policy = Some(policy::policy(&args));
     }
     if on(Section::Relay) {
         eprintln!("== the relay (UDP blocked, WireGuard through nginx as the dstack gateway)");

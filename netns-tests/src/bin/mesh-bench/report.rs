@@ -33,6 +33,8 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) offloads: Option<Named<ByStreams>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) policy: Option<PolicyCost>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) relay: Option<Relay>,
     pub(crate) nat: Option<Nat>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -527,4 +529,38 @@ pub(crate) struct ThousandAttestation {
     /// The agent's own first pass over its peers, from its log.
     pub(crate) agent_first_pass_ms: Option<f64>,
     pub(crate) agent_first_pass_seats: Option<u64>,
+}
+
+/// One side of the comparison.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PolicyRun {
+    pub(crate) gbps1: f64,
+    pub(crate) gbps4: f64,
+    /// Pings 0.5 ms apart (busy CPUs).
+    pub(crate) ping_rtt_ms: f64,
+    /// A line to an echo service and its answer, over one connection.
+    pub(crate) tcp_rtt_us: f64,
+}
+
+impl PolicyRun {
+    pub(crate) fn mean(a: Self, b: Self) -> Self {
+        Self {
+            gbps1: f64::midpoint(a.gbps1, b.gbps1),
+            gbps4: f64::midpoint(a.gbps4, b.gbps4),
+            ping_rtt_ms: f64::midpoint(a.ping_rtt_ms, b.ping_rtt_ms),
+            tcp_rtt_us: f64::midpoint(a.tcp_rtt_us, b.tcp_rtt_us),
+        }
+    }
+}
+
+/// The mesh with no policy and with [`crate::policy::RULES`] rules in force.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PolicyCost {
+    pub(crate) rules: usize,
+    pub(crate) none: PolicyRun,
+    pub(crate) enforced: PolicyRun,
+    /// Packets the receiver dropped by the policy over the runs: none should be.
+    pub(crate) dropped: u64,
 }

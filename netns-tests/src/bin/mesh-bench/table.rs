@@ -1,6 +1,6 @@
 //! The table printed at the end of a run, from its [`Report`].
 
-use crate::report::{BARE, MESH, Report, Run, Stat, Thousand};
+use crate::report::{BARE, MESH, PolicyCost, Report, Run, Stat, Thousand};
 
 /// The implementations in the throughput and latency sections, in the table's order.
 const IMPLEMENTATIONS: [&str; 5] = [MESH, "gotatun", "boringtun-cli", "wireguard-go", BARE];
@@ -29,6 +29,9 @@ pub(crate) fn print_table(r: &Report) {
         print_udp(u);
     }
     print_offloads(r);
+    if let Some(p) = &r.policy {
+        print_policy(p);
+    }
     print_relay(r);
     if let Some(nat) = &r.nat {
         print_nat(nat);
@@ -463,4 +466,44 @@ fn print_udp_runs(u: &crate::report::UdpRuns) {
         u.best_peer.unwrap_or("-"),
         fixed(Some(u.mesh_over_bare), 2)
     );
+}
+
+/// The rows of the table: each measure with no policy, with the policy, and their ratio.
+fn print_policy(p: &PolicyCost) {
+    println!(
+        "\nGrants between seats: the mesh with {} rules in force against none (means of two runs each)",
+        p.rules
+    );
+    let row = |name: &str, none: f64, with: f64, unit: &str| {
+        println!(
+            "{name:<26} {none:>9.3} {with:>9.3} {unit:<7} {:>+6.1} %",
+            (with / none - 1.0) * 100.0
+        );
+    };
+    println!("{:<26} {:>9} {:>9}", "", "none", "enforced");
+    row(
+        "throughput, 1 stream",
+        p.none.gbps1,
+        p.enforced.gbps1,
+        "Gbit/s",
+    );
+    row(
+        "throughput, 4 streams",
+        p.none.gbps4,
+        p.enforced.gbps4,
+        "Gbit/s",
+    );
+    row(
+        "ping RTT, 0.5 ms apart",
+        p.none.ping_rtt_ms,
+        p.enforced.ping_rtt_ms,
+        "ms",
+    );
+    row(
+        "TCP request RTT",
+        p.none.tcp_rtt_us,
+        p.enforced.tcp_rtt_us,
+        "µs",
+    );
+    println!("packets the policy dropped: {}", p.dropped);
 }
