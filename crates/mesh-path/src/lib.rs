@@ -13,6 +13,7 @@
 //! - [`candidates`]: the addresses a node may be reached at, and the message peers exchange them in.
 //! - [`punch`]: hole punching toward one peer.
 //! - [`reachability`]: what a node knows of its own reachability, and the candidates it publishes.
+//! - [`relays`]: which peer relay a pair that cannot go direct uses, by the round trips through each.
 //!
 //! The backoff that punching and the relay's redial share (with the chain follower, the leader and the
 //! SDK's client) is the `backoff` crate's.
@@ -28,6 +29,7 @@ pub mod path;
 pub mod punch;
 pub mod reachability;
 pub mod redial;
+pub mod relays;
 pub mod stun;
 
 pub use candidates::{Candidate, Source as CandidateSource};

@@ -1,0 +1,341 @@
+//! Which peer relay one pair uses, when it cannot go direct: a member that relays for others
+//! (`mesh-peer-relay`) forwards the pair's WireGuard datagrams once both seats asked it. Pure: the device
+//! gives the candidates, the relays' answers, the probes' answers and the time, and sends what [`Tick`]
+//! says.
+//!
+//! - **Asking.** While the pair is not direct, the pair asks up to [`HELD`] candidates for an allocation,
+//!   renewed every [`REFRESH`]; a refusal is asked again after a backoff.
+//! - **Measuring.** Each ready allocation is probed end to end (to the peer, through the relay): every
+//!   [`FIRST_PROBES_EVERY`] until it has [`FIRST_SAMPLES`] answers, then the one in use and the standby
+//!   every third of the peer timeout, the others every [`OTHERS_PROBED_EVERY`]. Round trips are smoothed
+//!   (a quarter of each new sample).
+//! - **Choosing.** The lowest smoothed round trip among the relays that answer (heard within the peer
+//!   timeout) wins; the pair moves off the one in use only for one [`SWITCH_RATIO`] of its round trip and at
+//!   least [`SWITCH_MARGIN`] faster, so that noise does not make it flap. A relay that stops answering is
+//!   left at once for the best of the others, or for none (the gateway relay).
+//! - **Order.** Direct beats any peer relay, which beats the gateway's relay: [`PeerRelays::current`] is
+//!   asked only while the pair is not direct, and gives none when no peer relay answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use backoff::Backoff;
+use wg_key::Key;
+
+use crate::liveness::Liveness;
+
+/// The most relays one pair holds an allocation at.
+pub const HELD: usize = 3;
+/// How often a held allocation is asked for again, so that the relay keeps it.
+pub const REFRESH: Duration = Duration::from_secs(30);
+/// How often a new allocation is probed until it has [`FIRST_SAMPLES`] answers.
+pub const FIRST_PROBES_EVERY: Duration = Duration::from_millis(250);
+pub const FIRST_SAMPLES: u32 = 3;
+/// How often the relays neither in use nor standby are probed.
+pub const OTHERS_PROBED_EVERY: Duration = Duration::from_secs(30);
+/// A relay replaces the one in use only when its round trip is under this share of the current one's...
+pub const SWITCH_RATIO: f64 = 0.8;
+/// ...and at least this much shorter.
+pub const SWITCH_MARGIN: Duration = Duration::from_millis(2);
+
+/// A member that offers to relay, and that this node reaches over UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub relay: Key,
+    /// Where this node reaches the relay (its WireGuard endpoint): relayed datagrams go there.
+    pub endpoint: SocketAddr,
+}
+
+/// What this node asks a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Allocate,
+    Release,
+}
+
+/// What the device sends for one pair, at one tick.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Control messages to relays, inside this node's tunnel to each.
+    pub asks: Vec<(Key, Ask)>,
+    /// Probes to the peer through a relay: the relay and the probe's sequence number.
+    pub probes: Vec<(Key, u16)>,
+}
+
+/// Where the pair's datagrams go while it uses a peer relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InUse {
+    pub relay: Key,
+    pub endpoint: SocketAddr,
+    pub vni: u32,
+}
+
+#[derive(Debug)]
+struct Relay {
+    endpoint: SocketAddr,
+    /// The allocation, once granted: its id, and whether both seats asked.
+    vni: Option<(u32, bool)>,
+    last_asked: Option<Instant>,
+    /// After a refusal, not asked again before this.
+    refused_until: Option<Instant>,
+    backoff: Backoff,
+    rtt: Option<Duration>,
+    samples: u32,
+    heard: Option<Instant>,
+    /// The probe out now: its sequence number, and when it left.
+    probe: Option<(u16, Instant)>,
+    probed: Option<Instant>,
+}
+
+impl Relay {
+    fn new(endpoint: SocketAddr) -> Self {
+        Self {
+            endpoint,
+            vni: None,
+            last_asked: None,
+            refused_until: None,
+            backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(60)),
+            rtt: None,
+            samples: 0,
+            heard: None,
+            probe: None,
+            probed: None,
+        }
+    }
+
+    fn ready(&self) -> Option<u32> {
+        match self.vni {
+            Some((vni, true)) => Some(vni),
+            _ => None,
+        }
+    }
+
+    fn answers(&self, liveness: Liveness, now: Instant) -> bool {
+        self.ready().is_some() && self.rtt.is_some() && liveness.alive(self.heard, now)
+    }
+}
+
+/// One pair's peer relays.
+#[derive(Debug, Default)]
+pub struct PeerRelays {
+    relays: BTreeMap<Key, Relay>,
+    current: Option<Key>,
+    next_seq: u16,
+    /// Why the pair moved last, for its path reason.
+    moved: Option<&'static str>,
+}
+
+impl PeerRelays {
+    /// The members that offer to relay and that this node reaches: new ones are asked at the next tick, and
+    /// those no longer among them are forgotten (released if held).
+    pub fn set_candidates(&mut self, candidates: &[Candidate]) -> Vec<(Key, Ask)> {
+        let mut released = Vec::new();
+        self.relays.retain(|key, relay| {
+            let keep = candidates.iter().any(|c| c.relay == *key);
+            if !keep && relay.vni.is_some() {
+                released.push((*key, Ask::Release));
+            }
+            keep
+        });
+        for c in candidates {
+            self.relays
+                .entry(c.relay)
+                .and_modify(|r| r.endpoint = c.endpoint)
+                .or_insert_with(|| Relay::new(c.endpoint));
+        }
+        if self.current.is_some_and(|k| !self.relays.contains_key(&k)) {
+            self.current = None;
+            self.moved = Some("the relay in use stopped offering");
+        }
+        released
+    }
+
+    /// The relay granted the allocation: `ready` once the peer asked it too.
+    pub fn granted(&mut self, relay: &Key, vni: u32, ready: bool) {
+        if let Some(r) = self.relays.get_mut(relay) {
+            if r.vni.is_some_and(|(v, _)| v != vni) {
+                r.rtt = None;
+                r.samples = 0;
+            }
+            r.vni = Some((vni, ready));
+            r.refused_until = None;
+            r.backoff.reset();
+        }
+    }
+
+    /// The relay refused, or released the allocation: asked again after a backoff.
+    pub fn refused(&mut self, relay: &Key, now: Instant) {
+        if let Some(r) = self.relays.get_mut(relay) {
+            r.vni = None;
+            r.rtt = None;
+            r.samples = 0;
+            // The backoff alone says when to ask again: a refusal (the peer not on UDP at the relay yet)
+            // may not last a whole refresh.
+            r.last_asked = None;
+            r.refused_until = Some(now + r.backoff.next_delay());
+        }
+        if self.current == Some(*relay) {
+            self.current = None;
+            self.moved = Some("the relay in use released the allocation");
+        }
+    }
+
+    /// A probe's answer came back through `relay`.
+    pub fn probe_answered(&mut self, relay: &Key, seq: u16, now: Instant) {
+        let Some(r) = self.relays.get_mut(relay) else {
+            return;
+        };
+        let Some((sent_seq, sent_at)) = r.probe else {
+            return;
+        };
+        if sent_seq != seq {
+            return;
+        }
+        r.probe = None;
+        let sample = now.saturating_duration_since(sent_at);
+        r.rtt = Some(match r.rtt {
+            Some(rtt) => rtt.mul_f64(0.75) + sample.mul_f64(0.25),
+            None => sample,
+        });
+        r.samples = r.samples.saturating_add(1);
+        r.heard = Some(now);
+    }
+
+    /// Something of the peer's arrived through `relay`: it answers.
+    pub fn heard_via(&mut self, relay: &Key, now: Instant) {
+        if let Some(r) = self.relays.get_mut(relay) {
+            r.heard = Some(now);
+        }
+    }
+
+    /// The peer relay the pair uses now; none while no relay answers.
+    pub fn current(&self) -> Option<InUse> {
+        let key = self.current?;
+        let r = self.relays.get(&key)?;
+        Some(InUse {
+            relay: key,
+            endpoint: r.endpoint,
+            vni: r.ready()?,
+        })
+    }
+
+    /// Why the pair moved last, if it did.
+    pub fn moved(&self) -> Option<&'static str> {
+        self.moved
+    }
+
+    /// The smoothed round trip through `relay`, once measured.
+    pub fn rtt(&self, relay: &Key) -> Option<Duration> {
+        self.relays.get(relay)?.rtt
+    }
+
+    /// What to send now, and the relay to use. `wanted`: the pair is not direct and has a session, so a peer
+    /// relay is worth holding; when it is not, nothing is asked or probed, and what is held expires at the
+    /// relays.
+    pub fn tick(&mut self, now: Instant, wanted: bool, liveness: Liveness) -> Tick {
+        let mut out = Tick::default();
+        if !wanted {
+            return out;
+        }
+        self.ask(now, &mut out);
+        self.choose(now, liveness);
+        self.probe(now, liveness, &mut out);
+        out
+    }
+
+    /// Holds allocations at up to [`HELD`] relays: those held are renewed, others asked while there is room.
+    fn ask(&mut self, now: Instant, out: &mut Tick) {
+        let mut held = self.relays.values().filter(|r| r.vni.is_some()).count();
+        for (key, r) in &mut self.relays {
+            let due = r
+                .last_asked
+                .is_none_or(|t| now.saturating_duration_since(t) >= REFRESH);
+            let waiting = r.refused_until.is_some_and(|t| now < t);
+            if !due || waiting {
+                continue;
+            }
+            if r.vni.is_none() {
+                if held >= HELD {
+                    continue;
+                }
+                // Counted as held from the ask: the answer comes within a round trip.
+                held += 1;
+            }
+            r.last_asked = Some(now);
+            out.asks.push((*key, Ask::Allocate));
+        }
+    }
+
+    fn choose(&mut self, now: Instant, liveness: Liveness) {
+        let best = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.answers(liveness, now) && r.samples >= FIRST_SAMPLES)
+            .min_by_key(|(_, r)| r.rtt)
+            .map(|(k, r)| (*k, r.rtt.unwrap_or(Duration::MAX)));
+        let current = self
+            .current
+            .and_then(|k| Some((k, self.relays.get(&k)?)))
+            .filter(|(_, r)| r.answers(liveness, now))
+            .map(|(k, r)| (k, r.rtt.unwrap_or(Duration::MAX)));
+        match (current, best) {
+            (None, Some((k, _))) => {
+                if self.current.is_some() {
+                    self.moved = Some("the relay in use stopped answering");
+                }
+                self.current = Some(k);
+            }
+            (None, None) => {
+                if self.current.take().is_some() {
+                    self.moved = Some("no peer relay answers");
+                }
+            }
+            (Some((k, rtt)), Some((b, best_rtt))) if b != k => {
+                if best_rtt < rtt.mul_f64(SWITCH_RATIO) && rtt - best_rtt >= SWITCH_MARGIN {
+                    self.current = Some(b);
+                    self.moved = Some("another relay is faster");
+                }
+            }
+            (Some(_), _) => {}
+        }
+    }
+
+    /// Probes each ready relay as often as its place calls for.
+    fn probe(&mut self, now: Instant, liveness: Liveness, out: &mut Tick) {
+        let standby = self.standby(now, liveness);
+        for (key, r) in &mut self.relays {
+            if r.ready().is_none() {
+                continue;
+            }
+            let every = if r.samples < FIRST_SAMPLES {
+                FIRST_PROBES_EVERY
+            } else if Some(*key) == self.current || Some(*key) == standby {
+                liveness.timeout / 3
+            } else {
+                OTHERS_PROBED_EVERY
+            };
+            if r.probed
+                .is_some_and(|t| now.saturating_duration_since(t) < every)
+            {
+                continue;
+            }
+            self.next_seq = self.next_seq.wrapping_add(1);
+            r.probe = Some((self.next_seq, now));
+            r.probed = Some(now);
+            out.probes.push((*key, self.next_seq));
+        }
+    }
+
+    /// The relay that would take over if the one in use died: the fastest of the others that answer.
+    fn standby(&self, now: Instant, liveness: Liveness) -> Option<Key> {
+        self.relays
+            .iter()
+            .filter(|(k, r)| Some(**k) != self.current && r.answers(liveness, now))
+            .min_by_key(|(_, r)| r.rtt)
+            .map(|(k, _)| *k)
+    }
+}
+
+#[cfg(test)]
+mod tests;

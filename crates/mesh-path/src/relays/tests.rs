@@ -1,0 +1,210 @@
+use super::*;
+
+use proptest::prelude::*;
+
+fn key(k: u8) -> Key {
+    Key::from_bytes([k; 32])
+}
+
+fn candidate(k: u8) -> Candidate {
+    Candidate {
+        relay: key(k),
+        endpoint: SocketAddr::from(([192, 0, 2, k], 51820)),
+    }
+}
+
+const LIVENESS: Liveness = Liveness {
+    timeout: Duration::from_millis(2500),
+};
+
+/// A pair's relays on a simulated network: each relay grants at once and answers probes after its round
+/// trip, or never once dead.
+struct Net {
+    relays: PeerRelays,
+    rtt: BTreeMap<Key, Option<Duration>>,
+    pending: Vec<(Instant, Key, u16)>,
+    now: Instant,
+    asks: Vec<(Key, Ask)>,
+}
+
+impl Net {
+    fn new(rtts: &[(u8, u64)]) -> Self {
+        let mut relays = PeerRelays::default();
+        let candidates: Vec<Candidate> = rtts.iter().map(|(k, _)| candidate(*k)).collect();
+        relays.set_candidates(&candidates);
+        Self {
+            relays,
+            rtt: rtts
+                .iter()
+                .map(|(k, ms)| (key(*k), Some(Duration::from_millis(*ms))))
+                .collect(),
+            pending: Vec::new(),
+            now: Instant::now(),
+            asks: Vec::new(),
+        }
+    }
+
+    /// Runs for `secs` seconds in ticks of 50 ms, the pair not direct.
+    fn run(&mut self, secs: f64) {
+        let until = self.now + Duration::from_secs_f64(secs);
+        while self.now < until {
+            self.now += Duration::from_millis(50);
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.pending.drain(..).partition(|(at, _, _)| *at <= now);
+            self.pending = later;
+            for (at, relay, seq) in due {
+                self.relays.probe_answered(&relay, seq, at);
+            }
+            let tick = self.relays.tick(now, true, LIVENESS);
+            for (relay, ask) in &tick.asks {
+                if *ask == Ask::Allocate && self.rtt.get(relay).is_some_and(Option::is_some) {
+                    self.relays
+                        .granted(relay, u32::from(relay.as_bytes()[0]), true);
+                }
+            }
+            self.asks.extend(tick.asks);
+            for (relay, seq) in tick.probes {
+                if let Some(Some(rtt)) = self.rtt.get(&relay) {
+                    self.pending.push((now + *rtt, relay, seq));
+                }
+            }
+        }
+    }
+
+    fn using(&self) -> Option<u8> {
+        self.relays.current().map(|c| c.relay.as_bytes()[0])
+    }
+}
+
+#[test]
+fn nothing_is_asked_or_probed_while_the_pair_is_direct() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1), candidate(2)]);
+    let tick = r.tick(Instant::now(), false, LIVENESS);
+    assert_eq!(tick, Tick::default());
+    assert_eq!(r.current(), None);
+}
+
+#[test]
+fn at_most_three_relays_are_held_and_those_held_are_renewed() {
+    let mut net = Net::new(&[(1, 10), (2, 20), (3, 30), (4, 40)]);
+    net.run(0.1);
+    let asked: Vec<Key> = net.asks.iter().map(|(k, _)| *k).collect();
+    assert_eq!(asked, [key(1), key(2), key(3)], "three at most");
+    net.asks.clear();
+    net.run(REFRESH.as_secs_f64());
+    let renewed: Vec<Key> = net.asks.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        renewed,
+        [key(1), key(2), key(3)],
+        "renewed, the fourth still not asked"
+    );
+}
+
+#[test]
+fn a_refused_relay_is_asked_again_after_a_backoff_that_grows() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1)]);
+    let t0 = Instant::now();
+    let asked = |r: &mut PeerRelays, at: Instant| !r.tick(at, true, LIVENESS).asks.is_empty();
+    assert!(asked(&mut r, t0));
+    r.refused(&key(1), t0);
+    assert!(
+        !asked(&mut r, t0 + Duration::from_secs(4)),
+        "backing off 5 s"
+    );
+    let t1 = t0 + Duration::from_secs(5);
+    assert!(asked(&mut r, t1), "sooner than a refresh");
+    r.refused(&key(1), t1);
+    assert!(!asked(&mut r, t1 + Duration::from_secs(9)), "then 10 s");
+    assert!(asked(&mut r, t1 + Duration::from_secs(10)));
+    r.granted(&key(1), 7, false);
+    r.refused(&key(1), t1 + Duration::from_secs(10));
+    assert!(
+        asked(&mut r, t1 + Duration::from_secs(15)),
+        "a grant resets the backoff"
+    );
+}
+
+#[test]
+fn the_relay_with_the_lowest_round_trip_is_used_once_measured() {
+    let mut net = Net::new(&[(1, 40), (2, 8), (3, 25)]);
+    net.run(0.2);
+    assert_eq!(net.using(), None, "not measured yet");
+    net.run(2.0);
+    assert_eq!(net.using(), Some(2));
+    let rtt = net.relays.rtt(&key(2)).expect("measured");
+    assert!(
+        rtt >= Duration::from_millis(8) && rtt <= Duration::from_millis(60),
+        "{rtt:?}"
+    );
+}
+
+#[test]
+fn a_relay_that_stops_answering_is_left_within_the_peer_timeout_for_the_standby() {
+    let mut net = Net::new(&[(1, 10), (2, 30)]);
+    net.run(3.0);
+    assert_eq!(net.using(), Some(1));
+    net.rtt.insert(key(1), None);
+    let died = net.now;
+    while net.using() == Some(1) {
+        net.run(0.05);
+        assert!(
+            net.now - died <= LIVENESS.timeout + Duration::from_millis(100),
+            "still on the dead relay"
+        );
+    }
+    assert_eq!(net.using(), Some(2));
+    assert_eq!(
+        net.relays.moved(),
+        Some("the relay in use stopped answering")
+    );
+    net.rtt.insert(key(2), None);
+    net.run(3.0);
+    assert_eq!(net.using(), None, "no peer relay answers: the gateway's");
+}
+
+#[test]
+fn a_candidate_gone_is_released_and_no_longer_used() {
+    let mut net = Net::new(&[(1, 10), (2, 30)]);
+    net.run(3.0);
+    assert_eq!(net.using(), Some(1));
+    let released = net.relays.set_candidates(&[candidate(2)]);
+    assert_eq!(released, [(key(1), Ask::Release)]);
+    assert_eq!(net.using(), None);
+    net.run(1.0);
+    assert_eq!(net.using(), Some(2));
+}
+
+#[test]
+fn a_much_faster_relay_takes_over() {
+    let mut net = Net::new(&[(1, 20), (2, 21)]);
+    net.run(3.0);
+    let first = net.using().expect("one chosen");
+    let other = if first == 1 { 2 } else { 1 };
+    net.rtt.insert(key(other), Some(Duration::from_millis(2)));
+    net.run(OTHERS_PROBED_EVERY.as_secs_f64() + 3.0);
+    assert_eq!(net.using(), Some(other));
+    assert_eq!(net.relays.moved(), Some("another relay is faster"));
+}
+
+proptest! {
+    /// Round trips that differ by less than the switching band never move the pair, whatever their noise.
+    #[test]
+    fn noise_within_the_band_never_moves_the_pair(
+        base in 5u64..50,
+        jitter in proptest::collection::vec(0u64..2, 40),
+    ) {
+        let mut net = Net::new(&[(1, base), (2, base + 1)]);
+        net.run(3.0);
+        let first = net.using();
+        prop_assert!(first.is_some());
+        for j in jitter {
+            net.rtt.insert(key(1), Some(Duration::from_millis(base + j)));
+            net.rtt.insert(key(2), Some(Duration::from_millis(base + 1 - j.min(1))));
+            net.run(1.0);
+            prop_assert_eq!(net.using(), first);
+        }
+    }
+}
