@@ -16,6 +16,7 @@ use crate::attestation::Allowlisted;
 use crate::tcb_stages::BelowSince;
 use mesh_chain::membership::{Pins, Prefix};
 use mesh_chain::pace::BlockPace;
+use mesh_chain::policy::ClusterPolicy;
 use mesh_chain::view::ChainView;
 
 /// The state file's name inside the state directory.
@@ -25,9 +26,9 @@ pub const FILE_NAME: &str = "chain-view.json";
 /// the records map back.)
 const VERSION: u32 = 2;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The state file as it is read (its version, by [`Header`], first).
+#[derive(Debug, Deserialize)]
 struct StateFile {
-    version: u32,
     view: ChainView,
     /// The cluster's allowlist answers for the compose hashes and OS images its peers run, so that a
     /// restart with the RPC down still admits the peers they admitted. (Absent from files of agents before
@@ -42,6 +43,21 @@ struct StateFile {
     /// RPC down leads and follows with the timeout it had. (Absent from files of agents before it.)
     #[serde(default)]
     pace: Option<BlockPace>,
+    /// The grants between seats as last read, so that a restart with the RPC down enforces what it
+    /// enforced. (Absent from files of agents before the grants.)
+    #[serde(default)]
+    grants: Option<ClusterPolicy>,
+}
+
+/// The state file as it is written: what [`StateFile`] reads, borrowed from the chain task.
+#[derive(Serialize)]
+struct StateFileOut<'a> {
+    version: u32,
+    view: &'a ChainView,
+    allowlists: &'a [Allowlisted],
+    tcb_below: &'a [BelowSince],
+    pace: Option<BlockPace>,
+    grants: Option<&'a ClusterPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +151,18 @@ pub struct Saved {
     pub tcb_below: Vec<BelowSince>,
     /// The chain's pace as last read.
     pub pace: Option<BlockPace>,
+    /// The grants between seats as last read.
+    pub grants: Option<ClusterPolicy>,
+}
+
+/// What a save writes, borrowed from the chain task.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep<'a> {
+    pub view: &'a ChainView,
+    pub allowlists: &'a [Allowlisted],
+    pub tcb_below: &'a [BelowSince],
+    pub pace: Option<BlockPace>,
+    pub grants: Option<&'a ClusterPolicy>,
 }
 
 /// The copy that a save replaced: the file as it was one save before, to fall back to when the file itself
@@ -221,6 +249,7 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
                 allowlists: file.allowlists,
                 tcb_below: file.tcb_below,
                 pace: file.pace,
+                grants: file.grants,
             }))
         }
         1 => {
@@ -231,6 +260,7 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
                 allowlists: Vec::new(),
                 tcb_below: Vec::new(),
                 pace: None,
+                grants: None,
             }))
         }
         other => Err(format(format!(
@@ -239,18 +269,13 @@ fn read(path: &Path) -> Result<Option<Saved>, StateError> {
     }
 }
 
-/// Saves the view, the allowlist answers, the TCB stages' starts and the chain's pace atomically: the text is written whole and synced to a
-/// temporary file, the file it replaces becomes the last good copy, and the new one is renamed into place.
+/// Saves the view, the allowlist answers, the TCB stages' starts, the chain's pace and the grants atomically:
+/// the text is written whole and synced to a temporary file, the file it replaces becomes the last good
+/// copy, and the new one is renamed into place.
 ///
 /// # Errors
 /// [`StateError::Io`] naming the path.
-pub fn save(
-    dir: &Path,
-    view: &ChainView,
-    allowlists: &[Allowlisted],
-    tcb_below: &[BelowSince],
-    pace: Option<BlockPace>,
-) -> Result<(), StateError> {
+pub fn save(dir: &Path, keep: Keep<'_>) -> Result<(), StateError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |action, path: &Path, source| StateError::Io {
@@ -261,12 +286,13 @@ pub fn save(
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let path = dir.join(FILE_NAME);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let text = serde_json::to_vec_pretty(&StateFile {
+    let text = serde_json::to_vec_pretty(&StateFileOut {
         version: VERSION,
-        view: view.clone(),
-        allowlists: allowlists.to_vec(),
-        tcb_below: tcb_below.to_vec(),
-        pace,
+        view: keep.view,
+        allowlists: keep.allowlists,
+        tcb_below: keep.tcb_below,
+        pace: keep.pace,
+        grants: keep.grants,
     })
     .map_err(|e| StateError::Format {
         path: path.clone(),
@@ -300,6 +326,52 @@ pub fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A save of `view` alone.
+    fn keep(view: &ChainView) -> Keep<'_> {
+        Keep {
+            view,
+            allowlists: &[],
+            tcb_below: &[],
+            pace: None,
+            grants: None,
+        }
+    }
+
+    /// The grants between seats come back with the view, so that a restart with the RPC down enforces
+    /// them; a file written before them loads with none.
+    #[test]
+    fn the_grants_between_seats_are_kept() {
+        use mesh_policy::{Grant, Policy, Protocol};
+        let dir = tempfile::tempdir().unwrap();
+        let grants = ClusterPolicy {
+            rules: Policy {
+                enforced: true,
+                version: 4,
+                tag_names: vec!["web".into(), "db".into()],
+                grants: vec![Grant {
+                    from: 1,
+                    to: 2,
+                    protocol: Some(Protocol::Tcp),
+                    ports: 5432..=5432,
+                }],
+            },
+            seat_tags: [(3, 2)].into(),
+            app_tags: [(alloy::primitives::Address::repeat_byte(0xa1), 1)].into(),
+        };
+        let v = view();
+        save(
+            dir.path(),
+            Keep {
+                grants: Some(&grants),
+                ..keep(&v)
+            },
+        )
+        .unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().grants, Some(grants));
+        save(dir.path(), keep(&v)).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().grants, None);
+    }
     use alloy::primitives::{Address, B256};
     use std::collections::BTreeMap;
 
@@ -353,7 +425,7 @@ mod tests {
         v.records
             .insert(7, serde_json::from_value(sample_registration()).unwrap());
         v.high_water.insert(7, 1);
-        save(dir.path(), &v, &[], &[], None).unwrap();
+        save(dir.path(), keep(&v)).unwrap();
         let back = load(dir.path()).unwrap().unwrap().view;
         assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(
@@ -388,9 +460,16 @@ mod tests {
             evidence_hash: alloy::primitives::B256::repeat_byte(7),
             since: 1_760_000_000,
         }];
-        save(dir.path(), &view(), &[], &below, None).unwrap();
+        save(
+            dir.path(),
+            Keep {
+                tcb_below: &below,
+                ..keep(&view())
+            },
+        )
+        .unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().tcb_below, below);
-        save(dir.path(), &view(), &[], &[], None).unwrap();
+        save(dir.path(), keep(&view())).unwrap();
         let path = dir.path().join(FILE_NAME);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -408,7 +487,7 @@ mod tests {
     #[test]
     fn a_state_file_with_an_invalid_prefix_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &view(), &[], &[], None).unwrap();
+        save(dir.path(), keep(&view())).unwrap();
         let path = dir.path().join(FILE_NAME);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("\"10.0.1.0\"", "\"10.0.1.9\"")).unwrap();
@@ -434,7 +513,7 @@ mod tests {
     fn saves_and_loads_the_view_privately() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
-        save(dir.path(), &view(), &[], &[], None).unwrap();
+        save(dir.path(), keep(&view())).unwrap();
         assert_eq!(load(dir.path()).unwrap().map(|s| s.view), Some(view()));
         let mode = std::fs::metadata(dir.path().join(FILE_NAME))
             .unwrap()
@@ -450,9 +529,16 @@ mod tests {
     fn the_chains_pace_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let pace = BlockPace::Every { secs: 12 };
-        save(dir.path(), &view(), &[], &[], Some(pace)).unwrap();
+        save(
+            dir.path(),
+            Keep {
+                pace: Some(pace),
+                ..keep(&view())
+            },
+        )
+        .unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().pace, Some(pace));
-        save(dir.path(), &view(), &[], &[], None).unwrap();
+        save(dir.path(), keep(&view())).unwrap();
         let path = dir.path().join(FILE_NAME);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("\"pace\": {"), "{text}");
@@ -489,14 +575,14 @@ mod tests {
             b"\x8f\x00\xffrandom",
         ] {
             let dir = tempfile::tempdir().unwrap();
-            save(dir.path(), &older, &[], &[], None).unwrap();
-            save(dir.path(), &newer, &[], &[], None).unwrap();
+            save(dir.path(), keep(&older)).unwrap();
+            save(dir.path(), keep(&newer)).unwrap();
             damage(&dir.path().join(FILE_NAME), damaged);
             let loaded = load(dir.path()).unwrap().expect("the last good copy");
             assert_eq!(loaded.view, older, "falls back to the copy one save back");
             assert_eq!(std::fs::read(damaged_path(dir.path())).unwrap(), damaged);
             assert!(!dir.path().join(FILE_NAME).exists());
-            save(dir.path(), &newer, &[], &[], None).unwrap();
+            save(dir.path(), keep(&newer)).unwrap();
             assert_eq!(load(dir.path()).unwrap().unwrap().view, newer);
             let copy = read(&last_good_path(dir.path())).unwrap().unwrap();
             assert_eq!(copy.view, older, "the damaged file never became the copy");
@@ -507,8 +593,8 @@ mod tests {
     #[test]
     fn a_missing_file_with_a_last_good_copy_uses_the_copy() {
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &view(), &[], &[], None).unwrap();
-        save(dir.path(), &view(), &[], &[], None).unwrap();
+        save(dir.path(), keep(&view())).unwrap();
+        save(dir.path(), keep(&view())).unwrap();
         std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().view, view());
     }

@@ -353,7 +353,8 @@ fn attestor(
         saved.map(|s| s.allowlists.clone()).unwrap_or_default(),
         rpc.clone(),
     )
-    .with_tcb_below(saved.map_or(&[], |s| s.tcb_below.as_slice())))
+    .with_tcb_below(saved.map_or(&[], |s| s.tcb_below.as_slice()))
+    .with_grants(saved.and_then(|s| s.grants.clone())))
 }
 
 /// What the state file kept, if it is this cluster's. A file that cannot be used, with no good copy,

@@ -11,7 +11,8 @@ use crate::contract::DstackClusterAppAuth;
 use crate::error::ChainError;
 
 /// The policy as of a block.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterPolicy {
     pub rules: mesh_policy::Policy,
     /// Each tagged seat's own tags.

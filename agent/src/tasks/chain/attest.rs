@@ -149,6 +149,13 @@ impl Attestor {
         }
     }
 
+    /// Starts from the grants between seats the state file kept: enforced until the first read replaces
+    /// them, which comes at the first pass the RPC answers.
+    pub fn with_grants(mut self, saved: Option<ClusterPolicy>) -> Self {
+        self.grants = saved.map(|g| (Arc::new(g), None));
+        self
+    }
+
     /// Starts the TCB stages from what the state file kept.
     pub fn with_tcb_below(mut self, saved: &[BelowSince]) -> Self {
         self.staging = Staging::from_saved(saved);
@@ -584,6 +591,26 @@ mod tests {
             Vec::new(),
             RedactedUrl::new(&"http://127.0.0.1:8545".parse().unwrap()),
         )
+    }
+
+    /// The grants the state file kept are in force from the start, and a pass the RPC does not answer
+    /// (no follower) keeps them: an agent that starts with every provider down enforces what it enforced.
+    #[tokio::test]
+    async fn the_grants_the_state_file_kept_hold_until_the_chain_answers() {
+        let pki = MockPki::from_seed([0x3e; 32]);
+        let kept = ClusterPolicy {
+            rules: mesh_policy::Policy {
+                enforced: true,
+                version: 9,
+                ..mesh_policy::Policy::default()
+            },
+            ..ClusterPolicy::default()
+        };
+        let mut a = attestor(&pki, pinned_now(&pki)).with_grants(Some(kept.clone()));
+        assert_eq!(a.grants().as_deref(), Some(&kept));
+        let chain = view(&[record(1, 1, "")]);
+        let _ = a.pass(&chain, None).await;
+        assert_eq!(a.grants().as_deref(), Some(&kept), "no read, no change");
     }
 
     /// `pki`'s collateral, valid from yesterday for 30 days.

@@ -322,12 +322,16 @@ impl Running {
         let Some(f) = self.follower.as_ref().filter(|_| self.unsaved) else {
             return;
         };
+        let grants = self.task.attestor.grants();
         match cache::save(
             &self.task.state_dir,
-            f.view(),
-            &self.task.attestor.allowlists(),
-            &self.task.attestor.tcb_below(),
-            self.state.pace,
+            cache::Keep {
+                view: f.view(),
+                allowlists: &self.task.attestor.allowlists(),
+                tcb_below: &self.task.attestor.tcb_below(),
+                pace: self.state.pace,
+                grants: grants.as_deref(),
+            },
         ) {
             Ok(()) => {
                 if self.state.save_failing.take().is_some() {
@@ -359,7 +363,11 @@ impl Running {
     /// or a verdict changed (the tasks after this one redo their work for a new view).
     async fn publish(&mut self, view: ChainView, moved: bool) {
         let attestations = self.task.attestor.pass(&view, self.follower.as_mut()).await;
-        self.state.grants = self.task.attestor.grants();
+        let grants = self.task.attestor.grants();
+        if grants != self.state.grants {
+            self.unsaved = true;
+        }
+        self.state.grants = grants;
         if self.task.attestor.tcb_below_changed() {
             self.unsaved = true;
         }

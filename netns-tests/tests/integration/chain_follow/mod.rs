@@ -520,7 +520,14 @@ async fn a_lying_rpc_cannot_roll_a_seat_back() {
 
     // A restart from the state file keeps the marks.
     let dir = tempfile::tempdir().unwrap();
-    p2p_agent::cache::save(dir.path(), f.view(), &[], &[], None).unwrap();
+    let keep = p2p_agent::cache::Keep {
+        view: f.view(),
+        allowlists: &[],
+        tcb_below: &[],
+        pace: None,
+        grants: None,
+    };
+    p2p_agent::cache::save(dir.path(), keep).unwrap();
     let cached = p2p_agent::cache::load(dir.path()).unwrap().unwrap().view;
     let mut restarted = Follower::start(
         reader(proxy.url()),
