@@ -101,6 +101,7 @@ pub(crate) fn bytes(n: u64) -> String {
 fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: bool) -> String {
     let mut s = render_node(status, verbose);
     s.push_str(&render_faults(&status.faults, now));
+    s.push_str(&render_policy(status.policy.as_ref()));
     s.push_str(&render_leader(leader));
     s.push_str(&format!(
         "peers: {} configured, {} healthy, {} refused\n\n",
@@ -109,6 +110,33 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     s.push_str(&render_ports(&status.ports));
     s.push_str(&render_peers(peers, now, verbose));
     s
+}
+
+/// The grants between seats as this node enforces them, and what they dropped here; nothing before read.
+fn render_policy(policy: Option<&mesh_api::PolicyStatus>) -> String {
+    let Some(p) = policy else {
+        return String::new();
+    };
+    if !p.enforced {
+        return format!(
+            "grants: none in force (version {}): every seat reaches every port\n",
+            p.version
+        );
+    }
+    let tags = match p.own_tags.as_slice() {
+        [] => "untagged".to_owned(),
+        tags => format!("tagged {}", tags.join("+")),
+    };
+    let d = &p.dropped;
+    format!(
+        "grants: version {} in force, {} grant{}, this node {tags}; dropped here: {} no-grant, {} protocol, {} malformed\n",
+        p.version,
+        p.grants,
+        if p.grants == 1 { "" } else { "s" },
+        d.no_grant,
+        d.protocol,
+        d.malformed
+    )
 }
 
 /// The outside dependencies that fail now, each with what it is and for how long; nothing while none does.
@@ -472,6 +500,29 @@ fn render_refused(refused: &[RefusedPeer], verbose: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The grants line says whether a policy is in force, this node's tags and the drops by rule; nothing
+    /// before the policy is read.
+    #[test]
+    fn the_grants_line_says_what_is_in_force_and_what_it_dropped() {
+        assert_eq!(render_policy(None), "");
+        let mut p = mesh_api::PolicyStatus {
+            enforced: true,
+            version: 4,
+            grants: 1,
+            own_tags: vec!["db".into()],
+            dropped: mesh_api::PolicyDrops {
+                no_grant: 3,
+                ..mesh_api::PolicyDrops::default()
+            },
+        };
+        assert_eq!(
+            render_policy(Some(&p)),
+            "grants: version 4 in force, 1 grant, this node tagged db; dropped here: 3 no-grant, 0 protocol, 0 malformed\n"
+        );
+        p.enforced = false;
+        assert!(render_policy(Some(&p)).starts_with("grants: none in force"));
+    }
 
     /// A zero or missing handshake is "never"; others are ages in the largest whole unit.
     #[test]
