@@ -128,9 +128,12 @@ fn peer(
         path: stat.map(|s| match s.path {
             PathKind::Direct => Path::Direct,
             PathKind::Punched => Path::Punched,
+            PathKind::PeerRelay => Path::PeerRelay,
             PathKind::Relay => Path::Relay,
         }),
         relay_url: stat.and_then(|s| s.relay.as_ref()).map(ToString::to_string),
+        // The device does not say yet which member relays for the pair.
+        relay_seat: None,
         path_reason: stat.and_then(|s| s.punch.relay_reason.clone()),
         candidates: stat.map_or_else(Vec::new, |s| candidates(&s.punch.candidates)),
         punch_attempts: stat.map_or(0, |s| s.punch.attempts),

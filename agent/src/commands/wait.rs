@@ -206,6 +206,7 @@ mod tests {
             connection,
             path: None,
             relay_url: None,
+            relay_seat: None,
             path_reason: None,
             candidates: Vec::new(),
             punch_attempts: 0,

@@ -585,7 +585,7 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
     out.metric(
         "dstack_mesh_peer_path",
         "gauge",
-        "Which way each WireGuard peer's datagrams go (direct, punched or relay), and its relay URL.",
+        "Which way each WireGuard peer's datagrams go (direct, punched, peer-relay or relay), and its relay URL.",
         paths,
     );
     // One sample, labelled with what the STUN servers showed; none without the userspace device.

@@ -37,6 +37,9 @@ pub enum Path {
     Direct,
     /// Over UDP, through holes punched in both sides' NATs at a candidate address the peer published.
     Punched,
+    /// Over UDP through another member that relays for the pair, because neither direct nor punched UDP
+    /// gets through; [`Peer::relay_seat`] names it.
+    PeerRelay,
     /// Through its relay, over the dstack gateway's TLS, because UDP does not get through.
     Relay,
 }
@@ -46,6 +49,7 @@ impl Path {
         match self {
             Self::Direct => "direct",
             Self::Punched => "punched",
+            Self::PeerRelay => "peer-relay",
             Self::Relay => "relay",
         }
     }
@@ -118,6 +122,9 @@ pub struct Peer {
     /// While relayed: why, and why hole punching has not brought it over UDP.
     #[serde(default)]
     pub path_reason: Option<String>,
+    /// While on a peer relay: the seat relaying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_seat: Option<u64>,
     /// The addresses it published for a direct path, which punching tries.
     #[serde(default)]
     pub candidates: Vec<Candidate>,

@@ -25,6 +25,7 @@ fn base() -> Peer {
         connection: ConnectionKind::Wireguard,
         path: Some(Path::Direct),
         relay_url: Some("wss://1f2e3d4c-8090.gateway.example:443".into()),
+        relay_seat: None,
         path_reason: None,
         candidates: vec![Candidate {
             address: "192.0.2.2:51820".into(),

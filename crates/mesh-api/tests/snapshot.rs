@@ -180,6 +180,7 @@ fn peer(seat: u8, leader: bool) -> Peer {
         connection: ConnectionKind::Wireguard,
         path: Some(Path::Direct),
         relay_url: None,
+        relay_seat: None,
         path_reason: None,
         candidates: vec![Candidate {
             address: endpoint(seat),

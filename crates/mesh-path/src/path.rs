@@ -37,12 +37,15 @@ pub const FIRST_PATH_WITHIN: Duration =
 /// How often a relayed peer's direct path is tried.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The paths: over UDP, to an address the peer registered or roamed from (`Direct`) or to one that hole
-/// punching opened (`Punched`); or through the peer's relay.
+/// The paths: directly over UDP, to an address the peer registered or roamed from (`Direct`) or to one that
+/// hole punching opened (`Punched`); over UDP through another member that relays for the pair (`PeerRelay`,
+/// chosen by [`crate::relays`]); or through the peer's own relay, over the gateway (`Relay`). [`PathState`]
+/// only decides between direct and not, and never reports `PeerRelay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PathKind {
     Direct,
     Punched,
+    PeerRelay,
     Relay,
 }
 
@@ -51,13 +54,15 @@ impl PathKind {
         match self {
             Self::Direct => "direct",
             Self::Punched => "punched",
+            Self::PeerRelay => "peer-relay",
             Self::Relay => "relay",
         }
     }
 
-    /// Whether datagrams go over UDP.
-    pub fn is_udp(self) -> bool {
-        self != Self::Relay
+    /// Whether datagrams go directly to the peer over UDP. (A peer relay's datagrams go over UDP too, but
+    /// to the relay.)
+    pub fn is_direct(self) -> bool {
+        matches!(self, Self::Direct | Self::Punched)
     }
 }
 
@@ -154,13 +159,14 @@ impl PathState {
 
     /// The move to UDP just made was hole punching's doing.
     pub fn punched(&mut self) {
-        if self.on.is_udp() {
+        if self.on.is_direct() {
             self.on = PathKind::Punched;
         }
     }
 
+    /// A move between direct and not; none within either (the path is binary here).
     fn go(&mut self, to: PathKind, now: Instant, reason: &'static str) -> Option<Move> {
-        if self.on.is_udp() == to.is_udp() {
+        if self.on.is_direct() == to.is_direct() {
             return None;
         }
         self.on = to;
@@ -209,8 +215,9 @@ impl PathState {
             .direct_rx
             .is_none_or(|t| now.saturating_duration_since(t) >= DIRECT_QUIET);
         let settled = now.saturating_duration_since(self.since) >= DIRECT_QUIET;
-        match (self.on, message) {
-            (on, Message::Data | Message::Keepalive) if on.is_udp() && quiet && settled => self.go(
+        let direct = self.on.is_direct();
+        match message {
+            Message::Data | Message::Keepalive if direct && quiet && settled => self.go(
                 PathKind::Relay,
                 now,
                 "the peer relays to us and is silent over UDP",
@@ -222,7 +229,7 @@ impl PathState {
     /// The timer's check: whether to leave UDP (only when a relay is there to go to). `has_address`: the peer
     /// has a UDP address to send to at all.
     pub fn tick(&mut self, now: Instant, relay_available: bool, has_address: bool) -> Option<Move> {
-        if !self.on.is_udp() || !relay_available {
+        if !self.on.is_direct() || !relay_available {
             return None;
         }
         if !has_address {
@@ -269,7 +276,7 @@ impl PathState {
 
     /// The relay went away (the peer's record lost its gateway URL): back to direct.
     pub fn relay_gone(&mut self, now: Instant) -> Option<Move> {
-        if self.on.is_udp() {
+        if self.on.is_direct() {
             return None;
         }
         self.go(PathKind::Direct, now, "the peer has no relay")

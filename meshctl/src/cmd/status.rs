@@ -403,7 +403,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
         return s;
     }
     s.push_str(&format!(
-        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:<9} {:>10} {:>10}\n",
+        "  {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<10} {:<10} {:<9} {:<9} {:>10} {:>10}\n",
         "TOKEN",
         "INSTANCE",
         "OVERLAY",
@@ -425,7 +425,7 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
             ConnectionKind::Unreachable => "unreachable",
         };
         s.push_str(&format!(
-            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<8} {:<10} {:<9} {:<9} {:>10} {:>10}\n",
+            "{marker} {:<5} {:<14} {:<15} {:<14} {:<22} {:<12} {:<10} {:<10} {:<9} {:<9} {:>10} {:>10}\n",
             p.token_id,
             short(&p.instance_id, 12, verbose),
             p.overlay_ip,
@@ -457,10 +457,18 @@ fn render_peers(peers: &[Peer], now: u64, verbose: bool) -> String {
         {
             s.push_str(&format!("        relay {url}\n"));
         }
+        if let Some(seat) = p.relay_seat {
+            s.push_str(&format!("        relayed by seat {seat}\n"));
+        }
         if let Some(why) = &p.path_reason {
             s.push_str(&format!("        why relayed: {why}\n"));
         }
-        if verbose || p.path == Some(mesh_api::Path::Relay) {
+        if verbose
+            || matches!(
+                p.path,
+                Some(mesh_api::Path::Relay | mesh_api::Path::PeerRelay)
+            )
+        {
             let tried: Vec<String> = p
                 .candidates
                 .iter()
@@ -623,6 +631,31 @@ mod tests {
         assert_eq!(
             render_ports(std::slice::from_ref(&port)),
             "leader port 5432 -> leader 5433: 1 open, 5 forwarded (2 fenced, 1 unreachable), refused 3 not-current; 4.0 KiB to, 10 B from; latest term 8, seat 2\n\n"
+        );
+    }
+
+    /// A peer on a peer relay says so in the PATH column, names the seat relaying, and lists what punching
+    /// tries.
+    #[test]
+    fn a_peer_on_a_peer_relay_names_the_seat_relaying() {
+        let peer: Peer = serde_json::from_value(json!({
+            "tokenId": 2, "instanceId": "ab12", "overlayIp": "10.0.1.2", "wgPublicKey": null,
+            "endpoint": null, "gatewayUrl": null, "connection": "wireguard", "path": "peer-relay",
+            "relaySeat": 3, "candidates": [{"address": "203.0.113.2:40002", "source": "stun"}],
+            "punchAttempts": 4, "address": "10.0.1.2", "healthy": true, "latestHandshake": null,
+            "rxBytes": 0, "txBytes": 0,
+        }))
+        .expect("a peer");
+        let text = render_peers(std::slice::from_ref(&peer), 1000, false);
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("● 2 "))
+            .expect("a row for seat 2");
+        assert!(row.contains(" peer-relay "), "{text}");
+        assert!(text.contains("\n        relayed by seat 3\n"), "{text}");
+        assert!(
+            text.contains("candidates 203.0.113.2:40002 (stun)  attempts 4"),
+            "{text}"
         );
     }
 

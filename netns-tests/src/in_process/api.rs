@@ -59,6 +59,7 @@ fn example_peer(
             PeerPath::Direct
         }),
         relay_url: (token == 3).then(|| format!("https://{token:040x}-51820.dstack.example")),
+        relay_seat: None,
         path_reason: (token == 3).then(|| {
             "no handshake answer over UDP; no answer over UDP from 1 candidate(s) in 2 attempt(s); trying again with backoff".into()
         }),

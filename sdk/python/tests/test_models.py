@@ -59,6 +59,30 @@ def test_a_punched_peer_and_a_relayed_one_with_its_reason() -> None:
     )
 
 
+def test_a_peer_on_a_peer_relay_names_the_seat_relaying() -> None:
+    raw = {
+        "tokenId": 2,
+        "instanceId": "inst2",
+        "overlayIp": "10.0.1.2",
+        "wgPublicKey": None,
+        "endpoint": None,
+        "gatewayUrl": None,
+        "connection": "wireguard",
+        "path": "peer-relay",
+        "relaySeat": 3,
+        "address": "10.0.1.2",
+        "healthy": True,
+        "latestHandshake": None,
+        "rxBytes": 0,
+        "txBytes": 0,
+    }
+    p = Peer.from_json(raw)
+    assert (p.path, p.relay_seat) == ("peer-relay", 3)
+    assert Peer.from_json(peer_json(2)).relay_seat is None, "absent while not on a peer relay"
+    with pytest.raises(ProtocolError, match="'relaySeat' = '3'"):
+        Peer.from_json({**raw, "relaySeat": "3"})
+
+
 def test_when_a_peer_was_last_heard_from() -> None:
     assert Peer.from_json(peer_json(2, lastHeard=1763856001)).last_heard == 1763856001
     assert Peer.from_json(peer_json(2, lastHeard=None)).last_heard is None

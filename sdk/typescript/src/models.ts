@@ -4,7 +4,7 @@
  * Parsing ignores fields it does not know, because the API grows; a field this SDK needs that is missing or
  * of the wrong type throws {@link ProtocolError} rather than surfacing later as `undefined` in the caller's
  * code. Fields the agent added after its first release (`leader`, `registrationError`, `path`, `relayUrl`,
- * `pathReason`, the chain's `prefix`, the leader's `term`, `state`, `ageMs`, `leaseMs`, `healthy` and
+ * `relaySeat`, `pathReason`, the chain's `prefix`, the leader's `term`, `state`, `ageMs`, `leaseMs`, `healthy` and
  * `reason`, and the `policy` of the status and of each peer) fall back to their "nothing to report" value
  * when absent. Absent values are `null`, as the API sends them.
  */
@@ -45,7 +45,8 @@ export class Peer {
   /** `"wireguard"`, `"tls-gateway"` or `"unreachable"`. */
   readonly connection!: string;
   /**
-   * `"direct"`, `"punched"` (UDP through holes punched in both NATs) or `"relay"` for a WireGuard peer,
+   * `"direct"`, `"punched"` (UDP through holes punched in both NATs), `"peer-relay"` (UDP through another
+   * member that relays for the pair, `relaySeat`) or `"relay"` (through the gateway) for a WireGuard peer,
    * `null` for a peer with no tunnel.
    */
   readonly path!: string | null;
@@ -64,6 +65,8 @@ export class Peer {
   readonly leader!: boolean;
   /** While relayed: why, and why hole punching has not brought it over UDP (`null` otherwise). */
   readonly pathReason!: string | null;
+  /** While on a peer relay: the seat relaying (`null` otherwise, and from an agent without peer relays). */
+  readonly relaySeat!: number | null;
   /** Unix seconds of the last time the peer was heard from, `null` when never (or from an older agent). */
   readonly lastHeard!: number | null;
   /** Whether it is being drained: replica ports leave it out, and no leader is handed to it. */
@@ -75,14 +78,19 @@ export class Peer {
   readonly policy!: PeerPolicy | null;
 
   constructor(
-    fields: Omit<FieldsOf<Peer>, "pathReason" | "lastHeard" | "draining" | "policy"> & {
+    fields: Omit<FieldsOf<Peer>, "pathReason" | "relaySeat" | "lastHeard" | "draining" | "policy"> & {
       readonly pathReason?: string | null;
+      readonly relaySeat?: number | null;
       readonly lastHeard?: number | null;
       readonly draining?: boolean;
       readonly policy?: PeerPolicy | null;
     },
   ) {
-    Object.assign(this, { pathReason: null, lastHeard: null, draining: false, policy: null }, fields);
+    Object.assign(
+      this,
+      { pathReason: null, relaySeat: null, lastHeard: null, draining: false, policy: null },
+      fields,
+    );
     Object.freeze(this);
   }
 
@@ -139,6 +147,7 @@ export class Peer {
       txBytes: f.integer("txBytes"),
       leader: f.flag("leader", false),
       pathReason: f.optText("pathReason"),
+      relaySeat: f.optInteger("relaySeat"),
       lastHeard: f.optInteger("lastHeard"),
       draining: f.flag("draining", false),
       policy: optional(PeerPolicy.fromJSON, f.optObject("policy")),

@@ -78,6 +78,30 @@ test("a punched peer, and a relayed one with its reason, which is no change", ()
   );
 });
 
+test("a peer on a peer relay names the seat relaying", () => {
+  const raw: JsonObject = {
+    tokenId: 2,
+    instanceId: "inst2",
+    overlayIp: "10.0.1.2",
+    wgPublicKey: null,
+    endpoint: null,
+    gatewayUrl: null,
+    connection: "wireguard",
+    path: "peer-relay",
+    relaySeat: 3,
+    address: "10.0.1.2",
+    healthy: true,
+    latestHandshake: null,
+    rxBytes: 0,
+    txBytes: 0,
+  };
+  const p = Peer.fromJSON(raw);
+  assert.equal(p.path, "peer-relay");
+  assert.equal(p.relaySeat, 3);
+  assert.equal(Peer.fromJSON(peerJson(2)).relaySeat, null, "absent while not on a peer relay");
+  assert.throws(() => Peer.fromJSON({ ...raw, relaySeat: "3" }), ProtocolError);
+});
+
 test("when a peer was last heard from, which is no change", () => {
   assert.equal(Peer.fromJSON(peerJson(2, { lastHeard: 1763856001 })).lastHeard, 1763856001);
   assert.equal(Peer.fromJSON(peerJson(2, { lastHeard: null })).lastHeard, null);

@@ -598,14 +598,8 @@ mod tests {
     #[tokio::test]
     async fn the_grants_the_state_file_kept_hold_until_the_chain_answers() {
         let pki = MockPki::from_seed([0x3e; 32]);
-        let kept = ClusterPolicy {
-            rules: mesh_policy::Policy {
-                enforced: true,
-                version: 9,
-                ..mesh_policy::Policy::default()
-            },
-            ..ClusterPolicy::default()
-        };
+        let mut kept = ClusterPolicy::default();
+        (kept.rules.enforced, kept.rules.version) = (true, 9);
         let mut a = attestor(&pki, pinned_now(&pki)).with_grants(Some(kept.clone()));
         assert_eq!(a.grants().as_deref(), Some(&kept));
         let chain = view(&[record(1, 1, "")]);

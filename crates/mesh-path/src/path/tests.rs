@@ -87,6 +87,15 @@ fn back_on_udp_at_the_registered_endpoint_is_direct_and_anywhere_else_punched() 
     );
 }
 
+/// Only the two UDP paths to the peer itself are direct; a peer relay is not, though it is UDP too.
+#[test]
+fn a_peer_relay_is_not_direct_and_reads_as_peer_relay() {
+    assert!(PathKind::Direct.is_direct() && PathKind::Punched.is_direct());
+    assert!(!PathKind::PeerRelay.is_direct() && !PathKind::Relay.is_direct());
+    assert_eq!(PathKind::PeerRelay.as_str(), "peer-relay");
+    assert_eq!(PathKind::PeerRelay.to_string(), "peer-relay");
+}
+
 #[test]
 fn without_a_relay_the_peer_stays_direct() {
     let t0 = Instant::now();

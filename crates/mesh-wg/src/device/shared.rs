@@ -338,11 +338,11 @@ impl Shared {
         out
     }
 
-    /// The endpoint of each peer whose datagrams go over UDP.
+    /// The endpoint of each peer whose datagrams go directly over UDP.
     pub(super) fn udp_endpoints(&self) -> Vec<(Key, SocketAddr)> {
         self.peer_snapshots()
             .into_iter()
-            .filter(|p| p.status.path.is_udp())
+            .filter(|p| p.status.path.is_direct())
             .filter_map(|p| Some((p.status.public_key, p.status.endpoint?)))
             .collect()
     }

@@ -354,6 +354,10 @@ fn log_move(peer: &Key, m: Move, relay: Option<&RelayTarget>) {
         PathKind::Punched => {
             tracing::info!(event = "path.punched", peer = ?peer, reason = m.reason, "path: punched (UDP through the holes punched in both NATs)")
         }
+        // Not a move `PathState` makes yet: the device reports a peer relay by the relay the pair uses.
+        PathKind::PeerRelay => {
+            tracing::info!(event = "path.peer_relay", peer = ?peer, reason = m.reason, "path: peer relay")
+        }
     }
 }
 
@@ -504,7 +508,7 @@ impl PeerInner {
             }
         };
         let moved = moved.map(|mut m| {
-            if m.to.is_udp() {
+            if m.to.is_direct() {
                 self.punch.moved_to_udp();
                 m.to = udp_path(self.endpoint, self.configured);
                 if m.to == PathKind::Punched {
@@ -544,7 +548,7 @@ impl PeerInner {
         if let (Some(kind), Some(peer_ip), Some(via)) =
             (actions.message, self.overlay_ip, self.via())
         {
-            let observed = match (self.path.on().is_udp(), self.endpoint) {
+            let observed = match (self.path.on().is_direct(), self.endpoint) {
                 (true, Some(SocketAddr::V4(e))) => Some(e),
                 _ => None,
             };

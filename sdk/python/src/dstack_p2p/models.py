@@ -3,9 +3,9 @@
 Parsing ignores fields it does not know, because the API grows; a field this SDK needs that is missing or of
 the wrong type raises :class:`~dstack_p2p.errors.ProtocolError` rather than surfacing later as a
 ``KeyError`` in the caller's code. Fields the agent added after its first release (``leader``,
-``registrationError``, ``path``, ``relayUrl``, the chain's ``prefix``, and the leader's ``term``, ``state``,
-``ageMs``, ``leaseMs``, ``healthy`` and ``reason``, and the ``policy`` of the status and of each peer) fall
-back to their "nothing to report" value when absent.
+``registrationError``, ``path``, ``relayUrl``, ``relaySeat``, the chain's ``prefix``, and the leader's
+``term``, ``state``, ``ageMs``, ``leaseMs``, ``healthy`` and ``reason``, and the ``policy`` of the status and
+of each peer) fall back to their "nothing to report" value when absent.
 """
 
 from __future__ import annotations
@@ -240,8 +240,9 @@ class Peer:
     gateway_url: str | None
     #: ``"wireguard"``, ``"tls-gateway"`` or ``"unreachable"``.
     connection: str
-    #: ``"direct"``, ``"punched"`` (UDP through holes punched in both NATs) or ``"relay"`` for a WireGuard
-    #: peer, ``None`` for a peer with no tunnel.
+    #: ``"direct"``, ``"punched"`` (UDP through holes punched in both NATs), ``"peer-relay"`` (UDP through
+    #: another member that relays for the pair, ``relay_seat``) or ``"relay"`` (through the gateway) for a
+    #: WireGuard peer, ``None`` for a peer with no tunnel.
     path: str | None
     relay_url: str | None
     address: str | None
@@ -256,6 +257,8 @@ class Peer:
     leader: bool
     #: While relayed: why, and why hole punching has not brought it over UDP (``None`` otherwise).
     path_reason: str | None = None
+    #: While on a peer relay: the seat relaying (``None`` otherwise, and from an agent without peer relays).
+    relay_seat: int | None = None
     #: Unix seconds of the last time the peer was heard from, ``None`` when never (or from an older agent).
     last_heard: int | None = None
     #: Whether it is being drained: replica ports leave it out, and no leader is handed to it.
@@ -310,6 +313,7 @@ class Peer:
             tx_bytes=f.integer("txBytes"),
             leader=f.flag("leader", default=False),
             path_reason=f.opt_text("pathReason"),
+            relay_seat=f.opt_integer("relaySeat"),
             last_heard=f.opt_integer("lastHeard"),
             draining=f.flag("draining", default=False),
             policy=_opt(PeerPolicy.from_json, f.opt_mapping("policy")),
