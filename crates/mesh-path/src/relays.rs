@@ -220,6 +220,12 @@ impl PeerRelays {
         })
     }
 
+    /// The allocation's id at `relay` once both seats asked for it: what probes and datagrams through it
+    /// carry.
+    pub fn ready_vni(&self, relay: &Key) -> Option<u32> {
+        self.relays.get(relay)?.ready()
+    }
+
     /// Why the pair moved last, if it did.
     pub fn moved(&self) -> Option<&'static str> {
         self.moved
