@@ -18,10 +18,25 @@ use crate::punch::OwnCandidates;
 /// (with their candidates), so only a peer that went away lets it lapse.
 pub const OBSERVED_FOR: Duration = Duration::from_secs(300);
 
+/// How long a peer's reaching this node first over UDP counts as proof that its port is open from outside:
+/// a NAT's mapping or a host's forward may go, and a relay offered on it would fail every pair.
+pub const REACHED_FIRST_FOR: Duration = Duration::from_secs(600);
+
+/// Whether a node offers to relay for its peers (`--relay-for-peers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOffer {
+    /// When its own checks show its UDP port reachable from outside.
+    Auto,
+    Always,
+    Never,
+}
+
 /// What the node knows of its own reachability, and the candidates it publishes from it.
 #[derive(Debug, Default)]
 pub struct Reachability {
     pub report: NatReport,
+    /// When a peer last reached this node over UDP before this node had sent it anything there.
+    reached_first: Option<Instant>,
     locals: Vec<SocketAddrV4>,
     observed: HashMap<Key, (SocketAddrV4, Instant)>,
     /// A round has ended.
@@ -53,6 +68,38 @@ impl Reachability {
         let known = self.observed.get(&peer).is_some_and(|(a, _)| *a == addr);
         self.observed.insert(peer, (addr, now));
         !known && self.recompute(now)
+    }
+
+    /// A peer's handshake reached this node over UDP, from an address this node had sent nothing to: the
+    /// node's port is reachable from outside (no NAT, or a forward, as a self-hosted dstack host has).
+    pub fn reached_first(&mut self, now: Instant) {
+        self.reached_first = Some(now);
+    }
+
+    /// Whether the node offers to relay for its peers under `mode`, and why, in words for its status.
+    pub fn offers_relay(&self, mode: RelayOffer, now: Instant) -> (bool, &'static str) {
+        match mode {
+            RelayOffer::Always => (true, "--relay-for-peers always"),
+            RelayOffer::Never => (false, "--relay-for-peers never"),
+            RelayOffer::Auto if self.report.mapping == crate::nat::Mapping::NoNat => (
+                true,
+                "no NAT in front of this node: STUN sees its own address",
+            ),
+            RelayOffer::Auto
+                if self
+                    .reached_first
+                    .is_some_and(|t| now.saturating_duration_since(t) < REACHED_FIRST_FOR) =>
+            {
+                (
+                    true,
+                    "peers reached this node first over UDP: its port is open from outside",
+                )
+            }
+            RelayOffer::Auto => (
+                false,
+                "not shown reachable from outside: behind a NAT no peer reached it through first",
+            ),
+        }
     }
 
     /// The candidates from what is known: the interfaces' addresses, then what STUN saw, then what peers
@@ -117,6 +164,38 @@ mod tests {
             mapped: mapped.iter().map(|m| m.parse().unwrap()).collect(),
             ..NatReport::default()
         }
+    }
+
+    /// `auto` offers to relay with no NAT in front, or while a peer reaching this node first is recent;
+    /// `always` and `never` are what they say.
+    #[test]
+    fn a_node_offers_to_relay_when_shown_reachable_from_outside() {
+        use crate::nat::Mapping;
+        let now = Instant::now();
+        let mut r = Reachability::default();
+        assert!(!r.offers_relay(RelayOffer::Auto, now).0, "nothing known");
+        assert!(r.offers_relay(RelayOffer::Always, now).0);
+        r.set(
+            report(&["203.0.113.5:51820"], Mapping::NoNat),
+            Vec::new(),
+            now,
+        );
+        assert!(r.offers_relay(RelayOffer::Auto, now).0, "no NAT");
+        assert!(!r.offers_relay(RelayOffer::Never, now).0);
+        r.set(
+            report(&["203.0.113.5:40000"], Mapping::AddressAndPortDependent),
+            Vec::new(),
+            now,
+        );
+        assert!(!r.offers_relay(RelayOffer::Auto, now).0, "a symmetric NAT");
+        r.reached_first(now);
+        let (offers, why) = r.offers_relay(RelayOffer::Auto, now + Duration::from_secs(60));
+        assert!(offers, "a peer reached it first a minute ago");
+        assert!(why.contains("reached this node first"), "{why}");
+        assert!(
+            !r.offers_relay(RelayOffer::Auto, now + REACHED_FIRST_FOR).0,
+            "that proof lapses"
+        );
     }
 
     /// Silent servers are dated from the first round none answered, however many rounds follow; one
