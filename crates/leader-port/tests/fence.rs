@@ -61,6 +61,38 @@ async fn closed(s: &mut TcpStream) -> bool {
     )
 }
 
+/// A forwarded port serving on loopback, following the views sent on its channel.
+struct Serving {
+    at: SocketAddr,
+    stats: Stats,
+    cancel: CancellationToken,
+    task: Task<()>,
+}
+
+impl Serving {
+    async fn start(port: Port, views: watch::Receiver<View>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let stats = Stats::new(&port);
+        let cancel = CancellationToken::new();
+        let task = Task::spawn(
+            "forwarded-port",
+            serve(vec![listener], port, views, stats.clone(), cancel.clone()),
+        );
+        Self {
+            at,
+            stats,
+            cancel,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
     // Both services on one port number, as on a real cluster.
@@ -68,14 +100,8 @@ async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
     let (three, _three) = service_on(Ipv4Addr::new(127, 0, 0, 3), two.port(), "seat 3").await;
     let port = leader_port(two.port(), three);
     let (tx, rx) = watch::channel(leader(2, 7, Duration::from_secs(60)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let stats = Stats::new(&port);
-    let cancel = CancellationToken::new();
-    let served = Task::spawn(
-        "leader-port",
-        serve(vec![listener], port, rx, stats.clone(), cancel.clone()),
-    );
+    let served = Serving::start(port, rx).await;
+    let at = served.at;
 
     let mut first = TcpStream::connect(at).await.unwrap();
     assert_eq!(
@@ -111,7 +137,7 @@ async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
     let mut fourth = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut fourth, "anyone?").await, None);
 
-    let s = stats.snapshot();
+    let s = served.stats.snapshot();
     let term = |t: u64| {
         let r = s.routes.iter().find(|r| r.term == Some(t)).unwrap();
         (
@@ -128,8 +154,7 @@ async fn connections_reach_the_leader_of_their_term_and_end_with_it() {
     assert_eq!(s.refused.get("not-current"), Some(&1), "{s:?}");
     assert_eq!(s.refused.get("no-leader"), Some(&1), "{s:?}");
     assert_eq!(s.open, 0, "{s:?}");
-    cancel.cancel();
-    served.await.unwrap();
+    served.stop().await;
 }
 
 /// When this node leads, the port forwards to its own service.
@@ -141,17 +166,11 @@ async fn the_leader_forwards_to_its_own_service() {
     me.leader.is_self = true;
     me.leader.clock.claim_until = Some(Instant::now() + Duration::from_secs(60));
     let (_tx, rx) = watch::channel(me);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let cancel = CancellationToken::new();
-    let served = Task::spawn(
-        "leader-port",
-        serve(vec![listener], port, rx, Stats::new(&port), cancel.clone()),
-    );
+    let served = Serving::start(port, rx).await;
+    let at = served.at;
     let mut s = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut s, "hi").await.as_deref(), Some("this node: hi"));
-    cancel.cancel();
-    served.await.unwrap();
+    served.stop().await;
 }
 
 /// A leader whose port the grants between seats do not let this node reach: the connection is closed at
@@ -165,14 +184,8 @@ async fn a_port_not_granted_on_the_leader_is_refused_at_once_and_a_grant_taken_a
     let mut granted = leader(2, 7, Duration::from_secs(60));
     granted.granted.insert(2, vec![two.port()..=two.port()]);
     let (tx, rx) = watch::channel(granted.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let stats = Stats::new(&port);
-    let cancel = CancellationToken::new();
-    let served = Task::spawn(
-        "leader-port",
-        serve(vec![listener], port, rx, stats.clone(), cancel.clone()),
-    );
+    let served = Serving::start(port, rx).await;
+    let at = served.at;
     let mut open = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut open, "hi").await.as_deref(), Some("seat 2: hi"));
 
@@ -187,10 +200,9 @@ async fn a_port_not_granted_on_the_leader_is_refused_at_once_and_a_grant_taken_a
         "closed at once, not after a connect timeout: {:?}",
         began.elapsed()
     );
-    let s = stats.snapshot();
+    let s = served.stats.snapshot();
     assert_eq!(s.refused.get("not-granted"), Some(&1), "{s:?}");
-    cancel.cancel();
-    served.await.unwrap();
+    served.stop().await;
 }
 
 fn leader_port(port: u16, local: SocketAddr) -> Port {
@@ -226,14 +238,8 @@ async fn a_replica_port_spreads_over_the_healthy_members_that_do_not_lead() {
         },
     };
     let (tx, rx) = watch::channel(view.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let stats = Stats::new(&port);
-    let cancel = CancellationToken::new();
-    let served = Task::spawn(
-        "replica-port",
-        serve(vec![listener], port, rx, stats.clone(), cancel.clone()),
-    );
+    let served = Serving::start(port, rx).await;
+    let at = served.at;
     let mut open = Vec::new();
     let mut reached = Vec::new();
     for _ in 0..4 {
@@ -276,7 +282,7 @@ async fn a_replica_port_spreads_over_the_healthy_members_that_do_not_lead() {
         assert_eq!(ask(&mut s, "read").await.as_deref(), Some("seat 3: read"));
         back.push(s);
     }
-    assert_eq!(stats.snapshot().open, 6);
+    assert_eq!(served.stats.snapshot().open, 6);
 
     // No replica left: the leader serves.
     view.members[1].healthy = false;
@@ -284,8 +290,7 @@ async fn a_replica_port_spreads_over_the_healthy_members_that_do_not_lead() {
     tx.send(view).unwrap();
     let mut s = TcpStream::connect(at).await.unwrap();
     assert_eq!(ask(&mut s, "read").await.as_deref(), Some("seat 2: read"));
-    cancel.cancel();
-    served.await.unwrap();
+    served.stop().await;
 }
 
 /// A service at `ip`:`port` that answers each read with `name: ` and what it read; it stops with its task.
