@@ -28,7 +28,6 @@ const MAGIC: [u8; 4] = *b"DMCD";
 const VERSION: u8 = 1;
 const HEADER: usize = 14;
 const ENTRY: usize = 7;
-const UDP_HEADER: usize = 8;
 
 /// Where a candidate comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -208,31 +207,15 @@ impl Message {
     }
 }
 
-/// An IPv4 UDP packet from `src`:[`PORT`] to `dst`:[`PORT`] carrying `payload`, for the tunnel. Its UDP
-/// checksum is zero (optional over IPv4; WireGuard authenticates the whole packet anyway).
+/// An IPv4 UDP packet from `src`:[`PORT`] to `dst`:[`PORT`] carrying `payload`, for the tunnel.
 pub fn wrap(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let udp_len = u16::try_from(UDP_HEADER + payload.len()).expect("a candidate message is small");
-    let mut udp = Vec::with_capacity(usize::from(udp_len));
-    udp.extend_from_slice(&PORT.to_be_bytes());
-    udp.extend_from_slice(&PORT.to_be_bytes());
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    ipv4::packet(src, dst, ipv4::UDP, &udp)
+    ipv4::udp(src, dst, PORT, payload)
 }
 
 /// The payload of a decrypted packet when it is a candidate datagram for `own` (UDP from [`PORT`] to
 /// `own`:[`PORT`], unfragmented); `None` for every other packet, which goes to the TUN as it is.
 pub fn unwrap(packet: &[u8], own: Ipv4Addr) -> Option<&[u8]> {
-    let (_, udp) = ipv4::payload_for(packet, own, ipv4::UDP)?;
-    let ports = (
-        u16::from_be_bytes([*udp.first()?, *udp.get(1)?]),
-        u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]),
-    );
-    if ports != (PORT, PORT) {
-        return None;
-    }
-    udp.get(UDP_HEADER..)
+    ipv4::udp_payload_for(packet, own, PORT)
 }
 
 /// Whether a peer's candidate is worth a datagram: a unicast IPv4 address outside the overlay (a datagram

@@ -51,6 +51,38 @@ pub fn payload_for(packet: &[u8], own: Ipv4Addr, protocol: u8) -> Option<(Ipv4Ad
     Some((src, packet.get(ihl..total)?))
 }
 
+/// The UDP header's length.
+pub const UDP_HEADER: usize = 8;
+
+/// An IPv4 UDP packet from `src`:`port` to `dst`:`port` carrying `payload`, for the tunnel: the device's own
+/// messages (candidates, peer-relay control) go between the same port on both nodes. Its UDP checksum is zero
+/// (optional over IPv4; WireGuard authenticates the whole packet anyway).
+pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let udp_len =
+        u16::try_from(UDP_HEADER + payload.len()).expect("the device's own messages are small");
+    let mut udp = Vec::with_capacity(usize::from(udp_len));
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    packet(src, dst, UDP, &udp)
+}
+
+/// The payload of a decrypted packet when it is a UDP datagram from `port` to `own`:`port`, unfragmented;
+/// `None` for every other packet.
+pub fn udp_payload_for(packet: &[u8], own: Ipv4Addr, port: u16) -> Option<&[u8]> {
+    let (_, udp) = payload_for(packet, own, UDP)?;
+    let ports = (
+        u16::from_be_bytes([*udp.first()?, *udp.get(1)?]),
+        u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]),
+    );
+    if ports != (port, port) {
+        return None;
+    }
+    udp.get(UDP_HEADER..)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +117,15 @@ mod tests {
         fragment[6] = 0x20; // more fragments
         assert_eq!(payload_for(&fragment, own, ICMP), None);
         assert_eq!(payload_for(&p[..HEADER + 2], own, ICMP), None, "cut short");
+    }
+
+    #[test]
+    fn a_udp_message_is_found_only_between_its_port_on_both_sides() {
+        let own = Ipv4Addr::new(10, 0, 1, 1);
+        let from = Ipv4Addr::new(10, 0, 1, 2);
+        let p = udp(from, own, 51873, b"DMPR");
+        assert_eq!(udp_payload_for(&p, own, 51873), Some(&b"DMPR"[..]));
+        assert_eq!(udp_payload_for(&p, own, 51872), None, "another port");
+        assert_eq!(udp_payload_for(&p, from, 51873), None, "for another node");
     }
 }

@@ -34,6 +34,9 @@ pub const DIRECT_QUIET: Duration = Duration::from_secs(3);
 /// A seat's silence before then says nothing about the seat.
 pub const FIRST_PATH_WITHIN: Duration =
     Duration::from_secs(2 * HANDSHAKE_UNANSWERED.as_secs() + DIRECT_QUIET.as_secs());
+/// How long an initiation over UDP goes unanswered before the direct path is in doubt
+/// ([`PathState::doubtful`]): an answer within a LAN or the internet takes far less.
+pub const DOUBT_AFTER: Duration = Duration::from_secs(1);
 /// How often a relayed peer's direct path is tried.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -241,18 +244,33 @@ impl PathState {
         if over(self.init_unanswered, HANDSHAKE_UNANSWERED) {
             return self.go(PathKind::Relay, now, "no handshake answer over UDP");
         }
-        // Silent since the last datagram over UDP; but data that went out long after it (an idle pair) is
-        // given the time a probe would have had, so that it is not taken as unanswered at once.
-        let silent_since = self.data_unanswered.map(|first| {
+        if over(self.silent_since(), self.liveness.timeout) {
+            return self.go(PathKind::Relay, now, "no answer over UDP");
+        }
+        None
+    }
+
+    /// Silent since the last datagram over UDP; but data that went out long after it (an idle pair) is
+    /// given the time a probe would have had, so that it is not taken as unanswered at once.
+    fn silent_since(&self) -> Option<Instant> {
+        self.data_unanswered.map(|first| {
             let asked = first
                 .checked_sub(self.liveness.probed_within())
                 .unwrap_or(first);
             self.direct_rx.map_or(first, |rx| rx.max(asked))
-        });
-        if over(silent_since, self.liveness.timeout) {
-            return self.go(PathKind::Relay, now, "no answer over UDP");
-        }
-        None
+        })
+    }
+
+    /// Whether the direct path is in doubt: not taken, or halfway to being left (an initiation unanswered
+    /// for [`DOUBT_AFTER`], or data for half the peer timeout). A pair in doubt gets its peer relays ready,
+    /// so that leaving UDP finds one to go to.
+    pub fn doubtful(&self, now: Instant) -> bool {
+        let over = |since: Option<Instant>, bound| {
+            since.is_some_and(|t| now.saturating_duration_since(t) >= bound)
+        };
+        !self.on.is_direct()
+            || over(self.init_unanswered, DOUBT_AFTER)
+            || over(self.silent_since(), self.liveness.timeout / 2)
     }
 
     /// Whether to send a probe over UDP now; records it when so. A probe is a new handshake, which replaces

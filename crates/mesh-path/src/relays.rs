@@ -13,10 +13,13 @@
 //!   timeout) wins; the pair moves off the one in use only for one [`SWITCH_RATIO`] of its round trip and at
 //!   least [`SWITCH_MARGIN`] faster, so that noise does not make it flap. A relay that stops answering is
 //!   left at once for the best of the others, or for none (the gateway relay).
+//! - **First contact.** A pair with no session yet cannot probe (probes go through its tunnel), so while
+//!   no relay answers, the ready ones are tried in turn, each for the peer timeout: the handshake goes
+//!   through the one on trial, and once a session is up its probes decide.
 //! - **Order.** Direct beats any peer relay, which beats the gateway's relay: [`PeerRelays::current`] is
 //!   asked only while the pair is not direct, and gives none when no peer relay answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -76,6 +79,8 @@ struct Relay {
     endpoint: SocketAddr,
     /// The allocation, once granted: its id, and whether both seats asked.
     vni: Option<(u32, bool)>,
+    /// The last grant: a relay that stopped granting (it died) is not tried for a first contact.
+    granted_at: Option<Instant>,
     last_asked: Option<Instant>,
     /// After a refusal, not asked again before this.
     refused_until: Option<Instant>,
@@ -93,6 +98,7 @@ impl Relay {
         Self {
             endpoint,
             vni: None,
+            granted_at: None,
             last_asked: None,
             refused_until: None,
             backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(60)),
@@ -124,6 +130,10 @@ pub struct PeerRelays {
     next_seq: u16,
     /// Why the pair moved last, for its path reason.
     moved: Option<&'static str>,
+    /// The relay tried for a first contact while none answers, and since when.
+    trial: Option<(Key, Instant)>,
+    /// The relays tried so far since one last answered.
+    tried: BTreeSet<Key>,
 }
 
 impl PeerRelays {
@@ -152,8 +162,9 @@ impl PeerRelays {
     }
 
     /// The relay granted the allocation: `ready` once the peer asked it too.
-    pub fn granted(&mut self, relay: &Key, vni: u32, ready: bool) {
+    pub fn granted(&mut self, relay: &Key, vni: u32, ready: bool, now: Instant) {
         if let Some(r) = self.relays.get_mut(relay) {
+            r.granted_at = Some(now);
             if r.vni.is_some_and(|(v, _)| v != vni) {
                 r.rtt = None;
                 r.samples = 0;
@@ -226,6 +237,36 @@ impl PeerRelays {
         self.relays.get(relay)?.ready()
     }
 
+    /// Every allocation both seats asked for: where datagrams through it come from, and its id.
+    pub fn ready(&self) -> impl Iterator<Item = InUse> + '_ {
+        self.relays.iter().filter_map(|(key, r)| {
+            Some(InUse {
+                relay: *key,
+                endpoint: r.endpoint,
+                vni: r.ready()?,
+            })
+        })
+    }
+
+    /// The relay whose ready allocation `vni` datagrams from `endpoint` belong to: a relayed datagram for
+    /// this pair must come through one of its own allocations.
+    pub fn relay_at(&self, endpoint: SocketAddr, vni: u32) -> Option<Key> {
+        self.ready()
+            .find(|u| u.endpoint == endpoint && u.vni == vni)
+            .map(|u| u.relay)
+    }
+
+    /// The peer asked `relay` for an allocation with this node. Returns whether to ask it too, now: only a
+    /// relay this node reaches and that offers.
+    pub fn invited(&mut self, relay: &Key, now: Instant) -> bool {
+        let Some(r) = self.relays.get_mut(relay) else {
+            return false;
+        };
+        r.last_asked = Some(now);
+        r.refused_until = None;
+        true
+    }
+
     /// Why the pair moved last, if it did.
     pub fn moved(&self) -> Option<&'static str> {
         self.moved
@@ -236,16 +277,17 @@ impl PeerRelays {
         self.relays.get(relay)?.rtt
     }
 
-    /// What to send now, and the relay to use. `wanted`: the pair is not direct and has a session, so a peer
-    /// relay is worth holding; when it is not, nothing is asked or probed, and what is held expires at the
-    /// relays.
-    pub fn tick(&mut self, now: Instant, wanted: bool, liveness: Liveness) -> Tick {
+    /// What to send now, and the relay to use. `wanted`: the pair is not direct (or its direct path goes
+    /// unanswered), so a peer relay is worth holding; when it is not, nothing is asked or probed, and what is
+    /// held expires at the relays. `session`: the pair has a WireGuard session, so its probes can measure
+    /// the relays; without one, ready relays are tried in turn for a first contact.
+    pub fn tick(&mut self, now: Instant, wanted: bool, session: bool, liveness: Liveness) -> Tick {
         let mut out = Tick::default();
         if !wanted {
             return out;
         }
         self.ask(now, &mut out);
-        self.choose(now, liveness);
+        self.choose(now, session, liveness);
         self.probe(now, liveness, &mut out);
         out
     }
@@ -273,7 +315,7 @@ impl PeerRelays {
         }
     }
 
-    fn choose(&mut self, now: Instant, liveness: Liveness) {
+    fn choose(&mut self, now: Instant, session: bool, liveness: Liveness) {
         let best = self
             .relays
             .iter()
@@ -285,6 +327,10 @@ impl PeerRelays {
             .and_then(|k| Some((k, self.relays.get(&k)?)))
             .filter(|(_, r)| r.answers(liveness, now))
             .map(|(k, r)| (k, r.rtt.unwrap_or(Duration::MAX)));
+        if best.is_some() {
+            self.trial = None;
+            self.tried.clear();
+        }
         match (current, best) {
             (None, Some((k, _))) => {
                 if self.current.is_some() {
@@ -292,7 +338,9 @@ impl PeerRelays {
                 }
                 self.current = Some(k);
             }
+            (None, None) if !session => self.first_contact(now, liveness),
             (None, None) => {
+                self.trial = None;
                 if self.current.take().is_some() {
                     self.moved = Some("no peer relay answers");
                 }
@@ -304,6 +352,38 @@ impl PeerRelays {
                 }
             }
             (Some(_), _) => {}
+        }
+    }
+
+    /// No relay answers: the ready ones are tried in turn, each for the peer timeout, so that a pair with
+    /// no session yet can make one through a relay (and then measure it).
+    fn first_contact(&mut self, now: Instant, liveness: Liveness) {
+        if let Some((k, since)) = self.trial
+            && self.current == Some(k)
+            && self.relays.get(&k).is_some_and(|r| r.ready().is_some())
+            && now.saturating_duration_since(since) < liveness.timeout
+        {
+            return;
+        }
+        let fresh = |r: &Relay| {
+            r.ready().is_some()
+                && (r.granted_at).is_some_and(|t| now.saturating_duration_since(t) < 2 * REFRESH)
+        };
+        let ready: Vec<Key> = (self.relays.iter())
+            .filter(|(_, r)| fresh(r))
+            .map(|(k, _)| *k)
+            .collect();
+        if ready.iter().all(|k| self.tried.contains(k)) {
+            self.tried.clear();
+        }
+        let next = ready.into_iter().find(|k| !self.tried.contains(k));
+        if self.current.is_some() && next != self.current {
+            self.moved = Some("no peer relay answers");
+        }
+        self.current = next;
+        self.trial = next.map(|k| (k, now));
+        if let Some(k) = next {
+            self.tried.insert(k);
         }
     }
 

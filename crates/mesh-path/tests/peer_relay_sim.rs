@@ -89,7 +89,7 @@ impl Sim {
             let side = usize::from(to == key(2));
             match message {
                 Control::Granted { vni, ready, .. } => {
-                    self.seats[side].1.granted(&relay, vni, ready)
+                    self.seats[side].1.granted(&relay, vni, ready, self.now)
                 }
                 Control::Refused { .. } => self.seats[side].1.refused(&relay, self.now),
                 Control::Invite { peer, .. } => {
@@ -139,7 +139,7 @@ impl Sim {
                 }
             }
             for side in 0..2 {
-                let tick = self.seats[side].1.tick(now, true, LIVENESS);
+                let tick = self.seats[side].1.tick(now, true, true, LIVENESS);
                 let (me, peer) = (self.seats[side].0, self.seats[1 - side].0);
                 for (relay, ask) in tick.asks {
                     let answer = self.relay(relay).map(|r| match ask {

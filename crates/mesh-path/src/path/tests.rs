@@ -344,3 +344,22 @@ fn an_unanswered_trial_goes_back_to_the_relay_and_waits_for_the_next() {
     assert_eq!(k.step(&relayed(66_000)), Step::Stay);
     assert_eq!(k.step(&relayed(95_999)), Step::Stay);
 }
+
+/// A pair whose direct path goes unanswered readies its peer relays before it leaves UDP, so that leaving
+/// finds one to go to; a healthy direct pair asks none, even while its data is in flight.
+#[test]
+fn the_direct_path_is_in_doubt_halfway_to_being_left() {
+    let t0 = Instant::now();
+    let mut p = PathState::new(t0, THREE);
+    p.sent_direct(Message::Initiation, t0);
+    assert!(!p.doubtful(at(t0, 999)), "an answer may still come");
+    assert!(p.doubtful(at(t0, 1_000)));
+    p.received_direct(Message::Response, at(t0, 1_100));
+    assert!(!p.doubtful(at(t0, 1_100)), "answered");
+    p.sent_direct(Message::Data, at(t0, 1_200));
+    assert!(!p.doubtful(at(t0, 2_599)), "data in flight");
+    assert!(p.doubtful(at(t0, 2_600)), "silent for half the timeout");
+    p.tick(at(t0, 4_100), true, true)
+        .expect("left at the timeout");
+    assert!(p.doubtful(at(t0, 4_100)), "not direct");
+}

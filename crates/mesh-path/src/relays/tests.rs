@@ -56,11 +56,11 @@ impl Net {
             for (at, relay, seq) in due {
                 self.relays.probe_answered(&relay, seq, at);
             }
-            let tick = self.relays.tick(now, true, LIVENESS);
+            let tick = self.relays.tick(now, true, true, LIVENESS);
             for (relay, ask) in &tick.asks {
                 if *ask == Ask::Allocate && self.rtt.get(relay).is_some_and(Option::is_some) {
                     self.relays
-                        .granted(relay, u32::from(relay.as_bytes()[0]), true);
+                        .granted(relay, u32::from(relay.as_bytes()[0]), true, now);
                 }
             }
             self.asks.extend(tick.asks);
@@ -81,7 +81,7 @@ impl Net {
 fn nothing_is_asked_or_probed_while_the_pair_is_direct() {
     let mut r = PeerRelays::default();
     r.set_candidates(&[candidate(1), candidate(2)]);
-    let tick = r.tick(Instant::now(), false, LIVENESS);
+    let tick = r.tick(Instant::now(), false, true, LIVENESS);
     assert_eq!(tick, Tick::default());
     assert_eq!(r.current(), None);
 }
@@ -107,7 +107,7 @@ fn a_refused_relay_is_asked_again_after_a_backoff_that_grows() {
     let mut r = PeerRelays::default();
     r.set_candidates(&[candidate(1)]);
     let t0 = Instant::now();
-    let asked = |r: &mut PeerRelays, at: Instant| !r.tick(at, true, LIVENESS).asks.is_empty();
+    let asked = |r: &mut PeerRelays, at: Instant| !r.tick(at, true, true, LIVENESS).asks.is_empty();
     assert!(asked(&mut r, t0));
     r.refused(&key(1), t0);
     assert!(
@@ -119,7 +119,7 @@ fn a_refused_relay_is_asked_again_after_a_backoff_that_grows() {
     r.refused(&key(1), t1);
     assert!(!asked(&mut r, t1 + Duration::from_secs(9)), "then 10 s");
     assert!(asked(&mut r, t1 + Duration::from_secs(10)));
-    r.granted(&key(1), 7, false);
+    r.granted(&key(1), 7, false, t1);
     r.refused(&key(1), t1 + Duration::from_secs(10));
     assert!(
         asked(&mut r, t1 + Duration::from_secs(15)),
@@ -207,4 +207,74 @@ proptest! {
             prop_assert_eq!(net.using(), first);
         }
     }
+}
+
+#[test]
+fn without_a_session_the_ready_relays_are_tried_in_turn_each_for_the_peer_timeout() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1), candidate(2), candidate(3)]);
+    let t0 = Instant::now();
+    r.granted(&key(1), 11, true, t0);
+    r.granted(&key(2), 12, false, t0);
+    r.granted(&key(3), 13, true, t0);
+    r.tick(t0, true, false, LIVENESS);
+    let using = |r: &PeerRelays| r.current().map(|u| (u.relay, u.vni));
+    assert_eq!(
+        using(&r),
+        Some((key(1), 11)),
+        "the first ready relay, on trial"
+    );
+    r.tick(t0 + Duration::from_secs(2), true, false, LIVENESS);
+    assert_eq!(using(&r), Some((key(1), 11)), "kept for the peer timeout");
+    r.tick(t0 + Duration::from_secs(3), true, false, LIVENESS);
+    assert_eq!(
+        using(&r),
+        Some((key(3), 13)),
+        "then the next ready one; 2 is not ready"
+    );
+    r.tick(t0 + Duration::from_secs(6), true, false, LIVENESS);
+    assert_eq!(using(&r), Some((key(1), 11)), "and round again");
+    r.tick(t0 + Duration::from_secs(6), true, true, LIVENESS);
+    assert_eq!(
+        r.current(),
+        None,
+        "with a session, only a relay that answers its probes is used"
+    );
+}
+
+#[test]
+fn a_relay_that_stopped_granting_is_not_tried_for_a_first_contact() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1)]);
+    let t0 = Instant::now();
+    r.granted(&key(1), 11, true, t0);
+    r.tick(t0 + 2 * REFRESH, true, false, LIVENESS);
+    assert_eq!(r.current(), None, "its grant was not renewed: it is gone");
+}
+
+#[test]
+fn a_relayed_datagram_belongs_to_the_pair_only_through_its_own_ready_allocation() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1), candidate(2)]);
+    let now = Instant::now();
+    r.granted(&key(1), 7, true, now);
+    r.granted(&key(2), 8, false, now);
+    let at = |k: u8| candidate(k).endpoint;
+    assert_eq!(r.relay_at(at(1), 7), Some(key(1)));
+    assert_eq!(r.relay_at(at(1), 8), None, "another vni");
+    assert_eq!(r.relay_at(at(2), 8), None, "not ready");
+    assert_eq!(r.ready().count(), 1);
+}
+
+#[test]
+fn an_invitation_is_taken_up_only_from_a_candidate() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1)]);
+    let now = Instant::now();
+    assert!(r.invited(&key(1), now));
+    assert!(!r.invited(&key(9), now), "not a relay this node reaches");
+    assert!(
+        r.tick(now, true, true, LIVENESS).asks.is_empty(),
+        "the invitation's answer counts as this refresh's ask"
+    );
 }
