@@ -216,6 +216,7 @@ mod tests {
         let relay =
             mesh_relay::relay_target(&format!("https://{:040x}-8080.mesh.test", 3), 51820).unwrap();
         let status = |path| mesh_wg::PeerStatus {
+            peer_relay: None,
             public_key: key,
             endpoint: None,
             relay: Some(relay.clone()),

@@ -45,6 +45,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
         (
             Key::from_bytes([k; 32]),
             PeerStatus {
+                peer_relay: None,
                 public_key: Key::from_bytes([k; 32]),
                 endpoint: Some(format!("198.51.100.{k}:9").parse().unwrap()),
                 // Seat 2 is relayed.

@@ -62,7 +62,7 @@ pub enum Ask {
 pub struct Tick {
     /// Control messages to relays, inside this node's tunnel to each.
     pub asks: Vec<(Key, Ask)>,
-    /// Probes to the peer through a relay: the relay and the probe's sequence number.
+    /// Probes to the peer through a relay: the relay and the probe's sequence number (below 2^15).
     pub probes: Vec<(Key, u16)>,
 }
 
@@ -406,7 +406,8 @@ impl PeerRelays {
             {
                 continue;
             }
-            self.next_seq = self.next_seq.wrapping_add(1);
+            // Fifteen bits: the device marks a probe through a relay with the top one.
+            self.next_seq = (self.next_seq + 1) & 0x7fff;
             r.probe = Some((self.next_seq, now));
             r.probed = Some(now);
             out.probes.push((*key, self.next_seq));

@@ -54,6 +54,18 @@ pub struct DeviceConfig {
     /// UDP ports whose datagrams pass whatever the grants between seats say, to or from them: the agents'
     /// own (the leader's heartbeats). ICMP always passes too.
     pub policy_exempt_udp: Vec<u16>,
+    /// Whether and how this node relays for its peers ([`PeerRelayConfig`]); `None` offers nothing (the
+    /// kernel backend, whose WireGuard owns the port).
+    pub peer_relay: Option<PeerRelayConfig>,
+}
+
+/// A node's offer to relay WireGuard datagrams between two of its peers that cannot reach each other
+/// (`mesh_peer_relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRelayConfig {
+    /// When it offers: always, never, or when its own checks find its UDP port reachable.
+    pub offer: mesh_path::reachability::RelayOffer,
+    pub limits: mesh_peer_relay::Limits,
 }
 
 /// The kernel offloads of the userspace device. Each is used only where the kernel has it; turning one off
@@ -98,6 +110,7 @@ impl DeviceConfig {
             stun_servers: Vec::new(),
             liveness: Liveness::default(),
             policy_exempt_udp: Vec::new(),
+            peer_relay: None,
         }
     }
 
@@ -187,6 +200,8 @@ pub struct PeerStatus {
     pub relay: Option<RelayTarget>,
     /// Which path its datagrams take now.
     pub path: PathKind,
+    /// The relay seat's key, while the path is [`PathKind::PeerRelay`].
+    pub peer_relay: Option<Key>,
     /// Hole punching toward it (userspace device only).
     pub punch: PunchStatus,
     /// Prefixes routed to this peer.

@@ -40,9 +40,15 @@ mod uapi_server;
 pub use backend::{BackendChoice, MeshDevice, kernel_module_present};
 pub use config::{
     DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, NatStatus, Offload, PeerConfig,
-    PeerStatus, PunchStatus, validate_ifname,
+    PeerRelayConfig, PeerStatus, PunchStatus, validate_ifname,
 };
 pub use device::Device;
+pub use device::PeerRelayStatus;
+pub use mesh_path::reachability::RelayOffer;
+pub use mesh_peer_relay::{
+    Dropped as RelayDropped, Limits as RelayLimits, RefusedReason, Stats as RelayStats,
+};
+
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;

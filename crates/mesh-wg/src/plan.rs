@@ -207,6 +207,7 @@ impl PeerTable for MemoryTable {
     fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {
         let mut peers = self.lock();
         let entry = peers.entry(peer.public_key).or_insert_with(|| PeerStatus {
+            peer_relay: None,
             public_key: peer.public_key,
             endpoint: None,
             relay: None,
@@ -266,6 +267,7 @@ mod tests {
 
     fn applied(d: &PeerConfig, handshake_age: Option<u64>) -> PeerStatus {
         PeerStatus {
+            peer_relay: None,
             public_key: d.public_key,
             endpoint: d.endpoint,
             relay: d.relay.clone(),

@@ -308,6 +308,7 @@ mod tests {
             peers: vec![
                 PeerSnapshot {
                     status: PeerStatus {
+                        peer_relay: None,
                         public_key: K1,
                         endpoint: Some("192.0.2.2:51821".parse().unwrap()),
                         relay: None,
@@ -329,6 +330,7 @@ mod tests {
                 },
                 PeerSnapshot {
                     status: PeerStatus {
+                        peer_relay: None,
                         public_key: K2,
                         endpoint: None,
                         relay: None,

@@ -19,4 +19,4 @@ pub mod table;
 pub mod wire;
 
 pub use table::{Dropped, Limits, Seats, Stats, Table};
-pub use wire::{CONTROL_PORT, Control, Header, Malformed, Op, RefusedReason};
+pub use wire::{CONTROL_PORT, Control, HEADER_LEN, Header, Malformed, Op, RefusedReason};

@@ -38,6 +38,7 @@ enum Cmd {
     SetPeer(PeerConfig, Reply<Result<(), String>>),
     RemovePeer(Key, Reply<bool>),
     Peers(Reply<Vec<PeerStatus>>),
+    PeerRelay(Reply<Option<mesh_wg::PeerRelayStatus>>),
     Shutdown(Reply<Result<(), String>>),
 }
 
@@ -106,6 +107,9 @@ impl NsDevice {
                             Cmd::Peers(r) => {
                                 let _ = r.send(device.peers());
                             }
+                            Cmd::PeerRelay(r) => {
+                                let _ = r.send(device.peer_relay());
+                            }
                             Cmd::Shutdown(r) => {
                                 shutdown_reply = Some(r);
                                 break;
@@ -168,6 +172,11 @@ impl NsDevice {
 
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.call("peers", Cmd::Peers)
+    }
+
+    /// The device as a peer relay ([`mesh_wg::Device::peer_relay`]).
+    pub fn peer_relay(&self) -> Option<mesh_wg::PeerRelayStatus> {
+        self.call("peer_relay", Cmd::PeerRelay)
     }
 
     pub fn peer(&self, key: Key) -> PeerStatus {

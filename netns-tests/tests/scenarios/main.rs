@@ -51,4 +51,5 @@ mod status_page;
 mod tcb_policy;
 mod wg_interop;
 mod wg_netns;
+mod wg_peer_relay;
 mod wg_show;

@@ -13,7 +13,7 @@ use super::shared::{Received, Shared};
 use super::udp::WhenFull;
 use super::{BUF_LEN, TIMER_TICK};
 use crate::Error;
-use crate::peer::{Peer, Via};
+use crate::peer::{Peer, RelayView, Via};
 
 pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
     let mut tick = tokio::time::interval(TIMER_TICK);
@@ -32,13 +32,27 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
             last_reset = Instant::now();
         }
         let sock = shared.socket();
-        let ctx = shared.tick_context();
-        for peer in peers {
-            for (to, out) in peer.tick(&mut dst, &ctx) {
+        let now = Instant::now();
+        let mut ctx = shared.tick_context();
+        let views: Vec<(Arc<Peer>, RelayView)> = (peers.iter())
+            .map(|p| (p.clone(), p.relay_view(now, ctx.liveness)))
+            .collect();
+        ctx.relays = views.iter().filter_map(|(_, v)| v.candidate).collect();
+        let mut controls = shared.relay_upkeep(&views);
+        for peer in &peers {
+            for (to, out) in peer.tick(&mut dst, &ctx, &mut controls) {
                 send(&sock, &out, &to, WhenFull::Drop);
             }
             if let Some(relay) = &shared.relay {
-                dial_if_needed(relay, &peer);
+                dial_if_needed(relay, peer);
+            }
+        }
+        shared.note_relayed_in(&views);
+        for (to, message) in controls {
+            if let Some((peer, _)) = views.iter().find(|(p, _)| p.public_key == to)
+                && let Some((via, out)) = peer.control(ctx.address, &message, &mut dst)
+            {
+                send(&sock, &out, &via, WhenFull::Drop);
             }
         }
     }

@@ -7,7 +7,9 @@ mod discovery;
 mod loops;
 mod outbound;
 mod packets;
+mod peer_relay;
 mod relay_dialing;
+mod relay_server;
 mod shared;
 mod threads;
 mod tun;
@@ -38,6 +40,7 @@ use discovery::{ANSWERS, discovery_loop};
 use loops::{relay_loop, timer_loop};
 use mesh_relay::Inbound;
 use relay_dialing::RelayDialing;
+pub use relay_server::PeerRelayStatus;
 use shared::{Shared, State};
 use threads::{PacketThreads, Stop, Waker};
 use wg_key::Key;
@@ -97,20 +100,7 @@ impl Device {
     pub async fn create(config: DeviceConfig) -> Result<Self, Error> {
         config.validate()?;
         let ifname = config.ifname.clone();
-        if !Path::new("/dev/net/tun").exists() {
-            return Err(Error::TunUnavailable {
-                ifname,
-                syscall: "stat /dev/net/tun",
-                source: io::Error::from(io::ErrorKind::NotFound),
-            });
-        }
-        let netlink = Netlink::open(&ifname)?;
-        if netlink.link_index(&ifname).await?.is_some() {
-            return Err(Error::InterfaceExists {
-                ifname,
-                what: "a link with this name exists in this network namespace",
-            });
-        }
+        let netlink = name_is_free(&ifname).await?;
         let uapi_path = config.uapi_dir.join(format!("{ifname}.sock"));
         let uapi = uapi_server::claim(&uapi_path, &ifname).await?;
 
@@ -139,6 +129,7 @@ impl Device {
 
         let secret = config.private_key.to_secret();
         let public_key = x25519::PublicKey::from(&secret);
+        let own_key = Key::from_bytes(public_key.to_bytes());
         let handshake_limit = handshake_rate_limit(config.prefix_len);
         let keys = NoiseKeys {
             rate_limiter: Arc::new(RateLimiter::new(&public_key, handshake_limit)),
@@ -192,6 +183,10 @@ impl Device {
             overlay,
             stun_answers,
             discovered: Mutex::default(),
+            peer_relay: (config.peer_relay)
+                .map(|c| Mutex::new(relay_server::Server::new(own_key, c))),
+            relayed_in: RwLock::default(),
+            relay_malformed: 0.into(),
         });
         let span = || tracing::info_span!("wg", ifname = %ifname);
         let stop = Arc::new(Stop::default());
@@ -301,6 +296,12 @@ impl Device {
         self.shared.policy_dropped()
     }
 
+    /// The device as a peer relay: whether it offers, why, and its counters; `None` when it was made without
+    /// one ([`DeviceConfig::peer_relay`]).
+    pub fn peer_relay(&self) -> Option<PeerRelayStatus> {
+        self.shared.peer_relay_status()
+    }
+
     /// Datagrams dropped because no peer of this device matched them (strangers' traffic): over UDP, and
     /// through the relay.
     pub fn unknown_datagrams(&self) -> (u64, u64) {
@@ -353,6 +354,25 @@ impl Device {
         tracing::info!("device down");
         result
     }
+}
+
+/// A netlink socket for the device `ifname`, once a TUN can be made here and no link has the name.
+async fn name_is_free(ifname: &str) -> Result<Netlink, Error> {
+    if !Path::new("/dev/net/tun").exists() {
+        return Err(Error::TunUnavailable {
+            ifname: ifname.to_owned(),
+            syscall: "stat /dev/net/tun",
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+    }
+    let netlink = Netlink::open(ifname)?;
+    if netlink.link_index(ifname).await?.is_some() {
+        return Err(Error::InterfaceExists {
+            ifname: ifname.to_owned(),
+            what: "a link with this name exists in this network namespace",
+        });
+    }
+    Ok(netlink)
 }
 
 fn create_tun(ifname: &str, offload: bool) -> Result<tun_rs::SyncDevice, Error> {

@@ -7,6 +7,7 @@ use super::batch::Runs;
 use super::tun::BATCH;
 use super::udp::{Udp, WhenFull};
 use crate::peer::Via;
+use mesh_peer_relay::{HEADER_LEN, Header};
 
 /// What WireGuard adds to a packet: the 16-byte data header and the 16-byte tag.
 const OVERHEAD: usize = 32;
@@ -17,6 +18,8 @@ const MIN_SLOT: usize = 148;
 pub(crate) struct Outbound {
     buf: Vec<u8>,
     runs: Runs<Via>,
+    /// A run for a peer relay, each datagram behind its header.
+    headed: Vec<u8>,
 }
 
 impl Outbound {
@@ -26,6 +29,7 @@ impl Outbound {
             // only what batches use becomes resident.
             buf: vec![0; BATCH * (MAX_PACKET + OVERHEAD)],
             runs: Runs::new(1),
+            headed: Vec::new(),
         }
     }
 
@@ -63,6 +67,18 @@ impl Outbound {
                         send(sock, &self.buf[datagram], &run.to, WhenFull::Wait);
                     }
                 }
+                Via::PeerRelay { relay, vni } => {
+                    // The header goes in front of each datagram: the run is copied once, with room for
+                    // it, and still leaves in one send.
+                    self.headed.clear();
+                    for datagram in run.datagrams() {
+                        push_headed(&mut self.headed, *vni, &self.buf[datagram]);
+                    }
+                    let stride = run.stride + HEADER_LEN;
+                    if let Err(err) = sock.send_run(&self.headed, stride, *relay, WhenFull::Wait) {
+                        tracing::debug!(to = %relay, error = %err, datagrams = run.segments, "UDP send to a peer relay failed");
+                    }
+                }
             }
         }
     }
@@ -76,6 +92,13 @@ pub(crate) fn send(sock: &Udp, datagram: &[u8], to: &Via, when_full: WhenFull) {
                 tracing::debug!(to = %addr, error = %err, "UDP send failed");
             }
         }
+        Via::PeerRelay { relay, vni } => {
+            let mut headed = Vec::with_capacity(HEADER_LEN + datagram.len());
+            push_headed(&mut headed, *vni, datagram);
+            if let Err(err) = sock.send_to(&headed, *relay, when_full) {
+                tracing::debug!(to = %relay, error = %err, "UDP send to a peer relay failed");
+            }
+        }
         Via::Relay(link) => {
             if !link.send(datagram) {
                 tracing::debug!(
@@ -85,4 +108,12 @@ pub(crate) fn send(sock: &Udp, datagram: &[u8], to: &Via, when_full: WhenFull) {
             }
         }
     }
+}
+
+/// Appends `datagram` behind the header of allocation `vni`.
+fn push_headed(out: &mut Vec<u8>, vni: u32, datagram: &[u8]) {
+    let at = out.len();
+    out.resize(at + HEADER_LEN, 0);
+    Header { vni }.encode_into(&mut out[at..]);
+    out.extend_from_slice(datagram);
 }

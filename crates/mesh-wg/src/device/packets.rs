@@ -230,8 +230,17 @@ impl Incoming {
                     if rx.tun.free() < m.len.div_ceil(m.stride.max(1)) {
                         rx.tun.flush(&shared.tun);
                     }
-                    let from = Via::Udp(canonical(m.addr));
-                    shared.receive(&from, &buf[..m.len], segments(0..m.len, m.stride), rx);
+                    let (addr, run) = (canonical(m.addr), &buf[..m.len]);
+                    if run
+                        .first()
+                        .copied()
+                        .is_some_and(mesh_peer_relay::wire::is_relayed)
+                    {
+                        shared.relayed_run(&self.sock, addr, run, m.stride, rx);
+                        continue;
+                    }
+                    let from = Via::Udp(addr);
+                    shared.receive(&from, run, segments(0..m.len, m.stride), rx);
                 }
                 rx.flush(shared, &self.sock, WhenFull::Wait);
                 Receive::Got

@@ -16,19 +16,21 @@ use ipnetwork::Ipv4Network;
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::sync::{mpsc, watch};
 
-use mesh_path::candidates;
 use mesh_path::reachability::Reachability;
+use mesh_path::{candidates, ipv4};
+use mesh_peer_relay::{CONTROL_PORT, Control};
 use mesh_policy::filter::{Admit, DropCounts, Dropped};
 
 use super::BUF_LEN;
 use super::batch::data_peer_index;
 use super::outbound::send;
 use super::relay_dialing::RelayDialing;
+use super::relay_server::Server;
 use super::threads::Waker;
 use super::tun::TunWriter;
 use super::udp::{Udp, WhenFull};
 use crate::allowed_ips::AllowedIps;
-use crate::peer::{NoiseKeys, Peer, TickContext, Via};
+use crate::peer::{NoiseKeys, Peer, RELAYED_PROBE, TickContext, Via};
 use crate::uapi::{DeviceSnapshot, PeerSnapshot, PeerUpdate, SetRequest};
 use crate::{Error, probe, uapi_server};
 use wg_key::{Key, PrivateKey};
@@ -60,6 +62,13 @@ pub(crate) struct Shared {
     pub(super) stun_answers: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     /// What the device knows of its own reachability, and the candidates it publishes.
     pub(super) discovered: Mutex<Reachability>,
+    /// This node as a peer relay; `None` when it was made without one.
+    pub(super) peer_relay: Option<Mutex<Server>>,
+    /// Where relayed datagrams for this node's own pairs come from (a relay's address and the pair's vni),
+    /// and the pair's peer: the rest that come with a header are for this node to relay.
+    pub(super) relayed_in: RwLock<HashMap<(SocketAddr, u32), Key>>,
+    /// Relayed datagrams whose header did not parse.
+    pub(super) relay_malformed: AtomicU64,
 }
 
 pub(super) struct State {
@@ -98,11 +107,13 @@ pub(super) struct Received {
     pub(super) tun: TunWriter,
     pub(super) replies: Vec<(Via, Vec<u8>)>,
     /// Where packets queued behind a handshake are encrypted to, before they are copied to `replies`.
-    scratch: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
     ranges: Vec<Range<usize>>,
     peers: Vec<Option<Arc<Peer>>>,
     /// Where peers said, in their candidate messages, they see this node.
     pub(super) observed: Vec<(Key, SocketAddrV4)>,
+    /// Peer-relay control messages, by the peer that sent each, handled once the run's peers are released.
+    pub(super) relay_control: Vec<(Key, Control)>,
 }
 
 impl Received {
@@ -114,6 +125,7 @@ impl Received {
             ranges: Vec::new(),
             peers: Vec::new(),
             observed: Vec::new(),
+            relay_control: Vec::new(),
         }
     }
 
@@ -165,6 +177,7 @@ impl Shared {
             liveness,
             address: self.address,
             overlay: self.overlay,
+            relays: Vec::new(),
         }
     }
 
@@ -225,7 +238,7 @@ impl Shared {
                 }
                 Route::Unknown => {
                     let counter = match from {
-                        Via::Udp(_) => &self.unknown_udp,
+                        Via::Udp(_) | Via::PeerRelay { .. } => &self.unknown_udp,
                         Via::Relay(_) => &self.unknown_relay,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -257,6 +270,12 @@ impl Shared {
             {
                 let datagram = &buf[rx.ranges[i].clone()];
                 i += 1;
+                if !session.accepts(from) {
+                    // Through a relay, but not an allocation of this pair: another seat's, replayed.
+                    self.unknown_udp.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = ?peer.public_key, ?from, "relayed datagram through an allocation not the pair's; dropped");
+                    continue;
+                }
                 if rx.tun.is_full() {
                     tracing::debug!(peer = ?peer.public_key, "TUN batch full; datagram dropped");
                     continue;
@@ -271,15 +290,36 @@ impl Shared {
                             if let Some(seen) = session.candidates_received(payload) {
                                 rx.observed.push((peer.public_key, seen));
                             }
+                        } else if let Some(payload) =
+                            ipv4::udp_payload_for(packet, self.address, CONTROL_PORT)
+                        {
+                            match Control::decode(payload) {
+                                Ok(Control::Offer { accepting, .. }) => {
+                                    session.offer_received(accepting);
+                                }
+                                Ok(message) => rx.relay_control.push((peer.public_key, message)),
+                                Err(e) => {
+                                    tracing::debug!(peer = ?peer.public_key, error = %e, "a peer-relay control message that does not parse; dropped")
+                                }
+                            }
                         } else if let Some(echo) = probe::parse(packet, self.address) {
                             // A probe is answered here, at once; an answer was taken note of when it
                             // authenticated. Neither is a program's business.
-                            if let probe::Echo::Request { seq, .. } = echo
-                                && let Some(answer) =
-                                    session.answer_probe(self.address, seq, &mut rx.scratch)
-                                && let Some(via) = session.via()
-                            {
-                                rx.replies.push((via.clone(), answer.to_vec()));
+                            match echo {
+                                probe::Echo::Request { seq, .. } => {
+                                    if let Some((via, answer)) = session.answer_probe(
+                                        self.address,
+                                        seq,
+                                        from,
+                                        &mut rx.scratch,
+                                    ) {
+                                        rx.replies.push((via, answer.to_vec()));
+                                    }
+                                }
+                                probe::Echo::Reply { seq, .. } if seq & RELAYED_PROBE != 0 => {
+                                    session.relay_probe_answered(from, seq);
+                                }
+                                probe::Echo::Reply { .. } => {}
                             }
                         } else if let Admit::Drop(why) = session.admit(packet) {
                             self.policy_dropped[why.index()].fetch_add(1, Ordering::Relaxed);
@@ -308,6 +348,9 @@ impl Shared {
                     }
                 }
             }
+        }
+        if !rx.relay_control.is_empty() {
+            self.relay_controls(&st, rx);
         }
     }
 

@@ -360,6 +360,7 @@ impl KernelDevice {
                 let session = handshake_is_fresh(last_handshake, wall);
                 let last_heard = self.inner.heard.read(key, p.rx_bytes, session, now);
                 PeerStatus {
+                    peer_relay: None,
                     public_key: key,
                     endpoint: if relayed {
                         shim.and_then(|s| s.direct_of(&key))

@@ -18,6 +18,8 @@ use mesh_path::liveness::{self, Liveness, Prober};
 use mesh_path::path::{Message, Move, PathKind, PathState, udp_path};
 use mesh_path::punch::{self, OwnCandidates, Punch};
 use mesh_path::redial::Redial;
+use mesh_path::relays::PeerRelays;
+use mesh_peer_relay::Control;
 use mesh_policy::Reach;
 use mesh_policy::filter::{Admit, DropCounts, Filter};
 
@@ -26,8 +28,10 @@ use crate::probe;
 use mesh_relay::{Link, RelayTarget};
 use wg_key::{Key, PresharedKey};
 
+mod relayed;
 mod session;
 
+pub(crate) use relayed::{OFFER_EVERY, RELAYED_PROBE, RelayView};
 pub(crate) use session::Session;
 
 /// Where a datagram goes to, or came from.
@@ -35,6 +39,12 @@ pub(crate) use session::Session;
 pub(crate) enum Via {
     Udp(SocketAddr),
     Relay(Link),
+    /// Over UDP to a peer relay, at its address, for the pair's allocation there: each datagram carries
+    /// [`mesh_peer_relay::Header`].
+    PeerRelay {
+        relay: SocketAddr,
+        vni: u32,
+    },
 }
 
 impl Via {
@@ -42,7 +52,7 @@ impl Via {
     /// its id, so a flood on one stream does not cost another its handshakes.
     pub(crate) fn source_ip(&self) -> IpAddr {
         match self {
-            Via::Udp(addr) => addr.ip(),
+            Via::Udp(addr) | Via::PeerRelay { relay: addr, .. } => addr.ip(),
             Via::Relay(link) => IpAddr::V6(Ipv6Addr::from(u128::from(link.id()))),
         }
     }
@@ -112,6 +122,10 @@ struct PeerInner {
     filter: Filter,
     /// The peer's packets the filter dropped, by why.
     dropped: DropCounts,
+    /// The pair's allocations at peer relays, and which it uses.
+    relays: PeerRelays,
+    /// The peer's last Offer to relay (accepting or not), and when it came.
+    offer: Option<(bool, Instant)>,
 }
 
 /// What every peer's tick needs of the device: this node's candidates, its place on the overlay, and how
@@ -124,6 +138,8 @@ pub(crate) struct TickContext {
     /// This node's overlay address, the source of its candidate messages.
     pub(crate) address: Ipv4Addr,
     pub(crate) overlay: ipnetwork::Ipv4Network,
+    /// The peers that offer to relay and that this node reaches directly.
+    pub(crate) relays: Vec<mesh_path::relays::Candidate>,
 }
 
 /// What the noise layer needs to (re)build a `Tunn`.
@@ -172,6 +188,8 @@ impl Peer {
                 malformed: 0,
                 filter: Filter::new(Reach::everything(), exempt_udp.to_vec()),
                 dropped: DropCounts::default(),
+                relays: PeerRelays::default(),
+                offer: None,
             }),
         }
     }
@@ -300,12 +318,19 @@ impl Peer {
     /// Runs boringtun's timers, then our persistent keepalive (kept outside boringtun so the
     /// interval can change without rebuilding the `Tunn`), then the path: whether to leave the direct
     /// path, and the probe of a relayed peer's direct path. Returns the datagrams to send; timer traffic is
-    /// a few packets a second, so it is copied out.
-    pub(crate) fn tick(&self, dst: &mut [u8], ctx: &TickContext) -> Vec<(Via, Vec<u8>)> {
+    /// a few packets a second, so it is copied out. Control messages for peer relays, which go inside other
+    /// peers' tunnels, are added to `controls`.
+    pub(crate) fn tick(
+        &self,
+        dst: &mut [u8],
+        ctx: &TickContext,
+        controls: &mut Vec<(Key, Control)>,
+    ) -> Vec<(Via, Vec<u8>)> {
         let mut sends = Vec::new();
         let now = Instant::now();
         let mut g = self.lock();
-        let relay_available = g.relay.is_some() || g.live_relay().is_some();
+        let relay_available =
+            g.relay.is_some() || g.live_relay().is_some() || g.relays.current().is_some();
         let has_address = g.endpoint.is_some();
         if let Some(m) = g.path.tick(now, relay_available, has_address) {
             log_move(&self.public_key, m, g.relay.as_ref());
@@ -336,6 +361,15 @@ impl Peer {
         }
         g.punch_tick(&self.public_key, now, handshake_at, ctx, dst, &mut sends);
         g.probe_tick(&self.public_key, now, handshake_at, ctx, dst, &mut sends);
+        g.relays_tick(
+            &self.public_key,
+            now,
+            handshake_at,
+            ctx,
+            dst,
+            &mut sends,
+            controls,
+        );
         if let Some(send) = g.timers(&self.public_key, dst) {
             sends.push(send);
         }
@@ -370,10 +404,17 @@ impl PeerInner {
             .find(|l| !l.is_closed())
     }
 
-    /// Where to send now. With no stream up yet, a relayed peer's datagrams still go out over UDP: they may
-    /// get through, and WireGuard's retries cover the rest until the stream is there.
+    /// Where to send now: off the direct path, through the peer relay in use, else the gateway's relay.
+    /// With neither up yet, datagrams still go out over UDP: they may get through, and WireGuard's retries
+    /// cover the rest until a relay is there.
     fn via(&self) -> Option<Via> {
-        if self.path.on() == PathKind::Relay
+        if let Some(u) = self.peer_relay() {
+            return Some(Via::PeerRelay {
+                relay: u.endpoint,
+                vni: u.vni,
+            });
+        }
+        if !self.path.on().is_direct()
             && let Some(link) = self.live_relay()
         {
             return Some(Via::Relay(link.clone()));
@@ -455,11 +496,17 @@ impl Peer {
             malformed: g.malformed,
             relay_reason,
         };
+        let peer_relay = g.peer_relay().map(|u| u.relay);
         PeerStatus {
             public_key: self.public_key,
             endpoint: g.endpoint,
             relay: g.relay.clone(),
-            path: g.path.on(),
+            path: if peer_relay.is_some() {
+                PathKind::PeerRelay
+            } else {
+                g.path.on()
+            },
+            peer_relay,
             punch,
             allowed_ips,
             last_handshake: g.last_handshake,
@@ -505,6 +552,15 @@ impl PeerInner {
                     moved_endpoint = true;
                 }
                 message.and_then(|m| self.path.received_relayed(m, now))
+            }
+            Via::PeerRelay { relay, vni } => {
+                if let Some(relay) = self.relays.relay_at(*relay, *vni) {
+                    self.relays.heard_via(&relay, now);
+                }
+                let before = self.peer_relay();
+                let moved = message.and_then(|m| self.path.received_relayed(m, now));
+                moved_endpoint |= self.peer_relay() != before;
+                moved
             }
         };
         let moved = moved.map(|mut m| {
@@ -629,7 +685,8 @@ impl PeerInner {
         if !self.prober.due(&ctx.liveness, situation) {
             return;
         }
-        self.probe_seq = self.probe_seq.wrapping_add(1);
+        // The top bit marks probes through a relay ([`RELAYED_PROBE`]).
+        self.probe_seq = (self.probe_seq + 1) & !RELAYED_PROBE;
         let packet = probe::request(ctx.address, peer_ip, self.probe_seq);
         if let TunnResult::WriteToNetwork(out) = self.tunn.encapsulate(&packet, dst) {
             tracing::trace!(event = "probe.sent", peer = ?key, seq = self.probe_seq, "asking the peer whether it is there");

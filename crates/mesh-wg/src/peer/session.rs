@@ -4,11 +4,11 @@ use super::*;
 
 /// A peer locked for a run of packets ([`Peer::session`]). Dropping it releases the peer.
 pub(crate) struct Session<'a> {
-    key: &'a Key,
-    g: MutexGuard<'a, PeerInner>,
+    pub(super) key: &'a Key,
+    pub(super) g: MutexGuard<'a, PeerInner>,
     /// Where the run's datagrams go: read once, and again only when a datagram moves the peer.
     via: Option<Via>,
-    now: Instant,
+    pub(super) now: Instant,
     authenticated: bool,
 }
 
@@ -97,20 +97,25 @@ impl Session<'_> {
         self.g.candidates_received(self.key, payload)
     }
 
-    /// Answers the peer's liveness probe `seq` from `own` into `dst`, for [`Session::via`] (the answer was
-    /// taken note of as soon as the datagram authenticated).
+    /// Answers the peer's liveness probe `seq` that came `from`, from `own` into `dst` (the answer was taken
+    /// note of as soon as the datagram authenticated). Returns the answer and where it goes: a probe through
+    /// a peer relay goes back through it, to measure it; any other, on [`Session::via`].
     pub(crate) fn answer_probe<'a>(
         &mut self,
         own: Ipv4Addr,
         seq: u16,
+        from: &Via,
         dst: &'a mut [u8],
-    ) -> Option<&'a [u8]> {
+    ) -> Option<(Via, &'a [u8])> {
         let peer = self.g.overlay_ip?;
-        let via = self.via.clone()?;
+        let via = match from {
+            Via::PeerRelay { .. } if seq & RELAYED_PROBE != 0 => from.clone(),
+            _ => self.via.clone()?,
+        };
         match self.g.tunn.encapsulate(&probe::reply(own, peer, seq), dst) {
             TunnResult::WriteToNetwork(out) => {
                 self.g.note_tx_bytes(out, &via, self.now);
-                Some(out)
+                Some((via, out))
             }
             _ => None,
         }

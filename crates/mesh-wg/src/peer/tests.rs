@@ -32,11 +32,15 @@ fn an_initiation_answered_between_timer_ticks_is_not_copied_again() {
         liveness: Liveness::default(),
         address: Ipv4Addr::new(10, 0, 1, 1),
         overlay: "10.0.1.0/24".parse().unwrap(),
+        relays: Vec::new(),
     };
     let mut buf = vec![0u8; 2048];
     // A's timers run; then, before the next tick, the peer gets an address and traffic starts a
     // handshake.
-    assert!(a.tick(&mut buf, &ctx).is_empty(), "nothing to send yet");
+    assert!(
+        a.tick(&mut buf, &ctx, &mut Vec::new()).is_empty(),
+        "nothing to send yet"
+    );
     std::thread::sleep(Duration::from_millis(30));
     a.set_endpoint(at_b);
     let init = match a.session().encapsulate(&[0x45; 40], &mut buf) {
