@@ -357,6 +357,8 @@ pub struct RunArgs {
     /// addresses and the address peers that reach it directly see.
     #[arg(long, env = "DSTACK_MESH_NO_STUN")]
     pub no_stun: bool,
+    #[command(flatten)]
+    pub peer_relay: PeerRelayArgs,
     /// Run this shell command after each peer-set change, with the peer list as JSON on stdin and a
     /// cleaned environment (no keys or RPC credentials).
     #[arg(long, env = "DSTACK_MESH_ON_CHANGE")]
@@ -704,6 +706,10 @@ impl StateArgs {
             .unwrap_or_else(|| self.dir.join(crate::keystore::FILE_NAME))
     }
 }
+
+mod peer_relay;
+
+pub use peer_relay::{PeerRelayArgs, RelayForPeersArg};
 
 #[cfg(test)]
 mod tests;

@@ -132,7 +132,7 @@ fn peer(
             PathKind::Relay => Path::Relay,
         }),
         relay_url: stat.and_then(|s| s.relay.as_ref()).map(ToString::to_string),
-        // The device does not say yet which member relays for the pair.
+        // Filled in by the caller, which knows every member's key.
         relay_seat: None,
         path_reason: stat.and_then(|s| s.punch.relay_reason.clone()),
         candidates: stat.map_or_else(Vec::new, |s| candidates(&s.punch.candidates)),
@@ -153,6 +153,19 @@ fn peer(
         holder: None,
         policy: None,
     }
+}
+
+/// The seat of the member that relays for this node's pair with `member`, while the pair goes through one.
+fn relay_seat(
+    member: &Member,
+    members: &[Member],
+    stats: &BTreeMap<Key, PeerStatus>,
+) -> Option<u64> {
+    let relay = stats.get(&member.wg_public_key?)?.peer_relay?;
+    members
+        .iter()
+        .find(|m| m.wg_public_key == Some(relay))
+        .map(|m| m.token_id)
 }
 
 /// Candidates as the API shows them.
@@ -245,6 +258,7 @@ pub fn render(
             draining: election.draining_peers.contains(&m.token_id),
             attestation: chain.attestations.get(&m.token_id).map(Attested::to_api),
             holder: view.and_then(|v| v.holders.get(&m.token_id)).copied(),
+            relay_seat: relay_seat(m, &mesh.members, &mesh.stats),
             ..peer(m, &mesh.stats, &agent.liveness, now)
         })
         .collect();
@@ -282,6 +296,7 @@ pub fn render(
             now.mono,
         ),
         policy: policy::status(grants, &mesh.policy_dropped),
+        peer_relay: mesh.peer_relay.as_ref().map(peer_relay::status),
     };
     let refused_kind = |seat: u64| match chain.attestations.get(&seat) {
         Some(Attested::Refused { kind, .. }) => Some(*kind),
@@ -613,6 +628,7 @@ fn leader_of(
     }
 }
 
+mod peer_relay;
 mod policy;
 
 #[cfg(test)]

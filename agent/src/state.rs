@@ -158,6 +158,8 @@ pub struct MeshState {
     pub relay: mesh_api::RelayCounters,
     /// What the userspace device knows of its NAT; `None` on the kernel's WireGuard or without an interface.
     pub nat: Option<mesh_wg::NatStatus>,
+    /// The userspace device as a peer relay; `None` on the kernel's WireGuard or without an interface.
+    pub peer_relay: Option<mesh_wg::PeerRelayStatus>,
     /// Peers' packets the grants between seats dropped on the interface, by why.
     pub policy_dropped: mesh_wg::DropCounts,
 }

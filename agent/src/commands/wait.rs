@@ -192,6 +192,7 @@ mod tests {
             ports: Vec::new(),
             faults: Vec::new(),
             policy: None,
+            peer_relay: None,
         }
     }
 

@@ -232,3 +232,33 @@ fn a_forwarded_port_that_would_reach_itself_or_another_is_refused() {
     .unwrap_err();
     assert!(err.contains("needs the overlay"), "{err}");
 }
+
+#[test]
+fn peer_relaying_is_automatic_unless_told_and_its_caps_are_off_at_zero() {
+    use mesh_wg::RelayOffer;
+    let auto = flags(&[]).unwrap().peer_relay.config();
+    assert_eq!(auto.offer, RelayOffer::Auto);
+    assert_eq!((auto.limits.max_pairs, auto.limits.max_per_seat), (64, 16));
+    assert_eq!(
+        (auto.limits.pair_mbps, auto.limits.total_mbps),
+        (None, None)
+    );
+    let set = flags(&[
+        "--relay-for-peers",
+        "always",
+        "--peer-relay-pair-mbps",
+        "100",
+        "--peer-relay-max-pairs",
+        "8",
+    ])
+    .unwrap()
+    .peer_relay
+    .config();
+    assert_eq!(set.offer, RelayOffer::Always);
+    assert_eq!((set.limits.max_pairs, set.limits.pair_mbps), (8, Some(100)));
+    let err = flags(&["--relay-for-peers", "sometimes"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("auto, always, never"), "{err}");
+    assert!(flags(&["--peer-relay-max-pairs", "0"]).is_err());
+}

@@ -108,6 +108,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
         reconciles: 3,
         reconcile_latency: mesh_api::latency::Latency::default(),
         relay: mesh_api::RelayCounters::default(),
+        peer_relay: None,
         nat: Some(mesh_wg::NatStatus {
             report: mesh_wg::NatReport {
                 mapping: mesh_wg::Mapping::EndpointIndependent,

@@ -56,6 +56,11 @@ pub trait Interfaces: Send {
         None
     }
 
+    /// The interface as a peer relay; `None` when it cannot be one.
+    fn peer_relay(&self, _table: &Self::Table) -> Option<mesh_wg::PeerRelayStatus> {
+        None
+    }
+
     /// Peers' packets the grants between seats dropped on the interface since it was made, by why.
     fn policy_dropped(&self, _table: &Self::Table) -> DropCounts {
         DropCounts::default()
@@ -76,6 +81,8 @@ pub struct WireGuard {
     pub stun_servers: Vec<String>,
     /// How long a peer may be silent and count as alive: the device probes silent peers to know.
     pub liveness: mesh_wg::Liveness,
+    /// Whether this node relays for its peers, and how much (userspace WireGuard only).
+    pub peer_relay: mesh_wg::PeerRelayConfig,
     /// The relay, unless turned off.
     pub relay: Option<Relay>,
 }
@@ -144,6 +151,7 @@ impl Interfaces for WireGuard {
         config.mtu = self.mtu;
         config.stun_servers.clone_from(&self.stun_servers);
         config.liveness = self.liveness;
+        config.peer_relay = Some(self.peer_relay);
         // The leader's heartbeats pass whatever the grants between seats say: without them no seat could
         // lead or follow.
         config.policy_exempt_udp = vec![crate::leadership::heartbeat::PORT];
@@ -178,6 +186,10 @@ impl Interfaces for WireGuard {
 
     fn nat(&self, device: &MeshDevice) -> Option<mesh_wg::NatStatus> {
         device.nat()
+    }
+
+    fn peer_relay(&self, device: &MeshDevice) -> Option<mesh_wg::PeerRelayStatus> {
+        device.peer_relay()
     }
 
     fn policy_dropped(&self, device: &MeshDevice) -> DropCounts {
@@ -316,6 +328,7 @@ impl MeshTask<WireGuard> {
                 mtu: args.mtu,
                 stun_servers: args.stun_servers(),
                 liveness: args.liveness(),
+                peer_relay: args.peer_relay.config(),
                 relay: relay_port.zip(relay).map(|(port, parts)| Relay {
                     port,
                     dialer: parts.dialer,
@@ -496,6 +509,7 @@ impl<I: Interfaces> Running<I> {
         if let Some(interfaces) = &self.task.interfaces {
             self.state.relay = interfaces.relay_counters(table);
             self.state.nat = interfaces.nat(table);
+            self.state.peer_relay = interfaces.peer_relay(table);
             self.state.policy_dropped = interfaces.policy_dropped(table);
             self.policy_logged.note(
                 self.grants.as_ref().map(|(p, _)| &**p),
@@ -528,6 +542,7 @@ impl<I: Interfaces> Running<I> {
         self.state.device = None;
         self.state.stats = Arc::default();
         self.state.nat = None;
+        self.state.peer_relay = None;
         match interfaces.remove(table).await {
             Ok(()) => info!(interface = %info.ifname, "removed the interface"),
             Err(e) => {

@@ -115,6 +115,7 @@ pub(crate) mod tests {
             ports: Vec::new(),
             faults: Vec::new(),
             policy: None,
+            peer_relay: None,
         }
     }
 

@@ -574,8 +574,9 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
     let paths = s.peers.iter().filter_map(|p| {
         let path = p.path?;
         let relay = p.relay_url.as_deref().unwrap_or("");
+        let relay_seat = p.relay_seat.map(|t| t.to_string()).unwrap_or_default();
         let labels = format!(
-            "{{{},path=\"{}\",relay_url=\"{}\"}}",
+            "{{{},path=\"{}\",relay_url=\"{}\",relay_seat=\"{relay_seat}\"}}",
             peer_labels(s, p),
             path.as_str(),
             escape(relay)
@@ -585,7 +586,7 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
     out.metric(
         "dstack_mesh_peer_path",
         "gauge",
-        "Which way each WireGuard peer's datagrams go (direct, punched, peer-relay or relay), and its relay URL.",
+        "Which way each WireGuard peer's datagrams go (direct, punched, peer-relay or relay), its relay URL, and the seat relaying for the pair (peer-relay).",
         paths,
     );
     // One sample, labelled with what the STUN servers showed; none without the userspace device.
@@ -654,6 +655,7 @@ fn labelled(out: &mut Exposition, s: &Snapshot) {
         [(String::new(), v.splits)],
     );
     policy(out, s);
+    peer_relay(out, s);
     out.metric(
         "dstack_mesh_nat_candidates",
         "gauge",
@@ -693,6 +695,90 @@ fn policy(out: &mut Exposition, s: &Snapshot) {
     );
 }
 
+/// This node as a peer relay, while it can be one (the userspace device): refusals and drops by reason,
+/// every reason sampled, 0 included.
+fn peer_relay(out: &mut Exposition, s: &Snapshot) {
+    const REFUSED: [&str; 7] = [
+        "not-relaying",
+        "not-a-seat",
+        "self",
+        "peer-not-on-udp",
+        "full",
+        "seat-limit",
+        "released",
+    ];
+    const DROPPED: [&str; 6] = [
+        "unknown-vni",
+        "not-ready",
+        "stranger",
+        "pair-rate",
+        "total-rate",
+        "malformed",
+    ];
+    let r = s.status.peer_relay.as_ref();
+    let one = |f: fn(&crate::PeerRelayStatus) -> u64| r.map(|r| (String::new(), f(r)));
+    let counts = [
+        (
+            "offering",
+            "gauge",
+            "1 while this node offers to relay for its peers (--relay-for-peers), 0 while not.",
+            one(|r| u64::from(r.offering)),
+        ),
+        (
+            "allocations",
+            "gauge",
+            "Pairs of seats this node holds a peer-relay allocation for now.",
+            one(|r| r.allocations),
+        ),
+        (
+            "granted_total",
+            "counter",
+            "Peer-relay allocations that became ready (both seats asked).",
+            one(|r| r.granted),
+        ),
+        (
+            "forwarded_bytes_total",
+            "counter",
+            "Bytes this node relayed between two of its peers.",
+            one(|r| r.forwarded_bytes),
+        ),
+        (
+            "forwarded_datagrams_total",
+            "counter",
+            "Datagrams this node relayed between two of its peers.",
+            one(|r| r.forwarded_datagrams),
+        ),
+    ];
+    for (name, kind, help, sample) in counts {
+        out.metric(
+            &format!("dstack_mesh_peer_relay_{name}"),
+            kind,
+            help,
+            sample,
+        );
+    }
+    let by = |reasons: &'static [&'static str], of: fn(&crate::PeerRelayStatus, &str) -> u64| {
+        r.into_iter().flat_map(move |r| {
+            (reasons.iter()).map(move |why| (format!("{{reason=\"{why}\"}}"), of(r, why)))
+        })
+    };
+    out.metric(
+        "dstack_mesh_peer_relay_refused_total",
+        "counter",
+        "Peer-relay requests this node refused, by reason.",
+        by(&REFUSED, |r, why| r.refused.get(why).copied().unwrap_or(0)),
+    );
+    out.metric(
+        "dstack_mesh_peer_relay_dropped_total",
+        "counter",
+        "Relayed datagrams this node did not forward, by reason (malformed: a header that did not parse).",
+        by(&DROPPED, |r, why| match why {
+            "malformed" => r.malformed,
+            _ => r.dropped.get(why).copied().unwrap_or(0),
+        }),
+    );
+}
+
 /// A label value as the exposition format quotes it.
 fn escape(value: &str) -> String {
     value
@@ -702,49 +788,4 @@ fn escape(value: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The policy's samples appear once it is read, with every rule counted, 0 included.
-    #[test]
-    fn the_policy_drops_are_counted_by_rule() {
-        let mut s = Snapshot {
-            status: crate::health::tests::status(true, Some(1)),
-            peers: Vec::new(),
-            peers_known: true,
-            refused: Vec::new(),
-            leader: crate::Leader::default(),
-            counters: crate::Counters::default(),
-            check: None,
-        };
-        let none = metrics(&s);
-        assert!(
-            !none.contains("dstack_mesh_policy_dropped_total{"),
-            "{none}"
-        );
-        s.status.policy = Some(crate::PolicyStatus {
-            enforced: true,
-            version: 4,
-            grants: 2,
-            own_tags: vec!["db".into()],
-            dropped: crate::PolicyDrops {
-                no_grant: 9,
-                protocol: 0,
-                malformed: 1,
-            },
-        });
-        let text = metrics(&s);
-        for line in [
-            "dstack_mesh_policy_enforced 1",
-            "dstack_mesh_policy_version 4",
-            "dstack_mesh_policy_dropped_total{rule=\"no-grant\"} 9",
-            "dstack_mesh_policy_dropped_total{rule=\"protocol\"} 0",
-            "dstack_mesh_policy_dropped_total{rule=\"malformed\"} 1",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
-    }
-}
+mod tests;

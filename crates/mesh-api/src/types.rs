@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use wg_key::Key;
 
 mod leader;
+mod peer_relay;
 mod policy;
 
 pub use leader::*;
+pub use peer_relay::*;
 pub use policy::*;
 
 /// Where the agent serves its API unless told otherwise.
@@ -421,6 +423,9 @@ pub struct Status {
     /// read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyStatus>,
+    /// This node as a peer relay; absent on the kernel's WireGuard and in TLS mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_relay: Option<PeerRelayStatus>,
 }
 
 /// An outside dependency that fails now.

@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use alloy_primitives::Address;
 use mesh_api::{
     Attestation, BallotKind, BallotOutcome, BallotReport, Candidate, ChainStatus, ConnectionKind,
-    Election, Freshness, HandingOff, Leader, Mode, Nat, Node, Path, Peer, PeerPolicy, PolicyDrops,
-    PolicyStatus, Ports, Provider, Status, StunServer, Verification,
+    Election, Freshness, HandingOff, Leader, Mode, Nat, Node, Path, Peer, PeerPolicy,
+    PeerRelayStatus, PolicyDrops, PolicyStatus, Ports, Provider, Status, StunServer, Verification,
 };
 use serde_json::json;
 use wg_key::Key;
@@ -134,6 +134,17 @@ fn status() -> Status {
             grants: 2,
             own_tags: vec!["web".into()],
             dropped: no_grant(7),
+        }),
+        peer_relay: Some(PeerRelayStatus {
+            offering: true,
+            why: "--relay-for-peers always".into(),
+            allocations: 1,
+            granted: 3,
+            forwarded_bytes: 9_437_184,
+            forwarded_datagrams: 6_912,
+            refused: [("peer-not-on-udp".to_owned(), 2)].into(),
+            dropped: [("stranger".to_owned(), 1)].into(),
+            malformed: 0,
         }),
     }
 }

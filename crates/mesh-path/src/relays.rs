@@ -16,6 +16,8 @@
 //! - **First contact.** A pair with no session yet cannot probe (probes go through its tunnel), so while
 //!   no relay answers, the ready ones are tried in turn, each for the peer timeout: the handshake goes
 //!   through the one on trial, and once a session is up its probes decide.
+//! - **Releasing.** A pair that has not wanted a peer relay for [`RELEASE_AFTER`] (it went direct) releases
+//!   what it holds.
 //! - **Order.** Direct beats any peer relay, which beats the gateway's relay: [`PeerRelays::current`] is
 //!   asked only while the pair is not direct, and gives none when no peer relay answers.
 
@@ -35,6 +37,9 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 /// How often a new allocation is probed until it has [`FIRST_SAMPLES`] answers.
 pub const FIRST_PROBES_EVERY: Duration = Duration::from_millis(250);
 pub const FIRST_SAMPLES: u32 = 3;
+/// How long a pair that no longer wants a peer relay (it went direct) keeps its allocations before it
+/// releases them: a punched path may flap.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(30);
 /// How often the relays neither in use nor standby are probed.
 pub const OTHERS_PROBED_EVERY: Duration = Duration::from_secs(30);
 /// A relay replaces the one in use only when its round trip is under this share of the current one's...
@@ -134,6 +139,8 @@ pub struct PeerRelays {
     trial: Option<(Key, Instant)>,
     /// The relays tried so far since one last answered.
     tried: BTreeSet<Key>,
+    /// Since when the pair has not wanted a peer relay.
+    unwanted_since: Option<Instant>,
 }
 
 impl PeerRelays {
@@ -284,12 +291,31 @@ impl PeerRelays {
     pub fn tick(&mut self, now: Instant, wanted: bool, session: bool, liveness: Liveness) -> Tick {
         let mut out = Tick::default();
         if !wanted {
+            let since = *self.unwanted_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= RELEASE_AFTER {
+                self.release_all(&mut out);
+            }
             return out;
         }
+        self.unwanted_since = None;
         self.ask(now, &mut out);
         self.choose(now, session, liveness);
         self.probe(now, liveness, &mut out);
         out
+    }
+
+    /// Gives up every allocation held: the relays are told, so that they free them at once.
+    fn release_all(&mut self, out: &mut Tick) {
+        for (key, r) in &mut self.relays {
+            if r.vni.take().is_some() {
+                (r.rtt, r.samples, r.last_asked, r.probe) = (None, 0, None, None);
+                out.asks.push((*key, Ask::Release));
+            }
+        }
+        if self.current.take().is_some() {
+            self.moved = Some("the pair went direct");
+        }
+        self.trial = None;
     }
 
     /// Holds allocations at up to [`HELD`] relays: those held are renewed, others asked while there is room.

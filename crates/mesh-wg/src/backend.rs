@@ -122,6 +122,14 @@ impl MeshDevice {
         }
     }
 
+    /// The device as a peer relay: only the userspace one can be (the kernel's WireGuard owns the port).
+    pub fn peer_relay(&self) -> Option<crate::device::PeerRelayStatus> {
+        match self {
+            Self::Userspace(d) => d.peer_relay(),
+            Self::Kernel(_) => None,
+        }
+    }
+
     /// Where this node's relay endpoint hands the datagrams it accepts; `None` when the device was created
     /// without a relay dialler.
     pub fn relay_inbound(&self) -> Option<tokio::sync::mpsc::Sender<mesh_relay::Inbound>> {

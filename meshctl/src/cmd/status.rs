@@ -102,6 +102,7 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     let mut s = render_node(status, verbose);
     s.push_str(&render_faults(&status.faults, now));
     s.push_str(&render_policy(status.policy.as_ref()));
+    s.push_str(&render_peer_relay(status.peer_relay.as_ref()));
     s.push_str(&render_leader(leader));
     s.push_str(&format!(
         "peers: {} configured, {} healthy, {} refused\n\n",
@@ -109,6 +110,36 @@ fn render(status: &Status, peers: &[Peer], leader: &Leader, now: u64, verbose: b
     ));
     s.push_str(&render_ports(&status.ports));
     s.push_str(&render_peers(peers, now, verbose));
+    s
+}
+
+/// This node as a peer relay: whether it offers and why, and what it carries; nothing where it cannot be
+/// one (the kernel's WireGuard, TLS mode).
+fn render_peer_relay(relay: Option<&mesh_api::PeerRelayStatus>) -> String {
+    let Some(r) = relay else {
+        return String::new();
+    };
+    let offer = if r.offering { "offered" } else { "not offered" };
+    let mut s = format!(
+        "peer relay: {offer} ({}); {} pair{} now, {} forwarded",
+        r.why,
+        r.allocations,
+        if r.allocations == 1 { "" } else { "s" },
+        bytes(r.forwarded_bytes)
+    );
+    let counts = |m: &std::collections::BTreeMap<String, u64>| {
+        (m.iter())
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !r.refused.is_empty() {
+        s.push_str(&format!("; refused {}", counts(&r.refused)));
+    }
+    if !r.dropped.is_empty() {
+        s.push_str(&format!("; dropped {}", counts(&r.dropped)));
+    }
+    s.push('\n');
     s
 }
 
@@ -511,6 +542,23 @@ mod tests {
 
     /// The grants line says whether a policy is in force, this node's tags and the drops by rule; nothing
     /// before the policy is read.
+    #[test]
+    fn the_peer_relay_line_says_whether_it_offers_and_what_it_carries() {
+        assert_eq!(render_peer_relay(None), "");
+        let r = mesh_api::PeerRelayStatus {
+            offering: true,
+            why: "--relay-for-peers always".into(),
+            allocations: 1,
+            forwarded_bytes: 3 << 20,
+            refused: [("full".to_owned(), 2)].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            render_peer_relay(Some(&r)),
+            "peer relay: offered (--relay-for-peers always); 1 pair now, 3.0 MiB forwarded; refused 2 full\n"
+        );
+    }
+
     #[test]
     fn the_grants_line_says_what_is_in_force_and_what_it_dropped() {
         assert_eq!(render_policy(None), "");

@@ -250,6 +250,7 @@ fn example_status(now: u64) -> Status {
             own_tags: vec!["web".into()],
             dropped: no_grant(7),
         }),
+        peer_relay: None,
     }
 }
 

@@ -356,7 +356,7 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         &format!("wireguard_peer_receive_bytes_total{{{}}} 5242880", wg(2)),
         "# TYPE wireguard_peer_transmit_bytes_total counter",
         &format!(
-            "dstack_mesh_peer_path{{{},path=\"direct\",relay_url=\"\"}} 1",
+            "dstack_mesh_peer_path{{{},path=\"direct\",relay_url=\"\",relay_seat=\"\"}} 1",
             wg(2)
         ),
         "dstack_mesh_dropped_datagrams_total{reason=\"unknown_peer\",transport=\"relay\"} 2",
@@ -374,7 +374,7 @@ async fn metrics_cover_peers_handshakes_bytes_reconciles_lag_and_paths() {
         "dstack_mesh_chain_lag_blocks 2",
         "# TYPE dstack_mesh_rpc_errors_total counter",
         &format!(
-            "dstack_mesh_peer_path{{{},path=\"relay\",relay_url=\"https://{:040x}-51820.dstack.example\"}} 1",
+            "dstack_mesh_peer_path{{{},path=\"relay\",relay_url=\"https://{:040x}-51820.dstack.example\",relay_seat=\"\"}} 1",
             wg(3),
             3
         ),

@@ -34,6 +34,7 @@ mod nat;
 mod nat_traversal;
 mod observers;
 mod overlay16;
+mod peer_relay;
 mod pending_registration;
 mod policy_kernel;
 mod postgres;

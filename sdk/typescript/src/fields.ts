@@ -98,6 +98,13 @@ export class Fields {
     return [...value];
   }
 
+  /** Counts by name (`{"full": 2}`), frozen; an empty map when the field is absent. */
+  counts(key: string): Readonly<Record<string, number>> {
+    const value = this.typed(key, isObject, false, {}) as Record<string, unknown>;
+    if (!Object.values(value).every(isInteger)) throw this.wrong(key, value, "not a map of counts");
+    return Object.freeze({ ...value } as Record<string, number>);
+  }
+
   /** A list of integers; `fallback` when an older agent leaves it out. */
   integers(key: string, fallback: number[]): number[] {
     const value = this.typed(key, Array.isArray, false, fallback) as unknown[];

@@ -59,6 +59,7 @@ export {
   Leader,
   NodeInfo,
   Peer,
+  PeerRelayStatus,
   Reconnected,
   Status,
   addresses,

@@ -5,8 +5,8 @@
  * of the wrong type throws {@link ProtocolError} rather than surfacing later as `undefined` in the caller's
  * code. Fields the agent added after its first release (`leader`, `registrationError`, `path`, `relayUrl`,
  * `relaySeat`, `pathReason`, the chain's `prefix`, the leader's `term`, `state`, `ageMs`, `leaseMs`, `healthy` and
- * `reason`, and the `policy` of the status and of each peer) fall back to their "nothing to report" value
- * when absent. Absent values are `null`, as the API sends them.
+ * `reason`, the `policy` of the status and of each peer, and the status's `peerRelay`) fall back to their
+ * "nothing to report" value when absent. Absent values are `null`, as the API sends them.
  */
 
 import { ProtocolError } from "./errors.js";
@@ -500,6 +500,62 @@ export class ChainInfo {
   }
 }
 
+/**
+ * This node as a peer relay (`Status.peerRelay`): whether it offers to relay WireGuard datagrams between two
+ * of its peers that cannot reach each other, and what it has carried since its interface came up.
+ */
+export class PeerRelayStatus {
+  /** Whether it offers to relay now. */
+  readonly offering!: boolean;
+  /** Why it offers, or why not, in the agent's words (`"--relay-for-peers always"`, what STUN showed). */
+  readonly why!: string;
+  /** Pairs it holds an allocation for now (asked for by one seat of the pair or both). */
+  readonly allocations!: number;
+  /** Allocations that became ready since the agent started (both seats asked). */
+  readonly granted!: number;
+  /** What it forwarded between the pairs, in bytes and datagrams. */
+  readonly forwardedBytes!: number;
+  readonly forwardedDatagrams!: number;
+  /**
+   * Requests refused, by reason: `"not-relaying"`, `"not-a-seat"`, `"self"`, `"peer-not-on-udp"`, `"full"`,
+   * `"seat-limit"`, `"released"` (an allocation it ended, one per seat told).
+   */
+  readonly refused!: Readonly<Record<string, number>>;
+  /**
+   * Relayed datagrams not forwarded, by reason: `"unknown-vni"`, `"not-ready"` (one seat has asked),
+   * `"stranger"` (from neither seat's endpoint), `"pair-rate"`, `"total-rate"`.
+   */
+  readonly dropped!: Readonly<Record<string, number>>;
+  /** Relayed datagrams whose header did not parse. */
+  readonly malformed!: number;
+
+  constructor(
+    fields: Omit<FieldsOf<PeerRelayStatus>, "refused" | "dropped" | "malformed"> &
+      Partial<Pick<FieldsOf<PeerRelayStatus>, "refused" | "dropped" | "malformed">>,
+  ) {
+    Object.assign(this, { malformed: 0 }, fields, {
+      refused: Object.freeze({ ...fields.refused }),
+      dropped: Object.freeze({ ...fields.dropped }),
+    });
+    Object.freeze(this);
+  }
+
+  static fromJSON(value: unknown): PeerRelayStatus {
+    const f = new Fields(value, "status.peerRelay");
+    return new PeerRelayStatus({
+      offering: f.flag("offering"),
+      why: f.text("why"),
+      allocations: f.integer("allocations"),
+      granted: f.integer("granted"),
+      forwardedBytes: f.integer("forwardedBytes"),
+      forwardedDatagrams: f.integer("forwardedDatagrams"),
+      refused: f.counts("refused"),
+      dropped: f.counts("dropped"),
+      malformed: f.integer("malformed", 0),
+    });
+  }
+}
+
 /** `GET /v1/status`: the agent, this node and the chain. */
 export class Status {
   readonly version!: string;
@@ -517,9 +573,19 @@ export class Status {
    * and from an agent older than grants.
    */
   readonly policy!: PolicyStatus | null;
+  /**
+   * This node as a peer relay; `null` on the kernel WireGuard backend (which cannot relay), in TLS mode, and
+   * from an agent older than peer relays.
+   */
+  readonly peerRelay!: PeerRelayStatus | null;
 
-  constructor(fields: Omit<FieldsOf<Status>, "policy"> & { readonly policy?: PolicyStatus | null }) {
-    Object.assign(this, { policy: null }, fields);
+  constructor(
+    fields: Omit<FieldsOf<Status>, "policy" | "peerRelay"> & {
+      readonly policy?: PolicyStatus | null;
+      readonly peerRelay?: PeerRelayStatus | null;
+    },
+  ) {
+    Object.assign(this, { policy: null, peerRelay: null }, fields);
     Object.freeze(this);
   }
 
@@ -535,6 +601,7 @@ export class Status {
       peersConfigured: f.integer("peersConfigured"),
       peersHealthy: f.integer("peersHealthy"),
       policy: optional(PolicyStatus.fromJSON, f.optObject("policy")),
+      peerRelay: optional(PeerRelayStatus.fromJSON, f.optObject("peerRelay")),
     });
   }
 }

@@ -278,3 +278,35 @@ fn an_invitation_is_taken_up_only_from_a_candidate() {
         "the invitation's answer counts as this refresh's ask"
     );
 }
+
+#[test]
+fn a_pair_that_went_direct_releases_its_allocations_after_a_while() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1), candidate(2)]);
+    let t0 = Instant::now();
+    r.granted(&key(1), 11, true, t0);
+    r.granted(&key(2), 12, false, t0);
+    assert!(r.tick(t0, false, true, LIVENESS).asks.is_empty());
+    let early = t0 + RELEASE_AFTER - Duration::from_millis(1);
+    assert!(
+        r.tick(early, false, true, LIVENESS).asks.is_empty(),
+        "kept while a punch may still flap"
+    );
+    let asks = r.tick(t0 + RELEASE_AFTER, false, true, LIVENESS).asks;
+    assert_eq!(asks, [(key(1), Ask::Release), (key(2), Ask::Release)]);
+    assert_eq!(r.ready().count(), 0);
+    assert!(
+        r.tick(t0 + 2 * RELEASE_AFTER, false, true, LIVENESS)
+            .asks
+            .is_empty(),
+        "released once"
+    );
+    let back = t0 + 3 * RELEASE_AFTER;
+    r.tick(back, true, true, LIVENESS);
+    assert!(
+        r.tick(back + RELEASE_AFTER, false, true, LIVENESS)
+            .asks
+            .is_empty(),
+        "wanted again: the clock starts over"
+    );
+}

@@ -4,15 +4,16 @@ Parsing ignores fields it does not know, because the API grows; a field this SDK
 the wrong type raises :class:`~dstack_p2p.errors.ProtocolError` rather than surfacing later as a
 ``KeyError`` in the caller's code. Fields the agent added after its first release (``leader``,
 ``registrationError``, ``path``, ``relayUrl``, ``relaySeat``, the chain's ``prefix``, and the leader's
-``term``, ``state``, ``ageMs``, ``leaseMs``, ``healthy`` and ``reason``, and the ``policy`` of the status and
-of each peer) fall back to their "nothing to report" value when absent.
+``term``, ``state``, ``ageMs``, ``leaseMs``, ``healthy`` and ``reason``, the ``policy`` of the status and
+of each peer, and the status's ``peerRelay``) fall back to their "nothing to report" value when absent.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from .errors import ProtocolError
@@ -97,6 +98,16 @@ class _Fields:
         if not all(isinstance(item, int) and not isinstance(item, bool) for item in value):
             raise ProtocolError(f"the agent's {self._what} has {key!r} = {_short(value)}, not a list of integers")
         return list(value)
+
+    def counts(self, key: str) -> dict[str, int]:
+        """Counts by name (``{"full": 2}``); an empty map when the field is absent."""
+        value = _present(self._get(key, Mapping, nullable=False, default={}))
+        # JSON's keys are strings; each value must be a count.
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in value.values()):
+            raise ProtocolError(
+                f"the agent's {self._what} has {key!r} = {_short(value)}, not a map of counts"
+            )
+        return dict(value)
 
     def texts(self, key: str, default: object = _MISSING) -> list[str]:
         value = _present(self._get(key, list, nullable=False, default=default))
@@ -566,6 +577,53 @@ class ChainInfo:
 
 
 @dataclass(frozen=True)
+class PeerRelayStatus:
+    """This node as a peer relay (``Status.peer_relay``): whether it offers to relay WireGuard datagrams
+    between two of its peers that cannot reach each other, and what it has carried since its interface came
+    up."""
+
+    #: Whether it offers to relay now.
+    offering: bool
+    #: Why it offers, or why not, in the agent's words (``"--relay-for-peers always"``, what STUN showed).
+    why: str
+    #: Pairs it holds an allocation for now (asked for by one seat of the pair or both).
+    allocations: int
+    #: Allocations that became ready since the agent started (both seats asked).
+    granted: int
+    #: What it forwarded between the pairs, in bytes and datagrams.
+    forwarded_bytes: int
+    forwarded_datagrams: int
+    #: Requests refused, by reason: ``"not-relaying"``, ``"not-a-seat"``, ``"self"``, ``"peer-not-on-udp"``,
+    #: ``"full"``, ``"seat-limit"``, ``"released"`` (an allocation it ended, one per seat told). Read-only.
+    refused: Mapping[str, int] = field(default_factory=dict, hash=False)
+    #: Relayed datagrams not forwarded, by reason: ``"unknown-vni"``, ``"not-ready"`` (one seat has asked),
+    #: ``"stranger"`` (from neither seat's endpoint), ``"pair-rate"``, ``"total-rate"``. Read-only.
+    dropped: Mapping[str, int] = field(default_factory=dict, hash=False)
+    #: Relayed datagrams whose header did not parse.
+    malformed: int = 0
+
+    def __post_init__(self) -> None:
+        # Read-only copies, as every other field of a model is immutable (and left out of its hash).
+        object.__setattr__(self, "refused", MappingProxyType(dict(self.refused)))
+        object.__setattr__(self, "dropped", MappingProxyType(dict(self.dropped)))
+
+    @classmethod
+    def from_json(cls, value: object) -> PeerRelayStatus:
+        f = _Fields(value, "status.peerRelay")
+        return cls(
+            offering=f.flag("offering"),
+            why=f.text("why"),
+            allocations=f.integer("allocations"),
+            granted=f.integer("granted"),
+            forwarded_bytes=f.integer("forwardedBytes"),
+            forwarded_datagrams=f.integer("forwardedDatagrams"),
+            refused=f.counts("refused"),
+            dropped=f.counts("dropped"),
+            malformed=f.integer("malformed", default=0),
+        )
+
+
+@dataclass(frozen=True)
 class Status:
     """``GET /v1/status``: the agent, this node and the chain."""
 
@@ -582,6 +640,9 @@ class Status:
     #: The grants between seats as this node last read them, and what they dropped here; ``None`` until
     #: read, and from an agent older than grants.
     policy: PolicyStatus | None = None
+    #: This node as a peer relay; ``None`` on the kernel WireGuard backend (which cannot relay), in TLS mode,
+    #: and from an agent older than peer relays.
+    peer_relay: PeerRelayStatus | None = None
 
     @classmethod
     def from_json(cls, value: object) -> Status:
@@ -596,6 +657,7 @@ class Status:
             peers_configured=f.integer("peersConfigured"),
             peers_healthy=f.integer("peersHealthy"),
             policy=_opt(PolicyStatus.from_json, f.opt_mapping("policy")),
+            peer_relay=_opt(PeerRelayStatus.from_json, f.opt_mapping("peerRelay")),
         )
 
 
