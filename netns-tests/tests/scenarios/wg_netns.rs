@@ -106,6 +106,11 @@ fn pair_pings_updates_in_place_and_removes() {
         persistent_keepalive: Some(1),
         ..peer_config(dev_b.public_key, b_ep2, "10.0.1.2/32")
     });
+    assert_eq!(
+        dev_a.peer(dev_b.public_key).endpoint,
+        Some(b_ep2),
+        "API endpoint change applied"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     ns_a.exec_ok(&[
         "wg",
@@ -131,7 +136,12 @@ fn pair_pings_updates_in_place_and_removes() {
         after.last_handshake, handshake_before,
         "in-place update must keep the session"
     );
-    assert_eq!(after.endpoint, Some(b_ep2), "API endpoint change applied");
+    // A reply B sent from its old address before it heard from the new one roams A back to it, as WireGuard
+    // roams: under load such a reply is often in flight at the change.
+    assert!(
+        after.endpoint == Some(b_ep2) || after.endpoint == Some(b_ep),
+        "A reaches B at one of its addresses: {after:?}"
+    );
     assert_eq!(
         after.persistent_keepalive,
         Some(3),
