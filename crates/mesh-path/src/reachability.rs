@@ -4,7 +4,7 @@
 //! loop (in `mesh-wg`) asks the servers and the interfaces and hands the answers here.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,10 +17,6 @@ use crate::punch::OwnCandidates;
 /// How long a peer's word on where it sees this node counts: peers say it again every two minutes at least
 /// (with their candidates), so only a peer that went away lets it lapse.
 pub const OBSERVED_FOR: Duration = Duration::from_secs(300);
-
-/// How long a peer's reaching this node first over UDP counts as proof that its port is open from outside:
-/// a NAT's mapping or a host's forward may go, and a relay offered on it would fail every pair.
-pub const REACHED_FIRST_FOR: Duration = Duration::from_secs(600);
 
 /// Whether a node offers to relay for its peers (`--relay-for-peers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +31,10 @@ pub enum RelayOffer {
 #[derive(Debug, Default)]
 pub struct Reachability {
     pub report: NatReport,
-    /// When a peer last reached this node over UDP before this node had sent it anything there.
-    reached_first: Option<Instant>,
+    /// A peer reached this node over UDP before this node had sent it anything there: the public addresses
+    /// STUN showed then. The proof holds while they do: a host's forward goes with its address, and a relay
+    /// offered on a stale one costs its pairs the peer timeout before they move.
+    reached_first: Option<Vec<IpAddr>>,
     locals: Vec<SocketAddrV4>,
     observed: HashMap<Key, (SocketAddrV4, Instant)>,
     /// A round has ended.
@@ -72,12 +70,20 @@ impl Reachability {
 
     /// A peer's handshake reached this node over UDP, from an address this node had sent nothing to: the
     /// node's port is reachable from outside (no NAT, or a forward, as a self-hosted dstack host has).
-    pub fn reached_first(&mut self, now: Instant) {
-        self.reached_first = Some(now);
+    pub fn reached_first(&mut self) {
+        self.reached_first = Some(self.public_ips());
+    }
+
+    /// The public addresses STUN saw in the latest round, sorted; none while no server answers.
+    fn public_ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.report.mapped.iter().map(SocketAddr::ip).collect();
+        ips.sort();
+        ips.dedup();
+        ips
     }
 
     /// Whether the node offers to relay for its peers under `mode`, and why, in words for its status.
-    pub fn offers_relay(&self, mode: RelayOffer, now: Instant) -> (bool, &'static str) {
+    pub fn offers_relay(&self, mode: RelayOffer) -> (bool, &'static str) {
         match mode {
             RelayOffer::Always => (true, "--relay-for-peers always"),
             RelayOffer::Never => (false, "--relay-for-peers never"),
@@ -86,9 +92,10 @@ impl Reachability {
                 "no NAT in front of this node: STUN sees its own address",
             ),
             RelayOffer::Auto
-                if self
-                    .reached_first
-                    .is_some_and(|t| now.saturating_duration_since(t) < REACHED_FIRST_FOR) =>
+                if self.reached_first.as_ref().is_some_and(|then| {
+                    let now = self.public_ips();
+                    then.is_empty() || now.is_empty() || *then == now
+                }) =>
             {
                 (
                     true,
@@ -166,35 +173,54 @@ mod tests {
         }
     }
 
-    /// `auto` offers to relay with no NAT in front, or while a peer reaching this node first is recent;
-    /// `always` and `never` are what they say.
+    /// `auto` offers to relay with no NAT in front, or once a peer reached this node first, for as long as its
+    /// public address is the same; `always` and `never` are what they say.
     #[test]
     fn a_node_offers_to_relay_when_shown_reachable_from_outside() {
         use crate::nat::Mapping;
         let now = Instant::now();
         let mut r = Reachability::default();
-        assert!(!r.offers_relay(RelayOffer::Auto, now).0, "nothing known");
-        assert!(r.offers_relay(RelayOffer::Always, now).0);
+        assert!(!r.offers_relay(RelayOffer::Auto).0, "nothing known");
+        assert!(r.offers_relay(RelayOffer::Always).0);
         r.set(
             report(&["203.0.113.5:51820"], Mapping::NoNat),
             Vec::new(),
             now,
         );
-        assert!(r.offers_relay(RelayOffer::Auto, now).0, "no NAT");
-        assert!(!r.offers_relay(RelayOffer::Never, now).0);
+        assert!(r.offers_relay(RelayOffer::Auto).0, "no NAT");
+        assert!(!r.offers_relay(RelayOffer::Never).0);
         r.set(
             report(&["203.0.113.5:40000"], Mapping::AddressAndPortDependent),
             Vec::new(),
             now,
         );
-        assert!(!r.offers_relay(RelayOffer::Auto, now).0, "a symmetric NAT");
-        r.reached_first(now);
-        let (offers, why) = r.offers_relay(RelayOffer::Auto, now + Duration::from_secs(60));
-        assert!(offers, "a peer reached it first a minute ago");
+        assert!(!r.offers_relay(RelayOffer::Auto).0, "a symmetric NAT");
+        r.reached_first();
+        let (offers, why) = r.offers_relay(RelayOffer::Auto);
+        assert!(offers, "a peer reached it first");
         assert!(why.contains("reached this node first"), "{why}");
+        r.set(report(&[], Mapping::Unknown), Vec::new(), now);
         assert!(
-            !r.offers_relay(RelayOffer::Auto, now + REACHED_FIRST_FOR).0,
-            "that proof lapses"
+            r.offers_relay(RelayOffer::Auto).0,
+            "STUN silent: the proof holds"
+        );
+        r.set(
+            report(&["203.0.113.5:40100"], Mapping::AddressAndPortDependent),
+            Vec::new(),
+            now,
+        );
+        assert!(
+            r.offers_relay(RelayOffer::Auto).0,
+            "the same public address"
+        );
+        r.set(
+            report(&["203.0.113.9:40000"], Mapping::AddressAndPortDependent),
+            Vec::new(),
+            now,
+        );
+        assert!(
+            !r.offers_relay(RelayOffer::Auto).0,
+            "another public address: the forward that let peers in may be gone"
         );
     }
 

@@ -37,6 +37,12 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
         let views: Vec<(Arc<Peer>, RelayView)> = (peers.iter())
             .map(|p| (p.clone(), p.relay_view(now, ctx.liveness)))
             .collect();
+        if peers
+            .iter()
+            .fold(false, |any, p| p.take_reached_first() | any)
+        {
+            shared.discovered(|d| d.reached_first());
+        }
         ctx.relays = views.iter().filter_map(|(_, v)| v.candidate).collect();
         let mut controls = shared.relay_upkeep(&views);
         for peer in &peers {

@@ -178,7 +178,7 @@ impl Shared {
         let now = Instant::now();
         let mut s = server.lock().unwrap_or_else(|e| e.into_inner());
         let mode = s.mode;
-        let (offering, why) = self.discovered(|d| d.offers_relay(mode, now));
+        let (offering, why) = self.discovered(|d| d.offers_relay(mode));
         let changed = offering != s.offering;
         if changed {
             tracing::info!(

@@ -126,6 +126,11 @@ struct PeerInner {
     relays: PeerRelays,
     /// The peer's last Offer to relay (accepting or not), and when it came.
     offer: Option<(bool, Instant)>,
+    /// The addresses this node last sent the peer UDP at, and when ([`PeerInner::note_udp_sent`]).
+    udp_sent: Vec<(IpAddr, Instant)>,
+    /// The peer's handshake reached this node over UDP from an address it had sent nothing to, since last
+    /// taken ([`Peer::take_reached_first`]).
+    reached_first: bool,
 }
 
 /// What every peer's tick needs of the device: this node's candidates, its place on the overlay, and how
@@ -190,6 +195,8 @@ impl Peer {
                 dropped: DropCounts::default(),
                 relays: PeerRelays::default(),
                 offer: None,
+                udp_sent: Vec::new(),
+                reached_first: false,
             }),
         }
     }
@@ -538,6 +545,9 @@ impl PeerInner {
         }
         let moved = match from {
             Via::Udp(addr) => {
+                if message == Some(Message::Initiation) {
+                    self.note_reached(*addr, now);
+                }
                 if self.endpoint != Some(*addr) {
                     tracing::debug!(peer = ?key, old = ?self.endpoint, new = %addr, "peer roamed");
                     self.endpoint = Some(*addr);
@@ -728,8 +738,11 @@ impl PeerInner {
         {
             self.last_init = Some((now, out.to_vec()));
         }
-        if let (Via::Udp(_), Some(message)) = (via, Message::of(out)) {
-            self.path.sent_direct(message, now);
+        if let Via::Udp(addr) = via {
+            self.note_udp_sent(addr.ip(), now);
+            if let Some(message) = Message::of(out) {
+                self.path.sent_direct(message, now);
+            }
         }
     }
 

@@ -15,6 +15,34 @@ const OFFER_LASTS: Duration = Duration::from_secs(90);
 /// How often a relay tells each peer it relays.
 pub(crate) const OFFER_EVERY: Duration = Duration::from_secs(30);
 
+/// How long a datagram this node sent to an address keeps its NAT open for that address's answers, as far
+/// as reaching this node first is concerned (NATs keep a UDP mapping 30 s to a few minutes).
+const SENT_HOLDS: Duration = Duration::from_secs(180);
+/// The most addresses remembered per peer (its endpoint, and the candidates punching tries).
+const SENT_KEPT: usize = 8;
+
+/// Whether an address is on the internet: one on a private network reaching this node shows nothing of
+/// what the outside can reach.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            let shared = a == 100 && (b & 0xc0) == 64;
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || shared)
+        }
+        IpAddr::V6(v6) => {
+            let unique_local = (v6.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            !(v6.is_loopback() || v6.is_unspecified() || unique_local || link_local)
+        }
+    }
+}
+
 /// What the relay side and the client side of the device need of one peer, read under one lock.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RelayView {
@@ -90,7 +118,40 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Whether the peer's handshake reached this node over UDP, from a public address this node had sent
+    /// nothing to, since last asked: this node's port is open from outside.
+    pub(crate) fn take_reached_first(&self) -> bool {
+        std::mem::take(&mut self.lock().reached_first)
+    }
+}
+
 impl PeerInner {
+    /// This node sent the peer a datagram at `ip`: answers from there are let in by a NAT in front of it.
+    /// The same address as the last costs one comparison, as it does on the packet path.
+    pub(super) fn note_udp_sent(&mut self, ip: IpAddr, now: Instant) {
+        if let Some(last) = self.udp_sent.last_mut()
+            && last.0 == ip
+        {
+            last.1 = now;
+            return;
+        }
+        self.udp_sent.retain(|(sent, _)| *sent != ip);
+        if self.udp_sent.len() >= SENT_KEPT {
+            self.udp_sent.remove(0);
+        }
+        self.udp_sent.push((ip, now));
+    }
+
+    /// The peer's handshake came over UDP from `from`.
+    pub(super) fn note_reached(&mut self, from: SocketAddr, now: Instant) {
+        let sent = (self.udp_sent.iter())
+            .any(|(ip, t)| *ip == from.ip() && now.saturating_duration_since(*t) < SENT_HOLDS);
+        if !sent && is_public(from.ip()) {
+            self.reached_first = true;
+        }
+    }
+
     /// The pair's peer relays at a tick: the candidates as they are now, the allocations to ask for, and the
     /// probes through each ready one, which go out here.
     #[allow(clippy::too_many_arguments)]

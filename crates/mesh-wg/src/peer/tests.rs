@@ -210,3 +210,42 @@ fn a_peer_reaches_only_its_granted_ports_and_replies_to_our_flows() {
         (1, 1)
     );
 }
+
+/// A handshake from a public address this node sent nothing to shows its port open from outside; one from
+/// an address it sent to (a NAT lets that in), or from a private network, shows nothing.
+#[test]
+fn a_handshake_reaches_this_node_first_only_from_a_public_address_it_sent_nothing_to() {
+    let handshake_to_b = |b_sends_first: bool, a_at: &str| {
+        let (ka, kb) = (keys(5), keys(6));
+        let a = Peer::new(public(&kb), 1, &ka, None, Liveness::default(), &[]);
+        let b = Peer::new(public(&ka), 2, &kb, None, Liveness::default(), &[]);
+        let at_a: SocketAddr = a_at.parse().unwrap();
+        a.set_endpoint("192.0.2.2:51820".parse().unwrap());
+        let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+        if b_sends_first {
+            b.set_endpoint(at_a);
+            let _ = b.session().encapsulate(&[0x45; 40], &mut buf);
+        }
+        let init = match a.session().encapsulate(&[0x45; 40], &mut buf) {
+            TunnResult::WriteToNetwork(init) => init.to_vec(),
+            other => panic!("traffic starts a handshake: {other:?}"),
+        };
+        let _ = b.session().decapsulate(&Via::Udp(at_a), &init, &mut out);
+        let first = b.take_reached_first();
+        assert!(!b.take_reached_first(), "taken once");
+        first
+    };
+    assert!(handshake_to_b(false, "198.51.100.1:40000"));
+    assert!(
+        !handshake_to_b(true, "198.51.100.1:40000"),
+        "this node sent there first"
+    );
+    assert!(
+        !handshake_to_b(false, "192.168.1.2:51820"),
+        "a private network"
+    );
+    assert!(
+        !handshake_to_b(false, "100.64.0.9:51820"),
+        "carrier-grade NAT"
+    );
+}
