@@ -11,7 +11,8 @@
 //!    session on the relay meanwhile.
 //! 2. Eight nodes, two behind each kind of NAT: every pair the measured matrix says can punch ends up
 //!    `punched`, and the others stay on the relay, each saying why (the two symmetric NATs are not even
-//!    tried).
+//!    tried). Then a ninth node on the switch offers to relay for its peers: every pair that cannot punch
+//!    goes through it (`peer-relay`), still saying why it is not punched, and the rest stay punched.
 //! 3. A node behind a link of 1,280 bytes: a bulk transfer stalls at the default MTU and the agent's log says
 //!    why and what to do; with `--mtu 1200` it completes.
 //!
@@ -246,29 +247,42 @@ fn two_nodes_behind_slirp_punch_a_direct_path_and_use_the_relay_only_until_then(
 }
 
 #[test]
-fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() {
+fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_a_relay() {
     require_mesh_prerequisites();
     netns_tests::run::process::require_root(&["nft", "nginx", "turnserver"]);
     let steps = Steps::new("nat-matrix");
     let kinds: Vec<NatKind> = NatKind::ALL.iter().flat_map(|&k| [k, k]).collect();
-    let uplinks: Vec<Uplink> = kinds.iter().map(|&k| Uplink::nat(k)).collect();
+    let mut uplinks: Vec<Uplink> = kinds.iter().map(|&k| Uplink::nat(k)).collect();
+    // Node 9, on the switch, is the peer relay of the second half.
+    uplinks.push(Uplink::Switch);
+    let relay_seat = uplinks.len();
     let lan = Lan::with_uplinks(&uplinks);
     let stun = StunServer::start(&lan.switch, "br0");
     let cluster = Cluster::deploy(&lan);
     let gateway = Gateway::for_cluster(&cluster, RELAY_PORT);
     steps.step("eight nodes, two behind each kind of NAT; agents start");
 
-    let agents = Agent::builder(&cluster)
-        .config(behind_nat)
-        .flags(gateway.agent_flags())
-        .flags(stun.agent_flags())
-        .start_all(1..=kinds.len());
+    let builder = |relaying: &str| {
+        Agent::builder(&cluster)
+            .config(move |i| {
+                if i == relay_seat {
+                    AgentConfig::lan(i)
+                } else {
+                    behind_nat(i)
+                }
+            })
+            .flags(gateway.agent_flags())
+            .flags(stun.agent_flags())
+            .flags(["--relay-for-peers", relaying])
+    };
+    // None of the eight relays for the others: the first half of the matrix is without a peer relay.
+    let mut agents = builder("never").start_all(1..=kinds.len());
     let kind = |i: usize| kinds[i - 1];
     let pairs: Vec<(usize, usize)> = (1..=kinds.len())
         .flat_map(|a| (a + 1..=kinds.len()).map(move |b| (a, b)))
         .collect();
     let started = Instant::now();
-    let settled = |a: usize, b: usize| {
+    let settled = |agents: &[Agent<'_>], a: usize, b: usize| {
         let want = if expected_to_punch(kind(a), kind(b)) {
             Path::Punched
         } else {
@@ -283,7 +297,7 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
         "every pair that can punch to be punched, and every other on the relay",
         Duration::from_secs(90),
         Duration::from_millis(250),
-        || pairs.iter().all(|&(a, b)| settled(a, b)),
+        || pairs.iter().all(|&(a, b)| settled(&agents, a, b)),
         || format!("{}{}", path_table(&agents), tails(&agents)),
     );
     println!(
@@ -292,25 +306,10 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
     );
     // Long enough for a pair that should not punch to have tried (and for one that did to have wobbled).
     std::thread::sleep(Duration::from_secs(12));
-    // What was seen, kind against kind: one pair of nodes for each cell.
-    let mut table = String::from(
-        "| | full-cone | address-restricted | port-restricted | symmetric |\n|---|---|---|---|---|\n",
-    );
-    for ka in NatKind::ALL {
-        table.push_str(&format!("| {} |", ka.as_str()));
-        for kb in NatKind::ALL {
-            let (a, b) = (1..=kinds.len())
-                .flat_map(|a| (1..=kinds.len()).map(move |b| (a, b)))
-                .find(|&(a, b)| a != b && kind(a) == ka && kind(b) == kb)
-                .expect("two nodes of each kind");
-            let seen = path_to(&agents[a - 1], b).map_or("absent", |(p, _)| p.as_str());
-            table.push_str(&format!(" {seen} |"));
-        }
-        table.push('\n');
-    }
+    let table = matrix_table(&agents, &kinds);
     for &(a, b) in &pairs {
         assert!(
-            settled(a, b),
+            settled(&agents, a, b),
             "{} ({}) and {} ({}) moved off what the matrix says\n{}",
             a,
             kind(a).as_str(),
@@ -347,6 +346,55 @@ fn the_nat_matrix_punches_every_pair_that_can_and_keeps_the_rest_on_the_relay() 
     println!("{table}");
     steps.step(
         "every pair where the measured matrix says punched is punched; the rest relay and say why",
+    );
+
+    // A member on the switch offers to relay: every pair that cannot punch goes through it, not the gateway.
+    agents.push(builder("always").start_all([relay_seat]).remove(0));
+    let through_relay = |a: usize, b: usize| {
+        [(a, b), (b, a)].iter().all(|&(x, y)| {
+            agents[x - 1].peer(y as u64).is_some_and(|p| {
+                p.path == Some(Path::PeerRelay)
+                    && p.relay_seat == Some(relay_seat as u64)
+                    && p.healthy
+            })
+        })
+    };
+    let started = Instant::now();
+    wait_until(
+        "every pair that cannot punch to go through the peer relay, and every other to stay punched",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            pairs.iter().all(|&(a, b)| {
+                if expected_to_punch(kind(a), kind(b)) {
+                    settled(&agents, a, b)
+                } else {
+                    through_relay(a, b)
+                }
+            })
+        },
+        || format!("{}{}", path_table(&agents), tails(&agents)),
+    );
+    println!(
+        "with a peer relay, the matrix settled {:.2?} after it was ready",
+        started.elapsed()
+    );
+    let table = matrix_table(&agents, &kinds);
+    for &(a, b) in pairs
+        .iter()
+        .filter(|&&(a, b)| !expected_to_punch(kind(a), kind(b)))
+    {
+        let (_, why) = path_to(&agents[a - 1], b).expect("a path");
+        let why = why.unwrap_or_default();
+        assert!(
+            why.contains("symmetric") || why.contains("no answer over UDP"),
+            "{a} and {b} still say why they are not punched: {why}"
+        );
+        assert_pings(&agents, a, b);
+    }
+    println!("with a peer relay:\n{table}");
+    steps.step(
+        "with node 9 relaying, every pair that cannot punch goes through it; the rest stay punched",
     );
     assert_no_warnings(&agents);
 }
@@ -616,6 +664,27 @@ fn a_punched_path_that_goes_dark_is_left_for_the_relay_within_the_peer_timeout()
         sorted[sorted.len() - 1] <= Duration::from_secs(2),
         "a punch took longer than 2 s: {times:.2?}"
     );
+}
+
+/// What was seen, kind against kind: one pair of nodes (`kinds[i - 1]` is node i's NAT) for each cell.
+fn matrix_table(agents: &[Agent<'_>], kinds: &[NatKind]) -> String {
+    let kind = |i: usize| kinds[i - 1];
+    let mut table = String::from(
+        "| | full-cone | address-restricted | port-restricted | symmetric |\n|---|---|---|---|---|\n",
+    );
+    for ka in NatKind::ALL {
+        table.push_str(&format!("| {} |", ka.as_str()));
+        for kb in NatKind::ALL {
+            let (a, b) = (1..=kinds.len())
+                .flat_map(|a| (1..=kinds.len()).map(move |b| (a, b)))
+                .find(|&(a, b)| a != b && kind(a) == ka && kind(b) == kb)
+                .expect("two nodes of each kind");
+            let seen = path_to(&agents[a - 1], b).map_or("absent", |(p, _)| p.as_str());
+            table.push_str(&format!(" {seen} |"));
+        }
+        table.push('\n');
+    }
+    table
 }
 
 /// Whether node `from` gets pings through to node `to` again within the peer timeout.
