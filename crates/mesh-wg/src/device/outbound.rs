@@ -3,7 +3,7 @@
 //! one.
 
 use super::MAX_PACKET;
-use super::batch::Runs;
+use super::batch::{MAX_RUN_BYTES, Runs};
 use super::tun::BATCH;
 use super::udp::{Udp, WhenFull};
 use crate::peer::Via;
@@ -69,15 +69,14 @@ impl Outbound {
                 }
                 Via::PeerRelay { relay, vni } => {
                     // The header goes in front of each datagram: the run is copied once, with room for
-                    // it, and still leaves in one send.
-                    self.headed.clear();
-                    for datagram in run.datagrams() {
-                        push_headed(&mut self.headed, *vni, &self.buf[datagram]);
-                    }
+                    // it, and leaves in as few sends as fit a GSO send's limit with the headers added.
                     let stride = run.stride + HEADER_LEN;
-                    if let Err(err) = sock.send_run(&self.headed, stride, *relay, WhenFull::Wait) {
-                        tracing::debug!(to = %relay, error = %err, datagrams = run.segments, "UDP send to a peer relay failed");
-                    }
+                    let datagrams = run.datagrams().map(|d| &self.buf[d]);
+                    headed_sends(datagrams, *vni, stride, &mut self.headed, |headed| {
+                        if let Err(err) = sock.send_run(headed, stride, *relay, WhenFull::Wait) {
+                            tracing::debug!(to = %relay, error = %err, bytes = headed.len(), "UDP send to a peer relay failed");
+                        }
+                    });
                 }
             }
         }
@@ -110,10 +109,70 @@ pub(crate) fn send(sock: &Udp, datagram: &[u8], to: &Via, when_full: WhenFull) {
     }
 }
 
+/// Puts each datagram of a run (`stride` bytes each with its header, the last maybe shorter) behind the
+/// header of allocation `vni` in `headed`, and hands `send` as many as one GSO send carries: the headers
+/// make a run that fitted the limit without them overflow it.
+fn headed_sends<'a>(
+    datagrams: impl Iterator<Item = &'a [u8]>,
+    vni: u32,
+    stride: usize,
+    headed: &mut Vec<u8>,
+    mut send: impl FnMut(&[u8]),
+) {
+    headed.clear();
+    for datagram in datagrams {
+        if headed.len() + stride > MAX_RUN_BYTES {
+            send(headed);
+            headed.clear();
+        }
+        push_headed(headed, vni, datagram);
+    }
+    if !headed.is_empty() {
+        send(headed);
+    }
+}
+
 /// Appends `datagram` behind the header of allocation `vni`.
 fn push_headed(out: &mut Vec<u8>, vni: u32, datagram: &[u8]) {
     let at = out.len();
     out.resize(at + HEADER_LEN, 0);
     Header { vni }.encode_into(&mut out[at..]);
     out.extend_from_slice(datagram);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 45 datagrams of 1,452 bytes fit one GSO send (65,340 bytes); with their headers (65,700) they do not,
+    /// and a send over the limit loses them all.
+    #[test]
+    fn a_full_run_with_headers_is_split_to_fit_one_gso_send_each() {
+        let datagrams: Vec<Vec<u8>> = (0..45u8).map(|i| vec![i; 1452]).collect();
+        let stride = 1452 + HEADER_LEN;
+        let mut sends: Vec<Vec<u8>> = Vec::new();
+        let mut headed = Vec::new();
+        headed_sends(
+            datagrams.iter().map(Vec::as_slice),
+            7,
+            stride,
+            &mut headed,
+            |s| sends.push(s.to_vec()),
+        );
+        assert_eq!(sends.len(), 2);
+        assert!(
+            sends
+                .iter()
+                .all(|s| s.len() <= MAX_RUN_BYTES && s.len() % stride == 0)
+        );
+        let all: Vec<u8> = sends.concat();
+        for (i, d) in all.chunks(stride).enumerate() {
+            let (header, rest) = Header::decode(d).expect("a header");
+            assert_eq!(
+                (header.vni, rest),
+                (7, datagrams[i].as_slice()),
+                "datagram {i}"
+            );
+        }
+    }
 }
