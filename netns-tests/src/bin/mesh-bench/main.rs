@@ -21,6 +21,9 @@
 //! - NAT traversal: two agents behind slirp4netns with coturn for STUN: the time until they punch a direct
 //!   path, throughput and RTT punched, relayed, on a plain LAN, and through slirp4netns with no tunnel; and
 //!   how long a NAT that restarts cuts them off.
+//! - Peer relays: two agents behind symmetric NATs through a member that relays for them, against the
+//!   gateway's relay and a direct path: throughput, added RTT, the relays' CPU per Gbit forwarded, and the
+//!   pings lost each time the relay in use is killed.
 //! - Failover: how long until a cut-off leader is replaced on-chain, and reported by the others.
 //! - The leader port: round trips (mean, p99) and one iperf3 stream to the leader's service, directly and
 //!   through `--leader-port`, from a follower over the mesh and on the leader itself, with the CPU of the
@@ -48,7 +51,7 @@
 //!   handshakes toward the newcomer (cookies, retries), what verifying quotes costs (cold, kept, at the
 //!   join), and the agent's RSS, idle CPU and time to handshake with all.
 //!
-//! `--sections` picks some of them (`throughput,latency,udp,offloads,policy,relay,nat,failover,leader-port,sizes,trace,thousand`,
+//! `--sections` picks some of them (`throughput,latency,udp,offloads,policy,relay,nat,peer-relay,failover,leader-port,sizes,trace,thousand`,
 //! all by default).
 //!
 //! Run as root with `scripts/bench` (which builds the release binaries and installs gotatun and
@@ -76,6 +79,7 @@ mod latency;
 mod leader_port;
 mod nat;
 mod offloads;
+mod peer_relay;
 mod policy;
 mod references;
 mod relay;
@@ -143,7 +147,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,udp,offloads,policy,relay,nat,failover,leader-port,sizes,trace,thousand"
+        default_value = "throughput,latency,udp,offloads,policy,relay,nat,peer-relay,failover,leader-port,sizes,trace,thousand"
     )]
     sections: Vec<Section>,
     /// gotatun, a reference in the throughput and latency sections (`scripts/bench` installs it).
@@ -179,6 +183,9 @@ enum Section {
     Relay,
     /// Hole punching behind slirp4netns: time to direct; throughput and RTT of each way.
     Nat,
+    /// A pair behind symmetric NATs through a peer relay, against the gateway's relay: throughput, RTT, the
+    /// relays' CPU per Gbit, the time to move when the relay in use is killed.
+    PeerRelay,
     /// Leader failover.
     Failover,
     /// The leader port against a direct connection.
@@ -246,6 +253,9 @@ fn main() -> anyhow::Result<()> {
     if on(Section::Nat) {
         tools.extend(["ss", "iperf3", "nginx", "nft", "slirp4netns", "turnserver"]);
     }
+    if on(Section::PeerRelay) {
+        tools.extend(["ss", "iperf3", "nginx", "nft", "turnserver"]);
+    }
     if on(Section::Failover) {
         tools.push("nft");
     }
@@ -299,6 +309,12 @@ fn main() -> anyhow::Result<()> {
             "== NAT traversal (2 agents behind slirp4netns, coturn for STUN, nginx as the gateway)"
         );
         report.nat = Some(nat::nat(&args));
+    }
+    if on(Section::PeerRelay) {
+        eprintln!(
+            "== peer relays (2 agents behind symmetric NATs, 2 relaying on the switch, nginx as the gateway)"
+        );
+        report.peer_relay = Some(peer_relay::peer_relay(&args));
     }
     if on(Section::Failover) {
         eprintln!(

@@ -49,7 +49,7 @@ fn way(
 }
 
 /// Through the tunnel from node 1 to node 2.
-fn tunnel(args: &Args, lan: &Lan, name: &str) -> NatWay {
+pub(crate) fn tunnel(args: &Args, lan: &Lan, name: &str) -> NatWay {
     way(args, lan, name, lan.node(2), overlay_ip(2), overlay_ip(2))
 }
 
@@ -152,7 +152,8 @@ fn behind_slirp(args: &Args) -> Nat {
 }
 
 /// The same pair of agents on a plain LAN: the direct path with no NAT.
-fn plain(args: &Args) -> NatWay {
+/// Direct between two agents on a plain LAN, no NAT.
+pub(crate) fn plain(args: &Args) -> NatWay {
     let lan = Lan::new(2);
     let cluster = Cluster::deploy_seats(&lan, 2);
     let (_agents, _) = Agent::builder(&cluster)

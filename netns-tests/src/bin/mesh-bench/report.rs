@@ -38,6 +38,8 @@ pub(crate) struct Report {
     pub(crate) relay: Option<Relay>,
     pub(crate) nat: Option<Nat>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) peer_relay: Option<PeerRelayBench>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) failover: Option<Failover>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) leader_port: Option<LeaderPort>,
@@ -218,6 +220,20 @@ pub(crate) struct NatWay {
     pub(crate) streams1_gbps: f64,
     pub(crate) streams4_gbps: f64,
     pub(crate) streams1_retransmits: u64,
+}
+
+/// A pair behind symmetric NATs through a peer relay, against the gateway's relay and a direct path.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PeerRelayBench {
+    pub(crate) peer_relay: NatWay,
+    pub(crate) gateway: NatWay,
+    /// Two agents on a plain LAN: what the relays add to.
+    pub(crate) direct: NatWay,
+    /// The relay agents' CPU (user and system) per Gbit they forwarded, over the 1- and 4-stream runs.
+    pub(crate) relay_cpu_s_per_gbit: f64,
+    /// Pings lost (times their interval) each time the relay in use was killed.
+    pub(crate) move_gaps_ms: Vec<f64>,
 }
 
 /// Times from the leader's cut.
