@@ -6,7 +6,8 @@ use mesh_wg::{PeerRelayConfig, RelayLimits, RelayOffer};
 /// `--relay-for-peers`: when this node offers to relay for its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RelayForPeersArg {
-    /// When its own checks find its UDP port reachable: STUN sees no NAT in front of it.
+    /// When its own checks find its UDP port reachable: STUN sees no NAT in front of it, or a peer reached it
+    /// first over UDP.
     Auto,
     Always,
     Never,
@@ -17,8 +18,9 @@ pub enum RelayForPeersArg {
 pub struct PeerRelayArgs {
     /// Relay WireGuard datagrams between two peers that cannot punch through to each other (two symmetric
     /// NATs, say), so that they need not go through the gateway: `auto` offers when STUN sees no NAT in
-    /// front of this node. The relay forwards only between the two seats' authenticated endpoints, once
-    /// both asked in their own tunnels; it sees ciphertext, who talks to whom and how much.
+    /// front of this node, or once a peer reached it first over UDP. The relay forwards only between the
+    /// two seats' authenticated endpoints, once both asked in their own tunnels; it sees ciphertext, who
+    /// talks to whom and how much.
     #[arg(
         long,
         env = "DSTACK_MESH_RELAY_FOR_PEERS",
