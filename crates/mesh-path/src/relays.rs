@@ -148,8 +148,9 @@ impl PeerRelays {
     /// those no longer among them are forgotten (released if held).
     pub fn set_candidates(&mut self, candidates: &[Candidate]) -> Vec<(Key, Ask)> {
         let mut released = Vec::new();
+        let offered: BTreeSet<Key> = candidates.iter().map(|c| c.relay).collect();
         self.relays.retain(|key, relay| {
-            let keep = candidates.iter().any(|c| c.relay == *key);
+            let keep = offered.contains(key);
             if !keep && relay.vni.is_some() {
                 released.push((*key, Ask::Release));
             }

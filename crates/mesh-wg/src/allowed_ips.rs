@@ -65,21 +65,32 @@ impl<V: Clone + PartialEq> AllowedIps<V> {
         }
     }
 
-    /// All prefixes owned by `value`, longest first then by address.
-    pub(crate) fn prefixes_of(&self, value: &V) -> Vec<Ipv4Network> {
-        let mut out: Vec<Ipv4Network> = Vec::new();
+    /// Every owner's prefixes, longest first then by address, in one pass over the table: asking for each
+    /// owner's in turn would go through every prefix once per owner.
+    pub(crate) fn prefixes_by_value(&self) -> HashMap<V, Vec<Ipv4Network>>
+    where
+        V: Eq + std::hash::Hash,
+    {
+        let mut out: HashMap<V, Vec<Ipv4Network>> = HashMap::new();
         for (len, table) in self.by_len.iter().enumerate().rev() {
-            let mut nets: Vec<Ipv4Network> = table
-                .iter()
-                .filter(|(_, v)| *v == value)
-                .map(|(addr, _)| {
-                    Ipv4Network::new(Ipv4Addr::from(*addr), len as u8).expect("len <= 32")
-                })
-                .collect();
-            nets.sort_by_key(|n| u32::from(n.ip()));
-            out.extend(nets);
+            for (addr, v) in table {
+                let net = Ipv4Network::new(Ipv4Addr::from(*addr), len as u8).expect("len <= 32");
+                out.entry(v.clone()).or_default().push(net);
+            }
+        }
+        for nets in out.values_mut() {
+            nets.sort_by_key(|n| (std::cmp::Reverse(n.prefix()), u32::from(n.ip())));
         }
         out
+    }
+
+    /// All prefixes owned by `value`, longest first then by address.
+    #[cfg(test)]
+    pub(crate) fn prefixes_of(&self, value: &V) -> Vec<Ipv4Network>
+    where
+        V: Eq + std::hash::Hash,
+    {
+        self.prefixes_by_value().remove(value).unwrap_or_default()
     }
 }
 
@@ -131,6 +142,27 @@ mod tests {
         t.insert(net("10.0.1.5/24"), 'a');
         assert_eq!(t.prefixes_of(&'a'), vec![net("10.0.1.0/24")]);
         assert_eq!(t.lookup("10.0.1.200".parse().unwrap()), Some(&'a'));
+    }
+
+    /// Each owner's prefixes from one pass, longest first then by address.
+    #[test]
+    fn every_owners_prefixes_come_from_one_pass() {
+        let mut t = AllowedIps::default();
+        for (n, v) in [
+            ("10.0.9.0/24", 'a'),
+            ("10.0.1.1/32", 'a'),
+            ("10.0.2.0/24", 'a'),
+            ("10.0.1.2/32", 'b'),
+        ] {
+            t.insert(net(n), v);
+        }
+        let all = t.prefixes_by_value();
+        assert_eq!(
+            all[&'a'],
+            [net("10.0.1.1/32"), net("10.0.2.0/24"), net("10.0.9.0/24")]
+        );
+        assert_eq!(all[&'b'], [net("10.0.1.2/32")]);
+        assert_eq!(all.len(), 2);
     }
 
     /// Removing a value drops all of its prefixes and leaves the others.

@@ -5,7 +5,7 @@
 //! Locks are taken in one order: the table, then a peer. No peer's lock is held while the table's is
 //! taken, so control messages that arrive in a run are kept in [`Received`] and handled after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -199,10 +199,17 @@ impl Shared {
                 out.extend(s.table.endpoint(key, view.udp_endpoint));
             }
         }
-        let gone: Vec<Key> = (s.endpoints.keys())
-            .filter(|k| !views.iter().any(|(p, _)| p.public_key == **k))
-            .copied()
-            .collect();
+        // Every peer in `views` is in `endpoints` now: more there means some are gone. Looked for only then,
+        // so that a tick costs no more than one look at each peer.
+        let gone: Vec<Key> = if s.endpoints.len() > views.len() {
+            let here: HashSet<Key> = views.iter().map(|(p, _)| p.public_key).collect();
+            (s.endpoints.keys())
+                .filter(|k| !here.contains(*k))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
         for key in gone {
             s.endpoints.remove(&key);
             s.offered.remove(&key);
@@ -233,9 +240,9 @@ impl Shared {
         let now: HashMap<(SocketAddr, u32), Key> = (views.iter())
             .flat_map(|(p, v)| v.ready.iter().map(|u| ((u.endpoint, u.vni), p.public_key)))
             .collect();
-        let mut map = self.relayed_in.write().unwrap_or_else(|e| e.into_inner());
-        if *map != now {
-            *map = now;
+        // Read by the packet thread on every relayed run: written only when it changed.
+        if *self.relayed_in.read().unwrap_or_else(|e| e.into_inner()) != now {
+            *self.relayed_in.write().unwrap_or_else(|e| e.into_inner()) = now;
         }
     }
 

@@ -369,11 +369,15 @@ impl Shared {
     pub(crate) fn peer_snapshots(&self) -> Vec<PeerSnapshot> {
         let own_mapping = self.own_candidates().mapping;
         let st = self.read();
+        let mut prefixes = st.allowed_ips.prefixes_by_value();
         let mut out: Vec<PeerSnapshot> = st
             .peers
             .values()
             .map(|peer| PeerSnapshot {
-                status: peer.status(st.allowed_ips.prefixes_of(&peer.public_key), own_mapping),
+                status: peer.status(
+                    prefixes.remove(&peer.public_key).unwrap_or_default(),
+                    own_mapping,
+                ),
                 preshared_key: peer.preshared_key(),
             })
             .collect();

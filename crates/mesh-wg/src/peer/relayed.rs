@@ -165,13 +165,19 @@ impl PeerInner {
         sends: &mut Vec<(Via, Vec<u8>)>,
         controls: &mut Vec<(Key, Control)>,
     ) {
-        let candidates: Vec<Candidate> = (ctx.relays.iter())
-            .filter(|c| c.relay != *key)
-            .copied()
-            .collect();
-        let released = self.relays.set_candidates(&candidates);
         let session = handshake_at.is_some_and(|t| now.saturating_duration_since(t) < REJECT_AFTER);
         let wanted = self.path.doubtful(now) && self.overlay_ip.is_some();
+        // Only a pair that wants a relay looks at the candidates: with every member offering, each of n
+        // peers going through all n candidates at every tick would cost n² a tick.
+        let released = if wanted {
+            let candidates: Vec<Candidate> = (ctx.relays.iter())
+                .filter(|c| c.relay != *key)
+                .copied()
+                .collect();
+            self.relays.set_candidates(&candidates)
+        } else {
+            Vec::new()
+        };
         let tick = self.relays.tick(now, wanted, session, ctx.liveness);
         let op = |ask| match ask {
             Ask::Allocate => Op::Allocate,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use netns_tests::measure::perf::{PerfRecord, PerfStat, iperf3_observed, ping_avg_ms};
 use netns_tests::net::ping::{BackgroundPing, rtt_avg_ms};
+use netns_tests::run::process::ChildGuard;
 
 use crate::report::BARE;
 use crate::report::{Named, Rtt};
@@ -51,6 +52,17 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32, record: Option<&Path>) 
         .iter()
         .map(|p| work_per_round_trip(p, record))
         .collect();
+    // The same busy pings with a CPU hog on every core beside them, as a node shares its cores with the
+    // application: what the scheduler makes of each tunnel's wake-ups.
+    let (hogged, hogged_work, hog_bare) = {
+        let _hog = CpuHog::start();
+        let (rtts, bare) = rtts(Duration::from_micros(500), 2000);
+        let work: Vec<Option<Work>> = tunnels
+            .iter()
+            .map(|p| work_per_round_trip(p, None))
+            .collect();
+        (rtts, work, bare)
+    };
     eprintln!(
         "   per round trip, both WireGuard sides (busy pings, perf stat): {}",
         tunnels
@@ -88,21 +100,30 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32, record: Option<&Path>) 
             .zip(busy)
             .zip(loaded)
             .zip(work)
-            .map(|((((name, rtt), (_, busy)), (loaded, sent, got)), work)| {
-                let rtt = Rtt {
-                    rtt_ms: rtt,
-                    added_ms: rtt - idle_bare,
-                    busy_rtt_ms: busy,
-                    busy_added_ms: busy - busy_bare,
-                    loaded_rtt_ms: loaded,
-                    loaded_added_ms: loaded - loaded_bare,
-                    loaded_lost: sent - got,
-                    cpu_us_per_round_trip: work.map(|w| w.cpu_us),
-                    syscalls_per_round_trip: work.map(|w| w.syscalls),
-                    switches_per_round_trip: work.map(|w| w.switches),
-                };
-                (name, rtt)
-            })
+            .zip(hogged.into_iter().zip(hogged_work))
+            .map(
+                |(
+                    ((((name, rtt), (_, busy)), (loaded, sent, got)), work),
+                    ((_, hog), hog_work),
+                )| {
+                    let rtt = Rtt {
+                        hog_rtt_ms: hog,
+                        hog_added_ms: hog - hog_bare,
+                        hog_cpu_us_per_round_trip: hog_work.map(|w| w.cpu_us),
+                        rtt_ms: rtt,
+                        added_ms: rtt - idle_bare,
+                        busy_rtt_ms: busy,
+                        busy_added_ms: busy - busy_bare,
+                        loaded_rtt_ms: loaded,
+                        loaded_added_ms: loaded - loaded_bare,
+                        loaded_lost: sent - got,
+                        cpu_us_per_round_trip: work.map(|w| w.cpu_us),
+                        syscalls_per_round_trip: work.map(|w| w.syscalls),
+                        switches_per_round_trip: work.map(|w| w.switches),
+                    };
+                    (name, rtt)
+                },
+            )
             .collect(),
     )
 }
@@ -137,6 +158,31 @@ fn loaded(p: &Tunnel<'_>, secs: u32) -> (f64, u32, u32) {
     let rtt =
         rtt_avg_ms(&output).unwrap_or_else(|| panic!("no ping answered under load: {output}"));
     (rtt, sent, got)
+}
+
+/// A busy loop on every core, at the default priority, until dropped: the hog's processes are ended by
+/// their PIDs.
+struct CpuHog {
+    /// Held only to be dropped: each guard ends its process.
+    _loops: Vec<ChildGuard>,
+}
+
+impl CpuHog {
+    fn start() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            _loops: (0..cores)
+                .map(|_| {
+                    let child = std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .stdin(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap_or_else(|e| panic!("starting a CPU hog (sh): {e}"));
+                    ChildGuard::new("a CPU hog", child)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Round trips timed by [`work_per_round_trip`].

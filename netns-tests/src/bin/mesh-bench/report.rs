@@ -178,6 +178,11 @@ pub(crate) struct Rtt {
     pub(crate) cpu_us_per_round_trip: Option<f64>,
     pub(crate) syscalls_per_round_trip: Option<f64>,
     pub(crate) switches_per_round_trip: Option<f64>,
+    /// The busy pings again with a CPU hog on every core: the average, over the bare link's under the same
+    /// hog, and both WireGuard sides' CPU per round trip then.
+    pub(crate) hog_rtt_ms: f64,
+    pub(crate) hog_added_ms: f64,
+    pub(crate) hog_cpu_us_per_round_trip: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]

@@ -289,16 +289,17 @@ fn print_compared(r: &Report) {
     }
     let secs = t.map_or("-".into(), |t| t.seconds.to_string());
     println!(
-        "\nThroughput, iperf3 TCP, {secs} s a run (CPU: the WireGuard process on the sending / receiving node, % of one core); ping RTT in ms: idle (20 ms apart), busy (0.5 ms apart) and loaded (10 ms apart, while one iperf3 stream runs through the same tunnel), each with what it adds over the bare link's"
+        "\nThroughput, iperf3 TCP, {secs} s a run (CPU: the WireGuard process on the sending / receiving node, % of one core); ping RTT in ms: idle (20 ms apart), busy (0.5 ms apart), loaded (10 ms apart, while one iperf3 stream runs through the same tunnel) and hogged (busy, with a CPU hog on every core), each with what it adds over the bare link's"
     );
     println!("{:<14} {:-^31} {:-^31}", "", " 1 stream ", " 4 streams ");
     println!(
-        "{:<14}{} {:>18} {:>18} {:>18}",
+        "{:<14}{} {:>18} {:>18} {:>18} {:>18}",
         "",
         format!(" {:>7} {:>8} {:>14}", "Gbit/s", "retrans", "CPU send/recv").repeat(2),
         "RTT idle (added)",
         "RTT busy (added)",
-        "RTT loaded (added)"
+        "RTT loaded (added)",
+        "RTT hogged (added)"
     );
     for name in IMPLEMENTATIONS {
         let mut row = format!("{name:<14}");
@@ -321,6 +322,7 @@ fn print_compared(r: &Report) {
             (rtt.map(|r| r.rtt_ms), rtt.map(|r| r.added_ms)),
             (rtt.map(|r| r.busy_rtt_ms), rtt.map(|r| r.busy_added_ms)),
             (rtt.map(|r| r.loaded_rtt_ms), rtt.map(|r| r.loaded_added_ms)),
+            (rtt.map(|r| r.hog_rtt_ms), rtt.map(|r| r.hog_added_ms)),
         ] {
             let added = match name {
                 BARE => String::new(),
@@ -347,6 +349,17 @@ fn print_compared(r: &Report) {
         println!(
             "per busy round trip, both sides' CPU µs / system calls / context switches (perf stat): {}",
             work.join(", ")
+        );
+        let hogged: Vec<String> = IMPLEMENTATIONS
+            .iter()
+            .filter_map(|name| {
+                let us = l.get(name)?.hog_cpu_us_per_round_trip?;
+                Some(format!("{name} {us:.1}"))
+            })
+            .collect();
+        println!(
+            "per busy round trip with a CPU hog on every core, both sides' CPU µs: {}",
+            hogged.join(", ")
         );
     }
     let Some(t) = t else {
