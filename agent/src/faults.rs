@@ -217,6 +217,7 @@ mod tests {
             mesh_relay::relay_target(&format!("https://{:040x}-8080.mesh.test", 3), 51820).unwrap();
         let status = |path| mesh_wg::PeerStatus {
             peer_relay: None,
+            health_timeout: mesh_wg::DEFAULT_PEER_TIMEOUT,
             public_key: key,
             endpoint: None,
             relay: Some(relay.clone()),

@@ -114,6 +114,8 @@ async fn daemon(
     // The application reports its health to the API, which may come before the tasks.
     let (app_health_tx, app_health) = watch::channel(None);
     let (commands_tx, commands) = mpsc::channel(8);
+    // Whether an application reads the peers' health: the mesh task holds every peer to the timeout then.
+    let readers = Arc::new(mesh_api::Readers::default());
     let grace = (!args.no_handoff_on_stop).then(|| Duration::from_secs(args.stop_grace_secs));
     let _stopper = owned_task::Task::spawn(
         "stopper",
@@ -127,6 +129,7 @@ async fn daemon(
             snapshot: api_rx.clone(),
             app_health: Some(app_health_tx.clone()),
             commands: Some(commands_tx.clone()),
+            readers: Some(Arc::clone(&readers)),
         };
         api.spawn(
             mesh_api::serve(listener, routes, source, api_stop.clone().cancelled_owned())
@@ -137,6 +140,7 @@ async fn daemon(
         snapshot: api_tx,
         app_health,
         commands,
+        readers,
     };
     let result = member(
         args, cluster, rpc, agent, tx_key, relay, reports, &cancel, &stop,
@@ -153,6 +157,8 @@ struct Reports {
     app_health: watch::Receiver<Option<AppReport>>,
     /// What applications ask of the leadership (`POST /v1/leader/handoff`, `/v1/drain`), and the stop.
     commands: mpsc::Receiver<Command>,
+    /// Who reads the API ([`mesh_api::Readers`]).
+    readers: Arc<mesh_api::Readers>,
 }
 
 /// Binds every place the API is served: the socket (with its mode and group), and the TCP addresses.
@@ -283,6 +289,7 @@ async fn member(
         dstack: client,
     };
     let mut tasks = Tasks::new(&args, &shared, agent, relay, attestor);
+    tasks.mesh.watchers.readers = Some(Arc::clone(&api.readers));
     tasks.chain.cached_pace = cached_pace;
     tasks.run(cached, api, cancel).await
 }
@@ -432,6 +439,8 @@ impl Tasks {
             snapshot: api,
             app_health,
             commands,
+            // Given to the mesh task when it was made.
+            readers: _,
         } = api;
         let (chain_tx, chain_rx) = watch::channel(ChainState::default());
         let (reg_tx, reg_rx) = watch::channel(RegState::default());

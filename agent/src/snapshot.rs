@@ -100,7 +100,11 @@ fn peer(
     let stat = member.wg_public_key.and_then(|k| stats.get(&k));
     let handshake = stat.and_then(|s| s.last_handshake);
     let heard = stat.and_then(|s| s.last_heard);
-    let healthy = liveness.alive(heard, now.mono);
+    // Each peer to its own bound: the timeout while something watches it, the idle bound otherwise.
+    let bound = stat.map_or(*liveness, |s| Liveness {
+        timeout: s.health_timeout,
+    });
+    let healthy = bound.alive(heard, now.mono);
     let connection = if healthy {
         ConnectionKind::Wireguard
     } else if member.gateway_url.is_some() {
@@ -218,10 +222,10 @@ pub struct Published<'a> {
 
 /// When a peer shown healthy now will be shown unhealthy unless it is heard from again: the publisher
 /// renders again then, so that the API and event streams say so at once.
-pub fn health_changes_at(mesh: &MeshState, liveness: &Liveness, now: Instant) -> Option<Instant> {
+pub fn health_changes_at(mesh: &MeshState, now: Instant) -> Option<Instant> {
     mesh.stats
         .values()
-        .filter_map(|s| liveness.dies_at(s.last_heard))
+        .filter_map(|s| s.last_heard.map(|t| t + s.health_timeout))
         .filter(|t| *t > now)
         .min()
 }

@@ -46,6 +46,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
             Key::from_bytes([k; 32]),
             PeerStatus {
                 peer_relay: None,
+                health_timeout: THREE.timeout,
                 public_key: Key::from_bytes([k; 32]),
                 endpoint: Some(format!("198.51.100.{k}:9").parse().unwrap()),
                 // Seat 2 is relayed.
@@ -516,7 +517,7 @@ fn a_peer_is_healthy_only_while_it_was_heard_within_the_peer_timeout() {
         )
     );
     assert_eq!(
-        health_changes_at(&mesh, &THREE, mono()),
+        health_changes_at(&mesh, mono()),
         Some(mono() + Duration::from_millis(1)),
         "the publisher renders again as seat 2 dies"
     );
@@ -526,7 +527,7 @@ fn a_peer_is_healthy_only_while_it_was_heard_within_the_peer_timeout() {
         (false, ConnectionKind::Unreachable, None, Some(999_997)),
         "silent for the timeout, though its handshake is 5 s old"
     );
-    assert_eq!(health_changes_at(&mesh, &THREE, mono()), None);
+    assert_eq!(health_changes_at(&mesh, mono()), None);
     heard(&mut mesh, 0);
     assert!(two(&mesh).0, "heard again: healthy at once");
 }

@@ -61,6 +61,9 @@ pub trait Interfaces: Send {
         None
     }
 
+    /// Tells the interface which peers something watches ([`mesh_wg::Watching`]).
+    fn set_watching(&self, _table: &Self::Table, _watching: mesh_wg::Watching) {}
+
     /// Peers' packets the grants between seats dropped on the interface since it was made, by why.
     fn policy_dropped(&self, _table: &Self::Table) -> DropCounts {
         DropCounts::default()
@@ -192,6 +195,10 @@ impl Interfaces for WireGuard {
         device.peer_relay()
     }
 
+    fn set_watching(&self, device: &MeshDevice, watching: mesh_wg::Watching) {
+        device.set_watching(watching);
+    }
+
     fn policy_dropped(&self, device: &MeshDevice) -> DropCounts {
         device.policy_dropped()
     }
@@ -272,6 +279,34 @@ pub struct MeshTask<I> {
     pub refresh: Duration,
     /// The port peers' relays are on; `None` with relays off.
     pub relay_port: Option<u16>,
+    /// What decides which peers the device holds to the peer timeout ([`Watchers`]).
+    pub watchers: Watchers,
+}
+
+/// What makes the agent hold every peer to the peer timeout rather than let idle ones go to the idle bound
+/// (`mesh_wg::Watching`): an application reading the API, or a replica port, whose members are judged by
+/// their health. Peers that carry traffic (a leader port's, the leader's heartbeats) are held by the
+/// device itself.
+#[derive(Debug, Default)]
+pub struct Watchers {
+    pub readers: Option<Arc<mesh_api::Readers>>,
+    pub replica_ports: bool,
+}
+
+/// How long a read of the API holds every peer to the peer timeout: an application that polls less often
+/// than this sees idle peers' health to the idle bound.
+pub const READ_WATCHES: Duration = Duration::from_secs(60);
+
+impl Watchers {
+    /// Which peers the device holds to the peer timeout now.
+    pub fn watching(&self, now: Instant) -> mesh_wg::Watching {
+        let reading = (self.readers.as_ref()).is_some_and(|r| r.reading(READ_WATCHES, now));
+        if reading || self.replica_ports {
+            mesh_wg::Watching::All
+        } else {
+            mesh_wg::Watching::Only(std::collections::HashSet::new())
+        }
+    }
 }
 
 /// The relay's dialler, the counters it shares with the relay's endpoint, and the endpoint's port.
@@ -345,6 +380,10 @@ impl MeshTask<WireGuard> {
             // reaches the API within this of its handshake.
             refresh: args.poll_interval().min(REFRESH_AT_MOST),
             relay_port,
+            watchers: Watchers {
+                readers: None,
+                replica_ports: !args.replica_ports.is_empty(),
+            },
         }
     }
 }
@@ -507,6 +546,7 @@ impl<I: Interfaces> Running<I> {
             self.state.reconciles = self.state.reconciles.saturating_add(1);
         }
         if let Some(interfaces) = &self.task.interfaces {
+            interfaces.set_watching(table, self.task.watchers.watching(Instant::now()));
             self.state.relay = interfaces.relay_counters(table);
             self.state.nat = interfaces.nat(table);
             self.state.peer_relay = interfaces.peer_relay(table);

@@ -146,7 +146,7 @@ impl Publisher {
             leadership = Some(key);
             let wake = [
                 snapshot.leader.changes_at(now),
-                snapshot::health_changes_at(&mesh, &self.agent.liveness, now),
+                snapshot::health_changes_at(&mesh, now),
             ]
             .into_iter()
             .flatten()

@@ -47,6 +47,9 @@ pub struct Source {
     pub app_health: Option<watch::Sender<Option<AppReport>>>,
     /// Where `POST /v1/leader/handoff` and `POST /v1/drain` go (none: they are refused).
     pub commands: Option<mpsc::Sender<Command>>,
+    /// Told of every read of the API but `/metrics`, and of each event stream while it is open: whether
+    /// an application watches the peers' health ([`crate::Readers`]).
+    pub readers: Option<Arc<crate::Readers>>,
 }
 
 impl From<watch::Receiver<Snapshot>> for Source {
@@ -55,6 +58,7 @@ impl From<watch::Receiver<Snapshot>> for Source {
             snapshot,
             app_health: None,
             commands: None,
+            readers: None,
         }
     }
 }
@@ -202,7 +206,12 @@ fn peers_key(peers: &[crate::Peer]) -> String {
 /// No task is spawned per client: the body is a stream that hyper polls while it writes it, holding the
 /// receiver and the client's slot, and dropping both when the client goes away or the agent stops (the
 /// watch sender dropped).
-fn watch(rx: watch::Receiver<Snapshot>, events: Events, slots: &Arc<Semaphore>) -> Response<Body> {
+fn watch(
+    rx: watch::Receiver<Snapshot>,
+    events: Events,
+    slots: &Arc<Semaphore>,
+    following: Option<crate::readers::Following>,
+) -> Response<Body> {
     let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,6 +229,7 @@ fn watch(rx: watch::Receiver<Snapshot>, events: Events, slots: &Arc<Semaphore>) 
         last: Vec::new(),
         first: true,
         _slot: slot,
+        _following: following,
     };
     let frames = futures::stream::unfold(watching, |mut s| async move {
         let frame = s.next().await?;
@@ -242,6 +252,8 @@ struct Watching {
     first: bool,
     /// Released when hyper drops the body.
     _slot: OwnedSemaphorePermit,
+    /// The stream counts as reading the API while it is open.
+    _following: Option<crate::readers::Following>,
 }
 
 impl Watching {
@@ -321,7 +333,13 @@ async fn handle(
             "the agent API is read-only but for POST /v1/health, /v1/leader/handoff and /v1/drain: use GET",
         ));
     }
-    let rx = source.snapshot;
+    if path != "/metrics"
+        && let Some(readers) = &source.readers
+    {
+        readers.read(now);
+    }
+    let following = || source.readers.as_ref().map(crate::Readers::follow);
+    let rx = source.snapshot.clone();
     // Worked out as of now, not as of the last render: a node that was frozen answers from its lease as
     // it stands when it resumes.
     let snapshot = rx.borrow().as_of(now);
@@ -333,10 +351,10 @@ async fn handle(
         ),
         (Routes::Api, "/v1/status") => json(&snapshot.status),
         (Routes::Api, "/v1/peers") => json(&snapshot.peers),
-        (Routes::Api, "/v1/peers/watch") => watch(rx, peers_event, &streams),
+        (Routes::Api, "/v1/peers/watch") => watch(rx, peers_event, &streams, following()),
         (Routes::Api, "/v1/peers/refused") => json(&snapshot.refused),
         (Routes::Api, "/v1/leader") => json(&snapshot.leader),
-        (Routes::Api, "/v1/events") => watch(rx, app_events, &streams),
+        (Routes::Api, "/v1/events") => watch(rx, app_events, &streams, following()),
         (Routes::Api, "/healthz") => healthz(&snapshot),
         (Routes::Api, "/") => status_page(),
         (Routes::Api, other) => error(

@@ -18,6 +18,13 @@
 //!
 //! Bounds, with the default timeout of 2.5 s: a peer is dead at most 2.5 s after the last thing it sent (so
 //! at most 2.5 s after it died, froze or was cut off), and alive again as soon as its first answer arrives.
+//!
+//! **Watched peers only.** Those bounds hold for a *watched* peer: one that carries traffic, or whose health
+//! something uses (the device is told which). An idle peer nothing watches is not probed until it has been
+//! silent for [`IDLE_PROBE_AFTER`], which its own keepalive (every 25 s) usually ends first, and counts as dead
+//! after [`IDLE_TIMEOUT`]: at 999 idle peers, about 80 keepalives a second each way instead of a probe and
+//! its answer per peer every second. A peer that becomes watched is probed at once if it has been silent for
+//! the watched probe's third of the timeout.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +35,13 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(600);
 /// The longest: a session with no traffic at all expires after WireGuard's 180 s, after which nothing is
 /// probed.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long an idle peer that nothing watches may be silent and count as alive: longer than the 25 s between
+/// its keepalives.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The silence after which an unwatched peer is probed; then every [`IDLE_RETRY`] until it answers.
+pub const IDLE_PROBE_AFTER: Duration = Duration::from_secs(27);
+const IDLE_RETRY: Duration = Duration::from_secs(1);
 
 /// How much later than the first side of a pair the second one starts probing, as a fraction of the
 /// timeout: the first side's probes start at a third of it.
@@ -51,6 +65,15 @@ impl Liveness {
     /// Whether a peer last heard at `last_heard` is alive at `now`.
     pub fn alive(&self, last_heard: Option<Instant>, now: Instant) -> bool {
         last_heard.is_some_and(|t| now.saturating_duration_since(t) < self.timeout)
+    }
+
+    /// How long a peer may be silent and count as alive: the timeout while it is watched, else
+    /// [`IDLE_TIMEOUT`] (or the timeout, if that is longer).
+    pub fn bound(&self, watched: bool) -> Duration {
+        match watched {
+            true => self.timeout,
+            false => self.timeout.max(IDLE_TIMEOUT),
+        }
     }
 
     /// When a peer last heard at `last_heard` dies unless heard again; `None` if it was never heard.
@@ -87,6 +110,8 @@ pub fn probes_first(own: &[u8; 32], peer: &[u8; 32]) -> bool {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Prober {
     last_probe: Option<Instant>,
+    /// Whether the peer was watched at the last call: one that becomes so starts a new silence.
+    watched: bool,
     /// A new handshake was asked for in this silence ([`Prober::handshake_due`]).
     handshake_asked: bool,
 }
@@ -102,23 +127,39 @@ pub struct Situation {
     pub session: bool,
     /// This side probes first ([`probes_first`]).
     pub first: bool,
+    /// The peer carries traffic, or something uses its health: it is held to the timeout.
+    pub watched: bool,
 }
 
 impl Prober {
     /// Whether to send a probe now; records it when so.
     pub fn due(&mut self, liveness: &Liveness, s: Situation) -> bool {
+        if s.watched && !std::mem::replace(&mut self.watched, s.watched) {
+            // Judged by the idle bound until now: the first probe of the watched schedule goes at once.
+            self.last_probe = None;
+        }
+        self.watched = s.watched;
         if !s.session {
             return false;
         }
         let silent = s
             .last_heard
             .map_or(Duration::MAX, |t| s.now.saturating_duration_since(t));
-        if silent < liveness.probe_after(s.first) {
+        let (after, retry, dead, dead_every) = match s.watched {
+            true => (
+                liveness.probe_after(s.first),
+                liveness.retry(),
+                liveness.timeout,
+                liveness.probe_after(true),
+            ),
+            false => (IDLE_PROBE_AFTER, IDLE_RETRY, IDLE_TIMEOUT, IDLE_TIMEOUT / 3),
+        };
+        if silent < after {
             return false;
         }
-        let every = match silent < liveness.timeout {
-            true => liveness.retry(),
-            false => liveness.probe_after(true),
+        let every = match silent < dead {
+            true => retry,
+            false => dead_every,
         };
         let due = match self.last_probe {
             None => true,
@@ -136,7 +177,10 @@ impl Prober {
     /// up. The peer may have lost the session (its agent restarted) and be unable to ask for one itself (it
     /// knows no address of ours yet, behind a NAT); WireGuard would ask only after 15 s of unanswered data.
     pub fn handshake_due(&mut self, liveness: &Liveness, s: Situation) -> bool {
-        if !s.session || liveness.alive(s.last_heard, s.now) {
+        let bound = Liveness {
+            timeout: liveness.bound(s.watched),
+        };
+        if !s.session || bound.alive(s.last_heard, s.now) {
             self.handshake_asked = false;
             return false;
         }
@@ -164,6 +208,7 @@ mod tests {
             last_heard,
             session: true,
             first,
+            watched: true,
         }
     }
 
@@ -233,6 +278,43 @@ mod tests {
             p.handshake_due(&l, situation(ms(t0, 12_500), heard, true)),
             "again in the next silence"
         );
+    }
+
+    /// An idle peer nothing watches is probed only once its keepalive is overdue, and counts as dead only after
+    /// the idle bound; once watched, it is probed at once and held to the timeout.
+    #[test]
+    fn an_unwatched_peer_is_probed_only_once_its_keepalive_is_overdue() {
+        let l = THREE;
+        let t0 = Instant::now();
+        let idle = |now: u64, heard: u64| Situation {
+            watched: false,
+            ..situation(ms(t0, now), Some(ms(t0, heard)), true)
+        };
+        let mut p = Prober::default();
+        // A keepalive every 25 s: never a probe.
+        let probes = (0..120_000u64)
+            .step_by(100)
+            .filter(|t| p.due(&l, idle(*t, t - t % 25_000)))
+            .count();
+        assert_eq!(probes, 0, "its keepalives answer for it");
+        let mut p = Prober::default();
+        let sent: Vec<u64> = (0..31_000)
+            .step_by(100)
+            .filter(|t| p.due(&l, idle(*t, 0)))
+            .collect();
+        assert_eq!(sent, [27_000, 28_000, 29_000], "then dead at 30 s");
+        assert!(
+            p.due(&l, situation(ms(t0, 30_100), Some(t0), true)),
+            "watched now: probed at once"
+        );
+        assert_eq!(l.bound(false), IDLE_TIMEOUT);
+        assert_eq!(l.bound(true), THREE.timeout);
+        let mut h = Prober::default();
+        assert!(
+            !h.handshake_due(&l, idle(29_999, 0)),
+            "alive by the idle bound"
+        );
+        assert!(h.handshake_due(&l, idle(30_000, 0)));
     }
 
     #[test]

@@ -122,6 +122,14 @@ impl MeshDevice {
         }
     }
 
+    /// Which peers something watches ([`crate::Watching`]); the kernel backend holds every peer to the
+    /// timeout whatever this says.
+    pub fn set_watching(&self, watching: crate::Watching) {
+        if let Self::Userspace(d) = self {
+            d.set_watching(watching);
+        }
+    }
+
     /// The device as a peer relay: only the userspace one can be (the kernel's WireGuard owns the port).
     pub fn peer_relay(&self) -> Option<crate::device::PeerRelayStatus> {
         match self {

@@ -59,6 +59,17 @@ pub struct DeviceConfig {
     pub peer_relay: Option<PeerRelayConfig>,
 }
 
+/// Which peers something watches (an application reading their health, the leader's and the replicas'
+/// ports): they are held to the peer timeout, probed when silent a third of it. Peers that carry an
+/// application's traffic are watched whatever this says; the others are probed only once their keepalive is
+/// overdue, and shown alive for [`mesh_path::liveness::IDLE_TIMEOUT`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Watching {
+    #[default]
+    All,
+    Only(std::collections::HashSet<Key>),
+}
+
 /// A node's offer to relay WireGuard datagrams between two of its peers that cannot reach each other
 /// (`mesh_peer_relay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +213,9 @@ pub struct PeerStatus {
     pub path: PathKind,
     /// The relay seat's key, while the path is [`PathKind::PeerRelay`].
     pub peer_relay: Option<Key>,
+    /// How long it may be silent and be shown alive: the peer timeout while something watches it or it
+    /// carries traffic, else [`mesh_path::liveness::IDLE_TIMEOUT`] ([`Watching`]).
+    pub health_timeout: std::time::Duration,
     /// Hole punching toward it (userspace device only).
     pub punch: PunchStatus,
     /// Prefixes routed to this peer.

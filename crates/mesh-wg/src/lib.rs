@@ -40,7 +40,7 @@ mod uapi_server;
 pub use backend::{BackendChoice, MeshDevice, kernel_module_present};
 pub use config::{
     DEFAULT_MTU, DEFAULT_UAPI_DIR, DeviceConfig, MAX_IFNAME_LEN, NatStatus, Offload, PeerConfig,
-    PeerRelayConfig, PeerStatus, PunchStatus, validate_ifname,
+    PeerRelayConfig, PeerStatus, PunchStatus, Watching, validate_ifname,
 };
 pub use device::Device;
 pub use device::PeerRelayStatus;

@@ -208,6 +208,7 @@ impl PeerTable for MemoryTable {
         let mut peers = self.lock();
         let entry = peers.entry(peer.public_key).or_insert_with(|| PeerStatus {
             peer_relay: None,
+            health_timeout: crate::DEFAULT_PEER_TIMEOUT,
             public_key: peer.public_key,
             endpoint: None,
             relay: None,
@@ -268,6 +269,7 @@ mod tests {
     fn applied(d: &PeerConfig, handshake_age: Option<u64>) -> PeerStatus {
         PeerStatus {
             peer_relay: None,
+            health_timeout: crate::DEFAULT_PEER_TIMEOUT,
             public_key: d.public_key,
             endpoint: d.endpoint,
             relay: d.relay.clone(),

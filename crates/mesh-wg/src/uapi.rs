@@ -309,6 +309,7 @@ mod tests {
                 PeerSnapshot {
                     status: PeerStatus {
                         peer_relay: None,
+                        health_timeout: crate::DEFAULT_PEER_TIMEOUT,
                         public_key: K1,
                         endpoint: Some("192.0.2.2:51821".parse().unwrap()),
                         relay: None,
@@ -331,6 +332,7 @@ mod tests {
                 PeerSnapshot {
                     status: PeerStatus {
                         peer_relay: None,
+                        health_timeout: crate::DEFAULT_PEER_TIMEOUT,
                         public_key: K2,
                         endpoint: None,
                         relay: None,

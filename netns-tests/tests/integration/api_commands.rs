@@ -25,6 +25,7 @@ async fn server(
         snapshot,
         app_health: None,
         commands: commands.then_some(tx),
+        readers: None,
     };
     let served = owned_task::Task::spawn("api", async move {
         let _keep = _tx;

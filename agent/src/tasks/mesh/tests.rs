@@ -141,6 +141,7 @@ fn task(memory: &Memory) -> MeshTask<Memory> {
         wg_public_key: Some(Key::from_bytes([0xee; 32])),
         refresh: Duration::from_secs(3600),
         relay_port: None,
+        watchers: super::Watchers::default(),
     }
 }
 
@@ -253,10 +254,36 @@ async fn a_tls_node_has_members_but_no_interface() {
         wg_public_key: None,
         refresh: Duration::from_secs(3600),
         relay_port: None,
+        watchers: super::Watchers::default(),
     };
     let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
     let s = until(&mut rx, |s| s.members.len() == 1).await;
     assert!(s.device.is_none());
     cancel.cancel();
     running.await.unwrap().unwrap();
+}
+
+/// Every peer is held to the peer timeout while an application reads the API or a replica port judges
+/// members by their health; otherwise only those that carry traffic, which the device tells itself.
+#[test]
+fn every_peer_is_watched_while_the_api_is_read_or_a_replica_port_forwards() {
+    use mesh_wg::Watching;
+    let now = Instant::now();
+    let readers = Arc::new(mesh_api::Readers::default());
+    let w = super::Watchers {
+        readers: Some(Arc::clone(&readers)),
+        replica_ports: false,
+    };
+    assert_eq!(w.watching(now), Watching::Only(Default::default()));
+    readers.read(now);
+    assert_eq!(w.watching(now + super::READ_WATCHES / 2), Watching::All);
+    assert_eq!(
+        w.watching(now + super::READ_WATCHES),
+        Watching::Only(Default::default())
+    );
+    let ports = super::Watchers {
+        readers: None,
+        replica_ports: true,
+    };
+    assert_eq!(ports.watching(now), Watching::All);
 }

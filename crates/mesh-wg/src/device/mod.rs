@@ -187,6 +187,7 @@ impl Device {
                 .map(|c| Mutex::new(relay_server::Server::new(own_key, c))),
             relayed_in: RwLock::default(),
             relay_malformed: 0.into(),
+            watching: RwLock::new(Arc::new(crate::Watching::All)),
         });
         let span = || tracing::info_span!("wg", ifname = %ifname);
         let stop = Arc::new(Stop::default());
@@ -300,6 +301,16 @@ impl Device {
     /// one ([`DeviceConfig::peer_relay`]).
     pub fn peer_relay(&self) -> Option<PeerRelayStatus> {
         self.shared.peer_relay_status()
+    }
+
+    /// Which peers something watches, besides those that carry traffic: they are held to the peer timeout
+    /// and the others to the idle bound ([`crate::Watching`]). All of them until told otherwise.
+    pub fn set_watching(&self, watching: crate::Watching) {
+        *self
+            .shared
+            .watching
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(watching);
     }
 
     /// Datagrams dropped because no peer of this device matched them (strangers' traffic): over UDP, and

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub(super) relayed_in: RwLock<HashMap<(SocketAddr, u32), Key>>,
     /// Relayed datagrams whose header did not parse.
     pub(super) relay_malformed: AtomicU64,
+    /// Which peers something watches, besides those that carry traffic ([`crate::Watching`]).
+    pub(super) watching: RwLock<Arc<crate::Watching>>,
 }
 
 pub(super) struct State {
@@ -178,6 +180,7 @@ impl Shared {
             address: self.address,
             overlay: self.overlay,
             relays: Vec::new(),
+            watching: Arc::clone(&self.watching.read().unwrap_or_else(|e| e.into_inner())),
         }
     }
 
@@ -325,6 +328,7 @@ impl Shared {
                             self.policy_dropped[why.index()].fetch_add(1, Ordering::Relaxed);
                             tracing::trace!(peer = ?peer.public_key, rule = why.as_str(), "packet dropped by the policy");
                         } else {
+                            session.note_app_traffic();
                             rx.tun.commit(len);
                         }
                     }

@@ -87,6 +87,8 @@ impl Heard {
             last_heard: p.at,
             session: p.session,
             first,
+            // The kernel's peers are all held to the timeout: nothing here knows which carry traffic.
+            watched: true,
         };
         p.prober.due(liveness, s).then(|| {
             p.seq = p.seq.wrapping_add(1);

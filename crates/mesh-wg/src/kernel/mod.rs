@@ -361,6 +361,7 @@ impl KernelDevice {
                 let last_heard = self.inner.heard.read(key, p.rx_bytes, session, now);
                 PeerStatus {
                     peer_relay: None,
+                    health_timeout: self.inner.liveness.timeout,
                     public_key: key,
                     endpoint: if relayed {
                         shim.and_then(|s| s.direct_of(&key))

@@ -30,6 +30,8 @@ use wg_key::{Key, PresharedKey};
 
 mod relayed;
 mod session;
+mod status;
+mod watched;
 
 pub(crate) use relayed::{OFFER_EVERY, RELAYED_PROBE, RelayView};
 pub(crate) use session::Session;
@@ -131,6 +133,13 @@ struct PeerInner {
     /// The peer's handshake reached this node over UDP from an address it had sent nothing to, since last
     /// taken ([`Peer::take_reached_first`]).
     reached_first: bool,
+    /// When a packet last went between the peer and the interface (an application's, not the device's own
+    /// probes, keepalives or control messages).
+    app_traffic: Option<Instant>,
+    /// Since when the peer has been watched ([`crate::Watching`]); `None` while it is not.
+    watched_since: Option<Instant>,
+    /// The peer timeout ([`Liveness`]) it is held to while watched.
+    liveness_timeout: Duration,
 }
 
 /// What every peer's tick needs of the device: this node's candidates, its place on the overlay, and how
@@ -145,6 +154,8 @@ pub(crate) struct TickContext {
     pub(crate) overlay: ipnetwork::Ipv4Network,
     /// The peers that offer to relay and that this node reaches directly.
     pub(crate) relays: Vec<mesh_path::relays::Candidate>,
+    /// Which peers something watches, besides those that carry traffic.
+    pub(crate) watching: Arc<crate::Watching>,
 }
 
 /// What the noise layer needs to (re)build a `Tunn`.
@@ -197,6 +208,9 @@ impl Peer {
                 offer: None,
                 udp_sent: Vec::new(),
                 reached_first: false,
+                app_traffic: None,
+                watched_since: None,
+                liveness_timeout: liveness.timeout,
             }),
         }
     }
@@ -475,59 +489,6 @@ impl PeerInner {
     }
 }
 
-impl Peer {
-    /// The peer's status; `own_mapping` is this node's NAT mapping, which says whether punching is tried.
-    pub(crate) fn status(
-        &self,
-        allowed_ips: Vec<Ipv4Network>,
-        own_mapping: mesh_path::nat::Mapping,
-    ) -> PeerStatus {
-        let mut g = self.lock();
-        g.refresh_handshake();
-        let (candidates, mapping) = g.punch.theirs();
-        let relay_reason = (g.path.on() == PathKind::Relay).then(|| {
-            let session = g
-                .tunn
-                .time_since_last_handshake()
-                .is_some_and(|since| since < REJECT_AFTER);
-            format!(
-                "{}; {}",
-                g.path.reason(),
-                g.punch.relay_reason(session, own_mapping, g.endpoint)
-            )
-        });
-        let punch = PunchStatus {
-            candidates: candidates.to_vec(),
-            mapping,
-            attempts: g.punch.attempts(),
-            malformed: g.malformed,
-            relay_reason,
-        };
-        let peer_relay = g.peer_relay().map(|u| u.relay);
-        PeerStatus {
-            public_key: self.public_key,
-            endpoint: g.endpoint,
-            relay: g.relay.clone(),
-            path: if peer_relay.is_some() {
-                PathKind::PeerRelay
-            } else {
-                g.path.on()
-            },
-            peer_relay,
-            punch,
-            allowed_ips,
-            last_handshake: g.last_handshake,
-            last_heard: g.last_heard,
-            rx_bytes: g.rx_bytes,
-            tx_bytes: g.tx_bytes,
-            persistent_keepalive: g.keepalive,
-            relay_error: g.relay_error.clone(),
-            reach: g.filter.reach().clone(),
-            policy_dropped: g.dropped,
-        }
-    }
-}
-
 impl PeerInner {
     /// Takes note of an authenticated datagram from the peer. Returns whether the path or the endpoint moved.
     fn received(&mut self, key: &Key, from: &Via, datagram: &[u8], now: Instant) -> bool {
@@ -677,11 +638,13 @@ impl PeerInner {
         let (Some(peer_ip), Some(via)) = (self.overlay_ip, self.via()) else {
             return;
         };
+        let watched = self.watch(key, now, ctx);
         let situation = liveness::Situation {
             now,
             last_heard: self.last_heard,
             session: handshake_at.is_some_and(|t| now.saturating_duration_since(t) < REJECT_AFTER),
             first: liveness::probes_first(ctx.own_key.as_bytes(), key.as_bytes()),
+            watched,
         };
         if self.prober.handshake_due(&ctx.liveness, situation)
             && let TunnResult::WriteToNetwork(init) =

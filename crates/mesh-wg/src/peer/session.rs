@@ -39,6 +39,7 @@ impl Session<'_> {
     pub(crate) fn encapsulate<'a>(&mut self, packet: &[u8], dst: &'a mut [u8]) -> TunnResult<'a> {
         // Remembered before it leaves, so that the peer's reply finds its flow.
         self.g.filter.outbound(packet, self.now);
+        self.g.app_traffic = Some(self.now);
         let res = self.g.tunn.encapsulate(packet, dst);
         if let (TunnResult::WriteToNetwork(out), Some(via)) = (&res, &self.via) {
             self.g.note_tx_bytes(out, via, self.now);

@@ -33,6 +33,7 @@ fn an_initiation_answered_between_timer_ticks_is_not_copied_again() {
         address: Ipv4Addr::new(10, 0, 1, 1),
         overlay: "10.0.1.0/24".parse().unwrap(),
         relays: Vec::new(),
+        watching: Arc::default(),
     };
     let mut buf = vec![0u8; 2048];
     // A's timers run; then, before the next tick, the peer gets an address and traffic starts a
@@ -247,5 +248,45 @@ fn a_handshake_reaches_this_node_first_only_from_a_public_address_it_sent_nothin
     assert!(
         !handshake_to_b(false, "100.64.0.9:51820"),
         "carrier-grade NAT"
+    );
+}
+
+/// A peer is watched while something watches it or an application's packets go to or from it; its health
+/// is held to the peer timeout once it has been watched that long, and to the idle bound otherwise.
+#[test]
+fn a_peer_is_watched_while_told_or_while_it_carries_traffic() {
+    let (a, _b, _, _) = a_session();
+    let key = a.public_key;
+    let ctx = |watching| TickContext {
+        own: Arc::default(),
+        own_key: Key::from_bytes([0; 32]),
+        liveness: Liveness::default(),
+        address: Ipv4Addr::new(10, 0, 1, 1),
+        overlay: "10.0.1.0/24".parse().unwrap(),
+        relays: Vec::new(),
+        watching: Arc::new(watching),
+    };
+    let nobody = ctx(crate::Watching::Only(std::collections::HashSet::new()));
+    let now = Instant::now();
+    let mut g = a.lock();
+    g.app_traffic = None;
+    assert!(!g.watch(&key, now, &nobody), "idle and unwatched");
+    assert_eq!(g.health_timeout(now), mesh_path::liveness::IDLE_TIMEOUT);
+    assert!(g.watch(&key, now, &ctx(crate::Watching::All)));
+    assert_eq!(
+        g.health_timeout(now),
+        mesh_path::liveness::IDLE_TIMEOUT,
+        "just watched: its probes have not had their time"
+    );
+    let later = now + Liveness::default().timeout;
+    assert!(g.watch(&key, later, &ctx(crate::Watching::All)));
+    assert_eq!(g.health_timeout(later), Liveness::default().timeout);
+    assert!(!g.watch(&key, later, &nobody));
+    drop(g);
+    let mut buf = vec![0u8; 2048];
+    let _ = a.session().encapsulate(&[0x45; 40], &mut buf);
+    assert!(
+        a.lock().watch(&key, Instant::now(), &nobody),
+        "an application's packet went to it"
     );
 }

@@ -524,9 +524,13 @@ pub(crate) struct Thousand {
     pub(crate) agent_handshaken_secs: Option<f64>,
     #[serde(rename = "agentRssKiB")]
     pub(crate) agent_rss_kib: u64,
+    /// Idle, with nothing reading its API.
     pub(crate) agent_cpu_percent_idle: f64,
     /// The agent's liveness probes its idle peers answered, a second.
     pub(crate) agent_probes_per_second_idle: f64,
+    /// Idle, while an application reads its API (every peer held to the peer timeout).
+    pub(crate) agent_cpu_percent_watched: f64,
+    pub(crate) agent_probes_per_second_watched: f64,
     pub(crate) agent_requests_per_block: f64,
     pub(crate) attestation: ThousandAttestation,
 }

@@ -468,12 +468,14 @@ fn print_thousand(t: &Thousand) {
         fixed(a.agent_first_pass_ms, 0)
     );
     println!(
-        "the agent with {others} peers:  all listed {} s and handshaken {} s after its start; RSS {:.1} MiB; idle CPU {:.2}% with {:.0} liveness probes a second answered; {:.2} chain requests per block",
+        "the agent with {others} peers:  all listed {} s and handshaken {} s after its start; RSS {:.1} MiB; idle CPU {:.2}% with {:.0} liveness probes a second answered (nothing reading its API), {:.2}% with {:.0} while an application reads it; {:.2} chain requests per block",
         fixed(t.agent_listed_secs, 1),
         fixed(t.agent_handshaken_secs, 1),
         t.agent_rss_kib as f64 / 1024.0,
         t.agent_cpu_percent_idle,
         t.agent_probes_per_second_idle,
+        t.agent_cpu_percent_watched,
+        t.agent_probes_per_second_watched,
         t.agent_requests_per_block
     );
 }

@@ -383,15 +383,7 @@ fn join(
         agent_first_pass.map_or(f64::NAN, |p| p.0)
     );
     let cost = agent_cost(lan, &agent, swarm)?;
-    eprintln!(
-        "   the agent with {others} peers: listed them {:.1} s and handshaken with all {:.1} s after it started; RSS {:.1} MiB, idle CPU {:.2}% ({:.0} liveness probes a second answered, each a datagram out and one back), {:.2} chain requests per block",
-        listed.unwrap_or(f64::NAN),
-        handshaken.unwrap_or(f64::NAN),
-        cost.rss_kib as f64 / 1024.0,
-        cost.cpu_percent,
-        cost.probes_per_second,
-        cost.requests_per_block
-    );
+    report_cost(others, listed, handshaken, &cost);
     Ok(Joined {
         mint,
         bound_by_all,
@@ -489,6 +481,8 @@ fn figures(
         agent_rss_kib: cost.rss_kib,
         agent_cpu_percent_idle: cost.cpu_percent,
         agent_probes_per_second_idle: cost.probes_per_second,
+        agent_cpu_percent_watched: cost.watched_cpu_percent,
+        agent_probes_per_second_watched: cost.watched_probes_per_second,
         agent_requests_per_block: cost.requests_per_block,
         attestation: ThousandAttestation {
             first_pass_ms: ms(cold),
@@ -668,24 +662,57 @@ fn agent_progress(agent: &Agent<'_>, peers: usize, started: Instant) -> (Option<
 
 struct AgentCost {
     rss_kib: u64,
+    /// Idle, nothing reading its API: idle peers held to the idle bound.
     cpu_percent: f64,
     /// The agent's liveness probes the swarm answered, a second: what keeping 999 idle peers' health
     /// true costs in datagrams.
     probes_per_second: f64,
+    /// The same while an application reads the API: every peer held to the peer timeout.
+    watched_cpu_percent: f64,
+    watched_probes_per_second: f64,
     requests_per_block: f64,
 }
 
-/// The agent's RSS and CPU over 15 s idle, with the liveness probes it sent meanwhile, and its own chain
-/// requests over [`IDLE_BLOCKS`] empty blocks.
-fn agent_cost(lan: &Lan, agent: &Agent<'_>, swarm: &Swarm) -> anyhow::Result<AgentCost> {
-    let pid = agent.pid().context("the agent has exited")?;
-    std::thread::sleep(Duration::from_secs(5));
+/// What the agent with every member as its peer costs, as the run goes.
+fn report_cost(others: usize, listed: Option<f64>, handshaken: Option<f64>, cost: &AgentCost) {
+    eprintln!(
+        "   the agent with {others} peers: listed them {:.1} s and handshaken with all {:.1} s after it started; RSS {:.1} MiB, idle CPU {:.2}% ({:.0} liveness probes a second answered, each a datagram out and one back) with nothing reading its API, {:.2}% ({:.0} probes) while an application reads it; {:.2} chain requests per block",
+        listed.unwrap_or(f64::NAN),
+        handshaken.unwrap_or(f64::NAN),
+        cost.rss_kib as f64 / 1024.0,
+        cost.cpu_percent,
+        cost.probes_per_second,
+        cost.watched_cpu_percent,
+        cost.watched_probes_per_second,
+        cost.requests_per_block
+    );
+}
+
+/// The agent's CPU over [`mesh_chain::heads::SAFETY_POLL`] (15 s), and the liveness probes the swarm answered
+/// meanwhile, a second.
+fn idle_window(pid: u32, swarm: &Swarm) -> (f64, f64) {
     let probes = || swarm.stats().iter().map(|s| s.probes_answered).sum::<u64>();
     let (c0, p0, t0) = (cpu_ticks(pid), probes(), Instant::now());
     std::thread::sleep(mesh_chain::heads::SAFETY_POLL);
     let (c1, p1, t1) = (cpu_ticks(pid), probes(), Instant::now());
-    let cpu_percent = (c1 - c0) as f64 / clock_ticks() / (t1 - t0).as_secs_f64() * 100.0;
-    let probes_per_second = (p1 - p0) as f64 / (t1 - t0).as_secs_f64();
+    let secs = (t1 - t0).as_secs_f64();
+    let cpu_percent = (c1 - c0) as f64 / clock_ticks() / secs * 100.0;
+    (cpu_percent, (p1 - p0) as f64 / secs)
+}
+
+/// The agent's RSS and idle CPU, with the liveness probes it sent meanwhile: first while an application
+/// reads its API (every peer watched), then once nothing has read it for
+/// [`p2p_agent::tasks::mesh::READ_WATCHES`] (idle peers to the idle bound); and its own chain requests over
+/// [`IDLE_BLOCKS`] empty blocks.
+fn agent_cost(lan: &Lan, agent: &Agent<'_>, swarm: &Swarm) -> anyhow::Result<AgentCost> {
+    let pid = agent.pid().context("the agent has exited")?;
+    let read = Instant::now();
+    agent.try_status().map_err(anyhow::Error::msg)?;
+    std::thread::sleep(Duration::from_secs(5));
+    let (watched_cpu_percent, watched_probes_per_second) = idle_window(pid, swarm);
+    let unread = read + p2p_agent::tasks::mesh::READ_WATCHES + Duration::from_secs(5);
+    std::thread::sleep(unread.saturating_duration_since(Instant::now()));
+    let (cpu_percent, probes_per_second) = idle_window(pid, swarm);
     let rss_kib = rss_kib(pid)?;
     let (req0, polls0) = chain_counters(agent)?;
     for _ in 0..IDLE_BLOCKS {
@@ -697,6 +724,8 @@ fn agent_cost(lan: &Lan, agent: &Agent<'_>, swarm: &Swarm) -> anyhow::Result<Age
         rss_kib,
         cpu_percent,
         probes_per_second,
+        watched_cpu_percent,
+        watched_probes_per_second,
         requests_per_block: ((req1 - req0) - (polls1 - polls0)) as f64 / IDLE_BLOCKS as f64,
     })
 }
