@@ -59,7 +59,12 @@ impl Peer {
     /// The peer's part in peer relaying, now.
     pub(crate) fn relay_view(&self, now: Instant, liveness: Liveness) -> RelayView {
         let g = self.lock();
-        let alive = g.path.on().is_direct() && liveness.alive(g.last_heard, now);
+        // Each peer to its own bound: an idle one nothing watches is heard only at its keepalives, and is
+        // no less a seat on UDP for that.
+        let bound = Liveness {
+            timeout: g.health_timeout(now).max(liveness.timeout),
+        };
+        let alive = g.path.on().is_direct() && bound.alive(g.last_heard, now);
         let udp_endpoint = g.endpoint.filter(|_| alive);
         let offers = g.offer.is_some_and(|(accepting, at)| {
             accepting && now.saturating_duration_since(at) < OFFER_LASTS

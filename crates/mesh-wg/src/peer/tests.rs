@@ -290,3 +290,24 @@ fn a_peer_is_watched_while_told_or_while_it_carries_traffic() {
         "an application's packet went to it"
     );
 }
+
+/// A relay counts a seat on UDP by the seat's own health bound: an idle peer nothing watches, heard only at
+/// its keepalives, keeps its allocations; a watched one silent for the timeout does not.
+#[test]
+fn an_idle_unwatched_seat_stays_on_udp_at_a_relay_between_its_keepalives() {
+    let (a, _b, _, at_b) = a_session();
+    let now = Instant::now();
+    let liveness = Liveness::default();
+    {
+        let mut g = a.lock();
+        g.last_heard = now.checked_sub(Duration::from_secs(10));
+        g.watched_since = None;
+    }
+    assert_eq!(a.relay_view(now, liveness).udp_endpoint, Some(at_b));
+    a.lock().watched_since = now.checked_sub(Duration::from_secs(60));
+    assert_eq!(
+        a.relay_view(now, liveness).udp_endpoint,
+        None,
+        "watched, and silent for the timeout"
+    );
+}
