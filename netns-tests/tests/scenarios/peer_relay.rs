@@ -1,8 +1,9 @@
-//! Peer relays between agents: nodes 1 and 2 behind symmetric NATs, which no punch gets through, and two
-//! reachable nodes. Node 3, on the switch, is told to relay (`--relay-for-peers always`). Node 4 sits behind a
-//! NAT that forwards its WireGuard port, as a self-hosted dstack host does, and registers that address: it
-//! finds it may relay by itself (`auto`), when peers reach it first. coturn answers STUN, nginx stands in for
-//! the dstack gateway.
+//! Peer relays between agents: nodes 1 and 2 behind symmetric NATs, which no punch gets through, and nodes 3
+//! and 4 on the switch, reachable. Node 3 is told to relay (`--relay-for-peers always`); node 4 finds it may
+//! by itself (`auto`: STUN sees no NAT in front of it). coturn answers STUN, nginx stands in for the dstack
+//! gateway. (`auto`'s other proof, a peer reaching the node first, is the device's unit tests': a node behind
+//! a forward punches toward its peers' addresses as soon as it has a session through the gateway, and whether
+//! a peer's direct initiation came first is a race.)
 //!
 //! 1. The pair 1–2 goes through a peer relay, not the gateway: `/v1/peers` says `peer-relay` and which seat,
 //!    `/v1/status` and the metrics count the relay's allocation, and pings pass.
@@ -95,8 +96,7 @@ fn two_nodes_behind_symmetric_nats_talk_through_a_reachable_member_and_fall_back
         Uplink::nat(NatKind::Symmetric),
         Uplink::nat(NatKind::Symmetric),
         Uplink::Switch,
-        // A full cone forwards the node's port 51820 from its public address, and keeps it on the way out.
-        Uplink::nat(NatKind::FullCone),
+        Uplink::Switch,
     ]);
     let stun = StunServer::start(&lan.switch, "br0");
     let cluster = Cluster::deploy(&lan);
@@ -117,9 +117,7 @@ fn two_nodes_behind_symmetric_nats_talk_through_a_reachable_member_and_fall_back
     for a in &mut agents {
         a.wait_ready(60);
     }
-    steps.step(
-        "nodes 1 and 2 behind symmetric NATs; 3 (told) on the switch, 4 (auto) behind a forward",
-    );
+    steps.step("nodes 1 and 2 behind symmetric NATs, 3 (told) and 4 (auto) on the switch");
 
     // 1. Through a peer relay.
     let took = wait_pair(
@@ -153,8 +151,8 @@ fn two_nodes_behind_symmetric_nats_talk_through_a_reachable_member_and_fall_back
     };
     assert!(why(3).contains("always"), "{}", why(3));
     assert!(
-        why(4).contains("reached this node first"),
-        "node 4 offers by itself, once its peers reached it first: {}",
+        why(4).contains("no NAT"),
+        "node 4 offers by itself: {}",
         why(4)
     );
     assert!(
