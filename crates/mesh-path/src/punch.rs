@@ -186,6 +186,11 @@ impl Punch {
             .map_or((&[], Mapping::Unknown), |t| (&t.candidates, t.mapping))
     }
 
+    /// Nothing under way or owed: no attempt, no call to answer. Ticks only send the periodic update then.
+    pub fn idle(&self) -> bool {
+        self.attempt.is_none() && !self.called && !self.answer
+    }
+
     pub fn attempts(&self) -> u64 {
         self.attempts
     }

@@ -228,6 +228,13 @@ impl PeerRelays {
         }
     }
 
+    /// Holds nothing at any relay and uses none: its ticks have nothing to ask, probe or release.
+    pub fn idle(&self) -> bool {
+        self.current.is_none()
+            && self.trial.is_none()
+            && self.relays.values().all(|r| r.vni.is_none())
+    }
+
     /// The peer relay the pair uses now; none while no relay answers.
     pub fn current(&self) -> Option<InUse> {
         let key = self.current?;

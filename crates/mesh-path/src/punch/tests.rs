@@ -308,3 +308,35 @@ fn a_call_during_our_attempt_is_its_answer_and_starts_no_other() {
         RelayReason::NoCandidates
     );
 }
+
+/// Punching is idle while nothing is under way or owed: a call makes it busy until answered, and so does an
+/// attempt until its window ends.
+#[test]
+fn punching_is_idle_only_with_no_attempt_and_no_call_owed() {
+    let t0 = Instant::now();
+    let ours = own(Mapping::EndpointIndependent);
+    let mut p = Punch::default();
+    assert!(p.idle());
+    p.received(call(
+        Kind::Call,
+        Mapping::EndpointIndependent,
+        &["198.51.100.2:41000"],
+    ));
+    assert!(!p.idle(), "a call is owed an answer");
+    p.tick(&tick(t0, &ours, true));
+    assert!(!p.idle(), "the attempt it started is under way");
+    for t in (100..=5_100).step_by(100) {
+        p.tick(&tick(ms(t0, t), &ours, true));
+    }
+    assert!(p.idle(), "the window ended unanswered");
+    p.received(call(
+        Kind::Call,
+        Mapping::EndpointIndependent,
+        &["198.51.100.2:41000"],
+    ));
+    p.tick(&tick(ms(t0, 5_200), &ours, false));
+    assert!(
+        p.idle(),
+        "on UDP the call is answered with an update, and nothing is attempted"
+    );
+}

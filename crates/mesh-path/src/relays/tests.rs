@@ -310,3 +310,18 @@ fn a_pair_that_went_direct_releases_its_allocations_after_a_while() {
         "wanted again: the clock starts over"
     );
 }
+
+/// A pair's relays are idle only while nothing is held: a pair that held some is not, until it released them.
+#[test]
+fn relays_are_idle_only_while_none_is_held_or_used() {
+    assert!(PeerRelays::default().idle(), "a pair that never wanted one");
+    let mut net = Net::new(&[(1, 10)]);
+    assert!(net.relays.idle(), "candidates alone hold nothing");
+    net.run(0.5);
+    assert!(!net.relays.idle(), "granted and in use");
+    let t = net.now;
+    net.relays.tick(t, false, true, LIVENESS);
+    assert!(!net.relays.idle(), "unwanted, but held until released");
+    net.relays.tick(t + RELEASE_AFTER, false, true, LIVENESS);
+    assert!(net.relays.idle(), "released");
+}

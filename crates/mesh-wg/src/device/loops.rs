@@ -9,53 +9,60 @@ use tokio::sync::mpsc;
 
 use super::outbound::send;
 use super::relay_dialing::dial_if_needed;
+use super::schedule::Schedule;
 use super::shared::{Received, Shared};
 use super::udp::WhenFull;
 use super::{BUF_LEN, TIMER_TICK};
 use crate::Error;
-use crate::peer::{Peer, RelayView, Via};
+use crate::peer::Via;
 
 pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dst = vec![0u8; BUF_LEN];
     let mut last_reset = Instant::now();
+    let mut schedule = Schedule::default();
     loop {
         tick.tick().await;
-        let (peers, limiter) = {
+        let now = Instant::now();
+        let limiter = {
             let st = shared.read();
-            let peers: Vec<Arc<Peer>> = st.peers.values().cloned().collect();
-            (peers, st.keys.rate_limiter.clone())
+            schedule.sync(st.generation, || st.peers.values().cloned().collect(), now);
+            st.keys.rate_limiter.clone()
         };
         if last_reset.elapsed() >= Duration::from_secs(1) {
             limiter.reset_count();
             last_reset = Instant::now();
         }
         let sock = shared.socket();
-        let now = Instant::now();
         let mut ctx = shared.tick_context();
-        let views: Vec<(Arc<Peer>, RelayView)> = (peers.iter())
-            .map(|p| (p.clone(), p.relay_view(now, ctx.liveness)))
-            .collect();
-        if peers
-            .iter()
-            .fold(false, |any, p| p.take_reached_first() | any)
-        {
+        ctx.relays = schedule.candidates().to_vec();
+        let mut controls = Vec::new();
+        let mut reached_first = false;
+        for i in schedule.due(now) {
+            let peer = Arc::clone(schedule.peer(i));
+            let ticked = peer.tick(&mut dst, &ctx, &mut controls);
+            for (to, out) in &ticked.sends {
+                send(&sock, out, to, WhenFull::Drop);
+            }
+            // A quiet peer is on UDP: no relay stream to dial.
+            if let Some(relay) = &shared.relay
+                && !ticked.quiet
+            {
+                dial_if_needed(relay, &peer);
+            }
+            reached_first |= ticked.reached_first;
+            schedule.ran(i, &ticked, now);
+        }
+        if reached_first {
             shared.discovered(|d| d.reached_first());
         }
-        ctx.relays = views.iter().filter_map(|(_, v)| v.candidate).collect();
-        let mut controls = shared.relay_upkeep(&views);
-        for peer in &peers {
-            for (to, out) in peer.tick(&mut dst, &ctx, &mut controls) {
-                send(&sock, &out, &to, WhenFull::Drop);
-            }
-            if let Some(relay) = &shared.relay {
-                dial_if_needed(relay, peer);
-            }
+        controls.extend(shared.relay_upkeep(schedule.views()));
+        if schedule.take_ready_changed() {
+            shared.note_relayed_in(schedule.views());
         }
-        shared.note_relayed_in(&views);
         for (to, message) in controls {
-            if let Some((peer, _)) = views.iter().find(|(p, _)| p.public_key == to)
+            if let Some((peer, _)) = schedule.views().iter().find(|(p, _)| p.public_key == to)
                 && let Some((via, out)) = peer.control(ctx.address, &message, &mut dst)
             {
                 send(&sock, &out, &via, WhenFull::Drop);

@@ -10,6 +10,7 @@ mod packets;
 mod peer_relay;
 mod relay_dialing;
 mod relay_server;
+mod schedule;
 mod shared;
 mod threads;
 mod tun;
@@ -166,6 +167,7 @@ impl Device {
                 listen_port,
                 fwmark: 0,
                 peers: HashMap::new(),
+                generation: 0,
                 by_index: HashMap::new(),
                 allowed_ips: AllowedIps::default(),
                 next_index: 1,
@@ -306,11 +308,16 @@ impl Device {
     /// Which peers something watches, besides those that carry traffic: they are held to the peer timeout
     /// and the others to the idle bound ([`crate::Watching`]). All of them until told otherwise.
     pub fn set_watching(&self, watching: crate::Watching) {
-        *self
-            .shared
-            .watching
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(watching);
+        let mut current = (self.shared.watching.write()).unwrap_or_else(|e| e.into_inner());
+        if **current == watching {
+            return;
+        }
+        *current = Arc::new(watching);
+        drop(current);
+        // A peer that becomes watched is probed at once, quiet or not.
+        for peer in self.shared.read().peers.values() {
+            peer.touch();
+        }
     }
 
     /// Datagrams dropped because no peer of this device matched them (strangers' traffic): over UDP, and

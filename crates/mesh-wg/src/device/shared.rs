@@ -82,6 +82,8 @@ pub(super) struct State {
     pub(super) listen_port: u16,
     pub(super) fwmark: u32,
     pub(super) peers: HashMap<Key, Arc<Peer>>,
+    /// Counts the peers added and removed: the timer knows its list of peers is still the device's.
+    pub(super) generation: u64,
     pub(super) by_index: HashMap<u32, Arc<Peer>>,
     pub(super) allowed_ips: AllowedIps<Key>,
     pub(super) next_index: u32,
@@ -574,6 +576,7 @@ impl State {
                     &self.policy_exempt_udp,
                 ));
                 self.peers.insert(key, peer.clone());
+                self.generation += 1;
                 self.by_index.insert(index, peer.clone());
                 tracing::info!(event = "peer.added", peer = ?peer.public_key, "peer added");
                 peer
@@ -611,6 +614,7 @@ impl State {
         let Some(peer) = self.peers.remove(key) else {
             return false;
         };
+        self.generation += 1;
         self.by_index.remove(&peer.index);
         self.allowed_ips.remove_value(key);
         tracing::info!(peer = ?peer.public_key, "peer removed");

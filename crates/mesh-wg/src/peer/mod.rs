@@ -4,6 +4,7 @@
 //! peer back over UDP.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,10 +32,12 @@ use wg_key::{Key, PresharedKey};
 mod relayed;
 mod session;
 mod status;
+mod tick;
 mod watched;
 
 pub(crate) use relayed::{OFFER_EVERY, RELAYED_PROBE, RelayView};
 pub(crate) use session::Session;
+pub(crate) use tick::{QUIET_TICK, Ticked};
 
 /// Where a datagram goes to, or came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +78,9 @@ pub(crate) struct Peer {
     pub(crate) public_key: Key,
     /// boringtun's peer index (session indices are `index << 8 | n`).
     pub(crate) index: u32,
+    /// Set by whatever locks the peer but its own timer and readers of its state (the packet path, the
+    /// API, relay control): its timer runs at the next tick, quiet or not ([`Ticked::quiet`]).
+    touched: AtomicBool,
     inner: Mutex<PeerInner>,
 }
 
@@ -131,7 +137,7 @@ struct PeerInner {
     /// The addresses this node last sent the peer UDP at, and when ([`PeerInner::note_udp_sent`]).
     udp_sent: Vec<(IpAddr, Instant)>,
     /// The peer's handshake reached this node over UDP from an address it had sent nothing to, since last
-    /// taken ([`Peer::take_reached_first`]).
+    /// taken by the timer ([`Ticked::reached_first`]).
     reached_first: bool,
     /// When a packet last went between the peer and the interface (an application's, not the device's own
     /// probes, keepalives or control messages).
@@ -176,6 +182,7 @@ impl Peer {
         Self {
             public_key,
             index,
+            touched: AtomicBool::new(true),
             inner: Mutex::new(PeerInner {
                 tunn: new_tunn(public_key, index, keys, preshared_key.as_ref()),
                 endpoint: None,
@@ -216,8 +223,25 @@ impl Peer {
     }
 
     fn lock(&self) -> MutexGuard<'_, PeerInner> {
+        self.touch();
+        self.lock_quietly()
+    }
+
+    /// Locks the peer without making its timer run: for the timer itself, and for reading its state.
+    fn lock_quietly(&self) -> MutexGuard<'_, PeerInner> {
         // A panic while holding the lock leaves plain data behind; keep going.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the peer's timer run at the next tick.
+    pub(crate) fn touch(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether anything touched the peer since last asked ([`Peer::lock`]).
+    pub(crate) fn take_touched(&self) -> bool {
+        // A load first: a peer nothing touched, the common case, costs no write to a shared line.
+        self.touched.load(Ordering::Relaxed) && self.touched.swap(false, Ordering::Relaxed)
     }
 
     /// Sets the endpoint. A new one starts a handshake at the next tick (unless a session is fresh), so a
@@ -323,7 +347,8 @@ impl Peer {
     }
 
     pub(crate) fn preshared_key(&self) -> Option<PresharedKey> {
-        self.lock().preshared_key.clone()
+        // Read at every status snapshot: reading leaves a quiet peer's timer be.
+        self.lock_quietly().preshared_key.clone()
     }
 
     /// Switches to a new device private key; boringtun clears the sessions.
@@ -334,67 +359,6 @@ impl Peer {
             public,
             Some(keys.rate_limiter.clone()),
         );
-    }
-
-    /// Runs boringtun's timers, then our persistent keepalive (kept outside boringtun so the
-    /// interval can change without rebuilding the `Tunn`), then the path: whether to leave the direct
-    /// path, and the probe of a relayed peer's direct path. Returns the datagrams to send; timer traffic is
-    /// a few packets a second, so it is copied out. Control messages for peer relays, which go inside other
-    /// peers' tunnels, are added to `controls`.
-    pub(crate) fn tick(
-        &self,
-        dst: &mut [u8],
-        ctx: &TickContext,
-        controls: &mut Vec<(Key, Control)>,
-    ) -> Vec<(Via, Vec<u8>)> {
-        let mut sends = Vec::new();
-        let now = Instant::now();
-        let mut g = self.lock();
-        let relay_available =
-            g.relay.is_some() || g.live_relay().is_some() || g.relays.current().is_some();
-        let has_address = g.endpoint.is_some();
-        if let Some(m) = g.path.tick(now, relay_available, has_address) {
-            log_move(&self.public_key, m, g.relay.as_ref());
-        }
-        let handshake_at = g
-            .tunn
-            .time_since_last_handshake()
-            .and_then(|since| now.checked_sub(since));
-        if std::mem::take(&mut g.kick)
-            && handshake_at.is_none_or(|t| now.saturating_duration_since(t) >= REKEY_AFTER)
-            && let Some(via) = g.via()
-            && let TunnResult::WriteToNetwork(init) = g.tunn.format_handshake_initiation(dst, true)
-        {
-            // A new endpoint or relay stream carries a handshake at once, not at the first packet or at
-            // WireGuard's next retry.
-            tracing::debug!(event = "handshake.initiated", peer = ?self.public_key, ?via, "handshake initiation at once (a new peer, endpoint or relay stream)");
-            g.note_tx_bytes(init, &via, now);
-            sends.push((via, init.to_vec()));
-        }
-        if let Some(endpoint) = g.endpoint
-            && g.path.probe_due(now, handshake_at)
-            && let TunnResult::WriteToNetwork(init) = g.tunn.format_handshake_initiation(dst, true)
-        {
-            tracing::debug!(peer = ?self.public_key, %endpoint, "probing the direct path");
-            let via = Via::Udp(endpoint);
-            g.note_tx_bytes(init, &via, now);
-            sends.push((via, init.to_vec()));
-        }
-        g.punch_tick(&self.public_key, now, handshake_at, ctx, dst, &mut sends);
-        g.probe_tick(&self.public_key, now, handshake_at, ctx, dst, &mut sends);
-        g.relays_tick(
-            &self.public_key,
-            now,
-            handshake_at,
-            ctx,
-            dst,
-            &mut sends,
-            controls,
-        );
-        if let Some(send) = g.timers(&self.public_key, dst) {
-            sends.push(send);
-        }
-        sends
     }
 }
 

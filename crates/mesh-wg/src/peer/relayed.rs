@@ -58,25 +58,8 @@ pub(crate) struct RelayView {
 impl Peer {
     /// The peer's part in peer relaying, now.
     pub(crate) fn relay_view(&self, now: Instant, liveness: Liveness) -> RelayView {
-        let g = self.lock();
-        // Each peer to its own bound: an idle one nothing watches is heard only at its keepalives, and is
-        // no less a seat on UDP for that.
-        let bound = Liveness {
-            timeout: g.health_timeout(now).max(liveness.timeout),
-        };
-        let alive = g.path.on().is_direct() && bound.alive(g.last_heard, now);
-        let udp_endpoint = g.endpoint.filter(|_| alive);
-        let offers = g.offer.is_some_and(|(accepting, at)| {
-            accepting && now.saturating_duration_since(at) < OFFER_LASTS
-        });
-        RelayView {
-            candidate: udp_endpoint.filter(|_| offers).map(|endpoint| Candidate {
-                relay: self.public_key,
-                endpoint,
-            }),
-            udp_endpoint,
-            ready: g.relays.ready().collect(),
-        }
+        self.lock_quietly()
+            .relay_view(&self.public_key, now, liveness)
     }
 
     /// What relay `relay` said about this pair's allocation. Returns a Request to send it back, for an
@@ -123,15 +106,30 @@ impl Peer {
     }
 }
 
-impl Peer {
-    /// Whether the peer's handshake reached this node over UDP, from a public address this node had sent
-    /// nothing to, since last asked: this node's port is open from outside.
-    pub(crate) fn take_reached_first(&self) -> bool {
-        std::mem::take(&mut self.lock().reached_first)
-    }
-}
-
 impl PeerInner {
+    /// The peer's part in peer relaying, now.
+    pub(super) fn relay_view(&self, key: &Key, now: Instant, liveness: Liveness) -> RelayView {
+        let g = self;
+        // Each peer to its own bound: an idle one nothing watches is heard only at its keepalives, and is
+        // no less a seat on UDP for that.
+        let bound = Liveness {
+            timeout: g.health_timeout(now).max(liveness.timeout),
+        };
+        let alive = g.path.on().is_direct() && bound.alive(g.last_heard, now);
+        let udp_endpoint = g.endpoint.filter(|_| alive);
+        let offers = g.offer.is_some_and(|(accepting, at)| {
+            accepting && now.saturating_duration_since(at) < OFFER_LASTS
+        });
+        RelayView {
+            candidate: udp_endpoint.filter(|_| offers).map(|endpoint| Candidate {
+                relay: *key,
+                endpoint,
+            }),
+            udp_endpoint,
+            ready: g.relays.ready().collect(),
+        }
+    }
+
     /// This node sent the peer a datagram at `ip`: answers from there are let in by a NAT in front of it.
     /// The same address as the last costs one comparison, as it does on the packet path.
     pub(super) fn note_udp_sent(&mut self, ip: IpAddr, now: Instant) {

@@ -9,7 +9,7 @@ impl Peer {
         allowed_ips: Vec<Ipv4Network>,
         own_mapping: mesh_path::nat::Mapping,
     ) -> PeerStatus {
-        let mut g = self.lock();
+        let mut g = self.lock_quietly();
         g.refresh_handshake();
         let (candidates, mapping) = g.punch.theirs();
         let relay_reason = (g.path.on() == PathKind::Relay).then(|| {

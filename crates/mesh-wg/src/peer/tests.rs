@@ -39,7 +39,7 @@ fn an_initiation_answered_between_timer_ticks_is_not_copied_again() {
     // A's timers run; then, before the next tick, the peer gets an address and traffic starts a
     // handshake.
     assert!(
-        a.tick(&mut buf, &ctx, &mut Vec::new()).is_empty(),
+        a.tick(&mut buf, &ctx, &mut Vec::new()).sends.is_empty(),
         "nothing to send yet"
     );
     std::thread::sleep(Duration::from_millis(30));
@@ -73,6 +73,19 @@ fn an_initiation_answered_between_timer_ticks_is_not_copied_again() {
         None,
         "answered: not copied"
     );
+}
+
+/// What a tick needs of the device, for a node that watches no peer.
+fn quiet_context(own_key: Key) -> TickContext {
+    TickContext {
+        own: Arc::default(),
+        own_key,
+        liveness: Liveness::default(),
+        address: Ipv4Addr::new(10, 0, 1, 1),
+        overlay: "10.0.1.0/24".parse().unwrap(),
+        relays: Vec::new(),
+        watching: Arc::new(crate::Watching::Only(Default::default())),
+    }
 }
 
 /// Two peers with a session between them, A having sent B its first packet: A's initiation answered.
@@ -232,8 +245,12 @@ fn a_handshake_reaches_this_node_first_only_from_a_public_address_it_sent_nothin
             other => panic!("traffic starts a handshake: {other:?}"),
         };
         let _ = b.session().decapsulate(&Via::Udp(at_a), &init, &mut out);
-        let first = b.take_reached_first();
-        assert!(!b.take_reached_first(), "taken once");
+        let ctx = quiet_context(public(&kb));
+        let first = b.tick(&mut buf, &ctx, &mut Vec::new()).reached_first;
+        assert!(
+            !b.tick(&mut buf, &ctx, &mut Vec::new()).reached_first,
+            "taken once"
+        );
         first
     };
     assert!(handshake_to_b(false, "198.51.100.1:40000"));
@@ -310,4 +327,39 @@ fn an_idle_unwatched_seat_stays_on_udp_at_a_relay_between_its_keepalives() {
         None,
         "watched, and silent for the timeout"
     );
+}
+
+/// A peer on UDP with a session, nothing under way and nothing watching it is quiet: its timer can wait a
+/// [`QUIET_TICK`]. Watched, it is not. Whatever locks it but its timer and readers of its state touches it, so
+/// that its timer runs at the next tick.
+#[test]
+fn an_idle_peer_with_a_session_that_nothing_watches_is_quiet() {
+    let (a, _b, _, _) = a_session();
+    a.set_overlay_ip(Some(Ipv4Addr::new(10, 0, 1, 2)));
+    a.lock().app_traffic = None;
+    let mut buf = vec![0u8; 2048];
+    let nobody = quiet_context(Key::from_bytes([0; 32]));
+    let ticked = a.tick(&mut buf, &nobody, &mut Vec::new());
+    assert!(ticked.sends.is_empty(), "nothing due: {:?}", ticked.sends);
+    assert!(ticked.quiet, "idle, on UDP, with a session, unwatched");
+    let watched = TickContext {
+        watching: Arc::new(crate::Watching::All),
+        ..quiet_context(Key::from_bytes([0; 32]))
+    };
+    assert!(
+        !a.tick(&mut buf, &watched, &mut Vec::new()).quiet,
+        "watched"
+    );
+    assert!(a.tick(&mut buf, &nobody, &mut Vec::new()).quiet);
+    a.lock().kick = true;
+    a.take_touched();
+    assert!(!a.take_touched(), "taken");
+    let _ = a.relay_view(Instant::now(), Liveness::default());
+    let _ = a.status(Vec::new(), mesh_path::nat::Mapping::Unknown);
+    let _ = a.preshared_key();
+    assert!(!a.take_touched(), "reading the peer's state leaves it be");
+    a.set_keepalive(25);
+    assert!(a.take_touched(), "configuring it touches it");
+    let _ = a.session();
+    assert!(a.take_touched(), "so does a packet to or from it");
 }
