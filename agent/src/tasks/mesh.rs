@@ -239,6 +239,12 @@ pub const REFRESH_AT_MOST: Duration = Duration::from_millis(500);
 /// after the peer is added, and the API should say so then, not at the next refresh.
 const AWAIT_REFRESH: Duration = Duration::from_millis(50);
 
+/// How often the device is read while every peer is on the idle bound (nothing watches any, and none carries
+/// traffic): their health changes on a 30 s scale, and a read of a thousand peers is most of what an idle
+/// agent does. An application's first read of the API is answered from a read at most this old, and makes
+/// every peer watched, so that the next read comes at the usual pace.
+const IDLE_REFRESH: Duration = Duration::from_secs(2);
+
 /// How long a new peer's first handshake is awaited that closely: two of WireGuard's 5 s retries.
 const AWAIT_FOR: Duration = Duration::from_secs(12);
 
@@ -254,15 +260,27 @@ fn settled(awaiting: &BTreeMap<Key, Instant>, by: Instant, now: Instant) -> bool
 }
 
 /// When to read the device next: soon while a peer that came within [`AWAIT_FOR`] has had no handshake
-/// (`awaiting` holds when each such peer was first seen without one), else after `refresh`.
-fn next_refresh(awaiting: &BTreeMap<Key, Instant>, now: Instant, refresh: Duration) -> Duration {
+/// (`awaiting` holds when each such peer was first seen without one), after [`IDLE_REFRESH`] while every
+/// peer is on the idle bound (`all_idle`), else after `refresh`.
+fn next_refresh(
+    awaiting: &BTreeMap<Key, Instant>,
+    now: Instant,
+    refresh: Duration,
+    all_idle: bool,
+) -> Duration {
     let soon = awaiting
         .values()
         .any(|since| now.saturating_duration_since(*since) < AWAIT_FOR);
-    match soon {
-        true => AWAIT_REFRESH.min(refresh),
-        false => refresh,
+    match (soon, all_idle) {
+        (true, _) => AWAIT_REFRESH.min(refresh),
+        (false, true) => IDLE_REFRESH.max(refresh),
+        (false, false) => refresh,
     }
+}
+
+/// Whether every peer in `stats` is held to the idle bound: nothing watches any, and none carries traffic.
+fn all_idle(stats: &BTreeMap<Key, mesh_wg::PeerStatus>) -> bool {
+    !stats.is_empty() && (stats.values()).all(|p| p.health_timeout >= mesh_wg::IDLE_TIMEOUT)
 }
 
 /// What the mesh task needs to know.
@@ -436,7 +454,13 @@ impl<I: Interfaces> MeshTask<I> {
                 break Err(e);
             }
             out.send_replace(running.state.clone());
-            let wait = next_refresh(&running.awaiting, Instant::now(), running.task.refresh);
+            let idle = all_idle(&running.state.stats);
+            let wait = next_refresh(
+                &running.awaiting,
+                Instant::now(),
+                running.task.refresh,
+                idle,
+            );
             tokio::select! {
                 () = cancel.cancelled() => break Ok(()),
                 changed = chain.changed() => if changed.is_err() { break Ok(()) },
@@ -533,8 +557,12 @@ impl<I: Interfaces> Running<I> {
             .as_ref()
             .map(|(policy, seat)| desired::Grants::for_node(policy, *seat, Some(self.task.app_id)));
         let want = desired::peer_configs(&self.state.members, self.task.relay_port, grants);
-        let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
-        if !changes.is_empty() {
+        let has = table.peers();
+        let changes = mesh_wg::plan(&want, &has, SystemTime::now());
+        // Read again only when changed: a thousand peers' statuses are most of an idle reconcile.
+        let has = if changes.is_empty() {
+            has
+        } else {
             for change in &changes {
                 info!(%change, "reconcile");
             }
@@ -544,7 +572,8 @@ impl<I: Interfaces> Running<I> {
             }
             self.state.reconcile_latency.observe(began.elapsed());
             self.state.reconciles = self.state.reconciles.saturating_add(1);
-        }
+            table.peers()
+        };
         if let Some(interfaces) = &self.task.interfaces {
             interfaces.set_watching(table, self.task.watchers.watching(Instant::now()));
             self.state.relay = interfaces.relay_counters(table);
@@ -557,11 +586,7 @@ impl<I: Interfaces> Running<I> {
                 Instant::now(),
             );
         }
-        let stats: BTreeMap<Key, _> = table
-            .peers()
-            .into_iter()
-            .map(|p| (p.public_key, p))
-            .collect();
+        let stats: BTreeMap<Key, _> = has.into_iter().map(|p| (p.public_key, p)).collect();
         let now = Instant::now();
         self.awaiting
             .retain(|k, _| stats.get(k).is_some_and(|p| p.last_handshake.is_none()));

@@ -52,6 +52,7 @@ pub use mesh_peer_relay::{
 pub use error::{Error, NEEDS_NET_ADMIN};
 pub use ipnetwork::Ipv4Network;
 pub use kernel::KernelDevice;
+pub use mesh_path::liveness::IDLE_TIMEOUT;
 pub use mesh_policy::Reach;
 pub use mesh_policy::filter::DropCounts;
 pub use mesh_relay::RelayTarget;

@@ -57,23 +57,33 @@ fn a_new_peers_first_handshake_is_watched_closely_for_a_while() {
     let refresh = Duration::from_millis(500);
     let mut awaiting = BTreeMap::new();
     assert_eq!(
-        next_refresh(&awaiting, t0, refresh),
+        next_refresh(&awaiting, t0, refresh, false),
         refresh,
         "nothing awaited"
     );
     awaiting.insert(Key::from_bytes([1; 32]), t0);
-    assert_eq!(next_refresh(&awaiting, t0, refresh), AWAIT_REFRESH);
+    assert_eq!(next_refresh(&awaiting, t0, refresh, false), AWAIT_REFRESH);
     assert_eq!(
-        next_refresh(&awaiting, t0 + Duration::from_secs(11), refresh),
+        next_refresh(&awaiting, t0, refresh, true),
+        AWAIT_REFRESH,
+        "awaited, every peer idle or not"
+    );
+    assert_eq!(
+        next_refresh(&awaiting, t0 + Duration::from_secs(11), refresh, false),
         AWAIT_REFRESH
     );
     assert_eq!(
-        next_refresh(&awaiting, t0 + AWAIT_FOR, refresh),
+        next_refresh(&awaiting, t0 + AWAIT_FOR, refresh, false),
         refresh,
         "an absent peer is not watched for ever"
     );
     assert_eq!(
-        next_refresh(&awaiting, t0, Duration::from_millis(20)),
+        next_refresh(&awaiting, t0 + AWAIT_FOR, refresh, true),
+        IDLE_REFRESH,
+        "every peer on the idle bound: read less often"
+    );
+    assert_eq!(
+        next_refresh(&awaiting, t0, Duration::from_millis(20), false),
         Duration::from_millis(20),
         "never slower than asked"
     );
