@@ -104,7 +104,9 @@ impl From<ViewV1> for ChainView {
             },
             last_block: v.last_block,
             last_block_hash: v.last_block_hash,
-            records: v.records,
+            records: (v.records.into_iter())
+                .map(|(t, r)| (t, std::sync::Arc::new(r)))
+                .collect(),
             bindings: std::collections::BTreeMap::new(),
             holders: std::collections::BTreeMap::new(),
             high_water,

@@ -122,7 +122,7 @@ pub(crate) mod tests {
         );
         for r in records {
             v.records
-                .insert(u64::try_from(r.token_id).unwrap(), r.clone());
+                .insert(u64::try_from(r.token_id).unwrap(), r.clone().into());
         }
         v
     }

@@ -373,14 +373,15 @@ pub fn member(reg: &SignedRegistration, prefix: Prefix) -> Result<Member, Invali
 /// The peers among the believed `records`, and the reasons for the rest. This node's own records are
 /// never peers, whatever seat they are filed under; seats that claim the same WireGuard key are both left
 /// out, since a key can only be one peer.
-pub fn members(
-    records: &BTreeMap<u64, SignedRegistration>,
+pub fn members<R: std::borrow::Borrow<SignedRegistration>>(
+    records: &BTreeMap<u64, R>,
     own: Own<'_>,
     prefix: Prefix,
 ) -> (Vec<Member>, Vec<InvalidRecord>) {
     let mut valid = Vec::new();
     let mut invalid = Vec::new();
     for (token, reg) in records {
+        let reg: &SignedRegistration = reg.borrow();
         let mine = Some(*token) == own.token_id
             || reg.instance_id == own.instance_id
             || own

@@ -3,6 +3,7 @@
 //! [`ChainView::offer`], which lets in records signed by the seat's bound node and newer than what is known.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use alloy_primitives::{Address, B256, Bytes, keccak256};
 use serde::{Deserialize, Serialize};
@@ -22,8 +23,10 @@ pub struct ChainView {
     pub pins: Pins,
     pub last_block: u64,
     pub last_block_hash: B256,
-    /// The believed record of each seat that has one, as its registration event carried it.
-    pub records: BTreeMap<u64, SignedRegistration>,
+    /// The believed record of each seat that has one, as its registration event carried it. Shared, so that
+    /// the copies of a view each change makes (the follower's, the attestor's, the admitted one) copy no
+    /// record: at a thousand seats those copies were most of what a join cost every member.
+    pub records: BTreeMap<u64, Arc<SignedRegistration>>,
     /// Each seat's binding, as its `InstanceBound` event carried it: the node key that alone signs the seat's
     /// records, and the evidence that ties that key to the instance's CVM.
     #[serde(default)]
@@ -121,14 +124,14 @@ impl ChainView {
             node: binding.node,
         };
         membership::authenticate(&reg, token, &self.pins, self.contract, bound)?;
-        let held = self.records.get(&token);
+        let held = self.records.get(&token).map(Arc::as_ref);
         membership::admit(&reg, held, self.high_water.get(&token).copied())?;
         if held == Some(&reg) {
             return Ok(false);
         }
         let mark = self.high_water.entry(token).or_default();
         *mark = (*mark).max(reg.nonce);
-        self.records.insert(token, reg);
+        self.records.insert(token, Arc::new(reg));
         Ok(true)
     }
 }
@@ -236,7 +239,7 @@ mod tests {
         assert_eq!(v.bind(3, binding(1, b"quote")), Ok(true));
         v.records.insert(
             3,
-            crate::testing::believed_record(3, 1, 7, &format!("{:040x}", 3)),
+            crate::testing::believed_record(3, 1, 7, &format!("{:040x}", 3)).into(),
         );
         assert_eq!(v.bind(3, binding(1, b"quote")), Ok(false));
         assert_eq!(v.records.len(), 1, "the same binding keeps the record");

@@ -699,7 +699,7 @@ mod tests {
         assert_eq!(again, first, "the same verdicts");
         assert_eq!(attestor.checked_anew(), 3, "and no evidence decoded again");
 
-        chain.records.insert(4, record(4, 4, ""));
+        chain.records.insert(4, record(4, 4, "").into());
         let new_seat = genuine(&pki, &chain, 4, 1);
         chain.bindings.insert(4, new_seat);
         let rebound = genuine(&pki, &chain, 2, 2);

@@ -86,7 +86,7 @@ fn a_bound_seats_record_is_believed_and_the_view_moves_to_the_ranges_end() {
     let view = view_at_10(&[(3, 0x33)]);
     let reg = CLUSTER.record(3, 0x33, 1);
     let out = poll(&view, &[registered(&reg)]);
-    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.records.get(&3).map(|r| &**r), Some(&reg));
     assert_eq!(out.view.high_water.get(&3), Some(&1));
     assert_eq!(
         (out.view.last_block, out.view.last_block_hash),
@@ -114,7 +114,7 @@ fn a_parent_hash_that_no_longer_matches_is_a_reorg_and_the_range_is_still_applie
     );
     let out = apply_logs(&view, blocks, &[registered(&reg)], no_binding_read);
     assert_eq!(out.doubts, vec![Doubt::Reorg]);
-    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.records.get(&3).map(|r| &**r), Some(&reg));
     assert_eq!(out.view.last_block_hash, hash(12));
 }
 
@@ -184,7 +184,7 @@ fn events_whose_seat_id_is_out_of_range_are_skipped() {
     let apply = RangeApply::new(&view, next_blocks(&view));
     assert_eq!(apply.binding_wanted(&logs[2]), None);
     let out = poll(&view, &logs);
-    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.records.get(&3).map(|r| &**r), Some(&reg));
     assert_eq!(out.view.bindings, view.bindings);
     assert!(out.rejected.is_empty());
 }
@@ -295,7 +295,7 @@ fn a_registration_of_a_seat_the_view_has_no_binding_of_reads_the_binding() {
         ))
     });
     assert_eq!(asked, vec![3]);
-    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.records.get(&3).map(|r| &**r), Some(&reg));
     assert_eq!(out.view.bindings[&3].node, Cluster::node(0x33));
     assert!(out.doubts.is_empty());
 }
@@ -331,7 +331,7 @@ fn a_binding_event_with_the_wrong_evidence_is_skipped() {
         &[registered(&reg), log(Event::InstanceBound(forged))],
     );
     assert_eq!(out.view.bindings, view.bindings);
-    assert_eq!(out.view.records.get(&3), Some(&reg));
+    assert_eq!(out.view.records.get(&3).map(|r| &**r), Some(&reg));
 }
 
 /// Rebinding a seat to another node drops its record; unbinding it drops both. The high-water mark

@@ -61,7 +61,10 @@ fn a_first_full_read_believes_every_authentic_listed_record() {
         registration_events(&events),
     );
     assert!(read.complete && read.applies && read.rejected.is_empty());
-    assert_eq!(read.view.records, [(3, three), (4, four)].into());
+    assert_eq!(
+        read.view.records,
+        [(3, three.into()), (4, four.into())].into()
+    );
     assert_eq!(read.view.high_water, [(3, 2), (4, 1)].into());
     assert_eq!((read.view.leader, read.view.leader_term), (Some(4), 7));
     assert_eq!(
@@ -156,7 +159,10 @@ fn a_listed_record_not_signed_by_the_bound_node_is_refused() {
     let listed = listing(&[(&forged, 0x33), (&four, 0x44)], 0, 0);
     let read = apply_listing(&view, &listed, binding_events, registration_events(&events));
     assert!(read.complete && read.applies);
-    assert_eq!(read.view.records, [(3, three), (4, four)].into());
+    assert_eq!(
+        read.view.records,
+        [(3, three.into()), (4, four.into())].into()
+    );
     assert_eq!(read.rejected.len(), 1);
     assert!(
         is_proof_rejection(&read.rejected[0], 3),
@@ -179,7 +185,7 @@ fn a_listed_record_older_than_the_believed_one_is_refused() {
         binding_events,
         registration_events(&events),
     );
-    assert_eq!(read.view.records.get(&3), Some(&new));
+    assert_eq!(read.view.records.get(&3).map(|r| &**r), Some(&new));
     assert_eq!(
         read.rejected,
         vec![Rejection {
