@@ -132,6 +132,12 @@ struct Args {
     /// The seats of the thousand section: one agent and this many less one simulated members.
     #[arg(long, default_value_t = 1000)]
     thousand: usize,
+    /// The seats of the control-plane section, every one registered on the chain.
+    #[arg(long, default_value_t = 10_000)]
+    control_plane_seats: usize,
+    /// How many of the control-plane section's members follow the cluster in this process.
+    #[arg(long, default_value_t = 50)]
+    control_plane_sample: usize,
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
@@ -196,6 +202,10 @@ enum Section {
     Trace,
     /// One agent joining a cluster of `--thousand` seats whose other members are simulated in-process.
     Thousand,
+    /// A cluster of `--control-plane-seats` seats (10,000) on the chain, `--control-plane-sample` of whose
+    /// members follow it in-process with the agent's control plane and no tunnels: a join's cost at each
+    /// member and at the provider. Not among the defaults: registering 10,000 seats takes a while.
+    ControlPlane,
 }
 
 /// How the agents of the sizes section follow the chain, for `--follow`.
@@ -344,6 +354,16 @@ fn main() -> anyhow::Result<()> {
             args.thousand
         );
         report.thousand = Some(thousand::measure(args.thousand)?);
+    }
+    if on(Section::ControlPlane) {
+        eprintln!(
+            "== {} seats on the chain, {} of whose members follow it in this process (no tunnels)",
+            args.control_plane_seats, args.control_plane_sample
+        );
+        report.control_plane = Some(thousand::control_plane::measure(
+            args.control_plane_seats,
+            args.control_plane_sample,
+        )?);
     }
 
     table::print_table(&report);

@@ -49,6 +49,8 @@ pub(crate) struct Report {
     pub(crate) trace: Option<Trace>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) thousand: Option<Thousand>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) control_plane: Option<ControlPlane>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -588,4 +590,50 @@ pub(crate) struct PolicyCost {
     pub(crate) enforced: PolicyRun,
     /// Packets the receiver dropped by the policy over the runs: none should be.
     pub(crate) dropped: u64,
+}
+
+/// A cluster of `seats` seats on the chain, a sample of whose members follow it in process: what each member's
+/// control plane pays, and what the cluster asks of its provider. Times in ms from the newcomer's record's block.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ControlPlane {
+    pub(crate) seats: usize,
+    pub(crate) sample: usize,
+    /// Minting, binding and registering every member, several at once.
+    pub(crate) register_secs: f64,
+    pub(crate) first_full_read_ms: f64,
+    pub(crate) first_full_read_requests: u64,
+    pub(crate) full_read_ms: f64,
+    pub(crate) full_read_requests: u64,
+    /// Judging a seat's evidence: the first pass (its quote verified), and a later one (its verdict kept).
+    pub(crate) cold_pass_ms_per_seat: f64,
+    pub(crate) kept_pass_us_per_seat: f64,
+    /// What a member holds per seat of the cluster: its view, verdicts and table, from the bench's RSS.
+    pub(crate) bytes_per_seat: f64,
+    pub(crate) idle_requests_per_member_per_block: f64,
+    pub(crate) idle_cpu_ms_per_member_per_block: f64,
+    /// The median idle round trip of one request to the provider.
+    pub(crate) rpc_round_trip_ms: f64,
+    pub(crate) changes: Vec<ControlPlaneChange>,
+    pub(crate) applied: Stat,
+    pub(crate) heard: Stat,
+    /// The announcement's delay to each member, plus the median member's CPU and requests for the change:
+    /// the time to apply it without the bench's CPU queue.
+    pub(crate) applied_with_own_core: Stat,
+    /// Who the members are, what the interface should hold, the plan, applied: one peer added.
+    pub(crate) apply_ms: Stat,
+    pub(crate) applied_by_all: bool,
+    pub(crate) tailscale_ms_per_peer_change: (f64, f64),
+}
+
+/// What one change cost each member, and the provider for all of them.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ControlPlaneChange {
+    pub(crate) what: &'static str,
+    pub(crate) cpu_ms_per_member: f64,
+    pub(crate) requests_per_member: f64,
+    /// The requests every member but the newcomer makes for it.
+    pub(crate) provider_requests: f64,
+    pub(crate) done_by_all: bool,
 }

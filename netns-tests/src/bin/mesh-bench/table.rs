@@ -1,6 +1,6 @@
 //! The table printed at the end of a run, from its [`Report`].
 
-use crate::report::{BARE, MESH, PolicyCost, Report, Run, Stat, Thousand};
+use crate::report::{BARE, ControlPlane, MESH, PolicyCost, Report, Run, Stat, Thousand};
 
 /// The implementations in the throughput and latency sections, in the table's order.
 const IMPLEMENTATIONS: [&str; 5] = [MESH, "gotatun", "boringtun-cli", "wireguard-go", BARE];
@@ -42,6 +42,9 @@ pub(crate) fn print_table(r: &Report) {
     print_leadership(r);
     if let Some(t) = &r.thousand {
         print_thousand(t);
+    }
+    if let Some(c) = &r.control_plane {
+        print_control_plane(c);
     }
     print_sizes(r);
 }
@@ -555,4 +558,52 @@ fn print_policy(p: &PolicyCost) {
         "µs",
     );
     println!("packets the policy dropped: {}", p.dropped);
+}
+
+/// The control-plane section: what a join costs each member of a cluster of `seats`, and its provider.
+fn print_control_plane(c: &ControlPlane) {
+    println!(
+        "\n{} seats on the chain; {} members follow it (the agent's follower, attestation and plan code each, on anvil's WebSocket; no tunnels)",
+        c.seats, c.sample
+    );
+    println!(
+        "| change | CPU at each member | requests at each member | requests at the provider, all members |"
+    );
+    println!("|---|---|---|---|");
+    for ch in &c.changes {
+        println!(
+            "| {} | {:.2} ms | {:.2} | {:.0} |",
+            ch.what, ch.cpu_ms_per_member, ch.requests_per_member, ch.provider_requests
+        );
+    }
+    let stat = |s: &Stat| {
+        format!(
+            "median {} ms, p99 {} ms, worst {} ms",
+            fixed(s.median_ms, 1),
+            fixed(s.p99_ms, 1),
+            fixed(s.max_ms, 1)
+        )
+    };
+    println!(
+        "block to the record applied, as measured: {}",
+        stat(&c.applied)
+    );
+    println!(
+        "the same with a core each:                 {}",
+        stat(&c.applied_with_own_core)
+    );
+    println!(
+        "one peer change planned and applied:       {} (Tailscale: {:.2}–{:.2} ms)",
+        stat(&c.apply_ms),
+        c.tailscale_ms_per_peer_change.0,
+        c.tailscale_ms_per_peer_change.1
+    );
+    println!(
+        "memory {:.0} bytes a seat at each member; idle {:.3} requests and {:.3} ms of CPU per block at each; a full read {:.0} ms ({} requests)",
+        c.bytes_per_seat,
+        c.idle_requests_per_member_per_block,
+        c.idle_cpu_ms_per_member_per_block,
+        c.full_read_ms,
+        c.full_read_requests
+    );
 }

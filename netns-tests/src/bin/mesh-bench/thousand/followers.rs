@@ -57,6 +57,9 @@ pub(crate) struct Seen {
     pub(crate) binding_checked_anew: u64,
     pub(crate) admitting_pass: Option<Duration>,
     pub(crate) admitting_checked_anew: u64,
+    /// What applying the change that first held the watched seat took: who the members are, what the
+    /// interface should hold, the plan, applied. One peer added, among all the others.
+    pub(crate) apply_took: Option<Duration>,
     /// When the wake-up that led to `applied` came: the head's arrival, for a member woken by one.
     pub(crate) heard: Option<Instant>,
     /// Whether it follows heads by subscription now (else it polls, as the agent does when one drops).
@@ -87,7 +90,7 @@ impl Fleet {
         attestor: &Attestor,
         contract: Address,
         ws: &Url,
-        swarm: &Arc<Swarm>,
+        swarm: Option<&Arc<Swarm>>,
     ) -> Self {
         let seen = Arc::new(Mutex::new(vec![Seen::default(); members.len()]));
         let watched = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -101,7 +104,7 @@ impl Fleet {
                 ws: ws.clone(),
                 seen: seen.clone(),
                 watched: watched.clone(),
-                swarm: swarm.clone(),
+                swarm: swarm.cloned(),
             };
             let (view, starting, attestor) = (view.clone(), starting.clone(), attestor.clone());
             tasks.spawn(async move {
@@ -140,7 +143,8 @@ struct One {
     ws: Url,
     seen: Arc<Mutex<Vec<Seen>>>,
     watched: Arc<std::sync::atomic::AtomicU64>,
-    swarm: Arc<Swarm>,
+    /// The member's simulated WireGuard peer's swarm, when the bench has one.
+    swarm: Option<Arc<Swarm>>,
 }
 
 impl One {
@@ -249,6 +253,7 @@ impl One {
         let Some(view) = admitted else {
             return;
         };
+        let began = Instant::now();
         let own = Own {
             token_id: Some(self.member.token),
             instance_id: &self.member.instance_id,
@@ -260,6 +265,7 @@ impl One {
         let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
         let failed = mesh_wg::apply(table, &changes);
         debug_assert!(failed.is_empty(), "a table in memory refuses nothing");
+        let took = began.elapsed();
         let watched = self.watched.load(std::sync::atomic::Ordering::SeqCst);
         let Some(newcomer) = members.iter().find(|m| m.token_id == watched) else {
             return;
@@ -275,10 +281,11 @@ impl One {
             if first {
                 s.admitting_pass = Some(pass.took);
                 s.admitting_checked_anew = pass.checked_anew;
+                s.apply_took = Some(took);
             }
         });
-        if first {
-            self.swarm.initiate(self.index, *key.as_bytes(), endpoint);
+        if first && let Some(swarm) = &self.swarm {
+            swarm.initiate(self.index, *key.as_bytes(), endpoint);
         }
     }
 }

@@ -1,21 +1,29 @@
 //! The cluster's other members, without agents: each a simulated CVM of the cluster's app in this process,
-//! its seat minted and bound to it, and its record registered by the agent's own registration code, with the
-//! WireGuard key and endpoint of one simulated peer of the swarm.
+//! its seat minted and bound to it, and its record registered by the agent's own registration code, with a
+//! WireGuard key and endpoint (one simulated peer of the swarm, or none at all).
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use alloy::primitives::Address;
+use alloy::network::TransactionBuilder as _;
+use alloy::primitives::{Address, U256};
+use alloy::providers::Provider as _;
+use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::Context as _;
 use dstack_simulator::platform::SimulatorConfig;
 use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::registration::{Desired, Outcome};
 use mesh_wg::Key;
-use netns_tests::in_process::chain::{mint, signing_provider};
+use netns_tests::in_process::chain::{TestCluster, mint, signing_provider};
 use netns_tests::in_process::node::SimulatedInstance;
 use netns_tests::in_process::swarm::SwarmPeer;
 use netns_tests::system::cluster::account_key;
 use netns_tests::system::lan::rpc_url;
+
+/// How many members are registered at once, each by its own payer (anvil accounts 1, 2, …): a registration
+/// is mostly waiting for its blocks, and the owner's mints share one nonce manager.
+pub(crate) const AT_ONCE: usize = 8;
 
 /// One member: its seat, its instance, and the WireGuard key its record holds.
 #[derive(Debug, Clone)]
@@ -25,8 +33,9 @@ pub(crate) struct Member {
     pub(crate) wg_key: Key,
 }
 
-/// Mints and registers a member per simulated peer of `peers`, one after another (seats 1, 2, … in order),
-/// each from an instance of `configs` (one per peer). Call on a runtime inside the namespace of the chain.
+/// Mints and registers a member per simulated peer of `peers`, [`AT_ONCE`] at a time, each from an instance
+/// of `configs` (one per peer). The members come back in the order of `peers`; their seats are numbered in
+/// the order they were minted. Call on a runtime inside the namespace of the chain.
 ///
 /// # Errors
 /// When a registration fails; a mint that reverts panics, as in the harness.
@@ -38,46 +47,151 @@ pub(crate) async fn register_all(
     let owner = signing_provider(&rpc_url(), &account_key(0));
     let holder =
         PrivateKeySigner::from_slice(alloy::hex::decode(account_key(0))?.as_slice())?.address();
-    let cluster = DstackClusterNFT::new(contract, owner);
+    let cluster = DstackClusterNFT::new(contract, owner.clone());
     // Not the owner: its provider caches the owner's nonce, which these transactions would move.
-    let payer: PrivateKeySigner = account_key(1).parse()?;
+    let payers: Vec<PrivateKeySigner> = (1..=AT_ONCE)
+        .map(|i| account_key(i).parse())
+        .collect::<Result<_, _>>()?;
+    fund(&owner, &payers).await?;
+    let registrar = Arc::new(
+        mesh_chain::cluster::Cluster::connect(
+            mesh_chain::rpc::Rpcs::one(rpc_url().parse()?)?,
+            contract,
+        )
+        .await
+        .context("connecting the registrations to the chain")?,
+    );
+    let pins = Arc::new(registrar.contract_pins().await?);
+    let began = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut work: Vec<Vec<(usize, SimulatorConfig, SwarmPeer)>> = vec![Vec::new(); AT_ONCE];
+    for (i, (config, peer)) in configs.into_iter().zip(peers).enumerate() {
+        work[i % AT_ONCE].push((i, config, *peer));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (payer, work) in payers.into_iter().zip(work) {
+        let one = One {
+            cluster: cluster.clone(),
+            holder,
+            registrar: registrar.clone(),
+            pins: pins.clone(),
+            payer,
+        };
+        let (done, total) = (done.clone(), peers.len());
+        tasks.spawn(async move {
+            let mut members = Vec::with_capacity(work.len());
+            for (i, config, peer) in work {
+                let member = one
+                    .register(config, &peer)
+                    .await
+                    .with_context(|| format!("registering member {}", i + 1))?;
+                members.push((i, member));
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n % (total / 10).max(100) == 0 {
+                    eprintln!(
+                        "   {n} members minted and registered ({:.0?})",
+                        began.elapsed()
+                    );
+                }
+            }
+            anyhow::Ok(members)
+        });
+    }
+    let mut members = Vec::with_capacity(peers.len());
+    while let Some(joined) = tasks.join_next().await {
+        members.extend(joined.context("a registration task panicked")??);
+    }
+    members.sort_by_key(|(i, _)| *i);
+    Ok(members.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Gives the payers that anvil did not fund (the harness funds the first few accounts) 10 ETH each.
+async fn fund(
+    owner: &alloy::providers::DynProvider,
+    payers: &[PrivateKeySigner],
+) -> anyhow::Result<()> {
+    let ten_eth = U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64));
+    for payer in payers {
+        if owner.get_balance(payer.address()).await? >= ten_eth {
+            continue;
+        }
+        let tx = TransactionRequest::default()
+            .with_to(payer.address())
+            .with_value(ten_eth);
+        owner
+            .send_transaction(tx)
+            .await?
+            .get_receipt()
+            .await
+            .context("funding a payer")?;
+    }
+    Ok(())
+}
+
+/// What registering one member takes, shared by the members one payer registers.
+pub(crate) struct One {
+    cluster: TestCluster,
+    holder: Address,
+    registrar: Arc<mesh_chain::cluster::Cluster>,
+    pins: Arc<mesh_chain::membership::Pins>,
+    payer: PrivateKeySigner,
+}
+
+/// Registers one member at a time from `payer` (an anvil account [`register_all`] funded): for a newcomer
+/// whose two blocks are measured apart.
+pub(crate) async fn registrar(contract: Address, payer: usize) -> anyhow::Result<One> {
+    let owner = signing_provider(&rpc_url(), &account_key(0));
+    let holder =
+        PrivateKeySigner::from_slice(alloy::hex::decode(account_key(0))?.as_slice())?.address();
     let registrar = mesh_chain::cluster::Cluster::connect(
         mesh_chain::rpc::Rpcs::one(rpc_url().parse()?)?,
         contract,
     )
     .await
-    .context("connecting the registrations to the chain")?;
-    let pins = registrar.contract_pins().await?;
-    let began = Instant::now();
-    let mut members = Vec::with_capacity(peers.len());
-    for (i, (config, peer)) in configs.into_iter().zip(peers).enumerate() {
+    .context("connecting the registration to the chain")?;
+    Ok(One {
+        cluster: DstackClusterNFT::new(contract, owner),
+        holder,
+        pins: Arc::new(registrar.contract_pins().await?),
+        registrar: Arc::new(registrar),
+        payer: account_key(payer).parse()?,
+    })
+}
+
+impl One {
+    async fn register(&self, config: SimulatorConfig, peer: &SwarmPeer) -> anyhow::Result<Member> {
         let instance = SimulatedInstance::start_with(config).await;
-        mint(&cluster, holder, Some(&instance)).await;
+        self.bind(&instance).await;
+        self.record(&instance, peer).await
+    }
+
+    /// The instance's seat minted and bound to it: one block.
+    pub(crate) async fn bind(&self, instance: &SimulatedInstance) {
+        mint(&self.cluster, self.holder, Some(instance)).await;
+    }
+
+    /// The bound instance's record registered: one block.
+    pub(crate) async fn record(
+        &self,
+        instance: &SimulatedInstance,
+        peer: &SwarmPeer,
+    ) -> anyhow::Result<Member> {
         let identity = instance.identity(0).await;
         let desired = Desired {
             wg_public_key: Some(Key::from_bytes(peer.public_key)),
             endpoint: peer.endpoint.to_string(),
             gateway_url: String::new(),
         };
-        let outcome = registrar
-            .register(&identity.node, &desired, Some(&payer), &pins)
-            .await
-            .with_context(|| format!("registering member {}", i + 1))?;
+        let outcome = (self.registrar)
+            .register(&identity.node, &desired, Some(&self.payer), &self.pins)
+            .await?;
         let Outcome::Registered { token_id, .. } = outcome else {
-            anyhow::bail!("member {} was not registered: {outcome:?}", i + 1);
+            anyhow::bail!("not registered: {outcome:?}");
         };
-        members.push(Member {
+        Ok(Member {
             token: token_id.to(),
             instance_id: instance.instance_id.clone(),
             wg_key: Key::from_bytes(peer.public_key),
-        });
-        if (i + 1) % 100 == 0 {
-            eprintln!(
-                "   {} members minted and registered ({:.0?})",
-                i + 1,
-                began.elapsed()
-            );
-        }
+        })
     }
-    Ok(members)
 }

@@ -11,6 +11,7 @@
 //! the storm (cookie replies, retried initiations, time to each handshake), and what the agent with 999
 //! peers costs (RSS, idle CPU, time to configure and handshake with all of them).
 
+pub(crate) mod control_plane;
 mod followers;
 mod members;
 
@@ -26,7 +27,7 @@ use mesh_chain::contract::DstackClusterNFT;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::Heads;
 use mesh_chain::redact::RedactedUrl;
-use netns_tests::in_process::swarm::Swarm;
+use netns_tests::in_process::swarm::{Swarm, SwarmPeer};
 use netns_tests::measure::perf::{clock_ticks, cpu_ticks};
 use netns_tests::prelude::*;
 use netns_tests::system::cluster::Layout;
@@ -52,28 +53,11 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     );
     let others = nodes - 1;
     let lan = Lan::new(1);
-    let layout = Layout {
-        prefix: "10.1.0.0/16",
-        tokens: vec![nodes as u64],
-        releases: Vec::new(),
-        apps: Vec::new(),
-    };
-    let cluster = Cluster::deploy_unminted(&lan, &layout);
+    let cluster = Cluster::deploy_unminted(&lan, &layout(nodes));
     let contract = Address::from_str(&cluster.contract)?;
     let rt = switch_runtime(&lan.switch.name)?;
-
-    eprintln!("   {others} members: simulated CVMs, each minted, bound and registered in turn");
-    let t = Instant::now();
     let swarm = Arc::new(run_on(&rt, Swarm::bind(SWITCH_IP, SWARM_PORTS, others))?);
-    let configs = (1..=others)
-        .map(|i| cluster.instance_config(&format!("member-{i}")))
-        .collect();
-    let peers = swarm.peers();
-    let members = run_on(&rt, async move {
-        members::register_all(configs, &peers, contract).await
-    })?;
-    let register_secs = t.elapsed().as_secs_f64();
-    eprintln!("   {others} members registered in {register_secs:.0} s");
+    let (members, register_secs) = register(&rt, &cluster, contract, swarm.peers())?;
 
     let (view, attestor, reads) = read_and_attest(&rt, &cluster, contract, others)?;
     eprintln!(
@@ -83,7 +67,7 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
     let ws: alloy::transports::http::reqwest::Url = ws_url().parse()?;
     let fleet = {
         let _entered = rt.enter();
-        followers::Fleet::start(&members, &view, &attestor, contract, &ws, &swarm)
+        followers::Fleet::start(&members, &view, &attestor, contract, &ws, Some(&swarm))
     };
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
@@ -124,6 +108,41 @@ pub(crate) fn measure(nodes: usize) -> anyhow::Result<Thousand> {
         &idle,
         joined,
     ))
+}
+
+/// A cluster of `seats` seats on a /16, none minted yet.
+fn layout(seats: usize) -> Layout {
+    Layout {
+        prefix: "10.1.0.0/16",
+        tokens: vec![seats as u64],
+        releases: Vec::new(),
+        apps: Vec::new(),
+    }
+}
+
+/// Mints and registers a member of `cluster` per record of `peers`, each a simulated CVM: the members, and
+/// the seconds it took.
+fn register(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster<'_>,
+    contract: Address,
+    peers: Vec<SwarmPeer>,
+) -> anyhow::Result<(Vec<members::Member>, f64)> {
+    let others = peers.len();
+    eprintln!(
+        "   {others} members: simulated CVMs, each minted, bound and registered, {} at once",
+        members::AT_ONCE
+    );
+    let t = Instant::now();
+    let configs = (1..=others)
+        .map(|i| cluster.instance_config(&format!("member-{i}")))
+        .collect();
+    let members = run_on(rt, async move {
+        members::register_all(configs, &peers, contract).await
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("   {others} members registered in {secs:.0} s");
+    Ok((members, secs))
 }
 
 /// What a full read costs at this size, and what judging every seat's evidence costs an agent.
