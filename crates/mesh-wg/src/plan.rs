@@ -101,16 +101,21 @@ pub fn plan(want: &[PeerConfig], has: &[PeerStatus], now: SystemTime) -> Vec<Cha
             }
             _ => None,
         };
-        let mut allowed_now = current.allowed_ips.clone();
-        let mut allowed_wanted = wanted.allowed_ips.clone();
-        allowed_now.sort();
-        allowed_wanted.sort();
+        // Sorted copies only when the lists differ as they are: a plan of a thousand unchanged peers
+        // allocates nothing for them.
+        let allowed_changed = current.allowed_ips != wanted.allowed_ips && {
+            let mut allowed_now = current.allowed_ips.clone();
+            let mut allowed_wanted = wanted.allowed_ips.clone();
+            allowed_now.sort();
+            allowed_wanted.sort();
+            allowed_now != allowed_wanted
+        };
         let keepalive_changed =
             keepalive(current.persistent_keepalive) != keepalive(wanted.persistent_keepalive);
         let relay_changed = current.relay != wanted.relay;
         let reach_changed = current.reach != wanted.reach;
         if endpoint.is_some()
-            || allowed_now != allowed_wanted
+            || allowed_changed
             || keepalive_changed
             || relay_changed
             || reach_changed
@@ -285,6 +290,25 @@ mod tests {
             reach: d.reach.clone(),
             policy_dropped: crate::DropCounts::default(),
         }
+    }
+
+    /// The same allowed IPs in another order are no change; another set of them is an update in place.
+    #[test]
+    fn allowed_ips_are_compared_as_a_set() {
+        let mut a = want(1, 1, 51820);
+        a.allowed_ips
+            .push(Ipv4Network::new(Ipv4Addr::new(10, 9, 0, 0), 16).unwrap());
+        let mut has = applied(&a, Some(5));
+        has.allowed_ips.reverse();
+        assert!(plan(std::slice::from_ref(&a), &[has.clone()], now()).is_empty());
+        has.allowed_ips.pop();
+        assert_eq!(
+            plan(std::slice::from_ref(&a), &[has], now()),
+            vec![Change::Update(PeerConfig {
+                endpoint: None,
+                ..a.clone()
+            })]
+        );
     }
 
     /// A peer whose reach here changes (a grant added or taken away) is set again in place, even with a

@@ -345,6 +345,8 @@ impl Attestor {
                 .filter(|s| *s != mesh_attest::TcbStatus::Revoked)
                 .collect::<std::collections::BTreeSet<_>>()
         });
+        // Cloned once a pass, not once a seat: a seat whose verdict is kept needs only to compare with them.
+        let statuses = statuses.unwrap_or_else(|| self.checker.tcb_statuses().clone());
         let mut out = Attestations::new();
         let mut cold = 0usize;
         let seats: std::collections::BTreeSet<u64> = view
@@ -360,7 +362,7 @@ impl Attestor {
             };
             let cached = self.checker.cached_len();
             let (verdict, evaluation) = self
-                .verdict_for(*token, binding, view, statuses.as_ref(), now)
+                .verdict_for(*token, binding, view, &statuses, now)
                 .await;
             cold += usize::from(self.checker.cached_len() != cached);
             let attested = match verdict {
@@ -402,22 +404,19 @@ impl Attestor {
     }
 
     /// Seat `token`'s verdict on `binding`, with its collateral's TCB evaluation data number: the last pass's
-    /// while it answers, else checked anew. `statuses` are the TCB statuses accepted under an on-chain
-    /// policy (none: the flags').
+    /// while it answers, else checked anew. `statuses` are the TCB statuses accepted (under an on-chain
+    /// policy, or the flags').
     async fn verdict_for(
         &mut self,
         token: u64,
         binding: &Binding,
         view: &ChainView,
-        statuses: Option<&std::collections::BTreeSet<TcbStatus>>,
+        statuses: &std::collections::BTreeSet<TcbStatus>,
         now: u64,
     ) -> (Result<Verdict, Refusal>, u32) {
-        let statuses = statuses
-            .unwrap_or_else(|| self.checker.tcb_statuses())
-            .clone();
         if let Some(last) = self.checked.get(&token)
             && let Ok(collateral) = self.collateral.for_platform(last.platform, now).await
-            && last.answers(binding, view, &collateral, &statuses, now)
+            && last.answers(binding, view, &collateral, statuses, now)
         {
             return (last.verdict.clone(), last.evaluation);
         }
@@ -460,7 +459,7 @@ impl Attestor {
                     chain: (view.chain_id(), view.contract),
                     platform,
                     collateral,
-                    statuses,
+                    statuses: statuses.clone(),
                     verdict: verdict.clone(),
                     evaluation,
                 },
