@@ -108,12 +108,20 @@ pub async fn mint(
 /// When it cannot be sent (a call that would revert fails its gas estimate) or no receipt comes, naming
 /// the function.
 pub async fn mined<P: Provider, C: SolCall>(call: SolCallBuilder<P, C>) -> TransactionReceipt {
-    call.send()
+    let receipt = call
+        .send()
         .await
         .unwrap_or_else(|e| panic!("send {}: {e}", C::SIGNATURE))
         .get_receipt()
         .await
-        .unwrap_or_else(|e| panic!("{}'s receipt: {e}", C::SIGNATURE))
+        .unwrap_or_else(|e| panic!("{}'s receipt: {e}", C::SIGNATURE));
+    // A call that passed its gas estimate can still revert when it is mined, after other transactions.
+    assert!(
+        receipt.status(),
+        "{} reverted when mined: {receipt:?}",
+        C::SIGNATURE
+    );
+    receipt
 }
 
 /// Sends `tx` from `from`'s wallet and waits until it is mined; its receipt.

@@ -57,6 +57,8 @@ pub fn ws_url() -> String {
 pub struct Lan {
     anvil: Option<ChildGuard>,
     anvil_log: PathBuf,
+    /// anvil's arguments beyond its address ([`Lan::with_anvil_args`]).
+    anvil_args: Vec<String>,
     /// Node namespaces; `nodes[i - 1]` is node i.
     pub nodes: Vec<NetNs>,
     pub switch: NetNs,
@@ -83,8 +85,18 @@ impl Lan {
         Self::with_uplinks(&uplinks)
     }
 
+    /// Like [`Lan::new`], with `args` added to anvil's: e.g. `--prune-history 64` for a chain of ten
+    /// thousand seats, whose states anvil would otherwise write to disk as JSON at every block.
+    pub fn with_anvil_args(n: usize, args: &[&str]) -> Self {
+        Self::build(&vec![Uplink::Switch; n], args)
+    }
+
     /// A LAN of `uplinks.len()` nodes, node i behind `uplinks[i - 1]`.
     pub fn with_uplinks(uplinks: &[Uplink]) -> Self {
+        Self::build(uplinks, &[])
+    }
+
+    fn build(uplinks: &[Uplink], anvil_args: &[&str]) -> Self {
         let n = uplinks.len();
         assert!((1..=250).contains(&n), "1..=250 nodes fit the LAN");
         let dir = tempfile::Builder::new()
@@ -98,6 +110,7 @@ impl Lan {
         let mut lan = Self {
             anvil: None,
             anvil_log: dir.path().join("anvil.log"),
+            anvil_args: anvil_args.iter().map(|a| (*a).to_owned()).collect(),
             nodes: Vec::new(),
             switch,
             fronts: Vec::new(),
@@ -208,6 +221,7 @@ impl Lan {
         if let Ok(secs) = std::env::var("DSTACK_MESH_TEST_BLOCK_TIME") {
             args.extend(["--block-time".into(), secs]);
         }
+        args.extend(self.anvil_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut cmd = self.switch.command(&args);
         clean_env(&mut cmd)

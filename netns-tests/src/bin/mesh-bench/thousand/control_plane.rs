@@ -47,7 +47,9 @@ pub(crate) fn measure(seats: usize, sample: usize) -> anyhow::Result<ControlPlan
         seats - 1
     );
     let others = seats - 1;
-    let lan = Lan::new(1);
+    // anvil keeps the states of recent blocks and writes older ones to disk as JSON, a cost per block that
+    // grows with the state: at thousands of seats, most of what registering them took.
+    let lan = Lan::with_anvil_args(1, &["--prune-history", "64"]);
     let cluster = Cluster::deploy_unminted(&lan, &layout(seats));
     let contract = Address::from_str(&cluster.contract)?;
     let rt = switch_runtime(&lan.switch.name)?;
@@ -182,7 +184,7 @@ fn join(
     run_on(rt, {
         let (one, instance) = (one.clone(), instance.clone());
         async move { one.bind(&instance).await }
-    });
+    })?;
     let binding = measured(fleet, before, |s| s.binding_pass.is_some());
     std::thread::sleep(Duration::from_secs(1));
 
