@@ -406,6 +406,8 @@ impl Shared {
             }
             // "Not yet" was taken: a provider that has it already is ahead, not against.
             (Policy::Pending, _) if *taken == agree::not_yet() => {}
+            // A receipt was taken: a provider that has not seen it yet is behind, not against.
+            (Policy::Pending, late) if *late == agree::not_yet() => {}
             _ if answer == *taken => self.agreed(&[i]),
             _ => {
                 let from = h.majority.clone();

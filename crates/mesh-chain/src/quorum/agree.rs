@@ -171,6 +171,14 @@ pub fn decide_pending(
                     dissent: Vec::new(),
                 })
         }
+        // A provider that has not seen the block yet is behind the quorum, not against it: an honest one a
+        // block late would otherwise be named as a liar.
+        Decision::Take { take, dissent } => Decision::Take {
+            take,
+            dissent: (dissent.into_iter())
+                .filter(|i| !answers.contains(&(*i, not_yet())))
+                .collect(),
+        },
         decided => decided,
     }
 }
@@ -646,6 +654,15 @@ mod tests {
                 take: 0,
                 dissent: vec![]
             }
+        );
+        let one_behind = [(0, receipt.clone()), (1, not_yet()), (2, receipt.clone())];
+        assert_eq!(
+            decide_pending(&one_behind, 0, 2, false),
+            Decision::Take {
+                take: 0,
+                dissent: vec![]
+            },
+            "a provider that has not seen it yet is behind, not against"
         );
         let no_null = [(0, receipt), (2, Answer::Keyed("{another}".into()))];
         assert_eq!(
