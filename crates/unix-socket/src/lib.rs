@@ -90,7 +90,15 @@ impl UnixSocket {
             Err(e) => return Err(io("inspect", e)),
         }
         // Owner-only from the start; set_mode may open it to a group afterwards.
-        let listener = with_umask(0o177, || UnixListener::bind(path)).map_err(|e| io("bind", e))?;
+        let listener = with_umask(0o177, || bind_listening(path)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                UnixSocketError::InUse {
+                    path: path.to_owned(),
+                }
+            } else {
+                io("bind", e)
+            }
+        })?;
         let inode = std::fs::metadata(path).map_err(|e| io("inspect", e))?.ino();
         Ok(Self {
             listener,
@@ -125,6 +133,30 @@ impl UnixSocket {
     pub async fn accept(&self) -> std::io::Result<UnixStream> {
         self.listener.accept().await.map(|(stream, _)| stream)
     }
+}
+
+/// The most bytes a socket path may have (`sun_path` less its terminating NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Binds `path` so that the file appears only once the socket listens. A plain `bind` creates the file a
+/// moment before `listen`, and a client that connects in that moment (one that waits for the file to
+/// appear, as clients do) is refused. So the socket is bound and listening under a private name in the same
+/// directory first, then linked to `path`; the link also refuses to replace a socket someone else bound
+/// there since we looked (`AlreadyExists`).
+fn bind_listening(path: &Path) -> std::io::Result<UnixListener> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = path.with_file_name(format!(".{}-{seq}.binding", std::process::id()));
+    if staging.as_os_str().len() > SUN_PATH_MAX {
+        // No room for a longer name: bind in place, and a client may be refused for that moment.
+        return UnixListener::bind(path);
+    }
+    let listener = UnixListener::bind(&staging)?;
+    let linked = std::fs::hard_link(&staging, path);
+    if let Err(e) = std::fs::remove_file(&staging) {
+        warn!(path = %staging.display(), %e, "cannot remove the socket's staging name");
+    }
+    linked.map(|()| listener)
 }
 
 impl Drop for UnixSocket {
@@ -164,5 +196,37 @@ mod tests {
         let err = UnixSocket::bind(&path).await.unwrap_err();
         assert!(matches!(err, UnixSocketError::NotASocket { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+    }
+
+    /// A client that connects as soon as the socket file appears is always accepted: the file is never
+    /// visible before the socket listens, which is how a client (or a test harness) knows the server is up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_file_appears_only_once_the_socket_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        for round in 0..300 {
+            let watcher = {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    while !path.exists() {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the socket never appeared"
+                        );
+                    }
+                    std::os::unix::net::UnixStream::connect(&path)
+                })
+            };
+            let socket = UnixSocket::bind(&path).await.unwrap();
+            let connected = watcher.join().unwrap();
+            assert!(
+                connected.is_ok(),
+                "round {round}: the file was there but refused: {connected:?}"
+            );
+            drop(socket);
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "nothing left beside the socket: {left:?}");
     }
 }
