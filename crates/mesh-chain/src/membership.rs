@@ -398,17 +398,23 @@ pub fn members<R: std::borrow::Borrow<SignedRegistration>>(
             Err(e) => invalid.push(e),
         }
     }
-    let mut by_key: BTreeMap<Key, Vec<u64>> = BTreeMap::new();
-    for m in &valid {
-        if let Some(k) = m.wg_public_key {
-            by_key.entry(k).or_default().push(m.token_id);
+    // Sorted by key, then seat: each run of one key longer than one is a duplicate, named by the first
+    // other seat of the run. Rare, so the common case allocates nothing beyond the sort.
+    let mut keyed: Vec<(Key, u64)> = (valid.iter())
+        .filter_map(|m| Some((m.wg_public_key?, m.token_id)))
+        .collect();
+    keyed.sort_unstable();
+    let mut other_of: BTreeMap<u64, u64> = BTreeMap::new();
+    for run in keyed
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|run| run.len() > 1)
+    {
+        for (i, (_, token)) in run.iter().enumerate() {
+            other_of.insert(*token, run[usize::from(i == 0)].1);
         }
     }
-    valid.retain(|m| {
-        let Some(seats) = m.wg_public_key.and_then(|k| by_key.get(&k)) else {
-            return true;
-        };
-        match seats.iter().find(|&&t| t != m.token_id) {
+    if !other_of.is_empty() {
+        valid.retain(|m| match other_of.get(&m.token_id) {
             Some(&other) => {
                 invalid.push(InvalidRecord::DuplicateKey {
                     token_id: m.token_id,
@@ -417,8 +423,8 @@ pub fn members<R: std::borrow::Borrow<SignedRegistration>>(
                 false
             }
             None => true,
-        }
-    });
+        });
+    }
     (valid, invalid)
 }
 
@@ -618,6 +624,28 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Three seats claiming one key each name the first other seat of the three, and a seat between them
+    /// with its own key stays.
+    #[test]
+    fn three_seats_with_one_key_each_name_the_first_other() {
+        let records: BTreeMap<u64, SignedRegistration> = [
+            (7, record(7, 1, 0x77, "i7")),
+            (8, record(8, 1, 0x88, "i8")),
+            (3, record(3, 1, 0x77, "i3")),
+            (9, record(9, 1, 0x77, "i9")),
+        ]
+        .into();
+        let (peers, invalid) = peers_of(&records, own(Some(1), Some(0x11)));
+        assert_eq!(peers, vec![8]);
+        let named: Vec<(u64, u64)> = (invalid.iter())
+            .map(|e| match e {
+                InvalidRecord::DuplicateKey { token_id, other } => (*token_id, *other),
+                e => panic!("not a duplicate: {e}"),
+            })
+            .collect();
+        assert_eq!(named, vec![(3, 7), (7, 3), (9, 3)]);
     }
 
     /// This node's own records are never peers, whichever seat they are filed under.

@@ -78,18 +78,23 @@ fn keepalive(k: Option<u16>) -> Option<u16> {
 
 /// The minimal changes that turn the peers an interface `has` into those it should have (`want`), at `now`.
 pub fn plan(want: &[PeerConfig], has: &[PeerStatus], now: SystemTime) -> Vec<Change> {
-    let has: BTreeMap<Key, &PeerStatus> = has.iter().map(|p| (p.public_key, p)).collect();
-    let want: BTreeMap<Key, &PeerConfig> = want.iter().map(|p| (p.public_key, p)).collect();
+    // Both sides sorted by key and walked together: no map is built for a thousand peers.
+    let has = by_key(has, |p| p.public_key);
+    let want = by_key(want, |p| p.public_key);
     let mut changes = Vec::new();
     // Removals first: a rotated key frees its allowed IP before the new key claims it.
-    for key in has.keys() {
-        if !want.contains_key(key) {
-            changes.push(Change::Remove(*key));
+    let mut wanted_keys = want.iter().map(|w| w.public_key).peekable();
+    for current in &has {
+        while wanted_keys.next_if(|k| *k < current.public_key).is_some() {}
+        if wanted_keys.peek() != Some(&current.public_key) {
+            changes.push(Change::Remove(current.public_key));
         }
     }
-    for (key, wanted) in &want {
-        let Some(current) = has.get(key) else {
-            changes.push(Change::Add((*wanted).clone()));
+    let mut had = has.iter().peekable();
+    for wanted in want {
+        while had.next_if(|h| h.public_key < wanted.public_key).is_some() {}
+        let Some(current) = had.next_if(|h| h.public_key == wanted.public_key) else {
+            changes.push(Change::Add(wanted.clone()));
             continue;
         };
         let endpoint = match wanted.endpoint {
@@ -122,11 +127,21 @@ pub fn plan(want: &[PeerConfig], has: &[PeerStatus], now: SystemTime) -> Vec<Cha
         {
             changes.push(Change::Update(PeerConfig {
                 endpoint,
-                ..(*wanted).clone()
+                ..wanted.clone()
             }));
         }
     }
     changes
+}
+
+/// `items` sorted by `key`, the last of any that share a key taken (as a map built from them would).
+fn by_key<T>(items: &[T], key: impl Fn(&T) -> Key) -> Vec<&T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by_key(|t| key(t));
+    sorted
+        .chunk_by(|a, b| key(a) == key(b))
+        .filter_map(|run| run.last().copied())
+        .collect()
 }
 
 /// An interface's peers, as [`plan`]'s changes are applied to them: the userspace device, the kernel's,
@@ -467,5 +482,42 @@ mod tests {
             Change::Add(want(1, 1, 51820)).to_string(),
             "add peer AQEBAQEB… at 10.0.1.1/32 via 192.0.2.1:51820"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever peers the interface has and whichever it should, in any order: the plan removes before it
+        /// adds, names each key once, and applied leaves the interface with exactly the peers wanted, the
+        /// last of a key listed twice winning; planning again then gives nothing.
+        #[test]
+        fn any_plan_applied_leaves_exactly_the_peers_wanted(
+            has in proptest::collection::vec((0u8..24, 1u8..4), 0..20),
+            want_keys in proptest::collection::vec((0u8..24, 1u8..4), 0..20),
+        ) {
+            let table = MemoryTable::default();
+            for (k, ip) in &has {
+                table.set_peer(want(*k, *ip, 51820)).unwrap();
+            }
+            let wanted: Vec<PeerConfig> = want_keys.iter().map(|(k, ip)| want(*k, *ip, 51820)).collect();
+            let changes = plan(&wanted, &table.peers(), now());
+            let first_add = changes.iter().position(|c| !matches!(c, Change::Remove(_)));
+            let last_remove = changes.iter().rposition(|c| matches!(c, Change::Remove(_)));
+            proptest::prop_assert!(last_remove.is_none() || first_add.is_none() || last_remove < first_add);
+            let keys: Vec<Key> = (changes.iter())
+                .map(|c| match c {
+                    Change::Add(p) | Change::Update(p) => p.public_key,
+                    Change::Remove(k) => *k,
+                })
+                .collect();
+            let unique: std::collections::BTreeSet<Key> = keys.iter().copied().collect();
+            proptest::prop_assert_eq!(unique.len(), keys.len());
+            proptest::prop_assert!(apply(&table, &changes).is_empty());
+            let last: BTreeMap<Key, &PeerConfig> = wanted.iter().map(|p| (p.public_key, p)).collect();
+            let now_has = table.peers();
+            proptest::prop_assert_eq!(now_has.len(), last.len());
+            for p in &now_has {
+                proptest::prop_assert_eq!(&p.allowed_ips, &last[&p.public_key].allowed_ips);
+            }
+            proptest::prop_assert!(plan(&wanted, &now_has, now()).is_empty());
+        }
     }
 }
