@@ -423,6 +423,8 @@ struct Running<I: Interfaces> {
     grants: Option<(Arc<ClusterPolicy>, Option<u64>)>,
     /// What was last logged of the policy: its version, and its drops with when.
     policy_logged: PolicyLog,
+    /// When the device is read and reconciled next, whatever the chain does meanwhile ([`next_refresh`]).
+    refresh_due: Option<Instant>,
     state: MeshState,
 }
 
@@ -446,6 +448,7 @@ impl<I: Interfaces> MeshTask<I> {
             settle_by: None,
             grants: None,
             policy_logged: PolicyLog::default(),
+            refresh_due: None,
             state: MeshState::default(),
         };
         let result = loop {
@@ -454,13 +457,9 @@ impl<I: Interfaces> MeshTask<I> {
                 break Err(e);
             }
             out.send_replace(running.state.clone());
-            let idle = all_idle(&running.state.stats);
-            let wait = next_refresh(
-                &running.awaiting,
-                Instant::now(),
-                running.task.refresh,
-                idle,
-            );
+            let wait = (running.refresh_due).map_or(running.task.refresh, |due| {
+                due.saturating_duration_since(Instant::now())
+            });
             tokio::select! {
                 () = cancel.cancelled() => break Ok(()),
                 changed = chain.changed() => if changed.is_err() { break Ok(()) },
@@ -483,11 +482,17 @@ impl<I: Interfaces> Running<I> {
             // Should the seat become active again, the interface comes back.
             self.leave().await;
         }
-        self.update_members(view, chain.seat);
-        self.grants = chain
+        let members_changed = self.update_members(view, chain.seat);
+        let grants = chain
             .grants
             .as_ref()
             .map(|g| (Arc::clone(g), chain.seat.token()));
+        let grants_changed = match (&grants, &self.grants) {
+            (Some((new, seat)), Some((old, was))) => !Arc::ptr_eq(new, old) || seat != was,
+            (new, old) => new.is_some() != old.is_some(),
+        };
+        self.grants = grants;
+        let had_device = self.device.is_some();
         if let (Some(token), None) = (chain.seat.token(), &self.device)
             && let Some(interfaces) = self.task.interfaces.as_mut()
         {
@@ -500,7 +505,19 @@ impl<I: Interfaces> Running<I> {
             self.state.device = Some(info.clone());
             self.device = Some((table, info));
         }
-        self.reconcile();
+        // A block that changed none of this node's peers (a binding, a vote, a new leader) is not worked
+        // through a thousand peers again: the device is read at the refresh, as it would have been.
+        let now = Instant::now();
+        if members_changed
+            || grants_changed
+            || had_device != self.device.is_some()
+            || self.refresh_due.is_none_or(|due| now >= due)
+        {
+            self.reconcile();
+            let idle = all_idle(&self.state.stats);
+            let wait = next_refresh(&self.awaiting, now, self.task.refresh, idle);
+            self.refresh_due = Some(now + wait);
+        }
         if !self.state.known
             && let Some(by) = self.settle_by
         {
@@ -509,12 +526,16 @@ impl<I: Interfaces> Running<I> {
         Ok(())
     }
 
-    fn update_members(&mut self, view: &Arc<ChainView>, seat: SeatState) {
-        if let Some((v, s)) = &self.members_of
-            && Arc::ptr_eq(v, view)
+    /// Works out the members of `view` for `seat`, unless they are those already worked out; whether they
+    /// were worked out anew.
+    fn update_members(&mut self, view: &Arc<ChainView>, seat: SeatState) -> bool {
+        if let Some((v, s)) = &mut self.members_of
             && *s == seat
+            && (Arc::ptr_eq(v, view) || v.same_records(view))
         {
-            return;
+            // The newer view is kept, so that the older one (its bindings, its holders) can go.
+            *v = Arc::clone(view);
+            return false;
         }
         let own = Own {
             token_id: seat.token(),
@@ -534,6 +555,7 @@ impl<I: Interfaces> Running<I> {
         self.settle_by
             .get_or_insert_with(|| Instant::now() + SETTLE_FOR);
         self.members_of = Some((Arc::clone(view), seat));
+        true
     }
 
     fn note_invalid(&mut self, invalid: Vec<InvalidRecord>) {

@@ -109,6 +109,17 @@ impl ChainView {
         self.pins.prefix
     }
 
+    /// Whether `other` holds the very records this view holds (the same shared copies, seat for seat) under
+    /// the same prefix: then whoever the members of one are, they are the other's, and a change that moved
+    /// only bindings, holders or the leader need not be worked through them again. A record read anew, even
+    /// one equal to the old, counts as changed; that costs only the work this spares.
+    pub fn same_records(&self, other: &ChainView) -> bool {
+        self.prefix() == other.prefix()
+            && self.records.len() == other.records.len()
+            && (self.records.iter().zip(&other.records))
+                .all(|((a, ra), (b, rb))| a == b && Arc::ptr_eq(ra, rb))
+    }
+
     /// Takes `reg`, filed under seat `token`, if it is authentic and newer than what is known of the seat.
     /// Returns whether the view changed.
     ///
@@ -246,5 +257,25 @@ mod tests {
         assert_eq!(v.bind(3, binding(2, b"new quote")), Ok(true));
         assert!(v.records.is_empty(), "a new node's seat has no record yet");
         assert_eq!(v.bindings[&3].node, Address::repeat_byte(2));
+    }
+
+    /// A copy with a new binding and a new leader holds the same records; a record taken anew (even an
+    /// equal one) or a seat gone does not.
+    #[test]
+    fn same_records_means_the_same_shared_records_seat_for_seat() {
+        let mut v = view();
+        assert_eq!(v.bind(3, binding(1, b"quote")), Ok(true));
+        let record = crate::testing::believed_record(3, 1, 7, &format!("{:040x}", 3));
+        v.records.insert(3, Arc::new(record.clone()));
+        let mut moved = v.clone();
+        assert_eq!(moved.bind(4, binding(2, b"other quote")), Ok(true));
+        moved.leader = Some(3);
+        assert!(moved.same_records(&v) && v.same_records(&moved));
+        let mut reread = v.clone();
+        reread.records.insert(3, Arc::new(record));
+        assert!(!reread.same_records(&v), "an equal record read anew");
+        let mut gone = v.clone();
+        gone.records.clear();
+        assert!(!gone.same_records(&v) && !v.same_records(&gone));
     }
 }

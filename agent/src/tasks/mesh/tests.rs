@@ -222,6 +222,50 @@ async fn the_interface_follows_the_seat_and_the_records() {
     );
 }
 
+/// A block that moves none of this node's peers (here a new leader) is not worked through them: the
+/// device waits for its refresh. One that moves a peer is applied at once.
+#[tokio::test]
+async fn a_block_that_moves_no_peer_waits_for_the_refresh() {
+    let memory = Memory::default();
+    let first = chain(
+        &[record(2, 0x22, ""), record(3, 0x33, "")],
+        SeatState::Active(5),
+    );
+    let (chain_tx, chain_rx) = watch::channel(first.clone());
+    let (out, mut rx) = watch::channel(MeshState::default());
+    let cancel = CancellationToken::new();
+    let running = Task::spawn("mesh", task(&memory).run(chain_rx, out, cancel.clone()));
+    let before = until(&mut rx, |s| s.stats.len() == 2).await;
+
+    let mut led = (**first.view.as_ref().unwrap()).clone();
+    led.leader = Some(2);
+    rx.mark_unchanged();
+    chain_tx.send_replace(ChainState {
+        view: Some(Arc::new(led.clone())),
+        ..first.clone()
+    });
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("the mesh task published in time")
+        .unwrap();
+    let after = rx.borrow_and_update().clone();
+    assert!(
+        Arc::ptr_eq(&before.stats, &after.stats),
+        "the device was not read again for a new leader"
+    );
+    assert!(Arc::ptr_eq(&before.members, &after.members));
+
+    led.records.remove(&3);
+    chain_tx.send_replace(ChainState {
+        view: Some(Arc::new(led)),
+        ..first
+    });
+    until(&mut rx, |s| s.stats.len() == 1).await;
+    assert_eq!(memory.keys(), [Key::from_bytes([0x22; 32])]);
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// A record that fails local checks is counted once, not on every pass.
 #[tokio::test]
 async fn a_record_that_fails_local_checks_is_counted_once() {

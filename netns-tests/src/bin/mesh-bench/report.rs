@@ -622,6 +622,8 @@ pub(crate) struct ControlPlane {
     pub(crate) applied_with_own_core: Stat,
     /// Who the members are, what the interface should hold, the plan, applied: one peer added.
     pub(crate) apply_ms: Stat,
+    /// The same at one member with nothing else running, its data in cache.
+    pub(crate) apply_alone_ms: Stat,
     pub(crate) applied_by_all: bool,
     pub(crate) tailscale_ms_per_peer_change: (f64, f64),
 }

@@ -599,6 +599,10 @@ fn print_control_plane(c: &ControlPlane) {
         c.tailscale_ms_per_peer_change.1
     );
     println!(
+        "the same at one member alone, in cache:    {}",
+        stat(&c.apply_alone_ms)
+    );
+    println!(
         "memory {:.0} bytes a seat at each member; idle {:.3} requests and {:.3} ms of CPU per block at each; a full read {:.0} ms ({} requests)",
         c.bytes_per_seat,
         c.idle_requests_per_member_per_block,

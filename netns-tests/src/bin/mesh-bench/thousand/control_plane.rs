@@ -57,6 +57,13 @@ pub(crate) fn measure(seats: usize, sample: usize) -> anyhow::Result<ControlPlan
     let (members, register_secs) = register(&rt, &cluster, contract, peers)?;
 
     let (view, attestor, reads) = read_and_attest(&rt, &cluster, contract, others)?;
+    let alone = change_alone(&view, &members[0]);
+    eprintln!(
+        "   one peer change planned and applied by a member alone, its data in cache: median {:.3} ms, worst {:.3} ms of {} runs (the fleet below shares one cache among {sample})",
+        alone.median_ms.unwrap_or(f64::NAN),
+        alone.max_ms.unwrap_or(f64::NAN),
+        alone.nodes
+    );
     let step = others / sample;
     let sampled: Vec<_> = members.iter().step_by(step).take(sample).cloned().collect();
     eprintln!(
@@ -103,7 +110,27 @@ pub(crate) fn measure(seats: usize, sample: usize) -> anyhow::Result<ControlPlan
         idle.cpu_ms_per_member_per_block,
         round_trip,
         joined,
+        alone,
     ))
+}
+
+/// How many times [`change_alone`] times the change.
+const ALONE_RUNS: usize = 21;
+
+/// One peer change at `member`, with nothing else running in the bench: its table holds every other seat of
+/// `view` but one, and it plans and applies the view. The fleet's own figure shares the bench's cache among
+/// every sampled member, each walking its own copy of the cluster.
+fn change_alone(view: &mesh_chain::view::ChainView, member: &members::Member) -> Stat {
+    let table = mesh_wg::MemoryTable::default();
+    let peers = super::followers::plan_and_apply(view, member, &table);
+    let took = (0..ALONE_RUNS).filter_map(|_| {
+        let key = peers.last()?.wg_public_key?;
+        mesh_wg::PeerTable::remove_peer(&table, &key);
+        let began = Instant::now();
+        super::followers::plan_and_apply(view, member, &table);
+        Some(ms(began.elapsed()))
+    });
+    Stat::of(took.map(Some))
 }
 
 /// A member's record without a tunnel: a WireGuard key of its own, and an endpoint nobody dials.
@@ -227,6 +254,7 @@ fn figures(
     idle_cpu_ms_per_block: f64,
     round_trip: Duration,
     j: Joined,
+    alone: Stat,
 ) -> ControlPlane {
     let others = (seats - 1) as f64;
     let change = |what: &'static str, m: &Measured| {
@@ -281,6 +309,7 @@ fn figures(
         heard: j.heard,
         applied_with_own_core: j.own_core,
         apply_ms: j.apply,
+        apply_alone_ms: alone,
         applied_by_all: j.all_applied,
         tailscale_ms_per_peer_change: TAILSCALE_MS_PER_PEER_CHANGE,
     }

@@ -18,7 +18,7 @@ use alloy::primitives::Address;
 use alloy::transports::http::reqwest::Url;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::{Wake, Wakeups};
-use mesh_chain::membership::Own;
+use mesh_chain::membership::{Member as Peer, Own};
 use mesh_chain::view::ChainView;
 use mesh_wg::{MemoryTable, PeerTable as _};
 use netns_tests::in_process::swarm::Swarm;
@@ -250,21 +250,11 @@ impl One {
     /// the plan from what it holds, applied. The watched seat, once planned, is noted (with `pass`, the
     /// attestation pass that admitted it) and initiated toward.
     fn apply(&self, admitted: Option<&ChainView>, table: &MemoryTable, pass: Pass) {
-        let Some(view) = admitted else {
+        let Some(view) = admitted.filter(|_| pass.moved) else {
             return;
         };
         let began = Instant::now();
-        let own = Own {
-            token_id: Some(self.member.token),
-            instance_id: &self.member.instance_id,
-            wg_public_key: Some(self.member.wg_key),
-        };
-        let (members, _) =
-            p2p_agent::desired::members(view, SeatState::Active(self.member.token), own);
-        let want = p2p_agent::desired::peer_configs(&members, None, None);
-        let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
-        let failed = mesh_wg::apply(table, &changes);
-        debug_assert!(failed.is_empty(), "a table in memory refuses nothing");
+        let members = plan_and_apply(view, &self.member, table);
         let took = began.elapsed();
         let watched = self.watched.load(std::sync::atomic::Ordering::SeqCst);
         let Some(newcomer) = members.iter().find(|m| m.token_id == watched) else {
@@ -290,11 +280,29 @@ impl One {
     }
 }
 
-/// One attestation pass: how long it took, and the evidence it checked anew.
+/// The agent's decisions for a new admitted `view` at `member`: who the members are, what the interface should
+/// hold, the plan from what `table` holds, applied. Returns the members.
+pub(crate) fn plan_and_apply(view: &ChainView, member: &Member, table: &MemoryTable) -> Vec<Peer> {
+    let own = Own {
+        token_id: Some(member.token),
+        instance_id: &member.instance_id,
+        wg_public_key: Some(member.wg_key),
+    };
+    let (members, _) = p2p_agent::desired::members(view, SeatState::Active(member.token), own);
+    let want = p2p_agent::desired::peer_configs(&members, None, None);
+    let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
+    let failed = mesh_wg::apply(table, &changes);
+    debug_assert!(failed.is_empty(), "a table in memory refuses nothing");
+    members
+}
+
+/// One attestation pass: how long it took, the evidence it checked anew, and whether the records it admits
+/// moved (else, as at the agent, the members and the plan are not worked out again).
 #[derive(Clone, Copy)]
 struct Pass {
     took: Duration,
     checked_anew: u64,
+    moved: bool,
 }
 
 /// The agent's attestation pass over the follower's view, and the view it admits (`admitted`, which the
@@ -309,14 +317,12 @@ async fn admit(
     let before = attestor.checked_anew();
     let view = follower.view().clone();
     let attestations = attestor.pass(&view, Some(follower)).await;
-    *admitted = Some(attestation::admitted(
-        view,
-        &attestations,
-        &member.instance_id,
-        admitted.as_ref(),
-    ));
+    let now = attestation::admitted(view, &attestations, &member.instance_id, admitted.as_ref());
+    let moved = admitted.as_ref().is_none_or(|was| !was.same_records(&now));
+    *admitted = Some(now);
     Pass {
         took: began.elapsed(),
         checked_anew: attestor.checked_anew() - before,
+        moved,
     }
 }
