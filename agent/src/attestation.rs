@@ -36,6 +36,11 @@ impl Attested {
         matches!(self, Self::Verified(_))
     }
 
+    /// Whether it is refused, as `kind` (e.g. [`ALLOWLIST_UNREAD`]).
+    pub fn is_refused_as(&self, kind: &str) -> bool {
+        matches!(self, Self::Refused { kind: k, .. } if *k == kind)
+    }
+
     /// Whether its record goes to the mesh, given whether it did before: a seat no longer admitted stays only
     /// where it was configured.
     pub fn admits(&self, before: bool) -> bool {

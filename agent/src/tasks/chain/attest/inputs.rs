@@ -1,0 +1,145 @@
+//! What an attestation pass's verdicts rest on, besides the time: which seats there are, each one's binding,
+//! the cluster its evidence must commit to, and the TCB statuses and policy it is judged under. A pass whose
+//! inputs are the last one's gives the last one's verdicts without a look at any seat, until a pass is due
+//! for the time's sake ([`super::Attestor::due`]): so a block that brings a record, a vote or a new leader
+//! costs no walk over a thousand seats.
+
+use std::collections::BTreeSet;
+
+use alloy::primitives::{Address, B256};
+use mesh_attest::TcbStatus;
+use mesh_attest::tcb::TcbPolicy;
+use mesh_chain::view::ChainView;
+
+/// The inputs of one pass.
+#[derive(Clone, Debug)]
+pub(super) struct Inputs {
+    /// Each bound seat: its evidence, node key and instance.
+    bindings: Vec<(u64, B256, Address, String)>,
+    /// The seats with a record but no binding.
+    unbound: Vec<u64>,
+    apps: Vec<Address>,
+    chain: (u64, Address),
+    policy: Option<TcbPolicy>,
+    statuses: BTreeSet<TcbStatus>,
+}
+
+impl Inputs {
+    /// The inputs of a pass over `view` under `policy` and `statuses`.
+    pub(super) fn of(
+        view: &ChainView,
+        policy: Option<&TcbPolicy>,
+        statuses: &BTreeSet<TcbStatus>,
+    ) -> Self {
+        Self {
+            bindings: (view.bindings.iter())
+                .map(|(t, b)| (*t, b.evidence_hash, b.node, b.instance_id.clone()))
+                .collect(),
+            unbound: unbound(view).collect(),
+            apps: view.pins.app_ids.clone(),
+            chain: (view.chain_id(), view.contract),
+            policy: policy.cloned(),
+            statuses: statuses.clone(),
+        }
+    }
+
+    /// Whether a pass over `view` under `policy` and `statuses` has these inputs; without copying anything.
+    pub(super) fn hold_for(
+        &self,
+        view: &ChainView,
+        policy: Option<&TcbPolicy>,
+        statuses: &BTreeSet<TcbStatus>,
+    ) -> bool {
+        self.chain == (view.chain_id(), view.contract)
+            && self.apps == view.pins.app_ids
+            && self.policy.as_ref() == policy
+            && self.statuses == *statuses
+            && self.bindings.len() == view.bindings.len()
+            && (self.bindings.iter().zip(&view.bindings)).all(
+                |((t, hash, node, instance), (u, b))| {
+                    t == u
+                        && *hash == b.evidence_hash
+                        && *node == b.node
+                        && *instance == b.instance_id
+                },
+            )
+            && unbound(view).eq(self.unbound.iter().copied())
+    }
+}
+
+/// The seats of `view` with a record but no binding, in order.
+fn unbound(view: &ChainView) -> impl Iterator<Item = u64> + '_ {
+    (view.records.keys())
+        .filter(|t| !view.bindings.contains_key(t))
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::Bytes;
+    use mesh_chain::view::Binding;
+
+    fn view() -> ChainView {
+        let mut v = crate::desired::tests::view(&[
+            crate::desired::tests::record(1, 0x11, ""),
+            crate::desired::tests::record(2, 0x22, ""),
+        ]);
+        v.bindings.insert(
+            1,
+            Binding {
+                instance_id: format!("{:040x}", 1),
+                node: Address::repeat_byte(1),
+                evidence_hash: B256::repeat_byte(1),
+                bound_block: 3,
+                evidence: Bytes::new(),
+            },
+        );
+        v
+    }
+
+    /// A new record of a bound seat, a new leader or new holders leave the inputs as they were; a new
+    /// binding, new evidence, a seat with a record and no binding, another policy or other statuses do not.
+    #[test]
+    fn only_what_a_verdict_rests_on_changes_the_inputs() {
+        let statuses = BTreeSet::from([TcbStatus::UpToDate]);
+        let v = view();
+        let inputs = Inputs::of(&v, None, &statuses);
+        assert!(inputs.hold_for(&v, None, &statuses));
+
+        let mut same = v.clone();
+        same.leader = Some(1);
+        same.records
+            .insert(1, crate::desired::tests::record(1, 0x12, "").into());
+        same.holders.insert(1, Address::repeat_byte(9));
+        assert!(
+            inputs.hold_for(&same, None, &statuses),
+            "a record of a bound seat, a leader"
+        );
+
+        let mut rebound = v.clone();
+        rebound.bindings.get_mut(&1).unwrap().evidence_hash = B256::repeat_byte(2);
+        assert!(!inputs.hold_for(&rebound, None, &statuses), "new evidence");
+        let mut moved = v.clone();
+        moved.bindings.get_mut(&1).unwrap().node = Address::repeat_byte(2);
+        assert!(!inputs.hold_for(&moved, None, &statuses), "another node");
+        let mut bound = v.clone();
+        let mut second = bound.bindings[&1].clone();
+        second.instance_id = format!("{:040x}", 2);
+        bound.bindings.insert(2, second);
+        assert!(!inputs.hold_for(&bound, None, &statuses), "a seat bound");
+        let mut recorded = v.clone();
+        recorded
+            .records
+            .insert(3, crate::desired::tests::record(3, 0x33, "").into());
+        assert!(
+            !inputs.hold_for(&recorded, None, &statuses),
+            "an unbound seat's record"
+        );
+        let wider = BTreeSet::from([TcbStatus::UpToDate, TcbStatus::OutOfDate]);
+        assert!(!inputs.hold_for(&v, None, &wider), "other statuses");
+        let mut apps = v.clone();
+        apps.pins.app_ids.push(Address::repeat_byte(7));
+        assert!(!inputs.hold_for(&apps, None, &statuses), "another app");
+    }
+}
