@@ -371,11 +371,14 @@ impl Running {
         if self.task.attestor.tcb_below_changed() {
             self.unsaved = true;
         }
-        if !moved && attestations == *self.state.attestations {
+        if !moved
+            && (Arc::ptr_eq(&attestations, &self.state.attestations)
+                || attestations == self.state.attestations)
+        {
             return;
         }
         log_changes(&self.state.attestations, &attestations);
-        self.state.attestations = Arc::new(attestations);
+        self.state.attestations = attestations;
         self.admit(view);
     }
 

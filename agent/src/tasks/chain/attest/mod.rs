@@ -105,7 +105,7 @@ pub struct Attestor {
     nodes: usize,
     last_pass: Option<Instant>,
     /// The last pass's inputs and verdicts, while they may answer for the next pass ([`inputs`]).
-    last: Option<(Inputs, Attestations)>,
+    last: Option<(Inputs, Arc<Attestations>)>,
     /// Scrubs the RPC's credentials from read errors.
     rpc: RedactedUrl,
 }
@@ -336,7 +336,7 @@ impl Attestor {
         &mut self,
         view: &ChainView,
         mut follower: Option<&mut Follower>,
-    ) -> Attestations {
+    ) -> Arc<Attestations> {
         let now = unix_now();
         let began = Instant::now();
         self.nodes = view.records.len();
@@ -357,7 +357,7 @@ impl Attestor {
             && let Some((inputs, out)) = &self.last
             && inputs.hold_for(view, policy.as_ref(), &statuses)
         {
-            return out.clone();
+            return Arc::clone(out);
         }
         let mut out = Attestations::new();
         let mut cold = 0usize;
@@ -402,9 +402,10 @@ impl Attestor {
             !a.is_refused_as(attestation::ALLOWLIST_UNREAD)
                 && (!view.bindings.contains_key(seat) || self.checked.contains_key(seat))
         });
+        let out = Arc::new(out);
         self.last = settled.then(|| {
             let inputs = Inputs::of(view, policy.as_ref(), &statuses);
-            (inputs, out.clone())
+            (inputs, Arc::clone(&out))
         });
         self.checked.retain(|seat, _| seats.contains(seat));
         // A seat gone, or bound to other evidence, starts afresh if it ever falls below again.
