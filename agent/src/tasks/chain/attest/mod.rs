@@ -193,6 +193,12 @@ impl Attestor {
         stage_changes || pccs_retry || self.last_pass.is_none_or(|t| t.elapsed() >= self.refresh)
     }
 
+    /// The next pass walks every seat, as a due one does, whatever its inputs: what a bench measures a due
+    /// pass with.
+    pub fn walk_next_pass(&mut self) {
+        self.last = None;
+    }
+
     /// Whether the PCCS's last fetch failed: when, and why (it serves the cached collateral meanwhile, until
     /// that expires).
     pub fn collateral_failing(&self) -> Option<(u64, String)> {
