@@ -425,6 +425,8 @@ struct Running<I: Interfaces> {
     policy_logged: PolicyLog,
     /// When the device is read and reconciled next, whatever the chain does meanwhile ([`next_refresh`]).
     refresh_due: Option<Instant>,
+    /// Whether the device was last told that something watches every peer.
+    watching_all: bool,
     state: MeshState,
 }
 
@@ -449,8 +451,10 @@ impl<I: Interfaces> MeshTask<I> {
             grants: None,
             policy_logged: PolicyLog::default(),
             refresh_due: None,
+            watching_all: false,
             state: MeshState::default(),
         };
+        let readers = running.task.watchers.readers.clone();
         let result = loop {
             let now_chain = chain.borrow_and_update().clone();
             if let Err(e) = running.step(&now_chain).await {
@@ -460,10 +464,19 @@ impl<I: Interfaces> MeshTask<I> {
             let wait = (running.refresh_due).map_or(running.task.refresh, |due| {
                 due.saturating_duration_since(Instant::now())
             });
+            let reading = async {
+                match &readers {
+                    Some(r) => r.started_reading().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = cancel.cancelled() => break Ok(()),
                 changed = chain.changed() => if changed.is_err() { break Ok(()) },
                 () = tokio::time::sleep(wait) => {}
+                // An application began to read: every peer is held to the peer timeout from now, not from
+                // the next refresh.
+                () = reading => running.refresh_due = None,
             }
         };
         // The on-chain record stays: peers keep it until this node changes it or the seat is cleared.
@@ -514,7 +527,8 @@ impl<I: Interfaces> Running<I> {
             || self.refresh_due.is_none_or(|due| now >= due)
         {
             self.reconcile();
-            let idle = all_idle(&self.state.stats);
+            // The statuses were read before the watching was set: peers just watched still show the idle bound.
+            let idle = !self.watching_all && all_idle(&self.state.stats);
             let wait = next_refresh(&self.awaiting, now, self.task.refresh, idle);
             self.refresh_due = Some(now + wait);
         }
@@ -597,7 +611,9 @@ impl<I: Interfaces> Running<I> {
             table.peers()
         };
         if let Some(interfaces) = &self.task.interfaces {
-            interfaces.set_watching(table, self.task.watchers.watching(Instant::now()));
+            let watching = self.task.watchers.watching(Instant::now());
+            self.watching_all = watching == mesh_wg::Watching::All;
+            interfaces.set_watching(table, watching);
             self.state.relay = interfaces.relay_counters(table);
             self.state.nat = interfaces.nat(table);
             self.state.peer_relay = interfaces.peer_relay(table);

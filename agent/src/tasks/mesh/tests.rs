@@ -94,6 +94,8 @@ fn a_new_peers_first_handshake_is_watched_closely_for_a_while() {
 struct Memory {
     log: Arc<Mutex<Vec<String>>>,
     table: Arc<Mutex<Option<Arc<MemoryTable>>>>,
+    /// What the task last told the interface it watches.
+    watching: Arc<Mutex<Option<mesh_wg::Watching>>>,
 }
 
 impl Memory {
@@ -126,6 +128,10 @@ impl Interfaces for Memory {
             backend: "memory",
         };
         Ok((table, info))
+    }
+
+    fn set_watching(&self, _: &Arc<MemoryTable>, watching: mesh_wg::Watching) {
+        *self.watching.lock().unwrap() = Some(watching);
     }
 
     async fn remove(&mut self, _: Arc<MemoryTable>) -> anyhow::Result<()> {
@@ -262,6 +268,42 @@ async fn a_block_that_moves_no_peer_waits_for_the_refresh() {
     });
     until(&mut rx, |s| s.stats.len() == 1).await;
     assert_eq!(memory.keys(), [Key::from_bytes([0x22; 32])]);
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// An application that begins to read the API has every peer watched at once, not at the next refresh (an
+/// hour away here).
+#[tokio::test]
+async fn a_first_read_of_the_api_has_every_peer_watched_at_once() {
+    let memory = Memory::default();
+    let readers = Arc::new(mesh_api::Readers::default());
+    let mut t = task(&memory);
+    t.watchers.readers = Some(Arc::clone(&readers));
+    let (_chain_tx, chain_rx) = watch::channel(chain(&[record(2, 0x22, "")], SeatState::Active(5)));
+    let (out, mut rx) = watch::channel(MeshState::default());
+    let cancel = CancellationToken::new();
+    let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
+    until(&mut rx, |s| s.stats.len() == 1).await;
+    // Handshaken: no longer awaited closely, so the next refresh is the task's, an hour away.
+    let table = memory.table.lock().unwrap().clone().expect("an interface");
+    table.handshake(&Key::from_bytes([0x22; 32]), std::time::SystemTime::now());
+    until(&mut rx, |s| {
+        s.stats.values().all(|p| p.last_handshake.is_some())
+    })
+    .await;
+    let unwatched = mesh_wg::Watching::Only(Default::default());
+    assert_eq!(*memory.watching.lock().unwrap(), Some(unwatched));
+
+    readers.read(Instant::now());
+    let watched = async {
+        while *memory.watching.lock().unwrap() != Some(mesh_wg::Watching::All) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), watched)
+        .await
+        .expect("every peer watched within 5 s of the first read");
     cancel.cancel();
     running.await.unwrap().unwrap();
 }
