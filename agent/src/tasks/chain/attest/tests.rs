@@ -178,17 +178,24 @@ async fn a_pass_checks_anew_only_the_seats_whose_binding_changed() {
     );
 }
 
-/// A kept verdict answers only for the same binding, cluster, collateral (the same fetch, not equal
-/// content) and accepted statuses, and only until its collateral's next update.
-#[tokio::test]
-async fn a_kept_verdict_lapses_with_new_collateral_other_statuses_or_its_collaterals_next_update() {
-    let pki = MockPki::from_seed([0x3e; 32]);
+/// A cluster of one seat, bound with genuine evidence under the mock PKI of `seed`, and an attestor that
+/// trusts that PKI with collateral valid now.
+fn one_genuine_seat(seed: u8) -> (ChainView, Attestor) {
+    let pki = MockPki::from_seed([seed; 32]);
     let mut chain = view(&[record(1, 1, "")]);
     chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
     let b = genuine(&pki, &chain, 1, 1);
     chain.bindings.insert(1, b);
+    let attestor = attestor(&pki, pinned_now(&pki));
+    (chain, attestor)
+}
+
+/// A kept verdict answers only for the same binding, cluster, collateral (the same fetch, not equal
+/// content) and accepted statuses, and only until its collateral's next update.
+#[tokio::test]
+async fn a_kept_verdict_lapses_with_new_collateral_other_statuses_or_its_collaterals_next_update() {
+    let (chain, mut attestor) = one_genuine_seat(0x3e);
     let statuses = BTreeSet::from([TcbStatus::UpToDate]);
-    let mut attestor = attestor(&pki, pinned_now(&pki));
     attestor.pass(&chain, None).await;
     let kept = &attestor.checked[&1];
     let binding = &chain.bindings[&1];
@@ -252,12 +259,7 @@ fn allowlists_are_read_again_less_often_in_a_large_cluster() {
 /// allowlists is never kept.
 #[tokio::test]
 async fn a_pass_with_the_last_ones_inputs_gives_its_verdicts_until_one_is_due() {
-    let pki = MockPki::from_seed([0x3f; 32]);
-    let mut chain = view(&[record(1, 1, "")]);
-    chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
-    let b = genuine(&pki, &chain, 1, 1);
-    chain.bindings.insert(1, b);
-    let mut attestor = attestor(&pki, pinned_now(&pki));
+    let (mut chain, mut attestor) = one_genuine_seat(0x3f);
     let unread = attestor.pass(&chain, None).await;
     assert!(
         unread[&1].is_refused_as(attestation::ALLOWLIST_UNREAD),
