@@ -4,6 +4,7 @@
 //! for the cache: time and collateral are parameters, so the chain task decides when to run it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use alloy::primitives::Address;
 use mesh_attest::seat::Seat;
@@ -99,8 +100,9 @@ fn verified_api(v: &Verdict) -> mesh_api::Attestation {
     }
 }
 
-/// Each seat's attestation, for the seats with a record or a binding.
-pub type Attestations = BTreeMap<u64, Attested>;
+/// Each seat's attestation, for the seats with a record or a binding. Shared, so that a pass keeps the
+/// verdicts of seats whose binding did not move without copying them.
+pub type Attestations = BTreeMap<u64, Arc<Attested>>;
 
 /// `view` with only the records this node may configure: those of attested seats, and this node's own (it
 /// does not configure itself, and must keep seeing its seat whatever its peers make of it).
@@ -433,11 +435,14 @@ mod tests {
             &collateral,
             NOW,
         );
-        let attestations = Attestations::from([
-            (1, attested(good, true, true)),
-            (2, unbound()),
-            (3, unbound()),
-        ]);
+        let attestations = Attestations::from(
+            [
+                (1, attested(good, true, true)),
+                (2, unbound()),
+                (3, unbound()),
+            ]
+            .map(|(t, a)| (t, Arc::new(a))),
+        );
         let admitted = admitted(view.clone(), &attestations, &own, None);
         assert_eq!(admitted.records.keys().copied().collect::<Vec<_>>(), [1, 3]);
         assert_eq!(admitted.last_block, view.last_block);
@@ -482,7 +487,7 @@ mod tests {
         let mut without = view.clone();
         without.records.clear();
         let seats = |a: Attested, before: &ChainView| {
-            let attestations = Attestations::from([(1, a)]);
+            let attestations = Attestations::from([(1, a)].map(|(t, a)| (t, Arc::new(a))));
             admitted(view.clone(), &attestations, "own", Some(before))
                 .records
                 .len()

@@ -399,7 +399,8 @@ mod tests {
                     evidence_hash: alloy::primitives::keccak256(b"quote"),
                     bound_block: 40,
                     evidence: alloy::primitives::Bytes::from_static(b"quote"),
-                },
+                }
+                .into(),
             )]
             .into(),
             high_water: [(3, 5)].into(),

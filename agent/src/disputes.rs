@@ -44,22 +44,26 @@ pub fn due(
     let Some(own) = own.filter(|s| view.records.contains_key(s)) else {
         return Vec::new();
     };
-    if !attestations.get(&own).is_some_and(Attested::is_verified) {
+    if !attestations.get(&own).is_some_and(|a| a.is_verified()) {
         return Vec::new();
     }
     view.bindings
         .iter()
         .filter(|(token, _)| **token != own)
-        .filter_map(|(token, binding)| match attestations.get(token) {
-            Some(Attested::Refused { kind, .. }) if Refusal::FALSE_CLAIM_KINDS.contains(kind) => {
-                Some(Dispute {
-                    target: *token,
-                    bound_block: binding.bound_block,
-                    kind,
-                })
-            }
-            _ => None,
-        })
+        .filter_map(
+            |(token, binding)| match attestations.get(token).map(AsRef::as_ref) {
+                Some(Attested::Refused { kind, .. })
+                    if Refusal::FALSE_CLAIM_KINDS.contains(kind) =>
+                {
+                    Some(Dispute {
+                        target: *token,
+                        bound_block: binding.bound_block,
+                        kind,
+                    })
+                }
+                _ => None,
+            },
+        )
         .filter(|d| !done.contains(&d.key()))
         .collect()
 }
@@ -107,9 +111,11 @@ mod tests {
     fn cluster(two: Attested, three: Attested) -> (ChainView, Attestations) {
         let mut v = view(&[record(1, 1, ""), record(2, 2, "")]);
         for (token, block) in [(1, 10), (2, 20), (3, 30)] {
-            v.bindings.insert(token, binding(token, block));
+            v.bindings.insert(token, binding(token, block).into());
         }
-        let a = Attestations::from([(1, verified()), (2, two), (3, three)]);
+        let a = Attestations::from(
+            [(1, verified()), (2, two), (3, three)].map(|(t, a)| (t, std::sync::Arc::new(a))),
+        );
         (v, a)
     }
 
@@ -173,7 +179,7 @@ mod tests {
             due(&v, &a, Some(3), &BTreeSet::new()).is_empty(),
             "a seat with no record may not dispute"
         );
-        a.insert(1, refused("collateral"));
+        a.insert(1, refused("collateral").into());
         assert!(
             due(&v, &a, Some(1), &BTreeSet::new()).is_empty(),
             "its own evidence refused: its trust or collateral may be what is broken"
@@ -183,7 +189,7 @@ mod tests {
     #[test]
     fn a_node_never_disputes_its_own_binding() {
         let (v, mut a) = cluster(verified(), verified());
-        a.insert(1, refused("instance-mismatch"));
+        a.insert(1, refused("instance-mismatch").into());
         assert!(due(&v, &a, Some(1), &BTreeSet::new()).is_empty());
     }
 }

@@ -260,7 +260,7 @@ pub fn render(
             policy: policy::peer(grants, m, m.wg_public_key.and_then(|k| mesh.stats.get(&k))),
             leader: Some(m.token_id) == leader_seat,
             draining: election.draining_peers.contains(&m.token_id),
-            attestation: chain.attestations.get(&m.token_id).map(Attested::to_api),
+            attestation: chain.attestations.get(&m.token_id).map(|a| a.to_api()),
             holder: view.and_then(|v| v.holders.get(&m.token_id)).copied(),
             relay_seat: relay_seat(m, &mesh.members, &mesh.stats),
             ..peer(m, &mesh.stats, &agent.liveness, now)
@@ -302,7 +302,7 @@ pub fn render(
         policy: policy::status(grants, &mesh.policy_dropped),
         peer_relay: mesh.peer_relay.as_ref().map(peer_relay::status),
     };
-    let refused_kind = |seat: u64| match chain.attestations.get(&seat) {
+    let refused_kind = |seat: u64| match chain.attestations.get(&seat).map(AsRef::as_ref) {
         Some(Attested::Refused { kind, .. }) => Some(*kind),
         _ => None,
     };
@@ -369,7 +369,7 @@ fn refused_peers(chain: &ChainState, token: Option<u64>) -> Vec<RefusedPeer> {
         .attestations
         .iter()
         .filter(|(t, _)| Some(**t) != token)
-        .filter_map(|(t, a)| match a {
+        .filter_map(|(t, a)| match a.as_ref() {
             Attested::Refused { kind, reason } => Some(RefusedPeer {
                 token_id: *t,
                 instance_id: instance(t),
@@ -433,7 +433,7 @@ fn node_status(
             .flatten(),
         attestation: token
             .and_then(|t| chain.attestations.get(&t))
-            .map(Attested::to_api),
+            .map(|a| a.to_api()),
         seat_request: reg.seat_request.map(|r| mesh_api::SeatRequest {
             holder: r.holder,
             on_chain: r.on_chain,

@@ -196,7 +196,8 @@ fn a_refused_leader_is_no_leader_here_and_is_named_apart() {
             Attested::Refused {
                 kind: "os-not-allowed",
                 reason: "the OS image is not allowed".into(),
-            },
+            }
+            .into(),
         );
         let chain = ChainState {
             attestations: Arc::new(refused),
@@ -670,7 +671,7 @@ fn a_not_admitted_seat_this_node_never_had_is_a_refusal_with_its_stage() {
         )
     };
     // Seat 2 was configured before (it is in the admitted view); seat 5 was not.
-    chain.attestations = Arc::new([below(2), below(5)].into_iter().collect());
+    chain.attestations = Arc::new([below(2), below(5)].map(|(t, a)| (t, Arc::new(a))).into());
     let s = rendered(
         &chain,
         &reg,

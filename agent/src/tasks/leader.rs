@@ -330,7 +330,7 @@ fn chain_of(state: &ChainState) -> Chain {
         return Chain::default();
     };
     let own = state.seat.token().filter(|t| view.records.contains_key(t));
-    let refused_kind = |seat: u64| match state.attestations.get(&seat) {
+    let refused_kind = |seat: u64| match state.attestations.get(&seat).map(AsRef::as_ref) {
         Some(Attested::Refused { kind, .. }) => Some((*kind).to_owned()),
         _ => None,
     };

@@ -28,9 +28,10 @@ pub struct ChainView {
     /// record: at a thousand seats those copies were most of what a join cost every member.
     pub records: BTreeMap<u64, Arc<SignedRegistration>>,
     /// Each seat's binding, as its `InstanceBound` event carried it: the node key that alone signs the seat's
-    /// records, and the evidence that ties that key to the instance's CVM.
+    /// records, and the evidence that ties that key to the instance's CVM. Shared as the records are: a
+    /// copy of the view copies no quote, and two copies compare a seat they share without reading it.
     #[serde(default)]
-    pub bindings: BTreeMap<u64, Binding>,
+    pub bindings: BTreeMap<u64, Arc<Binding>>,
     /// Each listed seat's holder, as the last full read listed it and `Transfer` events since moved it: for
     /// operators' views only, never for who is a peer.
     #[serde(default)]
@@ -158,7 +159,7 @@ impl ChainView {
         if keccak256(&binding.evidence) != binding.evidence_hash {
             return Err(Rejected::Evidence { token_id: token });
         }
-        if self.bindings.get(&token) == Some(&binding) {
+        if self.bindings.get(&token).is_some_and(|b| **b == binding) {
             return Ok(false);
         }
         if self
@@ -168,7 +169,7 @@ impl ChainView {
         {
             self.records.remove(&token);
         }
-        self.bindings.insert(token, binding);
+        self.bindings.insert(token, Arc::new(binding));
         Ok(true)
     }
 }

@@ -556,10 +556,10 @@ impl Running {
 /// not `token`: `token` is the node span's own seat, which log readers look for.
 fn log_changes(before: &Attestations, now: &Attestations) {
     for (token, a) in now {
-        let was = before.get(token);
-        match a {
+        let was = before.get(token).map(AsRef::as_ref);
+        match a.as_ref() {
             Attested::Refused { kind, reason } => {
-                if was != Some(a) {
+                if was != Some(a.as_ref()) {
                     warn!(
                         seat = token,
                         kind,

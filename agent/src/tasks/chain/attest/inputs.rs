@@ -2,20 +2,22 @@
 //! the cluster its evidence must commit to, and the TCB statuses and policy it is judged under. A pass whose
 //! inputs are the last one's gives the last one's verdicts without a look at any seat, until a pass is due
 //! for the time's sake ([`super::Attestor::due`]): so a block that brings a record, a vote or a new leader
-//! costs no walk over a thousand seats.
+//! costs no walk over a thousand seats. When only some seats' bindings moved, the others keep their verdicts
+//! in the same way ([`Inputs::binding_holds`]): a newcomer's binding costs the check of its evidence alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::Address;
 use mesh_attest::TcbStatus;
 use mesh_attest::tcb::TcbPolicy;
-use mesh_chain::view::ChainView;
+use mesh_chain::view::{Binding, ChainView};
 
 /// The inputs of one pass.
 #[derive(Clone, Debug)]
 pub(super) struct Inputs {
-    /// Each bound seat: its evidence, node key and instance.
-    bindings: Vec<(u64, B256, Address, String)>,
+    /// Each bound seat's binding, shared with the view it came from.
+    bindings: BTreeMap<u64, Arc<Binding>>,
     /// The seats with a record but no binding.
     unbound: Vec<u64>,
     apps: Vec<Address>,
@@ -32,9 +34,7 @@ impl Inputs {
         statuses: &BTreeSet<TcbStatus>,
     ) -> Self {
         Self {
-            bindings: (view.bindings.iter())
-                .map(|(t, b)| (*t, b.evidence_hash, b.node, b.instance_id.clone()))
-                .collect(),
+            bindings: view.bindings.clone(),
             unbound: unbound(view).collect(),
             apps: view.pins.app_ids.clone(),
             chain: (view.chain_id(), view.contract),
@@ -50,21 +50,42 @@ impl Inputs {
         policy: Option<&TcbPolicy>,
         statuses: &BTreeSet<TcbStatus>,
     ) -> bool {
+        self.cluster_holds(view, policy, statuses)
+            && self.bindings.len() == view.bindings.len()
+            && (self.bindings.iter().zip(&view.bindings))
+                .all(|((t, was), (u, now))| t == u && same_binding(was, now))
+            && unbound(view).eq(self.unbound.iter().copied())
+    }
+
+    /// Whether a pass over `view` judges every seat as this one did, seat by seat: the same cluster, TCB
+    /// policy and statuses. Then a seat whose binding is [`Inputs::binding_holds`] keeps its verdict.
+    pub(super) fn cluster_holds(
+        &self,
+        view: &ChainView,
+        policy: Option<&TcbPolicy>,
+        statuses: &BTreeSet<TcbStatus>,
+    ) -> bool {
         self.chain == (view.chain_id(), view.contract)
             && self.apps == view.pins.app_ids
             && self.policy.as_ref() == policy
             && self.statuses == *statuses
-            && self.bindings.len() == view.bindings.len()
-            && (self.bindings.iter().zip(&view.bindings)).all(
-                |((t, hash, node, instance), (u, b))| {
-                    t == u
-                        && *hash == b.evidence_hash
-                        && *node == b.node
-                        && *instance == b.instance_id
-                },
-            )
-            && unbound(view).eq(self.unbound.iter().copied())
     }
+
+    /// Whether seat `token` had `binding` in these inputs.
+    pub(super) fn binding_holds(&self, token: u64, binding: &Arc<Binding>) -> bool {
+        self.bindings
+            .get(&token)
+            .is_some_and(|was| same_binding(was, binding))
+    }
+}
+
+/// Whether a verdict on `a` answers for `b`: the same evidence, node key and instance. The copies of one view
+/// share their bindings, so most comparisons end at the pointer.
+fn same_binding(a: &Arc<Binding>, b: &Arc<Binding>) -> bool {
+    Arc::ptr_eq(a, b)
+        || (a.evidence_hash == b.evidence_hash
+            && a.node == b.node
+            && a.instance_id == b.instance_id)
 }
 
 /// The seats of `view` with a record but no binding, in order.
@@ -77,8 +98,7 @@ fn unbound(view: &ChainView) -> impl Iterator<Item = u64> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::Bytes;
-    use mesh_chain::view::Binding;
+    use alloy::primitives::{B256, Bytes};
 
     fn view() -> ChainView {
         let mut v = crate::desired::tests::view(&[
@@ -93,7 +113,8 @@ mod tests {
                 evidence_hash: B256::repeat_byte(1),
                 bound_block: 3,
                 evidence: Bytes::new(),
-            },
+            }
+            .into(),
         );
         v
     }
@@ -118,15 +139,15 @@ mod tests {
         );
 
         let mut rebound = v.clone();
-        rebound.bindings.get_mut(&1).unwrap().evidence_hash = B256::repeat_byte(2);
+        Arc::make_mut(rebound.bindings.get_mut(&1).unwrap()).evidence_hash = B256::repeat_byte(2);
         assert!(!inputs.hold_for(&rebound, None, &statuses), "new evidence");
         let mut moved = v.clone();
-        moved.bindings.get_mut(&1).unwrap().node = Address::repeat_byte(2);
+        Arc::make_mut(moved.bindings.get_mut(&1).unwrap()).node = Address::repeat_byte(2);
         assert!(!inputs.hold_for(&moved, None, &statuses), "another node");
         let mut bound = v.clone();
-        let mut second = bound.bindings[&1].clone();
+        let mut second = Binding::clone(&bound.bindings[&1]);
         second.instance_id = format!("{:040x}", 2);
-        bound.bindings.insert(2, second);
+        bound.bindings.insert(2, second.into());
         assert!(!inputs.hold_for(&bound, None, &statuses), "a seat bound");
         let mut recorded = v.clone();
         recorded

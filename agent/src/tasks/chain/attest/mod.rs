@@ -359,11 +359,17 @@ impl Attestor {
         });
         // Cloned once a pass, not once a seat: a seat whose verdict is kept needs only to compare with them.
         let statuses = statuses.unwrap_or_else(|| self.checker.tcb_statuses().clone());
-        if !self.due()
-            && let Some((inputs, out)) = &self.last
+        // The last pass's verdicts, while the cluster's part of their inputs holds and no pass is due: all of
+        // them when every binding holds too, else those of the seats whose binding does.
+        let last = (self.last.take()).filter(|(inputs, _)| {
+            !self.due() && inputs.cluster_holds(view, policy.as_ref(), &statuses)
+        });
+        if let Some((inputs, out)) = &last
             && inputs.hold_for(view, policy.as_ref(), &statuses)
         {
-            return Arc::clone(out);
+            let out = Arc::clone(out);
+            self.last = last;
+            return out;
         }
         let mut out = Attestations::new();
         let mut cold = 0usize;
@@ -375,32 +381,29 @@ impl Attestor {
             .collect();
         for token in &seats {
             let Some(binding) = view.bindings.get(token) else {
-                out.insert(*token, attestation::unbound());
+                out.insert(*token, Arc::new(attestation::unbound()));
                 continue;
             };
+            if let Some((inputs, kept)) = &last
+                && inputs.binding_holds(*token, binding)
+                && let Some(verdict) = kept.get(token)
+            {
+                out.insert(*token, Arc::clone(verdict));
+                continue;
+            }
             let cached = self.checker.cached_len();
-            let (verdict, evaluation) = self
-                .verdict_for(*token, binding, view, &statuses, now)
+            let attested = self
+                .judge(
+                    *token,
+                    binding,
+                    view,
+                    (&statuses, policy.as_ref()),
+                    now,
+                    follower.as_deref_mut(),
+                )
                 .await;
             cold += usize::from(self.checker.cached_len() != cached);
-            let attested = match verdict {
-                Ok(v) => match self.allowed(&v, follower.as_deref_mut()).await {
-                    Ok(a) => attestation::attested(Ok(v), a.compose_allowed, a.os_allowed),
-                    Err(refused) => refused,
-                },
-                Err(r) => attestation::attested(Err(r), true, true),
-            };
-            let attested = match (attested, &policy) {
-                (Attested::Verified(v), Some(p)) => {
-                    let judged = p.judge(&v, evaluation);
-                    let standing = self
-                        .staging
-                        .observe(*token, v.evidence_hash, judged, p, now);
-                    attestation::under_tcb_policy(v, standing)
-                }
-                (other, _) => other,
-            };
-            out.insert(*token, attested);
+            out.insert(*token, Arc::new(attested));
         }
         // Kept for the next pass only when every verdict rests on its inputs alone: none waits on a read
         // that failed (the allowlists, the collateral), which the next pass must try again.
@@ -430,6 +433,35 @@ impl Attestor {
         }
         self.last_pass = Some(Instant::now());
         out
+    }
+
+    /// Seat `token` judged on `binding`: its evidence (kept or checked anew), the allowlists, then the TCB
+    /// `policy`, if the cluster sets one, under which `statuses` are accepted.
+    async fn judge(
+        &mut self,
+        token: u64,
+        binding: &Binding,
+        view: &ChainView,
+        (statuses, policy): (&std::collections::BTreeSet<TcbStatus>, Option<&TcbPolicy>),
+        now: u64,
+        follower: Option<&mut Follower>,
+    ) -> Attested {
+        let (verdict, evaluation) = self.verdict_for(token, binding, view, statuses, now).await;
+        let attested = match verdict {
+            Ok(v) => match self.allowed(&v, follower).await {
+                Ok(a) => attestation::attested(Ok(v), a.compose_allowed, a.os_allowed),
+                Err(refused) => refused,
+            },
+            Err(r) => attestation::attested(Err(r), true, true),
+        };
+        match (attested, policy) {
+            (Attested::Verified(v), Some(p)) => {
+                let judged = p.judge(&v, evaluation);
+                let standing = self.staging.observe(token, v.evidence_hash, judged, p, now);
+                attestation::under_tcb_policy(v, standing)
+            }
+            (other, _) => other,
+        }
     }
 
     /// Seat `token`'s verdict on `binding`, with its collateral's TCB evaluation data number: the last pass's

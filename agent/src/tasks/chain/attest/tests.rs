@@ -78,13 +78,13 @@ async fn a_truncated_quote_is_refused_as_malformed_and_missing_collateral_as_col
     let genuine = pki.quote(&TdInput::new([1; 48], [[2; 48]; 4], [3; 64]));
     let truncated = genuine[..genuine.len() / 2].to_vec();
     let mut chain = view(&[record(1, 1, ""), record(2, 2, "")]);
-    chain.bindings.insert(1, binding(1, truncated));
-    chain.bindings.insert(2, binding(2, genuine));
+    chain.bindings.insert(1, binding(1, truncated).into());
+    chain.bindings.insert(2, binding(2, genuine).into());
     let mut attestor = attestor(&pki, PinnedCollateral::default());
 
     let got = attestor.pass(&chain, None).await;
 
-    match &got[&1] {
+    match got[&1].as_ref() {
         Attested::Refused { kind, reason } => {
             assert_eq!(*kind, "malformed", "{reason}");
             assert!(reason.contains("the quote cannot be parsed"), "{reason}");
@@ -97,7 +97,7 @@ async fn a_truncated_quote_is_refused_as_malformed_and_missing_collateral_as_col
     }
     assert!(
         matches!(
-            &got[&2],
+            got[&2].as_ref(),
             Attested::Refused {
                 kind: "collateral",
                 ..
@@ -133,7 +133,7 @@ async fn a_pass_checks_anew_only_the_seats_whose_binding_changed() {
     chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
     for token in 1..=3 {
         let b = genuine(&pki, &chain, token, 1);
-        chain.bindings.insert(token.into(), b);
+        chain.bindings.insert(token.into(), b.into());
     }
     let mut attestor = attestor(&pki, pinned_now(&pki));
     let verified = |a: &Attestor| {
@@ -154,9 +154,9 @@ async fn a_pass_checks_anew_only_the_seats_whose_binding_changed() {
 
     chain.records.insert(4, record(4, 4, "").into());
     let new_seat = genuine(&pki, &chain, 4, 1);
-    chain.bindings.insert(4, new_seat);
+    chain.bindings.insert(4, new_seat.into());
     let rebound = genuine(&pki, &chain, 2, 2);
-    chain.bindings.insert(2, rebound);
+    chain.bindings.insert(2, rebound.into());
     attestor.pass(&chain, None).await;
     assert_eq!(verified(&attestor), [1, 2, 3, 4]);
     assert_eq!(
@@ -185,7 +185,7 @@ fn one_genuine_seat(seed: u8) -> (ChainView, Attestor) {
     let mut chain = view(&[record(1, 1, "")]);
     chain.pins.app_ids = vec![Address::repeat_byte(0xa1)];
     let b = genuine(&pki, &chain, 1, 1);
-    chain.bindings.insert(1, b);
+    chain.bindings.insert(1, b.into());
     let attestor = attestor(&pki, pinned_now(&pki));
     (chain, attestor)
 }
@@ -216,7 +216,7 @@ async fn a_kept_verdict_lapses_with_new_collateral_other_statuses_or_its_collate
     );
     let wider = BTreeSet::from([TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded]);
     assert!(!kept.answers(binding, &chain, &same, &wider, now));
-    let mut other_node = binding.clone();
+    let mut other_node = Binding::clone(binding);
     other_node.node = Address::repeat_byte(0x77);
     assert!(!kept.answers(&other_node, &chain, &same, &statuses, now));
     let mut other_cluster = chain.clone();
@@ -298,6 +298,53 @@ async fn a_pass_with_the_last_ones_inputs_gives_its_verdicts_until_one_is_due() 
         first,
         "no look at the seat"
     );
+
+    attestor.last_pass = None;
+    let due = attestor.pass(&chain, None).await;
+    assert!(!due[&1].is_verified(), "a due pass looks again: {due:?}");
+}
+
+/// A seat bound before a pass is due is judged alone: the other seats keep the last pass's verdicts, the very
+/// ones, without a look at their allowlists; a due pass looks at every seat again.
+#[tokio::test]
+async fn a_new_binding_is_judged_alone_and_the_others_keep_their_verdicts_until_a_pass_is_due() {
+    let (mut chain, mut attestor) = one_genuine_seat(0x41);
+    let pki = MockPki::from_seed([0x41; 32]);
+    let unread = attestor.pass(&chain, None).await;
+    let verdict = attestor.checked[&1].verdict.clone().unwrap();
+    let key = (
+        B256::from(verdict.compose_hash),
+        B256::from(verdict.os_measurement),
+    );
+    let answer = |compose_allowed| Answer {
+        allowed: Allowlisted {
+            compose_hash: key.0,
+            os_measurement: key.1,
+            compose_allowed,
+            os_allowed: true,
+        },
+        read_at: Some(Instant::now()),
+    };
+    attestor.allowlists.insert(key, answer(true));
+    let first = attestor.pass(&chain, None).await;
+    assert!(first[&1].is_verified(), "{unread:?} then {first:?}");
+
+    // Both seats run the same compose: once it is off the allowlist, a look at either refuses it.
+    attestor.allowlists.insert(key, answer(false));
+    chain.records.insert(2, record(2, 2, "").into());
+    let newcomer = genuine(&pki, &chain, 2, 1);
+    chain.bindings.insert(2, newcomer.into());
+    assert!(!attestor.due());
+    let next = attestor.pass(&chain, None).await;
+    assert!(
+        Arc::ptr_eq(&next[&1], &first[&1]),
+        "seat 1 keeps its verdict: {next:?}"
+    );
+    assert!(
+        next[&2].is_refused_as("compose-not-allowed"),
+        "the newcomer is judged: {next:?}"
+    );
+    assert_eq!(attestor.checked_anew(), 2, "one check for each seat");
 
     attestor.last_pass = None;
     let due = attestor.pass(&chain, None).await;
