@@ -363,3 +363,15 @@ fn an_idle_peer_with_a_session_that_nothing_watches_is_quiet() {
     let _ = a.session();
     assert!(a.take_touched(), "so does a packet to or from it");
 }
+
+/// A peer's WireGuard state holds its live sessions, not room for eight: with the 8,192-datagram window a
+/// session is over 2 KiB, and boringtun's eight inline slots made every peer, idle or not, cost 18 KiB
+/// (vendor/boringtun/VENDORED.md).
+#[test]
+fn a_peer_costs_its_sessions_not_eight_slots() {
+    let tunn = std::mem::size_of::<Tunn>();
+    let peer = std::mem::size_of::<Peer>();
+    eprintln!("Tunn {tunn} bytes, Peer {peer} bytes");
+    assert!(tunn <= 1536, "a Tunn is {tunn} bytes");
+    assert!(peer <= 3072, "a Peer is {peer} bytes");
+}
