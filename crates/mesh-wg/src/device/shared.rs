@@ -23,6 +23,7 @@ use mesh_policy::filter::{Admit, DropCounts, Dropped};
 
 use super::BUF_LEN;
 use super::batch::data_peer_index;
+use super::codel;
 use super::outbound::send;
 use super::relay_dialing::RelayDialing;
 use super::relay_server::Server;
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     /// Peers' packets the grants between seats dropped, by why ([`Dropped::ALL`]'s order): the device's
     /// own count, which outlives a removed peer's.
     pub(super) policy_dropped: [AtomicU64; 3],
+    /// Full-size packets dropped to drain a standing queue in the socket's receive buffer ([`super::codel`]).
+    pub(super) queue_dropped: AtomicU64,
     /// Whether the UDP socket uses GSO and GRO (kept for a rebind).
     pub(super) udp_offload: bool,
     /// How to reach peers' relays; `None` keeps every peer direct.
@@ -118,6 +121,8 @@ pub(super) struct Received {
     pub(super) observed: Vec<(Key, SocketAddrV4)>,
     /// Peer-relay control messages, by the peer that sent each, handled once the run's peers are released.
     pub(super) relay_control: Vec<(Key, Control)>,
+    /// Whether to drop the next full-size packet decrypted, to drain a standing queue ([`super::codel`]).
+    pub(super) shed: bool,
 }
 
 impl Received {
@@ -130,6 +135,7 @@ impl Received {
             peers: Vec::new(),
             observed: Vec::new(),
             relay_control: Vec::new(),
+            shed: false,
         }
     }
 
@@ -329,6 +335,10 @@ impl Shared {
                         } else if let Admit::Drop(why) = session.admit(packet) {
                             self.policy_dropped[why.index()].fetch_add(1, Ordering::Relaxed);
                             tracing::trace!(peer = ?peer.public_key, rule = why.as_str(), "packet dropped by the policy");
+                        } else if rx.shed && len >= codel::FULL_SIZE {
+                            rx.shed = false;
+                            self.queue_dropped.fetch_add(1, Ordering::Relaxed);
+                            tracing::trace!(peer = ?peer.public_key, len, "dropped to drain a standing receive queue");
                         } else {
                             session.note_app_traffic();
                             rx.tun.commit(len);

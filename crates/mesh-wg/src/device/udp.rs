@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
 use nix::sys::socket::{setsockopt, sockopt};
+use nix::{getsockopt_impl, libc, sockopt_impl};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 use super::SOCKET_BUFFER_BYTES;
@@ -47,7 +48,23 @@ impl AsFd for Udp {
     }
 }
 
+// The first of the socket's memory figures (`SK_MEMINFO_RMEM_ALLOC`): what its receive queue holds. One
+// figure asked for, so any kernel answers with exactly it.
+sockopt_impl!(
+    ReceiveQueued,
+    GetOnly,
+    libc::SOL_SOCKET,
+    libc::SO_MEMINFO,
+    [u32; 1]
+);
+
 impl Udp {
+    /// The bytes (as the kernel charges them) queued in the receive buffer; 0 if the kernel will not say.
+    pub(crate) fn backlog(&self) -> usize {
+        nix::sys::socket::getsockopt(&self.socket, ReceiveQueued)
+            .map_or(0, |[queued]| queued as usize)
+    }
+
     /// Binds `0.0.0.0:port` with large buffers (the kernel default, ~208 KiB, caps throughput: NetBird #6021)
     /// and the fwmark, and, with `offload`, turns on GRO and GSO where the kernel has them.
     pub(crate) fn bind(ifname: &str, port: u16, fwmark: u32, offload: bool) -> Result<Self, Error> {
@@ -154,5 +171,32 @@ impl Udp {
         when_full: WhenFull,
     ) -> io::Result<()> {
         self.send_run(datagram, datagram.len(), to, when_full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backlog is what waits to be read: it grows with each datagram left queued, and a read that takes
+    /// them all leaves none. (Over loopback; GRO off, so each datagram is a message of its own.)
+    #[test]
+    fn the_backlog_is_what_the_receive_buffer_holds() {
+        let udp = Udp::bind("test", 0, 0, false).unwrap();
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, udp.local_addr().unwrap().port()));
+        let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        assert_eq!(udp.backlog(), 0);
+        sender.send_to(&[7; 1_200], to).unwrap();
+        let one = udp.backlog();
+        assert!(one >= 1_200, "{one}");
+        for _ in 0..9 {
+            sender.send_to(&[7; 1_200], to).unwrap();
+        }
+        assert!(udp.backlog() >= 10 * 1_200, "{}", udp.backlog());
+        let mut buf = vec![0u8; 16 * 2_048];
+        let mut slices: Vec<IoSliceMut<'_>> = buf.chunks_mut(2_048).map(IoSliceMut::new).collect();
+        let mut meta = vec![RecvMeta::default(); 16];
+        assert_eq!(udp.try_recv(&mut slices, &mut meta).unwrap(), 10);
+        assert_eq!(udp.backlog(), 0);
     }
 }
