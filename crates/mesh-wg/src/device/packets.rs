@@ -240,7 +240,9 @@ impl Incoming {
                 } else {
                     0
                 };
-                rx.shed |= self.codel.observe(backlog, Instant::now());
+                // Decided afresh at each read: a drop owed to a queue that has drained since is not carried
+                // over to a packet that comes later.
+                rx.shed = self.codel.observe(backlog, Instant::now());
                 for (buf, m) in self.arena.chunks(RECV_BUF).zip(&self.meta).take(n) {
                     if rx.tun.free() < m.len.div_ceil(m.stride.max(1)) {
                         rx.tun.flush(&shared.tun);
