@@ -182,7 +182,6 @@ impl Device {
             unknown_udp: 0.into(),
             unknown_relay: 0.into(),
             policy_dropped: Default::default(),
-            queue_dropped: 0.into(),
             address: config.address,
             overlay,
             stun_answers,
@@ -299,14 +298,6 @@ impl Device {
     /// Peers' packets the grants between seats dropped, by why, since the device was made.
     pub fn policy_dropped(&self) -> mesh_policy::filter::DropCounts {
         self.shared.policy_dropped()
-    }
-
-    /// Full-size packets dropped, since the device was made, to drain a standing queue in the UDP socket's
-    /// receive buffer ([`codel`]).
-    pub fn queue_dropped(&self) -> u64 {
-        self.shared
-            .queue_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The device as a peer relay: whether it offers, why, and its counters; `None` when it was made without

@@ -52,8 +52,6 @@ pub(crate) struct Shared {
     /// Peers' packets the grants between seats dropped, by why ([`Dropped::ALL`]'s order): the device's
     /// own count, which outlives a removed peer's.
     pub(super) policy_dropped: [AtomicU64; 3],
-    /// Full-size packets dropped to drain a standing queue in the socket's receive buffer ([`super::codel`]).
-    pub(super) queue_dropped: AtomicU64,
     /// Whether the UDP socket uses GSO and GRO (kept for a rebind).
     pub(super) udp_offload: bool,
     /// How to reach peers' relays; `None` keeps every peer direct.
@@ -337,7 +335,6 @@ impl Shared {
                             tracing::trace!(peer = ?peer.public_key, rule = why.as_str(), "packet dropped by the policy");
                         } else if rx.shed && len >= codel::FULL_SIZE {
                             rx.shed = false;
-                            self.queue_dropped.fetch_add(1, Ordering::Relaxed);
                             tracing::trace!(peer = ?peer.public_key, len, "dropped to drain a standing receive queue");
                         } else {
                             session.note_app_traffic();

@@ -254,6 +254,26 @@ fn allowlists_are_read_again_less_often_in_a_large_cluster() {
     assert!(attestor.due(), "a pass still runs every refresh");
 }
 
+/// Has the allowlists answer, freshly read, for seat 1's compose hash and OS image (from its checked verdict):
+/// the OS image allowed, the compose hash as `compose_allowed` says.
+fn answer_seat_1s_allowlists(attestor: &mut Attestor, compose_allowed: bool) {
+    let verdict = attestor.checked[&1].verdict.clone().unwrap();
+    let key = (
+        B256::from(verdict.compose_hash),
+        B256::from(verdict.os_measurement),
+    );
+    let answer = Answer {
+        allowed: Allowlisted {
+            compose_hash: key.0,
+            os_measurement: key.1,
+            compose_allowed,
+            os_allowed: true,
+        },
+        read_at: Some(Instant::now()),
+    };
+    attestor.allowlists.insert(key, answer);
+}
+
 /// A pass whose inputs are the last one's (here only the leader moved), before a pass is due, gives the last
 /// one's verdicts without a look at any seat; a due pass looks again. A pass that could not read the
 /// allowlists is never kept.
@@ -270,27 +290,12 @@ async fn a_pass_with_the_last_ones_inputs_gives_its_verdicts_until_one_is_due() 
         "a pass that could not read the allowlists"
     );
 
-    let verdict = attestor.checked[&1].verdict.clone().unwrap();
-    let key = (
-        B256::from(verdict.compose_hash),
-        B256::from(verdict.os_measurement),
-    );
-    let mut answer = Answer {
-        allowed: Allowlisted {
-            compose_hash: key.0,
-            os_measurement: key.1,
-            compose_allowed: true,
-            os_allowed: true,
-        },
-        read_at: Some(Instant::now()),
-    };
-    attestor.allowlists.insert(key, answer);
+    answer_seat_1s_allowlists(&mut attestor, true);
     let first = attestor.pass(&chain, None).await;
     assert!(first[&1].is_verified(), "{first:?}");
 
     // What a look at the seat would find now: its compose hash taken off the allowlist.
-    answer.allowed.compose_allowed = false;
-    attestor.allowlists.insert(key, answer);
+    answer_seat_1s_allowlists(&mut attestor, false);
     chain.leader = Some(1);
     assert!(!attestor.due());
     assert_eq!(
@@ -311,26 +316,12 @@ async fn a_new_binding_is_judged_alone_and_the_others_keep_their_verdicts_until_
     let (mut chain, mut attestor) = one_genuine_seat(0x41);
     let pki = MockPki::from_seed([0x41; 32]);
     let unread = attestor.pass(&chain, None).await;
-    let verdict = attestor.checked[&1].verdict.clone().unwrap();
-    let key = (
-        B256::from(verdict.compose_hash),
-        B256::from(verdict.os_measurement),
-    );
-    let answer = |compose_allowed| Answer {
-        allowed: Allowlisted {
-            compose_hash: key.0,
-            os_measurement: key.1,
-            compose_allowed,
-            os_allowed: true,
-        },
-        read_at: Some(Instant::now()),
-    };
-    attestor.allowlists.insert(key, answer(true));
+    answer_seat_1s_allowlists(&mut attestor, true);
     let first = attestor.pass(&chain, None).await;
     assert!(first[&1].is_verified(), "{unread:?} then {first:?}");
 
     // Both seats run the same compose: once it is off the allowlist, a look at either refuses it.
-    attestor.allowlists.insert(key, answer(false));
+    answer_seat_1s_allowlists(&mut attestor, false);
     chain.records.insert(2, record(2, 2, "").into());
     let newcomer = genuine(&pki, &chain, 2, 1);
     chain.bindings.insert(2, newcomer.into());
