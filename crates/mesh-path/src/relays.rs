@@ -15,12 +15,14 @@
 //!   left at once for the best of the others, or for none (the gateway relay).
 //! - **First contact.** A pair with no session yet cannot probe (probes go through its tunnel), so while
 //!   no relay answers, the ready ones are tried in turn, each for the peer timeout: the handshake goes
-//!   through the one on trial, and once a session is up its probes decide.
+//!   through the one on trial, and once a session is up its probes decide. Until they have, the relay the
+//!   peer was last heard through carries the pair: it is not left with no relay while being measured.
 //! - **Releasing.** A pair that has not wanted a peer relay for [`RELEASE_AFTER`] (it went direct) releases
 //!   what it holds.
 //! - **Order.** Direct beats any peer relay, which beats the gateway's relay: [`PeerRelays::current`] is
 //!   asked only while the pair is not direct, and gives none when no peer relay answers.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -123,7 +125,12 @@ impl Relay {
     }
 
     fn answers(&self, liveness: Liveness, now: Instant) -> bool {
-        self.ready().is_some() && self.rtt.is_some() && liveness.alive(self.heard, now)
+        self.rtt.is_some() && self.carries(liveness, now)
+    }
+
+    /// The peer's datagrams or probe answers come through it: ready, and heard within the peer timeout.
+    fn carries(&self, liveness: Liveness, now: Instant) -> bool {
+        self.ready().is_some() && liveness.alive(self.heard, now)
     }
 }
 
@@ -356,10 +363,12 @@ impl PeerRelays {
             .filter(|(_, r)| r.answers(liveness, now) && r.samples >= FIRST_SAMPLES)
             .min_by_key(|(_, r)| r.rtt)
             .map(|(k, r)| (*k, r.rtt.unwrap_or(Duration::MAX)));
+        // The relay in use stays while the peer's datagrams come through it, measured or not yet: a session
+        // just made through it has no round trip until its probes come back.
         let current = self
             .current
             .and_then(|k| Some((k, self.relays.get(&k)?)))
-            .filter(|(_, r)| r.answers(liveness, now))
+            .filter(|(_, r)| r.carries(liveness, now))
             .map(|(k, r)| (k, r.rtt.unwrap_or(Duration::MAX)));
         if best.is_some() {
             self.trial = None;
@@ -375,9 +384,17 @@ impl PeerRelays {
             (None, None) if !session => self.first_contact(now, liveness),
             (None, None) => {
                 self.trial = None;
-                if self.current.take().is_some() {
+                // With a session but no relay measured yet, one the peer's datagrams come through carries the
+                // pair (the two sides' first contacts may have gone through different relays): the fastest
+                // answer so far, else the one heard last.
+                let carrying = (self.relays.iter())
+                    .filter(|(_, r)| r.carries(liveness, now))
+                    .min_by_key(|(_, r)| (r.rtt.unwrap_or(Duration::MAX), Reverse(r.heard)))
+                    .map(|(k, _)| *k);
+                if carrying.is_none() && self.current.is_some() {
                     self.moved = Some("no peer relay answers");
                 }
+                self.current = carrying;
             }
             (Some((k, rtt)), Some((b, best_rtt))) if b != k => {
                 if best_rtt < rtt.mul_f64(SWITCH_RATIO) && rtt - best_rtt >= SWITCH_MARGIN {

@@ -130,8 +130,14 @@ fn a_refused_relay_is_asked_again_after_a_backoff_that_grows() {
 #[test]
 fn the_relay_with_the_lowest_round_trip_is_used_once_measured() {
     let mut net = Net::new(&[(1, 40), (2, 8), (3, 25)]);
-    net.run(0.2);
-    assert_eq!(net.using(), None, "not measured yet");
+    net.run(0.05);
+    assert_eq!(net.using(), None, "none has answered yet");
+    net.run(0.15);
+    assert_eq!(
+        net.using(),
+        Some(2),
+        "until measured, the fastest answer so far carries the pair"
+    );
     net.run(2.0);
     assert_eq!(net.using(), Some(2));
     let rtt = net.relays.rtt(&key(2)).expect("measured");
@@ -240,6 +246,47 @@ fn without_a_session_the_ready_relays_are_tried_in_turn_each_for_the_peer_timeou
         None,
         "with a session, only a relay that answers its probes is used"
     );
+}
+
+#[test]
+fn a_session_made_through_a_relay_stays_on_the_one_the_peer_is_heard_through_until_probes_decide() {
+    let mut r = PeerRelays::default();
+    r.set_candidates(&[candidate(1), candidate(2)]);
+    let t0 = Instant::now();
+    r.granted(&key(1), 11, true, t0);
+    r.granted(&key(2), 12, true, t0);
+    r.tick(t0, true, false, LIVENESS);
+    let using = |r: &PeerRelays| r.current().map(|u| u.relay);
+    assert_eq!(using(&r), Some(key(1)), "this side's first contact");
+    // The peer tried relay 2 for its own first contact: the handshake's answer came through it.
+    let t1 = t0 + Duration::from_millis(20);
+    r.heard_via(&key(2), t1);
+    r.tick(t1, true, true, LIVENESS);
+    assert_eq!(
+        using(&r),
+        Some(key(2)),
+        "the session stays on a relay that carries it while none is measured"
+    );
+    r.tick(t1 + Duration::from_millis(200), true, true, LIVENESS);
+    assert_eq!(using(&r), Some(key(2)), "still, before any probe answers");
+
+    // Probes through relay 1 answer three times: measured, it takes over from the unmeasured one.
+    let mut now = t1;
+    for _ in 0..FIRST_SAMPLES {
+        now += FIRST_PROBES_EVERY;
+        let tick = r.tick(now, true, true, LIVENESS);
+        for (relay, seq) in tick.probes {
+            if relay == key(1) {
+                r.probe_answered(&relay, seq, now + Duration::from_millis(1));
+            }
+        }
+    }
+    r.tick(now + Duration::from_millis(2), true, true, LIVENESS);
+    assert_eq!(using(&r), Some(key(1)), "the measured relay is taken");
+
+    // Nothing more comes through either: after the peer timeout, no peer relay carries the pair.
+    r.tick(now + LIVENESS.timeout * 2, true, true, LIVENESS);
+    assert_eq!(using(&r), None);
 }
 
 #[test]
