@@ -130,6 +130,9 @@ impl Rpcs {
     /// Why a transaction mined but failed: the same call made again on the chain as it is now, whose revert
     /// names what changed in between (another node's transaction took the step first, say), or the failure
     /// as it was when the call passes now (it ran out of gas) or the RPC does not answer.
+    ///
+    /// Made at a head a quorum has reached, as every other read: at `latest`, a provider a block behind
+    /// the others answers the call as it was before, and an honest provider is named as dissenting.
     async fn why_failed(
         &self,
         what: &'static str,
@@ -137,7 +140,14 @@ impl Rpcs {
         from: Address,
         request: TransactionRequest,
     ) -> ChainError {
-        match self.reader().call(request.from(from)).await {
+        let at = match self.present().await {
+            Ok(at) => at,
+            Err(e) => {
+                debug!(what, %tx, error = %e, "no head to call the failed transaction again at");
+                return ChainError::TxFailed { what, tx };
+            }
+        };
+        match self.reader().call(request.from(from)).block(at).await {
             Err(e) => {
                 match ChainError::from_call(what, alloy::contract::Error::TransportError(e)) {
                     ChainError::Reverted(revert) => {

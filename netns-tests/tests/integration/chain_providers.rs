@@ -187,3 +187,77 @@ async fn a_provider_that_drops_transactions_and_one_that_hangs_hold_nothing_up()
     }
     proxies[1].set_hang(None);
 }
+
+/// A ballot that mines but fails (here, out of gas) is called again to say why, at a head a quorum has
+/// reached: a provider a block behind, which answers the call at `latest` as it was before, is not named
+/// as dissenting for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_transaction_is_called_again_at_a_head_the_quorum_reached_not_at_latest() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use alloy::sol_types::SolCall as _;
+    use mesh_chain::contract::DstackClusterElection::electLeaderCall;
+    use mesh_chain::election::ElectionError;
+    use mesh_chain::error::ChainError;
+
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-1").await;
+    let (c, proxies, cluster) = through_three(&anvil, &node).await;
+    mint(&c, anvil.addresses()[1], Some(&node)).await;
+    let identity = node.identity(0).await;
+    let key = tx_key(&anvil, 1);
+    let pins = cluster.contract_pins().await.unwrap();
+    let registered = cluster
+        .register(&identity.node, &desired(&identity), Some(&key), &pins)
+        .await
+        .expect("registered");
+    assert!(matches!(registered, Outcome::Registered { .. }));
+
+    // Every provider underestimates the ballot, so it runs out of gas once mined.
+    for p in &proxies {
+        p.rewrite("underestimate", |req, response| {
+            if req.method == "eth_estimateGas" {
+                response["result"] = "0x1".into();
+            }
+        });
+    }
+    // The third answers `latest` as a provider a block behind the others would: the ballot reverts there.
+    let called = Arc::new(AtomicUsize::new(0));
+    let seen = called.clone();
+    proxies[2].rewrite("a block behind", move |req, response| {
+        if !req.calls(electLeaderCall::SELECTOR) {
+            return;
+        }
+        seen.fetch_add(1, Ordering::Relaxed);
+        if req
+            .params
+            .get(1)
+            .is_none_or(|at| at == "latest" || at == "pending")
+        {
+            *response = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": response["id"].clone(),
+                "error": {"code": 3, "message": "execution reverted", "data": "0x"},
+            });
+        }
+    });
+
+    let failed = cluster
+        .cast(&identity.node, Some(&key), 1, Ballot::Elect)
+        .await
+        .expect_err("a ballot given too little gas fails once mined");
+    assert!(
+        matches!(failed, ElectionError::Chain(ChainError::TxFailed { .. })),
+        "{failed}"
+    );
+    assert!(
+        called.load(Ordering::Relaxed) >= 1,
+        "the failed ballot was called again to say why"
+    );
+    let r = report(&cluster);
+    assert!(
+        r.providers.iter().all(|p| p.dissented == 0),
+        "no provider is named for answering a head the others had passed: {r:?}"
+    );
+}
