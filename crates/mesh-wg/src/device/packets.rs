@@ -223,11 +223,15 @@ impl Incoming {
             self.sock = self.socket_rx.borrow_and_update().clone();
         }
         let received = {
-            let mut slices: Vec<IoSliceMut<'_>> = self
-                .arena
-                .chunks_mut(RECV_BUF)
-                .map(IoSliceMut::new)
-                .collect();
+            // On the stack: the socket is read at every turn of the thread's loop.
+            let mut chunks = self.arena.chunks_exact_mut(RECV_BUF);
+            let mut slices: [IoSliceMut<'_>; RECV_MESSAGES] = std::array::from_fn(|_| {
+                IoSliceMut::new(
+                    chunks
+                        .next()
+                        .expect("the arena holds one buffer per message"),
+                )
+            });
             self.sock.try_recv(&mut slices, &mut self.meta)
         };
         let rx = &mut self.rx;

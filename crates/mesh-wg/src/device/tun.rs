@@ -79,7 +79,13 @@ impl TunReader {
     /// would drop it.
     pub(crate) fn try_read(&mut self, tun: &SyncDevice, drain: bool) -> io::Result<usize> {
         self.len = 0;
-        let mut bufs: Vec<&mut [u8]> = self.arena.chunks_mut(MAX_PACKET).collect();
+        // On the stack: the thread reads the TUN at every turn of its loop, most often to find it empty.
+        let mut chunks = self.arena.chunks_exact_mut(MAX_PACKET);
+        let mut bufs: [&mut [u8]; BATCH] = std::array::from_fn(|_| {
+            chunks
+                .next()
+                .expect("the arena holds one buffer per packet of a batch")
+        });
         // Without offload a read is one packet, so the batch can be filled to the last buffer.
         let room = if tun.tcp_gso() { ROOM_FOR_SPLIT } else { 1 };
         while BATCH - self.len >= room {
