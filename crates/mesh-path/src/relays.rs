@@ -15,8 +15,9 @@
 //!   left at once for the best of the others, or for none (the gateway relay).
 //! - **First contact.** A pair with no session yet cannot probe (probes go through its tunnel), so while
 //!   no relay answers, the ready ones are tried in turn, each for the peer timeout: the handshake goes
-//!   through the one on trial, and once a session is up its probes decide. Until they have, the relay the
-//!   peer was last heard through carries the pair: it is not left with no relay while being measured.
+//!   through the one on trial, and once a session is up its probes decide. Until they have, a relay the
+//!   peer's datagrams come through carries the pair (the fastest answer so far, else the one heard last):
+//!   it is not left with no relay while being measured.
 //! - **Releasing.** A pair that has not wanted a peer relay for [`RELEASE_AFTER`] (it went direct) releases
 //!   what it holds.
 //! - **Order.** Direct beats any peer relay, which beats the gateway's relay: [`PeerRelays::current`] is

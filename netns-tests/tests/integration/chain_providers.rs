@@ -5,15 +5,20 @@
 //! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`:
 //! `cargo test -p netns-tests --test integration chain_providers:: -- --nocapture`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::{U256, utils::parse_ether};
 use alloy::providers::Provider as _;
 use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall as _;
 use mesh_chain::binding::Requested;
 use mesh_chain::cluster::Cluster;
-use mesh_chain::election::Ballot;
+use mesh_chain::contract::DstackClusterElection::electLeaderCall;
+use mesh_chain::election::{Ballot, ElectionError};
+use mesh_chain::error::ChainError;
 use mesh_chain::quorum::QuorumReport;
 use mesh_chain::registration::{Desired, Outcome};
 use mesh_chain::rpc::Rpcs;
@@ -193,14 +198,6 @@ async fn a_provider_that_drops_transactions_and_one_that_hangs_hold_nothing_up()
 /// as dissenting for it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_transaction_is_called_again_at_a_head_the_quorum_reached_not_at_latest() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use alloy::sol_types::SolCall as _;
-    use mesh_chain::contract::DstackClusterElection::electLeaderCall;
-    use mesh_chain::election::ElectionError;
-    use mesh_chain::error::ChainError;
-
     let anvil = anvil();
     let node = SimulatedInstance::start("node-1").await;
     let (c, proxies, cluster) = through_three(&anvil, &node).await;
