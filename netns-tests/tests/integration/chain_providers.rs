@@ -240,6 +240,9 @@ async fn a_failed_transaction_is_called_again_at_a_head_the_quorum_reached_not_a
         }
     });
 
+    // The first answers each request a moment late, so that the quorum waits for the third's answer and
+    // weighs it before the ballot returns, not after the test has looked.
+    proxies[0].set_hang(Some(Duration::from_secs(1)));
     let failed = cluster
         .cast(&identity.node, Some(&key), 1, Ballot::Elect)
         .await
