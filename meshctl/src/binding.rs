@@ -41,7 +41,8 @@ pub(crate) async fn find(
     limit: usize,
     trust: &mesh_attest::cli::TrustArgs,
 ) -> anyhow::Result<(NodeBinding, mesh_attest::Verdict)> {
-    let (requests, _) = binding_requests(c, limit).await?;
+    let at = c.provider().present().await?;
+    let (requests, _) = binding_requests(c, at, limit).await?;
     let mut reasons = Vec::new();
     for request in requests
         .into_iter()

@@ -113,6 +113,14 @@ impl Chain {
         })
     }
 
+    /// A head a quorum of the providers has reached (`latest` with one provider): what a read that several
+    /// calls make is pinned to, so that a provider a block behind answers it alike.
+    pub(crate) async fn present(&self) -> anyhow::Result<alloy::eips::BlockId> {
+        (self.rpcs.present().await)
+            .map_err(|e| anyhow::anyhow!(self.rpcs.scrub(&format!("{e:#}"))))
+            .with_context(|| format!("reading the head via {}", self.rpcs.shown()))
+    }
+
     /// Sends `request` from the signer and waits for its receipt, read through the quorum.
     pub(crate) async fn send_request(
         &self,
@@ -136,7 +144,6 @@ impl Provider for Chain {
     }
 }
 
-/// The cluster at `opts.contract`, checked to be one before anything is sent.
 /// The cluster at `opts.contract`, checked to be one before anything is sent.
 pub(crate) async fn open<P: Provider>(
     opts: &ClusterOpts,

@@ -3,6 +3,7 @@
 //! seat (`meshctl bind --instance`). Each request names the block of the one before, so the requests are
 //! walked back from `lastBindingRequestBlock`, one block's logs at a time, without scanning the chain.
 
+use alloy::eips::BlockId;
 use alloy::primitives::{Address, TxHash};
 use alloy::providers::Provider;
 use alloy::signers::local::PrivateKeySigner;
@@ -116,12 +117,16 @@ pub struct Unreadable {
     pub reason: String,
 }
 
-/// The newest `limit` requests of the cluster, newest first, and those whose event could not be read.
+/// The newest `limit` requests of the cluster as of block `at`, newest first, and those whose event could
+/// not be read. `at` is a head a quorum of providers has reached ([`crate::rpc::Rpcs::present`]): at `latest`,
+/// a provider a block behind the others answers `lastBindingRequestBlock` as it was before, and is named as
+/// dissenting for it.
 ///
 /// # Errors
 /// [`ChainError`] when the contract or its logs cannot be read.
 pub async fn binding_requests<P: Provider>(
     c: &DstackClusterNFT::DstackClusterNFTInstance<P>,
+    at: BlockId,
     limit: usize,
 ) -> Result<(Vec<BindingRequest>, Vec<Unreadable>), ChainError> {
     let chain_id = c
@@ -134,6 +139,7 @@ pub async fn binding_requests<P: Provider>(
         })?;
     let mut block = c
         .lastBindingRequestBlock()
+        .block(at)
         .call()
         .await
         .map_err(|e| ChainError::from_call("lastBindingRequestBlock", e))?;

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256};
 use mesh_chain::binding::{BindingRequest, binding_requests};
 use mesh_chain::contract::DstackClusterNFT;
@@ -40,7 +41,8 @@ struct Judged {
 
 pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
     let c = cluster::open_read(&args.cluster).await?;
-    let (requests, unreadable) = binding_requests(&c, args.limit).await?;
+    let at = c.provider().present().await?;
+    let (requests, unreadable) = binding_requests(&c, at, args.limit).await?;
     let mut shown = Vec::new();
     let mut newest_of_node = std::collections::BTreeSet::new();
     for request in requests {
@@ -52,12 +54,13 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
         if !newest && !args.all {
             continue;
         }
-        let judged = judge(&c, request, &args.trust).await?;
+        let judged = judge(&c, at, request, &args.trust).await?;
         // Pending until a seat is bound to its node (the contract clears it then), and not replaced by a
         // request to another holder.
         let b = &judged.request.binding;
         let pending = c
             .bindingRequestedOf(b.node)
+            .block(at)
             .call()
             .await
             .map_err(|e| mesh_chain::error::ChainError::from_call("bindingRequestedOf", e))?
@@ -76,12 +79,14 @@ pub(crate) async fn run(args: Args, out: &Output) -> anyhow::Result<ExitCode> {
 
 async fn judge(
     c: &DstackClusterNFT::DstackClusterNFTInstance<crate::cluster::Chain>,
+    at: BlockId,
     request: BindingRequest,
     trust: &mesh_attest::cli::TrustArgs,
 ) -> anyhow::Result<Judged> {
     let b = &request.binding;
     let token = c
         .tokenOfInstance(b.instance_id.clone())
+        .block(at)
         .call()
         .await
         .map_err(|e| mesh_chain::error::ChainError::from_call("tokenOfInstance", e))?;

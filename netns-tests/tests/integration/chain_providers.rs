@@ -14,9 +14,10 @@ use alloy::primitives::{U256, utils::parse_ether};
 use alloy::providers::Provider as _;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall as _;
-use mesh_chain::binding::Requested;
+use mesh_chain::binding::{Requested, binding_requests};
 use mesh_chain::cluster::Cluster;
 use mesh_chain::contract::DstackClusterElection::electLeaderCall;
+use mesh_chain::contract::DstackClusterNFT::{self, lastBindingRequestBlockCall};
 use mesh_chain::election::{Ballot, ElectionError};
 use mesh_chain::error::ChainError;
 use mesh_chain::quorum::QuorumReport;
@@ -254,6 +255,60 @@ async fn a_failed_transaction_is_called_again_at_a_head_the_quorum_reached_not_a
     assert!(
         called.load(Ordering::Relaxed) >= 1,
         "the failed ballot was called again to say why"
+    );
+    let r = report(&cluster);
+    assert!(
+        r.providers.iter().all(|p| p.dissented == 0),
+        "no provider is named for answering a head the others had passed: {r:?}"
+    );
+}
+
+/// A node's seat request is listed (`meshctl requests`, `bind --instance`) from a head a quorum has reached: a
+/// provider a block behind, which answers `lastBindingRequestBlock` at `latest` as it was before the request,
+/// is not named as dissenting, and the request is found.
+#[tokio::test(flavor = "multi_thread")]
+async fn seat_requests_are_listed_at_a_head_the_quorum_reached_not_at_latest() {
+    let anvil = anvil();
+    let node = SimulatedInstance::start("node-1").await;
+    let (c, proxies, cluster) = through_three(&anvil, &node).await;
+    let identity = node.identity(0).await;
+    let binding = node
+        .binding(anvil.addresses()[0], anvil.chain_id(), *c.address())
+        .await;
+    let asked = cluster
+        .request_binding(&identity.node, &binding, Some(&tx_key(&anvil, 1)))
+        .await
+        .expect("the request is sent");
+    assert!(matches!(asked, Requested::Sent { .. }), "{asked:?}");
+
+    // The third answers `latest` as a provider a block behind the request would: no request yet.
+    let asked_latest = Arc::new(AtomicUsize::new(0));
+    let seen = asked_latest.clone();
+    proxies[2].rewrite("a block behind", move |req, response| {
+        if req.calls(lastBindingRequestBlockCall::SELECTOR)
+            && req
+                .params
+                .get(1)
+                .is_none_or(|at| at == "latest" || at == "pending")
+        {
+            seen.fetch_add(1, Ordering::Relaxed);
+            response["result"] = format!("0x{}", "0".repeat(64)).into();
+        }
+    });
+    // The first answers a moment late, so that the third's answer is among those the quorum weighs.
+    proxies[0].set_hang(Some(Duration::from_secs(1)));
+    let at = cluster.rpcs().present().await.expect("a head");
+    let through_quorum = DstackClusterNFT::new(*c.address(), cluster.reader().clone());
+    let (found, unreadable) = binding_requests(&through_quorum, at, 16)
+        .await
+        .expect("the requests are read");
+    assert!(unreadable.is_empty(), "{unreadable:?}");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].binding.instance_id, node.instance_id);
+    assert_eq!(
+        asked_latest.load(Ordering::Relaxed),
+        0,
+        "nothing was read at `latest`"
     );
     let r = report(&cluster);
     assert!(
