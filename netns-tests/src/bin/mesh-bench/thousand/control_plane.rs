@@ -22,7 +22,7 @@ use netns_tests::measure::perf::cpu_nanos;
 use netns_tests::prelude::*;
 use netns_tests::system::lan::{SWITCH_IP, rpc_url, ws_url};
 
-use super::followers::{Fleet, Seen};
+use super::followers::{Fleet, Seen, Steps};
 use super::{
     Reads, follower_requests, idle_requests, layout, members, read_and_attest, record_block,
     register, run_on, switch_runtime, wait_for,
@@ -119,18 +119,30 @@ const ALONE_RUNS: usize = 21;
 
 /// One peer change at `member`, with nothing else running in the bench: its table holds every other seat of
 /// `view` but one, and it plans and applies the view. The fleet's own figure shares the bench's cache among
-/// every sampled member, each walking its own copy of the cluster.
+/// every sampled member, each walking its own copy of the cluster. Prints the median of each step.
 fn change_alone(view: &mesh_chain::view::ChainView, member: &members::Member) -> Stat {
     let table = mesh_wg::MemoryTable::default();
-    let peers = super::followers::plan_and_apply(view, member, &table);
-    let took = (0..ALONE_RUNS).filter_map(|_| {
-        let key = peers.last()?.wg_public_key?;
-        mesh_wg::PeerTable::remove_peer(&table, &key);
-        let began = Instant::now();
-        super::followers::plan_and_apply(view, member, &table);
-        Some(ms(began.elapsed()))
+    let (peers, _) = super::followers::plan_and_apply(view, member, &table);
+    let mut steps = Vec::with_capacity(ALONE_RUNS);
+    let took: Vec<f64> = (0..ALONE_RUNS)
+        .filter_map(|_| {
+            let key = peers.last()?.wg_public_key?;
+            mesh_wg::PeerTable::remove_peer(&table, &key);
+            let began = Instant::now();
+            let (_, took) = super::followers::plan_and_apply(view, member, &table);
+            steps.push(took);
+            Some(ms(began.elapsed()))
+        })
+        .collect();
+    let medians = Steps::NAMES.iter().enumerate().map(|(i, name)| {
+        let step = Stat::of(steps.iter().map(|s| Some(ms(s.0[i]))));
+        format!("{name} {:.3}", step.median_ms.unwrap_or(f64::NAN))
     });
-    Stat::of(took.map(Some))
+    eprintln!(
+        "   one peer change at a member alone, step by step (median ms): {}",
+        medians.collect::<Vec<_>>().join(", ")
+    );
+    Stat::of(took.into_iter().map(Some))
 }
 
 /// A member's record without a tunnel: a WireGuard key of its own, and an endpoint nobody dials.

@@ -254,7 +254,7 @@ impl One {
             return;
         };
         let began = Instant::now();
-        let members = plan_and_apply(view, &self.member, table);
+        let (members, _) = plan_and_apply(view, &self.member, table);
         let took = began.elapsed();
         let watched = self.watched.load(std::sync::atomic::Ordering::SeqCst);
         let Some(newcomer) = members.iter().find(|m| m.token_id == watched) else {
@@ -281,19 +281,55 @@ impl One {
 }
 
 /// The agent's decisions for a new admitted `view` at `member`: who the members are, what the interface should
-/// hold, the plan from what `table` holds, applied. Returns the members.
-pub(crate) fn plan_and_apply(view: &ChainView, member: &Member, table: &MemoryTable) -> Vec<Peer> {
+/// hold, the plan from what `table` holds, applied. Returns the members, and how long each step took.
+pub(crate) fn plan_and_apply(
+    view: &ChainView,
+    member: &Member,
+    table: &MemoryTable,
+) -> (Vec<Peer>, Steps) {
     let own = Own {
         token_id: Some(member.token),
         instance_id: &member.instance_id,
         wg_public_key: Some(member.wg_key),
     };
+    let mut lap = Lap(Instant::now(), Steps::default());
     let (members, _) = p2p_agent::desired::members(view, SeatState::Active(member.token), own);
+    lap.step(0);
     let want = p2p_agent::desired::peer_configs(&members, None, None);
-    let changes = mesh_wg::plan(&want, &table.peers(), SystemTime::now());
+    lap.step(1);
+    let has = table.peers();
+    lap.step(2);
+    let changes = mesh_wg::plan(&want, &has, SystemTime::now());
+    lap.step(3);
     let failed = mesh_wg::apply(table, &changes);
+    lap.step(4);
     debug_assert!(failed.is_empty(), "a table in memory refuses nothing");
-    members
+    (members, lap.1)
+}
+
+/// How long each step of [`plan_and_apply`] took, in the order of [`Steps::NAMES`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Steps(pub(crate) [Duration; 5]);
+
+impl Steps {
+    pub(crate) const NAMES: [&str; 5] = [
+        "the members",
+        "the interface's peers",
+        "the table read",
+        "the plan",
+        "its application",
+    ];
+}
+
+/// Times consecutive steps.
+struct Lap(Instant, Steps);
+
+impl Lap {
+    fn step(&mut self, i: usize) {
+        let now = Instant::now();
+        self.1.0[i] = now - self.0;
+        self.0 = now;
+    }
 }
 
 /// One attestation pass: how long it took, the evidence it checked anew, and whether the records it admits

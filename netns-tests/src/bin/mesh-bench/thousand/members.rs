@@ -3,7 +3,7 @@
 //! WireGuard key and endpoint (one simulated peer of the swarm, or none at all).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use alloy::network::TransactionBuilder as _;
 use alloy::primitives::{Address, U256};
@@ -22,8 +22,15 @@ use netns_tests::system::cluster::account_key;
 use netns_tests::system::lan::rpc_url;
 
 /// How many members are registered at once, each by its own payer (anvil accounts 1, 2, …): a registration
-/// is mostly waiting for its blocks, and the owner's mints share one nonce manager.
-pub(crate) const AT_ONCE: usize = 8;
+/// is mostly waiting for its blocks, and the owner's mints share one nonce manager. A block holds up to this
+/// many of their transactions (see [`BLOCK_EVERY`]).
+pub(crate) const AT_ONCE: usize = 64;
+
+/// While the members register, anvil mines a block this often, holding whatever was sent meanwhile, rather
+/// than one per transaction: it computes the state root over the whole state anew for every block, a cost
+/// that grows with the seats registered. At 10,000 seats, a block per transaction made registering the
+/// members 48 minutes, nearly all of it hashing the contract's storage.
+const BLOCK_EVERY: Duration = Duration::from_millis(250);
 
 /// One member: its seat, its instance, and the WireGuard key its record holds.
 #[derive(Debug, Clone)]
@@ -53,15 +60,8 @@ pub(crate) async fn register_all(
         .map(|i| account_key(i).parse())
         .collect::<Result<_, _>>()?;
     fund(&owner, &payers).await?;
-    let registrar = Arc::new(
-        mesh_chain::cluster::Cluster::connect(
-            mesh_chain::rpc::Rpcs::one(rpc_url().parse()?)?,
-            contract,
-        )
-        .await
-        .context("connecting the registrations to the chain")?,
-    );
-    let pins = Arc::new(registrar.contract_pins().await?);
+    let blocks = BatchedBlocks::start(&owner).await?;
+    let pins = Arc::new(connect(contract).await?.contract_pins().await?);
     let began = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut work: Vec<Vec<(usize, SimulatorConfig, SwarmPeer)>> = vec![Vec::new(); AT_ONCE];
@@ -70,10 +70,11 @@ pub(crate) async fn register_all(
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (payer, work) in payers.into_iter().zip(work) {
+        // A registrar each, as each node has: one client's requests in flight are capped.
         let one = One {
             cluster: cluster.clone(),
             holder,
-            registrar: registrar.clone(),
+            registrar: Arc::new(connect(contract).await?),
             pins: pins.clone(),
             payer,
         };
@@ -101,8 +102,52 @@ pub(crate) async fn register_all(
     while let Some(joined) = tasks.join_next().await {
         members.extend(joined.context("a registration task panicked")??);
     }
+    blocks.stop().await?;
     members.sort_by_key(|(i, _)| *i);
     Ok(members.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Anvil mining a block every [`BLOCK_EVERY`] instead of one per transaction, until [`Self::stop`]. Dropped
+/// without it (a registration failed), blocks stop coming at all; the section has failed by then.
+struct BatchedBlocks {
+    owner: alloy::providers::DynProvider,
+    miner: owned_task::Task<()>,
+}
+
+impl BatchedBlocks {
+    async fn start(owner: &alloy::providers::DynProvider) -> anyhow::Result<Self> {
+        owner
+            .raw_request::<_, serde_json::Value>("evm_setAutomine".into(), (false,))
+            .await
+            .context("turning anvil's automine off")?;
+        let miner = owned_task::Task::spawn("mine", {
+            let owner = owner.clone();
+            async move {
+                let mut every = tokio::time::interval(BLOCK_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    if let Err(e) = owner.raw_request::<_, String>("evm_mine".into(), ()).await {
+                        eprintln!("   anvil did not mine a block (evm_mine): {e}");
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            owner: owner.clone(),
+            miner,
+        })
+    }
+
+    /// Back to a block per transaction, as the measurements after the registrations expect.
+    async fn stop(self) -> anyhow::Result<()> {
+        drop(self.miner);
+        self.owner
+            .raw_request::<_, serde_json::Value>("evm_setAutomine".into(), (true,))
+            .await
+            .context("turning anvil's automine back on")?;
+        Ok(())
+    }
 }
 
 /// Gives the payers that anvil did not fund (the harness funds the first few accounts) 10 ETH each.
@@ -143,12 +188,7 @@ pub(crate) async fn registrar(contract: Address, payer: usize) -> anyhow::Result
     let owner = signing_provider(&rpc_url(), &account_key(0));
     let holder =
         PrivateKeySigner::from_slice(alloy::hex::decode(account_key(0))?.as_slice())?.address();
-    let registrar = mesh_chain::cluster::Cluster::connect(
-        mesh_chain::rpc::Rpcs::one(rpc_url().parse()?)?,
-        contract,
-    )
-    .await
-    .context("connecting the registration to the chain")?;
+    let registrar = connect(contract).await?;
     Ok(One {
         cluster: DstackClusterNFT::new(contract, owner),
         holder,
@@ -156,6 +196,13 @@ pub(crate) async fn registrar(contract: Address, payer: usize) -> anyhow::Result
         registrar: Arc::new(registrar),
         payer: account_key(payer).parse()?,
     })
+}
+
+/// The cluster as a node's registration code reaches it, through the one provider.
+async fn connect(contract: Address) -> anyhow::Result<mesh_chain::cluster::Cluster> {
+    mesh_chain::cluster::Cluster::connect(mesh_chain::rpc::Rpcs::one(rpc_url().parse()?)?, contract)
+        .await
+        .context("connecting a registration to the chain")
 }
 
 impl One {
