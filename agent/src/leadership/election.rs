@@ -206,12 +206,34 @@ pub fn to_watch(own: Option<u64>, leader: Option<u64>, vote: Option<u64>) -> Vec
     seats
 }
 
+/// Holds of a ballot this many timeouts apart or closer are a pattern: a node that keeps deciding ballots it
+/// may not send (each, once sent, mined and paid for) has a bug worth a warning.
+pub const FLAPPING_HOLDS: u32 = 10;
+
+/// Whether a ballot held back at `now` follows another held back at `last_hold` closely enough to be a pattern
+/// ([`FLAPPING_HOLDS`] timeouts). One alone is the one-per-timeout bound doing its work after the facts moved
+/// back: a leader that stalled for a timeout under load and answers again has its vote withdrawn, held back
+/// until a timeout after the vote.
+pub fn flapping(last_hold: Option<Instant>, now: Instant, timeout: Duration) -> bool {
+    last_hold.is_some_and(|last| now.saturating_duration_since(last) < timeout * FLAPPING_HOLDS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn one_ballot_held_back_is_no_pattern_and_another_within_ten_timeouts_is() {
+        let start = Instant::now();
+        assert!(!flapping(None, start, TIMEOUT), "the first hold");
+        let soon = start + TIMEOUT * 3;
+        assert!(flapping(Some(start), soon, TIMEOUT));
+        let later = start + TIMEOUT * FLAPPING_HOLDS;
+        assert!(!flapping(Some(start), later, TIMEOUT), "ten timeouts on");
+    }
 
     struct World {
         start: Instant,

@@ -179,6 +179,8 @@ pub struct Machine {
     /// When the last ballot was sent, for the one-per-timeout bound, and the ballot that bound holds back.
     last_ballot: Option<Instant>,
     held: Option<Ballot>,
+    /// When a ballot was last held back: a second within [`election::FLAPPING_HOLDS`] timeouts is warned about.
+    last_hold: Option<Instant>,
     /// Pings sent within the lease: nonce → (to whom, when).
     sent: BTreeMap<u32, (u64, Instant)>,
     next_nonce: u32,
@@ -236,6 +238,7 @@ impl Machine {
             ballot_block: None,
             last_ballot: None,
             held: None,
+            last_hold: None,
             sent: BTreeMap::new(),
             next_nonce: seed,
             view: View {
@@ -665,7 +668,13 @@ impl Machine {
                 self.held = Some(ballot);
                 let c = &mut self.state.counters;
                 c.ballots_held = c.ballots_held.saturating_add(1);
-                warn!(%ballot, %reason, last_ago = ?now.saturating_duration_since(last), "a ballot is due, but this node sent one less than a leader timeout ago: held back (one per timeout at most)");
+                let last_ago = now.saturating_duration_since(last);
+                if election::flapping(self.last_hold, now, bound) {
+                    warn!(%ballot, %reason, ?last_ago, held = c.ballots_held, "a ballot is due, but this node sent one less than a leader timeout ago, and held one back lately too: held back (one per timeout at most; a node that keeps holding ballots back has a bug)");
+                } else {
+                    info!(%ballot, %reason, ?last_ago, "a ballot is due, but this node sent one less than a leader timeout ago: held back (one per timeout at most)");
+                }
+                self.last_hold = Some(now);
             }
             return;
         }

@@ -9,6 +9,7 @@ use super::*;
 use crate::leadership::machine::{HandOffCause, HandOffRefused};
 
 mod handoff;
+mod held;
 
 fn calm() -> Weather {
     Weather {

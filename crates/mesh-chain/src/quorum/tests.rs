@@ -110,29 +110,9 @@ async fn one_provider_down_leaves_two_that_agree() {
     );
 }
 
-/// Captures what is logged at warn level while the test runs (on this thread).
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Warnings {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_split_that_repeats_is_warned_of_once() {
-    let warnings = Warnings::default();
-    let sink = warnings.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || sink.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (warnings, _guard) = crate::testing::Warnings::capture();
     let (provider, watch, [a, b, c]) = three();
     for _ in 0..3 {
         a.push_success(&"0x01");
@@ -144,7 +124,7 @@ async fn a_split_that_repeats_is_warned_of_once() {
             .unwrap_err();
     }
     assert_eq!(watch.report().splits, 3);
-    let logged = String::from_utf8(warnings.0.lock().unwrap().clone()).unwrap();
+    let logged = warnings.text();
     assert_eq!(logged.matches("no quorum").count(), 1, "{logged}");
 }
 
