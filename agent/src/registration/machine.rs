@@ -149,11 +149,14 @@ enum Step {
     Sending { holder: Address },
 }
 
-/// What a change of is worth a check now.
+/// What a change of is worth a check now: the seat, whether the chain is followed, and this seat's record and
+/// binding. A holder's rebind answers a request at the block that holds it, not at the next recheck (30 s on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Trigger {
     seat: SeatState,
     following: bool,
+    record_matches: bool,
+    bound_image: Option<ClaimedMeasurements>,
 }
 
 impl Trigger {
@@ -161,6 +164,8 @@ impl Trigger {
         Self {
             seat: chain.seat,
             following: chain.pins.is_some() && !chain.from_cache,
+            record_matches: chain.record_matches,
+            bound_image: chain.bound_image,
         }
     }
 }

@@ -397,17 +397,7 @@ fn a_seat_bound_to_a_lost_key_asks_its_holder_for_a_rebind() {
 
 #[test]
 fn an_upgraded_image_asks_the_seats_holder_to_rebind_and_the_image_is_read_once() {
-    let (mut m, now) = machine(true, None);
-    let bound_on_a = Chain {
-        bound_image: Some(image(0xa)),
-        ..following(SeatState::Active(1))
-    };
-    m.handle_chain(now, bound_on_a);
-    jobs(&mut m);
-    m.handle_job(now, up_to_date());
-    assert_eq!(jobs(&mut m), [Job::RunningImage]);
-    m.handle_job(now, JobDone::RunningImage(Ok(image(0xb))));
-    assert_eq!(jobs(&mut m), [Job::HolderOf { token: 1 }]);
+    let (mut m, now) = upgraded();
     m.handle_job(now, JobDone::HolderOf(Ok(holder(3))));
     assert_eq!(jobs(&mut m), [Job::RequestedHolder]);
     m.handle_job(now, JobDone::RequestedHolder(Ok(Some(holder(3)))));
@@ -434,6 +424,52 @@ fn an_upgraded_image_asks_the_seats_holder_to_rebind_and_the_image_is_read_once(
     m.handle_job(now, JobDone::RunningImage(Ok(image(0xa))));
     assert!(jobs(&mut m).is_empty(), "the same image: nothing to ask");
     assert_eq!(m.state().seat_request, None);
+}
+
+/// A node that runs image B on a seat bound with a quote of image A, its check as far as reading the seat's
+/// holder, to ask for a rebind.
+fn upgraded() -> (Machine, Instant) {
+    let (mut m, now) = machine(true, None);
+    let bound_on_a = Chain {
+        bound_image: Some(image(0xa)),
+        ..following(SeatState::Active(1))
+    };
+    m.handle_chain(now, bound_on_a);
+    jobs(&mut m);
+    m.handle_job(now, up_to_date());
+    assert_eq!(jobs(&mut m), [Job::RunningImage]);
+    m.handle_job(now, JobDone::RunningImage(Ok(image(0xb))));
+    assert_eq!(jobs(&mut m), [Job::HolderOf { token: 1 }]);
+    (m, now)
+}
+
+/// The holder's rebind answers the request at the block that holds it: the registrar checks at once, finds
+/// the seat bound to the image it runs, and the request is gone, without waiting for the recheck.
+#[test]
+fn a_rebind_to_the_running_image_answers_the_request_at_once() {
+    let (mut m, now) = upgraded();
+    m.handle_job(now, JobDone::HolderOf(Ok(holder(3))));
+    jobs(&mut m);
+    m.handle_job(now, JobDone::RequestedHolder(Ok(Some(holder(3)))));
+    assert!(m.state().seat_request.is_some(), "the request stands");
+    assert_eq!(m.poll_timeout(), Some(now + REQUEST_RECHECK));
+
+    let later = now + Duration::from_secs(1);
+    m.handle_chain(
+        later,
+        Chain {
+            bound_image: Some(image(0xb)),
+            ..following(SeatState::Active(1))
+        },
+    );
+    assert_eq!(
+        jobs(&mut m),
+        [register_job()],
+        "checked at the rebind's block"
+    );
+    m.handle_job(later, up_to_date());
+    assert!(jobs(&mut m).is_empty(), "the running image is known");
+    assert_eq!(m.state().seat_request, None, "the request is answered");
 }
 
 /// One job at a time: a registration is sent once, however the chain moves while it waits.
