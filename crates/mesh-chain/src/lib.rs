@@ -49,6 +49,7 @@ pub mod record;
 pub mod redact;
 pub mod registration;
 pub mod revert;
+pub mod roster;
 pub mod rpc;
 pub mod stall;
 #[cfg(any(test, feature = "testing"))]

@@ -333,6 +333,17 @@ pub struct Own<'a> {
     pub wg_public_key: Option<Key>,
 }
 
+impl Own<'_> {
+    /// Whether `reg`, filed under seat `token`, is this node's own: its seat, its instance or its key.
+    pub fn is(&self, token: u64, reg: &SignedRegistration) -> bool {
+        Some(token) == self.token_id
+            || reg.instance_id == self.instance_id
+            || self
+                .wg_public_key
+                .is_some_and(|k| *k.as_bytes() == reg.wg_public_key.0)
+    }
+}
+
 /// One believed record as a peer, if it is usable.
 ///
 /// # Errors
@@ -382,12 +393,7 @@ pub fn members<R: std::borrow::Borrow<SignedRegistration>>(
     let mut invalid = Vec::new();
     for (token, reg) in records {
         let reg: &SignedRegistration = reg.borrow();
-        let mine = Some(*token) == own.token_id
-            || reg.instance_id == own.instance_id
-            || own
-                .wg_public_key
-                .is_some_and(|k| *k.as_bytes() == reg.wg_public_key.0);
-        if mine {
+        if own.is(*token, reg) {
             if Some(*token) != own.token_id {
                 invalid.push(InvalidRecord::Itself { token_id: *token });
             }

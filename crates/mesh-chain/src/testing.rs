@@ -45,6 +45,20 @@ pub fn believed_record(
     }
 }
 
+/// An empty view of the zero contract on chain 1, under 10.0.1.0/24 and no trust anchors: where
+/// [`believed_record`]s go, since the view takes them as believed already.
+pub fn empty_view() -> ChainView {
+    ChainView::new(
+        Address::ZERO,
+        Pins {
+            kms_root: Address::ZERO,
+            app_ids: Vec::new(),
+            chain_id: 1,
+            prefix: Prefix::new([10, 0, 1, 0].into(), 24).expect("a valid prefix"),
+        },
+    )
+}
+
 /// A cluster of fixed test keys: a KMS root, an app key it issued, and node keys of one repeated byte each.
 /// Unlike [`believed_record`], what it signs verifies against [`Cluster::pins`], so that what decides on
 /// records (the view, the follower's events and listings) can be tested with real proofs and real forgeries.

@@ -200,18 +200,9 @@ pub enum Seat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::Prefix;
 
     fn view() -> ChainView {
-        ChainView::new(
-            Address::ZERO,
-            Pins {
-                kms_root: Address::ZERO,
-                app_ids: Vec::new(),
-                chain_id: 1,
-                prefix: Prefix::new([10, 0, 1, 0].into(), 24).unwrap(),
-            },
-        )
+        crate::testing::empty_view()
     }
 
     fn binding(node: u8, evidence: &'static [u8]) -> Binding {

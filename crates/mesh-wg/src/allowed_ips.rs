@@ -65,15 +65,18 @@ impl<V: Clone + PartialEq> AllowedIps<V> {
         }
     }
 
-    /// Every owner's prefixes, longest first then by address, in one pass over the table: asking for each
-    /// owner's in turn would go through every prefix once per owner.
-    pub(crate) fn prefixes_by_value(&self) -> HashMap<V, Vec<Ipv4Network>>
+    /// The prefixes of each owner that `keep` takes, longest first then by address, in one pass over the
+    /// table: asking for each owner's in turn would go through every prefix once per owner.
+    pub(crate) fn prefixes_by_value(
+        &self,
+        keep: impl Fn(&V) -> bool,
+    ) -> HashMap<V, Vec<Ipv4Network>>
     where
         V: Eq + std::hash::Hash,
     {
         let mut out: HashMap<V, Vec<Ipv4Network>> = HashMap::new();
         for (len, table) in self.by_len.iter().enumerate().rev() {
-            for (addr, v) in table {
+            for (addr, v) in table.iter().filter(|(_, v)| keep(v)) {
                 let net = Ipv4Network::new(Ipv4Addr::from(*addr), len as u8).expect("len <= 32");
                 out.entry(v.clone()).or_default().push(net);
             }
@@ -90,7 +93,9 @@ impl<V: Clone + PartialEq> AllowedIps<V> {
     where
         V: Eq + std::hash::Hash,
     {
-        self.prefixes_by_value().remove(value).unwrap_or_default()
+        self.prefixes_by_value(|v| v == value)
+            .remove(value)
+            .unwrap_or_default()
     }
 }
 
@@ -156,7 +161,7 @@ mod tests {
         ] {
             t.insert(net(n), v);
         }
-        let all = t.prefixes_by_value();
+        let all = t.prefixes_by_value(|_| true);
         assert_eq!(
             all[&'a'],
             [net("10.0.1.1/32"), net("10.0.2.0/24"), net("10.0.9.0/24")]

@@ -175,6 +175,18 @@ impl PeerTable for MeshDevice {
         }
     }
 
+    fn peers_of(&self, keys: &[Key]) -> Vec<PeerStatus> {
+        match self {
+            Self::Userspace(d) => d.peers_of(keys),
+            // The kernel's interface answers a dump of every peer; it is filtered here.
+            Self::Kernel(d) => {
+                let mut peers = d.peers();
+                peers.retain(|p| keys.contains(&p.public_key));
+                peers
+            }
+        }
+    }
+
     fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {
         match self {
             Self::Userspace(d) => d.set_peer(peer),

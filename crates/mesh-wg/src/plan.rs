@@ -149,6 +149,13 @@ fn by_key<T>(items: &[T], key: impl Fn(&T) -> Key) -> Vec<&T> {
 pub trait PeerTable {
     /// The peers the interface has now, with their handshakes and counters.
     fn peers(&self) -> Vec<PeerStatus>;
+    /// Those of [`PeerTable::peers`] whose keys are among `keys`: what a plan for a few seats compares
+    /// against, without reading a thousand peers' statuses.
+    fn peers_of(&self, keys: &[Key]) -> Vec<PeerStatus> {
+        let mut peers = self.peers();
+        peers.retain(|p| keys.contains(&p.public_key));
+        peers
+    }
     /// Adds the peer, or sets an existing one in place without disturbing its session.
     ///
     /// # Errors
@@ -161,6 +168,10 @@ pub trait PeerTable {
 impl<T: PeerTable + ?Sized> PeerTable for std::sync::Arc<T> {
     fn peers(&self) -> Vec<PeerStatus> {
         (**self).peers()
+    }
+
+    fn peers_of(&self, keys: &[Key]) -> Vec<PeerStatus> {
+        (**self).peers_of(keys)
     }
 
     fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {
@@ -222,6 +233,11 @@ impl MemoryTable {
 impl PeerTable for MemoryTable {
     fn peers(&self) -> Vec<PeerStatus> {
         self.lock().values().cloned().collect()
+    }
+
+    fn peers_of(&self, keys: &[Key]) -> Vec<PeerStatus> {
+        let peers = self.lock();
+        keys.iter().filter_map(|k| peers.get(k).cloned()).collect()
     }
 
     fn set_peer(&self, peer: PeerConfig) -> Result<(), Error> {

@@ -202,6 +202,13 @@ mod tests {
             format!("{prefix}…"),
             "left out: nameless again"
         );
+        names::update([other], [(named, "seat 5".to_owned())]);
+        assert_eq!(
+            format!("{named:?}"),
+            format!("{prefix}…(seat 5)"),
+            "named by an update"
+        );
+        assert!(!format!("{other:?}").contains("seat"), "forgotten by it");
     }
 
     /// In JSON a key is its base64 string, and anything else is refused with the reason.

@@ -16,6 +16,21 @@ pub fn set(names: impl IntoIterator<Item = (crate::Key, String)>) {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
 }
 
+/// Forgets the names of `gone`, then names the keys of `came`: the change of one seat, without naming a
+/// thousand others again.
+pub fn update(
+    gone: impl IntoIterator<Item = crate::Key>,
+    came: impl IntoIterator<Item = (crate::Key, String)>,
+) {
+    let mut names = NAMES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for key in gone {
+        names.remove(&key.0);
+    }
+    names.extend(came.into_iter().map(|(k, n)| (k.0, n)));
+}
+
 /// The name of `key`, if it has one.
 pub(crate) fn of(key: &[u8; 32]) -> Option<String> {
     NAMES

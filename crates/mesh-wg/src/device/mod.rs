@@ -355,6 +355,15 @@ impl Device {
             .collect()
     }
 
+    /// Status of the peers among `keys`, ordered by public key.
+    pub fn peers_of(&self, keys: &[Key]) -> Vec<PeerStatus> {
+        self.shared
+            .peer_snapshots_of(keys)
+            .into_iter()
+            .map(|p| p.status)
+            .collect()
+    }
+
     /// Stops every loop, deletes the interface and removes the UAPI socket.
     ///
     /// # Errors

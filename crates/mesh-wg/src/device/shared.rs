@@ -380,12 +380,25 @@ impl Shared {
     }
 
     pub(crate) fn peer_snapshots(&self) -> Vec<PeerSnapshot> {
+        self.snapshots_where(None)
+    }
+
+    /// [`Shared::peer_snapshots`] of the peers among `keys` only.
+    pub(crate) fn peer_snapshots_of(&self, keys: &[Key]) -> Vec<PeerSnapshot> {
+        self.snapshots_where(Some(keys))
+    }
+
+    fn snapshots_where(&self, keys: Option<&[Key]>) -> Vec<PeerSnapshot> {
         let own_mapping = self.own_candidates().mapping;
         let st = self.read();
-        let mut prefixes = st.allowed_ips.prefixes_by_value();
-        let mut out: Vec<PeerSnapshot> = st
-            .peers
-            .values()
+        let wanted = |k: &Key| keys.is_none_or(|keys| keys.contains(k));
+        let mut prefixes = st.allowed_ips.prefixes_by_value(wanted);
+        let peers: Vec<&Arc<Peer>> = match keys {
+            None => st.peers.values().collect(),
+            Some(keys) => keys.iter().filter_map(|k| st.peers.get(k)).collect(),
+        };
+        let mut out: Vec<PeerSnapshot> = peers
+            .into_iter()
             .map(|peer| PeerSnapshot {
                 status: peer.status(
                     prefixes.remove(&peer.public_key).unwrap_or_default(),
