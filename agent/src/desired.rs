@@ -1,28 +1,43 @@
 //! The peers this node should have: from what it believes of the chain to what the interface should hold.
 //! Pure, so it is tested without a chain or an interface.
 
-use mesh_chain::membership::{self, InvalidRecord, Member, Own};
+use std::sync::Arc;
+
+use mesh_chain::membership::{InvalidRecord, Member, Own};
 use mesh_chain::policy::ClusterPolicy;
+use mesh_chain::roster::{Moved, Roster};
 use mesh_chain::view::ChainView;
-use mesh_wg::{Ipv4Network, PeerConfig, Reach, RelayTarget};
+use mesh_wg::{Ipv4Network, Key, PeerConfig, Reach, RelayTarget};
 
 use crate::state::SeatState;
 
 /// WireGuard keepalive towards every peer: keeps NAT mappings open and handshakes fresh.
 pub const KEEPALIVE_SECS: u16 = 25;
 
-/// This node's peers, and why the other believed records are not: none at all while the chain says this
-/// node has no active seat, since it is then no member. (Before the chain has answered, the cached view is
-/// served.)
+/// This node's peers, carried from view to view, and why the other believed records are not: none at all
+/// while the chain says this node has no active seat, since it is then no member. (Before the chain has
+/// answered, the cached view is served.)
+pub fn roster(
+    view: &Arc<ChainView>,
+    seat: SeatState,
+    own: Own<'_>,
+) -> (Option<Roster>, Vec<InvalidRecord>) {
+    if seat.is_out() {
+        return (None, Vec::new());
+    }
+    let (roster, invalid) = Roster::new(Arc::clone(view), own);
+    (Some(roster), invalid)
+}
+
+/// The members of [`roster`], as a list.
 pub fn members(
     view: &ChainView,
     seat: SeatState,
     own: Own<'_>,
 ) -> (Vec<Member>, Vec<InvalidRecord>) {
-    if seat.is_out() {
-        return (Vec::new(), Vec::new());
-    }
-    membership::members(&view.records, own, view.prefix())
+    let (roster, invalid) = roster(&Arc::new(view.clone()), seat, own);
+    let members = roster.map_or_else(Vec::new, |r| r.members().values().cloned().collect());
+    (members, invalid)
 }
 
 /// The grants between seats as they bear on this node: the cluster's policy, and this node's own tags (its
@@ -60,13 +75,13 @@ impl<'a> Grants<'a> {
 /// What the interface should hold for `members`: each one with a WireGuard key, at its overlay address, with
 /// its relay on `relay_port` when relays are on and its gateway URL is a dstack gateway name, and reaching
 /// here what `grants` allow it (everything before the grants are read, as with no policy).
-pub fn peer_configs(
-    members: &[Member],
+pub fn peer_configs<'a>(
+    members: impl IntoIterator<Item = &'a Member>,
     relay_port: Option<u16>,
     grants: Option<Grants<'_>>,
 ) -> Vec<PeerConfig> {
     members
-        .iter()
+        .into_iter()
         .filter_map(|m| {
             Some(PeerConfig {
                 public_key: m.wg_public_key?,
@@ -80,6 +95,27 @@ pub fn peer_configs(
             })
         })
         .collect()
+}
+
+/// What the interface should hold for the seats in `moved` alone, as [`peer_configs`] gives it, and every
+/// key those seats had or have: a plan for them compares the one with the interface's peers of the other.
+pub fn moved_configs(
+    moved: &[Moved],
+    relay_port: Option<u16>,
+    grants: Option<Grants<'_>>,
+) -> (Vec<PeerConfig>, Vec<Key>) {
+    let want = peer_configs(
+        moved.iter().filter_map(|m| m.after.as_ref()),
+        relay_port,
+        grants,
+    );
+    let mut keys: Vec<Key> = (moved.iter())
+        .flat_map(|m| [&m.before, &m.after])
+        .filter_map(|m| m.as_ref()?.wg_public_key)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    (want, keys)
 }
 
 /// A member's relay: its gateway URL with the relay port. A URL that is not a dstack gateway name gives
@@ -99,7 +135,6 @@ pub fn relay_of(member: &Member, relay_port: u16) -> Option<RelayTarget> {
 pub(crate) mod tests {
     use super::*;
     use alloy::primitives::Address;
-    use mesh_chain::membership::{Pins, Prefix};
     use mesh_chain::record::SignedRegistration;
     use mesh_wg::Key;
 
@@ -111,15 +146,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn view(records: &[SignedRegistration]) -> ChainView {
-        let mut v = ChainView::new(
-            Address::ZERO,
-            Pins {
-                kms_root: Address::ZERO,
-                app_ids: Vec::new(),
-                chain_id: 1,
-                prefix: Prefix::new("10.0.1.0".parse().unwrap(), 24).unwrap(),
-            },
-        );
+        let mut v = mesh_chain::testing::empty_view();
         for r in records {
             v.records
                 .insert(u64::try_from(r.token_id).unwrap(), r.clone().into());

@@ -63,7 +63,7 @@ pub fn faults(s: Sources<'_>, wall: SystemTime, mono: Instant) -> Vec<Fault> {
     );
     out.extend(s.dstack.map(|f| failing("dstack", f)));
     out.extend(s.chain.save_failing.iter().map(|f| failing("state-dir", f)));
-    for m in s.mesh.members.iter() {
+    for m in s.mesh.members.values() {
         let Some(stat) = m.wg_public_key.and_then(|k| s.mesh.stats.get(&k)) else {
             continue;
         };
@@ -101,7 +101,6 @@ pub fn faults(s: Sources<'_>, wall: SystemTime, mono: Instant) -> Vec<Fault> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use mesh_chain::quorum::{ProviderReport, QuorumReport};
@@ -162,7 +161,7 @@ mod tests {
             ..ChainState::default()
         };
         let mesh = MeshState {
-            members: Arc::new(Vec::new()),
+            members: Default::default(),
             ..MeshState::default()
         };
         let dstack = Failing {
@@ -249,8 +248,8 @@ mod tests {
         };
         let named = |path, mapped: Option<&str>| {
             let mesh = MeshState {
-                members: Arc::new(vec![member.clone()]),
-                stats: Arc::new([(key, status(path))].into_iter().collect()),
+                members: [(member.token_id, member.clone())].into_iter().collect(),
+                stats: [(key, status(path))].into_iter().collect(),
                 nat: Some(servers(mapped)),
                 ..MeshState::default()
             };

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mesh_chain::membership::Member;
+use mesh_chain::roster::Members;
 
 use tokio::io::AsyncWriteExt as _;
 
@@ -152,14 +152,16 @@ pub fn hosts_block(existing: &str, members: &[(u64, Ipv4Addr)], suffix: &str) ->
 ///
 /// # Errors
 /// When the file cannot be read or replaced.
-pub fn write_hosts(path: &Path, members: &[Member], suffix: &str) -> anyhow::Result<()> {
+pub fn write_hosts(path: &Path, members: &Members, suffix: &str) -> anyhow::Result<()> {
     let existing = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let entries: Vec<(u64, Ipv4Addr)> =
-        members.iter().map(|m| (m.token_id, m.overlay_ip)).collect();
+    let entries: Vec<(u64, Ipv4Addr)> = members
+        .values()
+        .map(|m| (m.token_id, m.overlay_ip))
+        .collect();
     let text = hosts_block(&existing, &entries, suffix);
     let tmp = path.with_extension("dstack-mesh.tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;

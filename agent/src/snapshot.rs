@@ -5,7 +5,6 @@
 //! included. It is then offered as `wireguard` at its overlay address, else as `tls-gateway` at its gateway
 //! URL if it has one, else `unreachable`.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use alloy::primitives::Address;
@@ -16,12 +15,13 @@ use mesh_api::{
 use mesh_chain::election::Ballot;
 use mesh_chain::membership::Member;
 use mesh_chain::redact::RedactedUrl;
-use mesh_wg::{Key, Liveness, PathKind, PeerStatus};
+use mesh_chain::roster::Members;
+use mesh_wg::{Key, Liveness, PathKind};
 
 use crate::attestation::Attested;
 use crate::leadership::lease::{Claim, Timing};
 use crate::leadership::state::LeaderState;
-use crate::state::{ChainState, MeshState, RegState};
+use crate::state::{ChainState, MeshState, PeerStats, RegState};
 
 /// What the snapshot says of this node that no task learns: fixed once the node's identity is known.
 #[derive(Debug, Clone, Default)]
@@ -91,12 +91,7 @@ pub fn initial(agent: &AgentFacts) -> Snapshot {
 }
 
 /// One peer as applications see it.
-fn peer(
-    member: &Member,
-    stats: &BTreeMap<Key, PeerStatus>,
-    liveness: &Liveness,
-    now: Clock,
-) -> Peer {
+fn peer(member: &Member, stats: &PeerStats, liveness: &Liveness, now: Clock) -> Peer {
     let stat = member.wg_public_key.and_then(|k| stats.get(&k));
     let handshake = stat.and_then(|s| s.last_handshake);
     let heard = stat.and_then(|s| s.last_heard);
@@ -160,14 +155,10 @@ fn peer(
 }
 
 /// The seat of the member that relays for this node's pair with `member`, while the pair goes through one.
-fn relay_seat(
-    member: &Member,
-    members: &[Member],
-    stats: &BTreeMap<Key, PeerStatus>,
-) -> Option<u64> {
+fn relay_seat(member: &Member, members: &Members, stats: &PeerStats) -> Option<u64> {
     let relay = stats.get(&member.wg_public_key?)?.peer_relay?;
     members
-        .iter()
+        .values()
         .find(|m| m.wg_public_key == Some(relay))
         .map(|m| m.token_id)
 }
@@ -255,7 +246,7 @@ pub fn render(
         .map(|g| crate::desired::Grants::for_node(g, token, Some(node.app_id)));
     let peers: Vec<Peer> = mesh
         .members
-        .iter()
+        .values()
         .map(|m| Peer {
             policy: policy::peer(grants, m, m.wg_public_key.and_then(|k| mesh.stats.get(&k))),
             leader: Some(m.token_id) == leader_seat,

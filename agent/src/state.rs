@@ -5,7 +5,6 @@
 //! publisher renders.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +12,9 @@ use alloy::primitives::Address;
 use mesh_chain::election::ElectionError;
 use mesh_chain::error::ChainError;
 use mesh_chain::follow::FullReadError;
-use mesh_chain::membership::Member;
 use mesh_chain::redact::RedactedUrl;
 use mesh_chain::registration::RegistrationError;
+use mesh_chain::roster::Members;
 use mesh_chain::view::ChainView;
 use mesh_wg::{Key, PeerStatus};
 
@@ -137,17 +136,21 @@ pub struct DeviceInfo {
 }
 
 /// The mesh task's state.
+/// The interface's peers by key, with their handshakes and counters. A copy shares the map, and a change
+/// to a few peers copies a path of it, not the statuses of a thousand.
+pub type PeerStats = imbl::OrdMap<Key, PeerStatus>;
+
 #[derive(Debug, Clone, Default)]
 pub struct MeshState {
     /// The interface, while there is one (never in TLS mode).
     pub device: Option<DeviceInfo>,
     /// The peers this node offers applications: every believed, usable record but its own.
-    pub members: Arc<Vec<Member>>,
+    pub members: Members,
     /// `members` comes from a view of the chain and their tunnels have settled (`tasks::mesh::settled`):
     /// before, the list is not known, rather than empty or every peer unreachable.
     pub known: bool,
     /// The interface's peers, with their handshakes and counters.
-    pub stats: Arc<BTreeMap<Key, PeerStatus>>,
+    pub stats: PeerStats,
     /// Believed records that are not usable peers (see `mesh_chain::membership::InvalidRecord`).
     pub invalid_records: u64,
     /// Plans that changed the interface.

@@ -3,6 +3,7 @@ use crate::desired::tests::{own, record, view};
 use crate::state::{DeviceInfo, Fault, FaultError, SeatProblem, SeatState};
 use mesh_chain::error::ChainError;
 use mesh_chain::follow::FullReadError;
+use mesh_wg::PeerStatus;
 use std::sync::Arc;
 
 /// The numbers below are for a 3 s peer timeout.
@@ -102,9 +103,11 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
             listen_port: 51820,
             backend: "userspace",
         }),
-        members: Arc::new(members),
+        members: members.into_iter().map(|m| (m.token_id, m)).collect(),
         known: true,
-        stats: Arc::new([stat(0x22, 5, 1), stat(0x33, 600, 600), stat(0x44, 600, 600)].into()),
+        stats: [stat(0x22, 5, 1), stat(0x33, 600, 600), stat(0x44, 600, 600)]
+            .into_iter()
+            .collect(),
         invalid_records: 2,
         reconciles: 3,
         reconcile_latency: mesh_api::latency::Latency::default(),
@@ -497,10 +500,8 @@ fn a_peer_is_healthy_only_while_it_was_heard_within_the_peer_timeout() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let (chain, reg, mut mesh) = states(now);
     let heard = |mesh: &mut MeshState, ms: u64| {
-        let mut stats = (*mesh.stats).clone();
-        let two = stats.get_mut(&Key::from_bytes([0x22; 32])).unwrap();
+        let two = mesh.stats.get_mut(&Key::from_bytes([0x22; 32])).unwrap();
         two.last_heard = Some(mono() - Duration::from_millis(ms));
-        mesh.stats = Arc::new(stats);
     };
     let two = |mesh: &MeshState| {
         let s = snapshot(&chain, &reg, mesh, Duration::ZERO, now);
@@ -730,17 +731,17 @@ fn the_policy_in_force_is_shown_with_each_peers_reach_and_drops() {
         tcp: vec![5432..=5432],
         udp: Vec::new(),
     };
-    let mut stats = (*mesh.stats).clone();
-    for (key, stat) in &mut stats {
-        stat.reach = if *key == Key::from_bytes([0x22; 32]) {
+    let keys: Vec<Key> = mesh.stats.keys().copied().collect();
+    for key in keys {
+        let stat = mesh.stats.get_mut(&key).unwrap();
+        stat.reach = if key == Key::from_bytes([0x22; 32]) {
             postgres.clone()
         } else {
             mesh_wg::Reach::default()
         };
     }
-    let two = stats.get_mut(&Key::from_bytes([0x22; 32])).unwrap();
+    let two = mesh.stats.get_mut(&Key::from_bytes([0x22; 32])).unwrap();
     two.policy_dropped.no_grant = 4;
-    mesh.stats = Arc::new(stats);
     mesh.policy_dropped.no_grant = 6;
     mesh.policy_dropped.protocol = 1;
     let enforced = ChainState {

@@ -15,8 +15,11 @@ use anyhow::Context as _;
 use mesh_api::RelayCounters;
 use mesh_chain::membership::{InvalidRecord, Own};
 use mesh_chain::policy::ClusterPolicy;
+use mesh_chain::roster::{Members, Moved, Roster};
 use mesh_chain::view::ChainView;
-use mesh_wg::{BackendChoice, DeviceConfig, DropCounts, Key, MeshDevice, PeerTable, PrivateKey};
+use mesh_wg::{
+    BackendChoice, Change, DeviceConfig, DropCounts, Key, MeshDevice, PeerTable, PrivateKey,
+};
 use owned_task::Task;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::{ModeArg, RunArgs};
 use crate::desired;
-use crate::state::{ChainState, DeviceInfo, MeshState, SeatState};
+use crate::state::{ChainState, DeviceInfo, MeshState, PeerStats, SeatState};
 use crate::tasks::Shared;
 
 mod policy_log;
@@ -279,7 +282,7 @@ fn next_refresh(
 }
 
 /// Whether every peer in `stats` is held to the idle bound: nothing watches any, and none carries traffic.
-fn all_idle(stats: &BTreeMap<Key, mesh_wg::PeerStatus>) -> bool {
+fn all_idle(stats: &PeerStats) -> bool {
     !stats.is_empty() && (stats.values()).all(|p| p.health_timeout >= mesh_wg::IDLE_TIMEOUT)
 }
 
@@ -409,9 +412,9 @@ impl MeshTask<WireGuard> {
 struct Running<I: Interfaces> {
     task: MeshTask<I>,
     device: Option<(I::Table, DeviceInfo)>,
-    /// The view and seat the published members were worked out for: checking records costs signature
-    /// recoveries, so they are kept until either changes.
-    members_of: Option<(Arc<ChainView>, SeatState)>,
+    /// The seat the published members were worked out for, and the members carried from view to view
+    /// (none while the seat is out): a change reworks only the seats whose records moved.
+    members_of: Option<(SeatState, Option<Roster>)>,
     /// The reason each skipped record was skipped, so each is logged once.
     invalid: BTreeMap<u64, String>,
     /// Peers on the device with no handshake yet, since when ([`next_refresh`]).
@@ -495,7 +498,7 @@ impl<I: Interfaces> Running<I> {
             // Should the seat become active again, the interface comes back.
             self.leave().await;
         }
-        let members_changed = self.update_members(view, chain.seat);
+        let moved = self.update_members(view, chain.seat);
         let grants = chain
             .grants
             .as_ref()
@@ -519,9 +522,10 @@ impl<I: Interfaces> Running<I> {
             self.device = Some((table, info));
         }
         // A block that changed none of this node's peers (a binding, a vote, a new leader) is not worked
-        // through a thousand peers again: the device is read at the refresh, as it would have been.
+        // through a thousand peers again: the device is read at the refresh, as it would have been. One
+        // that moved a few seats plans those alone.
         let now = Instant::now();
-        if members_changed
+        if matches!(moved, MembersMoved::All)
             || grants_changed
             || had_device != self.device.is_some()
             || self.refresh_due.is_none_or(|due| now >= due)
@@ -531,6 +535,8 @@ impl<I: Interfaces> Running<I> {
             let idle = !self.watching_all && all_idle(&self.state.stats);
             let wait = next_refresh(&self.awaiting, now, self.task.refresh, idle);
             self.refresh_due = Some(now + wait);
+        } else if let MembersMoved::Seats(moved) = moved {
+            self.reconcile_seats(&moved);
         }
         if !self.state.known
             && let Some(by) = self.settle_by
@@ -540,36 +546,48 @@ impl<I: Interfaces> Running<I> {
         Ok(())
     }
 
-    /// Works out the members of `view` for `seat`, unless they are those already worked out; whether they
-    /// were worked out anew.
-    fn update_members(&mut self, view: &Arc<ChainView>, seat: SeatState) -> bool {
-        if let Some((v, s)) = &mut self.members_of
-            && *s == seat
-            && (Arc::ptr_eq(v, view) || v.same_records(view))
-        {
-            // The newer view is kept, so that the older one (its bindings, its holders) can go.
-            *v = Arc::clone(view);
-            return false;
+    /// Takes the members of `view` for `seat`: carried from the last view's while the seat is the same,
+    /// else worked out from nothing.
+    fn update_members(&mut self, view: &Arc<ChainView>, seat: SeatState) -> MembersMoved {
+        let carried = match &mut self.members_of {
+            // Out: no members, whatever the records say.
+            Some((s, None)) if *s == seat => return MembersMoved::Nothing,
+            Some((s, Some(roster))) if *s == seat => {
+                let (moved, invalid) = roster.update(view);
+                Some((moved, invalid, roster.members().clone()))
+            }
+            _ => None,
+        };
+        if let Some((moved, invalid, members)) = carried {
+            self.note_invalid(invalid);
+            if moved.is_empty() {
+                return MembersMoved::Nothing;
+            }
+            wg_key::names::update(
+                (moved.iter()).filter_map(|m| m.before.as_ref()?.wg_public_key),
+                (moved.iter()).filter_map(|m| m.after.as_ref().and_then(seat_name)),
+            );
+            self.state.members = members;
+            return MembersMoved::Seats(moved);
         }
         let own = Own {
             token_id: seat.token(),
             instance_id: &self.task.instance_id,
             wg_public_key: self.task.wg_public_key,
         };
-        let (members, invalid) = desired::members(view, seat, own);
+        let (roster, invalid) = desired::roster(view, seat, own);
         self.note_invalid(invalid);
+        let members = roster
+            .as_ref()
+            .map_or_else(Members::new, |r| r.members().clone());
         // The device logs a peer by its key (its only name in WireGuard); naming each key by its seat makes
         // every such line, the device's included, say which seat it is about.
-        wg_key::names::set(
-            members
-                .iter()
-                .filter_map(|m| m.wg_public_key.map(|k| (k, format!("seat {}", m.token_id)))),
-        );
-        self.state.members = Arc::new(members);
+        wg_key::names::set(members.values().filter_map(seat_name));
+        self.state.members = members;
         self.settle_by
             .get_or_insert_with(|| Instant::now() + SETTLE_FOR);
-        self.members_of = Some((Arc::clone(view), seat));
-        true
+        self.members_of = Some((seat, roster));
+        MembersMoved::All
     }
 
     fn note_invalid(&mut self, invalid: Vec<InvalidRecord>) {
@@ -583,31 +601,61 @@ impl<I: Interfaces> Running<I> {
         }
     }
 
-    fn reconcile(&mut self) {
+    /// The grants as they bear on this node, once read.
+    fn grants(&self) -> Option<desired::Grants<'_>> {
+        self.grants
+            .as_ref()
+            .map(|(policy, seat)| desired::Grants::for_node(policy, *seat, Some(self.task.app_id)))
+    }
+
+    /// Plans the seats in `moved` alone and applies the plan: their peers are read from the device, not
+    /// every peer's, and only their statuses are published again. The refresh comes soon for a peer added.
+    fn reconcile_seats(&mut self, moved: &[Moved]) {
         let Some((table, _)) = &self.device else {
-            self.state.stats = Arc::default();
             return;
         };
-        let grants = self
-            .grants
-            .as_ref()
-            .map(|(policy, seat)| desired::Grants::for_node(policy, *seat, Some(self.task.app_id)));
-        let want = desired::peer_configs(&self.state.members, self.task.relay_port, grants);
+        let (want, keys) = desired::moved_configs(moved, self.task.relay_port, self.grants());
+        let mut has = table.peers_of(&keys);
+        let changes = mesh_wg::plan(&want, &has, SystemTime::now());
+        if !changes.is_empty() {
+            apply(table, &changes, &mut self.state);
+            has = table.peers_of(&keys);
+        }
+        let now = Instant::now();
+        for key in &keys {
+            if self.state.stats.remove(key).is_some() && !has.iter().any(|p| p.public_key == *key) {
+                self.awaiting.remove(key);
+            }
+        }
+        for p in has {
+            if p.last_handshake.is_none() {
+                self.awaiting.entry(p.public_key).or_insert(now);
+            } else {
+                self.awaiting.remove(&p.public_key);
+            }
+            self.state.stats.insert(p.public_key, p);
+        }
+        let soon = now + next_refresh(&self.awaiting, now, self.task.refresh, false);
+        self.refresh_due = Some(self.refresh_due.map_or(soon, |due| due.min(soon)));
+    }
+
+    fn reconcile(&mut self) {
+        let Some((table, _)) = &self.device else {
+            self.state.stats = PeerStats::default();
+            return;
+        };
+        let want = desired::peer_configs(
+            self.state.members.values(),
+            self.task.relay_port,
+            self.grants(),
+        );
         let has = table.peers();
         let changes = mesh_wg::plan(&want, &has, SystemTime::now());
         // Read again only when changed: a thousand peers' statuses are most of an idle reconcile.
         let has = if changes.is_empty() {
             has
         } else {
-            for change in &changes {
-                info!(%change, "reconcile");
-            }
-            let began = Instant::now();
-            for (change, error) in mesh_wg::apply(table, &changes) {
-                warn!(%change, %error, "could not apply a change");
-            }
-            self.state.reconcile_latency.observe(began.elapsed());
-            self.state.reconciles = self.state.reconciles.saturating_add(1);
+            apply(table, &changes, &mut self.state);
             table.peers()
         };
         if let Some(interfaces) = &self.task.interfaces {
@@ -624,7 +672,7 @@ impl<I: Interfaces> Running<I> {
                 Instant::now(),
             );
         }
-        let stats: BTreeMap<Key, _> = has.into_iter().map(|p| (p.public_key, p)).collect();
+        let stats: PeerStats = has.into_iter().map(|p| (p.public_key, p)).collect();
         let now = Instant::now();
         self.awaiting
             .retain(|k, _| stats.get(k).is_some_and(|p| p.last_handshake.is_none()));
@@ -633,7 +681,7 @@ impl<I: Interfaces> Running<I> {
                 self.awaiting.entry(*key).or_insert(now);
             }
         }
-        self.state.stats = Arc::new(stats);
+        self.state.stats = stats;
     }
 
     async fn leave(&mut self) {
@@ -643,7 +691,7 @@ impl<I: Interfaces> Running<I> {
             return;
         };
         self.state.device = None;
-        self.state.stats = Arc::default();
+        self.state.stats = PeerStats::default();
         self.state.nat = None;
         self.state.peer_relay = None;
         match interfaces.remove(table).await {
@@ -653,6 +701,36 @@ impl<I: Interfaces> Running<I> {
             }
         }
     }
+}
+
+/// What a new view did to the members.
+enum MembersMoved {
+    Nothing,
+    /// These seats' members changed, and no other's.
+    Seats(Vec<Moved>),
+    /// They were worked out from nothing: a first view, or another seat.
+    All,
+}
+
+/// A member's key, named by its seat.
+fn seat_name(m: &mesh_chain::membership::Member) -> Option<(Key, String)> {
+    Some((m.wg_public_key?, format!("seat {}", m.token_id)))
+}
+
+/// Applies `changes` to `table`, each logged, and counts them in `state`.
+fn apply(table: &impl PeerTable, changes: &[Change], state: &mut MeshState) {
+    if changes.is_empty() {
+        return;
+    }
+    for change in changes {
+        info!(%change, "reconcile");
+    }
+    let began = Instant::now();
+    for (change, error) in mesh_wg::apply(table, changes) {
+        warn!(%change, %error, "could not apply a change");
+    }
+    state.reconcile_latency.observe(began.elapsed());
+    state.reconciles = state.reconciles.saturating_add(1);
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mesh_api::{CheckSignal, Leader, Peer, Snapshot};
-use mesh_chain::membership::Member;
+use mesh_chain::roster::Members;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -216,7 +216,7 @@ impl Hooks {
         }
     }
 
-    fn run(&self, peers: &[Peer], members: &[Member], running: &mut JoinSet<()>) {
+    fn run(&self, peers: &[Peer], members: &Members, running: &mut JoinSet<()>) {
         if let Some(path) = &self.hosts_file
             && let Err(e) = hooks::write_hosts(path, members, &self.hosts_suffix)
         {

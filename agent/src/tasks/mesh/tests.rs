@@ -96,6 +96,46 @@ struct Memory {
     table: Arc<Mutex<Option<Arc<MemoryTable>>>>,
     /// What the task last told the interface it watches.
     watching: Arc<Mutex<Option<mesh_wg::Watching>>>,
+    /// What the task asked of the table, in order.
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+/// A table in memory that notes each call: `peers` (every peer read), `peers_of` (some), `set`, `remove`.
+struct Recorded {
+    table: Arc<MemoryTable>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorded {
+    fn note(&self, call: &str, key: Option<&Key>) {
+        let call = match key {
+            Some(k) => format!("{call} {:02x}", k.as_bytes()[0]),
+            None => call.to_owned(),
+        };
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl PeerTable for Recorded {
+    fn peers(&self) -> Vec<mesh_wg::PeerStatus> {
+        self.note("peers", None);
+        self.table.peers()
+    }
+
+    fn peers_of(&self, keys: &[Key]) -> Vec<mesh_wg::PeerStatus> {
+        self.note("peers_of", None);
+        self.table.peers_of(keys)
+    }
+
+    fn set_peer(&self, peer: mesh_wg::PeerConfig) -> Result<(), mesh_wg::Error> {
+        self.note("set", Some(&peer.public_key));
+        self.table.set_peer(peer)
+    }
+
+    fn remove_peer(&self, key: &Key) -> bool {
+        self.note("remove", Some(key));
+        self.table.remove_peer(key)
+    }
 }
 
 impl Memory {
@@ -109,13 +149,13 @@ impl Memory {
 }
 
 impl Interfaces for Memory {
-    type Table = Arc<MemoryTable>;
+    type Table = Recorded;
 
     async fn create(
         &mut self,
         address: Ipv4Addr,
         prefix_len: u8,
-    ) -> anyhow::Result<(Arc<MemoryTable>, DeviceInfo)> {
+    ) -> anyhow::Result<(Recorded, DeviceInfo)> {
         self.log
             .lock()
             .unwrap()
@@ -127,14 +167,15 @@ impl Interfaces for Memory {
             listen_port: 1,
             backend: "memory",
         };
-        Ok((table, info))
+        let calls = Arc::clone(&self.calls);
+        Ok((Recorded { table, calls }, info))
     }
 
-    fn set_watching(&self, _: &Arc<MemoryTable>, watching: mesh_wg::Watching) {
+    fn set_watching(&self, _: &Recorded, watching: mesh_wg::Watching) {
         *self.watching.lock().unwrap() = Some(watching);
     }
 
-    async fn remove(&mut self, _: Arc<MemoryTable>) -> anyhow::Result<()> {
+    async fn remove(&mut self, _: Recorded) -> anyhow::Result<()> {
         self.log.lock().unwrap().push("remove".into());
         *self.table.lock().unwrap() = None;
         Ok(())
@@ -228,48 +269,122 @@ async fn the_interface_follows_the_seat_and_the_records() {
     );
 }
 
-/// A block that moves none of this node's peers (here a new leader) is not worked through them: the
-/// device waits for its refresh. One that moves a peer is applied at once.
-#[tokio::test]
-async fn a_block_that_moves_no_peer_waits_for_the_refresh() {
+/// A mesh task running on an interface in memory, for seat 5 with the records of seats 2 and 3.
+struct TwoPeers {
+    memory: Memory,
+    first: ChainState,
+    chain_tx: watch::Sender<ChainState>,
+    rx: watch::Receiver<MeshState>,
+    cancel: CancellationToken,
+    running: Task<anyhow::Result<()>>,
+}
+
+fn two_peers() -> TwoPeers {
     let memory = Memory::default();
     let first = chain(
         &[record(2, 0x22, ""), record(3, 0x33, "")],
         SeatState::Active(5),
     );
     let (chain_tx, chain_rx) = watch::channel(first.clone());
-    let (out, mut rx) = watch::channel(MeshState::default());
+    let (out, rx) = watch::channel(MeshState::default());
     let cancel = CancellationToken::new();
     let running = Task::spawn("mesh", task(&memory).run(chain_rx, out, cancel.clone()));
-    let before = until(&mut rx, |s| s.stats.len() == 2).await;
+    TwoPeers {
+        memory,
+        first,
+        chain_tx,
+        rx,
+        cancel,
+        running,
+    }
+}
 
-    let mut led = (**first.view.as_ref().unwrap()).clone();
+/// A block that moves none of this node's peers (here a new leader) is not worked through them: the
+/// device waits for its refresh. One that moves a peer is applied at once.
+#[tokio::test]
+async fn a_block_that_moves_no_peer_waits_for_the_refresh() {
+    let mut t = two_peers();
+    let before = until(&mut t.rx, |s| s.stats.len() == 2).await;
+
+    let mut led = (**t.first.view.as_ref().unwrap()).clone();
     led.leader = Some(2);
-    rx.mark_unchanged();
-    chain_tx.send_replace(ChainState {
+    t.rx.mark_unchanged();
+    t.chain_tx.send_replace(ChainState {
         view: Some(Arc::new(led.clone())),
-        ..first.clone()
+        ..t.first.clone()
     });
-    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+    tokio::time::timeout(Duration::from_secs(5), t.rx.changed())
         .await
         .expect("the mesh task published in time")
         .unwrap();
-    let after = rx.borrow_and_update().clone();
+    let after = t.rx.borrow_and_update().clone();
     assert!(
-        Arc::ptr_eq(&before.stats, &after.stats),
+        before.stats.ptr_eq(&after.stats),
         "the device was not read again for a new leader"
     );
-    assert!(Arc::ptr_eq(&before.members, &after.members));
+    assert!(before.members.ptr_eq(&after.members));
 
     led.records.remove(&3);
-    chain_tx.send_replace(ChainState {
+    t.chain_tx.send_replace(ChainState {
         view: Some(Arc::new(led)),
-        ..first
+        ..t.first.clone()
     });
-    until(&mut rx, |s| s.stats.len() == 1).await;
-    assert_eq!(memory.keys(), [Key::from_bytes([0x22; 32])]);
-    cancel.cancel();
-    running.await.unwrap().unwrap();
+    until(&mut t.rx, |s| s.stats.len() == 1).await;
+    assert_eq!(t.memory.keys(), [Key::from_bytes([0x22; 32])]);
+    t.cancel.cancel();
+    t.running.await.unwrap().unwrap();
+}
+
+/// A block that moves one seat is planned for that seat alone: its peer is read from the device, set, and
+/// read again for its status, and no other peer is read until the refresh. The others keep their statuses.
+#[tokio::test]
+async fn a_peer_change_reads_the_seats_that_moved_not_every_peer() {
+    let mut t = two_peers();
+    until(&mut t.rx, |s| s.stats.len() == 2).await;
+    // Handshaken: no longer awaited, so nothing reads the device until the refresh, an hour away.
+    let table = t
+        .memory
+        .table
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("an interface");
+    for key in [0x22, 0x33] {
+        table.handshake(&Key::from_bytes([key; 32]), std::time::SystemTime::now());
+    }
+    until(&mut t.rx, |s| {
+        s.stats.values().all(|p| p.last_handshake.is_some())
+    })
+    .await;
+    let before = t.rx.borrow().clone();
+    t.memory.calls.lock().unwrap().clear();
+
+    let mut joined = (**t.first.view.as_ref().unwrap()).clone();
+    joined.records.insert(4, Arc::new(record(4, 0x44, "")));
+    t.chain_tx.send_replace(ChainState {
+        view: Some(Arc::new(joined)),
+        ..t.first.clone()
+    });
+    let after = until(&mut t.rx, |s| s.stats.len() == 3).await;
+    let calls = t.memory.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.get(..3),
+        Some(
+            &[
+                "peers_of".to_owned(),
+                "set 44".to_owned(),
+                "peers_of".to_owned()
+            ][..]
+        ),
+        "{calls:?}"
+    );
+    let new = &after.stats[&Key::from_bytes([0x44; 32])];
+    assert!(new.last_handshake.is_none(), "the newcomer's status");
+    let two = Key::from_bytes([0x22; 32]);
+    assert_eq!(after.stats[&two], before.stats[&two], "the others' kept");
+    assert_eq!(after.members.len(), 3);
+    t.cancel.cancel();
+    t.running.await.unwrap().unwrap();
 }
 
 /// An application that begins to read the API has every peer watched at once, not at the next refresh (an
