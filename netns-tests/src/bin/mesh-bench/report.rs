@@ -425,7 +425,12 @@ pub(crate) struct Stat {
 impl Stat {
     /// `worst W ms (median M, p99 P)`, for a progress line.
     pub(crate) fn brief(&self) -> String {
-        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        self.brief_to(0)
+    }
+
+    /// [`Stat::brief`] with `decimals` places: for times well under a millisecond.
+    pub(crate) fn brief_to(&self, decimals: usize) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.decimals$}"));
         format!(
             "worst {} ms (median {}, p99 {})",
             ms(self.max_ms),

@@ -576,14 +576,15 @@ fn print_control_plane(c: &ControlPlane) {
             ch.what, ch.cpu_ms_per_member, ch.requests_per_member, ch.provider_requests
         );
     }
-    let stat = |s: &Stat| {
+    let stat_to = |s: &Stat, decimals| {
         format!(
             "median {} ms, p99 {} ms, worst {} ms",
-            fixed(s.median_ms, 1),
-            fixed(s.p99_ms, 1),
-            fixed(s.max_ms, 1)
+            fixed(s.median_ms, decimals),
+            fixed(s.p99_ms, decimals),
+            fixed(s.max_ms, decimals)
         )
     };
+    let stat = |s: &Stat| stat_to(s, 1);
     println!(
         "block to the record applied, as measured: {}",
         stat(&c.applied)
@@ -594,13 +595,13 @@ fn print_control_plane(c: &ControlPlane) {
     );
     println!(
         "one peer change planned and applied:       {} (Tailscale: {:.2}–{:.2} ms)",
-        stat(&c.apply_ms),
+        stat_to(&c.apply_ms, 3),
         c.tailscale_ms_per_peer_change.0,
         c.tailscale_ms_per_peer_change.1
     );
     println!(
         "the same at one member alone, in cache:    {}",
-        stat(&c.apply_alone_ms)
+        stat_to(&c.apply_alone_ms, 3)
     );
     println!(
         "memory {:.0} bytes a seat at each member; idle {:.3} requests and {:.3} ms of CPU per block at each; a full read {:.0} ms ({} requests)",

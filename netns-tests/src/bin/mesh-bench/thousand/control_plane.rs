@@ -117,32 +117,45 @@ pub(crate) fn measure(seats: usize, sample: usize) -> anyhow::Result<ControlPlan
 /// How many times [`change_alone`] times the change.
 const ALONE_RUNS: usize = 21;
 
-/// One peer change at `member`, with nothing else running in the bench: its table holds every other seat of
-/// `view` but one, and it plans and applies the view. The fleet's own figure shares the bench's cache among
-/// every sampled member, each walking its own copy of the cluster. Prints the median of each step.
+/// One peer change at `member`, with nothing else running in the bench: the last seat of `view` joins and
+/// leaves in turn, each a change planned and applied from the members of the view before. The fleet's own
+/// figure shares the bench's cache among every sampled member, each walking its own copy of the cluster.
+/// Prints the median of each step.
 fn change_alone(view: &mesh_chain::view::ChainView, member: &members::Member) -> Stat {
+    let with = Arc::new(view.clone());
+    let mut without = view.clone();
+    let last = view.records.keys().next_back().copied();
+    without
+        .records
+        .retain(|t, _| Some(*t) != last || *t == member.token);
+    let without = Arc::new(without);
     let table = mesh_wg::MemoryTable::default();
-    let (peers, _) = super::followers::plan_and_apply(view, member, &table);
+    let mut roster = None;
+    super::followers::plan_and_apply(&without, member, &table, &mut roster);
     let mut steps = Vec::with_capacity(ALONE_RUNS);
     let took: Vec<f64> = (0..ALONE_RUNS)
-        .filter_map(|_| {
-            let key = peers.last()?.wg_public_key?;
-            mesh_wg::PeerTable::remove_peer(&table, &key);
+        .map(|i| {
+            let next = if i % 2 == 0 { &with } else { &without };
             let began = Instant::now();
-            let (_, took) = super::followers::plan_and_apply(view, member, &table);
+            let (_, took) = super::followers::plan_and_apply(next, member, &table, &mut roster);
             steps.push(took);
-            Some(ms(began.elapsed()))
+            ms(began.elapsed())
         })
         .collect();
+    eprintln!(
+        "   one peer change at a member alone (a seat joins and leaves in turn), step by step (median ms): {}",
+        step_medians(&steps)
+    );
+    Stat::of(took.into_iter().map(Some))
+}
+
+/// The median of each step of `steps`, named.
+fn step_medians(steps: &[Steps]) -> String {
     let medians = Steps::NAMES.iter().enumerate().map(|(i, name)| {
         let step = Stat::of(steps.iter().map(|s| Some(ms(s.0[i]))));
         format!("{name} {:.3}", step.median_ms.unwrap_or(f64::NAN))
     });
-    eprintln!(
-        "   one peer change at a member alone, step by step (median ms): {}",
-        medians.collect::<Vec<_>>().join(", ")
-    );
-    Stat::of(took.into_iter().map(Some))
+    medians.collect::<Vec<_>>().join(", ")
 }
 
 /// A member's record without a tunnel: a WireGuard key of its own, and an endpoint nobody dials.
@@ -244,6 +257,11 @@ fn join(
         .fold(block, Instant::min);
     let after = |at: Option<Instant>| at.map(|a| ms(a.saturating_duration_since(block)));
     let own = record.cpu_ms + record.requests * ms(round_trip);
+    let steps: Vec<Steps> = seen.iter().filter_map(|s| s.apply_steps).collect();
+    eprintln!(
+        "   the newcomer's record planned and applied in the fleet, step by step (median ms): {}",
+        step_medians(&steps)
+    );
     Ok(Joined {
         applied: Stat::of(seen.iter().map(|s| after(s.applied))),
         heard: Stat::of(seen.iter().map(|s| after(s.heard))),
@@ -298,7 +316,7 @@ fn figures(
         j.applied.brief(),
         j.heard.brief(),
         j.own_core.brief(),
-        j.apply.brief(),
+        j.apply.brief_to(3),
         j.apply.median_ms.unwrap_or(f64::NAN) / TAILSCALE_MS_PER_PEER_CHANGE.1,
         TAILSCALE_MS_PER_PEER_CHANGE.1,
     );

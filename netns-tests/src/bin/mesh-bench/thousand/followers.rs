@@ -18,7 +18,8 @@ use alloy::primitives::Address;
 use alloy::transports::http::reqwest::Url;
 use mesh_chain::follow::{Anchors, FollowConfig, Follower};
 use mesh_chain::heads::{Wake, Wakeups};
-use mesh_chain::membership::{Member as Peer, Own};
+use mesh_chain::membership::Own;
+use mesh_chain::roster::{Members, Moved, Roster};
 use mesh_chain::view::ChainView;
 use mesh_wg::{MemoryTable, PeerTable as _};
 use netns_tests::in_process::swarm::Swarm;
@@ -60,6 +61,8 @@ pub(crate) struct Seen {
     /// What applying the change that first held the watched seat took: who the members are, what the
     /// interface should hold, the plan, applied. One peer added, among all the others.
     pub(crate) apply_took: Option<Duration>,
+    /// The same, step by step.
+    pub(crate) apply_steps: Option<Steps>,
     /// When the wake-up that led to `applied` came: the head's arrival, for a member woken by one.
     pub(crate) heard: Option<Instant>,
     /// Whether it follows heads by subscription now (else it polls, as the agent does when one drops).
@@ -166,6 +169,7 @@ impl One {
     ) -> anyhow::Result<()> {
         let table = MemoryTable::default();
         let mut admitted = None;
+        let mut roster = None;
         let (mut follower, mut wakeups) = {
             let _permit = starting.acquire().await?;
             let provider = mesh_chain::rpc::reader(&self.ws).await?;
@@ -180,7 +184,7 @@ impl One {
             let wakeups = Wakeups::new(POLL, Some(self.ws.clone()));
             follower.tick(Instant::now()).await?;
             let pass = admit(&mut attestor, &mut follower, &mut admitted, &self.member).await;
-            self.apply(admitted.as_ref(), &table, pass);
+            self.apply(admitted.as_ref(), &table, &mut roster, pass);
             (follower, wakeups)
         };
         self.update(|s| s.ready = true);
@@ -205,7 +209,7 @@ impl One {
                             }
                         });
                     }
-                    self.apply(admitted.as_ref(), &table, pass);
+                    self.apply(admitted.as_ref(), &table, &mut roster, pass);
                     self.update(|s| {
                         if s.applied.is_some() {
                             s.heard.get_or_insert(woke);
@@ -249,15 +253,21 @@ impl One {
     /// The agent's decisions for a new admitted view: who the members are, what the interface should hold,
     /// the plan from what it holds, applied. The watched seat, once planned, is noted (with `pass`, the
     /// attestation pass that admitted it) and initiated toward.
-    fn apply(&self, admitted: Option<&ChainView>, table: &MemoryTable, pass: Pass) {
+    fn apply(
+        &self,
+        admitted: Option<&Arc<ChainView>>,
+        table: &MemoryTable,
+        roster: &mut Option<Roster>,
+        pass: Pass,
+    ) {
         let Some(view) = admitted.filter(|_| pass.moved) else {
             return;
         };
         let began = Instant::now();
-        let (members, _) = plan_and_apply(view, &self.member, table);
+        let (members, steps) = plan_and_apply(view, &self.member, table, roster);
         let took = began.elapsed();
         let watched = self.watched.load(std::sync::atomic::Ordering::SeqCst);
-        let Some(newcomer) = members.iter().find(|m| m.token_id == watched) else {
+        let Some(newcomer) = members.get(&watched) else {
             return;
         };
         let (Some(key), Some(endpoint)) = (newcomer.wg_public_key, newcomer.endpoint) else {
@@ -272,6 +282,7 @@ impl One {
                 s.admitting_pass = Some(pass.took);
                 s.admitting_checked_anew = pass.checked_anew;
                 s.apply_took = Some(took);
+                s.apply_steps = Some(steps);
             }
         });
         if first && let Some(swarm) = &self.swarm {
@@ -280,31 +291,48 @@ impl One {
     }
 }
 
-/// The agent's decisions for a new admitted `view` at `member`: who the members are, what the interface should
-/// hold, the plan from what `table` holds, applied. Returns the members, and how long each step took.
+/// The agent's decisions for a new admitted `view` at `member`: who the members are (carried in `roster`
+/// from the last view, as the agent's mesh task carries them), what the interface should hold for the seats
+/// that moved, what `table` holds of them, the plan, applied. Returns the members, and how long each step
+/// took.
 pub(crate) fn plan_and_apply(
-    view: &ChainView,
+    view: &Arc<ChainView>,
     member: &Member,
     table: &MemoryTable,
-) -> (Vec<Peer>, Steps) {
-    let own = Own {
-        token_id: Some(member.token),
-        instance_id: &member.instance_id,
-        wg_public_key: Some(member.wg_key),
-    };
+    roster: &mut Option<Roster>,
+) -> (Members, Steps) {
     let mut lap = Lap(Instant::now(), Steps::default());
-    let (members, _) = p2p_agent::desired::members(view, SeatState::Active(member.token), own);
+    let moved = match roster {
+        Some(roster) => roster.update(view).0,
+        None => {
+            let own = Own {
+                token_id: Some(member.token),
+                instance_id: &member.instance_id,
+                wg_public_key: Some(member.wg_key),
+            };
+            let (fresh, _) = p2p_agent::desired::roster(view, SeatState::Active(member.token), own);
+            let fresh = roster.insert(fresh.expect("an active seat has members"));
+            (fresh.members().values())
+                .map(|m| Moved {
+                    token_id: m.token_id,
+                    before: None,
+                    after: Some(m.clone()),
+                })
+                .collect()
+        }
+    };
     lap.step(0);
-    let want = p2p_agent::desired::peer_configs(&members, None, None);
+    let (want, keys) = p2p_agent::desired::moved_configs(&moved, None, None);
     lap.step(1);
-    let has = table.peers();
+    let has = table.peers_of(&keys);
     lap.step(2);
     let changes = mesh_wg::plan(&want, &has, SystemTime::now());
     lap.step(3);
     let failed = mesh_wg::apply(table, &changes);
     lap.step(4);
     debug_assert!(failed.is_empty(), "a table in memory refuses nothing");
-    (members, lap.1)
+    let members = roster.as_ref().map(|r| r.members().clone());
+    (members.unwrap_or_default(), lap.1)
 }
 
 /// How long each step of [`plan_and_apply`] took, in the order of [`Steps::NAMES`].
@@ -314,8 +342,8 @@ pub(crate) struct Steps(pub(crate) [Duration; 5]);
 impl Steps {
     pub(crate) const NAMES: [&str; 5] = [
         "the members",
-        "the interface's peers",
-        "the table read",
+        "the moved seats' peers",
+        "their table read",
         "the plan",
         "its application",
     ];
@@ -346,16 +374,21 @@ struct Pass {
 async fn admit(
     attestor: &mut Attestor,
     follower: &mut Follower,
-    admitted: &mut Option<ChainView>,
+    admitted: &mut Option<Arc<ChainView>>,
     member: &Member,
 ) -> Pass {
     let began = Instant::now();
     let before = attestor.checked_anew();
     let view = follower.view().clone();
     let attestations = attestor.pass(&view, Some(follower)).await;
-    let now = attestation::admitted(view, &attestations, &member.instance_id, admitted.as_ref());
+    let now = attestation::admitted(
+        view,
+        &attestations,
+        &member.instance_id,
+        admitted.as_deref(),
+    );
     let moved = admitted.as_ref().is_none_or(|was| !was.same_records(&now));
-    *admitted = Some(now);
+    *admitted = Some(Arc::new(now));
     Pass {
         took: began.elapsed(),
         checked_anew: attestor.checked_anew() - before,
