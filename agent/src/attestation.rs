@@ -117,10 +117,17 @@ pub fn admitted(
     before: Option<&ChainView>,
 ) -> ChainView {
     let mut admitted = view;
-    admitted.records.retain(|token, r| {
-        let had = before.is_some_and(|b| b.records.contains_key(token));
-        r.instance_id == own_instance || attestations.get(token).is_some_and(|a| a.admits(had))
-    });
+    // Removed one by one: the records map stays shared with the view's, but for the paths to them.
+    let refused: Vec<u64> = (admitted.records.iter())
+        .filter(|&(token, r)| {
+            let had = before.is_some_and(|b| b.records.contains_key(token));
+            r.instance_id != own_instance && !attestations.get(token).is_some_and(|a| a.admits(had))
+        })
+        .map(|(token, _)| *token)
+        .collect();
+    for token in refused {
+        admitted.records.remove(&token);
+    }
     admitted
 }
 

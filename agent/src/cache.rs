@@ -389,7 +389,7 @@ mod tests {
             },
             last_block: 42,
             last_block_hash: B256::repeat_byte(4),
-            records: BTreeMap::new(),
+            records: Default::default(),
             holders: BTreeMap::new(),
             bindings: [(
                 3,

@@ -384,8 +384,8 @@ pub fn member(reg: &SignedRegistration, prefix: Prefix) -> Result<Member, Invali
 /// The peers among the believed `records`, and the reasons for the rest. This node's own records are
 /// never peers, whatever seat they are filed under; seats that claim the same WireGuard key are both left
 /// out, since a key can only be one peer.
-pub fn members<R: std::borrow::Borrow<SignedRegistration>>(
-    records: &BTreeMap<u64, R>,
+pub fn members<'a, R: std::borrow::Borrow<SignedRegistration> + 'a>(
+    records: impl IntoIterator<Item = (&'a u64, &'a R)>,
     own: Own<'_>,
     prefix: Prefix,
 ) -> (Vec<Member>, Vec<InvalidRecord>) {

@@ -1,17 +1,18 @@
 //! The members of one view, carried to the next. [`membership::members`] works a view's members out from
 //! nothing, every record checked again: at 10,000 seats that is milliseconds for a block that moved one
 //! record. A [`Roster`] keeps the members as a persistent map and takes a newer view as the seats whose
-//! records moved (two views share the records they both hold, so a walk of pointers finds them), reworking
-//! only those and the seats that claim a WireGuard key with them, as Tailscale's netmap deltas do.
+//! records moved (two views share the part of their records map they both hold, so a diff of the two skips
+//! it), reworking only those and the seats that claim a WireGuard key with them, as Tailscale's netmap
+//! deltas do.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use wg_key::Key;
 
 use crate::membership::{self, InvalidRecord, Member, Own};
 use crate::record::SignedRegistration;
-use crate::view::ChainView;
+use crate::view::{ChainView, Records};
 
 /// A view's members by seat. A copy shares the map, and a change to one seat copies a path of it.
 pub type Members = imbl::OrdMap<u64, Member>;
@@ -37,8 +38,6 @@ pub struct Roster {
     /// members, and the others that claim a key are found by a range of this set.
     claims: BTreeSet<(Key, u64)>,
 }
-
-type Records = BTreeMap<u64, Arc<SignedRegistration>>;
 
 impl Roster {
     /// The members of `view` for the node `own`, worked out from nothing, and why each other record is
@@ -88,8 +87,8 @@ impl Roster {
     }
 
     /// Takes `next`, a newer view: the seats whose member changed, in seat order, and why each record
-    /// that moved (or claims a key with one that did) is not a member. A record read anew but equal moves
-    /// no member. A view under another prefix is worked out from nothing.
+    /// that moved (or claims a key with one that did) is not a member. A view under another prefix is
+    /// worked out from nothing.
     pub fn update(&mut self, next: &Arc<ChainView>) -> (Vec<Moved>, Vec<InvalidRecord>) {
         if Arc::ptr_eq(&self.view, next) {
             return (Vec::new(), Vec::new());
@@ -230,31 +229,16 @@ fn key_of(reg: &SignedRegistration) -> Option<Key> {
     (!reg.wg_public_key.is_zero()).then(|| Key::from_bytes(reg.wg_public_key.0))
 }
 
-/// The seats whose record is not the very one it was, each with the record it had: one walk of both maps
-/// in seat order, comparing pointers.
+/// The seats whose record changed, each with the record it had: what the two maps share is skipped.
 fn moved(before: &Records, after: &Records) -> Vec<(u64, Option<Arc<SignedRegistration>>)> {
-    use std::cmp::Ordering;
-    let mut out = Vec::new();
-    let (mut old, mut new) = (before.iter().peekable(), after.iter().peekable());
-    while old.peek().is_some() || new.peek().is_some() {
-        let order = match (old.peek(), new.peek()) {
-            (Some((a, _)), Some((b, _))) => a.cmp(b),
-            (Some(_), None) => Ordering::Less,
-            _ => Ordering::Greater,
-        };
-        match order {
-            Ordering::Less => out.extend(old.next().map(|(t, r)| (*t, Some(Arc::clone(r))))),
-            Ordering::Greater => out.extend(new.next().map(|(t, _)| (*t, None))),
-            Ordering::Equal => {
-                if let (Some((t, a)), Some((_, b))) = (old.next(), new.next())
-                    && !Arc::ptr_eq(a, b)
-                {
-                    out.push((*t, Some(Arc::clone(a))));
-                }
-            }
-        }
-    }
-    out
+    use imbl::ordmap::DiffItem;
+    (before.diff(after))
+        .map(|d| match d {
+            DiffItem::Add(token, _) => (*token, None),
+            DiffItem::Update { old, .. } => (*old.0, Some(Arc::clone(old.1))),
+            DiffItem::Remove(token, reg) => (*token, Some(Arc::clone(reg))),
+        })
+        .collect()
 }
 
 #[cfg(test)]

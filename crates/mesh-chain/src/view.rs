@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::membership::{self, Pins, Prefix, Rejected};
 use crate::record::SignedRegistration;
 
+/// The believed records by seat. A persistent map: a copy of the view shares it, a change to one seat copies
+/// a path, and two views that share most of it are compared by what they do not share
+/// ([`imbl::OrdMap::diff`]), so that at 10,000 seats neither a copy nor a comparison walks every seat.
+pub type Records = imbl::OrdMap<u64, Arc<SignedRegistration>>;
+
 /// What this node knows of the chain: enough to bring the mesh up without the RPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,7 +31,7 @@ pub struct ChainView {
     /// The believed record of each seat that has one, as its registration event carried it. Shared, so that
     /// the copies of a view each change makes (the follower's, the attestor's, the admitted one) copy no
     /// record: at a thousand seats those copies were most of what a join cost every member.
-    pub records: BTreeMap<u64, Arc<SignedRegistration>>,
+    pub records: Records,
     /// Each seat's binding, as its `InstanceBound` event carried it: the node key that alone signs the seat's
     /// records, and the evidence that ties that key to the instance's CVM. Shared as the records are: a
     /// copy of the view copies no quote, and two copies compare a seat they share without reading it.
@@ -91,7 +96,7 @@ impl ChainView {
             pins,
             last_block: 0,
             last_block_hash: B256::ZERO,
-            records: BTreeMap::new(),
+            records: Records::new(),
             bindings: BTreeMap::new(),
             holders: BTreeMap::new(),
             high_water: BTreeMap::new(),
@@ -110,15 +115,11 @@ impl ChainView {
         self.pins.prefix
     }
 
-    /// Whether `other` holds the very records this view holds (the same shared copies, seat for seat) under
-    /// the same prefix: then whoever the members of one are, they are the other's, and a change that moved
-    /// only bindings, holders or the leader need not be worked through them again. A record read anew, even
-    /// one equal to the old, counts as changed; that costs only the work this spares.
+    /// Whether `other` holds the records this view holds, seat for seat, under the same prefix: then
+    /// whoever the members of one are, they are the other's, and a change that moved only bindings, holders
+    /// or the leader need not be worked through them again. What the two share is not looked at.
     pub fn same_records(&self, other: &ChainView) -> bool {
-        self.prefix() == other.prefix()
-            && self.records.len() == other.records.len()
-            && (self.records.iter().zip(&other.records))
-                .all(|((a, ra), (b, rb))| a == b && Arc::ptr_eq(ra, rb))
+        self.prefix() == other.prefix() && self.records.diff(&other.records).next().is_none()
     }
 
     /// Takes `reg`, filed under seat `token`, if it is authentic and newer than what is known of the seat.
@@ -251,8 +252,8 @@ mod tests {
         assert_eq!(v.bindings[&3].node, Address::repeat_byte(2));
     }
 
-    /// A copy with a new binding and a new leader holds the same records; a record taken anew (even an
-    /// equal one) or a seat gone does not.
+    /// A copy with a new binding and a new leader holds the same records, and so does one with an equal
+    /// record read anew; a changed record or a seat gone does not.
     #[test]
     fn same_records_means_the_same_shared_records_seat_for_seat() {
         let mut v = view();
@@ -264,8 +265,12 @@ mod tests {
         moved.leader = Some(3);
         assert!(moved.same_records(&v) && v.same_records(&moved));
         let mut reread = v.clone();
-        reread.records.insert(3, Arc::new(record));
-        assert!(!reread.same_records(&v), "an equal record read anew");
+        reread.records.insert(3, Arc::new(record.clone()));
+        assert!(reread.same_records(&v), "an equal record read anew");
+        let mut renewed = v.clone();
+        let newer = SignedRegistration { nonce: 2, ..record };
+        renewed.records.insert(3, Arc::new(newer));
+        assert!(!renewed.same_records(&v), "a newer record");
         let mut gone = v.clone();
         gone.records.clear();
         assert!(!gone.same_records(&v) && !v.same_records(&gone));

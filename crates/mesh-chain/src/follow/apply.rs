@@ -10,7 +10,6 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, Bloom, BloomInput, U256};
 use tracing::{debug, warn};
@@ -524,7 +523,7 @@ pub struct ListingApplied {
 pub struct ListingApply {
     next: ChainView,
     /// The records believed before the read.
-    held: BTreeMap<u64, Arc<SignedRegistration>>,
+    held: crate::view::Records,
     /// The node had no view yet: whatever the read finds is better than nothing.
     fresh: bool,
     complete: bool,

@@ -1,6 +1,7 @@
 use super::*;
 use crate::testing::{believed_record, empty_view as empty};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 const OWN_SEAT: u64 = 1;
 

@@ -124,10 +124,14 @@ const ALONE_RUNS: usize = 21;
 fn change_alone(view: &mesh_chain::view::ChainView, member: &members::Member) -> Stat {
     let with = Arc::new(view.clone());
     let mut without = view.clone();
-    let last = view.records.keys().next_back().copied();
-    without
+    if let Some(last) = view
         .records
-        .retain(|t, _| Some(*t) != last || *t == member.token);
+        .keys()
+        .next_back()
+        .filter(|t| **t != member.token)
+    {
+        without.records.remove(last);
+    }
     let without = Arc::new(without);
     let table = mesh_wg::MemoryTable::default();
     let mut roster = None;

@@ -63,7 +63,12 @@ fn a_first_full_read_believes_every_authentic_listed_record() {
     assert!(read.complete && read.applies && read.rejected.is_empty());
     assert_eq!(
         read.view.records,
-        [(3, three.into()), (4, four.into())].into()
+        [
+            (3u64, std::sync::Arc::new(three)),
+            (4, std::sync::Arc::new(four))
+        ]
+        .into_iter()
+        .collect()
     );
     assert_eq!(read.view.high_water, [(3, 2), (4, 1)].into());
     assert_eq!((read.view.leader, read.view.leader_term), (Some(4), 7));
@@ -161,7 +166,12 @@ fn a_listed_record_not_signed_by_the_bound_node_is_refused() {
     assert!(read.complete && read.applies);
     assert_eq!(
         read.view.records,
-        [(3, three.into()), (4, four.into())].into()
+        [
+            (3u64, std::sync::Arc::new(three)),
+            (4, std::sync::Arc::new(four))
+        ]
+        .into_iter()
+        .collect()
     );
     assert_eq!(read.rejected.len(), 1);
     assert!(
