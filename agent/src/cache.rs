@@ -107,8 +107,8 @@ impl From<ViewV1> for ChainView {
             records: (v.records.into_iter())
                 .map(|(t, r)| (t, std::sync::Arc::new(r)))
                 .collect(),
-            bindings: std::collections::BTreeMap::new(),
-            holders: std::collections::BTreeMap::new(),
+            bindings: Default::default(),
+            holders: Default::default(),
             high_water,
             leader: None,
             leader_term: 0,
@@ -375,7 +375,6 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap().unwrap().grants, None);
     }
     use alloy::primitives::{Address, B256};
-    use std::collections::BTreeMap;
 
     fn view() -> ChainView {
         ChainView {
@@ -390,20 +389,20 @@ mod tests {
             last_block: 42,
             last_block_hash: B256::repeat_byte(4),
             records: Default::default(),
-            holders: BTreeMap::new(),
+            holders: Default::default(),
             bindings: [(
-                3,
-                mesh_chain::view::Binding {
+                3u64,
+                std::sync::Arc::new(mesh_chain::view::Binding {
                     instance_id: format!("{:040x}", 3),
                     node: Address::repeat_byte(5),
                     evidence_hash: alloy::primitives::keccak256(b"quote"),
                     bound_block: 40,
                     evidence: alloy::primitives::Bytes::from_static(b"quote"),
-                }
-                .into(),
+                }),
             )]
-            .into(),
-            high_water: [(3, 5)].into(),
+            .into_iter()
+            .collect(),
+            high_water: [(3u64, 5u64)].into_iter().collect(),
             leader: Some(2),
             leader_term: 3,
             term_reason: Some(mesh_chain::view::TermReason::Handoff),
@@ -433,7 +432,7 @@ mod tests {
         assert_eq!(back.records.keys().copied().collect::<Vec<_>>(), vec![7]);
         assert_eq!(
             back.high_water,
-            [(7, 1)].into(),
+            [(7u64, 1u64)].into_iter().collect(),
             "the high-water mark survives a restart"
         );
 
@@ -448,7 +447,7 @@ mod tests {
         let upgraded = load(dir.path()).unwrap().unwrap().view;
         assert_eq!(
             upgraded.high_water,
-            [(9, 1)].into(),
+            [(9u64, 1u64)].into_iter().collect(),
             "version 1 records become high-water marks"
         );
     }

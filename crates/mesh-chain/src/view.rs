@@ -2,7 +2,7 @@
 //! only through [`ChainView::bind`], which takes a seat's binding (its node key and evidence), and
 //! [`ChainView::offer`], which lets in records signed by the seat's bound node and newer than what is known.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use alloy_primitives::{Address, B256, Bytes, keccak256};
@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::membership::{self, Pins, Prefix, Rejected};
 use crate::record::SignedRegistration;
 
-/// The believed records by seat. A persistent map: a copy of the view shares it, a change to one seat copies
-/// a path, and two views that share most of it are compared by what they do not share
-/// ([`imbl::OrdMap::diff`]), so that at 10,000 seats neither a copy nor a comparison walks every seat.
+/// The believed records by seat. A persistent map, as are the view's other maps by seat: a copy of the view
+/// shares them, a change to one seat copies a path, and two views that share most of one are compared by
+/// what they do not share ([`imbl::OrdMap::diff`]), so that at 10,000 seats neither a copy nor a comparison
+/// walks every seat.
 pub type Records = imbl::OrdMap<u64, Arc<SignedRegistration>>;
 
 /// What this node knows of the chain: enough to bring the mesh up without the RPC.
@@ -36,14 +37,14 @@ pub struct ChainView {
     /// records, and the evidence that ties that key to the instance's CVM. Shared as the records are: a
     /// copy of the view copies no quote, and two copies compare a seat they share without reading it.
     #[serde(default)]
-    pub bindings: BTreeMap<u64, Arc<Binding>>,
+    pub bindings: imbl::OrdMap<u64, Arc<Binding>>,
     /// Each listed seat's holder, as the last full read listed it and `Transfer` events since moved it: for
     /// operators' views only, never for who is a peer.
     #[serde(default)]
-    pub holders: BTreeMap<u64, Address>,
+    pub holders: imbl::OrdMap<u64, Address>,
     /// Per seat, the highest nonce of a record ever believed. It outlives the record (a clear, a full read
     /// that no longer lists the seat, a restart), so an old record can never come back.
-    pub high_water: BTreeMap<u64, u64>,
+    pub high_water: imbl::OrdMap<u64, u64>,
     /// The seat the contract names leader (`leaderTokenId`), if any. Unlike a record it carries no proof:
     /// it is what the RPC says, as every vote and election is settled by the contract itself.
     #[serde(default)]
@@ -97,9 +98,9 @@ impl ChainView {
             last_block: 0,
             last_block_hash: B256::ZERO,
             records: Records::new(),
-            bindings: BTreeMap::new(),
-            holders: BTreeMap::new(),
-            high_water: BTreeMap::new(),
+            bindings: imbl::OrdMap::new(),
+            holders: imbl::OrdMap::new(),
+            high_water: imbl::OrdMap::new(),
             leader: None,
             leader_term: 0,
             term_reason: None,

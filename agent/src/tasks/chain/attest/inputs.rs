@@ -5,7 +5,7 @@
 //! costs no walk over a thousand seats. When only some seats' bindings moved, the others keep their verdicts
 //! in the same way ([`Inputs::binding_holds`]): a newcomer's binding costs the check of its evidence alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use alloy::primitives::Address;
@@ -17,7 +17,7 @@ use mesh_chain::view::{Binding, ChainView};
 #[derive(Clone, Debug)]
 pub(super) struct Inputs {
     /// Each bound seat's binding, shared with the view it came from.
-    bindings: BTreeMap<u64, Arc<Binding>>,
+    bindings: imbl::OrdMap<u64, Arc<Binding>>,
     /// The seats with a record but no binding.
     unbound: Vec<u64>,
     apps: Vec<Address>,
@@ -51,9 +51,10 @@ impl Inputs {
         statuses: &BTreeSet<TcbStatus>,
     ) -> bool {
         self.cluster_holds(view, policy, statuses)
-            && self.bindings.len() == view.bindings.len()
-            && (self.bindings.iter().zip(&view.bindings))
-                .all(|((t, was), (u, now))| t == u && same_binding(was, now))
+            && (self.bindings.diff(&view.bindings)).all(|d| match d {
+                imbl::ordmap::DiffItem::Update { old, new } => same_binding(old.1, new.1),
+                _ => false,
+            })
             && unbound(view).eq(self.unbound.iter().copied())
     }
 
@@ -91,7 +92,7 @@ fn same_binding(a: &Arc<Binding>, b: &Arc<Binding>) -> bool {
 /// The seats of `view` with a record but no binding, in order.
 fn unbound(view: &ChainView) -> impl Iterator<Item = u64> + '_ {
     (view.records.keys())
-        .filter(|t| !view.bindings.contains_key(t))
+        .filter(|&t| !view.bindings.contains_key(t))
         .copied()
 }
 

@@ -366,7 +366,10 @@ fn rebinding_or_unbinding_a_seat_drops_its_record_but_not_its_high_water_mark() 
         |_| Read::Missing,
     );
     assert!(out.view.records.is_empty() && !out.view.bindings.contains_key(&4));
-    assert_eq!(out.view.high_water, [(3, 1), (4, 1)].into());
+    assert_eq!(
+        out.view.high_water,
+        [(3u64, 1u64), (4, 1)].into_iter().collect()
+    );
 }
 
 /// The filter names the cluster and its election: a log from elsewhere is skipped, whatever it says.

@@ -70,7 +70,10 @@ fn a_first_full_read_believes_every_authentic_listed_record() {
         .into_iter()
         .collect()
     );
-    assert_eq!(read.view.high_water, [(3, 2), (4, 1)].into());
+    assert_eq!(
+        read.view.high_water,
+        [(3u64, 2u64), (4, 1)].into_iter().collect()
+    );
     assert_eq!((read.view.leader, read.view.leader_term), (Some(4), 7));
     assert_eq!(
         (read.view.last_block, read.view.last_block_hash),
@@ -91,7 +94,10 @@ fn holders_come_from_the_listing_and_follow_transfers() {
         registration_events(&events),
     );
     let holder = |t: u64| Cluster::holder_of(U256::from(t));
-    assert_eq!(read.view.holders, [(3, holder(3)), (4, holder(4))].into());
+    assert_eq!(
+        read.view.holders,
+        [(3u64, holder(3)), (4, holder(4))].into_iter().collect()
+    );
 
     let buyer = Address::repeat_byte(0xb0);
     let transfer = |token: u64, to: Address| {
@@ -107,7 +113,11 @@ fn holders_come_from_the_listing_and_follow_transfers() {
         &[transfer(3, buyer), transfer(4, Address::ZERO)],
         no_binding_read,
     );
-    assert_eq!(moved.view.holders, [(3, buyer)].into(), "3 sold, 4 burned");
+    assert_eq!(
+        moved.view.holders,
+        [(3u64, buyer)].into_iter().collect(),
+        "3 sold, 4 burned"
+    );
 }
 
 /// A record the node believes, listed again with the same nonce and node, is kept without any read: a
