@@ -316,7 +316,7 @@ fn figures(
         change("the newcomer's record", &j.record),
     ];
     eprintln!(
-        "   the record applied: {} after its block as measured (announced {}); with its own core {}; the plan and its application {} ({:.0}× Tailscale's {:.2} ms per peer change)",
+        "   the record applied: {} after its block as measured (announced {}); with its own core {}; the plan and its application {} ({:.2}× Tailscale's {:.2} ms per peer change)",
         j.applied.brief(),
         j.heard.brief(),
         j.own_core.brief(),
