@@ -5,6 +5,7 @@
 mod batch;
 mod codel;
 mod discovery;
+mod flows;
 mod loops;
 mod outbound;
 mod packets;
@@ -197,8 +198,9 @@ impl Device {
         let mut threads = PacketThreads::new(stop.clone());
         {
             let (shared, stop, waker) = (shared.clone(), stop.clone(), packets_waker.clone());
+            let mtu = config.mtu;
             threads.spawn(PACKET_THREAD, span(), packets_waker, move || {
-                packets::packet_loop(&shared, &waker, &stop)
+                packets::packet_loop(&shared, mtu, &waker, &stop)
             })?;
         }
         let mut tasks = vec![

@@ -57,10 +57,16 @@ pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
 ///
 /// A TUN packet that ends a wait is sent without a read to look for more behind it: an idle TUN has
 /// nothing there, and the read would only delay it (a round trip's request, a commit's acknowledgement).
-/// Packets already queued are read on, up to a batch, as a busy flow's are.
-pub(super) fn packet_loop(shared: &Shared, waker: &Waker, stop: &Stop) -> Result<(), Error> {
+/// Packets already queued are read on, into the reader's queue per flow ([`super::flows`]), as a busy flow's
+/// are, and leave a batch a turn, sparse flows first.
+pub(super) fn packet_loop(
+    shared: &Shared,
+    mtu: u16,
+    waker: &Waker,
+    stop: &Stop,
+) -> Result<(), Error> {
     let mut incoming = Incoming::new(shared.udp.subscribe());
-    let mut outgoing = Outgoing::new();
+    let mut outgoing = Outgoing::new(mtu);
     let poll_error = |source: io::Error| Error::Tun {
         ifname: shared.ifname.clone(),
         syscall: "epoll",
@@ -304,27 +310,28 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn new() -> Self {
+    fn new(mtu: u16) -> Self {
         Self {
-            reader: TunReader::new(),
+            reader: TunReader::new(mtu),
             out: Outbound::new(),
             peers: Vec::with_capacity(BATCH),
         }
     }
 
-    /// Reads what the TUN holds now ([`TunReader::try_read`]), routes it under one read of the state,
-    /// encrypts each run of packets for one peer under one lock of it, and sends the datagrams in GSO runs.
-    /// Returns the packets read (0: the TUN had none).
+    /// Reads what the TUN holds now into the reader's queue per flow ([`TunReader::fill`]), takes a batch
+    /// from it, sparse flows first, routes the batch under one read of the state, encrypts each run of packets
+    /// for one peer under one lock of it, and sends the datagrams in GSO runs. Returns the packets sent
+    /// (0: the TUN had none and nothing waits).
     fn pump(&mut self, shared: &Shared, drain: bool) -> Result<usize, Error> {
-        let read = self
-            .reader
-            .try_read(&shared.tun, drain)
+        self.reader
+            .fill(&shared.tun, drain)
             .map_err(|source| Error::Tun {
                 ifname: shared.ifname.clone(),
                 syscall: "read",
                 source,
             })?;
-        if read == 0 {
+        let batch = self.reader.next_batch();
+        if batch == 0 {
             return Ok(0);
         }
         let sock = shared.socket();
@@ -346,7 +353,7 @@ impl Outgoing {
             }
         }
         out.send(&sock);
-        Ok(read)
+        Ok(batch)
     }
 }
 

@@ -11,6 +11,7 @@ use std::io;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::MAX_PACKET;
+use super::flows::FlowQueue;
 
 /// Free bytes in front of every packet written: tun-rs puts the virtio-net header there.
 const HEADROOM: usize = 16;
@@ -21,9 +22,6 @@ pub(crate) const BATCH: usize = IDEAL_BATCH_SIZE;
 /// datagrams can be up to 128, and a smaller TCP segment size more. The kernel segments a larger one itself
 /// before the TUN.
 pub(crate) const MAX_SEGMENTS: usize = 64;
-/// A batch reads another super-packet only while this many buffers are free, so that a read never loses one
-/// for want of room to split it: tun-rs reads the packet before it splits it, and drops it when it cannot.
-const ROOM_FOR_SPLIT: usize = MAX_SEGMENTS;
 
 /// Opens the TUN, non-blocking, with offload when `offload` asks for it and the kernel has it
 /// (`TUNSETOFFLOAD` with TSO).
@@ -53,45 +51,72 @@ fn packet_error(err: &io::Error) -> bool {
     err.raw_os_error().is_none() && err.kind() != io::ErrorKind::WouldBlock
 }
 
-/// Reads packets from the TUN into fixed buffers.
-pub(crate) struct TunReader {
-    /// One raw read: the virtio-net header and the packet as the kernel wrote it.
-    raw: Vec<u8>,
-    /// The batch's packet buffers, back to back: one allocation, large enough to be mapped lazily, so only
-    /// the bytes packets use become resident.
-    arena: Vec<u8>,
-    sizes: Vec<usize>,
+/// Packets the reader keeps queued ahead of the encryption ([`super::flows`]): about 2.8 MB of full-size
+/// packets at the default MTU, which covers the backlog a BBR sender kept in front of the device here
+/// (0.5–2.6 MB). Beyond it the backlog waits in the TUN's ring again, in order.
+pub(crate) const QUEUED: usize = 2_048;
+
+/// A packet read from the TUN, in a buffer of the interface's MTU.
+pub(crate) struct Packet {
+    buf: Vec<u8>,
     len: usize,
 }
 
+impl AsRef<[u8]> for Packet {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Reads the TUN ahead into a queue per flow, and hands the encryption a batch at a time, sparse flows
+/// first.
+pub(crate) struct TunReader {
+    /// One raw read: the virtio-net header and the packet as the kernel wrote it.
+    raw: Vec<u8>,
+    /// The buffers the next read splits its packets into.
+    staging: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    queue: FlowQueue<Packet>,
+    /// What the encryption takes now.
+    batch: Vec<Packet>,
+    /// Buffers no packet holds, for the next reads.
+    pool: Vec<Vec<u8>>,
+    /// The size of every packet buffer: the interface's MTU, which no packet read exceeds.
+    packet_len: usize,
+}
+
 impl TunReader {
-    pub(crate) fn new() -> Self {
+    /// A reader for an interface of `mtu`.
+    pub(crate) fn new(mtu: u16) -> Self {
+        let packet_len = usize::from(mtu);
         Self {
             raw: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
-            arena: vec![0; BATCH * MAX_PACKET],
-            sizes: vec![0; BATCH],
-            len: 0,
+            staging: (0..MAX_SEGMENTS).map(|_| vec![0; packet_len]).collect(),
+            sizes: vec![0; MAX_SEGMENTS],
+            queue: FlowQueue::default(),
+            batch: Vec::with_capacity(BATCH),
+            pool: Vec::new(),
+            packet_len,
         }
     }
 
-    /// Takes what the TUN holds now, without waiting: one read, and with `drain` more reads up to a batch;
-    /// 0 when nothing is queued. A super-packet that cannot be split is dropped (logged) as a full queue
-    /// would drop it.
-    pub(crate) fn try_read(&mut self, tun: &SyncDevice, drain: bool) -> io::Result<usize> {
-        self.len = 0;
-        // On the stack: the thread reads the TUN at every turn of its loop, most often to find it empty.
-        let mut chunks = self.arena.chunks_exact_mut(MAX_PACKET);
-        let mut bufs: [&mut [u8]; BATCH] = std::array::from_fn(|_| {
-            chunks
-                .next()
-                .expect("the arena holds one buffer per packet of a batch")
-        });
-        // Without offload a read is one packet, so the batch can be filled to the last buffer.
-        let room = if tun.tcp_gso() { ROOM_FOR_SPLIT } else { 1 };
-        while BATCH - self.len >= room {
-            let n = self.len;
-            match tun.recv_multiple(&mut self.raw, &mut bufs[n..], &mut self.sizes[n..], 0) {
-                Ok(k) => self.len += k,
+    /// Queues what the TUN holds now, without waiting: one read, and with `drain` more reads until the TUN
+    /// is empty or [`QUEUED`] packets wait; returns the packets read. A super-packet that cannot be split is
+    /// dropped (logged) as a full queue would drop it.
+    pub(crate) fn fill(&mut self, tun: &SyncDevice, drain: bool) -> io::Result<usize> {
+        let mut read = 0;
+        // A read may split into as many packets as a super-packet has segments: it is made only while they
+        // all fit.
+        while self.queue.len() + MAX_SEGMENTS <= QUEUED {
+            match tun.recv_multiple(&mut self.raw, &mut self.staging, &mut self.sizes, 0) {
+                Ok(k) => {
+                    for (buf, &len) in self.staging.iter_mut().zip(&self.sizes).take(k) {
+                        let fresh = (self.pool.pop()).unwrap_or_else(|| vec![0; self.packet_len]);
+                        let buf = std::mem::replace(buf, fresh);
+                        self.queue.push(Packet { buf, len });
+                    }
+                    read += k;
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if packet_error(&err) => {
                     tracing::debug!(error = %err, "TUN packet dropped");
@@ -103,16 +128,21 @@ impl TunReader {
                 break;
             }
         }
-        Ok(self.len)
+        Ok(read)
     }
 
-    /// The packets of the last read, in order.
+    /// Takes the next batch from the queue, sparse flows first: the packets [`TunReader::packets`] gives
+    /// until the next call. Returns how many (0: nothing is queued).
+    pub(crate) fn next_batch(&mut self) -> usize {
+        self.pool.extend(self.batch.drain(..).map(|p| p.buf));
+        self.batch
+            .extend(std::iter::from_fn(|| self.queue.pop()).take(BATCH));
+        self.batch.len()
+    }
+
+    /// The packets of the batch, in the order they leave.
     pub(crate) fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.arena
-            .chunks(MAX_PACKET)
-            .zip(&self.sizes)
-            .take(self.len)
-            .map(|(buf, &size)| &buf[..size])
+        self.batch.iter().map(AsRef::as_ref)
     }
 }
 
