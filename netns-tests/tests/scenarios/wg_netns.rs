@@ -112,12 +112,14 @@ fn pair_pings_updates_in_place_and_removes() {
         "API endpoint change applied"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    ns_a.exec_ok(&[
-        "wg",
-        "set",
-        &dev_a.ifname,
-        "peer",
-        &dev_b.public_key.to_string(),
+    // `wg set <A> peer <B> …`
+    let set_b_on_a = |args: &[&str]| {
+        let b = dev_b.public_key.to_string();
+        let mut command = vec!["wg", "set", &dev_a.ifname, "peer", &b];
+        command.extend_from_slice(args);
+        ns_a.exec_ok(&command)
+    };
+    set_b_on_a(&[
         "persistent-keepalive",
         "3",
         "allowed-ips",
@@ -153,7 +155,13 @@ fn pair_pings_updates_in_place_and_removes() {
         "wg set allowed-ips applied: {:?}",
         after.allowed_ips
     );
-    // B saw authenticated packets from A's new source address and roamed to it.
+    // B roams to A's new source address once it sees authenticated packets from it. A that roamed back to
+    // B's old address (above) sends from its old one: it is pointed at the new one again, with nothing in
+    // flight now, and pings.
+    if after.endpoint != Some(b_ep2) {
+        set_b_on_a(&["endpoint", &b_ep2.to_string()]);
+        assert_five_replies(&ns_a, B_OVERLAY, "ping from A's new address");
+    }
     let a_ep2 = sa(&format!("198.51.100.1:{}", dev_a.listen_port));
     wait_until(
         "B to roam to A's new address",
