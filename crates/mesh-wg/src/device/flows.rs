@@ -114,6 +114,11 @@ impl<P: AsRef<[u8]>> FlowQueue<P> {
         Some(packet)
     }
 
+    /// Packets waiting in the sparse queue: the next ones [`FlowQueue::pop`] gives.
+    pub(crate) fn sparse_len(&self) -> usize {
+        self.sparse.len()
+    }
+
     /// Packets waiting.
     pub(crate) fn len(&self) -> usize {
         self.sparse.len() + self.bulk.len()
@@ -161,6 +166,11 @@ mod tests {
         }
         q.push(ping(7));
         assert_eq!(q.len(), 2_001);
+        assert_eq!(
+            q.sparse_len(),
+            QUANTUM.div_ceil(1_420) + 1,
+            "a quantum of the flow, and the ping"
+        );
         let first = q.pop().unwrap();
         assert_eq!(
             first[..12],

@@ -330,7 +330,7 @@ impl Outgoing {
                 syscall: "read",
                 source,
             })?;
-        let batch = self.reader.next_batch();
+        let (batch, sparse) = self.reader.next_batch();
         if batch == 0 {
             return Ok(0);
         }
@@ -338,22 +338,38 @@ impl Outgoing {
         let out = &mut self.out;
         out.begin(&sock);
         shared.route_packets(self.reader.packets(), &mut self.peers);
-        let mut packets = self.reader.packets().zip(&self.peers).peekable();
-        while let Some((packet, peer)) = packets.next() {
-            let Some(peer) = peer else { continue };
-            let mut session = peer.session();
-            encapsulate(&mut session, packet, out);
-            while let Some((packet, _)) =
-                packets.next_if(|(_, p)| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
-            {
-                encapsulate(&mut session, packet, out);
-            }
-            if session.via().is_none() {
-                tracing::debug!(peer = ?peer.public_key, "peer has no endpoint; packets queued or dropped");
-            }
+        let packets = || self.reader.packets().zip(&self.peers);
+        encrypt_runs(packets().take(sparse), out);
+        if sparse > 0 && sparse < batch {
+            // The sparse flows' datagrams leave before the bulk ones are encrypted: that is what they were
+            // put first for.
+            out.send(&sock);
+            out.begin(&sock);
         }
+        encrypt_runs(packets().skip(sparse), out);
         out.send(&sock);
         Ok(batch)
+    }
+}
+
+/// Encrypts `packets` into `out`, each run of packets for one peer under one lock of it.
+fn encrypt_runs<'a>(
+    packets: impl Iterator<Item = (&'a [u8], &'a Option<Arc<Peer>>)>,
+    out: &mut Outbound,
+) {
+    let mut packets = packets.peekable();
+    while let Some((packet, peer)) = packets.next() {
+        let Some(peer) = peer else { continue };
+        let mut session = peer.session();
+        encapsulate(&mut session, packet, out);
+        while let Some((packet, _)) =
+            packets.next_if(|(_, p)| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
+        {
+            encapsulate(&mut session, packet, out);
+        }
+        if session.via().is_none() {
+            tracing::debug!(peer = ?peer.public_key, "peer has no endpoint; packets queued or dropped");
+        }
     }
 }
 

@@ -132,12 +132,14 @@ impl TunReader {
     }
 
     /// Takes the next batch from the queue, sparse flows first: the packets [`TunReader::packets`] gives
-    /// until the next call. Returns how many (0: nothing is queued).
-    pub(crate) fn next_batch(&mut self) -> usize {
+    /// until the next call. Returns how many (0: nothing is queued), and how many of them, at the front,
+    /// are the sparse flows'.
+    pub(crate) fn next_batch(&mut self) -> (usize, usize) {
         self.pool.extend(self.batch.drain(..).map(|p| p.buf));
+        let sparse = self.queue.sparse_len().min(BATCH);
         self.batch
             .extend(std::iter::from_fn(|| self.queue.pop()).take(BATCH));
-        self.batch.len()
+        (self.batch.len(), sparse)
     }
 
     /// The packets of the batch, in the order they leave.
