@@ -200,6 +200,9 @@ impl Device {
             let (shared, stop, waker) = (shared.clone(), stop.clone(), packets_waker.clone());
             let mtu = config.mtu;
             threads.spawn(PACKET_THREAD, span(), packets_waker, move || {
+                if let Err(e) = threads::set_own_nice(threads::PACKET_NICE) {
+                    tracing::info!(error = %e, nice = threads::PACKET_NICE, "the packet thread keeps the default priority (lowering its nice value needs CAP_SYS_NICE)");
+                }
                 packets::packet_loop(&shared, mtu, &waker, &stop)
             })?;
         }

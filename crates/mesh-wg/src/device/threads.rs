@@ -90,6 +90,28 @@ pub(crate) fn wait(
     Ok(Woken::Ready)
 }
 
+/// The nice value the packet thread asks for: above the application's threads, as the kernel's WireGuard,
+/// which runs in softirq context, is above any process. A round trip through the device is two wake-ups of
+/// this thread on each node; at the default priority each waited for a core behind whatever the application
+/// was running (`docs/benchmarks.md`: busy pings with a CPU hog on every core).
+pub(crate) const PACKET_NICE: i32 = -10;
+
+/// Gives the calling thread the nice value `nice` (Linux keeps one per thread). Lowering it needs
+/// `CAP_SYS_NICE`, which an agent that creates interfaces has in practice; without it the thread keeps the
+/// priority it had.
+pub(crate) fn set_own_nice(nice: i32) -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw();
+    #[allow(unsafe_code)]
+    // SAFETY: setpriority takes plain integers and touches no memory of this process.
+    let rc =
+        unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid as nix::libc::id_t, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether the device is stopping, seen by every packet thread.
 #[derive(Default)]
 pub(crate) struct Stop(AtomicBool);
@@ -173,6 +195,33 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    /// The nice value is the calling thread's alone: the thread that asked has it, the others keep theirs.
+    #[test]
+    fn a_thread_sets_its_own_nice_value_and_no_other() {
+        let own = || {
+            let stat =
+                std::fs::read_to_string(format!("/proc/self/task/{}/stat", nix::unistd::gettid()))
+                    .unwrap();
+            // The fields after the command name, whose parentheses may hold spaces: nice is the 19th field.
+            let after = stat.rsplit_once(')').unwrap().1;
+            after
+                .split_whitespace()
+                .nth(16)
+                .unwrap()
+                .parse::<i32>()
+                .unwrap()
+        };
+        let before = own();
+        let inside = std::thread::spawn(move || {
+            set_own_nice(before + 1).expect("raising one's nice value needs no privilege");
+            own()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, before + 1);
+        assert_eq!(own(), before, "the spawning thread kept its own");
+    }
 
     #[test]
     fn a_wait_ends_when_the_descriptor_is_ready() {
