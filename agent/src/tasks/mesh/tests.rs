@@ -48,44 +48,36 @@ fn the_first_list_is_settled_once_every_tunnel_has_handshaken_or_its_time_is_up(
     );
 }
 
-/// The device is read every 50 ms while a peer added less than 12 s ago has no handshake, so that the
-/// API shows its tunnel up within 50 ms of the handshake; otherwise, and for a peer absent for longer,
-/// at the usual refresh.
+/// A peer added less than 12 s ago with no handshake is read every 50 ms, so that the API shows its tunnel up
+/// within 50 ms of the handshake; a peer absent for longer is not. The whole device is read at the usual
+/// refresh, and less often while every peer is on the idle bound.
 #[test]
 fn a_new_peers_first_handshake_is_watched_closely_for_a_while() {
     let t0 = Instant::now();
     let refresh = Duration::from_millis(500);
     let mut awaiting = BTreeMap::new();
-    assert_eq!(
-        next_refresh(&awaiting, t0, refresh, false),
-        refresh,
-        "nothing awaited"
-    );
+    assert_eq!(next_await(&awaiting, t0, refresh), None, "nothing awaited");
     awaiting.insert(Key::from_bytes([1; 32]), t0);
-    assert_eq!(next_refresh(&awaiting, t0, refresh, false), AWAIT_REFRESH);
+    assert_eq!(next_await(&awaiting, t0, refresh), Some(AWAIT_REFRESH));
     assert_eq!(
-        next_refresh(&awaiting, t0, refresh, true),
-        AWAIT_REFRESH,
-        "awaited, every peer idle or not"
+        next_await(&awaiting, t0 + Duration::from_secs(11), refresh),
+        Some(AWAIT_REFRESH)
     );
     assert_eq!(
-        next_refresh(&awaiting, t0 + Duration::from_secs(11), refresh, false),
-        AWAIT_REFRESH
-    );
-    assert_eq!(
-        next_refresh(&awaiting, t0 + AWAIT_FOR, refresh, false),
-        refresh,
+        next_await(&awaiting, t0 + AWAIT_FOR, refresh),
+        None,
         "an absent peer is not watched for ever"
     );
     assert_eq!(
-        next_refresh(&awaiting, t0 + AWAIT_FOR, refresh, true),
+        next_await(&awaiting, t0, Duration::from_millis(20)),
+        Some(Duration::from_millis(20)),
+        "never slower than asked"
+    );
+    assert_eq!(next_refresh(refresh, false), refresh);
+    assert_eq!(
+        next_refresh(refresh, true),
         IDLE_REFRESH,
         "every peer on the idle bound: read less often"
-    );
-    assert_eq!(
-        next_refresh(&awaiting, t0, Duration::from_millis(20), false),
-        Duration::from_millis(20),
-        "never slower than asked"
     );
 }
 
@@ -299,6 +291,34 @@ fn two_peers() -> TwoPeers {
     }
 }
 
+impl TwoPeers {
+    /// Once both peers are on the device, has them handshake and waits until that is published: no longer
+    /// awaited, nothing reads the device until the refresh, an hour away. Returns the device's table.
+    async fn handshaken(&mut self) -> Arc<MemoryTable> {
+        until(&mut self.rx, |s| s.stats.len() == 2).await;
+        let table = (self.memory.table.lock().unwrap().clone()).expect("an interface");
+        for key in [0x22, 0x33] {
+            table.handshake(&Key::from_bytes([key; 32]), std::time::SystemTime::now());
+        }
+        until(&mut self.rx, |s| {
+            s.stats.values().all(|p| p.last_handshake.is_some())
+        })
+        .await;
+        table
+    }
+
+    /// Seat 4 (key 0x44) registers beside the first two; returns the first state that has its peer.
+    async fn seat_4_joins(&mut self) -> MeshState {
+        let mut joined = (**self.first.view.as_ref().unwrap()).clone();
+        joined.records.insert(4, Arc::new(record(4, 0x44, "")));
+        self.chain_tx.send_replace(ChainState {
+            view: Some(Arc::new(joined)),
+            ..self.first.clone()
+        });
+        until(&mut self.rx, |s| s.stats.len() == 3).await
+    }
+}
+
 /// A block that moves none of this node's peers (here a new leader) is not worked through them: the
 /// device waits for its refresh. One that moves a peer is applied at once.
 #[tokio::test]
@@ -340,32 +360,11 @@ async fn a_block_that_moves_no_peer_waits_for_the_refresh() {
 #[tokio::test]
 async fn a_peer_change_reads_the_seats_that_moved_not_every_peer() {
     let mut t = two_peers();
-    until(&mut t.rx, |s| s.stats.len() == 2).await;
-    // Handshaken: no longer awaited, so nothing reads the device until the refresh, an hour away.
-    let table = t
-        .memory
-        .table
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("an interface");
-    for key in [0x22, 0x33] {
-        table.handshake(&Key::from_bytes([key; 32]), std::time::SystemTime::now());
-    }
-    until(&mut t.rx, |s| {
-        s.stats.values().all(|p| p.last_handshake.is_some())
-    })
-    .await;
+    let _table = t.handshaken().await;
     let before = t.rx.borrow().clone();
     t.memory.calls.lock().unwrap().clear();
 
-    let mut joined = (**t.first.view.as_ref().unwrap()).clone();
-    joined.records.insert(4, Arc::new(record(4, 0x44, "")));
-    t.chain_tx.send_replace(ChainState {
-        view: Some(Arc::new(joined)),
-        ..t.first.clone()
-    });
-    let after = until(&mut t.rx, |s| s.stats.len() == 3).await;
+    let after = t.seat_4_joins().await;
     let calls = t.memory.calls.lock().unwrap().clone();
     assert_eq!(
         calls.get(..3),
@@ -383,6 +382,51 @@ async fn a_peer_change_reads_the_seats_that_moved_not_every_peer() {
     let two = Key::from_bytes([0x22; 32]);
     assert_eq!(after.stats[&two], before.stats[&two], "the others' kept");
     assert_eq!(after.members.len(), 3);
+    t.cancel.cancel();
+    t.running.await.unwrap().unwrap();
+}
+
+/// While a newcomer's first handshake is awaited, only its peer is read, every 50 ms, not the whole device:
+/// the handshake shows once it comes, and then the reads stop until the refresh (an hour away here).
+#[tokio::test]
+async fn a_newcomers_handshake_is_awaited_by_reading_its_peer_alone() {
+    let mut t = two_peers();
+    let table = t.handshaken().await;
+
+    t.memory.calls.lock().unwrap().clear();
+    t.seat_4_joins().await;
+    // The change reads the newcomer's peer twice (before and after setting it); then the awaited reads.
+    let reads = || {
+        let calls = t.memory.calls.lock().unwrap().clone();
+        (calls.iter().filter(|c| *c == "peers_of").count(), calls)
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(5), async {
+        while reads().0 < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(
+        waited.await.is_ok(),
+        "the newcomer read again while awaited: {:?}",
+        reads().1
+    );
+    let calls = reads().1;
+    assert!(
+        !calls.iter().any(|c| c == "peers"),
+        "no read of every peer: {calls:?}"
+    );
+
+    let newcomer = Key::from_bytes([0x44; 32]);
+    table.handshake(&newcomer, std::time::SystemTime::now());
+    until(&mut t.rx, |s| s.stats[&newcomer].last_handshake.is_some()).await;
+    tokio::time::sleep(AWAIT_REFRESH * 2).await;
+    let settled = t.memory.calls.lock().unwrap().len();
+    tokio::time::sleep(AWAIT_REFRESH * 4).await;
+    assert_eq!(
+        t.memory.calls.lock().unwrap().len(),
+        settled,
+        "no read once the handshake is seen"
+    );
     t.cancel.cancel();
     t.running.await.unwrap().unwrap();
 }
