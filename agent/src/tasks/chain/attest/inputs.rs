@@ -9,9 +9,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use alloy::primitives::Address;
-use mesh_attest::TcbStatus;
+use mesh_attest::collateral::Platform;
 use mesh_attest::tcb::TcbPolicy;
+use mesh_attest::{QuoteCollateralV3, TcbStatus};
 use mesh_chain::view::{Binding, ChainView};
+
+use crate::attestation::Allowlisted;
 
 /// The inputs of one pass.
 #[derive(Clone, Debug)]
@@ -24,6 +27,44 @@ pub(super) struct Inputs {
     chain: (u64, Address),
     policy: Option<TcbPolicy>,
     statuses: BTreeSet<TcbStatus>,
+    /// What the verdicts rest on that time may change, when the pass could say ([`Timely`]).
+    pub(super) timely: Option<Timely>,
+}
+
+/// What a pass's verdicts rest on besides the chain, and which time may change: the collateral each
+/// platform's verdicts were reached under (the very fetch), the allowlist answers the verified seats took,
+/// and the moment the first verdict lapses (its collateral's next update). While all of it holds, a pass due
+/// for the time's sake finds every verdict as it was, and gives them without a walk over the seats.
+#[derive(Clone, Debug)]
+pub(super) struct Timely {
+    pub(super) collateral: Vec<(Platform, Arc<QuoteCollateralV3>)>,
+    pub(super) allowed: Vec<Allowlisted>,
+    pub(super) lapses_at: u64,
+}
+
+impl Timely {
+    /// What a pass rests on that judged some seats anew (`self`) and kept the others' verdicts from the last
+    /// pass (`kept`, what those rest on): both together, unless they disagree (a platform's collateral
+    /// fetched again, an allowlist answer changed between the two), when only a walk can tell.
+    pub(super) fn with_kept(mut self, kept: &Timely) -> Option<Timely> {
+        for (platform, fetched) in &kept.collateral {
+            match self.collateral.iter().find(|(p, _)| p == platform) {
+                Some((_, now)) if !Arc::ptr_eq(now, fetched) => return None,
+                Some(_) => {}
+                None => self.collateral.push((*platform, Arc::clone(fetched))),
+            }
+        }
+        for answer in &kept.allowed {
+            let key = (answer.compose_hash, answer.os_measurement);
+            match (self.allowed.iter()).find(|a| (a.compose_hash, a.os_measurement) == key) {
+                Some(now) if now != answer => return None,
+                Some(_) => {}
+                None => self.allowed.push(*answer),
+            }
+        }
+        self.lapses_at = self.lapses_at.min(kept.lapses_at);
+        Some(self)
+    }
 }
 
 impl Inputs {
@@ -40,6 +81,7 @@ impl Inputs {
             chain: (view.chain_id(), view.contract),
             policy: policy.cloned(),
             statuses: statuses.clone(),
+            timely: None,
         }
     }
 

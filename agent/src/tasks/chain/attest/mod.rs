@@ -89,6 +89,8 @@ pub struct Attestor {
     checked: BTreeMap<u64, Checked>,
     /// Evidence decoded and checked anew (not answered from `checked`), since the start.
     checked_anew: u64,
+    /// Seats judged (each a look at its verdict, allowlists and TCB standing), since the start.
+    judged: u64,
     collateral: CollateralSource,
     allowlists: BTreeMap<(B256, B256), Answer>,
     /// None until first read: until then each agent's flags decide, as with no policy.
@@ -133,6 +135,7 @@ impl Attestor {
             checker,
             checked: BTreeMap::new(),
             checked_anew: 0,
+            judged: 0,
             collateral,
             allowlists: saved
                 .into_iter()
@@ -181,10 +184,7 @@ impl Attestor {
     /// Whether a pass is due although the view did not change: every refresh interval, and when a seat below
     /// the TCB policy changes stage.
     pub fn due(&self) -> bool {
-        let stage_changes = self
-            .policy()
-            .and_then(|p| self.staging.next_change(p, unix_now()))
-            .is_some_and(|at| unix_now() >= at);
+        let stage_changes = self.stage_change_due();
         // While the PCCS fails, the pass that asks it again comes as soon as it may be asked.
         let pccs_retry = self.collateral.failing().is_some()
             && self
@@ -193,8 +193,14 @@ impl Attestor {
         stage_changes || pccs_retry || self.last_pass.is_none_or(|t| t.elapsed() >= self.refresh)
     }
 
-    /// The next pass walks every seat, as a due one does, whatever its inputs: what a bench measures a due
-    /// pass with.
+    /// Whether a seat below the TCB policy changes stage now.
+    fn stage_change_due(&self) -> bool {
+        self.policy()
+            .and_then(|p| self.staging.next_change(p, unix_now()))
+            .is_some_and(|at| unix_now() >= at)
+    }
+
+    /// The next pass walks every seat, whatever its inputs: what a bench measures a walk with.
     pub fn walk_next_pass(&mut self) {
         self.last = None;
     }
@@ -361,18 +367,36 @@ impl Attestor {
         let statuses = statuses.unwrap_or_else(|| self.checker.tcb_statuses().clone());
         // The last pass's verdicts, while the cluster's part of their inputs holds and no pass is due: all of
         // them when every binding holds too, else those of the seats whose binding does.
-        let last = (self.last.take()).filter(|(inputs, _)| {
-            !self.due() && inputs.cluster_holds(view, policy.as_ref(), &statuses)
-        });
+        let mut last = (self.last.take())
+            .filter(|(inputs, _)| inputs.cluster_holds(view, policy.as_ref(), &statuses));
+        // A pass due for the time's sake looks at every seat only when something time changes moved: fresh
+        // collateral, an allowlist answer read again, a verdict's collateral past its next update, a TCB stage.
+        let due = self.due();
+        if due {
+            let holds = match &last {
+                Some((inputs, _)) if !self.stage_change_due() => {
+                    self.still_timely(inputs, now, follower.as_deref_mut())
+                        .await
+                }
+                _ => false,
+            };
+            if !holds {
+                last = None;
+            }
+        }
         if let Some((inputs, out)) = &last
             && inputs.hold_for(view, policy.as_ref(), &statuses)
         {
             let out = Arc::clone(out);
             self.last = last;
+            if due {
+                self.last_pass = Some(Instant::now());
+            }
             return out;
         }
         let mut out = Attestations::new();
         let mut cold = 0usize;
+        let mut kept_any = false;
         let seats: std::collections::BTreeSet<u64> = view
             .records
             .keys()
@@ -389,8 +413,10 @@ impl Attestor {
                 && let Some(verdict) = kept.get(token)
             {
                 out.insert(*token, Arc::clone(verdict));
+                kept_any = true;
                 continue;
             }
+            self.judged += 1;
             let cached = self.checker.cached_len();
             let attested = self
                 .judge(
@@ -412,11 +438,18 @@ impl Attestor {
                 && (!view.bindings.contains_key(seat) || self.checked.contains_key(seat))
         });
         let out = Arc::new(out);
+        self.checked.retain(|seat, _| seats.contains(seat));
         self.last = settled.then(|| {
-            let inputs = Inputs::of(view, policy.as_ref(), &statuses);
+            let mut inputs = Inputs::of(view, policy.as_ref(), &statuses);
+            // A verdict kept from the last pass rests on what that pass's did.
+            let kept = (last.as_ref()).and_then(|(inputs, _)| inputs.timely.as_ref());
+            inputs.timely = match (self.timely(), kept_any) {
+                (Some(t), false) => Some(t),
+                (Some(t), true) => kept.and_then(|kept| t.with_kept(kept)),
+                (None, _) => None,
+            };
             (inputs, Arc::clone(&out))
         });
-        self.checked.retain(|seat, _| seats.contains(seat));
         // A seat gone, or bound to other evidence, starts afresh if it ever falls below again.
         self.staging.retain(|seat, evidence| {
             view.bindings
@@ -529,6 +562,72 @@ impl Attestor {
         (verdict, evaluation)
     }
 
+    /// What the kept verdicts rest on that time may change ([`inputs::Timely`]); none when one platform's
+    /// verdicts were reached under two fetches of its collateral.
+    fn timely(&self) -> Option<inputs::Timely> {
+        let mut collateral: Vec<(Platform, Arc<QuoteCollateralV3>)> = Vec::new();
+        let mut allowed: Vec<Allowlisted> = Vec::new();
+        let mut lapses_at = u64::MAX;
+        for c in self.checked.values() {
+            match collateral.iter().find(|(p, _)| *p == c.platform) {
+                Some((_, fetched)) if !Arc::ptr_eq(fetched, &c.collateral) => return None,
+                Some(_) => {}
+                None => collateral.push((c.platform, Arc::clone(&c.collateral))),
+            }
+            if let Ok(v) = &c.verdict {
+                lapses_at = lapses_at.min(v.collateral_next_update);
+                let key = (B256::from(v.compose_hash), B256::from(v.os_measurement));
+                if !allowed
+                    .iter()
+                    .any(|a| (a.compose_hash, a.os_measurement) == key)
+                {
+                    allowed.push(self.allowlists.get(&key)?.allowed);
+                }
+            }
+        }
+        Some(inputs::Timely {
+            collateral,
+            allowed,
+            lapses_at,
+        })
+    }
+
+    /// Whether what `inputs`' verdicts rest on still holds at `now`: each platform's collateral is the same
+    /// fetch (asked for again, so that a PCCS's fresh collateral is taken), each allowlist answer the same
+    /// (read again when old), and no verdict past its collateral's next update.
+    async fn still_timely(
+        &mut self,
+        inputs: &Inputs,
+        now: u64,
+        mut follower: Option<&mut Follower>,
+    ) -> bool {
+        let Some(timely) = &inputs.timely else {
+            return false;
+        };
+        if now > timely.lapses_at {
+            return false;
+        }
+        for (platform, fetched) in &timely.collateral {
+            match self.collateral.for_platform(*platform, now).await {
+                Ok(c) if Arc::ptr_eq(&c, fetched) => {}
+                _ => return false,
+            }
+        }
+        for answer in &timely.allowed {
+            let key = (answer.compose_hash, answer.os_measurement);
+            match self.allowed_for(key, follower.as_deref_mut()).await {
+                Ok(now_allowed) if now_allowed == *answer => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Seats judged since the start: a pass that keeps the last one's verdicts judges none.
+    pub fn judged(&self) -> u64 {
+        self.judged
+    }
+
     /// Evidence decoded and checked anew since the start: a pass over seats whose bindings and collateral
     /// did not change adds nothing.
     pub fn checked_anew(&self) -> u64 {
@@ -546,6 +645,15 @@ impl Attestor {
             B256::from(verdict.compose_hash),
             B256::from(verdict.os_measurement),
         );
+        self.allowed_for(key, follower).await
+    }
+
+    /// The allowlists' answer for `key`, a compose hash and an OS image, as [`Attestor::allowed`] gives it.
+    async fn allowed_for(
+        &mut self,
+        key: (B256, B256),
+        follower: Option<&mut Follower>,
+    ) -> Result<Allowlisted, Attested> {
         let known = self.allowlists.get(&key).copied();
         if let Some(a) = known
             && a.read_at.is_some_and(|t| t.elapsed() < self.reread_after())

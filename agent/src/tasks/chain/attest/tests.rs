@@ -341,3 +341,42 @@ async fn a_new_binding_is_judged_alone_and_the_others_keep_their_verdicts_until_
     let due = attestor.pass(&chain, None).await;
     assert!(!due[&1].is_verified(), "a due pass looks again: {due:?}");
 }
+
+/// A pass due for the time's sake gives the last pass's verdicts, the very ones, without judging a seat,
+/// while nothing time changes has moved; it judges every seat again once the collateral is fetched anew or
+/// a verdict's collateral is past its next update.
+#[tokio::test]
+async fn a_due_pass_judges_no_seat_until_fresh_collateral_or_a_lapse() {
+    let (chain, mut attestor) = one_genuine_seat(0x42);
+    let pki = MockPki::from_seed([0x42; 32]);
+    attestor.pass(&chain, None).await;
+    answer_seat_1s_allowlists(&mut attestor, true);
+    let first = attestor.pass(&chain, None).await;
+    assert!(first[&1].is_verified(), "{first:?}");
+    let judged = attestor.judged();
+
+    attestor.last_pass = None;
+    assert!(attestor.due());
+    let due = attestor.pass(&chain, None).await;
+    assert!(Arc::ptr_eq(&due, &first), "the same verdicts: {due:?}");
+    assert_eq!(attestor.judged(), judged, "no seat judged");
+    assert!(!attestor.due(), "the due pass counts as made");
+
+    // The PCCS's collateral, fetched again: every verdict is reached again under it.
+    attestor.collateral = CollateralSource::Pinned(pinned_now(&pki));
+    attestor.last_pass = None;
+    let fresh = attestor.pass(&chain, None).await;
+    assert!(fresh[&1].is_verified(), "{fresh:?}");
+    assert_eq!(attestor.judged(), judged + 1, "the seat judged again");
+    assert_eq!(attestor.checked_anew(), 2, "and its evidence checked anew");
+
+    let (inputs, _) = attestor.last.as_mut().expect("kept");
+    inputs.timely.as_mut().expect("timely").lapses_at = unix_now() - 1;
+    attestor.last_pass = None;
+    attestor.pass(&chain, None).await;
+    assert_eq!(
+        attestor.judged(),
+        judged + 2,
+        "a verdict past its collateral's next update"
+    );
+}
