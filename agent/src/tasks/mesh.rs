@@ -263,7 +263,7 @@ fn settled(awaiting: &BTreeMap<Key, Instant>, by: Instant, now: Instant) -> bool
 }
 
 /// When to read the whole device next: after [`IDLE_REFRESH`] while every peer is on the idle bound
-/// (`all_idle`), else after `refresh`. A new peer's first handshake is read for apart ([`next_await`]).
+/// (`all_idle`), else after `refresh`. A new peer's first handshake is awaited on a deadline of its own ([`next_await`]).
 fn next_refresh(refresh: Duration, all_idle: bool) -> Duration {
     if all_idle {
         IDLE_REFRESH.max(refresh)

@@ -91,7 +91,7 @@ impl<P: AsRef<[u8]>> FlowQueue<P> {
     pub(crate) fn push(&mut self, packet: P) {
         let flow = bucket(packet.as_ref());
         let at = usize::from(flow);
-        let len = u32::try_from(packet.as_ref().len()).unwrap_or(u32::MAX);
+        let len = byte_len(&packet);
         if self.in_bulk[at] == 0 && (self.sparse_bytes[at] as usize) < QUANTUM {
             self.sparse_bytes[at] = self.sparse_bytes[at].saturating_add(len);
             self.sparse.push_back((packet, flow));
@@ -105,8 +105,7 @@ impl<P: AsRef<[u8]>> FlowQueue<P> {
     pub(crate) fn pop(&mut self) -> Option<P> {
         if let Some((packet, flow)) = self.sparse.pop_front() {
             let at = usize::from(flow);
-            let len = u32::try_from(packet.as_ref().len()).unwrap_or(u32::MAX);
-            self.sparse_bytes[at] = self.sparse_bytes[at].saturating_sub(len);
+            self.sparse_bytes[at] = self.sparse_bytes[at].saturating_sub(byte_len(&packet));
             return Some(packet);
         }
         let (packet, flow) = self.bulk.pop_front()?;
@@ -123,6 +122,11 @@ impl<P: AsRef<[u8]>> FlowQueue<P> {
     pub(crate) fn len(&self) -> usize {
         self.sparse.len() + self.bulk.len()
     }
+}
+
+/// A packet's length as the per-bucket byte counts hold it.
+fn byte_len(packet: &impl AsRef<[u8]>) -> u32 {
+    u32::try_from(packet.as_ref().len()).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -54,10 +54,10 @@ fn packet_error(err: &io::Error) -> bool {
 /// Packets the reader keeps queued ahead of the encryption ([`super::flows`]): about 2.8 MB of full-size
 /// packets at the default MTU, which covers the backlog a BBR sender kept in front of the device here
 /// (0.5–2.6 MB). Beyond it the backlog waits in the TUN's ring again, in order.
-pub(crate) const QUEUED: usize = 2_048;
+const QUEUED: usize = 2_048;
 
 /// A packet read from the TUN, in a buffer of the interface's MTU.
-pub(crate) struct Packet {
+struct Packet {
     buf: Vec<u8>,
     len: usize,
 }
