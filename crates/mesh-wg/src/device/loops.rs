@@ -11,6 +11,7 @@ use super::outbound::send;
 use super::relay_dialing::dial_if_needed;
 use super::schedule::Schedule;
 use super::shared::{Received, Shared};
+use super::spare::return_freed_memory;
 use super::udp::WhenFull;
 use super::{BUF_LEN, TIMER_TICK};
 use crate::Error;
@@ -77,7 +78,21 @@ pub(super) async fn relay_loop(
     mut inbound: mpsc::Receiver<Inbound>,
 ) -> Result<(), Error> {
     let mut rx = Received::new();
-    while let Some(first) = inbound.recv().await {
+    loop {
+        // What a relayed burst grew is given back once unused for a window, as on the packet thread. The
+        // runtime's clock, so that a test's paused time moves the window too.
+        let (given, review) = rx.tun.review_spare(tokio::time::Instant::now().into_std());
+        if given > 0 {
+            return_freed_memory();
+        }
+        let next = match review {
+            Some(at) => match tokio::time::timeout_at(at.into(), inbound.recv()).await {
+                Ok(next) => next,
+                Err(_) => continue,
+            },
+            None => inbound.recv().await,
+        };
+        let Some(first) = next else { break };
         // What else has arrived joins the batch, so one flow's packets are coalesced into one TUN write.
         let mut next = Some(first);
         while let Some(Inbound { link, datagram }) = next {

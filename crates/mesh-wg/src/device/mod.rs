@@ -14,6 +14,7 @@ mod relay_dialing;
 mod relay_server;
 mod schedule;
 mod shared;
+mod spare;
 mod threads;
 mod tun;
 mod udp;

@@ -24,6 +24,7 @@ use super::batch::segments;
 use super::codel::Codel;
 use super::outbound::Outbound;
 use super::shared::{Received, Shared};
+use super::spare::return_freed_memory;
 use super::threads::{Stop, Waker};
 use super::tun::{BATCH, TunReader};
 use super::udp::{Udp, WhenFull};
@@ -92,13 +93,26 @@ pub(super) fn packet_loop(
             Receive::Got => {}
             Receive::Failed => std::thread::sleep(ERROR_REST),
             Receive::Empty if read == 0 => {
+                let review = review_spare(&mut outgoing, &mut incoming, Instant::now());
                 ready.follow(&incoming.sock).map_err(poll_error)?;
-                due = ready.wait(waker).map_err(poll_error)?;
+                due = ready.wait(waker, review).map_err(poll_error)?;
             }
             Receive::Empty => {}
         }
     }
     Ok(())
+}
+
+/// Gives back the buffers a burst grew that went unused for a whole window ([`super::spare`]), on both
+/// sides; returns when to review them again.
+fn review_spare(outgoing: &mut Outgoing, incoming: &mut Incoming, now: Instant) -> Option<Instant> {
+    let (read, read_next) = outgoing.reader.review_spare(now);
+    let (written, write_next) = incoming.rx.tun.review_spare(now);
+    if read + written > 0 {
+        tracing::debug!(read, written, "unused packet buffers given back");
+        return_freed_memory();
+    }
+    read_next.into_iter().chain(write_next).min()
 }
 
 /// Which side to read after a wait: only the one that woke the thread, so that a packet from the TUN does
@@ -170,11 +184,17 @@ impl Readiness {
         Ok(())
     }
 
-    /// Waits until a descriptor is readable, and says which side is due.
-    fn wait(&self, waker: &Waker) -> io::Result<Due> {
+    /// Waits until a descriptor is readable or `until` passes, and says which side is due (neither, when
+    /// the time passed).
+    fn wait(&self, waker: &Waker, until: Option<Instant>) -> io::Result<Due> {
         let mut events = [EpollEvent::empty(); 3];
+        let timeout = until.map_or(EpollTimeout::NONE, |until| {
+            // Rounded up, so that a wait does not end just before the moment it waited for.
+            let left = until.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+            EpollTimeout::try_from(left).unwrap_or(EpollTimeout::MAX)
+        });
         let n = loop {
-            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => break n,
                 Err(Errno::EINTR) => continue,
                 Err(err) => return Err(err.into()),

@@ -7,11 +7,13 @@
 //! `poll(2)` ([`super::packets`]).
 
 use std::io;
+use std::time::Instant;
 
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::MAX_PACKET;
 use super::flows::FlowQueue;
+use super::spare::Spare;
 
 /// Free bytes in front of every packet written: tun-rs puts the virtio-net header there.
 const HEADROOM: usize = 16;
@@ -81,6 +83,8 @@ pub(crate) struct TunReader {
     batch: Vec<Packet>,
     /// Buffers no packet holds, for the next reads.
     pool: Vec<Vec<u8>>,
+    /// The pool's buffers no read took for a while, to give back ([`super::spare`]).
+    spare: Spare,
     /// The size of every packet buffer: the interface's MTU, which no packet read exceeds.
     packet_len: usize,
 }
@@ -96,6 +100,7 @@ impl TunReader {
             queue: FlowQueue::default(),
             batch: Vec::with_capacity(BATCH),
             pool: Vec::new(),
+            spare: Spare::default(),
             packet_len,
         }
     }
@@ -110,11 +115,7 @@ impl TunReader {
         while self.queue.len() + MAX_SEGMENTS <= QUEUED {
             match tun.recv_multiple(&mut self.raw, &mut self.staging, &mut self.sizes, 0) {
                 Ok(k) => {
-                    for (buf, &len) in self.staging.iter_mut().zip(&self.sizes).take(k) {
-                        let fresh = (self.pool.pop()).unwrap_or_else(|| vec![0; self.packet_len]);
-                        let buf = std::mem::replace(buf, fresh);
-                        self.queue.push(Packet { buf, len });
-                    }
+                    self.queue_staged(k);
                     read += k;
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
@@ -129,6 +130,27 @@ impl TunReader {
             }
         }
         Ok(read)
+    }
+
+    /// Queues the first `k` staged packets, and stages fresh buffers in their place.
+    fn queue_staged(&mut self, k: usize) {
+        for (buf, &len) in self.staging.iter_mut().zip(&self.sizes).take(k) {
+            let fresh = (self.pool.pop()).unwrap_or_else(|| vec![0; self.packet_len]);
+            let buf = std::mem::replace(buf, fresh);
+            self.queue.push(Packet { buf, len });
+        }
+        self.spare.held(self.pool.len());
+    }
+
+    /// Gives back the pool's buffers that no read took during a whole window; returns how many, and when
+    /// to review the pool again (`None`: it is empty).
+    pub(crate) fn review_spare(&mut self, now: Instant) -> (usize, Option<Instant>) {
+        let (unused, next) = self.spare.review(self.pool.len(), now);
+        self.pool.truncate(self.pool.len() - unused);
+        if self.pool.is_empty() {
+            self.pool = Vec::new();
+        }
+        (unused, next)
     }
 
     /// Takes the next batch from the queue, sparse flows first: the packets [`TunReader::packets`] gives
@@ -152,6 +174,10 @@ impl TunReader {
 pub(crate) struct TunWriter {
     bufs: Vec<Vec<u8>>,
     len: usize,
+    /// How many of `bufs`, from the first, are allocated: a batch uses them in order.
+    allocated: usize,
+    /// The allocated buffers no batch reached for a while, to give back ([`super::spare`]).
+    spare: Spare,
     gro: GROTable,
 }
 
@@ -161,6 +187,8 @@ impl TunWriter {
             // Allocated when first used ([`TunWriter::slot`]): an idle device uses few.
             bufs: (0..BATCH).map(|_| Vec::new()).collect(),
             len: 0,
+            allocated: 0,
+            spare: Spare::default(),
             gro: GROTable::new(),
         }
     }
@@ -181,9 +209,16 @@ impl TunWriter {
             // tun-rs coalesces into a buffer only while its capacity holds twice the offset and the result,
             // and never grows it.
             buf.reserve_exact(2 * HEADROOM + MAX_PACKET);
+            self.allocated = self.len + 1;
         }
-        buf.clear();
-        buf.resize(HEADROOM + len.min(MAX_PACKET), 0);
+        // What the buffer held before is written over, not zeroed first: the caller decrypts into it and
+        // keeps only what it wrote.
+        let end = HEADROOM + len.min(MAX_PACKET);
+        if buf.len() < end {
+            buf.resize(end, 0);
+        } else {
+            buf.truncate(end);
+        }
         &mut buf[HEADROOM..]
     }
 
@@ -202,7 +237,24 @@ impl TunWriter {
         if let Err(err) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.len], HEADROOM) {
             tracing::debug!(error = %err, packets = self.len, "TUN write failed");
         }
+        self.written();
+    }
+
+    /// Ends a batch: the buffers past it were spare while it was collected.
+    fn written(&mut self) {
+        self.spare.held(self.allocated - self.len);
         self.len = 0;
+    }
+
+    /// Gives back the allocated buffers that no batch reached during a whole window (the last ones, as
+    /// batches use them in order); returns how many, and when to review them again (`None`: none is left).
+    pub(crate) fn review_spare(&mut self, now: Instant) -> (usize, Option<Instant>) {
+        let (unused, next) = self.spare.review(self.allocated - self.len, now);
+        for buf in &mut self.bufs[self.allocated - unused..self.allocated] {
+            *buf = Vec::new();
+        }
+        self.allocated -= unused;
+        (unused, next)
     }
 }
 
@@ -212,7 +264,11 @@ mod tests {
     //! offload TUN on Linux 6.18 (MTU 1420) while iperf3 sent over it: each is the virtio-net header, then the
     //! packet as the kernel handed it over.
 
+    use std::time::Instant;
+
     use tun_rs::{VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr, checksum, gso_split};
+
+    use crate::device::spare::WINDOW;
 
     use super::*;
 
@@ -325,5 +381,86 @@ mod tests {
         packet[at..at + 2].copy_from_slice(&complete.to_be_bytes());
         assert!(tcp_checksum_valid(&packet));
         assert!(ipv4_header_valid(&packet));
+    }
+
+    #[test]
+    fn a_bursts_packet_buffers_are_given_back_once_no_read_takes_them() {
+        let t0 = Instant::now();
+        let mut reader = TunReader::new(1420);
+        assert_eq!(
+            reader.review_spare(t0),
+            (0, None),
+            "nothing read, nothing held"
+        );
+        // A bulk transfer: 30 reads of a super-packet's 64 segments queued, then all sent.
+        for _ in 0..30 {
+            reader.queue_staged(MAX_SEGMENTS);
+        }
+        while reader.next_batch().0 > 0 {}
+        assert_eq!(reader.pool.len(), 30 * MAX_SEGMENTS);
+        assert_eq!(reader.review_spare(t0), (0, Some(t0 + WINDOW)));
+        // Then a trickle, one packet at a time.
+        for _ in 0..5 {
+            reader.queue_staged(1);
+            assert_eq!(reader.next_batch().0, 1);
+        }
+        assert_eq!(
+            reader.review_spare(t0 + WINDOW),
+            (30 * MAX_SEGMENTS - 2, Some(t0 + 2 * WINDOW)),
+            "the trickle keeps the two buffers it uses: one for the next read, one for the packet sent"
+        );
+        assert_eq!(reader.pool.len(), 1, "the other is the last batch's");
+        assert_eq!(reader.review_spare(t0 + 2 * WINDOW), (1, None));
+        assert_eq!(
+            reader.pool.capacity(),
+            0,
+            "a silent reader holds no spare buffer"
+        );
+        reader.queue_staged(1);
+        assert_eq!(reader.next_batch().0, 1, "and still reads");
+    }
+
+    #[test]
+    fn a_bursts_coalescing_buffers_are_given_back_once_no_batch_reaches_them() {
+        let t0 = Instant::now();
+        let mut writer = TunWriter::new();
+        for _ in 0..3 {
+            for _ in 0..BATCH {
+                writer.slot(1_400);
+                writer.commit(1_400);
+            }
+            writer.written();
+        }
+        assert_eq!(writer.review_spare(t0), (0, Some(t0 + WINDOW)));
+        // A trickle: one packet a batch.
+        writer.slot(100);
+        writer.commit(100);
+        writer.written();
+        assert_eq!(
+            writer.review_spare(t0 + WINDOW),
+            (BATCH - 1, Some(t0 + 2 * WINDOW))
+        );
+        assert_eq!(
+            writer.bufs.iter().filter(|b| b.capacity() > 0).count(),
+            1,
+            "only the buffer the trickle uses is left"
+        );
+        assert_eq!(writer.review_spare(t0 + 2 * WINDOW), (1, None));
+        assert!(writer.bufs.iter().all(|b| b.capacity() == 0));
+        assert_eq!(writer.slot(60).len(), 60, "and it still takes packets");
+    }
+
+    #[test]
+    fn a_reused_slot_holds_the_new_packet_alone() {
+        let mut writer = TunWriter::new();
+        writer.slot(1_400).fill(0xaa);
+        writer.commit(1_400);
+        writer.written();
+        let slot = writer.slot(60);
+        assert_eq!(slot.len(), 60);
+        slot.fill(0x55);
+        writer.commit(40);
+        assert_eq!(writer.bufs[0].len(), HEADROOM + 40);
+        assert!(writer.bufs[0][HEADROOM..].iter().all(|&b| b == 0x55));
     }
 }

@@ -136,6 +136,10 @@ pub(crate) struct Throughput {
     pub(crate) seconds: u32,
     pub(crate) streams1: Streams,
     pub(crate) streams4: Streams,
+    /// The mesh's agents' RSS (sending, receiving node), MiB: before its runs, and once the references'
+    /// runs after them have left it quiet (what a bulk transfer leaves behind).
+    pub(crate) mesh_rss_mib_before: Option<[f64; 2]>,
+    pub(crate) mesh_rss_mib_after: Option<[f64; 2]>,
 }
 
 impl Throughput {

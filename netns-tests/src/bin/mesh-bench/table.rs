@@ -380,6 +380,11 @@ fn print_compared(r: &Report) {
         fixed(Some(t.streams1.mesh_over_bare), 2),
         fixed(Some(t.streams4.mesh_over_bare), 2)
     );
+    if let (Some([b0, b1]), Some([a0, a1])) = (t.mesh_rss_mib_before, t.mesh_rss_mib_after) {
+        println!(
+            "mesh agents' RSS, sending / receiving node: {b0:.1} / {b1:.1} MiB before its runs, {a0:.1} / {a1:.1} MiB after them (quiet since)"
+        );
+    }
     println!(
         "\nPer run: context switches of the WireGuard process (send / recv); drops on both sides, of the TUN interfaces and of UDP receive buffers"
     );
