@@ -188,6 +188,12 @@ fn leader_route(view: &View, ports: &Ports) -> Result<Route, Refusal> {
             to: ports.local,
         });
     }
+    // The seat named is this node's own, and it does not hold the lease: its claim ran out (cut off from
+    // the seats that renew it, say), it is unhealthy, or it has not taken the lease yet. Its overlay address
+    // would reach its own service, a primary that no longer leads, while its view of the chain is current.
+    if view.members.iter().any(|m| m.is_self && m.seat == seat) {
+        return Err(Refusal::NotCurrent);
+    }
     let ip = leader.overlay_ip.ok_or(Refusal::NoAddress)?;
     if !view.grants(seat, ports.port) {
         return Err(Refusal::NotGranted);
@@ -293,6 +299,23 @@ mod tests {
             !holds_at(own, leader(1, 7, false, Freshness::Current)),
             "this node stepped down"
         );
+    }
+
+    #[test]
+    fn the_seat_named_leader_that_lost_its_lease_sends_to_no_one_not_even_itself() {
+        // Node 1, named leader under term 7, its chain view still current: while it holds the lease its own
+        // service takes the connections; once its claim runs out, nobody's does, its overlay address
+        // included, which would reach the same service.
+        let mut v = view(leader(1, 7, true, Freshness::Current));
+        v.members = vec![member(1, true, true), member(2, false, true)];
+        let own = lead(&v).unwrap();
+        assert_eq!(own.to, PORTS.local);
+        v.leader.is_self = false;
+        assert_eq!(lead(&v), Err(Refusal::NotCurrent));
+        assert!(!holds(PortRole::Leader, own, &v, &PORTS));
+        // The same chain view on node 2 still forwards to seat 1: its lease is node 2's to judge.
+        v.members = vec![member(1, false, true), member(2, true, true)];
+        assert_eq!(lead(&v).map(|r| r.seat), Ok(1));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum Refusal {
     /// No seat is leader (or the one named is refused by this node).
     NoLeader,
-    /// A leader is named, but not confirmed within a lease: it may have changed.
+    /// A leader is named, but not confirmed within a lease: it may have changed. Or this node is the seat
+    /// named, and does not hold the lease.
     NotCurrent,
     /// The leader's record gives no overlay address this node can reach it on.
     NoAddress,

@@ -153,13 +153,19 @@ fn the_leader_port_reaches_the_leader_of_the_term_and_only_it() {
     let refused_after = cut_at.elapsed();
     // The status is rendered every second. The connection that found the port closed may have been fenced
     // rather than refused (counted as fenced): each look asks again, so that a refusal is what is counted
-    // once the lease has lapsed.
+    // once the lease has lapsed. Once closed, the port stays closed: node 1's view of the chain is current
+    // a while longer, but its claim ran out, and its overlay address would reach its own service.
     wait_until(
         "node 1's status to count the refusal as not-current",
         Duration::from_secs(15),
         Duration::from_millis(200),
         || {
-            let _ = reaches(lan.node(1), loopback(LEADER_PORT));
+            let again = reaches(lan.node(1), loopback(LEADER_PORT));
+            assert!(
+                again.is_none(),
+                "node 1's port forwarded again after its lease ran out: {again:?}\n{}",
+                agents[0].tail()
+            );
             port_of(&agents[0], PortRole::Leader)
                 .refused
                 .get("not-current")
