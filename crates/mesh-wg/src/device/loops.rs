@@ -58,7 +58,8 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
         if reached_first {
             shared.discovered(|d| d.reached_first());
         }
-        controls.extend(shared.relay_upkeep(schedule.views()));
+        let endpoints_changed = schedule.take_endpoints_changed();
+        controls.extend(shared.relay_upkeep(schedule.views(), endpoints_changed, now));
         if schedule.take_ready_changed() {
             shared.note_relayed_in(schedule.views());
         }
