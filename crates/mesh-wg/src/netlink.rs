@@ -63,10 +63,11 @@ fn drive(
 
 /// What the kernel knows of a path's MTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PathMtu {
-    pub(crate) mtu: u32,
-    /// Learnt from an ICMP "fragmentation needed" (a route exception), rather than the interface's MTU.
-    pub(crate) from_icmp: bool,
+pub(crate) enum RouteMtu {
+    /// Learnt from an ICMP "fragmentation needed" (a route exception).
+    Learnt(u32),
+    /// The route leaves by the interface with this index, whose MTU is the path's as far as the kernel knows.
+    Interface(u32),
 }
 
 /// A netlink route socket bound to the network namespace it was opened in.
@@ -174,10 +175,10 @@ impl Netlink {
             .map_err(self.err(format!("RTM_SETLINK gso_max_segs {max}")))
     }
 
-    /// What the kernel knows of the path to `dst`: the MTU it learnt for it (from an ICMP "fragmentation
-    /// needed", cached on the route), else the MTU of the interface it leaves by; `None` with no route.
-    pub(crate) async fn path_mtu(&self, dst: Ipv4Addr) -> Result<Option<PathMtu>, Error> {
-        use rtnetlink::packet_route::link::LinkAttribute;
+    /// What the kernel's route to `dst` says of the path's MTU: the MTU it learnt for it (from an ICMP
+    /// "fragmentation needed", cached on the route), else the interface it leaves by, whose MTU
+    /// [`Netlink::link_mtu`] reads; `None` with no route.
+    pub(crate) async fn route_mtu(&self, dst: Ipv4Addr) -> Result<Option<RouteMtu>, Error> {
         use rtnetlink::packet_route::route::{RouteAttribute, RouteMetric};
         let request = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, 32)
@@ -201,19 +202,19 @@ impl Netlink {
                         RouteMetric::Mtu(mtu) => Some(*mtu),
                         _ => None,
                     }) {
-                        return Ok(Some(PathMtu {
-                            mtu,
-                            from_icmp: true,
-                        }));
+                        return Ok(Some(RouteMtu::Learnt(mtu)));
                     }
                 }
                 RouteAttribute::Oif(index) => oif = Some(*index),
                 _ => {}
             }
         }
-        let Some(index) = oif else {
-            return Ok(None);
-        };
+        Ok(oif.map(RouteMtu::Interface))
+    }
+
+    /// The MTU of the link with `index`; `None` when there is no such link.
+    pub(crate) async fn link_mtu(&self, index: u32) -> Result<Option<u32>, Error> {
+        use rtnetlink::packet_route::link::LinkAttribute;
         let mut links = self.handle.link().get().match_index(index).execute();
         let link = links
             .try_next()
@@ -221,10 +222,7 @@ impl Netlink {
             .map_err(self.err(format!("RTM_GETLINK {index}")))?;
         Ok(link.and_then(|l| {
             l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Mtu(mtu) => Some(PathMtu {
-                    mtu: *mtu,
-                    from_icmp: false,
-                }),
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
                 _ => None,
             })
         }))
