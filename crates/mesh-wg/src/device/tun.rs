@@ -209,7 +209,7 @@ impl TunWriter {
             // tun-rs coalesces into a buffer only while its capacity holds twice the offset and the result,
             // and never grows it.
             buf.reserve_exact(2 * HEADROOM + MAX_PACKET);
-            self.allocated = self.len + 1;
+            self.allocated = self.allocated.max(self.len + 1);
         }
         // What the buffer held before is written over, not zeroed first: the caller decrypts into it and
         // keeps only what it wrote.
