@@ -58,8 +58,7 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
         if reached_first {
             shared.discovered(|d| d.reached_first());
         }
-        let endpoints_changed = schedule.take_endpoints_changed();
-        controls.extend(shared.relay_upkeep(schedule.views(), endpoints_changed, now));
+        controls.extend(shared.relay_upkeep(schedule.views()));
         if schedule.take_ready_changed() {
             shared.note_relayed_in(schedule.views());
         }

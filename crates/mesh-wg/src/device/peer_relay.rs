@@ -171,15 +171,11 @@ impl Shared {
 
     /// The relay's upkeep at a timer tick, from each peer's view: whether it offers, the seats' endpoints,
     /// allocations that ran out, and the Offers due. Returns the control messages to send.
-    pub(super) fn relay_upkeep(
-        &self,
-        views: &[(Arc<Peer>, RelayView)],
-        endpoints_changed: bool,
-        now: Instant,
-    ) -> Vec<(Key, Control)> {
+    pub(super) fn relay_upkeep(&self, views: &[(Arc<Peer>, RelayView)]) -> Vec<(Key, Control)> {
         let Some(server) = &self.peer_relay else {
             return Vec::new();
         };
+        let now = Instant::now();
         let mut s = server.lock().unwrap_or_else(|e| e.into_inner());
         let mode = s.mode;
         let (offering, why) = self.discovered(|d| d.offers_relay(mode));
@@ -196,14 +192,11 @@ impl Shared {
         (s.offering, s.why) = (offering, why);
         s.table.set_accepting(offering);
         let mut out = Vec::new();
-        // The seats' endpoints are looked at only when one moved ([`super::schedule`] tells).
-        if endpoints_changed {
-            for (peer, view) in views {
-                let key = peer.public_key;
-                if s.endpoints.get(&key) != Some(&view.udp_endpoint) {
-                    s.endpoints.insert(key, view.udp_endpoint);
-                    out.extend(s.table.endpoint(key, view.udp_endpoint));
-                }
+        for (peer, view) in views {
+            let key = peer.public_key;
+            if s.endpoints.get(&key) != Some(&view.udp_endpoint) {
+                s.endpoints.insert(key, view.udp_endpoint);
+                out.extend(s.table.endpoint(key, view.udp_endpoint));
             }
         }
         // Every peer in `views` is in `endpoints` now: more there means some are gone. Looked for only then,
@@ -223,9 +216,6 @@ impl Shared {
             out.extend(s.table.seat_gone(key));
         }
         out.extend(s.table.tick(now));
-        if !s.offers_due(now, changed, endpoints_changed) {
-            return out;
-        }
         let offer = s.table.offer();
         for (peer, view) in views {
             let key = peer.public_key;
@@ -241,7 +231,6 @@ impl Shared {
                 s.offered.remove(&key);
             }
         }
-        s.offers_told();
         out
     }
 

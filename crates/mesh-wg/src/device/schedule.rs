@@ -21,8 +21,6 @@ pub(super) struct Schedule {
     candidates: Vec<Candidate>,
     /// The relays ready for the pairs changed, or the peers did, since last taken.
     ready_changed: bool,
-    /// A peer's endpoint on UDP changed, or the peers did, since last taken.
-    endpoints_changed: bool,
 }
 
 impl Schedule {
@@ -50,7 +48,6 @@ impl Schedule {
         }
         self.generation = Some(generation);
         self.ready_changed = true;
-        self.endpoints_changed = true;
         self.candidates_changed();
     }
 
@@ -71,7 +68,6 @@ impl Schedule {
     pub(super) fn ran(&mut self, i: usize, ticked: &Ticked, now: Instant) {
         let (_, view) = &mut self.views[i];
         self.ready_changed |= view.ready != ticked.view.ready;
-        self.endpoints_changed |= view.udp_endpoint != ticked.view.udp_endpoint;
         let candidate_changed = view.candidate != ticked.view.candidate;
         *view = ticked.view.clone();
         self.next[i] = if ticked.quiet { now + QUIET_TICK } else { now };
@@ -99,11 +95,6 @@ impl Schedule {
     /// Whether the relays ready for the pairs, or the peers, changed since last asked.
     pub(super) fn take_ready_changed(&mut self) -> bool {
         std::mem::take(&mut self.ready_changed)
-    }
-
-    /// Whether a peer's endpoint on UDP, or the peers, changed since last asked.
-    pub(super) fn take_endpoints_changed(&mut self) -> bool {
-        std::mem::take(&mut self.endpoints_changed)
     }
 }
 
@@ -141,26 +132,6 @@ mod tests {
             reached_first: false,
             quiet,
         }
-    }
-
-    #[test]
-    fn a_change_of_endpoint_or_of_peers_is_told_once() {
-        let (p, q) = (peer(1), peer(2));
-        let t0 = Instant::now();
-        let mut s = Schedule::default();
-        s.sync(1, || vec![p.clone(), q.clone()], t0);
-        assert!(s.take_endpoints_changed(), "new peers");
-        assert!(!s.take_endpoints_changed(), "told once");
-        s.ran(0, &ticked(true), t0);
-        assert!(!s.take_endpoints_changed(), "a run that moved nothing");
-        let mut moved = ticked(false);
-        moved.view.udp_endpoint = Some("192.0.2.7:51820".parse().unwrap());
-        s.ran(1, &moved, t0);
-        assert!(s.take_endpoints_changed(), "q's endpoint came up");
-        s.ran(1, &moved, t0);
-        assert!(!s.take_endpoints_changed(), "and stayed");
-        s.sync(2, || vec![p.clone()], t0);
-        assert!(s.take_endpoints_changed(), "q left");
     }
 
     /// A quiet peer's timer waits a [`QUIET_TICK`] unless something touches it; a busy one runs at every tick;
