@@ -10,8 +10,9 @@ masters never coexist:
 * follow node N (view current)   -> REPLICAOF 10.0.1.N <port>  (replicate it over the mesh)
 * demoted                        -> REPLICAOF 127.0.0.1 1      (at once: a replica of nothing takes no
                                     writes until a leader is known)
-* demoted by a hand-off          -> CLIENT PAUSE WRITE, then REPLICAOF 127.0.0.1 1 once every replica has
-                                    acknowledged the master's whole stream (at most HANDOFF_FLUSH seconds):
+* demoted by a hand-off          -> CLIENT PAUSE WRITE, then REPLICAOF 127.0.0.1 1 once the master has a
+                                    replica and every replica, syncing ones included, has acknowledged the
+                                    master's whole stream (at most HANDOFF_FLUSH seconds):
                                     the successor promotes only after the hand-off's block, so it holds every
                                     write the old master took. A clean switchover, not a failover's loss of
                                     the writes a replica had not received yet.
@@ -36,6 +37,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dstack_p2p import Backoff, DStackP2PSDK, follow_leader, why_not_leading
@@ -106,27 +108,44 @@ class RedisControl(Protocol):
     async def role(self) -> tuple[str, tuple[str, int] | None]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
-    async def flush_to_replicas(self, timeout: float) -> tuple[int, list[int]]: ...
+    async def flush_to_replicas(self, timeout: float) -> Flushed: ...
     async def unpause(self) -> None: ...
 
 
-async def flush(run: Callable[..., Awaitable[list[Any]]], timeout: float) -> tuple[int, list[int]]:
-    """Pauses writes (for as long as the hand-off may take) and waits, at most `timeout`, until every replica
-    has acknowledged the master's offset; returns the offset and the replicas' acknowledged offsets. `run`
-    sends one command and returns its reply as a flat list."""
+async def flush(run: Callable[..., Awaitable[list[Any]]], timeout: float) -> Flushed:
+    """Pauses writes (for as long as the hand-off may take) and waits, at most `timeout`, until the master has
+    a replica and every replica it has is online and has acknowledged its offset. `run` sends one command
+    and returns its reply as a list.
+
+    ROLE lists only the online replicas: one still in its first sync (a replica that just restarted, or was
+    just pointed here) is missing from it, and becoming a replica now would cut it off without the writes
+    it is being sent. INFO's count holds every replica, whatever its state."""
     await run("CLIENT", "PAUSE", str(int((timeout + 1) * 1000)), "WRITE")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        reply = await run("ROLE")
-        offset, acked = master_offsets(reply)
-        if all(a >= offset for a in acked) or loop.time() >= deadline:
-            return offset, acked
+        offset, acked = master_offsets(await run("ROLE"))
+        flushed = Flushed(offset, acked, connected_replicas(await run("INFO", "replication")))
+        if flushed.complete() or loop.time() >= deadline:
+            return flushed
         await asyncio.sleep(0.02)
 
 
+@dataclass(frozen=True)
+class Flushed:
+    """Where a hand-off's flush ended: the master's offset, the online replicas' acknowledged offsets, and
+    how many replicas it has in all."""
+    offset: int
+    acked: list[int]
+    connected: int
+
+    def complete(self) -> bool:
+        return (self.connected > 0 and len(self.acked) == self.connected
+                and all(a >= self.offset for a in self.acked))
+
+
 def master_offsets(reply: list[Any]) -> tuple[int, list[int]]:
-    """A master's ROLE: its offset and each replica's acknowledged one. redis-py nests the replicas
+    """A master's ROLE: its offset and each online replica's acknowledged one. redis-py nests the replicas
     (["master", 9, [["h", "p", "9"], ...]]); redis-cli prints them flat ("master", "9", "h", "p", "9", ...)."""
     if not reply or reply[0] != "master":
         raise RedisUnavailable(f"ROLE says {reply[:1]}, not master, while handing off")
@@ -134,6 +153,18 @@ def master_offsets(reply: list[Any]) -> tuple[int, list[int]]:
     if rest and isinstance(rest[0], list):
         rest = [field for replica in rest[0] for field in replica]
     return int(reply[1]), [int(rest[i + 2]) for i in range(0, len(rest) - 2, 3)]
+
+
+def connected_replicas(reply: list[Any]) -> int:
+    """INFO replication's `connected_slaves`: every replica, syncing or online. redis-py parses INFO into a
+    dict; redis-cli prints its lines."""
+    if reply and isinstance(reply[0], dict):
+        fields = {k: str(v) for k, v in reply[0].items()}
+    else:
+        fields = dict(line.partition(":")[::2] for line in reply)
+    if "connected_slaves" not in fields:
+        raise RedisUnavailable("INFO replication has no connected_slaves line while handing off")
+    return int(fields["connected_slaves"])
 
 
 class RedisPy:
@@ -175,7 +206,7 @@ class RedisPy:
     async def close(self) -> None:
         await self._r.aclose()
 
-    async def flush_to_replicas(self, timeout: float) -> tuple[int, list[int]]:
+    async def flush_to_replicas(self, timeout: float) -> Flushed:
         import redis
 
         async def run(*args: str) -> list[Any]:
@@ -244,7 +275,7 @@ class RedisCli:
     async def close(self) -> None:
         pass
 
-    async def flush_to_replicas(self, timeout: float) -> tuple[int, list[int]]:
+    async def flush_to_replicas(self, timeout: float) -> Flushed:
         return await flush(self._run, timeout)
 
     async def unpause(self) -> None:
@@ -328,9 +359,11 @@ class LeaderFollower:
             successor = getattr(leader, "handing_off_to", None)
             paused = self.applied is MASTER and successor is not None
             if paused:
-                offset, acked = await self.redis.flush_to_replicas(HANDOFF_FLUSH)
-                log.info("handing off to node %s: writes paused at offset %d, replicas acknowledged %s",
-                         successor, offset, acked)
+                f = await self.redis.flush_to_replicas(HANDOFF_FLUSH)
+                log.log(logging.INFO if f.complete() else logging.WARNING,
+                        "handing off to node %s: writes paused at offset %d; %d replica(s), the online ones "
+                        "acknowledged %s%s", successor, f.offset, f.connected, f.acked,
+                        "" if f.complete() else f" (not all within {HANDOFF_FLUSH} s: the successor may lack writes)")
             await self.redis.replicaof(PLACEHOLDER)
             if paused:
                 # A replica now: writes are refused (READONLY) rather than held until the pause ends.

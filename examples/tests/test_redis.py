@@ -24,8 +24,8 @@ if not shutil.which("redis-server"):
 import redis.asyncio as aioredis  # noqa: E402
 from fakes import (AgentViews, FakeLeader, FakeSDK, assert_cancellation_comes_out,  # noqa: E402
                    assert_stops_when_cancelled_as_woken, following, programs_end_as_they_are_read)
-from follow_leader import (MASTER, PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli, RedisPy,  # noqa: E402
-                           overlay_addr)
+from follow_leader import (HANDOFF_FLUSH, MASTER, PLACEHOLDER, HealthReporter, LeaderFollower, RedisCli,  # noqa: E402
+                           RedisPy, overlay_addr)
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,12 +40,16 @@ class Redis:
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.dir: str | None = None
 
     def start(self) -> None:
+        # A directory of its own: a replica writes the RDB it receives there, even with --save "", and a
+        # Redis that starts loads whatever dump.rdb it finds there. A shared one hands the next test another
+        # test's keys.
+        self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.proc = subprocess.Popen(
-            # --dir: a replica writes the RDB it receives there, even with --save "".
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--repl-diskless-sync-delay", "0", "--loglevel", "warning", "--dir", tempfile.gettempdir()],
+             "--repl-diskless-sync-delay", "0", "--loglevel", "warning", "--dir", self.dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -53,6 +57,9 @@ class Redis:
             self.proc.terminate()
             self.proc.wait(5)
             self.proc = None
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
 
     def client(self) -> Any:
         return aioredis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2)
@@ -259,9 +266,15 @@ async def test_a_leader_whose_lease_ends_demotes_to_the_placeholder(redises: dic
 
 
 @pytest.mark.parametrize("backend", ["redis-py", "redis-cli"])
+# With a delay the replica is still waiting for its first sync when the hand-off comes: ROLE does not list
+# it yet, and a master that becomes a replica then cuts it off before it has a single key.
+@pytest.mark.parametrize("first_sync_delay", [0, 1], ids=["synced", "in_its_first_sync"])
 async def test_a_master_handing_off_pauses_writes_until_its_replicas_have_its_stream(
-        redises: dict[int, Redis], backend: str, caplog: pytest.LogCaptureFixture) -> None:
+        redises: dict[int, Redis], backend: str, first_sync_delay: int, caplog: pytest.LogCaptureFixture) -> None:
     master, replica = redises[1], redises[2]
+    m = master.client()
+    await m.config_set("repl-diskless-sync-delay", first_sync_delay)
+    await m.aclose()
     r = replica.client()
     await r.execute_command("REPLICAOF", "127.0.0.1", str(master.port))
     await r.aclose()
@@ -281,7 +294,7 @@ async def test_a_master_handing_off_pauses_writes_until_its_replicas_have_its_st
                         reason="this node is handing its term to another seat"))
         await eventually(lambda: is_role(master, PLACEHELD), timeout=4.0)
     said = [m for m in caplog.messages if m.startswith("handing off to node 2")]
-    assert said, caplog.messages
+    assert said and "1 replica(s)" in said[0] and "not all" not in said[0], caplog.messages
     c = replica.client()
     assert await c.dbsize() == 500, "the successor holds every write the old master took"
     await c.aclose()
@@ -291,6 +304,23 @@ async def test_a_master_handing_off_pauses_writes_until_its_replicas_have_its_st
             await w.set("late", 1)
         finally:
             await w.aclose()
+
+
+async def test_a_master_handing_off_with_no_replica_waits_its_bound_and_says_the_successor_may_lack_writes(
+        redises: dict[int, Redis], caplog: pytest.LogCaptureFixture) -> None:
+    master = redises[1]
+    caplog.set_level(logging.INFO, logger="follow-leader")
+    async with Follower(master, check_interval=10) as node:
+        node.say(leader(1, 1, term=1))
+        await eventually(lambda: _true(node.f.applied is MASTER))
+        started = time.monotonic()
+        node.say(leader(1, 1, term=1, is_self=False, handing_off_to=2, reason="handing its term to seat 2"))
+        await eventually(lambda: is_role(master, PLACEHELD), timeout=HANDOFF_FLUSH + 3)
+        waited = time.monotonic() - started
+    assert waited >= HANDOFF_FLUSH, f"became a replica after {waited:.2f} s, before its bound"
+    said = [r for r in caplog.records if r.getMessage().startswith("handing off to node 2")]
+    assert said and said[0].levelno == logging.WARNING, caplog.messages
+    assert "0 replica(s)" in said[0].getMessage() and "may lack writes" in said[0].getMessage()
 
 
 async def test_a_leader_replaced_by_another_seat_replicates_it(redises: dict[int, Redis]) -> None:
