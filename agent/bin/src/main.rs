@@ -64,10 +64,16 @@ enum Command {
 fn main() -> ExitCode {
     // glibc gives each thread that allocates an arena of its own, up to eight per core, and an idle agent's
     // memory is mostly what those arenas hold free: two are enough for its few busy threads.
+    //
+    // A block of 256 KiB or more is a mapping of its own, unmapped when freed. glibc otherwise raises that
+    // threshold to the largest such block freed (up to 32 MiB), and later large transients (a status of 999
+    // peers rendered, a batch of logs decoded) land in an arena, where their pages stay resident: an agent
+    // of 999 peers settled 13 MiB higher in some runs than in others (docs/benchmarks.md).
     // SAFETY: before any other thread exists; mallopt only sets a tunable of the allocator.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
     // SAFETY: first in `main`, before the runtime or any other thread exists.
     let cli: Cli = unsafe { cli_env::parse(config::ENV_ALIASES) };
