@@ -1,8 +1,8 @@
 //! Buffers a burst of traffic grew, given back once they go unused. A bulk transfer fills the reader's queue
 //! (up to 2,048 packet buffers, about 3 MB) and grows the writer's coalescing buffers (up to 64 KiB each); an
 //! agent that kept them after the transfer held 3 MB more on the sending node and 7 MB more on the receiving
-//! one for the rest of its life, which an agent of 999 peers (45–58 MiB) cannot spare within the 64 MiB it
-//! is allowed. Each side counts, over windows of [`WINDOW`], how many of its spare buffers were never taken,
+//! one for the rest of its life, which an agent of 999 peers (about 42 MiB) should not carry within the 64 MiB
+//! it is allowed. Each side counts, over windows of [`WINDOW`], how many of its spare buffers were never taken,
 //! and gives those back at the window's end: after a burst, a trickle of traffic keeps what it uses and no
 //! more, and a silent device keeps none.
 
