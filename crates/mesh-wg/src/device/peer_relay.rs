@@ -5,7 +5,7 @@
 //! Locks are taken in one order: the table, then a peer. No peer's lock is held while the table's is
 //! taken, so control messages that arrive in a run are kept in [`Received`] and handled after it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -191,44 +191,33 @@ impl Shared {
         }
         (s.offering, s.why) = (offering, why);
         s.table.set_accepting(offering);
+        let gone = s.seats.align(views.iter().map(|(p, _)| p.public_key));
         let mut out = Vec::new();
-        for (peer, view) in views {
-            let key = peer.public_key;
-            if s.endpoints.get(&key) != Some(&view.udp_endpoint) {
-                s.endpoints.insert(key, view.udp_endpoint);
+        for (i, (_, view)) in views.iter().enumerate() {
+            let seat = s.seats.get_mut(i);
+            if seat.endpoint != Some(view.udp_endpoint) {
+                seat.endpoint = Some(view.udp_endpoint);
+                let key = seat.key;
                 out.extend(s.table.endpoint(key, view.udp_endpoint));
             }
         }
-        // Every peer in `views` is in `endpoints` now: more there means some are gone. Looked for only then,
-        // so that a tick costs no more than one look at each peer.
-        let gone: Vec<Key> = if s.endpoints.len() > views.len() {
-            let here: HashSet<Key> = views.iter().map(|(p, _)| p.public_key).collect();
-            (s.endpoints.keys())
-                .filter(|k| !here.contains(*k))
-                .copied()
-                .collect()
-        } else {
-            Vec::new()
-        };
         for key in gone {
-            s.endpoints.remove(&key);
-            s.offered.remove(&key);
             out.extend(s.table.seat_gone(key));
         }
         out.extend(s.table.tick(now));
         let offer = s.table.offer();
-        for (peer, view) in views {
-            let key = peer.public_key;
-            let due = (s.offered.get(&key))
-                .is_none_or(|t| now.saturating_duration_since(*t) >= OFFER_EVERY);
-            let told = s.offered.contains_key(&key);
+        for (i, (_, view)) in views.iter().enumerate() {
+            let seat = s.seats.get_mut(i);
+            let due =
+                (seat.offered).is_none_or(|t| now.saturating_duration_since(t) >= OFFER_EVERY);
+            let told = seat.offered.is_some();
             // Offered to a peer that reaches this node directly, and withdrawn from those told.
             if view.udp_endpoint.is_some() && (offering || told) && (due || changed) {
-                s.offered.insert(key, now);
-                out.push((key, offer));
+                seat.offered = Some(now);
+                out.push((seat.key, offer));
             }
             if !offering && told && !changed {
-                s.offered.remove(&key);
+                seat.offered = None;
             }
         }
         out
