@@ -5,6 +5,7 @@
 //! included. It is then offered as `wireguard` at its overlay address, else as `tls-gateway` at its gateway
 //! URL if it has one, else `unreachable`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use alloy::primitives::Address;
@@ -229,6 +230,53 @@ pub fn render(
     uptime: Duration,
     now: Clock,
 ) -> Snapshot {
+    let peers = peers(agent, node, tasks, now);
+    render_with(agent, node, tasks, peers, uptime, now)
+}
+
+/// The peers as applications see them, from what the tasks published, at `now`. Apart from what the tasks
+/// publish, they move only when a peer's silence reaches its bound ([`health_changes_at`]).
+pub fn peers(
+    agent: &AgentFacts,
+    node: &NodeFacts,
+    tasks: Published<'_>,
+    now: Clock,
+) -> Arc<[Peer]> {
+    let Published {
+        chain,
+        mesh,
+        leader: election,
+        ..
+    } = tasks;
+    let view = chain.view.as_deref();
+    let leader_seat = view.and_then(|v| v.leader);
+    let grants = chain
+        .grants
+        .as_deref()
+        .map(|g| crate::desired::Grants::for_node(g, chain.seat.token(), Some(node.app_id)));
+    mesh.members
+        .values()
+        .map(|m| Peer {
+            policy: policy::peer(grants, m, m.wg_public_key.and_then(|k| mesh.stats.get(&k))),
+            leader: Some(m.token_id) == leader_seat,
+            draining: election.draining_peers.contains(&m.token_id),
+            attestation: chain.attestations.get(&m.token_id).map(|a| a.to_api()),
+            holder: view.and_then(|v| v.holders.get(&m.token_id)).copied(),
+            relay_seat: relay_seat(m, &mesh.members, &mesh.stats),
+            ..peer(m, &mesh.stats, &agent.liveness, now)
+        })
+        .collect()
+}
+
+/// The snapshot of everything the tasks published, with `peers` as [`peers`] gives them for the same.
+pub fn render_with(
+    agent: &AgentFacts,
+    node: &NodeFacts,
+    tasks: Published<'_>,
+    peers: Arc<[Peer]>,
+    uptime: Duration,
+    now: Clock,
+) -> Snapshot {
     let Published {
         chain,
         reg,
@@ -244,19 +292,6 @@ pub fn render(
         .grants
         .as_deref()
         .map(|g| crate::desired::Grants::for_node(g, token, Some(node.app_id)));
-    let peers: Vec<Peer> = mesh
-        .members
-        .values()
-        .map(|m| Peer {
-            policy: policy::peer(grants, m, m.wg_public_key.and_then(|k| mesh.stats.get(&k))),
-            leader: Some(m.token_id) == leader_seat,
-            draining: election.draining_peers.contains(&m.token_id),
-            attestation: chain.attestations.get(&m.token_id).map(|a| a.to_api()),
-            holder: view.and_then(|v| v.holders.get(&m.token_id)).copied(),
-            relay_seat: relay_seat(m, &mesh.members, &mesh.stats),
-            ..peer(m, &mesh.stats, &agent.liveness, now)
-        })
-        .collect();
     let refused = refused_peers(chain, token);
     let status = Status {
         version: env!("CARGO_PKG_VERSION").into(),

@@ -505,8 +505,8 @@ fn a_peer_is_healthy_only_while_it_was_heard_within_the_peer_timeout() {
     };
     let two = |mesh: &MeshState| {
         let s = snapshot(&chain, &reg, mesh, Duration::ZERO, now);
-        let p = s.peers.into_iter().find(|p| p.token_id == 2).unwrap();
-        (p.healthy, p.connection, p.address, p.last_heard)
+        let p = s.peers.iter().find(|p| p.token_id == 2).unwrap();
+        (p.healthy, p.connection, p.address.clone(), p.last_heard)
     };
     heard(&mut mesh, 2_999);
     assert_eq!(
@@ -590,7 +590,7 @@ fn only_what_applications_use_is_a_change() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let (chain, reg, mesh) = states(now);
     let a = snapshot(&chain, &reg, &mesh, Duration::ZERO, now).peers;
-    let mut b = a.clone();
+    let mut b = a.to_vec();
     b[0].rx_bytes += 100;
     b[0].latest_handshake = Some(1);
     assert!(!mesh_api::peers_changed(&a, &b));

@@ -5,6 +5,7 @@
 //! change.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_api::{CheckSignal, Leader, Peer, Snapshot};
@@ -104,6 +105,9 @@ impl Publisher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Hooks still running; they stop with the publisher.
         let mut running = JoinSet::new();
+        // The peers of the last render, and whether an input moved since.
+        let mut kept = Kept::default();
+        let mut moved = true;
         loop {
             while running.try_join_next().is_some() {}
             let mut chain = inputs.chain.borrow_and_update().clone();
@@ -113,30 +117,44 @@ impl Publisher {
             let leader = inputs.leader.borrow_and_update().clone();
             let check = inputs.check.borrow_and_update().clone();
             let dstack = inputs.dstack.borrow_and_update().clone();
-            let mut snapshot = snapshot::render(
+            let tasks = snapshot::Published {
+                chain: &chain,
+                reg: &reg,
+                mesh: &mesh,
+                leader: &leader,
+                check: check.as_ref(),
+                dstack: dstack.as_ref(),
+            };
+            let clock = Clock::now();
+            let (peers, reused) = match kept.reusable(moved, clock.mono) {
+                Some(peers) => (peers, true),
+                None => {
+                    let peers = snapshot::peers(&self.agent, &self.node, tasks, clock);
+                    let health = snapshot::health_changes_at(&mesh, clock.mono);
+                    kept = Kept::of(Arc::clone(&peers), health);
+                    (peers, false)
+                }
+            };
+            let mut snapshot = snapshot::render_with(
                 &self.agent,
                 &self.node,
-                snapshot::Published {
-                    chain: &chain,
-                    reg: &reg,
-                    mesh: &mesh,
-                    leader: &leader,
-                    check: check.as_ref(),
-                    dstack: dstack.as_ref(),
-                },
+                tasks,
+                peers,
                 self.started.elapsed(),
-                Clock::now(),
+                clock,
             );
             snapshot.status.ports = self
                 .ports
                 .iter()
                 .map(leader_port::Stats::snapshot)
                 .collect();
-            // Not while the list is not known yet: the hook sees what the event streams send.
-            let changed =
-                snapshot.peers_known && mesh_api::peers_changed(&published, &snapshot.peers);
+            // Not while the list is not known yet: the hook sees what the event streams send. A list kept
+            // from the last render was compared then.
+            let changed = !reused
+                && snapshot.peers_known
+                && mesh_api::peers_changed(&published, &snapshot.peers);
             if changed {
-                published.clone_from(&snapshot.peers);
+                published = snapshot.peers.to_vec();
             }
             let now = Instant::now();
             let served = snapshot.leader.as_of(now);
@@ -144,13 +162,10 @@ impl Publisher {
             // Not at the first render, which only says that nothing is known yet.
             let leader_changed = leadership.as_ref().is_some_and(|k| *k != key);
             leadership = Some(key);
-            let wake = [
-                snapshot.leader.changes_at(now),
-                snapshot::health_changes_at(&mesh, now),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let wake = [snapshot.leader.changes_at(now), kept.health]
+                .into_iter()
+                .flatten()
+                .min();
             api.send_replace(snapshot);
             if changed {
                 self.hooks.run(&published, &mesh.members, &mut running);
@@ -158,18 +173,44 @@ impl Publisher {
             if leader_changed {
                 self.hooks.leader_changed(&served, &mut running);
             }
-            tokio::select! {
+            moved = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-                () = until(wake) => {}
-                Ok(()) = inputs.chain.changed() => {}
-                Ok(()) = inputs.reg.changed() => {}
-                Ok(()) = inputs.mesh.changed() => {}
-                Ok(()) = inputs.leader.changed() => {}
-                Ok(()) = inputs.check.changed() => {}
-                Ok(()) = inputs.dstack.changed() => {}
-            }
+                _ = tick.tick() => false,
+                () = until(wake) => false,
+                Ok(()) = inputs.chain.changed() => true,
+                Ok(()) = inputs.reg.changed() => true,
+                Ok(()) = inputs.mesh.changed() => true,
+                Ok(()) = inputs.leader.changed() => true,
+                Ok(()) = inputs.check.changed() => true,
+                Ok(()) = inputs.dstack.changed() => true,
+            };
         }
+    }
+}
+
+/// The peers of the last render, and when one of them will be shown unhealthy unless heard from again.
+#[derive(Default)]
+struct Kept {
+    peers: Option<Arc<[Peer]>>,
+    health: Option<Instant>,
+}
+
+impl Kept {
+    fn of(peers: Arc<[Peer]>, health: Option<Instant>) -> Self {
+        Self {
+            peers: Some(peers),
+            health,
+        }
+    }
+
+    /// The peers again, when a render at `now` would give the same: no input `moved` since, and no peer's
+    /// silence has reached its bound. The list is a pure function of the inputs and of which peers are
+    /// healthy, so a render that only uptime and the chain's ages call for need not rebuild a thousand peers.
+    fn reusable(&self, moved: bool, now: Instant) -> Option<Arc<[Peer]>> {
+        let peers = self.peers.as_ref().filter(|_| !moved)?;
+        self.health
+            .is_none_or(|at| now < at)
+            .then(|| Arc::clone(peers))
     }
 }
 
@@ -228,5 +269,44 @@ impl Hooks {
                 Err(e) => warn!(error = %e, "cannot encode the peer list for the hook"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn list() -> Arc<[Peer]> {
+        Arc::from([])
+    }
+
+    /// A render that only the refresh tick calls for takes the last list; one after an input moved, or once
+    /// a peer's silence reached its bound, does not.
+    #[test]
+    fn the_peers_are_kept_until_an_input_moves_or_a_peer_falls_silent() {
+        let t0 = Instant::now();
+        let silent_at = t0 + Duration::from_secs(3);
+        let kept = Kept::of(list(), Some(silent_at));
+        assert!(kept.reusable(false, t0 + Duration::from_secs(1)).is_some());
+        assert!(
+            kept.reusable(true, t0 + Duration::from_secs(1)).is_none(),
+            "an input moved"
+        );
+        assert!(
+            kept.reusable(false, silent_at).is_none(),
+            "a peer is shown unhealthy from then on"
+        );
+        let nobody_heard = Kept::of(list(), None);
+        assert!(
+            nobody_heard
+                .reusable(false, t0 + Duration::from_secs(3600))
+                .is_some()
+        );
+        assert!(
+            Kept::default().reusable(false, t0).is_none(),
+            "nothing rendered yet"
+        );
     }
 }

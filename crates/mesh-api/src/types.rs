@@ -2,6 +2,7 @@
 //! changes the API.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use alloy_primitives::Address;
@@ -593,7 +594,9 @@ pub struct RelayCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub status: Status,
-    pub peers: Vec<Peer>,
+    /// Shared: a snapshot is copied for every read of the API and every event stream, and the list is most
+    /// of it.
+    pub peers: Arc<[Peer]>,
     /// Whether `peers` is known: it comes from a view of the chain (read, or from the state file), and the
     /// tunnels a (re)started node makes again have had their first handshake (or their time). Until then the
     /// event streams send nothing, so that a client that reconnects to a restarted agent is not told that

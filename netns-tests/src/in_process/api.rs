@@ -271,7 +271,7 @@ pub fn example_snapshot(now: u64) -> Snapshot {
     ];
     Snapshot {
         status: example_status(now),
-        peers,
+        peers: peers.into(),
         peers_known: true,
         // Seat 5's binding carries seat 1's quote under another node key.
         refused: vec![RefusedPeer {

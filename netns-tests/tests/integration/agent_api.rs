@@ -2,6 +2,7 @@
 //!
 //! Run, after `cargo build -p p2p-agent -p meshctl -p dstack-simulator`: `cargo test -p netns-tests --test integration agent_api:: -- --nocapture`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_api::{Client, ClientError, Event, Leader, Mode, Peer, Status};
@@ -16,7 +17,7 @@ async fn status_and_peers_are_served_as_published() {
     let status: Status = mesh_api::get(server.path(), "/v1/status").await.unwrap();
     assert_eq!(status, snapshot.status);
     let peers: Vec<Peer> = mesh_api::get(server.path(), "/v1/peers").await.unwrap();
-    assert_eq!(peers, snapshot.peers);
+    assert_eq!(peers, *snapshot.peers);
     let raw: serde_json::Value = mesh_api::get(server.path(), "/v1/peers").await.unwrap();
     assert_eq!(raw[0]["overlayIp"], "10.0.1.2", "camelCase field names");
     let metrics = mesh_api::get_text(server.path(), "/metrics").await.unwrap();
@@ -61,17 +62,21 @@ async fn watch_streams_one_event_per_peer_set_change() {
             }
         }
     };
-    assert_eq!(next_event().await, snapshot.peers, "the current list first");
+    assert_eq!(
+        next_event().await,
+        *snapshot.peers,
+        "the current list first"
+    );
 
     let mut unchanged = snapshot.clone();
     unchanged.status.uptime_secs += 10; // not a peer-set change
     server.publish.send(unchanged).unwrap();
     let mut changed = snapshot.clone();
-    changed.peers.pop();
+    changed.peers = snapshot.peers[..snapshot.peers.len() - 1].into();
     server.publish.send(changed.clone()).unwrap();
     assert_eq!(
         next_event().await,
-        changed.peers,
+        *changed.peers,
         "the next event is the change, not the uptime tick"
     );
 }
@@ -151,14 +156,14 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
             .expect("the stream stays open")
             .unwrap()
     };
-    assert_eq!(next().await, Event::Peers(snapshot.peers.clone()));
+    assert_eq!(next().await, Event::Peers(snapshot.peers.to_vec()));
     assert_eq!(
         next().await,
         Event::Leader(Box::new(snapshot.leader.clone()))
     );
     let mut counters_moved = snapshot.clone();
-    counters_moved.peers[0].rx_bytes += 1000;
-    counters_moved.peers[0].latest_handshake = Some(1_000_001);
+    Arc::make_mut(&mut counters_moved.peers)[0].rx_bytes += 1000;
+    Arc::make_mut(&mut counters_moved.peers)[0].latest_handshake = Some(1_000_001);
     server.publish.send(counters_moved).unwrap();
     let mut new_leader = snapshot.clone();
     new_leader.leader = Leader {
@@ -200,12 +205,12 @@ async fn events_carry_peers_and_leader_and_the_monitor_survives_a_restart() {
     server.restart(new_leader.clone()).await;
     // A peer's health alone changes no address: the address list is not called back again.
     let mut sick = new_leader.clone();
-    sick.peers[0].healthy = !sick.peers[0].healthy;
+    Arc::make_mut(&mut sick.peers)[0].healthy = !sick.peers[0].healthy;
     tokio::time::sleep(Duration::from_secs(1)).await;
     server.publish.send(sick).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut joined = new_leader.clone();
-    joined.peers[2].address = Some("10.0.1.4".into());
+    Arc::make_mut(&mut joined.peers)[2].address = Some("10.0.1.4".into());
     tokio::time::sleep(Duration::from_secs(1)).await;
     server.publish.send(joined).unwrap();
     let after = call().await;
@@ -239,7 +244,7 @@ async fn a_restarted_agent_that_does_not_know_its_peers_yet_tells_a_monitor_noth
     assert!(!first.is_empty(), "{first:?}");
 
     let unknown = mesh_api::Snapshot {
-        peers: Vec::new(),
+        peers: std::sync::Arc::from([]),
         peers_known: false,
         ..snapshot.clone()
     };
@@ -262,10 +267,10 @@ async fn a_restarted_agent_that_does_not_know_its_peers_yet_tells_a_monitor_noth
             .expect("the peers once known")
             .expect("the stream stays open")
             .unwrap(),
-        Event::Peers(snapshot.peers.clone())
+        Event::Peers(snapshot.peers.to_vec())
     );
     let mut moved = snapshot.clone();
-    moved.peers[2].address = Some("10.0.1.4".into());
+    Arc::make_mut(&mut moved.peers)[2].address = Some("10.0.1.4".into());
     server.publish.send(moved).unwrap();
     let after = tokio::time::timeout(Duration::from_secs(10), calls.recv())
         .await
@@ -313,7 +318,7 @@ async fn event_streams_past_the_bound_are_refused_until_one_closes() {
         );
     }
     let peers: Vec<Peer> = mesh_api::get(server.path(), "/v1/peers").await.unwrap();
-    assert_eq!(peers, snapshot.peers, "the other routes still answer");
+    assert_eq!(peers, *snapshot.peers, "the other routes still answer");
 
     drop(open.pop());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -443,7 +448,10 @@ async fn healthz_names_unreachable_seats_and_turns_200_when_all_are_reachable() 
         "{message}"
     );
 
-    snapshot.peers.retain(|p| p.token_id != 4);
+    snapshot.peers = (snapshot.peers.iter())
+        .filter(|p| p.token_id != 4)
+        .cloned()
+        .collect();
     server.publish.send_replace(snapshot);
     let health: mesh_api::Health = mesh_api::get(server.path(), "/healthz").await.unwrap();
     assert!(health.healthy && health.reasons.is_empty(), "{health:?}");

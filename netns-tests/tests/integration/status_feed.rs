@@ -104,8 +104,7 @@ fn an_rpc_outvoted_and_a_split(s: &mut Snapshot) {
 
 /// Seat 4's platform falls below the cluster's TCB policy: warned, a stage that ends in ten minutes.
 fn a_peer_below_the_tcb_policy(s: &mut Snapshot, now: u64, passing: &Attestation) {
-    let p = s
-        .peers
+    let p = std::sync::Arc::make_mut(&mut s.peers)
         .iter_mut()
         .find(|p| p.token_id == 4)
         .expect("the fixture's seat 4");

@@ -4,7 +4,7 @@ use super::*;
 fn snapshot() -> Snapshot {
     Snapshot {
         status: crate::health::tests::status(true, Some(1)),
-        peers: Vec::new(),
+        peers: std::sync::Arc::from([]),
         peers_known: true,
         refused: Vec::new(),
         leader: crate::Leader::default(),
