@@ -63,7 +63,7 @@ pub(super) async fn timer_loop(shared: Arc<Shared>) -> Result<(), Error> {
             shared.note_relayed_in(schedule.views());
         }
         for (to, message) in controls {
-            if let Some((peer, _)) = schedule.views().iter().find(|(p, _)| p.public_key == to)
+            if let Some(peer) = schedule.peer_of(&to)
                 && let Some((via, out)) = peer.control(ctx.address, &message, &mut dst)
             {
                 send(&sock, &out, &via, WhenFull::Drop);

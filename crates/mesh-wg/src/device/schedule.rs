@@ -16,6 +16,9 @@ pub(super) struct Schedule {
     /// The device's [`super::shared::State::generation`] the list was read at.
     generation: Option<u64>,
     views: Vec<(Arc<Peer>, RelayView)>,
+    /// Each peer's place in `views`, by key: a tick's control messages are addressed by key, and at a
+    /// thousand peers a search of the list for each of a round of offers was a million comparisons.
+    places: HashMap<Key, usize>,
     /// When each peer's timer runs next, by its place in `views`.
     next: Vec<Instant>,
     candidates: Vec<Candidate>,
@@ -46,6 +49,9 @@ impl Schedule {
             self.views.push((peer, view));
             self.next.push(next);
         }
+        self.places = (self.views.iter().enumerate())
+            .map(|(i, (p, _))| (p.public_key, i))
+            .collect();
         self.generation = Some(generation);
         self.ready_changed = true;
         self.candidates_changed();
@@ -62,6 +68,11 @@ impl Schedule {
 
     pub(super) fn peer(&self, i: usize) -> &Arc<Peer> {
         &self.views[i].0
+    }
+
+    /// The peer whose key is `key`, if it is one.
+    pub(super) fn peer_of(&self, key: &Key) -> Option<&Arc<Peer>> {
+        self.places.get(key).map(|&i| &self.views[i].0)
     }
 
     /// The peer at `i` ran its timer at `now`: it runs again at the next tick, or after [`QUIET_TICK`] if quiet.
@@ -160,5 +171,11 @@ mod tests {
         r.take_touched();
         s.sync(2, || vec![q.clone(), p.clone(), r.clone()], t0 + 2 * tick);
         assert_eq!(s.due(t0 + 2 * tick), [0, 2], "q busy, p still quiet, r new");
+        assert!(
+            Arc::ptr_eq(s.peer_of(&p.public_key).unwrap(), &p),
+            "found by key in its new place"
+        );
+        s.sync(3, || vec![q.clone()], t0 + 3 * tick);
+        assert!(s.peer_of(&p.public_key).is_none(), "gone with the peers");
     }
 }
