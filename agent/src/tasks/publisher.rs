@@ -88,6 +88,43 @@ pub struct Inputs {
     pub dstack: watch::Receiver<Option<crate::state::Failing>>,
 }
 
+/// What the tasks published, as read for one render.
+struct Values {
+    chain: ChainState,
+    reg: RegState,
+    mesh: MeshState,
+    leader: LeaderState,
+    check: Option<CheckSignal>,
+    dstack: Option<crate::state::Failing>,
+}
+
+impl Inputs {
+    /// Each input's value, and whether any of them is one not seen before. The loop needs this besides
+    /// knowing which branch woke it: a change can be ready in the same poll as the refresh tick, and
+    /// `select!` may take the tick. The branch that did wake it has marked its change seen already, so
+    /// neither test alone is enough.
+    fn read(&mut self) -> (Values, bool) {
+        let mut unseen = false;
+        let mut take = |new: bool| unseen |= new;
+        let values = Values {
+            chain: latest(&mut self.chain, &mut take),
+            reg: latest(&mut self.reg, &mut take),
+            mesh: latest(&mut self.mesh, &mut take),
+            leader: latest(&mut self.leader, &mut take),
+            check: latest(&mut self.check, &mut take),
+            dstack: latest(&mut self.dstack, &mut take),
+        };
+        (values, unseen)
+    }
+}
+
+/// `rx`'s value, marked seen; `unseen` hears whether it was new.
+fn latest<T: Clone>(rx: &mut watch::Receiver<T>, unseen: &mut impl FnMut(bool)) -> T {
+    let value = rx.borrow_and_update();
+    unseen(value.has_changed());
+    value.clone()
+}
+
 impl Publisher {
     /// Runs until `cancel` fires.
     ///
@@ -105,18 +142,21 @@ impl Publisher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Hooks still running; they stop with the publisher.
         let mut running = JoinSet::new();
-        // The peers of the last render, and whether an input moved since.
+        // The peers of the last render, and whether an input's change woke the loop since.
         let mut kept = Kept::default();
-        let mut moved = true;
+        let mut woken_by_input = true;
         loop {
             while running.try_join_next().is_some() {}
-            let mut chain = inputs.chain.borrow_and_update().clone();
-            chain.rpcs = self.providers.report();
-            let reg = inputs.reg.borrow_and_update().clone();
-            let mesh = inputs.mesh.borrow_and_update().clone();
-            let leader = inputs.leader.borrow_and_update().clone();
-            let check = inputs.check.borrow_and_update().clone();
-            let dstack = inputs.dstack.borrow_and_update().clone();
+            let (mut values, unseen) = inputs.read();
+            values.chain.rpcs = self.providers.report();
+            let Values {
+                chain,
+                reg,
+                mesh,
+                leader,
+                check,
+                dstack,
+            } = values;
             let tasks = snapshot::Published {
                 chain: &chain,
                 reg: &reg,
@@ -126,7 +166,7 @@ impl Publisher {
                 dstack: dstack.as_ref(),
             };
             let clock = Clock::now();
-            let (peers, reused) = match kept.reusable(moved, clock.mono) {
+            let (peers, reused) = match kept.reusable(woken_by_input || unseen, clock.mono) {
                 Some(peers) => (peers, true),
                 None => {
                     let peers = snapshot::peers(&self.agent, &self.node, tasks, clock);
@@ -173,7 +213,7 @@ impl Publisher {
             if leader_changed {
                 self.hooks.leader_changed(&served, &mut running);
             }
-            moved = tokio::select! {
+            woken_by_input = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => false,
                 () = until(wake) => false,
@@ -280,6 +320,49 @@ mod tests {
 
     fn list() -> Arc<[Peer]> {
         Arc::from([])
+    }
+
+    /// The inputs, and the senders the tasks would hold.
+    fn inputs() -> (Inputs, watch::Sender<MeshState>, watch::Sender<RegState>) {
+        let (mesh_tx, mesh) = watch::channel(MeshState::default());
+        let (reg_tx, reg) = watch::channel(RegState::default());
+        let inputs = Inputs {
+            chain: watch::channel(ChainState::default()).1,
+            reg,
+            mesh,
+            leader: watch::channel(LeaderState::default()).1,
+            check: watch::channel(None).1,
+            dstack: watch::channel(None).1,
+        };
+        (inputs, mesh_tx, reg_tx)
+    }
+
+    /// The tick and a task's new state ready in the same poll: `select!` takes the tick, and the read after
+    /// it must still count the state as new, or the last render's peers would be served beside it.
+    #[test]
+    fn a_change_read_after_the_tick_woke_the_loop_counts_as_new() {
+        let (mut inputs, mesh_tx, _reg_tx) = inputs();
+        assert!(!inputs.read().1, "nothing sent yet");
+        mesh_tx.send_modify(|m| m.known = true);
+        let (values, unseen) = inputs.read();
+        assert!(
+            unseen,
+            "the mesh task's state was not seen before this read"
+        );
+        assert!(values.mesh.known);
+        assert!(!inputs.read().1, "and is seen once read");
+    }
+
+    /// The branch that woke the loop has marked its change seen, which is why the loop remembers the
+    /// branch too: the read alone cannot tell.
+    #[tokio::test]
+    async fn the_change_that_woke_the_loop_is_seen_before_the_read() {
+        let (mut inputs, _mesh_tx, reg_tx) = inputs();
+        reg_tx.send_modify(|r| r.registered = true);
+        inputs.reg.changed().await.expect("the sender is alive");
+        let (values, unseen) = inputs.read();
+        assert!(values.reg.registered);
+        assert!(!unseen);
     }
 
     /// A render that only the refresh tick calls for takes the last list; one after an input moved, or once
