@@ -5,6 +5,7 @@
 //! included. It is then offered as `wireguard` at its overlay address, else as `tls-gateway` at its gateway
 //! URL if it has one, else `unreachable`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -155,13 +156,23 @@ fn peer(member: &Member, stats: &PeerStats, liveness: &Liveness, now: Clock) -> 
     }
 }
 
-/// The seat of the member that relays for this node's pair with `member`, while the pair goes through one.
-fn relay_seat(member: &Member, members: &Members, stats: &PeerStats) -> Option<u64> {
+/// The seat of the member that relays for this node's pair with `member`, while the pair goes through one;
+/// `seats` gives each member's seat by key.
+fn relay_seat<'a>(
+    member: &Member,
+    stats: &PeerStats,
+    seats: impl FnOnce() -> &'a HashMap<Key, u64>,
+) -> Option<u64> {
     let relay = stats.get(&member.wg_public_key?)?.peer_relay?;
+    seats().get(&relay).copied()
+}
+
+/// Each member's seat by its key.
+fn seats_by_key(members: &Members) -> HashMap<Key, u64> {
     members
         .values()
-        .find(|m| m.wg_public_key == Some(relay))
-        .map(|m| m.token_id)
+        .filter_map(|m| Some((m.wg_public_key?, m.token_id)))
+        .collect()
 }
 
 /// Candidates as the API shows them.
@@ -222,6 +233,31 @@ pub fn health_changes_at(mesh: &MeshState, now: Instant) -> Option<Instant> {
         .min()
 }
 
+/// What the peers and the rest of the snapshot both read from the chain's state.
+struct Chainwide<'a> {
+    view: Option<&'a mesh_chain::view::ChainView>,
+    leader_seat: Option<u64>,
+    /// This node's seat.
+    token: Option<u64>,
+    grants: Option<crate::desired::Grants<'a>>,
+}
+
+impl<'a> Chainwide<'a> {
+    fn of(chain: &'a ChainState, node: &NodeFacts) -> Self {
+        let view = chain.view.as_deref();
+        let token = chain.seat.token();
+        Self {
+            view,
+            leader_seat: view.and_then(|v| v.leader),
+            token,
+            grants: chain
+                .grants
+                .as_deref()
+                .map(|g| crate::desired::Grants::for_node(g, token, Some(node.app_id))),
+        }
+    }
+}
+
 /// The snapshot of everything the tasks published, at `now`, `uptime` after start.
 pub fn render(
     agent: &AgentFacts,
@@ -248,12 +284,15 @@ pub fn peers(
         leader: election,
         ..
     } = tasks;
-    let view = chain.view.as_deref();
-    let leader_seat = view.and_then(|v| v.leader);
-    let grants = chain
-        .grants
-        .as_deref()
-        .map(|g| crate::desired::Grants::for_node(g, chain.seat.token(), Some(node.app_id)));
+    let Chainwide {
+        view,
+        leader_seat,
+        grants,
+        ..
+    } = Chainwide::of(chain, node);
+    // Built at the first peer reached through a relay, if any: a search of the members for each such peer
+    // was quadratic in the seats.
+    let seats = std::cell::OnceCell::new();
     mesh.members
         .values()
         .map(|m| Peer {
@@ -262,7 +301,9 @@ pub fn peers(
             draining: election.draining_peers.contains(&m.token_id),
             attestation: chain.attestations.get(&m.token_id).map(|a| a.to_api()),
             holder: view.and_then(|v| v.holders.get(&m.token_id)).copied(),
-            relay_seat: relay_seat(m, &mesh.members, &mesh.stats),
+            relay_seat: relay_seat(m, &mesh.stats, || {
+                seats.get_or_init(|| seats_by_key(&mesh.members))
+            }),
             ..peer(m, &mesh.stats, &agent.liveness, now)
         })
         .collect()
@@ -285,13 +326,12 @@ pub fn render_with(
         check,
         dstack,
     } = tasks;
-    let view = chain.view.as_deref();
-    let leader_seat = view.and_then(|v| v.leader);
-    let token = chain.seat.token();
-    let grants = chain
-        .grants
-        .as_deref()
-        .map(|g| crate::desired::Grants::for_node(g, token, Some(node.app_id)));
+    let Chainwide {
+        view,
+        leader_seat,
+        token,
+        grants,
+    } = Chainwide::of(chain, node);
     let refused = refused_peers(chain, token);
     let status = Status {
         version: env!("CARGO_PKG_VERSION").into(),
