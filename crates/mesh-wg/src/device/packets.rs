@@ -88,9 +88,9 @@ pub(super) fn packet_loop(
             0
         };
         drain = read > 0;
-        due = Due::BOTH;
+        due = Due::after(&received);
         match received {
-            Receive::Got => {}
+            Receive::Got { .. } => {}
             Receive::Failed => std::thread::sleep(ERROR_REST),
             Receive::Empty if read == 0 => {
                 let review = review_spare(&mut outgoing, &mut incoming, Instant::now());
@@ -128,6 +128,20 @@ impl Due {
         udp: true,
         tun: true,
     };
+
+    /// For the turn after one that read `received` from the socket: a receive that did not fill its batch
+    /// found the socket drained, so the next turn reads only the TUN. A datagram that arrived meanwhile ends
+    /// the wait at once; the receive it saves was most often one that found nothing, before the thread could
+    /// sleep and the application it had just woken could run (`scripts/hop-times --round-trips`).
+    fn after(received: &Receive) -> Due {
+        match received {
+            Receive::Got { drained: true } => Due {
+                udp: false,
+                tun: true,
+            },
+            _ => Due::BOTH,
+        }
+    }
 
     /// From the tags of the descriptors a wait returned.
     fn of(tags: impl IntoIterator<Item = u64>) -> Due {
@@ -209,8 +223,12 @@ impl Readiness {
 }
 
 /// What one receive from the socket gave.
+#[derive(Debug)]
 enum Receive {
-    Got,
+    /// Datagrams (or an ICMP error); `drained` when they did not fill the batch, so none was left.
+    Got {
+        drained: bool,
+    },
     Empty,
     /// An error the thread does not know to be passing: it rests a moment before the next.
     Failed,
@@ -290,13 +308,15 @@ impl Incoming {
                     shared.receive(&from, run, segments(0..m.len, m.stride), rx);
                 }
                 rx.flush(shared, &self.sock, WhenFull::Wait);
-                Receive::Got
+                Receive::Got {
+                    drained: n < RECV_MESSAGES,
+                }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Receive::Empty,
             Err(err) if passing(&err) => {
                 // An ICMP error a peer's host sent back, queued on the socket and taken by this read.
                 tracing::debug!(error = %err, "UDP receive reported an ICMP error");
-                Receive::Got
+                Receive::Got { drained: false }
             }
             Err(err) => {
                 tracing::debug!(error = %err, "UDP receive failed");
@@ -436,6 +456,28 @@ mod tests {
             Due::BOTH,
             "a new socket is taken up by a receive"
         );
+    }
+
+    #[test]
+    fn after_a_receive_that_drained_the_socket_only_the_tun_is_read_before_the_wait() {
+        assert_eq!(
+            Due::after(&Receive::Got { drained: true }),
+            Due {
+                udp: false,
+                tun: true
+            }
+        );
+        for full_or_nothing in [
+            Receive::Got { drained: false },
+            Receive::Empty,
+            Receive::Failed,
+        ] {
+            assert_eq!(
+                Due::after(&full_or_nothing),
+                Due::BOTH,
+                "{full_or_nothing:?}"
+            );
+        }
     }
 
     #[test]
