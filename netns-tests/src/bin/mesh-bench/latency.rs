@@ -7,6 +7,7 @@ use netns_tests::measure::perf::{PerfRecord, PerfStat, iperf3_observed, ping_avg
 use netns_tests::net::ping::{BackgroundPing, rtt_avg_ms};
 use netns_tests::run::process::ChildGuard;
 
+use crate::core_each::CoreEach;
 use crate::report::BARE;
 use crate::report::{Named, Rtt};
 use crate::tunnel::Tunnel;
@@ -98,22 +99,48 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32, record: Option<&Path>) 
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let loaded_bare = tunnels
+    // The same with a core per node, as two machines would give them: what is left is the tunnel's own
+    // queueing, without the wait of each node's threads for a core the other node holds.
+    let core_each: Vec<(f64, u32, u32)> = tunnels
         .iter()
-        .zip(&loaded)
-        .find(|(p, _)| p.name == BARE)
-        .map(|(_, l)| l.0)
-        .expect("the bare link is measured");
+        .map(|p| {
+            let _pinned = CoreEach::pin(&[(p.client, 0), (p.server, 1)]);
+            self::loaded(p, secs)
+        })
+        .collect();
+    eprintln!(
+        "   RTT under one iperf3 stream, a core per node: {}",
+        tunnels
+            .iter()
+            .zip(&core_each)
+            .map(|(p, (rtt, sent, got))| format!(
+                "{} {rtt:.3} ms ({} of {sent} lost)",
+                p.name,
+                sent - got
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let bare_of = |rtts: &[(f64, u32, u32)]| {
+        tunnels
+            .iter()
+            .zip(rtts)
+            .find(|(p, _)| p.name == BARE)
+            .map(|(_, l)| l.0)
+            .expect("the bare link is measured")
+    };
+    let (loaded_bare, core_each_bare) = (bare_of(&loaded), bare_of(&core_each));
     Named(
         idle.into_iter()
             .zip(busy)
             .zip(loaded)
             .zip(work)
             .zip(hogged.into_iter().zip(hogged_work))
+            .zip(core_each)
             .map(
                 |(
-                    ((((name, rtt), (_, busy)), (loaded, sent, got)), work),
-                    ((_, hog), hog_work),
+                    (((((name, rtt), (_, busy)), (loaded, sent, got)), work), ((_, hog), hog_work)),
+                    (core_each, core_each_sent, core_each_got),
                 )| {
                     let rtt = Rtt {
                         hog_rtt_ms: hog,
@@ -126,6 +153,9 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32, record: Option<&Path>) 
                         loaded_rtt_ms: loaded,
                         loaded_added_ms: loaded - loaded_bare,
                         loaded_lost: sent - got,
+                        core_each_rtt_ms: core_each,
+                        core_each_added_ms: core_each - core_each_bare,
+                        core_each_lost: core_each_sent - core_each_got,
                         cpu_us_per_round_trip: work.map(|w| w.cpu_us),
                         syscalls_per_round_trip: work.map(|w| w.syscalls),
                         switches_per_round_trip: work.map(|w| w.switches),

@@ -73,6 +73,7 @@
 //! - `report`: what a run measured, typed, written once as the JSON; `table`: what is printed from it.
 
 mod churn;
+mod core_each;
 mod cost;
 mod failover;
 mod latency;

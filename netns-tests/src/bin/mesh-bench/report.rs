@@ -179,6 +179,11 @@ pub(crate) struct Rtt {
     pub(crate) loaded_rtt_ms: f64,
     pub(crate) loaded_added_ms: f64,
     pub(crate) loaded_lost: u32,
+    /// The same with each node's threads on a CPU of its own, as on two machines: over the bare link's so
+    /// pinned, and the pings lost.
+    pub(crate) core_each_rtt_ms: f64,
+    pub(crate) core_each_added_ms: f64,
+    pub(crate) core_each_lost: u32,
     /// CPU time (µs), system calls and context switches of both WireGuard sides per round trip, busy (`perf
     /// stat`); absent for the bare link.
     pub(crate) cpu_us_per_round_trip: Option<f64>,

@@ -364,6 +364,23 @@ fn print_compared(r: &Report) {
             "per busy round trip with a CPU hog on every core, both sides' CPU µs: {}",
             hogged.join(", ")
         );
+        let core_each: Vec<String> = IMPLEMENTATIONS
+            .iter()
+            .filter_map(|name| {
+                let r = l.get(name)?;
+                Some(match *name {
+                    BARE => format!("{name} {:.3}", r.core_each_rtt_ms),
+                    _ => format!(
+                        "{name} {:.3} ({:+.3}, {} lost)",
+                        r.core_each_rtt_ms, r.core_each_added_ms, r.core_each_lost
+                    ),
+                })
+            })
+            .collect();
+        println!(
+            "RTT under one iperf3 stream with a core per node (added), as on two machines: {}",
+            core_each.join(", ")
+        );
     }
     let Some(t) = t else {
         return;
