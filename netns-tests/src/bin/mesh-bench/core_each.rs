@@ -44,6 +44,11 @@ impl CoreEach {
                 (inode_of(ns), set)
             })
             .collect();
+        let own = netns_of(std::process::id() as i32);
+        assert!(
+            nodes.iter().all(|(ns, _)| Some(*ns) != own),
+            "a core per node pins the nodes' namespaces, never the bench's own (the machine's processes)"
+        );
         let mut pinned = HashSet::new();
         pin_new(&nodes, &mut pinned);
         let stop = Arc::new(AtomicBool::new(false));
@@ -118,4 +123,16 @@ fn netns_of(pid: i32) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
     let link = link.to_str()?;
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_found_in_its_own_network_namespace() {
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(netns_of(std::process::id() as i32), Some(own));
+        assert_eq!(netns_of(0), None, "no process has PID 0");
+    }
 }
