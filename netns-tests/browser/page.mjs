@@ -7,8 +7,9 @@ export const emit = (o) => console.log(JSON.stringify(o));
 
 // Runs `body(page, watch)` on a fresh page at `url`, then closes the browser; any failure, the page's own
 // errors included, prints {"stage":"error","message"} and sets exit code 1. `watch.navigations` counts the
-// page's loads, which stays 1 when the page changes by itself.
-export async function onPage(url, timeout, body) {
+// page's loads, which stays 1 when the page changes by itself. `before(page)`, if given, runs before the
+// page is opened (to route its requests).
+export async function onPage(url, timeout, body, { before } = {}) {
   let browser;
   try {
     browser = await chromium.launch({
@@ -34,6 +35,7 @@ export async function onPage(url, timeout, body) {
     });
     page.on("pageerror", (e) => watch.problems.push(`page error: ${e.message}`));
     page.on("console", (m) => m.type() === "error" && watch.problems.push(`console: ${m.text()}`));
+    if (before) await before(page);
     await page.goto(url, { waitUntil: "load", timeout });
     watch.check = () => {
       if (watch.problems.length) throw new Error(watch.problems.join("; "));

@@ -9,6 +9,10 @@
 //   {"stage":"seen", "events", "leader", …, "navigations"} once every --expect is part of a line of the feed,
 //     and exits.
 // Any failure prints {"stage":"error","message"} and exits 1.
+//
+// The page's first read of /v1/status is answered a second late, so that the event stream's first list of
+// peers always comes before it: the page must not call itself loaded (its "updated" time) on that list alone,
+// and the "loaded" stage must hold what the first full read says (the seats refused when it opened).
 
 import { parseArgs } from "node:util";
 import { emit, onPage, read } from "./page.mjs";
@@ -49,4 +53,16 @@ await onPage(args.url, timeout, async (page, watch) => {
     await page.waitForTimeout(200);
   }
   emit({ stage: "seen", ...(await page.evaluate(read)), navigations: watch.navigations });
-});
+}, { before: firstStatusLate });
+
+// Holds the page's first request for /v1/status for a second, then lets every request through.
+async function firstStatusLate(page) {
+  let first = true;
+  await page.route("**/v1/status", async (route) => {
+    if (first) {
+      first = false;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    await route.continue();
+  });
+}
