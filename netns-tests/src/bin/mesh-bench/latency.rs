@@ -86,19 +86,7 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32, record: Option<&Path>) 
             .join("; ")
     );
     let loaded: Vec<(f64, u32, u32)> = tunnels.iter().map(|p| loaded(p, secs)).collect();
-    eprintln!(
-        "   RTT under one iperf3 stream: {}",
-        tunnels
-            .iter()
-            .zip(&loaded)
-            .map(|(p, (rtt, sent, got))| format!(
-                "{} {rtt:.3} ms ({} of {sent} lost)",
-                p.name,
-                sent - got
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    show_loaded("RTT under one iperf3 stream", tunnels, &loaded);
     // The same with a core per node, as two machines would give them: what is left is the tunnel's own
     // queueing, without the wait of each node's threads for a core the other node holds.
     let core_each: Vec<(f64, u32, u32)> = tunnels
@@ -108,18 +96,10 @@ pub(crate) fn latency(tunnels: &[Tunnel<'_>], secs: u32, record: Option<&Path>) 
             self::loaded(p, secs)
         })
         .collect();
-    eprintln!(
-        "   RTT under one iperf3 stream, a core per node: {}",
-        tunnels
-            .iter()
-            .zip(&core_each)
-            .map(|(p, (rtt, sent, got))| format!(
-                "{} {rtt:.3} ms ({} of {sent} lost)",
-                p.name,
-                sent - got
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+    show_loaded(
+        "RTT under one iperf3 stream, a core per node",
+        tunnels,
+        &core_each,
     );
     let bare_of = |rtts: &[(f64, u32, u32)]| {
         tunnels
@@ -189,6 +169,23 @@ fn interleaved<T>(
         .zip(sums)
         .map(|(t, sum)| (name(t), sum / f64::from(rounds)))
         .collect()
+}
+
+/// Prints each tunnel's RTT under load (from [`loaded`]) and the pings it lost, after `label`.
+fn show_loaded(label: &str, tunnels: &[Tunnel<'_>], rtts: &[(f64, u32, u32)]) {
+    eprintln!(
+        "   {label}: {}",
+        tunnels
+            .iter()
+            .zip(rtts)
+            .map(|(p, (rtt, sent, got))| format!(
+                "{} {rtt:.3} ms ({} of {sent} lost)",
+                p.name,
+                sent - got
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 /// The average RTT of [`LOADED_PINGS`] through `p` while one iperf3 stream runs through it, with the pings
