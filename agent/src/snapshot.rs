@@ -365,7 +365,13 @@ pub fn render_with(
             now.wall,
             now.mono,
         ),
-        policy: policy::status(grants, &mesh.policy_dropped),
+        policy: policy::status(
+            mesh.policy
+                .as_deref()
+                .map(|p| crate::desired::Grants::for_node(p, token, Some(node.app_id))),
+            grants,
+            &mesh.policy_dropped,
+        ),
         peer_relay: mesh.peer_relay.as_ref().map(peer_relay::status),
     };
     let refused_kind = |seat: u64| match chain.attestations.get(&seat).map(AsRef::as_ref) {

@@ -165,6 +165,9 @@ pub struct MeshState {
     pub peer_relay: Option<mesh_wg::PeerRelayStatus>,
     /// Peers' packets the grants between seats dropped on the interface, by why.
     pub policy_dropped: mesh_wg::DropCounts,
+    /// The grants between seats the interface enforces: those of its last plan. Without an interface to
+    /// plan (TLS mode, or no active seat), those last read.
+    pub policy: Option<Arc<mesh_chain::policy::ClusterPolicy>>,
 }
 
 /// Why a task fails now: what it was doing, and the typed error with its causes. The publisher renders it

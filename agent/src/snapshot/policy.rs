@@ -7,12 +7,21 @@ use mesh_wg::{DropCounts, PeerStatus, Reach};
 
 use crate::desired::Grants;
 
-/// The policy and what it dropped here; none before the grants are read.
-pub(super) fn status(grants: Option<Grants<'_>>, dropped: &DropCounts) -> Option<PolicyStatus> {
-    let g = grants?;
+/// The policy the interface enforces (`applied`) and what it dropped here, with the version `read` from
+/// the chain while the interface does not hold it yet; none before the grants are applied.
+pub(super) fn status(
+    applied: Option<Grants<'_>>,
+    read: Option<Grants<'_>>,
+    dropped: &DropCounts,
+) -> Option<PolicyStatus> {
+    let g = applied?;
+    let version = g.policy.rules.version;
     Some(PolicyStatus {
         enforced: g.policy.rules.enforced,
-        version: g.policy.rules.version,
+        version,
+        pending: read
+            .map(|r| r.policy.rules.version)
+            .filter(|&read| read != version),
         grants: g.policy.rules.grants.len(),
         own_tags: g.policy.rules.tag_names(g.own_tags),
         dropped: drops(dropped),

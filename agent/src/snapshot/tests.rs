@@ -115,6 +115,7 @@ fn states(now: SystemTime) -> (ChainState, RegState, MeshState) {
         reconcile_latency: mesh_api::latency::Latency::default(),
         relay: mesh_api::RelayCounters::default(),
         peer_relay: None,
+        policy: None,
         nat: Some(mesh_wg::NatStatus {
             report: mesh_wg::NatReport {
                 mapping: mesh_wg::Mapping::EndpointIndependent,
@@ -530,7 +531,8 @@ fn a_not_admitted_seat_this_node_never_had_is_a_refusal_with_its_stage() {
 
 /// With a policy in force, the status names it, this node's tags and what it dropped here, and each peer
 /// says what it reaches here (as the interface enforces it), what this node reaches there, and its drops.
-/// Not in force, the status says so and no peer carries a policy.
+/// Not in force, the status says so and no peer carries a policy. The status follows the interface: a
+/// version read but not yet planned is named apart, as pending.
 #[test]
 fn the_policy_in_force_is_shown_with_each_peers_reach_and_drops() {
     use mesh_policy::{Grant, Policy, Protocol};
@@ -574,6 +576,7 @@ fn the_policy_in_force_is_shown_with_each_peers_reach_and_drops() {
         grants: Some(Arc::new(policy.clone())),
         ..chain.clone()
     };
+    mesh.policy.clone_from(&enforced.grants);
     let s = snapshot(&enforced, &reg, &mesh, Duration::ZERO, now);
     let status = s.status.policy.expect("the policy is shown once read");
     assert!(status.enforced);
@@ -595,18 +598,30 @@ fn the_policy_in_force_is_shown_with_each_peers_reach_and_drops() {
         "an untagged seat reaches nothing here"
     );
 
+    assert_eq!(status.pending, None, "the interface holds what was read");
+
     let relaxed = ChainState {
         grants: Some(Arc::new(mesh_chain::policy::ClusterPolicy {
             rules: Policy {
                 enforced: false,
+                version: 8,
                 ..policy.rules.clone()
             },
             ..policy
         })),
         ..chain
     };
+    // Read, not yet planned: the status says what the interface still enforces, and names the new version.
     let s = snapshot(&relaxed, &reg, &mesh, Duration::ZERO, now);
-    assert!(!s.status.policy.expect("read").enforced);
+    let status = s.status.policy.expect("applied");
+    assert!(status.enforced, "the interface still enforces version 7");
+    assert_eq!((status.version, status.pending), (7, Some(8)));
+
+    mesh.policy.clone_from(&relaxed.grants);
+    let s = snapshot(&relaxed, &reg, &mesh, Duration::ZERO, now);
+    let status = s.status.policy.expect("applied");
+    assert!(!status.enforced);
+    assert_eq!((status.version, status.pending), (8, None));
     assert!(
         s.peers.iter().all(|p| p.policy.is_none()),
         "no policy in force"

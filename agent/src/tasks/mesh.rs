@@ -694,6 +694,9 @@ impl<I: Interfaces> Running<I> {
     }
 
     fn reconcile(&mut self) {
+        // What the API says is enforced moves with the plan that enforces it, not with the chain's read:
+        // a user who waits for a version to act on it must find the interface already holding it.
+        self.state.policy = self.grants.as_ref().map(|(p, _)| Arc::clone(p));
         let Some((table, _)) = &self.device else {
             self.state.stats = PeerStats::default();
             return;

@@ -131,6 +131,7 @@ fn status() -> Status {
         policy: Some(PolicyStatus {
             enforced: true,
             version: 3,
+            pending: None,
             grants: 2,
             own_tags: vec!["web".into()],
             dropped: no_grant(7),

@@ -148,9 +148,14 @@ fn render_policy(policy: Option<&mesh_api::PolicyStatus>) -> String {
     let Some(p) = policy else {
         return String::new();
     };
+    // A change read from the chain but not yet on the interface is named, so that no one acts on it early.
+    let pending = p
+        .pending
+        .map(|v| format!("; version {v} read, not yet applied"))
+        .unwrap_or_default();
     if !p.enforced {
         return format!(
-            "grants: none in force (version {}): every seat reaches every port\n",
+            "grants: none in force (version {}): every seat reaches every port{pending}\n",
             p.version
         );
     }
@@ -160,7 +165,7 @@ fn render_policy(policy: Option<&mesh_api::PolicyStatus>) -> String {
     };
     let d = &p.dropped;
     format!(
-        "grants: version {} in force, {} grant{}, this node {tags}; dropped here: {} no-grant, {} protocol, {} malformed\n",
+        "grants: version {} in force, {} grant{}, this node {tags}; dropped here: {} no-grant, {} protocol, {} malformed{pending}\n",
         p.version,
         p.grants,
         if p.grants == 1 { "" } else { "s" },
@@ -565,6 +570,7 @@ mod tests {
         let mut p = mesh_api::PolicyStatus {
             enforced: true,
             version: 4,
+            pending: None,
             grants: 1,
             own_tags: vec!["db".into()],
             dropped: mesh_api::PolicyDrops {
@@ -576,8 +582,16 @@ mod tests {
             render_policy(Some(&p)),
             "grants: version 4 in force, 1 grant, this node tagged db; dropped here: 3 no-grant, 0 protocol, 0 malformed\n"
         );
+        p.pending = Some(5);
+        assert_eq!(
+            render_policy(Some(&p)),
+            "grants: version 4 in force, 1 grant, this node tagged db; dropped here: 3 no-grant, 0 protocol, 0 malformed; version 5 read, not yet applied\n"
+        );
         p.enforced = false;
-        assert!(render_policy(Some(&p)).starts_with("grants: none in force"));
+        assert_eq!(
+            render_policy(Some(&p)),
+            "grants: none in force (version 4): every seat reaches every port; version 5 read, not yet applied\n"
+        );
     }
 
     /// A zero or missing handshake is "never"; others are ages in the largest whole unit.

@@ -246,6 +246,7 @@ fn example_status(now: u64) -> Status {
         policy: Some(PolicyStatus {
             enforced: true,
             version: 3,
+            pending: None,
             grants: 2,
             own_tags: vec!["web".into()],
             dropped: no_grant(7),

@@ -69,6 +69,14 @@ def test_ports_skip_entries_that_are_neither_a_port_nor_a_range() -> None:
     assert not ports.allows(80) and not ports.allows(23)
 
 
+def test_a_version_read_but_not_yet_on_the_interface_is_pending() -> None:
+    raw = status_json()
+    assert Status.from_json(raw).policy.pending is None
+    raw["policy"]["pending"] = 4
+    policy = Status.from_json(raw).policy
+    assert (policy.version, policy.pending) == (3, 4)
+
+
 def test_an_agent_older_than_grants_or_that_has_not_read_them() -> None:
     raw = status_json()
     del raw["policy"]
@@ -101,6 +109,7 @@ def test_fields_a_later_agent_may_leave_out_fall_back() -> None:
         ({"enforced": "yes"}, "status.policy has 'enforced' = 'yes', of the wrong type"),
         ({"version": None}, "status.policy has 'version' = None"),
         ({"grants": 1.5}, "status.policy has 'grants' = 1.5"),
+        ({"pending": "4"}, "status.policy has 'pending' = '4'"),
         ({"ownTags": ["web", 3]}, "status.policy has 'ownTags' = \\['web', 3\\], not a list of strings"),
         ({"dropped": {"noGrant": "7"}}, "status.policy.dropped has 'noGrant' = '7'"),
     ],

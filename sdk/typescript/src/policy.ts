@@ -107,12 +107,17 @@ export class PeerPolicy {
   }
 }
 
-/** The cluster's grants between seats, as this node last read them from the chain (`status.policy`). */
+/** The cluster's grants between seats, as this node's interface enforces them (`status.policy`). */
 export class PolicyStatus {
   /** In force: a peer reaches only what a grant allows it. Not in force: every seat reaches every port. */
   readonly enforced!: boolean;
-  /** The contract's policy version: one more at every change. */
+  /** The contract's policy version the interface enforces: one more at every change. */
   readonly version!: number;
+  /**
+   * The version last read from the chain while the interface enforces another; `null` once it holds it.
+   * A change is in force here when `version` names it and this is `null`.
+   */
+  readonly pending!: number | null;
   /** How many grants it holds. */
   readonly grants!: number;
   /** This node's tags (its seat's and its app's), by name. */
@@ -121,10 +126,10 @@ export class PolicyStatus {
   readonly dropped!: PolicyDrops;
 
   constructor(
-    fields: Omit<FieldsOf<PolicyStatus>, "ownTags" | "dropped"> &
-      Partial<Pick<FieldsOf<PolicyStatus>, "ownTags" | "dropped">>,
+    fields: Omit<FieldsOf<PolicyStatus>, "ownTags" | "dropped" | "pending"> &
+      Partial<Pick<FieldsOf<PolicyStatus>, "ownTags" | "dropped" | "pending">>,
   ) {
-    Object.assign(this, { dropped: new PolicyDrops() }, fields, {
+    Object.assign(this, { dropped: new PolicyDrops(), pending: null }, fields, {
       ownTags: Object.freeze([...(fields.ownTags ?? [])]),
     });
     Object.freeze(this);
@@ -138,6 +143,7 @@ export class PolicyStatus {
       grants: f.integer("grants"),
       ownTags: f.texts("ownTags", []),
       dropped: PolicyDrops.fromJSON(f.optObject("dropped"), "status.policy.dropped"),
+      pending: f.optInteger("pending"),
     });
   }
 }

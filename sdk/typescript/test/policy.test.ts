@@ -118,6 +118,14 @@ test("an agent older than grants, or that has not read them", () => {
   assert.equal(new Status(before).policy, null);
 });
 
+test("a version read but not yet on the interface is pending", () => {
+  const raw = statusJson();
+  assert.equal(Status.fromJSON(raw).policy!.pending, null);
+  (raw["policy"] as JsonObject)["pending"] = 4;
+  const policy = Status.fromJSON(raw).policy!;
+  assert.deepEqual([policy.version, policy.pending], [3, 4]);
+});
+
 test("fields a later agent may leave out fall back", () => {
   const raw = statusJson();
   const policy = raw["policy"] as JsonObject;
@@ -149,6 +157,7 @@ test("a bad status policy names the field", () => {
     [{ enforced: "yes" }, /status\.policy has "enforced" = "yes", of the wrong type/],
     [{ version: null }, /status\.policy has "version" = null/],
     [{ grants: 1.5 }, /status\.policy has "grants" = 1\.5/],
+    [{ pending: "4" }, /status\.policy has "pending" = "4"/],
     [{ ownTags: ["web", 3] }, /status\.policy has "ownTags" = .*not a list of strings/],
     [{ dropped: { noGrant: "7" } }, /status\.policy\.dropped has "noGrant" = "7"/],
   ];

@@ -496,10 +496,83 @@ async fn a_record_that_fails_local_checks_is_counted_once() {
     running.await.unwrap().unwrap();
 }
 
+/// Grants that let seat 2 (tagged web) reach TCP 5432 on seat 5 (tagged db), at `version`.
+fn web_reaches_db(version: u64) -> Arc<ClusterPolicy> {
+    let (web, db) = (1, 2);
+    Arc::new(ClusterPolicy {
+        rules: mesh_policy::Policy {
+            enforced: true,
+            version,
+            tag_names: vec!["web".into(), "db".into()],
+            grants: vec![mesh_policy::Grant {
+                from: web,
+                to: db,
+                protocol: Some(mesh_policy::Protocol::Tcp),
+                ports: 5432..=5432,
+            }],
+        },
+        seat_tags: [(2, web), (5, db)].into(),
+        app_tags: BTreeMap::new(),
+    })
+}
+
+/// The policy the task publishes is the one its interface holds: every state that names a version comes
+/// after the plan that put that version's reach on the peers, so a user who waits for it may act on it.
+#[tokio::test]
+async fn the_policy_published_is_the_one_on_the_interface() {
+    let mut t = two_peers();
+    until(&mut t.rx, |s| s.stats.len() == 2).await;
+    assert!(
+        t.rx.borrow().policy.is_none(),
+        "no grants read: none applied"
+    );
+    let table = (t.memory.table.lock().unwrap().clone()).expect("an interface");
+    let reach_of = |seat: u8| {
+        table
+            .peers_of(&[Key::from_bytes([seat; 32])])
+            .pop()
+            .expect("a peer")
+            .reach
+    };
+    assert!(reach_of(0x22).all, "no policy: every port");
+
+    t.chain_tx.send_replace(ChainState {
+        grants: Some(web_reaches_db(1)),
+        ..t.first.clone()
+    });
+    let s = until(&mut t.rx, |s| s.policy.is_some()).await;
+    assert_eq!(s.policy.as_ref().unwrap().rules.version, 1);
+    let web = reach_of(0x22);
+    assert!(
+        !web.all && web.tcp == [5432..=5432],
+        "published with version 1, enforced: {web:?}"
+    );
+    assert!(!reach_of(0x33).all && reach_of(0x33).tcp.is_empty());
+
+    // A grant removed: version 2 is named only once web reaches nothing here.
+    let mut none = (*web_reaches_db(2)).clone();
+    none.rules.grants.clear();
+    t.chain_tx.send_replace(ChainState {
+        grants: Some(Arc::new(none)),
+        ..t.first.clone()
+    });
+    let s = until(&mut t.rx, |s| {
+        s.policy.as_ref().is_some_and(|p| p.rules.version == 2)
+    })
+    .await;
+    assert!(s.policy.as_ref().unwrap().rules.grants.is_empty());
+    assert!(
+        reach_of(0x22).tcp.is_empty(),
+        "version 2 is on the interface"
+    );
+    t.cancel.cancel();
+    t.running.await.unwrap().unwrap();
+}
+
 /// In TLS mode there is never an interface, but the members are worked out.
 #[tokio::test]
 async fn a_tls_node_has_members_but_no_interface() {
-    let (_chain_tx, chain_rx) = watch::channel(chain(&[record(2, 0x22, "")], SeatState::Active(1)));
+    let (chain_tx, chain_rx) = watch::channel(chain(&[record(2, 0x22, "")], SeatState::Active(1)));
     let (out, mut rx) = watch::channel(MeshState::default());
     let cancel = CancellationToken::new();
     let t = MeshTask::<Memory> {
@@ -514,6 +587,13 @@ async fn a_tls_node_has_members_but_no_interface() {
     let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
     let s = until(&mut rx, |s| s.members.len() == 1).await;
     assert!(s.device.is_none());
+    // No interface to plan: the grants read are those this node goes by (its forwarded ports).
+    chain_tx.send_replace(ChainState {
+        grants: Some(web_reaches_db(3)),
+        ..chain(&[record(2, 0x22, "")], SeatState::Active(1))
+    });
+    let s = until(&mut rx, |s| s.policy.is_some()).await;
+    assert_eq!(s.policy.unwrap().rules.version, 3);
     cancel.cancel();
     running.await.unwrap().unwrap();
 }

@@ -25,6 +25,7 @@ fn the_policy_drops_are_counted_by_rule() {
     s.status.policy = Some(crate::PolicyStatus {
         enforced: true,
         version: 4,
+        pending: None,
         grants: 2,
         own_tags: vec!["db".into()],
         dropped: crate::PolicyDrops {

@@ -2,14 +2,18 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The cluster's policy as this node last read it, and what it dropped here (`/v1/status`).
+/// The cluster's policy as this node's interface enforces it, and what it dropped here (`/v1/status`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
     /// In force: a peer reaches only what a grant allows it. Not in force: every seat reaches every port.
     pub enforced: bool,
-    /// The contract's policy version: one more at every change.
+    /// The contract's policy version that the interface enforces: one more at every change.
     pub version: u64,
+    /// The version last read from the chain, while the interface enforces another; absent once it holds it.
+    /// A change is in force here when `version` names it and this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
     /// How many grants it holds.
     pub grants: usize,
     /// This node's tags (its seat's and its app's), by name.

@@ -210,11 +210,11 @@ class PeerPolicy:
 
 @dataclass(frozen=True)
 class PolicyStatus:
-    """The cluster's grants between seats, as this node last read them from the chain (``status.policy``)."""
+    """The cluster's grants between seats, as this node's interface enforces them (``status.policy``)."""
 
     #: In force: a peer reaches only what a grant allows it. Not in force: every seat reaches every port.
     enforced: bool
-    #: The contract's policy version: one more at every change.
+    #: The contract's policy version the interface enforces: one more at every change.
     version: int
     #: How many grants it holds.
     grants: int
@@ -222,6 +222,9 @@ class PolicyStatus:
     own_tags: tuple[str, ...] = ()
     #: Peers' packets dropped here since the agent started.
     dropped: PolicyDrops = PolicyDrops()
+    #: The version last read from the chain while the interface enforces another; ``None`` once it holds it.
+    #: A change is in force here when ``version`` names it and this is ``None``.
+    pending: int | None = None
 
     @classmethod
     def from_json(cls, value: object) -> PolicyStatus:
@@ -232,6 +235,7 @@ class PolicyStatus:
             grants=f.integer("grants"),
             own_tags=tuple(f.texts("ownTags", default=[])),
             dropped=PolicyDrops.from_json(f.opt_mapping("dropped"), "status.policy.dropped"),
+            pending=f.opt_integer("pending"),
         )
 
 
