@@ -684,6 +684,12 @@ fn policy(out: &mut Exposition, s: &Snapshot) {
         p.map(|p| (String::new(), p.version)),
     );
     out.metric(
+        "dstack_mesh_policy_pending",
+        "gauge",
+        "1 while a version of the grants between seats read from the chain is not in force here yet (the interface still enforces dstack_mesh_policy_version), 0 once it is; alert on it staying 1.",
+        p.map(|p| (String::new(), u64::from(p.pending.is_some()))),
+    );
+    out.metric(
         "dstack_mesh_policy_dropped_total",
         "counter",
         "Peers' packets the grants between seats dropped on arrival, by rule: no-grant (no grant lets the peer reach that port), protocol (neither ICMP, TCP nor UDP), malformed.",

@@ -1,6 +1,9 @@
+use super::interfaces::accepting;
 use super::*;
 use crate::desired::tests::{record, view};
 use mesh_wg::MemoryTable;
+use owned_task::Task;
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 #[test]
@@ -90,12 +93,15 @@ struct Memory {
     watching: Arc<Mutex<Option<mesh_wg::Watching>>>,
     /// What the task asked of the table, in order.
     calls: Arc<Mutex<Vec<String>>>,
+    refuse_policy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A table in memory that notes each call: `peers` (every peer read), `peers_of` (some), `set`, `remove`.
 struct Recorded {
     table: Arc<MemoryTable>,
     calls: Arc<Mutex<Vec<String>>>,
+    /// While set, a peer held to a reach is refused as nftables refuses a table: it keeps the reach before.
+    refuse_policy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Recorded {
@@ -121,6 +127,12 @@ impl PeerTable for Recorded {
 
     fn set_peer(&self, peer: mesh_wg::PeerConfig) -> Result<(), mesh_wg::Error> {
         self.note("set", Some(&peer.public_key));
+        if !peer.reach.all && self.refuse_policy.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(mesh_wg::Error::Policy {
+                ifname: "mem0".into(),
+                detail: "nft: refused".into(),
+            });
+        }
         self.table.set_peer(peer)
     }
 
@@ -160,7 +172,15 @@ impl Interfaces for Memory {
             backend: "memory",
         };
         let calls = Arc::clone(&self.calls);
-        Ok((Recorded { table, calls }, info))
+        let refuse_policy = Arc::clone(&self.refuse_policy);
+        Ok((
+            Recorded {
+                table,
+                calls,
+                refuse_policy,
+            },
+            info,
+        ))
     }
 
     fn set_watching(&self, _: &Recorded, watching: mesh_wg::Watching) {
@@ -567,6 +587,68 @@ async fn the_policy_published_is_the_one_on_the_interface() {
     );
     t.cancel.cancel();
     t.running.await.unwrap().unwrap();
+}
+
+/// A change of grants the backend could not put in force is not published as in force: the grants before
+/// stay the ones shown, and the change is planned again at the next refresh until the backend takes it.
+#[tokio::test]
+async fn grants_the_backend_refused_are_not_shown_in_force_and_are_tried_again() {
+    let memory = Memory::default();
+    let first = chain(
+        &[record(2, 0x22, ""), record(3, 0x33, "")],
+        SeatState::Active(5),
+    );
+    let (chain_tx, chain_rx) = watch::channel(first.clone());
+    let (out, mut rx) = watch::channel(MeshState::default());
+    let cancel = CancellationToken::new();
+    let t = MeshTask {
+        refresh: Duration::from_millis(50),
+        ..task(&memory)
+    };
+    let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
+    until(&mut rx, |s| s.stats.len() == 2).await;
+
+    memory
+        .refuse_policy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    chain_tx.send_replace(ChainState {
+        grants: Some(web_reaches_db(1)),
+        ..first.clone()
+    });
+    let before = memory.calls.lock().unwrap().len();
+    // Planned, refused, and planned again at a refresh: the grants are not shown meanwhile.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while memory.calls.lock().unwrap()[before..]
+            .iter()
+            .filter(|c| *c == "set 22")
+            .count()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the refused peer is set again at a refresh");
+    assert!(rx.borrow().policy.is_none(), "not in force: not shown");
+    let table = (memory.table.lock().unwrap().clone()).expect("an interface");
+    let web = table
+        .peers_of(&[Key::from_bytes([0x22; 32])])
+        .pop()
+        .unwrap();
+    assert!(web.reach.all, "the interface judges as before");
+
+    memory
+        .refuse_policy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let s = until(&mut rx, |s| s.policy.is_some()).await;
+    assert_eq!(s.policy.unwrap().rules.version, 1);
+    let web = table
+        .peers_of(&[Key::from_bytes([0x22; 32])])
+        .pop()
+        .unwrap();
+    assert_eq!(web.reach.tcp, [5432..=5432]);
+    cancel.cancel();
+    running.await.unwrap().unwrap();
 }
 
 /// In TLS mode there is never an interface, but the members are worked out.

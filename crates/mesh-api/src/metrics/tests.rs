@@ -41,12 +41,19 @@ fn the_policy_drops_are_counted_by_rule() {
         "dstack_mesh_policy_dropped_total{rule=\"no-grant\"} 9",
         "dstack_mesh_policy_dropped_total{rule=\"protocol\"} 0",
         "dstack_mesh_policy_dropped_total{rule=\"malformed\"} 1",
+        "dstack_mesh_policy_pending 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),
             "missing {line:?} in\n{text}"
         );
     }
+    s.status.policy.as_mut().unwrap().pending = Some(5);
+    let text = metrics(&s);
+    assert!(
+        text.lines().any(|l| l == "dstack_mesh_policy_pending 1"),
+        "a version read but not in force: {text}"
+    );
 }
 
 /// The peer relay's samples appear with its status, refusals and drops by reason, zeros included.

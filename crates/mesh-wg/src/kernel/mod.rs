@@ -345,7 +345,8 @@ impl KernelDevice {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let read = self.inner.read_peers();
         let configs = lock(&self.inner.configs).clone();
-        let dropped = lock(&self.inner.policy).per_peer();
+        let enforcer = lock(&self.inner.policy);
+        let dropped = enforcer.per_peer();
         self.inner.heard.retain(|k| {
             read.iter()
                 .any(|p| p.public_key.as_array() == *k.as_bytes())
@@ -392,9 +393,11 @@ impl KernelDevice {
                     tx_bytes: p.tx_bytes,
                     persistent_keepalive: p.persistent_keepalive_interval.filter(|k| *k != 0),
                     relay_error: None,
+                    // What nft holds, not what was asked: a change it refused is not shown as in force.
                     reach: configs
                         .get(&key)
-                        .map_or_else(Reach::everything, |c| c.reach.clone()),
+                        .and_then(policy::PeerRules::of)
+                        .map_or_else(Reach::everything, |r| enforcer.reach_of(r.address)),
                     policy_dropped: configs
                         .get(&key)
                         .and_then(policy::PeerRules::of)

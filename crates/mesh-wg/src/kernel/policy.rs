@@ -62,6 +62,18 @@ impl<'a> PeerRules<'a> {
     }
 }
 
+/// The reach of each peer held to one, by address; none when no policy is in force.
+fn restricted(peers: &[PeerRules<'_>]) -> BTreeMap<Ipv4Addr, Reach> {
+    if !in_force(peers) {
+        return BTreeMap::new();
+    }
+    peers
+        .iter()
+        .filter(|p| !p.reach.all)
+        .map(|p| (p.address, p.reach.clone()))
+        .collect()
+}
+
 /// Whether any peer is held to its reach: else no table is wanted.
 pub(super) fn in_force(peers: &[PeerRules<'_>]) -> bool {
     peers.iter().any(|p| !p.reach.all)
@@ -273,6 +285,10 @@ pub(super) struct Enforcer {
     exempt_udp: Vec<u16>,
     /// The script of the table in place; `None` while there is none.
     applied: Option<String>,
+    /// What each restricted peer, by address, may reach under the table in place. A peer not in it is not
+    /// restricted. Reported as the peer's reach, so that a change nft refused shows as not in force, and
+    /// the next plan sets the peer again (which tries the table again).
+    in_force: BTreeMap<Ipv4Addr, Reach>,
     base: BTreeMap<Ipv4Addr, DropCounts>,
     base_total: DropCounts,
 }
@@ -284,6 +300,7 @@ impl Enforcer {
             table: table_name(ifname),
             exempt_udp: exempt_udp.to_vec(),
             applied: None,
+            in_force: BTreeMap::new(),
             base: BTreeMap::new(),
             base_total: DropCounts::default(),
         }
@@ -299,6 +316,7 @@ impl Enforcer {
         let wanted = in_force(peers).then(|| script.clone());
         if wanted == self.applied {
             self.carry(BTreeMap::new(), peers);
+            self.in_force = restricted(peers);
             return Ok(());
         }
         let counted = self.current();
@@ -319,7 +337,17 @@ impl Enforcer {
             }
         }
         self.applied = wanted;
+        self.in_force = restricted(peers);
         Ok(())
+    }
+
+    /// What the peer at `address` may reach here under the table in place: everything when it is not held
+    /// to a reach, or no table is.
+    pub(super) fn reach_of(&self, address: Ipv4Addr) -> Reach {
+        self.in_force
+            .get(&address)
+            .cloned()
+            .unwrap_or_else(Reach::everything)
     }
 
     /// Keeps the counts of a table that is gone: per peer for `peers`, and in the device's total for all.
@@ -357,7 +385,10 @@ impl Enforcer {
         }
         match render(&self.ifname, &self.exempt_udp, &[]) {
             Ok(script) => match nft(&["-f", "-"], Some(&script)) {
-                Ok(_) => self.applied = None,
+                Ok(_) => {
+                    self.applied = None;
+                    self.in_force.clear();
+                }
                 Err(detail) => {
                     tracing::warn!(ifname = %self.ifname, table = %self.table, %detail, "cannot delete the nftables table")
                 }

@@ -4,7 +4,7 @@ use ipnetwork::Ipv4Network;
 use mesh_policy::Reach;
 use mesh_policy::filter::DropCounts;
 
-use super::{Enforcer, PeerRules, parse_counters, render, table_name};
+use super::{Enforcer, PeerRules, parse_counters, render, restricted, table_name};
 
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 const C: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
@@ -227,4 +227,27 @@ fn counts_of_replaced_tables_are_kept() {
     enforcer.carry([(C, drops(1, 1))].into(), &both[..1]);
     assert_eq!(enforcer.per_peer(), [(B, drops(3, 1))].into());
     assert_eq!(enforcer.total(), drops(9, 2));
+}
+
+/// A peer is reported to reach what the table in place lets it: a change nft did not take (here one it
+/// cannot be written for) leaves the reach before, so the next plan sets the peer again. Peers not held to a
+/// reach, and every peer with no policy in force, reach everything.
+#[test]
+fn a_peer_reaches_what_the_table_in_place_allows() {
+    let (b, c) = (host(B), host(C));
+    let (postgres, everything) = (reach(&[(5432, 5432)], &[]), Reach::everything());
+    assert_eq!(
+        restricted(&[rules(B, &b, &postgres), rules(C, &c, &everything)]),
+        [(B, postgres.clone())].into(),
+        "only the restricted peer is held to a reach"
+    );
+    assert!(restricted(&[rules(C, &c, &everything)]).is_empty());
+
+    let mut refused = Enforcer::new("bad\"name", &[]);
+    assert!(refused.apply(&[rules(B, &b, &postgres)]).is_err());
+    assert_eq!(refused.reach_of(B), everything, "refused: judged as before");
+    refused
+        .apply(&[rules(B, &b, &everything)])
+        .expect("no policy in force needs no table");
+    assert_eq!(refused.reach_of(B), everything);
 }
