@@ -292,6 +292,12 @@ struct TwoPeers {
 }
 
 fn two_peers() -> TwoPeers {
+    // As `task`: an hour, so that only the chain moves the task.
+    two_peers_refreshing(Duration::from_secs(3600))
+}
+
+/// [`two_peers`], with the device read every `refresh` whatever the chain does.
+fn two_peers_refreshing(refresh: Duration) -> TwoPeers {
     let memory = Memory::default();
     let first = chain(
         &[record(2, 0x22, ""), record(3, 0x33, "")],
@@ -300,7 +306,11 @@ fn two_peers() -> TwoPeers {
     let (chain_tx, chain_rx) = watch::channel(first.clone());
     let (out, rx) = watch::channel(MeshState::default());
     let cancel = CancellationToken::new();
-    let running = Task::spawn("mesh", task(&memory).run(chain_rx, out, cancel.clone()));
+    let t = MeshTask {
+        refresh,
+        ..task(&memory)
+    };
+    let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
     TwoPeers {
         memory,
         first,
@@ -536,6 +546,15 @@ fn web_reaches_db(version: u64) -> Arc<ClusterPolicy> {
     })
 }
 
+/// What the peer of key `key` (all bytes alike) may reach, as `table` holds it.
+fn reach_on(table: &MemoryTable, key: u8) -> mesh_wg::Reach {
+    table
+        .peers_of(&[Key::from_bytes([key; 32])])
+        .pop()
+        .expect("a peer")
+        .reach
+}
+
 /// The policy the task publishes is the one its interface holds: every state that names a version comes
 /// after the plan that put that version's reach on the peers, so a user who waits for it may act on it.
 #[tokio::test]
@@ -547,13 +566,7 @@ async fn the_policy_published_is_the_one_on_the_interface() {
         "no grants read: none applied"
     );
     let table = (t.memory.table.lock().unwrap().clone()).expect("an interface");
-    let reach_of = |seat: u8| {
-        table
-            .peers_of(&[Key::from_bytes([seat; 32])])
-            .pop()
-            .expect("a peer")
-            .reach
-    };
+    let reach_of = |key: u8| reach_on(&table, key);
     assert!(reach_of(0x22).all, "no policy: every port");
 
     t.chain_tx.send_replace(ChainState {
@@ -593,32 +606,20 @@ async fn the_policy_published_is_the_one_on_the_interface() {
 /// stay the ones shown, and the change is planned again at the next refresh until the backend takes it.
 #[tokio::test]
 async fn grants_the_backend_refused_are_not_shown_in_force_and_are_tried_again() {
-    let memory = Memory::default();
-    let first = chain(
-        &[record(2, 0x22, ""), record(3, 0x33, "")],
-        SeatState::Active(5),
-    );
-    let (chain_tx, chain_rx) = watch::channel(first.clone());
-    let (out, mut rx) = watch::channel(MeshState::default());
-    let cancel = CancellationToken::new();
-    let t = MeshTask {
-        refresh: Duration::from_millis(50),
-        ..task(&memory)
-    };
-    let running = Task::spawn("mesh", t.run(chain_rx, out, cancel.clone()));
-    until(&mut rx, |s| s.stats.len() == 2).await;
+    let mut t = two_peers_refreshing(Duration::from_millis(50));
+    until(&mut t.rx, |s| s.stats.len() == 2).await;
 
-    memory
+    t.memory
         .refuse_policy
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    chain_tx.send_replace(ChainState {
+    t.chain_tx.send_replace(ChainState {
         grants: Some(web_reaches_db(1)),
-        ..first.clone()
+        ..t.first.clone()
     });
-    let before = memory.calls.lock().unwrap().len();
+    let before = t.memory.calls.lock().unwrap().len();
     // Planned, refused, and planned again at a refresh: the grants are not shown meanwhile.
     tokio::time::timeout(Duration::from_secs(5), async {
-        while memory.calls.lock().unwrap()[before..]
+        while t.memory.calls.lock().unwrap()[before..]
             .iter()
             .filter(|c| *c == "set 22")
             .count()
@@ -629,26 +630,18 @@ async fn grants_the_backend_refused_are_not_shown_in_force_and_are_tried_again()
     })
     .await
     .expect("the refused peer is set again at a refresh");
-    assert!(rx.borrow().policy.is_none(), "not in force: not shown");
-    let table = (memory.table.lock().unwrap().clone()).expect("an interface");
-    let web = table
-        .peers_of(&[Key::from_bytes([0x22; 32])])
-        .pop()
-        .unwrap();
-    assert!(web.reach.all, "the interface judges as before");
+    assert!(t.rx.borrow().policy.is_none(), "not in force: not shown");
+    let table = (t.memory.table.lock().unwrap().clone()).expect("an interface");
+    assert!(reach_on(&table, 0x22).all, "the interface judges as before");
 
-    memory
+    t.memory
         .refuse_policy
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let s = until(&mut rx, |s| s.policy.is_some()).await;
+    let s = until(&mut t.rx, |s| s.policy.is_some()).await;
     assert_eq!(s.policy.unwrap().rules.version, 1);
-    let web = table
-        .peers_of(&[Key::from_bytes([0x22; 32])])
-        .pop()
-        .unwrap();
-    assert_eq!(web.reach.tcp, [5432..=5432]);
-    cancel.cancel();
-    running.await.unwrap().unwrap();
+    assert_eq!(reach_on(&table, 0x22).tcp, [5432..=5432]);
+    t.cancel.cancel();
+    t.running.await.unwrap().unwrap();
 }
 
 /// In TLS mode there is never an interface, but the members are worked out.

@@ -360,6 +360,10 @@ impl KernelDevice {
                 let last_handshake = p.last_handshake.filter(|t| *t != SystemTime::UNIX_EPOCH);
                 let session = handshake_is_fresh(last_handshake, wall);
                 let last_heard = self.inner.heard.read(key, p.rx_bytes, session, now);
+                let address = configs
+                    .get(&key)
+                    .and_then(policy::PeerRules::of)
+                    .map(|r| r.address);
                 PeerStatus {
                     peer_relay: None,
                     health_timeout: self.inner.liveness.timeout,
@@ -394,14 +398,9 @@ impl KernelDevice {
                     persistent_keepalive: p.persistent_keepalive_interval.filter(|k| *k != 0),
                     relay_error: None,
                     // What nft holds, not what was asked: a change it refused is not shown as in force.
-                    reach: configs
-                        .get(&key)
-                        .and_then(policy::PeerRules::of)
-                        .map_or_else(Reach::everything, |r| enforcer.reach_of(r.address)),
-                    policy_dropped: configs
-                        .get(&key)
-                        .and_then(policy::PeerRules::of)
-                        .and_then(|r| dropped.get(&r.address).copied())
+                    reach: address.map_or_else(Reach::everything, |a| enforcer.reach_of(a)),
+                    policy_dropped: address
+                        .and_then(|a| dropped.get(&a).copied())
                         .unwrap_or_default(),
                 }
             })

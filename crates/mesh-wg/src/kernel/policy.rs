@@ -64,9 +64,6 @@ impl<'a> PeerRules<'a> {
 
 /// The reach of each peer held to one, by address; none when no policy is in force.
 fn restricted(peers: &[PeerRules<'_>]) -> BTreeMap<Ipv4Addr, Reach> {
-    if !in_force(peers) {
-        return BTreeMap::new();
-    }
     peers
         .iter()
         .filter(|p| !p.reach.all)
